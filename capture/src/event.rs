@@ -1,0 +1,766 @@
+//! The typed event record every reader produces.
+//!
+//! One [`Event`] per tracepoint hit: when (in the trace clock's units), where (CPU), who (pid and
+//! comm of the thread that hit it) and what ([`EventKind`]). KVM's vocabulary is typed, one
+//! variant per tracepoint, so that later stages match on variants rather than strings; every
+//! other tracepoint is kept as [`EventKind::Other`] with all of its fields. Fields that a
+//! tracepoint gained over kernel versions are `Option`s: `None` means "this kernel's layout does
+//! not have it", never zero.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codes::{
+    ExceptionVector, ExitCode, IntrInfo, Isa, MmuPageRole, UserspaceExitReason, VmInstructionError,
+};
+use crate::fields::{FieldLookup, Fields};
+
+/// A thread's command name, shared between the events of that thread.
+pub type Comm = Arc<str>;
+
+/// One trace event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Timestamp in the trace clock's units (nanoseconds for ns clocks; see [`crate::Clock`]).
+    pub ts: u64,
+    /// The CPU whose buffer recorded the event.
+    pub cpu: u32,
+    /// The pid (kernel tid) of the thread that hit the tracepoint; 0 is the idle task.
+    pub pid: i32,
+    /// The thread's comm, when the input says it.
+    pub comm: Option<Comm>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The tracepoint's system (`kvm`, `kvmmmu`, or the system of an [`EventKind::Other`]).
+    pub fn system(&self) -> &str {
+        self.kind.system()
+    }
+
+    /// The tracepoint's bare name (`kvm_exit`).
+    pub fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    /// The vCPU id the event itself carries (`vcpu_id` field), if any. Events without one are
+    /// attributed to a vCPU by thread in the replay model.
+    pub fn vcpu(&self) -> Option<u32> {
+        self.kind.vcpu_id()
+    }
+}
+
+/// The exit information shared by `kvm_exit`, `kvm_nested_vmexit` and
+/// `kvm_nested_vmexit_inject` (which use the same `TRACE_EVENT_KVM_EXIT` fields since 5.10).
+///
+/// On VMX: `info1` is the exit qualification, `info2` the IDT-vectoring information, `intr_info`
+/// `VM_EXIT_INTR_INFO` and `error_code` its error code. On SVM: `exit_info_1`, `exit_info_2`,
+/// `exit_int_info`, `exit_int_info_err`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// The exit reason / exit code.
+    pub reason: ExitCode,
+    /// The `isa` field (1 VMX, 2 SVM), when the layout has it.
+    pub isa: Option<Isa>,
+    /// The guest RIP at the exit (`guest_rip`; `rip` in the ≤5.9 nested layout).
+    pub guest_rip: Option<u64>,
+    /// Exit qualification (VMX) / `exit_info_1` (SVM).
+    pub info1: Option<u64>,
+    /// IDT-vectoring info (VMX) / `exit_info_2` (SVM).
+    pub info2: Option<u64>,
+    /// Exit interruption information (5.10+, or the nested layouts).
+    pub intr_info: Option<IntrInfo>,
+    /// Exit interruption error code.
+    pub error_code: Option<u32>,
+    /// The vCPU (≥5.3 for `kvm_exit`).
+    pub vcpu_id: Option<u32>,
+    /// `vcpu->requests` at the exit (6.14+).
+    pub requests: Option<u64>,
+}
+
+/// `kvm_entry`: hardware is about to run the current level.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The vCPU.
+    pub vcpu_id: u32,
+    /// RIP at entry (5.10+).
+    pub rip: Option<u64>,
+    /// Entry forced to exit immediately (6.9+).
+    pub immediate_exit: Option<bool>,
+    /// The event injected on this entry (6.14+).
+    pub intr_info: Option<IntrInfo>,
+    /// Its error code (6.14+).
+    pub error_code: Option<u32>,
+}
+
+/// `kvm_nested_vmenter` (6.1+; VMX and SVM) and its SVM-only predecessor `kvm_nested_vmrun`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NestedVmenter {
+    /// L1's RIP at VMLAUNCH/VMRESUME/VMRUN (not yet advanced).
+    pub rip: u64,
+    /// vmcs12 / vmcb12 GPA; all ones with eVMCS.
+    pub vmcs: u64,
+    /// vmcs12 GUEST_RIP: where L2 will run.
+    pub nested_rip: u64,
+    /// `guest_intr_status` (VMX) / `int_ctl` (SVM).
+    pub int_ctl: u32,
+    /// The event vmcs12 asks to inject on entry.
+    pub event_inj: IntrInfo,
+    /// L1 enabled nested EPT/NPT for L2.
+    pub tdp_enabled: Option<bool>,
+    /// vmcs12 EPTP when `tdp_enabled`, else vmcs12 GUEST_CR3 (6.1+).
+    pub guest_pgd: Option<u64>,
+    /// VMX or SVM (6.1+; `kvm_nested_vmrun` is SVM).
+    pub isa: Option<Isa>,
+}
+
+impl NestedVmenter {
+    /// The vmcs12 GUEST_CR3 this entry loads, when nested EPT is off and the layout has it.
+    pub fn guest_cr3(&self) -> Option<u64> {
+        match self.tdp_enabled {
+            Some(false) => self.guest_pgd,
+            Some(true) | None => None,
+        }
+    }
+
+    /// The EPTP (or nested CR3 on SVM) this entry uses, when nested TDP is on.
+    pub fn nested_tdp_root(&self) -> Option<u64> {
+        match self.tdp_enabled {
+            Some(true) => self.guest_pgd,
+            Some(false) | None => None,
+        }
+    }
+
+    /// True when L1 uses an enlightened VMCS (the vmcs field is all ones).
+    pub fn is_evmcs(&self) -> bool {
+        self.vmcs == u64::MAX
+    }
+}
+
+/// Fields shared by the kvmmmu shadow-page events (`KVM_MMU_PAGE_FIELDS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MmuPage {
+    /// `mmu_valid_gen`.
+    pub mmu_valid_gen: Option<u64>,
+    /// The guest frame this page shadows (CR3 >> 12 for a 4/5-level root; 0 for direct roots).
+    pub gfn: u64,
+    /// The page's role word.
+    pub role: MmuPageRole,
+    /// Root references (sampled before the increment in `kvm_mmu_get_page`).
+    pub root_count: u32,
+    /// The page is unsync.
+    pub unsync: bool,
+}
+
+/// Instruction bytes from `kvm_emulate_insn` (at most 15).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InsnBytes {
+    len: u8,
+    bytes: [u8; 15],
+}
+
+impl InsnBytes {
+    /// The first `len` (≤ 15) bytes of `bytes`.
+    pub fn new(bytes: &[u8], len: usize) -> Self {
+        let len = len.min(15).min(bytes.len());
+        let mut out = [0; 15];
+        out[..len].copy_from_slice(&bytes[..len]);
+        Self { len: u8::try_from(len).unwrap_or(15), bytes: out }
+    }
+
+    /// The instruction bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for InsnBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.as_slice().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A tracepoint the vocabulary does not type, with all of its fields.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OtherEvent {
+    /// Its system (`kvm`, `sched`, ...); empty when the input does not say it.
+    pub system: Arc<str>,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Every field the input provided.
+    pub fields: Fields,
+}
+
+/// What an event says: one variant per KVM tracepoint, plus markers and the catch-all.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum EventKind {
+    /// `kvm:kvm_exit`: a hardware VM-exit.
+    KvmExit(ExitInfo),
+    /// `kvm:kvm_entry`: about to enter the guest.
+    KvmEntry(Entry),
+    /// `kvm:kvm_cr`: a CR access that L0 handled.
+    KvmCr { write: bool, cr: u32, val: u64 },
+    /// `kvm:kvm_nested_vmenter` (or `kvm_nested_vmrun`).
+    KvmNestedVmenter(NestedVmenter),
+    /// `kvm:kvm_nested_vmexit`: a hardware exit while L2 runs (repeats the `kvm_exit`).
+    KvmNestedVmexit(ExitInfo),
+    /// `kvm:kvm_nested_vmexit_inject`: L1 now sees a VM-exit.
+    KvmNestedVmexitInject(ExitInfo),
+    /// `kvm:kvm_nested_vmenter_failed`: a nested VM-entry check failed.
+    KvmNestedVmenterFailed { msg: Box<str>, err: VmInstructionError },
+    /// `kvm:kvm_nested_intr_vmexit` (SVM).
+    KvmNestedIntrVmexit { rip: u64 },
+    /// `kvm:kvm_page_fault`.
+    KvmPageFault {
+        vcpu_id: Option<u32>,
+        guest_rip: Option<u64>,
+        fault_address: u64,
+        error_code: u64,
+    },
+    /// `kvm:kvm_inj_exception`.
+    KvmInjException {
+        exception: ExceptionVector,
+        has_error: bool,
+        error_code: u32,
+        reinjected: Option<bool>,
+    },
+    /// `kvm:kvm_inj_virq`.
+    KvmInjVirq { vector: u32, soft: Option<bool>, reinjected: Option<bool> },
+    /// `kvm:kvm_userspace_exit`.
+    KvmUserspaceExit { reason: UserspaceExitReason, errno: Option<i32> },
+    /// `kvm:kvm_emulate_insn`.
+    KvmEmulateInsn { rip: u64, csbase: u64, insn: InsnBytes, flags: u8, failed: bool },
+    /// `kvm:kvm_smm_transition`.
+    KvmSmmTransition { vcpu_id: u32, smbase: u64, entering: bool },
+    /// `kvm:kvm_pio`.
+    KvmPio { write: bool, port: u32, size: u32, count: u32, val: Option<u32> },
+    /// `kvm:kvm_msr`.
+    KvmMsr { write: bool, index: u32, data: u64, exception: bool },
+    /// `kvm:kvm_cpuid`.
+    KvmCpuid {
+        function: u32,
+        index: Option<u32>,
+        rax: u64,
+        rbx: u64,
+        rcx: u64,
+        rdx: u64,
+        found: Option<bool>,
+        used_max_basic: Option<bool>,
+    },
+    /// `kvmmmu:kvm_mmu_get_page` (`created`: a new page, else an existing one).
+    KvmMmuGetPage { page: MmuPage, created: bool },
+    /// `kvmmmu:kvm_mmu_prepare_zap_page`.
+    KvmMmuPrepareZapPage { page: MmuPage },
+    /// `kvmmmu:kvm_mmu_sync_page`.
+    KvmMmuSyncPage { page: MmuPage },
+    /// `kvmmmu:kvm_mmu_unsync_page`.
+    KvmMmuUnsyncPage { page: MmuPage },
+    /// `kvmmmu:kvm_mmu_pagetable_walk`.
+    KvmMmuPagetableWalk { addr: u64, pferr: u32 },
+    /// `kvmmmu:kvm_mmu_paging_element`.
+    KvmMmuPagingElement { pte: u64, level: u32 },
+    /// `kvmmmu:kvm_mmu_walker_error`.
+    KvmMmuWalkerError { pferr: u32 },
+    /// Events were lost here on `cpu` (ring-buffer overrun, `[LOST N EVENTS]`,
+    /// `[EVENTS DROPPED]`, perf LOST records); `count` when the input says how many.
+    Lost { count: Option<u64> },
+    /// Any other tracepoint, with all of its fields.
+    Other(Box<OtherEvent>),
+}
+
+/// A tracepoint the vocabulary types, identified by name once per format so that readers do
+/// not compare strings per event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum KnownEvent {
+    KvmExit,
+    KvmEntry,
+    KvmCr,
+    KvmNestedVmenter,
+    KvmNestedVmrun,
+    KvmNestedVmexit,
+    KvmNestedVmexitInject,
+    KvmNestedVmenterFailed,
+    KvmNestedIntrVmexit,
+    KvmPageFault,
+    KvmInjException,
+    KvmInjVirq,
+    KvmUserspaceExit,
+    KvmEmulateInsn,
+    KvmSmmTransition,
+    KvmPio,
+    KvmMsr,
+    KvmCpuid,
+    KvmMmuGetPage,
+    KvmMmuPrepareZapPage,
+    KvmMmuSyncPage,
+    KvmMmuUnsyncPage,
+    KvmMmuPagetableWalk,
+    KvmMmuPagingElement,
+    KvmMmuWalkerError,
+}
+
+/// A known tracepoint lacked a field that every layout generation has.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Event {event} has no usable field `{field}`")]
+pub struct DecodeError {
+    /// The event's name.
+    pub event: &'static str,
+    /// The missing or ill-typed field.
+    pub field: &'static str,
+}
+
+impl KnownEvent {
+    /// Every typed tracepoint with its system and name.
+    pub const ALL: &'static [(KnownEvent, &'static str, &'static str)] = &[
+        (Self::KvmExit, "kvm", "kvm_exit"),
+        (Self::KvmEntry, "kvm", "kvm_entry"),
+        (Self::KvmCr, "kvm", "kvm_cr"),
+        (Self::KvmNestedVmenter, "kvm", "kvm_nested_vmenter"),
+        (Self::KvmNestedVmrun, "kvm", "kvm_nested_vmrun"),
+        (Self::KvmNestedVmexit, "kvm", "kvm_nested_vmexit"),
+        (Self::KvmNestedVmexitInject, "kvm", "kvm_nested_vmexit_inject"),
+        (Self::KvmNestedVmenterFailed, "kvm", "kvm_nested_vmenter_failed"),
+        (Self::KvmNestedIntrVmexit, "kvm", "kvm_nested_intr_vmexit"),
+        (Self::KvmPageFault, "kvm", "kvm_page_fault"),
+        (Self::KvmInjException, "kvm", "kvm_inj_exception"),
+        (Self::KvmInjVirq, "kvm", "kvm_inj_virq"),
+        (Self::KvmUserspaceExit, "kvm", "kvm_userspace_exit"),
+        (Self::KvmEmulateInsn, "kvm", "kvm_emulate_insn"),
+        (Self::KvmSmmTransition, "kvm", "kvm_smm_transition"),
+        (Self::KvmPio, "kvm", "kvm_pio"),
+        (Self::KvmMsr, "kvm", "kvm_msr"),
+        (Self::KvmCpuid, "kvm", "kvm_cpuid"),
+        (Self::KvmMmuGetPage, "kvmmmu", "kvm_mmu_get_page"),
+        (Self::KvmMmuPrepareZapPage, "kvmmmu", "kvm_mmu_prepare_zap_page"),
+        (Self::KvmMmuSyncPage, "kvmmmu", "kvm_mmu_sync_page"),
+        (Self::KvmMmuUnsyncPage, "kvmmmu", "kvm_mmu_unsync_page"),
+        (Self::KvmMmuPagetableWalk, "kvmmmu", "kvm_mmu_pagetable_walk"),
+        (Self::KvmMmuPagingElement, "kvmmmu", "kvm_mmu_paging_element"),
+        (Self::KvmMmuWalkerError, "kvmmmu", "kvm_mmu_walker_error"),
+    ];
+
+    /// Classifies a tracepoint by name. `system` may be empty when the input does not print it
+    /// (ftrace text); a non-empty system must match.
+    pub fn lookup(system: &str, name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, sys, n)| *n == name && (system.is_empty() || system == *sys))
+            .map(|(known, _, _)| *known)
+    }
+
+    /// The tracepoint's name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(k, _, _)| *k == self).map_or("", |(_, _, n)| n)
+    }
+
+    /// Builds the typed event from the fields, for every layout generation of the tracepoint.
+    pub fn decode(self, f: &impl FieldLookup) -> Result<EventKind, DecodeError> {
+        let event = self.name();
+        let need = |field: &'static str| f.uint(field).ok_or(DecodeError { event, field });
+        let need32 = |field: &'static str| f.u32(field).ok_or(DecodeError { event, field });
+        let isa = || f.uint("isa").and_then(Isa::from_raw);
+        let intr = |field: &str| f.u32(field).map(IntrInfo);
+        Ok(match self {
+            Self::KvmExit => EventKind::KvmExit(ExitInfo {
+                reason: ExitCode::from_raw(need("exit_reason")?, isa()),
+                isa: isa(),
+                guest_rip: f.uint("guest_rip"),
+                info1: f.uint("info1"),
+                info2: f.uint("info2"),
+                intr_info: intr("intr_info"),
+                error_code: f.u32("error_code"),
+                vcpu_id: f.u32("vcpu_id"),
+                requests: f.uint("requests"),
+            }),
+            Self::KvmNestedVmexit if f.uint("exit_reason").is_some() => {
+                // 5.10+: the kvm_exit layout.
+                match Self::KvmExit.decode(f)? {
+                    EventKind::KvmExit(info) => EventKind::KvmNestedVmexit(info),
+                    other => other,
+                }
+            }
+            Self::KvmNestedVmexit => EventKind::KvmNestedVmexit(ExitInfo {
+                // ≤5.9 layout: rip, exit_code, exit_info1/2, exit_int_info(_err), isa.
+                reason: ExitCode::from_raw(need("exit_code")?, isa()),
+                isa: isa(),
+                guest_rip: f.uint("rip"),
+                info1: f.uint("exit_info1"),
+                info2: f.uint("exit_info2"),
+                intr_info: intr("exit_int_info"),
+                error_code: f.u32("exit_int_info_err"),
+                vcpu_id: f.u32("vcpu_id"),
+                requests: None,
+            }),
+            Self::KvmNestedVmexitInject => EventKind::KvmNestedVmexitInject(ExitInfo {
+                reason: ExitCode::from_raw(need("exit_code")?, isa()),
+                isa: isa(),
+                guest_rip: None,
+                info1: f.uint("exit_info1"),
+                info2: f.uint("exit_info2"),
+                intr_info: intr("exit_int_info"),
+                error_code: f.u32("exit_int_info_err"),
+                vcpu_id: None,
+                requests: None,
+            }),
+            Self::KvmEntry => EventKind::KvmEntry(Entry {
+                vcpu_id: need32("vcpu_id")?,
+                rip: f.uint("rip"),
+                immediate_exit: f.flag("immediate_exit"),
+                intr_info: intr("intr_info"),
+                error_code: f.u32("error_code"),
+            }),
+            Self::KvmCr => {
+                EventKind::KvmCr { write: need("rw")? != 0, cr: need32("cr")?, val: need("val")? }
+            }
+            Self::KvmNestedVmenter | Self::KvmNestedVmrun => {
+                EventKind::KvmNestedVmenter(NestedVmenter {
+                    rip: need("rip")?,
+                    vmcs: f
+                        .uint("vmcb")
+                        .or_else(|| f.uint("vmcs"))
+                        .ok_or(DecodeError { event, field: "vmcb" })?,
+                    nested_rip: need("nested_rip")?,
+                    int_ctl: f.u32("int_ctl").unwrap_or(0),
+                    event_inj: IntrInfo(f.u32("event_inj").unwrap_or(0)),
+                    tdp_enabled: f.flag("tdp_enabled").or_else(|| f.flag("npt")),
+                    guest_pgd: f.uint("guest_pgd"),
+                    isa: isa().or((self == Self::KvmNestedVmrun).then_some(Isa::Svm)),
+                })
+            }
+            Self::KvmNestedVmenterFailed => EventKind::KvmNestedVmenterFailed {
+                msg: f.string("msg").ok_or(DecodeError { event, field: "msg" })?.into(),
+                err: VmInstructionError(f.u32("err").unwrap_or(0)),
+            },
+            Self::KvmNestedIntrVmexit => EventKind::KvmNestedIntrVmexit { rip: need("rip")? },
+            Self::KvmPageFault => EventKind::KvmPageFault {
+                vcpu_id: f.u32("vcpu_id"),
+                guest_rip: f.uint("guest_rip"),
+                fault_address: f
+                    .uint("fault_address")
+                    .ok_or(DecodeError { event, field: "fault_address" })?,
+                error_code: need("error_code")?,
+            },
+            Self::KvmInjException => EventKind::KvmInjException {
+                exception: ExceptionVector(
+                    u8::try_from(need("exception")?)
+                        .map_err(|_| DecodeError { event, field: "exception" })?,
+                ),
+                has_error: f.flag("has_error").unwrap_or(false),
+                error_code: f.u32("error_code").unwrap_or(0),
+                reinjected: f.flag("reinjected"),
+            },
+            Self::KvmInjVirq => EventKind::KvmInjVirq {
+                vector: f
+                    .u32("vector")
+                    .or_else(|| f.u32("irq"))
+                    .ok_or(DecodeError { event, field: "vector" })?,
+                soft: f.flag("soft"),
+                reinjected: f.flag("reinjected"),
+            },
+            Self::KvmUserspaceExit => EventKind::KvmUserspaceExit {
+                reason: UserspaceExitReason(need32("reason")?),
+                errno: f.int("errno", 4).and_then(|v| i32::try_from(v).ok()),
+            },
+            Self::KvmEmulateInsn => {
+                let bytes = f.bytes("insn").unwrap_or(&[]);
+                let len = f.uint("len").map_or(bytes.len(), |l| {
+                    usize::try_from(l).unwrap_or(usize::MAX).min(bytes.len())
+                });
+                EventKind::KvmEmulateInsn {
+                    rip: need("rip")?,
+                    csbase: f.uint("csbase").unwrap_or(0),
+                    insn: InsnBytes::new(bytes, len),
+                    flags: f.uint("flags").map_or(0, |v| (v & 0xff) as u8),
+                    failed: f.flag("failed").unwrap_or(false),
+                }
+            }
+            Self::KvmSmmTransition => EventKind::KvmSmmTransition {
+                vcpu_id: need32("vcpu_id")?,
+                smbase: need("smbase")?,
+                entering: need("entering")? != 0,
+            },
+            Self::KvmPio => EventKind::KvmPio {
+                write: need("rw")? != 0,
+                port: need32("port")?,
+                size: need32("size")?,
+                count: f.u32("count").unwrap_or(1),
+                val: f.u32("val"),
+            },
+            Self::KvmMsr => EventKind::KvmMsr {
+                write: need("write")? != 0,
+                index: need32("ecx")?,
+                data: need("data")?,
+                exception: f.flag("exception").unwrap_or(false),
+            },
+            Self::KvmCpuid => EventKind::KvmCpuid {
+                function: need32("function")?,
+                index: f.u32("index"),
+                rax: need("rax")?,
+                rbx: need("rbx")?,
+                rcx: need("rcx")?,
+                rdx: need("rdx")?,
+                found: f.flag("found"),
+                used_max_basic: f.flag("used_max_basic"),
+            },
+            Self::KvmMmuGetPage => EventKind::KvmMmuGetPage {
+                page: mmu_page(f, event)?,
+                created: f.flag("created").unwrap_or(false),
+            },
+            Self::KvmMmuPrepareZapPage => {
+                EventKind::KvmMmuPrepareZapPage { page: mmu_page(f, event)? }
+            }
+            Self::KvmMmuSyncPage => EventKind::KvmMmuSyncPage { page: mmu_page(f, event)? },
+            Self::KvmMmuUnsyncPage => EventKind::KvmMmuUnsyncPage { page: mmu_page(f, event)? },
+            Self::KvmMmuPagetableWalk => {
+                EventKind::KvmMmuPagetableWalk { addr: need("addr")?, pferr: need32("pferr")? }
+            }
+            Self::KvmMmuPagingElement => {
+                EventKind::KvmMmuPagingElement { pte: need("pte")?, level: need32("level")? }
+            }
+            Self::KvmMmuWalkerError => EventKind::KvmMmuWalkerError { pferr: need32("pferr")? },
+        })
+    }
+}
+
+fn mmu_page(f: &impl FieldLookup, event: &'static str) -> Result<MmuPage, DecodeError> {
+    Ok(MmuPage {
+        mmu_valid_gen: f.uint("mmu_valid_gen"),
+        gfn: f.uint("gfn").ok_or(DecodeError { event, field: "gfn" })?,
+        role: MmuPageRole(f.u32("role").ok_or(DecodeError { event, field: "role" })?),
+        root_count: f.u32("root_count").unwrap_or(0),
+        unsync: f.flag("unsync").unwrap_or(false),
+    })
+}
+
+impl EventKind {
+    /// Decodes a tracepoint by name: typed when the vocabulary knows it, [`EventKind::Other`]
+    /// with every field otherwise.
+    pub fn decode(
+        system: &str,
+        name: &str,
+        fields: &impl FieldLookup,
+    ) -> Result<EventKind, DecodeError> {
+        match KnownEvent::lookup(system, name) {
+            Some(known) => known.decode(fields),
+            None => Ok(EventKind::Other(Box::new(OtherEvent {
+                system: system.into(),
+                name: name.into(),
+                fields: fields.to_fields(),
+            }))),
+        }
+    }
+
+    /// The tracepoint's system.
+    pub fn system(&self) -> &str {
+        match self {
+            Self::Other(o) => &o.system,
+            Self::Lost { .. } => "vmxray",
+            Self::KvmMmuGetPage { .. }
+            | Self::KvmMmuPrepareZapPage { .. }
+            | Self::KvmMmuSyncPage { .. }
+            | Self::KvmMmuUnsyncPage { .. }
+            | Self::KvmMmuPagetableWalk { .. }
+            | Self::KvmMmuPagingElement { .. }
+            | Self::KvmMmuWalkerError { .. } => "kvmmmu",
+            Self::KvmExit(_)
+            | Self::KvmEntry(_)
+            | Self::KvmCr { .. }
+            | Self::KvmNestedVmenter(_)
+            | Self::KvmNestedVmexit(_)
+            | Self::KvmNestedVmexitInject(_)
+            | Self::KvmNestedVmenterFailed { .. }
+            | Self::KvmNestedIntrVmexit { .. }
+            | Self::KvmPageFault { .. }
+            | Self::KvmInjException { .. }
+            | Self::KvmInjVirq { .. }
+            | Self::KvmUserspaceExit { .. }
+            | Self::KvmEmulateInsn { .. }
+            | Self::KvmSmmTransition { .. }
+            | Self::KvmPio { .. }
+            | Self::KvmMsr { .. }
+            | Self::KvmCpuid { .. } => "kvm",
+        }
+    }
+
+    /// The tracepoint's bare name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::KvmExit(_) => "kvm_exit",
+            Self::KvmEntry(_) => "kvm_entry",
+            Self::KvmCr { .. } => "kvm_cr",
+            Self::KvmNestedVmenter(_) => "kvm_nested_vmenter",
+            Self::KvmNestedVmexit(_) => "kvm_nested_vmexit",
+            Self::KvmNestedVmexitInject(_) => "kvm_nested_vmexit_inject",
+            Self::KvmNestedVmenterFailed { .. } => "kvm_nested_vmenter_failed",
+            Self::KvmNestedIntrVmexit { .. } => "kvm_nested_intr_vmexit",
+            Self::KvmPageFault { .. } => "kvm_page_fault",
+            Self::KvmInjException { .. } => "kvm_inj_exception",
+            Self::KvmInjVirq { .. } => "kvm_inj_virq",
+            Self::KvmUserspaceExit { .. } => "kvm_userspace_exit",
+            Self::KvmEmulateInsn { .. } => "kvm_emulate_insn",
+            Self::KvmSmmTransition { .. } => "kvm_smm_transition",
+            Self::KvmPio { .. } => "kvm_pio",
+            Self::KvmMsr { .. } => "kvm_msr",
+            Self::KvmCpuid { .. } => "kvm_cpuid",
+            Self::KvmMmuGetPage { .. } => "kvm_mmu_get_page",
+            Self::KvmMmuPrepareZapPage { .. } => "kvm_mmu_prepare_zap_page",
+            Self::KvmMmuSyncPage { .. } => "kvm_mmu_sync_page",
+            Self::KvmMmuUnsyncPage { .. } => "kvm_mmu_unsync_page",
+            Self::KvmMmuPagetableWalk { .. } => "kvm_mmu_pagetable_walk",
+            Self::KvmMmuPagingElement { .. } => "kvm_mmu_paging_element",
+            Self::KvmMmuWalkerError { .. } => "kvm_mmu_walker_error",
+            Self::Lost { .. } => "lost_events",
+            Self::Other(o) => &o.name,
+        }
+    }
+
+    /// The `vcpu_id` the event carries, if its layout has one.
+    pub fn vcpu_id(&self) -> Option<u32> {
+        match self {
+            Self::KvmExit(info) | Self::KvmNestedVmexit(info) => info.vcpu_id,
+            Self::KvmEntry(entry) => Some(entry.vcpu_id),
+            Self::KvmPageFault { vcpu_id, .. } => *vcpu_id,
+            Self::KvmSmmTransition { vcpu_id, .. } => Some(*vcpu_id),
+            Self::KvmNestedVmexitInject(_)
+            | Self::KvmCr { .. }
+            | Self::KvmNestedVmenter(_)
+            | Self::KvmNestedVmenterFailed { .. }
+            | Self::KvmNestedIntrVmexit { .. }
+            | Self::KvmInjException { .. }
+            | Self::KvmInjVirq { .. }
+            | Self::KvmUserspaceExit { .. }
+            | Self::KvmEmulateInsn { .. }
+            | Self::KvmPio { .. }
+            | Self::KvmMsr { .. }
+            | Self::KvmCpuid { .. }
+            | Self::KvmMmuGetPage { .. }
+            | Self::KvmMmuPrepareZapPage { .. }
+            | Self::KvmMmuSyncPage { .. }
+            | Self::KvmMmuUnsyncPage { .. }
+            | Self::KvmMmuPagetableWalk { .. }
+            | Self::KvmMmuPagingElement { .. }
+            | Self::KvmMmuWalkerError { .. }
+            | Self::Lost { .. } => None,
+            Self::Other(o) => o.fields.u32("vcpu_id"),
+        }
+    }
+
+    /// The exit reason, for the three exit tracepoints.
+    pub fn exit_reason(&self) -> Option<ExitCode> {
+        match self {
+            Self::KvmExit(info)
+            | Self::KvmNestedVmexit(info)
+            | Self::KvmNestedVmexitInject(info) => Some(info.reason),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::{ExitReason, VmxBasicReason};
+    use crate::fields::FieldValue;
+
+    fn fields(pairs: &[(&str, u64)]) -> Fields {
+        let mut f = Fields::new();
+        for (n, v) in pairs {
+            f.push(*n, FieldValue::U64(*v));
+        }
+        f
+    }
+
+    #[test]
+    fn kvm_exit_every_generation() {
+        // ≤5.2: exit_reason, guest_rip, isa, info1, info2.
+        let old = fields(&[
+            ("exit_reason", 48),
+            ("guest_rip", 0x1000),
+            ("isa", 1),
+            ("info1", 0x181),
+            ("info2", 0),
+        ]);
+        let EventKind::KvmExit(info) = EventKind::decode("kvm", "kvm_exit", &old).unwrap() else {
+            panic!("not a kvm_exit")
+        };
+        assert_eq!(info.reason, ExitCode::Vmx(ExitReason(48)));
+        assert_eq!(info.vcpu_id, None);
+        assert_eq!(info.intr_info, None);
+        assert_eq!(info.requests, None);
+        // 6.14: everything.
+        let new = fields(&[
+            ("exit_reason", 0x8000_0021),
+            ("guest_rip", 0x1000),
+            ("isa", 1),
+            ("info1", 0),
+            ("info2", 0),
+            ("intr_info", 0),
+            ("error_code", 0),
+            ("vcpu_id", 3),
+            ("requests", 0x40),
+        ]);
+        let kind = EventKind::decode("", "kvm_exit", &new).unwrap();
+        assert_eq!(kind.vcpu_id(), Some(3));
+        let ExitCode::Vmx(r) = kind.exit_reason().unwrap() else { panic!() };
+        assert!(r.failed_vmentry() && r.basic() == VmxBasicReason::INVALID_STATE);
+    }
+
+    #[test]
+    fn nested_vmexit_old_and_new_layouts_agree() {
+        let old = fields(&[
+            ("rip", 0x2000),
+            ("exit_code", 30),
+            ("exit_info1", 7),
+            ("exit_info2", 0),
+            ("exit_int_info", 0),
+            ("exit_int_info_err", 0),
+            ("isa", 1),
+        ]);
+        let new = fields(&[
+            ("exit_reason", 30),
+            ("guest_rip", 0x2000),
+            ("isa", 1),
+            ("info1", 7),
+            ("info2", 0),
+            ("intr_info", 0),
+            ("error_code", 0),
+        ]);
+        let a = EventKind::decode("kvm", "kvm_nested_vmexit", &old).unwrap();
+        let b = EventKind::decode("kvm", "kvm_nested_vmexit", &new).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn missing_required_field_is_an_error_not_zero() {
+        let err = EventKind::decode("kvm", "kvm_cr", &fields(&[("rw", 1)])).unwrap_err();
+        assert_eq!(err.field, "cr");
+    }
+
+    #[test]
+    fn unknown_events_keep_all_fields() {
+        let f = fields(&[("vcpu_id", 2), ("x", 9)]);
+        let kind = EventKind::decode("kvm", "kvm_fpu", &f).unwrap();
+        assert_eq!(kind.name(), "kvm_fpu");
+        assert_eq!(kind.vcpu_id(), Some(2));
+        let EventKind::Other(o) = kind else { panic!() };
+        assert_eq!(o.fields, f);
+    }
+
+    #[test]
+    fn system_must_match_when_given() {
+        assert_eq!(KnownEvent::lookup("sched", "kvm_exit"), None);
+        assert_eq!(KnownEvent::lookup("", "kvm_mmu_get_page"), Some(KnownEvent::KvmMmuGetPage));
+    }
+}

@@ -1,0 +1,36 @@
+//! # vmxray-capture: trace bytes to typed KVM events
+//!
+//! This crate owns everything about trace bytes: it turns every form a KVM trace takes (tracefs
+//! ring-buffer pages, trace-cmd's trace.dat v6/v7, perf.data, and the text of ftrace, `trace-cmd
+//! report` and `perf script`) into one time-ordered stream of typed [`Event`]s, and writes and
+//! records traces. It owns the KVM vocabulary ([`EventKind`], the code newtypes in [`codes`]).
+//!
+//! It does **not** interpret the stream: no nested-VMX state, no statistics, no anomalies (those
+//! are `vmxray-replay` and `vmxray-analyze`).
+//!
+//! ```
+//! use vmxray_capture::{EventKind, Fields, FieldValue, codes::VmxBasicReason};
+//!
+//! // Whatever the input, a reader ends with named fields; the vocabulary types them.
+//! let mut f = Fields::new();
+//! for (name, v) in [("exit_reason", 48), ("guest_rip", 0xfff0), ("isa", 1), ("info1", 0x181), ("info2", 0)] {
+//!     f.push(name, FieldValue::U64(v));
+//! }
+//! let kind = EventKind::decode("kvm", "kvm_exit", &f).unwrap();
+//! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
+//! ```
+
+pub mod codes;
+pub mod event;
+pub mod fields;
+pub mod reader;
+
+pub use event::{
+    Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
+    NestedVmenter, OtherEvent,
+};
+pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
+pub use reader::{
+    Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
+    ReadStats, TraceMeta,
+};

@@ -1,0 +1,3 @@
+//! The `vmxray` command: parses arguments and calls the crates.
+
+fn main() {}
