@@ -1,3 +1,36 @@
-//! The `vmxray` command: parses arguments and calls the crates.
+//! The `vmxray` command: parses arguments and calls the crates. No parsing of trace bytes, no
+//! modelling and no statistics happen here.
+//!
+//! Exit codes: 0 clean, 1 anomalies found (replay/triage/scan, like a linter), 2 usage or input
+//! error.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Trace-driven replay and analysis of KVM exits, nested VMX included.
+#[derive(Parser)]
+#[command(name = "vmxray", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every event of a trace, one normalized line (or JSON object) per event.
+    Dump(cmd::dump::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dump(args) => cmd::dump::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => cmd::report_error(&err),
+    }
+}
