@@ -23,6 +23,7 @@
 pub mod codes;
 pub mod event;
 pub mod fields;
+pub mod open;
 pub mod reader;
 
 pub use event::{
@@ -30,6 +31,7 @@ pub use event::{
     NestedVmenter, OtherEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
+pub use open::open;
 pub use reader::{
     Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
     ReadStats, TraceMeta,
