@@ -23,8 +23,10 @@
 pub mod codes;
 pub mod event;
 pub mod fields;
+pub mod filter;
 pub mod open;
 pub mod reader;
+pub mod render;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,

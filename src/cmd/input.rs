@@ -1,0 +1,50 @@
+//! Opening a trace and reporting what reading it lost or skipped, shared by every command.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use vmxray_capture::{EventReader, ReadOptions, ReadStats, TraceMeta};
+
+/// Opens `path` (`-` for stdin) with the format detected from its bytes.
+pub fn open(path: &Path, permissive: bool) -> anyhow::Result<Box<dyn EventReader>> {
+    vmxray_capture::open(path, ReadOptions { permissive })
+        .with_context(|| format!("Cannot open {}", path.display()))
+}
+
+/// Writes the end-of-read summary: lost events per CPU, skipped records with their first
+/// locations, and events no format described. Nothing is said when the read was clean.
+pub fn write_read_summary(
+    out: &mut impl Write,
+    meta: &TraceMeta,
+    stats: &ReadStats,
+) -> std::io::Result<()> {
+    if stats.is_clean() {
+        return Ok(());
+    }
+    for (cpu, lost) in &stats.lost {
+        let uncounted = if lost.uncounted_markers > 0 {
+            format!(" (+{} losses of unknown size)", lost.uncounted_markers)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "{}: CPU {cpu}: {} events lost in {} gaps{uncounted}",
+            meta.input, lost.events, lost.markers
+        )?;
+    }
+    if stats.skipped > 0 {
+        writeln!(out, "{}: {} bad records skipped (--permissive):", meta.input, stats.skipped)?;
+        for problem in &stats.problems {
+            writeln!(out, "  {problem}")?;
+        }
+        if stats.skipped > stats.problems.len() as u64 {
+            writeln!(out, "  ... and {} more", stats.skipped - stats.problems.len() as u64)?;
+        }
+    }
+    for (what, count) in &stats.unknown_events {
+        writeln!(out, "{}: {count} records of unknown event {what} (no format)", meta.input)?;
+    }
+    Ok(())
+}
