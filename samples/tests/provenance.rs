@@ -32,10 +32,8 @@ fn listed_files(readme: &str) -> BTreeSet<String> {
     for line in readme.lines() {
         if let Some(heading) = line.strip_prefix("## ") {
             dir = heading.split_whitespace().next().unwrap_or("").trim_end_matches('/').to_owned();
-        } else if let Some(rest) = line.strip_prefix("| `") {
-            if let Some(end) = rest.find('`') {
-                out.insert(format!("{dir}/{}", &rest[..end]));
-            }
+        } else if let Some((file, _)) = line.strip_prefix("| `").and_then(|r| r.split_once('`')) {
+            out.insert(format!("{dir}/{file}"));
         }
     }
     out
