@@ -426,9 +426,14 @@ fn render_text(report: &StatsReport) -> String {
                 s
             })
             .collect();
-        let _ = write!(out, "Lost events: {lost}");
-        if uncounted > 0 {
-            out.push_str(" or more");
+        match (lost, uncounted) {
+            (0, 1..) => out.push_str("Lost events: an unknown number"),
+            (_, 1..) => {
+                let _ = write!(out, "Lost events: at least {lost}");
+            }
+            (_, 0) => {
+                let _ = write!(out, "Lost events: {lost}");
+            }
         }
         let _ = writeln!(out, " ({}).", per_cpu.join("; "));
     }
