@@ -186,6 +186,13 @@ impl LogHistogram {
         }
         let n = u128::from(self.count);
         let rank = (n * u128::from(permille.min(1000))).div_ceil(1000).max(1);
+        // The extremes are known exactly.
+        if rank == 1 {
+            return Some(self.min);
+        }
+        if rank == n {
+            return Some(self.max);
+        }
         let mut seen: u128 = 0;
         for (octave, chunk) in self.chunks.iter().enumerate() {
             let Some(chunk) = chunk else { continue };

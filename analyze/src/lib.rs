@@ -112,6 +112,7 @@
 //!   "level": "all" | "l1" | "l2",
 //!   "vcpu": null | {"id": u32} | {"thread": i32},
 //!   "count": u64, "percent": f64,          // percent of all kvm_exit
+//!   "time_percent": f64,                   // share of the summed latency of all exits
 //!   "without_latency": u64, "l0_handled": u64, "reflected": u64,   // the last two: L2 rows only
 //!   "latency": null | {"count": u64, "total": u64, "min": u64, "max": u64, "mean": f64,
 //!                      "stddev": f64, "p50": u64, "p90": u64, "p99": u64, "p999": u64}
@@ -121,7 +122,7 @@
 //!
 //! **CSV** (`--format csv`): one row per `groups` entry, header
 //! `reason,reason_code,isa,level,vcpu,count,percent,without_latency,l0_handled,reflected,`
-//! `latency_count,total,min,p50,p90,p99,p999,max,mean,stddev,time_unit`; the latency columns
+//! `latency_count,time_percent,total,min,p50,p90,p99,p999,max,mean,stddev,time_unit`; the latency columns
 //! are empty when the group has none; `vcpu` is the id or `tid:N`. A trace without `kvm_exit`
 //! gives the header alone.
 

@@ -497,12 +497,14 @@ impl ExitStats {
                 Level::L1 | Level::All => levels.l1 += group.count,
             }
         }
+        let overall_time = overall.latency.sum();
         let row = |reason: Option<ReasonKey>, level: Level, vcpu: Option<Vcpu>, g: &Group| ExitRow {
             reason: reason.map(|r| Reason::from(r.0)),
             level,
             vcpu,
             count: g.count,
             percent: percent(g.count, total),
+            time_percent: ratio_percent(g.latency.sum(), overall_time),
             without_latency: g.without_latency,
             l0_handled: g.l0_handled,
             reflected: g.reflected,
@@ -554,6 +556,10 @@ fn l0_always_keeps(reason: ExitCode, intr: Option<IntrType>) -> bool {
 }
 
 fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 { 0.0 } else { part as f64 * 100.0 / total as f64 }
+}
+
+fn ratio_percent(part: u128, total: u128) -> f64 {
     if total == 0 { 0.0 } else { part as f64 * 100.0 / total as f64 }
 }
 

@@ -43,7 +43,8 @@ pub fn write_report(report: &StatsReport, format: Format, out: &mut dyn Write) -
 
 /// The CSV header (one row per group follows).
 pub const CSV_HEADER: &str = "reason,reason_code,isa,level,vcpu,count,percent,without_latency,\
-l0_handled,reflected,latency_count,total,min,p50,p90,p99,p999,max,mean,stddev,time_unit";
+l0_handled,reflected,latency_count,time_percent,total,min,p50,p90,p99,p999,max,mean,stddev,\
+time_unit";
 
 fn render_csv(report: &StatsReport) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -65,6 +66,7 @@ fn render_csv(report: &StatsReport) -> String {
         match &row.latency {
             Some(l) => fields.extend([
                 l.count.to_string(),
+                format!("{:.4}", row.time_percent),
                 l.total.to_string(),
                 l.min.to_string(),
                 l.p50.to_string(),
@@ -75,7 +77,8 @@ fn render_csv(report: &StatsReport) -> String {
                 format!("{:.3}", l.mean),
                 format!("{:.3}", l.stddev),
             ]),
-            None => fields.extend(std::iter::once("0".to_owned()).chain((0..9).map(|_| String::new()))),
+            None => fields
+                .extend(std::iter::once("0".to_owned()).chain((0..10).map(|_| String::new()))),
         }
         fields.push(unit.to_owned());
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
@@ -146,11 +149,11 @@ impl Table {
     }
 }
 
-const LATENCY_HEADER: [&str; 10] =
-    ["NO-LAT", "TOTAL", "MIN", "P50", "P90", "P99", "P99.9", "MAX", "MEAN", "STDDEV"];
+const LATENCY_HEADER: [&str; 11] =
+    ["NO-LAT", "TIME%", "TOTAL", "MIN", "P50", "P90", "P99", "P99.9", "MAX", "MEAN", "STDDEV"];
 
 fn latency_cells(row: &ExitRow) -> Vec<String> {
-    let mut cells = vec![row.without_latency.to_string()];
+    let mut cells = vec![row.without_latency.to_string(), format!("{:.2}%", row.time_percent)];
     match &row.latency {
         Some(l) => cells.extend([
             l.total.to_string(),

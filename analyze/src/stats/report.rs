@@ -210,6 +210,9 @@ pub struct ExitRow {
     pub count: u64,
     /// `count` as a percentage of all `kvm_exit` events.
     pub percent: f64,
+    /// This row's total latency as a percentage of the total latency of all exits (perf kvm
+    /// stat's `Time%`).
+    pub time_percent: f64,
     /// Exits without a latency (see [`Unpaired`]).
     pub without_latency: u64,
     /// L2 exits that L0 handled itself.

@@ -164,6 +164,8 @@ fn hand_computed_latencies() {
     assert_eq!((ept.count, ept.without_latency, ept.l0_handled, ept.reflected), (5, 2, 1, 0));
     assert_eq!(ept.percent, 5.0 * 100.0 / 11.0);
     assert_eq!(ept.reason.as_ref().unwrap().code, 48);
+    // Time%: 420 of 1120 = 37.5 %.
+    assert_eq!(ept.time_percent, 37.5);
     let l = ept.latency.unwrap();
     assert_eq!((l.count, l.total, l.min, l.max, l.mean), (3, 420, 100, 180, 140.0));
     assert_eq!(l.stddev, 9600f64.sqrt() / 3.0);
@@ -499,7 +501,8 @@ fn json_round_trips_and_csv_has_one_row_per_group() {
     // (EPT_VIOLATION, L1, vCPU 0): 3 exits, 2 without latency, the one latency 140.
     let ept_v0 = rows.iter().find(|r| r[0] == "EPT_VIOLATION" && r[3] == "L1" && r[4] == "0").unwrap();
     assert_eq!(&ept_v0[5..8], ["3", "27.2727", "2"]);
-    assert_eq!(&ept_v0[10..14], ["1", "140", "140", "140"]);
+    // Its latency is 140 of the 1120 total: 12.5 % of the time.
+    assert_eq!(&ept_v0[10..15], ["1", "12.5000", "140", "140", "140"]);
     // tid:400's HLT has no latency: empty latency fields.
     let t400 = rows.iter().find(|r| r[4] == "tid:400").unwrap();
     assert_eq!(&t400[10..12], ["0", ""]);
