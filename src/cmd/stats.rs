@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[1].starts_with("HLT,12,vmx,all,1,1,25.0000,0,0,0,1,92.5926,50000,50000,"));
         assert!(lines[2].starts_with("IO_INSTRUCTION,30,vmx,all,1,1,25.0000,1,0,0,0,,"));
-        assert!(lines[3].starts_with("EPT_VIOLATION,48,vmx,all,0,2,50.0000,0,0,0,2,7.4074,4000,1000,1000,"));
+        assert!(
+            lines[3]
+                .starts_with("EPT_VIOLATION,48,vmx,all,0,2,50.0000,0,0,0,2,7.4074,4000,1000,1000,")
+        );
         assert!(lines.iter().skip(1).all(|l| l.ends_with(",ns")));
     }
 

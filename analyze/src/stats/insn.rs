@@ -17,7 +17,9 @@ const GPR32: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"
 pub fn mnemonic(bytes: &[u8]) -> Option<String> {
     // Legacy prefixes we may see before these instructions, then an optional REX.
     let mut i = 0;
-    while i < bytes.len() && matches!(bytes[i], 0x66 | 0x67 | 0xf3 | 0xf2 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65) {
+    while i < bytes.len()
+        && matches!(bytes[i], 0x66 | 0x67 | 0xf3 | 0xf2 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65)
+    {
         i += 1;
     }
     let mut rex = 0u8;
@@ -31,7 +33,8 @@ pub fn mnemonic(bytes: &[u8]) -> Option<String> {
     let rex_w = rex & 0x08 != 0;
     let rex_r = usize::from(rex & 0x04 != 0) << 3;
     let rex_b = usize::from(rex & 0x01 != 0) << 3;
-    let modrm = |at: usize| rest.get(at).map(|&m| (m >> 6, usize::from((m >> 3) & 7), usize::from(m & 7)));
+    let modrm =
+        |at: usize| rest.get(at).map(|&m| (m >> 6, usize::from((m >> 3) & 7), usize::from(m & 7)));
     let reg_name = |n: usize| if rex_w || rex != 0 { GPR64[n & 15] } else { GPR32[n & 7] };
     let text = match rest {
         [0xf4, ..] => "hlt".to_owned(),

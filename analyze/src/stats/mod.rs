@@ -154,7 +154,9 @@ impl ExitStats {
                 self.thread_vcpu.insert(event.pid, id);
                 Vcpu::Id(id)
             }
-            None => self.thread_vcpu.get(&event.pid).map_or(Vcpu::Thread(event.pid), |&id| Vcpu::Id(id)),
+            None => {
+                self.thread_vcpu.get(&event.pid).map_or(Vcpu::Thread(event.pid), |&id| Vcpu::Id(id))
+            }
         }
     }
 
@@ -174,7 +176,8 @@ impl ExitStats {
                 if let Some(previous) = self.pending.remove(&vcpu) {
                     self.close(vcpu, previous, Close::NextExit);
                 }
-                let l0_always_keeps = l0_always_keeps(info.reason, info.intr_info.map(|i| i.kind()));
+                let l0_always_keeps =
+                    l0_always_keeps(info.reason, info.intr_info.map(|i| i.kind()));
                 self.pending.insert(
                     vcpu,
                     PendingExit {
@@ -190,11 +193,11 @@ impl ExitStats {
                 self.saw_entry = true;
                 let vcpu = self.vcpu_of(event);
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                let pending = self
-                    .pending
-                    .remove(&vcpu)
-                    .map(|p| (vcpu, p))
-                    .or_else(|| self.pending.remove(&Vcpu::Thread(event.pid)).map(|p| (Vcpu::Id(entry.vcpu_id), p)));
+                let pending = self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
+                    self.pending
+                        .remove(&Vcpu::Thread(event.pid))
+                        .map(|p| (Vcpu::Id(entry.vcpu_id), p))
+                });
                 if let Some((vcpu, exit)) = pending {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
@@ -300,8 +303,10 @@ impl ExitStats {
 
     fn close(&mut self, vcpu: Vcpu, exit: PendingExit, how: Close) {
         let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
-        let group =
-            self.groups.entry(GroupKey { reason: ReasonKey(exit.reason), level, vcpu }).or_default();
+        let group = self
+            .groups
+            .entry(GroupKey { reason: ReasonKey(exit.reason), level, vcpu })
+            .or_default();
         group.count += 1;
         if exit.from_l2 {
             if exit.reflected {
@@ -498,20 +503,24 @@ impl ExitStats {
             }
         }
         let overall_time = overall.latency.sum();
-        let row = |reason: Option<ReasonKey>, level: Level, vcpu: Option<Vcpu>, g: &Group| ExitRow {
-            reason: reason.map(|r| Reason::from(r.0)),
-            level,
-            vcpu,
-            count: g.count,
-            percent: percent(g.count, total),
-            time_percent: ratio_percent(g.latency.sum(), overall_time),
-            without_latency: g.without_latency,
-            l0_handled: g.l0_handled,
-            reflected: g.reflected,
-            latency: latency_of(&g.latency),
-        };
+        let row =
+            |reason: Option<ReasonKey>, level: Level, vcpu: Option<Vcpu>, g: &Group| ExitRow {
+                reason: reason.map(|r| Reason::from(r.0)),
+                level,
+                vcpu,
+                count: g.count,
+                percent: percent(g.count, total),
+                time_percent: ratio_percent(g.latency.sum(), overall_time),
+                without_latency: g.without_latency,
+                l0_handled: g.l0_handled,
+                reflected: g.reflected,
+                latency: latency_of(&g.latency),
+            };
         let by_count = |a: &ExitRow, b: &ExitRow| {
-            b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)).then_with(|| a.level.cmp(&b.level))
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.reason.cmp(&b.reason))
+                .then_with(|| a.level.cmp(&b.level))
         };
         let mut reason_rows: Vec<ExitRow> =
             by_reason.iter().map(|(r, g)| row(Some(*r), Level::All, None, g)).collect();
@@ -529,7 +538,10 @@ impl ExitStats {
             by_reason: reason_rows,
             by_reason_level: reason_level_rows,
             by_vcpu: by_vcpu.iter().map(|(v, g)| row(None, Level::All, Some(*v), g)).collect(),
-            groups: finest.iter().map(|(k, g)| row(Some(k.reason), k.level, Some(k.vcpu), g)).collect(),
+            groups: finest
+                .iter()
+                .map(|(k, g)| row(Some(k.reason), k.level, Some(k.vcpu), g))
+                .collect(),
             synthesized_nested_exits: self
                 .synthesized
                 .iter()

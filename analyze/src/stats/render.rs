@@ -77,8 +77,9 @@ fn render_csv(report: &StatsReport) -> String {
                 format!("{:.3}", l.mean),
                 format!("{:.3}", l.stddev),
             ]),
-            None => fields
-                .extend(std::iter::once("0".to_owned()).chain((0..10).map(|_| String::new()))),
+            None => {
+                fields.extend(std::iter::once("0".to_owned()).chain((0..10).map(|_| String::new())))
+            }
         }
         fields.push(unit.to_owned());
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
@@ -293,7 +294,11 @@ fn render_text(report: &StatsReport) -> String {
     let mut out = String::new();
     match &report.input {
         Some(input) => {
-            let _ = write!(out, "vmxray stats: {} ({}, clock {}", input.name, input.format, input.clock);
+            let _ = write!(
+                out,
+                "vmxray stats: {} ({}, clock {}",
+                input.name, input.format, input.clock
+            );
             if let Some(cpus) = input.cpus {
                 let _ = write!(out, ", {cpus} CPUs");
             }
@@ -355,7 +360,8 @@ fn render_text(report: &StatsReport) -> String {
 
     if !report.injected_exceptions.is_empty() {
         out.push_str("\nInjected exceptions (kvm_inj_exception)\n");
-        let mut table = Table::new(&["VECTOR", "NAME", "COUNT", "WITH-ERROR-CODE", "REINJECTED"], 2);
+        let mut table =
+            Table::new(&["VECTOR", "NAME", "COUNT", "WITH-ERROR-CODE", "REINJECTED"], 2);
         for row in &report.injected_exceptions {
             table.row(vec![
                 row.vector.to_string(),

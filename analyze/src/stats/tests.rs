@@ -104,17 +104,21 @@ fn hand_trace() -> Vec<Event> {
         /* 11 */ entry(2160, 1, 101, 1), // VMCALL L2 v1 reflected: 160
         /* 12 */ exit(3000, 0, 100, Some(0), EXT_INT),
         /* 13 */ nested(3010, 0, 100, 0, EXT_INT),
-        /* 14 */ inject(3020, 0, 100, EXT_INT), // L0 keeps interrupts: synthesized, not reflected
+        /* 14 */
+        inject(3020, 0, 100, EXT_INT), // L0 keeps interrupts: synthesized, not reflected
         /* 15 */ entry(3120, 0, 100, 0), // EXT_INT L2 v0 L0 handled: 120
         /* 16 */ exit(3300, 0, 300, None, EPT), // thread 300, vCPU not known yet
         /* 17 */ entry(3400, 0, 300, 2), // EPT L1 v2: 100
         /* 18 */ exit(3500, 0, 100, Some(0), EPT),
-        /* 19 */ ev(3600, 1, 0, EventKind::Lost { count: Some(5) }), // #18: no latency (lost)
+        /* 19 */
+        ev(3600, 1, 0, EventKind::Lost { count: Some(5) }), // #18: no latency (lost)
         /* 20 */ entry(3700, 0, 100, 0), // nothing pending
         /* 21 */ exit(4000, 1, 101, Some(1), HLT),
-        /* 22 */ exit(4100, 1, 101, Some(1), HLT), // #21: no latency (exited again first)
+        /* 22 */
+        exit(4100, 1, 101, Some(1), HLT), // #21: no latency (exited again first)
         /* 23 */ entry(4320, 1, 101, 1), // HLT L1 v1: 220
-        /* 24 */ exit(5000, 0, 400, None, HLT), // never entered: trace end, vCPU tid:400
+        /* 24 */
+        exit(5000, 0, 400, None, HLT), // never entered: trace end, vCPU tid:400
         /* 25 */ exit(5100, 0, 100, Some(0), EPT), // trace end
         /* 26 */ inject(5200, 1, 101, PREEMPTION_TIMER), // nothing pending: synthesized
         /* 27 */ nested(5300, 1, 101, 1, HLT), // nothing pending: orphan
@@ -225,14 +229,13 @@ fn l1_l2_split_and_reflection() {
     assert!(exits.nested);
     // L1: EPT #1 #16 #18 #25 and HLT #2 #21 #22 #24 = 8. L2: EPT #4 (L0), VMCALL #8
     // (reflected), EXTERNAL_INTERRUPT #12 (L0: the inject after it is synthesized).
-    assert_eq!(
-        exits.levels,
-        Some(LevelTotals { l1: 8, l2: 3, l2_l0_handled: 2, l2_reflected: 1 })
-    );
+    assert_eq!(exits.levels, Some(LevelTotals { l1: 8, l2: 3, l2_l0_handled: 2, l2_reflected: 1 }));
     let rows: Vec<(&str, Level, u64, u64, u64)> = exits
         .by_reason_level
         .iter()
-        .map(|r| (r.reason.as_ref().unwrap().name.as_str(), r.level, r.count, r.l0_handled, r.reflected))
+        .map(|r| {
+            (r.reason.as_ref().unwrap().name.as_str(), r.level, r.count, r.l0_handled, r.reflected)
+        })
         .collect();
     assert_eq!(
         rows,
@@ -275,11 +278,8 @@ fn l1_l2_split_and_reflection() {
 
 #[test]
 fn without_nested_events_the_level_is_not_guessed() {
-    let report = run(&[
-        exit(10, 0, 1, Some(0), HLT),
-        entry(60, 0, 1, 0),
-        exit(100, 0, 1, Some(0), HLT),
-    ]);
+    let report =
+        run(&[exit(10, 0, 1, Some(0), HLT), entry(60, 0, 1, 0), exit(100, 0, 1, Some(0), HLT)]);
     let exits = report.exits.unwrap();
     assert!(!exits.nested && exits.levels.is_none() && exits.by_reason_level.is_empty());
     assert!(exits.groups.iter().all(|g| g.level == Level::All));
@@ -338,11 +338,14 @@ fn emulate(ts: u64, bytes: &[u8], failed: bool) -> Event {
 /// Like the real traces of this project's machine (PVM backend, instruction emulator only).
 fn emulator_trace() -> Vec<Event> {
     let pid = 17796;
-    let user = |ts, reason| {
-        ev(ts, 1, pid, EventKind::KvmUserspaceExit { reason, errno: Some(0) })
-    };
+    let user = |ts, reason| ev(ts, 1, pid, EventKind::KvmUserspaceExit { reason, errno: Some(0) });
     let pio = |ts| {
-        ev(ts, 1, pid, EventKind::KvmPio { write: true, port: 0x10, size: 1, count: 1, val: Some(1) })
+        ev(
+            ts,
+            1,
+            pid,
+            EventKind::KvmPio { write: true, port: 0x10, size: 1, count: 1, val: Some(1) },
+        )
     };
     vec![
         other(1, 1, pid, "kvm_fpu"),
@@ -422,8 +425,20 @@ fn trace_without_kvm_exit_shows_what_is_there() {
     assert_eq!(
         report.injected_exceptions,
         [
-            ExceptionRow { vector: 6, name: "#UD".into(), count: 1, with_error_code: 0, reinjected: 0 },
-            ExceptionRow { vector: 13, name: "#GP".into(), count: 1, with_error_code: 1, reinjected: 1 },
+            ExceptionRow {
+                vector: 6,
+                name: "#UD".into(),
+                count: 1,
+                with_error_code: 0,
+                reinjected: 0
+            },
+            ExceptionRow {
+                vector: 13,
+                name: "#GP".into(),
+                count: 1,
+                with_error_code: 1,
+                reinjected: 1
+            },
         ]
     );
     let user: Vec<(&str, u64)> =
@@ -431,7 +446,10 @@ fn trace_without_kvm_exit_shows_what_is_there() {
     assert_eq!(user, [("KVM_EXIT_IO", 2), ("KVM_EXIT_HLT", 1), ("KVM_EXIT_SHUTDOWN", 1)]);
     assert_eq!(report.pio, [PioRow { direction: "out".into(), port: 0x10, size: 1, count: 2 }]);
     // The reader's counters win over the in-stream markers.
-    assert_eq!(report.losses.lost, [LostRow { cpu: 1, markers: 1, events: 0, uncounted_markers: 1 }]);
+    assert_eq!(
+        report.losses.lost,
+        [LostRow { cpu: 1, markers: 1, events: 0, uncounted_markers: 1 }]
+    );
     assert_eq!(report.losses.skipped, 2);
     assert_eq!(report.input.as_ref().unwrap().format, "trace-dat");
     assert_eq!(report.time_unit, TimeUnit::Ns);
@@ -499,7 +517,8 @@ fn json_round_trips_and_csv_has_one_row_per_group() {
     let width = render::CSV_HEADER.split(',').count();
     assert!(rows.iter().all(|r| r.len() == width));
     // (EPT_VIOLATION, L1, vCPU 0): 3 exits, 2 without latency, the one latency 140.
-    let ept_v0 = rows.iter().find(|r| r[0] == "EPT_VIOLATION" && r[3] == "L1" && r[4] == "0").unwrap();
+    let ept_v0 =
+        rows.iter().find(|r| r[0] == "EPT_VIOLATION" && r[3] == "L1" && r[4] == "0").unwrap();
     assert_eq!(&ept_v0[5..8], ["3", "27.2727", "2"]);
     // Its latency is 140 of the 1120 total: 12.5 % of the time.
     assert_eq!(&ept_v0[10..15], ["1", "12.5000", "140", "140", "140"]);
