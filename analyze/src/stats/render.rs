@@ -154,9 +154,10 @@ const LATENCY_HEADER: [&str; 11] =
     ["NO-LAT", "TIME%", "TOTAL", "MIN", "P50", "P90", "P99", "P99.9", "MAX", "MEAN", "STDDEV"];
 
 fn latency_cells(row: &ExitRow) -> Vec<String> {
-    let mut cells = vec![row.without_latency.to_string(), format!("{:.2}%", row.time_percent)];
+    let mut cells = vec![row.without_latency.to_string()];
     match &row.latency {
         Some(l) => cells.extend([
+            format!("{:.2}%", row.time_percent),
             l.total.to_string(),
             l.min.to_string(),
             l.p50.to_string(),
@@ -167,7 +168,7 @@ fn latency_cells(row: &ExitRow) -> Vec<String> {
             format!("{:.1}", l.mean),
             format!("{:.1}", l.stddev),
         ]),
-        None => cells.extend((0..9).map(|_| "-".to_owned())),
+        None => cells.extend((0..10).map(|_| "-".to_owned())),
     }
     cells
 }
@@ -257,6 +258,44 @@ fn exit_tables(exits: &ExitReport, unit: &str, out: &mut String) {
     }
     table.render(out);
 
+    if exits.groups.len() <= TEXT_MAX_GROUPS {
+        out.push_str("\nPer vCPU and reason\n");
+        let mut lead = vec!["VCPU", "REASON"];
+        if exits.nested {
+            lead.extend(["LEVEL", "L0", "REFLECTED"]);
+        }
+        lead.extend(["COUNT", "EXITS%"]);
+        let mut table = Table::new(&with_latency_header(&lead), 2);
+        if exits.nested {
+            table.left.push(2);
+        }
+        let mut rows: Vec<&ExitRow> = exits.groups.iter().collect();
+        rows.sort_by(|a, b| a.vcpu.cmp(&b.vcpu).then_with(|| b.count.cmp(&a.count)));
+        for row in rows {
+            let mut cells = vec![
+                row.vcpu.map_or_else(String::new, |v| v.label()),
+                row.reason.as_ref().map_or_else(String::new, |r| r.name.clone()),
+            ];
+            if exits.nested {
+                cells.extend([
+                    row.level.label().to_owned(),
+                    level_cell(row, row.l0_handled),
+                    level_cell(row, row.reflected),
+                ]);
+            }
+            cells.extend([row.count.to_string(), format!("{:.2}%", row.percent)]);
+            cells.extend(latency_cells(row));
+            table.row(cells);
+        }
+        table.render(out);
+    } else {
+        let _ = writeln!(
+            out,
+            "\n{} (vCPU, reason, level) groups: see --format csv or json for each.",
+            exits.groups.len()
+        );
+    }
+
     let u = &exits.without_latency;
     if u.total() > 0 {
         let _ = writeln!(
@@ -286,6 +325,9 @@ fn level_cell(row: &ExitRow, value: u64) -> String {
         Level::L1 | Level::All => "-".to_owned(),
     }
 }
+
+/// Above this many (vCPU, reason, level) groups the text leaves them to CSV/JSON.
+const TEXT_MAX_GROUPS: usize = 64;
 
 /// Emulated instructions shown in text; JSON has them all.
 const TEXT_MAX_INSNS: usize = 25;
@@ -428,11 +470,15 @@ fn render_text(report: &StatsReport) -> String {
             .lost
             .iter()
             .map(|l| {
-                let mut s = format!("CPU {}: {} in {} marker(s)", l.cpu, l.events, l.markers);
-                if l.uncounted_markers > 0 {
-                    let _ = write!(s, ", {} without a count", l.uncounted_markers);
+                let counted = l.markers - l.uncounted_markers.min(l.markers);
+                let mut parts = Vec::new();
+                if counted > 0 {
+                    parts.push(format!("{} in {counted} marker(s)", l.events));
                 }
-                s
+                if l.uncounted_markers > 0 {
+                    parts.push(format!("{} marker(s) without a count", l.uncounted_markers));
+                }
+                format!("CPU {}: {}", l.cpu, parts.join(", "))
             })
             .collect();
         match (lost, uncounted) {
