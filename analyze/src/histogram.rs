@@ -19,10 +19,11 @@
 //! # Error bound
 //!
 //! A quantile is answered with the midpoint of the bucket that holds the exact nearest-rank
-//! value, clamped to the exact `[min, max]` seen. A bucket of width `w = 2^s` starts at
-//! `≥ 128·w`, so the midpoint is within `w/2 ≤ v/256` of any `v` in it: **the relative error of
-//! every quantile is at most 1/256 (0.39 %)**, and values below 256 are exact. Count, min, max,
-//! total, mean and standard deviation are computed from exact running sums, not from buckets.
+//! value, clamped to the exact `[min, max]` seen; ranks 1 and n answer the exact min and max.
+//! A bucket of width `w = 2^s` starts at `≥ 128·w`, so the midpoint is within `w/2 ≤ v/256` of
+//! any `v` in it: **the relative error of every quantile is at most 1/256 (0.39 %)**, and values
+//! below 256 are exact. Count, min, max, total, mean and standard deviation are computed from
+//! exact running sums, not from buckets.
 //!
 //! # Why not the `hdrhistogram` crate
 //!
