@@ -27,12 +27,14 @@
 //!
 //! # Why not the `hdrhistogram` crate
 //!
-//! It gives the same guarantee but allocates its whole counts array up front (tens of KiB per
-//! histogram at 3 significant digits over a 1 ns–1 h range), and the statistics keep one
-//! histogram per (exit reason, level, vCPU) group. This one allocates a 1 KiB chunk only for the
-//! octaves that actually receive values (a typical exit-latency distribution touches 6–10), has
-//! no dependency, merges in O(chunks), and is ~100 lines that the property test checks against
-//! an exact sort.
+//! It is the reference design and would be fine for one histogram, but its counts array is
+//! contiguous from 0 up to the largest value recorded: at 3 significant digits, a histogram that
+//! has seen a single 1 ms latency holds about 11 K counters (~90 KiB), and the statistics keep
+//! one histogram per (exit reason, level, vCPU) group — hundreds in a many-vCPU trace. This one
+//! allocates a 1 KiB chunk only for the octaves that actually receive values (an exit-latency
+//! distribution touches 6–10), trading precision (0.39 % instead of 0.05 %, plenty for
+//! latency percentiles) for that; it has no dependency, merges in O(chunks), and is small
+//! enough that the property test below checks it against an exact sort.
 
 /// Bits of the mantissa kept per octave: 2^7 = 128 sub-buckets.
 const SUB_BITS: u32 = 7;
