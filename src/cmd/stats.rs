@@ -276,11 +276,4 @@ mod tests {
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));
     }
-
-    #[test]
-    #[ignore = "prints sample output; run with --ignored --nocapture"]
-    fn show_text() {
-        let (_, text) = render(OutputFormat::Text);
-        println!("{text}");
-    }
 }

@@ -578,3 +578,75 @@ fn lost_marker_in_stream_without_reader_stats() {
     );
     let _ = LostOnCpu::default();
 }
+
+mod conservation {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One step of a random multi-vCPU trace.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Exit { vcpu: u32, reason: u32 },
+        Nested { vcpu: u32, reason: u32 },
+        Inject { vcpu: u32, reason: u32 },
+        Entry { vcpu: u32 },
+        Lost,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let reason = prop::sample::select(vec![EXT_INT, HLT, VMCALL, EPT]);
+        prop_oneof![
+            4 => (0u32..3, reason.clone()).prop_map(|(vcpu, reason)| Step::Exit { vcpu, reason }),
+            2 => (0u32..3, reason.clone()).prop_map(|(vcpu, reason)| Step::Nested { vcpu, reason }),
+            1 => (0u32..3, reason).prop_map(|(vcpu, reason)| Step::Inject { vcpu, reason }),
+            4 => (0u32..3).prop_map(|vcpu| Step::Entry { vcpu }),
+            1 => Just(Step::Lost),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the interleaving, every kvm_exit lands in exactly one group, with or without
+        /// a latency, and the summaries add up to the same totals.
+        #[test]
+        fn every_exit_is_counted_once(steps in prop::collection::vec(step(), 0..300)) {
+            let mut stats = ExitStats::new();
+            let mut exits = 0u64;
+            for (i, s) in steps.iter().enumerate() {
+                let ts = 10 * u64::try_from(i).unwrap();
+                let pid = |vcpu: u32| 100 + i32::try_from(vcpu).unwrap();
+                let event = match *s {
+                    Step::Exit { vcpu, reason } => {
+                        exits += 1;
+                        exit(ts, vcpu, pid(vcpu), Some(vcpu), reason)
+                    }
+                    Step::Nested { vcpu, reason } => nested(ts, vcpu, pid(vcpu), vcpu, reason),
+                    Step::Inject { vcpu, reason } => inject(ts, vcpu, pid(vcpu), reason),
+                    Step::Entry { vcpu } => entry(ts, vcpu, pid(vcpu), vcpu),
+                    Step::Lost => ev(ts, 0, 0, EventKind::Lost { count: Some(1) }),
+                };
+                stats.push(&event);
+            }
+            let report = stats.finish(None, None);
+            let Some(x) = report.exits else {
+                prop_assert_eq!(exits, 0);
+                return Ok(());
+            };
+            prop_assert_eq!(x.total, exits);
+            prop_assert_eq!(x.with_latency + x.without_latency.total(), exits);
+            for rows in [&x.by_reason, &x.by_vcpu, &x.groups] {
+                prop_assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), exits);
+                prop_assert_eq!(
+                    rows.iter().map(|r| r.without_latency).sum::<u64>(),
+                    x.without_latency.total()
+                );
+            }
+            if let Some(levels) = x.levels {
+                prop_assert_eq!(levels.l1 + levels.l2, exits);
+                prop_assert_eq!(levels.l2_l0_handled + levels.l2_reflected, levels.l2);
+            }
+            let pct: f64 = x.by_reason.iter().map(|r| r.percent).sum();
+            prop_assert!((pct - 100.0).abs() < 1e-9);
+        }
+    }
+}
