@@ -362,7 +362,7 @@ fn render_text(report: &StatsReport) -> String {
         None => out.push_str(
             "\nNo kvm_exit events: this trace has no VM exits, so there are no exit reasons and \
              no exit latencies to report.\nKVM backends that run the guest through the \
-             instruction emulator (PVM, as on this project's machine) emit no kvm_exit or \
+             instruction emulator (such as PVM) emit no kvm_exit or \
              kvm_entry;\notherwise enable kvm:kvm_exit and kvm:kvm_entry when recording. What \
              the trace does contain follows.\n",
         ),
