@@ -96,7 +96,9 @@
 //!     "levels": null | {"l1": u64, "l2": u64, "l2_l0_handled": u64, "l2_reflected": u64},
 //!     "overall": ROW, "by_reason": [ROW], "by_reason_level": [ROW], "by_vcpu": [ROW], "groups": [ROW],
 //!     "synthesized_nested_exits": [{"name": str, "count": u64}],
-//!     "orphan_nested_vmexits": u64
+//!     "orphan_nested_vmexits": u64,
+//!     "slowest": [{"latency": u64, "exit_ts": u64, "vcpu": {"id": u32} | {"thread": i32},
+//!                  "reason": {...as in ROW}, "level": "all" | "l1" | "l2"}]   // ≤ 10, slowest first
 //!   },
 //!   "emulated_instructions": {"total": u64, "failed": u64, "other": u64,
 //!       "by_insn": [{"bytes": "0f 22 d8", "mnemonic": "mov cr3, rax" | null, "count": u64, "failed": u64}]},

@@ -10,7 +10,8 @@ mod insn;
 mod render;
 mod report;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
 use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
@@ -126,6 +127,9 @@ pub struct ExitStats {
     saw_entry: bool,
     synthesized: BTreeMap<ReasonKey, u64>,
     orphan_nested_vmexits: u64,
+    /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
+    /// (latency, exit ts, vCPU, reason, level).
+    slowest: BinaryHeap<Reverse<(u64, u64, Vcpu, ReasonKey, Level)>>,
     insn_total: u64,
     insn_failed: u64,
     insns: HashMap<Box<[u8]>, InsnCount>,
@@ -140,6 +144,9 @@ impl ExitStats {
     /// Distinct instruction byte strings kept; further ones are counted in
     /// [`EmulationReport::other`].
     pub const MAX_DISTINCT_INSNS: usize = 4096;
+
+    /// How many of the slowest exits the report lists with their timestamps.
+    pub const SLOWEST_KEPT: usize = 10;
 
     /// An empty accumulator.
     pub fn new() -> Self {
@@ -317,7 +324,12 @@ impl ExitStats {
         }
         let cause = match how {
             Close::Entry(ts) if ts >= exit.ts => {
-                group.latency.record(ts - exit.ts);
+                let latency = ts - exit.ts;
+                group.latency.record(latency);
+                self.slowest.push(Reverse((latency, exit.ts, vcpu, ReasonKey(exit.reason), level)));
+                if self.slowest.len() > Self::SLOWEST_KEPT {
+                    self.slowest.pop();
+                }
                 return;
             }
             Close::Entry(_) => &mut self.unpaired.clock_backwards,
@@ -548,6 +560,20 @@ impl ExitStats {
                 .map(|(reason, &count)| NameCount { name: reason.0.to_string(), count })
                 .collect(),
             orphan_nested_vmexits: self.orphan_nested_vmexits,
+            slowest: {
+                let mut slowest: Vec<_> = self.slowest.iter().map(|Reverse(s)| *s).collect();
+                slowest.sort_by(|a, b| b.cmp(a));
+                slowest
+                    .into_iter()
+                    .map(|(latency, exit_ts, vcpu, reason, level)| SlowExit {
+                        latency,
+                        exit_ts,
+                        vcpu,
+                        reason: Reason::from(reason.0),
+                        level: level_of(level),
+                    })
+                    .collect()
+            },
         })
     }
 }

@@ -177,7 +177,7 @@ fn with_latency_header<'a>(lead: &[&'a str]) -> Vec<&'a str> {
     lead.iter().copied().chain(LATENCY_HEADER).collect()
 }
 
-fn exit_tables(exits: &ExitReport, unit: &str, out: &mut String) {
+fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String) {
     let (events_word, with, without) =
         (exits.total, exits.with_latency, exits.without_latency.total());
     let _ = writeln!(
@@ -296,6 +296,29 @@ fn exit_tables(exits: &ExitReport, unit: &str, out: &mut String) {
         );
     }
 
+    if !exits.slowest.is_empty() {
+        let _ = writeln!(out, "\nSlowest exits (exit→entry, {unit})");
+        let mut lead = vec!["LATENCY", "KVM_EXIT AT", "VCPU", "REASON"];
+        if exits.nested {
+            lead.push("LEVEL");
+        }
+        let mut table = Table::new(&lead, 0);
+        table.left = vec![2, 3, 4];
+        for slow in &exits.slowest {
+            let mut cells = vec![
+                slow.latency.to_string(),
+                timestamp(slow.exit_ts, ns_clock),
+                slow.vcpu.label(),
+                slow.reason.name.clone(),
+            ];
+            if exits.nested {
+                cells.push(slow.level.label().to_owned());
+            }
+            table.row(cells);
+        }
+        table.render(out);
+    }
+
     let u = &exits.without_latency;
     if u.total() > 0 {
         let _ = writeln!(
@@ -316,6 +339,15 @@ fn exit_tables(exits: &ExitReport, unit: &str, out: &mut String) {
             "kvm_nested_vmexit without a preceding kvm_exit on its vCPU: {}",
             exits.orphan_nested_vmexits
         );
+    }
+}
+
+/// A timestamp as trace-cmd prints it (`665.848433123` s) for ns clocks, raw otherwise.
+fn timestamp(ts: u64, ns_clock: bool) -> String {
+    if ns_clock {
+        format!("{}.{:09}", ts / 1_000_000_000, ts % 1_000_000_000)
+    } else {
+        ts.to_string()
     }
 }
 
@@ -358,7 +390,9 @@ fn render_text(report: &StatsReport) -> String {
     };
     let _ = writeln!(out, "{} events.", report.events_total);
     match &report.exits {
-        Some(exits) => exit_tables(exits, &unit, &mut out),
+        Some(exits) => {
+            exit_tables(exits, &unit, report.time_unit == TimeUnit::Ns, &mut out);
+        }
         None => out.push_str(
             "\nNo kvm_exit events: this trace has no VM exits, so there are no exit reasons and \
              no exit latencies to report.\nKVM backends that run the guest through the \

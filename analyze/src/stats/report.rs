@@ -97,6 +97,23 @@ pub struct ExitReport {
     pub synthesized_nested_exits: Vec<NameCount>,
     /// `kvm_nested_vmexit` events with no pending `kvm_exit` on their vCPU.
     pub orphan_nested_vmexits: u64,
+    /// The slowest exits (at most 10), slowest first, with the timestamp to find them by.
+    pub slowest: Vec<SlowExit>,
+}
+
+/// One of the slowest exits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowExit {
+    /// Exit→entry latency (exact).
+    pub latency: u64,
+    /// Timestamp of the `kvm_exit`, in the trace clock's units.
+    pub exit_ts: u64,
+    /// The vCPU.
+    pub vcpu: Vcpu,
+    /// The exit reason.
+    pub reason: Reason,
+    /// The level (`all` unless the trace is nested).
+    pub level: Level,
 }
 
 /// Why exits got no latency.

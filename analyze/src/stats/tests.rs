@@ -261,6 +261,21 @@ fn l1_l2_split_and_reflection() {
         ]
     );
     assert_eq!(exits.orphan_nested_vmexits, 1);
+    // Slowest first: #22 HLT (220, exit at 4100), #2 HLT (200, at 1100), #4 EPT in L2 (180).
+    let slowest: Vec<(u64, u64, Vcpu, &str, Level)> = exits
+        .slowest
+        .iter()
+        .map(|s| (s.latency, s.exit_ts, s.vcpu, s.reason.name.as_str(), s.level))
+        .collect();
+    assert_eq!(slowest.len(), 7);
+    assert_eq!(
+        slowest[..3],
+        [
+            (220, 4100, Vcpu::Id(1), "HLT", Level::L1),
+            (200, 1100, Vcpu::Id(1), "HLT", Level::L1),
+            (180, 1200, Vcpu::Id(0), "EPT_VIOLATION", Level::L2),
+        ]
+    );
     // Finest groups: (EPT, L1, v0) = #1 140, #18 lost, #25 trace end.
     let g = exits
         .groups
@@ -537,6 +552,8 @@ fn text_tables_for_a_nested_trace() {
         "Nested exits synthesized for L1",
         "Per vCPU (all reasons)",
         "tid:400",
+        "Slowest exits (exit→entry, ns)",
+        "220 0.000004100 1    HLT",
         "trace ended before the next kvm_entry: 2, events lost before it: 1, the vCPU exited \
          again first: 1",
         "Lost events: 5 (CPU 1: 5 in 1 marker(s)).",
