@@ -102,6 +102,9 @@ struct ExceptionCount {
     reinjected: u64,
 }
 
+/// A slow exit as the heap orders it: (latency, exit ts, vCPU, reason, level).
+type SlowKey = (u64, u64, Vcpu, ReasonKey, Level);
+
 /// Why a pending exit is closed.
 #[derive(Clone, Copy, Debug)]
 enum Close {
@@ -129,7 +132,7 @@ pub struct ExitStats {
     orphan_nested_vmexits: u64,
     /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
     /// (latency, exit ts, vCPU, reason, level).
-    slowest: BinaryHeap<Reverse<(u64, u64, Vcpu, ReasonKey, Level)>>,
+    slowest: BinaryHeap<Reverse<SlowKey>>,
     insn_total: u64,
     insn_failed: u64,
     insns: HashMap<Box<[u8]>, InsnCount>,
