@@ -22,12 +22,17 @@ struct Cli {
 enum Command {
     /// Print every event of a trace, one normalized line (or JSON object) per event.
     Dump(cmd::dump::Args),
+    /// Exit statistics: counts and exit→entry latency percentiles per exit reason, vCPU and
+    /// L1/L2 level; emulated instructions, exceptions and userspace exits for traces without
+    /// kvm_exit; lost and skipped events at the end.
+    Stats(cmd::stats::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Stats(args) => cmd::stats::run(args),
     };
     match result {
         Ok(code) => code,

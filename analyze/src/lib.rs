@@ -5,3 +5,128 @@
 //! as Parquet/CSV/JSON for any engine to aggregate.
 //!
 //! It does **not** parse trace bytes (that is `vmxray-capture`) nor model KVM (`vmxray-replay`).
+//!
+//! ```
+//! use vmxray_analyze::stats::{ExitStats, Format, write_report};
+//! use vmxray_capture::codes::{ExitCode, ExitReason, Isa};
+//! use vmxray_capture::{Entry, Event, EventKind, ExitInfo};
+//!
+//! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmExit(ExitInfo {
+//!     reason: ExitCode::Vmx(ExitReason(reason)), isa: Some(Isa::Vmx), guest_rip: None, info1: None,
+//!     info2: None, intr_info: None, error_code: None, vcpu_id: Some(0), requests: None }) };
+//! let entry = |ts| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmEntry(Entry {
+//!     vcpu_id: 0, rip: None, immediate_exit: None, intr_info: None, error_code: None }) };
+//!
+//! let mut stats = ExitStats::new();
+//! for event in [entry(0), exit(1_000, 48), entry(1_700), exit(2_000, 48), entry(2_900)] {
+//!     stats.push(&event);
+//! }
+//! let report = stats.finish(None, None);
+//! let exits = report.exits.as_ref().unwrap();
+//! let ept = &exits.by_reason[0];
+//! assert_eq!(ept.reason.as_ref().unwrap().name, "EPT_VIOLATION");
+//! let latency = ept.latency.unwrap();
+//! assert_eq!((latency.count, latency.min, latency.max, latency.mean), (2, 700, 900, 800.0));
+//!
+//! let mut csv = Vec::new();
+//! write_report(&report, Format::Csv, &mut csv).unwrap();
+//! assert!(String::from_utf8(csv).unwrap().starts_with("reason,reason_code,isa,level,vcpu,"));
+//! ```
+//!
+//! ## Exit statistics ([`stats`])
+//!
+//! [`stats::ExitStats`] is fed one [`vmxray_capture::Event`] at a time and keeps memory
+//! proportional to the number of (reason, level, vCPU) groups, never to the trace length.
+//!
+//! **vCPU.** An event's vCPU is its `vcpu_id` field; for an event without one
+//! (`kvm_nested_vmexit_inject`, and `kvm_exit` before ~5.3) it is the vCPU its thread (pid) last
+//! showed in an event that had one, or else the thread itself, reported as `tid:N`
+//! (nested-vmx-model.md §0, "vCPU attribution").
+//!
+//! **Latency.** The latency of a `kvm_exit` is the time from it to the **next `kvm_entry` of the
+//! same vCPU**: the time KVM (and userspace, for exits that go there) spent handling the exit.
+//! Times are in nanoseconds, or in the clock's raw units when the trace clock is not a ns clock
+//! (`x86-tsc`, `counter`): the report says which (`time_unit`). An exit gets **no latency**, but
+//! is still counted (column `without_latency`, `NO-LAT` in text), when:
+//! - the trace ends before that vCPU's next entry (`trace_end`);
+//! - a lost-events marker comes first (`lost_events`): the entry may be among the lost events,
+//!   on any CPU since vCPU threads migrate, so every pending exit is closed this way;
+//! - the same vCPU exits again first (`next_exit`): its entry is missing from the trace;
+//! - the entry's timestamp is earlier than the exit's (`clock_backwards`: the per-CPU `local`
+//!   clock is not synchronized between CPUs and the thread migrated).
+//!
+//! Count, total, min, max and mean are exact; stddev is the population standard deviation
+//! computed from exact integer sums; p50/p90/p99/p99.9 are nearest-rank percentiles (the value
+//! of rank ⌈n·p⌉ in sorted order) read from a [`histogram::LogHistogram`], within a relative
+//! error of 1/256 (0.39 %), exact below 256 units and always within [min, max].
+//!
+//! **L1 vs L2.** An exit is an **L2 exit** when the same vCPU's `kvm_exit` is followed by a
+//! `kvm_nested_vmexit` before its next `kvm_entry`: KVM traces `kvm_nested_vmexit` as the first
+//! statement of `nested_vmx_reflect_vmexit()`, which runs for every hardware exit while L2 is
+//! active and repeats the `kvm_exit` (nested-vmx-model.md §1.3; SVM: `svm_handle_exit()` in
+//! guest mode). An L2 exit is **reflected to L1** when a `kvm_nested_vmexit_inject` with the same
+//! reason follows before the next entry (§1.4: "L1 now sees a VM-Exit"; trace order in §2.3),
+//! and **handled by L0** otherwise. Exception: EXTERNAL_INTERRUPT and NMI exits are always kept
+//! by L0 (`nested_vmx_l0_wants_exit`, §2.3), so an inject after them is an interrupt or NMI
+//! L0 synthesized for L1. Every inject that reflects no L2 exit is listed under
+//! `synthesized_nested_exits` (L1's preemption timer, INIT, interrupts, ...). When the trace has
+//! no `kvm_nested_vmexit` at all, exits are not split and their level is `all`.
+//!
+//! **Traces without `kvm_exit`** (a backend that runs the guest through the instruction
+//! emulator, like this project's PVM machine): `exits` is `null` and the text output says so,
+//! then shows what is there: events per name, emulated instructions by bytes with a mnemonic
+//! for common ones, injected exceptions by vector, userspace exits by `KVM_EXIT_*` reason, port
+//! I/O.
+//!
+//! ## JSON wire format (`vmxray stats --format json`, schema `vmxray-stats/1`)
+//!
+//! One object, [`stats::StatsReport`] serialized with serde (field names as in the Rust types):
+//!
+//! ```text
+//! {
+//!   "schema": "vmxray-stats/1",
+//!   "input": null | {"name": str, "format": str, "clock": str, "cpus": u32|null, "kernel": str|null},
+//!   "time_unit": "ns" | "raw",
+//!   "events_total": u64,
+//!   "events_by_name": [{"name": str, "count": u64}],            // most frequent first
+//!   "exits": null | {                                          // null: no kvm_exit in the trace
+//!     "total": u64, "with_latency": u64,
+//!     "without_latency": {"trace_end": u64, "lost_events": u64, "next_exit": u64, "clock_backwards": u64},
+//!     "nested": bool,
+//!     "levels": null | {"l1": u64, "l2": u64, "l2_l0_handled": u64, "l2_reflected": u64},
+//!     "overall": ROW, "by_reason": [ROW], "by_reason_level": [ROW], "by_vcpu": [ROW], "groups": [ROW],
+//!     "synthesized_nested_exits": [{"name": str, "count": u64}],
+//!     "orphan_nested_vmexits": u64,
+//!     "slowest": [{"latency": u64, "exit_ts": u64, "vcpu": {"id": u32} | {"thread": i32},
+//!                  "reason": {...as in ROW}, "level": "all" | "l1" | "l2"}]   // ≤ 10, slowest first
+//!   },
+//!   "emulated_instructions": {"total": u64, "failed": u64, "other": u64,
+//!       "by_insn": [{"bytes": "0f 22 d8", "mnemonic": "mov cr3, rax" | null, "count": u64, "failed": u64}]},
+//!   "injected_exceptions": [{"vector": u8, "name": "#UD", "count": u64, "with_error_code": u64, "reinjected": u64}],
+//!   "userspace_exits": [{"reason": "KVM_EXIT_IO", "code": u32, "count": u64, "errors": u64}],
+//!   "pio": [{"direction": "in" | "out", "port": u32, "size": u32, "count": u64}],
+//!   "losses": {"lost": [{"cpu": u32, "markers": u64, "events": u64, "uncounted_markers": u64}],
+//!              "skipped": u64, "problems": [str], "unknown_events": [{"name": str, "count": u64}]},
+//!   "notes": [str]
+//! }
+//! ROW = {
+//!   "reason": null | {"name": "EPT_VIOLATION", "code": u64, "isa": "vmx" | "svm" | "unknown"},
+//!   "level": "all" | "l1" | "l2",
+//!   "vcpu": null | {"id": u32} | {"thread": i32},
+//!   "count": u64, "percent": f64,          // percent of all kvm_exit
+//!   "time_percent": f64,                   // share of the summed latency of all exits
+//!   "without_latency": u64, "l0_handled": u64, "reflected": u64,   // the last two: L2 rows only
+//!   "latency": null | {"count": u64, "total": u64, "min": u64, "max": u64, "mean": f64,
+//!                      "stddev": f64, "p50": u64, "p90": u64, "p99": u64, "p999": u64}
+//! }
+//! ```
+//! `null` reason/vCPU means "summed over". Times are in `time_unit`.
+//!
+//! **CSV** (`--format csv`): one row per `groups` entry, header
+//! `reason,reason_code,isa,level,vcpu,count,percent,without_latency,l0_handled,reflected,`
+//! `latency_count,time_percent,total,min,p50,p90,p99,p999,max,mean,stddev,time_unit`; the latency columns
+//! are empty when the group has none; `vcpu` is the id or `tid:N`. A trace without `kvm_exit`
+//! gives the header alone.
+
+pub mod histogram;
+pub mod stats;

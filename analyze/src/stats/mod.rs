@@ -1,0 +1,649 @@
+//! Streaming exit statistics: feed events one by one to [`ExitStats::push`], then
+//! [`ExitStats::finish`] into a [`StatsReport`].
+//!
+//! Memory depends on the number of distinct (exit reason, level, vCPU) groups, vCPUs, threads,
+//! event names and emulated instruction byte strings (capped at
+//! [`ExitStats::MAX_DISTINCT_INSNS`]), never on the number of events. See the crate docs for the
+//! latency definition, the L1/L2 rule and the JSON schema.
+
+mod insn;
+mod render;
+mod report;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
+use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
+
+use crate::histogram::LogHistogram;
+
+pub use insn::mnemonic;
+pub use render::{Format, write_report};
+pub use report::*;
+
+/// An exit waiting for its vCPU's next `kvm_entry`.
+#[derive(Clone, Copy, Debug)]
+struct PendingExit {
+    ts: u64,
+    reason: ExitCode,
+    /// A `kvm_nested_vmexit` followed: the exit came from L2.
+    from_l2: bool,
+    /// L0 always keeps this exit (§2.3 `nested_vmx_l0_wants_exit`), so an inject with the
+    /// same reason is a synthesized nested exit, not this exit reflected.
+    l0_always_keeps: bool,
+    /// This exit was reflected to L1 (a matching `kvm_nested_vmexit_inject` followed).
+    reflected: bool,
+}
+
+/// An exit code ordered by (ISA, raw value), for stable report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ReasonKey(ExitCode);
+
+impl ReasonKey {
+    fn sort_key(self) -> (u8, u64) {
+        let isa = match self.0 {
+            ExitCode::Vmx(_) => 0,
+            ExitCode::Svm(_) => 1,
+            ExitCode::Raw(_) => 2,
+        };
+        (isa, self.0.raw())
+    }
+}
+
+impl PartialOrd for ReasonKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ReasonKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct GroupKey {
+    reason: ReasonKey,
+    level: Level,
+    vcpu: Vcpu,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Group {
+    count: u64,
+    without_latency: u64,
+    l0_handled: u64,
+    reflected: u64,
+    latency: LogHistogram,
+}
+
+impl Group {
+    fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.without_latency += other.without_latency;
+        self.l0_handled += other.l0_handled;
+        self.reflected += other.reflected;
+        self.latency.merge(&other.latency);
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct InsnCount {
+    count: u64,
+    failed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ExceptionCount {
+    count: u64,
+    with_error_code: u64,
+    reinjected: u64,
+}
+
+/// A slow exit as the heap orders it: (latency, exit ts, vCPU, reason, level).
+type SlowKey = (u64, u64, Vcpu, ReasonKey, Level);
+
+/// Why a pending exit is closed.
+#[derive(Clone, Copy, Debug)]
+enum Close {
+    Entry(u64),
+    TraceEnd,
+    Lost,
+    NextExit,
+}
+
+/// The streaming accumulator behind `vmxray stats`.
+#[derive(Debug, Default)]
+pub struct ExitStats {
+    events_total: u64,
+    events_by_name: HashMap<Box<str>, u64>,
+    /// The vCPU each thread last showed in an event that carries `vcpu_id`.
+    thread_vcpu: HashMap<i32, u32>,
+    pending: HashMap<Vcpu, PendingExit>,
+    groups: HashMap<GroupKey, Group>,
+    unpaired: Unpaired,
+    saw_nested_vmexit: bool,
+    saw_nested_vmenter: bool,
+    saw_nested_inject: bool,
+    saw_entry: bool,
+    synthesized: BTreeMap<ReasonKey, u64>,
+    orphan_nested_vmexits: u64,
+    /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
+    /// (latency, exit ts, vCPU, reason, level).
+    slowest: BinaryHeap<Reverse<SlowKey>>,
+    insn_total: u64,
+    insn_failed: u64,
+    insns: HashMap<Box<[u8]>, InsnCount>,
+    insn_other: u64,
+    exceptions: BTreeMap<u8, ExceptionCount>,
+    userspace: BTreeMap<u32, (u64, u64)>,
+    pio: BTreeMap<(bool, u32, u32), u64>,
+    lost_in_stream: BTreeMap<u32, vmxray_capture::LostOnCpu>,
+}
+
+impl ExitStats {
+    /// Distinct instruction byte strings kept; further ones are counted in
+    /// [`EmulationReport::other`].
+    pub const MAX_DISTINCT_INSNS: usize = 4096;
+
+    /// How many of the slowest exits the report lists with their timestamps.
+    pub const SLOWEST_KEPT: usize = 10;
+
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The vCPU an event belongs to: its `vcpu_id`, else the vCPU its thread last showed, else
+    /// the thread itself (§0 "vCPU attribution").
+    fn vcpu_of(&mut self, event: &Event) -> Vcpu {
+        match event.vcpu() {
+            Some(id) => {
+                self.thread_vcpu.insert(event.pid, id);
+                Vcpu::Id(id)
+            }
+            None => {
+                self.thread_vcpu.get(&event.pid).map_or(Vcpu::Thread(event.pid), |&id| Vcpu::Id(id))
+            }
+        }
+    }
+
+    /// Counts one event.
+    pub fn push(&mut self, event: &Event) {
+        self.events_total += 1;
+        let name = event.name();
+        match self.events_by_name.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                self.events_by_name.insert(name.into(), 1);
+            }
+        }
+        match &event.kind {
+            EventKind::KvmExit(info) => {
+                let vcpu = self.vcpu_of(event);
+                if let Some(previous) = self.pending.remove(&vcpu) {
+                    self.close(vcpu, previous, Close::NextExit);
+                }
+                let l0_always_keeps =
+                    l0_always_keeps(info.reason, info.intr_info.map(|i| i.kind()));
+                self.pending.insert(
+                    vcpu,
+                    PendingExit {
+                        ts: event.ts,
+                        reason: info.reason,
+                        from_l2: false,
+                        l0_always_keeps,
+                        reflected: false,
+                    },
+                );
+            }
+            EventKind::KvmEntry(entry) => {
+                self.saw_entry = true;
+                let vcpu = self.vcpu_of(event);
+                // An exit recorded before the thread's vCPU was known waits under the thread.
+                let pending = self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
+                    self.pending
+                        .remove(&Vcpu::Thread(event.pid))
+                        .map(|p| (Vcpu::Id(entry.vcpu_id), p))
+                });
+                if let Some((vcpu, exit)) = pending {
+                    self.close(vcpu, exit, Close::Entry(event.ts));
+                }
+            }
+            EventKind::KvmNestedVmexit(_) => {
+                self.saw_nested_vmexit = true;
+                let vcpu = self.vcpu_of(event);
+                match self.pending_mut(vcpu, event.pid) {
+                    Some(exit) => exit.from_l2 = true,
+                    None => self.orphan_nested_vmexits += 1,
+                }
+            }
+            EventKind::KvmNestedVmexitInject(info) => {
+                self.saw_nested_inject = true;
+                let vcpu = self.vcpu_of(event);
+                let reflected = match self.pending_mut(vcpu, event.pid) {
+                    Some(exit)
+                        if exit.from_l2
+                            && !exit.reflected
+                            && !exit.l0_always_keeps
+                            && exit.reason == info.reason =>
+                    {
+                        exit.reflected = true;
+                        true
+                    }
+                    _ => false,
+                };
+                if !reflected {
+                    *self.synthesized.entry(ReasonKey(info.reason)).or_default() += 1;
+                }
+            }
+            EventKind::KvmNestedVmenter(_) => self.saw_nested_vmenter = true,
+            EventKind::KvmEmulateInsn { insn, failed, .. } => {
+                self.insn_total += 1;
+                self.insn_failed += u64::from(*failed);
+                let bytes = insn.as_slice();
+                let failed = u64::from(*failed);
+                if let Some(slot) = self.insns.get_mut(bytes) {
+                    slot.count += 1;
+                    slot.failed += failed;
+                } else if self.insns.len() < Self::MAX_DISTINCT_INSNS {
+                    self.insns.insert(bytes.into(), InsnCount { count: 1, failed });
+                } else {
+                    self.insn_other += 1;
+                }
+            }
+            EventKind::KvmInjException { exception, has_error, reinjected, .. } => {
+                let row = self.exceptions.entry(exception.0).or_default();
+                row.count += 1;
+                row.with_error_code += u64::from(*has_error);
+                row.reinjected += u64::from(reinjected.unwrap_or(false));
+            }
+            EventKind::KvmUserspaceExit { reason, errno } => {
+                let row = self.userspace.entry(reason.0).or_default();
+                row.0 += 1;
+                row.1 += u64::from(errno.is_some_and(|e| e != 0));
+            }
+            EventKind::KvmPio { write, port, size, .. } => {
+                *self.pio.entry((*write, *port, *size)).or_default() += 1;
+            }
+            EventKind::Lost { count } => {
+                let lost = self.lost_in_stream.entry(event.cpu).or_default();
+                lost.markers += 1;
+                match count {
+                    Some(n) => lost.events += n,
+                    None => lost.uncounted_markers += 1,
+                }
+                // Any vCPU's entry may be among the lost events (a vCPU thread migrates between
+                // CPUs), so no pending exit can be paired with confidence any more.
+                let pending: Vec<_> = self.pending.drain().collect();
+                for (vcpu, exit) in pending {
+                    self.close(vcpu, exit, Close::Lost);
+                }
+            }
+            EventKind::KvmCr { .. }
+            | EventKind::KvmNestedVmenterFailed { .. }
+            | EventKind::KvmNestedIntrVmexit { .. }
+            | EventKind::KvmPageFault { .. }
+            | EventKind::KvmInjVirq { .. }
+            | EventKind::KvmSmmTransition { .. }
+            | EventKind::KvmMsr { .. }
+            | EventKind::KvmCpuid { .. }
+            | EventKind::KvmMmuGetPage { .. }
+            | EventKind::KvmMmuPrepareZapPage { .. }
+            | EventKind::KvmMmuSyncPage { .. }
+            | EventKind::KvmMmuUnsyncPage { .. }
+            | EventKind::KvmMmuPagetableWalk { .. }
+            | EventKind::KvmMmuPagingElement { .. }
+            | EventKind::KvmMmuWalkerError { .. }
+            | EventKind::Other(_) => {}
+        }
+    }
+
+    /// The pending exit of `vcpu`, or of the bare thread when the exit was recorded before the
+    /// thread's vCPU was known.
+    fn pending_mut(&mut self, vcpu: Vcpu, pid: i32) -> Option<&mut PendingExit> {
+        if self.pending.contains_key(&vcpu) {
+            self.pending.get_mut(&vcpu)
+        } else {
+            self.pending.get_mut(&Vcpu::Thread(pid))
+        }
+    }
+
+    fn close(&mut self, vcpu: Vcpu, exit: PendingExit, how: Close) {
+        let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
+        let group = self
+            .groups
+            .entry(GroupKey { reason: ReasonKey(exit.reason), level, vcpu })
+            .or_default();
+        group.count += 1;
+        if exit.from_l2 {
+            if exit.reflected {
+                group.reflected += 1;
+            } else {
+                group.l0_handled += 1;
+            }
+        }
+        let cause = match how {
+            Close::Entry(ts) if ts >= exit.ts => {
+                let latency = ts - exit.ts;
+                group.latency.record(latency);
+                self.slowest.push(Reverse((latency, exit.ts, vcpu, ReasonKey(exit.reason), level)));
+                if self.slowest.len() > Self::SLOWEST_KEPT {
+                    self.slowest.pop();
+                }
+                return;
+            }
+            Close::Entry(_) => &mut self.unpaired.clock_backwards,
+            Close::TraceEnd => &mut self.unpaired.trace_end,
+            Close::Lost => &mut self.unpaired.lost_events,
+            Close::NextExit => &mut self.unpaired.next_exit,
+        };
+        *cause += 1;
+        group.without_latency += 1;
+    }
+
+    /// Closes the exits still waiting for an entry (they are counted, without a latency) and
+    /// builds the report. `meta` and `read` come from the reader when there is one; `read`
+    /// must be taken after the reader is exhausted.
+    pub fn finish(mut self, meta: Option<&TraceMeta>, read: Option<&ReadStats>) -> StatsReport {
+        let pending: Vec<_> = self.pending.drain().collect();
+        for (vcpu, exit) in pending {
+            self.close(vcpu, exit, Close::TraceEnd);
+        }
+        let time_unit = match meta {
+            Some(m) if !m.clock.is_ns() => TimeUnit::Raw,
+            Some(_) | None => TimeUnit::Ns,
+        };
+        let mut notes = Vec::new();
+        if let Some(m) = meta
+            && !m.clock.is_ns()
+        {
+            notes.push(format!(
+                "The trace clock `{}` is not in nanoseconds: every time is in its raw units.",
+                m.clock
+            ));
+        }
+        let exits = self.exit_report(&mut notes);
+        let mut events_by_name: Vec<NameCount> = self
+            .events_by_name
+            .iter()
+            .map(|(name, &count)| NameCount { name: name.to_string(), count })
+            .collect();
+        events_by_name.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        let mut by_insn: Vec<InsnRow> = self
+            .insns
+            .iter()
+            .map(|(bytes, c)| InsnRow {
+                bytes: hex_bytes(bytes),
+                mnemonic: mnemonic(bytes),
+                count: c.count,
+                failed: c.failed,
+            })
+            .collect();
+        by_insn.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.bytes.cmp(&b.bytes)));
+        StatsReport {
+            schema: SCHEMA.to_owned(),
+            input: meta.map(|m| InputInfo {
+                name: m.input.to_string(),
+                format: serde_json::to_value(m.format)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                clock: m.clock.to_string(),
+                cpus: m.cpus,
+                kernel: m.kernel.clone(),
+            }),
+            time_unit,
+            events_total: self.events_total,
+            events_by_name,
+            exits,
+            emulated_instructions: EmulationReport {
+                total: self.insn_total,
+                failed: self.insn_failed,
+                by_insn,
+                other: self.insn_other,
+            },
+            injected_exceptions: self
+                .exceptions
+                .iter()
+                .map(|(&vector, c)| ExceptionRow {
+                    vector,
+                    name: vmxray_capture::codes::ExceptionVector(vector).to_string(),
+                    count: c.count,
+                    with_error_code: c.with_error_code,
+                    reinjected: c.reinjected,
+                })
+                .collect(),
+            userspace_exits: self
+                .userspace
+                .iter()
+                .map(|(&code, &(count, errors))| UserspaceExitRow {
+                    reason: vmxray_capture::codes::UserspaceExitReason(code).to_string(),
+                    code,
+                    count,
+                    errors,
+                })
+                .collect(),
+            pio: self
+                .pio
+                .iter()
+                .map(|(&(write, port, size), &count)| PioRow {
+                    direction: if write { "out" } else { "in" }.to_owned(),
+                    port,
+                    size,
+                    count,
+                })
+                .collect(),
+            losses: self.loss_report(read),
+            notes,
+        }
+    }
+
+    fn loss_report(&self, read: Option<&ReadStats>) -> LossReport {
+        let lost_map = match read {
+            Some(r) if !r.lost.is_empty() || self.lost_in_stream.is_empty() => &r.lost,
+            Some(_) | None => &self.lost_in_stream,
+        };
+        LossReport {
+            lost: lost_map
+                .iter()
+                .map(|(&cpu, l)| LostRow {
+                    cpu,
+                    markers: l.markers,
+                    events: l.events,
+                    uncounted_markers: l.uncounted_markers,
+                })
+                .collect(),
+            skipped: read.map_or(0, |r| r.skipped),
+            problems: read.map_or_else(Vec::new, |r| {
+                r.problems.iter().map(|p| error_chain(p.as_ref())).collect()
+            }),
+            unknown_events: read.map_or_else(Vec::new, |r| {
+                r.unknown_events
+                    .iter()
+                    .map(|(name, &count)| NameCount { name: name.clone(), count })
+                    .collect()
+            }),
+        }
+    }
+
+    fn exit_report(&self, notes: &mut Vec<String>) -> Option<ExitReport> {
+        let total: u64 = self.groups.values().map(|g| g.count).sum();
+        if self.saw_nested_vmenter && !self.saw_nested_vmexit {
+            notes.push(
+                "The trace has kvm_nested_vmenter but no kvm_nested_vmexit: L2 exits cannot be \
+                 told from L1 exits (enable kvm:kvm_nested_vmexit)."
+                    .to_owned(),
+            );
+        }
+        if total == 0 {
+            return None;
+        }
+        if !self.saw_entry {
+            notes.push(
+                "The trace has kvm_exit but no kvm_entry: no latency can be measured (enable \
+                 kvm:kvm_entry)."
+                    .to_owned(),
+            );
+        }
+        let nested = self.saw_nested_vmexit;
+        // Without nested events the level is not known: report `all`, not `L1`.
+        let level_of = |level: Level| if nested { level } else { Level::All };
+        let mut finest: BTreeMap<GroupKey, Group> = BTreeMap::new();
+        for (key, group) in &self.groups {
+            let key = GroupKey { level: level_of(key.level), ..*key };
+            finest.entry(key).or_default().merge(group);
+        }
+        let mut overall = Group::default();
+        let mut by_reason: BTreeMap<ReasonKey, Group> = BTreeMap::new();
+        let mut by_reason_level: BTreeMap<(ReasonKey, Level), Group> = BTreeMap::new();
+        let mut by_vcpu: BTreeMap<Vcpu, Group> = BTreeMap::new();
+        let mut levels = LevelTotals::default();
+        for (key, group) in &finest {
+            overall.merge(group);
+            by_reason.entry(key.reason).or_default().merge(group);
+            by_vcpu.entry(key.vcpu).or_default().merge(group);
+            if nested {
+                by_reason_level.entry((key.reason, key.level)).or_default().merge(group);
+            }
+            match key.level {
+                Level::L2 => {
+                    levels.l2 += group.count;
+                    levels.l2_l0_handled += group.l0_handled;
+                    levels.l2_reflected += group.reflected;
+                }
+                Level::L1 | Level::All => levels.l1 += group.count,
+            }
+        }
+        let overall_time = overall.latency.sum();
+        let row =
+            |reason: Option<ReasonKey>, level: Level, vcpu: Option<Vcpu>, g: &Group| ExitRow {
+                reason: reason.map(|r| Reason::from(r.0)),
+                level,
+                vcpu,
+                count: g.count,
+                percent: percent(g.count, total),
+                time_percent: ratio_percent(g.latency.sum(), overall_time),
+                without_latency: g.without_latency,
+                l0_handled: g.l0_handled,
+                reflected: g.reflected,
+                latency: latency_of(&g.latency),
+            };
+        let by_count = |a: &ExitRow, b: &ExitRow| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.reason.cmp(&b.reason))
+                .then_with(|| a.level.cmp(&b.level))
+        };
+        let mut reason_rows: Vec<ExitRow> =
+            by_reason.iter().map(|(r, g)| row(Some(*r), Level::All, None, g)).collect();
+        reason_rows.sort_by(by_count);
+        let mut reason_level_rows: Vec<ExitRow> =
+            by_reason_level.iter().map(|((r, l), g)| row(Some(*r), *l, None, g)).collect();
+        reason_level_rows.sort_by(by_count);
+        Some(ExitReport {
+            total,
+            with_latency: overall.latency.count(),
+            without_latency: self.unpaired,
+            nested,
+            levels: nested.then_some(levels),
+            overall: row(None, Level::All, None, &overall),
+            by_reason: reason_rows,
+            by_reason_level: reason_level_rows,
+            by_vcpu: by_vcpu.iter().map(|(v, g)| row(None, Level::All, Some(*v), g)).collect(),
+            groups: finest
+                .iter()
+                .map(|(k, g)| row(Some(k.reason), k.level, Some(k.vcpu), g))
+                .collect(),
+            synthesized_nested_exits: self
+                .synthesized
+                .iter()
+                .map(|(reason, &count)| NameCount { name: reason.0.to_string(), count })
+                .collect(),
+            orphan_nested_vmexits: self.orphan_nested_vmexits,
+            slowest: {
+                let mut slowest: Vec<_> = self.slowest.iter().map(|Reverse(s)| *s).collect();
+                slowest.sort_by(|a, b| b.cmp(a));
+                slowest
+                    .into_iter()
+                    .map(|(latency, exit_ts, vcpu, reason, level)| SlowExit {
+                        latency,
+                        exit_ts,
+                        vcpu,
+                        reason: Reason::from(reason.0),
+                        level: level_of(level),
+                    })
+                    .collect()
+            },
+        })
+    }
+}
+
+/// Exits that L0 keeps whatever vmcs12 says (`nested_vmx_l0_wants_exit`, reference §2.3), and
+/// after which a same-reason `kvm_nested_vmexit_inject` is a synthesized exit for L1 (an
+/// interrupt or NMI meant for L1), not a reflection: EXTERNAL_INTERRUPT and NMI (VMX), INTR and
+/// NMI (SVM).
+fn l0_always_keeps(reason: ExitCode, intr: Option<IntrType>) -> bool {
+    match reason {
+        ExitCode::Vmx(r) => {
+            r.basic() == VmxBasicReason::EXTERNAL_INTERRUPT
+                || (r.basic() == VmxBasicReason::EXCEPTION_NMI && intr == Some(IntrType::Nmi))
+        }
+        ExitCode::Svm(c) => c == SvmExitCode::INTR || c == SvmExitCode::NMI,
+        ExitCode::Raw(_) => false,
+    }
+}
+
+fn percent(part: u64, total: u64) -> f64 {
+    if total == 0 { 0.0 } else { part as f64 * 100.0 / total as f64 }
+}
+
+fn ratio_percent(part: u128, total: u128) -> f64 {
+    if total == 0 { 0.0 } else { part as f64 * 100.0 / total as f64 }
+}
+
+fn latency_of(h: &LogHistogram) -> Option<Latency> {
+    Some(Latency {
+        count: h.count(),
+        total: u64::try_from(h.sum()).unwrap_or(u64::MAX),
+        min: h.min()?,
+        max: h.max()?,
+        mean: h.mean()?,
+        stddev: h.stddev()?,
+        p50: h.quantile_permille(500)?,
+        p90: h.quantile_permille(900)?,
+        p99: h.quantile_permille(990)?,
+        p999: h.quantile_permille(999)?,
+    })
+}
+
+fn hex_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        // `ReadError` already prints its kind; do not say it twice.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;
