@@ -783,48 +783,6 @@ impl fmt::Debug for MmuPageRole {
     }
 }
 
-/// A short mnemonic for the instructions KVM's emulator commonly shows in `kvm_emulate_insn`
-/// (CR/DT loads, port I/O, HLT, CPUID, UD2, ...), or `None` when the bytes are not one of them.
-pub fn mnemonic(insn: &[u8]) -> Option<&'static str> {
-    // Skip legacy prefixes and REX so `48 0f 22 d8` reads like `0f 22 d8`.
-    let start = insn.iter().position(|b| !matches!(b, 0x66 | 0x67 | 0xf2 | 0xf3 | 0x40..=0x4f))?;
-    let op = insn.get(start..)?;
-    Some(match op {
-        [0x0f, 0x22, modrm, ..] => match (modrm >> 3) & 7 {
-            0 => "mov cr0",
-            3 => "mov cr3",
-            4 => "mov cr4",
-            _ => "mov crN",
-        },
-        [0x0f, 0x20, ..] => "mov from cr",
-        [0x0f, 0x01, modrm, ..] if modrm >> 6 != 3 => match (modrm >> 3) & 7 {
-            2 => "lgdt",
-            3 => "lidt",
-            7 => "invlpg",
-            _ => "group7",
-        },
-        [0x0f, 0x01, 0xc1, ..] => "vmcall",
-        [0x0f, 0x01, 0xd9, ..] => "vmmcall",
-        [0x0f, 0x0b, ..] => "ud2",
-        [0x0f, 0xa2, ..] => "cpuid",
-        [0x0f, 0x30, ..] => "wrmsr",
-        [0x0f, 0x32, ..] => "rdmsr",
-        [0x0f, 0x31, ..] => "rdtsc",
-        [0x0f, 0x09, ..] => "wbinvd",
-        [0x0f, 0x08, ..] => "invd",
-        [0xf4, ..] => "hlt",
-        [0xe4 | 0xe5 | 0xec | 0xed, ..] => "in",
-        [0xe6 | 0xe7 | 0xee | 0xef, ..] => "out",
-        [0x6c | 0x6d, ..] => "ins",
-        [0x6e | 0x6f, ..] => "outs",
-        [0xcf, ..] => "iret",
-        [0xcd, ..] => "int",
-        [0xfa, ..] => "cli",
-        [0xfb, ..] => "sti",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,16 +838,6 @@ mod tests {
         assert_eq!(role.to_string(), "l4 8-byte q0 wux nxe ad");
         assert!(MmuPageRole(0x0002_0000).guest_mode());
         assert_eq!(MmuPageRole(0x0100_0000).smm(), 1);
-    }
-
-    #[test]
-    fn mnemonics_of_emulated_instructions() {
-        assert_eq!(mnemonic(&[0x0f, 0x22, 0xd8]), Some("mov cr3"));
-        assert_eq!(mnemonic(&[0x48, 0x0f, 0x22, 0xd8]), Some("mov cr3"));
-        assert_eq!(mnemonic(&[0x0f, 0x01, 0x18]), Some("lidt"));
-        assert_eq!(mnemonic(&[0x0f, 0x0b]), Some("ud2"));
-        assert_eq!(mnemonic(&[0xff, 0xc0]), None);
-        assert_eq!(mnemonic(&[]), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod codes;
 pub mod event;
 pub mod fields;
 pub mod filter;
+pub mod insn;
 pub mod open;
 pub mod reader;
 pub mod render;

@@ -250,16 +250,29 @@ impl fmt::Display for Location {
 }
 
 /// A reader could not interpret its input.
-#[derive(Debug, thiserror::Error)]
-#[error("{input}{at}: {kind}")]
+///
+/// Its message names the input, the place and what was wrong; its `source()` is the cause
+/// behind the kind (an I/O error), so a printed chain says each thing once.
+#[derive(Debug)]
 pub struct ReadError {
     /// The input's name (path or `<stdin>`).
     pub input: Arc<str>,
     /// Where.
     pub at: Location,
     /// What was wrong.
-    #[source]
     pub kind: ReadErrorKind,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}: {}", self.input, self.at, self.kind)
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
 }
 
 impl ReadError {

@@ -285,8 +285,8 @@ impl EventKind {
             | Self::KvmMmuSyncPage { page }
             | Self::KvmMmuUnsyncPage { page } => out.push(("role", page.role.to_string())),
             Self::KvmEmulateInsn { insn, .. } => {
-                if let Some(m) = crate::codes::mnemonic(insn.as_slice()) {
-                    out.push(("insn", m.to_owned()));
+                if let Some(m) = crate::insn::mnemonic(insn.as_slice()) {
+                    out.push(("insn", m));
                 }
             }
             _ => {}

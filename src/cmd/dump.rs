@@ -90,6 +90,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     input::write_read_summary(&mut io::stderr(), reader.meta(), reader.stats())?;
     match failure {
         Some(err) => Err(err.into()),
-        None => Ok(ExitCode::SUCCESS),
+        None => Ok(input::exit_status(reader.stats(), ExitCode::SUCCESS)),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use vmxray_capture::{EventReader, ReadOptions, ReadStats, TraceMeta};
@@ -10,6 +11,14 @@ use vmxray_capture::{EventReader, ReadOptions, ReadStats, TraceMeta};
 pub fn open(path: &Path, permissive: bool) -> anyhow::Result<Box<dyn EventReader>> {
     vmxray_capture::open(path, ReadOptions { permissive })
         .with_context(|| format!("Cannot open {}", path.display()))
+}
+
+/// The exit status once a command's own work is done: like ripgrep, records skipped under
+/// `--permissive` turn the status into 2 (input error) after all output was written, so a
+/// script never mistakes a partial read for a clean one. Lost events are part of the trace,
+/// reported but not an error.
+pub fn exit_status(stats: &ReadStats, otherwise: ExitCode) -> ExitCode {
+    if stats.skipped > 0 { ExitCode::from(super::EXIT_ERROR) } else { otherwise }
 }
 
 /// Writes the end-of-read summary: lost events per CPU, skipped records with their first

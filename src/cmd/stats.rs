@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use vmxray_analyze::stats::{ExitStats, Format, StatsReport, write_report};
-use vmxray_capture::{Event, ReadError, ReadOptions, ReadStats, TraceMeta};
+use vmxray_capture::{Event, ReadError, ReadStats, TraceMeta};
 
 /// Arguments of `vmxray stats`.
 #[derive(clap::Args)]
@@ -47,11 +47,11 @@ impl From<OutputFormat> for Format {
 
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut reader = vmxray_capture::open(&args.file, ReadOptions { permissive: args.permissive })?;
+    let mut reader = super::input::open(&args.file, args.permissive)?;
     let stats = accumulate(reader.by_ref())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
 }
 
 /// Feeds every event to the statistics; the first read error stops (with `--permissive` the

@@ -6,7 +6,6 @@
 //! [`ExitStats::MAX_DISTINCT_INSNS`]), never on the number of events. See the crate docs for the
 //! latency definition, the L1/L2 rule and the JSON schema.
 
-mod insn;
 mod render;
 mod report;
 
@@ -18,9 +17,9 @@ use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
 
 use crate::histogram::LogHistogram;
 
-pub use insn::mnemonic;
 pub use render::{Format, write_report};
 pub use report::*;
+pub use vmxray_capture::insn::mnemonic;
 
 /// An exit waiting for its vCPU's next `kvm_entry`.
 #[derive(Clone, Copy, Debug)]
