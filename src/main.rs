@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print every event of a trace, one normalized line (or JSON object) per event.
     Dump(cmd::dump::Args),
+    /// Emit the tracepoints KVM produces for a scripted nested-VMX scenario (fixed or buggy KVM).
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod dump;
+pub mod simulate;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;
