@@ -8,7 +8,7 @@ use vmxray_capture::codes::{ExitCode, ExitReason, IntrInfo, Isa};
 use vmxray_capture::{Entry, EventKind, ExitInfo};
 
 /// The host kernel whose tracepoint layouts the simulator reproduces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelVersion {
     /// 5.10: `kvm_entry` has `rip`; `kvm_exit`/`kvm_nested_vmexit` share the layout with
     /// `intr_info`/`error_code`; no `kvm_nested_vmenter` (nested entry is only visible as a
@@ -129,6 +129,12 @@ impl KernelVersion {
             fault_address: addr,
             error_code: err,
         }
+    }
+}
+
+impl Serialize for KernelVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -32,8 +32,7 @@ pub use kernel::{KernelVersion, UnknownKernel};
 pub use truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Vmcs12Write, Writer};
 
 /// A known KVM nested-VMX bug (reference §3), which the buggy flavour reproduces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Bug {
     /// (a) Stale vmcs02.GUEST_CR3 after a nested VM-Enter cancelled by HLT (fixed by
     /// `04f11ef45810`): the synthesized exit copies the last hardware-run L2's CR3 into the
@@ -108,6 +107,25 @@ impl fmt::Display for Bug {
     }
 }
 
+/// Bugs, flavours and scenarios serialize as their command-line names (`hlt-stale-cr3`,
+/// `buggy:hlt-stale-cr3`, `muen`), so the ground truth's JSON reads like the command.
+macro_rules! serialize_as_display {
+    ($($ty:ty => $text:expr),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let f: fn(&$ty) -> String = $text;
+                s.serialize_str(&f(self))
+            }
+        }
+    )*};
+}
+
+serialize_as_display!(
+    Bug => |b| b.name().to_owned(),
+    KvmFlavour => |k| k.to_string(),
+    Scenario => |s| s.name().to_owned()
+);
+
 /// A bug or flavour name `vmxray simulate` does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -128,8 +146,7 @@ impl FromStr for Bug {
 }
 
 /// Which KVM the simulator imitates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KvmFlavour {
     /// KVM with every fix of §3.
     Fixed,
@@ -175,8 +192,7 @@ pub fn parse_flavour(s: &str) -> Result<Option<KvmFlavour>, UnknownFlavour> {
 }
 
 /// The scripted scenarios.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scenario {
     /// A separation kernel (L1) running N subjects round-robin, one vmcs12 and one EPTP each
     /// (nested EPT); subjects switch CR3 without exits; noise on top.

@@ -44,13 +44,13 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
     let subjects = cfg.subjects;
     let mut background_from = 1;
     match cfg.scenario {
-        Scenario::SepKernel => {
-            sep_kernel(v0, &SepParams::new(subjects, iters, true));
-            background_from = 0;
-        }
-        Scenario::SepKernelNoEpt => {
-            sep_kernel(v0, &SepParams::new(subjects, iters, false));
-            background_from = 0;
+        Scenario::SepKernel | Scenario::SepKernelNoEpt => {
+            let p = SepParams::new(subjects, iters, cfg.scenario == Scenario::SepKernel);
+            sep_kernel(v0, &p);
+            for v in rest.iter_mut() {
+                sep_kernel(v, &p);
+            }
+            background_from = n;
         }
         Scenario::Noise => {
             let mut p = SepParams::new(subjects, iters, true);
