@@ -61,7 +61,11 @@ fn timestamps_are_monotonic_per_cpu_and_threads_stay_on_their_cpu() {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         for e in &sim.events {
             let prev = last.insert(e.cpu, e.ts).unwrap_or(0);
-            assert!(e.ts >= prev, "{sc} {kvm} {kernel} seed {seed}: time goes back on CPU {}", e.cpu);
+            assert!(
+                e.ts >= prev,
+                "{sc} {kvm} {kernel} seed {seed}: time goes back on CPU {}",
+                e.cpu
+            );
             let thread = sim.truth.vcpus.iter().find(|t| t.pid == e.pid).expect("known thread");
             assert_eq!(thread.cpu, e.cpu);
             assert_eq!(e.comm.as_deref(), Some(thread.comm.as_str()));
@@ -77,7 +81,10 @@ fn nested_vmexit_repeats_the_preceding_kvm_exit_while_in_l2() {
             for w in evs.windows(2) {
                 if let EventKind::KvmNestedVmexit(nested) = &w[1].1.kind {
                     let EventKind::KvmExit(exit) = &w[0].1.kind else {
-                        panic!("{sc} {kvm} {kernel} {seed}: kvm_nested_vmexit at {} without kvm_exit", w[1].0)
+                        panic!(
+                            "{sc} {kvm} {kernel} {seed}: kvm_nested_vmexit at {} without kvm_exit",
+                            w[1].0
+                        )
                     };
                     assert_eq!(exit, nested, "{sc} {kvm} {kernel} {seed}: at {}", w[1].0);
                 }
@@ -98,7 +105,11 @@ fn field_sets_follow_the_kernel_version() {
                 EventKind::KvmEntry(entry) => {
                     assert!(entry.rip.is_some(), "{ctx}");
                     assert_eq!(entry.intr_info.is_some(), kernel == KernelVersion::V6_14, "{ctx}");
-                    assert_eq!(entry.immediate_exit.is_some(), kernel == KernelVersion::V6_14, "{ctx}");
+                    assert_eq!(
+                        entry.immediate_exit.is_some(),
+                        kernel == KernelVersion::V6_14,
+                        "{ctx}"
+                    );
                 }
                 EventKind::KvmExit(x) | EventKind::KvmNestedVmexit(x) => {
                     assert_eq!(x.requests.is_some(), kernel == KernelVersion::V6_14, "{ctx}");
@@ -120,7 +131,11 @@ fn field_sets_follow_the_kernel_version() {
             for (i, e) in evs {
                 match &e.kind {
                     EventKind::KvmEntry(_) => {
-                        assert_ne!(since_entry, Some(false), "{ctx}: two kvm_entry without an exit at {i}");
+                        assert_ne!(
+                            since_entry,
+                            Some(false),
+                            "{ctx}: two kvm_entry without an exit at {i}"
+                        );
                         since_entry = Some(false);
                     }
                     EventKind::KvmExit(_) | EventKind::KvmNestedVmenterFailed { .. } => {
@@ -148,16 +163,24 @@ fn fixed_kvm_never_shows_a_bug_signature() {
                 assert!(sim.truth.bug.is_none(), "{ctx}");
             }
             KvmFlavour::Buggy(bug) => {
-                let site = sim.truth.bug.as_ref().unwrap_or_else(|| panic!("{ctx}: bug never triggered"));
+                let site =
+                    sim.truth.bug.as_ref().unwrap_or_else(|| panic!("{ctx}: bug never triggered"));
                 assert_eq!(site.bug, bug);
                 assert!(site.trigger <= site.first_difference, "{ctx}");
                 assert!(site.first_difference <= site.divergence, "{ctx}");
                 let visible_alone = matches!(
                     bug,
-                    Bug::LateVmFailCr3 | Bug::InveptNoRootReload | Bug::InitMmuNotReset | Bug::PmlInL2
+                    Bug::LateVmFailCr3
+                        | Bug::InveptNoRootReload
+                        | Bug::InitMmuNotReset
+                        | Bug::PmlInL2
                 );
                 if visible_alone {
-                    assert_eq!(flagged.first(), Some(&(site.divergence, bug)), "{ctx}: first signature hit");
+                    assert_eq!(
+                        flagged.first(),
+                        Some(&(site.divergence, bug)),
+                        "{ctx}: first signature hit"
+                    );
                 } else {
                     assert!(flagged.is_empty(), "{ctx}: {flagged:?}");
                 }
@@ -265,8 +288,10 @@ fn bug_a_stale_cr3_signature() {
                     panic!("trigger is not an inject: {:?}", sim.events[site.trigger])
                 };
                 assert_eq!(basic(x), Some(VmxBasicReason::PREEMPTION_TIMER));
-                let thread: Vec<&Event> =
-                    sim.events[..site.trigger].iter().filter(|e| e.pid == sim.events[site.trigger].pid).collect();
+                let thread: Vec<&Event> = sim.events[..site.trigger]
+                    .iter()
+                    .filter(|e| e.pid == sim.events[site.trigger].pid)
+                    .collect();
                 let before: Vec<&str> = thread.iter().rev().take(3).map(|e| e.name()).collect();
                 if kernel.has_nested_vmenter() {
                     assert_eq!(before, ["kvm_vcpu_wakeup", "kvm_nested_vmenter", "kvm_exit"]);
@@ -276,7 +301,9 @@ fn bug_a_stale_cr3_signature() {
                 let flagged = &sim.events[site.divergence];
                 if kernel.has_nested_vmenter() && scenario == Scenario::Muen {
                     // The halted subject's vmcs12 now holds another subject's CR3.
-                    let EventKind::KvmNestedVmenter(n) = &flagged.kind else { panic!("{flagged:?}") };
+                    let EventKind::KvmNestedVmenter(n) = &flagged.kind else {
+                        panic!("{flagged:?}")
+                    };
                     let l1_written: Vec<u64> = sim
                         .truth
                         .field_history(n.vmcs, Vmcs12Field::GuestCr3)
@@ -310,14 +337,22 @@ fn bug_b_e_signatures() {
         let sim = run(Scenario::LateVmFail, KvmFlavour::Buggy(Bug::LateVmFailCr3), kernel, 3);
         let site = sim.truth.bug.clone().unwrap();
         let names = thread_window(&sim.events, site.divergence, 2, 1);
-        assert_eq!(names, ["kvm_entry", "kvm_nested_vmenter_failed", "kvm_mmu_get_page", "kvm_entry"]);
-        let EventKind::KvmMmuGetPage { page, created } = &sim.events[site.divergence].kind else { panic!() };
+        assert_eq!(
+            names,
+            ["kvm_entry", "kvm_nested_vmenter_failed", "kvm_mmu_get_page", "kvm_entry"]
+        );
+        let EventKind::KvmMmuGetPage { page, created } = &sim.events[site.divergence].kind else {
+            panic!()
+        };
         assert!(*created && page.gfn == 0x10_a3c5 && !page.role.guest_mode());
         assert!(sim.events.iter().any(|e| matches!(e.kind, EventKind::KvmUserspaceExit { .. })));
 
         let sim = run(Scenario::EvmcsRestore, KvmFlavour::Buggy(Bug::EvmcsStaleExit), kernel, 3);
         let site = sim.truth.bug.clone().unwrap();
-        assert_eq!(thread_window(&sim.events, site.trigger, 0, 1), ["kvm_nested_vmexit_inject", "kvm_entry"]);
+        assert_eq!(
+            thread_window(&sim.events, site.trigger, 0, 1),
+            ["kvm_nested_vmexit_inject", "kvm_entry"]
+        );
         if kernel.has_nested_vmenter() {
             let EventKind::KvmNestedVmenter(n) = &sim.events[0].kind else { panic!() };
             assert!(n.is_evmcs() && n.rip == 0xfff0);
@@ -344,8 +379,12 @@ fn first_difference_matches_a_diff_against_the_fixed_flavour() {
                         fixed.events.iter().enumerate().filter(|(_, e)| e.pid == pid).collect();
                     let b: Vec<(usize, &Event)> =
                         buggy.events.iter().enumerate().filter(|(_, e)| e.pid == pid).collect();
-                    let first = f.iter().zip(&b).position(|(x, y)| x.1 != y.1).expect("streams differ");
-                    assert_eq!(b[first].0, site.first_difference, "{scenario} {bug} {kernel} seed {seed}");
+                    let first =
+                        f.iter().zip(&b).position(|(x, y)| x.1 != y.1).expect("streams differ");
+                    assert_eq!(
+                        b[first].0, site.first_difference,
+                        "{scenario} {bug} {kernel} seed {seed}"
+                    );
                 }
             }
         }
@@ -382,7 +421,12 @@ fn ground_truth_tracks_vmcs12_fields() {
             assert_eq!(last(Vmcs12Field::GuestRip), Some(n.nested_rip));
         }
     }
-    assert!(sim.truth.vmcs12_writes.iter().any(|w| w.writer == Writer::L0Exit && w.field == Vmcs12Field::GuestCr3));
+    assert!(
+        sim.truth
+            .vmcs12_writes
+            .iter()
+            .any(|w| w.writer == Writer::L0Exit && w.field == Vmcs12Field::GuestCr3)
+    );
 }
 
 #[test]
@@ -395,7 +439,10 @@ fn knobs_and_flavours_are_validated() {
         SimConfig::resolve(Scenario::Invept, None).unwrap(),
         KvmFlavour::Buggy(Bug::InveptNoRootReload)
     );
-    assert_eq!(vmxray_samples::sim::parse_flavour("buggy:c").unwrap(), Some(KvmFlavour::Buggy(Bug::InveptNoRootReload)));
+    assert_eq!(
+        vmxray_samples::sim::parse_flavour("buggy:c").unwrap(),
+        Some(KvmFlavour::Buggy(Bug::InveptNoRootReload))
+    );
     assert!(vmxray_samples::sim::parse_flavour("broken").is_err());
 }
 

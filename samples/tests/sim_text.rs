@@ -8,9 +8,13 @@ use vmxray_capture::codes::{
     ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason, VmInstructionError,
 };
 use vmxray_capture::fields::{FieldValue, Fields};
-use vmxray_capture::{Entry, Event, EventKind, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent};
+use vmxray_capture::{
+    Entry, Event, EventKind, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
+};
 use vmxray_samples::sim::KernelVersion;
-use vmxray_samples::sim::text::{TextOptions, header, render_body, render_line, render_line_with_flags};
+use vmxray_samples::sim::text::{
+    TextOptions, header, render_body, render_line, render_line_with_flags,
+};
 
 const V6: KernelVersion = KernelVersion::V6_14;
 
@@ -45,7 +49,10 @@ fn renders_real_kernel_lines_exactly() {
             "   qemu vcpu-0 x-15045   [001] .....   511.176390: kvm_fpu: load",
         ),
         (
-            qemu(511_176_454_900, EventKind::KvmMmuGetPage { page: page(2, 5892, 0), created: true }),
+            qemu(
+                511_176_454_900,
+                EventKind::KvmMmuGetPage { page: page(2, 5892, 0), created: true },
+            ),
             "...1.",
             "   qemu vcpu-0 x-15045   [001] ...1.   511.176454: kvm_mmu_get_page: sp gen 0 gfn 2 l4 8-byte q0 wux nxe ad root 0 sync new",
         ),
@@ -165,12 +172,18 @@ fn exit_info(reason: u32, rip: u64, requests: Option<u64>) -> ExitInfo {
 /// info2 0x%016llx intr_info 0x%08x error_code 0x%08x requests 0x%016llx`.
 #[test]
 fn kvm_exit_and_nested_vmexit_lines() {
-    let e = vcpu_thread(1_234_000_567_890, EventKind::KvmExit(exit_info(48, 0xffffffff81000123, Some(0x40))));
+    let e = vcpu_thread(
+        1_234_000_567_890,
+        EventKind::KvmExit(exit_info(48, 0xffffffff81000123, Some(0x40))),
+    );
     assert_eq!(
         render_line(&e, V6),
         "       CPU 0/KVM-4242    [003] d..1.  1234.000567: kvm_exit: vcpu 0 reason EPT_VIOLATION rip 0xffffffff81000123 info1 0x0000000000000181 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000 requests 0x0000000000000040"
     );
-    let n = vcpu_thread(1_234_000_568_000, EventKind::KvmNestedVmexit(exit_info(0x8000_0021, 0x1000, None)));
+    let n = vcpu_thread(
+        1_234_000_568_000,
+        EventKind::KvmNestedVmexit(exit_info(0x8000_0021, 0x1000, None)),
+    );
     assert_eq!(
         render_line(&n, KernelVersion::V6_1),
         "       CPU 0/KVM-4242    [003] ...1.  1234.000568: kvm_nested_vmexit: vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x1000 info1 0x0000000000000181 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000"
@@ -227,7 +240,10 @@ fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
         msg: "hardware VM-instruction error: ".into(),
         err: VmInstructionError::ENTRY_INVALID_CONTROL_FIELD,
     };
-    assert_eq!(render_body(&failed, V6), "hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD");
+    assert_eq!(
+        render_body(&failed, V6),
+        "hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD"
+    );
     let cc = EventKind::KvmNestedVmenterFailed {
         msg: "vmcs12->launch_state == launch".into(),
         err: VmInstructionError(0),
@@ -247,8 +263,14 @@ fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
         render_body(&entry(Some(0x8000_0b0e)), V6),
         "vcpu 1, rip 0xfff0 intr_info 0x80000b0e error_code 0x00000010"
     );
-    assert_eq!(render_body(&EventKind::KvmCr { write: true, cr: 3, val: 0x3a41c000 }, V6), "cr_write 3 = 0x3a41c000");
-    assert_eq!(render_body(&EventKind::KvmCr { write: false, cr: 3, val: 0x3a41c000 }, V6), "cr_read 3 = 0x3a41c000");
+    assert_eq!(
+        render_body(&EventKind::KvmCr { write: true, cr: 3, val: 0x3a41c000 }, V6),
+        "cr_write 3 = 0x3a41c000"
+    );
+    assert_eq!(
+        render_body(&EventKind::KvmCr { write: false, cr: 3, val: 0x3a41c000 }, V6),
+        "cr_read 3 = 0x3a41c000"
+    );
 }
 
 #[test]
@@ -263,7 +285,12 @@ fn version_dependent_bodies() {
         render_body(&pf_new, V6),
         "vcpu 0 rip 0xffffffff81003691 address 0x0000000070b17000 error_code 0x181"
     );
-    let pf_old = EventKind::KvmPageFault { vcpu_id: None, guest_rip: None, fault_address: 0x70b1_7000, error_code: 0x181 };
+    let pf_old = EventKind::KvmPageFault {
+        vcpu_id: None,
+        guest_rip: None,
+        fault_address: 0x70b1_7000,
+        error_code: 0x181,
+    };
     assert_eq!(render_body(&pf_old, KernelVersion::V6_1), "address 70b17000 error_code 181");
     let exc = |re: Option<bool>| EventKind::KvmInjException {
         exception: vmxray_capture::codes::ExceptionVector::PF,
@@ -276,16 +303,25 @@ fn version_dependent_bodies() {
     assert_eq!(render_body(&exc(None), KernelVersion::V5_10), "#PF (0x10)");
     // Role bit 4 is has_4_byte_gpte on 6.x and gpte_is_8_bytes on 5.10.
     let p6 = EventKind::KvmMmuGetPage { page: page(0x4e7d1, 0x2_0704, 0), created: false };
-    assert_eq!(render_body(&p6, V6), "sp gen 0 gfn 4e7d1 l4 8-byte q0 wux !nxe ad root 0 sync existing");
+    assert_eq!(
+        render_body(&p6, V6),
+        "sp gen 0 gfn 4e7d1 l4 8-byte q0 wux !nxe ad root 0 sync existing"
+    );
     let p510 = EventKind::KvmMmuGetPage { page: page(0x4e7d1, 0x2_0714, 0), created: false };
     assert_eq!(
         render_body(&p510, KernelVersion::V5_10),
         "sp gen 0 gfn 4e7d1 l4 8-byte q0 wux !nxe ad root 0 sync existing"
     );
     let direct = EventKind::KvmMmuGetPage { page: page(0x40000, 0x1782, 0), created: true };
-    assert_eq!(render_body(&direct, V6), "sp gen 0 gfn 40000 l2 8-byte q0 direct wux nxe ad root 0 sync new");
     assert_eq!(
-        render_body(&EventKind::KvmSmmTransition { vcpu_id: 2, smbase: 0x30000, entering: true }, V6),
+        render_body(&direct, V6),
+        "sp gen 0 gfn 40000 l2 8-byte q0 direct wux nxe ad root 0 sync new"
+    );
+    assert_eq!(
+        render_body(
+            &EventKind::KvmSmmTransition { vcpu_id: 2, smbase: 0x30000, entering: true },
+            V6
+        ),
         "vcpu 2: entering SMM, smbase 0x30000"
     );
     assert_eq!(
@@ -297,7 +333,10 @@ fn version_dependent_bodies() {
         "wait time 851379 ns, polling valid"
     );
     assert_eq!(
-        render_body(&EventKind::KvmMsr { write: true, index: 0x4000_0105, data: 1 << 63, exception: false }, V6),
+        render_body(
+            &EventKind::KvmMsr { write: true, index: 0x4000_0105, data: 1 << 63, exception: false },
+            V6
+        ),
         "msr_write 40000105 = 0x8000000000000000"
     );
     assert_eq!(
