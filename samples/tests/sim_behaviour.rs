@@ -413,8 +413,7 @@ fn ground_truth_tracks_vmcs12_fields() {
                 sim.truth
                     .vmcs12_writes
                     .iter()
-                    .filter(|w| w.vmcs12 == n.vmcs && w.field == field && w.before_event <= i)
-                    .next_back()
+                    .rfind(|w| w.vmcs12 == n.vmcs && w.field == field && w.before_event <= i)
                     .map(|w| w.value)
             };
             assert_eq!(last(Vmcs12Field::EptPointer), n.nested_tdp_root());
@@ -453,12 +452,11 @@ fn l2_preemption_timer_fastpath_has_no_nested_vmexit_on_6_14_only() {
         let mut fast = 0;
         for (_, evs) in per_thread(&sim.events) {
             for w in evs.windows(2) {
-                if let EventKind::KvmExit(x) = &w[0].1.kind {
-                    if basic(x) == Some(VmxBasicReason::PREEMPTION_TIMER)
-                        && !matches!(w[1].1.kind, EventKind::KvmNestedVmexit(_))
-                    {
-                        fast += 1;
-                    }
+                if let EventKind::KvmExit(x) = &w[0].1.kind
+                    && basic(x) == Some(VmxBasicReason::PREEMPTION_TIMER)
+                    && !matches!(w[1].1.kind, EventKind::KvmNestedVmexit(_))
+                {
+                    fast += 1;
                 }
             }
         }

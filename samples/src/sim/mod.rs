@@ -426,15 +426,15 @@ impl SimConfig {
 
     /// Checks the knobs and the flavour against the scenario.
     pub fn validate(&self) -> Result<(), SimError> {
-        if let KvmFlavour::Buggy(bug) = self.kvm {
-            if !self.scenario.bugs().contains(&bug) {
-                let can: Vec<&str> = self.scenario.bugs().iter().map(|b| b.name()).collect();
-                return Err(SimError::BugNotInScenario {
-                    scenario: self.scenario,
-                    bug,
-                    can: if can.is_empty() { "none".into() } else { can.join(", ") },
-                });
-            }
+        if let KvmFlavour::Buggy(bug) = self.kvm
+            && !self.scenario.bugs().contains(&bug)
+        {
+            let can: Vec<&str> = self.scenario.bugs().iter().map(|b| b.name()).collect();
+            return Err(SimError::BugNotInScenario {
+                scenario: self.scenario,
+                bug,
+                can: if can.is_empty() { "none".into() } else { can.join(", ") },
+            });
         }
         for (knob, value, min, max) in [
             ("vcpus", self.vcpus, 1, 64),

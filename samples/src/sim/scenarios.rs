@@ -270,11 +270,13 @@ fn sep_kernel(v: &mut Vcpu, p: &SepParams) {
                 // The first re-entry of the poisoned vmcs12: with nested_ept=n (6.1+) its
                 // kvm_nested_vmenter shows the other subject's CR3.
                 let shown = v.current_vmcs12().map(|x| x.guest_cr3);
-                if v.kernel.has_nested_vmenter() && !p.nested_ept && shown != Some(expected_cr3) {
-                    if let Some(site) = v.sites.first_mut() {
-                        site.first_difference = vmenter_idx;
-                        site.divergence = vmenter_idx;
-                    }
+                if v.kernel.has_nested_vmenter()
+                    && !p.nested_ept
+                    && shown != Some(expected_cr3)
+                    && let Some(site) = v.sites.first_mut()
+                {
+                    site.first_difference = vmenter_idx;
+                    site.divergence = vmenter_idx;
                 }
             }
             match entered {
@@ -327,11 +329,11 @@ fn run_subject_slice(
         let addr = v.l2_rip;
         let x = HwExit::new(reason::EXCEPTION_NMI, 0).qual(addr).intr(intr::PF, 0x14);
         let idx = v.l2_exit_reflect(x);
-        if let Some(site) = v.sites.first_mut() {
-            if site.divergence == usize::MAX {
-                site.first_difference = idx;
-                site.divergence = idx;
-            }
+        if let Some(site) = v.sites.first_mut()
+            && site.divergence == usize::MAX
+        {
+            site.first_difference = idx;
+            site.divergence = idx;
         }
         v.l1_step(0x80, 2_000, 9_000);
         return;
@@ -816,10 +818,11 @@ fn evmcs_restore(v: &mut Vcpu, iterations: u32) {
         // the Hyper-V crash MSRs.
         v.l1_rip = host_rip + 0x1_b3c0;
         let first = v.next_index();
-        for (i, value) in [0x20001u64, 0x11, 0xffff_f806_1203_1a7c, 0, 0].into_iter().enumerate() {
+        for (msr, value) in (0x4000_0100u32..).zip([0x20001u64, 0x11, 0xffff_f806_1203_1a7c, 0, 0])
+        {
             v.l1_step(0x10, 300, 1_500);
             v.l1_exit(HwExit::new(reason::MSR_WRITE, 0), 2, move |v| {
-                v.msr(true, 0x4000_0100 + i as u32, value);
+                v.msr(true, msr, value);
             });
         }
         v.l1_step(0x10, 300, 1_500);
@@ -908,17 +911,17 @@ fn dirty_log(v: &mut Vcpu, iterations: u32) {
             if v.dirty_logging && first_logged_write.is_none() && !v.dirtied.contains(&gpa) {
                 first_logged_write = Some(v.next_index());
             }
-            if let Some(idx) = v.l2_write_page(gpa) {
-                if v.sites.is_empty() {
-                    let first = first_logged_write.unwrap_or(idx);
-                    v.mark(
-                        Bug::PmlInL2,
-                        first,
-                        first,
-                        idx,
-                        "PML is enabled in vmcs02: L2 writes do not fault while dirty logging is on and a PML_FULL exit occurs in L2",
-                    );
-                }
+            if let Some(idx) = v.l2_write_page(gpa)
+                && v.sites.is_empty()
+            {
+                let first = first_logged_write.unwrap_or(idx);
+                v.mark(
+                    Bug::PmlInL2,
+                    first,
+                    first,
+                    idx,
+                    "PML is enabled in vmcs02: L2 writes do not fault while dirty logging is on and a PML_FULL exit occurs in L2",
+                );
             }
         }
         v.l2_noise(20);
