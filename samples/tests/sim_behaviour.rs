@@ -463,3 +463,25 @@ fn l2_preemption_timer_fastpath_has_no_nested_vmexit_on_6_14_only() {
         assert_eq!(fast > 0, kernel == KernelVersion::V6_14, "{kernel}");
     }
 }
+
+/// `enable_ept` is host-wide: with L0 shadow paging (late-vmfail, init) no vCPU ever has an
+/// EPT violation or nested EPT, and every L2 CR3 load is an exit L0 handles.
+#[test]
+fn shadow_paging_scenarios_have_no_ept_anywhere() {
+    for scenario in [Scenario::LateVmFail, Scenario::Init] {
+        for kvm in flavours(scenario) {
+            for seed in 1..12 {
+                let sim = simulate(&SimConfig::new(scenario).kvm(kvm).seed(seed).vcpus(3)).unwrap();
+                for e in &sim.events {
+                    match &e.kind {
+                        EventKind::KvmExit(x) => {
+                            assert_ne!(basic(x), Some(VmxBasicReason::EPT_VIOLATION))
+                        }
+                        EventKind::KvmNestedVmenter(n) => assert_eq!(n.tdp_enabled, Some(false)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

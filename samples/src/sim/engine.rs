@@ -701,6 +701,18 @@ impl Vcpu {
                 self.l2_exit_l0(x, true, |_| {});
             }
             1 => self.l2_l0_preemption_timer(),
+            _ if !self.l0_ept => {
+                // Shadow paging: #PF is always intercepted (§2.3) and L0 fixes its shadow page
+                // tables itself; the exit qualification is the faulting address (CR2).
+                let cr2 =
+                    self.l2_rip & !0xfff | 0x0000_7f00_0000_0000 | self.rng.range(0, 0xfff) & !7;
+                let pferr = 0x6;
+                let (kernel, id, rip) = (self.kernel, self.id, self.l2_rip);
+                let x = HwExit::new(reason::EXCEPTION_NMI, 0).qual(cr2).intr(intr::PF, pferr);
+                self.l2_exit_l0(x, true, move |v| {
+                    v.ev(kernel.page_fault_event(id, rip, cr2, u64::from(pferr)));
+                });
+            }
             _ => {
                 // EPT violation in L2 that L0 fixes by itself (L1 page not yet mapped by L0's
                 // TDP / shadow EPT): read access, GLA valid, final translation.
@@ -722,7 +734,22 @@ impl Vcpu {
         self.l2_rip = code_base + self.rng.range(0, 0x3fff);
         if !cr3s.is_empty() && self.rng.chance(30) {
             let cr3 = cr3s[self.rng.below(cr3s.len())];
-            self.l2_mov_cr3_silent(cr3);
+            if self.l0_ept {
+                self.l2_mov_cr3_silent(cr3);
+            } else {
+                // Without EPT every MOV CR3 exits; L0 handles it (kvm_cr) and loads the
+                // guest_mode shadow root for the new CR3.
+                self.l2_exit_l0(HwExit::new(reason::CR_ACCESS, 0).qual(0x3), true, move |v| {
+                    v.ev(EventKind::KvmCr { write: true, cr: 3, val: cr3 });
+                    v.l2_cr3 = cr3;
+                    let root = (cr3 >> 12, role::LONG_MODE_ROOT | role::GUEST_MODE);
+                    if v.shadow_root != Some(root) {
+                        v.get_page(root.0, root.1);
+                        v.shadow_root = Some(root);
+                    }
+                    v.l2_rip += 3;
+                });
+            }
         }
     }
 

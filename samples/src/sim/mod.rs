@@ -14,6 +14,18 @@
 //!
 //! Everything is deterministic in the seed: each vCPU draws from its own stream, so the fixed
 //! and the buggy flavour of one seed are identical until the bug's first difference.
+//!
+//! What each buggy flavour emits ([`BugSite::divergence`] is the key event):
+//!
+//! | bug | scenario | buggy signature | fixed flavour instead |
+//! |---|---|---|---|
+//! | (a) | `muen` (6.1+) | `kvm_nested_vmenter vmcs: B … guest_cr3: <subject A's CR3>` after B's HLT-path entry (`vmenter` → `kvm_vcpu_wakeup` → inject PREEMPTION_TIMER, no `kvm_entry`) | B's own CR3 |
+//! | (a) | `muen-ept`, or 5.10 | B then runs on A's page tables: `kvm_exit EXCEPTION_NMI` (#PF, `0x80000b0e`) reflected to L1 | B runs normally |
+//! | (b) | `late-vmfail` | `kvm_nested_vmenter_failed "hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD"` → `kvm_mmu_get_page gfn <shadow-root HPA>>12> new` → L1 triple-faults | `kvm_mmu_get_page gfn <L1 CR3>>12> existing`, L1 reads CR3 back (`kvm_cr cr_read 3`) and relaunches |
+//! | (c) | `invept` | `kvm_exit INVEPT` … `kvm_exit VMRESUME` → `kvm_nested_vmenter` → `kvm_entry` (no root load) | `kvm_mmu_get_page gfn EPTP>>12 … existing` + `kvm_mmu_sync_page` before the entry |
+//! | (d) | `init` | INIT/SIPI (`kvm_apic_ipi`), two `kvm_vcpu_wakeup`, `kvm_entry rip 0x0` with no root load → TRIPLE_FAULT, `KVM_EXIT_SHUTDOWN` | four direct PAE roots (`gfn 0 … direct`) before the entry |
+//! | (e) | `evmcs-restore` | restore `kvm_nested_vmenter vmcs: 0xffffffffffffffff` (rip 0xfff0), inject EXTERNAL_INTERRUPT before any L2 entry, then Hyper-V writes the crash MSRs 0x40000100–105 and `KVM_EXIT_SYSTEM_EVENT` | EOI (MSR 0x40000070) and VMRESUME at the same `nested_rip` |
+//! | (f) | `dirty-log` | no EPT violations for L2 writes while logging; `kvm_exit PML_FULL` + `kvm_nested_vmexit PML_FULL` + `kvm_pml_full` in L2 | one `EPT_VIOLATION` (qual `0x1aa`) + `kvm_page_fault` per first write |
 
 mod engine;
 mod kernel;

@@ -77,9 +77,12 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
     }
     if background_from == 1 {
         // Other vCPUs: the same L1 runs its own subjects there; plain fixed-KVM noise.
+        // enable_ept is a host-wide module parameter: without it, no vCPU has nested EPT.
+        let l0_ept = !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init);
         let skip = usize::from(cfg.scenario == Scenario::Init);
         for v in rest.iter_mut().skip(skip) {
-            let mut p = SepParams::new(subjects.min(3), iters.min(6), true);
+            v.l0_ept = l0_ept;
+            let mut p = SepParams::new(subjects.min(3), iters.min(6), l0_ept);
             p.vmptr_base += 0x10_0000;
             sep_kernel(v, &p);
         }
