@@ -324,6 +324,18 @@ fn version_dependent_bodies() {
         ),
         "vcpu 2: entering SMM, smbase 0x30000"
     );
+    let smm = vcpu_thread(
+        9_000_000_000,
+        EventKind::KvmSmmTransition { vcpu_id: 0, smbase: 0x30000, entering: false },
+    );
+    assert!(
+        render_line(&smm, KernelVersion::V5_10)
+            .ends_with("kvm_enter_smm: vcpu 0: leaving SMM, smbase 0x30000")
+    );
+    assert!(
+        render_line(&smm, KernelVersion::V6_1)
+            .ends_with("kvm_smm_transition: vcpu 0: leaving SMM, smbase 0x30000")
+    );
     assert_eq!(
         render_body(&other("kvm_apic_ipi", &[("icr_low", 0x4500), ("dest_id", 1)]), V6),
         "dst 1 vec 0 (INIT|physical|assert|edge|dst)"

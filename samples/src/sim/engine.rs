@@ -806,7 +806,7 @@ impl Vcpu {
         }
     }
 
-    /// The CR3 (L2 GPA or L1 GPA) a nested-EPT-off subject really uses now.
+    /// KVM's cached copy of the current vmcs12.
     pub(crate) fn current_vmcs12(&self) -> Option<&Vmcs12> {
         self.current.and_then(|p| self.vmcs12s.get(&p))
     }

@@ -124,9 +124,18 @@ pub fn render_line_with_flags(e: &Event, kernel: KernelVersion, flags: &str) -> 
         "{comm:>16}-{pid:<7} [{cpu:03}] {flags} {secs:>5}.{usecs:06}: {name}: {body}",
         pid = e.pid,
         cpu = e.cpu,
-        name = e.name(),
+        name = event_name(&e.kind, kernel),
         body = render_body(&e.kind, kernel)
     )
+}
+
+/// The tracepoint's name on `kernel`: `kvm_smm_transition` was `kvm_enter_smm` before 5.14
+/// ("KVM: x86: Rename SMM tracepoint to make it reflect reality").
+pub fn event_name(kind: &EventKind, kernel: KernelVersion) -> &str {
+    match kind {
+        EventKind::KvmSmmTransition { .. } if kernel < KernelVersion::V6_1 => "kvm_enter_smm",
+        other => other.name(),
+    }
 }
 
 /// The event's `TP_printk` output.
