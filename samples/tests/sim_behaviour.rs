@@ -461,6 +461,11 @@ fn l2_preemption_timer_fastpath_has_no_nested_vmexit_on_6_14_only() {
             }
         }
         assert_eq!(fast > 0, kernel == KernelVersion::V6_14, "{kernel}");
+        // PML_FULL while L1 runs is how dirty logging of L1 works: never followed by
+        // kvm_nested_vmexit.
+        let l1_pml = sim.events.iter().filter(|e| matches!(&e.kind, EventKind::KvmExit(x) if basic(x) == Some(VmxBasicReason::PML_FULL))).count();
+        let l2_pml = sim.events.iter().filter(|e| matches!(&e.kind, EventKind::KvmNestedVmexit(x) if basic(x) == Some(VmxBasicReason::PML_FULL))).count();
+        assert!(l1_pml > 0 && l2_pml == 0, "{kernel}: {l1_pml} {l2_pml}");
     }
 }
 

@@ -213,6 +213,10 @@ fn sep_kernel(v: &mut Vcpu, p: &SepParams) {
     v.l1_rip = SK_SCHED_RIP;
     v.l1_cr3 = 0x0000_0000_001f_e000;
     v.dirty_logging = p.l1_dirty_logging;
+    if p.l1_dirty_logging {
+        // Migration of L1 under way: the PML buffer already holds L1 GPAs.
+        v.pml_entries = u32::try_from(v.rng.range(470, 505)).unwrap_or(480);
+    }
     for (s, subj) in subjects.iter().enumerate() {
         let pml4 = 0x0000_0000_3000_0000 + (u64::from(v.id) * 32 + s as u64) * 0x10_0000;
         let host_cr3 = v.l1_cr3;
