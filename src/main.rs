@@ -26,6 +26,8 @@ enum Command {
     /// L1/L2 level; emulated instructions, exceptions and userspace exits for traces without
     /// kvm_exit; lost and skipped events at the end.
     Stats(cmd::stats::Args),
+    /// Emit the tracepoints KVM produces for a scripted nested-VMX scenario (fixed or buggy KVM).
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dump(args) => cmd::dump::run(args),
         Command::Stats(args) => cmd::stats::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(code) => code,

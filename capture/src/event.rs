@@ -339,6 +339,8 @@ impl KnownEvent {
         (Self::KvmUserspaceExit, "kvm", "kvm_userspace_exit"),
         (Self::KvmEmulateInsn, "kvm", "kvm_emulate_insn"),
         (Self::KvmSmmTransition, "kvm", "kvm_smm_transition"),
+        // The same tracepoint before its 5.14 rename (same fields).
+        (Self::KvmSmmTransition, "kvm", "kvm_enter_smm"),
         (Self::KvmPio, "kvm", "kvm_pio"),
         (Self::KvmMsr, "kvm", "kvm_msr"),
         (Self::KvmCpuid, "kvm", "kvm_cpuid"),

@@ -7,3 +7,20 @@
 //! provenance live beside it in `samples/`.
 //!
 //! It depends on `vmxray-capture` only.
+//!
+//! ```
+//! use vmxray_samples::sim::{simulate, Bug, KernelVersion, KvmFlavour, Scenario, SimConfig};
+//!
+//! let config = SimConfig::new(Scenario::Muen)
+//!     .kvm(KvmFlavour::Buggy(Bug::HltStaleCr3))
+//!     .kernel(KernelVersion::V6_1)
+//!     .seed(7);
+//! let sim = simulate(&config).unwrap();
+//! let site = sim.truth.bug.as_ref().expect("bug (a) was injected");
+//! // The event a correct model must flag: L1 re-enters subject B with subject A's CR3.
+//! assert_eq!(sim.events[site.divergence].name(), "kvm_nested_vmenter");
+//! let text = vmxray_samples::sim::text::render_trace(&sim.events, &sim.text_options());
+//! assert!(text.starts_with("# tracer: nop"));
+//! ```
+
+pub mod sim;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 pub mod dump;
 pub mod input;
 pub mod stats;
+pub mod simulate;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;

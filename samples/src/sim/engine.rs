@@ -1,0 +1,834 @@
+//! L0: what KVM does, and traces, for what L1 and L2 do on one vCPU.
+//!
+//! [`Vcpu`] holds KVM's per-vCPU nested state (mode, current vmptr, the cached vmcs12s, the one
+//! vmcs02's GUEST_CR3, the MMU roots) and the operations of reference §2 as methods that emit
+//! the tracepoints in KVM's order. The buggy behaviours of §3 are branches on [`KvmFlavour`]
+//! inside these methods, nowhere else, so a scenario script is the same for both flavours.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use vmxray_capture::codes::{IntrInfo, Isa, MmuPageRole};
+use vmxray_capture::fields::{FieldValue, Fields};
+use vmxray_capture::{Event, EventKind, MmuPage, NestedVmenter, OtherEvent};
+
+use super::kernel::{HwExit, KernelVersion};
+use super::rng::Rng;
+use super::truth::{Vmcs12Field, Vmcs12Write, Writer};
+use super::{Bug, KvmFlavour};
+
+/// VMX basic exit reasons used by the scenarios (SDM appendix C).
+pub(crate) mod reason {
+    pub(crate) const EXCEPTION_NMI: u32 = 0;
+    pub(crate) const EXTERNAL_INTERRUPT: u32 = 1;
+    pub(crate) const TRIPLE_FAULT: u32 = 2;
+    pub(crate) const CPUID: u32 = 10;
+    pub(crate) const HLT: u32 = 12;
+    pub(crate) const VMCALL: u32 = 18;
+    pub(crate) const VMLAUNCH: u32 = 20;
+    pub(crate) const VMPTRLD: u32 = 21;
+    pub(crate) const VMRESUME: u32 = 24;
+    pub(crate) const CR_ACCESS: u32 = 28;
+    pub(crate) const IO_INSTRUCTION: u32 = 30;
+    pub(crate) const MSR_WRITE: u32 = 32;
+    pub(crate) const EPT_VIOLATION: u32 = 48;
+    pub(crate) const INVEPT: u32 = 50;
+    pub(crate) const PREEMPTION_TIMER: u32 = 52;
+    pub(crate) const PML_FULL: u32 = 62;
+}
+
+/// Interruption-information values (reference §4.5).
+pub(crate) mod intr {
+    /// #PF, hardware exception with error code.
+    pub(crate) const PF: u32 = 0x8000_0b0e;
+    /// #UD.
+    pub(crate) const UD: u32 = 0x8000_0306;
+    /// External interrupt with `vector`.
+    pub(crate) fn ext(vector: u8) -> u32 {
+        0x8000_0000 | u32::from(vector)
+    }
+}
+
+/// Host interrupt vectors seen in `kvm_exit EXTERNAL_INTERRUPT` (Linux x86 host).
+pub(crate) const HOST_LOCAL_TIMER_VECTOR: u8 = 0xec;
+pub(crate) const HOST_RESCHEDULE_VECTOR: u8 = 0xfd;
+
+/// Which level the vCPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// L1 (vmcs01).
+    L1,
+    /// L2 (vmcs02) for the current vmcs12.
+    L2,
+}
+
+/// What a nested VM-enter led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entered {
+    /// Hardware entered L2 (`kvm_entry` emitted).
+    Running,
+    /// The HLT-activity path (§2.5): L2 state loaded, vmcs02 never ran, the vCPU blocks.
+    Halted,
+}
+
+/// KVM's cached copy of one vmcs12 (what L1 wrote, plus what L0 synced at exits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Vmcs12 {
+    pub(crate) guest_rip: u64,
+    pub(crate) guest_cr3: u64,
+    pub(crate) eptp: u64,
+    pub(crate) nested_ept: bool,
+    pub(crate) launched: bool,
+    pub(crate) activity_hlt: bool,
+    pub(crate) entry_intr: u32,
+    pub(crate) host_rip: u64,
+    pub(crate) host_cr3: u64,
+    /// Enlightened VMCS (Hyper-V): `kvm_nested_vmenter.vmcs` is all ones.
+    pub(crate) evmcs: bool,
+}
+
+/// A site of the injected bug, in this vCPU's local event indices.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalSite {
+    pub(crate) bug: Bug,
+    pub(crate) trigger: usize,
+    pub(crate) first_difference: usize,
+    pub(crate) divergence: usize,
+    pub(crate) note: &'static str,
+}
+
+/// One vCPU thread: its identity, clock, output, and KVM's state for it.
+pub(crate) struct Vcpu {
+    pub(crate) id: u32,
+    pub(crate) pid: i32,
+    pub(crate) cpu: u32,
+    pub(crate) comm: Arc<str>,
+    /// The vCPU thread's clock (ns); only moves forward.
+    pub(crate) now: u64,
+    pub(crate) rng: Rng,
+    pub(crate) kernel: KernelVersion,
+    pub(crate) kvm: KvmFlavour,
+    /// L0 uses EPT (`enable_ept`); otherwise shadow paging for every level.
+    pub(crate) l0_ept: bool,
+    pub(crate) events: Vec<Event>,
+    pub(crate) writes: Vec<(usize, Vmcs12Write)>,
+    pub(crate) sites: Vec<LocalSite>,
+    /// No more events on this vCPU (it shut down or blocked forever).
+    pub(crate) dead: bool,
+
+    pub(crate) mode: Mode,
+    pub(crate) l1_rip: u64,
+    pub(crate) l1_cr3: u64,
+    pub(crate) vmcs12s: BTreeMap<u64, Vmcs12>,
+    pub(crate) current: Option<u64>,
+    /// L2's live RIP and CR3 while it is the current level.
+    pub(crate) l2_rip: u64,
+    pub(crate) l2_cr3: u64,
+    /// The single vmcs02's GUEST_CR3 (reference §3a: `hw_vmcs02_cr3`).
+    pub(crate) vmcs02_cr3: u64,
+    /// L2 is halted (HLT emulated by L0, or the HLT-activity entry path).
+    pub(crate) l2_halted: bool,
+    /// The EPTP whose guest_mmu root is loaded, if any.
+    pub(crate) guest_mmu_root: Option<u64>,
+    /// The shadow root_mmu root (gfn, role word) loaded, with the shadow MMU.
+    pub(crate) shadow_root: Option<(u64, u32)>,
+    /// Shadow pages that exist (for `created` = new/existing).
+    pub(crate) shadow_pages: BTreeSet<(u64, u32)>,
+    /// guest_mmu pages made unsync by L1 writes, synced at the next root load.
+    pub(crate) unsync_pages: Vec<(u64, u32)>,
+    /// Entries in the vCPU's PML buffer (512 = full).
+    pub(crate) pml_entries: u32,
+    /// Userspace has dirty logging on for the L1 memslots.
+    pub(crate) dirty_logging: bool,
+    /// L2 GPAs already dirtied (write-enabled again) since logging was turned on.
+    pub(crate) dirtied: BTreeSet<u64>,
+}
+
+/// `kvm_mmu_page_role` words (reference §1.13), before the kernel's bit-4 convention.
+pub(crate) mod role {
+    pub(crate) const ACC_ALL: u32 = 7 << 8;
+    pub(crate) const DIRECT: u32 = 1 << 7;
+    pub(crate) const EFER_NX: u32 = 1 << 12;
+    pub(crate) const CR0_WP: u32 = 1 << 13;
+    pub(crate) const GUEST_MODE: u32 = 1 << 17;
+    /// A 64-bit (4-level) shadow root of a paging guest.
+    pub(crate) const LONG_MODE_ROOT: u32 = 4 | ACC_ALL | EFER_NX | CR0_WP;
+    /// A nested-EPT (guest_mmu) root: direct 0, guest_mode 1, A/D on, 4-level walk.
+    pub(crate) const SHADOW_EPT_ROOT: u32 = 4 | ACC_ALL | GUEST_MODE;
+    /// A guest_mmu leaf page (level 1).
+    pub(crate) const SHADOW_EPT_LEAF: u32 = 1 | ACC_ALL | GUEST_MODE;
+    /// A direct PAE root of an unpaged guest (after RESET/INIT, shadow MMU).
+    pub(crate) const DIRECT_PAE_ROOT: u32 = 2 | DIRECT | ACC_ALL | EFER_NX;
+}
+
+const PML_ENTRIES: u32 = 512;
+
+impl Vcpu {
+    pub(crate) fn new(
+        id: u32,
+        pid: i32,
+        start: u64,
+        rng: Rng,
+        kernel: KernelVersion,
+        kvm: KvmFlavour,
+    ) -> Self {
+        Self {
+            id,
+            pid,
+            cpu: id,
+            comm: Arc::from(format!("CPU {id}/KVM")),
+            now: start,
+            rng,
+            kernel,
+            kvm,
+            l0_ept: true,
+            events: Vec::new(),
+            writes: Vec::new(),
+            sites: Vec::new(),
+            dead: false,
+            mode: Mode::L1,
+            l1_rip: 0,
+            l1_cr3: 0,
+            vmcs12s: BTreeMap::new(),
+            current: None,
+            l2_rip: 0,
+            l2_cr3: 0,
+            vmcs02_cr3: 0,
+            l2_halted: false,
+            guest_mmu_root: None,
+            shadow_root: None,
+            shadow_pages: BTreeSet::new(),
+            unsync_pages: Vec::new(),
+            pml_entries: 0,
+            dirty_logging: false,
+            dirtied: BTreeSet::new(),
+        }
+    }
+
+    // ---- output --------------------------------------------------------------------------
+
+    /// Emits one event at the current time, then lets a little handler time pass.
+    pub(crate) fn ev(&mut self, kind: EventKind) -> usize {
+        let idx = self.events.len();
+        self.events.push(Event {
+            ts: self.now,
+            cpu: self.cpu,
+            pid: self.pid,
+            comm: Some(self.comm.clone()),
+            kind,
+        });
+        self.now += self.rng.range(150, 900);
+        idx
+    }
+
+    /// The local index the next event will get.
+    pub(crate) fn next_index(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Guest execution time between an entry and the next exit.
+    pub(crate) fn run_for(&mut self, lo_ns: u64, hi_ns: u64) {
+        self.now += self.rng.range(lo_ns, hi_ns);
+    }
+
+    pub(crate) fn other(
+        &mut self,
+        system: &str,
+        name: &str,
+        fields: &[(&str, FieldValue)],
+    ) -> usize {
+        let mut f = Fields::new();
+        for (n, v) in fields {
+            f.push(*n, v.clone());
+        }
+        self.ev(EventKind::Other(Box::new(OtherEvent {
+            system: system.into(),
+            name: name.into(),
+            fields: f,
+        })))
+    }
+
+    /// `kvm_vcpu_wakeup` after the vCPU blocked for `ns`.
+    pub(crate) fn wakeup(&mut self, ns: u64) -> usize {
+        self.now += ns;
+        self.other(
+            "kvm",
+            "kvm_vcpu_wakeup",
+            &[
+                ("ns", FieldValue::U64(ns)),
+                ("waited", FieldValue::U64(1)),
+                ("valid", FieldValue::U64(1)),
+            ],
+        )
+    }
+
+    pub(crate) fn msr(&mut self, write: bool, index: u32, data: u64) -> usize {
+        self.ev(EventKind::KvmMsr { write, index, data, exception: false })
+    }
+
+    pub(crate) fn mark(
+        &mut self,
+        bug: Bug,
+        trigger: usize,
+        first_difference: usize,
+        divergence: usize,
+        note: &'static str,
+    ) {
+        self.sites.push(LocalSite { bug, trigger, first_difference, divergence, note });
+    }
+
+    /// Records a vmcs12 field write (the ground truth), when the value changes.
+    pub(crate) fn record(
+        &mut self,
+        vmptr: u64,
+        field: Vmcs12Field,
+        value: u64,
+        writer: Writer,
+        always: bool,
+    ) {
+        if !always {
+            let last =
+                self.writes.iter().rev().find(|(_, w)| w.vmcs12 == vmptr && w.field == field);
+            if last.is_some_and(|(_, w)| w.value == value) {
+                return;
+            }
+        }
+        let w = Vmcs12Write {
+            ts: self.now,
+            before_event: 0,
+            vcpu: self.id,
+            vmcs12: vmptr,
+            field,
+            value,
+            writer,
+        };
+        self.writes.push((self.events.len(), w));
+    }
+
+    /// The vmcs12 GPA as the trace and the truth name it (all ones for an eVMCS).
+    pub(crate) fn vmptr_name(&self, vmptr: u64) -> u64 {
+        if self.vmcs12s.get(&vmptr).is_some_and(|v| v.evmcs) { u64::MAX } else { vmptr }
+    }
+
+    // ---- MMU -----------------------------------------------------------------------------
+
+    /// A role word in this kernel's layout: bit 4 is `has_4_byte_gpte` on 6.x and
+    /// `gpte_is_8_bytes` on 5.10; every simulated page has 8-byte gptes.
+    pub(crate) fn role(&self, base: u32) -> MmuPageRole {
+        MmuPageRole(if self.kernel.role_bit4_is_8_byte() { base | 0x10 } else { base })
+    }
+
+    /// `kvm_mmu_get_page` for a root (or any shadow page): `new` the first time.
+    pub(crate) fn get_page(&mut self, gfn: u64, role_base: u32) -> usize {
+        let created = self.shadow_pages.insert((gfn, role_base));
+        let role = self.role(role_base);
+        self.ev(EventKind::KvmMmuGetPage {
+            page: MmuPage { mmu_valid_gen: Some(0), gfn, role, root_count: 0, unsync: false },
+            created,
+        })
+    }
+
+    fn page(&self, gfn: u64, role_base: u32, unsync: bool) -> MmuPage {
+        MmuPage { mmu_valid_gen: Some(0), gfn, role: self.role(role_base), root_count: 0, unsync }
+    }
+
+    /// An L1 write to a guest_mmu page (EPT12 edit): the page goes unsync.
+    pub(crate) fn unsync_page(&mut self, gfn: u64) -> usize {
+        self.shadow_pages.insert((gfn, role::SHADOW_EPT_LEAF));
+        let page = self.page(gfn, role::SHADOW_EPT_LEAF, false);
+        self.unsync_pages.push((gfn, role::SHADOW_EPT_LEAF));
+        self.ev(EventKind::KvmMmuUnsyncPage { page })
+    }
+
+    /// `kvm_mmu_load` for L2 before a hardware entry: the guest_mmu root for the EPTP (nested
+    /// EPT), or the guest_mode shadow root for L2's CR3 (L0 without EPT); then sync.
+    fn load_l2_mmu(&mut self, v: &Vmcs12) {
+        if self.l0_ept && v.nested_ept {
+            if self.guest_mmu_root != Some(v.eptp) {
+                self.get_page(v.eptp >> 12, role::SHADOW_EPT_ROOT);
+                self.guest_mmu_root = Some(v.eptp);
+                self.sync_unsync_pages();
+            }
+        } else if !self.l0_ept {
+            let root = (self.l2_cr3 >> 12, role::LONG_MODE_ROOT | role::GUEST_MODE);
+            if self.shadow_root != Some(root) {
+                self.get_page(root.0, root.1);
+                self.shadow_root = Some(root);
+            }
+        }
+    }
+
+    fn sync_unsync_pages(&mut self) {
+        for (gfn, role_base) in std::mem::take(&mut self.unsync_pages) {
+            let page = self.page(gfn, role_base, true);
+            self.ev(EventKind::KvmMmuSyncPage { page });
+        }
+    }
+
+    // ---- exits and entries ---------------------------------------------------------------
+
+    /// A hardware VM-exit: `kvm_exit`, and in L2 `kvm_nested_vmexit` (reference §1.3), unless
+    /// `fastpath` (L0's own preemption timer on kernels that take it in the fastpath).
+    pub(crate) fn hw_exit(&mut self, x: HwExit, fastpath: bool) -> usize {
+        let idx = self.ev(self.kernel.exit_event(false, self.id, &x, 0));
+        if self.mode == Mode::L2 && !fastpath {
+            self.ev(self.kernel.exit_event(true, self.id, &x, 0));
+        }
+        idx
+    }
+
+    /// A hardware exit of the current level at its RIP.
+    pub(crate) fn exit_here(&mut self, x: HwExit) -> usize {
+        let rip = self.rip();
+        self.hw_exit(HwExit { rip, ..x }, false)
+    }
+
+    /// The current level's RIP.
+    pub(crate) fn rip(&self) -> u64 {
+        match self.mode {
+            Mode::L1 => self.l1_rip,
+            Mode::L2 => self.l2_rip,
+        }
+    }
+
+    /// `kvm_entry` into the current level (for L2, with vmcs12's pending entry injection).
+    pub(crate) fn enter(&mut self) -> usize {
+        let (rip, inj) = match self.mode {
+            Mode::L1 => (self.l1_rip, 0),
+            Mode::L2 => {
+                let inj =
+                    self.current.and_then(|p| self.vmcs12s.get(&p)).map_or(0, |v| v.entry_intr);
+                (self.l2_rip, inj)
+            }
+        };
+        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), 0))
+    }
+
+    /// `kvm_entry` with an event KVM injects itself (exception or interrupt into this level).
+    pub(crate) fn enter_injecting(&mut self, inj: u32, err: u32) -> usize {
+        let rip = self.rip();
+        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), err))
+    }
+
+    /// L1 executes an instruction of `len` bytes that exits; L0 handles it (`handler`) and
+    /// resumes L1 after it.
+    pub(crate) fn l1_exit(&mut self, x: HwExit, len: u64, handler: impl FnOnce(&mut Self)) {
+        debug_assert_eq!(self.mode, Mode::L1);
+        self.exit_here(x);
+        handler(self);
+        self.l1_rip += len;
+        self.enter();
+    }
+
+    /// L1 advances through its own code.
+    pub(crate) fn l1_step(&mut self, bytes: u64, lo_ns: u64, hi_ns: u64) {
+        self.l1_rip += bytes;
+        self.run_for(lo_ns, hi_ns);
+    }
+
+    /// A host interrupt while L1 runs (kept by L0).
+    pub(crate) fn l1_host_interrupt(&mut self, vector: u8) {
+        self.l1_exit(
+            HwExit::new(reason::EXTERNAL_INTERRUPT, 0).intr(intr::ext(vector), 0),
+            0,
+            |_| {},
+        );
+    }
+
+    /// L1 programs its TSC deadline timer (x2APIC MSR 0x6e0).
+    pub(crate) fn l1_wrmsr_tsc_deadline(&mut self) {
+        let deadline = self.now.wrapping_mul(3).wrapping_add(0x1000);
+        self.l1_exit(HwExit::new(reason::MSR_WRITE, 0), 2, move |v| {
+            v.msr(true, 0x6e0, deadline);
+        });
+    }
+
+    /// L1 executes VMPTRLD: releasing a different current vmcs12 frees all guest_mmu roots
+    /// (`nested_release_vmcs12`, reference §2.9).
+    pub(crate) fn l1_vmptrld(&mut self, vmptr: u64) {
+        self.l1_exit(HwExit::new(reason::VMPTRLD, 0), 4, move |v| {
+            if v.current != Some(vmptr) {
+                v.guest_mmu_root = None;
+            }
+            v.current = Some(vmptr);
+        });
+    }
+
+    /// L1 writes a vmcs12 field through its shadow VMCS (no exit) or, for the fields KVM does
+    /// not shadow, with a traced VMWRITE exit.
+    pub(crate) fn l1_vmwrite(&mut self, field: Vmcs12Field, value: u64, traced: bool) {
+        let vmptr = self.current.unwrap_or(0);
+        if traced {
+            self.l1_exit(HwExit::new(25, 0), 3, |_| {});
+        } else {
+            self.run_for(30, 120);
+        }
+        let name = self.vmptr_name(vmptr);
+        if let Some(v) = self.vmcs12s.get_mut(&vmptr) {
+            match field {
+                Vmcs12Field::GuestCr3 => v.guest_cr3 = value,
+                Vmcs12Field::EptPointer => v.eptp = value,
+                Vmcs12Field::GuestRip => v.guest_rip = value,
+                Vmcs12Field::GuestActivityState => v.activity_hlt = value == 1,
+                Vmcs12Field::VmEntryIntrInfo => v.entry_intr = u32::try_from(value).unwrap_or(0),
+                Vmcs12Field::HostRip => v.host_rip = value,
+                Vmcs12Field::HostCr3 => v.host_cr3 = value,
+                Vmcs12Field::EnableEpt => v.nested_ept = value != 0,
+                Vmcs12Field::ExitReason | Vmcs12Field::LaunchState => {}
+            }
+        }
+        self.record(name, field, value, Writer::L1, true);
+    }
+
+    /// L1 creates a vmcs12 (VMCLEAR + setup through the shadow VMCS), untraced except through
+    /// the ground truth.
+    pub(crate) fn l1_setup_vmcs12(&mut self, vmptr: u64, v: Vmcs12) {
+        let name = if v.evmcs { u64::MAX } else { vmptr };
+        for (field, value) in [
+            (Vmcs12Field::LaunchState, u64::from(v.launched)),
+            (Vmcs12Field::EnableEpt, u64::from(v.nested_ept)),
+            (Vmcs12Field::EptPointer, v.eptp),
+            (Vmcs12Field::GuestCr3, v.guest_cr3),
+            (Vmcs12Field::GuestRip, v.guest_rip),
+            (Vmcs12Field::GuestActivityState, u64::from(v.activity_hlt)),
+            (Vmcs12Field::HostRip, v.host_rip),
+            (Vmcs12Field::HostCr3, v.host_cr3),
+        ] {
+            self.record(name, field, value, Writer::L1, true);
+        }
+        self.vmcs12s.insert(vmptr, v);
+    }
+
+    /// L1 executes VMLAUNCH/VMRESUME of the current vmcs12 and the checks pass (reference
+    /// §2.4): `kvm_exit`, `kvm_nested_vmenter` (6.1+), then either the HLT-activity path or
+    /// the MMU load and `kvm_entry` at `nested_rip`.
+    pub(crate) fn l1_vmentry(&mut self) -> Entered {
+        let vmptr = self.current.unwrap_or(0);
+        let v = self.vmcs12s.get(&vmptr).cloned().unwrap_or_else(|| empty_vmcs12(vmptr));
+        let launch = !v.launched;
+        let rip = self.l1_rip;
+        self.hw_exit(
+            HwExit::new(if launch { reason::VMLAUNCH } else { reason::VMRESUME }, rip),
+            false,
+        );
+        self.enter_non_root_mode(&v, rip);
+        // The HLT check happens after a successful enter (§2.5): no valid entry event.
+        if v.activity_hlt && !IntrInfo(v.entry_intr).valid() {
+            self.l2_halted = true;
+            return Entered::Halted;
+        }
+        self.l2_hw_entry(&v);
+        Entered::Running
+    }
+
+    /// `nested_vmx_enter_non_root_mode`: the tracepoint, then `prepare_vmcs02`.
+    pub(crate) fn enter_non_root_mode(&mut self, v: &Vmcs12, l1_rip: u64) {
+        let vmptr = self.current.unwrap_or(0);
+        if self.kernel.has_nested_vmenter() {
+            self.ev(EventKind::KvmNestedVmenter(NestedVmenter {
+                rip: l1_rip,
+                vmcs: if v.evmcs { u64::MAX } else { vmptr },
+                nested_rip: v.guest_rip,
+                int_ctl: 0,
+                event_inj: IntrInfo(v.entry_intr),
+                tdp_enabled: Some(v.nested_ept),
+                guest_pgd: Some(if v.nested_ept { v.eptp } else { v.guest_cr3 }),
+                isa: Some(Isa::Vmx),
+            }));
+        }
+        self.mode = Mode::L2;
+        self.l2_rip = v.guest_rip;
+        self.l2_cr3 = v.guest_cr3;
+        self.l2_halted = false;
+        // prepare_vmcs02: since 04f11ef45810 GUEST_CR3 is written on every nested VM-Enter
+        // when L0 uses EPT. Before it, only the pre-entry MMU reload wrote it (bug a).
+        if self.l0_ept && !self.kvm.has(Bug::HltStaleCr3) {
+            self.vmcs02_cr3 = v.guest_cr3;
+        }
+    }
+
+    /// The hardware entry into L2 after a nested VM-enter (MMU load, `kvm_entry`).
+    pub(crate) fn l2_hw_entry(&mut self, v: &Vmcs12) {
+        self.load_l2_mmu(v);
+        self.enter();
+        // The pre-entry reload (vmx_load_mmu_pgd) makes vmcs02 hold this L2's CR3.
+        self.vmcs02_cr3 = self.l2_cr3;
+        self.l2_halted = false;
+    }
+
+    /// L2 loads CR3 without exiting (L0 and L1 use EPT, no CR3-load exiting): the hardware
+    /// vmcs02 GUEST_CR3 follows.
+    pub(crate) fn l2_mov_cr3_silent(&mut self, cr3: u64) {
+        self.l2_cr3 = cr3;
+        if self.l0_ept {
+            self.vmcs02_cr3 = cr3;
+        }
+    }
+
+    /// L2 exits and L0 keeps the exit: `kvm_exit`, `kvm_nested_vmexit`, the handler, and, with
+    /// `resume`, `kvm_entry` back into L2.
+    pub(crate) fn l2_exit_l0(
+        &mut self,
+        x: HwExit,
+        resume: bool,
+        handler: impl FnOnce(&mut Self),
+    ) -> usize {
+        let idx = self.exit_here(x);
+        handler(self);
+        if resume {
+            self.enter();
+        }
+        idx
+    }
+
+    /// L0's own VMX preemption timer fires while L2 runs (KVM's hv timer for L1's LAPIC timer).
+    pub(crate) fn l2_l0_preemption_timer(&mut self) {
+        let fastpath = self.kernel.l2_preemption_timer_fastpath();
+        let rip = self.l2_rip;
+        self.hw_exit(HwExit::new(reason::PREEMPTION_TIMER, rip), fastpath);
+        self.enter();
+    }
+
+    /// L2 exits and the exit is reflected to L1 (reference §2.3).
+    pub(crate) fn l2_exit_reflect(&mut self, x: HwExit) -> usize {
+        let idx = self.exit_here(x);
+        self.nested_vmexit(x.reason, x.qual, x.idt_vectoring, x.intr_info, x.error_code);
+        idx
+    }
+
+    /// `nested_vmx_vmexit` (reference §2.7): sync vmcs02 → vmcs12, `kvm_nested_vmexit_inject`,
+    /// load L1's host state, `kvm_entry` at host_rip. Returns the inject's local index.
+    pub(crate) fn nested_vmexit(
+        &mut self,
+        reason: u32,
+        qual: u64,
+        idt: u64,
+        intr: u32,
+        err: u32,
+    ) -> usize {
+        let vmptr = self.current.unwrap_or(0);
+        let name = self.vmptr_name(vmptr);
+        let (rip, cr3, halted) = (self.l2_rip, self.vmcs02_cr3, self.l2_halted);
+        let l0_ept = self.l0_ept;
+        let mut host = (0, 0);
+        let mut cleared_intr = false;
+        if let Some(v) = self.vmcs12s.get_mut(&vmptr) {
+            v.guest_rip = rip;
+            // sync_vmcs02_to_vmcs12 reads GUEST_CR3 back only with L0 EPT.
+            if l0_ept {
+                v.guest_cr3 = cr3;
+            }
+            v.activity_hlt = halted;
+            v.launched = true;
+            cleared_intr = IntrInfo(v.entry_intr).valid();
+            v.entry_intr = 0;
+            host = (v.host_rip, v.host_cr3);
+        }
+        self.record(name, Vmcs12Field::GuestRip, rip, Writer::L0Exit, false);
+        if l0_ept {
+            self.record(name, Vmcs12Field::GuestCr3, cr3, Writer::L0Exit, false);
+        }
+        self.record(
+            name,
+            Vmcs12Field::GuestActivityState,
+            u64::from(halted),
+            Writer::L0Exit,
+            false,
+        );
+        self.record(name, Vmcs12Field::ExitReason, u64::from(reason), Writer::L0Exit, true);
+        self.record(name, Vmcs12Field::LaunchState, 1, Writer::L0Exit, false);
+        if cleared_intr {
+            self.record(name, Vmcs12Field::VmEntryIntrInfo, 0, Writer::L0Exit, false);
+        }
+        let inject = self.inject(reason, qual, idt, intr, err);
+        self.mode = Mode::L1;
+        self.l2_halted = false;
+        self.l1_rip = host.0;
+        self.l1_cr3 = host.1;
+        // With the shadow MMU, L1's root comes back from prev_roots: no event (§2.7).
+        self.enter();
+        inject
+    }
+
+    /// `kvm_nested_vmexit_inject` (VMX argument order, reference §1.4).
+    pub(crate) fn inject(
+        &mut self,
+        reason: u32,
+        qual: u64,
+        idt: u64,
+        intr: u32,
+        err: u32,
+    ) -> usize {
+        use vmxray_capture::ExitInfo;
+        use vmxray_capture::codes::{ExitCode, ExitReason};
+        self.ev(EventKind::KvmNestedVmexitInject(ExitInfo {
+            reason: ExitCode::Vmx(ExitReason(reason)),
+            isa: Some(Isa::Vmx),
+            guest_rip: None,
+            info1: Some(qual),
+            info2: Some(idt),
+            intr_info: Some(IntrInfo(intr)),
+            error_code: Some(err),
+            vcpu_id: None,
+            requests: None,
+        }))
+    }
+
+    /// A host timer interrupt while L2 runs, kept by L0, after which L1's emulated VMX
+    /// preemption timer (an hrtimer) has expired: KVM synthesizes PREEMPTION_TIMER to L1.
+    pub(crate) fn l2_slice_end(&mut self) -> usize {
+        let x =
+            HwExit::new(reason::EXTERNAL_INTERRUPT, 0).intr(intr::ext(HOST_LOCAL_TIMER_VECTOR), 0);
+        self.exit_here(x);
+        self.nested_vmexit(reason::PREEMPTION_TIMER, 0, 0, 0, 0)
+    }
+
+    /// L0-kept noise while L2 runs: host interrupts, L0's timer, EPT violations on L1 memory
+    /// backing L2 (never a bug, never reflected).
+    pub(crate) fn l2_noise(&mut self, percent: u64) {
+        if !self.rng.chance(percent) {
+            return;
+        }
+        self.run_for(2_000, 40_000);
+        match self.rng.below(4) {
+            0 => {
+                let vec = if self.rng.chance(50) {
+                    HOST_LOCAL_TIMER_VECTOR
+                } else {
+                    HOST_RESCHEDULE_VECTOR
+                };
+                let x = HwExit::new(reason::EXTERNAL_INTERRUPT, 0).intr(intr::ext(vec), 0);
+                self.l2_exit_l0(x, true, |_| {});
+            }
+            1 => self.l2_l0_preemption_timer(),
+            _ if !self.l0_ept => {
+                // Shadow paging: #PF is always intercepted (§2.3) and L0 fixes its shadow page
+                // tables itself; the exit qualification is the faulting address (CR2).
+                let cr2 =
+                    self.l2_rip & !0xfff | 0x0000_7f00_0000_0000 | self.rng.range(0, 0xfff) & !7;
+                let pferr = 0x6;
+                let (kernel, id, rip) = (self.kernel, self.id, self.l2_rip);
+                let x = HwExit::new(reason::EXCEPTION_NMI, 0).qual(cr2).intr(intr::PF, pferr);
+                self.l2_exit_l0(x, true, move |v| {
+                    v.ev(kernel.page_fault_event(id, rip, cr2, u64::from(pferr)));
+                });
+            }
+            _ => {
+                // EPT violation in L2 that L0 fixes by itself (L1 page not yet mapped by L0's
+                // TDP / shadow EPT): read access, GLA valid, final translation.
+                let gpa = (self.rng.range(0x100, 0x3ffff) << 12) | self.rng.range(0, 0xfff) & !7;
+                let qual = 0x181;
+                let rip = self.l2_rip;
+                let kernel = self.kernel;
+                let id = self.id;
+                self.l2_exit_l0(HwExit::new(reason::EPT_VIOLATION, 0).qual(qual), true, move |v| {
+                    v.ev(kernel.page_fault_event(id, rip, gpa, qual));
+                });
+            }
+        }
+    }
+
+    /// L2 executes instructions (and maybe switches CR3 silently, when `cr3s` is non-empty).
+    pub(crate) fn l2_run(&mut self, code_base: u64, cr3s: &[u64]) {
+        self.run_for(5_000, 80_000);
+        self.l2_rip = code_base + self.rng.range(0, 0x3fff);
+        if !cr3s.is_empty() && self.rng.chance(30) {
+            let cr3 = cr3s[self.rng.below(cr3s.len())];
+            if self.l0_ept {
+                self.l2_mov_cr3_silent(cr3);
+            } else {
+                // Without EPT every MOV CR3 exits; L0 handles it (kvm_cr) and loads the
+                // guest_mode shadow root for the new CR3.
+                self.l2_exit_l0(HwExit::new(reason::CR_ACCESS, 0).qual(0x3), true, move |v| {
+                    v.ev(EventKind::KvmCr { write: true, cr: 3, val: cr3 });
+                    v.l2_cr3 = cr3;
+                    let root = (cr3 >> 12, role::LONG_MODE_ROOT | role::GUEST_MODE);
+                    if v.shadow_root != Some(root) {
+                        v.get_page(root.0, root.1);
+                        v.shadow_root = Some(root);
+                    }
+                    v.l2_rip += 3;
+                });
+            }
+        }
+    }
+
+    /// L2 writes to a page while L0 has dirty logging on (reference §3f).
+    ///
+    /// Fixed: the guest_mmu SPTE is write-protected (SPTE_AD_WRPROT_ONLY), so the first write
+    /// after logging started faults: `kvm_exit EPT_VIOLATION`, `kvm_nested_vmexit`,
+    /// `kvm_page_fault` at the L2 GPA, `kvm_entry`. Buggy: PML logs the L2 GPA silently and a
+    /// full log gives a PML_FULL exit while in L2. Returns the local index of a PML_FULL exit.
+    pub(crate) fn l2_write_page(&mut self, l2_gpa: u64) -> Option<usize> {
+        self.run_for(300, 3_000);
+        if !self.dirty_logging {
+            return None;
+        }
+        if self.kvm.has(Bug::PmlInL2) {
+            if self.dirtied.insert(l2_gpa) {
+                self.pml_entries += 1;
+            }
+            if self.pml_entries >= PML_ENTRIES {
+                return Some(self.pml_full());
+            }
+            return None;
+        }
+        if self.dirtied.insert(l2_gpa) {
+            // write | EPT readable | executable | GLA valid | final translation
+            let qual = 0x1aa;
+            let (kernel, id, rip) = (self.kernel, self.id, self.l2_rip);
+            self.l2_exit_l0(HwExit::new(reason::EPT_VIOLATION, 0).qual(qual), true, move |v| {
+                v.ev(kernel.page_fault_event(id, rip, l2_gpa, qual));
+            });
+        }
+        None
+    }
+
+    /// A hardware PML_FULL exit handled by L0 (`kvm_pml_full`), in either level.
+    pub(crate) fn pml_full(&mut self) -> usize {
+        let idx = self.exit_here(HwExit::new(reason::PML_FULL, 0));
+        let vcpu = i64::from(self.id);
+        self.other("kvm", "kvm_pml_full", &[("vcpu_id", FieldValue::I64(vcpu))]);
+        self.pml_entries = 0;
+        self.enter();
+        idx
+    }
+
+    /// L1 writes to its own memory while dirty logging is on: PML logs L1 GPAs, as designed;
+    /// a full buffer is an L1 PML_FULL exit (not a bug).
+    pub(crate) fn l1_dirty_pages(&mut self, pages: u32) {
+        if !self.dirty_logging {
+            return;
+        }
+        self.pml_entries += pages;
+        if self.pml_entries >= PML_ENTRIES {
+            self.pml_full();
+        }
+    }
+
+    /// KVM's cached copy of the current vmcs12.
+    pub(crate) fn current_vmcs12(&self) -> Option<&Vmcs12> {
+        self.current.and_then(|p| self.vmcs12s.get(&p))
+    }
+}
+
+/// A fresh vmcs12 for `vmptr` (never launched).
+pub(crate) fn empty_vmcs12(_vmptr: u64) -> Vmcs12 {
+    Vmcs12 {
+        guest_rip: 0,
+        guest_cr3: 0,
+        eptp: 0,
+        nested_ept: false,
+        launched: false,
+        activity_hlt: false,
+        entry_intr: 0,
+        host_rip: 0,
+        host_cr3: 0,
+        evmcs: false,
+    }
+}
+
+/// An EPTP with write-back memory type, a 4-level walk and A/D flags enabled.
+pub(crate) fn eptp(pml4_gpa: u64) -> u64 {
+    pml4_gpa | 0x5e
+}
