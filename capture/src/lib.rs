@@ -20,10 +20,13 @@
 //! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
 //! ```
 
+pub mod bin_util;
 pub mod codes;
 pub mod event;
 pub mod fields;
+pub mod format;
 pub mod open;
+pub mod page;
 pub mod reader;
 
 pub use event::{
