@@ -22,19 +22,24 @@
 
 pub mod bin_util;
 pub mod codes;
+mod decode;
 pub mod event;
 pub mod fields;
 pub mod format;
+mod merge;
 pub mod open;
 pub mod page;
+pub mod perfdata;
 pub mod reader;
+pub mod tracedat;
+pub mod tracefs;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
     NestedVmenter, OtherEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
-pub use open::open;
+pub use open::{open, open_bytes};
 pub use reader::{
     Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
     ReadStats, TraceMeta,
