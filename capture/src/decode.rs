@@ -115,15 +115,15 @@ impl DecodeCtx {
                 Ok(s) => match s.item {
                     PageItem::Event { ts, payload, offset } => {
                         match self.record(cpu, ts, payload, &mut cache, batch) {
-                            Ok(ev) => batch.items.push(Ok(ev)),
-                            Err(e) => batch.items.push(Err(ReadError::new(
+                            Ok(ev) => batch.items.push_back(Ok(ev)),
+                            Err(e) => batch.items.push_back(Err(ReadError::new(
                                 &self.input,
                                 base.at(cpu, s.page_offset + offset as u64),
                                 e,
                             ))),
                         }
                     }
-                    PageItem::Lost { ts, count } => batch.items.push(Ok(Event {
+                    PageItem::Lost { ts, count } => batch.items.push_back(Ok(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -131,7 +131,7 @@ impl DecodeCtx {
                         kind: EventKind::Lost { count },
                     })),
                 },
-                Err(e) => batch.items.push(Err(ReadError::new(
+                Err(e) => batch.items.push_back(Err(ReadError::new(
                     &self.input,
                     base.at(cpu, e.offset),
                     e.error,

@@ -1027,7 +1027,7 @@ impl TraceDat {
                 };
                 ctx.decode_pages(w.cpu, &pages, base, &mut batch);
                 if w.usize.is_none() && (pages.len() as u64) < w.len {
-                    batch.items.push(Err(self.err(
+                    batch.items.push_back(Err(self.err(
                         Location::Offset(w.file_offset + pages.len() as u64),
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
@@ -1038,7 +1038,7 @@ impl TraceDat {
                     }
                 }
             }
-            Err((at, e)) => batch.items.push(Err(self.err(at, e))),
+            Err((at, e)) => batch.items.push_back(Err(self.err(at, e))),
         }
         scratch.pages = pages;
         batch
