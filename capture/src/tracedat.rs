@@ -937,7 +937,7 @@ impl TraceDat {
                 let len = step.min(d.size - off);
                 out.push(Work {
                     cpu: d.cpu,
-                    file_offset: d.offset + off,
+                    file_offset: d.offset.saturating_add(off),
                     len,
                     usize: None,
                     stream_offset: off,
@@ -952,7 +952,7 @@ impl TraceDat {
             Location::Offset(d.offset),
             TraceDatError::Truncated { expected: "chunk count" },
         ))?;
-        let mut pos = d.offset + 4;
+        let mut pos = d.offset.saturating_add(4);
         let end = d.offset.saturating_add(4).saturating_add(d.size);
         let mut stream_offset = 0u64;
         for _ in 0..count {
@@ -973,12 +973,12 @@ impl TraceDat {
             };
             out.push(Work {
                 cpu: d.cpu,
-                file_offset: pos + 8,
+                file_offset: pos.saturating_add(8),
                 len: u64::from(zsize),
                 usize: Some(u64::from(usize)),
                 stream_offset,
             });
-            stream_offset += u64::from(usize);
+            stream_offset = stream_offset.saturating_add(u64::from(usize));
             pos = pos.saturating_add(8).saturating_add(u64::from(zsize));
         }
         Ok(out)
@@ -1028,7 +1028,7 @@ impl TraceDat {
                 ctx.decode_pages(w.cpu, &pages, base, &mut batch);
                 if w.usize.is_none() && (pages.len() as u64) < w.len {
                     batch.items.push_back(Err(self.err(
-                        Location::Offset(w.file_offset + pages.len() as u64),
+                        Location::Offset(w.file_offset.saturating_add(pages.len() as u64)),
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
                 }
