@@ -20,21 +20,54 @@
 //! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
 //! ```
 
+//! ## Binary readers
+//!
+//! [`open`] recognizes trace.dat and perf.data by their magic and copied tracefs trees by their
+//! layout; each reader is also usable directly:
+//!
+//! - [`format`]: format files, `header_page`/`header_event`, format-driven field decoding
+//!   ([`format::EventFormats`], [`format::Record`] implements [`FieldLookup`]);
+//! - [`page`]: ring-buffer pages ([`page::PageRecords`], [`page::PageStream`],
+//!   [`page::PageBuilder`] for tests);
+//! - [`tracefs`]: a copied tracefs tree with `trace_pipe_raw` dumps ([`tracefs::TracefsReader`]);
+//! - [`tracedat`]: trace.dat v6/v7, every buffer ([`tracedat::TraceDat::events`]);
+//! - [`perfdata`]: perf.data tracepoint samples ([`perfdata::PerfDataReader`]).
+//!
+//! ```
+//! use std::path::Path;
+//! use vmxray_capture::{EventKind, ReadOptions, open};
+//!
+//! let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real/tracedat/lm-v7-zstd.dat");
+//! let mut reader = open(&file, ReadOptions::default()).unwrap();
+//! let pio = reader.by_ref().filter_map(Result::ok).filter(|e| matches!(e.kind, EventKind::KvmPio { .. })).count();
+//! assert!(pio > 0);
+//! assert_eq!(reader.meta().kernel.as_deref(), Some("6.18.44-fc-v669"));
+//! assert!(reader.stats().is_clean());
+//! ```
+
+pub mod bin_util;
 pub mod codes;
+mod decode;
 pub mod event;
 pub mod fields;
 pub mod filter;
 pub mod insn;
+pub mod format;
+mod merge;
 pub mod open;
+pub mod page;
+pub mod perfdata;
 pub mod reader;
 pub mod render;
+pub mod tracedat;
+pub mod tracefs;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
     NestedVmenter, OtherEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
-pub use open::open;
+pub use open::{open, open_bytes};
 pub use reader::{
     Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
     ReadStats, TraceMeta,
