@@ -25,6 +25,7 @@ pub mod event;
 pub mod fields;
 pub mod open;
 pub mod reader;
+pub mod text;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,

@@ -1,13 +1,17 @@
 //! Opening any input: the format is recognized from the input itself, never from its name.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use crate::reader::{
     EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, input_name,
     sniff_binary,
 };
+use crate::text::TextReader;
+
+/// Buffer size for text inputs: large enough that lines rarely straddle a refill.
+const TEXT_BUFFER: usize = 256 * 1024;
 
 /// Opens a trace of any supported kind (`-` is stdin) and returns its reader.
 ///
@@ -28,9 +32,21 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
         read_prefix(&mut file, &mut prefix).map_err(io_err)?
     };
     match sniff_binary(&prefix[..prefix_len]) {
-        Some(InputFormat::TraceDat | InputFormat::PerfData) | Some(_) | None => {
-            let _ = opts;
+        Some(InputFormat::TraceDat | InputFormat::PerfData) | Some(_) => {
             Err(ReadError::new(&input, Location::Input, ReadErrorKind::UnknownFormat))
+        }
+        None if path.as_os_str() == "-" => Ok(Box::new(TextReader::new(
+            input,
+            BufReader::with_capacity(TEXT_BUFFER, std::io::stdin()),
+            opts,
+        ))),
+        None => {
+            let file = File::open(path).map_err(io_err)?;
+            Ok(Box::new(TextReader::new(
+                input.clone(),
+                BufReader::with_capacity(TEXT_BUFFER, file),
+                opts,
+            )))
         }
     }
 }

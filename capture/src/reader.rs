@@ -290,6 +290,9 @@ pub enum ReadErrorKind {
     /// A known tracepoint lacked a field.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A line of trace text could not be read.
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
 }
 
 /// Names an input for messages.

@@ -1,0 +1,437 @@
+//! Readers for trace **text**: ftrace `trace` / `trace_pipe`, `trace-cmd report` and
+//! `perf script`, recognized line by line and read as a stream (memory does not grow with the
+//! input; any [`BufRead`], stdin included).
+//!
+//! ```
+//! use vmxray_capture::{EventKind, ReadOptions, text::TextReader};
+//!
+//! let text = "cpus=2\n\
+//!     CPU 0/KVM-4242 [001]  1000.000001234: kvm_cr:               cr_write 3 = 0x5000\n";
+//! let mut reader = TextReader::new("<example>", text.as_bytes(), ReadOptions::default());
+//! let event = reader.next().unwrap().unwrap();
+//! assert_eq!((event.ts, event.cpu, event.pid), (1_000_000_001_234, 1, 4242));
+//! assert_eq!(event.comm.as_deref(), Some("CPU 0/KVM"));
+//! assert_eq!(event.kind, EventKind::KvmCr { write: true, cr: 3, val: 0x5000 });
+//! ```
+//!
+//! # What each line becomes
+//!
+//! - **Event lines** (every column layout of [`prefix`](self) — ftrace with or without
+//!   irq-info and record-tgid, trace-cmd default / `-l` / `-t` / `--ts-diff` / `-R` / `-N`,
+//!   perf script default / `--ns` / `pid/tid` / minimal / ip,sym): the body is turned into
+//!   fields with the kernel's field names and the typed [`crate::EventKind`] is built by
+//!   [`crate::KnownEvent::decode`]; every print-format generation of the typed events is
+//!   understood, and trace-cmd's kvm plugin renderings too (see `body.rs`). Other tracepoints
+//!   become [`crate::EventKind::Other`] with their `name=value` fields, or one field `text`
+//!   holding the body.
+//! - **Timestamps**: `secs.usecs` / `secs.nsecs` are nanoseconds ([`Clock::Nanoseconds`]);
+//!   integer stamps (ftrace's `counter`, `uptime`, `x86-tsc` clocks) are raw clock units
+//!   ([`Clock::Raw`]: the text does not name the clock).
+//! - **Lost-event markers** (`CPU:1 [LOST 330608 EVENTS]`, `CPU:1 [12 EVENTS DROPPED]`,
+//!   `CPU:1 [EVENTS DROPPED]`) are counted with [`ReadStats::note_lost`] when read, and
+//!   yielded as [`crate::EventKind::Lost`] on that CPU **immediately before the next event of
+//!   that CPU, with that event's timestamp** (the loss happened before it; this keeps the stream
+//!   time-ordered). A marker with no later event on its CPU is yielded at the end of the input
+//!   with the CPU's last timestamp (0 if it had none). Lost events have pid −1 and no comm.
+//! - **Headers** (`# ...`, `cpus=2` → [`TraceMeta::cpus`], `#P:2`, `version = 6`,
+//!   `CPU 0 is empty`, blank lines) are skipped.
+//! - **Refused, with an explanation** ([`TextError`]): ftrace text with `context-info` off
+//!   (no CPU, pid or time: cannot be placed) and ftrace `latency-format` text (relative
+//!   microseconds only). Any other unrecognized line is an error naming its line number; with
+//!   [`ReadOptions::permissive`] it is counted ([`ReadStats::note_skipped`]) and skipped.
+//! - ftrace's `raw` / `hex` options print only pid, CPU, timestamp and the numeric event type:
+//!   such events are kept as [`crate::EventKind::Other`] named `type_<id>` with one field
+//!   `common_type`, and counted in [`ReadStats::unknown_events`] (the id → name mapping is in
+//!   the tracefs `format` files, not in the text).
+//! - Layouts without a pid (perf script minimal) give pid −1; without a CPU, CPU 0.
+//!
+//! Known losses of the renderings themselves (the text cannot say more): trace-cmd's plugin
+//! prints `kvm_emulate_insn` without its mode (`flags` decodes as 0), and
+//! `kvm_mmu_prepare_zap_page` / `sync_page` / `unsync_page` without the gfn (such events stay
+//! untyped and are counted in [`ReadStats::unknown_events`]); kvmmmu role words are rebuilt
+//! from the printed bits only; ftrace's `fields` option prints `insn=<INVALID-SIZE>`.
+
+mod body;
+mod error;
+mod fields;
+mod lines;
+mod prefix;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::BufRead;
+use std::sync::Arc;
+
+use crate::event::{Comm, Event, EventKind, KnownEvent, OtherEvent};
+use crate::fields::{FieldValue, Fields};
+use crate::reader::{
+    Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
+    TraceMeta,
+};
+
+pub use error::{Snippet, TextError};
+
+use body::Parsed;
+use fields::{FieldBuf, View};
+use lines::{Line, LineReader};
+use prefix::{Layout, LineKind, Prefix};
+
+/// A small, fast hasher for the reader's interning tables (short keys, not attacker-chosen
+/// in a way that matters: a trace with many distinct names only makes them slower).
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i32(&mut self, v: i32) {
+        self.write(&v.to_le_bytes());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Clone)]
+struct EventInfo {
+    system: Arc<str>,
+    name: Arc<str>,
+    known: Option<KnownEvent>,
+}
+
+/// Everything but the line source, so that a line borrowed from it can be processed.
+struct State {
+    meta: TraceMeta,
+    stats: ReadStats,
+    opts: ReadOptions,
+    layout: Layout,
+    format_from_header: bool,
+    clock_known: bool,
+    buf: FieldBuf,
+    events: FxMap<Box<str>, EventInfo>,
+    field_names: FxMap<Box<str>, Arc<str>>,
+    comms: FxMap<i32, Comm>,
+    queue: VecDeque<Event>,
+    pending_lost: Vec<(u32, Option<u64>)>,
+    last_ts: FxMap<u32, u64>,
+}
+
+/// Reads ftrace / `trace-cmd report` / `perf script` text; see the [module docs](self).
+pub struct TextReader<R> {
+    lines: LineReader<R>,
+    st: State,
+    line_no: u64,
+    done: bool,
+}
+
+impl<R: BufRead> TextReader<R> {
+    /// A reader over `input`, named `name` in messages.
+    pub fn new(name: impl Into<Arc<str>>, input: R, opts: ReadOptions) -> Self {
+        let mut reader = Self {
+            lines: LineReader::new(input),
+            st: State {
+                meta: TraceMeta {
+                    input: name.into(),
+                    format: InputFormat::FtraceText,
+                    clock: Clock::Nanoseconds,
+                    cpus: None,
+                    kernel: None,
+                },
+                stats: ReadStats::default(),
+                opts,
+                layout: Layout::default(),
+                format_from_header: false,
+                clock_known: false,
+                buf: FieldBuf::default(),
+                events: FxMap::default(),
+                field_names: FxMap::default(),
+                comms: FxMap::default(),
+                queue: VecDeque::new(),
+                pending_lost: Vec::new(),
+                last_ts: FxMap::default(),
+            },
+            line_no: 0,
+            done: false,
+        };
+        reader.sniff();
+        reader
+    }
+
+    /// Fills [`TraceMeta`] from the buffered start of the input (format, clock kind, CPUs),
+    /// without consuming anything.
+    fn sniff(&mut self) {
+        let Ok(head) = self.lines.peek() else { return };
+        let head = String::from_utf8_lossy(head);
+        let mut layout = Layout::default();
+        // The last piece may be a partial line.
+        for line in head.lines().take(64).take(head.lines().count().saturating_sub(1).max(1)) {
+            match prefix::classify(line, &mut layout) {
+                LineKind::Header { cpus, format } => self.st.header(cpus, format),
+                LineKind::Event(p) => {
+                    self.st.first_event(p.format, p.ts.ns);
+                    break;
+                }
+                LineKind::RawType { .. } => {
+                    self.st.first_event(InputFormat::FtraceText, false);
+                    break;
+                }
+                LineKind::Lost { .. } | LineKind::Bad(_) => {}
+            }
+        }
+        // The first real line re-decides; the sniff only fills the meta early.
+        self.st.clock_known = false;
+        if !self.st.format_from_header {
+            self.st.layout = Layout::default();
+        }
+    }
+
+    fn step(&mut self) -> Result<(), ReadError> {
+        let line = match self.lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.st.flush_lost_at_end();
+                self.done = true;
+                return Ok(());
+            }
+            Err(e) => {
+                self.done = true;
+                return Err(ReadError::new(&self.st.meta.input, Location::Line(self.line_no + 1), e));
+            }
+        };
+        self.line_no += 1;
+        let at = Location::Line(self.line_no);
+        match line {
+            Line::Text(bytes) => self.st.line(bytes).map_err(|kind| ReadError::new(&self.st.meta.input, at, kind)),
+            Line::TooLong => Err(ReadError::new(
+                &self.st.meta.input,
+                at,
+                TextError::LineTooLong { max: lines::MAX_LINE },
+            )),
+        }
+    }
+}
+
+impl State {
+    fn header(&mut self, cpus: Option<u32>, format: Option<InputFormat>) {
+        if cpus.is_some() {
+            self.meta.cpus = cpus;
+        }
+        if let Some(format) = format {
+            self.meta.format = format;
+            self.format_from_header = true;
+        }
+    }
+
+    fn first_event(&mut self, format: InputFormat, ns: bool) {
+        if !self.format_from_header {
+            self.meta.format = format;
+            self.format_from_header = true;
+        }
+        if !self.clock_known {
+            self.meta.clock = if ns { Clock::Nanoseconds } else { Clock::Raw };
+            self.clock_known = true;
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8]) -> Result<(), ReadErrorKind> {
+        let text = String::from_utf8_lossy(bytes);
+        let text: &str = match &text {
+            Cow::Borrowed(s) => s,
+            Cow::Owned(s) => s,
+        };
+        match prefix::classify(text, &mut self.layout) {
+            LineKind::Header { cpus, format } => self.header(cpus, format),
+            LineKind::Lost { cpu, count } => {
+                self.stats.note_lost(cpu, count);
+                self.pending_lost.push((cpu, count));
+            }
+            LineKind::RawType { pid, cpu, ts, type_id } => {
+                self.first_event(InputFormat::FtraceText, false);
+                let info = self.event_info(&format!("type_{type_id}"));
+                *self.stats.unknown_events.entry(format!("type {type_id}")).or_default() += 1;
+                let mut fields = Fields::new();
+                fields.push(self.field_name("common_type"), FieldValue::U64(u64::from(type_id)));
+                let kind = EventKind::Other(Box::new(OtherEvent {
+                    system: info.system,
+                    name: info.name,
+                    fields,
+                }));
+                self.emit(Event { ts, cpu, pid, comm: None, kind });
+            }
+            LineKind::Event(p) => {
+                let event = self.event(&p)?;
+                self.emit(event);
+            }
+            LineKind::Bad(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, p: &Prefix<'_>) -> Result<Event, ReadErrorKind> {
+        self.first_event(p.format, p.ts.ns);
+        let info = self.event_info(p.name);
+        let comm = p.comm.map(|c| self.comm(p.pid, c));
+        self.buf.clear();
+        let kind = match info.known {
+            Some(known) => match body::parse_known(known, p.body, &mut self.buf) {
+                Ok(Parsed::Fields) => known.decode(&View { body: p.body, buf: &self.buf })?,
+                Ok(Parsed::Incomplete(why)) => {
+                    let key = format!("{}:{} ({why})", info.system, info.name);
+                    *self.stats.unknown_events.entry(key).or_default() += 1;
+                    self.other(&info, p.body)
+                }
+                Err(expected) => {
+                    return Err(TextError::Body {
+                        event: known.name(),
+                        expected,
+                        found: Snippet::new(p.body),
+                    }
+                    .into());
+                }
+            },
+            None => {
+                if !body::parse_other(p.body, &mut self.buf) {
+                    self.buf.clear();
+                }
+                self.other(&info, p.body)
+            }
+        };
+        Ok(Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, comm, kind })
+    }
+
+    fn other(&mut self, info: &EventInfo, body: &str) -> EventKind {
+        let mut fields = Fields(Vec::with_capacity(self.buf.items.len().max(1)));
+        if self.buf.items.is_empty() {
+            fields.push(self.field_name("text"), FieldValue::Str(body.into()));
+        } else {
+            let view = View { body, buf: &self.buf };
+            for (n, v) in &self.buf.items {
+                let name = view.name(*n);
+                let name = match self.field_names.get(name) {
+                    Some(a) => Arc::clone(a),
+                    None => {
+                        let a: Arc<str> = name.into();
+                        self.field_names.insert(name.into(), Arc::clone(&a));
+                        a
+                    }
+                };
+                fields.push(name, view.value(*v));
+            }
+        }
+        EventKind::Other(Box::new(OtherEvent {
+            system: Arc::clone(&info.system),
+            name: Arc::clone(&info.name),
+            fields,
+        }))
+    }
+
+    fn field_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.field_names.get(name) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = name.into();
+        self.field_names.insert(name.into(), Arc::clone(&a));
+        a
+    }
+
+    fn event_info(&mut self, printed: &str) -> EventInfo {
+        if let Some(info) = self.events.get(printed) {
+            return info.clone();
+        }
+        let (system, name) = printed.split_once(':').unwrap_or(("", printed));
+        let known = KnownEvent::lookup(system, name);
+        let system = match (system, known) {
+            ("", Some(k)) => KnownEvent::ALL
+                .iter()
+                .find(|(kk, _, _)| *kk == k)
+                .map_or("", |(_, sys, _)| *sys),
+            (s, _) => s,
+        };
+        let info = EventInfo { system: system.into(), name: name.into(), known };
+        self.events.insert(printed.into(), info.clone());
+        info
+    }
+
+    fn comm(&mut self, pid: i32, comm: &str) -> Comm {
+        match self.comms.get(&pid) {
+            Some(c) if &**c == comm => Arc::clone(c),
+            _ => {
+                let c: Comm = comm.into();
+                self.comms.insert(pid, Arc::clone(&c));
+                c
+            }
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        if !self.pending_lost.is_empty() {
+            let (cpu, ts) = (event.cpu, event.ts);
+            let mut i = 0;
+            while i < self.pending_lost.len() {
+                if self.pending_lost[i].0 == cpu {
+                    let (_, count) = self.pending_lost.remove(i);
+                    self.queue.push_back(lost(cpu, ts, count));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.last_ts.insert(event.cpu, event.ts);
+        self.queue.push_back(event);
+    }
+
+    fn flush_lost_at_end(&mut self) {
+        for (cpu, count) in std::mem::take(&mut self.pending_lost) {
+            let ts = self.last_ts.get(&cpu).copied().unwrap_or(0);
+            self.queue.push_back(lost(cpu, ts, count));
+        }
+    }
+}
+
+fn lost(cpu: u32, ts: u64, count: Option<u64>) -> Event {
+    Event { ts, cpu, pid: -1, comm: None, kind: EventKind::Lost { count } }
+}
+
+impl<R: BufRead> Iterator for TextReader<R> {
+    type Item = Result<Event, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(event) = self.st.queue.pop_front() {
+                self.st.stats.events += 1;
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.step() {
+                let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
+                if self.st.opts.permissive && recoverable {
+                    self.st.stats.note_skipped(e);
+                } else {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl<R: BufRead + Send> EventReader for TextReader<R> {
+    fn meta(&self) -> &TraceMeta {
+        &self.st.meta
+    }
+
+    fn stats(&self) -> &ReadStats {
+        &self.st.stats
+    }
+}
