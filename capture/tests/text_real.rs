@@ -65,8 +65,14 @@ fn assert_same_event(variant: &str, i: usize, got: &Event, want: &Event, plugin:
         }
         (EventKind::Other(g), EventKind::KvmMmuPrepareZapPage { page }) if plugin => {
             // trace-cmd's plugin prints the role's low 16 bits, root count and sync state.
-            assert_eq!(g.fields.get("role"), Some(&FieldValue::U64(u64::from(page.role.0 & 0xffff))));
-            assert_eq!(g.fields.get("root_count"), Some(&FieldValue::U64(u64::from(page.root_count))));
+            assert_eq!(
+                g.fields.get("role"),
+                Some(&FieldValue::U64(u64::from(page.role.0 & 0xffff)))
+            );
+            assert_eq!(
+                g.fields.get("root_count"),
+                Some(&FieldValue::U64(u64::from(page.root_count)))
+            );
             assert_eq!(g.fields.get("unsync"), Some(&FieldValue::U64(u64::from(page.unsync))));
         }
         (g, w) => assert_eq!(g, w, "{ctx}"),
@@ -96,7 +102,10 @@ fn every_trace_cmd_report_variant_yields_the_raw_field_events() {
         EventKind::KvmPio { write: true, port: 0x10, size: 1, count: 1, val: Some(1) }
     );
     let exit = raw.iter().find(|e| e.name() == "kvm_userspace_exit").unwrap();
-    assert_eq!(exit.kind, EventKind::KvmUserspaceExit { reason: UserspaceExitReason::IO, errno: Some(0) });
+    assert_eq!(
+        exit.kind,
+        EventKind::KvmUserspaceExit { reason: UserspaceExitReason::IO, errno: Some(0) }
+    );
     assert_eq!(other_field(&raw[4], "load"), Some(&FieldValue::U64(1)));
 
     for (variant, plugin, nsec) in [
@@ -113,7 +122,12 @@ fn every_trace_cmd_report_variant_yields_the_raw_field_events() {
         for (i, (got, want)) in events.iter().zip(&raw).enumerate() {
             if nsec {
                 // `-t` prints nanoseconds; the others round to the microsecond.
-                assert!(got.ts.abs_diff(want.ts) <= 500, "{variant} {i}: {} vs {}", got.ts, want.ts);
+                assert!(
+                    got.ts.abs_diff(want.ts) <= 500,
+                    "{variant} {i}: {} vs {}",
+                    got.ts,
+                    want.ts
+                );
                 assert_ne!(got.ts % 1000, 0, "{variant} {i}: nanoseconds kept");
             } else {
                 assert_eq!(got.ts, want.ts, "{variant} {i}");
@@ -139,9 +153,12 @@ fn ftrace_text_variants_yield_the_fields_option_events() {
     let EventKind::KvmMmuPrepareZapPage { page } = zap.kind else { panic!() };
     assert_eq!((page.gfn, page.role.0, page.root_count), (2, 0x1f04, 0));
 
-    for variant in
-        ["text_irqinfo.txt", "text_irqinfo_tgid.txt", "text_noirqinfo.txt", "text_noirqinfo_tgid.txt"]
-    {
+    for variant in [
+        "text_irqinfo.txt",
+        "text_irqinfo_tgid.txt",
+        "text_noirqinfo.txt",
+        "text_noirqinfo_tgid.txt",
+    ] {
         let (events, _) = read_all(variant);
         assert_eq!(events.len(), fields.len(), "{variant}");
         for (i, (got, want)) in events.iter().zip(&fields).enumerate() {

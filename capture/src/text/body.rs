@@ -13,7 +13,10 @@
 //! hex for exactly those fields of the typed events ([`bare_hex`]) and as decimal otherwise.
 //! Values of untyped events are read as decimal unless they carry `0x` or a hex letter.
 
-use crate::codes::{ExceptionVector, ExitCode, Isa, SvmExitCode, UserspaceExitReason, VmInstructionError, VmxBasicReason};
+use crate::codes::{
+    ExceptionVector, ExitCode, Isa, SvmExitCode, UserspaceExitReason, VmInstructionError,
+    VmxBasicReason,
+};
 use crate::event::KnownEvent;
 
 use super::fields::{FieldBuf, Name, Val, span};
@@ -41,7 +44,8 @@ pub(crate) fn parse_known(
             Err("`name=value` fields after [FAILED TO PARSE]")
         };
     }
-    if starts_with_assignment(body) && !(known == KnownEvent::KvmNestedVmenterFailed && !body.starts_with("msg=")) {
+    let kv_allowed = known != KnownEvent::KvmNestedVmenterFailed || body.starts_with("msg=");
+    if kv_allowed && starts_with_assignment(body) {
         return if parse_kv(body, body, Some(known), out) {
             Ok(Parsed::Fields)
         } else {
@@ -84,16 +88,12 @@ pub(crate) fn parse_known(
                 None => Err(expected(known)),
             };
         }
-        KnownEvent::KvmMmuPagetableWalk => labels(
-            body,
-            out,
-            &[("addr", "addr", Radix::Hex), ("pferr", "pferr", Radix::Hex)],
-        ),
-        KnownEvent::KvmMmuPagingElement => labels(
-            body,
-            out,
-            &[("pte", "pte", Radix::Hex), ("level", "level", Radix::Dec)],
-        ),
+        KnownEvent::KvmMmuPagetableWalk => {
+            labels(body, out, &[("addr", "addr", Radix::Hex), ("pferr", "pferr", Radix::Hex)])
+        }
+        KnownEvent::KvmMmuPagingElement => {
+            labels(body, out, &[("pte", "pte", Radix::Hex), ("level", "level", Radix::Dec)])
+        }
         KnownEvent::KvmMmuWalkerError => labels(body, out, &[("pferr", "pferr", Radix::Hex)]),
     };
     if ok.is_some() { Ok(Parsed::Fields) } else { Err(expected(known)) }
@@ -102,24 +102,45 @@ pub(crate) fn parse_known(
 /// The renderings of each typed event, for error messages.
 fn expected(known: KnownEvent) -> &'static str {
     match known {
-        KnownEvent::KvmExit => "`[vcpu N ]reason NAME rip 0x.. info1 0x.. info2 0x.. ...` or `reason NAME rip 0x.. info A B`",
-        KnownEvent::KvmNestedVmexit => "the kvm_exit rendering, `rip: 0x.. reason: NAME ext_inf1: ...` or ` rip X reason NAME info1 X ...`",
-        KnownEvent::KvmNestedVmexitInject => "`reason: NAME ext_inf1: 0x.. ext_inf2: 0x.. ext_int: 0x.. ext_int_err: 0x..`",
-        KnownEvent::KvmEntry => "`vcpu N[, rip 0x..[ intr_info 0x.. error_code 0x..]][[immediate exit]]`",
+        KnownEvent::KvmExit => {
+            "`[vcpu N ]reason NAME rip 0x.. info1 0x.. info2 0x.. ...` or `reason NAME rip 0x.. info A B`"
+        }
+        KnownEvent::KvmNestedVmexit => {
+            "the kvm_exit rendering, `rip: 0x.. reason: NAME ext_inf1: ...` or ` rip X reason NAME info1 X ...`"
+        }
+        KnownEvent::KvmNestedVmexitInject => {
+            "`reason: NAME ext_inf1: 0x.. ext_inf2: 0x.. ext_int: 0x.. ext_int_err: 0x..`"
+        }
+        KnownEvent::KvmEntry => {
+            "`vcpu N[, rip 0x..[ intr_info 0x.. error_code 0x..]][[immediate exit]]`"
+        }
         KnownEvent::KvmCr => "`cr_read|cr_write N = 0x..`",
         KnownEvent::KvmMsr => "`msr_read|msr_write N = 0x..[ (#GP)]`",
         KnownEvent::KvmPio => "`pio_read|pio_write at 0x.. size N count N[ val 0x..]`",
-        KnownEvent::KvmCpuid => "`func X[ idx X] rax X rbx X rcx X rdx X[, cpuid entry found|not found]`",
+        KnownEvent::KvmCpuid => {
+            "`func X[ idx X] rax X rbx X rcx X rdx X[, cpuid entry found|not found]`"
+        }
         KnownEvent::KvmPageFault => "`[vcpu N rip 0x.. ]address X error_code X`",
         KnownEvent::KvmInjException => "`#XX[ (0xERR)][ [reinjected]]`",
         KnownEvent::KvmInjVirq => "`IRQ|Soft/INTn 0xVEC[ [reinjected]]` or `irq N`",
-        KnownEvent::KvmUserspaceExit => "`reason KVM_EXIT_NAME (N)`, `reason restart (N)` or `reason error (N)`",
+        KnownEvent::KvmUserspaceExit => {
+            "`reason KVM_EXIT_NAME (N)`, `reason restart (N)` or `reason error (N)`"
+        }
         KnownEvent::KvmEmulateInsn => "`CS:RIP:BYTES (MODE)[ failed]` or `CS:RIP: BYTES[ FAIL]`",
         KnownEvent::KvmSmmTransition => "`vcpu N: entering|leaving SMM, smbase 0x..`",
-        KnownEvent::KvmNestedVmenter | KnownEvent::KvmNestedVmrun => "`rip: 0x.. vmcs|vmcb: 0x.. nested_rip: 0x.. int_ctl: 0x.. event_inj: 0x.. nested_ept=y|n guest_cr3|nested_eptp|nested_cr3: 0x..`",
-        KnownEvent::KvmNestedVmenterFailed => "a message, optionally followed by a VM-instruction error name",
+        KnownEvent::KvmNestedVmenter | KnownEvent::KvmNestedVmrun => {
+            "`rip: 0x.. vmcs|vmcb: 0x.. nested_rip: 0x.. int_ctl: 0x.. event_inj: 0x.. nested_ept=y|n guest_cr3|nested_eptp|nested_cr3: 0x..`"
+        }
+        KnownEvent::KvmNestedVmenterFailed => {
+            "a message, optionally followed by a VM-instruction error name"
+        }
         KnownEvent::KvmNestedIntrVmexit => "`rip: 0x..`",
-        KnownEvent::KvmMmuGetPage | KnownEvent::KvmMmuPrepareZapPage | KnownEvent::KvmMmuSyncPage | KnownEvent::KvmMmuUnsyncPage => "`sp gen N gfn X lN N-byte qN ACC[ invalid] [!]nxe [!]ad root N sync|unsync` or trace-cmd's `new|existing sp gfn X N qN ACC [!]pae [!]nxe [!]wp root N sync`",
+        KnownEvent::KvmMmuGetPage
+        | KnownEvent::KvmMmuPrepareZapPage
+        | KnownEvent::KvmMmuSyncPage
+        | KnownEvent::KvmMmuUnsyncPage => {
+            "`sp gen N gfn X lN N-byte qN ACC[ invalid] [!]nxe [!]ad root N sync|unsync` or trace-cmd's `new|existing sp gfn X N qN ACC [!]pae [!]nxe [!]wp root N sync`"
+        }
         KnownEvent::KvmMmuPagetableWalk => "`addr X pferr X FLAGS`",
         KnownEvent::KvmMmuPagingElement => "`pte X level N`",
         KnownEvent::KvmMmuWalkerError => "`pferr X FLAGS`",
@@ -214,15 +235,13 @@ fn push_value(out: &mut FieldBuf, body: &str, name: Name, value: &str, raw_hex: 
 /// A numeric value in any of the raw-field renderings, or `None` for a string.
 fn number(value: &str, raw_hex: bool) -> Option<Val> {
     // ftrace `fields`: `0x1f (31)`, `(1)`, `'A' (65)`, `sym+0x1/0x2 (-123)`.
-    if let Some(inner) = value.strip_suffix(')') {
-        if let Some(open) = inner.rfind('(') {
-            let head = inner[..open].trim();
-            if let Some(h) = head.strip_prefix("0x").and_then(hex_digits) {
-                return Some(Val::U64(h));
-            }
-            if let Ok(d) = inner[open + 1..].parse::<i64>() {
-                return Some(if d < 0 { Val::I64(d) } else { Val::U64(d.unsigned_abs()) });
-            }
+    if let Some((inner, open)) = value.strip_suffix(')').and_then(|i| Some((i, i.rfind('(')?))) {
+        let head = inner[..open].trim();
+        if let Some(h) = head.strip_prefix("0x").and_then(hex_digits) {
+            return Some(Val::U64(h));
+        }
+        if let Ok(d) = inner[open + 1..].parse::<i64>() {
+            return Some(if d < 0 { Val::I64(d) } else { Val::U64(d.unsigned_abs()) });
         }
     }
     let v = value.trim_end_matches(',');
@@ -341,8 +360,20 @@ fn labels(body: &str, out: &mut FieldBuf, spec: &[(&str, &'static str, Radix)]) 
 fn is_exit_label(tok: &str) -> bool {
     matches!(
         token_label(tok),
-        "rip" | "info" | "info1" | "info2" | "ext_inf1" | "ext_inf2" | "ext_int" | "ext_int_err"
-            | "int_info" | "int_info_err" | "intr_info" | "error_code" | "requests" | "vcpu"
+        "rip"
+            | "info"
+            | "info1"
+            | "info2"
+            | "ext_inf1"
+            | "ext_inf2"
+            | "ext_int"
+            | "ext_int_err"
+            | "int_info"
+            | "int_info_err"
+            | "intr_info"
+            | "error_code"
+            | "requests"
+            | "vcpu"
     )
 }
 
@@ -702,7 +733,9 @@ fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
         let text = rest.trim();
         let (text, failed) = match text.strip_suffix(" FAIL") {
             Some(t) => (t, true),
-            None => (text.strip_suffix("FAIL").filter(|t| t.is_empty()).unwrap_or(text), text == "FAIL"),
+            None => {
+                (text.strip_suffix("FAIL").filter(|t| t.is_empty()).unwrap_or(text), text == "FAIL")
+            }
         };
         (text, failed)
     } else {

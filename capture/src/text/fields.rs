@@ -95,10 +95,12 @@ impl<'a> View<'a> {
         match v {
             Val::U64(x) => FieldValue::U64(x),
             Val::I64(x) => FieldValue::I64(x),
-            Val::Str(a, b) => FieldValue::Str(self.body.get(a as usize..b as usize).unwrap_or("").into()),
-            Val::Bytes(a, b) => FieldValue::Bytes(
-                self.buf.arena.get(a as usize..b as usize).unwrap_or(&[]).into(),
-            ),
+            Val::Str(a, b) => {
+                FieldValue::Str(self.body.get(a as usize..b as usize).unwrap_or("").into())
+            }
+            Val::Bytes(a, b) => {
+                FieldValue::Bytes(self.buf.arena.get(a as usize..b as usize).unwrap_or(&[]).into())
+            }
         }
     }
 }

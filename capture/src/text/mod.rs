@@ -204,13 +204,19 @@ impl<R: BufRead> TextReader<R> {
             }
             Err(e) => {
                 self.done = true;
-                return Err(ReadError::new(&self.st.meta.input, Location::Line(self.line_no + 1), e));
+                return Err(ReadError::new(
+                    &self.st.meta.input,
+                    Location::Line(self.line_no + 1),
+                    e,
+                ));
             }
         };
         self.line_no += 1;
         let at = Location::Line(self.line_no);
         match line {
-            Line::Text(bytes) => self.st.line(bytes).map_err(|kind| ReadError::new(&self.st.meta.input, at, kind)),
+            Line::Text(bytes) => {
+                self.st.line(bytes).map_err(|kind| ReadError::new(&self.st.meta.input, at, kind))
+            }
             Line::TooLong => Err(ReadError::new(
                 &self.st.meta.input,
                 at,
@@ -350,10 +356,9 @@ impl State {
         let (system, name) = printed.split_once(':').unwrap_or(("", printed));
         let known = KnownEvent::lookup(system, name);
         let system = match (system, known) {
-            ("", Some(k)) => KnownEvent::ALL
-                .iter()
-                .find(|(kk, _, _)| *kk == k)
-                .map_or("", |(_, sys, _)| *sys),
+            ("", Some(k)) => {
+                KnownEvent::ALL.iter().find(|(kk, _, _)| *kk == k).map_or("", |(_, sys, _)| *sys)
+            }
             (s, _) => s,
         };
         let info = EventInfo { system: system.into(), name: name.into(), known };

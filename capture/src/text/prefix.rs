@@ -52,11 +52,22 @@ pub(crate) struct Timestamp {
 pub(crate) enum LineKind<'a> {
     Event(Prefix<'a>),
     /// `raw` / `hex` trace options: only the numeric event type is printed.
-    RawType { pid: i32, cpu: u32, ts: u64, type_id: u32 },
+    RawType {
+        pid: i32,
+        cpu: u32,
+        ts: u64,
+        type_id: u32,
+    },
     /// `CPU:1 [LOST 330608 EVENTS]`, `CPU:1 [12 EVENTS DROPPED]`, `CPU:1 [EVENTS DROPPED]`.
-    Lost { cpu: u32, count: Option<u64> },
+    Lost {
+        cpu: u32,
+        count: Option<u64>,
+    },
     /// Comments, blank lines, `cpus=N`, `version = 6`, `CPU 0 is empty`.
-    Header { cpus: Option<u32>, format: Option<InputFormat> },
+    Header {
+        cpus: Option<u32>,
+        format: Option<InputFormat>,
+    },
     Bad(TextError),
 }
 
@@ -292,9 +303,8 @@ fn dash_fallback(line: &str) -> Option<(&str, usize)> {
 /// The byte offset of the first ` [NNN]` (space, bracket, digits, bracket).
 fn find_cpu_field(line: &str) -> Option<usize> {
     let b = line.as_bytes();
-    memchr::memchr_iter(b'[', b).find(|&at| {
-        at > 0 && b[at - 1] == b' ' && cpu_field(&line[at..]).is_some()
-    })
+    memchr::memchr_iter(b'[', b)
+        .find(|&at| at > 0 && b[at - 1] == b' ' && cpu_field(&line[at..]).is_some())
 }
 
 /// `trace-cmd report -l` (`%8.8s-%-5d %3d` + flags) and ftrace's latency-format text.
@@ -314,7 +324,8 @@ fn latency_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     let rest = skip_spaces(&rest[end..]);
     let stamp_end = rest.find(':')?;
     let stamp = rest[..stamp_end].trim_end();
-    if stamp.len() > 2 && stamp.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).ends_with("us")
+    if stamp.len() > 2
+        && stamp.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).ends_with("us")
     {
         return Some(Err(TextError::LatencyFormat));
     }
@@ -340,27 +351,24 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     let mut pid = -1;
     let mut rest = line;
     // Fixed width: comm in columns 0..16, a space, the right-aligned tid.
-    if b.len() > 18 && b[16] == b' ' {
-        if let Some((tid, after)) = perf_tid(skip_spaces(&line[17..])) {
-            let after_sp = skip_spaces(after);
-            if after_sp.starts_with('[') || timestamp(after_sp).is_some() {
-                comm = Some(line[..16].trim_start());
-                pid = tid;
-                rest = after_sp;
-            }
-        }
-    }
-    if comm.is_none() {
-        if let Some(cpu_at) = find_cpu_field(line) {
-            // Fallback: the tid is the last token before the CPU field.
-            let head = line[..cpu_at].trim_end();
-            let tok_at = head.rfind(' ').map_or(0, |at| at + 1);
-            if let Some((tid, "")) = perf_tid(&head[tok_at..]) {
-                let name = head[..tok_at].trim();
-                comm = (!name.is_empty()).then_some(name);
-                pid = tid;
-                rest = &line[cpu_at..];
-            }
+    let fixed = (b.len() > 18 && b[16] == b' ')
+        .then(|| perf_tid(skip_spaces(&line[17..])))
+        .flatten()
+        .map(|(tid, after)| (tid, skip_spaces(after)))
+        .filter(|(_, after)| after.starts_with('[') || timestamp(after).is_some());
+    if let Some((tid, after)) = fixed {
+        comm = Some(line[..16].trim_start());
+        pid = tid;
+        rest = after;
+    } else if let Some(cpu_at) = find_cpu_field(line) {
+        // Fallback: the tid is the last token before the CPU field.
+        let head = line[..cpu_at].trim_end();
+        let tok_at = head.rfind(' ').map_or(0, |at| at + 1);
+        if let Some((tid, "")) = perf_tid(&head[tok_at..]) {
+            let name = head[..tok_at].trim();
+            comm = (!name.is_empty()).then_some(name);
+            pid = tid;
+            rest = &line[cpu_at..];
         }
     }
     rest = skip_spaces(rest);
@@ -399,10 +407,8 @@ fn perf_tid(s: &str) -> Option<(i32, &str)> {
 /// after the body; drop it.
 fn strip_ip_sym(body: &str) -> &str {
     let mut s = body;
-    if s.ends_with(')') {
-        if let Some(open) = s.rfind(" (") {
-            s = &s[..open];
-        }
+    if let Some(open) = s.rfind(" (").filter(|_| s.ends_with(')')) {
+        s = &s[..open];
     }
     let Some(sym_at) = s.rfind(' ') else { return body };
     let head = &s[..sym_at];
@@ -460,9 +466,7 @@ mod tests {
 
     #[test]
     fn ftrace_columns_with_a_comm_full_of_spaces_dashes_and_digits() {
-        let p = event(
-            "   qemu vcpu-0 x-15045   [001] d..1.   511.173882: kvm_fpu: load",
-        );
+        let p = event("   qemu vcpu-0 x-15045   [001] d..1.   511.173882: kvm_fpu: load");
         assert_eq!(p.comm, Some("qemu vcpu-0 x"));
         assert_eq!((p.pid, p.cpu, p.ts.value, p.ts.ns), (15045, 1, 511_173_882_000, true));
         assert_eq!((p.name, p.body), ("kvm_fpu", "load"));
@@ -499,14 +503,20 @@ mod tests {
         let p = event("   qemu vcpu-0 x-17796 [001]   665.844340136: kvm_fpu: load");
         assert_eq!(p.ts.value, 665_844_340_136);
         let p = event("qemu vcp-17796   1d..1.   665.844340136: kvm_fpu:              load");
-        assert_eq!((p.comm, p.pid, p.cpu, p.ts.value), (Some("qemu vcp"), 17796, 1, 665_844_340_136));
+        assert_eq!(
+            (p.comm, p.pid, p.cpu, p.ts.value),
+            (Some("qemu vcp"), 17796, 1, 665_844_340_136)
+        );
     }
 
     #[test]
     fn perf_variants() {
         let p = event("   qemu vcpu-0 x 19254 [001]   759.455910:        kvm:kvm_fpu: load");
         assert_eq!((p.comm, p.pid, p.cpu), (Some("qemu vcpu-0 x"), 19254, 1));
-        assert_eq!((p.name, p.body, p.format), ("kvm:kvm_fpu", "load", InputFormat::PerfScriptText));
+        assert_eq!(
+            (p.name, p.body, p.format),
+            ("kvm:kvm_fpu", "load", InputFormat::PerfScriptText)
+        );
         let p = event("   qemu vcpu-0 x 19254/19255 [001]   759.455910010: kvm:kvm_fpu: load");
         assert_eq!((p.pid, p.ts.value), (19255, 759_455_910_010));
         let p = event("  759.455910:        kvm:kvm_fpu: load");
@@ -528,8 +538,14 @@ mod tests {
             classify("CPU:1 [LOST 330608 EVENTS]", &mut l),
             LineKind::Lost { cpu: 1, count: Some(330_608) }
         );
-        assert_eq!(classify("CPU:0 [12 EVENTS DROPPED]", &mut l), LineKind::Lost { cpu: 0, count: Some(12) });
-        assert_eq!(classify("CPU:3 [EVENTS DROPPED]", &mut l), LineKind::Lost { cpu: 3, count: None });
+        assert_eq!(
+            classify("CPU:0 [12 EVENTS DROPPED]", &mut l),
+            LineKind::Lost { cpu: 0, count: Some(12) }
+        );
+        assert_eq!(
+            classify("CPU:3 [EVENTS DROPPED]", &mut l),
+            LineKind::Lost { cpu: 3, count: None }
+        );
         assert_eq!(
             classify("cpus=2", &mut l),
             LineKind::Header { cpus: Some(2), format: Some(InputFormat::TraceCmdText) }
@@ -551,6 +567,9 @@ mod tests {
             classify("15045 1 511173882349 type: 82", &mut l),
             LineKind::RawType { pid: 15045, cpu: 1, ts: 511_173_882_349, type_id: 82 }
         );
-        assert!(matches!(classify("hello world", &mut l), LineKind::Bad(TextError::UnrecognizedLine { .. })));
+        assert!(matches!(
+            classify("hello world", &mut l),
+            LineKind::Bad(TextError::UnrecognizedLine { .. })
+        ));
     }
 }
