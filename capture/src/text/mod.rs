@@ -16,9 +16,10 @@
 //!
 //! # What each line becomes
 //!
-//! - **Event lines** (every column layout of [`prefix`](self) — ftrace with or without
-//!   irq-info and record-tgid, trace-cmd default / `-l` / `-t` / `--ts-diff` / `-R` / `-N`,
-//!   perf script default / `--ns` / `pid/tid` / minimal / ip,sym): the body is turned into
+//! - **Event lines** (every column layout: ftrace with or without irq-info and record-tgid,
+//!   trace-cmd default / `-l` / `-t` / `--ts-diff` / `-R` / `-N`, perf script default / `--ns`
+//!   / `pid/tid` (5 or 7 wide) / minimal / ip,sym; comms are found by column, never by
+//!   splitting on whitespace, so `qemu vcpu-0 x` or `CPU 0/KVM` are kept whole): the body is turned into
 //!   fields with the kernel's field names and the typed [`crate::EventKind`] is built by
 //!   [`crate::KnownEvent::decode`]; every print-format generation of the typed events is
 //!   understood, and trace-cmd's kvm plugin renderings too (see `body.rs`). Other tracepoints
@@ -117,11 +118,14 @@ struct State {
     format_from_header: bool,
     clock_known: bool,
     buf: FieldBuf,
-    events: FxMap<Box<str>, EventInfo>,
+    /// Printed event name → index in `infos`.
+    events: FxMap<Box<str>, usize>,
+    infos: Vec<EventInfo>,
     field_names: FxMap<Box<str>, Arc<str>>,
     comms: FxMap<i32, Comm>,
     queue: VecDeque<Event>,
     pending_lost: Vec<(u32, Option<u64>)>,
+    /// Last timestamp per CPU (for lost markers at the end of the input).
     last_ts: FxMap<u32, u64>,
 }
 
@@ -153,6 +157,7 @@ impl<R: BufRead> TextReader<R> {
                 clock_known: false,
                 buf: FieldBuf::default(),
                 events: FxMap::default(),
+                infos: Vec::new(),
                 field_names: FxMap::default(),
                 comms: FxMap::default(),
                 queue: VecDeque::new(),
@@ -187,11 +192,8 @@ impl<R: BufRead> TextReader<R> {
                 LineKind::Lost { .. } | LineKind::Bad(_) => {}
             }
         }
-        // The first real line re-decides; the sniff only fills the meta early.
+        // The first real event re-decides the clock; the sniff only fills the meta early.
         self.st.clock_known = false;
-        if !self.st.format_from_header {
-            self.st.layout = Layout::default();
-        }
     }
 
     fn step(&mut self) -> Result<(), ReadError> {
@@ -262,7 +264,8 @@ impl State {
             }
             LineKind::RawType { pid, cpu, ts, type_id } => {
                 self.first_event(InputFormat::FtraceText, false);
-                let info = self.event_info(&format!("type_{type_id}"));
+                let at = self.event_info(&format!("type_{type_id}"));
+                let info = self.infos[at].clone();
                 *self.stats.unknown_events.entry(format!("type {type_id}")).or_default() += 1;
                 let mut fields = Fields::new();
                 fields.push(self.field_name("common_type"), FieldValue::U64(u64::from(type_id)));
@@ -284,16 +287,17 @@ impl State {
 
     fn event(&mut self, p: &Prefix<'_>) -> Result<Event, ReadErrorKind> {
         self.first_event(p.format, p.ts.ns);
-        let info = self.event_info(p.name);
+        let info_at = self.event_info(p.name);
         let comm = p.comm.map(|c| self.comm(p.pid, c));
         self.buf.clear();
-        let kind = match info.known {
+        let kind = match self.infos[info_at].known {
             Some(known) => match body::parse_known(known, p.body, &mut self.buf) {
                 Ok(Parsed::Fields) => known.decode(&View { body: p.body, buf: &self.buf })?,
                 Ok(Parsed::Incomplete(why)) => {
+                    let info = &self.infos[info_at];
                     let key = format!("{}:{} ({why})", info.system, info.name);
                     *self.stats.unknown_events.entry(key).or_default() += 1;
-                    self.other(&info, p.body)
+                    self.other(info_at, p.body)
                 }
                 Err(expected) => {
                     return Err(TextError::Body {
@@ -308,13 +312,13 @@ impl State {
                 if !body::parse_other(p.body, &mut self.buf) {
                     self.buf.clear();
                 }
-                self.other(&info, p.body)
+                self.other(info_at, p.body)
             }
         };
         Ok(Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, comm, kind })
     }
 
-    fn other(&mut self, info: &EventInfo, body: &str) -> EventKind {
+    fn other(&mut self, info_at: usize, body: &str) -> EventKind {
         let mut fields = Fields(Vec::with_capacity(self.buf.items.len().max(1)));
         if self.buf.items.is_empty() {
             fields.push(self.field_name("text"), FieldValue::Str(body.into()));
@@ -333,6 +337,7 @@ impl State {
                 fields.push(name, view.value(*v));
             }
         }
+        let info = &self.infos[info_at];
         EventKind::Other(Box::new(OtherEvent {
             system: Arc::clone(&info.system),
             name: Arc::clone(&info.name),
@@ -349,9 +354,10 @@ impl State {
         a
     }
 
-    fn event_info(&mut self, printed: &str) -> EventInfo {
-        if let Some(info) = self.events.get(printed) {
-            return info.clone();
+    /// The index in `infos` of the event printed as `printed`.
+    fn event_info(&mut self, printed: &str) -> usize {
+        if let Some(&at) = self.events.get(printed) {
+            return at;
         }
         let (system, name) = printed.split_once(':').unwrap_or(("", printed));
         let known = KnownEvent::lookup(system, name);
@@ -361,9 +367,9 @@ impl State {
             }
             (s, _) => s,
         };
-        let info = EventInfo { system: system.into(), name: name.into(), known };
-        self.events.insert(printed.into(), info.clone());
-        info
+        self.infos.push(EventInfo { system: system.into(), name: name.into(), known });
+        self.events.insert(printed.into(), self.infos.len() - 1);
+        self.infos.len() - 1
     }
 
     fn comm(&mut self, pid: i32, comm: &str) -> Comm {
@@ -390,7 +396,12 @@ impl State {
                 }
             }
         }
-        self.last_ts.insert(event.cpu, event.ts);
+        match self.last_ts.get_mut(&event.cpu) {
+            Some(ts) => *ts = event.ts,
+            None => {
+                self.last_ts.insert(event.cpu, event.ts);
+            }
+        }
         self.queue.push_back(event);
     }
 
