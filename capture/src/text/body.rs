@@ -759,14 +759,23 @@ fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
         out.u64("flags", flags);
         (rest[..open].trim(), failed)
     };
-    let is_bytes = bytes.split(' ').all(|t| t.len() == 2 && hex_digits(t).is_some());
-    if is_bytes && !bytes.is_empty() {
-        let n = bytes.split(' ').count();
+    // `ff c0 e6`: two hex digits per byte, one space between bytes.
+    let b = bytes.as_bytes();
+    let is_bytes = (b.len() + 1) % 3 == 0
+        && b.chunks(3).all(|c| {
+            c[0].is_ascii_hexdigit()
+                && c[1].is_ascii_hexdigit()
+                && c.get(2).is_none_or(|&s| s == b' ')
+        });
+    if is_bytes && !b.is_empty() {
+        let n = (b.len() + 1) / 3;
         out.u64("len", u64::try_from(n).ok()?);
-        out.bytes(
-            Name::Static("insn"),
-            bytes.split(' ').filter_map(|t| hex_digits(t).and_then(|v| u8::try_from(v).ok())),
-        );
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c.wrapping_sub(b'A').wrapping_add(10) & 0xf,
+        };
+        out.bytes(Name::Static("insn"), b.chunks(3).map(|c| (nibble(c[0]) << 4) | nibble(c[1])));
     } else if bytes.is_empty() {
         out.u64("len", 0);
     }

@@ -85,18 +85,33 @@ struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.add(u64::from_le_bytes(w));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
     }
     fn write_i32(&mut self, v: i32) {
         self.write(&v.to_le_bytes());
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -123,10 +138,14 @@ struct State {
     infos: Vec<EventInfo>,
     field_names: FxMap<Box<str>, Arc<str>>,
     comms: FxMap<i32, Comm>,
+    last_comm: Option<(i32, Comm)>,
+    /// Events waiting to be yielded, in order (lost markers and the event that follows them).
     queue: VecDeque<Event>,
     pending_lost: Vec<(u32, Option<u64>)>,
     /// Last timestamp per CPU (for lost markers at the end of the input).
     last_ts: FxMap<u32, u64>,
+    /// The same for CPUs below 1024.
+    last_ts_small: Vec<Option<u64>>,
 }
 
 /// Reads ftrace / `trace-cmd report` / `perf script` text; see the [module docs](self).
@@ -160,9 +179,11 @@ impl<R: BufRead> TextReader<R> {
                 infos: Vec::new(),
                 field_names: FxMap::default(),
                 comms: FxMap::default(),
+                last_comm: None,
                 queue: VecDeque::new(),
                 pending_lost: Vec::new(),
                 last_ts: FxMap::default(),
+                last_ts_small: Vec::new(),
             },
             line_no: 0,
             done: false,
@@ -196,13 +217,14 @@ impl<R: BufRead> TextReader<R> {
         self.st.clock_known = false;
     }
 
-    fn step(&mut self) -> Result<(), ReadError> {
+    /// Reads one line; returns the event to yield now, if any (others wait in the queue).
+    fn step(&mut self) -> Result<Option<Event>, ReadError> {
         let line = match self.lines.next_line() {
             Ok(Some(line)) => line,
             Ok(None) => {
                 self.st.flush_lost_at_end();
                 self.done = true;
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
                 self.done = true;
@@ -250,11 +272,17 @@ impl State {
         }
     }
 
-    fn line(&mut self, bytes: &[u8]) -> Result<(), ReadErrorKind> {
-        let text = String::from_utf8_lossy(bytes);
-        let text: &str = match &text {
-            Cow::Borrowed(s) => s,
-            Cow::Owned(s) => s,
+    fn line(&mut self, bytes: &[u8]) -> Result<Option<Event>, ReadErrorKind> {
+        let lossy;
+        let text: &str = match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(bytes);
+                match &lossy {
+                    Cow::Borrowed(s) => s,
+                    Cow::Owned(s) => s,
+                }
+            }
         };
         match prefix::classify(text, &mut self.layout) {
             LineKind::Header { cpus, format } => self.header(cpus, format),
@@ -274,15 +302,15 @@ impl State {
                     name: info.name,
                     fields,
                 }));
-                self.emit(Event { ts, cpu, pid, comm: None, kind });
+                return Ok(self.emit(Event { ts, cpu, pid, comm: None, kind }));
             }
             LineKind::Event(p) => {
                 let event = self.event(&p)?;
-                self.emit(event);
+                return Ok(self.emit(event));
             }
             LineKind::Bad(e) => return Err(e.into()),
         }
-        Ok(())
+        Ok(None)
     }
 
     fn event(&mut self, p: &Prefix<'_>) -> Result<Event, ReadErrorKind> {
@@ -373,6 +401,17 @@ impl State {
     }
 
     fn comm(&mut self, pid: i32, comm: &str) -> Comm {
+        if let Some((last_pid, last)) = &self.last_comm {
+            if *last_pid == pid && &**last == comm {
+                return Arc::clone(last);
+            }
+        }
+        let c = self.comm_slow(pid, comm);
+        self.last_comm = Some((pid, Arc::clone(&c)));
+        c
+    }
+
+    fn comm_slow(&mut self, pid: i32, comm: &str) -> Comm {
         match self.comms.get(&pid) {
             Some(c) if &**c == comm => Arc::clone(c),
             _ => {
@@ -383,7 +422,8 @@ impl State {
         }
     }
 
-    fn emit(&mut self, event: Event) {
+    /// Returns the event when it can be yielded at once, else queues it behind lost markers.
+    fn emit(&mut self, event: Event) -> Option<Event> {
         if !self.pending_lost.is_empty() {
             let (cpu, ts) = (event.cpu, event.ts);
             let mut i = 0;
@@ -396,18 +436,32 @@ impl State {
                 }
             }
         }
-        match self.last_ts.get_mut(&event.cpu) {
-            Some(ts) => *ts = event.ts,
+        self.note_ts(event.cpu, event.ts);
+        if self.queue.is_empty() {
+            Some(event)
+        } else {
+            self.queue.push_back(event);
+            None
+        }
+    }
+
+    fn note_ts(&mut self, cpu: u32, ts: u64) {
+        match self.last_ts_small.get_mut(cpu as usize) {
+            Some(slot) => *slot = Some(ts),
+            None if (cpu as usize) < 1024 => {
+                self.last_ts_small.resize(cpu as usize + 1, None);
+                self.last_ts_small[cpu as usize] = Some(ts);
+            }
             None => {
-                self.last_ts.insert(event.cpu, event.ts);
+                self.last_ts.insert(cpu, ts);
             }
         }
-        self.queue.push_back(event);
     }
 
     fn flush_lost_at_end(&mut self) {
         for (cpu, count) in std::mem::take(&mut self.pending_lost) {
-            let ts = self.last_ts.get(&cpu).copied().unwrap_or(0);
+            let small = self.last_ts_small.get(cpu as usize).copied().flatten();
+            let ts = small.or_else(|| self.last_ts.get(&cpu).copied()).unwrap_or(0);
             self.queue.push_back(lost(cpu, ts, count));
         }
     }
@@ -429,13 +483,20 @@ impl<R: BufRead> Iterator for TextReader<R> {
             if self.done {
                 return None;
             }
-            if let Err(e) = self.step() {
-                let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
-                if self.st.opts.permissive && recoverable {
-                    self.st.stats.note_skipped(e);
-                } else {
-                    self.done = true;
-                    return Some(Err(e));
+            match self.step() {
+                Ok(Some(event)) => {
+                    self.st.stats.events += 1;
+                    return Some(Ok(event));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
+                    if self.st.opts.permissive && recoverable {
+                        self.st.stats.note_skipped(e);
+                    } else {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
                 }
             }
         }

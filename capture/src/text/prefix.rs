@@ -177,15 +177,25 @@ fn lost_marker(line: &str) -> Option<LineKind<'_>> {
 
 /// Splits leading ASCII digits off `s` and parses them.
 fn split_digits(s: &str) -> Option<(u64, &str)> {
-    let end = s.bytes().position(|c| !c.is_ascii_digit()).unwrap_or(s.len());
-    if end == 0 || end > 19 {
+    let b = s.as_bytes();
+    let mut value: u64 = 0;
+    let mut end = 0;
+    while end < b.len() && b[end].is_ascii_digit() {
+        if end == 19 {
+            return None;
+        }
+        value = value * 10 + u64::from(b[end] - b'0');
+        end += 1;
+    }
+    if end == 0 {
         return None;
     }
-    Some((s[..end].parse().ok()?, &s[end..]))
+    Some((value, &s[end..]))
 }
 
 fn skip_spaces(s: &str) -> &str {
-    s.trim_start_matches(' ')
+    let n = s.bytes().take_while(|&c| c == b' ').count();
+    &s[n..]
 }
 
 /// `[NNN]` at the start of `s`.
@@ -222,10 +232,19 @@ fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
         let close = s.find(')')?;
         s = skip_spaces(&s[close + 1..]);
     }
-    let (name, body) = match s.find(": ") {
-        Some(at) => (&s[..at], &s[at + 2..]),
-        None => (s.strip_suffix(':')?, ""),
-    };
+    // The name ends at the first `: ` (perf names hold a `:` of their own, not followed by a
+    // space), or at a `:` ending the line.
+    let b = s.as_bytes();
+    let mut at = None;
+    for colon in memchr::memchr_iter(b':', b) {
+        if b.get(colon + 1).is_none_or(|&c| c == b' ') {
+            at = Some(colon);
+            break;
+        }
+    }
+    let at = at?;
+    let name = &s[..at];
+    let body = s.get(at + 2..).unwrap_or("");
     let valid = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || (with_system && c == b':');
     if name.is_empty() || !name.bytes().all(valid) {
         return None;
@@ -233,7 +252,7 @@ fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
     if with_system && !name.contains(':') {
         return None;
     }
-    Some((name, body.trim()))
+    Some((name, body.trim_ascii()))
 }
 
 /// ftrace `trace`/`trace_pipe` and `trace-cmd report` (default, -t, --ts-diff).
