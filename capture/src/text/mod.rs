@@ -115,6 +115,17 @@ impl FxHasher {
     }
 }
 
+const NAME_CACHE: usize = 64;
+
+/// The cache slot of an event name: its length and last bytes, mixed.
+fn name_slot(name: &[u8]) -> usize {
+    let mut tail = [0u8; 8];
+    let n = name.len().min(8);
+    tail[..n].copy_from_slice(&name[name.len() - n..]);
+    let mixed = (u64::from_le_bytes(tail) ^ name.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 58) as usize % NAME_CACHE
+}
+
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 #[derive(Clone)]
@@ -136,6 +147,7 @@ struct State {
     /// Printed event name → index in `infos`.
     events: FxMap<Box<str>, usize>,
     infos: Vec<EventInfo>,
+    name_cache: Vec<Option<(Box<str>, usize)>>,
     field_names: FxMap<Box<str>, Arc<str>>,
     comms: FxMap<i32, Comm>,
     last_comm: Option<(i32, Comm)>,
@@ -177,6 +189,7 @@ impl<R: BufRead> TextReader<R> {
                 buf: FieldBuf::default(),
                 events: FxMap::default(),
                 infos: Vec::new(),
+                name_cache: vec![None; NAME_CACHE],
                 field_names: FxMap::default(),
                 comms: FxMap::default(),
                 last_comm: None,
@@ -272,6 +285,7 @@ impl State {
         }
     }
 
+    #[inline]
     fn line(&mut self, bytes: &[u8]) -> Result<Option<Event>, ReadErrorKind> {
         let lossy;
         let text: &str = match std::str::from_utf8(bytes) {
@@ -313,6 +327,7 @@ impl State {
         Ok(None)
     }
 
+    #[inline]
     fn event(&mut self, p: &Prefix<'_>) -> Result<Event, ReadErrorKind> {
         self.first_event(p.format, p.ts.ns);
         let info_at = self.event_info(p.name);
@@ -384,6 +399,19 @@ impl State {
 
     /// The index in `infos` of the event printed as `printed`.
     fn event_info(&mut self, printed: &str) -> usize {
+        // A direct-mapped cache in front of the map: a trace uses a handful of events.
+        let slot = name_slot(printed.as_bytes());
+        if let Some((name, at)) = &self.name_cache[slot]
+            && **name == *printed
+        {
+            return *at;
+        }
+        let at = self.event_info_slow(printed);
+        self.name_cache[slot] = Some((printed.into(), at));
+        at
+    }
+
+    fn event_info_slow(&mut self, printed: &str) -> usize {
         if let Some(&at) = self.events.get(printed) {
             return at;
         }
@@ -401,10 +429,11 @@ impl State {
     }
 
     fn comm(&mut self, pid: i32, comm: &str) -> Comm {
-        if let Some((last_pid, last)) = &self.last_comm {
-            if *last_pid == pid && &**last == comm {
-                return Arc::clone(last);
-            }
+        if let Some((last_pid, last)) = &self.last_comm
+            && *last_pid == pid
+            && &**last == comm
+        {
+            return Arc::clone(last);
         }
         let c = self.comm_slow(pid, comm);
         self.last_comm = Some((pid, Arc::clone(&c)));
@@ -423,6 +452,7 @@ impl State {
     }
 
     /// Returns the event when it can be yielded at once, else queues it behind lost markers.
+    #[inline]
     fn emit(&mut self, event: Event) -> Option<Event> {
         if !self.pending_lost.is_empty() {
             let (cpu, ts) = (event.cpu, event.ts);
