@@ -117,6 +117,12 @@ impl FxHasher {
 
 const NAME_CACHE: usize = 64;
 
+/// String equality for short strings, inlined instead of a call to `memcmp`.
+#[inline]
+fn eq_short(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// The cache slot of an event name: its length and last bytes, mixed.
 fn name_slot(name: &[u8]) -> usize {
     let mut tail = [0u8; 8];
@@ -402,7 +408,7 @@ impl State {
         // A direct-mapped cache in front of the map: a trace uses a handful of events.
         let slot = name_slot(printed.as_bytes());
         if let Some((name, at)) = &self.name_cache[slot]
-            && **name == *printed
+            && eq_short(name, printed)
         {
             return *at;
         }
@@ -431,7 +437,7 @@ impl State {
     fn comm(&mut self, pid: i32, comm: &str) -> Comm {
         if let Some((last_pid, last)) = &self.last_comm
             && *last_pid == pid
-            && &**last == comm
+            && eq_short(last, comm)
         {
             return Arc::clone(last);
         }
