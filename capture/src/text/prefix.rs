@@ -13,10 +13,10 @@
 //!
 //! A comm may hold spaces, dashes, digits and brackets (`qemu vcpu-0 x`, `CPU 0/KVM`,
 //! `kworker/1:1`), so the comm is never found by splitting on whitespace: it is the 16 (or 8)
-//! columns before the `-pid` / ` pid` separator, whose position is fixed by the printf width.
-//! Only when that column does not hold the separator (a wider pid pushes nothing left, so this
-//! means a foreign layout) does the parser fall back to anchoring on the first `[NNN]` CPU field
-//! and taking the pid as the last `-<digits>` (or the last token, for perf) before it.
+//! columns before the `-pid` / ` pid` separator, whose position is fixed by the printf width
+//! (a wider pid only grows to the right). Only when that column does not hold the separator
+//! does the parser fall back to anchoring on the first ` [NNN]` CPU field and taking the pid as
+//! the last `-<digits>` (or the last token, for perf) before it.
 
 use crate::reader::InputFormat;
 
