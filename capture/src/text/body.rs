@@ -952,6 +952,6 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
             out.u64("gfn", g);
             Some(Parsed::Fields)
         }
-        None => Some(Parsed::Incomplete("the text has no gfn (trace-cmd kvm plugin rendering)")),
+        None => Some(Parsed::Incomplete("no gfn in trace-cmd's kvm plugin rendering")),
     }
 }

@@ -45,6 +45,7 @@
 //!   `common_type`, and counted in [`ReadStats::unknown_events`] (the id → name mapping is in
 //!   the tracefs `format` files, not in the text).
 //! - Layouts without a pid (perf script minimal) give pid −1; without a CPU, CPU 0.
+//!   `trace-cmd report -l` cuts comms to 8 characters; they are kept as printed.
 //!
 //! Known losses of the renderings themselves (the text cannot say more): trace-cmd's plugin
 //! prints `kvm_emulate_insn` without its mode (`flags` decodes as 0), and
