@@ -19,7 +19,7 @@ use crate::codes::{
 };
 use crate::event::KnownEvent;
 
-use super::fields::{FieldBuf, Name, Val, span};
+use super::fields::{FieldBuf, Name, Val, eq_short, span};
 
 /// What a body yielded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,11 +304,20 @@ fn hex_digits(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let s = s.trim_start_matches('0');
-    if s.len() > 16 {
+    let zeros = s.bytes().take_while(|&c| c == b'0').count();
+    if s.len() - zeros > 16 {
         return None;
     }
-    if s.is_empty() { Some(0) } else { u64::from_str_radix(s, 16).ok() }
+    let mut value = 0u64;
+    for c in s.bytes() {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
+        value = (value << 4) | u64::from(digit);
+    }
+    Some(value)
 }
 
 /// Hex with an optional `0x`.
@@ -337,7 +346,12 @@ fn radix(r: Radix, s: &str) -> Option<u64> {
 }
 
 fn token_label(tok: &str) -> &str {
-    tok.trim_end_matches([':', ','])
+    let b = tok.as_bytes();
+    let mut end = b.len();
+    while end > 0 && (b[end - 1] == b':' || b[end - 1] == b',') {
+        end -= 1;
+    }
+    &tok[..end]
 }
 
 /// `label value label value ...`: every label of `spec` found is read; other tokens are
@@ -347,8 +361,8 @@ fn labels(body: &str, out: &mut FieldBuf, spec: &[(&str, &'static str, Radix)]) 
     let mut found = false;
     while let Some(tok) = it.next() {
         let label = token_label(tok);
-        if let Some(&(_, field, r)) = spec.iter().find(|(l, _, _)| *l == label) {
-            let v = it.next().map(|t| t.trim_end_matches(','))?;
+        if let Some(&(_, field, r)) = spec.iter().find(|(l, _, _)| eq_short(l, label)) {
+            let v = it.next().map(token_label)?;
             out.u64(field, radix(r, v)?);
             found = true;
         }

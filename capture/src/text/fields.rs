@@ -62,6 +62,13 @@ impl FieldBuf {
     }
 }
 
+/// String equality for short strings (names, tokens): an inlined byte loop instead of a call
+/// to `memcmp`.
+#[inline]
+pub(crate) fn eq_short(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// The byte span of `part` inside `whole` (`part` must be a subslice of `whole`).
 pub(crate) fn span(whole: &str, part: &str) -> Option<(u32, u32)> {
     let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;

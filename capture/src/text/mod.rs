@@ -75,7 +75,7 @@ use crate::reader::{
 pub use error::{Snippet, TextError};
 
 use body::Parsed;
-use fields::{FieldBuf, View};
+use fields::{FieldBuf, View, eq_short};
 use lines::{Line, LineReader};
 use prefix::{Layout, LineKind, Prefix};
 
@@ -118,12 +118,6 @@ impl FxHasher {
 
 const NAME_CACHE: usize = 64;
 
-/// String equality for short strings, inlined instead of a call to `memcmp`.
-#[inline]
-fn eq_short(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
-}
-
 /// The cache slot of an event name: its length and last bytes, mixed.
 fn name_slot(name: &[u8]) -> usize {
     let mut tail = [0u8; 8];
@@ -158,6 +152,8 @@ struct State {
     field_names: FxMap<Box<str>, Arc<str>>,
     comms: FxMap<i32, Comm>,
     last_comm: Option<(i32, Comm)>,
+    /// The name of the field holding an unparsed body.
+    text_name: Arc<str>,
     /// Events waiting to be yielded, in order (lost markers and the event that follows them).
     queue: VecDeque<Event>,
     pending_lost: Vec<(u32, Option<u64>)>,
@@ -200,6 +196,7 @@ impl<R: BufRead> TextReader<R> {
                 field_names: FxMap::default(),
                 comms: FxMap::default(),
                 last_comm: None,
+                text_name: "text".into(),
                 queue: VecDeque::new(),
                 pending_lost: Vec::new(),
                 last_ts: FxMap::default(),
@@ -371,7 +368,8 @@ impl State {
     fn other(&mut self, info_at: usize, body: &str) -> EventKind {
         let mut fields = Fields(Vec::with_capacity(self.buf.items.len().max(1)));
         if self.buf.items.is_empty() {
-            fields.push(self.field_name("text"), FieldValue::Str(body.into()));
+            let text = Arc::clone(&self.text_name);
+            fields.push(text, FieldValue::Str(body.into()));
         } else {
             let view = View { body, buf: &self.buf };
             for (n, v) in &self.buf.items {
