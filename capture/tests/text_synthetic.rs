@@ -630,3 +630,24 @@ this is not a trace line
     assert!(matches!(&r.stats().problems[1].kind, ReadErrorKind::Text(_)));
     assert!(r.stats().problems[1].to_string().contains("Cannot read the kvm_cr text"));
 }
+
+#[test]
+fn memory_stays_bounded_on_hostile_inputs_without_losing_anything() {
+    // 3000 markers for a CPU that never shows up again, then 5000 distinct event names.
+    let mut text = String::from("            a-1     [009]   1.000000: kvm_fpu: load\n");
+    for _ in 0..3000 {
+        text.push_str("CPU:7 [LOST 2 EVENTS]\n");
+    }
+    for i in 0..5000 {
+        text.push_str(&format!("            a-1     [000]   2.{i:06}: ev_{i}: x=1\n"));
+    }
+    let (events, r) = read(&text, ReadOptions::default());
+    let events: Vec<Event> = events.into_iter().map(Result::unwrap).collect();
+    let lost = events.iter().filter(|e| e.kind == EventKind::Lost { count: Some(2) }).count();
+    assert_eq!(lost, 3000);
+    assert_eq!(r.stats().lost_total(), (6000, false));
+    let named: Vec<_> = events.iter().filter(|e| e.name().starts_with("ev_")).collect();
+    assert_eq!(named.len(), 5000);
+    assert!(named.iter().enumerate().all(|(i, e)| e.name() == format!("ev_{i}")));
+    assert_eq!(r.stats().events, 1 + 3000 + 5000);
+}

@@ -33,7 +33,8 @@
 //!   yielded as [`crate::EventKind::Lost`] on that CPU **immediately before the next event of
 //!   that CPU, with that event's timestamp** (the loss happened before it; this keeps the stream
 //!   time-ordered). A marker with no later event on its CPU is yielded at the end of the input
-//!   with the CPU's last timestamp (0 if it had none). Lost events have pid −1 and no comm.
+//!   with the CPU's last timestamp (0 if it had none); so is the oldest of more than 1024
+//!   markers still waiting. Lost events have pid −1 and no comm.
 //! - **Headers** (`# ...`, `cpus=2` → [`TraceMeta::cpus`], `#P:2`, `version = 6`,
 //!   `CPU 0 is empty`, blank lines) are skipped.
 //! - **Refused, with an explanation** ([`TextError`]): ftrace text with `context-info` off
@@ -117,6 +118,13 @@ impl FxHasher {
 }
 
 const NAME_CACHE: usize = 64;
+
+/// Bounds that keep memory independent of the input, whatever it holds: distinct event and
+/// field names (and CPUs ≥ 1024) interned, distinct pids remembered, lost markers waiting for
+/// their CPU's next event.
+const MAX_INTERNED: usize = 4096;
+const MAX_COMMS: usize = 65_536;
+const MAX_PENDING_LOST: usize = 1024;
 
 /// The cache slot of an event name: its length and last bytes, mixed.
 fn name_slot(name: &[u8]) -> usize {
@@ -306,6 +314,12 @@ impl State {
             LineKind::Header { cpus, format } => self.header(cpus, format),
             LineKind::Lost { cpu, count } => {
                 self.stats.note_lost(cpu, count);
+                if self.pending_lost.len() >= MAX_PENDING_LOST {
+                    // Markers whose CPU never shows up again: yield the oldest now.
+                    let (old_cpu, old_count) = self.pending_lost.remove(0);
+                    let ts = self.cpu_last_ts(old_cpu);
+                    self.queue.push_back(lost(old_cpu, ts, old_count));
+                }
                 self.pending_lost.push((cpu, count));
             }
             LineKind::RawType { pid, cpu, ts, type_id } => {
@@ -377,6 +391,9 @@ impl State {
                 let name = match self.field_names.get(name) {
                     Some(a) => Arc::clone(a),
                     None => {
+                        if self.field_names.len() >= MAX_INTERNED {
+                            self.field_names.clear();
+                        }
                         let a: Arc<str> = name.into();
                         self.field_names.insert(name.into(), Arc::clone(&a));
                         a
@@ -428,6 +445,12 @@ impl State {
             }
             (s, _) => s,
         };
+        if self.infos.len() >= MAX_INTERNED {
+            // Interning is a cache: forget it rather than grow with a hostile input.
+            self.events.clear();
+            self.infos.clear();
+            self.name_cache.iter_mut().for_each(|slot| *slot = None);
+        }
         self.infos.push(EventInfo { system: system.into(), name: name.into(), known });
         self.events.insert(printed.into(), self.infos.len() - 1);
         self.infos.len() - 1
@@ -449,6 +472,9 @@ impl State {
         match self.comms.get(&pid) {
             Some(c) if &**c == comm => Arc::clone(c),
             _ => {
+                if self.comms.len() >= MAX_COMMS {
+                    self.comms.clear();
+                }
                 let c: Comm = comm.into();
                 self.comms.insert(pid, Arc::clone(&c));
                 c
@@ -487,16 +513,22 @@ impl State {
                 self.last_ts_small.resize(cpu as usize + 1, None);
                 self.last_ts_small[cpu as usize] = Some(ts);
             }
-            None => {
+            None if self.last_ts.len() < MAX_INTERNED || self.last_ts.contains_key(&cpu) => {
                 self.last_ts.insert(cpu, ts);
             }
+            None => {}
         }
+    }
+
+    /// The last timestamp seen on `cpu` (0 if none is known).
+    fn cpu_last_ts(&self, cpu: u32) -> u64 {
+        let small = self.last_ts_small.get(cpu as usize).copied().flatten();
+        small.or_else(|| self.last_ts.get(&cpu).copied()).unwrap_or(0)
     }
 
     fn flush_lost_at_end(&mut self) {
         for (cpu, count) in std::mem::take(&mut self.pending_lost) {
-            let small = self.last_ts_small.get(cpu as usize).copied().flatten();
-            let ts = small.or_else(|| self.last_ts.get(&cpu).copied()).unwrap_or(0);
+            let ts = self.cpu_last_ts(cpu);
             self.queue.push_back(lost(cpu, ts, count));
         }
     }
