@@ -352,7 +352,20 @@ fn refused_layouts_explain_themselves_with_the_line_number() {
 }
 
 #[test]
-fn capture_open_reads_text_files() {
+fn capture_open_reads_text_files_and_knows_the_format_before_the_first_event() {
+    for (name, format, clock, cpus) in [
+        ("ps_default.txt", InputFormat::PerfScriptText, Clock::Nanoseconds, None),
+        ("text_clock_counter.txt", InputFormat::FtraceText, Clock::Raw, Some(2)),
+        ("tc_reportl.txt", InputFormat::TraceCmdText, Clock::Nanoseconds, Some(2)),
+    ] {
+        let r = vmxray_capture::open(&sample(name), ReadOptions::default()).unwrap();
+        assert_eq!(
+            (r.meta().format, &r.meta().clock, r.meta().cpus),
+            (format, &clock, cpus),
+            "{name}"
+        );
+        assert!(r.meta().input.ends_with(name));
+    }
     let mut r = vmxray_capture::open(&sample("tc_report.txt"), ReadOptions::default()).unwrap();
     assert_eq!(r.meta().format, InputFormat::TraceCmdText);
     assert_eq!(r.by_ref().filter(|e| e.is_ok()).count(), 67);

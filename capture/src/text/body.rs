@@ -53,9 +53,9 @@ pub(crate) fn parse_known(
         };
     }
     let ok = match known {
-        KnownEvent::KvmExit => exit_family(known, body, out),
-        KnownEvent::KvmNestedVmexit => exit_family(known, body, out),
-        KnownEvent::KvmNestedVmexitInject => exit_family(known, body, out),
+        KnownEvent::KvmExit | KnownEvent::KvmNestedVmexit | KnownEvent::KvmNestedVmexitInject => {
+            exit_family(known, body, out)
+        }
         KnownEvent::KvmEntry => entry(body, out),
         KnownEvent::KvmCr => rw_reg(body, out, "cr_", "rw", "cr", "val", None),
         KnownEvent::KvmMsr => rw_reg(body, out, "msr_", "write", "ecx", "data", Some("exception")),
@@ -745,13 +745,13 @@ fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
     let (bytes, failed) = if rest.starts_with(' ') || rest.is_empty() {
         // Plugin rendering.
         let text = rest.trim();
-        let (text, failed) = match text.strip_suffix(" FAIL") {
-            Some(t) => (t, true),
-            None => {
-                (text.strip_suffix("FAIL").filter(|t| t.is_empty()).unwrap_or(text), text == "FAIL")
-            }
-        };
-        (text, failed)
+        if text == "FAIL" {
+            ("", true)
+        } else if let Some(t) = text.strip_suffix(" FAIL") {
+            (t, true)
+        } else {
+            (text, false)
+        }
     } else {
         let open = rest.rfind(" (").or_else(|| rest.starts_with('(').then_some(0))?;
         let after = &rest[open..].trim_start();

@@ -223,8 +223,9 @@ impl<R: BufRead> TextReader<R> {
         let Ok(head) = self.lines.peek() else { return };
         let head = String::from_utf8_lossy(head);
         let mut layout = Layout::default();
-        // The last piece may be a partial line.
-        for line in head.lines().take(64).take(head.lines().count().saturating_sub(1).max(1)) {
+        // Only complete lines (the buffer may end inside one), unless there is just one.
+        let complete = head.rfind('\n').map_or(&*head, |at| &head[..at]);
+        for line in complete.lines().take(64) {
             match prefix::classify(line, &mut layout) {
                 LineKind::Header { cpus, format } => self.st.header(cpus, format),
                 LineKind::Event(p) => {
