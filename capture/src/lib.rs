@@ -51,14 +51,15 @@ mod decode;
 pub mod event;
 pub mod fields;
 pub mod filter;
-pub mod insn;
 pub mod format;
+pub mod insn;
 mod merge;
 pub mod open;
 pub mod page;
 pub mod perfdata;
 pub mod reader;
 pub mod render;
+pub mod text;
 pub mod tracedat;
 pub mod tracefs;
 

@@ -1,7 +1,7 @@
 //! Opening any input: the format is recognized from the input itself, never from its name.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,8 +10,12 @@ use crate::reader::{
     EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, input_name,
     sniff_binary,
 };
+use crate::text::TextReader;
 use crate::tracedat::TraceDat;
 use crate::tracefs::{TracefsInput, TracefsReader};
+
+/// Buffer size for text inputs: large enough that lines rarely straddle a refill.
+const TEXT_BUFFER: usize = 256 * 1024;
 
 /// Opens a trace of any supported kind (`-` is stdin) and returns its reader.
 ///
@@ -24,9 +28,15 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
     let input = input_name(path);
     let io_err = |e| ReadError::new(&input, Location::Input, ReadErrorKind::Io(e));
     if path.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).map_err(io_err)?;
-        return open_bytes(input, bytes, opts);
+        // Binary formats need the whole input (offsets); text streams.
+        let mut stdin = BufReader::with_capacity(TEXT_BUFFER, std::io::stdin());
+        let is_binary = sniff_binary(stdin.fill_buf().map_err(io_err)?).is_some();
+        if is_binary {
+            let mut bytes = Vec::new();
+            stdin.read_to_end(&mut bytes).map_err(io_err)?;
+            return open_bytes(input, bytes, opts);
+        }
+        return Ok(Box::new(TextReader::new(input, stdin, opts)));
     }
     if path.is_dir() {
         return match TracefsInput::locate(path) {
@@ -46,7 +56,14 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
         Some(InputFormat::PerfData) => Ok(Box::new(PerfDataReader::open(path, opts)?)),
         Some(_) | None => match TracefsInput::locate(path) {
             Some(found) => Ok(Box::new(TracefsReader::open(&found, input, opts)?)),
-            None => Err(ReadError::new(&input, Location::Input, ReadErrorKind::UnknownFormat)),
+            None => {
+                let file = File::open(path).map_err(io_err)?;
+                Ok(Box::new(TextReader::new(
+                    input,
+                    BufReader::with_capacity(TEXT_BUFFER, file),
+                    opts,
+                )))
+            }
         },
     }
 }

@@ -321,6 +321,9 @@ pub enum ReadErrorKind {
     /// A perf.data file is malformed.
     #[error(transparent)]
     PerfData(#[from] crate::perfdata::PerfDataError),
+    /// A line of trace text could not be read.
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
 }
 
 /// Names an input for messages.

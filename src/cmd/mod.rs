@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 pub mod dump;
 pub mod input;
-pub mod stats;
 pub mod simulate;
+pub mod stats;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;
