@@ -19,8 +19,20 @@ SHARED=${SHARED:-/work/shared}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
+# measure STDOUT_FILE STDERR_FILE CMD...: runs CMD; prints "wall cpu" seconds (cpu = user + sys, which load from other users of
+# the machine inflates much less than wall time).
+measure() {
+    python3 - "$@" << 'PY'
+import resource, subprocess, sys, time
+out, err, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+t0 = time.monotonic()
+with open(out, "wb") as f, open(err, "wb") as e:
+    subprocess.run(cmd, stdout=f, stderr=e, check=True)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.3f}")
+PY
+}
 
 tracefs=$(awk '$3 == "tracefs" { print $2; exit }' /proc/mounts)
 if [ -z "$tracefs" ]; then
@@ -51,34 +63,31 @@ if [ ! -s "$OUT/x.dat" ] || [ "${FORCE_RECORD:-0}" = 1 ]; then
 fi
 
 echo "== trace-cmd report"
-t0=$(now)
-trace-cmd report -i "$OUT/x.dat" > "$OUT/x.txt" 2> "$OUT/report.err"
-t1=$(now)
-report_s=$(elapsed "$t0" "$t1")
+read -r report_s report_cpu < <(measure "$OUT/x.txt" "$OUT/report.err" trace-cmd report -i "$OUT/x.dat")
 bytes=$(stat -c %s "$OUT/x.txt")
 lines=$(wc -l < "$OUT/x.txt")
-echo "trace-cmd report: $report_s s, $bytes bytes, $lines lines"
+echo "trace-cmd report: $report_s s wall, $report_cpu s cpu, $bytes bytes, $lines lines"
 
 echo "== vmxray text reader (release)"
 (cd "$REPO" && cargo build --release -q -p vmxray-capture --example text_parse)
 parser="$REPO/target/release/examples/text_parse"
 "$parser" "$OUT/x.txt" > /dev/null 2> "$OUT/warmup.err" || { cat "$OUT/warmup.err"; exit 1; }
-best=""
+best=""; best_cpu=""
 for run in 1 2 3; do
-    t0=$(now)
-    "$parser" "$OUT/x.txt" 2> "$OUT/parse.err"
-    t1=$(now)
-    s=$(elapsed "$t0" "$t1")
-    echo "run $run: $s s — $(cat "$OUT/parse.err")"
+    read -r s cpu < <(measure /dev/null "$OUT/parse.err" "$parser" "$OUT/x.txt")
+    echo "run $run: $s s wall, $cpu s cpu"
     if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $s < $best else 1)"; then best=$s; fi
+    if [ -z "$best_cpu" ] || python3 -c "import sys; sys.exit(0 if $cpu < $best_cpu else 1)"; then best_cpu=$cpu; fi
 done
+cat "$OUT/parse.err"
 events=$(sed -E 's/^([0-9]+) events.*/\1/' "$OUT/parse.err")
 
-python3 - "$bytes" "$events" "$best" "$report_s" << 'PY'
+python3 - "$bytes" "$events" "$best" "$best_cpu" "$report_s" "$report_cpu" << 'PY'
 import sys
-size, events, parse_s, report_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-print(f"== summary: {size/1e6:.1f} MB, {events} events")
-print(f"vmxray parse (best of 3, whole process): {parse_s:.3f} s = {size/parse_s/1e6:.0f} MB/s, {events/parse_s/1e6:.2f} M events/s")
-print(f"trace-cmd report producing the text:     {report_s:.3f} s")
-print(f"ratio: parsing is {report_s/parse_s:.1f}x faster than trace-cmd report")
+size, events = int(sys.argv[1]), int(sys.argv[2])
+parse_s, parse_cpu, report_s, report_cpu = map(float, sys.argv[3:7])
+print(f"== summary: {size/1e6:.1f} MB, {events} events (best of 3, whole process incl. reading)")
+for label, p, r in (("wall", parse_s, report_s), ("cpu ", parse_cpu, report_cpu)):
+    print(f"{label}: vmxray {p:.3f} s = {size/p/1e6:.0f} MB/s, {events/p/1e6:.2f} M events/s; "
+          f"trace-cmd report {r:.3f} s; ratio {r/p:.1f}x")
 PY

@@ -19,8 +19,8 @@
 //! - **Event lines** (every column layout: ftrace with or without irq-info and record-tgid,
 //!   trace-cmd default / `-l` / `-t` / `--ts-diff` / `-R` / `-N`, perf script default / `--ns`
 //!   / `pid/tid` (5 or 7 wide) / minimal / ip,sym; comms are found by column, never by
-//!   splitting on whitespace, so `qemu vcpu-0 x` or `CPU 0/KVM` are kept whole): the body is turned into
-//!   fields with the kernel's field names and the typed [`crate::EventKind`] is built by
+//!   splitting on whitespace, so `qemu vcpu-0 x` or `CPU 0/KVM` are kept whole): the body is
+//!   turned into fields with the kernel's field names and the typed [`crate::EventKind`] is built by
 //!   [`crate::KnownEvent::decode`]; every print-format generation of the typed events is
 //!   understood, and trace-cmd's kvm plugin renderings too (see `body.rs`). Other tracepoints
 //!   become [`crate::EventKind::Other`] with their `name=value` fields, or one field `text`
