@@ -26,7 +26,10 @@ const RESET_RIP: u64 = 0xfff0;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct State {
+    /// The latest non-direct root.
     paging_root_at: Option<EventIndex>,
+    /// `paging_root_at` as it was at the previous entry (before the reset's own root loads).
+    paging_root_before_entry: Option<EventIndex>,
     root_since_entry: Option<RootLoad>,
 }
 
@@ -44,13 +47,16 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
 
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State, e: &Entry) {
     let root = st.root_since_entry.take();
+    let paging_before = std::mem::replace(&mut st.paging_root_before_entry, st.paging_root_at);
     if e.rip != Some(RESET_RIP)
         || ctx.vcpu.level() == Some(Level::L2)
         || ctx.features.l0_paging != L0Paging::Shadow
     {
         return;
     }
-    let Some(paging_at) = st.paging_root_at.take() else { return };
+    let Some(paging_at) = paging_before else { return };
+    st.paging_root_at = None;
+    st.paging_root_before_entry = None;
     ctx.checked(RULE);
     match root {
         Some(r) if r.role.direct() && !r.role.guest_mode() && r.role.smm() == 0 => {}
