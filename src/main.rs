@@ -22,12 +22,18 @@ struct Cli {
 enum Command {
     /// Print every event of a trace, one normalized line (or JSON object) per event.
     Dump(cmd::dump::Args),
+    /// Replay traces through the nested-VMX/MMU model and report every divergence.
+    Replay(cmd::replay::Args),
+    /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
+    Triage(cmd::triage::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
+        Command::Triage(args) => cmd::triage::run(args),
     };
     match result {
         Ok(code) => code,

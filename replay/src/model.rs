@@ -180,6 +180,13 @@ pub struct TraceSummary {
     pub by_severity: [u64; 4],
 }
 
+impl TraceSummary {
+    /// Anomalies at or above `min`.
+    pub fn count_at_least(&self, min: Severity) -> u64 {
+        Severity::ALL.iter().zip(self.by_severity).filter(|(s, _)| **s >= min).map(|(_, n)| n).sum()
+    }
+}
+
 /// The anomalies of one step plus per-rule counters.
 #[derive(Clone, Debug)]
 pub(crate) struct Findings {
@@ -365,12 +372,7 @@ impl Model {
 
     /// Anomalies reported so far at or above `min`.
     pub fn count_at_least(&self, min: Severity) -> u64 {
-        Severity::ALL
-            .iter()
-            .zip(self.findings.by_severity)
-            .filter(|(s, _)| **s >= min)
-            .map(|(_, n)| n)
-            .sum()
+        self.summary().count_at_least(min)
     }
 
     fn attribute(&mut self, event: &Event) -> Actor {
