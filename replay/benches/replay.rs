@@ -27,7 +27,7 @@ fn stream() -> Vec<vmxray_capture::Event> {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            choices.push((x >> 8) as u8);
+            choices.push(x.to_le_bytes()[1]);
         }
         // End every chunk in L1 so that chunks (and passes) join cleanly.
         choices.extend([1u8; 4]);

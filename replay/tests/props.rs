@@ -150,7 +150,7 @@ proptest! {
 fn generated_nested_sequences_exercise_the_nested_rules() {
     use vmxray_replay::{RuleId, RuleStatus};
     let choices: Vec<u8> =
-        (0..2000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        (0..2000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2]).collect();
     let t = common::well_formed_nested(&choices);
     let mut model = Model::default();
     let loud: Vec<_> =

@@ -142,7 +142,7 @@ fn late_vmfail_l1_cr3_from_a_cr3_read() {
     // The root check already consumed the window: the read is not compared again.
     assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
     let mut t2 = Trace::new();
-    t2.events = t.events[..(failed as usize + 1)].to_vec();
+    t2.events = t.events[..=usize::try_from(failed).unwrap()].to_vec();
     t2.exit(CR_ACCESS, 0x313);
     let at = t2.cr(false, 3, 0x7777_7000);
     t2.entry(0x316);

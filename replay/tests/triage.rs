@@ -27,7 +27,7 @@ pub fn triple_fault_sample() -> Trace {
     walk3(&mut t, 0x1000);
     let mut rip = 0x1000u64;
     for (i, cr3) in [0x5000u64, 0x6000, 0x2000, 0x5000, 0x6000, 0x2000].into_iter().enumerate() {
-        let imm = (cr3 as u32).to_le_bytes();
+        let imm = cr3.to_le_bytes();
         t.emulate(rip, &[0x48, 0xc7, 0xc0, imm[0], imm[1], imm[2], imm[3]], false);
         rip += 7;
         walk3(&mut t, rip);
