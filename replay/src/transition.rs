@@ -314,10 +314,12 @@ fn on_entry(
             if let Some((_, vmptr)) = st.awaiting_host_rip.take()
                 && let (Some(vmptr), Some(rip)) = (vmptr, rip)
             {
+                let vmwrites = st.counters.vmwrite;
                 let rec = st.vmcs12.entry(vmptr, at);
-                if rec.host_rip.is_none() {
+                // (Re)learn HOST_RIP when unknown or when L1 may have rewritten it since.
+                if rec.host_rip.is_none() || rec.vmwrites_at_host_rip != vmwrites {
                     rec.host_rip = Some(Observed::new(rip, at));
-                    rec.vmwrites_at_host_rip = st.counters.vmwrite;
+                    rec.vmwrites_at_host_rip = vmwrites;
                     out.push(Transition::Vmcs12Field {
                         vmptr,
                         field: Vmcs12Field::HostRip,

@@ -149,8 +149,15 @@ proptest! {
 #[test]
 fn generated_nested_sequences_exercise_the_nested_rules() {
     use vmxray_replay::{RuleId, RuleStatus};
-    let choices: Vec<u8> =
-        (0..2000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2]).collect();
+    let mut x: u32 = 0x9e37_79b9;
+    let choices: Vec<u8> = (0..2000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[1]
+        })
+        .collect();
     let t = common::well_formed_nested(&choices);
     let mut model = Model::default();
     let loud: Vec<_> =
