@@ -451,7 +451,25 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             }
             None
         }
-        _ => None,
+        EventKind::KvmCr { .. }
+        | EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenter(_)
+        | EventKind::KvmNestedVmenterFailed { .. }
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmUserspaceExit { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuGetPage { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => None,
     };
     if let Some(link) = link {
         push_bounded(&mut w.chain, link, cap);
@@ -491,7 +509,29 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
             ExitCode::Svm(SvmExitCode::SHUTDOWN) => Some(CrashKind::NestedTripleFault),
             ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
         },
-        _ => None,
+        EventKind::KvmEntry(_)
+        | EventKind::KvmCr { .. }
+        | EventKind::KvmNestedVmenter(_)
+        | EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenterFailed { .. }
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmPageFault { .. }
+        | EventKind::KvmInjException { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmEmulateInsn { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuGetPage { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => None,
     }
 }
 

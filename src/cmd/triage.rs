@@ -221,7 +221,15 @@ pub fn describe_event(e: &Event) -> String {
             if *write { "write" } else { "read" },
             val.map_or_else(String::new, |v| format!(" val {v:#x}"))
         ),
-        _ => e.name().to_owned(),
+        EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => e.name().to_owned(),
     }
 }
 
@@ -250,7 +258,9 @@ fn findings(c: &Crash) -> Vec<String> {
             {
                 Some(format!("`{insn}` at rip {rip:#x} (event {at})"))
             }
-            _ => None,
+            ContextChange::Emulated { .. }
+            | ContextChange::Model { .. }
+            | ContextChange::CrWrite { .. } => None,
         })
         .collect();
     if !tables.is_empty() {
@@ -266,7 +276,10 @@ fn findings(c: &Crash) -> Vec<String> {
             ChainLink::PageFault { address, error_code, .. } => {
                 Some(format!("{address:#x} (error {error_code:#x})"))
             }
-            _ => None,
+            ChainLink::Injected { .. }
+            | ChainLink::WalkerError { .. }
+            | ChainLink::ExitException { .. }
+            | ChainLink::EmulationFailed { .. } => None,
         })
         .collect();
     if !faults.is_empty() {

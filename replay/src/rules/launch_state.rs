@@ -46,7 +46,7 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
         | (EntryCause::Vmlaunch, LaunchState::Clear) => {
             ctx.checked(RULE);
         }
-        (_, LaunchState::Unknown)
+        (EntryCause::Vmlaunch | EntryCause::Vmresume, LaunchState::Unknown)
         | (
             EntryCause::Rsm
             | EntryCause::Restore
