@@ -9,20 +9,27 @@
 //! It does **not** read files, print, or keep statistics: it has no I/O, no clock and no globals.
 //!
 //! ```
-//! use vmxray_capture::{Event, EventKind, Entry};
+//! use vmxray_capture::codes::{ExitCode, ExitReason};
+//! use vmxray_capture::{Entry, Event, EventKind, ExitInfo};
 //! use vmxray_replay::{Model, RuleId};
 //!
-//! let entry = |ts| Event {
-//!     ts, cpu: 0, pid: 100, comm: None,
-//!     kind: EventKind::KvmEntry(Entry {
-//!         vcpu_id: 0, rip: Some(0x1000), immediate_exit: None, intr_info: None, error_code: None,
-//!     }),
-//! };
+//! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, comm: None, kind };
+//! let entry = |ts| event(ts, EventKind::KvmEntry(Entry {
+//!     vcpu_id: 0, rip: Some(0x1000), immediate_exit: None, intr_info: None, error_code: None,
+//! }));
+//! let cpuid_exit = event(2, EventKind::KvmExit(ExitInfo {
+//!     reason: ExitCode::Vmx(ExitReason(10)), isa: None, guest_rip: Some(0x1000),
+//!     info1: Some(0), info2: Some(0), intr_info: None, error_code: None,
+//!     vcpu_id: Some(0), requests: None,
+//! }));
 //! let mut model = Model::default();
-//! assert!(model.step(&entry(1)).anomalies.is_empty());
-//! // A second kvm_entry with no kvm_exit between them.
-//! let step = model.step(&entry(2));
+//! for e in [entry(1), cpuid_exit, entry(3)] {
+//!     assert!(model.step(&e).anomalies.is_empty());
+//! }
+//! // A kvm_entry with no kvm_exit since the previous one.
+//! let step = model.step(&entry(4));
 //! assert_eq!(step.anomalies[0].rule, RuleId::EntryWithoutExit);
+//! assert_eq!(step.anomalies[0].evidence[0].0, 2);
 //! ```
 //!
 //! **State at any event.** [`Model`] is `Clone` and bounded, so a browser keeps

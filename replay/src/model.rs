@@ -282,6 +282,7 @@ impl Model {
         let actor = self.attribute(event);
         let idx = self.slot_index(actor);
         let slot = &mut self.slots[idx];
+        transition::settle(&mut slot.state, event, &mut self.transitions);
         let mut ctx = Ctx {
             at,
             actor,

@@ -118,6 +118,8 @@ pub struct NestedExit {
 pub struct Vmcs12Record {
     /// The vmcs12 GPA.
     pub vmptr: u64,
+    /// Entered through SVM (`vmcb12`).
+    pub svm: bool,
     /// L1 enabled nested EPT at the last entry.
     pub nested_ept: Option<bool>,
     /// GUEST_CR3 at the last entry (nested_ept=n).
@@ -156,6 +158,7 @@ impl Vmcs12Record {
     fn new(vmptr: u64, at: EventIndex) -> Self {
         Self {
             vmptr,
+            svm: false,
             nested_ept: None,
             guest_cr3: None,
             eptp: None,
@@ -373,6 +376,10 @@ pub struct VcpuState {
     pub smm_left_at: Option<EventIndex>,
     /// The VMLAUNCH/VMRESUME that started the current nested entry (until L1 runs again).
     pub entry_launch: Option<PendingLaunch>,
+    /// A `kvm_exit` in L2 that must be followed by `kvm_nested_vmexit` (5.10+ kernels whose
+    /// trace shows that event): if it is not, the vCPU was in L1 (KVM left guest mode silently:
+    /// reset, `KVM_SET_NESTED_STATE`).
+    pub exit_awaiting_nested: Option<EventIndex>,
 }
 
 impl Default for VcpuState {
@@ -397,6 +404,7 @@ impl Default for VcpuState {
             cr0: None,
             smm_left_at: None,
             entry_launch: None,
+            exit_awaiting_nested: None,
         }
     }
 }

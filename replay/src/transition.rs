@@ -1,7 +1,7 @@
 //! The state machine proper: how each event changes a vCPU's [`VcpuState`] (§2 of the
 //! reference). Rules have already looked at the pre-state when this runs.
 
-use vmxray_capture::codes::{ExitCode, SvmExitCode, VmxBasicReason};
+use vmxray_capture::codes::{ExitCode, Isa, SvmExitCode, VmxBasicReason};
 use vmxray_capture::{Event, EventKind, ExitInfo, NestedVmenter};
 
 use crate::anomaly::EventIndex;
@@ -84,6 +84,36 @@ fn set_mode(st: &mut VcpuState, to: Mode, out: &mut Vec<Transition>) {
     }
 }
 
+/// Runs before the rules: corrects the level when the event proves the model's belief wrong.
+///
+/// A `kvm_exit` in L2 must be followed, on that vCPU, by `kvm_nested_vmexit`. When something
+/// else follows, hardware was running L1: KVM left guest mode without any event (vCPU reset,
+/// `KVM_SET_NESTED_STATE`, `vmx_leave_nested`). The exit is then reinterpreted as an L1 exit.
+pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) {
+    let Some(exit_at) = st.exit_awaiting_nested else { return };
+    // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing.
+    if matches!(ev.kind, EventKind::KvmNestedVmexit(_) | EventKind::Other(_)) {
+        return;
+    }
+    st.exit_awaiting_nested = None;
+    // free_nested on the silent exit released the current vmcs12.
+    st.current_vmptr = None;
+    st.last_entered_vmptr = None;
+    st.awaiting_host_rip = None;
+    set_mode(st, Mode::L1, out);
+    if let Some(last) = st.last_exit.as_mut() {
+        last.level = Some(Level::L1);
+        if let Some(cause) = launch_cause(last.reason) {
+            st.pending_launch = Some(PendingLaunch {
+                at: exit_at,
+                cause,
+                rip: last.rip,
+                l1_cr3: st.l1_cr3.map(|o| o.value),
+            });
+        }
+    }
+}
+
 /// Applies one event to its actor's state.
 pub(crate) fn apply(
     st: &mut VcpuState,
@@ -93,10 +123,11 @@ pub(crate) fn apply(
     out: &mut Vec<Transition>,
 ) {
     match &ev.kind {
-        EventKind::KvmExit(info) => on_exit(st, info, at),
+        EventKind::KvmExit(info) => on_exit(st, f, info, at),
         EventKind::KvmNestedVmexit(_) => {
             set_mode(st, Mode::L2Run, out);
             st.pending_launch = None;
+            st.exit_awaiting_nested = None;
         }
         EventKind::KvmNestedVmexitInject(info) => on_inject(st, info, at, out),
         EventKind::KvmNestedVmenter(v) => on_vmenter(st, v, at, out),
@@ -105,6 +136,11 @@ pub(crate) fn apply(
                 set_mode(st, Mode::L1, out);
                 st.awaiting_host_rip = None;
                 out.push(Transition::LateVmFail);
+            } else if is_early_hw_check(msg) {
+                // nested_early_check: the dummy VMLAUNCH after kvm_nested_vmenter failed; KVM
+                // switches back to vmcs01 and VMfails, L2 never ran.
+                set_mode(st, Mode::L1, out);
+                st.pending_launch = None;
             } else if !matches!(st.mode, Mode::L2Pending { .. }) {
                 // A VMfail before kvm_nested_vmenter (CC() or the early hardware check): L1
                 // stays in root mode.
@@ -136,7 +172,11 @@ pub(crate) fn apply(
             out.push(Transition::RootLoaded(load));
         }
         EventKind::KvmSmmTransition { entering, .. } => on_smm(st, *entering, at, out),
-        EventKind::KvmUserspaceExit { .. } => st.in_exit_handling = Some(false),
+        EventKind::KvmUserspaceExit { .. } => {
+            st.in_exit_handling = Some(false);
+            // Userspace may set registers before the next run.
+            st.awaiting_host_rip = None;
+        }
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmPageFault { .. }
         | EventKind::KvmInjException { .. }
@@ -156,8 +196,15 @@ pub(crate) fn apply(
     }
 }
 
-fn on_exit(st: &mut VcpuState, info: &ExitInfo, at: EventIndex) {
+fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     let level = st.level();
+    // Since 5.10 every hardware exit from L2 is repeated by kvm_nested_vmexit, except L0's own
+    // preemption-timer fastpath exit.
+    st.exit_awaiting_nested = (st.mode == Mode::L2Run
+        && f.nested_vmexit
+        && f.v5_10
+        && !info.reason.is_vmx(VmxBasicReason::PREEMPTION_TIMER))
+    .then_some(at);
     st.last_exit = Some(LastExit {
         at,
         reason: info.reason,
@@ -237,6 +284,7 @@ fn on_vmenter(st: &mut VcpuState, v: &NestedVmenter, at: EventIndex, out: &mut V
     st.last_entered_vmptr = Some(v.vmcs);
     st.awaiting_host_rip = None;
     let rec = st.vmcs12.entry(v.vmcs, at);
+    rec.svm = v.isa == Some(Isa::Svm);
     rec.nested_ept = v.tdp_enabled;
     rec.guest_cr3 = v.guest_cr3().map(|c| Observed::new(c, at));
     rec.eptp = v.nested_tdp_root().map(|e| Observed::new(e, at));
@@ -372,6 +420,7 @@ fn on_cr(
 
 fn on_smm(st: &mut VcpuState, entering: bool, at: EventIndex, out: &mut Vec<Transition>) {
     out.push(Transition::Smm { entering });
+    st.awaiting_host_rip = None;
     if entering {
         st.smm = SmmState::In;
         if st.level() == Some(Level::L2) {

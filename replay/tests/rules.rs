@@ -291,7 +291,9 @@ fn pml_full_in_l2() {
 #[test]
 fn entry_without_exit() {
     let mut t = Trace::new();
-    let first = t.entry(0x1000);
+    t.entry(0x1000);
+    t.exit(CPUID, 0x1000);
+    let first = t.entry(0x1002);
     let at = t.entry(0x1000);
     assert_one(&t.events, RuleId::EntryWithoutExit, at, &[first]);
     let mut fixed = Trace::new();
@@ -646,4 +648,84 @@ fn threads_are_attributed_to_their_vcpu() {
     assert!(m.state(Actor::Vcpu(0)).is_some());
     assert!(m.state(Actor::Thread(99)).is_some());
     assert!(m.state(Actor::Thread(7)).is_none());
+}
+
+#[test]
+fn silent_leave_of_guest_mode_is_learned_not_reported() {
+    // L2 runs; KVM leaves guest mode without an event (reset / KVM_SET_NESTED_STATE); the next
+    // L1 exit is not followed by kvm_nested_vmexit, so the model corrects its level.
+    let mut t = Trace::new();
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    t.exit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
+    t.nested_vmexit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
+    t.entry(0xa000);
+    t.exit(EXTERNAL_INTERRUPT, 0xa000);
+    t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa000, 0, 0);
+    t.userspace_exit(10);
+    // Reset: KVM leaves guest mode without an event.
+    t.entry(0xfff0);
+    t.l1_exit(CPUID, 0xfff0);
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(B, 0xb000, true, EPTP);
+    t.entry(0xb000);
+    assert_clean(&t.events);
+}
+
+#[test]
+fn early_hardware_check_failure_is_a_vmfail() {
+    let build = |resume: u64| {
+        let mut t = Trace::new();
+        let launch = t.exit(VMLAUNCH, 0x100);
+        t.vmenter(A, 0xa000, true, EPTP);
+        let failed = t.vmenter_failed("early hardware check VM-instruction error: ", 7);
+        t.entry(resume);
+        (t, launch, failed)
+    };
+    let (fixed, ..) = build(0x103);
+    assert_clean(&fixed.events);
+    let (t, launch, failed) = build(0x100);
+    assert_one(&t.events, RuleId::EarlyVmfailResume, t.next() - 1, &[launch, failed]);
+}
+
+#[test]
+fn smi_right_after_a_nested_exit_is_not_a_host_rip_mismatch() {
+    let mut t = Trace::new();
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    t.reflect(CPUID, 0xa000, 0x200);
+    t.enter_l2(VMRESUME, 0x220, A, 0xa002, true, EPTP);
+    t.exit(CPUID, 0xa002);
+    t.nested_vmexit_full(CPUID, 0xa002, 0, 0);
+    t.inject(CPUID);
+    t.smm(true);
+    t.entry(0x8000);
+    assert_clean(&t.events);
+}
+
+#[test]
+fn changed_subject_cr3_under_shadow_paging() {
+    // enable_ept=0: KVM never writes vmcs12.GUEST_CR3 on exit, so a change is L1's doing; only a
+    // reflected MOV CR3 (or task switch) explains one without a VMWRITE exit (shadow VMCS).
+    let build = |reason: u32| {
+        let mut t = Trace::new();
+        t.establish_l1();
+        t.exit(CR_ACCESS, 0x300);
+        t.cr(true, 3, 0x5000);
+        t.get_page(5, ROLE_L1, true);
+        t.entry(0x303);
+        t.exit(VMLAUNCH, 0x310);
+        let enter = t.vmenter(A, 0xa000, false, 0x9000);
+        t.get_page(9, ROLE_L2, true);
+        t.entry(0xa000);
+        let exit = t.reflect(reason, 0xa000, 0x200);
+        t.exit(VMRESUME, 0x220);
+        t.vmenter(A, 0xa003, false, 0xb000);
+        t.get_page(0xb, ROLE_L2, true);
+        t.entry(0xa003);
+        (t, enter, exit)
+    };
+    let (t, enter, exit) = build(CPUID);
+    let a = assert_one(&t.events, RuleId::ChangedSubjectCr3, t.next() - 3, &[enter, exit]);
+    assert_eq!(a.severity, Severity::Warning);
+    let (reflected_cr3, ..) = build(CR_ACCESS);
+    assert_clean(&reflected_cr3.events);
 }

@@ -327,6 +327,31 @@ mod tests {
         })
     }
 
+    fn exit(ts: u64) -> Result<Event, ReadError> {
+        Ok(Event {
+            ts,
+            cpu: 0,
+            pid: 7,
+            comm: None,
+            kind: EventKind::KvmExit(vmxray_capture::ExitInfo {
+                reason: vmxray_capture::codes::ExitCode::Vmx(vmxray_capture::codes::ExitReason(10)),
+                isa: None,
+                guest_rip: Some(0x1000),
+                info1: Some(0),
+                info2: Some(0),
+                intr_info: None,
+                error_code: None,
+                vcpu_id: Some(3),
+                requests: None,
+            }),
+        })
+    }
+
+    /// entry, exit, entry, entry: the last entry has no exit before it.
+    fn stream() -> Vec<Result<Event, ReadError>> {
+        vec![entry(1), exit(2), entry(5), entry(9)]
+    }
+
     fn opts(format: Format) -> Options {
         Options { rules: RuleSet::all(), min_severity: Severity::Info, format }
     }
@@ -334,8 +359,7 @@ mod tests {
     #[test]
     fn text_table_and_summary() {
         let mut out = Vec::new();
-        let outcome =
-            replay_stream("t.dat", vec![entry(5), entry(9)], opts(Format::Text), &mut out).unwrap();
+        let outcome = replay_stream("t.dat", stream(), opts(Format::Text), &mut out).unwrap();
         write_summary("t.dat", &outcome.summary, None, opts(Format::Text), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(outcome.shown, 1);
@@ -350,9 +374,7 @@ mod tests {
     #[test]
     fn jsonl_lines_parse_and_follow_the_wire_format() {
         let mut out = Vec::new();
-        let outcome =
-            replay_stream("t.dat", vec![entry(5), entry(9)], opts(Format::Jsonl), &mut out)
-                .unwrap();
+        let outcome = replay_stream("t.dat", stream(), opts(Format::Jsonl), &mut out).unwrap();
         write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
@@ -363,12 +385,12 @@ mod tests {
         assert_eq!(lines[0]["type"], "anomaly");
         assert_eq!(lines[0]["rule"], "entry_without_exit");
         assert_eq!(lines[0]["severity"], "error");
-        assert_eq!(lines[0]["at"], 1);
+        assert_eq!(lines[0]["at"], 3);
         assert_eq!(lines[0]["ts"], 9);
         assert_eq!(lines[0]["vcpu"], 3);
-        assert_eq!(lines[0]["evidence"], json!([0]));
+        assert_eq!(lines[0]["evidence"], json!([2]));
         assert_eq!(lines[1]["type"], "summary");
-        assert_eq!(lines[1]["events"], 2);
+        assert_eq!(lines[1]["events"], 4);
         assert_eq!(lines[1]["anomalies"]["error"], 1);
         let rules = lines[1]["rules"].as_array().unwrap();
         assert_eq!(rules.len(), RuleId::COUNT);
@@ -383,7 +405,7 @@ mod tests {
         let mut out = Vec::new();
         let o = replay_stream(
             "t",
-            vec![entry(1), entry(2)],
+            stream(),
             Options { rules: only_livelock, min_severity: Severity::Info, format: Format::Text },
             &mut out,
         )
@@ -393,7 +415,7 @@ mod tests {
         let mut out = Vec::new();
         let o = replay_stream(
             "t",
-            vec![entry(1), entry(2)],
+            stream(),
             Options {
                 rules: RuleSet::all(),
                 min_severity: Severity::Critical,

@@ -22,6 +22,7 @@
 //! VMWRITE of GUEST_CR3, hence only *warning* unless the value is another subject's CR3.
 
 use vmxray_capture::NestedVmenter;
+use vmxray_capture::codes::{Isa, VmxBasicReason};
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};
@@ -31,7 +32,7 @@ const RULE: RuleId = RuleId::ChangedSubjectCr3;
 
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     let Some(new_cr3) = v.guest_cr3() else { return };
-    if v.is_evmcs() {
+    if v.is_evmcs() || v.isa == Some(Isa::Svm) {
         return;
     }
     let st = ctx.vcpu;
@@ -44,7 +45,13 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     if exit.at < entered_at {
         return;
     }
-    let shadow_no_l2_load = ctx.features.l0_paging == L0Paging::Shadow && rec.l2_cr3_load.is_none();
+    // L1 answers a reflected MOV CR3 or task switch by rewriting GUEST_CR3, which a shadow VMCS
+    // hides: only other exits leave GUEST_CR3 as entered.
+    let l1_emulates_cr3 = exit.reason.is_some_and(|r| {
+        r.is_vmx(VmxBasicReason::CR_ACCESS) || r.is_vmx(VmxBasicReason::TASK_SWITCH)
+    });
+    let shadow_no_l2_load =
+        ctx.features.l0_paging == L0Paging::Shadow && rec.l2_cr3_load.is_none() && !l1_emulates_cr3;
     if !(exit.zero_instructions || shadow_no_l2_load) {
         return;
     }

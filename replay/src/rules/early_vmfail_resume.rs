@@ -8,7 +8,8 @@
 //! **Sequence matched:**
 //! ```text
 //! kvm_exit VMLAUNCH|VMRESUME rip R
-//! kvm_nested_vmenter_failed (CC message or "early hardware check …")   [no kvm_nested_vmenter]
+//! kvm_nested_vmenter_failed CC message                 [no kvm_nested_vmenter before it]
+//!   or kvm_nested_vmenter, then kvm_nested_vmenter_failed "early hardware check …"
 //! kvm_mmu_get_page root with a role ≠ the last root's                  → anomaly
 //! kvm_entry rip ≠ R + 3                                                → anomaly
 //! ```
@@ -21,7 +22,7 @@ use vmxray_capture::{Entry, MmuPage};
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
 use crate::state::{Mode, PendingLaunch, is_cr3_root};
-use crate::transition::is_late_vmfail;
+use crate::transition::{is_early_hw_check, is_late_vmfail};
 
 const RULE: RuleId = RuleId::EarlyVmfailResume;
 
@@ -43,10 +44,19 @@ pub(crate) fn on_vmenter_failed(
     msg: &str,
     _err: VmInstructionError,
 ) {
-    if is_late_vmfail(msg) || matches!(ctx.vcpu.mode, Mode::L2Pending { .. } | Mode::L2Run) {
+    if is_late_vmfail(msg) {
         return;
     }
-    if let Some(launch) = ctx.vcpu.pending_launch {
+    let launch = if is_early_hw_check(msg) {
+        // nested_early_check: the check runs after kvm_nested_vmenter.
+        ctx.vcpu.entry_launch.or(ctx.vcpu.pending_launch)
+    } else if matches!(ctx.vcpu.mode, Mode::L2Pending { .. } | Mode::L2Run) {
+        // A guest-state CC() failure: a FAILED_VMENTRY nested exit follows, not a VMfail.
+        return;
+    } else {
+        ctx.vcpu.pending_launch
+    };
+    if let Some(launch) = launch {
         st.armed = Some(Armed {
             failed_at: ctx.at,
             launch,

@@ -31,6 +31,10 @@ pub(crate) fn on_vmenter_failed(st: &mut State, at: EventIndex, msg: &str) {
 
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State) {
     let late_fail = st.late_fail_at.take();
+    if !ctx.features.kvm_exit {
+        // kvm_exit not recorded (event filter): nothing to pair with.
+        return;
+    }
     let Some(exited) = ctx.vcpu.exited_since_entry else { return };
     ctx.checked(RULE);
     if exited || late_fail.is_some() {

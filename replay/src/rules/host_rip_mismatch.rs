@@ -28,6 +28,10 @@ pub(crate) fn on_entry(ctx: &mut Ctx<'_>, e: &Entry) {
         return;
     };
     let Some(rec) = st.vmcs12.get(vmptr) else { return };
+    // SVM has no HOST_RIP: L1 continues after whichever VMRUN it executed.
+    if rec.svm {
+        return;
+    }
     let Some(host) = rec.host_rip else { return };
     if st.counters.vmwrite != rec.vmwrites_at_host_rip {
         return;

@@ -14,6 +14,7 @@
 //! ```
 
 use vmxray_capture::NestedVmenter;
+use vmxray_capture::codes::Isa;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};
@@ -22,7 +23,7 @@ use crate::state::{EntryCause, LaunchState};
 const RULE: RuleId = RuleId::LaunchState;
 
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
-    if v.is_evmcs() {
+    if v.is_evmcs() || v.isa == Some(Isa::Svm) {
         return;
     }
     let Some(launch) = ctx.vcpu.pending_launch else { return };

@@ -12,6 +12,7 @@
 //! Restores (which set any vmptr) and eVMCS entries (vmcs -1) are not compared.
 
 use vmxray_capture::NestedVmenter;
+use vmxray_capture::codes::Isa;
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
@@ -31,7 +32,11 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
     let last_at = st.last_entry_at.replace(ctx.at);
     let unchanged_vmptrld = std::mem::replace(&mut st.vmptrld_at_last_entry, vmptrlds) == vmptrlds;
     let cause = entry_cause(ctx.vcpu);
-    if !matches!(cause, EntryCause::Vmlaunch | EntryCause::Vmresume) || v.is_evmcs() {
+    // SVM's VMRUN names its vmcb12 each time; eVMCS entries all show -1.
+    if !matches!(cause, EntryCause::Vmlaunch | EntryCause::Vmresume)
+        || v.is_evmcs()
+        || v.isa == Some(Isa::Svm)
+    {
         return;
     }
     let (Some(prev), Some(last_at)) = (ctx.vcpu.last_entered_vmptr, last_at) else { return };
