@@ -55,8 +55,11 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The traces (`-` for stdin).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "list_rules")]
     pub files: Vec<PathBuf>,
+    /// List the rules (name, severity, what each checks, the KVM commit it encodes) and exit.
+    #[arg(long)]
+    pub list_rules: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -107,6 +110,13 @@ pub struct Outcome {
 
 /// Runs `vmxray replay`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.list_rules {
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        write_rule_list(&mut out)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = Options {
         rules: if args.rules.is_empty() {
             RuleSet::all()
@@ -137,6 +147,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Prints every rule with its default severity, what it checks and its KVM commit.
+pub fn write_rule_list<W: Write>(out: &mut W) -> io::Result<()> {
+    for rule in RuleId::ALL {
+        writeln!(out, "{:<30} {:<8} {}", rule.name(), rule.default_severity(), rule.checks())?;
+        writeln!(out, "{:<39} KVM: {}", "", rule.commit())?;
+    }
+    Ok(())
 }
 
 /// Replays one stream of events, printing the anomalies as they are found.
@@ -426,6 +445,16 @@ mod tests {
         .unwrap();
         assert_eq!(o.shown, 0);
         assert_eq!(o.summary.count_at_least(Severity::Error), 1);
+    }
+
+    #[test]
+    fn rule_list_names_every_rule_and_commit() {
+        let mut out = Vec::new();
+        write_rule_list(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for rule in RuleId::ALL {
+            assert!(text.contains(rule.name()) && text.contains(rule.commit()));
+        }
     }
 
     #[test]
