@@ -347,6 +347,9 @@ pub struct VcpuState {
     pub vmcs12: Vmcs12Store,
     /// L1's CR3 (`kvm_cr` write or read of CR3 while L1 runs).
     pub l1_cr3: Option<Observed>,
+    /// A CR3 seen while the level was not established; adopted as L1's when a VMLAUNCH/VMRESUME
+    /// proves the vCPU was in L1 (no nested event in between).
+    pub cr3_unknown_level: Option<Observed>,
     /// The L2 that last ran on hardware: its vmptr and the CR3 it ran with (what vmcs02.GUEST_CR3
     /// holds, §3(a)).
     pub last_hw_l2: Option<(Option<u64>, Option<Observed>)>,
@@ -390,6 +393,7 @@ impl Default for VcpuState {
             last_entered_vmptr: None,
             vmcs12: Vmcs12Store::default(),
             l1_cr3: None,
+            cr3_unknown_level: None,
             last_hw_l2: None,
             last_exit: None,
             exited_since_entry: None,
@@ -470,6 +474,8 @@ pub struct Features {
     pub kvm_cr: bool,
     /// kvmmmu page events exist.
     pub mmu_pages: bool,
+    /// `kvm_mmu_get_page` exists: shadow-MMU root loads (guest_mmu included) are visible.
+    pub mmu_get_page: bool,
     /// How L0 translates L1 memory.
     pub l0_paging: L0Paging,
     /// guest_mmu roots (shadow EPT, guest_mode 1, gfn = EPTP>>12) were seen.
@@ -492,6 +498,7 @@ impl Default for Features {
             v6_14: false,
             kvm_cr: false,
             mmu_pages: false,
+            mmu_get_page: false,
             l0_paging: L0Paging::Unknown,
             guest_mmu_roots: false,
             emulator: false,

@@ -30,8 +30,11 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         EventKind::KvmNestedVmexit(_) => f.nested_vmexit = true,
         EventKind::KvmCr { .. } => f.kvm_cr = true,
         EventKind::KvmInjException { reinjected, .. } => f.v5_19 |= reinjected.is_some(),
-        EventKind::KvmMmuGetPage { .. }
-        | EventKind::KvmMmuPrepareZapPage { .. }
+        EventKind::KvmMmuGetPage { .. } => {
+            f.mmu_pages = true;
+            f.mmu_get_page = true;
+        }
+        EventKind::KvmMmuPrepareZapPage { .. }
         | EventKind::KvmMmuSyncPage { .. }
         | EventKind::KvmMmuUnsyncPage { .. } => f.mmu_pages = true,
         EventKind::KvmEmulateInsn { .. } => f.emulator = true,
@@ -125,6 +128,7 @@ pub(crate) fn apply(
     match &ev.kind {
         EventKind::KvmExit(info) => on_exit(st, f, info, at),
         EventKind::KvmNestedVmexit(_) => {
+            st.cr3_unknown_level = None;
             set_mode(st, Mode::L2Run, out);
             st.pending_launch = None;
             st.exit_awaiting_nested = None;
@@ -252,6 +256,7 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
 }
 
 fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<Transition>) {
+    st.cr3_unknown_level = None;
     let zero_instructions = matches!(st.mode, Mode::L2Pending { .. });
     let was_l2 = st.level() == Some(Level::L2);
     let failed_entry = matches!(info.reason, ExitCode::Vmx(r) if r.failed_vmentry());
@@ -279,6 +284,16 @@ fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<
 
 fn on_vmenter(st: &mut VcpuState, v: &NestedVmenter, at: EventIndex, out: &mut Vec<Transition>) {
     let cause = entry_cause(st);
+    if st.mode == Mode::Unknown
+        && matches!(cause, EntryCause::Vmlaunch | EntryCause::Vmresume)
+        && st.l1_cr3.is_none()
+        && let Some(cr3) = st.cr3_unknown_level.take()
+    {
+        // The VMLAUNCH/VMRESUME proves the vCPU ran L1 since its last nested event.
+        st.l1_cr3 = Some(cr3);
+        out.push(Transition::L1Cr3 { value: cr3.value });
+    }
+    st.cr3_unknown_level = None;
     st.entry_launch = st.pending_launch.take();
     st.current_vmptr = Some(v.vmcs);
     st.last_entered_vmptr = Some(v.vmcs);
@@ -414,7 +429,7 @@ fn on_cr(
                 st.vmcs12.entry(vmptr, at).l2_cr3_load = Some(Observed::new(val, at));
             }
         }
-        None => {}
+        None => st.cr3_unknown_level = Some(Observed::new(val, at)),
     }
 }
 

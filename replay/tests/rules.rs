@@ -729,3 +729,73 @@ fn changed_subject_cr3_under_shadow_paging() {
     let (reflected_cr3, ..) = build(CR_ACCESS);
     assert_clean(&reflected_cr3.events);
 }
+
+#[test]
+fn livelock_compares_the_faulting_address_when_traced() {
+    let build = |same_page: bool| {
+        let mut t = Trace::new();
+        t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+        let mut first = None;
+        let mut last_pf = 0;
+        for i in 0..64u64 {
+            let exit = t.exit_full(EPT_VIOLATION, 0xa004, 0x182, 0);
+            first.get_or_insert(exit);
+            t.nested_vmexit_full(EPT_VIOLATION, 0xa004, 0x182, 0);
+            last_pf = t.page_fault(if same_page { 0x7000 } else { 0x7000 + i * 0x1000 }, 0x182);
+            t.entry(0xa004);
+        }
+        (t, first.unwrap(), last_pf)
+    };
+    let (t, first, last_pf) = build(true);
+    assert_one(&t.events, RuleId::Livelock, last_pf, &[first]);
+    // rep stosb over fresh pages under dirty logging: one fault per page, all at one RIP.
+    let (memset, ..) = build(false);
+    assert_clean(&memset.events);
+}
+
+#[test]
+fn late_vmfail_l1_cr3_from_the_start_of_a_trace() {
+    // The trace starts in L1 with no nested event: the VMLAUNCH proves the CR3 was L1's.
+    let mut t = Trace::new();
+    t.exit(CR_ACCESS, 0x300);
+    let cr3 = t.cr(true, 3, 0x5000);
+    t.get_page(5, ROLE_L1, true);
+    t.entry(0x303);
+    t.exit(VMLAUNCH, 0x310);
+    t.vmenter(A, 0xa000, false, 0x9000);
+    t.get_page(9, ROLE_L2, true);
+    t.entry(0xa000);
+    let failed =
+        t.vmenter_failed("hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD", 7);
+    let at = t.get_page(0x12_3456, ROLE_L1, false);
+    t.entry(0x313);
+    assert_one(&t.events, RuleId::LateVmfailL1Cr3, at, &[cr3, failed]);
+}
+
+#[test]
+fn guest_mmu_root_checked_on_first_reentry_when_get_page_is_traced() {
+    // No guest_mmu root seen at the first entry (cached), but kvm_mmu_get_page is traced.
+    let mut t = Trace::new();
+    t.get_page(0x10, ROLE_DIRECT, false);
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(A, 0xa000, true, EPTP);
+    t.entry(0xa000);
+    t.reflect(CPUID, 0xa000, 0x200);
+    let inv = t.l1_exit(INVEPT, 0x210);
+    t.exit(VMRESUME, 0x220);
+    let enter = t.vmenter(A, 0xa002, true, EPTP);
+    let at = t.entry(0xa002);
+    assert_one(&t.events, RuleId::GuestMmuRootNotReacquired, at, &[inv, enter]);
+}
+
+#[test]
+fn evmcs_restore_as_the_first_event() {
+    let mut t = Trace::new();
+    let restore = t.vmenter(u64::MAX, 0xb000, true, EPTP);
+    let exit = t.inject(EXTERNAL_INTERRUPT);
+    t.entry(0x200);
+    t.exit(VMRESUME, 0x220);
+    let at = t.vmenter(u64::MAX, 0xb002, true, EPTP);
+    t.entry(0xb002);
+    assert_one(&t.events, RuleId::EvmcsRestoreStaleExit, at, &[restore, exit]);
+}

@@ -45,8 +45,9 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
             });
         }
     }
-    st.restored = (v.is_evmcs() && entry_cause(ctx.vcpu) == EntryCause::Restore)
-        .then_some((ctx.at, v.nested_rip));
+    // A restore "usually has no earlier event at all": an unattributed first entry counts.
+    let restore = matches!(entry_cause(ctx.vcpu), EntryCause::Restore | EntryCause::Unattributed);
+    st.restored = (v.is_evmcs() && restore).then_some((ctx.at, v.nested_rip));
 }
 
 pub(crate) fn on_inject(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {

@@ -17,8 +17,8 @@
 //! ```
 //! The INVEPT operand is not traced, so INVEPT is applied strictly only while L1 has used a
 //! single EPTP on this vCPU; VMCLEAR followed by the same vmcs is ambiguous and ignored.
-//! Decidable only once the trace has shown guest_mmu root loads (kvmmmu events enabled, shadow
-//! EPT in use).
+//! Decidable only when the trace records `kvm_mmu_get_page` (guest_mmu is always a shadow MMU,
+//! never the TDP MMU, so its root loads are always traced then).
 
 use vmxray_capture::codes::VmxBasicReason;
 use vmxray_capture::{ExitInfo, MmuPage, NestedVmenter};
@@ -79,7 +79,7 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
         _ => None,
     };
     if let Some((trigger_at, trigger)) = trigger
-        && ctx.features.guest_mmu_roots
+        && (ctx.features.guest_mmu_roots || ctx.features.mmu_get_page)
     {
         st.waiting = Some(Waiting { vmenter_at: ctx.at, trigger_at, trigger, gfn });
     }

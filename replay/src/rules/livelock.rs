@@ -6,8 +6,9 @@
 //!
 //! **Sequence matched:** N (default 64) consecutive fault exits of one vCPU — EPT_VIOLATION,
 //! `#PF` EXCEPTION_NMI, SVM `npf`/`PF excp` — with identical reason, RIP, qualification and
-//! level, with only asynchronous exits (interrupts, timers) and entries at that RIP between.
-//! Any other exit, or an entry elsewhere, is progress.
+//! level — and, when `kvm_page_fault` is traced, the same faulting address — with only
+//! asynchronous exits (interrupts, timers) and entries at that RIP between. Any other exit, an
+//! entry elsewhere, or a fault on another page is progress.
 
 use vmxray_capture::codes::{ExceptionVector, ExitCode, SvmExitCode, VmxBasicReason};
 use vmxray_capture::{Entry, ExitInfo};
@@ -29,8 +30,13 @@ struct Key {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct State {
     key: Option<Key>,
+    /// The faulting address L0 reported (`kvm_page_fault`) for this key, when traced: a fault
+    /// at the same RIP on another page (a `memset` under dirty logging) is progress.
+    address: Option<u64>,
     count: u32,
     first_at: EventIndex,
+    exit_at: EventIndex,
+    reported: bool,
 }
 
 enum ExitClass {
@@ -80,21 +86,56 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
         level: ctx.vcpu.level(),
     };
     ctx.checked(RULE);
+    st.exit_at = ctx.at;
     if st.key == Some(key) {
         st.count += 1;
     } else {
-        *st = State { key: Some(key), count: 1, first_at: ctx.at };
+        *st = State {
+            key: Some(key),
+            count: 1,
+            first_at: ctx.at,
+            exit_at: ctx.at,
+            ..State::default()
+        };
     }
-    if st.count == ctx.config.livelock_threshold {
-        let (n, reason, first) = (st.count, info.reason, st.first_at);
-        ctx.report(RULE, Severity::Warning, &[first], || {
-            format!(
-                "{reason} at rip {} qualification {} repeated {n} times with no progress",
-                hex(key.rip),
-                hex(key.qual)
-            )
-        });
+    // Without page-fault events the exit itself is all there is to compare.
+    if st.address.is_none() {
+        maybe_report(ctx, st, info.reason.to_string());
     }
+}
+
+pub(crate) fn on_page_fault(ctx: &mut Ctx<'_>, st: &mut State, address: u64) {
+    let Some(key) = st.key else { return };
+    match st.address {
+        None => st.address = Some(address),
+        Some(a) if a == address => {
+            let reason = format!("fault exit {:#x}", key.reason);
+            maybe_report(ctx, st, reason);
+        }
+        Some(_) => {
+            st.address = Some(address);
+            st.count = 1;
+            st.first_at = st.exit_at;
+            st.reported = false;
+        }
+    }
+}
+
+fn maybe_report(ctx: &mut Ctx<'_>, st: &mut State, reason: String) {
+    let Some(key) = st.key else { return };
+    if st.reported || st.count < ctx.config.livelock_threshold {
+        return;
+    }
+    st.reported = true;
+    let (n, first, address) = (st.count, st.first_at, st.address);
+    ctx.report(RULE, Severity::Warning, &[first], || {
+        format!(
+            "{reason} at rip {} qualification {}{} repeated {n} times with no progress",
+            hex(key.rip),
+            hex(key.qual),
+            address.map_or_else(String::new, |a| format!(" address {}", hex(a)))
+        )
+    });
 }
 
 pub(crate) fn on_entry(st: &mut State, e: &Entry) {

@@ -178,6 +178,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         }
         EventKind::KvmPageFault { fault_address, .. } => {
             l2_pf_not_handled_by_l0::on_page_fault(&mut rs.l2_pf, ctx.at, *fault_address);
+            livelock::on_page_fault(ctx, &mut rs.livelock, *fault_address);
             root_gfn_not_cr3::close(&mut rs.root_gfn);
         }
         EventKind::KvmMmuPagetableWalk { .. } => root_gfn_not_cr3::close(&mut rs.root_gfn),
