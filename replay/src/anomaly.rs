@@ -262,6 +262,11 @@ rules! {
         "272b0a998d08 KVM: nVMX: Don't clobber nested MMU's A/D status on EPTP switch; kvm_calc_shadow_ept_root_page_role",
         "a guest_mmu root has direct 0, 8-byte gptes, ad_disabled = !EPTP[6] and level = EPTP walk length",
         "kvm_mmu_get_page for EPTP>>12 after a nested_ept=y kvm_nested_vmenter";
+    /// Invariant 17.
+    RoleChangeRootReload = "role_change_root_reload", Error,
+        "KVM_MMU_CR0_ROLE_BITS / KVM_MMU_CR4_ROLE_BITS in kvm_post_set_cr0/cr4 and kvm_smm_changed -> kvm_mmu_reset_context (x86.c, smm.c); 0aa1837533e5 for RESET/INIT",
+        "a change of CR0.PG/WP, a CR4 paging bit or SMM is followed by a root load (direct iff paging is off) before the next kvm_entry",
+        "shadow-MMU root loads (kvm_mmu_get_page) and kvm_cr writes of CR0/CR4 after a known value, or kvm_smm_transition";
     /// Invariant 18.
     SmmNestedReturn = "smm_nested_return", Error,
         "vmx_leave_smm -> nested_vmx_enter_non_root_mode(from_vmentry=false) (vmx/vmx.c, 4.x SMM series)",

@@ -799,3 +799,45 @@ fn evmcs_restore_as_the_first_event() {
     t.entry(0xb002);
     assert_one(&t.events, RuleId::EvmcsRestoreStaleExit, at, &[restore, exit]);
 }
+
+#[test]
+fn role_change_root_reload() {
+    let build = |reload: Option<u32>, new_cr0: u64| {
+        let mut t = Trace::new();
+        t.exit(CR_ACCESS, 0x300);
+        t.cr(true, 3, 0x5000);
+        t.get_page(5, ROLE_L1, true);
+        t.entry(0x303);
+        t.exit(CR_ACCESS, 0x310);
+        t.cr(false, 0, 0x8001_0033);
+        t.entry(0x313);
+        t.exit(CR_ACCESS, 0x320);
+        let write = t.cr(true, 0, new_cr0);
+        if let Some(role) = reload {
+            t.get_page(if role == ROLE_DIRECT { 0 } else { 5 }, role, false);
+        }
+        t.entry(0x323);
+        (t, write)
+    };
+    // CR0.WP cleared and no root reloaded.
+    let (t, write) = build(None, 0x8000_0033);
+    assert_one(&t.events, RuleId::RoleChangeRootReload, t.next() - 1, &[write]);
+    // CR0.PG cleared but the new root is a shadow root.
+    let (t, write) = build(Some(ROLE_L1), 0x0001_0033);
+    assert_one(&t.events, RuleId::RoleChangeRootReload, t.next() - 2, &[write]);
+    let (fixed, _) = build(Some(ROLE_DIRECT), 0x0001_0033);
+    assert_clean(&fixed.events);
+    let (fixed, _) = build(Some(ROLE_L1), 0x8000_0033);
+    assert_clean(&fixed.events);
+    // A write that faults changes nothing.
+    let mut t = Trace::new();
+    t.get_page(5, ROLE_L1, true);
+    t.exit(CR_ACCESS, 0x310);
+    t.cr(false, 0, 0x8001_0033);
+    t.entry(0x313);
+    t.exit(CR_ACCESS, 0x320);
+    t.cr(true, 0, 0x8000_0032);
+    t.inj_exception(13);
+    t.entry(0x320);
+    assert_clean(&t.events);
+}

@@ -34,6 +34,7 @@ pub mod nested_vmexit_mismatch;
 pub mod nested_vmexit_outside_l2;
 pub mod pml_full_in_l2;
 pub mod reset_root_role;
+pub mod role_change_root_reload;
 pub mod root_gfn_not_cr3;
 pub mod root_wrong_level;
 pub mod root_wrong_smm;
@@ -104,6 +105,7 @@ pub(crate) struct RuleStates {
     pub guest_mmu_role: guest_mmu_root_role::State,
     pub smm_return: smm_nested_return::State,
     pub l2_pf: l2_pf_not_handled_by_l0::State,
+    pub role_change: role_change_root_reload::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -159,11 +161,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             late_vmfail_resume::on_entry(ctx, &mut rs.late_vmfail_resume, e);
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
+            role_change_root_reload::on_entry(ctx, &mut rs.role_change);
             livelock::on_entry(&mut rs.livelock, e);
         }
         EventKind::KvmCr { write, cr, val } => {
             root_gfn_not_cr3::on_cr(ctx, &mut rs.root_gfn, *write, *cr, *val);
             late_vmfail_l1_cr3::on_cr(ctx, &mut rs.late_vmfail_l1_cr3, *write, *cr, *val);
+            role_change_root_reload::on_cr(ctx, &mut rs.role_change, *write, *cr, *val);
         }
         EventKind::KvmMmuGetPage { page, .. } => {
             root_gfn_not_cr3::on_get_page(ctx, &mut rs.root_gfn, page);
@@ -175,6 +179,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             reset_root_role::on_get_page(ctx, &mut rs.reset_root_role, page);
             late_vmfail_l1_cr3::on_get_page(ctx, &mut rs.late_vmfail_l1_cr3, page);
             early_vmfail_resume::on_get_page(ctx, &mut rs.early_vmfail, page);
+            role_change_root_reload::on_get_page(ctx, &mut rs.role_change, page);
         }
         EventKind::KvmPageFault { fault_address, .. } => {
             l2_pf_not_handled_by_l0::on_page_fault(&mut rs.l2_pf, ctx.at, *fault_address);
@@ -184,14 +189,17 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         EventKind::KvmMmuPagetableWalk { .. } => root_gfn_not_cr3::close(&mut rs.root_gfn),
         EventKind::KvmSmmTransition { entering, .. } => {
             smm_nested_return::on_smm(ctx, &mut rs.smm_return, *entering);
+            role_change_root_reload::on_smm(ctx, &mut rs.role_change);
         }
         EventKind::Other(other) => {
             if &*other.name == "kvm_pml_full" {
                 pml_full_in_l2::on_pml_full_event(ctx);
             }
         }
+        EventKind::KvmInjException { .. } => {
+            role_change_root_reload::on_inj_exception(&mut rs.role_change)
+        }
         EventKind::KvmNestedIntrVmexit { .. }
-        | EventKind::KvmInjException { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmUserspaceExit { .. }
         | EventKind::KvmEmulateInsn { .. }

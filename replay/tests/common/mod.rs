@@ -307,8 +307,18 @@ pub fn well_formed_flat(choices: &[u8]) -> Trace {
     let mut t = Trace::new();
     let mut rip = 0x1_0000u64;
     let mut cr3_gfn = 0x100u64;
+    let mut cr0 = 0x8005_0033u64;
     for (i, c) in choices.iter().enumerate() {
         rip += 4;
+        if c % 16 == 15 {
+            // Toggle CR0.WP: KVM resets the MMU context and reloads the root.
+            t.exit(CR_ACCESS, rip);
+            cr0 ^= 1 << 16;
+            t.cr(true, 0, cr0);
+            t.get_page(cr3_gfn, ROLE_L1, false);
+            t.entry(rip + 3);
+            continue;
+        }
         match c % 8 {
             0 => {
                 t.exit(CPUID, rip);
