@@ -307,6 +307,18 @@ fn on_vmenter(st: &mut VcpuState, v: &NestedVmenter, at: EventIndex, out: &mut V
     rec.event_inj = v.event_inj;
     rec.entered_at = Some(at);
     rec.entered_by = Some(cause);
+    // nested_vmx_run's CC() checks passed: VMLAUNCH needs a clear vmcs12, VMRESUME a launched
+    // one. A late VM-Fail or a failed entry leaves that state unchanged.
+    match cause {
+        EntryCause::Vmlaunch => rec.launch = LaunchState::Clear,
+        EntryCause::Vmresume if !rec.svm => rec.launch = LaunchState::Launched,
+        EntryCause::Vmresume
+        | EntryCause::Rsm
+        | EntryCause::Restore
+        | EntryCause::Unexplained
+        | EntryCause::Unattributed
+        | EntryCause::Inferred => {}
+    }
     rec.ran_on_hw = false;
     rec.l2_cr3_load = None;
     out.push(Transition::NestedEntry { vmptr: v.vmcs, cause });

@@ -22,7 +22,7 @@ use vmxray_capture::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
 use crate::model::{Model, ModelConfig, TraceSummary, Transition};
-use crate::state::{Level, Mode};
+use crate::state::{Level, Mode, Vmcs12Record};
 
 /// Window sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +214,8 @@ pub struct Crash {
     pub level: Option<Level>,
     /// The current vmcs12, when known.
     pub vmptr: Option<u64>,
+    /// What the model knew of that vmcs12 (entered CR3/EPTP, nested_rip, host_rip, launch).
+    pub vmcs12: Option<Vmcs12Record>,
     /// The actor's last events, oldest first, ending with the fatal event.
     pub last_events: Vec<WindowEvent>,
     /// The exception-related events before the crash, oldest first.
@@ -303,8 +305,9 @@ impl Triage {
             }
             return;
         };
-        let level = self.model.state(actor).and_then(|s| s.level());
-        let vmptr = self.model.state(actor).and_then(|s| s.current_vmptr);
+        let state = self.model.state(actor);
+        let level = state.and_then(|s| s.level());
+        let vmptr = state.and_then(|s| s.current_vmptr);
         let idx = match self.windows.iter().position(|w| w.actor == actor) {
             Some(i) => i,
             None => {
@@ -354,6 +357,7 @@ impl Triage {
                 return;
             }
             let first = w.events.front().map_or(at, |e| e.at);
+            let vmcs12 = self.model.state(actor).and_then(|s| s.current_record()).cloned();
             self.crashes.push(Crash {
                 kind,
                 vcpu: actor,
@@ -361,6 +365,7 @@ impl Triage {
                 ts: event.ts,
                 level,
                 vmptr,
+                vmcs12,
                 last_events: w.events.iter().cloned().collect(),
                 exception_chain: w.chain.iter().cloned().collect(),
                 undelivered: w.last_injection.clone(),

@@ -841,3 +841,12 @@ fn role_change_root_reload() {
     t.entry(0x320);
     assert_clean(&t.events);
 }
+
+#[test]
+fn launch_state_after_a_late_vmfail_of_vmlaunch() {
+    // The late VM-Fail leaves the vmcs12 clear: a VMRESUME must VMfail, not enter.
+    let (mut t, ..) = late_vmfail(5, 0x313, false);
+    t.exit(VMRESUME, 0x320);
+    let at = t.vmenter(A, 0xa000, false, 0x9000);
+    assert_one(&t.events, RuleId::LaunchState, at, &[]);
+}

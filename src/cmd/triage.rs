@@ -338,6 +338,23 @@ pub fn render(input: &str, report: &TriageReport) -> String {
             c.level.map_or_else(|| "not established by the trace".to_owned(), |l| format!("{l:?}")),
             c.vmptr.map_or_else(String::new, |p| format!(", current vmcs12 {p:#x}"))
         );
+        if let Some(r) = &c.vmcs12 {
+            let mut parts = Vec::new();
+            if let Some(cr3) = r.guest_cr3 {
+                parts.push(format!("GUEST_CR3 {:#x}", cr3.value));
+            }
+            if let Some(eptp) = r.eptp {
+                parts.push(format!("EPTP {:#x}", eptp.value));
+            }
+            if let Some(rip) = r.nested_rip {
+                parts.push(format!("nested_rip {:#x}", rip.value));
+            }
+            if let Some(host) = r.host_rip {
+                parts.push(format!("HOST_RIP {:#x}", host.value));
+            }
+            parts.push(format!("launch state {:?}", r.launch));
+            let _ = writeln!(s, "vmcs12 {:#x} as last entered: {}.", r.vmptr, parts.join(", "));
+        }
         let f = findings(c);
         if !f.is_empty() {
             let _ = writeln!(s, "\nWhat happened:");
