@@ -4,7 +4,7 @@
 //! vmcs12, what each vmcs12 holds, L1 CR3, MMU roots and their roles, SMM) that steps through a
 //! [`vmxray_capture::Event`] stream, predicts what KVM must do next, and returns every divergence
 //! as an [`Anomaly`] value citing the KVM commit whose behaviour the rule checks ([`rules`]).
-//! It also owns [`triage`]: the post-mortem of a shutdown / triple fault / failed entry, as data.
+//! It also owns [`mod@triage`]: the post-mortem of a shutdown / triple fault / failed entry, as data.
 //!
 //! It does **not** read files, print, or keep statistics: it has no I/O, no clock and no globals.
 //!

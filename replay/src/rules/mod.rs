@@ -1,12 +1,12 @@
 //! The rules: one module per rule, each documenting what it checks, the KVM commit it encodes
 //! and the exact event sequence it matches.
 //!
-//! A rule sees the actor's state *before* the event ([`Ctx::vcpu`]), keeps at most a few event
+//! A rule sees the actor's state *before* the event (`Ctx::vcpu`), keeps at most a few event
 //! indices of its own (its `State`, reset when events are lost), counts every decidable
-//! instance with [`Ctx::checked`] (so a trace that never gives it one reports it "not
-//! checkable"), and reports with [`Ctx::report`].
+//! instance with `Ctx::checked` (so a trace that never gives it one reports it "not
+//! checkable"), and reports with `Ctx::report`.
 //!
-//! [`check`] dispatches each event to the rules that look at that kind of event; matching on the
+//! `check` dispatches each event to the rules that look at that kind of event; matching on the
 //! event kind once keeps replay at tens of millions of events per second.
 
 use vmxray_capture::{Event, EventKind};
