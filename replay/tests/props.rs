@@ -186,3 +186,102 @@ fn generated_nested_sequences_exercise_the_nested_rules() {
         assert!(checked(rule), "{rule} never checked: {summary:#?}");
     }
 }
+
+/// Replaces `events[from..from + len]` by one `Lost` marker (what a ring-buffer overrun does).
+fn lose(events: &[Event], from: usize, len: usize) -> Vec<Event> {
+    let from = from.min(events.len());
+    let to = (from + len).min(events.len());
+    let mut out = events[..from].to_vec();
+    out.push(Event {
+        ts: 0,
+        cpu: 0,
+        pid: 1000,
+        comm: None,
+        kind: EventKind::Lost { count: Some((to - from) as u64) },
+    });
+    out.extend_from_slice(&events[to..]);
+    out
+}
+
+fn loud(events: &[Event]) -> Vec<vmxray_replay::Anomaly> {
+    Model::default().run(events).into_iter().filter(|a| a.severity > Severity::Info).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Losing any stretch of a well-formed trace never makes the model guess: it
+    /// resynchronizes and reports nothing above info.
+    #[test]
+    fn lost_events_never_cause_anomalies(
+        choices in prop::collection::vec(any::<u8>(), 0..300),
+        from in 0usize..3000,
+        len in 0usize..200,
+        flat in any::<bool>(),
+    ) {
+        let t = if flat { common::well_formed_flat(&choices) } else { common::well_formed_nested(&choices) };
+        let events = lose(&t.events, from % (t.events.len() + 1), len);
+        let found = loud(&events);
+        prop_assert!(found.is_empty(), "{:#?}", found);
+    }
+
+    /// A capture may start anywhere (mid-L2, mid-exit).
+    #[test]
+    fn captures_starting_anywhere_are_clean(
+        choices in prop::collection::vec(any::<u8>(), 0..300),
+        skip in 0usize..3000,
+    ) {
+        let t = common::well_formed_nested(&choices);
+        let skip = skip % (t.events.len() + 1);
+        let found = loud(&t.events[skip..]);
+        prop_assert!(found.is_empty(), "{:#?}", found);
+    }
+
+    /// Two vCPUs (threads) interleaved in any order are modelled independently.
+    #[test]
+    fn interleaved_vcpus_are_independent(
+        a in prop::collection::vec(any::<u8>(), 0..200),
+        b in prop::collection::vec(any::<u8>(), 0..200),
+        order in prop::collection::vec(any::<bool>(), 0..4000),
+    ) {
+        let ta = common::well_formed_nested(&a);
+        let mut tb = common::well_formed_flat(&b);
+        for e in &mut tb.events {
+            e.pid = 2000;
+            match &mut e.kind {
+                EventKind::KvmExit(i) | EventKind::KvmNestedVmexit(i) => i.vcpu_id = Some(1),
+                EventKind::KvmEntry(en) => en.vcpu_id = 1,
+                EventKind::KvmPageFault { vcpu_id, .. } => *vcpu_id = Some(1),
+                EventKind::KvmSmmTransition { vcpu_id, .. } => *vcpu_id = 1,
+                _ => {}
+            }
+        }
+        let (mut ia, mut ib) = (ta.events.iter().peekable(), tb.events.iter().peekable());
+        let mut merged = Vec::new();
+        let mut pick = order.into_iter();
+        while ia.peek().is_some() || ib.peek().is_some() {
+            let take_a = match (ia.peek(), ib.peek()) {
+                (Some(_), Some(_)) => pick.next().unwrap_or(true),
+                (Some(_), None) => true,
+                _ => false,
+            };
+            merged.push(if take_a { ia.next() } else { ib.next() }.unwrap().clone());
+        }
+        let found = loud(&merged);
+        prop_assert!(found.is_empty(), "{:#?}", found);
+    }
+
+    /// A snapshot resumes exactly where the model was.
+    #[test]
+    fn snapshots_resume_identically(choices in prop::collection::vec(any::<u8>(), 0..200), cut in 0usize..2000) {
+        let t = common::well_formed_nested(&choices);
+        let cut = cut % (t.events.len() + 1);
+        let mut model = Model::default();
+        model.run(&t.events[..cut]);
+        let mut resumed = model.snapshot();
+        let rest_a = model.run(&t.events[cut..]);
+        let rest_b = resumed.run(&t.events[cut..]);
+        prop_assert_eq!(rest_a, rest_b);
+        prop_assert_eq!(model.summary(), resumed.summary());
+    }
+}
