@@ -139,10 +139,50 @@ proptest! {
     }
 
     #[test]
+    fn well_formed_nested_shadow_sequences_are_clean(choices in prop::collection::vec(any::<u8>(), 0..400)) {
+        let t = common::well_formed_nested_shadow(&choices);
+        let loud: Vec<_> = Model::default().run(&t.events).into_iter().filter(|a| a.severity > Severity::Info).collect();
+        prop_assert!(loud.is_empty(), "{:#?}", loud);
+    }
+
+    #[test]
     fn well_formed_nested_sequences_are_clean(choices in prop::collection::vec(any::<u8>(), 0..400)) {
         let t = common::well_formed_nested(&choices);
         let loud: Vec<_> = Model::default().run(&t.events).into_iter().filter(|a| a.severity > Severity::Info).collect();
         prop_assert!(loud.is_empty(), "{:#?}", loud);
+    }
+}
+
+#[test]
+fn generated_shadow_nested_sequences_exercise_the_shadow_rules() {
+    use vmxray_replay::{RuleId, RuleStatus};
+    let mut x: u32 = 0x1234_5678;
+    let choices: Vec<u8> = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[1]
+        })
+        .collect();
+    let t = common::well_formed_nested_shadow(&choices);
+    let mut model = Model::default();
+    let loud: Vec<_> =
+        model.run(&t.events).into_iter().filter(|a| a.severity > Severity::Info).collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    let summary = model.summary();
+    for rule in [
+        RuleId::ChangedSubjectCr3,
+        RuleId::InvvpidRootNotReacquired,
+        RuleId::RootWrongLevel,
+        RuleId::RootGfnNotCr3,
+        RuleId::L2PfNotHandledByL0,
+    ] {
+        let checked = summary
+            .rules
+            .iter()
+            .any(|r| r.rule == rule && matches!(r.status, RuleStatus::Checked { .. }));
+        assert!(checked, "{rule} never checked");
     }
 }
 
@@ -219,7 +259,11 @@ proptest! {
         len in 0usize..200,
         flat in any::<bool>(),
     ) {
-        let t = if flat { common::well_formed_flat(&choices) } else { common::well_formed_nested(&choices) };
+        let t = match (flat, from % 2) {
+            (true, _) => common::well_formed_flat(&choices),
+            (false, 0) => common::well_formed_nested(&choices),
+            (false, _) => common::well_formed_nested_shadow(&choices),
+        };
         let events = lose(&t.events, from % (t.events.len() + 1), len);
         let found = loud(&events);
         prop_assert!(found.is_empty(), "{:#?}", found);

@@ -394,12 +394,24 @@ struct Vmcs {
 /// A well-formed nested trace (L0 EPT; three vmcs12, nested EPT on one of them; HLT-path
 /// entries; reflected and L0-handled L2 exits), driven by `choices`.
 pub fn well_formed_nested(choices: &[u8]) -> Trace {
+    nested(choices, false)
+}
+
+/// The same with L0 shadow paging (`enable_ept=0`): shadow roots for L1 and L2, L2 #PF handled
+/// by L0 then reflected, L2 MOV CR3 reflected to L1 (which rewrites GUEST_CR3 through a shadow
+/// VMCS), INVVPID.
+pub fn well_formed_nested_shadow(choices: &[u8]) -> Trace {
+    nested(choices, true)
+}
+
+fn nested(choices: &[u8], shadow: bool) -> Trace {
     let mut t = Trace::new();
+    let l1_cr3_gfn = 0x55u64;
     let mut vmcs: Vec<Vmcs> = (0..3u64)
         .map(|i| Vmcs {
             vmptr: 0x1000_0000 + i * 0x1000,
             nested_rip: 0xa000 + i * 0x1000,
-            ept: i == 2,
+            ept: i == 2 && !shadow,
             pgd: if i == 2 { EPTP } else { 0x2000_0000 + i * 0x10_0000 },
             host_rip: 0x200 + i * 0x100,
             launched: false,
@@ -410,7 +422,38 @@ pub fn well_formed_nested(choices: &[u8]) -> Trace {
     let mut l1_rip = 0x10_0000u64;
     let mut l2_step = 0u64;
     t.establish_l1();
+    if shadow {
+        t.exit(CR_ACCESS, 0x300);
+        t.cr(true, 3, l1_cr3_gfn << 12);
+        t.get_page(l1_cr3_gfn, ROLE_L1, true);
+        t.entry(0x303);
+    }
     for c in choices {
+        if in_l2 && shadow && c % 4 == 3 {
+            let Some(v) = cur.map(|i| &mut vmcs[i]) else { break };
+            let rip = v.nested_rip;
+            l2_step += 1;
+            if c & 0x80 != 0 {
+                // #PF: L0 walks L2's tables; a genuine guest fault goes to L1.
+                let cr2 = 0x40_0000 + l2_step * 0x1000;
+                t.exit_full(EXCEPTION_NMI, rip, cr2, 0x8000_0b0e);
+                t.nested_vmexit_full(EXCEPTION_NMI, rip, cr2, 0x8000_0b0e);
+                t.page_fault(cr2, 2);
+                t.inject_full(EXCEPTION_NMI, cr2, 0x8000_0b0e);
+            } else {
+                // MOV CR3 intercepted by L1, which emulates it and rewrites GUEST_CR3.
+                t.exit_full(CR_ACCESS, rip, 3, 0);
+                t.nested_vmexit_full(CR_ACCESS, rip, 3, 0);
+                t.inject_full(CR_ACCESS, 3, 0);
+                v.pgd = 0x2000_0000 + l2_step * 0x1000;
+                v.nested_rip += 3;
+            }
+            t.get_page(l1_cr3_gfn, ROLE_L1, false);
+            t.entry(v.host_rip);
+            v.launched = true;
+            in_l2 = false;
+            continue;
+        }
         if in_l2 {
             let Some(v) = cur.map(|i| &mut vmcs[i]) else { break };
             let rip = v.nested_rip;
@@ -423,14 +466,18 @@ pub fn well_formed_nested(choices: &[u8]) -> Trace {
                     t.page_fault(gpa, 0x182);
                     t.entry(rip);
                 }
-                1 => {
-                    t.reflect(CPUID, rip, v.host_rip);
-                    v.nested_rip += 2;
-                    v.launched = true;
-                    in_l2 = false;
-                }
                 _ => {
-                    t.reflect(EXTERNAL_INTERRUPT, rip, v.host_rip);
+                    let reason = if c % 3 == 1 { CPUID } else { EXTERNAL_INTERRUPT };
+                    t.exit(reason, rip);
+                    t.nested_vmexit_full(reason, rip, 0, 0);
+                    t.inject(reason);
+                    if shadow {
+                        t.get_page(l1_cr3_gfn, ROLE_L1, false);
+                    }
+                    t.entry(v.host_rip);
+                    if reason == CPUID {
+                        v.nested_rip += 2;
+                    }
                     v.launched = true;
                     in_l2 = false;
                 }
@@ -453,9 +500,15 @@ pub fn well_formed_nested(choices: &[u8]) -> Trace {
                 if v.ept {
                     t.get_page(v.pgd >> 12, ROLE_GUEST_MMU, !v.launched);
                 }
+                if shadow {
+                    t.get_page(v.pgd >> 12, ROLE_L2, !v.launched);
+                }
                 if c % 6 == 4 && c & 0x80 != 0 {
                     // HLT activity: the timer fires before L2 runs.
                     t.inject(PREEMPTION_TIMER);
+                    if shadow {
+                        t.get_page(l1_cr3_gfn, ROLE_L1, false);
+                    }
                     t.entry(v.host_rip);
                     v.launched = true;
                 } else {
@@ -464,7 +517,7 @@ pub fn well_formed_nested(choices: &[u8]) -> Trace {
                 }
             }
             _ => {
-                t.l1_exit(VMWRITE, l1_rip);
+                t.l1_exit(if shadow && c & 0x80 != 0 { INVVPID } else { VMWRITE }, l1_rip);
             }
         }
     }
