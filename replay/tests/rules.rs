@@ -850,3 +850,38 @@ fn launch_state_after_a_late_vmfail_of_vmlaunch() {
     let at = t.vmenter(A, 0xa000, false, 0x9000);
     assert_one(&t.events, RuleId::LaunchState, at, &[]);
 }
+
+#[test]
+fn before_6_1_nested_entries_are_inferred_and_vmenter_rules_are_not_checkable() {
+    use vmxray_replay::{Model, RuleStatus};
+    // No kvm_nested_vmenter: VMLAUNCH, then an entry that is neither at the instruction nor
+    // after it, is an L2 entry.
+    let mut t = Trace::new();
+    t.establish_l1();
+    t.exit(VMLAUNCH, 0x100);
+    t.entry(0xa000);
+    t.exit(CPUID, 0xa000);
+    t.nested_vmexit_full(CPUID, 0xa000, 0, 0);
+    t.inject(CPUID);
+    t.entry(0x200);
+    // A VMfail: entry right after the instruction.
+    t.exit(VMRESUME, 0x210);
+    t.entry(0x213);
+    let mut model = Model::default();
+    let found = model.run(&t.events);
+    assert!(found.is_empty(), "{found:#?}");
+    let summary = model.summary();
+    assert!(!summary.features.nested_vmenter);
+    for rule in [RuleId::ChangedSubjectCr3, RuleId::L2EntryMismatch, RuleId::UnexplainedVmenter] {
+        let status = summary.rules.iter().find(|r| r.rule == rule).unwrap().status;
+        assert!(matches!(status, RuleStatus::NotCheckable { .. }), "{rule}: {status:?}");
+    }
+    let status =
+        summary.rules.iter().find(|r| r.rule == RuleId::NestedVmexitOutsideL2).unwrap().status;
+    assert!(matches!(status, RuleStatus::Checked { .. }));
+
+    // After the VMfail the vCPU is in L1: a nested exit now is an anomaly.
+    t.exit(CPUID, 0x213);
+    let at = t.nested_vmexit_full(CPUID, 0x213, 0, 0);
+    assert_one(&t.events, RuleId::NestedVmexitOutsideL2, at, &[]);
+}
