@@ -202,7 +202,13 @@ struct Slot {
     actor: Actor,
     state: VcpuState,
     rules: RuleStates,
+    last_used: u64,
 }
+
+/// Threads never seen running a vCPU (MMU notifiers, kworkers, ioctl threads) keep at most this
+/// many slots; the least recently used one is recycled, so memory does not grow with the number
+/// of threads a long trace shows.
+pub const MAX_THREAD_SLOTS: usize = 256;
 
 /// The replay model: feed it every event of a trace, in order, with [`Model::step`].
 ///
@@ -410,18 +416,46 @@ impl Model {
     }
 
     fn slot_index(&mut self, actor: Actor) -> usize {
-        if self.slots.get(self.last_slot).is_some_and(|s| s.actor == actor) {
+        let now = self.next;
+        if let Some(slot) = self.slots.get_mut(self.last_slot)
+            && slot.actor == actor
+        {
+            slot.last_used = now;
             return self.last_slot;
         }
+        let fresh = || Slot {
+            actor,
+            state: VcpuState::default(),
+            rules: RuleStates::default(),
+            last_used: now,
+        };
         let idx = match self.slots.iter().position(|s| s.actor == actor) {
-            Some(idx) => idx,
+            Some(idx) => {
+                self.slots[idx].last_used = now;
+                idx
+            }
             None => {
-                self.slots.push(Slot {
-                    actor,
-                    state: VcpuState::default(),
-                    rules: RuleStates::default(),
-                });
-                self.slots.len() - 1
+                let threads = self.slots.iter().filter(|s| matches!(s.actor, Actor::Thread(_)));
+                let recycle = match actor {
+                    Actor::Thread(_) if threads.clone().count() >= MAX_THREAD_SLOTS => self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| matches!(s.actor, Actor::Thread(_)))
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| i),
+                    Actor::Thread(_) | Actor::Vcpu(_) => None,
+                };
+                match recycle {
+                    Some(i) => {
+                        self.slots[i] = fresh();
+                        i
+                    }
+                    None => {
+                        self.slots.push(fresh());
+                        self.slots.len() - 1
+                    }
+                }
             }
         };
         self.last_slot = idx;

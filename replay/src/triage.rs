@@ -21,7 +21,7 @@ use vmxray_capture::codes::{
 use vmxray_capture::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
-use crate::model::{Model, ModelConfig, TraceSummary, Transition};
+use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, TraceSummary, Transition};
 use crate::state::{Level, Mode, Vmcs12Record};
 
 /// Window sizes.
@@ -249,6 +249,7 @@ struct Window {
     last_injection: Option<ChainLink>,
     entries: u64,
     crash_at_entries: Option<u64>,
+    last_used: EventIndex,
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
@@ -308,23 +309,48 @@ impl Triage {
         let state = self.model.state(actor);
         let level = state.and_then(|s| s.level());
         let vmptr = state.and_then(|s| s.current_vmptr);
+        let fresh = || Window {
+            actor,
+            events: VecDeque::new(),
+            chain: VecDeque::new(),
+            changes: VecDeque::new(),
+            anomalies: VecDeque::new(),
+            last_injection: None,
+            entries: 0,
+            crash_at_entries: None,
+            last_used: at,
+        };
         let idx = match self.windows.iter().position(|w| w.actor == actor) {
             Some(i) => i,
             None => {
-                self.windows.push(Window {
-                    actor,
-                    events: VecDeque::new(),
-                    chain: VecDeque::new(),
-                    changes: VecDeque::new(),
-                    anomalies: VecDeque::new(),
-                    last_injection: None,
-                    entries: 0,
-                    crash_at_entries: None,
-                });
-                self.windows.len() - 1
+                // Same bound as the model's thread slots: recycle the least recently used
+                // window of a thread that never ran a vCPU.
+                let threads =
+                    self.windows.iter().filter(|w| matches!(w.actor, Actor::Thread(_))).count();
+                let recycle = match actor {
+                    Actor::Thread(_) if threads >= MAX_THREAD_SLOTS => self
+                        .windows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| matches!(w.actor, Actor::Thread(_)))
+                        .min_by_key(|(_, w)| w.last_used)
+                        .map(|(i, _)| i),
+                    Actor::Thread(_) | Actor::Vcpu(_) => None,
+                };
+                match recycle {
+                    Some(i) => {
+                        self.windows[i] = fresh();
+                        i
+                    }
+                    None => {
+                        self.windows.push(fresh());
+                        self.windows.len() - 1
+                    }
+                }
             }
         };
         let w = &mut self.windows[idx];
+        w.last_used = at;
         for a in anomalies {
             push_bounded(&mut w.anomalies, a, cfg.links * 2);
         }

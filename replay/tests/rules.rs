@@ -885,3 +885,29 @@ fn before_6_1_nested_entries_are_inferred_and_vmenter_rules_are_not_checkable() 
     let at = t.nested_vmexit_full(CPUID, 0x213, 0, 0);
     assert_one(&t.events, RuleId::NestedVmexitOutsideL2, at, &[]);
 }
+
+#[test]
+fn state_stays_bounded_with_many_threads_and_vmcs12s() {
+    use vmxray_replay::Model;
+    use vmxray_replay::model::MAX_THREAD_SLOTS;
+    use vmxray_replay::state::Vmcs12Store;
+    use vmxray_replay::triage::{TriageConfig, triage};
+    let mut t = Trace::new();
+    for pid in 0..2000 {
+        t.pid = 10_000 + pid;
+        t.get_page(0x44, ROLE_L1, false);
+    }
+    t.pid = 1000;
+    for i in 0..500u64 {
+        t.l1_exit(VMPTRLD, 0x100);
+        t.enter_l2(VMLAUNCH, 0x110, 0x1000_0000 + i * 0x1000, 0xa000, true, EPTP);
+        t.reflect(CPUID, 0xa000, 0x200);
+    }
+    let mut model = Model::default();
+    model.run(&t.events);
+    assert!(model.states().count() <= MAX_THREAD_SLOTS + 1);
+    let vcpu = model.state(vmxray_replay::Actor::Vcpu(0)).unwrap();
+    assert!(vcpu.vmcs12.iter().count() <= Vmcs12Store::CAPACITY);
+    let report = triage(&t.events, TriageConfig::default());
+    assert!(report.crashes.is_empty());
+}
