@@ -123,6 +123,15 @@ pub enum ChainLink {
         /// The exit was to L1 (`kvm_nested_vmexit_inject`).
         nested: bool,
     },
+    /// `kvm_nested_vmenter_failed`: a nested VM-entry check failed.
+    VmenterFailed {
+        /// The event.
+        at: EventIndex,
+        /// The failed check (a `CC()` expression, or the hardware VM-instruction error prefix).
+        msg: String,
+        /// The VM-instruction error number (0 for a `CC()` check).
+        err: u32,
+    },
     /// `kvm_emulate_insn` with the failed flag.
     EmulationFailed {
         /// The event.
@@ -142,6 +151,7 @@ impl ChainLink {
             | Self::PageFault { at, .. }
             | Self::WalkerError { at, .. }
             | Self::ExitException { at, .. }
+            | Self::VmenterFailed { at, .. }
             | Self::EmulationFailed { at, .. } => *at,
         }
     }
@@ -459,6 +469,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmEmulateInsn { rip, insn, failed: true, .. } => {
             Some(ChainLink::EmulationFailed { at, rip: *rip, insn: insn.as_slice().to_vec() })
         }
+        EventKind::KvmNestedVmenterFailed { msg, err } => {
+            Some(ChainLink::VmenterFailed { at, msg: msg.to_string(), err: err.0 })
+        }
         EventKind::KvmEntry(_) => {
             w.entries += 1;
             w.last_injection = None;
@@ -485,7 +498,6 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmCr { .. }
         | EventKind::KvmNestedVmexit(_)
         | EventKind::KvmNestedVmenter(_)
-        | EventKind::KvmNestedVmenterFailed { .. }
         | EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmUserspaceExit { .. }

@@ -152,3 +152,21 @@ fn triage_one_crash_per_fatal_chain_in_l2() {
 }
 
 const EPT_EPTP: u64 = EPTP;
+
+#[test]
+fn triage_failed_vmentry_keeps_the_failed_check() {
+    let mut t = Trace::new();
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(0xa0, 0xa000, true, EPTP);
+    let check = t.vmenter_failed("CC(!nested_vmx_check_guest_state)", 0);
+    t.inject_full(FAILED_INVALID_STATE, 0, 0);
+    t.entry(0x200);
+    let report = triage(&t.events, TriageConfig::default());
+    assert_eq!(report.crashes.len(), 1);
+    let crash = &report.crashes[0];
+    assert_eq!(crash.kind, CrashKind::FailedVmentry);
+    assert_eq!(crash.vmcs12.as_ref().map(|r| r.vmptr), Some(0xa0));
+    assert!(crash.exception_chain.iter().any(
+        |l| matches!(l, ChainLink::VmenterFailed { at, msg, .. } if at.0 == check && msg.contains("guest_state"))
+    ));
+}

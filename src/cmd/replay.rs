@@ -72,6 +72,9 @@ pub struct Args {
     /// Exit with status 1 when an anomaly at or above this severity is found.
     #[arg(long, default_value = "warning", value_parser = parse_severity)]
     pub fail_on: Severity,
+    /// How many identical fault exits in a row make a livelock.
+    #[arg(long, default_value_t = ModelConfig::default().livelock_threshold)]
+    pub livelock_threshold: u32,
     /// Skip unreadable records (counted and reported) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
@@ -97,6 +100,8 @@ pub struct Options {
     pub min_severity: Severity,
     /// Output format.
     pub format: Format,
+    /// Livelock threshold.
+    pub livelock_threshold: u32,
 }
 
 /// The result of one input.
@@ -125,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         min_severity: args.severity,
         format: args.format,
+        livelock_threshold: args.livelock_threshold.max(2),
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -169,7 +175,8 @@ where
     I: IntoIterator<Item = Result<Event, ReadError>>,
     W: Write,
 {
-    let mut model = Model::new(ModelConfig { rules: opts.rules, ..ModelConfig::default() });
+    let mut model =
+        Model::new(ModelConfig { rules: opts.rules, livelock_threshold: opts.livelock_threshold });
     let mut shown = 0;
     if opts.format == Format::Text {
         writeln!(out, "{input}")?;
@@ -372,7 +379,12 @@ mod tests {
     }
 
     fn opts(format: Format) -> Options {
-        Options { rules: RuleSet::all(), min_severity: Severity::Info, format }
+        Options {
+            rules: RuleSet::all(),
+            min_severity: Severity::Info,
+            format,
+            livelock_threshold: 64,
+        }
     }
 
     #[test]
@@ -425,7 +437,7 @@ mod tests {
         let o = replay_stream(
             "t",
             stream(),
-            Options { rules: only_livelock, min_severity: Severity::Info, format: Format::Text },
+            Options { rules: only_livelock, ..opts(Format::Text) },
             &mut out,
         )
         .unwrap();
@@ -435,11 +447,7 @@ mod tests {
         let o = replay_stream(
             "t",
             stream(),
-            Options {
-                rules: RuleSet::all(),
-                min_severity: Severity::Critical,
-                format: Format::Text,
-            },
+            Options { min_severity: Severity::Critical, ..opts(Format::Text) },
             &mut out,
         )
         .unwrap();

@@ -121,6 +121,14 @@ fn link_text(l: &ChainLink) -> String {
         ChainLink::EmulationFailed { rip, insn, .. } => {
             format!("emulation of {} at rip {rip:#x} failed", insn_text(insn))
         }
+        ChainLink::VmenterFailed { msg, err, .. } => {
+            let name = vmxray_capture::codes::VmInstructionError(*err);
+            if *err == 0 {
+                format!("nested VM-entry check failed: {msg}")
+            } else {
+                format!("nested VM-entry failed: {msg}{name} ({err})")
+            }
+        }
     }
 }
 
@@ -279,6 +287,7 @@ fn findings(c: &Crash) -> Vec<String> {
             ChainLink::Injected { .. }
             | ChainLink::WalkerError { .. }
             | ChainLink::ExitException { .. }
+            | ChainLink::VmenterFailed { .. }
             | ChainLink::EmulationFailed { .. } => None,
         })
         .collect();
@@ -290,6 +299,11 @@ fn findings(c: &Crash) -> Vec<String> {
         .any(|l| matches!(l, ChainLink::Injected { vector, .. } if vector.0 == 8))
     {
         out.push("A #DF was injected: an exception occurred while delivering another.".to_owned());
+    }
+    if let Some(ChainLink::VmenterFailed { msg, at, .. }) =
+        c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::VmenterFailed { .. }))
+    {
+        out.push(format!("A nested VM-entry failed at event {at}: {msg}."));
     }
     if !c.anomalies.is_empty() {
         out.push(format!(

@@ -28,8 +28,9 @@ pub(crate) fn on_entry(ctx: &mut Ctx<'_>, e: &Entry) {
         return;
     };
     let Some(rec) = st.vmcs12.get(vmptr) else { return };
-    // SVM has no HOST_RIP: L1 continues after whichever VMRUN it executed.
-    if rec.svm {
+    // SVM has no HOST_RIP: L1 continues after whichever VMRUN it executed. An eVMCS (vmptr -1)
+    // does not identify one vmcs12, and its writes never exit.
+    if rec.svm || vmptr == u64::MAX {
         return;
     }
     let Some(host) = rec.host_rip else { return };
