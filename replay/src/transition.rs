@@ -202,13 +202,14 @@ pub(crate) fn apply(
 
 fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     let level = st.level();
-    // Since 5.10 every hardware exit from L2 is repeated by kvm_nested_vmexit, except L0's own
-    // preemption-timer fastpath exit.
-    st.exit_awaiting_nested = (st.mode == Mode::L2Run
-        && f.nested_vmexit
-        && f.v5_10
-        && !info.reason.is_vmx(VmxBasicReason::PREEMPTION_TIMER))
-    .then_some(at);
+    // Since 5.10 every hardware exit from L2 is repeated by kvm_nested_vmexit, except exits a
+    // fastpath handles: L0's own preemption timer in 6.x, and — conservatively, for kernels
+    // whose fastpath served L2 too — MSR writes and HLT.
+    let fastpath_candidate = info.reason.is_vmx(VmxBasicReason::PREEMPTION_TIMER)
+        || info.reason.is_vmx(VmxBasicReason::MSR_WRITE)
+        || info.reason.is_vmx(VmxBasicReason::HLT);
+    st.exit_awaiting_nested =
+        (st.mode == Mode::L2Run && f.nested_vmexit && f.v5_10 && !fastpath_candidate).then_some(at);
     st.last_exit = Some(LastExit {
         at,
         reason: info.reason,
