@@ -249,12 +249,12 @@ rules! {
         "kvm_cr writes of CR3 (shadow paging) followed by kvm_mmu_get_page of a root";
     /// Invariant 14.
     RootWrongLevel = "root_wrong_level", Error,
-        "kvm_mmu_page_role.guest_mode (KVM: x86: MMU: separate roots for L2, 2017)",
+        "kvm_mmu_page_role.guest_mode, set from is_guest_mode() by kvm_calc_*_root_page_role (mmu/mmu.c) so that L1 and L2 never share roots",
         "every root loaded in L2 has guest_mode 1 and every root loaded in L1 has guest_mode 0",
         "kvm_mmu_get_page roots on a vCPU whose level is known (nested tracepoints)";
     /// Invariant 14.
     RootWrongSmm = "root_wrong_smm", Error,
-        "KVM: x86: add SMM to the MMU role (Paolo Bonzini, 4.2); kvm_smm_changed resets the MMU",
+        "699023e23965 KVM: x86: add SMM to the MMU role, support SMRAM address space; kvm_smm_changed resets the MMU",
         "role.smm is non-zero exactly between kvm_smm_transition entering and leaving",
         "kvm_smm_transition and later kvm_mmu_get_page roots";
     /// Invariant 15.
