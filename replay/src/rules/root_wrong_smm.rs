@@ -1,9 +1,8 @@
 //! **root_wrong_smm** — invariant 14: `role.smm` is non-zero exactly while the vCPU is in SMM.
 //!
 //! **KVM behaviour.** `699023e23965` "KVM: x86: add SMM to the MMU role, support SMRAM address
-//! space" (Paolo Bonzini, 4.2) gives SMM its own
-//! address space and roots; `kvm_smm_changed` (smm.c) calls `kvm_mmu_reset_context` on every
-//! SMM transition.
+//! space" (Paolo Bonzini, 4.2) gives SMM its own address space and roots; `kvm_smm_changed`
+//! (smm.c) calls `kvm_mmu_reset_context` on every SMM transition.
 //!
 //! **Sequence matched:**
 //! ```text
