@@ -34,9 +34,11 @@
 //!
 //! **State at any event.** [`Model`] is `Clone` and bounded, so a browser keeps
 //! [`Model::snapshot`]s every few thousand events and steps a copy forward to the event the user
-//! selects; [`Model::state`] exposes each vCPU's [`VcpuState`].
+//! selects ([`checkpoints::Checkpoints`] does exactly that); [`Model::state`] exposes each
+//! vCPU's [`VcpuState`].
 
 pub mod anomaly;
+pub mod checkpoints;
 pub mod model;
 pub mod rules;
 pub mod state;

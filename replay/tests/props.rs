@@ -329,3 +329,34 @@ proptest! {
         prop_assert_eq!(model.summary(), resumed.summary());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The state rebuilt from checkpoints equals the state of a fresh replay up to that event.
+    #[test]
+    fn checkpoints_rebuild_the_state_at_any_event(
+        choices in prop::collection::vec(any::<u8>(), 1..200),
+        at in 0usize..4000,
+        interval in 1u64..64,
+    ) {
+        use vmxray_replay::EventIndex;
+        use vmxray_replay::checkpoints::Checkpoints;
+        let t = common::well_formed_nested(&choices);
+        let at = at % t.events.len();
+        let mut model = Model::default();
+        let mut cp = Checkpoints::new(interval);
+        for e in &t.events {
+            cp.observe(&model);
+            model.step(e);
+        }
+        let rebuilt = cp.model_at(EventIndex(at as u64), |i| &t.events[usize::try_from(i.0).unwrap()]).unwrap();
+        let mut fresh = Model::default();
+        fresh.run(&t.events[..at]);
+        prop_assert_eq!(rebuilt.next_index(), fresh.next_index());
+        let a: Vec<_> = rebuilt.states().map(|(a, s)| (a, s.clone())).collect();
+        let b: Vec<_> = fresh.states().map(|(a, s)| (a, s.clone())).collect();
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(rebuilt.summary(), fresh.summary());
+    }
+}
