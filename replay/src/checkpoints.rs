@@ -44,7 +44,8 @@ impl Checkpoints {
     /// interval.
     pub fn observe(&mut self, model: &Model) {
         let next = model.next_index().0;
-        if next % self.interval == 0 && next / self.interval == self.snapshots.len() as u64 {
+        if next.is_multiple_of(self.interval) && next / self.interval == self.snapshots.len() as u64
+        {
             self.snapshots.push(model.snapshot());
         }
     }
