@@ -28,6 +28,10 @@ enum Command {
     Stats(cmd::stats::Args),
     /// Emit the tracepoints KVM produces for a scripted nested-VMX scenario (fixed or buggy KVM).
     Simulate(cmd::simulate::Args),
+    /// Replay traces through the nested-VMX/MMU model and report every divergence.
+    Replay(cmd::replay::Args),
+    /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
+    Triage(cmd::triage::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
         Command::Dump(args) => cmd::dump::run(args),
         Command::Stats(args) => cmd::stats::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
+        Command::Triage(args) => cmd::triage::run(args),
     };
     match result {
         Ok(code) => code,

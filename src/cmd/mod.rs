@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 pub mod dump;
 pub mod input;
+pub mod replay;
 pub mod simulate;
 pub mod stats;
+pub mod triage;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;

@@ -1,0 +1,62 @@
+//! Replay throughput: a generated, well-formed nested stream (nested entries and exits, HLT-path
+//! entries, L0-handled EPT violations with page faults, guest_mmu root loads, VMPTRLD/VMWRITE
+//! exits) of 2^17 events held in memory and stepped 80 times per iteration: 10.5M events per
+//! iteration through one `Model`, whose state stays bounded whatever the length.
+//!
+//! Run: `cargo bench -p vmxray-replay --bench replay`.
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use vmxray_replay::Model;
+
+const PASSES: u64 = 80;
+
+fn stream() -> Vec<vmxray_capture::Event> {
+    let mut x: u32 = 0x9e37_79b9;
+    let mut choices = Vec::new();
+    let mut events = Vec::new();
+    while events.len() < 1 << 17 {
+        choices.clear();
+        for _ in 0..4096 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            choices.push(x.to_le_bytes()[1]);
+        }
+        // End every chunk in L1 so that chunks (and passes) join cleanly.
+        choices.extend([1u8; 4]);
+        events.extend(common::well_formed_nested(&choices).events);
+    }
+    events
+}
+
+fn bench(c: &mut Criterion) {
+    let events = stream();
+    let total = events.len() as u64 * PASSES;
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(total));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("model_step_nested_stream", |b| {
+        b.iter(|| {
+            let mut model = Model::default();
+            let mut anomalies = 0usize;
+            for _ in 0..PASSES {
+                for e in &events {
+                    anomalies += model.step(black_box(e)).anomalies.len();
+                }
+            }
+            black_box(anomalies)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,484 @@
+//! [`Model`]: attribution of events to vCPUs, the rules, then the state transition.
+//!
+//! For every event, in this order:
+//!
+//! ```text
+//!  event ──► attribute (vcpu_id, else pid→vCPU learned from events that carry vcpu_id,
+//!            │          else the thread itself)
+//!            ▼
+//!        rules::check(pre-state, event)  ──► anomalies (data)
+//!            ▼
+//!        transition::apply(state, event) ──► transitions (data)
+//! ```
+//!
+//! Rules see the state *before* the event, so each one reads "what KVM had done so far" and
+//! compares it with what the event shows.
+
+use serde::Serialize;
+use vmxray_capture::{Event, EventKind};
+
+use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
+use crate::rules::{self, Ctx, RuleStates};
+use crate::state::{EntryCause, Features, Mode, RootLoad, VcpuState};
+use crate::transition;
+
+/// How the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// The rules that report (all rules always track their state).
+    pub rules: RuleSet,
+    /// How many identical fault exits in a row make a livelock.
+    pub livelock_threshold: u32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { rules: RuleSet::all(), livelock_threshold: 64 }
+    }
+}
+
+/// A field of a vmcs12 the trace showed (for a VMCS-field history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vmcs12Field {
+    /// GUEST_RIP (`nested_rip`).
+    GuestRip,
+    /// GUEST_CR3 (`guest_pgd`, nested_ept=n).
+    GuestCr3,
+    /// EPT_POINTER (`guest_pgd`, nested_ept=y).
+    EptPointer,
+    /// VM_ENTRY_INTR_INFO_FIELD (`event_inj`).
+    EntryIntrInfo,
+    /// GUEST_INTR_STATUS (`int_ctl`).
+    GuestIntrStatus,
+    /// HOST_RIP (learned from the entry after a nested exit).
+    HostRip,
+}
+
+/// Why a vCPU's state was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResyncReason {
+    /// The input lost events (on any CPU: a vCPU thread migrates).
+    LostEvents,
+}
+
+/// One state change, as data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "transition", rename_all = "snake_case")]
+pub enum Transition {
+    /// The level changed.
+    Mode {
+        /// Before.
+        from: Mode,
+        /// After.
+        to: Mode,
+    },
+    /// The actor's state was dropped; it resynchronizes from the next nested events.
+    Resynchronizing {
+        /// Which actor.
+        actor: Actor,
+        /// Why.
+        reason: ResyncReason,
+    },
+    /// A nested VM-Enter.
+    NestedEntry {
+        /// vmcs12 GPA (-1 for eVMCS).
+        vmptr: u64,
+        /// What started it.
+        cause: EntryCause,
+    },
+    /// A nested VM-Exit that L1 sees (reason None: silent, SMI).
+    NestedExit {
+        /// Reason.
+        reason: Option<vmxray_capture::codes::ExitCode>,
+    },
+    /// A late (hardware) VM-Fail unwound the entry.
+    LateVmFail,
+    /// A vmcs12 field value the trace showed.
+    Vmcs12Field {
+        /// vmcs12 GPA.
+        vmptr: u64,
+        /// Which field.
+        field: Vmcs12Field,
+        /// Its value.
+        value: u64,
+    },
+    /// L1's CR3 became known or changed.
+    L1Cr3 {
+        /// The value.
+        value: u64,
+    },
+    /// A root-level shadow page was loaded.
+    RootLoaded(RootLoad),
+    /// SMM entered or left.
+    Smm {
+        /// Entering.
+        entering: bool,
+    },
+}
+
+/// What one event did: borrowed from the model until the next `step`.
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    /// The event's index.
+    pub at: EventIndex,
+    /// Who it was attributed to (None for `Lost`, which concerns every vCPU).
+    pub actor: Option<Actor>,
+    /// State changes.
+    pub transitions: &'a [Transition],
+    /// Divergences found.
+    pub anomalies: &'a [Anomaly],
+}
+
+/// Whether a rule had anything to decide in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RuleStatus {
+    /// The rule was evaluated `checks` times.
+    Checked {
+        /// Decidable instances.
+        checks: u64,
+        /// Anomalies it reported.
+        anomalies: u64,
+    },
+    /// The trace never gave the rule a decidable instance.
+    NotCheckable {
+        /// What the trace would have needed.
+        why: &'static str,
+    },
+}
+
+/// The per-trace rule summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleSummary {
+    /// The rule.
+    pub rule: RuleId,
+    /// Whether it was checkable.
+    #[serde(flatten)]
+    pub status: RuleStatus,
+}
+
+/// What the model saw of a whole trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceSummary {
+    /// Events stepped.
+    pub events: u64,
+    /// `Lost` markers.
+    pub lost_markers: u64,
+    /// Events the markers said were lost.
+    pub lost_events: u64,
+    /// vCPUs seen.
+    pub vcpus: Vec<u32>,
+    /// Threads whose events could not be attributed to a vCPU.
+    pub unattributed_threads: usize,
+    /// What the events reveal about the kernel.
+    pub features: Features,
+    /// One line per enabled rule.
+    pub rules: Vec<RuleSummary>,
+    /// Anomalies per severity (info, warning, error, critical).
+    pub by_severity: [u64; 4],
+}
+
+impl TraceSummary {
+    /// Anomalies at or above `min`.
+    pub fn count_at_least(&self, min: Severity) -> u64 {
+        Severity::ALL.iter().zip(self.by_severity).filter(|(s, _)| **s >= min).map(|(_, n)| n).sum()
+    }
+}
+
+/// The anomalies of one step plus per-rule counters.
+#[derive(Clone, Debug)]
+pub(crate) struct Findings {
+    pub anomalies: Vec<Anomaly>,
+    pub checks: [u64; RuleId::COUNT],
+    pub reported: [u64; RuleId::COUNT],
+    pub by_severity: [u64; 4],
+    pub enabled: RuleSet,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    actor: Actor,
+    state: VcpuState,
+    rules: RuleStates,
+    last_used: u64,
+}
+
+/// Threads never seen running a vCPU (MMU notifiers, kworkers, ioctl threads) keep at most this
+/// many slots; the least recently used one is recycled, so memory does not grow with the number
+/// of threads a long trace shows.
+pub const MAX_THREAD_SLOTS: usize = 256;
+
+/// The replay model: feed it every event of a trace, in order, with [`Model::step`].
+///
+/// `Model` is `Clone`; its state is bounded (per vCPU: at most
+/// [`crate::state::Vmcs12Store::CAPACITY`] vmcs12 records and a few indices per rule), so a
+/// clone is a cheap snapshot whatever the trace length.
+#[derive(Clone, Debug)]
+pub struct Model {
+    config: ModelConfig,
+    next: u64,
+    features: Features,
+    slots: Vec<Slot>,
+    last_slot: usize,
+    pid_vcpu: Vec<(i32, u32)>,
+    findings: Findings,
+    transitions: Vec<Transition>,
+    lost_markers: u64,
+    lost_events: u64,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new(ModelConfig::default())
+    }
+}
+
+impl Model {
+    /// A model with nothing seen yet.
+    pub fn new(config: ModelConfig) -> Self {
+        Self {
+            config,
+            next: 0,
+            features: Features::default(),
+            slots: Vec::new(),
+            last_slot: 0,
+            pid_vcpu: Vec::new(),
+            findings: Findings {
+                anomalies: Vec::new(),
+                checks: [0; RuleId::COUNT],
+                reported: [0; RuleId::COUNT],
+                by_severity: [0; 4],
+                enabled: config.rules,
+            },
+            transitions: Vec::new(),
+            lost_markers: 0,
+            lost_events: 0,
+        }
+    }
+
+    /// The index the next event will get.
+    pub fn next_index(&self) -> EventIndex {
+        EventIndex(self.next)
+    }
+
+    /// Steps one event. Never fails: a divergence is an [`Anomaly`] in the returned step.
+    pub fn step(&mut self, event: &Event) -> Step<'_> {
+        let at = EventIndex(self.next);
+        self.next += 1;
+        self.findings.anomalies.clear();
+        self.transitions.clear();
+        transition::note_features(&mut self.features, &event.kind);
+
+        if let EventKind::Lost { count } = event.kind {
+            self.lost_markers += 1;
+            self.lost_events += count.unwrap_or(0);
+            for slot in &mut self.slots {
+                slot.state.forget();
+                slot.rules = RuleStates::default();
+                self.transitions.push(Transition::Resynchronizing {
+                    actor: slot.actor,
+                    reason: ResyncReason::LostEvents,
+                });
+            }
+            return Step { at, actor: None, transitions: &self.transitions, anomalies: &[] };
+        }
+
+        let actor = self.attribute(event);
+        let idx = self.slot_index(actor);
+        let slot = &mut self.slots[idx];
+        transition::settle(&mut slot.state, event, &mut self.transitions);
+        let mut ctx = Ctx {
+            at,
+            actor,
+            vcpu: &slot.state,
+            features: &self.features,
+            config: &self.config,
+            findings: &mut self.findings,
+        };
+        rules::check(&mut ctx, &mut slot.rules, event);
+        transition::apply(&mut slot.state, &mut self.features, event, at, &mut self.transitions);
+        Step {
+            at,
+            actor: Some(actor),
+            transitions: &self.transitions,
+            anomalies: &self.findings.anomalies,
+        }
+    }
+
+    /// Steps every event and collects the anomalies (convenience for tests and small traces).
+    pub fn run<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Vec<Anomaly> {
+        let mut out = Vec::new();
+        for event in events {
+            out.extend_from_slice(self.step(event).anomalies);
+        }
+        out
+    }
+
+    /// The state of one actor, if it has any event.
+    pub fn state(&self, actor: Actor) -> Option<&VcpuState> {
+        self.slots.iter().find(|s| s.actor == actor).map(|s| &s.state)
+    }
+
+    /// Every actor with its state, in first-seen order.
+    pub fn states(&self) -> impl Iterator<Item = (Actor, &VcpuState)> {
+        self.slots.iter().map(|s| (s.actor, &s.state))
+    }
+
+    /// A copy of the whole model (state, rule windows and counters) to resume from later:
+    /// `snapshot.clone().step(..)` continues exactly as the original would.
+    pub fn snapshot(&self) -> Model {
+        self.clone()
+    }
+
+    /// What the events revealed about the kernel so far.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// The vCPU a thread runs, once an event with `vcpu_id` came from it.
+    pub fn vcpu_of_thread(&self, pid: i32) -> Option<u32> {
+        self.pid_vcpu.iter().find(|(p, _)| *p == pid).map(|(_, v)| *v)
+    }
+
+    /// The per-trace summary: counts, features, and for every enabled rule whether it was
+    /// checkable.
+    pub fn summary(&self) -> TraceSummary {
+        let mut vcpus: Vec<u32> = self.slots.iter().filter_map(|s| s.actor.vcpu_id()).collect();
+        vcpus.sort_unstable();
+        let rules = RuleId::ALL
+            .iter()
+            .copied()
+            .filter(|r| self.config.rules.contains(*r))
+            .map(|rule| {
+                let checks = self.findings.checks[rule.index()];
+                let status = if checks == 0 {
+                    RuleStatus::NotCheckable { why: rule.needs() }
+                } else {
+                    RuleStatus::Checked { checks, anomalies: self.findings.reported[rule.index()] }
+                };
+                RuleSummary { rule, status }
+            })
+            .collect();
+        TraceSummary {
+            events: self.next,
+            lost_markers: self.lost_markers,
+            lost_events: self.lost_events,
+            vcpus,
+            unattributed_threads: self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.actor, Actor::Thread(_)))
+                .count(),
+            features: self.features,
+            rules,
+            by_severity: self.findings.by_severity,
+        }
+    }
+
+    /// Anomalies reported so far at or above `min`.
+    pub fn count_at_least(&self, min: Severity) -> u64 {
+        self.summary().count_at_least(min)
+    }
+
+    fn attribute(&mut self, event: &Event) -> Actor {
+        let carried = match &event.kind {
+            EventKind::Other(_) => None,
+            kind => kind.vcpu_id(),
+        };
+        match carried {
+            Some(vcpu) => {
+                self.learn_thread(event.pid, vcpu);
+                Actor::Vcpu(vcpu)
+            }
+            None => match self.vcpu_of_thread(event.pid) {
+                Some(vcpu) => Actor::Vcpu(vcpu),
+                None => Actor::Thread(event.pid),
+            },
+        }
+    }
+
+    fn learn_thread(&mut self, pid: i32, vcpu: u32) {
+        match self.pid_vcpu.iter_mut().find(|(p, _)| *p == pid) {
+            Some(entry) if entry.1 == vcpu => return,
+            Some(entry) => entry.1 = vcpu,
+            None => self.pid_vcpu.push((pid, vcpu)),
+        }
+        // The thread's earlier unattributed events belong to this vCPU: adopt their state if
+        // the vCPU has none yet.
+        let has_vcpu = self.slots.iter().any(|s| s.actor == Actor::Vcpu(vcpu));
+        if !has_vcpu
+            && let Some(slot) = self.slots.iter_mut().find(|s| s.actor == Actor::Thread(pid))
+        {
+            slot.actor = Actor::Vcpu(vcpu);
+        }
+    }
+
+    fn slot_index(&mut self, actor: Actor) -> usize {
+        let now = self.next;
+        if let Some(slot) = self.slots.get_mut(self.last_slot)
+            && slot.actor == actor
+        {
+            slot.last_used = now;
+            return self.last_slot;
+        }
+        let fresh = || Slot {
+            actor,
+            state: VcpuState::default(),
+            rules: RuleStates::default(),
+            last_used: now,
+        };
+        let idx = match self.slots.iter().position(|s| s.actor == actor) {
+            Some(idx) => {
+                self.slots[idx].last_used = now;
+                idx
+            }
+            None => {
+                let threads = self.slots.iter().filter(|s| matches!(s.actor, Actor::Thread(_)));
+                let recycle = match actor {
+                    Actor::Thread(_) if threads.clone().count() >= MAX_THREAD_SLOTS => self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| matches!(s.actor, Actor::Thread(_)))
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| i),
+                    Actor::Thread(_) | Actor::Vcpu(_) => None,
+                };
+                match recycle {
+                    Some(i) => {
+                        self.slots[i] = fresh();
+                        i
+                    }
+                    None => {
+                        self.slots.push(fresh());
+                        self.slots.len() - 1
+                    }
+                }
+            }
+        };
+        self.last_slot = idx;
+        idx
+    }
+}
+
+impl Findings {
+    fn severity_slot(sev: Severity) -> usize {
+        match sev {
+            Severity::Info => 0,
+            Severity::Warning => 1,
+            Severity::Error => 2,
+            Severity::Critical => 3,
+        }
+    }
+
+    pub(crate) fn report(&mut self, anomaly: Anomaly) {
+        if !self.enabled.contains(anomaly.rule) {
+            return;
+        }
+        self.reported[anomaly.rule.index()] += 1;
+        self.by_severity[Self::severity_slot(anomaly.severity)] += 1;
+        self.anomalies.push(anomaly);
+    }
+}

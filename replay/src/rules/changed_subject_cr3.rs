@@ -1,0 +1,92 @@
+//! **changed_subject_cr3** — bug (a), invariant 7: a vmcs12's GUEST_CR3 changed behind L1's back.
+//!
+//! **KVM behaviour.** `04f11ef45810` "KVM: nVMX: Always write vmcs02.GUEST_CR3 during nested
+//! VM-Enter" (Sean Christopherson, `20190927214523.3376-2-sean.j.christopherson@intel.com`;
+//! regression from `fd3edd4a9066`; report: Reto Buerki, Muen,
+//! `20190926140541.15453-1-reet@codelabs.ch`). All vmcs12s share one vmcs02; before the fix its
+//! GUEST_CR3 was written lazily, so an entry that never reached hardware (HLT activity, §2.5) left
+//! the CR3 of the L2 that last ran there, and the synthesized exit copied it into the new vmcs12.
+//!
+//! **Sequence matched** (per vCPU, nested_ept=n so that `guest_pgd` is GUEST_CR3):
+//! ```text
+//! kvm_nested_vmenter vmcs=A guest_cr3=CA → kvm_entry (A runs on hardware with CA) → … → inject
+//! kvm_nested_vmenter vmcs=B guest_cr3=CB → (no kvm_entry) → kvm_nested_vmexit_inject
+//! [no VMWRITE (25) exit from L1]
+//! kvm_nested_vmenter vmcs=B guest_cr3=X      X ≠ CB  → anomaly; critical when X = CA
+//! ```
+//! The rule is decidable when the change cannot come from L2 itself: the previous run of the
+//! vmcs12 executed zero instructions, or L0 uses shadow paging (then every L2 CR3 load exits and
+//! KVM never writes vmcs12.GUEST_CR3 on exit, §2.7) and no L2 CR3 load was handled by L0. With
+//! L0 EPT and an L2 that ran, L2 changes CR3 without exiting: not decidable, no report. eVMCS
+//! entries (vmcs -1) do not identify their vmcs12 and are skipped. A shadow VMCS can hide an L1
+//! VMWRITE of GUEST_CR3, hence only *warning* unless the value is another subject's CR3.
+
+use vmxray_capture::NestedVmenter;
+use vmxray_capture::codes::{Isa, VmxBasicReason};
+
+use super::{Ctx, hex};
+use crate::anomaly::{RuleId, Severity};
+use crate::state::L0Paging;
+
+const RULE: RuleId = RuleId::ChangedSubjectCr3;
+
+pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
+    let Some(new_cr3) = v.guest_cr3() else { return };
+    if v.is_evmcs() || v.isa == Some(Isa::Svm) {
+        return;
+    }
+    let st = ctx.vcpu;
+    let Some(rec) = st.vmcs12.get(v.vmcs) else { return };
+    let (Some(exit), Some(entered), Some(entered_at)) =
+        (rec.last_exit, rec.guest_cr3, rec.entered_at)
+    else {
+        return;
+    };
+    if exit.at < entered_at {
+        return;
+    }
+    // L1 answers a reflected MOV CR3 or task switch by rewriting GUEST_CR3, which a shadow VMCS
+    // hides: only other exits leave GUEST_CR3 as entered.
+    let l1_emulates_cr3 = exit.reason.is_some_and(|r| {
+        r.is_vmx(VmxBasicReason::CR_ACCESS) || r.is_vmx(VmxBasicReason::TASK_SWITCH)
+    });
+    let shadow_no_l2_load =
+        ctx.features.l0_paging == L0Paging::Shadow && rec.l2_cr3_load.is_none() && !l1_emulates_cr3;
+    if !(exit.zero_instructions || shadow_no_l2_load) {
+        return;
+    }
+    ctx.checked(RULE);
+    if new_cr3 == entered.value || st.counters.vmwrite != rec.vmwrites_at_exit {
+        return;
+    }
+    let other_subject = st.last_hw_l2.and_then(|(vmptr, cr3)| match (vmptr, cr3) {
+        (Some(p), Some(cr3)) if p != v.vmcs && cr3.value == new_cr3 => Some((p, cr3)),
+        _ => None,
+    });
+    let mut evidence = vec![entered.at, exit.at];
+    let severity = match other_subject {
+        Some((_, cr3)) => {
+            evidence.push(cr3.at);
+            Severity::Critical
+        }
+        None => Severity::Warning,
+    };
+    let vmcs = v.vmcs;
+    let zero = exit.zero_instructions;
+    ctx.report(RULE, severity, &evidence, || {
+        let mut msg = format!(
+            "vmcs12 {} GUEST_CR3 changed {} -> {} since its last entry with no L1 VMWRITE and no L2 CR3 load{}",
+            hex(vmcs),
+            hex(entered.value),
+            hex(new_cr3),
+            if zero { " (its last entry never reached hardware)" } else { "" }
+        );
+        if let Some((p, _)) = other_subject {
+            msg.push_str(&format!(
+                "; the new value is the CR3 of vmcs12 {}, the L2 that last ran on hardware: stale vmcs02.GUEST_CR3 (fixed by 04f11ef45810)",
+                hex(p)
+            ));
+        }
+        msg
+    });
+}

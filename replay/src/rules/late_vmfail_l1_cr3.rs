@@ -1,0 +1,87 @@
+//! **late_vmfail_l1_cr3** — bug (b), invariant 9: after a late VM-Fail, L1 runs with the CR3 it
+//! had at its VMLAUNCH/VMRESUME.
+//!
+//! **KVM behaviour.** `f087a02941fe` "KVM: nVMX: Stash L1's CR3 in vmcs01.GUEST_CR3 on nested
+//! entry w/o EPT" (`20190607185534.24368-1-sean.j.christopherson@intel.com`; first fix
+//! `2b27924bb1d4` "KVM: nVMX: always use early vmcs check when EPT is disabled"). With
+//! `enable_ept=0`, `nested_vmx_restore_host_state` takes CR3 from vmcs01.GUEST_CR3, which held
+//! KVM's shadow-root HPA unless L1's CR3 was stashed there at entry.
+//!
+//! **Sequence matched:**
+//! ```text
+//! kvm_cr cr_write 3 = C1 (L1) … kvm_exit VMLAUNCH … kvm_nested_vmenter … kvm_entry
+//! kvm_nested_vmenter_failed "hardware VM-instruction error: …"
+//! kvm_mmu_get_page root (guest_mode 0) gfn ≠ C1>>12     → anomaly
+//!   or kvm_cr cr_read 3 = V ≠ C1                         → anomaly
+//! ```
+//! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load or CR3 read follows.
+
+use vmxray_capture::MmuPage;
+
+use super::{Ctx, hex};
+use crate::anomaly::{EventIndex, RuleId, Severity};
+use crate::state::{Level, Observed, is_cr3_root, pgd_gfn};
+use crate::transition::is_late_vmfail;
+
+const RULE: RuleId = RuleId::LateVmfailL1Cr3;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct State {
+    armed: Option<(EventIndex, Observed)>,
+}
+
+pub(crate) fn disarm(st: &mut State) {
+    st.armed = None;
+}
+
+pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, msg: &str) {
+    if is_late_vmfail(msg)
+        && ctx.vcpu.level() == Some(Level::L2)
+        && let Some(cr3) = ctx.vcpu.l1_cr3
+    {
+        st.armed = Some((ctx.at, cr3));
+    }
+}
+
+pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
+    let Some((failed_at, cr3)) = st.armed else { return };
+    if !is_cr3_root(page.role) || page.role.guest_mode() || page.role.smm() != 0 {
+        return;
+    }
+    st.armed = None;
+    ctx.checked(RULE);
+    if page.gfn == pgd_gfn(cr3.value) {
+        return;
+    }
+    let gfn = page.gfn;
+    ctx.report(RULE, Severity::Error, &[cr3.at, failed_at], || {
+        format!(
+            "after a late VM-Fail L1's root shadows gfn {} but L1's CR3 at the VMLAUNCH/VMRESUME was {} (gfn {}): L1 CR3 restored from vmcs01.GUEST_CR3 holding a shadow root (fixed by f087a02941fe)",
+            hex(gfn),
+            hex(cr3.value),
+            hex(pgd_gfn(cr3.value))
+        )
+    });
+}
+
+pub(crate) fn on_cr(ctx: &mut Ctx<'_>, st: &mut State, write: bool, cr: u32, val: u64) {
+    let Some((failed_at, cr3)) = st.armed else { return };
+    if cr != 3 {
+        return;
+    }
+    st.armed = None;
+    if write {
+        return;
+    }
+    ctx.checked(RULE);
+    if val == cr3.value {
+        return;
+    }
+    ctx.report(RULE, Severity::Error, &[cr3.at, failed_at], || {
+        format!(
+            "after a late VM-Fail L1 reads CR3 {} but its CR3 at the VMLAUNCH/VMRESUME was {} (fixed by f087a02941fe)",
+            hex(val),
+            hex(cr3.value)
+        )
+    });
+}

@@ -1,0 +1,49 @@
+//! **root_wrong_level** — invariant 14: every root loaded while L2 runs has `guest_mode` 1 and
+//! every root loaded while L1 runs has `guest_mode` 0.
+//!
+//! **KVM behaviour.** `kvm_mmu_page_role.guest_mode` (bit 17) separates L2's roots from L1's
+//! (set from `is_guest_mode()` in `kvm_calc_*_root_page_role`, mmu/mmu.c); a root of the other
+//! level would let one level run on the other's translations.
+//!
+//! **Sequence matched:**
+//! ```text
+//! kvm_nested_vmexit_inject (→ L1) … kvm_mmu_get_page root guest_mode=1   → anomaly
+//! kvm_nested_vmenter (→ L2) … kvm_mmu_get_page root guest_mode=0         → anomaly
+//! ```
+//! Silent while the level is not established (non-nested traces without nested events).
+
+use vmxray_capture::MmuPage;
+
+use super::{Ctx, hex};
+use crate::anomaly::{RuleId, Severity};
+use crate::state::{Level, is_cr3_root};
+
+const RULE: RuleId = RuleId::RootWrongLevel;
+
+pub(crate) fn is_root(page: &MmuPage) -> bool {
+    is_cr3_root(page.role) || (page.role.direct() && page.role.level() >= 4)
+}
+
+pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, page: &MmuPage) {
+    if !is_root(page) {
+        return;
+    }
+    let Some(level) = ctx.vcpu.level() else { return };
+    ctx.checked(RULE);
+    let guest_mode = page.role.guest_mode();
+    let wrong = match level {
+        Level::L1 => guest_mode,
+        Level::L2 => !guest_mode,
+    };
+    if !wrong {
+        return;
+    }
+    let (role, gfn) = (page.role, page.gfn);
+    ctx.report(RULE, Severity::Error, &[], || {
+        format!(
+            "root gfn {} with role {role} (guest_mode {}) loaded while {level:?} runs",
+            hex(gfn),
+            u8::from(guest_mode)
+        )
+    });
+}

@@ -1,0 +1,668 @@
+//! Post-mortem triage: for every shutdown, triple fault, internal error or failed entry, what
+//! the vCPU did just before, as data a command renders into a narrative.
+//!
+//! [`Triage`] runs a [`Model`] and keeps, per actor, bounded windows: the last N events, the last
+//! exception-related events (injected exceptions, #PF addresses and error codes, walker errors,
+//! exits carrying an exception, emulation failures), the last CR3 / root / level changes, and the
+//! last anomalies. When a fatal event arrives it freezes those windows into a [`Crash`]. Memory
+//! is bounded by the window sizes, not by the trace length.
+//!
+//! Fatal events: `kvm_userspace_exit` KVM_EXIT_SHUTDOWN / INTERNAL_ERROR / FAIL_ENTRY, `kvm_exit`
+//! TRIPLE_FAULT (SVM `shutdown`) or with FAILED_VMENTRY, `kvm_nested_vmexit_inject` TRIPLE_FAULT
+//! or FAILED_VMENTRY. One crash per actor per run (no `kvm_entry` between two fatal events: the
+//! `kvm_exit`/inject/userspace-exit of one triple fault make one crash).
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use vmxray_capture::codes::{
+    ExceptionVector, ExitCode, SvmExitCode, UserspaceExitReason, VmxBasicReason,
+};
+use vmxray_capture::{Event, EventKind};
+
+use crate::anomaly::{Actor, Anomaly, EventIndex};
+use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, TraceSummary, Transition};
+use crate::state::{Level, Mode, Vmcs12Record};
+
+/// Window sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TriageConfig {
+    /// How many of the actor's last events a crash keeps.
+    pub window: usize,
+    /// How many exception links and context changes a crash keeps.
+    pub links: usize,
+    /// How many crashes a report keeps (the rest are counted).
+    pub max_crashes: usize,
+    /// The model's configuration.
+    pub model: ModelConfig,
+}
+
+impl Default for TriageConfig {
+    fn default() -> Self {
+        Self { window: 40, links: 16, max_crashes: 32, model: ModelConfig::default() }
+    }
+}
+
+/// What kind of end the vCPU met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashKind {
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault (or an undeliverable exception) in the guest.
+    Shutdown,
+    /// `KVM_EXIT_INTERNAL_ERROR` (emulation failure, ...).
+    InternalError,
+    /// `KVM_EXIT_FAIL_ENTRY`: hardware refused the VM-entry.
+    FailEntry,
+    /// A `kvm_exit` TRIPLE_FAULT (SVM `shutdown`).
+    TripleFaultExit,
+    /// L1 was given a TRIPLE_FAULT nested exit (L2 triple-faulted).
+    NestedTripleFault,
+    /// A VM-entry failed (`FAILED_VMENTRY` exit or nested exit).
+    FailedVmentry,
+}
+
+impl CrashKind {
+    /// A short description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Shutdown => "KVM_EXIT_SHUTDOWN (triple fault)",
+            Self::InternalError => "KVM_EXIT_INTERNAL_ERROR",
+            Self::FailEntry => "KVM_EXIT_FAIL_ENTRY (hardware refused the VM-entry)",
+            Self::TripleFaultExit => "TRIPLE_FAULT exit",
+            Self::NestedTripleFault => "TRIPLE_FAULT nested exit to L1 (L2 triple-faulted)",
+            Self::FailedVmentry => "failed VM-entry",
+        }
+    }
+}
+
+/// An event of the exception chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "link", rename_all = "snake_case")]
+pub enum ChainLink {
+    /// `kvm_inj_exception`: KVM injected an exception into the running level.
+    Injected {
+        /// The event.
+        at: EventIndex,
+        /// The vector.
+        vector: ExceptionVector,
+        /// Its error code, when it has one.
+        error_code: Option<u32>,
+        /// Re-injected after an interrupted delivery.
+        reinjected: Option<bool>,
+    },
+    /// `kvm_page_fault`.
+    PageFault {
+        /// The event.
+        at: EventIndex,
+        /// GPA (EPT) or CR2.
+        address: u64,
+        /// Error code / EPT qualification.
+        error_code: u64,
+        /// Guest RIP when the layout has it.
+        rip: Option<u64>,
+    },
+    /// `kvm_mmu_walker_error`: a guest page walk failed.
+    WalkerError {
+        /// The event.
+        at: EventIndex,
+        /// PFERR bits.
+        pferr: u32,
+    },
+    /// A `kvm_exit` (or nested exit) carrying an exception.
+    ExitException {
+        /// The event.
+        at: EventIndex,
+        /// The exit reason.
+        reason: ExitCode,
+        /// The vector.
+        vector: ExceptionVector,
+        /// Exit qualification (CR2 for #PF).
+        qualification: Option<u64>,
+        /// Error code.
+        error_code: Option<u32>,
+        /// The exit was to L1 (`kvm_nested_vmexit_inject`).
+        nested: bool,
+    },
+    /// `kvm_nested_vmenter_failed`: a nested VM-entry check failed.
+    VmenterFailed {
+        /// The event.
+        at: EventIndex,
+        /// The failed check (a `CC()` expression, or the hardware VM-instruction error prefix).
+        msg: String,
+        /// The VM-instruction error number (0 for a `CC()` check).
+        err: u32,
+    },
+    /// `kvm_emulate_insn` with the failed flag.
+    EmulationFailed {
+        /// The event.
+        at: EventIndex,
+        /// RIP.
+        rip: u64,
+        /// Instruction bytes.
+        insn: Vec<u8>,
+    },
+}
+
+impl ChainLink {
+    /// The event index.
+    pub fn at(&self) -> EventIndex {
+        match self {
+            Self::Injected { at, .. }
+            | Self::PageFault { at, .. }
+            | Self::WalkerError { at, .. }
+            | Self::ExitException { at, .. }
+            | Self::VmenterFailed { at, .. }
+            | Self::EmulationFailed { at, .. } => *at,
+        }
+    }
+}
+
+/// A change of CR3, root, level or SMM before the crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum ContextChange {
+    /// A model transition (level, nested entry/exit, root load, L1 CR3, SMM, resync).
+    Model {
+        /// The event.
+        at: EventIndex,
+        /// What changed.
+        transition: Transition,
+    },
+    /// `kvm_cr` write of CR0/CR3/CR4.
+    CrWrite {
+        /// The event.
+        at: EventIndex,
+        /// Which CR.
+        cr: u32,
+        /// The value written.
+        value: u64,
+        /// The level, when known.
+        level: Option<Level>,
+    },
+    /// An emulated instruction that changes paging or descriptor tables (from
+    /// `kvm_emulate_insn` bytes; narrative only, never model state).
+    Emulated {
+        /// The event.
+        at: EventIndex,
+        /// RIP.
+        rip: u64,
+        /// Disassembly.
+        insn: String,
+    },
+}
+
+impl ContextChange {
+    /// The event index.
+    pub fn at(&self) -> EventIndex {
+        match self {
+            Self::Model { at, .. } | Self::CrWrite { at, .. } | Self::Emulated { at, .. } => *at,
+        }
+    }
+}
+
+/// One event of the window, with its index.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WindowEvent {
+    /// Its index.
+    pub at: EventIndex,
+    /// The event.
+    pub event: Event,
+}
+
+/// One fatal end and what led to it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Crash {
+    /// What happened.
+    pub kind: CrashKind,
+    /// To whom.
+    pub vcpu: Actor,
+    /// The fatal event.
+    pub at: EventIndex,
+    /// Its timestamp.
+    pub ts: u64,
+    /// The level at the crash, when known.
+    pub level: Option<Level>,
+    /// The current vmcs12, when known.
+    pub vmptr: Option<u64>,
+    /// What the model knew of that vmcs12 (entered CR3/EPTP, nested_rip, host_rip, launch).
+    pub vmcs12: Option<Vmcs12Record>,
+    /// The actor's last events, oldest first, ending with the fatal event.
+    pub last_events: Vec<WindowEvent>,
+    /// The exception-related events before the crash, oldest first.
+    pub exception_chain: Vec<ChainLink>,
+    /// The last exception injected with no `kvm_entry` after it: it was never delivered.
+    pub undelivered: Option<ChainLink>,
+    /// The last CR3 / root / level / SMM changes, oldest first.
+    pub context_changes: Vec<ContextChange>,
+    /// The actor's anomalies from the window, oldest first.
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// The triage of a whole trace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TriageReport {
+    /// The crashes, in trace order (at most [`TriageConfig::max_crashes`]).
+    pub crashes: Vec<Crash>,
+    /// Crashes beyond the kept ones.
+    pub dropped_crashes: u64,
+    /// The model's summary of the trace.
+    pub summary: TraceSummary,
+}
+
+#[derive(Clone, Debug)]
+struct Window {
+    actor: Actor,
+    events: VecDeque<WindowEvent>,
+    chain: VecDeque<ChainLink>,
+    changes: VecDeque<ContextChange>,
+    anomalies: VecDeque<Anomaly>,
+    last_injection: Option<ChainLink>,
+    entries: u64,
+    crash_at_entries: Option<u64>,
+    last_used: EventIndex,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
+    if q.len() >= cap {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
+/// Incremental triage: [`Triage::push`] every event, then [`Triage::finish`].
+#[derive(Clone, Debug)]
+pub struct Triage {
+    config: TriageConfig,
+    model: Model,
+    windows: Vec<Window>,
+    crashes: Vec<Crash>,
+    dropped: u64,
+}
+
+impl Triage {
+    /// A triage with nothing seen.
+    pub fn new(config: TriageConfig) -> Self {
+        Self {
+            config,
+            model: Model::new(config.model),
+            windows: Vec::new(),
+            crashes: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The model (for its state and summary so far).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Takes one event.
+    pub fn push(&mut self, event: &Event) {
+        let cfg = self.config;
+        let step = self.model.step(event);
+        let at = step.at;
+        let step_actor = step.actor;
+        let transitions = step.transitions.to_vec();
+        let anomalies = step.anomalies.to_vec();
+        let Some(actor) = step_actor else {
+            for w in &mut self.windows {
+                for t in &transitions {
+                    push_bounded(
+                        &mut w.changes,
+                        ContextChange::Model { at, transition: t.clone() },
+                        cfg.links,
+                    );
+                }
+            }
+            return;
+        };
+        let state = self.model.state(actor);
+        let level = state.and_then(|s| s.level());
+        let vmptr = state.and_then(|s| s.current_vmptr);
+        let fresh = || Window {
+            actor,
+            events: VecDeque::new(),
+            chain: VecDeque::new(),
+            changes: VecDeque::new(),
+            anomalies: VecDeque::new(),
+            last_injection: None,
+            entries: 0,
+            crash_at_entries: None,
+            last_used: at,
+        };
+        let idx = match self.windows.iter().position(|w| w.actor == actor) {
+            Some(i) => i,
+            None => {
+                // Same bound as the model's thread slots: recycle the least recently used
+                // window of a thread that never ran a vCPU.
+                let threads =
+                    self.windows.iter().filter(|w| matches!(w.actor, Actor::Thread(_))).count();
+                let recycle = match actor {
+                    Actor::Thread(_) if threads >= MAX_THREAD_SLOTS => self
+                        .windows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| matches!(w.actor, Actor::Thread(_)))
+                        .min_by_key(|(_, w)| w.last_used)
+                        .map(|(i, _)| i),
+                    Actor::Thread(_) | Actor::Vcpu(_) => None,
+                };
+                match recycle {
+                    Some(i) => {
+                        self.windows[i] = fresh();
+                        i
+                    }
+                    None => {
+                        self.windows.push(fresh());
+                        self.windows.len() - 1
+                    }
+                }
+            }
+        };
+        let w = &mut self.windows[idx];
+        w.last_used = at;
+        for a in anomalies {
+            push_bounded(&mut w.anomalies, a, cfg.links * 2);
+        }
+        for t in transitions {
+            let keep = match t {
+                Transition::Mode { .. }
+                | Transition::Resynchronizing { .. }
+                | Transition::NestedEntry { .. }
+                | Transition::NestedExit { .. }
+                | Transition::LateVmFail
+                | Transition::L1Cr3 { .. }
+                | Transition::RootLoaded(_)
+                | Transition::Smm { .. } => true,
+                Transition::Vmcs12Field { .. } => false,
+            };
+            if keep {
+                push_bounded(&mut w.changes, ContextChange::Model { at, transition: t }, cfg.links);
+            }
+        }
+        push_bounded(&mut w.events, WindowEvent { at, event: event.clone() }, cfg.window.max(1));
+        observe(w, at, event, level, cfg.links);
+
+        if let Some(kind) = fatal(&event.kind) {
+            if w.crash_at_entries == Some(w.entries) {
+                return;
+            }
+            w.crash_at_entries = Some(w.entries);
+            if self.crashes.len() >= cfg.max_crashes {
+                self.dropped += 1;
+                return;
+            }
+            let first = w.events.front().map_or(at, |e| e.at);
+            let vmcs12 = self.model.state(actor).and_then(|s| s.current_record()).cloned();
+            self.crashes.push(Crash {
+                kind,
+                vcpu: actor,
+                at,
+                ts: event.ts,
+                level,
+                vmptr,
+                vmcs12,
+                last_events: w.events.iter().cloned().collect(),
+                exception_chain: w.chain.iter().cloned().collect(),
+                undelivered: w.last_injection.clone(),
+                context_changes: w.changes.iter().cloned().collect(),
+                anomalies: w.anomalies.iter().filter(|a| a.at >= first).cloned().collect(),
+            });
+        }
+    }
+
+    /// The report.
+    pub fn finish(self) -> TriageReport {
+        TriageReport {
+            crashes: self.crashes,
+            dropped_crashes: self.dropped,
+            summary: self.model.summary(),
+        }
+    }
+}
+
+/// Triage of a whole in-memory stream.
+pub fn triage<'e>(
+    events: impl IntoIterator<Item = &'e Event>,
+    config: TriageConfig,
+) -> TriageReport {
+    let mut t = Triage::new(config);
+    for e in events {
+        t.push(e);
+    }
+    t.finish()
+}
+
+fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, cap: usize) {
+    let link = match &event.kind {
+        EventKind::KvmInjException { exception, has_error, error_code, reinjected } => {
+            let link = ChainLink::Injected {
+                at,
+                vector: *exception,
+                error_code: has_error.then_some(*error_code),
+                reinjected: *reinjected,
+            };
+            w.last_injection = Some(link.clone());
+            Some(link)
+        }
+        EventKind::KvmPageFault { fault_address, error_code, guest_rip, .. } => {
+            Some(ChainLink::PageFault {
+                at,
+                address: *fault_address,
+                error_code: *error_code,
+                rip: *guest_rip,
+            })
+        }
+        EventKind::KvmMmuWalkerError { pferr } => {
+            Some(ChainLink::WalkerError { at, pferr: *pferr })
+        }
+        EventKind::KvmExit(info) | EventKind::KvmNestedVmexitInject(info) => {
+            info.intr_info.and_then(|i| i.exception()).map(|vector| ChainLink::ExitException {
+                at,
+                reason: info.reason,
+                vector,
+                qualification: info.info1,
+                error_code: info.error_code,
+                nested: matches!(event.kind, EventKind::KvmNestedVmexitInject(_)),
+            })
+        }
+        EventKind::KvmEmulateInsn { rip, insn, failed: true, .. } => {
+            Some(ChainLink::EmulationFailed { at, rip: *rip, insn: insn.as_slice().to_vec() })
+        }
+        EventKind::KvmNestedVmenterFailed { msg, err } => {
+            Some(ChainLink::VmenterFailed { at, msg: msg.to_string(), err: err.0 })
+        }
+        EventKind::KvmEntry(_) => {
+            w.entries += 1;
+            w.last_injection = None;
+            None
+        }
+        EventKind::KvmCr { write: true, cr, val } if matches!(cr, 0 | 3 | 4) => {
+            push_bounded(
+                &mut w.changes,
+                ContextChange::CrWrite { at, cr: *cr, value: *val, level },
+                cap,
+            );
+            None
+        }
+        EventKind::KvmEmulateInsn { rip, insn, failed: false, .. } => {
+            if let Some(text) = describe_insn(insn.as_slice()).filter(|t| changes_context(t)) {
+                push_bounded(
+                    &mut w.changes,
+                    ContextChange::Emulated { at, rip: *rip, insn: text },
+                    cap,
+                );
+            }
+            None
+        }
+        EventKind::KvmCr { .. }
+        | EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenter(_)
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmUserspaceExit { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuGetPage { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => None,
+    };
+    if let Some(link) = link {
+        push_bounded(&mut w.chain, link, cap);
+    }
+}
+
+fn changes_context(text: &str) -> bool {
+    text.starts_with("mov cr")
+        || text.starts_with("lidt")
+        || text.starts_with("lgdt")
+        || text.starts_with("lmsw")
+        || text == "clts"
+}
+
+/// The fatal kind of an event, if any.
+pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
+    match kind {
+        EventKind::KvmUserspaceExit { reason, .. } => match *reason {
+            UserspaceExitReason::SHUTDOWN => Some(CrashKind::Shutdown),
+            UserspaceExitReason::INTERNAL_ERROR => Some(CrashKind::InternalError),
+            UserspaceExitReason::FAIL_ENTRY => Some(CrashKind::FailEntry),
+            _ => None,
+        },
+        EventKind::KvmExit(info) => match info.reason {
+            ExitCode::Vmx(r) if r.failed_vmentry() => Some(CrashKind::FailedVmentry),
+            ExitCode::Vmx(r) if r.basic() == VmxBasicReason::TRIPLE_FAULT => {
+                Some(CrashKind::TripleFaultExit)
+            }
+            ExitCode::Svm(SvmExitCode::SHUTDOWN) => Some(CrashKind::TripleFaultExit),
+            ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
+        },
+        EventKind::KvmNestedVmexitInject(info) => match info.reason {
+            ExitCode::Vmx(r) if r.failed_vmentry() => Some(CrashKind::FailedVmentry),
+            ExitCode::Vmx(r) if r.basic() == VmxBasicReason::TRIPLE_FAULT => {
+                Some(CrashKind::NestedTripleFault)
+            }
+            ExitCode::Svm(SvmExitCode::SHUTDOWN) => Some(CrashKind::NestedTripleFault),
+            ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
+        },
+        EventKind::KvmEntry(_)
+        | EventKind::KvmCr { .. }
+        | EventKind::KvmNestedVmenter(_)
+        | EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenterFailed { .. }
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmPageFault { .. }
+        | EventKind::KvmInjException { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmEmulateInsn { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuGetPage { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => None,
+    }
+}
+
+/// Whether `mode` is in L2 (for narratives).
+pub fn in_l2(mode: Mode) -> bool {
+    mode.level() == Some(Level::L2)
+}
+
+const GPR: [&str; 8] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"];
+
+/// A short disassembly of the few instructions a triage narrative cares about (CR moves,
+/// descriptor-table loads, `ud2`, `hlt`, port I/O, VMX instructions...). `None` otherwise.
+pub fn describe_insn(bytes: &[u8]) -> Option<String> {
+    let mut i = 0;
+    let mut rex_r = false;
+    let mut rex_b = false;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 | 0x67 | 0xf2 | 0xf3 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => i += 1,
+            0x40..=0x4f => {
+                rex_r = b & 4 != 0;
+                rex_b = b & 1 != 0;
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    let rest = bytes.get(i..)?;
+    let reg = |modrm: u8, ext: bool| usize::from((modrm >> 3) & 7) + if ext { 8 } else { 0 };
+    let rm_name = |modrm: u8| -> String {
+        let n = usize::from(modrm & 7) + if rex_b { 8 } else { 0 };
+        match GPR.get(n) {
+            Some(name) => (*name).to_owned(),
+            None => format!("r{n}"),
+        }
+    };
+    Some(match rest {
+        [0x0f, 0x0b, ..] => "ud2".to_owned(),
+        [0xf4, ..] => "hlt".to_owned(),
+        [0xcc, ..] => "int3".to_owned(),
+        [0xcd, v, ..] => format!("int {v:#x}"),
+        [0x0f, 0xa2, ..] => "cpuid".to_owned(),
+        [0x0f, 0x30, ..] => "wrmsr".to_owned(),
+        [0x0f, 0x32, ..] => "rdmsr".to_owned(),
+        [0x0f, 0x06, ..] => "clts".to_owned(),
+        [0x0f, 0x01, 0xc1, ..] => "vmcall".to_owned(),
+        [0x0f, 0x01, 0xc2, ..] => "vmlaunch".to_owned(),
+        [0x0f, 0x01, 0xc3, ..] => "vmresume".to_owned(),
+        [0x0f, 0x01, 0xc4, ..] => "vmxoff".to_owned(),
+        [0x0f, 0x22, modrm, ..] => format!("mov cr{}, {}", reg(*modrm, rex_r), rm_name(*modrm)),
+        [0x0f, 0x20, modrm, ..] => format!("mov {}, cr{}", rm_name(*modrm), reg(*modrm, rex_r)),
+        [0x0f, 0x01, modrm, ..] if modrm >> 6 != 3 => match (modrm >> 3) & 7 {
+            2 => "lgdt [mem]".to_owned(),
+            3 => idt_operand(rest)
+                .map_or_else(|| "lidt [mem]".to_owned(), |a| format!("lidt [{a:#x}]")),
+            6 => "lmsw [mem]".to_owned(),
+            _ => return None,
+        },
+        [0xe6 | 0xe7, port, ..] => format!("out {port:#x}"),
+        [0xee | 0xef, ..] => "out dx".to_owned(),
+        [0xe4 | 0xe5, port, ..] => format!("in {port:#x}"),
+        [0xec | 0xed, ..] => "in dx".to_owned(),
+        _ => return None,
+    })
+}
+
+/// The absolute address of `0f 01 /3` with a SIB disp32-only operand (`lidt [imm32]`).
+fn idt_operand(rest: &[u8]) -> Option<u32> {
+    match rest {
+        [0x0f, 0x01, 0x1c, 0x25, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_the_instructions_of_the_real_triple_fault_sample() {
+        assert_eq!(describe_insn(&[0x0f, 0x22, 0xd8]).as_deref(), Some("mov cr3, rax"));
+        assert_eq!(
+            describe_insn(&[0x0f, 0x01, 0x1c, 0x25, 0x00, 0x70, 0x00, 0x00]).as_deref(),
+            Some("lidt [0x7000]")
+        );
+        assert_eq!(describe_insn(&[0x0f, 0x0b]).as_deref(), Some("ud2"));
+        assert_eq!(describe_insn(&[0xe6, 0x10]).as_deref(), Some("out 0x10"));
+        assert_eq!(describe_insn(&[0x48, 0xc7, 0xc0, 0, 0x50, 0, 0]), None);
+        assert_eq!(describe_insn(&[]), None);
+    }
+}

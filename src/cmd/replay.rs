@@ -1,0 +1,474 @@
+//! `vmxray replay FILE...`: replays each trace through the nested-VMX/MMU model and prints the
+//! anomalies, then a per-trace summary (events, lost and skipped counts, kernel fingerprint, and
+//! the rules the trace could not check, with why).
+//!
+//! Output is streamed: anomalies are printed as the model finds them, so memory does not grow
+//! with the trace.
+//!
+//! Exit status: 0 when no anomaly at or above `--fail-on` (default `warning`), 1 otherwise,
+//! 2 when an input cannot be read.
+//!
+//! # JSON Lines wire format (`--format jsonl`)
+//!
+//! One JSON object per line, each with a `"type"`:
+//!
+//! ```text
+//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"thread":null,
+//!  "rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
+//!  "message":"…","commit":"04f11ef45810 …"}
+//! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
+//!  "skipped":0,"unknown_events":0,"kernel_at_least":"6.1","vcpus":[0,1],
+//!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
+//!  "rules":[{"rule":"livelock","status":"checked","checks":812,"anomalies":0},
+//!           {"rule":"late_vmfail_l1_cr3","status":"not_checkable","why":"…"}]}
+//! ```
+//!
+//! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
+//!   numbers); `ts` is the event's timestamp in the trace clock's units.
+//! - `vcpu` is the vCPU id, or null when the event could only be attributed to a thread
+//!   (`thread` is then its pid).
+//! - `severity` is one of `info`, `warning`, `error`, `critical`.
+//! - One `summary` line follows the anomalies of each input; `anomalies` counts every anomaly of
+//!   the enabled rules, including those below `--severity`.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+use vmxray_capture::{Event, ReadError, ReadOptions, ReadStats};
+use vmxray_replay::{
+    Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
+};
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table and a summary per input.
+    Text,
+    /// JSON Lines (see the module documentation for the wire format).
+    Jsonl,
+}
+
+/// Arguments of `vmxray replay`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The traces (`-` for stdin).
+    #[arg(required_unless_present = "list_rules")]
+    pub files: Vec<PathBuf>,
+    /// List the rules (name, severity, what each checks, the KVM commit it encodes) and exit.
+    #[arg(long)]
+    pub list_rules: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Only these rules (comma-separated names; default: all).
+    #[arg(long, value_delimiter = ',', value_parser = parse_rule)]
+    pub rules: Vec<RuleId>,
+    /// Lowest severity shown (info, warning, error, critical).
+    #[arg(long, default_value = "info", value_parser = parse_severity)]
+    pub severity: Severity,
+    /// Exit with status 1 when an anomaly at or above this severity is found.
+    #[arg(long, default_value = "warning", value_parser = parse_severity)]
+    pub fail_on: Severity,
+    /// How many identical fault exits in a row make a livelock.
+    #[arg(long, default_value_t = ModelConfig::default().livelock_threshold)]
+    pub livelock_threshold: u32,
+    /// Skip unreadable records (counted and reported) instead of stopping.
+    #[arg(long)]
+    pub permissive: bool,
+}
+
+fn parse_rule(s: &str) -> Result<RuleId, String> {
+    s.parse().map_err(|e: vmxray_replay::UnknownRule| {
+        let names: Vec<&str> = RuleId::ALL.iter().map(|r| r.name()).collect();
+        format!("{e}; rules: {}", names.join(", "))
+    })
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    s.parse().map_err(|e: vmxray_replay::UnknownSeverity| e.to_string())
+}
+
+/// What to replay with and what to show.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Enabled rules.
+    pub rules: RuleSet,
+    /// Lowest severity shown.
+    pub min_severity: Severity,
+    /// Output format.
+    pub format: Format,
+    /// Livelock threshold.
+    pub livelock_threshold: u32,
+}
+
+/// The result of one input.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The model's summary.
+    pub summary: TraceSummary,
+    /// Anomalies printed.
+    pub shown: u64,
+}
+
+/// Runs `vmxray replay`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.list_rules {
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        write_rule_list(&mut out)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = Options {
+        rules: if args.rules.is_empty() {
+            RuleSet::all()
+        } else {
+            args.rules.iter().copied().collect()
+        },
+        min_severity: args.severity,
+        format: args.format,
+        livelock_threshold: args.livelock_threshold.max(2),
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut failing = 0;
+    for file in &args.files {
+        let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
+        let input = reader.meta().input.to_string();
+        let outcome = replay_stream(&input, &mut reader, opts, &mut out)
+            .with_context(|| format!("Replaying {input}"))?;
+        let stats = reader.stats().clone();
+        if opts.format == Format::Text {
+            writeln!(
+                out,
+                "  {} anomalies shown (--severity {})",
+                outcome.shown, opts.min_severity
+            )?;
+        }
+        write_summary(&input, &outcome.summary, Some(&stats), opts, &mut out)?;
+        failing += outcome.summary.count_at_least(args.fail_on);
+    }
+    out.flush()?;
+    Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Prints every rule with its default severity, what it checks and its KVM commit.
+pub fn write_rule_list<W: Write>(out: &mut W) -> io::Result<()> {
+    for rule in RuleId::ALL {
+        writeln!(out, "{:<30} {:<8} {}", rule.name(), rule.default_severity(), rule.checks())?;
+        writeln!(out, "{:<39} KVM: {}", "", rule.commit())?;
+    }
+    Ok(())
+}
+
+/// Replays one stream of events, printing the anomalies as they are found.
+pub fn replay_stream<I, W>(
+    input: &str,
+    events: I,
+    opts: Options,
+    out: &mut W,
+) -> anyhow::Result<Outcome>
+where
+    I: IntoIterator<Item = Result<Event, ReadError>>,
+    W: Write,
+{
+    let mut model =
+        Model::new(ModelConfig { rules: opts.rules, livelock_threshold: opts.livelock_threshold });
+    let mut shown = 0;
+    if opts.format == Format::Text {
+        writeln!(out, "{input}")?;
+        writeln!(
+            out,
+            "  {:<9} {:>16} {:<12} {:<8} {:<30} MESSAGE",
+            "EVENT", "TS", "VCPU", "SEVERITY", "RULE"
+        )?;
+    }
+    for event in events {
+        let event = event?;
+        let step = model.step(&event);
+        for anomaly in step.anomalies.iter().filter(|a| a.severity >= opts.min_severity) {
+            shown += 1;
+            write_anomaly(input, anomaly, event.ts, opts.format, out)?;
+        }
+    }
+    Ok(Outcome { summary: model.summary(), shown })
+}
+
+fn write_anomaly<W: Write>(
+    input: &str,
+    a: &Anomaly,
+    ts: u64,
+    format: Format,
+    out: &mut W,
+) -> io::Result<()> {
+    match format {
+        Format::Text => {
+            let evidence: Vec<String> = a.evidence.iter().map(|e| e.to_string()).collect();
+            let evidence = if evidence.is_empty() {
+                String::new()
+            } else {
+                format!(" [evidence {}]", evidence.join(" "))
+            };
+            writeln!(
+                out,
+                "  {:<9} {:>16} {:<12} {:<8} {:<30} {}{}",
+                a.at.to_string(),
+                ts,
+                a.vcpu.to_string(),
+                a.severity.name(),
+                a.rule.name(),
+                a.message,
+                evidence
+            )
+        }
+        Format::Jsonl => {
+            let (vcpu, thread) = match a.vcpu {
+                Actor::Vcpu(v) => (Some(v), None),
+                Actor::Thread(t) => (None, Some(t)),
+            };
+            let line = json!({
+                "type": "anomaly",
+                "input": input,
+                "at": a.at.0,
+                "ts": ts,
+                "vcpu": vcpu,
+                "thread": thread,
+                "rule": a.rule.name(),
+                "severity": a.severity.name(),
+                "evidence": a.evidence.iter().map(|e| e.0).collect::<Vec<_>>(),
+                "message": a.message,
+                "commit": a.rule.commit(),
+            });
+            writeln!(out, "{line}")
+        }
+    }
+}
+
+/// Prints the per-input summary.
+pub fn write_summary<W: Write>(
+    input: &str,
+    s: &TraceSummary,
+    stats: Option<&ReadStats>,
+    opts: Options,
+    out: &mut W,
+) -> io::Result<()> {
+    let (lost_read, uncounted) = stats.map_or((0, false), ReadStats::lost_total);
+    let lost_events = lost_read.max(s.lost_events);
+    let skipped = stats.map_or(0, |st| st.skipped);
+    let unknown: u64 = stats.map_or(0, |st| st.unknown_events.values().sum());
+    match opts.format {
+        Format::Jsonl => {
+            let rules: Vec<_> = s
+                .rules
+                .iter()
+                .map(|r| match r.status {
+                    RuleStatus::Checked { checks, anomalies } => json!({
+                        "rule": r.rule.name(), "status": "checked",
+                        "checks": checks, "anomalies": anomalies,
+                    }),
+                    RuleStatus::NotCheckable { why } => json!({
+                        "rule": r.rule.name(), "status": "not_checkable", "why": why,
+                    }),
+                })
+                .collect();
+            let line = json!({
+                "type": "summary",
+                "input": input,
+                "events": s.events,
+                "lost_events": lost_events,
+                "lost_uncounted": uncounted,
+                "lost_markers": s.lost_markers,
+                "skipped": skipped,
+                "unknown_events": unknown,
+                "kernel_at_least": s.features.kernel_at_least(),
+                "vcpus": s.vcpus,
+                "anomalies": {
+                    "info": s.by_severity[0], "warning": s.by_severity[1],
+                    "error": s.by_severity[2], "critical": s.by_severity[3],
+                },
+                "rules": rules,
+            });
+            writeln!(out, "{line}")
+        }
+        Format::Text => {
+            let total: u64 = s.by_severity.iter().sum();
+            writeln!(
+                out,
+                "  {} events, {} vCPU(s); {total} anomalies ({} critical, {} error, {} warning, {} info)",
+                s.events,
+                s.vcpus.len(),
+                s.by_severity[3],
+                s.by_severity[2],
+                s.by_severity[1],
+                s.by_severity[0],
+            )?;
+            writeln!(
+                out,
+                "  lost: {lost_events} events in {} markers{}; skipped: {skipped}; unknown events: {unknown}; kernel >= {}",
+                s.lost_markers,
+                if uncounted { " (some uncounted)" } else { "" },
+                s.features.kernel_at_least(),
+            )?;
+            let not_checkable: Vec<_> = s
+                .rules
+                .iter()
+                .filter_map(|r| match r.status {
+                    RuleStatus::NotCheckable { why } => Some((r.rule, why)),
+                    RuleStatus::Checked { .. } => None,
+                })
+                .collect();
+            if !not_checkable.is_empty() {
+                writeln!(out, "  not checkable on this trace ({}):", not_checkable.len())?;
+                for (rule, why) in not_checkable {
+                    writeln!(out, "    {:<30} needs {why}", rule.name())?;
+                }
+            }
+            writeln!(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmxray_capture::{Entry, EventKind};
+
+    use super::*;
+
+    fn entry(ts: u64) -> Result<Event, ReadError> {
+        Ok(Event {
+            ts,
+            cpu: 0,
+            pid: 7,
+            comm: None,
+            kind: EventKind::KvmEntry(Entry {
+                vcpu_id: 3,
+                rip: Some(0x1000),
+                immediate_exit: None,
+                intr_info: None,
+                error_code: None,
+            }),
+        })
+    }
+
+    fn exit(ts: u64) -> Result<Event, ReadError> {
+        Ok(Event {
+            ts,
+            cpu: 0,
+            pid: 7,
+            comm: None,
+            kind: EventKind::KvmExit(vmxray_capture::ExitInfo {
+                reason: vmxray_capture::codes::ExitCode::Vmx(vmxray_capture::codes::ExitReason(10)),
+                isa: None,
+                guest_rip: Some(0x1000),
+                info1: Some(0),
+                info2: Some(0),
+                intr_info: None,
+                error_code: None,
+                vcpu_id: Some(3),
+                requests: None,
+            }),
+        })
+    }
+
+    /// entry, exit, entry, entry: the last entry has no exit before it.
+    fn stream() -> Vec<Result<Event, ReadError>> {
+        vec![entry(1), exit(2), entry(5), entry(9)]
+    }
+
+    fn opts(format: Format) -> Options {
+        Options {
+            rules: RuleSet::all(),
+            min_severity: Severity::Info,
+            format,
+            livelock_threshold: 64,
+        }
+    }
+
+    #[test]
+    fn text_table_and_summary() {
+        let mut out = Vec::new();
+        let outcome = replay_stream("t.dat", stream(), opts(Format::Text), &mut out).unwrap();
+        write_summary("t.dat", &outcome.summary, None, opts(Format::Text), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(outcome.shown, 1);
+        assert!(text.contains("entry_without_exit"), "{text}");
+        assert!(text.contains("vcpu 3"), "{text}");
+        assert!(text.contains("not checkable on this trace"), "{text}");
+        assert!(text.contains("late_vmfail_l1_cr3"), "{text}");
+        assert_eq!(outcome.summary.count_at_least(Severity::Warning), 1);
+        assert_eq!(outcome.summary.count_at_least(Severity::Critical), 0);
+    }
+
+    #[test]
+    fn jsonl_lines_parse_and_follow_the_wire_format() {
+        let mut out = Vec::new();
+        let outcome = replay_stream("t.dat", stream(), opts(Format::Jsonl), &mut out).unwrap();
+        write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "anomaly");
+        assert_eq!(lines[0]["rule"], "entry_without_exit");
+        assert_eq!(lines[0]["severity"], "error");
+        assert_eq!(lines[0]["at"], 3);
+        assert_eq!(lines[0]["ts"], 9);
+        assert_eq!(lines[0]["vcpu"], 3);
+        assert_eq!(lines[0]["evidence"], json!([2]));
+        assert_eq!(lines[1]["type"], "summary");
+        assert_eq!(lines[1]["events"], 4);
+        assert_eq!(lines[1]["anomalies"]["error"], 1);
+        let rules = lines[1]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), RuleId::COUNT);
+        assert!(
+            rules.iter().any(|r| r["status"] == "checked" && r["rule"] == "entry_without_exit")
+        );
+    }
+
+    #[test]
+    fn rule_selection_and_severity_filter() {
+        let only_livelock: RuleSet = [RuleId::Livelock].into_iter().collect();
+        let mut out = Vec::new();
+        let o = replay_stream(
+            "t",
+            stream(),
+            Options { rules: only_livelock, ..opts(Format::Text) },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(o.shown, 0);
+        assert_eq!(o.summary.rules.len(), 1);
+        let mut out = Vec::new();
+        let o = replay_stream(
+            "t",
+            stream(),
+            Options { min_severity: Severity::Critical, ..opts(Format::Text) },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(o.shown, 0);
+        assert_eq!(o.summary.count_at_least(Severity::Error), 1);
+    }
+
+    #[test]
+    fn rule_list_names_every_rule_and_commit() {
+        let mut out = Vec::new();
+        write_rule_list(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for rule in RuleId::ALL {
+            assert!(text.contains(rule.name()) && text.contains(rule.commit()));
+        }
+    }
+
+    #[test]
+    fn parsers_name_the_choices() {
+        assert!(parse_rule("nope").unwrap_err().contains("changed_subject_cr3"));
+        assert_eq!(parse_severity("error"), Ok(Severity::Error));
+        assert!(parse_severity("loud").is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! `vmxray triage FILE`: the post-mortem of every shutdown, triple fault, internal error or
+//! failed VM-entry in a trace, written as a narrative a KVM developer can paste into a bug
+//! report (or as one JSON document with `--format json`).
+//!
+//! Exit status: 0 when the trace has no fatal event, 1 when it has, 2 when it cannot be read.
+
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use vmxray_capture::{Event, EventKind, ReadError, ReadOptions};
+use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig, describe_insn};
+use vmxray_replay::{Actor, Transition, TriageReport};
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The narrative.
+    Text,
+    /// The triage report as one JSON document.
+    Json,
+}
+
+/// Arguments of `vmxray triage`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The trace (`-` for stdin).
+    pub file: PathBuf,
+    /// How many of the vCPU's last events to show per crash.
+    #[arg(long, default_value_t = 40)]
+    pub window: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Skip unreadable records (counted and reported) instead of stopping.
+    #[arg(long)]
+    pub permissive: bool,
+}
+
+/// Runs `vmxray triage`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut reader = vmxray_capture::open(&args.file, ReadOptions { permissive: args.permissive })?;
+    let input = reader.meta().input.to_string();
+    let config = TriageConfig { window: args.window.max(1), ..TriageConfig::default() };
+    let report = triage_stream(&mut reader, config).with_context(|| format!("Triaging {input}"))?;
+    let stats = reader.stats();
+    let (lost, _) = stats.lost_total();
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match args.format {
+        Format::Text => {
+            out.write_all(render(&input, &report).as_bytes())?;
+            writeln!(
+                out,
+                "(read: {} events, {lost} lost, {} skipped)",
+                stats.events, stats.skipped
+            )?;
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(if report.crashes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Triage of a stream of events.
+pub fn triage_stream<I>(events: I, config: TriageConfig) -> Result<TriageReport, ReadError>
+where
+    I: IntoIterator<Item = Result<Event, ReadError>>,
+{
+    let mut t = Triage::new(config);
+    for event in events {
+        t.push(&event?);
+    }
+    Ok(t.finish())
+}
+
+fn who(actor: Actor) -> String {
+    match actor {
+        Actor::Vcpu(v) => format!("vCPU {v}"),
+        Actor::Thread(pid) => format!("vCPU thread {pid} (the trace carries no vcpu_id)"),
+    }
+}
+
+fn ec(e: Option<u32>) -> String {
+    e.map_or_else(|| " (no error code)".to_owned(), |e| format!(" (error code {e:#x})"))
+}
+
+fn insn_text(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match describe_insn(bytes) {
+        Some(d) => format!("`{d}` ({})", hex.join(" ")),
+        None => hex.join(" "),
+    }
+}
+
+fn link_text(l: &ChainLink) -> String {
+    match l {
+        ChainLink::Injected { vector, error_code, reinjected, .. } => format!(
+            "KVM injected {vector}{}{}",
+            ec(*error_code),
+            if *reinjected == Some(true) { " [reinjected]" } else { "" }
+        ),
+        ChainLink::PageFault { address, error_code, rip, .. } => format!(
+            "page fault at {address:#x} error code {error_code:#x}{}",
+            rip.map_or_else(String::new, |r| format!(" rip {r:#x}"))
+        ),
+        ChainLink::WalkerError { pferr, .. } => format!("guest page walk failed, pferr {pferr:#x}"),
+        ChainLink::ExitException { reason, vector, qualification, error_code, nested, .. } => {
+            format!(
+                "{} {reason} with {vector}{}{}",
+                if *nested { "nested exit to L1:" } else { "exit" },
+                ec(*error_code),
+                qualification.map_or_else(String::new, |q| format!(" qualification {q:#x}"))
+            )
+        }
+        ChainLink::EmulationFailed { rip, insn, .. } => {
+            format!("emulation of {} at rip {rip:#x} failed", insn_text(insn))
+        }
+        ChainLink::VmenterFailed { msg, err, .. } => {
+            let name = vmxray_capture::codes::VmInstructionError(*err);
+            if *err == 0 {
+                format!("nested VM-entry check failed: {msg}")
+            } else {
+                format!("nested VM-entry failed: {msg}{name} ({err})")
+            }
+        }
+    }
+}
+
+fn change_text(c: &ContextChange) -> Option<String> {
+    Some(match c {
+        ContextChange::CrWrite { cr, value, level, .. } => format!(
+            "mov cr{cr} = {value:#x}{}",
+            level.map_or_else(String::new, |l| format!(" ({l:?})"))
+        ),
+        ContextChange::Emulated { rip, insn, .. } => format!("emulated `{insn}` at rip {rip:#x}"),
+        ContextChange::Model { transition, .. } => match transition {
+            Transition::Mode { from, to } => format!("level {from:?} -> {to:?}"),
+            Transition::Resynchronizing { .. } => "events lost: state dropped".to_owned(),
+            Transition::NestedEntry { vmptr, cause } => {
+                format!("nested VM-entry of vmcs12 {vmptr:#x} ({cause:?})")
+            }
+            Transition::NestedExit { reason } => format!(
+                "nested VM-exit to L1 ({})",
+                reason.map_or_else(|| "silent".to_owned(), |r| r.to_string())
+            ),
+            Transition::LateVmFail => "late VM-Fail unwound the nested entry".to_owned(),
+            Transition::L1Cr3 { value } => format!("L1 CR3 = {value:#x}"),
+            Transition::RootLoaded(r) => format!(
+                "root loaded: gfn {:#x} [{}] ({})",
+                r.gfn,
+                r.role,
+                if r.created { "new" } else { "existing" }
+            ),
+            Transition::Smm { entering } => {
+                if *entering { "entered SMM" } else { "left SMM" }.to_owned()
+            }
+            Transition::Vmcs12Field { .. } => return None,
+        },
+    })
+}
+
+/// A one-line description of an event for the window listing.
+pub fn describe_event(e: &Event) -> String {
+    match &e.kind {
+        EventKind::KvmExit(i)
+        | EventKind::KvmNestedVmexit(i)
+        | EventKind::KvmNestedVmexitInject(i) => {
+            format!(
+                "{} {}{}{}",
+                e.name(),
+                i.reason,
+                i.guest_rip.map_or_else(String::new, |r| format!(" rip {r:#x}")),
+                i.info1.map_or_else(String::new, |q| format!(" info1 {q:#x}"))
+            )
+        }
+        EventKind::KvmEntry(en) => {
+            format!("kvm_entry{}", en.rip.map_or_else(String::new, |r| format!(" rip {r:#x}")))
+        }
+        EventKind::KvmNestedVmenter(v) => format!(
+            "kvm_nested_vmenter vmcs {:#x} nested_rip {:#x}{}",
+            v.vmcs,
+            v.nested_rip,
+            v.guest_pgd.map_or_else(String::new, |p| format!(" pgd {p:#x}"))
+        ),
+        EventKind::KvmEmulateInsn { rip, insn, failed, .. } => format!(
+            "kvm_emulate_insn {rip:#x}: {}{}",
+            insn_text(insn.as_slice()),
+            if *failed { " FAIL" } else { "" }
+        ),
+        EventKind::KvmMmuGetPage { page, created } => format!(
+            "kvm_mmu_get_page {} gfn {:#x} [{}]",
+            if *created { "new" } else { "existing" },
+            page.gfn,
+            page.role
+        ),
+        EventKind::KvmInjException { exception, has_error, error_code, .. } => format!(
+            "kvm_inj_exception {exception}{}",
+            if *has_error { format!(" ({error_code:#x})") } else { String::new() }
+        ),
+        EventKind::KvmUserspaceExit { reason, .. } => format!("kvm_userspace_exit {reason}"),
+        EventKind::KvmCr { write, cr, val } => {
+            format!("kvm_cr {} cr{cr} = {val:#x}", if *write { "write" } else { "read" })
+        }
+        EventKind::KvmPageFault { fault_address, error_code, .. } => {
+            format!("kvm_page_fault {fault_address:#x} error {error_code:#x}")
+        }
+        EventKind::KvmMmuPagetableWalk { addr, pferr } => {
+            format!("kvm_mmu_pagetable_walk {addr:#x} pferr {pferr:#x}")
+        }
+        EventKind::KvmMmuPagingElement { pte, level } => {
+            format!("kvm_mmu_paging_element pte {pte:#x} level {level}")
+        }
+        EventKind::KvmMmuWalkerError { pferr } => format!("kvm_mmu_walker_error pferr {pferr:#x}"),
+        EventKind::KvmNestedVmenterFailed { msg, err } => {
+            format!("kvm_nested_vmenter_failed {msg}{err}")
+        }
+        EventKind::KvmSmmTransition { entering, smbase, .. } => format!(
+            "kvm_smm_transition {} SMM smbase {smbase:#x}",
+            if *entering { "entering" } else { "leaving" }
+        ),
+        EventKind::KvmPio { write, port, val, .. } => format!(
+            "kvm_pio {} port {port:#x}{}",
+            if *write { "write" } else { "read" },
+            val.map_or_else(String::new, |v| format!(" val {v:#x}"))
+        ),
+        EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::Lost { .. }
+        | EventKind::Other(_) => e.name().to_owned(),
+    }
+}
+
+/// What the crash most likely means, from its data.
+fn findings(c: &Crash) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(ChainLink::Injected { vector, error_code, at, .. }) = &c.undelivered {
+        out.push(format!(
+            "The last exception KVM injected, {vector}{} at event {at}, was never delivered: no \
+             VM-entry followed it. Delivering it faulted in turn (IDT, GDT or stack unusable), \
+             which ends in a triple fault.",
+            ec(*error_code)
+        ));
+    }
+    if let Some(ChainLink::EmulationFailed { rip, insn, at }) =
+        c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::EmulationFailed { .. }))
+    {
+        out.push(format!("Emulating {} at rip {rip:#x} failed (event {at}).", insn_text(insn)));
+    }
+    let tables: Vec<String> = c
+        .context_changes
+        .iter()
+        .filter_map(|ch| match ch {
+            ContextChange::Emulated { insn, rip, at }
+                if insn.starts_with("lidt") || insn.starts_with("lgdt") =>
+            {
+                Some(format!("`{insn}` at rip {rip:#x} (event {at})"))
+            }
+            ContextChange::Emulated { .. }
+            | ContextChange::Model { .. }
+            | ContextChange::CrWrite { .. } => None,
+        })
+        .collect();
+    if !tables.is_empty() {
+        out.push(format!(
+            "Descriptor tables were loaded shortly before: {}. Check that they are valid.",
+            tables.join(", ")
+        ));
+    }
+    let faults: Vec<String> = c
+        .exception_chain
+        .iter()
+        .filter_map(|l| match l {
+            ChainLink::PageFault { address, error_code, .. } => {
+                Some(format!("{address:#x} (error {error_code:#x})"))
+            }
+            ChainLink::Injected { .. }
+            | ChainLink::WalkerError { .. }
+            | ChainLink::ExitException { .. }
+            | ChainLink::VmenterFailed { .. }
+            | ChainLink::EmulationFailed { .. } => None,
+        })
+        .collect();
+    if !faults.is_empty() {
+        out.push(format!("Page faults before the end: {}.", faults.join(", ")));
+    }
+    if c.exception_chain
+        .iter()
+        .any(|l| matches!(l, ChainLink::Injected { vector, .. } if vector.0 == 8))
+    {
+        out.push("A #DF was injected: an exception occurred while delivering another.".to_owned());
+    }
+    if let Some(ChainLink::VmenterFailed { msg, at, .. }) =
+        c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::VmenterFailed { .. }))
+    {
+        out.push(format!("A nested VM-entry failed at event {at}: {msg}."));
+    }
+    if !c.anomalies.is_empty() {
+        out.push(format!(
+            "The model found {} divergence(s) from KVM's expected behaviour in this window (below).",
+            c.anomalies.len()
+        ));
+    }
+    out
+}
+
+/// Renders the narrative.
+pub fn render(input: &str, report: &TriageReport) -> String {
+    let mut s = String::new();
+    let n = report.crashes.len();
+    let _ = writeln!(
+        s,
+        "vmxray triage {input}: {} fatal event{}{}",
+        n,
+        if n == 1 { "" } else { "s" },
+        if report.dropped_crashes > 0 {
+            format!(" (and {} more not shown)", report.dropped_crashes)
+        } else {
+            String::new()
+        }
+    );
+    if n == 0 {
+        let _ = writeln!(
+            s,
+            "No shutdown, triple fault, internal error or failed VM-entry in {} events.",
+            report.summary.events
+        );
+    }
+    for c in &report.crashes {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "== {}: {} at event {} (ts {}) ==",
+            who(c.vcpu),
+            c.kind.describe(),
+            c.at,
+            c.ts
+        );
+        let _ = writeln!(
+            s,
+            "Level: {}{}.",
+            c.level.map_or_else(|| "not established by the trace".to_owned(), |l| format!("{l:?}")),
+            c.vmptr.map_or_else(String::new, |p| format!(", current vmcs12 {p:#x}"))
+        );
+        if let Some(r) = &c.vmcs12 {
+            let mut parts = Vec::new();
+            if let Some(cr3) = r.guest_cr3 {
+                parts.push(format!("GUEST_CR3 {:#x}", cr3.value));
+            }
+            if let Some(eptp) = r.eptp {
+                parts.push(format!("EPTP {:#x}", eptp.value));
+            }
+            if let Some(rip) = r.nested_rip {
+                parts.push(format!("nested_rip {:#x}", rip.value));
+            }
+            if let Some(host) = r.host_rip {
+                parts.push(format!("HOST_RIP {:#x}", host.value));
+            }
+            parts.push(format!("launch state {:?}", r.launch));
+            let _ = writeln!(s, "vmcs12 {:#x} as last entered: {}.", r.vmptr, parts.join(", "));
+        }
+        let f = findings(c);
+        if !f.is_empty() {
+            let _ = writeln!(s, "\nWhat happened:");
+            for line in f {
+                let _ = writeln!(s, "  - {line}");
+            }
+        }
+        let _ = writeln!(s, "\nException chain (oldest first):");
+        if c.exception_chain.is_empty() {
+            let _ = writeln!(s, "  (none seen)");
+        }
+        for l in &c.exception_chain {
+            let _ = writeln!(s, "  {:<8} {}", l.at().to_string(), link_text(l));
+        }
+        let _ = writeln!(s, "\nLast CR3 / root / level changes (oldest first):");
+        let changes: Vec<_> = c
+            .context_changes
+            .iter()
+            .filter_map(|ch| change_text(ch).map(|t| (ch.at(), t)))
+            .collect();
+        if changes.is_empty() {
+            let _ = writeln!(s, "  (none seen)");
+        }
+        for (at, text) in changes {
+            let _ = writeln!(s, "  {:<8} {text}", at.to_string());
+        }
+        let _ = writeln!(s, "\nAnomalies in the window:");
+        if c.anomalies.is_empty() {
+            let _ = writeln!(s, "  (none)");
+        }
+        for a in &c.anomalies {
+            let _ =
+                writeln!(s, "  {:<8} {} {}: {}", a.at.to_string(), a.severity, a.rule, a.message);
+        }
+        let _ = writeln!(s, "\nLast {} events of {}:", c.last_events.len(), who(c.vcpu));
+        for e in &c.last_events {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>16} {}",
+                e.at.to_string(),
+                e.event.ts,
+                describe_event(&e.event)
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use vmxray_capture::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
+    use vmxray_capture::{InsnBytes, MmuPage};
+
+    use super::*;
+
+    fn ev(ts: u64, kind: EventKind) -> Result<Event, ReadError> {
+        Ok(Event { ts, cpu: 0, pid: 23323, comm: Some("python3".into()), kind })
+    }
+
+    #[test]
+    fn narrative_names_the_undelivered_ud_and_the_shutdown() {
+        let emulate = |rip, bytes: &[u8], failed| EventKind::KvmEmulateInsn {
+            rip,
+            csbase: 0,
+            insn: InsnBytes::new(bytes, bytes.len()),
+            flags: 0,
+            failed,
+        };
+        let events = vec![
+            ev(
+                1,
+                EventKind::KvmMmuGetPage {
+                    page: MmuPage {
+                        mmu_valid_gen: Some(0),
+                        gfn: 2,
+                        role: MmuPageRole(0x1704),
+                        root_count: 0,
+                        unsync: false,
+                    },
+                    created: true,
+                },
+            ),
+            ev(2, emulate(0x1007, &[0x0f, 0x22, 0xd8], false)),
+            ev(3, emulate(0x105c, &[0x0f, 0x01, 0x1c, 0x25, 0x00, 0x70, 0x00, 0x00], false)),
+            ev(4, emulate(0x1064, &[0x0f, 0x0b], false)),
+            ev(5, emulate(0x1064, &[0x0f, 0x0b], true)),
+            ev(
+                6,
+                EventKind::KvmInjException {
+                    exception: ExceptionVector::UD,
+                    has_error: false,
+                    error_code: 0,
+                    reinjected: Some(false),
+                },
+            ),
+            ev(
+                7,
+                EventKind::KvmUserspaceExit { reason: UserspaceExitReason::SHUTDOWN, errno: None },
+            ),
+        ];
+        let report = triage_stream(events, TriageConfig::default()).unwrap();
+        let text = render("triple-fault.dat", &report);
+        assert!(text.contains("1 fatal event"), "{text}");
+        assert!(text.contains("KVM_EXIT_SHUTDOWN"), "{text}");
+        assert!(text.contains("#UD (no error code) at event #5, was never delivered"), "{text}");
+        assert!(text.contains("`ud2` (0f 0b) at rip 0x1064 failed"), "{text}");
+        assert!(text.contains("`lidt [0x7000]`"), "{text}");
+        assert!(text.contains("emulated `mov cr3, rax` at rip 0x1007"), "{text}");
+        assert!(text.contains("root loaded: gfn 0x2"), "{text}");
+    }
+
+    #[test]
+    fn no_crash_says_so() {
+        let report = triage_stream(Vec::new(), TriageConfig::default()).unwrap();
+        assert!(render("x", &report).contains("No shutdown"));
+    }
+}
