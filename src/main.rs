@@ -4,6 +4,8 @@
 //! Exit codes: 0 clean, 1 anomalies found (replay/triage/scan, like a linter), 2 usage or input
 //! error.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

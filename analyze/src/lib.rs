@@ -5,3 +5,5 @@
 //! as Parquet/CSV/JSON for any engine to aggregate.
 //!
 //! It does **not** parse trace bytes (that is `vmxray-capture`) nor model KVM (`vmxray-replay`).
+
+#![forbid(unsafe_code)]

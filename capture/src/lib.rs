@@ -20,11 +20,15 @@
 //! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod codes;
 pub mod event;
 pub mod fields;
 pub mod open;
 pub mod reader;
+pub mod testenv;
+pub mod write;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,

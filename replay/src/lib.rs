@@ -6,3 +6,5 @@
 //! as an `Anomaly` value citing the KVM commit whose behaviour the rule checks.
 //!
 //! It does **not** read files, print, or keep statistics: it has no I/O, no clock and no globals.
+
+#![forbid(unsafe_code)]
