@@ -22,10 +22,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bin_util;
 pub mod codes;
 pub mod event;
 pub mod fields;
+pub mod format;
 pub mod open;
+pub mod page;
 pub mod reader;
 pub mod testenv;
 pub mod write;

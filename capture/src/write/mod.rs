@@ -35,14 +35,10 @@
 //! unreferenced bytes. [`TraceDatWriter::finish`] is a last checkpoint that also stores the
 //! per-CPU `stats` (CPUSTAT options).
 
-mod page;
-
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-pub use page::{LostMark, PageBuilder, page_data_len, page_lost_mark};
 
 /// Section and option ids (trace-cmd's `enum tracecmd_option` / file sections).
 mod id {

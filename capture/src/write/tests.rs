@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
+use crate::bin_util::Endian;
+use crate::format::PageLayout;
+use crate::page::PageBuilder;
 
 pub(crate) const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
 \tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;
@@ -67,15 +70,18 @@ fn pages_for_cpu(cpu: u32, pages: usize, per_page: usize, base: u64) -> (Vec<Vec
     let mut out = Vec::new();
     let mut stamps = Vec::new();
     let mut ts = base;
+    let layout = PageLayout::default_64(Endian::Little);
     for _ in 0..pages {
-        let mut b = PageBuilder::new(4096, ts);
+        let mut b = PageBuilder::new(layout, ts);
+        let mut prev = ts;
         for _ in 0..per_page {
             let payload = exit_payload(1000 + i32::try_from(cpu).unwrap(), 2);
-            assert!(b.fits(ts, &payload));
-            b.push_event(ts, &payload);
+            b = b.event(ts - prev, &payload);
+            prev = ts;
             stamps.push(ts);
             ts += 1000;
         }
+        assert!(b.data_len() <= 4080);
         out.push(b.build());
     }
     (out, stamps)
@@ -235,29 +241,6 @@ fn wrong_page_size_and_cpu_are_errors() {
     let mut w = TraceDatWriter::create(&path, test_metadata(1), WriterOptions::default()).unwrap();
     assert!(matches!(w.write_page(0, &[0; 100]), Err(WriteError::PageSize { .. })));
     assert!(matches!(w.write_page(3, &[0; 4096]), Err(WriteError::Cpu { cpu: 3, cpus: 1 })));
-}
-
-#[test]
-fn page_builder_encodes_kernel_records() {
-    // 8-byte payloads take 16 bytes (type_len 3), as rb_calculate_event_length says.
-    assert_eq!(PageBuilder::record_len(&[0; 8]), 16);
-    assert_eq!(PageBuilder::record_len(&[0; 16]), 20);
-    assert_eq!(PageBuilder::record_len(&[0; 112]), 116);
-    assert_eq!(PageBuilder::record_len(&[0; 113]), 124);
-    let page = PageBuilder::new(4096, 7).event(7, &[1; 16]).event(7 + (3 << 27) + 5, &[2; 16]);
-    let page = page.lost(LostMark::Counted(5316)).build();
-    assert_eq!(u64_at(&page, 0), 7);
-    // 20 + 8 (time extend) + 20 bytes of data.
-    assert_eq!(page_data_len(&page), 48);
-    assert_eq!(u32_at(&page, 16), 4); // type_len 4, delta 0
-    assert_eq!(u32_at(&page, 36) & 0x1f, 30); // TIME_EXTEND
-    assert_eq!(u32_at(&page, 36) >> 5, 5);
-    assert_eq!(u32_at(&page, 40), 3);
-    assert_eq!(page_lost_mark(&page), Some(LostMark::Counted(5316)));
-    let uncounted = PageBuilder::new(4096, 0).lost(LostMark::Uncounted).build();
-    assert_eq!(u64_at(&uncounted, 8), 0xffff_ffff_8000_0000);
-    assert_eq!(page_lost_mark(&uncounted), Some(LostMark::Uncounted));
-    assert_eq!(page_lost_mark(&PageBuilder::new(4096, 0).build()), None);
 }
 
 /// `trace-cmd report` must print exactly the events of the input pages. Skipped when trace-cmd
