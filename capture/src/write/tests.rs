@@ -60,9 +60,12 @@ pub(crate) fn test_metadata(cpus: u32) -> Metadata {
 }
 
 fn exit_payload(pid: i32, reason: u32) -> Vec<u8> {
-    let mut fields = reason.to_le_bytes().to_vec();
-    fields.extend_from_slice(&0i32.to_le_bytes());
-    PageBuilder::payload(42, pid, &fields)
+    let mut p = 42u16.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0, 0]); // common_flags, common_preempt_count
+    p.extend_from_slice(&pid.to_le_bytes());
+    p.extend_from_slice(&reason.to_le_bytes());
+    p.extend_from_slice(&0i32.to_le_bytes()); // errno
+    p
 }
 
 /// Pages with `n` events each, timestamps `base + i*1000`; returns the pages and the stamps.
