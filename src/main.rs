@@ -24,12 +24,18 @@ struct Cli {
 enum Command {
     /// Print every event of a trace, one normalized line (or JSON object) per event.
     Dump(cmd::dump::Args),
+    /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
+    Record(cmd::record::Args),
+    /// Run a tiny real guest on /dev/kvm while recording it.
+    Lab(cmd::lab::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Record(args) => cmd::record::run(args),
+        Command::Lab(args) => cmd::lab::run(args),
     };
     match result {
         Ok(code) => code,

@@ -30,6 +30,8 @@ pub mod format;
 pub mod open;
 pub mod page;
 pub mod reader;
+#[cfg(target_os = "linux")]
+pub mod record;
 pub mod testenv;
 pub mod write;
 

@@ -7,3 +7,6 @@
 //! provenance live beside it in `samples/`.
 //!
 //! It depends on `vmxray-capture` only.
+
+#[cfg(target_os = "linux")]
+pub mod lab;

@@ -4,6 +4,8 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod dump;
+pub mod lab;
+pub mod record;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;

@@ -294,6 +294,11 @@ impl TraceDatWriter {
         &self.meta
     }
 
+    /// Bytes written to the file so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.pos
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
