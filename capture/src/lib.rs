@@ -24,15 +24,20 @@
 
 pub mod bin_util;
 pub mod codes;
+mod decode;
 pub mod event;
 pub mod fields;
 pub mod format;
+mod merge;
 pub mod open;
 pub mod page;
+pub mod perfdata;
 pub mod reader;
 #[cfg(target_os = "linux")]
 pub mod record;
 pub mod testenv;
+pub mod tracedat;
+pub mod tracefs;
 pub mod write;
 
 pub use event::{
@@ -40,7 +45,7 @@ pub use event::{
     NestedVmenter, OtherEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
-pub use open::open;
+pub use open::{open, open_bytes};
 pub use reader::{
     Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
     ReadStats, TraceMeta,

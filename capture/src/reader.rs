@@ -290,6 +290,24 @@ pub enum ReadErrorKind {
     /// A known tracepoint lacked a field.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A format file (or header_page) could not be parsed.
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+    /// A ring-buffer page is malformed.
+    #[error(transparent)]
+    Page(#[from] crate::page::PageError),
+    /// A tracepoint record could not be decoded with its format.
+    #[error(transparent)]
+    Record(#[from] crate::format::RecordError),
+    /// A copied tracefs tree is unusable.
+    #[error(transparent)]
+    Tracefs(#[from] crate::tracefs::TracefsError),
+    /// A trace.dat file is malformed.
+    #[error(transparent)]
+    TraceDat(#[from] crate::tracedat::TraceDatError),
+    /// A perf.data file is malformed.
+    #[error(transparent)]
+    PerfData(#[from] crate::perfdata::PerfDataError),
 }
 
 /// Names an input for messages.

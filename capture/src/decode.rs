@@ -1,0 +1,142 @@
+//! Ring-buffer records to [`Event`]s: the step every page-based reader (tracefs, trace.dat)
+//! shares once the pages are in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event::{Comm, Event, EventKind, OtherEvent};
+use crate::fields::{FieldValue, Fields};
+use crate::format::{EventFormats, PageLayout, RecordError};
+use crate::merge::Batch;
+use crate::page::{PageItem, PageStream};
+use crate::reader::{Location, ReadError};
+
+/// Where a CPU stream's bytes are, for messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StreamBase {
+    /// The bytes are in the file at this offset (uncompressed data).
+    File(u64),
+    /// The bytes are decompressed; this is their offset in the CPU's page stream.
+    Cpu(u64),
+}
+
+impl StreamBase {
+    fn at(self, cpu: u32, offset: u64) -> Location {
+        match self {
+            Self::File(base) => Location::Offset(base.saturating_add(offset)),
+            Self::Cpu(base) => Location::CpuOffset { cpu, offset: base.saturating_add(offset) },
+        }
+    }
+}
+
+/// What turning records into events needs: the capture's formats and page layout, and the
+/// comm of each pid.
+#[derive(Clone, Debug)]
+pub(crate) struct DecodeCtx {
+    pub input: Arc<str>,
+    pub formats: Arc<EventFormats>,
+    pub layout: PageLayout,
+    pub comms: Arc<HashMap<i32, Comm>>,
+}
+
+/// Caches the last pid's comm: consecutive records mostly come from one thread.
+#[derive(Default)]
+pub(crate) struct CommCache {
+    last: Option<(i32, Option<Comm>)>,
+}
+
+impl CommCache {
+    pub(crate) fn get(&mut self, comms: &HashMap<i32, Comm>, pid: i32) -> Option<Comm> {
+        if let Some((p, c)) = &self.last
+            && *p == pid
+        {
+            return c.clone();
+        }
+        let c = comms.get(&pid).cloned();
+        self.last = Some((pid, c.clone()));
+        c
+    }
+}
+
+/// The comm table trace-cmd shows: `saved_cmdlines` lines `"<pid> <comm>"`, plus `<idle>` for
+/// pid 0.
+pub(crate) fn parse_cmdlines(text: &[u8]) -> HashMap<i32, Comm> {
+    let mut out = HashMap::new();
+    out.insert(0, Comm::from("<idle>"));
+    for line in text.split(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if let Some((pid, comm)) = line.trim_start().split_once(' ')
+            && let Ok(pid) = pid.parse::<i32>()
+        {
+            out.insert(pid, Comm::from(comm));
+        }
+    }
+    out
+}
+
+impl DecodeCtx {
+    /// Decodes one record into an event (unknown ids become a named placeholder, counted).
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        cpu: u32,
+        ts: u64,
+        payload: &[u8],
+        cache: &mut CommCache,
+        batch: &mut Batch,
+    ) -> Result<Event, RecordError> {
+        let pid = self.formats.pid(payload).ok_or(RecordError::TooShort)?;
+        let kind = match self.formats.decode(payload) {
+            Ok(kind) => kind,
+            Err(RecordError::UnknownId(id)) => {
+                *batch.unknown.entry(format!("id {id}")).or_default() += 1;
+                unknown_event(id, payload)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Event { ts, cpu, pid, comm: cache.get(&self.comms, pid), kind })
+    }
+
+    /// Decodes a buffer of whole pages of `cpu` into `batch`.
+    pub(crate) fn decode_pages(&self, cpu: u32, bytes: &[u8], base: StreamBase, batch: &mut Batch) {
+        let mut cache = CommCache::default();
+        batch.items.reserve(bytes.len() / 40);
+        for item in PageStream::new(&self.layout, bytes, 0) {
+            match item {
+                Ok(s) => match s.item {
+                    PageItem::Event { ts, payload, offset } => {
+                        match self.record(cpu, ts, payload, &mut cache, batch) {
+                            Ok(ev) => batch.items.push(Ok(ev)),
+                            Err(e) => batch.items.push(Err(ReadError::new(
+                                &self.input,
+                                base.at(cpu, s.page_offset + offset as u64),
+                                e,
+                            ))),
+                        }
+                    }
+                    PageItem::Lost { ts, count } => batch.items.push(Ok(Event {
+                        ts,
+                        cpu,
+                        pid: -1,
+                        comm: None,
+                        kind: EventKind::Lost { count },
+                    })),
+                },
+                Err(e) => batch.items.push(Err(ReadError::new(
+                    &self.input,
+                    base.at(cpu, e.offset),
+                    e.error,
+                ))),
+            }
+        }
+    }
+}
+
+/// A record whose id has no format: kept, with its raw bytes, under the name `unknown`.
+pub(crate) fn unknown_event(id: u32, payload: &[u8]) -> EventKind {
+    let mut fields = Fields::new();
+    fields.push("id", FieldValue::U64(u64::from(id)));
+    fields.push("raw", FieldValue::Bytes(payload.into()));
+    EventKind::Other(Box::new(OtherEvent { system: "".into(), name: "unknown".into(), fields }))
+}

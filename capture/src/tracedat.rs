@@ -1,0 +1,1093 @@
+//! trace-cmd's `trace.dat`, versions 6 and 7 (uncompressed, zstd, zlib).
+//!
+//! [`TraceDat::open`] reads the metadata (header_page/header_event, every format, cmdlines,
+//! options, the buffers and their per-CPU data locations) without reading kallsyms or the CPU
+//! data; [`TraceDat::events`] then streams one buffer (the top instance or a `-B` instance) as
+//! events merged by timestamp across CPUs (see `merge.rs`), each CPU decoded chunk by chunk on
+//! the rayon pool. Memory is bounded by chunks (v7: ≤ 10 pages; v6/none: 16 pages per batch).
+//!
+//! Layout facts (Documentation/trace-cmd/trace-cmd.dat.v{6,7}.5.txt, lib/trace-cmd/trace-output.c):
+//! v6 is sequential (header_page, header_event, ftrace formats, event formats, kallsyms u32,
+//! printk u32, cmdlines u64, cpu count, options, `flyrecord`, per-CPU {offset,size}, clock); v7
+//! is a compression id then sections reached through OPTIONS sections chained by DONE. In v7
+//! compressed data, a CPU's recorded size excludes the leading u32 chunk count, and zstd frames
+//! carry no content size: the chunk header gives it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::bin_util::{Cursor, Endian, to_usize};
+use crate::decode::{DecodeCtx, StreamBase, parse_cmdlines};
+use crate::event::{Comm, Event};
+use crate::format::{EventFormats, FormatError, PageLayout};
+use crate::merge::{Batch, FnProducer, Merger, Producer};
+use crate::reader::{
+    Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
+    TraceMeta, input_name,
+};
+
+/// The trace.dat magic: `17 08 44 "tracing"`.
+pub const MAGIC: &[u8] = b"\x17\x08\x44tracing";
+/// Uncompressed pages per batch for v6 / v7-none data.
+const PAGES_PER_BATCH: u64 = 16;
+/// Largest uncompressed chunk or section accepted (trace-cmd writes ≤ 10 pages per chunk).
+const MAX_UNCOMPRESSED: u64 = 1 << 30;
+
+/// A trace.dat file is malformed or unsupported.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceDatError {
+    /// The magic is missing.
+    #[error("Not a trace.dat file (bad magic)")]
+    BadMagic,
+    /// A version this reader does not know.
+    #[error("Unsupported trace.dat version {0:?}")]
+    UnsupportedVersion(String),
+    /// The file ends inside a structure.
+    #[error("Truncated: expected {expected}, the file ends")]
+    Truncated {
+        /// What should have followed.
+        expected: &'static str,
+    },
+    /// An expected tag (`header_page`, `flyrecord`, ...) is missing.
+    #[error("Expected {expected:?}")]
+    MissingTag {
+        /// The tag.
+        expected: &'static str,
+    },
+    /// A compression algorithm this reader does not know.
+    #[error("Unsupported compression {0:?}")]
+    UnknownCompression(String),
+    /// A compressed block does not decompress.
+    #[error("Cannot decompress a {algorithm} block")]
+    Decompress {
+        /// zstd or zlib.
+        algorithm: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A block decompressed to another size than its header says.
+    #[error("Block decompressed to {got} bytes, its header says {expected}")]
+    SizeMismatch {
+        /// The header's size.
+        expected: u64,
+        /// The actual size.
+        got: u64,
+    },
+    /// A size or count is impossible.
+    #[error("Impossible {what} {value}")]
+    Impossible {
+        /// What.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A v7 section pointer leads to another kind of section.
+    #[error("Section at this offset has id {found}, expected {expected}")]
+    WrongSection {
+        /// Expected id.
+        expected: u16,
+        /// Found id.
+        found: u16,
+    },
+    /// A required v7 section is missing.
+    #[error("No {0} section")]
+    MissingSection(&'static str),
+    /// The OPTIONS chain loops.
+    #[error("OPTIONS sections form a loop")]
+    OptionsLoop,
+    /// header_page or a format file is malformed.
+    #[error("Bad {what}")]
+    Format {
+        /// Which file.
+        what: String,
+        /// What is wrong.
+        #[source]
+        source: FormatError,
+    },
+    /// The file could not be read.
+    #[error("Cannot read the file")]
+    Io(#[source] io::Error),
+    /// No buffer with this index.
+    #[error("No buffer {0}")]
+    NoBuffer(usize),
+}
+
+/// How the file compresses sections and CPU data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Not compressed (v6, v7 `none`).
+    None,
+    /// zstd (trace-cmd's default).
+    Zstd,
+    /// zlib (`compress2`).
+    Zlib,
+}
+
+impl Compression {
+    /// The name trace.dat uses for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Zstd => "zstd",
+            Self::Zlib => "zlib",
+        }
+    }
+
+    /// Decompresses `data` into exactly `usize` bytes, reusing `out`'s allocation.
+    fn decompress_into(
+        self,
+        data: &[u8],
+        usize: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TraceDatError> {
+        if usize > MAX_UNCOMPRESSED {
+            return Err(TraceDatError::Impossible { what: "uncompressed size", value: usize });
+        }
+        let n = to_usize(usize)
+            .ok_or(TraceDatError::Impossible { what: "uncompressed size", value: usize })?;
+        out.clear();
+        match self {
+            Self::None => out.extend_from_slice(data),
+            Self::Zstd => {
+                out.resize(n, 0);
+                let got = zstd::bulk::decompress_to_buffer(data, out.as_mut_slice())
+                    .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
+                out.truncate(got);
+            }
+            Self::Zlib => {
+                out.reserve(n);
+                let mut dec = flate2::read::ZlibDecoder::new(data).take(usize.saturating_add(1));
+                dec.read_to_end(out)
+                    .map_err(|source| TraceDatError::Decompress { algorithm: "zlib", source })?;
+            }
+        }
+        if out.len() as u64 != usize {
+            return Err(TraceDatError::SizeMismatch { expected: usize, got: out.len() as u64 });
+        }
+        Ok(())
+    }
+}
+
+/// The file as positioned reads: a file, or bytes (stdin).
+#[derive(Debug)]
+enum Source {
+    File(File, u64),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Self::File(_, len) => *len,
+            Self::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, TraceDatError> {
+        let avail = self.len().saturating_sub(offset);
+        let n = len.min(to_usize(avail).unwrap_or(usize::MAX));
+        match self {
+            Self::File(f, _) => {
+                let mut buf = vec![0u8; n];
+                f.read_exact_at(&mut buf, offset).map_err(TraceDatError::Io)?;
+                Ok(buf)
+            }
+            Self::Bytes(b) => {
+                let start = to_usize(offset).unwrap_or(usize::MAX);
+                Ok(b.get(start..start.saturating_add(n)).unwrap_or(&[]).to_vec())
+            }
+        }
+    }
+
+    /// Reads exactly `len` bytes at `offset`.
+    fn exact(
+        &self,
+        offset: u64,
+        len: u64,
+        expected: &'static str,
+    ) -> Result<Vec<u8>, TraceDatError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(TraceDatError::Truncated { expected });
+        }
+        let n = to_usize(len).ok_or(TraceDatError::Impossible { what: "size", value: len })?;
+        self.read_at(offset, n)
+    }
+}
+
+/// A sequential reader over a [`Source`] for the metadata.
+struct Seq<'a> {
+    src: &'a Source,
+    pos: u64,
+    endian: Endian,
+}
+
+impl Seq<'_> {
+    fn bytes(&mut self, len: u64, expected: &'static str) -> Result<Vec<u8>, TraceDatError> {
+        let b = self.src.exact(self.pos, len, expected)?;
+        self.pos += len;
+        Ok(b)
+    }
+    fn u16(&mut self, expected: &'static str) -> Result<u16, TraceDatError> {
+        let b = self.bytes(2, expected)?;
+        self.endian.u16(&b, 0).ok_or(TraceDatError::Truncated { expected })
+    }
+    fn u32(&mut self, expected: &'static str) -> Result<u32, TraceDatError> {
+        let b = self.bytes(4, expected)?;
+        self.endian.u32(&b, 0).ok_or(TraceDatError::Truncated { expected })
+    }
+    fn u64(&mut self, expected: &'static str) -> Result<u64, TraceDatError> {
+        let b = self.bytes(8, expected)?;
+        self.endian.u64(&b, 0).ok_or(TraceDatError::Truncated { expected })
+    }
+    fn cstr(&mut self, expected: &'static str) -> Result<String, TraceDatError> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.src.read_at(self.pos, 256)?;
+            if chunk.is_empty() {
+                return Err(TraceDatError::Truncated { expected });
+            }
+            if let Some(n) = memchr::memchr(0, &chunk) {
+                out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+                self.pos += n as u64 + 1;
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            self.pos += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+            if out.len() > 4096 {
+                return Err(TraceDatError::Impossible {
+                    what: "string length",
+                    value: out.len() as u64,
+                });
+            }
+        }
+    }
+    fn tag(&mut self, tag: &'static str) -> Result<(), TraceDatError> {
+        let want = tag.as_bytes();
+        let got = self.src.read_at(self.pos, want.len() + 1)?;
+        if got.get(..want.len()) == Some(want) && got.get(want.len()) == Some(&0) {
+            self.pos += want.len() as u64 + 1;
+            Ok(())
+        } else {
+            Err(TraceDatError::MissingTag { expected: tag })
+        }
+    }
+    fn sized_u64(&mut self, expected: &'static str) -> Result<Vec<u8>, TraceDatError> {
+        let n = self.u64(expected)?;
+        self.bytes(n, expected)
+    }
+}
+
+/// One CPU's data in a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuData {
+    /// The CPU.
+    pub cpu: u32,
+    /// File offset of its data.
+    pub offset: u64,
+    /// Its recorded size (for compressed data: Σ(8 + zsize), without the chunk count).
+    pub size: u64,
+}
+
+/// A ring buffer saved in the file: the top instance (`name` empty) or a `-B` instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferInfo {
+    /// The instance name (empty for the top instance).
+    pub name: String,
+    /// Its trace clock.
+    pub clock: Clock,
+    /// Its sub-buffer size.
+    pub page_size: u32,
+    /// The CPUs with data.
+    pub cpus: Vec<CpuData>,
+    /// The CPU data is compressed in chunks.
+    pub compressed: bool,
+}
+
+/// The metadata of a trace.dat file; [`TraceDat::events`] reads its events.
+#[derive(Debug)]
+pub struct TraceDat {
+    input: Arc<str>,
+    src: Arc<Source>,
+    /// 6 or 7.
+    pub version: u32,
+    /// Byte order of the file's numbers and the traced kernel.
+    pub endian: Endian,
+    /// `sizeof(long)` of the recording userspace.
+    pub long_size: u32,
+    /// Page size from the file header.
+    pub page_size: u32,
+    /// Compression of sections and data.
+    pub compression: Compression,
+    /// The page layout from `header_page`.
+    pub layout: PageLayout,
+    /// Every event format in the file.
+    pub formats: Arc<EventFormats>,
+    /// pid → comm from the saved cmdlines.
+    pub comms: Arc<HashMap<i32, Comm>>,
+    /// The trace clock (TRACECLOCK option, or the v6 flyrecord clock).
+    pub clock: Clock,
+    /// The `uname` string (UNAME option).
+    pub uname: Option<String>,
+    /// The CPU count (CPUCOUNT option, or the v6 count).
+    pub cpu_count: Option<u32>,
+    /// The per-CPU `stats` texts (CPUSTAT options).
+    pub cpu_stats: Vec<String>,
+    /// Timestamp offset applied to every event (DATE and OFFSET options), as trace-cmd does.
+    pub ts_offset: i64,
+    /// TSC2NSEC: (mult, shift, offset), when the file has it (timestamps are left in clock units).
+    pub tsc2nsec: Option<(u32, u32, u64)>,
+    /// The saved buffers; the top instance first when present.
+    pub buffers: Vec<BufferInfo>,
+}
+
+/// Option ids (trace-cmd.h `enum tracecmd_file_options`).
+mod opt {
+    pub const DONE: u16 = 0;
+    pub const DATE: u16 = 1;
+    pub const CPUSTAT: u16 = 2;
+    pub const BUFFER: u16 = 3;
+    pub const TRACECLOCK: u16 = 4;
+    pub const UNAME: u16 = 5;
+    pub const OFFSET: u16 = 7;
+    pub const CPUCOUNT: u16 = 8;
+    pub const TSC2NSEC: u16 = 14;
+    pub const STRINGS: u16 = 15;
+    pub const HEADER_INFO: u16 = 16;
+    pub const FTRACE_EVENTS: u16 = 17;
+    pub const EVENT_FORMATS: u16 = 18;
+    pub const CMDLINES: u16 = 21;
+}
+
+#[derive(Default)]
+struct Options {
+    clock: Option<Clock>,
+    uname: Option<String>,
+    cpu_count: Option<u32>,
+    cpu_stats: Vec<String>,
+    ts_offset: i64,
+    tsc2nsec: Option<(u32, u32, u64)>,
+    buffers_v7: Vec<(u64, BufferInfo)>,
+    buffers_v6: Vec<(u64, String)>,
+    sections: HashMap<u16, u64>,
+}
+
+fn parse_c_i64(text: &[u8]) -> Option<i64> {
+    let s = String::from_utf8_lossy(text);
+    let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok()?,
+        None => s.parse::<u64>().ok()?,
+    };
+    let v = i64::from_ne_bytes(v.to_ne_bytes());
+    Some(if neg { v.wrapping_neg() } else { v })
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim_end_matches('\0').to_owned()
+}
+
+impl Options {
+    fn apply(
+        &mut self,
+        id: u16,
+        data: &[u8],
+        e: Endian,
+        version: u32,
+    ) -> Result<(), TraceDatError> {
+        match id {
+            opt::DATE | opt::OFFSET => {
+                if let Some(v) = parse_c_i64(data) {
+                    self.ts_offset = self.ts_offset.wrapping_add(v);
+                }
+            }
+            opt::CPUSTAT => self.cpu_stats.push(text(data)),
+            opt::TRACECLOCK => self.clock = Some(Clock::from_name(&text(data))),
+            opt::UNAME => self.uname = Some(text(data)),
+            opt::CPUCOUNT => self.cpu_count = e.u32(data, 0),
+            opt::TSC2NSEC => {
+                if let (Some(m), Some(s), Some(o)) =
+                    (e.u32(data, 0), e.u32(data, 4), e.u64(data, 8))
+                {
+                    self.tsc2nsec = Some((m, s, o));
+                }
+            }
+            opt::BUFFER if version >= 7 => {
+                let mut c = Cursor::new(data, e);
+                let bad = TraceDatError::Truncated { expected: "BUFFER option" };
+                let section =
+                    c.u64().ok_or(TraceDatError::Truncated { expected: "BUFFER option" })?;
+                let name =
+                    text(c.cstr().ok_or(TraceDatError::Truncated { expected: "BUFFER option" })?);
+                let clock = Clock::from_name(&text(
+                    c.cstr().ok_or(TraceDatError::Truncated { expected: "BUFFER option" })?,
+                ));
+                let page_size =
+                    c.u32().ok_or(TraceDatError::Truncated { expected: "BUFFER option" })?;
+                let count =
+                    c.u32().ok_or(TraceDatError::Truncated { expected: "BUFFER option" })?;
+                let mut cpus = Vec::new();
+                for _ in 0..count {
+                    let (Some(cpu), Some(offset), Some(size)) = (c.u32(), c.u64(), c.u64()) else {
+                        return Err(bad);
+                    };
+                    cpus.push(CpuData { cpu, offset, size });
+                }
+                self.buffers_v7.push((
+                    section,
+                    BufferInfo { name, clock, page_size, cpus, compressed: false },
+                ));
+            }
+            opt::BUFFER => {
+                let mut c = Cursor::new(data, e);
+                if let (Some(off), Some(name)) = (c.u64(), c.cstr()) {
+                    self.buffers_v6.push((off, text(name)));
+                }
+            }
+            opt::STRINGS..=25 => {
+                if let Some(off) = e.u64(data, 0) {
+                    self.sections.insert(id, off);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Splits `header_page\0 u64 text header_event\0 u64 text`.
+fn parse_header_info(b: &[u8], e: Endian) -> Result<(Vec<u8>, Vec<u8>), TraceDatError> {
+    let mut c = Cursor::new(b, e);
+    let mut get = |tag: &'static str| -> Result<Vec<u8>, TraceDatError> {
+        if !(c.eat(tag.as_bytes()) && c.eat(b"\0")) {
+            return Err(TraceDatError::MissingTag { expected: tag });
+        }
+        let n = c.u64().ok_or(TraceDatError::Truncated { expected: tag })?;
+        Ok(c.take_u64_len(n).ok_or(TraceDatError::Truncated { expected: tag })?.to_vec())
+    };
+    let hp = get("header_page")?;
+    let he = get("header_event")?;
+    Ok((hp, he))
+}
+
+/// Adds `u32 count, {u64 size, text}` formats of `system`.
+fn add_format_list(
+    c: &mut Cursor<'_>,
+    system: &str,
+    formats: &mut EventFormats,
+) -> Result<(), TraceDatError> {
+    let count = c.u32().ok_or(TraceDatError::Truncated { expected: "format count" })?;
+    for _ in 0..count {
+        let n = c.u64().ok_or(TraceDatError::Truncated { expected: "format size" })?;
+        let t = c.take_u64_len(n).ok_or(TraceDatError::Truncated { expected: "format text" })?;
+        formats.add_text(system, t).map_err(|source| TraceDatError::Format {
+            what: format!("format of a {system} event"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Parses FTRACE_EVENTS then EVENT_FORMATS payloads (also used by perf.data's tracing data).
+pub(crate) fn parse_formats(
+    ftrace: &[u8],
+    events: &[u8],
+    e: Endian,
+    formats: &mut EventFormats,
+) -> Result<(), TraceDatError> {
+    add_format_list(&mut Cursor::new(ftrace, e), "ftrace", formats)?;
+    let mut c = Cursor::new(events, e);
+    let systems = c.u32().ok_or(TraceDatError::Truncated { expected: "system count" })?;
+    for _ in 0..systems {
+        let name = text(c.cstr().ok_or(TraceDatError::Truncated { expected: "system name" })?);
+        add_format_list(&mut c, &name, formats)?;
+    }
+    Ok(())
+}
+
+/// The pieces shared by trace.dat v6 and perf's HEADER_TRACING_DATA: the initial header and the
+/// sequential items 1–7.
+pub(crate) struct V6Meta {
+    pub layout: PageLayout,
+    pub formats: EventFormats,
+    pub cmdlines: Vec<u8>,
+}
+
+impl TraceDat {
+    /// Opens a trace.dat file (`-` reads stdin into memory).
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let input = input_name(path);
+        let src = if path.as_os_str() == "-" {
+            let mut b = Vec::new();
+            io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|e| ReadError::new(&input, Location::Input, ReadErrorKind::Io(e)))?;
+            Source::Bytes(b)
+        } else {
+            let f = File::open(path)
+                .map_err(|e| ReadError::new(&input, Location::Input, ReadErrorKind::Io(e)))?;
+            let len = f
+                .metadata()
+                .map_err(|e| ReadError::new(&input, Location::Input, ReadErrorKind::Io(e)))?
+                .len();
+            Source::File(f, len)
+        };
+        Self::from_source(input, src)
+    }
+
+    /// Parses a trace.dat held in memory.
+    pub fn from_bytes(input: Arc<str>, bytes: Vec<u8>) -> Result<Self, ReadError> {
+        Self::from_source(input, Source::Bytes(bytes))
+    }
+
+    fn from_source(input: Arc<str>, src: Source) -> Result<Self, ReadError> {
+        let mut seq = Seq { src: &src, pos: 0, endian: Endian::Little };
+        match Self::parse(&mut seq) {
+            Ok(mut td) => {
+                td.input = input;
+                td.src = Arc::new(src);
+                Ok(td)
+            }
+            Err(e) => {
+                let pos = seq.pos;
+                Err(ReadError::new(&input, Location::Offset(pos), e))
+            }
+        }
+    }
+
+    fn parse(seq: &mut Seq<'_>) -> Result<Self, TraceDatError> {
+        let magic = seq.src.read_at(0, MAGIC.len())?;
+        if magic != MAGIC {
+            return Err(TraceDatError::BadMagic);
+        }
+        seq.pos = MAGIC.len() as u64;
+        let version_text = seq.cstr("version")?;
+        let version = match version_text.as_str() {
+            "6" => 6,
+            "7" => 7,
+            _ => return Err(TraceDatError::UnsupportedVersion(version_text)),
+        };
+        let hdr = seq.bytes(6, "endianness, long size and page size")?;
+        let endian = if hdr.first() == Some(&1) { Endian::Big } else { Endian::Little };
+        seq.endian = endian;
+        let long_size = u32::from(*hdr.get(1).unwrap_or(&8));
+        let page_size = endian.u32(&hdr, 2).unwrap_or(4096);
+        if version == 6 {
+            Self::parse_v6(seq, endian, long_size, page_size)
+        } else {
+            Self::parse_v7(seq, endian, long_size, page_size)
+        }
+    }
+
+    /// v6 items 1–7 (also perf's tracing data).
+    pub(crate) fn parse_v6_items(
+        seq_src: &[u8],
+        endian: Endian,
+    ) -> Result<(V6Meta, usize), TraceDatError> {
+        let src = Source::Bytes(seq_src.to_vec());
+        let mut seq = Seq { src: &src, pos: 0, endian };
+        let meta = Self::v6_items(&mut seq, endian)?;
+        Ok((meta, to_usize(seq.pos).unwrap_or(usize::MAX)))
+    }
+
+    fn v6_items(seq: &mut Seq<'_>, endian: Endian) -> Result<V6Meta, TraceDatError> {
+        seq.tag("header_page")?;
+        let hp = seq.sized_u64("header_page")?;
+        seq.tag("header_event")?;
+        let he = seq.sized_u64("header_event")?;
+        let layout = PageLayout::parse(&hp, Some(&he), endian)
+            .map_err(|source| TraceDatError::Format { what: "header_page".into(), source })?;
+        let mut formats = EventFormats::new(endian, layout.long_size());
+        // Ftrace formats, then event systems: read their extents, then parse from memory.
+        let start = seq.pos;
+        let n = seq.u32("ftrace format count")?;
+        for _ in 0..n {
+            let len = seq.u64("ftrace format size")?;
+            seq.pos = seq
+                .pos
+                .checked_add(len)
+                .ok_or(TraceDatError::Truncated { expected: "ftrace format" })?;
+        }
+        let ftrace = seq.src.exact(start, seq.pos - start, "ftrace formats")?;
+        let start = seq.pos;
+        let systems = seq.u32("system count")?;
+        for _ in 0..systems {
+            seq.cstr("system name")?;
+            let n = seq.u32("format count")?;
+            for _ in 0..n {
+                let len = seq.u64("format size")?;
+                seq.pos = seq
+                    .pos
+                    .checked_add(len)
+                    .ok_or(TraceDatError::Truncated { expected: "event format" })?;
+            }
+        }
+        let events = seq.src.exact(start, seq.pos - start, "event formats")?;
+        parse_formats(&ftrace, &events, endian, &mut formats)?;
+        let kallsyms = seq.u32("kallsyms size")?;
+        seq.pos += u64::from(kallsyms);
+        let printk = seq.u32("printk size")?;
+        seq.pos += u64::from(printk);
+        let cmdlines = seq.sized_u64("cmdlines")?;
+        Ok(V6Meta { layout, formats, cmdlines })
+    }
+
+    fn parse_v6(
+        seq: &mut Seq<'_>,
+        endian: Endian,
+        long_size: u32,
+        page_size: u32,
+    ) -> Result<Self, TraceDatError> {
+        let V6Meta { layout, formats, cmdlines } = Self::v6_items(seq, endian)?;
+        let ncpus = seq.u32("cpu count")?;
+        if ncpus > 1 << 16 {
+            return Err(TraceDatError::Impossible { what: "cpu count", value: u64::from(ncpus) });
+        }
+        let mut opts = Options::default();
+        if seq.tag("options  ").is_ok() {
+            loop {
+                let id = seq.u16("option id")?;
+                if id == opt::DONE {
+                    break;
+                }
+                let size = seq.u32("option size")?;
+                let data = seq.bytes(u64::from(size), "option data")?;
+                opts.apply(id, &data, endian, 6)?;
+            }
+        }
+        if seq.tag("latency  ").is_ok() {
+            return Err(TraceDatError::MissingTag { expected: "flyrecord" });
+        }
+        seq.tag("flyrecord")?;
+        let (cpus, clock) = Self::v6_flyrecord(seq, ncpus)?;
+        let mut buffers = vec![BufferInfo {
+            name: String::new(),
+            clock: opts.clock.clone().unwrap_or_else(|| clock.clone()),
+            page_size,
+            cpus,
+            compressed: false,
+        }];
+        for (off, name) in std::mem::take(&mut opts.buffers_v6) {
+            let mut s = Seq { src: seq.src, pos: off, endian };
+            let _ = s.tag("flyrecord");
+            let (cpus, bclock) = Self::v6_flyrecord(&mut s, ncpus)?;
+            buffers.push(BufferInfo { name, clock: bclock, page_size, cpus, compressed: false });
+        }
+        Ok(Self::assemble(
+            6,
+            endian,
+            long_size,
+            page_size,
+            Compression::None,
+            layout,
+            formats,
+            &cmdlines,
+            opts,
+            Some(ncpus),
+            buffers,
+            Some(clock),
+        ))
+    }
+
+    fn v6_flyrecord(seq: &mut Seq<'_>, ncpus: u32) -> Result<(Vec<CpuData>, Clock), TraceDatError> {
+        let mut cpus = Vec::new();
+        for cpu in 0..ncpus {
+            let offset = seq.u64("cpu data offset")?;
+            let size = seq.u64("cpu data size")?;
+            if size > 0 {
+                cpus.push(CpuData { cpu, offset, size });
+            }
+        }
+        let clock = seq
+            .sized_u64("trace clock")
+            .map(|c| Clock::from_name(&text(&c)))
+            .unwrap_or(Clock::Local);
+        Ok((cpus, clock))
+    }
+
+    fn parse_v7(
+        seq: &mut Seq<'_>,
+        endian: Endian,
+        long_size: u32,
+        page_size: u32,
+    ) -> Result<Self, TraceDatError> {
+        let comp_name = seq.cstr("compression name")?;
+        let _comp_version = seq.cstr("compression version")?;
+        let compression = match comp_name.as_str() {
+            "none" | "" => Compression::None,
+            "zstd" => Compression::Zstd,
+            "zlib" => Compression::Zlib,
+            other => return Err(TraceDatError::UnknownCompression(other.to_owned())),
+        };
+        let mut next = seq.u64("first OPTIONS offset")?;
+        let mut opts = Options::default();
+        let mut seen = BTreeSet::new();
+        while next != 0 {
+            if !seen.insert(next) || seen.len() > 64 {
+                return Err(TraceDatError::OptionsLoop);
+            }
+            seq.pos = next;
+            let (id, _, body) = Self::section(seq, compression)?;
+            if id != 0 {
+                return Err(TraceDatError::WrongSection { expected: 0, found: id });
+            }
+            next = 0;
+            let mut c = Cursor::new(&body, endian);
+            while c.remaining() > 0 {
+                let (Some(oid), Some(size)) = (c.u16(), c.u32()) else {
+                    return Err(TraceDatError::Truncated { expected: "option header" });
+                };
+                let data = c
+                    .take(size as usize)
+                    .ok_or(TraceDatError::Truncated { expected: "option data" })?;
+                if oid == opt::DONE {
+                    next = endian.u64(data, 0).unwrap_or(0);
+                    break;
+                }
+                opts.apply(oid, data, endian, 7)?;
+            }
+        }
+        let mut load = |id: u16, what: &'static str| -> Result<Vec<u8>, TraceDatError> {
+            let off = *opts.sections.get(&id).ok_or(TraceDatError::MissingSection(what))?;
+            seq.pos = off;
+            let (found, _, body) = Self::section(seq, compression)?;
+            if found != id {
+                return Err(TraceDatError::WrongSection { expected: id, found });
+            }
+            Ok(body)
+        };
+        let (hp, he) = parse_header_info(&load(opt::HEADER_INFO, "HEADER_INFO")?, endian)?;
+        let layout = PageLayout::parse(&hp, Some(&he), endian)
+            .map_err(|source| TraceDatError::Format { what: "header_page".into(), source })?;
+        let ftrace = load(opt::FTRACE_EVENTS, "FTRACE_EVENTS").unwrap_or_else(|_| vec![0; 4]);
+        let events = load(opt::EVENT_FORMATS, "EVENT_FORMATS")?;
+        let cmdlines_sec = load(opt::CMDLINES, "CMDLINES").unwrap_or_default();
+        let mut formats = EventFormats::new(endian, layout.long_size());
+        parse_formats(&ftrace, &events, endian, &mut formats)?;
+        let mut c = Cursor::new(&cmdlines_sec, endian);
+        let cmdlines = c.u64().and_then(|n| c.take_u64_len(n)).unwrap_or(&[]).to_vec();
+        let mut buffers = Vec::new();
+        for (section, mut b) in std::mem::take(&mut opts.buffers_v7) {
+            seq.pos = section;
+            let hdr = seq.bytes(16, "BUFFER section header")?;
+            let flags = endian.u16(&hdr, 2).unwrap_or(0);
+            b.compressed = flags & 1 != 0 && compression != Compression::None;
+            buffers.push(b);
+        }
+        buffers.sort_by_key(|b| !b.name.is_empty());
+        let clock = opts.clock.clone();
+        let cpu_count = opts.cpu_count;
+        Ok(Self::assemble(
+            7,
+            endian,
+            long_size,
+            page_size,
+            compression,
+            layout,
+            formats,
+            &cmdlines,
+            opts,
+            cpu_count,
+            buffers,
+            clock,
+        ))
+    }
+
+    /// Reads a v7 section at `seq.pos`: (id, flags, payload), decompressed.
+    fn section(
+        seq: &mut Seq<'_>,
+        compression: Compression,
+    ) -> Result<(u16, u16, Vec<u8>), TraceDatError> {
+        let id = seq.u16("section id")?;
+        let flags = seq.u16("section flags")?;
+        let _desc = seq.u32("section description")?;
+        let size = seq.u64("section size")?;
+        let body = seq.bytes(size, "section body")?;
+        if flags & 1 == 0 || compression == Compression::None {
+            return Ok((id, flags, body));
+        }
+        let e = seq.endian;
+        let (Some(csize), Some(usize)) = (e.u32(&body, 0), e.u32(&body, 4)) else {
+            return Err(TraceDatError::Truncated { expected: "compressed section header" });
+        };
+        let data = body
+            .get(8..8 + csize as usize)
+            .ok_or(TraceDatError::Truncated { expected: "compressed section" })?;
+        let mut out = Vec::new();
+        compression.decompress_into(data, u64::from(usize), &mut out)?;
+        Ok((id, flags, out))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        version: u32,
+        endian: Endian,
+        long_size: u32,
+        page_size: u32,
+        compression: Compression,
+        layout: PageLayout,
+        formats: EventFormats,
+        cmdlines: &[u8],
+        opts: Options,
+        cpu_count: Option<u32>,
+        buffers: Vec<BufferInfo>,
+        clock: Option<Clock>,
+    ) -> Self {
+        Self {
+            input: "".into(),
+            src: Arc::new(Source::Bytes(Vec::new())),
+            version,
+            endian,
+            long_size,
+            page_size,
+            compression,
+            layout,
+            formats: Arc::new(formats),
+            comms: Arc::new(parse_cmdlines(cmdlines)),
+            clock: opts.clock.or(clock).unwrap_or(Clock::Local),
+            uname: opts.uname,
+            cpu_count: opts.cpu_count.or(cpu_count),
+            cpu_stats: opts.cpu_stats,
+            ts_offset: opts.ts_offset,
+            tsc2nsec: opts.tsc2nsec,
+            buffers,
+        }
+    }
+
+    /// The kernel release from the UNAME option (`Linux host 6.18.44 x86_64` → `6.18.44`).
+    pub fn kernel_release(&self) -> Option<String> {
+        self.uname.as_deref()?.split_whitespace().nth(2).map(str::to_owned)
+    }
+
+    /// The metadata of buffer `buffer`.
+    pub fn meta(&self, buffer: usize) -> TraceMeta {
+        TraceMeta {
+            input: Arc::clone(&self.input),
+            format: InputFormat::TraceDat,
+            clock: self.buffers.get(buffer).map_or_else(|| self.clock.clone(), |b| b.clock.clone()),
+            cpus: self.cpu_count,
+            kernel: self.kernel_release(),
+        }
+    }
+
+    /// The decompressed (or raw) page bytes of one CPU of a buffer, for tools and tests.
+    pub fn cpu_pages(&self, buffer: usize, cpu: u32) -> Result<Vec<u8>, ReadError> {
+        let b = self
+            .buffers
+            .get(buffer)
+            .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
+        let mut out = Vec::new();
+        for d in b.cpus.iter().filter(|d| d.cpu == cpu) {
+            for w in self.work(b, d).map_err(|(at, e)| self.err(at, e))? {
+                let mut buf = Vec::new();
+                self.load(&w, &mut buf, &mut Vec::new()).map_err(|(at, e)| self.err(at, e))?;
+                out.extend_from_slice(&buf);
+            }
+        }
+        Ok(out)
+    }
+
+    fn err(&self, at: Location, e: TraceDatError) -> ReadError {
+        ReadError::new(&self.input, at, e)
+    }
+
+    /// Splits a CPU's data into work items (chunks, or runs of pages).
+    fn work(&self, b: &BufferInfo, d: &CpuData) -> Result<Vec<Work>, (Location, TraceDatError)> {
+        let mut out = Vec::new();
+        if !b.compressed {
+            let step = u64::from(b.page_size.max(1)).saturating_mul(PAGES_PER_BATCH);
+            let mut off = 0;
+            while off < d.size {
+                let len = step.min(d.size - off);
+                out.push(Work {
+                    cpu: d.cpu,
+                    file_offset: d.offset + off,
+                    len,
+                    usize: None,
+                    stream_offset: off,
+                });
+                off += len;
+            }
+            return Ok(out);
+        }
+        let e = self.endian;
+        let hdr = self.src.read_at(d.offset, 4).map_err(|er| (Location::Offset(d.offset), er))?;
+        let count = e.u32(&hdr, 0).ok_or((
+            Location::Offset(d.offset),
+            TraceDatError::Truncated { expected: "chunk count" },
+        ))?;
+        let mut pos = d.offset + 4;
+        let end = d.offset.saturating_add(4).saturating_add(d.size);
+        let mut stream_offset = 0u64;
+        for _ in 0..count {
+            if pos >= end {
+                break;
+            }
+            let h = self.src.read_at(pos, 8).map_err(|er| (Location::Offset(pos), er))?;
+            let (Some(zsize), Some(usize)) = (e.u32(&h, 0), e.u32(&h, 4)) else {
+                // Keep what came before; the truncation is reported when reached.
+                out.push(Work {
+                    cpu: d.cpu,
+                    file_offset: pos,
+                    len: 8,
+                    usize: Some(u64::MAX),
+                    stream_offset,
+                });
+                break;
+            };
+            out.push(Work {
+                cpu: d.cpu,
+                file_offset: pos + 8,
+                len: u64::from(zsize),
+                usize: Some(u64::from(usize)),
+                stream_offset,
+            });
+            stream_offset += u64::from(usize);
+            pos = pos.saturating_add(8).saturating_add(u64::from(zsize));
+        }
+        Ok(out)
+    }
+
+    /// Reads (and decompresses) one work item into `out`.
+    fn load(
+        &self,
+        w: &Work,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), (Location, TraceDatError)> {
+        let at = Location::Offset(w.file_offset);
+        match w.usize {
+            None => {
+                let len = to_usize(w.len)
+                    .ok_or((at, TraceDatError::Impossible { what: "size", value: w.len }))?;
+                *out = self.src.read_at(w.file_offset, len).map_err(|e| (at, e))?;
+                Ok(())
+            }
+            Some(u64::MAX) => Err((at, TraceDatError::Truncated { expected: "chunk header" })),
+            Some(usize) => {
+                *scratch = self
+                    .src
+                    .exact(w.file_offset, w.len, "compressed chunk")
+                    .map_err(|e| (at, e))?;
+                self.compression.decompress_into(scratch, usize, out).map_err(|e| (at, e))
+            }
+        }
+    }
+
+    /// Streams buffer `buffer` (0 is the top instance when present) as time-ordered events.
+    pub fn events(
+        self: &Arc<Self>,
+        buffer: usize,
+        opts: ReadOptions,
+    ) -> Result<TraceDatReader, ReadError> {
+        let b = self
+            .buffers
+            .get(buffer)
+            .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
+        let mut layout = self.layout;
+        if b.page_size > layout.data_offset {
+            layout.page_size = b.page_size;
+        }
+        let ctx = Arc::new(DecodeCtx {
+            input: Arc::clone(&self.input),
+            formats: Arc::clone(&self.formats),
+            layout,
+            comms: Arc::clone(&self.comms),
+        });
+        let mut stats = ReadStats::default();
+        let mut producers: Vec<(u32, Box<dyn Producer>)> = Vec::new();
+        for d in &b.cpus {
+            let work = match self.work(b, d) {
+                Ok(w) => w,
+                Err((at, e)) if opts.permissive => {
+                    stats.note_skipped(self.err(at, e));
+                    continue;
+                }
+                Err((at, e)) => return Err(self.err(at, e)),
+            };
+            let td = Arc::clone(self);
+            let ctx = Arc::clone(&ctx);
+            let ts_offset = self.ts_offset;
+            let mut buf = Vec::new();
+            let mut scratch = Vec::new();
+            let decode = move |w: Work| {
+                let mut batch = Batch::default();
+                match td.load(&w, &mut buf, &mut scratch) {
+                    Ok(()) => {
+                        let base = match w.usize {
+                            None => StreamBase::File(w.file_offset),
+                            Some(_) => StreamBase::Cpu(w.stream_offset),
+                        };
+                        ctx.decode_pages(w.cpu, &buf, base, &mut batch);
+                        if w.usize.is_none() && (buf.len() as u64) < w.len {
+                            batch.items.push(Err(td.err(
+                                Location::Offset(w.file_offset + buf.len() as u64),
+                                TraceDatError::Truncated { expected: "CPU data" },
+                            )));
+                        }
+                        if ts_offset != 0 {
+                            for ev in batch.items.iter_mut().flatten() {
+                                ev.ts = ev.ts.wrapping_add_signed(ts_offset);
+                            }
+                        }
+                    }
+                    Err((at, e)) => batch.items.push(Err(td.err(at, e))),
+                }
+                batch
+            };
+            producers.push((d.cpu, Box::new(FnProducer { work: work.into_iter(), decode })));
+        }
+        let merger = Merger::new(producers, true, opts.permissive, &mut stats);
+        Ok(TraceDatReader { meta: self.meta(buffer), stats, merger })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    cpu: u32,
+    file_offset: u64,
+    len: u64,
+    /// `Some(uncompressed size)` for a compressed chunk.
+    usize: Option<u64>,
+    stream_offset: u64,
+}
+
+/// The events of one trace.dat buffer, in time order.
+pub struct TraceDatReader {
+    meta: TraceMeta,
+    stats: ReadStats,
+    merger: Merger,
+}
+
+impl TraceDatReader {
+    /// Opens `path` and streams its top buffer.
+    pub fn open(path: &Path, opts: ReadOptions) -> Result<Self, ReadError> {
+        Arc::new(TraceDat::open(path)?).events(0, opts)
+    }
+}
+
+impl Iterator for TraceDatReader {
+    type Item = Result<Event, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.merger.next(&mut self.stats)
+    }
+}
+
+impl EventReader for TraceDatReader {
+    fn meta(&self) -> &TraceMeta {
+        &self.meta
+    }
+    fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+}
