@@ -975,9 +975,9 @@ impl Flight {
             Some(s) => s.to_vec(),
             None => (0..self.meta.cpus)
                 .map(|cpu| {
-                    let text =
-                        std::fs::read_to_string(self.stats_dir.join(format!("per_cpu/cpu{cpu}/stats")))
-                            .unwrap_or_default();
+                    let path = self.stats_dir.join(format!("per_cpu/cpu{cpu}/stats"));
+                    let text = tracefs::read_file(&path).unwrap_or_default();
+                    let text = String::from_utf8_lossy(&text);
                     format!("CPU: {cpu}\n{text}")
                 })
                 .collect(),
@@ -996,7 +996,7 @@ fn read_metadata(
 ) -> Result<Metadata, RecordError> {
     let read = |rel: &str| -> Result<Vec<u8>, RecordError> {
         let path = instance.dir().join(rel);
-        std::fs::read(&path).map_err(|source| RecordError::Tracefs { path, source })
+        tracefs::read_file(&path).map_err(|source| RecordError::Tracefs { path, source })
     };
     let header_page = read("events/header_page")?;
     let header_event = read("events/header_event")?;

@@ -12,6 +12,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::RecordError;
 
+/// Reads a tracefs file whole. tracefs files report size 0, and some (`events/header_page`,
+/// `events/header_event`) return only what the *first* read asked for and then EOF: a
+/// 32-byte probe read (what `std::fs::read` starts with on a 0-size file) truncates them.
+/// So the first read asks for 64 KiB.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_string(path: &Path) -> io::Result<String> {
+    read_file(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// The standard mount point, used when tracefs is not mounted anywhere.
 pub const DEFAULT_MOUNT: &str = "/sys/kernel/tracing";
 
@@ -66,7 +89,7 @@ impl Tracefs {
     /// Reads a file of the top level (read-only use).
     pub fn read(&self, rel: &str) -> Result<Vec<u8>, RecordError> {
         let path = self.root.join(rel);
-        fs::read(&path).map_err(|source| RecordError::Tracefs { path, source })
+        read_file(&path).map_err(|source| RecordError::Tracefs { path, source })
     }
 
     /// Removes instances left by recordings that were killed (`vmxray-<pid>[-n]` whose process
@@ -170,7 +193,7 @@ impl Instance {
     /// Reads a file of the instance.
     pub fn read(&self, rel: &str) -> Result<String, RecordError> {
         let path = self.dir.join(rel);
-        fs::read_to_string(&path).map_err(|source| RecordError::Tracefs { path, source })
+        read_string(&path).map_err(|source| RecordError::Tracefs { path, source })
     }
 
     /// True when the instance has this event (`events/<sys>/<event>/enable` exists).

@@ -311,7 +311,7 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                     .iter_mut()
                     .enumerate()
                     .map(|(i, vcpu)| {
-                        s.spawn(move || {
+                        std::thread::Builder::new().name(format!("vcpu{i}")).spawn_scoped(s, move || {
                             io_loop(vcpu, i, n).map(|e| (e, current_tid().unwrap_or(0)))
                         })
                     })
@@ -319,7 +319,10 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                 handles
                     .into_iter()
                     .enumerate()
-                    .map(|(i, h)| h.join().unwrap_or(Err(LabError::VcpuPanicked(i))))
+                    .map(|(i, h)| match h {
+                        Ok(h) => h.join().unwrap_or(Err(LabError::VcpuPanicked(i))),
+                        Err(_) => Err(LabError::VcpuPanicked(i)),
+                    })
                     .collect()
             });
             for r in results {
