@@ -263,7 +263,7 @@ fn flight_recorder_dump_ends_with_the_exception_and_the_shutdown() {
     require_lab!();
     let path = out_dir().join("flight-triple-fault.dat");
     let run = lab::record(Scenario::TripleFault, flight(&path, vec![TriggerSpec::Shutdown])).unwrap();
-    assert_eq!(run.report.files, [path.clone()]);
+    assert_eq!(run.report.files, std::slice::from_ref(&path));
     assert_eq!(run.report.fired.len(), 1);
     let events = read_events(&path);
     let last = events.last().expect("events in the dump");

@@ -80,7 +80,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     record::parse_duration(s).ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {s:?}"))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     record::parse_size(s).ok_or_else(|| format!("expected a size such as 4M or 512K, got {s:?}"))
 }
 
@@ -160,6 +160,16 @@ fn print_report(r: &RecordReport) {
         r.file_bytes as f64 / 1e6,
         r.clock
     );
+    let events = r.events_read();
+    if events > 0 {
+        eprintln!(
+            "vmxray record: recorder CPU {:.3}s = {:.3}s per million events ({:.2}% of a core at {:.0} events/s)",
+            r.cpu_time.as_secs_f64(),
+            r.cpu_time.as_secs_f64() * 1e6 / events as f64,
+            100.0 * r.cpu_time.as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9),
+            events as f64 / r.elapsed.as_secs_f64().max(1e-9),
+        );
+    }
     for t in &r.dead_triggers {
         eprintln!("vmxray record: trigger {t} can never fire here (its events are missing)");
     }

@@ -317,6 +317,9 @@ pub struct RecordReport {
     pub file_bytes: u64,
     /// Wall time recorded.
     pub elapsed: Duration,
+    /// CPU time this process used while recording (all its threads: the recorder's readers and
+    /// writer, plus anything else the process ran meanwhile, e.g. an in-process lab guest).
+    pub cpu_time: Duration,
     /// Pages the flight recorder's trigger scan walked / saw.
     pub trigger_pages: (u64, u64),
     /// Instances of killed recordings removed at start.
@@ -360,7 +363,14 @@ pub struct Recorder {
     signal_ids: Vec<signal_hook::SigId>,
     shared: Arc<Shared>,
     started: Instant,
+    cpu_at_start: Duration,
     report: RecordReport,
+}
+
+/// CPU time used by this process so far (every thread).
+pub fn process_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 impl Recorder {
@@ -473,7 +483,7 @@ impl Recorder {
             None => {
                 let writer = TraceDatWriter::create(&opts.output, meta, opts.writer)?;
                 report.files.push(opts.output.clone());
-                Mode::Stream { writer, last_checkpoint: Instant::now() }
+                Mode::Stream { writer: Box::new(writer), last_checkpoint: Instant::now() }
             }
             Some(flight) => {
                 let mut formats = EventFormats::new(Endian::Little, 8);
@@ -532,6 +542,7 @@ impl Recorder {
             signal_ids: Vec::new(),
             shared: Arc::clone(&shared),
             started: Instant::now(),
+            cpu_at_start: process_cpu_time(),
             report,
         };
         if recorder.opts.handle_signals {
@@ -698,6 +709,7 @@ impl Recorder {
             .and_then(|i| i.tracefs().read("saved_cmdlines").ok());
         let mut report = std::mem::take(&mut self.report);
         report.elapsed = self.started.elapsed();
+        report.cpu_time = process_cpu_time().saturating_sub(self.cpu_at_start);
         if let Some(out) = out {
             let mut lost = out.lost;
             match out.mode {
@@ -808,7 +820,7 @@ fn wait_readable(file: &std::fs::File) {
 }
 
 enum Mode {
-    Stream { writer: TraceDatWriter, last_checkpoint: Instant },
+    Stream { writer: Box<TraceDatWriter>, last_checkpoint: Instant },
     Flight(Box<Flight>),
 }
 

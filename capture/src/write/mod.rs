@@ -63,8 +63,9 @@ mod id {
 const SECTION_COMPRESSED: u16 = 1;
 /// Magic of a zstd skippable frame (RFC 8878 §3.1.2), used as the payload of gap chunks.
 const ZSTD_SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
-/// Bytes reserved after each chunk for the gap chunk that links it to the CPU's next chunk.
-const GAP_LEN: u64 = 16;
+/// Bytes reserved after each chunk for the gap chunk that links it to the CPU's next chunk:
+/// `{u32 zsize, u32 usize = 0}` and a skippable frame header `{u32 magic, u32 len}`.
+const GAP_PLACEHOLDER: [u8; 16] = [0; 16];
 
 /// The descriptions stored in the STRINGS section, and their ids (byte offsets).
 const STRINGS: &[&str] = &[
@@ -479,7 +480,7 @@ impl TraceDatWriter {
         put32(&mut out, usize_);
         out.extend_from_slice(&frame);
         let data_end = self.pos + out.len() as u64;
-        out.extend_from_slice(&[0u8; GAP_LEN as usize]);
+        out.extend_from_slice(&GAP_PLACEHOLDER);
         self.append(&out)?;
         self.scratch = out;
         let mut pending = pending;

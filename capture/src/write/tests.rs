@@ -290,3 +290,35 @@ fn trace_cmd_reports_the_written_events() {
     expected.sort_unstable();
     assert_eq!(stamps, expected);
 }
+
+/// vmxray's own trace.dat reader reads what the writer writes, gap chunks and checkpoints
+/// included, complete or killed.
+#[test]
+fn vmxray_reader_reads_the_written_events() {
+    let path = tmp("reader.dat");
+    let mut w = TraceDatWriter::create(&path, test_metadata(2), WriterOptions::default()).unwrap();
+    let (p0, s0) = pages_for_cpu(0, 17, 120, 3_000_000_000);
+    let (p1, s1) = pages_for_cpu(1, 4, 30, 3_000_000_300);
+    for (i, page) in p0.iter().enumerate() {
+        w.write_page(0, page).unwrap();
+        if let Some(page) = p1.get(i) {
+            w.write_page(1, page).unwrap();
+        }
+        if i == 9 {
+            w.checkpoint(Some(b"1000 vcpu0\n")).unwrap();
+        }
+    }
+    w.finish(None, &["CPU: 0\nentries: 0\n".into(), "CPU: 1\nentries: 0\n".into()]).unwrap();
+    let reader = crate::open(&path, crate::ReadOptions::default()).unwrap();
+    assert_eq!(reader.meta().clock.name(), "mono");
+    let events: Vec<crate::Event> = reader.map(Result::unwrap).collect();
+    let mut expected: Vec<(u64, u32)> =
+        s0.iter().map(|t| (*t, 0)).chain(s1.iter().map(|t| (*t, 1))).collect();
+    expected.sort_unstable();
+    let got: Vec<(u64, u32)> = events.iter().map(|e| (e.ts, e.cpu)).collect();
+    assert_eq!(got, expected);
+    assert!(events.iter().all(|e| matches!(
+        e.kind,
+        crate::EventKind::KvmUserspaceExit { reason, .. } if reason == crate::codes::UserspaceExitReason::IO
+    )));
+}
