@@ -69,7 +69,11 @@ fn read_events(path: &Path) -> Vec<Event> {
 }
 
 fn events_of(events: &[Event], tids: &[u32]) -> Vec<Event> {
-    events.iter().filter(|e| tids.iter().any(|t| i64::from(*t) == i64::from(e.pid))).cloned().collect()
+    events
+        .iter()
+        .filter(|e| tids.iter().any(|t| i64::from(*t) == i64::from(e.pid)))
+        .cloned()
+        .collect()
 }
 
 fn userspace_exits(events: &[Event]) -> Vec<UserspaceExitReason> {
@@ -93,7 +97,11 @@ fn instances() -> BTreeSet<String> {
 /// `trace-cmd report -t` of `path` as (ts ns, cpu, pid, event name); `None` without trace-cmd.
 fn trace_cmd_events(path: &Path) -> Option<Vec<(u64, u32, i32, String)>> {
     let out = Command::new("trace-cmd").args(["report", "-t"]).arg(path).output().ok()?;
-    assert!(out.status.success(), "trace-cmd report failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "trace-cmd report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut events = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with("cpus=") && !l.trim().is_empty()) {
@@ -185,8 +193,12 @@ fn cr3_switch_creates_one_shadow_root_per_distinct_cr3() {
             *created.entry(page.gfn).or_default() += 1;
         }
     }
-    let expected: BTreeMap<u64, usize> = CR3_SWITCH_ROOTS.iter().map(|cr3| (cr3 >> 12, 1)).collect();
-    assert_eq!(created, expected, "one new level-4 shadow root per distinct CR3, cycled three times");
+    let expected: BTreeMap<u64, usize> =
+        CR3_SWITCH_ROOTS.iter().map(|cr3| (cr3 >> 12, 1)).collect();
+    assert_eq!(
+        created, expected,
+        "one new level-4 shadow root per distinct CR3, cycled three times"
+    );
     assert_trace_cmd_agrees(&path);
 }
 
@@ -242,19 +254,19 @@ fn concurrent_recordings_do_not_see_each_others_events() {
     for h in handles {
         let (n, path, tids) = h.join().unwrap();
         let events = read_events(&path);
-        assert!(events.iter().all(|e| i64::from(e.pid) == i64::from(tids[0])), "{}", path.display());
+        assert!(
+            events.iter().all(|e| i64::from(e.pid) == i64::from(tids[0])),
+            "{}",
+            path.display()
+        );
         assert_eq!(userspace_exits(&events).len() as u64, n, "{}", path.display());
     }
 }
 
 fn flight(path: &Path, triggers: Vec<TriggerSpec>) -> RecordOptions {
     let mut opts = RecordOptions::new(path.to_path_buf());
-    opts.flight = Some(FlightOptions {
-        size: 4 << 20,
-        triggers,
-        post_trigger: Duration::ZERO,
-        max_dumps: 1,
-    });
+    opts.flight =
+        Some(FlightOptions { size: 4 << 20, triggers, post_trigger: Duration::ZERO, max_dumps: 1 });
     opts
 }
 
@@ -262,7 +274,8 @@ fn flight(path: &Path, triggers: Vec<TriggerSpec>) -> RecordOptions {
 fn flight_recorder_dump_ends_with_the_exception_and_the_shutdown() {
     require_lab!();
     let path = out_dir().join("flight-triple-fault.dat");
-    let run = lab::record(Scenario::TripleFault, flight(&path, vec![TriggerSpec::Shutdown])).unwrap();
+    let run =
+        lab::record(Scenario::TripleFault, flight(&path, vec![TriggerSpec::Shutdown])).unwrap();
     assert_eq!(run.report.files, std::slice::from_ref(&path));
     assert_eq!(run.report.fired.len(), 1);
     let events = read_events(&path);
@@ -271,8 +284,10 @@ fn flight_recorder_dump_ends_with_the_exception_and_the_shutdown() {
         EventKind::KvmUserspaceExit { reason, .. } if reason == UserspaceExitReason::SHUTDOWN));
     let ud = events
         .iter()
-        .rposition(|e| matches!(e.kind,
-            EventKind::KvmInjException { exception, .. } if exception == ExceptionVector::UD))
+        .rposition(|e| {
+            matches!(e.kind,
+            EventKind::KvmInjException { exception, .. } if exception == ExceptionVector::UD)
+        })
         .expect("#UD in the dump");
     // Between the #UD and the shutdown only entry/exit bookkeeping may appear (VMX/SVM emit
     // kvm_entry and a TRIPLE_FAULT/shutdown kvm_exit there; emulating backends nothing).
@@ -286,7 +301,8 @@ fn flight_recorder_dump_ends_with_the_exception_and_the_shutdown() {
 fn flight_recorder_without_a_trigger_writes_nothing() {
     require_lab!();
     let path = out_dir().join("flight-no-trigger.dat");
-    let run = lab::record(Scenario::IoLoop(200), flight(&path, vec![TriggerSpec::Shutdown])).unwrap();
+    let run =
+        lab::record(Scenario::IoLoop(200), flight(&path, vec![TriggerSpec::Shutdown])).unwrap();
     assert!(run.report.files.is_empty() && run.report.fired.is_empty());
     assert!(!path.exists());
 }
@@ -356,4 +372,40 @@ fn sigint_leaves_a_valid_file_and_no_instance() {
     let events = read_events(&path);
     assert!(userspace_exits(&events).len() > 50, "the loop's exits are in the file");
     assert_trace_cmd_agrees(&path);
+}
+
+#[test]
+fn flight_recorder_rearms_until_max_dumps() {
+    require_lab!();
+    let path = out_dir().join("flight-rearm.dat");
+    let mut opts = flight(&path, vec![TriggerSpec::Shutdown]);
+    if let Some(f) = &mut opts.flight {
+        f.max_dumps = 2;
+    }
+    opts.threads = lab::current_tid().into_iter().collect();
+    let mut recorder = Recorder::start(opts).unwrap();
+    for _ in 0..3 {
+        let mut vm = lab::build(Scenario::TripleFault).unwrap();
+        lab::run(Scenario::TripleFault, &mut vm).unwrap();
+        // Let the dump's drain window pass before the next fault.
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    recorder.wait(Some(Duration::from_millis(100)), || false);
+    let report = recorder.finish().unwrap();
+    let second = PathBuf::from(format!("{}.2", path.display()));
+    assert_eq!(report.files, [path.clone(), second.clone()]);
+    assert_eq!(report.fired.len(), 2);
+    for file in [&path, &second] {
+        let events = read_events(file);
+        assert_eq!(userspace_exits(&events).last(), Some(&UserspaceExitReason::SHUTDOWN));
+        // Each dump holds one fault: the rings are emptied when a dump starts.
+        assert_eq!(
+            userspace_exits(&events)
+                .iter()
+                .filter(|r| **r == UserspaceExitReason::SHUTDOWN)
+                .count(),
+            1
+        );
+    }
+    assert!(!PathBuf::from(format!("{}.3", path.display())).exists());
 }

@@ -77,7 +77,8 @@ pub enum ProfileArg {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    record::parse_duration(s).ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {s:?}"))
+    record::parse_duration(s)
+        .ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {s:?}"))
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {

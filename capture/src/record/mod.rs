@@ -33,9 +33,9 @@ use std::fs::OpenOptions;
 use std::io::{self, IsTerminal, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -387,8 +387,10 @@ impl Recorder {
 
         // Clock.
         let available = instance.read("trace_clock")?;
-        let offered = available.split_whitespace().any(|c| c.trim_matches(['[', ']']) == opts.clock);
+        let offered =
+            available.split_whitespace().any(|c| c.trim_matches(['[', ']']) == opts.clock);
         if !offered {
+            let available = available.trim().to_string();
             return Err(RecordError::Clock { clock: opts.clock.clone(), available });
         }
         instance.write("trace_clock", &opts.clock)?;
@@ -683,7 +685,8 @@ impl Recorder {
             Some(instance) => pages_read
                 .iter()
                 .map(|(cpu, _)| {
-                    let text = instance.read(&format!("per_cpu/cpu{cpu}/stats")).unwrap_or_default();
+                    let text =
+                        instance.read(&format!("per_cpu/cpu{cpu}/stats")).unwrap_or_default();
                     (*cpu, CpuStats::parse(&text))
                 })
                 .collect(),
@@ -703,10 +706,7 @@ impl Recorder {
             }
             None => None,
         };
-        let cmdlines = self
-            .instance
-            .as_ref()
-            .and_then(|i| i.tracefs().read("saved_cmdlines").ok());
+        let cmdlines = self.instance.as_ref().and_then(|i| i.tracefs().read("saved_cmdlines").ok());
         let mut report = std::mem::take(&mut self.report);
         report.elapsed = self.started.elapsed();
         report.cpu_time = process_cpu_time().saturating_sub(self.cpu_at_start);
@@ -1012,9 +1012,10 @@ fn read_metadata(
     };
     let header_page = read("events/header_page")?;
     let header_event = read("events/header_event")?;
-    let layout = PageLayout::parse(&header_page, Some(&header_event), Endian::Little).map_err(
-        |source| RecordError::Format { path: instance.dir().join("events/header_page"), source },
-    )?;
+    let layout =
+        PageLayout::parse(&header_page, Some(&header_event), Endian::Little).map_err(|source| {
+            RecordError::Format { path: instance.dir().join("events/header_page"), source }
+        })?;
     let mut ftrace_formats = Vec::new();
     for name in list_dir(&instance.dir().join("events/ftrace")) {
         if let Ok(f) = read(&format!("events/ftrace/{name}/format")) {
@@ -1032,7 +1033,10 @@ fn read_metadata(
     let printk_formats = instance.tracefs().read("printk_formats").unwrap_or_default();
     let trace_clock = instance.read("trace_clock")?;
     let proc = |f: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).unwrap_or_default().trim().to_string()
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     };
     let uname = format!(
         "{} {} {} {} {}",

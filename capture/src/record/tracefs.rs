@@ -158,8 +158,7 @@ impl Instance {
             let dir = tracefs.root.join("instances").join(&name);
             match fs::create_dir(&dir) {
                 Ok(()) => {
-                    let instance =
-                        Self { tracefs: tracefs.clone(), name, dir, removed: false };
+                    let instance = Self { tracefs: tracefs.clone(), name, dir, removed: false };
                     instance.write("tracing_on", "0")?;
                     return Ok(instance);
                 }

@@ -126,13 +126,11 @@ impl TriggerSpec {
                     })
             }
             Self::TripleFault => match kind {
-                EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => {
-                    match info.reason {
-                        ExitCode::Vmx(r) => r.basic() == VmxBasicReason::TRIPLE_FAULT,
-                        ExitCode::Svm(c) => c == SvmExitCode::SHUTDOWN,
-                        ExitCode::Raw(_) => false,
-                    }
-                }
+                EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => match info.reason {
+                    ExitCode::Vmx(r) => r.basic() == VmxBasicReason::TRIPLE_FAULT,
+                    ExitCode::Svm(c) => c == SvmExitCode::SHUTDOWN,
+                    ExitCode::Raw(_) => false,
+                },
                 _ => false,
             },
             Self::ExitReason(code) => match kind {
@@ -219,8 +217,7 @@ impl Detector {
     pub fn scan(&mut self, page: &[u8]) -> Option<Fired> {
         self.pages_seen += 1;
         let data = page.get(self.layout.data_offset as usize..).unwrap_or(&[]);
-        if !self.ids.iter().any(|(_, b)| !b.is_empty() && memchr::memmem::find(data, b).is_some())
-        {
+        if !self.ids.iter().any(|(_, b)| !b.is_empty() && memchr::memmem::find(data, b).is_some()) {
             return None;
         }
         self.pages_decoded += 1;

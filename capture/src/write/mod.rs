@@ -390,9 +390,8 @@ impl TraceDatWriter {
         put_option(&mut o, id::CPUCOUNT, &self.meta.cpus.to_le_bytes());
         let done_at_in_body = o.len() + 6;
         put_option(&mut o, id::DONE, &0u64.to_le_bytes());
-        self.opt1_done_value_at = self.write_section(id::DONE, "options", &o, false)?
-            + 16
-            + done_at_in_body as u64;
+        self.opt1_done_value_at =
+            self.write_section(id::DONE, "options", &o, false)? + 16 + done_at_in_body as u64;
         self.patch(first_options_ptr as u64, &opt1_at.to_le_bytes())?;
 
         // The BUFFER section: its size is patched at each checkpoint to cover all data so far.
@@ -421,8 +420,10 @@ impl TraceDatWriter {
         let at = self.pos;
         let mut out = Vec::with_capacity(body.len() / 2 + 32);
         if compress {
-            let frame = zstd::bulk::compress(body, 3)
-                .map_err(|source| WriteError::Compress { what: description_static(section), source })?;
+            let frame = zstd::bulk::compress(body, 3).map_err(|source| WriteError::Compress {
+                what: description_static(section),
+                source,
+            })?;
             section_header(&mut out, section, SECTION_COMPRESSED, description, 8 + len64(&frame));
             put32(&mut out, u32_len(frame.len(), "compressed section")?);
             put32(&mut out, u32_len(body.len(), "section")?);
@@ -579,9 +580,11 @@ impl TraceDatWriter {
         cpustats: &[String],
     ) -> Result<WriteSummary, WriteError> {
         self.commit(cmdlines, cpustats)?;
-        self.file
-            .sync_data()
-            .map_err(|source| WriteError::Write { path: self.path.clone(), offset: self.pos, source })?;
+        self.file.sync_data().map_err(|source| WriteError::Write {
+            path: self.path.clone(),
+            offset: self.pos,
+            source,
+        })?;
         self.summary.pages = self.cpus.iter().map(|s| s.pages).collect();
         self.summary.file_bytes = self.pos;
         Ok(self.summary)

@@ -311,9 +311,11 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                     .iter_mut()
                     .enumerate()
                     .map(|(i, vcpu)| {
-                        std::thread::Builder::new().name(format!("vcpu{i}")).spawn_scoped(s, move || {
-                            io_loop(vcpu, i, n).map(|e| (e, current_tid().unwrap_or(0)))
-                        })
+                        std::thread::Builder::new()
+                            .name(format!("vcpu{i}"))
+                            .spawn_scoped(s, move || {
+                                io_loop(vcpu, i, n).map(|e| (e, current_tid().unwrap_or(0)))
+                            })
                     })
                     .collect();
                 handles
@@ -372,7 +374,9 @@ pub fn host_uses_shadow_paging() -> bool {
     let param = |p: &str| std::fs::read_to_string(p).map(|v| v.trim().to_string());
     match kvm_backend() {
         "kvm_intel" => param("/sys/module/kvm_intel/parameters/ept").is_ok_and(|v| v == "N"),
-        "kvm_amd" => param("/sys/module/kvm_amd/parameters/npt").is_ok_and(|v| v == "0" || v == "N"),
+        "kvm_amd" => {
+            param("/sys/module/kvm_amd/parameters/npt").is_ok_and(|v| v == "0" || v == "N")
+        }
         _ => true,
     }
 }
