@@ -409,3 +409,35 @@ fn flight_recorder_rearms_until_max_dumps() {
     }
     assert!(!PathBuf::from(format!("{}.3", path.display())).exists());
 }
+
+#[test]
+fn sigkill_leaves_a_file_readable_up_to_its_last_checkpoint() {
+    require_lab!();
+    let path = out_dir().join("sigkill.dat");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sigint_child", "--nocapture", "--test-threads=1"])
+        .env("VMXRAY_SIGINT_CHILD", &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let instance = loop {
+        let line = lines.next().expect("child output").unwrap();
+        if let Some(at) = line.find("READY ") {
+            break line[at + 6..].trim().to_string();
+        }
+    };
+    // More than one checkpoint interval (1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let events = read_events(&path);
+    assert!(userspace_exits(&events).len() > 50, "events up to the last checkpoint");
+    assert_trace_cmd_agrees(&path);
+    // SIGKILL cannot be caught: the instance stays until the next recording removes it.
+    assert!(instances().contains(&instance));
+    let recorder = Recorder::start(RecordOptions::new(out_dir().join("after-kill.dat"))).unwrap();
+    let report = recorder.finish().unwrap();
+    assert!(report.stale_instances_removed.contains(&instance), "{report:?}");
+    assert!(!instances().contains(&instance));
+}

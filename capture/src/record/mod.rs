@@ -1106,14 +1106,14 @@ fn parse_filter(f: &str) -> Result<(Option<String>, String, String), RecordError
 /// Parses a size such as `4M`, `512K`, `1G` or `4096` (bytes).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
+    let s = s.strip_suffix("iB").or_else(|| s.strip_suffix('B')).unwrap_or(s);
     let (num, mult) = match s.char_indices().last()? {
         (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
         (i, 'm' | 'M') => (&s[..i], 1 << 20),
         (i, 'g' | 'G') => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let num = num.trim_end_matches(['i', 'I', 'b', 'B']);
-    num.parse::<u64>().ok()?.checked_mul(mult)
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Parses a duration such as `10s`, `500ms`, `2m`, `1.5s` or `3` (seconds).
@@ -1148,6 +1148,7 @@ mod tests {
         assert_eq!(parse_size("4M"), Some(4 << 20));
         assert_eq!(parse_size("512KiB"), Some(512 << 10));
         assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("2MB"), Some(2 << 20));
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));

@@ -94,8 +94,18 @@ impl Tracefs {
 
     /// Removes instances left by recordings that were killed (`vmxray-<pid>[-n]` whose process
     /// is gone). Returns their names.
+    ///
+    /// Only done from the initial pid namespace: there every process of the machine is visible
+    /// in `/proc`, so a missing pid is a dead recorder. From inside a container, a recorder of
+    /// another namespace would look dead while it runs, and its instance is left alone.
     pub fn remove_stale_instances(&self) -> Vec<String> {
         let mut removed = Vec::new();
+        // PROC_PID_INIT_INO (include/linux/proc_ns.h).
+        let initial_ns = fs::read_link("/proc/self/ns/pid")
+            .is_ok_and(|ns| ns.as_os_str() == "pid:[4026531836]");
+        if !initial_ns {
+            return removed;
+        }
         let Ok(dir) = fs::read_dir(self.root.join("instances")) else { return removed };
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
