@@ -39,20 +39,28 @@ pub(crate) struct DecodeCtx {
     pub comms: Arc<HashMap<i32, Comm>>,
 }
 
-/// Caches the last pid's comm: consecutive records mostly come from one thread.
+/// The comms of one batch. Each batch gets its own `Arc` per comm, so the decoding thread and
+/// the consuming thread never bump the same reference count at the same time (a shared count
+/// would bounce its cache line between cores on every event).
 #[derive(Default)]
 pub(crate) struct CommCache {
     last: Option<(i32, Option<Comm>)>,
+    local: HashMap<i32, Option<Comm>>,
 }
 
 impl CommCache {
+    #[inline]
     pub(crate) fn get(&mut self, comms: &HashMap<i32, Comm>, pid: i32) -> Option<Comm> {
         if let Some((p, c)) = &self.last
             && *p == pid
         {
             return c.clone();
         }
-        let c = comms.get(&pid).cloned();
+        let c = self
+            .local
+            .entry(pid)
+            .or_insert_with(|| comms.get(&pid).map(|c| Comm::from(&**c)))
+            .clone();
         self.last = Some((pid, c.clone()));
         c
     }
@@ -101,7 +109,7 @@ impl DecodeCtx {
     /// Decodes a buffer of whole pages of `cpu` into `batch`.
     pub(crate) fn decode_pages(&self, cpu: u32, bytes: &[u8], base: StreamBase, batch: &mut Batch) {
         let mut cache = CommCache::default();
-        batch.items.reserve(bytes.len() / 40);
+        batch.items.reserve(bytes.len() / 24);
         for item in PageStream::new(&self.layout, bytes, 0) {
             match item {
                 Ok(s) => match s.item {

@@ -124,19 +124,24 @@ pub struct FieldFormat {
     key: NameKey,
 }
 
-/// A cheap pre-filter for name comparisons: the length and the first 8 bytes packed in a word,
-/// so that a lookup compares one `u64` per field before comparing bytes.
+/// A name packed for comparison: the first 16 bytes in two words and the length, so that a
+/// lookup compares words (bytes only for names longer than 16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NameKey(u64, usize);
+struct NameKey(u64, u64, usize);
 
 impl NameKey {
     #[inline]
     fn of(name: &str) -> Self {
         let b = name.as_bytes();
-        let mut w = [0u8; 8];
-        let n = b.len().min(8);
+        let mut w = [0u8; 16];
+        let n = b.len().min(16);
         w[..n].copy_from_slice(&b[..n]);
-        Self(u64::from_le_bytes(w), b.len())
+        let (lo, hi) = w.split_at(8);
+        Self(
+            u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+            u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+            b.len(),
+        )
     }
 }
 
@@ -269,6 +274,46 @@ pub struct EventFormat {
     pub symbols: Vec<SymbolTable>,
     /// The vocabulary's classification, computed once.
     pub known: Option<KnownEvent>,
+    /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
+    /// once (see [`Record`]).
+    plan: Vec<(NameKey, Option<u16>)>,
+}
+
+/// Records the names a typed decode asks for, in order, and resolves them against the format.
+/// Decoding a record then replays this plan: the n-th lookup checks that it asks for the
+/// planned name (a word compare) and goes straight to the field, with no scan.
+fn lookup_plan(format: &EventFormat) -> Vec<(NameKey, Option<u16>)> {
+    struct Recorder<'f> {
+        format: &'f EventFormat,
+        asked: std::cell::RefCell<Vec<(NameKey, Option<u16>)>>,
+    }
+    impl Recorder<'_> {
+        fn note(&self, name: &str) -> Option<&FieldFormat> {
+            let idx = self.format.field_index(name);
+            self.asked
+                .borrow_mut()
+                .push((NameKey::of(name), idx.and_then(|i| u16::try_from(i).ok())));
+            self.format.fields.get(idx?)
+        }
+    }
+    impl FieldLookup for Recorder<'_> {
+        fn uint(&self, name: &str) -> Option<u64> {
+            self.note(name).filter(|f| matches!(f.layout, FieldLayout::Scalar)).map(|_| 0)
+        }
+        fn string(&self, name: &str) -> Option<&str> {
+            self.note(name).filter(|f| f.is_string).map(|_| "")
+        }
+        fn bytes(&self, name: &str) -> Option<&[u8]> {
+            self.note(name).filter(|f| !matches!(f.layout, FieldLayout::Scalar)).map(|_| &[][..])
+        }
+        fn to_fields(&self) -> Fields {
+            Fields::new()
+        }
+    }
+    let Some(known) = format.known else { return Vec::new() };
+    let rec = Recorder { format, asked: Default::default() };
+    let _ = known.decode(&rec);
+    rec.asked.into_inner()
 }
 
 impl EventFormat {
@@ -297,7 +342,7 @@ impl EventFormat {
         let name = name.ok_or(FormatError::MissingName)?;
         let id = id.ok_or_else(|| FormatError::MissingId { name: name.to_owned() })?;
         let known = KnownEvent::lookup(system, name);
-        Ok(Self {
+        let mut format = Self {
             id,
             system: system.into(),
             name: name.into(),
@@ -305,14 +350,22 @@ impl EventFormat {
             print_fmt: print_fmt.into(),
             symbols: parse_symbol_tables(print_fmt),
             known,
-        })
+            plan: Vec::new(),
+        };
+        format.plan = lookup_plan(&format);
+        Ok(format)
+    }
+
+    fn field_index(&self, name: &str) -> Option<usize> {
+        let key = NameKey::of(name);
+        self.fields.iter().position(|f| f.key == key && (key.2 <= 16 || &*f.name == name))
     }
 
     /// The field called `name`.
     #[inline]
     pub fn field(&self, name: &str) -> Option<&FieldFormat> {
         let key = NameKey::of(name);
-        self.fields.iter().find(|f| f.key == key && &*f.name == name)
+        self.fields.iter().find(|f| f.key == key && (key.2 <= 16 || &*f.name == name))
     }
 
     /// The symbol tables applying to `field`.
@@ -753,7 +806,7 @@ impl EventFormats {
     #[inline]
     pub fn record<'a>(&'a self, payload: &'a [u8]) -> Option<Record<'a>> {
         let format = self.get(self.event_id(payload)?)?;
-        Some(Record { format, payload, endian: self.endian })
+        Some(Record::new(format, payload, self.endian))
     }
 
     /// Decodes a record into its [`EventKind`]: typed when the vocabulary knows the event, else
@@ -762,7 +815,7 @@ impl EventFormats {
     pub fn decode(&self, payload: &[u8]) -> Result<EventKind, RecordError> {
         let id = self.event_id(payload).ok_or(RecordError::TooShort)?;
         let format = self.get(id).ok_or(RecordError::UnknownId(id))?;
-        let rec = Record { format, payload, endian: self.endian };
+        let rec = Record::new(format, payload, self.endian);
         match format.known {
             Some(known) => known.decode(&rec).map_err(RecordError::Decode),
             None => Ok(EventKind::Other(Box::new(OtherEvent {
@@ -789,8 +842,9 @@ pub enum RecordError {
 }
 
 /// A record's payload with its format: field lookups read the bytes at the format's offsets,
-/// without building a field list.
-#[derive(Clone, Copy, Debug)]
+/// without building a field list. Lookups follow the format's precomputed plan when they ask
+/// for the names in the planned order (as [`KnownEvent::decode`] does), else scan the fields.
+#[derive(Clone, Debug)]
 pub struct Record<'a> {
     /// The record's format.
     pub format: &'a EventFormat,
@@ -798,6 +852,26 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
     /// Byte order.
     pub endian: Endian,
+    step: std::cell::Cell<usize>,
+}
+
+impl<'a> Record<'a> {
+    /// A record of `format`.
+    pub fn new(format: &'a EventFormat, payload: &'a [u8], endian: Endian) -> Self {
+        Self { format, payload, endian, step: std::cell::Cell::new(0) }
+    }
+
+    #[inline]
+    fn field(&self, name: &str) -> Option<&'a FieldFormat> {
+        let step = self.step.get();
+        self.step.set(step.wrapping_add(1));
+        if let Some((key, idx)) = self.format.plan.get(step)
+            && *key == NameKey::of(name)
+        {
+            return self.format.fields.get(usize::from((*idx)?));
+        }
+        self.format.field(name)
+    }
 }
 
 impl Record<'_> {
@@ -816,11 +890,11 @@ impl Record<'_> {
 impl FieldLookup for Record<'_> {
     #[inline]
     fn uint(&self, name: &str) -> Option<u64> {
-        self.format.field(name)?.read_uint(self.payload, self.endian)
+        self.field(name)?.read_uint(self.payload, self.endian)
     }
 
     fn string(&self, name: &str) -> Option<&str> {
-        let f = self.format.field(name)?;
+        let f = self.field(name)?;
         if !f.is_string {
             return None;
         }
@@ -828,7 +902,7 @@ impl FieldLookup for Record<'_> {
     }
 
     fn bytes(&self, name: &str) -> Option<&[u8]> {
-        let f = self.format.field(name)?;
+        let f = self.field(name)?;
         match f.layout {
             FieldLayout::Scalar => None,
             FieldLayout::Array { .. }

@@ -16,7 +16,7 @@
 //! claims the slot and decodes inline, so a blocked pool can never deadlock the merge.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::event::{Event, EventKind};
@@ -31,16 +31,21 @@ pub(crate) struct Batch {
     pub unknown: BTreeMap<String, u64>,
 }
 
-/// Produces a CPU's batches in order; `None` when the CPU's data is exhausted.
-pub(crate) trait Producer: Send + 'static {
-    fn produce(&mut self) -> Option<Batch>;
-}
+/// One unit of a CPU's work: decodes a chunk into a batch. Independent of the other units of
+/// the same CPU (every page carries its own absolute timestamp), so several decode at once.
+pub(crate) type Job = Box<dyn FnOnce() -> Batch + Send>;
 
-#[derive(Default)]
-struct SlotState {
-    producer: Option<Box<dyn Producer>>,
-    ready: Option<Option<Batch>>,
-    running: bool,
+/// A CPU's jobs, in stream order.
+pub(crate) type Jobs = Box<dyn Iterator<Item = Job> + Send>;
+
+/// How many batches of one CPU may be decoded ahead of the merge.
+const LOOKAHEAD: usize = 3;
+
+enum SlotState {
+    Pending(Job),
+    Running,
+    Done(Batch),
+    Taken,
 }
 
 struct Slot {
@@ -50,147 +55,165 @@ struct Slot {
 
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotState> {
-        // A panic while decoding would poison the lock; the state is still consistent (the
-        // producer is simply missing, which ends the lane).
+        // A panic while decoding would poison the lock; the state is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs the producer once if nobody else is, storing the result.
-    fn run_if_idle(&self) {
-        let mut producer = {
+    /// Runs the job if nobody has claimed it yet.
+    fn run_if_pending(&self) {
+        let job = {
             let mut st = self.lock();
-            if st.ready.is_some() || st.running {
-                return;
+            match std::mem::replace(&mut *st, SlotState::Running) {
+                SlotState::Pending(job) => job,
+                other => {
+                    *st = other;
+                    return;
+                }
             }
-            let Some(p) = st.producer.take() else { return };
-            st.running = true;
-            p
         };
-        let batch = producer.produce();
-        let mut st = self.lock();
-        st.producer = Some(producer);
-        st.ready = Some(batch);
-        st.running = false;
+        let batch = job();
+        *self.lock() = SlotState::Done(batch);
         self.done.notify_all();
     }
 
-    /// The next batch: taken if ready, awaited if being decoded, else decoded here.
-    fn take(&self) -> Option<Batch> {
+    /// The batch: taken if done, awaited if being decoded, else decoded here.
+    fn take(&self) -> Batch {
         loop {
             {
                 let mut st = self.lock();
                 loop {
-                    if let Some(b) = st.ready.take() {
-                        return b;
+                    match std::mem::replace(&mut *st, SlotState::Taken) {
+                        SlotState::Done(b) => return b,
+                        SlotState::Running => {
+                            *st = SlotState::Running;
+                            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                        SlotState::Taken => return Batch::default(),
+                        pending @ SlotState::Pending(_) => {
+                            *st = pending;
+                            break;
+                        }
                     }
-                    if !st.running {
-                        break;
-                    }
-                    st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
-                st.producer.as_ref()?;
             }
-            self.run_if_idle();
+            self.run_if_pending();
         }
     }
 }
 
 struct Lane {
     cpu: u32,
-    slot: Arc<Slot>,
+    jobs: Jobs,
+    slots: VecDeque<Arc<Slot>>,
     batch: std::vec::IntoIter<Result<Event, ReadError>>,
-    head: Option<Result<Event, ReadError>>,
     last_ts: u64,
-    exhausted: bool,
 }
 
 impl Lane {
-    fn prefetch(&self, parallel: bool) {
-        if parallel && !self.exhausted {
-            let slot = Arc::clone(&self.slot);
-            rayon::spawn(move || slot.run_if_idle());
+    /// Queues jobs until `LOOKAHEAD` are in flight (on the rayon pool when `parallel`).
+    fn fill_slots(&mut self, parallel: bool) {
+        let want = if parallel { LOOKAHEAD } else { 1 };
+        while self.slots.len() < want {
+            let Some(job) = self.jobs.next() else { return };
+            let slot =
+                Arc::new(Slot { state: Mutex::new(SlotState::Pending(job)), done: Condvar::new() });
+            if parallel {
+                let s = Arc::clone(&slot);
+                rayon::spawn(move || s.run_if_pending());
+            }
+            self.slots.push_back(slot);
         }
     }
 
-    /// Moves the next item into `head`, refilling from the producer when the batch is empty.
-    fn advance(&mut self, stats: &mut ReadStats, parallel: bool) {
-        loop {
-            if let Some(item) = self.batch.next() {
-                self.head = Some(item);
-                return;
+    /// Makes sure the batch has a next item, refilling from the jobs when it is empty;
+    /// false when the lane is exhausted.
+    fn refill(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
+        while self.batch.as_slice().is_empty() {
+            self.fill_slots(parallel);
+            let Some(slot) = self.slots.pop_front() else { return false };
+            let batch = slot.take();
+            for (k, n) in batch.unknown {
+                *stats.unknown_events.entry(k).or_default() += n;
             }
-            if self.exhausted {
-                self.head = None;
-                return;
-            }
-            match self.slot.take() {
-                Some(batch) => {
-                    for (k, n) in batch.unknown {
-                        *stats.unknown_events.entry(k).or_default() += n;
-                    }
-                    self.batch = batch.items.into_iter();
-                    self.prefetch(parallel);
-                }
-                None => self.exhausted = true,
-            }
+            self.batch = batch.items.into_iter();
+            self.fill_slots(parallel);
         }
+        true
     }
 
-    fn key(&self) -> Option<u64> {
-        match self.head.as_ref()? {
-            Ok(ev) => Some(ev.ts),
-            Err(_) => Some(self.last_ts),
+    /// The merge key of the next item: its timestamp (problems sort at the last timestamp,
+    /// so they surface where they occurred) and the CPU.
+    #[inline]
+    fn key(&self) -> Option<(u64, u32)> {
+        match self.batch.as_slice().first()? {
+            Ok(ev) => Some((ev.ts, self.cpu)),
+            Err(_) => Some((self.last_ts, self.cpu)),
         }
     }
 }
 
 /// Merges per-CPU producers into one ordered stream; counts losses and skipped problems.
+///
+/// The lane that yielded last stays `current` outside the heap while its next key is still
+/// the smallest, so a run of events from one CPU costs one comparison each, not a heap update.
 pub(crate) struct Merger {
     lanes: Vec<Lane>,
-    heap: BinaryHeap<Reverse<(u64, u32, usize)>>,
+    heap: BinaryHeap<Reverse<((u64, u32), usize)>>,
+    current: Option<usize>,
     parallel: bool,
     permissive: bool,
     failed: bool,
 }
 
 impl Merger {
-    /// Starts merging `(cpu, producer)` lanes; with `parallel`, batches are decoded ahead on
+    /// Starts merging `(cpu, jobs)` lanes; with `parallel`, batches are decoded ahead on
     /// the rayon pool.
     pub(crate) fn new(
-        producers: Vec<(u32, Box<dyn Producer>)>,
+        producers: Vec<(u32, Jobs)>,
         parallel: bool,
         permissive: bool,
         stats: &mut ReadStats,
     ) -> Self {
         let mut lanes: Vec<Lane> = producers
             .into_iter()
-            .map(|(cpu, producer)| Lane {
+            .map(|(cpu, jobs)| Lane {
                 cpu,
-                slot: Arc::new(Slot {
-                    state: Mutex::new(SlotState {
-                        producer: Some(producer),
-                        ready: None,
-                        running: false,
-                    }),
-                    done: Condvar::new(),
-                }),
+                jobs,
+                slots: VecDeque::new(),
                 batch: Vec::new().into_iter(),
-                head: None,
                 last_ts: 0,
-                exhausted: false,
             })
             .collect();
-        for lane in &lanes {
-            lane.prefetch(parallel);
+        for lane in &mut lanes {
+            lane.fill_slots(parallel);
         }
         let mut heap = BinaryHeap::with_capacity(lanes.len());
         for (i, lane) in lanes.iter_mut().enumerate() {
-            lane.advance(stats, parallel);
-            if let Some(k) = lane.key() {
-                heap.push(Reverse((k, lane.cpu, i)));
+            if lane.refill(stats, parallel)
+                && let Some(k) = lane.key()
+            {
+                heap.push(Reverse((k, i)));
             }
         }
-        Self { lanes, heap, parallel, permissive, failed: false }
+        Self { lanes, heap, current: None, parallel, permissive, failed: false }
+    }
+
+    /// Picks the lane holding the earliest next item.
+    #[inline]
+    fn pick(&mut self, stats: &mut ReadStats) -> Option<usize> {
+        if let Some(i) = self.current.take() {
+            let lane = self.lanes.get_mut(i)?;
+            if lane.refill(stats, self.parallel)
+                && let Some(k) = lane.key()
+            {
+                match self.heap.peek() {
+                    Some(Reverse((top, _))) if *top < k => self.heap.push(Reverse((k, i))),
+                    _ => return Some(i),
+                }
+            }
+        }
+        let Reverse((_, i)) = self.heap.pop()?;
+        Some(i)
     }
 
     /// The next event in time order (problems are counted in permissive mode, or returned once
@@ -200,18 +223,12 @@ impl Merger {
             return None;
         }
         loop {
-            let Reverse((_, _, i)) = self.heap.pop()?;
+            let i = self.pick(stats)?;
+            self.current = Some(i);
             let lane = self.lanes.get_mut(i)?;
-            let item = lane.head.take()?;
-            lane.advance(stats, self.parallel);
-            if let Ok(ev) = &item {
-                lane.last_ts = ev.ts;
-            }
-            if let Some(k) = lane.key() {
-                self.heap.push(Reverse((k, lane.cpu, i)));
-            }
-            match item {
+            match lane.batch.next()? {
                 Ok(ev) => {
+                    lane.last_ts = ev.ts;
                     if let EventKind::Lost { count } = ev.kind {
                         stats.note_lost(ev.cpu, count);
                     }
@@ -225,22 +242,5 @@ impl Merger {
                 }
             }
         }
-    }
-}
-
-/// A producer over a precomputed list of work items, each decoded by a function.
-pub(crate) struct FnProducer<W, F> {
-    pub work: std::vec::IntoIter<W>,
-    pub decode: F,
-}
-
-impl<W, F> Producer for FnProducer<W, F>
-where
-    W: Send + 'static,
-    F: FnMut(W) -> Batch + Send + 'static,
-{
-    fn produce(&mut self) -> Option<Batch> {
-        let w = self.work.next()?;
-        Some((self.decode)(w))
     }
 }

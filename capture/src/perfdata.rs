@@ -209,7 +209,7 @@ fn parse_sample_id(body: &[u8], attr: &Attr, e: Endian) -> Sample<'static> {
 /// An item waiting for its round to be released.
 #[derive(Debug)]
 enum Pending {
-    Event(Event),
+    Event(Event, Option<Box<[u8]>>),
     Comm { tid: i32, comm: Comm },
     Fork { tid: i32, parent: i32 },
     Problem(ReadError),
@@ -241,6 +241,7 @@ pub struct PerfDataReader {
     ready: std::collections::VecDeque<Pending>,
     finished: bool,
     failed: bool,
+    keep_raw: bool,
 }
 
 #[derive(Debug)]
@@ -442,6 +443,7 @@ impl PerfDataReader {
             ready: Default::default(),
             finished: false,
             failed: false,
+            keep_raw: false,
         };
         if truncated {
             // Records before the cut are still read; the cut is reported when reached.
@@ -543,7 +545,7 @@ impl PerfDataReader {
                     comm: None,
                     kind: EventKind::Lost { count },
                 };
-                self.push(ts, Pending::Event(ev));
+                self.push(ts, Pending::Event(ev, None));
             }
             RECORD_FINISHED_ROUND => self.flush_round(),
             RECORD_COMPRESSED => self.compressed(off, body),
@@ -694,7 +696,8 @@ impl PerfDataReader {
             }
         };
         let ev = Event { ts, cpu: s.cpu.unwrap_or(0), pid: tid, comm: None, kind };
-        self.push(ts, Pending::Event(ev));
+        let raw = self.keep_raw.then(|| Box::<[u8]>::from(raw));
+        self.push(ts, Pending::Event(ev, raw));
     }
 
     /// Fills `ready` with at least one item, or ends.
@@ -729,23 +732,37 @@ impl PerfDataReader {
     }
 }
 
-impl Iterator for PerfDataReader {
-    type Item = Result<Event, ReadError>;
+/// An event with its raw tracepoint record, when kept.
+pub type RawSample = (Event, Option<Box<[u8]>>);
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl PerfDataReader {
+    /// Keeps each sample's raw tracepoint bytes for [`PerfDataReader::next_raw`].
+    pub fn keep_raw(mut self, keep: bool) -> Self {
+        self.keep_raw = keep;
+        self
+    }
+
+    /// The tracepoint formats saved in the file's tracing data.
+    pub fn formats(&self) -> &Arc<EventFormats> {
+        &self.formats
+    }
+
+    /// The next event with its raw tracepoint record (when [`PerfDataReader::keep_raw`] is on
+    /// and the event is a sample).
+    pub fn next_raw(&mut self) -> Option<Result<RawSample, ReadError>> {
         while !self.failed {
             if self.ready.is_empty() {
                 self.fill();
             }
             match self.ready.pop_front()? {
-                Pending::Event(mut ev) => {
+                Pending::Event(mut ev, raw) => {
                     if let EventKind::Lost { count } = ev.kind {
                         self.stats.note_lost(ev.cpu, count);
                     } else {
                         ev.comm = self.comm_of(ev.pid);
                     }
                     self.stats.events += 1;
-                    return Some(Ok(ev));
+                    return Some(Ok((ev, raw)));
                 }
                 Pending::Comm { tid, comm } => {
                     self.comms.insert(tid, comm);
@@ -763,6 +780,14 @@ impl Iterator for PerfDataReader {
             }
         }
         None
+    }
+}
+
+impl Iterator for PerfDataReader {
+    type Item = Result<Event, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.next_raw()?.map(|(ev, _)| ev))
     }
 }
 

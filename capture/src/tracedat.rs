@@ -24,7 +24,7 @@ use crate::bin_util::{Cursor, Endian, to_usize};
 use crate::decode::{DecodeCtx, StreamBase, parse_cmdlines};
 use crate::event::{Comm, Event};
 use crate::format::{EventFormats, FormatError, PageLayout};
-use crate::merge::{Batch, FnProducer, Merger, Producer};
+use crate::merge::{Batch, Job, Jobs, Merger};
 use crate::reader::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
@@ -144,6 +144,7 @@ impl Compression {
         data: &[u8],
         usize: u64,
         out: &mut Vec<u8>,
+        zstd_ctx: Option<&mut zstd::bulk::Decompressor<'static>>,
     ) -> Result<(), TraceDatError> {
         if usize > MAX_UNCOMPRESSED {
             return Err(TraceDatError::Impossible { what: "uncompressed size", value: usize });
@@ -155,8 +156,11 @@ impl Compression {
             Self::None => out.extend_from_slice(data),
             Self::Zstd => {
                 out.resize(n, 0);
-                let got = zstd::bulk::decompress_to_buffer(data, out.as_mut_slice())
-                    .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
+                let got = match zstd_ctx {
+                    Some(ctx) => ctx.decompress_to_buffer(data, out.as_mut_slice()),
+                    None => zstd::bulk::decompress_to_buffer(data, out.as_mut_slice()),
+                }
+                .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
                 out.truncate(got);
             }
             Self::Zlib => {
@@ -823,7 +827,7 @@ impl TraceDat {
             .get(8..8 + csize as usize)
             .ok_or(TraceDatError::Truncated { expected: "compressed section" })?;
         let mut out = Vec::new();
-        compression.decompress_into(data, u64::from(usize), &mut out)?;
+        compression.decompress_into(data, u64::from(usize), &mut out, None)?;
         Ok((id, flags, out))
     }
 
@@ -889,8 +893,31 @@ impl TraceDat {
         for d in b.cpus.iter().filter(|d| d.cpu == cpu) {
             for w in self.work(b, d).map_err(|(at, e)| self.err(at, e))? {
                 let mut buf = Vec::new();
-                self.load(&w, &mut buf, &mut Vec::new()).map_err(|(at, e)| self.err(at, e))?;
+                self.load(&w, &mut buf, &mut Scratch::default())
+                    .map_err(|(at, e)| self.err(at, e))?;
                 out.extend_from_slice(&buf);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The compressed chunks of every CPU of a buffer as `(uncompressed size, bytes)`, for
+    /// benchmarks that compare decoding with plain decompression. Empty when not compressed.
+    pub fn compressed_chunks(&self, buffer: usize) -> Result<Vec<(u64, Vec<u8>)>, ReadError> {
+        let b = self
+            .buffers
+            .get(buffer)
+            .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
+        let mut out = Vec::new();
+        for d in &b.cpus {
+            for w in self.work(b, d).map_err(|(at, e)| self.err(at, e))? {
+                if let Some(usize) = w.usize {
+                    let bytes = self
+                        .src
+                        .exact(w.file_offset, w.len, "compressed chunk")
+                        .map_err(|e| self.err(Location::Offset(w.file_offset), e))?;
+                    out.push((usize, bytes));
+                }
             }
         }
         Ok(out)
@@ -962,7 +989,7 @@ impl TraceDat {
         &self,
         w: &Work,
         out: &mut Vec<u8>,
-        scratch: &mut Vec<u8>,
+        scratch: &mut Scratch,
     ) -> Result<(), (Location, TraceDatError)> {
         let at = Location::Offset(w.file_offset);
         match w.usize {
@@ -974,20 +1001,65 @@ impl TraceDat {
             }
             Some(u64::MAX) => Err((at, TraceDatError::Truncated { expected: "chunk header" })),
             Some(usize) => {
-                *scratch = self
+                scratch.compressed = self
                     .src
                     .exact(w.file_offset, w.len, "compressed chunk")
                     .map_err(|e| (at, e))?;
-                self.compression.decompress_into(scratch, usize, out).map_err(|e| (at, e))
+                if scratch.zstd.is_none() && self.compression == Compression::Zstd {
+                    scratch.zstd = zstd::bulk::Decompressor::new().ok();
+                }
+                self.compression
+                    .decompress_into(&scratch.compressed, usize, out, scratch.zstd.as_mut())
+                    .map_err(|e| (at, e))
             }
         }
     }
 
-    /// Streams buffer `buffer` (0 is the top instance when present) as time-ordered events.
+    /// Loads and decodes one work item of a CPU.
+    fn decode_work(&self, ctx: &DecodeCtx, w: &Work, scratch: &mut Scratch) -> Batch {
+        let mut batch = Batch::default();
+        let mut pages = std::mem::take(&mut scratch.pages);
+        match self.load(w, &mut pages, scratch) {
+            Ok(()) => {
+                let base = match w.usize {
+                    None => StreamBase::File(w.file_offset),
+                    Some(_) => StreamBase::Cpu(w.stream_offset),
+                };
+                ctx.decode_pages(w.cpu, &pages, base, &mut batch);
+                if w.usize.is_none() && (pages.len() as u64) < w.len {
+                    batch.items.push(Err(self.err(
+                        Location::Offset(w.file_offset + pages.len() as u64),
+                        TraceDatError::Truncated { expected: "CPU data" },
+                    )));
+                }
+                if self.ts_offset != 0 {
+                    for ev in batch.items.iter_mut().flatten() {
+                        ev.ts = ev.ts.wrapping_add_signed(self.ts_offset);
+                    }
+                }
+            }
+            Err((at, e)) => batch.items.push(Err(self.err(at, e))),
+        }
+        scratch.pages = pages;
+        batch
+    }
+
+    /// Streams buffer `buffer` (0 is the top instance when present) as time-ordered events,
+    /// decoding CPU chunks ahead on the rayon pool.
     pub fn events(
         self: &Arc<Self>,
         buffer: usize,
         opts: ReadOptions,
+    ) -> Result<TraceDatReader, ReadError> {
+        self.events_with(buffer, opts, true)
+    }
+
+    /// Like [`TraceDat::events`], decoding on the calling thread only when `parallel` is false.
+    pub fn events_with(
+        self: &Arc<Self>,
+        buffer: usize,
+        opts: ReadOptions,
+        parallel: bool,
     ) -> Result<TraceDatReader, ReadError> {
         let b = self
             .buffers
@@ -1004,7 +1076,7 @@ impl TraceDat {
             comms: Arc::clone(&self.comms),
         });
         let mut stats = ReadStats::default();
-        let mut producers: Vec<(u32, Box<dyn Producer>)> = Vec::new();
+        let mut producers: Vec<(u32, Jobs)> = Vec::new();
         for d in &b.cpus {
             let work = match self.work(b, d) {
                 Ok(w) => w,
@@ -1016,39 +1088,34 @@ impl TraceDat {
             };
             let td = Arc::clone(self);
             let ctx = Arc::clone(&ctx);
-            let ts_offset = self.ts_offset;
-            let mut buf = Vec::new();
-            let mut scratch = Vec::new();
-            let decode = move |w: Work| {
-                let mut batch = Batch::default();
-                match td.load(&w, &mut buf, &mut scratch) {
-                    Ok(()) => {
-                        let base = match w.usize {
-                            None => StreamBase::File(w.file_offset),
-                            Some(_) => StreamBase::Cpu(w.stream_offset),
-                        };
-                        ctx.decode_pages(w.cpu, &buf, base, &mut batch);
-                        if w.usize.is_none() && (buf.len() as u64) < w.len {
-                            batch.items.push(Err(td.err(
-                                Location::Offset(w.file_offset + buf.len() as u64),
-                                TraceDatError::Truncated { expected: "CPU data" },
-                            )));
-                        }
-                        if ts_offset != 0 {
-                            for ev in batch.items.iter_mut().flatten() {
-                                ev.ts = ev.ts.wrapping_add_signed(ts_offset);
-                            }
-                        }
-                    }
-                    Err((at, e)) => batch.items.push(Err(td.err(at, e))),
-                }
-                batch
-            };
-            producers.push((d.cpu, Box::new(FnProducer { work: work.into_iter(), decode })));
+            let jobs = work.into_iter().map(move |w| {
+                let td = Arc::clone(&td);
+                let ctx = Arc::clone(&ctx);
+                Box::new(move || {
+                    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                        Ok(mut scratch) => td.decode_work(&ctx, &w, &mut scratch),
+                        Err(_) => td.decode_work(&ctx, &w, &mut Scratch::default()),
+                    })
+                }) as Job
+            });
+            producers.push((d.cpu, Box::new(jobs) as Jobs));
         }
-        let merger = Merger::new(producers, true, opts.permissive, &mut stats);
+        let merger = Merger::new(producers, parallel, opts.permissive, &mut stats);
         Ok(TraceDatReader { meta: self.meta(buffer), stats, merger })
     }
+}
+
+thread_local! {
+    /// Each decoding thread's reusable buffers and zstd context.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Buffers reused from chunk to chunk by a decoding thread.
+#[derive(Default)]
+struct Scratch {
+    compressed: Vec<u8>,
+    pages: Vec<u8>,
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -24,7 +24,7 @@ use crate::bin_util::Endian;
 use crate::decode::{DecodeCtx, StreamBase, parse_cmdlines};
 use crate::event::Event;
 use crate::format::{EventFormats, FormatError, PageLayout};
-use crate::merge::{Batch, FnProducer, Merger, Producer};
+use crate::merge::{Batch, Job, Jobs, Merger};
 use crate::reader::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadOptions, ReadStats, TraceMeta,
     input_name,
@@ -252,7 +252,7 @@ impl TracefsReader {
             comms: Arc::clone(&tree.comms),
         });
         let page = u64::from(tree.layout.page_size);
-        let mut producers: Vec<(u32, Box<dyn Producer>)> = Vec::new();
+        let mut producers: Vec<(u32, Jobs)> = Vec::new();
         for pf in &input.pages {
             let file = File::open(&pf.path)
                 .map_err(|source| err(TracefsError::Io { path: pf.path.clone(), source }))?;
@@ -271,20 +271,26 @@ impl TracefsReader {
                 .collect();
             let ctx = Arc::clone(&ctx);
             let path = pf.path.clone();
-            let decode = move |w: PageChunk| {
-                let mut batch = Batch::default();
-                let mut buf = vec![0u8; w.len];
-                match w.file.read_exact_at(&mut buf, w.offset) {
-                    Ok(()) => ctx.decode_pages(w.cpu, &buf, StreamBase::File(w.offset), &mut batch),
-                    Err(source) => batch.items.push(Err(ReadError::new(
-                        &ctx.input,
-                        Location::Offset(w.offset),
-                        TracefsError::Io { path: path.clone(), source },
-                    ))),
-                }
-                batch
-            };
-            producers.push((pf.cpu, Box::new(FnProducer { work: work.into_iter(), decode })));
+            let jobs = work.into_iter().map(move |w: PageChunk| {
+                let ctx = Arc::clone(&ctx);
+                let path = path.clone();
+                Box::new(move || {
+                    let mut batch = Batch::default();
+                    let mut buf = vec![0u8; w.len];
+                    match w.file.read_exact_at(&mut buf, w.offset) {
+                        Ok(()) => {
+                            ctx.decode_pages(w.cpu, &buf, StreamBase::File(w.offset), &mut batch)
+                        }
+                        Err(source) => batch.items.push(Err(ReadError::new(
+                            &ctx.input,
+                            Location::Offset(w.offset),
+                            TracefsError::Io { path, source },
+                        ))),
+                    }
+                    batch
+                }) as Job
+            });
+            producers.push((pf.cpu, Box::new(jobs) as Jobs));
         }
         let mut stats = ReadStats::default();
         let merger = Merger::new(producers, true, opts.permissive, &mut stats);
