@@ -174,6 +174,12 @@ fn print_report(r: &RecordReport) {
     for t in &r.dead_triggers {
         eprintln!("vmxray record: trigger {t} can never fire here (its events are missing)");
     }
+    if r.trigger_pages.1 > 0 {
+        eprintln!(
+            "vmxray record: trigger scan decoded {} of {} pages",
+            r.trigger_pages.0, r.trigger_pages.1
+        );
+    }
     for f in &r.fired {
         eprintln!("vmxray record: trigger {} fired on {} at {}", f.trigger, f.event, f.ts);
     }

@@ -101,8 +101,8 @@ impl Tracefs {
     pub fn remove_stale_instances(&self) -> Vec<String> {
         let mut removed = Vec::new();
         // PROC_PID_INIT_INO (include/linux/proc_ns.h).
-        let initial_ns = fs::read_link("/proc/self/ns/pid")
-            .is_ok_and(|ns| ns.as_os_str() == "pid:[4026531836]");
+        let initial_ns =
+            fs::read_link("/proc/self/ns/pid").is_ok_and(|ns| ns.as_os_str() == "pid:[4026531836]");
         if !initial_ns {
             return removed;
         }

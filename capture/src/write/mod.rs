@@ -36,7 +36,7 @@
 //! per-CPU `stats` (CPUSTAT options).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -606,18 +606,6 @@ impl TraceDatWriter {
             offset: at,
             source,
         })
-    }
-}
-
-impl Write for TraceDatWriter {
-    /// Raw appends are not part of the format; this exists only so that `io::copy`-style
-    /// callers get an error instead of corrupting the file.
-    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "use write_page"))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
