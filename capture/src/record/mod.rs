@@ -164,6 +164,9 @@ impl RecordOptions {
     }
 }
 
+/// tracefs pages are in the byte order of the kernel, which is ours.
+const NATIVE: Endian = if cfg!(target_endian = "big") { Endian::Big } else { Endian::Little };
+
 /// The default clock (see the module documentation).
 pub const DEFAULT_CLOCK: &str = "mono";
 /// The default per-CPU kernel buffer (KiB): room for ~0.25 s of 500k events/s per CPU.
@@ -399,78 +402,13 @@ impl Recorder {
             instance.write("buffer_size_kb", &kb.to_string())?;
         }
 
-        // Events: the profile, -e, and whatever the triggers need.
-        let mut wanted = opts.profile.events();
-        for e in &opts.extra_events {
-            let (sys, ev) = e.split_once(':').ok_or_else(|| RecordError::EventSyntax(e.clone()))?;
-            if sys.is_empty() || ev.is_empty() {
-                return Err(RecordError::EventSyntax(e.clone()));
-            }
-            wanted.push((sys.to_string(), (ev != "*").then(|| ev.to_string())));
-        }
-        if let Some(flight) = &opts.flight {
-            for t in &flight.triggers {
-                wanted.extend(t.events().into_iter().map(|(s, e)| (s, Some(e))));
-            }
-        }
-        let mut enabled: Vec<(String, String)> = Vec::new();
-        for (sys, ev) in wanted {
-            let names = match ev {
-                Some(ev) => vec![ev],
-                None => list_dir(&instance.dir().join("events").join(&sys)),
-            };
-            if names.is_empty() {
-                report.missing_events.push(format!("{sys}:*"));
-            }
-            for name in names {
-                if enabled.iter().any(|(s, e)| *s == sys && *e == name) {
-                    continue;
-                }
-                if instance.has_event(&sys, &name) {
-                    enabled.push((sys.clone(), name));
-                } else if !report.missing_events.contains(&format!("{sys}:{name}")) {
-                    report.missing_events.push(format!("{sys}:{name}"));
-                }
-            }
-        }
-        if enabled.is_empty() {
-            return Err(RecordError::NoEvents);
-        }
-
-        // Filters.
-        for f in &opts.filters {
-            let (sys, ev, expr) = parse_filter(f)?;
-            let target = enabled
-                .iter()
-                .find(|(s, e)| *e == ev && sys.as_deref().is_none_or(|want| want == s))
-                .ok_or_else(|| RecordError::FilterEvent(f.clone()))?;
-            let path = format!("events/{}/{}/filter", target.0, target.1);
-            instance.write(&path, &expr).map_err(|e| match e {
-                RecordError::Tracefs { source, .. } => RecordError::Filter {
-                    event: format!("{}:{}", target.0, target.1),
-                    expr: expr.clone(),
-                    source,
-                },
-                other => other,
-            })?;
-        }
-
-        // Pid filter: every thread of each process now, and children later (event-fork).
-        if !opts.pids.is_empty() || !opts.threads.is_empty() {
-            let mut tids: Vec<String> = opts.threads.iter().map(ToString::to_string).collect();
-            for pid in &opts.pids {
-                tids.push(pid.to_string());
-                tids.extend(list_dir(Path::new(&format!("/proc/{pid}/task"))));
-            }
-            tids.sort();
-            tids.dedup();
-            instance.write("options/event-fork", "1")?;
-            instance.write("set_event_pid", &tids.join(" "))?;
-        }
+        let enabled = select_events(&instance, &opts, &mut report)?;
+        apply_filters(&instance, &opts.filters, &enabled)?;
+        apply_task_filter(&instance, &opts)?;
 
         // Metadata for the file and for the trigger scan.
         let meta = read_metadata(&instance, &enabled)?;
-        let layout = PageLayout::parse(&meta.header_page, Some(&meta.header_event), Endian::Little)
+        let layout = PageLayout::parse(&meta.header_page, Some(&meta.header_event), NATIVE)
             .map_err(|source| RecordError::Format {
                 path: instance.dir().join("events/header_page"),
                 source,
@@ -488,42 +426,8 @@ impl Recorder {
                 Mode::Stream { writer: Box::new(writer), last_checkpoint: Instant::now() }
             }
             Some(flight) => {
-                let mut formats = EventFormats::new(Endian::Little, 8);
-                for (sys, formats_text) in &meta.event_formats {
-                    for text in formats_text {
-                        formats.add_text(sys, text).map_err(|source| RecordError::Format {
-                            path: instance.dir().join("events").join(sys),
-                            source,
-                        })?;
-                    }
-                }
-                let (detector, dead) = Detector::new(flight.triggers.clone(), formats, layout);
-                if !dead.is_empty() {
-                    report.dead_triggers = dead.clone();
-                    if dead.len() == flight.triggers.len() {
-                        let names: Vec<String> = dead.iter().map(ToString::to_string).collect();
-                        return Err(RecordError::DeadTriggers(names.join(", ")));
-                    }
-                }
-                let pages = usize::try_from(flight.size / u64::from(meta.page_size.max(1)))
-                    .unwrap_or(usize::MAX)
-                    .max(2);
-                Mode::Flight(Box::new(Flight {
-                    rings: vec![VecDeque::new(); meta.cpus as usize],
-                    ring_pages: pages,
-                    detector,
-                    meta,
-                    layout,
-                    opts: flight.clone(),
-                    output: opts.output.clone(),
-                    writer_opts: opts.writer,
-                    dump: None,
-                    dumps: 0,
-                    fired: Vec::new(),
-                    files: Vec::new(),
-                    summaries: Vec::new(),
-                    stats_dir: instance.dir().to_path_buf(),
-                }))
+                let flight = Flight::new(flight, &opts, meta, layout, &instance, &mut report)?;
+                Mode::Flight(Box::new(flight))
             }
         };
 
@@ -850,7 +754,7 @@ fn consume(
     let layout = match &mode {
         Mode::Stream { writer, .. } => {
             let m = writer.metadata();
-            PageLayout::parse(&m.header_page, None, Endian::Little).ok()
+            PageLayout::parse(&m.header_page, None, NATIVE).ok()
         }
         Mode::Flight(f) => Some(f.layout),
     };
@@ -931,6 +835,52 @@ struct Flight {
 const DUMP_DRAIN: Duration = Duration::from_millis(300);
 
 impl Flight {
+    fn new(
+        flight: &FlightOptions,
+        opts: &RecordOptions,
+        meta: Metadata,
+        layout: PageLayout,
+        instance: &Instance,
+        report: &mut RecordReport,
+    ) -> Result<Self, RecordError> {
+        let mut formats = EventFormats::new(layout.endian, layout.long_size());
+        for (sys, formats_text) in &meta.event_formats {
+            for text in formats_text {
+                formats.add_text(sys, text).map_err(|source| RecordError::Format {
+                    path: instance.dir().join("events").join(sys),
+                    source,
+                })?;
+            }
+        }
+        let (detector, dead) = Detector::new(flight.triggers.clone(), formats, layout);
+        if !dead.is_empty() {
+            report.dead_triggers = dead.clone();
+            if dead.len() == flight.triggers.len() {
+                let names: Vec<String> = dead.iter().map(ToString::to_string).collect();
+                return Err(RecordError::DeadTriggers(names.join(", ")));
+            }
+        }
+        let ring_pages = usize::try_from(flight.size / u64::from(meta.page_size.max(1)))
+            .unwrap_or(usize::MAX)
+            .max(2);
+        Ok(Self {
+            rings: vec![VecDeque::new(); meta.cpus as usize],
+            ring_pages,
+            detector,
+            meta,
+            layout,
+            opts: flight.clone(),
+            output: opts.output.clone(),
+            writer_opts: opts.writer,
+            dump: None,
+            dumps: 0,
+            fired: Vec::new(),
+            files: Vec::new(),
+            summaries: Vec::new(),
+            stats_dir: instance.dir().to_path_buf(),
+        })
+    }
+
     fn page(&mut self, cpu: u32, page: Vec<u8>) -> Result<(), RecordError> {
         if self.dumps >= self.opts.max_dumps {
             return Ok(());
@@ -1001,6 +951,104 @@ impl Flight {
     }
 }
 
+/// The events to enable: the profile, `-e`, and what the triggers need; the ones this kernel
+/// lacks go to `report.missing_events` (an older name whose successor exists is not reported).
+fn select_events(
+    instance: &Instance,
+    opts: &RecordOptions,
+    report: &mut RecordReport,
+) -> Result<Vec<(String, String)>, RecordError> {
+    let mut wanted = opts.profile.events();
+    for e in &opts.extra_events {
+        let (sys, ev) = e.split_once(':').ok_or_else(|| RecordError::EventSyntax(e.clone()))?;
+        if sys.is_empty() || ev.is_empty() {
+            return Err(RecordError::EventSyntax(e.clone()));
+        }
+        wanted.push((sys.to_string(), (ev != "*").then(|| ev.to_string())));
+    }
+    if let Some(flight) = &opts.flight {
+        for t in &flight.triggers {
+            wanted.extend(t.events().into_iter().map(|(s, e)| (s, Some(e))));
+        }
+    }
+    let mut enabled: Vec<(String, String)> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for (sys, ev) in wanted {
+        let names = match ev {
+            Some(ev) => vec![ev],
+            None => list_dir(&instance.dir().join("events").join(&sys)),
+        };
+        if names.is_empty() {
+            missing.push(format!("{sys}:*"));
+        }
+        for name in names {
+            if enabled.iter().any(|(s, e)| *s == sys && *e == name) {
+                continue;
+            }
+            if instance.has_event(&sys, &name) {
+                enabled.push((sys.clone(), name));
+            } else if !missing.contains(&format!("{sys}:{name}")) {
+                missing.push(format!("{sys}:{name}"));
+            }
+        }
+    }
+    missing.retain(|m| {
+        !RENAMED_EVENTS
+            .iter()
+            .any(|(old, new)| m == old && enabled.iter().any(|(s, e)| format!("{s}:{e}") == *new))
+    });
+    report.missing_events = missing;
+    if enabled.is_empty() {
+        return Err(RecordError::NoEvents);
+    }
+    Ok(enabled)
+}
+
+/// Tracepoints the kernel renamed: (old, new). The profiles list both.
+const RENAMED_EVENTS: &[(&str, &str)] = &[("kvm:kvm_nested_vmrun", "kvm:kvm_nested_vmenter")];
+
+/// Writes the `--filter` expressions into the instance's `events/<sys>/<event>/filter`.
+fn apply_filters(
+    instance: &Instance,
+    filters: &[String],
+    enabled: &[(String, String)],
+) -> Result<(), RecordError> {
+    for f in filters {
+        let (sys, ev, expr) = parse_filter(f)?;
+        let target = enabled
+            .iter()
+            .find(|(s, e)| *e == ev && sys.as_deref().is_none_or(|want| want == s))
+            .ok_or_else(|| RecordError::FilterEvent(f.clone()))?;
+        let path = format!("events/{}/{}/filter", target.0, target.1);
+        instance.write(&path, &expr).map_err(|e| match e {
+            RecordError::Tracefs { source, .. } => RecordError::Filter {
+                event: format!("{}:{}", target.0, target.1),
+                expr: expr.clone(),
+                source,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// `--pid` / threads: every thread of each process now, the given threads, and their future
+/// children (`options/event-fork`), in the instance's `set_event_pid`.
+fn apply_task_filter(instance: &Instance, opts: &RecordOptions) -> Result<(), RecordError> {
+    if opts.pids.is_empty() && opts.threads.is_empty() {
+        return Ok(());
+    }
+    let mut tids: Vec<String> = opts.threads.iter().map(ToString::to_string).collect();
+    for pid in &opts.pids {
+        tids.push(pid.to_string());
+        tids.extend(list_dir(Path::new(&format!("/proc/{pid}/task"))));
+    }
+    tids.sort();
+    tids.dedup();
+    instance.write("options/event-fork", "1")?;
+    instance.write("set_event_pid", &tids.join(" "))
+}
+
 /// Reads everything but the CPU data from tracefs.
 fn read_metadata(
     instance: &Instance,
@@ -1013,7 +1061,7 @@ fn read_metadata(
     let header_page = read("events/header_page")?;
     let header_event = read("events/header_event")?;
     let layout =
-        PageLayout::parse(&header_page, Some(&header_event), Endian::Little).map_err(|source| {
+        PageLayout::parse(&header_page, Some(&header_event), NATIVE).map_err(|source| {
             RecordError::Format { path: instance.dir().join("events/header_page"), source }
         })?;
     let mut ftrace_formats = Vec::new();
