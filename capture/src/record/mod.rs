@@ -759,6 +759,8 @@ fn consume(
         Mode::Flight(f) => Some(f.layout),
     };
     let cmdlines = || tracefs.as_ref().and_then(|t| t.read("saved_cmdlines").ok());
+    // The pid→comm table as last stored: a checkpoint stores it again only when it changed.
+    let mut stored_cmdlines: Option<Vec<u8>> = None;
     loop {
         let page = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(page) => Some(page),
@@ -782,7 +784,12 @@ fn consume(
         match &mut mode {
             Mode::Stream { writer, last_checkpoint } => {
                 if last_checkpoint.elapsed() >= checkpoint_every {
-                    writer.checkpoint(cmdlines().as_deref())?;
+                    let now = cmdlines();
+                    let changed = now.is_some() && now != stored_cmdlines;
+                    writer.checkpoint(if changed { now.as_deref() } else { None })?;
+                    if changed {
+                        stored_cmdlines = now;
+                    }
                     *last_checkpoint = Instant::now();
                 }
             }
