@@ -2,7 +2,8 @@
 //!
 //! [`TraceDatWriter`] takes the tracefs texts (header_page, header_event, format files,
 //! printk formats, cmdlines, the trace clock) once, then raw ring-buffer pages per CPU as they
-//! arrive, and writes a file that `trace-cmd report` (3.1+) and vmxray's readers read.
+//! arrive, and writes a file that `trace-cmd report` (3.1+) and vmxray's readers read. Files are
+//! little-endian with an 8-byte `long` (the recorder's x86-64 hosts); pages are stored as given.
 //!
 //! # Layout, and what a killed recording leaves
 //!
