@@ -362,12 +362,45 @@ pub struct Recorder {
     readers: Vec<(u32, JoinHandle<Result<u64, RecordError>>)>,
     consumer: Option<JoinHandle<Result<ConsumerOut, RecordError>>>,
     stop_readers: Arc<AtomicBool>,
-    interrupted: Arc<AtomicBool>,
-    signal_ids: Vec<signal_hook::SigId>,
     shared: Arc<Shared>,
     started: Instant,
     cpu_at_start: Duration,
     report: RecordReport,
+    /// Declared last: dropped after the instance, so signals stay caught during cleanup.
+    signals: SignalGuard,
+}
+
+/// While it lives (and when asked to), SIGINT and SIGTERM set a flag instead of killing the
+/// process, so that every exit path goes through the instance's removal.
+struct SignalGuard {
+    interrupted: Arc<AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl SignalGuard {
+    fn install(enabled: bool) -> Result<Self, RecordError> {
+        let mut guard = Self { interrupted: Arc::new(AtomicBool::new(false)), ids: Vec::new() };
+        if enabled {
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                let id = signal_hook::flag::register(sig, Arc::clone(&guard.interrupted))
+                    .map_err(RecordError::Signals)?;
+                guard.ids.push(id);
+            }
+        }
+        Ok(guard)
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
 }
 
 /// CPU time used by this process so far (every thread).
@@ -379,6 +412,8 @@ pub fn process_cpu_time() -> Duration {
 impl Recorder {
     /// Sets up the instance, starts one reader per CPU and the writer, and turns tracing on.
     pub fn start(opts: RecordOptions) -> Result<Self, RecordError> {
+        // First: a signal during setup must not skip the cleanup either.
+        let signals = SignalGuard::install(opts.handle_signals)?;
         let tracefs = Tracefs::find_or_mount()?;
         let stale = tracefs.remove_stale_instances();
         let instance = Instance::create(&tracefs)?;
@@ -444,20 +479,12 @@ impl Recorder {
             readers: Vec::new(),
             consumer: None,
             stop_readers: Arc::clone(&stop_readers),
-            interrupted: Arc::new(AtomicBool::new(false)),
-            signal_ids: Vec::new(),
             shared: Arc::clone(&shared),
             started: Instant::now(),
             cpu_at_start: process_cpu_time(),
             report,
+            signals,
         };
-        if recorder.opts.handle_signals {
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                let id = signal_hook::flag::register(sig, Arc::clone(&recorder.interrupted))
-                    .map_err(RecordError::Signals)?;
-                recorder.signal_ids.push(id);
-            }
-        }
         let dir = recorder.instance.as_ref().map(|i| i.dir().to_path_buf()).unwrap_or_default();
         for &cpu in &cpus {
             let path = dir.join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"));
@@ -497,7 +524,7 @@ impl Recorder {
     /// True once SIGINT/SIGTERM arrived (with `handle_signals`), the flight recorder wrote its
     /// last dump, or a reader thread ended early (an error, or a panic).
     pub fn should_stop(&self) -> bool {
-        self.interrupted.load(Ordering::Relaxed)
+        self.signals.interrupted()
             || self.shared.flight_done.load(Ordering::Relaxed)
             || self.readers.iter().any(|(_, h)| h.is_finished())
             || self.consumer.as_ref().is_some_and(JoinHandle::is_finished)
@@ -653,9 +680,6 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        for id in self.signal_ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
         if let Some(instance) = &self.instance {
             instance.stop_tracing();
         }
