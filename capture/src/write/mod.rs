@@ -139,11 +139,14 @@ pub struct WriterOptions {
     pub level: i32,
     /// Pages per compressed chunk (trace-cmd's `PAGES_IN_CHUNK` is 10).
     pub pages_per_chunk: usize,
+    /// The most bytes a gap chunk may span before the idle CPU's list is re-linked by an empty
+    /// chunk at the next checkpoint (gap sizes are 32-bit; keep well below 4 GiB).
+    pub max_gap: u32,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { level: 1, pages_per_chunk: 10 }
+        Self { level: 1, pages_per_chunk: 10, max_gap: 1 << 30 }
     }
 }
 
@@ -450,6 +453,7 @@ impl TraceDatWriter {
         self.summary.raw_bytes += u64::from(page_size);
         if stream.pending.len() >= page_size as usize * self.opts.pages_per_chunk {
             self.flush_chunk(cpu as usize)?;
+            self.relink_idle_cpus()?;
         }
         Ok(())
     }
@@ -464,9 +468,18 @@ impl TraceDatWriter {
             .compressor
             .compress(&pending)
             .map_err(|source| WriteError::Compress { what: "CPU data", source })?;
-        let zsize = u32_len(frame.len(), "compressed chunk")?;
         let usize_ = u32_len(pending.len(), "chunk")?;
+        self.append_chunk(cpu, usize_, &frame)?;
+        let mut pending = pending;
+        pending.clear();
+        self.cpus[cpu].pending = pending;
+        Ok(())
+    }
 
+    /// Appends one chunk of `cpu` (and the gap placeholder after it), and closes the previous
+    /// gap of that CPU over everything written since.
+    fn append_chunk(&mut self, cpu: usize, usize_: u32, frame: &[u8]) -> Result<(), WriteError> {
+        let zsize = u32_len(frame.len(), "compressed chunk")?;
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         if self.cpus[cpu].head.is_none() {
@@ -480,20 +493,19 @@ impl TraceDatWriter {
         let chunk_at = self.pos + out.len() as u64;
         put32(&mut out, zsize);
         put32(&mut out, usize_);
-        out.extend_from_slice(&frame);
+        out.extend_from_slice(frame);
         let data_end = self.pos + out.len() as u64;
         out.extend_from_slice(&GAP_PLACEHOLDER);
         self.append(&out)?;
         self.scratch = out;
-        let mut pending = pending;
-        pending.clear();
-        self.cpus[cpu].pending = pending;
 
         if let Some(gap_at) = self.cpus[cpu].gap_at {
             // The previous gap now spans [gap_at, chunk_at): a skippable frame over it.
             let span = chunk_at - gap_at;
-            let gap_zsize = u32::try_from(span - 8)
-                .map_err(|_| WriteError::TooLarge { what: "gap", len: usize::MAX })?;
+            let gap_zsize = u32::try_from(span - 8).map_err(|_| WriteError::TooLarge {
+                what: "gap",
+                len: usize::try_from(span).unwrap_or(usize::MAX),
+            })?;
             let mut g = Vec::with_capacity(16);
             put32(&mut g, gap_zsize);
             put32(&mut g, 0);
@@ -509,6 +521,22 @@ impl TraceDatWriter {
         Ok(())
     }
 
+    /// Gap sizes are 32-bit: a CPU that stays idle while others write `max_gap` bytes gets an
+    /// empty chunk (an empty skippable frame, 24 bytes with its gap) to re-link its list.
+    fn relink_idle_cpus(&mut self) -> Result<(), WriteError> {
+        for cpu in 0..self.cpus.len() {
+            if let Some(gap_at) = self.cpus[cpu].gap_at
+                && self.pos - gap_at > u64::from(self.opts.max_gap)
+            {
+                let mut empty = Vec::with_capacity(8);
+                put32(&mut empty, ZSTD_SKIPPABLE_MAGIC);
+                put32(&mut empty, 0);
+                self.append_chunk(cpu, 0, &empty)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Commits everything written so far: a reader of the file (even if this process is killed
     /// right after) sees all pages given before this call. `cmdlines` (the `saved_cmdlines`
     /// text) replaces the stored pid→comm table when given.
@@ -520,6 +548,7 @@ impl TraceDatWriter {
         for cpu in 0..self.cpus.len() {
             self.flush_chunk(cpu)?;
         }
+        self.relink_idle_cpus()?;
         for cpu in 0..self.cpus.len() {
             let stream = &self.cpus[cpu];
             if let Some(head) = stream.head

@@ -322,3 +322,35 @@ fn vmxray_reader_reads_the_written_events() {
         crate::EventKind::KvmUserspaceExit { reason, .. } if reason == crate::codes::UserspaceExitReason::IO
     )));
 }
+
+/// A CPU idle while another writes more than `max_gap` bytes gets empty chunks that keep its
+/// gaps below the limit; readers still see exactly its pages.
+#[test]
+fn idle_cpus_are_relinked_by_empty_chunks() {
+    let path = tmp("relink.dat");
+    let opts = WriterOptions { max_gap: 3000, ..WriterOptions::default() };
+    let mut w = TraceDatWriter::create(&path, test_metadata(2), opts).unwrap();
+    let (p0, s0) = pages_for_cpu(0, 60, 150, 1_000_000_000);
+    let (p1, s1) = pages_for_cpu(1, 1, 10, 1_000_000_100);
+    w.write_page(1, &p1[0]).unwrap();
+    w.checkpoint(None).unwrap();
+    for page in &p0 {
+        w.write_page(0, page).unwrap();
+    }
+    w.finish(None, &[]).unwrap();
+    let (streams, _) = walk(&path);
+    assert_eq!(streams[&0], p0.concat());
+    assert_eq!(streams[&1], p1.concat());
+    let b = std::fs::read(&path).unwrap();
+    let head1 = (0..b.len() - 4).step_by(4096).find(|&at| {
+        u32_at(&b, at) >= 3 && u32_at(&b, at + 8) == 4096 // count, then {zsize, usize = page}
+    });
+    assert!(head1.is_some(), "CPU 1's list has empty chunks re-linking it");
+    let reader = crate::open(&path, crate::ReadOptions::default()).unwrap();
+    assert_eq!(reader.filter(Result::is_ok).count(), s0.len() + s1.len());
+    if Command::new("trace-cmd").arg("--version").output().is_ok() {
+        let out = Command::new("trace-cmd").arg("report").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("kvm_userspace_exit").count(), s0.len() + s1.len());
+    }
+}
