@@ -27,9 +27,6 @@ struct GuestMemory {
     host: *mut u8,
 }
 
-// SAFETY: the mapping is plain memory owned by `GuestMemory` for its whole life; the pointer is
-// only dereferenced through `write`, which bounds-checks, so moving it across threads is sound.
-unsafe impl Send for GuestMemory {}
 
 impl GuestMemory {
     fn new() -> Result<Self, LabError> {
