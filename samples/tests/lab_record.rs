@@ -388,7 +388,7 @@ fn flight_recorder_rearms_until_max_dumps() {
         let mut vm = lab::build(Scenario::TripleFault).unwrap();
         lab::run(Scenario::TripleFault, &mut vm).unwrap();
         // Let the dump's drain window pass before the next fault.
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_millis(1000));
     }
     recorder.wait(Some(Duration::from_millis(100)), || false);
     let report = recorder.finish().unwrap();
