@@ -104,7 +104,11 @@ fn trace_cmd_events(path: &Path) -> Option<Vec<(u64, u32, i32, String)>> {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut events = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with("cpus=") && !l.trim().is_empty()) {
+    // Skip the header and the "CPU:0 [N EVENTS DROPPED]" markers (compared separately).
+    let lines = text.lines().filter(|l| {
+        !l.starts_with("cpus=") && !l.trim().is_empty() && !l.trim_start().starts_with("CPU:")
+    });
+    for line in lines {
         // "<comm>-<pid> [<cpu>] <sec>.<nsec>: <event>: <body>"
         let open = line.find(" [").unwrap();
         let close = open + line[open..].find("] ").unwrap();
@@ -447,4 +451,38 @@ fn sigkill_leaves_a_file_readable_up_to_its_last_checkpoint() {
     let report = recorder.finish().unwrap();
     assert!(report.stale_instances_removed.contains(&instance), "{report:?}");
     assert!(!instances().contains(&instance));
+}
+
+/// With a tiny kernel buffer and every event on, the kernel overwrites events; whatever was
+/// lost is flagged in the pages the file holds (the reader counts the same markers the
+/// recorder saw) and stored as CPUSTAT.
+#[test]
+fn lost_events_are_flagged_in_the_file_and_counted() {
+    require_lab!();
+    let path = out_dir().join("lost.dat");
+    let mut opts = RecordOptions::new(path.clone());
+    opts.profile = vmxray_capture::record::Profile::All;
+    opts.buffer_size_kb = Some(8);
+    let run = lab::record(Scenario::IoLoop(20_000), opts).unwrap();
+    let mut reader = vmxray_capture::open(&path, ReadOptions::default()).unwrap();
+    for e in reader.by_ref() {
+        e.unwrap();
+    }
+    for cpu in &run.report.cpus {
+        let seen = reader.stats().lost.get(&cpu.cpu).copied().unwrap_or_default();
+        assert_eq!(seen.markers, cpu.lost_marks, "CPU {}", cpu.cpu);
+        assert_eq!(seen.events, cpu.lost_in_pages, "CPU {}", cpu.cpu);
+        assert!(cpu.stats.text.contains("overrun:"), "stats read at the end");
+    }
+    eprintln!(
+        "lost: {} events by the stats, {} pages flagged",
+        run.report.lost_events(),
+        run.report.cpus.iter().map(|c| c.lost_marks).sum::<u64>()
+    );
+    assert_trace_cmd_agrees(&path);
+    if let Ok(out) = Command::new("trace-cmd").arg("report").arg(&path).output() {
+        let dropped = String::from_utf8_lossy(&out.stdout).matches("EVENTS DROPPED]").count();
+        let marks: u64 = run.report.cpus.iter().map(|c| c.lost_marks).sum();
+        assert_eq!(dropped as u64, marks, "trace-cmd shows one DROPPED line per flagged page");
+    }
 }

@@ -27,7 +27,6 @@ struct GuestMemory {
     host: *mut u8,
 }
 
-
 impl GuestMemory {
     fn new() -> Result<Self, LabError> {
         // SAFETY: an anonymous mapping with no address hint has no preconditions; the result
