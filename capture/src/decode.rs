@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::bin_util::Endian;
 use crate::event::{Comm, Event, EventKind, OtherEvent};
 use crate::fields::{FieldValue, Fields};
-use crate::format::{EventFormats, PageLayout, RecordError};
+use crate::format::{EventFormat, EventFormats, PageLayout, Record, RecordError};
 use crate::merge::Batch;
 use crate::page::{PageItem, PageStream};
 use crate::reader::{Location, ReadError};
@@ -42,13 +43,55 @@ pub(crate) struct DecodeCtx {
 /// The comms of one batch. Each batch gets its own `Arc` per comm, so the decoding thread and
 /// the consuming thread never bump the same reference count at the same time (a shared count
 /// would bounce its cache line between cores on every event).
+///
+/// Likewise, events the vocabulary does not type get batch-local copies of their system, name
+/// and field-name `Arc`s.
 #[derive(Default)]
 pub(crate) struct CommCache {
     last: Option<(i32, Option<Comm>)>,
     local: HashMap<i32, Option<Comm>>,
+    names: HashMap<u32, OtherNames>,
+}
+
+/// Batch-local names of one untyped event.
+struct OtherNames {
+    system: Arc<str>,
+    name: Arc<str>,
+    fields: Vec<Option<Arc<str>>>,
 }
 
 impl CommCache {
+    /// An untyped event with every non-common field, named through the batch-local `Arc`s.
+    pub(crate) fn other(
+        &mut self,
+        format: &EventFormat,
+        payload: &[u8],
+        endian: Endian,
+    ) -> EventKind {
+        let names = self.names.entry(format.id).or_insert_with(|| OtherNames {
+            system: Arc::from(&*format.system),
+            name: Arc::from(&*format.name),
+            fields: format
+                .fields
+                .iter()
+                .map(|f| (!f.is_common()).then(|| Arc::from(&*f.name)))
+                .collect(),
+        });
+        let mut fields = Fields(Vec::with_capacity(format.fields.len()));
+        for (f, name) in format.fields.iter().zip(&names.fields) {
+            if let Some(name) = name
+                && let Some(v) = f.value(payload, endian)
+            {
+                fields.0.push((Arc::clone(name), v));
+            }
+        }
+        EventKind::Other(Box::new(OtherEvent {
+            system: Arc::clone(&names.system),
+            name: Arc::clone(&names.name),
+            fields,
+        }))
+    }
+
     #[inline]
     pub(crate) fn get(&mut self, comms: &HashMap<i32, Comm>, pid: i32) -> Option<Comm> {
         if let Some((p, c)) = &self.last
@@ -95,13 +138,18 @@ impl DecodeCtx {
         batch: &mut Batch,
     ) -> Result<Event, RecordError> {
         let pid = self.formats.pid(payload).ok_or(RecordError::TooShort)?;
-        let kind = match self.formats.decode(payload) {
-            Ok(kind) => kind,
-            Err(RecordError::UnknownId(id)) => {
+        let id = self.formats.event_id(payload).ok_or(RecordError::TooShort)?;
+        let kind = match self.formats.get(id) {
+            Some(format) => match format.known {
+                Some(known) => known
+                    .decode(&Record::new(format, payload, self.formats.endian()))
+                    .map_err(RecordError::Decode)?,
+                None => cache.other(format, payload, self.formats.endian()),
+            },
+            None => {
                 *batch.unknown.entry(format!("id {id}")).or_default() += 1;
                 unknown_event(id, payload)
             }
-            Err(e) => return Err(e),
         };
         Ok(Event { ts, cpu, pid, comm: cache.get(&self.comms, pid), kind })
     }
@@ -115,15 +163,15 @@ impl DecodeCtx {
                 Ok(s) => match s.item {
                     PageItem::Event { ts, payload, offset } => {
                         match self.record(cpu, ts, payload, &mut cache, batch) {
-                            Ok(ev) => batch.items.push(Ok(ev)),
-                            Err(e) => batch.items.push(Err(ReadError::new(
+                            Ok(ev) => batch.items.push_back(Ok(ev)),
+                            Err(e) => batch.items.push_back(Err(ReadError::new(
                                 &self.input,
                                 base.at(cpu, s.page_offset + offset as u64),
                                 e,
                             ))),
                         }
                     }
-                    PageItem::Lost { ts, count } => batch.items.push(Ok(Event {
+                    PageItem::Lost { ts, count } => batch.items.push_back(Ok(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -131,7 +179,7 @@ impl DecodeCtx {
                         kind: EventKind::Lost { count },
                     })),
                 },
-                Err(e) => batch.items.push(Err(ReadError::new(
+                Err(e) => batch.items.push_back(Err(ReadError::new(
                     &self.input,
                     base.at(cpu, e.offset),
                     e.error,

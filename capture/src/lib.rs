@@ -27,6 +27,31 @@
 
 #![forbid(unsafe_code)]
 
+//! ## Binary readers
+//!
+//! [`open`] recognizes trace.dat and perf.data by their magic and copied tracefs trees by their
+//! layout; each reader is also usable directly:
+//!
+//! - [`format`]: format files, `header_page`/`header_event`, format-driven field decoding
+//!   ([`format::EventFormats`], [`format::Record`] implements [`FieldLookup`]);
+//! - [`page`]: ring-buffer pages ([`page::PageRecords`], [`page::PageStream`],
+//!   [`page::PageBuilder`] for tests);
+//! - [`tracefs`]: a copied tracefs tree with `trace_pipe_raw` dumps ([`tracefs::TracefsReader`]);
+//! - [`tracedat`]: trace.dat v6/v7, every buffer ([`tracedat::TraceDat::events`]);
+//! - [`perfdata`]: perf.data tracepoint samples ([`perfdata::PerfDataReader`]).
+//!
+//! ```
+//! use std::path::Path;
+//! use vmxray_capture::{EventKind, ReadOptions, open};
+//!
+//! let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real/tracedat/lm-v7-zstd.dat");
+//! let mut reader = open(&file, ReadOptions::default()).unwrap();
+//! let pio = reader.by_ref().filter_map(Result::ok).filter(|e| matches!(e.kind, EventKind::KvmPio { .. })).count();
+//! assert!(pio > 0);
+//! assert_eq!(reader.meta().kernel.as_deref(), Some("6.18.44-fc-v669"));
+//! assert!(reader.stats().is_clean());
+//! ```
+
 pub mod bin_util;
 pub mod codes;
 mod decode;

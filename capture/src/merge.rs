@@ -22,13 +22,40 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::event::{Event, EventKind};
 use crate::reader::{ReadError, ReadStats};
 
+/// A decoded item: an event or a problem.
+pub(crate) type Item = Result<Event, ReadError>;
+
 /// One decoded chunk of a CPU's stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Batch {
     /// Events and problems, in stream order.
-    pub items: Vec<Result<Event, ReadError>>,
+    pub items: VecDeque<Item>,
     /// Records whose id no format describes, by id.
     pub unknown: BTreeMap<String, u64>,
+}
+
+/// Emptied batch buffers, reused so that each chunk does not allocate (and page-fault) a
+/// fresh few hundred KiB.
+static RECYCLED: Mutex<Vec<VecDeque<Item>>> = Mutex::new(Vec::new());
+const RECYCLED_MAX: usize = 16;
+
+impl Default for Batch {
+    fn default() -> Self {
+        let items = RECYCLED.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
+        Self { items, unknown: BTreeMap::new() }
+    }
+}
+
+fn recycle(mut items: VecDeque<Item>) {
+    items.clear();
+    if items.capacity() == 0 {
+        return;
+    }
+    if let Ok(mut v) = RECYCLED.lock()
+        && v.len() < RECYCLED_MAX
+    {
+        v.push(items);
+    }
 }
 
 /// One unit of a CPU's work: decodes a chunk into a batch. Independent of the other units of
@@ -105,7 +132,7 @@ struct Lane {
     cpu: u32,
     jobs: Jobs,
     slots: VecDeque<Arc<Slot>>,
-    batch: std::vec::IntoIter<Result<Event, ReadError>>,
+    batch: VecDeque<Item>,
     last_ts: u64,
 }
 
@@ -128,14 +155,14 @@ impl Lane {
     /// Makes sure the batch has a next item, refilling from the jobs when it is empty;
     /// false when the lane is exhausted.
     fn refill(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
-        while self.batch.as_slice().is_empty() {
+        while self.batch.is_empty() {
             self.fill_slots(parallel);
             let Some(slot) = self.slots.pop_front() else { return false };
             let batch = slot.take();
             for (k, n) in batch.unknown {
                 *stats.unknown_events.entry(k).or_default() += n;
             }
-            self.batch = batch.items.into_iter();
+            recycle(std::mem::replace(&mut self.batch, batch.items));
             self.fill_slots(parallel);
         }
         true
@@ -145,7 +172,7 @@ impl Lane {
     /// so they surface where they occurred) and the CPU.
     #[inline]
     fn key(&self) -> Option<(u64, u32)> {
-        match self.batch.as_slice().first()? {
+        match self.batch.front()? {
             Ok(ev) => Some((ev.ts, self.cpu)),
             Err(_) => Some((self.last_ts, self.cpu)),
         }
@@ -180,7 +207,7 @@ impl Merger {
                 cpu,
                 jobs,
                 slots: VecDeque::new(),
-                batch: Vec::new().into_iter(),
+                batch: VecDeque::new(),
                 last_ts: 0,
             })
             .collect();
@@ -226,7 +253,7 @@ impl Merger {
             let i = self.pick(stats)?;
             self.current = Some(i);
             let lane = self.lanes.get_mut(i)?;
-            match lane.batch.next()? {
+            match lane.batch.pop_front()? {
                 Ok(ev) => {
                     lane.last_ts = ev.ts;
                     if let EventKind::Lost { count } = ev.kind {

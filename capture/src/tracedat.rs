@@ -1027,7 +1027,7 @@ impl TraceDat {
                 };
                 ctx.decode_pages(w.cpu, &pages, base, &mut batch);
                 if w.usize.is_none() && (pages.len() as u64) < w.len {
-                    batch.items.push(Err(self.err(
+                    batch.items.push_back(Err(self.err(
                         Location::Offset(w.file_offset + pages.len() as u64),
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
@@ -1038,7 +1038,7 @@ impl TraceDat {
                     }
                 }
             }
-            Err((at, e)) => batch.items.push(Err(self.err(at, e))),
+            Err((at, e)) => batch.items.push_back(Err(self.err(at, e))),
         }
         scratch.pages = pages;
         batch
@@ -1156,5 +1156,39 @@ impl EventReader for TraceDatReader {
     }
     fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn zlib_and_zstd_blocks_decompress_to_their_stated_size() {
+        let data: Vec<u8> = (0..40960u32).map(|i| (i % 251) as u8).collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        let zlib = z.finish().unwrap();
+        let mut out = Vec::new();
+        Compression::Zlib.decompress_into(&zlib, data.len() as u64, &mut out, None).unwrap();
+        assert_eq!(out, data);
+        let err = Compression::Zlib.decompress_into(&zlib, 100, &mut out, None).unwrap_err();
+        assert!(matches!(err, TraceDatError::SizeMismatch { .. }));
+        // trace-cmd's zstd frames carry no content size: the chunk header gives it.
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_contentsize(false).unwrap();
+        let frame = c.compress(&data).unwrap();
+        Compression::Zstd.decompress_into(&frame, data.len() as u64, &mut out, None).unwrap();
+        assert_eq!(out, data);
+        assert!(Compression::Zstd.decompress_into(&frame[..10], 40960, &mut out, None).is_err());
+    }
+
+    #[test]
+    fn c_integers_of_date_and_offset_options() {
+        assert_eq!(parse_c_i64(b"0x10\0"), Some(16));
+        assert_eq!(parse_c_i64(b"-25"), Some(-25));
+        assert_eq!(parse_c_i64(b"junk"), None);
     }
 }

@@ -234,3 +234,64 @@ proptest! {
         for _ in PageStream::new(&l, &page, 0) {}
     }
 }
+
+/// Appends an OPTIONS section with a second BUFFER option (instance `inst`, same CPU data) to a
+/// v7 file, chained from the last DONE: the reader must expose both buffers.
+#[test]
+fn v7_instances_are_exposed_as_buffers() {
+    let mut b = std::fs::read(common::samples("tracedat").join("lm-v7-none.dat")).unwrap();
+    let u16at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+    let u32at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    // magic(10) "7\0" endian longsize pagesize(4) "none\0" "\0" then the first OPTIONS offset.
+    let mut p = 10 + 2 + 1 + 1 + 4;
+    p += b[p..].iter().position(|c| *c == 0).unwrap() + 1;
+    p += b[p..].iter().position(|c| *c == 0).unwrap() + 1;
+    let mut section = u64at(&b, p) as usize;
+    let (done_at, buffer_opt) = loop {
+        let size = u64at(&b, section + 8) as usize;
+        let mut q = section + 16;
+        let mut buffer = None;
+        let mut done = None;
+        while q < section + 16 + size {
+            let (id, len) = (u16at(&b, q), u32at(&b, q + 2) as usize);
+            if id == 3 {
+                buffer = Some(b[q + 6..q + 6 + len].to_vec());
+            }
+            if id == 0 {
+                done = Some(q + 6);
+                break;
+            }
+            q += 6 + len;
+        }
+        let done = done.unwrap();
+        match u64at(&b, done) {
+            0 => break (done, buffer.unwrap()),
+            next => section = next as usize,
+        }
+    };
+    // The copy: same section pointer, name "inst", same clock, page size and CPU list.
+    let mut opt = buffer_opt[..8].to_vec();
+    opt.extend_from_slice(b"inst");
+    opt.extend_from_slice(&buffer_opt[8..]);
+    let mut body = Vec::new();
+    body.extend_from_slice(&3u16.to_le_bytes());
+    body.extend_from_slice(&(opt.len() as u32).to_le_bytes());
+    body.extend_from_slice(&opt);
+    body.extend_from_slice(&0u16.to_le_bytes());
+    body.extend_from_slice(&8u32.to_le_bytes());
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let new_at = b.len() as u64;
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    b.extend_from_slice(&body);
+    b[done_at..done_at + 8].copy_from_slice(&new_at.to_le_bytes());
+    let td = Arc::new(TraceDat::from_bytes("t".into(), b).unwrap());
+    let names: Vec<&str> = td.buffers.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["", "inst"]);
+    let top = td.events(0, ReadOptions::default()).unwrap().count();
+    let inst = td.events(1, ReadOptions::default()).unwrap().count();
+    assert_eq!((top, inst), (62, 62));
+}
