@@ -236,6 +236,9 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+    /// `--pid` names no running process.
+    #[error("No process {0}")]
+    NoProcess(u32),
     /// None of the selected events exists.
     #[error("None of the selected events exists on this kernel (is the kvm module loaded?)")]
     NoEvents,
@@ -1071,6 +1074,9 @@ fn apply_task_filter(instance: &Instance, opts: &RecordOptions) -> Result<(), Re
     }
     let mut tids: Vec<String> = opts.threads.iter().map(ToString::to_string).collect();
     for pid in &opts.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(RecordError::NoProcess(*pid));
+        }
         tids.push(pid.to_string());
         tids.extend(list_dir(Path::new(&format!("/proc/{pid}/task"))));
     }
