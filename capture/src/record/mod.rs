@@ -950,6 +950,9 @@ impl Flight {
                     }
                 }
             }
+            // Commit the history at once: if the machine dies during the post-trigger window
+            // (the usual reason for a trigger), the file already holds everything before it.
+            writer.checkpoint(None)?;
             self.files.push(path);
             self.fired.push(fired);
             self.dump = Some(Dump {
