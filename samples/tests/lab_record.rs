@@ -445,12 +445,11 @@ fn sigkill_leaves_a_file_readable_up_to_its_last_checkpoint() {
     let events = read_events(&path);
     assert!(userspace_exits(&events).len() > 50, "events up to the last checkpoint");
     assert_trace_cmd_agrees(&path);
-    // SIGKILL cannot be caught: the instance stays until the next recording removes it.
-    assert!(instances().contains(&instance));
+    // SIGKILL cannot be caught: the instance stays until the next recording removes it (this
+    // one, or one of the tests running beside it).
     let recorder = Recorder::start(RecordOptions::new(out_dir().join("after-kill.dat"))).unwrap();
-    let report = recorder.finish().unwrap();
-    assert!(report.stale_instances_removed.contains(&instance), "{report:?}");
-    assert!(!instances().contains(&instance));
+    recorder.finish().unwrap();
+    assert!(!instances().contains(&instance), "stale instance {instance} not removed");
 }
 
 /// With a tiny kernel buffer and every event on, the kernel overwrites events; whatever was
