@@ -27,10 +27,11 @@ fn unavailable() -> Option<String> {
     if let Err(e) = Tracefs::find_or_mount() {
         return Some(format!("tracefs unavailable: {e}"));
     }
-    let probe = std::fs::create_dir(tracefs_root().join("instances/vmxray-probe-test"));
-    match probe {
+    // Named like a recorder's instance, so a stale one is removed like theirs.
+    let probe = tracefs_root().join(format!("instances/vmxray-{}-probe", std::process::id()));
+    match std::fs::create_dir(&probe) {
         Ok(()) => {
-            let _ = std::fs::remove_dir(tracefs_root().join("instances/vmxray-probe-test"));
+            let _ = std::fs::remove_dir(&probe);
             None
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
