@@ -379,7 +379,7 @@ impl PerfDataReader {
         let table = data_off.saturating_add(data_size);
         let mut feat = HashMap::new();
         for (k, bit) in features.iter().enumerate() {
-            *at = table + k as u64 * 16;
+            *at = table.saturating_add(k as u64 * 16);
             let s = src.exact(*at, 16, "feature section table")?;
             feat.insert(*bit, (e.u64(&s, 0).unwrap_or(0), e.u64(&s, 8).unwrap_or(0)));
         }
