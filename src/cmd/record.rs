@@ -11,13 +11,15 @@ use vmxray_capture::record::{
 
 /// Arguments of `vmxray record`.
 #[derive(clap::Args)]
-#[command(after_help = "The file is made consistent once a second: a recording killed with SIGKILL \
+#[command(
+    after_help = "The file is made consistent once a second: a recording killed with SIGKILL \
     keeps every event up to its last second (and leaves its tracefs instance, which the next \
     recording removes); SIGINT and SIGTERM stop it cleanly. Lost events are counted from the \
     pages and the per-CPU stats, stored in the file, and printed.\n\nExamples:\n  \
     vmxray record -o vm.dat --duration 10s\n  \
     vmxray record -o crash.dat --flight-recorder 4M --trigger shutdown --pid $(pidof qemu-system-x86_64)\n  \
-    vmxray record -o run.dat -- ./my-vmm --kernel bzImage")]
+    vmxray record -o run.dat -- ./my-vmm --kernel bzImage"
+)]
 pub struct Args {
     /// The trace.dat to write (v7, zstd). Created with mode 0600.
     #[arg(short, long, default_value = "trace.dat")]
