@@ -236,6 +236,9 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+    /// The output's directory does not exist.
+    #[error("No directory {0} for the output")]
+    OutputDir(PathBuf),
     /// `--pid` names no running process.
     #[error("No process {0}")]
     NoProcess(u32),
@@ -417,6 +420,13 @@ impl Recorder {
     pub fn start(opts: RecordOptions) -> Result<Self, RecordError> {
         // First: a signal during setup must not skip the cleanup either.
         let signals = SignalGuard::install(opts.handle_signals)?;
+        // A flight recorder creates its file only when the trigger fires: check now that it can.
+        if let Some(dir) = opts.output.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            return Err(RecordError::OutputDir(dir.to_path_buf()));
+        }
         let tracefs = Tracefs::find_or_mount()?;
         let stale = tracefs.remove_stale_instances();
         let instance = Instance::create(&tracefs)?;
