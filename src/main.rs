@@ -4,6 +4,8 @@
 //! Exit codes: 0 clean, 1 anomalies found (replay/triage/scan, like a linter), 2 usage or input
 //! error.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Command {
     Replay(cmd::replay::Args),
     /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
     Triage(cmd::triage::Args),
+    /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
+    Record(cmd::record::Args),
+    /// Run a tiny real guest on /dev/kvm while recording it.
+    Lab(cmd::lab::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Replay(args) => cmd::replay::run(args),
         Command::Triage(args) => cmd::triage::run(args),
+        Command::Record(args) => cmd::record::run(args),
+        Command::Lab(args) => cmd::lab::run(args),
     };
     match result {
         Ok(code) => code,

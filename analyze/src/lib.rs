@@ -128,5 +128,7 @@
 //! are empty when the group has none; `vcpu` is the id or `tid:N`. A trace without `kvm_exit`
 //! gives the header alone.
 
+#![forbid(unsafe_code)]
+
 pub mod histogram;
 pub mod stats;

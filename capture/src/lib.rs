@@ -19,6 +19,13 @@
 //! let kind = EventKind::decode("kvm", "kvm_exit", &f).unwrap();
 //! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
 //! ```
+//!
+//! Writing and recording: [`write::TraceDatWriter`] writes trace.dat v7 with zstd chunks from
+//! raw ring-buffer pages (readable while it is being written, see [`mod@write`]);
+//! [`record::Recorder`] (Linux) captures from a private tracefs instance into it, or keeps a
+//! flight recorder that writes only when a trigger fires.
+
+#![forbid(unsafe_code)]
 
 //! ## Binary readers
 //!
@@ -58,10 +65,14 @@ pub mod open;
 pub mod page;
 pub mod perfdata;
 pub mod reader;
+#[cfg(target_os = "linux")]
+pub mod record;
 pub mod render;
+pub mod testenv;
 pub mod text;
 pub mod tracedat;
 pub mod tracefs;
+pub mod write;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,

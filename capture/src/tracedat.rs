@@ -36,6 +36,9 @@ pub const MAGIC: &[u8] = b"\x17\x08\x44tracing";
 const PAGES_PER_BATCH: u64 = 16;
 /// Largest uncompressed chunk or section accepted (trace-cmd writes ≤ 10 pages per chunk).
 const MAX_UNCOMPRESSED: u64 = 1 << 30;
+/// Above this, a block is decompressed by streaming (memory follows the real output, not the
+/// size its header claims).
+const PREALLOCATE_MAX: u64 = 16 << 20;
 
 /// A trace.dat file is malformed or unsupported.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,13 @@ impl Compression {
         out.clear();
         match self {
             Self::None => out.extend_from_slice(data),
+            Self::Zstd if usize > PREALLOCATE_MAX => {
+                let dec = zstd::stream::read::Decoder::new(data)
+                    .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
+                dec.take(usize.saturating_add(1))
+                    .read_to_end(out)
+                    .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
+            }
             Self::Zstd => {
                 out.resize(n, 0);
                 let got = match zstd_ctx {
@@ -164,7 +174,7 @@ impl Compression {
                 out.truncate(got);
             }
             Self::Zlib => {
-                out.reserve(n);
+                out.reserve(n.min(to_usize(PREALLOCATE_MAX).unwrap_or(n)));
                 let mut dec = flate2::read::ZlibDecoder::new(data).take(usize.saturating_add(1));
                 dec.read_to_end(out)
                     .map_err(|source| TraceDatError::Decompress { algorithm: "zlib", source })?;
@@ -933,8 +943,11 @@ impl TraceDat {
         if !b.compressed {
             let step = u64::from(b.page_size.max(1)).saturating_mul(PAGES_PER_BATCH);
             let mut off = 0;
+            // Only what the file holds is split; a size past the end of the file becomes one
+            // last item that reads short and reports the truncation.
+            let present = d.size.min(self.src.len().saturating_sub(d.offset));
             while off < d.size {
-                let len = step.min(d.size - off);
+                let len = if off < present { step.min(present - off) } else { d.size - off };
                 out.push(Work {
                     cpu: d.cpu,
                     file_offset: d.offset.saturating_add(off),

@@ -37,6 +37,8 @@
 //! selects ([`checkpoints::Checkpoints`] does exactly that); [`Model::state`] exposes each
 //! vCPU's [`VcpuState`].
 
+#![forbid(unsafe_code)]
+
 pub mod anomaly;
 pub mod checkpoints;
 pub mod model;

@@ -24,3 +24,6 @@
 //! ```
 
 pub mod sim;
+
+#[cfg(target_os = "linux")]
+pub mod lab;

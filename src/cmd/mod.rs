@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 pub mod dump;
 pub mod input;
+pub mod lab;
+pub mod record;
 pub mod replay;
 pub mod simulate;
 pub mod stats;

@@ -1,0 +1,180 @@
+//! The one module of vmxray that uses `unsafe`: guest memory for KVM.
+//!
+//! A [`Vm`] owns an anonymous shared mapping registered as guest RAM at GPA 0 and a set of
+//! vCPUs in 64-bit long mode (identity-mapped 2 MiB page, flat segments), as the Python guests
+//! of `shared/tools/` set them up. Everything else (VM and vCPU ioctls) goes through rust-vmm's
+//! safe `kvm-ioctls`; the two unsafe operations are mapping/unmapping the memory and handing it
+//! to KVM, plus the byte copies into it.
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use super::LabError;
+
+/// Guest RAM size: one 2 MiB large page.
+pub const MEM_SIZE: usize = 0x20_0000;
+/// Where guest code is loaded and starts.
+pub const CODE_GPA: u64 = 0x1000;
+/// The PDPT every PML4 points to.
+pub const PDPT_GPA: u64 = 0x3000;
+/// The page directory mapping GPA 0..2 MiB with one large page.
+pub const PD_GPA: u64 = 0x4000;
+/// The initial PML4 (CR3).
+pub const PML4_GPA: u64 = 0x2000;
+
+/// Guest memory: an anonymous `MAP_SHARED` mapping of [`MEM_SIZE`] bytes.
+struct GuestMemory {
+    host: *mut u8,
+}
+
+impl GuestMemory {
+    fn new() -> Result<Self, LabError> {
+        // SAFETY: an anonymous mapping with no address hint has no preconditions; the result
+        // is checked against MAP_FAILED before use (mmap(2)).
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MEM_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if host == libc::MAP_FAILED {
+            return Err(LabError::Mmap(std::io::Error::last_os_error()));
+        }
+        Ok(Self { host: host.cast() })
+    }
+
+    /// Copies `bytes` to guest physical address `gpa`.
+    fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), LabError> {
+        let start = usize::try_from(gpa).map_err(|_| LabError::OutOfMemory { gpa })?;
+        if start.checked_add(bytes.len()).is_none_or(|end| end > MEM_SIZE) {
+            return Err(LabError::OutOfMemory { gpa });
+        }
+        // SAFETY: `start..start+len` lies inside the MEM_SIZE-byte mapping (checked above), the
+        // mapping lives as long as `self`, and `bytes` cannot overlap it (it is a Rust slice of
+        // our own memory). The guest may run concurrently; it only ever sees plain bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.host.add(start), bytes.len()) };
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: `host` came from mmap with MEM_SIZE and is unmapped once, here; KVM's memory
+        // slot is gone by now because `Vm` drops its VmFd (and vCPUs) before its memory.
+        unsafe { libc::munmap(self.host.cast(), MEM_SIZE) };
+    }
+}
+
+/// A tiny VM: 2 MiB of RAM, long mode, page tables at [`PML4_GPA`].
+pub struct Vm {
+    // Field order is drop order: vCPUs and the VM go before the memory they use.
+    vcpus: Vec<VcpuFd>,
+    vm: VmFd,
+    kvm: Kvm,
+    mem: GuestMemory,
+}
+
+impl Vm {
+    /// Creates the VM with its memory and the identity page tables.
+    pub fn new() -> Result<Self, LabError> {
+        let kvm = Kvm::new().map_err(|e| LabError::Kvm { op: "open /dev/kvm", source: e })?;
+        let vm = kvm.create_vm().map_err(|e| LabError::Kvm { op: "KVM_CREATE_VM", source: e })?;
+        let mem = GuestMemory::new()?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem.host as u64,
+        };
+        // SAFETY: the region describes exactly the mapping `mem` owns, which outlives the VM
+        // (field order above), as KVM_SET_USER_MEMORY_REGION requires (kvm-ioctls docs).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| LabError::Kvm { op: "KVM_SET_USER_MEMORY_REGION", source: e })?;
+        let vm = Self { vcpus: Vec::new(), vm, kvm, mem };
+        vm.write_u64(PML4_GPA, PDPT_GPA | 3)?;
+        vm.write_u64(PDPT_GPA, PD_GPA | 3)?;
+        vm.write_u64(PD_GPA, 0x83)?; // present, writable, 2 MiB page at 0
+        Ok(vm)
+    }
+
+    /// Writes bytes into guest memory.
+    pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), LabError> {
+        self.mem.write(gpa, bytes)
+    }
+
+    /// Writes a little-endian u64 into guest memory.
+    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<(), LabError> {
+        self.mem.write(gpa, &v.to_le_bytes())
+    }
+
+    /// Adds a PML4 at `gpa` that maps the same 2 MiB (another CR3 value for the same space).
+    pub fn add_pml4(&self, gpa: u64) -> Result<(), LabError> {
+        self.write_u64(gpa, PDPT_GPA | 3)
+    }
+
+    /// Adds a vCPU in long mode at `rip` with CR3 = [`PML4_GPA`] and the host's supported CPUID.
+    pub fn add_vcpu(&mut self, rip: u64) -> Result<usize, LabError> {
+        let id = self.vcpus.len();
+        let vcpu = self
+            .vm
+            .create_vcpu(id as u64)
+            .map_err(|e| LabError::Kvm { op: "KVM_CREATE_VCPU", source: e })?;
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| LabError::Kvm { op: "KVM_GET_SUPPORTED_CPUID", source: e })?;
+        vcpu.set_cpuid2(&cpuid).map_err(|e| LabError::Kvm { op: "KVM_SET_CPUID2", source: e })?;
+        let mut sregs =
+            vcpu.get_sregs().map_err(|e| LabError::Kvm { op: "KVM_GET_SREGS", source: e })?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 8,
+            type_: 11,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment { selector: 16, type_: 3, db: 1, l: 0, ..code };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+        sregs.cr3 = PML4_GPA;
+        sregs.cr4 = 0x20; // PAE
+        sregs.efer = 0x500; // LMA | LME
+        vcpu.set_sregs(&sregs).map_err(|e| LabError::Kvm { op: "KVM_SET_SREGS", source: e })?;
+        let mut regs =
+            vcpu.get_regs().map_err(|e| LabError::Kvm { op: "KVM_GET_REGS", source: e })?;
+        regs.rip = rip;
+        regs.rflags = 2;
+        regs.rsp = 0x10_0000;
+        vcpu.set_regs(&regs).map_err(|e| LabError::Kvm { op: "KVM_SET_REGS", source: e })?;
+        self.vcpus.push(vcpu);
+        Ok(id)
+    }
+
+    /// The vCPUs, to run them (each may be moved to its own thread with `split_vcpus`).
+    pub fn vcpu(&mut self, id: usize) -> Option<&mut VcpuFd> {
+        self.vcpus.get_mut(id)
+    }
+
+    /// All vCPUs at once, for running them in threads.
+    pub fn vcpus_mut(&mut self) -> &mut [VcpuFd] {
+        &mut self.vcpus
+    }
+}
