@@ -173,6 +173,11 @@ pub(crate) fn apply(
             }
             let load = RootLoad { gfn: page.gfn, role, created: *created, at };
             st.last_root = Some(load);
+            if role.guest_mode() {
+                st.l2_root = Some(load);
+            } else {
+                st.l1_root = Some(load);
+            }
             out.push(Transition::RootLoaded(load));
         }
         EventKind::KvmSmmTransition { entering, .. } => on_smm(st, *entering, at, out),
