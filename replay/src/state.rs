@@ -247,8 +247,8 @@ impl Vmcs12Store {
     }
 }
 
-/// How many L1 instructions of each kind exited so far on this vCPU. Rules compare snapshots
-/// ("was there a VMWRITE since this vmcs12 exited?") instead of keeping event lists.
+/// How many L1 instructions of each kind exited so far on this vCPU (wrapping). Rules compare
+/// snapshots ("was there a VMWRITE since this vmcs12 exited?") instead of keeping event lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     /// VMWRITE (25) exits in L1.
