@@ -173,7 +173,7 @@ rules! {
         "after INVEPT, or VMPTRLD/VMCLEAR that released the current vmcs12, the next nested-EPT L2 entry reacquires its guest_mmu root before the first L2 kvm_entry",
         "kvmmmu events showing guest_mmu root loads (shadow EPT), nested_ept=y entries, and an INVEPT/VMPTRLD/VMCLEAR exit in L1";
     /// §2.9, invariant 13.
-    InvvpidRootNotReacquired = "invvpid_root_not_reacquired", Error,
+    InvvpidRootNotReacquired = "invvpid_root_not_reacquired", Warning,
         "25b62c6274ed KVM: nVMX: Free only guest_mode (L2) roots on INVVPID w/o EPT",
         "with enable_ept=0, after an INVVPID exit in L1 the next L2 entry acquires a guest_mode root",
         "shadow paging (non-direct kvm_mmu_get_page roots in L1 and L2) and an INVVPID exit in L1";

@@ -247,8 +247,8 @@ impl Vmcs12Store {
     }
 }
 
-/// How many L1 instructions of each kind exited so far on this vCPU. Rules compare snapshots
-/// ("was there a VMWRITE since this vmcs12 exited?") instead of keeping event lists.
+/// How many L1 instructions of each kind exited so far on this vCPU (wrapping). Rules compare
+/// snapshots ("was there a VMWRITE since this vmcs12 exited?") instead of keeping event lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     /// VMWRITE (25) exits in L1.
@@ -369,6 +369,10 @@ pub struct VcpuState {
     pub counters: Counters,
     /// The latest root load.
     pub last_root: Option<RootLoad>,
+    /// The latest root loaded for L1 (role.guest_mode 0).
+    pub l1_root: Option<RootLoad>,
+    /// The latest root loaded for L2 (role.guest_mode 1: guest_mmu or L2 shadow/TDP roots).
+    pub l2_root: Option<RootLoad>,
     /// SMM.
     pub smm: SmmState,
     /// What an SMI from L2 stashed.
@@ -403,6 +407,8 @@ impl Default for VcpuState {
             awaiting_host_rip: None,
             counters: Counters::default(),
             last_root: None,
+            l1_root: None,
+            l2_root: None,
             smm: SmmState::Unknown,
             smm_stash: None,
             cr0: None,

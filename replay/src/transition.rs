@@ -173,6 +173,11 @@ pub(crate) fn apply(
             }
             let load = RootLoad { gfn: page.gfn, role, created: *created, at };
             st.last_root = Some(load);
+            if role.guest_mode() {
+                st.l2_root = Some(load);
+            } else {
+                st.l1_root = Some(load);
+            }
             out.push(Transition::RootLoaded(load));
         }
         EventKind::KvmSmmTransition { entering, .. } => on_smm(st, *entering, at, out),
@@ -224,7 +229,7 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     st.in_exit_handling = Some(true);
     let basic = info.reason.vmx_basic();
     if basic == Some(VmxBasicReason::VMFUNC) {
-        st.counters.vmfunc += 1;
+        st.counters.vmfunc = st.counters.vmfunc.wrapping_add(1);
     }
     // In L2 these instructions are reflected to L1 and change nothing of L0's nested state.
     if level == Some(Level::L2) {
@@ -240,18 +245,22 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     }
     let in_l1 = level == Some(Level::L1);
     match basic {
-        Some(VmxBasicReason::VMWRITE) => st.counters.vmwrite += 1,
+        Some(VmxBasicReason::VMWRITE) => st.counters.vmwrite = st.counters.vmwrite.wrapping_add(1),
         Some(VmxBasicReason::VMPTRLD) => {
-            st.counters.vmptrld += 1;
+            st.counters.vmptrld = st.counters.vmptrld.wrapping_add(1);
             st.current_vmptr = None;
         }
         Some(VmxBasicReason::VMCLEAR) => {
-            st.counters.vmclear += 1;
+            st.counters.vmclear = st.counters.vmclear.wrapping_add(1);
             st.current_vmptr = None;
             st.vmcs12.forget_launch_states();
         }
-        Some(VmxBasicReason::INVEPT) if in_l1 => st.counters.invept += 1,
-        Some(VmxBasicReason::INVVPID) if in_l1 => st.counters.invvpid += 1,
+        Some(VmxBasicReason::INVEPT) if in_l1 => {
+            st.counters.invept = st.counters.invept.wrapping_add(1)
+        }
+        Some(VmxBasicReason::INVVPID) if in_l1 => {
+            st.counters.invvpid = st.counters.invvpid.wrapping_add(1)
+        }
         Some(_) | None => {}
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! **KVM behaviour.** `nested_vmx_vmexit` → `load_vmcs12_host_state` loads RIP from
 //! vmcs12.HOST_RIP (vmx/nested.c); only the late VM-Fail path (`4f350c6dbcb9`) does not.
+//! HOST_RIP is not a shadowed field (`vmcs_shadow_fields.h`), so L1 cannot change it without a
+//! VMWRITE exit — unlike GUEST_RIP/GUEST_CR3, which a shadow VMCS lets L1 write silently.
 //!
 //! **Sequence matched** (HOST_RIP learned from the vmcs12's first exit):
 //! ```text

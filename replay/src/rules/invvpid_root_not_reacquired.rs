@@ -10,6 +10,8 @@
 //! [no kvm_mmu_get_page root with guest_mode=1]
 //! kvm_entry (L2)                                           → anomaly
 //! ```
+//! An INVVPID that VMfails (VPID 0, non-canonical address: error 28) frees nothing and leaves no
+//! event, hence *warning*.
 
 use vmxray_capture::codes::VmxBasicReason;
 use vmxray_capture::{ExitInfo, MmuPage, NestedVmenter};
@@ -57,7 +59,7 @@ pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State) {
         return;
     }
     ctx.checked(RULE);
-    ctx.report(RULE, Severity::Error, &[invvpid_at, vmenter_at], || {
+    ctx.report(RULE, Severity::Warning, &[invvpid_at, vmenter_at], || {
         "L2 entered after INVVPID without loading a guest_mode root: with enable_ept=0 INVVPID must free L2's shadow roots (25b62c6274ed)".to_owned()
     });
 }

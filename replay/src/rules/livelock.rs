@@ -88,7 +88,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     ctx.checked(RULE);
     st.exit_at = ctx.at;
     if st.key == Some(key) {
-        st.count += 1;
+        st.count = st.count.saturating_add(1);
     } else {
         *st = State {
             key: Some(key),
