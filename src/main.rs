@@ -38,6 +38,9 @@ enum Command {
     Record(cmd::record::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
     Lab(cmd::lab::Args),
+    /// Write any trace whose event formats are known (trace.dat, perf.data, tracefs copy) as
+    /// trace.dat v7 (zstd) for trace-cmd and KernelShark.
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Triage(args) => cmd::triage::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -270,6 +270,8 @@ pub struct EventFormat {
     pub fields: Vec<FieldFormat>,
     /// The `print fmt:` text.
     pub print_fmt: Box<str>,
+    /// The whole format file as read, so that a writer can store it unchanged.
+    pub text: Box<str>,
     /// The symbol tables found in the print fmt.
     pub symbols: Vec<SymbolTable>,
     /// The vocabulary's classification, computed once.
@@ -348,6 +350,7 @@ impl EventFormat {
             name: name.into(),
             fields,
             print_fmt: print_fmt.into(),
+            text: text.into(),
             symbols: parse_symbol_tables(print_fmt),
             known,
             plan: Vec::new(),

@@ -54,6 +54,7 @@
 
 pub mod bin_util;
 pub mod codes;
+pub mod convert;
 mod decode;
 pub mod event;
 pub mod fields;

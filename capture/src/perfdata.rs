@@ -28,7 +28,7 @@ use crate::reader::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
-use crate::tracedat::{MAGIC as TRACING_MAGIC, TraceDat};
+use crate::tracedat::{MAGIC as TRACING_MAGIC, SavedTexts, TraceDat};
 
 /// A perf.data file is malformed or unsupported.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +242,7 @@ pub struct PerfDataReader {
     finished: bool,
     failed: bool,
     keep_raw: bool,
+    tracing_texts: SavedTexts,
 }
 
 #[derive(Debug)]
@@ -429,7 +430,8 @@ impl PerfDataReader {
             by_id,
             formats: Arc::new(v6.formats),
             comms: HashMap::new(),
-            fallback_comms: Arc::new(parse_cmdlines(&v6.cmdlines)),
+            fallback_comms: Arc::new(parse_cmdlines(&v6.texts.cmdlines)),
+            tracing_texts: v6.texts,
             pos: data_off,
             end,
             window: Vec::new(),
@@ -745,6 +747,11 @@ impl PerfDataReader {
     /// The tracepoint formats saved in the file's tracing data.
     pub fn formats(&self) -> &Arc<EventFormats> {
         &self.formats
+    }
+
+    /// The header_page/header_event, printk and cmdlines texts of the file's tracing data.
+    pub fn tracing_texts(&self) -> &SavedTexts {
+        &self.tracing_texts
     }
 
     /// The next event with its raw tracepoint record (when [`PerfDataReader::keep_raw`] is on

@@ -358,6 +358,22 @@ pub struct TraceDat {
     pub tsc2nsec: Option<(u32, u32, u64)>,
     /// The saved buffers; the top instance first when present.
     pub buffers: Vec<BufferInfo>,
+    /// The texts stored beside the formats, verbatim (for writing the trace again).
+    pub texts: SavedTexts,
+}
+
+/// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
+/// kept verbatim so that a converter writes them unchanged. kallsyms is not kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedTexts {
+    /// `events/header_page`.
+    pub header_page: Vec<u8>,
+    /// `events/header_event`.
+    pub header_event: Vec<u8>,
+    /// `printk_formats`.
+    pub printk: Vec<u8>,
+    /// `saved_cmdlines`.
+    pub cmdlines: Vec<u8>,
 }
 
 /// Option ids (trace-cmd.h `enum tracecmd_file_options`).
@@ -375,6 +391,7 @@ mod opt {
     pub const HEADER_INFO: u16 = 16;
     pub const FTRACE_EVENTS: u16 = 17;
     pub const EVENT_FORMATS: u16 = 18;
+    pub const PRINTK: u16 = 20;
     pub const CMDLINES: u16 = 21;
 }
 
@@ -533,7 +550,7 @@ pub(crate) fn parse_formats(
 pub(crate) struct V6Meta {
     pub layout: PageLayout,
     pub formats: EventFormats,
-    pub cmdlines: Vec<u8>,
+    pub texts: SavedTexts,
 }
 
 impl TraceDat {
@@ -649,10 +666,11 @@ impl TraceDat {
         parse_formats(&ftrace, &events, endian, &mut formats)?;
         let kallsyms = seq.u32("kallsyms size")?;
         seq.pos += u64::from(kallsyms);
-        let printk = seq.u32("printk size")?;
-        seq.pos += u64::from(printk);
+        let printk_len = seq.u32("printk size")?;
+        let printk = seq.bytes(u64::from(printk_len), "printk formats")?;
         let cmdlines = seq.sized_u64("cmdlines")?;
-        Ok(V6Meta { layout, formats, cmdlines })
+        let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
+        Ok(V6Meta { layout, formats, texts })
     }
 
     fn parse_v6(
@@ -661,7 +679,7 @@ impl TraceDat {
         long_size: u32,
         page_size: u32,
     ) -> Result<Self, TraceDatError> {
-        let V6Meta { layout, formats, cmdlines } = Self::v6_items(seq, endian)?;
+        let V6Meta { layout, formats, texts } = Self::v6_items(seq, endian)?;
         let ncpus = seq.u32("cpu count")?;
         if ncpus > 1 << 16 {
             return Err(TraceDatError::Impossible { what: "cpu count", value: u64::from(ncpus) });
@@ -704,7 +722,7 @@ impl TraceDat {
             Compression::None,
             layout,
             formats,
-            &cmdlines,
+            texts,
             opts,
             Some(ncpus),
             buffers,
@@ -785,10 +803,14 @@ impl TraceDat {
         let ftrace = load(opt::FTRACE_EVENTS, "FTRACE_EVENTS").unwrap_or_else(|_| vec![0; 4]);
         let events = load(opt::EVENT_FORMATS, "EVENT_FORMATS")?;
         let cmdlines_sec = load(opt::CMDLINES, "CMDLINES").unwrap_or_default();
+        let printk_sec = load(opt::PRINTK, "PRINTK").unwrap_or_default();
         let mut formats = EventFormats::new(endian, layout.long_size());
         parse_formats(&ftrace, &events, endian, &mut formats)?;
         let mut c = Cursor::new(&cmdlines_sec, endian);
         let cmdlines = c.u64().and_then(|n| c.take_u64_len(n)).unwrap_or(&[]).to_vec();
+        let mut c = Cursor::new(&printk_sec, endian);
+        let printk = c.u32().and_then(|n| c.take_u64_len(u64::from(n))).unwrap_or(&[]).to_vec();
+        let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
         let mut buffers = Vec::new();
         for (section, mut b) in std::mem::take(&mut opts.buffers_v7) {
             seq.pos = section;
@@ -808,7 +830,7 @@ impl TraceDat {
             compression,
             layout,
             formats,
-            &cmdlines,
+            texts,
             opts,
             cpu_count,
             buffers,
@@ -850,7 +872,7 @@ impl TraceDat {
         compression: Compression,
         layout: PageLayout,
         formats: EventFormats,
-        cmdlines: &[u8],
+        texts: SavedTexts,
         opts: Options,
         cpu_count: Option<u32>,
         buffers: Vec<BufferInfo>,
@@ -866,7 +888,7 @@ impl TraceDat {
             compression,
             layout,
             formats: Arc::new(formats),
-            comms: Arc::new(parse_cmdlines(cmdlines)),
+            comms: Arc::new(parse_cmdlines(&texts.cmdlines)),
             clock: opts.clock.or(clock).unwrap_or(Clock::Local),
             uname: opts.uname,
             cpu_count: opts.cpu_count.or(cpu_count),
@@ -874,6 +896,7 @@ impl TraceDat {
             ts_offset: opts.ts_offset,
             tsc2nsec: opts.tsc2nsec,
             buffers,
+            texts,
         }
     }
 
@@ -909,6 +932,34 @@ impl TraceDat {
             }
         }
         Ok(out)
+    }
+
+    /// The page bytes of one CPU of a buffer, a chunk at a time (v7: one compressed chunk,
+    /// v6/none: up to 16 pages), each with its offset in the CPU's page stream, for tools that
+    /// copy pages without holding a whole CPU in memory.
+    pub fn cpu_chunks(
+        &self,
+        buffer: usize,
+        cpu: u32,
+    ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), ReadError>> + '_, ReadError> {
+        let b = self
+            .buffers
+            .get(buffer)
+            .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
+        let mut work = Vec::new();
+        for d in b.cpus.iter().filter(|d| d.cpu == cpu) {
+            work.extend(self.work(b, d).map_err(|(at, e)| self.err(at, e))?);
+        }
+        let mut scratch = Scratch::default();
+        Ok(work.into_iter().map(move |w| {
+            let mut buf = Vec::new();
+            self.load(&w, &mut buf, &mut scratch).map_err(|(at, e)| self.err(at, e))?;
+            if w.usize.is_none() && (buf.len() as u64) < w.len {
+                let at = Location::Offset(w.file_offset.saturating_add(buf.len() as u64));
+                return Err(self.err(at, TraceDatError::Truncated { expected: "CPU data" }));
+            }
+            Ok((w.stream_offset, buf))
+        }))
     }
 
     /// The compressed chunks of every CPU of a buffer as `(uncompressed size, bytes)`, for

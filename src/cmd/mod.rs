@@ -3,6 +3,7 @@
 use std::io;
 use std::process::ExitCode;
 
+pub mod convert;
 pub mod dump;
 pub mod input;
 pub mod lab;

@@ -1,0 +1,856 @@
+//! Converting any input whose event formats are known into trace.dat v7 (zstd), readable by
+//! `trace-cmd report` (3.1+), KernelShark and vmxray with the same events.
+//!
+//! ```text
+//!  trace.dat v6 / v7 (none, zlib, zstd) --pages, verbatim----------.
+//!  tracefs tree / *.bin page dumps      --pages, verbatim-----------+--> TraceDatWriter --> OUT.dat
+//!  perf.data (tracepoint samples)       --raw payloads -> PageBuilder'     (temp name, renamed
+//!  ftrace / report / perf script text   --> ConvertError::NoFormats          when complete)
+//! ```
+//!
+//! # What is lossless and what is re-encoded
+//!
+//! - **trace.dat and tracefs inputs hold ring-buffer pages**: every page of the top buffer is
+//!   copied byte for byte (record headers, TIME_EXTEND/TIME_STAMP records, discarded events,
+//!   the commit word with its missed-events flags and the stored lost count), only re-chunked
+//!   into zstd. The header_page/header_event texts, every format file, the printk formats and
+//!   the saved cmdlines are the input's own texts, stored unchanged, so trace-cmd decodes the
+//!   records exactly as it decodes the input. CPUSTAT (per-CPU `stats`) is carried over. One
+//!   exception: a trace.dat DATE/OFFSET timestamp offset is folded into each page's header
+//!   timestamp (the writer has no OFFSET option), so readers see the same times.
+//! - **perf.data holds raw tracepoint payloads** (`PERF_SAMPLE_RAW`, the same bytes the ring
+//!   buffer would hold, from `common_type`): they are re-encoded into pages with
+//!   [`PageBuilder`] per CPU, the way the kernel writes them — first event of a page at delta 0
+//!   with the full time in the page header, later ones as deltas, a TIME_EXTEND when a delta
+//!   exceeds 2^27−1, a new page when the next record would not fit. Payloads keep perf's
+//!   trailing pad bytes (at most 4; the format's offsets ignore them). The formats, header
+//!   texts and printk formats come from perf's TRACING_DATA. The pid a trace.dat reader shows
+//!   is `common_pid` from the payload (perf shows the sample's tid; they are the same thread).
+//! - **Comms** go to the cmdlines section: the input's own text for page inputs; for perf the
+//!   tracing data's cmdlines overridden by the comm each sampled pid had (a pid whose comm
+//!   changed during the capture keeps its last one: counted in
+//!   [`ConvertSummary::comm_changes`]).
+//! - **Clock** goes to TRACECLOCK (and the BUFFER option): the input buffer's clock; `perf`
+//!   for perf.data (`local_clock()`, the same base as ftrace's `local`).
+//! - **Lost events stay visible.** Page inputs keep their flags. perf's LOST records become
+//!   the missed-events flag of the next page of that CPU, with the count stored after the data
+//!   (`RB_MISSED_STORED`; a page is closed early to make room for it) and the page header
+//!   timestamp set to the LOST record's time, so readers report the loss at the same time and
+//!   CPU as perf did. No CPUSTAT is invented for perf.
+//!
+//! Not converted (and reported in the summary, not silently): `-B` instance buffers of a
+//! trace.dat (only the first buffer, the top instance when present, is written; the writer
+//! has one buffer), kallsyms (KVM events need no symbols), TSC2NSEC/GUEST/TIME_SHIFT options.
+//! Big-endian traces are refused (the writer writes little-endian files).
+//!
+//! # Errors and `--permissive`
+//!
+//! Every page is validated before it is written: walked record by record ([`PageRecords`])
+//! and every record decoded with its format, exactly what a strict read of the input would
+//! do. In strict mode the first problem stops the conversion with the reader's error (input,
+//! CPU and offset); with [`ConvertOptions::permissive`] the bad page (perf: the bad sample) is
+//! left out and counted in [`ReadStats::skipped`]. The output is written to a temporary name
+//! in the output's directory and renamed only when complete, so an error never leaves a
+//! half-written file behind; the file is mode 0600 like the recorder's.
+//!
+//! ```
+//! use std::path::Path;
+//! use vmxray_capture::convert::{ConvertOptions, convert};
+//!
+//! let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real");
+//! let out = std::env::temp_dir().join(format!("vmxray-doc-convert-{}.dat", std::process::id()));
+//! let summary = convert(&samples.join("perf/lm.perf.data"), &out, &ConvertOptions::default()).unwrap();
+//! assert_eq!(summary.stats.events, 62);
+//! let events = vmxray_capture::open(&out, Default::default()).unwrap().count();
+//! assert_eq!(events, 62);
+//! std::fs::remove_file(&out).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::bin_util::Endian;
+use crate::decode::parse_cmdlines;
+use crate::event::{Comm, EventKind};
+use crate::format::{EventFormats, PageLayout, RecordError};
+use crate::page::{PageBuilder, PageError, PageItem, PageRecords, TS_SHIFT};
+use crate::perfdata::PerfDataReader;
+use crate::reader::{
+    EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
+    TraceMeta, input_name, sniff_binary,
+};
+use crate::tracedat::{SavedTexts, TraceDat};
+use crate::tracefs::{TracefsError, TracefsInput, TracefsTree};
+use crate::write::{Metadata, TraceDatWriter, WriteError, WriteSummary, WriterOptions};
+
+/// How to convert.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvertOptions {
+    /// Leave out bad pages (perf: bad samples) and count them instead of stopping.
+    pub permissive: bool,
+    /// How the trace.dat is written.
+    pub writer: WriterOptions,
+}
+
+/// How the events reached the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Ring-buffer pages copied byte for byte (trace.dat, tracefs inputs).
+    PagesCopied,
+    /// Raw tracepoint payloads packed into new pages (perf.data).
+    PagesBuilt,
+}
+
+/// What a conversion did.
+#[derive(Debug)]
+pub struct ConvertSummary {
+    /// The input as its reader describes it.
+    pub meta: TraceMeta,
+    /// How the events were carried over.
+    pub method: Method,
+    /// Events, lost-event markers, skipped pages or samples, unknown event ids.
+    pub stats: ReadStats,
+    /// trace.dat buffers (`-B` instances) that were not converted, by name.
+    pub dropped_buffers: Vec<String>,
+    /// pids whose comm changed during the capture (perf; the last comm is kept).
+    pub comm_changes: u64,
+    /// What the writer wrote.
+    pub written: WriteSummary,
+}
+
+/// A conversion failed; nothing is left at the output path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// A text input: it has no format files, so records cannot be rebuilt.
+    #[error(
+        "{input}: {kind} carries no event format files, so its events cannot be written as \
+         binary records; convert the trace.dat, perf.data or tracefs copy it was made from"
+    )]
+    NoFormats {
+        /// The input.
+        input: Arc<str>,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A directory that is no tracefs tree.
+    #[error(
+        "{input}: not a tracefs tree (no events/header_page) nor page dumps beside a \
+         `tracefs/` tree"
+    )]
+    NotTracefs {
+        /// The input.
+        input: Arc<str>,
+    },
+    /// The input could not be read or is malformed (the error names the input and place).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The trace was written by a big-endian kernel.
+    #[error("{input}: big-endian trace data cannot be converted (the writer is little-endian)")]
+    BigEndian {
+        /// The input.
+        input: Arc<str>,
+    },
+    /// An event on a CPU beyond the trace's CPU count.
+    #[error("{input}: event on CPU {cpu}, but the trace has {cpus} CPUs")]
+    CpuOutOfRange {
+        /// The input.
+        input: Arc<str>,
+        /// The event's CPU.
+        cpu: u32,
+        /// The CPU count.
+        cpus: u32,
+    },
+    /// A record that does not fit in a page.
+    #[error("{input}: event at {ts} on CPU {cpu} needs {len} bytes, a page holds {capacity}")]
+    EventTooLarge {
+        /// The input.
+        input: Arc<str>,
+        /// The CPU.
+        cpu: u32,
+        /// Its timestamp.
+        ts: u64,
+        /// The record's length.
+        len: usize,
+        /// A page's data capacity.
+        capacity: usize,
+    },
+    /// Writing the output failed (the error names the file).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The complete output could not be moved to its name.
+    #[error("Cannot rename {from} to {to}")]
+    Rename {
+        /// The temporary file.
+        from: PathBuf,
+        /// The output.
+        to: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Converts `input` (`-` is stdin) into a trace.dat v7 at `output`.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    let tmp = temp_name(output);
+    let result = convert_into(input, &tmp, opts).and_then(|summary| {
+        std::fs::rename(&tmp, output).map_err(|source| ConvertError::Rename {
+            from: tmp.clone(),
+            to: output.to_owned(),
+            source,
+        })?;
+        Ok(summary)
+    });
+    if result.is_err() {
+        // Nothing half-written stays behind; the file may not exist yet.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `dir/.name.vmxray-convert-PID.tmp`: same directory (so the rename is atomic), hidden.
+fn temp_name(output: &Path) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = format!(".{name}.vmxray-convert-{}.tmp", std::process::id());
+    match output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(tmp),
+        _ => PathBuf::from(tmp),
+    }
+}
+
+fn convert_into(
+    input: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    let name = input_name(input);
+    let read_opts = ReadOptions { permissive: opts.permissive };
+    let io_err = |e| ReadError::new(&name, Location::Input, ReadErrorKind::Io(e));
+    if input.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        io::stdin().read_to_end(&mut bytes).map_err(io_err)?;
+        return match sniff_binary(&bytes) {
+            Some(InputFormat::TraceDat) => {
+                from_tracedat(&TraceDat::from_bytes(Arc::clone(&name), bytes)?, out, opts)
+            }
+            Some(InputFormat::PerfData) => {
+                let reader = PerfDataReader::from_bytes(Arc::clone(&name), bytes, read_opts)?;
+                from_perf(reader, out, opts)
+            }
+            Some(_) | None => Err(ConvertError::NoFormats { input: name, kind: "text input" }),
+        };
+    }
+    if input.is_dir() {
+        return match TracefsInput::locate(input) {
+            Some(found) => from_tracefs(&found, name, out, opts),
+            None => Err(ConvertError::NotTracefs { input: name }),
+        };
+    }
+    let mut prefix = Vec::with_capacity(16);
+    File::open(input).and_then(|f| f.take(16).read_to_end(&mut prefix)).map_err(io_err)?;
+    match sniff_binary(&prefix) {
+        Some(InputFormat::TraceDat) => from_tracedat(&TraceDat::open(input)?, out, opts),
+        Some(InputFormat::PerfData) => {
+            from_perf(PerfDataReader::open(input, read_opts)?, out, opts)
+        }
+        Some(_) | None => match TracefsInput::locate(input) {
+            Some(found) => from_tracefs(&found, name, out, opts),
+            None => Err(ConvertError::NoFormats { input: name, kind: text_kind(input) }),
+        },
+    }
+}
+
+/// Names a text input for the error (the text reader recognizes it from its lines).
+fn text_kind(input: &Path) -> &'static str {
+    let Ok(mut reader) = crate::open(input, ReadOptions { permissive: true }) else {
+        return "this input (not trace.dat, perf.data or a tracefs copy)";
+    };
+    let _ = reader.next();
+    match reader.meta().format {
+        InputFormat::FtraceText => "ftrace text",
+        InputFormat::TraceCmdText => "`trace-cmd report` text",
+        InputFormat::PerfScriptText => "`perf script` text",
+        InputFormat::TraceDat | InputFormat::PerfData | InputFormat::TracefsDir => "text",
+    }
+}
+
+/// The formats grouped as trace.dat stores them: the `ftrace` system apart, the others by
+/// system, each format file's own text.
+fn format_texts(formats: &EventFormats) -> (Vec<Vec<u8>>, Vec<(String, Vec<Vec<u8>>)>) {
+    let mut ftrace = Vec::new();
+    let mut systems: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for f in formats.iter() {
+        let text = f.text.as_bytes().to_vec();
+        if &*f.system == "ftrace" {
+            ftrace.push(text);
+        } else if let Some((_, list)) = systems.iter_mut().find(|(s, _)| **s == *f.system) {
+            list.push(text);
+        } else {
+            systems.push((f.system.to_string(), vec![text]));
+        }
+    }
+    (ftrace, systems)
+}
+
+fn metadata(
+    texts: &SavedTexts,
+    formats: &EventFormats,
+    page_size: u32,
+    clock: &str,
+    uname: Option<&str>,
+    cpus: u32,
+) -> Metadata {
+    let (ftrace_formats, event_formats) = format_texts(formats);
+    Metadata {
+        page_size,
+        header_page: texts.header_page.clone(),
+        header_event: texts.header_event.clone(),
+        ftrace_formats,
+        event_formats,
+        kallsyms: Vec::new(),
+        printk_formats: texts.printk.clone(),
+        trace_clock: format!("[{clock}]"),
+        uname: uname.unwrap_or_default().to_owned(),
+        version: format!("vmxray {} convert", env!("CARGO_PKG_VERSION")),
+        cpus: cpus.max(1),
+        trace_id: 0,
+    }
+}
+
+/// Validates pages against the layout and formats, and writes the good ones.
+struct PageSink<'a> {
+    input: Arc<str>,
+    layout: PageLayout,
+    formats: &'a EventFormats,
+    permissive: bool,
+    /// Added to each page's header timestamp (trace.dat DATE/OFFSET).
+    ts_offset: i64,
+    stats: ReadStats,
+    page: Vec<u8>,
+}
+
+impl PageSink<'_> {
+    /// Checks one page as a strict read would: the records walk, each decodes.
+    fn check(&self, page: &[u8]) -> Result<PageCounts, (usize, ReadErrorKind)> {
+        let mut counts = PageCounts::default();
+        let page_size = self.layout.page_size as usize;
+        if page.len() < page_size {
+            let e = PageError::Truncated { len: page_size, available: page.len() };
+            return Err((page.len(), e.into()));
+        }
+        let records = PageRecords::new(&self.layout, page).map_err(|e| (0, e.into()))?;
+        for item in records {
+            match item.map_err(|e| (e.page_offset(), e.clone().into()))? {
+                PageItem::Lost { count, .. } => counts.lost = Some(count),
+                PageItem::Event { payload, offset, .. } => match self.formats.decode(payload) {
+                    Ok(_) => counts.events += 1,
+                    Err(RecordError::UnknownId(id)) => {
+                        counts.events += 1;
+                        counts.unknown.push(id);
+                    }
+                    Err(e) => return Err((offset, e.into())),
+                },
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Writes `page` of `cpu` if it is sound; `at` locates its first byte for messages.
+    fn page(
+        &mut self,
+        writer: &mut TraceDatWriter,
+        cpu: u32,
+        page: &[u8],
+        at: impl Fn(usize) -> Location,
+    ) -> Result<(), ConvertError> {
+        match self.check(page) {
+            Ok(counts) => {
+                if let Some(count) = counts.lost {
+                    // Readers yield the marker as an event too.
+                    self.stats.note_lost(cpu, count);
+                    self.stats.events += 1;
+                }
+                self.stats.events += counts.events;
+                for id in counts.unknown {
+                    *self.stats.unknown_events.entry(format!("id {id}")).or_default() += 1;
+                }
+                if self.ts_offset == 0 {
+                    writer.write_page(cpu, page)?;
+                } else {
+                    self.page.clear();
+                    self.page.extend_from_slice(page);
+                    let e = self.layout.endian;
+                    let at = self.layout.timestamp_offset as usize;
+                    let ts = e.u64(&self.page, at).unwrap_or(0).wrapping_add_signed(self.ts_offset);
+                    if let Some(slot) = self.page.get_mut(at..at + 8) {
+                        slot.copy_from_slice(&e.put_u64(ts));
+                    }
+                    writer.write_page(cpu, &self.page)?;
+                }
+                Ok(())
+            }
+            Err((offset, kind)) => self.problem(ReadError::new(&self.input, at(offset), kind)),
+        }
+    }
+
+    fn problem(&mut self, err: ReadError) -> Result<(), ConvertError> {
+        if self.permissive {
+            self.stats.note_skipped(err);
+            Ok(())
+        } else {
+            Err(err.into())
+        }
+    }
+}
+
+#[derive(Default)]
+struct PageCounts {
+    events: u64,
+    lost: Option<Option<u64>>,
+    unknown: Vec<u32>,
+}
+
+fn refuse_big_endian(input: &Arc<str>, endian: Endian) -> Result<(), ConvertError> {
+    match endian {
+        Endian::Little => Ok(()),
+        Endian::Big => Err(ConvertError::BigEndian { input: Arc::clone(input) }),
+    }
+}
+
+/// trace.dat → trace.dat: the first buffer's pages, verbatim.
+fn from_tracedat(
+    td: &TraceDat,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    let meta = td.meta(0);
+    refuse_big_endian(&meta.input, td.endian)?;
+    let buffer = td.buffers.first();
+    let dropped_buffers = td.buffers.iter().skip(1).map(|b| b.name.clone()).collect();
+    let page_size = buffer.map_or(td.page_size, |b| b.page_size);
+    let mut layout = td.layout;
+    if page_size > layout.data_offset {
+        layout.page_size = page_size;
+    }
+    let mut cpus: Vec<u32> =
+        buffer.map(|b| b.cpus.iter().map(|d| d.cpu).collect()).unwrap_or_default();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let cpu_count = td.cpu_count.unwrap_or(0).max(cpus.last().map_or(0, |c| c + 1));
+    let md = metadata(
+        &td.texts,
+        &td.formats,
+        layout.page_size,
+        meta.clock.name(),
+        td.uname.as_deref(),
+        cpu_count,
+    );
+    let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
+    let mut sink = PageSink {
+        input: Arc::clone(&meta.input),
+        layout,
+        formats: &td.formats,
+        permissive: opts.permissive,
+        ts_offset: td.ts_offset,
+        stats: ReadStats::default(),
+        page: Vec::new(),
+    };
+    let step = (layout.page_size as usize).max(1);
+    for &cpu in &cpus {
+        for chunk in td.cpu_chunks(0, cpu)? {
+            let (base, bytes) = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    sink.problem(e)?;
+                    continue;
+                }
+            };
+            for (i, page) in bytes.chunks(step).enumerate() {
+                let start = base + (i * step) as u64;
+                sink.page(&mut writer, cpu, page, |off| Location::CpuOffset {
+                    cpu,
+                    offset: start + off as u64,
+                })?;
+            }
+        }
+    }
+    let written = writer.finish(Some(&td.texts.cmdlines), &td.cpu_stats)?;
+    Ok(ConvertSummary {
+        meta,
+        method: Method::PagesCopied,
+        stats: sink.stats,
+        dropped_buffers,
+        comm_changes: 0,
+        written,
+    })
+}
+
+/// A tracefs tree (or `*.bin` dumps beside one) → trace.dat: the pages, verbatim.
+fn from_tracefs(
+    found: &TracefsInput,
+    name: Arc<str>,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    let read_err = |e: TracefsError| ReadError::new(&name, Location::Input, e);
+    let tree = TracefsTree::load(&found.tree).map_err(read_err)?;
+    refuse_big_endian(&name, tree.layout.endian)?;
+    if found.pages.is_empty() {
+        return Err(read_err(TracefsError::NoPages { path: found.tree.clone() }).into());
+    }
+    let file = |rel: &str| std::fs::read(tree.root.join(rel));
+    let header_page = file("events/header_page").map_err(|source| {
+        read_err(TracefsError::Io { path: tree.root.join("events/header_page"), source })
+    })?;
+    let texts = SavedTexts {
+        header_page,
+        header_event: file("events/header_event").unwrap_or_default(),
+        printk: file("printk_formats").unwrap_or_default(),
+        cmdlines: file("saved_cmdlines").unwrap_or_default(),
+    };
+    // Every page's (timestamp, file, offset); each CPU's pages are then written in time order
+    // (the pages of one dump already are; several dumps of one CPU are interleaved by time).
+    let page_size = u64::from(tree.layout.page_size.max(1));
+    let mut files = Vec::new();
+    let mut index: BTreeMap<u32, Vec<(u64, usize, u64)>> = BTreeMap::new();
+    for pf in &found.pages {
+        let io = |source| read_err(TracefsError::Io { path: pf.path.clone(), source });
+        let f = File::open(&pf.path).map_err(io)?;
+        let size = f.metadata().map_err(io)?.len();
+        let list = index.entry(pf.cpu).or_default();
+        let mut offset = 0;
+        while offset < size {
+            let mut ts = [0u8; 8];
+            let at = offset + u64::from(tree.layout.timestamp_offset);
+            let ts = match f.read_exact_at(&mut ts, at) {
+                Ok(()) => tree.layout.endian.u64(&ts, 0).unwrap_or(0),
+                Err(_) => u64::MAX, // a truncated last page: reported when written
+            };
+            list.push((ts, files.len(), offset));
+            offset += page_size;
+        }
+        files.push((f, size, pf.path.clone()));
+    }
+    for list in index.values_mut() {
+        list.sort_by_key(|(ts, _, _)| *ts);
+    }
+    let cpus = index.keys().next_back().map_or(1, |c| c + 1);
+    let meta = TraceMeta {
+        input: Arc::clone(&name),
+        format: InputFormat::TracefsDir,
+        clock: tree.clock.clone(),
+        cpus: Some(cpus),
+        kernel: None,
+    };
+    let md = metadata(&texts, &tree.formats, tree.layout.page_size, tree.clock.name(), None, cpus);
+    let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
+    let mut sink = PageSink {
+        input: Arc::clone(&name),
+        layout: tree.layout,
+        formats: &tree.formats,
+        permissive: opts.permissive,
+        ts_offset: 0,
+        stats: ReadStats::default(),
+        page: Vec::new(),
+    };
+    let mut buf = Vec::new();
+    for (&cpu, list) in &index {
+        for &(_, fi, offset) in list {
+            let Some((f, size, path)) = files.get(fi) else { continue };
+            let len = page_size.min(size - offset);
+            buf.resize(usize::try_from(len).unwrap_or(0), 0);
+            if let Err(source) = f.read_exact_at(&mut buf, offset) {
+                let err = ReadError::new(
+                    &name,
+                    Location::Offset(offset),
+                    TracefsError::Io { path: path.clone(), source },
+                );
+                sink.problem(err)?;
+                continue;
+            }
+            let input: Arc<str> = path.display().to_string().into();
+            sink.input = input;
+            sink.page(&mut writer, cpu, &buf, |off| Location::Offset(offset + off as u64))?;
+        }
+    }
+    let mut cpustats = Vec::new();
+    for cpu in 0..cpus {
+        if let Ok(text) = std::fs::read_to_string(tree.root.join(format!("per_cpu/cpu{cpu}/stats")))
+        {
+            cpustats.push(format!("CPU: {cpu}\n{text}"));
+        }
+    }
+    let written = writer.finish(Some(&texts.cmdlines), &cpustats)?;
+    Ok(ConvertSummary {
+        meta,
+        method: Method::PagesCopied,
+        stats: sink.stats,
+        dropped_buffers: Vec::new(),
+        comm_changes: 0,
+        written,
+    })
+}
+
+/// Packs one CPU's records into pages the way the kernel's writer does.
+#[derive(Debug)]
+pub struct CpuPacker {
+    layout: PageLayout,
+    page: Option<PageBuilder>,
+    /// The timestamp the next delta counts from.
+    last_ts: u64,
+    /// The open page starts with a lost-events flag (its count stored after the data).
+    lost_page: Option<Option<u64>>,
+}
+
+/// Bytes a data record takes (`rb_calculate_event_length()`), and a TIME_EXTEND before it when
+/// its delta does not fit in 27 bits.
+fn record_len(payload_len: usize, delta: u64) -> usize {
+    let mut len = payload_len.max(1).next_multiple_of(4);
+    if len == 8 {
+        len = 12;
+    }
+    let header = if len > 112 { 8 } else { 4 };
+    let extend = if delta >= 1 << TS_SHIFT { 8 } else { 0 };
+    extend + header + len
+}
+
+impl CpuPacker {
+    /// A packer writing pages of `layout`.
+    pub fn new(layout: PageLayout) -> Self {
+        Self { layout, page: None, last_ts: 0, lost_page: None }
+    }
+
+    fn capacity(&self) -> usize {
+        let data = self.layout.page_size.saturating_sub(self.layout.data_offset) as usize;
+        // Room for the lost count after the data, so that it is stored.
+        let reserve = if self.lost_page.is_some() { self.layout.commit_size as usize } else { 0 };
+        data.saturating_sub(reserve)
+    }
+
+    /// Adds a record at `ts` (not before the previous one); returns a page when one filled.
+    /// `Err(len)` when the record cannot fit in any page.
+    pub fn event(&mut self, ts: u64, payload: &[u8]) -> Result<Option<Vec<u8>>, usize> {
+        let mut full = None;
+        if let Some(page) = &self.page {
+            let delta = ts.saturating_sub(self.last_ts);
+            if ts < self.last_ts
+                || page.data_len() + record_len(payload.len(), delta) > self.capacity()
+            {
+                full = self.flush();
+            }
+        }
+        let page = match self.page.take() {
+            Some(page) => page,
+            None => {
+                let mut page = PageBuilder::new(self.layout, ts);
+                if let Some(count) = self.lost_page {
+                    page = page.lost(count);
+                }
+                self.last_ts = ts;
+                page
+            }
+        };
+        let delta = ts - self.last_ts;
+        if page.data_len() + record_len(payload.len(), delta) > self.capacity() {
+            self.page = Some(page);
+            return Err(record_len(payload.len(), delta));
+        }
+        self.page = Some(page.event(delta, payload));
+        self.last_ts = ts;
+        Ok(full)
+    }
+
+    /// Events were lost at `ts`: the next page starts there with the missed-events flag and
+    /// the count (summed with a loss not yet followed by an event; unknown if either is).
+    pub fn lost(&mut self, ts: u64, count: Option<u64>) -> Option<Vec<u8>> {
+        let pending_empty = self.page.as_ref().is_some_and(|p| p.data_len() == 0);
+        let (full, count) = match (self.lost_page, pending_empty) {
+            (Some(prev), true) => (None, prev.zip(count).map(|(a, b)| a + b)),
+            _ => (self.flush(), count),
+        };
+        self.lost_page = Some(count);
+        self.page = Some(PageBuilder::new(self.layout, ts).lost(count));
+        self.last_ts = ts;
+        full
+    }
+
+    /// The open page, if any.
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        self.lost_page = None;
+        self.page.take().map(PageBuilder::build)
+    }
+}
+
+/// perf.data → trace.dat: raw payloads packed into pages per CPU.
+fn from_perf(
+    mut reader: PerfDataReader,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    reader = reader.keep_raw(true);
+    let meta = reader.meta().clone();
+    let input = Arc::clone(&meta.input);
+    let formats = Arc::clone(reader.formats());
+    let texts = reader.tracing_texts().clone();
+    refuse_big_endian(&input, formats.endian())?;
+    let layout = PageLayout::parse(&texts.header_page, Some(&texts.header_event), formats.endian())
+        .map_err(|e| ReadError::new(&input, Location::Input, e))?;
+    let cpus = meta.cpus.unwrap_or(1).max(1);
+    let mut comms: BTreeMap<i32, Comm> = parse_cmdlines(&texts.cmdlines).into_iter().collect();
+    comms.remove(&0);
+    let mut seen_comm: BTreeMap<i32, Comm> = BTreeMap::new();
+    let mut comm_changes = 0;
+    let md = metadata(&texts, &formats, layout.page_size, "perf", None, cpus);
+    let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
+    let mut packers: Vec<CpuPacker> = (0..cpus).map(|_| CpuPacker::new(layout)).collect();
+    let mut skipped = ReadStats::default();
+    while let Some(item) = reader.next_raw() {
+        let (event, raw) = item?;
+        let cpu = event.cpu;
+        let Some(packer) = packers.get_mut(cpu as usize) else {
+            let err = ConvertError::CpuOutOfRange { input: Arc::clone(&input), cpu, cpus };
+            if opts.permissive {
+                skipped.skipped += 1;
+                continue;
+            }
+            return Err(err);
+        };
+        let full = match (&event.kind, raw) {
+            (EventKind::Lost { count }, _) => packer.lost(event.ts, *count),
+            (_, Some(raw)) => {
+                if let Some(comm) = &event.comm {
+                    if seen_comm.get(&event.pid).is_some_and(|c| c != comm) {
+                        comm_changes += 1;
+                    }
+                    seen_comm.insert(event.pid, comm.clone());
+                }
+                match packer.event(event.ts, &raw) {
+                    Ok(full) => full,
+                    Err(len) => {
+                        let capacity = packer.capacity();
+                        let err = ConvertError::EventTooLarge {
+                            input: Arc::clone(&input),
+                            cpu,
+                            ts: event.ts,
+                            len,
+                            capacity,
+                        };
+                        if opts.permissive {
+                            skipped.skipped += 1;
+                            continue;
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            (_, None) => None,
+        };
+        if let Some(page) = full {
+            writer.write_page(cpu, &page)?;
+        }
+    }
+    for (cpu, packer) in (0u32..).zip(packers.iter_mut()) {
+        if let Some(page) = packer.flush() {
+            writer.write_page(cpu, &page)?;
+        }
+    }
+    comms.extend(seen_comm);
+    let mut cmdlines = String::new();
+    for (pid, comm) in &comms {
+        cmdlines.push_str(&format!("{pid} {comm}\n"));
+    }
+    let written = writer.finish(Some(cmdlines.as_bytes()), &[])?;
+    let mut stats = reader.stats().clone();
+    stats.skipped += skipped.skipped;
+    Ok(ConvertSummary {
+        meta,
+        method: Method::PagesBuilt,
+        stats,
+        dropped_buffers: Vec::new(),
+        comm_changes,
+        written,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::PageStream;
+
+    fn events(layout: &PageLayout, pages: &[Vec<u8>]) -> Vec<(u64, Option<Option<u64>>, usize)> {
+        let bytes: Vec<u8> = pages.concat();
+        PageStream::new(layout, &bytes, 0)
+            .map(|i| match i.unwrap().item {
+                PageItem::Event { ts, payload, .. } => (ts, None, payload.len()),
+                PageItem::Lost { ts, count } => (ts, Some(count), 0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packer_writes_deltas_extends_and_new_pages() {
+        let layout = PageLayout::default_64(Endian::Little);
+        let mut p = CpuPacker::new(layout);
+        let mut pages = Vec::new();
+        let mut want = Vec::new();
+        let mut ts = 1_000_000u64;
+        for i in 0..300u64 {
+            // Every 50th gap needs a TIME_EXTEND (> 2^27 - 1 ns).
+            ts += if i % 50 == 49 { 3 << 27 } else { 1000 + i };
+            let payload = vec![u8::try_from(i % 200).unwrap(); 20 + (i as usize % 3) * 4];
+            want.push((ts, None, payload.len()));
+            pages.extend(p.event(ts, &payload).unwrap());
+        }
+        pages.extend(p.flush());
+        assert!(pages.len() > 1, "300 records of ~30 bytes fill more than one page");
+        assert!(pages.iter().all(|pg| pg.len() == 4096));
+        assert_eq!(events(&layout, &pages), want);
+        // A page's first record is at delta 0 from the page timestamp, as the kernel writes.
+        for pg in &pages {
+            assert_eq!(u32::from_le_bytes(pg[16..20].try_into().unwrap()) >> 5, 0);
+        }
+    }
+
+    #[test]
+    fn lost_markers_become_flagged_pages_with_counts() {
+        let layout = PageLayout::default_64(Endian::Little);
+        let mut p = CpuPacker::new(layout);
+        let mut pages: Vec<Vec<u8>> = Vec::new();
+        pages.extend(p.event(10, &[1; 12]).unwrap());
+        pages.extend(p.lost(20, Some(5)));
+        pages.extend(p.lost(25, Some(7)));
+        pages.extend(p.event(30, &[2; 12]).unwrap());
+        pages.extend(p.lost(40, None));
+        pages.extend(p.flush());
+        assert_eq!(
+            events(&layout, &pages),
+            [(10, None, 12), (20, Some(Some(12)), 0), (30, None, 12), (40, Some(None), 0)]
+        );
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let layout = PageLayout::default_64(Endian::Little);
+        let mut p = CpuPacker::new(layout);
+        assert!(p.event(1, &vec![0; 5000]).is_err());
+        // The packer is still usable.
+        assert!(p.event(2, &[0; 4]).is_ok());
+        assert_eq!(events(&layout, &[p.flush().unwrap()]), [(2, None, 4)]);
+    }
+
+    #[test]
+    fn temp_name_stays_in_the_output_directory() {
+        let t = temp_name(Path::new("/x/y/out.dat"));
+        assert_eq!(t.parent(), Some(Path::new("/x/y")));
+        assert!(t.file_name().unwrap().to_string_lossy().starts_with(".out.dat."));
+        assert_eq!(temp_name(Path::new("out.dat")).parent(), Some(Path::new("")));
+    }
+}
