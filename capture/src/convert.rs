@@ -516,31 +516,31 @@ fn from_tracefs(
         printk: file("printk_formats").unwrap_or_default(),
         cmdlines: file("saved_cmdlines").unwrap_or_default(),
     };
-    // Every page's (timestamp, file, offset); each CPU's pages are then written in time order
-    // (the pages of one dump already are; several dumps of one CPU are interleaved by time).
+    // Each CPU's pages in file order; several dumps of one CPU are ordered by the time of
+    // their first page (the pages of one dump are already in time order).
     let page_size = u64::from(tree.layout.page_size.max(1));
     let mut files = Vec::new();
-    let mut index: BTreeMap<u32, Vec<(u64, usize, u64)>> = BTreeMap::new();
+    let mut by_cpu: BTreeMap<u32, Vec<(u64, usize)>> = BTreeMap::new();
     for pf in &found.pages {
         let io = |source| read_err(TracefsError::Io { path: pf.path.clone(), source });
         let f = File::open(&pf.path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
-        let list = index.entry(pf.cpu).or_default();
-        let mut offset = 0;
-        while offset < size {
-            let mut ts = [0u8; 8];
-            let at = offset + u64::from(tree.layout.timestamp_offset);
-            let ts = match f.read_exact_at(&mut ts, at) {
-                Ok(()) => tree.layout.endian.u64(&ts, 0).unwrap_or(0),
-                Err(_) => u64::MAX, // a truncated last page: reported when written
-            };
-            list.push((ts, files.len(), offset));
-            offset += page_size;
-        }
+        let mut ts = [0u8; 8];
+        let first_ts = match f.read_exact_at(&mut ts, u64::from(tree.layout.timestamp_offset)) {
+            Ok(()) => tree.layout.endian.u64(&ts, 0).unwrap_or(0),
+            Err(_) => u64::MAX, // shorter than a page header: reported when written
+        };
+        by_cpu.entry(pf.cpu).or_default().push((first_ts, files.len()));
         files.push((f, size, pf.path.clone()));
     }
-    for list in index.values_mut() {
-        list.sort_by_key(|(ts, _, _)| *ts);
+    let mut index: BTreeMap<u32, Vec<(usize, u64)>> = BTreeMap::new();
+    for (cpu, mut dumps) in by_cpu {
+        dumps.sort_by_key(|(ts, _)| *ts);
+        let list = index.entry(cpu).or_default();
+        for (_, fi) in dumps {
+            let size = files.get(fi).map_or(0, |f| f.1);
+            list.extend((0..size.div_ceil(page_size)).map(|i| (fi, i * page_size)));
+        }
     }
     let cpus = index.keys().next_back().map_or(1, |c| c + 1);
     let meta = TraceMeta {
@@ -563,7 +563,7 @@ fn from_tracefs(
     };
     let mut buf = Vec::new();
     for (&cpu, list) in &index {
-        for &(_, fi, offset) in list {
+        for &(fi, offset) in list {
             let Some((f, size, path)) = files.get(fi) else { continue };
             let len = page_size.min(size - offset);
             buf.resize(usize::try_from(len).unwrap_or(0), 0);

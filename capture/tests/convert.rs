@@ -1,0 +1,382 @@
+//! `convert`: every binary sample converted to trace.dat v7 reads back with the same events,
+//! in vmxray and in `trace-cmd report -R -t`.
+//!
+//! - Every sample (real trace.dat v6/v7, perf.data, lab trace.dat, raw page dumps and the
+//!   `raw/` folder as a whole): the output's [`Event`]s (timestamp, CPU, pid, comm, typed kind
+//!   with every field) and lost-event counts equal the input's.
+//! - trace.dat inputs: `trace-cmd report -R -t` prints the same text for output and input.
+//! - perf.data and page-dump inputs (which trace-cmd cannot read): every line of `trace-cmd
+//!   report -R -t OUT` is the input's event as vmxray decodes it — ns timestamp, CPU, pid, comm,
+//!   event name, and every scalar field of `kernel_fields()` — and `CPU:N [.. EVENTS DROPPED]`
+//!   lines are its lost markers.
+//! - Truncated and corrupt inputs fail with an error naming the input, leave nothing at the
+//!   output path (an existing file is kept), and `permissive` skips and counts bad pages.
+//!
+//! trace-cmd missing: `SKIP: <reason>`, a failure under `CI=true`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmxray_capture::convert::{ConvertError, ConvertOptions, ConvertSummary, Method, convert};
+use vmxray_capture::format::{EventFormats, FieldFormat};
+use vmxray_capture::page::PageBuilder;
+use vmxray_capture::perfdata::PerfDataReader;
+use vmxray_capture::testenv;
+use vmxray_capture::tracefs::TracefsTree;
+use vmxray_capture::{Event, EventKind, FieldValue, ReadOptions, ReadStats};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
+}
+
+/// A fresh directory for one test's outputs.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("convert-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sorted_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext) || ext.is_empty())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+fn tracedat_inputs() -> Vec<PathBuf> {
+    let mut v = sorted_files(&samples().join("real/tracedat"), "dat");
+    v.extend(sorted_files(&samples().join("lab"), "dat"));
+    v
+}
+
+fn page_inputs() -> Vec<PathBuf> {
+    let raw = samples().join("real/raw");
+    let mut v = sorted_files(&raw, "bin");
+    v.push(raw);
+    v
+}
+
+fn perf_inputs() -> Vec<PathBuf> {
+    sorted_files(&samples().join("real/perf"), "")
+}
+
+fn read_all(path: &Path) -> (Vec<Event>, ReadStats) {
+    let mut r = vmxray_capture::open(path, ReadOptions::default()).unwrap();
+    let events = r.by_ref().map(|e| e.unwrap()).collect();
+    (events, r.stats().clone())
+}
+
+fn convert_to(input: &Path, dir: &Path) -> (PathBuf, ConvertSummary) {
+    let name = input.file_name().unwrap().to_string_lossy();
+    let out = dir.join(format!("{name}.out.dat"));
+    let summary = convert(input, &out, &ConvertOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    (out, summary)
+}
+
+#[test]
+fn every_sample_reads_back_with_the_same_events() {
+    let dir = scratch("roundtrip");
+    let inputs: Vec<PathBuf> =
+        tracedat_inputs().into_iter().chain(perf_inputs()).chain(page_inputs()).collect();
+    assert!(inputs.len() >= 20, "{inputs:?}");
+    for input in inputs {
+        let what = input.display().to_string();
+        let (out, summary) = convert_to(&input, &dir);
+        let (want, want_stats) = read_all(&input);
+        let (got, got_stats) = read_all(&out);
+        assert!(!want.is_empty(), "{what}");
+        assert_eq!(got.len(), want.len(), "{what}: event count");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w, "{what}");
+        }
+        assert_eq!(got_stats.lost, want_stats.lost, "{what}: lost events");
+        assert_eq!(got_stats.unknown_events, want_stats.unknown_events, "{what}");
+        assert_eq!(summary.stats.events, want_stats.events, "{what}: summary");
+        assert_eq!(summary.stats.lost, want_stats.lost, "{what}: summary");
+        let is_perf = input.to_string_lossy().contains("/perf/");
+        let method = if is_perf { Method::PagesBuilt } else { Method::PagesCopied };
+        assert_eq!(summary.method, method, "{what}");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{what}");
+        let td = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+        assert_eq!((td.version, td.compression.name()), (7, "zstd"), "{what}");
+    }
+    // Only outputs in the directory: no temporary file left behind.
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name.ends_with(".out.dat"), "{name}");
+    }
+}
+
+#[test]
+fn trace_dat_pages_and_texts_are_copied_verbatim() {
+    let dir = scratch("verbatim");
+    for input in tracedat_inputs() {
+        let (out, _) = convert_to(&input, &dir);
+        let a = vmxray_capture::tracedat::TraceDat::open(&input).unwrap();
+        let b = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+        let what = input.display().to_string();
+        assert_eq!(a.texts, b.texts, "{what}");
+        assert_eq!(a.formats.len(), b.formats.len(), "{what}");
+        assert_eq!(a.cpu_stats, b.cpu_stats, "{what}");
+        assert_eq!(a.clock, b.clock, "{what}");
+        for d in &a.buffers[0].cpus {
+            assert_eq!(a.cpu_pages(0, d.cpu).unwrap(), b.cpu_pages(0, d.cpu).unwrap(), "{what}");
+        }
+    }
+}
+
+/// `trace-cmd ARGS`, or `None` after `SKIP` when trace-cmd cannot run (a failure under CI).
+fn trace_cmd(args: &[&str]) -> Option<String> {
+    match Command::new("trace-cmd").args(args).output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "trace-cmd {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Err(e) => {
+            testenv::skip(&format!("trace-cmd cannot run ({e})"));
+            None
+        }
+    }
+}
+
+fn report(path: &Path) -> Option<String> {
+    trace_cmd(&["report", "-R", "-t", path.to_str().unwrap()])
+}
+
+#[test]
+fn trace_cmd_prints_the_same_report_for_converted_trace_dat() {
+    let dir = scratch("trace-cmd-dat");
+    for input in tracedat_inputs() {
+        let (out, _) = convert_to(&input, &dir);
+        let Some(want) = report(&input) else { return };
+        let Some(got) = report(&out) else { return };
+        let events = want.lines().filter(|l| !l.starts_with("cpus=")).count();
+        assert!(events > 0, "{}", input.display());
+        assert!(got == want, "{}: trace-cmd report -R -t differs", input.display());
+        println!("{}: {events} lines equal", input.display());
+    }
+}
+
+/// Tells whether a rendered number denotes `value` in a field of `size` bytes (trace-cmd
+/// prints signed fields signed, `%x` fields in hex).
+fn same_number(token: &str, value: u64, size: u32, hex: bool) -> bool {
+    let t = token.trim();
+    let parsed = if let Some(h) = t.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok()
+    } else if hex {
+        u64::from_str_radix(t, 16).ok()
+    } else if let Some(neg) = t.strip_prefix('-') {
+        neg.parse::<u64>().ok().map(u64::wrapping_neg)
+    } else {
+        t.parse::<u64>().ok()
+    };
+    let mask = if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 };
+    parsed.is_some_and(|p| (p ^ value) & mask == 0)
+}
+
+/// Every line of `trace-cmd report -R -t out` against the input's events as vmxray reads
+/// them; returns the number of field values compared.
+fn check_report_against_events(
+    what: &str,
+    report: &str,
+    events: &[Event],
+    formats: &EventFormats,
+) -> usize {
+    let lines: Vec<&str> =
+        report.lines().filter(|l| !l.starts_with("cpus=") && !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), events.len(), "{what}: line count");
+    let mut fields_compared = 0;
+    for (line, ev) in lines.iter().zip(events) {
+        let at = format!("{what}: {line}");
+        if let EventKind::Lost { count } = ev.kind {
+            let want = match count {
+                Some(n) => format!("CPU:{} [{n} EVENTS DROPPED]", ev.cpu),
+                None => format!("CPU:{} [EVENTS DROPPED]", ev.cpu),
+            };
+            assert_eq!(line.trim(), want, "{at}");
+            continue;
+        }
+        if ev.name() == "unknown" {
+            // No format for its id: trace-cmd cannot name or place it either.
+            assert!(line.contains("[UNKNOWN EVENT]"), "{at}");
+            continue;
+        }
+        let open = line.find(" [").unwrap();
+        let close = open + line[open..].find("] ").unwrap();
+        let (comm, pid) = line[..open].trim().rsplit_once('-').unwrap();
+        let (ts, rest) = line[close + 2..].trim_start().split_once(": ").unwrap();
+        let (name, body) = rest.split_once(':').unwrap();
+        let (sec, ns) = ts.trim().split_once('.').unwrap();
+        let ts = sec.parse::<u64>().unwrap() * 1_000_000_000 + ns.parse::<u64>().unwrap();
+        assert_eq!(
+            (ev.ts, ev.cpu, ev.pid, name.trim()),
+            (ts, line[open + 2..close].parse().unwrap(), pid.trim().parse().unwrap(), ev.name()),
+            "{at}"
+        );
+        assert_eq!(ev.comm.as_deref().unwrap_or("<...>"), comm.trim(), "{at}");
+        let format = formats.find(ev.system(), ev.name()).expect("a format for each event");
+        let hex: HashMap<String, char> =
+            common::print_fmt_conversions(&format.print_fmt).into_iter().collect();
+        let tokens: HashMap<&str, &str> =
+            body.split_whitespace().filter_map(|t| t.split_once('=')).collect();
+        for (field, value) in ev.kind.kernel_fields().iter() {
+            let (Some(v), Some(f)) = (scalar(value), format.field(field)) else { continue };
+            let token = tokens.get(field).unwrap_or_else(|| panic!("{at}: no {field}="));
+            let is_hex = hex.get(field).is_some_and(|c| matches!(c, 'x' | 'X' | 'p'));
+            assert!(same_number(token, v, size_of(f), is_hex), "{at}: {field} = {v:#x}");
+            fields_compared += 1;
+        }
+    }
+    fields_compared
+}
+
+fn scalar(v: &FieldValue) -> Option<u64> {
+    match v {
+        FieldValue::U64(_) | FieldValue::I64(_) => v.as_u64(),
+        _ => None,
+    }
+}
+
+fn size_of(f: &FieldFormat) -> u32 {
+    f.size
+}
+
+#[test]
+fn trace_cmd_reports_perf_and_page_inputs_as_vmxray_decodes_them() {
+    let dir = scratch("trace-cmd-perf-pages");
+    let mut compared = 0;
+    for input in perf_inputs().into_iter().chain(page_inputs()) {
+        let (out, _) = convert_to(&input, &dir);
+        let Some(got) = report(&out) else { return };
+        let (events, _) = read_all(&input);
+        let formats = if input.to_string_lossy().contains("/perf/") {
+            std::sync::Arc::clone(
+                PerfDataReader::open(&input, ReadOptions::default()).unwrap().formats(),
+            )
+        } else {
+            TracefsTree::load(&samples().join("real/raw/tracefs")).unwrap().formats
+        };
+        let what = input.display().to_string();
+        compared += check_report_against_events(&what, &got, &events, &formats);
+        println!("{what}: {} events equal trace-cmd report -R -t of the output", events.len());
+    }
+    assert!(compared > 1000, "only {compared} field values compared");
+}
+
+fn assert_nothing_written(dir: &Path, out: &Path) {
+    assert!(!out.exists(), "{} was written", out.display());
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "{left:?}");
+}
+
+#[test]
+fn truncated_inputs_fail_naming_the_input_and_leave_no_output() {
+    let dir = scratch("truncated");
+    // Cut in the header, in the metadata, in the CPU data (v7 chunks, v6 pages) or in the
+    // perf data section.
+    let cases = [
+        ("real/tracedat/lm-v7-zstd.dat", &[40, 300_000, 1_033_000][..]),
+        ("real/tracedat/lm-v6.dat", &[40, 1_000_000, 5_500_000][..]),
+        ("real/perf/lm.perf.data", &[40, 1000, 60_000][..]),
+    ];
+    for (file, cuts) in cases {
+        let input = samples().join(file);
+        let bytes = std::fs::read(&input).unwrap();
+        for &keep in cuts {
+            let cut =
+                dir.join(format!("cut-{keep}-{}", input.file_name().unwrap().to_string_lossy()));
+            std::fs::write(&cut, &bytes[..keep]).unwrap();
+            let out = dir.join("out.dat");
+            let err = convert(&cut, &out, &ConvertOptions::default())
+                .expect_err(&format!("{} cut at {keep}", input.display()));
+            let msg = err.to_string();
+            assert!(msg.contains(&*cut.to_string_lossy()), "{msg}");
+            assert_nothing_written(&dir, &out);
+        }
+    }
+    // An existing output stays as it was when the conversion fails.
+    let out = dir.join("existing.dat");
+    std::fs::write(&out, b"keep me").unwrap();
+    let cut = dir.join("cut-40-lm-v7-zstd.dat");
+    assert!(convert(&cut, &out, &ConvertOptions::default()).is_err());
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+}
+
+/// A folder of page dumps beside a `tracefs/` tree (a link to the committed one).
+fn page_dump_dir(test: &str, pages: &[u8]) -> PathBuf {
+    let dir = scratch(test);
+    let input = dir.join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::os::unix::fs::symlink(samples().join("real/raw/tracefs"), input.join("tracefs")).unwrap();
+    std::fs::write(input.join("pages_cpu1.bin"), pages).unwrap();
+    input
+}
+
+#[test]
+fn corrupt_pages_stop_strict_conversion_and_are_skipped_when_permissive() {
+    let good = std::fs::read(samples().join("real/raw/sample_raw_lm_cpu1.bin")).unwrap();
+    let layout = TracefsTree::load(&samples().join("real/raw/tracefs")).unwrap().layout;
+    let bad = PageBuilder::new(layout, good_ts(&good) + 1_000_000)
+        .event(0, &[1, 0, 0, 0])
+        .commit(5000)
+        .build();
+    let mut pages = good.clone();
+    pages.extend_from_slice(&bad);
+    pages.extend_from_slice(&good[..100]); // and a truncated last page
+    let input = page_dump_dir("corrupt", &pages);
+    let out = input.parent().unwrap().join("out.dat");
+
+    let err = convert(&input, &out, &ConvertOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("pages_cpu1.bin") && msg.contains("0x1000"), "{msg}");
+    assert!(msg.contains("commit length 5000"), "{msg}");
+    assert_nothing_written(input.parent().unwrap(), &out);
+
+    let opts = ConvertOptions { permissive: true, ..ConvertOptions::default() };
+    let summary = convert(&input, &out, &opts).unwrap();
+    assert_eq!(summary.stats.skipped, 2, "the bad page and the truncated one");
+    assert_eq!(summary.stats.events, 62);
+    assert_eq!(summary.written.pages.iter().sum::<u64>(), 1);
+    let (events, _) = read_all(&out);
+    assert_eq!(events, read_all(&samples().join("real/raw/sample_raw_lm_cpu1.bin")).0);
+}
+
+fn good_ts(page: &[u8]) -> u64 {
+    u64::from_le_bytes(page[..8].try_into().unwrap())
+}
+
+#[test]
+fn text_inputs_are_refused_with_what_to_give_instead() {
+    let dir = scratch("text");
+    for (file, kind) in [
+        ("tc_report.txt", "trace-cmd report"),
+        ("ps_default.txt", "perf script"),
+        ("ftrace_trace_irqinfo.txt", "ftrace"),
+    ] {
+        let input = samples().join("real/text").join(file);
+        let out = dir.join("out.dat");
+        let err = convert(&input, &out, &ConvertOptions::default()).unwrap_err();
+        assert!(matches!(err, ConvertError::NoFormats { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(file) && msg.contains(kind), "{msg}");
+        assert!(msg.contains("trace.dat, perf.data"), "{msg}");
+        assert_nothing_written(&dir, &out);
+    }
+    let err = convert(&dir, &dir.join("out.dat"), &ConvertOptions::default()).unwrap_err();
+    assert!(matches!(err, ConvertError::NotTracefs { .. }), "{err:?}");
+}
