@@ -36,7 +36,8 @@
 //!   the missed-events flag of the next page of that CPU, with the count stored after the data
 //!   (`RB_MISSED_STORED`; a page is closed early to make room for it) and the page header
 //!   timestamp set to the LOST record's time, so readers report the loss at the same time and
-//!   CPU as perf did. No CPUSTAT is invented for perf.
+//!   CPU as perf did (two losses in a row: an empty flagged page for the first). No CPUSTAT is
+//!   invented for perf.
 //!
 //! Not converted (and reported in the summary, not silently): `-B` instance buffers of a
 //! trace.dat (only the first buffer, the top instance when present, is written; the writer
@@ -282,11 +283,14 @@ fn text_kind(input: &Path) -> &'static str {
     }
 }
 
+/// One system's format files, as [`Metadata::event_formats`] holds them.
+type SystemFormats = (String, Vec<Vec<u8>>);
+
 /// The formats grouped as trace.dat stores them: the `ftrace` system apart, the others by
 /// system, each format file's own text.
-fn format_texts(formats: &EventFormats) -> (Vec<Vec<u8>>, Vec<(String, Vec<Vec<u8>>)>) {
+fn format_texts(formats: &EventFormats) -> (Vec<Vec<u8>>, Vec<SystemFormats>) {
     let mut ftrace = Vec::new();
-    let mut systems: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut systems: Vec<SystemFormats> = Vec::new();
     for f in formats.iter() {
         let text = f.text.as_bytes().to_vec();
         if &*f.system == "ftrace" {
@@ -669,13 +673,10 @@ impl CpuPacker {
     }
 
     /// Events were lost at `ts`: the next page starts there with the missed-events flag and
-    /// the count (summed with a loss not yet followed by an event; unknown if either is).
+    /// the count. A loss right after another gets its own (empty) page, so readers see both
+    /// markers at their own times.
     pub fn lost(&mut self, ts: u64, count: Option<u64>) -> Option<Vec<u8>> {
-        let pending_empty = self.page.as_ref().is_some_and(|p| p.data_len() == 0);
-        let (full, count) = match (self.lost_page, pending_empty) {
-            (Some(prev), true) => (None, prev.zip(count).map(|(a, b)| a + b)),
-            _ => (self.flush(), count),
-        };
+        let full = self.flush();
         self.lost_page = Some(count);
         self.page = Some(PageBuilder::new(self.layout, ts).lost(count));
         self.last_ts = ts;
@@ -802,10 +803,10 @@ mod tests {
         let mut pages = Vec::new();
         let mut want = Vec::new();
         let mut ts = 1_000_000u64;
-        for i in 0..300u64 {
+        for i in 0..300usize {
             // Every 50th gap needs a TIME_EXTEND (> 2^27 - 1 ns).
-            ts += if i % 50 == 49 { 3 << 27 } else { 1000 + i };
-            let payload = vec![u8::try_from(i % 200).unwrap(); 20 + (i as usize % 3) * 4];
+            ts += if i % 50 == 49 { 3 << 27 } else { 1000 + i as u64 };
+            let payload = vec![u8::try_from(i % 200).unwrap(); 20 + (i % 3) * 4];
             want.push((ts, None, payload.len()));
             pages.extend(p.event(ts, &payload).unwrap());
         }
@@ -832,7 +833,13 @@ mod tests {
         pages.extend(p.flush());
         assert_eq!(
             events(&layout, &pages),
-            [(10, None, 12), (20, Some(Some(12)), 0), (30, None, 12), (40, Some(None), 0)]
+            [
+                (10, None, 12),
+                (20, Some(Some(5)), 0),
+                (25, Some(Some(7)), 0),
+                (30, None, 12),
+                (40, Some(None), 0)
+            ]
         );
     }
 

@@ -1,0 +1,90 @@
+//! The built `vmxray convert`: the output dumps like the input, errors exit 2 naming the file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn vmxray(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmxray")).args(args).output().expect("runs vmxray")
+}
+
+fn sample(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(rel).display().to_string()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("convert-cli-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn dump(path: &str, format: &str) -> Vec<u8> {
+    let out = vmxray(&["dump", "--format", format, path]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn converted_files_dump_like_their_input() {
+    let dir = scratch("roundtrip");
+    for input in [
+        "real/tracedat/lm-v6.dat",
+        "real/tracedat/comm-spaces-v7-zstd.dat",
+        "real/perf/comm-spaces.perf.data",
+        "real/raw/sample_raw_time_extend_cpu0.bin",
+        "lab/multi-vcpu-50.dat",
+    ] {
+        let input = sample(input);
+        let out = dir.join("out.dat");
+        let out = out.to_str().unwrap();
+        let run = vmxray(&["convert", &input, "-o", out]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{input}: {err}");
+        assert!(err.contains(" events, ") && err.contains(out), "{err}");
+        assert_eq!(dump(out, "text"), dump(&input, "text"), "{input}");
+        assert_eq!(dump(out, "jsonl"), dump(&input, "jsonl"), "{input}");
+        let mode = std::fs::metadata(out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn stdin_input_converts() {
+    let dir = scratch("stdin");
+    let out = dir.join("out.dat");
+    let input = std::fs::File::open(sample("real/perf/lm.perf.data")).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_vmxray"))
+        .args(["convert", "-", "-o", out.to_str().unwrap()])
+        .stdin(Stdio::from(input))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(
+        dump(out.to_str().unwrap(), "jsonl"),
+        dump(&sample("real/perf/lm.perf.data"), "jsonl")
+    );
+}
+
+#[test]
+fn text_and_truncated_inputs_exit_2_naming_the_file() {
+    let dir = scratch("errors");
+    let out = dir.join("out.dat");
+    let text = sample("real/text/tc_report.txt");
+    let run = vmxray(&["convert", &text, "-o", out.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(&text) && err.contains("no event format files"), "{err}");
+    assert!(err.contains("convert the trace.dat, perf.data"), "{err}");
+    assert!(!out.exists());
+
+    let cut = dir.join("cut.dat");
+    let bytes = std::fs::read(sample("real/tracedat/lm-v7-zstd.dat")).unwrap();
+    std::fs::write(&cut, &bytes[..300_000]).unwrap();
+    let run = vmxray(&["convert", cut.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(cut.to_str().unwrap()), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the cut input is left");
+}
