@@ -380,3 +380,113 @@ fn text_inputs_are_refused_with_what_to_give_instead() {
     let err = convert(&dir, &dir.join("out.dat"), &ConvertOptions::default()).unwrap_err();
     assert!(matches!(err, ConvertError::NotTracefs { .. }), "{err:?}");
 }
+
+/// lm.perf.data with two MMAP2 records (after the samples, same round) rewritten as
+/// `PERF_RECORD_LOST` records on the CPUs and just after the times of two samples:
+/// `(file, [(cpu, ts, count)])`.
+fn perf_with_losses(dir: &Path) -> (PathBuf, Vec<(u32, u64, u64)>) {
+    let input = samples().join("real/perf/lm.perf.data");
+    let mut bytes = std::fs::read(&input).unwrap();
+    let (events, _) = read_all(&input);
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let (data_off, data_size) = (u64_at(&bytes, 40) as usize, u64_at(&bytes, 48) as usize);
+    let mut mmap2_after_samples = Vec::new();
+    let (mut pos, mut seen_sample) = (data_off, false);
+    while pos < data_off + data_size {
+        let kind = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+        let size = usize::from(u16::from_le_bytes(bytes[pos + 6..pos + 8].try_into().unwrap()));
+        seen_sample |= kind == 9;
+        if kind == 10 && seen_sample && size >= 8 + 16 + 32 {
+            mmap2_after_samples.push((pos, size));
+        }
+        pos += size;
+    }
+    let mut losses = Vec::new();
+    for ((at, size), (ev, count)) in
+        mmap2_after_samples.into_iter().zip([(&events[20], 7u64), (&events[41], 3)])
+    {
+        let (cpu, ts) = (ev.cpu, ev.ts + 1);
+        let rec = &mut bytes[at..at + size];
+        rec.fill(0);
+        rec[..4].copy_from_slice(&2u32.to_le_bytes()); // PERF_RECORD_LOST
+        rec[6..8].copy_from_slice(&u16::try_from(size).unwrap().to_le_bytes());
+        rec[16..24].copy_from_slice(&count.to_le_bytes());
+        // sample_id (TID, TIME, CPU, IDENTIFIER) at the end of the record.
+        let sid = size - 32;
+        rec[sid + 8..sid + 16].copy_from_slice(&ts.to_le_bytes());
+        rec[sid + 16..sid + 20].copy_from_slice(&cpu.to_le_bytes());
+        losses.push((cpu, ts, count));
+    }
+    assert_eq!(losses.len(), 2);
+    let path = dir.join("lost.perf.data");
+    std::fs::write(&path, bytes).unwrap();
+    (path, losses)
+}
+
+#[test]
+fn perf_losses_become_flagged_pages_at_their_time_and_cpu() {
+    let dir = scratch("perf-lost");
+    let (input, losses) = perf_with_losses(&dir);
+    let (want, want_stats) = read_all(&input);
+    let lost: Vec<(u32, u64, Option<u64>)> = want
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Lost { count } => Some((e.cpu, e.ts, count)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<_> = losses.iter().map(|&(c, t, n)| (c, t, Some(n))).collect();
+    assert_eq!(lost, expected, "the crafted input reads as intended");
+    let (out, summary) = convert_to(&input, &dir);
+    let (got, got_stats) = read_all(&out);
+    assert_eq!(got, want);
+    assert_eq!(got_stats.lost, want_stats.lost);
+    assert_eq!(summary.stats.lost, want_stats.lost);
+    if let Some(report) = report(&out) {
+        let formats = std::sync::Arc::clone(
+            PerfDataReader::open(&input, ReadOptions::default()).unwrap().formats(),
+        );
+        check_report_against_events("lost.perf.data", &report, &want, &formats);
+        assert!(report.contains("[7 EVENTS DROPPED]") && report.contains("[3 EVENTS DROPPED]"));
+    }
+}
+
+/// lm.perf.data with every sample from the 30th on moved 0.4 s later: deltas past 2^27 − 1
+/// ns that the packer must write as TIME_EXTEND records.
+#[test]
+fn perf_gaps_over_2_27_ns_are_time_extended() {
+    let dir = scratch("perf-extend");
+    let input = samples().join("real/perf/lm.perf.data");
+    let mut bytes = std::fs::read(&input).unwrap();
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let (data_off, data_size) = (u64_at(&bytes, 40) as usize, u64_at(&bytes, 48) as usize);
+    let (mut pos, mut samples_seen) = (data_off, 0);
+    while pos < data_off + data_size {
+        let kind = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+        let size = usize::from(u16::from_le_bytes(bytes[pos + 6..pos + 8].try_into().unwrap()));
+        if kind == 9 {
+            samples_seen += 1;
+            if samples_seen >= 30 {
+                // sample_type IDENTIFIER|IP|TID|TIME|...: the time is the 4th u64 of the body.
+                let t = u64_at(&bytes, pos + 32) + 400_000_000;
+                bytes[pos + 32..pos + 40].copy_from_slice(&t.to_le_bytes());
+            }
+        }
+        pos += size;
+    }
+    let shifted = dir.join("gap.perf.data");
+    std::fs::write(&shifted, bytes).unwrap();
+    let (want, _) = read_all(&shifted);
+    let gaps = want.windows(2).filter(|w| w[1].ts - w[0].ts >= 1 << 27).count();
+    assert!(gaps >= 1);
+    let (out, summary) = convert_to(&shifted, &dir);
+    assert_eq!(read_all(&out).0, want);
+    // Still one page per CPU: the gap is inside a page, as a TIME_EXTEND record.
+    assert_eq!(summary.written.pages, [1, 1]);
+    if let Some(report) = report(&out) {
+        let formats = std::sync::Arc::clone(
+            PerfDataReader::open(&shifted, ReadOptions::default()).unwrap().formats(),
+        );
+        check_report_against_events("gap.perf.data", &report, &want, &formats);
+    }
+}
