@@ -381,6 +381,23 @@ fn text_inputs_are_refused_with_what_to_give_instead() {
     assert!(matches!(err, ConvertError::NotTracefs { .. }), "{err:?}");
 }
 
+/// The records of a perf.data's data section: (offset, type, size).
+fn perf_records(bytes: &[u8]) -> Vec<(usize, u32, usize)> {
+    let u64_at = |at: usize| {
+        usize::try_from(u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())).unwrap()
+    };
+    let (data_off, data_size) = (u64_at(40), u64_at(48));
+    let mut out = Vec::new();
+    let mut pos = data_off;
+    while pos < data_off + data_size {
+        let kind = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+        let size = usize::from(u16::from_le_bytes(bytes[pos + 6..pos + 8].try_into().unwrap()));
+        out.push((pos, kind, size));
+        pos += size;
+    }
+    out
+}
+
 /// lm.perf.data with two MMAP2 records (after the samples, same round) rewritten as
 /// `PERF_RECORD_LOST` records on the CPUs and just after the times of two samples:
 /// `(file, [(cpu, ts, count)])`.
@@ -388,18 +405,13 @@ fn perf_with_losses(dir: &Path) -> (PathBuf, Vec<(u32, u64, u64)>) {
     let input = samples().join("real/perf/lm.perf.data");
     let mut bytes = std::fs::read(&input).unwrap();
     let (events, _) = read_all(&input);
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let (data_off, data_size) = (u64_at(&bytes, 40) as usize, u64_at(&bytes, 48) as usize);
     let mut mmap2_after_samples = Vec::new();
-    let (mut pos, mut seen_sample) = (data_off, false);
-    while pos < data_off + data_size {
-        let kind = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
-        let size = usize::from(u16::from_le_bytes(bytes[pos + 6..pos + 8].try_into().unwrap()));
+    let mut seen_sample = false;
+    for (pos, kind, size) in perf_records(&bytes) {
         seen_sample |= kind == 9;
         if kind == 10 && seen_sample && size >= 8 + 16 + 32 {
             mmap2_after_samples.push((pos, size));
         }
-        pos += size;
     }
     let mut losses = Vec::new();
     for ((at, size), (ev, count)) in
@@ -458,21 +470,12 @@ fn perf_gaps_over_2_27_ns_are_time_extended() {
     let dir = scratch("perf-extend");
     let input = samples().join("real/perf/lm.perf.data");
     let mut bytes = std::fs::read(&input).unwrap();
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let (data_off, data_size) = (u64_at(&bytes, 40) as usize, u64_at(&bytes, 48) as usize);
-    let (mut pos, mut samples_seen) = (data_off, 0);
-    while pos < data_off + data_size {
-        let kind = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
-        let size = usize::from(u16::from_le_bytes(bytes[pos + 6..pos + 8].try_into().unwrap()));
-        if kind == 9 {
-            samples_seen += 1;
-            if samples_seen >= 30 {
-                // sample_type IDENTIFIER|IP|TID|TIME|...: the time is the 4th u64 of the body.
-                let t = u64_at(&bytes, pos + 32) + 400_000_000;
-                bytes[pos + 32..pos + 40].copy_from_slice(&t.to_le_bytes());
-            }
-        }
-        pos += size;
+    let sample_offsets = perf_records(&bytes).into_iter().filter(|r| r.1 == 9).map(|r| r.0);
+    for pos in sample_offsets.skip(29) {
+        // sample_type IDENTIFIER|IP|TID|TIME|...: the time is the 4th u64 of the body.
+        let time = &mut bytes[pos + 32..pos + 40];
+        let t = u64::from_le_bytes(time.try_into().unwrap()) + 400_000_000;
+        time.copy_from_slice(&t.to_le_bytes());
     }
     let shifted = dir.join("gap.perf.data");
     std::fs::write(&shifted, bytes).unwrap();
