@@ -5,7 +5,8 @@
 //!  trace.dat v6 / v7 (none, zlib, zstd) --pages, verbatim----------.
 //!  tracefs tree / *.bin page dumps      --pages, verbatim-----------+--> TraceDatWriter --> OUT.dat
 //!  perf.data (tracepoint samples)       --raw payloads -> PageBuilder'     (temp name, renamed
-//!  ftrace / report / perf script text   --> ConvertError::NoFormats          when complete)
+//!  text + --formats DIR                 --fields -> records -> PageBuilder'  when complete)
+//!  text alone (ftrace, report, perf script, vmxray simulate) --> ConvertError::NoFormats
 //! ```
 //!
 //! # What is lossless and what is re-encoded
@@ -38,6 +39,20 @@
 //!   timestamp set to the LOST record's time, so readers report the loss at the same time and
 //!   CPU as perf did (two losses in a row: an empty flagged page for the first). No CPUSTAT is
 //!   invented for perf.
+//!
+//! - **Text** (ftrace, `trace-cmd report`, `perf script`, `vmxray simulate`) carries no format
+//!   files, so by default it is refused with [`ConvertError::NoFormats`], which says to
+//!   convert the binary trace it came from. With [`ConvertOptions::formats`] (a tracefs copy
+//!   whose `events/` has the formats of the traced kernel) each event is **re-encoded**: its
+//!   fields under the kernel's names ([`EventKind::kernel_fields`], the inverse of the typed
+//!   decode) are written at the format's offsets (`__data_loc`/`__rel_loc` arrays after the
+//!   fixed part), `common_type` is the format's id, `common_pid` the event's pid, and the
+//!   common flags/preempt count (which decoded events do not keep) are 0. Fields the text did
+//!   not carry are written as 0 and counted per `system:event:field` in
+//!   [`ConvertSummary::fields_zeroed`]; an event with no format stops the conversion
+//!   ([`ConvertError::NoFormatFor`]; skipped and counted with `permissive`). Text stamps are
+//!   µs, and events at equal times come back ordered by CPU (trace.dat readers merge that way).
+//!   The clock is the text's when it names one, else `local` (ftrace's default).
 //!
 //! Not converted (and reported in the summary, not silently): `-B` instance buffers of a
 //! trace.dat (only the first buffer, the top instance when present, is written; the writer
@@ -77,7 +92,8 @@ use std::sync::Arc;
 use crate::bin_util::Endian;
 use crate::decode::parse_cmdlines;
 use crate::event::{Comm, EventKind};
-use crate::format::{EventFormats, PageLayout, RecordError};
+use crate::fields::{FieldValue, Fields};
+use crate::format::{EventFormat, EventFormats, FieldLayout, PageLayout, RecordError};
 use crate::page::{PageBuilder, PageError, PageItem, PageRecords, TS_SHIFT};
 use crate::perfdata::PerfDataReader;
 use crate::reader::{
@@ -89,12 +105,15 @@ use crate::tracefs::{TracefsError, TracefsInput, TracefsTree};
 use crate::write::{Metadata, TraceDatWriter, WriteError, WriteSummary, WriterOptions};
 
 /// How to convert.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConvertOptions {
     /// Leave out bad pages (perf: bad samples) and count them instead of stopping.
     pub permissive: bool,
     /// How the trace.dat is written.
     pub writer: WriterOptions,
+    /// A tracefs tree (its root or its `events/` directory) whose format files encode the
+    /// events of a text input; without it, text is refused.
+    pub formats: Option<PathBuf>,
 }
 
 /// How the events reached the output.
@@ -104,6 +123,9 @@ pub enum Method {
     PagesCopied,
     /// Raw tracepoint payloads packed into new pages (perf.data).
     PagesBuilt,
+    /// Records encoded from decoded fields with given format files, packed into new pages
+    /// (text with [`ConvertOptions::formats`]).
+    RecordsEncoded,
 }
 
 /// What a conversion did.
@@ -117,8 +139,11 @@ pub struct ConvertSummary {
     pub stats: ReadStats,
     /// trace.dat buffers (`-B` instances) that were not converted, by name.
     pub dropped_buffers: Vec<String>,
-    /// pids whose comm changed during the capture (perf; the last comm is kept).
+    /// pids whose comm changed during the capture (perf, text; the last comm is kept).
     pub comm_changes: u64,
+    /// Text with `--formats`: fields a format has but the input's event did not carry,
+    /// written as 0, by `system:event:field`.
+    pub fields_zeroed: BTreeMap<String, u64>,
     /// What the writer wrote.
     pub written: WriteSummary,
 }
@@ -182,6 +207,18 @@ pub enum ConvertError {
     /// Writing the output failed (the error names the file).
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A text event whose format the `--formats` tree does not have.
+    #[error("{input}: no format for {system}:{name} in {formats}")]
+    NoFormatFor {
+        /// The input.
+        input: Arc<str>,
+        /// The event's system.
+        system: String,
+        /// The event's name.
+        name: String,
+        /// The formats tree.
+        formats: PathBuf,
+    },
     /// The complete output could not be moved to its name.
     #[error("Cannot rename {from} to {to}")]
     Rename {
@@ -246,7 +283,7 @@ fn convert_into(
                 let reader = PerfDataReader::from_bytes(Arc::clone(&name), bytes, read_opts)?;
                 from_perf(reader, out, opts)
             }
-            Some(_) | None => Err(ConvertError::NoFormats { input: name, kind: "text input" }),
+            Some(_) | None => Err(ConvertError::NoFormats { input: name, kind: "text on stdin" }),
         };
     }
     if input.is_dir() {
@@ -262,9 +299,10 @@ fn convert_into(
         Some(InputFormat::PerfData) => {
             from_perf(PerfDataReader::open(input, read_opts)?, out, opts)
         }
-        Some(_) | None => match TracefsInput::locate(input) {
-            Some(found) => from_tracefs(&found, name, out, opts),
-            None => Err(ConvertError::NoFormats { input: name, kind: text_kind(input) }),
+        Some(_) | None => match (TracefsInput::locate(input), &opts.formats) {
+            (Some(found), _) => from_tracefs(&found, name, out, opts),
+            (None, Some(formats)) => from_text(input, formats, out, opts),
+            (None, None) => Err(ConvertError::NoFormats { input: name, kind: text_kind(input) }),
         },
     }
 }
@@ -493,6 +531,7 @@ fn from_tracedat(
         stats: sink.stats,
         dropped_buffers,
         comm_changes: 0,
+        fields_zeroed: BTreeMap::new(),
         written,
     })
 }
@@ -599,6 +638,7 @@ fn from_tracefs(
         stats: sink.stats,
         dropped_buffers: Vec::new(),
         comm_changes: 0,
+        fields_zeroed: BTreeMap::new(),
         written,
     })
 }
@@ -777,6 +817,233 @@ fn from_perf(
         stats,
         dropped_buffers: Vec::new(),
         comm_changes,
+        fields_zeroed: BTreeMap::new(),
+        written,
+    })
+}
+
+/// Writes `len` low bytes of `v` at `at` (little-endian; big-endian output is refused).
+fn put_uint(buf: &mut [u8], at: usize, len: usize, v: u64) {
+    let bytes = v.to_le_bytes();
+    if let (Some(dst), Some(src)) = (buf.get_mut(at..at + len), bytes.get(..len)) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// A value's bytes for an array or dynamic field (strings get their NUL back).
+fn value_bytes(v: &FieldValue, elem_size: usize) -> Vec<u8> {
+    match v {
+        FieldValue::Str(s) => {
+            let mut b = s.as_bytes().to_vec();
+            b.push(0);
+            b
+        }
+        FieldValue::Bytes(b) => b.to_vec(),
+        FieldValue::Array(a) => {
+            let n = elem_size.clamp(1, 8);
+            a.iter().flat_map(|x| x.to_le_bytes().into_iter().take(n)).collect()
+        }
+        FieldValue::U64(x) => x.to_le_bytes().to_vec(),
+        FieldValue::I64(x) => x.to_le_bytes().to_vec(),
+    }
+}
+
+/// Encodes an event as a record of `format`: the inverse of decoding it. `common_type` is
+/// the format's id, `common_pid` the event's pid, the other common fields (flags, preempt
+/// count, which decoded events do not keep) 0; dynamic arrays follow the fixed part. Returns
+/// the names of the fields `fields` lacked (written as 0).
+fn encode_record<'f>(
+    format: &'f EventFormat,
+    pid: i32,
+    fields: &Fields,
+) -> (Vec<u8>, Vec<&'f str>) {
+    let fixed = format
+        .fields
+        .iter()
+        .map(|f| match f.layout {
+            FieldLayout::DataLoc { .. } | FieldLayout::RelLoc { .. } => f.offset as usize + 4,
+            FieldLayout::Flexible { .. } => f.offset as usize,
+            FieldLayout::Scalar | FieldLayout::Array { .. } | FieldLayout::Opaque => {
+                (f.offset + f.size) as usize
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    let mut buf = vec![0u8; fixed];
+    let mut missing = Vec::new();
+    let mut flexible = Vec::new();
+    for f in &format.fields {
+        let (at, size) = (f.offset as usize, f.size as usize);
+        let value = match &*f.name {
+            "common_type" => Some(FieldValue::U64(u64::from(format.id))),
+            "common_pid" => Some(FieldValue::I64(i64::from(pid))),
+            name if f.is_common() => fields.get(name).cloned().or(Some(FieldValue::U64(0))),
+            name => fields.get(name).cloned(),
+        };
+        let Some(value) = value else {
+            missing.push(&*f.name);
+            continue;
+        };
+        match f.layout {
+            FieldLayout::Scalar => put_uint(&mut buf, at, size, value.as_u64().unwrap_or(0)),
+            FieldLayout::Array { elem_size } => {
+                let bytes = value_bytes(&value, elem_size as usize);
+                let n = bytes.len().min(size);
+                if let (Some(dst), Some(src)) = (buf.get_mut(at..at + n), bytes.get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            FieldLayout::Opaque => {
+                let bytes = value_bytes(&value, 1);
+                let n = bytes.len().min(size);
+                if let (Some(dst), Some(src)) = (buf.get_mut(at..at + n), bytes.get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+            FieldLayout::DataLoc { elem_size } | FieldLayout::RelLoc { elem_size } => {
+                let bytes = value_bytes(&value, elem_size as usize);
+                let start = buf.len();
+                let rel = matches!(f.layout, FieldLayout::RelLoc { .. });
+                let offset = if rel { start.saturating_sub(at + 4) } else { start };
+                let loc = (bytes.len().min(0xffff) << 16) | offset.min(0xffff);
+                put_uint(&mut buf, at, 4, loc as u64);
+                buf.extend_from_slice(&bytes);
+            }
+            FieldLayout::Flexible { elem_size } => {
+                flexible = value_bytes(&value, elem_size as usize);
+            }
+        }
+    }
+    buf.extend_from_slice(&flexible);
+    (buf, missing)
+}
+
+/// Text + format files → trace.dat: each event's fields (typed events through
+/// [`EventKind::kernel_fields`]) encoded with its format, packed into pages per CPU.
+fn from_text(
+    input: &Path,
+    formats_dir: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary, ConvertError> {
+    // The tree's root, whether given as the root or as its `events/` directory.
+    let root = if formats_dir.join("header_page").is_file() {
+        formats_dir.parent().unwrap_or(formats_dir)
+    } else {
+        formats_dir
+    };
+    let fname = input_name(formats_dir);
+    let tree = TracefsTree::load(root).map_err(|e| ReadError::new(&fname, Location::Input, e))?;
+    let name = input_name(input);
+    refuse_big_endian(&name, tree.layout.endian)?;
+    let mut reader = crate::open(input, ReadOptions { permissive: opts.permissive })?;
+    let meta = reader.meta().clone();
+    let read_file = |rel: &str| std::fs::read(root.join(rel)).unwrap_or_default();
+    let texts = SavedTexts {
+        header_page: read_file("events/header_page"),
+        header_event: read_file("events/header_event"),
+        printk: read_file("printk_formats"),
+        cmdlines: Vec::new(),
+    };
+    // Events come in time order, so the CPU count is known only at the end: pages are kept
+    // per CPU until then (text inputs are small).
+    let clock = if meta.clock.is_ns() && !matches!(meta.clock, crate::Clock::Nanoseconds) {
+        meta.clock.name().to_owned()
+    } else {
+        // Text stamps without a clock name: ftrace's default.
+        "local".to_owned()
+    };
+    let mut packers: Vec<CpuPacker> = Vec::new();
+    let mut pages: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut comms: BTreeMap<i32, Comm> = BTreeMap::new();
+    let mut comm_changes = 0;
+    let mut fields_zeroed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stats = ReadStats::default();
+    for item in reader.by_ref() {
+        let event = item?;
+        let cpu = event.cpu as usize;
+        if packers.len() <= cpu {
+            packers.resize_with(cpu + 1, || CpuPacker::new(tree.layout));
+            pages.resize_with(cpu + 1, Vec::new);
+        }
+        let (Some(packer), Some(cpu_pages)) = (packers.get_mut(cpu), pages.get_mut(cpu)) else {
+            continue;
+        };
+        let full = if let EventKind::Lost { count } = event.kind {
+            stats.note_lost(event.cpu, count);
+            packer.lost(event.ts, count)
+        } else {
+            let Some(format) = tree.formats.find(event.system(), event.name()) else {
+                let err = ConvertError::NoFormatFor {
+                    input: Arc::clone(&name),
+                    system: event.system().to_owned(),
+                    name: event.name().to_owned(),
+                    formats: formats_dir.to_owned(),
+                };
+                if opts.permissive {
+                    stats.skipped += 1;
+                    continue;
+                }
+                return Err(err);
+            };
+            let (payload, missing) = encode_record(format, event.pid, &event.kind.kernel_fields());
+            for field in missing {
+                let key = format!("{}:{}:{field}", format.system, format.name);
+                *fields_zeroed.entry(key).or_default() += 1;
+            }
+            if let Some(comm) = &event.comm {
+                if comms.get(&event.pid).is_some_and(|c| c != comm) {
+                    comm_changes += 1;
+                }
+                comms.insert(event.pid, comm.clone());
+            }
+            match packer.event(event.ts, &payload) {
+                Ok(full) => full,
+                Err(len) => {
+                    let capacity = packer.capacity();
+                    if opts.permissive {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    return Err(ConvertError::EventTooLarge {
+                        input: Arc::clone(&name),
+                        cpu: event.cpu,
+                        ts: event.ts,
+                        len,
+                        capacity,
+                    });
+                }
+            }
+        };
+        stats.events += 1;
+        cpu_pages.extend(full);
+    }
+    let read_stats = reader.stats();
+    stats.skipped += read_stats.skipped;
+    stats.problems.extend(read_stats.problems.iter().cloned());
+    for (packer, cpu_pages) in packers.iter_mut().zip(pages.iter_mut()) {
+        cpu_pages.extend(packer.flush());
+    }
+    let cpus = u32::try_from(pages.len()).unwrap_or(u32::MAX).max(1);
+    let md = metadata(&texts, &tree.formats, tree.layout.page_size, &clock, None, cpus);
+    let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
+    for (cpu, cpu_pages) in (0u32..).zip(&pages) {
+        for page in cpu_pages {
+            writer.write_page(cpu, page)?;
+        }
+    }
+    let mut cmdlines = String::new();
+    for (pid, comm) in comms.iter().filter(|(pid, _)| **pid != 0) {
+        cmdlines.push_str(&format!("{pid} {comm}\n"));
+    }
+    let written = writer.finish(Some(cmdlines.as_bytes()), &[])?;
+    Ok(ConvertSummary {
+        meta,
+        method: Method::RecordsEncoded,
+        stats,
+        dropped_buffers: Vec::new(),
+        comm_changes,
+        fields_zeroed,
         written,
     })
 }

@@ -493,3 +493,69 @@ fn perf_gaps_over_2_27_ns_are_time_extended() {
         check_report_against_events("gap.perf.data", &report, &want, &formats);
     }
 }
+
+/// Text (here `vmxray simulate` output) with `formats`: each event is encoded from its fields
+/// with the tracefs format files. Everything the text carried comes back — time, CPU, pid,
+/// comm, event, every field value — in vmxray and in `trace-cmd report -R -t`; fields the
+/// text lacks are 0 and reported. Events at equal times come back ordered by CPU, as every
+/// trace.dat reader merges them.
+#[test]
+fn simulated_text_with_formats_keeps_every_field_it_carried() {
+    let dir = scratch("text-formats");
+    let tree = samples().join("real/raw/tracefs");
+    let formats = TracefsTree::load(&tree).unwrap().formats;
+    let sims = sorted_files(&samples().join("sim"), "txt");
+    assert!(sims.len() >= 10);
+    let mut fields_compared = 0;
+    for (i, input) in sims.iter().enumerate() {
+        let what = input.display().to_string();
+        let out = dir.join("out.dat");
+        // Either the tree's root or its events/ directory names the formats.
+        let given = if i % 2 == 0 { tree.clone() } else { tree.join("events") };
+        let opts = ConvertOptions { formats: Some(given), ..ConvertOptions::default() };
+        let summary = convert(input, &out, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(summary.method, Method::RecordsEncoded);
+        let (mut want, _) = read_all(input);
+        want.sort_by_key(|e| (e.ts, e.cpu));
+        let (got, _) = read_all(&out);
+        assert_eq!(got.len(), want.len(), "{what}");
+        assert_eq!(summary.stats.events, want.len() as u64, "{what}");
+        for (g, w) in got.iter().zip(&want) {
+            let at = format!("{what}: {w:?}");
+            assert_eq!((g.ts, g.cpu, g.pid, &g.comm), (w.ts, w.cpu, w.pid, &w.comm), "{at}");
+            assert_eq!(g.name(), w.name(), "{at}");
+            // Text without the system (`-R`-like lines) gets the format's.
+            assert!(w.system().is_empty() || g.system() == w.system(), "{at}");
+            let format = formats.find(g.system(), g.name()).unwrap();
+            let got_fields = g.kind.kernel_fields();
+            // Fields the format has (text may add an unparsed `text` pseudo-field).
+            for (name, value) in
+                w.kind.kernel_fields().iter().filter(|(n, _)| format.field(n).is_some())
+            {
+                assert_eq!(got_fields.get(name), Some(value), "{at}: field {name}");
+                fields_compared += 1;
+            }
+        }
+        if let Some(report) = report(&out) {
+            fields_compared += check_report_against_events(&what, &report, &want, &formats);
+        }
+    }
+    assert!(fields_compared > 5000, "{fields_compared}");
+}
+
+#[test]
+fn text_events_without_a_format_stop_or_are_skipped() {
+    let dir = scratch("text-no-format");
+    // `raw` text names events by id only (`type_82`): no format file has that name.
+    let input = samples().join("real/text/text_raw.txt");
+    let out = dir.join("out.dat");
+    let formats = Some(samples().join("real/raw/tracefs"));
+    let opts = ConvertOptions { formats: formats.clone(), ..ConvertOptions::default() };
+    let err = convert(&input, &out, &opts).unwrap_err();
+    assert!(matches!(err, ConvertError::NoFormatFor { .. }), "{err:?}");
+    assert!(err.to_string().contains("type_82"), "{err}");
+    assert_nothing_written(&dir, &out);
+    let opts = ConvertOptions { formats, permissive: true, ..ConvertOptions::default() };
+    let summary = convert(&input, &out, &opts).unwrap();
+    assert!(summary.stats.skipped > 0);
+}

@@ -14,10 +14,12 @@ use super::input;
 #[command(after_help = "trace.dat (v6, v7 none/zlib/zstd) and tracefs copies (a tree with \
     per_cpu/cpuN/trace_pipe_raw, or *.bin page dumps beside a tracefs/ tree) are copied page by \
     page with their own format files; perf.data tracepoint samples are packed into new pages. \
-    Text (ftrace, trace-cmd report, perf script) has no format files and is refused: convert \
-    the trace.dat or perf.data it came from.\n\nExamples:\n  \
+    Text (ftrace, trace-cmd report, perf script, vmxray simulate) has no format files: convert \
+    the trace.dat or perf.data it came from, or give --formats (a tracefs copy of the kernel's \
+    events/) to encode its events field by field.\n\nExamples:\n  \
     vmxray convert old-v6.dat -o new.dat\n  \
-    vmxray convert perf.data -o trace.dat && trace-cmd report trace.dat")]
+    vmxray convert perf.data -o trace.dat && trace-cmd report trace.dat\n  \
+    vmxray convert sim.txt --formats /sys/kernel/tracing -o sim.dat")]
 pub struct Args {
     /// The input (`-` for stdin): trace.dat, perf.data or a tracefs directory.
     pub input: PathBuf,
@@ -27,17 +29,26 @@ pub struct Args {
     /// Leave out bad pages (perf.data: bad samples), count them and go on instead of stopping.
     #[arg(long)]
     pub permissive: bool,
+    /// For text input: a tracefs tree (root or `events/` directory) whose format files encode
+    /// the events (fields the text lacks are written as 0 and reported).
+    #[arg(long, value_name = "DIR")]
+    pub formats: Option<PathBuf>,
 }
 
 /// Runs `vmxray convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let opts = ConvertOptions { permissive: args.permissive, ..ConvertOptions::default() };
+    let opts = ConvertOptions {
+        permissive: args.permissive,
+        formats: args.formats,
+        ..ConvertOptions::default()
+    };
     let summary = convert::convert(&args.input, &args.output, &opts).with_context(|| {
         format!("Cannot convert {} to {}", args.input.display(), args.output.display())
     })?;
     let how = match summary.method {
         Method::PagesCopied => "pages copied",
         Method::PagesBuilt => "pages built from perf samples",
+        Method::RecordsEncoded => "records encoded from fields with the given formats",
     };
     let pages: u64 = summary.written.pages.iter().sum();
     eprintln!(
@@ -54,6 +65,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "{}: {} comm changes during the capture; each pid keeps its last comm",
             summary.meta.input, summary.comm_changes
+        );
+    }
+    for (field, count) in &summary.fields_zeroed {
+        eprintln!(
+            "{}: {field} not in the input, written as 0 in {count} events",
+            summary.meta.input
         );
     }
     input::write_read_summary(&mut io::stderr(), &summary.meta, &summary.stats)?;
