@@ -52,7 +52,10 @@
 //!   [`ConvertSummary::fields_zeroed`]; an event with no format stops the conversion
 //!   ([`ConvertError::NoFormatFor`]; skipped and counted with `permissive`). Text stamps are
 //!   µs, and events at equal times come back ordered by CPU (trace.dat readers merge that way).
-//!   The clock is the text's when it names one, else `local` (ftrace's default).
+//!   The clock is the text's when it names one, else `local` (ftrace's default). Give the
+//!   formats of the kernel the text is from: a field that kernel did not have but the given
+//!   format has is written as 0 and then decodes as a value (a 6.1-style `kvm_entry` read with
+//!   6.18 formats gains `intr_info 0`), which rules that look at it may act on.
 //!
 //! Not converted (and reported in the summary, not silently): `-B` instance buffers of a
 //! trace.dat (only the first buffer, the top instance when present, is written; the writer
