@@ -64,6 +64,26 @@ fn stdin_input_converts() {
         dump(out.to_str().unwrap(), "jsonl"),
         dump(&sample("real/perf/lm.perf.data"), "jsonl")
     );
+
+    // Text on stdin needs --formats.
+    let text = || std::fs::File::open(sample("sim/init-fixed-6.1.txt")).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_vmxray"))
+        .args(["convert", "-", "-o", out.to_str().unwrap()])
+        .stdin(Stdio::from(text()))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("<stdin>: text on stdin"));
+    let formats = sample("real/raw/tracefs");
+    let run = Command::new(env!("CARGO_BIN_EXE_vmxray"))
+        .args(["convert", "-", "--formats", &formats, "-o", out.to_str().unwrap()])
+        .stdin(Stdio::from(text()))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let want = dump(&sample("sim/init-fixed-6.1.txt"), "text");
+    let lines = |b: &[u8]| b.iter().filter(|c| **c == b'\n').count();
+    assert_eq!(lines(&dump(out.to_str().unwrap(), "text")), lines(&want));
 }
 
 #[test]

@@ -103,6 +103,7 @@ use crate::reader::{
     EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name, sniff_binary,
 };
+use crate::text::TextReader;
 use crate::tracedat::{SavedTexts, TraceDat};
 use crate::tracefs::{TracefsError, TracefsInput, TracefsTree};
 use crate::write::{Metadata, TraceDatWriter, WriteError, WriteSummary, WriterOptions};
@@ -286,7 +287,13 @@ fn convert_into(
                 let reader = PerfDataReader::from_bytes(Arc::clone(&name), bytes, read_opts)?;
                 from_perf(reader, out, opts)
             }
-            Some(_) | None => Err(ConvertError::NoFormats { input: name, kind: "text on stdin" }),
+            Some(_) | None => match &opts.formats {
+                Some(formats) => {
+                    let text = TextReader::new(name, io::Cursor::new(bytes), read_opts);
+                    from_text(Box::new(text), formats, out, opts)
+                }
+                None => Err(ConvertError::NoFormats { input: name, kind: "text on stdin" }),
+            },
         };
     }
     if input.is_dir() {
@@ -304,7 +311,7 @@ fn convert_into(
         }
         Some(_) | None => match (TracefsInput::locate(input), &opts.formats) {
             (Some(found), _) => from_tracefs(&found, name, out, opts),
-            (None, Some(formats)) => from_text(input, formats, out, opts),
+            (None, Some(formats)) => from_text(crate::open(input, read_opts)?, formats, out, opts),
             (None, None) => Err(ConvertError::NoFormats { input: name, kind: text_kind(input) }),
         },
     }
@@ -924,7 +931,7 @@ fn encode_record<'f>(
 /// Text + format files → trace.dat: each event's fields (typed events through
 /// [`EventKind::kernel_fields`]) encoded with its format, packed into pages per CPU.
 fn from_text(
-    input: &Path,
+    mut reader: Box<dyn EventReader>,
     formats_dir: &Path,
     out: &Path,
     opts: &ConvertOptions,
@@ -937,10 +944,9 @@ fn from_text(
     };
     let fname = input_name(formats_dir);
     let tree = TracefsTree::load(root).map_err(|e| ReadError::new(&fname, Location::Input, e))?;
-    let name = input_name(input);
-    refuse_big_endian(&name, tree.layout.endian)?;
-    let mut reader = crate::open(input, ReadOptions { permissive: opts.permissive })?;
     let meta = reader.meta().clone();
+    let name = Arc::clone(&meta.input);
+    refuse_big_endian(&name, tree.layout.endian)?;
     let read_file = |rel: &str| std::fs::read(root.join(rel)).unwrap_or_default();
     let texts = SavedTexts {
         header_page: read_file("events/header_page"),

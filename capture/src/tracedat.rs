@@ -936,7 +936,8 @@ impl TraceDat {
 
     /// The page bytes of one CPU of a buffer, a chunk at a time (v7: one compressed chunk,
     /// v6/none: up to 16 pages), each with its offset in the CPU's page stream, for tools that
-    /// copy pages without holding a whole CPU in memory.
+    /// copy pages without holding a whole CPU in memory. Uncompressed data cut short by the end
+    /// of the file comes as what is there followed by a `Truncated` error.
     pub fn cpu_chunks(
         &self,
         buffer: usize,
@@ -951,14 +952,21 @@ impl TraceDat {
             work.extend(self.work(b, d).map_err(|(at, e)| self.err(at, e))?);
         }
         let mut scratch = Scratch::default();
-        Ok(work.into_iter().map(move |w| {
+        Ok(work.into_iter().flat_map(move |w| {
             let mut buf = Vec::new();
-            self.load(&w, &mut buf, &mut scratch).map_err(|(at, e)| self.err(at, e))?;
-            if w.usize.is_none() && (buf.len() as u64) < w.len {
-                let at = Location::Offset(w.file_offset.saturating_add(buf.len() as u64));
-                return Err(self.err(at, TraceDatError::Truncated { expected: "CPU data" }));
+            if let Err((at, e)) = self.load(&w, &mut buf, &mut scratch) {
+                return vec![Err(self.err(at, e))];
             }
-            Ok((w.stream_offset, buf))
+            let short = w.usize.is_none() && (buf.len() as u64) < w.len;
+            let at = Location::Offset(w.file_offset.saturating_add(buf.len() as u64));
+            let mut items = Vec::with_capacity(2);
+            if !buf.is_empty() {
+                items.push(Ok((w.stream_offset, buf)));
+            }
+            if short {
+                items.push(Err(self.err(at, TraceDatError::Truncated { expected: "CPU data" })));
+            }
+            items
         }))
     }
 

@@ -559,3 +559,28 @@ fn text_events_without_a_format_stop_or_are_skipped() {
     let summary = convert(&input, &out, &opts).unwrap();
     assert!(summary.stats.skipped > 0);
 }
+
+#[test]
+fn permissive_keeps_the_complete_pages_of_a_truncated_trace_dat() {
+    let dir = scratch("truncated-permissive");
+    let bytes = std::fs::read(samples().join("real/tracedat/lm-v6.dat")).unwrap();
+    // Cut inside the CPU data (v6: uncompressed pages at the end of the file), mid-page.
+    let cut = dir.join("cut.dat");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let out = dir.join("out.dat");
+    assert!(convert(&cut, &out, &ConvertOptions::default()).is_err());
+    assert_nothing_written(&dir, &out);
+    let opts = ConvertOptions { permissive: true, ..ConvertOptions::default() };
+    let summary = convert(&cut, &out, &opts).unwrap();
+    assert!(summary.stats.skipped >= 1, "{:?}", summary.stats);
+    let mut r = vmxray_capture::open(&cut, ReadOptions { permissive: true }).unwrap();
+    let want: Vec<Event> = r.by_ref().map(Result::unwrap).collect();
+    let (got, _) = read_all(&out);
+    assert!(!got.is_empty());
+    // Every page kept reads back as the input read permissively (which also decodes the
+    // records before the cut of the last, partial page).
+    let mut rest = want.iter();
+    for g in &got {
+        assert!(rest.any(|w| w == g), "{g:?} not in the input");
+    }
+}
