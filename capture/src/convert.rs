@@ -377,6 +377,12 @@ fn metadata(
     }
 }
 
+/// A UNAME text carrying the kernel release an input without one (perf's OSRELEASE) names,
+/// where trace.dat readers look for it (`uname -s -n -r ...`: the third word).
+fn uname_of(meta: &TraceMeta) -> Option<String> {
+    meta.kernel.as_ref().map(|release| format!("Linux - {release}"))
+}
+
 /// Validates pages against the layout and formats, and writes the good ones.
 struct PageSink<'a> {
     input: Arc<str>,
@@ -584,7 +590,8 @@ fn from_tracefs(
             Err(_) => u64::MAX, // shorter than a page header: reported when written
         };
         by_cpu.entry(pf.cpu).or_default().push((first_ts, files.len()));
-        files.push((f, size, pf.path.clone()));
+        let file_name: Arc<str> = pf.path.display().to_string().into();
+        files.push((f, size, pf.path.clone(), file_name));
     }
     let mut index: BTreeMap<u32, Vec<(usize, u64)>> = BTreeMap::new();
     for (cpu, mut dumps) in by_cpu {
@@ -617,8 +624,8 @@ fn from_tracefs(
     let mut buf = Vec::new();
     for (&cpu, list) in &index {
         for &(fi, offset) in list {
-            let Some((f, size, path)) = files.get(fi) else { continue };
-            let len = page_size.min(size - offset);
+            let Some((f, size, path, file_name)) = files.get(fi) else { continue };
+            let len = page_size.min(size.saturating_sub(offset));
             buf.resize(usize::try_from(len).unwrap_or(0), 0);
             if let Err(source) = f.read_exact_at(&mut buf, offset) {
                 let err = ReadError::new(
@@ -629,8 +636,7 @@ fn from_tracefs(
                 sink.problem(err)?;
                 continue;
             }
-            let input: Arc<str> = path.display().to_string().into();
-            sink.input = input;
+            sink.input = Arc::clone(file_name);
             sink.page(&mut writer, cpu, &buf, |off| Location::Offset(offset + off as u64))?;
         }
     }
@@ -759,7 +765,8 @@ fn from_perf(
     comms.remove(&0);
     let mut seen_comm: BTreeMap<i32, Comm> = BTreeMap::new();
     let mut comm_changes = 0;
-    let md = metadata(&texts, &formats, layout.page_size, "perf", None, cpus);
+    let uname = uname_of(&meta);
+    let md = metadata(&texts, &formats, layout.page_size, "perf", uname.as_deref(), cpus);
     let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
     let mut packers: Vec<CpuPacker> = (0..cpus).map(|_| CpuPacker::new(layout)).collect();
     let mut skipped = ReadStats::default();
@@ -1034,7 +1041,8 @@ fn from_text(
         cpu_pages.extend(packer.flush());
     }
     let cpus = u32::try_from(pages.len()).unwrap_or(u32::MAX).max(1);
-    let md = metadata(&texts, &tree.formats, tree.layout.page_size, &clock, None, cpus);
+    let uname = uname_of(&meta);
+    let md = metadata(&texts, &tree.formats, tree.layout.page_size, &clock, uname.as_deref(), cpus);
     let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
     for (cpu, cpu_pages) in (0u32..).zip(&pages) {
         for page in cpu_pages {

@@ -108,6 +108,10 @@ fn every_sample_reads_back_with_the_same_events() {
         assert_eq!(summary.method, method, "{what}");
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{what}");
+        let kernel = |p: &Path| {
+            vmxray_capture::open(p, ReadOptions::default()).unwrap().meta().kernel.clone()
+        };
+        assert_eq!(kernel(&out), kernel(&input), "{what}: kernel release");
         let td = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
         assert_eq!((td.version, td.compression.name()), (7, "zstd"), "{what}");
     }
@@ -582,5 +586,36 @@ fn permissive_keeps_the_complete_pages_of_a_truncated_trace_dat() {
     let mut rest = want.iter();
     for g in &got {
         assert!(rest.any(|w| w == g), "{g:?} not in the input");
+    }
+}
+
+/// A copied tracefs tree (`per_cpu/cpuN/trace_pipe_raw`, `saved_cmdlines`, `stats`): its
+/// comms go to the cmdlines section and each CPU's stats to a CPUSTAT option.
+#[test]
+fn tracefs_tree_comms_and_stats_are_carried() {
+    let dir = scratch("tracefs-tree");
+    let tree = dir.join("tracing");
+    let raw = samples().join("real/raw");
+    std::fs::create_dir_all(tree.join("per_cpu/cpu1")).unwrap();
+    std::os::unix::fs::symlink(raw.join("tracefs/events"), tree.join("events")).unwrap();
+    std::fs::copy(raw.join("tracefs/trace_clock"), tree.join("trace_clock")).unwrap();
+    std::fs::copy(raw.join("sample_raw_lm_cpu1.bin"), tree.join("per_cpu/cpu1/trace_pipe_raw"))
+        .unwrap();
+    std::fs::write(tree.join("saved_cmdlines"), "12372 qemu vcpu-0 x\n").unwrap();
+    let stats = "entries: 0\noverrun: 0\ndropped events: 0\n";
+    std::fs::write(tree.join("per_cpu/cpu1/stats"), stats).unwrap();
+    let (out, summary) = convert_to(&tree, &dir);
+    let (want, _) = read_all(&tree);
+    let (got, _) = read_all(&out);
+    assert_eq!(got, want);
+    assert_eq!(summary.stats.events, 62);
+    let of_pid: Vec<&Event> = got.iter().filter(|e| e.pid == 12372).collect();
+    assert!(of_pid.len() > 10);
+    assert!(of_pid.iter().all(|e| e.comm.as_deref() == Some("qemu vcpu-0 x")));
+    let td = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+    assert_eq!(td.cpu_stats, [format!("CPU: 1\n{stats}")]);
+    assert_eq!(td.cpu_count, Some(2));
+    if let Some(report) = report(&out) {
+        assert!(report.contains("qemu vcpu-0 x-12372 [001]"), "{report}");
     }
 }
