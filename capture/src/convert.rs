@@ -39,7 +39,6 @@
 //!   timestamp set to the LOST record's time, so readers report the loss at the same time and
 //!   CPU as perf did (two losses in a row: an empty flagged page for the first). No CPUSTAT is
 //!   invented for perf.
-//!
 //! - **Text** (ftrace, `trace-cmd report`, `perf script`, `vmxray simulate`) carries no format
 //!   files, so by default it is refused with [`ConvertError::NoFormats`], which says to
 //!   convert the binary trace it came from. With [`ConvertOptions::formats`] (a tracefs copy
@@ -57,9 +56,11 @@
 //!   format has is written as 0 and then decodes as a value (a 6.1-style `kvm_entry` read with
 //!   6.18 formats gains `intr_info 0`), which rules that look at it may act on.
 //!
-//! Not converted (and reported in the summary, not silently): `-B` instance buffers of a
-//! trace.dat (only the first buffer, the top instance when present, is written; the writer
-//! has one buffer), kallsyms (KVM events need no symbols), TSC2NSEC/GUEST/TIME_SHIFT options.
+//! Not carried over, and listed in [`ConvertSummary::not_converted`] when the input had them:
+//! `-B` instance buffers of a trace.dat (only the first buffer, the top instance when present,
+//! is written: the writer has one buffer) and the TSC2NSEC option (an `x86-tsc` trace keeps
+//! its cycle counts; trace-cmd then shows cycles where it showed ns for the input). Never
+//! carried: kallsyms (KVM events need no symbols) and the host/guest GUEST/TIME_SHIFT options.
 //! Big-endian traces are refused (the writer writes little-endian files).
 //!
 //! # Errors and `--permissive`
@@ -141,8 +142,8 @@ pub struct ConvertSummary {
     pub method: Method,
     /// Events, lost-event markers, skipped pages or samples, unknown event ids.
     pub stats: ReadStats,
-    /// trace.dat buffers (`-B` instances) that were not converted, by name.
-    pub dropped_buffers: Vec<String>,
+    /// What the input had that the output does not.
+    pub not_converted: Vec<NotConverted>,
     /// pids whose comm changed during the capture (perf, text; the last comm is kept).
     pub comm_changes: u64,
     /// Text with `--formats`: fields a format has but the input's event did not carry,
@@ -150,6 +151,26 @@ pub struct ConvertSummary {
     pub fields_zeroed: BTreeMap<String, u64>,
     /// What the writer wrote.
     pub written: WriteSummary,
+}
+
+/// Something of the input that the output does not carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotConverted {
+    /// A trace.dat `-B` instance buffer, by name.
+    Instance(String),
+    /// The TSC2NSEC option: timestamps stay in TSC cycles for trace-cmd.
+    Tsc2Nsec,
+}
+
+impl std::fmt::Display for NotConverted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Instance(name) => {
+                write!(f, "instance buffer {name:?} (only the top one is written)")
+            }
+            Self::Tsc2Nsec => f.write_str("TSC2NSEC (trace-cmd will show TSC cycles, not ns)"),
+        }
+    }
 }
 
 /// A conversion failed; nothing is left at the output path.
@@ -492,7 +513,11 @@ fn from_tracedat(
     let meta = td.meta(0);
     refuse_big_endian(&meta.input, td.endian)?;
     let buffer = td.buffers.first();
-    let dropped_buffers = td.buffers.iter().skip(1).map(|b| b.name.clone()).collect();
+    let mut not_converted: Vec<NotConverted> =
+        td.buffers.iter().skip(1).map(|b| NotConverted::Instance(b.name.clone())).collect();
+    if td.tsc2nsec.is_some() {
+        not_converted.push(NotConverted::Tsc2Nsec);
+    }
     let page_size = buffer.map_or(td.page_size, |b| b.page_size);
     let mut layout = td.layout;
     if page_size > layout.data_offset {
@@ -545,7 +570,7 @@ fn from_tracedat(
         meta,
         method: Method::PagesCopied,
         stats: sink.stats,
-        dropped_buffers,
+        not_converted,
         comm_changes: 0,
         fields_zeroed: BTreeMap::new(),
         written,
@@ -652,7 +677,7 @@ fn from_tracefs(
         meta,
         method: Method::PagesCopied,
         stats: sink.stats,
-        dropped_buffers: Vec::new(),
+        not_converted: Vec::new(),
         comm_changes: 0,
         fields_zeroed: BTreeMap::new(),
         written,
@@ -832,7 +857,7 @@ fn from_perf(
         meta,
         method: Method::PagesBuilt,
         stats,
-        dropped_buffers: Vec::new(),
+        not_converted: Vec::new(),
         comm_changes,
         fields_zeroed: BTreeMap::new(),
         written,
@@ -1058,7 +1083,7 @@ fn from_text(
         meta,
         method: Method::RecordsEncoded,
         stats,
-        dropped_buffers: Vec::new(),
+        not_converted: Vec::new(),
         comm_changes,
         fields_zeroed,
         written,

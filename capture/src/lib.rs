@@ -24,6 +24,8 @@
 //! raw ring-buffer pages (readable while it is being written, see [`mod@write`]);
 //! [`record::Recorder`] (Linux) captures from a private tracefs instance into it, or keeps a
 //! flight recorder that writes only when a trigger fires.
+//! [`convert::convert`] turns any input whose event formats are known (trace.dat, perf.data, a
+//! tracefs copy; text with format files) into such a trace.dat for trace-cmd and KernelShark.
 
 #![forbid(unsafe_code)]
 

@@ -106,6 +106,7 @@ fn every_sample_reads_back_with_the_same_events() {
         let is_perf = input.to_string_lossy().contains("/perf/");
         let method = if is_perf { Method::PagesBuilt } else { Method::PagesCopied };
         assert_eq!(summary.method, method, "{what}");
+        assert!(summary.not_converted.is_empty(), "{what}: {:?}", summary.not_converted);
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{what}");
         let kernel = |p: &Path| {

@@ -58,8 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary.stats.events,
         summary.written.file_bytes,
     );
-    for name in &summary.dropped_buffers {
-        eprintln!("{}: instance buffer {name:?} not converted", summary.meta.input);
+    for what in &summary.not_converted {
+        eprintln!("{}: not converted: {what}", summary.meta.input);
     }
     if summary.comm_changes > 0 {
         eprintln!(
