@@ -404,7 +404,11 @@ fn uname_of(meta: &TraceMeta) -> Option<String> {
     meta.kernel.as_ref().map(|release| format!("Linux - {release}"))
 }
 
+/// Where a validated page of a CPU goes (the writer, or an appended instance buffer).
+type WritePage<'w> = dyn FnMut(u32, &[u8]) -> Result<(), ConvertError> + 'w;
+
 /// Validates pages against the layout and formats, and writes the good ones.
+#[derive(Clone)]
 struct PageSink<'a> {
     input: Arc<str>,
     layout: PageLayout,
@@ -445,7 +449,7 @@ impl PageSink<'_> {
     /// Writes `page` of `cpu` if it is sound; `at` locates its first byte for messages.
     fn page(
         &mut self,
-        writer: &mut TraceDatWriter,
+        write: &mut WritePage<'_>,
         cpu: u32,
         page: &[u8],
         at: impl Fn(usize) -> Location,
@@ -462,7 +466,7 @@ impl PageSink<'_> {
                     *self.stats.unknown_events.entry(format!("id {id}")).or_default() += 1;
                 }
                 if self.ts_offset == 0 {
-                    writer.write_page(cpu, page)?;
+                    write(cpu, page)?;
                 } else {
                     self.page.clear();
                     self.page.extend_from_slice(page);
@@ -472,7 +476,7 @@ impl PageSink<'_> {
                     if let Some(slot) = self.page.get_mut(at..at + 8) {
                         slot.copy_from_slice(&e.put_u64(ts));
                     }
-                    writer.write_page(cpu, &self.page)?;
+                    write(cpu, &self.page)?;
                 }
                 Ok(())
             }
@@ -513,8 +517,7 @@ fn from_tracedat(
     let meta = td.meta(0);
     refuse_big_endian(&meta.input, td.endian)?;
     let buffer = td.buffers.first();
-    let mut not_converted: Vec<NotConverted> =
-        td.buffers.iter().skip(1).map(|b| NotConverted::Instance(b.name.clone())).collect();
+    let mut not_converted = Vec::new();
     if td.tsc2nsec.is_some() {
         not_converted.push(NotConverted::Tsc2Nsec);
     }
@@ -523,11 +526,8 @@ fn from_tracedat(
     if page_size > layout.data_offset {
         layout.page_size = page_size;
     }
-    let mut cpus: Vec<u32> =
-        buffer.map(|b| b.cpus.iter().map(|d| d.cpu).collect()).unwrap_or_default();
-    cpus.sort_unstable();
-    cpus.dedup();
-    let cpu_count = td.cpu_count.unwrap_or(0).max(cpus.last().map_or(0, |c| c + 1));
+    let last_cpu = td.buffers.iter().flat_map(|b| b.cpus.iter().map(|d| d.cpu)).max();
+    let cpu_count = td.cpu_count.unwrap_or(0).max(last_cpu.map_or(0, |c| c + 1));
     let md = metadata(
         &td.texts,
         &td.formats,
@@ -546,26 +546,44 @@ fn from_tracedat(
         stats: ReadStats::default(),
         page: Vec::new(),
     };
-    let step = (layout.page_size as usize).max(1);
-    for &cpu in &cpus {
-        for chunk in td.cpu_chunks(0, cpu)? {
-            let (base, bytes) = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    sink.problem(e)?;
-                    continue;
-                }
-            };
-            for (i, page) in bytes.chunks(step).enumerate() {
-                let start = base + (i * step) as u64;
-                sink.page(&mut writer, cpu, page, |off| Location::CpuOffset {
-                    cpu,
-                    offset: start + off as u64,
-                })?;
+    let mut write = |cpu, page: &[u8]| Ok(writer.write_page(cpu, page)?);
+    copy_buffer(td, 0, &mut sink, &mut write)?;
+    let mut written = writer.finish(Some(&td.texts.cmdlines), &td.cpu_stats)?;
+    // The `-B` instances: appended after the top buffer (see `append`).
+    let mut instances = Vec::new();
+    if td.buffers.len() > 1 {
+        let mut file = append::Appender::open(out, opts.writer.level)?;
+        // Their events are not the top buffer's: validated and counted apart.
+        let mut isink = PageSink { stats: ReadStats::default(), ..sink.clone() };
+        for (index, b) in td.buffers.iter().enumerate().skip(1) {
+            if b.page_size > isink.layout.data_offset {
+                isink.layout.page_size = b.page_size;
             }
+            let at = file.begin_buffer()?;
+            let mut cpus = Vec::new();
+            let mut current: Option<append::CpuList> = None;
+            let mut write = |cpu: u32, page: &[u8]| -> Result<(), ConvertError> {
+                if current.as_ref().is_none_or(|c| c.cpu != cpu) {
+                    if let Some(done) = current.take() {
+                        cpus.push(file.end_cpu(done)?);
+                    }
+                    current = Some(file.begin_cpu(cpu, b.page_size)?);
+                }
+                if let Some(list) = current.as_mut() {
+                    file.page(list, page)?;
+                }
+                Ok(())
+            };
+            copy_buffer(td, index, &mut isink, &mut write)?;
+            if let Some(done) = current.take() {
+                cpus.push(file.end_cpu(done)?);
+            }
+            instances.push(file.end_buffer(at, &b.name, b.clock.name(), b.page_size, cpus)?);
         }
+        written.file_bytes = file.finish(&instances)?;
+        sink.stats.skipped += isink.stats.skipped;
+        sink.stats.problems.extend(isink.stats.problems);
     }
-    let written = writer.finish(Some(&td.texts.cmdlines), &td.cpu_stats)?;
     Ok(ConvertSummary {
         meta,
         method: Method::PagesCopied,
@@ -575,6 +593,304 @@ fn from_tracedat(
         fields_zeroed: BTreeMap::new(),
         written,
     })
+}
+
+/// Appending `-B` instance buffers to a finished trace.dat v7 (zstd) written by
+/// [`TraceDatWriter`], which writes one buffer: each instance gets a BUFFER section of its own
+/// (page-aligned chunk lists per CPU, as trace-cmd lays them out), and one more OPTIONS
+/// section holding their BUFFER options is chained after the writer's last one by patching
+/// that one's DONE (the same commit-by-one-write the writer uses for checkpoints).
+mod append {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+
+    use crate::write::WriteError;
+
+    /// trace-cmd's `PAGES_IN_CHUNK`.
+    const PAGES_PER_CHUNK: usize = 10;
+
+    pub(super) struct Appender {
+        file: File,
+        path: PathBuf,
+        pos: u64,
+        level: i32,
+        buffer_desc: u32,
+        options_desc: u32,
+        /// Where the value of the last OPTIONS section's DONE is.
+        last_done_at: u64,
+    }
+
+    /// One CPU's chunk list being written.
+    pub(super) struct CpuList {
+        pub cpu: u32,
+        head: u64,
+        count: u32,
+        size: u64,
+        page_size: usize,
+        pending: Vec<u8>,
+    }
+
+    /// A written instance, for its BUFFER option.
+    pub(super) struct Instance {
+        section: u64,
+        name: String,
+        clock: String,
+        page_size: u32,
+        cpus: Vec<(u32, u64, u64)>,
+    }
+
+    fn bad(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, format!("unexpected layout: {what}"))
+    }
+
+    fn le64(b: &[u8], at: usize) -> u64 {
+        b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+    }
+
+    impl Appender {
+        fn err(&self, offset: u64, source: io::Error) -> WriteError {
+            WriteError::Write { path: self.path.clone(), offset, source }
+        }
+
+        fn read(&self, at: u64, len: u64) -> Result<Vec<u8>, WriteError> {
+            let n = usize::try_from(len).map_err(|_| self.err(at, bad("size")))?;
+            let mut b = vec![0; n];
+            self.file.read_exact_at(&mut b, at).map_err(|e| self.err(at, e))?;
+            Ok(b)
+        }
+
+        /// Opens the file the writer finished, finds the STRINGS ids and the last DONE.
+        pub(super) fn open(path: &Path, level: i32) -> Result<Self, WriteError> {
+            let io_err = |source| WriteError::Write { path: path.to_owned(), offset: 0, source };
+            let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err)?;
+            let pos = file.metadata().map_err(io_err)?.len();
+            let mut a = Self {
+                file,
+                path: path.to_owned(),
+                pos,
+                level,
+                buffer_desc: 0,
+                options_desc: 0,
+                last_done_at: 0,
+            };
+            // Header: magic + "tracing" + "7\0", endian, long size, u32 page size (18 bytes),
+            // then "zstd\0<version>\0" and the u64 offset of the first OPTIONS section.
+            let head = a.read(0, pos.min(64))?;
+            let mut at = 18;
+            for _ in 0..2 {
+                let nul = head.get(at..).and_then(|t| t.iter().position(|b| *b == 0));
+                at += nul.ok_or_else(|| a.err(0, bad("compression name")))? + 1;
+            }
+            let first_options = le64(&head, at);
+            // The writer puts STRINGS (uncompressed) first, right after that pointer.
+            let strings_at = at as u64 + 8;
+            let hdr = a.read(strings_at, 16)?;
+            if hdr.get(..2) != Some(&15u16.to_le_bytes()[..]) {
+                return Err(a.err(strings_at, bad("no STRINGS section first")));
+            }
+            let strings = a.read(strings_at + 16, le64(&hdr, 8))?;
+            let mut offset = 0u32;
+            for s in strings.split(|b| *b == 0) {
+                match s {
+                    b"buffer flyrecord " => a.buffer_desc = offset,
+                    b"options" => a.options_desc = offset,
+                    _ => {}
+                }
+                offset += u32::try_from(s.len()).unwrap_or(0) + 1;
+            }
+            // Follow the OPTIONS chain to its last DONE.
+            let mut next = first_options;
+            for _ in 0..1_000_000 {
+                let hdr = a.read(next, 16)?;
+                let body = a.read(next + 16, le64(&hdr, 8))?;
+                let mut p = 0usize;
+                let mut done = None;
+                while let (Some(id), Some(len)) = (body.get(p..p + 2), body.get(p + 2..p + 6)) {
+                    let id = u16::from_le_bytes(id.try_into().unwrap_or_default());
+                    let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+                    if id == 0 {
+                        done = Some(next + 16 + p as u64 + 6);
+                        break;
+                    }
+                    p += 6 + len;
+                }
+                let done = done.ok_or_else(|| a.err(next, bad("OPTIONS without DONE")))?;
+                match le64(&a.read(done, 8)?, 0) {
+                    0 => {
+                        a.last_done_at = done;
+                        return Ok(a);
+                    }
+                    n => next = n,
+                }
+            }
+            Err(a.err(first_options, bad("OPTIONS chain does not end")))
+        }
+
+        fn append(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+            self.file.write_all_at(bytes, self.pos).map_err(|e| self.err(self.pos, e))?;
+            self.pos += bytes.len() as u64;
+            Ok(())
+        }
+
+        fn patch(&self, at: u64, bytes: &[u8]) -> Result<(), WriteError> {
+            self.file.write_all_at(bytes, at).map_err(|e| self.err(at, e))
+        }
+
+        /// Starts a BUFFER section (compressed data); returns its offset.
+        pub(super) fn begin_buffer(&mut self) -> Result<u64, WriteError> {
+            let at = self.pos;
+            let mut h = Vec::with_capacity(16);
+            h.extend_from_slice(&3u16.to_le_bytes());
+            h.extend_from_slice(&1u16.to_le_bytes());
+            h.extend_from_slice(&self.buffer_desc.to_le_bytes());
+            h.extend_from_slice(&0u64.to_le_bytes());
+            self.append(&h)?;
+            Ok(at)
+        }
+
+        /// Starts a CPU's chunk list at the next page boundary.
+        pub(super) fn begin_cpu(
+            &mut self,
+            cpu: u32,
+            page_size: u32,
+        ) -> Result<CpuList, WriteError> {
+            let page = u64::from(page_size.max(1));
+            let pad = self.pos.div_ceil(page) * page - self.pos;
+            self.append(&vec![0; usize::try_from(pad).unwrap_or(0)])?;
+            let head = self.pos;
+            self.append(&0u32.to_le_bytes())?;
+            let page_size = page_size as usize;
+            Ok(CpuList { cpu, head, count: 0, size: 0, page_size, pending: Vec::new() })
+        }
+
+        /// Adds a page to a CPU's list (a chunk is written every 10 pages).
+        pub(super) fn page(&mut self, list: &mut CpuList, page: &[u8]) -> Result<(), WriteError> {
+            list.pending.extend_from_slice(page);
+            if list.pending.len() >= list.page_size * PAGES_PER_CHUNK {
+                self.flush(list)?;
+            }
+            Ok(())
+        }
+
+        fn flush(&mut self, list: &mut CpuList) -> Result<(), WriteError> {
+            if list.pending.is_empty() {
+                return Ok(());
+            }
+            let frame = zstd::bulk::compress(&list.pending, self.level)
+                .map_err(|source| WriteError::Compress { what: "CPU data", source })?;
+            let too_large = |len| WriteError::TooLarge { what: "chunk", len };
+            let zsize = u32::try_from(frame.len()).map_err(|_| too_large(frame.len()))?;
+            let usize_ =
+                u32::try_from(list.pending.len()).map_err(|_| too_large(list.pending.len()))?;
+            let mut c = Vec::with_capacity(frame.len() + 8);
+            c.extend_from_slice(&zsize.to_le_bytes());
+            c.extend_from_slice(&usize_.to_le_bytes());
+            c.extend_from_slice(&frame);
+            self.append(&c)?;
+            list.count += 1;
+            list.size += 8 + u64::from(zsize);
+            list.pending.clear();
+            Ok(())
+        }
+
+        /// Ends a CPU's list: (cpu, offset, size without the leading count, as trace-cmd).
+        pub(super) fn end_cpu(&mut self, mut list: CpuList) -> Result<(u32, u64, u64), WriteError> {
+            self.flush(&mut list)?;
+            self.patch(list.head, &list.count.to_le_bytes())?;
+            Ok((list.cpu, list.head, list.size))
+        }
+
+        /// Ends the BUFFER section started at `at`.
+        pub(super) fn end_buffer(
+            &mut self,
+            at: u64,
+            name: &str,
+            clock: &str,
+            page_size: u32,
+            cpus: Vec<(u32, u64, u64)>,
+        ) -> Result<Instance, WriteError> {
+            self.patch(at + 8, &(self.pos - at - 16).to_le_bytes())?;
+            let (name, clock) = (name.to_owned(), clock.to_owned());
+            Ok(Instance { section: at, name, clock, page_size, cpus })
+        }
+
+        /// Writes the OPTIONS section describing `instances` and chains it (the commit point);
+        /// returns the file size.
+        pub(super) fn finish(mut self, instances: &[Instance]) -> Result<u64, WriteError> {
+            let mut body = Vec::new();
+            for i in instances {
+                let mut d = Vec::new();
+                d.extend_from_slice(&i.section.to_le_bytes());
+                d.extend_from_slice(i.name.as_bytes());
+                d.push(0);
+                d.extend_from_slice(i.clock.as_bytes());
+                d.push(0);
+                d.extend_from_slice(&i.page_size.to_le_bytes());
+                let n = u32::try_from(i.cpus.len()).unwrap_or(u32::MAX);
+                d.extend_from_slice(&n.to_le_bytes());
+                for (cpu, off, size) in &i.cpus {
+                    d.extend_from_slice(&cpu.to_le_bytes());
+                    d.extend_from_slice(&off.to_le_bytes());
+                    d.extend_from_slice(&size.to_le_bytes());
+                }
+                let len = u32::try_from(d.len())
+                    .map_err(|_| WriteError::TooLarge { what: "BUFFER option", len: d.len() })?;
+                body.extend_from_slice(&3u16.to_le_bytes());
+                body.extend_from_slice(&len.to_le_bytes());
+                body.extend_from_slice(&d);
+            }
+            body.extend_from_slice(&0u16.to_le_bytes());
+            body.extend_from_slice(&8u32.to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            let at = self.pos;
+            let mut h = Vec::with_capacity(16 + body.len());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&self.options_desc.to_le_bytes());
+            h.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            h.extend_from_slice(&body);
+            self.append(&h)?;
+            // The commit point: the writer's last OPTIONS now chains to ours.
+            self.patch(self.last_done_at, &at.to_le_bytes())?;
+            self.file.sync_data().map_err(|e| self.err(self.pos, e))?;
+            Ok(self.pos)
+        }
+    }
+}
+
+/// Validates and writes every page of buffer `index` of `td`, CPU by CPU.
+fn copy_buffer(
+    td: &TraceDat,
+    index: usize,
+    sink: &mut PageSink<'_>,
+    write: &mut WritePage<'_>,
+) -> Result<(), ConvertError> {
+    let Some(buffer) = td.buffers.get(index) else { return Ok(()) };
+    let mut cpus: Vec<u32> = buffer.cpus.iter().map(|d| d.cpu).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let step = (sink.layout.page_size as usize).max(1);
+    for cpu in cpus {
+        for chunk in td.cpu_chunks(index, cpu)? {
+            let (base, bytes) = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    sink.problem(e)?;
+                    continue;
+                }
+            };
+            for (i, page) in bytes.chunks(step).enumerate() {
+                let start = base + (i * step) as u64;
+                sink.page(write, cpu, page, |off| Location::CpuOffset {
+                    cpu,
+                    offset: start + off as u64,
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A tracefs tree (or `*.bin` dumps beside one) → trace.dat: the pages, verbatim.
@@ -662,7 +978,8 @@ fn from_tracefs(
                 continue;
             }
             sink.input = Arc::clone(file_name);
-            sink.page(&mut writer, cpu, &buf, |off| Location::Offset(offset + off as u64))?;
+            let mut write = |cpu, page: &[u8]| Ok(writer.write_page(cpu, page)?);
+            sink.page(&mut write, cpu, &buf, |off| Location::Offset(offset + off as u64))?;
         }
     }
     let mut cpustats = Vec::new();
@@ -1160,6 +1477,74 @@ mod tests {
         // The packer is still usable.
         assert!(p.event(2, &[0; 4]).is_ok());
         assert_eq!(events(&layout, &[p.flush().unwrap()]), [(2, None, 4)]);
+    }
+
+    /// A trace.dat with a `-B` instance: lm-v7-zstd.dat converted, plus an instance `inst`
+    /// holding the raw lm page on CPU 1 (appended the way the converter appends instances).
+    fn with_instance(dir: &Path) -> PathBuf {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real");
+        let path = dir.join("with-instance.dat");
+        convert(&samples.join("tracedat/lm-v7-zstd.dat"), &path, &ConvertOptions::default())
+            .unwrap();
+        let page = std::fs::read(samples.join("raw/sample_raw_lm_cpu1.bin")).unwrap();
+        let mut file = append::Appender::open(&path, 3).unwrap();
+        let at = file.begin_buffer().unwrap();
+        let mut list = file.begin_cpu(1, 4096).unwrap();
+        file.page(&mut list, &page).unwrap();
+        let cpu = file.end_cpu(list).unwrap();
+        let inst = file.end_buffer(at, "inst", "local", 4096, vec![cpu]).unwrap();
+        file.finish(&[inst]).unwrap();
+        path
+    }
+
+    fn buffer_events(path: &Path, buffer: usize) -> Vec<crate::Event> {
+        let td = Arc::new(TraceDat::open(path).unwrap());
+        td.events(buffer, ReadOptions::default()).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn instances_are_converted_too() {
+        let dir = std::env::temp_dir().join(format!("vmxray-convert-inst-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = with_instance(&dir);
+        let td = TraceDat::open(&input).unwrap();
+        let names: Vec<&str> = td.buffers.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["", "inst"]);
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real");
+        let raw = samples.join("raw/sample_raw_lm_cpu1.bin");
+        let raw: Vec<_> = crate::open(&raw, ReadOptions::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .map(|e| (e.ts, e.cpu, e.pid, e.kind))
+            .collect();
+        let inst: Vec<_> =
+            buffer_events(&input, 1).into_iter().map(|e| (e.ts, e.cpu, e.pid, e.kind)).collect();
+        assert_eq!(inst, raw, "the appended instance reads back");
+
+        let out = dir.join("out.dat");
+        let summary = convert(&input, &out, &ConvertOptions::default()).unwrap();
+        assert!(summary.not_converted.is_empty());
+        for buffer in [0, 1] {
+            assert_eq!(buffer_events(&out, buffer), buffer_events(&input, buffer), "{buffer}");
+        }
+        // trace-cmd reads both buffers of both files the same way.
+        let report = |p: &Path| {
+            std::process::Command::new("trace-cmd")
+                .args(["report", "-R", "-t"])
+                .arg(p)
+                .output()
+                .ok()
+                .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
+        };
+        match (report(&input), report(&out)) {
+            (Some((true, a)), Some((true, b))) => {
+                assert_eq!(a, b);
+                assert_eq!(a.lines().filter(|l| l.starts_with("inst:")).count(), inst.len());
+            }
+            (Some(a), b) => panic!("trace-cmd failed: {a:?} {b:?}"),
+            (None, _) => crate::testenv::skip("trace-cmd cannot run"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
