@@ -16,7 +16,11 @@
 //!   the commit word with its missed-events flags and the stored lost count), only re-chunked
 //!   into zstd. The header_page/header_event texts, every format file, the printk formats and
 //!   the saved cmdlines are the input's own texts, stored unchanged, so trace-cmd decodes the
-//!   records exactly as it decodes the input. CPUSTAT (per-CPU `stats`) is carried over. One
+//!   records exactly as it decodes the input. CPUSTAT (per-CPU `stats`) is carried over.
+//!   `-B` instance buffers are copied the same way: the writer writes one buffer, so each
+//!   instance is appended after it in a BUFFER section of its own and described by a BUFFER
+//!   option in one more OPTIONS section chained after the writer's last (module `append`);
+//!   [`ConvertSummary::stats`] counts the top buffer's events, as readers of buffer 0 do. One
 //!   exception: a trace.dat DATE/OFFSET timestamp offset is folded into each page's header
 //!   timestamp (the writer has no OFFSET option), so readers see the same times.
 //! - **perf.data holds raw tracepoint payloads** (`PERF_SAMPLE_RAW`, the same bytes the ring
@@ -56,11 +60,10 @@
 //!   format has is written as 0 and then decodes as a value (a 6.1-style `kvm_entry` read with
 //!   6.18 formats gains `intr_info 0`), which rules that look at it may act on.
 //!
-//! Not carried over, and listed in [`ConvertSummary::not_converted`] when the input had them:
-//! `-B` instance buffers of a trace.dat (only the first buffer, the top instance when present,
-//! is written: the writer has one buffer) and the TSC2NSEC option (an `x86-tsc` trace keeps
-//! its cycle counts; trace-cmd then shows cycles where it showed ns for the input). Never
-//! carried: kallsyms (KVM events need no symbols) and the host/guest GUEST/TIME_SHIFT options.
+//! Not carried over, and listed in [`ConvertSummary::not_converted`] when the input had it:
+//! the TSC2NSEC option (an `x86-tsc` trace keeps its cycle counts; trace-cmd then shows cycles
+//! where it showed ns for the input). Never carried: kallsyms (KVM events need no symbols)
+//! and the host/guest GUEST/TIME_SHIFT options.
 //! Big-endian traces are refused (the writer writes little-endian files).
 //!
 //! # Errors and `--permissive`
@@ -156,8 +159,6 @@ pub struct ConvertSummary {
 /// Something of the input that the output does not carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NotConverted {
-    /// A trace.dat `-B` instance buffer, by name.
-    Instance(String),
     /// The TSC2NSEC option: timestamps stay in TSC cycles for trace-cmd.
     Tsc2Nsec,
 }
@@ -165,9 +166,6 @@ pub enum NotConverted {
 impl std::fmt::Display for NotConverted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Instance(name) => {
-                write!(f, "instance buffer {name:?} (only the top one is written)")
-            }
             Self::Tsc2Nsec => f.write_str("TSC2NSEC (trace-cmd will show TSC cycles, not ns)"),
         }
     }
