@@ -364,7 +364,33 @@ impl KnownEvent {
 
     /// The tracepoint's name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _, _)| *k == self).map_or("", |(_, _, n)| n)
+        match self {
+            Self::KvmExit => "kvm_exit",
+            Self::KvmEntry => "kvm_entry",
+            Self::KvmCr => "kvm_cr",
+            Self::KvmNestedVmenter => "kvm_nested_vmenter",
+            Self::KvmNestedVmrun => "kvm_nested_vmrun",
+            Self::KvmNestedVmexit => "kvm_nested_vmexit",
+            Self::KvmNestedVmexitInject => "kvm_nested_vmexit_inject",
+            Self::KvmNestedVmenterFailed => "kvm_nested_vmenter_failed",
+            Self::KvmNestedIntrVmexit => "kvm_nested_intr_vmexit",
+            Self::KvmPageFault => "kvm_page_fault",
+            Self::KvmInjException => "kvm_inj_exception",
+            Self::KvmInjVirq => "kvm_inj_virq",
+            Self::KvmUserspaceExit => "kvm_userspace_exit",
+            Self::KvmEmulateInsn => "kvm_emulate_insn",
+            Self::KvmSmmTransition => "kvm_smm_transition",
+            Self::KvmPio => "kvm_pio",
+            Self::KvmMsr => "kvm_msr",
+            Self::KvmCpuid => "kvm_cpuid",
+            Self::KvmMmuGetPage => "kvm_mmu_get_page",
+            Self::KvmMmuPrepareZapPage => "kvm_mmu_prepare_zap_page",
+            Self::KvmMmuSyncPage => "kvm_mmu_sync_page",
+            Self::KvmMmuUnsyncPage => "kvm_mmu_unsync_page",
+            Self::KvmMmuPagetableWalk => "kvm_mmu_pagetable_walk",
+            Self::KvmMmuPagingElement => "kvm_mmu_paging_element",
+            Self::KvmMmuWalkerError => "kvm_mmu_walker_error",
+        }
     }
 
     /// Builds the typed event from the fields, for every layout generation of the tracepoint.
@@ -758,6 +784,16 @@ mod tests {
         assert_eq!(kind.vcpu_id(), Some(2));
         let EventKind::Other(o) = kind else { panic!() };
         assert_eq!(o.fields, f);
+    }
+
+    #[test]
+    fn every_known_event_is_named_as_in_the_table() {
+        for (known, _, name) in KnownEvent::ALL {
+            // kvm_enter_smm is the pre-5.14 name of kvm_smm_transition.
+            if *name != "kvm_enter_smm" {
+                assert_eq!(known.name(), *name);
+            }
+        }
     }
 
     #[test]
