@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::codes::{CrAccessQual, ExitCode, Isa, VmxBasicReason};
-use crate::event::{Event, EventKind, ExitInfo, MmuPage};
+use crate::event::{Event, EventKind, ExitInfo, MmuPage, ROLE_KNOWN_FIELD};
 use crate::fields::{FieldValue, Fields};
 use crate::reader::Clock;
 
@@ -206,6 +206,11 @@ fn page_fields(out: &mut Vec<Field>, page: &MmuPage) {
     out.extend(page.mmu_valid_gen.map(|g| dec("mmu_valid_gen", g)));
     out.extend([hex("gfn", page.gfn), hex("role", u64::from(page.role.0))]);
     out.extend([dec("root_count", u64::from(page.root_count)), flag("unsync", page.unsync)]);
+    // Not a kernel field: present only when the input (a text rendering) did not determine
+    // every role bit, so that decoding gives back the same `role_known`.
+    if page.role_known != MmuPage::ROLE_ALL_KNOWN {
+        out.push(hex(ROLE_KNOWN_FIELD, u64::from(page.role_known)));
+    }
 }
 
 impl EventKind {
@@ -496,18 +501,28 @@ mod tests {
                 cr,
                 val
             }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
-                |(gfn, role, rc, created)| EventKind::KvmMmuGetPage {
+            (
+                any::<u64>(),
+                any::<u32>(),
+                prop_oneof![
+                    Just(MmuPage::ROLE_ALL_KNOWN),
+                    Just(MmuPage::ROLE_KNOWN_KERNEL_PRINT),
+                    Just(MmuPage::ROLE_KNOWN_PLUGIN),
+                ],
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(gfn, role, known, rc, created)| EventKind::KvmMmuGetPage {
                     page: MmuPage {
                         mmu_valid_gen: Some(0),
                         gfn,
-                        role: MmuPageRole(role),
+                        role: MmuPageRole(role & known),
+                        role_known: known,
                         root_count: rc,
                         unsync: false
                     },
                     created
-                }
-            ),
+                }),
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..15)).prop_map(|(rip, b)| {
                 EventKind::KvmEmulateInsn {
                     rip,

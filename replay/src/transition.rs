@@ -159,21 +159,21 @@ pub(crate) fn apply(
             if !root {
                 return;
             }
-            if !role.guest_mode() && f.l0_paging == L0Paging::Unknown {
-                f.l0_paging = if role.direct() { L0Paging::Tdp } else { L0Paging::Shadow };
-            }
-            if role.guest_mode()
-                && !role.direct()
+            let eptp_root = !role.direct()
                 && st
                     .current_record()
                     .and_then(|r| r.eptp)
-                    .is_some_and(|e| pgd_gfn(e.value) == page.gfn)
-            {
+                    .is_some_and(|e| pgd_gfn(e.value) == page.gfn);
+            if f.l0_paging == L0Paging::Unknown && is_l1_root(st, f, page.guest_mode(), eptp_root) {
+                f.l0_paging = if role.direct() { L0Paging::Tdp } else { L0Paging::Shadow };
+            }
+            if page.guest_mode() != Some(false) && eptp_root {
                 f.guest_mmu_roots = true;
             }
             let load = RootLoad { gfn: page.gfn, role, created: *created, at };
             st.last_root = Some(load);
-            if role.guest_mode() {
+            let l2 = page.guest_mode().unwrap_or(!is_l1_root(st, f, None, eptp_root));
+            if l2 {
                 st.l2_root = Some(load);
             } else {
                 st.l1_root = Some(load);
@@ -202,6 +202,28 @@ pub(crate) fn apply(
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
         | EventKind::Other(_) => {}
+    }
+}
+
+/// Whether a root load belongs to L1 (`role.guest_mode` 0), for deciding how L0 translates L1
+/// memory. The raw role word says it; the kernel's text rendering of kvmmmu pages does not
+/// print `guest_mode` (mmutrace.h), so then the root is taken as L1's only when nothing could
+/// make it an L2 root: it is not the current EPTP's guest_mmu root, and the vCPU is known to
+/// run L1 with no VMLAUNCH/VMRESUME pending (L2 roots are loaded after `kvm_nested_vmenter`,
+/// or between the VMLAUNCH/VMRESUME exit and the L2 `kvm_entry` before 6.1), or the trace has
+/// shown no nested event at all. Otherwise the load teaches nothing.
+fn is_l1_root(st: &VcpuState, f: &Features, guest_mode: Option<bool>, eptp_root: bool) -> bool {
+    match guest_mode {
+        Some(g) => !g,
+        None => {
+            !eptp_root
+                && st.pending_launch.is_none()
+                && match st.mode {
+                    Mode::L1 => true,
+                    Mode::Unknown => !f.nested_vmenter && !f.nested_vmexit,
+                    Mode::L2Pending { .. } | Mode::L2Run => false,
+                }
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub(crate) struct State {
 pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     let role = page.role;
     let root = is_cr3_root(role) || (role.direct() && role.level() >= 4);
-    if !root || role.guest_mode() {
+    if !root || page.guest_mode() == Some(true) {
         return;
     }
     if !role.direct() {

@@ -10,7 +10,10 @@
 //! kvm_nested_vmexit_inject (→ L1) … kvm_mmu_get_page root guest_mode=1   → anomaly
 //! kvm_nested_vmenter (→ L2) … kvm_mmu_get_page root guest_mode=0         → anomaly
 //! ```
-//! Silent while the level is not established (non-nested traces without nested events).
+//! Silent while the level is not established (non-nested traces without nested events), and
+//! when the input does not determine `guest_mode`: the kernel's text rendering of kvmmmu pages
+//! never prints it (mmutrace.h `KVM_MMU_PAGE_PRINTK`), so a text trace leaves this rule "not
+//! checkable" — read the raw fields (trace.dat, perf.data, `trace-cmd report -R`) instead.
 
 use vmxray_capture::MmuPage;
 
@@ -29,8 +32,8 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, page: &MmuPage) {
         return;
     }
     let Some(level) = ctx.vcpu.level() else { return };
+    let Some(guest_mode) = page.guest_mode() else { return };
     ctx.checked(RULE);
-    let guest_mode = page.role.guest_mode();
     let wrong = match level {
         Level::L1 => guest_mode,
         Level::L2 => !guest_mode,
