@@ -180,12 +180,12 @@ rules! {
     /// §3(d), invariant 16.
     ResetRootRole = "reset_root_role", Error,
         "0aa1837533e5 KVM: x86: Properly reset MMU context at vCPU RESET/INIT",
-        "after RESET (entry at 0xfff0) of a vCPU that had paging roots, a direct root (guest_mode 0, smm 0) is loaded before the entry",
-        "shadow paging (kvm_mmu_get_page roots) and a kvm_entry at rip 0xfff0 after paging roots";
+        "after RESET (entry at 0xfff0) or INIT/SIPI (entry at RIP 0 right after a 64-bit exit) of a vCPU that had paging on, a direct root (guest_mode 0, smm 0) is loaded before the entry",
+        "shadow paging (kvm_mmu_get_page roots) and a kvm_entry at rip 0xfff0, or at rip 0 right after a kvm_exit at a 64-bit rip, once paging was on";
     /// §3(e), invariant 19.
     EvmcsRestoreStaleExit = "evmcs_restore_stale_exit", Warning,
         "f5c7e8425f18 KVM: nVMX: Always make an attempt to map eVMCS after migration",
-        "after an eVMCS nested-state restore and an asynchronous exit before any L2 entry, L1 resumes L2 at the restored RIP (it did not act on a stale exit)",
+        "after an eVMCS nested-state restore and an asynchronous exit before any L2 entry, L1 resumes L2 at the restored RIP and does not bugcheck (Hyper-V crash MSRs): it did not act on a stale exit",
         "a kvm_nested_vmenter with vmcs -1 and no VMLAUNCH/VMRESUME/RSM before it";
     /// §3(f), invariant 20.
     PmlFullInL2 = "pml_full_in_l2", Error,
