@@ -180,7 +180,7 @@ pub(crate) fn apply(
             }
             out.push(Transition::RootLoaded(load));
         }
-        EventKind::KvmSmmTransition { entering, .. } => on_smm(st, *entering, at, out),
+        EventKind::KvmSmmTransition { entering, .. } => on_smm(st, f, *entering, at, out),
         EventKind::KvmUserspaceExit { .. } => {
             st.in_exit_handling = Some(false);
             // Userspace may set registers before the next run.
@@ -402,6 +402,15 @@ fn on_entry(
         && let (Some(entry_rip), Some(launch_rip)) = (rip, launch.rip)
     {
         if entry_rip != launch_rip && entry_rip != launch_rip.wrapping_add(3) {
+            // As in on_vmenter: the VMLAUNCH/VMRESUME proves the vCPU ran L1 since its last
+            // nested event, so a CR3 seen while the level was unknown was L1's.
+            if st.l1_cr3.is_none()
+                && let Some(cr3) = st.cr3_unknown_level.take()
+            {
+                st.l1_cr3 = Some(cr3);
+                out.push(Transition::L1Cr3 { value: cr3.value });
+            }
+            st.cr3_unknown_level = None;
             st.current_vmptr = None;
             st.entry_launch = Some(launch);
             out.push(Transition::NestedEntry { vmptr: u64::MAX, cause: EntryCause::Inferred });
@@ -477,7 +486,13 @@ fn on_cr(
     }
 }
 
-fn on_smm(st: &mut VcpuState, entering: bool, at: EventIndex, out: &mut Vec<Transition>) {
+fn on_smm(
+    st: &mut VcpuState,
+    f: &Features,
+    entering: bool,
+    at: EventIndex,
+    out: &mut Vec<Transition>,
+) {
     out.push(Transition::Smm { entering });
     st.awaiting_host_rip = None;
     if entering {
@@ -498,5 +513,18 @@ fn on_smm(st: &mut VcpuState, entering: bool, at: EventIndex, out: &mut Vec<Tran
     } else {
         st.smm = SmmState::Out;
         st.smm_left_at = Some(at);
+        // vmx_leave_smm: an SMI taken in L2 (smm.guest_mode) returns into L2 through
+        // nested_vmx_enter_non_root_mode (§2.11 RSM step 3). From 6.1 its kvm_nested_vmenter
+        // follows; before, nothing else shows the re-entry.
+        if !f.nested_vmenter
+            && let Some(stash) = st.smm_stash.take()
+        {
+            st.current_vmptr = stash.vmptr;
+            out.push(Transition::NestedEntry {
+                vmptr: stash.vmptr.unwrap_or(u64::MAX),
+                cause: EntryCause::Rsm,
+            });
+            set_mode(st, Mode::L2Pending { since: at }, out);
+        }
     }
 }

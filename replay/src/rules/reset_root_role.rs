@@ -40,9 +40,11 @@ const SIPI_RIP: u64 = 0;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct State {
-    /// The latest evidence of paging: a non-direct root, or an exit at a 64-bit RIP (the
-    /// reset's own roots are direct and do not count).
+    /// The latest evidence of paging: a non-direct root, or an exit at a 64-bit RIP.
     paging_at: Option<EventIndex>,
+    /// `paging_at` as it was at the previous entry (before a reset's own root loads, which a
+    /// buggy KVM may make non-direct).
+    paging_before_entry: Option<EventIndex>,
     root_since_entry: Option<RootLoad>,
     /// The previous `kvm_exit` was at a 64-bit RIP and nothing but KVM itself (no userspace
     /// exit, no nested or SMM transition) touched the vCPU's registers since.
@@ -79,6 +81,7 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
 
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State, e: &Entry) {
     let root = st.root_since_entry.take();
+    let paging_before = std::mem::replace(&mut st.paging_before_entry, st.paging_at);
     let sipi = e.rip == Some(SIPI_RIP) && st.long_mode_exit;
     st.long_mode_exit = false;
     if !(e.rip == Some(RESET_RIP) || sipi)
@@ -87,7 +90,9 @@ pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State, e: &Entry) {
     {
         return;
     }
-    let Some(paging_at) = st.paging_at.take() else { return };
+    let Some(paging_at) = paging_before.or(st.paging_at) else { return };
+    st.paging_at = None;
+    st.paging_before_entry = None;
     ctx.checked(RULE);
     let what =
         if sipi { "the SIPI entry at RIP 0" } else { "the entry at the reset vector 0xfff0" };
