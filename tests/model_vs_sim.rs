@@ -75,7 +75,7 @@ fn check(
     what: &str,
     flavour: KvmFlavour,
     kernel: KernelVersion,
-    divergence: Option<usize>,
+    divergence: Option<u64>,
     anomalies: &[Anomaly],
     summary: &TraceSummary,
 ) {
@@ -102,8 +102,7 @@ fn check(
     let divergence = divergence.unwrap_or_else(|| panic!("{what}: the bug never triggered"));
     let hit = anomalies.iter().any(|a| {
         rules.contains(&a.rule)
-            && (a.at.0 as usize == divergence
-                || a.evidence.iter().any(|e| e.0 as usize == divergence))
+            && (a.at.0 == divergence || a.evidence.iter().any(|e| e.0 == divergence))
     });
     assert!(
         hit,
@@ -155,7 +154,8 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                     let cfg = SimConfig::new(scenario).kvm(flavour).kernel(kernel).seed(seed);
                     let run = sim::simulate(&cfg).expect("valid configuration");
                     let what = format!("{scenario} {flavour} {kernel} seed {seed}");
-                    let divergence = run.truth.bug.as_ref().map(|b| b.divergence);
+                    let divergence =
+                        run.truth.bug.as_ref().map(|b| u64::try_from(b.divergence).unwrap());
 
                     let (anomalies, summary) = replay(run.events.iter().cloned());
                     check(&what, flavour, kernel, divergence, &anomalies, &summary);
@@ -204,7 +204,7 @@ fn committed_sim_samples_through_the_text_reader() {
             "fixed" => KvmFlavour::Fixed,
             other => KvmFlavour::Buggy(other.strip_prefix("buggy:").unwrap().parse().unwrap()),
         };
-        let divergence = truth["bug"]["divergence"].as_u64().map(|d| d as usize);
+        let divergence = truth["bug"]["divergence"].as_u64();
         let reader = open(&path, ReadOptions::default()).unwrap();
         let (anomalies, summary) = replay(reader.map(|e| e.unwrap()));
         check(&path.display().to_string(), flavour, kernel, divergence, &anomalies, &summary);
