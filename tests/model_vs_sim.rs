@@ -11,15 +11,26 @@
 //!
 //! The committed `samples/sim/*.txt` are read through `vmxray_capture::open` with the same
 //! expectations against their `.truth.json`.
+//!
+//! Wider sweeps on demand: `VMXRAY_SIM_SEEDS=120` (seeds 1..=120) and
+//! `VMXRAY_SIM_KNOBS=vcpus,subjects,iterations`.
 
 use std::path::{Path, PathBuf};
 
 use vmxray_capture::text::TextReader;
-use vmxray_capture::{Event, ReadOptions, open};
+use vmxray_capture::{Event, EventKind, ReadOptions, open};
 use vmxray_replay::{Anomaly, Model, ModelConfig, RuleId, RuleStatus, Severity, TraceSummary};
 use vmxray_samples::sim::{self, Bug, KernelVersion, KvmFlavour, Scenario, SimConfig};
 
 const SEEDS: [u64; 3] = [1, 2, 3];
+
+/// More seeds on demand: `VMXRAY_SIM_SEEDS=50 cargo test --test model_vs_sim`.
+fn seeds() -> Vec<u64> {
+    match std::env::var("VMXRAY_SIM_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()) {
+        Some(n) => (1..=n).collect(),
+        None => SEEDS.to_vec(),
+    }
+}
 
 /// The rules that encode each bug's §3 signature.
 fn rules_of(bug: Bug) -> &'static [RuleId] {
@@ -33,8 +44,38 @@ fn rules_of(bug: Bug) -> &'static [RuleId] {
     }
 }
 
+/// Undecidable only depending on the order of events of different vCPUs: the rule may decide
+/// (then correctly) or say "not checkable".
+const MAYBE_TEXT_NESTED: &str =
+    "text trace (no guest_mode) with nested vCPUs: L0 paging may not be provable";
+
 /// Where a bug cannot be decided from the trace, and why (the rule must say "not checkable").
-fn undecidable(bug: Bug, kernel: KernelVersion) -> Option<&'static str> {
+fn undecidable(bug: Bug, kernel: KernelVersion, events: &[Event]) -> Option<&'static str> {
+    if bug == Bug::InitMmuNotReset {
+        // Only shadow-MMU roots are traced (TDP-MMU roots emit nothing, §1.12), so until a
+        // non-direct L1 root shows, shadow paging and the TDP MMU look alike and a reset without
+        // a root load is what both would trace. The simulator may emit no CR3 switch before
+        // the INIT (the vCPUs' roots were loaded before the trace started).
+        let init = events.iter().position(|e| e.name() == "kvm_apic_accept_irq");
+        let shadow_root_before = events[..init.unwrap_or(events.len())].iter().any(|e| {
+            matches!(&e.kind, EventKind::KvmMmuGetPage { page, .. }
+                if !page.role.direct() && page.guest_mode() != Some(true))
+        });
+        if !shadow_root_before {
+            return Some(
+                "no shadow root load before the INIT: L0 paging (shadow or TDP MMU) unknown",
+            );
+        }
+        // Read from text, a root's guest_mode is unknown; once other vCPUs show nested events,
+        // a root of a vCPU whose level is unknown could be an L2 root (guest_mmu, non-direct
+        // under L0 EPT), so the model does not conclude shadow paging from it
+        // (transition::is_l1_root). Happens only with more than the 2 default vCPUs.
+        let text_roots = events.iter().any(|e| {
+            matches!(&e.kind, EventKind::KvmMmuGetPage { page, .. } if page.guest_mode().is_none())
+        });
+        let nested = events.iter().any(|e| e.name().starts_with("kvm_nested_"));
+        return (text_roots && nested).then_some(MAYBE_TEXT_NESTED);
+    }
     if kernel.has_nested_vmenter() {
         return None;
     }
@@ -57,6 +98,16 @@ fn undecidable(bug: Bug, kernel: KernelVersion) -> Option<&'static str> {
     }
 }
 
+/// Other knobs on demand: `VMXRAY_SIM_KNOBS=vcpus,subjects,iterations`.
+fn knobs() -> Option<(u32, u32, u32)> {
+    let v = std::env::var("VMXRAY_SIM_KNOBS").ok()?;
+    let n: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    match n[..] {
+        [vcpus, subjects, iterations] => Some((vcpus, subjects, iterations)),
+        _ => None,
+    }
+}
+
 fn replay(events: impl IntoIterator<Item = Event>) -> (Vec<Anomaly>, TraceSummary) {
     let mut model = Model::new(ModelConfig::default());
     let mut anomalies = Vec::new();
@@ -75,6 +126,7 @@ fn check(
     what: &str,
     flavour: KvmFlavour,
     kernel: KernelVersion,
+    events: &[Event],
     divergence: Option<u64>,
     anomalies: &[Anomaly],
     summary: &TraceSummary,
@@ -87,7 +139,15 @@ fn check(
     };
 
     let rules = rules_of(bug);
-    if let Some(why) = undecidable(bug, kernel) {
+    let why = undecidable(bug, kernel, events);
+    let not_checkable = |rule: &RuleId| {
+        summary
+            .rules
+            .iter()
+            .any(|r| r.rule == *rule && matches!(r.status, RuleStatus::NotCheckable { .. }))
+    };
+    let maybe = why == Some(MAYBE_TEXT_NESTED) && rules.iter().all(not_checkable);
+    if let Some(why) = why.filter(|w| *w != MAYBE_TEXT_NESTED || maybe) {
         for rule in rules {
             let status = summary.rules.iter().find(|r| r.rule == *rule).map(|r| r.status);
             assert!(
@@ -122,10 +182,12 @@ fn check_not_vacuous(
     what: &str,
     scenario: Scenario,
     kernel: KernelVersion,
+    events: &[Event],
     summary: &TraceSummary,
 ) {
     for bug in scenario.bugs() {
-        if undecidable(*bug, kernel).is_some() {
+        if undecidable(*bug, kernel, events).is_some() {
+            // (MAYBE_TEXT_NESTED included: whether it decides depends on event order.)
             continue;
         }
         let evaluated = rules_of(*bug).iter().any(|rule| {
@@ -150,17 +212,20 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
     for scenario in Scenario::ALL {
         for flavour in flavours(scenario) {
             for kernel in KernelVersion::ALL {
-                for seed in SEEDS {
-                    let cfg = SimConfig::new(scenario).kvm(flavour).kernel(kernel).seed(seed);
+                for seed in seeds() {
+                    let mut cfg = SimConfig::new(scenario).kvm(flavour).kernel(kernel).seed(seed);
+                    if let Some((v, s, i)) = knobs() {
+                        cfg = cfg.vcpus(v).subjects(s).iterations(i);
+                    }
                     let run = sim::simulate(&cfg).expect("valid configuration");
                     let what = format!("{scenario} {flavour} {kernel} seed {seed}");
                     let divergence =
                         run.truth.bug.as_ref().map(|b| u64::try_from(b.divergence).unwrap());
 
                     let (anomalies, summary) = replay(run.events.iter().cloned());
-                    check(&what, flavour, kernel, divergence, &anomalies, &summary);
+                    check(&what, flavour, kernel, &run.events, divergence, &anomalies, &summary);
                     if flavour == KvmFlavour::Fixed {
-                        check_not_vacuous(&what, scenario, kernel, &summary);
+                        check_not_vacuous(&what, scenario, kernel, &run.events, &summary);
                     }
 
                     let text = sim::text::render_trace(&run.events, &run.text_options());
@@ -169,19 +234,19 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                     let events: Vec<Event> =
                         reader.map(|e| e.expect("the text reader reads the rendering")).collect();
                     assert_eq!(events.len(), run.events.len(), "{what}: text event count");
-                    let (anomalies, summary) = replay(events);
+                    let (anomalies, summary) = replay(events.iter().cloned());
                     let what = format!("{what} (text)");
-                    check(&what, flavour, kernel, divergence, &anomalies, &summary);
+                    check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
                     if flavour == KvmFlavour::Fixed {
-                        check_not_vacuous(&what, scenario, kernel, &summary);
+                        check_not_vacuous(&what, scenario, kernel, &events, &summary);
                     }
                     cells += 1;
                 }
             }
         }
     }
-    // 11 scenarios, 7 with one bug each: 18 flavours × 3 kernels × 3 seeds.
-    assert_eq!(cells, 18 * 3 * 3);
+    // 11 scenarios, 7 with one bug each: 18 flavours × 3 kernels × the seeds.
+    assert_eq!(cells, 18 * 3 * seeds().len());
 }
 
 fn sim_dir() -> PathBuf {
@@ -205,9 +270,11 @@ fn committed_sim_samples_through_the_text_reader() {
             other => KvmFlavour::Buggy(other.strip_prefix("buggy:").unwrap().parse().unwrap()),
         };
         let divergence = truth["bug"]["divergence"].as_u64();
-        let reader = open(&path, ReadOptions::default()).unwrap();
-        let (anomalies, summary) = replay(reader.map(|e| e.unwrap()));
-        check(&path.display().to_string(), flavour, kernel, divergence, &anomalies, &summary);
+        let events: Vec<Event> =
+            open(&path, ReadOptions::default()).unwrap().map(|e| e.unwrap()).collect();
+        let (anomalies, summary) = replay(events.iter().cloned());
+        let what = path.display().to_string();
+        check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
         seen += 1;
     }
     assert!(seen >= 16, "only {seen} committed sim samples");
