@@ -13,6 +13,10 @@
 //! - the fields are the kernel's field names in the kernel's order, integers in hex when the
 //!   kernel prints them in hex (addresses, codes, masks), decimal otherwise; strings quoted; byte
 //!   arrays as `[0f 22 d8]`; a field the traced kernel's layout lacks is absent, never `0`;
+//! - one field is not the kernel's: kvmmmu page events read from a text rendering that omits
+//!   role bits carry `vmxray_role_known=0x…` after the kernel's fields (the mask of role bits
+//!   the input determined, [`crate::MmuPage::role_known`]); it is absent when the raw role word
+//!   was read;
 //! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
 //!   MMU role) that are derived from the fields, never new information.
 //!
