@@ -76,7 +76,7 @@ pub mod write;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
-    NestedVmenter, OtherEvent,
+    NestedVmenter, OtherEvent, ROLE_KNOWN_FIELD,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
 pub use open::{open, open_bytes};
