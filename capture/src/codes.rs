@@ -710,6 +710,18 @@ pub struct MmuPageRole(pub u32);
 
 #[allow(missing_docs)]
 impl MmuPageRole {
+    /// Bit 4: `has_4_byte_gpte` (6.x), `gpte_is_8_bytes` (5.x), `cr4_pae` (older).
+    pub const BIT4: u32 = 1 << 4;
+    pub const DIRECT: u32 = 1 << 7;
+    pub const INVALID: u32 = 1 << 11;
+    pub const EFER_NX: u32 = 1 << 12;
+    pub const CR0_WP: u32 = 1 << 13;
+    pub const AD_DISABLED: u32 = 1 << 16;
+    pub const GUEST_MODE: u32 = 1 << 17;
+    pub const PASSTHROUGH: u32 = 1 << 18;
+    /// Bits 31:24, the SMM address space.
+    pub const SMM_MASK: u32 = 0xff00_0000;
+
     pub fn level(self) -> u8 {
         (self.0 & 0xf) as u8
     }

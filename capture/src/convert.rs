@@ -58,7 +58,10 @@
 //!   The clock is the text's when it names one, else `local` (ftrace's default). Give the
 //!   formats of the kernel the text is from: a field that kernel did not have but the given
 //!   format has is written as 0 and then decodes as a value (a 6.1-style `kvm_entry` read with
-//!   6.18 formats gains `intr_info 0`), which rules that look at it may act on.
+//!   6.18 formats gains `intr_info 0`), which rules that look at it may act on. Likewise the
+//!   kvmmmu role bits a text rendering does not show (`vmxray_role_known`, e.g. `guest_mode`)
+//!   are 0 in the record and read back as known; they are counted as `…:role bits outside
+//!   0x…` in [`ConvertSummary::fields_zeroed`], and the CLI prints every such entry.
 //!
 //! Not carried over, and listed in [`ConvertSummary::not_converted`] when the input had it:
 //! the TSC2NSEC option (an `x86-tsc` trace keeps its cycle counts; trace-cmd then shows cycles
@@ -98,7 +101,7 @@ use std::sync::Arc;
 
 use crate::bin_util::Endian;
 use crate::decode::parse_cmdlines;
-use crate::event::{Comm, EventKind};
+use crate::event::{Comm, EventKind, ROLE_KNOWN_FIELD};
 use crate::fields::{FieldValue, Fields};
 use crate::format::{EventFormat, EventFormats, FieldLayout, PageLayout, RecordError};
 use crate::page::{PageBuilder, PageError, PageItem, PageRecords, TS_SHIFT};
@@ -1342,9 +1345,18 @@ fn from_text(
                 }
                 return Err(err);
             };
-            let (payload, missing) = encode_record(format, event.pid, &event.kind.kernel_fields());
+            let fields = event.kind.kernel_fields();
+            let (payload, missing) = encode_record(format, event.pid, &fields);
             for field in missing {
                 let key = format!("{}:{}:{field}", format.system, format.name);
+                *fields_zeroed.entry(key).or_default() += 1;
+            }
+            // A role word of which the text showed only some bits: the others become 0s that
+            // read as known.
+            if let Some(known) = fields.get(ROLE_KNOWN_FIELD).and_then(FieldValue::as_u64)
+                && format.field(ROLE_KNOWN_FIELD).is_none()
+            {
+                let key = format!("{}:{}:role bits outside {known:#x}", format.system, format.name);
                 *fields_zeroed.entry(key).or_default() += 1;
             }
             if let Some(comm) = &event.comm {

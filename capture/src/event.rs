@@ -141,18 +141,92 @@ impl NestedVmenter {
 }
 
 /// Fields shared by the kvmmmu shadow-page events (`KVM_MMU_PAGE_FIELDS`).
+///
+/// `role` is the raw role word when the input carries it (binary readers, `-R`/`fields`
+/// text, the plugin's `WORD:`), but the kernel's text rendering (`KVM_MMU_PAGE_PRINTK`,
+/// mmutrace.h) prints only some role bits — never `guest_mode`, `smm`, `cr0_wp`,
+/// `smep/smap_andnot_wp` or `passthrough` — and trace-cmd's plugin only bits 0–15 and whether
+/// `smm` is set. `role_known` says which bits of `role` the input determined (a set bit =
+/// known; unknown bits of `role` are 0 and mean nothing). Read role fields that a rendering may
+/// omit through the `Option` accessors ([`MmuPage::guest_mode`], [`MmuPage::smm`], …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct MmuPage {
     /// `mmu_valid_gen`.
     pub mmu_valid_gen: Option<u64>,
     /// The guest frame this page shadows (CR3 >> 12 for a 4/5-level root; 0 for direct roots).
     pub gfn: u64,
-    /// The page's role word.
+    /// The page's role word (bits outside `role_known` are 0).
     pub role: MmuPageRole,
+    /// Which bits of `role` the input determined ([`MmuPage::ROLE_ALL_KNOWN`] for the raw
+    /// word).
+    pub role_known: u32,
     /// Root references (sampled before the increment in `kvm_mmu_get_page`).
     pub root_count: u32,
     /// The page is unsync.
     pub unsync: bool,
+}
+
+impl MmuPage {
+    /// Every role bit known: the input carried the raw role word.
+    pub const ROLE_ALL_KNOWN: u32 = u32::MAX;
+
+    /// The kernel's page print (`KVM_MMU_PAGE_PRINTK`, every generation: ` pae` before 5.18,
+    /// `%u-byte` since): level, bit 4, quadrant, direct, access, invalid, efer_nx, ad_disabled.
+    pub const ROLE_KNOWN_KERNEL_PRINT: u32 = 0x0000_000f
+        | MmuPageRole::BIT4
+        | 0x0000_0060
+        | MmuPageRole::DIRECT
+        | 0x0000_0700
+        | MmuPageRole::INVALID
+        | MmuPageRole::EFER_NX
+        | MmuPageRole::AD_DISABLED;
+
+    /// trace-cmd's kvm plugin (`kvm_mmu_print_role`, pre-2019 layout): raw bits 0–15 and
+    /// whether bits 24–31 (`smm`) are non-zero; never bits 16–23 (ad_disabled, guest_mode,
+    /// passthrough).
+    pub const ROLE_KNOWN_PLUGIN: u32 = 0x0000_ffff | MmuPageRole::SMM_MASK;
+
+    /// A page whose raw role word is known.
+    pub fn with_role(mmu_valid_gen: Option<u64>, gfn: u64, role: MmuPageRole) -> Self {
+        Self {
+            mmu_valid_gen,
+            gfn,
+            role,
+            role_known: Self::ROLE_ALL_KNOWN,
+            root_count: 0,
+            unsync: false,
+        }
+    }
+
+    /// True when every bit of `mask` is known.
+    pub fn knows(&self, mask: u32) -> bool {
+        self.role_known & mask == mask
+    }
+
+    /// `role.guest_mode` (bit 17), when the input determined it.
+    pub fn guest_mode(&self) -> Option<bool> {
+        self.knows(MmuPageRole::GUEST_MODE).then(|| self.role.guest_mode())
+    }
+
+    /// `role.smm` (bits 24–31), when the input determined it.
+    pub fn smm(&self) -> Option<u8> {
+        self.knows(MmuPageRole::SMM_MASK).then(|| self.role.smm())
+    }
+
+    /// `role.direct` (bit 7), when the input determined it (every rendering does).
+    pub fn direct(&self) -> Option<bool> {
+        self.knows(MmuPageRole::DIRECT).then(|| self.role.direct())
+    }
+
+    /// `role.ad_disabled` (bit 16), when the input determined it.
+    pub fn ad_disabled(&self) -> Option<bool> {
+        self.knows(MmuPageRole::AD_DISABLED).then(|| self.role.ad_disabled())
+    }
+
+    /// `role.has_4_byte_gpte` (bit 4 in the 6.x layout), when the input determined it.
+    pub fn has_4_byte_gpte(&self) -> Option<bool> {
+        self.knows(MmuPageRole::BIT4).then(|| self.role.has_4_byte_gpte())
+    }
 }
 
 /// Instruction bytes from `kvm_emulate_insn` (at most 15).
@@ -364,7 +438,33 @@ impl KnownEvent {
 
     /// The tracepoint's name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(k, _, _)| *k == self).map_or("", |(_, _, n)| n)
+        match self {
+            Self::KvmExit => "kvm_exit",
+            Self::KvmEntry => "kvm_entry",
+            Self::KvmCr => "kvm_cr",
+            Self::KvmNestedVmenter => "kvm_nested_vmenter",
+            Self::KvmNestedVmrun => "kvm_nested_vmrun",
+            Self::KvmNestedVmexit => "kvm_nested_vmexit",
+            Self::KvmNestedVmexitInject => "kvm_nested_vmexit_inject",
+            Self::KvmNestedVmenterFailed => "kvm_nested_vmenter_failed",
+            Self::KvmNestedIntrVmexit => "kvm_nested_intr_vmexit",
+            Self::KvmPageFault => "kvm_page_fault",
+            Self::KvmInjException => "kvm_inj_exception",
+            Self::KvmInjVirq => "kvm_inj_virq",
+            Self::KvmUserspaceExit => "kvm_userspace_exit",
+            Self::KvmEmulateInsn => "kvm_emulate_insn",
+            Self::KvmSmmTransition => "kvm_smm_transition",
+            Self::KvmPio => "kvm_pio",
+            Self::KvmMsr => "kvm_msr",
+            Self::KvmCpuid => "kvm_cpuid",
+            Self::KvmMmuGetPage => "kvm_mmu_get_page",
+            Self::KvmMmuPrepareZapPage => "kvm_mmu_prepare_zap_page",
+            Self::KvmMmuSyncPage => "kvm_mmu_sync_page",
+            Self::KvmMmuUnsyncPage => "kvm_mmu_unsync_page",
+            Self::KvmMmuPagetableWalk => "kvm_mmu_pagetable_walk",
+            Self::KvmMmuPagingElement => "kvm_mmu_paging_element",
+            Self::KvmMmuWalkerError => "kvm_mmu_walker_error",
+        }
     }
 
     /// Builds the typed event from the fields, for every layout generation of the tracepoint.
@@ -536,11 +636,18 @@ impl KnownEvent {
     }
 }
 
+/// The pseudo-field a text reader adds when its rendering determines only some role bits
+/// (see [`MmuPage::role_known`]); absent means the raw word (all bits known).
+pub const ROLE_KNOWN_FIELD: &str = "vmxray_role_known";
+
 fn mmu_page(f: &impl FieldLookup, event: &'static str) -> Result<MmuPage, DecodeError> {
+    let role_known = f.u32(ROLE_KNOWN_FIELD).unwrap_or(MmuPage::ROLE_ALL_KNOWN);
+    let role = f.u32("role").ok_or(DecodeError { event, field: "role" })?;
     Ok(MmuPage {
         mmu_valid_gen: f.uint("mmu_valid_gen"),
         gfn: f.uint("gfn").ok_or(DecodeError { event, field: "gfn" })?,
-        role: MmuPageRole(f.u32("role").ok_or(DecodeError { event, field: "role" })?),
+        role: MmuPageRole(role & role_known),
+        role_known,
         root_count: f.u32("root_count").unwrap_or(0),
         unsync: f.flag("unsync").unwrap_or(false),
     })
@@ -758,6 +865,16 @@ mod tests {
         assert_eq!(kind.vcpu_id(), Some(2));
         let EventKind::Other(o) = kind else { panic!() };
         assert_eq!(o.fields, f);
+    }
+
+    #[test]
+    fn every_known_event_is_named_as_in_the_table() {
+        for (known, _, name) in KnownEvent::ALL {
+            // kvm_enter_smm is the pre-5.14 name of kvm_smm_transition.
+            if *name != "kvm_enter_smm" {
+                assert_eq!(known.name(), *name);
+            }
+        }
     }
 
     #[test]

@@ -278,23 +278,37 @@ pub struct EventFormat {
     pub known: Option<KnownEvent>,
     /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
     /// once (see [`Record`]).
-    plan: Vec<(NameKey, Option<u16>)>,
+    plan: Vec<PlanStep>,
+}
+
+/// One planned lookup: the name asked (its address and length, and packed) and its field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlanStep {
+    addr: usize,
+    len: usize,
+    key: NameKey,
+    field: Option<u16>,
 }
 
 /// Records the names a typed decode asks for, in order, and resolves them against the format.
 /// Decoding a record then replays this plan: the n-th lookup checks that it asks for the
-/// planned name (a word compare) and goes straight to the field, with no scan.
-fn lookup_plan(format: &EventFormat) -> Vec<(NameKey, Option<u16>)> {
+/// planned name and goes straight to the field, with no scan. The check is first by the
+/// address of the name (the vocabulary passes the same string literals every time; the
+/// address is only compared, never dereferenced), then by the packed name.
+fn lookup_plan(format: &EventFormat) -> Vec<PlanStep> {
     struct Recorder<'f> {
         format: &'f EventFormat,
-        asked: std::cell::RefCell<Vec<(NameKey, Option<u16>)>>,
+        asked: std::cell::RefCell<Vec<PlanStep>>,
     }
     impl Recorder<'_> {
         fn note(&self, name: &str) -> Option<&FieldFormat> {
             let idx = self.format.field_index(name);
-            self.asked
-                .borrow_mut()
-                .push((NameKey::of(name), idx.and_then(|i| u16::try_from(i).ok())));
+            self.asked.borrow_mut().push(PlanStep {
+                addr: name.as_ptr() as usize,
+                len: name.len(),
+                key: NameKey::of(name),
+                field: idx.and_then(|i| u16::try_from(i).ok()),
+            });
             self.format.fields.get(idx?)
         }
     }
@@ -868,10 +882,11 @@ impl<'a> Record<'a> {
     fn field(&self, name: &str) -> Option<&'a FieldFormat> {
         let step = self.step.get();
         self.step.set(step.wrapping_add(1));
-        if let Some((key, idx)) = self.format.plan.get(step)
-            && *key == NameKey::of(name)
+        if let Some(plan) = self.format.plan.get(step)
+            && ((plan.addr == name.as_ptr() as usize && plan.len == name.len())
+                || plan.key == NameKey::of(name))
         {
-            return self.format.fields.get(usize::from((*idx)?));
+            return self.format.fields.get(usize::from(plan.field?));
         }
         self.format.field(name)
     }

@@ -31,10 +31,10 @@
 
 //! ## Binary readers
 //!
-//! [`open`] recognizes trace.dat and perf.data by their magic and copied tracefs trees by their
+//! [`open()`] recognizes trace.dat and perf.data by their magic and copied tracefs trees by their
 //! layout; each reader is also usable directly:
 //!
-//! - [`format`]: format files, `header_page`/`header_event`, format-driven field decoding
+//! - [`format`](mod@format): format files, `header_page`/`header_event`, format-driven field decoding
 //!   ([`format::EventFormats`], [`format::Record`] implements [`FieldLookup`]);
 //! - [`page`]: ring-buffer pages ([`page::PageRecords`], [`page::PageStream`],
 //!   [`page::PageBuilder`] for tests);
@@ -79,7 +79,7 @@ pub mod write;
 
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
-    NestedVmenter, OtherEvent,
+    NestedVmenter, OtherEvent, ROLE_KNOWN_FIELD,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
 pub use open::{open, open_bytes};

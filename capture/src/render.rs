@@ -13,6 +13,10 @@
 //! - the fields are the kernel's field names in the kernel's order, integers in hex when the
 //!   kernel prints them in hex (addresses, codes, masks), decimal otherwise; strings quoted; byte
 //!   arrays as `[0f 22 d8]`; a field the traced kernel's layout lacks is absent, never `0`;
+//! - one field is not the kernel's: kvmmmu page events read from a text rendering that omits
+//!   role bits carry `vmxray_role_known=0x…` after the kernel's fields (the mask of role bits
+//!   the input determined, [`crate::MmuPage::role_known`]); it is absent when the raw role word
+//!   was read;
 //! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
 //!   MMU role) that are derived from the fields, never new information.
 //!
@@ -30,7 +34,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::codes::{CrAccessQual, ExitCode, Isa, VmxBasicReason};
-use crate::event::{Event, EventKind, ExitInfo, MmuPage};
+use crate::event::{Event, EventKind, ExitInfo, MmuPage, ROLE_KNOWN_FIELD};
 use crate::fields::{FieldValue, Fields};
 use crate::reader::Clock;
 
@@ -206,6 +210,11 @@ fn page_fields(out: &mut Vec<Field>, page: &MmuPage) {
     out.extend(page.mmu_valid_gen.map(|g| dec("mmu_valid_gen", g)));
     out.extend([hex("gfn", page.gfn), hex("role", u64::from(page.role.0))]);
     out.extend([dec("root_count", u64::from(page.root_count)), flag("unsync", page.unsync)]);
+    // Not a kernel field: present only when the input (a text rendering) did not determine
+    // every role bit, so that decoding gives back the same `role_known`.
+    if page.role_known != MmuPage::ROLE_ALL_KNOWN {
+        out.push(hex(ROLE_KNOWN_FIELD, u64::from(page.role_known)));
+    }
 }
 
 impl EventKind {
@@ -496,18 +505,28 @@ mod tests {
                 cr,
                 val
             }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
-                |(gfn, role, rc, created)| EventKind::KvmMmuGetPage {
+            (
+                any::<u64>(),
+                any::<u32>(),
+                prop_oneof![
+                    Just(MmuPage::ROLE_ALL_KNOWN),
+                    Just(MmuPage::ROLE_KNOWN_KERNEL_PRINT),
+                    Just(MmuPage::ROLE_KNOWN_PLUGIN),
+                ],
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(gfn, role, known, rc, created)| EventKind::KvmMmuGetPage {
                     page: MmuPage {
                         mmu_valid_gen: Some(0),
                         gfn,
-                        role: MmuPageRole(role),
+                        role: MmuPageRole(role & known),
+                        role_known: known,
                         root_count: rc,
                         unsync: false
                     },
                     created
-                }
-            ),
+                }),
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..15)).prop_map(|(rip, b)| {
                 EventKind::KvmEmulateInsn {
                     rip,

@@ -512,6 +512,7 @@ fn simulated_text_with_formats_keeps_every_field_it_carried() {
     let sims = sorted_files(&samples().join("sim"), "txt");
     assert!(sims.len() >= 10);
     let mut fields_compared = 0;
+    let mut role_bits_reported = false;
     for (i, input) in sims.iter().enumerate() {
         let what = input.display().to_string();
         let out = dir.join("out.dat");
@@ -520,6 +521,8 @@ fn simulated_text_with_formats_keeps_every_field_it_carried() {
         let opts = ConvertOptions { formats: Some(given), ..ConvertOptions::default() };
         let summary = convert(input, &out, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(summary.method, Method::RecordsEncoded);
+        role_bits_reported |=
+            summary.fields_zeroed.keys().any(|k| k.contains(":role bits outside"));
         let (mut want, _) = read_all(input);
         want.sort_by_key(|e| (e.ts, e.cpu));
         let (got, _) = read_all(&out);
@@ -546,6 +549,7 @@ fn simulated_text_with_formats_keeps_every_field_it_carried() {
         }
     }
     assert!(fields_compared > 5000, "{fields_compared}");
+    assert!(role_bits_reported, "role bits the text hides are reported");
 }
 
 #[test]

@@ -494,38 +494,62 @@ fn emulate_insn_kernel_and_plugin() {
 #[test]
 fn kvmmmu_pages_kernel_plugin_and_old_renderings() {
     let mmu = |body: &str| decode("kvmmmu", "kvm_mmu_get_page", body);
-    let page = |valid_gen, gfn, role, root_count, unsync| MmuPage {
+    // The kernel's print determines level, bit 4, quadrant, direct, access, invalid, efer_nx
+    // and ad_disabled; never guest_mode or smm.
+    let kernel = MmuPage::ROLE_KNOWN_KERNEL_PRINT;
+    let plugin = MmuPage::ROLE_KNOWN_PLUGIN;
+    let page = |valid_gen, gfn, role, known, root_count, unsync| MmuPage {
         mmu_valid_gen: valid_gen,
         gfn,
         role: MmuPageRole(role),
+        role_known: known,
         root_count,
         unsync,
     };
     assert_eq!(
         mmu("sp gen 0 gfn 2 l4 8-byte q0 wux nxe ad root 0 sync new"),
-        EventKind::KvmMmuGetPage { page: page(Some(0), 2, 0x1704, 0, false), created: true }
+        EventKind::KvmMmuGetPage {
+            page: page(Some(0), 2, 0x1704, kernel, 0, false),
+            created: true
+        }
     );
     let role = 1 | (1 << 4) | (3 << 5) | (1 << 7) | (4 << 8) | (1 << 11) | (1 << 16);
     assert_eq!(
         mmu("sp gen 1 gfn 7f l1 4-byte q3 direct -u- invalid !nxe !ad root 2 unsync existing"),
-        EventKind::KvmMmuGetPage { page: page(Some(1), 0x7f, role, 2, true), created: false }
+        EventKind::KvmMmuGetPage {
+            page: page(Some(1), 0x7f, role, kernel, 2, true),
+            created: false
+        }
     );
     // trace-cmd's plugin (pre-2019 role layout: raw bit 4 printed as `pae`, cr0_wp as `wp`).
     assert_eq!(
         mmu("new sp gfn 2 4 q0 wux !pae nxe !wp root 0 sync"),
-        EventKind::KvmMmuGetPage { page: page(None, 2, 0x1704, 0, false), created: true }
+        EventKind::KvmMmuGetPage { page: page(None, 2, 0x1704, plugin, 0, false), created: true }
     );
     assert_eq!(
         mmu("existing sp gfn 5 4 q0 wux pae nxe wp smep root 1 unsync"),
         EventKind::KvmMmuGetPage {
-            page: page(None, 5, 4 | 0x10 | 0x700 | 0x1000 | 0x2000 | 0x4000, 1, true),
+            page: page(None, 5, 4 | 0x10 | 0x700 | 0x1000 | 0x2000 | 0x4000, plugin, 1, true),
             created: false
         }
     );
+    // `WORD: %08x` (the file's endianness differs from the host's): the raw word, all known.
+    let EventKind::KvmMmuGetPage { page: w, .. } = mmu("new sp gfn 2 WORD: 00021704 root 0 sync")
+    else {
+        panic!("not a get_page")
+    };
+    assert_eq!((w.role.0, w.role_known, w.guest_mode()), (0x21704, u32::MAX, Some(true)));
+    // The kernel print never says guest_mode or smm: unknown, not 0.
+    let EventKind::KvmMmuGetPage { page: k, .. } =
+        mmu("sp gen 0 gfn 2 l4 8-byte q0 wux nxe ad root 0 sync new")
+    else {
+        panic!("not a get_page")
+    };
+    assert_eq!((k.guest_mode(), k.smm(), k.direct()), (None, None, Some(false)));
     // Old kernels: bare level, ` pae` for 8-byte gptes, no gen/ad.
     assert_eq!(
         mmu("sp gfn 2 4 pae q0 wux nxe root 0 sync new"),
-        EventKind::KvmMmuGetPage { page: page(None, 2, 0x1704, 0, false), created: true }
+        EventKind::KvmMmuGetPage { page: page(None, 2, 0x1704, kernel, 0, false), created: true }
     );
     assert_eq!(
         decode(
@@ -533,7 +557,7 @@ fn kvmmmu_pages_kernel_plugin_and_old_renderings() {
             "kvm_mmu_prepare_zap_page",
             "sp gen 0 gfn 5 l4 8-byte q0 wux invalid nxe ad root 0 sync"
         ),
-        EventKind::KvmMmuPrepareZapPage { page: page(Some(0), 5, 0x1f04, 0, false) }
+        EventKind::KvmMmuPrepareZapPage { page: page(Some(0), 5, 0x1f04, kernel, 0, false) }
     );
     assert_eq!(
         decode("kvmmmu", "kvm_mmu_pagetable_walk", "addr 7f001000 pferr 10 F"),

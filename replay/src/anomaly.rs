@@ -155,7 +155,7 @@ rules! {
     /// §2.5/§3(a), invariant 6.
     HltCancelledExitState = "hlt_cancelled_exit_state", Error,
         "04f11ef45810 KVM: nVMX: Always write vmcs02.GUEST_CR3 during nested VM-Enter (regression from fd3edd4a9066)",
-        "after an entry that never reached hardware (HLT activity), the synthesized exit reports exactly the entered state (nested_rip, GUEST_CR3)",
+        "after an entry that never reached hardware (HLT activity), the synthesized exit reports exactly the entered state (nested_rip, GUEST_CR3); with nested EPT (GUEST_CR3 untraced) the next run does not fault into L1 at once (warning: consequence only)",
         "a kvm_nested_vmenter followed by kvm_nested_vmexit_inject with no kvm_entry between, then the next entry of that vmcs12";
     /// §3(b), invariant 9.
     LateVmfailL1Cr3 = "late_vmfail_l1_cr3", Error,
@@ -180,12 +180,12 @@ rules! {
     /// §3(d), invariant 16.
     ResetRootRole = "reset_root_role", Error,
         "0aa1837533e5 KVM: x86: Properly reset MMU context at vCPU RESET/INIT",
-        "after RESET (entry at 0xfff0) of a vCPU that had paging roots, a direct root (guest_mode 0, smm 0) is loaded before the entry",
-        "shadow paging (kvm_mmu_get_page roots) and a kvm_entry at rip 0xfff0 after paging roots";
+        "after RESET (entry at 0xfff0) or INIT/SIPI (entry at RIP 0 right after a 64-bit exit) of a vCPU that had paging on, a direct root (guest_mode 0, smm 0) is loaded before the entry",
+        "shadow paging (kvm_mmu_get_page roots) and a kvm_entry at rip 0xfff0, or at rip 0 right after a kvm_exit at a 64-bit rip, once paging was on";
     /// §3(e), invariant 19.
     EvmcsRestoreStaleExit = "evmcs_restore_stale_exit", Warning,
         "f5c7e8425f18 KVM: nVMX: Always make an attempt to map eVMCS after migration",
-        "after an eVMCS nested-state restore and an asynchronous exit before any L2 entry, L1 resumes L2 at the restored RIP (it did not act on a stale exit)",
+        "after an eVMCS nested-state restore and an asynchronous exit before any L2 entry, L1 resumes L2 at the restored RIP and does not bugcheck (Hyper-V crash MSRs): it did not act on a stale exit",
         "a kvm_nested_vmenter with vmcs -1 and no VMLAUNCH/VMRESUME/RSM before it";
     /// §3(f), invariant 20.
     PmlFullInL2 = "pml_full_in_l2", Error,
@@ -251,12 +251,12 @@ rules! {
     RootWrongLevel = "root_wrong_level", Error,
         "kvm_mmu_page_role.guest_mode, set from is_guest_mode() by kvm_calc_*_root_page_role (mmu/mmu.c) so that L1 and L2 never share roots",
         "every root loaded in L2 has guest_mode 1 and every root loaded in L1 has guest_mode 0",
-        "kvm_mmu_get_page roots on a vCPU whose level is known (nested tracepoints)";
+        "kvm_mmu_get_page roots with their raw role word (guest_mode is not in the kernel's text rendering: use trace.dat, perf.data or `trace-cmd report -R`) on a vCPU whose level is known (nested tracepoints)";
     /// Invariant 14.
     RootWrongSmm = "root_wrong_smm", Error,
         "699023e23965 KVM: x86: add SMM to the MMU role, support SMRAM address space; kvm_smm_changed resets the MMU",
         "role.smm is non-zero exactly between kvm_smm_transition entering and leaving",
-        "kvm_smm_transition and later kvm_mmu_get_page roots";
+        "kvm_smm_transition and later kvm_mmu_get_page roots with their raw role word (smm is not in the kernel's text rendering)";
     /// Invariant 15.
     GuestMmuRootRole = "guest_mmu_root_role", Error,
         "272b0a998d08 KVM: nVMX: Don't clobber nested MMU's A/D status on EPTP switch; kvm_calc_shadow_ept_root_page_role",

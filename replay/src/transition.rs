@@ -159,28 +159,28 @@ pub(crate) fn apply(
             if !root {
                 return;
             }
-            if !role.guest_mode() && f.l0_paging == L0Paging::Unknown {
-                f.l0_paging = if role.direct() { L0Paging::Tdp } else { L0Paging::Shadow };
-            }
-            if role.guest_mode()
-                && !role.direct()
+            let eptp_root = !role.direct()
                 && st
                     .current_record()
                     .and_then(|r| r.eptp)
-                    .is_some_and(|e| pgd_gfn(e.value) == page.gfn)
-            {
+                    .is_some_and(|e| pgd_gfn(e.value) == page.gfn);
+            if f.l0_paging == L0Paging::Unknown && is_l1_root(st, f, page.guest_mode(), eptp_root) {
+                f.l0_paging = if role.direct() { L0Paging::Tdp } else { L0Paging::Shadow };
+            }
+            if page.guest_mode() != Some(false) && eptp_root {
                 f.guest_mmu_roots = true;
             }
             let load = RootLoad { gfn: page.gfn, role, created: *created, at };
             st.last_root = Some(load);
-            if role.guest_mode() {
+            let l2 = page.guest_mode().unwrap_or(!is_l1_root(st, f, None, eptp_root));
+            if l2 {
                 st.l2_root = Some(load);
             } else {
                 st.l1_root = Some(load);
             }
             out.push(Transition::RootLoaded(load));
         }
-        EventKind::KvmSmmTransition { entering, .. } => on_smm(st, *entering, at, out),
+        EventKind::KvmSmmTransition { entering, .. } => on_smm(st, f, *entering, at, out),
         EventKind::KvmUserspaceExit { .. } => {
             st.in_exit_handling = Some(false);
             // Userspace may set registers before the next run.
@@ -202,6 +202,28 @@ pub(crate) fn apply(
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
         | EventKind::Other(_) => {}
+    }
+}
+
+/// Whether a root load belongs to L1 (`role.guest_mode` 0), for deciding how L0 translates L1
+/// memory. The raw role word says it; the kernel's text rendering of kvmmmu pages does not
+/// print `guest_mode` (mmutrace.h), so then the root is taken as L1's only when nothing could
+/// make it an L2 root: it is not the current EPTP's guest_mmu root, and the vCPU is known to
+/// run L1 with no VMLAUNCH/VMRESUME pending (L2 roots are loaded after `kvm_nested_vmenter`,
+/// or between the VMLAUNCH/VMRESUME exit and the L2 `kvm_entry` before 6.1), or the trace has
+/// shown no nested event at all. Otherwise the load teaches nothing.
+fn is_l1_root(st: &VcpuState, f: &Features, guest_mode: Option<bool>, eptp_root: bool) -> bool {
+    match guest_mode {
+        Some(g) => !g,
+        None => {
+            !eptp_root
+                && st.pending_launch.is_none()
+                && match st.mode {
+                    Mode::L1 => true,
+                    Mode::Unknown => !f.nested_vmenter && !f.nested_vmexit,
+                    Mode::L2Pending { .. } | Mode::L2Run => false,
+                }
+        }
     }
 }
 
@@ -380,6 +402,15 @@ fn on_entry(
         && let (Some(entry_rip), Some(launch_rip)) = (rip, launch.rip)
     {
         if entry_rip != launch_rip && entry_rip != launch_rip.wrapping_add(3) {
+            // As in on_vmenter: the VMLAUNCH/VMRESUME proves the vCPU ran L1 since its last
+            // nested event, so a CR3 seen while the level was unknown was L1's.
+            if st.l1_cr3.is_none()
+                && let Some(cr3) = st.cr3_unknown_level.take()
+            {
+                st.l1_cr3 = Some(cr3);
+                out.push(Transition::L1Cr3 { value: cr3.value });
+            }
+            st.cr3_unknown_level = None;
             st.current_vmptr = None;
             st.entry_launch = Some(launch);
             out.push(Transition::NestedEntry { vmptr: u64::MAX, cause: EntryCause::Inferred });
@@ -455,7 +486,13 @@ fn on_cr(
     }
 }
 
-fn on_smm(st: &mut VcpuState, entering: bool, at: EventIndex, out: &mut Vec<Transition>) {
+fn on_smm(
+    st: &mut VcpuState,
+    f: &Features,
+    entering: bool,
+    at: EventIndex,
+    out: &mut Vec<Transition>,
+) {
     out.push(Transition::Smm { entering });
     st.awaiting_host_rip = None;
     if entering {
@@ -476,5 +513,18 @@ fn on_smm(st: &mut VcpuState, entering: bool, at: EventIndex, out: &mut Vec<Tran
     } else {
         st.smm = SmmState::Out;
         st.smm_left_at = Some(at);
+        // vmx_leave_smm: an SMI taken in L2 (smm.guest_mode) returns into L2 through
+        // nested_vmx_enter_non_root_mode (§2.11 RSM step 3). From 6.1 its kvm_nested_vmenter
+        // follows; before, nothing else shows the re-entry.
+        if !f.nested_vmenter
+            && let Some(stash) = st.smm_stash.take()
+        {
+            st.current_vmptr = stash.vmptr;
+            out.push(Transition::NestedEntry {
+                vmptr: stash.vmptr.unwrap_or(u64::MAX),
+                cause: EntryCause::Rsm,
+            });
+            set_mode(st, Mode::L2Pending { since: at }, out);
+        }
     }
 }

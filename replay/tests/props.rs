@@ -74,6 +74,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
                     mmu_valid_gen: None,
                     gfn,
                     role: MmuPageRole(role),
+                    role_known: u32::MAX,
                     root_count: 0,
                     unsync: false,
                 },

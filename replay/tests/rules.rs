@@ -911,3 +911,108 @@ fn state_stays_bounded_with_many_threads_and_vmcs12s() {
     let report = triage(&t.events, TriageConfig::default());
     assert!(report.crashes.is_empty());
 }
+
+/// An AP restarted by INIT/SIPI: a long-mode HLT exit, then KVM enters it at RIP 0 (SIPI).
+fn sipi(direct_roots: bool, userspace_between: bool) -> (Trace, u64) {
+    let mut t = Trace::new();
+    t.exit(EXTERNAL_INTERRUPT, 0xffff_ffff_8100_0000);
+    let paging = t.get_page(0x10, ROLE_L1, true);
+    t.entry(0xffff_ffff_8100_0000);
+    t.exit(HLT, 0xffff_ffff_8103_a6f1);
+    t.other("kvm_vcpu_wakeup");
+    if userspace_between {
+        t.userspace_exit(10);
+    }
+    if direct_roots {
+        // mmu_alloc_direct_roots for an unpaged guest: four level-2 PAE roots.
+        for i in 0..4u64 {
+            t.get_page(i << 18, 2 | 1 << 7 | 7 << 8 | 1 << 12, true);
+        }
+    }
+    t.entry(0);
+    (t, paging)
+}
+
+#[test]
+fn reset_root_role_after_init_sipi() {
+    let (t, paging) = sipi(false, false);
+    assert_one(&t.events, RuleId::ResetRootRole, t.next() - 1, &[paging]);
+    let (fixed, _) = sipi(true, false);
+    assert_clean(&fixed.events);
+    // Userspace may have set the registers (KVM_SET_REGS): RIP 0 proves nothing then.
+    let (userspace, _) = sipi(false, true);
+    assert_clean(&userspace.events);
+}
+
+#[test]
+fn evmcs_restore_stale_exit_bugcheck() {
+    let mut t = Trace::new();
+    t.exit(HLT, 0x500);
+    t.userspace_exit(10);
+    let restore = t.vmenter(u64::MAX, 0xb000, true, EPTP);
+    let exit = t.inject(EXTERNAL_INTERRUPT);
+    t.entry(0x200);
+    let wrmsr = t.exit(32, 0x210);
+    let at = t.push(vmxray_capture::EventKind::KvmMsr {
+        write: true,
+        index: 0x4000_0100,
+        data: 0x20001,
+        exception: false,
+    });
+    let a = assert_one(&t.events, RuleId::EvmcsRestoreStaleExit, at, &[restore, exit, wrmsr]);
+    assert_eq!(a.severity, Severity::Warning);
+}
+
+/// vmcs12 B with nested EPT: an HLT-path entry (no kvm_entry), then its next run's first exit.
+fn hlt_then(reason: u32, intr: u32) -> (Trace, [u64; 3], u64) {
+    let mut t = Trace::new();
+    t.establish_l1();
+    t.exit(VMRESUME, 0x100);
+    t.vmenter(B, 0xb000, true, EPTP);
+    let zero = t.inject(PREEMPTION_TIMER);
+    t.entry(0x200);
+    t.exit(VMRESUME, 0x100);
+    let again = t.vmenter(B, 0xb000, true, EPTP);
+    t.entry(0xb000);
+    let hw = t.exit_full(reason, 0xb010, 0x4132d7, intr);
+    t.nested_vmexit_full(reason, 0xb010, 0x4132d7, intr);
+    let inject = t.inject_full(reason, 0x4132d7, intr);
+    t.entry(0x200);
+    (t, [zero, again, hw], inject)
+}
+
+#[test]
+fn hlt_cancelled_exit_state_nested_ept_consequence() {
+    let (t, evidence, inject) = hlt_then(EXCEPTION_NMI, 0x8000_0b0e);
+    let a = assert_one(&t.events, RuleId::HltCancelledExitState, inject, &evidence);
+    assert_eq!(a.severity, Severity::Warning);
+    let (fixed, ..) = hlt_then(CPUID, 0);
+    assert_clean(&fixed.events);
+}
+
+#[test]
+fn unknown_guest_mode_is_not_held_against_a_root() {
+    // A text rendering of kvm_mmu_get_page: guest_mode and smm unknown (reads as 0).
+    let mut t = Trace::new();
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    t.exit(EXTERNAL_INTERRUPT, 0xa004);
+    t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa004, 0, 0);
+    let page = vmxray_capture::MmuPage {
+        role_known: vmxray_capture::MmuPage::ROLE_KNOWN_KERNEL_PRINT,
+        ..vmxray_capture::MmuPage::with_role(
+            Some(0),
+            0x7,
+            vmxray_capture::codes::MmuPageRole(ROLE_GUEST_MMU & 0xffff),
+        )
+    };
+    t.push(vmxray_capture::EventKind::KvmMmuGetPage { page, created: false });
+    t.entry(0xa004);
+    assert_clean(&t.events);
+    let mut model = vmxray_replay::Model::default();
+    model.run(&t.events);
+    let status = model.summary().rules.into_iter().find(|r| r.rule == RuleId::RootWrongLevel);
+    assert!(matches!(
+        status.map(|r| r.status),
+        Some(vmxray_replay::RuleStatus::NotCheckable { .. })
+    ));
+}

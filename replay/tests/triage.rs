@@ -67,6 +67,7 @@ pub fn triple_fault_sample() -> Trace {
             mmu_valid_gen: Some(0),
             gfn: 2,
             role: vmxray_capture::codes::MmuPageRole(ROLE_L1),
+            role_known: u32::MAX,
             root_count: 1,
             unsync: false,
         },

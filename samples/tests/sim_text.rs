@@ -27,7 +27,14 @@ fn qemu(ts: u64, kind: EventKind) -> Event {
 }
 
 fn page(gfn: u64, role: u32, root_count: u32) -> MmuPage {
-    MmuPage { mmu_valid_gen: Some(0), gfn, role: MmuPageRole(role), root_count, unsync: false }
+    MmuPage {
+        mmu_valid_gen: Some(0),
+        gfn,
+        role: MmuPageRole(role),
+        role_known: u32::MAX,
+        root_count,
+        unsync: false,
+    }
 }
 
 fn other(name: &str, fields: &[(&str, u64)]) -> EventKind {

@@ -73,6 +73,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             summary.meta.input
         );
     }
+    if !summary.fields_zeroed.is_empty() {
+        eprintln!(
+            "{}: the output states those zeros as values: replaying it is not replaying the text",
+            summary.meta.input
+        );
+    }
     input::write_read_summary(&mut io::stderr(), &summary.meta, &summary.stats)?;
     Ok(input::exit_status(&summary.stats, ExitCode::SUCCESS))
 }

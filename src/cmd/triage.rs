@@ -445,6 +445,7 @@ mod tests {
                         mmu_valid_gen: Some(0),
                         gfn: 2,
                         role: MmuPageRole(0x1704),
+                        role_known: u32::MAX,
                         root_count: 0,
                         unsync: false,
                     },

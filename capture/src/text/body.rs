@@ -17,7 +17,7 @@ use crate::codes::{
     ExceptionVector, ExitCode, Isa, SvmExitCode, UserspaceExitReason, VmInstructionError,
     VmxBasicReason,
 };
-use crate::event::KnownEvent;
+use crate::event::{KnownEvent, MmuPage, ROLE_KNOWN_FIELD};
 
 use super::fields::{FieldBuf, Name, Val, eq_short, span};
 
@@ -881,7 +881,9 @@ fn vmenter_failed(body: &str, out: &mut FieldBuf) -> Option<()> {
 }
 
 /// The kvmmmu shadow-page events, kernel and plugin renderings; the role word is rebuilt from
-/// what the text determines (other bits are 0):
+/// what the text determines (other bits are 0, and the pseudo-field
+/// [`crate::event::ROLE_KNOWN_FIELD`] says which bits are known — see
+/// [`crate::MmuPage::role_known`]):
 /// - kernel ≥5.18 `sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s` (+ ` new`
 ///   / ` existing` for get_page): level, has_4_byte_gpte, quadrant, direct, access, invalid,
 ///   efer_nx, ad_disabled — not cr0_wp, smep/smap, guest_mode, passthrough, smm;
@@ -938,6 +940,14 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
                 }
             }
         }
+    }
+    let role_known = match (word, plugin) {
+        (Some(_), _) => MmuPage::ROLE_ALL_KNOWN,
+        (None, true) => MmuPage::ROLE_KNOWN_PLUGIN,
+        (None, false) => MmuPage::ROLE_KNOWN_KERNEL_PRINT,
+    };
+    if role_known != MmuPage::ROLE_ALL_KNOWN {
+        out.u64(ROLE_KNOWN_FIELD, u64::from(role_known));
     }
     let role = match word {
         Some(w) => w,

@@ -17,7 +17,11 @@
 //! The rule is decidable when the change cannot come from L2 itself: the previous run of the
 //! vmcs12 executed zero instructions, or L0 uses shadow paging (then every L2 CR3 load exits and
 //! KVM never writes vmcs12.GUEST_CR3 on exit, §2.7) and no L2 CR3 load was handled by L0. With
-//! L0 EPT and an L2 that ran, L2 changes CR3 without exiting: not decidable, no report. eVMCS
+//! L0 EPT and an L2 that ran, L2 changes CR3 without exiting and `sync_vmcs02_to_vmcs12` copies
+//! the new value into vmcs12 at the next nested exit (§2.7, §2.8): not decidable, no report.
+//! "Shadow paging" is only concluded from roots proven to be L1's (raw `guest_mode` 0, or see
+//! `transition::is_l1_root` for text traces): a guest_mmu root read from text without its
+//! `guest_mode` once made fixed L0-EPT traces look shadow-paged and report here. eVMCS
 //! entries (vmcs -1) do not identify their vmcs12 and are skipped. A shadow VMCS can hide an L1
 //! VMWRITE of GUEST_CR3, hence only *warning* unless the value is another subject's CR3.
 

@@ -86,8 +86,10 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
 }
 
 pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
+    // An unknown guest_mode (text rendering) counts: a non-direct root for EPTP>>12 loaded
+    // while the entry is pending is the guest_mmu root.
     if let Some(w) = st.waiting
-        && page.role.guest_mode()
+        && page.guest_mode() != Some(false)
         && !page.role.direct()
         && page.gfn == w.gfn
     {

@@ -44,7 +44,7 @@ pub(crate) fn on_inject(st: &mut State) {
 pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     let Some((vmenter_at, eptp)) = st.waiting else { return };
     let role = page.role;
-    if !role.guest_mode() || role.direct() || page.gfn != pgd_gfn(eptp) {
+    if page.guest_mode() == Some(false) || role.direct() || page.gfn != pgd_gfn(eptp) {
         return;
     }
     st.waiting = None;
@@ -55,10 +55,11 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     if role.level() != walk_length {
         wrong.push(format!("level {} (EPTP walk length {walk_length})", role.level()));
     }
-    if role.has_4_byte_gpte() {
+    if page.has_4_byte_gpte() == Some(true) {
         wrong.push("4-byte gptes".to_owned());
     }
-    if role.ad_disabled() != ad_disabled {
+    // ad_disabled is unknown in trace-cmd's plugin rendering.
+    if page.ad_disabled().is_some_and(|d| d != ad_disabled) {
         wrong.push(format!(
             "ad_disabled {} (EPTP[6] = {})",
             role.ad_disabled(),

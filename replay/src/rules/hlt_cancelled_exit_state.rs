@@ -17,12 +17,41 @@
 //! ```
 //! Only asynchronous exits are compared: after them L1 has no reason to move L2's RIP. eVMCS
 //! entries (vmcs -1) are skipped.
+//!
+//! **Nested EPT: consequence only** (*warning*). With nested_ept=y `kvm_nested_vmenter` shows
+//! the EPTP, not GUEST_CR3, so the stale CR3 itself is invisible; §3(a) step 5 says "only L1's
+//! reaction is visible". The rule then flags the first visible consequence: the vmcs12's next
+//! hardware run (after its zero-instruction exit) ends with a hardware exception that L1
+//! intercepts — L2 runs on another L2's page tables and faults at once (Muen's "subject
+//! crashed" path):
+//! ```text
+//! kvm_nested_vmenter vmcs=B nested_ept=y → kvm_nested_vmexit_inject (async; no kvm_entry)
+//! [no VMWRITE exit]
+//! kvm_nested_vmenter vmcs=B nested_ept=y → kvm_entry (L2) → kvm_exit EXCEPTION_NMI
+//!   → kvm_nested_vmexit_inject EXCEPTION_NMI (exception L1 intercepts)   → warning
+//! ```
+//! An L2 may legitimately fault into L1 right after waking, hence the lower severity; the
+//! anomaly's evidence holds the zero-instruction exit, the re-entry and the faulting `kvm_exit`.
 
-use vmxray_capture::NestedVmenter;
-use vmxray_capture::codes::{ExitCode, VmxBasicReason};
+use vmxray_capture::codes::{ExitCode, IntrType, VmxBasicReason};
+use vmxray_capture::{ExitInfo, NestedVmenter};
 
 use super::{Ctx, hex};
-use crate::anomaly::{RuleId, Severity};
+use crate::anomaly::{EventIndex, RuleId, Severity};
+use crate::state::Mode;
+
+/// A nested-EPT re-entry of a vmcs12 whose previous entry never reached hardware.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct State {
+    watching: Option<Watch>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    vmptr: u64,
+    zero_exit_at: EventIndex,
+    vmenter_at: EventIndex,
+}
 
 const RULE: RuleId = RuleId::HltCancelledExitState;
 
@@ -44,7 +73,8 @@ pub(crate) fn is_asynchronous(reason: Option<ExitCode>) -> bool {
     }
 }
 
-pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
+pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, watch: &mut State, v: &NestedVmenter) {
+    watch.watching = None;
     if v.is_evmcs() {
         return;
     }
@@ -56,6 +86,9 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     };
     if exit.at < entered_at || !exit.zero_instructions || !is_asynchronous(exit.reason) {
         return;
+    }
+    if st.counters.vmwrite == rec.vmwrites_at_exit && v.nested_tdp_root().is_some() {
+        watch.watching = Some(Watch { vmptr: v.vmcs, zero_exit_at: exit.at, vmenter_at: ctx.at });
     }
     ctx.checked(RULE);
     if st.counters.vmwrite != rec.vmwrites_at_exit {
@@ -82,4 +115,32 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
             diffs.join(", ")
         )
     });
+}
+
+/// The first nested exit of a watched re-entry (see the module documentation).
+pub(crate) fn on_inject(ctx: &mut Ctx<'_>, watch: &mut State, info: &ExitInfo) {
+    let Some(w) = watch.watching.take() else { return };
+    if ctx.vcpu.mode != Mode::L2Run || ctx.vcpu.current_vmptr != Some(w.vmptr) {
+        return;
+    }
+    let exception = info.reason.is_vmx(VmxBasicReason::EXCEPTION_NMI)
+        && info.intr_info.is_some_and(|i| i.valid() && i.kind() == IntrType::HardwareException);
+    if !exception {
+        return;
+    }
+    let mut evidence = vec![w.zero_exit_at, w.vmenter_at];
+    evidence.extend(ctx.vcpu.last_exit.map(|x| x.at));
+    let (vmptr, intr) = (w.vmptr, info.intr_info.map_or(0, |i| i.0));
+    ctx.report(RULE, Severity::Warning, &evidence, || {
+        format!(
+            "vmcs12 {} (nested EPT, GUEST_CR3 not traced) exited before L2 ran a single instruction, and its next run faults into L1 at once (intr_info {}): consistent with L2 running on a stale vmcs02.GUEST_CR3 (bug a, fixed by 04f11ef45810; consequence only)",
+            hex(vmptr),
+            hex(u64::from(intr))
+        )
+    });
+}
+
+/// A silent exit (SMI) ends the watched run.
+pub(crate) fn on_silent_exit(watch: &mut State) {
+    watch.watching = None;
 }

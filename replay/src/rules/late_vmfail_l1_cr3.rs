@@ -45,7 +45,12 @@ pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, msg: &str) {
 
 pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     let Some((failed_at, cr3)) = st.armed else { return };
-    if !is_cr3_root(page.role) || page.role.guest_mode() || page.role.smm() != 0 {
+    // After the unwind the vCPU runs L1 out of SMM, so a root whose guest_mode/smm the input
+    // does not carry (text rendering) is L1's; one known to be L2's or SMM's is not.
+    if !is_cr3_root(page.role)
+        || page.guest_mode() == Some(true)
+        || page.smm().is_some_and(|s| s != 0)
+    {
         return;
     }
     st.armed = None;

@@ -106,6 +106,7 @@ pub(crate) struct RuleStates {
     pub smm_return: smm_nested_return::State,
     pub l2_pf: l2_pf_not_handled_by_l0::State,
     pub role_change: role_change_root_reload::State,
+    pub hlt_cancelled: hlt_cancelled_exit_state::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -117,6 +118,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             l2_pf_not_handled_by_l0::on_exit(&mut rs.l2_pf);
             guest_mmu_root_not_reacquired::on_exit(ctx, &mut rs.guest_mmu_root, info);
             invvpid_root_not_reacquired::on_exit(ctx, &mut rs.invvpid_root, info);
+            reset_root_role::on_exit(ctx, &mut rs.reset_root_role, info);
         }
         EventKind::KvmNestedVmexit(info) => {
             nested_vmexit_outside_l2::on_nested_vmexit(ctx, info);
@@ -129,11 +131,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             guest_mmu_root_role::on_inject(&mut rs.guest_mmu_role);
             evmcs_restore_stale_exit::on_inject(ctx, &mut rs.evmcs, info);
             l2_pf_not_handled_by_l0::on_inject(ctx, &mut rs.l2_pf, info);
+            reset_root_role::disturb(&mut rs.reset_root_role);
+            hlt_cancelled_exit_state::on_inject(ctx, &mut rs.hlt_cancelled, info);
         }
         EventKind::KvmNestedVmenter(v) => {
             unexplained_vmenter::on_vmenter(ctx, v);
             changed_subject_cr3::on_vmenter(ctx, v);
-            hlt_cancelled_exit_state::on_vmenter(ctx, v);
+            hlt_cancelled_exit_state::on_vmenter(ctx, &mut rs.hlt_cancelled, v);
             launch_state::on_vmenter(ctx, v);
             vmptr_without_vmptrld::on_vmenter(ctx, &mut rs.vmptr, v);
             guest_mmu_root_not_reacquired::on_vmenter(ctx, &mut rs.guest_mmu_root, v);
@@ -142,6 +146,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             evmcs_restore_stale_exit::on_vmenter(ctx, &mut rs.evmcs, v);
             smm_nested_return::on_vmenter(ctx, &mut rs.smm_return, v);
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
+            reset_root_role::disturb(&mut rs.reset_root_role);
         }
         EventKind::KvmNestedVmenterFailed { msg, err } => {
             entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, msg);
@@ -190,21 +195,25 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         EventKind::KvmSmmTransition { entering, .. } => {
             smm_nested_return::on_smm(ctx, &mut rs.smm_return, *entering);
             role_change_root_reload::on_smm(ctx, &mut rs.role_change);
+            reset_root_role::disturb(&mut rs.reset_root_role);
+            hlt_cancelled_exit_state::on_silent_exit(&mut rs.hlt_cancelled);
         }
         EventKind::Other(other) => {
             if &*other.name == "kvm_pml_full" {
                 pml_full_in_l2::on_pml_full_event(ctx);
             }
         }
+        EventKind::KvmUserspaceExit { .. } => reset_root_role::disturb(&mut rs.reset_root_role),
+        EventKind::KvmMsr { write, index, .. } => {
+            evmcs_restore_stale_exit::on_msr(ctx, &mut rs.evmcs, *write, *index);
+        }
         EventKind::KvmInjException { .. } => {
             role_change_root_reload::on_inj_exception(&mut rs.role_change)
         }
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
-        | EventKind::KvmUserspaceExit { .. }
         | EventKind::KvmEmulateInsn { .. }
         | EventKind::KvmPio { .. }
-        | EventKind::KvmMsr { .. }
         | EventKind::KvmCpuid { .. }
         | EventKind::KvmMmuPrepareZapPage { .. }
         | EventKind::KvmMmuSyncPage { .. }

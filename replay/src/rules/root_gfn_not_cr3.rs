@@ -18,7 +18,7 @@ use vmxray_capture::MmuPage;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};
-use crate::state::{Observed, is_cr3_root, pgd_gfn};
+use crate::state::{Level, Observed, is_cr3_root, pgd_gfn};
 
 const RULE: RuleId = RuleId::RootGfnNotCr3;
 
@@ -49,7 +49,10 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     }
     st.window = None;
     // Nested-EPT L2 roots are keyed by EPTP, not by L2's CR3.
-    if role.guest_mode() && ctx.vcpu.current_record().and_then(|r| r.nested_ept) != Some(false) {
+    // Without guest_mode in the input (text rendering), the root belongs to the level that
+    // loaded CR3: L2's unless the vCPU is known to run L1.
+    let l2_root = page.guest_mode().unwrap_or(ctx.vcpu.level() != Some(Level::L1));
+    if l2_root && ctx.vcpu.current_record().and_then(|r| r.nested_ept) != Some(false) {
         return;
     }
     ctx.checked(RULE);

@@ -9,6 +9,8 @@
 //! kvm_smm_transition entering … kvm_mmu_get_page root smm=0     → anomaly
 //! kvm_smm_transition leaving  … kvm_mmu_get_page root smm≠0     → anomaly
 //! ```
+//! Not decidable on roots whose `smm` bits the input does not carry (the kernel's text
+//! rendering never prints them).
 
 use vmxray_capture::MmuPage;
 
@@ -28,11 +30,13 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, page: &MmuPage) {
         SmmState::In => true,
         SmmState::Out => false,
     };
+    // The kernel's text rendering never prints role.smm: not decidable then.
+    let Some(smm) = page.smm() else { return };
     ctx.checked(RULE);
-    if (page.role.smm() != 0) == in_smm {
+    if (smm != 0) == in_smm {
         return;
     }
-    let (role, gfn, smm) = (page.role, page.gfn, page.role.smm());
+    let (role, gfn) = (page.role, page.gfn);
     ctx.report(RULE, Severity::Error, &[], || {
         format!(
             "root gfn {} with role {role} (smm {smm}) loaded {} SMM",

@@ -170,6 +170,7 @@ impl Trace {
                 mmu_valid_gen: Some(0),
                 gfn,
                 role: MmuPageRole(role),
+                role_known: u32::MAX,
                 root_count: 0,
                 unsync: false,
             },

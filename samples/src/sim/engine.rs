@@ -322,14 +322,11 @@ impl Vcpu {
     pub(crate) fn get_page(&mut self, gfn: u64, role_base: u32) -> usize {
         let created = self.shadow_pages.insert((gfn, role_base));
         let role = self.role(role_base);
-        self.ev(EventKind::KvmMmuGetPage {
-            page: MmuPage { mmu_valid_gen: Some(0), gfn, role, root_count: 0, unsync: false },
-            created,
-        })
+        self.ev(EventKind::KvmMmuGetPage { page: MmuPage::with_role(Some(0), gfn, role), created })
     }
 
     fn page(&self, gfn: u64, role_base: u32, unsync: bool) -> MmuPage {
-        MmuPage { mmu_valid_gen: Some(0), gfn, role: self.role(role_base), root_count: 0, unsync }
+        MmuPage { unsync, ..MmuPage::with_role(Some(0), gfn, self.role(role_base)) }
     }
 
     /// An L1 write to a guest_mmu page (EPT12 edit): the page goes unsync.
