@@ -1182,6 +1182,12 @@ fn from_perf(
     })
 }
 
+/// The largest record [`encode_record`] builds (sub-buffers are at most a few pages).
+const MAX_RECORD: u32 = 1 << 20;
+
+/// The most CPUs a text input may name (its CPU numbers index per-CPU page lists).
+const MAX_TEXT_CPUS: u32 = 1 << 16;
+
 /// Writes `len` low bytes of `v` at `at` (little-endian; big-endian output is refused).
 fn put_uint(buf: &mut [u8], at: usize, len: usize, v: u64) {
     let bytes = v.to_le_bytes();
@@ -1221,14 +1227,17 @@ fn encode_record<'f>(
         .fields
         .iter()
         .map(|f| match f.layout {
-            FieldLayout::DataLoc { .. } | FieldLayout::RelLoc { .. } => f.offset as usize + 4,
-            FieldLayout::Flexible { .. } => f.offset as usize,
+            FieldLayout::DataLoc { .. } | FieldLayout::RelLoc { .. } => f.offset.saturating_add(4),
+            FieldLayout::Flexible { .. } => f.offset,
             FieldLayout::Scalar | FieldLayout::Array { .. } | FieldLayout::Opaque => {
-                (f.offset + f.size) as usize
+                f.offset.saturating_add(f.size)
             }
         })
         .max()
         .unwrap_or(0);
+    // No record is larger than a sub-buffer; an absurd format gives a record the packer
+    // refuses, not a huge allocation.
+    let fixed = usize::try_from(fixed.min(MAX_RECORD)).unwrap_or(0);
     let mut buf = vec![0u8; fixed];
     let mut missing = Vec::new();
     let mut flexible = Vec::new();
@@ -1320,6 +1329,14 @@ fn from_text(
     let mut stats = ReadStats::default();
     for item in reader.by_ref() {
         let event = item?;
+        if event.cpu >= MAX_TEXT_CPUS {
+            if opts.permissive {
+                stats.skipped += 1;
+                continue;
+            }
+            let (cpu, cpus) = (event.cpu, MAX_TEXT_CPUS);
+            return Err(ConvertError::CpuOutOfRange { input: Arc::clone(&name), cpu, cpus });
+        }
         let cpu = event.cpu as usize;
         if packers.len() <= cpu {
             packers.resize_with(cpu + 1, || CpuPacker::new(tree.layout));
