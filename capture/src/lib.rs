@@ -72,6 +72,7 @@ pub mod testenv;
 pub mod text;
 pub mod tracedat;
 pub mod tracefs;
+pub mod vmcs;
 pub mod write;
 
 pub use event::{
