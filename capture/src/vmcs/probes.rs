@@ -129,6 +129,8 @@ pub struct ProbeFact {
     pub value: u64,
     /// The bits of `value` the probe knows.
     pub mask: u64,
+    /// KVM writes the field (else it reads it: `nested_vmx_load_cr3` reads vmcs12's CR3).
+    pub write: bool,
 }
 
 /// What a probe event says.
@@ -152,6 +154,7 @@ pub fn decode(system: &str, name: &str, f: &impl crate::FieldLookup) -> Option<P
         in_host,
         value,
         mask,
+        write: name != LOAD_CR3,
     };
     let facts = match name {
         LOAD_CR3 => vec![fact(
@@ -210,14 +213,25 @@ pub fn decode(system: &str, name: &str, f: &impl crate::FieldLookup) -> Option<P
 }
 
 /// What the kernel offers for dynamic probes.
+///
+/// The files alone do not tell: `dynamic_events` exists as soon as any dynamic event type is
+/// built in (uprobes, eprobes). What a kernel accepts is in tracefs's `README` (kernel/trace/
+/// trace.c `readme_msg`): `place: [<module>:]<symbol>…` with CONFIG_KPROBE_EVENTS,
+/// `f[:[<group>/][<event>]] <func-name>…` with CONFIG_FPROBE_EVENTS, and `<argname>[->field…`
+/// with CONFIG_PROBE_EVENTS_BTF_ARGS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSupport {
     /// `<tracefs>/dynamic_events` exists.
     pub dynamic_events: bool,
     /// `<tracefs>/kprobe_events` exists.
     pub kprobe_events: bool,
-    /// BTF for kvm_intel (`/sys/kernel/btf/kvm_intel`).
-    pub btf: bool,
+    /// The README documents kprobe places.
+    pub kprobes: bool,
+    /// The README documents fprobe events.
+    pub fprobes: bool,
+    /// The README documents BTF argument names, and kvm_intel has BTF
+    /// (`/sys/kernel/btf/kvm_intel`).
+    pub btf_args: bool,
     /// The kvm_intel module is loaded (the probed functions live there).
     pub kvm_intel: bool,
     /// L0 uses EPT (`/sys/module/kvm_intel/parameters/ept`).
@@ -229,12 +243,15 @@ pub struct ProbeSupport {
 impl ProbeSupport {
     /// Looks at a tracefs root and a sysfs root (`/sys`).
     pub fn detect(tracefs: &Path, sysfs: &Path) -> Self {
+        let readme = std::fs::read_to_string(tracefs.join("README")).unwrap_or_default();
         let ept = std::fs::read_to_string(sysfs.join("module/kvm_intel/parameters/ept"))
             .is_ok_and(|s| matches!(s.trim(), "Y" | "y" | "1"));
         Self {
             dynamic_events: tracefs.join("dynamic_events").exists(),
             kprobe_events: tracefs.join("kprobe_events").exists(),
-            btf: sysfs.join("kernel/btf/kvm_intel").exists(),
+            kprobes: readme.contains("place: [<module>:]<symbol>"),
+            fprobes: readme.contains("f[:[<group>/][<event>]]"),
+            btf_args: readme.contains("<argname>") && sysfs.join("kernel/btf/kvm_intel").exists(),
             kvm_intel: sysfs.join("module/kvm_intel").exists(),
             l0_ept: ept,
             tracefs: tracefs.to_path_buf(),
@@ -245,11 +262,24 @@ impl ProbeSupport {
     /// message.
     pub fn missing(&self) -> Vec<String> {
         let mut missing = Vec::new();
-        if !self.dynamic_events && !self.kprobe_events {
+        let file = |n: &str| self.tracefs.join(n).display().to_string();
+        if !(self.kprobes || self.fprobes) || !(self.dynamic_events || self.kprobe_events) {
+            let files = match (self.dynamic_events, self.kprobe_events) {
+                (false, false) => format!(
+                    "neither {} nor {} exists",
+                    file("dynamic_events"),
+                    file("kprobe_events")
+                ),
+                (true, false) => format!(
+                    "{} exists but {} does not, and {} lists no kprobe place or fprobe format (only other dynamic event types)",
+                    file("dynamic_events"),
+                    file("kprobe_events"),
+                    file("README")
+                ),
+                (_, true) => format!("{} lists no kprobe place or fprobe format", file("README")),
+            };
             missing.push(format!(
-                "dynamic probe events: neither {} nor {} exists (kernel built without CONFIG_KPROBE_EVENTS / CONFIG_FPROBE_EVENTS, or tracefs access restricted)",
-                self.tracefs.join("dynamic_events").display(),
-                self.tracefs.join("kprobe_events").display()
+                "probe events on kernel functions (CONFIG_KPROBE_EVENTS or CONFIG_FPROBE_EVENTS): {files}"
             ));
         }
         if !self.kvm_intel {
@@ -265,11 +295,14 @@ impl ProbeSupport {
         if !self.missing().is_empty() {
             return None;
         }
-        Some(match (self.dynamic_events, self.btf) {
-            (true, true) => (ProbeSyntax::FprobeBtf, "dynamic_events"),
-            (true, false) => (ProbeSyntax::Kprobe, "dynamic_events"),
-            (false, _) => (ProbeSyntax::Kprobe, "kprobe_events"),
-        })
+        let file = if self.dynamic_events { "dynamic_events" } else { "kprobe_events" };
+        if self.fprobes && self.btf_args && self.dynamic_events {
+            Some((ProbeSyntax::FprobeBtf, "dynamic_events"))
+        } else if self.kprobes {
+            Some((ProbeSyntax::Kprobe, file))
+        } else {
+            None
+        }
     }
 }
 
@@ -364,6 +397,11 @@ impl InstalledProbes {
             installed.made.push(probe);
         }
         Ok(installed)
+    }
+
+    /// The file the probes were written to.
+    pub fn file_path(&self) -> PathBuf {
+        PathBuf::from(self.file)
     }
 
     /// The probes defined.
@@ -479,7 +517,9 @@ mod tests {
         ProbeSupport {
             dynamic_events: dynamic,
             kprobe_events: kprobe,
-            btf: true,
+            kprobes: dynamic || kprobe,
+            fprobes: dynamic,
+            btf_args: true,
             kvm_intel,
             l0_ept: true,
             tracefs: "/sys/kernel/tracing".into(),
@@ -495,6 +535,13 @@ mod tests {
         assert!(msg.contains("dynamic_events") && msg.contains("kprobe_events"), "{msg}");
         assert!(msg.contains("kvm_intel"), "{msg}");
         assert!(fs.lines.lock().unwrap().is_empty(), "nothing written");
+        // This machine's situation: dynamic_events for uprobes/eprobes only.
+        let uprobes_only =
+            ProbeSupport { kprobes: false, fprobes: false, ..support(true, false, true) };
+        let msg = InstalledProbes::install(fs.clone(), &uprobes_only, "vmxray_1")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("lists no kprobe place or fprobe format"), "{msg}");
         assert_eq!(support(false, true, true).plan(), Some((ProbeSyntax::Kprobe, "kprobe_events")));
         assert_eq!(
             support(true, false, true).plan(),
@@ -518,6 +565,27 @@ mod tests {
             }
             lines.push(format!("{file}: {line}"));
             Ok(())
+        }
+    }
+
+    /// On the machine running the tests: when the kernel cannot probe functions (the development
+    /// machines: uprobes only, no kvm_intel), the reason is spelled out.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_machine_is_detected_or_explained() {
+        let Some(root) = crate::record::Tracefs::find() else {
+            crate::testenv::skip("tracefs is not mounted");
+            return;
+        };
+        let support = ProbeSupport::detect(&root, Path::new("/sys"));
+        match support.plan() {
+            Some((syntax, file)) => assert!(support.tracefs.join(file).exists(), "{syntax:?}"),
+            None => {
+                let missing = support.missing();
+                assert!(!missing.is_empty());
+                let text = missing.join("\n");
+                assert!(text.contains("kprobe") || text.contains("kvm_intel"), "{text}");
+            }
         }
     }
 
