@@ -41,6 +41,7 @@
 
 pub mod anomaly;
 pub mod checkpoints;
+pub mod fields;
 pub mod model;
 pub mod rules;
 pub mod state;

@@ -195,6 +195,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             if &*other.name == "kvm_pml_full" {
                 pml_full_in_l2::on_pml_full_event(ctx);
             }
+            crate::fields::check::on_record(ctx, event);
         }
         EventKind::KvmInjException { .. } => {
             role_change_root_reload::on_inj_exception(&mut rs.role_change)
