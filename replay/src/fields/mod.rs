@@ -33,7 +33,7 @@
 pub mod check;
 mod history;
 
-pub use history::{FieldChange, FieldDiff, FieldHistory};
+pub use history::{FieldChange, FieldDiff, FieldHistory, differ};
 
 use serde::Serialize;
 use vmxray_capture::codes::{ExitCode, Isa};
