@@ -36,8 +36,7 @@ fn truth_at(truth: &GroundTruth, vmcs12: u64, field: Vmcs12Field, at: u64) -> Op
     truth
         .vmcs12_writes
         .iter()
-        .filter(|w| w.vmcs12 == vmcs12 && w.field == field && w.before_event as u64 <= at)
-        .last()
+        .rfind(|w| w.vmcs12 == vmcs12 && w.field == field && w.before_event as u64 <= at)
         .map(|w| w.value)
 }
 
@@ -164,7 +163,7 @@ fn muen_report_names_the_guest_cr3_change_and_its_evidence() {
     let sim = muen(KvmFlavour::Buggy(Bug::HltStaleCr3));
     let found = critical_cr3(&sim.events);
     let site = sim.truth.bug.as_ref().unwrap();
-    let a = found.iter().find(|a| a.at.0 as usize == site.divergence).expect("the divergence");
+    let a = found.iter().find(|a| a.at.0 == site.divergence as u64).expect("the divergence");
     assert!(a.message.contains("GUEST_CR3: 0x"), "{}", a.message);
     assert!(a.message.contains("with no VMWRITE and no L2 CR3 load in between"), "{}", a.message);
     assert!(a.message.contains("the L2 that last ran on hardware"), "{}", a.message);
@@ -214,7 +213,7 @@ fn muen_change_given_only_as_an_explicit_record_is_reported() {
     assert!(a.message.contains("write record"), "{}", a.message);
     assert!(a.message.contains("the L2 that last ran on hardware"), "{}", a.message);
     // The record is its own event, at its place in time.
-    let at = a.at.0 as usize;
+    let at = usize::try_from(a.at.0).unwrap();
     assert!(import::from_print_event(&merged[at]).is_some());
     assert!(merged[at - 1].ts <= ts && merged[at + 1].ts > ts);
     // And the field history shows the record as an explicit write.

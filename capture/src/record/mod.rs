@@ -1277,6 +1277,14 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
+/// Defines the `vmcs` profile's probes (group `vmxray_<pid>`), or says what the kernel lacks.
+fn vmcs_probes(tracefs: &Tracefs) -> Result<crate::vmcs::probes::InstalledProbes, RecordError> {
+    use crate::vmcs::probes::{DirProbeFs, InstalledProbes, ProbeSupport, group_for};
+    let support = ProbeSupport::detect(tracefs.root(), Path::new("/sys"));
+    let fs = Box::new(DirProbeFs { root: tracefs.root().to_path_buf() });
+    Ok(InstalledProbes::install(fs, &support, &group_for(std::process::id()))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1315,12 +1323,4 @@ mod tests {
         assert!(Profile::Mmu.events().contains(&("kvmmmu".into(), None)));
         assert_eq!(Profile::All.events().len(), 2);
     }
-}
-
-/// Defines the `vmcs` profile's probes (group `vmxray_<pid>`), or says what the kernel lacks.
-fn vmcs_probes(tracefs: &Tracefs) -> Result<crate::vmcs::probes::InstalledProbes, RecordError> {
-    use crate::vmcs::probes::{DirProbeFs, InstalledProbes, ProbeSupport, group_for};
-    let support = ProbeSupport::detect(tracefs.root(), Path::new("/sys"));
-    let fs = Box::new(DirProbeFs { root: tracefs.root().to_path_buf() });
-    Ok(InstalledProbes::install(fs, &support, &group_for(std::process::id()))?)
 }
