@@ -1282,6 +1282,14 @@ fn vmcs_probes(tracefs: &Tracefs) -> Result<crate::vmcs::probes::InstalledProbes
     use crate::vmcs::probes::{DirProbeFs, InstalledProbes, ProbeSupport, group_for};
     let support = ProbeSupport::detect(tracefs.root(), Path::new("/sys"));
     let fs = Box::new(DirProbeFs { root: tracefs.root().to_path_buf() });
+    if let Some((_, file)) = support.plan() {
+        // Probes of recorders killed with SIGKILL (like their instances; same pid caveat).
+        let listing = tracefs.read(file).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        for line in crate::vmcs::probes::stale_removals(&listing.unwrap_or_default(), alive) {
+            let _ = crate::vmcs::probes::ProbeFs::append(&*fs, file, &line);
+        }
+    }
     Ok(InstalledProbes::install(fs, &support, &group_for(std::process::id()))?)
 }
 

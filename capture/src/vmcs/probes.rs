@@ -107,6 +107,29 @@ pub fn definitions(syntax: ProbeSyntax, group: &str, l0_ept: bool) -> Vec<ProbeL
         .collect()
 }
 
+/// The removal lines for probes a killed recorder left behind: every `vmxray_<pid>` group in
+/// the `dynamic_events`/`kprobe_events` text whose process `alive` says is gone (the recorder
+/// removes them before defining its own, as it does with stale instances).
+pub fn stale_removals(listing: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in listing.lines() {
+        // `f:vmxray_123/vmcs_load_cr3 nested_vmx_load_cr3 …`
+        let Some(name) =
+            line.split_whitespace().next().and_then(|h| h.split_once(':')).map(|(_, n)| n)
+        else {
+            continue;
+        };
+        let Some((group, event)) = name.split_once('/') else { continue };
+        let Some(pid) = group.strip_prefix("vmxray_").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !alive(pid) {
+            out.push(format!("-:{group}/{event}"));
+        }
+    }
+    out
+}
+
 /// Where a probe's facts go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeTarget {
@@ -587,6 +610,13 @@ mod tests {
                 assert!(text.contains("kprobe") || text.contains("kvm_intel"), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn probes_of_dead_recorders_are_found() {
+        let listing = "f:vmxray_10/vmcs_load_cr3 nested_vmx_load_cr3 cr3=cr3:x64\np:vmxray_20/vmcs_nested_vmexit nested_vmx_vmexit reason=$arg2:x32\nf:user/mine vfs_read\np:vmxray_x/odd foo\n";
+        assert_eq!(stale_removals(listing, |pid| pid == 20), ["-:vmxray_10/vmcs_load_cr3"]);
+        assert!(stale_removals(listing, |_| true).is_empty());
     }
 
     #[test]
