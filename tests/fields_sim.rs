@@ -223,3 +223,46 @@ fn muen_change_given_only_as_an_explicit_record_is_reported() {
     assert_eq!(obs.len(), 1);
     assert_eq!(obs[0].event, at as u64);
 }
+
+/// Muen as it really runs (nested EPT: no tracepoint shows GUEST_CR3) with a patched kernel
+/// that records every vmcs12 GUEST_CR3 write: the stale sync is reported from the records
+/// alone, in the buggy flavour only.
+#[test]
+fn muen_ept_with_every_guest_cr3_write_recorded() {
+    let run = |kvm| {
+        let sim = simulate(&SimConfig::new(Scenario::MuenEpt).kernel(KernelVersion::V6_1).kvm(kvm))
+            .unwrap();
+        let lines: String = sim
+            .truth
+            .vmcs12_writes
+            .iter()
+            .filter(|w| w.field == Vmcs12Field::GuestCr3)
+            .map(|w| {
+                // A probe fires before the tracepoint KVM emits after the write.
+                let next = sim.events.get(w.before_event).map_or(u64::MAX, |e| e.ts);
+                let ts = if next <= w.ts { next.saturating_sub(1) } else { w.ts };
+                format!("{ts} 0 {} vmcs12@{:#x} write GUEST_CR3 {:#x}\n", w.vcpu, w.vmcs12, w.value)
+            })
+            .collect();
+        let records = import::parse_fields(&lines, false).unwrap().records;
+        let merged: Vec<_> = import::merge(sim.events.iter().cloned().map(Ok::<_, ()>), records)
+            .map(Result::unwrap)
+            .collect();
+        (sim, critical_cr3(&merged))
+    };
+    let (buggy, found) = run(KvmFlavour::Buggy(Bug::HltStaleCr3));
+    assert!(!found.is_empty(), "the stale sync is reported");
+    let stale = buggy
+        .truth
+        .vmcs12_writes
+        .iter()
+        .find(|w| {
+            w.writer == Writer::L0Exit
+                && w.before_event == buggy.truth.bug.as_ref().unwrap().trigger
+        })
+        .unwrap();
+    assert!(found[0].message.contains(&format!("→ {:#x}", stale.value)), "{}", found[0].message);
+    assert!(found[0].message.contains("write record"), "{}", found[0].message);
+    let (_, fixed) = run(KvmFlavour::Fixed);
+    assert!(fixed.is_empty(), "{fixed:#?}");
+}
