@@ -158,3 +158,18 @@ fn vmcs_profile_fails_clearly_without_probe_support() {
     assert_eq!(instances(&root), before);
     assert_eq!(dynamic(&root), dyn_before);
 }
+
+#[test]
+fn trace_printk_lines_in_a_trace_are_picked_up() {
+    let path = dir().join("printk.txt");
+    std::fs::write(
+        &path,
+        "# tracer: nop\n#\n           <...>-35514   [000] .....  3836.444022: bprint:               my_hook: 3836444022999 0 0 vmcs12@0x8001000 write GUEST_CR3 0x100f7000\n           <...>-35514   [000] .....  3836.444023: print:                tracing_mark_write: hello\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("fields").arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("vmcs12@0x8001000") && text.contains("written  bprint"), "{text}");
+    assert!(text.contains("2 events, 1 field observations"), "{text}");
+}

@@ -310,7 +310,12 @@ pub fn derive(
         }
         EventKind::Other(other) => {
             if let Some(rec) = import::from_print_event(event) {
-                o.source = vmxray_capture::vmcs::RECORD_EVENT;
+                o.source = match &*other.name {
+                    "print" => "print",
+                    "bprint" => "bprint",
+                    "bputs" => "bputs",
+                    _ => vmxray_capture::vmcs::RECORD_EVENT,
+                };
                 o.vcpu = Some(rec.vcpu);
                 o.push(rec.vmcs, rec.field, rec.value, u64::MAX, rec.access.into());
                 return;
