@@ -32,6 +32,9 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Replay traces through the nested-VMX/MMU model and report every divergence.
     Replay(cmd::replay::Args),
+    /// The history of every VMCS field (vmcs01/vmcs02/vmcs12) a trace reveals, with explicit
+    /// field records merged in; diffs between two VMCSs or two events.
+    Fields(cmd::fields::Args),
     /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
     Triage(cmd::triage::Args),
     /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Replay(args) => cmd::replay::run(args),
         Command::Triage(args) => cmd::triage::run(args),
+        Command::Fields(args) => cmd::fields::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
     };

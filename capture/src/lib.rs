@@ -24,6 +24,11 @@
 //! raw ring-buffer pages (readable while it is being written, see [`mod@write`]);
 //! [`record::Recorder`] (Linux) captures from a private tracefs instance into it, or keeps a
 //! flight recorder that writes only when a trigger fires.
+//!
+//! VMCS fields: [`vmcs`] names every SDM field encoding ([`vmcs::FieldEncoding`]), the VMCS
+//! it belongs to and how a value was learned ([`vmcs::VmcsField`]); [`vmcs::import`] reads
+//! explicit field records (files, `trace_printk` lines) and merges them into a trace;
+//! [`vmcs::probes`] are the dynamic probes of `record --profile vmcs`.
 
 #![forbid(unsafe_code)]
 
@@ -72,6 +77,7 @@ pub mod testenv;
 pub mod text;
 pub mod tracedat;
 pub mod tracefs;
+pub mod vmcs;
 pub mod write;
 
 pub use event::{

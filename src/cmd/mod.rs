@@ -4,6 +4,7 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod dump;
+pub mod fields;
 pub mod input;
 pub mod lab;
 pub mod record;
