@@ -111,15 +111,6 @@ fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Span::raw(" "),
         Span::styled(name, Style::new().bold()),
     ];
-    if let Some(meta) = &trace.meta {
-        spans.push(Span::styled(
-            format!("  {} · clock {}", format_name(meta.format), meta.clock.name()),
-            theme::dim(),
-        ));
-        if let Some(k) = &meta.kernel {
-            spans.push(Span::styled(format!(" · {k}"), theme::dim()));
-        }
-    }
     spans.push(Span::raw(format!("  {} events", group(trace.len()))));
     match &trace.progress {
         Progress::Loading { elapsed } => {
@@ -153,11 +144,28 @@ fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
     if skipped > 0 {
         spans.push(Span::styled(format!("  skipped {skipped}"), Style::new().fg(Color::Red)));
     }
+    if let Some(meta) = &trace.meta {
+        spans.push(Span::styled(
+            format!("  {} · clock {}", format_name(meta.format), meta.clock.name()),
+            theme::dim(),
+        ));
+        if let Some(k) = &meta.kernel {
+            spans.push(Span::styled(format!(" · {k}"), theme::dim()));
+        }
+    }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn format_name(f: vmxray_capture::InputFormat) -> String {
-    format!("{f:?}")
+fn format_name(f: vmxray_capture::InputFormat) -> &'static str {
+    use vmxray_capture::InputFormat;
+    match f {
+        InputFormat::FtraceText => "ftrace text",
+        InputFormat::TraceCmdText => "trace-cmd report text",
+        InputFormat::PerfScriptText => "perf script text",
+        InputFormat::TraceDat => "trace.dat",
+        InputFormat::PerfData => "perf.data",
+        InputFormat::TracefsDir => "tracefs dir",
+    }
 }
 
 fn draw_tabs(frame: &mut Frame<'_>, area: Rect, app: &mut App) {

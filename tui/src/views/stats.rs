@@ -189,7 +189,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         let reason = row.and_then(|r| r.reason.as_ref());
         for r in exits.by_reason_level.iter().filter(|r| r.reason.as_ref() == reason) {
             lines.push(Line::from(format!(
-                "{:<4}{:>10} exits  p50 {:>9}  L0 kept {:>8}  reflected {:>8}",
+                "{:<3}{:>9} exits  p50 {:>8}  L0 kept {:>7}  reflected {:>7}",
                 r.level.label(),
                 r.count,
                 r.latency.map_or("-".into(), |l| l.p50.to_string()),

@@ -1,0 +1,187 @@
+//! Render tests: every view of a real trace (`triple-fault-v7-zstd.dat`, a guest that triple
+//! faults under KVM's instruction emulator) and of a simulated buggy one (`muen-buggy-6.1.txt`,
+//! the stale vmcs02.GUEST_CR3 bug), drawn into a fixed 140x40 `TestBackend` and compared with
+//! the insta snapshots in `tests/snapshots/`. Nothing on screen depends on the terminal, the
+//! environment or the time of day once loading is done.
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+use vmxray_tui::app::{Action, App, PromptKind, ViewId};
+use vmxray_tui::loader::{Source, load_all};
+use vmxray_tui::trace::Progress;
+
+// Tests run in the package directory: a relative path keeps the absolute checkout path off
+// the screen (the title shows the input's name).
+const REAL: &str = "../samples/real/tracedat/triple-fault-v7-zstd.dat";
+const SIM: &str = "../samples/sim/muen-buggy-6.1.txt";
+
+const WIDTH: u16 = 140;
+const HEIGHT: u16 = 40;
+
+fn app(path: &str) -> App {
+    let trace = load_all(Source::File(path.into()));
+    assert!(matches!(trace.progress, Progress::Done { .. }), "{:?}", trace.progress);
+    App::loaded(trace)
+}
+
+fn draw(app: &mut App) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(WIDTH, HEIGHT)).unwrap();
+    terminal.draw(|f| vmxray_tui::views::draw(f, app)).unwrap();
+    terminal
+}
+
+fn screen(app: &mut App) -> String {
+    draw(app).backend().to_string()
+}
+
+fn type_prompt(app: &mut App, kind: PromptKind, text: &str) {
+    app.act(Action::Prompt(kind));
+    for c in text.chars() {
+        app.act(Action::Type(c));
+    }
+    app.act(Action::Enter);
+}
+
+#[test]
+fn sim_anomalies() {
+    let mut app = app(SIM);
+    insta::assert_snapshot!("sim_anomalies", screen(&mut app));
+}
+
+#[test]
+fn sim_timeline_at_the_most_severe_anomaly() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    assert_eq!(app.view, ViewId::Timeline);
+    assert_eq!(app.selected, 357);
+    insta::assert_snapshot!("sim_timeline", screen(&mut app));
+}
+
+#[test]
+fn sim_state_shows_the_divergent_cr3() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    app.act(Action::NextView);
+    assert_eq!(app.view, ViewId::State);
+    let terminal = draw(&mut app);
+    let text = terminal.backend().to_string();
+    assert!(text.contains("0x100f7000"), "{text}");
+    // The GUEST_CR3 the event loaded is highlighted as changed.
+    let buffer = terminal.backend().buffer();
+    let row = (0..HEIGHT)
+        .find(|y| {
+            let line: String = (0..WIDTH).map(|x| buffer[(x, *y)].symbol().to_owned()).collect();
+            line.contains("▶ 0x8001000")
+        })
+        .expect("current vmcs12 row");
+    let line: String = (0..WIDTH).map(|x| buffer[(x, row)].symbol().to_owned()).collect();
+    let col = u16::try_from(line.find("0x100f7000").unwrap()).unwrap();
+    // Byte offset = column here: the row starts with one 3-byte '│' and one 3-byte '▶'.
+    let col = col - 4;
+    assert_eq!(buffer[(col, row)].bg, Color::Yellow, "{line}");
+    insta::assert_snapshot!("sim_state", text);
+}
+
+#[test]
+fn sim_stats() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Stats));
+    insta::assert_snapshot!("sim_stats", screen(&mut app));
+}
+
+#[test]
+fn sim_detail() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    app.act(Action::Enter);
+    assert_eq!(app.view, ViewId::Detail);
+    insta::assert_snapshot!("sim_detail", screen(&mut app));
+}
+
+#[test]
+fn sim_filtered_timeline_and_lanes() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    type_prompt(&mut app, PromptKind::Filter, "vcpu=1 event=kvm_nested_vmenter");
+    assert_eq!(app.rows.len(&app.trace), 23, "{:?}", app.status);
+    app.act(Action::Anomaly(true));
+    insta::assert_snapshot!("sim_timeline_filtered", screen(&mut app));
+}
+
+#[test]
+fn sim_help_overlay() {
+    let mut app = app(SIM);
+    app.act(Action::Help);
+    insta::assert_snapshot!("sim_help", screen(&mut app));
+    app.act(Action::Back);
+    assert!(!app.help);
+}
+
+#[test]
+fn real_anomalies_lists_the_crash() {
+    let mut app = app(REAL);
+    insta::assert_snapshot!("real_anomalies", screen(&mut app));
+}
+
+#[test]
+fn real_timeline_at_the_crash() {
+    let mut app = app(REAL);
+    app.act(Action::Crash);
+    assert_eq!(app.selected, 142);
+    assert_eq!(app.view, ViewId::Timeline);
+    insta::assert_snapshot!("real_timeline", screen(&mut app));
+}
+
+#[test]
+fn real_state_at_the_crash() {
+    let mut app = app(REAL);
+    app.act(Action::Crash);
+    app.act(Action::Show(ViewId::State));
+    insta::assert_snapshot!("real_state", screen(&mut app));
+}
+
+#[test]
+fn real_stats_without_kvm_exit_is_the_stats_report() {
+    let mut app = app(REAL);
+    app.act(Action::Show(ViewId::Stats));
+    let text = screen(&mut app);
+    assert!(text.contains("No kvm_exit events"), "{text}");
+    assert!(text.contains("0f 22 d8"), "{text}");
+    insta::assert_snapshot!("real_stats", text);
+}
+
+#[test]
+fn real_detail_of_the_failed_emulation() {
+    let mut app = app(REAL);
+    type_prompt(&mut app, PromptKind::Search, "failed=1");
+    assert_eq!(app.selected, 135, "{:?}", app.status);
+    app.act(Action::Show(ViewId::Detail));
+    insta::assert_snapshot!("real_detail", screen(&mut app));
+}
+
+#[test]
+fn real_detail_of_a_root_load_decodes_the_role() {
+    let mut app = app(REAL);
+    type_prompt(&mut app, PromptKind::Search, "kvm_mmu_get_page");
+    app.act(Action::Show(ViewId::Detail));
+    let text = screen(&mut app);
+    assert!(text.contains("guest_mode (L2)"), "{text}");
+    assert!(text.contains("MMU role (0x1704)"), "{text}");
+}
+
+#[test]
+fn the_same_numbers_as_vmxray_stats() {
+    // The view reads the report ExitStats produced, over the same events `vmxray stats` reads.
+    let app = app(SIM);
+    let report = app.trace.stats.as_deref().unwrap();
+    let mut stats = vmxray_analyze::stats::ExitStats::new();
+    let mut reader =
+        vmxray_capture::open(SIM.as_ref(), vmxray_capture::ReadOptions::default()).unwrap();
+    for e in reader.by_ref() {
+        stats.push(&e.unwrap());
+    }
+    let direct = stats.finish(Some(reader.meta()), Some(reader.stats()));
+    assert_eq!(report.exits, direct.exits);
+    assert_eq!(report.events_by_name, direct.events_by_name);
+}
