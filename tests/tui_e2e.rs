@@ -43,7 +43,10 @@ impl Tmux {
             if texts.iter().all(|t| screen.contains(t)) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {texts:?}; screen:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {texts:?}; screen:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -76,8 +79,18 @@ fn browse_the_bundled_sample_in_tmux() {
     let tmux = Tmux { socket: format!("vmxray-e2e-{}", std::process::id()) };
     // A plain shell with a recognizable prompt, in a fixed-size window.
     let started = tmux.run(&[
-        "new-session", "-d", "-s", "e2e", "-x", "150", "-y", "45",
-        "env", "PS1=e2e-prompt$ ", "TERM=xterm-256color", "sh",
+        "new-session",
+        "-d",
+        "-s",
+        "e2e",
+        "-x",
+        "150",
+        "-y",
+        "45",
+        "env",
+        "PS1=e2e-prompt$ ",
+        "TERM=xterm-256color",
+        "sh",
     ]);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     tmux.wait_for(&["e2e-prompt$"]);

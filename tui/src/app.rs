@@ -357,9 +357,11 @@ impl App {
 
     fn move_to_end(&mut self, last: bool) {
         match self.view {
-            ViewId::Anomalies => {
-                self.anomalies.move_by(if last { i64::MAX / 2 } else { i64::MIN / 2 }, &self.trace, self.rows.filter())
-            }
+            ViewId::Anomalies => self.anomalies.move_by(
+                if last { i64::MAX / 2 } else { i64::MIN / 2 },
+                &self.trace,
+                self.rows.filter(),
+            ),
             ViewId::Timeline | ViewId::State | ViewId::Detail => {
                 let rows = self.rows.len(&self.trace);
                 let row = if last { rows.saturating_sub(1) } else { 0 };
@@ -367,7 +369,9 @@ impl App {
                     self.selected = e;
                 }
             }
-            ViewId::Stats => self.stats.move_by(if last { 1 << 20 } else { -(1 << 20) }, &self.trace),
+            ViewId::Stats => {
+                self.stats.move_by(if last { 1 << 20 } else { -(1 << 20) }, &self.trace)
+            }
         }
     }
 
@@ -422,7 +426,8 @@ impl App {
                 }
                 let here = self.trace.anomalies_at(at);
                 if let Some(a) = here.first() {
-                    self.status = Some(format!("#{at} {} {}: {}", a.severity, a.rule.name(), a.message));
+                    self.status =
+                        Some(format!("#{at} {} {}: {}", a.severity, a.rule.name(), a.message));
                 }
             }
             None => {
@@ -466,7 +471,9 @@ impl App {
                         self.anomalies.reset();
                         let n = self.rows.len(&self.trace);
                         self.status = Some(format!("{n} events match"));
-                        if let Some(e) = self.rows.event_at(self.rows.row_of(self.selected, &self.trace)) {
+                        if let Some(e) =
+                            self.rows.event_at(self.rows.row_of(self.selected, &self.trace))
+                        {
                             self.selected = e;
                         }
                     }
@@ -504,7 +511,8 @@ impl App {
                 }
             }
             Ok(_) | Err(_) => {
-                self.status = Some(format!("Time: `{text}` is not seconds (e.g. 3836.4425) or #event"))
+                self.status =
+                    Some(format!("Time: `{text}` is not seconds (e.g. 3836.4425) or #event"))
             }
         }
     }

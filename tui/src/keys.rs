@@ -57,9 +57,7 @@ fn key_action(key: &KeyEvent, typing: bool) -> Option<Action> {
         KeyCode::Char('a') => Action::Anomaly(true),
         KeyCode::Char('A') => Action::Anomaly(false),
         KeyCode::Char('c') => Action::Crash,
-        KeyCode::Char(d @ '1'..='5') => {
-            Action::Show(ViewId::ALL[usize::from(d as u8 - b'1')])
-        }
+        KeyCode::Char(d @ '1'..='5') => Action::Show(ViewId::ALL[usize::from(d as u8 - b'1')]),
         _ => return None,
     })
 }

@@ -145,7 +145,8 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
             }
         },
         Source::Bundled => {
-            let reader = TextReader::new(BUNDLED_NAME, Cursor::new(BUNDLED_SAMPLE.as_bytes()), opts);
+            let reader =
+                TextReader::new(BUNDLED_NAME, Cursor::new(BUNDLED_SAMPLE.as_bytes()), opts);
             run_reader(Box::new(reader), tx, started);
         }
         Source::Events { name, clock, events } => {

@@ -25,7 +25,8 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(30);
 /// Restores the terminal (idempotent; errors ignored: nothing better to do on the way out).
 pub fn restore() {
     let _ = disable_raw_mode();
-    let _ = execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, crossterm::cursor::Show);
+    let _ =
+        execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, crossterm::cursor::Show);
 }
 
 /// Restores the terminal when dropped (early return, error).

@@ -367,8 +367,11 @@ impl Trace {
         let transitions = step.transitions.to_vec();
         let anomalies = step.anomalies.to_vec();
         let state = actor.and_then(|a| model.state(a)).cloned();
-        let others =
-            model.states().filter(|(a, _)| Some(*a) != actor).map(|(a, s)| (a, s.clone())).collect();
+        let others = model
+            .states()
+            .filter(|(a, _)| Some(*a) != actor)
+            .map(|(a, s)| (a, s.clone()))
+            .collect();
         Some(StateAt { at: index, actor, state, transitions, anomalies, others })
     }
 
@@ -378,12 +381,7 @@ impl Trace {
     }
 }
 
-fn next_in<T>(
-    sorted: &[T],
-    key: impl Fn(&T) -> u64,
-    index: u64,
-    forward: bool,
-) -> Option<u64> {
+fn next_in<T>(sorted: &[T], key: impl Fn(&T) -> u64, index: u64, forward: bool) -> Option<u64> {
     if forward {
         let i = sorted.partition_point(|t| key(t) <= index);
         sorted.get(i).map(&key)

@@ -144,7 +144,10 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         view.offset = view.selected + 1 - inner_h;
     }
     let mut lines = vec![Line::from(Span::styled(
-        format!("{:<9}{:<31}{:<8}{:>9} {:>18}  {}", "SEVERITY", "RULE", "VCPU", "EVENT", "TIME", "MESSAGE"),
+        format!(
+            "{:<9}{:<31}{:<8}{:>9} {:>18}  {}",
+            "SEVERITY", "RULE", "VCPU", "EVENT", "TIME", "MESSAGE"
+        ),
         theme::heading(),
     ))];
     if n == 0 {
@@ -197,7 +200,12 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     let title = format!(" Anomalies {}/{} — Enter: go to event ", (view.selected + 1).min(n), n);
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), list_area);
     app.hits.list = Some((
-        Rect::new(list_area.x + 1, list_area.y + 2, list_area.width.saturating_sub(2), list_area.height.saturating_sub(3)),
+        Rect::new(
+            list_area.x + 1,
+            list_area.y + 2,
+            list_area.width.saturating_sub(2),
+            list_area.height.saturating_sub(3),
+        ),
         view.offset as u64,
     ));
 
@@ -212,7 +220,8 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
                     Span::raw(format!(" at #{} on {}", a.at.0, a.vcpu)),
                 ]));
                 detail.push(Line::from(a.message.clone()));
-                let evidence: Vec<String> = a.evidence.iter().map(|e| format!("#{}", e.0)).collect();
+                let evidence: Vec<String> =
+                    a.evidence.iter().map(|e| format!("#{}", e.0)).collect();
                 detail.push(Line::from(vec![
                     Span::styled("evidence ", theme::dim()),
                     Span::raw(if evidence.is_empty() { "-".into() } else { evidence.join(" ") }),
@@ -231,7 +240,11 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
             let (at, kind) = trace.crashes[c];
             detail.push(Line::from(vec![
                 Span::styled("CRASH ", theme::crash()),
-                Span::raw(format!("{} at #{at} on {}", kind.describe(), actor_label(trace.actor(at)))),
+                Span::raw(format!(
+                    "{} at #{at} on {}",
+                    kind.describe(),
+                    actor_label(trace.actor(at))
+                )),
             ]));
             detail.push(Line::from(
                 "Enter shows the events before it; `vmxray triage` prints the exception chain.",
@@ -240,7 +253,9 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         None => {}
     }
     frame.render_widget(
-        Paragraph::new(detail).wrap(Wrap { trim: false }).block(Block::bordered().title(" Selected ")),
+        Paragraph::new(detail)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" Selected ")),
         detail_area,
     );
 }

@@ -44,7 +44,14 @@ fn intr_lines(out: &mut Vec<Line<'static>>, what: &str, info: IntrInfo) {
     out.push(heading(&format!("{what} ({:#010x})", info.0)));
     out.push(kv("valid", info.valid().to_string()));
     if info.valid() {
-        out.push(kv("vector", format!("{} {}", info.vector(), info.exception().map_or(String::new(), |e| e.to_string()))));
+        out.push(kv(
+            "vector",
+            format!(
+                "{} {}",
+                info.vector(),
+                info.exception().map_or(String::new(), |e| e.to_string())
+            ),
+        ));
         out.push(kv("type", format!("{:?}", info.kind())));
         out.push(kv("error code valid", info.error_code_valid().to_string()));
         out.push(kv("NMI unblocking (IRET)", info.nmi_unblocking().to_string()));
@@ -106,7 +113,9 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         }
     }
     match &event.kind {
-        EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) | EventKind::KvmNestedVmexitInject(info) => {
+        EventKind::KvmExit(info)
+        | EventKind::KvmNestedVmexit(info)
+        | EventKind::KvmNestedVmexitInject(info) => {
             out.push(Line::raw(""));
             out.push(heading(&format!("Exit reason {}", info.reason)));
             if let vmxray_capture::codes::ExitCode::Vmx(r) = info.reason {
@@ -138,8 +147,14 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         }
         EventKind::KvmNestedVmenter(v) => {
             intr_lines(&mut out, "vmcs12 VM_ENTRY_INTR_INFO (event_inj)", v.event_inj);
-            out.push(kv("guest CR3 (nested_ept=n)", v.guest_cr3().map_or("-".into(), |c| format!("{c:#x}"))));
-            out.push(kv("EPTP (nested_ept=y)", v.nested_tdp_root().map_or("-".into(), |c| format!("{c:#x}"))));
+            out.push(kv(
+                "guest CR3 (nested_ept=n)",
+                v.guest_cr3().map_or("-".into(), |c| format!("{c:#x}")),
+            ));
+            out.push(kv(
+                "EPTP (nested_ept=y)",
+                v.nested_tdp_root().map_or("-".into(), |c| format!("{c:#x}")),
+            ));
             out.push(kv("eVMCS", v.is_evmcs().to_string()));
         }
         EventKind::KvmMmuGetPage { page, .. }
@@ -186,10 +201,9 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         None => vec![Line::raw("No event yet…")],
     };
     frame.render_widget(
-        Paragraph::new(content)
-            .wrap(Wrap { trim: false })
-            .scroll((app.detail.scroll, 0))
-            .block(Block::bordered().title(" Event detail — j/k: previous/next event, PgUp/PgDn: scroll ")),
+        Paragraph::new(content).wrap(Wrap { trim: false }).scroll((app.detail.scroll, 0)).block(
+            Block::bordered().title(" Event detail — j/k: previous/next event, PgUp/PgDn: scroll "),
+        ),
         area,
     );
 }

@@ -121,9 +121,8 @@ fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
             ));
         }
         Progress::Done { .. } => {}
-        Progress::Failed { error } => {
-            spans.push(Span::styled(format!("  read stopped: {error}"), Style::new().fg(Color::Red)))
-        }
+        Progress::Failed { error } => spans
+            .push(Span::styled(format!("  read stopped: {error}"), Style::new().fg(Color::Red))),
     }
     let [c, e, w, _] = trace.severity_counts();
     let lost: u64 = trace.read.as_ref().map_or(0, |r| r.lost.values().map(|l| l.events).sum());

@@ -130,7 +130,10 @@ pub fn sections(state_at: &StateAt, trace: &crate::trace::Trace) -> Vec<Section>
                 .iter()
                 .map(|a| {
                     Line::from(vec![
-                        Span::styled(format!("  {:<9}", a.severity.name()), theme::severity(a.severity)),
+                        Span::styled(
+                            format!("  {:<9}", a.severity.name()),
+                            theme::severity(a.severity),
+                        ),
                         Span::styled(format!("{} ", a.rule.name()), Style::new().bold()),
                         Span::raw(a.message.clone()),
                     ])
@@ -155,7 +158,11 @@ pub fn sections(state_at: &StateAt, trace: &crate::trace::Trace) -> Vec<Section>
     if !state_at.transitions.is_empty() {
         out.push(Section {
             title: "Changed by this event".into(),
-            lines: state_at.transitions.iter().map(|t| Line::from(format!("  {}", describe(t)))).collect(),
+            lines: state_at
+                .transitions
+                .iter()
+                .map(|t| Line::from(format!("  {}", describe(t))))
+                .collect(),
         });
     }
     if !state_at.others.is_empty() {
@@ -219,7 +226,10 @@ fn vmcs12_section(st: &VcpuState, changed: &Changed) -> Section {
         let current = st.current_vmptr == Some(rec.vmptr);
         let cell = |text: String, width: usize, field: Option<Vmcs12Field>| {
             let hot = field.is_some_and(|f| changed.field(rec.vmptr, f));
-            Span::styled(format!("{text:<width$}"), if hot { theme::changed() } else { Style::new() })
+            Span::styled(
+                format!("{text:<width$}"),
+                if hot { theme::changed() } else { Style::new() },
+            )
         };
         let launch = match rec.launch {
             LaunchState::Unknown => "?",
@@ -259,7 +269,13 @@ fn vmcs12_section(st: &VcpuState, changed: &Changed) -> Section {
 fn roots_section(st: &VcpuState, changed: &Changed) -> Section {
     let root = |r: Option<vmxray_replay::state::RootLoad>| {
         r.map_or("-".to_owned(), |r| {
-            format!("gfn {:#x} [{}] {} at {}", r.gfn, r.role, if r.created { "new" } else { "reused" }, at(r.at))
+            format!(
+                "gfn {:#x} [{}] {} at {}",
+                r.gfn,
+                r.role,
+                if r.created { "new" } else { "reused" },
+                at(r.at)
+            )
         })
     };
     Section {
@@ -282,10 +298,18 @@ fn pending_section(st: &VcpuState) -> Section {
         ));
     }
     if let Some((i, vmptr)) = st.awaiting_host_rip {
-        lines.push(kv("awaiting HOST_RIP", format!("nested exit {} of vmcs12 {}", at(i), hex(vmptr)), false));
+        lines.push(kv(
+            "awaiting HOST_RIP",
+            format!("nested exit {} of vmcs12 {}", at(i), hex(vmptr)),
+            false,
+        ));
     }
     if let Some(i) = st.exit_awaiting_nested {
-        lines.push(kv("exit awaiting nested", format!("kvm_exit {} (expects kvm_nested_vmexit)", at(i)), false));
+        lines.push(kv(
+            "exit awaiting nested",
+            format!("kvm_exit {} (expects kvm_nested_vmexit)", at(i)),
+            false,
+        ));
     }
     if let Some(s) = st.smm_stash {
         lines.push(kv("SMM stash", format!("vmcs12 {} at {}", hex(s.vmptr), at(s.at)), false));
@@ -321,9 +345,15 @@ fn pending_section(st: &VcpuState) -> Section {
 
 fn describe(t: &Transition) -> String {
     match t {
-        Transition::Mode { from, to } => format!("level {} -> {}", mode_text(*from), mode_text(*to)),
-        Transition::Resynchronizing { actor, reason } => format!("{actor} resynchronizing ({reason:?})"),
-        Transition::NestedEntry { vmptr, cause } => format!("nested VM-Enter of vmcs12 {vmptr:#x} ({cause:?})"),
+        Transition::Mode { from, to } => {
+            format!("level {} -> {}", mode_text(*from), mode_text(*to))
+        }
+        Transition::Resynchronizing { actor, reason } => {
+            format!("{actor} resynchronizing ({reason:?})")
+        }
+        Transition::NestedEntry { vmptr, cause } => {
+            format!("nested VM-Enter of vmcs12 {vmptr:#x} ({cause:?})")
+        }
         Transition::NestedExit { reason } => format!(
             "nested VM-Exit to L1 ({})",
             reason.map_or("silent".to_owned(), |r| r.to_string())
@@ -335,7 +365,11 @@ fn describe(t: &Transition) -> String {
         Transition::L1Cr3 { value } => format!("L1 CR3 = {value:#x}"),
         Transition::RootLoaded(r) => format!("root loaded: gfn {:#x} [{}]", r.gfn, r.role),
         Transition::Smm { entering } => {
-            if *entering { "SMM entered".into() } else { "SMM left".into() }
+            if *entering {
+                "SMM entered".into()
+            } else {
+                "SMM left".into()
+            }
         }
     }
 }
@@ -357,9 +391,12 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
             lines
         }
         None if trace.is_empty() => vec![Line::raw("No event yet…")],
-        None => vec![Line::raw("Replaying up to this event… (the state appears when the loader reaches it)")],
+        None => vec![Line::raw(
+            "Replaying up to this event… (the state appears when the loader reaches it)",
+        )],
     };
-    let title = " State — j/k: previous/next event, PgUp/PgDn: scroll, highlighted: changed by this event ";
+    let title =
+        " State — j/k: previous/next event, PgUp/PgDn: scroll, highlighted: changed by this event ";
     frame.render_widget(
         Paragraph::new(lines).scroll((app.state.scroll, 0)).block(Block::bordered().title(title)),
         area,

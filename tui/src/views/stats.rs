@@ -8,7 +8,9 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
-use vmxray_analyze::stats::{ExitReport, ExitRow, Format, Level, StatsReport, TimeUnit, write_report};
+use vmxray_analyze::stats::{
+    ExitReport, ExitRow, Format, Level, StatsReport, TimeUnit, write_report,
+};
 
 use super::{group, theme};
 use crate::app::App;
@@ -99,9 +101,9 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
             String::from_utf8_lossy(&buf).into_owned()
         });
         frame.render_widget(
-            Paragraph::new(text.clone())
-                .scroll((view.scroll, 0))
-                .block(Block::bordered().title(" Stats — no kvm_exit in this trace (as `vmxray stats`) ")),
+            Paragraph::new(text.clone()).scroll((view.scroll, 0)).block(
+                Block::bordered().title(" Stats — no kvm_exit in this trace (as `vmxray stats`) "),
+            ),
             area,
         );
         return;
@@ -131,22 +133,30 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         lines.push(line);
     }
     let levels = exits.levels.map_or(String::new(), |l| {
-        format!(" · L1 {} / L2 {} (L0 kept {}, reflected {})", group(l.l1), group(l.l2), group(l.l2_l0_handled), group(l.l2_reflected))
+        format!(
+            " · L1 {} / L2 {} (L0 kept {}, reflected {})",
+            group(l.l1),
+            group(l.l2),
+            group(l.l2_l0_handled),
+            group(l.l2_reflected)
+        )
     });
     let title = format!(" Exit reasons: {} kvm_exit{levels} ", group(exits.total));
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), left);
     app.hits.list = Some((
-        Rect::new(left.x + 1, left.y + 2, left.width.saturating_sub(2), left.height.saturating_sub(3)),
+        Rect::new(
+            left.x + 1,
+            left.y + 2,
+            left.width.saturating_sub(2),
+            left.height.saturating_sub(3),
+        ),
         offset as u64,
     ));
 
     let selected = exits.by_reason.get(app.stats.selected);
-    let [lat_area, split_area, vcpu_area] = Layout::vertical([
-        Constraint::Length(11),
-        Constraint::Length(5),
-        Constraint::Min(3),
-    ])
-    .areas(right);
+    let [lat_area, split_area, vcpu_area] =
+        Layout::vertical([Constraint::Length(11), Constraint::Length(5), Constraint::Min(3)])
+            .areas(right);
     draw_latency(frame, lat_area, report, selected);
     draw_split(frame, split_area, exits, selected);
     draw_vcpus(frame, vcpu_area, report, exits);
@@ -162,7 +172,14 @@ fn draw_latency(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, row: Op
     match row.and_then(|r| r.latency.map(|l| (r, l))) {
         Some((r, l)) => {
             let width = usize::from(area.width.saturating_sub(2 + 8 + 12));
-            for (name, v) in [("min", l.min), ("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p99.9", l.p999), ("max", l.max)] {
+            for (name, v) in [
+                ("min", l.min),
+                ("p50", l.p50),
+                ("p90", l.p90),
+                ("p99", l.p99),
+                ("p99.9", l.p999),
+                ("max", l.max),
+            ] {
                 lines.push(Line::from(vec![
                     Span::styled(format!("{name:<8}"), theme::dim()),
                     Span::raw(format!("{v:>11} ")),
@@ -178,7 +195,8 @@ fn draw_latency(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, row: Op
                 r.time_percent, r.without_latency
             )));
         }
-        None => lines.push(Line::from(Span::styled("No exit of this reason has a latency.", theme::dim()))),
+        None => lines
+            .push(Line::from(Span::styled("No exit of this reason has a latency.", theme::dim()))),
     }
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
 }
@@ -199,12 +217,16 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         }
     } else {
         lines.push(Line::from(Span::styled(
-            format!("Not split: the trace has no kvm_nested_vmexit (level {}).", Level::All.label()),
+            format!(
+                "Not split: the trace has no kvm_nested_vmexit (level {}).",
+                Level::All.label()
+            ),
             theme::dim(),
         )));
     }
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(format!(" L1 / L2: {} ", reason_name(row)))),
+        Paragraph::new(lines)
+            .block(Block::bordered().title(format!(" L1 / L2: {} ", reason_name(row)))),
         area,
     );
 }

@@ -89,7 +89,12 @@ fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         let mut line = Line::from(vec![
             marker,
             Span::styled(format!("{:>9} ", format!("#{index}")), theme::dim()),
-            Span::raw(format!("{:>18} {:>3} {:>7} ", trace.format_ts(event.ts), event.cpu, actor_label(trace.actor(index)))),
+            Span::raw(format!(
+                "{:>18} {:>3} {:>7} ",
+                trace.format_ts(event.ts),
+                event.cpu,
+                actor_label(trace.actor(index))
+            )),
             Span::styled(format!("{:<2} ", tier.label()), theme::tier(tier)),
             Span::styled(format!("{:<26} ", event.name()), name_style),
             Span::raw(event_fields(event, &clock)),
@@ -100,14 +105,27 @@ fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         lines.push(line);
     }
     if rows == 0 {
-        let msg = if app.rows.filter().is_some() { "No event matches the filter (f, empty: clear)" } else { "No event yet…" };
+        let msg = if app.rows.filter().is_some() {
+            "No event matches the filter (f, empty: clear)"
+        } else {
+            "No event yet…"
+        };
         lines.push(Line::from(Span::styled(msg, theme::dim())));
     }
     let filter = app.rows.filter().map_or(String::new(), |f| format!(" · filter {}", f.spec));
-    let title = format!(" Events {}/{}{filter} ", group(if rows == 0 { 0 } else { sel_row + 1 }), group(rows));
+    let title = format!(
+        " Events {}/{}{filter} ",
+        group(if rows == 0 { 0 } else { sel_row + 1 }),
+        group(rows)
+    );
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
     app.hits.list = Some((
-        Rect::new(area.x + 1, area.y + 2, area.width.saturating_sub(2), area.height.saturating_sub(3)),
+        Rect::new(
+            area.x + 1,
+            area.y + 2,
+            area.width.saturating_sub(2),
+            area.height.saturating_sub(3),
+        ),
         view.offset,
     ));
 }
@@ -132,7 +150,8 @@ fn draw_lanes(frame: &mut Frame<'_>, area: Rect, trace: &Trace, selected: u64) {
     }
     let w = u64::from(width);
     let mut cells = vec![vec![Cell::Empty; usize::from(width)]; lanes];
-    let column_of = |index: u64| usize::try_from(index * w / n).unwrap_or(0).min(usize::from(width) - 1);
+    let column_of =
+        |index: u64| usize::try_from(index * w / n).unwrap_or(0).min(usize::from(width) - 1);
     let lane_of = |tag: EventTag| usize::from(tag.actor);
     for c in 0..w {
         let (from, to) = (c * n / w, ((c + 1) * n / w).max(c * n / w + 1).min(n));
@@ -155,7 +174,9 @@ fn draw_lanes(frame: &mut Frame<'_>, area: Rect, trace: &Trace, selected: u64) {
         let col = usize::try_from(c).unwrap_or(0);
         let first = trace.anomalies.partition_point(|a| a.at.0 < from);
         for a in trace.anomalies[first..].iter().take_while(|a| a.at.0 < to).take(MAX_LANES) {
-            if let Some(lane) = trace.actors.iter().position(|x| *x == a.vcpu).filter(|l| *l < lanes) {
+            if let Some(lane) =
+                trace.actors.iter().position(|x| *x == a.vcpu).filter(|l| *l < lanes)
+            {
                 cells[lane][col] = Cell::Anomaly;
             }
         }
