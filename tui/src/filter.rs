@@ -148,3 +148,24 @@ impl Rows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key_and_rejects_the_rest() {
+        let f =
+            Filter::parse("vcpu=0,1 level=L2 reason=EPT_VIOLATION event=kvm_exit rule=livelock")
+                .unwrap();
+        assert_eq!(f.events.vcpus, [0, 1]);
+        assert_eq!(f.levels, [Tier::L2]);
+        assert_eq!(f.rules, [RuleId::Livelock]);
+        assert_eq!(f.events.events, ["kvm_exit"]);
+        assert!(Filter::parse("vcpu=x").unwrap_err().0.contains("vcpu=x"));
+        assert!(Filter::parse("colour=red").unwrap_err().0.contains("unknown key"));
+        assert!(Filter::parse("level=L3").is_err());
+        assert!(Filter::parse("rule=no_such_rule").is_err());
+        assert!(Filter::parse("kvm_exit").is_err());
+    }
+}

@@ -71,3 +71,44 @@ fn mouse_action(m: &MouseEvent) -> Option<Action> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crossterm::event::KeyEvent;
+
+    use super::*;
+
+    fn key(code: KeyCode) -> TermEvent {
+        TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    #[test]
+    fn less_vim_htop_keys() {
+        for (code, expected) in [
+            (KeyCode::Char('j'), Action::Down),
+            (KeyCode::Down, Action::Down),
+            (KeyCode::Char('k'), Action::Up),
+            (KeyCode::PageDown, Action::PageDown),
+            (KeyCode::Char('g'), Action::First),
+            (KeyCode::Char('G'), Action::Last),
+            (KeyCode::Char('n'), Action::SearchNext(true)),
+            (KeyCode::Char('N'), Action::SearchNext(false)),
+            (KeyCode::Char('a'), Action::Anomaly(true)),
+            (KeyCode::Char('A'), Action::Anomaly(false)),
+            (KeyCode::Char('c'), Action::Crash),
+            (KeyCode::Char('/'), Action::Prompt(PromptKind::Search)),
+            (KeyCode::Char('f'), Action::Prompt(PromptKind::Filter)),
+            (KeyCode::Char('t'), Action::Prompt(PromptKind::Time)),
+            (KeyCode::Char('3'), Action::Show(ViewId::State)),
+            (KeyCode::Tab, Action::NextView),
+            (KeyCode::Char('?'), Action::Help),
+            (KeyCode::Char('q'), Action::Quit),
+        ] {
+            assert_eq!(action(&key(code), false), Some(expected), "{code:?}");
+        }
+        // In a prompt, letters are text.
+        assert_eq!(action(&key(KeyCode::Char('q')), true), Some(Action::Type('q')));
+        let ctrl_c = TermEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert_eq!(action(&ctrl_c, true), Some(Action::Quit));
+    }
+}

@@ -185,3 +185,39 @@ fn the_same_numbers_as_vmxray_stats() {
     assert_eq!(report.exits, direct.exits);
     assert_eq!(report.events_by_name, direct.events_by_name);
 }
+
+#[test]
+fn navigation_keys_and_time_jump() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Last);
+    assert_eq!(app.selected, 423);
+    app.act(Action::First);
+    assert_eq!(app.selected, 0);
+    app.act(Action::Anomaly(true));
+    assert_eq!(app.selected, 11);
+    app.act(Action::Anomaly(true));
+    assert_eq!(app.selected, 25);
+    app.act(Action::Anomaly(false));
+    assert_eq!(app.selected, 11);
+    app.act(Action::Down);
+    assert_eq!(app.selected, 12);
+    type_prompt(&mut app, PromptKind::Time, "3836.4445");
+    let ts = app.trace.event(app.selected).unwrap().ts;
+    assert!(ts >= 3_836_444_500_000, "{ts}");
+    assert!(app.trace.event(app.selected - 1).unwrap().ts < 3_836_444_500_000);
+    type_prompt(&mut app, PromptKind::Time, "#200");
+    assert_eq!(app.selected, 200);
+    // Search wraps around and n/N move between matches.
+    type_prompt(&mut app, PromptKind::Search, "HLT");
+    // The only HLT exit is before #200: the search wrapped. Its kvm_nested_vmexit also says HLT.
+    let first = app.selected;
+    assert!(first < 200, "{first}");
+    app.act(Action::SearchNext(true));
+    assert_eq!(app.selected, first + 1);
+    app.act(Action::SearchNext(false));
+    assert_eq!(app.selected, first);
+    // No crash in this trace.
+    app.act(Action::Crash);
+    assert_eq!(app.status.as_deref(), Some("No crash in this trace"));
+}
