@@ -19,9 +19,6 @@ pub struct Args {
 
 /// Runs `vmxray tui`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !std::io::stdout().is_terminal() {
-        bail!("vmxray tui needs a terminal on stdout (try `vmxray replay` for plain output)");
-    }
     let source = match args.file {
         // Keys then come from /dev/tty (crossterm reads it when stdin is not a terminal).
         Some(path) if path.as_os_str() == "-" => Source::File(path),
@@ -31,6 +28,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => Source::Bundled,
     };
+    if !std::io::stdout().is_terminal() {
+        bail!(
+            "The browser needs a terminal on stdout (`vmxray replay` and `vmxray dump` print plain text)"
+        );
+    }
     vmxray_tui::run(source).context("Terminal error")?;
     Ok(ExitCode::SUCCESS)
 }
