@@ -161,6 +161,8 @@ pub struct HitMap {
     pub tabs: Vec<(Rect, ViewId)>,
     /// The list area of the current view and the row shown on its first line.
     pub list: Option<(Rect, u64)>,
+    /// The timeline's lane cells and the number of events they span.
+    pub lanes: Option<(Rect, u64)>,
 }
 
 /// The browser.
@@ -577,6 +579,15 @@ impl App {
     fn click(&mut self, at: Position) {
         if let Some((_, view)) = self.hits.tabs.iter().find(|(r, _)| r.contains(at)) {
             self.view = *view;
+            return;
+        }
+        if let Some((lanes, events)) = self.hits.lanes
+            && lanes.contains(at)
+            && lanes.width > 0
+        {
+            // A lane column covers events [c*n/w, (c+1)*n/w).
+            let column = u64::from(at.x - lanes.x);
+            self.select(column * events / u64::from(lanes.width));
             return;
         }
         let Some((area, first)) = self.hits.list else { return };

@@ -221,3 +221,60 @@ fn navigation_keys_and_time_jump() {
     app.act(Action::Crash);
     assert_eq!(app.status.as_deref(), Some("No crash in this trace"));
 }
+
+#[test]
+fn every_view_draws_at_any_size() {
+    for path in [SIM, REAL] {
+        let mut app = app(path);
+        app.act(Action::Enter);
+        for view in ViewId::ALL {
+            app.act(Action::Show(view));
+            for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 12), (80, 24), (300, 100)] {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| vmxray_tui::views::draw(f, &mut app)).unwrap();
+                app.act(Action::Help);
+                terminal.draw(|f| vmxray_tui::views::draw(f, &mut app)).unwrap();
+                app.act(Action::Help);
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_trace_while_loading() {
+    let (_tx, rx) = std::sync::mpsc::channel();
+    let mut app = App::new(rx);
+    for view in ViewId::ALL {
+        app.act(Action::Show(view));
+        app.act(Action::Down);
+        app.act(Action::Anomaly(true));
+        app.act(Action::Last);
+        let text = screen(&mut app);
+        assert!(text.contains("loading"), "{text}");
+    }
+}
+
+#[test]
+fn mouse_clicks_select_rows_lanes_and_tabs() {
+    use ratatui::layout::Position;
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    draw(&mut app);
+    // Tab titles: "3 State" is the third.
+    let (state_tab, _) = app.hits.tabs[2];
+    app.act(Action::Click(Position::new(state_tab.x + 1, state_tab.y)));
+    assert_eq!(app.view, ViewId::State);
+    app.act(Action::Show(ViewId::Timeline));
+    draw(&mut app);
+    // The last lane column is the end of the trace.
+    let (lanes, n) = app.hits.lanes.unwrap();
+    app.act(Action::Click(Position::new(lanes.x + lanes.width - 1, lanes.y)));
+    assert!(app.selected >= n - n / u64::from(lanes.width) - 1, "{}", app.selected);
+    draw(&mut app);
+    // A click on the third list row selects the event shown there.
+    let (list, first) = app.hits.list.unwrap();
+    app.act(Action::Click(Position::new(list.x + 3, list.y + 2)));
+    assert_eq!(app.selected, first + 2);
+    app.act(Action::Scroll { down: true, at: Position::new(list.x, list.y) });
+    assert_eq!(app.selected, first + 5);
+}

@@ -88,6 +88,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &mut App) {
     draw_title(frame, title, app);
     draw_tabs(frame, tabs, app);
     app.hits.list = None;
+    app.hits.lanes = None;
     match app.view {
         ViewId::Anomalies => anomalies::draw(frame, body, app),
         ViewId::Timeline => timeline::draw(frame, body, app),

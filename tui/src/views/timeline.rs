@@ -34,7 +34,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         [Rect::new(area.x, area.y, area.width, 0), area]
     };
     if lane_area.height > 0 {
-        draw_lanes(frame, lane_area, &app.trace, app.selected);
+        app.hits.lanes = draw_lanes(frame, lane_area, &app.trace, app.selected);
     }
     draw_list(frame, list_area, app);
 }
@@ -140,13 +140,19 @@ enum Cell {
     Lost,
 }
 
-fn draw_lanes(frame: &mut Frame<'_>, area: Rect, trace: &Trace, selected: u64) {
+/// Draws the lanes; returns the cell area and the events it spans (for mouse clicks).
+fn draw_lanes(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    trace: &Trace,
+    selected: u64,
+) -> Option<(Rect, u64)> {
     const LABEL: u16 = 8;
     let width = area.width.saturating_sub(2 + LABEL);
     let lanes = trace.actors.len().min(MAX_LANES);
     let n = trace.len();
     if width == 0 || n == 0 {
-        return;
+        return None;
     }
     let w = u64::from(width);
     let mut cells = vec![vec![Cell::Empty; usize::from(width)]; lanes];
@@ -226,4 +232,6 @@ fn draw_lanes(frame: &mut Frame<'_>, area: Rect, trace: &Trace, selected: u64) {
         if more > 0 { format!(" +{more} more") } else { String::new() }
     );
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+    let height = u16::try_from(lanes).unwrap_or(0);
+    Some((Rect::new(area.x + 1 + LABEL, area.y + 1, width, height), n))
 }
