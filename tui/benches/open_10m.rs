@@ -174,9 +174,20 @@ fn main() {
     }
     app.act(Action::Enter);
     draw(&mut terminal, &mut app);
+    let first = t.elapsed();
+    let mut worst = Duration::ZERO;
+    while app.rows.pending(&app.trace) {
+        let f = Instant::now();
+        app.tick();
+        draw(&mut terminal, &mut app);
+        worst = worst.max(f.elapsed());
+    }
     println!(
-        "filter vcpu=1 level=L2 over all events  {} ({} rows)",
+        "filter vcpu=1 level=L2: first frame {}, all {} events filtered in {} ({} rows), worst frame {}",
+        ms(first),
+        n,
         ms(t.elapsed()),
-        app.rows.len(&app.trace)
+        app.rows.len(&app.trace),
+        ms(worst)
     );
 }

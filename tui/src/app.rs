@@ -15,6 +15,7 @@ use crate::loader::LoadMsg;
 use crate::trace::Trace;
 use crate::views::anomalies::AnomaliesView;
 use crate::views::detail::DetailView;
+use crate::views::group;
 use crate::views::state::StateView;
 use crate::views::stats::StatsView;
 use crate::views::timeline::TimelineView;
@@ -200,10 +201,14 @@ pub struct App {
     pub hits: HitMap,
     /// Frames drawn (drives the loading spinner).
     pub frame_count: u64,
+    /// A filter is being applied: the event selected before it, to snap to when done.
+    refilter_from: Option<u64>,
 }
 
 /// Rows a search tests per tick (between two frames).
 const SEARCH_SLICE: u64 = 100_000;
+/// Events a new filter looks at per tick.
+const FILTER_SLICE: u64 = 500_000;
 
 impl App {
     /// An app fed by a loader channel.
@@ -235,6 +240,7 @@ impl App {
             quit: false,
             hits: HitMap::default(),
             frame_count: 0,
+            refilter_from: None,
         }
     }
 
@@ -259,15 +265,33 @@ impl App {
                 }
             }
         }
-        if changed {
-            self.rows.catch_up(&self.trace);
-        }
         changed
     }
 
-    /// Work between frames: a running search advances by one slice. True when it did.
+    /// Work between frames: the filter and a running search advance by one slice each. True
+    /// when something moved.
     pub fn tick(&mut self) -> bool {
-        self.step_search()
+        let mut moved = false;
+        if self.rows.pending(&self.trace) {
+            let more = self.rows.catch_up(&self.trace, FILTER_SLICE);
+            moved = true;
+            if !more && let Some(from) = self.refilter_from.take() {
+                self.snap_to_rows(from);
+                self.status = Some(format!("{} events match", group(self.rows.len(&self.trace))));
+            }
+        }
+        moved | self.step_search()
+    }
+
+    /// Filters everything loaded now (tests; the UI does it in slices).
+    pub fn settle(&mut self) {
+        while self.tick() {}
+    }
+
+    fn snap_to_rows(&mut self, from: u64) {
+        if let Some(e) = self.rows.event_at(self.rows.row_of(from, &self.trace)) {
+            self.selected = e;
+        }
     }
 
     /// Whether the loader is still sending.
@@ -462,21 +486,21 @@ impl App {
         match prompt.kind {
             PromptKind::Filter => {
                 if prompt.text.trim().is_empty() {
-                    self.rows.set_filter(None, &self.trace);
+                    self.rows.set_filter(None, &self.trace, FILTER_SLICE);
                     self.anomalies.reset();
                     self.status = Some("Filter cleared".into());
                     return;
                 }
                 match Filter::parse(&prompt.text) {
                     Ok(f) => {
-                        self.rows.set_filter(Some(f), &self.trace);
+                        self.rows.set_filter(Some(f), &self.trace, FILTER_SLICE);
                         self.anomalies.reset();
-                        let n = self.rows.len(&self.trace);
-                        self.status = Some(format!("{n} events match"));
-                        if let Some(e) =
-                            self.rows.event_at(self.rows.row_of(self.selected, &self.trace))
-                        {
-                            self.selected = e;
+                        if self.rows.pending(&self.trace) {
+                            self.refilter_from = Some(self.selected);
+                        } else {
+                            self.snap_to_rows(self.selected);
+                            let n = self.rows.len(&self.trace);
+                            self.status = Some(format!("{} events match", group(n)));
                         }
                     }
                     Err(e) => self.status = Some(format!("Filter: {e}")),

@@ -101,24 +101,41 @@ impl Rows {
         self.filter.as_ref()
     }
 
-    /// Replaces the filter (None: every event).
-    pub fn set_filter(&mut self, filter: Option<Filter>, trace: &Trace) {
+    /// Replaces the filter (None: every event) and filters the first `budget` events; the
+    /// rest follows with [`Rows::catch_up`] between frames.
+    pub fn set_filter(&mut self, filter: Option<Filter>, trace: &Trace, budget: u64) {
         self.filter = filter;
         self.kept.clear();
         self.scanned = 0;
-        self.catch_up(trace);
+        self.catch_up(trace, budget);
     }
 
-    /// Filters the events that arrived since the last call.
-    pub fn catch_up(&mut self, trace: &Trace) {
-        if let Some(f) = &self.filter {
-            for i in self.scanned..trace.len() {
-                if f.keeps(trace, i) {
-                    self.kept.push(i);
+    /// Filters up to `budget` more of the loaded events; true while some remain.
+    pub fn catch_up(&mut self, trace: &Trace, budget: u64) -> bool {
+        let end = match &self.filter {
+            Some(f) => {
+                let end = trace.len().min(self.scanned.saturating_add(budget));
+                for i in self.scanned..end {
+                    if f.keeps(trace, i) {
+                        self.kept.push(i);
+                    }
                 }
+                end
             }
-        }
-        self.scanned = trace.len();
+            None => trace.len(),
+        };
+        self.scanned = end;
+        self.pending(trace)
+    }
+
+    /// Loaded events the filter has not looked at yet.
+    pub fn pending(&self, trace: &Trace) -> bool {
+        self.scanned < trace.len()
+    }
+
+    /// Events looked at so far.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
     }
 
     /// Number of rows.

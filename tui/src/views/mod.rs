@@ -202,6 +202,15 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
             Span::raw(p.text.clone()),
             Span::styled("█", Style::new().fg(Color::Gray)),
         ])
+    } else if app.rows.filter().is_some() && app.rows.pending(&app.trace) {
+        Line::from(Span::styled(
+            format!(
+                "filtering… {} of {} events",
+                group(app.rows.scanned()),
+                group(app.trace.len())
+            ),
+            Style::new().fg(Color::Yellow),
+        ))
     } else if let Some(s) = app.search.as_ref().filter(|s| s.running.is_some()) {
         let tested = s.running.map_or(0, |(_, _, t)| t);
         Line::from(Span::styled(
