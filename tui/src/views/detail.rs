@@ -31,7 +31,7 @@ impl DetailView {
 
 fn kv(key: impl Into<String>, value: impl Into<String>) -> Line<'static> {
     Line::from(vec![
-        Span::styled(format!("  {:<24}", key.into()), theme::dim()),
+        Span::styled(format!("  {:<26}", key.into()), theme::dim()),
         Span::raw(value.into()),
     ])
 }
@@ -99,6 +99,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
     out.push(heading("Fields (kernel names)"));
     for (name, value) in event.kind.kernel_fields().iter() {
         let text = match value {
+            FieldValue::U64(v) if *v < 10 => v.to_string(),
             FieldValue::U64(v) => format!("{v:#x} ({v})"),
             other => other.to_string(),
         };
@@ -162,7 +163,10 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmMmuSyncPage { page }
         | EventKind::KvmMmuUnsyncPage { page } => role_lines(&mut out, page.role),
         EventKind::KvmEmulateInsn { insn, .. } => {
-            if let Some(text) = vmxray_replay::triage::describe_insn(insn.as_slice()) {
+            let mnemonic = vmxray_capture::insn::mnemonic(insn.as_slice());
+            if let Some(text) = vmxray_replay::triage::describe_insn(insn.as_slice())
+                .filter(|t| mnemonic.as_ref() != Some(t))
+            {
                 out.push(kv("instruction", text));
             }
         }

@@ -107,7 +107,7 @@ fn mode_text(mode: Mode) -> String {
 
 fn kv(key: &str, value: String, changed: bool) -> Line<'static> {
     Line::from(vec![
-        Span::styled(format!("  {key:<22}"), theme::dim()),
+        Span::styled(format!("  {key:<24}"), theme::dim()),
         Span::styled(value, if changed { theme::changed() } else { Style::new() }),
     ])
 }
