@@ -99,7 +99,7 @@ fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
             Span::styled(format!("{:<26} ", event.name()), name_style),
             Span::raw(event_fields(event, &clock)),
         ]);
-        if index == app.selected {
+        if row == sel_row {
             line = line.style(theme::selected());
         }
         lines.push(line);
