@@ -203,6 +203,9 @@ struct Pipeline<'a> {
     actor_ids: HashMap<Actor, u16>,
     chunk: Chunk,
     batch: usize,
+    /// Flush at this many events: the batch size, cut at the storage-chunk boundary so that
+    /// every message after the first storage chunk is one whole chunk the UI keeps as is.
+    limit: usize,
     last_flush: Instant,
     /// The receiver is gone.
     closed: bool,
@@ -218,6 +221,7 @@ impl<'a> Pipeline<'a> {
             actor_ids: HashMap::new(),
             chunk: Chunk::default(),
             batch: FIRST_BATCH,
+            limit: FIRST_BATCH,
             last_flush: Instant::now(),
             closed: false,
         }
@@ -257,9 +261,9 @@ impl<'a> Pipeline<'a> {
         }
         self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
         self.chunk.events.push(event);
-        if self.chunk.events.len() >= self.batch || self.last_flush.elapsed() >= FLUSH_EVERY {
-            self.flush();
+        if self.chunk.events.len() >= self.limit || self.last_flush.elapsed() >= FLUSH_EVERY {
             self.batch = (self.batch * 4).min(CHUNK_LEN);
+            self.flush();
         }
         !self.closed
     }
@@ -279,7 +283,9 @@ impl<'a> Pipeline<'a> {
         }
         let mut chunk = std::mem::take(&mut self.chunk);
         chunk.elapsed = self.started.elapsed();
-        self.chunk.events.reserve(self.batch);
+        let next = usize::try_from(self.model.next_index().0).unwrap_or(0);
+        self.limit = self.batch.min(CHUNK_LEN - next % CHUNK_LEN);
+        self.chunk.events = Vec::with_capacity(self.limit);
         if self.tx.send(LoadMsg::Chunk(chunk)).is_err() {
             self.closed = true;
         }

@@ -243,8 +243,20 @@ impl Trace {
         self.crashes.extend(crashes);
         self.lost.extend(lost);
         self.tags.extend_from_slice(&tags);
-        // Fill the last chunk up to CHUNK_LEN, then start new ones: a chunk never reallocates
-        // once full, so memory is the events plus at most one chunk of slack.
+        // The loader cuts its messages at storage-chunk boundaries: a message that starts a
+        // new chunk becomes that chunk without a copy (the common case: whole 64K chunks).
+        let last_full = self.chunks.last().is_none_or(|c| c.len() == CHUNK_LEN);
+        if last_full && !events.is_empty() && events.len() <= CHUNK_LEN {
+            let mut events = events;
+            events.reserve_exact(CHUNK_LEN - events.len());
+            self.chunks.push(events);
+            if let Progress::Loading { .. } = self.progress {
+                self.progress = Progress::Loading { elapsed };
+            }
+            return;
+        }
+        // Otherwise fill the last chunk up to CHUNK_LEN, then start new ones: a chunk never
+        // reallocates once full, so memory is the events plus at most one chunk of slack.
         let mut events = events.into_iter();
         loop {
             let room = match self.chunks.last() {

@@ -278,3 +278,34 @@ fn mouse_clicks_select_rows_lanes_and_tabs() {
     app.act(Action::Scroll { down: true, at: Position::new(list.x, list.y) });
     assert_eq!(app.selected, first + 5);
 }
+
+#[test]
+fn chunked_storage_keeps_every_event_in_order() {
+    // 400 copies of the bundled sample (~170K events, three storage chunks), end to end.
+    let sample = load_all(Source::Bundled);
+    let one: Vec<vmxray_capture::Event> =
+        (0..sample.len()).map(|i| sample.event(i).unwrap().clone()).collect();
+    let span = one.last().unwrap().ts - one[0].ts + 1;
+    let mut events = Vec::new();
+    for copy in 0..400u64 {
+        events.extend(one.iter().cloned().map(|mut e| {
+            e.ts += copy * span;
+            e
+        }));
+    }
+    let expected: Vec<u64> = events.iter().map(|e| e.ts).collect();
+    let trace = load_all(Source::Events {
+        name: "copies".into(),
+        clock: vmxray_capture::Clock::Nanoseconds,
+        events,
+    });
+    assert_eq!(trace.len(), expected.len() as u64);
+    for (i, ts) in expected.iter().enumerate() {
+        assert_eq!(trace.event(i as u64).unwrap().ts, *ts, "event {i}");
+    }
+    assert!(trace.event(expected.len() as u64).is_none());
+    // The state is rebuilt anywhere, including across chunk boundaries.
+    assert!(trace.state_at(65_536).is_some());
+    assert!(trace.state_at(expected.len() as u64 - 1).is_some());
+    assert_eq!(trace.index_at_time(expected[100_000]), 100_000);
+}
