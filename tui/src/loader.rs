@@ -98,8 +98,6 @@ pub enum LoadMsg {
     },
     /// Reading stopped on an error (the events before it were sent).
     Failed(String),
-    /// Loading is still going on (sent when no chunk was due for a while).
-    Tick(Duration),
 }
 
 /// Starts the loader thread; the UI drains the returned channel.
@@ -286,6 +284,7 @@ impl<'a> Pipeline<'a> {
         let next = usize::try_from(self.model.next_index().0).unwrap_or(0);
         self.limit = self.batch.min(CHUNK_LEN - next % CHUNK_LEN);
         self.chunk.events = Vec::with_capacity(self.limit);
+        self.chunk.tags = Vec::with_capacity(self.limit);
         if self.tx.send(LoadMsg::Chunk(chunk)).is_err() {
             self.closed = true;
         }

@@ -157,7 +157,8 @@ pub struct Trace {
     /// What the input says about itself (None until the loader opened it).
     pub meta: Option<TraceMeta>,
     chunks: Vec<Vec<Event>>,
-    tags: Vec<EventTag>,
+    tags: Vec<Vec<EventTag>>,
+    len: u64,
     /// Every actor, in first-seen order (tags point here).
     pub actors: Vec<Actor>,
     /// Every anomaly, in event order.
@@ -185,6 +186,7 @@ impl Default for Trace {
             meta: None,
             chunks: Vec::new(),
             tags: Vec::new(),
+            len: 0,
             actors: Vec::new(),
             anomalies: Vec::new(),
             by_severity: Default::default(),
@@ -221,11 +223,6 @@ impl Trace {
                 self.progress = Progress::Done { elapsed };
             }
             LoadMsg::Failed(error) => self.progress = Progress::Failed { error },
-            LoadMsg::Tick(elapsed) => {
-                if let Progress::Loading { .. } = self.progress {
-                    self.progress = Progress::Loading { elapsed };
-                }
-            }
         }
     }
 
@@ -242,40 +239,9 @@ impl Trace {
         }
         self.crashes.extend(crashes);
         self.lost.extend(lost);
-        self.tags.extend_from_slice(&tags);
-        // The loader cuts its messages at storage-chunk boundaries: a message that starts a
-        // new chunk becomes that chunk without a copy (the common case: whole 64K chunks).
-        let last_full = self.chunks.last().is_none_or(|c| c.len() == CHUNK_LEN);
-        if last_full && !events.is_empty() && events.len() <= CHUNK_LEN {
-            let mut events = events;
-            events.reserve_exact(CHUNK_LEN - events.len());
-            self.chunks.push(events);
-            if let Progress::Loading { .. } = self.progress {
-                self.progress = Progress::Loading { elapsed };
-            }
-            return;
-        }
-        // Otherwise fill the last chunk up to CHUNK_LEN, then start new ones: a chunk never
-        // reallocates once full, so memory is the events plus at most one chunk of slack.
-        let mut events = events.into_iter();
-        loop {
-            let room = match self.chunks.last() {
-                Some(last) if last.len() < CHUNK_LEN => CHUNK_LEN - last.len(),
-                _ => {
-                    if events.len() == 0 {
-                        break;
-                    }
-                    self.chunks.push(Vec::with_capacity(CHUNK_LEN));
-                    CHUNK_LEN
-                }
-            };
-            if events.len() == 0 {
-                break;
-            }
-            if let Some(last) = self.chunks.last_mut() {
-                last.extend(events.by_ref().take(room));
-            }
-        }
+        self.len += tags.len() as u64;
+        push_chunked(&mut self.tags, tags);
+        push_chunked(&mut self.chunks, events);
         if let Progress::Loading { .. } = self.progress {
             self.progress = Progress::Loading { elapsed };
         }
@@ -283,12 +249,12 @@ impl Trace {
 
     /// Events loaded so far.
     pub fn len(&self) -> u64 {
-        self.tags.len() as u64
+        self.len
     }
 
     /// No event loaded yet.
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty()
+        self.len == 0
     }
 
     /// Whether loading finished (successfully or not).
@@ -304,7 +270,8 @@ impl Trace {
 
     /// The tag of the event at `index`.
     pub fn tag(&self, index: u64) -> Option<EventTag> {
-        self.tags.get(usize::try_from(index).ok()?).copied()
+        let i = usize::try_from(index).ok()?;
+        self.tags.get(i >> CHUNK_SHIFT)?.get(i & (CHUNK_LEN - 1)).copied()
     }
 
     /// The actor of an event.
@@ -390,6 +357,33 @@ impl Trace {
     /// Counts of anomalies per severity (critical, error, warning, info).
     pub fn severity_counts(&self) -> [usize; 4] {
         [0, 1, 2, 3].map(|i| self.by_severity[i].len())
+    }
+}
+
+/// Appends `items` to storage split in [`CHUNK_LEN`] chunks. The loader cuts its messages at
+/// chunk boundaries, so a message that starts a new chunk becomes that chunk without a copy
+/// (the common case: whole 64K chunks); otherwise the items fill the last chunk, then new ones.
+/// A full chunk never reallocates: memory is the items plus at most one chunk of slack.
+fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, items: Vec<T>) {
+    let last_full = chunks.last().is_none_or(|c| c.len() == CHUNK_LEN);
+    if last_full && !items.is_empty() && items.len() <= CHUNK_LEN {
+        let mut items = items;
+        items.reserve_exact(CHUNK_LEN - items.len());
+        chunks.push(items);
+        return;
+    }
+    let mut items = items.into_iter();
+    while items.len() > 0 {
+        let room = match chunks.last() {
+            Some(last) if last.len() < CHUNK_LEN => CHUNK_LEN - last.len(),
+            _ => {
+                chunks.push(Vec::with_capacity(CHUNK_LEN));
+                CHUNK_LEN
+            }
+        };
+        if let Some(last) = chunks.last_mut() {
+            last.extend(items.by_ref().take(room));
+        }
     }
 }
 
