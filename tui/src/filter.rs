@@ -70,7 +70,8 @@ impl Filter {
         let (Some(event), Some(tag)) = (trace.event(index), trace.tag(index)) else {
             return false;
         };
-        let vcpu = trace.actor(index).and_then(|a| a.vcpu_id());
+        // The model's attribution, else the event's own vcpu_id (untyped events carry one).
+        let vcpu = trace.actor(index).and_then(|a| a.vcpu_id()).or_else(|| event.vcpu());
         self.events.keeps(event, vcpu)
             && (self.levels.is_empty() || self.levels.contains(&tag.tier()))
             && (self.rules.is_empty()
