@@ -41,6 +41,9 @@ enum Command {
     Record(cmd::record::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
     Lab(cmd::lab::Args),
+    /// Browse a trace in the terminal: anomalies, timeline, model state, statistics (without
+    /// FILE: the bundled sample).
+    Tui(cmd::tui::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Fields(args) => cmd::fields::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Tui(args) => cmd::tui::run(args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ pub mod replay;
 pub mod simulate;
 pub mod stats;
 pub mod triage;
+pub mod tui;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;
