@@ -32,12 +32,18 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Replay traces through the nested-VMX/MMU model and report every divergence.
     Replay(cmd::replay::Args),
+    /// The history of every VMCS field (vmcs01/vmcs02/vmcs12) a trace reveals, with explicit
+    /// field records merged in; diffs between two VMCSs or two events.
+    Fields(cmd::fields::Args),
     /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
     Triage(cmd::triage::Args),
     /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
     Record(cmd::record::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
     Lab(cmd::lab::Args),
+    /// Browse a trace in the terminal: anomalies, timeline, model state, statistics (without
+    /// FILE: the bundled sample).
+    Tui(cmd::tui::Args),
     /// Write any trace whose event formats are known (trace.dat, perf.data, tracefs copy) as
     /// trace.dat v7 (zstd) for trace-cmd and KernelShark.
     Convert(cmd::convert::Args),
@@ -51,8 +57,10 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Replay(args) => cmd::replay::run(args),
         Command::Triage(args) => cmd::triage::run(args),
+        Command::Fields(args) => cmd::fields::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Tui(args) => cmd::tui::run(args),
         Command::Convert(args) => cmd::convert::run(args),
     };
     match result {

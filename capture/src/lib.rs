@@ -24,8 +24,14 @@
 //! raw ring-buffer pages (readable while it is being written, see [`mod@write`]);
 //! [`record::Recorder`] (Linux) captures from a private tracefs instance into it, or keeps a
 //! flight recorder that writes only when a trigger fires.
+//!
+//! VMCS fields: [`vmcs`] names every SDM field encoding ([`vmcs::FieldEncoding`]), the VMCS
+//! it belongs to and how a value was learned ([`vmcs::VmcsField`]); [`vmcs::import`] reads
+//! explicit field records (files, `trace_printk` lines) and merges them into a trace;
+//! [`vmcs::probes`] are the dynamic probes of `record --profile vmcs`.
+//!
 //! [`convert::convert`] turns any input whose event formats are known (trace.dat, perf.data, a
-//! tracefs copy; text with format files) into such a trace.dat for trace-cmd and KernelShark.
+//! tracefs copy; text with format files) into trace.dat v7 (zstd) for trace-cmd and KernelShark.
 
 #![forbid(unsafe_code)]
 
@@ -75,6 +81,7 @@ pub mod testenv;
 pub mod text;
 pub mod tracedat;
 pub mod tracefs;
+pub mod vmcs;
 pub mod write;
 
 pub use event::{

@@ -32,6 +32,11 @@
 //! assert_eq!(step.anomalies[0].evidence[0].0, 2);
 //! ```
 //!
+//! **VMCS fields.** Every step also returns the VMCS field values the event revealed
+//! ([`Step::fields`], derivation table in [`mod@fields`]); each vCPU keeps the last few values
+//! of every field ([`VcpuState::fields`]) for the rules to cite, and
+//! [`fields::FieldHistory`] collects a whole trace's for views.
+//!
 //! **State at any event.** [`Model`] is `Clone` and bounded, so a browser keeps
 //! [`Model::snapshot`]s every few thousand events and steps a copy forward to the event the user
 //! selects ([`checkpoints::Checkpoints`] does exactly that); [`Model::state`] exposes each
@@ -41,6 +46,7 @@
 
 pub mod anomaly;
 pub mod checkpoints;
+pub mod fields;
 pub mod model;
 pub mod rules;
 pub mod state;

@@ -129,6 +129,8 @@ pub struct Step<'a> {
     pub transitions: &'a [Transition],
     /// Divergences found.
     pub anomalies: &'a [Anomaly],
+    /// VMCS field values the event revealed (`crate::fields`).
+    pub fields: &'a [vmxray_capture::vmcs::VmcsField],
 }
 
 /// Whether a rule had anything to decide in a trace.
@@ -225,6 +227,7 @@ pub struct Model {
     pid_vcpu: Vec<(i32, u32)>,
     findings: Findings,
     transitions: Vec<Transition>,
+    fields: Vec<vmxray_capture::vmcs::VmcsField>,
     lost_markers: u64,
     lost_events: u64,
 }
@@ -253,6 +256,7 @@ impl Model {
                 enabled: config.rules,
             },
             transitions: Vec::new(),
+            fields: Vec::new(),
             lost_markers: 0,
             lost_events: 0,
         }
@@ -269,6 +273,7 @@ impl Model {
         self.next += 1;
         self.findings.anomalies.clear();
         self.transitions.clear();
+        self.fields.clear();
         transition::note_features(&mut self.features, &event.kind);
 
         if let EventKind::Lost { count } = event.kind {
@@ -282,13 +287,20 @@ impl Model {
                     reason: ResyncReason::LostEvents,
                 });
             }
-            return Step { at, actor: None, transitions: &self.transitions, anomalies: &[] };
+            return Step {
+                at,
+                actor: None,
+                transitions: &self.transitions,
+                anomalies: &[],
+                fields: &[],
+            };
         }
 
         let actor = self.attribute(event);
         let idx = self.slot_index(actor);
         let slot = &mut self.slots[idx];
         transition::settle(&mut slot.state, event, &mut self.transitions);
+        crate::fields::derive(&slot.state, actor, event, at, &mut self.fields);
         let mut ctx = Ctx {
             at,
             actor,
@@ -299,11 +311,16 @@ impl Model {
         };
         rules::check(&mut ctx, &mut slot.rules, event);
         transition::apply(&mut slot.state, &mut self.features, event, at, &mut self.transitions);
+        let vmwrites = slot.state.counters.vmwrite;
+        for obs in &self.fields {
+            slot.state.fields.record(obs, vmwrites);
+        }
         Step {
             at,
             actor: Some(actor),
             transitions: &self.transitions,
             anomalies: &self.findings.anomalies,
+            fields: &self.fields,
         }
     }
 
@@ -384,7 +401,16 @@ impl Model {
 
     fn attribute(&mut self, event: &Event) -> Actor {
         let carried = match &event.kind {
-            EventKind::Other(_) => None,
+            // An explicit VMCS field record names its vCPU; it is not a thread of its own.
+            EventKind::Other(_) => {
+                return match vmxray_capture::vmcs::import::from_print_event(event) {
+                    Some(rec) => Actor::Vcpu(rec.vcpu),
+                    None => match self.vcpu_of_thread(event.pid) {
+                        Some(vcpu) => Actor::Vcpu(vcpu),
+                        None => Actor::Thread(event.pid),
+                    },
+                };
+            }
             kind => kind.vcpu_id(),
         };
         match carried {

@@ -387,6 +387,8 @@ pub struct VcpuState {
     /// trace shows that event): if it is not, the vCPU was in L1 (KVM left guest mode silently:
     /// reset, `KVM_SET_NESTED_STATE`).
     pub exit_awaiting_nested: Option<EventIndex>,
+    /// The last few values of every VMCS field the trace revealed (`crate::fields`).
+    pub fields: crate::fields::FieldStore,
 }
 
 impl Default for VcpuState {
@@ -415,6 +417,7 @@ impl Default for VcpuState {
             smm_left_at: None,
             entry_launch: None,
             exit_awaiting_nested: None,
+            fields: crate::fields::FieldStore::default(),
         }
     }
 }

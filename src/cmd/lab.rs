@@ -51,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProfileArg::Exits => Profile::Exits,
         ProfileArg::Mmu => Profile::Mmu,
         ProfileArg::All => Profile::All,
+        ProfileArg::Vmcs => Profile::Vmcs,
     };
     if let Some(size) = args.flight_recorder {
         opts.flight = Some(FlightOptions {

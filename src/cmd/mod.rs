@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 pub mod convert;
 pub mod dump;
+pub mod fields;
 pub mod input;
 pub mod lab;
 pub mod record;
@@ -12,6 +13,7 @@ pub mod replay;
 pub mod simulate;
 pub mod stats;
 pub mod triage;
+pub mod tui;
 
 /// Exit status for usage or input errors.
 pub const EXIT_ERROR: u8 = 2;

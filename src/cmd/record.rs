@@ -24,7 +24,8 @@ pub struct Args {
     /// The trace.dat to write (v7, zstd). Created with mode 0600.
     #[arg(short, long, default_value = "trace.dat")]
     pub output: PathBuf,
-    /// Event profile: exits (VM exits and their context), mmu (+ every kvmmmu event), all.
+    /// Event profile: exits (VM exits and their context), mmu (+ every kvmmmu event), all,
+    /// vmcs (exits + probes recording VMCS field values).
     #[arg(long, value_enum, default_value_t = ProfileArg::Exits)]
     pub profile: ProfileArg,
     /// An extra event, SYS:EVENT (or SYS:* for a system). Repeatable.
@@ -79,6 +80,9 @@ pub enum ProfileArg {
     Mmu,
     /// Every kvm and kvmmmu event.
     All,
+    /// exits + dynamic probes recording VMCS field values (nested CR3/EPTP loads, nested exits);
+    /// needs kprobe or fprobe events and kvm_intel.
+    Vmcs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProfileArg::Exits => Profile::Exits,
         ProfileArg::Mmu => Profile::Mmu,
         ProfileArg::All => Profile::All,
+        ProfileArg::Vmcs => Profile::Vmcs,
     };
     opts.extra_events = args.events;
     opts.filters = args.filter;

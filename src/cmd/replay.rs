@@ -78,6 +78,10 @@ pub struct Args {
     /// Skip unreadable records (counted and reported) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
+    /// Explicit VMCS field records to merge into each trace by timestamp (see `vmxray fields`).
+    /// Repeatable.
+    #[arg(long = "fields", value_name = "FILE")]
+    pub fields: Vec<PathBuf>,
 }
 
 fn parse_rule(s: &str) -> Result<RuleId, String> {
@@ -135,10 +139,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut failing = 0;
+    let records = super::fields::load_fields(&args.fields, args.permissive)?;
+    super::fields::report_skipped(&records);
     for file in &args.files {
         let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
         let input = reader.meta().input.to_string();
-        let outcome = replay_stream(&input, &mut reader, opts, &mut out)
+        let merged = vmxray_capture::vmcs::import::merge(reader.by_ref(), records.records.clone());
+        let outcome = replay_stream(&input, merged, opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
         if opts.format == Format::Text {
@@ -152,7 +159,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         failing += outcome.summary.count_at_least(args.fail_on);
     }
     out.flush()?;
-    Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if records.skipped > 0 {
+        ExitCode::from(super::EXIT_ERROR)
+    } else if failing > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Prints every rule with its default severity, what it checks and its KVM commit.

@@ -59,6 +59,9 @@ pub enum Profile {
     Mmu,
     /// Every `kvm` and `kvmmmu` event.
     All,
+    /// `exits` plus dynamic probes on KVM's nested CR3/EPTP/exit paths that record VMCS field
+    /// values (see [`crate::vmcs::probes`]); fails on a kernel without dynamic probe events.
+    Vmcs,
 }
 
 /// The `exits` profile's events.
@@ -88,7 +91,8 @@ impl Profile {
             l.iter().map(|(s, e)| ((*s).to_string(), Some((*e).to_string()))).collect::<Vec<_>>()
         };
         match self {
-            Self::Exits => list(EXITS_EVENTS),
+            // The vmcs probes' group is added by `Recorder::start` once they are defined.
+            Self::Exits | Self::Vmcs => list(EXITS_EVENTS),
             Self::Mmu => {
                 let mut v = list(EXITS_EVENTS);
                 v.push(("kvmmmu".into(), None));
@@ -284,6 +288,9 @@ pub enum RecordError {
     /// Writing the trace failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The `vmcs` profile's probes.
+    #[error(transparent)]
+    Probes(#[from] crate::vmcs::probes::ProbeError),
 }
 
 /// Lost events on one CPU, as the pages and the stats file say.
@@ -365,6 +372,9 @@ type Page = (u32, Vec<u8>);
 pub struct Recorder {
     opts: RecordOptions,
     instance: Option<Instance>,
+    /// The `vmcs` profile's probes: after `instance`, so they are removed once the instance
+    /// that enabled them is gone (an enabled dynamic event cannot be removed).
+    probes: Option<crate::vmcs::probes::InstalledProbes>,
     readers: Vec<(u32, JoinHandle<Result<u64, RecordError>>)>,
     consumer: Option<JoinHandle<Result<ConsumerOut, RecordError>>>,
     stop_readers: Arc<AtomicBool>,
@@ -417,7 +427,7 @@ pub fn process_cpu_time() -> Duration {
 
 impl Recorder {
     /// Sets up the instance, starts one reader per CPU and the writer, and turns tracing on.
-    pub fn start(opts: RecordOptions) -> Result<Self, RecordError> {
+    pub fn start(mut opts: RecordOptions) -> Result<Self, RecordError> {
         // First: a signal during setup must not skip the cleanup either.
         let signals = SignalGuard::install(opts.handle_signals)?;
         // A flight recorder creates its file only when the trigger fires: check now that it can.
@@ -429,6 +439,15 @@ impl Recorder {
         }
         let tracefs = Tracefs::find_or_mount()?;
         let stale = tracefs.remove_stale_instances();
+        // Dynamic events are global: define them before the instance (declared first, they
+        // are dropped after it on an early return) and enable them only inside it.
+        let probes = match opts.profile {
+            Profile::Vmcs => Some(vmcs_probes(&tracefs)?),
+            Profile::Exits | Profile::Mmu | Profile::All => None,
+        };
+        if let Some(p) = &probes {
+            opts.extra_events.push(format!("{}:*", p.group));
+        }
         let instance = Instance::create(&tracefs)?;
         let mut report = RecordReport {
             instance: instance.name().to_string(),
@@ -451,6 +470,18 @@ impl Recorder {
         }
 
         let enabled = select_events(&instance, &opts, &mut report)?;
+        if let Some(p) = &probes {
+            // The profile must not silently record less than it promises.
+            let absent: Vec<String> = p
+                .probes()
+                .iter()
+                .filter(|d| !enabled.iter().any(|(s, e)| *s == p.group && *e == d.event))
+                .map(|d| format!("the probe event {}:{} in the instance", p.group, d.event))
+                .collect();
+            if !absent.is_empty() {
+                return Err(crate::vmcs::probes::ProbeError::Unsupported { missing: absent }.into());
+            }
+        }
         apply_filters(&instance, &opts.filters, &enabled)?;
         apply_task_filter(&instance, &opts)?;
 
@@ -489,6 +520,7 @@ impl Recorder {
         let mut recorder = Self {
             opts,
             instance: Some(instance),
+            probes,
             readers: Vec::new(),
             consumer: None,
             stop_readers: Arc::clone(&stop_readers),
@@ -600,8 +632,16 @@ impl Recorder {
             Some(instance) => instance.remove(),
             None => Ok(()),
         };
+        // Then the probes it had enabled.
+        let probes_left = self.probes.take().map(|p| (p.file_path(), p.remove()));
         let report = result?;
         removed?;
+        if let Some((path, mut failed)) = probes_left
+            && !failed.is_empty()
+        {
+            let (_, source) = failed.remove(0);
+            return Err(RecordError::Tracefs { path, source });
+        }
         Ok(report)
     }
 
@@ -1235,6 +1275,22 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs_f64(secs))
+}
+
+/// Defines the `vmcs` profile's probes (group `vmxray_<pid>`), or says what the kernel lacks.
+fn vmcs_probes(tracefs: &Tracefs) -> Result<crate::vmcs::probes::InstalledProbes, RecordError> {
+    use crate::vmcs::probes::{DirProbeFs, InstalledProbes, ProbeSupport, group_for};
+    let support = ProbeSupport::detect(tracefs.root(), Path::new("/sys"));
+    let fs = Box::new(DirProbeFs { root: tracefs.root().to_path_buf() });
+    if let Some((_, file)) = support.plan() {
+        // Probes of recorders killed with SIGKILL (like their instances; same pid caveat).
+        let listing = tracefs.read(file).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        for line in crate::vmcs::probes::stale_removals(&listing.unwrap_or_default(), alive) {
+            let _ = crate::vmcs::probes::ProbeFs::append(&*fs, file, &line);
+        }
+    }
+    Ok(InstalledProbes::install(fs, &support, &group_for(std::process::id()))?)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 
 use vmxray_capture::NestedVmenter;
 use vmxray_capture::codes::{Isa, VmxBasicReason};
+use vmxray_capture::vmcs::{FieldEncoding, VmcsRef};
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};
@@ -67,7 +68,10 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
         (Some(p), Some(cr3)) if p != v.vmcs && cr3.value == new_cr3 => Some((p, cr3)),
         _ => None,
     });
+    // The field history (crate::fields) names where the old value was last seen.
+    let history = st.fields.latest(VmcsRef::vmcs12(v.vmcs), FieldEncoding::GUEST_CR3).copied();
     let mut evidence = vec![entered.at, exit.at];
+    evidence.extend(history.map(|h| h.at));
     let severity = match other_subject {
         Some((_, cr3)) => {
             evidence.push(cr3.at);
@@ -77,18 +81,24 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     };
     let vmcs = v.vmcs;
     let zero = exit.zero_instructions;
+    let at = ctx.at;
     ctx.report(RULE, severity, &evidence, || {
+        let (seen_at, seen_from) = history.map_or((entered.at.0, "kvm_nested_vmenter"), |h| (h.at.0, h.source));
         let mut msg = format!(
-            "vmcs12 {} GUEST_CR3 changed {} -> {} since its last entry with no L1 VMWRITE and no L2 CR3 load{}",
-            hex(vmcs),
+            "{} GUEST_CR3: {} → {} at event {}, with no VMWRITE and no L2 CR3 load in between (last seen at event {} from {}){}",
+            VmcsRef::vmcs12(vmcs),
             hex(entered.value),
             hex(new_cr3),
-            if zero { " (its last entry never reached hardware)" } else { "" }
+            at.0,
+            seen_at,
+            seen_from,
+            if zero { "; its last entry never reached hardware" } else { "" }
         );
-        if let Some((p, _)) = other_subject {
+        if let Some((p, cr3)) = other_subject {
             msg.push_str(&format!(
-                "; the new value is the CR3 of vmcs12 {}, the L2 that last ran on hardware: stale vmcs02.GUEST_CR3 (fixed by 04f11ef45810)",
-                hex(p)
+                "; the new value is the CR3 of {} (event {}), the L2 that last ran on hardware: stale vmcs02.GUEST_CR3 (fixed by 04f11ef45810)",
+                VmcsRef::vmcs12(p),
+                cr3.at.0
             ));
         }
         msg

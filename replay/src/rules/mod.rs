@@ -202,6 +202,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             if &*other.name == "kvm_pml_full" {
                 pml_full_in_l2::on_pml_full_event(ctx);
             }
+            crate::fields::check::on_record(ctx, event);
         }
         EventKind::KvmUserspaceExit { .. } => reset_root_role::disturb(&mut rs.reset_root_role),
         EventKind::KvmMsr { write, index, .. } => {

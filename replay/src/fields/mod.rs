@@ -1,0 +1,372 @@
+//! VMCS-field streams: every vmcs01/vmcs02/vmcs12 field value the trace reveals, as
+//! [`VmcsField`] observations.
+//!
+//! The model derives them while it steps ([`crate::Step::fields`]), from the state *before*
+//! each event (its level and current vmcs12: nesting is not re-modelled here), and keeps the
+//! last few values of every field per vCPU in [`FieldStore`] ([`crate::VcpuState::fields`]) so
+//! that rules can cite a field's history. [`FieldHistory`] collects a whole trace's
+//! observations for views (`vmxray fields`, the TUI's per-VMCS field table).
+//!
+//! # Derivation table
+//!
+//! | tracepoint | VMCS | fields (value) |
+//! |---|---|---|
+//! | `kvm_nested_vmenter` (VMX, 6.1+) | vmcs12@`vmcs` (eVMCS: `vmcs12@evmcs`) | `GUEST_RIP` (`nested_rip`), `VM_ENTRY_INTR_INFO_FIELD` (`event_inj`), `GUEST_INTR_STATUS` (`int_ctl`), `GUEST_CR3` (`guest_pgd`, nested_ept=n) or `EPT_POINTER` (`guest_pgd`, nested_ept=y), `SECONDARY_VM_EXEC_CONTROL` bit 1 (enable EPT, when set) |
+//! | `kvm_nested_vmexit_inject` (VMX) | the current vmcs12 | `VM_EXIT_REASON`, `EXIT_QUALIFICATION` (`ext_inf1`), `IDT_VECTORING_INFO_FIELD` (`ext_inf2`), `VM_EXIT_INTR_INFO` (`ext_int`), `VM_EXIT_INTR_ERROR_CODE` (`ext_int_err`) |
+//! | `kvm_exit` (VMX) in L1 / L2 | vmcs01 / vmcs02 | `VM_EXIT_REASON`, `EXIT_QUALIFICATION` (`info1`), `GUEST_RIP`; unless the entry failed: `IDT_VECTORING_INFO_FIELD` (`info2`), `VM_EXIT_INTR_INFO`, `VM_EXIT_INTR_ERROR_CODE` (when the interruption info says it is valid) |
+//! | `kvm_entry` in L1 / L2 | vmcs01 / vmcs02 | `GUEST_RIP` (`rip`, 5.10+); 6.14+: `VM_ENTRY_INTR_INFO_FIELD` (`intr_info`), `VM_ENTRY_EXCEPTION_ERROR_CODE` (when delivered) |
+//! | `kvm_entry` after a nested exit | the vmcs12 that exited | `HOST_RIP` (L1 resumes at it) |
+//! | `kvm_cr` in L1 / L2 | vmcs01 / vmcs02 | `GUEST_CR0` / `GUEST_CR3` / `GUEST_CR4` (the guest's architectural value, see below) |
+//! | root `kvm_mmu_get_page` (shadow MMU) | guest_mode + nested EPT: the current vmcs12; guest_mode: vmcs02; else vmcs01 | `EPT_POINTER` / `GUEST_CR3` / `GUEST_CR3`, address bits 51:12 only (`gfn << 12`) |
+//! | `vmxray_*` probe events (`record --profile vmcs`) | see [`vmxray_capture::vmcs::probes`] | `GUEST_CR3`/`HOST_CR3` of the current vmcs12, `EPT_POINTER`/`GUEST_CR3` of vmcs01/02, exit fields of the current vmcs12 |
+//! | explicit records (`vmxray:vmcs_field`, `trace_printk` lines) | as written | as written (`written` / `read`) |
+//!
+//! **Caveats.** CR values are what the guest sees (KVM's `vcpu->arch.crN`): the hardware
+//! `GUEST_CR0/CR4` differ in KVM-owned bits, and under shadow paging `GUEST_CR3` holds the
+//! shadow root; a `kvm_cr` write is the *attempted* value (a #GP may follow). SVM events carry a
+//! VMCB, not a VMCS: nothing is derived from them. Before 6.1 no event names the vmcs12, so no
+//! vmcs12 field is derived. Never revealed by any tracepoint: `GUEST_ACTIVITY_STATE` (only
+//! inferable from the HLT path), `HOST_CR3` (L1's CR3 after a nested exit is not traced unless a
+//! probe or `kvm_cr` read shows it), the launch state (not a field), and every field L1 writes
+//! through a shadow VMCS until an entry shows it.
+
+pub mod check;
+mod history;
+
+pub use history::{FieldChange, FieldDiff, FieldHistory, differ};
+
+use serde::Serialize;
+use vmxray_capture::codes::{ExitCode, Isa};
+use vmxray_capture::vmcs::probes::{self, ADDRESS_MASK, ProbeTarget};
+use vmxray_capture::vmcs::{FieldEncoding, Learned, VmcsField, VmcsRef, import};
+use vmxray_capture::{Event, EventKind, KnownEvent};
+
+use crate::anomaly::{Actor, EventIndex};
+use crate::state::{Level, Mode, VcpuState, is_cr3_root};
+
+/// One field value as the store keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    /// The value.
+    pub value: u64,
+    /// The bits known.
+    pub mask: u64,
+    /// The event that showed it.
+    pub at: EventIndex,
+    /// How it was learned.
+    pub learned: Learned,
+    /// The tracepoint it came from.
+    pub source: &'static str,
+    /// The vCPU's L1 VMWRITE exit counter then (a later VMWRITE may explain a change).
+    pub vmwrites: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct Slot {
+    vmcs: VmcsRef,
+    field: FieldEncoding,
+    /// Newest last; at most [`FieldStore::DEPTH`].
+    recent: Vec<Seen>,
+    last_used: EventIndex,
+}
+
+/// The last few values of every field a vCPU's trace revealed (bounded: at most
+/// [`FieldStore::CAPACITY`] fields, [`FieldStore::DEPTH`] values each), so that the model stays
+/// cheap to clone and rules can cite a field's history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FieldStore {
+    slots: Vec<Slot>,
+}
+
+impl FieldStore {
+    /// Fields kept per vCPU (least recently updated dropped first).
+    pub const CAPACITY: usize = 512;
+    /// Values kept per field.
+    pub const DEPTH: usize = 4;
+
+    /// The latest value of a field.
+    pub fn latest(&self, vmcs: VmcsRef, field: FieldEncoding) -> Option<&Seen> {
+        self.history(vmcs, field).last()
+    }
+
+    /// The last few values of a field, oldest first.
+    pub fn history(&self, vmcs: VmcsRef, field: FieldEncoding) -> &[Seen] {
+        self.slots
+            .iter()
+            .find(|s| s.vmcs == vmcs && s.field == field)
+            .map_or(&[], |s| &s.recent[..])
+    }
+
+    /// Every (VMCS, field) with its latest value.
+    pub fn iter(&self) -> impl Iterator<Item = (VmcsRef, FieldEncoding, &Seen)> {
+        self.slots.iter().filter_map(|s| Some((s.vmcs, s.field, s.recent.last()?)))
+    }
+
+    /// Records an observation.
+    pub fn record(&mut self, obs: &VmcsField, vmwrites: u32) {
+        let at = EventIndex(obs.event);
+        let seen = Seen {
+            value: obs.value,
+            mask: obs.mask,
+            at,
+            learned: obs.learned,
+            source: obs.source,
+            vmwrites,
+        };
+        let pos = match self.slots.iter().position(|s| s.vmcs == obs.vmcs && s.field == obs.field) {
+            Some(p) => p,
+            None => {
+                if self.slots.len() >= Self::CAPACITY
+                    && let Some(oldest) = self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| i)
+                {
+                    self.slots.swap_remove(oldest);
+                }
+                self.slots.push(Slot {
+                    vmcs: obs.vmcs,
+                    field: obs.field,
+                    recent: Vec::new(),
+                    last_used: at,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[pos];
+        slot.last_used = at;
+        if slot.recent.len() >= Self::DEPTH {
+            slot.recent.remove(0);
+        }
+        slot.recent.push(seen);
+    }
+}
+
+/// The hardware VMCS of a level.
+fn hw_vmcs(level: Level) -> VmcsRef {
+    match level {
+        Level::L1 => VmcsRef::Vmcs01,
+        Level::L2 => VmcsRef::Vmcs02,
+    }
+}
+
+struct Out<'a> {
+    at: EventIndex,
+    ts: u64,
+    vcpu: Option<u32>,
+    source: &'static str,
+    out: &'a mut Vec<VmcsField>,
+}
+
+impl Out<'_> {
+    fn push(
+        &mut self,
+        vmcs: VmcsRef,
+        field: FieldEncoding,
+        value: u64,
+        mask: u64,
+        learned: Learned,
+    ) {
+        let bits = field.value_bits();
+        let width = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        self.out.push(VmcsField {
+            ts: self.ts,
+            vcpu: self.vcpu,
+            vmcs,
+            field,
+            value: value & width,
+            mask: mask & width,
+            learned,
+            event: self.at.0,
+            source: self.source,
+        });
+    }
+
+    fn derived(&mut self, vmcs: VmcsRef, field: FieldEncoding, value: u64) {
+        self.push(vmcs, field, value, u64::MAX, Learned::Derived);
+    }
+}
+
+/// The field observations one event implies, given its actor's state *before* the event.
+pub fn derive(
+    st: &VcpuState,
+    actor: Actor,
+    event: &Event,
+    at: EventIndex,
+    out: &mut Vec<VmcsField>,
+) {
+    let vcpu = actor.vcpu_id();
+    let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out };
+    let current12 = st.current_vmptr.map(VmcsRef::vmcs12);
+    match &event.kind {
+        EventKind::KvmNestedVmenter(v) => {
+            if v.isa == Some(Isa::Svm) {
+                return;
+            }
+            let vmcs = VmcsRef::vmcs12(v.vmcs);
+            o.derived(vmcs, FieldEncoding::GUEST_RIP, v.nested_rip);
+            o.derived(vmcs, FieldEncoding::VM_ENTRY_INTR_INFO_FIELD, u64::from(v.event_inj.0));
+            o.derived(vmcs, FieldEncoding::GUEST_INTR_STATUS, u64::from(v.int_ctl));
+            if let Some(cr3) = v.guest_cr3() {
+                o.derived(vmcs, FieldEncoding::GUEST_CR3, cr3);
+            }
+            if let Some(eptp) = v.nested_tdp_root() {
+                o.derived(vmcs, FieldEncoding::EPT_POINTER, eptp);
+                // nested_cpu_has_ept(): SECONDARY_EXEC_ENABLE_EPT (bit 1) is set.
+                o.push(vmcs, FieldEncoding::SECONDARY_VM_EXEC_CONTROL, 2, 2, Learned::Derived);
+            }
+        }
+        EventKind::KvmNestedVmexitInject(info) => {
+            let (ExitCode::Vmx(reason), Some(vmcs)) = (info.reason, current12) else { return };
+            // nested_vmx_vmexit passes these vmcs12 fields, after prepare_vmcs12 (§1.4).
+            o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
+            let fields = [
+                (FieldEncoding::EXIT_QUALIFICATION, info.info1),
+                (FieldEncoding::IDT_VECTORING_INFO_FIELD, info.info2),
+                (FieldEncoding::VM_EXIT_INTR_INFO, info.intr_info.map(|i| u64::from(i.0))),
+                (FieldEncoding::VM_EXIT_INTR_ERROR_CODE, info.error_code.map(u64::from)),
+            ];
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    o.derived(vmcs, field, value);
+                }
+            }
+        }
+        EventKind::KvmExit(info) => {
+            let (ExitCode::Vmx(reason), Some(level)) = (info.reason, st.level()) else { return };
+            let vmcs = hw_vmcs(level);
+            o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
+            if let Some(q) = info.info1 {
+                o.derived(vmcs, FieldEncoding::EXIT_QUALIFICATION, q);
+            }
+            if reason.failed_vmentry() {
+                // vmx_get_exit_info reports only the qualification after a failed entry.
+                return;
+            }
+            if let Some(rip) = info.guest_rip {
+                o.derived(vmcs, FieldEncoding::GUEST_RIP, rip);
+            }
+            if let Some(idt) = info.info2 {
+                o.derived(vmcs, FieldEncoding::IDT_VECTORING_INFO_FIELD, idt);
+            }
+            if let Some(intr) = info.intr_info {
+                o.derived(vmcs, FieldEncoding::VM_EXIT_INTR_INFO, u64::from(intr.0));
+                if intr.valid()
+                    && intr.error_code_valid()
+                    && let Some(err) = info.error_code
+                {
+                    o.derived(vmcs, FieldEncoding::VM_EXIT_INTR_ERROR_CODE, u64::from(err));
+                }
+            }
+        }
+        EventKind::KvmEntry(e) => {
+            if let (Mode::L1, Some((_, Some(vmptr))), Some(rip)) =
+                (st.mode, st.awaiting_host_rip, e.rip)
+            {
+                // The first entry after a nested exit runs L1 at vmcs12's HOST_RIP.
+                o.derived(VmcsRef::vmcs12(vmptr), FieldEncoding::HOST_RIP, rip);
+            }
+            let Some(level) = st.level() else { return };
+            let vmcs = hw_vmcs(level);
+            if let Some(rip) = e.rip {
+                o.derived(vmcs, FieldEncoding::GUEST_RIP, rip);
+            }
+            if let Some(intr) = e.intr_info {
+                o.derived(vmcs, FieldEncoding::VM_ENTRY_INTR_INFO_FIELD, u64::from(intr.0));
+                if intr.valid()
+                    && intr.error_code_valid()
+                    && let Some(err) = e.error_code
+                {
+                    o.derived(vmcs, FieldEncoding::VM_ENTRY_EXCEPTION_ERROR_CODE, u64::from(err));
+                }
+            }
+        }
+        EventKind::KvmCr { cr, val, .. } => {
+            let Some(level) = st.level() else { return };
+            let field = match cr {
+                0 => FieldEncoding::GUEST_CR0,
+                3 => FieldEncoding::GUEST_CR3,
+                4 => FieldEncoding::GUEST_CR4,
+                _ => return,
+            };
+            o.derived(hw_vmcs(level), field, *val);
+        }
+        EventKind::KvmMmuGetPage { page, .. } => {
+            let role = page.role;
+            if !is_cr3_root(role) || vcpu.is_none() {
+                return;
+            }
+            let value = page.gfn << 12;
+            let nested_ept = st.current_record().and_then(|r| r.nested_ept) == Some(true);
+            let (vmcs, field) = match (role.guest_mode(), nested_ept, current12) {
+                (true, true, Some(v12)) => (v12, FieldEncoding::EPT_POINTER),
+                (true, true, None) => return,
+                (true, false, _) => (VmcsRef::Vmcs02, FieldEncoding::GUEST_CR3),
+                (false, _, _) => (VmcsRef::Vmcs01, FieldEncoding::GUEST_CR3),
+            };
+            o.push(vmcs, field, value, ADDRESS_MASK, Learned::Derived);
+        }
+        EventKind::Other(other) => {
+            if let Some(rec) = import::from_print_event(event) {
+                o.source = match &*other.name {
+                    "print" => "print",
+                    "bprint" => "bprint",
+                    "bputs" => "bputs",
+                    _ => vmxray_capture::vmcs::RECORD_EVENT,
+                };
+                o.vcpu = Some(rec.vcpu);
+                o.push(rec.vmcs, rec.field, rec.value, u64::MAX, rec.access.into());
+                return;
+            }
+            let Some(p) = probes::decode(&other.system, &other.name, &other.fields) else { return };
+            o.source = "vmxray_probe";
+            let guest = p.guest_mode.or_else(|| st.level().map(|l| l == Level::L2));
+            for fact in p.facts {
+                let Some(guest) = guest else { continue };
+                let field = if guest { fact.in_guest } else { fact.in_host };
+                let vmcs = match fact.target {
+                    ProbeTarget::CurrentVmcs12 => match current12 {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                    ProbeTarget::LoadedVmcs => hw_vmcs(if guest { Level::L2 } else { Level::L1 }),
+                };
+                let learned = if fact.write { Learned::Written } else { Learned::Read };
+                o.push(vmcs, field, fact.value, fact.mask, learned);
+            }
+        }
+        EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenterFailed { .. }
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmPageFault { .. }
+        | EventKind::KvmInjException { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmUserspaceExit { .. }
+        | EventKind::KvmEmulateInsn { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::Lost { .. } => {}
+    }
+}
+
+/// The tracepoint's name as a `'static` string (typed events; `other` for the rest).
+fn static_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Other(_) => "other",
+        EventKind::Lost { .. } => "lost_events",
+        typed => {
+            let name = typed.name();
+            KnownEvent::ALL.iter().find(|(_, _, n)| *n == name).map_or("event", |(_, _, n)| n)
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `vmxray tui` in a real terminal (tmux): open the bundled sample, jump to the most severe
+//! anomaly, check that the State view shows the divergent GUEST_CR3, resize, quit, and check
+//! that the terminal is restored (alternate screen left, the shell prompt back).
+//!
+//! Prints `SKIP: <reason>` without tmux, and fails instead under `CI=true`
+//! (`scripts/setup.sh` installs tmux).
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmxray");
+
+/// A private tmux server (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("runs tmux")
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "e2e"];
+        args.extend_from_slice(keys);
+        assert!(self.run(&args).status.success());
+    }
+
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "e2e"]).stdout).into_owned()
+    }
+
+    fn alternate_on(&self) -> bool {
+        let out = self.run(&["display-message", "-p", "-t", "e2e", "#{alternate_on}"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    /// Waits until the pane shows every one of `texts`.
+    fn wait_for(&self, texts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.capture();
+            if texts.iter().all(|t| screen.contains(t)) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {texts:?}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+fn tmux_missing() -> Option<String> {
+    match Command::new("tmux").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("tmux -V failed: {}", String::from_utf8_lossy(&o.stderr))),
+        Err(e) => Some(format!("tmux not found ({e})")),
+    }
+}
+
+#[test]
+fn browse_the_bundled_sample_in_tmux() {
+    if let Some(reason) = tmux_missing() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "tmux is required under CI=true (scripts/setup.sh installs it): {reason}"
+        );
+        println!("SKIP: {reason}");
+        return;
+    }
+    let tmux = Tmux { socket: format!("vmxray-e2e-{}", std::process::id()) };
+    // A plain shell with a recognizable prompt, in a fixed-size window.
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "e2e",
+        "-x",
+        "150",
+        "-y",
+        "45",
+        "env",
+        "PS1=e2e-prompt$ ",
+        "TERM=xterm-256color",
+        "sh",
+    ]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    tmux.wait_for(&["e2e-prompt$"]);
+    tmux.keys(&[&format!("{BIN} tui; echo tui-exit=$?"), "Enter"]);
+
+    // The Anomalies view opens on the most severe anomaly.
+    tmux.wait_for(&["Anomalies (30)", "critical", "changed_subject_cr3"]);
+    assert!(tmux.alternate_on(), "the browser runs on the alternate screen");
+
+    // Enter: its event in the timeline.
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["Events 358/424", "kvm_nested_vmenter"]);
+
+    // The State view: the vmcs12 whose GUEST_CR3 went stale, with the divergent value.
+    tmux.keys(&["Tab"]);
+    let state = tmux.wait_for(&["After event #357", "vmcs12 known to this vCPU"]);
+    let row = state.lines().find(|l| l.contains("▶ 0x8001000")).expect("current vmcs12 row");
+    assert!(row.contains("0x100f7000"), "divergent CR3 missing: {row}");
+    assert!(state.contains("GUEST_CR3 changed 0x101f9000 -> 0x100f7000"), "{state}");
+
+    // Resize at any time: the screen follows.
+    assert!(tmux.run(&["resize-window", "-t", "e2e", "-x", "100", "-y", "30"]).status.success());
+    tmux.keys(&["a"]);
+    tmux.wait_for(&["After event #361"]);
+
+    // Help, then quit: the terminal is restored.
+    tmux.keys(&["?"]);
+    tmux.wait_for(&["Keys (any key closes)"]);
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for(&["tui-exit=0"]);
+    assert!(!tmux.alternate_on(), "alternate screen left");
+    assert!(screen.lines().any(|l| l.starts_with("e2e-prompt$")), "prompt back:\n{screen}");
+    assert!(!screen.contains("Anomalies (30)"), "the browser's screen is gone:\n{screen}");
+}

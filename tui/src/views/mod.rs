@@ -1,0 +1,309 @@
+//! Drawing: the frame (title, tabs, footer, help overlay) and one module per view. Every view
+//! renders only what fits on screen from index queries on [`crate::trace::Trace`], so a frame
+//! costs the same on a 150-event and a 10M-event trace.
+
+pub mod anomalies;
+pub mod detail;
+pub mod state;
+pub mod stats;
+pub mod timeline;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use vmxray_capture::render::Line as NormalizedLine;
+use vmxray_capture::{Clock, Event};
+use vmxray_replay::{Actor, Severity};
+
+use crate::app::{App, ViewId};
+use crate::trace::{Progress, Tier};
+
+/// Colours and styles shared by the views.
+pub mod theme {
+    use super::*;
+
+    /// A severity's colour.
+    pub fn severity(s: Severity) -> Style {
+        match s {
+            Severity::Critical => Style::new().fg(Color::LightRed).add_modifier(Modifier::BOLD),
+            Severity::Error => Style::new().fg(Color::Red),
+            Severity::Warning => Style::new().fg(Color::Yellow),
+            Severity::Info => Style::new().fg(Color::Blue),
+        }
+    }
+
+    /// A level's colour.
+    pub fn tier(t: Tier) -> Style {
+        match t {
+            Tier::L0Exit => Style::new().fg(Color::LightRed),
+            Tier::L1 => Style::new().fg(Color::Green),
+            Tier::L2 => Style::new().fg(Color::Magenta),
+            Tier::Unknown => Style::new().fg(Color::Gray),
+        }
+    }
+
+    /// The selected row.
+    pub fn selected() -> Style {
+        Style::new().add_modifier(Modifier::REVERSED)
+    }
+
+    /// A value the selected event changed.
+    pub fn changed() -> Style {
+        Style::new().fg(Color::Black).bg(Color::Yellow).add_modifier(Modifier::BOLD)
+    }
+
+    /// Section headings.
+    pub fn heading() -> Style {
+        Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD)
+    }
+
+    /// Secondary text.
+    pub fn dim() -> Style {
+        Style::new().fg(Color::DarkGray)
+    }
+
+    /// Crash marker.
+    pub fn crash() -> Style {
+        Style::new().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD)
+    }
+
+    /// Lost-events marker.
+    pub fn lost() -> Style {
+        Style::new().fg(Color::Black).bg(Color::Yellow)
+    }
+}
+
+/// Draws the whole screen.
+pub fn draw(frame: &mut Frame<'_>, app: &mut App) {
+    app.frame_count += 1;
+    let [title, tabs, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_title(frame, title, app);
+    draw_tabs(frame, tabs, app);
+    app.hits.list = None;
+    app.hits.lanes = None;
+    match app.view {
+        ViewId::Anomalies => anomalies::draw(frame, body, app),
+        ViewId::Timeline => timeline::draw(frame, body, app),
+        ViewId::State => state::draw(frame, body, app),
+        ViewId::Stats => stats::draw(frame, body, app),
+        ViewId::Detail => detail::draw(frame, body, app),
+    }
+    draw_footer(frame, footer, app);
+    if app.help {
+        draw_help(frame, frame.area());
+    }
+}
+
+const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
+
+fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let trace = &app.trace;
+    let name = trace.meta.as_ref().map_or("(opening…)".to_owned(), |m| m.input.to_string());
+    let mut spans = vec![
+        Span::styled(" vmxray ", Style::new().fg(Color::Black).bg(Color::Cyan).bold()),
+        Span::raw(" "),
+        Span::styled(name, Style::new().bold()),
+    ];
+    spans.push(Span::raw(format!("  {} events", group(trace.len()))));
+    match &trace.progress {
+        Progress::Loading { elapsed } => {
+            let spin = SPINNER[usize::try_from(app.frame_count % 4).unwrap_or(0)];
+            spans.push(Span::styled(
+                format!("  {spin} loading… {:.1}s", elapsed.as_secs_f64()),
+                Style::new().fg(Color::Yellow),
+            ));
+        }
+        Progress::Done { .. } => {}
+        Progress::Failed { error } => spans
+            .push(Span::styled(format!("  read stopped: {error}"), Style::new().fg(Color::Red))),
+    }
+    let [c, e, w, _] = trace.severity_counts();
+    let lost: u64 = trace.read.as_ref().map_or(0, |r| r.lost.values().map(|l| l.events).sum());
+    let skipped = trace.read.as_ref().map_or(0, |r| r.skipped);
+    spans.push(Span::raw("  "));
+    spans.push(Span::styled(format!("{c} critical "), theme::severity(Severity::Critical)));
+    spans.push(Span::styled(format!("{e} error "), theme::severity(Severity::Error)));
+    spans.push(Span::styled(format!("{w} warning"), theme::severity(Severity::Warning)));
+    if !trace.crashes.is_empty() {
+        spans.push(Span::styled(format!("  {} crash", trace.crashes.len()), theme::crash()));
+    }
+    if !trace.lost.is_empty() || lost > 0 {
+        spans.push(Span::styled(
+            format!("  lost {} in {} gaps", lost, trace.lost.len()),
+            theme::lost(),
+        ));
+    }
+    if skipped > 0 {
+        spans.push(Span::styled(format!("  skipped {skipped}"), Style::new().fg(Color::Red)));
+    }
+    if let Some(meta) = &trace.meta {
+        spans.push(Span::styled(
+            format!("  {} · clock {}", format_name(meta.format), meta.clock.name()),
+            theme::dim(),
+        ));
+        if let Some(k) = &meta.kernel {
+            spans.push(Span::styled(format!(" · {k}"), theme::dim()));
+        }
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn format_name(f: vmxray_capture::InputFormat) -> &'static str {
+    use vmxray_capture::InputFormat;
+    match f {
+        InputFormat::FtraceText => "ftrace text",
+        InputFormat::TraceCmdText => "trace-cmd report text",
+        InputFormat::PerfScriptText => "perf script text",
+        InputFormat::TraceDat => "trace.dat",
+        InputFormat::PerfData => "perf.data",
+        InputFormat::TracefsDir => "tracefs dir",
+    }
+}
+
+fn draw_tabs(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
+    let mut spans = Vec::new();
+    let mut x = area.x;
+    app.hits.tabs.clear();
+    let anomaly_count = app.trace.anomalies.len() + app.trace.crashes.len();
+    for (i, view) in ViewId::ALL.iter().enumerate() {
+        let label = match view {
+            ViewId::Anomalies => format!(" {} {} ({anomaly_count}) ", i + 1, view.title()),
+            _ => format!(" {} {} ", i + 1, view.title()),
+        };
+        let width = u16::try_from(label.chars().count()).unwrap_or(u16::MAX);
+        app.hits.tabs.push((Rect::new(x, area.y, width, 1), *view));
+        x = x.saturating_add(width + 1);
+        let style = if *view == app.view {
+            Style::new().fg(Color::Black).bg(Color::White).bold()
+        } else {
+            Style::new().fg(Color::Gray)
+        };
+        spans.push(Span::styled(label, style));
+        spans.push(Span::raw(" "));
+    }
+    if let Some(f) = app.rows.filter() {
+        spans.push(Span::styled(format!(" filter: {} ", f.spec), Style::new().fg(Color::Cyan)));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let line = if let Some(p) = &app.prompt {
+        Line::from(vec![
+            Span::styled(p.kind.leader(), Style::new().fg(Color::Cyan)),
+            Span::raw(p.text.clone()),
+            Span::styled("█", Style::new().fg(Color::Gray)),
+        ])
+    } else if app.rows.filter().is_some() && app.rows.pending(&app.trace) {
+        Line::from(Span::styled(
+            format!(
+                "filtering… {} of {} events",
+                group(app.rows.scanned()),
+                group(app.trace.len())
+            ),
+            Style::new().fg(Color::Yellow),
+        ))
+    } else if let Some(s) = app.search.as_ref().filter(|s| s.running.is_some()) {
+        let tested = s.running.map_or(0, |(_, _, t)| t);
+        Line::from(Span::styled(
+            format!("searching for “{}”… {} events tested (Esc cancels)", s.query, group(tested)),
+            Style::new().fg(Color::Yellow),
+        ))
+    } else if let Some(msg) = &app.status {
+        Line::from(Span::raw(msg.clone()))
+    } else {
+        Line::from(Span::styled(
+            "q quit  ? help  Tab view  j/k move  Enter open  a/A anomaly  c crash  / search  f filter  t time",
+            theme::dim(),
+        ))
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// The keys, for the help overlay.
+pub const HELP: &[(&str, &str)] = &[
+    ("j / k, ↓ / ↑", "next / previous row (event, anomaly, reason)"),
+    ("PgDn / PgUp", "a page down / up (scrolls State, Detail, Stats)"),
+    ("g / G, Home / End", "first / last row"),
+    ("Enter", "Anomalies: jump to the event · Timeline: event detail"),
+    ("Tab / Shift-Tab, 1-5", "next / previous view, view by number"),
+    ("a / A", "next / previous anomaly"),
+    ("c", "next crash (shutdown, triple fault, failed entry)"),
+    ("/ , n / N", "search event lines (#123: event 123), next / previous match"),
+    ("f", "filter: vcpu=0,1 cpu= level=L0|L1|L2 reason=EPT_VIOLATION event=kvm_exit rule=…"),
+    ("t", "jump to a time in seconds (3836.4425) or #event"),
+    ("mouse", "wheel scrolls, click selects a row or a tab"),
+    ("Esc", "close prompt / cancel search / back to Anomalies"),
+    ("?", "this help"),
+    ("q", "quit"),
+];
+
+fn draw_help(frame: &mut Frame<'_>, area: Rect) {
+    let width = area.width.min(96);
+    let height = area.height.min(u16::try_from(HELP.len()).unwrap_or(20) + 4);
+    let popup = Rect::new(
+        area.x + (area.width - width) / 2,
+        area.y + (area.height - height) / 2,
+        width,
+        height,
+    );
+    let mut lines = vec![Line::from(Span::styled(
+        "Timeline colours: L0 exit (red) · L1 (green) · L2 (magenta) · ! anomaly · X crash · ~ lost",
+        theme::dim(),
+    ))];
+    for (keys, what) in HELP {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{keys:<22}"), Style::new().fg(Color::Cyan).bold()),
+            Span::raw(*what),
+        ]));
+    }
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(" Keys (any key closes) ")),
+        popup,
+    );
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An actor as a short column value.
+pub fn actor_label(actor: Option<Actor>) -> String {
+    match actor {
+        Some(Actor::Vcpu(v)) => format!("v{v}"),
+        Some(Actor::Thread(t)) => format!("t{t}"),
+        None => "all".to_owned(),
+    }
+}
+
+/// The fields and decodings of the normalized line (`vmxray dump`), without the columns the
+/// timeline shows separately (time, CPU, pid, comm, name, vCPU).
+pub fn event_fields(event: &Event, clock: &Clock) -> String {
+    let line = NormalizedLine { event, clock, vcpu: None }.to_string();
+    let marker = format!(" {}:{}", event.system(), event.name());
+    let rest = line.find(&marker).map_or(line.as_str(), |p| &line[p + marker.len()..]).trim_start();
+    match rest.strip_prefix("vcpu=") {
+        Some(after) => after.split_once(' ').map_or("", |(_, r)| r).to_owned(),
+        None => rest.to_owned(),
+    }
+}

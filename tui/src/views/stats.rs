@@ -1,0 +1,251 @@
+//! Stats view: the `vmxray stats` report (`vmxray_analyze::stats::StatsReport`, the same
+//! numbers): exit reasons as bars, the selected reason's latency distribution (min, p50, p90,
+//! p99, p99.9, max), its L1/L2 split and the per-vCPU breakdown. For a trace without
+//! `kvm_exit`, the report's own text (emulated instructions, exceptions, userspace exits, ...).
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+use vmxray_analyze::stats::{
+    ExitReport, ExitRow, Format, Level, StatsReport, TimeUnit, write_report,
+};
+
+use super::{group, theme};
+use crate::app::App;
+use crate::trace::Trace;
+
+/// The Stats view's state.
+#[derive(Clone, Debug, Default)]
+pub struct StatsView {
+    selected: usize,
+    scroll: u16,
+    text: Option<String>,
+}
+
+impl StatsView {
+    /// Moves the reason selection.
+    pub fn move_by(&mut self, delta: i64, trace: &Trace) {
+        let n = reasons(trace).map_or(0, |e| e.by_reason.len());
+        if n == 0 {
+            self.scroll_by(delta);
+            return;
+        }
+        let cur = i64::try_from(self.selected).unwrap_or(0);
+        let t = cur.saturating_add(delta).clamp(0, i64::try_from(n - 1).unwrap_or(0));
+        self.selected = usize::try_from(t).unwrap_or(0);
+    }
+
+    /// Scrolls (the text report, for traces without exits).
+    pub fn scroll_by(&mut self, delta: i64) {
+        let s = i64::from(self.scroll).saturating_add(delta).clamp(0, i64::from(u16::MAX));
+        self.scroll = u16::try_from(s).unwrap_or(0);
+    }
+
+    /// Selects a reason by list row (mouse).
+    pub fn select_row(&mut self, row: u64, trace: &Trace) {
+        let n = reasons(trace).map_or(0, |e| e.by_reason.len());
+        if let Ok(r) = usize::try_from(row)
+            && r < n
+        {
+            self.selected = r;
+        }
+    }
+
+    /// The timestamp of the slowest exit of the selected reason (Enter jumps there).
+    pub fn selected_slowest_ts(&self, trace: &Trace) -> Option<u64> {
+        let exits = reasons(trace)?;
+        let reason = exits.by_reason.get(self.selected)?.reason.as_ref()?;
+        exits.slowest.iter().find(|s| s.reason == *reason).map(|s| s.exit_ts)
+    }
+}
+
+fn reasons(trace: &Trace) -> Option<&ExitReport> {
+    trace.stats.as_ref()?.exits.as_ref()
+}
+
+fn unit(report: &StatsReport) -> &'static str {
+    match report.time_unit {
+        TimeUnit::Ns => "ns",
+        TimeUnit::Raw => "clock units",
+    }
+}
+
+fn bar(value: u64, max: u64, width: usize) -> String {
+    if max == 0 || width == 0 {
+        return String::new();
+    }
+    let eighths = (u128::from(value) * (width as u128) * 8 / u128::from(max)) as usize;
+    let mut s = "█".repeat(eighths / 8);
+    const PARTS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    s.push_str(PARTS[eighths % 8]);
+    s
+}
+
+/// Draws the Stats view.
+pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
+    let Some(report) = app.trace.stats.as_deref() else {
+        let msg = format!(
+            "Counting… the statistics appear when the whole trace is read ({} events so far).",
+            group(app.trace.len())
+        );
+        frame.render_widget(Paragraph::new(msg).block(Block::bordered().title(" Stats ")), area);
+        return;
+    };
+    let Some(exits) = report.exits.as_ref() else {
+        let view = &mut app.stats;
+        let text = view.text.get_or_insert_with(|| {
+            let mut buf = Vec::new();
+            let _ = write_report(report, Format::Text, &mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        frame.render_widget(
+            Paragraph::new(text.clone()).scroll((view.scroll, 0)).block(
+                Block::bordered().title(" Stats — no kvm_exit in this trace (as `vmxray stats`) "),
+            ),
+            area,
+        );
+        return;
+    };
+    let view = &mut app.stats;
+    view.selected = view.selected.min(exits.by_reason.len().saturating_sub(1));
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    // Exit reasons.
+    let max = exits.by_reason.iter().map(|r| r.count).max().unwrap_or(0);
+    let bar_width = usize::from(left.width.saturating_sub(2 + 22 + 10 + 8 + 1));
+    let mut lines = vec![Line::from(Span::styled(
+        format!("{:<22}{:>10}{:>8} ", "REASON", "EXITS", "%"),
+        theme::heading(),
+    ))];
+    let height = usize::from(left.height.saturating_sub(3));
+    let offset = view.selected.saturating_sub(height.saturating_sub(1));
+    for (i, row) in exits.by_reason.iter().enumerate().skip(offset).take(height) {
+        let name = row.reason.as_ref().map_or("all".to_owned(), |r| r.name.clone());
+        let mut line = Line::from(vec![
+            Span::raw(format!("{name:<22}{:>10}{:>7.2}% ", row.count, row.percent)),
+            Span::styled(bar(row.count, max, bar_width), Style::new().fg(Color::Cyan)),
+        ]);
+        if i == view.selected {
+            line = line.style(theme::selected());
+        }
+        lines.push(line);
+    }
+    let levels = exits.levels.map_or(String::new(), |l| {
+        format!(
+            " · L1 {} / L2 {} (L0 kept {}, reflected {})",
+            group(l.l1),
+            group(l.l2),
+            group(l.l2_l0_handled),
+            group(l.l2_reflected)
+        )
+    });
+    let title = format!(" Exit reasons: {} kvm_exit{levels} ", group(exits.total));
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), left);
+    app.hits.list = Some((
+        Rect::new(
+            left.x + 1,
+            left.y + 2,
+            left.width.saturating_sub(2),
+            left.height.saturating_sub(3),
+        ),
+        offset as u64,
+    ));
+
+    let selected = exits.by_reason.get(app.stats.selected);
+    let [lat_area, split_area, vcpu_area] =
+        Layout::vertical([Constraint::Length(11), Constraint::Length(5), Constraint::Min(3)])
+            .areas(right);
+    draw_latency(frame, lat_area, report, selected);
+    draw_split(frame, split_area, exits, selected);
+    draw_vcpus(frame, vcpu_area, report, exits);
+}
+
+fn reason_name(row: Option<&ExitRow>) -> String {
+    row.and_then(|r| r.reason.as_ref()).map_or("-".into(), |r| r.name.clone())
+}
+
+fn draw_latency(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, row: Option<&ExitRow>) {
+    let title = format!(" Latency of {} ({}) ", reason_name(row), unit(report));
+    let mut lines = Vec::new();
+    match row.and_then(|r| r.latency.map(|l| (r, l))) {
+        Some((r, l)) => {
+            let width = usize::from(area.width.saturating_sub(2 + 8 + 12));
+            for (name, v) in [
+                ("min", l.min),
+                ("p50", l.p50),
+                ("p90", l.p90),
+                ("p99", l.p99),
+                ("p99.9", l.p999),
+                ("max", l.max),
+            ] {
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{name:<8}"), theme::dim()),
+                    Span::raw(format!("{v:>11} ")),
+                    Span::styled(bar(v, l.max, width), Style::new().fg(Color::Magenta)),
+                ]));
+            }
+            lines.push(Line::from(format!(
+                "n {}  mean {:.1}  stddev {:.1}  total {}",
+                l.count, l.mean, l.stddev, l.total
+            )));
+            lines.push(Line::from(format!(
+                "{:.2}% of exit time; {} without latency",
+                r.time_percent, r.without_latency
+            )));
+        }
+        None => lines
+            .push(Line::from(Span::styled("No exit of this reason has a latency.", theme::dim()))),
+    }
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+}
+
+fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option<&ExitRow>) {
+    let mut lines = Vec::new();
+    if exits.nested {
+        let reason = row.and_then(|r| r.reason.as_ref());
+        for r in exits.by_reason_level.iter().filter(|r| r.reason.as_ref() == reason) {
+            lines.push(Line::from(format!(
+                "{:<3}{:>9} exits  p50 {:>8}  L0 kept {:>7}  reflected {:>7}",
+                r.level.label(),
+                r.count,
+                r.latency.map_or("-".into(), |l| l.p50.to_string()),
+                r.l0_handled,
+                r.reflected
+            )));
+        }
+    } else {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "Not split: the trace has no kvm_nested_vmexit (level {}).",
+                Level::All.label()
+            ),
+            theme::dim(),
+        )));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(Block::bordered().title(format!(" L1 / L2: {} ", reason_name(row)))),
+        area,
+    );
+}
+
+fn draw_vcpus(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, exits: &ExitReport) {
+    let mut lines = vec![Line::from(Span::styled(
+        format!("{:<8}{:>10}{:>8}{:>10}{:>10}", "VCPU", "EXITS", "%", "p50", "p99"),
+        theme::heading(),
+    ))];
+    for r in &exits.by_vcpu {
+        lines.push(Line::from(format!(
+            "{:<8}{:>10}{:>7.2}%{:>10}{:>10}",
+            r.vcpu.map_or("all".into(), |v| v.label()),
+            r.count,
+            r.percent,
+            r.latency.map_or("-".into(), |l| l.p50.to_string()),
+            r.latency.map_or("-".into(), |l| l.p99.to_string()),
+        )));
+    }
+    let title = format!(" Per vCPU ({}) ", unit(report));
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+}

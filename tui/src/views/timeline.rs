@@ -1,0 +1,237 @@
+//! Timeline view: a compact lane per vCPU over the whole trace (level, anomalies, crashes, lost
+//! gaps, the cursor), then the event list around the selected event. Only the visible rows are
+//! rendered; lanes sample a fixed number of events per column.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+
+use super::{actor_label, event_fields, group, theme};
+use crate::app::App;
+use crate::trace::{EventTag, Tier, Trace};
+
+/// Most lanes drawn (the rest are listed as a count).
+const MAX_LANES: usize = 8;
+/// Events sampled per lane column.
+const SAMPLES_PER_COLUMN: u64 = 24;
+
+/// The Timeline view's state.
+#[derive(Clone, Debug, Default)]
+pub struct TimelineView {
+    /// Row shown on the first line of the list.
+    pub offset: u64,
+}
+
+/// Draws the Timeline view.
+pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
+    let lanes = app.trace.actors.len().min(MAX_LANES);
+    let lane_height = u16::try_from(lanes).unwrap_or(0) + 2;
+    let [lane_area, list_area] = if lanes > 0 && area.height > lane_height + 6 {
+        Layout::vertical([Constraint::Length(lane_height), Constraint::Min(4)]).areas(area)
+    } else {
+        [Rect::new(area.x, area.y, area.width, 0), area]
+    };
+    if lane_area.height > 0 {
+        app.hits.lanes = draw_lanes(frame, lane_area, &app.trace, app.selected);
+    }
+    draw_list(frame, list_area, app);
+}
+
+fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
+    let trace = &app.trace;
+    let rows = app.rows.len(trace);
+    let height = u64::from(area.height.saturating_sub(3));
+    let sel_row = app.rows.row_of(app.selected, trace);
+    let view = &mut app.timeline;
+    if height > 0 {
+        if sel_row < view.offset || sel_row >= view.offset + height {
+            // A jump: show some context before the selected event.
+            view.offset = sel_row.saturating_sub(height / 3);
+        }
+        view.offset = view.offset.min(rows.saturating_sub(height));
+    }
+    let clock = trace.clock();
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "  {:>9} {:>18} {:>3} {:>7} {:<2} {:<26} {}",
+            "EVENT", "TIME", "CPU", "VCPU", "LV", "NAME", "FIELDS | DECODED"
+        ),
+        theme::heading(),
+    ))];
+    for row in view.offset..(view.offset + height).min(rows) {
+        let Some(index) = app.rows.event_at(row) else { break };
+        let (Some(event), Some(tag)) = (trace.event(index), trace.tag(index)) else { break };
+        let marker = if tag.crash() {
+            Span::styled("X ", theme::crash())
+        } else if tag.lost() {
+            Span::styled("~ ", theme::lost())
+        } else if tag.anomaly() {
+            let sev = trace.anomalies_at(index).iter().map(|a| a.severity).max();
+            Span::styled("! ", sev.map_or(Style::new(), theme::severity))
+        } else {
+            Span::raw("  ")
+        };
+        let tier = tag.tier();
+        let name_style = match tier {
+            Tier::L0Exit => theme::tier(tier),
+            Tier::L1 | Tier::L2 | Tier::Unknown => {
+                if event.system() == "kvmmmu" {
+                    Style::new().fg(Color::Blue)
+                } else if event.name().starts_with("kvm_nested") {
+                    Style::new().fg(Color::Cyan)
+                } else {
+                    Style::new()
+                }
+            }
+        };
+        let mut line = Line::from(vec![
+            marker,
+            Span::styled(format!("{:>9} ", format!("#{index}")), theme::dim()),
+            Span::raw(format!(
+                "{:>18} {:>3} {:>7} ",
+                trace.format_ts(event.ts),
+                event.cpu,
+                actor_label(trace.actor(index))
+            )),
+            Span::styled(format!("{:<2} ", tier.label()), theme::tier(tier)),
+            Span::styled(format!("{:<26} ", event.name()), name_style),
+            Span::raw(event_fields(event, &clock)),
+        ]);
+        if row == sel_row {
+            line = line.style(theme::selected());
+        }
+        lines.push(line);
+    }
+    if rows == 0 {
+        let msg = if app.rows.filter().is_some() {
+            "No event matches the filter (f, empty: clear)"
+        } else {
+            "No event yet…"
+        };
+        lines.push(Line::from(Span::styled(msg, theme::dim())));
+    }
+    let filter = app.rows.filter().map_or(String::new(), |f| format!(" · filter {}", f.spec));
+    let title = format!(
+        " Events {}/{}{filter} ",
+        group(if rows == 0 { 0 } else { sel_row + 1 }),
+        group(rows)
+    );
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+    app.hits.list = Some((
+        Rect::new(
+            area.x + 1,
+            area.y + 2,
+            area.width.saturating_sub(2),
+            area.height.saturating_sub(3),
+        ),
+        view.offset,
+    ));
+}
+
+/// What a lane cell shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cell {
+    Empty,
+    Level(Tier),
+    Anomaly,
+    Crash,
+    Lost,
+}
+
+/// Draws the lanes; returns the cell area and the events it spans (for mouse clicks).
+fn draw_lanes(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    trace: &Trace,
+    selected: u64,
+) -> Option<(Rect, u64)> {
+    const LABEL: u16 = 8;
+    let width = area.width.saturating_sub(2 + LABEL);
+    let lanes = trace.actors.len().min(MAX_LANES);
+    let n = trace.len();
+    if width == 0 || n == 0 {
+        return None;
+    }
+    let w = u64::from(width);
+    let mut cells = vec![vec![Cell::Empty; usize::from(width)]; lanes];
+    let column_of =
+        |index: u64| usize::try_from(index * w / n).unwrap_or(0).min(usize::from(width) - 1);
+    let lane_of = |tag: EventTag| usize::from(tag.actor);
+    for c in 0..w {
+        let (from, to) = (c * n / w, ((c + 1) * n / w).max(c * n / w + 1).min(n));
+        let step = ((to - from) / SAMPLES_PER_COLUMN).max(1);
+        let mut i = from;
+        while i < to {
+            if let Some(tag) = trace.tag(i) {
+                let lane = lane_of(tag);
+                // Exits say "L0 ran", not the guest's level: keep the level seen before.
+                if lane < lanes && tag.tier() != Tier::L0Exit {
+                    cells[lane][usize::try_from(c).unwrap_or(0)] = Cell::Level(tag.tier());
+                }
+            }
+            i += step;
+        }
+    }
+    // Markers: one binary search per column and marker list.
+    for c in 0..w {
+        let (from, to) = (c * n / w, ((c + 1) * n / w).max(c * n / w + 1));
+        let col = usize::try_from(c).unwrap_or(0);
+        let first = trace.anomalies.partition_point(|a| a.at.0 < from);
+        for a in trace.anomalies[first..].iter().take_while(|a| a.at.0 < to).take(MAX_LANES) {
+            if let Some(lane) =
+                trace.actors.iter().position(|x| *x == a.vcpu).filter(|l| *l < lanes)
+            {
+                cells[lane][col] = Cell::Anomaly;
+            }
+        }
+        let first = trace.lost.partition_point(|at| *at < from);
+        if trace.lost.get(first).is_some_and(|at| *at < to) {
+            for lane in &mut cells {
+                lane[col] = Cell::Lost;
+            }
+        }
+    }
+    for (at, _) in &trace.crashes {
+        if let Some(tag) = trace.tag(*at)
+            && lane_of(tag) < lanes
+        {
+            cells[lane_of(tag)][column_of(*at)] = Cell::Crash;
+        }
+    }
+    let cursor = column_of(selected);
+    let mut lines = Vec::with_capacity(lanes);
+    for (lane, row) in cells.iter().enumerate() {
+        let mut spans = vec![Span::styled(
+            format!("{:<8}", actor_label(trace.actors.get(lane).copied())),
+            theme::dim(),
+        )];
+        for (col, cell) in row.iter().enumerate() {
+            let (ch, mut style) = match cell {
+                Cell::Empty => (" ", Style::new()),
+                Cell::Level(Tier::L2) => ("▆", theme::tier(Tier::L2)),
+                Cell::Level(Tier::L1) => ("▃", theme::tier(Tier::L1)),
+                Cell::Level(Tier::L0Exit) => ("▁", theme::tier(Tier::L0Exit)),
+                Cell::Level(Tier::Unknown) => ("·", theme::tier(Tier::Unknown)),
+                Cell::Anomaly => ("!", Style::new().fg(Color::LightRed)),
+                Cell::Crash => ("X", theme::crash()),
+                Cell::Lost => ("~", theme::lost()),
+            };
+            if col == cursor {
+                style = style.bg(Color::White).fg(Color::Black);
+            }
+            spans.push(Span::styled(ch, style));
+        }
+        lines.push(Line::from(spans));
+    }
+    let more = trace.actors.len().saturating_sub(MAX_LANES);
+    let title = format!(
+        " Lanes #0…#{} (▃ L1 ▆ L2 · unknown ! anomaly X crash ~ lost){} ",
+        n - 1,
+        if more > 0 { format!(" +{more} more") } else { String::new() }
+    );
+    frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+    let height = u16::try_from(lanes).unwrap_or(0);
+    Some((Rect::new(area.x + 1 + LABEL, area.y + 1, width, height), n))
+}

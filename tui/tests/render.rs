@@ -1,0 +1,311 @@
+//! Render tests: every view of a real trace (`triple-fault-v7-zstd.dat`, a guest that triple
+//! faults under KVM's instruction emulator) and of a simulated buggy one (`muen-buggy-6.1.txt`,
+//! the stale vmcs02.GUEST_CR3 bug), drawn into a fixed 140x40 `TestBackend` and compared with
+//! the insta snapshots in `tests/snapshots/`. Nothing on screen depends on the terminal, the
+//! environment or the time of day once loading is done.
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+use vmxray_tui::app::{Action, App, PromptKind, ViewId};
+use vmxray_tui::loader::{Source, load_all};
+use vmxray_tui::trace::Progress;
+
+// Tests run in the package directory: a relative path keeps the absolute checkout path off
+// the screen (the title shows the input's name).
+const REAL: &str = "../samples/real/tracedat/triple-fault-v7-zstd.dat";
+const SIM: &str = "../samples/sim/muen-buggy-6.1.txt";
+
+const WIDTH: u16 = 140;
+const HEIGHT: u16 = 40;
+
+fn app(path: &str) -> App {
+    let trace = load_all(Source::File(path.into()));
+    assert!(matches!(trace.progress, Progress::Done { .. }), "{:?}", trace.progress);
+    App::loaded(trace)
+}
+
+fn draw(app: &mut App) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(WIDTH, HEIGHT)).unwrap();
+    terminal.draw(|f| vmxray_tui::views::draw(f, app)).unwrap();
+    terminal
+}
+
+fn screen(app: &mut App) -> String {
+    draw(app).backend().to_string()
+}
+
+fn type_prompt(app: &mut App, kind: PromptKind, text: &str) {
+    app.act(Action::Prompt(kind));
+    for c in text.chars() {
+        app.act(Action::Type(c));
+    }
+    app.act(Action::Enter);
+}
+
+#[test]
+fn sim_anomalies() {
+    let mut app = app(SIM);
+    insta::assert_snapshot!("sim_anomalies", screen(&mut app));
+}
+
+#[test]
+fn sim_timeline_at_the_most_severe_anomaly() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    assert_eq!(app.view, ViewId::Timeline);
+    assert_eq!(app.selected, 357);
+    insta::assert_snapshot!("sim_timeline", screen(&mut app));
+}
+
+#[test]
+fn sim_state_shows_the_divergent_cr3() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    app.act(Action::NextView);
+    assert_eq!(app.view, ViewId::State);
+    let terminal = draw(&mut app);
+    let text = terminal.backend().to_string();
+    assert!(text.contains("0x100f7000"), "{text}");
+    // The GUEST_CR3 the event loaded is highlighted as changed.
+    let buffer = terminal.backend().buffer();
+    let row = (0..HEIGHT)
+        .find(|y| {
+            let line: String = (0..WIDTH).map(|x| buffer[(x, *y)].symbol().to_owned()).collect();
+            line.contains("▶ 0x8001000")
+        })
+        .expect("current vmcs12 row");
+    let line: String = (0..WIDTH).map(|x| buffer[(x, row)].symbol().to_owned()).collect();
+    let col = u16::try_from(line.find("0x100f7000").unwrap()).unwrap();
+    // Byte offset = column here: the row starts with one 3-byte '│' and one 3-byte '▶'.
+    let col = col - 4;
+    assert_eq!(buffer[(col, row)].bg, Color::Yellow, "{line}");
+    insta::assert_snapshot!("sim_state", text);
+}
+
+#[test]
+fn sim_stats() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Stats));
+    insta::assert_snapshot!("sim_stats", screen(&mut app));
+}
+
+#[test]
+fn sim_detail() {
+    let mut app = app(SIM);
+    app.act(Action::Enter);
+    app.act(Action::Enter);
+    assert_eq!(app.view, ViewId::Detail);
+    insta::assert_snapshot!("sim_detail", screen(&mut app));
+}
+
+#[test]
+fn sim_filtered_timeline_and_lanes() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    type_prompt(&mut app, PromptKind::Filter, "vcpu=1 event=kvm_nested_vmenter");
+    assert_eq!(app.rows.len(&app.trace), 23, "{:?}", app.status);
+    app.act(Action::Anomaly(true));
+    insta::assert_snapshot!("sim_timeline_filtered", screen(&mut app));
+}
+
+#[test]
+fn sim_help_overlay() {
+    let mut app = app(SIM);
+    app.act(Action::Help);
+    insta::assert_snapshot!("sim_help", screen(&mut app));
+    app.act(Action::Back);
+    assert!(!app.help);
+}
+
+#[test]
+fn real_anomalies_lists_the_crash() {
+    let mut app = app(REAL);
+    insta::assert_snapshot!("real_anomalies", screen(&mut app));
+}
+
+#[test]
+fn real_timeline_at_the_crash() {
+    let mut app = app(REAL);
+    app.act(Action::Crash);
+    assert_eq!(app.selected, 142);
+    assert_eq!(app.view, ViewId::Timeline);
+    insta::assert_snapshot!("real_timeline", screen(&mut app));
+}
+
+#[test]
+fn real_state_at_the_crash() {
+    let mut app = app(REAL);
+    app.act(Action::Crash);
+    app.act(Action::Show(ViewId::State));
+    insta::assert_snapshot!("real_state", screen(&mut app));
+}
+
+#[test]
+fn real_stats_without_kvm_exit_is_the_stats_report() {
+    let mut app = app(REAL);
+    app.act(Action::Show(ViewId::Stats));
+    let text = screen(&mut app);
+    assert!(text.contains("No kvm_exit events"), "{text}");
+    assert!(text.contains("0f 22 d8"), "{text}");
+    insta::assert_snapshot!("real_stats", text);
+}
+
+#[test]
+fn real_detail_of_the_failed_emulation() {
+    let mut app = app(REAL);
+    type_prompt(&mut app, PromptKind::Search, "failed=1");
+    assert_eq!(app.selected, 135, "{:?}", app.status);
+    app.act(Action::Show(ViewId::Detail));
+    insta::assert_snapshot!("real_detail", screen(&mut app));
+}
+
+#[test]
+fn real_detail_of_a_root_load_decodes_the_role() {
+    let mut app = app(REAL);
+    type_prompt(&mut app, PromptKind::Search, "kvm_mmu_get_page");
+    app.act(Action::Show(ViewId::Detail));
+    let text = screen(&mut app);
+    assert!(text.contains("guest_mode (L2)"), "{text}");
+    assert!(text.contains("MMU role (0x1704)"), "{text}");
+}
+
+#[test]
+fn the_same_numbers_as_vmxray_stats() {
+    // The view reads the report ExitStats produced, over the same events `vmxray stats` reads.
+    let app = app(SIM);
+    let report = app.trace.stats.as_deref().unwrap();
+    let mut stats = vmxray_analyze::stats::ExitStats::new();
+    let mut reader =
+        vmxray_capture::open(SIM.as_ref(), vmxray_capture::ReadOptions::default()).unwrap();
+    for e in reader.by_ref() {
+        stats.push(&e.unwrap());
+    }
+    let direct = stats.finish(Some(reader.meta()), Some(reader.stats()));
+    assert_eq!(report.exits, direct.exits);
+    assert_eq!(report.events_by_name, direct.events_by_name);
+}
+
+#[test]
+fn navigation_keys_and_time_jump() {
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Last);
+    assert_eq!(app.selected, 423);
+    app.act(Action::First);
+    assert_eq!(app.selected, 0);
+    app.act(Action::Anomaly(true));
+    assert_eq!(app.selected, 11);
+    app.act(Action::Anomaly(true));
+    assert_eq!(app.selected, 25);
+    app.act(Action::Anomaly(false));
+    assert_eq!(app.selected, 11);
+    app.act(Action::Down);
+    assert_eq!(app.selected, 12);
+    type_prompt(&mut app, PromptKind::Time, "3836.4445");
+    let ts = app.trace.event(app.selected).unwrap().ts;
+    assert!(ts >= 3_836_444_500_000, "{ts}");
+    assert!(app.trace.event(app.selected - 1).unwrap().ts < 3_836_444_500_000);
+    type_prompt(&mut app, PromptKind::Time, "#200");
+    assert_eq!(app.selected, 200);
+    // Search wraps around and n/N move between matches.
+    type_prompt(&mut app, PromptKind::Search, "HLT");
+    // The only HLT exit is before #200: the search wrapped. Its kvm_nested_vmexit also says HLT.
+    let first = app.selected;
+    assert!(first < 200, "{first}");
+    app.act(Action::SearchNext(true));
+    assert_eq!(app.selected, first + 1);
+    app.act(Action::SearchNext(false));
+    assert_eq!(app.selected, first);
+    // No crash in this trace.
+    app.act(Action::Crash);
+    assert_eq!(app.status.as_deref(), Some("No crash in this trace"));
+}
+
+#[test]
+fn every_view_draws_at_any_size() {
+    for path in [SIM, REAL] {
+        let mut app = app(path);
+        app.act(Action::Enter);
+        for view in ViewId::ALL {
+            app.act(Action::Show(view));
+            for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 12), (80, 24), (300, 100)] {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| vmxray_tui::views::draw(f, &mut app)).unwrap();
+                app.act(Action::Help);
+                terminal.draw(|f| vmxray_tui::views::draw(f, &mut app)).unwrap();
+                app.act(Action::Help);
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_trace_while_loading() {
+    let (_tx, rx) = std::sync::mpsc::channel();
+    let mut app = App::new(rx);
+    for view in ViewId::ALL {
+        app.act(Action::Show(view));
+        app.act(Action::Down);
+        app.act(Action::Anomaly(true));
+        app.act(Action::Last);
+        let text = screen(&mut app);
+        assert!(text.contains("loading"), "{text}");
+    }
+}
+
+#[test]
+fn mouse_clicks_select_rows_lanes_and_tabs() {
+    use ratatui::layout::Position;
+    let mut app = app(SIM);
+    app.act(Action::Show(ViewId::Timeline));
+    draw(&mut app);
+    // Tab titles: "3 State" is the third.
+    let (state_tab, _) = app.hits.tabs[2];
+    app.act(Action::Click(Position::new(state_tab.x + 1, state_tab.y)));
+    assert_eq!(app.view, ViewId::State);
+    app.act(Action::Show(ViewId::Timeline));
+    draw(&mut app);
+    // The last lane column is the end of the trace.
+    let (lanes, n) = app.hits.lanes.unwrap();
+    app.act(Action::Click(Position::new(lanes.x + lanes.width - 1, lanes.y)));
+    assert!(app.selected >= n - n / u64::from(lanes.width) - 1, "{}", app.selected);
+    draw(&mut app);
+    // A click on the third list row selects the event shown there.
+    let (list, first) = app.hits.list.unwrap();
+    app.act(Action::Click(Position::new(list.x + 3, list.y + 2)));
+    assert_eq!(app.selected, first + 2);
+    app.act(Action::Scroll { down: true, at: Position::new(list.x, list.y) });
+    assert_eq!(app.selected, first + 5);
+}
+
+#[test]
+fn chunked_storage_keeps_every_event_in_order() {
+    // 400 copies of the bundled sample (~170K events, three storage chunks), end to end.
+    let sample = load_all(Source::Bundled);
+    let one: Vec<vmxray_capture::Event> =
+        (0..sample.len()).map(|i| sample.event(i).unwrap().clone()).collect();
+    let span = one.last().unwrap().ts - one[0].ts + 1;
+    let mut events = Vec::new();
+    for copy in 0..400u64 {
+        events.extend(one.iter().cloned().map(|mut e| {
+            e.ts += copy * span;
+            e
+        }));
+    }
+    let expected: Vec<u64> = events.iter().map(|e| e.ts).collect();
+    let trace = load_all(Source::Events {
+        name: "copies".into(),
+        clock: vmxray_capture::Clock::Nanoseconds,
+        events,
+    });
+    assert_eq!(trace.len(), expected.len() as u64);
+    for (i, ts) in expected.iter().enumerate() {
+        assert_eq!(trace.event(i as u64).unwrap().ts, *ts, "event {i}");
+    }
+    assert!(trace.event(expected.len() as u64).is_none());
+    // The state is rebuilt anywhere, including across chunk boundaries.
+    assert!(trace.state_at(65_536).is_some());
+    assert!(trace.state_at(expected.len() as u64 - 1).is_some());
+    assert_eq!(trace.index_at_time(expected[100_000]), 100_000);
+}
