@@ -34,6 +34,9 @@ enum Command {
     Replay(cmd::replay::Args),
     /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
     Triage(cmd::triage::Args),
+    /// Scan many traces in parallel for anomalies; write exits, events, anomalies, summary and
+    /// traces tables as a Parquet/CSV/JSON Lines dataset (hive layout), or print them.
+    Scan(cmd::scan::Args),
     /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
     Record(cmd::record::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Replay(args) => cmd::replay::run(args),
         Command::Triage(args) => cmd::triage::run(args),
+        Command::Scan(args) => cmd::scan::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
     };

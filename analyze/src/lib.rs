@@ -131,4 +131,5 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+pub mod scan;
 pub mod stats;
