@@ -146,8 +146,13 @@ fn write_fleet(dir: &Path, n: usize) -> BTreeMap<String, Option<&'static str>> {
         let text = sim::text::render_trace(&simulation.events, &simulation.text_options());
         let host = format!("host=h{:02}", i % 20);
         std::fs::create_dir_all(dir.join(&host)).unwrap();
-        let name = format!("{}-{}-{}-{i:03}.txt", config.scenario.name(), config.kvm, config.kernel.as_str())
-            .replace(':', "_");
+        let name = format!(
+            "{}-{}-{}-{i:03}.txt",
+            config.scenario.name(),
+            config.kvm,
+            config.kernel.as_str()
+        )
+        .replace(':', "_");
         std::fs::write(dir.join(&host).join(&name), text).unwrap();
         expected.insert(format!("{host}/{name}"), rule);
     }
@@ -319,7 +324,8 @@ fn shards_partition_the_inputs_into_one_dataset() {
 #[test]
 fn bad_inputs_are_reported_and_do_not_stop_the_scan() {
     let dir = TempDir::new("bad");
-    let good = sim::simulate(&SimConfig::new(Scenario::SepKernel).kernel(KernelVersion::V5_10)).unwrap();
+    let good =
+        sim::simulate(&SimConfig::new(Scenario::SepKernel).kernel(KernelVersion::V5_10)).unwrap();
     std::fs::write(
         dir.path().join("good.txt"),
         sim::text::render_trace(&good.events, &good.text_options()),
@@ -344,7 +350,8 @@ fn bad_inputs_are_reported_and_do_not_stop_the_scan() {
 #[test]
 fn csv_and_jsonl_datasets() {
     let dir = TempDir::new("formats");
-    let good = sim::simulate(&SimConfig::new(Scenario::Noise).kernel(KernelVersion::V5_10)).unwrap();
+    let good =
+        sim::simulate(&SimConfig::new(Scenario::Noise).kernel(KernelVersion::V5_10)).unwrap();
     let file = dir.path().join("noise.txt");
     std::fs::write(&file, sim::text::render_trace(&good.events, &good.text_options())).unwrap();
     for format in ["csv", "jsonl"] {
@@ -359,10 +366,14 @@ fn csv_and_jsonl_datasets() {
             format,
         ]);
         assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
-        let part = out.join(format!("table=traces/trace={}/part-0.{format}", vmxray_analyze::scan::escape(file.to_str().unwrap())));
+        let part = out.join(format!(
+            "table=traces/trace={}/part-0.{format}",
+            vmxray_analyze::scan::escape(file.to_str().unwrap())
+        ));
         let text = std::fs::read_to_string(&part).unwrap();
         if format == "jsonl" {
-            let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            let row: serde_json::Value =
+                serde_json::from_str(text.lines().next().unwrap()).unwrap();
             assert_eq!(row["status"], "ok");
             assert!(row["exits"].as_u64().unwrap() > 0);
         } else {

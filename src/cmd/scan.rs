@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use vmxray_analyze::scan::polars::prelude::{Column, DataFrame};
 use vmxray_analyze::scan::{
     self, AnomalyRecord, Chunk, Collector, DatasetWriter, DiscoverOptions, OutputFormat,
     ScanOptions, ScanProgress, Shard, SummaryRecord, TableSink, TraceLabels, TraceOutcome,
 };
-use vmxray_analyze::scan::polars::prelude::{Column, DataFrame};
 use vmxray_replay::{ModelConfig, RuleId, RuleSet, Severity};
 
 /// Dataset file formats.
@@ -120,7 +120,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ScanProgress::Events(n) => {
                 let total = events.fetch_add(n, Ordering::Relaxed) + n;
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_message(format!("{} events, {}/s", human(total as f64), human(total as f64 / secs)));
+                bar.set_message(format!(
+                    "{} events, {}/s",
+                    human(total as f64),
+                    human(total as f64 / secs)
+                ));
             }
             ScanProgress::TraceDone => bar.inc(1),
         }
@@ -178,11 +182,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     out.flush()?;
     for o in &failed {
-        eprintln!(
-            "vmxray: {}: {}",
-            o.labels.trace,
-            o.record.error.as_deref().unwrap_or("failed")
-        );
+        eprintln!("vmxray: {}: {}", o.labels.trace, o.record.error.as_deref().unwrap_or("failed"));
     }
     Ok(if !failed.is_empty() && !args.permissive {
         ExitCode::from(super::EXIT_ERROR)
@@ -198,10 +198,9 @@ fn progress_bar(traces: u64, quiet: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(traces);
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} traces  {msg}  ETA {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} traces  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     Some(bar)
@@ -278,7 +277,10 @@ fn print_tables(
         shown,
         vec![
             Column::new("trace".into(), s.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>()),
-            Column::new("reason".into(), s.iter().map(|(_, r)| r.reason.as_str()).collect::<Vec<_>>()),
+            Column::new(
+                "reason".into(),
+                s.iter().map(|(_, r)| r.reason.as_str()).collect::<Vec<_>>(),
+            ),
             Column::new("level".into(), s.iter().map(|(_, r)| r.level).collect::<Vec<_>>()),
             Column::new("count".into(), s.iter().map(|(_, r)| r.count).collect::<Vec<_>>()),
             Column::new("share".into(), s.iter().map(|(_, r)| r.share).collect::<Vec<_>>()),

@@ -60,10 +60,7 @@ pub struct DiscoverOptions {
 impl Default for DiscoverOptions {
     fn default() -> Self {
         Self {
-            exclude: DEFAULT_EXCLUDES
-                .iter()
-                .filter_map(|p| glob::Pattern::new(p).ok())
-                .collect(),
+            exclude: DEFAULT_EXCLUDES.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect(),
         }
     }
 }
@@ -275,8 +272,7 @@ mod tests {
         let shards: Vec<Shard> = (1..=4).map(|k| format!("{k}/4").parse().unwrap()).collect();
         let mut sizes = [0; 4];
         for id in &ids {
-            let owners: Vec<usize> =
-                (0..4).filter(|&k| shards[k].contains(id)).collect();
+            let owners: Vec<usize> = (0..4).filter(|&k| shards[k].contains(id)).collect();
             assert_eq!(owners.len(), 1, "{id} in {owners:?}");
             sizes[owners[0]] += 1;
         }

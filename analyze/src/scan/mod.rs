@@ -105,8 +105,7 @@ pub use inputs::{
     BadShard, DEFAULT_EXCLUDES, DiscoverOptions, InputError, ScanInput, Shard, discover, fnv1a64,
 };
 pub use output::{
-    Collector, DatasetWriter, OutputFormat, SinkError, TableSink, escape, write_frame,
-    write_jsonl,
+    Collector, DatasetWriter, OutputFormat, SinkError, TableSink, escape, write_frame, write_jsonl,
 };
 pub use tables::{
     AnomalyRecord, Chunk, EventRecord, ExitRecord, LatencyFigures, SummaryRecord, Table,
@@ -301,14 +300,16 @@ impl<'a> TraceScan<'a> {
             record.error = Some(error_chain(&e));
             return record;
         }
-        let mut reader =
-            match vmxray_capture::open(&self.input.path, ReadOptions { permissive: self.opts.permissive }) {
-                Ok(reader) => reader,
-                Err(e) => {
-                    record.error = Some(error_chain(&e));
-                    return record;
-                }
-            };
+        let mut reader = match vmxray_capture::open(
+            &self.input.path,
+            ReadOptions { permissive: self.opts.permissive },
+        ) {
+            Ok(reader) => reader,
+            Err(e) => {
+                record.error = Some(error_chain(&e));
+                return record;
+            }
+        };
         let want_exits = self.sink.wants(Table::Exits);
         let want_anomalies = self.sink.wants(Table::Anomalies);
         let mut model = Model::new(self.opts.model);
@@ -394,9 +395,8 @@ impl<'a> TraceScan<'a> {
         self.emit(0, Chunk::Summary(summary_records(&report)));
 
         let (lost_events, _) = read.lost_total();
-        record.format = serde_json::to_value(meta.format)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
+        record.format =
+            serde_json::to_value(meta.format).ok().and_then(|v| v.as_str().map(str::to_owned));
         record.clock = Some(meta.clock.to_string());
         record.time_unit = if meta.clock.is_ns() { "ns" } else { "raw" };
         record.kernel = meta.kernel.clone();
@@ -407,7 +407,8 @@ impl<'a> TraceScan<'a> {
         record.events = report.events_total;
         record.exits = report.exits.as_ref().map_or(0, |e| e.total);
         record.lost_events = lost_events.max(summary.lost_events);
-        record.lost_markers = read.lost.values().map(|l| l.markers).sum::<u64>().max(summary.lost_markers);
+        record.lost_markers =
+            read.lost.values().map(|l| l.markers).sum::<u64>().max(summary.lost_markers);
         record.parse_errors = read.skipped;
         record.unknown_events = read.unknown_events.values().sum();
         record.first_ts = first_ts;
@@ -430,7 +431,12 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
         None => {
             events.insert(
                 name.to_owned(),
-                EventRecord { event: name.to_owned(), count: 1, first_ts: event.ts, last_ts: event.ts },
+                EventRecord {
+                    event: name.to_owned(),
+                    count: 1,
+                    first_ts: event.ts,
+                    last_ts: event.ts,
+                },
             );
         }
     }

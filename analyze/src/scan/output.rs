@@ -127,7 +127,11 @@ impl TableSink for DatasetWriter {
 }
 
 /// Writes one frame to `path` in `format`.
-pub fn write_frame(path: &Path, frame: &mut DataFrame, format: OutputFormat) -> Result<(), SinkError> {
+pub fn write_frame(
+    path: &Path,
+    frame: &mut DataFrame,
+    format: OutputFormat,
+) -> Result<(), SinkError> {
     let io_err = |source| SinkError::Io { path: path.to_owned(), source };
     let enc_err = |source| SinkError::Encode { path: path.to_owned(), source };
     let file = File::create(path).map_err(io_err)?;
