@@ -131,17 +131,18 @@ fn stats_counts(file: &Path) -> BTreeMap<(String, String), u64> {
 
 /// Writes the fleet: `n` traces under `host=hNN/`, every tenth one buggy. Returns
 /// trace id → the rule its bug must be found by (None for a fixed trace).
-fn write_fleet(dir: &Path, n: usize) -> BTreeMap<String, Option<&'static str>> {
+fn write_fleet(dir: &Path, n: u32) -> BTreeMap<String, Option<&'static str>> {
     let mut expected = BTreeMap::new();
     for i in 0..n {
+        let slot = i as usize;
         let (config, rule) = if i % 10 == 3 {
-            let (scenario, bug, kernel, rule) = DETECTED_BUGS[(i / 10) % DETECTED_BUGS.len()];
+            let (scenario, bug, kernel, rule) = DETECTED_BUGS[(slot / 10) % DETECTED_BUGS.len()];
             (SimConfig::new(scenario).kvm(KvmFlavour::Buggy(bug)).kernel(kernel), Some(rule))
         } else {
-            let (scenario, kernel) = CLEAN_FIXED[i % CLEAN_FIXED.len()];
+            let (scenario, kernel) = CLEAN_FIXED[slot % CLEAN_FIXED.len()];
             (SimConfig::new(scenario).kernel(kernel), None)
         };
-        let config = config.seed(1 + (i as u64 % 3)).iterations(2 + (i as u32 % 4));
+        let config = config.seed(1 + u64::from(i % 3)).iterations(2 + i % 4);
         let simulation = sim::simulate(&config).expect("valid scenario");
         let text = sim::text::render_trace(&simulation.events, &simulation.text_options());
         let host = format!("host=h{:02}", i % 20);

@@ -679,7 +679,8 @@ fn exit_log_has_one_row_per_counted_exit() {
     stats.close_pending();
     let closed = stats.take_closed_exits();
     assert!(stats.take_closed_exits().is_empty());
-    let summary: Vec<(u64, Level, Result<u64, NoLatency>, Option<bool>, Option<u64>)> =
+    type Row = (u64, Level, Result<u64, NoLatency>, Option<bool>, Option<u64>);
+    let summary: Vec<Row> =
         closed.iter().map(|c| (c.ts, c.level, c.latency, c.reflected, c.vmcs12)).collect();
     assert_eq!(
         summary,
