@@ -71,7 +71,9 @@ pub struct Args {
     /// Rows buffered per trace and table before a part file is written.
     #[arg(long, default_value_t = 1 << 16)]
     pub chunk_rows: usize,
-    /// Rows printed per table (without --out).
+    /// Rows handed to the table printer per table (without --out); polars shows up to 10 of
+    /// them (first and last) unless POLARS_FMT_MAX_ROWS is set, and cuts strings at 30 characters
+    /// unless POLARS_FMT_STR_LEN is.
     #[arg(long, default_value_t = 40)]
     pub limit: usize,
     /// No progress bar.
