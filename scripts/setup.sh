@@ -27,3 +27,13 @@ if ! grep -q ' tracefs ' /proc/mounts 2>/dev/null; then
             || echo "setup: could not mount tracefs" >&2
     fi
 fi
+
+# DuckDB for the test that reads `vmxray scan`'s Parquet dataset back with another engine
+# (tests/scan.rs; it fails under CI=true without it). A Debian python refuses a plain pip
+# install into the system site-packages (PEP 668), hence the second form.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import duckdb' 2>/dev/null; then
+    echo "setup: installing the duckdb Python package" >&2
+    python3 -m pip install -q duckdb 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages duckdb \
+        || echo "setup: could not install duckdb" >&2
+fi

@@ -37,6 +37,9 @@ enum Command {
     Fields(cmd::fields::Args),
     /// Explain every shutdown, triple fault, internal error or failed entry of a trace.
     Triage(cmd::triage::Args),
+    /// Scan many traces in parallel for anomalies; write exits, events, anomalies, summary and
+    /// traces tables as a Parquet/CSV/JSON Lines dataset (hive layout), or print them.
+    Scan(cmd::scan::Args),
     /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
     Record(cmd::record::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cmd::replay::run(args),
         Command::Triage(args) => cmd::triage::run(args),
         Command::Fields(args) => cmd::fields::run(args),
+        Command::Scan(args) => cmd::scan::run(args),
         Command::Record(args) => cmd::record::run(args),
         Command::Lab(args) => cmd::lab::run(args),
         Command::Tui(args) => cmd::tui::run(args),

@@ -33,6 +33,16 @@
 //! assert!(String::from_utf8(csv).unwrap().starts_with("reason,reason_code,isa,level,vcpu,"));
 //! ```
 //!
+//! ## Batch scans ([`scan`])
+//!
+//! [`scan::scan`] runs many traces in parallel (rayon, one job per trace), each streamed through
+//! its reader, the replay model and [`stats::ExitStats`] (whose exit log gives the per-exit
+//! rows, so `exits` and `summary` count exactly what `vmxray stats` counts), into five polars
+//! tables — `exits`, `events`, `anomalies`, `summary`, `traces` — handed to a
+//! [`scan::TableSink`] in bounded chunks: a hive-layout Parquet (zstd) / CSV / JSON Lines dataset
+//! ([`scan::DatasetWriter`]) or memory ([`scan::Collector`]). The table schemas, units and the
+//! memory bound are documented in [`scan`].
+//!
 //! ## Exit statistics ([`stats`])
 //!
 //! [`stats::ExitStats`] is fed one [`vmxray_capture::Event`] at a time and keeps memory
@@ -131,4 +141,5 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+pub mod scan;
 pub mod stats;

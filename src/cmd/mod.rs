@@ -10,6 +10,7 @@ pub mod input;
 pub mod lab;
 pub mod record;
 pub mod replay;
+pub mod scan;
 pub mod simulate;
 pub mod stats;
 pub mod triage;

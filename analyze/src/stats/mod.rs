@@ -33,6 +33,65 @@ struct PendingExit {
     l0_always_keeps: bool,
     /// This exit was reflected to L1 (a matching `kvm_nested_vmexit_inject` followed).
     reflected: bool,
+    /// The exit's 0-based index in the event stream.
+    index: u64,
+    /// Guest RIP at the exit.
+    rip: Option<u64>,
+    /// Exit qualification (VMX) / `exit_info_1` (SVM).
+    qualification: Option<u64>,
+    /// The vmcs12 the caller said was current (see [`ExitStats::push_with_vmcs12`]).
+    vmcs12: Option<u64>,
+}
+
+/// Why an exit has no latency (see the crate docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NoLatency {
+    /// The trace ended before the vCPU's next entry.
+    TraceEnd,
+    /// A lost-events marker came first.
+    LostEvents,
+    /// The same vCPU exited again first.
+    NextExit,
+    /// The entry's timestamp is earlier than the exit's.
+    ClockBackwards,
+}
+
+impl NoLatency {
+    /// `trace_end`, `lost_events`, `next_exit`, `clock_backwards` (as in the JSON report).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TraceEnd => "trace_end",
+            Self::LostEvents => "lost_events",
+            Self::NextExit => "next_exit",
+            Self::ClockBackwards => "clock_backwards",
+        }
+    }
+}
+
+/// One `kvm_exit` once its outcome is known, as [`ExitStats`] counted it: the rows of a
+/// per-exit table. Only kept when the accumulator was built with [`ExitStats::with_exit_log`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedExit {
+    /// The exit's 0-based index in the event stream.
+    pub index: u64,
+    /// Its timestamp.
+    pub ts: u64,
+    /// The vCPU.
+    pub vcpu: Vcpu,
+    /// The reason.
+    pub reason: ExitCode,
+    /// [`Level::L2`] when a `kvm_nested_vmexit` followed, else [`Level::L1`] (never `All`).
+    pub level: Level,
+    /// L2 exits: reflected to L1 (`true`) or handled by L0 (`false`).
+    pub reflected: Option<bool>,
+    /// Exit → next entry of the same vCPU, in the trace's time unit.
+    pub latency: Result<u64, NoLatency>,
+    /// Guest RIP at the exit.
+    pub rip: Option<u64>,
+    /// Exit qualification (VMX) / `exit_info_1` (SVM).
+    pub qualification: Option<u64>,
+    /// The vmcs12 given with the exit, for L2 exits.
+    pub vmcs12: Option<u64>,
 }
 
 /// An exit code ordered by (ISA, raw value), for stable report order.
@@ -140,6 +199,8 @@ pub struct ExitStats {
     userspace: BTreeMap<u32, (u64, u64)>,
     pio: BTreeMap<(bool, u32, u32), u64>,
     lost_in_stream: BTreeMap<u32, vmxray_capture::LostOnCpu>,
+    /// Closed exits not yet taken, when logging (see [`ExitStats::with_exit_log`]).
+    exit_log: Option<Vec<ClosedExit>>,
 }
 
 impl ExitStats {
@@ -169,8 +230,43 @@ impl ExitStats {
         }
     }
 
+    /// An empty accumulator that also keeps every closed exit as a [`ClosedExit`], to be taken
+    /// with [`ExitStats::take_closed_exits`] (memory: the exits closed since the last take).
+    pub fn with_exit_log() -> Self {
+        Self { exit_log: Some(Vec::new()), ..Self::default() }
+    }
+
+    /// The exits closed since the last call, in the order they were closed (at their vCPU's
+    /// next entry, next exit, a lost-events marker, or [`ExitStats::close_pending`]).
+    pub fn take_closed_exits(&mut self) -> Vec<ClosedExit> {
+        self.exit_log.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Exits closed and not yet taken.
+    pub fn closed_exits_pending(&self) -> usize {
+        self.exit_log.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Closes the exits still waiting for an entry (the trace ended), as [`ExitStats::finish`]
+    /// would; call it before taking the last closed exits.
+    pub fn close_pending(&mut self) {
+        let mut pending: Vec<_> = self.pending.drain().collect();
+        pending.sort_by_key(|(_, exit)| exit.index);
+        for (vcpu, exit) in pending {
+            self.close(vcpu, exit, Close::TraceEnd);
+        }
+    }
+
     /// Counts one event.
     pub fn push(&mut self, event: &Event) {
+        self.push_with_vmcs12(event, None);
+    }
+
+    /// Counts one event; for a `kvm_exit`, `vmcs12` is the vmcs12 the caller knows to be
+    /// current (the replay model's), kept in its [`ClosedExit`] when the exit turns out to be
+    /// an L2 exit.
+    pub fn push_with_vmcs12(&mut self, event: &Event, vmcs12: Option<u64>) {
+        let index = self.events_total;
         self.events_total += 1;
         let name = event.name();
         match self.events_by_name.get_mut(name) {
@@ -195,6 +291,10 @@ impl ExitStats {
                         from_l2: false,
                         l0_always_keeps,
                         reflected: false,
+                        index,
+                        rip: info.guest_rip,
+                        qualification: info.info1,
+                        vmcs12,
                     },
                 );
             }
@@ -276,7 +376,8 @@ impl ExitStats {
                 }
                 // Any vCPU's entry may be among the lost events (a vCPU thread migrates between
                 // CPUs), so no pending exit can be paired with confidence any more.
-                let pending: Vec<_> = self.pending.drain().collect();
+                let mut pending: Vec<_> = self.pending.drain().collect();
+                pending.sort_by_key(|(_, exit)| exit.index);
                 for (vcpu, exit) in pending {
                     self.close(vcpu, exit, Close::Lost);
                 }
@@ -324,6 +425,27 @@ impl ExitStats {
                 group.l0_handled += 1;
             }
         }
+        let outcome = match how {
+            Close::Entry(ts) if ts >= exit.ts => Ok(ts - exit.ts),
+            Close::Entry(_) => Err(NoLatency::ClockBackwards),
+            Close::TraceEnd => Err(NoLatency::TraceEnd),
+            Close::Lost => Err(NoLatency::LostEvents),
+            Close::NextExit => Err(NoLatency::NextExit),
+        };
+        if let Some(log) = &mut self.exit_log {
+            log.push(ClosedExit {
+                index: exit.index,
+                ts: exit.ts,
+                vcpu,
+                reason: exit.reason,
+                level,
+                reflected: exit.from_l2.then_some(exit.reflected),
+                latency: outcome,
+                rip: exit.rip,
+                qualification: exit.qualification,
+                vmcs12: if exit.from_l2 { exit.vmcs12 } else { None },
+            });
+        }
         let cause = match how {
             Close::Entry(ts) if ts >= exit.ts => {
                 let latency = ts - exit.ts;
@@ -347,10 +469,7 @@ impl ExitStats {
     /// builds the report. `meta` and `read` come from the reader when there is one; `read`
     /// must be taken after the reader is exhausted.
     pub fn finish(mut self, meta: Option<&TraceMeta>, read: Option<&ReadStats>) -> StatsReport {
-        let pending: Vec<_> = self.pending.drain().collect();
-        for (vcpu, exit) in pending {
-            self.close(vcpu, exit, Close::TraceEnd);
-        }
+        self.close_pending();
         let time_unit = match meta {
             Some(m) if !m.clock.is_ns() => TimeUnit::Raw,
             Some(_) | None => TimeUnit::Ns,

@@ -667,3 +667,41 @@ mod conservation {
         }
     }
 }
+
+#[test]
+fn exit_log_has_one_row_per_counted_exit() {
+    // The hand trace, logged: every exit once, with the level, latency or reason for none, and
+    // the vmcs12 passed with it kept for L2 exits only.
+    let mut stats = ExitStats::with_exit_log();
+    for event in hand_trace() {
+        stats.push_with_vmcs12(&event, Some(0x5000));
+    }
+    stats.close_pending();
+    let closed = stats.take_closed_exits();
+    assert!(stats.take_closed_exits().is_empty());
+    type Row = (u64, Level, Result<u64, NoLatency>, Option<bool>, Option<u64>);
+    let summary: Vec<Row> =
+        closed.iter().map(|c| (c.ts, c.level, c.latency, c.reflected, c.vmcs12)).collect();
+    assert_eq!(
+        summary,
+        [
+            (1000, Level::L1, Ok(140), None, None),
+            (1100, Level::L1, Ok(200), None, None),
+            (1200, Level::L2, Ok(180), Some(false), Some(0x5000)),
+            (2000, Level::L2, Ok(160), Some(true), Some(0x5000)),
+            (3000, Level::L2, Ok(120), Some(false), Some(0x5000)),
+            (3300, Level::L1, Ok(100), None, None),
+            (3500, Level::L1, Err(NoLatency::LostEvents), None, None),
+            (4000, Level::L1, Err(NoLatency::NextExit), None, None),
+            (4100, Level::L1, Ok(220), None, None),
+            (5000, Level::L1, Err(NoLatency::TraceEnd), None, None),
+            (5100, Level::L1, Err(NoLatency::TraceEnd), None, None),
+        ]
+    );
+    // Indices are 0-based positions in the stream (the kvm_fpu record counts).
+    assert_eq!(closed[0].index, 0);
+    assert_eq!(closed[5].index, 16);
+    assert_eq!(closed[5].vcpu, Vcpu::Id(2)); // recorded under thread 300, closed by vCPU 2's entry
+    let report = stats.finish(None, None);
+    assert_eq!(report.exits.unwrap().total, closed.len() as u64);
+}

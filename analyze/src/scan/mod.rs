@@ -1,0 +1,523 @@
+//! Batch scans: many traces in parallel, each streamed through decode → replay → per-exit rows →
+//! tables, written to a [`TableSink`] (a Parquet/CSV/JSON Lines dataset, or memory).
+//!
+//! ```no_run
+//! use vmxray_analyze::scan::{self, DatasetWriter, DiscoverOptions, OutputFormat, ScanOptions};
+//!
+//! let inputs = scan::discover(&["fleet/".into()], &DiscoverOptions::default()).unwrap();
+//! let sink = DatasetWriter::new("out", OutputFormat::Parquet);
+//! let outcomes = scan::scan(&inputs, &ScanOptions::default(), &sink, &|_| {});
+//! let failed = outcomes.iter().filter(|o| o.record.status == "failed").count();
+//! # let _ = failed;
+//! ```
+//!
+//! # Memory
+//!
+//! Each job holds one reader (its buffers), one replay [`Model`] and one [`ExitStats`] (both
+//! bounded by the number of vCPUs / exit-reason groups, not by the trace length), the event-name
+//! counts, and at most [`ScanOptions::chunk_rows`] pending `exits` rows and as many `anomalies`
+//! rows, which are handed to the sink as a `part-N` file whenever they fill up. Peak memory is
+//! therefore about `jobs × (reader + chunk)`, whatever the size or number of traces (the list of
+//! inputs and one `traces` row per input excepted). Printing (no `--out`) keeps every anomaly
+//! and summary row in memory instead.
+//!
+//! # Dataset layout
+//!
+//! `DIR/table=<table>/trace=<id>/part-<N>.<parquet|csv|jsonl>`; `<id>` is the `trace` column with
+//! each byte outside `[A-Za-z0-9._-]` escaped as `%XX`. Every file also holds the `trace` column
+//! itself, so read the dataset **without** hive partition discovery (DuckDB
+//! `hive_partitioning = false`, Spark `recursiveFileLookup`, polars `hive_partitioning=False`)
+//! and filter on the column. A trace's old parts are removed before its new ones are written, so
+//! re-running a scan (or a shard) into the same directory replaces its traces.
+//!
+//! # Tables
+//!
+//! Every table starts with `trace` (String, the input's path relative to the argument it was
+//! found under), `host` and `vm` (String, nullable: the `host=NAME` / `vm=NAME` component of the
+//! id or argument path, if any). Timestamps (`*_ts`, `ts`) are in the trace clock's units, and so
+//! are the `*_ns` columns: nanoseconds unless `traces.time_unit` is `raw` (`x86-tsc`, `counter`
+//! clocks). Event indices (`event`, `evidence`) are 0-based positions in the input's time order,
+//! as `vmxray dump` numbers them.
+//!
+//! **exits** — one row per `kvm_exit`, in the order exits complete:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | vcpu | UInt32? | vCPU id; null when only the thread is known |
+//! | thread | Int32? | the pid, when vcpu is null |
+//! | level | String | `L2` when a `kvm_nested_vmexit` followed the exit, else `L1` |
+//! | ts | UInt64 | exit timestamp |
+//! | event | UInt64 | event index of the `kvm_exit` |
+//! | reason | String | `EPT_VIOLATION`, `npf`, `UNKNOWN(0x4e)` |
+//! | reason_code | UInt64 | raw exit reason / exit code |
+//! | rip | UInt64? | guest RIP |
+//! | qualification | UInt64? | exit qualification (VMX) / exit_info_1 (SVM) |
+//! | latency_ns | UInt64? | exit → next `kvm_entry` of the same vCPU |
+//! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards` |
+//! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
+//! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
+//!
+//! **events** — one row per event name: `event` String, `count` UInt64, `first_ts` UInt64,
+//! `last_ts` UInt64.
+//!
+//! **anomalies** — one row per anomaly of the replay model: `rule` String, `severity` String
+//! (`info` < `warning` < `error` < `critical`), `severity_rank` UInt32 (0–3), `vcpu` UInt32?,
+//! `thread` Int32?, `ts` UInt64 (of the event where the divergence became certain), `event`
+//! UInt64 (its index), `message` String, `evidence` String (indices of the proving events,
+//! comma-separated, oldest first), `commit` String (the KVM commit the rule encodes).
+//!
+//! **summary** — one row per exit reason × level, exactly the `by_reason_level` rows of
+//! `vmxray stats --format json` (its `by_reason` rows, level `all`, when the trace has no
+//! `kvm_nested_vmexit`): `reason` String, `reason_code` UInt64, `isa` String, `level` String
+//! (`all`, `L1`, `L2`), `count` UInt64, `share` Float64 (of the trace's exits, 0–1),
+//! `time_share` Float64 (of the trace's summed latency, 0–1), `without_latency` UInt64,
+//! `l0_handled` UInt64, `reflected` UInt64, `latency_count` UInt64, then UInt64? `total_ns`,
+//! `min_ns`, `p50_ns`, `p90_ns`, `p99_ns`, `p999_ns`, `max_ns` and Float64? `mean_ns`,
+//! `stddev_ns` (null when no exit of the row has a latency). Percentiles are nearest-rank within
+//! 0.39 % (see the crate docs).
+//!
+//! **traces** — one row per input, failed ones included: `path` String, `status` String (`ok`,
+//! `failed`), `error` String? (the error with its causes), `format` String?, `clock` String?,
+//! `time_unit` String (`ns`, `raw`), `kernel` String? (`uname -r`, when the input says it),
+//! `kernel_at_least` String? (from the tracepoint layouts), `cpus` UInt32?, `vcpus` UInt32,
+//! `events` UInt64, `exits` UInt64, `lost_events` UInt64, `lost_markers` UInt64,
+//! `parse_errors` UInt64 (records/lines skipped under `--permissive`), `unknown_events`
+//! UInt64, `first_ts` UInt64?, `last_ts` UInt64?, `duration_ns` UInt64?,
+//! `anomalies_info|warning|error|critical` UInt64, `bytes` UInt64 (input size).
+//!
+//! A trace that fails part-way keeps the rows it produced before the error (its `traces.status`
+//! is `failed`); one that cannot be opened has a `traces` row only.
+
+mod inputs;
+mod output;
+mod tables;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rayon::prelude::*;
+use vmxray_capture::{Event, EventKind, ReadOptions};
+use vmxray_replay::{Actor, Model, ModelConfig};
+
+use crate::stats::{ClosedExit, ExitStats, StatsReport, Vcpu};
+
+pub use inputs::{
+    BadShard, DEFAULT_EXCLUDES, DiscoverOptions, InputError, ScanInput, Shard, discover, fnv1a64,
+};
+pub use output::{
+    Collector, DatasetWriter, OutputFormat, SinkError, TableSink, escape, write_frame, write_jsonl,
+};
+pub use tables::{
+    AnomalyRecord, Chunk, EventRecord, ExitRecord, LatencyFigures, SummaryRecord, Table,
+    TraceLabels, TraceRecord,
+};
+
+/// How a scan runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanOptions {
+    /// Readers skip bad records (counted in `traces.parse_errors`) instead of failing the trace.
+    pub permissive: bool,
+    /// Traces scanned at once (0: one per core).
+    pub jobs: usize,
+    /// Rows of `exits` (and of `anomalies`) buffered per trace before they are written as a part.
+    pub chunk_rows: usize,
+    /// The replay model's configuration.
+    pub model: ModelConfig,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self { permissive: false, jobs: 0, chunk_rows: 1 << 16, model: ModelConfig::default() }
+    }
+}
+
+/// What a scan reports while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanProgress {
+    /// This many more events were processed (sent every [`PROGRESS_EVENTS`]).
+    Events(u64),
+    /// A trace is done.
+    TraceDone,
+}
+
+/// How many events a job processes between two [`ScanProgress::Events`].
+pub const PROGRESS_EVENTS: u64 = 1 << 16;
+
+/// Stack size of each scan thread.
+pub const JOB_STACK_BYTES: usize = 8 << 20;
+
+/// The outcome of one trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceOutcome {
+    /// The trace and its labels.
+    pub labels: TraceLabels,
+    /// Its `traces` row.
+    pub record: TraceRecord,
+}
+
+/// Scans `inputs` in parallel on `opts.jobs` threads (largest first, for balance) and returns
+/// one outcome per input, in the order of `inputs`. A trace that cannot be read, or whose
+/// tables cannot be written, is a `failed` outcome; it never stops the others.
+pub fn scan(
+    inputs: &[ScanInput],
+    opts: &ScanOptions,
+    sink: &dyn TableSink,
+    progress: &(dyn Fn(ScanProgress) + Sync),
+) -> Vec<TraceOutcome> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by(|&a, &b| inputs[b].bytes.cmp(&inputs[a].bytes).then(a.cmp(&b)));
+    let run = || -> Vec<(usize, TraceOutcome)> {
+        order
+            .par_iter()
+            .with_max_len(1)
+            .map(|&i| (i, scan_trace(&inputs[i], opts, sink, progress)))
+            .collect()
+    };
+    // The readers and the model keep sizeable state on the stack in debug builds; give each job
+    // the main thread's 8 MiB rather than the 2 MiB default of spawned threads.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .stack_size(JOB_STACK_BYTES)
+        .thread_name(|i| format!("vmxray-scan-{i}"))
+        .build();
+    let mut done = match pool {
+        Ok(pool) => pool.install(run),
+        Err(_) => run(),
+    };
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+/// Scans one trace (streamed) into `sink`. Never panics on bad input: a panic inside a reader
+/// or the model is caught and reported as the trace's error.
+pub fn scan_trace(
+    input: &ScanInput,
+    opts: &ScanOptions,
+    sink: &dyn TableSink,
+    progress: &(dyn Fn(ScanProgress) + Sync),
+) -> TraceOutcome {
+    let labels =
+        TraceLabels { trace: input.trace.clone(), host: input.host.clone(), vm: input.vm.clone() };
+    let base = TraceRecord {
+        path: input.path.display().to_string(),
+        status: "failed",
+        time_unit: "ns",
+        bytes: input.bytes,
+        ..TraceRecord::default()
+    };
+    let record = match catch_unwind(AssertUnwindSafe(|| {
+        TraceScan::new(input, &labels, opts, sink, progress).run(base.clone())
+    })) {
+        Ok(record) => record,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            TraceRecord { error: Some(format!("Internal error (panic): {what}")), ..base }
+        }
+    };
+    // The `traces` row always reaches the sink, even when the trace failed.
+    let mut record = record;
+    if sink.wants(Table::Traces)
+        && let Err(e) = sink.write(&labels, 0, Chunk::Traces(vec![record.clone()]))
+        && record.error.is_none()
+    {
+        record.status = "failed";
+        record.error = Some(error_chain(&e));
+    }
+    progress(ScanProgress::TraceDone);
+    TraceOutcome { labels, record }
+}
+
+/// The per-trace pipeline state.
+struct TraceScan<'a> {
+    input: &'a ScanInput,
+    labels: &'a TraceLabels,
+    opts: &'a ScanOptions,
+    sink: &'a dyn TableSink,
+    progress: &'a (dyn Fn(ScanProgress) + Sync),
+    exits_part: u32,
+    anomalies_part: u32,
+    anomalies: Vec<AnomalyRecord>,
+    sink_error: Option<SinkError>,
+}
+
+impl<'a> TraceScan<'a> {
+    fn new(
+        input: &'a ScanInput,
+        labels: &'a TraceLabels,
+        opts: &'a ScanOptions,
+        sink: &'a dyn TableSink,
+        progress: &'a (dyn Fn(ScanProgress) + Sync),
+    ) -> Self {
+        Self {
+            input,
+            labels,
+            opts,
+            sink,
+            progress,
+            exits_part: 0,
+            anomalies_part: 0,
+            anomalies: Vec::new(),
+            sink_error: None,
+        }
+    }
+
+    fn emit(&mut self, part: u32, chunk: Chunk) {
+        if self.sink_error.is_none()
+            && self.sink.wants(chunk.table())
+            && let Err(e) = self.sink.write(self.labels, part, chunk)
+        {
+            self.sink_error = Some(e);
+        }
+    }
+
+    fn flush_exits(&mut self, stats: &mut ExitStats) {
+        let closed = stats.take_closed_exits();
+        if closed.is_empty() {
+            return;
+        }
+        let rows = closed.iter().map(exit_record).collect();
+        let part = self.exits_part;
+        self.exits_part += 1;
+        self.emit(part, Chunk::Exits(rows));
+    }
+
+    fn flush_anomalies(&mut self) {
+        if self.anomalies.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.anomalies);
+        let part = self.anomalies_part;
+        self.anomalies_part += 1;
+        self.emit(part, Chunk::Anomalies(rows));
+    }
+
+    fn run(mut self, mut record: TraceRecord) -> TraceRecord {
+        if let Err(e) = self.sink.begin(self.labels) {
+            record.error = Some(error_chain(&e));
+            return record;
+        }
+        let mut reader = match vmxray_capture::open(
+            &self.input.path,
+            ReadOptions { permissive: self.opts.permissive },
+        ) {
+            Ok(reader) => reader,
+            Err(e) => {
+                record.error = Some(error_chain(&e));
+                return record;
+            }
+        };
+        let want_exits = self.sink.wants(Table::Exits);
+        let want_anomalies = self.sink.wants(Table::Anomalies);
+        let mut model = Model::new(self.opts.model);
+        let mut stats = if want_exits { ExitStats::with_exit_log() } else { ExitStats::new() };
+        let mut events: HashMap<String, EventRecord> = HashMap::new();
+        let mut first_ts = None;
+        let mut last_ts = None;
+        let mut read_error = None;
+        let mut unreported = 0u64;
+        for item in reader.by_ref() {
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    read_error = Some(error_chain(&e));
+                    break;
+                }
+            };
+            first_ts.get_or_insert(event.ts);
+            last_ts = Some(event.ts);
+            count_event(&mut events, &event);
+            let step = model.step(&event);
+            let actor = step.actor;
+            if want_anomalies {
+                for a in step.anomalies {
+                    let (vcpu, thread) = match a.vcpu {
+                        Actor::Vcpu(id) => (Some(id), None),
+                        Actor::Thread(pid) => (None, Some(pid)),
+                    };
+                    self.anomalies.push(AnomalyRecord {
+                        rule: a.rule.name(),
+                        severity: a.severity.name(),
+                        severity_rank: a.severity as u32,
+                        vcpu,
+                        thread,
+                        ts: event.ts,
+                        event: a.at.0,
+                        message: a.message.clone(),
+                        evidence: a
+                            .evidence
+                            .iter()
+                            .map(|i| i.0.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        commit: a.rule.commit(),
+                    });
+                }
+            }
+            let vmcs12 = match (&event.kind, actor) {
+                (EventKind::KvmExit(_), Some(actor)) => model.state(actor).and_then(|st| {
+                    (st.mode.level() == Some(vmxray_replay::Level::L2))
+                        .then_some(st.current_vmptr)
+                        .flatten()
+                }),
+                _ => None,
+            };
+            stats.push_with_vmcs12(&event, vmcs12);
+            if stats.closed_exits_pending() >= self.opts.chunk_rows {
+                self.flush_exits(&mut stats);
+            }
+            if self.anomalies.len() >= self.opts.chunk_rows {
+                self.flush_anomalies();
+            }
+            unreported += 1;
+            if unreported == PROGRESS_EVENTS {
+                (self.progress)(ScanProgress::Events(unreported));
+                unreported = 0;
+            }
+        }
+        if unreported > 0 {
+            (self.progress)(ScanProgress::Events(unreported));
+        }
+        stats.close_pending();
+        self.flush_exits(&mut stats);
+        self.flush_anomalies();
+
+        let meta = reader.meta().clone();
+        let read = reader.stats().clone();
+        let summary = model.summary();
+        let report = stats.finish(Some(&meta), Some(&read));
+        let mut event_rows: Vec<EventRecord> = events.into_values().collect();
+        event_rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
+        self.emit(0, Chunk::Events(event_rows));
+        self.emit(0, Chunk::Summary(summary_records(&report)));
+
+        let (lost_events, _) = read.lost_total();
+        record.format =
+            serde_json::to_value(meta.format).ok().and_then(|v| v.as_str().map(str::to_owned));
+        record.clock = Some(meta.clock.to_string());
+        record.time_unit = if meta.clock.is_ns() { "ns" } else { "raw" };
+        record.kernel = meta.kernel.clone();
+        record.kernel_at_least =
+            (summary.events > 0).then(|| summary.features.kernel_at_least().to_owned());
+        record.cpus = meta.cpus;
+        record.vcpus = u32::try_from(summary.vcpus.len()).unwrap_or(u32::MAX);
+        record.events = report.events_total;
+        record.exits = report.exits.as_ref().map_or(0, |e| e.total);
+        record.lost_events = lost_events.max(summary.lost_events);
+        record.lost_markers =
+            read.lost.values().map(|l| l.markers).sum::<u64>().max(summary.lost_markers);
+        record.parse_errors = read.skipped;
+        record.unknown_events = read.unknown_events.values().sum();
+        record.first_ts = first_ts;
+        record.last_ts = last_ts;
+        record.anomalies = summary.by_severity;
+        record.error = read_error.or_else(|| self.sink_error.as_ref().map(|e| error_chain(e)));
+        record.status = if record.error.is_some() { "failed" } else { "ok" };
+        record
+    }
+}
+
+fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
+    let name = event.name();
+    match events.get_mut(name) {
+        Some(row) => {
+            row.count += 1;
+            row.first_ts = row.first_ts.min(event.ts);
+            row.last_ts = row.last_ts.max(event.ts);
+        }
+        None => {
+            events.insert(
+                name.to_owned(),
+                EventRecord {
+                    event: name.to_owned(),
+                    count: 1,
+                    first_ts: event.ts,
+                    last_ts: event.ts,
+                },
+            );
+        }
+    }
+}
+
+fn exit_record(exit: &ClosedExit) -> ExitRecord {
+    let (vcpu, thread) = match exit.vcpu {
+        Vcpu::Id(id) => (Some(id), None),
+        Vcpu::Thread(pid) => (None, Some(pid)),
+    };
+    ExitRecord {
+        vcpu,
+        thread,
+        level: exit.level.label(),
+        ts: exit.ts,
+        event: exit.index,
+        reason: exit.reason.to_string(),
+        reason_code: exit.reason.raw(),
+        rip: exit.rip,
+        qualification: exit.qualification,
+        latency_ns: exit.latency.ok(),
+        no_latency: exit.latency.err().map(crate::stats::NoLatency::name),
+        reflected: exit.reflected,
+        vmcs12: exit.vmcs12,
+    }
+}
+
+/// The `summary` rows of one trace: `by_reason_level` of its stats report (`by_reason` when the
+/// trace is not nested), so counts equal `vmxray stats`.
+pub fn summary_records(report: &StatsReport) -> Vec<SummaryRecord> {
+    let Some(exits) = &report.exits else { return Vec::new() };
+    let rows = if exits.nested { &exits.by_reason_level } else { &exits.by_reason };
+    rows.iter()
+        .map(|row| {
+            let reason = row.reason.clone().unwrap_or_else(|| crate::stats::Reason {
+                name: String::new(),
+                code: 0,
+                isa: "unknown".into(),
+            });
+            SummaryRecord {
+                reason: reason.name,
+                reason_code: reason.code,
+                isa: reason.isa,
+                level: row.level.label(),
+                count: row.count,
+                share: row.percent / 100.0,
+                time_share: row.time_percent / 100.0,
+                without_latency: row.without_latency,
+                l0_handled: row.l0_handled,
+                reflected: row.reflected,
+                latency_count: row.latency.map_or(0, |l| l.count),
+                latency: row.latency.map(|l| LatencyFigures {
+                    total: l.total,
+                    min: l.min,
+                    p50: l.p50,
+                    p90: l.p90,
+                    p99: l.p99,
+                    p999: l.p999,
+                    max: l.max,
+                    mean: l.mean,
+                    stddev: l.stddev,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// An error and its causes on one line, each said once.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The polars this crate builds its tables with (re-exported so that callers use the same version and features).
+pub use polars;
