@@ -203,11 +203,7 @@ pub fn scan(
             work();
         }
     });
-    done.into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-        .into_iter()
-        .flatten()
-        .collect()
+    done.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().flatten().collect()
 }
 
 /// Scans one trace (streamed) into `sink`. Never panics on bad input: a panic inside a reader
