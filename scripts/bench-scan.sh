@@ -27,8 +27,13 @@ BIN="$REPO/target/release/vmxray"
 (cd "$REPO" && cargo build --release --bin vmxray -q)
 rm -rf "$OUT" && mkdir -p "$OUT/fleet" "$OUT/subset"
 "$BIN" simulate noise --kernel 6.14 --vcpus 8 --iterations "$ITERATIONS" -o "$OUT/base.txt"
-EVENTS=$("$BIN" stats --format json "$OUT/base.txt" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["events_total"])')
+# The single-file baseline: one trace 10x longer (~1M events), long enough to time well.
+"$BIN" simulate noise --kernel 6.14 --vcpus 8 --iterations $((ITERATIONS * 10)) -o "$OUT/long.txt"
+events_of() {
+    "$BIN" stats --format json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["events_total"])'
+}
+EVENTS=$(events_of "$OUT/base.txt")
+LONG_EVENTS=$(events_of "$OUT/long.txt")
 for i in $(seq 1 "$N"); do
     host=$(printf 'host=h%03d' $((i % 100)))
     mkdir -p "$OUT/fleet/$host"
@@ -38,16 +43,16 @@ for i in $(seq 1 "$N"); do
         ln -s "$OUT/base.txt" "$OUT/subset/$host/trace-$i.txt"
     fi
 done
-echo "trace: $EVENTS events, $(du -m "$OUT/base.txt" | cut -f1) MB of text; fleet: $N traces"
+echo "trace: $EVENTS events, $(du -m "$OUT/base.txt" | cut -f1) MB of text; fleet: $N traces; single file: $LONG_EVENTS events"
 
-# run NAME TRACES ARGS...: scans, prints one line of figures, removes the dataset.
+# run NAME TRACES EVENTS_PER_TRACE ARGS...: scans, prints one line of figures, removes the dataset.
 BASE_CPU_RATE=""
 run() {
-    local name=$1 traces=$2
-    shift 2
+    local name=$1 traces=$2 events=$3
+    shift 3
     local log="$OUT/$name.time"
     /usr/bin/time -v "$BIN" scan -q --out "$OUT/out-$name" "$@" > "$OUT/$name.out" 2> "$log" || true
-    python3 - "$name" "$traces" "$EVENTS" "$log" "$(du -sm "$OUT/out-$name" | cut -f1)" "${BASE_CPU_RATE:-0}" << 'PY'
+    python3 - "$name" "$traces" "$events" "$log" "$(du -sm "$OUT/out-$name" | cut -f1)" "${BASE_CPU_RATE:-0}" << 'PY'
 import re, sys
 name, traces, events, log, out_mb, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], float(sys.argv[6])
 text = open(log).read()
@@ -64,15 +69,15 @@ rate, cpu_rate = total / wall, total / cpu
 eff = f"  cpu-efficiency {cpu_rate / base:.2f}x" if base else ""
 print(f"{name:<14} {traces:>5} traces  {total/1e6:8.1f} M events  wall {wall:7.1f} s  cpu {cpu:7.1f} s  "
       f"{rate/1e6:6.2f} M ev/s wall  {cpu_rate/1e6:6.2f} M ev/s/cpu-s  peak RSS {rss:6.0f} MB  out {out_mb} MB{eff}")
-open(sys.argv[4] + ".rate", "w").write(f"{rate} {cpu_rate}")
+open(sys.argv[4] + ".rate", "w").write(f"{rate} {cpu_rate}\n")
 PY
     rm -rf "$OUT/out-$name"
 }
 
-run single-file 1 --jobs 1 "$OUT/base.txt"
+run single-file 1 "$LONG_EVENTS" --jobs 1 "$OUT/long.txt"
 read -r BASE_RATE BASE_CPU_RATE < "$OUT/single-file.time.rate"
-run fleet-1job "$SUBSET" --jobs 1 "$OUT/subset"
-run fleet-2jobs "$N" --jobs 2 "$OUT/fleet"
+run fleet-1job "$SUBSET" "$EVENTS" --jobs 1 "$OUT/subset"
+run fleet-2jobs "$N" "$EVENTS" --jobs 2 "$OUT/fleet"
 read -r FLEET_RATE _ < "$OUT/fleet-2jobs.time.rate"
 python3 -c "import sys; print(f'2-job fleet vs single-file path: {float(sys.argv[2]) / float(sys.argv[1]):.2f}x events/s (wall)')" \
     "$BASE_RATE" "$FLEET_RATE"

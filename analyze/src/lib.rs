@@ -35,7 +35,7 @@
 //!
 //! ## Batch scans ([`scan`])
 //!
-//! [`scan::scan`] runs many traces in parallel (rayon, one job per trace), each streamed through
+//! [`scan::scan`] runs many traces in parallel (one thread per job, one trace at a time per job), each streamed through
 //! its reader, the replay model and [`stats::ExitStats`] (whose exit log gives the per-exit
 //! rows, so `exits` and `summary` count exactly what `vmxray stats` counts), into five polars
 //! tables — `exits`, `events`, `anomalies`, `summary`, `traces` — handed to a
