@@ -36,28 +36,26 @@ impl Drop for TempDir {
     }
 }
 
-/// Fixed-KVM scenarios the model replays without any anomaly at or above warning on main today.
-/// Widen this list as the model/simulator reconciliation lands (check with
-/// `vmxray simulate SC --kernel K | vmxray replay -`).
-const CLEAN_FIXED: &[(Scenario, KernelVersion)] = &[
-    (Scenario::SepKernel, KernelVersion::V5_10),
-    (Scenario::SepKernelNoEpt, KernelVersion::V5_10),
-    (Scenario::SepKernelNoEpt, KernelVersion::V6_1),
-    (Scenario::SepKernelNoEpt, KernelVersion::V6_14),
-    (Scenario::Muen, KernelVersion::V5_10),
-    (Scenario::MuenEpt, KernelVersion::V5_10),
-    (Scenario::Invept, KernelVersion::V5_10),
-    (Scenario::Init, KernelVersion::V6_1),
-    (Scenario::EvmcsRestore, KernelVersion::V5_10),
-    (Scenario::DirtyLog, KernelVersion::V5_10),
-    (Scenario::Noise, KernelVersion::V5_10),
-];
+/// Fixed-KVM scenarios: every scenario on every simulated kernel (the model/simulator matrix in
+/// `tests/model_vs_sim.rs` asserts that each replays without anomalies above info).
+const CLEAN_FIXED: &[(Scenario, KernelVersion)] = &{
+    let mut all = [(Scenario::SepKernel, KernelVersion::V5_10); 33];
+    let mut i = 0;
+    while i < 33 {
+        all[i] = (Scenario::ALL[i / 3], KernelVersion::ALL[i % 3]);
+        i += 1;
+    }
+    all
+};
 
-/// Buggy-KVM scenarios whose bug the model finds today, with the rule that finds it, on a kernel
-/// where the fixed flavour is clean.
+/// Every bug, on a kernel where it is decidable, with the rule that must list it.
 const DETECTED_BUGS: &[(Scenario, Bug, KernelVersion, &str)] = &[
-    (Scenario::Muen, Bug::HltStaleCr3, KernelVersion::V5_10, "l2_pf_not_handled_by_l0"),
-    (Scenario::MuenEpt, Bug::HltStaleCr3, KernelVersion::V5_10, "l2_pf_not_handled_by_l0"),
+    (Scenario::Muen, Bug::HltStaleCr3, KernelVersion::V6_1, "changed_subject_cr3"),
+    (Scenario::MuenEpt, Bug::HltStaleCr3, KernelVersion::V6_14, "hlt_cancelled_exit_state"),
+    (Scenario::LateVmFail, Bug::LateVmFailCr3, KernelVersion::V6_1, "late_vmfail_l1_cr3"),
+    (Scenario::Invept, Bug::InveptNoRootReload, KernelVersion::V6_1, "guest_mmu_root_not_reacquired"),
+    (Scenario::Init, Bug::InitMmuNotReset, KernelVersion::V6_1, "reset_root_role"),
+    (Scenario::EvmcsRestore, Bug::EvmcsStaleExit, KernelVersion::V6_14, "evmcs_restore_stale_exit"),
     (Scenario::DirtyLog, Bug::PmlInL2, KernelVersion::V5_10, "pml_full_in_l2"),
 ];
 
