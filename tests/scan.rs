@@ -53,7 +53,12 @@ const DETECTED_BUGS: &[(Scenario, Bug, KernelVersion, &str)] = &[
     (Scenario::Muen, Bug::HltStaleCr3, KernelVersion::V6_1, "changed_subject_cr3"),
     (Scenario::MuenEpt, Bug::HltStaleCr3, KernelVersion::V6_14, "hlt_cancelled_exit_state"),
     (Scenario::LateVmFail, Bug::LateVmFailCr3, KernelVersion::V6_1, "late_vmfail_l1_cr3"),
-    (Scenario::Invept, Bug::InveptNoRootReload, KernelVersion::V6_1, "guest_mmu_root_not_reacquired"),
+    (
+        Scenario::Invept,
+        Bug::InveptNoRootReload,
+        KernelVersion::V6_1,
+        "guest_mmu_root_not_reacquired",
+    ),
     (Scenario::Init, Bug::InitMmuNotReset, KernelVersion::V6_1, "reset_root_role"),
     (Scenario::EvmcsRestore, Bug::EvmcsStaleExit, KernelVersion::V6_14, "evmcs_restore_stale_exit"),
     (Scenario::DirtyLog, Bug::PmlInL2, KernelVersion::V5_10, "pml_full_in_l2"),

@@ -217,3 +217,41 @@ mod tests {
         assert_eq!(c.take(2), Some(&b"cd"[..]));
     }
 }
+
+/// A binary input read at positions: an open file (with its length), or the bytes of an input
+/// that could only be read whole (stdin). Shared by the trace.dat and perf.data readers.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// A file and its length.
+    File(std::fs::File, u64),
+    /// The whole input in memory.
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    /// The input's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Self::File(_, len) => *len,
+            Self::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`: fewer at the end of the input, none past it.
+    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let avail = self.len().saturating_sub(offset);
+        let n = len.min(to_usize(avail).unwrap_or(usize::MAX));
+        match self {
+            Self::File(f, _) => {
+                let mut buf = vec![0u8; n];
+                f.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
+            }
+            Self::Bytes(b) => {
+                let start = to_usize(offset).unwrap_or(usize::MAX);
+                Ok(b.get(start..start.saturating_add(n)).unwrap_or(&[]).to_vec())
+            }
+        }
+    }
+}

@@ -16,11 +16,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::bin_util::{Cursor, Endian, to_usize};
+use crate::bin_util::{Cursor, Endian, Source, to_usize};
 use crate::decode::{parse_cmdlines, unknown_event};
 use crate::event::{Comm, Event, EventKind};
 use crate::format::{EventFormats, RecordError};
@@ -245,36 +244,19 @@ pub struct PerfDataReader {
     tracing_texts: SavedTexts,
 }
 
-#[derive(Debug)]
-enum Source {
-    File(File, u64),
-    Bytes(Vec<u8>),
-}
-
+/// Positioned reads of the file, with perf.data's errors.
 impl Source {
-    fn len(&self) -> u64 {
-        match self {
-            Self::File(_, n) => *n,
-            Self::Bytes(b) => b.len() as u64,
-        }
+    fn read_checked(&self, off: u64, len: u64) -> Result<Vec<u8>, PerfDataError> {
+        let n = to_usize(len).ok_or(PerfDataError::Impossible { what: "size", value: len })?;
+        self.read_at(off, n).map_err(PerfDataError::Io)
     }
-    fn read_at(&self, off: u64, len: u64) -> Result<Vec<u8>, PerfDataError> {
-        let avail = self.len().saturating_sub(off).min(len);
-        let n = to_usize(avail).ok_or(PerfDataError::Impossible { what: "size", value: len })?;
-        match self {
-            Self::File(f, _) => {
-                let mut b = vec![0; n];
-                f.read_exact_at(&mut b, off).map_err(PerfDataError::Io)?;
-                Ok(b)
-            }
-            Self::Bytes(b) => {
-                let s = to_usize(off).unwrap_or(usize::MAX);
-                Ok(b.get(s..s.saturating_add(n)).unwrap_or(&[]).to_vec())
-            }
-        }
-    }
-    fn exact(&self, off: u64, len: u64, expected: &'static str) -> Result<Vec<u8>, PerfDataError> {
-        let b = self.read_at(off, len)?;
+    fn exact_checked(
+        &self,
+        off: u64,
+        len: u64,
+        expected: &'static str,
+    ) -> Result<Vec<u8>, PerfDataError> {
+        let b = self.read_checked(off, len)?;
         if (b.len() as u64) < len {
             return Err(PerfDataError::Truncated { expected });
         }
@@ -322,7 +304,7 @@ impl PerfDataReader {
         opts: ReadOptions,
         at: &mut u64,
     ) -> Result<Self, PerfDataError> {
-        let hdr = src.exact(0, 104, "file header")?;
+        let hdr = src.exact_checked(0, 104, "file header")?;
         let endian = match hdr.get(..8) {
             Some(b"PERFILE2") => Endian::Little,
             Some(b"2ELIFREP") => Endian::Big,
@@ -351,7 +333,7 @@ impl PerfDataReader {
         for i in 0..nattrs {
             let off = attrs_off.saturating_add(i * attr_size);
             *at = off;
-            let a = src.exact(off, attr_size, "event attr")?;
+            let a = src.exact_checked(off, attr_size, "event attr")?;
             let g = |o: usize| e.u64(&a, o).unwrap_or(0);
             let flags = g(40);
             let attr = Attr {
@@ -368,7 +350,7 @@ impl PerfDataReader {
                 return Err(PerfDataError::Impossible { what: "ids size", value: ids_size });
             }
             *at = ids_off;
-            let ids = src.exact(ids_off, ids_size, "sample ids")?;
+            let ids = src.exact_checked(ids_off, ids_size, "sample ids")?;
             for k in 0..ids.len() / 8 {
                 if let Some(id) = e.u64(&ids, k * 8) {
                     by_id.insert(id, attrs.len());
@@ -381,12 +363,12 @@ impl PerfDataReader {
         let mut feat = HashMap::new();
         for (k, bit) in features.iter().enumerate() {
             *at = table.saturating_add(k as u64 * 16);
-            let s = src.exact(*at, 16, "feature section table")?;
+            let s = src.exact_checked(*at, 16, "feature section table")?;
             feat.insert(*bit, (e.u64(&s, 0).unwrap_or(0), e.u64(&s, 8).unwrap_or(0)));
         }
         let &(toff, tsize) = feat.get(&FEAT_TRACING_DATA).ok_or(PerfDataError::NoTracingData)?;
         *at = toff;
-        let tracing = src.exact(toff, tsize, "tracing data")?;
+        let tracing = src.exact_checked(toff, tsize, "tracing data")?;
         if !tracing.starts_with(TRACING_MAGIC) {
             return Err(PerfDataError::NoTracingData);
         }
@@ -400,13 +382,13 @@ impl PerfDataReader {
         let (v6, _) =
             TraceDat::parse_v6_items(rest, tendian).map_err(PerfDataError::TracingData)?;
         let kernel = feat.get(&FEAT_OSRELEASE).and_then(|&(o, s)| {
-            let b = src.read_at(o, s.min(4096)).ok()?;
+            let b = src.read_checked(o, s.min(4096)).ok()?;
             let n = e.u32(&b, 0)? as usize;
             let t = b.get(4..4 + n.min(b.len().saturating_sub(4)))?;
             Some(String::from_utf8_lossy(t).trim_end_matches('\0').to_owned())
         });
         let cpus = feat.get(&FEAT_NRCPUS).and_then(|&(o, _)| {
-            let b = src.read_at(o, 8).ok()?;
+            let b = src.read_checked(o, 8).ok()?;
             e.u32(&b, 4).or_else(|| e.u32(&b, 0))
         });
         let _ = FEAT_EVENT_DESC;
@@ -470,7 +452,7 @@ impl PerfDataReader {
                 .u16(&self.window, to_usize(rel + 6).unwrap_or(usize::MAX))
                 .is_none_or(|s| rel + u64::from(s) > self.window.len() as u64);
         if need_refill {
-            match self.file.read_at(self.pos, WINDOW.min(self.end - self.pos)) {
+            match self.file.read_checked(self.pos, WINDOW.min(self.end - self.pos)) {
                 Ok(w) => {
                     self.window = w;
                     self.window_start = self.pos;

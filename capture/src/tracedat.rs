@@ -16,11 +16,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::bin_util::{Cursor, Endian, to_usize};
+use crate::bin_util::{Cursor, Endian, Source, to_usize};
 use crate::decode::{DecodeCtx, StreamBase, parse_cmdlines};
 use crate::event::{Comm, Event};
 use crate::format::{EventFormats, FormatError, PageLayout};
@@ -187,36 +186,11 @@ impl Compression {
     }
 }
 
-/// The file as positioned reads: a file, or bytes (stdin).
-#[derive(Debug)]
-enum Source {
-    File(File, u64),
-    Bytes(Vec<u8>),
-}
-
+/// Positioned reads of the file, with trace.dat's errors.
 impl Source {
-    fn len(&self) -> u64 {
-        match self {
-            Self::File(_, len) => *len,
-            Self::Bytes(b) => b.len() as u64,
-        }
-    }
-
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, TraceDatError> {
-        let avail = self.len().saturating_sub(offset);
-        let n = len.min(to_usize(avail).unwrap_or(usize::MAX));
-        match self {
-            Self::File(f, _) => {
-                let mut buf = vec![0u8; n];
-                f.read_exact_at(&mut buf, offset).map_err(TraceDatError::Io)?;
-                Ok(buf)
-            }
-            Self::Bytes(b) => {
-                let start = to_usize(offset).unwrap_or(usize::MAX);
-                Ok(b.get(start..start.saturating_add(n)).unwrap_or(&[]).to_vec())
-            }
-        }
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, TraceDatError> {
+        self.read_at(offset, len).map_err(TraceDatError::Io)
     }
 
     /// Reads exactly `len` bytes at `offset`.
@@ -230,7 +204,7 @@ impl Source {
             return Err(TraceDatError::Truncated { expected });
         }
         let n = to_usize(len).ok_or(TraceDatError::Impossible { what: "size", value: len })?;
-        self.read_at(offset, n)
+        self.read(offset, n)
     }
 }
 
@@ -262,7 +236,7 @@ impl Seq<'_> {
     fn cstr(&mut self, expected: &'static str) -> Result<String, TraceDatError> {
         let mut out = Vec::new();
         loop {
-            let chunk = self.src.read_at(self.pos, 256)?;
+            let chunk = self.src.read(self.pos, 256)?;
             if chunk.is_empty() {
                 return Err(TraceDatError::Truncated { expected });
             }
@@ -283,7 +257,7 @@ impl Seq<'_> {
     }
     fn tag(&mut self, tag: &'static str) -> Result<(), TraceDatError> {
         let want = tag.as_bytes();
-        let got = self.src.read_at(self.pos, want.len() + 1)?;
+        let got = self.src.read(self.pos, want.len() + 1)?;
         if got.get(..want.len()) == Some(want) && got.get(want.len()) == Some(&0) {
             self.pos += want.len() as u64 + 1;
             Ok(())
@@ -596,7 +570,7 @@ impl TraceDat {
     }
 
     fn parse(seq: &mut Seq<'_>) -> Result<Self, TraceDatError> {
-        let magic = seq.src.read_at(0, MAGIC.len())?;
+        let magic = seq.src.read(0, MAGIC.len())?;
         if magic != MAGIC {
             return Err(TraceDatError::BadMagic);
         }
@@ -1019,7 +993,7 @@ impl TraceDat {
             return Ok(out);
         }
         let e = self.endian;
-        let hdr = self.src.read_at(d.offset, 4).map_err(|er| (Location::Offset(d.offset), er))?;
+        let hdr = self.src.read(d.offset, 4).map_err(|er| (Location::Offset(d.offset), er))?;
         let count = e.u32(&hdr, 0).ok_or((
             Location::Offset(d.offset),
             TraceDatError::Truncated { expected: "chunk count" },
@@ -1031,7 +1005,7 @@ impl TraceDat {
             if pos >= end {
                 break;
             }
-            let h = self.src.read_at(pos, 8).map_err(|er| (Location::Offset(pos), er))?;
+            let h = self.src.read(pos, 8).map_err(|er| (Location::Offset(pos), er))?;
             let (Some(zsize), Some(usize)) = (e.u32(&h, 0), e.u32(&h, 4)) else {
                 // Keep what came before; the truncation is reported when reached.
                 out.push(Work {
@@ -1068,7 +1042,7 @@ impl TraceDat {
             None => {
                 let len = to_usize(w.len)
                     .ok_or((at, TraceDatError::Impossible { what: "size", value: w.len }))?;
-                *out = self.src.read_at(w.file_offset, len).map_err(|e| (at, e))?;
+                *out = self.src.read(w.file_offset, len).map_err(|e| (at, e))?;
                 Ok(())
             }
             Some(u64::MAX) => Err((at, TraceDatError::Truncated { expected: "chunk header" })),

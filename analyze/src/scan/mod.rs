@@ -243,7 +243,7 @@ pub fn scan_trace(
         && record.error.is_none()
     {
         record.status = "failed";
-        record.error = Some(error_chain(&e));
+        record.error = Some(crate::error_chain(&e));
     }
     progress(ScanProgress::TraceDone);
     TraceOutcome { labels, record }
@@ -315,7 +315,7 @@ impl<'a> TraceScan<'a> {
 
     fn run(mut self, mut record: TraceRecord) -> TraceRecord {
         if let Err(e) = self.sink.begin(self.labels) {
-            record.error = Some(error_chain(&e));
+            record.error = Some(crate::error_chain(&e));
             return record;
         }
         let mut reader = match vmxray_capture::open(
@@ -324,7 +324,7 @@ impl<'a> TraceScan<'a> {
         ) {
             Ok(reader) => reader,
             Err(e) => {
-                record.error = Some(error_chain(&e));
+                record.error = Some(crate::error_chain(&e));
                 return record;
             }
         };
@@ -341,7 +341,7 @@ impl<'a> TraceScan<'a> {
             let event = match item {
                 Ok(event) => event,
                 Err(e) => {
-                    read_error = Some(error_chain(&e));
+                    read_error = Some(crate::error_chain(&e));
                     break;
                 }
             };
@@ -432,7 +432,8 @@ impl<'a> TraceScan<'a> {
         record.first_ts = first_ts;
         record.last_ts = last_ts;
         record.anomalies = summary.by_severity;
-        record.error = read_error.or_else(|| self.sink_error.as_ref().map(|e| error_chain(e)));
+        record.error =
+            read_error.or_else(|| self.sink_error.as_ref().map(|e| crate::error_chain(e)));
         record.status = if record.error.is_some() { "failed" } else { "ok" };
         record
     }
@@ -520,21 +521,6 @@ pub fn summary_records(report: &StatsReport) -> Vec<SummaryRecord> {
             }
         })
         .collect()
-}
-
-/// An error and its causes on one line, each said once.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The polars this crate builds its tables with (re-exported so that callers use the same version and features).

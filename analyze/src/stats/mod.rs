@@ -576,7 +576,7 @@ impl ExitStats {
                 .collect(),
             skipped: read.map_or(0, |r| r.skipped),
             problems: read.map_or_else(Vec::new, |r| {
-                r.problems.iter().map(|p| error_chain(p.as_ref())).collect()
+                r.problems.iter().map(|p| crate::error_chain(p.as_ref())).collect()
             }),
             unknown_events: read.map_or_else(Vec::new, |r| {
                 r.unknown_events
@@ -746,21 +746,6 @@ fn hex_bytes(bytes: &[u8]) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        // `ReadError` already prints its kind; do not say it twice.
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
