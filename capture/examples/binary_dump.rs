@@ -1,9 +1,14 @@
-//! Prints every event of a binary trace (trace.dat, perf.data, tracefs pages), one per line,
-//! then the read statistics: `cargo run -p vmxray-capture --example binary_dump -- FILE`.
+//! Prints every event of a trace in `vmxray dump`'s normalized line format (the same
+//! `render::Line` and thread attribution), then the read statistics. It is `vmxray dump`
+//! without the CLI crates, so `scripts/bench-binary.sh` can time dump output against
+//! `trace-cmd report` with a release build of this crate alone:
+//! `cargo run --release -p vmxray-capture --example binary_dump -- FILE`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use vmxray_capture::filter::VcpuByThread;
+use vmxray_capture::render::Line;
 use vmxray_capture::{ReadOptions, open};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,28 +16,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = PathBuf::from(args.next().ok_or("usage: binary_dump FILE [--permissive]")?);
     let permissive = args.next().is_some_and(|a| a == "--permissive");
     let mut reader = open(&path, ReadOptions { permissive })?;
+    let clock = reader.meta().clock.clone();
     let out = std::io::stdout();
-    let mut out = std::io::BufWriter::new(out.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out.lock());
+    let mut by_thread = VcpuByThread::default();
     let mut failed = None;
     for ev in reader.by_ref() {
         match ev {
-            Ok(ev) => writeln!(
-                out,
-                "{}.{:09} [{:03}] {:>6} {:<16} {}:{} {:?}",
-                ev.ts / 1_000_000_000,
-                ev.ts % 1_000_000_000,
-                ev.cpu,
-                ev.pid,
-                ev.comm.as_deref().unwrap_or("<...>"),
-                ev.system(),
-                ev.name(),
-                ev.kind
-            )?,
+            Ok(event) => {
+                let vcpu = by_thread.observe(&event);
+                writeln!(out, "{}", Line { event: &event, clock: &clock, vcpu })?;
+            }
             Err(e) => failed = Some(e),
         }
     }
     out.flush()?;
-    eprintln!("meta: {:?}", reader.meta());
     eprintln!("stats: {}", serde_json::to_string(reader.stats())?);
     if let Some(e) = failed {
         return Err(e.into());
