@@ -25,6 +25,13 @@
 //! below 256 are exact. Count, min, max, total, mean and standard deviation are computed from
 //! exact running sums, not from buckets.
 //!
+//! # Bins for display
+//!
+//! [`LogHistogram::bins`] regroups the buckets into at most a given number of log-spaced
+//! [`HistogramBin`]s spanning exactly `[min, max]`. Every bin edge is a bucket edge, so a bin's
+//! count is exact (each value in exactly one bin, counts summing to [`LogHistogram::count`]);
+//! only the edges are approximate (snapped down to a bucket edge, so exact below 256).
+//!
 //! # Why not the `hdrhistogram` crate
 //!
 //! It is the reference design and would be fine for one histogram, but its counts array is
@@ -36,6 +43,8 @@
 //! latency percentiles) for that; it has no dependency, merges in O(chunks), and is small
 //! enough that the property test below checks it against an exact sort.
 
+use serde::{Deserialize, Serialize};
+
 /// Bits of the mantissa kept per octave: 2^7 = 128 sub-buckets.
 const SUB_BITS: u32 = 7;
 /// Sub-buckets per octave.
@@ -45,6 +54,20 @@ const OCTAVES: usize = 64 - SUB_BITS as usize + 1;
 
 /// The documented bound on the relative error of a quantile: 1/256.
 pub const MAX_RELATIVE_ERROR: f64 = 1.0 / 256.0;
+
+/// The default (and the report's) number of display bins: [`LogHistogram::bins`]`(MAX_BINS)`.
+pub const MAX_BINS: usize = 16;
+
+/// One display bin: the values `lo..=hi` (both inclusive) and how many were recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramBin {
+    /// Smallest value of the bin (inclusive); the first bin's is the exact minimum.
+    pub lo: u64,
+    /// Largest value of the bin (inclusive); the last bin's is the exact maximum.
+    pub hi: u64,
+    /// Values recorded in `lo..=hi` (exact).
+    pub count: u64,
+}
 
 /// A streaming histogram of `u64` values (latencies in trace-clock units).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,6 +90,22 @@ fn bucket_of(value: u64) -> (usize, usize) {
     let shift = msb - SUB_BITS;
     let mantissa = usize::try_from(value >> shift).unwrap_or(SUB_BUCKETS); // in 128..=255
     (shift as usize + 1, mantissa - SUB_BUCKETS)
+}
+
+/// The smallest value of a bucket.
+fn bucket_low(octave: usize, sub: usize) -> u64 {
+    let sub = sub as u64;
+    if octave == 0 { sub } else { (SUB_BUCKETS as u64 + sub) << (octave - 1) }
+}
+
+/// `value` rounded down to an integer, saturating (negative or NaN → 0, too large → `u64::MAX`).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "`as` from float to integer saturates, which is the rounding wanted here"
+)]
+fn floor_saturating(value: f64) -> u64 {
+    value as u64
 }
 
 /// The midpoint of a bucket (rounded down): the value a quantile in that bucket reports.
@@ -180,6 +219,48 @@ impl LogHistogram {
         })
     }
 
+    /// At most `max_bins` (at least 1) contiguous bins spanning exactly `[min, max]`, in
+    /// increasing order, with log-spaced edges snapped down to bucket edges (see the module
+    /// docs): counts are exact and sum to [`count`](Self::count). Interior bins may be empty;
+    /// the first and last never are. Empty when nothing was recorded.
+    pub fn bins(&self, max_bins: usize) -> Vec<HistogramBin> {
+        let (Some(min), Some(max)) = (self.min(), self.max()) else {
+            return Vec::new();
+        };
+        // Interior edges (the first value of every bin but the first): geometric steps from
+        // max(min, 1) to max + 1, each snapped down to the start of its bucket so that no bucket
+        // straddles two bins; kept when inside (min, max] and strictly increasing.
+        let bins = max_bins.max(1);
+        let from = min.max(1) as f64;
+        let ratio = (max as f64 + 1.0) / from;
+        let mut edges: Vec<u64> = Vec::with_capacity(bins);
+        for i in 1..bins {
+            let target = from * ratio.powf(i as f64 / bins as f64);
+            // A target beyond u64 saturates and is dropped below by `edge <= max`.
+            let (octave, sub) = bucket_of(floor_saturating(target));
+            let edge = bucket_low(octave, sub);
+            if edge > min && edge <= max && edges.last().is_none_or(|&last| edge > last) {
+                edges.push(edge);
+            }
+        }
+        let mut out: Vec<HistogramBin> = std::iter::once(min)
+            .chain(edges.iter().copied())
+            .zip(edges.iter().map(|&e| e - 1).chain(std::iter::once(max)))
+            .map(|(lo, hi)| HistogramBin { lo, hi, count: 0 })
+            .collect();
+        for (octave, chunk) in self.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (sub, &c) in chunk.iter().enumerate() {
+                if c > 0 {
+                    // Edges are bucket starts: the whole bucket is in the bin of its start.
+                    let bin = edges.partition_point(|&e| e <= bucket_low(octave, sub));
+                    out[bin].count += c;
+                }
+            }
+        }
+        out
+    }
+
     /// The nearest-rank quantile for `permille`/1000 (500 = median, 999 = p99.9): the value of
     /// rank `ceil(n·permille/1000)` (at least 1) in sorted order, within
     /// [`MAX_RELATIVE_ERROR`] and always within `[min, max]`.
@@ -267,7 +348,82 @@ mod tests {
         assert_eq!(a.stddev(), Some(600f64.sqrt() / 3.0));
     }
 
+    /// Checks the invariants of `bins` against the recorded values.
+    fn check_bins(h: &LogHistogram, values: &[u64], max_bins: usize) -> Vec<HistogramBin> {
+        let bins = h.bins(max_bins);
+        assert!(!bins.is_empty() && bins.len() <= max_bins.max(1), "{bins:?}");
+        assert_eq!(bins.first().unwrap().lo, *values.iter().min().unwrap());
+        assert_eq!(bins.last().unwrap().hi, *values.iter().max().unwrap());
+        assert_eq!(bins.iter().map(|b| b.count).sum::<u64>(), values.len() as u64);
+        assert!(bins.first().unwrap().count > 0 && bins.last().unwrap().count > 0);
+        for pair in bins.windows(2) {
+            assert_eq!(pair[0].hi + 1, pair[1].lo, "not contiguous: {bins:?}");
+        }
+        for b in &bins {
+            assert!(b.lo <= b.hi, "{bins:?}");
+            let exact = values.iter().filter(|&&v| (b.lo..=b.hi).contains(&v)).count();
+            assert_eq!(b.count, exact as u64, "{b:?} in {bins:?}");
+        }
+        bins
+    }
+
+    #[test]
+    fn bins_of_nothing_and_of_one_value() {
+        assert_eq!(LogHistogram::new().bins(MAX_BINS), vec![]);
+        for v in [0, 1, 300, 123_456_789, u64::MAX] {
+            let mut h = LogHistogram::new();
+            h.record(v);
+            h.record(v);
+            assert_eq!(h.bins(MAX_BINS), vec![HistogramBin { lo: v, hi: v, count: 2 }]);
+        }
+    }
+
+    #[test]
+    fn bins_below_256_are_exact() {
+        // Few distinct small values: each gets its own bin when there is room.
+        let values = [3, 3, 4, 5, 5, 5, 6, 7, 8];
+        let mut h = LogHistogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        let bins = check_bins(&h, &values, MAX_BINS);
+        let counts: Vec<_> = bins.iter().map(|b| (b.lo, b.hi, b.count)).collect();
+        assert_eq!(counts, [(3, 3, 2), (4, 4, 1), (5, 5, 3), (6, 6, 1), (7, 7, 1), (8, 8, 1)]);
+        // Edges below 256 are exact integers, not bucket approximations.
+        let values: Vec<u64> = (0..256).collect();
+        let mut h = LogHistogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        let bins = check_bins(&h, &values, MAX_BINS);
+        assert!(bins.len() > 8, "{bins:?}");
+        assert!(bins.iter().all(|b| b.count == b.hi - b.lo + 1), "{bins:?}");
+    }
+
+    #[test]
+    fn bins_are_log_spaced_and_bounded() {
+        // 1 µs .. 1 ms: 16 bins, widths growing.
+        let values: Vec<u64> = (0..=30).map(|i| 1000u64 * (1u64 << (i / 3))).collect();
+        let mut h = LogHistogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        let bins = check_bins(&h, &values, MAX_BINS);
+        assert_eq!(bins.len(), MAX_BINS);
+        assert!(bins.windows(2).all(|p| p[1].hi - p[1].lo >= p[0].hi - p[0].lo), "{bins:?}");
+        // One bin asked: everything in it.
+        assert_eq!(h.bins(1), vec![HistogramBin { lo: 1000, hi: 1_024_000, count: 31 }]);
+        assert_eq!(h.bins(0), h.bins(1));
+    }
+
     proptest! {
+        /// Bins against the exact values: ordered, contiguous, spanning [min, max], each value
+        /// counted once, in the bin whose [lo, hi] holds it.
+        #[test]
+        fn bins_count_every_value_once(
+            exps in prop::collection::vec((0u32..64, any::<u64>()), 1..500),
+            max_bins in 1usize..20,
+        ) {
+            let values: Vec<u64> = exps.iter().map(|&(e, r)| (1u64 << e) | (r & ((1u64 << e) - 1))).collect();
+            let mut h = LogHistogram::new();
+            values.iter().for_each(|&v| h.record(v));
+            check_bins(&h, &values, max_bins);
+        }
+
         /// Every quantile is within the documented relative error of the exact sorted value,
         /// whatever the spread (log-uniform values from 1 ns to ~1 h).
         #[test]

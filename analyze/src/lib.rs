@@ -25,7 +25,7 @@
 //! let exits = report.exits.as_ref().unwrap();
 //! let ept = &exits.by_reason[0];
 //! assert_eq!(ept.reason.as_ref().unwrap().name, "EPT_VIOLATION");
-//! let latency = ept.latency.unwrap();
+//! let latency = ept.latency.as_ref().unwrap();
 //! assert_eq!((latency.count, latency.min, latency.max, latency.mean), (2, 700, 900, 800.0));
 //!
 //! let mut csv = Vec::new();
@@ -127,9 +127,14 @@
 //!   "time_percent": f64,                   // share of the summed latency of all exits
 //!   "without_latency": u64, "l0_handled": u64, "reflected": u64,   // the last two: L2 rows only
 //!   "latency": null | {"count": u64, "total": u64, "min": u64, "max": u64, "mean": f64,
-//!                      "stddev": f64, "p50": u64, "p90": u64, "p99": u64, "p999": u64}
+//!                      "stddev": f64, "p50": u64, "p90": u64, "p99": u64, "p999": u64,
+//!                      "histogram": [{"lo": u64, "hi": u64, "count": u64}]}
 //! }
 //! ```
+//! `histogram`: at most 16 bins, ascending and contiguous (`hi + 1` is the next bin's `lo`,
+//! both inclusive), the first `lo` is `min` and the last `hi` is `max`, log-spaced (edges are
+//! bucket edges of the `LogHistogram`: exact below 256, within 1/256 above); counts are exact
+//! and sum to `count`, interior bins may be 0. Older reports without the key read back as `[]`.
 //! `null` reason/vCPU means "summed over". Times are in `time_unit`.
 //!
 //! **CSV** (`--format csv`): one row per `groups` entry, header

@@ -506,8 +506,8 @@ pub fn summary_records(report: &StatsReport) -> Vec<SummaryRecord> {
                 without_latency: row.without_latency,
                 l0_handled: row.l0_handled,
                 reflected: row.reflected,
-                latency_count: row.latency.map_or(0, |l| l.count),
-                latency: row.latency.map(|l| LatencyFigures {
+                latency_count: row.latency.as_ref().map_or(0, |l| l.count),
+                latency: row.latency.as_ref().map(|l| LatencyFigures {
                     total: l.total,
                     min: l.min,
                     p50: l.p50,

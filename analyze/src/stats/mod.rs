@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
 use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
 
-use crate::histogram::LogHistogram;
+use crate::histogram::{LogHistogram, MAX_BINS};
 
 pub use render::{Format, write_report};
 pub use report::*;
@@ -734,6 +734,7 @@ fn latency_of(h: &LogHistogram) -> Option<Latency> {
         p90: h.quantile_permille(900)?,
         p99: h.quantile_permille(990)?,
         p999: h.quantile_permille(999)?,
+        histogram: h.bins(MAX_BINS),
     })
 }
 

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use vmxray_capture::codes::ExitCode;
 
+pub use crate::histogram::HistogramBin;
+
 /// The `schema` value of the JSON report; bumped on any incompatible change.
 pub const SCHEMA: &str = "vmxray-stats/1";
 
@@ -241,7 +243,7 @@ pub struct ExitRow {
 }
 
 /// Latency statistics, in [`StatsReport::time_unit`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Exits with a latency.
     pub count: u64,
@@ -263,6 +265,12 @@ pub struct Latency {
     pub p99: u64,
     /// 99.9th percentile.
     pub p999: u64,
+    /// The distribution: at most [`MAX_BINS`](crate::histogram::MAX_BINS) log-spaced,
+    /// contiguous bins from `min` to `max`, exact counts summing to `count` (see
+    /// [`LogHistogram::bins`](crate::histogram::LogHistogram::bins)). Absent in reports written
+    /// before it existed, read back as empty.
+    #[serde(default)]
+    pub histogram: Vec<HistogramBin>,
 }
 
 /// `kvm_emulate_insn` summary.

@@ -148,7 +148,7 @@ fn hand_computed_latencies() {
     // Overall: sorted 100 120 140 160 180 200 220; total 1120, mean 160, deviations
     // −60 −40 −20 0 20 40 60, squares sum 11200, /7 = 1600 → stddev 40.
     // Nearest rank: p50 = rank ⌈3.5⌉ = 4 → 160; p90 = rank ⌈6.3⌉ = 7 → 220; p99, p99.9 → 220.
-    let all = exits.overall.latency.unwrap();
+    let all = exits.overall.latency.as_ref().unwrap();
     assert_eq!((all.count, all.total, all.min, all.max), (7, 1120, 100, 220));
     assert_eq!((all.mean, all.stddev), (160.0, 40.0));
     assert_eq!((all.p50, all.p90, all.p99, all.p999), (160, 220, 220, 220));
@@ -170,7 +170,7 @@ fn hand_computed_latencies() {
     assert_eq!(ept.reason.as_ref().unwrap().code, 48);
     // Time%: 420 of 1120 = 37.5 %.
     assert_eq!(ept.time_percent, 37.5);
-    let l = ept.latency.unwrap();
+    let l = ept.latency.as_ref().unwrap();
     assert_eq!((l.count, l.total, l.min, l.max, l.mean), (3, 420, 100, 180, 140.0));
     assert_eq!(l.stddev, 9600f64.sqrt() / 3.0);
     assert_eq!((l.p50, l.p90, l.p99, l.p999), (140, 180, 180, 180));
@@ -180,18 +180,42 @@ fn hand_computed_latencies() {
     let hlt = reason_row(&exits.by_reason, "HLT");
     assert_eq!((hlt.count, hlt.without_latency), (4, 2));
     assert_eq!(hlt.percent, 4.0 * 100.0 / 11.0);
-    let l = hlt.latency.unwrap();
+    let l = hlt.latency.as_ref().unwrap();
     assert_eq!((l.count, l.min, l.max, l.mean, l.stddev), (2, 200, 220, 210.0, 10.0));
     assert_eq!((l.p50, l.p99), (200, 220));
 
     // One-exit reasons: stddev 0, every percentile the value.
     let vmcall = reason_row(&exits.by_reason, "VMCALL");
     assert_eq!((vmcall.count, vmcall.reflected, vmcall.l0_handled), (1, 1, 0));
-    let l = vmcall.latency.unwrap();
+    let l = vmcall.latency.as_ref().unwrap();
     assert_eq!((l.min, l.p50, l.p99, l.max, l.mean, l.stddev), (160, 160, 160, 160, 160.0, 0.0));
     let ext = reason_row(&exits.by_reason, "EXTERNAL_INTERRUPT");
     assert_eq!((ext.count, ext.reflected, ext.l0_handled), (1, 0, 1));
-    assert_eq!(ext.latency.unwrap().p50, 120);
+    assert_eq!(ext.latency.as_ref().unwrap().p50, 120);
+    assert_eq!(l.histogram, [HistogramBin { lo: 160, hi: 160, count: 1 }]);
+
+    // Histograms: every row's bins span [min, max] and count each latency once.
+    let rows = [&exits.overall]
+        .into_iter()
+        .chain(&exits.by_reason)
+        .chain(&exits.by_reason_level)
+        .chain(&exits.by_vcpu)
+        .chain(&exits.groups);
+    for row in rows {
+        let Some(l) = &row.latency else { continue };
+        assert_eq!(l.histogram.iter().map(|b| b.count).sum::<u64>(), l.count, "{row:?}");
+        assert_eq!(l.histogram.first().map(|b| b.lo), Some(l.min), "{row:?}");
+        assert_eq!(l.histogram.last().map(|b| b.hi), Some(l.max), "{row:?}");
+    }
+    // EPT_VIOLATION's 100 140 180 (below 256: exact edges), one in each of three bins.
+    let ept = reason_row(&exits.by_reason, "EPT_VIOLATION").latency.as_ref().unwrap();
+    let filled: Vec<(u64, u64)> =
+        ept.histogram.iter().filter(|b| b.count > 0).map(|b| (b.lo, b.count)).collect();
+    assert_eq!(filled.len(), 3, "{:?}", ept.histogram);
+    assert!(ept.histogram.len() <= crate::histogram::MAX_BINS);
+    for (v, bin) in [100, 140, 180].into_iter().zip(ept.histogram.iter().filter(|b| b.count > 0)) {
+        assert!((bin.lo..=bin.hi).contains(&v) && bin.count == 1, "{v} {:?}", ept.histogram);
+    }
 
     // Per vCPU: v0 = #1 #4 #12 #18 #25 (140 180 120, 2 without); v1 = #2 #8 #21 #22
     // (200 160 220, 1 without); v2 = #16 (100); tid:400 = #24 (none).
@@ -203,12 +227,12 @@ fn hand_computed_latencies() {
     );
     // v0: 120 140 180 → mean 440/3, p50 = rank 2 → 140. v1: 160 200 220 → mean 580/3,
     // 3·(25600+40000+48400) − 580² = 342000 − 336400 = 5600 → stddev √5600/3.
-    let v0 = exits.by_vcpu[0].latency.unwrap();
+    let v0 = exits.by_vcpu[0].latency.as_ref().unwrap();
     assert_eq!((v0.min, v0.p50, v0.max, v0.mean), (120, 140, 180, 440.0 / 3.0));
-    let v1 = exits.by_vcpu[1].latency.unwrap();
+    let v1 = exits.by_vcpu[1].latency.as_ref().unwrap();
     assert_eq!((v1.min, v1.p50, v1.max, v1.mean), (160, 200, 220, 580.0 / 3.0));
     assert_eq!(v1.stddev, 5600f64.sqrt() / 3.0);
-    assert_eq!(exits.by_vcpu[2].latency.unwrap().p50, 100);
+    assert_eq!(exits.by_vcpu[2].latency.as_ref().unwrap().p50, 100);
     assert_eq!(exits.by_vcpu[3].latency, None);
 
     // Lost markers from the stream when no reader stats are given.
@@ -249,9 +273,9 @@ fn l1_l2_split_and_reflection() {
     );
     // EPT L1: 140 (v0), 100 (v2), plus #18 and #25 without → mean 120.
     let ept_l1 = &exits.by_reason_level[0];
-    assert_eq!(ept_l1.latency.unwrap().mean, 120.0);
+    assert_eq!(ept_l1.latency.as_ref().unwrap().mean, 120.0);
     assert_eq!(ept_l1.without_latency, 2);
-    assert_eq!(exits.by_reason_level[2].latency.unwrap().p50, 180);
+    assert_eq!(exits.by_reason_level[2].latency.as_ref().unwrap().p50, 180);
     // #14 (interrupt for L1 after an L0-kept interrupt) and #26 (no pending exit).
     assert_eq!(
         exits.synthesized_nested_exits,
@@ -286,7 +310,7 @@ fn l1_l2_split_and_reflection() {
                 && g.vcpu == Some(Vcpu::Id(0))
         })
         .unwrap();
-    assert_eq!((g.count, g.without_latency, g.latency.unwrap().p50), (3, 2, 140));
+    assert_eq!((g.count, g.without_latency, g.latency.as_ref().unwrap().p50), (3, 2, 140));
     // Every exit is in exactly one group.
     assert_eq!(exits.groups.iter().map(|g| g.count).sum::<u64>(), 11);
 }
@@ -518,6 +542,16 @@ fn json_round_trips_and_csv_has_one_row_per_group() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["schema"], "vmxray-stats/1");
     assert_eq!(value["exits"]["overall"]["latency"]["p50"], 160);
+    // The overall histogram: 7 latencies 100..=220 in ascending contiguous bins.
+    let bins = value["exits"]["overall"]["latency"]["histogram"].as_array().unwrap();
+    assert_eq!(bins[0]["lo"], 100);
+    assert_eq!(bins[bins.len() - 1]["hi"], 220);
+    assert_eq!(bins.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), 7);
+    // A report written before `histogram` existed still reads (as no bins).
+    let mut old = value.clone();
+    old["exits"]["overall"]["latency"].as_object_mut().unwrap().remove("histogram");
+    let old: StatsReport = serde_json::from_value(old).unwrap();
+    assert_eq!(old.exits.unwrap().overall.latency.unwrap().histogram, []);
     // Groups are ordered by reason code: EXTERNAL_INTERRUPT (1) first, an L2 exit of vCPU 0.
     assert_eq!(value["exits"]["groups"][0]["level"], "l2");
     assert_eq!(value["exits"]["groups"][0]["vcpu"]["id"], 0);

@@ -1,7 +1,8 @@
 //! Stats view: the `vmxray stats` report (`vmxray_analyze::stats::StatsReport`, the same
-//! numbers): exit reasons as bars, the selected reason's latency distribution (min, p50, p90,
-//! p99, p99.9, max), its L1/L2 split and the per-vCPU breakdown. For a trace without
-//! `kvm_exit`, the report's own text (emulated instructions, exceptions, userspace exits, ...).
+//! numbers): exit reasons as bars, the selected reason's latency histogram (the report's
+//! log-spaced bins, as bars) under its percentiles (p50, p90, p99, p99.9, min, max), its L1/L2
+//! split and the per-vCPU breakdown. For a trace without `kvm_exit`, the report's own text
+//! (emulated instructions, exceptions, userspace exits, ...).
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -154,9 +155,12 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     ));
 
     let selected = exits.by_reason.get(app.stats.selected);
-    let [lat_area, split_area, vcpu_area] =
-        Layout::vertical([Constraint::Length(11), Constraint::Length(5), Constraint::Min(3)])
-            .areas(right);
+    let [lat_area, split_area, vcpu_area] = Layout::vertical([
+        Constraint::Length(latency_height(selected)),
+        Constraint::Length(5),
+        Constraint::Min(3),
+    ])
+    .areas(right);
     draw_latency(frame, lat_area, report, selected);
     draw_split(frame, split_area, exits, selected);
     draw_vcpus(frame, vcpu_area, report, exits);
@@ -166,33 +170,58 @@ fn reason_name(row: Option<&ExitRow>) -> String {
     row.and_then(|r| r.reason.as_ref()).map_or("-".into(), |r| r.name.clone())
 }
 
+/// Rows of the latency panel for a row: borders, two lines of figures, one per histogram bin,
+/// one line of totals.
+fn latency_height(row: Option<&ExitRow>) -> u16 {
+    let bins = row.and_then(|r| r.latency.as_ref()).map_or(1, |l| l.histogram.len().max(1));
+    u16::try_from(bins).unwrap_or(u16::MAX).saturating_add(5)
+}
+
 fn draw_latency(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, row: Option<&ExitRow>) {
     let title = format!(" Latency of {} ({}) ", reason_name(row), unit(report));
     let mut lines = Vec::new();
-    match row.and_then(|r| r.latency.map(|l| (r, l))) {
+    match row.and_then(|r| r.latency.as_ref().map(|l| (r, l))) {
         Some((r, l)) => {
-            let width = usize::from(area.width.saturating_sub(2 + 8 + 12));
-            for (name, v) in [
-                ("min", l.min),
-                ("p50", l.p50),
-                ("p90", l.p90),
-                ("p99", l.p99),
-                ("p99.9", l.p999),
-                ("max", l.max),
-            ] {
+            let figure = |name: &'static str, v: u64| {
+                [Span::styled(format!("{name} "), theme::dim()), Span::raw(format!("{v}  "))]
+            };
+            lines.push(Line::from(
+                [("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p99.9", l.p999)]
+                    .into_iter()
+                    .flat_map(|(name, v)| figure(name, v))
+                    .collect::<Vec<_>>(),
+            ));
+            let mut totals: Vec<Span<'_>> = [("min", l.min), ("max", l.max), ("n", l.count)]
+                .into_iter()
+                .flat_map(|(name, v)| figure(name, v))
+                .collect();
+            totals.push(Span::styled("mean ", theme::dim()));
+            totals.push(Span::raw(format!("{:.1}  ", l.mean)));
+            totals.push(Span::styled("stddev ", theme::dim()));
+            totals.push(Span::raw(format!("{:.1}", l.stddev)));
+            lines.push(Line::from(totals));
+            // Bins as `lo–hi  count  bar`, the range columns as wide as the largest value.
+            let value_width = l.max.to_string().len();
+            let most = l.histogram.iter().map(|b| b.count).max().unwrap_or(0);
+            let count_width = most.to_string().len();
+            let bar_width = usize::from(area.width.saturating_sub(2))
+                .saturating_sub(2 * value_width + 1 + 1 + count_width + 1);
+            for bin in &l.histogram {
                 lines.push(Line::from(vec![
-                    Span::styled(format!("{name:<8}"), theme::dim()),
-                    Span::raw(format!("{v:>11} ")),
-                    Span::styled(bar(v, l.max, width), Style::new().fg(Color::Magenta)),
+                    Span::styled(
+                        format!("{:>value_width$}–{:<value_width$} ", bin.lo, bin.hi),
+                        theme::dim(),
+                    ),
+                    Span::raw(format!("{:>count_width$} ", bin.count)),
+                    Span::styled(bar(bin.count, most, bar_width), Style::new().fg(Color::Magenta)),
                 ]));
             }
+            if l.histogram.is_empty() {
+                lines.push(Line::from(Span::styled("No histogram in this report.", theme::dim())));
+            }
             lines.push(Line::from(format!(
-                "n {}  mean {:.1}  stddev {:.1}  total {}",
-                l.count, l.mean, l.stddev, l.total
-            )));
-            lines.push(Line::from(format!(
-                "{:.2}% of exit time; {} without latency",
-                r.time_percent, r.without_latency
+                "{:.2}% of exit time (total {}); {} without latency",
+                r.time_percent, l.total, r.without_latency
             )));
         }
         None => lines
@@ -210,7 +239,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
                 "{:<3}{:>9} exits  p50 {:>8}  L0 kept {:>7}  reflected {:>7}",
                 r.level.label(),
                 r.count,
-                r.latency.map_or("-".into(), |l| l.p50.to_string()),
+                r.latency.as_ref().map_or("-".into(), |l| l.p50.to_string()),
                 r.l0_handled,
                 r.reflected
             )));
@@ -242,8 +271,8 @@ fn draw_vcpus(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, exits: &E
             r.vcpu.map_or("all".into(), |v| v.label()),
             r.count,
             r.percent,
-            r.latency.map_or("-".into(), |l| l.p50.to_string()),
-            r.latency.map_or("-".into(), |l| l.p99.to_string()),
+            r.latency.as_ref().map_or("-".into(), |l| l.p50.to_string()),
+            r.latency.as_ref().map_or("-".into(), |l| l.p99.to_string()),
         )));
     }
     let title = format!(" Per vCPU ({}) ", unit(report));
