@@ -13,7 +13,7 @@ rm -rf "$out"
 status=0
 "$vmxray" scan samples/real/tracedat samples/real/perf samples/lab samples/sim --out "$out" --format parquet -q || status=$?
 # polars prints 10 rows and 30 characters per cell by default; show whole messages here.
-POLARS_FMT_MAX_ROWS=60 POLARS_FMT_STR_LEN=160 POLARS_FMT_TABLE_CELL_LIST_LEN=-1 \
+POLARS_FMT_MAX_ROWS=60 POLARS_FMT_STR_LEN=200 POLARS_TABLE_WIDTH=240 \
     "$vmxray" scan samples/real/tracedat samples/real/perf samples/lab samples/sim -q || true
 for crash in samples/real/tracedat/triple-fault-v7-zstd.dat samples/lab/pf-triple-fault.dat; do
     "$vmxray" triage "$crash"
