@@ -710,6 +710,11 @@ pub struct MmuPageRole(pub u32);
 
 #[allow(missing_docs)]
 impl MmuPageRole {
+    /// How the kernel prints the access bits, indexed by [`MmuPageRole::access`]
+    /// (mmutrace.h's `access_str[]`: w = ACC_WRITE, u = ACC_USER, x = ACC_EXEC).
+    pub const ACCESS_NAMES: [&'static str; 8] =
+        ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"];
+
     /// Bit 4: `has_4_byte_gpte` (6.x), `gpte_is_8_bytes` (5.x), `cr4_pae` (older).
     pub const BIT4: u32 = 1 << 4;
     pub const DIRECT: u32 = 1 << 7;
@@ -770,8 +775,6 @@ impl MmuPageRole {
 
 impl fmt::Display for MmuPageRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // mmutrace.h's access_str[] order: w (ACC_WRITE), u (ACC_USER), x (ACC_EXEC).
-        const ACCESS: [&str; 8] = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"];
         write!(
             f,
             "l{} {}-byte q{}{} {}{} {}nxe {}ad{}{}",
@@ -779,7 +782,7 @@ impl fmt::Display for MmuPageRole {
             if self.has_4_byte_gpte() { 4 } else { 8 },
             self.quadrant(),
             if self.direct() { " direct" } else { "" },
-            ACCESS[usize::from(self.access())],
+            Self::ACCESS_NAMES[usize::from(self.access())],
             if self.invalid() { " invalid" } else { "" },
             if self.efer_nx() { "" } else { "!" },
             if self.ad_disabled() { "!" } else { "" },

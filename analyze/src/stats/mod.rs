@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
+use vmxray_capture::filter::VcpuByThread;
 use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
@@ -178,7 +179,7 @@ pub struct ExitStats {
     events_total: u64,
     events_by_name: HashMap<Box<str>, u64>,
     /// The vCPU each thread last showed in an event that carries `vcpu_id`.
-    thread_vcpu: HashMap<i32, u32>,
+    by_thread: VcpuByThread,
     pending: HashMap<Vcpu, PendingExit>,
     groups: HashMap<GroupKey, Group>,
     unpaired: Unpaired,
@@ -219,15 +220,7 @@ impl ExitStats {
     /// The vCPU an event belongs to: its `vcpu_id`, else the vCPU its thread last showed, else
     /// the thread itself (§0 "vCPU attribution").
     fn vcpu_of(&mut self, event: &Event) -> Vcpu {
-        match event.vcpu() {
-            Some(id) => {
-                self.thread_vcpu.insert(event.pid, id);
-                Vcpu::Id(id)
-            }
-            None => {
-                self.thread_vcpu.get(&event.pid).map_or(Vcpu::Thread(event.pid), |&id| Vcpu::Id(id))
-            }
-        }
+        self.by_thread.observe(event).map_or(Vcpu::Thread(event.pid), Vcpu::Id)
     }
 
     /// An empty accumulator that also keeps every closed exit as a [`ClosedExit`], to be taken

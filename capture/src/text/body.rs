@@ -14,8 +14,8 @@
 //! Values of untyped events are read as decimal unless they carry `0x` or a hex letter.
 
 use crate::codes::{
-    ExceptionVector, ExitCode, Isa, SvmExitCode, UserspaceExitReason, VmInstructionError,
-    VmxBasicReason,
+    ExceptionVector, ExitCode, Isa, MmuPageRole, SvmExitCode, UserspaceExitReason,
+    VmInstructionError, VmxBasicReason,
 };
 use crate::event::{KnownEvent, MmuPage, ROLE_KNOWN_FIELD};
 
@@ -893,7 +893,6 @@ fn vmenter_failed(body: &str, out: &mut FieldBuf) -> Option<()> {
 ///   (bit 4 as `pae`) and whether bits 24–31 are set (` smm`), never bits 16–23; `WORD: %08x`
 ///   when the file's endianness differs.
 fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed> {
-    const ACCESS: [&str; 8] = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"];
     let mut it = body.split_ascii_whitespace().peekable();
     let (mut level, mut byte4, mut pae, mut plugin) = (None, None, None::<bool>, false);
     let (mut role, mut word, mut gfn, mut root, mut unsync, mut created) =
@@ -931,7 +930,7 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
                     level = Some(dec(l)?);
                 } else if let Some(n) = tok.strip_suffix("-byte") {
                     byte4 = Some(dec(n)? == 4);
-                } else if let Some(acc) = ACCESS.iter().position(|a| *a == tok) {
+                } else if let Some(acc) = MmuPageRole::ACCESS_NAMES.iter().position(|a| *a == tok) {
                     role |= u32::try_from(acc).ok()? << 8;
                 } else if level.is_none() && dec(tok).is_some() {
                     level = dec(tok);
