@@ -71,6 +71,7 @@ pub mod format;
 pub mod insn;
 mod merge;
 pub mod open;
+mod ordered;
 pub mod page;
 pub mod perfdata;
 pub mod reader;

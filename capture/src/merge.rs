@@ -25,9 +25,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use crate::event::{Event, EventKind};
+use crate::ordered::Ordered;
 use crate::reader::{ReadError, ReadStats};
 
 /// A decoded item: an event or a problem.
@@ -68,7 +69,7 @@ fn recycle(mut items: VecDeque<Item>) {
 
 /// One unit of a CPU's work: decodes a chunk into a batch. Independent of the other units of
 /// the same CPU (every page carries its own absolute timestamp), so several decode at once.
-pub(crate) type Job = Box<dyn FnOnce() -> Batch + Send>;
+pub(crate) type Job = crate::ordered::Job<Batch>;
 
 /// A CPU's jobs, in stream order.
 pub(crate) type Jobs = Box<dyn Iterator<Item = Job> + Send>;
@@ -76,70 +77,10 @@ pub(crate) type Jobs = Box<dyn Iterator<Item = Job> + Send>;
 /// How many batches of one CPU may be decoded ahead of the merge.
 const LOOKAHEAD: usize = 3;
 
-enum SlotState {
-    Pending(Job),
-    Running,
-    Done(Batch),
-    Taken,
-}
-
-struct Slot {
-    state: Mutex<SlotState>,
-    done: Condvar,
-}
-
-impl Slot {
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
-        // A panic while decoding would poison the lock; the state is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs the job if nobody has claimed it yet.
-    fn run_if_pending(&self) {
-        let job = {
-            let mut st = self.lock();
-            match std::mem::replace(&mut *st, SlotState::Running) {
-                SlotState::Pending(job) => job,
-                other => {
-                    *st = other;
-                    return;
-                }
-            }
-        };
-        let batch = job();
-        *self.lock() = SlotState::Done(batch);
-        self.done.notify_all();
-    }
-
-    /// The batch: taken if done, awaited if being decoded, else decoded here.
-    fn take(&self) -> Batch {
-        loop {
-            {
-                let mut st = self.lock();
-                loop {
-                    match std::mem::replace(&mut *st, SlotState::Taken) {
-                        SlotState::Done(b) => return b,
-                        SlotState::Running => {
-                            *st = SlotState::Running;
-                            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
-                        }
-                        SlotState::Taken => return Batch::default(),
-                        pending @ SlotState::Pending(_) => {
-                            *st = pending;
-                            break;
-                        }
-                    }
-                }
-            }
-            self.run_if_pending();
-        }
-    }
-}
-
 struct Lane {
     cpu: u32,
     jobs: Jobs,
-    slots: VecDeque<Arc<Slot>>,
+    slots: Ordered<Batch>,
     batch: VecDeque<Item>,
     last_ts: u64,
 }
@@ -150,13 +91,7 @@ impl Lane {
         let want = if parallel { LOOKAHEAD } else { 1 };
         while self.slots.len() < want {
             let Some(job) = self.jobs.next() else { return };
-            let slot =
-                Arc::new(Slot { state: Mutex::new(SlotState::Pending(job)), done: Condvar::new() });
-            if parallel {
-                let s = Arc::clone(&slot);
-                rayon::spawn(move || s.run_if_pending());
-            }
-            self.slots.push_back(slot);
+            self.slots.push(job);
         }
     }
 
@@ -165,8 +100,7 @@ impl Lane {
     fn refill(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
         while self.batch.is_empty() {
             self.fill_slots(parallel);
-            let Some(slot) = self.slots.pop_front() else { return false };
-            let batch = slot.take();
+            let Some(batch) = self.slots.pop() else { return false };
             for (k, n) in batch.unknown {
                 *stats.unknown_events.entry(k).or_default() += n;
             }
@@ -214,7 +148,7 @@ impl Merger {
             .map(|(cpu, jobs)| Lane {
                 cpu,
                 jobs,
-                slots: VecDeque::new(),
+                slots: Ordered::new(parallel),
                 batch: VecDeque::new(),
                 last_ts: 0,
             })
