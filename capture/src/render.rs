@@ -29,6 +29,7 @@
 //! the text line, as strings).
 
 use std::fmt::{self, Write as _};
+use std::io::Write as _;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
@@ -36,6 +37,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::codes::{CrAccessQual, ExitCode, Isa, VmxBasicReason};
 use crate::event::{Event, EventKind, ExitInfo, MmuPage, ROLE_KNOWN_FIELD};
 use crate::fields::{FieldValue, Fields};
+use crate::ordered::Ordered;
 use crate::reader::Clock;
 
 /// How a field is printed in the normalized line.
@@ -45,38 +47,73 @@ enum Radix {
     Hex,
 }
 
+/// A field value borrowed from the typed event (so that rendering a line allocates nothing).
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    U64(u64),
+    I64(i64),
+    Str(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl Val<'_> {
+    fn to_owned(self) -> FieldValue {
+        match self {
+            Val::U64(v) => FieldValue::U64(v),
+            Val::I64(v) => FieldValue::I64(v),
+            Val::Str(s) => FieldValue::Str(s.into()),
+            Val::Bytes(b) => FieldValue::Bytes(b.into()),
+        }
+    }
+}
+
 /// A field with the kernel's name, its value and how to print it.
-struct Field {
+struct Field<'a> {
     name: &'static str,
-    value: FieldValue,
+    value: Val<'a>,
     radix: Radix,
 }
 
-fn hex(name: &'static str, v: u64) -> Field {
-    Field { name, value: FieldValue::U64(v), radix: Radix::Hex }
+fn hex(name: &'static str, v: u64) -> Field<'static> {
+    Field { name, value: Val::U64(v), radix: Radix::Hex }
 }
 
-fn dec(name: &'static str, v: u64) -> Field {
-    Field { name, value: FieldValue::U64(v), radix: Radix::Dec }
+fn dec(name: &'static str, v: u64) -> Field<'static> {
+    Field { name, value: Val::U64(v), radix: Radix::Dec }
 }
 
-fn flag(name: &'static str, v: bool) -> Field {
+fn flag(name: &'static str, v: bool) -> Field<'static> {
     dec(name, u64::from(v))
+}
+
+/// Where [`typed_fields`] puts the fields, in order.
+struct Sink<F>(F);
+
+impl<'a, F: FnMut(Field<'a>)> Sink<F> {
+    fn push(&mut self, f: Field<'a>) {
+        (self.0)(f);
+    }
+
+    fn extend(&mut self, fields: impl IntoIterator<Item = Field<'a>>) {
+        fields.into_iter().for_each(&mut self.0);
+    }
+
+    fn opt(&mut self, f: Option<Field<'a>>) {
+        self.extend(f);
+    }
 }
 
 /// The typed event's fields under the kernel's names, in the kernel's order (the inverse of
 /// [`crate::KnownEvent::decode`]; fields the layout lacked stay absent).
-fn typed_fields(kind: &EventKind) -> Vec<Field> {
-    let mut out = Vec::with_capacity(10);
-    let opt = |out: &mut Vec<Field>, f: Option<Field>| out.extend(f);
+fn typed_fields<'a>(kind: &'a EventKind, out: &mut Sink<impl FnMut(Field<'a>)>) {
     match kind {
         EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => {
-            exit_fields(&mut out, info, "exit_reason", "info1", "info2", "intr_info", "error_code");
-            opt(&mut out, info.vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
-            opt(&mut out, info.requests.map(|v| hex("requests", v)));
+            exit_fields(out, info, "exit_reason", "info1", "info2", "intr_info", "error_code");
+            out.opt(info.vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
+            out.opt(info.requests.map(|v| hex("requests", v)));
         }
         EventKind::KvmNestedVmexitInject(info) => exit_fields(
-            &mut out,
+            out,
             info,
             "exit_code",
             "exit_info1",
@@ -86,10 +123,10 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
         ),
         EventKind::KvmEntry(e) => {
             out.push(dec("vcpu_id", u64::from(e.vcpu_id)));
-            opt(&mut out, e.rip.map(|v| hex("rip", v)));
-            opt(&mut out, e.immediate_exit.map(|v| flag("immediate_exit", v)));
-            opt(&mut out, e.intr_info.map(|v| hex("intr_info", u64::from(v.0))));
-            opt(&mut out, e.error_code.map(|v| hex("error_code", u64::from(v))));
+            out.opt(e.rip.map(|v| hex("rip", v)));
+            out.opt(e.immediate_exit.map(|v| flag("immediate_exit", v)));
+            out.opt(e.intr_info.map(|v| hex("intr_info", u64::from(v.0))));
+            out.opt(e.error_code.map(|v| hex("error_code", u64::from(v))));
         }
         EventKind::KvmCr { write, cr, val } => {
             out.extend([flag("rw", *write), dec("cr", u64::from(*cr)), hex("val", *val)]);
@@ -100,36 +137,36 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
                 hex("int_ctl", u64::from(v.int_ctl)),
                 hex("event_inj", u64::from(v.event_inj.0)),
             ]);
-            opt(&mut out, v.tdp_enabled.map(|t| flag("tdp_enabled", t)));
-            opt(&mut out, v.guest_pgd.map(|p| hex("guest_pgd", p)));
-            opt(&mut out, v.isa.map(|i| dec("isa", u64::from(i.raw()))));
+            out.opt(v.tdp_enabled.map(|t| flag("tdp_enabled", t)));
+            out.opt(v.guest_pgd.map(|p| hex("guest_pgd", p)));
+            out.opt(v.isa.map(|i| dec("isa", u64::from(i.raw()))));
         }
         EventKind::KvmNestedVmenterFailed { msg, err } => {
-            out.push(Field { name: "msg", value: FieldValue::Str(msg.clone()), radix: Radix::Dec });
+            out.push(Field { name: "msg", value: Val::Str(msg), radix: Radix::Dec });
             out.push(dec("err", u64::from(err.0)));
         }
         EventKind::KvmNestedIntrVmexit { rip } => out.push(hex("rip", *rip)),
         EventKind::KvmPageFault { vcpu_id, guest_rip, fault_address, error_code } => {
-            opt(&mut out, vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
-            opt(&mut out, guest_rip.map(|v| hex("guest_rip", v)));
+            out.opt(vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
+            out.opt(guest_rip.map(|v| hex("guest_rip", v)));
             out.extend([hex("fault_address", *fault_address), hex("error_code", *error_code)]);
         }
         EventKind::KvmInjException { exception, has_error, error_code, reinjected } => {
             out.extend([dec("exception", u64::from(exception.0)), flag("has_error", *has_error)]);
             out.push(hex("error_code", u64::from(*error_code)));
-            opt(&mut out, reinjected.map(|r| flag("reinjected", r)));
+            out.opt(reinjected.map(|r| flag("reinjected", r)));
         }
         EventKind::KvmInjVirq { vector, soft, reinjected } => {
             out.push(hex("vector", u64::from(*vector)));
-            opt(&mut out, soft.map(|s| flag("soft", s)));
-            opt(&mut out, reinjected.map(|r| flag("reinjected", r)));
+            out.opt(soft.map(|s| flag("soft", s)));
+            out.opt(reinjected.map(|r| flag("reinjected", r)));
         }
         EventKind::KvmUserspaceExit { reason, errno } => {
             out.push(dec("reason", u64::from(reason.0)));
             if let Some(e) = errno {
                 out.push(Field {
                     name: "errno",
-                    value: FieldValue::I64(i64::from(*e)),
+                    value: Val::I64(i64::from(*e)),
                     radix: Radix::Dec,
                 });
             }
@@ -137,11 +174,7 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
         EventKind::KvmEmulateInsn { rip, csbase, insn, flags, failed } => {
             out.extend([hex("rip", *rip), hex("csbase", *csbase)]);
             out.push(dec("len", insn.as_slice().len() as u64));
-            out.push(Field {
-                name: "insn",
-                value: FieldValue::Bytes(insn.as_slice().into()),
-                radix: Radix::Hex,
-            });
+            out.push(Field { name: "insn", value: Val::Bytes(insn.as_slice()), radix: Radix::Hex });
             out.extend([dec("flags", u64::from(*flags)), flag("failed", *failed)]);
         }
         EventKind::KvmSmmTransition { vcpu_id, smbase, entering } => {
@@ -151,7 +184,7 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
         EventKind::KvmPio { write, port, size, count, val } => {
             out.extend([flag("rw", *write), hex("port", u64::from(*port))]);
             out.extend([dec("size", u64::from(*size)), dec("count", u64::from(*count))]);
-            opt(&mut out, val.map(|v| hex("val", u64::from(v))));
+            out.opt(val.map(|v| hex("val", u64::from(v))));
         }
         EventKind::KvmMsr { write, index, data, exception } => {
             out.extend([flag("write", *write), hex("ecx", u64::from(*index)), hex("data", *data)]);
@@ -159,18 +192,18 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
         }
         EventKind::KvmCpuid { function, index, rax, rbx, rcx, rdx, found, used_max_basic } => {
             out.push(hex("function", u64::from(*function)));
-            opt(&mut out, index.map(|i| hex("index", u64::from(i))));
+            out.opt(index.map(|i| hex("index", u64::from(i))));
             out.extend([hex("rax", *rax), hex("rbx", *rbx), hex("rcx", *rcx), hex("rdx", *rdx)]);
-            opt(&mut out, found.map(|f| flag("found", f)));
-            opt(&mut out, used_max_basic.map(|f| flag("used_max_basic", f)));
+            out.opt(found.map(|f| flag("found", f)));
+            out.opt(used_max_basic.map(|f| flag("used_max_basic", f)));
         }
         EventKind::KvmMmuGetPage { page, created } => {
-            page_fields(&mut out, page);
+            page_fields(out, page);
             out.push(flag("created", *created));
         }
         EventKind::KvmMmuPrepareZapPage { page }
         | EventKind::KvmMmuSyncPage { page }
-        | EventKind::KvmMmuUnsyncPage { page } => page_fields(&mut out, page),
+        | EventKind::KvmMmuUnsyncPage { page } => page_fields(out, page),
         EventKind::KvmMmuPagetableWalk { addr, pferr } => {
             out.extend([hex("addr", *addr), hex("pferr", u64::from(*pferr))]);
         }
@@ -178,14 +211,13 @@ fn typed_fields(kind: &EventKind) -> Vec<Field> {
             out.extend([hex("pte", *pte), dec("level", u64::from(*level))]);
         }
         EventKind::KvmMmuWalkerError { pferr } => out.push(hex("pferr", u64::from(*pferr))),
-        EventKind::Lost { count } => opt(&mut out, count.map(|c| dec("count", c))),
+        EventKind::Lost { count } => out.opt(count.map(|c| dec("count", c))),
         EventKind::Other(_) => {}
     }
-    out
 }
 
-fn exit_fields(
-    out: &mut Vec<Field>,
+fn exit_fields<'a>(
+    out: &mut Sink<impl FnMut(Field<'a>)>,
     info: &ExitInfo,
     reason: &'static str,
     info1: &'static str,
@@ -206,7 +238,7 @@ fn exit_fields(
     out.extend(info.error_code.map(|v| hex(err, u64::from(v))));
 }
 
-fn page_fields(out: &mut Vec<Field>, page: &MmuPage) {
+fn page_fields<'a>(out: &mut Sink<impl FnMut(Field<'a>)>, page: &MmuPage) {
     out.extend(page.mmu_valid_gen.map(|g| dec("mmu_valid_gen", g)));
     out.extend([hex("gfn", page.gfn), hex("role", u64::from(page.role.0))]);
     out.extend([dec("root_count", u64::from(page.root_count)), flag("unsync", page.unsync)]);
@@ -225,9 +257,10 @@ impl EventKind {
             Self::Other(o) => o.fields.clone(),
             typed => {
                 let mut fields = Fields::new();
-                for f in typed_fields(typed) {
-                    fields.push(f.name, f.value);
-                }
+                typed_fields(
+                    typed,
+                    &mut Sink(|f: Field<'_>| fields.push(f.name, f.value.to_owned())),
+                );
                 fields
             }
         }
@@ -237,19 +270,26 @@ impl EventKind {
     /// CR-access qualifications, MMU roles.
     pub fn decoded(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        self.for_each_decoded(|name, value| out.push((name, value.to_string())));
+        out
+    }
+
+    /// The decodings of [`EventKind::decoded`], handed to `f` one by one without building
+    /// strings first.
+    pub fn for_each_decoded(&self, mut f: impl FnMut(&'static str, &dyn fmt::Display)) {
         match self {
             Self::KvmExit(info)
             | Self::KvmNestedVmexit(info)
             | Self::KvmNestedVmexitInject(info) => {
-                out.push(("reason", info.reason.to_string()));
+                f("reason", &info.reason);
                 if let Some(q) = info
                     .info1
                     .filter(|_| info.reason.vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
                 {
-                    out.push(("qual", CrAccessQual(q).to_string()));
+                    f("qual", &CrAccessQual(q));
                 }
                 if let Some(intr) = info.intr_info.filter(|i| i.valid()) {
-                    out.push(("intr", intr.to_string()));
+                    f("intr", &intr);
                 }
                 let vectoring = info
                     .info2
@@ -257,12 +297,12 @@ impl EventKind {
                     .map(crate::codes::IntrInfo)
                     .filter(|v| v.valid() && matches!(info.reason, ExitCode::Vmx(_)));
                 if let Some(v) = vectoring {
-                    out.push(("idt_vectoring", v.to_string()));
+                    f("idt_vectoring", &v);
                 }
             }
             Self::KvmEntry(e) => {
                 if let Some(intr) = e.intr_info.filter(|i| i.valid()) {
-                    out.push(("inject", intr.to_string()));
+                    f("inject", &intr);
                 }
             }
             Self::KvmNestedVmenter(v) => {
@@ -273,34 +313,31 @@ impl EventKind {
                     (_, None) => "guest_pgd",
                 };
                 if let Some(pgd) = v.guest_pgd {
-                    out.push((label, format!("{pgd:#x}")));
+                    f(label, &format_args!("{pgd:#x}"));
                 }
                 if v.is_evmcs() {
-                    out.push(("vmcs", "evmcs".to_owned()));
+                    f("vmcs", &"evmcs");
                 }
                 if v.event_inj.valid() {
-                    out.push(("event_inj", v.event_inj.to_string()));
+                    f("event_inj", &v.event_inj);
                 }
             }
             Self::KvmNestedVmenterFailed { err, .. } if err.0 != 0 => {
-                out.push(("err", err.to_string()));
+                f("err", &err);
             }
-            Self::KvmInjException { exception, .. } => {
-                out.push(("exception", exception.to_string()))
-            }
-            Self::KvmUserspaceExit { reason, .. } => out.push(("reason", reason.to_string())),
+            Self::KvmInjException { exception, .. } => f("exception", &exception),
+            Self::KvmUserspaceExit { reason, .. } => f("reason", &reason),
             Self::KvmMmuGetPage { page, .. }
             | Self::KvmMmuPrepareZapPage { page }
             | Self::KvmMmuSyncPage { page }
-            | Self::KvmMmuUnsyncPage { page } => out.push(("role", page.role.to_string())),
+            | Self::KvmMmuUnsyncPage { page } => f("role", &page.role),
             Self::KvmEmulateInsn { insn, .. } => {
                 if let Some(m) = crate::insn::mnemonic(insn.as_slice()) {
-                    out.push(("insn", m));
+                    f("insn", &m);
                 }
             }
             _ => {}
         }
-        out
     }
 }
 
@@ -323,49 +360,168 @@ pub fn format_ts(ts: u64, clock: &Clock) -> String {
     }
 }
 
-impl fmt::Display for Line<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Line<'_> {
+    /// Appends the line (without a newline) to `out`: the same text as `Display`, written
+    /// straight into bytes (integers through `itoa` and a hex writer, no `fmt` machinery and no
+    /// allocation for the common fields), because `vmxray dump` prints millions of these.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         let e = self.event;
-        write!(f, "{} [{:03}] {} ", format_ts(e.ts, self.clock), e.cpu, e.pid)?;
-        match &e.comm {
-            Some(c) => write!(f, "{:?}", &**c)?,
-            None => f.write_str("\"?\"")?,
+        if self.clock.is_ns() {
+            put_u64(out, e.ts / 1_000_000_000);
+            out.push(b'.');
+            put_padded(out, e.ts % 1_000_000_000, 9);
+        } else {
+            put_u64(out, e.ts);
         }
-        write!(f, " {}:{}", e.system(), e.name())?;
+        out.extend_from_slice(b" [");
+        put_padded(out, u64::from(e.cpu), 3);
+        out.extend_from_slice(b"] ");
+        put_i64(out, i64::from(e.pid));
+        out.push(b' ');
+        match &e.comm {
+            Some(c) => put_quoted(out, c),
+            None => out.extend_from_slice(b"\"?\""),
+        }
+        out.push(b' ');
+        out.extend_from_slice(e.system().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(e.name().as_bytes());
         let own_vcpu = e.kind.vcpu_id();
         if let Some(v) = self.vcpu.or(own_vcpu) {
-            write!(f, " vcpu={v}")?;
+            out.extend_from_slice(b" vcpu=");
+            put_u64(out, u64::from(v));
         }
         match &e.kind {
             EventKind::Other(o) => {
                 for (name, value) in o.fields.iter() {
-                    write!(f, " {name}={value}")?;
+                    out.push(b' ');
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'=');
+                    put_value(out, value);
                 }
             }
-            typed => {
-                for field in typed_fields(typed) {
+            typed => typed_fields(
+                typed,
+                &mut Sink(|field: Field<'_>| {
                     if field.name == "vcpu_id" && own_vcpu.is_some() {
-                        continue;
+                        return;
                     }
-                    match (&field.value, field.radix) {
-                        (FieldValue::U64(v), Radix::Hex) => write!(f, " {}={v:#x}", field.name)?,
-                        (value, _) => write!(f, " {}={value}", field.name)?,
+                    out.push(b' ');
+                    out.extend_from_slice(field.name.as_bytes());
+                    out.push(b'=');
+                    match (field.value, field.radix) {
+                        (Val::U64(v), Radix::Hex) => put_hex(out, v),
+                        (Val::U64(v), Radix::Dec) => put_u64(out, v),
+                        (Val::I64(v), _) => put_i64(out, v),
+                        (Val::Str(s), _) => put_quoted(out, s),
+                        (Val::Bytes(b), _) => put_bytes(out, b),
                     }
-                }
-            }
+                }),
+            ),
         }
-        let decoded = e.kind.decoded();
-        if !decoded.is_empty() {
-            f.write_str(" |")?;
-            for (name, value) in decoded {
-                if value.contains(' ') {
-                    write!(f, " {name}={value:?}")?;
-                } else {
-                    write!(f, " {name}={value}")?;
-                }
+        let mut first = true;
+        e.kind.for_each_decoded(|name, value| {
+            if first {
+                out.extend_from_slice(b" |");
+                first = false;
             }
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            let start = out.len();
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{value}");
+            if out[start..].contains(&b' ') {
+                // A value with spaces is quoted (Rust string escaping, like `{:?}`).
+                let text = String::from_utf8_lossy(&out[start..]).into_owned();
+                out.truncate(start);
+                put_quoted(out, &text);
+            }
+        });
+    }
+}
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = Vec::with_capacity(128);
+        self.write_to(&mut buf);
+        // Only `str` pieces are written, so the bytes are UTF-8.
+        f.write_str(&String::from_utf8_lossy(&buf))
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// `v` in decimal, zero-padded to at least `width` digits (`{:0width$}`).
+fn put_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend_from_slice(digits);
+}
+
+/// `v` as `{:#x}`: `0x` and lowercase digits without leading zeros.
+fn put_hex(out: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut at = buf.len();
+    let mut rest = v;
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
         }
-        Ok(())
+    }
+    out.extend_from_slice(b"0x");
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Bytes as `[0f 22 d8]`.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'[');
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    out.push(b']');
+}
+
+/// A string quoted as `{:?}` does: printable ASCII other than `"` and `\\` is copied as is,
+/// anything else goes through Rust's escaping.
+fn put_quoted(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// A kept field's value as [`FieldValue`]'s `Display` prints it.
+fn put_value(out: &mut Vec<u8>, value: &FieldValue) {
+    match value {
+        FieldValue::U64(v) => put_u64(out, *v),
+        FieldValue::I64(v) => put_i64(out, *v),
+        FieldValue::Str(s) => put_quoted(out, s),
+        FieldValue::Bytes(b) => put_bytes(out, b),
+        FieldValue::Array(_) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{value}");
+        }
     }
 }
 
@@ -407,6 +563,156 @@ impl Serialize for JsonEvent<'_> {
             .collect();
         map.serialize_entry("decoded", &obj)?;
         map.end()
+    }
+}
+
+/// The wire formats of `vmxray dump`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The normalized line ([`Line`]).
+    Text,
+    /// JSON Lines ([`JsonEvent`]).
+    Jsonl,
+}
+
+impl Format {
+    /// Appends one event and its newline to `out`.
+    pub fn render(self, event: &Event, clock: &Clock, vcpu: Option<u32>, out: &mut Vec<u8>) {
+        match self {
+            Format::Text => Line { event, clock, vcpu }.write_to(out),
+            Format::Jsonl => {
+                if serde_json::to_writer(&mut *out, &JsonEvent { event, clock, vcpu }).is_err() {
+                    // Serializing these types cannot fail; keep the line count right anyway.
+                    out.extend_from_slice(b"{}");
+                }
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Events per rendering job: large enough that handing a batch to another thread costs little
+/// next to rendering it (~4096 lines, a few hundred KiB of text), small enough to keep memory
+/// flat.
+const RENDER_BATCH: usize = 4096;
+/// Rendering jobs in flight before the writer waits for the oldest.
+const RENDER_AHEAD: usize = 4;
+
+/// Events with their thread-attributed vCPU, to render.
+type Batch = Vec<(Event, Option<u32>)>;
+/// A rendered batch's text and the emptied batch (its buffer to reuse).
+type Rendered = (Vec<u8>, Batch);
+
+/// Renders events in order to a writer, rendering batches of them on the rayon pool while the
+/// caller reads on (with `parallel`; else on the calling thread). The bytes written are exactly
+/// [`Format::render`]'s for each event in push order.
+///
+/// ```
+/// use vmxray_capture::render::{Format, OrderedWriter};
+/// use vmxray_capture::{Clock, Event, EventKind};
+///
+/// let mut w = OrderedWriter::new(Vec::new(), Clock::Local, Format::Text, true);
+/// for ts in 0..3 {
+///     let kind = EventKind::KvmNestedIntrVmexit { rip: 0xfff0 };
+///     w.push(Event { ts, cpu: 0, pid: 1, comm: None, kind }, Some(0)).unwrap();
+/// }
+/// let text = String::from_utf8(w.finish().unwrap()).unwrap();
+/// assert_eq!(text.lines().count(), 3);
+/// assert!(text.starts_with("0.000000000 [000] 1 \"?\" kvm:kvm_nested_intr_vmexit vcpu=0 rip=0xfff0\n"));
+/// ```
+pub struct OrderedWriter<W: std::io::Write> {
+    out: W,
+    clock: Clock,
+    format: Format,
+    batch: Batch,
+    /// Rendered text and the emptied batch, in push order.
+    queue: Ordered<Rendered>,
+    /// Buffers of finished jobs, reused: fresh multi-100-KiB buffers would be page-faulted
+    /// in anew for every batch.
+    spare: Vec<Rendered>,
+    /// The one-thread path's buffer.
+    inline: Vec<u8>,
+    parallel: bool,
+}
+
+impl<W: std::io::Write> OrderedWriter<W> {
+    /// A writer of `format` lines to `out`.
+    pub fn new(out: W, clock: Clock, format: Format, parallel: bool) -> Self {
+        Self {
+            out,
+            clock,
+            format,
+            batch: Vec::new(),
+            queue: Ordered::new(parallel),
+            spare: Vec::new(),
+            inline: Vec::new(),
+            parallel,
+        }
+    }
+
+    /// Queues one event (with its thread-attributed vCPU) for output.
+    pub fn push(&mut self, event: Event, vcpu: Option<u32>) -> std::io::Result<()> {
+        if !self.parallel {
+            self.format.render(&event, &self.clock, vcpu, &mut self.inline);
+            if self.inline.len() >= 1 << 16 {
+                self.out.write_all(&self.inline)?;
+                self.inline.clear();
+            }
+            return Ok(());
+        }
+        if self.batch.capacity() == 0 {
+            match self.spare.pop() {
+                Some((text, batch)) => {
+                    self.batch = batch;
+                    self.spare.push((text, Vec::new()));
+                }
+                None => self.batch.reserve_exact(RENDER_BATCH),
+            }
+        }
+        self.batch.push((event, vcpu));
+        if self.batch.len() >= RENDER_BATCH {
+            self.send_batch();
+            while self.queue.len() > RENDER_AHEAD {
+                self.write_oldest()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut text = self.spare.pop().map(|(text, _)| text).unwrap_or_default();
+        let (clock, format) = (self.clock.clone(), self.format);
+        self.queue.push(Box::new(move || {
+            text.reserve(batch.len() * 128);
+            for (event, vcpu) in &batch {
+                format.render(event, &clock, *vcpu, &mut text);
+            }
+            // The events are dropped here, on the pool, not on the reading thread.
+            batch.clear();
+            (text, batch)
+        }));
+    }
+
+    fn write_oldest(&mut self) -> std::io::Result<()> {
+        let Some((mut text, batch)) = self.queue.pop() else { return Ok(()) };
+        self.out.write_all(&text)?;
+        text.clear();
+        self.spare.push((text, batch));
+        Ok(())
+    }
+
+    /// Writes everything still queued, flushes, and gives the writer back.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if !self.batch.is_empty() {
+            self.send_batch();
+        }
+        while self.queue.len() > 0 {
+            self.write_oldest()?;
+        }
+        self.out.write_all(&self.inline)?;
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
@@ -539,6 +845,101 @@ mod tests {
         ]
     }
 
+    /// `Line`'s text as the `fmt` machinery prints it from the documented format: the
+    /// reference the byte writer ([`Line::write_to`]) must match exactly.
+    fn reference_line(line: &Line<'_>) -> String {
+        let e = line.event;
+        let mut f = format!("{} [{:03}] {} ", format_ts(e.ts, line.clock), e.cpu, e.pid);
+        match &e.comm {
+            Some(c) => write!(f, "{:?}", &**c).unwrap(),
+            None => f.push_str("\"?\""),
+        }
+        write!(f, " {}:{}", e.system(), e.name()).unwrap();
+        let own_vcpu = e.kind.vcpu_id();
+        if let Some(v) = line.vcpu.or(own_vcpu) {
+            write!(f, " vcpu={v}").unwrap();
+        }
+        match &e.kind {
+            EventKind::Other(o) => {
+                for (name, value) in o.fields.iter() {
+                    write!(f, " {name}={value}").unwrap();
+                }
+            }
+            typed => {
+                let mut fields = Vec::new();
+                typed_fields(typed, &mut Sink(|field| fields.push(field)));
+                for field in fields {
+                    if field.name == "vcpu_id" && own_vcpu.is_some() {
+                        continue;
+                    }
+                    match (field.value.to_owned(), field.radix) {
+                        (FieldValue::U64(v), Radix::Hex) => write!(f, " {}={v:#x}", field.name),
+                        (value, _) => write!(f, " {}={value}", field.name),
+                    }
+                    .unwrap();
+                }
+            }
+        }
+        let decoded = e.kind.decoded();
+        if !decoded.is_empty() {
+            f.push_str(" |");
+            for (name, value) in decoded {
+                if value.contains(' ') {
+                    write!(f, " {name}={value:?}").unwrap();
+                } else {
+                    write!(f, " {name}={value}").unwrap();
+                }
+            }
+        }
+        f
+    }
+
+    fn arb_value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            any::<u64>().prop_map(FieldValue::U64),
+            any::<i64>().prop_map(FieldValue::I64),
+            any::<String>().prop_map(|s| FieldValue::Str(s.into())),
+            "[ -~]{0,12}".prop_map(|s| FieldValue::Str(s.into())),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(|b| FieldValue::Bytes(b.into())),
+            proptest::collection::vec(any::<u64>(), 0..5).prop_map(|a| FieldValue::Array(a.into())),
+        ]
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let other = ("[a-z_]{1,8}", proptest::collection::vec(("[a-z_]{1,6}", arb_value()), 0..6))
+            .prop_map(|(name, fields)| {
+                let mut f = Fields::new();
+                for (n, v) in fields {
+                    f.push(n.as_str(), v);
+                }
+                EventKind::Other(Box::new(crate::event::OtherEvent {
+                    system: "sched".into(),
+                    name: name.as_str().into(),
+                    fields: f,
+                }))
+            });
+        let kind = prop_oneof![
+            arb_kind(),
+            other,
+            (any::<u32>(), any::<u32>()).prop_map(|(r, e)| EventKind::KvmUserspaceExit {
+                reason: UserspaceExitReason(r % 40),
+                errno: Some(i32::from_ne_bytes(e.to_ne_bytes())),
+            }),
+            (any::<String>(), any::<u32>()).prop_map(|(m, e)| EventKind::KvmNestedVmenterFailed {
+                msg: m.into(),
+                err: crate::codes::VmInstructionError(e % 30),
+            }),
+            proptest::option::of(any::<u64>()).prop_map(|count| EventKind::Lost { count }),
+        ];
+        let comm = prop_oneof![
+            Just(None),
+            "[ -~]{0,16}".prop_map(|c| Some(Arc::from(c.as_str()))),
+            any::<String>().prop_map(|c| Some(Arc::from(c.as_str()))),
+        ];
+        (any::<u64>(), any::<u32>(), any::<i32>(), comm, kind)
+            .prop_map(|(ts, cpu, pid, comm, kind)| Event { ts, cpu, pid, comm, kind })
+    }
+
     proptest! {
         /// The kernel-field rendering is the exact inverse of decoding.
         #[test]
@@ -546,6 +947,18 @@ mod tests {
             let fields = kind.kernel_fields();
             let known = KnownEvent::lookup(kind.system(), kind.name()).unwrap();
             prop_assert_eq!(known.decode(&fields).unwrap(), kind);
+        }
+
+        /// The byte writer prints exactly what the reference `fmt` rendering prints.
+        #[test]
+        fn line_bytes_match_the_reference_rendering(
+            event in arb_event(),
+            vcpu in proptest::option::of(0u32..300),
+            ns in any::<bool>(),
+        ) {
+            let clock = if ns { Clock::Local } else { Clock::X86Tsc };
+            let line = Line { event: &event, clock: &clock, vcpu };
+            prop_assert_eq!(line.to_string(), reference_line(&line));
         }
     }
 }

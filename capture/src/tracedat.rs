@@ -1061,9 +1061,9 @@ impl TraceDat {
         }
     }
 
-    /// Loads and decodes one work item of a CPU.
-    fn decode_work(&self, ctx: &DecodeCtx, w: &Work, scratch: &mut Scratch) -> Batch {
-        let mut batch = Batch::default();
+    /// Loads and decodes one work item of a CPU, appending to `batch`.
+    fn decode_work(&self, ctx: &DecodeCtx, w: &Work, scratch: &mut Scratch, batch: &mut Batch) {
+        let first = batch.items.len();
         let mut pages = std::mem::take(&mut scratch.pages);
         match self.load(w, &mut pages, scratch) {
             Ok(()) => {
@@ -1071,7 +1071,7 @@ impl TraceDat {
                     None => StreamBase::File(w.file_offset),
                     Some(_) => StreamBase::Cpu(w.stream_offset),
                 };
-                ctx.decode_pages(w.cpu, &pages, base, &mut batch);
+                ctx.decode_pages(w.cpu, &pages, base, batch);
                 if w.usize.is_none() && (pages.len() as u64) < w.len {
                     batch.items.push_back(Err(self.err(
                         Location::Offset(w.file_offset.saturating_add(pages.len() as u64)),
@@ -1079,7 +1079,7 @@ impl TraceDat {
                     )));
                 }
                 if self.ts_offset != 0 {
-                    for ev in batch.items.iter_mut().flatten() {
+                    for ev in batch.items.range_mut(first..).flatten() {
                         ev.ts = ev.ts.wrapping_add_signed(self.ts_offset);
                     }
                 }
@@ -1087,7 +1087,6 @@ impl TraceDat {
             Err((at, e)) => batch.items.push_back(Err(self.err(at, e))),
         }
         scratch.pages = pages;
-        batch
     }
 
     /// Streams buffer `buffer` (0 is the top instance when present) as time-ordered events,
@@ -1134,14 +1133,25 @@ impl TraceDat {
             };
             let td = Arc::clone(self);
             let ctx = Arc::clone(&ctx);
-            let jobs = work.into_iter().map(move |w| {
+            let jobs = group_work(work).map(move |group| {
                 let td = Arc::clone(&td);
                 let ctx = Arc::clone(&ctx);
                 Box::new(move || {
-                    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-                        Ok(mut scratch) => td.decode_work(&ctx, &w, &mut scratch),
-                        Err(_) => td.decode_work(&ctx, &w, &mut Scratch::default()),
-                    })
+                    let mut batch = Batch::default();
+                    SCRATCH.with(|cell| {
+                        let mut fresh;
+                        let scratch = match cell.try_borrow_mut() {
+                            Ok(scratch) => {
+                                fresh = scratch;
+                                &mut *fresh
+                            }
+                            Err(_) => &mut Scratch::default(),
+                        };
+                        for w in &group {
+                            td.decode_work(&ctx, w, scratch, &mut batch);
+                        }
+                    });
+                    batch
                 }) as Job
             });
             producers.push((d.cpu, Box::new(jobs) as Jobs));
@@ -1172,6 +1182,26 @@ struct Work {
     /// `Some(uncompressed size)` for a compressed chunk.
     usize: Option<u64>,
     stream_offset: u64,
+}
+
+/// Uncompressed bytes one decoding job covers at least (several chunks of trace-cmd's ten
+/// pages each): fewer, larger jobs keep the cost of handing work between threads small next to
+/// the decoding itself, while a job's batch stays a few MiB.
+const JOB_BYTES: u64 = 256 << 10;
+
+/// Consecutive work items of one CPU grouped into jobs of about [`JOB_BYTES`].
+fn group_work(work: Vec<Work>) -> impl Iterator<Item = Vec<Work>> + Send {
+    let mut work = work.into_iter();
+    std::iter::from_fn(move || {
+        let mut group = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < JOB_BYTES {
+            let Some(w) = work.next() else { break };
+            bytes = bytes.saturating_add(w.usize.filter(|u| *u != u64::MAX).unwrap_or(w.len));
+            group.push(w);
+        }
+        (!group.is_empty()).then_some(group)
+    })
 }
 
 /// The events of one trace.dat buffer, in time order.

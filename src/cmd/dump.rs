@@ -1,11 +1,11 @@
 //! `vmxray dump`: every event, one normalized line or JSON object each.
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vmxray_capture::filter::{EventFilter, ReasonMatch, TimeRange, VcpuByThread};
-use vmxray_capture::render::{JsonEvent, Line};
+use vmxray_capture::render::{self, OrderedWriter};
 
 use super::input;
 
@@ -62,8 +62,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reasons: args.reason,
         time,
     };
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let format = match args.format {
+        Format::Text => render::Format::Text,
+        Format::Jsonl => render::Format::Jsonl,
+    };
+    // Lines are rendered in batches on the thread pool while this thread reads on.
+    let mut out = OrderedWriter::new(io::stdout().lock(), clock.clone(), format, true);
     let mut by_thread = VcpuByThread::default();
     let mut failure = None;
     for item in reader.by_ref() {
@@ -78,15 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !filter.keeps(&event, vcpu) {
             continue;
         }
-        match args.format {
-            Format::Text => writeln!(out, "{}", Line { event: &event, clock: &clock, vcpu })?,
-            Format::Jsonl => {
-                serde_json::to_writer(&mut out, &JsonEvent { event: &event, clock: &clock, vcpu })?;
-                out.write_all(b"\n")?;
-            }
-        }
+        out.push(event, vcpu)?;
     }
-    out.flush()?;
+    drop(out.finish()?);
     input::write_read_summary(&mut io::stderr(), reader.meta(), reader.stats())?;
     match failure {
         Some(err) => Err(err.into()),
