@@ -59,8 +59,33 @@ impl Event {
 /// On VMX: `info1` is the exit qualification, `info2` the IDT-vectoring information, `intr_info`
 /// `VM_EXIT_INTR_INFO` and `error_code` its error code. On SVM: `exit_info_1`, `exit_info_2`,
 /// `exit_int_info`, `exit_int_info_err`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+///
+/// Fields a layout generation lacks read as `None`. They are stored as values plus a presence
+/// mask, not as `Option`s, because this is the largest payload of [`EventKind`] and so sets
+/// the size of every event (eight `Option`s made it 112 bytes; it is 64): readers move
+/// millions of events per second. Build one from [`ExitFields`]; read fields through the
+/// accessors or [`ExitInfo::fields`].
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
+    /// The exit reason / exit code.
+    pub reason: ExitCode,
+    /// The `isa` field (1 VMX, 2 SVM), when the layout has it.
+    pub isa: Option<Isa>,
+    /// Which of the optional fields below are present (`HAS_*` bits); absent ones hold 0.
+    present: u8,
+    guest_rip: u64,
+    info1: u64,
+    info2: u64,
+    requests: u64,
+    intr_info: IntrInfo,
+    error_code: u32,
+    vcpu_id: u32,
+}
+
+/// [`ExitInfo`] with every field spelled out: what readers fill and what
+/// [`ExitInfo::fields`] gives back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitFields {
     /// The exit reason / exit code.
     pub reason: ExitCode,
     /// The `isa` field (1 VMX, 2 SVM), when the layout has it.
@@ -79,6 +104,158 @@ pub struct ExitInfo {
     pub vcpu_id: Option<u32>,
     /// `vcpu->requests` at the exit (6.14+).
     pub requests: Option<u64>,
+}
+
+impl ExitFields {
+    /// Only the reason; every other field absent.
+    pub fn reason(reason: ExitCode) -> Self {
+        Self {
+            reason,
+            isa: None,
+            guest_rip: None,
+            info1: None,
+            info2: None,
+            intr_info: None,
+            error_code: None,
+            vcpu_id: None,
+            requests: None,
+        }
+    }
+}
+
+impl ExitInfo {
+    const HAS_GUEST_RIP: u8 = 1 << 0;
+    const HAS_INFO1: u8 = 1 << 1;
+    const HAS_INFO2: u8 = 1 << 2;
+    const HAS_REQUESTS: u8 = 1 << 3;
+    const HAS_INTR_INFO: u8 = 1 << 4;
+    const HAS_ERROR_CODE: u8 = 1 << 5;
+    const HAS_VCPU_ID: u8 = 1 << 6;
+
+    fn get<T>(&self, bit: u8, value: T) -> Option<T> {
+        (self.present & bit != 0).then_some(value)
+    }
+
+    /// The guest RIP at the exit (`guest_rip`; `rip` in the ≤5.9 nested layout).
+    pub fn guest_rip(&self) -> Option<u64> {
+        self.get(Self::HAS_GUEST_RIP, self.guest_rip)
+    }
+
+    /// Exit qualification (VMX) / `exit_info_1` (SVM).
+    pub fn info1(&self) -> Option<u64> {
+        self.get(Self::HAS_INFO1, self.info1)
+    }
+
+    /// IDT-vectoring info (VMX) / `exit_info_2` (SVM).
+    pub fn info2(&self) -> Option<u64> {
+        self.get(Self::HAS_INFO2, self.info2)
+    }
+
+    /// Exit interruption information (5.10+, or the nested layouts).
+    pub fn intr_info(&self) -> Option<IntrInfo> {
+        self.get(Self::HAS_INTR_INFO, self.intr_info)
+    }
+
+    /// Exit interruption error code.
+    pub fn error_code(&self) -> Option<u32> {
+        self.get(Self::HAS_ERROR_CODE, self.error_code)
+    }
+
+    /// The vCPU (≥5.3 for `kvm_exit`).
+    pub fn vcpu_id(&self) -> Option<u32> {
+        self.get(Self::HAS_VCPU_ID, self.vcpu_id)
+    }
+
+    /// `vcpu->requests` at the exit (6.14+).
+    pub fn requests(&self) -> Option<u64> {
+        self.get(Self::HAS_REQUESTS, self.requests)
+    }
+
+    /// Every field spelled out.
+    pub fn fields(&self) -> ExitFields {
+        ExitFields {
+            reason: self.reason,
+            isa: self.isa,
+            guest_rip: self.guest_rip(),
+            info1: self.info1(),
+            info2: self.info2(),
+            intr_info: self.intr_info(),
+            error_code: self.error_code(),
+            vcpu_id: self.vcpu_id(),
+            requests: self.requests(),
+        }
+    }
+}
+
+impl From<ExitFields> for ExitInfo {
+    fn from(f: ExitFields) -> Self {
+        let mut present = 0;
+        let mut take = |bit: u8, v: Option<u64>| {
+            present |= if v.is_some() { bit } else { 0 };
+            v.unwrap_or(0)
+        };
+        let guest_rip = take(Self::HAS_GUEST_RIP, f.guest_rip);
+        let info1 = take(Self::HAS_INFO1, f.info1);
+        let info2 = take(Self::HAS_INFO2, f.info2);
+        let requests = take(Self::HAS_REQUESTS, f.requests);
+        let intr_info = take(Self::HAS_INTR_INFO, f.intr_info.map(|i| u64::from(i.0)));
+        let error_code = take(Self::HAS_ERROR_CODE, f.error_code.map(u64::from));
+        let vcpu_id = take(Self::HAS_VCPU_ID, f.vcpu_id.map(u64::from));
+        Self {
+            reason: f.reason,
+            isa: f.isa,
+            present,
+            guest_rip,
+            info1,
+            info2,
+            requests,
+            // These came from `u32`s.
+            intr_info: IntrInfo(u32::try_from(intr_info).unwrap_or(0)),
+            error_code: u32::try_from(error_code).unwrap_or(0),
+            vcpu_id: u32::try_from(vcpu_id).unwrap_or(0),
+        }
+    }
+}
+
+impl From<ExitInfo> for ExitFields {
+    fn from(info: ExitInfo) -> Self {
+        info.fields()
+    }
+}
+
+impl fmt::Debug for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.fields();
+        f.debug_struct("ExitInfo")
+            .field("reason", &e.reason)
+            .field("isa", &e.isa)
+            .field("guest_rip", &e.guest_rip)
+            .field("info1", &e.info1)
+            .field("info2", &e.info2)
+            .field("intr_info", &e.intr_info)
+            .field("error_code", &e.error_code)
+            .field("vcpu_id", &e.vcpu_id)
+            .field("requests", &e.requests)
+            .finish()
+    }
+}
+
+impl Serialize for ExitInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let e = self.fields();
+        let mut st = s.serialize_struct("ExitInfo", 9)?;
+        st.serialize_field("reason", &e.reason)?;
+        st.serialize_field("isa", &e.isa)?;
+        st.serialize_field("guest_rip", &e.guest_rip)?;
+        st.serialize_field("info1", &e.info1)?;
+        st.serialize_field("info2", &e.info2)?;
+        st.serialize_field("intr_info", &e.intr_info)?;
+        st.serialize_field("error_code", &e.error_code)?;
+        st.serialize_field("vcpu_id", &e.vcpu_id)?;
+        st.serialize_field("requests", &e.requests)?;
+        st.end()
+    }
 }
 
 /// `kvm_entry`: hardware is about to run the current level.
@@ -475,7 +652,7 @@ impl KnownEvent {
         let isa = || f.uint("isa").and_then(Isa::from_raw);
         let intr = |field: &str| f.u32(field).map(IntrInfo);
         Ok(match self {
-            Self::KvmExit => EventKind::KvmExit(ExitInfo {
+            Self::KvmExit => EventKind::KvmExit(ExitInfo::from(ExitFields {
                 reason: ExitCode::from_raw(need("exit_reason")?, isa()),
                 isa: isa(),
                 guest_rip: f.uint("guest_rip"),
@@ -485,7 +662,7 @@ impl KnownEvent {
                 error_code: f.u32("error_code"),
                 vcpu_id: f.u32("vcpu_id"),
                 requests: f.uint("requests"),
-            }),
+            })),
             Self::KvmNestedVmexit if f.uint("exit_reason").is_some() => {
                 // 5.10+: the kvm_exit layout.
                 match Self::KvmExit.decode(f)? {
@@ -493,7 +670,7 @@ impl KnownEvent {
                     other => other,
                 }
             }
-            Self::KvmNestedVmexit => EventKind::KvmNestedVmexit(ExitInfo {
+            Self::KvmNestedVmexit => EventKind::KvmNestedVmexit(ExitInfo::from(ExitFields {
                 // ≤5.9 layout: rip, exit_code, exit_info1/2, exit_int_info(_err), isa.
                 reason: ExitCode::from_raw(need("exit_code")?, isa()),
                 isa: isa(),
@@ -504,18 +681,20 @@ impl KnownEvent {
                 error_code: f.u32("exit_int_info_err"),
                 vcpu_id: f.u32("vcpu_id"),
                 requests: None,
-            }),
-            Self::KvmNestedVmexitInject => EventKind::KvmNestedVmexitInject(ExitInfo {
-                reason: ExitCode::from_raw(need("exit_code")?, isa()),
-                isa: isa(),
-                guest_rip: None,
-                info1: f.uint("exit_info1"),
-                info2: f.uint("exit_info2"),
-                intr_info: intr("exit_int_info"),
-                error_code: f.u32("exit_int_info_err"),
-                vcpu_id: None,
-                requests: None,
-            }),
+            })),
+            Self::KvmNestedVmexitInject => {
+                EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
+                    reason: ExitCode::from_raw(need("exit_code")?, isa()),
+                    isa: isa(),
+                    guest_rip: None,
+                    info1: f.uint("exit_info1"),
+                    info2: f.uint("exit_info2"),
+                    intr_info: intr("exit_int_info"),
+                    error_code: f.u32("exit_int_info_err"),
+                    vcpu_id: None,
+                    requests: None,
+                }))
+            }
             Self::KvmEntry => EventKind::KvmEntry(Entry {
                 vcpu_id: need32("vcpu_id")?,
                 rip: f.uint("rip"),
@@ -738,7 +917,7 @@ impl EventKind {
     /// The `vcpu_id` the event carries, if its layout has one.
     pub fn vcpu_id(&self) -> Option<u32> {
         match self {
-            Self::KvmExit(info) | Self::KvmNestedVmexit(info) => info.vcpu_id,
+            Self::KvmExit(info) | Self::KvmNestedVmexit(info) => info.vcpu_id(),
             Self::KvmEntry(entry) => Some(entry.vcpu_id),
             Self::KvmPageFault { vcpu_id, .. } => *vcpu_id,
             Self::KvmSmmTransition { vcpu_id, .. } => Some(*vcpu_id),
@@ -805,9 +984,9 @@ mod tests {
             panic!("not a kvm_exit")
         };
         assert_eq!(info.reason, ExitCode::Vmx(ExitReason(48)));
-        assert_eq!(info.vcpu_id, None);
-        assert_eq!(info.intr_info, None);
-        assert_eq!(info.requests, None);
+        assert_eq!(info.vcpu_id(), None);
+        assert_eq!(info.intr_info(), None);
+        assert_eq!(info.requests(), None);
         // 6.14: everything.
         let new = fields(&[
             ("exit_reason", 0x8000_0021),

@@ -182,7 +182,7 @@ mod tests {
 
     use super::*;
     use crate::codes::{ExitReason, Isa};
-    use crate::event::{Entry, EventKind, ExitInfo};
+    use crate::event::{Entry, EventKind, ExitFields, ExitInfo};
 
     fn exit(pid: i32, vcpu: Option<u32>, reason: u32, ts: u64) -> Event {
         Event {
@@ -190,7 +190,7 @@ mod tests {
             cpu: 0,
             pid,
             comm: Some(Arc::from("CPU 0/KVM")),
-            kind: EventKind::KvmExit(ExitInfo {
+            kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
                 reason: ExitCode::Vmx(ExitReason(reason)),
                 isa: Some(Isa::Vmx),
                 guest_rip: Some(0),
@@ -200,7 +200,7 @@ mod tests {
                 error_code: None,
                 vcpu_id: vcpu,
                 requests: None,
-            }),
+            })),
         }
     }
 

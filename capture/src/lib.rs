@@ -86,8 +86,8 @@ pub mod vmcs;
 pub mod write;
 
 pub use event::{
-    Comm, DecodeError, Entry, Event, EventKind, ExitInfo, InsnBytes, KnownEvent, MmuPage,
-    NestedVmenter, OtherEvent, ROLE_KNOWN_FIELD,
+    Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, KnownEvent,
+    MmuPage, NestedVmenter, OtherEvent, ROLE_KNOWN_FIELD,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};
 pub use open::{open, open_bytes};

@@ -1,5 +1,5 @@
 //! What every reader provides: the event iterator, the trace's metadata, counted problems, and
-//! the error type. [`open`] picks the reader from the input's first bytes.
+//! the error type. [`open`](fn@crate::open) picks the reader from the input's first bytes.
 
 use std::collections::BTreeMap;
 use std::fmt;

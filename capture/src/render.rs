@@ -109,8 +109,8 @@ fn typed_fields<'a>(kind: &'a EventKind, out: &mut Sink<impl FnMut(Field<'a>)>) 
     match kind {
         EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => {
             exit_fields(out, info, "exit_reason", "info1", "info2", "intr_info", "error_code");
-            out.opt(info.vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
-            out.opt(info.requests.map(|v| hex("requests", v)));
+            out.opt(info.vcpu_id().map(|v| dec("vcpu_id", u64::from(v))));
+            out.opt(info.requests().map(|v| hex("requests", v)));
         }
         EventKind::KvmNestedVmexitInject(info) => exit_fields(
             out,
@@ -226,16 +226,16 @@ fn exit_fields<'a>(
     err: &'static str,
 ) {
     out.push(hex(reason, info.reason.raw()));
-    if let Some(rip) = info.guest_rip {
+    if let Some(rip) = info.guest_rip() {
         out.push(hex("guest_rip", rip));
     }
     if let Some(isa) = info.isa {
         out.push(dec("isa", u64::from(isa.raw())));
     }
-    out.extend(info.info1.map(|v| hex(info1, v)));
-    out.extend(info.info2.map(|v| hex(info2, v)));
-    out.extend(info.intr_info.map(|v| hex(intr, u64::from(v.0))));
-    out.extend(info.error_code.map(|v| hex(err, u64::from(v))));
+    out.extend(info.info1().map(|v| hex(info1, v)));
+    out.extend(info.info2().map(|v| hex(info2, v)));
+    out.extend(info.intr_info().map(|v| hex(intr, u64::from(v.0))));
+    out.extend(info.error_code().map(|v| hex(err, u64::from(v))));
 }
 
 fn page_fields<'a>(out: &mut Sink<impl FnMut(Field<'a>)>, page: &MmuPage) {
@@ -283,16 +283,16 @@ impl EventKind {
             | Self::KvmNestedVmexitInject(info) => {
                 f("reason", &info.reason);
                 if let Some(q) = info
-                    .info1
+                    .info1()
                     .filter(|_| info.reason.vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
                 {
                     f("qual", &CrAccessQual(q));
                 }
-                if let Some(intr) = info.intr_info.filter(|i| i.valid()) {
+                if let Some(intr) = info.intr_info().filter(|i| i.valid()) {
                     f("intr", &intr);
                 }
                 let vectoring = info
-                    .info2
+                    .info2()
                     .and_then(|v| u32::try_from(v).ok())
                     .map(crate::codes::IntrInfo)
                     .filter(|v| v.valid() && matches!(info.reason, ExitCode::Vmx(_)));
@@ -724,7 +724,7 @@ mod tests {
 
     use super::*;
     use crate::codes::{ExitReason, IntrInfo, MmuPageRole, UserspaceExitReason};
-    use crate::event::{Entry, InsnBytes, KnownEvent};
+    use crate::event::{Entry, ExitFields, InsnBytes, KnownEvent};
 
     fn ev(kind: EventKind) -> Event {
         Event {
@@ -738,7 +738,7 @@ mod tests {
 
     #[test]
     fn normalized_line_for_a_cr_exit() {
-        let e = ev(EventKind::KvmExit(ExitInfo {
+        let e = ev(EventKind::KvmExit(ExitInfo::from(ExitFields {
             reason: ExitCode::Vmx(ExitReason(28)),
             isa: Some(Isa::Vmx),
             guest_rip: Some(0xfff0),
@@ -748,7 +748,7 @@ mod tests {
             error_code: Some(0),
             vcpu_id: Some(0),
             requests: None,
-        }));
+        })));
         let line = Line { event: &e, clock: &Clock::Local, vcpu: None }.to_string();
         assert_eq!(
             line,
@@ -783,7 +783,7 @@ mod tests {
         let exit = (any::<u32>(), any::<u64>(), proptest::option::of(any::<u32>()), any::<bool>())
             .prop_map(|(r, rip, vcpu, vmx)| {
                 let isa = if vmx { Isa::Vmx } else { Isa::Svm };
-                ExitInfo {
+                ExitInfo::from(ExitFields {
                     reason: ExitCode::from_raw(u64::from(r), Some(isa)),
                     isa: Some(isa),
                     guest_rip: Some(rip),
@@ -793,7 +793,7 @@ mod tests {
                     error_code: vcpu,
                     vcpu_id: vcpu,
                     requests: None,
-                }
+                })
             });
         prop_oneof![
             exit.clone().prop_map(EventKind::KvmExit),

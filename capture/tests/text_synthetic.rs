@@ -7,8 +7,8 @@ use vmxray_capture::codes::{
 };
 use vmxray_capture::text::TextReader;
 use vmxray_capture::{
-    Entry, Event, EventKind, EventReader, ExitInfo, InsnBytes, Location, MmuPage, NestedVmenter,
-    ReadErrorKind, ReadOptions,
+    Entry, Event, EventKind, EventReader, ExitFields, ExitInfo, InsnBytes, Location, MmuPage,
+    NestedVmenter, ReadErrorKind, ReadOptions,
 };
 
 fn read(text: &str, opts: ReadOptions) -> (Vec<Result<Event, String>>, TextReader<&[u8]>) {
@@ -60,7 +60,7 @@ fn vmx(reason: u32) -> ExitCode {
 }
 
 fn exit(reason: ExitCode, isa: Option<Isa>) -> ExitInfo {
-    ExitInfo {
+    ExitInfo::from(ExitFields {
         reason,
         isa,
         guest_rip: None,
@@ -70,59 +70,59 @@ fn exit(reason: ExitCode, isa: Option<Isa>) -> ExitInfo {
         error_code: None,
         vcpu_id: None,
         requests: None,
-    }
+    })
 }
 
 #[test]
 fn kvm_exit_every_generation() {
     let v = Some(Isa::Vmx);
     // ≤5.2 (and trace-cmd's plugin): `reason %s rip 0x%lx info %llx %llx`.
-    let old = ExitInfo {
+    let old = ExitInfo::from(ExitFields {
         guest_rip: Some(0xfff0),
         info1: Some(0x181),
         info2: Some(0),
-        ..exit(vmx(48), v)
-    };
+        ..exit(vmx(48), v).fields()
+    });
     assert_eq!(
         kvm("kvm_exit", "reason EPT_VIOLATION rip 0xfff0 info 181 0"),
-        EventKind::KvmExit(old.clone())
+        EventKind::KvmExit(old)
     );
     // The plugin may name the guest function after the rip.
     assert_eq!(
         kvm("kvm_exit", "reason EPT_VIOLATION rip 0xfff0 start_kernel+0x10 info 181 0"),
-        EventKind::KvmExit(old.clone())
+        EventKind::KvmExit(old)
     );
     // 5.3: vcpu_id; ~5.8: flag names.
     assert_eq!(
         kvm("kvm_exit", "vcpu 3 reason EPT_VIOLATION rip 0xfff0 info 181 0"),
-        EventKind::KvmExit(ExitInfo { vcpu_id: Some(3), ..old.clone() })
+        EventKind::KvmExit(ExitInfo::from(ExitFields { vcpu_id: Some(3), ..old.fields() }))
     );
     assert_eq!(
         kvm("kvm_exit", "vcpu 0 reason INVALID_STATE FAILED_VMENTRY rip 0x0 info 0 0"),
-        EventKind::KvmExit(ExitInfo {
+        EventKind::KvmExit(ExitInfo::from(ExitFields {
             guest_rip: Some(0),
             info1: Some(0),
             info2: Some(0),
             vcpu_id: Some(0),
-            ..exit(vmx(0x8000_0021), v)
-        })
+            ..exit(vmx(0x8000_0021), v).fields()
+        }))
     );
     // 5.10 and 6.14.
-    let new = ExitInfo {
+    let new = ExitInfo::from(ExitFields {
         guest_rip: Some(0xffff_ffff_8100_0000),
         info1: Some(3),
         info2: Some(0),
         intr_info: Some(IntrInfo(0)),
         error_code: Some(0),
         vcpu_id: Some(1),
-        ..exit(vmx(28), v)
-    };
+        ..exit(vmx(28), v).fields()
+    });
     let body_510 = "vcpu 1 reason CR_ACCESS rip 0xffffffff81000000 info1 0x0000000000000003 \
                     info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000";
-    assert_eq!(kvm("kvm_exit", body_510), EventKind::KvmExit(new.clone()));
+    assert_eq!(kvm("kvm_exit", body_510), EventKind::KvmExit(new));
     assert_eq!(
         kvm("kvm_exit", &format!("{body_510} requests 0x0000000000000040")),
-        EventKind::KvmExit(ExitInfo { requests: Some(0x40), ..new.clone() })
+        EventKind::KvmExit(ExitInfo::from(ExitFields { requests: Some(0x40), ..new.fields() }))
     );
     // SVM names (lower case, possibly with a space), unknown codes, the plugin's names.
     let svm = |name: &str| match kvm(
@@ -144,15 +144,15 @@ fn kvm_exit_every_generation() {
 
 #[test]
 fn kvm_exit_raw_field_renderings() {
-    let want = EventKind::KvmExit(ExitInfo {
+    let want = EventKind::KvmExit(ExitInfo::from(ExitFields {
         guest_rip: Some(0xfff0),
         info1: Some(0x181),
         info2: Some(0),
         intr_info: Some(IntrInfo(0)),
         error_code: Some(0),
         vcpu_id: Some(0),
-        ..exit(vmx(48), Some(Isa::Vmx))
-    });
+        ..exit(vmx(48), Some(Isa::Vmx)).fields()
+    }));
     // trace-cmd report -R: info1/info2 are `%llx` in the ≤5.9 print, so bare hex.
     assert_eq!(
         kvm(
@@ -261,14 +261,14 @@ fn kvm_cr_msr_pio_cpuid_smm() {
 
 #[test]
 fn nested_vmexit_old_new_plugin_and_inject() {
-    let old = EventKind::KvmNestedVmexit(ExitInfo {
+    let old = EventKind::KvmNestedVmexit(ExitInfo::from(ExitFields {
         guest_rip: Some(0xfff0),
         info1: Some(0),
         info2: Some(0),
         intr_info: Some(IntrInfo(0)),
         error_code: Some(0),
-        ..exit(vmx(18), Some(Isa::Vmx))
-    });
+        ..exit(vmx(18), Some(Isa::Vmx)).fields()
+    }));
     assert_eq!(
         kvm(
             "kvm_nested_vmexit",
@@ -291,14 +291,14 @@ fn nested_vmexit_old_new_plugin_and_inject() {
     ) else {
         panic!()
     };
-    assert_eq!((new.reason, new.vcpu_id, new.info1), (vmx(48), Some(0), Some(0x181)));
-    let inject = EventKind::KvmNestedVmexitInject(ExitInfo {
+    assert_eq!((new.reason, new.vcpu_id(), new.info1()), (vmx(48), Some(0), Some(0x181)));
+    let inject = EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
         info1: Some(0x1000),
         info2: Some(0),
         intr_info: Some(IntrInfo(0x8000_0b0e)),
         error_code: Some(2),
-        ..exit(vmx(0), Some(Isa::Vmx))
-    });
+        ..exit(vmx(0), Some(Isa::Vmx)).fields()
+    }));
     assert_eq!(
         kvm(
             "kvm_nested_vmexit_inject",

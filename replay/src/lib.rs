@@ -10,18 +10,18 @@
 //!
 //! ```
 //! use vmxray_capture::codes::{ExitCode, ExitReason};
-//! use vmxray_capture::{Entry, Event, EventKind, ExitInfo};
+//! use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //! use vmxray_replay::{Model, RuleId};
 //!
 //! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, comm: None, kind };
 //! let entry = |ts| event(ts, EventKind::KvmEntry(Entry {
 //!     vcpu_id: 0, rip: Some(0x1000), immediate_exit: None, intr_info: None, error_code: None,
 //! }));
-//! let cpuid_exit = event(2, EventKind::KvmExit(ExitInfo {
+//! let cpuid_exit = event(2, EventKind::KvmExit(ExitInfo::from(ExitFields {
 //!     reason: ExitCode::Vmx(ExitReason(10)), isa: None, guest_rip: Some(0x1000),
 //!     info1: Some(0), info2: Some(0), intr_info: None, error_code: None,
 //!     vcpu_id: Some(0), requests: None,
-//! }));
+//! })));
 //! let mut model = Model::default();
 //! for e in [entry(1), cpuid_exit, entry(3)] {
 //!     assert!(model.step(&e).anomalies.is_empty());

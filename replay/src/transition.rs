@@ -16,9 +16,9 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
     match kind {
         EventKind::KvmExit(info) => {
             f.kvm_exit = true;
-            f.exit_vcpu_id |= info.vcpu_id.is_some();
-            f.v5_10 |= info.intr_info.is_some();
-            f.v6_14 |= info.requests.is_some();
+            f.exit_vcpu_id |= info.vcpu_id().is_some();
+            f.v5_10 |= info.intr_info().is_some();
+            f.v6_14 |= info.requests().is_some();
         }
         EventKind::KvmEntry(e) => {
             f.kvm_entry = true;
@@ -240,11 +240,11 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     st.last_exit = Some(LastExit {
         at,
         reason: info.reason,
-        rip: info.guest_rip,
-        info1: info.info1,
-        info2: info.info2,
-        intr_info: info.intr_info,
-        error_code: info.error_code,
+        rip: info.guest_rip(),
+        info1: info.info1(),
+        info2: info.info2(),
+        intr_info: info.intr_info(),
+        error_code: info.error_code(),
         level,
     });
     st.exited_since_entry = Some(true);
@@ -261,7 +261,7 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
         st.pending_launch = Some(PendingLaunch {
             at,
             cause,
-            rip: info.guest_rip,
+            rip: info.guest_rip(),
             l1_cr3: st.l1_cr3.map(|o| o.value),
         });
     }

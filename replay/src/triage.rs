@@ -457,12 +457,12 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             Some(ChainLink::WalkerError { at, pferr: *pferr })
         }
         EventKind::KvmExit(info) | EventKind::KvmNestedVmexitInject(info) => {
-            info.intr_info.and_then(|i| i.exception()).map(|vector| ChainLink::ExitException {
+            info.intr_info().and_then(|i| i.exception()).map(|vector| ChainLink::ExitException {
                 at,
                 reason: info.reason,
                 vector,
-                qualification: info.info1,
-                error_code: info.error_code,
+                qualification: info.info1(),
+                error_code: info.error_code(),
                 nested: matches!(event.kind, EventKind::KvmNestedVmexitInject(_)),
             })
         }

@@ -8,7 +8,7 @@ use vmxray_capture::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason,
     VmInstructionError,
 };
-use vmxray_capture::{Entry, Event, EventKind, ExitInfo, MmuPage, NestedVmenter};
+use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo, MmuPage, NestedVmenter};
 use vmxray_replay::triage::{TriageConfig, triage};
 use vmxray_replay::{Model, Severity};
 
@@ -18,16 +18,18 @@ fn small() -> impl Strategy<Value = u64> {
 
 fn exit_info() -> impl Strategy<Value = ExitInfo> {
     (0u32..80, any::<bool>(), small(), small(), any::<u32>(), prop::option::of(0u32..3)).prop_map(
-        |(reason, failed, rip, info1, intr, vcpu)| ExitInfo {
-            reason: ExitCode::Vmx(ExitReason(reason | if failed { 0x8000_0000 } else { 0 })),
-            isa: Some(Isa::Vmx),
-            guest_rip: Some(rip),
-            info1: Some(info1),
-            info2: Some(0),
-            intr_info: Some(IntrInfo(intr)),
-            error_code: Some(0),
-            vcpu_id: vcpu,
-            requests: None,
+        |(reason, failed, rip, info1, intr, vcpu)| {
+            ExitInfo::from(ExitFields {
+                reason: ExitCode::Vmx(ExitReason(reason | if failed { 0x8000_0000 } else { 0 })),
+                isa: Some(Isa::Vmx),
+                guest_rip: Some(rip),
+                info1: Some(info1),
+                info2: Some(0),
+                intr_info: Some(IntrInfo(intr)),
+                error_code: Some(0),
+                vcpu_id: vcpu,
+                requests: None,
+            })
         },
     )
 }
@@ -294,7 +296,9 @@ proptest! {
         for e in &mut tb.events {
             e.pid = 2000;
             match &mut e.kind {
-                EventKind::KvmExit(i) | EventKind::KvmNestedVmexit(i) => i.vcpu_id = Some(1),
+                EventKind::KvmExit(i) | EventKind::KvmNestedVmexit(i) => {
+                    *i = ExitInfo::from(ExitFields { vcpu_id: Some(1), ..i.fields() })
+                }
                 EventKind::KvmEntry(en) => en.vcpu_id = 1,
                 EventKind::KvmPageFault { vcpu_id, .. } => *vcpu_id = Some(1),
                 EventKind::KvmSmmTransition { vcpu_id, .. } => *vcpu_id = 1,

@@ -112,8 +112,8 @@ fn field_sets_follow_the_kernel_version() {
                     );
                 }
                 EventKind::KvmExit(x) | EventKind::KvmNestedVmexit(x) => {
-                    assert_eq!(x.requests.is_some(), kernel == KernelVersion::V6_14, "{ctx}");
-                    assert!(x.intr_info.is_some() && x.vcpu_id.is_some(), "{ctx}");
+                    assert_eq!(x.requests().is_some(), kernel == KernelVersion::V6_14, "{ctx}");
+                    assert!(x.intr_info().is_some() && x.vcpu_id().is_some(), "{ctx}");
                 }
                 EventKind::KvmPageFault { vcpu_id, .. } => {
                     assert_eq!(vcpu_id.is_some(), kernel == KernelVersion::V6_14, "{ctx}")
@@ -324,7 +324,7 @@ fn bug_a_stale_cr3_signature() {
                     // Only the consequence is visible: the subject faults on foreign page tables.
                     let EventKind::KvmExit(x) = &flagged.kind else { panic!("{flagged:?}") };
                     assert_eq!(basic(x), Some(VmxBasicReason::EXCEPTION_NMI));
-                    assert_eq!(x.intr_info.unwrap().0, 0x8000_0b0e);
+                    assert_eq!(x.intr_info().unwrap().0, 0x8000_0b0e);
                 }
             }
         }

@@ -9,7 +9,7 @@ use vmxray_capture::codes::{
 };
 use vmxray_capture::fields::{FieldValue, Fields};
 use vmxray_capture::{
-    Entry, Event, EventKind, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
+    Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
 };
 use vmxray_samples::sim::KernelVersion;
 use vmxray_samples::sim::text::{
@@ -158,7 +158,7 @@ fn vcpu_thread(ts: u64, kind: EventKind) -> Event {
 }
 
 fn exit_info(reason: u32, rip: u64, requests: Option<u64>) -> ExitInfo {
-    ExitInfo {
+    ExitInfo::from(ExitFields {
         reason: ExitCode::Vmx(ExitReason(reason)),
         isa: Some(Isa::Vmx),
         guest_rip: Some(rip),
@@ -168,7 +168,7 @@ fn exit_info(reason: u32, rip: u64, requests: Option<u64>) -> ExitInfo {
         error_code: Some(0),
         vcpu_id: Some(0),
         requests,
-    }
+    })
 }
 
 /// Hand-written from the 6.18 print fmt: `vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx
@@ -204,7 +204,7 @@ fn kvm_exit_and_nested_vmexit_lines() {
 
 #[test]
 fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
-    let inject = EventKind::KvmNestedVmexitInject(ExitInfo {
+    let inject = EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
         reason: ExitCode::Vmx(ExitReason(0)),
         isa: Some(Isa::Vmx),
         guest_rip: None,
@@ -214,7 +214,7 @@ fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
         error_code: Some(0x14),
         vcpu_id: None,
         requests: None,
-    });
+    }));
     assert_eq!(
         render_body(&inject, V6),
         "reason: EXCEPTION_NMI ext_inf1: 0x000000007f123456 ext_inf2: 0x0000000000000000 ext_int: 0x80000b0e ext_int_err: 0x00000014"

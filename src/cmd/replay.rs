@@ -372,7 +372,7 @@ mod tests {
             cpu: 0,
             pid: 7,
             comm: None,
-            kind: EventKind::KvmExit(vmxray_capture::ExitInfo {
+            kind: EventKind::KvmExit(vmxray_capture::ExitInfo::from(vmxray_capture::ExitFields {
                 reason: vmxray_capture::codes::ExitCode::Vmx(vmxray_capture::codes::ExitReason(10)),
                 isa: None,
                 guest_rip: Some(0x1000),
@@ -382,7 +382,7 @@ mod tests {
                 error_code: None,
                 vcpu_id: Some(3),
                 requests: None,
-            }),
+            })),
         })
     }
 

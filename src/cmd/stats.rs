@@ -86,7 +86,8 @@ mod tests {
 
     use vmxray_capture::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
     use vmxray_capture::{
-        Clock, Entry, EventKind, ExitInfo, InputFormat, InsnBytes, Location, ReadErrorKind,
+        Clock, Entry, EventKind, ExitFields, ExitInfo, InputFormat, InsnBytes, Location,
+        ReadErrorKind,
     };
 
     use super::*;
@@ -99,7 +100,7 @@ mod tests {
         ev(
             ts,
             100 + i32::try_from(vcpu).unwrap(),
-            EventKind::KvmExit(ExitInfo {
+            EventKind::KvmExit(ExitInfo::from(ExitFields {
                 reason: KvmExitCode::Vmx(ExitReason(reason)),
                 isa: Some(Isa::Vmx),
                 guest_rip: None,
@@ -109,7 +110,7 @@ mod tests {
                 error_code: None,
                 vcpu_id: Some(vcpu),
                 requests: None,
-            }),
+            })),
         )
     }
 

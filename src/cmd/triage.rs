@@ -175,8 +175,8 @@ pub fn describe_event(e: &Event) -> String {
                 "{} {}{}{}",
                 e.name(),
                 i.reason,
-                i.guest_rip.map_or_else(String::new, |r| format!(" rip {r:#x}")),
-                i.info1.map_or_else(String::new, |q| format!(" info1 {q:#x}"))
+                i.guest_rip().map_or_else(String::new, |r| format!(" rip {r:#x}")),
+                i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}"))
             )
         }
         EventKind::KvmEntry(en) => {

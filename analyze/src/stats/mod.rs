@@ -275,7 +275,7 @@ impl ExitStats {
                     self.close(vcpu, previous, Close::NextExit);
                 }
                 let l0_always_keeps =
-                    l0_always_keeps(info.reason, info.intr_info.map(|i| i.kind()));
+                    l0_always_keeps(info.reason, info.intr_info().map(|i| i.kind()));
                 self.pending.insert(
                     vcpu,
                     PendingExit {
@@ -285,8 +285,8 @@ impl ExitStats {
                         l0_always_keeps,
                         reflected: false,
                         index,
-                        rip: info.guest_rip,
-                        qualification: info.info1,
+                        rip: info.guest_rip(),
+                        qualification: info.info1(),
                         vmcs12,
                     },
                 );

@@ -7,8 +7,8 @@ use vmxray_capture::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, UserspaceExitReason,
 };
 use vmxray_capture::{
-    Clock, Entry, Event, EventKind, ExitInfo, Fields, InputFormat, InsnBytes, LostOnCpu,
-    OtherEvent, ReadStats, TraceMeta,
+    Clock, Entry, Event, EventKind, ExitFields, ExitInfo, Fields, InputFormat, InsnBytes,
+    LostOnCpu, OtherEvent, ReadStats, TraceMeta,
 };
 
 use super::*;
@@ -24,7 +24,7 @@ fn ev(ts: u64, cpu: u32, pid: i32, kind: EventKind) -> Event {
 }
 
 fn info(reason: u32, vcpu: Option<u32>) -> ExitInfo {
-    ExitInfo {
+    ExitInfo::from(ExitFields {
         reason: ExitCode::Vmx(ExitReason(reason)),
         isa: Some(Isa::Vmx),
         guest_rip: Some(0x1000),
@@ -34,7 +34,7 @@ fn info(reason: u32, vcpu: Option<u32>) -> ExitInfo {
         error_code: Some(0),
         vcpu_id: vcpu,
         requests: None,
-    }
+    })
 }
 
 fn exit(ts: u64, cpu: u32, pid: i32, vcpu: Option<u32>, reason: u32) -> Event {

@@ -223,10 +223,10 @@ pub fn derive(
             // nested_vmx_vmexit passes these vmcs12 fields, after prepare_vmcs12 (§1.4).
             o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
             let fields = [
-                (FieldEncoding::EXIT_QUALIFICATION, info.info1),
-                (FieldEncoding::IDT_VECTORING_INFO_FIELD, info.info2),
-                (FieldEncoding::VM_EXIT_INTR_INFO, info.intr_info.map(|i| u64::from(i.0))),
-                (FieldEncoding::VM_EXIT_INTR_ERROR_CODE, info.error_code.map(u64::from)),
+                (FieldEncoding::EXIT_QUALIFICATION, info.info1()),
+                (FieldEncoding::IDT_VECTORING_INFO_FIELD, info.info2()),
+                (FieldEncoding::VM_EXIT_INTR_INFO, info.intr_info().map(|i| u64::from(i.0))),
+                (FieldEncoding::VM_EXIT_INTR_ERROR_CODE, info.error_code().map(u64::from)),
             ];
             for (field, value) in fields {
                 if let Some(value) = value {
@@ -238,24 +238,24 @@ pub fn derive(
             let (ExitCode::Vmx(reason), Some(level)) = (info.reason, st.level()) else { return };
             let vmcs = hw_vmcs(level);
             o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
-            if let Some(q) = info.info1 {
+            if let Some(q) = info.info1() {
                 o.derived(vmcs, FieldEncoding::EXIT_QUALIFICATION, q);
             }
             if reason.failed_vmentry() {
                 // vmx_get_exit_info reports only the qualification after a failed entry.
                 return;
             }
-            if let Some(rip) = info.guest_rip {
+            if let Some(rip) = info.guest_rip() {
                 o.derived(vmcs, FieldEncoding::GUEST_RIP, rip);
             }
-            if let Some(idt) = info.info2 {
+            if let Some(idt) = info.info2() {
                 o.derived(vmcs, FieldEncoding::IDT_VECTORING_INFO_FIELD, idt);
             }
-            if let Some(intr) = info.intr_info {
+            if let Some(intr) = info.intr_info() {
                 o.derived(vmcs, FieldEncoding::VM_EXIT_INTR_INFO, u64::from(intr.0));
                 if intr.valid()
                     && intr.error_code_valid()
-                    && let Some(err) = info.error_code
+                    && let Some(err) = info.error_code()
                 {
                     o.derived(vmcs, FieldEncoding::VM_EXIT_INTR_ERROR_CODE, u64::from(err));
                 }

@@ -124,13 +124,13 @@ pub(crate) fn on_inject(ctx: &mut Ctx<'_>, watch: &mut State, info: &ExitInfo) {
         return;
     }
     let exception = info.reason.is_vmx(VmxBasicReason::EXCEPTION_NMI)
-        && info.intr_info.is_some_and(|i| i.valid() && i.kind() == IntrType::HardwareException);
+        && info.intr_info().is_some_and(|i| i.valid() && i.kind() == IntrType::HardwareException);
     if !exception {
         return;
     }
     let mut evidence = vec![w.zero_exit_at, w.vmenter_at];
     evidence.extend(ctx.vcpu.last_exit.map(|x| x.at));
-    let (vmptr, intr) = (w.vmptr, info.intr_info.map_or(0, |i| i.0));
+    let (vmptr, intr) = (w.vmptr, info.intr_info().map_or(0, |i| i.0));
     ctx.report(RULE, Severity::Warning, &evidence, || {
         format!(
             "vmcs12 {} (nested EPT, GUEST_CR3 not traced) exited before L2 ran a single instruction, and its next run faults into L1 at once (intr_info {}): consistent with L2 running on a stale vmcs02.GUEST_CR3 (bug a, fixed by 04f11ef45810; consequence only)",

@@ -39,11 +39,11 @@ pub(crate) fn on_inject(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     if ctx.features.l0_paging != L0Paging::Shadow
         || ctx.vcpu.level() != Some(Level::L2)
         || !info.reason.is_vmx(VmxBasicReason::EXCEPTION_NMI)
-        || info.intr_info.and_then(|i| i.exception()) != Some(ExceptionVector::PF)
+        || info.intr_info().and_then(|i| i.exception()) != Some(ExceptionVector::PF)
     {
         return;
     }
-    let Some(cr2) = info.info1 else { return };
+    let Some(cr2) = info.info1() else { return };
     ctx.checked(RULE);
     if fault.is_some_and(|(_, addr)| addr == cr2) {
         return;

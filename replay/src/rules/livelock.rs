@@ -51,7 +51,7 @@ fn classify(info: &ExitInfo) -> ExitClass {
         ExitCode::Vmx(r) => match r.basic() {
             VmxBasicReason::EPT_VIOLATION => ExitClass::Fault,
             VmxBasicReason::EXCEPTION_NMI
-                if info.intr_info.and_then(|i| i.exception()) == Some(ExceptionVector::PF) =>
+                if info.intr_info().and_then(|i| i.exception()) == Some(ExceptionVector::PF) =>
             {
                 ExitClass::Fault
             }
@@ -75,14 +75,14 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
         }
         ExitClass::Fault => {}
     }
-    let Some(rip) = info.guest_rip else {
+    let Some(rip) = info.guest_rip() else {
         st.key = None;
         return;
     };
     let key = Key {
         reason: info.reason.raw(),
         rip,
-        qual: info.info1.unwrap_or(0),
+        qual: info.info1().unwrap_or(0),
         level: ctx.vcpu.level(),
     };
     ctx.checked(RULE);

@@ -31,19 +31,19 @@ pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
     if last.reason.raw() != info.reason.raw() {
         fields.push("reason");
     }
-    if differs(last.rip, info.guest_rip) {
+    if differs(last.rip, info.guest_rip()) {
         fields.push("rip");
     }
-    if differs(last.info1, info.info1) {
+    if differs(last.info1, info.info1()) {
         fields.push("info1");
     }
-    if differs(last.info2, info.info2) {
+    if differs(last.info2, info.info2()) {
         fields.push("info2");
     }
-    if differs(last.intr_info, info.intr_info) {
+    if differs(last.intr_info, info.intr_info()) {
         fields.push("intr_info");
     }
-    if differs(last.error_code, info.error_code) {
+    if differs(last.error_code, info.error_code()) {
         fields.push("error_code");
     }
     if fields.is_empty() {

@@ -53,7 +53,7 @@ pub(crate) struct State {
 
 pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     let long_mode = ctx.vcpu.level() != Some(Level::L2)
-        && info.guest_rip.is_some_and(|rip| rip > u64::from(u32::MAX));
+        && info.guest_rip().is_some_and(|rip| rip > u64::from(u32::MAX));
     st.long_mode_exit = long_mode;
     if long_mode {
         st.paging_at = Some(ctx.at);

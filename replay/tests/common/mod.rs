@@ -7,7 +7,7 @@ use vmxray_capture::codes::{
     VmInstructionError,
 };
 use vmxray_capture::{
-    Entry, Event, EventKind, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
+    Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
 };
 use vmxray_replay::{Anomaly, Model, RuleId, Severity};
 
@@ -61,7 +61,7 @@ fn vmx(reason: u32) -> ExitCode {
 }
 
 pub fn info(reason: u32, rip: Option<u64>, info1: u64, intr: u32, vcpu: Option<u32>) -> ExitInfo {
-    ExitInfo {
+    ExitInfo::from(ExitFields {
         reason: vmx(reason),
         isa: Some(Isa::Vmx),
         guest_rip: rip,
@@ -71,7 +71,7 @@ pub fn info(reason: u32, rip: Option<u64>, info1: u64, intr: u32, vcpu: Option<u
         error_code: Some(0),
         vcpu_id: vcpu,
         requests: None,
-    }
+    })
 }
 
 impl Trace {
@@ -105,8 +105,11 @@ impl Trace {
     }
 
     pub fn inject_full(&mut self, reason: u32, info1: u64, intr: u32) -> u64 {
-        let i =
-            ExitInfo { guest_rip: None, vcpu_id: None, ..info(reason, None, info1, intr, None) };
+        let i = ExitInfo::from(ExitFields {
+            guest_rip: None,
+            vcpu_id: None,
+            ..info(reason, None, info1, intr, None).fields()
+        });
         self.push(EventKind::KvmNestedVmexitInject(i))
     }
 

@@ -656,9 +656,9 @@ impl Vcpu {
         intr: u32,
         err: u32,
     ) -> usize {
-        use vmxray_capture::ExitInfo;
         use vmxray_capture::codes::{ExitCode, ExitReason};
-        self.ev(EventKind::KvmNestedVmexitInject(ExitInfo {
+        use vmxray_capture::{ExitFields, ExitInfo};
+        self.ev(EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
             reason: ExitCode::Vmx(ExitReason(reason)),
             isa: Some(Isa::Vmx),
             guest_rip: None,
@@ -668,7 +668,7 @@ impl Vcpu {
             error_code: Some(err),
             vcpu_id: None,
             requests: None,
-        }))
+        })))
     }
 
     /// A host timer interrupt while L2 runs, kept by L0, after which L1's emulated VMX

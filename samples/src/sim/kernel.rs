@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 use vmxray_capture::codes::{ExitCode, ExitReason, IntrInfo, Isa};
-use vmxray_capture::{Entry, EventKind, ExitInfo};
+use vmxray_capture::{Entry, EventKind, ExitFields, ExitInfo};
 
 /// The host kernel whose tracepoint layouts the simulator reproduces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,7 +90,7 @@ impl KernelVersion {
         x: &HwExit,
         requests: u64,
     ) -> EventKind {
-        let info = ExitInfo {
+        let info = ExitInfo::from(ExitFields {
             reason: ExitCode::Vmx(ExitReason(x.reason)),
             isa: Some(Isa::Vmx),
             guest_rip: Some(x.rip),
@@ -100,7 +100,7 @@ impl KernelVersion {
             error_code: Some(x.error_code),
             vcpu_id: Some(vcpu),
             requests: self.exit_has_requests().then_some(requests),
-        };
+        });
         if nested { EventKind::KvmNestedVmexit(info) } else { EventKind::KvmExit(info) }
     }
 

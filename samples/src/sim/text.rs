@@ -143,28 +143,28 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
     match kind {
         EventKind::KvmExit(x) => exit_body(x),
         EventKind::KvmNestedVmexit(x) => {
-            if x.vcpu_id.is_some() {
+            if x.vcpu_id().is_some() {
                 exit_body(x)
             } else {
                 // ≤5.9 layout.
                 format!(
                     "rip: 0x{:016x} reason: {} ext_inf1: 0x{:016x} ext_inf2: 0x{:016x} ext_int: 0x{:08x} ext_int_err: 0x{:08x}",
-                    x.guest_rip.unwrap_or(0),
+                    x.guest_rip().unwrap_or(0),
                     reason_text(x.reason, x.isa),
-                    x.info1.unwrap_or(0),
-                    x.info2.unwrap_or(0),
-                    x.intr_info.map_or(0, |i| i.0),
-                    x.error_code.unwrap_or(0)
+                    x.info1().unwrap_or(0),
+                    x.info2().unwrap_or(0),
+                    x.intr_info().map_or(0, |i| i.0),
+                    x.error_code().unwrap_or(0)
                 )
             }
         }
         EventKind::KvmNestedVmexitInject(x) => format!(
             "reason: {} ext_inf1: 0x{:016x} ext_inf2: 0x{:016x} ext_int: 0x{:08x} ext_int_err: 0x{:08x}",
             reason_text(x.reason, x.isa),
-            x.info1.unwrap_or(0),
-            x.info2.unwrap_or(0),
-            x.intr_info.map_or(0, |i| i.0),
-            x.error_code.unwrap_or(0)
+            x.info1().unwrap_or(0),
+            x.info2().unwrap_or(0),
+            x.intr_info().map_or(0, |i| i.0),
+            x.error_code().unwrap_or(0)
         ),
         EventKind::KvmEntry(entry) => entry_body(entry),
         EventKind::KvmNestedVmenter(n) => vmenter_body(n),
@@ -283,22 +283,26 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
 /// 0x%016llx intr_info 0x%08x error_code 0x%08x` and, 6.14+, ` requests 0x%016llx`.
 fn exit_body(x: &ExitInfo) -> String {
     let mut s = String::new();
-    if let Some(vcpu) = x.vcpu_id {
+    if let Some(vcpu) = x.vcpu_id() {
         let _ = write!(s, "vcpu {vcpu} ");
     }
     let _ = write!(
         s,
         "reason {} rip 0x{:x} info1 0x{:016x} info2 0x{:016x}",
         reason_text(x.reason, x.isa),
-        x.guest_rip.unwrap_or(0),
-        x.info1.unwrap_or(0),
-        x.info2.unwrap_or(0)
+        x.guest_rip().unwrap_or(0),
+        x.info1().unwrap_or(0),
+        x.info2().unwrap_or(0)
     );
-    if let Some(intr) = x.intr_info {
-        let _ =
-            write!(s, " intr_info 0x{:08x} error_code 0x{:08x}", intr.0, x.error_code.unwrap_or(0));
+    if let Some(intr) = x.intr_info() {
+        let _ = write!(
+            s,
+            " intr_info 0x{:08x} error_code 0x{:08x}",
+            intr.0,
+            x.error_code().unwrap_or(0)
+        );
     }
-    if let Some(req) = x.requests {
+    if let Some(req) = x.requests() {
         let _ = write!(s, " requests 0x{req:016x}");
     }
     s
