@@ -1362,7 +1362,17 @@ fn from_text(
                 }
                 return Err(err);
             };
-            let fields = event.kind.kernel_fields();
+            let mut fields = event.kind.kernel_fields();
+            if format.role_bit4_inverted() {
+                // Back to the pre-5.18 sense of role bit 4 that this format's kernel uses.
+                for (name, value) in &mut fields.0 {
+                    if &**name == "role"
+                        && let FieldValue::U64(v) = value
+                    {
+                        *v ^= u64::from(crate::codes::MmuPageRole::BIT4);
+                    }
+                }
+            }
             let (payload, missing) = encode_record(format, event.pid, &fields);
             for field in missing {
                 let key = format!("{}:{}:{field}", format.system, format.name);

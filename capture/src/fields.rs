@@ -178,6 +178,13 @@ pub trait FieldLookup {
     /// Every field, materialized (used for events the vocabulary does not type).
     fn to_fields(&self) -> Fields;
 
+    /// True when a kvmmmu `role` word read here has bit 4 in the pre-5.18 sense (8-byte guest
+    /// PTEs; see [`crate::format::EventFormat::role_bit4_inverted`]). Text renderings are
+    /// normalized while parsed, so only raw records answer true.
+    fn role_bit4_inverted(&self) -> bool {
+        false
+    }
+
     /// The field as a signed integer (reinterpreting an unsigned value of the given width).
     fn int(&self, name: &str, width_bytes: u32) -> Option<i64> {
         let raw = self.uint(name)?;

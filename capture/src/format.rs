@@ -279,6 +279,8 @@ pub struct EventFormat {
     /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
     /// once (see [`Record`]).
     plan: Vec<PlanStep>,
+    /// See [`EventFormat::role_bit4_inverted`].
+    role_bit4_inverted: bool,
 }
 
 /// One planned lookup: the name asked (its address and length, and packed) and its field.
@@ -368,9 +370,22 @@ impl EventFormat {
             symbols: parse_symbol_tables(print_fmt),
             known,
             plan: Vec::new(),
+            // Kernels before 5.18 named role bit 4 `cr4_pae`, then `gpte_is_8_bytes`: set for
+            // 8-byte guest PTEs, the opposite of today's `has_4_byte_gpte`. The print fmt names
+            // the bit, so it says which layout the raw word is in.
+            role_bit4_inverted: print_fmt.contains("role.gpte_is_8_bytes")
+                || print_fmt.contains("role.cr4_pae"),
         };
         format.plan = lookup_plan(&format);
         Ok(format)
+    }
+
+    /// True when this event's `role` word is in a pre-5.18 layout, whose bit 4 means 8-byte
+    /// guest PTEs (`cr4_pae`, `gpte_is_8_bytes`) rather than `has_4_byte_gpte`. Decoding flips
+    /// the bit so that the typed [`crate::MmuPage`] reads the same on every kernel; encoding
+    /// for such a format flips it back.
+    pub fn role_bit4_inverted(&self) -> bool {
+        self.role_bit4_inverted
     }
 
     fn field_index(&self, name: &str) -> Option<usize> {
@@ -911,6 +926,10 @@ impl FieldLookup for Record<'_> {
         self.field(name)?.read_uint(self.payload, self.endian)
     }
 
+    fn role_bit4_inverted(&self) -> bool {
+        self.format.role_bit4_inverted
+    }
+
     fn string(&self, name: &str) -> Option<&str> {
         let f = self.field(name)?;
         if !f.is_string {
@@ -951,6 +970,35 @@ mod tests {
 
     const KVM_EXIT: &str =
         include_str!("../../samples/real/raw/tracefs/events/kvm/kvm_exit/format");
+
+    #[test]
+    fn role_bit4_reads_as_has_4_byte_gpte_on_every_kernel() {
+        let new = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/real/raw/tracefs/events/kvmmmu/kvm_mmu_get_page/format"
+        ))
+        .unwrap();
+        assert!(new.contains("role.has_4_byte_gpte ? 4 : 8"));
+        // The same event as 5.x (gpte_is_8_bytes) and 4.x (cr4_pae) kernels print it.
+        let v5 = new.replace("role.has_4_byte_gpte ? 4 : 8", "role.gpte_is_8_bytes ? 8 : 4");
+        let v4 = new.replace("role.has_4_byte_gpte ? 4 : 8", "role.cr4_pae ? \" pae\" : \"\"");
+        // An 8-byte-gpte root (a 64-bit guest's CR3 root, as every EPT root): level 4, bit 4
+        // clear in the 6.x word, set in the older ones.
+        for (text, word, inverted) in [(&new, 0x4u32, false), (&v5, 0x14, true), (&v4, 0x14, true)]
+        {
+            let f = EventFormat::parse("kvmmmu", text.as_bytes(), 8).unwrap();
+            assert_eq!(f.role_bit4_inverted(), inverted);
+            let mut payload =
+                vec![0u8; f.fields.iter().map(|x| x.offset + x.size).max().unwrap() as usize];
+            let role = f.field("role").unwrap();
+            let at = role.offset as usize;
+            payload[at..at + 4].copy_from_slice(&word.to_le_bytes());
+            let kind = f.known.unwrap().decode(&Record::new(&f, &payload, Endian::Little)).unwrap();
+            let crate::EventKind::KvmMmuGetPage { page, .. } = kind else { panic!("{kind:?}") };
+            assert_eq!(page.role.level(), 4);
+            assert_eq!(page.has_4_byte_gpte(), Some(false), "{word:#x} inverted={inverted}");
+        }
+    }
 
     #[test]
     fn kvm_exit_layout_and_symbols() {

@@ -34,6 +34,9 @@ pub enum Clock {
     Counter,
     /// `uptime` (jiffies).
     Uptime,
+    /// `x86-tsc` cycles converted to nanoseconds with the trace.dat's TSC2NSEC multiplier and
+    /// shift (trace-cmd's `tsc2nsec` clock, recorded with `-C tsc2nsec`).
+    Tsc2Nsec,
     /// Nanoseconds, clock not named by the input (text with `sec.usec` stamps).
     Nanoseconds,
     /// Raw units of a clock the input does not name.
@@ -61,6 +64,7 @@ impl Clock {
             "x86-tsc" => Self::X86Tsc,
             "counter" => Self::Counter,
             "uptime" => Self::Uptime,
+            "tsc2nsec" => Self::Tsc2Nsec,
             other => Self::Other(other.into()),
         }
     }
@@ -75,6 +79,7 @@ impl Clock {
             | Self::MonoRaw
             | Self::Boot
             | Self::Tai
+            | Self::Tsc2Nsec
             | Self::Nanoseconds => true,
             Self::X86Tsc | Self::Counter | Self::Uptime | Self::Raw | Self::Other(_) => false,
         }
@@ -93,6 +98,7 @@ impl Clock {
             Self::X86Tsc => "x86-tsc",
             Self::Counter => "counter",
             Self::Uptime => "uptime",
+            Self::Tsc2Nsec => "tsc2nsec",
             Self::Nanoseconds => "ns",
             Self::Raw => "raw",
             Self::Other(name) => name,

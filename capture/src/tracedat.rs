@@ -328,7 +328,9 @@ pub struct TraceDat {
     pub cpu_stats: Vec<String>,
     /// Timestamp offset applied to every event (DATE and OFFSET options), as trace-cmd does.
     pub ts_offset: i64,
-    /// TSC2NSEC: (mult, shift, offset), when the file has it (timestamps are left in clock units).
+    /// TSC2NSEC: (mult, shift, offset), when the file has it. With a non-zero `mult`, event
+    /// timestamps are converted to nanoseconds as trace-cmd does (`ts * mult >> shift`, in 128
+    /// bits, before the OFFSET/DATE shift) and the buffers' clock reads [`Clock::Tsc2Nsec`].
     pub tsc2nsec: Option<(u32, u32, u64)>,
     /// The saved buffers; the top instance first when present.
     pub buffers: Vec<BufferInfo>,
@@ -879,12 +881,23 @@ impl TraceDat {
         self.uname.as_deref()?.split_whitespace().nth(2).map(str::to_owned)
     }
 
+    /// The TSC2NSEC multiplier and shift, when timestamps are converted with them.
+    fn tsc_to_ns(&self) -> Option<(u32, u32)> {
+        self.tsc2nsec.filter(|(mult, _, _)| *mult != 0).map(|(mult, shift, _)| (mult, shift))
+    }
+
     /// The metadata of buffer `buffer`.
     pub fn meta(&self, buffer: usize) -> TraceMeta {
+        let clock = match self.tsc_to_ns() {
+            Some(_) => Clock::Tsc2Nsec,
+            None => {
+                self.buffers.get(buffer).map_or_else(|| self.clock.clone(), |b| b.clock.clone())
+            }
+        };
         TraceMeta {
             input: Arc::clone(&self.input),
             format: InputFormat::TraceDat,
-            clock: self.buffers.get(buffer).map_or_else(|| self.clock.clone(), |b| b.clock.clone()),
+            clock,
             cpus: self.cpu_count,
             kernel: self.kernel_release(),
         }
@@ -1078,6 +1091,11 @@ impl TraceDat {
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
                 }
+                if let Some((mult, shift)) = self.tsc_to_ns() {
+                    for ev in batch.items.range_mut(first..).flatten() {
+                        ev.ts = tsc_to_ns(ev.ts, mult, shift);
+                    }
+                }
                 if self.ts_offset != 0 {
                     for ev in batch.items.range_mut(first..).flatten() {
                         ev.ts = ev.ts.wrapping_add_signed(self.ts_offset);
@@ -1159,6 +1177,14 @@ impl TraceDat {
         let merger = Merger::new(producers, parallel, opts.permissive, &mut stats);
         Ok(TraceDatReader { meta: self.meta(buffer), stats, merger })
     }
+}
+
+/// A TSC count in nanoseconds: `ts * mult >> shift` without overflow (the kernel's and
+/// trace-cmd's `mul_u64_u32_shr`), truncated to 64 bits as theirs is.
+fn tsc_to_ns(ts: u64, mult: u32, shift: u32) -> u64 {
+    let ns = (u128::from(ts) * u128::from(mult)) >> shift.min(127);
+    // Keep the low 64 bits, as the kernel's and trace-cmd's u64 result does.
+    u64::try_from(ns & u128::from(u64::MAX)).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -1259,6 +1285,46 @@ mod tests {
         Compression::Zstd.decompress_into(&frame, data.len() as u64, &mut out, None).unwrap();
         assert_eq!(out, data);
         assert!(Compression::Zstd.decompress_into(&frame[..10], 40960, &mut out, None).is_err());
+    }
+
+    #[test]
+    fn tsc2nsec_converts_every_timestamp_as_trace_cmd_does() {
+        // The kernel's mul_u64_u32_shr: a 128-bit product, so large counts do not overflow.
+        assert_eq!(tsc_to_ns(3_000_000_000, 0x5555_5555, 32), 999_999_999);
+        assert_eq!(tsc_to_ns(u64::MAX, 1 << 31, 32), u64::MAX >> 1);
+        assert_eq!(tsc_to_ns(12345, 7, 200), 0);
+
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/real/tracedat/lm-v7-zstd.dat"
+        ));
+        let raw = Arc::new(TraceDat::open(path).unwrap());
+        let mut td = TraceDat::open(path).unwrap();
+        // A 2 GHz TSC: ns = cycles / 2 (mult 2^31, shift 32), after which OFFSET still applies.
+        let (mult, shift) = (1u32 << 31, 32u32);
+        let mut opts = Options::default();
+        let mut data = Vec::new();
+        data.extend_from_slice(&mult.to_le_bytes());
+        data.extend_from_slice(&shift.to_le_bytes());
+        data.extend_from_slice(&77u64.to_le_bytes());
+        opts.apply(opt::TSC2NSEC, &data, Endian::Little, 7).unwrap();
+        assert_eq!(opts.tsc2nsec, Some((mult, shift, 77)));
+        td.tsc2nsec = opts.tsc2nsec;
+        td.ts_offset = 1000;
+        let td = Arc::new(td);
+        assert_eq!(td.meta(0).clock, Clock::Tsc2Nsec);
+        assert!(td.meta(0).clock.is_ns());
+        let before: Vec<Event> =
+            raw.events(0, ReadOptions::default()).unwrap().map(Result::unwrap).collect();
+        let after: Vec<Event> =
+            td.events(0, ReadOptions::default()).unwrap().map(Result::unwrap).collect();
+        assert!(!before.is_empty());
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(&after) {
+            let cycles = b.ts.wrapping_add_signed(-raw.ts_offset);
+            assert_eq!(a.ts, cycles / 2 + 1000, "{b:?}");
+            assert_eq!((&a.kind, a.cpu, a.pid), (&b.kind, b.cpu, b.pid));
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::reader::{
 };
 
 /// Pages decoded per batch (bounds memory per CPU).
-const PAGES_PER_BATCH: u64 = 16;
+const PAGES_PER_BATCH: u64 = 64;
 
 /// A tracefs tree or page dump could not be used.
 #[derive(Debug, thiserror::Error)]

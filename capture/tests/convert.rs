@@ -552,6 +552,80 @@ fn simulated_text_with_formats_keeps_every_field_it_carried() {
     assert!(role_bits_reported, "role bits the text hides are reported");
 }
 
+/// Formats from a pre-5.18 kernel (role bit 4 = `gpte_is_8_bytes`): records are written with
+/// bit 4 in that kernel's sense and read back as the same typed roles.
+#[test]
+fn role_words_are_encoded_in_the_formats_kernel_sense() {
+    let dir = scratch("old-role-layout");
+    let tree = dir.join("tracefs");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(samples().join("real/raw/tracefs"))
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let format = tree.join("events/kvmmmu/kvm_mmu_get_page/format");
+    let text = std::fs::read_to_string(&format).unwrap();
+    assert!(text.contains("role.has_4_byte_gpte ? 4 : 8"));
+    let old = text.replace("role.has_4_byte_gpte ? 4 : 8", "role.gpte_is_8_bytes ? 8 : 4");
+    std::fs::write(&format, old).unwrap();
+    let input = samples().join("sim/dirty-log-fixed-6.1.txt");
+    let opts = ConvertOptions { formats: Some(tree.clone()), ..ConvertOptions::default() };
+    let converted = |out: &Path| {
+        convert(&input, out, &opts).unwrap();
+        read_all(out).0
+    };
+    let got = converted(&dir.join("old.dat"));
+    let (mut want, _) = read_all(&input);
+    want.sort_by_key(|e| (e.ts, e.cpu));
+    let pages = |events: &[Event]| -> Vec<vmxray_capture::MmuPage> {
+        events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::KvmMmuGetPage { page, .. } => Some(page),
+                _ => None,
+            })
+            .collect()
+    };
+    let (got_pages, want_pages) = (pages(&got), pages(&want));
+    assert!(!want_pages.is_empty());
+    assert_eq!(
+        got_pages.iter().map(|p| p.has_4_byte_gpte()).collect::<Vec<_>>(),
+        want_pages.iter().map(|p| p.has_4_byte_gpte()).collect::<Vec<_>>()
+    );
+    // The records themselves hold bit 4 in the old sense: read with the 6.x format (no flip),
+    // every role shows the bit inverted.
+    std::fs::write(&format, &text).unwrap();
+    let formats = TracefsTree::load(&tree).unwrap().formats;
+    let new_format = formats.find("kvmmmu", "kvm_mmu_get_page").unwrap();
+    assert!(!new_format.role_bit4_inverted());
+    let td = vmxray_capture::tracedat::TraceDat::open(&dir.join("old.dat")).unwrap();
+    let written = td.formats.find("kvmmmu", "kvm_mmu_get_page").unwrap();
+    assert!(written.role_bit4_inverted());
+    let mut raw = Vec::new();
+    for d in &td.buffers[0].cpus {
+        let bytes = td.cpu_pages(0, d.cpu).unwrap();
+        for item in vmxray_capture::page::PageStream::new(&td.layout, &bytes, 0) {
+            if let vmxray_capture::page::PageItem::Event { ts, payload, .. } = item.unwrap().item
+                && td.formats.event_id(payload) == Some(written.id)
+            {
+                let rec = vmxray_capture::format::Record::new(new_format, payload, td.endian);
+                if let Ok(EventKind::KvmMmuGetPage { page, .. }) =
+                    new_format.known.unwrap().decode(&rec)
+                {
+                    raw.push((ts, d.cpu, page.has_4_byte_gpte()));
+                }
+            }
+        }
+    }
+    raw.sort_by_key(|(ts, cpu, _)| (*ts, *cpu));
+    assert_eq!(raw.len(), want_pages.len());
+    for ((_, _, bit), page) in raw.iter().zip(&want_pages) {
+        assert_eq!(*bit, page.has_4_byte_gpte().map(|b| !b));
+    }
+}
+
 #[test]
 fn text_events_without_a_format_stop_or_are_skipped() {
     let dir = scratch("text-no-format");
