@@ -195,19 +195,25 @@ impl Merger {
             let i = self.pick(stats)?;
             self.current = Some(i);
             let lane = self.lanes.get_mut(i)?;
-            match lane.batch.pop_front()? {
+            // Look at the item in place and move it out once, straight into the return value:
+            // an event is ~100 bytes, and extra copies of it cost more than the merge itself.
+            match lane.batch.front()? {
                 Ok(ev) => {
                     lane.last_ts = ev.ts;
                     if let EventKind::Lost { count } = ev.kind {
                         stats.note_lost(ev.cpu, count);
                     }
                     stats.events += 1;
-                    return Some(Ok(ev));
+                    return lane.batch.pop_front();
                 }
-                Err(err) if self.permissive => stats.note_skipped(err),
-                Err(err) => {
+                Err(_) if self.permissive => {
+                    if let Some(Err(err)) = lane.batch.pop_front() {
+                        stats.note_skipped(err);
+                    }
+                }
+                Err(_) => {
                     self.failed = true;
-                    return Some(Err(err));
+                    return lane.batch.pop_front();
                 }
             }
         }
