@@ -4,21 +4,22 @@
 //! next event is earliest (ties: the lower CPU first, as `trace-cmd report` does):
 //!
 //! ```text
-//!  CPU0 chunks: [c0 c1 c2 ...] --decode--> batch (events of one chunk) --.
-//!  CPU1 chunks: [c0 c1 ...]    --decode--> batch -----------------------+--> min-heap on
-//!  CPUn ...                                                              |    (ts, cpu) --> Event
-//!     up to LOOKAHEAD next chunks per CPU decoded at once on the rayon pool '
+//!  CPU0 jobs: [j0 j1 j2 ...] --decode--> batch (events of one job) --.
+//!  CPU1 jobs: [j0 j1 ...]    --decode--> batch ---------------------+--> min-heap on
+//!  CPUn ...                                                         |    (ts, cpu) --> Event
+//!     up to LOOKAHEAD next jobs per CPU decoded at once on the rayon pool '
+//!     (a job: ~256 KiB of pages, i.e. several of trace-cmd's compressed chunks)
 //!
 //!  e.g.  CPU0: 10 20 30 | 40 ...     merged: 10(0) 15(1) 20(0) 20(1) 25(1) 30(0) 40(0) ...
 //!        CPU1: 15 20 25 | 50 ...     (a tie goes to the lower CPU)
 //! ```
 //!
-//! Every page carries its own absolute timestamp, so the chunks of one CPU decode independently
-//! and several can decode at once. Memory is bounded by chunks, not by the file: each lane holds
+//! Every page carries its own absolute timestamp, so the jobs of one CPU decode independently
+//! and several can decode at once. Memory is bounded by jobs, not by the file: each lane holds
 //! the batch being merged plus at most `LOOKAHEAD` batches decoded ahead (their buffers are
-//! recycled). Each look-ahead is a rayon job that *claims* its slot; when the merger needs a
-//! batch whose job has not started (say the pool is busy with other traces), it claims the slot
-//! and decodes inline, so a busy pool can never deadlock the merge.
+//! recycled). The look-ahead is an [`Ordered`] queue: when the merger needs a batch whose job
+//! has not started (say the pool is busy with other traces), it decodes it inline, so a busy
+//! pool can never deadlock the merge.
 //!
 //! Lost-event markers ([`EventKind::Lost`]) ride in the stream with the page timestamp, pid -1
 //! and no comm, and are counted per CPU in [`ReadStats::lost`] as they are yielded.
