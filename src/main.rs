@@ -12,6 +12,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+/// Events are decoded and rendered on the rayon pool and dropped on the reading thread; glibc's
+/// malloc serializes those cross-thread frees on arena locks, mimalloc frees them to the owning
+/// thread's heap without a lock (the merged trace.dat decode runs ~18% faster with it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Trace-driven replay and analysis of KVM exits, nested VMX included.
 #[derive(Parser)]
 #[command(name = "vmxray", version, about, propagate_version = true)]

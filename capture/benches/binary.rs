@@ -4,6 +4,10 @@
 //! The trace is `$VMXRAY_BENCH_DAT` (default `/tmp/vmxray-binary-big.dat`; `scripts/bench-binary.sh`
 //! records one). Without it the benchmarks print `SKIP` and do nothing.
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;

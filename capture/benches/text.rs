@@ -3,6 +3,10 @@
 //!
 //! `cargo bench -p vmxray-capture --bench text`
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -4,6 +4,10 @@
 //! `trace-cmd report` with a release build of this crate alone:
 //! `cargo run --release -p vmxray-capture --example binary_dump -- FILE [--permissive] [--one-thread]`.
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use vmxray_capture::filter::VcpuByThread;

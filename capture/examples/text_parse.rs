@@ -5,6 +5,10 @@
 //! cargo run --release -p vmxray-capture --example text_parse -- report.txt
 //! ```
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::time::Instant;
 
