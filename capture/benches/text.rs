@@ -1,5 +1,6 @@
 //! Text reader throughput (MB/s and events/s) on realistic inputs: the real samples' event lines
-//! repeated to ~4 MB, for each text family.
+//! repeated to ~4 MB, for each text family, read line by line on one thread
+//! ([`TextReader::one_thread`]) and in parallel blocks ([`TextReader::new`] on the rayon pool).
 //!
 //! `cargo bench -p vmxray-capture --bench text`
 
@@ -31,8 +32,20 @@ fn input(sample: &str) -> String {
     out
 }
 
-fn count(text: &str) -> u64 {
-    let reader = TextReader::new("<bench>", text.as_bytes(), ReadOptions::default());
+/// How the bench reads.
+#[derive(Clone, Copy)]
+enum Mode {
+    OneThread,
+    Parallel,
+}
+
+fn count(text: &str, mode: Mode) -> u64 {
+    let reader = match mode {
+        Mode::OneThread => {
+            TextReader::one_thread("<bench>", text.as_bytes(), ReadOptions::default())
+        }
+        Mode::Parallel => TextReader::new("<bench>", text.as_bytes(), ReadOptions::default()),
+    };
     let mut n = 0;
     for event in reader {
         black_box(event.unwrap());
@@ -49,17 +62,20 @@ fn bench(c: &mut Criterion) {
         ("perf script", "ps_default.txt"),
     ] {
         let text = input(sample);
-        let events = count(&text);
-        let mut bytes = c.benchmark_group("text MB/s");
-        bytes.throughput(Throughput::Bytes(text.len() as u64));
-        bytes.sample_size(20);
-        bytes.bench_function(label, |b| b.iter(|| count(black_box(&text))));
-        bytes.finish();
-        let mut per_event = c.benchmark_group("text events/s");
-        per_event.throughput(Throughput::Elements(events));
-        per_event.sample_size(20);
-        per_event.bench_function(label, |b| b.iter(|| count(black_box(&text))));
-        per_event.finish();
+        let events = count(&text, Mode::OneThread);
+        for (how, mode) in [("one thread", Mode::OneThread), ("parallel", Mode::Parallel)] {
+            let name = format!("{label}, {how}");
+            let mut bytes = c.benchmark_group("text MB/s");
+            bytes.throughput(Throughput::Bytes(text.len() as u64));
+            bytes.sample_size(20);
+            bytes.bench_function(&name, |b| b.iter(|| count(black_box(&text), mode)));
+            bytes.finish();
+            let mut per_event = c.benchmark_group("text events/s");
+            per_event.throughput(Throughput::Elements(events));
+            per_event.sample_size(20);
+            per_event.bench_function(&name, |b| b.iter(|| count(black_box(&text), mode)));
+            per_event.finish();
+        }
     }
 }
 

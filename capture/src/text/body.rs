@@ -19,7 +19,7 @@ use crate::codes::{
 };
 use crate::event::{KnownEvent, MmuPage, ROLE_KNOWN_FIELD};
 
-use super::fields::{FieldBuf, Name, Val, eq_short, span};
+use super::fields::{FieldBuf, Name, Val, eq_tiny, span};
 
 /// What a body yielded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,24 +301,41 @@ fn bare_hex(known: KnownEvent, field: &str) -> bool {
 
 /// Hex digits only (no sign, no prefix), at most 64 bits.
 fn hex_digits(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if s.is_empty() {
         return None;
     }
-    let zeros = s.bytes().take_while(|&c| c == b'0').count();
-    if s.len() - zeros > 16 {
-        return None;
-    }
+    // One pass, digit values from a table. Leading zeros are fine; a 17th significant digit
+    // would shift out the top of a value that already fills 61+ bits.
     let mut value = 0u64;
     for c in s.bytes() {
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => c - b'A' + 10,
-        };
+        let digit = HEX_VALUE[usize::from(c)];
+        if digit == NOT_HEX || value >> 60 != 0 {
+            return None;
+        }
         value = (value << 4) | u64::from(digit);
     }
     Some(value)
 }
+
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each hex digit byte, [`NOT_HEX`] for other bytes.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    // `at` indexes, `c` is the same value as a byte (no casts in a constant).
+    let (mut at, mut c) = (0, 0u8);
+    while at < 256 {
+        table[at] = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        at += 1;
+        c = c.wrapping_add(1);
+    }
+    table
+};
 
 /// Hex with an optional `0x`.
 fn hex(s: &str) -> Option<u64> {
@@ -326,10 +343,19 @@ fn hex(s: &str) -> Option<u64> {
 }
 
 fn dec(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+    if s.is_empty() {
         return None;
     }
-    s.parse().ok()
+    // One pass (a check, then `parse`, was two).
+    let mut value = 0u64;
+    for c in s.bytes() {
+        let digit = c.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(value)
 }
 
 #[derive(Clone, Copy)]
@@ -361,7 +387,7 @@ fn labels(body: &str, out: &mut FieldBuf, spec: &[(&str, &'static str, Radix)]) 
     let mut found = false;
     while let Some(tok) = it.next() {
         let label = token_label(tok);
-        if let Some(&(_, field, r)) = spec.iter().find(|(l, _, _)| eq_short(l, label)) {
+        if let Some(&(_, field, r)) = spec.iter().find(|(l, _, _)| eq_tiny(l, label)) {
             let v = it.next().map(token_label)?;
             out.u64(field, radix(r, v)?);
             found = true;
@@ -976,5 +1002,29 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
             Some(Parsed::Fields)
         }
         None => Some(Parsed::Incomplete("no gfn in trace-cmd's kvm plugin rendering")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digits_take_any_number_of_leading_zeros_and_at_most_16_others() {
+        assert_eq!(hex_digits("0"), Some(0));
+        assert_eq!(hex_digits("fF"), Some(0xff));
+        assert_eq!(hex_digits("000000000000000000001a"), Some(0x1a));
+        assert_eq!(hex_digits("ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(hex_digits("1ffffffffffffffff"), None);
+        assert_eq!(hex_digits(""), None);
+        assert_eq!(hex_digits("12g"), None);
+        assert_eq!(hex_digits("0x12"), None);
+        assert_eq!(hex("0x12"), Some(0x12));
+        assert_eq!(hex("0X0"), Some(0));
+        assert_eq!(dec("0042"), Some(42));
+        assert_eq!(dec("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(dec("18446744073709551616"), None);
+        assert_eq!(dec("+1"), None);
+        assert_eq!(dec(""), None);
     }
 }

@@ -62,10 +62,17 @@ impl FieldBuf {
     }
 }
 
-/// String equality for short strings (names, tokens): an inlined byte loop instead of a call
-/// to `memcmp`.
+/// String equality for event names and comms: lengths first, then `bcmp` (measured ~25
+/// instructions fewer per event name than an inlined byte loop; see [`eq_tiny`] for labels).
 #[inline]
 pub(crate) fn eq_short(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes() == b.as_bytes()
+}
+
+/// String equality for labels and field names of a few bytes: an inlined byte loop (cheaper
+/// than a call to `bcmp` at that size).
+#[inline]
+pub(crate) fn eq_tiny(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
@@ -95,10 +102,7 @@ impl<'a> View<'a> {
     }
 
     fn find(&self, name: &str) -> Option<Val> {
-        // Names are short: an inlined byte loop beats a call to memcmp.
-        let same =
-            |a: &str| a.len() == name.len() && a.bytes().zip(name.bytes()).all(|(x, y)| x == y);
-        self.buf.items.iter().find(|(n, _)| same(self.name(*n))).map(|(_, v)| *v)
+        self.buf.items.iter().find(|(n, _)| eq_tiny(self.name(*n), name)).map(|(_, v)| *v)
     }
 
     pub(crate) fn value(&self, v: Val) -> FieldValue {

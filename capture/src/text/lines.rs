@@ -63,7 +63,7 @@ impl<R: BufRead> LineReader<R> {
                 return Ok(Some(Line::Text(trim_cr(&self.spill))));
             }
             match memchr::memchr(b'\n', buf) {
-                Some(at) if self.spill.is_empty() && !too_long => {
+                Some(at) if self.spill.is_empty() && !too_long && at <= MAX_LINE => {
                     self.pending_consume = at + 1;
                     // Re-borrow: `buf` borrows `self.inner` only.
                     let buf = self.inner.fill_buf()?;
@@ -96,7 +96,8 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
-fn trim_cr(line: &[u8]) -> &[u8] {
+/// The line without a `\r` before its `\n`.
+pub(crate) fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
@@ -133,5 +134,19 @@ mod tests {
         let mut input = vec![b'x'; MAX_LINE + 10];
         input.extend_from_slice(b"\nok\n");
         assert_eq!(lines(&input, 4096), vec![b"<too long>".to_vec(), b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn the_line_limit_does_not_depend_on_the_buffer_size() {
+        // A buffer larger than the limit holds the whole line; it is still too long. A line of
+        // exactly MAX_LINE bytes (a `\r` counts) is accepted.
+        for len in [MAX_LINE, MAX_LINE + 1] {
+            let mut input = vec![b'x'; len - 1];
+            input.extend_from_slice(b"\r\nok");
+            let want = if len > MAX_LINE { b"<too long>".to_vec() } else { vec![b'x'; len - 1] };
+            for cap in [4096, 4 * MAX_LINE] {
+                assert_eq!(lines(&input, cap), vec![want.clone(), b"ok".to_vec()], "{len} {cap}");
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Readers for trace **text**: ftrace `trace` / `trace_pipe`, `trace-cmd report` and
 //! `perf script`, recognized line by line and read as a stream (memory does not grow with the
-//! input; any [`BufRead`], stdin included).
+//! input; any [`BufRead`], stdin included). When the rayon pool has more than one thread,
+//! blocks of lines are parsed ahead in parallel (see [Parallel reading](#parallel-reading)).
 //!
 //! ```
 //! use vmxray_capture::{EventKind, ReadOptions, text::TextReader};
@@ -53,21 +54,31 @@
 //! `kvm_mmu_prepare_zap_page` / `sync_page` / `unsync_page` without the gfn (such events stay
 //! untyped and are counted in [`ReadStats::unknown_events`]); kvmmmu role words are rebuilt
 //! from the printed bits only; ftrace's `fields` option prints `insn=<INVALID-SIZE>`.
+//!
+//! # Parallel reading
+//!
+//! What a line means hardly depends on the lines before it (only through the layout tried
+//! first, for the rare line that fits two layouts); its effects on the stream do. So
+//! [`TextReader::new`] reads the input in blocks of whole lines (512 KiB), parses them a few
+//! blocks ahead on the rayon pool, and applies the per-line outcomes in input order: the
+//! events, their order, line numbers, the meta, [`ReadStats`], lost markers and strict /
+//! permissive handling are exactly those of a line-by-line read ([`TextReader::one_thread`]),
+//! whatever the block size (`blocks.rs` says how). Memory stays bounded by the blocks in
+//! flight.
 
+mod blocks;
 mod body;
 mod error;
 mod fields;
 mod lines;
+mod parser;
 mod prefix;
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::io::BufRead;
+use std::collections::VecDeque;
+use std::io::{self, BufRead};
 use std::sync::Arc;
 
-use crate::event::{Comm, Event, EventKind, KnownEvent, OtherEvent};
-use crate::fields::{FieldValue, Fields};
+use crate::event::{Event, EventKind};
 use crate::reader::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta,
@@ -75,93 +86,25 @@ use crate::reader::{
 
 pub use error::{Snippet, TextError};
 
-use body::Parsed;
-use fields::{FieldBuf, View, eq_short};
+use blocks::Blocks;
 use lines::{Line, LineReader};
-use prefix::{Layout, LineKind, Prefix};
+use parser::{FxMap, LineParser, MAX_INTERNED, Outcome, Seen};
+use prefix::{Layout, LineKind};
 
-/// A small, fast hasher for the reader's interning tables (short keys, not attacker-chosen
-/// in a way that matters: a trace with many distinct names only makes them slower).
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in words.by_ref() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-    fn write_i32(&mut self, v: i32) {
-        self.write(&v.to_le_bytes());
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-const NAME_CACHE: usize = 64;
-
-/// Bounds that keep memory independent of the input, whatever it holds: distinct event and
-/// field names (and CPUs ≥ 1024) interned, distinct pids remembered, lost markers waiting for
-/// their CPU's next event.
-const MAX_INTERNED: usize = 4096;
-const MAX_COMMS: usize = 65_536;
+/// Lost markers waiting for their CPU's next event, at most (a bound that keeps memory
+/// independent of the input).
 const MAX_PENDING_LOST: usize = 1024;
 
-/// The cache slot of an event name: its length and last bytes, mixed.
-fn name_slot(name: &[u8]) -> usize {
-    let mut tail = [0u8; 8];
-    let n = name.len().min(8);
-    tail[..n].copy_from_slice(&name[name.len() - n..]);
-    let mixed = (u64::from_le_bytes(tail) ^ name.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (mixed >> 58) as usize % NAME_CACHE
-}
+/// How much of the input's start the format sniff looks at.
+const SNIFF_BYTES: usize = 256 * 1024;
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
-#[derive(Clone)]
-struct EventInfo {
-    system: Arc<str>,
-    name: Arc<str>,
-    known: Option<KnownEvent>,
-}
-
-/// Everything but the line source, so that a line borrowed from it can be processed.
-struct State {
+/// The stream's ordered state: what the lines read so far have established.
+struct Stream {
     meta: TraceMeta,
     stats: ReadStats,
     opts: ReadOptions,
-    layout: Layout,
     format_from_header: bool,
     clock_known: bool,
-    buf: FieldBuf,
-    /// Printed event name → index in `infos`.
-    events: FxMap<Box<str>, usize>,
-    infos: Vec<EventInfo>,
-    name_cache: Vec<Option<(Box<str>, usize)>>,
-    field_names: FxMap<Box<str>, Arc<str>>,
-    comms: FxMap<i32, Comm>,
-    last_comm: Option<(i32, Comm)>,
-    /// The name of the field holding an unparsed body.
-    text_name: Arc<str>,
     /// Events waiting to be yielded, in order (lost markers and the event that follows them).
     queue: VecDeque<Event>,
     pending_lost: Vec<(u32, Option<u64>)>,
@@ -171,20 +114,56 @@ struct State {
     last_ts_small: Vec<Option<u64>>,
 }
 
+/// Where lines come from, and who parses them.
+enum Source<R> {
+    /// Line by line, parsed on the reader's thread.
+    Lines { lines: LineReader<R>, parser: LineParser, line_no: u64 },
+    /// Blocks of lines parsed ahead (see `blocks.rs`).
+    Blocks(Blocks<R>),
+}
+
 /// Reads ftrace / `trace-cmd report` / `perf script` text; see the [module docs](self).
 pub struct TextReader<R> {
-    lines: LineReader<R>,
-    st: State,
-    line_no: u64,
+    source: Source<R>,
+    st: Stream,
     done: bool,
 }
 
 impl<R: BufRead> TextReader<R> {
-    /// A reader over `input`, named `name` in messages.
+    /// A reader over `input`, named `name` in messages: blocks of lines are parsed ahead in
+    /// parallel when the rayon pool has more than one thread, else line by line.
     pub fn new(name: impl Into<Arc<str>>, input: R, opts: ReadOptions) -> Self {
+        if rayon::current_num_threads() > 1 {
+            Self::with_block_size(name, input, opts, blocks::DEFAULT_BLOCK_SIZE)
+        } else {
+            Self::one_thread(name, input, opts)
+        }
+    }
+
+    /// A reader that parses line by line on the calling thread.
+    pub fn one_thread(name: impl Into<Arc<str>>, input: R, opts: ReadOptions) -> Self {
+        let parser = LineParser::default();
+        let lines = LineReader::new(input);
+        Self::with_source(name, Source::Lines { lines, parser, line_no: 0 }, opts)
+    }
+
+    /// A reader that parses blocks of about `block_bytes` bytes of whole lines ahead, on the
+    /// rayon pool when it has more than one thread. The events, errors, meta and stats are
+    /// those of [`TextReader::one_thread`] whatever the block size; small blocks are for tests.
+    pub fn with_block_size(
+        name: impl Into<Arc<str>>,
+        input: R,
+        opts: ReadOptions,
+        block_bytes: usize,
+    ) -> Self {
+        let parallel = rayon::current_num_threads() > 1;
+        Self::with_source(name, Source::Blocks(Blocks::new(input, block_bytes, parallel)), opts)
+    }
+
+    fn with_source(name: impl Into<Arc<str>>, source: Source<R>, opts: ReadOptions) -> Self {
         let mut reader = Self {
-            lines: LineReader::new(input),
-            st: State {
+            source,
+            st: Stream {
                 meta: TraceMeta {
                     input: name.into(),
                     format: InputFormat::FtraceText,
@@ -194,23 +173,13 @@ impl<R: BufRead> TextReader<R> {
                 },
                 stats: ReadStats::default(),
                 opts,
-                layout: Layout::default(),
                 format_from_header: false,
                 clock_known: false,
-                buf: FieldBuf::default(),
-                events: FxMap::default(),
-                infos: Vec::new(),
-                name_cache: vec![None; NAME_CACHE],
-                field_names: FxMap::default(),
-                comms: FxMap::default(),
-                last_comm: None,
-                text_name: "text".into(),
                 queue: VecDeque::new(),
                 pending_lost: Vec::new(),
                 last_ts: FxMap::default(),
                 last_ts_small: Vec::new(),
             },
-            line_no: 0,
             done: false,
         };
         reader.sniff();
@@ -220,8 +189,12 @@ impl<R: BufRead> TextReader<R> {
     /// Fills [`TraceMeta`] from the buffered start of the input (format, clock kind, CPUs),
     /// without consuming anything.
     fn sniff(&mut self) {
-        let Ok(head) = self.lines.peek() else { return };
-        let head = String::from_utf8_lossy(head);
+        let head = match &mut self.source {
+            Source::Lines { lines, .. } => lines.peek(),
+            Source::Blocks(blocks) => blocks.peek(),
+        };
+        let Ok(head) = head else { return };
+        let head = String::from_utf8_lossy(&head[..head.len().min(SNIFF_BYTES)]);
         let mut layout = Layout::default();
         // Only complete lines (the buffer may end inside one), unless there is just one.
         let complete = head.rfind('\n').map_or(&*head, |at| &head[..at]);
@@ -229,11 +202,11 @@ impl<R: BufRead> TextReader<R> {
             match prefix::classify(line, &mut layout) {
                 LineKind::Header { cpus, format } => self.st.header(cpus, format),
                 LineKind::Event(p) => {
-                    self.st.first_event(p.format, p.ts.ns);
+                    self.st.first_event(Seen { format: p.format, ns: p.ts.ns });
                     break;
                 }
                 LineKind::RawType { .. } => {
-                    self.st.first_event(InputFormat::FtraceText, false);
+                    self.st.first_event(Seen { format: InputFormat::FtraceText, ns: false });
                     break;
                 }
                 LineKind::Lost { .. } | LineKind::Bad(_) => {}
@@ -243,40 +216,16 @@ impl<R: BufRead> TextReader<R> {
         self.st.clock_known = false;
     }
 
-    /// Reads one line; returns the event to yield now, if any (others wait in the queue).
-    fn step(&mut self) -> Result<Option<Event>, ReadError> {
-        let line = match self.lines.next_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => {
-                self.st.flush_lost_at_end();
-                self.done = true;
-                return Ok(None);
-            }
-            Err(e) => {
-                self.done = true;
-                return Err(ReadError::new(
-                    &self.st.meta.input,
-                    Location::Line(self.line_no + 1),
-                    e,
-                ));
-            }
-        };
-        self.line_no += 1;
-        let at = Location::Line(self.line_no);
-        match line {
-            Line::Text(bytes) => {
-                self.st.line(bytes).map_err(|kind| ReadError::new(&self.st.meta.input, at, kind))
-            }
-            Line::TooLong => Err(ReadError::new(
-                &self.st.meta.input,
-                at,
-                TextError::LineTooLong { max: lines::MAX_LINE },
-            )),
+    /// No more lines will be read.
+    fn stop(&mut self) {
+        self.done = true;
+        if let Source::Blocks(blocks) = &mut self.source {
+            blocks.stop();
         }
     }
 }
 
-impl State {
+impl Stream {
     fn header(&mut self, cpus: Option<u32>, format: Option<InputFormat>) {
         if cpus.is_some() {
             self.meta.cpus = cpus;
@@ -287,33 +236,39 @@ impl State {
         }
     }
 
-    fn first_event(&mut self, format: InputFormat, ns: bool) {
+    /// True when an event line was applied (later ones change nothing in the meta) and no
+    /// lost marker waits: an event then only needs its timestamp noted.
+    #[inline]
+    fn settled(&self) -> bool {
+        self.format_from_header && self.clock_known && self.pending_lost.is_empty()
+    }
+
+    /// What an event line says about the trace, and why it stays untyped if it does.
+    #[inline]
+    fn event_line(&mut self, seen: Seen, unknown: Option<String>) {
+        self.first_event(seen);
+        if let Some(key) = unknown {
+            *self.stats.unknown_events.entry(key).or_default() += 1;
+        }
+    }
+
+    fn first_event(&mut self, seen: Seen) {
         if !self.format_from_header {
-            self.meta.format = format;
+            self.meta.format = seen.format;
             self.format_from_header = true;
         }
         if !self.clock_known {
-            self.meta.clock = if ns { Clock::Nanoseconds } else { Clock::Raw };
+            self.meta.clock = if seen.ns { Clock::Nanoseconds } else { Clock::Raw };
             self.clock_known = true;
         }
     }
 
-    #[inline]
-    fn line(&mut self, bytes: &[u8]) -> Result<Option<Event>, ReadErrorKind> {
-        let lossy;
-        let text: &str = match std::str::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(_) => {
-                lossy = String::from_utf8_lossy(bytes);
-                match &lossy {
-                    Cow::Borrowed(s) => s,
-                    Cow::Owned(s) => s,
-                }
-            }
-        };
-        match prefix::classify(text, &mut self.layout) {
-            LineKind::Header { cpus, format } => self.header(cpus, format),
-            LineKind::Lost { cpu, count } => {
+    /// Applies the outcome of a line that is not an event (those are taken apart by the
+    /// iterator, see there).
+    fn apply(&mut self, outcome: Outcome) -> Result<(), ReadErrorKind> {
+        match outcome {
+            Outcome::Header { cpus, format } => self.header(cpus, format),
+            Outcome::Lost { cpu, count } => {
                 self.stats.note_lost(cpu, count);
                 if self.pending_lost.len() >= MAX_PENDING_LOST {
                     // Markers whose CPU never shows up again: yield the oldest now.
@@ -323,171 +278,26 @@ impl State {
                 }
                 self.pending_lost.push((cpu, count));
             }
-            LineKind::RawType { pid, cpu, ts, type_id } => {
-                self.first_event(InputFormat::FtraceText, false);
-                let at = self.event_info(&format!("type_{type_id}"));
-                let info = self.infos[at].clone();
-                *self.stats.unknown_events.entry(format!("type {type_id}")).or_default() += 1;
-                let mut fields = Fields::new();
-                fields.push(self.field_name("common_type"), FieldValue::U64(u64::from(type_id)));
-                let kind = EventKind::Other(Box::new(OtherEvent {
-                    system: info.system,
-                    name: info.name,
-                    fields,
-                }));
-                return Ok(self.emit(Event { ts, cpu, pid, comm: None, kind }));
+            Outcome::Event { event, seen, unknown } => {
+                self.event_line(seen, unknown);
+                self.must_wait(event.cpu, event.ts);
+                self.queue.push_back(event);
             }
-            LineKind::Event(p) => {
-                let event = self.event(&p)?;
-                return Ok(self.emit(event));
+            Outcome::BadEvent { seen, error } => {
+                self.first_event(seen);
+                return Err(error);
             }
-            LineKind::Bad(e) => return Err(e.into()),
+            Outcome::Bad(error) => return Err(error),
         }
-        Ok(None)
+        Ok(())
     }
 
+    /// Queues the lost markers waiting for this event's CPU, and notes its timestamp; true
+    /// when the event must wait behind queued events (it is not moved here: each move of an
+    /// event is a copy of its 152 bytes, measured as the largest cost of handing events on).
     #[inline]
-    fn event(&mut self, p: &Prefix<'_>) -> Result<Event, ReadErrorKind> {
-        self.first_event(p.format, p.ts.ns);
-        let info_at = self.event_info(p.name);
-        let comm = p.comm.map(|c| self.comm(p.pid, c));
-        self.buf.clear();
-        let kind = match self.infos[info_at].known {
-            Some(known) => match body::parse_known(known, p.body, &mut self.buf) {
-                Ok(Parsed::Fields) => known.decode(&View { body: p.body, buf: &self.buf })?,
-                Ok(Parsed::Incomplete(why)) => {
-                    let info = &self.infos[info_at];
-                    let key = format!("{}:{} ({why})", info.system, info.name);
-                    *self.stats.unknown_events.entry(key).or_default() += 1;
-                    self.other(info_at, p.body)
-                }
-                Err(expected) => {
-                    return Err(TextError::Body {
-                        event: known.name(),
-                        expected,
-                        found: Snippet::new(p.body),
-                    }
-                    .into());
-                }
-            },
-            None => {
-                if !body::parse_other(p.body, &mut self.buf) {
-                    self.buf.clear();
-                }
-                self.other(info_at, p.body)
-            }
-        };
-        Ok(Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, comm, kind })
-    }
-
-    fn other(&mut self, info_at: usize, body: &str) -> EventKind {
-        let mut fields = Fields(Vec::with_capacity(self.buf.items.len().max(1)));
-        if self.buf.items.is_empty() {
-            let text = Arc::clone(&self.text_name);
-            fields.push(text, FieldValue::Str(body.into()));
-        } else {
-            let view = View { body, buf: &self.buf };
-            for (n, v) in &self.buf.items {
-                let name = view.name(*n);
-                let name = match self.field_names.get(name) {
-                    Some(a) => Arc::clone(a),
-                    None => {
-                        if self.field_names.len() >= MAX_INTERNED {
-                            self.field_names.clear();
-                        }
-                        let a: Arc<str> = name.into();
-                        self.field_names.insert(name.into(), Arc::clone(&a));
-                        a
-                    }
-                };
-                fields.push(name, view.value(*v));
-            }
-        }
-        let info = &self.infos[info_at];
-        EventKind::Other(Box::new(OtherEvent {
-            system: Arc::clone(&info.system),
-            name: Arc::clone(&info.name),
-            fields,
-        }))
-    }
-
-    fn field_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(a) = self.field_names.get(name) {
-            return Arc::clone(a);
-        }
-        let a: Arc<str> = name.into();
-        self.field_names.insert(name.into(), Arc::clone(&a));
-        a
-    }
-
-    /// The index in `infos` of the event printed as `printed`.
-    fn event_info(&mut self, printed: &str) -> usize {
-        // A direct-mapped cache in front of the map: a trace uses a handful of events.
-        let slot = name_slot(printed.as_bytes());
-        if let Some((name, at)) = &self.name_cache[slot]
-            && eq_short(name, printed)
-        {
-            return *at;
-        }
-        let at = self.event_info_slow(printed);
-        self.name_cache[slot] = Some((printed.into(), at));
-        at
-    }
-
-    fn event_info_slow(&mut self, printed: &str) -> usize {
-        if let Some(&at) = self.events.get(printed) {
-            return at;
-        }
-        let (system, name) = printed.split_once(':').unwrap_or(("", printed));
-        let known = KnownEvent::lookup(system, name);
-        let system = match (system, known) {
-            ("", Some(k)) => {
-                KnownEvent::ALL.iter().find(|(kk, _, _)| *kk == k).map_or("", |(_, sys, _)| *sys)
-            }
-            (s, _) => s,
-        };
-        if self.infos.len() >= MAX_INTERNED {
-            // Interning is a cache: forget it rather than grow with a hostile input.
-            self.events.clear();
-            self.infos.clear();
-            self.name_cache.iter_mut().for_each(|slot| *slot = None);
-        }
-        self.infos.push(EventInfo { system: system.into(), name: name.into(), known });
-        self.events.insert(printed.into(), self.infos.len() - 1);
-        self.infos.len() - 1
-    }
-
-    fn comm(&mut self, pid: i32, comm: &str) -> Comm {
-        if let Some((last_pid, last)) = &self.last_comm
-            && *last_pid == pid
-            && eq_short(last, comm)
-        {
-            return Arc::clone(last);
-        }
-        let c = self.comm_slow(pid, comm);
-        self.last_comm = Some((pid, Arc::clone(&c)));
-        c
-    }
-
-    fn comm_slow(&mut self, pid: i32, comm: &str) -> Comm {
-        match self.comms.get(&pid) {
-            Some(c) if &**c == comm => Arc::clone(c),
-            _ => {
-                if self.comms.len() >= MAX_COMMS {
-                    self.comms.clear();
-                }
-                let c: Comm = comm.into();
-                self.comms.insert(pid, Arc::clone(&c));
-                c
-            }
-        }
-    }
-
-    /// Returns the event when it can be yielded at once, else queues it behind lost markers.
-    #[inline]
-    fn emit(&mut self, event: Event) -> Option<Event> {
+    fn must_wait(&mut self, cpu: u32, ts: u64) -> bool {
         if !self.pending_lost.is_empty() {
-            let (cpu, ts) = (event.cpu, event.ts);
             let mut i = 0;
             while i < self.pending_lost.len() {
                 if self.pending_lost[i].0 == cpu {
@@ -498,13 +308,8 @@ impl State {
                 }
             }
         }
-        self.note_ts(event.cpu, event.ts);
-        if self.queue.is_empty() {
-            Some(event)
-        } else {
-            self.queue.push_back(event);
-            None
-        }
+        self.note_ts(cpu, ts);
+        !self.queue.is_empty()
     }
 
     fn note_ts(&mut self, cpu: u32, ts: u64) {
@@ -539,6 +344,37 @@ fn lost(cpu: u32, ts: u64, count: Option<u64>) -> Event {
     Event { ts, cpu, pid: -1, comm: None, kind: EventKind::Lost { count } }
 }
 
+impl<R: BufRead> TextReader<R> {
+    /// Applies a line that is not an event; returns the error to yield, if any.
+    #[cold]
+    fn other_line(&mut self, outcome: Outcome, line_no: u64) -> Option<ReadError> {
+        let kind = self.st.apply(outcome).err()?;
+        let e = ReadError::new(&self.st.meta.input, Location::Line(line_no), kind);
+        let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
+        if self.st.opts.permissive && recoverable {
+            self.st.stats.note_skipped(e);
+            None
+        } else {
+            self.stop();
+            Some(e)
+        }
+    }
+
+    /// The input ended: markers still waiting come out.
+    #[cold]
+    fn end(&mut self) {
+        self.st.flush_lost_at_end();
+        self.stop();
+    }
+
+    /// Reading failed before line `line_no`.
+    #[cold]
+    fn failed(&mut self, e: io::Error, line_no: u64) -> ReadError {
+        self.stop();
+        ReadError::new(&self.st.meta.input, Location::Line(line_no), e)
+    }
+}
+
 impl<R: BufRead> Iterator for TextReader<R> {
     type Item = Result<Event, ReadError>;
 
@@ -551,21 +387,84 @@ impl<R: BufRead> Iterator for TextReader<R> {
             if self.done {
                 return None;
             }
-            match self.step() {
-                Ok(Some(event)) => {
-                    self.st.stats.events += 1;
-                    return Some(Ok(event));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
-                    if self.st.opts.permissive && recoverable {
-                        self.st.stats.note_skipped(e);
-                    } else {
-                        self.done = true;
-                        return Some(Err(e));
+            // Events are taken apart here, not behind a helper returning them: each move of an
+            // event through a return value is a copy of its 152 bytes, and such copies were the
+            // largest cost of handing events on.
+            let event = match &mut self.source {
+                Source::Lines { lines, parser, line_no } => {
+                    let bytes = match lines.next_line() {
+                        Ok(Some(Line::Text(bytes))) => bytes,
+                        Ok(Some(Line::TooLong)) => {
+                            *line_no += 1;
+                            let at = *line_no;
+                            match self.other_line(Outcome::too_long(), at) {
+                                Some(e) => return Some(Err(e)),
+                                None => continue,
+                            }
+                        }
+                        Ok(None) => {
+                            self.end();
+                            continue;
+                        }
+                        Err(e) => {
+                            let at = *line_no + 1;
+                            return Some(Err(self.failed(e, at)));
+                        }
+                    };
+                    *line_no += 1;
+                    match parser.line(bytes) {
+                        Outcome::Event { event, seen, unknown } => {
+                            self.st.event_line(seen, unknown);
+                            event
+                        }
+                        other => {
+                            let at = *line_no;
+                            match self.other_line(other, at) {
+                                Some(e) => return Some(Err(e)),
+                                None => continue,
+                            }
+                        }
                     }
                 }
+                Source::Blocks(blocks) => {
+                    // Most lines of a parallel read are events with no effect on the stream
+                    // but their timestamp (the trace's format and clock are settled by the
+                    // first event line, no lost marker waits for them).
+                    if self.st.settled()
+                        && let Some(event) = blocks.next_plain_event()
+                    {
+                        self.st.note_ts(event.cpu, event.ts);
+                        self.st.stats.events += 1;
+                        return Some(Ok(event));
+                    }
+                    match blocks.next() {
+                        blocks::Next::Event(event, seen) => {
+                            if let Some(seen) = seen {
+                                self.st.first_event(seen);
+                            }
+                            event
+                        }
+                        blocks::Next::Line(Outcome::Event { event, seen, unknown }, _) => {
+                            self.st.event_line(seen, unknown);
+                            event
+                        }
+                        blocks::Next::Line(other, at) => match self.other_line(other, at) {
+                            Some(e) => return Some(Err(e)),
+                            None => continue,
+                        },
+                        blocks::Next::End => {
+                            self.end();
+                            continue;
+                        }
+                        blocks::Next::Failed(e, at) => return Some(Err(self.failed(e, at))),
+                    }
+                }
+            };
+            if self.st.must_wait(event.cpu, event.ts) {
+                self.st.queue.push_back(event);
+            } else {
+                self.st.stats.events += 1;
+                return Some(Ok(event));
             }
         }
     }

@@ -72,6 +72,11 @@ pub(crate) enum LineKind<'a> {
 }
 
 /// Which layout matched last, tried first on the next line.
+///
+/// Mostly a speed hint, but not only: a contrived line can fit two layouts (a latency-format
+/// line whose body holds `x-5 [001] 2.0: e: b` also reads as a dash line), and then the layout
+/// tried first wins. So a reader that starts in the middle of the input (a block parsed ahead,
+/// see `blocks.rs`) must consider every hint until its lines stop depending on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Layout {
     #[default]
@@ -80,39 +85,64 @@ pub(crate) enum Layout {
     Perf,
 }
 
+impl Layout {
+    /// Every layout, in [`Layout::index`] order.
+    pub(crate) const ALL: [Self; 3] = [Self::Dash, Self::Latency, Self::Perf];
+
+    /// The position in [`Layout::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Dash => 0,
+            Self::Latency => 1,
+            Self::Perf => 2,
+        }
+    }
+}
+
 pub(crate) const EXPECTED_LINE: &str = "an event line (`comm-pid [cpu] secs.usecs: event: ...`, \
      `comm pid [cpu] secs.usecs: sys:event: ...`), a lost-events marker (`CPU:1 [LOST 5 EVENTS]`) \
      or a header line";
 
 /// Classifies one line (already without its newline).
 pub(crate) fn classify<'a>(line: &'a str, last: &mut Layout) -> LineKind<'a> {
+    classify_hinted(line, last).0
+}
+
+/// [`classify`], also saying whether the hint `last` took part: true when a column layout
+/// recognized (or refused) the line, so that another try-first order could have decided
+/// otherwise; false when the line was decided before any layout was tried (headers, markers)
+/// or when no layout recognized it (every order tries all three and finds nothing).
+pub(crate) fn classify_hinted<'a>(line: &'a str, last: &mut Layout) -> (LineKind<'a>, bool) {
     let b = line.as_bytes();
-    let first = b.iter().position(|c| !c.is_ascii_whitespace());
+    let spaces = leading_spaces(b);
+    let first = b[spaces..].iter().position(|c| !c.is_ascii_whitespace()).map(|at| spaces + at);
     let Some(first) = first else {
-        return LineKind::Header { cpus: None, format: None };
+        return (LineKind::Header { cpus: None, format: None }, false);
     };
-    match b[first] {
-        b'#' => return header_comment(&line[first..]),
-        b'C' if line.starts_with("CPU:") => {
-            return match lost_marker(line) {
-                Some(kind) => kind,
-                None => bad(line),
-            };
-        }
+    let early = match b[first] {
+        b'#' => Some(header_comment(&line[first..])),
+        b'C' if line.starts_with("CPU:") => Some(lost_marker(line).unwrap_or_else(|| bad(line))),
         b'C' if line.starts_with("CPU ") && line.ends_with(" is empty") => {
-            return LineKind::Header { cpus: None, format: Some(InputFormat::TraceCmdText) };
+            Some(LineKind::Header { cpus: None, format: Some(InputFormat::TraceCmdText) })
         }
-        b'c' if line.starts_with("cpus=") => {
-            return LineKind::Header {
-                cpus: line[5..].trim().parse().ok(),
-                format: Some(InputFormat::TraceCmdText),
-            };
-        }
+        b'c' if line.starts_with("cpus=") => Some(LineKind::Header {
+            cpus: line[5..].trim().parse().ok(),
+            format: Some(InputFormat::TraceCmdText),
+        }),
         b'v' if line.starts_with("version = ") => {
-            return LineKind::Header { cpus: None, format: Some(InputFormat::TraceCmdText) };
+            Some(LineKind::Header { cpus: None, format: Some(InputFormat::TraceCmdText) })
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some(kind) = early {
+        return (kind, false);
     }
+    classify_columns(line, last)
+}
+
+/// The column layouts (the hinted one first), then the layout-less forms; true when a layout
+/// decided.
+fn classify_columns<'a>(line: &'a str, last: &mut Layout) -> (LineKind<'a>, bool) {
     let order = match *last {
         Layout::Dash => [Layout::Dash, Layout::Latency, Layout::Perf],
         Layout::Latency => [Layout::Latency, Layout::Dash, Layout::Perf],
@@ -127,19 +157,19 @@ pub(crate) fn classify<'a>(line: &'a str, last: &mut Layout) -> LineKind<'a> {
         match found {
             Some(Ok(kind)) => {
                 *last = layout;
-                return kind;
+                return (kind, true);
             }
-            Some(Err(e)) => return LineKind::Bad(e),
+            Some(Err(e)) => return (LineKind::Bad(e), true),
             None => {}
         }
     }
     if let Some(kind) = raw_type(line) {
-        return kind;
+        return (kind, false);
     }
     if looks_like_nocontext(line) {
-        return LineKind::Bad(TextError::NoContext);
+        return (LineKind::Bad(TextError::NoContext), false);
     }
-    bad(line)
+    (bad(line), false)
 }
 
 fn bad(line: &str) -> LineKind<'_> {
@@ -193,9 +223,40 @@ fn split_digits(s: &str) -> Option<(u64, &str)> {
     Some((value, &s[end..]))
 }
 
+/// `s.trim_start()`, without decoding characters in the common case: a comm is right-aligned
+/// in its column, so this runs on every line, and `trim_start` costs ~15 instructions per
+/// padding space. ASCII whitespace is dropped bytewise; only when what follows could be
+/// whitespace outside that set (`\x0b`, or any non-ASCII character) does `trim_start` decide.
+fn trim_start(s: &str) -> &str {
+    let t = s[leading_spaces(s.as_bytes())..].trim_ascii_start();
+    match t.as_bytes().first() {
+        Some(&c) if c == 0x0b || !c.is_ascii() => t.trim_start(),
+        _ => t,
+    }
+}
+
 fn skip_spaces(s: &str) -> &str {
-    let n = s.bytes().take_while(|&c| c == b' ').count();
-    &s[n..]
+    &s[leading_spaces(s.as_bytes())..]
+}
+
+/// How many `' '` start `b`, counted eight at a time: columns are padded with spaces (a
+/// right-aligned comm, a name column), a dozen per line.
+#[inline]
+fn leading_spaces(b: &[u8]) -> usize {
+    const SPACES: u64 = u64::from_ne_bytes([b' '; 8]);
+    let mut n = 0;
+    let mut words = b.chunks_exact(8);
+    for word in words.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let other = u64::from_le_bytes(w) ^ SPACES;
+        if other != 0 {
+            // The first byte that is not a space is the lowest non-zero byte.
+            return n + other.trailing_zeros() as usize / 8;
+        }
+        n += 8;
+    }
+    n + words.remainder().iter().take_while(|&&c| c == b' ').count()
 }
 
 /// `[NNN]` at the start of `s`.
@@ -206,16 +267,31 @@ fn cpu_field(s: &str) -> Option<(u32, &str)> {
     Some((u32::try_from(cpu).ok()?, rest))
 }
 
+/// Nanoseconds per unit of the last of `n` fraction digits, by `n` (1 to 9).
+const NS_SCALE: [u64; 10] =
+    [0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+
 /// `secs.frac:` or `count:` at the start of `s`; returns the stamp and what follows the colon.
 fn timestamp(s: &str) -> Option<(Timestamp, &str)> {
     let (secs, rest) = split_digits(s)?;
     if let Some(frac) = rest.strip_prefix('.') {
-        let end = frac.bytes().position(|c| !c.is_ascii_digit()).unwrap_or(frac.len());
-        if end == 0 || end > 9 {
+        // At most 9 digits (nanoseconds), read as they are found.
+        let mut digits = 0u64;
+        let mut end = 0;
+        for &c in frac.as_bytes() {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            if end == 9 {
+                return None;
+            }
+            digits = digits * 10 + u64::from(c - b'0');
+            end += 1;
+        }
+        if end == 0 {
             return None;
         }
-        let digits: u64 = frac[..end].parse().ok()?;
-        let scale = 10u64.pow(9 - u32::try_from(end).ok()?);
+        let scale = NS_SCALE[end];
         let value = secs.checked_mul(1_000_000_000)?.checked_add(digits * scale)?;
         let rest = frac[end..].strip_prefix(':')?;
         return Some((Timestamp { value, ns: true }, rest));
@@ -223,6 +299,25 @@ fn timestamp(s: &str) -> Option<(Timestamp, &str)> {
     let rest = rest.strip_prefix(':')?;
     Some((Timestamp { value: secs, ns: false }, rest))
 }
+
+const NAME_CHAR: u8 = 1;
+const NAME_COLON: u8 = 2;
+
+/// The bytes of event names by class: [`NAME_CHAR`] for `[A-Za-z0-9_]`, [`NAME_COLON`] for
+/// `:`, 0 for the rest (a table: two range tests per byte were a tenth of a line's time).
+static NAME_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = match i {
+            0x30..=0x39 | 0x41..=0x5a | 0x61..=0x7a | 0x5f => NAME_CHAR,
+            0x3a => NAME_COLON,
+            _ => 0,
+        };
+        i += 1;
+    }
+    table
+};
 
 /// After the timestamp's colon: optional `(+N)` (trace-cmd --ts-diff), the event name, its
 /// colon, and the body.
@@ -233,25 +328,32 @@ fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
         s = skip_spaces(&s[close + 1..]);
     }
     // The name ends at the first `: ` (perf names hold a `:` of their own, not followed by a
-    // space), or at a `:` ending the line.
+    // space), or at a `:` ending the line; it holds only `[A-Za-z0-9_]` (and that `:`), so
+    // one pass finds its end and checks it.
     let b = s.as_bytes();
-    let mut at = None;
-    for colon in memchr::memchr_iter(b':', b) {
-        if b.get(colon + 1).is_none_or(|&c| c == b' ') {
-            at = Some(colon);
-            break;
+    let mut has_colon = false;
+    let mut at = 0;
+    loop {
+        match NAME_BYTES[usize::from(*b.get(at)?)] {
+            NAME_CHAR => {}
+            NAME_COLON => {
+                if b.get(at + 1).is_none_or(|&c| c == b' ') {
+                    break;
+                }
+                if !with_system {
+                    return None;
+                }
+                has_colon = true;
+            }
+            _ => return None,
         }
+        at += 1;
     }
-    let at = at?;
+    if at == 0 || (with_system && !has_colon) {
+        return None;
+    }
     let name = &s[..at];
     let body = s.get(at + 2..).unwrap_or("");
-    let valid = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || (with_system && c == b':');
-    if name.is_empty() || !name.bytes().all(valid) {
-        return None;
-    }
-    if with_system && !name.contains(':') {
-        return None;
-    }
     Some((name, body.trim_ascii()))
 }
 
@@ -259,7 +361,7 @@ fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
 fn dash_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     let b = line.as_bytes();
     let (comm, pid_at) = if b.len() > 17 && b[16] == b'-' && b[17].is_ascii_digit() {
-        (line[..16].trim_start(), 17)
+        (trim_start(&line[..16]), 17)
     } else {
         dash_fallback(line)?
     };
@@ -316,7 +418,7 @@ fn dash_fallback(line: &str) -> Option<(&str, usize)> {
     if digits == 0 || pid_at == 0 || head.as_bytes()[pid_at - 1] != b'-' {
         return None;
     }
-    Some((head[..pid_at - 1].trim_start(), pid_at))
+    Some((trim_start(&head[..pid_at - 1]), pid_at))
 }
 
 /// The byte offset of the first ` [NNN]` (space, bracket, digits, bracket).
@@ -332,7 +434,7 @@ fn latency_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     if !(b.len() > 9 && b[8] == b'-' && b[9].is_ascii_digit()) {
         return None;
     }
-    let comm = line[..8].trim_start();
+    let comm = trim_start(&line[..8]);
     let (pid, rest) = split_digits(&line[9..])?;
     let (cpu, rest) = split_digits(skip_spaces(rest))?;
     let end = rest.find(' ')?;
@@ -376,7 +478,7 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
         .map(|(tid, after)| (tid, skip_spaces(after)))
         .filter(|(_, after)| after.starts_with('[') || timestamp(after).is_some());
     if let Some((tid, after)) = fixed {
-        comm = Some(line[..16].trim_start());
+        comm = Some(trim_start(&line[..16]));
         pid = tid;
         rest = after;
     } else if let Some(cpu_at) = find_cpu_field(line) {
@@ -590,5 +692,56 @@ mod tests {
             classify("hello world", &mut l),
             LineKind::Bad(TextError::UnrecognizedLine { .. })
         ));
+    }
+
+    #[test]
+    fn the_fast_space_skipping_agrees_with_std() {
+        let pads = ["", " ", "  \t ", "         ", "\x0b ", " \u{a0}", "\u{3000}x", " \r\n\x0c"];
+        for pad in pads {
+            for rest in ["", "x", "qemu vcpu-0 x", " y", "\u{e9}t\u{e9}"] {
+                let s = format!("{pad}{rest}");
+                assert_eq!(trim_start(&s), s.trim_start(), "{s:?}");
+                let spaces = s.bytes().take_while(|&c| c == b' ').count();
+                assert_eq!(leading_spaces(s.as_bytes()), spaces, "{s:?}");
+            }
+        }
+        let long = format!("{}ab", " ".repeat(37));
+        assert_eq!(leading_spaces(long.as_bytes()), 37);
+    }
+
+    #[test]
+    fn timestamps_and_names_at_their_limits() {
+        let ts = |s| timestamp(s).map(|(t, rest)| (t.value, t.ns, rest));
+        assert_eq!(ts("1.5: x"), Some((1_500_000_000, true, " x")));
+        assert_eq!(ts("12.123456789: x"), Some((12_123_456_789, true, " x")));
+        assert_eq!(ts("12.1234567890: x"), None);
+        assert_eq!(ts("12.: x"), None);
+        assert_eq!(ts("77: x"), Some((77, false, " x")));
+        assert_eq!(ts("18446744074.0: x"), None);
+        let nb = |s, sys| name_and_body(s, sys);
+        assert_eq!(nb(" kvm_fpu:   load ", false), Some(("kvm_fpu", "load")));
+        assert_eq!(nb("kvm:kvm_fpu: load", true), Some(("kvm:kvm_fpu", "load")));
+        assert_eq!(nb("kvm:kvm_fpu: load", false), None);
+        assert_eq!(nb("kvm_fpu: load", true), None);
+        assert_eq!(nb("kvm_fpu:", false), Some(("kvm_fpu", "")));
+        assert_eq!(nb("kvm-fpu: load", false), None);
+        assert_eq!(nb(": load", false), None);
+        assert_eq!(nb("kvm_fpu load", false), None);
+        assert_eq!(nb("(+12) kvm_fpu: load", false), Some(("kvm_fpu", "load")));
+    }
+
+    #[test]
+    fn the_hint_takes_part_only_when_a_layout_decides() {
+        for hint in Layout::ALL {
+            let mut l = hint;
+            assert!(!classify_hinted("cpus=2", &mut l).1);
+            assert!(!classify_hinted("CPU:1 [LOST 3 EVENTS]", &mut l).1);
+            assert!(!classify_hinted("hello world", &mut l).1);
+            assert!(!classify_hinted("15045 1 511173882349 type: 82", &mut l).1);
+            assert_eq!(l, hint);
+            let (kind, hinted) = classify_hinted("a-1 [000] 1.000001: kvm_fpu: load", &mut l);
+            assert!(hinted && matches!(kind, LineKind::Event(_)));
+            assert_eq!(l, Layout::Dash);
+        }
     }
 }
