@@ -629,7 +629,8 @@ pub struct OrderedWriter<W: std::io::Write> {
     queue: Ordered<Rendered>,
     /// Buffers of finished jobs, reused: fresh multi-100-KiB buffers would be page-faulted
     /// in anew for every batch.
-    spare: Vec<Rendered>,
+    spare_text: Vec<Vec<u8>>,
+    spare_batches: Vec<Batch>,
     /// The one-thread path's buffer.
     inline: Vec<u8>,
     parallel: bool,
@@ -644,7 +645,8 @@ impl<W: std::io::Write> OrderedWriter<W> {
             format,
             batch: Vec::new(),
             queue: Ordered::new(parallel),
-            spare: Vec::new(),
+            spare_text: Vec::new(),
+            spare_batches: Vec::new(),
             inline: Vec::new(),
             parallel,
         }
@@ -661,13 +663,8 @@ impl<W: std::io::Write> OrderedWriter<W> {
             return Ok(());
         }
         if self.batch.capacity() == 0 {
-            match self.spare.pop() {
-                Some((text, batch)) => {
-                    self.batch = batch;
-                    self.spare.push((text, Vec::new()));
-                }
-                None => self.batch.reserve_exact(RENDER_BATCH),
-            }
+            self.batch =
+                self.spare_batches.pop().unwrap_or_else(|| Vec::with_capacity(RENDER_BATCH));
         }
         self.batch.push((event, vcpu));
         if self.batch.len() >= RENDER_BATCH {
@@ -681,7 +678,7 @@ impl<W: std::io::Write> OrderedWriter<W> {
 
     fn send_batch(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
-        let mut text = self.spare.pop().map(|(text, _)| text).unwrap_or_default();
+        let mut text = self.spare_text.pop().unwrap_or_default();
         let (clock, format) = (self.clock.clone(), self.format);
         self.queue.push(Box::new(move || {
             text.reserve(batch.len() * 128);
@@ -698,7 +695,8 @@ impl<W: std::io::Write> OrderedWriter<W> {
         let Some((mut text, batch)) = self.queue.pop() else { return Ok(()) };
         self.out.write_all(&text)?;
         text.clear();
-        self.spare.push((text, batch));
+        self.spare_text.push(text);
+        self.spare_batches.push(batch);
         Ok(())
     }
 
@@ -938,6 +936,40 @@ mod tests {
         ];
         (any::<u64>(), any::<u32>(), any::<i32>(), comm, kind)
             .prop_map(|(ts, cpu, pid, comm, kind)| Event { ts, cpu, pid, comm, kind })
+    }
+
+    #[test]
+    fn ordered_writer_prints_every_event_in_push_order() {
+        // Enough batches that buffers are recycled many times over.
+        let events: Vec<Event> = (0..(RENDER_BATCH * 7 + 123) as u64)
+            .map(|i| Event {
+                ts: i * 1_001,
+                cpu: (i % 3) as u32,
+                pid: 100 + (i % 5) as i32,
+                comm: (i % 4 != 0).then(|| Arc::from("CPU 0/KVM")),
+                kind: EventKind::KvmPio {
+                    write: i % 2 == 0,
+                    port: 0x3f8,
+                    size: 1,
+                    count: 1,
+                    val: Some((i % 256) as u32),
+                },
+            })
+            .collect();
+        for format in [Format::Text, Format::Jsonl] {
+            let mut want = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                format.render(e, &Clock::Local, (i % 2 == 0).then_some(1), &mut want);
+            }
+            for parallel in [true, false] {
+                let mut w = OrderedWriter::new(Vec::new(), Clock::Local, format, parallel);
+                for (i, e) in events.iter().enumerate() {
+                    w.push(e.clone(), (i % 2 == 0).then_some(1)).unwrap();
+                }
+                let got = w.finish().unwrap();
+                assert!(got == want, "{format:?} parallel={parallel}: output differs");
+            }
+        }
     }
 
     proptest! {
