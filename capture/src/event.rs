@@ -106,23 +106,6 @@ pub struct ExitFields {
     pub requests: Option<u64>,
 }
 
-impl ExitFields {
-    /// Only the reason; every other field absent.
-    pub fn reason(reason: ExitCode) -> Self {
-        Self {
-            reason,
-            isa: None,
-            guest_rip: None,
-            info1: None,
-            info2: None,
-            intr_info: None,
-            error_code: None,
-            vcpu_id: None,
-            requests: None,
-        }
-    }
-}
-
 impl ExitInfo {
     const HAS_GUEST_RIP: u8 = 1 << 0;
     const HAS_INFO1: u8 = 1 << 1;
@@ -189,30 +172,24 @@ impl ExitInfo {
 
 impl From<ExitFields> for ExitInfo {
     fn from(f: ExitFields) -> Self {
-        let mut present = 0;
-        let mut take = |bit: u8, v: Option<u64>| {
-            present |= if v.is_some() { bit } else { 0 };
-            v.unwrap_or(0)
-        };
-        let guest_rip = take(Self::HAS_GUEST_RIP, f.guest_rip);
-        let info1 = take(Self::HAS_INFO1, f.info1);
-        let info2 = take(Self::HAS_INFO2, f.info2);
-        let requests = take(Self::HAS_REQUESTS, f.requests);
-        let intr_info = take(Self::HAS_INTR_INFO, f.intr_info.map(|i| u64::from(i.0)));
-        let error_code = take(Self::HAS_ERROR_CODE, f.error_code.map(u64::from));
-        let vcpu_id = take(Self::HAS_VCPU_ID, f.vcpu_id.map(u64::from));
+        let has = |present: bool, bit: u8| if present { bit } else { 0 };
         Self {
             reason: f.reason,
             isa: f.isa,
-            present,
-            guest_rip,
-            info1,
-            info2,
-            requests,
-            // These came from `u32`s.
-            intr_info: IntrInfo(u32::try_from(intr_info).unwrap_or(0)),
-            error_code: u32::try_from(error_code).unwrap_or(0),
-            vcpu_id: u32::try_from(vcpu_id).unwrap_or(0),
+            present: has(f.guest_rip.is_some(), Self::HAS_GUEST_RIP)
+                | has(f.info1.is_some(), Self::HAS_INFO1)
+                | has(f.info2.is_some(), Self::HAS_INFO2)
+                | has(f.requests.is_some(), Self::HAS_REQUESTS)
+                | has(f.intr_info.is_some(), Self::HAS_INTR_INFO)
+                | has(f.error_code.is_some(), Self::HAS_ERROR_CODE)
+                | has(f.vcpu_id.is_some(), Self::HAS_VCPU_ID),
+            guest_rip: f.guest_rip.unwrap_or(0),
+            info1: f.info1.unwrap_or(0),
+            info2: f.info2.unwrap_or(0),
+            requests: f.requests.unwrap_or(0),
+            intr_info: f.intr_info.unwrap_or(IntrInfo(0)),
+            error_code: f.error_code.unwrap_or(0),
+            vcpu_id: f.vcpu_id.unwrap_or(0),
         }
     }
 }
@@ -962,6 +939,38 @@ impl EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The compact store gives back exactly the fields it was built from, compares as they
+        /// do, and prints as the derived `Debug` of the old all-`Option` struct did.
+        #[test]
+        fn exit_info_keeps_exactly_its_fields(
+            raw in proptest::prelude::any::<(u32, Option<u64>, Option<u64>, Option<u64>)>(),
+            more in proptest::prelude::any::<(Option<u32>, Option<u32>, Option<u32>, Option<u64>)>(),
+            vmx in proptest::prelude::any::<Option<bool>>(),
+        ) {
+            let isa = vmx.map(|v| if v { Isa::Vmx } else { Isa::Svm });
+            let f = ExitFields {
+                reason: ExitCode::from_raw(u64::from(raw.0), isa),
+                isa,
+                guest_rip: raw.1,
+                info1: raw.2,
+                info2: raw.3,
+                intr_info: more.0.map(IntrInfo),
+                error_code: more.1,
+                vcpu_id: more.2,
+                requests: more.3,
+            };
+            let info = ExitInfo::from(f);
+            proptest::prop_assert_eq!(info.fields(), f);
+            proptest::prop_assert_eq!(
+                format!("{info:?}"),
+                format!("{f:?}").replacen("ExitFields", "ExitInfo", 1)
+            );
+            let other = ExitInfo::from(ExitFields { info1: f.info1.xor(Some(0)), ..f });
+            proptest::prop_assert_ne!(info, other);
+        }
+    }
     use crate::codes::{ExitReason, VmxBasicReason};
     use crate::fields::FieldValue;
 
