@@ -1156,18 +1156,15 @@ impl TraceDat {
                 let ctx = Arc::clone(&ctx);
                 Box::new(move || {
                     let mut batch = Batch::default();
-                    SCRATCH.with(|cell| {
-                        let mut fresh;
-                        let scratch = match cell.try_borrow_mut() {
-                            Ok(scratch) => {
-                                fresh = scratch;
-                                &mut *fresh
-                            }
-                            Err(_) => &mut Scratch::default(),
-                        };
+                    let mut decode = |scratch: &mut Scratch| {
                         for w in &group {
                             td.decode_work(&ctx, w, scratch, &mut batch);
                         }
+                    };
+                    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                        Ok(mut scratch) => decode(&mut scratch),
+                        // This thread's buffers are in use further up its stack: fresh ones.
+                        Err(_) => decode(&mut Scratch::default()),
                     });
                     batch
                 }) as Job
