@@ -225,11 +225,11 @@ fn exit_fields<'a>(
     intr: &'static str,
     err: &'static str,
 ) {
-    out.push(hex(reason, info.reason.raw()));
+    out.push(hex(reason, info.reason().raw()));
     if let Some(rip) = info.guest_rip() {
         out.push(hex("guest_rip", rip));
     }
-    if let Some(isa) = info.isa {
+    if let Some(isa) = info.isa() {
         out.push(dec("isa", u64::from(isa.raw())));
     }
     out.extend(info.info1().map(|v| hex(info1, v)));
@@ -281,10 +281,10 @@ impl EventKind {
             Self::KvmExit(info)
             | Self::KvmNestedVmexit(info)
             | Self::KvmNestedVmexitInject(info) => {
-                f("reason", &info.reason);
+                f("reason", &info.reason());
                 if let Some(q) = info
                     .info1()
-                    .filter(|_| info.reason.vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
+                    .filter(|_| info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
                 {
                     f("qual", &CrAccessQual(q));
                 }
@@ -295,7 +295,7 @@ impl EventKind {
                     .info2()
                     .and_then(|v| u32::try_from(v).ok())
                     .map(crate::codes::IntrInfo)
-                    .filter(|v| v.valid() && matches!(info.reason, ExitCode::Vmx(_)));
+                    .filter(|v| v.valid() && matches!(info.reason(), ExitCode::Vmx(_)));
                 if let Some(v) = vectoring {
                     f("idt_vectoring", &v);
                 }

@@ -129,7 +129,7 @@ fn kvm_exit_every_generation() {
         "kvm_exit",
         &format!("vcpu 0 reason {name} rip 0x1 info1 0x0 info2 0x0 intr_info 0x0 error_code 0x0"),
     ) {
-        EventKind::KvmExit(info) => (info.reason, info.isa),
+        EventKind::KvmExit(info) => (info.reason(), info.isa()),
         other => panic!("{other:?}"),
     };
     assert_eq!(svm("npf"), (ExitCode::Svm(SvmExitCode::NPF), Some(Isa::Svm)));
@@ -291,7 +291,7 @@ fn nested_vmexit_old_new_plugin_and_inject() {
     ) else {
         panic!()
     };
-    assert_eq!((new.reason, new.vcpu_id(), new.info1()), (vmx(48), Some(0), Some(0x181)));
+    assert_eq!((new.reason(), new.vcpu_id(), new.info1()), (vmx(48), Some(0), Some(0x181)));
     let inject = EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
         info1: Some(0x1000),
         info2: Some(0),

@@ -232,14 +232,14 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     // Since 5.10 every hardware exit from L2 is repeated by kvm_nested_vmexit, except exits a
     // fastpath handles: L0's own preemption timer in 6.x, and — conservatively, for kernels
     // whose fastpath served L2 too — MSR writes and HLT.
-    let fastpath_candidate = info.reason.is_vmx(VmxBasicReason::PREEMPTION_TIMER)
-        || info.reason.is_vmx(VmxBasicReason::MSR_WRITE)
-        || info.reason.is_vmx(VmxBasicReason::HLT);
+    let fastpath_candidate = info.reason().is_vmx(VmxBasicReason::PREEMPTION_TIMER)
+        || info.reason().is_vmx(VmxBasicReason::MSR_WRITE)
+        || info.reason().is_vmx(VmxBasicReason::HLT);
     st.exit_awaiting_nested =
         (st.mode == Mode::L2Run && f.nested_vmexit && f.v5_10 && !fastpath_candidate).then_some(at);
     st.last_exit = Some(LastExit {
         at,
-        reason: info.reason,
+        reason: info.reason(),
         rip: info.guest_rip(),
         info1: info.info1(),
         info2: info.info2(),
@@ -249,7 +249,7 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     });
     st.exited_since_entry = Some(true);
     st.in_exit_handling = Some(true);
-    let basic = info.reason.vmx_basic();
+    let basic = info.reason().vmx_basic();
     if basic == Some(VmxBasicReason::VMFUNC) {
         st.counters.vmfunc = st.counters.vmfunc.wrapping_add(1);
     }
@@ -257,7 +257,7 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
     if level == Some(Level::L2) {
         return;
     }
-    if let Some(cause) = launch_cause(info.reason) {
+    if let Some(cause) = launch_cause(info.reason()) {
         st.pending_launch = Some(PendingLaunch {
             at,
             cause,
@@ -291,11 +291,11 @@ fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<
     st.cr3_unknown_level = None;
     let zero_instructions = matches!(st.mode, Mode::L2Pending { .. });
     let was_l2 = st.level() == Some(Level::L2);
-    let failed_entry = matches!(info.reason, ExitCode::Vmx(r) if r.failed_vmentry());
+    let failed_entry = matches!(info.reason(), ExitCode::Vmx(r) if r.failed_vmentry());
     let counters = st.counters;
     if let Some(vmptr) = st.current_vmptr {
         let rec = st.vmcs12.entry(vmptr, at);
-        rec.last_exit = Some(NestedExit { at, reason: Some(info.reason), zero_instructions });
+        rec.last_exit = Some(NestedExit { at, reason: Some(info.reason()), zero_instructions });
         rec.vmwrites_at_exit = counters.vmwrite;
         rec.vmfuncs_at_exit = counters.vmfunc;
         if failed_entry {
@@ -310,7 +310,7 @@ fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<
     st.awaiting_host_rip = Some((at, st.current_vmptr));
     st.pending_launch = None;
     st.entry_launch = None;
-    out.push(Transition::NestedExit { reason: Some(info.reason) });
+    out.push(Transition::NestedExit { reason: Some(info.reason()) });
     set_mode(st, Mode::L1, out);
 }
 

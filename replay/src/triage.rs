@@ -459,7 +459,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmExit(info) | EventKind::KvmNestedVmexitInject(info) => {
             info.intr_info().and_then(|i| i.exception()).map(|vector| ChainLink::ExitException {
                 at,
-                reason: info.reason,
+                reason: info.reason(),
                 vector,
                 qualification: info.info1(),
                 error_code: info.error_code(),
@@ -536,7 +536,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
             UserspaceExitReason::FAIL_ENTRY => Some(CrashKind::FailEntry),
             _ => None,
         },
-        EventKind::KvmExit(info) => match info.reason {
+        EventKind::KvmExit(info) => match info.reason() {
             ExitCode::Vmx(r) if r.failed_vmentry() => Some(CrashKind::FailedVmentry),
             ExitCode::Vmx(r) if r.basic() == VmxBasicReason::TRIPLE_FAULT => {
                 Some(CrashKind::TripleFaultExit)
@@ -544,7 +544,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
             ExitCode::Svm(SvmExitCode::SHUTDOWN) => Some(CrashKind::TripleFaultExit),
             ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
         },
-        EventKind::KvmNestedVmexitInject(info) => match info.reason {
+        EventKind::KvmNestedVmexitInject(info) => match info.reason() {
             ExitCode::Vmx(r) if r.failed_vmentry() => Some(CrashKind::FailedVmentry),
             ExitCode::Vmx(r) if r.basic() == VmxBasicReason::TRIPLE_FAULT => {
                 Some(CrashKind::NestedTripleFault)

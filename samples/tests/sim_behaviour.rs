@@ -35,7 +35,7 @@ fn all_runs() -> Vec<(Scenario, KvmFlavour, KernelVersion, u64, Simulation)> {
 }
 
 fn basic(info: &ExitInfo) -> Option<VmxBasicReason> {
-    info.reason.vmx_basic()
+    info.reason().vmx_basic()
 }
 
 /// The events of each thread, in order, with their global index.

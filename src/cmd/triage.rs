@@ -174,7 +174,7 @@ pub fn describe_event(e: &Event) -> String {
             format!(
                 "{} {}{}{}",
                 e.name(),
-                i.reason,
+                i.reason(),
                 i.guest_rip().map_or_else(String::new, |r| format!(" rip {r:#x}")),
                 i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}"))
             )

@@ -275,12 +275,12 @@ impl ExitStats {
                     self.close(vcpu, previous, Close::NextExit);
                 }
                 let l0_always_keeps =
-                    l0_always_keeps(info.reason, info.intr_info().map(|i| i.kind()));
+                    l0_always_keeps(info.reason(), info.intr_info().map(|i| i.kind()));
                 self.pending.insert(
                     vcpu,
                     PendingExit {
                         ts: event.ts,
-                        reason: info.reason,
+                        reason: info.reason(),
                         from_l2: false,
                         l0_always_keeps,
                         reflected: false,
@@ -320,7 +320,7 @@ impl ExitStats {
                         if exit.from_l2
                             && !exit.reflected
                             && !exit.l0_always_keeps
-                            && exit.reason == info.reason =>
+                            && exit.reason == info.reason() =>
                     {
                         exit.reflected = true;
                         true
@@ -328,7 +328,7 @@ impl ExitStats {
                     _ => false,
                 };
                 if !reflected {
-                    *self.synthesized.entry(ReasonKey(info.reason)).or_default() += 1;
+                    *self.synthesized.entry(ReasonKey(info.reason())).or_default() += 1;
                 }
             }
             EventKind::KvmNestedVmenter(_) => self.saw_nested_vmenter = true,

@@ -119,22 +119,24 @@ impl TriggerSpec {
             }
             Self::FailEntry => {
                 userspace_exit(kind) == Some(UserspaceExitReason::FAIL_ENTRY)
-                    || matches!(kind, EventKind::KvmExit(info) if match info.reason {
+                    || matches!(kind, EventKind::KvmExit(info) if match info.reason() {
                         ExitCode::Vmx(r) => r.failed_vmentry(),
                         ExitCode::Svm(c) => c == SvmExitCode::ERR,
                         ExitCode::Raw(_) => false,
                     })
             }
             Self::TripleFault => match kind {
-                EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => match info.reason {
-                    ExitCode::Vmx(r) => r.basic() == VmxBasicReason::TRIPLE_FAULT,
-                    ExitCode::Svm(c) => c == SvmExitCode::SHUTDOWN,
-                    ExitCode::Raw(_) => false,
-                },
+                EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => {
+                    match info.reason() {
+                        ExitCode::Vmx(r) => r.basic() == VmxBasicReason::TRIPLE_FAULT,
+                        ExitCode::Svm(c) => c == SvmExitCode::SHUTDOWN,
+                        ExitCode::Raw(_) => false,
+                    }
+                }
                 _ => false,
             },
             Self::ExitReason(code) => match kind {
-                EventKind::KvmExit(info) => match (code, info.reason) {
+                EventKind::KvmExit(info) => match (code, info.reason()) {
                     (ExitCode::Vmx(want), ExitCode::Vmx(got)) => {
                         want.basic() == got.basic()
                             && (!want.failed_vmentry() || got.failed_vmentry())

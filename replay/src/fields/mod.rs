@@ -219,7 +219,7 @@ pub fn derive(
             }
         }
         EventKind::KvmNestedVmexitInject(info) => {
-            let (ExitCode::Vmx(reason), Some(vmcs)) = (info.reason, current12) else { return };
+            let (ExitCode::Vmx(reason), Some(vmcs)) = (info.reason(), current12) else { return };
             // nested_vmx_vmexit passes these vmcs12 fields, after prepare_vmcs12 (§1.4).
             o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
             let fields = [
@@ -235,7 +235,7 @@ pub fn derive(
             }
         }
         EventKind::KvmExit(info) => {
-            let (ExitCode::Vmx(reason), Some(level)) = (info.reason, st.level()) else { return };
+            let (ExitCode::Vmx(reason), Some(level)) = (info.reason(), st.level()) else { return };
             let vmcs = hw_vmcs(level);
             o.derived(vmcs, FieldEncoding::VM_EXIT_REASON, u64::from(reason.0));
             if let Some(q) = info.info1() {

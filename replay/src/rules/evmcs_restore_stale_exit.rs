@@ -83,7 +83,7 @@ pub(crate) fn on_inject(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     let Some((restore_at, rip)) = st.restored.take() else { return };
     let before_first_entry =
         matches!(ctx.vcpu.mode, Mode::L2Pending { since } if since == restore_at);
-    if before_first_entry && is_asynchronous(Some(info.reason)) {
+    if before_first_entry && is_asynchronous(Some(info.reason())) {
         st.stale = Some((restore_at, ctx.at, rip));
     }
 }

@@ -51,7 +51,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     if ctx.vcpu.level() != Some(Level::L1) {
         return;
     }
-    match info.reason.vmx_basic() {
+    match info.reason().vmx_basic() {
         Some(VmxBasicReason::INVEPT) => st.invept_at = Some(ctx.at),
         Some(VmxBasicReason::VMPTRLD | VmxBasicReason::VMCLEAR) => st.release_at = Some(ctx.at),
         Some(_) | None => {}

@@ -123,7 +123,7 @@ pub(crate) fn on_inject(ctx: &mut Ctx<'_>, watch: &mut State, info: &ExitInfo) {
     if ctx.vcpu.mode != Mode::L2Run || ctx.vcpu.current_vmptr != Some(w.vmptr) {
         return;
     }
-    let exception = info.reason.is_vmx(VmxBasicReason::EXCEPTION_NMI)
+    let exception = info.reason().is_vmx(VmxBasicReason::EXCEPTION_NMI)
         && info.intr_info().is_some_and(|i| i.valid() && i.kind() == IntrType::HardwareException);
     if !exception {
         return;

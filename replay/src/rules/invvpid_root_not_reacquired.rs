@@ -29,7 +29,7 @@ pub(crate) struct State {
 }
 
 pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
-    if ctx.vcpu.level() == Some(Level::L1) && info.reason.is_vmx(VmxBasicReason::INVVPID) {
+    if ctx.vcpu.level() == Some(Level::L1) && info.reason().is_vmx(VmxBasicReason::INVVPID) {
         st.invvpid_at = Some(ctx.at);
     }
 }

@@ -38,7 +38,7 @@ pub(crate) fn on_inject(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     let fault = st.fault.take();
     if ctx.features.l0_paging != L0Paging::Shadow
         || ctx.vcpu.level() != Some(Level::L2)
-        || !info.reason.is_vmx(VmxBasicReason::EXCEPTION_NMI)
+        || !info.reason().is_vmx(VmxBasicReason::EXCEPTION_NMI)
         || info.intr_info().and_then(|i| i.exception()) != Some(ExceptionVector::PF)
     {
         return;

@@ -46,7 +46,7 @@ enum ExitClass {
 }
 
 fn classify(info: &ExitInfo) -> ExitClass {
-    match info.reason {
+    match info.reason() {
         ExitCode::Vmx(r) if r.failed_vmentry() => ExitClass::Other,
         ExitCode::Vmx(r) => match r.basic() {
             VmxBasicReason::EPT_VIOLATION => ExitClass::Fault,
@@ -80,7 +80,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
         return;
     };
     let key = Key {
-        reason: info.reason.raw(),
+        reason: info.reason().raw(),
         rip,
         qual: info.info1().unwrap_or(0),
         level: ctx.vcpu.level(),
@@ -100,7 +100,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     }
     // Without page-fault events the exit itself is all there is to compare.
     if st.address.is_none() {
-        maybe_report(ctx, st, info.reason.to_string());
+        maybe_report(ctx, st, info.reason().to_string());
     }
 }
 

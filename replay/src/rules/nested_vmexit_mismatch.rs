@@ -28,7 +28,7 @@ pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
     let Some(last) = ctx.vcpu.last_exit else { return };
     ctx.checked(RULE);
     let mut fields = Vec::new();
-    if last.reason.raw() != info.reason.raw() {
+    if last.reason.raw() != info.reason().raw() {
         fields.push("reason");
     }
     if differs(last.rip, info.guest_rip()) {
@@ -49,7 +49,7 @@ pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
     if fields.is_empty() {
         return;
     }
-    let (was, now) = (last.reason, info.reason);
+    let (was, now) = (last.reason, info.reason());
     ctx.report(RULE, Severity::Error, &[last.at], || {
         format!(
             "kvm_nested_vmexit ({now}) does not repeat the preceding kvm_exit ({was}): {} differ",

@@ -28,7 +28,7 @@ pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
         Some(Level::L2) => ctx.checked(RULE),
         Some(Level::L1) => {
             ctx.checked(RULE);
-            let reason = info.reason;
+            let reason = info.reason();
             let evidence: Vec<_> = ctx.vcpu.last_entry.map(|(at, _)| at).into_iter().collect();
             ctx.report(RULE, Severity::Error, &evidence, || {
                 format!("kvm_nested_vmexit ({reason}) while the vCPU runs L1")

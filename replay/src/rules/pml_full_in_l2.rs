@@ -25,7 +25,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
         return;
     }
     ctx.checked(RULE);
-    if info.reason.is_vmx(VmxBasicReason::PML_FULL) {
+    if info.reason().is_vmx(VmxBasicReason::PML_FULL) {
         report(ctx, "kvm_exit PML_FULL");
     }
 }

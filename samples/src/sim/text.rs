@@ -150,7 +150,7 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
                 format!(
                     "rip: 0x{:016x} reason: {} ext_inf1: 0x{:016x} ext_inf2: 0x{:016x} ext_int: 0x{:08x} ext_int_err: 0x{:08x}",
                     x.guest_rip().unwrap_or(0),
-                    reason_text(x.reason, x.isa),
+                    reason_text(x.reason(), x.isa()),
                     x.info1().unwrap_or(0),
                     x.info2().unwrap_or(0),
                     x.intr_info().map_or(0, |i| i.0),
@@ -160,7 +160,7 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
         }
         EventKind::KvmNestedVmexitInject(x) => format!(
             "reason: {} ext_inf1: 0x{:016x} ext_inf2: 0x{:016x} ext_int: 0x{:08x} ext_int_err: 0x{:08x}",
-            reason_text(x.reason, x.isa),
+            reason_text(x.reason(), x.isa()),
             x.info1().unwrap_or(0),
             x.info2().unwrap_or(0),
             x.intr_info().map_or(0, |i| i.0),
@@ -289,7 +289,7 @@ fn exit_body(x: &ExitInfo) -> String {
     let _ = write!(
         s,
         "reason {} rip 0x{:x} info1 0x{:016x} info2 0x{:016x}",
-        reason_text(x.reason, x.isa),
+        reason_text(x.reason(), x.isa()),
         x.guest_rip().unwrap_or(0),
         x.info1().unwrap_or(0),
         x.info2().unwrap_or(0)

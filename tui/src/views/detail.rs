@@ -118,13 +118,13 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmNestedVmexit(info)
         | EventKind::KvmNestedVmexitInject(info) => {
             out.push(Line::raw(""));
-            out.push(heading(&format!("Exit reason {}", info.reason)));
-            if let vmxray_capture::codes::ExitCode::Vmx(r) = info.reason {
+            out.push(heading(&format!("Exit reason {}", info.reason())));
+            if let vmxray_capture::codes::ExitCode::Vmx(r) = info.reason() {
                 out.push(kv("basic reason", format!("{} ({})", r.basic(), r.basic().0)));
                 out.push(kv("failed VM-entry (bit 31)", r.failed_vmentry().to_string()));
             }
             if let Some(q) = info.info1() {
-                let text = if info.reason.vmx_basic() == Some(VmxBasicReason::CR_ACCESS) {
+                let text = if info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS) {
                     let cr = CrAccessQual(q);
                     format!("{q:#x}: {cr} (CR{} {:?} via {})", cr.cr(), cr.access(), cr.gpr_name())
                 } else {
@@ -136,7 +136,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
                 intr_lines(&mut out, "Exit interruption info", intr);
             }
             if let Some(v) = info.info2().and_then(|v| u32::try_from(v).ok())
-                && matches!(info.reason, vmxray_capture::codes::ExitCode::Vmx(_))
+                && matches!(info.reason(), vmxray_capture::codes::ExitCode::Vmx(_))
             {
                 intr_lines(&mut out, "IDT-vectoring info (info2)", IntrInfo(v));
             }
