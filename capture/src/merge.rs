@@ -68,8 +68,9 @@ fn recycle(mut items: VecDeque<Item>) {
     }
 }
 
-/// One unit of a CPU's work: decodes a chunk into a batch. Independent of the other units of
-/// the same CPU (every page carries its own absolute timestamp), so several decode at once.
+/// One unit of a CPU's work: decodes a few chunks of pages into a batch. Independent of the
+/// other units of the same CPU (every page carries its own absolute timestamp), so several
+/// decode at once.
 pub(crate) type Job = crate::ordered::Job<Batch>;
 
 /// A CPU's jobs, in stream order.
