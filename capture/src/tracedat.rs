@@ -1091,13 +1091,13 @@ impl TraceDat {
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
                 }
-                if let Some((mult, shift)) = self.tsc_to_ns() {
+                // trace-cmd's order: TSC cycles to ns, then the OFFSET/DATE shift.
+                let tsc = self.tsc_to_ns();
+                if tsc.is_some() || self.ts_offset != 0 {
                     for ev in batch.items.range_mut(first..).flatten() {
-                        ev.ts = tsc_to_ns(ev.ts, mult, shift);
-                    }
-                }
-                if self.ts_offset != 0 {
-                    for ev in batch.items.range_mut(first..).flatten() {
+                        if let Some((mult, shift)) = tsc {
+                            ev.ts = tsc_to_ns(ev.ts, mult, shift);
+                        }
                         ev.ts = ev.ts.wrapping_add_signed(self.ts_offset);
                     }
                 }
