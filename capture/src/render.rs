@@ -498,7 +498,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b']');
 }
 
-/// A string quoted as `{:?}` does: printable ASCII other than `"` and `\\` is copied as is,
+/// A string quoted as `{:?}` does: printable ASCII other than `"` and `\` is copied as is,
 /// anything else goes through Rust's escaping.
 fn put_quoted(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
