@@ -631,9 +631,6 @@ pub struct OrderedWriter<W: std::io::Write> {
     /// in anew for every batch.
     spare_text: Vec<Vec<u8>>,
     spare_batches: Vec<Batch>,
-    /// The one-thread path's buffer.
-    inline: Vec<u8>,
-    parallel: bool,
 }
 
 impl<W: std::io::Write> OrderedWriter<W> {
@@ -647,21 +644,11 @@ impl<W: std::io::Write> OrderedWriter<W> {
             queue: Ordered::new(parallel),
             spare_text: Vec::new(),
             spare_batches: Vec::new(),
-            inline: Vec::new(),
-            parallel,
         }
     }
 
     /// Queues one event (with its thread-attributed vCPU) for output.
     pub fn push(&mut self, event: Event, vcpu: Option<u32>) -> std::io::Result<()> {
-        if !self.parallel {
-            self.format.render(&event, &self.clock, vcpu, &mut self.inline);
-            if self.inline.len() >= 1 << 16 {
-                self.out.write_all(&self.inline)?;
-                self.inline.clear();
-            }
-            return Ok(());
-        }
         if self.batch.capacity() == 0 {
             self.batch =
                 self.spare_batches.pop().unwrap_or_else(|| Vec::with_capacity(RENDER_BATCH));
@@ -708,7 +695,6 @@ impl<W: std::io::Write> OrderedWriter<W> {
         while self.queue.len() > 0 {
             self.write_oldest()?;
         }
-        self.out.write_all(&self.inline)?;
         self.out.flush()?;
         Ok(self.out)
     }
