@@ -124,13 +124,13 @@ fn replay_with_fields_reports_a_change_given_only_as_a_record() {
 /// refuses to start and says what is missing; nothing is left behind.
 #[test]
 fn vmcs_profile_fails_clearly_without_probe_support() {
-    let Some(root) = vmxray_capture::record::Tracefs::find() else {
-        vmxray_capture::testenv::skip("tracefs not mounted");
+    let Some(root) = vmxray_record::Tracefs::find() else {
+        vmxray_events::test_util::skip("tracefs not mounted");
         return;
     };
-    let support = vmxray_capture::vmcs::probes::ProbeSupport::detect(&root, "/sys".as_ref());
+    let support = vmxray_record::probes::ProbeSupport::detect(&root, "/sys".as_ref());
     if support.plan().is_some() {
-        vmxray_capture::testenv::skip("this kernel supports the vmcs probes");
+        vmxray_events::test_util::skip("this kernel supports the vmcs probes");
         return;
     }
     let instances = |r: &std::path::Path| {

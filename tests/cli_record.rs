@@ -49,7 +49,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn record_a_command_then_stop() {
     if let Some(reason) = lab_unavailable() {
-        vmxray_capture::testenv::skip(reason);
+        vmxray_events::test_util::skip(reason);
         return;
     }
     let path = out("command.dat");
@@ -69,8 +69,8 @@ fn record_a_command_then_stop() {
     let io = reader
         .filter_map(Result::ok)
         .filter(|e| {
-            matches!(e.kind, vmxray_capture::EventKind::KvmUserspaceExit { reason, .. }
-            if reason == vmxray_capture::codes::UserspaceExitReason::IO)
+            matches!(e.kind, vmxray_events::EventKind::KvmUserspaceExit { reason, .. }
+            if reason == vmxray_events::codes::UserspaceExitReason::IO)
         })
         .count();
     assert!(io >= 250, "{io} IO exits");
@@ -79,7 +79,7 @@ fn record_a_command_then_stop() {
 #[test]
 fn lab_writes_a_trace() {
     if let Some(reason) = lab_unavailable() {
-        vmxray_capture::testenv::skip(reason);
+        vmxray_events::test_util::skip(reason);
         return;
     }
     let path = out("lab-triple-fault.dat");

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeSet;
 
-use vmxray_capture::vmcs::{FieldEncoding, Learned, VmcsField, VmcsRef, import};
+use vmxray_capture::read::fields_file;
+use vmxray_events::vmcs::{FieldEncoding, Learned, VmcsField, VmcsRef, record};
 use vmxray_replay::fields::FieldHistory;
 use vmxray_replay::{Model, RuleId, Severity};
 use vmxray_samples::sim::{
@@ -89,7 +90,7 @@ fn derived_vmcs12_fields_equal_the_ground_truth_in_every_scenario() {
                 let nested = sim
                     .events
                     .iter()
-                    .any(|e| matches!(e.kind, vmxray_capture::EventKind::KvmNestedVmenter(_)));
+                    .any(|e| matches!(e.kind, vmxray_events::EventKind::KvmNestedVmenter(_)));
                 if nested {
                     // Every entered vmcs12 reveals its RIP, entry injection and pgd.
                     assert!(compared.contains(&FieldEncoding::GUEST_RIP), "{what}: {compared:?}");
@@ -149,7 +150,7 @@ fn muen(kvm: KvmFlavour) -> Simulation {
     simulate(&SimConfig::new(Scenario::Muen).kernel(KernelVersion::V6_1).kvm(kvm)).unwrap()
 }
 
-fn critical_cr3(events: &[vmxray_capture::Event]) -> Vec<vmxray_replay::Anomaly> {
+fn critical_cr3(events: &[vmxray_events::Event]) -> Vec<vmxray_replay::Anomaly> {
     let mut model = Model::default();
     model
         .run(events)
@@ -197,8 +198,8 @@ fn muen_change_given_only_as_an_explicit_record_is_reported() {
         "{ts} 0 {} vmcs12@{:#x} write GUEST_CR3 {:#x}",
         stale.vcpu, stale.vmcs12, stale.value
     );
-    let records = import::parse_fields(&line, false).unwrap().records;
-    let merged: Vec<_> = import::merge(fixed.events.iter().cloned().map(Ok::<_, ()>), records)
+    let records = fields_file::parse_fields(&line, false).unwrap().records;
+    let merged: Vec<_> = fields_file::merge(fixed.events.iter().cloned().map(Ok::<_, ()>), records)
         .map(Result::unwrap)
         .collect();
     let found = critical_cr3(&merged);
@@ -214,7 +215,7 @@ fn muen_change_given_only_as_an_explicit_record_is_reported() {
     assert!(a.message.contains("the L2 that last ran on hardware"), "{}", a.message);
     // The record is its own event, at its place in time.
     let at = usize::try_from(a.at.0).unwrap();
-    assert!(import::from_print_event(&merged[at]).is_some());
+    assert!(record::of_event(&merged[at]).is_some());
     assert!(merged[at - 1].ts <= ts && merged[at + 1].ts > ts);
     // And the field history shows the record as an explicit write.
     let history = FieldHistory::collect(&merged);
@@ -244,10 +245,11 @@ fn muen_ept_with_every_guest_cr3_write_recorded() {
                 format!("{ts} 0 {} vmcs12@{:#x} write GUEST_CR3 {:#x}\n", w.vcpu, w.vmcs12, w.value)
             })
             .collect();
-        let records = import::parse_fields(&lines, false).unwrap().records;
-        let merged: Vec<_> = import::merge(sim.events.iter().cloned().map(Ok::<_, ()>), records)
-            .map(Result::unwrap)
-            .collect();
+        let records = fields_file::parse_fields(&lines, false).unwrap().records;
+        let merged: Vec<_> =
+            fields_file::merge(sim.events.iter().cloned().map(Ok::<_, ()>), records)
+                .map(Result::unwrap)
+                .collect();
         (sim, critical_cr3(&merged))
     };
     let (buggy, found) = run(KvmFlavour::Buggy(Bug::HltStaleCr3));

@@ -17,8 +17,9 @@
 
 use std::path::{Path, PathBuf};
 
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{Event, EventKind, ReadOptions, open};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{ReadOptions, open};
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{Anomaly, Model, ModelConfig, RuleId, RuleStatus, Severity, TraceSummary};
 use vmxray_samples::sim::{self, Bug, KernelVersion, KvmFlavour, Scenario, SimConfig};
 

@@ -8,8 +8,8 @@
 //!
 //! ```
 //! use vmxray_analyze::stats::{ExitStats, Format, write_report};
-//! use vmxray_capture::codes::{ExitCode, ExitReason, Isa};
-//! use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo};
+//! use vmxray_events::codes::{ExitCode, ExitReason, Isa};
+//! use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //!
 //! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
 //!     reason: ExitCode::Vmx(ExitReason(reason)), isa: Some(Isa::Vmx), guest_rip: None, info1: None,
@@ -33,7 +33,7 @@
 //! assert!(String::from_utf8(csv).unwrap().starts_with("reason,reason_code,isa,level,vcpu,"));
 //! ```
 //!
-//! ## Batch scans ([`scan`])
+//! ## Batch scans (`scan`, feature `scan`)
 //!
 //! [`scan::scan`] runs many traces in parallel (one thread per job, one trace at a time per job), each streamed through
 //! its reader, the replay model and [`stats::ExitStats`] (whose exit log gives the per-exit
@@ -146,6 +146,7 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+#[cfg(feature = "scan")]
 pub mod scan;
 pub mod stats;
 

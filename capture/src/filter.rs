@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::codes::ExitCode;
-use crate::event::Event;
+use vmxray_events::codes::ExitCode;
+use vmxray_events::event::Event;
 
 /// Learns which vCPU a thread runs from the events that carry `vcpu_id` (`kvm_entry`,
 /// `kvm_exit`, ...), and attributes the events that do not (`kvm_cr`, kvmmmu, the nested
@@ -181,8 +181,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::codes::{ExitReason, Isa};
-    use crate::event::{Entry, EventKind, ExitFields, ExitInfo};
+    use vmxray_events::codes::{ExitReason, Isa};
+    use vmxray_events::event::{Entry, EventKind, ExitFields, ExitInfo};
 
     fn exit(pid: i32, vcpu: Option<u32>, reason: u32, ts: u64) -> Event {
         Event {

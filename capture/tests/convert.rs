@@ -21,13 +21,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmxray_capture::convert::{ConvertError, ConvertOptions, ConvertSummary, Method, convert};
-use vmxray_capture::format::{EventFormats, FieldFormat};
-use vmxray_capture::page::PageBuilder;
-use vmxray_capture::perfdata::PerfDataReader;
-use vmxray_capture::testenv;
-use vmxray_capture::tracefs::TracefsTree;
-use vmxray_capture::{Event, EventKind, FieldValue, ReadOptions, ReadStats};
+use vmxray_capture::bin::format::{EventFormats, FieldFormat};
+use vmxray_capture::bin::page::PageBuilder;
+use vmxray_capture::read::perfdata::PerfDataReader;
+use vmxray_capture::read::tracefs_tree::TracefsTree;
+use vmxray_capture::write::convert::{
+    ConvertError, ConvertOptions, ConvertSummary, Method, convert,
+};
+use vmxray_capture::{ReadOptions, ReadStats};
+use vmxray_events::test_util;
+use vmxray_events::{Event, EventKind, FieldValue};
 
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
@@ -113,7 +116,7 @@ fn every_sample_reads_back_with_the_same_events() {
             vmxray_capture::open(p, ReadOptions::default()).unwrap().meta().kernel.clone()
         };
         assert_eq!(kernel(&out), kernel(&input), "{what}: kernel release");
-        let td = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+        let td = vmxray_capture::read::tracedat::TraceDat::open(&out).unwrap();
         assert_eq!((td.version, td.compression.name()), (7, "zstd"), "{what}");
     }
     // Only outputs in the directory: no temporary file left behind.
@@ -128,8 +131,8 @@ fn trace_dat_pages_and_texts_are_copied_verbatim() {
     let dir = scratch("verbatim");
     for input in tracedat_inputs() {
         let (out, _) = convert_to(&input, &dir);
-        let a = vmxray_capture::tracedat::TraceDat::open(&input).unwrap();
-        let b = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+        let a = vmxray_capture::read::tracedat::TraceDat::open(&input).unwrap();
+        let b = vmxray_capture::read::tracedat::TraceDat::open(&out).unwrap();
         let what = input.display().to_string();
         assert_eq!(a.texts, b.texts, "{what}");
         assert_eq!(a.formats.len(), b.formats.len(), "{what}");
@@ -153,7 +156,7 @@ fn trace_cmd(args: &[&str]) -> Option<String> {
             Some(String::from_utf8_lossy(&out.stdout).into_owned())
         }
         Err(e) => {
-            testenv::skip(&format!("trace-cmd cannot run ({e})"));
+            test_util::skip(&format!("trace-cmd cannot run ({e})"));
             None
         }
     }
@@ -579,7 +582,7 @@ fn role_words_are_encoded_in_the_formats_kernel_sense() {
     let got = converted(&dir.join("old.dat"));
     let (mut want, _) = read_all(&input);
     want.sort_by_key(|e| (e.ts, e.cpu));
-    let pages = |events: &[Event]| -> Vec<vmxray_capture::MmuPage> {
+    let pages = |events: &[Event]| -> Vec<vmxray_events::MmuPage> {
         events
             .iter()
             .filter_map(|e| match e.kind {
@@ -600,17 +603,18 @@ fn role_words_are_encoded_in_the_formats_kernel_sense() {
     let formats = TracefsTree::load(&tree).unwrap().formats;
     let new_format = formats.find("kvmmmu", "kvm_mmu_get_page").unwrap();
     assert!(!new_format.role_bit4_inverted());
-    let td = vmxray_capture::tracedat::TraceDat::open(&dir.join("old.dat")).unwrap();
+    let td = vmxray_capture::read::tracedat::TraceDat::open(&dir.join("old.dat")).unwrap();
     let written = td.formats.find("kvmmmu", "kvm_mmu_get_page").unwrap();
     assert!(written.role_bit4_inverted());
     let mut raw = Vec::new();
     for d in &td.buffers[0].cpus {
         let bytes = td.cpu_pages(0, d.cpu).unwrap();
-        for item in vmxray_capture::page::PageStream::new(&td.layout, &bytes, 0) {
-            if let vmxray_capture::page::PageItem::Event { ts, payload, .. } = item.unwrap().item
+        for item in vmxray_capture::bin::page::PageStream::new(&td.layout, &bytes, 0) {
+            if let vmxray_capture::bin::page::PageItem::Event { ts, payload, .. } =
+                item.unwrap().item
                 && td.formats.event_id(payload) == Some(written.id)
             {
-                let rec = vmxray_capture::format::Record::new(new_format, payload, td.endian);
+                let rec = vmxray_capture::bin::format::Record::new(new_format, payload, td.endian);
                 if let Ok(EventKind::KvmMmuGetPage { page, .. }) =
                     new_format.known.unwrap().decode(&rec)
                 {
@@ -691,7 +695,7 @@ fn tracefs_tree_comms_and_stats_are_carried() {
     let of_pid: Vec<&Event> = got.iter().filter(|e| e.pid == 12372).collect();
     assert!(of_pid.len() > 10);
     assert!(of_pid.iter().all(|e| e.comm.as_deref() == Some("qemu vcpu-0 x")));
-    let td = vmxray_capture::tracedat::TraceDat::open(&out).unwrap();
+    let td = vmxray_capture::read::tracedat::TraceDat::open(&out).unwrap();
     assert_eq!(td.cpu_stats, [format!("CPU: 1\n{stats}")]);
     assert_eq!(td.cpu_count, Some(2));
     if let Some(report) = report(&out) {

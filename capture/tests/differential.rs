@@ -23,12 +23,13 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use vmxray_capture::bin_util::Endian;
-use vmxray_capture::format::{EventFormats, FieldLayout, Record};
-use vmxray_capture::page::{PageItem, PageStream};
-use vmxray_capture::perfdata::PerfDataReader;
-use vmxray_capture::tracedat::TraceDat;
-use vmxray_capture::{EventKind, EventReader, FieldLookup, ReadOptions};
+use vmxray_capture::bin::Endian;
+use vmxray_capture::bin::format::{EventFormats, FieldLayout, Record};
+use vmxray_capture::bin::page::{PageItem, PageStream};
+use vmxray_capture::read::perfdata::PerfDataReader;
+use vmxray_capture::read::tracedat::TraceDat;
+use vmxray_capture::{EventReader, ReadOptions};
+use vmxray_events::{EventKind, FieldLookup};
 
 /// One `trace-cmd report` / `perf script` event line.
 #[derive(Debug)]

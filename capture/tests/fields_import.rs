@@ -2,9 +2,10 @@
 //! nothing; parsing never panics and round-trips what it prints.
 
 use proptest::prelude::*;
-use vmxray_capture::vmcs::import::{self, FieldRecord};
-use vmxray_capture::vmcs::{Access, FieldEncoding, VmcsRef};
-use vmxray_capture::{Event, EventKind};
+use vmxray_capture::read::fields_file;
+use vmxray_events::vmcs::record::{self, FieldRecord};
+use vmxray_events::vmcs::{Access, FieldEncoding, VmcsRef};
+use vmxray_events::{Event, EventKind};
 
 fn record(ts: u64, value: u64, enc_index: usize) -> FieldRecord {
     let (field, _) = FieldEncoding::ALL[enc_index % FieldEncoding::ALL.len()];
@@ -41,31 +42,31 @@ proptest! {
                 format!("{} {} {} {} {} {} {:#x}\n", r.ts, r.cpu, r.vcpu, r.vmcs, r.access, r.field, r.value)
             })
             .collect();
-        let file = import::parse_fields(&text, false).unwrap();
+        let file = fields_file::parse_fields(&text, false).unwrap();
         prop_assert_eq!(file.records.len(), recs.len());
-        let merged: Vec<Event> = import::merge(events, file.records.clone()).map(Result::unwrap).collect();
+        let merged: Vec<Event> = fields_file::merge(events, file.records.clone()).map(Result::unwrap).collect();
         prop_assert_eq!(merged.len(), event_ts.len() + recs.len());
         prop_assert!(merged.windows(2).all(|w| w[0].ts <= w[1].ts), "not time-ordered");
         // Every record comes back, in file order among equal timestamps.
-        let back: Vec<FieldRecord> = merged.iter().filter_map(import::from_print_event).collect();
+        let back: Vec<FieldRecord> = merged.iter().filter_map(|e| record::of_event(e).cloned()).collect();
         prop_assert_eq!(back, file.records);
         // A record goes after the events of its own timestamp.
         for (i, e) in merged.iter().enumerate() {
-            if import::from_print_event(e).is_some() {
-                prop_assert!(merged[i + 1..].iter().all(|n| n.ts > e.ts || import::from_print_event(n).is_some()));
+            if record::of_event(e).is_some() {
+                prop_assert!(merged[i + 1..].iter().all(|n| n.ts > e.ts || record::of_event(n).is_some()));
             }
         }
     }
 
     #[test]
     fn any_line_parses_or_errors_without_panicking(line in "\\PC{0,120}") {
-        let _ = import::parse_line(&line);
+        let _ = record::parse_line(&line);
     }
 
     #[test]
     fn printed_records_parse_back(ts in any::<u64>(), v in any::<u64>(), e in any::<usize>()) {
         let r = record(ts, v, e);
         let text = format!("{} {} {} {} {} {:#x} {}", r.ts, r.cpu, r.vcpu, r.vmcs, r.access, r.field.0, r.value);
-        prop_assert_eq!(import::parse_line(&text).unwrap().unwrap(), r);
+        prop_assert_eq!(record::parse_line(&text).unwrap().unwrap(), r);
     }
 }

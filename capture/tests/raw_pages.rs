@@ -15,11 +15,12 @@ mod common;
 
 use std::fmt::Write as _;
 
-use vmxray_capture::bin_util::Endian;
-use vmxray_capture::format::FieldLayout;
-use vmxray_capture::page::{MISSED_EVENTS, MISSED_STORED, PageHeader, PageItem, PageRecords};
-use vmxray_capture::tracefs::{TracefsReader, TracefsTree};
-use vmxray_capture::{EventKind, EventReader, ReadOptions};
+use vmxray_capture::bin::Endian;
+use vmxray_capture::bin::format::FieldLayout;
+use vmxray_capture::bin::page::{MISSED_EVENTS, MISSED_STORED, PageHeader, PageItem, PageRecords};
+use vmxray_capture::read::tracefs_tree::{TracefsReader, TracefsTree};
+use vmxray_capture::{EventReader, ReadOptions};
+use vmxray_events::EventKind;
 
 fn py_value(v: u64, signed: i64, is_signed: bool) -> String {
     if is_signed && signed < 0 {

@@ -9,11 +9,11 @@ mod common;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use vmxray_capture::bin_util::Endian;
-use vmxray_capture::format::{EventFormat, PageLayout};
-use vmxray_capture::page::{PageBuilder, PageItem, PageRecords, PageStream};
-use vmxray_capture::perfdata::PerfDataReader;
-use vmxray_capture::tracedat::TraceDat;
+use vmxray_capture::bin::Endian;
+use vmxray_capture::bin::format::{EventFormat, PageLayout};
+use vmxray_capture::bin::page::{PageBuilder, PageItem, PageRecords, PageStream};
+use vmxray_capture::read::perfdata::PerfDataReader;
+use vmxray_capture::read::tracedat::TraceDat;
 use vmxray_capture::{EventReader, Location, ReadErrorKind, ReadOptions};
 
 fn read_all_tracedat(bytes: Vec<u8>, permissive: bool) -> Option<(usize, Vec<String>)> {

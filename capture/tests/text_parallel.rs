@@ -9,8 +9,9 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{Event, EventKind, EventReader, Location, ReadOptions};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{EventReader, Location, ReadOptions};
+use vmxray_events::{Event, EventKind};
 
 /// The reader's line limit (`lines::MAX_LINE`, not public).
 const MAX_LINE: usize = 1 << 20;

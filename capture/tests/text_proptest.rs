@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use vmxray_capture::ReadOptions;
-use vmxray_capture::text::TextReader;
+use vmxray_capture::read::text::TextReader;
 
 fn drain(bytes: &[u8], permissive: bool) -> usize {
     let r = TextReader::new("<prop>", bytes, ReadOptions { permissive });

@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 
-use vmxray_capture::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{
-    Clock, Event, EventKind, EventReader, FieldValue, InputFormat, Location, ReadErrorKind,
-    ReadOptions,
-};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{Clock, EventReader, InputFormat, Location, ReadErrorKind, ReadOptions};
+use vmxray_events::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
+use vmxray_events::{Event, EventKind, FieldValue};
 
 fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/real/text").join(name)
@@ -61,9 +59,9 @@ fn assert_same_event(variant: &str, i: usize, got: &Event, want: &Event, plugin:
             // The plugin does not print mmu_valid_gen.
             assert_eq!(page.mmu_valid_gen, None, "{ctx}");
             // It determines role bits 0-15 and whether smm is set, nothing of bits 16-23.
-            let w = vmxray_capture::MmuPage {
+            let w = vmxray_events::MmuPage {
                 mmu_valid_gen: None,
-                ..known_bits(w_page, vmxray_capture::MmuPage::ROLE_KNOWN_PLUGIN)
+                ..known_bits(w_page, vmxray_events::MmuPage::ROLE_KNOWN_PLUGIN)
             };
             assert_eq!((*page, created), (w, w_created), "{ctx}");
         }
@@ -377,9 +375,9 @@ fn capture_open_reads_text_files_and_knows_the_format_before_the_first_event() {
 }
 
 /// What a text rendering that determines only `known` role bits gives for `page`.
-fn known_bits(page: &vmxray_capture::MmuPage, known: u32) -> vmxray_capture::MmuPage {
-    vmxray_capture::MmuPage {
-        role: vmxray_capture::codes::MmuPageRole(page.role.0 & known),
+fn known_bits(page: &vmxray_events::MmuPage, known: u32) -> vmxray_events::MmuPage {
+    vmxray_events::MmuPage {
+        role: vmxray_events::codes::MmuPageRole(page.role.0 & known),
         role_known: known,
         ..*page
     }
@@ -387,7 +385,7 @@ fn known_bits(page: &vmxray_capture::MmuPage, known: u32) -> vmxray_capture::Mmu
 
 /// What the kernel's kvmmmu page print gives for a page event read from the raw fields.
 fn kernel_print_view(kind: EventKind) -> EventKind {
-    let known = vmxray_capture::MmuPage::ROLE_KNOWN_KERNEL_PRINT;
+    let known = vmxray_events::MmuPage::ROLE_KNOWN_KERNEL_PRINT;
     match kind {
         EventKind::KvmMmuGetPage { page, created } => {
             EventKind::KvmMmuGetPage { page: known_bits(&page, known), created }

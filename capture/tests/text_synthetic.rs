@@ -1,14 +1,14 @@
 //! Synthetic lines for every print-format generation of the typed KVM events, in every column
 //! layout, → exact typed events; lost markers; errors and permissive mode.
 
-use vmxray_capture::codes::{
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{EventReader, Location, ReadErrorKind, ReadOptions};
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, SvmExitCode,
     UserspaceExitReason, VmInstructionError,
 };
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{
-    Entry, Event, EventKind, EventReader, ExitFields, ExitInfo, InsnBytes, Location, MmuPage,
-    NestedVmenter, ReadErrorKind, ReadOptions,
+use vmxray_events::{
+    Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, MmuPage, NestedVmenter,
 };
 
 fn read(text: &str, opts: ReadOptions) -> (Vec<Result<Event, String>>, TextReader<&[u8]>) {
@@ -384,7 +384,7 @@ fn nested_vmenter_labels_and_generations() {
 #[test]
 fn nested_vmenter_failed_messages() {
     let failed = |body: &str| match kvm("kvm_nested_vmenter_failed", body) {
-        EventKind::KvmNestedVmenterFailed { msg, err } => (msg.to_string(), err),
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => (msg.to_string(), err),
         other => panic!("{other:?}"),
     };
     assert_eq!(
@@ -583,10 +583,10 @@ fn untyped_events_keep_fields_or_text() {
     assert_eq!(o.fields.len(), 3);
     assert_eq!(
         o.fields.get("next"),
-        Some(&vmxray_capture::FieldValue::U64(18_446_742_744_508_802_333))
+        Some(&vmxray_events::FieldValue::U64(18_446_742_744_508_802_333))
     );
     let EventKind::Other(o) = kvm("kvm_fpu", "load") else { panic!() };
-    assert_eq!(o.fields.get("text"), Some(&vmxray_capture::FieldValue::Str("load".into())));
+    assert_eq!(o.fields.get("text"), Some(&vmxray_events::FieldValue::Str("load".into())));
     assert_eq!(&*o.name, "kvm_fpu");
 }
 

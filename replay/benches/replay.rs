@@ -19,7 +19,7 @@ use vmxray_replay::Model;
 
 const PASSES: u64 = 80;
 
-fn stream() -> Vec<vmxray_capture::Event> {
+fn stream() -> Vec<vmxray_events::Event> {
     let mut x: u32 = 0x9e37_79b9;
     let mut choices = Vec::new();
     let mut events = Vec::new();

@@ -3,7 +3,7 @@
 //! snapshot at or before `i` and stepping forward (at most `interval - 1` events).
 //!
 //! ```
-//! use vmxray_capture::{Entry, Event, EventKind};
+//! use vmxray_events::{Entry, Event, EventKind};
 //! use vmxray_replay::checkpoints::Checkpoints;
 //! use vmxray_replay::{EventIndex, Model};
 //!
@@ -25,7 +25,7 @@
 
 use crate::anomaly::EventIndex;
 use crate::model::Model;
-use vmxray_capture::Event;
+use vmxray_events::Event;
 
 /// Snapshots of a model taken every `interval` events.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@
 //! compares it with what the event shows.
 
 use serde::Serialize;
-use vmxray_capture::{Event, EventKind};
+use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
 use crate::rules::{self, Ctx, RuleStates};
@@ -91,7 +91,7 @@ pub enum Transition {
     /// A nested VM-Exit that L1 sees (reason None: silent, SMI).
     NestedExit {
         /// Reason.
-        reason: Option<vmxray_capture::codes::ExitCode>,
+        reason: Option<vmxray_events::codes::ExitCode>,
     },
     /// A late (hardware) VM-Fail unwound the entry.
     LateVmFail,
@@ -130,7 +130,7 @@ pub struct Step<'a> {
     /// Divergences found.
     pub anomalies: &'a [Anomaly],
     /// VMCS field values the event revealed (`crate::fields`).
-    pub fields: &'a [vmxray_capture::vmcs::VmcsField],
+    pub fields: &'a [vmxray_events::vmcs::VmcsField],
 }
 
 /// Whether a rule had anything to decide in a trace.
@@ -227,7 +227,7 @@ pub struct Model {
     pid_vcpu: Vec<(i32, u32)>,
     findings: Findings,
     transitions: Vec<Transition>,
-    fields: Vec<vmxray_capture::vmcs::VmcsField>,
+    fields: Vec<vmxray_events::vmcs::VmcsField>,
     lost_markers: u64,
     lost_events: u64,
 }
@@ -402,15 +402,9 @@ impl Model {
     fn attribute(&mut self, event: &Event) -> Actor {
         let carried = match &event.kind {
             // An explicit VMCS field record names its vCPU; it is not a thread of its own.
-            EventKind::Other(_) => {
-                return match vmxray_capture::vmcs::import::from_print_event(event) {
-                    Some(rec) => Actor::Vcpu(rec.vcpu),
-                    None => match self.vcpu_of_thread(event.pid) {
-                        Some(vcpu) => Actor::Vcpu(vcpu),
-                        None => Actor::Thread(event.pid),
-                    },
-                };
-            }
+            EventKind::VmcsField(v) => return Actor::Vcpu(v.record.vcpu),
+            // Untyped events are attributed by thread only (as they always were).
+            EventKind::Other(_) | EventKind::VmcsProbe(_) => None,
             kind => kind.vcpu_id(),
         };
         match carried {

@@ -9,7 +9,7 @@
 //! [`crate::Model`] snapshots every few thousand events and replay forward to any event.
 
 use serde::Serialize;
-use vmxray_capture::codes::{ExitCode, IntrInfo, MmuPageRole};
+use vmxray_events::codes::{ExitCode, IntrInfo, MmuPageRole};
 
 use crate::anomaly::EventIndex;
 

@@ -15,10 +15,10 @@
 use std::collections::VecDeque;
 
 use serde::Serialize;
-use vmxray_capture::codes::{
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, SvmExitCode, UserspaceExitReason, VmxBasicReason,
 };
-use vmxray_capture::{Event, EventKind};
+use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
 use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, TraceSummary, Transition};
@@ -469,7 +469,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmEmulateInsn { rip, insn, failed: true, .. } => {
             Some(ChainLink::EmulationFailed { at, rip: *rip, insn: insn.as_slice().to_vec() })
         }
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             Some(ChainLink::VmenterFailed { at, msg: msg.to_string(), err: err.0 })
         }
         EventKind::KvmEntry(_) => {
@@ -511,6 +511,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     };
@@ -573,6 +576,9 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
-use vmxray_capture::vmcs::{FieldEncoding as F, Learned, VmcsField, VmcsRef};
-use vmxray_capture::{EventKind, FieldValue, Fields, OtherEvent};
+use vmxray_events::vmcs::{FieldEncoding as F, Learned, VmcsField, VmcsRef};
+use vmxray_events::{EventKind, FieldValue, Fields};
 use vmxray_replay::fields::{FieldHistory, FieldStore};
 use vmxray_replay::{Actor, Model};
 
-fn fields_of(events: &[vmxray_capture::Event]) -> Vec<VmcsField> {
+fn fields_of(events: &[vmxray_events::Event]) -> Vec<VmcsField> {
     FieldHistory::collect(events).observations().to_vec()
 }
 
@@ -19,7 +19,7 @@ fn find(obs: &[VmcsField], at: u64, vmcs: VmcsRef, field: F) -> Option<u64> {
 
 #[test]
 fn nested_entry_and_exit_reveal_vmcs12_fields() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     let enter = t.enter_l2(VMLAUNCH, 0x100, 0x7000, 0x4000, false, 0x189f000);
     t.exit_full(EXCEPTION_NMI, 0x4010, 0xdead000, 0x8000_0b0e);
@@ -45,7 +45,7 @@ fn nested_entry_and_exit_reveal_vmcs12_fields() {
 
 #[test]
 fn nested_ept_entries_and_guest_mmu_roots_reveal_the_eptp() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(VMRESUME, 0x100);
     let enter = t.vmenter(0x7000, 0x4000, true, EPTP);
@@ -63,7 +63,7 @@ fn nested_ept_entries_and_guest_mmu_roots_reveal_the_eptp() {
 
 #[test]
 fn cr_accesses_and_614_entries_reveal_the_running_vmcs() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     let cr = t.cr(true, 3, 0x5000);
     let cr4 = t.cr(false, 4, 0x2020);
@@ -81,12 +81,13 @@ fn other(system: &str, name: &str, pairs: &[(&str, FieldValue)]) -> EventKind {
     for (n, v) in pairs {
         fields.push(*n, v.clone());
     }
-    EventKind::Other(Box::new(OtherEvent { system: system.into(), name: name.into(), fields }))
+    // As every reader does: vmxray's own records are typed here.
+    EventKind::untyped(system.into(), name.into(), fields)
 }
 
 #[test]
 fn probe_events_and_print_records_are_explicit_observations() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(VMRESUME, 0x100);
     t.vmenter(0x7000, 0x4000, true, EPTP);
@@ -128,7 +129,7 @@ fn probe_events_and_print_records_are_explicit_observations() {
 
 #[test]
 fn the_store_is_bounded_and_rules_see_recent_history() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     for i in 0..10u64 {
         t.enter_l2(VMRESUME, 0x100, 0x7000, 0x4000 + i, false, 0x1000 * (i + 1));
@@ -145,7 +146,7 @@ fn the_store_is_bounded_and_rules_see_recent_history() {
 
 #[test]
 fn views_history_until_table_and_diffs() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     let a = t.enter_l2(VMLAUNCH, 0x100, 0x7000, 0x4000, false, 0xa000);
     t.reflect(CPUID, 0x4000, 0x300);

@@ -4,11 +4,13 @@
 mod common;
 
 use proptest::prelude::*;
-use vmxray_capture::codes::{
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason,
     VmInstructionError,
 };
-use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo, MmuPage, NestedVmenter};
+use vmxray_events::{
+    Entry, Event, EventKind, ExitFields, ExitInfo, MmuPage, NestedVmenter, VmFailKind,
+};
 use vmxray_replay::triage::{TriageConfig, triage};
 use vmxray_replay::{Model, Severity};
 
@@ -61,9 +63,13 @@ fn kind() -> impl Strategy<Value = EventKind> {
                     isa: Some(Isa::Vmx),
                 })
             }),
-        (any::<bool>(), 0u32..5).prop_map(|(late, err)| EventKind::KvmNestedVmenterFailed {
-            msg: if late { "hardware VM-instruction error: x".into() } else { "CC(x)".into() },
-            err: VmInstructionError(err),
+        (any::<bool>(), 0u32..5).prop_map(|(late, err)| {
+            let msg = if late { "hardware VM-instruction error: x" } else { "CC(x)" };
+            EventKind::KvmNestedVmenterFailed {
+                msg: msg.into(),
+                err: VmInstructionError(err),
+                kind: VmFailKind::of_message(msg),
+            }
         }),
         (any::<bool>(), 0u32..5, small()).prop_map(|(write, cr, val)| EventKind::KvmCr {
             write,

@@ -13,8 +13,8 @@ const CB: u64 = 0x10ff_a000;
 
 /// Muen (§3a): A runs with CA; B is entered with HLT activity and exits on its preemption timer
 /// without running; at B's next entry its GUEST_CR3 is `b_cr3_next`.
-fn muen(b_cr3_next: u64) -> (Trace, u64, u64, u64) {
-    let mut t = Trace::new();
+fn muen(b_cr3_next: u64) -> (EventBuilder, u64, u64, u64) {
+    let mut t = EventBuilder::new();
     let a_enter = t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, false, CA);
     t.reflect(PREEMPTION_TIMER, 0xa010, 0x200);
     t.l1_exit(VMPTRLD, 0x210);
@@ -53,7 +53,7 @@ fn changed_subject_cr3_unrelated_value_is_a_warning_and_vmwrite_excuses_it() {
     assert_eq!(a.severity, Severity::Warning);
 
     // The same with an L1 VMWRITE after B's exit: L1 may have rewritten GUEST_CR3.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, false, CA);
     t.reflect(PREEMPTION_TIMER, 0xa010, 0x200);
     t.l1_exit(VMPTRLD, 0x210);
@@ -71,7 +71,7 @@ fn changed_subject_cr3_unrelated_value_is_a_warning_and_vmwrite_excuses_it() {
 #[test]
 fn changed_subject_cr3_l2_that_ran_under_ept_is_not_decidable() {
     // B ran on hardware under L0 EPT: L2 changes CR3 without exiting, nothing to decide.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, B, 0xb000, false, CB);
     t.reflect(PREEMPTION_TIMER, 0xb010, 0x200);
     t.enter_l2(VMRESUME, 0x220, B, 0xb010, false, 0x5555_0000);
@@ -80,7 +80,7 @@ fn changed_subject_cr3_l2_that_ran_under_ept_is_not_decidable() {
 
 #[test]
 fn hlt_cancelled_exit_state_rip_moved() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, B, 0xb000, true, EPTP);
     t.reflect(HLT, 0xb010, 0x200);
     t.exit(VMRESUME, 0x220);
@@ -92,7 +92,7 @@ fn hlt_cancelled_exit_state_rip_moved() {
     t.entry(0xb013);
     assert_one(&t.events, RuleId::HltCancelledExitState, at, &[enter, exit]);
 
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.enter_l2(VMLAUNCH, 0x100, B, 0xb000, true, EPTP);
     fixed.reflect(HLT, 0xb010, 0x200);
     fixed.exit(VMRESUME, 0x220);
@@ -104,8 +104,8 @@ fn hlt_cancelled_exit_state_rip_moved() {
 }
 
 /// §3(b): enable_ept=0, L1 CR3 C1, late VM-Fail, then L1's root.
-fn late_vmfail(root_gfn: u64, resume_rip: u64, inject: bool) -> (Trace, u64, u64) {
-    let mut t = Trace::new();
+fn late_vmfail(root_gfn: u64, resume_rip: u64, inject: bool) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(CR_ACCESS, 0x300);
     let cr3 = t.cr(true, 3, 0x5000);
@@ -141,7 +141,7 @@ fn late_vmfail_l1_cr3_from_a_cr3_read() {
     t.entry(0x323);
     // The root check already consumed the window: the read is not compared again.
     assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
-    let mut t2 = Trace::new();
+    let mut t2 = EventBuilder::new();
     t2.events = t.events[..=usize::try_from(failed).unwrap()].to_vec();
     t2.exit(CR_ACCESS, 0x313);
     let at = t2.cr(false, 3, 0x7777_7000);
@@ -159,8 +159,8 @@ fn late_vmfail_resume_wrong_rip_and_inject() {
 }
 
 /// §3(c): one EPTP, INVEPT in L1, then VMRESUME with or without a root reacquisition.
-fn invept(reacquire: bool, trigger: u32, second_vmcs: u64) -> (Trace, u64, u64) {
-    let mut t = Trace::new();
+fn invept(reacquire: bool, trigger: u32, second_vmcs: u64) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     t.vmenter(A, 0xa000, true, EPTP);
     t.get_page(7, ROLE_GUEST_MMU, true);
@@ -195,8 +195,8 @@ fn guest_mmu_root_not_reacquired_after_vmptrld_of_another_vmcs12() {
     assert_clean(&same.events);
 }
 
-fn invvpid(reacquire: bool) -> (Trace, u64, u64) {
-    let mut t = Trace::new();
+fn invvpid(reacquire: bool) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(CR_ACCESS, 0x300);
     t.cr(true, 3, 0x5000);
@@ -225,8 +225,8 @@ fn invvpid_root_not_reacquired() {
     assert_clean(&fixed.events);
 }
 
-fn reset(root: Option<u32>) -> (Trace, u64) {
-    let mut t = Trace::new();
+fn reset(root: Option<u32>) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
     t.exit(EXTERNAL_INTERRUPT, 0x1000);
     let paging = t.get_page(0x10, ROLE_L1, true);
     t.entry(0x1000);
@@ -249,8 +249,8 @@ fn reset_root_role() {
     assert_clean(&fixed.events);
 }
 
-fn evmcs(next_rip: u64) -> (Trace, u64, u64) {
-    let mut t = Trace::new();
+fn evmcs(next_rip: u64) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
     t.exit(HLT, 0x500);
     t.userspace_exit(10);
     let restore = t.vmenter(u64::MAX, 0xb000, true, EPTP);
@@ -273,16 +273,16 @@ fn evmcs_restore_stale_exit() {
 
 #[test]
 fn pml_full_in_l2() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     let enter = t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     let at = t.exit(PML_FULL, 0xa004);
     assert_one(&t.events, RuleId::PmlFullInL2, at, &[enter]);
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
-    let at = t.other("kvm_pml_full");
+    let at = t.pml_full();
     assert_one(&t.events, RuleId::PmlFullInL2, at, &[]);
     // PML_FULL in L1 is L0's own dirty logging.
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.establish_l1();
     fixed.l1_exit(PML_FULL, 0x300);
     assert_clean(&fixed.events);
@@ -290,13 +290,13 @@ fn pml_full_in_l2() {
 
 #[test]
 fn entry_without_exit() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.entry(0x1000);
     t.exit(CPUID, 0x1000);
     let first = t.entry(0x1002);
     let at = t.entry(0x1000);
     assert_one(&t.events, RuleId::EntryWithoutExit, at, &[first]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.entry(0x1000);
     fixed.l1_exit(CPUID, 0x1000);
     assert_clean(&fixed.events);
@@ -310,12 +310,12 @@ fn entry_without_exit_excuses_the_late_vmfail() {
 
 #[test]
 fn nested_vmexit_outside_l2() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(CPUID, 0x300);
     let at = t.nested_vmexit_full(CPUID, 0x300, 0, 0);
     assert_one(&t.events, RuleId::NestedVmexitOutsideL2, at, &[]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     fixed.reflect(CPUID, 0xa000, 0x200);
     assert_clean(&fixed.events);
@@ -323,7 +323,7 @@ fn nested_vmexit_outside_l2() {
 
 #[test]
 fn nested_vmexit_mismatch() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     let exit = t.exit_full(EPT_VIOLATION, 0xa004, 0x181, 0);
     let at = t.nested_vmexit_full(EPT_VIOLATION, 0xa004, 0x182, 0);
@@ -333,13 +333,13 @@ fn nested_vmexit_mismatch() {
 
 #[test]
 fn unexplained_vmenter() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     let exit = t.exit(CPUID, 0x300);
     let at = t.vmenter(A, 0xa000, true, EPTP);
     assert_one(&t.events, RuleId::UnexplainedVmenter, at, &[exit]);
     // RSM and restore explain an entry with no VMLAUNCH/VMRESUME.
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     fixed.exit(EXTERNAL_INTERRUPT, 0xa000);
     fixed.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa000, 0, 0);
@@ -359,7 +359,7 @@ fn unexplained_vmenter() {
 
 #[test]
 fn host_rip_mismatch() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.reflect(CPUID, 0xa000, 0x200);
     let learned = t.next() - 1;
@@ -370,7 +370,7 @@ fn host_rip_mismatch() {
     let at = t.entry(0x300);
     assert_one(&t.events, RuleId::HostRipMismatch, at, &[learned, inject]);
 
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     fixed.reflect(CPUID, 0xa000, 0x200);
     fixed.l1_exit(VMWRITE, 0x210);
@@ -381,26 +381,26 @@ fn host_rip_mismatch() {
 
 #[test]
 fn l2_entry_mismatch() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     let enter = t.vmenter(A, 0xa000, true, EPTP);
     let at = t.entry(0xa004);
     assert_one(&t.events, RuleId::L2EntryMismatch, at, &[enter]);
     // 6.14: the injected event must be vmcs12's.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     let enter = t.vmenter_inj(A, 0xa000, true, EPTP, 0x8000_0b0e);
     let at = t.entry_intr(0xa000, Some(0x8000_0306));
     assert_one(&t.events, RuleId::L2EntryMismatch, at, &[enter]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.exit(VMLAUNCH, 0x100);
     fixed.vmenter_inj(A, 0xa000, true, EPTP, 0x8000_0b0e);
     fixed.entry_intr(0xa000, Some(0x8000_0b0e));
     assert_clean(&fixed.events);
 }
 
-fn failed_launch_then(insn: u32) -> (Trace, u64) {
-    let mut t = Trace::new();
+fn failed_launch_then(insn: u32) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     t.vmenter(A, 0xa000, true, EPTP);
     t.vmenter_failed("CC(!nested_vmx_check_guest_state)", 0);
@@ -419,7 +419,7 @@ fn launch_state() {
     let (fixed, _) = failed_launch_then(VMLAUNCH);
     assert_clean(&fixed.events);
     // VMLAUNCH of a launched vmcs12.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.reflect(CPUID, 0xa000, 0x200);
     t.exit(VMLAUNCH, 0x220);
@@ -429,13 +429,13 @@ fn launch_state() {
 
 #[test]
 fn vmptr_without_vmptrld() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     let first = t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.reflect(CPUID, 0xa000, 0x200);
     t.exit(VMLAUNCH, 0x220);
     let at = t.vmenter(B, 0xb000, true, EPTP);
     assert_one(&t.events, RuleId::VmptrWithoutVmptrld, at, &[first]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     fixed.reflect(CPUID, 0xa000, 0x200);
     fixed.l1_exit(VMPTRLD, 0x210);
@@ -445,13 +445,13 @@ fn vmptr_without_vmptrld() {
 
 #[test]
 fn early_vmfail_resume() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     let launch = t.exit(VMRESUME, 0x300);
     let failed = t.vmenter_failed("CC(vmcs12->launch_state == launch)", 0);
     let at = t.entry(0x300);
     assert_one(&t.events, RuleId::EarlyVmfailResume, at, &[launch, failed]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.establish_l1();
     fixed.exit(VMRESUME, 0x300);
     fixed.vmenter_failed("CC(vmcs12->launch_state == launch)", 0);
@@ -461,7 +461,7 @@ fn early_vmfail_resume() {
 
 #[test]
 fn livelock() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     let first = t.exit_full(EPT_VIOLATION, 0x4000, 0x181, 0);
     t.entry(0x4000);
     for i in 1..64 {
@@ -475,7 +475,7 @@ fn livelock() {
     }
     let a = assert_one(&t.events, RuleId::Livelock, t.next() - 2, &[first]);
     assert_eq!(a.severity, Severity::Warning);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     for i in 0..200u64 {
         fixed.exit_full(EPT_VIOLATION, 0x4000 + i % 2, 0x181, 0);
         fixed.entry(0x4000 + i % 2);
@@ -485,13 +485,13 @@ fn livelock() {
 
 #[test]
 fn root_gfn_not_cr3() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(CR_ACCESS, 0x300);
     let cr3 = t.cr(true, 3, 0x8000_0000_0000_5000);
     let at = t.get_page(6, ROLE_L1, true);
     t.entry(0x303);
     assert_one(&t.events, RuleId::RootGfnNotCr3, at, &[cr3]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.exit(CR_ACCESS, 0x300);
     fixed.cr(true, 3, 0x8000_0000_0000_5001);
     fixed.get_page(5, ROLE_L1, true);
@@ -509,13 +509,13 @@ fn root_gfn_not_cr3() {
 
 #[test]
 fn root_wrong_level() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(CR_ACCESS, 0x300);
     let at = t.get_page(5, ROLE_L2, true);
     t.entry(0x303);
     assert_one(&t.events, RuleId::RootWrongLevel, at, &[]);
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     t.vmenter(A, 0xa000, false, 0x9000);
     let at = t.get_page(9, ROLE_L1, true);
@@ -524,13 +524,13 @@ fn root_wrong_level() {
 
 #[test]
 fn root_wrong_smm() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(EXTERNAL_INTERRUPT, 0x1000);
     t.smm(true);
     let at = t.get_page(0, ROLE_DIRECT, true);
     t.entry(0x8000);
     assert_one(&t.events, RuleId::RootWrongSmm, at, &[]);
-    let mut fixed = Trace::new();
+    let mut fixed = EventBuilder::new();
     fixed.exit(EXTERNAL_INTERRUPT, 0x1000);
     fixed.smm(true);
     fixed.get_page(0, ROLE_DIRECT | 1 << 24, true);
@@ -545,7 +545,7 @@ fn root_wrong_smm() {
 
 #[test]
 fn guest_mmu_root_role() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     let enter = t.vmenter(A, 0xa000, true, EPTP);
     let at = t.get_page(7, ROLE_GUEST_MMU | 1 << 16, true);
@@ -557,7 +557,7 @@ fn guest_mmu_root_role() {
 #[test]
 fn smm_nested_return() {
     let build = |rsm_vmcs: Option<u64>| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
         t.exit(EXTERNAL_INTERRUPT, 0xa000);
         t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa000, 0, 0);
@@ -582,7 +582,7 @@ fn smm_nested_return() {
 #[test]
 fn l2_pf_not_handled_by_l0() {
     let build = |handled: bool| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         t.establish_l1();
         t.exit(CR_ACCESS, 0x300);
         t.cr(true, 3, 0x5000);
@@ -606,7 +606,7 @@ fn l2_pf_not_handled_by_l0() {
 
 #[test]
 fn lost_events_resynchronize_instead_of_guessing() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.entry(0x1000);
     t.lost();
     t.entry(0x1000);
@@ -620,7 +620,7 @@ fn lost_events_resynchronize_instead_of_guessing() {
 
 #[test]
 fn capture_starting_mid_l2_is_clean() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.entry(0xa000);
     t.exit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
     t.nested_vmexit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
@@ -634,7 +634,7 @@ fn capture_starting_mid_l2_is_clean() {
 #[test]
 fn threads_are_attributed_to_their_vcpu() {
     use vmxray_replay::{Actor, Model};
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.pid = 7;
     t.cr(true, 3, 0x5000); // before the thread is known
     t.entry(0x1000);
@@ -654,7 +654,7 @@ fn threads_are_attributed_to_their_vcpu() {
 fn silent_leave_of_guest_mode_is_learned_not_reported() {
     // L2 runs; KVM leaves guest mode without an event (reset / KVM_SET_NESTED_STATE); the next
     // L1 exit is not followed by kvm_nested_vmexit, so the model corrects its level.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.exit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
     t.nested_vmexit_full(EPT_VIOLATION, 0xa000, 0x181, 0);
@@ -674,7 +674,7 @@ fn silent_leave_of_guest_mode_is_learned_not_reported() {
 #[test]
 fn early_hardware_check_failure_is_a_vmfail() {
     let build = |resume: u64| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         let launch = t.exit(VMLAUNCH, 0x100);
         t.vmenter(A, 0xa000, true, EPTP);
         let failed = t.vmenter_failed("early hardware check VM-instruction error: ", 7);
@@ -689,7 +689,7 @@ fn early_hardware_check_failure_is_a_vmfail() {
 
 #[test]
 fn smi_right_after_a_nested_exit_is_not_a_host_rip_mismatch() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.reflect(CPUID, 0xa000, 0x200);
     t.enter_l2(VMRESUME, 0x220, A, 0xa002, true, EPTP);
@@ -706,7 +706,7 @@ fn changed_subject_cr3_under_shadow_paging() {
     // enable_ept=0: KVM never writes vmcs12.GUEST_CR3 on exit, so a change is L1's doing; only a
     // reflected MOV CR3 (or task switch) explains one without a VMWRITE exit (shadow VMCS).
     let build = |reason: u32| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         t.establish_l1();
         t.exit(CR_ACCESS, 0x300);
         t.cr(true, 3, 0x5000);
@@ -733,7 +733,7 @@ fn changed_subject_cr3_under_shadow_paging() {
 #[test]
 fn livelock_compares_the_faulting_address_when_traced() {
     let build = |same_page: bool| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
         let mut first = None;
         let mut last_pf = 0;
@@ -756,7 +756,7 @@ fn livelock_compares_the_faulting_address_when_traced() {
 #[test]
 fn late_vmfail_l1_cr3_from_the_start_of_a_trace() {
     // The trace starts in L1 with no nested event: the VMLAUNCH proves the CR3 was L1's.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(CR_ACCESS, 0x300);
     let cr3 = t.cr(true, 3, 0x5000);
     t.get_page(5, ROLE_L1, true);
@@ -775,7 +775,7 @@ fn late_vmfail_l1_cr3_from_the_start_of_a_trace() {
 #[test]
 fn guest_mmu_root_checked_on_first_reentry_when_get_page_is_traced() {
     // No guest_mmu root seen at the first entry (cached), but kvm_mmu_get_page is traced.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.get_page(0x10, ROLE_DIRECT, false);
     t.exit(VMLAUNCH, 0x100);
     t.vmenter(A, 0xa000, true, EPTP);
@@ -790,7 +790,7 @@ fn guest_mmu_root_checked_on_first_reentry_when_get_page_is_traced() {
 
 #[test]
 fn evmcs_restore_as_the_first_event() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     let restore = t.vmenter(u64::MAX, 0xb000, true, EPTP);
     let exit = t.inject(EXTERNAL_INTERRUPT);
     t.entry(0x200);
@@ -803,7 +803,7 @@ fn evmcs_restore_as_the_first_event() {
 #[test]
 fn role_change_root_reload() {
     let build = |reload: Option<u32>, new_cr0: u64| {
-        let mut t = Trace::new();
+        let mut t = EventBuilder::new();
         t.exit(CR_ACCESS, 0x300);
         t.cr(true, 3, 0x5000);
         t.get_page(5, ROLE_L1, true);
@@ -830,7 +830,7 @@ fn role_change_root_reload() {
     let (fixed, _) = build(Some(ROLE_L1), 0x8000_0033);
     assert_clean(&fixed.events);
     // A write that faults changes nothing.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.get_page(5, ROLE_L1, true);
     t.exit(CR_ACCESS, 0x310);
     t.cr(false, 0, 0x8001_0033);
@@ -856,7 +856,7 @@ fn before_6_1_nested_entries_are_inferred_and_vmenter_rules_are_not_checkable() 
     use vmxray_replay::{Model, RuleStatus};
     // No kvm_nested_vmenter: VMLAUNCH, then an entry that is neither at the instruction nor
     // after it, is an L2 entry.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(VMLAUNCH, 0x100);
     t.entry(0xa000);
@@ -892,7 +892,7 @@ fn state_stays_bounded_with_many_threads_and_vmcs12s() {
     use vmxray_replay::model::MAX_THREAD_SLOTS;
     use vmxray_replay::state::Vmcs12Store;
     use vmxray_replay::triage::{TriageConfig, triage};
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     for pid in 0..2000 {
         t.pid = 10_000 + pid;
         t.get_page(0x44, ROLE_L1, false);
@@ -913,8 +913,8 @@ fn state_stays_bounded_with_many_threads_and_vmcs12s() {
 }
 
 /// An AP restarted by INIT/SIPI: a long-mode HLT exit, then KVM enters it at RIP 0 (SIPI).
-fn sipi(direct_roots: bool, userspace_between: bool) -> (Trace, u64) {
-    let mut t = Trace::new();
+fn sipi(direct_roots: bool, userspace_between: bool) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
     t.exit(EXTERNAL_INTERRUPT, 0xffff_ffff_8100_0000);
     let paging = t.get_page(0x10, ROLE_L1, true);
     t.entry(0xffff_ffff_8100_0000);
@@ -946,14 +946,14 @@ fn reset_root_role_after_init_sipi() {
 
 #[test]
 fn evmcs_restore_stale_exit_bugcheck() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(HLT, 0x500);
     t.userspace_exit(10);
     let restore = t.vmenter(u64::MAX, 0xb000, true, EPTP);
     let exit = t.inject(EXTERNAL_INTERRUPT);
     t.entry(0x200);
     let wrmsr = t.exit(32, 0x210);
-    let at = t.push(vmxray_capture::EventKind::KvmMsr {
+    let at = t.push(vmxray_events::EventKind::KvmMsr {
         write: true,
         index: 0x4000_0100,
         data: 0x20001,
@@ -964,8 +964,8 @@ fn evmcs_restore_stale_exit_bugcheck() {
 }
 
 /// vmcs12 B with nested EPT: an HLT-path entry (no kvm_entry), then its next run's first exit.
-fn hlt_then(reason: u32, intr: u32) -> (Trace, [u64; 3], u64) {
-    let mut t = Trace::new();
+fn hlt_then(reason: u32, intr: u32) -> (EventBuilder, [u64; 3], u64) {
+    let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(VMRESUME, 0x100);
     t.vmenter(B, 0xb000, true, EPTP);
@@ -993,19 +993,19 @@ fn hlt_cancelled_exit_state_nested_ept_consequence() {
 #[test]
 fn unknown_guest_mode_is_not_held_against_a_root() {
     // A text rendering of kvm_mmu_get_page: guest_mode and smm unknown (reads as 0).
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
     t.exit(EXTERNAL_INTERRUPT, 0xa004);
     t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa004, 0, 0);
-    let page = vmxray_capture::MmuPage {
-        role_known: vmxray_capture::MmuPage::ROLE_KNOWN_KERNEL_PRINT,
-        ..vmxray_capture::MmuPage::with_role(
+    let page = vmxray_events::MmuPage {
+        role_known: vmxray_events::MmuPage::ROLE_KNOWN_KERNEL_PRINT,
+        ..vmxray_events::MmuPage::with_role(
             Some(0),
             0x7,
-            vmxray_capture::codes::MmuPageRole(ROLE_GUEST_MMU & 0xffff),
+            vmxray_events::codes::MmuPageRole(ROLE_GUEST_MMU & 0xffff),
         )
     };
-    t.push(vmxray_capture::EventKind::KvmMmuGetPage { page, created: false });
+    t.push(vmxray_events::EventKind::KvmMmuGetPage { page, created: false });
     t.entry(0xa004);
     assert_clean(&t.events);
     let mut model = vmxray_replay::Model::default();

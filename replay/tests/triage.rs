@@ -10,16 +10,16 @@ use vmxray_replay::{Actor, Severity, Transition};
 
 const MOV_CR3_RAX: [u8; 3] = [0x0f, 0x22, 0xd8];
 
-fn walk3(t: &mut Trace, addr: u64) {
+fn walk3(t: &mut EventBuilder, addr: u64) {
     t.walk(addr, 0x10);
     for (pte, level) in [(0x3023u64, 4u32), (0x4023, 3), (0xa3, 2)] {
-        t.push(vmxray_capture::EventKind::KvmMmuPagingElement { pte, level });
+        t.push(vmxray_events::EventKind::KvmMmuPagingElement { pte, level });
     }
 }
 
 /// The events of `triple-fault.report.txt`, vCPU thread python3-23323, in order.
-pub fn triple_fault_sample() -> Trace {
-    let mut t = Trace::new();
+pub fn triple_fault_sample() -> EventBuilder {
+    let mut t = EventBuilder::new();
     t.pid = 23323;
     t.other("kvm_update_master_clock");
     t.other("kvm_fpu");
@@ -40,7 +40,7 @@ pub fn triple_fault_sample() -> Trace {
         walk3(&mut t, rip);
     }
     t.emulate(0x105a, &[0xe6, 0x10], false);
-    t.push(vmxray_capture::EventKind::KvmPio {
+    t.push(vmxray_events::EventKind::KvmPio {
         write: true,
         port: 0x10,
         size: 1,
@@ -62,11 +62,11 @@ pub fn triple_fault_sample() -> Trace {
     // Teardown: MMU notifier and the NX-recovery kthread.
     t.other("kvm_unmap_hva_range");
     t.pid = 23364;
-    t.push(vmxray_capture::EventKind::KvmMmuPrepareZapPage {
-        page: vmxray_capture::MmuPage {
+    t.push(vmxray_events::EventKind::KvmMmuPrepareZapPage {
+        page: vmxray_events::MmuPage {
             mmu_valid_gen: Some(0),
             gfn: 2,
-            role: vmxray_capture::codes::MmuPageRole(ROLE_L1),
+            role: vmxray_events::codes::MmuPageRole(ROLE_L1),
             role_known: u32::MAX,
             root_count: 1,
             unsync: false,
@@ -78,7 +78,7 @@ pub fn triple_fault_sample() -> Trace {
 #[test]
 fn triage_names_the_undeliverable_ud_and_the_shutdown() {
     let t = triple_fault_sample();
-    let shutdown_at = t.events.iter().rposition(|e| matches!(e.kind, vmxray_capture::EventKind::KvmUserspaceExit { reason, .. } if reason.0 == 8)).unwrap() as u64;
+    let shutdown_at = t.events.iter().rposition(|e| matches!(e.kind, vmxray_events::EventKind::KvmUserspaceExit { reason, .. } if reason.0 == 8)).unwrap() as u64;
     let report = triage(&t.events, TriageConfig::default());
     assert_eq!(report.crashes.len(), 1, "{report:#?}");
     let crash = &report.crashes[0];
@@ -128,7 +128,7 @@ fn triage_names_the_undeliverable_ud_and_the_shutdown() {
 #[test]
 fn triage_one_crash_per_fatal_chain_in_l2() {
     // L2 triple-faults: kvm_exit TRIPLE_FAULT, nested exit, inject TRIPLE_FAULT: one crash.
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.enter_l2(VMLAUNCH, 0x100, 0xa0, 0xa000, true, EPT_EPTP);
     t.exit_full(EXCEPTION_NMI, 0xa010, 0x5000, 0x8000_0b0e);
     t.nested_vmexit_full(EXCEPTION_NMI, 0xa010, 0x5000, 0x8000_0b0e);
@@ -156,7 +156,7 @@ const EPT_EPTP: u64 = EPTP;
 
 #[test]
 fn triage_failed_vmentry_keeps_the_failed_check() {
-    let mut t = Trace::new();
+    let mut t = EventBuilder::new();
     t.exit(VMLAUNCH, 0x100);
     t.vmenter(0xa0, 0xa000, true, EPTP);
     let check = t.vmenter_failed("CC(!nested_vmx_check_guest_state)", 0);

@@ -13,10 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use vmxray_capture::codes::{ExceptionVector, UserspaceExitReason};
-use vmxray_capture::record::{FlightOptions, RecordOptions, Recorder, Tracefs, TriggerSpec};
-use vmxray_capture::testenv::skip;
-use vmxray_capture::{Event, EventKind, ReadOptions};
+use vmxray_capture::ReadOptions;
+use vmxray_events::codes::{ExceptionVector, UserspaceExitReason};
+use vmxray_events::test_util::skip;
+use vmxray_events::{Event, EventKind};
+use vmxray_record::{FlightOptions, RecordOptions, Recorder, Tracefs, TriggerSpec};
 use vmxray_samples::lab::{self, CR3_SWITCH_ROOTS, LabExit, LabRun, Scenario};
 
 /// Why this machine cannot run the lab, if it cannot.
@@ -461,7 +462,7 @@ fn lost_events_are_flagged_in_the_file_and_counted() {
     require_lab!();
     let path = out_dir().join("lost.dat");
     let mut opts = RecordOptions::new(path.clone());
-    opts.profile = vmxray_capture::record::Profile::All;
+    opts.profile = vmxray_record::Profile::All;
     opts.buffer_size_kb = Some(8);
     let run = lab::record(Scenario::IoLoop(20_000), opts).unwrap();
     let mut reader = vmxray_capture::open(&path, ReadOptions::default()).unwrap();

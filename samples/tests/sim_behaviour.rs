@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use vmxray_capture::codes::VmxBasicReason;
-use vmxray_capture::{Event, EventKind, ExitInfo};
+use vmxray_events::codes::VmxBasicReason;
+use vmxray_events::{Event, EventKind, ExitInfo};
 use vmxray_samples::sim::{
     Bug, KernelVersion, KvmFlavour, Scenario, SimConfig, Simulation, Vmcs12Field, Writer, simulate,
 };

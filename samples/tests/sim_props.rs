@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use vmxray_capture::EventKind;
+use vmxray_events::EventKind;
 use vmxray_samples::sim::{KernelVersion, KvmFlavour, Scenario, SimConfig, simulate, text};
 
 fn config() -> impl Strategy<Value = SimConfig> {

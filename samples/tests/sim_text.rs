@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use vmxray_capture::codes::{
+use vmxray_events::codes::{
     ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason, VmInstructionError,
 };
-use vmxray_capture::fields::{FieldValue, Fields};
-use vmxray_capture::{
+use vmxray_events::fields::{FieldValue, Fields};
+use vmxray_events::{
     Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, MmuPage, NestedVmenter, OtherEvent,
 };
 use vmxray_samples::sim::KernelVersion;
@@ -242,6 +242,7 @@ fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
     let failed = EventKind::KvmNestedVmenterFailed {
         msg: "hardware VM-instruction error: ".into(),
         err: VmInstructionError::ENTRY_INVALID_CONTROL_FIELD,
+        kind: vmxray_events::VmFailKind::LateHardware,
     };
     assert_eq!(
         render_body(&failed, V6),
@@ -250,6 +251,7 @@ fn kvm_nested_inject_vmenter_failed_entry_cr_lines() {
     let cc = EventKind::KvmNestedVmenterFailed {
         msg: "vmcs12->launch_state == launch".into(),
         err: VmInstructionError(0),
+        kind: vmxray_events::VmFailKind::Check,
     };
     assert_eq!(render_body(&cc, V6), "vmcs12->launch_state == launch");
     let entry = |intr: Option<u32>| {
@@ -296,7 +298,7 @@ fn version_dependent_bodies() {
     };
     assert_eq!(render_body(&pf_old, KernelVersion::V6_1), "address 70b17000 error_code 181");
     let exc = |re: Option<bool>| EventKind::KvmInjException {
-        exception: vmxray_capture::codes::ExceptionVector::PF,
+        exception: vmxray_events::codes::ExceptionVector::PF,
         has_error: true,
         error_code: 0x10,
         reinjected: re,

@@ -1,6 +1,6 @@
 //! `vmxray fields [FILE] [--fields EXTRA.txt]`: the history of every VMCS field a trace reveals
 //! (derived from tracepoints, see `vmxray_replay::fields`) and of the explicit records of
-//! `--fields` files (format: `vmxray_capture::vmcs::import`), merged by timestamp.
+//! `--fields` files (format: `vmxray_events::vmcs::record`), merged by timestamp.
 //!
 //! By default each field's first value and every change are printed, in event order; `--all`
 //! prints every observation. `--diff A,B` compares two VMCSs (`--diff 12@0x7000,12@0x8000`, as
@@ -29,9 +29,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use vmxray_capture::vmcs::import::{self, FieldsFile};
-use vmxray_capture::vmcs::{FieldEncoding, VmcsField, VmcsRef};
-use vmxray_capture::{Event, ReadError, ReadOptions};
+use vmxray_capture::read::fields_file::{self, FieldsFile};
+use vmxray_capture::{ReadError, ReadOptions};
+use vmxray_events::Event;
+use vmxray_events::vmcs::{FieldEncoding, VmcsField, VmcsRef};
 use vmxray_replay::fields::{FieldDiff, differ};
 use vmxray_replay::{Model, ModelConfig};
 
@@ -78,7 +79,7 @@ pub struct Args {
 }
 
 fn parse_vmcs(s: &str) -> Result<VmcsRef, String> {
-    s.parse().map_err(|e: vmxray_capture::vmcs::UnknownVmcs| e.to_string())
+    s.parse().map_err(|e: vmxray_events::vmcs::UnknownVmcs| e.to_string())
 }
 
 fn parse_field(s: &str) -> Result<FieldEncoding, String> {
@@ -93,7 +94,7 @@ pub fn load_fields(paths: &[PathBuf], permissive: bool) -> anyhow::Result<Fields
     for path in paths {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("Cannot read the field records {}", path.display()))?;
-        let file = import::parse_fields(&text, permissive)
+        let file = fields_file::parse_fields(&text, permissive)
             .with_context(|| format!("Cannot parse the field records {}", path.display()))?;
         all.records.extend(file.records);
         all.skipped += file.skipped;
@@ -148,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 vmxray_capture::open(path, ReadOptions { permissive: args.permissive })
                     .with_context(|| format!("Cannot open {}", path.display()))?;
             let input = reader.meta().input.to_string();
-            let merged = import::merge(reader.by_ref(), records.records);
+            let merged = fields_file::merge(reader.by_ref(), records.records);
             let o = show(merged, &args, diff.as_ref(), &mut out)
                 .with_context(|| format!("Reading {input}"))?;
             skipped += reader.stats().skipped;

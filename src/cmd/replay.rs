@@ -37,7 +37,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
-use vmxray_capture::{Event, ReadError, ReadOptions, ReadStats};
+use vmxray_capture::{ReadError, ReadOptions, ReadStats};
+use vmxray_events::Event;
 use vmxray_replay::{
     Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
@@ -144,7 +145,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
         let input = reader.meta().input.to_string();
-        let merged = vmxray_capture::vmcs::import::merge(reader.by_ref(), records.records.clone());
+        let merged =
+            vmxray_capture::read::fields_file::merge(reader.by_ref(), records.records.clone());
         let outcome = replay_stream(&input, merged, opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
@@ -346,7 +348,7 @@ pub fn write_summary<W: Write>(
 
 #[cfg(test)]
 mod tests {
-    use vmxray_capture::{Entry, EventKind};
+    use vmxray_events::{Entry, EventKind};
 
     use super::*;
 
@@ -372,8 +374,8 @@ mod tests {
             cpu: 0,
             pid: 7,
             comm: None,
-            kind: EventKind::KvmExit(vmxray_capture::ExitInfo::from(vmxray_capture::ExitFields {
-                reason: vmxray_capture::codes::ExitCode::Vmx(vmxray_capture::codes::ExitReason(10)),
+            kind: EventKind::KvmExit(vmxray_events::ExitInfo::from(vmxray_events::ExitFields {
+                reason: vmxray_events::codes::ExitCode::Vmx(vmxray_events::codes::ExitReason(10)),
                 isa: None,
                 guest_rip: Some(0x1000),
                 info1: Some(0),

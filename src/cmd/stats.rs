@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use vmxray_analyze::stats::{ExitStats, Format, StatsReport, write_report};
-use vmxray_capture::{Event, ReadError, ReadStats, TraceMeta};
+use vmxray_capture::{ReadError, ReadStats, TraceMeta};
+use vmxray_events::Event;
 
 /// Arguments of `vmxray stats`.
 #[derive(clap::Args)]
@@ -84,11 +85,9 @@ pub fn write_stats(
 mod tests {
     use std::sync::Arc;
 
-    use vmxray_capture::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
-    use vmxray_capture::{
-        Clock, Entry, EventKind, ExitFields, ExitInfo, InputFormat, InsnBytes, Location,
-        ReadErrorKind,
-    };
+    use vmxray_capture::{Clock, InputFormat, Location, ReadErrorKind};
+    use vmxray_events::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
+    use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo, InsnBytes};
 
     use super::*;
 

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmxray_capture::{Event, EventKind, ReadError, ReadOptions};
+use vmxray_capture::{ReadError, ReadOptions};
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig, describe_insn};
 use vmxray_replay::{Actor, Transition, TriageReport};
 
@@ -122,7 +123,7 @@ fn link_text(l: &ChainLink) -> String {
             format!("emulation of {} at rip {rip:#x} failed", insn_text(insn))
         }
         ChainLink::VmenterFailed { msg, err, .. } => {
-            let name = vmxray_capture::codes::VmInstructionError(*err);
+            let name = vmxray_events::codes::VmInstructionError(*err);
             if *err == 0 {
                 format!("nested VM-entry check failed: {msg}")
             } else {
@@ -217,7 +218,7 @@ pub fn describe_event(e: &Event) -> String {
             format!("kvm_mmu_paging_element pte {pte:#x} level {level}")
         }
         EventKind::KvmMmuWalkerError { pferr } => format!("kvm_mmu_walker_error pferr {pferr:#x}"),
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             format!("kvm_nested_vmenter_failed {msg}{err}")
         }
         EventKind::KvmSmmTransition { entering, smbase, .. } => format!(
@@ -236,6 +237,9 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmMmuPrepareZapPage { .. }
         | EventKind::KvmMmuSyncPage { .. }
         | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
@@ -419,8 +423,8 @@ pub fn render(input: &str, report: &TriageReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use vmxray_capture::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
-    use vmxray_capture::{InsnBytes, MmuPage};
+    use vmxray_events::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
+    use vmxray_events::{InsnBytes, MmuPage};
 
     use super::*;
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use vmxray_capture::{Clock, Event};
+use vmxray_capture::Clock;
+use vmxray_events::Event;
 use vmxray_samples::sim::{Bug, KernelVersion, KvmFlavour, Scenario, SimConfig, simulate};
 use vmxray_tui::app::{Action, App, ViewId};
 use vmxray_tui::loader::{Source, spawn};

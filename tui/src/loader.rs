@@ -23,10 +23,10 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use vmxray_analyze::stats::{ExitStats, StatsReport};
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{
-    Clock, Event, EventKind, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta,
-};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{Clock, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta};
+use vmxray_events::Event;
+use vmxray_events::EventKind;
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::trace::{CHECKPOINT_INTERVAL, CHUNK_LEN, EventTag, Tier, Trace};

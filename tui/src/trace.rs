@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use vmxray_analyze::stats::StatsReport;
 use vmxray_capture::render::format_ts;
-use vmxray_capture::{Clock, Event, ReadStats, TraceMeta};
+use vmxray_capture::{Clock, ReadStats, TraceMeta};
+use vmxray_events::Event;
 use vmxray_replay::checkpoints::Checkpoints;
 use vmxray_replay::{
     Actor, Anomaly, CrashKind, EventIndex, Model, Severity, TraceSummary, Transition, VcpuState,

@@ -285,7 +285,7 @@ fn mouse_clicks_select_rows_lanes_and_tabs() {
 fn chunked_storage_keeps_every_event_in_order() {
     // 400 copies of the bundled sample (~170K events, three storage chunks), end to end.
     let sample = load_all(Source::Bundled);
-    let one: Vec<vmxray_capture::Event> =
+    let one: Vec<vmxray_events::Event> =
         (0..sample.len()).map(|i| sample.event(i).unwrap().clone()).collect();
     let span = one.last().unwrap().ts - one[0].ts + 1;
     let mut events = Vec::new();

@@ -98,7 +98,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use vmxray_capture::{Event, EventKind, ReadOptions};
+use vmxray_capture::ReadOptions;
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{Actor, Model, ModelConfig};
 
 use crate::stats::{ClosedExit, ExitStats, StatsReport, Vcpu};

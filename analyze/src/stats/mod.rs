@@ -12,15 +12,16 @@ mod report;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
 use vmxray_capture::filter::VcpuByThread;
-use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
+use vmxray_capture::{ReadStats, TraceMeta};
+use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
+use vmxray_events::{Event, EventKind};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
 
 pub use render::{Format, write_report};
 pub use report::*;
-pub use vmxray_capture::insn::mnemonic;
+pub use vmxray_events::insn::mnemonic;
 
 /// An exit waiting for its vCPU's next `kvm_entry`.
 #[derive(Clone, Copy, Debug)]
@@ -390,6 +391,9 @@ impl ExitStats {
             | EventKind::KvmMmuPagetableWalk { .. }
             | EventKind::KvmMmuPagingElement { .. }
             | EventKind::KvmMmuWalkerError { .. }
+            | EventKind::KvmPmlFull { .. }
+            | EventKind::VmcsField(_)
+            | EventKind::VmcsProbe(_)
             | EventKind::Other(_) => {}
         }
     }
@@ -521,7 +525,7 @@ impl ExitStats {
                 .iter()
                 .map(|(&vector, c)| ExceptionRow {
                     vector,
-                    name: vmxray_capture::codes::ExceptionVector(vector).to_string(),
+                    name: vmxray_events::codes::ExceptionVector(vector).to_string(),
                     count: c.count,
                     with_error_code: c.with_error_code,
                     reinjected: c.reinjected,
@@ -531,7 +535,7 @@ impl ExitStats {
                 .userspace
                 .iter()
                 .map(|(&code, &(count, errors))| UserspaceExitRow {
-                    reason: vmxray_capture::codes::UserspaceExitReason(code).to_string(),
+                    reason: vmxray_events::codes::UserspaceExitReason(code).to_string(),
                     code,
                     count,
                     errors,

@@ -1,7 +1,7 @@
 //! The typed statistics report and its JSON wire format (see the crate docs for the schema).
 
 use serde::{Deserialize, Serialize};
-use vmxray_capture::codes::ExitCode;
+use vmxray_events::codes::ExitCode;
 
 pub use crate::histogram::HistogramBin;
 

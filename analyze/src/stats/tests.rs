@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use vmxray_capture::codes::{
+use vmxray_capture::{Clock, InputFormat, LostOnCpu, ReadStats, TraceMeta};
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, UserspaceExitReason,
 };
-use vmxray_capture::{
-    Clock, Entry, Event, EventKind, ExitFields, ExitInfo, Fields, InputFormat, InsnBytes,
-    LostOnCpu, OtherEvent, ReadStats, TraceMeta,
-};
+use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo, Fields, InsnBytes, OtherEvent};
 
 use super::*;
 

@@ -38,7 +38,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use vmxray_capture::Event;
+use vmxray_events::Event;
 
 pub use kernel::{KernelVersion, UnknownKernel};
 pub use truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Vmcs12Write, Writer};

@@ -1,14 +1,14 @@
 //! Event detail: every field of the selected event under the kernel's name, the decodings of
 //! `vmxray dump`, and bit-level breakdowns of the exit qualification, interruption information
-//! and MMU role (all from `vmxray_capture::codes`), then the anomalies the event raised.
+//! and MMU role (all from `vmxray_events::codes`), then the anomalies the event raised.
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
-use vmxray_capture::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
-use vmxray_capture::{Event, EventKind, FieldValue};
+use vmxray_events::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
+use vmxray_events::{Event, EventKind, FieldValue};
 
 use super::{actor_label, theme};
 use crate::app::App;
@@ -119,7 +119,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmNestedVmexitInject(info) => {
             out.push(Line::raw(""));
             out.push(heading(&format!("Exit reason {}", info.reason())));
-            if let vmxray_capture::codes::ExitCode::Vmx(r) = info.reason() {
+            if let vmxray_events::codes::ExitCode::Vmx(r) = info.reason() {
                 out.push(kv("basic reason", format!("{} ({})", r.basic(), r.basic().0)));
                 out.push(kv("failed VM-entry (bit 31)", r.failed_vmentry().to_string()));
             }
@@ -136,7 +136,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
                 intr_lines(&mut out, "Exit interruption info", intr);
             }
             if let Some(v) = info.info2().and_then(|v| u32::try_from(v).ok())
-                && matches!(info.reason(), vmxray_capture::codes::ExitCode::Vmx(_))
+                && matches!(info.reason(), vmxray_events::codes::ExitCode::Vmx(_))
             {
                 intr_lines(&mut out, "IDT-vectoring info (info2)", IntrInfo(v));
             }
@@ -163,7 +163,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmMmuSyncPage { page }
         | EventKind::KvmMmuUnsyncPage { page } => role_lines(&mut out, page.role),
         EventKind::KvmEmulateInsn { insn, .. } => {
-            let mnemonic = vmxray_capture::insn::mnemonic(insn.as_slice());
+            let mnemonic = vmxray_events::insn::mnemonic(insn.as_slice());
             if let Some(text) = vmxray_replay::triage::describe_insn(insn.as_slice())
                 .filter(|t| mnemonic.as_ref() != Some(t))
             {

@@ -13,8 +13,9 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use vmxray_capture::Clock;
 use vmxray_capture::render::Line as NormalizedLine;
-use vmxray_capture::{Clock, Event};
+use vmxray_events::Event;
 use vmxray_replay::{Actor, Severity};
 
 use crate::app::{App, ViewId};
