@@ -244,7 +244,18 @@ fn samples_real_traces_are_clean_and_buggy_sims_are_listed() {
         root.join("lab").to_str().unwrap().to_owned(),
         root.join("sim").to_str().unwrap().to_owned(),
     ];
-    let mut argv: Vec<&str> = vec!["scan", "-q", "--out", out.str(), "--exclude", "*.decoded.txt"];
+    // The excerpt corpus (issue 14) is read by the excerpt-tolerant reader; until it lands
+    // there, strict mode refuses its prose.
+    let mut argv: Vec<&str> = vec![
+        "scan",
+        "-q",
+        "--out",
+        out.str(),
+        "--exclude",
+        "*.decoded.txt",
+        "--exclude",
+        "excerpts/*",
+    ];
     argv.extend(args.iter().map(String::as_str));
     let run = vmxray(&argv);
     // Two committed text samples are refused by design (latency-format, no context columns).

@@ -33,6 +33,12 @@
 //! assert!(String::from_utf8(csv).unwrap().starts_with("reason,reason_code,isa,level,vcpu,"));
 //! ```
 //!
+//! ## One pass ([`pass`])
+//!
+//! [`pass::Pass`] is the loop every command and the TUI loader run: reader → replay model →
+//! statistics → the command's [`pass::Sink`], with one attribution of each event to a vCPU and
+//! one decision of an exit's level.
+//!
 //! ## Batch scans (`scan`, feature `scan`)
 //!
 //! [`scan::scan`] runs many traces in parallel (one thread per job, one trace at a time per job), each streamed through
@@ -146,6 +152,7 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+pub mod pass;
 #[cfg(feature = "scan")]
 pub mod scan;
 pub mod stats;

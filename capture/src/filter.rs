@@ -1,34 +1,12 @@
-//! Selecting events: the filters `vmxray dump` (and the TUI) apply, and the thread → vCPU
-//! attribution that lets events without a `vcpu_id` be filtered by vCPU.
+//! Selecting events: the filters `vmxray dump` (and the TUI) apply. An event's vCPU, for
+//! events without a `vcpu_id`, comes from the one thread → vCPU attribution
+//! (`vmxray_events::Attribution`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use vmxray_events::codes::ExitCode;
 use vmxray_events::event::Event;
-
-/// Learns which vCPU a thread runs from the events that carry `vcpu_id` (`kvm_entry`,
-/// `kvm_exit`, ...), and attributes the events that do not (`kvm_cr`, kvmmmu, the nested
-/// events) to the vCPU their thread last ran. KVM runs each vCPU on one thread
-/// (`KVM_RUN` is per-vCPU-fd), so the attribution is exact once the thread has shown its vCPU.
-#[derive(Clone, Debug, Default)]
-pub struct VcpuByThread {
-    by_pid: HashMap<i32, u32>,
-}
-
-impl VcpuByThread {
-    /// Records what `event` says and returns its vCPU, if known.
-    pub fn observe(&mut self, event: &Event) -> Option<u32> {
-        match event.kind.vcpu_id() {
-            Some(v) => {
-                self.by_pid.insert(event.pid, v);
-                Some(v)
-            }
-            None => self.by_pid.get(&event.pid).copied(),
-        }
-    }
-}
 
 /// A closed-open time window in the trace clock's units; either end may be open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,8 +195,8 @@ mod tests {
     }
 
     #[test]
-    fn thread_attribution_and_filters() {
-        let mut by_thread = VcpuByThread::default();
+    fn filters_on_attributed_events() {
+        let mut by_thread = vmxray_events::Attribution::default();
         let entry = Event {
             kind: EventKind::KvmEntry(Entry {
                 vcpu_id: 1,
@@ -229,9 +207,9 @@ mod tests {
             }),
             ..exit(42, None, 0, 1)
         };
-        assert_eq!(by_thread.observe(&entry), Some(1));
+        assert_eq!(by_thread.attribute(&entry).actor.vcpu_id(), Some(1));
         let anon = exit(42, None, 48, 2);
-        assert_eq!(by_thread.observe(&anon), Some(1));
+        assert_eq!(by_thread.attribute(&anon).actor.vcpu_id(), Some(1));
         let f = EventFilter {
             vcpus: vec![1],
             reasons: vec!["ept_violation".parse().unwrap()],

@@ -15,7 +15,7 @@
 //! compares it with what the event shows.
 
 use serde::Serialize;
-use vmxray_events::{Event, EventKind};
+use vmxray_events::{Attribution, Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
 use crate::rules::{self, Ctx, RuleStates};
@@ -29,11 +29,22 @@ pub struct ModelConfig {
     pub rules: RuleSet,
     /// How many identical fault exits in a row make a livelock.
     pub livelock_threshold: u32,
+    /// Run the state machine and the rules (the default). Without, the model only attributes
+    /// events to vCPUs and notes what they reveal about the kernel: what a pass that wants
+    /// statistics alone needs, at a fraction of the cost.
+    pub replay: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { rules: RuleSet::all(), livelock_threshold: 64 }
+        Self { rules: RuleSet::all(), livelock_threshold: 64, replay: true }
+    }
+}
+
+impl ModelConfig {
+    /// Attribution only (see [`ModelConfig::replay`]).
+    pub fn attribution_only() -> Self {
+        Self { replay: false, ..Self::default() }
     }
 }
 
@@ -224,12 +235,14 @@ pub struct Model {
     features: Features,
     slots: Vec<Slot>,
     last_slot: usize,
-    pid_vcpu: Vec<(i32, u32)>,
+    attribution: Attribution,
     findings: Findings,
     transitions: Vec<Transition>,
     fields: Vec<vmxray_events::vmcs::VmcsField>,
     lost_markers: u64,
     lost_events: u64,
+    /// Who the last stepped event was attributed to (see [`Model::last_step`]).
+    last_actor: Option<Actor>,
 }
 
 impl Default for Model {
@@ -247,7 +260,7 @@ impl Model {
             features: Features::default(),
             slots: Vec::new(),
             last_slot: 0,
-            pid_vcpu: Vec::new(),
+            attribution: Attribution::default(),
             findings: Findings {
                 anomalies: Vec::new(),
                 checks: [0; RuleId::COUNT],
@@ -259,6 +272,7 @@ impl Model {
             fields: Vec::new(),
             lost_markers: 0,
             lost_events: 0,
+            last_actor: None,
         }
     }
 
@@ -276,6 +290,7 @@ impl Model {
         self.fields.clear();
         transition::note_features(&mut self.features, &event.kind);
 
+        self.last_actor = None;
         if let EventKind::Lost { count } = event.kind {
             self.lost_markers += 1;
             self.lost_events += count.unwrap_or(0);
@@ -297,7 +312,11 @@ impl Model {
         }
 
         let actor = self.attribute(event);
+        self.last_actor = Some(actor);
         let idx = self.slot_index(actor);
+        if !self.config.replay {
+            return Step { at, actor: Some(actor), transitions: &[], anomalies: &[], fields: &[] };
+        }
         let slot = &mut self.slots[idx];
         transition::settle(&mut slot.state, event, &mut self.transitions);
         crate::fields::derive(&slot.state, actor, event, at, &mut self.fields);
@@ -318,6 +337,18 @@ impl Model {
         Step {
             at,
             actor: Some(actor),
+            transitions: &self.transitions,
+            anomalies: &self.findings.anomalies,
+            fields: &self.fields,
+        }
+    }
+
+    /// What the last [`Model::step`] did, borrowed immutably (so that the model's state can be
+    /// read alongside it); before any step, an empty step at index 0.
+    pub fn last_step(&self) -> Step<'_> {
+        Step {
+            at: EventIndex(self.next.saturating_sub(1)),
+            actor: self.last_actor,
             transitions: &self.transitions,
             anomalies: &self.findings.anomalies,
             fields: &self.fields,
@@ -356,7 +387,7 @@ impl Model {
 
     /// The vCPU a thread runs, once an event with `vcpu_id` came from it.
     pub fn vcpu_of_thread(&self, pid: i32) -> Option<u32> {
-        self.pid_vcpu.iter().find(|(p, _)| *p == pid).map(|(_, v)| *v)
+        self.attribution.vcpu_of_thread(pid)
     }
 
     /// The per-trace summary: counts, features, and for every enabled rule whether it was
@@ -400,39 +431,18 @@ impl Model {
     }
 
     fn attribute(&mut self, event: &Event) -> Actor {
-        let carried = match &event.kind {
-            // An explicit VMCS field record names its vCPU; it is not a thread of its own.
-            EventKind::VmcsField(v) => return Actor::Vcpu(v.record.vcpu),
-            // Untyped events are attributed by thread only (as they always were).
-            EventKind::Other(_) | EventKind::VmcsProbe(_) => None,
-            kind => kind.vcpu_id(),
-        };
-        match carried {
-            Some(vcpu) => {
-                self.learn_thread(event.pid, vcpu);
-                Actor::Vcpu(vcpu)
+        let attributed = self.attribution.attribute(event);
+        if let Some((pid, vcpu)) = attributed.newly_bound {
+            // The thread's earlier unattributed events belong to this vCPU: adopt their state
+            // if the vCPU has none yet.
+            let has_vcpu = self.slots.iter().any(|s| s.actor == Actor::Vcpu(vcpu));
+            if !has_vcpu
+                && let Some(slot) = self.slots.iter_mut().find(|s| s.actor == Actor::Thread(pid))
+            {
+                slot.actor = Actor::Vcpu(vcpu);
             }
-            None => match self.vcpu_of_thread(event.pid) {
-                Some(vcpu) => Actor::Vcpu(vcpu),
-                None => Actor::Thread(event.pid),
-            },
         }
-    }
-
-    fn learn_thread(&mut self, pid: i32, vcpu: u32) {
-        match self.pid_vcpu.iter_mut().find(|(p, _)| *p == pid) {
-            Some(entry) if entry.1 == vcpu => return,
-            Some(entry) => entry.1 = vcpu,
-            None => self.pid_vcpu.push((pid, vcpu)),
-        }
-        // The thread's earlier unattributed events belong to this vCPU: adopt their state if
-        // the vCPU has none yet.
-        let has_vcpu = self.slots.iter().any(|s| s.actor == Actor::Vcpu(vcpu));
-        if !has_vcpu
-            && let Some(slot) = self.slots.iter_mut().find(|s| s.actor == Actor::Thread(pid))
-        {
-            slot.actor = Actor::Vcpu(vcpu);
-        }
+        attributed.actor
     }
 
     fn slot_index(&mut self, actor: Actor) -> usize {
@@ -484,21 +494,12 @@ impl Model {
 }
 
 impl Findings {
-    fn severity_slot(sev: Severity) -> usize {
-        match sev {
-            Severity::Info => 0,
-            Severity::Warning => 1,
-            Severity::Error => 2,
-            Severity::Critical => 3,
-        }
-    }
-
     pub(crate) fn report(&mut self, anomaly: Anomaly) {
         if !self.enabled.contains(anomaly.rule) {
             return;
         }
         self.reported[anomaly.rule.index()] += 1;
-        self.by_severity[Self::severity_slot(anomaly.severity)] += 1;
+        self.by_severity[anomaly.severity.rank()] += 1;
         self.anomalies.push(anomaly);
     }
 }

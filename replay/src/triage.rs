@@ -21,7 +21,7 @@ use vmxray_events::codes::{
 use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
-use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, TraceSummary, Transition};
+use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, Step, TraceSummary, Transition};
 use crate::state::{Level, Mode, Vmcs12Record};
 
 /// Window sizes.
@@ -269,11 +269,11 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
     q.push_back(item);
 }
 
-/// Incremental triage: [`Triage::push`] every event, then [`Triage::finish`].
+/// Incremental triage: [`Triage::observe`] every event after the model stepped it (a pass does
+/// this), then [`Triage::finish`] with the model's summary.
 #[derive(Clone, Debug)]
 pub struct Triage {
     config: TriageConfig,
-    model: Model,
     windows: Vec<Window>,
     crashes: Vec<Crash>,
     dropped: u64,
@@ -282,24 +282,17 @@ pub struct Triage {
 impl Triage {
     /// A triage with nothing seen.
     pub fn new(config: TriageConfig) -> Self {
-        Self {
-            config,
-            model: Model::new(config.model),
-            windows: Vec::new(),
-            crashes: Vec::new(),
-            dropped: 0,
-        }
+        Self { config, windows: Vec::new(), crashes: Vec::new(), dropped: 0 }
     }
 
-    /// The model (for its state and summary so far).
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The model configuration this triage wants its events stepped with.
+    pub fn model_config(&self) -> ModelConfig {
+        self.config.model
     }
 
-    /// Takes one event.
-    pub fn push(&mut self, event: &Event) {
+    /// Takes one event, after `model` stepped it (`step` is what the step returned).
+    pub fn observe(&mut self, event: &Event, step: &Step<'_>, model: &Model) {
         let cfg = self.config;
-        let step = self.model.step(event);
         let at = step.at;
         let step_actor = step.actor;
         let transitions = step.transitions.to_vec();
@@ -316,7 +309,7 @@ impl Triage {
             }
             return;
         };
-        let state = self.model.state(actor);
+        let state = model.state(actor);
         let level = state.and_then(|s| s.level());
         let vmptr = state.and_then(|s| s.current_vmptr);
         let fresh = || Window {
@@ -393,7 +386,7 @@ impl Triage {
                 return;
             }
             let first = w.events.front().map_or(at, |e| e.at);
-            let vmcs12 = self.model.state(actor).and_then(|s| s.current_record()).cloned();
+            let vmcs12 = model.state(actor).and_then(|s| s.current_record()).cloned();
             self.crashes.push(Crash {
                 kind,
                 vcpu: actor,
@@ -411,13 +404,9 @@ impl Triage {
         }
     }
 
-    /// The report.
-    pub fn finish(self) -> TriageReport {
-        TriageReport {
-            crashes: self.crashes,
-            dropped_crashes: self.dropped,
-            summary: self.model.summary(),
-        }
+    /// The report, with the summary of the model that stepped the events.
+    pub fn finish(self, summary: TraceSummary) -> TriageReport {
+        TriageReport { crashes: self.crashes, dropped_crashes: self.dropped, summary }
     }
 }
 
@@ -427,10 +416,12 @@ pub fn triage<'e>(
     config: TriageConfig,
 ) -> TriageReport {
     let mut t = Triage::new(config);
+    let mut model = Model::new(config.model);
     for e in events {
-        t.push(e);
+        model.step(e);
+        t.observe(e, &model.last_step(), &model);
     }
-    t.finish()
+    t.finish(model.summary())
 }
 
 fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, cap: usize) {

@@ -32,15 +32,17 @@
 //!   the enabled rules, including those below `--severity`.
 
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions, ReadStats};
 use vmxray_events::Event;
 use vmxray_replay::{
-    Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
+    Actor, Anomaly, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
 
 /// Output formats.
@@ -190,9 +192,6 @@ where
     I: IntoIterator<Item = Result<Event, ReadError>>,
     W: Write,
 {
-    let mut model =
-        Model::new(ModelConfig { rules: opts.rules, livelock_threshold: opts.livelock_threshold });
-    let mut shown = 0;
     if opts.format == Format::Text {
         writeln!(out, "{input}")?;
         writeln!(
@@ -201,15 +200,46 @@ where
             "EVENT", "TS", "VCPU", "SEVERITY", "RULE"
         )?;
     }
-    for event in events {
-        let event = event?;
-        let step = model.step(&event);
-        for anomaly in step.anomalies.iter().filter(|a| a.severity >= opts.min_severity) {
-            shown += 1;
-            write_anomaly(input, anomaly, event.ts, opts.format, out)?;
-        }
+    let config = PassConfig {
+        model: ModelConfig {
+            rules: opts.rules,
+            livelock_threshold: opts.livelock_threshold,
+            ..ModelConfig::default()
+        },
+        stats: StatsMode::Off,
+    };
+    let mut pass = Pass::new(config);
+    let mut printer = Printer { input, opts, out, shown: 0, failed: None };
+    pass.run(events, &mut printer)?;
+    if let Some(e) = printer.failed {
+        return Err(e.into());
     }
-    Ok(Outcome { summary: model.summary(), shown })
+    let shown = printer.shown;
+    Ok(Outcome { summary: pass.finish(None, None).summary, shown })
+}
+
+/// Prints the anomalies at or above the chosen severity as they are found.
+struct Printer<'a, W> {
+    input: &'a str,
+    opts: Options,
+    out: &'a mut W,
+    shown: u64,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Sink for Printer<'_, W> {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        for anomaly in s.step.anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
+            self.shown += 1;
+            if let Err(e) =
+                write_anomaly(self.input, anomaly, s.event.ts, self.opts.format, self.out)
+            {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn write_anomaly<W: Write>(

@@ -6,10 +6,12 @@
 
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions};
 use vmxray_events::{Event, EventKind};
 use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig, describe_insn};
@@ -73,11 +75,20 @@ pub fn triage_stream<I>(events: I, config: TriageConfig) -> Result<TriageReport,
 where
     I: IntoIterator<Item = Result<Event, ReadError>>,
 {
-    let mut t = Triage::new(config);
-    for event in events {
-        t.push(&event?);
+    let mut sink = TriageSink(Triage::new(config));
+    let mut pass = Pass::new(PassConfig { model: config.model, stats: StatsMode::Off });
+    pass.run(events, &mut sink)?;
+    Ok(sink.0.finish(pass.finish(None, None).summary))
+}
+
+/// Feeds the triage from a pass.
+struct TriageSink(Triage);
+
+impl Sink for TriageSink {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        self.0.observe(s.event, &s.step, s.model);
+        ControlFlow::Continue(())
     }
-    Ok(t.finish())
 }
 
 fn who(actor: Actor) -> String {

@@ -14,8 +14,9 @@
 //!
 //! # Memory
 //!
-//! Each job holds one reader (its buffers), one replay [`Model`] and one [`ExitStats`] (both
-//! bounded by the number of vCPUs / exit-reason groups, not by the trace length), the event-name
+//! Each job holds one reader (its buffers), one [`crate::pass::Pass`] (the replay model and an
+//! [`ExitStats`], both bounded by the number of vCPUs / exit-reason groups, not by the trace
+//! length), the event-name
 //! counts, and at most [`ScanOptions::chunk_rows`] pending `exits` rows and as many `anomalies`
 //! rows, which are handed to the sink as a `part-N` file whenever they fill up. Peak memory is
 //! therefore about `jobs × (reader + chunk)`, whatever the size or number of traces (the list of
@@ -94,15 +95,17 @@ mod output;
 mod tables;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
-use vmxray_events::{Event, EventKind};
-use vmxray_replay::{Actor, Model, ModelConfig};
+use vmxray_events::Event;
+use vmxray_replay::{Actor, ModelConfig};
 
-use crate::stats::{ClosedExit, ExitStats, StatsReport, Vcpu};
+use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use crate::stats::{ClosedExit, ExitStats, StatsReport};
 
 pub use inputs::{
     BadShard, DEFAULT_EXCLUDES, DiscoverOptions, InputError, ScanInput, Shard, discover, fnv1a64,
@@ -331,11 +334,17 @@ impl<'a> TraceScan<'a> {
         };
         let want_exits = self.sink.wants(Table::Exits);
         let want_anomalies = self.sink.wants(Table::Anomalies);
-        let mut model = Model::new(self.opts.model);
-        let mut stats = if want_exits { ExitStats::with_exit_log() } else { ExitStats::new() };
-        let mut events: HashMap<String, EventRecord> = HashMap::new();
-        let mut first_ts = None;
-        let mut last_ts = None;
+        let mut pass = Pass::new(PassConfig {
+            model: self.opts.model,
+            stats: if want_exits { StatsMode::ExitLog } else { StatsMode::Report },
+        });
+        let mut rows = TraceRows {
+            want_anomalies,
+            anomalies: std::mem::take(&mut self.anomalies),
+            events: HashMap::new(),
+            first_ts: None,
+            last_ts: None,
+        };
         let mut read_error = None;
         let mut unreported = 0u64;
         for item in reader.by_ref() {
@@ -346,49 +355,14 @@ impl<'a> TraceScan<'a> {
                     break;
                 }
             };
-            first_ts.get_or_insert(event.ts);
-            last_ts = Some(event.ts);
-            count_event(&mut events, &event);
-            let step = model.step(&event);
-            let actor = step.actor;
-            if want_anomalies {
-                for a in step.anomalies {
-                    let (vcpu, thread) = match a.vcpu {
-                        Actor::Vcpu(id) => (Some(id), None),
-                        Actor::Thread(pid) => (None, Some(pid)),
-                    };
-                    self.anomalies.push(AnomalyRecord {
-                        rule: a.rule.name(),
-                        severity: a.severity.name(),
-                        severity_rank: a.severity as u32,
-                        vcpu,
-                        thread,
-                        ts: event.ts,
-                        event: a.at.0,
-                        message: a.message.clone(),
-                        evidence: a
-                            .evidence
-                            .iter()
-                            .map(|i| i.0.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        commit: a.rule.commit(),
-                    });
-                }
+            let _ = pass.step(&event, &mut rows);
+            if let Some(stats) = pass.stats_mut()
+                && stats.closed_exits_pending() >= self.opts.chunk_rows
+            {
+                self.flush_exits(stats);
             }
-            let vmcs12 = match (&event.kind, actor) {
-                (EventKind::KvmExit(_), Some(actor)) => model.state(actor).and_then(|st| {
-                    (st.mode.level() == Some(vmxray_replay::Level::L2))
-                        .then_some(st.current_vmptr)
-                        .flatten()
-                }),
-                _ => None,
-            };
-            stats.push_with_vmcs12(&event, vmcs12);
-            if stats.closed_exits_pending() >= self.opts.chunk_rows {
-                self.flush_exits(&mut stats);
-            }
-            if self.anomalies.len() >= self.opts.chunk_rows {
+            if rows.anomalies.len() >= self.opts.chunk_rows {
+                self.anomalies = std::mem::take(&mut rows.anomalies);
                 self.flush_anomalies();
             }
             unreported += 1;
@@ -400,14 +374,20 @@ impl<'a> TraceScan<'a> {
         if unreported > 0 {
             (self.progress)(ScanProgress::Events(unreported));
         }
-        stats.close_pending();
-        self.flush_exits(&mut stats);
+        self.anomalies = std::mem::take(&mut rows.anomalies);
+        let TraceRows { events, first_ts, last_ts, .. } = rows;
+        if let Some(stats) = pass.stats_mut() {
+            stats.close_pending();
+            self.flush_exits(stats);
+        }
         self.flush_anomalies();
 
         let meta = reader.meta().clone();
         let read = reader.stats().clone();
-        let summary = model.summary();
-        let report = stats.finish(Some(&meta), Some(&read));
+        let end = pass.finish(Some(&meta), Some(&read));
+        let summary = end.summary;
+        // The scan always keeps statistics (StatsMode::Report or ExitLog).
+        let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(&meta), Some(&read)));
         let mut event_rows: Vec<EventRecord> = events.into_values().collect();
         event_rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
         self.emit(0, Chunk::Events(event_rows));
@@ -440,6 +420,50 @@ impl<'a> TraceScan<'a> {
     }
 }
 
+/// What one trace's pass collects for the tables besides the statistics.
+struct TraceRows {
+    want_anomalies: bool,
+    anomalies: Vec<AnomalyRecord>,
+    events: HashMap<String, EventRecord>,
+    first_ts: Option<u64>,
+    last_ts: Option<u64>,
+}
+
+impl Sink for TraceRows {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        let event = s.event;
+        self.first_ts.get_or_insert(event.ts);
+        self.last_ts = Some(event.ts);
+        count_event(&mut self.events, event);
+        if self.want_anomalies {
+            for a in s.step.anomalies {
+                let (vcpu, thread) = match a.vcpu {
+                    Actor::Vcpu(id) => (Some(id), None),
+                    Actor::Thread(pid) => (None, Some(pid)),
+                };
+                self.anomalies.push(AnomalyRecord {
+                    rule: a.rule.name(),
+                    severity: a.severity.name(),
+                    severity_rank: u32::try_from(a.severity.rank()).unwrap_or(0),
+                    vcpu,
+                    thread,
+                    ts: event.ts,
+                    event: a.at.0,
+                    message: a.message.clone(),
+                    evidence: a
+                        .evidence
+                        .iter()
+                        .map(|i| i.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    commit: a.rule.commit(),
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
     let name = event.name();
     match events.get_mut(name) {
@@ -464,8 +488,8 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
 
 fn exit_record(exit: &ClosedExit) -> ExitRecord {
     let (vcpu, thread) = match exit.vcpu {
-        Vcpu::Id(id) => (Some(id), None),
-        Vcpu::Thread(pid) => (None, Some(pid)),
+        Actor::Vcpu(id) => (Some(id), None),
+        Actor::Thread(pid) => (None, Some(pid)),
     };
     ExitRecord {
         vcpu,
@@ -500,7 +524,7 @@ pub fn summary_records(report: &StatsReport) -> Vec<SummaryRecord> {
                 reason: reason.name,
                 reason_code: reason.code,
                 isa: reason.isa,
-                level: row.level.label(),
+                level: crate::stats::level_label(row.level),
                 count: row.count,
                 share: row.percent / 100.0,
                 time_share: row.time_percent / 100.0,

@@ -23,6 +23,8 @@
 //! assert_eq!(kind.exit_reason().unwrap().vmx_basic(), Some(VmxBasicReason::EPT_VIOLATION));
 //! ```
 //!
+//! - [`actor`]: who an event belongs to ([`Actor`]) and the one thread → vCPU
+//!   [`Attribution`];
 //! - [`event`]: [`Event`], [`EventKind`] and the table of typed tracepoints ([`KnownEvent`]);
 //! - [`codes`]: exit reasons (VMX and SVM), interruption info, exception vectors, MMU roles, …;
 //! - [`fields`]: named field values, the currency between readers and the vocabulary;
@@ -37,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actor;
 pub mod codes;
 pub mod event;
 pub mod fields;
@@ -46,6 +49,7 @@ pub mod kernel_fields;
 pub mod test_util;
 pub mod vmcs;
 
+pub use actor::{Actor, Attributed, Attribution};
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, KnownEvent,
     MmuPage, NestedVmenter, OtherEvent, ProbeHit, ROLE_KNOWN_FIELD, VmFailKind, VmcsFieldEvent,

@@ -10,7 +10,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use vmxray_analyze::stats::{
-    ExitReport, ExitRow, Format, Level, StatsReport, TimeUnit, write_report,
+    ExitReport, ExitRow, Format, StatsReport, TimeUnit, level_label, write_report,
 };
 
 use super::{group, theme};
@@ -237,7 +237,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         for r in exits.by_reason_level.iter().filter(|r| r.reason.as_ref() == reason) {
             lines.push(Line::from(format!(
                 "{:<3}{:>9} exits  p50 {:>8}  L0 kept {:>7}  reflected {:>7}",
-                r.level.label(),
+                level_label(r.level),
                 r.count,
                 r.latency.as_ref().map_or("-".into(), |l| l.p50.to_string()),
                 r.l0_handled,
@@ -246,10 +246,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         }
     } else {
         lines.push(Line::from(Span::styled(
-            format!(
-                "Not split: the trace has no kvm_nested_vmexit (level {}).",
-                Level::All.label()
-            ),
+            format!("Not split: the trace has no kvm_nested_vmexit (level {}).", level_label(None)),
             theme::dim(),
         )));
     }
