@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vmxray_capture::bin::format::{EventFormats, FieldFormat};
-use vmxray_capture::bin::page::PageBuilder;
 use vmxray_capture::read::perfdata::PerfDataReader;
 use vmxray_capture::read::tracefs_tree::TracefsTree;
 use vmxray_capture::write::convert::{
     ConvertError, ConvertOptions, ConvertSummary, Method, convert,
 };
+use vmxray_capture::write::page::PageBuilder;
 use vmxray_capture::{ReadOptions, ReadStats};
 use vmxray_events::test_util;
 use vmxray_events::{Event, EventKind, FieldValue};

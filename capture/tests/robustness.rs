@@ -11,9 +11,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use vmxray_capture::bin::Endian;
 use vmxray_capture::bin::format::{EventFormat, PageLayout};
-use vmxray_capture::bin::page::{PageBuilder, PageItem, PageRecords, PageStream};
+use vmxray_capture::bin::page::{PageItem, PageRecords, PageStream};
 use vmxray_capture::read::perfdata::PerfDataReader;
 use vmxray_capture::read::tracedat::TraceDat;
+use vmxray_capture::write::page::PageBuilder;
 use vmxray_capture::{EventReader, Location, ReadErrorKind, ReadOptions};
 
 fn read_all_tracedat(bytes: Vec<u8>, permissive: bool) -> Option<(usize, Vec<String>)> {

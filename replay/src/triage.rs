@@ -18,6 +18,7 @@ use serde::Serialize;
 use vmxray_events::codes::{
     ExceptionVector, ExitCode, SvmExitCode, UserspaceExitReason, VmxBasicReason,
 };
+use vmxray_events::insn::mnemonic;
 use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
@@ -477,7 +478,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             None
         }
         EventKind::KvmEmulateInsn { rip, insn, failed: false, .. } => {
-            if let Some(text) = describe_insn(insn.as_slice()).filter(|t| changes_context(t)) {
+            if let Some(text) = mnemonic(insn.as_slice()).filter(|t| changes_context(t)) {
                 push_bounded(
                     &mut w.changes,
                     ContextChange::Emulated { at, rip: *rip, insn: text },
@@ -578,88 +579,4 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
 /// Whether `mode` is in L2 (for narratives).
 pub fn in_l2(mode: Mode) -> bool {
     mode.level() == Some(Level::L2)
-}
-
-const GPR: [&str; 8] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"];
-
-/// A short disassembly of the few instructions a triage narrative cares about (CR moves,
-/// descriptor-table loads, `ud2`, `hlt`, port I/O, VMX instructions...). `None` otherwise.
-pub fn describe_insn(bytes: &[u8]) -> Option<String> {
-    let mut i = 0;
-    let mut rex_r = false;
-    let mut rex_b = false;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            0x66 | 0x67 | 0xf2 | 0xf3 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => i += 1,
-            0x40..=0x4f => {
-                rex_r = b & 4 != 0;
-                rex_b = b & 1 != 0;
-                i += 1;
-            }
-            _ => break,
-        }
-    }
-    let rest = bytes.get(i..)?;
-    let reg = |modrm: u8, ext: bool| usize::from((modrm >> 3) & 7) + if ext { 8 } else { 0 };
-    let rm_name = |modrm: u8| -> String {
-        let n = usize::from(modrm & 7) + if rex_b { 8 } else { 0 };
-        match GPR.get(n) {
-            Some(name) => (*name).to_owned(),
-            None => format!("r{n}"),
-        }
-    };
-    Some(match rest {
-        [0x0f, 0x0b, ..] => "ud2".to_owned(),
-        [0xf4, ..] => "hlt".to_owned(),
-        [0xcc, ..] => "int3".to_owned(),
-        [0xcd, v, ..] => format!("int {v:#x}"),
-        [0x0f, 0xa2, ..] => "cpuid".to_owned(),
-        [0x0f, 0x30, ..] => "wrmsr".to_owned(),
-        [0x0f, 0x32, ..] => "rdmsr".to_owned(),
-        [0x0f, 0x06, ..] => "clts".to_owned(),
-        [0x0f, 0x01, 0xc1, ..] => "vmcall".to_owned(),
-        [0x0f, 0x01, 0xc2, ..] => "vmlaunch".to_owned(),
-        [0x0f, 0x01, 0xc3, ..] => "vmresume".to_owned(),
-        [0x0f, 0x01, 0xc4, ..] => "vmxoff".to_owned(),
-        [0x0f, 0x22, modrm, ..] => format!("mov cr{}, {}", reg(*modrm, rex_r), rm_name(*modrm)),
-        [0x0f, 0x20, modrm, ..] => format!("mov {}, cr{}", rm_name(*modrm), reg(*modrm, rex_r)),
-        [0x0f, 0x01, modrm, ..] if modrm >> 6 != 3 => match (modrm >> 3) & 7 {
-            2 => "lgdt [mem]".to_owned(),
-            3 => idt_operand(rest)
-                .map_or_else(|| "lidt [mem]".to_owned(), |a| format!("lidt [{a:#x}]")),
-            6 => "lmsw [mem]".to_owned(),
-            _ => return None,
-        },
-        [0xe6 | 0xe7, port, ..] => format!("out {port:#x}"),
-        [0xee | 0xef, ..] => "out dx".to_owned(),
-        [0xe4 | 0xe5, port, ..] => format!("in {port:#x}"),
-        [0xec | 0xed, ..] => "in dx".to_owned(),
-        _ => return None,
-    })
-}
-
-/// The absolute address of `0f 01 /3` with a SIB disp32-only operand (`lidt [imm32]`).
-fn idt_operand(rest: &[u8]) -> Option<u32> {
-    match rest {
-        [0x0f, 0x01, 0x1c, 0x25, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_the_instructions_of_the_real_triple_fault_sample() {
-        assert_eq!(describe_insn(&[0x0f, 0x22, 0xd8]).as_deref(), Some("mov cr3, rax"));
-        assert_eq!(
-            describe_insn(&[0x0f, 0x01, 0x1c, 0x25, 0x00, 0x70, 0x00, 0x00]).as_deref(),
-            Some("lidt [0x7000]")
-        );
-        assert_eq!(describe_insn(&[0x0f, 0x0b]).as_deref(), Some("ud2"));
-        assert_eq!(describe_insn(&[0xe6, 0x10]).as_deref(), Some("out 0x10"));
-        assert_eq!(describe_insn(&[0x48, 0xc7, 0xc0, 0, 0x50, 0, 0]), None);
-        assert_eq!(describe_insn(&[]), None);
-    }
 }

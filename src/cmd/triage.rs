@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions};
+use vmxray_events::insn::mnemonic;
 use vmxray_events::{Event, EventKind};
-use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig, describe_insn};
+use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig};
 use vmxray_replay::{Actor, Transition, TriageReport};
 
 /// Output formats.
@@ -104,7 +105,7 @@ fn ec(e: Option<u32>) -> String {
 
 fn insn_text(bytes: &[u8]) -> String {
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match describe_insn(bytes) {
+    match mnemonic(bytes) {
         Some(d) => format!("`{d}` ({})", hex.join(" ")),
         None => hex.join(" "),
     }

@@ -202,13 +202,9 @@ impl Default for Trace {
     }
 }
 
+/// The Anomalies view lists the worst first: its slot is the severity's rank reversed.
 fn severity_rank(s: Severity) -> usize {
-    match s {
-        Severity::Critical => 0,
-        Severity::Error => 1,
-        Severity::Warning => 2,
-        Severity::Info => 3,
-    }
+    Severity::ALL.len() - 1 - s.rank()
 }
 
 impl Trace {

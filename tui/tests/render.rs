@@ -53,7 +53,7 @@ fn sim_anomalies() {
 fn sim_timeline_at_the_most_severe_anomaly() {
     let mut app = app(SIM);
     app.act(Action::Enter);
-    assert_eq!(app.view, ViewId::Timeline);
+    assert_eq!(app.view, ViewId::TIMELINE);
     assert_eq!(app.selected, 357);
     insta::assert_snapshot!("sim_timeline", screen(&mut app));
 }
@@ -63,7 +63,7 @@ fn sim_state_shows_the_divergent_cr3() {
     let mut app = app(SIM);
     app.act(Action::Enter);
     app.act(Action::NextView);
-    assert_eq!(app.view, ViewId::State);
+    assert_eq!(app.view, ViewId::STATE);
     let terminal = draw(&mut app);
     let text = terminal.backend().to_string();
     assert!(text.contains("0x100f7000"), "{text}");
@@ -86,7 +86,7 @@ fn sim_state_shows_the_divergent_cr3() {
 #[test]
 fn sim_stats() {
     let mut app = app(SIM);
-    app.act(Action::Show(ViewId::Stats));
+    app.act(Action::Show(ViewId::STATS));
     insta::assert_snapshot!("sim_stats", screen(&mut app));
 }
 
@@ -95,14 +95,14 @@ fn sim_detail() {
     let mut app = app(SIM);
     app.act(Action::Enter);
     app.act(Action::Enter);
-    assert_eq!(app.view, ViewId::Detail);
+    assert_eq!(app.view, ViewId::DETAIL);
     insta::assert_snapshot!("sim_detail", screen(&mut app));
 }
 
 #[test]
 fn sim_filtered_timeline_and_lanes() {
     let mut app = app(SIM);
-    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Show(ViewId::TIMELINE));
     type_prompt(&mut app, PromptKind::Filter, "vcpu=1 event=kvm_nested_vmenter");
     assert_eq!(app.rows.len(&app.trace), 23, "{:?}", app.status);
     app.act(Action::Anomaly(true));
@@ -129,7 +129,7 @@ fn real_timeline_at_the_crash() {
     let mut app = app(REAL);
     app.act(Action::Crash);
     assert_eq!(app.selected, 142);
-    assert_eq!(app.view, ViewId::Timeline);
+    assert_eq!(app.view, ViewId::TIMELINE);
     insta::assert_snapshot!("real_timeline", screen(&mut app));
 }
 
@@ -137,14 +137,14 @@ fn real_timeline_at_the_crash() {
 fn real_state_at_the_crash() {
     let mut app = app(REAL);
     app.act(Action::Crash);
-    app.act(Action::Show(ViewId::State));
+    app.act(Action::Show(ViewId::STATE));
     insta::assert_snapshot!("real_state", screen(&mut app));
 }
 
 #[test]
 fn real_stats_without_kvm_exit_is_the_stats_report() {
     let mut app = app(REAL);
-    app.act(Action::Show(ViewId::Stats));
+    app.act(Action::Show(ViewId::STATS));
     let text = screen(&mut app);
     assert!(text.contains("No kvm_exit events"), "{text}");
     assert!(text.contains("0f 22 d8"), "{text}");
@@ -156,7 +156,7 @@ fn real_detail_of_the_failed_emulation() {
     let mut app = app(REAL);
     type_prompt(&mut app, PromptKind::Search, "failed=1");
     assert_eq!(app.selected, 135, "{:?}", app.status);
-    app.act(Action::Show(ViewId::Detail));
+    app.act(Action::Show(ViewId::DETAIL));
     insta::assert_snapshot!("real_detail", screen(&mut app));
 }
 
@@ -164,7 +164,7 @@ fn real_detail_of_the_failed_emulation() {
 fn real_detail_of_a_root_load_decodes_the_role() {
     let mut app = app(REAL);
     type_prompt(&mut app, PromptKind::Search, "kvm_mmu_get_page");
-    app.act(Action::Show(ViewId::Detail));
+    app.act(Action::Show(ViewId::DETAIL));
     let text = screen(&mut app);
     assert!(text.contains("guest_mode (L2)"), "{text}");
     assert!(text.contains("MMU role (0x1704)"), "{text}");
@@ -189,7 +189,7 @@ fn the_same_numbers_as_vmxray_stats() {
 #[test]
 fn navigation_keys_and_time_jump() {
     let mut app = app(SIM);
-    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Show(ViewId::TIMELINE));
     app.act(Action::Last);
     assert_eq!(app.selected, 423);
     app.act(Action::First);
@@ -229,7 +229,7 @@ fn every_view_draws_at_any_size() {
     for path in [SIM, REAL] {
         let mut app = app(path);
         app.act(Action::Enter);
-        for view in ViewId::ALL {
+        for view in (0..app.views().len()).map(ViewId) {
             app.act(Action::Show(view));
             for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 12), (80, 24), (300, 100)] {
                 let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
@@ -246,7 +246,7 @@ fn every_view_draws_at_any_size() {
 fn empty_trace_while_loading() {
     let (_tx, rx) = std::sync::mpsc::channel();
     let mut app = App::new(rx);
-    for view in ViewId::ALL {
+    for view in (0..app.views().len()).map(ViewId) {
         app.act(Action::Show(view));
         app.act(Action::Down);
         app.act(Action::Anomaly(true));
@@ -260,13 +260,13 @@ fn empty_trace_while_loading() {
 fn mouse_clicks_select_rows_lanes_and_tabs() {
     use ratatui::layout::Position;
     let mut app = app(SIM);
-    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Show(ViewId::TIMELINE));
     draw(&mut app);
     // Tab titles: "3 State" is the third.
     let (state_tab, _) = app.hits.tabs[2];
     app.act(Action::Click(Position::new(state_tab.x + 1, state_tab.y)));
-    assert_eq!(app.view, ViewId::State);
-    app.act(Action::Show(ViewId::Timeline));
+    assert_eq!(app.view, ViewId::STATE);
+    app.act(Action::Show(ViewId::TIMELINE));
     draw(&mut app);
     // The last lane column is the end of the trace.
     let (lanes, n) = app.hits.lanes.unwrap();

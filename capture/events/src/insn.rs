@@ -13,7 +13,10 @@ const GPR64: [&str; 16] = [
 ];
 const GPR32: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
 
-/// A short mnemonic for `bytes`, or `None` when the instruction is not one of the known forms.
+/// A short disassembly of `bytes` (`mov cr3, rax`, `lidt [0x7000]`, `out 0x10, al`, `vmresume`),
+/// or `None` when the instruction is not one of the known forms: the instructions KVM's
+/// emulator and triage narratives meet (CR/DR moves, descriptor-table loads, port I/O, VMX and
+/// SVM instructions, `ud2`, `hlt`, ...). The one decoder of every crate.
 pub fn mnemonic(bytes: &[u8]) -> Option<String> {
     // Legacy prefixes we may see before these instructions, then an optional REX.
     let mut i = 0;
@@ -123,17 +126,27 @@ pub fn mnemonic(bytes: &[u8]) -> Option<String> {
             0xdf => "invlpga".to_owned(),
             0xf8 => "swapgs".to_owned(),
             0xf9 => "rdtscp".to_owned(),
-            _ => match (m >> 6, (m >> 3) & 7) {
-                (3, _) => return None,
-                (_, 0) => "sgdt".to_owned(),
-                (_, 1) => "sidt".to_owned(),
-                (_, 2) => "lgdt".to_owned(),
-                (_, 3) => "lidt".to_owned(),
-                (_, 4) => "smsw".to_owned(),
-                (_, 6) => "lmsw".to_owned(),
-                (_, 7) => "invlpg".to_owned(),
-                _ => return None,
-            },
+            _ => {
+                let name = match (m >> 6, (m >> 3) & 7) {
+                    (3, _) => return None,
+                    (_, 0) => "sgdt",
+                    (_, 1) => "sidt",
+                    (_, 2) => "lgdt",
+                    (_, 3) => "lidt",
+                    (_, 4) => "smsw",
+                    (_, 6) => "lmsw",
+                    (_, 7) => "invlpg",
+                    _ => return None,
+                };
+                // The operand when it is an absolute address (`[disp32]`, SIB with no base
+                // and no index), as hand-written test guests and boot code load tables.
+                match rest {
+                    [0x0f, 0x01, _, 0x25, a, b, c, d, ..] if m & 0xc7 == 0x04 => {
+                        format!("{name} [{:#x}]", u32::from_le_bytes([*a, *b, *c, *d]))
+                    }
+                    _ => format!("{name} [mem]"),
+                }
+            }
         },
         [0x0f, 0x78, ..] => "vmread".to_owned(),
         [0x0f, 0x79, ..] => "vmwrite".to_owned(),
@@ -161,7 +174,11 @@ mod tests {
         assert_eq!(mnemonic(&[0xf4]).as_deref(), Some("hlt"));
         assert_eq!(mnemonic(&[0x0f, 0xa2]).as_deref(), Some("cpuid"));
         assert_eq!(mnemonic(&[0x0f, 0x0b]).as_deref(), Some("ud2"));
-        assert_eq!(mnemonic(&[0x0f, 0x01, 0x1c, 0x25, 0, 0x70, 0, 0]).as_deref(), Some("lidt"));
+        assert_eq!(
+            mnemonic(&[0x0f, 0x01, 0x1c, 0x25, 0, 0x70, 0, 0]).as_deref(),
+            Some("lidt [0x7000]")
+        );
+        assert_eq!(mnemonic(&[0x0f, 0x01, 0x10]).as_deref(), Some("lgdt [mem]"));
         assert_eq!(
             mnemonic(&[0x48, 0xc7, 0xc0, 0x00, 0x50, 0x00, 0x00]).as_deref(),
             Some("mov rax, imm32")

@@ -295,7 +295,7 @@ pub fn truncate_page(layout: &PageLayout, page: &[u8], cutoff: u64) -> Option<Ve
 mod tests {
     use super::*;
     use vmxray_capture::bin::Endian;
-    use vmxray_capture::bin::page::PageBuilder;
+    use vmxray_capture::write::page::PageBuilder;
 
     const USERSPACE_EXIT: &str = "name: kvm_userspace_exit\nID: 42\nformat:\n\
         \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\

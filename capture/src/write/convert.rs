@@ -103,7 +103,7 @@ use vmxray_events::{Comm, EventKind, FieldValue, Fields, ROLE_KNOWN_FIELD};
 
 use crate::bin::Endian;
 use crate::bin::format::{EventFormat, EventFormats, FieldLayout, PageLayout, RecordError};
-use crate::bin::page::{PageBuilder, PageError, PageItem, PageRecords, TS_SHIFT};
+use crate::bin::page::{PageError, PageItem, PageRecords, TS_SHIFT};
 use crate::read::decode::parse_cmdlines;
 use crate::read::open::{InputKind, Magic};
 use crate::read::perfdata::PerfDataReader;
@@ -114,6 +114,7 @@ use crate::read::{
     EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
+use crate::write::page::{PageBuilder, data_record_len};
 use crate::write::{Metadata, TraceDatWriter, WriteError, WriteSummary, WriterOptions};
 
 /// How to convert.
@@ -1008,16 +1009,11 @@ pub struct CpuPacker {
     lost_page: Option<Option<u64>>,
 }
 
-/// Bytes a data record takes (`rb_calculate_event_length()`), and a TIME_EXTEND before it when
-/// its delta does not fit in 27 bits.
+/// Bytes a data record takes, and a TIME_EXTEND before it when its delta does not fit in 27
+/// bits.
 fn record_len(payload_len: usize, delta: u64) -> usize {
-    let mut len = payload_len.max(1).next_multiple_of(4);
-    if len == 8 {
-        len = 12;
-    }
-    let header = if len > 112 { 8 } else { 4 };
     let extend = if delta >= 1 << TS_SHIFT { 8 } else { 0 };
-    extend + header + len
+    extend + data_record_len(payload_len)
 }
 
 impl CpuPacker {

@@ -37,6 +37,7 @@
 //! per-CPU `stats` (CPUSTAT options).
 
 pub mod convert;
+pub mod page;
 
 use std::fs::{File, OpenOptions};
 use std::io;

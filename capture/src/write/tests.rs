@@ -8,7 +8,7 @@ use std::process::Command;
 use super::*;
 use crate::bin::Endian;
 use crate::bin::format::PageLayout;
-use crate::bin::page::PageBuilder;
+use crate::write::page::PageBuilder;
 
 pub(crate) const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
 \tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;
