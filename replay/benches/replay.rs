@@ -8,7 +8,7 @@
 //! (23.5–33.8M/s across samples, the machine being shared).
 #![allow(missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

@@ -59,33 +59,86 @@
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
 //! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
 //!
-//! **events** — one row per event name: `event` String, `count` UInt64, `first_ts` UInt64,
-//! `last_ts` UInt64.
+//! **events** — one row per event name:
 //!
-//! **anomalies** — one row per anomaly of the replay model: `rule` String, `severity` String
-//! (`info` < `warning` < `error` < `critical`), `severity_rank` UInt32 (0–3), `vcpu` UInt32?,
-//! `thread` Int32?, `ts` UInt64 (of the event where the divergence became certain), `event`
-//! UInt64 (its index), `message` String, `evidence` String (indices of the proving events,
-//! comma-separated, oldest first), `commit` String (the KVM commit the rule encodes).
+//! | column | type | meaning |
+//! |---|---|---|
+//! | event | String | the tracepoint's name |
+//! | count | UInt64 | events of that name |
+//! | first_ts | UInt64 | the first one's timestamp |
+//! | last_ts | UInt64 | the last one's timestamp |
+//!
+//! **anomalies** — one row per anomaly of the replay model:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | rule | String | the rule's name |
+//! | severity | String | `info` < `warning` < `error` < `critical` |
+//! | severity_rank | UInt32 | 0 (info) to 3 (critical) |
+//! | vcpu | UInt32? | vCPU id; null when only the thread is known |
+//! | thread | Int32? | the pid, when vcpu is null |
+//! | ts | UInt64 | timestamp of the event where the divergence became certain |
+//! | event | UInt64 | that event's index |
+//! | message | String | what diverged, with the values |
+//! | evidence | String | indices of the proving events, comma-separated, oldest first |
+//! | commit | String | the KVM commit the rule encodes |
 //!
 //! **summary** — one row per exit reason × level, exactly the `by_reason_level` rows of
 //! `vmxray stats --format json` (its `by_reason` rows, level `all`, when the trace has no
-//! `kvm_nested_vmexit`): `reason` String, `reason_code` UInt64, `isa` String, `level` String
-//! (`all`, `L1`, `L2`), `count` UInt64, `share` Float64 (of the trace's exits, 0–1),
-//! `time_share` Float64 (of the trace's summed latency, 0–1), `without_latency` UInt64,
-//! `l0_handled` UInt64, `reflected` UInt64, `latency_count` UInt64, then UInt64? `total_ns`,
-//! `min_ns`, `p50_ns`, `p90_ns`, `p99_ns`, `p999_ns`, `max_ns` and Float64? `mean_ns`,
-//! `stddev_ns` (null when no exit of the row has a latency). Percentiles are nearest-rank within
-//! 0.39 % (see the crate docs).
+//! `kvm_nested_vmexit`). Percentiles are nearest-rank within 0.39 % (see the crate docs); the
+//! latency columns are null when no exit of the row has a latency.
 //!
-//! **traces** — one row per input, failed ones included: `path` String, `status` String (`ok`,
-//! `failed`), `error` String? (the error with its causes), `format` String?, `clock` String?,
-//! `time_unit` String (`ns`, `raw`), `kernel` String? (`uname -r`, when the input says it),
-//! `kernel_at_least` String? (from the tracepoint layouts), `cpus` UInt32?, `vcpus` UInt32,
-//! `events` UInt64, `exits` UInt64, `lost_events` UInt64, `lost_markers` UInt64,
-//! `parse_errors` UInt64 (records/lines skipped under `--permissive`), `unknown_events`
-//! UInt64, `first_ts` UInt64?, `last_ts` UInt64?, `duration_ns` UInt64?,
-//! `anomalies_info|warning|error|critical` UInt64, `bytes` UInt64 (input size).
+//! | column | type | meaning |
+//! |---|---|---|
+//! | reason | String | exit reason name |
+//! | reason_code | UInt64 | raw exit reason / exit code |
+//! | isa | String | `vmx`, `svm`, `unknown` |
+//! | level | String | `all`, `L1`, `L2` |
+//! | count | UInt64 | exits |
+//! | share | Float64 | of the trace's exits, 0–1 |
+//! | time_share | Float64 | of the trace's summed latency, 0–1 |
+//! | without_latency | UInt64 | exits without a latency |
+//! | l0_handled | UInt64 | L2 exits L0 handled |
+//! | reflected | UInt64 | L2 exits reflected to L1 |
+//! | latency_count | UInt64 | exits with a latency |
+//! | total_ns | UInt64? | summed latency |
+//! | min_ns | UInt64? | |
+//! | p50_ns | UInt64? | |
+//! | p90_ns | UInt64? | |
+//! | p99_ns | UInt64? | |
+//! | p999_ns | UInt64? | |
+//! | max_ns | UInt64? | |
+//! | mean_ns | Float64? | |
+//! | stddev_ns | Float64? | population standard deviation |
+//!
+//! **traces** — one row per input, failed ones included:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | path | String | the input's path |
+//! | status | String | `ok`, `failed` |
+//! | error | String? | the error with its causes |
+//! | format | String? | the detected input format |
+//! | clock | String? | the trace clock |
+//! | time_unit | String | `ns`, `raw` |
+//! | kernel | String? | `uname -r`, when the input says it |
+//! | kernel_at_least | String? | from the tracepoint layouts |
+//! | cpus | UInt32? | CPUs, when the input says it |
+//! | vcpus | UInt32 | vCPUs seen |
+//! | events | UInt64 | events read |
+//! | exits | UInt64 | `kvm_exit` events |
+//! | lost_events | UInt64 | events the trace lost |
+//! | lost_markers | UInt64 | lost-events markers |
+//! | parse_errors | UInt64 | records/lines skipped under `--permissive` |
+//! | unknown_events | UInt64 | records no format described |
+//! | first_ts | UInt64? | first timestamp |
+//! | last_ts | UInt64? | last timestamp |
+//! | duration_ns | UInt64? | last − first |
+//! | anomalies_info | UInt64 | anomalies per severity |
+//! | anomalies_warning | UInt64 | |
+//! | anomalies_error | UInt64 | |
+//! | anomalies_critical | UInt64 | |
+//! | bytes | UInt64 | input size |
 //!
 //! A trace that fails part-way keeps the rows it produced before the error (its `traces.status`
 //! is `failed`); one that cannot be opened has a `traces` row only.

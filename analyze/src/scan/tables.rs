@@ -386,3 +386,61 @@ impl Chunk {
         DataFrame::new(n, columns)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented schema of `table`: the `| column | type | meaning |` rows of its section
+    /// in the `scan` module docs, after the three label columns every table starts with.
+    fn documented(table: &str) -> Vec<(String, String)> {
+        let docs = include_str!("mod.rs");
+        let start = docs.find(&format!("//! **{table}**")).expect("a section per table");
+        let mut out = vec![
+            ("trace".to_owned(), "String".to_owned()),
+            ("host".to_owned(), "String".to_owned()),
+            ("vm".to_owned(), "String".to_owned()),
+        ];
+        let section = &docs[start..];
+        let end = section[8..].find("//! **").map_or(section.len(), |e| e + 8);
+        for line in section[..end].lines().take_while(|l| l.starts_with("//!")) {
+            let cells: Vec<&str> =
+                line.trim_start_matches("//!").split('|').map(str::trim).collect();
+            if let [_, name, ty, ..] = cells[..]
+                && name != "column"
+                && !name.starts_with("---")
+            {
+                out.push((name.to_owned(), ty.trim_end_matches('?').to_owned()));
+            }
+        }
+        out
+    }
+
+    fn type_name(dtype: &DataType) -> String {
+        match dtype {
+            DataType::String => "String".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_schemas_are_the_tables_columns() {
+        let labels = TraceLabels { trace: "t".into(), host: None, vm: None };
+        for chunk in [
+            Chunk::Exits(Vec::new()),
+            Chunk::Events(Vec::new()),
+            Chunk::Anomalies(Vec::new()),
+            Chunk::Summary(Vec::new()),
+            Chunk::Traces(vec![TraceRecord::default()]),
+        ] {
+            let table = chunk.table().name();
+            let frame = chunk.to_frame(&labels).unwrap();
+            let actual: Vec<(String, String)> = frame
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_string(), type_name(c.dtype())))
+                .collect();
+            assert_eq!(actual, documented(table), "table {table}");
+        }
+    }
+}

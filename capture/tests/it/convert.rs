@@ -14,7 +14,7 @@
 //!
 //! trace-cmd missing: `SKIP: <reason>`, a failure under `CI=true`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,7 @@
 //! The derivation table of `vmxray_replay::fields`, one row at a time, on built traces; the
 //! bounded store the rules read; and the views' API (history up to an event, tables, diffs).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vmxray_events::vmcs::{FieldEncoding as F, Learned, VmcsField, VmcsRef};
 use vmxray_events::{EventKind, FieldValue, Fields};
 use vmxray_replay::fields::{FieldHistory, FieldStore};

@@ -22,7 +22,7 @@ fn flavours(scenario: Scenario) -> Vec<KvmFlavour> {
 /// Every (scenario, flavour, kernel) for a couple of seeds.
 fn all_runs() -> Vec<(Scenario, KvmFlavour, KernelVersion, u64, Simulation)> {
     let mut out = Vec::new();
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.iter().copied() {
         for kvm in flavours(scenario) {
             for kernel in KernelVersion::ALL {
                 for seed in [1, 42] {
@@ -367,7 +367,7 @@ fn bug_b_e_signatures() {
 /// fixed run's thread (same seed and knobs).
 #[test]
 fn first_difference_matches_a_diff_against_the_fixed_flavour() {
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.iter().copied() {
         for bug in scenario.bugs() {
             for kernel in KernelVersion::ALL {
                 for seed in [1, 2, 3, 99] {
@@ -393,7 +393,7 @@ fn first_difference_matches_a_diff_against_the_fixed_flavour() {
 
 #[test]
 fn same_seed_same_events_other_seed_other_events() {
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.iter().copied() {
         let a = run(scenario, KvmFlavour::Fixed, KernelVersion::V6_1, 5);
         let b = run(scenario, KvmFlavour::Fixed, KernelVersion::V6_1, 5);
         let c = run(scenario, KvmFlavour::Fixed, KernelVersion::V6_1, 6);

@@ -2,9 +2,7 @@
 //! (`shared/samples/real/text/triple-fault.report.txt`): six CR3 switches through the emulator,
 //! an `out`, `lidt` of an empty IDT, `ud2` → `#UD` that cannot be delivered → KVM_EXIT_SHUTDOWN.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vmxray_replay::triage::{ChainLink, ContextChange, CrashKind, TriageConfig, triage};
 use vmxray_replay::{Actor, Severity, Transition};
 

@@ -362,7 +362,7 @@ fn sigint_leaves_a_valid_file_and_no_instance() {
     require_lab!();
     let path = out_dir().join("sigint.dat");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigint_child", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "lab_record::sigint_child", "--nocapture", "--test-threads=1"])
         .env("VMXRAY_SIGINT_CHILD", &path)
         .stdout(Stdio::piped())
         .spawn()
@@ -428,7 +428,7 @@ fn sigkill_leaves_a_file_readable_up_to_its_last_checkpoint() {
     require_lab!();
     let path = out_dir().join("sigkill.dat");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigint_child", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "lab_record::sigint_child", "--nocapture", "--test-threads=1"])
         .env("VMXRAY_SIGINT_CHILD", &path)
         .stdout(Stdio::piped())
         .spawn()

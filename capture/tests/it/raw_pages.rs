@@ -11,7 +11,7 @@
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 

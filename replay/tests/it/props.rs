@@ -1,7 +1,7 @@
 //! Property tests: arbitrary event streams never panic the model (or triage), and generated
 //! well-formed non-nested and nested sequences raise nothing above info.
 
-mod common;
+use crate::common;
 
 use proptest::prelude::*;
 use vmxray_events::codes::{

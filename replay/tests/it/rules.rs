@@ -1,9 +1,7 @@
 //! One test per rule: the buggy sequence (from the reference's §3 signatures and §5 invariants)
 //! yields the anomaly at the right event with the right evidence; the fixed sequence yields none.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vmxray_replay::{RuleId, Severity};
 
 const A: u64 = 0x1000_0000;

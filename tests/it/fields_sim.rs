@@ -78,7 +78,7 @@ fn check(sim: &Simulation, what: &str) -> BTreeSet<FieldEncoding> {
 
 #[test]
 fn derived_vmcs12_fields_equal_the_ground_truth_in_every_scenario() {
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.iter().copied() {
         for kernel in KernelVersion::ALL {
             let mut flavours = vec![KvmFlavour::Fixed];
             flavours.extend(scenario.bugs().iter().map(|b| KvmFlavour::Buggy(*b)));

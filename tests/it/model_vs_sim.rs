@@ -210,7 +210,7 @@ fn flavours(scenario: Scenario) -> Vec<KvmFlavour> {
 #[test]
 fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
     let mut cells = 0;
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.iter().copied() {
         for flavour in flavours(scenario) {
             for kernel in KernelVersion::ALL {
                 for seed in seeds() {
