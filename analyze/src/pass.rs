@@ -196,6 +196,11 @@ impl Pass {
         self.stats.as_mut()
     }
 
+    /// The model and the statistics together (the scan labels closed exits with their VM).
+    pub fn model_and_stats(&mut self) -> (&Model, Option<&mut ExitStats>) {
+        (&self.model, self.stats.as_mut())
+    }
+
     /// Ends the pass: the model's summary and the statistics report. `meta` and `read` come
     /// from the reader once it is exhausted.
     pub fn finish(self, meta: Option<&TraceMeta>, read: Option<&ReadStats>) -> PassEnd {

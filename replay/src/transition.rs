@@ -55,6 +55,7 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -95,6 +96,7 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::Other(_)
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
             | EventKind::KvmPmlFull { .. }
     ) {
         return;
@@ -205,6 +207,7 @@ pub(crate) fn apply(
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
 }

@@ -506,6 +506,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     };
@@ -571,6 +572,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

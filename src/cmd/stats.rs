@@ -97,7 +97,7 @@ mod tests {
     use super::*;
 
     fn ev(ts: u64, pid: i32, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid, comm: None, kind })
+        Ok(Event { ts, cpu: 0, pid, tgid: None, comm: None, kind })
     }
 
     fn exit(ts: u64, vcpu: u32, reason: u32) -> Result<Event, ReadError> {

@@ -94,7 +94,8 @@ impl Sink for TriageSink {
 
 fn who(actor: Actor) -> String {
     match actor {
-        Actor::Vcpu(v) => format!("vCPU {v}"),
+        Actor::Vcpu(v) if v.vm.0 == 0 => format!("vCPU {}", v.id),
+        Actor::Vcpu(v) => format!("vCPU {} of VM {}", v.id, v.vm.0),
         Actor::Thread(pid) => format!("vCPU thread {pid} (the trace carries no vcpu_id)"),
     }
 }
@@ -252,6 +253,7 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
@@ -441,7 +443,7 @@ mod tests {
     use super::*;
 
     fn ev(ts: u64, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid: 23323, comm: Some("python3".into()), kind })
+        Ok(Event { ts, cpu: 0, pid: 23323, tgid: None, comm: Some("python3".into()), kind })
     }
 
     #[test]

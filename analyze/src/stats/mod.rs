@@ -298,14 +298,13 @@ impl ExitStats {
                     },
                 );
             }
-            EventKind::KvmEntry(entry) => {
+            EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                let pending = self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
-                    self.pending
-                        .remove(&Actor::Thread(event.pid))
-                        .map(|p| (Actor::Vcpu(entry.vcpu_id), p))
-                });
+                let pending =
+                    self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
+                        self.pending.remove(&Actor::Thread(event.pid)).map(|p| (vcpu, p))
+                    });
                 if let Some((vcpu, exit)) = pending {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
@@ -400,6 +399,7 @@ impl ExitStats {
             | EventKind::KvmPmlFull { .. }
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
             | EventKind::Other(_) => {}
         }
     }

@@ -168,7 +168,7 @@ pub fn level_label(level: LevelSplit) -> &'static str {
 /// (`{"id": 3}` or `{"thread": 1234}`).
 pub(crate) mod wire {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use vmxray_events::Actor;
+    use vmxray_events::{Actor, Vcpu, VmId};
     use vmxray_replay::Level;
 
     #[derive(Serialize, Deserialize)]
@@ -196,18 +196,30 @@ pub(crate) mod wire {
         })
     }
 
+    /// A vCPU as the report writes it: `{"id": 3}` (a vCPU of the trace's first VM, the
+    /// only one of most traces), `{"id": 3, "vm": 1}`, or `{"thread": 1234}`.
     #[derive(Serialize, Deserialize)]
-    #[serde(rename_all = "snake_case")]
+    #[serde(untagged)]
     enum VcpuWire {
-        Id(u32),
-        Thread(i32),
+        Vcpu {
+            id: u32,
+            #[serde(default, skip_serializing_if = "is_zero")]
+            vm: u32,
+        },
+        Thread {
+            thread: i32,
+        },
+    }
+
+    fn is_zero(v: &u32) -> bool {
+        *v == 0
     }
 
     impl From<Actor> for VcpuWire {
         fn from(a: Actor) -> Self {
             match a {
-                Actor::Vcpu(id) => Self::Id(id),
-                Actor::Thread(tid) => Self::Thread(tid),
+                Actor::Vcpu(v) => Self::Vcpu { id: v.id, vm: v.vm.0 },
+                Actor::Thread(thread) => Self::Thread { thread },
             }
         }
     }
@@ -215,8 +227,8 @@ pub(crate) mod wire {
     impl From<VcpuWire> for Actor {
         fn from(v: VcpuWire) -> Self {
             match v {
-                VcpuWire::Id(id) => Self::Vcpu(id),
-                VcpuWire::Thread(tid) => Self::Thread(tid),
+                VcpuWire::Vcpu { id, vm } => Self::Vcpu(Vcpu { vm: VmId(vm), id }),
+                VcpuWire::Thread { thread } => Self::Thread(thread),
             }
         }
     }

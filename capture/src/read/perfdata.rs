@@ -109,6 +109,8 @@ struct Attr {
 #[derive(Default, Debug)]
 struct Sample<'a> {
     id: Option<u64>,
+    /// The process (PERF_SAMPLE_TID's pid).
+    pid: Option<i32>,
     tid: Option<i32>,
     time: Option<u64>,
     cpu: Option<u32>,
@@ -127,7 +129,7 @@ fn parse_sample<'a>(body: &'a [u8], attr: &Attr, e: Endian) -> Option<Sample<'a>
         c.u64()?;
     }
     if st & S_TID != 0 {
-        let _pid = c.u32()?;
+        s.pid = Some(i32::from_ne_bytes(c.u32()?.to_ne_bytes()));
         s.tid = Some(i32::from_ne_bytes(c.u32()?.to_ne_bytes()));
     }
     if st & S_TIME != 0 {
@@ -501,7 +503,10 @@ impl PerfDataReader {
                     .and_then(|a| parse_sample_id(body, &a, e).time)
                     .unwrap_or(0);
                 let tid = i32::from_ne_bytes(tid.to_ne_bytes());
-                self.push(time, Pending::Comm { tid, comm: String::from_utf8_lossy(name).into() });
+                self.push(
+                    time,
+                    Pending::Comm { tid, comm: String::from_utf8_lossy(name).into_owned().into() },
+                );
             }
             RECORD_FORK => {
                 let (Some(ptid), Some(tid), Some(time)) =
@@ -526,6 +531,7 @@ impl PerfDataReader {
                     ts,
                     cpu: sid.cpu.unwrap_or(0),
                     pid: -1,
+                    tgid: None,
                     comm: None,
                     kind: EventKind::Lost { count },
                 };
@@ -679,7 +685,8 @@ impl PerfDataReader {
                 return;
             }
         };
-        let ev = Event { ts, cpu: s.cpu.unwrap_or(0), pid: tid, comm: None, kind };
+        let tgid = s.pid.filter(|p| *p > 0);
+        let ev = Event { ts, cpu: s.cpu.unwrap_or(0), pid: tid, tgid, comm: None, kind };
         let raw = self.keep_raw.then(|| Box::<[u8]>::from(raw));
         self.push(ts, Pending::Event(ev, raw));
     }

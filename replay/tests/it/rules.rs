@@ -642,8 +642,8 @@ fn threads_are_attributed_to_their_vcpu() {
     t.get_page(0x44, ROLE_L1, false);
     let mut m = Model::default();
     m.run(&t.events);
-    assert_eq!(m.vcpu_of_thread(7), Some(0));
-    assert!(m.state(Actor::Vcpu(0)).is_some());
+    assert_eq!(m.vcpu_of_thread(7).map(|v| v.id), Some(0));
+    assert!(m.state(Actor::vcpu(0)).is_some());
     assert!(m.state(Actor::Thread(99)).is_some());
     assert!(m.state(Actor::Thread(7)).is_none());
 }
@@ -904,7 +904,7 @@ fn state_stays_bounded_with_many_threads_and_vmcs12s() {
     let mut model = Model::default();
     model.run(&t.events);
     assert!(model.states().count() <= MAX_THREAD_SLOTS + 1);
-    let vcpu = model.state(vmxray_replay::Actor::Vcpu(0)).unwrap();
+    let vcpu = model.state(vmxray_replay::Actor::vcpu(0)).unwrap();
     assert!(vcpu.vmcs12.iter().count() <= Vmcs12Store::CAPACITY);
     let report = triage(&t.events, TriageConfig::default());
     assert!(report.crashes.is_empty());

@@ -2,8 +2,6 @@
 //! (`shared/samples/real/text/text_irqinfo.txt`, copied verbatim below) and lines written by
 //! hand from the 6.18 format files' print fmt for the events the real box never emits.
 
-use std::sync::Arc;
-
 use vmxray_events::codes::{
     ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason, VmInstructionError,
 };
@@ -19,7 +17,7 @@ use vmxray_samples::sim::text::{
 const V6: KernelVersion = KernelVersion::V6_14;
 
 fn ev(comm: &str, pid: i32, cpu: u32, ts: u64, kind: EventKind) -> Event {
-    Event { ts, cpu, pid, comm: Some(Arc::from(comm)), kind }
+    Event { ts, cpu, pid, tgid: None, comm: Some(vmxray_events::Comm::from(comm)), kind }
 }
 
 fn qemu(ts: u64, kind: EventKind) -> Event {
