@@ -398,6 +398,11 @@ impl Model {
         self.attribution.vms()
     }
 
+    /// The attribution of events to vCPUs and VMs.
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
+    }
+
     /// The per-trace summary: counts, features, and for every enabled rule whether it was
     /// checkable.
     pub fn summary(&self) -> TraceSummary {

@@ -25,6 +25,10 @@ pub struct Args {
     /// stopping at the first one.
     #[arg(long)]
     pub permissive: bool,
+    /// Only this VM's exits (a host trace): its VMM process id, its name, or `vmK` (like
+    /// `perf kvm stat --pid`).
+    #[arg(long)]
+    pub vm: Option<String>,
 }
 
 /// `--format`.
@@ -51,7 +55,7 @@ impl From<OutputFormat> for Format {
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = super::input::open(&args.file, args.permissive)?;
-    let stats = accumulate(reader.by_ref())?;
+    let stats = accumulate(reader.by_ref(), args.vm.as_deref())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
@@ -62,9 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// skip).
 pub fn accumulate(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    vm: Option<&str>,
 ) -> Result<Pass, ReadError> {
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
+    if let Some(vm) = vm {
+        pass = pass.stats_of_vm(vm);
+    }
     pass.run(events, &mut ())?;
     Ok(pass)
 }
@@ -158,7 +166,7 @@ mod tests {
 
     fn render(format: OutputFormat) -> (StatsReport, String) {
         let mut out = Vec::new();
-        let stats = accumulate(events()).unwrap();
+        let stats = accumulate(events(), None).unwrap();
         let report = write_stats(stats, Some(&meta()), None, format, &mut out).unwrap();
         (report, String::from_utf8(out).unwrap())
     }
@@ -246,9 +254,14 @@ mod tests {
             },
         )];
         let mut out = Vec::new();
-        let report =
-            write_stats(accumulate(events).unwrap(), None, None, OutputFormat::Text, &mut out)
-                .unwrap();
+        let report = write_stats(
+            accumulate(events, None).unwrap(),
+            None,
+            None,
+            OutputFormat::Text,
+            &mut out,
+        )
+        .unwrap();
         assert!(report.exits.is_none());
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("No kvm_exit events"), "{text}");
@@ -267,7 +280,7 @@ mod tests {
             )),
             entry(2, 0),
         ];
-        let err = accumulate(events).unwrap_err();
+        let err = accumulate(events, None).unwrap_err();
         assert_eq!(err.to_string(), "bad.txt:7: Truncated: expected a timestamp, the input ends");
     }
 
@@ -277,6 +290,7 @@ mod tests {
             file: PathBuf::from("/nonexistent/vmxray-stats-test"),
             format: OutputFormat::Text,
             permissive: false,
+            vm: None,
         };
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));

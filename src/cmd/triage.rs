@@ -92,10 +92,13 @@ impl Sink for TriageSink {
     }
 }
 
-fn who(actor: Actor) -> String {
+fn who(actor: Actor, vms: &[vmxray_events::Vm]) -> String {
     match actor {
-        Actor::Vcpu(v) if v.vm.0 == 0 => format!("vCPU {}", v.id),
-        Actor::Vcpu(v) => format!("vCPU {} of VM {}", v.id, v.vm.0),
+        Actor::Vcpu(v) if vms.len() <= 1 => format!("vCPU {}", v.id),
+        Actor::Vcpu(v) => match vms.get(v.vm.0 as usize) {
+            Some(vm) => format!("vCPU {} of VM {} ({})", v.id, v.vm.0, vm.label()),
+            None => format!("vCPU {} of VM {}", v.id, v.vm.0),
+        },
         Actor::Thread(pid) => format!("vCPU thread {pid} (the trace carries no vcpu_id)"),
     }
 }
@@ -359,7 +362,7 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         let _ = writeln!(
             s,
             "== {}: {} at event {} (ts {}) ==",
-            who(c.vcpu),
+            who(c.vcpu, &report.summary.vms),
             c.kind.describe(),
             c.at,
             c.ts
@@ -421,7 +424,12 @@ pub fn render(input: &str, report: &TriageReport) -> String {
             let _ =
                 writeln!(s, "  {:<8} {} {}: {}", a.at.to_string(), a.severity, a.rule, a.message);
         }
-        let _ = writeln!(s, "\nLast {} events of {}:", c.last_events.len(), who(c.vcpu));
+        let _ = writeln!(
+            s,
+            "\nLast {} events of {}:",
+            c.last_events.len(),
+            who(c.vcpu, &report.summary.vms)
+        );
         for e in &c.last_events {
             let _ = writeln!(
                 s,

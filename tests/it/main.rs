@@ -6,6 +6,7 @@ mod cli_record;
 mod convert_cli;
 mod fields_sim;
 mod golden;
+mod host_vms;
 mod model_vs_sim;
 mod scan;
 mod simulate_cli;

@@ -19,13 +19,15 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
 
 /// A VM of the trace: its index in the attribution's table, in first-seen order (the first VM
 /// of a single-VM trace is `VmId(0)`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct VmId(pub u32);
 
@@ -100,7 +102,7 @@ impl fmt::Display for Actor {
 }
 
 /// What the trace says about one VM.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vm {
     /// Its index.
     pub id: VmId,
@@ -116,6 +118,17 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// True when `selector` names this VM: its index (`vm1` or `1`), its process id, or its
+    /// name.
+    pub fn matches(&self, selector: &str) -> bool {
+        let s = selector.trim();
+        let index = s.strip_prefix("vm").unwrap_or(s);
+        self.name.as_deref() == Some(s)
+            || index.parse::<u32>().is_ok_and(|i| i == self.id.0 && s.starts_with("vm"))
+            || s.parse::<i32>().is_ok_and(|p| Some(p) == self.tgid)
+            || (self.tgid.is_none() && s.parse::<u32>().is_ok_and(|i| i == self.id.0))
+    }
+
     /// `guest0`, `pid 2231`, or `vm1` (an inferred VM).
     pub fn label(&self) -> String {
         match (&self.name, self.tgid) {
@@ -158,7 +171,8 @@ pub struct Attribution {
 impl Attribution {
     /// Attributes `event`, learning from it.
     ///
-    /// - an identity line (written by the recorder) says the thread's process and VM name;
+    /// - an identity line (written by the recorder) says the thread's process, the VM's name, and
+    ///   the vCPU the thread runs when the VMM names its threads after them;
     /// - an explicit VMCS field record names its vCPU; it says nothing about the thread that
     ///   printed it (or the file it came from), and belongs to the VM that has that vCPU;
     /// - untyped events are attributed by thread only: their own `vcpu_id` fields, where they
@@ -178,7 +192,13 @@ impl Attribution {
                     let vm = self.vm_of_process(id.tgid);
                     self.vms[vm.0 as usize].name = Some(name.clone());
                 }
-                return Attributed { actor: self.of_thread(event.pid), newly_bound: None };
+                // The VMM named the thread after its vCPU: bind it, unless an event already
+                // did (kernels whose events carry no vcpu_id, or an emulator-only backend).
+                let newly_bound = match (id.vcpu, self.threads[t].vcpu) {
+                    (Some(v), None) => Some((id.pid, self.bind(t, v))),
+                    (Some(_) | None, _) => None,
+                };
+                return Attributed { actor: self.of_thread(event.pid), newly_bound };
             }
             EventKind::Other(_) | EventKind::VmcsProbe(_) => None,
             kind => kind.vcpu_id(),
@@ -214,6 +234,25 @@ impl Attribution {
     /// The vCPU a thread is known to run.
     pub fn vcpu_of_thread(&self, pid: i32) -> Option<Vcpu> {
         self.threads.iter().find(|t| t.pid == pid).and_then(|t| t.vcpu)
+    }
+
+    /// True when an event of thread `pid` attributed to `actor` belongs to a VM `selector`
+    /// names ([`Vm::matches`]): a vCPU of that VM, or any thread of its process.
+    pub fn in_vm(&self, actor: Actor, pid: i32, selector: &str) -> bool {
+        let vm = match actor {
+            Actor::Vcpu(v) => self.vms.get(v.vm.0 as usize),
+            Actor::Thread(_) => {
+                let tgid = self.threads.iter().find(|t| t.pid == pid).and_then(|t| t.tgid);
+                match tgid {
+                    Some(tgid) => match self.vms.iter().find(|vm| vm.tgid == Some(tgid)) {
+                        Some(vm) => Some(vm),
+                        None => return selector.trim().parse::<i32>() == Ok(tgid),
+                    },
+                    None => None,
+                }
+            }
+        };
+        vm.is_some_and(|vm| vm.matches(selector))
     }
 
     /// Every VM seen so far, in [`VmId`] order.

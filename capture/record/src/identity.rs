@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use vmxray_events::identity::ThreadIdentity;
 
 /// How often the VMM threads are looked for again.
-pub const RESCAN: Duration = Duration::from_secs(2);
+pub const RESCAN: Duration = Duration::from_millis(500);
 
 /// Every thread of every VMM process visible in `proc` (normally `/proc`). With `only`, just
 /// those processes.

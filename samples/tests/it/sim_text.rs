@@ -132,7 +132,7 @@ fn renders_real_kernel_lines_exactly() {
 
 #[test]
 fn header_matches_the_real_6_x_file_and_the_5_10_layout() {
-    let h = header(48, &TextOptions { kernel: V6, nr_cpus: 2 });
+    let h = header(48, &TextOptions { kernel: V6, nr_cpus: 2, tgid: false });
     let expected = "# tracer: nop\n#\n# entries-in-buffer/entries-written: 48/48   #P:2\n#\n\
 #                                _-----=> irqs-off/BH-disabled\n\
 #                               / _----=> need-resched\n\
@@ -145,7 +145,7 @@ fn header_matches_the_real_6_x_file_and_the_5_10_layout() {
     assert_eq!(h, expected);
     assert!(real_text_irqinfo().starts_with(expected));
     // 5.10 (after "tracing: Make the space reserved for the pid wider", 5.9): four flags.
-    let old = header(3, &TextOptions { kernel: KernelVersion::V5_10, nr_cpus: 4 });
+    let old = header(3, &TextOptions { kernel: KernelVersion::V5_10, nr_cpus: 4, tgid: false });
     assert!(old.contains("#           TASK-PID     CPU#  ||||   TIMESTAMP  FUNCTION\n"));
     assert!(old.contains("#              | |         |   ||||      |         |\n"));
     assert!(!old.contains("migrate-disable"));
