@@ -9,6 +9,9 @@ need=()
 command -v trace-cmd >/dev/null 2>&1 || need+=(trace-cmd)
 command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# groff renders the generated man pages in tests/it/docs_cli.rs; man-db for `man -l`.
+command -v groff >/dev/null 2>&1 || need+=(groff-base)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need[*]}" >&2

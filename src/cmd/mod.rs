@@ -4,6 +4,7 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod convert;
+pub mod docs;
 pub mod dump;
 pub mod fields;
 pub mod input;

@@ -4,6 +4,7 @@ mod cli;
 mod cli_fields;
 mod cli_record;
 mod convert_cli;
+mod docs_cli;
 mod fields_sim;
 mod golden;
 mod model_vs_sim;
