@@ -319,3 +319,56 @@ fn a_recording_with_interleaved_cpus_cut_at_every_4k() {
     let (_, last_cut) = cuts[cuts.len() - 2];
     assert!(last_cut * 100 >= total * 95, "{last_cut} of {total}");
 }
+
+#[test]
+fn perf_data_cut_or_damaged() {
+    use vmxray_capture::read::perfdata::{PerfDataError, PerfDataReader};
+    let full = std::fs::read(common::samples("perf").join("lm.perf.data")).unwrap();
+    let read = |bytes: &[u8], permissive: bool| {
+        PerfDataReader::from_bytes("p".into(), bytes.to_vec(), ReadOptions { permissive })
+    };
+    let total = read(&full, false).unwrap().map(Result::unwrap).count();
+    // perf writes the event formats (a feature section) after the data: a cut file cannot be
+    // decoded, and says so with the bytes of records it holds.
+    for cut in (4096..full.len()).step_by(4096) {
+        let err = match read(&full[..cut], true) {
+            // Cut after the tracing data (in later feature sections): the data is whole.
+            Ok(r) => {
+                assert_eq!(r.map(Result::unwrap).count(), total, "cut {cut}");
+                continue;
+            }
+            Err(err) => err,
+        };
+        assert!(matches!(err.at, Location::Offset(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("expected"), "cut {cut}: {text}");
+        if let ReadErrorKind::PerfData(PerfDataError::FeaturesLost { data_bytes, .. }) = err.kind {
+            assert!(text.contains(&format!("{data_bytes} bytes of records")), "{text}");
+        }
+    }
+    // A damaged record size in the middle of the data: strict stops there, permissive skips
+    // to the next record that makes sense and reads on.
+    let data_off = u64::from_le_bytes(full[40..48].try_into().unwrap());
+    let data_size = u64::from_le_bytes(full[48..56].try_into().unwrap());
+    let mut pos = usize::try_from(data_off).unwrap();
+    let end = usize::try_from(data_off + data_size).unwrap();
+    let mut headers = Vec::new();
+    while pos + 8 <= end {
+        headers.push(pos);
+        pos += usize::from(u16::from_le_bytes([full[pos + 6], full[pos + 7]]));
+    }
+    let victim = headers[headers.len() / 2];
+    let mut damaged = full.clone();
+    damaged[victim + 6..victim + 8].copy_from_slice(&3u16.to_le_bytes());
+    let strict: Vec<_> = read(&damaged, false).unwrap().collect();
+    let err = strict.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(err.at, Location::Offset(victim as u64), "{err}");
+    let mut permissive = read(&damaged, true).unwrap();
+    let events: Vec<_> = permissive.by_ref().map(Result::unwrap).collect();
+    let strict_ok = strict.iter().filter(|e| e.is_ok()).count();
+    assert!(events.len() > strict_ok, "{} vs strict {strict_ok}", events.len());
+    assert!(events.len() < total + 1);
+    let problems: Vec<String> = permissive.stats().problems.iter().map(|p| p.to_string()).collect();
+    assert!(problems.iter().any(|p| p.contains("Damaged records: skipped")), "{problems:?}");
+    eprintln!("perf.data damaged at {victim:#x}: {} of {total} events, {problems:?}", events.len());
+}
