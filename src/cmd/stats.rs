@@ -25,6 +25,10 @@ pub struct Args {
     /// stopping at the first one.
     #[arg(long)]
     pub permissive: bool,
+    /// Also write SVG plots into this directory: a latency histogram per exit reason and
+    /// level, exits per second per vCPU over time, and a time × latency heatmap.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `--format`.
@@ -51,7 +55,17 @@ impl From<OutputFormat> for Format {
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = super::input::open(&args.file, args.permissive)?;
-    let stats = accumulate(reader.by_ref())?;
+    let stats = match &args.plot {
+        Some(dir) => {
+            let meta = reader.meta();
+            let mut plots =
+                vmxray_analyze::plot::ExitPlots::new(meta.input.to_string(), meta.clock.is_ns());
+            let stats = super::plot::accumulate_with_plots(reader.by_ref(), &mut plots)?;
+            super::plot::write(&plots, dir)?;
+            stats
+        }
+        None => accumulate(reader.by_ref())?,
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
@@ -277,6 +291,7 @@ mod tests {
             file: PathBuf::from("/nonexistent/vmxray-stats-test"),
             format: OutputFormat::Text,
             permissive: false,
+            plot: None,
         };
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));

@@ -8,6 +8,7 @@ mod docs_cli;
 mod fields_sim;
 mod golden;
 mod model_vs_sim;
+mod plot_cli;
 mod scan;
 mod simulate_cli;
 mod tui_e2e;
