@@ -11,4 +11,5 @@ mod model_vs_sim;
 mod plot_cli;
 mod scan;
 mod simulate_cli;
+mod spark;
 mod tui_e2e;
