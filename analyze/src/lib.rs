@@ -153,6 +153,8 @@
 
 pub mod histogram;
 pub mod pass;
+#[cfg(feature = "plot")]
+pub mod plot;
 #[cfg(feature = "scan")]
 pub mod scan;
 pub mod stats;

@@ -4,10 +4,12 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod convert;
+pub mod docs;
 pub mod dump;
 pub mod fields;
 pub mod input;
 pub mod lab;
+pub mod plot;
 pub mod record;
 pub mod replay;
 pub mod scan;

@@ -29,6 +29,10 @@ pub struct Args {
     /// `perf kvm stat --pid`).
     #[arg(long)]
     pub vm: Option<String>,
+    /// Also write SVG plots into this directory: a latency histogram per exit reason and
+    /// level, exits per second per vCPU over time, and a time × latency heatmap.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `--format`.
@@ -55,7 +59,21 @@ impl From<OutputFormat> for Format {
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = super::input::open(&args.file, args.permissive)?;
-    let stats = accumulate(reader.by_ref(), args.vm.as_deref())?;
+    let stats = match &args.plot {
+        Some(dir) => {
+            let meta = reader.meta();
+            let mut plots =
+                vmxray_analyze::plot::ExitPlots::new(meta.input.to_string(), meta.clock.is_ns());
+            let stats = super::plot::accumulate_with_plots(
+                reader.by_ref(),
+                args.vm.as_deref(),
+                &mut plots,
+            )?;
+            super::plot::write(&plots, dir)?;
+            stats
+        }
+        None => accumulate(reader.by_ref(), args.vm.as_deref())?,
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
@@ -291,6 +309,7 @@ mod tests {
             format: OutputFormat::Text,
             permissive: false,
             vm: None,
+            plot: None,
         };
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));

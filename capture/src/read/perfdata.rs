@@ -64,6 +64,33 @@ pub enum PerfDataError {
     /// The file could not be read.
     #[error("Cannot read the file")]
     Io(#[source] io::Error),
+    /// The file is cut before its feature sections, which hold the event formats (perf writes
+    /// them after the data): none of its records can be decoded.
+    #[error(
+        "Truncated: expected the feature sections (with the event formats) at offset {table:#x}, \
+         the file ends at {len:#x}; its {data_bytes} bytes of records cannot be decoded without them"
+    )]
+    FeaturesLost {
+        /// Where the feature section table should be.
+        table: u64,
+        /// The file's length.
+        len: u64,
+        /// Bytes of the data section present.
+        data_bytes: u64,
+    },
+    /// `--permissive` skipped damaged bytes of the data section up to the next record header
+    /// that, with the one after it, makes sense.
+    #[error("Damaged records: skipped {skipped} bytes to the next readable record")]
+    Resynced {
+        /// Bytes skipped.
+        skipped: u64,
+    },
+    /// The data section ends inside a record.
+    #[error("Truncated: the file ends inside a record, {lost} bytes of it are present")]
+    CutRecord {
+        /// The bytes of the incomplete record.
+        lost: u64,
+    },
 }
 
 // perf_event_header types.
@@ -362,6 +389,14 @@ impl PerfDataReader {
         }
         // Feature sections: {offset, size} per set bit, after the data section.
         let table = data_off.saturating_add(data_size);
+        if table.saturating_add(16) > src.len() && !features.is_empty() {
+            *at = table.min(src.len());
+            return Err(PerfDataError::FeaturesLost {
+                table,
+                len: src.len(),
+                data_bytes: src.len().saturating_sub(data_off).min(data_size),
+            });
+        }
         let mut feat = HashMap::new();
         for (k, bit) in features.iter().enumerate() {
             *at = table.saturating_add(k as u64 * 16);
@@ -476,10 +511,10 @@ impl PerfDataReader {
             )));
         }
         let Some(rec) = self.window.get(rel..rel + usize::from(size)) else {
-            return Some(Err(self.err(
-                Location::Offset(self.pos),
-                PerfDataError::Truncated { expected: "record" },
-            )));
+            let lost = self.end.saturating_sub(self.pos);
+            return Some(Err(
+                self.err(Location::Offset(self.pos), PerfDataError::CutRecord { lost })
+            ));
         };
         let off = self.pos;
         self.pos += u64::from(size);
@@ -697,8 +732,20 @@ impl PerfDataReader {
             match self.next_record() {
                 Some(Ok((off, rec))) => self.handle(off, &rec),
                 Some(Err(e)) => {
+                    let damaged = matches!(
+                        e.kind,
+                        ReadErrorKind::PerfData(PerfDataError::Impossible {
+                            what: "record size",
+                            ..
+                        })
+                    );
                     let ts = self.max_ts;
                     self.push(ts, Pending::Problem(e));
+                    // --permissive goes on after damaged bytes from the next record that
+                    // makes sense; a cut record is the end.
+                    if damaged && self.opts.permissive && self.resync() {
+                        continue;
+                    }
                     self.release(None);
                     self.finished = true;
                 }
@@ -716,6 +763,36 @@ impl PerfDataReader {
                 }
             }
         }
+    }
+
+    /// Moves `pos` past damaged bytes to the next 8-byte aligned offset where a record header
+    /// makes sense and is followed by another one (or the end of the data). Counts the bytes
+    /// skipped as a problem; false when none is found.
+    fn resync(&mut self) -> bool {
+        let e = self.endian;
+        let plausible = |file: &Source, at: u64, end: u64| -> Option<u64> {
+            let h = file.read_at(at, 8).ok()?;
+            let (kind, misc, size) = (e.u32(&h, 0)?, e.u16(&h, 4)?, e.u16(&h, 6)?);
+            let size = u64::from(size);
+            let known = (1..=RECORD_COMPRESSED + 1).contains(&kind);
+            (known && misc < 0x8000 && size >= 8 && size % 8 == 0 && at + size <= end)
+                .then_some(at + size)
+        };
+        let start = self.pos;
+        let mut at = start.saturating_add(8) / 8 * 8;
+        while at < self.end {
+            if let Some(next) = plausible(&self.file, at, self.end)
+                && (next == self.end || plausible(&self.file, next, self.end).is_some())
+            {
+                self.pos = at;
+                self.window.clear();
+                self.window_start = at;
+                self.problem(start, PerfDataError::Resynced { skipped: at - start });
+                return true;
+            }
+            at += 8;
+        }
+        false
     }
 
     fn comm_of(&self, tid: i32) -> Option<Comm> {

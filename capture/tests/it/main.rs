@@ -6,6 +6,7 @@ mod differential;
 mod fields_import;
 mod raw_pages;
 mod robustness;
+mod salvage;
 mod text_parallel;
 mod text_proptest;
 mod text_real;
