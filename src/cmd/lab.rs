@@ -12,8 +12,15 @@ use super::record::ProfileArg;
 /// Arguments of `vmxray lab`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N].
+    /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N]; with nested
+    /// VMX (kvm_intel nested=1), our own L1 hypervisor: vmx-io, vmx-rr[=N], vmx-noept[=N],
+    /// vmx-hlt, vmx-hlt-ept, vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault (its ground
+    /// truth goes to OUTPUT.truth.json).
     pub scenario: Scenario,
+    /// The L1 hypervisor image of the vmx-* scenarios (default: $VMXRAY_L1_IMAGE, else
+    /// l1.bin or vmx-l1/l1.bin next to this binary or one directory up).
+    #[arg(long, value_name = "FILE")]
+    pub l1_image: Option<PathBuf>,
     /// The trace.dat to write (default: SCENARIO.dat).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -33,8 +40,13 @@ pub struct Args {
 
 /// Runs `vmxray lab`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let build = |scenario: Scenario| match scenario {
+        Scenario::Vmx(vmx) => lab::l1::find_image(args.l1_image.as_deref())
+            .and_then(|image| lab::l1::build(vmx, &image)),
+        other => lab::build(other),
+    };
     if args.no_record {
-        let mut vm = lab::build(args.scenario)?;
+        let mut vm = build(args.scenario)?;
         let started = std::time::Instant::now();
         let outcome = lab::run(args.scenario, &mut vm)?;
         let exits: usize = outcome.exits.iter().map(Vec::len).sum();
@@ -46,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let output = args.output.unwrap_or_else(|| lab::default_output(args.scenario));
-    let mut opts = RecordOptions::new(output);
+    let mut opts = RecordOptions::new(output.clone());
     opts.profile = match args.profile {
         ProfileArg::Exits => Profile::Exits,
         ProfileArg::Mmu => Profile::Mmu,
@@ -61,7 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_dumps: 1,
         });
     }
-    let run = lab::record(args.scenario, opts)
+    let run = build(args.scenario)
+        .and_then(|vm| lab::record_vm(args.scenario, vm, opts))
         .with_context(|| format!("Lab scenario {} failed", args.scenario))?;
     for (vcpu, exits) in run.outcome.exits.iter().enumerate() {
         let last = exits.last().map(|e| format!("{e:?}")).unwrap_or_default();
@@ -79,5 +92,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             lab::kvm_backend()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    match &run.outcome.l1_truth {
+        Some(truth) => l1_report(truth, &output),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Writes the L1's ground truth next to the trace and says how the L1 run went: exit status
+/// 1 when a check failed or a vCPU did not end as planned.
+fn l1_report(truth: &lab::l1::Truth, trace: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use lab::l1::Record;
+    let path = lab::l1::truth_path(trace);
+    let json = serde_json::to_string_pretty(truth)?;
+    std::fs::write(&path, json + "\n")
+        .with_context(|| format!("Cannot write {}", path.display()))?;
+    let count = |f: fn(&Record) -> bool| truth.records.iter().filter(|r| f(r)).count();
+    eprintln!(
+        "vmxray lab: L1 ground truth in {}: {} VM exits, {} logged VMWRITEs, {} checks ({} failed)",
+        path.display(),
+        count(|r| matches!(r, Record::Exit { .. })),
+        count(|r| matches!(r, Record::Vmwrite { .. })),
+        count(|r| matches!(r, Record::Check { .. })),
+        truth.failed_checks().len()
+    );
+    for r in &truth.records {
+        match r {
+            Record::Check { ok: false, what, expected, actual, vcpu, .. } => eprintln!(
+                "vmxray lab: L1 vCPU {vcpu}: check failed: {what}: expected {expected:#x}, got {actual:#x}"
+            ),
+            Record::Fail { vcpu, text } => eprintln!("vmxray lab: L1 vCPU {vcpu} failed: {text}"),
+            _ => {}
+        }
+    }
+    for v in &truth.vcpus {
+        eprintln!("vmxray lab: L1 vCPU {} ended: {:?}", v.vcpu, v.end);
+    }
+    Ok(if truth.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
