@@ -103,9 +103,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn l1_report(truth: &lab::l1::Truth, trace: &std::path::Path) -> anyhow::Result<ExitCode> {
     use lab::l1::Record;
     let path = lab::l1::truth_path(trace);
-    let json = serde_json::to_string_pretty(truth)?;
-    std::fs::write(&path, json + "\n")
-        .with_context(|| format!("Cannot write {}", path.display()))?;
+    // One record per line: small, diffable, still one JSON document.
+    let records: Vec<String> =
+        truth.records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    let json = format!(
+        "{{\"scenario\":{},\"vcpus\":{},\"records\":[\n{}\n]}}\n",
+        serde_json::to_string(&truth.scenario)?,
+        serde_json::to_string(&truth.vcpus)?,
+        records.join(",\n")
+    );
+    std::fs::write(&path, json).with_context(|| format!("Cannot write {}", path.display()))?;
     let count = |f: fn(&Record) -> bool| truth.records.iter().filter(|r| f(r)).count();
     eprintln!(
         "vmxray lab: L1 ground truth in {}: {} VM exits, {} logged VMWRITEs, {} checks ({} failed)",

@@ -52,6 +52,8 @@ const RECORD_SIZE: usize = 128;
 
 /// The environment variable naming the L1 image.
 pub const IMAGE_ENV: &str = "VMXRAY_L1_IMAGE";
+/// Set to 1 to print every L1 record on stderr as it arrives (debugging a hung L1).
+pub const VERBOSE_ENV: &str = "VMXRAY_L1_VERBOSE";
 
 /// A scenario of the L1 hypervisor (its number is the L1's `SCN_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,6 +493,7 @@ fn run_vcpu(
 ) -> Result<(Vec<Record>, VcpuEnd, Vec<LabExit>), LabError> {
     let mut records = Vec::new();
     let mut exits = Vec::new();
+    let verbose = std::env::var_os(VERBOSE_ENV).is_some_and(|v| v == "1");
     let vcpu_no = u32::try_from(index).unwrap_or(u32::MAX);
     while records.len() < MAX_RECORDS {
         let exit = vcpu.run().map_err(|e| LabError::Kvm { op: "KVM_RUN", source: e })?;
@@ -507,6 +510,9 @@ fn run_vcpu(
                     expected: "an L1 record",
                     got,
                 })?;
+                if verbose {
+                    eprintln!("vmxray lab: L1 {record:?}");
+                }
                 let end = match &record {
                     Record::Done { .. } => Some(VcpuEnd::Done),
                     Record::Fail { .. } => Some(VcpuEnd::Failed),

@@ -155,6 +155,10 @@ struct cpu {
 
 static struct cpu cpus[MAX_CPUS];
 
+/* Set by any vCPU that gives up, so that the other one stops too (the loader waits for
+ * every vCPU to end). */
+static volatile uint32_t scenario_failed;
+
 static void emit(struct cpu *c, uint32_t kind, uint64_t vmcs, uint64_t a, uint64_t b, uint64_t cc,
 		 uint64_t d, const char *fmt, ...)
 {
@@ -184,6 +188,7 @@ static void __attribute__((noreturn)) stop(void)
 
 #define FAIL(c, ...)                                                                           \
 	do {                                                                                   \
+		scenario_failed = 1;                                                           \
 		emit((c), REC_FAIL, 0, 0, 0, 0, 0, __VA_ARGS__);                               \
 		stop();                                                                        \
 	} while (0)
@@ -367,6 +372,7 @@ struct subject {
 	uint32_t id;
 	enum behaviour behaviour;
 	int ept, hlt_exiting, timer;
+	int arm_timer; /* load a fresh quantum at the next entry (the start of a slice) */
 	uint16_t vpid;
 	uint64_t vmcs, cr3, eptp;
 	int launched;
@@ -403,7 +409,7 @@ static void __attribute__((noreturn, used)) subject_entry(uint64_t id, uint64_t 
 	switch ((enum behaviour)behaviour) {
 	case B_SPIN_IO:
 		for (;;) {
-			if ((n & 0x3ff) == 0)
+			if ((n & 0x3fff) == 0)
 				outl((uint16_t)(0x80 + id), (uint32_t)n);
 			subject_counter[id] = ++n;
 		}
@@ -480,9 +486,11 @@ static void subject_init(struct cpu *c, uint32_t id, enum behaviour b, int ept, 
 	proc &= ~(uint32_t)((CPU_CR3_LOAD_EXITING | CPU_CR3_STORE_EXITING) & ~(uint32_t)caps.proc);
 	uint32_t proc2 = adjust(c, "proc2", caps.proc2,
 				(ept ? SEC_ENABLE_EPT : 0) | (s->vpid ? SEC_ENABLE_VPID : 0));
+	/* With the timer, its value is saved at every exit, so that the I/O exits inside a slice
+	 * do not restart the quantum. */
 	uint32_t exit = adjust(c, "exit", caps.exit,
 			       EXIT_HOST_ADDR_SPACE_SIZE | EXIT_SAVE_EFER | EXIT_LOAD_EFER |
-				       EXIT_SAVE_DEBUG);
+				       EXIT_SAVE_DEBUG | (timer ? EXIT_SAVE_PREEMPTION_TIMER : 0));
 	uint32_t entry =
 		adjust(c, "entry", caps.entry, ENTRY_IA32E_MODE | ENTRY_LOAD_EFER | ENTRY_LOAD_DEBUG);
 	vw(c, PIN_BASED_VM_EXEC_CONTROL, pin);
@@ -599,8 +607,10 @@ static uint32_t enter(struct cpu *c, struct subject *s)
 {
 	if (c->current_vmcs != s->vmcs)
 		do_vmptrld(c, s->vmcs);
-	if (s->timer)
+	if (s->timer && s->arm_timer) {
 		vmwrite_raw(VMX_PREEMPTION_TIMER_VALUE, QUANTUM);
+		s->arm_timer = 0;
+	}
 	const char *op = s->launched ? "vmresume" : "vmlaunch";
 	int r = vmx_enter(&s->regs, s->launched);
 	if (r) {
@@ -624,7 +634,8 @@ static void skip_instruction(struct cpu *c)
  * its `out`s. */
 static void run_slice(struct cpu *c, struct subject *s)
 {
-	for (int n = 0; n < 64; n++) {
+	s->arm_timer = 1;
+	for (int n = 0; n < 4096; n++) {
 		uint32_t reason = enter(c, s);
 		if (reason == EXIT_PREEMPTION_TIMER)
 			return;
@@ -634,7 +645,7 @@ static void run_slice(struct cpu *c, struct subject *s)
 		}
 		FAIL(c, "subject %u: unexpected exit reason %x in a slice", s->id, reason);
 	}
-	FAIL(c, "subject %u: no preemption-timer exit after 64 entries", s->id);
+	FAIL(c, "subject %u: no preemption-timer exit after 4096 entries", s->id);
 }
 
 static void check_cr3(struct cpu *c, struct subject *s)
@@ -855,8 +866,12 @@ static void scn_triple(struct cpu *c)
 	FAIL(c, "no HLT exit from the second subject");
 }
 
-static void x2apic_enable(void)
+static void x2apic_enable(struct cpu *c)
 {
+	uint32_t a, b, cx, d;
+	cpuid(1, 0, &a, &b, &cx, &d);
+	if (!(cx & (1u << 21)))
+		FAIL(c, "no x2APIC in CPUID: cannot send INIT/SIPI");
 	uint64_t base = rdmsr(MSR_IA32_APIC_BASE);
 	wrmsr(MSR_IA32_APIC_BASE, base | (1ull << 11) | (1ull << 10));
 	wrmsr(MSR_X2APIC_SVR, 0x1ff); /* software-enabled, spurious vector 0xff */
@@ -867,19 +882,21 @@ static int wait_for(volatile uint32_t *word, uint32_t value, uint64_t spins)
 	while (spins--) {
 		if (*word >= value)
 			return 1;
+		if (scenario_failed)
+			return 0;
 		pause();
 	}
 	return 0;
 }
 
-#define SPIN_LONG 200000000ull
+#define SPIN_LONG 20000000ull
 
 /* The BSP's side: INIT to the AP while it runs L2 (INIT_SIGNAL exit to its L1), INIT again
  * while it is in VMX root (latched until its VMXOFF), then SIPI: the AP restarts in real
  * mode at the trampoline. */
 static void scn_init_bsp(struct cpu *c)
 {
-	x2apic_enable();
+	x2apic_enable(c);
 	memcpy((void *)(uintptr_t)(SIPI_VECTOR << 12), sipi_trampoline,
 	       (size_t)(sipi_trampoline_end - sipi_trampoline));
 	if (!wait_for(&AP_STATE, AP_IN_L2, SPIN_LONG))
@@ -911,12 +928,15 @@ static void scn_init_bsp(struct cpu *c)
 
 static void scn_init_ap(struct cpu *c)
 {
-	x2apic_enable();
+	x2apic_enable(c);
 	struct subject *s = &subjects[AP_SUBJECT];
 	subject_init(c, AP_SUBJECT, B_SPIN, caps.has_ept, 1, 1);
 	AP_STATE = AP_IN_L2;
 	for (int n = 0; n < 100000; n++) {
+		s->arm_timer = 1;
 		uint32_t reason = enter(c, s);
+		if (scenario_failed)
+			FAIL(c, "the other vCPU failed");
 		if (reason == EXIT_PREEMPTION_TIMER)
 			continue;
 		check(c, "INIT in L2 exits to L1 as INIT_SIGNAL", EXIT_INIT_SIGNAL, reason);

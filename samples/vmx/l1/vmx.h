@@ -165,6 +165,7 @@
 #define EXIT_HOST_ADDR_SPACE_SIZE (1u << 9)
 #define EXIT_SAVE_EFER (1u << 20)
 #define EXIT_LOAD_EFER (1u << 21)
+#define EXIT_SAVE_PREEMPTION_TIMER (1u << 22)
 /* VM-entry controls. */
 #define ENTRY_LOAD_DEBUG (1u << 2)
 #define ENTRY_IA32E_MODE (1u << 9)
