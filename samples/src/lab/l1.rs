@@ -13,7 +13,7 @@
 //! vCPU restarted by INIT/SIPI reports from its real-mode trampoline with `out 0x512, al`.
 //!
 //! **Ground truth** ([`Truth`], written as `<trace>.truth.json` by `vmxray lab`): every
-//! VMWRITE of GUEST_CR3, EPT_POINTER and GUEST_RIP per VMCS address, every VM exit the L1
+//! VMWRITE of GUEST_CR3, EPT_POINTER, GUEST_RIP and HOST_CR3 per VMCS address, every VM exit the L1
 //! handled (reason, qualification, GUEST_RIP and GUEST_CR3 read back), every VMX
 //! instruction with its outcome, and the L1's own checks.
 
@@ -184,6 +184,7 @@ pub fn field_name(encoding: u64) -> Option<&'static str> {
         0x6802 => "GUEST_CR3",
         0x201a => "EPT_POINTER",
         0x681e => "GUEST_RIP",
+        0x6c02 => "HOST_CR3",
         _ => return None,
     })
 }
@@ -199,7 +200,7 @@ pub enum Record {
         /// The text.
         text: String,
     },
-    /// A VMWRITE of GUEST_CR3, EPT_POINTER or GUEST_RIP.
+    /// A VMWRITE of GUEST_CR3, EPT_POINTER, GUEST_RIP or HOST_CR3.
     Vmwrite {
         /// The vCPU.
         vcpu: u32,

@@ -320,7 +320,7 @@ static uint32_t adjust(struct cpu *c, const char *name, uint64_t cap, uint32_t w
 
 /* ---- VMX instructions, reported ---- */
 
-static const uint16_t logged_fields[] = {GUEST_CR3, EPT_POINTER, GUEST_RIP};
+static const uint16_t logged_fields[] = {GUEST_CR3, EPT_POINTER, GUEST_RIP, HOST_CR3};
 
 static void vw(struct cpu *c, uint64_t field, uint64_t value)
 {
