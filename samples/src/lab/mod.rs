@@ -7,6 +7,7 @@
 
 #[allow(unsafe_code)]
 mod vm;
+pub mod vmx;
 
 use std::fmt;
 use std::path::PathBuf;
