@@ -8,6 +8,7 @@ pub mod dump;
 pub mod fields;
 pub mod input;
 pub mod lab;
+pub mod lab_vmx;
 pub mod record;
 pub mod replay;
 pub mod scan;

@@ -8,6 +8,7 @@
 pub mod l1;
 #[allow(unsafe_code)]
 mod vm;
+pub mod vmx;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ pub enum Scenario {
     /// Two vCPUs, each in its own thread, each doing N (default 100) IO exits on its own port
     /// (0x10 and 0x11).
     MultiVcpu(u64),
+    /// `out 0x10`, a write and a read of [`MMIO_GPA`] (mapped by the guest's page tables, but
+    /// no memslot backs it: two `KVM_EXIT_MMIO`, EPT misconfig/violation exits with EPT), then
+    /// `hlt`.
+    Mmio,
     /// Our own bare-metal L1 hypervisor running nested guests ([`l1`]; needs nested VMX).
     Vmx(l1::VmxScenario),
 }
@@ -57,12 +62,13 @@ impl FromStr for Scenario {
             "pf-triple-fault" => Self::PfTripleFault,
             "io-loop" => Self::IoLoop(n.unwrap_or(1000)),
             "multi-vcpu" => Self::MultiVcpu(n.unwrap_or(100)),
+            "mmio" => Self::Mmio,
             _ => match l1::VmxScenario::parse(name, n) {
                 Some(vmx) => Self::Vmx(vmx?),
                 None => {
                     return Err(format!(
                         "unknown scenario {s:?}: expected cr3-switch, triple-fault, \
-                         pf-triple-fault, io-loop[=N], multi-vcpu[=N], {}",
+                         pf-triple-fault, io-loop[=N], multi-vcpu[=N], mmio, {}",
                         l1::VmxScenario::NAMES
                     ));
                 }
@@ -79,6 +85,7 @@ impl fmt::Display for Scenario {
             Self::PfTripleFault => f.write_str("pf-triple-fault"),
             Self::IoLoop(n) => write!(f, "io-loop={n}"),
             Self::MultiVcpu(n) => write!(f, "multi-vcpu={n}"),
+            Self::Mmio => f.write_str("mmio"),
             Self::Vmx(s) => s.fmt(f),
         }
     }
@@ -225,6 +232,12 @@ impl Code {
         self.0.extend_from_slice(&[0x0f, 0x0b]);
         self
     }
+    /// `mov eax, [abs32]`.
+    fn load_eax(&mut self, at: u32) -> &mut Self {
+        self.0.extend_from_slice(&[0x8b, 0x04, 0x25]);
+        self.0.extend_from_slice(&at.to_le_bytes());
+        self
+    }
     /// `mov [abs32], eax`.
     fn store_eax(&mut self, at: u32) -> &mut Self {
         self.0.extend_from_slice(&[0x89, 0x04, 0x25]);
@@ -242,12 +255,17 @@ impl Code {
 const EMPTY_IDTR_GPA: u64 = 0x9000;
 /// An address no page table maps (PDPT entry 1 is not present).
 const UNMAPPED_GVA: u32 = 0x4000_0000;
+/// A guest-physical address with no memslot (guest memory is [`MEM_SIZE`] bytes at 0); the
+/// `mmio` guest maps it 1:1 with a second 2 MiB page.
+pub const MMIO_GPA: u64 = 0x20_0000;
 /// Where the second vCPU's code goes.
 const CODE2_GPA: u64 = 0x1800;
 
 fn describe(exit: &VcpuExit<'_>) -> LabExit {
     match exit {
         VcpuExit::IoOut(port, _) => LabExit::IoOut(*port),
+        VcpuExit::MmioWrite(addr, _) => LabExit::Other(format!("MmioWrite({addr:#x})")),
+        VcpuExit::MmioRead(addr, _) => LabExit::Other(format!("MmioRead({addr:#x})")),
         VcpuExit::Hlt => LabExit::Hlt,
         VcpuExit::Shutdown => LabExit::Shutdown,
         other => LabExit::Other(format!("{other:?}")),
@@ -255,7 +273,11 @@ fn describe(exit: &VcpuExit<'_>) -> LabExit {
 }
 
 fn run_once(vcpu: &mut VcpuFd) -> Result<LabExit, LabError> {
-    let exit = vcpu.run().map_err(|e| LabError::Kvm { op: "KVM_RUN", source: e })?;
+    let mut exit = vcpu.run().map_err(|e| LabError::Kvm { op: "KVM_RUN", source: e })?;
+    // No device behind MMIO: reads return zeros, not what the last exit left in kvm_run.
+    if let VcpuExit::MmioRead(_, data) = &mut exit {
+        data.fill(0);
+    }
     Ok(describe(&exit))
 }
 
@@ -330,6 +352,11 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
         Scenario::IoLoop(_) | Scenario::Vmx(_) => {
             code.io_loop(0x10);
         }
+        Scenario::Mmio => {
+            vm.write_u64(vm::PD_GPA + 8, MMIO_GPA | 0x83)?;
+            let mmio = u32::try_from(MMIO_GPA).unwrap_or(0);
+            code.out(0x10).mov_rax(0x42).store_eax(mmio).load_eax(mmio).out(0x10).hlt();
+        }
         Scenario::MultiVcpu(_) => {
             code.io_loop(0x10);
             let mut second = Code::default();
@@ -359,6 +386,21 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
         Scenario::IoLoop(n) => {
             let vcpu = vm.vcpu(0).ok_or(LabError::VcpuPanicked(0))?;
             outcome.exits.push(io_loop(vcpu, 0, n)?);
+            outcome.vcpu_tids.push(tid);
+        }
+        Scenario::Mmio => {
+            let vcpu = vm.vcpu(0).ok_or(LabError::VcpuPanicked(0))?;
+            let mut exits = Vec::new();
+            // IO, MMIO write, MMIO read (answered with zeros), IO, HLT.
+            for _ in 0..8 {
+                let exit = run_once(vcpu)?;
+                let stop = matches!(exit, LabExit::Hlt | LabExit::Shutdown);
+                exits.push(exit);
+                if stop {
+                    break;
+                }
+            }
+            outcome.exits.push(exits);
             outcome.vcpu_tids.push(tid);
         }
         Scenario::MultiVcpu(n) => {
