@@ -19,7 +19,7 @@ OUT=target/vmx-l1/samples
 rm -rf "$OUT" && mkdir -p "$OUT"
 # Scenarios the L1 runs with and without EPT for L1 go twice (ept=1, ept=0); those that need
 # EPT for L1 (nested EPT needs L0's EPT) and the vmcs-profile recordings are custom steps (ept=1).
-BOTH="vmx-io vmx-noept=2 vmx-hlt vmx-vmfail vmx-triple-fault"
+BOTH="vmx-io vmx-noept=2 vmx-hlt vmx-vmfail vmx-hwfail vmx-triple-fault"
 IMG=/lib/vmxray/l1.bin
 step() { echo "$1=vmxray lab $2 --profile $3 --l1-image $IMG -o {out}/trace.dat"; }
 for k in $KERNELS; do

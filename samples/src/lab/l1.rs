@@ -81,11 +81,14 @@ pub enum VmxScenario {
     Init,
     /// `vmx-triple-fault`: an L2 triple fault reflected to L1 as TRIPLE_FAULT.
     TripleFault,
+    /// `vmx-hwfail`: an invalid guest state that KVM leaves to the hardware (GUEST_RFLAGS bit
+    /// 1 clear): vmcs02's entry fails, L1 must see the entry-failure exit; then a good launch.
+    HwFail,
 }
 
 impl VmxScenario {
     /// Every scenario with its default parameter (for lists and tests).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Io,
         Self::RoundRobin(3),
         Self::RoundRobinNoEpt(3),
@@ -95,6 +98,7 @@ impl VmxScenario {
         Self::VmFail,
         Self::Init,
         Self::TripleFault,
+        Self::HwFail,
     ];
 
     /// The L1's scenario number and parameter (RDI, RSI).
@@ -109,6 +113,7 @@ impl VmxScenario {
             Self::VmFail => (7, 0),
             Self::Init => (8, 0),
             Self::TripleFault => (9, 0),
+            Self::HwFail => (10, 0),
         }
     }
 
@@ -138,13 +143,14 @@ impl VmxScenario {
             "vmx-vmfail" => no_count(Self::VmFail),
             "vmx-init" => no_count(Self::Init),
             "vmx-triple-fault" => no_count(Self::TripleFault),
+            "vmx-hwfail" => no_count(Self::HwFail),
             _ => return None,
         })
     }
 
     /// The names, for help texts.
     pub const NAMES: &'static str = "vmx-io, vmx-rr[=N], vmx-noept[=N], vmx-hlt, vmx-hlt-ept, \
-                                     vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault";
+                                     vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail";
 }
 
 impl fmt::Display for VmxScenario {
@@ -159,6 +165,7 @@ impl fmt::Display for VmxScenario {
             Self::VmFail => f.write_str("vmx-vmfail"),
             Self::Init => f.write_str("vmx-init"),
             Self::TripleFault => f.write_str("vmx-triple-fault"),
+            Self::HwFail => f.write_str("vmx-hwfail"),
         }
     }
 }

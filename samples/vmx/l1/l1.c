@@ -722,6 +722,13 @@ static void scn_round_robin(struct cpu *c, uint32_t n, int ept, int hlt_subject,
 				      activity);
 			}
 		}
+		if (round == 0) {
+			/* Flush each subject's VPID (with shadow paging in L0 this frees L2 roots). */
+			for (uint32_t i = 0; i < n; i++)
+				if (subjects[i].vpid)
+					vmx_op_result(c, "invvpid", subjects[i].vpid, INVVPID_SINGLE,
+						      invvpid(INVVPID_SINGLE, subjects[i].vpid, 0));
+		}
 		if (round == 1) {
 			for (uint32_t i = 0; i < n; i++) {
 				do_vmclear(c, subjects[i].vmcs);
@@ -830,6 +837,30 @@ static void scn_vmfail(struct cpu *c)
 	vw(c, VMCS_LINK_POINTER, ~0ull);
 
 	check(c, "still not launched after failed entries", 0, s->launched);
+	for (int n = 0; n < 8; n++) {
+		uint32_t reason = enter(c, s);
+		if (reason == EXIT_IO_INSTRUCTION) {
+			skip_instruction(c);
+			continue;
+		}
+		check(c, "the good launch ends in HLT", EXIT_HLT, reason);
+		done(c);
+	}
+	FAIL(c, "no HLT exit after the good launch");
+}
+
+/* An invalid guest state KVM's software checks do not look at (RFLAGS bit 1 clear, a
+ * reserved bit that must be 1): the entry of vmcs02 fails in the (emulated) hardware, and L1
+ * must get the VM-entry failure exit 0x80000021 all the same. Then a good launch. */
+static void scn_hwfail(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	subject_init(c, 0, B_IO_HLT, caps.has_ept, 1, 0);
+	vw(c, GUEST_RFLAGS, 0);
+	check(c, "guest RFLAGS bit 1 clear: entry-failure exit", EXIT_FAILED_VMENTRY | EXIT_INVALID_STATE,
+	      enter(c, s));
+	vw(c, GUEST_RFLAGS, 2);
+	check(c, "still not launched after the failed entry", 0, s->launched);
 	for (int n = 0; n < 8; n++) {
 		uint32_t reason = enter(c, s);
 		if (reason == EXIT_IO_INSTRUCTION) {
@@ -995,6 +1026,9 @@ void l1_main(uint64_t scenario, uint64_t param, uint64_t cpu_index)
 		break;
 	case SCN_TRIPLE:
 		scn_triple(c);
+		break;
+	case SCN_HWFAIL:
+		scn_hwfail(c);
 		break;
 	default:
 		break;

@@ -28,6 +28,7 @@
 #define SCN_VMFAIL 7     /* failing VMRESUME/VMLAUNCH: early VMfail, late entry failure */
 #define SCN_INIT 8       /* INIT in L2 and in VMX root, SIPI of the second vCPU */
 #define SCN_TRIPLE 9     /* an L2 triple fault reflected to L1 */
+#define SCN_HWFAIL 10    /* an invalid guest state only the hardware checks (RFLAGS) */
 
 /* Record kinds. */
 #define REC_LOG 1     /* text */
