@@ -125,9 +125,10 @@ grep -a '^L1SMP: \|^vmxray' serial.log || true
 
 mkdir -p out
 awk -v out="$W/out" '
+    { sub(/\r$/, "") }
     /^L1SMP-FILE-BEGIN / { name = $2; file = out "/" name ".b64"; printf "" > file; next }
     /^L1SMP-FILE-END/ { close(file); name = ""; next }
-    name != "" { sub(/\r$/, ""); print >> file }
+    name != "" { print >> file }
 ' serial.log
 for f in out/*.b64; do
     [ -e "$f" ] || continue
