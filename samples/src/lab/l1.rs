@@ -394,8 +394,8 @@ impl Truth {
             && self.vcpus.iter().all(|v| matches!(v.end, VcpuEnd::Done | VcpuEnd::SipiAlive))
     }
 
-    /// The last value the L1 wrote to `field` of each VMCS before each of its VM entries is
-    /// in [`Record::Vmwrite`]; this gives every value written, per VMCS, in order.
+    /// Every value the L1 wrote to `field` (a [`field_name`]), as `(vmcs, value)` in the
+    /// L1's order.
     pub fn writes(&self, field: &str) -> Vec<(u64, u64)> {
         self.records
             .iter()
