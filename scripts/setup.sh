@@ -23,6 +23,28 @@ if [ "${#need[@]}" -gt 0 ]; then
     fi
 fi
 
+# The real-VMX lab (`vmxray lab --vmx`, samples/vmx/): Bochs with a VMX CPU model and the
+# pieces of its boot image (ISO with isolinux, busybox initramfs, QEMU for the L1-Linux
+# scenario). Kernels are not installed here: samples/vmx/build-image.sh downloads them into
+# target/vmxlab/.
+vmxlab=(bochs bochs-term bochsbios vgabios xorriso cpio isolinux syslinux-common busybox-static
+    qemu-system-x86 xz-utils zstd binutils)
+missing=()
+for p in "${vmxlab[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing ${missing[*]} (vmx lab)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
+            "${missing[@]}" >/dev/null
+    else
+        echo "setup: missing ${missing[*]} (vmx lab; not root: cannot install)" >&2
+    fi
+fi
+
 if ! grep -q ' tracefs ' /proc/mounts 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && [ -d /sys/kernel/tracing ]; then
         mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \

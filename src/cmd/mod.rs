@@ -9,6 +9,7 @@ pub mod dump;
 pub mod fields;
 pub mod input;
 pub mod lab;
+pub mod lab_vmx;
 pub mod plot;
 pub mod record;
 pub mod replay;
