@@ -226,8 +226,14 @@ fn collect_step(result: &StepResult, stem: &str, out_dir: &Path) -> Result<Vec<P
             .map_err(|e| format!("cannot copy {name} to {}: {e}", target.display()))?;
         written.push(target);
     }
-    if result.status != Some(0) {
-        let status = result.status.map_or("did not finish".to_owned(), |s| format!("exit {s}"));
+    // `vmxray record -- COMMAND` exits 0 whatever COMMAND did, and says so.
+    let command_failed = result.stderr.contains("vmxray record: the command exited with");
+    if result.status != Some(0) || command_failed {
+        let status = match result.status {
+            Some(0) => "its command failed".to_owned(),
+            Some(s) => format!("exit {s}"),
+            None => "did not finish".to_owned(),
+        };
         return Err(format!("{status}; its stderr:\n{}", result.stderr.trim_end()));
     }
     Ok(written)
