@@ -13,7 +13,7 @@ use super::record::ProfileArg;
 #[derive(clap::Args)]
 pub struct Args {
     /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N]. With --vmx:
-    /// one or more, and l1-linux[=N] (an L1 Linux under QEMU running io-loop=N as L2).
+    /// one or more, and linux-l1[=N] (an L1 Linux under QEMU running io-loop=N as L2).
     #[arg(required_unless_present = "vmx_step")]
     pub scenario: Vec<String>,
     /// The trace.dat to write (default: SCENARIO.dat). With --vmx: the directory for the

@@ -75,13 +75,13 @@ pub struct GuestRecording {
 enum VmxScenario {
     /// A `vmxray lab` scenario, run as it is.
     Lab,
-    /// `l1-linux[=N]`: QEMU runs an L1 Linux whose KVM runs `lab io-loop=N` as L2; L0 is
+    /// `linux-l1[=N]`: QEMU runs an L1 Linux whose KVM runs `lab io-loop=N` as L2; L0 is
     /// recorded with `vmxray record`.
     L1Linux(u64),
 }
 
 fn parse_scenario(s: &str) -> anyhow::Result<VmxScenario> {
-    if let Some(rest) = s.strip_prefix("l1-linux") {
+    if let Some(rest) = s.strip_prefix("linux-l1") {
         let n = match rest.strip_prefix(['=', ':']) {
             Some(n) => n.parse().with_context(|| format!("bad count in {s:?}"))?,
             None if rest.is_empty() => 50,
