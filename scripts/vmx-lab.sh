@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the real-VMX samples in samples/real/vmx/ (see samples/README.md, "real/vmx/"):
 # every lab guest under a real kvm_intel (Bochs' emulated Haswell, Debian 6.1 and 6.12), with
-# EPT and with shadow paging, and the nested L1-Linux run recorded in L0. Four Bochs boots,
-# one after the other (~20-30 minutes on a 2-core machine); the boot images are cached under
+# EPT and with shadow paging, and the nested L1-Linux runs recorded in L0. Four Bochs boots,
+# one after the other (~25-35 minutes on a 2-core machine); the boot images are cached under
 # target/vmxlab/. Needs root once for scripts/setup.sh (bochs, xorriso, qemu, ...).
 #
 #   scripts/vmx-lab.sh [--kernel 6.1|6.12|all] [--only single|nested] [--keep]
@@ -35,7 +35,8 @@ fi
 if [ "$only" != single ]; then
     # L1's whole boot is ~90,000 L0 events; the flight recorder keeps the last 1 MiB of ring
     # pages before L1's reset (a TRIPLE_FAULT exit, reboot=t): the L2 run and L1's teardown.
-    "$bin" lab --vmx linux-l1 --ept on --profile exits \
+    # ept=0 in L0: L1 has no EPT, so its KVM shadows L2's page tables too.
+    "$bin" lab --vmx linux-l1 --ept both --profile exits \
         --flight-recorder 1M --trigger exit-reason=TRIPLE_FAULT \
         --kernel "$kernel" -o "$out" "${keep[@]}"
 fi

@@ -114,9 +114,20 @@ fn single_level_samples_hold_their_guests_hardware_exits() {
 
 #[test]
 fn nested_samples_show_l1_running_l2() {
-    for (kernel, release) in KERNELS {
-        let name = format!("linux-l1-ept-{kernel}.dat");
+    for ((kernel, release), ept) in KERNELS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
+        let name = format!("linux-l1-{}-{kernel}.dat", if ept { "ept" } else { "shadow" });
         let summary = summary_of(&name);
+        if !ept {
+            // L0 shadows L1's page tables: CR accesses and #PF exits, no EPT exit.
+            for reason in ["CR_ACCESS", "EXCEPTION_NMI"] {
+                assert!(
+                    summary.exit_reasons.contains_key(reason),
+                    "{name}: {:?}",
+                    summary.exit_reasons
+                );
+            }
+            assert!(!summary.exit_reasons.contains_key("EPT_VIOLATION"), "{name}");
+        }
         assert!(summary.kernel.as_deref().is_some_and(|k| k.starts_with(release)), "{name}");
         for event in ["kvm_nested_vmenter", "kvm_nested_vmexit", "kvm_nested_vmexit_inject"] {
             assert!(
@@ -149,7 +160,7 @@ fn real_vmx_samples_replay_without_warnings() {
         .filter(|p| p.extension().is_some_and(|e| e == "dat"))
         .collect();
     files.sort();
-    assert!(files.len() >= 26, "{} traces in {}", files.len(), dir().display());
+    assert!(files.len() >= 28, "{} traces in {}", files.len(), dir().display());
     let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in &files {
         let out = Command::new(BIN)
