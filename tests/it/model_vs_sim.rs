@@ -246,8 +246,10 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
             }
         }
     }
-    // 11 scenarios, 7 with one bug each: 18 flavours × 3 kernels × the seeds.
-    assert_eq!(cells, 18 * 3 * seeds().len());
+    // Every scenario's fixed flavour and each of its bugs, × 3 kernels × the seeds.
+    let flavour_count: usize = Scenario::ALL.iter().map(|s| 1 + s.bugs().len()).sum();
+    assert!(flavour_count >= 19, "{flavour_count} flavours");
+    assert_eq!(cells, flavour_count * 3 * seeds().len());
 }
 
 fn sim_dir() -> PathBuf {

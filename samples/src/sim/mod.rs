@@ -27,6 +27,7 @@
 //! | (e) | `evmcs-restore` | restore `kvm_nested_vmenter vmcs: 0xffffffffffffffff` (rip 0xfff0), inject EXTERNAL_INTERRUPT before any L2 entry, then Hyper-V writes the crash MSRs 0x40000100–105 and `KVM_EXIT_SYSTEM_EVENT` | EOI (MSR 0x40000070) and VMRESUME at the same `nested_rip` |
 //! | (f) | `dirty-log` | no EPT violations for L2 writes while logging; `kvm_exit PML_FULL` + `kvm_nested_vmexit PML_FULL` + `kvm_pml_full` in L2 | one `EPT_VIOLATION` (qual `0x1aa`) + `kvm_page_fault` per first write |
 
+pub mod compare;
 mod engine;
 pub mod host;
 mod kernel;
@@ -223,6 +224,10 @@ named_enum! {
         /// The same with nested EPT (as Muen really runs): the stale CR3 shows only through the
         /// subject crashing once it runs on another subject's page tables: bug (a).
         MuenEpt = "muen-ept",
+        /// The Muen pattern with L0 on shadow paging (`kvm_intel ept=0`, as the real
+        /// `l1-hlt-shadow` recordings): guest_mode shadow roots per subject CR3. Bug (a) needs
+        /// L0 EPT, so this one is fixed only.
+        MuenShadow = "muen-shadow",
         /// L0 without EPT; L1 launches an L2 whose vmcs12 passes KVM's checks but fails the
         /// hardware ones (late VM-Fail): bug (b).
         LateVmFail = "late-vmfail",
@@ -253,7 +258,9 @@ impl Scenario {
             Self::Init => &[Bug::InitMmuNotReset],
             Self::EvmcsRestore => &[Bug::EvmcsStaleExit],
             Self::DirtyLog => &[Bug::PmlInL2],
-            Self::SepKernel | Self::SepKernelNoEpt | Self::Smm | Self::Noise => &[],
+            Self::SepKernel | Self::SepKernelNoEpt | Self::MuenShadow | Self::Smm | Self::Noise => {
+                &[]
+            }
         }
     }
 
@@ -264,6 +271,7 @@ impl Scenario {
             Self::SepKernelNoEpt => "separation kernel, N subjects round-robin, nested_ept=n",
             Self::Muen => "Muen-style L1, HLT exiting off, a subject idles in HLT (nested_ept=n)",
             Self::MuenEpt => "Muen-style L1, HLT exiting off, a subject idles in HLT (nested EPT)",
+            Self::MuenShadow => "Muen-style L1, HLT exiting off, L0 on shadow paging (ept=0)",
             Self::LateVmFail => "L0 without EPT, late hardware VM-Fail of a nested VMLAUNCH",
             Self::Invept => "L1 edits EPT12, INVEPT, VMRESUME",
             Self::Init => "L0 without EPT, INIT/SIPI of a vCPU in long mode",

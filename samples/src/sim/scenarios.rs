@@ -62,10 +62,12 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
             }
             background_from = n;
         }
-        Scenario::Muen | Scenario::MuenEpt => {
+        Scenario::Muen | Scenario::MuenEpt | Scenario::MuenShadow => {
             let mut p =
                 SepParams::new(subjects.max(2), iters.max(4), cfg.scenario == Scenario::MuenEpt);
             p.idle_subject = Some(1);
+            v0.l0_ept = cfg.scenario != Scenario::MuenShadow;
+            p.cr3_switches = v0.l0_ept;
             sep_kernel(v0, &p);
         }
         Scenario::LateVmFail => late_vmfail(v0, iters),
@@ -78,7 +80,8 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
     if background_from == 1 {
         // Other vCPUs: the same L1 runs its own subjects there; plain fixed-KVM noise.
         // enable_ept is a host-wide module parameter: without it, no vCPU has nested EPT.
-        let l0_ept = !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init);
+        let l0_ept =
+            !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init | Scenario::MuenShadow);
         let skip = usize::from(cfg.scenario == Scenario::Init);
         for v in rest.iter_mut().skip(skip) {
             v.l0_ept = l0_ept;
@@ -159,6 +162,10 @@ struct SepParams {
     idle_subject: Option<usize>,
     /// L1's memory is dirty-logged (PML in L1 is normal).
     l1_dirty_logging: bool,
+    /// Subjects switch between their page tables now and then (off: each keeps its CR3, as
+    /// the real L1's subjects do; with L0 on shadow paging an L2 MOV CR3 that L0 handles
+    /// leaves vmcs12.GUEST_CR3 stale, reference §2.7 "Open point", not simulated there).
+    cr3_switches: bool,
     vmptr_base: u64,
 }
 
@@ -171,6 +178,7 @@ impl SepParams {
             noise: 30,
             idle_subject: None,
             l1_dirty_logging: false,
+            cr3_switches: true,
             vmptr_base: 0x0000_0000_0800_0000,
         }
     }
@@ -328,7 +336,7 @@ fn run_subject_slice(
     crash: bool,
     idle_rounds: &mut u32,
 ) {
-    let cr3s: &[u64] = if idle { &[] } else { &subj.cr3s };
+    let cr3s: &[u64] = if idle || !p.cr3_switches { &[] } else { &subj.cr3s };
     v.l2_run(subj.code, cr3s);
     if crash {
         // The subject runs on another subject's page tables: its next fetch faults, and L1
@@ -361,13 +369,22 @@ fn run_subject_slice(
     if idle {
         *idle_rounds = 0;
     }
-    for _ in 0..v.rng.range(0, 2) {
+    // The slice ends either while the subject runs (a host timer interrupt, then the
+    // synthesized PREEMPTION_TIMER) or while L1 handles the subject's last exit (the entry
+    // after it is an immediate exit, as the real recordings show).
+    let expires_in_l1 = v.rng.chance(50);
+    let service_exits = v.rng.range(0, 2).max(u64::from(expires_in_l1));
+    for n in 0..service_exits {
         v.l2_noise(p.noise);
         v.l2_run(subj.code, cr3s);
         reflect_service_exit(v);
         // L1 handles the exit, advances the subject's RIP, and resumes it.
         v.l1_step(0x60, 1_500, 8_000);
         v.l1_rip = SK_VMENTRY_RIP;
+        if expires_in_l1 && n + 1 == service_exits {
+            v.l1_vmentry_timer_expired();
+            return;
+        }
         if v.l1_vmentry() == Entered::Halted {
             return;
         }
@@ -576,7 +593,14 @@ fn invept(v: &mut Vcpu, iterations: u32) {
         let (kernel, id, rip) = (v.kernel, v.id, v.l2_rip);
         v.exit_here(HwExit::new(reason::EPT_VIOLATION, 0).qual(qual));
         v.ev(kernel.page_fault_event(id, rip, gpa, qual));
+        // L0 walks EPT12 for the L2 GPA (read: PFERR_USER); the level-1 entry is not present,
+        // so the walk fails (`kvm_mmu_walker_error`) and L0 reflects the EPT violation.
         v.ev(EventKind::KvmMmuPagetableWalk { addr: gpa, pferr: 0x4 });
+        for level in (2..=4u32).rev() {
+            let table = (e & !0xfff) + u64::from(5 - level) * 0x1000;
+            v.ev(EventKind::KvmMmuPagingElement { pte: table | 0x107, level });
+        }
+        v.ev(EventKind::KvmMmuWalkerError { pferr: 0x4 });
         v.nested_vmexit(reason::EPT_VIOLATION, qual, 0, 0, 0);
         // L1 edits EPT12: the page is shadowed by guest_mmu, so the write faults into L0
         // and the shadow page goes unsync.
@@ -596,7 +620,9 @@ fn invept(v: &mut Vcpu, iterations: u32) {
             // (f8aa7e3958bc). Buggy: the handler is a TODO.
             let buggy = v.kvm.has(Bug::InveptNoRootReload);
             invept_idx = Some(v.next_index());
-            v.l1_exit(HwExit::new(reason::INVEPT, 0), 5, move |v| {
+            let operand = v.l1_operand_gva();
+            v.l1_exit(HwExit::new(reason::INVEPT, 0).qual(0x50), 7, move |v| {
+                v.walk_operand(operand, 4);
                 if !buggy {
                     v.guest_mmu_root = None;
                 }
