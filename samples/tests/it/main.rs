@@ -7,3 +7,4 @@ mod sim_behaviour;
 mod sim_props;
 mod sim_samples;
 mod sim_text;
+mod sim_vs_real;
