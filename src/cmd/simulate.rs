@@ -19,7 +19,7 @@ pub struct Args {
     /// List the scenarios, one per line: name, the bugs it can inject, what it does.
     #[arg(long)]
     pub list: bool,
-    /// KVM flavour: `fixed`, `buggy` (the scenario's bug) or `buggy:BUG` (a-f or a bug name).
+    /// KVM flavour: `fixed`, `buggy` (the scenario's bug) or `buggy:BUG` (a-m or a bug name).
     #[arg(long, default_value = "fixed")]
     pub kvm: String,
     /// Kernel whose tracepoint layouts to emit: 5.10, 6.1 or 6.14.

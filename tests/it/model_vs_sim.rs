@@ -33,7 +33,17 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-/// The rules that encode each bug's §3 signature.
+/// The rules that encode each bug's signature. A bug whose list is empty has no rule yet: its
+/// buggy flavour is left out of the matrix (its fixed flavour is in, and must be clean).
+///
+/// **Enabling issue 15's bugs (g)–(m):** write the rule, put it here, and the matrix runs the
+/// buggy flavour in every kernel and seed, in memory and as text, requiring an anomaly of that
+/// rule `at` the truth's `divergence` or with it in its evidence (see [`check`]) and nothing
+/// else above info. What the truth marks for each is listed by
+/// `issue_15_buggy_flavours_and_what_their_truth_marks` (run it with `--ignored
+/// --nocapture`): for the loops (g)–(k) `divergence` is the third round's `kvm_exit` and
+/// `cycle_starts` every round's; for (l) the `kvm_inj_exception #PF` the emulator injected;
+/// for (m) the `kvm_entry` of L1 at the RSM instruction's RIP.
 fn rules_of(bug: Bug) -> &'static [RuleId] {
     match bug {
         Bug::HltStaleCr3 => &[RuleId::ChangedSubjectCr3, RuleId::HltCancelledExitState],
@@ -42,6 +52,14 @@ fn rules_of(bug: Bug) -> &'static [RuleId] {
         Bug::InitMmuNotReset => &[RuleId::ResetRootRole],
         Bug::EvmcsStaleExit => &[RuleId::EvmcsRestoreStaleExit],
         Bug::PmlInL2 => &[RuleId::PmlFullInL2],
+        // Issue 15: rules pending (the integrator's).
+        Bug::MmuSeqLivelock
+        | Bug::IrqLineStuck
+        | Bug::MmioVectoringLoop
+        | Bug::EfaultMemslot
+        | Bug::SplitIrqchipEoi
+        | Bug::Cr0WpStaleEmulation
+        | Bug::NsvmRsmVmcb01 => &[],
     }
 }
 
@@ -96,6 +114,15 @@ fn undecidable(bug: Bug, kernel: KernelVersion, events: &[Event]) -> Option<&'st
             Some("no kvm_nested_vmenter before 6.1: the eVMCS restore is invisible")
         }
         Bug::LateVmFailCr3 | Bug::InitMmuNotReset | Bug::PmlInL2 => None,
+        // Visible on every kernel: loops show in kvm_exit alone, (l) in kvm_inj_exception and
+        // kvm_nested_vmexit_inject, (m) in kvm_nested_vmrun (5.10) / kvm_nested_vmenter.
+        Bug::MmuSeqLivelock
+        | Bug::IrqLineStuck
+        | Bug::MmioVectoringLoop
+        | Bug::EfaultMemslot
+        | Bug::SplitIrqchipEoi
+        | Bug::Cr0WpStaleEmulation
+        | Bug::NsvmRsmVmcb01 => None,
     }
 }
 
@@ -122,9 +149,32 @@ fn describe(anomalies: &[Anomaly]) -> String {
     anomalies.iter().map(|a| format!("  #{} {a}\n", a.at.0)).collect()
 }
 
+/// Anomalies today's model reports on a *fixed* flavour, where the simulated KVM behaves
+/// correctly: model gaps found by issue 15's scenarios, left for the model's owner (this
+/// branch does not touch replay/). `(scenario, kernel or None for all, rule, why)`. The fixed
+/// check tolerates exactly these; `known_model_gaps_still_reproduce` fails once one is fixed,
+/// so that its entry is removed.
+const KNOWN_MODEL_GAPS: &[(Scenario, Option<KernelVersion>, &str, &str)] = &[(
+    Scenario::FailedNestedEntry,
+    Some(KernelVersion::V5_10),
+    "early_vmfail_resume",
+    "before 6.1 a nested entry failing KVM's guest-state checks (no kvm_nested_vmenter) looks \
+     like an early VMfail; KVM sends L1 to HOST_RIP, not past the VMLAUNCH. The failed check's \
+     message tells them apart (nested_vmx_check_guest_state: guest CR0/CR4, VMCS link pointer, \
+     EFER, …)",
+)];
+
+fn tolerated(scenario: Scenario, kernel: KernelVersion, a: &Anomaly) -> bool {
+    KNOWN_MODEL_GAPS.iter().any(|(s, k, rule, _)| {
+        *s == scenario && k.is_none_or(|k| k == kernel) && a.rule.name() == *rule
+    })
+}
+
 /// Checks one replayed trace against what the simulator says happened.
+#[allow(clippy::too_many_arguments)]
 fn check(
     what: &str,
+    scenario: Scenario,
     flavour: KvmFlavour,
     kernel: KernelVersion,
     events: &[Event],
@@ -132,8 +182,11 @@ fn check(
     anomalies: &[Anomaly],
     summary: &TraceSummary,
 ) {
-    let above_info: Vec<Anomaly> =
-        anomalies.iter().filter(|a| a.severity > Severity::Info).cloned().collect();
+    let above_info: Vec<Anomaly> = anomalies
+        .iter()
+        .filter(|a| a.severity > Severity::Info && !tolerated(scenario, kernel, a))
+        .cloned()
+        .collect();
     let Some(bug) = flavour.bug() else {
         assert!(above_info.is_empty(), "{what}: fixed KVM, yet:\n{}", describe(&above_info));
         return;
@@ -187,7 +240,7 @@ fn check_not_vacuous(
     summary: &TraceSummary,
 ) {
     for bug in scenario.bugs() {
-        if undecidable(*bug, kernel, events).is_some() {
+        if rules_of(*bug).is_empty() || undecidable(*bug, kernel, events).is_some() {
             // (MAYBE_TEXT_NESTED included: whether it decides depends on event order.)
             continue;
         }
@@ -201,9 +254,12 @@ fn check_not_vacuous(
     }
 }
 
+/// The fixed flavour and every bug that has its rules ([`rules_of`]).
 fn flavours(scenario: Scenario) -> Vec<KvmFlavour> {
     let mut out = vec![KvmFlavour::Fixed];
-    out.extend(scenario.bugs().iter().map(|b| KvmFlavour::Buggy(*b)));
+    out.extend(
+        scenario.bugs().iter().filter(|b| !rules_of(**b).is_empty()).map(|b| KvmFlavour::Buggy(*b)),
+    );
     out
 }
 
@@ -224,7 +280,16 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                         run.truth.bug.as_ref().map(|b| u64::try_from(b.divergence).unwrap());
 
                     let (anomalies, summary) = replay(run.events.iter().cloned());
-                    check(&what, flavour, kernel, &run.events, divergence, &anomalies, &summary);
+                    check(
+                        &what,
+                        scenario,
+                        flavour,
+                        kernel,
+                        &run.events,
+                        divergence,
+                        &anomalies,
+                        &summary,
+                    );
                     if flavour == KvmFlavour::Fixed {
                         check_not_vacuous(&what, scenario, kernel, &run.events, &summary);
                     }
@@ -237,7 +302,9 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                     assert_eq!(events.len(), run.events.len(), "{what}: text event count");
                     let (anomalies, summary) = replay(events.iter().cloned());
                     let what = format!("{what} (text)");
-                    check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
+                    check(
+                        &what, scenario, flavour, kernel, &events, divergence, &anomalies, &summary,
+                    );
                     if flavour == KvmFlavour::Fixed {
                         check_not_vacuous(&what, scenario, kernel, &events, &summary);
                     }
@@ -246,9 +313,10 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
             }
         }
     }
-    // Every scenario's fixed flavour and each of its bugs, × 3 kernels × the seeds.
-    let flavour_count: usize = Scenario::ALL.iter().map(|s| 1 + s.bugs().len()).sum();
-    assert!(flavour_count >= 19, "{flavour_count} flavours");
+    // Every scenario's fixed flavour (20 scenarios) and each bug with rules (7 flavours of
+    // bugs (a)–(f)), × 3 kernels × the seeds.
+    let flavour_count: usize = Scenario::ALL.iter().map(|s| flavours(*s).len()).sum();
+    assert!(flavour_count >= 20 + 7, "{flavour_count} flavours");
     assert_eq!(cells, flavour_count * 3 * seeds().len());
 }
 
@@ -268,6 +336,7 @@ fn committed_sim_samples_through_the_text_reader() {
         let truth: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
         let kernel: KernelVersion = truth["kernel"].as_str().unwrap().parse().unwrap();
+        let scenario: Scenario = truth["scenario"].as_str().unwrap().parse().unwrap();
         let flavour = match truth["kvm"].as_str().unwrap() {
             "fixed" => KvmFlavour::Fixed,
             other => KvmFlavour::Buggy(other.strip_prefix("buggy:").unwrap().parse().unwrap()),
@@ -277,8 +346,89 @@ fn committed_sim_samples_through_the_text_reader() {
             open(&path, ReadOptions::default()).unwrap().map(|e| e.unwrap()).collect();
         let (anomalies, summary) = replay(events.iter().cloned());
         let what = path.display().to_string();
-        check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
+        check(&what, scenario, flavour, kernel, &events, divergence, &anomalies, &summary);
         seen += 1;
     }
     assert!(seen >= 16, "only {seen} committed sim samples");
+}
+
+/// For the integrator: issue 15's buggy flavours that have no rule yet, and the events their
+/// ground truth marks (the anomaly must be `at` `divergence` or have it in its evidence; a
+/// loop detector should report the cycle once, with `cycle_starts` as its repeats). Enabling
+/// one is adding its rules to [`rules_of`]; this test then fails for it, as a reminder to
+/// remove it from here.
+#[test]
+#[ignore = "lists the truth of the buggy flavours whose rules are pending; run with --ignored --nocapture"]
+fn issue_15_buggy_flavours_and_what_their_truth_marks() {
+    for scenario in Scenario::ALL.iter().copied() {
+        for bug in scenario.bugs().iter().copied().filter(|b| rules_of(*b).is_empty()) {
+            for kernel in KernelVersion::ALL {
+                let cfg = SimConfig::new(scenario).kvm(KvmFlavour::Buggy(bug)).kernel(kernel);
+                let run = sim::simulate(&cfg).expect("valid configuration");
+                let site = run.truth.bug.as_ref().expect("the bug triggers");
+                let show = |i: usize| format!("#{i} {}", run.events[i].name());
+                println!(
+                    "{scenario} {bug} {kernel}: trigger {}, first difference {}, divergence {}{}",
+                    show(site.trigger),
+                    show(site.first_difference),
+                    show(site.divergence),
+                    if site.cycle_starts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} rounds from {}",
+                            site.cycle_starts.len(),
+                            show(site.cycle_starts[0])
+                        )
+                    }
+                );
+                // Today's model does not flag it (no rule); once a rule does, move the bug to
+                // rules_of.
+                let (anomalies, _) = replay(run.events.iter().cloned());
+                let hit = anomalies.iter().any(|a| {
+                    a.severity > Severity::Info
+                        && (a.at.0 == site.divergence as u64
+                            || a.evidence.iter().any(|e| e.0 == site.divergence as u64))
+                });
+                assert!(!hit, "{scenario} {bug} {kernel} is detected: add its rules to rules_of");
+            }
+        }
+    }
+}
+
+/// The fixed flavours of issue 15's scenarios hold what triage must explain: the landmarks of
+/// the ground truth (a failed nested entry, a reflected triple fault, an internal error).
+#[test]
+fn issue_15_fixed_flavours_carry_their_landmarks() {
+    for (scenario, what) in [
+        (Scenario::FailedNestedEntry, "failed-nested-entry"),
+        (Scenario::FailedNestedEntry, "nested-vmfail"),
+        (Scenario::NestedTripleFault, "l2-triple-fault-reflected"),
+        (Scenario::ExceptionDeliveryLoop, "internal-error"),
+        (Scenario::NsvmRsm, "rsm-into-l2-first-exit"),
+    ] {
+        for kernel in KernelVersion::ALL {
+            let run = sim::simulate(&SimConfig::new(scenario).kernel(kernel)).unwrap();
+            let marks: Vec<_> = run.truth.landmarks.iter().filter(|l| l.what == what).collect();
+            assert!(!marks.is_empty(), "{scenario} {kernel}: no {what} landmark");
+            for m in marks {
+                assert!(m.at < run.events.len() && m.evidence.iter().all(|e| *e < m.at));
+            }
+        }
+    }
+}
+
+#[test]
+fn known_model_gaps_still_reproduce() {
+    for (scenario, kernel, rule, why) in KNOWN_MODEL_GAPS {
+        let kernels: Vec<KernelVersion> = kernel.map_or(KernelVersion::ALL.to_vec(), |k| vec![k]);
+        for kernel in kernels {
+            let run = sim::simulate(&SimConfig::new(*scenario).kernel(kernel)).unwrap();
+            let (anomalies, _) = replay(run.events.iter().cloned());
+            assert!(
+                anomalies.iter().any(|a| a.rule.name() == *rule),
+                "{scenario} {kernel}: the model no longer reports {rule} ({why}): remove it from KNOWN_MODEL_GAPS"
+            );
+        }
+    }
 }

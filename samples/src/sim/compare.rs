@@ -137,6 +137,34 @@ pub const COUNTERPARTS: &[Counterpart] = &[
         not_comparable: None,
     },
     Counterpart {
+        scenario: Scenario::FailedNestedEntry,
+        real: "samples/real/vmx/l1-vmfail-6.1.dat",
+        kernel: KernelVersion::V6_1,
+        subjects: 1,
+        not_comparable: None,
+    },
+    Counterpart {
+        scenario: Scenario::FailedNestedEntry,
+        real: "samples/real/vmx/l1-vmfail-6.12.dat",
+        kernel: KernelVersion::V6_1,
+        subjects: 1,
+        not_comparable: None,
+    },
+    Counterpart {
+        scenario: Scenario::NestedTripleFault,
+        real: "samples/real/vmx/l1-triple-fault-6.1.dat",
+        kernel: KernelVersion::V6_1,
+        subjects: 1,
+        not_comparable: None,
+    },
+    Counterpart {
+        scenario: Scenario::NestedTripleFault,
+        real: "samples/real/vmx/l1-triple-fault-6.12.dat",
+        kernel: KernelVersion::V6_1,
+        subjects: 1,
+        not_comparable: None,
+    },
+    Counterpart {
         scenario: Scenario::Init,
         real: "samples/real/vmx/l1-init-6.1.dat",
         kernel: KernelVersion::V6_1,
@@ -188,14 +216,12 @@ impl fmt::Display for Label {
 /// Simulated behaviours the real recordings cannot show, because the real L1 never does what
 /// the simulated one does there: `(label, a token of the signature, why)`. They are listed by
 /// the comparison, not counted as differences.
-pub const UNOBSERVED: &[(&str, &str, &str)] = &[
-    (
-        "L2 EPT_VIOLATION",
-        "inject EPT_VIOLATION",
-        "the real L1 maps all of its subjects' memory in EPT12, so no EPT violation is \
+pub const UNOBSERVED: &[(&str, &str, &str)] = &[(
+    "L2 EPT_VIOLATION",
+    "inject EPT_VIOLATION",
+    "the real L1 maps all of its subjects' memory in EPT12, so no EPT violation is \
          reflected to it",
-    ),
-];
+)];
 
 /// One step of one vCPU thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,7 +281,7 @@ pub fn steps(events: &[Event], vocabulary: Option<&BTreeSet<String>>) -> Vec<Ste
                 signature: Vec::new(),
             };
             let ctx = StepContext {
-                exit: Some(x.clone()),
+                exit: Some(*x),
                 last_cr3_write: cr3_by_pid.get(&e.pid).copied(),
                 ..StepContext::default()
             };
@@ -354,7 +380,9 @@ fn token(kind: &EventKind, ctx: &mut StepContext) -> Option<String> {
             if err.0 != 0 {
                 let _ = write!(t, " {err}");
             }
-            ctx.back_in_l1 = true;
+            // After a kvm_nested_vmenter, a failure sends L1 to HOST_RIP; before it (VMfail),
+            // L1 goes on after its instruction.
+            ctx.back_in_l1 = ctx.nested_rip.is_some();
         }
         EventKind::KvmEntry(entry) => {
             t.push_str("entry");
@@ -452,10 +480,10 @@ fn exit_details(x: &ExitInfo) -> String {
     if let Some(intr) = x.intr_info().filter(|i| i.valid()) {
         let _ = write!(s, " intr={}", intr_class(intr));
     }
-    if let Some(idt) = x.info2().and_then(|v| u32::try_from(v).ok()).map(IntrInfo) {
-        if idt.valid() {
-            let _ = write!(s, " idt={}", intr_class(idt));
-        }
+    if let Some(idt) = x.info2().and_then(|v| u32::try_from(v).ok()).map(IntrInfo)
+        && idt.valid()
+    {
+        let _ = write!(s, " idt={}", intr_class(idt));
     }
     if let ExitCode::Vmx(r) = x.reason() {
         let qual = x.info1().unwrap_or(0);
@@ -480,10 +508,10 @@ fn inject_details(x: &ExitInfo) -> String {
     if let Some(intr) = x.intr_info().filter(|i| i.valid()) {
         let _ = write!(s, " ext_int={}", intr_class(intr));
     }
-    if let Some(idt) = x.info2().and_then(|v| u32::try_from(v).ok()).map(IntrInfo) {
-        if idt.valid() {
-            let _ = write!(s, " idt={}", intr_class(idt));
-        }
+    if let Some(idt) = x.info2().and_then(|v| u32::try_from(v).ok()).map(IntrInfo)
+        && idt.valid()
+    {
+        let _ = write!(s, " idt={}", intr_class(idt));
     }
     if let ExitCode::Vmx(r) = x.reason()
         && r.0 & 0x8000_0000 != 0
@@ -498,9 +526,9 @@ fn intr_class(intr: IntrInfo) -> String {
     match intr.kind() {
         IntrType::ExternalInterrupt => "ext".into(),
         IntrType::Nmi => "nmi".into(),
-        IntrType::HardwareException => intr
-            .exception()
-            .map_or_else(|| format!("exc 0x{:x}", intr.vector()), |v| v.to_string()),
+        IntrType::HardwareException => {
+            intr.exception().map_or_else(|| format!("exc 0x{:x}", intr.vector()), |v| v.to_string())
+        }
         IntrType::SoftwareInterrupt => format!("sw 0x{:x}", intr.vector()),
         IntrType::PrivilegedSoftwareException | IntrType::SoftwareException => {
             format!("swexc 0x{:x}", intr.vector())
@@ -622,6 +650,9 @@ impl Row {
     }
 }
 
+/// Field sets per event name: (simulated, real).
+pub type FieldSetPair = (BTreeSet<Vec<String>>, BTreeSet<Vec<String>>);
+
 /// A simulated trace against a real one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Comparison {
@@ -632,7 +663,7 @@ pub struct Comparison {
     /// Recorded event names left out (the simulator never emits them).
     pub real_only_events: BTreeSet<String>,
     /// Per event name in the vocabulary whose field sets differ: (simulated, real).
-    pub layout_differences: BTreeMap<String, (BTreeSet<Vec<String>>, BTreeSet<Vec<String>>)>,
+    pub layout_differences: BTreeMap<String, FieldSetPair>,
     /// Per label, the signatures on both sides.
     pub rows: BTreeMap<Label, Row>,
 }
@@ -659,8 +690,12 @@ impl Comparison {
         }
         let mut rows: BTreeMap<Label, Row> = BTreeMap::new();
         for step in steps(sim, Some(&vocabulary)) {
-            *rows.entry(step.label.clone()).or_default().sim.entry(step.signature_line()).or_default() +=
-                1;
+            *rows
+                .entry(step.label.clone())
+                .or_default()
+                .sim
+                .entry(step.signature_line())
+                .or_default() += 1;
         }
         for step in steps(real, Some(&vocabulary)) {
             *rows
@@ -684,8 +719,11 @@ impl Comparison {
                 label.level != Level::Start && !row.sim.is_empty() && !row.real.is_empty()
             })
             .filter_map(|(label, row)| {
-                let only: Vec<&str> =
-                    row.sim_only().into_iter().filter(|sig| unobserved(label, sig).is_none()).collect();
+                let only: Vec<&str> = row
+                    .sim_only()
+                    .into_iter()
+                    .filter(|sig| unobserved(label, sig).is_none())
+                    .collect();
                 (!only.is_empty()).then_some((label, only))
             })
             .collect()

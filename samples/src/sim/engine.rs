@@ -11,7 +11,7 @@ use vmxray_events::codes::{IntrInfo, Isa, MmuPageRole};
 use vmxray_events::fields::{FieldValue, Fields};
 use vmxray_events::{Event, EventKind, MmuPage, NestedVmenter};
 
-use super::kernel::{HwExit, KernelVersion};
+use super::kernel::{HwExit, KernelVersion, SvmExit};
 use super::rng::Rng;
 use super::truth::{Vmcs12Field, Vmcs12Write, Writer};
 use super::{Bug, KvmFlavour};
@@ -34,6 +34,23 @@ pub(crate) mod reason {
     pub(crate) const INVEPT: u32 = 50;
     pub(crate) const PREEMPTION_TIMER: u32 = 52;
     pub(crate) const PML_FULL: u32 = 62;
+    pub(crate) const INVALID_STATE: u32 = 33;
+    pub(crate) const LDTR_TR: u32 = 47;
+    pub(crate) const EPT_MISCONFIG: u32 = 49;
+}
+
+/// SVM exit codes used by the scenarios (APM vol. 2, appendix C; reference §4.2).
+pub(crate) mod svm {
+    pub(crate) const EXCP_GP: u64 = 0x04d;
+    pub(crate) const INTR: u64 = 0x060;
+    pub(crate) const CPUID: u64 = 0x072;
+    pub(crate) const RSM: u64 = 0x073;
+    pub(crate) const IOIO: u64 = 0x07b;
+    pub(crate) const MSR: u64 = 0x07c;
+    pub(crate) const VMRUN: u64 = 0x080;
+    pub(crate) const NPF: u64 = 0x400;
+    /// `SVM_EXIT_SW`: the code KVM gives the silent #VMEXIT it performs itself (SMI entry).
+    pub(crate) const SW: u64 = 0xf000_0000;
 }
 
 /// Interruption-information values (reference §4.5).
@@ -42,6 +59,8 @@ pub(crate) mod intr {
     pub(crate) const PF: u32 = 0x8000_0b0e;
     /// #UD.
     pub(crate) const UD: u32 = 0x8000_0306;
+    /// #GP, hardware exception with error code.
+    pub(crate) const GP: u32 = 0x8000_0b0d;
     /// External interrupt with `vector`.
     pub(crate) fn ext(vector: u8) -> u32 {
         0x8000_0000 | u32::from(vector)
@@ -94,6 +113,17 @@ pub(crate) struct LocalSite {
     pub(crate) first_difference: usize,
     pub(crate) divergence: usize,
     pub(crate) note: &'static str,
+    /// For a loop: the local index of the first event of every round.
+    pub(crate) cycle_starts: Vec<usize>,
+}
+
+/// A landmark ([`super::truth::Landmark`]) in this vCPU's local event indices.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalLandmark {
+    pub(crate) what: &'static str,
+    pub(crate) at: usize,
+    pub(crate) evidence: Vec<usize>,
+    pub(crate) note: &'static str,
 }
 
 /// One vCPU thread: its identity, clock, output, and KVM's state for it.
@@ -112,6 +142,7 @@ pub(crate) struct Vcpu {
     pub(crate) events: Vec<Event>,
     pub(crate) writes: Vec<(usize, Vmcs12Write)>,
     pub(crate) sites: Vec<LocalSite>,
+    pub(crate) landmarks: Vec<LocalLandmark>,
     /// No more events on this vCPU (it shut down or blocked forever).
     pub(crate) dead: bool,
 
@@ -187,6 +218,7 @@ impl Vcpu {
             events: Vec::new(),
             writes: Vec::new(),
             sites: Vec::new(),
+            landmarks: Vec::new(),
             dead: false,
             mode: Mode::L1,
             l1_rip: 0,
@@ -273,7 +305,25 @@ impl Vcpu {
         divergence: usize,
         note: &'static str,
     ) {
-        self.sites.push(LocalSite { bug, trigger, first_difference, divergence, note });
+        self.sites.push(LocalSite {
+            bug,
+            trigger,
+            first_difference,
+            divergence,
+            note,
+            cycle_starts: Vec::new(),
+        });
+    }
+
+    /// Marks a landmark (local indices).
+    pub(crate) fn landmark(
+        &mut self,
+        what: &'static str,
+        at: usize,
+        evidence: Vec<usize>,
+        note: &'static str,
+    ) {
+        self.landmarks.push(LocalLandmark { what, at, evidence, note });
     }
 
     /// Records a vmcs12 field write (the ground truth), when the value changes.
@@ -446,7 +496,7 @@ impl Vcpu {
                 let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
                 (gva & !page_mask) | if level > 1 { 0xe3 } else { 0x63 }
             } else {
-                0x3000 + u64::from(4 - level) * 0x1000 | 0x23
+                (0x3000 + u64::from(4 - level) * 0x1000) | 0x23
             };
             self.ev(EventKind::KvmMmuPagingElement { pte, level });
         }
@@ -829,13 +879,43 @@ impl Vcpu {
             | u32::from(qual & 2 != 0) << 1
             | u32::from(qual & 4 != 0) << 4
             | u32::from(qual & 0x38 != 0);
+        self.walk_ept12_pferr(l2_gpa, pferr);
+    }
+
+    /// L0 walks L2's page tables for `gva` under nested EPT (emulating an L2 instruction): the
+    /// outer walk (`pferr` = the access), an EPT12 walk (W|U: the A/D update) for every L2
+    /// paging structure before its `kvm_mmu_paging_element`, and a last EPT12 walk of the page
+    /// itself (U plus the access's W/F bits), as in the real `l1-triple-fault` recordings.
+    /// `levels`: how many levels L2's tables have for `gva` (3 with 2 MiB pages).
+    pub(crate) fn walk_l2_two_dimensional(&mut self, gva: u64, pferr: u32, levels: u32) {
+        self.ev(EventKind::KvmMmuPagetableWalk { addr: gva, pferr });
+        let leaf_level = 5 - levels.clamp(1, 4);
+        let mut table = self.l2_cr3 & !0xfff;
+        let mut page = gva & !0xfff;
+        for level in (leaf_level..=4).rev() {
+            self.walk_ept12_pferr(table, 0x6);
+            let pte = if level == leaf_level {
+                let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
+                page = gva & !page_mask & 0x0000_ffff_ffff_f000;
+                page | if level > 1 { 0xa3 } else { 0x23 }
+            } else {
+                table = table.wrapping_sub(0x8000) & 0x0000_ffff_ffff_f000;
+                table | 0x23
+            };
+            self.ev(EventKind::KvmMmuPagingElement { pte, level });
+        }
+        self.walk_ept12_pferr(page, 0x4 | (pferr & 0x12));
+    }
+
+    /// An EPT12 walk for `l2_gpa` with KVM's PFERR bits for the access.
+    pub(crate) fn walk_ept12_pferr(&mut self, l2_gpa: u64, pferr: u32) {
         self.ev(EventKind::KvmMmuPagetableWalk { addr: l2_gpa, pferr });
         let eptp = self.current_vmcs12().map_or(0, |v| v.eptp & !0xfff);
         for level in (1..=4u32).rev() {
             let pte = if level == 1 {
                 l2_gpa & !0xfff | 0x37
             } else {
-                eptp + u64::from(5 - level) * 0x8000 | 0x107
+                (eptp + u64::from(5 - level) * 0x8000) | 0x107
             };
             self.ev(EventKind::KvmMmuPagingElement { pte, level });
         }
@@ -917,6 +997,91 @@ impl Vcpu {
         if self.pml_entries >= PML_ENTRIES {
             self.pml_full();
         }
+    }
+
+    // ---- events every scenario may need ------------------------------------------------
+
+    /// `kvm_inj_exception` in this kernel's layout.
+    pub(crate) fn inj_exception(
+        &mut self,
+        vector: u8,
+        err: Option<u32>,
+        reinjected: bool,
+    ) -> usize {
+        let reinjected = self.kernel.injection_has_reinjected().then_some(reinjected);
+        self.ev(EventKind::KvmInjException {
+            exception: vmxray_events::codes::ExceptionVector(vector),
+            has_error: err.is_some(),
+            error_code: err.unwrap_or(0),
+            reinjected,
+        })
+    }
+
+    /// `kvm_inj_virq` (an external interrupt injected into the running level).
+    pub(crate) fn inj_virq(&mut self, vector: u8, reinjected: bool) -> usize {
+        let newer = self.kernel.injection_has_reinjected();
+        self.ev(EventKind::KvmInjVirq {
+            vector: u32::from(vector),
+            soft: newer.then_some(false),
+            reinjected: newer.then_some(reinjected),
+        })
+    }
+
+    /// `kvm_userspace_exit`: KVM_RUN returns to the VMM (`errno` < 0 for an error).
+    pub(crate) fn userspace_exit(&mut self, reason: u32, errno: i32) -> usize {
+        self.ev(EventKind::KvmUserspaceExit {
+            reason: vmxray_events::codes::UserspaceExitReason(reason),
+            errno: Some(errno),
+        })
+    }
+
+    /// `kvm_fpu load|unload` (KVM_RUN entry and exit of the vCPU thread).
+    pub(crate) fn fpu(&mut self, load: bool) -> usize {
+        self.other("kvm", "kvm_fpu", &[("load", FieldValue::U64(u64::from(load)))])
+    }
+
+    /// `kvm_emulate_insn` for `insn` at `rip` (64-bit code).
+    pub(crate) fn emulate_insn(&mut self, rip: u64, insn: &[u8], failed: bool) -> usize {
+        self.ev(EventKind::KvmEmulateInsn {
+            rip,
+            csbase: 0,
+            insn: vmxray_events::InsnBytes::new(insn, insn.len()),
+            flags: 9,
+            failed,
+        })
+    }
+
+    /// `kvm_mmu_walker_error` (a guest walk that failed with `pferr`).
+    pub(crate) fn walker_error(&mut self, pferr: u32) -> usize {
+        self.ev(EventKind::KvmMmuWalkerError { pferr })
+    }
+
+    /// An SVM #VMEXIT: `kvm_exit` (isa 2) and, in L2, `kvm_nested_vmexit` (`svm_handle_exit`
+    /// traces it for every exit in guest mode).
+    pub(crate) fn svm_exit(&mut self, x: SvmExit) -> usize {
+        let idx = self.ev(self.kernel.svm_exit_event(false, self.id, &x));
+        if self.mode == Mode::L2 {
+            self.ev(self.kernel.svm_exit_event(true, self.id, &x));
+        }
+        idx
+    }
+
+    /// `kvm_nested_vmexit_inject` on SVM (`nested_svm_vmexit` traces it for every nested
+    /// #VMEXIT, the SMI's `SVM_EXIT_SW` included).
+    pub(crate) fn svm_inject(&mut self, code: u64, info1: u64, info2: u64) -> usize {
+        use vmxray_events::codes::{ExitCode, SvmExitCode};
+        use vmxray_events::{ExitFields, ExitInfo};
+        self.ev(EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
+            reason: ExitCode::Svm(SvmExitCode(code)),
+            isa: Some(Isa::Svm),
+            guest_rip: None,
+            info1: Some(info1),
+            info2: Some(info2),
+            intr_info: Some(IntrInfo(0)),
+            error_code: Some(0),
+            vcpu_id: None,
+            requests: None,
+        })))
     }
 
     /// KVM's cached copy of the current vmcs12.

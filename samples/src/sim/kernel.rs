@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa};
+use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa, SvmExitCode};
 use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo};
 
 /// The host kernel whose tracepoint layouts the simulator reproduces.
@@ -114,6 +114,24 @@ impl KernelVersion {
         if nested { EventKind::KvmNestedVmexit(info) } else { EventKind::KvmExit(info) }
     }
 
+    /// Builds an SVM `kvm_exit` (or, with `nested`, `kvm_nested_vmexit`): isa 2, the exit code,
+    /// and `exit_info_1`, `exit_info_2`, `exit_int_info`, `exit_int_info_err` in the four info
+    /// fields (reference §1.2).
+    pub(crate) fn svm_exit_event(self, nested: bool, vcpu: u32, x: &SvmExit) -> EventKind {
+        let info = ExitInfo::from(ExitFields {
+            reason: ExitCode::Svm(SvmExitCode(x.code)),
+            isa: Some(Isa::Svm),
+            guest_rip: Some(x.rip),
+            info1: Some(x.info1),
+            info2: Some(x.info2),
+            intr_info: Some(IntrInfo(x.int_info)),
+            error_code: Some(x.int_info_err),
+            vcpu_id: Some(vcpu),
+            requests: self.exit_has_requests().then_some(0),
+        });
+        if nested { EventKind::KvmNestedVmexit(info) } else { EventKind::KvmExit(info) }
+    }
+
     /// Builds `kvm_entry` with this kernel's fields (`immediate`: KVM forces an exit right
     /// after the entry, to handle a pending event it could not inject before it).
     pub(crate) fn entry_event(
@@ -173,6 +191,18 @@ impl FromStr for KernelVersion {
             other => Err(UnknownKernel(other.to_owned())),
         }
     }
+}
+
+/// What an SVM #VMEXIT reports (the `kvm_exit` fields on SVM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvmExit {
+    /// The exit code (`SVM_EXIT_*`).
+    pub(crate) code: u64,
+    pub(crate) rip: u64,
+    pub(crate) info1: u64,
+    pub(crate) info2: u64,
+    pub(crate) int_info: u32,
+    pub(crate) int_info_err: u32,
 }
 
 /// What the hardware reports at a VM-exit (the `kvm_exit` fields on VMX).

@@ -7,7 +7,7 @@ use vmxray_events::fields::FieldValue;
 use super::engine::{Entered, Mode, Vcpu, Vmcs12, eptp, intr, reason, role};
 use super::kernel::HwExit;
 use super::rng::Rng;
-use super::truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Writer};
+use super::truth::{BugSite, GroundTruth, Landmark, VcpuThread, Vmcs12Field, Writer};
 use super::{Bug, Scenario, SimConfig, Simulation};
 
 /// Where a separation kernel's code lives (identity-mapped L1, Muen-like addresses).
@@ -76,6 +76,38 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
         Scenario::EvmcsRestore => evmcs_restore(v0, iters),
         Scenario::DirtyLog => dirty_log(v0, iters.max(5)),
         Scenario::Smm => smm(v0, iters.max(2)),
+        Scenario::EptLivelock => super::stuck::ept_livelock(v0, iters),
+        Scenario::IrqReinjectLoop => super::stuck::irq_reinject_loop(v0, iters),
+        Scenario::ExceptionDeliveryLoop => super::stuck::exception_delivery_loop(v0, iters),
+        Scenario::EfaultLoop => super::stuck::efault_loop(v0, iters),
+        Scenario::EoiLoop => super::stuck::eoi_loop(v0, iters),
+        Scenario::FailedNestedEntry => super::nested_faults::failed_nested_entry(v0, iters),
+        Scenario::NestedTripleFault => super::nested_faults::nested_triple_fault(v0, iters),
+        Scenario::NsvmRsm => super::nested_faults::nsvm_rsm(v0, iters),
+    }
+    // The stuck-vCPU scenarios run a VM without nesting: its other vCPUs are plain guests
+    // (on shadow paging where the scenario's L0 is); the AMD one's are plain SVM guests.
+    match cfg.scenario {
+        Scenario::EptLivelock
+        | Scenario::IrqReinjectLoop
+        | Scenario::ExceptionDeliveryLoop
+        | Scenario::EfaultLoop => {
+            let l0_ept = cfg.scenario != Scenario::ExceptionDeliveryLoop;
+            for v in rest.iter_mut() {
+                v.l0_ept = l0_ept;
+                v.l1_rip = 0xffff_ffff_8100_0000 + u64::from(v.id) * 0x40;
+                v.enter();
+                super::stuck::plain_guest(v, 2 + iters.min(6));
+            }
+            background_from = n;
+        }
+        Scenario::NsvmRsm => {
+            for v in rest.iter_mut() {
+                super::nested_faults::svm_plain_guest(v, 2 + iters.min(6));
+            }
+            background_from = n;
+        }
+        _ => {}
     }
     if background_from == 1 {
         // Other vCPUs: the same L1 runs its own subjects there; plain fixed-KVM noise.
@@ -112,6 +144,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
     let total = order.len();
     let map = |vi: usize, li: usize| global[vi].get(li).copied().unwrap_or(total);
     let mut occurrences = Vec::new();
+    let mut landmarks = Vec::new();
     let mut writes = Vec::new();
     for (vi, v) in vcpus.iter().enumerate() {
         for s in &v.sites {
@@ -122,6 +155,16 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
                 first_difference: map(vi, s.first_difference),
                 divergence: map(vi, s.divergence),
                 note: s.note,
+                cycle_starts: s.cycle_starts.iter().map(|&li| map(vi, li)).collect(),
+            });
+        }
+        for l in &v.landmarks {
+            landmarks.push(Landmark {
+                what: l.what,
+                vcpu: v.id,
+                at: map(vi, l.at),
+                evidence: l.evidence.iter().map(|&li| map(vi, li)).collect(),
+                note: l.note,
             });
         }
         for (li, w) in &v.writes {
@@ -131,6 +174,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
         }
     }
     occurrences.sort_by_key(|s| s.divergence);
+    landmarks.sort_by_key(|l| l.at);
     writes.sort_by_key(|w| (w.ts, w.vcpu));
     let threads = vcpus
         .iter()
@@ -145,6 +189,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
         bug: occurrences.first().cloned(),
         occurrences,
         vcpus: threads,
+        landmarks,
         vmcs12_writes: writes,
     };
     Simulation { events, truth }
@@ -610,6 +655,22 @@ fn invept(v: &mut Vcpu, iterations: u32) {
         let (kernel, id, rip) = (v.kernel, v.id, v.l1_rip);
         v.l1_exit(HwExit::new(reason::EPT_VIOLATION, 0).qual(0x1aa), 0, move |v| {
             v.ev(kernel.page_fault_event(id, rip, page_gpa, 0x1aa));
+            // The fast path cannot make a write-tracked (shadowed) page writable (the real
+            // l1-invept recordings show it before the unsync): ret RET_PF_INVALID.
+            let spte = 0x0200_0000_3084_3075 | (page_gpa & !0xfff);
+            v.other(
+                "kvmmmu",
+                "fast_page_fault",
+                &[
+                    ("vcpu_id", FieldValue::U64(u64::from(id))),
+                    ("cr2_or_gpa", FieldValue::U64(page_gpa)),
+                    ("error_code", FieldValue::U64(0x3)),
+                    ("sptep", FieldValue::U64(0xffff_8880_3e4d_2080)),
+                    ("old_spte", FieldValue::U64(spte)),
+                    ("new_spte", FieldValue::U64(spte)),
+                    ("ret", FieldValue::U64(3)),
+                ],
+            );
             v.unsync_page(page_gpa >> 12);
         });
         v.l1_step(0x40, 1_000, 4_000);

@@ -176,6 +176,12 @@ pub fn render_line_with_flags(e: &Event, kernel: KernelVersion, flags: &str) -> 
 pub fn event_name(kind: &EventKind, kernel: KernelVersion) -> &str {
     match kind {
         EventKind::KvmSmmTransition { .. } if kernel < KernelVersion::V6_1 => "kvm_enter_smm",
+        // Before 6.1 only SVM traced nested entries, as `kvm_nested_vmrun` (reference §1.6).
+        EventKind::KvmNestedVmenter(n)
+            if !kernel.has_nested_vmenter() && n.isa == Some(Isa::Svm) =>
+        {
+            "kvm_nested_vmrun"
+        }
         other => other.name(),
     }
 }
@@ -209,6 +215,11 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             x.error_code().unwrap_or(0)
         ),
         EventKind::KvmEntry(entry) => entry_body(entry),
+        EventKind::KvmNestedVmenter(n)
+            if !kernel.has_nested_vmenter() && n.isa == Some(Isa::Svm) =>
+        {
+            vmrun_body(n)
+        }
         EventKind::KvmNestedVmenter(n) => vmenter_body(n),
         EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             let name = match err.0 {
@@ -438,6 +449,20 @@ fn vmenter_body(n: &NestedVmenter) -> String {
     )
 }
 
+/// `kvm_nested_vmrun` (SVM, before 6.1): `rip: 0x%016llx vmcb: 0x%016llx nrip: 0x%016llx
+/// int_ctl: 0x%08x event_inj: 0x%08x npt: %s`.
+fn vmrun_body(n: &NestedVmenter) -> String {
+    format!(
+        "rip: 0x{:016x} vmcb: 0x{:016x} nrip: 0x{:016x} int_ctl: 0x{:08x} event_inj: 0x{:08x} npt: {}",
+        n.rip,
+        n.vmcs,
+        n.nested_rip,
+        n.int_ctl,
+        n.event_inj.0,
+        if n.tdp_enabled.unwrap_or(false) { "on" } else { "off" }
+    )
+}
+
 /// `KVM_MMU_PAGE_PRINTK()`: `sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s`.
 fn page_text(p: &MmuPage, kernel: KernelVersion) -> String {
     const ACCESS: [&str; 8] = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"];
@@ -568,6 +593,62 @@ fn other_body(name: &str, f: &Fields) -> String {
             delivery_mode(u("dm") >> 8),
             if u("tm") != 0 { "level" } else { "edge" }
         ),
+        "kvm_set_irq" => {
+            format!("gsi {} level {} source {}", u("gsi"), u("level"), u("irq_source_id"))
+        }
+        "kvm_msi_set_irq" => {
+            let (address, data) = (u("address"), u("data"));
+            format!(
+                "dst {:x} vec {} ({}|{}|{}{})",
+                (address >> 12) & 0xff,
+                data & 0xff,
+                delivery_mode(data >> 8),
+                if address & (1 << 2) != 0 { "logical" } else { "physical" },
+                if data & (1 << 15) != 0 { "level" } else { "edge" },
+                if address & (1 << 3) != 0 { "|rh" } else { "" }
+            )
+        }
+        "kvm_ioapic_set_irq" => {
+            // The redirection entry: vector, delivery mode, destination mode, trigger, mask.
+            let e = u("e");
+            format!(
+                "pin {} dst {:x} vec {} ({}|{}|{}{}){}",
+                u("pin"),
+                e >> 56,
+                e & 0xff,
+                delivery_mode(e >> 8),
+                if e & (1 << 11) != 0 { "logical" } else { "physical" },
+                if e & (1 << 15) != 0 { "level" } else { "edge" },
+                if e & (1 << 16) != 0 { "|masked" } else { "" },
+                if u("coalesced") != 0 { " (coalesced)" } else { "" }
+            )
+        }
+        "kvm_apic" => format!(
+            "apic_{} {} = 0x{:x}",
+            if u("rw") != 0 { "write" } else { "read" },
+            apic_register(u("reg")),
+            u("val")
+        ),
+        "kvm_eoi" => format!("apicid {:x} vector {}", u("apicid"), u("vector")),
+        "kvm_mmio" => format!(
+            "mmio {} len {} gpa 0x{:x} val 0x{:x}",
+            ["unsatisfied-read", "read", "write"][usize::try_from(u("type")).unwrap_or(0).min(2)],
+            u("len"),
+            u("gpa"),
+            u("val")
+        ),
+        "fast_page_fault" => format!(
+            "vcpu {} gva {:x} error_code {} sptep {:016x} old {:#x} new {:x} spurious {} fixed {}",
+            u("vcpu_id"),
+            u("cr2_or_gpa"),
+            pferr_flags(u32::try_from(u("error_code") & 0xffff_ffff).unwrap_or(0)),
+            u("sptep"),
+            u("old_spte"),
+            u("new_spte"),
+            // RET_PF_SPURIOUS (5) and RET_PF_FIXED (4), 6.x numbering.
+            u8::from(u("ret") == 5),
+            u8::from(u("ret") == 4)
+        ),
         _ => {
             let mut s = String::new();
             for (i, (n, v)) in f.0.iter().enumerate() {
@@ -579,6 +660,26 @@ fn other_body(name: &str, f: &Fields) -> String {
             s
         }
     }
+}
+
+/// `kvm_trace_symbol_apic`: the APIC register names `kvm_apic` prints.
+fn apic_register(reg: u64) -> String {
+    let name = match reg {
+        0x20 => "APIC_ID",
+        0x30 => "APIC_LVR",
+        0x80 => "APIC_TASKPRI",
+        0xb0 => "APIC_EOI",
+        0xd0 => "APIC_LDR",
+        0xf0 => "APIC_SPIV",
+        0x300 => "APIC_ICR",
+        0x310 => "APIC_ICR2",
+        0x320 => "APIC_LVTT",
+        0x380 => "APIC_TMICT",
+        0x390 => "APIC_TMCCT",
+        0x3e0 => "APIC_TDCR",
+        other => return format!("0x{other:x}"),
+    };
+    name.to_owned()
 }
 
 fn delivery_mode(dm: u64) -> &'static str {

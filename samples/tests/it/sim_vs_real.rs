@@ -100,8 +100,10 @@ fn a_wrong_simulator_is_caught() {
     // The comparison is not vacuous: a simulated trace of another scenario (nested EPT
     // against a recording without it) differs at the nested entries.
     let real = read(&workspace().join("samples/real/vmx/l1-hlt-6.1.dat"));
-    let config =
-        SimConfig::new(sim::Scenario::SepKernel).subjects(3).vcpus(1).kernel(sim::KernelVersion::V6_1);
+    let config = SimConfig::new(sim::Scenario::SepKernel)
+        .subjects(3)
+        .vcpus(1)
+        .kernel(sim::KernelVersion::V6_1);
     let simulation = sim::simulate(&config).expect("simulate");
     let comparison = Comparison::new(&simulation.events, &real);
     let labels: Vec<String> =
