@@ -193,6 +193,11 @@ fn check(
     };
 
     let rules = rules_of(bug);
+    if rules.is_empty() {
+        // A committed sample of a bug whose rules are pending (issue 15): nothing to require
+        // yet (see issue_15_buggy_flavours_and_what_their_truth_marks).
+        return;
+    }
     let why = undecidable(bug, kernel, events);
     let not_checkable = |rule: &RuleId| {
         summary
