@@ -253,6 +253,11 @@ impl Sink for Tagger {
         self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
         ControlFlow::Continue(())
     }
+
+    /// The anomalies of the trace's end join the last chunk.
+    fn end(&mut self, anomalies: &[vmxray_replay::Anomaly], _model: &Model) {
+        self.chunk.anomalies.extend_from_slice(anomalies);
+    }
 }
 
 impl Tagger {
@@ -293,7 +298,7 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if self.tagger.chunk.events.is_empty() {
+        if self.tagger.chunk.events.is_empty() && self.tagger.chunk.anomalies.is_empty() {
             return;
         }
         let mut chunk = std::mem::take(&mut self.tagger.chunk);
@@ -308,6 +313,7 @@ impl<'a> Pipeline<'a> {
     }
 
     fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
+        self.pass.end(&mut self.tagger);
         self.flush();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).

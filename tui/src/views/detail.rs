@@ -52,7 +52,7 @@ fn intr_lines(out: &mut Vec<Line<'static>>, what: &str, info: IntrInfo) {
                 info.exception().map_or(String::new(), |e| e.to_string())
             ),
         ));
-        out.push(kv("type", format!("{:?}", info.kind())));
+        out.push(kv("type", info.kind().to_string()));
         out.push(kv("error code valid", info.error_code_valid().to_string()));
         out.push(kv("NMI unblocking (IRET)", info.nmi_unblocking().to_string()));
     }
@@ -126,7 +126,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
             if let Some(q) = info.info1() {
                 let text = if info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS) {
                     let cr = CrAccessQual(q);
-                    format!("{q:#x}: {cr} (CR{} {:?} via {})", cr.cr(), cr.access(), cr.gpr_name())
+                    format!("{q:#x}: {cr} (CR{} {} via {})", cr.cr(), cr.access(), cr.gpr_name())
                 } else {
                     format!("{q:#x}")
                 };
