@@ -35,8 +35,8 @@ kernel_params() {
             common=linux-headers-6.1.0-57-common kbuild=linux-kbuild-6.1
             source_pkg=linux-source-6.1 ;;
         6.12)
-            abi=6.12.118+deb12-amd64 version=6.12.118-1~deb12u1
-            common=linux-headers-6.12.118+deb12-common kbuild=linux-kbuild-6.12.118+deb12
+            abi=6.12.95+deb12-amd64 version=6.12.95-1~bpo12+1
+            common=linux-headers-6.12.95+deb12-common kbuild=linux-kbuild-6.12.95+deb12
             source_pkg=linux-source-6.12 ;;
         *) echo "build.sh: unknown kernel '$1' (6.1 or 6.12)" >&2; exit 2 ;;
     esac
@@ -144,6 +144,24 @@ sync_tree() {
     done
 }
 
+# Debian's 6.12 headers ship a BTF-only vmlinux, so kbuild generates each module's BTF with
+# pahole, as Debian did for its own modules (CONFIG_PAHOLE_VERSION=124: bookworm's 1.24). The
+# package is unpacked under $dir/tools, not installed; its libraries (libdw1, libelf1,
+# libbpf1) are the machine's.
+pahole_version=1.24-4.1
+pahole_setup() {
+    [ -f "$headers/vmlinux" ] || return 0
+    local root=$dir/tools/pahole-$pahole_version
+    if [ ! -x "$root/usr/bin/pahole" ]; then
+        fetch_deb pahole "$pahole_version"
+        mkdir -p "$root"
+        dpkg-deb -x "$(deb_path pahole "$pahole_version")" "$root"
+    fi
+    "$root/usr/bin/pahole" --version >/dev/null \
+        || { log "$root/usr/bin/pahole does not run (libdw1, libelf1, libbpf1 installed?)"; exit 1; }
+    PATH=$root/usr/bin:$PATH
+}
+
 modinfo_field() {
     objcopy -O binary --only-section=.modinfo "$1" /dev/stdout 2>/dev/null | tr '\0' '\n' \
         | sed -n "s/^$2=//p"
@@ -173,6 +191,7 @@ build_variant() {
     write_kbuild "$stage"
     mkdir -p "$work"
     sync_tree "$stage" "$work"
+    pahole_setup
     log "$k/$variant: make (nice $nice_level, -j$jobs); log in $work/build.log"
     if ! nice -n "$nice_level" make -C "$headers" M="$work/arch/x86/kvm" -j"$jobs" modules \
         >"$work/build.log" 2>&1; then
