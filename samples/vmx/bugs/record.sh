@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Records the lab scenario of each bug on the stock and on the buggy KVM modules, in the
+# real-VMX lab (Bochs + Debian kernel, `vmxray lab --vmx`), all steps of one kernel in one boot.
+#
+#   samples/vmx/bugs/record.sh [--kernel 6.1|6.12] [--out DIR] [--cpu-model MODEL] BUG...
+#   samples/vmx/bugs/record.sh --list
+#
+# BUG is a row of the table below (a, c, d, ...). For each BUG two steps run, `BUG-stock` (the
+# stock module set built by build.sh from the same source) and `BUG-buggy` (the bug's patch),
+# each: unload kvm/kvm_intel, insmod the set with the row's kvm_intel parameters, run
+# `vmxray lab SCENARIO --profile PROFILE -o trace.dat` (guest-step.sh). The traces come back as
+# DIR/BUG-{stock,buggy}-KERNEL.dat (+ .truth.json from vmx-* scenarios, + .vmxbugs.txt with the
+# module set, its parameters, the taint flags and KVM's dmesg lines). DIR defaults to
+# target/vmxbugs/rec/KERNEL.
+#
+# Uses the harness's documented interface only (lab-harness.md): --vmx-step, --extra,
+# --vmxray, --cpu-model, --keep. The binaries, all overridable:
+#   VMXRAY_LAB    the host-side vmxray with `lab --vmx`     (default target/vmxbugs/bin/vmxray-lab)
+#   VMXRAY_GUEST  the vmxray run inside, with the vmx-* scenarios (default .../bin/vmxray-l1)
+#   L1_IMAGE      the L1 hypervisor image (default .../bin/l1.bin), put next to it as /bin/l1.bin
+# and the harness's own variables: VMXLAB_DIR (its samples/vmx scripts; default
+# target/vmxbugs/lab-src/samples/vmx, a copy taken with `git archive` of the harness commit)
+# and VMXLAB_CACHE (image cache and run directories; default target/vmxbugs/vmxlab).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+dir=${VMXBUGS_DIR:-$repo/target/vmxbugs}
+
+# bug | patch (variant) | scenario | kvm_intel parameters | profile | Bochs CPU model
+table() {
+    cat <<'EOF'
+a  a-lazy-guest-cr3          vmx-hlt         nested=1,ept=1  exits  corei7_haswell_4770
+c  c-invept-no-free          vmx-invept      nested=1,ept=1  exits  corei7_haswell_4770
+d  d-init-no-mmu-reset       vmx-init        nested=1,ept=0  exits  corei7_haswell_4770
+EOF
+}
+
+log() { echo "record.sh: $*" >&2; }
+
+kernel=6.1 out="" cpu_model="" bugs=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --kernel) kernel=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --cpu-model) cpu_model=$2; shift 2 ;;
+        --list) table; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) log "unknown option $1"; exit 2 ;;
+        *) bugs+=("$1"); shift ;;
+    esac
+done
+[ ${#bugs[@]} -gt 0 ] || { log "which bugs? (--list)"; exit 2; }
+out=${out:-$dir/rec/$kernel}
+lab=${VMXRAY_LAB:-$dir/bin/vmxray-lab}
+guest=${VMXRAY_GUEST:-$dir/bin/vmxray-l1}
+l1=${L1_IMAGE:-$dir/bin/l1.bin}
+export VMXLAB_DIR=${VMXLAB_DIR:-$dir/lab-src/samples/vmx}
+export VMXLAB_CACHE=${VMXLAB_CACHE:-$dir/vmxlab}
+for f in "$lab" "$guest" "$l1"; do [ -f "$f" ] || { log "missing $f"; exit 2; }; done
+
+args=(lab --vmx --kernel "$kernel" --keep --timeout "${TIMEOUT:-40m}" --vmxray "$guest" -o "$out"
+    --extra "$here/guest-step.sh:/bin/vmxbugs-step" --extra "$l1:/bin/l1.bin")
+variants=(stock)
+models=()
+for bug in "${bugs[@]}"; do
+    row=$(table | awk -v b="$bug" '$1 == b')
+    [ -n "$row" ] || { log "no bug '$bug' in the table (--list)"; exit 2; }
+    read -r _ variant scenario params profile model <<<"$row"
+    variants+=("$variant")
+    models+=("$model")
+    for kind in stock buggy; do
+        set_name=stock
+        [ $kind = buggy ] && set_name=$variant
+        args+=(--vmx-step "$bug-$kind=/bin/vmxbugs-step $set_name $params $scenario --profile $profile")
+    done
+done
+model=${cpu_model:-$(printf '%s\n' "${models[@]}" | sort -u)}
+[ "$(echo "$model" | wc -l)" = 1 ] \
+    || { log "these bugs need different CPU models ($model): record them separately"; exit 2; }
+args+=(--cpu-model "$model")
+
+"$here/build.sh" --kernel "$kernel" "${variants[@]}"
+for v in $(printf '%s\n' "${variants[@]}" | sort -u); do
+    m=$dir/modules/$kernel/$v
+    args+=(--extra "$m/kvm.ko:/lib/vmxbugs/$v/kvm.ko" --extra "$m/kvm-intel.ko:/lib/vmxbugs/$v/kvm_intel.ko"
+        --extra "$m/BUILD-INFO:/lib/vmxbugs/$v/BUILD-INFO")
+done
+
+mkdir -p "$out"
+log "$lab ${args[*]}"
+status=0
+nice -n 10 "$lab" "${args[@]}" || status=$?
+# Each step's vmxbugs.txt stays in the kept work directory; put it next to the trace. When the
+# boot failed part-way (a step hung, Bochs died) the harness returns no traces, but the steps
+# that finished are in the work directory: take those too.
+work=$(ls -td "$VMXLAB_CACHE/runs/$kernel-"* 2>/dev/null | head -n1 || true)
+for bug in "${bugs[@]}"; do
+    for kind in stock buggy; do
+        step=$work/out/$bug-$kind
+        name=$out/$bug-$kind-$kernel.dat
+        [ -f "$step/vmxbugs.txt" ] && cp "$step/vmxbugs.txt" "$name.vmxbugs.txt"
+        if [ ! -f "$name" ] && [ -f "$step/trace.dat" ] && [ -f "$step/status" ]; then
+            cp "$step/trace.dat" "$name"
+            [ -f "$step/trace.dat.truth.json" ] && cp "$step/trace.dat.truth.json" "$name.truth.json"
+            log "took $name from the work directory (step status: $(tr '\n' ' ' < "$step/status"))"
+        fi
+    done
+done
+log "work directory $work; traces in $out (harness status $status)"
+ls -la "$out" >&2
+exit $status
