@@ -31,6 +31,7 @@ dir=${VMXBUGS_DIR:-$repo/target/vmxbugs}
 table() {
     cat <<'EOF'
 a  a-lazy-guest-cr3          vmx-hlt         nested=1,ept=1  exits  corei7_haswell_4770
+a-vmcs a-lazy-guest-cr3      vmx-hlt         nested=1,ept=1  vmcs   corei7_haswell_4770
 c  c-invept-no-free          vmx-invept      nested=1,ept=1  exits  corei7_haswell_4770
 d  d-init-no-mmu-reset       vmx-init        nested=1,ept=0  exits  corei7_haswell_4770
 EOF
