@@ -4,6 +4,11 @@
 #
 #   samples/vmx/bugs/record.sh [--kernel 6.1|6.12] [--out DIR] [--cpu-model MODEL] BUG...
 #   samples/vmx/bugs/record.sh --list
+#   samples/vmx/bugs/record.sh [--kernel K] --smoke
+#
+# --smoke runs no bug scenario: every patched set runs the L1's nested round robin (vmx-rr=3,
+# ept=1), and (b) and (d) also the one without EPT (vmx-noept=2, ept=0) — a check that a set
+# loads and leaves nested VMX working where its bug is not triggered (steps smoke-VARIANT).
 #
 # BUG is a row of the table below (a, c, d, ...). For each BUG two steps run, `BUG-stock` (the
 # stock module set built by build.sh from the same source) and `BUG-buggy` (the bug's patch),
@@ -39,19 +44,20 @@ EOF
 
 log() { echo "record.sh: $*" >&2; }
 
-kernel=6.1 out="" cpu_model="" bugs=()
+kernel=6.1 out="" cpu_model="" bugs=() smoke=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --kernel) kernel=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --cpu-model) cpu_model=$2; shift 2 ;;
         --list) table; exit 0 ;;
+        --smoke) smoke=1; shift ;;
         -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) log "unknown option $1"; exit 2 ;;
         *) bugs+=("$1"); shift ;;
     esac
 done
-[ ${#bugs[@]} -gt 0 ] || { log "which bugs? (--list)"; exit 2; }
+[ ${#bugs[@]} -gt 0 ] || [ $smoke = 1 ] || { log "which bugs? (--list, --smoke)"; exit 2; }
 out=${out:-$dir/rec/$kernel}
 lab=${VMXRAY_LAB:-$dir/bin/vmxray-lab}
 guest=${VMXRAY_GUEST:-$dir/bin/vmxray-l1}
@@ -76,6 +82,17 @@ for bug in "${bugs[@]}"; do
         args+=(--vmx-step "$bug-$kind=/bin/vmxbugs-step $set_name $params $scenario --profile $profile")
     done
 done
+if [ $smoke = 1 ]; then
+    for p in "$here/patches/$kernel"/*.patch; do
+        v=$(basename "$p" .patch)
+        variants+=("$v")
+        args+=(--vmx-step "smoke-$v=/bin/vmxbugs-step $v nested=1,ept=1 vmx-rr=3 --profile exits")
+        case $v in
+            b-*|d-*) args+=(--vmx-step "smoke-$v-noept=/bin/vmxbugs-step $v nested=1,ept=0 vmx-noept=2 --profile exits") ;;
+        esac
+    done
+    models+=(corei7_haswell_4770)
+fi
 model=${cpu_model:-$(printf '%s\n' "${models[@]}" | sort -u)}
 [ "$(echo "$model" | wc -l)" = 1 ] \
     || { log "these bugs need different CPU models ($model): record them separately"; exit 2; }
