@@ -8,13 +8,13 @@
 //!
 //! ```
 //! use vmxray_analyze::stats::{ExitStats, Format, write_report};
-//! use vmxray_capture::codes::{ExitCode, ExitReason, Isa};
-//! use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo};
+//! use vmxray_events::codes::{ExitCode, ExitReason, Isa};
+//! use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //!
-//! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
+//! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
 //!     reason: ExitCode::Vmx(ExitReason(reason)), isa: Some(Isa::Vmx), guest_rip: None, info1: None,
 //!     info2: None, intr_info: None, error_code: None, vcpu_id: Some(0), requests: None })) };
-//! let entry = |ts| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmEntry(Entry {
+//! let entry = |ts| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind: EventKind::KvmEntry(Entry {
 //!     vcpu_id: 0, rip: None, immediate_exit: None, intr_info: None, error_code: None }) };
 //!
 //! let mut stats = ExitStats::new();
@@ -33,7 +33,13 @@
 //! assert!(String::from_utf8(csv).unwrap().starts_with("reason,reason_code,isa,level,vcpu,"));
 //! ```
 //!
-//! ## Batch scans ([`scan`])
+//! ## One pass ([`pass`])
+//!
+//! [`pass::Pass`] is the loop every command and the TUI loader run: reader → replay model →
+//! statistics → the command's [`pass::Sink`], with one attribution of each event to a vCPU and
+//! one decision of an exit's level.
+//!
+//! ## Batch scans (`scan`, feature `scan`)
 //!
 //! [`scan::scan`] runs many traces in parallel (one thread per job, one trace at a time per job), each streamed through
 //! its reader, the replay model and [`stats::ExitStats`] (whose exit log gives the per-exit
@@ -146,6 +152,8 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+pub mod pass;
+#[cfg(feature = "scan")]
 pub mod scan;
 pub mod stats;
 

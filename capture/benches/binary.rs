@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vmxray_capture::tracedat::TraceDat;
-use vmxray_capture::{EventKind, ReadOptions};
+use vmxray_capture::ReadOptions;
+use vmxray_capture::read::tracedat::TraceDat;
+use vmxray_events::EventKind;
 
 fn trace_path() -> Option<PathBuf> {
     let p = std::env::var_os("VMXRAY_BENCH_DAT")

@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vmxray_capture::ReadOptions;
-use vmxray_capture::text::TextReader;
+use vmxray_capture::read::text::TextReader;
 
 const TARGET_BYTES: usize = 4 << 20;
 

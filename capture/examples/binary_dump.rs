@@ -10,9 +10,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 
-use vmxray_capture::filter::VcpuByThread;
 use vmxray_capture::render::{Format, OrderedWriter};
 use vmxray_capture::{ReadOptions, open};
+use vmxray_events::Attribution;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut path = None;
@@ -29,12 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = reader.meta().clock.clone();
     let out = std::io::stdout().lock();
     let mut out = OrderedWriter::new(out, clock, Format::Text, parallel);
-    let mut by_thread = VcpuByThread::default();
+    let mut attribution = Attribution::default();
     let mut failed = None;
     for ev in reader.by_ref() {
         match ev {
             Ok(event) => {
-                let vcpu = by_thread.observe(&event);
+                let vcpu = attribution.attribute(&event).actor.vcpu_id();
                 out.push(event, vcpu)?;
             }
             Err(e) => failed = Some(e),

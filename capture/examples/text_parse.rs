@@ -19,7 +19,7 @@ use std::io::BufReader;
 use std::path::Path;
 use std::time::Instant;
 
-use vmxray_capture::text::TextReader;
+use vmxray_capture::read::text::TextReader;
 use vmxray_capture::{EventReader, ReadError, ReadOptions, open};
 
 /// The buffer `open` gives text inputs.
@@ -34,7 +34,7 @@ enum Mode {
 }
 
 fn reader(path: &str, opts: ReadOptions, mode: Mode) -> Result<Box<dyn EventReader>, String> {
-    let name = vmxray_capture::reader::input_name(Path::new(path));
+    let name = vmxray_capture::read::input_name(Path::new(path));
     let input: Box<dyn std::io::BufRead + Send> = match mode {
         Mode::Open => return open(Path::new(path), opts).map_err(|e: ReadError| e.to_string()),
         Mode::OneThread | Mode::Blocks(_) if path == "-" => {

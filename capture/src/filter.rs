@@ -1,34 +1,12 @@
-//! Selecting events: the filters `vmxray dump` (and the TUI) apply, and the thread → vCPU
-//! attribution that lets events without a `vcpu_id` be filtered by vCPU.
+//! Selecting events: the filters `vmxray dump` (and the TUI) apply. An event's vCPU, for
+//! events without a `vcpu_id`, comes from the one thread → vCPU attribution
+//! (`vmxray_events::Attribution`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::codes::ExitCode;
-use crate::event::Event;
-
-/// Learns which vCPU a thread runs from the events that carry `vcpu_id` (`kvm_entry`,
-/// `kvm_exit`, ...), and attributes the events that do not (`kvm_cr`, kvmmmu, the nested
-/// events) to the vCPU their thread last ran. KVM runs each vCPU on one thread
-/// (`KVM_RUN` is per-vCPU-fd), so the attribution is exact once the thread has shown its vCPU.
-#[derive(Clone, Debug, Default)]
-pub struct VcpuByThread {
-    by_pid: HashMap<i32, u32>,
-}
-
-impl VcpuByThread {
-    /// Records what `event` says and returns its vCPU, if known.
-    pub fn observe(&mut self, event: &Event) -> Option<u32> {
-        match event.kind.vcpu_id() {
-            Some(v) => {
-                self.by_pid.insert(event.pid, v);
-                Some(v)
-            }
-            None => self.by_pid.get(&event.pid).copied(),
-        }
-    }
-}
+use vmxray_events::codes::ExitCode;
+use vmxray_events::event::Event;
 
 /// A closed-open time window in the trace clock's units; either end may be open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,18 +156,18 @@ fn name_matches(pattern: &str, system: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::codes::{ExitReason, Isa};
-    use crate::event::{Entry, EventKind, ExitFields, ExitInfo};
+    use vmxray_events::codes::{ExitReason, Isa};
+    use vmxray_events::event::{Entry, EventKind, ExitFields, ExitInfo};
 
     fn exit(pid: i32, vcpu: Option<u32>, reason: u32, ts: u64) -> Event {
         Event {
             ts,
             cpu: 0,
             pid,
-            comm: Some(Arc::from("CPU 0/KVM")),
+            tgid: None,
+            comm: Some(vmxray_events::Comm::from("CPU 0/KVM")),
             kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
                 reason: ExitCode::Vmx(ExitReason(reason)),
                 isa: Some(Isa::Vmx),
@@ -217,8 +195,8 @@ mod tests {
     }
 
     #[test]
-    fn thread_attribution_and_filters() {
-        let mut by_thread = VcpuByThread::default();
+    fn filters_on_attributed_events() {
+        let mut by_thread = vmxray_events::Attribution::default();
         let entry = Event {
             kind: EventKind::KvmEntry(Entry {
                 vcpu_id: 1,
@@ -229,9 +207,9 @@ mod tests {
             }),
             ..exit(42, None, 0, 1)
         };
-        assert_eq!(by_thread.observe(&entry), Some(1));
+        assert_eq!(by_thread.attribute(&entry).actor.vcpu_id(), Some(1));
         let anon = exit(42, None, 48, 2);
-        assert_eq!(by_thread.observe(&anon), Some(1));
+        assert_eq!(by_thread.attribute(&anon).actor.vcpu_id(), Some(1));
         let f = EventFilter {
             vcpus: vec![1],
             reasons: vec!["ept_violation".parse().unwrap()],

@@ -15,7 +15,7 @@
 //!   arrays as `[0f 22 d8]`; a field the traced kernel's layout lacks is absent, never `0`;
 //! - one field is not the kernel's: kvmmmu page events read from a text rendering that omits
 //!   role bits carry `vmxray_role_known=0x…` after the kernel's fields (the mask of role bits
-//!   the input determined, [`crate::MmuPage::role_known`]); it is absent when the raw role word
+//!   the input determined, [`vmxray_events::MmuPage::role_known`]); it is absent when the raw role word
 //!   was read;
 //! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
 //!   MMU role) that are derived from the fields, never new information.
@@ -34,312 +34,11 @@ use std::io::Write as _;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use crate::codes::{CrAccessQual, ExitCode, Isa, VmxBasicReason};
-use crate::event::{Event, EventKind, ExitInfo, MmuPage, ROLE_KNOWN_FIELD};
-use crate::fields::{FieldValue, Fields};
+use vmxray_events::kernel_fields::{Field, Radix, Val, typed_fields};
+use vmxray_events::{Event, FieldValue};
+
 use crate::ordered::Ordered;
-use crate::reader::Clock;
-
-/// How a field is printed in the normalized line.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Radix {
-    Dec,
-    Hex,
-}
-
-/// A field value borrowed from the typed event (so that rendering a line allocates nothing).
-#[derive(Clone, Copy)]
-enum Val<'a> {
-    U64(u64),
-    I64(i64),
-    Str(&'a str),
-    Bytes(&'a [u8]),
-}
-
-impl Val<'_> {
-    fn to_owned(self) -> FieldValue {
-        match self {
-            Val::U64(v) => FieldValue::U64(v),
-            Val::I64(v) => FieldValue::I64(v),
-            Val::Str(s) => FieldValue::Str(s.into()),
-            Val::Bytes(b) => FieldValue::Bytes(b.into()),
-        }
-    }
-}
-
-/// A field with the kernel's name, its value and how to print it.
-struct Field<'a> {
-    name: &'static str,
-    value: Val<'a>,
-    radix: Radix,
-}
-
-fn hex(name: &'static str, v: u64) -> Field<'static> {
-    Field { name, value: Val::U64(v), radix: Radix::Hex }
-}
-
-fn dec(name: &'static str, v: u64) -> Field<'static> {
-    Field { name, value: Val::U64(v), radix: Radix::Dec }
-}
-
-fn flag(name: &'static str, v: bool) -> Field<'static> {
-    dec(name, u64::from(v))
-}
-
-/// Where [`typed_fields`] puts the fields, in order.
-struct Sink<F>(F);
-
-impl<'a, F: FnMut(Field<'a>)> Sink<F> {
-    fn push(&mut self, f: Field<'a>) {
-        (self.0)(f);
-    }
-
-    fn extend(&mut self, fields: impl IntoIterator<Item = Field<'a>>) {
-        fields.into_iter().for_each(&mut self.0);
-    }
-
-    fn opt(&mut self, f: Option<Field<'a>>) {
-        self.extend(f);
-    }
-}
-
-/// The typed event's fields under the kernel's names, in the kernel's order (the inverse of
-/// [`crate::KnownEvent::decode`]; fields the layout lacked stay absent).
-fn typed_fields<'a>(kind: &'a EventKind, out: &mut Sink<impl FnMut(Field<'a>)>) {
-    match kind {
-        EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => {
-            exit_fields(out, info, "exit_reason", "info1", "info2", "intr_info", "error_code");
-            out.opt(info.vcpu_id().map(|v| dec("vcpu_id", u64::from(v))));
-            out.opt(info.requests().map(|v| hex("requests", v)));
-        }
-        EventKind::KvmNestedVmexitInject(info) => exit_fields(
-            out,
-            info,
-            "exit_code",
-            "exit_info1",
-            "exit_info2",
-            "exit_int_info",
-            "exit_int_info_err",
-        ),
-        EventKind::KvmEntry(e) => {
-            out.push(dec("vcpu_id", u64::from(e.vcpu_id)));
-            out.opt(e.rip.map(|v| hex("rip", v)));
-            out.opt(e.immediate_exit.map(|v| flag("immediate_exit", v)));
-            out.opt(e.intr_info.map(|v| hex("intr_info", u64::from(v.0))));
-            out.opt(e.error_code.map(|v| hex("error_code", u64::from(v))));
-        }
-        EventKind::KvmCr { write, cr, val } => {
-            out.extend([flag("rw", *write), dec("cr", u64::from(*cr)), hex("val", *val)]);
-        }
-        EventKind::KvmNestedVmenter(v) => {
-            out.extend([hex("rip", v.rip), hex("vmcb", v.vmcs), hex("nested_rip", v.nested_rip)]);
-            out.extend([
-                hex("int_ctl", u64::from(v.int_ctl)),
-                hex("event_inj", u64::from(v.event_inj.0)),
-            ]);
-            out.opt(v.tdp_enabled.map(|t| flag("tdp_enabled", t)));
-            out.opt(v.guest_pgd.map(|p| hex("guest_pgd", p)));
-            out.opt(v.isa.map(|i| dec("isa", u64::from(i.raw()))));
-        }
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
-            out.push(Field { name: "msg", value: Val::Str(msg), radix: Radix::Dec });
-            out.push(dec("err", u64::from(err.0)));
-        }
-        EventKind::KvmNestedIntrVmexit { rip } => out.push(hex("rip", *rip)),
-        EventKind::KvmPageFault { vcpu_id, guest_rip, fault_address, error_code } => {
-            out.opt(vcpu_id.map(|v| dec("vcpu_id", u64::from(v))));
-            out.opt(guest_rip.map(|v| hex("guest_rip", v)));
-            out.extend([hex("fault_address", *fault_address), hex("error_code", *error_code)]);
-        }
-        EventKind::KvmInjException { exception, has_error, error_code, reinjected } => {
-            out.extend([dec("exception", u64::from(exception.0)), flag("has_error", *has_error)]);
-            out.push(hex("error_code", u64::from(*error_code)));
-            out.opt(reinjected.map(|r| flag("reinjected", r)));
-        }
-        EventKind::KvmInjVirq { vector, soft, reinjected } => {
-            out.push(hex("vector", u64::from(*vector)));
-            out.opt(soft.map(|s| flag("soft", s)));
-            out.opt(reinjected.map(|r| flag("reinjected", r)));
-        }
-        EventKind::KvmUserspaceExit { reason, errno } => {
-            out.push(dec("reason", u64::from(reason.0)));
-            if let Some(e) = errno {
-                out.push(Field {
-                    name: "errno",
-                    value: Val::I64(i64::from(*e)),
-                    radix: Radix::Dec,
-                });
-            }
-        }
-        EventKind::KvmEmulateInsn { rip, csbase, insn, flags, failed } => {
-            out.extend([hex("rip", *rip), hex("csbase", *csbase)]);
-            out.push(dec("len", insn.as_slice().len() as u64));
-            out.push(Field { name: "insn", value: Val::Bytes(insn.as_slice()), radix: Radix::Hex });
-            out.extend([dec("flags", u64::from(*flags)), flag("failed", *failed)]);
-        }
-        EventKind::KvmSmmTransition { vcpu_id, smbase, entering } => {
-            out.extend([dec("vcpu_id", u64::from(*vcpu_id)), hex("smbase", *smbase)]);
-            out.push(flag("entering", *entering));
-        }
-        EventKind::KvmPio { write, port, size, count, val } => {
-            out.extend([flag("rw", *write), hex("port", u64::from(*port))]);
-            out.extend([dec("size", u64::from(*size)), dec("count", u64::from(*count))]);
-            out.opt(val.map(|v| hex("val", u64::from(v))));
-        }
-        EventKind::KvmMsr { write, index, data, exception } => {
-            out.extend([flag("write", *write), hex("ecx", u64::from(*index)), hex("data", *data)]);
-            out.push(flag("exception", *exception));
-        }
-        EventKind::KvmCpuid { function, index, rax, rbx, rcx, rdx, found, used_max_basic } => {
-            out.push(hex("function", u64::from(*function)));
-            out.opt(index.map(|i| hex("index", u64::from(i))));
-            out.extend([hex("rax", *rax), hex("rbx", *rbx), hex("rcx", *rcx), hex("rdx", *rdx)]);
-            out.opt(found.map(|f| flag("found", f)));
-            out.opt(used_max_basic.map(|f| flag("used_max_basic", f)));
-        }
-        EventKind::KvmMmuGetPage { page, created } => {
-            page_fields(out, page);
-            out.push(flag("created", *created));
-        }
-        EventKind::KvmMmuPrepareZapPage { page }
-        | EventKind::KvmMmuSyncPage { page }
-        | EventKind::KvmMmuUnsyncPage { page } => page_fields(out, page),
-        EventKind::KvmMmuPagetableWalk { addr, pferr } => {
-            out.extend([hex("addr", *addr), hex("pferr", u64::from(*pferr))]);
-        }
-        EventKind::KvmMmuPagingElement { pte, level } => {
-            out.extend([hex("pte", *pte), dec("level", u64::from(*level))]);
-        }
-        EventKind::KvmMmuWalkerError { pferr } => out.push(hex("pferr", u64::from(*pferr))),
-        EventKind::Lost { count } => out.opt(count.map(|c| dec("count", c))),
-        EventKind::Other(_) => {}
-    }
-}
-
-fn exit_fields<'a>(
-    out: &mut Sink<impl FnMut(Field<'a>)>,
-    info: &ExitInfo,
-    reason: &'static str,
-    info1: &'static str,
-    info2: &'static str,
-    intr: &'static str,
-    err: &'static str,
-) {
-    out.push(hex(reason, info.reason().raw()));
-    if let Some(rip) = info.guest_rip() {
-        out.push(hex("guest_rip", rip));
-    }
-    if let Some(isa) = info.isa() {
-        out.push(dec("isa", u64::from(isa.raw())));
-    }
-    out.extend(info.info1().map(|v| hex(info1, v)));
-    out.extend(info.info2().map(|v| hex(info2, v)));
-    out.extend(info.intr_info().map(|v| hex(intr, u64::from(v.0))));
-    out.extend(info.error_code().map(|v| hex(err, u64::from(v))));
-}
-
-fn page_fields<'a>(out: &mut Sink<impl FnMut(Field<'a>)>, page: &MmuPage) {
-    out.extend(page.mmu_valid_gen.map(|g| dec("mmu_valid_gen", g)));
-    out.extend([hex("gfn", page.gfn), hex("role", u64::from(page.role.0))]);
-    out.extend([dec("root_count", u64::from(page.root_count)), flag("unsync", page.unsync)]);
-    // Not a kernel field: present only when the input (a text rendering) did not determine
-    // every role bit, so that decoding gives back the same `role_known`.
-    if page.role_known != MmuPage::ROLE_ALL_KNOWN {
-        out.push(hex(ROLE_KNOWN_FIELD, u64::from(page.role_known)));
-    }
-}
-
-impl EventKind {
-    /// Every field under the kernel's names: the inverse of [`crate::KnownEvent::decode`] for
-    /// typed events, the kept fields for [`EventKind::Other`].
-    pub fn kernel_fields(&self) -> Fields {
-        match self {
-            Self::Other(o) => o.fields.clone(),
-            typed => {
-                let mut fields = Fields::new();
-                typed_fields(
-                    typed,
-                    &mut Sink(|f: Field<'_>| fields.push(f.name, f.value.to_owned())),
-                );
-                fields
-            }
-        }
-    }
-
-    /// Human decodings derived from the fields: names of codes, interruption info,
-    /// CR-access qualifications, MMU roles.
-    pub fn decoded(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        self.for_each_decoded(|name, value| out.push((name, value.to_string())));
-        out
-    }
-
-    /// The decodings of [`EventKind::decoded`], handed to `f` one by one without building
-    /// strings first.
-    pub fn for_each_decoded(&self, mut f: impl FnMut(&'static str, &dyn fmt::Display)) {
-        match self {
-            Self::KvmExit(info)
-            | Self::KvmNestedVmexit(info)
-            | Self::KvmNestedVmexitInject(info) => {
-                f("reason", &info.reason());
-                if let Some(q) = info
-                    .info1()
-                    .filter(|_| info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
-                {
-                    f("qual", &CrAccessQual(q));
-                }
-                if let Some(intr) = info.intr_info().filter(|i| i.valid()) {
-                    f("intr", &intr);
-                }
-                let vectoring = info
-                    .info2()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .map(crate::codes::IntrInfo)
-                    .filter(|v| v.valid() && matches!(info.reason(), ExitCode::Vmx(_)));
-                if let Some(v) = vectoring {
-                    f("idt_vectoring", &v);
-                }
-            }
-            Self::KvmEntry(e) => {
-                if let Some(intr) = e.intr_info.filter(|i| i.valid()) {
-                    f("inject", &intr);
-                }
-            }
-            Self::KvmNestedVmenter(v) => {
-                let label = match (v.isa, v.tdp_enabled) {
-                    (_, Some(false)) => "guest_cr3",
-                    (Some(Isa::Svm), Some(true)) => "nested_cr3",
-                    (_, Some(true)) => "nested_eptp",
-                    (_, None) => "guest_pgd",
-                };
-                if let Some(pgd) = v.guest_pgd {
-                    f(label, &format_args!("{pgd:#x}"));
-                }
-                if v.is_evmcs() {
-                    f("vmcs", &"evmcs");
-                }
-                if v.event_inj.valid() {
-                    f("event_inj", &v.event_inj);
-                }
-            }
-            Self::KvmNestedVmenterFailed { err, .. } if err.0 != 0 => {
-                f("err", &err);
-            }
-            Self::KvmInjException { exception, .. } => f("exception", &exception),
-            Self::KvmUserspaceExit { reason, .. } => f("reason", &reason),
-            Self::KvmMmuGetPage { page, .. }
-            | Self::KvmMmuPrepareZapPage { page }
-            | Self::KvmMmuSyncPage { page }
-            | Self::KvmMmuUnsyncPage { page } => f("role", &page.role),
-            Self::KvmEmulateInsn { insn, .. } => {
-                if let Some(m) = crate::insn::mnemonic(insn.as_slice()) {
-                    f("insn", &m);
-                }
-            }
-            _ => {}
-        }
-    }
-}
+use crate::read::Clock;
 
 /// The normalized one-line rendering of an event (see the module docs).
 pub struct Line<'a> {
@@ -391,33 +90,30 @@ impl Line<'_> {
             out.extend_from_slice(b" vcpu=");
             put_u64(out, u64::from(v));
         }
-        match &e.kind {
-            EventKind::Other(o) => {
-                for (name, value) in o.fields.iter() {
+        match e.kind.untyped_fields() {
+            Some(fields) => {
+                for (name, value) in fields.iter() {
                     out.push(b' ');
                     out.extend_from_slice(name.as_bytes());
                     out.push(b'=');
                     put_value(out, value);
                 }
             }
-            typed => typed_fields(
-                typed,
-                &mut Sink(|field: Field<'_>| {
-                    if field.name == "vcpu_id" && own_vcpu.is_some() {
-                        return;
-                    }
-                    out.push(b' ');
-                    out.extend_from_slice(field.name.as_bytes());
-                    out.push(b'=');
-                    match (field.value, field.radix) {
-                        (Val::U64(v), Radix::Hex) => put_hex(out, v),
-                        (Val::U64(v), Radix::Dec) => put_u64(out, v),
-                        (Val::I64(v), _) => put_i64(out, v),
-                        (Val::Str(s), _) => put_quoted(out, s),
-                        (Val::Bytes(b), _) => put_bytes(out, b),
-                    }
-                }),
-            ),
+            None => typed_fields(&e.kind, |field: Field<'_>| {
+                if field.name == "vcpu_id" && own_vcpu.is_some() {
+                    return;
+                }
+                out.push(b' ');
+                out.extend_from_slice(field.name.as_bytes());
+                out.push(b'=');
+                match (field.value, field.radix) {
+                    (Val::U64(v), Radix::Hex) => put_hex(out, v),
+                    (Val::U64(v), Radix::Dec) => put_u64(out, v),
+                    (Val::I64(v), _) => put_i64(out, v),
+                    (Val::Str(s), _) => put_quoted(out, s),
+                    (Val::Bytes(b), _) => put_bytes(out, b),
+                }
+            }),
         }
         let mut first = true;
         e.kind.for_each_decoded(|name, value| {
@@ -609,12 +305,13 @@ type Rendered = (Vec<u8>, Batch);
 ///
 /// ```
 /// use vmxray_capture::render::{Format, OrderedWriter};
-/// use vmxray_capture::{Clock, Event, EventKind};
+/// use vmxray_capture::Clock;
+/// use vmxray_events::{Event, EventKind};
 ///
 /// let mut w = OrderedWriter::new(Vec::new(), Clock::Local, Format::Text, true);
 /// for ts in 0..3 {
 ///     let kind = EventKind::KvmNestedIntrVmexit { rip: 0xfff0 };
-///     w.push(Event { ts, cpu: 0, pid: 1, comm: None, kind }, Some(0)).unwrap();
+///     w.push(Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind }, Some(0)).unwrap();
 /// }
 /// let text = String::from_utf8(w.finish().unwrap()).unwrap();
 /// assert_eq!(text.lines().count(), 3);
@@ -702,20 +399,23 @@ impl<W: std::io::Write> OrderedWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::codes::{ExitReason, IntrInfo, MmuPageRole, UserspaceExitReason};
-    use crate::event::{Entry, ExitFields, InsnBytes, KnownEvent};
+    use vmxray_events::codes::{
+        ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason,
+    };
+    use vmxray_events::event::{Entry, ExitFields, InsnBytes, KnownEvent};
+    use vmxray_events::{EventKind, ExitInfo, Fields, MmuPage};
 
     fn ev(kind: EventKind) -> Event {
         Event {
             ts: 665_844_340_123,
             cpu: 1,
             pid: 17796,
-            comm: Some(Arc::from("qemu vcpu-0 x")),
+            tgid: None,
+            comm: Some(vmxray_events::Comm::from("qemu vcpu-0 x")),
             kind,
         }
     }
@@ -843,15 +543,15 @@ mod tests {
         if let Some(v) = line.vcpu.or(own_vcpu) {
             write!(f, " vcpu={v}").unwrap();
         }
-        match &e.kind {
-            EventKind::Other(o) => {
-                for (name, value) in o.fields.iter() {
+        match e.kind.untyped_fields() {
+            Some(untyped) => {
+                for (name, value) in untyped.iter() {
                     write!(f, " {name}={value}").unwrap();
                 }
             }
-            typed => {
+            None => {
                 let mut fields = Vec::new();
-                typed_fields(typed, &mut Sink(|field| fields.push(field)));
+                typed_fields(&e.kind, |field| fields.push(field));
                 for field in fields {
                     if field.name == "vcpu_id" && own_vcpu.is_some() {
                         continue;
@@ -896,7 +596,7 @@ mod tests {
                 for (n, v) in fields {
                     f.push(n.as_str(), v);
                 }
-                EventKind::Other(Box::new(crate::event::OtherEvent {
+                EventKind::Other(Box::new(vmxray_events::event::OtherEvent {
                     system: "sched".into(),
                     name: name.as_str().into(),
                     fields: f,
@@ -910,18 +610,19 @@ mod tests {
                 errno: Some(i32::from_ne_bytes(e.to_ne_bytes())),
             }),
             (any::<String>(), any::<u32>()).prop_map(|(m, e)| EventKind::KvmNestedVmenterFailed {
+                kind: vmxray_events::VmFailKind::of_message(&m),
                 msg: m.into(),
-                err: crate::codes::VmInstructionError(e % 30),
+                err: vmxray_events::codes::VmInstructionError(e % 30),
             }),
             proptest::option::of(any::<u64>()).prop_map(|count| EventKind::Lost { count }),
         ];
         let comm = prop_oneof![
             Just(None),
-            "[ -~]{0,16}".prop_map(|c| Some(Arc::from(c.as_str()))),
-            any::<String>().prop_map(|c| Some(Arc::from(c.as_str()))),
+            "[ -~]{0,16}".prop_map(|c| Some(vmxray_events::Comm::from(c.as_str()))),
+            any::<String>().prop_map(|c| Some(vmxray_events::Comm::from(c.as_str()))),
         ];
         (any::<u64>(), any::<u32>(), any::<i32>(), comm, kind)
-            .prop_map(|(ts, cpu, pid, comm, kind)| Event { ts, cpu, pid, comm, kind })
+            .prop_map(|(ts, cpu, pid, comm, kind)| Event { tgid: None, ts, cpu, pid, comm, kind })
     }
 
     #[test]
@@ -932,7 +633,8 @@ mod tests {
                 ts: i * 1_001,
                 cpu: (i % 3) as u32,
                 pid: 100 + (i % 5) as i32,
-                comm: (i % 4 != 0).then(|| Arc::from("CPU 0/KVM")),
+                tgid: None,
+                comm: (i % 4 != 0).then(|| vmxray_events::Comm::from("CPU 0/KVM")),
                 kind: EventKind::KvmPio {
                     write: i % 2 == 0,
                     port: 0x3f8,

@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmxray_capture::bin_util::Endian;
-use vmxray_capture::format::{EventFormat, EventFormats, PageLayout};
+use vmxray_capture::bin::Endian;
+use vmxray_capture::bin::format::{EventFormat, EventFormats, PageLayout};
 
 fuzz_target!(|data: &[u8]| {
     // The text up to the first NUL is the format; the rest is a record to decode with it.

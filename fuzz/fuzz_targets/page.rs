@@ -2,9 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmxray_capture::bin_util::Endian;
-use vmxray_capture::format::PageLayout;
-use vmxray_capture::page::PageStream;
+use vmxray_capture::bin::Endian;
+use vmxray_capture::bin::format::PageLayout;
+use vmxray_capture::bin::page::PageStream;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, bytes)) = data.split_first() else { return };

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmxray_capture::ReadOptions;
-use vmxray_capture::perfdata::PerfDataReader;
+use vmxray_capture::read::perfdata::PerfDataReader;
 
 fuzz_target!(|data: &[u8]| {
     for permissive in [false, true] {

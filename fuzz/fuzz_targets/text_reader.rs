@@ -4,8 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{Event, ReadOptions};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::ReadOptions;
+use vmxray_events::Event;
 
 /// Every item, errors as their messages.
 fn read_all<R: std::io::BufRead>(reader: TextReader<R>) -> Vec<Result<Event, String>> {

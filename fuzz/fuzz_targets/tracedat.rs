@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vmxray_capture::ReadOptions;
-use vmxray_capture::tracedat::TraceDat;
+use vmxray_capture::read::tracedat::TraceDat;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(td) = TraceDat::from_bytes("fuzz".into(), data.to_vec()) else { return };

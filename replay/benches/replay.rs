@@ -8,7 +8,7 @@
 //! (23.5–33.8M/s across samples, the machine being shared).
 #![allow(missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;
@@ -19,7 +19,7 @@ use vmxray_replay::Model;
 
 const PASSES: u64 = 80;
 
-fn stream() -> Vec<vmxray_capture::Event> {
+fn stream() -> Vec<vmxray_events::Event> {
     let mut x: u32 = 0x9e37_79b9;
     let mut choices = Vec::new();
     let mut events = Vec::new();

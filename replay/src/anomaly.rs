@@ -17,37 +17,7 @@ impl fmt::Display for EventIndex {
     }
 }
 
-/// Who an event belongs to: a vCPU (by the `vcpu_id` an event carries, or by its thread once
-/// that thread is known to run the vCPU), or a thread never seen running a vCPU (MMU notifiers,
-/// the NX-recovery kthread, ioctl threads, or a vCPU thread of a trace whose events carry no
-/// `vcpu_id` at all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Actor {
-    /// A vCPU.
-    Vcpu(u32),
-    /// A thread (pid) not attributed to a vCPU.
-    Thread(i32),
-}
-
-impl Actor {
-    /// The vCPU id, when the actor is a vCPU.
-    pub fn vcpu_id(self) -> Option<u32> {
-        match self {
-            Self::Vcpu(id) => Some(id),
-            Self::Thread(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Vcpu(id) => write!(f, "vcpu {id}"),
-            Self::Thread(pid) => write!(f, "thread {pid}"),
-        }
-    }
-}
+pub use vmxray_events::Actor;
 
 /// How bad a divergence is. Ordered: `Info < Warning < Error < Critical`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -66,6 +36,17 @@ pub enum Severity {
 impl Severity {
     /// Every severity, lowest first.
     pub const ALL: [Severity; 4] = [Self::Info, Self::Warning, Self::Error, Self::Critical];
+
+    /// The one rank of a severity: 0 (info) to 3 (critical), the index into [`Severity::ALL`]
+    /// and into per-severity counters; the scan's `severity_rank` column.
+    pub fn rank(self) -> usize {
+        match self {
+            Self::Info => 0,
+            Self::Warning => 1,
+            Self::Error => 2,
+            Self::Critical => 3,
+        }
+    }
 
     /// The lower-case name.
     pub fn name(self) -> &'static str {

@@ -3,12 +3,12 @@
 //! snapshot at or before `i` and stepping forward (at most `interval - 1` events).
 //!
 //! ```
-//! use vmxray_capture::{Entry, Event, EventKind};
+//! use vmxray_events::{Entry, Event, EventKind};
 //! use vmxray_replay::checkpoints::Checkpoints;
 //! use vmxray_replay::{EventIndex, Model};
 //!
 //! let events: Vec<Event> = (0..100u64)
-//!     .map(|ts| Event { ts, cpu: 0, pid: 1, comm: None, kind: EventKind::KvmEntry(Entry {
+//!     .map(|ts| Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind: EventKind::KvmEntry(Entry {
 //!         vcpu_id: 0, rip: Some(ts), immediate_exit: None, intr_info: None, error_code: None,
 //!     }) })
 //!     .collect();
@@ -25,7 +25,7 @@
 
 use crate::anomaly::EventIndex;
 use crate::model::Model;
-use vmxray_capture::Event;
+use vmxray_events::Event;
 
 /// Snapshots of a model taken every `interval` events.
 #[derive(Clone, Debug)]

@@ -2,18 +2,18 @@
 //!
 //! This crate owns the model: a pure, deterministic state machine per vCPU (L1/L2 level, current
 //! vmcs12, what each vmcs12 holds, L1 CR3, MMU roots and their roles, SMM) that steps through a
-//! [`vmxray_capture::Event`] stream, predicts what KVM must do next, and returns every divergence
+//! [`vmxray_events::Event`] stream, predicts what KVM must do next, and returns every divergence
 //! as an [`Anomaly`] value citing the KVM commit whose behaviour the rule checks ([`rules`]).
 //! It also owns [`mod@triage`]: the post-mortem of a shutdown / triple fault / failed entry, as data.
 //!
 //! It does **not** read files, print, or keep statistics: it has no I/O, no clock and no globals.
 //!
 //! ```
-//! use vmxray_capture::codes::{ExitCode, ExitReason};
-//! use vmxray_capture::{Entry, Event, EventKind, ExitFields, ExitInfo};
+//! use vmxray_events::codes::{ExitCode, ExitReason};
+//! use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //! use vmxray_replay::{Model, RuleId};
 //!
-//! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, comm: None, kind };
+//! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind };
 //! let entry = |ts| event(ts, EventKind::KvmEntry(Entry {
 //!     vcpu_id: 0, rip: Some(0x1000), immediate_exit: None, intr_info: None, error_code: None,
 //! }));

@@ -15,7 +15,7 @@
 //! compares it with what the event shows.
 
 use serde::Serialize;
-use vmxray_capture::{Event, EventKind};
+use vmxray_events::{Attribution, Event, EventKind, Vcpu, Vm};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
 use crate::rules::{self, Ctx, RuleStates};
@@ -29,11 +29,22 @@ pub struct ModelConfig {
     pub rules: RuleSet,
     /// How many identical fault exits in a row make a livelock.
     pub livelock_threshold: u32,
+    /// Run the state machine and the rules (the default). Without, the model only attributes
+    /// events to vCPUs and notes what they reveal about the kernel: what a pass that wants
+    /// statistics alone needs, at a fraction of the cost.
+    pub replay: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { rules: RuleSet::all(), livelock_threshold: 64 }
+        Self { rules: RuleSet::all(), livelock_threshold: 64, replay: true }
+    }
+}
+
+impl ModelConfig {
+    /// Attribution only (see [`ModelConfig::replay`]).
+    pub fn attribution_only() -> Self {
+        Self { replay: false, ..Self::default() }
     }
 }
 
@@ -91,7 +102,7 @@ pub enum Transition {
     /// A nested VM-Exit that L1 sees (reason None: silent, SMI).
     NestedExit {
         /// Reason.
-        reason: Option<vmxray_capture::codes::ExitCode>,
+        reason: Option<vmxray_events::codes::ExitCode>,
     },
     /// A late (hardware) VM-Fail unwound the entry.
     LateVmFail,
@@ -130,7 +141,7 @@ pub struct Step<'a> {
     /// Divergences found.
     pub anomalies: &'a [Anomaly],
     /// VMCS field values the event revealed (`crate::fields`).
-    pub fields: &'a [vmxray_capture::vmcs::VmcsField],
+    pub fields: &'a [vmxray_events::vmcs::VmcsField],
 }
 
 /// Whether a rule had anything to decide in a trace.
@@ -170,8 +181,11 @@ pub struct TraceSummary {
     pub lost_markers: u64,
     /// Events the markers said were lost.
     pub lost_events: u64,
-    /// vCPUs seen.
+    /// Every vCPU's id, ordered by VM then id (a host trace lists each VM's vCPU 0).
     pub vcpus: Vec<u32>,
+    /// The VMs: the VMM processes, or VMs inferred from vCPU ids running at once on different
+    /// threads when the trace carries no tgid.
+    pub vms: Vec<Vm>,
     /// Threads whose events could not be attributed to a vCPU.
     pub unattributed_threads: usize,
     /// What the events reveal about the kernel.
@@ -224,12 +238,14 @@ pub struct Model {
     features: Features,
     slots: Vec<Slot>,
     last_slot: usize,
-    pid_vcpu: Vec<(i32, u32)>,
+    attribution: Attribution,
     findings: Findings,
     transitions: Vec<Transition>,
-    fields: Vec<vmxray_capture::vmcs::VmcsField>,
+    fields: Vec<vmxray_events::vmcs::VmcsField>,
     lost_markers: u64,
     lost_events: u64,
+    /// Who the last stepped event was attributed to (see [`Model::last_step`]).
+    last_actor: Option<Actor>,
 }
 
 impl Default for Model {
@@ -247,7 +263,7 @@ impl Model {
             features: Features::default(),
             slots: Vec::new(),
             last_slot: 0,
-            pid_vcpu: Vec::new(),
+            attribution: Attribution::default(),
             findings: Findings {
                 anomalies: Vec::new(),
                 checks: [0; RuleId::COUNT],
@@ -259,6 +275,7 @@ impl Model {
             fields: Vec::new(),
             lost_markers: 0,
             lost_events: 0,
+            last_actor: None,
         }
     }
 
@@ -276,6 +293,7 @@ impl Model {
         self.fields.clear();
         transition::note_features(&mut self.features, &event.kind);
 
+        self.last_actor = None;
         if let EventKind::Lost { count } = event.kind {
             self.lost_markers += 1;
             self.lost_events += count.unwrap_or(0);
@@ -297,7 +315,11 @@ impl Model {
         }
 
         let actor = self.attribute(event);
+        self.last_actor = Some(actor);
         let idx = self.slot_index(actor);
+        if !self.config.replay {
+            return Step { at, actor: Some(actor), transitions: &[], anomalies: &[], fields: &[] };
+        }
         let slot = &mut self.slots[idx];
         transition::settle(&mut slot.state, event, &mut self.transitions);
         crate::fields::derive(&slot.state, actor, event, at, &mut self.fields);
@@ -318,6 +340,18 @@ impl Model {
         Step {
             at,
             actor: Some(actor),
+            transitions: &self.transitions,
+            anomalies: &self.findings.anomalies,
+            fields: &self.fields,
+        }
+    }
+
+    /// What the last [`Model::step`] did, borrowed immutably (so that the model's state can be
+    /// read alongside it); before any step, an empty step at index 0.
+    pub fn last_step(&self) -> Step<'_> {
+        Step {
+            at: EventIndex(self.next.saturating_sub(1)),
+            actor: self.last_actor,
             transitions: &self.transitions,
             anomalies: &self.findings.anomalies,
             fields: &self.fields,
@@ -355,15 +389,28 @@ impl Model {
     }
 
     /// The vCPU a thread runs, once an event with `vcpu_id` came from it.
-    pub fn vcpu_of_thread(&self, pid: i32) -> Option<u32> {
-        self.pid_vcpu.iter().find(|(p, _)| *p == pid).map(|(_, v)| *v)
+    pub fn vcpu_of_thread(&self, pid: i32) -> Option<Vcpu> {
+        self.attribution.vcpu_of_thread(pid)
+    }
+
+    /// The VMs seen so far (the attribution's table).
+    pub fn vms(&self) -> &[Vm] {
+        self.attribution.vms()
     }
 
     /// The per-trace summary: counts, features, and for every enabled rule whether it was
     /// checkable.
     pub fn summary(&self) -> TraceSummary {
-        let mut vcpus: Vec<u32> = self.slots.iter().filter_map(|s| s.actor.vcpu_id()).collect();
-        vcpus.sort_unstable();
+        let mut keys: Vec<Vcpu> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.actor {
+                Actor::Vcpu(v) => Some(v),
+                Actor::Thread(_) => None,
+            })
+            .collect();
+        keys.sort_unstable();
+        let vcpus = keys.iter().map(|v| v.id).collect();
         let rules = RuleId::ALL
             .iter()
             .copied()
@@ -383,6 +430,7 @@ impl Model {
             lost_markers: self.lost_markers,
             lost_events: self.lost_events,
             vcpus,
+            vms: self.attribution.vms().to_vec(),
             unattributed_threads: self
                 .slots
                 .iter()
@@ -400,45 +448,18 @@ impl Model {
     }
 
     fn attribute(&mut self, event: &Event) -> Actor {
-        let carried = match &event.kind {
-            // An explicit VMCS field record names its vCPU; it is not a thread of its own.
-            EventKind::Other(_) => {
-                return match vmxray_capture::vmcs::import::from_print_event(event) {
-                    Some(rec) => Actor::Vcpu(rec.vcpu),
-                    None => match self.vcpu_of_thread(event.pid) {
-                        Some(vcpu) => Actor::Vcpu(vcpu),
-                        None => Actor::Thread(event.pid),
-                    },
-                };
+        let attributed = self.attribution.attribute(event);
+        if let Some((pid, vcpu)) = attributed.newly_bound {
+            // The thread's earlier unattributed events belong to this vCPU: adopt their state
+            // if the vCPU has none yet.
+            let has_vcpu = self.slots.iter().any(|s| s.actor == Actor::Vcpu(vcpu));
+            if !has_vcpu
+                && let Some(slot) = self.slots.iter_mut().find(|s| s.actor == Actor::Thread(pid))
+            {
+                slot.actor = Actor::Vcpu(vcpu);
             }
-            kind => kind.vcpu_id(),
-        };
-        match carried {
-            Some(vcpu) => {
-                self.learn_thread(event.pid, vcpu);
-                Actor::Vcpu(vcpu)
-            }
-            None => match self.vcpu_of_thread(event.pid) {
-                Some(vcpu) => Actor::Vcpu(vcpu),
-                None => Actor::Thread(event.pid),
-            },
         }
-    }
-
-    fn learn_thread(&mut self, pid: i32, vcpu: u32) {
-        match self.pid_vcpu.iter_mut().find(|(p, _)| *p == pid) {
-            Some(entry) if entry.1 == vcpu => return,
-            Some(entry) => entry.1 = vcpu,
-            None => self.pid_vcpu.push((pid, vcpu)),
-        }
-        // The thread's earlier unattributed events belong to this vCPU: adopt their state if
-        // the vCPU has none yet.
-        let has_vcpu = self.slots.iter().any(|s| s.actor == Actor::Vcpu(vcpu));
-        if !has_vcpu
-            && let Some(slot) = self.slots.iter_mut().find(|s| s.actor == Actor::Thread(pid))
-        {
-            slot.actor = Actor::Vcpu(vcpu);
-        }
+        attributed.actor
     }
 
     fn slot_index(&mut self, actor: Actor) -> usize {
@@ -490,21 +511,12 @@ impl Model {
 }
 
 impl Findings {
-    fn severity_slot(sev: Severity) -> usize {
-        match sev {
-            Severity::Info => 0,
-            Severity::Warning => 1,
-            Severity::Error => 2,
-            Severity::Critical => 3,
-        }
-    }
-
     pub(crate) fn report(&mut self, anomaly: Anomaly) {
         if !self.enabled.contains(anomaly.rule) {
             return;
         }
         self.reported[anomaly.rule.index()] += 1;
-        self.by_severity[Self::severity_slot(anomaly.severity)] += 1;
+        self.by_severity[anomaly.severity.rank()] += 1;
         self.anomalies.push(anomaly);
     }
 }

@@ -9,7 +9,7 @@
 //! [`crate::Model`] snapshots every few thousand events and replay forward to any event.
 
 use serde::Serialize;
-use vmxray_capture::codes::{ExitCode, IntrInfo, MmuPageRole};
+use vmxray_events::codes::{ExitCode, IntrInfo, MmuPageRole};
 
 use crate::anomaly::EventIndex;
 
@@ -58,13 +58,23 @@ impl Mode {
     }
 }
 
-/// The guest level that runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// The guest level that runs: the one level type of every crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Level {
     /// The guest hypervisor (or a plain guest).
     L1,
     /// The nested guest.
     L2,
+}
+
+impl Level {
+    /// `L1`, `L2`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::L1 => "L1",
+            Self::L2 => "L2",
+        }
+    }
 }
 
 /// What started a nested VM-Enter.

@@ -1,8 +1,8 @@
 //! The state machine proper: how each event changes a vCPU's [`VcpuState`] (§2 of the
 //! reference). Rules have already looked at the pre-state when this runs.
 
-use vmxray_capture::codes::{ExitCode, Isa, SvmExitCode, VmxBasicReason};
-use vmxray_capture::{Event, EventKind, ExitInfo, NestedVmenter};
+use vmxray_events::codes::{ExitCode, Isa, SvmExitCode, VmxBasicReason};
+use vmxray_events::{Event, EventKind, ExitInfo, NestedVmenter, VmFailKind};
 
 use crate::anomaly::EventIndex;
 use crate::model::{Transition, Vmcs12Field};
@@ -52,18 +52,12 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
-}
-
-/// True when the message of `kvm_nested_vmenter_failed` is the late VM-Fail's (§1.7 source 3).
-pub fn is_late_vmfail(msg: &str) -> bool {
-    msg.starts_with("hardware VM-instruction error")
-}
-
-/// True when the message is the early hardware check's (§1.7 source 2).
-pub fn is_early_hw_check(msg: &str) -> bool {
-    msg.starts_with("early hardware check")
 }
 
 /// The nested-entry instruction an exit reports, if any.
@@ -95,7 +89,16 @@ fn set_mode(st: &mut VcpuState, to: Mode, out: &mut Vec<Transition>) {
 pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) {
     let Some(exit_at) = st.exit_awaiting_nested else { return };
     // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing.
-    if matches!(ev.kind, EventKind::KvmNestedVmexit(_) | EventKind::Other(_)) {
+    // Nor do vmxray's own records, or kvm_pml_full (hit in either level).
+    if matches!(
+        ev.kind,
+        EventKind::KvmNestedVmexit(_)
+            | EventKind::Other(_)
+            | EventKind::VmcsField(_)
+            | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
+            | EventKind::KvmPmlFull { .. }
+    ) {
         return;
     }
     st.exit_awaiting_nested = None;
@@ -135,12 +138,12 @@ pub(crate) fn apply(
         }
         EventKind::KvmNestedVmexitInject(info) => on_inject(st, info, at, out),
         EventKind::KvmNestedVmenter(v) => on_vmenter(st, v, at, out),
-        EventKind::KvmNestedVmenterFailed { msg, .. } => {
-            if is_late_vmfail(msg) {
+        EventKind::KvmNestedVmenterFailed { kind, .. } => {
+            if *kind == VmFailKind::LateHardware {
                 set_mode(st, Mode::L1, out);
                 st.awaiting_host_rip = None;
                 out.push(Transition::LateVmFail);
-            } else if is_early_hw_check(msg) {
+            } else if *kind == VmFailKind::EarlyHardware {
                 // nested_early_check: the dummy VMLAUNCH after kvm_nested_vmenter failed; KVM
                 // switches back to vmcs01 and VMfails, L2 never ran.
                 set_mode(st, Mode::L1, out);
@@ -201,6 +204,10 @@ pub(crate) fn apply(
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
 }

@@ -15,13 +15,14 @@
 use std::collections::VecDeque;
 
 use serde::Serialize;
-use vmxray_capture::codes::{
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, SvmExitCode, UserspaceExitReason, VmxBasicReason,
 };
-use vmxray_capture::{Event, EventKind};
+use vmxray_events::insn::mnemonic;
+use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
-use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, TraceSummary, Transition};
+use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, Step, TraceSummary, Transition};
 use crate::state::{Level, Mode, Vmcs12Record};
 
 /// Window sizes.
@@ -269,11 +270,11 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
     q.push_back(item);
 }
 
-/// Incremental triage: [`Triage::push`] every event, then [`Triage::finish`].
+/// Incremental triage: [`Triage::observe`] every event after the model stepped it (a pass does
+/// this), then [`Triage::finish`] with the model's summary.
 #[derive(Clone, Debug)]
 pub struct Triage {
     config: TriageConfig,
-    model: Model,
     windows: Vec<Window>,
     crashes: Vec<Crash>,
     dropped: u64,
@@ -282,24 +283,17 @@ pub struct Triage {
 impl Triage {
     /// A triage with nothing seen.
     pub fn new(config: TriageConfig) -> Self {
-        Self {
-            config,
-            model: Model::new(config.model),
-            windows: Vec::new(),
-            crashes: Vec::new(),
-            dropped: 0,
-        }
+        Self { config, windows: Vec::new(), crashes: Vec::new(), dropped: 0 }
     }
 
-    /// The model (for its state and summary so far).
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The model configuration this triage wants its events stepped with.
+    pub fn model_config(&self) -> ModelConfig {
+        self.config.model
     }
 
-    /// Takes one event.
-    pub fn push(&mut self, event: &Event) {
+    /// Takes one event, after `model` stepped it (`step` is what the step returned).
+    pub fn observe(&mut self, event: &Event, step: &Step<'_>, model: &Model) {
         let cfg = self.config;
-        let step = self.model.step(event);
         let at = step.at;
         let step_actor = step.actor;
         let transitions = step.transitions.to_vec();
@@ -316,7 +310,7 @@ impl Triage {
             }
             return;
         };
-        let state = self.model.state(actor);
+        let state = model.state(actor);
         let level = state.and_then(|s| s.level());
         let vmptr = state.and_then(|s| s.current_vmptr);
         let fresh = || Window {
@@ -393,7 +387,7 @@ impl Triage {
                 return;
             }
             let first = w.events.front().map_or(at, |e| e.at);
-            let vmcs12 = self.model.state(actor).and_then(|s| s.current_record()).cloned();
+            let vmcs12 = model.state(actor).and_then(|s| s.current_record()).cloned();
             self.crashes.push(Crash {
                 kind,
                 vcpu: actor,
@@ -411,13 +405,9 @@ impl Triage {
         }
     }
 
-    /// The report.
-    pub fn finish(self) -> TriageReport {
-        TriageReport {
-            crashes: self.crashes,
-            dropped_crashes: self.dropped,
-            summary: self.model.summary(),
-        }
+    /// The report, with the summary of the model that stepped the events.
+    pub fn finish(self, summary: TraceSummary) -> TriageReport {
+        TriageReport { crashes: self.crashes, dropped_crashes: self.dropped, summary }
     }
 }
 
@@ -427,10 +417,12 @@ pub fn triage<'e>(
     config: TriageConfig,
 ) -> TriageReport {
     let mut t = Triage::new(config);
+    let mut model = Model::new(config.model);
     for e in events {
-        t.push(e);
+        model.step(e);
+        t.observe(e, &model.last_step(), &model);
     }
-    t.finish()
+    t.finish(model.summary())
 }
 
 fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, cap: usize) {
@@ -469,7 +461,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmEmulateInsn { rip, insn, failed: true, .. } => {
             Some(ChainLink::EmulationFailed { at, rip: *rip, insn: insn.as_slice().to_vec() })
         }
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             Some(ChainLink::VmenterFailed { at, msg: msg.to_string(), err: err.0 })
         }
         EventKind::KvmEntry(_) => {
@@ -486,7 +478,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             None
         }
         EventKind::KvmEmulateInsn { rip, insn, failed: false, .. } => {
-            if let Some(text) = describe_insn(insn.as_slice()).filter(|t| changes_context(t)) {
+            if let Some(text) = mnemonic(insn.as_slice()).filter(|t| changes_context(t)) {
                 push_bounded(
                     &mut w.changes,
                     ContextChange::Emulated { at, rip: *rip, insn: text },
@@ -511,6 +503,10 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     };
@@ -573,6 +569,10 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }
@@ -581,88 +581,4 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
 /// Whether `mode` is in L2 (for narratives).
 pub fn in_l2(mode: Mode) -> bool {
     mode.level() == Some(Level::L2)
-}
-
-const GPR: [&str; 8] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"];
-
-/// A short disassembly of the few instructions a triage narrative cares about (CR moves,
-/// descriptor-table loads, `ud2`, `hlt`, port I/O, VMX instructions...). `None` otherwise.
-pub fn describe_insn(bytes: &[u8]) -> Option<String> {
-    let mut i = 0;
-    let mut rex_r = false;
-    let mut rex_b = false;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            0x66 | 0x67 | 0xf2 | 0xf3 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => i += 1,
-            0x40..=0x4f => {
-                rex_r = b & 4 != 0;
-                rex_b = b & 1 != 0;
-                i += 1;
-            }
-            _ => break,
-        }
-    }
-    let rest = bytes.get(i..)?;
-    let reg = |modrm: u8, ext: bool| usize::from((modrm >> 3) & 7) + if ext { 8 } else { 0 };
-    let rm_name = |modrm: u8| -> String {
-        let n = usize::from(modrm & 7) + if rex_b { 8 } else { 0 };
-        match GPR.get(n) {
-            Some(name) => (*name).to_owned(),
-            None => format!("r{n}"),
-        }
-    };
-    Some(match rest {
-        [0x0f, 0x0b, ..] => "ud2".to_owned(),
-        [0xf4, ..] => "hlt".to_owned(),
-        [0xcc, ..] => "int3".to_owned(),
-        [0xcd, v, ..] => format!("int {v:#x}"),
-        [0x0f, 0xa2, ..] => "cpuid".to_owned(),
-        [0x0f, 0x30, ..] => "wrmsr".to_owned(),
-        [0x0f, 0x32, ..] => "rdmsr".to_owned(),
-        [0x0f, 0x06, ..] => "clts".to_owned(),
-        [0x0f, 0x01, 0xc1, ..] => "vmcall".to_owned(),
-        [0x0f, 0x01, 0xc2, ..] => "vmlaunch".to_owned(),
-        [0x0f, 0x01, 0xc3, ..] => "vmresume".to_owned(),
-        [0x0f, 0x01, 0xc4, ..] => "vmxoff".to_owned(),
-        [0x0f, 0x22, modrm, ..] => format!("mov cr{}, {}", reg(*modrm, rex_r), rm_name(*modrm)),
-        [0x0f, 0x20, modrm, ..] => format!("mov {}, cr{}", rm_name(*modrm), reg(*modrm, rex_r)),
-        [0x0f, 0x01, modrm, ..] if modrm >> 6 != 3 => match (modrm >> 3) & 7 {
-            2 => "lgdt [mem]".to_owned(),
-            3 => idt_operand(rest)
-                .map_or_else(|| "lidt [mem]".to_owned(), |a| format!("lidt [{a:#x}]")),
-            6 => "lmsw [mem]".to_owned(),
-            _ => return None,
-        },
-        [0xe6 | 0xe7, port, ..] => format!("out {port:#x}"),
-        [0xee | 0xef, ..] => "out dx".to_owned(),
-        [0xe4 | 0xe5, port, ..] => format!("in {port:#x}"),
-        [0xec | 0xed, ..] => "in dx".to_owned(),
-        _ => return None,
-    })
-}
-
-/// The absolute address of `0f 01 /3` with a SIB disp32-only operand (`lidt [imm32]`).
-fn idt_operand(rest: &[u8]) -> Option<u32> {
-    match rest {
-        [0x0f, 0x01, 0x1c, 0x25, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_the_instructions_of_the_real_triple_fault_sample() {
-        assert_eq!(describe_insn(&[0x0f, 0x22, 0xd8]).as_deref(), Some("mov cr3, rax"));
-        assert_eq!(
-            describe_insn(&[0x0f, 0x01, 0x1c, 0x25, 0x00, 0x70, 0x00, 0x00]).as_deref(),
-            Some("lidt [0x7000]")
-        );
-        assert_eq!(describe_insn(&[0x0f, 0x0b]).as_deref(), Some("ud2"));
-        assert_eq!(describe_insn(&[0xe6, 0x10]).as_deref(), Some("out 0x10"));
-        assert_eq!(describe_insn(&[0x48, 0xc7, 0xc0, 0, 0x50, 0, 0]), None);
-        assert_eq!(describe_insn(&[]), None);
-    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vmxray_capture::convert::{self, ConvertOptions, Method};
+use vmxray_capture::write::convert::{self, ConvertOptions, Method};
 
 use super::input;
 

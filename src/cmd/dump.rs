@@ -4,8 +4,9 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vmxray_capture::filter::{EventFilter, ReasonMatch, TimeRange, VcpuByThread};
+use vmxray_capture::filter::{EventFilter, ReasonMatch, TimeRange};
 use vmxray_capture::render::{self, OrderedWriter};
+use vmxray_events::Attribution;
 
 use super::input;
 
@@ -68,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // Lines are rendered in batches on the thread pool while this thread reads on.
     let mut out = OrderedWriter::new(io::stdout().lock(), clock.clone(), format, true);
-    let mut by_thread = VcpuByThread::default();
+    let mut attribution = Attribution::default();
     let mut failure = None;
     for item in reader.by_ref() {
         let event = match item {
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 break;
             }
         };
-        let vcpu = by_thread.observe(&event);
+        let vcpu = attribution.attribute(&event).actor.vcpu_id();
         if !filter.keeps(&event, vcpu) {
             continue;
         }

@@ -1,6 +1,6 @@
 //! `vmxray fields [FILE] [--fields EXTRA.txt]`: the history of every VMCS field a trace reveals
 //! (derived from tracepoints, see `vmxray_replay::fields`) and of the explicit records of
-//! `--fields` files (format: `vmxray_capture::vmcs::import`), merged by timestamp.
+//! `--fields` files (format: `vmxray_events::vmcs::record`), merged by timestamp.
 //!
 //! By default each field's first value and every change are printed, in event order; `--all`
 //! prints every observation. `--diff A,B` compares two VMCSs (`--diff 12@0x7000,12@0x8000`, as
@@ -24,16 +24,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use vmxray_capture::vmcs::import::{self, FieldsFile};
-use vmxray_capture::vmcs::{FieldEncoding, VmcsField, VmcsRef};
-use vmxray_capture::{Event, ReadError, ReadOptions};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_capture::read::fields_file::{self, FieldsFile};
+use vmxray_capture::{ReadError, ReadOptions};
+use vmxray_events::Event;
+use vmxray_events::vmcs::{FieldEncoding, VmcsField, VmcsRef};
+use vmxray_replay::ModelConfig;
 use vmxray_replay::fields::{FieldDiff, differ};
-use vmxray_replay::{Model, ModelConfig};
 
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -78,7 +81,7 @@ pub struct Args {
 }
 
 fn parse_vmcs(s: &str) -> Result<VmcsRef, String> {
-    s.parse().map_err(|e: vmxray_capture::vmcs::UnknownVmcs| e.to_string())
+    s.parse().map_err(|e: vmxray_events::vmcs::UnknownVmcs| e.to_string())
 }
 
 fn parse_field(s: &str) -> Result<FieldEncoding, String> {
@@ -93,7 +96,7 @@ pub fn load_fields(paths: &[PathBuf], permissive: bool) -> anyhow::Result<Fields
     for path in paths {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("Cannot read the field records {}", path.display()))?;
-        let file = import::parse_fields(&text, permissive)
+        let file = fields_file::parse_fields(&text, permissive)
             .with_context(|| format!("Cannot parse the field records {}", path.display()))?;
         all.records.extend(file.records);
         all.skipped += file.skipped;
@@ -148,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 vmxray_capture::open(path, ReadOptions { permissive: args.permissive })
                     .with_context(|| format!("Cannot open {}", path.display()))?;
             let input = reader.meta().input.to_string();
-            let merged = import::merge(reader.by_ref(), records.records);
+            let merged = fields_file::merge(reader.by_ref(), records.records);
             let o = show(merged, &args, diff.as_ref(), &mut out)
                 .with_context(|| format!("Reading {input}"))?;
             skipped += reader.stats().skipped;
@@ -196,16 +199,6 @@ where
     E: std::error::Error + Send + Sync + 'static,
     W: Write,
 {
-    let mut model = Model::new(ModelConfig::default());
-    let mut last: HashMap<(VmcsRef, FieldEncoding), VmcsField> = HashMap::new();
-    let mut table = Table::new();
-    let mut snapshots: Vec<(u64, Table)> = Vec::new();
-    let wanted: Vec<u64> = match diff {
-        Some(Diff::Times(_, a, b)) => vec![*a, *b],
-        Some(Diff::Vmcs(..)) => args.at.into_iter().collect(),
-        None => Vec::new(),
-    };
-    let mut o = Outcome { events: 0, observations: 0, shown: 0 };
     if diff.is_none() && args.format == Format::Text {
         writeln!(
             out,
@@ -213,34 +206,27 @@ where
             "EVENT", "TS", "VCPU", "VMCS", "FIELD", "VALUE", "HOW"
         )?;
     }
-    for event in events {
-        let event = event?;
-        let step = model.step(&event);
-        let at = step.at.0;
-        o.events += 1;
-        for obs in step.fields {
-            o.observations += 1;
-            if args.vmcs.is_some_and(|v| v != obs.vmcs) && !matches!(diff, Some(Diff::Vmcs(..))) {
-                continue;
-            }
-            if args.field.is_some_and(|f| f != obs.field) {
-                continue;
-            }
-            let prev = last.insert((obs.vmcs, obs.field), obs.clone());
-            if diff.is_some() {
-                table.insert((obs.vmcs, obs.field), obs.clone());
-                continue;
-            }
-            let changed = prev.as_ref().is_some_and(|p| differ(p, obs));
-            if args.all || prev.is_none() || changed {
-                o.shown += 1;
-                write_obs(out, args.format, obs, prev.as_ref().map(|p| p.value), changed)?;
-            }
-        }
-        if wanted.contains(&at) {
-            snapshots.push((at, table.clone()));
-        }
+    let mut sink = History {
+        args,
+        diff,
+        out,
+        outcome: Outcome { events: 0, observations: 0, shown: 0 },
+        last: HashMap::new(),
+        table: Table::new(),
+        snapshots: Vec::new(),
+        wanted: match diff {
+            Some(Diff::Times(_, a, b)) => vec![*a, *b],
+            Some(Diff::Vmcs(..)) => args.at.into_iter().collect(),
+            None => Vec::new(),
+        },
+        failed: None,
+    };
+    let mut pass = Pass::new(PassConfig { model: ModelConfig::default(), stats: StatsMode::Off });
+    pass.run(events, &mut sink)?;
+    if let Some(e) = sink.failed.take() {
+        return Err(e.into());
     }
+    let History { table, snapshots, out, outcome: mut o, .. } = sink;
     let end = o.events.saturating_sub(1);
     let snapshot = |at: u64| -> Table {
         snapshots
@@ -270,6 +256,54 @@ where
         writeln!(out, "no differences")?;
     }
     Ok(o)
+}
+
+/// The field history as the pass reveals it: printed as it goes, or kept for `--diff`.
+struct History<'a, W> {
+    args: &'a Args,
+    diff: Option<&'a Diff>,
+    out: &'a mut W,
+    outcome: Outcome,
+    last: HashMap<(VmcsRef, FieldEncoding), VmcsField>,
+    table: Table,
+    snapshots: Vec<(u64, Table)>,
+    wanted: Vec<u64>,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Sink for History<'_, W> {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        let at = s.step.at.0;
+        self.outcome.events += 1;
+        for obs in s.step.fields {
+            self.outcome.observations += 1;
+            let by_vmcs = matches!(self.diff, Some(Diff::Vmcs(..)));
+            if self.args.vmcs.is_some_and(|v| v != obs.vmcs) && !by_vmcs {
+                continue;
+            }
+            if self.args.field.is_some_and(|f| f != obs.field) {
+                continue;
+            }
+            let prev = self.last.insert((obs.vmcs, obs.field), obs.clone());
+            if self.diff.is_some() {
+                self.table.insert((obs.vmcs, obs.field), obs.clone());
+                continue;
+            }
+            let changed = prev.as_ref().is_some_and(|p| differ(p, obs));
+            if self.args.all || prev.is_none() || changed {
+                self.outcome.shown += 1;
+                let previous = prev.as_ref().map(|p| p.value);
+                if let Err(e) = write_obs(self.out, self.args.format, obs, previous, changed) {
+                    self.failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        if self.wanted.contains(&at) {
+            self.snapshots.push((at, self.table.clone()));
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn sides(lt: &Table, l: VmcsRef, rt: &Table, r: VmcsRef) -> Vec<FieldDiff> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmxray_capture::record::{FlightOptions, Profile, RecordOptions, TriggerSpec};
+use vmxray_record::{FlightOptions, Profile, RecordOptions, TriggerSpec};
 use vmxray_samples::lab::{self, Scenario};
 
 use super::record::ProfileArg;

@@ -5,8 +5,8 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use vmxray_capture::record::{
-    self, FlightOptions, Profile, RecordOptions, RecordReport, Recorder, TriggerSpec,
+use vmxray_record::{
+    self as record, FlightOptions, Profile, RecordOptions, RecordReport, Recorder, TriggerSpec,
 };
 
 /// Arguments of `vmxray record`.

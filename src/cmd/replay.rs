@@ -13,11 +13,12 @@
 //! One JSON object per line, each with a `"type"`:
 //!
 //! ```text
-//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"thread":null,
+//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"vm":0,"thread":null,
 //!  "rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
 //!  "message":"…","commit":"04f11ef45810 …"}
 //! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
 //!  "skipped":0,"unknown_events":0,"kernel_at_least":"6.1","vcpus":[0,1],
+//!  "vms":[{"id":0,"tgid":4242,"name":"guest0","inferred":false,"vcpus":[[0,4250],[1,4251]]}],
 //!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
 //!  "rules":[{"rule":"livelock","status":"checked","checks":812,"anomalies":0},
 //!           {"rule":"late_vmfail_l1_cr3","status":"not_checkable","why":"…"}]}
@@ -25,21 +26,28 @@
 //!
 //! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
 //!   numbers); `ts` is the event's timestamp in the trace clock's units.
-//! - `vcpu` is the vCPU id, or null when the event could only be attributed to a thread
-//!   (`thread` is then its pid).
+//! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
+//!   when the event could only be attributed to a thread (`thread` is then its pid). A host
+//!   trace holds many VMs, each with its vCPU 0.
+//! - `vms` lists the VMs: the VMM process (`tgid`) and name when the trace says them,
+//!   `inferred` when it carries no tgid and the VMs were told apart by their vCPU threads,
+//!   and each vCPU with its thread.
 //! - `severity` is one of `info`, `warning`, `error`, `critical`.
 //! - One `summary` line follows the anomalies of each input; `anomalies` counts every anomaly of
 //!   the enabled rules, including those below `--severity`.
 
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
-use vmxray_capture::{Event, ReadError, ReadOptions, ReadStats};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_capture::{ReadError, ReadOptions, ReadStats};
+use vmxray_events::Event;
 use vmxray_replay::{
-    Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
+    Actor, Anomaly, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
 
 /// Output formats.
@@ -144,7 +152,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
         let input = reader.meta().input.to_string();
-        let merged = vmxray_capture::vmcs::import::merge(reader.by_ref(), records.records.clone());
+        let merged =
+            vmxray_capture::read::fields_file::merge(reader.by_ref(), records.records.clone());
         let outcome = replay_stream(&input, merged, opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
@@ -188,9 +197,6 @@ where
     I: IntoIterator<Item = Result<Event, ReadError>>,
     W: Write,
 {
-    let mut model =
-        Model::new(ModelConfig { rules: opts.rules, livelock_threshold: opts.livelock_threshold });
-    let mut shown = 0;
     if opts.format == Format::Text {
         writeln!(out, "{input}")?;
         writeln!(
@@ -199,15 +205,46 @@ where
             "EVENT", "TS", "VCPU", "SEVERITY", "RULE"
         )?;
     }
-    for event in events {
-        let event = event?;
-        let step = model.step(&event);
-        for anomaly in step.anomalies.iter().filter(|a| a.severity >= opts.min_severity) {
-            shown += 1;
-            write_anomaly(input, anomaly, event.ts, opts.format, out)?;
-        }
+    let config = PassConfig {
+        model: ModelConfig {
+            rules: opts.rules,
+            livelock_threshold: opts.livelock_threshold,
+            ..ModelConfig::default()
+        },
+        stats: StatsMode::Off,
+    };
+    let mut pass = Pass::new(config);
+    let mut printer = Printer { input, opts, out, shown: 0, failed: None };
+    pass.run(events, &mut printer)?;
+    if let Some(e) = printer.failed {
+        return Err(e.into());
     }
-    Ok(Outcome { summary: model.summary(), shown })
+    let shown = printer.shown;
+    Ok(Outcome { summary: pass.finish(None, None).summary, shown })
+}
+
+/// Prints the anomalies at or above the chosen severity as they are found.
+struct Printer<'a, W> {
+    input: &'a str,
+    opts: Options,
+    out: &'a mut W,
+    shown: u64,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Sink for Printer<'_, W> {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        for anomaly in s.step.anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
+            self.shown += 1;
+            if let Err(e) =
+                write_anomaly(self.input, anomaly, s.event.ts, self.opts.format, self.out)
+            {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn write_anomaly<W: Write>(
@@ -238,9 +275,9 @@ fn write_anomaly<W: Write>(
             )
         }
         Format::Jsonl => {
-            let (vcpu, thread) = match a.vcpu {
-                Actor::Vcpu(v) => (Some(v), None),
-                Actor::Thread(t) => (None, Some(t)),
+            let (vcpu, vm, thread) = match a.vcpu {
+                Actor::Vcpu(v) => (Some(v.id), Some(v.vm.0), None),
+                Actor::Thread(t) => (None, None, Some(t)),
             };
             let line = json!({
                 "type": "anomaly",
@@ -248,6 +285,7 @@ fn write_anomaly<W: Write>(
                 "at": a.at.0,
                 "ts": ts,
                 "vcpu": vcpu,
+                "vm": vm,
                 "thread": thread,
                 "rule": a.rule.name(),
                 "severity": a.severity.name(),
@@ -298,6 +336,7 @@ pub fn write_summary<W: Write>(
                 "unknown_events": unknown,
                 "kernel_at_least": s.features.kernel_at_least(),
                 "vcpus": s.vcpus,
+                "vms": s.vms,
                 "anomalies": {
                     "info": s.by_severity[0], "warning": s.by_severity[1],
                     "error": s.by_severity[2], "critical": s.by_severity[3],
@@ -318,6 +357,19 @@ pub fn write_summary<W: Write>(
                 s.by_severity[1],
                 s.by_severity[0],
             )?;
+            if s.vms.len() > 1 {
+                let how = if s.vms.iter().any(|vm| vm.inferred) {
+                    " (no tgid in the trace: told apart by their vCPU threads; which vCPUs share a VM is inferred)"
+                } else {
+                    ""
+                };
+                writeln!(out, "  {} VMs{how}:", s.vms.len())?;
+                for vm in &s.vms {
+                    let vcpus: Vec<String> =
+                        vm.vcpus.iter().map(|(id, pid)| format!("{id} (thread {pid})")).collect();
+                    writeln!(out, "    vm{} {}: vCPUs {}", vm.id.0, vm.label(), vcpus.join(", "))?;
+                }
+            }
             writeln!(
                 out,
                 "  lost: {lost_events} events in {} markers{}; skipped: {skipped}; unknown events: {unknown}; kernel >= {}",
@@ -346,7 +398,7 @@ pub fn write_summary<W: Write>(
 
 #[cfg(test)]
 mod tests {
-    use vmxray_capture::{Entry, EventKind};
+    use vmxray_events::{Entry, EventKind};
 
     use super::*;
 
@@ -355,6 +407,7 @@ mod tests {
             ts,
             cpu: 0,
             pid: 7,
+            tgid: None,
             comm: None,
             kind: EventKind::KvmEntry(Entry {
                 vcpu_id: 3,
@@ -371,9 +424,10 @@ mod tests {
             ts,
             cpu: 0,
             pid: 7,
+            tgid: None,
             comm: None,
-            kind: EventKind::KvmExit(vmxray_capture::ExitInfo::from(vmxray_capture::ExitFields {
-                reason: vmxray_capture::codes::ExitCode::Vmx(vmxray_capture::codes::ExitReason(10)),
+            kind: EventKind::KvmExit(vmxray_events::ExitInfo::from(vmxray_events::ExitFields {
+                reason: vmxray_events::codes::ExitCode::Vmx(vmxray_events::codes::ExitReason(10)),
                 isa: None,
                 guest_rip: Some(0x1000),
                 info1: Some(0),

@@ -64,8 +64,9 @@ pub struct Args {
     /// inputs into exit status 2.
     #[arg(long)]
     pub permissive: bool,
-    /// File names skipped while walking directories, in addition to the defaults
-    /// (*.json, *.jsonl, *.md, *.toml, *.rs, *.py, *.sh, *.parquet, *.csv, hidden files).
+    /// Files skipped while walking directories, by name or by path below the argument
+    /// (`excerpts/*`), in addition to the defaults (*.json, *.jsonl, *.md, *.toml, *.rs, *.py,
+    /// *.sh, *.parquet, *.csv, hidden files).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<glob::Pattern>,
     /// Rows buffered per trace and table before a part file is written.

@@ -49,7 +49,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.list {
         let mut out = io::stdout().lock();
-        for sc in Scenario::ALL {
+        for sc in Scenario::ALL.iter().copied() {
             let bugs: Vec<String> =
                 sc.bugs().iter().map(|b| format!("{}({})", b.name(), b.letter())).collect();
             let bugs = if bugs.is_empty() { "-".to_owned() } else { bugs.join(",") };

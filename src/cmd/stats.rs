@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vmxray_analyze::stats::{ExitStats, Format, StatsReport, write_report};
-use vmxray_capture::{Event, ReadError, ReadStats, TraceMeta};
+use vmxray_analyze::pass::{Pass, PassConfig, StatsMode};
+use vmxray_analyze::stats::{Format, StatsReport, write_report};
+use vmxray_capture::{ReadError, ReadStats, TraceMeta};
+use vmxray_events::Event;
+use vmxray_replay::ModelConfig;
 
 /// Arguments of `vmxray stats`.
 #[derive(clap::Args)]
@@ -54,27 +57,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
 }
 
-/// Feeds every event to the statistics; the first read error stops (with `--permissive` the
-/// reader only yields errors it cannot skip).
+/// Feeds every event through a statistics pass (the model only attributes events to vCPUs);
+/// the first read error stops (with `--permissive` the reader only yields errors it cannot
+/// skip).
 pub fn accumulate(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
-) -> Result<ExitStats, ReadError> {
-    let mut stats = ExitStats::new();
-    for event in events {
-        stats.push(&event?);
-    }
-    Ok(stats)
+) -> Result<Pass, ReadError> {
+    let mut pass =
+        Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
+    pass.run(events, &mut ())?;
+    Ok(pass)
 }
 
 /// Finishes the statistics and writes the report; returns it for callers that want the data.
 pub fn write_stats(
-    stats: ExitStats,
+    pass: Pass,
     meta: Option<&TraceMeta>,
     read: Option<&ReadStats>,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<StatsReport> {
-    let report = stats.finish(meta, read);
+    // A statistics pass always has its report.
+    let Some(report) = pass.finish(meta, read).stats else {
+        anyhow::bail!("Internal error: a statistics pass without statistics");
+    };
     write_report(&report, format.into(), out).context("Cannot write the report")?;
     out.flush().context("Cannot write the report")?;
     Ok(report)
@@ -84,16 +90,14 @@ pub fn write_stats(
 mod tests {
     use std::sync::Arc;
 
-    use vmxray_capture::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
-    use vmxray_capture::{
-        Clock, Entry, EventKind, ExitFields, ExitInfo, InputFormat, InsnBytes, Location,
-        ReadErrorKind,
-    };
+    use vmxray_capture::{Clock, InputFormat, Location, ReadErrorKind};
+    use vmxray_events::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
+    use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo, InsnBytes};
 
     use super::*;
 
     fn ev(ts: u64, pid: i32, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid, comm: None, kind })
+        Ok(Event { ts, cpu: 0, pid, tgid: None, comm: None, kind })
     }
 
     fn exit(ts: u64, vcpu: u32, reason: u32) -> Result<Event, ReadError> {

@@ -6,12 +6,16 @@
 
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmxray_capture::{Event, EventKind, ReadError, ReadOptions};
-use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig, describe_insn};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_capture::{ReadError, ReadOptions};
+use vmxray_events::insn::mnemonic;
+use vmxray_events::{Event, EventKind};
+use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig};
 use vmxray_replay::{Actor, Transition, TriageReport};
 
 /// Output formats.
@@ -72,16 +76,26 @@ pub fn triage_stream<I>(events: I, config: TriageConfig) -> Result<TriageReport,
 where
     I: IntoIterator<Item = Result<Event, ReadError>>,
 {
-    let mut t = Triage::new(config);
-    for event in events {
-        t.push(&event?);
+    let mut sink = TriageSink(Triage::new(config));
+    let mut pass = Pass::new(PassConfig { model: config.model, stats: StatsMode::Off });
+    pass.run(events, &mut sink)?;
+    Ok(sink.0.finish(pass.finish(None, None).summary))
+}
+
+/// Feeds the triage from a pass.
+struct TriageSink(Triage);
+
+impl Sink for TriageSink {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        self.0.observe(s.event, &s.step, s.model);
+        ControlFlow::Continue(())
     }
-    Ok(t.finish())
 }
 
 fn who(actor: Actor) -> String {
     match actor {
-        Actor::Vcpu(v) => format!("vCPU {v}"),
+        Actor::Vcpu(v) if v.vm.0 == 0 => format!("vCPU {}", v.id),
+        Actor::Vcpu(v) => format!("vCPU {} of VM {}", v.id, v.vm.0),
         Actor::Thread(pid) => format!("vCPU thread {pid} (the trace carries no vcpu_id)"),
     }
 }
@@ -92,7 +106,7 @@ fn ec(e: Option<u32>) -> String {
 
 fn insn_text(bytes: &[u8]) -> String {
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match describe_insn(bytes) {
+    match mnemonic(bytes) {
         Some(d) => format!("`{d}` ({})", hex.join(" ")),
         None => hex.join(" "),
     }
@@ -122,7 +136,7 @@ fn link_text(l: &ChainLink) -> String {
             format!("emulation of {} at rip {rip:#x} failed", insn_text(insn))
         }
         ChainLink::VmenterFailed { msg, err, .. } => {
-            let name = vmxray_capture::codes::VmInstructionError(*err);
+            let name = vmxray_events::codes::VmInstructionError(*err);
             if *err == 0 {
                 format!("nested VM-entry check failed: {msg}")
             } else {
@@ -217,7 +231,7 @@ pub fn describe_event(e: &Event) -> String {
             format!("kvm_mmu_paging_element pte {pte:#x} level {level}")
         }
         EventKind::KvmMmuWalkerError { pferr } => format!("kvm_mmu_walker_error pferr {pferr:#x}"),
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             format!("kvm_nested_vmenter_failed {msg}{err}")
         }
         EventKind::KvmSmmTransition { entering, smbase, .. } => format!(
@@ -236,6 +250,10 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmMmuPrepareZapPage { .. }
         | EventKind::KvmMmuSyncPage { .. }
         | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
@@ -419,13 +437,13 @@ pub fn render(input: &str, report: &TriageReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use vmxray_capture::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
-    use vmxray_capture::{InsnBytes, MmuPage};
+    use vmxray_events::codes::{ExceptionVector, MmuPageRole, UserspaceExitReason};
+    use vmxray_events::{InsnBytes, MmuPage};
 
     use super::*;
 
     fn ev(ts: u64, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid: 23323, comm: Some("python3".into()), kind })
+        Ok(Event { ts, cpu: 0, pid: 23323, tgid: None, comm: Some("python3".into()), kind })
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use vmxray_capture::{Clock, Event};
+use vmxray_capture::Clock;
+use vmxray_events::Event;
 use vmxray_samples::sim::{Bug, KernelVersion, KvmFlavour, Scenario, SimConfig, simulate};
 use vmxray_tui::app::{Action, App, ViewId};
 use vmxray_tui::loader::{Source, spawn};
@@ -88,7 +89,7 @@ fn main() {
     draw(&mut terminal, &mut app);
     let first_frame = started.elapsed();
     // The first frame with events: the timeline around event 0.
-    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Show(ViewId::TIMELINE));
     while app.trace.is_empty() {
         app.drain(Duration::from_millis(30));
         std::thread::yield_now();
@@ -137,12 +138,12 @@ fn main() {
     let mut jumps = Vec::new();
     for k in 0..20u64 {
         app.select(n * k / 20 + 777);
-        app.act(Action::Show(ViewId::Timeline));
+        app.act(Action::Show(ViewId::TIMELINE));
         draw(&mut terminal, &mut app);
         let t = Instant::now();
         app.act(Action::Anomaly(true));
         draw(&mut terminal, &mut app);
-        app.act(Action::Show(ViewId::State));
+        app.act(Action::Show(ViewId::STATE));
         draw(&mut terminal, &mut app);
         jumps.push(t.elapsed());
     }
@@ -154,7 +155,7 @@ fn main() {
     );
 
     let t = Instant::now();
-    app.act(Action::Show(ViewId::Anomalies));
+    app.act(Action::Show(ViewId::ANOMALIES));
     app.act(Action::Enter);
     draw(&mut terminal, &mut app);
     println!("Anomalies: Enter on the most severe     {}", ms(t.elapsed()));
@@ -163,11 +164,11 @@ fn main() {
     draw(&mut terminal, &mut app);
     println!("G (last event) + timeline               {}", ms(t.elapsed()));
     let t = Instant::now();
-    app.act(Action::Show(ViewId::Stats));
+    app.act(Action::Show(ViewId::STATS));
     draw(&mut terminal, &mut app);
     println!("Stats view                              {}", ms(t.elapsed()));
     let t = Instant::now();
-    app.act(Action::Show(ViewId::Timeline));
+    app.act(Action::Show(ViewId::TIMELINE));
     app.act(Action::Prompt(vmxray_tui::app::PromptKind::Filter));
     for c in "vcpu=1 level=L2".chars() {
         app.act(Action::Type(c));

@@ -13,54 +13,8 @@ use vmxray_capture::render::Line as NormalizedLine;
 use crate::filter::{Filter, Rows};
 use crate::loader::LoadMsg;
 use crate::trace::Trace;
-use crate::views::anomalies::AnomaliesView;
-use crate::views::detail::DetailView;
-use crate::views::group;
-use crate::views::state::StateView;
-use crate::views::stats::StatsView;
-use crate::views::timeline::TimelineView;
-
-/// The views, in Tab order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ViewId {
-    /// Anomalies and crashes, most severe first.
-    Anomalies,
-    /// The event list with vCPU lanes.
-    Timeline,
-    /// The model's state at the selected event.
-    State,
-    /// Exit statistics.
-    Stats,
-    /// Every field of the selected event.
-    Detail,
-}
-
-impl ViewId {
-    /// Every view in Tab order.
-    pub const ALL: [ViewId; 5] =
-        [Self::Anomalies, Self::Timeline, Self::State, Self::Stats, Self::Detail];
-
-    /// Tab title.
-    pub fn title(self) -> &'static str {
-        match self {
-            Self::Anomalies => "Anomalies",
-            Self::Timeline => "Timeline",
-            Self::State => "State",
-            Self::Stats => "Stats",
-            Self::Detail => "Detail",
-        }
-    }
-
-    fn position(self) -> usize {
-        Self::ALL.iter().position(|v| *v == self).unwrap_or(0)
-    }
-
-    fn cycle(self, forward: bool) -> Self {
-        let n = Self::ALL.len();
-        let p = self.position();
-        Self::ALL[if forward { (p + 1) % n } else { (p + n - 1) % n }]
-    }
-}
+pub use crate::views::ViewId;
+use crate::views::{Ctx, Jump, View, group};
 
 /// What the user asked for, whatever the key or mouse gesture.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,16 +131,8 @@ pub struct App {
     pub selected: u64,
     /// Timeline rows (filter).
     pub rows: Rows,
-    /// Anomalies view state.
-    pub anomalies: AnomaliesView,
-    /// Timeline view state.
-    pub timeline: TimelineView,
-    /// State view state.
-    pub state: StateView,
-    /// Stats view state.
-    pub stats: StatsView,
-    /// Detail view state.
-    pub detail: DetailView,
+    /// Every view, in Tab order ([`crate::views::registry`]).
+    views: Vec<Box<dyn View>>,
     /// The prompt being typed.
     pub prompt: Option<Prompt>,
     /// The last search.
@@ -225,14 +171,10 @@ impl App {
         Self {
             trace,
             rx,
-            view: ViewId::Anomalies,
+            view: ViewId::ANOMALIES,
             selected: 0,
             rows: Rows::default(),
-            anomalies: AnomaliesView::default(),
-            timeline: TimelineView::default(),
-            state: StateView::default(),
-            stats: StatsView::default(),
-            detail: DetailView::default(),
+            views: crate::views::registry(),
             prompt: None,
             search: None,
             help: false,
@@ -328,9 +270,15 @@ impl App {
         match action {
             Action::Quit => self.quit = true,
             Action::Help => self.help = true,
-            Action::NextView => self.view = self.view.cycle(true),
-            Action::PrevView => self.view = self.view.cycle(false),
-            Action::Show(v) => self.view = v,
+            Action::NextView => self.view = ViewId((self.view.0 + 1) % self.views.len()),
+            Action::PrevView => {
+                self.view = ViewId((self.view.0 + self.views.len() - 1) % self.views.len());
+            }
+            Action::Show(v) => {
+                if v.0 < self.views.len() {
+                    self.view = v;
+                }
+            }
             Action::Prompt(kind) => self.prompt = Some(Prompt { kind, text: String::new() }),
             Action::SearchNext(forward) => self.search_again(forward),
             Action::Anomaly(forward) => self.jump_anomaly(forward),
@@ -341,8 +289,8 @@ impl App {
                 {
                     s.running = None;
                     self.status = Some("Search cancelled".into());
-                } else if self.view != ViewId::Anomalies {
-                    self.view = ViewId::Anomalies;
+                } else if self.view != ViewId::ANOMALIES {
+                    self.view = ViewId::ANOMALIES;
                 }
             }
             Action::Type(_) | Action::Erase => {}
@@ -362,60 +310,39 @@ impl App {
         self.hits.list.map_or(20, |(r, _)| i64::from(r.height.saturating_sub(1)).max(1))
     }
 
+    /// Runs `f` on the current view with the context every view shares.
+    pub fn with_view<R>(&mut self, f: impl FnOnce(&mut dyn View, &mut Ctx<'_>) -> R) -> R {
+        let mut ctx = Ctx {
+            trace: &self.trace,
+            rows: &self.rows,
+            selected: &mut self.selected,
+            hits: &mut self.hits,
+        };
+        f(self.views[self.view.0].as_mut(), &mut ctx)
+    }
+
+    /// Every view, in Tab order.
+    pub fn views(&self) -> &[Box<dyn View>] {
+        &self.views
+    }
+
     fn move_by(&mut self, delta: i64) {
-        match self.view {
-            ViewId::Anomalies => self.anomalies.move_by(delta, &self.trace, self.rows.filter()),
-            ViewId::Timeline | ViewId::State | ViewId::Detail => self.move_event(delta),
-            ViewId::Stats => self.stats.move_by(delta, &self.trace),
-        }
+        self.with_view(|v, ctx| v.move_by(delta, ctx));
     }
 
     fn page(&mut self, down: bool) {
         let n = self.page_rows();
         let delta = if down { n } else { -n };
-        match self.view {
-            ViewId::Anomalies | ViewId::Timeline => self.move_by(delta),
-            ViewId::State => self.state.scroll_by(delta),
-            ViewId::Detail => self.detail.scroll_by(delta),
-            ViewId::Stats => self.stats.scroll_by(delta),
-        }
+        self.with_view(|v, ctx| v.page(delta, ctx));
     }
 
     fn move_to_end(&mut self, last: bool) {
-        match self.view {
-            ViewId::Anomalies => self.anomalies.move_by(
-                if last { i64::MAX / 2 } else { i64::MIN / 2 },
-                &self.trace,
-                self.rows.filter(),
-            ),
-            ViewId::Timeline | ViewId::State | ViewId::Detail => {
-                let rows = self.rows.len(&self.trace);
-                let row = if last { rows.saturating_sub(1) } else { 0 };
-                if let Some(e) = self.rows.event_at(row) {
-                    self.selected = e;
-                }
-            }
-            ViewId::Stats => {
-                self.stats.move_by(if last { 1 << 20 } else { -(1 << 20) }, &self.trace)
-            }
-        }
+        self.with_view(|v, ctx| v.to_end(last, ctx));
     }
 
     /// Moves the event selection by `delta` timeline rows.
     pub fn move_event(&mut self, delta: i64) {
-        let rows = self.rows.len(&self.trace);
-        if rows == 0 {
-            return;
-        }
-        let row = self.rows.row_of(self.selected, &self.trace);
-        let target = if delta >= 0 {
-            row.saturating_add(delta.unsigned_abs()).min(rows - 1)
-        } else {
-            row.saturating_sub(delta.unsigned_abs())
-        };
-        if let Some(e) = self.rows.event_at(target) {
-            self.selected = e;
-        }
+        self.with_view(|_, ctx| crate::views::move_event(delta, ctx));
     }
 
     /// Selects event `index` (state and detail follow).
@@ -424,32 +351,36 @@ impl App {
     }
 
     fn enter(&mut self) {
-        match self.view {
-            ViewId::Anomalies => {
-                if let Some(at) = self.anomalies.selected_event(&self.trace, self.rows.filter()) {
-                    self.select(at);
-                    self.view = ViewId::Timeline;
-                }
-            }
-            ViewId::Timeline => self.view = ViewId::Detail,
-            ViewId::State | ViewId::Detail => self.view = ViewId::Timeline,
-            ViewId::Stats => {
-                if let Some(ts) = self.stats.selected_slowest_ts(&self.trace) {
-                    self.select(self.trace.index_at_time(ts));
-                    self.view = ViewId::Timeline;
-                }
-            }
+        if let Some(next) = self.with_view(|v, ctx| v.enter(ctx)) {
+            self.view = next;
+        }
+    }
+
+    /// The selection jumped to `at`: every view hears of it, and the Timeline is shown when
+    /// the current view does not show the event.
+    fn jumped(&mut self, at: u64, how: Jump) {
+        self.select(at);
+        let current = self.view.0;
+        let mut shown = false;
+        let mut ctx = Ctx {
+            trace: &self.trace,
+            rows: &self.rows,
+            selected: &mut self.selected,
+            hits: &mut self.hits,
+        };
+        for (i, view) in self.views.iter_mut().enumerate() {
+            let shows = view.on_jump(at, how, &mut ctx);
+            shown |= i == current && shows;
+        }
+        if !shown {
+            self.view = ViewId::TIMELINE;
         }
     }
 
     fn jump_anomaly(&mut self, forward: bool) {
         match self.trace.next_anomaly(self.selected, forward) {
             Some(at) => {
-                self.select(at);
-                self.anomalies.follow_event(at, &self.trace, self.rows.filter());
-                if matches!(self.view, ViewId::Stats) {
-                    self.view = ViewId::Timeline;
-                }
+                self.jumped(at, Jump::Anomaly);
                 let here = self.trace.anomalies_at(at);
                 if let Some(a) = here.first() {
                     self.status =
@@ -469,10 +400,7 @@ impl App {
     fn jump_crash(&mut self) {
         match self.trace.next_crash(self.selected) {
             Some(at) => {
-                self.select(at);
-                if matches!(self.view, ViewId::Stats | ViewId::Anomalies) {
-                    self.view = ViewId::Timeline;
-                }
+                self.jumped(at, Jump::Event);
                 let kind = self.trace.crashes.iter().find(|(i, _)| *i == at).map(|(_, k)| *k);
                 if let Some(k) = kind {
                     self.status = Some(format!("#{at} crash: {}", k.describe()));
@@ -487,14 +415,14 @@ impl App {
             PromptKind::Filter => {
                 if prompt.text.trim().is_empty() {
                     self.rows.set_filter(None, &self.trace, FILTER_SLICE);
-                    self.anomalies.reset();
+                    self.views.iter_mut().for_each(|v| v.on_filter_change());
                     self.status = Some("Filter cleared".into());
                     return;
                 }
                 match Filter::parse(&prompt.text) {
                     Ok(f) => {
                         self.rows.set_filter(Some(f), &self.trace, FILTER_SLICE);
-                        self.anomalies.reset();
+                        self.views.iter_mut().for_each(|v| v.on_filter_change());
                         if self.rows.pending(&self.trace) {
                             self.refilter_from = Some(self.selected);
                         } else {
@@ -531,10 +459,7 @@ impl App {
         match TimeRange::parse(&format!("{text}.."), ns) {
             Ok(TimeRange { from: Some(ts), .. }) => {
                 let index = self.trace.index_at_time(ts);
-                self.select(index);
-                if matches!(self.view, ViewId::Anomalies | ViewId::Stats) {
-                    self.view = ViewId::Timeline;
-                }
+                self.jumped(index, Jump::Event);
             }
             Ok(_) | Err(_) => {
                 self.status =
@@ -574,10 +499,7 @@ impl App {
                 let line = NormalizedLine { event, clock: &clock, vcpu: None }.to_string();
                 if contains_ignore_case(&line, &search.query) {
                     search.running = None;
-                    self.selected = index;
-                    if matches!(self.view, ViewId::Anomalies | ViewId::Stats) {
-                        self.view = ViewId::Timeline;
-                    }
+                    self.jumped(index, Jump::Event);
                     return true;
                 }
             }
@@ -591,13 +513,7 @@ impl App {
     fn scroll(&mut self, down: bool, at: Position) {
         let _ = at;
         let delta = if down { 3 } else { -3 };
-        match self.view {
-            ViewId::Anomalies => self.anomalies.move_by(delta, &self.trace, self.rows.filter()),
-            ViewId::Timeline => self.move_event(delta),
-            ViewId::State => self.state.scroll_by(delta),
-            ViewId::Detail => self.detail.scroll_by(delta),
-            ViewId::Stats => self.stats.scroll_by(delta),
-        }
+        self.with_view(|v, ctx| v.wheel(delta, ctx));
     }
 
     fn click(&mut self, at: Position) {
@@ -619,18 +535,7 @@ impl App {
             return;
         }
         let row = first + u64::from(at.y - area.y);
-        match self.view {
-            ViewId::Anomalies => self.anomalies.select_row(row, &self.trace, self.rows.filter()),
-            ViewId::Timeline => {
-                if row < self.rows.len(&self.trace)
-                    && let Some(e) = self.rows.event_at(row)
-                {
-                    self.selected = e;
-                }
-            }
-            ViewId::Stats => self.stats.select_row(row, &self.trace),
-            ViewId::State | ViewId::Detail => {}
-        }
+        self.with_view(|v, ctx| v.click_row(row, ctx));
     }
 }
 

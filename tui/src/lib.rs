@@ -23,7 +23,7 @@
 //!
 //! let mut app = App::loaded(load_all(Source::Bundled));
 //! app.act(Action::Enter); // the most severe anomaly's event
-//! app.act(Action::Show(ViewId::State));
+//! app.act(Action::Show(ViewId::STATE));
 //! let mut terminal = Terminal::new(TestBackend::new(140, 40)).unwrap();
 //! terminal.draw(|f| vmxray_tui::views::draw(f, &mut app)).unwrap();
 //! let screen = format!("{:?}", terminal.backend().buffer());

@@ -1,8 +1,9 @@
 //! Reading, replaying and counting a trace on a background thread.
 //!
-//! The loader opens the input with `vmxray_capture`, steps every event through one
-//! `vmxray_replay::Model` (keeping a snapshot every [`CHECKPOINT_INTERVAL`] events) and one
-//! `vmxray_analyze::stats::ExitStats`, and sends the events to the UI in [`Chunk`]s. The first
+//! The loader opens the input with `vmxray_capture` and runs the one pass of every command
+//! (`vmxray_analyze::pass::Pass`: the replay model and the exit statistics) with a sink that
+//! keeps a model snapshot every [`CHECKPOINT_INTERVAL`] events and tags each event, and sends
+//! the events to the UI in [`Chunk`]s. The first
 //! chunk is small so that the first screen appears at once; later chunks grow to
 //! [`CHUNK_LEN`] events. The UI thread never waits on it: it drains the channel between frames.
 //!
@@ -10,24 +11,25 @@
 //!  loader thread                                   UI thread
 //!  open ─► for each event:                         loop {
 //!            snapshot every 2048 ─┐                  drain channel ─► Trace::apply
-//!            ExitStats::push      ├─ Chunk ──mpsc──► draw visible rows only
-//!            Model::step ─────────┘                  poll keys/mouse (50 ms)
+//!            Pass::step (model,   ├─ Chunk ──mpsc──► draw visible rows only
+//!            stats) + tags ───────┘                  poll keys/mouse (50 ms)
 //!          finish ─► Done { stats, summary }       }
 //! ```
 
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
-use vmxray_capture::text::TextReader;
-use vmxray_capture::{
-    Clock, Event, EventKind, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta,
-};
-use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
+use vmxray_capture::read::text::TextReader;
+use vmxray_capture::{Clock, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta};
+use vmxray_events::{Event, EventKind};
+use vmxray_replay::{Actor, Anomaly, CrashKind, Level, Model, TraceSummary, triage};
 
 use crate::trace::{CHECKPOINT_INTERVAL, CHUNK_LEN, EventTag, Tier, Trace};
 
@@ -192,14 +194,12 @@ fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: I
     pipeline.finish(&meta, reader.stats());
 }
 
-/// Model, statistics and the chunk being filled.
+/// The pass (model and statistics) and the chunk being filled.
 struct Pipeline<'a> {
     tx: &'a Sender<LoadMsg>,
     started: Instant,
-    model: Model,
-    stats: ExitStats,
-    actor_ids: HashMap<Actor, u16>,
-    chunk: Chunk,
+    pass: Pass,
+    tagger: Tagger,
     batch: usize,
     /// Flush at this many events: the batch size, cut at the storage-chunk boundary so that
     /// every message after the first storage chunk is one whole chunk the UI keeps as is.
@@ -209,15 +209,69 @@ struct Pipeline<'a> {
     closed: bool,
 }
 
+/// The pass's sink: tags each event, collects anomalies, crashes, lost markers and model
+/// snapshots into the chunk being filled.
+#[derive(Default)]
+struct Tagger {
+    actor_ids: HashMap<Actor, u16>,
+    chunk: Chunk,
+}
+
+impl Sink for Tagger {
+    fn before(&mut self, model: &Model) {
+        if model.next_index().0.is_multiple_of(CHECKPOINT_INTERVAL) {
+            self.chunk.snapshots.push(model.snapshot());
+        }
+    }
+
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        let event = s.event;
+        let index = s.step.at.0;
+        let crash = triage::fatal(&event.kind);
+        let lost = matches!(event.kind, EventKind::Lost { .. });
+        let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));
+        let anomaly = !s.step.anomalies.is_empty();
+        if anomaly {
+            self.chunk.anomalies.extend_from_slice(s.step.anomalies);
+        }
+        let tier = if hw_exit {
+            Tier::L0Exit
+        } else {
+            match s.level() {
+                Some(Level::L1) => Tier::L1,
+                Some(Level::L2) => Tier::L2,
+                None => Tier::Unknown,
+            }
+        };
+        let actor_id = s.step.actor.map_or(EventTag::NO_ACTOR, |a| self.actor_id(a));
+        if let Some(kind) = crash {
+            self.chunk.crashes.push((index, kind));
+        }
+        if lost {
+            self.chunk.lost.push(index);
+        }
+        self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
+        ControlFlow::Continue(())
+    }
+}
+
+impl Tagger {
+    fn actor_id(&mut self, actor: Actor) -> u16 {
+        let next = self.actor_ids.len();
+        *self.actor_ids.entry(actor).or_insert_with(|| {
+            self.chunk.actors.push(actor);
+            u16::try_from(next).unwrap_or(EventTag::NO_ACTOR)
+        })
+    }
+}
+
 impl<'a> Pipeline<'a> {
     fn new(tx: &'a Sender<LoadMsg>, started: Instant) -> Self {
         Self {
             tx,
             started,
-            model: Model::default(),
-            stats: ExitStats::new(),
-            actor_ids: HashMap::new(),
-            chunk: Chunk::default(),
+            pass: Pass::new(PassConfig::default()),
+            tagger: Tagger::default(),
             batch: FIRST_BATCH,
             limit: FIRST_BATCH,
             last_flush: Instant::now(),
@@ -227,64 +281,27 @@ impl<'a> Pipeline<'a> {
 
     /// Steps one event; false once the UI is gone.
     fn push(&mut self, event: Event) -> bool {
-        let index = self.model.next_index().0;
-        if index.is_multiple_of(CHECKPOINT_INTERVAL) {
-            self.chunk.snapshots.push(self.model.snapshot());
-        }
-        self.stats.push(&event);
-        let crash = triage::fatal(&event.kind);
-        let lost = matches!(event.kind, EventKind::Lost { .. });
-        let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));
-        let step = self.model.step(&event);
-        let actor = step.actor;
-        let anomaly = !step.anomalies.is_empty();
-        if anomaly {
-            self.chunk.anomalies.extend_from_slice(step.anomalies);
-        }
-        let tier = if hw_exit {
-            Tier::L0Exit
-        } else {
-            match actor.and_then(|a| self.model.state(a)).and_then(|s| s.mode.level()) {
-                Some(vmxray_replay::Level::L1) => Tier::L1,
-                Some(vmxray_replay::Level::L2) => Tier::L2,
-                None => Tier::Unknown,
-            }
-        };
-        let actor_id = actor.map_or(EventTag::NO_ACTOR, |a| self.actor_id(a));
-        if let Some(kind) = crash {
-            self.chunk.crashes.push((index, kind));
-        }
-        if lost {
-            self.chunk.lost.push(index);
-        }
-        self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
-        self.chunk.events.push(event);
-        if self.chunk.events.len() >= self.limit || self.last_flush.elapsed() >= FLUSH_EVERY {
+        let _ = self.pass.step(&event, &mut self.tagger);
+        self.tagger.chunk.events.push(event);
+        if self.tagger.chunk.events.len() >= self.limit || self.last_flush.elapsed() >= FLUSH_EVERY
+        {
             self.batch = (self.batch * 4).min(CHUNK_LEN);
             self.flush();
         }
         !self.closed
     }
 
-    fn actor_id(&mut self, actor: Actor) -> u16 {
-        let next = self.actor_ids.len();
-        *self.actor_ids.entry(actor).or_insert_with(|| {
-            self.chunk.actors.push(actor);
-            u16::try_from(next).unwrap_or(EventTag::NO_ACTOR)
-        })
-    }
-
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if self.chunk.events.is_empty() {
+        if self.tagger.chunk.events.is_empty() {
             return;
         }
-        let mut chunk = std::mem::take(&mut self.chunk);
+        let mut chunk = std::mem::take(&mut self.tagger.chunk);
         chunk.elapsed = self.started.elapsed();
-        let next = usize::try_from(self.model.next_index().0).unwrap_or(0);
+        let next = usize::try_from(self.pass.model().next_index().0).unwrap_or(0);
         self.limit = self.batch.min(CHUNK_LEN - next % CHUNK_LEN);
-        self.chunk.events = Vec::with_capacity(self.limit);
-        self.chunk.tags = Vec::with_capacity(self.limit);
+        self.tagger.chunk.events = Vec::with_capacity(self.limit);
+        self.tagger.chunk.tags = Vec::with_capacity(self.limit);
         if self.tx.send(LoadMsg::Chunk(chunk)).is_err() {
             self.closed = true;
         }
@@ -292,10 +309,12 @@ impl<'a> Pipeline<'a> {
 
     fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
         self.flush();
-        let report = self.stats.finish(Some(meta), Some(read));
+        let end = self.pass.finish(Some(meta), Some(read));
+        // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
+        let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
         let _ = self.tx.send(LoadMsg::Done {
             stats: Box::new(report),
-            summary: Box::new(self.model.summary()),
+            summary: Box::new(end.summary),
             read: Box::new(read.clone()),
             elapsed: self.started.elapsed(),
         });

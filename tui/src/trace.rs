@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use vmxray_analyze::stats::StatsReport;
 use vmxray_capture::render::format_ts;
-use vmxray_capture::{Clock, Event, ReadStats, TraceMeta};
+use vmxray_capture::{Clock, ReadStats, TraceMeta};
+use vmxray_events::Event;
 use vmxray_replay::checkpoints::Checkpoints;
 use vmxray_replay::{
     Actor, Anomaly, CrashKind, EventIndex, Model, Severity, TraceSummary, Transition, VcpuState,
@@ -201,13 +202,9 @@ impl Default for Trace {
     }
 }
 
+/// The Anomalies view lists the worst first: its slot is the severity's rank reversed.
 fn severity_rank(s: Severity) -> usize {
-    match s {
-        Severity::Critical => 0,
-        Severity::Error => 1,
-        Severity::Warning => 2,
-        Severity::Info => 3,
-    }
+    Severity::ALL.len() - 1 - s.rank()
 }
 
 impl Trace {

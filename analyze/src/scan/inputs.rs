@@ -164,8 +164,13 @@ fn walk(
                 continue;
             }
             walk(base, &path, opts, out)?;
-        } else if !opts.exclude.iter().any(|p| p.matches(&name)) {
-            out.push((base.to_owned(), path.clone(), relative_id(base, &path)));
+        } else {
+            // A pattern matches the file name, or the path below the argument
+            // (`excerpts/*`).
+            let id = relative_id(base, &path);
+            if !opts.exclude.iter().any(|p| p.matches(&name) || p.matches(&id)) {
+                out.push((base.to_owned(), path.clone(), id));
+            }
         }
     }
     Ok(())

@@ -14,8 +14,9 @@
 //!
 //! # Memory
 //!
-//! Each job holds one reader (its buffers), one replay [`Model`] and one [`ExitStats`] (both
-//! bounded by the number of vCPUs / exit-reason groups, not by the trace length), the event-name
+//! Each job holds one reader (its buffers), one [`crate::pass::Pass`] (the replay model and an
+//! [`ExitStats`], both bounded by the number of vCPUs / exit-reason groups, not by the trace
+//! length), the event-name
 //! counts, and at most [`ScanOptions::chunk_rows`] pending `exits` rows and as many `anomalies`
 //! rows, which are handed to the sink as a `part-N` file whenever they fill up. Peak memory is
 //! therefore about `jobs × (reader + chunk)`, whatever the size or number of traces (the list of
@@ -35,7 +36,8 @@
 //!
 //! Every table starts with `trace` (String, the input's path relative to the argument it was
 //! found under), `host` and `vm` (String, nullable: the `host=NAME` / `vm=NAME` component of the
-//! id or argument path, if any). Timestamps (`*_ts`, `ts`) are in the trace clock's units, and so
+//! id or argument path, if any). A host trace holds many VMs: `exits` and `anomalies` rows say
+//! which in `vm_id`/`vm_label`, taken from the trace itself. Timestamps (`*_ts`, `ts`) are in the trace clock's units, and so
 //! are the `*_ns` columns: nanoseconds unless `traces.time_unit` is `raw` (`x86-tsc`, `counter`
 //! clocks). Event indices (`event`, `evidence`) are 0-based positions in the input's time order,
 //! as `vmxray dump` numbers them.
@@ -46,6 +48,8 @@
 //! |---|---|---|
 //! | vcpu | UInt32? | vCPU id; null when only the thread is known |
 //! | thread | Int32? | the pid, when vcpu is null |
+//! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
+//! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
 //! | level | String | `L2` when a `kvm_nested_vmexit` followed the exit, else `L1` |
 //! | ts | UInt64 | exit timestamp |
 //! | event | UInt64 | event index of the `kvm_exit` |
@@ -58,33 +62,90 @@
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
 //! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
 //!
-//! **events** — one row per event name: `event` String, `count` UInt64, `first_ts` UInt64,
-//! `last_ts` UInt64.
+//! **events** — one row per event name:
 //!
-//! **anomalies** — one row per anomaly of the replay model: `rule` String, `severity` String
-//! (`info` < `warning` < `error` < `critical`), `severity_rank` UInt32 (0–3), `vcpu` UInt32?,
-//! `thread` Int32?, `ts` UInt64 (of the event where the divergence became certain), `event`
-//! UInt64 (its index), `message` String, `evidence` String (indices of the proving events,
-//! comma-separated, oldest first), `commit` String (the KVM commit the rule encodes).
+//! | column | type | meaning |
+//! |---|---|---|
+//! | event | String | the tracepoint's name |
+//! | count | UInt64 | events of that name |
+//! | first_ts | UInt64 | the first one's timestamp |
+//! | last_ts | UInt64 | the last one's timestamp |
+//!
+//! **anomalies** — one row per anomaly of the replay model:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | rule | String | the rule's name |
+//! | severity | String | `info` < `warning` < `error` < `critical` |
+//! | severity_rank | UInt32 | 0 (info) to 3 (critical) |
+//! | vcpu | UInt32? | vCPU id; null when only the thread is known |
+//! | thread | Int32? | the pid, when vcpu is null |
+//! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
+//! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
+//! | ts | UInt64 | timestamp of the event where the divergence became certain |
+//! | event | UInt64 | that event's index |
+//! | message | String | what diverged, with the values |
+//! | evidence | String | indices of the proving events, comma-separated, oldest first |
+//! | commit | String | the KVM commit the rule encodes |
 //!
 //! **summary** — one row per exit reason × level, exactly the `by_reason_level` rows of
 //! `vmxray stats --format json` (its `by_reason` rows, level `all`, when the trace has no
-//! `kvm_nested_vmexit`): `reason` String, `reason_code` UInt64, `isa` String, `level` String
-//! (`all`, `L1`, `L2`), `count` UInt64, `share` Float64 (of the trace's exits, 0–1),
-//! `time_share` Float64 (of the trace's summed latency, 0–1), `without_latency` UInt64,
-//! `l0_handled` UInt64, `reflected` UInt64, `latency_count` UInt64, then UInt64? `total_ns`,
-//! `min_ns`, `p50_ns`, `p90_ns`, `p99_ns`, `p999_ns`, `max_ns` and Float64? `mean_ns`,
-//! `stddev_ns` (null when no exit of the row has a latency). Percentiles are nearest-rank within
-//! 0.39 % (see the crate docs).
+//! `kvm_nested_vmexit`). Percentiles are nearest-rank within 0.39 % (see the crate docs); the
+//! latency columns are null when no exit of the row has a latency.
 //!
-//! **traces** — one row per input, failed ones included: `path` String, `status` String (`ok`,
-//! `failed`), `error` String? (the error with its causes), `format` String?, `clock` String?,
-//! `time_unit` String (`ns`, `raw`), `kernel` String? (`uname -r`, when the input says it),
-//! `kernel_at_least` String? (from the tracepoint layouts), `cpus` UInt32?, `vcpus` UInt32,
-//! `events` UInt64, `exits` UInt64, `lost_events` UInt64, `lost_markers` UInt64,
-//! `parse_errors` UInt64 (records/lines skipped under `--permissive`), `unknown_events`
-//! UInt64, `first_ts` UInt64?, `last_ts` UInt64?, `duration_ns` UInt64?,
-//! `anomalies_info|warning|error|critical` UInt64, `bytes` UInt64 (input size).
+//! | column | type | meaning |
+//! |---|---|---|
+//! | reason | String | exit reason name |
+//! | reason_code | UInt64 | raw exit reason / exit code |
+//! | isa | String | `vmx`, `svm`, `unknown` |
+//! | level | String | `all`, `L1`, `L2` |
+//! | count | UInt64 | exits |
+//! | share | Float64 | of the trace's exits, 0–1 |
+//! | time_share | Float64 | of the trace's summed latency, 0–1 |
+//! | without_latency | UInt64 | exits without a latency |
+//! | l0_handled | UInt64 | L2 exits L0 handled |
+//! | reflected | UInt64 | L2 exits reflected to L1 |
+//! | latency_count | UInt64 | exits with a latency |
+//! | total_ns | UInt64? | summed latency |
+//! | min_ns | UInt64? | |
+//! | p50_ns | UInt64? | |
+//! | p90_ns | UInt64? | |
+//! | p99_ns | UInt64? | |
+//! | p999_ns | UInt64? | |
+//! | max_ns | UInt64? | |
+//! | mean_ns | Float64? | |
+//! | stddev_ns | Float64? | population standard deviation |
+//!
+//! **traces** — one row per input, failed ones included:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | path | String | the input's path |
+//! | status | String | `ok`, `failed` |
+//! | error | String? | the error with its causes |
+//! | format | String? | the detected input format |
+//! | clock | String? | the trace clock |
+//! | time_unit | String | `ns`, `raw` |
+//! | kernel | String? | `uname -r`, when the input says it |
+//! | kernel_at_least | String? | from the tracepoint layouts |
+//! | cpus | UInt32? | CPUs, when the input says it |
+//! | vcpus | UInt32 | vCPUs seen (over every VM) |
+//! | vms | UInt32 | VMs seen: VMM processes, or inferred from vCPU ids running at once |
+//! | vms_inferred | Boolean | the trace carries no tgid: which vCPUs share a VM is a guess |
+//! | events | UInt64 | events read |
+//! | exits | UInt64 | `kvm_exit` events |
+//! | lost_events | UInt64 | events the trace lost |
+//! | lost_markers | UInt64 | lost-events markers |
+//! | parse_errors | UInt64 | records/lines skipped under `--permissive` |
+//! | unknown_events | UInt64 | records no format described |
+//! | first_ts | UInt64? | first timestamp |
+//! | last_ts | UInt64? | last timestamp |
+//! | duration_ns | UInt64? | last − first |
+//! | anomalies_info | UInt64 | anomalies per severity |
+//! | anomalies_warning | UInt64 | |
+//! | anomalies_error | UInt64 | |
+//! | anomalies_critical | UInt64 | |
+//! | bytes | UInt64 | input size |
 //!
 //! A trace that fails part-way keeps the rows it produced before the error (its `traces.status`
 //! is `failed`); one that cannot be opened has a `traces` row only.
@@ -94,14 +155,17 @@ mod output;
 mod tables;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use vmxray_capture::{Event, EventKind, ReadOptions};
-use vmxray_replay::{Actor, Model, ModelConfig};
+use vmxray_capture::ReadOptions;
+use vmxray_events::{Event, Vm};
+use vmxray_replay::{Actor, ModelConfig};
 
-use crate::stats::{ClosedExit, ExitStats, StatsReport, Vcpu};
+use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use crate::stats::{ClosedExit, ExitStats, StatsReport};
 
 pub use inputs::{
     BadShard, DEFAULT_EXCLUDES, DiscoverOptions, InputError, ScanInput, Shard, discover, fnv1a64,
@@ -292,12 +356,12 @@ impl<'a> TraceScan<'a> {
         }
     }
 
-    fn flush_exits(&mut self, stats: &mut ExitStats) {
+    fn flush_exits(&mut self, vms: &[Vm], stats: &mut ExitStats) {
         let closed = stats.take_closed_exits();
         if closed.is_empty() {
             return;
         }
-        let rows = closed.iter().map(exit_record).collect();
+        let rows = closed.iter().map(|e| exit_record(e, vms)).collect();
         let part = self.exits_part;
         self.exits_part += 1;
         self.emit(part, Chunk::Exits(rows));
@@ -330,11 +394,17 @@ impl<'a> TraceScan<'a> {
         };
         let want_exits = self.sink.wants(Table::Exits);
         let want_anomalies = self.sink.wants(Table::Anomalies);
-        let mut model = Model::new(self.opts.model);
-        let mut stats = if want_exits { ExitStats::with_exit_log() } else { ExitStats::new() };
-        let mut events: HashMap<String, EventRecord> = HashMap::new();
-        let mut first_ts = None;
-        let mut last_ts = None;
+        let mut pass = Pass::new(PassConfig {
+            model: self.opts.model,
+            stats: if want_exits { StatsMode::ExitLog } else { StatsMode::Report },
+        });
+        let mut rows = TraceRows {
+            want_anomalies,
+            anomalies: std::mem::take(&mut self.anomalies),
+            events: HashMap::new(),
+            first_ts: None,
+            last_ts: None,
+        };
         let mut read_error = None;
         let mut unreported = 0u64;
         for item in reader.by_ref() {
@@ -345,49 +415,14 @@ impl<'a> TraceScan<'a> {
                     break;
                 }
             };
-            first_ts.get_or_insert(event.ts);
-            last_ts = Some(event.ts);
-            count_event(&mut events, &event);
-            let step = model.step(&event);
-            let actor = step.actor;
-            if want_anomalies {
-                for a in step.anomalies {
-                    let (vcpu, thread) = match a.vcpu {
-                        Actor::Vcpu(id) => (Some(id), None),
-                        Actor::Thread(pid) => (None, Some(pid)),
-                    };
-                    self.anomalies.push(AnomalyRecord {
-                        rule: a.rule.name(),
-                        severity: a.severity.name(),
-                        severity_rank: a.severity as u32,
-                        vcpu,
-                        thread,
-                        ts: event.ts,
-                        event: a.at.0,
-                        message: a.message.clone(),
-                        evidence: a
-                            .evidence
-                            .iter()
-                            .map(|i| i.0.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        commit: a.rule.commit(),
-                    });
-                }
+            let _ = pass.step(&event, &mut rows);
+            if let (model, Some(stats)) = pass.model_and_stats()
+                && stats.closed_exits_pending() >= self.opts.chunk_rows
+            {
+                self.flush_exits(model.vms(), stats);
             }
-            let vmcs12 = match (&event.kind, actor) {
-                (EventKind::KvmExit(_), Some(actor)) => model.state(actor).and_then(|st| {
-                    (st.mode.level() == Some(vmxray_replay::Level::L2))
-                        .then_some(st.current_vmptr)
-                        .flatten()
-                }),
-                _ => None,
-            };
-            stats.push_with_vmcs12(&event, vmcs12);
-            if stats.closed_exits_pending() >= self.opts.chunk_rows {
-                self.flush_exits(&mut stats);
-            }
-            if self.anomalies.len() >= self.opts.chunk_rows {
+            if rows.anomalies.len() >= self.opts.chunk_rows {
+                self.anomalies = std::mem::take(&mut rows.anomalies);
                 self.flush_anomalies();
             }
             unreported += 1;
@@ -399,14 +434,20 @@ impl<'a> TraceScan<'a> {
         if unreported > 0 {
             (self.progress)(ScanProgress::Events(unreported));
         }
-        stats.close_pending();
-        self.flush_exits(&mut stats);
+        self.anomalies = std::mem::take(&mut rows.anomalies);
+        let TraceRows { events, first_ts, last_ts, .. } = rows;
+        if let (model, Some(stats)) = pass.model_and_stats() {
+            stats.close_pending();
+            self.flush_exits(model.vms(), stats);
+        }
         self.flush_anomalies();
 
         let meta = reader.meta().clone();
         let read = reader.stats().clone();
-        let summary = model.summary();
-        let report = stats.finish(Some(&meta), Some(&read));
+        let end = pass.finish(Some(&meta), Some(&read));
+        let summary = end.summary;
+        // The scan always keeps statistics (StatsMode::Report or ExitLog).
+        let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(&meta), Some(&read)));
         let mut event_rows: Vec<EventRecord> = events.into_values().collect();
         event_rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
         self.emit(0, Chunk::Events(event_rows));
@@ -422,6 +463,8 @@ impl<'a> TraceScan<'a> {
             (summary.events > 0).then(|| summary.features.kernel_at_least().to_owned());
         record.cpus = meta.cpus;
         record.vcpus = u32::try_from(summary.vcpus.len()).unwrap_or(u32::MAX);
+        record.vms = u32::try_from(summary.vms.len()).unwrap_or(u32::MAX);
+        record.vms_inferred = summary.vms.iter().any(|vm| vm.inferred);
         record.events = report.events_total;
         record.exits = report.exits.as_ref().map_or(0, |e| e.total);
         record.lost_events = lost_events.max(summary.lost_events);
@@ -436,6 +479,50 @@ impl<'a> TraceScan<'a> {
             read_error.or_else(|| self.sink_error.as_ref().map(|e| crate::error_chain(e)));
         record.status = if record.error.is_some() { "failed" } else { "ok" };
         record
+    }
+}
+
+/// What one trace's pass collects for the tables besides the statistics.
+struct TraceRows {
+    want_anomalies: bool,
+    anomalies: Vec<AnomalyRecord>,
+    events: HashMap<String, EventRecord>,
+    first_ts: Option<u64>,
+    last_ts: Option<u64>,
+}
+
+impl Sink for TraceRows {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        let event = s.event;
+        self.first_ts.get_or_insert(event.ts);
+        self.last_ts = Some(event.ts);
+        count_event(&mut self.events, event);
+        if self.want_anomalies {
+            for a in s.step.anomalies {
+                let ActorColumns { vcpu, thread, vm_id, vm_label } =
+                    actor_columns(a.vcpu, s.model.vms());
+                self.anomalies.push(AnomalyRecord {
+                    rule: a.rule.name(),
+                    severity: a.severity.name(),
+                    severity_rank: u32::try_from(a.severity.rank()).unwrap_or(0),
+                    vcpu,
+                    thread,
+                    vm_id,
+                    vm_label,
+                    ts: event.ts,
+                    event: a.at.0,
+                    message: a.message.clone(),
+                    evidence: a
+                        .evidence
+                        .iter()
+                        .map(|i| i.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    commit: a.rule.commit(),
+                });
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -461,14 +548,35 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
     }
 }
 
-fn exit_record(exit: &ClosedExit) -> ExitRecord {
-    let (vcpu, thread) = match exit.vcpu {
-        Vcpu::Id(id) => (Some(id), None),
-        Vcpu::Thread(pid) => (None, Some(pid)),
-    };
+/// The columns that say who a row concerns.
+struct ActorColumns {
+    vcpu: Option<u32>,
+    thread: Option<i32>,
+    vm_id: Option<u32>,
+    vm_label: Option<String>,
+}
+
+fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
+    match actor {
+        Actor::Vcpu(v) => ActorColumns {
+            vcpu: Some(v.id),
+            thread: None,
+            vm_id: Some(v.vm.0),
+            vm_label: vms.get(v.vm.0 as usize).map(Vm::label),
+        },
+        Actor::Thread(pid) => {
+            ActorColumns { vcpu: None, thread: Some(pid), vm_id: None, vm_label: None }
+        }
+    }
+}
+
+fn exit_record(exit: &ClosedExit, vms: &[Vm]) -> ExitRecord {
+    let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
     ExitRecord {
         vcpu,
         thread,
+        vm_id,
+        vm_label,
         level: exit.level.label(),
         ts: exit.ts,
         event: exit.index,
@@ -499,7 +607,7 @@ pub fn summary_records(report: &StatsReport) -> Vec<SummaryRecord> {
                 reason: reason.name,
                 reason_code: reason.code,
                 isa: reason.isa,
-                level: row.level.label(),
+                level: crate::stats::level_label(row.level),
                 count: row.count,
                 share: row.percent / 100.0,
                 time_share: row.time_percent / 100.0,

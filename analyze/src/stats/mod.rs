@@ -12,15 +12,15 @@ mod report;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use vmxray_capture::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_capture::filter::VcpuByThread;
-use vmxray_capture::{Event, EventKind, ReadStats, TraceMeta};
+use vmxray_capture::{ReadStats, TraceMeta};
+use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
+use vmxray_events::{Actor, Attribution, Event, EventKind};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
 
 pub use render::{Format, write_report};
 pub use report::*;
-pub use vmxray_capture::insn::mnemonic;
+pub use vmxray_events::insn::mnemonic;
 
 /// An exit waiting for its vCPU's next `kvm_entry`.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +40,8 @@ struct PendingExit {
     rip: Option<u64>,
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
     qualification: Option<u64>,
-    /// The vmcs12 the caller said was current (see [`ExitStats::push_with_vmcs12`]).
+    /// The vmcs12 the caller said was current at the `kvm_nested_vmexit` (see
+    /// [`ExitStats::push_attributed`]).
     vmcs12: Option<u64>,
 }
 
@@ -78,10 +79,10 @@ pub struct ClosedExit {
     /// Its timestamp.
     pub ts: u64,
     /// The vCPU.
-    pub vcpu: Vcpu,
+    pub vcpu: Actor,
     /// The reason.
     pub reason: ExitCode,
-    /// [`Level::L2`] when a `kvm_nested_vmexit` followed, else [`Level::L1`] (never `All`).
+    /// [`Level::L2`] when a `kvm_nested_vmexit` followed, else [`Level::L1`].
     pub level: Level,
     /// L2 exits: reflected to L1 (`true`) or handled by L0 (`false`).
     pub reflected: Option<bool>,
@@ -125,8 +126,8 @@ impl Ord for ReasonKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct GroupKey {
     reason: ReasonKey,
-    level: Level,
-    vcpu: Vcpu,
+    level: LevelSplit,
+    vcpu: Actor,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -162,7 +163,7 @@ struct ExceptionCount {
 }
 
 /// A slow exit as the heap orders it: (latency, exit ts, vCPU, reason, level).
-type SlowKey = (u64, u64, Vcpu, ReasonKey, Level);
+type SlowKey = (u64, u64, Actor, ReasonKey, LevelSplit);
 
 /// Why a pending exit is closed.
 #[derive(Clone, Copy, Debug)]
@@ -178,9 +179,9 @@ enum Close {
 pub struct ExitStats {
     events_total: u64,
     events_by_name: HashMap<Box<str>, u64>,
-    /// The vCPU each thread last showed in an event that carries `vcpu_id`.
-    by_thread: VcpuByThread,
-    pending: HashMap<Vcpu, PendingExit>,
+    /// Attribution for events pushed without one ([`ExitStats::push`]).
+    attribution: Attribution,
+    pending: HashMap<Actor, PendingExit>,
     groups: HashMap<GroupKey, Group>,
     unpaired: Unpaired,
     saw_nested_vmexit: bool,
@@ -217,12 +218,6 @@ impl ExitStats {
         Self::default()
     }
 
-    /// The vCPU an event belongs to: its `vcpu_id`, else the vCPU its thread last showed, else
-    /// the thread itself (§0 "vCPU attribution").
-    fn vcpu_of(&mut self, event: &Event) -> Vcpu {
-        self.by_thread.observe(event).map_or(Vcpu::Thread(event.pid), Vcpu::Id)
-    }
-
     /// An empty accumulator that also keeps every closed exit as a [`ClosedExit`], to be taken
     /// with [`ExitStats::take_closed_exits`] (memory: the exits closed since the last take).
     pub fn with_exit_log() -> Self {
@@ -250,15 +245,28 @@ impl ExitStats {
         }
     }
 
-    /// Counts one event.
+    /// Counts one event, attributing it itself ([`vmxray_events::Attribution`], the same rule
+    /// the replay model applies). A [`crate::pass::Pass`] attributes once for everyone and
+    /// calls [`ExitStats::push_attributed`] instead.
     pub fn push(&mut self, event: &Event) {
-        self.push_with_vmcs12(event, None);
+        let actor = match event.kind {
+            EventKind::Lost { .. } => None,
+            _ => Some(self.attribution.attribute(event).actor),
+        };
+        self.push_attributed(event, actor, None);
     }
 
-    /// Counts one event; for a `kvm_exit`, `vmcs12` is the vmcs12 the caller knows to be
-    /// current (the replay model's), kept in its [`ClosedExit`] when the exit turns out to be
-    /// an L2 exit.
-    pub fn push_with_vmcs12(&mut self, event: &Event, vmcs12: Option<u64>) {
+    /// Counts one event attributed to `actor` (`None` for a lost-events marker, which concerns
+    /// every vCPU). For a `kvm_nested_vmexit`, `current_vmcs12` is the vmcs12 the caller knows
+    /// to be current (the replay model's): the exit is an L2 exit and its [`ClosedExit`] keeps
+    /// that vmcs12.
+    pub fn push_attributed(
+        &mut self,
+        event: &Event,
+        actor: Option<Actor>,
+        current_vmcs12: Option<u64>,
+    ) {
+        let vcpu = actor.unwrap_or(Actor::Thread(event.pid));
         let index = self.events_total;
         self.events_total += 1;
         let name = event.name();
@@ -270,7 +278,6 @@ impl ExitStats {
         }
         match &event.kind {
             EventKind::KvmExit(info) => {
-                let vcpu = self.vcpu_of(event);
                 if let Some(previous) = self.pending.remove(&vcpu) {
                     self.close(vcpu, previous, Close::NextExit);
                 }
@@ -287,34 +294,33 @@ impl ExitStats {
                         index,
                         rip: info.guest_rip(),
                         qualification: info.info1(),
-                        vmcs12,
+                        vmcs12: None,
                     },
                 );
             }
-            EventKind::KvmEntry(entry) => {
+            EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
-                let vcpu = self.vcpu_of(event);
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                let pending = self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
-                    self.pending
-                        .remove(&Vcpu::Thread(event.pid))
-                        .map(|p| (Vcpu::Id(entry.vcpu_id), p))
-                });
+                let pending =
+                    self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
+                        self.pending.remove(&Actor::Thread(event.pid)).map(|p| (vcpu, p))
+                    });
                 if let Some((vcpu, exit)) = pending {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
             }
             EventKind::KvmNestedVmexit(_) => {
                 self.saw_nested_vmexit = true;
-                let vcpu = self.vcpu_of(event);
                 match self.pending_mut(vcpu, event.pid) {
-                    Some(exit) => exit.from_l2 = true,
+                    Some(exit) => {
+                        exit.from_l2 = true;
+                        exit.vmcs12 = current_vmcs12;
+                    }
                     None => self.orphan_nested_vmexits += 1,
                 }
             }
             EventKind::KvmNestedVmexitInject(info) => {
                 self.saw_nested_inject = true;
-                let vcpu = self.vcpu_of(event);
                 let reflected = match self.pending_mut(vcpu, event.pid) {
                     Some(exit)
                         if exit.from_l2
@@ -390,25 +396,29 @@ impl ExitStats {
             | EventKind::KvmMmuPagetableWalk { .. }
             | EventKind::KvmMmuPagingElement { .. }
             | EventKind::KvmMmuWalkerError { .. }
+            | EventKind::KvmPmlFull { .. }
+            | EventKind::VmcsField(_)
+            | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
             | EventKind::Other(_) => {}
         }
     }
 
     /// The pending exit of `vcpu`, or of the bare thread when the exit was recorded before the
     /// thread's vCPU was known.
-    fn pending_mut(&mut self, vcpu: Vcpu, pid: i32) -> Option<&mut PendingExit> {
+    fn pending_mut(&mut self, vcpu: Actor, pid: i32) -> Option<&mut PendingExit> {
         if self.pending.contains_key(&vcpu) {
             self.pending.get_mut(&vcpu)
         } else {
-            self.pending.get_mut(&Vcpu::Thread(pid))
+            self.pending.get_mut(&Actor::Thread(pid))
         }
     }
 
-    fn close(&mut self, vcpu: Vcpu, exit: PendingExit, how: Close) {
+    fn close(&mut self, vcpu: Actor, exit: PendingExit, how: Close) {
         let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
         let group = self
             .groups
-            .entry(GroupKey { reason: ReasonKey(exit.reason), level, vcpu })
+            .entry(GroupKey { reason: ReasonKey(exit.reason), level: Some(level), vcpu })
             .or_default();
         group.count += 1;
         if exit.from_l2 {
@@ -443,7 +453,8 @@ impl ExitStats {
             Close::Entry(ts) if ts >= exit.ts => {
                 let latency = ts - exit.ts;
                 group.latency.record(latency);
-                self.slowest.push(Reverse((latency, exit.ts, vcpu, ReasonKey(exit.reason), level)));
+                let slow = (latency, exit.ts, vcpu, ReasonKey(exit.reason), Some(level));
+                self.slowest.push(Reverse(slow));
                 if self.slowest.len() > Self::SLOWEST_KEPT {
                     self.slowest.pop();
                 }
@@ -521,7 +532,7 @@ impl ExitStats {
                 .iter()
                 .map(|(&vector, c)| ExceptionRow {
                     vector,
-                    name: vmxray_capture::codes::ExceptionVector(vector).to_string(),
+                    name: vmxray_events::codes::ExceptionVector(vector).to_string(),
                     count: c.count,
                     with_error_code: c.with_error_code,
                     reinjected: c.reinjected,
@@ -531,7 +542,7 @@ impl ExitStats {
                 .userspace
                 .iter()
                 .map(|(&code, &(count, errors))| UserspaceExitRow {
-                    reason: vmxray_capture::codes::UserspaceExitReason(code).to_string(),
+                    reason: vmxray_events::codes::UserspaceExitReason(code).to_string(),
                     code,
                     count,
                     errors,
@@ -601,7 +612,7 @@ impl ExitStats {
         }
         let nested = self.saw_nested_vmexit;
         // Without nested events the level is not known: report `all`, not `L1`.
-        let level_of = |level: Level| if nested { level } else { Level::All };
+        let level_of = |level: LevelSplit| if nested { level } else { None };
         let mut finest: BTreeMap<GroupKey, Group> = BTreeMap::new();
         for (key, group) in &self.groups {
             let key = GroupKey { level: level_of(key.level), ..*key };
@@ -609,8 +620,8 @@ impl ExitStats {
         }
         let mut overall = Group::default();
         let mut by_reason: BTreeMap<ReasonKey, Group> = BTreeMap::new();
-        let mut by_reason_level: BTreeMap<(ReasonKey, Level), Group> = BTreeMap::new();
-        let mut by_vcpu: BTreeMap<Vcpu, Group> = BTreeMap::new();
+        let mut by_reason_level: BTreeMap<(ReasonKey, LevelSplit), Group> = BTreeMap::new();
+        let mut by_vcpu: BTreeMap<Actor, Group> = BTreeMap::new();
         let mut levels = LevelTotals::default();
         for (key, group) in &finest {
             overall.merge(group);
@@ -620,17 +631,17 @@ impl ExitStats {
                 by_reason_level.entry((key.reason, key.level)).or_default().merge(group);
             }
             match key.level {
-                Level::L2 => {
+                Some(Level::L2) => {
                     levels.l2 += group.count;
                     levels.l2_l0_handled += group.l0_handled;
                     levels.l2_reflected += group.reflected;
                 }
-                Level::L1 | Level::All => levels.l1 += group.count,
+                Some(Level::L1) | None => levels.l1 += group.count,
             }
         }
         let overall_time = overall.latency.sum();
-        let row =
-            |reason: Option<ReasonKey>, level: Level, vcpu: Option<Vcpu>, g: &Group| ExitRow {
+        let row = |reason: Option<ReasonKey>, level: LevelSplit, vcpu: Option<Actor>, g: &Group| {
+            ExitRow {
                 reason: reason.map(|r| Reason::from(r.0)),
                 level,
                 vcpu,
@@ -641,7 +652,8 @@ impl ExitStats {
                 l0_handled: g.l0_handled,
                 reflected: g.reflected,
                 latency: latency_of(&g.latency),
-            };
+            }
+        };
         let by_count = |a: &ExitRow, b: &ExitRow| {
             b.count
                 .cmp(&a.count)
@@ -649,7 +661,7 @@ impl ExitStats {
                 .then_with(|| a.level.cmp(&b.level))
         };
         let mut reason_rows: Vec<ExitRow> =
-            by_reason.iter().map(|(r, g)| row(Some(*r), Level::All, None, g)).collect();
+            by_reason.iter().map(|(r, g)| row(Some(*r), None, None, g)).collect();
         reason_rows.sort_by(by_count);
         let mut reason_level_rows: Vec<ExitRow> =
             by_reason_level.iter().map(|((r, l), g)| row(Some(*r), *l, None, g)).collect();
@@ -660,10 +672,10 @@ impl ExitStats {
             without_latency: self.unpaired,
             nested,
             levels: nested.then_some(levels),
-            overall: row(None, Level::All, None, &overall),
+            overall: row(None, None, None, &overall),
             by_reason: reason_rows,
             by_reason_level: reason_level_rows,
-            by_vcpu: by_vcpu.iter().map(|(v, g)| row(None, Level::All, Some(*v), g)).collect(),
+            by_vcpu: by_vcpu.iter().map(|(v, g)| row(None, None, Some(*v), g)).collect(),
             groups: finest
                 .iter()
                 .map(|(k, g)| row(Some(k.reason), k.level, Some(k.vcpu), g))

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::str::FromStr;
 
-use super::report::{ExitReport, ExitRow, Level, StatsReport, TimeUnit};
+use super::report::{ExitReport, ExitRow, Level, StatsReport, TimeUnit, level_label};
 
 /// Output formats of `vmxray stats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ fn render_csv(report: &StatsReport) -> String {
             row.reason.as_ref().map_or_else(String::new, |r| r.name.clone()),
             row.reason.as_ref().map_or_else(String::new, |r| r.code.to_string()),
             row.reason.as_ref().map_or_else(String::new, |r| r.isa.clone()),
-            row.level.label().to_owned(),
+            level_label(row.level).to_owned(),
             row.vcpu.map_or_else(String::new, |v| v.label()),
             row.count.to_string(),
             format!("{:.4}", row.percent),
@@ -222,7 +222,7 @@ fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String)
         for row in &exits.by_reason_level {
             let mut cells = vec![
                 row.reason.as_ref().map_or_else(String::new, |r| r.name.clone()),
-                row.level.label().to_owned(),
+                level_label(row.level).to_owned(),
                 row.count.to_string(),
                 format!("{:.2}%", row.percent),
                 level_cell(row, row.l0_handled),
@@ -278,7 +278,7 @@ fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String)
             ];
             if exits.nested {
                 cells.extend([
-                    row.level.label().to_owned(),
+                    level_label(row.level).to_owned(),
                     level_cell(row, row.l0_handled),
                     level_cell(row, row.reflected),
                 ]);
@@ -312,7 +312,7 @@ fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String)
                 slow.reason.name.clone(),
             ];
             if exits.nested {
-                cells.push(slow.level.label().to_owned());
+                cells.push(level_label(slow.level).to_owned());
             }
             table.row(cells);
         }
@@ -353,8 +353,8 @@ fn timestamp(ts: u64, ns_clock: bool) -> String {
 
 fn level_cell(row: &ExitRow, value: u64) -> String {
     match row.level {
-        Level::L2 => value.to_string(),
-        Level::L1 | Level::All => "-".to_owned(),
+        Some(Level::L2) => value.to_string(),
+        Some(Level::L1) | None => "-".to_owned(),
     }
 }
 

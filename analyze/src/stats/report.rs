@@ -1,7 +1,9 @@
 //! The typed statistics report and its JSON wire format (see the crate docs for the schema).
 
 use serde::{Deserialize, Serialize};
-use vmxray_capture::codes::ExitCode;
+use vmxray_events::Actor;
+use vmxray_events::codes::ExitCode;
+pub use vmxray_replay::Level;
 
 pub use crate::histogram::HistogramBin;
 
@@ -111,11 +113,13 @@ pub struct SlowExit {
     /// Timestamp of the `kvm_exit`, in the trace clock's units.
     pub exit_ts: u64,
     /// The vCPU.
-    pub vcpu: Vcpu,
+    #[serde(with = "wire::vcpu")]
+    pub vcpu: Actor,
     /// The exit reason.
     pub reason: Reason,
     /// The level (`all` unless the trace is nested).
-    pub level: Level,
+    #[serde(with = "wire")]
+    pub level: LevelSplit,
 }
 
 /// Why exits got no latency.
@@ -151,45 +155,105 @@ pub struct LevelTotals {
     pub l2_reflected: u64,
 }
 
-/// Which guest level an exit came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// Not split (the trace has no nested events), or summed over levels.
-    All,
-    /// L1 (or a non-nested guest).
-    L1,
-    /// L2.
-    L2,
+/// A report's level column: the exit's [`Level`], or `None` for "all" (summed over levels, or
+/// not split because the trace has no nested events). Serialized as `all`, `l1`, `l2`.
+pub type LevelSplit = Option<Level>;
+
+/// The label of a [`LevelSplit`]: `all`, `L1`, `L2`.
+pub fn level_label(level: LevelSplit) -> &'static str {
+    level.map_or("all", Level::label)
 }
 
-impl Level {
-    /// `all`, `L1`, `L2`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::All => "all",
-            Self::L1 => "L1",
-            Self::L2 => "L2",
+/// Serde for [`LevelSplit`] (`all` for `None`) and for [`Actor`] as the report writes a vCPU
+/// (`{"id": 3}` or `{"thread": 1234}`).
+pub(crate) mod wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use vmxray_events::{Actor, Vcpu, VmId};
+    use vmxray_replay::Level;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum LevelWire {
+        All,
+        L1,
+        L2,
+    }
+
+    pub fn serialize<S: Serializer>(level: &Option<Level>, s: S) -> Result<S::Ok, S::Error> {
+        match level {
+            None => LevelWire::All,
+            Some(Level::L1) => LevelWire::L1,
+            Some(Level::L2) => LevelWire::L2,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Level>, D::Error> {
+        Ok(match LevelWire::deserialize(d)? {
+            LevelWire::All => None,
+            LevelWire::L1 => Some(Level::L1),
+            LevelWire::L2 => Some(Level::L2),
+        })
+    }
+
+    /// A vCPU as the report writes it: `{"id": 3}` (a vCPU of the trace's first VM, the
+    /// only one of most traces), `{"id": 3, "vm": 1}`, or `{"thread": 1234}`.
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum VcpuWire {
+        Vcpu {
+            id: u32,
+            #[serde(default, skip_serializing_if = "is_zero")]
+            vm: u32,
+        },
+        Thread {
+            thread: i32,
+        },
+    }
+
+    fn is_zero(v: &u32) -> bool {
+        *v == 0
+    }
+
+    impl From<Actor> for VcpuWire {
+        fn from(a: Actor) -> Self {
+            match a {
+                Actor::Vcpu(v) => Self::Vcpu { id: v.id, vm: v.vm.0 },
+                Actor::Thread(thread) => Self::Thread { thread },
+            }
         }
     }
-}
 
-/// A vCPU: its `vcpu_id`, or the thread (pid) when the events do not carry one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Vcpu {
-    /// `vcpu_id` from the events.
-    Id(u32),
-    /// The thread, for events without `vcpu_id` (kernels before ~5.3).
-    Thread(i32),
-}
+    impl From<VcpuWire> for Actor {
+        fn from(v: VcpuWire) -> Self {
+            match v {
+                VcpuWire::Vcpu { id, vm } => Self::Vcpu(Vcpu { vm: VmId(vm), id }),
+                VcpuWire::Thread { thread } => Self::Thread(thread),
+            }
+        }
+    }
 
-impl Vcpu {
-    /// `3`, or `tid:1234`.
-    pub fn label(self) -> String {
-        match self {
-            Self::Id(id) => id.to_string(),
-            Self::Thread(tid) => format!("tid:{tid}"),
+    pub mod vcpu {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(a: &Actor, s: S) -> Result<S::Ok, S::Error> {
+            VcpuWire::from(*a).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Actor, D::Error> {
+            VcpuWire::deserialize(d).map(Actor::from)
+        }
+    }
+
+    pub mod opt_vcpu {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(a: &Option<Actor>, s: S) -> Result<S::Ok, S::Error> {
+            a.map(VcpuWire::from).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Actor>, D::Error> {
+            Ok(Option::<VcpuWire>::deserialize(d)?.map(Actor::from))
         }
     }
 }
@@ -222,9 +286,11 @@ pub struct ExitRow {
     /// The reason, or `None` when summed over reasons.
     pub reason: Option<Reason>,
     /// The level (`all` when summed over levels or not split).
-    pub level: Level,
+    #[serde(with = "wire")]
+    pub level: LevelSplit,
     /// The vCPU, or `None` when summed over vCPUs.
-    pub vcpu: Option<Vcpu>,
+    #[serde(with = "wire::opt_vcpu")]
+    pub vcpu: Option<Actor>,
     /// Exits.
     pub count: u64,
     /// `count` as a percentage of all `kvm_exit` events.

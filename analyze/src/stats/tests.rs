@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use vmxray_capture::codes::{
+use vmxray_capture::{Clock, InputFormat, LostOnCpu, ReadStats, TraceMeta};
+use vmxray_events::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, UserspaceExitReason,
 };
-use vmxray_capture::{
-    Clock, Entry, Event, EventKind, ExitFields, ExitInfo, Fields, InputFormat, InsnBytes,
-    LostOnCpu, OtherEvent, ReadStats, TraceMeta,
+use vmxray_events::{
+    Actor, Attribution, Entry, Event, EventKind, ExitFields, ExitInfo, Fields, InsnBytes,
+    OtherEvent,
 };
 
 use super::*;
@@ -20,7 +21,7 @@ const EXT_INT: u32 = 1;
 const PREEMPTION_TIMER: u32 = 52;
 
 fn ev(ts: u64, cpu: u32, pid: i32, kind: EventKind) -> Event {
-    Event { ts, cpu, pid, comm: None, kind }
+    Event { ts, cpu, pid, tgid: None, comm: None, kind }
 }
 
 fn info(reason: u32, vcpu: Option<u32>) -> ExitInfo {
@@ -219,11 +220,16 @@ fn hand_computed_latencies() {
 
     // Per vCPU: v0 = #1 #4 #12 #18 #25 (140 180 120, 2 without); v1 = #2 #8 #21 #22
     // (200 160 220, 1 without); v2 = #16 (100); tid:400 = #24 (none).
-    let vcpus: Vec<(Vcpu, u64, u64)> =
+    let vcpus: Vec<(Actor, u64, u64)> =
         exits.by_vcpu.iter().map(|r| (r.vcpu.unwrap(), r.count, r.without_latency)).collect();
     assert_eq!(
         vcpus,
-        [(Vcpu::Id(0), 5, 2), (Vcpu::Id(1), 4, 1), (Vcpu::Id(2), 1, 0), (Vcpu::Thread(400), 1, 1)]
+        [
+            (Actor::vcpu(0), 5, 2),
+            (Actor::vcpu(1), 4, 1),
+            (Actor::vcpu(2), 1, 0),
+            (Actor::Thread(400), 1, 1)
+        ]
     );
     // v0: 120 140 180 → mean 440/3, p50 = rank 2 → 140. v1: 160 200 220 → mean 580/3,
     // 3·(25600+40000+48400) − 580² = 342000 − 336400 = 5600 → stddev √5600/3.
@@ -254,7 +260,7 @@ fn l1_l2_split_and_reflection() {
     // L1: EPT #1 #16 #18 #25 and HLT #2 #21 #22 #24 = 8. L2: EPT #4 (L0), VMCALL #8
     // (reflected), EXTERNAL_INTERRUPT #12 (L0: the inject after it is synthesized).
     assert_eq!(exits.levels, Some(LevelTotals { l1: 8, l2: 3, l2_l0_handled: 2, l2_reflected: 1 }));
-    let rows: Vec<(&str, Level, u64, u64, u64)> = exits
+    let rows: Vec<(&str, Option<Level>, u64, u64, u64)> = exits
         .by_reason_level
         .iter()
         .map(|r| {
@@ -264,11 +270,11 @@ fn l1_l2_split_and_reflection() {
     assert_eq!(
         rows,
         [
-            ("EPT_VIOLATION", Level::L1, 4, 0, 0),
-            ("HLT", Level::L1, 4, 0, 0),
-            ("EPT_VIOLATION", Level::L2, 1, 1, 0),
-            ("EXTERNAL_INTERRUPT", Level::L2, 1, 1, 0),
-            ("VMCALL", Level::L2, 1, 0, 1),
+            ("EPT_VIOLATION", Some(Level::L1), 4, 0, 0),
+            ("HLT", Some(Level::L1), 4, 0, 0),
+            ("EPT_VIOLATION", Some(Level::L2), 1, 1, 0),
+            ("EXTERNAL_INTERRUPT", Some(Level::L2), 1, 1, 0),
+            ("VMCALL", Some(Level::L2), 1, 0, 1),
         ]
     );
     // EPT L1: 140 (v0), 100 (v2), plus #18 and #25 without → mean 120.
@@ -286,7 +292,7 @@ fn l1_l2_split_and_reflection() {
     );
     assert_eq!(exits.orphan_nested_vmexits, 1);
     // Slowest first: #22 HLT (220, exit at 4100), #2 HLT (200, at 1100), #4 EPT in L2 (180).
-    let slowest: Vec<(u64, u64, Vcpu, &str, Level)> = exits
+    let slowest: Vec<(u64, u64, Actor, &str, Option<Level>)> = exits
         .slowest
         .iter()
         .map(|s| (s.latency, s.exit_ts, s.vcpu, s.reason.name.as_str(), s.level))
@@ -295,9 +301,9 @@ fn l1_l2_split_and_reflection() {
     assert_eq!(
         slowest[..3],
         [
-            (220, 4100, Vcpu::Id(1), "HLT", Level::L1),
-            (200, 1100, Vcpu::Id(1), "HLT", Level::L1),
-            (180, 1200, Vcpu::Id(0), "EPT_VIOLATION", Level::L2),
+            (220, 4100, Actor::vcpu(1), "HLT", Some(Level::L1)),
+            (200, 1100, Actor::vcpu(1), "HLT", Some(Level::L1)),
+            (180, 1200, Actor::vcpu(0), "EPT_VIOLATION", Some(Level::L2)),
         ]
     );
     // Finest groups: (EPT, L1, v0) = #1 140, #18 lost, #25 trace end.
@@ -306,8 +312,8 @@ fn l1_l2_split_and_reflection() {
         .iter()
         .find(|g| {
             g.reason.as_ref().unwrap().name == "EPT_VIOLATION"
-                && g.level == Level::L1
-                && g.vcpu == Some(Vcpu::Id(0))
+                && g.level == Some(Level::L1)
+                && g.vcpu == Some(Actor::vcpu(0))
         })
         .unwrap();
     assert_eq!((g.count, g.without_latency, g.latency.as_ref().unwrap().p50), (3, 2, 140));
@@ -321,7 +327,7 @@ fn without_nested_events_the_level_is_not_guessed() {
         run(&[exit(10, 0, 1, Some(0), HLT), entry(60, 0, 1, 0), exit(100, 0, 1, Some(0), HLT)]);
     let exits = report.exits.unwrap();
     assert!(!exits.nested && exits.levels.is_none() && exits.by_reason_level.is_empty());
-    assert!(exits.groups.iter().all(|g| g.level == Level::All));
+    assert!(exits.groups.iter().all(|g| g.level.is_none()));
     // The last exit has no following entry: counted, no latency.
     assert_eq!((exits.total, exits.with_latency, exits.without_latency.trace_end), (2, 1, 1));
     let text = render(&report_of(&[exit(100, 0, 1, Some(0), HLT)]), Format::Text);
@@ -707,8 +713,13 @@ fn exit_log_has_one_row_per_counted_exit() {
     // The hand trace, logged: every exit once, with the level, latency or reason for none, and
     // the vmcs12 passed with it kept for L2 exits only.
     let mut stats = ExitStats::with_exit_log();
+    let mut attribution = Attribution::default();
     for event in hand_trace() {
-        stats.push_with_vmcs12(&event, Some(0x5000));
+        let actor = match event.kind {
+            EventKind::Lost { .. } => None,
+            _ => Some(attribution.attribute(&event).actor),
+        };
+        stats.push_attributed(&event, actor, Some(0x5000));
     }
     stats.close_pending();
     let closed = stats.take_closed_exits();
@@ -735,7 +746,7 @@ fn exit_log_has_one_row_per_counted_exit() {
     // Indices are 0-based positions in the stream (the kvm_fpu record counts).
     assert_eq!(closed[0].index, 0);
     assert_eq!(closed[5].index, 16);
-    assert_eq!(closed[5].vcpu, Vcpu::Id(2)); // recorded under thread 300, closed by vCPU 2's entry
+    assert_eq!(closed[5].vcpu, Actor::vcpu(2)); // recorded under thread 300, closed by vCPU 2's entry
     let report = stats.finish(None, None);
     assert_eq!(report.exits.unwrap().total, closed.len() as u64);
 }

@@ -36,6 +36,9 @@
 //! unreferenced bytes. [`TraceDatWriter::finish`] is a last checkpoint that also stores the
 //! per-CPU `stats` (CPUSTAT options).
 
+pub mod convert;
+pub mod page;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
-use crate::bin_util::Endian;
-use crate::format::PageLayout;
-use crate::page::PageBuilder;
+use crate::bin::Endian;
+use crate::bin::format::PageLayout;
+use crate::write::page::PageBuilder;
 
 pub(crate) const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;
 \tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;
@@ -251,7 +251,7 @@ fn wrong_page_size_and_cpu_are_errors() {
 #[test]
 fn trace_cmd_reports_the_written_events() {
     if Command::new("trace-cmd").arg("--version").output().is_err() {
-        crate::testenv::skip("trace-cmd is not installed");
+        vmxray_events::test_util::skip("trace-cmd is not installed");
         return;
     }
     let path = tmp("report.dat");
@@ -319,7 +319,7 @@ fn vmxray_reader_reads_the_written_events() {
     assert_eq!(got, expected);
     assert!(events.iter().all(|e| matches!(
         e.kind,
-        crate::EventKind::KvmUserspaceExit { reason, .. } if reason == crate::codes::UserspaceExitReason::IO
+        vmxray_events::EventKind::KvmUserspaceExit { reason, .. } if reason == vmxray_events::codes::UserspaceExitReason::IO
     )));
 }
 

@@ -2,8 +2,8 @@
 //! field's value at an event, and diffs between two VMCSs or two events.
 
 use serde::Serialize;
-use vmxray_capture::Event;
-use vmxray_capture::vmcs::{FieldEncoding, VmcsField, VmcsRef};
+use vmxray_events::Event;
+use vmxray_events::vmcs::{FieldEncoding, VmcsField, VmcsRef};
 
 use crate::model::{Model, ModelConfig};
 

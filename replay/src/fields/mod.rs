@@ -18,7 +18,7 @@
 //! | `kvm_entry` after a nested exit | the vmcs12 that exited | `HOST_RIP` (L1 resumes at it) |
 //! | `kvm_cr` in L1 / L2 | vmcs01 / vmcs02 | `GUEST_CR0` / `GUEST_CR3` / `GUEST_CR4` (the guest's architectural value, see below) |
 //! | root `kvm_mmu_get_page` (shadow MMU) | guest_mode + nested EPT: the current vmcs12; guest_mode: vmcs02; else vmcs01 | `EPT_POINTER` / `GUEST_CR3` / `GUEST_CR3`, address bits 51:12 only (`gfn << 12`) |
-//! | `vmxray_*` probe events (`record --profile vmcs`) | see [`vmxray_capture::vmcs::probes`] | `GUEST_CR3`/`HOST_CR3` of the current vmcs12, `EPT_POINTER`/`GUEST_CR3` of vmcs01/02, exit fields of the current vmcs12 |
+//! | `vmxray_*` probe events (`record --profile vmcs`) | see [`vmxray_events::vmcs::probe`] | `GUEST_CR3`/`HOST_CR3` of the current vmcs12, `EPT_POINTER`/`GUEST_CR3` of vmcs01/02, exit fields of the current vmcs12 |
 //! | explicit records (`vmxray:vmcs_field`, `trace_printk` lines) | as written | as written (`written` / `read`) |
 //!
 //! **Caveats.** CR values are what the guest sees (KVM's `vcpu->arch.crN`): the hardware
@@ -30,16 +30,15 @@
 //! probe or `kvm_cr` read shows it), the launch state (not a field), and every field L1 writes
 //! through a shadow VMCS until an entry shows it.
 
-pub mod check;
 mod history;
 
 pub use history::{FieldChange, FieldDiff, FieldHistory, differ};
 
 use serde::Serialize;
-use vmxray_capture::codes::{ExitCode, Isa};
-use vmxray_capture::vmcs::probes::{self, ADDRESS_MASK, ProbeTarget};
-use vmxray_capture::vmcs::{FieldEncoding, Learned, VmcsField, VmcsRef, import};
-use vmxray_capture::{Event, EventKind, KnownEvent};
+use vmxray_events::codes::{ExitCode, Isa};
+use vmxray_events::vmcs::probe::{ADDRESS_MASK, ProbeTarget};
+use vmxray_events::vmcs::{FieldEncoding, Learned, VmcsField, VmcsRef};
+use vmxray_events::{Event, EventKind, KnownEvent};
 
 use crate::anomaly::{Actor, EventIndex};
 use crate::state::{Level, Mode, VcpuState, is_cr3_root};
@@ -308,22 +307,22 @@ pub fn derive(
             };
             o.push(vmcs, field, value, ADDRESS_MASK, Learned::Derived);
         }
-        EventKind::Other(other) => {
-            if let Some(rec) = import::from_print_event(event) {
-                o.source = match &*other.name {
-                    "print" => "print",
-                    "bprint" => "bprint",
-                    "bputs" => "bputs",
-                    _ => vmxray_capture::vmcs::RECORD_EVENT,
-                };
-                o.vcpu = Some(rec.vcpu);
-                o.push(rec.vmcs, rec.field, rec.value, u64::MAX, rec.access.into());
-                return;
-            }
-            let Some(p) = probes::decode(&other.system, &other.name, &other.fields) else { return };
+        EventKind::VmcsField(v) => {
+            let rec = &v.record;
+            o.source = match v.source.as_ref().map(|s| &*s.name) {
+                Some("print") => "print",
+                Some("bprint") => "bprint",
+                Some("bputs") => "bputs",
+                Some(_) | None => vmxray_events::vmcs::RECORD_EVENT,
+            };
+            o.vcpu = Some(rec.vcpu);
+            o.push(rec.vmcs, rec.field, rec.value, u64::MAX, rec.access.into());
+        }
+        EventKind::VmcsProbe(hit) => {
+            let p = &hit.probe;
             o.source = "vmxray_probe";
             let guest = p.guest_mode.or_else(|| st.level().map(|l| l == Level::L2));
-            for fact in p.facts {
+            for fact in &p.facts {
                 let Some(guest) = guest else { continue };
                 let field = if guest { fact.in_guest } else { fact.in_host };
                 let vmcs = match fact.target {
@@ -355,6 +354,9 @@ pub fn derive(
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::Identity(_)
+        | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }
 }
@@ -362,11 +364,7 @@ pub fn derive(
 /// The tracepoint's name as a `'static` string (typed events; `other` for the rest).
 fn static_name(kind: &EventKind) -> &'static str {
     match kind {
-        EventKind::Other(_) => "other",
         EventKind::Lost { .. } => "lost_events",
-        typed => {
-            let name = typed.name();
-            KnownEvent::ALL.iter().find(|(_, _, n)| *n == name).map_or("event", |(_, _, n)| n)
-        }
+        kind => kind.known().map_or("other", KnownEvent::name),
     }
 }

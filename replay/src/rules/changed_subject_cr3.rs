@@ -24,14 +24,28 @@
 //! `guest_mode` once made fixed L0-EPT traces look shadow-paged and report here. eVMCS
 //! entries (vmcs -1) do not identify their vmcs12 and are skipped. A shadow VMCS can hide an L1
 //! VMWRITE of GUEST_CR3, hence only *warning* unless the value is another subject's CR3.
+//!
+//! **Explicit field records** (`on_record`): the same divergence, found earlier and without
+//! `guest_pgd`, when the user's instrumentation records KVM's own write of vmcs12.GUEST_CR3:
+//! ```text
+//! vmcs12@A GUEST_CR3 = CA known (entry, record)      A runs on hardware
+//! kvm_nested_vmenter vmcs=B  (GUEST_CR3 = CB known)  no kvm_entry: L2 never ran
+//! record: vmcs12@B write|read GUEST_CR3 X           while B is current and in L2, X ≠ CB
+//! [no VMWRITE exit from L1 since CB was seen]
+//! → anomaly; critical when X is the GUEST_CR3 of the vmcs12 that last ran on hardware
+//! ```
+//! Decidable when L2 cannot have changed its CR3 itself: it executed zero instructions since the
+//! entry, or L0 uses shadow paging (every L2 CR3 load exits) and no L2 CR3 load was seen. A write
+//! while L1 runs is L1's own VMWRITE (through a shadow VMCS) and never an anomaly.
 
-use vmxray_capture::NestedVmenter;
-use vmxray_capture::codes::{Isa, VmxBasicReason};
-use vmxray_capture::vmcs::{FieldEncoding, VmcsRef};
+use vmxray_events::NestedVmenter;
+use vmxray_events::codes::{Isa, VmxBasicReason};
+use vmxray_events::vmcs::record::FieldRecord;
+use vmxray_events::vmcs::{FieldEncoding, VmcsRef};
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};
-use crate::state::L0Paging;
+use crate::state::{L0Paging, Mode};
 
 const RULE: RuleId = RuleId::ChangedSubjectCr3;
 
@@ -99,6 +113,73 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
                 "; the new value is the CR3 of {} (event {}), the L2 that last ran on hardware: stale vmcs02.GUEST_CR3 (fixed by 04f11ef45810)",
                 VmcsRef::vmcs12(p),
                 cr3.at.0
+            ));
+        }
+        msg
+    });
+}
+
+/// Checks one explicit record event against the pre-state.
+pub(crate) fn on_record(ctx: &mut Ctx<'_>, rec: &FieldRecord) {
+    if rec.field != FieldEncoding::GUEST_CR3 {
+        return;
+    }
+    let Some(vmptr) = rec.vmcs.vmptr() else { return };
+    let st = ctx.vcpu;
+    if st.current_vmptr != Some(vmptr) || rec.vmcs == VmcsRef::Evmcs {
+        return;
+    }
+    let zero_instructions = matches!(st.mode, Mode::L2Pending { .. });
+    let in_l2 = zero_instructions || st.mode == Mode::L2Run;
+    if !in_l2 {
+        return;
+    }
+    let Some(rec12) = st.vmcs12.get(vmptr) else { return };
+    let shadow_no_load = ctx.features.l0_paging == L0Paging::Shadow && rec12.l2_cr3_load.is_none();
+    if !(zero_instructions || shadow_no_load) {
+        return;
+    }
+    let Some(known) = st.fields.latest(rec.vmcs, FieldEncoding::GUEST_CR3).copied() else {
+        return;
+    };
+    ctx.checked(RULE);
+    if known.value == rec.value || known.vmwrites != st.counters.vmwrite {
+        return;
+    }
+    // The vmcs12 that last ran on hardware, and the CR3 the store knows for it.
+    let other = st.last_hw_l2.and_then(|(p, _)| p).filter(|p| *p != vmptr).and_then(|p| {
+        let seen = st.fields.latest(VmcsRef::vmcs12(p), FieldEncoding::GUEST_CR3)?;
+        (seen.value == rec.value).then_some((p, *seen))
+    });
+    let mut evidence = vec![known.at];
+    if let Some(entered) = rec12.entered_at {
+        evidence.push(entered);
+    }
+    let severity = match other {
+        Some((_, seen)) => {
+            evidence.push(seen.at);
+            Severity::Critical
+        }
+        None => Severity::Warning,
+    };
+    let at = ctx.at;
+    ctx.report(RULE, severity, &evidence, || {
+        let mut msg = format!(
+            "{} GUEST_CR3: {} → {} at event {} ({} record), with no VMWRITE and no L2 CR3 load in between (last seen at event {} from {}){}",
+            rec.vmcs,
+            hex(known.value),
+            hex(rec.value),
+            at.0,
+            rec.access,
+            known.at.0,
+            known.source,
+            if zero_instructions { "; its last entry never reached hardware" } else { "" }
+        );
+        if let Some((p, seen)) = other {
+            msg.push_str(&format!(
+                "; the new value is GUEST_CR3 of {} (event {}), the L2 that last ran on hardware: stale vmcs02.GUEST_CR3 (fixed by 04f11ef45810)",
+                VmcsRef::vmcs12(p),
+                seen.at.0
             ));
         }
         msg

@@ -16,13 +16,12 @@
 //! VMLAUNCH/VMRESUME are 3 bytes (`0f 01 c2/c3`); a prefixed encoding would be longer, hence
 //! *warning*.
 
-use vmxray_capture::codes::{MmuPageRole, VmInstructionError};
-use vmxray_capture::{Entry, MmuPage};
+use vmxray_events::codes::MmuPageRole;
+use vmxray_events::{Entry, MmuPage, VmFailKind};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
 use crate::state::{Mode, PendingLaunch, is_cr3_root};
-use crate::transition::{is_early_hw_check, is_late_vmfail};
 
 const RULE: RuleId = RuleId::EarlyVmfailResume;
 
@@ -38,23 +37,16 @@ struct Armed {
     role_before: Option<MmuPageRole>,
 }
 
-pub(crate) fn on_vmenter_failed(
-    ctx: &mut Ctx<'_>,
-    st: &mut State,
-    msg: &str,
-    _err: VmInstructionError,
-) {
-    if is_late_vmfail(msg) {
-        return;
-    }
-    let launch = if is_early_hw_check(msg) {
+pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailKind) {
+    let launch = match kind {
+        VmFailKind::LateHardware => return,
         // nested_early_check: the check runs after kvm_nested_vmenter.
-        ctx.vcpu.entry_launch.or(ctx.vcpu.pending_launch)
-    } else if matches!(ctx.vcpu.mode, Mode::L2Pending { .. } | Mode::L2Run) {
+        VmFailKind::EarlyHardware => ctx.vcpu.entry_launch.or(ctx.vcpu.pending_launch),
         // A guest-state CC() failure: a FAILED_VMENTRY nested exit follows, not a VMfail.
-        return;
-    } else {
-        ctx.vcpu.pending_launch
+        VmFailKind::Check if matches!(ctx.vcpu.mode, Mode::L2Pending { .. } | Mode::L2Run) => {
+            return;
+        }
+        VmFailKind::Check => ctx.vcpu.pending_launch,
     };
     if let Some(launch) = launch {
         st.armed = Some(Armed {

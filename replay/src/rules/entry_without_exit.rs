@@ -12,9 +12,10 @@
 //! kvm_entry … [no kvm_exit, no late VM-Fail] … kvm_entry    → anomaly
 //! ```
 
+use vmxray_events::VmFailKind;
+
 use super::Ctx;
 use crate::anomaly::{EventIndex, RuleId, Severity};
-use crate::transition::is_late_vmfail;
 
 const RULE: RuleId = RuleId::EntryWithoutExit;
 
@@ -23,8 +24,8 @@ pub(crate) struct State {
     late_fail_at: Option<EventIndex>,
 }
 
-pub(crate) fn on_vmenter_failed(st: &mut State, at: EventIndex, msg: &str) {
-    if is_late_vmfail(msg) {
+pub(crate) fn on_vmenter_failed(st: &mut State, at: EventIndex, kind: VmFailKind) {
+    if kind == VmFailKind::LateHardware {
         st.late_fail_at = Some(at);
     }
 }

@@ -22,7 +22,7 @@
 //! The bugcheck is reported at the crash-MSR write, with the `kvm_exit` that carried it, the
 //! restore and the exit as evidence.
 
-use vmxray_capture::{ExitInfo, NestedVmenter};
+use vmxray_events::{ExitInfo, NestedVmenter};
 
 use super::hlt_cancelled_exit_state::is_asynchronous;
 use super::{Ctx, hex};

@@ -20,8 +20,8 @@
 //! Decidable only when the trace records `kvm_mmu_get_page` (guest_mmu is always a shadow MMU,
 //! never the TDP MMU, so its root loads are always traced then).
 
-use vmxray_capture::codes::VmxBasicReason;
-use vmxray_capture::{ExitInfo, MmuPage, NestedVmenter};
+use vmxray_events::codes::VmxBasicReason;
+use vmxray_events::{ExitInfo, MmuPage, NestedVmenter};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

@@ -12,8 +12,8 @@
 //! (window: until the first L2 kvm_entry or a nested exit)
 //! ```
 
-use vmxray_capture::codes::Isa;
-use vmxray_capture::{MmuPage, NestedVmenter};
+use vmxray_events::codes::Isa;
+use vmxray_events::{MmuPage, NestedVmenter};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

@@ -33,8 +33,8 @@
 //! An L2 may legitimately fault into L1 right after waking, hence the lower severity; the
 //! anomaly's evidence holds the zero-instruction exit, the re-entry and the faulting `kvm_exit`.
 
-use vmxray_capture::codes::{ExitCode, IntrType, VmxBasicReason};
-use vmxray_capture::{ExitInfo, NestedVmenter};
+use vmxray_events::codes::{ExitCode, IntrType, VmxBasicReason};
+use vmxray_events::{ExitInfo, NestedVmenter};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

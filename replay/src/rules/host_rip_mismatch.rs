@@ -13,7 +13,7 @@
 //! kvm_nested_vmexit_inject → kvm_entry rip H' ≠ H      → anomaly
 //! ```
 
-use vmxray_capture::Entry;
+use vmxray_events::Entry;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

@@ -13,8 +13,8 @@
 //! An INVVPID that VMfails (VPID 0, non-canonical address: error 28) frees nothing and leaves no
 //! event, hence *warning*.
 
-use vmxray_capture::codes::VmxBasicReason;
-use vmxray_capture::{ExitInfo, MmuPage, NestedVmenter};
+use vmxray_events::codes::VmxBasicReason;
+use vmxray_events::{ExitInfo, MmuPage, NestedVmenter};
 
 use super::Ctx;
 use crate::anomaly::{EventIndex, RuleId, Severity};

@@ -12,7 +12,7 @@
 //! kvm_entry intr_info ≠ I (I valid, 6.14+)               → anomaly
 //! ```
 
-use vmxray_capture::Entry;
+use vmxray_events::Entry;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

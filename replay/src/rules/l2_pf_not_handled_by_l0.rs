@@ -12,8 +12,8 @@
 //! kvm_nested_vmexit_inject EXCEPTION_NMI intr_info #PF ext_inf1=A         → anomaly
 //! ```
 
-use vmxray_capture::ExitInfo;
-use vmxray_capture::codes::{ExceptionVector, VmxBasicReason};
+use vmxray_events::ExitInfo;
+use vmxray_events::codes::{ExceptionVector, VmxBasicReason};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

@@ -16,12 +16,11 @@
 //! ```
 //! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load or CR3 read follows.
 
-use vmxray_capture::MmuPage;
+use vmxray_events::{MmuPage, VmFailKind};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
 use crate::state::{Level, Observed, is_cr3_root, pgd_gfn};
-use crate::transition::is_late_vmfail;
 
 const RULE: RuleId = RuleId::LateVmfailL1Cr3;
 
@@ -34,8 +33,8 @@ pub(crate) fn disarm(st: &mut State) {
     st.armed = None;
 }
 
-pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, msg: &str) {
-    if is_late_vmfail(msg)
+pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailKind) {
+    if kind == VmFailKind::LateHardware
         && ctx.vcpu.level() == Some(Level::L2)
         && let Some(cr3) = ctx.vcpu.l1_cr3
     {

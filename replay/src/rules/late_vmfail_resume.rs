@@ -14,12 +14,11 @@
 //! kvm_entry rip ≠ R + 3                                   → anomaly
 //! ```
 
-use vmxray_capture::Entry;
+use vmxray_events::{Entry, VmFailKind};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
 use crate::state::PendingLaunch;
-use crate::transition::is_late_vmfail;
 
 const RULE: RuleId = RuleId::LateVmfailResume;
 
@@ -28,8 +27,8 @@ pub(crate) struct State {
     armed: Option<(EventIndex, PendingLaunch)>,
 }
 
-pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, msg: &str) {
-    if is_late_vmfail(msg)
+pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailKind) {
+    if kind == VmFailKind::LateHardware
         && let Some(launch) = ctx.vcpu.entry_launch
     {
         st.armed = Some((ctx.at, launch));

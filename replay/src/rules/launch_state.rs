@@ -13,8 +13,8 @@
 //! [no VMCLEAR exit]  kvm_exit VMLAUNCH → kvm_nested_vmenter vmcs=A          → anomaly
 //! ```
 
-use vmxray_capture::NestedVmenter;
-use vmxray_capture::codes::Isa;
+use vmxray_events::NestedVmenter;
+use vmxray_events::codes::Isa;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

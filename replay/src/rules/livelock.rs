@@ -10,8 +10,8 @@
 //! asynchronous exits (interrupts, timers) and entries at that RIP between. Any other exit, an
 //! entry elsewhere, or a fault on another page is progress.
 
-use vmxray_capture::codes::{ExceptionVector, ExitCode, SvmExitCode, VmxBasicReason};
-use vmxray_capture::{Entry, ExitInfo};
+use vmxray_events::codes::{ExceptionVector, ExitCode, SvmExitCode, VmxBasicReason};
+use vmxray_events::{Entry, ExitInfo};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

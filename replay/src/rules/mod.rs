@@ -9,7 +9,7 @@
 //! `check` dispatches each event to the rules that look at that kind of event; matching on the
 //! event kind once keeps replay at tens of millions of events per second.
 
-use vmxray_capture::{Event, EventKind};
+use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, Severity};
 use crate::model::{Findings, ModelConfig};
@@ -148,11 +148,11 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
             reset_root_role::disturb(&mut rs.reset_root_role);
         }
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
-            entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, msg);
-            late_vmfail_resume::on_vmenter_failed(ctx, &mut rs.late_vmfail_resume, msg);
-            late_vmfail_l1_cr3::on_vmenter_failed(ctx, &mut rs.late_vmfail_l1_cr3, msg);
-            early_vmfail_resume::on_vmenter_failed(ctx, &mut rs.early_vmfail, msg, *err);
+        EventKind::KvmNestedVmenterFailed { kind, .. } => {
+            entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, *kind);
+            late_vmfail_resume::on_vmenter_failed(ctx, &mut rs.late_vmfail_resume, *kind);
+            late_vmfail_l1_cr3::on_vmenter_failed(ctx, &mut rs.late_vmfail_l1_cr3, *kind);
+            early_vmfail_resume::on_vmenter_failed(ctx, &mut rs.early_vmfail, *kind);
         }
         EventKind::KvmEntry(e) => {
             entry_without_exit::on_entry(ctx, &mut rs.entry_without_exit);
@@ -198,12 +198,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             reset_root_role::disturb(&mut rs.reset_root_role);
             hlt_cancelled_exit_state::on_silent_exit(&mut rs.hlt_cancelled);
         }
-        EventKind::Other(other) => {
-            if &*other.name == "kvm_pml_full" {
-                pml_full_in_l2::on_pml_full_event(ctx);
-            }
-            crate::fields::check::on_record(ctx, event);
-        }
+        EventKind::KvmPmlFull { .. } => pml_full_in_l2::on_pml_full_event(ctx),
+        EventKind::VmcsField(v) => changed_subject_cr3::on_record(ctx, &v.record),
         EventKind::KvmUserspaceExit { .. } => reset_root_role::disturb(&mut rs.reset_root_role),
         EventKind::KvmMsr { write, index, .. } => {
             evmcs_restore_stale_exit::on_msr(ctx, &mut rs.evmcs, *write, *index);
@@ -221,6 +217,9 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
+        | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }
 }

@@ -10,7 +10,7 @@
 //! kvm_nested_vmexit R' …   any field that both layouts carry differs    → anomaly
 //! ```
 
-use vmxray_capture::ExitInfo;
+use vmxray_events::ExitInfo;
 
 use super::Ctx;
 use crate::anomaly::{RuleId, Severity};

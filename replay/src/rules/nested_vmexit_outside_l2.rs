@@ -12,7 +12,7 @@
 //! Before 6.1 nested entries are inferred from VMLAUNCH/VMRESUME and the entry rip; without
 //! `kvm_entry.rip` (≤ 5.9) they cannot be, and the rule stays silent.
 
-use vmxray_capture::ExitInfo;
+use vmxray_events::ExitInfo;
 
 use super::Ctx;
 use crate::anomaly::{RuleId, Severity};

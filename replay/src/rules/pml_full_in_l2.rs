@@ -11,8 +11,8 @@
 //! kvm_exit PML_FULL (62)     — or —   kvm_pml_full      → anomaly
 //! ```
 
-use vmxray_capture::ExitInfo;
-use vmxray_capture::codes::VmxBasicReason;
+use vmxray_events::ExitInfo;
+use vmxray_events::codes::VmxBasicReason;
 
 use super::Ctx;
 use crate::anomaly::{RuleId, Severity};

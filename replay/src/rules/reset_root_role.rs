@@ -27,7 +27,7 @@
 //! does not carry (the kernel's text rendering omits `guest_mode`/`smm`) is not held against
 //! the root.
 
-use vmxray_capture::{Entry, ExitInfo, MmuPage};
+use vmxray_events::{Entry, ExitInfo, MmuPage};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

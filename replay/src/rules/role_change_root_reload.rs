@@ -18,7 +18,7 @@
 //! kvm_mmu_get_page root direct=1 after CR0.PG 0→1 (or non-direct after 1→0) → anomaly
 //! ```
 
-use vmxray_capture::MmuPage;
+use vmxray_events::MmuPage;
 
 use super::root_wrong_level::is_root;
 use super::{Ctx, hex};

@@ -14,7 +14,7 @@
 //! ```
 //! Real traces of this machine (emulator-only backend) carry no `kvm_cr`: not checkable there.
 
-use vmxray_capture::MmuPage;
+use vmxray_events::MmuPage;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

@@ -17,7 +17,7 @@
 //! never prints it (mmutrace.h `KVM_MMU_PAGE_PRINTK`), so a text trace leaves this rule "not
 //! checkable" — read the raw fields (trace.dat, perf.data, `trace-cmd report -R`) instead.
 
-use vmxray_capture::MmuPage;
+use vmxray_events::MmuPage;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

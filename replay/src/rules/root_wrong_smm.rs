@@ -12,7 +12,7 @@
 //! Not decidable on roots whose `smm` bits the input does not carry (the kernel's text
 //! rendering never prints them).
 
-use vmxray_capture::MmuPage;
+use vmxray_events::MmuPage;
 
 use super::root_wrong_level::is_root;
 use super::{Ctx, hex};

@@ -12,7 +12,7 @@
 //! kvm_entry with no kvm_nested_vmenter first (6.1+)                → anomaly
 //! ```
 
-use vmxray_capture::NestedVmenter;
+use vmxray_events::NestedVmenter;
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

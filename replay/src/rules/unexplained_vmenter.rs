@@ -14,7 +14,7 @@
 //! kvm_nested_vmenter while L2 is already active             → anomaly
 //! ```
 
-use vmxray_capture::NestedVmenter;
+use vmxray_events::NestedVmenter;
 
 use super::{Ctx, hex};
 use crate::anomaly::{RuleId, Severity};

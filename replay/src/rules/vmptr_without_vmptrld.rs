@@ -11,8 +11,8 @@
 //! ```
 //! Restores (which set any vmptr) and eVMCS entries (vmcs -1) are not compared.
 
-use vmxray_capture::NestedVmenter;
-use vmxray_capture::codes::Isa;
+use vmxray_events::NestedVmenter;
+use vmxray_events::codes::Isa;
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmxray_capture::record::{RecordError, RecordOptions, RecordReport, Recorder};
+use vmxray_record::{RecordError, RecordOptions, RecordReport, Recorder};
 
 pub use vm::{CODE_GPA, MEM_SIZE, PML4_GPA, Vm};
 

@@ -6,11 +6,10 @@
 //! inside these methods, nowhere else, so a scenario script is the same for both flavours.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use vmxray_capture::codes::{IntrInfo, Isa, MmuPageRole};
-use vmxray_capture::fields::{FieldValue, Fields};
-use vmxray_capture::{Event, EventKind, MmuPage, NestedVmenter, OtherEvent};
+use vmxray_events::codes::{IntrInfo, Isa, MmuPageRole};
+use vmxray_events::fields::{FieldValue, Fields};
+use vmxray_events::{Event, EventKind, MmuPage, NestedVmenter};
 
 use super::kernel::{HwExit, KernelVersion};
 use super::rng::Rng;
@@ -102,7 +101,7 @@ pub(crate) struct Vcpu {
     pub(crate) id: u32,
     pub(crate) pid: i32,
     pub(crate) cpu: u32,
-    pub(crate) comm: Arc<str>,
+    pub(crate) comm: vmxray_events::Comm,
     /// The vCPU thread's clock (ns); only moves forward.
     pub(crate) now: u64,
     pub(crate) rng: Rng,
@@ -176,7 +175,7 @@ impl Vcpu {
             id,
             pid,
             cpu: id,
-            comm: Arc::from(format!("CPU {id}/KVM")),
+            comm: vmxray_events::Comm::from(format!("CPU {id}/KVM")),
             now: start,
             rng,
             kernel,
@@ -214,6 +213,7 @@ impl Vcpu {
             ts: self.now,
             cpu: self.cpu,
             pid: self.pid,
+            tgid: None,
             comm: Some(self.comm.clone()),
             kind,
         });
@@ -241,11 +241,7 @@ impl Vcpu {
         for (n, v) in fields {
             f.push(*n, v.clone());
         }
-        self.ev(EventKind::Other(Box::new(OtherEvent {
-            system: system.into(),
-            name: name.into(),
-            fields: f,
-        })))
+        self.ev(EventKind::untyped(system.into(), name.into(), f))
     }
 
     /// `kvm_vcpu_wakeup` after the vCPU blocked for `ns`.
@@ -656,8 +652,8 @@ impl Vcpu {
         intr: u32,
         err: u32,
     ) -> usize {
-        use vmxray_capture::codes::{ExitCode, ExitReason};
-        use vmxray_capture::{ExitFields, ExitInfo};
+        use vmxray_events::codes::{ExitCode, ExitReason};
+        use vmxray_events::{ExitFields, ExitInfo};
         self.ev(EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
             reason: ExitCode::Vmx(ExitReason(reason)),
             isa: Some(Isa::Vmx),
@@ -784,8 +780,8 @@ impl Vcpu {
     /// A hardware PML_FULL exit handled by L0 (`kvm_pml_full`), in either level.
     pub(crate) fn pml_full(&mut self) -> usize {
         let idx = self.exit_here(HwExit::new(reason::PML_FULL, 0));
-        let vcpu = i64::from(self.id);
-        self.other("kvm", "kvm_pml_full", &[("vcpu_id", FieldValue::I64(vcpu))]);
+        let vcpu_id = self.id;
+        self.ev(EventKind::KvmPmlFull { vcpu_id });
         self.pml_entries = 0;
         self.enter();
         idx

@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use vmxray_capture::codes::{ExitCode, ExitReason, IntrInfo, Isa};
-use vmxray_capture::{Entry, EventKind, ExitFields, ExitInfo};
+use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa};
+use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo};
 
 /// The host kernel whose tracepoint layouts the simulator reproduces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

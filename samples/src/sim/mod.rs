@@ -38,44 +38,58 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use vmxray_capture::Event;
+use vmxray_events::Event;
 
 pub use kernel::{KernelVersion, UnknownKernel};
 pub use truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Vmcs12Write, Writer};
 
-/// A known KVM nested-VMX bug (reference §3), which the buggy flavour reproduces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Bug {
-    /// (a) Stale vmcs02.GUEST_CR3 after a nested VM-Enter cancelled by HLT (fixed by
-    /// `04f11ef45810`): the synthesized exit copies the last hardware-run L2's CR3 into the
-    /// halted L2's vmcs12.
-    HltStaleCr3,
-    /// (b) Wrong L1 CR3 after a late VM-Fail with EPT disabled (`f087a02941fe`): L1 resumes
-    /// with KVM's shadow-root HPA as its CR3.
-    LateVmFailCr3,
-    /// (c) INVEPT emulation did not invalidate guest_mmu roots (`f8aa7e3958bc`).
-    InveptNoRootReload,
-    /// (d) MMU context/role not reset at vCPU RESET/INIT (`0aa1837533e5`).
-    InitMmuNotReset,
-    /// (e) eVMCS not mapped after a nested-state restore (`f5c7e8425f18`): an exit before the
-    /// first L2 entry never reaches the eVMCS.
-    EvmcsStaleExit,
-    /// (f) PML enabled for L2, so the log holds L2 GPAs (`1f4e5fc83a42`): PML_FULL in L2, no
-    /// write faults while logging.
-    PmlInL2,
+/// One list per enum: the variants, `ALL` in declaration order and the command-line names come
+/// from one table, so a new variant cannot be left out of `ALL` (which `--list`, parsing and the
+/// sample tests iterate).
+macro_rules! named_enum {
+    ($(#[$m:meta])* $vis:vis enum $name:ident {
+        $( $(#[$doc:meta])* $variant:ident = $text:literal, )*
+    }) => {
+        $(#[$m])* $vis enum $name { $( $(#[$doc])* $variant, )* }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$(Self::$variant,)*];
+
+            /// The command-line name.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => $text,)* }
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// A known KVM nested-VMX bug (reference §3), which the buggy flavour reproduces; `ALL` is in
+    /// reference order (a)–(f).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Bug {
+        /// (a) Stale vmcs02.GUEST_CR3 after a nested VM-Enter cancelled by HLT (fixed by
+        /// `04f11ef45810`): the synthesized exit copies the last hardware-run L2's CR3 into the
+        /// halted L2's vmcs12.
+        HltStaleCr3 = "hlt-stale-cr3",
+        /// (b) Wrong L1 CR3 after a late VM-Fail with EPT disabled (`f087a02941fe`): L1 resumes
+        /// with KVM's shadow-root HPA as its CR3.
+        LateVmFailCr3 = "late-vmfail-cr3",
+        /// (c) INVEPT emulation did not invalidate guest_mmu roots (`f8aa7e3958bc`).
+        InveptNoRootReload = "invept-no-reload",
+        /// (d) MMU context/role not reset at vCPU RESET/INIT (`0aa1837533e5`).
+        InitMmuNotReset = "init-mmu-reset",
+        /// (e) eVMCS not mapped after a nested-state restore (`f5c7e8425f18`): an exit before
+        /// the first L2 entry never reaches the eVMCS.
+        EvmcsStaleExit = "evmcs-stale-exit",
+        /// (f) PML enabled for L2, so the log holds L2 GPAs (`1f4e5fc83a42`): PML_FULL in L2, no
+        /// write faults while logging.
+        PmlInL2 = "pml-in-l2",
+    }
 }
 
 impl Bug {
-    /// Every bug, in reference order (a)–(f).
-    pub const ALL: [Bug; 6] = [
-        Self::HltStaleCr3,
-        Self::LateVmFailCr3,
-        Self::InveptNoRootReload,
-        Self::InitMmuNotReset,
-        Self::EvmcsStaleExit,
-        Self::PmlInL2,
-    ];
-
     /// The reference's letter.
     pub fn letter(self) -> char {
         match self {
@@ -85,18 +99,6 @@ impl Bug {
             Self::InitMmuNotReset => 'd',
             Self::EvmcsStaleExit => 'e',
             Self::PmlInL2 => 'f',
-        }
-    }
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HltStaleCr3 => "hlt-stale-cr3",
-            Self::LateVmFailCr3 => "late-vmfail-cr3",
-            Self::InveptNoRootReload => "invept-no-reload",
-            Self::InitMmuNotReset => "init-mmu-reset",
-            Self::EvmcsStaleExit => "evmcs-stale-exit",
-            Self::PmlInL2 => "pml-in-l2",
         }
     }
 
@@ -151,7 +153,8 @@ impl FromStr for Bug {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|b| s == b.name() || s.len() == 1 && s.starts_with(b.letter()))
             .ok_or_else(|| UnknownFlavour(s.to_owned()))
     }
@@ -203,72 +206,43 @@ pub fn parse_flavour(s: &str) -> Result<Option<KvmFlavour>, UnknownFlavour> {
     }
 }
 
-/// The scripted scenarios.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scenario {
-    /// A separation kernel (L1) running N subjects round-robin, one vmcs12 and one EPTP each
-    /// (nested EPT); subjects switch CR3 without exits; noise on top.
-    SepKernel,
-    /// The same with L1 not using EPT for its subjects (`nested_ept=n`, `guest_cr3` visible).
-    SepKernelNoEpt,
-    /// Muen-style L1 with HLT exiting disabled and a subject idling in HLT (nested_ept=n, so a
-    /// stale CR3 shows in the next `kvm_nested_vmenter`): bug (a).
-    Muen,
-    /// The same with nested EPT (as Muen really runs): the stale CR3 shows only through the
-    /// subject crashing once it runs on another subject's page tables: bug (a).
-    MuenEpt,
-    /// L0 without EPT; L1 launches an L2 whose vmcs12 passes KVM's checks but fails the
-    /// hardware ones (late VM-Fail): bug (b).
-    LateVmFail,
-    /// L1 edits EPT12 and issues INVEPT before resuming its L2: bug (c).
-    Invept,
-    /// L0 without EPT; vCPU 0 sends INIT/SIPI to vCPU 1, which was in long mode: bug (d).
-    Init,
-    /// A Hyper-V-style L1 with an enlightened VMCS, restored by `KVM_SET_NESTED_STATE`
-    /// (migration destination) with an interrupt pending: bug (e).
-    EvmcsRestore,
-    /// Dirty logging (migration of L1) while L2 writes memory under nested EPT: bug (f).
-    DirtyLog,
-    /// An SMI arrives while L2 runs; the SMM handler runs and RSM goes back into L2.
-    Smm,
-    /// Many vCPUs, each a separation kernel, with heavy fixed-KVM noise (L0 timer exits,
-    /// external interrupts kept by L0, L1-level PML_FULL, EPT violations) that is not a bug.
-    Noise,
+named_enum! {
+    /// The scripted scenarios; `ALL` is the `--list` order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Scenario {
+        /// A separation kernel (L1) running N subjects round-robin, one vmcs12 and one EPTP each
+        /// (nested EPT); subjects switch CR3 without exits; noise on top.
+        SepKernel = "sepkernel",
+        /// The same with L1 not using EPT for its subjects (`nested_ept=n`, `guest_cr3`
+        /// visible).
+        SepKernelNoEpt = "sepkernel-noept",
+        /// Muen-style L1 with HLT exiting disabled and a subject idling in HLT (nested_ept=n, so
+        /// a stale CR3 shows in the next `kvm_nested_vmenter`): bug (a).
+        Muen = "muen",
+        /// The same with nested EPT (as Muen really runs): the stale CR3 shows only through the
+        /// subject crashing once it runs on another subject's page tables: bug (a).
+        MuenEpt = "muen-ept",
+        /// L0 without EPT; L1 launches an L2 whose vmcs12 passes KVM's checks but fails the
+        /// hardware ones (late VM-Fail): bug (b).
+        LateVmFail = "late-vmfail",
+        /// L1 edits EPT12 and issues INVEPT before resuming its L2: bug (c).
+        Invept = "invept",
+        /// L0 without EPT; vCPU 0 sends INIT/SIPI to vCPU 1, which was in long mode: bug (d).
+        Init = "init",
+        /// A Hyper-V-style L1 with an enlightened VMCS, restored by `KVM_SET_NESTED_STATE`
+        /// (migration destination) with an interrupt pending: bug (e).
+        EvmcsRestore = "evmcs-restore",
+        /// Dirty logging (migration of L1) while L2 writes memory under nested EPT: bug (f).
+        DirtyLog = "dirty-log",
+        /// An SMI arrives while L2 runs; the SMM handler runs and RSM goes back into L2.
+        Smm = "smm",
+        /// Many vCPUs, each a separation kernel, with heavy fixed-KVM noise (L0 timer exits,
+        /// external interrupts kept by L0, L1-level PML_FULL, EPT violations) that is not a bug.
+        Noise = "noise",
+    }
 }
 
 impl Scenario {
-    /// Every scenario, in `--list` order.
-    pub const ALL: [Scenario; 11] = [
-        Self::SepKernel,
-        Self::SepKernelNoEpt,
-        Self::Muen,
-        Self::MuenEpt,
-        Self::LateVmFail,
-        Self::Invept,
-        Self::Init,
-        Self::EvmcsRestore,
-        Self::DirtyLog,
-        Self::Smm,
-        Self::Noise,
-    ];
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SepKernel => "sepkernel",
-            Self::SepKernelNoEpt => "sepkernel-noept",
-            Self::Muen => "muen",
-            Self::MuenEpt => "muen-ept",
-            Self::LateVmFail => "late-vmfail",
-            Self::Invept => "invept",
-            Self::Init => "init",
-            Self::EvmcsRestore => "evmcs-restore",
-            Self::DirtyLog => "dirty-log",
-            Self::Smm => "smm",
-            Self::Noise => "noise",
-        }
-    }
-
     /// The bugs this scenario can inject.
     pub fn bugs(self) -> &'static [Bug] {
         match self {
@@ -316,7 +290,8 @@ impl FromStr for Scenario {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|sc| sc.name() == s.trim())
             .ok_or_else(|| UnknownScenario(s.to_owned()))
     }

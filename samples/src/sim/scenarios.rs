@@ -1,8 +1,8 @@
 //! The scenario scripts: what L1 and its L2s do, per vCPU. KVM's side is in [`super::engine`].
 
-use vmxray_capture::EventKind;
-use vmxray_capture::codes::{ExceptionVector, UserspaceExitReason};
-use vmxray_capture::fields::FieldValue;
+use vmxray_events::EventKind;
+use vmxray_events::codes::{ExceptionVector, UserspaceExitReason};
+use vmxray_events::fields::FieldValue;
 
 use super::engine::{Entered, Mode, Vcpu, Vmcs12, eptp, intr, reason, role};
 use super::kernel::HwExit;
@@ -438,7 +438,8 @@ fn late_vmfail(v: &mut Vcpu, iterations: u32) {
     v.enter();
     v.ev(EventKind::KvmNestedVmenterFailed {
         msg: "hardware VM-instruction error: ".into(),
-        err: vmxray_capture::codes::VmInstructionError::ENTRY_INVALID_CONTROL_FIELD,
+        err: vmxray_events::codes::VmInstructionError::ENTRY_INVALID_CONTROL_FIELD,
+        kind: vmxray_events::VmFailKind::LateHardware,
     });
     // nested_vmx_restore_host_state: vcpu->arch.cr3 = vmcs01.GUEST_CR3, then
     // kvm_mmu_reset_context. Fixed: L1's CR3 was stashed there at entry. Buggy: the shadow

@@ -11,9 +11,9 @@
 
 use std::fmt::Write as _;
 
-use vmxray_capture::codes::{ExitCode, Isa, MmuPageRole, UserspaceExitReason};
-use vmxray_capture::fields::Fields;
-use vmxray_capture::{Entry, Event, EventKind, ExitInfo, MmuPage, NestedVmenter};
+use vmxray_events::codes::{ExitCode, Isa, MmuPageRole, UserspaceExitReason};
+use vmxray_events::fields::Fields;
+use vmxray_events::{Entry, Event, EventKind, ExitInfo, MmuPage, NestedVmenter};
 
 use super::KernelVersion;
 
@@ -168,7 +168,7 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
         ),
         EventKind::KvmEntry(entry) => entry_body(entry),
         EventKind::KvmNestedVmenter(n) => vmenter_body(n),
-        EventKind::KvmNestedVmenterFailed { msg, err } => {
+        EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             let name = match err.0 {
                 0 => String::new(),
                 4 => "VMLAUNCH_NONCLEAR_VMCS".into(),
@@ -275,6 +275,10 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             Some(n) => format!("[LOST {n} EVENTS]"),
             None => "[LOST EVENTS]".into(),
         },
+        EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
+        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
+            other_body(kind.name(), &kind.kernel_fields())
+        }
         EventKind::Other(o) => other_body(&o.name, &o.fields),
     }
 }
@@ -316,13 +320,14 @@ fn reason_text(reason: ExitCode, isa: Option<Isa>) -> String {
         (ExitCode::Vmx(_), _) | (ExitCode::Raw(_), Some(Isa::Vmx)) => {
             let raw = u32::try_from(reason.raw() & 0xffff_ffff).unwrap_or(0);
             let basic = raw & 0xffff;
-            let mut s =
-                match vmxray_capture::codes::VmxBasicReason(u16::try_from(basic).unwrap_or(0))
-                    .name()
-                {
-                    Some(name) => name.to_owned(),
-                    None => format!("0x{basic:x}"),
-                };
+            let mut s = match vmxray_events::codes::VmxBasicReason(
+                u16::try_from(basic).unwrap_or(0),
+            )
+            .name()
+            {
+                Some(name) => name.to_owned(),
+                None => format!("0x{basic:x}"),
+            };
             let upper = raw & !0xffff;
             if upper != 0 {
                 s.push(' ');
@@ -490,7 +495,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 /// The untyped events the simulator emits, by their 6.18 print formats; any other event as
 /// `name=value` pairs.
 fn other_body(name: &str, f: &Fields) -> String {
-    use vmxray_capture::FieldLookup;
+    use vmxray_events::FieldLookup;
     let u = |n: &str| f.uint(n).unwrap_or(0);
     match name {
         "kvm_vcpu_wakeup" => format!(
@@ -499,7 +504,6 @@ fn other_body(name: &str, f: &Fields) -> String {
             u("ns"),
             if u("valid") != 0 { "valid" } else { "invalid" }
         ),
-        "kvm_pml_full" => format!("vcpu {}: PML full", f.int("vcpu_id", 4).unwrap_or(0)),
         "kvm_fpu" => (if u("load") != 0 { "load" } else { "unload" }).to_owned(),
         "kvm_apic_ipi" => {
             let icr = u("icr_low");

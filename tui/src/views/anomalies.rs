@@ -1,6 +1,7 @@
 //! Anomalies view: crashes first, then every anomaly most severe first (then by event), with
 //! the selected one's full message, evidence and rule below. Enter jumps to its event.
 
+use super::{Ctx, Jump, View, ViewId};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
@@ -8,7 +9,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use super::{actor_label, theme};
-use crate::app::App;
 use crate::filter::Filter;
 use crate::trace::Trace;
 
@@ -129,10 +129,10 @@ impl AnomaliesView {
 }
 
 /// Draws the Anomalies view.
-pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    let trace = &app.trace;
-    let view = &mut app.anomalies;
-    view.refresh(trace, app.rows.filter());
+fn draw_view(view_state: &mut AnomaliesView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    let trace = &ctx.trace;
+    let view = &mut *view_state;
+    view.refresh(trace, ctx.rows.filter());
     let [list_area, detail_area] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area);
     let n = view.len(trace);
@@ -199,7 +199,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     }
     let title = format!(" Anomalies {}/{} — Enter: go to event ", (view.selected + 1).min(n), n);
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), list_area);
-    app.hits.list = Some((
+    ctx.hits.list = Some((
         Rect::new(
             list_area.x + 1,
             list_area.y + 2,
@@ -258,4 +258,44 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
             .block(Block::bordered().title(" Selected ")),
         detail_area,
     );
+}
+
+impl View for AnomaliesView {
+    fn title(&self, trace: &Trace) -> String {
+        format!("Anomalies ({})", trace.anomalies.len() + trace.crashes.len())
+    }
+
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+        draw_view(self, frame, area, ctx);
+    }
+
+    fn move_by(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        AnomaliesView::move_by(self, delta, ctx.trace, ctx.rows.filter());
+    }
+
+    fn to_end(&mut self, last: bool, ctx: &mut Ctx<'_>) {
+        let delta = if last { i64::MAX / 2 } else { i64::MIN / 2 };
+        AnomaliesView::move_by(self, delta, ctx.trace, ctx.rows.filter());
+    }
+
+    fn enter(&mut self, ctx: &mut Ctx<'_>) -> Option<ViewId> {
+        let at = self.selected_event(ctx.trace, ctx.rows.filter())?;
+        *ctx.selected = at.min(ctx.trace.len().saturating_sub(1));
+        Some(ViewId::TIMELINE)
+    }
+
+    fn click_row(&mut self, row: u64, ctx: &mut Ctx<'_>) {
+        self.select_row(row, ctx.trace, ctx.rows.filter());
+    }
+
+    fn on_jump(&mut self, at: u64, how: Jump, ctx: &mut Ctx<'_>) -> bool {
+        if how == Jump::Anomaly {
+            self.follow_event(at, ctx.trace, ctx.rows.filter());
+        }
+        how == Jump::Anomaly
+    }
+
+    fn on_filter_change(&mut self) {
+        self.reset();
+    }
 }

@@ -1,17 +1,17 @@
 //! Event detail: every field of the selected event under the kernel's name, the decodings of
 //! `vmxray dump`, and bit-level breakdowns of the exit qualification, interruption information
-//! and MMU role (all from `vmxray_capture::codes`), then the anomalies the event raised.
+//! and MMU role (all from `vmxray_events::codes`), then the anomalies the event raised.
 
+use super::{Ctx, View, ViewId};
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
-use vmxray_capture::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
-use vmxray_capture::{Event, EventKind, FieldValue};
+use vmxray_events::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
+use vmxray_events::{Event, EventKind, FieldValue};
 
 use super::{actor_label, theme};
-use crate::app::App;
 use crate::trace::Trace;
 
 /// The Detail view's state.
@@ -119,7 +119,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmNestedVmexitInject(info) => {
             out.push(Line::raw(""));
             out.push(heading(&format!("Exit reason {}", info.reason())));
-            if let vmxray_capture::codes::ExitCode::Vmx(r) = info.reason() {
+            if let vmxray_events::codes::ExitCode::Vmx(r) = info.reason() {
                 out.push(kv("basic reason", format!("{} ({})", r.basic(), r.basic().0)));
                 out.push(kv("failed VM-entry (bit 31)", r.failed_vmentry().to_string()));
             }
@@ -136,7 +136,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
                 intr_lines(&mut out, "Exit interruption info", intr);
             }
             if let Some(v) = info.info2().and_then(|v| u32::try_from(v).ok())
-                && matches!(info.reason(), vmxray_capture::codes::ExitCode::Vmx(_))
+                && matches!(info.reason(), vmxray_events::codes::ExitCode::Vmx(_))
             {
                 intr_lines(&mut out, "IDT-vectoring info (info2)", IntrInfo(v));
             }
@@ -162,14 +162,6 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmMmuPrepareZapPage { page }
         | EventKind::KvmMmuSyncPage { page }
         | EventKind::KvmMmuUnsyncPage { page } => role_lines(&mut out, page.role),
-        EventKind::KvmEmulateInsn { insn, .. } => {
-            let mnemonic = vmxray_capture::insn::mnemonic(insn.as_slice());
-            if let Some(text) = vmxray_replay::triage::describe_insn(insn.as_slice())
-                .filter(|t| mnemonic.as_ref() != Some(t))
-            {
-                out.push(kv("instruction", text));
-            }
-        }
         _ => {}
     }
     if let Some(kind) = vmxray_replay::triage::fatal(&event.kind) {
@@ -195,19 +187,43 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
 }
 
 /// Draws the Detail view.
-pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    if app.detail.shown != Some(app.selected) {
-        app.detail.shown = Some(app.selected);
-        app.detail.scroll = 0;
+fn draw_view(view_state: &mut DetailView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    if view_state.shown != Some(*ctx.selected) {
+        view_state.shown = Some(*ctx.selected);
+        view_state.scroll = 0;
     }
-    let content = match app.trace.event(app.selected) {
-        Some(e) => lines(&app.trace, app.selected, e),
+    let content = match ctx.trace.event(*ctx.selected) {
+        Some(e) => lines(ctx.trace, *ctx.selected, e),
         None => vec![Line::raw("No event yet…")],
     };
     frame.render_widget(
-        Paragraph::new(content).wrap(Wrap { trim: false }).scroll((app.detail.scroll, 0)).block(
+        Paragraph::new(content).wrap(Wrap { trim: false }).scroll((view_state.scroll, 0)).block(
             Block::bordered().title(" Event detail — j/k: previous/next event, PgUp/PgDn: scroll "),
         ),
         area,
     );
+}
+
+impl View for DetailView {
+    fn title(&self, _trace: &Trace) -> String {
+        "Detail".into()
+    }
+
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+        draw_view(self, frame, area, ctx);
+    }
+
+    fn page(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn wheel(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn enter(&mut self, _ctx: &mut Ctx<'_>) -> Option<ViewId> {
+        Some(ViewId::TIMELINE)
+    }
+
+    fn click_row(&mut self, _row: u64, _ctx: &mut Ctx<'_>) {}
 }

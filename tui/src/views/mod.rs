@@ -13,12 +13,143 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use vmxray_capture::Clock;
 use vmxray_capture::render::Line as NormalizedLine;
-use vmxray_capture::{Clock, Event};
+use vmxray_events::Event;
 use vmxray_replay::{Actor, Severity};
 
-use crate::app::{App, ViewId};
-use crate::trace::{Progress, Tier};
+use crate::app::{App, HitMap};
+use crate::filter::Rows;
+use crate::trace::{Progress, Tier, Trace};
+
+pub use anomalies::AnomaliesView;
+pub use detail::DetailView;
+pub use state::StateView;
+pub use stats::StatsView;
+pub use timeline::TimelineView;
+
+/// A view's place in the registry ([`registry`]): its Tab position, and key `1` + index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ViewId(pub usize);
+
+impl ViewId {
+    /// Anomalies and crashes, most severe first.
+    pub const ANOMALIES: Self = Self(0);
+    /// The event list with vCPU lanes.
+    pub const TIMELINE: Self = Self(1);
+    /// The model's state at the selected event.
+    pub const STATE: Self = Self(2);
+    /// Exit statistics.
+    pub const STATS: Self = Self(3);
+    /// Every field of the selected event.
+    pub const DETAIL: Self = Self(4);
+}
+
+/// Every view, in Tab order (the consts of [`ViewId`] name these positions). A new view is
+/// its module implementing [`View`] and one line here.
+pub fn registry() -> Vec<Box<dyn View>> {
+    vec![
+        Box::new(AnomaliesView::default()),
+        Box::new(TimelineView::default()),
+        Box::new(StateView::default()),
+        Box::new(StatsView::default()),
+        Box::new(DetailView::default()),
+    ]
+}
+
+/// What a view sees of the browser: the loaded trace, the timeline's rows (the filter), the
+/// selected event, and the mouse targets of the frame being drawn.
+pub struct Ctx<'a> {
+    /// The loaded data.
+    pub trace: &'a Trace,
+    /// The timeline's rows.
+    pub rows: &'a Rows,
+    /// The selected event (shared by the views that show one).
+    pub selected: &'a mut u64,
+    /// Mouse targets.
+    pub hits: &'a mut HitMap,
+}
+
+/// How the selection got somewhere (see [`View::on_jump`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jump {
+    /// `a` / `A`: the next or previous anomaly.
+    Anomaly,
+    /// `c`, a time, a search match, an event number.
+    Event,
+}
+
+/// One view of the browser. The app owns one of each ([`registry`]) and hands the current one
+/// the keys and mouse gestures; the defaults suit a list of the timeline's events.
+pub trait View {
+    /// The Tab title.
+    fn title(&self, trace: &Trace) -> String;
+
+    /// Draws the view into `area`.
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>);
+
+    /// One row down (`delta` > 0) or up: `j`/`k`, arrows.
+    fn move_by(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        move_event(delta, ctx);
+    }
+
+    /// A page down or up (PgDn/PgUp): `delta` is the page height.
+    fn page(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        self.move_by(delta, ctx);
+    }
+
+    /// The mouse wheel.
+    fn wheel(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        self.move_by(delta, ctx);
+    }
+
+    /// First (`g`) or last (`G`) row.
+    fn to_end(&mut self, last: bool, ctx: &mut Ctx<'_>) {
+        let rows = ctx.rows.len(ctx.trace);
+        let row = if last { rows.saturating_sub(1) } else { 0 };
+        if let Some(e) = ctx.rows.event_at(row) {
+            *ctx.selected = e;
+        }
+    }
+
+    /// Enter: the view to show next, if any (after selecting what the row points at).
+    fn enter(&mut self, ctx: &mut Ctx<'_>) -> Option<ViewId>;
+
+    /// A click on row `row` of the view's list.
+    fn click_row(&mut self, row: u64, ctx: &mut Ctx<'_>) {
+        if row < ctx.rows.len(ctx.trace)
+            && let Some(e) = ctx.rows.event_at(row)
+        {
+            *ctx.selected = e;
+        }
+    }
+
+    /// The selection jumped to event `at`: true when this view shows it (else the app shows
+    /// the Timeline).
+    fn on_jump(&mut self, _at: u64, _how: Jump, _ctx: &mut Ctx<'_>) -> bool {
+        true
+    }
+
+    /// The timeline's filter changed.
+    fn on_filter_change(&mut self) {}
+}
+
+/// Moves the selected event by `delta` timeline rows.
+pub fn move_event(delta: i64, ctx: &mut Ctx<'_>) {
+    let rows = ctx.rows.len(ctx.trace);
+    if rows == 0 {
+        return;
+    }
+    let row = ctx.rows.row_of(*ctx.selected, ctx.trace);
+    let target = if delta >= 0 {
+        row.saturating_add(delta.unsigned_abs()).min(rows - 1)
+    } else {
+        row.saturating_sub(delta.unsigned_abs())
+    };
+    if let Some(e) = ctx.rows.event_at(target) {
+        *ctx.selected = e;
+    }
+}
 
 /// Colours and styles shared by the views.
 pub mod theme {
@@ -89,13 +220,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &mut App) {
     draw_tabs(frame, tabs, app);
     app.hits.list = None;
     app.hits.lanes = None;
-    match app.view {
-        ViewId::Anomalies => anomalies::draw(frame, body, app),
-        ViewId::Timeline => timeline::draw(frame, body, app),
-        ViewId::State => state::draw(frame, body, app),
-        ViewId::Stats => stats::draw(frame, body, app),
-        ViewId::Detail => detail::draw(frame, body, app),
-    }
+    app.with_view(|view, ctx| view.draw(frame, body, ctx));
     draw_footer(frame, footer, app);
     if app.help {
         draw_help(frame, frame.area());
@@ -172,16 +297,13 @@ fn draw_tabs(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     let mut spans = Vec::new();
     let mut x = area.x;
     app.hits.tabs.clear();
-    let anomaly_count = app.trace.anomalies.len() + app.trace.crashes.len();
-    for (i, view) in ViewId::ALL.iter().enumerate() {
-        let label = match view {
-            ViewId::Anomalies => format!(" {} {} ({anomaly_count}) ", i + 1, view.title()),
-            _ => format!(" {} {} ", i + 1, view.title()),
-        };
+    let titles: Vec<String> = app.views().iter().map(|v| v.title(&app.trace)).collect();
+    for (i, title) in titles.into_iter().enumerate() {
+        let label = format!(" {} {title} ", i + 1);
         let width = u16::try_from(label.chars().count()).unwrap_or(u16::MAX);
-        app.hits.tabs.push((Rect::new(x, area.y, width, 1), *view));
+        app.hits.tabs.push((Rect::new(x, area.y, width, 1), ViewId(i)));
         x = x.saturating_add(width + 1);
-        let style = if *view == app.view {
+        let style = if ViewId(i) == app.view {
             Style::new().fg(Color::Black).bg(Color::White).bold()
         } else {
             Style::new().fg(Color::Gray)
@@ -290,7 +412,8 @@ pub fn group(n: u64) -> String {
 /// An actor as a short column value.
 pub fn actor_label(actor: Option<Actor>) -> String {
     match actor {
-        Some(Actor::Vcpu(v)) => format!("v{v}"),
+        Some(Actor::Vcpu(v)) if v.vm.0 == 0 => format!("v{}", v.id),
+        Some(Actor::Vcpu(v)) => format!("m{}v{}", v.vm.0, v.id),
         Some(Actor::Thread(t)) => format!("t{t}"),
         None => "all".to_owned(),
     }

@@ -5,6 +5,7 @@
 //! per-VMCS field history (branch `fields`) adds one more section fed by
 //! `Transition::Vmcs12Field` without touching the others (see [`sections`]).
 
+use super::{Ctx, View, ViewId};
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::Style;
@@ -14,7 +15,6 @@ use vmxray_replay::state::{LaunchState, Mode, SmmState};
 use vmxray_replay::{Transition, VcpuState, Vmcs12Field};
 
 use super::theme;
-use crate::app::App;
 use crate::trace::StateAt;
 
 /// The State view's state.
@@ -375,10 +375,10 @@ fn describe(t: &Transition) -> String {
 }
 
 /// Draws the State view.
-pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    let selected = app.selected;
-    let trace = &app.trace;
-    let lines: Vec<Line<'static>> = match app.state.at(trace, selected) {
+fn draw_view(view_state: &mut StateView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    let selected = *ctx.selected;
+    let trace = &ctx.trace;
+    let lines: Vec<Line<'static>> = match view_state.at(trace, selected) {
         Some(state_at) => {
             let mut lines = Vec::new();
             for (i, s) in sections(state_at, trace).into_iter().enumerate() {
@@ -398,7 +398,31 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     let title =
         " State — j/k: previous/next event, PgUp/PgDn: scroll, highlighted: changed by this event ";
     frame.render_widget(
-        Paragraph::new(lines).scroll((app.state.scroll, 0)).block(Block::bordered().title(title)),
+        Paragraph::new(lines).scroll((view_state.scroll, 0)).block(Block::bordered().title(title)),
         area,
     );
+}
+
+impl View for StateView {
+    fn title(&self, _trace: &crate::trace::Trace) -> String {
+        "State".into()
+    }
+
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+        draw_view(self, frame, area, ctx);
+    }
+
+    fn page(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn wheel(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn enter(&mut self, _ctx: &mut Ctx<'_>) -> Option<ViewId> {
+        Some(ViewId::TIMELINE)
+    }
+
+    fn click_row(&mut self, _row: u64, _ctx: &mut Ctx<'_>) {}
 }

@@ -4,17 +4,17 @@
 //! split and the per-vCPU breakdown. For a trace without `kvm_exit`, the report's own text
 //! (emulated instructions, exceptions, userspace exits, ...).
 
+use super::{Ctx, Jump, View, ViewId};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use vmxray_analyze::stats::{
-    ExitReport, ExitRow, Format, Level, StatsReport, TimeUnit, write_report,
+    ExitReport, ExitRow, Format, StatsReport, TimeUnit, level_label, write_report,
 };
 
 use super::{group, theme};
-use crate::app::App;
 use crate::trace::Trace;
 
 /// The Stats view's state.
@@ -85,17 +85,17 @@ fn bar(value: u64, max: u64, width: usize) -> String {
 }
 
 /// Draws the Stats view.
-pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    let Some(report) = app.trace.stats.as_deref() else {
+fn draw_view(view_state: &mut StatsView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    let Some(report) = ctx.trace.stats.as_deref() else {
         let msg = format!(
             "Counting… the statistics appear when the whole trace is read ({} events so far).",
-            group(app.trace.len())
+            group(ctx.trace.len())
         );
         frame.render_widget(Paragraph::new(msg).block(Block::bordered().title(" Stats ")), area);
         return;
     };
     let Some(exits) = report.exits.as_ref() else {
-        let view = &mut app.stats;
+        let view = &mut *view_state;
         let text = view.text.get_or_insert_with(|| {
             let mut buf = Vec::new();
             let _ = write_report(report, Format::Text, &mut buf);
@@ -109,7 +109,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         );
         return;
     };
-    let view = &mut app.stats;
+    let view = &mut *view_state;
     view.selected = view.selected.min(exits.by_reason.len().saturating_sub(1));
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
@@ -144,7 +144,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
     });
     let title = format!(" Exit reasons: {} kvm_exit{levels} ", group(exits.total));
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), left);
-    app.hits.list = Some((
+    ctx.hits.list = Some((
         Rect::new(
             left.x + 1,
             left.y + 2,
@@ -154,7 +154,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         offset as u64,
     ));
 
-    let selected = exits.by_reason.get(app.stats.selected);
+    let selected = exits.by_reason.get(view_state.selected);
     let [lat_area, split_area, vcpu_area] = Layout::vertical([
         Constraint::Length(latency_height(selected)),
         Constraint::Length(5),
@@ -237,7 +237,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         for r in exits.by_reason_level.iter().filter(|r| r.reason.as_ref() == reason) {
             lines.push(Line::from(format!(
                 "{:<3}{:>9} exits  p50 {:>8}  L0 kept {:>7}  reflected {:>7}",
-                r.level.label(),
+                level_label(r.level),
                 r.count,
                 r.latency.as_ref().map_or("-".into(), |l| l.p50.to_string()),
                 r.l0_handled,
@@ -246,10 +246,7 @@ fn draw_split(frame: &mut Frame<'_>, area: Rect, exits: &ExitReport, row: Option
         }
     } else {
         lines.push(Line::from(Span::styled(
-            format!(
-                "Not split: the trace has no kvm_nested_vmexit (level {}).",
-                Level::All.label()
-            ),
+            format!("Not split: the trace has no kvm_nested_vmexit (level {}).", level_label(None)),
             theme::dim(),
         )));
     }
@@ -277,4 +274,45 @@ fn draw_vcpus(frame: &mut Frame<'_>, area: Rect, report: &StatsReport, exits: &E
     }
     let title = format!(" Per vCPU ({}) ", unit(report));
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
+}
+
+impl View for StatsView {
+    fn title(&self, _trace: &Trace) -> String {
+        "Stats".into()
+    }
+
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+        draw_view(self, frame, area, ctx);
+    }
+
+    fn move_by(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        StatsView::move_by(self, delta, ctx.trace);
+    }
+
+    fn page(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn wheel(&mut self, delta: i64, _ctx: &mut Ctx<'_>) {
+        self.scroll_by(delta);
+    }
+
+    fn to_end(&mut self, last: bool, ctx: &mut Ctx<'_>) {
+        StatsView::move_by(self, if last { 1 << 20 } else { -(1 << 20) }, ctx.trace);
+    }
+
+    fn enter(&mut self, ctx: &mut Ctx<'_>) -> Option<ViewId> {
+        let ts = self.selected_slowest_ts(ctx.trace)?;
+        let index = ctx.trace.index_at_time(ts);
+        *ctx.selected = index.min(ctx.trace.len().saturating_sub(1));
+        Some(ViewId::TIMELINE)
+    }
+
+    fn click_row(&mut self, row: u64, ctx: &mut Ctx<'_>) {
+        self.select_row(row, ctx.trace);
+    }
+
+    fn on_jump(&mut self, _at: u64, _how: Jump, _ctx: &mut Ctx<'_>) -> bool {
+        false
+    }
 }

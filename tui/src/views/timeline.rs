@@ -2,6 +2,7 @@
 //! gaps, the cursor), then the event list around the selected event. Only the visible rows are
 //! rendered; lanes sample a fixed number of events per column.
 
+use super::{Ctx, View, ViewId};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
@@ -9,7 +10,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
 use super::{actor_label, event_fields, group, theme};
-use crate::app::App;
 use crate::trace::{EventTag, Tier, Trace};
 
 /// Most lanes drawn (the rest are listed as a count).
@@ -25,8 +25,8 @@ pub struct TimelineView {
 }
 
 /// Draws the Timeline view.
-pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    let lanes = app.trace.actors.len().min(MAX_LANES);
+fn draw_view(view_state: &mut TimelineView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    let lanes = ctx.trace.actors.len().min(MAX_LANES);
     let lane_height = u16::try_from(lanes).unwrap_or(0) + 2;
     let [lane_area, list_area] = if lanes > 0 && area.height > lane_height + 6 {
         Layout::vertical([Constraint::Length(lane_height), Constraint::Min(4)]).areas(area)
@@ -34,17 +34,16 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         [Rect::new(area.x, area.y, area.width, 0), area]
     };
     if lane_area.height > 0 {
-        app.hits.lanes = draw_lanes(frame, lane_area, &app.trace, app.selected);
+        ctx.hits.lanes = draw_lanes(frame, lane_area, ctx.trace, *ctx.selected);
     }
-    draw_list(frame, list_area, app);
+    draw_list(view_state, frame, list_area, ctx);
 }
 
-fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
-    let trace = &app.trace;
-    let rows = app.rows.len(trace);
+fn draw_list(view: &mut TimelineView, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+    let trace = &ctx.trace;
+    let rows = ctx.rows.len(trace);
     let height = u64::from(area.height.saturating_sub(3));
-    let sel_row = app.rows.row_of(app.selected, trace);
-    let view = &mut app.timeline;
+    let sel_row = ctx.rows.row_of(*ctx.selected, trace);
     if height > 0 {
         if sel_row < view.offset || sel_row >= view.offset + height {
             // A jump: show some context before the selected event.
@@ -61,7 +60,7 @@ fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         theme::heading(),
     ))];
     for row in view.offset..(view.offset + height).min(rows) {
-        let Some(index) = app.rows.event_at(row) else { break };
+        let Some(index) = ctx.rows.event_at(row) else { break };
         let (Some(event), Some(tag)) = (trace.event(index), trace.tag(index)) else { break };
         let marker = if tag.crash() {
             Span::styled("X ", theme::crash())
@@ -105,21 +104,21 @@ fn draw_list(frame: &mut Frame<'_>, area: Rect, app: &mut App) {
         lines.push(line);
     }
     if rows == 0 {
-        let msg = if app.rows.filter().is_some() {
+        let msg = if ctx.rows.filter().is_some() {
             "No event matches the filter (f, empty: clear)"
         } else {
             "No event yet…"
         };
         lines.push(Line::from(Span::styled(msg, theme::dim())));
     }
-    let filter = app.rows.filter().map_or(String::new(), |f| format!(" · filter {}", f.spec));
+    let filter = ctx.rows.filter().map_or(String::new(), |f| format!(" · filter {}", f.spec));
     let title = format!(
         " Events {}/{}{filter} ",
         group(if rows == 0 { 0 } else { sel_row + 1 }),
         group(rows)
     );
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
-    app.hits.list = Some((
+    ctx.hits.list = Some((
         Rect::new(
             area.x + 1,
             area.y + 2,
@@ -234,4 +233,18 @@ fn draw_lanes(
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
     let height = u16::try_from(lanes).unwrap_or(0);
     Some((Rect::new(area.x + 1 + LABEL, area.y + 1, width, height), n))
+}
+
+impl View for TimelineView {
+    fn title(&self, _trace: &Trace) -> String {
+        "Timeline".into()
+    }
+
+    fn draw(&mut self, frame: &mut Frame<'_>, area: Rect, ctx: &mut Ctx<'_>) {
+        draw_view(self, frame, area, ctx);
+    }
+
+    fn enter(&mut self, _ctx: &mut Ctx<'_>) -> Option<ViewId> {
+        Some(ViewId::DETAIL)
+    }
 }

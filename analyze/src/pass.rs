@@ -1,0 +1,209 @@
+//! One pass over a trace: reader → model → statistics → sinks, the loop every command and the
+//! TUI loader run.
+//!
+//! ```text
+//!  reader ──Event──► Model::step ──► attribution (one Actor per event), level, anomalies,
+//!                                    transitions, VMCS fields: the Step
+//!                        │
+//!                        ├──► ExitStats::push_attributed (the same Actor; the vmcs12 the model
+//!                        │    holds current at a kvm_nested_vmexit)
+//!                        └──► Sink::event (replay's printer, triage, the fields table, the
+//!                             scan's rows, the TUI's chunks) with the event, the step and a
+//!                             read-only view of the model
+//! ```
+//!
+//! The model attributes every event once ([`vmxray_events::Attribution`]), resynchronizes
+//! after lost events, and its state says the level; the statistics take the model's
+//! attribution rather than their own, and an exit's L1/L2 level is decided in one place
+//! ([`crate::stats`]: a `kvm_nested_vmexit` follows), with the vmcs12 of an L2 exit read from
+//! the model at that moment. A [`Sink`] sees each event after the model stepped it and before
+//! the next one; [`Sink::before`] runs before the model steps (the TUI keeps model snapshots
+//! there).
+//!
+//! ```
+//! use vmxray_analyze::pass::{Pass, PassConfig, Stepped, Sink};
+//! use vmxray_events::test_util::EventBuilder;
+//!
+//! struct Count(usize);
+//! impl Sink for Count {
+//!     fn event(&mut self, s: &Stepped<'_>) -> std::ops::ControlFlow<()> {
+//!         self.0 += s.step.anomalies.len();
+//!         std::ops::ControlFlow::Continue(())
+//!     }
+//! }
+//!
+//! let mut t = EventBuilder::new();
+//! t.l1_exit(10, 0x1000); // CPUID, then the entry
+//! t.entry(0x1003);       // a second entry with no exit between: an anomaly
+//! let mut pass = Pass::new(PassConfig::default());
+//! let mut sink = Count(0);
+//! let events = t.events.into_iter().map(Ok::<_, std::convert::Infallible>);
+//! pass.run(events, &mut sink).unwrap();
+//! assert_eq!(sink.0, 1);
+//! let end = pass.finish(None, None);
+//! assert_eq!(end.summary.events, 3);
+//! assert_eq!(end.stats.unwrap().exits.unwrap().total, 1);
+//! ```
+
+use std::ops::ControlFlow;
+
+use vmxray_capture::{ReadStats, TraceMeta};
+use vmxray_events::{Event, EventKind};
+use vmxray_replay::{Level, Model, ModelConfig, Step, TraceSummary};
+
+use crate::stats::{ExitStats, StatsReport};
+
+/// Which statistics a pass keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatsMode {
+    /// None (replay, triage, fields).
+    Off,
+    /// The exit statistics (stats, the TUI).
+    #[default]
+    Report,
+    /// The statistics and every closed exit, taken in chunks (the scan's `exits` table).
+    ExitLog,
+}
+
+/// How a pass runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassConfig {
+    /// The model's rules and thresholds.
+    pub model: ModelConfig,
+    /// The statistics kept.
+    pub stats: StatsMode,
+}
+
+/// One event as a sink sees it.
+#[derive(Clone, Copy)]
+pub struct Stepped<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// What the model made of it.
+    pub step: Step<'a>,
+    /// The model after the step (states, summary so far).
+    pub model: &'a Model,
+}
+
+impl Stepped<'_> {
+    /// The level the event's actor is at after it, when the model knows.
+    pub fn level(&self) -> Option<Level> {
+        let actor = self.step.actor?;
+        self.model.state(actor)?.level()
+    }
+
+    /// The vmcs12 the actor has current after the event, when the model knows.
+    pub fn current_vmcs12(&self) -> Option<u64> {
+        let actor = self.step.actor?;
+        self.model.state(actor)?.current_vmptr
+    }
+}
+
+/// What consumes a pass.
+pub trait Sink {
+    /// Called before the model steps an event (the model as it was after the previous one).
+    fn before(&mut self, _model: &Model) {}
+
+    /// One event; `Break` stops the pass (the consumer is gone).
+    fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()>;
+}
+
+/// A sink that takes nothing (a pass for its statistics and summary only).
+impl Sink for () {
+    fn event(&mut self, _: &Stepped<'_>) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Two sinks in turn.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn before(&mut self, model: &Model) {
+        self.0.before(model);
+        self.1.before(model);
+    }
+
+    fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
+        self.0.event(stepped)?;
+        self.1.event(stepped)
+    }
+}
+
+/// How a pass ended.
+#[derive(Clone, Debug)]
+pub struct PassEnd {
+    /// The model's summary.
+    pub summary: TraceSummary,
+    /// The statistics report, unless [`StatsMode::Off`].
+    pub stats: Option<StatsReport>,
+}
+
+/// One pass: the model, the statistics, and the loop that feeds them and the sinks.
+#[derive(Debug)]
+pub struct Pass {
+    model: Model,
+    stats: Option<ExitStats>,
+}
+
+impl Pass {
+    /// A pass with nothing seen.
+    pub fn new(config: PassConfig) -> Self {
+        let stats = match config.stats {
+            StatsMode::Off => None,
+            StatsMode::Report => Some(ExitStats::new()),
+            StatsMode::ExitLog => Some(ExitStats::with_exit_log()),
+        };
+        Self { model: Model::new(config.model), stats }
+    }
+
+    /// Steps one event through the model, the statistics and `sink`.
+    pub fn step(&mut self, event: &Event, sink: &mut impl Sink) -> ControlFlow<()> {
+        sink.before(&self.model);
+        self.model.step(event);
+        let stepped = Stepped { event, step: self.model.last_step(), model: &self.model };
+        if let Some(stats) = &mut self.stats {
+            let vmcs12 = match event.kind {
+                EventKind::KvmNestedVmexit(_) => stepped.current_vmcs12(),
+                _ => None,
+            };
+            stats.push_attributed(event, stepped.step.actor, vmcs12);
+        }
+        sink.event(&stepped)
+    }
+
+    /// Steps every event of a stream until it ends or the sink stops it (the sink knows why);
+    /// the first read error stops the pass and is returned (with `--permissive` a reader yields
+    /// only the errors it cannot skip).
+    pub fn run<E>(
+        &mut self,
+        events: impl IntoIterator<Item = Result<Event, E>>,
+        sink: &mut impl Sink,
+    ) -> Result<(), E> {
+        for event in events {
+            if self.step(&event?, sink).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The statistics, unless [`StatsMode::Off`] (the scan takes closed exits from it).
+    pub fn stats_mut(&mut self) -> Option<&mut ExitStats> {
+        self.stats.as_mut()
+    }
+
+    /// The model and the statistics together (the scan labels closed exits with their VM).
+    pub fn model_and_stats(&mut self) -> (&Model, Option<&mut ExitStats>) {
+        (&self.model, self.stats.as_mut())
+    }
+
+    /// Ends the pass: the model's summary and the statistics report. `meta` and `read` come
+    /// from the reader once it is exhausted.
+    pub fn finish(self, meta: Option<&TraceMeta>, read: Option<&ReadStats>) -> PassEnd {
+        PassEnd { summary: self.model.summary(), stats: self.stats.map(|s| s.finish(meta, read)) }
+    }
+}

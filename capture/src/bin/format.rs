@@ -1,0 +1,1089 @@
+//! tracefs event format files (`events/<sys>/<event>/format`, `header_page`, `header_event`)
+//! and format-driven field decoding.
+//!
+//! The parser is hand-written rather than built on `nom` or `tracepoint_decode`: the grammar is
+//! line-oriented (`kernel/trace/trace_events.c` `f_show()`), and owning it lets us keep what
+//! those do not give us in one pass — the `__print_symbolic` tables, the file's byte order and
+//! long size applied to every field, and errors that name the line.
+//!
+//! Decoding is driven by the parsed layout only: an [`EventFormats`] table maps the event ids of
+//! *this* capture (they change per boot) to an [`EventFormat`], with the [`KnownEvent`]
+//! classification and the field offsets computed once, so the per-event path reads
+//! `common_type`, indexes a vector and reads fields at known offsets.
+//!
+//! ```
+//! use vmxray_capture::bin::format::{EventFormat, EventFormats};
+//! use vmxray_capture::bin::Endian;
+//! use vmxray_events::FieldLookup;
+//!
+//! let text = "name: kvm_cr\nID: 98\nformat:\n\
+//!     \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+//!     \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+//!     \tfield:unsigned int rw;\toffset:8;\tsize:4;\tsigned:0;\n\
+//!     \tfield:unsigned int cr;\toffset:12;\tsize:4;\tsigned:0;\n\
+//!     \tfield:unsigned long val;\toffset:16;\tsize:8;\tsigned:0;\n\n\
+//!     print fmt: \"cr_%s %x = 0x%lx\", REC->rw ? \"write\" : \"read\", REC->cr, REC->val\n";
+//! let mut formats = EventFormats::new(Endian::Little, 8);
+//! formats.add(EventFormat::parse("kvm", text.as_bytes(), 8).unwrap());
+//! let mut payload = vec![0u8; 24];
+//! payload[0] = 98;
+//! payload[8] = 1;
+//! payload[12] = 3;
+//! payload[16] = 0x42;
+//! let record = formats.record(&payload).unwrap();
+//! assert_eq!(record.uint("cr"), Some(3));
+//! assert_eq!(record.uint("val"), Some(0x42));
+//! ```
+
+use std::sync::Arc;
+
+use crate::bin::Endian;
+use vmxray_events::event::{DecodeError, EventKind, KnownEvent};
+use vmxray_events::fields::{FieldLookup, FieldName, FieldValue, Fields, sign_extend};
+
+/// A format file could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The text is not UTF-8.
+    #[error("Format file is not UTF-8 text")]
+    NotText,
+    /// The `name:` line is missing.
+    #[error("Format file has no `name:` line")]
+    MissingName,
+    /// The `ID:` line is missing or not a number.
+    #[error("Format file of `{name}` has no valid `ID:` line")]
+    MissingId {
+        /// The event's name.
+        name: String,
+    },
+    /// A `field:` line is malformed.
+    #[error("Line {line}: malformed field description")]
+    BadField {
+        /// 1-based line in the format text.
+        line: usize,
+    },
+    /// header_page lacks a field the page layout needs.
+    #[error("header_page has no `{field}` field")]
+    HeaderField {
+        /// The missing field.
+        field: &'static str,
+    },
+    /// header_page describes an impossible page.
+    #[error("header_page describes an unusable page layout")]
+    BadPageLayout,
+}
+
+/// How a field's bytes are laid out in the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldLayout {
+    /// An integer of 1, 2, 4 or 8 bytes.
+    Scalar,
+    /// A fixed array (`__u8 insn[15]`, `char comm[16]`).
+    Array {
+        /// Bytes per element.
+        elem_size: u32,
+    },
+    /// `__data_loc T[] name`: u32 at the offset, `offset = v & 0xffff`, `len = v >> 16`,
+    /// counted from the start of the record.
+    DataLoc {
+        /// Bytes per element.
+        elem_size: u32,
+    },
+    /// `__rel_loc T[] name` (5.18+): like `__data_loc` but the offset counts from the end of
+    /// the 4-byte field.
+    RelLoc {
+        /// Bytes per element.
+        elem_size: u32,
+    },
+    /// A trailing `size:0` flexible array (`char buf[]`): runs to the end of the record.
+    Flexible {
+        /// Bytes per element.
+        elem_size: u32,
+    },
+    /// Any other size: kept as raw bytes.
+    Opaque,
+}
+
+/// One `field:` line of a format file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldFormat {
+    /// The field's name (`exit_reason`).
+    pub name: FieldName,
+    /// The C type without the name (`unsigned int`, `__data_loc char[]`, `__u8`).
+    pub c_type: Box<str>,
+    /// Offset in the record (from `common_type`).
+    pub offset: u32,
+    /// Size in bytes (0 for flexible arrays).
+    pub size: u32,
+    /// `signed:1`.
+    pub signed: bool,
+    /// Layout of the bytes.
+    pub layout: FieldLayout,
+    /// The elements are characters: the value is a NUL-terminated string.
+    pub is_string: bool,
+    key: NameKey,
+}
+
+/// A name packed for comparison: the first 16 bytes in two words and the length, so that a
+/// lookup compares words (bytes only for names longer than 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NameKey(u64, u64, usize);
+
+impl NameKey {
+    #[inline]
+    fn of(name: &str) -> Self {
+        let b = name.as_bytes();
+        let mut w = [0u8; 16];
+        let n = b.len().min(16);
+        w[..n].copy_from_slice(&b[..n]);
+        let (lo, hi) = w.split_at(8);
+        Self(
+            u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+            u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+            b.len(),
+        )
+    }
+}
+
+impl FieldFormat {
+    /// True for the `common_*` fields of `struct trace_entry`.
+    pub fn is_common(&self) -> bool {
+        self.name.starts_with("common_")
+    }
+
+    /// The field's bytes in `payload` (for dynamic arrays, the array's bytes), or `None` when the
+    /// record is too short or the location points outside it.
+    pub fn slice<'p>(&self, payload: &'p [u8], endian: Endian) -> Option<&'p [u8]> {
+        let off = usize::try_from(self.offset).ok()?;
+        match self.layout {
+            FieldLayout::Scalar | FieldLayout::Array { .. } | FieldLayout::Opaque => {
+                let end = off.checked_add(usize::try_from(self.size).ok()?)?;
+                payload.get(off..end)
+            }
+            FieldLayout::DataLoc { .. } | FieldLayout::RelLoc { .. } => {
+                let v = endian.u32(payload, off)?;
+                let mut start = usize::try_from(v & 0xffff).ok()?;
+                let len = usize::try_from(v >> 16).ok()?;
+                if let FieldLayout::RelLoc { .. } = self.layout {
+                    start = start.checked_add(off)?.checked_add(4)?;
+                }
+                payload.get(start..start.checked_add(len)?)
+            }
+            FieldLayout::Flexible { .. } => payload.get(off..),
+        }
+    }
+
+    /// The field as an unsigned integer (signed fields sign-extended to 64 bits, like
+    /// [`FieldValue::as_u64`]); `None` for arrays.
+    #[inline]
+    pub fn read_uint(&self, payload: &[u8], endian: Endian) -> Option<u64> {
+        match self.layout {
+            FieldLayout::Scalar => {
+                let raw =
+                    endian.uint(payload, usize::try_from(self.offset).ok()?, self.size as usize)?;
+                if self.signed {
+                    Some(u64::from_ne_bytes(sign_extend(raw, self.size).to_ne_bytes()))
+                } else {
+                    Some(raw)
+                }
+            }
+            FieldLayout::Array { .. }
+            | FieldLayout::DataLoc { .. }
+            | FieldLayout::RelLoc { .. }
+            | FieldLayout::Flexible { .. }
+            | FieldLayout::Opaque => None,
+        }
+    }
+
+    /// Decodes the field into a value; `None` when the record is too short for it.
+    pub fn value(&self, payload: &[u8], endian: Endian) -> Option<FieldValue> {
+        if let FieldLayout::Scalar = self.layout {
+            let raw =
+                endian.uint(payload, usize::try_from(self.offset).ok()?, self.size as usize)?;
+            return Some(if self.signed {
+                FieldValue::I64(sign_extend(raw, self.size))
+            } else {
+                FieldValue::U64(raw)
+            });
+        }
+        let bytes = self.slice(payload, endian)?;
+        if self.is_string {
+            return Some(FieldValue::Str(String::from_utf8_lossy(until_nul(bytes)).into()));
+        }
+        let elem_size = match self.layout {
+            FieldLayout::Array { elem_size }
+            | FieldLayout::DataLoc { elem_size }
+            | FieldLayout::RelLoc { elem_size }
+            | FieldLayout::Flexible { elem_size } => elem_size,
+            FieldLayout::Scalar | FieldLayout::Opaque => 1,
+        };
+        Some(match elem_size {
+            2 | 4 | 8 => {
+                let n = elem_size as usize;
+                FieldValue::Array(
+                    bytes.chunks_exact(n).filter_map(|c| endian.uint(c, 0, n)).collect(),
+                )
+            }
+            _ => FieldValue::Bytes(bytes.into()),
+        })
+    }
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    match memchr::memchr(0, bytes) {
+        Some(n) => bytes.get(..n).unwrap_or(bytes),
+        None => bytes,
+    }
+}
+
+/// A `__print_symbolic(REC->field..., { value, "NAME" }, ...)` or `__print_flags` table from an
+/// event's print fmt, so that codes a newer kernel added can still be named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolTable {
+    /// The first `REC->` field the value expression uses (`exit_reason`), if any.
+    pub field: Option<Box<str>>,
+    /// The value expression as written (`REC->exit_reason & 0xffff`).
+    pub expr: Box<str>,
+    /// `__print_flags` (bit names) rather than `__print_symbolic` (value names).
+    pub flags: bool,
+    /// `(value, name)` pairs in the file's order.
+    pub entries: Vec<(u64, Box<str>)>,
+}
+
+impl SymbolTable {
+    /// The name of `value` in this table.
+    pub fn name_of(&self, value: u64) -> Option<&str> {
+        self.entries.iter().find(|(v, _)| *v == value).map(|(_, n)| &**n)
+    }
+}
+
+/// One parsed `format` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFormat {
+    /// The event id in this capture (`ID:`).
+    pub id: u32,
+    /// The system (directory name, or the trace.dat/perf system string).
+    pub system: Arc<str>,
+    /// The event name (`name:`).
+    pub name: Arc<str>,
+    /// Every field, common ones first, in file order.
+    pub fields: Vec<FieldFormat>,
+    /// The `print fmt:` text.
+    pub print_fmt: Box<str>,
+    /// The whole format file as read, so that a writer can store it unchanged.
+    pub text: Box<str>,
+    /// The symbol tables found in the print fmt.
+    pub symbols: Vec<SymbolTable>,
+    /// The vocabulary's classification, computed once.
+    pub known: Option<KnownEvent>,
+    /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
+    /// once (see [`Record`]).
+    plan: Vec<PlanStep>,
+    /// See [`EventFormat::role_bit4_inverted`].
+    role_bit4_inverted: bool,
+}
+
+/// One planned lookup: the name asked (its address and length, and packed) and its field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlanStep {
+    addr: usize,
+    len: usize,
+    key: NameKey,
+    field: Option<u16>,
+}
+
+/// Records the names a typed decode asks for, in order, and resolves them against the format.
+/// Decoding a record then replays this plan: the n-th lookup checks that it asks for the
+/// planned name and goes straight to the field, with no scan. The check is first by the
+/// address of the name (the vocabulary passes the same string literals every time; the
+/// address is only compared, never dereferenced), then by the packed name.
+fn lookup_plan(format: &EventFormat) -> Vec<PlanStep> {
+    struct Recorder<'f> {
+        format: &'f EventFormat,
+        asked: std::cell::RefCell<Vec<PlanStep>>,
+    }
+    impl Recorder<'_> {
+        fn note(&self, name: &str) -> Option<&FieldFormat> {
+            let idx = self.format.field_index(name);
+            self.asked.borrow_mut().push(PlanStep {
+                addr: name.as_ptr() as usize,
+                len: name.len(),
+                key: NameKey::of(name),
+                field: idx.and_then(|i| u16::try_from(i).ok()),
+            });
+            self.format.fields.get(idx?)
+        }
+    }
+    impl FieldLookup for Recorder<'_> {
+        fn uint(&self, name: &str) -> Option<u64> {
+            self.note(name).filter(|f| matches!(f.layout, FieldLayout::Scalar)).map(|_| 0)
+        }
+        fn string(&self, name: &str) -> Option<&str> {
+            self.note(name).filter(|f| f.is_string).map(|_| "")
+        }
+        fn bytes(&self, name: &str) -> Option<&[u8]> {
+            self.note(name).filter(|f| !matches!(f.layout, FieldLayout::Scalar)).map(|_| &[][..])
+        }
+        fn to_fields(&self) -> Fields {
+            Fields::new()
+        }
+    }
+    let Some(known) = format.known else { return Vec::new() };
+    let rec = Recorder { format, asked: Default::default() };
+    let _ = known.decode(&rec);
+    rec.asked.into_inner()
+}
+
+impl EventFormat {
+    /// Parses a `format` file of `system`. `long_size` resolves `long` in dynamic array element
+    /// types.
+    pub fn parse(system: &str, text: &[u8], long_size: u32) -> Result<Self, FormatError> {
+        let text = std::str::from_utf8(text).map_err(|_| FormatError::NotText)?;
+        let mut name = None;
+        let mut id = None;
+        let mut fields = Vec::new();
+        let mut print_fmt = "";
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("name:") {
+                name = Some(rest.trim());
+            } else if let Some(rest) = t.strip_prefix("ID:") {
+                id = rest.trim().parse::<u32>().ok();
+            } else if t.starts_with("field:") || t.starts_with("field ") {
+                fields.push(
+                    parse_field_line(t, long_size).ok_or(FormatError::BadField { line: i + 1 })?,
+                );
+            } else if let Some(rest) = t.strip_prefix("print fmt:") {
+                print_fmt = rest.trim();
+            }
+        }
+        let name = name.ok_or(FormatError::MissingName)?;
+        let id = id.ok_or_else(|| FormatError::MissingId { name: name.to_owned() })?;
+        let known = KnownEvent::lookup(system, name);
+        let mut format = Self {
+            id,
+            system: system.into(),
+            name: name.into(),
+            fields,
+            print_fmt: print_fmt.into(),
+            text: text.into(),
+            symbols: parse_symbol_tables(print_fmt),
+            known,
+            plan: Vec::new(),
+            // Kernels before 5.18 named role bit 4 `cr4_pae`, then `gpte_is_8_bytes`: set for
+            // 8-byte guest PTEs, the opposite of today's `has_4_byte_gpte`. The print fmt names
+            // the bit, so it says which layout the raw word is in.
+            role_bit4_inverted: print_fmt.contains("role.gpte_is_8_bytes")
+                || print_fmt.contains("role.cr4_pae"),
+        };
+        format.plan = lookup_plan(&format);
+        Ok(format)
+    }
+
+    /// True when this event's `role` word is in a pre-5.18 layout, whose bit 4 means 8-byte
+    /// guest PTEs (`cr4_pae`, `gpte_is_8_bytes`) rather than `has_4_byte_gpte`. Decoding flips
+    /// the bit so that the typed [`vmxray_events::MmuPage`] reads the same on every kernel; encoding
+    /// for such a format flips it back.
+    pub fn role_bit4_inverted(&self) -> bool {
+        self.role_bit4_inverted
+    }
+
+    fn field_index(&self, name: &str) -> Option<usize> {
+        let key = NameKey::of(name);
+        self.fields.iter().position(|f| f.key == key && (key.2 <= 16 || &*f.name == name))
+    }
+
+    /// The field called `name`.
+    #[inline]
+    pub fn field(&self, name: &str) -> Option<&FieldFormat> {
+        let key = NameKey::of(name);
+        self.fields.iter().find(|f| f.key == key && (key.2 <= 16 || &*f.name == name))
+    }
+
+    /// The symbol tables applying to `field`.
+    pub fn symbols_for<'s>(&'s self, field: &'s str) -> impl Iterator<Item = &'s SymbolTable> {
+        self.symbols.iter().filter(move |t| t.field.as_deref() == Some(field))
+    }
+}
+
+/// Parses `field:<decl>;\toffset:<n>;\tsize:<n>;\tsigned:<0|1>;`.
+fn parse_field_line(line: &str, long_size: u32) -> Option<FieldFormat> {
+    let rest = line.strip_prefix("field")?.trim_start_matches([':', ' ']);
+    let mut parts = rest.split(';');
+    let decl = parts.next()?.trim();
+    let (mut offset, mut size, mut signed) = (None, None, false);
+    for p in parts {
+        let p = p.trim();
+        if let Some(v) = p.strip_prefix("offset:") {
+            offset = v.trim().parse::<u32>().ok();
+        } else if let Some(v) = p.strip_prefix("size:") {
+            size = v.trim().parse::<u32>().ok();
+        } else if let Some(v) = p.strip_prefix("signed:") {
+            signed = v.trim() == "1";
+        }
+    }
+    let (offset, size) = (offset?, size?);
+    // Strip a trailing `[N]` (the name's array suffix); `T[] name` keeps its `[]` in the type.
+    let (base, array_spec) = match decl.strip_suffix(']') {
+        Some(inner) => {
+            let open = inner.rfind('[')?;
+            (inner.get(..open)?.trim_end(), Some(inner.get(open + 1..)?.trim()))
+        }
+        None => (decl, None),
+    };
+    let name_start = base
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_')
+        .last()
+        .map(|(i, _)| i)?;
+    let name = base.get(name_start..)?;
+    let c_type = base.get(..name_start)?.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let is_string = is_char_type(c_type);
+    let elem_guess = element_size(c_type, long_size).unwrap_or(1);
+    let layout = if c_type.starts_with("__data_loc") {
+        FieldLayout::DataLoc { elem_size: elem_guess }
+    } else if c_type.starts_with("__rel_loc") {
+        FieldLayout::RelLoc { elem_size: elem_guess }
+    } else if let Some(spec) = array_spec {
+        if size == 0 {
+            FieldLayout::Flexible { elem_size: elem_guess }
+        } else {
+            let elem_size = match spec.parse::<u32>() {
+                Ok(count) if count > 0 && size % count == 0 => size / count,
+                _ => elem_guess,
+            };
+            FieldLayout::Array { elem_size }
+        }
+    } else if matches!(size, 1 | 2 | 4 | 8) {
+        FieldLayout::Scalar
+    } else {
+        FieldLayout::Opaque
+    };
+    let is_string = is_string && !matches!(layout, FieldLayout::Scalar);
+    Some(FieldFormat {
+        key: NameKey::of(name),
+        name: name.into(),
+        c_type: c_type.into(),
+        offset,
+        size,
+        signed,
+        layout,
+        is_string,
+    })
+}
+
+fn type_words(c_type: &str) -> impl Iterator<Item = &str> {
+    c_type.split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '*').filter(|w| {
+        !w.is_empty() && !matches!(*w, "const" | "volatile" | "__data_loc" | "__rel_loc" | "struct")
+    })
+}
+
+fn is_char_type(c_type: &str) -> bool {
+    let mut has_char = false;
+    for w in type_words(c_type) {
+        match w {
+            "char" => has_char = true,
+            "unsigned" | "u8" | "__u8" => return false,
+            _ => {}
+        }
+    }
+    has_char
+}
+
+/// The size of one element of a C type, for arrays whose count the format does not give.
+fn element_size(c_type: &str, long_size: u32) -> Option<u32> {
+    let mut longs = 0;
+    let mut size = None;
+    for w in type_words(c_type) {
+        match w {
+            "char" | "u8" | "s8" | "__u8" | "__s8" | "bool" | "_Bool" => size = Some(1),
+            "short" | "u16" | "s16" | "__u16" | "__s16" => size = Some(2),
+            "int" | "u32" | "s32" | "__u32" | "__s32" => size = size.or(Some(4)),
+            "u64" | "s64" | "__u64" | "__s64" => size = Some(8),
+            "long" => longs += 1,
+            _ => {}
+        }
+    }
+    match longs {
+        0 => size,
+        1 => Some(long_size),
+        _ => Some(8),
+    }
+}
+
+/// Extracts every `__print_symbolic(...)` / `__print_flags(...)` table from a print fmt.
+fn parse_symbol_tables(print_fmt: &str) -> Vec<SymbolTable> {
+    let mut out = Vec::new();
+    for (marker, flags) in [("__print_symbolic(", false), ("__print_flags(", true)] {
+        let mut from = 0;
+        while let Some(pos) = print_fmt.get(from..).and_then(|s| s.find(marker)) {
+            let start = from + pos + marker.len();
+            from = start;
+            if let Some(table) = parse_one_table(print_fmt.get(start..).unwrap_or(""), flags) {
+                out.push(table);
+            }
+        }
+    }
+    out
+}
+
+fn parse_one_table(s: &str, flags: bool) -> Option<SymbolTable> {
+    // The value expression runs to the first comma outside parentheses.
+    let mut depth = 0i32;
+    let mut expr_end = None;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => return None,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                expr_end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let expr_end = expr_end?;
+    let expr = s.get(..expr_end)?.trim();
+    let field = expr.find("REC->").and_then(|p| {
+        let rest = expr.get(p + 5..)?;
+        let end =
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        Some(Box::<str>::from(rest.get(..end)?))
+    });
+    let mut rest = s.get(expr_end + 1..)?;
+    let mut entries = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        if rest.starts_with('"') {
+            // __print_flags' delimiter string.
+            let close = rest.get(1..)?.find('"')?;
+            rest = rest.get(close + 2..)?;
+            continue;
+        }
+        let Some(body) = rest.strip_prefix('{') else { break };
+        let close = body.find('}')?;
+        let entry = body.get(..close)?;
+        rest = body.get(close + 1..)?;
+        let Some((value, name)) = entry.split_once(',') else { continue };
+        let name = name.trim().trim_matches('"');
+        if let Some(v) = parse_c_int(value.trim()) {
+            entries.push((v, name.into()));
+        }
+    }
+    Some(SymbolTable { field, expr: expr.into(), flags, entries })
+}
+
+fn parse_c_int(s: &str) -> Option<u64> {
+    let s = s.trim_matches(|c: char| c == '(' || c == ')' || c.is_whitespace());
+    let s = s.trim_end_matches(['U', 'L', 'u', 'l']);
+    if let Some(neg) = s.strip_prefix('-') {
+        let v = parse_c_int(neg)?;
+        return Some(v.wrapping_neg());
+    }
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        s.parse::<u64>().ok()
+    }
+}
+
+/// The sub-buffer ("page") layout described by `events/header_page`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLayout {
+    /// Byte order of the kernel that wrote the pages.
+    pub endian: Endian,
+    /// Offset of the u64 page timestamp.
+    pub timestamp_offset: u32,
+    /// Offset of the `commit` word.
+    pub commit_offset: u32,
+    /// Size of the `commit` word (`sizeof(long)`: 8 on 64-bit kernels, 4 on 32-bit).
+    pub commit_size: u32,
+    /// Offset of the event data (16 on 64-bit kernels).
+    pub data_offset: u32,
+    /// The sub-buffer size: `data.offset + data.size` (not the host page size).
+    pub page_size: u32,
+    /// record `type_len` of padding / time extend / absolute time stamp, and the largest
+    /// data `type_len` (from `header_event`; 29/30/31/28 on every kernel so far).
+    pub types: RecordTypes,
+}
+
+/// The special record `type_len` values from `header_event`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordTypes {
+    /// `padding : type == 29`.
+    pub padding: u32,
+    /// `time_extend : type == 30`.
+    pub time_extend: u32,
+    /// `time_stamp : type == 31`.
+    pub time_stamp: u32,
+    /// `data max type_len == 28`.
+    pub data_max: u32,
+}
+
+impl Default for RecordTypes {
+    fn default() -> Self {
+        Self { padding: 29, time_extend: 30, time_stamp: 31, data_max: 28 }
+    }
+}
+
+impl PageLayout {
+    /// The layout of a 64-bit kernel with 4 KiB sub-buffers in the given byte order.
+    pub fn default_64(endian: Endian) -> Self {
+        Self {
+            endian,
+            timestamp_offset: 0,
+            commit_offset: 8,
+            commit_size: 8,
+            data_offset: 16,
+            page_size: 4096,
+            types: RecordTypes::default(),
+        }
+    }
+
+    /// Parses `header_page` (and optionally `header_event`) text.
+    pub fn parse(
+        header_page: &[u8],
+        header_event: Option<&[u8]>,
+        endian: Endian,
+    ) -> Result<Self, FormatError> {
+        let text = std::str::from_utf8(header_page).map_err(|_| FormatError::NotText)?;
+        let mut fields = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with("field") {
+                fields.push(parse_field_line(t, 8).ok_or(FormatError::BadField { line: i + 1 })?);
+            }
+        }
+        let get = |name: &'static str| {
+            fields.iter().find(|f| &*f.name == name).ok_or(FormatError::HeaderField { field: name })
+        };
+        let ts = get("timestamp")?;
+        let commit = get("commit")?;
+        let data = get("data")?;
+        if !matches!(commit.size, 4 | 8) || data.size == 0 {
+            return Err(FormatError::BadPageLayout);
+        }
+        let page_size = data.offset.checked_add(data.size).ok_or(FormatError::BadPageLayout)?;
+        let min_header =
+            commit.offset.checked_add(commit.size).ok_or(FormatError::BadPageLayout)?;
+        if data.offset < min_header || ts.offset.checked_add(8).is_none_or(|e| e > data.offset) {
+            return Err(FormatError::BadPageLayout);
+        }
+        let types = header_event.map(parse_header_event).unwrap_or_default();
+        Ok(Self {
+            endian,
+            timestamp_offset: ts.offset,
+            commit_offset: commit.offset,
+            commit_size: commit.size,
+            data_offset: data.offset,
+            page_size,
+            types,
+        })
+    }
+
+    /// The kernel's `sizeof(long)`.
+    pub fn long_size(&self) -> u32 {
+        self.commit_size
+    }
+}
+
+fn parse_header_event(text: &[u8]) -> RecordTypes {
+    let mut t = RecordTypes::default();
+    let Ok(text) = std::str::from_utf8(text) else { return t };
+    for line in text.lines() {
+        let line = line.trim();
+        let num = || line.rsplit("==").next().and_then(|v| v.trim().parse::<u32>().ok());
+        if line.starts_with("padding") {
+            t.padding = num().unwrap_or(t.padding);
+        } else if line.starts_with("time_extend") {
+            t.time_extend = num().unwrap_or(t.time_extend);
+        } else if line.starts_with("time_stamp") {
+            t.time_stamp = num().unwrap_or(t.time_stamp);
+        } else if line.starts_with("data max type_len") {
+            t.data_max = num().unwrap_or(t.data_max);
+        }
+    }
+    t
+}
+
+/// Where `common_type` and `common_pid` are (the same for every event of a kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CommonLayout {
+    type_offset: usize,
+    type_size: usize,
+    pid_offset: usize,
+    pid_size: u32,
+}
+
+impl Default for CommonLayout {
+    fn default() -> Self {
+        Self { type_offset: 0, type_size: 2, pid_offset: 4, pid_size: 4 }
+    }
+}
+
+/// Every event format of one capture, indexed by id.
+#[derive(Clone, Debug, Default)]
+pub struct EventFormats {
+    by_id: Vec<Option<Arc<EventFormat>>>,
+    endian: Endian,
+    long_size: u32,
+    common: CommonLayout,
+    common_set: bool,
+}
+
+impl EventFormats {
+    /// An empty table for a kernel of this byte order and long size.
+    pub fn new(endian: Endian, long_size: u32) -> Self {
+        Self {
+            by_id: Vec::new(),
+            endian,
+            long_size,
+            common: CommonLayout::default(),
+            common_set: false,
+        }
+    }
+
+    /// The kernel's byte order.
+    pub fn endian(&self) -> Endian {
+        self.endian
+    }
+
+    /// The kernel's `sizeof(long)`.
+    pub fn long_size(&self) -> u32 {
+        self.long_size
+    }
+
+    /// Adds a format (a later one with the same id replaces the earlier).
+    pub fn add(&mut self, format: EventFormat) {
+        if !self.common_set
+            && let (Some(t), Some(p)) = (format.field("common_type"), format.field("common_pid"))
+            && matches!(t.size, 1 | 2 | 4)
+            && matches!(p.size, 4 | 8)
+        {
+            self.common = CommonLayout {
+                type_offset: t.offset as usize,
+                type_size: t.size as usize,
+                pid_offset: p.offset as usize,
+                pid_size: p.size,
+            };
+            self.common_set = true;
+        }
+        // Ids are u16 in `struct trace_entry`; refuse absurd ids instead of allocating for them.
+        let Ok(idx) = usize::try_from(format.id) else { return };
+        if idx > u16::MAX as usize {
+            return;
+        }
+        if self.by_id.len() <= idx {
+            self.by_id.resize(idx + 1, None);
+        }
+        if let Some(slot) = self.by_id.get_mut(idx) {
+            *slot = Some(Arc::new(format));
+        }
+    }
+
+    /// Parses and adds a format file of `system`.
+    pub fn add_text(&mut self, system: &str, text: &[u8]) -> Result<(), FormatError> {
+        let f = EventFormat::parse(system, text, self.long_size)?;
+        self.add(f);
+        Ok(())
+    }
+
+    /// The format of event `id`.
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&Arc<EventFormat>> {
+        self.by_id.get(usize::try_from(id).ok()?)?.as_ref()
+    }
+
+    /// Finds a format by system and name.
+    pub fn find(&self, system: &str, name: &str) -> Option<&Arc<EventFormat>> {
+        self.iter().find(|f| &*f.name == name && (system.is_empty() || &*f.system == system))
+    }
+
+    /// Every format.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<EventFormat>> {
+        self.by_id.iter().flatten()
+    }
+
+    /// Number of formats.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// True when no format is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The event id (`common_type`) of a record.
+    #[inline]
+    pub fn event_id(&self, payload: &[u8]) -> Option<u32> {
+        let v = self.endian.uint(payload, self.common.type_offset, self.common.type_size)?;
+        u32::try_from(v).ok()
+    }
+
+    /// The `common_pid` of a record.
+    #[inline]
+    pub fn pid(&self, payload: &[u8]) -> Option<i32> {
+        let raw =
+            self.endian.uint(payload, self.common.pid_offset, self.common.pid_size as usize)?;
+        i32::try_from(sign_extend(raw, self.common.pid_size)).ok()
+    }
+
+    /// A record with its format, for field lookups; `None` when its id has no format.
+    #[inline]
+    pub fn record<'a>(&'a self, payload: &'a [u8]) -> Option<Record<'a>> {
+        let format = self.get(self.event_id(payload)?)?;
+        Some(Record::new(format, payload, self.endian))
+    }
+
+    /// Decodes a record into its [`EventKind`]: typed when the vocabulary knows the event, else
+    /// [`EventKind::Other`] with every non-common field. Unknown ids give
+    /// [`RecordError::UnknownId`].
+    pub fn decode(&self, payload: &[u8]) -> Result<EventKind, RecordError> {
+        let id = self.event_id(payload).ok_or(RecordError::TooShort)?;
+        let format = self.get(id).ok_or(RecordError::UnknownId(id))?;
+        let rec = Record::new(format, payload, self.endian);
+        match format.known {
+            Some(known) => known.decode(&rec).map_err(RecordError::Decode),
+            None => Ok(EventKind::untyped(
+                Arc::clone(&format.system),
+                Arc::clone(&format.name),
+                rec.to_fields(),
+            )),
+        }
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Shorter than the common header.
+    #[error("Record too short for its common header")]
+    TooShort,
+    /// No format has this id.
+    #[error("No format describes event id {0}")]
+    UnknownId(u32),
+    /// A typed event lacked a field.
+    #[error(transparent)]
+    Decode(DecodeError),
+}
+
+/// A record's payload with its format: field lookups read the bytes at the format's offsets,
+/// without building a field list. Lookups follow the format's precomputed plan when they ask
+/// for the names in the planned order (as [`KnownEvent::decode`] does), else scan the fields.
+#[derive(Clone, Debug)]
+pub struct Record<'a> {
+    /// The record's format.
+    pub format: &'a EventFormat,
+    /// The record's bytes, from `common_type` (may carry trailing padding).
+    pub payload: &'a [u8],
+    /// Byte order.
+    pub endian: Endian,
+    step: std::cell::Cell<usize>,
+}
+
+impl<'a> Record<'a> {
+    /// A record of `format`.
+    pub fn new(format: &'a EventFormat, payload: &'a [u8], endian: Endian) -> Self {
+        Self { format, payload, endian, step: std::cell::Cell::new(0) }
+    }
+
+    #[inline]
+    fn field(&self, name: &str) -> Option<&'a FieldFormat> {
+        let step = self.step.get();
+        self.step.set(step.wrapping_add(1));
+        if let Some(plan) = self.format.plan.get(step)
+            && ((plan.addr == name.as_ptr() as usize && plan.len == name.len())
+                || plan.key == NameKey::of(name))
+        {
+            return self.format.fields.get(usize::from(plan.field?));
+        }
+        self.format.field(name)
+    }
+}
+
+impl Record<'_> {
+    /// Every field including the `common_*` ones, in file order.
+    pub fn all_fields(&self) -> Fields {
+        let mut out = Fields::new();
+        for f in &self.format.fields {
+            if let Some(v) = f.value(self.payload, self.endian) {
+                out.0.push((Arc::clone(&f.name), v));
+            }
+        }
+        out
+    }
+}
+
+impl FieldLookup for Record<'_> {
+    #[inline]
+    fn uint(&self, name: &str) -> Option<u64> {
+        self.field(name)?.read_uint(self.payload, self.endian)
+    }
+
+    fn role_bit4_inverted(&self) -> bool {
+        self.format.role_bit4_inverted
+    }
+
+    fn string(&self, name: &str) -> Option<&str> {
+        let f = self.field(name)?;
+        if !f.is_string {
+            return None;
+        }
+        std::str::from_utf8(until_nul(f.slice(self.payload, self.endian)?)).ok()
+    }
+
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let f = self.field(name)?;
+        match f.layout {
+            FieldLayout::Scalar => None,
+            FieldLayout::Array { .. }
+            | FieldLayout::DataLoc { .. }
+            | FieldLayout::RelLoc { .. }
+            | FieldLayout::Flexible { .. }
+            | FieldLayout::Opaque => {
+                let b = f.slice(self.payload, self.endian)?;
+                Some(if f.is_string { until_nul(b) } else { b })
+            }
+        }
+    }
+
+    fn to_fields(&self) -> Fields {
+        let mut out = Fields::new();
+        for f in self.format.fields.iter().filter(|f| !f.is_common()) {
+            if let Some(v) = f.value(self.payload, self.endian) {
+                out.0.push((Arc::clone(&f.name), v));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KVM_EXIT: &str =
+        include_str!("../../../samples/real/raw/tracefs/events/kvm/kvm_exit/format");
+
+    #[test]
+    fn role_bit4_reads_as_has_4_byte_gpte_on_every_kernel() {
+        let new = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/real/raw/tracefs/events/kvmmmu/kvm_mmu_get_page/format"
+        ))
+        .unwrap();
+        assert!(new.contains("role.has_4_byte_gpte ? 4 : 8"));
+        // The same event as 5.x (gpte_is_8_bytes) and 4.x (cr4_pae) kernels print it.
+        let v5 = new.replace("role.has_4_byte_gpte ? 4 : 8", "role.gpte_is_8_bytes ? 8 : 4");
+        let v4 = new.replace("role.has_4_byte_gpte ? 4 : 8", "role.cr4_pae ? \" pae\" : \"\"");
+        // An 8-byte-gpte root (a 64-bit guest's CR3 root, as every EPT root): level 4, bit 4
+        // clear in the 6.x word, set in the older ones.
+        for (text, word, inverted) in [(&new, 0x4u32, false), (&v5, 0x14, true), (&v4, 0x14, true)]
+        {
+            let f = EventFormat::parse("kvmmmu", text.as_bytes(), 8).unwrap();
+            assert_eq!(f.role_bit4_inverted(), inverted);
+            let mut payload =
+                vec![0u8; f.fields.iter().map(|x| x.offset + x.size).max().unwrap() as usize];
+            let role = f.field("role").unwrap();
+            let at = role.offset as usize;
+            payload[at..at + 4].copy_from_slice(&word.to_le_bytes());
+            let kind = f.known.unwrap().decode(&Record::new(&f, &payload, Endian::Little)).unwrap();
+            let vmxray_events::EventKind::KvmMmuGetPage { page, .. } = kind else {
+                panic!("{kind:?}")
+            };
+            assert_eq!(page.role.level(), 4);
+            assert_eq!(page.has_4_byte_gpte(), Some(false), "{word:#x} inverted={inverted}");
+        }
+    }
+
+    #[test]
+    fn kvm_exit_layout_and_symbols() {
+        let f = EventFormat::parse("kvm", KVM_EXIT.as_bytes(), 8).unwrap();
+        assert_eq!(f.id, 103);
+        assert_eq!(f.known, Some(KnownEvent::KvmExit));
+        let rip = f.field("guest_rip").unwrap();
+        assert_eq!((rip.offset, rip.size, rip.signed), (16, 8, false));
+        assert_eq!(f.field("requests").unwrap().offset, 64);
+        let tables: Vec<_> = f.symbols_for("exit_reason").collect();
+        assert!(tables.len() >= 2, "VMX and SVM tables");
+        assert_eq!(tables[0].name_of(48), Some("EPT_VIOLATION"));
+        assert_eq!(tables[0].name_of(74), Some("BUS_LOCK"));
+    }
+
+    #[test]
+    fn declarations() {
+        let f = parse_field_line("field:__data_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;", 8)
+            .unwrap();
+        assert_eq!(&*f.name, "msg");
+        assert_eq!(f.layout, FieldLayout::DataLoc { elem_size: 1 });
+        assert!(f.is_string);
+        let f =
+            parse_field_line("field:__u8 insn[15];\toffset:21;\tsize:15;\tsigned:0;", 8).unwrap();
+        assert_eq!(
+            (&*f.name, f.layout, f.is_string),
+            ("insn", FieldLayout::Array { elem_size: 1 }, false)
+        );
+        let f = parse_field_line("field:unsigned long args[];\toffset:24;\tsize:0;\tsigned:0;", 4)
+            .unwrap();
+        assert_eq!(f.layout, FieldLayout::Flexible { elem_size: 4 });
+        let f =
+            parse_field_line("field:unsigned long caller[8];\toffset:16;\tsize:64;\tsigned:0;", 8)
+                .unwrap();
+        assert_eq!(f.layout, FieldLayout::Array { elem_size: 8 });
+        let f =
+            parse_field_line("field: local_t commit;\toffset:8;\tsize:8;\tsigned:1;", 8).unwrap();
+        assert_eq!((&*f.name, f.signed), ("commit", true));
+        let f = parse_field_line("field:__rel_loc u32[] data;\toffset:8;\tsize:4;\tsigned:0;", 8)
+            .unwrap();
+        assert_eq!(f.layout, FieldLayout::RelLoc { elem_size: 4 });
+    }
+
+    #[test]
+    fn dynamic_arrays_decode() {
+        let text = "name: t\nID: 7\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
+            \tfield:__data_loc char[] a;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:__rel_loc char[] b;\toffset:12;\tsize:4;\tsigned:0;\n\
+            \tfield:short s;\toffset:16;\tsize:2;\tsigned:1;\n\
+            \tfield:char tail[];\toffset:18;\tsize:0;\tsigned:0;\n";
+        let mut fm = EventFormats::new(Endian::Big, 8);
+        fm.add_text("x", text.as_bytes()).unwrap();
+        let mut p = vec![0u8; 32];
+        p[1] = 7;
+        p[7] = 9; // pid 9 (big-endian)
+        // a: offset 24, len 3 "hi\0"
+        p[8..12].copy_from_slice(&((3u32 << 16) | 24).to_be_bytes());
+        // b: relative to 16 -> offset 27 "yo\0", len 3
+        p[12..16].copy_from_slice(&((3u32 << 16) | 11).to_be_bytes());
+        p[16..18].copy_from_slice(&(-2i16).to_be_bytes());
+        p[18..21].copy_from_slice(b"zz\0");
+        p[24..27].copy_from_slice(b"hi\0");
+        p[27..30].copy_from_slice(b"yo\0");
+        let r = fm.record(&p).unwrap();
+        assert_eq!(fm.pid(&p), Some(9));
+        assert_eq!(r.string("a"), Some("hi"));
+        assert_eq!(r.string("b"), Some("yo"));
+        assert_eq!(r.int("s", 2), Some(-2));
+        assert_eq!(r.string("tail"), Some("zz"));
+        // Out-of-range locations are None, not a panic.
+        p[8..12].copy_from_slice(&((300u32 << 16) | 24).to_be_bytes());
+        assert_eq!(fm.record(&p).unwrap().string("a"), None);
+    }
+
+    #[test]
+    fn header_page_layouts() {
+        let hp = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
+            \tfield: local_t commit;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;\n\
+            \tfield: char data;\toffset:12;\tsize:4084;\tsigned:0;\n";
+        let l = PageLayout::parse(hp, None, Endian::Little).unwrap();
+        assert_eq!((l.commit_size, l.data_offset, l.page_size), (4, 12, 4096));
+        assert!(PageLayout::parse(b"nothing", None, Endian::Little).is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! What every reader provides: the event iterator, the trace's metadata, counted problems, and
+//! the error type. [`open`](fn@crate::open) picks the reader from the input's first bytes.
+
+pub(crate) mod decode;
+pub mod fields_file;
+mod merge;
+pub mod open;
+pub mod perfdata;
+pub mod text;
+pub mod tracedat;
+pub mod tracefs_tree;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use vmxray_events::event::{DecodeError, Event};
+
+/// The trace clock, which fixes the unit of [`Event::ts`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Clock {
+    /// `local` (ns, per-CPU, not synchronized across CPUs).
+    Local,
+    /// `global` (ns).
+    Global,
+    /// `perf` (ns; `local_clock()`).
+    Perf,
+    /// `mono` (ns).
+    Mono,
+    /// `mono_raw` (ns).
+    MonoRaw,
+    /// `boot` (ns).
+    Boot,
+    /// `tai` (ns).
+    Tai,
+    /// `x86-tsc` (TSC cycles).
+    X86Tsc,
+    /// `counter` (a plain counter).
+    Counter,
+    /// `uptime` (jiffies).
+    Uptime,
+    /// `x86-tsc` cycles converted to nanoseconds with the trace.dat's TSC2NSEC multiplier and
+    /// shift (trace-cmd's `tsc2nsec` clock, recorded with `-C tsc2nsec`).
+    Tsc2Nsec,
+    /// Nanoseconds, clock not named by the input (text with `sec.usec` stamps).
+    Nanoseconds,
+    /// Raw units of a clock the input does not name.
+    Raw,
+    /// A clock this table does not know, by its tracefs name.
+    Other(Box<str>),
+}
+
+impl Clock {
+    /// Parses a tracefs clock name, or the `trace_clock` file with its `[selected]` entry.
+    pub fn from_name(name: &str) -> Self {
+        let name = name.trim();
+        let selected = match (name.find('['), name.find(']')) {
+            (Some(a), Some(b)) if a < b => &name[a + 1..b],
+            _ => name,
+        };
+        match selected {
+            "local" => Self::Local,
+            "global" => Self::Global,
+            "perf" => Self::Perf,
+            "mono" => Self::Mono,
+            "mono_raw" => Self::MonoRaw,
+            "boot" => Self::Boot,
+            "tai" => Self::Tai,
+            "x86-tsc" => Self::X86Tsc,
+            "counter" => Self::Counter,
+            "uptime" => Self::Uptime,
+            "tsc2nsec" => Self::Tsc2Nsec,
+            other => Self::Other(other.into()),
+        }
+    }
+
+    /// True when timestamps are nanoseconds.
+    pub fn is_ns(&self) -> bool {
+        match self {
+            Self::Local
+            | Self::Global
+            | Self::Perf
+            | Self::Mono
+            | Self::MonoRaw
+            | Self::Boot
+            | Self::Tai
+            | Self::Tsc2Nsec
+            | Self::Nanoseconds => true,
+            Self::X86Tsc | Self::Counter | Self::Uptime | Self::Raw | Self::Other(_) => false,
+        }
+    }
+
+    /// The tracefs name, or a description for the unnamed cases.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Local => "local",
+            Self::Global => "global",
+            Self::Perf => "perf",
+            Self::Mono => "mono",
+            Self::MonoRaw => "mono_raw",
+            Self::Boot => "boot",
+            Self::Tai => "tai",
+            Self::X86Tsc => "x86-tsc",
+            Self::Counter => "counter",
+            Self::Uptime => "uptime",
+            Self::Tsc2Nsec => "tsc2nsec",
+            Self::Nanoseconds => "ns",
+            Self::Raw => "raw",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kinds of input vmxray reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputFormat {
+    /// ftrace `trace` / `trace_pipe` text.
+    FtraceText,
+    /// `trace-cmd report` text.
+    TraceCmdText,
+    /// `perf script` text.
+    PerfScriptText,
+    /// trace-cmd's trace.dat (v6 or v7).
+    TraceDat,
+    /// perf.data.
+    PerfData,
+    /// A copied tracefs tree with `per_cpu/cpuN/trace_pipe_raw` dumps.
+    TracefsDir,
+}
+
+/// What the input says about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceMeta {
+    /// How the input is named in messages (its path, or `<stdin>`).
+    pub input: Arc<str>,
+    /// The detected format.
+    pub format: InputFormat,
+    /// The trace clock.
+    pub clock: Clock,
+    /// Number of CPUs, when the input says it.
+    pub cpus: Option<u32>,
+    /// The traced kernel's release (`uname -r`), when the input says it.
+    pub kernel: Option<String>,
+}
+
+/// Lost events on one CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LostOnCpu {
+    /// How many times the input marked a loss.
+    pub markers: u64,
+    /// Events known to be lost (sum of the counts the markers carried).
+    pub events: u64,
+    /// Markers that did not say how many events were lost.
+    pub uncounted_markers: u64,
+}
+
+/// Non-fatal problems and losses, counted while reading; shown at the end of every command.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReadStats {
+    /// Events yielded.
+    pub events: u64,
+    /// Lost-event markers per CPU.
+    pub lost: BTreeMap<u32, LostOnCpu>,
+    /// Records or lines skipped under `--permissive`.
+    pub skipped: u64,
+    /// The first skipped problems, with their locations (at most [`ReadStats::MAX_PROBLEMS`]).
+    #[serde(skip)]
+    pub problems: Vec<Arc<ReadError>>,
+    /// Records whose event id or name no format describes, by id or name.
+    pub unknown_events: BTreeMap<String, u64>,
+}
+
+impl ReadStats {
+    /// How many skipped problems are kept with their details.
+    pub const MAX_PROBLEMS: usize = 20;
+
+    /// Counts a lost-events marker on `cpu`.
+    pub fn note_lost(&mut self, cpu: u32, count: Option<u64>) {
+        let entry = self.lost.entry(cpu).or_default();
+        entry.markers += 1;
+        match count {
+            Some(n) => entry.events += n,
+            None => entry.uncounted_markers += 1,
+        }
+    }
+
+    /// Counts a problem that was skipped.
+    pub fn note_skipped(&mut self, problem: ReadError) {
+        self.skipped += 1;
+        if self.problems.len() < Self::MAX_PROBLEMS {
+            self.problems.push(Arc::new(problem));
+        }
+    }
+
+    /// Total events known lost, and whether some losses were uncounted.
+    pub fn lost_total(&self) -> (u64, bool) {
+        let events = self.lost.values().map(|l| l.events).sum();
+        let uncounted = self.lost.values().any(|l| l.uncounted_markers > 0);
+        (events, uncounted)
+    }
+
+    /// True when nothing was lost, skipped or unknown.
+    pub fn is_clean(&self) -> bool {
+        self.lost.is_empty() && self.skipped == 0 && self.unknown_events.is_empty()
+    }
+}
+
+/// Options shared by every reader.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Skip bad records/lines (counting them in [`ReadStats`]) instead of stopping.
+    pub permissive: bool,
+}
+
+/// A reader: an iterator of events in time order, with metadata and counted problems.
+///
+/// In strict mode a bad record yields one `Err` and the iterator ends; with
+/// [`ReadOptions::permissive`] it is counted in [`ReadStats`] and reading goes on. Lost-event
+/// markers are yielded as [`vmxray_events::EventKind::Lost`] events where they occur, and counted.
+pub trait EventReader: Iterator<Item = Result<Event, ReadError>> + Send {
+    /// What the input says about itself.
+    fn meta(&self) -> &TraceMeta;
+    /// What was counted so far (complete once the iterator is exhausted).
+    fn stats(&self) -> &ReadStats;
+}
+
+/// Where in an input a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// The input as a whole.
+    Input,
+    /// A 1-based text line.
+    Line(u64),
+    /// A byte offset in the file.
+    Offset(u64),
+    /// A byte offset within one CPU's data stream (after decompression).
+    CpuOffset {
+        /// The CPU.
+        cpu: u32,
+        /// Byte offset in that CPU's page stream.
+        offset: u64,
+    },
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Input => Ok(()),
+            Self::Line(n) => write!(f, ":{n}"),
+            Self::Offset(o) => write!(f, " at offset {o:#x}"),
+            Self::CpuOffset { cpu, offset } => write!(f, " CPU {cpu} at data offset {offset:#x}"),
+        }
+    }
+}
+
+/// A reader could not interpret its input.
+///
+/// Its message names the input, the place and what was wrong; its `source()` is the cause
+/// behind the kind (an I/O error), so a printed chain says each thing once.
+#[derive(Debug)]
+pub struct ReadError {
+    /// The input's name (path or `<stdin>`).
+    pub input: Arc<str>,
+    /// Where.
+    pub at: Location,
+    /// What was wrong.
+    pub kind: ReadErrorKind,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}: {}", self.input, self.at, self.kind)
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+impl ReadError {
+    /// Builds an error.
+    pub fn new(input: &Arc<str>, at: Location, kind: impl Into<ReadErrorKind>) -> Self {
+        Self { input: Arc::clone(input), at, kind: kind.into() }
+    }
+}
+
+/// What went wrong, by reader.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadErrorKind {
+    /// The input could not be read.
+    #[error("Cannot read the input")]
+    Io(#[from] io::Error),
+    /// No reader recognizes the input.
+    #[error(
+        "Unrecognized input: expected trace.dat, perf.data, a tracefs directory, or ftrace / \
+         trace-cmd report / perf script text"
+    )]
+    UnknownFormat,
+    /// The input ended in the middle of a structure.
+    #[error("Truncated: expected {expected}, the input ends")]
+    Truncated {
+        /// What should have followed.
+        expected: &'static str,
+    },
+    /// A known tracepoint lacked a field.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A format file (or header_page) could not be parsed.
+    #[error(transparent)]
+    Format(#[from] crate::bin::format::FormatError),
+    /// A ring-buffer page is malformed.
+    #[error(transparent)]
+    Page(#[from] crate::bin::page::PageError),
+    /// A tracepoint record could not be decoded with its format.
+    #[error(transparent)]
+    Record(#[from] crate::bin::format::RecordError),
+    /// A copied tracefs tree is unusable.
+    #[error(transparent)]
+    Tracefs(#[from] crate::read::tracefs_tree::TracefsError),
+    /// A trace.dat file is malformed.
+    #[error(transparent)]
+    TraceDat(#[from] crate::read::tracedat::TraceDatError),
+    /// A perf.data file is malformed.
+    #[error(transparent)]
+    PerfData(#[from] crate::read::perfdata::PerfDataError),
+    /// A line of trace text could not be read.
+    #[error(transparent)]
+    Text(#[from] crate::read::text::TextError),
+}
+
+/// Names an input for messages.
+pub fn input_name(path: &std::path::Path) -> Arc<str> {
+    if path.as_os_str() == "-" { "<stdin>".into() } else { path.display().to_string().into() }
+}

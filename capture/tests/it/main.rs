@@ -1,0 +1,12 @@
+//! The integration tests of this crate, in one binary (one link instead of one per file).
+
+mod common;
+mod convert;
+mod differential;
+mod fields_import;
+mod raw_pages;
+mod robustness;
+mod text_parallel;
+mod text_proptest;
+mod text_real;
+mod text_synthetic;

@@ -1,0 +1,7 @@
+//! The integration tests of this crate, in one binary (one link instead of one per file).
+
+mod common;
+mod fields;
+mod props;
+mod rules;
+mod triage;

@@ -1,0 +1,8 @@
+//! The integration tests of this crate, in one binary (one link instead of one per file).
+
+mod lab_record;
+mod provenance;
+mod sim_behaviour;
+mod sim_props;
+mod sim_samples;
+mod sim_text;
