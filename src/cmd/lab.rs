@@ -12,7 +12,7 @@ use super::record::ProfileArg;
 /// Arguments of `vmxray lab`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N].
+    /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N], init-sipi.
     pub scenario: Scenario,
     /// The trace.dat to write (default: SCENARIO.dat).
     #[arg(short, long)]

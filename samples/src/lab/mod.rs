@@ -5,6 +5,7 @@
 //! calling thread and its children (`set_event_pid` + `event-fork`), so recordings made at the
 //! same time by other threads or processes never mix.
 
+mod init_sipi;
 #[allow(unsafe_code)]
 mod vm;
 
@@ -33,6 +34,10 @@ pub enum Scenario {
     /// Two vCPUs, each in its own thread, each doing N (default 100) IO exits on its own port
     /// (0x10 and 0x11).
     MultiVcpu(u64),
+    /// vCPU 1 runs long-mode code to `out 0x10`; the loader latches INIT and SIPI (vector 8);
+    /// the vCPU restarts in real mode at 0x8000 and does `out 0x11` (the MMU reset at INIT,
+    /// bug (d); see `init_sipi.rs`). Needs the in-kernel APIC.
+    InitSipi,
 }
 
 /// The CR3 values `cr3-switch` loads, in order (the last is the initial one).
@@ -54,10 +59,11 @@ impl FromStr for Scenario {
             "pf-triple-fault" => Self::PfTripleFault,
             "io-loop" => Self::IoLoop(n.unwrap_or(1000)),
             "multi-vcpu" => Self::MultiVcpu(n.unwrap_or(100)),
+            "init-sipi" => Self::InitSipi,
             _ => {
                 return Err(format!(
                     "unknown scenario {s:?}: expected cr3-switch, triple-fault, pf-triple-fault, \
-                     io-loop[=N], multi-vcpu[=N]"
+                     io-loop[=N], multi-vcpu[=N], init-sipi"
                 ));
             }
         })
@@ -72,6 +78,7 @@ impl fmt::Display for Scenario {
             Self::PfTripleFault => f.write_str("pf-triple-fault"),
             Self::IoLoop(n) => write!(f, "io-loop={n}"),
             Self::MultiVcpu(n) => write!(f, "multi-vcpu={n}"),
+            Self::InitSipi => f.write_str("init-sipi"),
         }
     }
 }
@@ -183,6 +190,11 @@ impl Code {
         self.0.extend_from_slice(&[0xff, 0xc0, 0xe6, port, 0xeb, 0xfa]);
         self
     }
+    /// `jmp $`.
+    fn jmp_self(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[0xeb, 0xfe]);
+        self
+    }
 }
 
 /// Where the empty IDT's descriptor (limit 0, base 0) lives.
@@ -280,11 +292,21 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
             second.io_loop(0x11);
             vm.write(CODE2_GPA, &second.0)?;
         }
+        Scenario::InitSipi => {
+            vm.create_irqchip()?;
+            code.out(init_sipi::PORT_BEFORE).jmp_self();
+            vm.write(init_sipi::TRAMPOLINE_GPA, &init_sipi::trampoline())?;
+        }
     }
     vm.write(CODE_GPA, &code.0)?;
     vm.add_vcpu(CODE_GPA)?;
     if let Scenario::MultiVcpu(_) = scenario {
         vm.add_vcpu(CODE2_GPA)?;
+    }
+    if let Scenario::InitSipi = scenario {
+        let id = vm.add_vcpu(CODE_GPA)?;
+        let vcpu = vm.vcpu(id).ok_or(LabError::VcpuPanicked(id))?;
+        init_sipi::make_runnable(vcpu)?;
     }
     Ok(vm)
 }
@@ -331,6 +353,32 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                 let (exits, tid) = r?;
                 outcome.exits.push(exits);
                 outcome.vcpu_tids.push(tid);
+            }
+        }
+        Scenario::InitSipi => {
+            let index = init_sipi::VCPU;
+            let vcpu = vm.vcpu(index).ok_or(LabError::VcpuPanicked(index))?;
+            let before = run_once(vcpu)?;
+            if before != LabExit::IoOut(u16::from(init_sipi::PORT_BEFORE)) {
+                return Err(LabError::UnexpectedExit {
+                    vcpu: index,
+                    expected: "out 0x10 in long mode",
+                    got: format!("{before:?}"),
+                });
+            }
+            init_sipi::latch_init_sipi(vcpu)?;
+            // One run: the real-mode code ends in `jmp $` after its `out`.
+            let after = run_once(vcpu)?;
+            // vCPU 0 never runs; this thread owns both.
+            outcome.exits.push(Vec::new());
+            outcome.exits.push(vec![before, after.clone()]);
+            outcome.vcpu_tids.extend([tid, tid]);
+            if after != LabExit::IoOut(u16::from(init_sipi::PORT_AFTER)) {
+                return Err(LabError::UnexpectedExit {
+                    vcpu: index,
+                    expected: "out 0x11 in real mode after INIT/SIPI",
+                    got: format!("{after:?}"),
+                });
             }
         }
     }

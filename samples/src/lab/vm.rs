@@ -117,6 +117,11 @@ impl Vm {
         self.write_u64(gpa, PDPT_GPA | 3)
     }
 
+    /// Creates the in-kernel interrupt controller (local APICs, IOAPIC, PIC); before any vCPU.
+    pub fn create_irqchip(&self) -> Result<(), LabError> {
+        self.vm.create_irq_chip().map_err(|e| LabError::Kvm { op: "KVM_CREATE_IRQCHIP", source: e })
+    }
+
     /// Adds a vCPU in long mode at `rip` with CR3 = [`PML4_GPA`] and the host's supported CPUID.
     pub fn add_vcpu(&mut self, rip: u64) -> Result<usize, LabError> {
         let id = self.vcpus.len();

@@ -236,6 +236,35 @@ fn multi_vcpu_events_come_from_two_threads() {
 }
 
 #[test]
+fn init_sipi_restarts_the_vcpu_in_real_mode_on_direct_roots() {
+    require_lab!();
+    let (run, path) = record(Scenario::InitSipi, "init-sipi.dat");
+    assert!(run.outcome.exits[0].is_empty(), "vCPU 0 never runs");
+    assert_eq!(run.outcome.exits[1], [LabExit::IoOut(0x10), LabExit::IoOut(0x11)]);
+    let events = events_of(&read_events(&path), &run.outcome.vcpu_tids);
+    if !lab::host_uses_shadow_paging() {
+        eprintln!("NOTE: this host uses EPT/NPT: the reset leaves no shadow roots to check");
+        return;
+    }
+    // Every root loaded after the long-mode `out` (then INIT, SIPI) is direct: KVM reset the MMU
+    // context at INIT (0aa1837533e5) and the vCPU restarted unpaged.
+    let init_at = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::KvmUserspaceExit { .. }))
+        .expect("the userspace exit of the long-mode out");
+    let roots: Vec<_> = events[init_at..]
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::KvmMmuGetPage { page, .. } => Some(page),
+            _ => None,
+        })
+        .collect();
+    assert!(!roots.is_empty(), "the restarted vCPU needs roots");
+    assert!(roots.iter().all(|p| p.role.direct()), "only direct roots after INIT: {roots:?}");
+    assert_trace_cmd_agrees(&path);
+}
+
+#[test]
 fn concurrent_recordings_do_not_see_each_others_events() {
     require_lab!();
     let barrier = Arc::new(Barrier::new(2));

@@ -3,13 +3,15 @@
 # command: swaps in one KVM module set built by build.sh, then runs one vmxray lab scenario
 # recorded by vmxray itself.
 #
-#   /bin/vmxbugs-step VARIANT 'KVM_INTEL_PARAMS' SCENARIO [VMXRAY-LAB-ARGS...]
+#   [env VMXBUGS_TIMEOUT=SECS] /bin/vmxbugs-step VARIANT 'KVM_INTEL_PARAMS' SCENARIO [ARGS...]
 #
 # VARIANT is a directory /lib/vmxbugs/VARIANT/ holding kvm.ko, kvm_intel.ko and BUILD-INFO
 # (put there with --extra by record.sh); KVM_INTEL_PARAMS is one word with commas for spaces
 # (the harness splits a step at whitespace), e.g. nested=1,ept=0. The step's directory is the
 # working directory: the trace goes to ./trace.dat (+ .truth.json for vmx-* scenarios), and
-# what the run needs for its provenance to ./vmxbugs.txt (the module set's BUILD-INFO, the
+# With VMXBUGS_TIMEOUT the scenario runs unrecorded under `vmxray record ARGS -- timeout`, so a
+# hung vCPU cannot take the trace with it. What the run needs for its provenance goes to
+# ./vmxbugs.txt (the module set's BUILD-INFO, the
 # kvm_intel parameters as loaded, the taint flags, KVM's dmesg lines).
 set -u
 variant=$1
@@ -39,7 +41,14 @@ say "$variant loaded with '$params'"
     echo "scenario $scenario $*"
 } > vmxbugs.txt
 
-/bin/vmxray lab "$scenario" "$@" -o trace.dat
+if [ -n "${VMXBUGS_TIMEOUT:-}" ]; then
+    # A bug may leave the vCPU spinning inside KVM_RUN: record from outside and kill the lab
+    # run after VMXBUGS_TIMEOUT seconds, so that the trace survives ("$@" is for the recorder).
+    /bin/vmxray record -o trace.dat "$@" -- \
+        timeout -s KILL "$VMXBUGS_TIMEOUT" /bin/vmxray lab "$scenario" --no-record
+else
+    /bin/vmxray lab "$scenario" "$@" -o trace.dat
+fi
 rc=$?
 say "$variant $scenario: vmxray lab rc=$rc"
 {

@@ -22,6 +22,7 @@
 # --vmxray, --cpu-model, --keep. The binaries, all overridable:
 #   VMXRAY_LAB    the host-side vmxray with `lab --vmx`     (default target/vmxbugs/bin/vmxray-lab)
 #   VMXRAY_GUEST  the vmxray run inside, with the vmx-* scenarios (default .../bin/vmxray-l1)
+#   VMXRAY_OWN    the vmxray run inside for rows marked `own` (default target/debug/vmxray)
 #   L1_IMAGE      the L1 hypervisor image (default .../bin/l1.bin), put next to it as /bin/l1.bin
 # and the harness's own variables: VMXLAB_DIR (its samples/vmx scripts; default
 # target/vmxbugs/lab-src/samples/vmx, a copy taken with `git archive` of the harness commit)
@@ -32,13 +33,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 dir=${VMXBUGS_DIR:-$repo/target/vmxbugs}
 
-# bug | patch (variant) | scenario | kvm_intel parameters | profile | Bochs CPU model
+# bug | patch (variant) | scenario | kvm_intel parameters | profile | Bochs CPU model |
+# binary run inside (l1: VMXRAY_GUEST, the L1 helper's build with the vmx-* scenarios; own:
+# VMXRAY_OWN, a build of this branch) | guest seconds before a hung run is killed (- = none)
 table() {
     cat <<'EOF'
-a  a-lazy-guest-cr3          vmx-hlt         nested=1,ept=1  exits  corei7_haswell_4770
-a-vmcs a-lazy-guest-cr3      vmx-hlt         nested=1,ept=1  vmcs   corei7_haswell_4770
-c  c-invept-no-free          vmx-invept      nested=1,ept=1  exits  corei7_haswell_4770
-d  d-init-no-mmu-reset       vmx-init        nested=1,ept=0  exits  corei7_haswell_4770
+a       a-lazy-guest-cr3     vmx-hlt      nested=1,ept=1  exits  corei7_haswell_4770  l1   -
+a-vmcs  a-lazy-guest-cr3     vmx-hlt      nested=1,ept=1  vmcs   corei7_haswell_4770  l1   -
+c       c-invept-no-free     vmx-invept   nested=1,ept=1  exits  corei7_haswell_4770  l1   -
+d       d-init-no-mmu-reset  init-sipi    nested=1,ept=0  mmu    corei7_haswell_4770  own  30
 EOF
 }
 
@@ -60,26 +63,31 @@ done
 [ ${#bugs[@]} -gt 0 ] || [ $smoke = 1 ] || { log "which bugs? (--list, --smoke)"; exit 2; }
 out=${out:-$dir/rec/$kernel}
 lab=${VMXRAY_LAB:-$dir/bin/vmxray-lab}
-guest=${VMXRAY_GUEST:-$dir/bin/vmxray-l1}
+guest_l1=${VMXRAY_GUEST:-$dir/bin/vmxray-l1}
+guest_own=${VMXRAY_OWN:-$repo/target/debug/vmxray}
 l1=${L1_IMAGE:-$dir/bin/l1.bin}
 export VMXLAB_DIR=${VMXLAB_DIR:-$dir/lab-src/samples/vmx}
 export VMXLAB_CACHE=${VMXLAB_CACHE:-$dir/vmxlab}
-for f in "$lab" "$guest" "$l1"; do [ -f "$f" ] || { log "missing $f"; exit 2; }; done
+for f in "$lab" "$l1"; do [ -f "$f" ] || { log "missing $f"; exit 2; }; done
 
-args=(lab --vmx --kernel "$kernel" --keep --timeout "${TIMEOUT:-40m}" --vmxray "$guest" -o "$out"
+args=(lab --vmx --kernel "$kernel" --keep --timeout "${TIMEOUT:-40m}" -o "$out"
     --extra "$here/guest-step.sh:/bin/vmxbugs-step" --extra "$l1:/bin/l1.bin")
 variants=(stock)
 models=()
+binaries=()
 for bug in "${bugs[@]}"; do
     row=$(table | awk -v b="$bug" '$1 == b')
     [ -n "$row" ] || { log "no bug '$bug' in the table (--list)"; exit 2; }
-    read -r _ variant scenario params profile model <<<"$row"
+    read -r _ variant scenario params profile model binary timeout <<<"$row"
     variants+=("$variant")
     models+=("$model")
+    binaries+=("$binary")
+    prefix=""
+    [ "$timeout" != - ] && prefix="env VMXBUGS_TIMEOUT=$timeout "
     for kind in stock buggy; do
         set_name=stock
         [ $kind = buggy ] && set_name=$variant
-        args+=(--vmx-step "$bug-$kind=/bin/vmxbugs-step $set_name $params $scenario --profile $profile")
+        args+=(--vmx-step "$bug-$kind=${prefix}/bin/vmxbugs-step $set_name $params $scenario --profile $profile")
     done
 done
 if [ $smoke = 1 ]; then
@@ -92,7 +100,15 @@ if [ $smoke = 1 ]; then
         esac
     done
     models+=(corei7_haswell_4770)
+    binaries+=(l1)
 fi
+binary=$(printf '%s\n' "${binaries[@]}" | sort -u)
+[ "$(echo "$binary" | wc -l)" = 1 ] \
+    || { log "these bugs need different binaries inside ($binary): record them separately"; exit 2; }
+guest=$guest_l1
+[ "$binary" = own ] && guest=$guest_own
+[ -f "$guest" ] || { log "missing $guest"; exit 2; }
+args+=(--vmxray "$guest")
 model=${cpu_model:-$(printf '%s\n' "${models[@]}" | sort -u)}
 [ "$(echo "$model" | wc -l)" = 1 ] \
     || { log "these bugs need different CPU models ($model): record them separately"; exit 2; }
