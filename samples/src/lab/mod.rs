@@ -34,9 +34,10 @@ pub enum Scenario {
     /// Two vCPUs, each in its own thread, each doing N (default 100) IO exits on its own port
     /// (0x10 and 0x11).
     MultiVcpu(u64),
-    /// vCPU 1 runs long-mode code to `out 0x10`; the loader latches INIT and SIPI (vector 8);
-    /// the vCPU restarts in real mode at 0x8000 and does `out 0x11` (the MMU reset at INIT,
-    /// bug (d); see `init_sipi.rs`). Needs the in-kernel APIC.
+    /// vCPU 1 runs long-mode code above 4 GiB to `out 0x10` and idles in HLT; vCPU 0 sends it
+    /// INIT and SIPI (vector 8) through its x2APIC and does `out 0x12`; vCPU 1 restarts in real
+    /// mode at 0x8000 and does `out 0x11` (the MMU reset at INIT, bug (d); see
+    /// `init_sipi.rs`). Needs the in-kernel APIC.
     InitSipi,
 }
 
@@ -190,11 +191,6 @@ impl Code {
         self.0.extend_from_slice(&[0xff, 0xc0, 0xe6, port, 0xeb, 0xfa]);
         self
     }
-    /// `jmp $`.
-    fn jmp_self(&mut self) -> &mut Self {
-        self.0.extend_from_slice(&[0xeb, 0xfe]);
-        self
-    }
 }
 
 /// Where the empty IDT's descriptor (limit 0, base 0) lives.
@@ -257,6 +253,10 @@ pub fn current_tid() -> Option<u32> {
 /// Builds the VM of a scenario.
 pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
     let mut vm = Vm::new()?;
+    if let Scenario::InitSipi = scenario {
+        init_sipi::build(&mut vm)?;
+        return Ok(vm);
+    }
     let mut code = Code::default();
     match scenario {
         Scenario::Cr3Switch => {
@@ -292,21 +292,12 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
             second.io_loop(0x11);
             vm.write(CODE2_GPA, &second.0)?;
         }
-        Scenario::InitSipi => {
-            vm.create_irqchip()?;
-            code.out(init_sipi::PORT_BEFORE).jmp_self();
-            vm.write(init_sipi::TRAMPOLINE_GPA, &init_sipi::trampoline())?;
-        }
+        Scenario::InitSipi => {} // built above
     }
     vm.write(CODE_GPA, &code.0)?;
     vm.add_vcpu(CODE_GPA)?;
     if let Scenario::MultiVcpu(_) = scenario {
         vm.add_vcpu(CODE2_GPA)?;
-    }
-    if let Scenario::InitSipi = scenario {
-        let id = vm.add_vcpu(CODE_GPA)?;
-        let vcpu = vm.vcpu(id).ok_or(LabError::VcpuPanicked(id))?;
-        init_sipi::make_runnable(vcpu)?;
     }
     Ok(vm)
 }
@@ -355,32 +346,7 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                 outcome.vcpu_tids.push(tid);
             }
         }
-        Scenario::InitSipi => {
-            let index = init_sipi::VCPU;
-            let vcpu = vm.vcpu(index).ok_or(LabError::VcpuPanicked(index))?;
-            let before = run_once(vcpu)?;
-            if before != LabExit::IoOut(u16::from(init_sipi::PORT_BEFORE)) {
-                return Err(LabError::UnexpectedExit {
-                    vcpu: index,
-                    expected: "out 0x10 in long mode",
-                    got: format!("{before:?}"),
-                });
-            }
-            init_sipi::latch_init_sipi(vcpu)?;
-            // One run: the real-mode code ends in `jmp $` after its `out`.
-            let after = run_once(vcpu)?;
-            // vCPU 0 never runs; this thread owns both.
-            outcome.exits.push(Vec::new());
-            outcome.exits.push(vec![before, after.clone()]);
-            outcome.vcpu_tids.extend([tid, tid]);
-            if after != LabExit::IoOut(u16::from(init_sipi::PORT_AFTER)) {
-                return Err(LabError::UnexpectedExit {
-                    vcpu: index,
-                    expected: "out 0x11 in real mode after INIT/SIPI",
-                    got: format!("{after:?}"),
-                });
-            }
-        }
+        Scenario::InitSipi => outcome = init_sipi::run(vm)?,
     }
     Ok(outcome)
 }

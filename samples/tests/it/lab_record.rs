@@ -236,30 +236,30 @@ fn multi_vcpu_events_come_from_two_threads() {
 }
 
 #[test]
-fn init_sipi_restarts_the_vcpu_in_real_mode_on_direct_roots() {
+fn init_sipi_restarts_the_ap_in_real_mode_on_direct_roots() {
     require_lab!();
     let (run, path) = record(Scenario::InitSipi, "init-sipi.dat");
-    assert!(run.outcome.exits[0].is_empty(), "vCPU 0 never runs");
-    assert_eq!(run.outcome.exits[1], [LabExit::IoOut(0x10), LabExit::IoOut(0x11)]);
-    let events = events_of(&read_events(&path), &run.outcome.vcpu_tids);
+    assert_eq!(run.outcome.exits[0], [LabExit::IoOut(0x12)], "the BSP sends INIT and SIPI");
+    assert_eq!(run.outcome.exits[1], [LabExit::IoOut(0x10), LabExit::IoOut(0x11)], "the AP");
+    let ap = events_of(&read_events(&path), &run.outcome.vcpu_tids[1..]);
     if !lab::host_uses_shadow_paging() {
         eprintln!("NOTE: this host uses EPT/NPT: the reset leaves no shadow roots to check");
         return;
     }
-    // Every root loaded after the long-mode `out` (then INIT, SIPI) is direct: KVM reset the MMU
-    // context at INIT (0aa1837533e5) and the vCPU restarted unpaged.
-    let init_at = events
+    // Every root the AP loads after its long-mode `out` (then HLT, INIT, SIPI) is direct: KVM
+    // reset the MMU context at INIT (0aa1837533e5) and the AP restarted unpaged.
+    let idle_at = ap
         .iter()
         .position(|e| matches!(e.kind, EventKind::KvmUserspaceExit { .. }))
-        .expect("the userspace exit of the long-mode out");
-    let roots: Vec<_> = events[init_at..]
+        .expect("the userspace exit of the AP's long-mode out");
+    let roots: Vec<_> = ap[idle_at..]
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::KvmMmuGetPage { page, .. } => Some(page),
             _ => None,
         })
         .collect();
-    assert!(!roots.is_empty(), "the restarted vCPU needs roots");
+    assert!(!roots.is_empty(), "the restarted AP needs roots");
     assert!(roots.iter().all(|p| p.role.direct()), "only direct roots after INIT: {roots:?}");
     assert_trace_cmd_agrees(&path);
 }
