@@ -19,14 +19,14 @@
 # target/vmxbugs/rec/KERNEL.
 #
 # Uses the harness's documented interface only (lab-harness.md): --vmx-step, --extra,
-# --vmxray, --cpu-model, --keep. The binaries, all overridable:
-#   VMXRAY_LAB    the host-side vmxray with `lab --vmx`     (default target/vmxbugs/bin/vmxray-lab)
-#   VMXRAY_GUEST  the vmxray run inside, with the vmx-* scenarios (default .../bin/vmxray-l1)
-#   VMXRAY_OWN    the vmxray run inside for rows marked `own` (default target/debug/vmxray)
-#   L1_IMAGE      the L1 hypervisor image (default .../bin/l1.bin), put next to it as /bin/l1.bin
-# and the harness's own variables: VMXLAB_DIR (its samples/vmx scripts; default
-# target/vmxbugs/lab-src/samples/vmx, a copy taken with `git archive` of the harness commit)
-# and VMXLAB_CACHE (image cache and run directories; default target/vmxbugs/vmxlab).
+# --vmxray, --cpu-model, --keep. The binaries, all overridable; once the vmx-lab and vmx-l1
+# branches are merged, the workspace's own build is all three:
+#   VMXRAY_LAB    the host-side vmxray with `lab --vmx`          (default target/debug/vmxray)
+#   VMXRAY_GUEST  the vmxray run inside for rows marked `l1` (the vmx-* scenarios; same default)
+#   VMXRAY_OWN    the vmxray run inside for rows marked `own` (init-sipi; same default)
+#   L1_IMAGE      the L1 hypervisor image, put inside as /bin/l1.bin (default target/vmx-l1/l1.bin)
+# The harness's own VMXLAB_DIR and VMXLAB_CACHE pass through (its defaults: samples/vmx and
+# target/vmxlab of the workspace it was built in).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -62,12 +62,10 @@ while [ $# -gt 0 ]; do
 done
 [ ${#bugs[@]} -gt 0 ] || [ $smoke = 1 ] || { log "which bugs? (--list, --smoke)"; exit 2; }
 out=${out:-$dir/rec/$kernel}
-lab=${VMXRAY_LAB:-$dir/bin/vmxray-lab}
-guest_l1=${VMXRAY_GUEST:-$dir/bin/vmxray-l1}
+lab=${VMXRAY_LAB:-$repo/target/debug/vmxray}
+guest_l1=${VMXRAY_GUEST:-$repo/target/debug/vmxray}
 guest_own=${VMXRAY_OWN:-$repo/target/debug/vmxray}
-l1=${L1_IMAGE:-$dir/bin/l1.bin}
-export VMXLAB_DIR=${VMXLAB_DIR:-$dir/lab-src/samples/vmx}
-export VMXLAB_CACHE=${VMXLAB_CACHE:-$dir/vmxlab}
+l1=${L1_IMAGE:-$repo/target/vmx-l1/l1.bin}
 for f in "$lab" "$l1"; do [ -f "$f" ] || { log "missing $f"; exit 2; }; done
 
 args=(lab --vmx --kernel "$kernel" --keep --timeout "${TIMEOUT:-40m}" -o "$out"
@@ -128,7 +126,7 @@ nice -n 10 "$lab" "${args[@]}" || status=$?
 # Each step's vmxbugs.txt stays in the kept work directory; put it next to the trace. When the
 # boot failed part-way (a step hung, Bochs died) the harness returns no traces, but the steps
 # that finished are in the work directory: take those too.
-work=$(ls -td "$VMXLAB_CACHE/runs/$kernel-"* 2>/dev/null | head -n1 || true)
+work=$(ls -td "${VMXLAB_CACHE:-$repo/target/vmxlab}/runs/$kernel-"* 2>/dev/null | head -n1 || true)
 for bug in "${bugs[@]}"; do
     for kind in stock buggy; do
         step=$work/out/$bug-$kind
