@@ -193,6 +193,48 @@ fn guest_mmu_root_not_reacquired_after_invept() {
     assert_clean(&fixed.events);
 }
 
+/// Two subjects with their own EPTP (as in samples/real/vmx/bugs/c-*): B runs, then A; L1
+/// edits A's EPT12 and executes INVEPT while A is current; A is entered again.
+fn invept_two_eptps(reacquire: bool, vmptrld_between: bool) -> (EventBuilder, u64, u64) {
+    const EPTP_B: u64 = 0x9000 | 3 << 3 | 1 << 6 | 6;
+    let mut t = EventBuilder::new();
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(B, 0xb000, true, EPTP_B);
+    t.get_page(9, ROLE_GUEST_MMU, true);
+    t.entry(0xb000);
+    t.reflect(PREEMPTION_TIMER, 0xb010, 0x200);
+    t.l1_exit(VMPTRLD, 0x210);
+    t.exit(VMLAUNCH, 0x220);
+    t.vmenter(A, 0xa000, true, EPTP);
+    t.get_page(7, ROLE_GUEST_MMU, true);
+    t.entry(0xa000);
+    t.reflect(CPUID, 0xa010, 0x200);
+    let trig = t.l1_exit(INVEPT, 0x230);
+    if vmptrld_between {
+        t.l1_exit(VMPTRLD, 0x240);
+    }
+    t.exit(VMRESUME, 0x250);
+    let enter = t.vmenter(A, 0xa012, true, EPTP);
+    if reacquire {
+        t.get_page(7, ROLE_GUEST_MMU, false);
+    }
+    t.entry(0xa012);
+    (t, trig, enter)
+}
+
+#[test]
+fn guest_mmu_root_not_reacquired_after_invept_with_two_eptps() {
+    let (t, trig, enter) = invept_two_eptps(false, false);
+    let a = assert_one(&t.events, RuleId::GuestMmuRootNotReacquired, t.next() - 1, &[trig, enter]);
+    assert_eq!(a.severity, Severity::Warning);
+    assert!(a.message.contains("taken to be the EPTP of this vmcs12"), "{}", a.message);
+    let (fixed, ..) = invept_two_eptps(true, false);
+    assert_clean(&fixed.events);
+    // A VMPTRLD of the same vmcs12 in between: which context the INVEPT meant is unknown.
+    let (ambiguous, ..) = invept_two_eptps(false, true);
+    assert_clean(&ambiguous.events);
+}
+
 #[test]
 fn guest_mmu_root_not_reacquired_after_vmptrld_of_another_vmcs12() {
     let (t, trig, enter) = invept(false, VMPTRLD, B);
