@@ -281,7 +281,25 @@ pub struct EventFormat {
     plan: Vec<PlanStep>,
     /// See [`EventFormat::role_bit4_inverted`].
     role_bit4_inverted: bool,
+    /// The kernel's `sizeof(long)` the format was parsed with.
+    long_size: u32,
+    /// The print fmt, compiled on first use.
+    print: PrintCache,
 }
+
+/// [`EventFormat::print`]'s compiled print fmt, made on first use so that commands that never
+/// render text do not parse the print fmts of a trace's thousands of formats. A cache: two
+/// formats compare equal whether or not it was filled.
+#[derive(Clone, Debug, Default)]
+struct PrintCache(std::sync::OnceLock<crate::printfmt::PrintFmt>);
+
+impl PartialEq for PrintCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PrintCache {}
 
 /// One planned lookup: the name asked (its address and length, and packed) and its field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,6 +393,8 @@ impl EventFormat {
             // the bit, so it says which layout the raw word is in.
             role_bit4_inverted: print_fmt.contains("role.gpte_is_8_bytes")
                 || print_fmt.contains("role.cr4_pae"),
+            long_size,
+            print: PrintCache::default(),
         };
         format.plan = lookup_plan(&format);
         Ok(format)
@@ -386,6 +406,14 @@ impl EventFormat {
     /// for such a format flips it back.
     pub fn role_bit4_inverted(&self) -> bool {
         self.role_bit4_inverted
+    }
+
+    /// The print fmt, compiled against this format's fields once (on first use); render a
+    /// record with [`crate::printfmt::PrintFmt::render`].
+    pub fn print(&self) -> &crate::printfmt::PrintFmt {
+        self.print.0.get_or_init(|| {
+            crate::printfmt::PrintFmt::compile(&self.print_fmt, &self.fields, self.long_size)
+        })
     }
 
     fn field_index(&self, name: &str) -> Option<usize> {
