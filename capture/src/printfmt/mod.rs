@@ -334,3 +334,6 @@ impl PrintCatalog {
 fn name_key(name: &Arc<str>) -> usize {
     Arc::as_ptr(name).cast::<u8>() as usize
 }
+
+#[cfg(test)]
+mod tests;
