@@ -1172,7 +1172,8 @@ impl TraceDat {
             producers.push((d.cpu, Box::new(jobs) as Jobs));
         }
         let merger = Merger::new(producers, parallel, opts.permissive, &mut stats);
-        Ok(TraceDatReader { meta: self.meta(buffer), stats, merger })
+        let formats = Arc::clone(&self.formats);
+        Ok(TraceDatReader { meta: self.meta(buffer), stats, merger, formats })
     }
 }
 
@@ -1232,6 +1233,7 @@ pub struct TraceDatReader {
     meta: TraceMeta,
     stats: ReadStats,
     merger: Merger,
+    formats: Arc<EventFormats>,
 }
 
 impl TraceDatReader {
@@ -1255,6 +1257,9 @@ impl EventReader for TraceDatReader {
     }
     fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+    fn event_formats(&self) -> Option<&Arc<EventFormats>> {
+        Some(&self.formats)
     }
 }
 

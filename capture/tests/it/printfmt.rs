@@ -71,9 +71,12 @@ fn check(path: &Path) -> Option<Tally> {
     }
     let mut cursors: HashMap<u32, usize> = HashMap::new();
     let mut reader = td.events(0, ReadOptions::default()).unwrap();
-    let mut lines = report.lines().filter(|l| !l.starts_with("cpus=") && !l.trim().is_empty());
+    let mut lines = report.lines();
     let mut t = Tally::default();
     while let Some(line) = lines.next() {
+        if line.starts_with("cpus=") || line.trim().is_empty() {
+            continue;
+        }
         let ev = reader.next().expect("trace-cmd has more events than we do").unwrap();
         if line.starts_with("CPU:") {
             assert!(matches!(ev.kind, EventKind::Lost { .. }), "{file}: {line}");
@@ -164,4 +167,46 @@ fn every_binary_sample_renders_as_trace_cmd_report_n() {
         total.events, total.equal, total.failed_to_parse, total.partial
     );
     assert!(total.equal > total.events / 2);
+}
+
+#[test]
+fn dump_lines_carry_the_text_of_untyped_events() {
+    use vmxray_capture::render::{Format, OrderedWriter};
+    let path = workspace("samples/real/tracedat/lm-v7-zstd.dat");
+    let reader = vmxray_capture::open(&path, ReadOptions::default()).unwrap();
+    let catalog = Arc::new(PrintCatalog::new(reader.event_formats().unwrap()));
+    let clock = reader.meta().clock.clone();
+    for format in [Format::Text, Format::Jsonl] {
+        let mut w = OrderedWriter::new(Vec::new(), clock.clone(), format, false)
+            .with_print(Arc::clone(&catalog));
+        let mut reader = vmxray_capture::open(&path, ReadOptions::default()).unwrap();
+        for ev in reader.by_ref() {
+            w.push(ev.unwrap(), None).unwrap();
+        }
+        let out = String::from_utf8(w.finish().unwrap()).unwrap();
+        let fpu = out.lines().find(|l| l.contains("kvm_fpu")).unwrap();
+        let typed = out.lines().find(|l| l.contains("kvm_pio")).unwrap();
+        match format {
+            Format::Text => {
+                assert!(fpu.ends_with(" load=1 | text=\"load\""), "{fpu}");
+                assert!(!typed.contains("text="), "{typed}");
+                let track = out.lines().find(|l| l.contains("kvm_track_tsc")).unwrap();
+                assert!(
+                    track.ends_with(
+                        "| text=\"vcpu_id 0 masterclock 0 offsetmatched 0 nr_online 1 \
+                         hostclock 0x1\""
+                    ),
+                    "{track}"
+                );
+            }
+            Format::Jsonl => {
+                let v: serde_json::Value = serde_json::from_str(fpu).unwrap();
+                assert_eq!(v["text"], "load");
+                let v: serde_json::Value = serde_json::from_str(typed).unwrap();
+                assert!(v.get("text").is_none());
+            }
+        }
+    }
+    let t = catalog.totals();
+    assert!(t.rendered > 0 && t.partial == 0, "{t:?}");
 }
