@@ -762,6 +762,7 @@ pub struct EventFormats {
     long_size: u32,
     common: CommonLayout,
     common_set: bool,
+    printk: Arc<crate::printfmt::PrintkStrings>,
 }
 
 impl EventFormats {
@@ -773,7 +774,19 @@ impl EventFormats {
             long_size,
             common: CommonLayout::default(),
             common_set: false,
+            printk: Arc::default(),
         }
+    }
+
+    /// Keeps the trace's `printk_formats` text (`0xADDR : "string"` lines): a `%s` of a
+    /// pointer field prints the string at that address ([`crate::printfmt`]).
+    pub fn set_printk(&mut self, text: &[u8]) {
+        self.printk = Arc::new(crate::printfmt::PrintkStrings::parse(text));
+    }
+
+    /// The trace's printk strings by address.
+    pub fn printk(&self) -> &Arc<crate::printfmt::PrintkStrings> {
+        &self.printk
     }
 
     /// The kernel's byte order.

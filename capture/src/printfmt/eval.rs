@@ -15,9 +15,9 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt::Write as _;
 
-use super::Unsupported;
 use super::cfmt::{self, Conv, Piece, Spec};
 use super::parse::{BinOp, Expr, FieldRef, Sym, UnOp, eval_cast, strtoull};
+use super::{PrintkStrings, Unsupported};
 use crate::bin::Endian;
 use crate::bin::format::{FieldFormat, FieldLayout};
 
@@ -114,6 +114,7 @@ pub(crate) struct Eval<'a, S: ?Sized> {
     pub src: &'a S,
     pub endian: Endian,
     pub long_size: u32,
+    pub printk: Option<&'a PrintkStrings>,
     pub unsupported: Cell<Option<Unsupported>>,
 }
 
@@ -204,7 +205,8 @@ impl<S: FieldSource + ?Sized> Eval<'_, S> {
             | Expr::IntArray { .. }
             | Expr::Str(_)
             | Expr::Bitmask(_)
-            | Expr::Cpumask(_) => 0,
+            | Expr::Cpumask(_)
+            | Expr::Null => 0,
         }
     }
 
@@ -342,9 +344,21 @@ impl<S: FieldSource + ?Sized> Eval<'_, S> {
                 let Some(f) = self.field(r) else { return };
                 if !is_array(f) && f.size == self.long_size {
                     // A pointer: libtraceevent prints the string when the address is one of
-                    // the trace's printk formats, else the address in hex.
-                    self.note(Unsupported::PrintkString);
-                    let _ = write!(out, "{:x}", self.field_num(f));
+                    // the trace's printk formats (ignoring the conversion's width), else the
+                    // address in hex.
+                    let addr = self.field_num(f);
+                    match self.printk {
+                        Some(p) => match p.get(addr) {
+                            Some(s) => out.push_str(s),
+                            None => {
+                                let _ = write!(out, "{addr:x}");
+                            }
+                        },
+                        None => {
+                            self.note(Unsupported::PrintkString);
+                            let _ = write!(out, "{addr:x}");
+                        }
+                    }
                     return;
                 }
                 if let Some(b) = self.bytes(f) {
@@ -432,7 +446,8 @@ impl<S: FieldSource + ?Sized> Eval<'_, S> {
             | Expr::Binary(..)
             | Expr::Index(..)
             | Expr::DynArray(_)
-            | Expr::DynArrayLen(_) => {}
+            | Expr::DynArrayLen(_)
+            | Expr::Null => {}
         }
     }
 

@@ -17,7 +17,8 @@
 //! prints `[FAILED TO PARSE]` and then every field as ` name=value`; so does
 //! [`PrintFmt::render`], returning [`Outcome::FailedToParse`]. What trace-cmd renders from data
 //! this evaluator does not have — function names of `%pS` (the trace's kallsyms), printk
-//! strings behind a `%s` of a pointer field, the `%pM`/`%pI`/`%pU`/`%ph` families — is
+//! strings behind a `%s` of a pointer field when the trace did not save them, the
+//! `%pM`/`%pI`/`%pU`/`%ph` families — is
 //! rendered as libtraceevent does without that data (the address in hex, or nothing) and
 //! reported as [`Outcome::Partial`] with the [`Unsupported`] construct, so callers can count
 //! it.
@@ -40,7 +41,8 @@
 //! fields.push("cr", FieldValue::U64(3));
 //! fields.push("val", FieldValue::U64(0x1000));
 //! let mut out = String::new();
-//! let outcome = format.print().render(&format.fields, &fields, Endian::Little, 8, &mut out);
+//! let outcome =
+//!     format.print().render(&format.fields, &fields, Endian::Little, 8, None, &mut out);
 //! assert_eq!(out, "cr_write 3 = 0x1000");
 //! assert_eq!(outcome, Outcome::Rendered);
 //! ```
@@ -142,16 +144,20 @@ impl PrintFmt {
     }
 
     /// Appends the rendering of one record to `out`. `fields` are the event's fields (those
-    /// the print fmt was compiled against), `endian` and `long_size` the traced kernel's.
+    /// the print fmt was compiled against), `endian` and `long_size` the traced kernel's,
+    /// `printk` the trace's printk strings when it saved them.
     pub fn render<S: FieldSource + ?Sized>(
         &self,
         fields: &[FieldFormat],
         src: &S,
         endian: Endian,
         long_size: u32,
+        printk: Option<&PrintkStrings>,
         out: &mut String,
     ) -> Outcome {
-        let eval = eval::Eval { fields, src, endian, long_size, unsupported: Cell::new(None) };
+        let printk = printk.filter(|p| !p.is_empty());
+        let eval =
+            eval::Eval { fields, src, endian, long_size, printk, unsupported: Cell::new(None) };
         match &self.program {
             Ok(p) => {
                 eval.render(&p.pieces, &p.args, out);
@@ -165,6 +171,45 @@ impl PrintFmt {
                 Outcome::FailedToParse
             }
         }
+    }
+}
+
+/// The trace's printk strings by address (`printk_formats`, saved in trace.dat and perf's
+/// tracing data): libtraceevent prints the string for a `%s` of a pointer field whose value is
+/// one of these addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrintkStrings(HashMap<u64, Box<str>>);
+
+impl PrintkStrings {
+    /// Parses `0xADDR : "string"` lines as libtraceevent does (`tep_parse_printk_formats`):
+    /// the quotes and a trailing `\n` are dropped; the first of duplicate addresses is kept.
+    pub fn parse(text: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(text);
+        let mut map = HashMap::new();
+        for line in text.split('\n') {
+            let Some((addr, fmt)) = line.split_once(':') else { continue };
+            let addr = u64::from_str_radix(
+                addr.trim().trim_start_matches("0x").trim_start_matches("0X"),
+                16,
+            )
+            .unwrap_or(0);
+            let s = fmt.strip_prefix(' ').unwrap_or(fmt);
+            let s = s.strip_prefix('"').unwrap_or(s);
+            let s = s.strip_suffix('"').unwrap_or(s);
+            let s = s.strip_suffix("\\n").unwrap_or(s);
+            map.entry(addr).or_insert_with(|| s.into());
+        }
+        Self(map)
+    }
+
+    /// The string at `addr`.
+    pub fn get(&self, addr: u64) -> Option<&str> {
+        self.0.get(&addr).map(|s| &**s)
+    }
+
+    /// True when the trace saved none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -280,6 +325,7 @@ pub struct PrintCatalog {
     by_name: HashMap<Box<str>, Vec<Arc<EventFormat>>>,
     endian: Endian,
     long_size: u32,
+    printk: Arc<PrintkStrings>,
     counts: PrintCounts,
 }
 
@@ -297,6 +343,7 @@ impl PrintCatalog {
             by_name,
             endian: formats.endian(),
             long_size: formats.long_size(),
+            printk: Arc::clone(formats.printk()),
             counts: PrintCounts::default(),
         }
     }
@@ -318,9 +365,16 @@ impl PrintCatalog {
     /// [`PrintCatalog::totals`] (typed events are not counted).
     pub fn render(&self, event: &Event, out: &mut String) -> Option<Outcome> {
         let source = event.kind.untyped_source()?;
-        let outcome = self
-            .find(&source.system, &source.name)
-            .map(|f| f.print().render(&f.fields, &source.fields, self.endian, self.long_size, out));
+        let outcome = self.find(&source.system, &source.name).map(|f| {
+            f.print().render(
+                &f.fields,
+                &source.fields,
+                self.endian,
+                self.long_size,
+                Some(&self.printk),
+                out,
+            )
+        });
         self.counts.note(outcome);
         outcome
     }

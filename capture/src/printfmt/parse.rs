@@ -2,12 +2,16 @@
 //! literals concatenated) and the C argument expressions, into an [`Expr`] tree whose
 //! `REC->field` references are resolved against the event's fields once.
 //!
-//! The grammar is C's expression grammar (standard precedence, right-associative `?:`) with
-//! libtraceevent's choices where the kernel's text is not plain C: a parenthesized type
-//! followed by an operand is a cast, identifiers that are not functions are atoms (their
-//! numeric value is `strtoull`'s), and only the helper functions libtraceevent knows without a
-//! plugin are functions — any other call makes the whole print fmt unparsable, as it makes
-//! libtraceevent print `[FAILED TO PARSE]`.
+//! Tokens and operands (literals, `REC->field`, casts, parentheses, the helper calls) are nom
+//! parsers; operators are combined as libtraceevent's `process_op` combines them, because the
+//! point is to print what `trace-cmd report -N` prints, and libtraceevent's tree is not C's in
+//! three cases that real formats hit (see [`Grammar::process_op`]): a parenthesized operand
+//! that binds more loosely than its operator is rotated into it (`x & (A | B)` evaluates as
+//! `(x & A) | B`), operators of equal priority group to the right, and `c ? a : b` takes one
+//! operand after the colon. Identifiers that are not functions are atoms (their numeric value
+//! is `strtoull`'s), and only the helper functions libtraceevent knows without a plugin are
+//! functions: any other call makes the whole print fmt unparsable, as it makes libtraceevent
+//! print `[FAILED TO PARSE]`.
 //!
 //! Input is untrusted (a trace file's format text): nesting is limited to [`MAX_DEPTH`] and a
 //! print fmt to [`MAX_NODES`] expression nodes, so that neither parsing, evaluating nor
@@ -61,24 +65,6 @@ pub(crate) enum BinOp {
     BitOr,
     And,
     Or,
-}
-
-impl BinOp {
-    /// C precedence: higher binds tighter.
-    fn precedence(self) -> u8 {
-        match self {
-            Self::Mul | Self::Div | Self::Rem => 10,
-            Self::Add | Self::Sub => 9,
-            Self::Shl | Self::Shr => 8,
-            Self::Lt | Self::Le | Self::Gt | Self::Ge => 7,
-            Self::Eq | Self::Ne => 6,
-            Self::BitAnd => 5,
-            Self::BitXor => 4,
-            Self::BitOr => 3,
-            Self::And => 2,
-            Self::Or => 1,
-        }
-    }
 }
 
 /// A unary operator (`-x`, `+x`, `!x`, `~x`).
@@ -140,6 +126,9 @@ pub(crate) enum Expr {
     Bitmask(FieldRef),
     /// `__get_cpumask(field)`.
     Cpumask(FieldRef),
+    /// libtraceevent's empty argument: the left of a unary operator that a rotation moved
+    /// under a binary one (evaluates to 0, prints nothing).
+    Null,
 }
 
 /// Why a print fmt could not be parsed.
@@ -225,7 +214,9 @@ fn punct<'a>(t: &'static str) -> impl Parser<In<'a>, Output = In<'a>, Error = Er
     preceded(ws, tag(t))
 }
 
-/// One quoted literal's body (escapes kept as written; `\\` cancels itself).
+/// One quoted literal's body (escapes kept as written; `\\` cancels itself). Like
+/// libtraceevent's tokenizer, an unescaped character that is not printable ASCII (a tab, a
+/// UTF-8 byte) other than a newline ends the literal, and is dropped.
 fn quoted(quote: char) -> impl Fn(In<'_>) -> Res<'_, &str> {
     move |i: In<'_>| {
         let (rest, _) = preceded(ws, char(quote)).parse(i)?;
@@ -235,7 +226,7 @@ fn quoted(quote: char) -> impl Fn(In<'_>) -> Res<'_, &str> {
                 escaped = false;
             } else if c == '\\' {
                 escaped = true;
-            } else if c == quote {
+            } else if c == quote || !(c == ' ' || c.is_ascii_graphic() || c == '\n') {
                 return Ok((&rest[at + c.len_utf8()..], &rest[..at]));
             }
         }
@@ -254,62 +245,174 @@ fn string_lit(i: In<'_>) -> Res<'_, String> {
     Ok((rest, text))
 }
 
-fn binop(i: In<'_>) -> Res<'_, BinOp> {
-    let (after, op) = preceded(
-        ws,
-        alt((
-            alt((
-                tag("||"),
-                tag("&&"),
-                tag("=="),
-                tag("!="),
-                tag("<="),
-                tag(">="),
-                tag("<<"),
-                tag(">>"),
-            )),
-            alt((
-                tag("|"),
-                tag("&"),
-                tag("^"),
-                tag("<"),
-                tag(">"),
-                tag("+"),
-                tag("-"),
-                tag("*"),
-                tag("/"),
-                tag("%"),
-            )),
-        )),
-    )
-    .parse(i)?;
-    // `->` is member access and `++`/`--` are not operators libtraceevent evaluates.
-    if (op == "-" && (after.starts_with('>') || after.starts_with('-')))
-        || (op == "+" && after.starts_with('+'))
-    {
-        return fail(i);
+/// An operator token where an expression may continue (libtraceevent's `TEP_EVENT_OP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpTok {
+    Bin(BinOp),
+    Question,
+    Colon,
+    Bracket,
+    /// Any other punctuation (`.`, `]`, `}`, `->` after an operand, `++`, `=`): libtraceevent
+    /// fails on it.
+    Other,
+}
+
+impl OpTok {
+    /// libtraceevent's priority (`get_op_prio`; smaller binds tighter, `[` and unknown -1).
+    fn prio(self) -> i32 {
+        match self {
+            Self::Bin(b) => lte_prio(b),
+            Self::Question => 16,
+            Self::Bracket | Self::Colon | Self::Other => -1,
+        }
     }
-    let op = match op {
-        "||" => BinOp::Or,
-        "&&" => BinOp::And,
-        "==" => BinOp::Eq,
-        "!=" => BinOp::Ne,
-        "<=" => BinOp::Le,
-        ">=" => BinOp::Ge,
-        "<<" => BinOp::Shl,
-        ">>" => BinOp::Shr,
-        "|" => BinOp::BitOr,
-        "&" => BinOp::BitAnd,
-        "^" => BinOp::BitXor,
-        "<" => BinOp::Lt,
-        ">" => BinOp::Gt,
-        "+" => BinOp::Add,
-        "-" => BinOp::Sub,
-        "*" => BinOp::Mul,
-        "/" => BinOp::Div,
-        _ => BinOp::Rem,
+}
+
+/// libtraceevent's priority of a binary operator.
+fn lte_prio(op: BinOp) -> i32 {
+    match op {
+        BinOp::Mul | BinOp::Div | BinOp::Rem => 6,
+        BinOp::Add | BinOp::Sub => 7,
+        BinOp::Shl | BinOp::Shr => 8,
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 9,
+        BinOp::Eq | BinOp::Ne => 10,
+        BinOp::BitAnd => 11,
+        BinOp::BitXor => 12,
+        BinOp::BitOr => 13,
+        BinOp::And => 14,
+        BinOp::Or => 15,
+    }
+}
+
+/// libtraceevent's priority of the operator at the top of an operand node (`get_op_prio` of
+/// its `op`): unary `-`/`+` count as 7, `!`/`~` as 4, `?:` as 16; `None` when the operand is
+/// not an operator node.
+fn node_op_prio(e: &Expr) -> Option<i32> {
+    match e {
+        Expr::Binary(op, ..) => Some(lte_prio(*op)),
+        Expr::Unary(UnOp::Neg | UnOp::Plus, _) => Some(7),
+        Expr::Unary(UnOp::Not | UnOp::BitNot, _) => Some(4),
+        Expr::Cond(..) => Some(16),
+        Expr::Index(..) => Some(-1),
+        _ => None,
+    }
+}
+
+/// The operator token after an operand, if the expression continues there; `None` at a
+/// delimiter (`,` `(` `)`), a word, a quote or the end.
+fn op_token(i: In<'_>) -> Option<(In<'_>, OpTok)> {
+    let (t, _) = ws(i).ok()?;
+    let c = t.chars().next()?;
+    if is_item(c) || matches!(c, '(' | ')' | ',' | '"' | '\'') || !c.is_ascii_graphic() {
+        return None;
+    }
+    const TWO: [(&str, BinOp); 8] = [
+        ("||", BinOp::Or),
+        ("&&", BinOp::And),
+        ("==", BinOp::Eq),
+        ("!=", BinOp::Ne),
+        ("<=", BinOp::Le),
+        (">=", BinOp::Ge),
+        ("<<", BinOp::Shl),
+        (">>", BinOp::Shr),
+    ];
+    for (tok, op) in TWO {
+        if let Some(rest) = t.strip_prefix(tok) {
+            // `<<=`, `>>=` are assignments.
+            if rest.starts_with('=') {
+                return Some((rest, OpTok::Other));
+            }
+            return Some((rest, OpTok::Bin(op)));
+        }
+    }
+    let rest = &t[c.len_utf8()..];
+    let tok = match c {
+        '-' | '+' | '|' | '&' if rest.starts_with([c, '=']) => OpTok::Other,
+        '-' if rest.starts_with('>') => OpTok::Other,
+        '|' => OpTok::Bin(BinOp::BitOr),
+        '&' => OpTok::Bin(BinOp::BitAnd),
+        '^' => OpTok::Bin(BinOp::BitXor),
+        '<' => OpTok::Bin(BinOp::Lt),
+        '>' => OpTok::Bin(BinOp::Gt),
+        '+' => OpTok::Bin(BinOp::Add),
+        '-' => OpTok::Bin(BinOp::Sub),
+        '*' => OpTok::Bin(BinOp::Mul),
+        '/' => OpTok::Bin(BinOp::Div),
+        '%' => OpTok::Bin(BinOp::Rem),
+        '?' => OpTok::Question,
+        ':' => OpTok::Colon,
+        '[' => OpTok::Bracket,
+        _ => OpTok::Other,
     };
-    Ok((after, op))
+    Some((rest, tok))
+}
+
+/// Where a following operator attaches inside a node `process_op` built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// `?:` and `[]` nodes: a following operator always takes the whole node.
+    None,
+    /// The right operand of a binary node.
+    Right,
+    /// After a rotation: the left child (the node that took the operator).
+    Rotated,
+}
+
+/// `left op right` as libtraceevent builds it: the node, its stored priority, and the slot a
+/// tighter operator after it extends. When `right` is an operator node binding more loosely
+/// than `op`, the two are rotated (`left op (a R b)` becomes `(left op a) R b`).
+fn rotate(op: BinOp, left: Expr, right: Expr) -> (Expr, i32, Slot) {
+    let p = lte_prio(op);
+    let loose = node_op_prio(&right).is_some_and(|rp| p < rp);
+    if !loose {
+        return (Expr::Binary(op, Box::new(left), Box::new(right)), p, Slot::Right);
+    }
+    match right {
+        Expr::Binary(rop, rl, rr) => (
+            Expr::Binary(rop, Box::new(Expr::Binary(op, Box::new(left), rl)), rr),
+            lte_prio(rop),
+            Slot::Rotated,
+        ),
+        Expr::Unary(uop, x) => {
+            // A unary node's left is libtraceevent's empty argument (0).
+            let inner = Expr::Binary(op, Box::new(left), Box::new(Expr::Null));
+            let rop = if uop == UnOp::Neg { BinOp::Sub } else { BinOp::Add };
+            (Expr::Binary(rop, Box::new(inner), x), 0, Slot::Rotated)
+        }
+        Expr::Cond(c, yes, no) => {
+            (Expr::Cond(Box::new(Expr::Binary(op, Box::new(left), c)), yes, no), 0, Slot::Rotated)
+        }
+        other => (Expr::Binary(op, Box::new(left), Box::new(other)), p, Slot::Right),
+    }
+}
+
+/// Replaces the subtree at `slot` with `f(subtree)`.
+fn replace_slot<'a>(
+    node: Expr,
+    slot: Slot,
+    f: impl FnOnce(Expr) -> Res<'a, Expr>,
+) -> Res<'a, Expr> {
+    match (slot, node) {
+        (Slot::Right, Expr::Binary(op, l, r)) => {
+            let (i, r) = f(*r)?;
+            Ok((i, Expr::Binary(op, l, Box::new(r))))
+        }
+        (Slot::Rotated, Expr::Binary(op, l, r)) => {
+            let (i, l) = f(*l)?;
+            Ok((i, Expr::Binary(op, Box::new(l), r)))
+        }
+        (Slot::Rotated, Expr::Cond(c, yes, no)) => {
+            let (i, c) = f(*c)?;
+            Ok((i, Expr::Cond(Box::new(c), yes, no)))
+        }
+        (_, other) => f(other),
+    }
+}
+
+/// `(REC)->`: a parenthesized `REC`, which is a field reference, not a cast or a group.
+fn is_rec_paren(inner: &str) -> bool {
+    let t = inner.trim_start();
+    t.strip_prefix("REC").is_some_and(|r| r.trim_start().starts_with(')'))
 }
 
 impl<'f> Grammar<'f> {
@@ -404,52 +507,107 @@ impl<'f> Grammar<'f> {
         Ok(Parsed { format, args })
     }
 
-    /// An expression (a conditional).
+    /// An expression: an operand and the operators after it (libtraceevent's `process_arg`
+    /// then `process_op`).
     pub(crate) fn expr<'a>(&self, i: In<'a>) -> Res<'a, Expr> {
         self.nested(i, |i| {
-            let (i, cond) = self.binary(i, 1)?;
-            let Ok((after_q, _)) = punct("?").parse(i) else { return Ok((i, cond)) };
-            let (i, yes) = self.expr(after_q)?;
-            let (i, _) = punct(":").parse(i)?;
-            let (i, no) = self.expr(i)?;
-            self.node(i, Expr::Cond(Box::new(cond), Box::new(yes), Box::new(no)))
+            let (i, first) = self.operand(i)?;
+            match op_token(i) {
+                Some((_, OpTok::Colon)) | None => Ok((i, first)),
+                Some((after, op)) => self.process_op(first, op, after),
+            }
         })
     }
 
-    /// Binary operators of precedence `min` and above, by precedence climbing (left
-    /// associative; the chain is folded in a loop, the tree's size bounded by the node budget).
-    fn binary<'a>(&self, i: In<'a>, min: u8) -> Res<'a, Expr> {
-        let (mut i, mut lhs) = self.unary(i)?;
-        while let Ok((after, op)) = binop(i) {
-            if op.precedence() < min {
-                break;
+    /// libtraceevent's `process_op`: `arg` is the expression so far, `op` the operator just
+    /// read. The tree is built as libtraceevent builds it, which is not always C's:
+    ///
+    /// - the right operand is one operand (`process_arg_token`); when it is itself an operator
+    ///   node binding more loosely than `op` (typically a parenthesized `(A | B)` after `&`),
+    ///   the two are rotated as if there were no parentheses: `x & (A | B)` becomes
+    ///   `(x & A) | B` — what trace-cmd prints for `timer_start`'s flags;
+    /// - a following operator that binds more loosely than `op` takes the whole expression as
+    ///   its left operand; otherwise (tighter *or equal*) it extends the right operand, so
+    ///   `a - b - c` is `a - (b - c)`;
+    /// - `c ? a : b` takes one operand after `:`, and `x[i]` one operand inside the brackets.
+    fn process_op<'a>(&self, arg: Expr, op: OpTok, i: In<'a>) -> Res<'a, Expr> {
+        self.nested(i, |i| {
+            let (i, node, stored, slot) = match op {
+                OpTok::Question => {
+                    let (i, yes) = self.expr(i)?;
+                    let (i, _) = punct(":").parse(i)?;
+                    let (i, no) = self.operand(i)?;
+                    let (i, node) =
+                        self.node(i, Expr::Cond(Box::new(arg), Box::new(yes), Box::new(no)))?;
+                    (i, node, 0, Slot::None)
+                }
+                OpTok::Bracket => {
+                    let (i, index) = self.operand(i)?;
+                    let (i, _) = punct("]").parse(i)?;
+                    let (i, node) = self.node(i, Expr::Index(Box::new(arg), Box::new(index)))?;
+                    (i, node, 0, Slot::None)
+                }
+                OpTok::Bin(bin) => {
+                    let (i, right) = self.operand(i)?;
+                    let (node, stored, slot) = rotate(bin, arg, right);
+                    let (i, node) = self.node(i, node)?;
+                    (i, node, stored, slot)
+                }
+                OpTok::Colon | OpTok::Other => return cut_fail(i),
+            };
+            let Some((after, next)) = op_token(i) else { return Ok((i, node)) };
+            if next == OpTok::Colon {
+                return Ok((i, node));
             }
-            let (after, rhs) = self.nested(after, |a| self.binary(a, op.precedence() + 1))?;
-            let (after, e) = self.node(after, Expr::Binary(op, Box::new(lhs), Box::new(rhs)))?;
-            lhs = e;
-            i = after;
-        }
-        Ok((i, lhs))
+            if next.prio() > stored || slot == Slot::None {
+                return self.process_op(node, next, after);
+            }
+            // The next operator extends the right operand (after a rotation, the node that
+            // took `op`, now the left child).
+            replace_slot(node, slot, |sub| self.process_op(sub, next, after))
+        })
     }
 
-    fn unary<'a>(&self, i: In<'a>) -> Res<'a, Expr> {
+    /// One operand (libtraceevent's `process_arg_token`): a primary, a parenthesized
+    /// expression, a cast, or a unary operator with its operand and the operators after it.
+    fn operand<'a>(&self, i: In<'a>) -> Res<'a, Expr> {
         self.nested(i, |i| {
             let (t, _) = ws(i)?;
+            let rest = t.get(1..).unwrap_or("");
             let op = match t.as_bytes().first() {
-                Some(b'-') if !t[1..].starts_with(['-', '>']) => Some(UnOp::Neg),
-                Some(b'+') if !t[1..].starts_with('+') => Some(UnOp::Plus),
-                Some(b'!') if !t[1..].starts_with('=') => Some(UnOp::Not),
+                Some(b'-') if !rest.starts_with(['-', '>', '=']) => Some(UnOp::Neg),
+                Some(b'+') if !rest.starts_with(['+', '=']) => Some(UnOp::Plus),
+                Some(b'!') if !rest.starts_with('=') => Some(UnOp::Not),
                 Some(b'~') => Some(UnOp::BitNot),
                 _ => None,
             };
             if let Some(op) = op {
-                let (i, operand) = self.unary(&t[1..])?;
-                return self.node(i, Expr::Unary(op, Box::new(operand)));
+                let (i, x) = self.operand(rest)?;
+                let (i, node) = self.node(i, Expr::Unary(op, Box::new(x)))?;
+                return match op_token(i) {
+                    None | Some((_, OpTok::Colon)) => Ok((i, node)),
+                    // `[` binds to the operand (its priority is below the unary's 0).
+                    Some((after, OpTok::Bracket)) => {
+                        let Expr::Unary(op, x) = node else { return Ok((i, node)) };
+                        let (i, x) = self.process_op(*x, OpTok::Bracket, after)?;
+                        Ok((i, Expr::Unary(op, Box::new(x))))
+                    }
+                    Some((after, next)) => self.process_op(node, next, after),
+                };
             }
             if let Ok((i, e)) = self.cast(t) {
                 return Ok((i, e));
             }
-            self.postfix(t)
+            if let Some(inner) = t.strip_prefix('(')
+                && !is_rec_paren(inner)
+            {
+                return self.nested(inner, |i| {
+                    let (i, e) = self.expr(i)?;
+                    let (i, _) = punct(")").parse(i)?;
+                    Ok((i, e))
+                });
+            }
+            self.primary(t)
         })
     }
 
@@ -476,24 +634,8 @@ impl<'f> Grammar<'f> {
             Some(c) if is_item(c) || matches!(c, '(' | '"' | '\'') => {}
             _ => return fail(i),
         }
-        let (i, operand) = self.unary(t)?;
+        let (i, operand) = self.operand(t)?;
         self.node(i, Expr::Cast(ty.into(), Box::new(operand)))
-    }
-
-    fn postfix<'a>(&self, i: In<'a>) -> Res<'a, Expr> {
-        let (mut i, mut e) = self.primary(i)?;
-        while let Ok((after, _)) = punct("[").parse(i) {
-            if matches!(e, Expr::DynArray(_)) {
-                // libtraceevent rejects an index right after `__get_dynamic_array(f)`.
-                return cut_fail(i);
-            }
-            let (after, index) = self.expr(after)?;
-            let (after, _) = punct("]").parse(after)?;
-            let (after, indexed) = self.node(after, Expr::Index(Box::new(e), Box::new(index)))?;
-            e = indexed;
-            i = after;
-        }
-        Ok((i, e))
     }
 
     fn primary<'a>(&self, i: In<'a>) -> Res<'a, Expr> {
@@ -506,13 +648,6 @@ impl<'f> Grammar<'f> {
         .parse(t)
         {
             return self.node(i, Expr::Field(self.field_ref(name)));
-        }
-        if let Some(inner) = t.strip_prefix('(') {
-            return self.nested(inner, |i| {
-                let (i, e) = self.expr(i)?;
-                let (i, _) = punct(")").parse(i)?;
-                Ok((i, e))
-            });
         }
         if t.starts_with('"') {
             let (i, s) = string_lit(t)?;
@@ -554,7 +689,8 @@ impl<'f> Grammar<'f> {
             let mut out = Vec::with_capacity(n);
             let mut i = i;
             for k in 0..n {
-                let (after, e) = self.expr(i)?;
+                // Folded like a top-level argument (`alloc_and_process_delim`).
+                let (after, e) = self.expr(i).map(|(r, e)| (r, fold_constants(e)))?;
                 let (after, _) = punct(if k + 1 == n { ")" } else { "," }).parse(after)?;
                 out.push(e);
                 i = after;
@@ -611,6 +747,10 @@ impl<'f> Grammar<'f> {
             | "__get_sockaddr"
             | "__get_sockaddr_rel" => {
                 let (i, f) = field_arg(i)?;
+                if punct("[").parse(i).is_ok() {
+                    // libtraceevent rejects an index right after `__get_dynamic_array(f)`.
+                    return cut_fail(i);
+                }
                 self.node(i, Expr::DynArray(f))
             }
             "__get_dynamic_array_len" | "__get_rel_dynamic_array_len" => {
@@ -619,7 +759,7 @@ impl<'f> Grammar<'f> {
             }
             "__builtin_expect" => {
                 // libtraceevent takes one operand (no binary operators) and any word after it.
-                let (i, e) = self.unary(i)?;
+                let (i, e) = self.operand(i)?;
                 let (i, _) = punct(",").parse(i)?;
                 let (i, _) = item(i)?;
                 let (i, _) = punct(")").parse(i)?;
@@ -675,7 +815,7 @@ impl<'f> Grammar<'f> {
             let Ok((after, _)) = punct("{").parse(i) else { break };
             let (after, value) = self.expr(after)?;
             let (after, _) = punct(",").parse(after)?;
-            let (after, name) = self.unary(after)?;
+            let (after, name) = self.operand(after)?;
             let (after, _) = punct("}").parse(after)?;
             let (Some(value), Some(name)) = (const_text(&value), const_text(&name)) else {
                 self.note(PrintFmtError::BadSymbol);
@@ -786,6 +926,8 @@ fn const_num(e: &Expr) -> Option<i64> {
             eval_cast(const_num(inner)?.cast_unsigned(), ty, false).to_ne_bytes(),
         ),
         Expr::Unary(UnOp::Neg, r) => 0i64.wrapping_sub(const_num(r)?),
+        Expr::Binary(BinOp::Sub, l, r) if **l == Expr::Null => 0i64.wrapping_sub(const_num(r)?),
+        Expr::Binary(BinOp::Add, l, r) if **l == Expr::Null => const_num(r)?,
         Expr::Unary(UnOp::Plus, r) => const_num(r)?,
         Expr::Unary(UnOp::BitNot, r) => !const_num(r)?,
         Expr::Binary(op, l, r) => {
@@ -902,6 +1044,31 @@ mod tests {
         assert_eq!(parse(&long), Err(PrintFmtError::TooComplex));
         let unary = format!("\"%d\", {}1", "-".repeat(10_000));
         assert!(parse(&unary).is_err());
+    }
+
+    #[test]
+    fn operators_combine_as_in_libtraceevent() {
+        let field = |n: &str| Expr::Field(FieldRef { name: n.into(), index: None });
+        let atom = |a: &str| Expr::Atom(a.into());
+        let bin = |op, l, r| Expr::Binary(op, Box::new(l), Box::new(r));
+        // timer_start's flags: the parenthesized `|` is rotated under the `&`.
+        let p = parse(r#""%d", REC->f & (A | B)"#).unwrap();
+        assert_eq!(
+            p.args[0],
+            bin(BinOp::BitOr, bin(BinOp::BitAnd, field("f"), atom("A")), atom("B"))
+        );
+        // Equal priorities group to the right.
+        let p = parse(r#""%d", REC->a - REC->b - REC->c"#).unwrap();
+        assert_eq!(p.args[0], bin(BinOp::Sub, field("a"), bin(BinOp::Sub, field("b"), field("c"))));
+        // A looser operator after the ternary's false operand takes the whole ternary.
+        let p = parse(r#""%d", REC->c ? REC->a : REC->b + 1"#).unwrap();
+        assert!(
+            matches!(&p.args[0], Expr::Binary(BinOp::Add, l, _) if matches!(**l, Expr::Cond(..)))
+        );
+        // Tighter operators still bind first, and parentheses on the left are kept.
+        let p = parse(r#""%d", (REC->a + REC->b) * REC->c == REC->d"#).unwrap();
+        assert!(matches!(&p.args[0], Expr::Binary(BinOp::Eq, l, _)
+            if matches!(&**l, Expr::Binary(BinOp::Mul, ll, _) if matches!(**ll, Expr::Binary(BinOp::Add, ..)))));
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn render(format: &EventFormat, values: &[(&str, FieldValue)]) -> (String, Outco
         fields.push(*name, value.clone());
     }
     let mut out = String::new();
-    let outcome = format.print().render(&format.fields, &fields, Endian::Little, 8, &mut out);
+    let outcome = format.print().render(&format.fields, &fields, Endian::Little, 8, None, &mut out);
     (out, outcome)
 }
 
@@ -253,11 +253,11 @@ fn raw_records_and_decoded_fields_render_alike() {
     payload[32..36].copy_from_slice(&3i32.to_le_bytes());
     let rec = Record::new(&f, &payload, Endian::Little);
     let mut raw = String::new();
-    f.print().render(&f.fields, &rec, Endian::Little, 8, &mut raw);
+    f.print().render(&f.fields, &rec, Endian::Little, 8, None, &mut raw);
     assert_eq!(raw, "comm=qemu pid=-7 prio=120 target_cpu=003");
     let fields = vmxray_events::FieldLookup::to_fields(&rec);
     let mut decoded = String::new();
-    f.print().render(&f.fields, &fields, Endian::Little, 8, &mut decoded);
+    f.print().render(&f.fields, &fields, Endian::Little, 8, None, &mut decoded);
     assert_eq!(decoded, raw);
 }
 

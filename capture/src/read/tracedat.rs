@@ -645,6 +645,7 @@ impl TraceDat {
         let printk_len = seq.u32("printk size")?;
         let printk = seq.bytes(u64::from(printk_len), "printk formats")?;
         let cmdlines = seq.sized_u64("cmdlines")?;
+        formats.set_printk(&printk);
         let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
         Ok(V6Meta { layout, formats, texts })
     }
@@ -786,6 +787,7 @@ impl TraceDat {
         let cmdlines = c.u64().and_then(|n| c.take_u64_len(n)).unwrap_or(&[]).to_vec();
         let mut c = Cursor::new(&printk_sec, endian);
         let printk = c.u32().and_then(|n| c.take_u64_len(u64::from(n))).unwrap_or(&[]).to_vec();
+        formats.set_printk(&printk);
         let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
         let mut buffers = Vec::new();
         for (section, mut b) in std::mem::take(&mut opts.buffers_v7) {

@@ -35,6 +35,7 @@ struct Tally {
     partial: usize,
     partial_differing: usize,
     untyped: usize,
+    differing_by_event: HashMap<String, usize>,
 }
 
 fn workspace(rel: &str) -> PathBuf {
@@ -93,6 +94,7 @@ fn check(path: &Path) -> Option<Tally> {
             &rec,
             td.formats.endian(),
             td.formats.long_size(),
+            Some(td.formats.printk()),
             &mut ours,
         );
         let what = format!("{file}: {line}");
@@ -108,9 +110,16 @@ fn check(path: &Path) -> Option<Tally> {
         match outcome {
             Outcome::Rendered => t.rendered += 1,
             Outcome::FailedToParse => t.failed_to_parse += 1,
-            Outcome::Partial(_) => {
+            Outcome::Partial(what) => {
                 t.partial += 1;
                 t.partial_differing += usize::from(!equal);
+                if !equal {
+                    let n = t.differing_by_event.entry(f.name.to_string()).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        println!("  differs ({what}): ours {ours:?}\n  trace-cmd's {theirs:?}");
+                    }
+                }
             }
         }
         if !matches!(outcome, Outcome::Partial(_)) {
@@ -125,6 +134,12 @@ fn check(path: &Path) -> Option<Tally> {
         }
     }
     assert!(reader.next().is_none(), "{file}: we have more events than trace-cmd");
+    if !t.differing_by_event.is_empty() {
+        println!(
+            "  differing (needing data vmxray does not read), by event: {:?}",
+            t.differing_by_event
+        );
+    }
     assert!(t.events > 0, "{file}: no events");
     println!(
         "{file}: {} events, {} equal to trace-cmd report -N ({} rendered, {} left raw as \
@@ -135,9 +150,13 @@ fn check(path: &Path) -> Option<Tally> {
     Some(t)
 }
 
-/// Every committed binary trace.dat: real, lab-recorded, and real VMX ones when present.
+/// Every committed binary trace.dat: real, lab-recorded, and real VMX ones when present; plus
+/// the files in `VMXRAY_PRINTFMT_EXTRA` (colon-separated), for recordings kept outside the
+/// repository (`vmxray record` of every event system).
 fn samples() -> Vec<PathBuf> {
-    let mut out = Vec::new();
+    let mut out: Vec<PathBuf> = std::env::var("VMXRAY_PRINTFMT_EXTRA")
+        .map(|v| v.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default();
     for dir in ["samples/real/tracedat", "samples/lab", "samples/real/vmx"] {
         let Ok(entries) = std::fs::read_dir(workspace(dir)) else { continue };
         let mut files: Vec<PathBuf> = entries
