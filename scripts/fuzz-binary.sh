@@ -9,12 +9,18 @@ set -eu
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-180}
 [ $# -gt 0 ] && shift
-targets=${*:-page format_file tracedat perfdata printfmt}
+targets=${*:-page format_file tracedat perfdata tracedat_salvage printfmt}
 s=../samples/real
-mkdir -p corpus/page corpus/tracedat corpus/perfdata corpus/format_file corpus/printfmt
+mkdir -p corpus/page corpus/tracedat corpus/perfdata corpus/format_file corpus/tracedat_salvage \
+  corpus/printfmt
 cp "$s"/raw/*.bin corpus/page/
 cp "$s"/tracedat/lm-v6.dat "$s"/tracedat/lm-v7-zstd.dat "$s"/tracedat/lm-v7-none.dat corpus/tracedat/
 cp "$s"/perf/*.perf.data corpus/perfdata/
+# Salvage: the recorder's files whole and cut short (index lost), and a trace-cmd file.
+cp ../samples/lab/*.dat "$s"/tracedat/lm-v7-zstd.dat corpus/tracedat_salvage/
+for f in ../samples/lab/*.dat; do
+  head -c $(( $(wc -c < "$f") - 3000 )) "$f" > "corpus/tracedat_salvage/cut-$(basename "$f")"
+done
 for f in kvm/kvm_exit kvm/kvm_nested_vmenter_failed kvm/kvm_emulate_insn ftrace/print; do
   cp "$s/raw/tracefs/events/$f/format" "corpus/format_file/$(echo "$f" | tr / _)"
 done

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod cmd;
 
@@ -56,6 +56,10 @@ enum Command {
     /// Write any trace whose event formats are known (trace.dat, perf.data, tracefs copy) as
     /// trace.dat v7 (zstd) for trace-cmd and KernelShark.
     Convert(cmd::convert::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the man page (or a subcommand's), or write every page into a directory.
+    Man(cmd::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,8 @@ fn main() -> ExitCode {
         Command::Lab(args) => cmd::lab::run(args),
         Command::Tui(args) => cmd::tui::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Completions(args) => cmd::docs::completions(args, Cli::command()),
+        Command::Man(args) => cmd::docs::man(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

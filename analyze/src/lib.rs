@@ -11,10 +11,10 @@
 //! use vmxray_events::codes::{ExitCode, ExitReason, Isa};
 //! use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //!
-//! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
+//! let exit = |ts, reason| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
 //!     reason: ExitCode::Vmx(ExitReason(reason)), isa: Some(Isa::Vmx), guest_rip: None, info1: None,
 //!     info2: None, intr_info: None, error_code: None, vcpu_id: Some(0), requests: None })) };
-//! let entry = |ts| Event { ts, cpu: 0, pid: 100, comm: None, kind: EventKind::KvmEntry(Entry {
+//! let entry = |ts| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind: EventKind::KvmEntry(Entry {
 //!     vcpu_id: 0, rip: None, immediate_exit: None, intr_info: None, error_code: None }) };
 //!
 //! let mut stats = ExitStats::new();
@@ -153,6 +153,8 @@
 
 pub mod histogram;
 pub mod pass;
+#[cfg(feature = "plot")]
+pub mod plot;
 #[cfg(feature = "scan")]
 pub mod scan;
 pub mod stats;

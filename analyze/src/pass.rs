@@ -142,6 +142,8 @@ pub struct PassEnd {
 pub struct Pass {
     model: Model,
     stats: Option<ExitStats>,
+    /// Statistics of one VM only (`Vm::matches`).
+    stats_vm: Option<String>,
 }
 
 impl Pass {
@@ -152,7 +154,14 @@ impl Pass {
             StatsMode::Report => Some(ExitStats::new()),
             StatsMode::ExitLog => Some(ExitStats::with_exit_log()),
         };
-        Self { model: Model::new(config.model), stats }
+        Self { model: Model::new(config.model), stats, stats_vm: None }
+    }
+
+    /// Keeps statistics of one VM only (a host trace): `selector` is its VMM process id, its
+    /// name or `vmK` (`vmxray_events::Vm::matches`). The model still sees every event.
+    pub fn stats_of_vm(mut self, selector: impl Into<String>) -> Self {
+        self.stats_vm = Some(selector.into());
+        self
     }
 
     /// Steps one event through the model, the statistics and `sink`.
@@ -160,7 +169,13 @@ impl Pass {
         sink.before(&self.model);
         self.model.step(event);
         let stepped = Stepped { event, step: self.model.last_step(), model: &self.model };
-        if let Some(stats) = &mut self.stats {
+        let wanted = match (&self.stats_vm, stepped.step.actor) {
+            (None, _) => true,
+            // Lost-events markers concern every VM.
+            (Some(_), None) => true,
+            (Some(vm), Some(actor)) => self.model.attribution().in_vm(actor, event.pid, vm),
+        };
+        if let Some(stats) = self.stats.as_mut().filter(|_| wanted) {
             let vmcs12 = match event.kind {
                 EventKind::KvmNestedVmexit(_) => stepped.current_vmcs12(),
                 _ => None,
@@ -194,6 +209,11 @@ impl Pass {
     /// The statistics, unless [`StatsMode::Off`] (the scan takes closed exits from it).
     pub fn stats_mut(&mut self) -> Option<&mut ExitStats> {
         self.stats.as_mut()
+    }
+
+    /// The model and the statistics together (the scan labels closed exits with their VM).
+    pub fn model_and_stats(&mut self) -> (&Model, Option<&mut ExitStats>) {
+        (&self.model, self.stats.as_mut())
     }
 
     /// Ends the pass: the model's summary and the statistics report. `meta` and `read` come

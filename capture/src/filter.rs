@@ -156,7 +156,6 @@ fn name_matches(pattern: &str, system: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use vmxray_events::codes::{ExitReason, Isa};
@@ -167,7 +166,8 @@ mod tests {
             ts,
             cpu: 0,
             pid,
-            comm: Some(Arc::from("CPU 0/KVM")),
+            tgid: None,
+            comm: Some(vmxray_events::Comm::from("CPU 0/KVM")),
             kind: EventKind::KvmExit(ExitInfo::from(ExitFields {
                 reason: ExitCode::Vmx(ExitReason(reason)),
                 isa: Some(Isa::Vmx),

@@ -349,7 +349,7 @@ type Rendered = (Vec<u8>, Batch);
 /// let mut w = OrderedWriter::new(Vec::new(), Clock::Local, Format::Text, true);
 /// for ts in 0..3 {
 ///     let kind = EventKind::KvmNestedIntrVmexit { rip: 0xfff0 };
-///     w.push(Event { ts, cpu: 0, pid: 1, comm: None, kind }, Some(0)).unwrap();
+///     w.push(Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind }, Some(0)).unwrap();
 /// }
 /// let text = String::from_utf8(w.finish().unwrap()).unwrap();
 /// assert_eq!(text.lines().count(), 3);
@@ -459,7 +459,8 @@ mod tests {
             ts: 665_844_340_123,
             cpu: 1,
             pid: 17796,
-            comm: Some(Arc::from("qemu vcpu-0 x")),
+            tgid: None,
+            comm: Some(vmxray_events::Comm::from("qemu vcpu-0 x")),
             kind,
         }
     }
@@ -671,11 +672,11 @@ mod tests {
         ];
         let comm = prop_oneof![
             Just(None),
-            "[ -~]{0,16}".prop_map(|c| Some(Arc::from(c.as_str()))),
-            any::<String>().prop_map(|c| Some(Arc::from(c.as_str()))),
+            "[ -~]{0,16}".prop_map(|c| Some(vmxray_events::Comm::from(c.as_str()))),
+            any::<String>().prop_map(|c| Some(vmxray_events::Comm::from(c.as_str()))),
         ];
         (any::<u64>(), any::<u32>(), any::<i32>(), comm, kind)
-            .prop_map(|(ts, cpu, pid, comm, kind)| Event { ts, cpu, pid, comm, kind })
+            .prop_map(|(ts, cpu, pid, comm, kind)| Event { tgid: None, ts, cpu, pid, comm, kind })
     }
 
     #[test]
@@ -686,7 +687,8 @@ mod tests {
                 ts: i * 1_001,
                 cpu: (i % 3) as u32,
                 pid: 100 + (i % 5) as i32,
-                comm: (i % 4 != 0).then(|| Arc::from("CPU 0/KVM")),
+                tgid: None,
+                comm: (i % 4 != 0).then(|| vmxray_events::Comm::from("CPU 0/KVM")),
                 kind: EventKind::KvmPio {
                     write: i % 2 == 0,
                     port: 0x3f8,

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let events: Vec<Result<Event, ()>> = [0, u64::MAX / 2, u64::MAX]
         .into_iter()
-        .map(|ts| Ok(Event { ts, cpu: 0, pid: 1, comm: None, kind: EventKind::Lost { count: None } }))
+        .map(|ts| Ok(Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind: EventKind::Lost { count: None } }))
         .collect();
     let merged: Vec<Event> =
         fields_file::merge(events, permissive.records.clone()).map(Result::unwrap).collect();

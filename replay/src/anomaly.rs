@@ -196,8 +196,8 @@ rules! {
     /// Invariants 4 and 10.
     HostRipMismatch = "host_rip_mismatch", Error,
         "nested_vmx_vmexit/load_vmcs12_host_state (vmx/nested.c); 4f350c6dbcb9 for the VMFail exception",
-        "after kvm_nested_vmexit_inject the next kvm_entry is at the vmcs12's HOST_RIP (learned from its earlier exits) unless L1 VMWRITEd",
-        "two nested exits of one vmcs12 followed by kvm_entry with rip (5.10+)";
+        "after a nested exit (kvm_nested_vmexit_inject or a failed entry) the next kvm_entry is at the vmcs12's HOST_RIP (learned from its earlier exits) unless L1 VMWRITEd",
+        "two nested exits of one vmcs12 followed by kvm_entry with rip (5.10+), with no VMWRITE kvm_exit between them (the field a VMWRITE writes is not traced, so any may have changed HOST_RIP)";
     /// Invariant 5.
     L2EntryMismatch = "l2_entry_mismatch", Error,
         "KVM: x86: Print guest pgd in kvm_nested_vmenter() (6.1); 3e633e7e7d07 for kvm_entry.intr_info (6.14)",

@@ -8,7 +8,7 @@
 //! use vmxray_replay::{EventIndex, Model};
 //!
 //! let events: Vec<Event> = (0..100u64)
-//!     .map(|ts| Event { ts, cpu: 0, pid: 1, comm: None, kind: EventKind::KvmEntry(Entry {
+//!     .map(|ts| Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind: EventKind::KvmEntry(Entry {
 //!         vcpu_id: 0, rip: Some(ts), immediate_exit: None, intr_info: None, error_code: None,
 //!     }) })
 //!     .collect();

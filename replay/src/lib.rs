@@ -13,7 +13,7 @@
 //! use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo};
 //! use vmxray_replay::{Model, RuleId};
 //!
-//! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, comm: None, kind };
+//! let event = |ts, kind| Event { ts, cpu: 0, pid: 100, tgid: None, comm: None, kind };
 //! let entry = |ts| event(ts, EventKind::KvmEntry(Entry {
 //!     vcpu_id: 0, rip: Some(0x1000), immediate_exit: None, intr_info: None, error_code: None,
 //! }));

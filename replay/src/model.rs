@@ -15,7 +15,7 @@
 //! compares it with what the event shows.
 
 use serde::Serialize;
-use vmxray_events::{Attribution, Event, EventKind};
+use vmxray_events::{Attribution, Event, EventKind, Vcpu, Vm};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
 use crate::rules::{self, Ctx, RuleStates};
@@ -181,8 +181,11 @@ pub struct TraceSummary {
     pub lost_markers: u64,
     /// Events the markers said were lost.
     pub lost_events: u64,
-    /// vCPUs seen.
+    /// Every vCPU's id, ordered by VM then id (a host trace lists each VM's vCPU 0).
     pub vcpus: Vec<u32>,
+    /// The VMs: the VMM processes, or VMs inferred from vCPU ids running at once on different
+    /// threads when the trace carries no tgid.
+    pub vms: Vec<Vm>,
     /// Threads whose events could not be attributed to a vCPU.
     pub unattributed_threads: usize,
     /// What the events reveal about the kernel.
@@ -386,15 +389,33 @@ impl Model {
     }
 
     /// The vCPU a thread runs, once an event with `vcpu_id` came from it.
-    pub fn vcpu_of_thread(&self, pid: i32) -> Option<u32> {
+    pub fn vcpu_of_thread(&self, pid: i32) -> Option<Vcpu> {
         self.attribution.vcpu_of_thread(pid)
+    }
+
+    /// The VMs seen so far (the attribution's table).
+    pub fn vms(&self) -> &[Vm] {
+        self.attribution.vms()
+    }
+
+    /// The attribution of events to vCPUs and VMs.
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
     }
 
     /// The per-trace summary: counts, features, and for every enabled rule whether it was
     /// checkable.
     pub fn summary(&self) -> TraceSummary {
-        let mut vcpus: Vec<u32> = self.slots.iter().filter_map(|s| s.actor.vcpu_id()).collect();
-        vcpus.sort_unstable();
+        let mut keys: Vec<Vcpu> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.actor {
+                Actor::Vcpu(v) => Some(v),
+                Actor::Thread(_) => None,
+            })
+            .collect();
+        keys.sort_unstable();
+        let vcpus = keys.iter().map(|v| v.id).collect();
         let rules = RuleId::ALL
             .iter()
             .copied()
@@ -414,6 +435,7 @@ impl Model {
             lost_markers: self.lost_markers,
             lost_events: self.lost_events,
             vcpus,
+            vms: self.attribution.vms().to_vec(),
             unattributed_threads: self
                 .slots
                 .iter()

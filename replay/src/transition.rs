@@ -1,7 +1,7 @@
 //! The state machine proper: how each event changes a vCPU's [`VcpuState`] (§2 of the
 //! reference). Rules have already looked at the pre-state when this runs.
 
-use vmxray_events::codes::{ExitCode, Isa, SvmExitCode, VmxBasicReason};
+use vmxray_events::codes::{ExitCode, ExitReason, Isa, SvmExitCode, VmxBasicReason};
 use vmxray_events::{Event, EventKind, ExitInfo, NestedVmenter, VmFailKind};
 
 use crate::anomaly::EventIndex;
@@ -55,6 +55,7 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -95,6 +96,7 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::Other(_)
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
             | EventKind::KvmPmlFull { .. }
     ) {
         return;
@@ -146,7 +148,17 @@ pub(crate) fn apply(
                 // switches back to vmcs01 and VMfails, L2 never ran.
                 set_mode(st, Mode::L1, out);
                 st.pending_launch = None;
-            } else if !matches!(st.mode, Mode::L2Pending { .. }) {
+            } else if matches!(st.mode, Mode::L2Pending { .. }) {
+                // A guest-state check after kvm_nested_vmenter (nested_vmx_check_guest_state,
+                // the VMCS link pointer): a VM-exit with INVALID_STATE | FAILED_VMENTRY. KVM
+                // loads vmcs12's host state itself (vmentry_fail_vmexit), without
+                // nested_vmx_vmexit, so no kvm_nested_vmexit_inject is traced: L1 resumes at
+                // HOST_RIP. Seen on real 6.1 and 6.12 (samples/real/vmx/l1-vmfail-*).
+                let reason = ExitCode::Vmx(ExitReason(
+                    ExitReason::FAILED_VMENTRY | u32::from(VmxBasicReason::INVALID_STATE.0),
+                ));
+                land_in_l1(st, reason, at, out);
+            } else {
                 // A VMfail before kvm_nested_vmenter (CC() or the early hardware check): L1
                 // stays in root mode.
                 st.pending_launch = None;
@@ -205,6 +217,7 @@ pub(crate) fn apply(
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -292,14 +305,20 @@ fn on_exit(st: &mut VcpuState, f: &Features, info: &ExitInfo, at: EventIndex) {
 }
 
 fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<Transition>) {
+    land_in_l1(st, info.reason(), at, out);
+}
+
+/// A nested VM-exit with `reason` (traced by `kvm_nested_vmexit_inject`, or implied by a failed
+/// entry): vmcs12 records it, L1 resumes at HOST_RIP.
+fn land_in_l1(st: &mut VcpuState, reason: ExitCode, at: EventIndex, out: &mut Vec<Transition>) {
     st.cr3_unknown_level = None;
     let zero_instructions = matches!(st.mode, Mode::L2Pending { .. });
     let was_l2 = st.level() == Some(Level::L2);
-    let failed_entry = matches!(info.reason(), ExitCode::Vmx(r) if r.failed_vmentry());
+    let failed_entry = matches!(reason, ExitCode::Vmx(r) if r.failed_vmentry());
     let counters = st.counters;
     if let Some(vmptr) = st.current_vmptr {
         let rec = st.vmcs12.entry(vmptr, at);
-        rec.last_exit = Some(NestedExit { at, reason: Some(info.reason()), zero_instructions });
+        rec.last_exit = Some(NestedExit { at, reason: Some(reason), zero_instructions });
         rec.vmwrites_at_exit = counters.vmwrite;
         rec.vmfuncs_at_exit = counters.vmfunc;
         if failed_entry {
@@ -314,7 +333,7 @@ fn on_inject(st: &mut VcpuState, info: &ExitInfo, at: EventIndex, out: &mut Vec<
     st.awaiting_host_rip = Some((at, st.current_vmptr));
     st.pending_launch = None;
     st.entry_launch = None;
-    out.push(Transition::NestedExit { reason: Some(info.reason()) });
+    out.push(Transition::NestedExit { reason: Some(reason) });
     set_mode(st, Mode::L1, out);
 }
 

@@ -298,6 +298,12 @@ impl Triage {
         let step_actor = step.actor;
         let transitions = step.transitions.to_vec();
         let anomalies = step.anomalies.to_vec();
+        // A guest-state check that failed after kvm_nested_vmenter is a failed VM-entry exit to
+        // L1 that KVM does not trace as kvm_nested_vmexit_inject; the model says it landed.
+        let failed_entry_landed = matches!(event.kind, EventKind::KvmNestedVmenterFailed { .. })
+            && transitions.iter().any(|t| {
+                matches!(t, Transition::NestedExit { reason: Some(ExitCode::Vmx(r)) } if r.failed_vmentry())
+            });
         let Some(actor) = step_actor else {
             for w in &mut self.windows {
                 for t in &transitions {
@@ -377,7 +383,9 @@ impl Triage {
         push_bounded(&mut w.events, WindowEvent { at, event: event.clone() }, cfg.window.max(1));
         observe(w, at, event, level, cfg.links);
 
-        if let Some(kind) = fatal(&event.kind) {
+        let fatal_kind =
+            fatal(&event.kind).or(failed_entry_landed.then_some(CrashKind::FailedVmentry));
+        if let Some(kind) = fatal_kind {
             if w.crash_at_entries == Some(w.entries) {
                 return;
             }
@@ -506,6 +514,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     };
@@ -571,6 +580,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

@@ -36,6 +36,10 @@ pub struct Args {
     /// Keep only these CPUs.
     #[arg(long, value_delimiter = ',')]
     pub cpu: Vec<u32>,
+    /// Keep only this VM's events (a host trace): its VMM process id, its name, or `vmK`
+    /// (the K-th VM the trace shows, `vmxray replay` lists them).
+    #[arg(long)]
+    pub vm: Option<String>,
     /// Keep only these events: `kvm_exit`, `kvm:*`, `kvmmmu:kvm_mmu_*`, ...
     #[arg(long, value_delimiter = ',')]
     pub event: Vec<String>,
@@ -87,8 +91,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 break;
             }
         };
-        let vcpu = attribution.attribute(&event).actor.vcpu_id();
-        if !filter.keeps(&event, vcpu) {
+        let actor = attribution.attribute(&event).actor;
+        let vcpu = actor.vcpu_id();
+        if !filter.keeps(&event, vcpu)
+            || args.vm.as_deref().is_some_and(|vm| !attribution.in_vm(actor, event.pid, vm))
+        {
             continue;
         }
         out.push(event, vcpu)?;

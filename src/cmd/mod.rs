@@ -4,10 +4,13 @@ use std::io;
 use std::process::ExitCode;
 
 pub mod convert;
+pub mod docs;
 pub mod dump;
 pub mod fields;
 pub mod input;
 pub mod lab;
+pub mod lab_vmx;
+pub mod plot;
 pub mod record;
 pub mod replay;
 pub mod scan;

@@ -85,7 +85,7 @@ pub enum ProfileArg {
     Vmcs,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     record::parse_duration(s)
         .ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {s:?}"))
 }

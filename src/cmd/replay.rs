@@ -13,11 +13,12 @@
 //! One JSON object per line, each with a `"type"`:
 //!
 //! ```text
-//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"thread":null,
+//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"vm":0,"thread":null,
 //!  "rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
 //!  "message":"…","commit":"04f11ef45810 …"}
 //! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
 //!  "skipped":0,"unknown_events":0,"kernel_at_least":"6.1","vcpus":[0,1],
+//!  "vms":[{"id":0,"tgid":4242,"name":"guest0","inferred":false,"vcpus":[[0,4250],[1,4251]]}],
 //!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
 //!  "rules":[{"rule":"livelock","status":"checked","checks":812,"anomalies":0},
 //!           {"rule":"late_vmfail_l1_cr3","status":"not_checkable","why":"…"}]}
@@ -25,8 +26,12 @@
 //!
 //! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
 //!   numbers); `ts` is the event's timestamp in the trace clock's units.
-//! - `vcpu` is the vCPU id, or null when the event could only be attributed to a thread
-//!   (`thread` is then its pid).
+//! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
+//!   when the event could only be attributed to a thread (`thread` is then its pid). A host
+//!   trace holds many VMs, each with its vCPU 0.
+//! - `vms` lists the VMs: the VMM process (`tgid`) and name when the trace says them,
+//!   `inferred` when it carries no tgid and the VMs were told apart by their vCPU threads,
+//!   and each vCPU with its thread.
 //! - `severity` is one of `info`, `warning`, `error`, `critical`.
 //! - One `summary` line follows the anomalies of each input; `anomalies` counts every anomaly of
 //!   the enabled rules, including those below `--severity`.
@@ -270,9 +275,9 @@ fn write_anomaly<W: Write>(
             )
         }
         Format::Jsonl => {
-            let (vcpu, thread) = match a.vcpu {
-                Actor::Vcpu(v) => (Some(v), None),
-                Actor::Thread(t) => (None, Some(t)),
+            let (vcpu, vm, thread) = match a.vcpu {
+                Actor::Vcpu(v) => (Some(v.id), Some(v.vm.0), None),
+                Actor::Thread(t) => (None, None, Some(t)),
             };
             let line = json!({
                 "type": "anomaly",
@@ -280,6 +285,7 @@ fn write_anomaly<W: Write>(
                 "at": a.at.0,
                 "ts": ts,
                 "vcpu": vcpu,
+                "vm": vm,
                 "thread": thread,
                 "rule": a.rule.name(),
                 "severity": a.severity.name(),
@@ -330,6 +336,7 @@ pub fn write_summary<W: Write>(
                 "unknown_events": unknown,
                 "kernel_at_least": s.features.kernel_at_least(),
                 "vcpus": s.vcpus,
+                "vms": s.vms,
                 "anomalies": {
                     "info": s.by_severity[0], "warning": s.by_severity[1],
                     "error": s.by_severity[2], "critical": s.by_severity[3],
@@ -350,6 +357,19 @@ pub fn write_summary<W: Write>(
                 s.by_severity[1],
                 s.by_severity[0],
             )?;
+            if s.vms.len() > 1 {
+                let how = if s.vms.iter().any(|vm| vm.inferred) {
+                    " (no tgid in the trace: told apart by their vCPU threads; which vCPUs share a VM is inferred)"
+                } else {
+                    ""
+                };
+                writeln!(out, "  {} VMs{how}:", s.vms.len())?;
+                for vm in &s.vms {
+                    let vcpus: Vec<String> =
+                        vm.vcpus.iter().map(|(id, pid)| format!("{id} (thread {pid})")).collect();
+                    writeln!(out, "    vm{} {}: vCPUs {}", vm.id.0, vm.label(), vcpus.join(", "))?;
+                }
+            }
             writeln!(
                 out,
                 "  lost: {lost_events} events in {} markers{}; skipped: {skipped}; unknown events: {unknown}; kernel >= {}",
@@ -387,6 +407,7 @@ mod tests {
             ts,
             cpu: 0,
             pid: 7,
+            tgid: None,
             comm: None,
             kind: EventKind::KvmEntry(Entry {
                 vcpu_id: 3,
@@ -403,6 +424,7 @@ mod tests {
             ts,
             cpu: 0,
             pid: 7,
+            tgid: None,
             comm: None,
             kind: EventKind::KvmExit(vmxray_events::ExitInfo::from(vmxray_events::ExitFields {
                 reason: vmxray_events::codes::ExitCode::Vmx(vmxray_events::codes::ExitReason(10)),

@@ -80,6 +80,11 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also write SVG plots of the fleet's exits into this directory: a latency histogram per
+    /// exit reason and level, exits per second per host over time (from each trace's start),
+    /// and a time × latency heatmap.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
 }
 
 fn parse_rule(s: &str) -> Result<RuleId, String> {
@@ -133,7 +138,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let fleet = format!("fleet of {} traces", inputs.len());
+    let tap_plots = |sink: &dyn TableSink| {
+        let tap = super::plot::PlotTap::new(
+            sink,
+            vmxray_analyze::plot::ExitPlots::new(fleet.clone(), true),
+        );
+        let outcomes = scan::scan(&inputs, &opts, &tap, &progress);
+        (outcomes, tap.into_plots())
+    };
+    let mut plots = None;
     let (outcomes, collected) = match &args.out {
+        Some(dir) if args.plot.is_some() => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("Cannot create {}", dir.display()))?;
+            let sink = DatasetWriter::new(dir, dataset_format(args.format));
+            let (outcomes, p) = tap_plots(&sink);
+            plots = Some(p);
+            (outcomes, None)
+        }
+        None if args.plot.is_some() => {
+            let sink = Collector::new();
+            let (outcomes, p) = tap_plots(&sink);
+            plots = Some(p);
+            (outcomes, Some(sink.into_chunks()))
+        }
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("Cannot create {}", dir.display()))?;
@@ -153,6 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
+    }
+    if let (Some(plots), Some(dir)) = (&plots, &args.plot) {
+        super::plot::write(plots, dir)?;
     }
 
     let stdout = std::io::stdout();
@@ -194,6 +226,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn dataset_format(format: Format) -> OutputFormat {
+    match format {
+        Format::Parquet => OutputFormat::Parquet,
+        Format::Csv => OutputFormat::Csv,
+        Format::Jsonl => OutputFormat::Jsonl,
+    }
 }
 
 fn progress_bar(traces: u64, quiet: bool) -> Option<indicatif::ProgressBar> {

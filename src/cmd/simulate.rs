@@ -43,6 +43,15 @@ pub struct Args {
     /// Also write the ground truth (bug sites, vmcs12 field writes) as JSON to this file.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// With the scenario `host`: one VM of the host, `SCENARIO[:KVM][@SEED]` (KVM as for
+    /// --kvm; the seed defaults to --seed + its position). Repeatable; the VMs run at once,
+    /// each with its own process and vCPU threads, interleaved in one host trace.
+    #[arg(long = "vm", value_name = "SCENARIO[:KVM][@SEED]")]
+    pub vms: Vec<String>,
+    /// With `host`: leave out ftrace's record-tgid column, so that the VMs must be told apart
+    /// by their vCPU threads.
+    #[arg(long)]
+    pub no_tgid: bool,
 }
 
 /// Runs `vmxray simulate`.
@@ -58,6 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let name = args.scenario.as_deref().unwrap_or_default();
+    if name == "host" {
+        return run_host(&args);
+    }
     let scenario: Scenario = name.parse()?;
     let flavour = sim::parse_flavour(&args.kvm)?;
     let kernel: KernelVersion = args.kernel.parse()?;
@@ -81,6 +93,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             File::create(path).with_context(|| format!("Cannot create {}", path.display()))?;
         let mut w = BufWriter::new(file);
         serde_json::to_writer_pretty(&mut w, &simulation.truth)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vmxray simulate host --vm ... --vm ...`.
+fn run_host(args: &Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!args.vms.is_empty(), "The host scenario needs at least one --vm");
+    let kernel: KernelVersion = args.kernel.parse()?;
+    let mut configs = Vec::new();
+    for (i, spec) in args.vms.iter().enumerate() {
+        let (spec, seed) = match spec.split_once('@') {
+            Some((s, seed)) => (s, seed.parse().with_context(|| format!("Bad seed in {spec}"))?),
+            None => (spec.as_str(), args.seed + i as u64),
+        };
+        let (scenario, kvm) = spec.split_once(':').unwrap_or((spec, "fixed"));
+        let scenario: Scenario = scenario.parse()?;
+        let flavour = sim::parse_flavour(kvm)?;
+        configs.push(
+            SimConfig::new(scenario)
+                .kvm(SimConfig::resolve(scenario, flavour)?)
+                .kernel(kernel)
+                .seed(seed)
+                .vcpus(args.vcpus)
+                .subjects(args.subjects)
+                .iterations(args.iterations),
+        );
+    }
+    let host = sim::host::simulate_host(&configs)?;
+    let text = sim::text::render_trace(&host.events, &host.text_options(!args.no_tgid));
+    if args.output.as_os_str() == "-" {
+        io::stdout().lock().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(&args.output, text)
+            .with_context(|| format!("Cannot write {}", args.output.display()))?;
+    }
+    if let Some(path) = &args.truth {
+        let file =
+            File::create(path).with_context(|| format!("Cannot create {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, &host.truth())?;
         w.write_all(b"\n")?;
         w.flush()?;
     }

@@ -25,6 +25,14 @@ pub struct Args {
     /// stopping at the first one.
     #[arg(long)]
     pub permissive: bool,
+    /// Only this VM's exits (a host trace): its VMM process id, its name, or `vmK` (like
+    /// `perf kvm stat --pid`).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Also write SVG plots into this directory: a latency histogram per exit reason and
+    /// level, exits per second per vCPU over time, and a time × latency heatmap.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `--format`.
@@ -51,7 +59,21 @@ impl From<OutputFormat> for Format {
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = super::input::open(&args.file, args.permissive)?;
-    let stats = accumulate(reader.by_ref())?;
+    let stats = match &args.plot {
+        Some(dir) => {
+            let meta = reader.meta();
+            let mut plots =
+                vmxray_analyze::plot::ExitPlots::new(meta.input.to_string(), meta.clock.is_ns());
+            let stats = super::plot::accumulate_with_plots(
+                reader.by_ref(),
+                args.vm.as_deref(),
+                &mut plots,
+            )?;
+            super::plot::write(&plots, dir)?;
+            stats
+        }
+        None => accumulate(reader.by_ref(), args.vm.as_deref())?,
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
@@ -62,9 +84,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// skip).
 pub fn accumulate(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    vm: Option<&str>,
 ) -> Result<Pass, ReadError> {
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
+    if let Some(vm) = vm {
+        pass = pass.stats_of_vm(vm);
+    }
     pass.run(events, &mut ())?;
     Ok(pass)
 }
@@ -97,7 +123,7 @@ mod tests {
     use super::*;
 
     fn ev(ts: u64, pid: i32, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid, comm: None, kind })
+        Ok(Event { ts, cpu: 0, pid, tgid: None, comm: None, kind })
     }
 
     fn exit(ts: u64, vcpu: u32, reason: u32) -> Result<Event, ReadError> {
@@ -158,7 +184,7 @@ mod tests {
 
     fn render(format: OutputFormat) -> (StatsReport, String) {
         let mut out = Vec::new();
-        let stats = accumulate(events()).unwrap();
+        let stats = accumulate(events(), None).unwrap();
         let report = write_stats(stats, Some(&meta()), None, format, &mut out).unwrap();
         (report, String::from_utf8(out).unwrap())
     }
@@ -246,9 +272,14 @@ mod tests {
             },
         )];
         let mut out = Vec::new();
-        let report =
-            write_stats(accumulate(events).unwrap(), None, None, OutputFormat::Text, &mut out)
-                .unwrap();
+        let report = write_stats(
+            accumulate(events, None).unwrap(),
+            None,
+            None,
+            OutputFormat::Text,
+            &mut out,
+        )
+        .unwrap();
         assert!(report.exits.is_none());
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("No kvm_exit events"), "{text}");
@@ -267,7 +298,7 @@ mod tests {
             )),
             entry(2, 0),
         ];
-        let err = accumulate(events).unwrap_err();
+        let err = accumulate(events, None).unwrap_err();
         assert_eq!(err.to_string(), "bad.txt:7: Truncated: expected a timestamp, the input ends");
     }
 
@@ -277,6 +308,8 @@ mod tests {
             file: PathBuf::from("/nonexistent/vmxray-stats-test"),
             format: OutputFormat::Text,
             permissive: false,
+            vm: None,
+            plot: None,
         };
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));

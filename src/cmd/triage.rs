@@ -92,9 +92,13 @@ impl Sink for TriageSink {
     }
 }
 
-fn who(actor: Actor) -> String {
+fn who(actor: Actor, vms: &[vmxray_events::Vm]) -> String {
     match actor {
-        Actor::Vcpu(v) => format!("vCPU {v}"),
+        Actor::Vcpu(v) if vms.len() <= 1 => format!("vCPU {}", v.id),
+        Actor::Vcpu(v) => match vms.get(v.vm.0 as usize) {
+            Some(vm) => format!("vCPU {} of VM {} ({})", v.id, v.vm.0, vm.label()),
+            None => format!("vCPU {} of VM {}", v.id, v.vm.0),
+        },
         Actor::Thread(pid) => format!("vCPU thread {pid} (the trace carries no vcpu_id)"),
     }
 }
@@ -252,6 +256,7 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmPmlFull { .. }
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
@@ -357,7 +362,7 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         let _ = writeln!(
             s,
             "== {}: {} at event {} (ts {}) ==",
-            who(c.vcpu),
+            who(c.vcpu, &report.summary.vms),
             c.kind.describe(),
             c.at,
             c.ts
@@ -419,7 +424,12 @@ pub fn render(input: &str, report: &TriageReport) -> String {
             let _ =
                 writeln!(s, "  {:<8} {} {}: {}", a.at.to_string(), a.severity, a.rule, a.message);
         }
-        let _ = writeln!(s, "\nLast {} events of {}:", c.last_events.len(), who(c.vcpu));
+        let _ = writeln!(
+            s,
+            "\nLast {} events of {}:",
+            c.last_events.len(),
+            who(c.vcpu, &report.summary.vms)
+        );
         for e in &c.last_events {
             let _ = writeln!(
                 s,
@@ -441,7 +451,7 @@ mod tests {
     use super::*;
 
     fn ev(ts: u64, kind: EventKind) -> Result<Event, ReadError> {
-        Ok(Event { ts, cpu: 0, pid: 23323, comm: Some("python3".into()), kind })
+        Ok(Event { ts, cpu: 0, pid: 23323, tgid: None, comm: Some("python3".into()), kind })
     }
 
     #[test]

@@ -89,3 +89,46 @@ fn lab_writes_a_trace() {
     assert!(stderr.contains("last Shutdown"), "{stderr}");
     assert!(path.exists());
 }
+
+/// Two real VMs at once (two `vmxray lab` processes, each a VMM with vCPUs 0 and 1) recorded by
+/// one `vmxray record`: the recording says which process each vCPU thread belongs to (trace.dat
+/// records carry no tgid), so replay keeps the two vCPU 0s apart, and scan counts two VMs.
+#[test]
+fn two_vms_at_once_stay_apart() {
+    if let Some(reason) = lab_unavailable() {
+        vmxray_events::test_util::skip(reason);
+        return;
+    }
+    let path = out("two-vms.dat");
+    let guests = format!(
+        "{BIN} lab multi-vcpu=60000 --no-record & {BIN} lab multi-vcpu=60000 --no-record & wait"
+    );
+    let output = Command::new(BIN)
+        .args(["record", "-q", "-o"])
+        .arg(&path)
+        .args(["--", "sh", "-c", &guests])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let replay =
+        Command::new(BIN).args(["replay", "--format", "jsonl"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert_eq!(replay.status.code(), Some(0), "{stdout}");
+    let summary: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "summary")
+        .unwrap();
+    let vms = summary["vms"].as_array().unwrap();
+    let guests: Vec<&serde_json::Value> =
+        vms.iter().filter(|vm| vm["vcpus"].as_array().is_some_and(|v| v.len() == 2)).collect();
+    assert_eq!(guests.len(), 2, "{vms:#?}");
+    for vm in &guests {
+        assert!(vm["tgid"].as_i64().is_some() && vm["inferred"] == false, "{vm}");
+        let ids: Vec<u64> =
+            vm["vcpus"].as_array().unwrap().iter().map(|v| v[0].as_u64().unwrap()).collect();
+        assert_eq!(ids, [0, 1], "{vm}");
+    }
+    assert_ne!(guests[0]["tgid"], guests[1]["tgid"]);
+    let _ = std::fs::remove_file(&path);
+}

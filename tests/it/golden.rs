@@ -2,7 +2,7 @@
 //! jsonl`, compared with `samples/golden/<folder>-<name>.anomalies.jsonl` (the anomaly lines,
 //! without the `input` key). Real and lab traces (a real KVM) must have nothing above info.
 //!
-//! `VMXRAY_BLESS=1 cargo test --test golden` rewrites the golden files from the current model.
+//! `VMXRAY_BLESS=1 cargo test --test it golden` rewrites the golden files from the current model.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +11,7 @@ use std::process::Command;
 /// traces come from a real KVM.
 const SETS: &[(&str, &str, bool)] = &[
     ("sim", ".txt", false),
+    ("host", ".txt", false),
     ("real/tracedat", ".dat", true),
     ("real/perf", ".perf.data", true),
     ("lab", ".dat", true),

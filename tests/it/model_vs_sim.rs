@@ -25,7 +25,7 @@ use vmxray_samples::sim::{self, Bug, KernelVersion, KvmFlavour, Scenario, SimCon
 
 const SEEDS: [u64; 3] = [1, 2, 3];
 
-/// More seeds on demand: `VMXRAY_SIM_SEEDS=50 cargo test --test model_vs_sim`.
+/// More seeds on demand: `VMXRAY_SIM_SEEDS=50 cargo test --test it model_vs_sim`.
 fn seeds() -> Vec<u64> {
     match std::env::var("VMXRAY_SIM_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()) {
         Some(n) => (1..=n).collect(),

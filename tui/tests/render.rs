@@ -387,3 +387,25 @@ fn chunked_storage_keeps_every_event_in_order() {
     assert!(trace.state_at(expected.len() as u64 - 1).is_some());
     assert_eq!(trace.index_at_time(expected[100_000]), 100_000);
 }
+
+/// A host trace of four VMs, each with vCPUs 0 and 1: the lanes are grouped by VM (`v0 v1` of
+/// the first VM, `m1v0 m1v1` of the second, ...), and the anomalies are on the buggy VM's.
+#[test]
+fn host_lanes_are_grouped_by_vm() {
+    let mut app = app("../samples/host/host-4vms-muen-buggy-6.1.txt");
+    app.act(Action::Show(ViewId::TIMELINE));
+    let text = screen(&mut app);
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("\"│"))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .take_while(|l| !l.starts_with("EVENT") && !l.is_empty())
+        .collect();
+    assert_eq!(labels, ["v0", "v1", "m1v0", "m1v1", "m2v0", "m2v1", "m3v0", "m3v1"], "{text}");
+    let marked: Vec<&str> = text.lines().filter(|l| l.contains('!')).collect();
+    assert!(marked.iter().any(|l| l.contains("m1v0")), "{text}");
+    assert!(!marked.iter().any(|l| l.contains("│v0 ") || l.contains("m2v") || l.contains("m3v")));
+    app.act(Action::Show(ViewId::ANOMALIES));
+    let text = screen(&mut app);
+    assert!(text.contains("m1v0"), "{text}");
+}

@@ -36,7 +36,8 @@
 //!
 //! Every table starts with `trace` (String, the input's path relative to the argument it was
 //! found under), `host` and `vm` (String, nullable: the `host=NAME` / `vm=NAME` component of the
-//! id or argument path, if any). Timestamps (`*_ts`, `ts`) are in the trace clock's units, and so
+//! id or argument path, if any). A host trace holds many VMs: `exits` and `anomalies` rows say
+//! which in `vm_id`/`vm_label`, taken from the trace itself. Timestamps (`*_ts`, `ts`) are in the trace clock's units, and so
 //! are the `*_ns` columns: nanoseconds unless `traces.time_unit` is `raw` (`x86-tsc`, `counter`
 //! clocks). Event indices (`event`, `evidence`) are 0-based positions in the input's time order,
 //! as `vmxray dump` numbers them.
@@ -47,6 +48,8 @@
 //! |---|---|---|
 //! | vcpu | UInt32? | vCPU id; null when only the thread is known |
 //! | thread | Int32? | the pid, when vcpu is null |
+//! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
+//! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
 //! | level | String | `L2` when a `kvm_nested_vmexit` followed the exit, else `L1` |
 //! | ts | UInt64 | exit timestamp |
 //! | event | UInt64 | event index of the `kvm_exit` |
@@ -77,6 +80,8 @@
 //! | severity_rank | UInt32 | 0 (info) to 3 (critical) |
 //! | vcpu | UInt32? | vCPU id; null when only the thread is known |
 //! | thread | Int32? | the pid, when vcpu is null |
+//! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
+//! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
 //! | ts | UInt64 | timestamp of the event where the divergence became certain |
 //! | event | UInt64 | that event's index |
 //! | message | String | what diverged, with the values |
@@ -124,7 +129,9 @@
 //! | kernel | String? | `uname -r`, when the input says it |
 //! | kernel_at_least | String? | from the tracepoint layouts |
 //! | cpus | UInt32? | CPUs, when the input says it |
-//! | vcpus | UInt32 | vCPUs seen |
+//! | vcpus | UInt32 | vCPUs seen (over every VM) |
+//! | vms | UInt32 | VMs seen: VMM processes, or inferred from vCPU ids running at once |
+//! | vms_inferred | Boolean | the trace carries no tgid: which vCPUs share a VM is a guess |
 //! | events | UInt64 | events read |
 //! | exits | UInt64 | `kvm_exit` events |
 //! | lost_events | UInt64 | events the trace lost |
@@ -154,7 +161,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
-use vmxray_events::Event;
+use vmxray_events::{Event, Vm};
 use vmxray_replay::{Actor, ModelConfig};
 
 use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
@@ -349,12 +356,12 @@ impl<'a> TraceScan<'a> {
         }
     }
 
-    fn flush_exits(&mut self, stats: &mut ExitStats) {
+    fn flush_exits(&mut self, vms: &[Vm], stats: &mut ExitStats) {
         let closed = stats.take_closed_exits();
         if closed.is_empty() {
             return;
         }
-        let rows = closed.iter().map(exit_record).collect();
+        let rows = closed.iter().map(|e| exit_record(e, vms)).collect();
         let part = self.exits_part;
         self.exits_part += 1;
         self.emit(part, Chunk::Exits(rows));
@@ -409,10 +416,10 @@ impl<'a> TraceScan<'a> {
                 }
             };
             let _ = pass.step(&event, &mut rows);
-            if let Some(stats) = pass.stats_mut()
+            if let (model, Some(stats)) = pass.model_and_stats()
                 && stats.closed_exits_pending() >= self.opts.chunk_rows
             {
-                self.flush_exits(stats);
+                self.flush_exits(model.vms(), stats);
             }
             if rows.anomalies.len() >= self.opts.chunk_rows {
                 self.anomalies = std::mem::take(&mut rows.anomalies);
@@ -429,9 +436,9 @@ impl<'a> TraceScan<'a> {
         }
         self.anomalies = std::mem::take(&mut rows.anomalies);
         let TraceRows { events, first_ts, last_ts, .. } = rows;
-        if let Some(stats) = pass.stats_mut() {
+        if let (model, Some(stats)) = pass.model_and_stats() {
             stats.close_pending();
-            self.flush_exits(stats);
+            self.flush_exits(model.vms(), stats);
         }
         self.flush_anomalies();
 
@@ -456,6 +463,8 @@ impl<'a> TraceScan<'a> {
             (summary.events > 0).then(|| summary.features.kernel_at_least().to_owned());
         record.cpus = meta.cpus;
         record.vcpus = u32::try_from(summary.vcpus.len()).unwrap_or(u32::MAX);
+        record.vms = u32::try_from(summary.vms.len()).unwrap_or(u32::MAX);
+        record.vms_inferred = summary.vms.iter().any(|vm| vm.inferred);
         record.events = report.events_total;
         record.exits = report.exits.as_ref().map_or(0, |e| e.total);
         record.lost_events = lost_events.max(summary.lost_events);
@@ -490,16 +499,16 @@ impl Sink for TraceRows {
         count_event(&mut self.events, event);
         if self.want_anomalies {
             for a in s.step.anomalies {
-                let (vcpu, thread) = match a.vcpu {
-                    Actor::Vcpu(id) => (Some(id), None),
-                    Actor::Thread(pid) => (None, Some(pid)),
-                };
+                let ActorColumns { vcpu, thread, vm_id, vm_label } =
+                    actor_columns(a.vcpu, s.model.vms());
                 self.anomalies.push(AnomalyRecord {
                     rule: a.rule.name(),
                     severity: a.severity.name(),
                     severity_rank: u32::try_from(a.severity.rank()).unwrap_or(0),
                     vcpu,
                     thread,
+                    vm_id,
+                    vm_label,
                     ts: event.ts,
                     event: a.at.0,
                     message: a.message.clone(),
@@ -539,14 +548,35 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
     }
 }
 
-fn exit_record(exit: &ClosedExit) -> ExitRecord {
-    let (vcpu, thread) = match exit.vcpu {
-        Actor::Vcpu(id) => (Some(id), None),
-        Actor::Thread(pid) => (None, Some(pid)),
-    };
+/// The columns that say who a row concerns.
+struct ActorColumns {
+    vcpu: Option<u32>,
+    thread: Option<i32>,
+    vm_id: Option<u32>,
+    vm_label: Option<String>,
+}
+
+fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
+    match actor {
+        Actor::Vcpu(v) => ActorColumns {
+            vcpu: Some(v.id),
+            thread: None,
+            vm_id: Some(v.vm.0),
+            vm_label: vms.get(v.vm.0 as usize).map(Vm::label),
+        },
+        Actor::Thread(pid) => {
+            ActorColumns { vcpu: None, thread: Some(pid), vm_id: None, vm_label: None }
+        }
+    }
+}
+
+fn exit_record(exit: &ClosedExit, vms: &[Vm]) -> ExitRecord {
+    let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
     ExitRecord {
         vcpu,
         thread,
+        vm_id,
+        vm_label,
         level: exit.level.label(),
         ts: exit.ts,
         event: exit.index,

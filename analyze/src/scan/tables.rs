@@ -53,6 +53,10 @@ pub struct ExitRecord {
     pub vcpu: Option<u32>,
     /// The thread, when the vCPU is unknown.
     pub thread: Option<i32>,
+    /// The vCPU's VM: its index in the trace, and its label.
+    pub vm_id: Option<u32>,
+    /// See `vm_id`.
+    pub vm_label: Option<String>,
     /// `L1` or `L2`.
     pub level: &'static str,
     /// Timestamp.
@@ -103,6 +107,10 @@ pub struct AnomalyRecord {
     pub vcpu: Option<u32>,
     /// Thread, when not attributed to a vCPU.
     pub thread: Option<i32>,
+    /// The vCPU's VM: its index in the trace, and its label.
+    pub vm_id: Option<u32>,
+    /// See `vm_id`.
+    pub vm_label: Option<String>,
     /// Timestamp of the event where it became certain.
     pub ts: u64,
     /// Its 0-based index.
@@ -190,6 +198,10 @@ pub struct TraceRecord {
     pub cpus: Option<u32>,
     /// vCPUs seen.
     pub vcpus: u32,
+    /// VMs seen.
+    pub vms: u32,
+    /// The VMs were inferred (no tgid in the trace).
+    pub vms_inferred: bool,
     /// Events read.
     pub events: u64,
     /// `kvm_exit` events.
@@ -279,6 +291,8 @@ impl Chunk {
             Self::Exits(rows) => columns.extend([
                 col("vcpu", rows.iter().map(|r| r.vcpu).collect::<Vec<_>>()),
                 col("thread", rows.iter().map(|r| r.thread).collect::<Vec<_>>()),
+                col("vm_id", rows.iter().map(|r| r.vm_id).collect::<Vec<_>>()),
+                col("vm_label", rows.iter().map(|r| r.vm_label.as_deref()).collect::<Vec<_>>()),
                 col("level", rows.iter().map(|r| r.level).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
@@ -303,6 +317,8 @@ impl Chunk {
                 col("severity_rank", rows.iter().map(|r| r.severity_rank).collect::<Vec<_>>()),
                 col("vcpu", rows.iter().map(|r| r.vcpu).collect::<Vec<_>>()),
                 col("thread", rows.iter().map(|r| r.thread).collect::<Vec<_>>()),
+                col("vm_id", rows.iter().map(|r| r.vm_id).collect::<Vec<_>>()),
+                col("vm_label", rows.iter().map(|r| r.vm_label.as_deref()).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
                 col("message", rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>()),
@@ -358,6 +374,8 @@ impl Chunk {
                     ),
                     col("cpus", rows.iter().map(|r| r.cpus).collect::<Vec<_>>()),
                     col("vcpus", rows.iter().map(|r| r.vcpus).collect::<Vec<_>>()),
+                    col("vms", rows.iter().map(|r| r.vms).collect::<Vec<_>>()),
+                    col("vms_inferred", rows.iter().map(|r| r.vms_inferred).collect::<Vec<_>>()),
                     col("events", rows.iter().map(|r| r.events).collect::<Vec<_>>()),
                     col("exits", rows.iter().map(|r| r.exits).collect::<Vec<_>>()),
                     col("lost_events", rows.iter().map(|r| r.lost_events).collect::<Vec<_>>()),

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind};
+use vmxray_events::{Actor, Attribution, Event, EventKind, VmId};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
 
@@ -298,14 +298,13 @@ impl ExitStats {
                     },
                 );
             }
-            EventKind::KvmEntry(entry) => {
+            EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                let pending = self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
-                    self.pending
-                        .remove(&Actor::Thread(event.pid))
-                        .map(|p| (Actor::Vcpu(entry.vcpu_id), p))
-                });
+                let pending =
+                    self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
+                        self.pending.remove(&Actor::Thread(event.pid)).map(|p| (vcpu, p))
+                    });
                 if let Some((vcpu, exit)) = pending {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
@@ -400,6 +399,7 @@ impl ExitStats {
             | EventKind::KvmPmlFull { .. }
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
+            | EventKind::Identity(_)
             | EventKind::Other(_) => {}
         }
     }
@@ -560,6 +560,7 @@ impl ExitStats {
                 .collect(),
             losses: self.loss_report(read),
             notes,
+            vms: Vec::new(),
         }
     }
 
@@ -622,11 +623,15 @@ impl ExitStats {
         let mut by_reason: BTreeMap<ReasonKey, Group> = BTreeMap::new();
         let mut by_reason_level: BTreeMap<(ReasonKey, LevelSplit), Group> = BTreeMap::new();
         let mut by_vcpu: BTreeMap<Actor, Group> = BTreeMap::new();
+        let mut by_vm: BTreeMap<VmId, Group> = BTreeMap::new();
         let mut levels = LevelTotals::default();
         for (key, group) in &finest {
             overall.merge(group);
             by_reason.entry(key.reason).or_default().merge(group);
             by_vcpu.entry(key.vcpu).or_default().merge(group);
+            if let Some(vm) = key.vcpu.vm() {
+                by_vm.entry(vm).or_default().merge(group);
+            }
             if nested {
                 by_reason_level.entry((key.reason, key.level)).or_default().merge(group);
             }
@@ -645,6 +650,7 @@ impl ExitStats {
                 reason: reason.map(|r| Reason::from(r.0)),
                 level,
                 vcpu,
+                vm: None,
                 count: g.count,
                 percent: percent(g.count, total),
                 time_percent: ratio_percent(g.latency.sum(), overall_time),
@@ -676,6 +682,14 @@ impl ExitStats {
             by_reason: reason_rows,
             by_reason_level: reason_level_rows,
             by_vcpu: by_vcpu.iter().map(|(v, g)| row(None, None, Some(*v), g)).collect(),
+            by_vm: if by_vm.len() > 1 {
+                by_vm
+                    .iter()
+                    .map(|(vm, g)| ExitRow { vm: Some(*vm), ..row(None, None, None, g) })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             groups: finest
                 .iter()
                 .map(|(k, g)| row(Some(k.reason), k.level, Some(k.vcpu), g))

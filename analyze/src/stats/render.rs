@@ -177,7 +177,13 @@ fn with_latency_header<'a>(lead: &[&'a str]) -> Vec<&'a str> {
     lead.iter().copied().chain(LATENCY_HEADER).collect()
 }
 
-fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String) {
+fn exit_tables(
+    exits: &ExitReport,
+    vms: &[vmxray_events::Vm],
+    unit: &str,
+    ns_clock: bool,
+    out: &mut String,
+) {
     let (events_word, with, without) =
         (exits.total, exits.with_latency, exits.without_latency.total());
     let _ = writeln!(
@@ -243,6 +249,25 @@ fn exit_tables(exits: &ExitReport, unit: &str, ns_clock: bool, out: &mut String)
             }
             table.render(out);
         }
+    }
+
+    if !exits.by_vm.is_empty() {
+        out.push_str("\nPer VM (all reasons; vCPUs of VM k > 0 read vmK/N below)\n");
+        let mut table = Table::new(&with_latency_header(&["VM", "NAME", "COUNT", "EXITS%"]), 2);
+        for row in &exits.by_vm {
+            let vm = row.vm.and_then(|id| vms.get(id.0 as usize));
+            let mut cells = vec![
+                row.vm.map_or_else(String::new, |id| format!("vm{}", id.0)),
+                vm.map_or_else(String::new, |vm| {
+                    if vm.inferred { format!("{} (inferred)", vm.label()) } else { vm.label() }
+                }),
+                row.count.to_string(),
+                format!("{:.2}%", row.percent),
+            ];
+            cells.extend(latency_cells(row));
+            table.row(cells);
+        }
+        table.render(out);
     }
 
     out.push_str("\nPer vCPU (all reasons)\n");
@@ -391,7 +416,7 @@ fn render_text(report: &StatsReport) -> String {
     let _ = writeln!(out, "{} events.", report.events_total);
     match &report.exits {
         Some(exits) => {
-            exit_tables(exits, &unit, report.time_unit == TimeUnit::Ns, &mut out);
+            exit_tables(exits, &report.vms, &unit, report.time_unit == TimeUnit::Ns, &mut out);
         }
         None => out.push_str(
             "\nNo kvm_exit events: this trace has no VM exits, so there are no exit reasons and \

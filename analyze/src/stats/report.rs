@@ -1,8 +1,8 @@
 //! The typed statistics report and its JSON wire format (see the crate docs for the schema).
 
 use serde::{Deserialize, Serialize};
-use vmxray_events::Actor;
 use vmxray_events::codes::ExitCode;
+use vmxray_events::{Actor, Vm, VmId};
 pub use vmxray_replay::Level;
 
 pub use crate::histogram::HistogramBin;
@@ -37,6 +37,10 @@ pub struct StatsReport {
     pub losses: LossReport,
     /// Plain-language remarks (missing tracepoints, clock caveats).
     pub notes: Vec<String>,
+    /// The VMs of a host trace (more than one): the VMM processes, or VMs inferred from vCPU
+    /// threads when the trace carries no tgid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<Vm>,
 }
 
 /// The input's metadata.
@@ -94,6 +98,10 @@ pub struct ExitReport {
     pub by_reason_level: Vec<ExitRow>,
     /// Per vCPU over every reason and level, by vCPU.
     pub by_vcpu: Vec<ExitRow>,
+    /// Per VM over every reason, level and vCPU, when the trace holds more than one VM (a
+    /// host trace); `vm` says which ([`StatsReport::vms`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_vm: Vec<ExitRow>,
     /// The finest groups: one row per (reason, level, vCPU). Level is `all` unless `nested`.
     pub groups: Vec<ExitRow>,
     /// `kvm_nested_vmexit_inject` events that are not the reflection of an L2 hardware exit
@@ -168,7 +176,7 @@ pub fn level_label(level: LevelSplit) -> &'static str {
 /// (`{"id": 3}` or `{"thread": 1234}`).
 pub(crate) mod wire {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use vmxray_events::Actor;
+    use vmxray_events::{Actor, Vcpu, VmId};
     use vmxray_replay::Level;
 
     #[derive(Serialize, Deserialize)]
@@ -196,18 +204,30 @@ pub(crate) mod wire {
         })
     }
 
+    /// A vCPU as the report writes it: `{"id": 3}` (a vCPU of the trace's first VM, the
+    /// only one of most traces), `{"id": 3, "vm": 1}`, or `{"thread": 1234}`.
     #[derive(Serialize, Deserialize)]
-    #[serde(rename_all = "snake_case")]
+    #[serde(untagged)]
     enum VcpuWire {
-        Id(u32),
-        Thread(i32),
+        Vcpu {
+            id: u32,
+            #[serde(default, skip_serializing_if = "is_zero")]
+            vm: u32,
+        },
+        Thread {
+            thread: i32,
+        },
+    }
+
+    fn is_zero(v: &u32) -> bool {
+        *v == 0
     }
 
     impl From<Actor> for VcpuWire {
         fn from(a: Actor) -> Self {
             match a {
-                Actor::Vcpu(id) => Self::Id(id),
-                Actor::Thread(tid) => Self::Thread(tid),
+                Actor::Vcpu(v) => Self::Vcpu { id: v.id, vm: v.vm.0 },
+                Actor::Thread(thread) => Self::Thread { thread },
             }
         }
     }
@@ -215,8 +235,8 @@ pub(crate) mod wire {
     impl From<VcpuWire> for Actor {
         fn from(v: VcpuWire) -> Self {
             match v {
-                VcpuWire::Id(id) => Self::Vcpu(id),
-                VcpuWire::Thread(tid) => Self::Thread(tid),
+                VcpuWire::Vcpu { id, vm } => Self::Vcpu(Vcpu { vm: VmId(vm), id }),
+                VcpuWire::Thread { thread } => Self::Thread(thread),
             }
         }
     }
@@ -279,6 +299,9 @@ pub struct ExitRow {
     /// The vCPU, or `None` when summed over vCPUs.
     #[serde(with = "wire::opt_vcpu")]
     pub vcpu: Option<Actor>,
+    /// The VM of a `by_vm` row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmId>,
     /// Exits.
     pub count: u64,
     /// `count` as a percentage of all `kvm_exit` events.

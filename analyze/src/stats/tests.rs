@@ -21,7 +21,7 @@ const EXT_INT: u32 = 1;
 const PREEMPTION_TIMER: u32 = 52;
 
 fn ev(ts: u64, cpu: u32, pid: i32, kind: EventKind) -> Event {
-    Event { ts, cpu, pid, comm: None, kind }
+    Event { ts, cpu, pid, tgid: None, comm: None, kind }
 }
 
 fn info(reason: u32, vcpu: Option<u32>) -> ExitInfo {
@@ -225,9 +225,9 @@ fn hand_computed_latencies() {
     assert_eq!(
         vcpus,
         [
-            (Actor::Vcpu(0), 5, 2),
-            (Actor::Vcpu(1), 4, 1),
-            (Actor::Vcpu(2), 1, 0),
+            (Actor::vcpu(0), 5, 2),
+            (Actor::vcpu(1), 4, 1),
+            (Actor::vcpu(2), 1, 0),
             (Actor::Thread(400), 1, 1)
         ]
     );
@@ -301,9 +301,9 @@ fn l1_l2_split_and_reflection() {
     assert_eq!(
         slowest[..3],
         [
-            (220, 4100, Actor::Vcpu(1), "HLT", Some(Level::L1)),
-            (200, 1100, Actor::Vcpu(1), "HLT", Some(Level::L1)),
-            (180, 1200, Actor::Vcpu(0), "EPT_VIOLATION", Some(Level::L2)),
+            (220, 4100, Actor::vcpu(1), "HLT", Some(Level::L1)),
+            (200, 1100, Actor::vcpu(1), "HLT", Some(Level::L1)),
+            (180, 1200, Actor::vcpu(0), "EPT_VIOLATION", Some(Level::L2)),
         ]
     );
     // Finest groups: (EPT, L1, v0) = #1 140, #18 lost, #25 trace end.
@@ -313,7 +313,7 @@ fn l1_l2_split_and_reflection() {
         .find(|g| {
             g.reason.as_ref().unwrap().name == "EPT_VIOLATION"
                 && g.level == Some(Level::L1)
-                && g.vcpu == Some(Actor::Vcpu(0))
+                && g.vcpu == Some(Actor::vcpu(0))
         })
         .unwrap();
     assert_eq!((g.count, g.without_latency, g.latency.as_ref().unwrap().p50), (3, 2, 140));
@@ -746,7 +746,7 @@ fn exit_log_has_one_row_per_counted_exit() {
     // Indices are 0-based positions in the stream (the kvm_fpu record counts).
     assert_eq!(closed[0].index, 0);
     assert_eq!(closed[5].index, 16);
-    assert_eq!(closed[5].vcpu, Actor::Vcpu(2)); // recorded under thread 300, closed by vCPU 2's entry
+    assert_eq!(closed[5].vcpu, Actor::vcpu(2)); // recorded under thread 300, closed by vCPU 2's entry
     let report = stats.finish(None, None);
     assert_eq!(report.exits.unwrap().total, closed.len() as u64);
 }

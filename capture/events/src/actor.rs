@@ -1,19 +1,51 @@
-//! Who an event belongs to: the one vCPU type ([`Actor`]) and the one thread → vCPU
-//! attribution ([`Attribution`]) that the model, the statistics, `dump --vcpu` and the TUI all
-//! use.
+//! Who an event belongs to: the one vCPU type ([`Actor`], a vCPU of a VM) and the one thread →
+//! vCPU attribution ([`Attribution`]) that the model, the statistics, `dump --vcpu` and the
+//! TUI all use.
 //!
-//! KVM runs each vCPU on one thread (`KVM_RUN` is per vCPU fd), so the thread (pid) that hit a
-//! tracepoint identifies the vCPU once any of its events carried `vcpu_id` (`kvm_entry`,
-//! `kvm_exit` since 5.3, ...). Events without one (`kvm_cr`, kvmmmu, the nested events before
-//! 6.x, untyped events) belong to the vCPU their thread last showed, else to the thread itself
-//! (an MMU notifier, a kworker, an ioctl thread, or a vCPU thread of a trace that never names
-//! its vCPU).
+//! **vCPUs.** KVM runs each vCPU on one thread (`KVM_RUN` is per vCPU fd), so the thread (pid)
+//! that hit a tracepoint identifies the vCPU once any of its events carried `vcpu_id`
+//! (`kvm_entry`, `kvm_exit` since 5.3, ...). Events without one (`kvm_cr`, kvmmmu, the nested
+//! events before 6.x, untyped events) belong to the vCPU their thread last showed, else to the
+//! thread itself (an MMU notifier, a kworker, an ioctl thread, or a vCPU thread of a trace that
+//! never names its vCPU).
+//!
+//! **VMs.** A host runs many VMs and each has a vCPU 0: a vCPU is never `vcpu_id` alone but
+//! (VM, `vcpu_id`). A VM is the VMM process (tgid) where the trace says it (ftrace's
+//! `record-tgid` column, perf's pid/tid, the recorder's identity lines of [`crate::identity`]).
+//! Where it does not, the threads themselves keep the VMs apart: two threads that both run a
+//! vCPU 0 at once belong to two VMs. Such VMs are *inferred* ([`Vm::inferred`]): the vCPUs
+//! stay apart, but which vCPUs share a VM is a guess (a thread joins the first inferred VM
+//! that has no thread on its vCPU id yet), and reports say so.
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
+
+/// A VM of the trace: its index in the attribution's table, in first-seen order (the first VM
+/// of a single-VM trace is `VmId(0)`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct VmId(pub u32);
+
+/// A vCPU: its VM and its `vcpu_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Vcpu {
+    /// The VM.
+    pub vm: VmId,
+    /// The `vcpu_id`.
+    pub id: u32,
+}
+
+impl Vcpu {
+    /// vCPU `id` of the first VM (traces of one VM; tests).
+    pub fn of_first_vm(id: u32) -> Self {
+        Self { vm: VmId(0), id }
+    }
+}
 
 /// What an event is attributed to: a vCPU (the event carried `vcpu_id`, or its thread is known
 /// to run that vCPU), or a thread never seen running a vCPU.
@@ -21,24 +53,39 @@ use crate::event::{Event, EventKind};
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     /// A vCPU.
-    Vcpu(u32),
+    Vcpu(Vcpu),
     /// A thread (pid) not attributed to a vCPU.
     Thread(i32),
 }
 
 impl Actor {
+    /// vCPU `id` of the first VM (the only VM of most traces).
+    pub fn vcpu(id: u32) -> Self {
+        Self::Vcpu(Vcpu::of_first_vm(id))
+    }
+
     /// The vCPU id, when the actor is a vCPU.
     pub fn vcpu_id(self) -> Option<u32> {
         match self {
-            Self::Vcpu(id) => Some(id),
+            Self::Vcpu(v) => Some(v.id),
             Self::Thread(_) => None,
         }
     }
 
-    /// The short label of tables and CSV: `3`, or `tid:1234`.
+    /// The VM, when the actor is a vCPU.
+    pub fn vm(self) -> Option<VmId> {
+        match self {
+            Self::Vcpu(v) => Some(v.vm),
+            Self::Thread(_) => None,
+        }
+    }
+
+    /// The short label of tables and CSV: `3`, `vm1/3` for a vCPU of another VM than the
+    /// first, or `tid:1234`.
     pub fn label(self) -> String {
         match self {
-            Self::Vcpu(id) => id.to_string(),
+            Self::Vcpu(Vcpu { vm: VmId(0), id }) => id.to_string(),
+            Self::Vcpu(Vcpu { vm, id }) => format!("vm{}/{id}", vm.0),
             Self::Thread(tid) => format!("tid:{tid}"),
         }
     }
@@ -47,8 +94,47 @@ impl Actor {
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Vcpu(id) => write!(f, "vcpu {id}"),
+            Self::Vcpu(Vcpu { vm: VmId(0), id }) => write!(f, "vcpu {id}"),
+            Self::Vcpu(Vcpu { vm, id }) => write!(f, "vm{} vcpu {id}", vm.0),
             Self::Thread(pid) => write!(f, "thread {pid}"),
+        }
+    }
+}
+
+/// What the trace says about one VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    /// Its index.
+    pub id: VmId,
+    /// The VMM process, when the trace says it.
+    pub tgid: Option<i32>,
+    /// The VM's name, when the recorder wrote it.
+    pub name: Option<Box<str>>,
+    /// No tgid: the VM was inferred from vCPU ids running at once on different threads; which
+    /// vCPUs share it is a guess (see the module docs).
+    pub inferred: bool,
+    /// Its vCPUs, in first-seen order, with the thread that runs each.
+    pub vcpus: Vec<(u32, i32)>,
+}
+
+impl Vm {
+    /// True when `selector` names this VM: its index (`vm1` or `1`), its process id, or its
+    /// name.
+    pub fn matches(&self, selector: &str) -> bool {
+        let s = selector.trim();
+        let index = s.strip_prefix("vm").unwrap_or(s);
+        self.name.as_deref() == Some(s)
+            || index.parse::<u32>().is_ok_and(|i| i == self.id.0 && s.starts_with("vm"))
+            || s.parse::<i32>().is_ok_and(|p| Some(p) == self.tgid)
+            || (self.tgid.is_none() && s.parse::<u32>().is_ok_and(|i| i == self.id.0))
+    }
+
+    /// `guest0`, `pid 2231`, or `vm1` (an inferred VM).
+    pub fn label(&self) -> String {
+        match (&self.name, self.tgid) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(tgid)) => format!("pid {tgid}"),
+            (None, None) => format!("vm{}", self.id.0),
         }
     }
 }
@@ -60,50 +146,83 @@ pub struct Attributed {
     pub actor: Actor,
     /// The event taught that its thread runs this vCPU (first time, or a different vCPU than
     /// before): the thread's earlier unattributed events belong to it too.
-    pub newly_bound: Option<(i32, u32)>,
+    pub newly_bound: Option<(i32, Vcpu)>,
 }
 
-/// Learns which vCPU each thread runs and attributes every event.
+#[derive(Clone, Debug)]
+struct Thread {
+    pid: i32,
+    tgid: Option<i32>,
+    vcpu: Option<Vcpu>,
+}
+
+/// Learns which vCPU of which VM each thread runs and attributes every event.
 ///
-/// A trace has a few threads per vCPU at most, so the map is a short list searched linearly:
-/// cheaper per event than hashing, and cheap to clone for the model's snapshots.
+/// A trace has a few threads per vCPU at most, so the tables are short lists searched
+/// linearly: cheaper per event than hashing, and cheap to clone for the model's snapshots.
 #[derive(Clone, Debug, Default)]
 pub struct Attribution {
-    by_thread: Vec<(i32, u32)>,
+    threads: Vec<Thread>,
+    vms: Vec<Vm>,
+    /// The thread of the last lookup (most events come in runs from one thread).
+    last: usize,
 }
 
 impl Attribution {
     /// Attributes `event`, learning from it.
     ///
+    /// - an identity line (written by the recorder) says the thread's process, the VM's name, and
+    ///   the vCPU the thread runs when the VMM names its threads after them;
     /// - an explicit VMCS field record names its vCPU; it says nothing about the thread that
-    ///   printed it (or the file it came from);
+    ///   printed it (or the file it came from), and belongs to the VM that has that vCPU;
     /// - untyped events are attributed by thread only: their own `vcpu_id` fields, where they
     ///   have one, follow no single convention;
-    /// - any other event's `vcpu_id` binds its thread to that vCPU.
+    /// - any other event's `vcpu_id` binds its thread to that vCPU of its VM.
     pub fn attribute(&mut self, event: &Event) -> Attributed {
         let carried = match &event.kind {
             EventKind::VmcsField(v) => {
-                return Attributed { actor: Actor::Vcpu(v.record.vcpu), newly_bound: None };
+                let vcpu = self.record_vcpu(v.record.vcpu, event.pid);
+                return Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None };
+            }
+            EventKind::Identity(i) => {
+                let id = &i.identity;
+                let t = self.thread(id.pid);
+                self.threads[t].tgid = Some(id.tgid);
+                if let Some(name) = &id.vm {
+                    let vm = self.vm_of_process(id.tgid);
+                    self.vms[vm.0 as usize].name = Some(name.clone());
+                }
+                // The VMM named the thread after its vCPU: bind it, unless an event already
+                // did (kernels whose events carry no vcpu_id, or an emulator-only backend).
+                let newly_bound = match (id.vcpu, self.threads[t].vcpu) {
+                    (Some(v), None) => Some((id.pid, self.bind(t, v))),
+                    (Some(_) | None, _) => None,
+                };
+                return Attributed { actor: self.of_thread(event.pid), newly_bound };
             }
             EventKind::Other(_) | EventKind::VmcsProbe(_) => None,
             kind => kind.vcpu_id(),
         };
+        let t = self.thread(event.pid);
+        if let Some(tgid) = event.tgid
+            && self.threads[t].tgid.is_none()
+        {
+            self.threads[t].tgid = Some(tgid);
+        }
         match carried {
-            Some(vcpu) => {
-                let newly_bound = match self.by_thread.iter_mut().find(|(p, _)| *p == event.pid) {
-                    Some(entry) if entry.1 == vcpu => None,
-                    Some(entry) => {
-                        entry.1 = vcpu;
-                        Some((event.pid, vcpu))
-                    }
-                    None => {
-                        self.by_thread.push((event.pid, vcpu));
-                        Some((event.pid, vcpu))
-                    }
-                };
-                Attributed { actor: Actor::Vcpu(vcpu), newly_bound }
+            Some(id) => match self.threads[t].vcpu {
+                Some(vcpu) if vcpu.id == id => {
+                    Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None }
+                }
+                _ => {
+                    let vcpu = self.bind(t, id);
+                    Attributed { actor: Actor::Vcpu(vcpu), newly_bound: Some((event.pid, vcpu)) }
+                }
+            },
+            None => {
+                let actor = self.threads[t].vcpu.map_or(Actor::Thread(event.pid), Actor::Vcpu);
+                Attributed { actor, newly_bound: None }
             }
-            None => Attributed { actor: self.of_thread(event.pid), newly_bound: None },
         }
     }
 
@@ -113,8 +232,104 @@ impl Attribution {
     }
 
     /// The vCPU a thread is known to run.
-    pub fn vcpu_of_thread(&self, pid: i32) -> Option<u32> {
-        self.by_thread.iter().find(|(p, _)| *p == pid).map(|(_, v)| *v)
+    pub fn vcpu_of_thread(&self, pid: i32) -> Option<Vcpu> {
+        self.threads.iter().find(|t| t.pid == pid).and_then(|t| t.vcpu)
+    }
+
+    /// True when an event of thread `pid` attributed to `actor` belongs to a VM `selector`
+    /// names ([`Vm::matches`]): a vCPU of that VM, or any thread of its process.
+    pub fn in_vm(&self, actor: Actor, pid: i32, selector: &str) -> bool {
+        let vm = match actor {
+            Actor::Vcpu(v) => self.vms.get(v.vm.0 as usize),
+            Actor::Thread(_) => {
+                let tgid = self.threads.iter().find(|t| t.pid == pid).and_then(|t| t.tgid);
+                match tgid {
+                    Some(tgid) => match self.vms.iter().find(|vm| vm.tgid == Some(tgid)) {
+                        Some(vm) => Some(vm),
+                        None => return selector.trim().parse::<i32>() == Ok(tgid),
+                    },
+                    None => None,
+                }
+            }
+        };
+        vm.is_some_and(|vm| vm.matches(selector))
+    }
+
+    /// Every VM seen so far, in [`VmId`] order.
+    pub fn vms(&self) -> &[Vm] {
+        &self.vms
+    }
+
+    fn thread(&mut self, pid: i32) -> usize {
+        if self.threads.get(self.last).is_some_and(|t| t.pid == pid) {
+            return self.last;
+        }
+        let at = match self.threads.iter().position(|t| t.pid == pid) {
+            Some(at) => at,
+            None => {
+                self.threads.push(Thread { pid, tgid: None, vcpu: None });
+                self.threads.len() - 1
+            }
+        };
+        self.last = at;
+        at
+    }
+
+    fn vm_of_process(&mut self, tgid: i32) -> VmId {
+        if let Some(vm) = self.vms.iter().find(|vm| vm.tgid == Some(tgid)) {
+            return vm.id;
+        }
+        self.new_vm(Some(tgid))
+    }
+
+    fn new_vm(&mut self, tgid: Option<i32>) -> VmId {
+        let id = VmId(u32::try_from(self.vms.len()).unwrap_or(u32::MAX));
+        self.vms.push(Vm { id, tgid, inferred: tgid.is_none(), ..Vm::default() });
+        id
+    }
+
+    /// Binds thread `t` to vCPU `id` of its VM.
+    fn bind(&mut self, t: usize, id: u32) -> Vcpu {
+        let pid = self.threads[t].pid;
+        let vm = match (self.threads[t].tgid, self.threads[t].vcpu) {
+            (Some(tgid), _) => self.vm_of_process(tgid),
+            // A thread that switches vCPU stays in its VM.
+            (None, Some(previous)) => previous.vm,
+            (None, None) => {
+                // The first inferred VM with no thread on this vCPU id, else a new one.
+                let free = self
+                    .vms
+                    .iter()
+                    .find(|vm| vm.inferred && !vm.vcpus.iter().any(|(v, _)| *v == id));
+                match free {
+                    Some(vm) => vm.id,
+                    None => self.new_vm(None),
+                }
+            }
+        };
+        let vm_entry = &mut self.vms[vm.0 as usize];
+        match vm_entry.vcpus.iter_mut().find(|(v, _)| *v == id) {
+            // The vCPU moved to another thread of the same process.
+            Some(slot) => slot.1 = pid,
+            None => vm_entry.vcpus.push((id, pid)),
+        }
+        let vcpu = Vcpu { vm, id };
+        self.threads[t].vcpu = Some(vcpu);
+        vcpu
+    }
+
+    /// The vCPU an explicit record names: the printing thread's VM when that thread runs a
+    /// vCPU, else the only VM with that vCPU, else the first VM that has it, else the first VM.
+    fn record_vcpu(&self, id: u32, pid: i32) -> Vcpu {
+        if let Some(vm) = self.vcpu_of_thread(pid).map(|v| v.vm) {
+            return Vcpu { vm, id };
+        }
+        let vm = self
+            .vms
+            .iter()
+            .find(|vm| vm.vcpus.iter().any(|(v, _)| *v == id))
+            .map_or(VmId(0), |vm| vm.id);
+        Vcpu { vm, id }
     }
 }
 
@@ -134,12 +349,49 @@ mod tests {
         let mut a = Attribution::default();
         let got: Vec<Attributed> = t.events.iter().map(|e| a.attribute(e)).collect();
         assert_eq!(got[0].actor, Actor::Thread(7));
-        assert_eq!(got[1], Attributed { actor: Actor::Vcpu(2), newly_bound: Some((7, 2)) });
-        assert_eq!(got[2].actor, Actor::Vcpu(2));
-        assert_eq!(a.vcpu_of_thread(7), Some(2));
+        let v2 = Vcpu::of_first_vm(2);
+        assert_eq!(got[1], Attributed { actor: Actor::Vcpu(v2), newly_bound: Some((7, v2)) });
+        assert_eq!(got[2].actor, Actor::Vcpu(v2));
+        assert_eq!(a.vcpu_of_thread(7), Some(v2));
         assert_eq!(
-            (Actor::Vcpu(3).label(), Actor::Thread(9).label()),
+            (Actor::vcpu(3).label(), Actor::Thread(9).label()),
             ("3".into(), "tid:9".into())
         );
+    }
+
+    /// Two VMs, each with vCPUs 0 and 1, interleaved: with tgids the VMs are the processes;
+    /// without, the two vCPU 0 threads still make two VMs.
+    #[test]
+    fn equal_vcpu_ids_of_two_vms_stay_apart() {
+        for with_tgid in [true, false] {
+            let mut t = EventBuilder::new();
+            let mut threads = Vec::new();
+            for (vm, tgid) in [(0, 100), (1, 200)] {
+                for vcpu in 0..2u32 {
+                    threads.push((vm, tgid, 101 + tgid + vcpu.cast_signed(), vcpu));
+                }
+            }
+            for round in 0..3 {
+                for &(_, tgid, pid, vcpu) in &threads {
+                    t.pid = pid;
+                    t.vcpu = vcpu;
+                    t.entry(0x1000 + round);
+                    if with_tgid {
+                        t.events.last_mut().unwrap().tgid = Some(tgid);
+                    }
+                }
+            }
+            let mut a = Attribution::default();
+            let actors: Vec<Actor> = t.events.iter().map(|e| a.attribute(e).actor).collect();
+            assert_eq!(a.vms().len(), 2, "with tgid: {with_tgid}");
+            for (i, &(vm, _, _, vcpu)) in threads.iter().enumerate() {
+                let expect = Actor::Vcpu(Vcpu { vm: VmId(vm), id: vcpu });
+                assert_eq!(actors[i], expect, "with tgid: {with_tgid}");
+                assert_eq!(actors[i + threads.len()], expect);
+            }
+            assert_eq!(a.vms()[1].inferred, !with_tgid);
+            assert_eq!(a.vms()[0].tgid, with_tgid.then_some(100));
+            assert_eq!(a.vms()[1].vcpus, [(0, 301), (1, 302)]);
+        }
     }
 }

@@ -17,12 +17,66 @@ use crate::codes::{
     UserspaceExitReason, VmInstructionError,
 };
 use crate::fields::{FieldLookup, Fields};
+use crate::identity::ThreadIdentity;
 use crate::vmcs::probe::{self, ProbeEvent};
 use crate::vmcs::record::{self, FieldRecord};
 use crate::vmcs::{RECORD_EVENT, RECORD_SYSTEM};
 
-/// A thread's command name, shared between the events of that thread.
-pub type Comm = Arc<str>;
+/// A thread's command name, shared between the events of that thread. One pointer wide (the
+/// name lives behind it), so that an event stays within its size budget.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm(Arc<Box<str>>);
+
+impl Comm {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Comm {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(name: &str) -> Self {
+        Self(Arc::new(name.into()))
+    }
+}
+
+impl From<String> for Comm {
+    fn from(name: String) -> Self {
+        Self(Arc::new(name.into_boxed_str()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// One trace event.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,6 +87,9 @@ pub struct Event {
     pub cpu: u32,
     /// The pid (kernel tid) of the thread that hit the tracepoint; 0 is the idle task.
     pub pid: i32,
+    /// The thread's process (tgid), when the input says it (ftrace's `record-tgid` column,
+    /// perf's pid/tid); for a VMM's vCPU thread, the VM.
+    pub tgid: Option<i32>,
     /// The thread's comm, when the input says it.
     pub comm: Option<Comm>,
     /// What happened.
@@ -460,6 +517,15 @@ pub struct VmcsFieldEvent {
     pub source: Option<OtherEvent>,
 }
 
+/// A thread's identity written by `vmxray record` ([`crate::identity`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IdentityEvent {
+    /// What the line says.
+    pub identity: ThreadIdentity,
+    /// The print event it was read from.
+    pub source: OtherEvent,
+}
+
 /// An event of the `vmcs` profile's dynamic probes ([`crate::vmcs::probe`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProbeHit {
@@ -507,6 +573,22 @@ pub struct OtherEvent {
     pub name: Arc<str>,
     /// Every field the input provided.
     pub fields: Fields,
+}
+
+impl OtherEvent {
+    /// The text of a `trace_printk` / `trace_marker` event (`ftrace:print`, `bprint`, `bputs`,
+    /// trace-cmd's `tracing_mark_write`, or any untyped event with a string `buf` or `fmt`),
+    /// without its trailing newline.
+    pub fn print_text(&self) -> Option<&str> {
+        let is_print = matches!(&*self.name, "print" | "bprint" | "bputs" | "tracing_mark_write");
+        if !is_print && self.fields.get("buf").is_none() && self.fields.get("fmt").is_none() {
+            return None;
+        }
+        ["buf", "fmt", "msg", "text"]
+            .iter()
+            .find_map(|n| self.fields.get(n).and_then(crate::FieldValue::as_str))
+            .map(|t| t.trim_end_matches(['\n', '\0']))
+    }
 }
 
 /// What an event says: one variant per KVM tracepoint, plus markers and the catch-all.
@@ -587,6 +669,8 @@ pub enum EventKind {
     VmcsField(Box<VmcsFieldEvent>),
     /// A `vmcs`-profile probe event ([`ProbeHit`]).
     VmcsProbe(Box<ProbeHit>),
+    /// A thread's identity (its VM) written by the recorder ([`IdentityEvent`]).
+    Identity(Box<IdentityEvent>),
     /// Events were lost here on `cpu` (ring-buffer overrun, `[LOST N EVENTS]`,
     /// `[EVENTS DROPPED]`, perf LOST records); `count` when the input says how many.
     Lost { count: Option<u64> },
@@ -909,6 +993,8 @@ impl EventKind {
             if let Some(record) = FieldRecord::from_fields(&other.fields) {
                 return Self::VmcsField(Box::new(VmcsFieldEvent { record, source: None }));
             }
+        } else if let Some(identity) = other.print_text().and_then(ThreadIdentity::parse) {
+            return Self::Identity(Box::new(IdentityEvent { identity, source: other }));
         } else if let Some(record) = record::from_print(&other) {
             return Self::VmcsField(Box::new(VmcsFieldEvent { record, source: Some(other) }));
         } else if let Some(probe) = probe::decode(&other.system, &other.name, &other.fields) {
@@ -945,7 +1031,11 @@ impl EventKind {
             Self::KvmMmuPagingElement { .. } => KnownEvent::KvmMmuPagingElement,
             Self::KvmMmuWalkerError { .. } => KnownEvent::KvmMmuWalkerError,
             Self::KvmPmlFull { .. } => KnownEvent::KvmPmlFull,
-            Self::VmcsField(_) | Self::VmcsProbe(_) | Self::Lost { .. } | Self::Other(_) => {
+            Self::VmcsField(_)
+            | Self::VmcsProbe(_)
+            | Self::Identity(_)
+            | Self::Lost { .. }
+            | Self::Other(_) => {
                 return None;
             }
         })
@@ -957,6 +1047,7 @@ impl EventKind {
             Self::Other(o) => Some(o),
             Self::VmcsField(v) => v.source.as_ref(),
             Self::VmcsProbe(p) => Some(&p.source),
+            Self::Identity(i) => Some(&i.source),
             _ => None,
         }
     }
@@ -970,6 +1061,7 @@ impl EventKind {
             Self::Lost { .. } => "vmxray",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_SYSTEM, |o| &o.system),
             Self::VmcsProbe(p) => &p.source.system,
+            Self::Identity(i) => &i.source.system,
             Self::Other(o) => &o.system,
             _ => "",
         }
@@ -984,6 +1076,7 @@ impl EventKind {
             Self::Lost { .. } => "lost_events",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_EVENT, |o| &o.name),
             Self::VmcsProbe(p) => &p.source.name,
+            Self::Identity(i) => &i.source.name,
             Self::Other(o) => &o.name,
             _ => "",
         }
@@ -1019,6 +1112,7 @@ impl EventKind {
             | Self::KvmMmuWalkerError { .. }
             | Self::Lost { .. } => None,
             Self::VmcsProbe(p) => p.source.fields.u32("vcpu_id"),
+            Self::Identity(_) => None,
             Self::Other(o) => o.fields.u32("vcpu_id"),
         }
     }

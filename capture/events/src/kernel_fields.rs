@@ -198,7 +198,10 @@ pub fn typed_fields<'a>(kind: &'a EventKind, f: impl FnMut(Field<'a>)) {
         EventKind::KvmPmlFull { vcpu_id } => out.push(dec("vcpu_id", u64::from(*vcpu_id))),
         EventKind::Lost { count } => out.opt(count.map(|c| dec("count", c))),
         // Untyped events keep their own fields: see `EventKind::untyped_fields`.
-        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Other(_) => {}
+        EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
+        | EventKind::Other(_) => {}
     }
 }
 
@@ -258,6 +261,7 @@ impl EventKind {
                 None => Cow::Owned(v.record.to_fields()),
             }),
             Self::VmcsProbe(p) => Some(Cow::Borrowed(&p.source.fields)),
+            Self::Identity(i) => Some(Cow::Borrowed(&i.source.fields)),
             _ => None,
         }
     }

@@ -28,6 +28,7 @@
 //! - [`event`]: [`Event`], [`EventKind`] and the table of typed tracepoints ([`KnownEvent`]);
 //! - [`codes`]: exit reasons (VMX and SVM), interruption info, exception vectors, MMU roles, …;
 //! - [`fields`]: named field values, the currency between readers and the vocabulary;
+//! - [`identity`]: which VM a thread belongs to, as the recorder writes it into its traces;
 //! - [`insn`]: the x86 instruction decoder for `kvm_emulate_insn` bytes;
 //! - [`kernel_fields`]: typed events back under the kernel's field names, and the human
 //!   decodings (code names, interruption info, mnemonics) every renderer shows;
@@ -43,15 +44,17 @@ pub mod actor;
 pub mod codes;
 pub mod event;
 pub mod fields;
+pub mod identity;
 pub mod insn;
 pub mod kernel_fields;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod vmcs;
 
-pub use actor::{Actor, Attributed, Attribution};
+pub use actor::{Actor, Attributed, Attribution, Vcpu, Vm, VmId};
 pub use event::{
-    Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes, KnownEvent,
-    MmuPage, NestedVmenter, OtherEvent, ProbeHit, ROLE_KNOWN_FIELD, VmFailKind, VmcsFieldEvent,
+    Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, IdentityEvent, InsnBytes,
+    KnownEvent, MmuPage, NestedVmenter, OtherEvent, ProbeHit, ROLE_KNOWN_FIELD, VmFailKind,
+    VmcsFieldEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};

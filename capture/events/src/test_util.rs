@@ -101,7 +101,14 @@ impl EventBuilder {
 
     pub fn push(&mut self, kind: EventKind) -> u64 {
         self.ts += 10;
-        self.events.push(Event { ts: self.ts, cpu: 0, pid: self.pid, comm: None, kind });
+        self.events.push(Event {
+            ts: self.ts,
+            cpu: 0,
+            pid: self.pid,
+            tgid: None,
+            comm: None,
+            kind,
+        });
         self.events.len() as u64 - 1
     }
 

@@ -27,6 +27,7 @@
 //! panics) and SIGINT/SIGTERM (a flag the wait loop polls) all remove. A recording killed with
 //! SIGKILL leaves its instance; the next recording removes instances whose process is gone.
 
+pub mod identity;
 pub mod probes;
 pub mod tracefs;
 pub mod trigger;
@@ -147,6 +148,9 @@ pub struct RecordOptions {
     pub checkpoint_every: Duration,
     /// The writer's options.
     pub writer: WriterOptions,
+    /// Write which VM each VMM thread belongs to into the recording ([`identity`]): on by
+    /// default, so that a host's VMs stay apart in trace.dat, which carries no tgid.
+    pub identity: bool,
 }
 
 impl RecordOptions {
@@ -166,6 +170,7 @@ impl RecordOptions {
             handle_signals: false,
             checkpoint_every: Duration::from_secs(1),
             writer: WriterOptions::default(),
+            identity: true,
         }
     }
 }
@@ -384,6 +389,8 @@ pub struct Recorder {
     started: Instant,
     cpu_at_start: Duration,
     report: RecordReport,
+    /// Writes the VMM threads' identity lines while tracing is on.
+    identity: Option<identity::Writer>,
     /// Declared last: dropped after the instance, so signals stay caught during cleanup.
     signals: SignalGuard,
 }
@@ -530,6 +537,7 @@ impl Recorder {
             started: Instant::now(),
             cpu_at_start: process_cpu_time(),
             report,
+            identity: None,
             signals,
         };
         let dir = recorder.instance.as_ref().map(|i| i.dir().to_path_buf()).unwrap_or_default();
@@ -553,6 +561,13 @@ impl Recorder {
         recorder.consumer = Some(handle);
         if let Some(instance) = &recorder.instance {
             instance.write("tracing_on", "1")?;
+            if recorder.opts.identity {
+                // trace_marker takes writes only while tracing is on.
+                let marker = instance.dir().join("trace_marker");
+                let only = recorder.opts.pids.clone();
+                let repeat = recorder.opts.flight.is_some();
+                recorder.identity = identity::Writer::start(marker, only, repeat).ok();
+            }
         }
         recorder.started = Instant::now();
         Ok(recorder)
@@ -648,6 +663,9 @@ impl Recorder {
     }
 
     fn finish_inner(&mut self) -> Result<RecordReport, RecordError> {
+        if let Some(writer) = self.identity.take() {
+            writer.stop();
+        }
         if let Some(instance) = &self.instance {
             instance.stop_tracing();
         }
@@ -735,6 +753,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        drop(self.identity.take());
         if let Some(instance) = &self.instance {
             instance.stop_tracing();
         }

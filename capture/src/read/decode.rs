@@ -150,7 +150,7 @@ impl DecodeCtx {
             }
         };
         let comm = cache.get(&self.comms, pid);
-        batch.items.push_back(Ok(Event { ts, cpu, pid, comm, kind }));
+        batch.items.push_back(Ok(Event { ts, cpu, pid, tgid: None, comm, kind }));
         Ok(())
     }
 
@@ -174,6 +174,7 @@ impl DecodeCtx {
                         ts,
                         cpu,
                         pid: -1,
+                        tgid: None,
                         comm: None,
                         kind: EventKind::Lost { count },
                     })),

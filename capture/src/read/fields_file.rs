@@ -134,6 +134,7 @@ mod tests {
                 ts,
                 cpu: 0,
                 pid: 1,
+                tgid: None,
                 comm: None,
                 kind: EventKind::Lost { count: None },
             })

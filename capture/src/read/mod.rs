@@ -6,6 +6,7 @@ pub mod fields_file;
 mod merge;
 pub mod open;
 pub mod perfdata;
+pub mod salvage;
 pub mod text;
 pub mod tracedat;
 pub mod tracefs_tree;

@@ -89,7 +89,13 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
     }
     match detect(path)? {
         InputKind::Binary(Magic::TraceDat) => {
-            Ok(Box::new(Arc::new(TraceDat::open(path)?).events(0, opts)?))
+            // --permissive salvages a damaged file (cut short, index lost) as well.
+            let td = if opts.permissive {
+                TraceDat::open_salvaging(path)?
+            } else {
+                TraceDat::open(path)?
+            };
+            Ok(Box::new(Arc::new(td).events(0, opts)?))
         }
         InputKind::Binary(Magic::PerfData) => Ok(Box::new(PerfDataReader::open(path, opts)?)),
         InputKind::Tracefs(found) => Ok(Box::new(TracefsReader::open(&found, input, opts)?)),
@@ -108,7 +114,12 @@ pub fn open_bytes(
 ) -> Result<Box<dyn EventReader>, ReadError> {
     match Magic::of(&bytes) {
         Some(Magic::TraceDat) => {
-            Ok(Box::new(Arc::new(TraceDat::from_bytes(input, bytes)?).events(0, opts)?))
+            let td = if opts.permissive {
+                TraceDat::from_bytes_salvaging(input, bytes)?
+            } else {
+                TraceDat::from_bytes(input, bytes)?
+            };
+            Ok(Box::new(Arc::new(td).events(0, opts)?))
         }
         Some(Magic::PerfData) => Ok(Box::new(PerfDataReader::from_bytes(input, bytes, opts)?)),
         None => Err(ReadError::new(&input, Location::Input, ReadErrorKind::UnknownFormat)),

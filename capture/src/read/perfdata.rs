@@ -64,6 +64,33 @@ pub enum PerfDataError {
     /// The file could not be read.
     #[error("Cannot read the file")]
     Io(#[source] io::Error),
+    /// The file is cut before its feature sections, which hold the event formats (perf writes
+    /// them after the data): none of its records can be decoded.
+    #[error(
+        "Truncated: expected the feature sections (with the event formats) at offset {table:#x}, \
+         the file ends at {len:#x}; its {data_bytes} bytes of records cannot be decoded without them"
+    )]
+    FeaturesLost {
+        /// Where the feature section table should be.
+        table: u64,
+        /// The file's length.
+        len: u64,
+        /// Bytes of the data section present.
+        data_bytes: u64,
+    },
+    /// `--permissive` skipped damaged bytes of the data section up to the next record header
+    /// that, with the one after it, makes sense.
+    #[error("Damaged records: skipped {skipped} bytes to the next readable record")]
+    Resynced {
+        /// Bytes skipped.
+        skipped: u64,
+    },
+    /// The data section ends inside a record.
+    #[error("Truncated: the file ends inside a record, {lost} bytes of it are present")]
+    CutRecord {
+        /// The bytes of the incomplete record.
+        lost: u64,
+    },
 }
 
 // perf_event_header types.
@@ -109,6 +136,8 @@ struct Attr {
 #[derive(Default, Debug)]
 struct Sample<'a> {
     id: Option<u64>,
+    /// The process (PERF_SAMPLE_TID's pid).
+    pid: Option<i32>,
     tid: Option<i32>,
     time: Option<u64>,
     cpu: Option<u32>,
@@ -127,7 +156,7 @@ fn parse_sample<'a>(body: &'a [u8], attr: &Attr, e: Endian) -> Option<Sample<'a>
         c.u64()?;
     }
     if st & S_TID != 0 {
-        let _pid = c.u32()?;
+        s.pid = Some(i32::from_ne_bytes(c.u32()?.to_ne_bytes()));
         s.tid = Some(i32::from_ne_bytes(c.u32()?.to_ne_bytes()));
     }
     if st & S_TIME != 0 {
@@ -360,6 +389,14 @@ impl PerfDataReader {
         }
         // Feature sections: {offset, size} per set bit, after the data section.
         let table = data_off.saturating_add(data_size);
+        if table.saturating_add(16) > src.len() && !features.is_empty() {
+            *at = table.min(src.len());
+            return Err(PerfDataError::FeaturesLost {
+                table,
+                len: src.len(),
+                data_bytes: src.len().saturating_sub(data_off).min(data_size),
+            });
+        }
         let mut feat = HashMap::new();
         for (k, bit) in features.iter().enumerate() {
             *at = table.saturating_add(k as u64 * 16);
@@ -474,10 +511,10 @@ impl PerfDataReader {
             )));
         }
         let Some(rec) = self.window.get(rel..rel + usize::from(size)) else {
-            return Some(Err(self.err(
-                Location::Offset(self.pos),
-                PerfDataError::Truncated { expected: "record" },
-            )));
+            let lost = self.end.saturating_sub(self.pos);
+            return Some(Err(
+                self.err(Location::Offset(self.pos), PerfDataError::CutRecord { lost })
+            ));
         };
         let off = self.pos;
         self.pos += u64::from(size);
@@ -501,7 +538,10 @@ impl PerfDataReader {
                     .and_then(|a| parse_sample_id(body, &a, e).time)
                     .unwrap_or(0);
                 let tid = i32::from_ne_bytes(tid.to_ne_bytes());
-                self.push(time, Pending::Comm { tid, comm: String::from_utf8_lossy(name).into() });
+                self.push(
+                    time,
+                    Pending::Comm { tid, comm: String::from_utf8_lossy(name).into_owned().into() },
+                );
             }
             RECORD_FORK => {
                 let (Some(ptid), Some(tid), Some(time)) =
@@ -526,6 +566,7 @@ impl PerfDataReader {
                     ts,
                     cpu: sid.cpu.unwrap_or(0),
                     pid: -1,
+                    tgid: None,
                     comm: None,
                     kind: EventKind::Lost { count },
                 };
@@ -679,7 +720,8 @@ impl PerfDataReader {
                 return;
             }
         };
-        let ev = Event { ts, cpu: s.cpu.unwrap_or(0), pid: tid, comm: None, kind };
+        let tgid = s.pid.filter(|p| *p > 0);
+        let ev = Event { ts, cpu: s.cpu.unwrap_or(0), pid: tid, tgid, comm: None, kind };
         let raw = self.keep_raw.then(|| Box::<[u8]>::from(raw));
         self.push(ts, Pending::Event(ev, raw));
     }
@@ -690,8 +732,20 @@ impl PerfDataReader {
             match self.next_record() {
                 Some(Ok((off, rec))) => self.handle(off, &rec),
                 Some(Err(e)) => {
+                    let damaged = matches!(
+                        e.kind,
+                        ReadErrorKind::PerfData(PerfDataError::Impossible {
+                            what: "record size",
+                            ..
+                        })
+                    );
                     let ts = self.max_ts;
                     self.push(ts, Pending::Problem(e));
+                    // --permissive goes on after damaged bytes from the next record that
+                    // makes sense; a cut record is the end.
+                    if damaged && self.opts.permissive && self.resync() {
+                        continue;
+                    }
                     self.release(None);
                     self.finished = true;
                 }
@@ -709,6 +763,36 @@ impl PerfDataReader {
                 }
             }
         }
+    }
+
+    /// Moves `pos` past damaged bytes to the next 8-byte aligned offset where a record header
+    /// makes sense and is followed by another one (or the end of the data). Counts the bytes
+    /// skipped as a problem; false when none is found.
+    fn resync(&mut self) -> bool {
+        let e = self.endian;
+        let plausible = |file: &Source, at: u64, end: u64| -> Option<u64> {
+            let h = file.read_at(at, 8).ok()?;
+            let (kind, misc, size) = (e.u32(&h, 0)?, e.u16(&h, 4)?, e.u16(&h, 6)?);
+            let size = u64::from(size);
+            let known = (1..=RECORD_COMPRESSED + 1).contains(&kind);
+            (known && misc < 0x8000 && size >= 8 && size % 8 == 0 && at + size <= end)
+                .then_some(at + size)
+        };
+        let start = self.pos;
+        let mut at = start.saturating_add(8) / 8 * 8;
+        while at < self.end {
+            if let Some(next) = plausible(&self.file, at, self.end)
+                && (next == self.end || plausible(&self.file, next, self.end).is_some())
+            {
+                self.pos = at;
+                self.window.clear();
+                self.window_start = at;
+                self.problem(start, PerfDataError::Resynced { skipped: at - start });
+                return true;
+            }
+            at += 8;
+        }
+        false
     }
 
     fn comm_of(&self, tid: i32) -> Option<Comm> {

@@ -23,6 +23,7 @@ use crate::bin::format::{EventFormats, FormatError, PageLayout};
 use crate::bin::{Cursor, Endian, Source, to_usize};
 use crate::read::decode::{DecodeCtx, StreamBase, parse_cmdlines};
 use crate::read::merge::{Batch, Job, Jobs, Merger};
+use crate::read::salvage::{self, SalvageSummary};
 use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
@@ -117,6 +118,33 @@ pub enum TraceDatError {
     /// No buffer with this index.
     #[error("No buffer {0}")]
     NoBuffer(usize),
+    /// The file is damaged (cut short, or its index unusable) and was salvaged
+    /// (`--permissive`): what was recovered and what is lost. The source is the damage found.
+    #[error("{}", salvage_message(summary))]
+    Salvaged {
+        /// The figures.
+        summary: SalvageSummary,
+        /// What was wrong with the file, when reading it hit an error.
+        #[source]
+        cause: Option<Arc<TraceDatError>>,
+    },
+}
+
+fn salvage_message(s: &SalvageSummary) -> String {
+    let (how, lost) = if s.scanned {
+        (
+            "its CPU index is lost or damaged, the data was found by scanning",
+            "; what the file held past its end is unknown",
+        )
+    } else {
+        ("its CPU data is cut short", "")
+    };
+    let guessed = if s.cpus_guessed { " (CPU numbers guessed from file order)" } else { "" };
+    format!(
+        "Damaged file ({how}): salvaged {} complete pages ({} bytes of CPU data) in {} CPU \
+         streams{guessed}; lost {} bytes of incomplete data (at least {} pages){lost}",
+        s.pages, s.bytes, s.streams, s.lost_bytes, s.lost_pages
+    )
 }
 
 /// How the file compresses sections and CPU data.
@@ -213,6 +241,23 @@ struct Seq<'a> {
     src: &'a Source,
     pos: u64,
     endian: Endian,
+    /// Salvage mode: damaged indexes are worked around instead of failing (see `salvage.rs`).
+    salvage: bool,
+    /// Salvage mode: the first damage found, and where.
+    damage: Option<(u64, TraceDatError)>,
+}
+
+impl Seq<'_> {
+    /// In salvage mode, notes `err` (found at `at`) and returns `None`; otherwise returns it.
+    fn tolerate(&mut self, at: u64, err: TraceDatError) -> Result<(), TraceDatError> {
+        if !self.salvage {
+            return Err(err);
+        }
+        if self.damage.is_none() {
+            self.damage = Some((at, err));
+        }
+        Ok(())
+    }
 }
 
 impl Seq<'_> {
@@ -336,6 +381,11 @@ pub struct TraceDat {
     pub buffers: Vec<BufferInfo>,
     /// The texts stored beside the formats, verbatim (for writing the trace again).
     pub texts: SavedTexts,
+    /// Where the CPU data begins (after the metadata and the index), for salvage scans.
+    data_from: u64,
+    /// Set when the file was opened for salvage ([`TraceDat::open_salvaging`]) and is
+    /// damaged: what was recovered, where the damage was found, and the error found there.
+    pub salvage: Option<(SalvageSummary, Location, Option<Arc<TraceDatError>>)>,
 }
 
 /// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
@@ -471,6 +521,24 @@ impl Options {
     }
 }
 
+/// Applies the options of one v7 OPTIONS section body; returns the offset of the next OPTIONS
+/// section (its DONE option), 0 for none.
+fn apply_options(body: &[u8], endian: Endian, opts: &mut Options) -> Result<u64, TraceDatError> {
+    let mut c = Cursor::new(body, endian);
+    while c.remaining() > 0 {
+        let (Some(oid), Some(size)) = (c.u16(), c.u32()) else {
+            return Err(TraceDatError::Truncated { expected: "option header" });
+        };
+        let data =
+            c.take(size as usize).ok_or(TraceDatError::Truncated { expected: "option data" })?;
+        if oid == opt::DONE {
+            return Ok(endian.u64(data, 0).unwrap_or(0));
+        }
+        opts.apply(oid, data, endian, 7)?;
+    }
+    Ok(0)
+}
+
 /// Splits `header_page\0 u64 text header_event\0 u64 text`.
 fn parse_header_info(b: &[u8], e: Endian) -> Result<(Vec<u8>, Vec<u8>), TraceDatError> {
     let mut c = Cursor::new(b, e);
@@ -532,6 +600,22 @@ pub(crate) struct V6Meta {
 impl TraceDat {
     /// Opens a trace.dat file (`-` reads stdin into memory).
     pub fn open(path: &Path) -> Result<Self, ReadError> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens a trace.dat file that may be damaged: a missing or damaged CPU index is replaced
+    /// by scanning for the data (see `salvage.rs`), and [`TraceDat::salvage`] says what was
+    /// recovered. Damage to the metadata before the data (formats) is still an error.
+    pub fn open_salvaging(path: &Path) -> Result<Self, ReadError> {
+        Self::open_with(path, true)
+    }
+
+    /// Like [`TraceDat::from_bytes`], salvaging like [`TraceDat::open_salvaging`].
+    pub fn from_bytes_salvaging(input: Arc<str>, bytes: Vec<u8>) -> Result<Self, ReadError> {
+        Self::from_source(input, Source::Bytes(bytes), true)
+    }
+
+    fn open_with(path: &Path, salvage: bool) -> Result<Self, ReadError> {
         let input = input_name(path);
         let src = if path.as_os_str() == "-" {
             let mut b = Vec::new();
@@ -548,20 +632,24 @@ impl TraceDat {
                 .len();
             Source::File(f, len)
         };
-        Self::from_source(input, src)
+        Self::from_source(input, src, salvage)
     }
 
     /// Parses a trace.dat held in memory.
     pub fn from_bytes(input: Arc<str>, bytes: Vec<u8>) -> Result<Self, ReadError> {
-        Self::from_source(input, Source::Bytes(bytes))
+        Self::from_source(input, Source::Bytes(bytes), false)
     }
 
-    fn from_source(input: Arc<str>, src: Source) -> Result<Self, ReadError> {
-        let mut seq = Seq { src: &src, pos: 0, endian: Endian::Little };
+    fn from_source(input: Arc<str>, src: Source, salvage: bool) -> Result<Self, ReadError> {
+        let mut seq = Seq { src: &src, pos: 0, endian: Endian::Little, salvage, damage: None };
         match Self::parse(&mut seq) {
             Ok(mut td) => {
+                let damage = seq.damage.take();
                 td.input = input;
                 td.src = Arc::new(src);
+                if salvage {
+                    td.salvage_buffers(damage);
+                }
                 Ok(td)
             }
             Err(e) => {
@@ -601,7 +689,7 @@ impl TraceDat {
         endian: Endian,
     ) -> Result<(V6Meta, usize), TraceDatError> {
         let src = Source::Bytes(seq_src.to_vec());
-        let mut seq = Seq { src: &src, pos: 0, endian };
+        let mut seq = Seq { src: &src, pos: 0, endian, salvage: false, damage: None };
         let meta = Self::v6_items(&mut seq, endian)?;
         Ok((meta, to_usize(seq.pos).unwrap_or(usize::MAX)))
     }
@@ -657,6 +745,65 @@ impl TraceDat {
         page_size: u32,
     ) -> Result<Self, TraceDatError> {
         let V6Meta { layout, formats, texts } = Self::v6_items(seq, endian)?;
+        // Past the formats, a salvaging reader tolerates damage: the CPU data is then found by
+        // scanning from where the damage is (`salvage.rs`).
+        let (ncpus, opts, cpus, clock) = match Self::v6_index(seq, endian) {
+            Ok(index) => index,
+            Err(e) => {
+                let at = seq.pos;
+                seq.tolerate(at, e)?;
+                (0, Options::default(), Vec::new(), Clock::Local)
+            }
+        };
+        let data_from = seq.pos;
+        let mut buffers = vec![BufferInfo {
+            name: String::new(),
+            clock: opts.clock.clone().unwrap_or_else(|| clock.clone()),
+            page_size,
+            cpus,
+            compressed: false,
+        }];
+        let mut opts = opts;
+        for (off, name) in std::mem::take(&mut opts.buffers_v6) {
+            let mut s = Seq { src: seq.src, pos: off, endian, salvage: false, damage: None };
+            let _ = s.tag("flyrecord");
+            match Self::v6_flyrecord(&mut s, ncpus) {
+                Ok((cpus, bclock)) => {
+                    buffers.push(BufferInfo {
+                        name,
+                        clock: bclock,
+                        page_size,
+                        cpus,
+                        compressed: false,
+                    });
+                }
+                Err(e) => seq.tolerate(off, e)?,
+            }
+        }
+        let mut td = Self::assemble(
+            6,
+            endian,
+            long_size,
+            page_size,
+            Compression::None,
+            layout,
+            formats,
+            texts,
+            opts,
+            Some(ncpus),
+            buffers,
+            Some(clock),
+        );
+        td.data_from = data_from;
+        Ok(td)
+    }
+
+    /// The v6 CPU count, options and flyrecord table (the index of the CPU data).
+    #[allow(clippy::type_complexity)]
+    fn v6_index(
+        seq: &mut Seq<'_>,
+        endian: Endian,
+    ) -> Result<(u32, Options, Vec<CpuData>, Clock), TraceDatError> {
         let ncpus = seq.u32("cpu count")?;
         if ncpus > 1 << 16 {
             return Err(TraceDatError::Impossible { what: "cpu count", value: u64::from(ncpus) });
@@ -678,33 +825,7 @@ impl TraceDat {
         }
         seq.tag("flyrecord")?;
         let (cpus, clock) = Self::v6_flyrecord(seq, ncpus)?;
-        let mut buffers = vec![BufferInfo {
-            name: String::new(),
-            clock: opts.clock.clone().unwrap_or_else(|| clock.clone()),
-            page_size,
-            cpus,
-            compressed: false,
-        }];
-        for (off, name) in std::mem::take(&mut opts.buffers_v6) {
-            let mut s = Seq { src: seq.src, pos: off, endian };
-            let _ = s.tag("flyrecord");
-            let (cpus, bclock) = Self::v6_flyrecord(&mut s, ncpus)?;
-            buffers.push(BufferInfo { name, clock: bclock, page_size, cpus, compressed: false });
-        }
-        Ok(Self::assemble(
-            6,
-            endian,
-            long_size,
-            page_size,
-            Compression::None,
-            layout,
-            formats,
-            texts,
-            opts,
-            Some(ncpus),
-            buffers,
-            Some(clock),
-        ))
+        Ok((ncpus, opts, cpus, clock))
     }
 
     fn v6_flyrecord(seq: &mut Seq<'_>, ncpus: u32) -> Result<(Vec<CpuData>, Clock), TraceDatError> {
@@ -738,32 +859,39 @@ impl TraceDat {
             other => return Err(TraceDatError::UnknownCompression(other.to_owned())),
         };
         let mut next = seq.u64("first OPTIONS offset")?;
+        let first_section_at = seq.pos;
         let mut opts = Options::default();
         let mut seen = BTreeSet::new();
         while next != 0 {
+            let at = next;
             if !seen.insert(next) || seen.len() > 64 {
-                return Err(TraceDatError::OptionsLoop);
+                seq.tolerate(at, TraceDatError::OptionsLoop)?;
+                break;
             }
             seq.pos = next;
-            let (id, _, body) = Self::section(seq, compression)?;
-            if id != 0 {
-                return Err(TraceDatError::WrongSection { expected: 0, found: id });
-            }
-            next = 0;
-            let mut c = Cursor::new(&body, endian);
-            while c.remaining() > 0 {
-                let (Some(oid), Some(size)) = (c.u16(), c.u32()) else {
-                    return Err(TraceDatError::Truncated { expected: "option header" });
-                };
-                let data = c
-                    .take(size as usize)
-                    .ok_or(TraceDatError::Truncated { expected: "option data" })?;
-                if oid == opt::DONE {
-                    next = endian.u64(data, 0).unwrap_or(0);
+            let step = Self::section(seq, compression).and_then(|(id, _, body)| {
+                if id != 0 {
+                    return Err(TraceDatError::WrongSection { expected: 0, found: id });
+                }
+                apply_options(&body, endian, &mut opts)
+            });
+            match step {
+                Ok(following) => next = following,
+                Err(e) => {
+                    seq.tolerate(at, e)?;
                     break;
                 }
-                opts.apply(oid, data, endian, 7)?;
             }
+        }
+        // A salvaging reader whose OPTIONS chain broke walks the sections one after the other
+        // (both trace-cmd and vmxray write them back to back) up to the BUFFER section.
+        let mut buffer_section = None;
+        let mut data_from = seq.src.len();
+        if seq.salvage && (seq.damage.is_some() || opts.buffers_v7.is_empty()) {
+            let (walked_buffer, walk_end) =
+                Self::walk_sections(seq, first_section_at, compression, &seen, &mut opts);
+            buffer_section = walked_buffer;
+            data_from = walk_end;
         }
         let mut load = |id: u16, what: &'static str| -> Result<Vec<u8>, TraceDatError> {
             let off = *opts.sections.get(&id).ok_or(TraceDatError::MissingSection(what))?;
@@ -792,15 +920,28 @@ impl TraceDat {
         let mut buffers = Vec::new();
         for (section, mut b) in std::mem::take(&mut opts.buffers_v7) {
             seq.pos = section;
-            let hdr = seq.bytes(16, "BUFFER section header")?;
-            let flags = endian.u16(&hdr, 2).unwrap_or(0);
-            b.compressed = flags & 1 != 0 && compression != Compression::None;
+            b.compressed = match seq.bytes(16, "BUFFER section header") {
+                Ok(hdr) => {
+                    let flags = endian.u16(&hdr, 2).unwrap_or(0);
+                    flags & 1 != 0 && compression != Compression::None
+                }
+                Err(e) => {
+                    seq.tolerate(section, e)?;
+                    compression != Compression::None
+                }
+            };
+            if b.name.is_empty() {
+                buffer_section = Some(section);
+            }
             buffers.push(b);
         }
         buffers.sort_by_key(|b| !b.name.is_empty());
+        if let Some(section) = buffer_section {
+            data_from = section.saturating_add(16);
+        }
         let clock = opts.clock.clone();
         let cpu_count = opts.cpu_count;
-        Ok(Self::assemble(
+        let mut td = Self::assemble(
             7,
             endian,
             long_size,
@@ -813,7 +954,44 @@ impl TraceDat {
             cpu_count,
             buffers,
             clock,
-        ))
+        );
+        td.data_from = data_from;
+        Ok(td)
+    }
+
+    /// Walks v7 sections from `from` one after the other, filling in the section offsets and
+    /// the options of OPTIONS sections not yet `seen`, up to the BUFFER section or the first
+    /// unreadable header. Returns the BUFFER section's offset and where the walk stopped.
+    fn walk_sections(
+        seq: &mut Seq<'_>,
+        from: u64,
+        compression: Compression,
+        seen: &BTreeSet<u64>,
+        opts: &mut Options,
+    ) -> (Option<u64>, u64) {
+        let mut pos = from;
+        for _ in 0..4096 {
+            let Ok(hdr) = seq.src.exact(pos, 16, "section header") else { break };
+            let e = seq.endian;
+            let (Some(id), Some(size)) = (e.u16(&hdr, 0), e.u64(&hdr, 8)) else { break };
+            if id == opt::BUFFER {
+                return (Some(pos), pos.saturating_add(16));
+            }
+            let end = pos.saturating_add(16).saturating_add(size);
+            if end > seq.src.len() || !(id == opt::DONE || (opt::STRINGS..=25).contains(&id)) {
+                break;
+            }
+            if id == opt::DONE && !seen.contains(&pos) {
+                seq.pos = pos;
+                if let Ok((_, _, body)) = Self::section(seq, compression) {
+                    let _ = apply_options(&body, e, opts);
+                }
+            } else {
+                opts.sections.entry(id).or_insert(pos);
+            }
+            pos = end;
+        }
+        (None, pos)
     }
 
     /// Reads a v7 section at `seq.pos`: (id, flags, payload), decompressed.
@@ -875,7 +1053,90 @@ impl TraceDat {
             tsc2nsec: opts.tsc2nsec,
             buffers,
             texts,
+            salvage: None,
+            data_from: 0,
         }
+    }
+
+    /// Salvage (after a salvaging open): checks the top buffer's CPU index against the file,
+    /// replaces a missing or damaged one by a scan of the data, and records what was recovered
+    /// and lost in [`TraceDat::salvage`]. A file that is whole is left as it is.
+    fn salvage_buffers(&mut self, damage: Option<(u64, TraceDatError)>) {
+        let src = Arc::clone(&self.src);
+        let len = src.len();
+        let layout = self.layout;
+        let compression = self.compression;
+        let top = self.buffers.iter().position(|b| b.name.is_empty());
+        let usable = top.map(|i| &self.buffers[i]).filter(|b| {
+            !b.cpus.is_empty()
+                && b.cpus.iter().all(|d| {
+                    d.offset >= len
+                        || salvage::entry_is_plausible(
+                            &src,
+                            d,
+                            &layout,
+                            b.page_size,
+                            b.compressed,
+                            compression,
+                        )
+                })
+        });
+        let summary = match usable {
+            Some(b) => {
+                let page = u64::from(b.page_size.max(1));
+                let (lost_bytes, mut lost_pages) = salvage::promised_beyond_end(len, b);
+                let mut summary = SalvageSummary {
+                    streams: u32::try_from(b.cpus.len()).unwrap_or(u32::MAX),
+                    lost_bytes,
+                    ..SalvageSummary::default()
+                };
+                for d in b.cpus.iter().filter(|d| d.offset < len) {
+                    if b.compressed {
+                        let count = src
+                            .read_at(d.offset, 4)
+                            .ok()
+                            .and_then(|h| self.endian.u32(&h, 0))
+                            .unwrap_or(0);
+                        let walk = salvage::walk_list(&src, d.offset, count, page, compression);
+                        summary.bytes += walk.end - d.offset;
+                        summary.pages += walk.uncompressed / page;
+                        lost_pages += walk.lost_pages;
+                    } else {
+                        let present = d.size.min(len - d.offset) / page * page;
+                        summary.bytes += present;
+                        summary.pages += present / page;
+                    }
+                }
+                summary.lost_pages = lost_pages;
+                if damage.is_none() && lost_bytes == 0 {
+                    return;
+                }
+                summary
+            }
+            None => {
+                let page_size = top.map_or(self.page_size, |i| self.buffers[i].page_size);
+                let clock =
+                    top.map_or_else(|| self.clock.clone(), |i| self.buffers[i].clock.clone());
+                let (buffer, summary) = salvage::scan_buffer(
+                    &src,
+                    self.data_from,
+                    &layout,
+                    page_size,
+                    compression,
+                    clock,
+                );
+                match top {
+                    Some(i) => self.buffers[i] = buffer,
+                    None => self.buffers.insert(0, buffer),
+                }
+                summary
+            }
+        };
+        let (at, cause) = match damage {
+            Some((at, e)) => (at, Some(Arc::new(e))),
+            None => (len, None),
+        };
+        self.salvage = Some((summary, Location::Offset(at), cause));
     }
 
     /// The kernel release from the UNAME option (`Linux host 6.18.44 x86_64` → `6.18.44`).
@@ -1141,6 +1402,12 @@ impl TraceDat {
             comms: Arc::clone(&self.comms),
         });
         let mut stats = ReadStats::default();
+        if let Some((summary, at, cause)) = &self.salvage
+            && b.name.is_empty()
+        {
+            let salvaged = TraceDatError::Salvaged { summary: *summary, cause: cause.clone() };
+            stats.note_skipped(self.err(*at, salvaged));
+        }
         let mut producers: Vec<(u32, Jobs)> = Vec::new();
         for d in &b.cpus {
             let work = match self.work(b, d) {

@@ -28,7 +28,7 @@ use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadOptions, ReadStats, TraceMeta,
     input_name,
 };
-use vmxray_events::event::Event;
+use vmxray_events::event::{Comm, Event};
 
 /// Pages decoded per batch (bounds memory per CPU).
 const PAGES_PER_BATCH: u64 = 64;
@@ -84,7 +84,7 @@ pub struct TracefsTree {
     /// The `[selected]` clock of `trace_clock` (`local` when the file is missing).
     pub clock: Clock,
     /// `saved_cmdlines`, when copied.
-    pub comms: Arc<HashMap<i32, Arc<str>>>,
+    pub comms: Arc<HashMap<i32, Comm>>,
 }
 
 impl TracefsTree {

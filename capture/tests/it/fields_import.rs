@@ -32,7 +32,7 @@ proptest! {
         event_ts.sort_unstable();
         let events: Vec<Result<Event, ()>> = event_ts
             .iter()
-            .map(|&ts| Ok(Event { ts, cpu: 0, pid: 1, comm: None, kind: EventKind::Lost { count: None } }))
+            .map(|&ts| Ok(Event { ts, cpu: 0, pid: 1, tgid: None, comm: None, kind: EventKind::Lost { count: None } }))
             .collect();
         // Records in file order, unsorted: parse_fields sorts them; emulate it through text.
         let text: String = recs

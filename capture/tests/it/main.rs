@@ -7,6 +7,7 @@ mod fields_import;
 mod printfmt;
 mod raw_pages;
 mod robustness;
+mod salvage;
 mod text_parallel;
 mod text_proptest;
 mod text_real;

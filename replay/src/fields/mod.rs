@@ -355,6 +355,7 @@ pub fn derive(
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Identity(_)
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

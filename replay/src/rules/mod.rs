@@ -218,6 +218,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

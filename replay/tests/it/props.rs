@@ -117,7 +117,14 @@ fn kind() -> impl Strategy<Value = EventKind> {
 }
 
 fn event() -> impl Strategy<Value = Event> {
-    (1i32..4, kind()).prop_map(|(pid, kind)| Event { ts: 0, cpu: 0, pid, comm: None, kind })
+    (1i32..4, kind()).prop_map(|(pid, kind)| Event {
+        ts: 0,
+        cpu: 0,
+        pid,
+        tgid: None,
+        comm: None,
+        kind,
+    })
 }
 
 proptest! {
@@ -245,6 +252,7 @@ fn lose(events: &[Event], from: usize, len: usize) -> Vec<Event> {
         ts: 0,
         cpu: 0,
         pid: 1000,
+        tgid: None,
         comm: None,
         kind: EventKind::Lost { count: Some((to - from) as u64) },
     });

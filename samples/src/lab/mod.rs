@@ -5,8 +5,10 @@
 //! calling thread and its children (`set_event_pid` + `event-fork`), so recordings made at the
 //! same time by other threads or processes never mix.
 
+pub mod l1;
 #[allow(unsafe_code)]
 mod vm;
+pub mod vmx;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,6 +35,12 @@ pub enum Scenario {
     /// Two vCPUs, each in its own thread, each doing N (default 100) IO exits on its own port
     /// (0x10 and 0x11).
     MultiVcpu(u64),
+    /// `out 0x10`, a write and a read of [`MMIO_GPA`] (mapped by the guest's page tables, but
+    /// no memslot backs it: two `KVM_EXIT_MMIO`, EPT misconfig/violation exits with EPT), then
+    /// `hlt`.
+    Mmio,
+    /// Our own bare-metal L1 hypervisor running nested guests ([`l1`]; needs nested VMX).
+    Vmx(l1::VmxScenario),
 }
 
 /// The CR3 values `cr3-switch` loads, in order (the last is the initial one).
@@ -54,12 +62,17 @@ impl FromStr for Scenario {
             "pf-triple-fault" => Self::PfTripleFault,
             "io-loop" => Self::IoLoop(n.unwrap_or(1000)),
             "multi-vcpu" => Self::MultiVcpu(n.unwrap_or(100)),
-            _ => {
-                return Err(format!(
-                    "unknown scenario {s:?}: expected cr3-switch, triple-fault, pf-triple-fault, \
-                     io-loop[=N], multi-vcpu[=N]"
-                ));
-            }
+            "mmio" => Self::Mmio,
+            _ => match l1::VmxScenario::parse(name, n) {
+                Some(vmx) => Self::Vmx(vmx?),
+                None => {
+                    return Err(format!(
+                        "unknown scenario {s:?}: expected cr3-switch, triple-fault, \
+                         pf-triple-fault, io-loop[=N], multi-vcpu[=N], mmio, {}",
+                        l1::VmxScenario::NAMES
+                    ));
+                }
+            },
         })
     }
 }
@@ -72,6 +85,8 @@ impl fmt::Display for Scenario {
             Self::PfTripleFault => f.write_str("pf-triple-fault"),
             Self::IoLoop(n) => write!(f, "io-loop={n}"),
             Self::MultiVcpu(n) => write!(f, "multi-vcpu={n}"),
+            Self::Mmio => f.write_str("mmio"),
+            Self::Vmx(s) => s.fmt(f),
         }
     }
 }
@@ -107,6 +122,49 @@ pub enum LabError {
         /// What happened.
         got: String,
     },
+    /// The KVM under test does not offer VMX to its guests.
+    #[error(
+        "This KVM ({backend}) offers no VMX to its guests, so our L1 hypervisor cannot run: the \
+         vmx-* scenarios need kvm_intel loaded with nested=1 (run them in the emulated VMX host)"
+    )]
+    NoNestedVmx {
+        /// The KVM module in use.
+        backend: &'static str,
+    },
+    /// No L1 image was found.
+    #[error(
+        "No L1 image (build it with `make -C samples/vmx/l1`, or name it with --l1-image or \
+         ${env}); looked for {}",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        env = l1::IMAGE_ENV
+    )]
+    NoL1Image {
+        /// The places looked at.
+        tried: Vec<PathBuf>,
+    },
+    /// The L1 image could not be read.
+    #[error("Cannot read the L1 image {}", path.display())]
+    L1Image {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The L1 image is empty or too large for the guest memory.
+    #[error("The L1 image {} has {size} bytes; expected 1 to 512 KiB", path.display())]
+    L1ImageSize {
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: usize,
+    },
+    /// KVM refused IA32_FEATURE_CONTROL.
+    #[error("vCPU {vcpu}: KVM refused the IA32_FEATURE_CONTROL write (no nested VMX?)")]
+    FeatureControl {
+        /// The vCPU.
+        vcpu: usize,
+    },
     /// A vCPU thread panicked.
     #[error("vCPU {0}'s thread panicked")]
     VcpuPanicked(usize),
@@ -135,6 +193,8 @@ pub struct Outcome {
     pub exits: Vec<Vec<LabExit>>,
     /// The kernel thread ids that ran each vCPU.
     pub vcpu_tids: Vec<u32>,
+    /// What our L1 hypervisor reported (the `vmx-*` scenarios).
+    pub l1_truth: Option<l1::Truth>,
 }
 
 /// Assembles guest code.
@@ -172,6 +232,12 @@ impl Code {
         self.0.extend_from_slice(&[0x0f, 0x0b]);
         self
     }
+    /// `mov eax, [abs32]`.
+    fn load_eax(&mut self, at: u32) -> &mut Self {
+        self.0.extend_from_slice(&[0x8b, 0x04, 0x25]);
+        self.0.extend_from_slice(&at.to_le_bytes());
+        self
+    }
     /// `mov [abs32], eax`.
     fn store_eax(&mut self, at: u32) -> &mut Self {
         self.0.extend_from_slice(&[0x89, 0x04, 0x25]);
@@ -189,12 +255,17 @@ impl Code {
 const EMPTY_IDTR_GPA: u64 = 0x9000;
 /// An address no page table maps (PDPT entry 1 is not present).
 const UNMAPPED_GVA: u32 = 0x4000_0000;
+/// A guest-physical address with no memslot (guest memory is [`MEM_SIZE`] bytes at 0); the
+/// `mmio` guest maps it 1:1 with a second 2 MiB page.
+pub const MMIO_GPA: u64 = 0x20_0000;
 /// Where the second vCPU's code goes.
 const CODE2_GPA: u64 = 0x1800;
 
 fn describe(exit: &VcpuExit<'_>) -> LabExit {
     match exit {
         VcpuExit::IoOut(port, _) => LabExit::IoOut(*port),
+        VcpuExit::MmioWrite(addr, _) => LabExit::Other(format!("MmioWrite({addr:#x})")),
+        VcpuExit::MmioRead(addr, _) => LabExit::Other(format!("MmioRead({addr:#x})")),
         VcpuExit::Hlt => LabExit::Hlt,
         VcpuExit::Shutdown => LabExit::Shutdown,
         other => LabExit::Other(format!("{other:?}")),
@@ -202,7 +273,11 @@ fn describe(exit: &VcpuExit<'_>) -> LabExit {
 }
 
 fn run_once(vcpu: &mut VcpuFd) -> Result<LabExit, LabError> {
-    let exit = vcpu.run().map_err(|e| LabError::Kvm { op: "KVM_RUN", source: e })?;
+    let mut exit = vcpu.run().map_err(|e| LabError::Kvm { op: "KVM_RUN", source: e })?;
+    // No device behind MMIO: reads return zeros, not what the last exit left in kvm_run.
+    if let VcpuExit::MmioRead(_, data) = &mut exit {
+        data.fill(0);
+    }
     Ok(describe(&exit))
 }
 
@@ -244,6 +319,9 @@ pub fn current_tid() -> Option<u32> {
 
 /// Builds the VM of a scenario.
 pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
+    if let Scenario::Vmx(vmx) = scenario {
+        return l1::build(vmx, &l1::find_image(None)?);
+    }
     let mut vm = Vm::new()?;
     let mut code = Code::default();
     match scenario {
@@ -271,8 +349,13 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
             code.out(0x10).lidt(u32::try_from(EMPTY_IDTR_GPA).unwrap_or(0));
             code.store_eax(UNMAPPED_GVA).hlt();
         }
-        Scenario::IoLoop(_) => {
+        Scenario::IoLoop(_) | Scenario::Vmx(_) => {
             code.io_loop(0x10);
+        }
+        Scenario::Mmio => {
+            vm.write_u64(vm::PD_GPA + 8, MMIO_GPA | 0x83)?;
+            let mmio = u32::try_from(MMIO_GPA).unwrap_or(0);
+            code.out(0x10).mov_rax(0x42).store_eax(mmio).load_eax(mmio).out(0x10).hlt();
         }
         Scenario::MultiVcpu(_) => {
             code.io_loop(0x10);
@@ -294,6 +377,7 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
     let tid = current_tid().unwrap_or(0);
     let mut outcome = Outcome::default();
     match scenario {
+        Scenario::Vmx(vmx) => return l1::run(vmx, vm),
         Scenario::Cr3Switch | Scenario::TripleFault | Scenario::PfTripleFault => {
             let vcpu = vm.vcpu(0).ok_or(LabError::VcpuPanicked(0))?;
             outcome.exits.push(run_until_stop(vcpu, 16)?);
@@ -302,6 +386,21 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
         Scenario::IoLoop(n) => {
             let vcpu = vm.vcpu(0).ok_or(LabError::VcpuPanicked(0))?;
             outcome.exits.push(io_loop(vcpu, 0, n)?);
+            outcome.vcpu_tids.push(tid);
+        }
+        Scenario::Mmio => {
+            let vcpu = vm.vcpu(0).ok_or(LabError::VcpuPanicked(0))?;
+            let mut exits = Vec::new();
+            // IO, MMIO write, MMIO read (answered with zeros), IO, HLT.
+            for _ in 0..8 {
+                let exit = run_once(vcpu)?;
+                let stop = matches!(exit, LabExit::Hlt | LabExit::Shutdown);
+                exits.push(exit);
+                if stop {
+                    break;
+                }
+            }
+            outcome.exits.push(exits);
             outcome.vcpu_tids.push(tid);
         }
         Scenario::MultiVcpu(n) => {
@@ -349,8 +448,17 @@ pub struct LabRun {
 /// Runs `scenario` while recording it with `opts` (restricted to the calling thread and the
 /// threads it starts), and returns both sides. `opts.output` is written unless `opts` is a
 /// flight recorder whose trigger never fires.
-pub fn record(scenario: Scenario, mut opts: RecordOptions) -> Result<LabRun, LabError> {
-    let mut vm = build(scenario)?;
+pub fn record(scenario: Scenario, opts: RecordOptions) -> Result<LabRun, LabError> {
+    record_vm(scenario, build(scenario)?, opts)
+}
+
+/// [`record`] for a VM already built (with [`build`], or [`l1::build`] for an explicit L1
+/// image).
+pub fn record_vm(
+    scenario: Scenario,
+    mut vm: Vm,
+    mut opts: RecordOptions,
+) -> Result<LabRun, LabError> {
     opts.threads = current_tid().into_iter().collect();
     let recorder = Recorder::start(opts)?;
     let outcome = run(scenario, &mut vm);

@@ -59,6 +59,38 @@ impl GuestMemory {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.host.add(start), bytes.len()) };
         Ok(())
     }
+
+    /// Copies `out.len()` bytes from guest physical address `gpa`.
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), LabError> {
+        let start = usize::try_from(gpa).map_err(|_| LabError::OutOfMemory { gpa })?;
+        if start.checked_add(out.len()).is_none_or(|end| end > MEM_SIZE) {
+            return Err(LabError::OutOfMemory { gpa });
+        }
+        // SAFETY: `start..start+len` lies inside the MEM_SIZE-byte mapping (checked above),
+        // which lives as long as `self`; `out` is our own buffer. A vCPU writing the same
+        // bytes concurrently can only make them stale, never invalid (plain bytes).
+        unsafe { std::ptr::copy_nonoverlapping(self.host.add(start), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+}
+
+// SAFETY: the mapping is plain shared memory owned by `GuestMemory` until its `Drop`; every
+// access goes through the bounds-checked byte copies above, which are as valid from any
+// thread as from the one that made the mapping (the vCPUs write it concurrently anyway).
+unsafe impl Send for GuestMemory {}
+// SAFETY: see `Send`: `&GuestMemory` only offers bounds-checked copies in and out.
+unsafe impl Sync for GuestMemory {}
+
+/// Read access to guest memory while the vCPUs are borrowed for running ([`Vm::split`]).
+pub struct GuestView<'a> {
+    mem: &'a GuestMemory,
+}
+
+impl GuestView<'_> {
+    /// Copies `out.len()` bytes from guest physical address `gpa`.
+    pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), LabError> {
+        self.mem.read(gpa, out)
+    }
 }
 
 impl Drop for GuestMemory {
@@ -105,6 +137,22 @@ impl Vm {
     /// Writes bytes into guest memory.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), LabError> {
         self.mem.write(gpa, bytes)
+    }
+
+    /// Creates the in-kernel interrupt controllers (local APICs, IOAPIC, PIC); before any
+    /// vCPU. Needed for guests that halt in the kernel or send IPIs.
+    pub fn create_irqchip(&self) -> Result<(), LabError> {
+        self.vm.create_irq_chip().map_err(|e| LabError::Kvm { op: "KVM_CREATE_IRQCHIP", source: e })
+    }
+
+    /// The KVM system handle (capabilities, supported CPUID).
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The vCPUs to run, and read access to guest memory at the same time.
+    pub fn split(&mut self) -> (&mut [VcpuFd], GuestView<'_>) {
+        (&mut self.vcpus, GuestView { mem: &self.mem })
     }
 
     /// Writes a little-endian u64 into guest memory.

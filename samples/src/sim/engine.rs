@@ -6,7 +6,6 @@
 //! inside these methods, nowhere else, so a scenario script is the same for both flavours.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use vmxray_events::codes::{IntrInfo, Isa, MmuPageRole};
 use vmxray_events::fields::{FieldValue, Fields};
@@ -102,7 +101,7 @@ pub(crate) struct Vcpu {
     pub(crate) id: u32,
     pub(crate) pid: i32,
     pub(crate) cpu: u32,
-    pub(crate) comm: Arc<str>,
+    pub(crate) comm: vmxray_events::Comm,
     /// The vCPU thread's clock (ns); only moves forward.
     pub(crate) now: u64,
     pub(crate) rng: Rng,
@@ -176,7 +175,7 @@ impl Vcpu {
             id,
             pid,
             cpu: id,
-            comm: Arc::from(format!("CPU {id}/KVM")),
+            comm: vmxray_events::Comm::from(format!("CPU {id}/KVM")),
             now: start,
             rng,
             kernel,
@@ -214,6 +213,7 @@ impl Vcpu {
             ts: self.now,
             cpu: self.cpu,
             pid: self.pid,
+            tgid: None,
             comm: Some(self.comm.clone()),
             kind,
         });

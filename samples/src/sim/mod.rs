@@ -28,6 +28,7 @@
 //! | (f) | `dirty-log` | no EPT violations for L2 writes while logging; `kvm_exit PML_FULL` + `kvm_nested_vmexit PML_FULL` + `kvm_pml_full` in L2 | one `EPT_VIOLATION` (qual `0x1aa`) + `kvm_page_fault` per first write |
 
 mod engine;
+pub mod host;
 mod kernel;
 mod rng;
 mod scenarios;
@@ -449,7 +450,7 @@ impl Simulation {
     /// Text-rendering options matching this run (its kernel; `#P:` = its CPUs, at least 2).
     pub fn text_options(&self) -> text::TextOptions {
         let cpus = self.truth.vcpus.iter().map(|v| v.cpu + 1).max().unwrap_or(1);
-        text::TextOptions { kernel: self.truth.kernel, nr_cpus: cpus.max(2) }
+        text::TextOptions { kernel: self.truth.kernel, nr_cpus: cpus.max(2), tgid: false }
     }
 }
 

@@ -24,6 +24,8 @@ pub struct TextOptions {
     pub kernel: KernelVersion,
     /// `#P:` in the header (CPUs in the trace instance).
     pub nr_cpus: u32,
+    /// The `record-tgid` column (`(  TGID)` after the pid), which tells a host's VMs apart.
+    pub tgid: bool,
 }
 
 /// The whole `trace` file: header and one line per event.
@@ -31,7 +33,12 @@ pub fn render_trace(events: &[Event], opts: &TextOptions) -> String {
     let mut out = String::with_capacity(events.len() * 140 + 1024);
     out.push_str(&header(events.len(), opts));
     for e in events {
-        out.push_str(&render_line(e, opts.kernel));
+        let line = render_line(e, opts.kernel);
+        if opts.tgid {
+            out.push_str(&with_tgid(&line, e.tgid));
+        } else {
+            out.push_str(&line);
+        }
         out.push('\n');
     }
     out
@@ -40,6 +47,9 @@ pub fn render_trace(events: &[Event], opts: &TextOptions) -> String {
 /// The `trace` file header for the kernel, with irq-info on.
 pub fn header(entries: usize, opts: &TextOptions) -> String {
     let mut h = String::new();
+    if opts.tgid {
+        return header_with_tgid(entries, opts);
+    }
     h.push_str("# tracer: nop\n#\n");
     let _ = writeln!(
         h,
@@ -70,6 +80,38 @@ pub fn header(entries: usize, opts: &TextOptions) -> String {
         );
     }
     h
+}
+
+/// The header of a `record-tgid` trace (the TGID column heading).
+fn header_with_tgid(entries: usize, opts: &TextOptions) -> String {
+    let mut h = String::new();
+    h.push_str("# tracer: nop\n#\n");
+    let _ = writeln!(
+        h,
+        "# entries-in-buffer/entries-written: {entries}/{entries}   #P:{}",
+        opts.nr_cpus
+    );
+    h.push_str(
+        "#\n\
+         #                                          _-----=> irqs-off/BH-disabled\n\
+         #                                         / _----=> need-resched\n\
+         #                                        | / _---=> hardirq/softirq\n\
+         #                                        || / _--=> preempt-depth\n\
+         #                                        ||| / _-=> migrate-disable\n\
+         #                                        |||| /     delay\n\
+         #           TASK-PID       TGID    CPU#  |||||  TIMESTAMP  FUNCTION\n\
+         #              | |           |       |   |||||     |         |\n",
+    );
+    h
+}
+
+/// A rendered line with ftrace's `record-tgid` column after `comm-pid` (`(-------)` when the
+/// kernel did not save the thread's tgid).
+fn with_tgid(line: &str, tgid: Option<i32>) -> String {
+    // `%16s-%-7d ` is 25 bytes (wider only for a pid over 7 digits: then at the first ` [`).
+    let at = line.find(" [").map_or(25, |at| at.min(25));
+    let column = tgid.map_or_else(|| "(-------)".to_owned(), |t| format!("({t:>7})"));
+    format!("{} {column}{}", &line[..at], &line[at..])
 }
 
 /// The irq-info flags KVM's tracepoints carry: `kvm_entry`/`kvm_exit` fire in
@@ -276,7 +318,7 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             None => "[LOST EVENTS]".into(),
         },
         EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
-        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) => {
+        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
             other_body(kind.name(), &kind.kernel_fields())
         }
         EventKind::Other(o) => other_body(&o.name, &o.fields),

@@ -236,6 +236,28 @@ fn multi_vcpu_events_come_from_two_threads() {
 }
 
 #[test]
+fn mmio_exits_for_a_gpa_without_memslot() {
+    require_lab!();
+    let (run, path) = record(Scenario::Mmio, "mmio.dat");
+    let exits = &run.outcome.exits[0];
+    assert_eq!(exits.first(), Some(&LabExit::IoOut(0x10)));
+    assert_eq!(exits.last(), Some(&LabExit::Hlt));
+    let events = events_of(&read_events(&path), &run.outcome.vcpu_tids);
+    assert_eq!(
+        userspace_exits(&events),
+        [
+            UserspaceExitReason::IO,
+            UserspaceExitReason::MMIO,
+            UserspaceExitReason::MMIO,
+            UserspaceExitReason::IO,
+            UserspaceExitReason::HLT
+        ],
+        "out, MMIO write, MMIO read, out, hlt"
+    );
+    assert_trace_cmd_agrees(&path);
+}
+
+#[test]
 fn concurrent_recordings_do_not_see_each_others_events() {
     require_lab!();
     let barrier = Arc::new(Barrier::new(2));

@@ -1,5 +1,6 @@
 //! The integration tests of this crate, in one binary (one link instead of one per file).
 
+mod host_samples;
 mod lab_record;
 mod provenance;
 mod sim_behaviour;

@@ -2,8 +2,6 @@
 //! (`shared/samples/real/text/text_irqinfo.txt`, copied verbatim below) and lines written by
 //! hand from the 6.18 format files' print fmt for the events the real box never emits.
 
-use std::sync::Arc;
-
 use vmxray_events::codes::{
     ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, UserspaceExitReason, VmInstructionError,
 };
@@ -19,7 +17,7 @@ use vmxray_samples::sim::text::{
 const V6: KernelVersion = KernelVersion::V6_14;
 
 fn ev(comm: &str, pid: i32, cpu: u32, ts: u64, kind: EventKind) -> Event {
-    Event { ts, cpu, pid, comm: Some(Arc::from(comm)), kind }
+    Event { ts, cpu, pid, tgid: None, comm: Some(vmxray_events::Comm::from(comm)), kind }
 }
 
 fn qemu(ts: u64, kind: EventKind) -> Event {
@@ -134,7 +132,7 @@ fn renders_real_kernel_lines_exactly() {
 
 #[test]
 fn header_matches_the_real_6_x_file_and_the_5_10_layout() {
-    let h = header(48, &TextOptions { kernel: V6, nr_cpus: 2 });
+    let h = header(48, &TextOptions { kernel: V6, nr_cpus: 2, tgid: false });
     let expected = "# tracer: nop\n#\n# entries-in-buffer/entries-written: 48/48   #P:2\n#\n\
 #                                _-----=> irqs-off/BH-disabled\n\
 #                               / _----=> need-resched\n\
@@ -147,7 +145,7 @@ fn header_matches_the_real_6_x_file_and_the_5_10_layout() {
     assert_eq!(h, expected);
     assert!(real_text_irqinfo().starts_with(expected));
     // 5.10 (after "tracing: Make the space reserved for the pid wider", 5.9): four flags.
-    let old = header(3, &TextOptions { kernel: KernelVersion::V5_10, nr_cpus: 4 });
+    let old = header(3, &TextOptions { kernel: KernelVersion::V5_10, nr_cpus: 4, tgid: false });
     assert!(old.contains("#           TASK-PID     CPU#  ||||   TIMESTAMP  FUNCTION\n"));
     assert!(old.contains("#              | |         |   ||||      |         |\n"));
     assert!(!old.contains("migrate-disable"));

@@ -412,7 +412,8 @@ pub fn group(n: u64) -> String {
 /// An actor as a short column value.
 pub fn actor_label(actor: Option<Actor>) -> String {
     match actor {
-        Some(Actor::Vcpu(v)) => format!("v{v}"),
+        Some(Actor::Vcpu(v)) if v.vm.0 == 0 => format!("v{}", v.id),
+        Some(Actor::Vcpu(v)) => format!("m{}v{}", v.vm.0, v.id),
         Some(Actor::Thread(t)) => format!("t{t}"),
         None => "all".to_owned(),
     }

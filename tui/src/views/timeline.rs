@@ -157,7 +157,15 @@ fn draw_lanes(
     let mut cells = vec![vec![Cell::Empty; usize::from(width)]; lanes];
     let column_of =
         |index: u64| usize::try_from(index * w / n).unwrap_or(0).min(usize::from(width) - 1);
-    let lane_of = |tag: EventTag| usize::from(tag.actor);
+    // Lanes grouped by VM, then vCPU, then the threads never seen running a vCPU; `row[a]` is
+    // the lane of actor `a` (`usize::MAX` when it has none).
+    let mut order: Vec<usize> = (0..trace.actors.len()).collect();
+    order.sort_by_key(|a| trace.actors[*a]);
+    let mut row = vec![usize::MAX; trace.actors.len()];
+    for (lane, actor) in order.iter().take(lanes).enumerate() {
+        row[*actor] = lane;
+    }
+    let lane_of = |tag: EventTag| row.get(usize::from(tag.actor)).copied().unwrap_or(usize::MAX);
     for c in 0..w {
         let (from, to) = (c * n / w, ((c + 1) * n / w).max(c * n / w + 1).min(n));
         let step = ((to - from) / SAMPLES_PER_COLUMN).max(1);
@@ -179,8 +187,12 @@ fn draw_lanes(
         let col = usize::try_from(c).unwrap_or(0);
         let first = trace.anomalies.partition_point(|a| a.at.0 < from);
         for a in trace.anomalies[first..].iter().take_while(|a| a.at.0 < to).take(MAX_LANES) {
-            if let Some(lane) =
-                trace.actors.iter().position(|x| *x == a.vcpu).filter(|l| *l < lanes)
+            if let Some(lane) = trace
+                .actors
+                .iter()
+                .position(|x| *x == a.vcpu)
+                .map(|actor| row[actor])
+                .filter(|l| *l < lanes)
             {
                 cells[lane][col] = Cell::Anomaly;
             }
@@ -203,7 +215,7 @@ fn draw_lanes(
     let mut lines = Vec::with_capacity(lanes);
     for (lane, row) in cells.iter().enumerate() {
         let mut spans = vec![Span::styled(
-            format!("{:<8}", actor_label(trace.actors.get(lane).copied())),
+            format!("{:<8}", actor_label(order.get(lane).map(|a| trace.actors[*a]))),
             theme::dim(),
         )];
         for (col, cell) in row.iter().enumerate() {

@@ -177,6 +177,7 @@ impl FieldRecord {
             cpu: self.cpu,
             // Not a thread: the record names its vCPU itself.
             pid: -1,
+            tgid: None,
             comm: None,
             kind: EventKind::VmcsField(Box::new(VmcsFieldEvent {
                 record: self.clone(),
@@ -211,19 +212,11 @@ impl FieldRecord {
 /// The record a `trace_printk`/`ftrace:print` event carries, if its text is one (see the module
 /// documentation).
 pub fn from_print(o: &OtherEvent) -> Option<FieldRecord> {
-    let is_print = matches!(&*o.name, "print" | "bprint" | "bputs");
-    if !is_print && o.fields.get("buf").is_none() && o.fields.get("fmt").is_none() {
-        return None;
-    }
-    let text = ["buf", "fmt", "msg", "text"]
-        .iter()
-        .find_map(|n| o.fields.get(n).and_then(FieldValue::as_str))?;
-    let text = text.trim_end_matches(['\n', '\0']);
-    let parsed = parse_line(text).ok().flatten().or_else(|| {
+    let text = o.print_text()?;
+    parse_line(text).ok().flatten().or_else(|| {
         let (_, rest) = text.split_once(": ")?;
         parse_line(rest).ok().flatten()
-    })?;
-    Some(parsed)
+    })
 }
 
 /// The record an event carries: an explicit record (merged, or recognized in a print line).

@@ -342,7 +342,7 @@ impl Stream {
 }
 
 fn lost(cpu: u32, ts: u64, count: Option<u64>) -> Event {
-    Event { ts, cpu, pid: -1, comm: None, kind: EventKind::Lost { count } }
+    Event { ts, cpu, pid: -1, tgid: None, comm: None, kind: EventKind::Lost { count } }
 }
 
 impl<R: BufRead> TextReader<R> {

@@ -200,7 +200,7 @@ impl LineParser {
                 fields.push(self.field_name("common_type"), FieldValue::U64(u64::from(type_id)));
                 let kind = EventKind::Other(Box::new(OtherEvent { system, name, fields }));
                 Outcome::Event {
-                    event: Event { ts, cpu, pid, comm: None, kind },
+                    event: Event { ts, cpu, pid, tgid: None, comm: None, kind },
                     seen: Seen { format: InputFormat::FtraceText, ns: false },
                     unknown: Some(format!("type {type_id}")),
                 }
@@ -245,7 +245,7 @@ impl LineParser {
             }
         };
         Outcome::Event {
-            event: Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, comm, kind },
+            event: Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, tgid: p.tgid, comm, kind },
             seen,
             unknown,
         }
@@ -329,22 +329,22 @@ impl LineParser {
             && *last_pid == pid
             && eq_short(last, comm)
         {
-            return Arc::clone(last);
+            return last.clone();
         }
         let c = self.comm_slow(pid, comm);
-        self.last_comm = Some((pid, Arc::clone(&c)));
+        self.last_comm = Some((pid, c.clone()));
         c
     }
 
     fn comm_slow(&mut self, pid: i32, comm: &str) -> Comm {
         match self.comms.get(&pid) {
-            Some(c) if &**c == comm => Arc::clone(c),
+            Some(c) if &**c == comm => c.clone(),
             _ => {
                 if self.comms.len() >= MAX_COMMS {
                     self.comms.clear();
                 }
                 let c: Comm = comm.into();
-                self.comms.insert(pid, Arc::clone(&c));
+                self.comms.insert(pid, c.clone());
                 c
             }
         }

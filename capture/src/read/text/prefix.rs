@@ -28,6 +28,8 @@ pub(crate) struct Prefix<'a> {
     pub comm: Option<&'a str>,
     /// The thread id; `-1` when the layout does not print one.
     pub pid: i32,
+    /// The thread's process: ftrace's `(tgid)` column (`record-tgid`), perf's `pid/tid`.
+    pub tgid: Option<i32>,
     /// `0` when the layout does not print the CPU.
     pub cpu: u32,
     pub ts: Timestamp,
@@ -370,8 +372,11 @@ fn dash_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     let after_pid = rest;
     let mut rest = skip_spaces(rest);
     let mut tgid_or_flags = false;
+    let mut tgid = None;
     if let Some(inner) = rest.strip_prefix('(') {
         let close = inner.find(')')?;
+        // `(  15045)`, or `(-------)` when the kernel did not save the thread's tgid.
+        tgid = inner[..close].trim().parse::<i32>().ok().filter(|t| *t > 0);
         rest = skip_spaces(&inner[close + 1..]);
         tgid_or_flags = true;
     }
@@ -396,6 +401,7 @@ fn dash_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     Some(Ok(LineKind::Event(Prefix {
         comm: Some(comm),
         pid: i32::try_from(pid).ok()?,
+        tgid,
         cpu,
         ts,
         name,
@@ -455,6 +461,7 @@ fn latency_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     Some(Ok(LineKind::Event(Prefix {
         comm: Some(comm),
         pid: i32::try_from(pid).ok()?,
+        tgid: None,
         cpu: u32::try_from(cpu).ok()?,
         ts,
         name,
@@ -470,25 +477,28 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     let b = line.as_bytes();
     let mut comm = None;
     let mut pid = -1;
+    let mut tgid = None;
     let mut rest = line;
     // Fixed width: comm in columns 0..16, a space, the right-aligned tid.
     let fixed = (b.len() > 18 && b[16] == b' ')
         .then(|| perf_tid(skip_spaces(&line[17..])))
         .flatten()
-        .map(|(tid, after)| (tid, skip_spaces(after)))
+        .map(|(ids, after)| (ids, skip_spaces(after)))
         .filter(|(_, after)| after.starts_with('[') || timestamp(after).is_some());
-    if let Some((tid, after)) = fixed {
+    if let Some(((tid, process), after)) = fixed {
         comm = Some(trim_start(&line[..16]));
         pid = tid;
+        tgid = process;
         rest = after;
     } else if let Some(cpu_at) = find_cpu_field(line) {
         // Fallback: the tid is the last token before the CPU field.
         let head = line[..cpu_at].trim_end();
         let tok_at = head.rfind(' ').map_or(0, |at| at + 1);
-        if let Some((tid, "")) = perf_tid(&head[tok_at..]) {
+        if let Some(((tid, process), "")) = perf_tid(&head[tok_at..]) {
             let name = head[..tok_at].trim();
             comm = (!name.is_empty()).then_some(name);
             pid = tid;
+            tgid = process;
             rest = &line[cpu_at..];
         }
     }
@@ -502,6 +512,7 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     Some(Ok(LineKind::Event(Prefix {
         comm,
         pid,
+        tgid,
         cpu,
         ts,
         name,
@@ -511,17 +522,21 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
     })))
 }
 
-/// A perf `tid` or `pid/tid` token; returns the tid.
-fn perf_tid(s: &str) -> Option<(i32, &str)> {
+/// A perf `tid` or `pid/tid` token; returns the tid and, for `pid/tid`, the pid (the
+/// process).
+fn perf_tid(s: &str) -> Option<((i32, Option<i32>), &str)> {
     let (first, rest) = split_digits(s)?;
-    let (tid, rest) = match rest.strip_prefix('/') {
-        Some(r) => split_digits(r)?,
-        None => (first, rest),
+    let (tid, process, rest) = match rest.strip_prefix('/') {
+        Some(r) => {
+            let (tid, rest) = split_digits(r)?;
+            (tid, i32::try_from(first).ok().filter(|p| *p > 0), rest)
+        }
+        None => (first, None, rest),
     };
     if !(rest.is_empty() || rest.starts_with(' ')) {
         return None;
     }
-    Some((i32::try_from(tid).ok()?, rest))
+    Some(((i32::try_from(tid).ok()?, process), rest))
 }
 
 /// `perf script -F ...,ip,sym` appends ` <16 hex digits> <symbol>` (and ` (<dso>)` with dso)

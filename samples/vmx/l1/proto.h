@@ -1,0 +1,61 @@
+/* The contract between the L1 test hypervisor and its loader (`vmxray lab vmx-*`,
+ * samples/src/lab/l1.rs, which mirrors every number here).
+ *
+ * Start: the loader puts the flat image at L1_LOAD_GPA and starts each vCPU in 64-bit mode
+ * at L1_LOAD_GPA with RDI = scenario, RSI = parameter (0 = the scenario's default),
+ * RDX = vCPU index, RSP = a stack below the image, CR3 = identity map of the first 2 MiB.
+ *
+ * Reports: `out L1_PORT_RECORD, eax` with EAX = the guest-physical address of one
+ * `struct l1_record` (128 bytes, little-endian); the loader copies it out during that exit.
+ * A vCPU's last record is REC_DONE or REC_FAIL; the loader stops running it then.
+ * `out L1_PORT_SIPI_ALIVE, al` comes from the real-mode trampoline of a vCPU restarted by
+ * INIT/SIPI (it cannot build records: no paging, no stack).
+ */
+#ifndef VMXRAY_L1_PROTO_H
+#define VMXRAY_L1_PROTO_H
+
+#define L1_LOAD_GPA 0x100000
+#define L1_PORT_RECORD 0x511
+#define L1_PORT_SIPI_ALIVE 0x512
+
+/* Scenarios (RDI). */
+#define SCN_IO 1         /* one subject, nested EPT: VMLAUNCH, I/O exits, HLT exit */
+#define SCN_RR 2         /* N subjects round-robin on the preemption timer, nested EPT */
+#define SCN_RR_NOEPT 3   /* the same without nested EPT */
+#define SCN_HLT 4        /* Muen pattern: a subject idles in HLT, HLT exiting off, no EPT */
+#define SCN_HLT_EPT 5    /* the same with nested EPT */
+#define SCN_INVEPT 6     /* L1 edits EPT12, INVEPT single/all-context, INVVPID */
+#define SCN_VMFAIL 7     /* failing VMRESUME/VMLAUNCH: early VMfail, late entry failure */
+#define SCN_INIT 8       /* INIT in L2 and in VMX root, SIPI of the second vCPU */
+#define SCN_TRIPLE 9     /* an L2 triple fault reflected to L1 */
+#define SCN_HWFAIL 10    /* an invalid guest state only the hardware checks (RFLAGS) */
+
+/* Record kinds. */
+#define REC_LOG 1     /* text */
+#define REC_VMWRITE 2 /* vmcs, a = field encoding, b = value */
+#define REC_EXIT 3    /* vmcs, a = exit reason (32 bits), b = qualification, c = guest RIP,
+			 d = guest CR3 (read back at the exit), text = subject */
+#define REC_VMXOP 4   /* text = instruction, vmcs = operand (VMCS or EPTP), a = type,
+			 b = result (0 ok, 1 VMfailInvalid, 2 VMfailValid), c = VM-instruction
+			 error (VMfailValid) */
+#define REC_CHECK 5   /* text = what, a = expected, b = actual, c = 1 if equal */
+#define REC_DONE 6    /* a = number of failed checks */
+#define REC_FAIL 7    /* text = why */
+#define REC_SUBJECT 8 /* vmcs, a = subject id, b = guest CR3, c = EPTP (0 without EPT),
+			 d = VPID, text = behaviour */
+
+#define L1_TEXT_LEN 80
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+struct l1_record {
+	uint32_t kind;
+	uint32_t cpu;
+	uint64_t vmcs;
+	uint64_t a, b, c, d;
+	char text[L1_TEXT_LEN];
+};
+_Static_assert(sizeof(struct l1_record) == 128, "record size is part of the protocol");
+#endif
+
+#endif
