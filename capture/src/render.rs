@@ -150,13 +150,27 @@ impl Line<'_> {
             }
         });
         if let Some(catalog) = self.print {
-            let mut text = String::new();
-            if catalog.render(e, &mut text).is_some() {
-                out.extend_from_slice(if first { b" | text=" } else { b" text=" });
-                put_quoted(out, &text);
-            }
+            PRINT_TEXT.with(|cell| {
+                // This thread's buffer, unless it is in use further up the stack.
+                let mut fresh = String::new();
+                let mut held = cell.try_borrow_mut();
+                let text = match &mut held {
+                    Ok(t) => &mut **t,
+                    Err(_) => &mut fresh,
+                };
+                text.clear();
+                if catalog.render(e, text).is_some() {
+                    out.extend_from_slice(if first { b" | text=" } else { b" text=" });
+                    put_quoted(out, text);
+                }
+            });
         }
     }
+}
+
+thread_local! {
+    /// The print-fmt text of the event being written (dump renders millions of lines).
+    static PRINT_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl fmt::Display for Line<'_> {

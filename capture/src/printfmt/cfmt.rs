@@ -8,6 +8,8 @@
 //! prints as `>c<` — what libtraceevent does, not what the kernel does — without taking an
 //! argument.
 
+use std::fmt::Write as _;
+
 use super::parse::PrintFmtError;
 
 /// A width or precision.
@@ -285,6 +287,20 @@ pub(crate) fn write_int(
 ) {
     let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
     let raw = val & mask;
+    if spec.width.is_none() && spec.precision.is_none() && !spec.alt {
+        // The common `%d`/`%x`/`%llx`: no padding, no prefix, no allocation.
+        let _ = match conv {
+            b'd' | b'i' => {
+                let shift = 64 - bits.clamp(1, 64);
+                write!(out, "{}", (raw << shift).cast_signed() >> shift)
+            }
+            b'u' => write!(out, "{raw}"),
+            b'x' => write!(out, "{raw:x}"),
+            b'X' => write!(out, "{raw:X}"),
+            _ => write!(out, "{raw:o}"),
+        };
+        return;
+    }
     let (width, star_left) = resolve(spec.width, star);
     let precision = match spec.precision {
         Some(Count::Star) => match star {
