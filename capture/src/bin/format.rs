@@ -371,8 +371,13 @@ impl EventFormat {
                 fields.push(
                     parse_field_line(t, long_size).ok_or(FormatError::BadField { line: i + 1 })?,
                 );
-            } else if let Some(rest) = t.strip_prefix("print fmt:") {
-                print_fmt = rest.trim();
+            } else if t.starts_with("print fmt:") {
+                // The print fmt is the rest of the file: a format string may hold a newline
+                // (ext4's fsmap events), which the kernel writes as is.
+                let at = line.as_ptr() as usize - text.as_ptr() as usize;
+                let rest = text.get(at..).unwrap_or("").trim_start();
+                print_fmt = rest.strip_prefix("print fmt:").unwrap_or(rest).trim();
+                break;
             }
         }
         let name = name.ok_or(FormatError::MissingName)?;

@@ -290,3 +290,16 @@ fn every_committed_format_compiles_or_fails_as_libtraceevent_does() {
     );
     assert!(failing.contains(&"kvmmmu:kvm_mmu_get_page".to_owned()), "{failing:?}");
 }
+
+#[test]
+fn a_format_string_with_a_newline_spans_lines_of_the_format_file() {
+    // As ext4's fsmap and fc_stats events: the kernel writes the newline of the string as is,
+    // so the print fmt continues on the next line of the format file.
+    let body = "\tfield:u32 agno;\toffset:8;\tsize:4;\tsigned:0;\n\n\
+        print fmt: \"agno %u\nnext line %u\", REC->agno, REC->agno + 1\n";
+    let f = format_of("fsmap", body);
+    assert_eq!(f.print().error(), None, "{}", f.print_fmt);
+    let (text, outcome) = render(&f, &[("agno", U64(3))]);
+    assert_eq!(text, "agno 3\nnext line 4");
+    assert_eq!(outcome, Outcome::Rendered);
+}
