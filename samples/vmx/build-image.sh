@@ -274,8 +274,8 @@ cmd_l1linux() {
     mkdir -p "$root"/{usr/bin,l1/share}
     cp "$qemu" "$root/usr/bin/qemu-system-x86_64"
     add_libs "$root"
-    # microvm boots with qboot; nothing else is read with -nodefaults and no devices.
-    cp -L /usr/share/qemu/qboot.rom "$root/l1/share/"
+    # microvm boots with qboot (bios-microvm.bin); -nodefaults and no devices need nothing else.
+    cp -L /usr/share/qemu/bios-microvm.bin "$root/l1/share/"
     cp "$kroot/boot/vmlinuz-$krel" "$root/l1/vmlinuz"
     make_cpio "$l1" "$root/l1/base.cpio.gz" gzip
     cp "$HERE/linux-l1/run-l1.sh" "$root/l1/run-l1.sh"

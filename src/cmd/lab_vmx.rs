@@ -70,13 +70,13 @@ pub struct GuestRecording {
 enum VmxScenario {
     /// A `vmxray lab` scenario, run as it is.
     Lab,
-    /// `l1-linux[=N]`: QEMU runs an L1 Linux whose KVM runs `lab io-loop=N` as L2; L0 is
+    /// `linux-l1[=N]`: QEMU runs an L1 Linux whose KVM runs `lab io-loop=N` as L2; L0 is
     /// recorded with `vmxray record`.
     L1Linux(u64),
 }
 
 fn parse_scenario(s: &str) -> anyhow::Result<VmxScenario> {
-    if let Some(rest) = s.strip_prefix("l1-linux") {
+    if let Some(rest) = s.strip_prefix("linux-l1") {
         let n = match rest.strip_prefix(['=', ':']) {
             Some(n) => n.parse().with_context(|| format!("bad count in {s:?}"))?,
             None if rest.is_empty() => 50,
@@ -221,8 +221,14 @@ fn collect_step(result: &StepResult, stem: &str, out_dir: &Path) -> Result<Vec<P
             .map_err(|e| format!("cannot copy {name} to {}: {e}", target.display()))?;
         written.push(target);
     }
-    if result.status != Some(0) {
-        let status = result.status.map_or("did not finish".to_owned(), |s| format!("exit {s}"));
+    // `vmxray record -- COMMAND` exits 0 whatever COMMAND did, and says so.
+    let command_failed = result.stderr.contains("vmxray record: the command exited with");
+    if result.status != Some(0) || command_failed {
+        let status = match result.status {
+            Some(0) => "its command failed".to_owned(),
+            Some(s) => format!("exit {s}"),
+            None => "did not finish".to_owned(),
+        };
         return Err(format!("{status}; its stderr:\n{}", result.stderr.trim_end()));
     }
     Ok(written)

@@ -15,6 +15,7 @@ const SETS: &[(&str, &str, bool)] = &[
     ("real/tracedat", ".dat", true),
     ("real/perf", ".perf.data", true),
     ("lab", ".dat", true),
+    ("real/vmx", ".dat", true),
 ];
 
 fn root() -> PathBuf {

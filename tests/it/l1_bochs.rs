@@ -38,6 +38,7 @@ fn l1_round_robin_with_vmcs_probes_under_bochs() {
         vmxray_events::test_util::skip(&format!("the VMX lab cannot run here: {e}"));
         return;
     }
+    let _bochs = crate::BOCHS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let work = vmx::new_work_dir("l1-e2e");
     std::fs::create_dir_all(&work).unwrap();
     let Some(image) = build_l1(&work.join("l1")) else {

@@ -17,3 +17,9 @@ mod scan;
 mod simulate_cli;
 mod spark;
 mod tui_e2e;
+mod vmx_lab;
+mod vmx_samples;
+
+/// Held by every test that boots the emulated VMX host: one Bochs at a time on two cores (two
+/// would slow each other past the lab's stall detection).
+pub static BOCHS: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -236,6 +236,19 @@ pub enum VmxLabError {
         /// The end of its standard error.
         stderr_tail: String,
     },
+    /// Bochs stopped using the CPU without ending (blocked).
+    #[error(
+        "Bochs used no CPU time for {seconds} s without ending (blocked; partial results in \
+         {work_dir}); serial console tail:\n{tail}"
+    )]
+    Stalled {
+        /// How long it made no progress.
+        seconds: u64,
+        /// The work directory.
+        work_dir: PathBuf,
+        /// The end of the serial console.
+        tail: String,
+    },
     /// The boot ran out of time.
     #[error(
         "The emulated host did not finish within {seconds} s (partial results in {work_dir}); \
@@ -518,9 +531,17 @@ fn bochsrc(plan: &Plan, iso: &Path, disk: &Path, serial: &Path, log: &Path) -> S
 }
 
 /// Bochs, running in a pty that `script(1)` provides (its `term` display needs a terminal).
+///
+/// With the debugger compiled in (Debian's build), the `term` display does not draw on that
+/// terminal: it opens a pty of its own, says `Bochs connected to screen "/dev/pts/N"`, and
+/// draws into its master. Nobody reads that screen, so after a few KiB of screen updates
+/// Bochs blocks in `write` for good; [`Bochs::drain_screen`] opens the screen's slave and
+/// reads it away.
 struct Bochs {
     script: Child,
     pid_file: PathBuf,
+    term_log: PathBuf,
+    screen: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Bochs {
@@ -540,16 +561,59 @@ impl Bochs {
         );
         let term_log = work.join("term.out");
         let term = fs::File::create(&term_log).map_err(io_err("create", &term_log))?;
+        let term_err = term.try_clone().map_err(io_err("open", &term_log))?;
         let script = Command::new("script")
             .args(["-qfec", &inner, "/dev/null"])
             .env("TERM", "xterm")
             .env("SHELL", "/bin/sh")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(term)
+            .stdout(term)
+            .stderr(term_err)
             .spawn()
             .map_err(io_err("run", Path::new("script")))?;
-        Ok(Self { script, pid_file })
+        Ok(Self { script, pid_file, term_log, screen: None })
+    }
+
+    /// Once Bochs has named its screen pty, puts it in raw mode (no echo back into Bochs'
+    /// keyboard) and reads everything drawn on it, in a thread that ends with Bochs.
+    fn drain_screen(&mut self) {
+        if self.screen.is_some() {
+            return;
+        }
+        let Ok(text) = fs::read_to_string(&self.term_log) else { return };
+        let Some(path) = text
+            .split_once("connected to screen \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(path, _)| PathBuf::from(path))
+            .filter(|path| path.starts_with("/dev/pts/"))
+        else {
+            return;
+        };
+        let _ = Command::new("stty")
+            .arg("-F")
+            .arg(&path)
+            .args(["raw", "-echo"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOCTTY).open(&path);
+        let Ok(mut screen) = opened else { return };
+        self.screen = Some(std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            // Ends with an error (EIO) once Bochs closes the master.
+            while screen.read(&mut buf).is_ok_and(|n| n > 0) {}
+        }));
+    }
+
+    /// CPU time Bochs has used so far, in clock ticks (`None` once it is gone).
+    fn cpu_ticks(&self) -> Option<u64> {
+        let pid = fs::read_to_string(&self.pid_file).ok()?;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+        // Fields after "(comm)": state is the 1st, utime the 12th, stime the 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
     /// `Some(status)` once Bochs (and `script`) ended.
@@ -707,6 +771,10 @@ pub fn read_results(disk: &Path, out: &Path) -> Result<Results, VmxLabError> {
     Ok(results)
 }
 
+/// Bochs interprets without pause (a halted guest is fast-forwarded): a Bochs that used no
+/// CPU for this long is blocked, even on a loaded machine.
+const STALL_LIMIT: Duration = Duration::from_secs(180);
+
 /// Progress of a run, as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -760,7 +828,16 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(Progress)) -> Result<Run, VmxLa
     let mut bochs = Bochs::start(work, &rc, plan.timeout.as_secs() + 60)?;
     let mut console = Console::new(serial.clone());
     let mut panicked_at: Option<Instant> = None;
+    let mut progress_at = (Instant::now(), None::<u64>);
     let ended = loop {
+        bochs.drain_screen();
+        let ticks = bochs.cpu_ticks();
+        if ticks != progress_at.1 {
+            progress_at = (Instant::now(), ticks);
+        } else if progress_at.0.elapsed() > STALL_LIMIT {
+            bochs.kill();
+            break Err("stalled");
+        }
         for line in console.poll() {
             let line = line.trim_start();
             if line.starts_with("VMXLAB:") || line.starts_with("L1:") {
@@ -786,11 +863,19 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(Progress)) -> Result<Run, VmxLa
     };
     let wall = started.elapsed();
     console.poll();
-    let results = read_results(&disk, &out)?;
+    // Whatever happened, unpack what the guest sent; a failed boot's own error comes first.
+    let results = read_results(&disk, &out);
     let tail = console.tail(40);
     match ended {
         Err("panic") => {
             return Err(VmxLabError::KernelPanic { work_dir: work.clone(), tail });
+        }
+        Err("stalled") => {
+            return Err(VmxLabError::Stalled {
+                seconds: STALL_LIMIT.as_secs(),
+                work_dir: work.clone(),
+                tail,
+            });
         }
         Err(_) => {
             return Err(VmxLabError::Timeout {
@@ -799,7 +884,7 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(Progress)) -> Result<Run, VmxLa
                 tail,
             });
         }
-        Ok(status) if !results.complete => {
+        Ok(status) if !results?.complete => {
             return Err(VmxLabError::Incomplete { status, work_dir: work.clone(), tail });
         }
         Ok(_) => {}
