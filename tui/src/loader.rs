@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::read::text::TextReader;
 use vmxray_capture::{Clock, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta};
 use vmxray_events::{Event, EventKind};
@@ -85,6 +86,8 @@ pub struct Chunk {
 pub enum LoadMsg {
     /// The input is open.
     Meta(TraceMeta),
+    /// The print fmts the input carries (binary traces), for the detail view's text.
+    Print(Arc<PrintCatalog>),
     /// More events.
     Chunk(Chunk),
     /// Everything is read.
@@ -173,6 +176,11 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
 
 fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Instant) {
     if tx.send(LoadMsg::Meta(reader.meta().clone())).is_err() {
+        return;
+    }
+    if let Some(formats) = reader.event_formats()
+        && tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(formats)))).is_err()
+    {
         return;
     }
     let mut pipeline = Pipeline::new(tx, started);
