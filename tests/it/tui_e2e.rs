@@ -102,19 +102,19 @@ fn browse_the_bundled_sample_in_tmux() {
 
     // Enter: its event in the timeline.
     tmux.keys(&["Enter"]);
-    tmux.wait_for(&["Events 358/424", "kvm_nested_vmenter"]);
+    tmux.wait_for(&["Events 451/534", "kvm_nested_vmenter"]);
 
     // The State view: the vmcs12 whose GUEST_CR3 went stale, with the divergent value.
     tmux.keys(&["Tab"]);
-    let state = tmux.wait_for(&["After event #357", "vmcs12 known to this vCPU"]);
+    let state = tmux.wait_for(&["After event #450", "vmcs12 known to this vCPU"]);
     let row = state.lines().find(|l| l.contains("▶ 0x8001000")).expect("current vmcs12 row");
-    assert!(row.contains("0x100f7000"), "divergent CR3 missing: {row}");
-    assert!(state.contains("GUEST_CR3: 0x101f9000 → 0x100f7000"), "{state}");
+    assert!(row.contains("0x100f9000"), "divergent CR3 missing: {row}");
+    assert!(state.contains("GUEST_CR3: 0x101f9000 → 0x100f9000"), "{state}");
 
     // Resize at any time: the screen follows.
     assert!(tmux.run(&["resize-window", "-t", "e2e", "-x", "100", "-y", "30"]).status.success());
     tmux.keys(&["j"]);
-    tmux.wait_for(&["After event #358"]);
+    tmux.wait_for(&["After event #451"]);
 
     // Help, then quit: the terminal is restored.
     tmux.keys(&["?"]);
