@@ -765,13 +765,39 @@ fn userspace_exit(body: &str, out: &mut FieldBuf) -> Option<()> {
 /// Kernel `%x:%llx:%s (%s)%s` (`0:1000:ff c0 (prot64)`, ` failed`); trace-cmd's plugin
 /// `%llx:%llx[ func]: %s%s` (`0:1000: ff c0`, ` FAIL`; disassembly instead of bytes when built
 /// with udis86, and no mode).
+/// The `(MODE)[ failed]` ending of the kernel's `kvm_emulate_insn` rendering: the bytes before
+/// it (possibly none), the mode flags and `failed`; None for another rendering.
+fn mode_suffix(rest: &str) -> Option<(&str, u64, bool)> {
+    let open = rest.rfind('(')?;
+    let close = open + rest[open..].find(')')?;
+    let flags = match &rest[open + 1..close] {
+        "real" => 0,
+        "prot16" => 1,
+        "vm16" => 3,
+        "prot32" => 5,
+        "prot64" => 9,
+        other => hex(other).filter(|_| other.starts_with("0x"))?,
+    };
+    let failed = match rest[close + 1..].trim() {
+        "" => false,
+        "failed" => true,
+        _ => return None,
+    };
+    Some((rest[..open].trim(), flags, failed))
+}
+
 fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
     let (cs, rest) = body.split_once(':')?;
     let (rip_text, rest) = rest.split_once(':')?;
     let rip_tok = rip_text.split_ascii_whitespace().next()?;
     out.u64("csbase", hex(cs)?);
     out.u64("rip", hex(rip_tok)?);
-    let (bytes, failed) = if rest.starts_with(' ') || rest.is_empty() {
+    let (bytes, failed) = if let Some((bytes, flags, failed)) = mode_suffix(rest) {
+        // The kernel's print fmt: `BYTES (MODE)[ failed]`, or ` (MODE)[ failed]` with no bytes
+        // when KVM could not fetch the instruction.
+        out.u64("flags", flags);
+        (bytes, failed)
+    } else if rest.starts_with(' ') || rest.is_empty() {
         // Plugin rendering.
         let text = rest.trim();
         if text == "FAIL" {
@@ -782,25 +808,7 @@ fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
             (text, false)
         }
     } else {
-        let open = rest.rfind(" (").or_else(|| rest.starts_with('(').then_some(0))?;
-        let after = &rest[open..].trim_start();
-        let close = after.find(')')?;
-        let mode = &after[1..close];
-        let flags = match mode {
-            "real" => 0,
-            "prot16" => 1,
-            "vm16" => 3,
-            "prot32" => 5,
-            "prot64" => 9,
-            other => hex(other).filter(|_| other.starts_with("0x"))?,
-        };
-        let failed = match after[close + 1..].trim() {
-            "" => false,
-            "failed" => true,
-            _ => return None,
-        };
-        out.u64("flags", flags);
-        (rest[..open].trim(), failed)
+        return None;
     };
     // `ff c0 e6`: two hex digits per byte, one space between bytes.
     let b = bytes.as_bytes();
