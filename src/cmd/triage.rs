@@ -189,11 +189,12 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmNestedVmexit(i)
         | EventKind::KvmNestedVmexitInject(i) => {
             format!(
-                "{} {}{}{}",
+                "{} {}{}{}{}",
                 e.name(),
                 i.reason(),
                 i.guest_rip().map_or_else(String::new, |r| format!(" rip {r:#x}")),
-                i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}"))
+                i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}")),
+                decoded_exit(i)
             )
         }
         EventKind::KvmEntry(en) => {
@@ -246,6 +247,11 @@ pub fn describe_event(e: &Event) -> String {
             if *write { "write" } else { "read" },
             val.map_or_else(String::new, |v| format!(" val {v:#x}"))
         ),
+        EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
+            let mut text = e.name().to_owned();
+            e.kind.for_each_decoded(|name, value| text.push_str(&format!(" {name} {value}")));
+            text
+        }
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmMsr { .. }
@@ -260,6 +266,18 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
+}
+
+/// The decoded qualification and IDT-vectoring information of an exit, as ` (…)`.
+fn decoded_exit(i: &vmxray_events::ExitInfo) -> String {
+    let mut parts = Vec::new();
+    if let Some(q) = i.qualification() {
+        parts.push(q.to_string());
+    }
+    if let Some(v) = i.idt_vectoring() {
+        parts.push(format!("while delivering {v}"));
+    }
+    if parts.is_empty() { String::new() } else { format!(" ({})", parts.join("; ")) }
 }
 
 /// What the crash most likely means, from its data.

@@ -397,6 +397,9 @@ impl ExitStats {
             | EventKind::KvmMmuPagingElement { .. }
             | EventKind::KvmMmuWalkerError { .. }
             | EventKind::KvmPmlFull { .. }
+            | EventKind::Irq(_)
+            | EventKind::Mmio(_)
+            | EventKind::Spte(_)
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)

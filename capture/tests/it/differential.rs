@@ -88,13 +88,19 @@ fn split_fields<'a>(rest: &'a str, names: &[&str]) -> HashMap<String, &'a str> {
 fn check_fields(rec: &Record<'_>, fields: &HashMap<String, &str>, what: &str) {
     let convs: HashMap<String, char> =
         common::print_fmt_conversions(&rec.format.print_fmt).into_iter().collect();
+    let casts: HashMap<String, u32> =
+        common::print_fmt_casts(&rec.format.print_fmt).into_iter().collect();
     for f in rec.format.fields.iter().filter(|f| !f.is_common()) {
         let Some(token) = fields.get(&*f.name) else {
             panic!("{what}: peer lacks field {}", f.name)
         };
         match f.layout {
             FieldLayout::Scalar => {
-                let v = f.read_uint(rec.payload, rec.endian).unwrap();
+                let mut v = f.read_uint(rec.payload, rec.endian).unwrap();
+                if let Some(bytes) = casts.get(&*f.name) {
+                    // libtraceevent prints it through the print's cast.
+                    v &= (1u64 << (bytes * 8)) - 1;
+                }
                 let hex = convs.get(&*f.name).map(|c| matches!(c, 'x' | 'X' | 'p'));
                 assert!(
                     common::number_matches(token, v, v as i64, hex),

@@ -52,7 +52,7 @@ fn intr_lines(out: &mut Vec<Line<'static>>, what: &str, info: IntrInfo) {
                 info.exception().map_or(String::new(), |e| e.to_string())
             ),
         ));
-        out.push(kv("type", format!("{:?}", info.kind())));
+        out.push(kv("type", info.kind().to_string()));
         out.push(kv("error code valid", info.error_code_valid().to_string()));
         out.push(kv("NMI unblocking (IRET)", info.nmi_unblocking().to_string()));
     }
