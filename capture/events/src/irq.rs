@@ -787,6 +787,39 @@ mod tests {
     }
 
     #[test]
+    fn older_accept_irq_layout_has_coalesced() {
+        use crate::FieldValue::U64;
+        // Before ~5.x: `tm` a u8 and a `coalesced` bool (`apicid %x vec %u (%s|%s)%s`).
+        let mut f = crate::Fields::new();
+        for (n, v) in [("apicid", 1), ("dm", 0x100), ("tm", 1), ("vec", 0xec), ("coalesced", 1)] {
+            f.push(n, U64(v));
+        }
+        let crate::EventKind::Irq(IrqEvent::ApicAcceptIrq(a)) =
+            crate::EventKind::decode("kvm", "kvm_apic_accept_irq", &f).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            a,
+            AcceptIrq {
+                apicid: 1,
+                delivery_mode: DeliveryMode::LOWEST_PRIORITY,
+                level: true,
+                vector: 0xec,
+                coalesced: Some(true)
+            }
+        );
+        // Every tracepoint of the family decodes into its own variant, and back.
+        for known in IrqEvent::TRACEPOINTS {
+            assert!(matches!(
+                IrqEvent::decode(known, &crate::Fields::new()),
+                Err(DecodeError { event, .. }) if event == known.name()
+            ));
+        }
+        assert!(IrqEvent::decode(KnownEvent::KvmExit, &f).is_err());
+    }
+
+    #[test]
     fn pic_pin_bits() {
         let p =
             PicSetIrq { chip: 1, pin: 3, elcr: 0, imr: 0x08, masks_known: 0x08, coalesced: false };

@@ -382,6 +382,59 @@ mod tests {
         assert_eq!(RetNumbering::ContinueFirst.normalize(3), PageFaultRet::INVALID);
     }
 
+    fn fields(pairs: &[(&str, crate::FieldValue)]) -> crate::Fields {
+        let mut f = crate::Fields::new();
+        for (n, v) in pairs {
+            f.push(*n, v.clone());
+        }
+        f
+    }
+
+    #[test]
+    fn older_layouts_decode_into_the_same_variants() {
+        use crate::FieldValue::{I64, U64};
+        // 4.x fast_page_fault: `gva` and `retry`, no `ret` (mmutrace.h before 5.6).
+        let old = fields(&[
+            ("vcpu_id", I64(0)),
+            ("gva", U64(0x1000)),
+            ("error_code", U64(3)),
+            ("sptep", U64(0xffff_8880_0000_0000)),
+            ("old_spte", U64(0x5)),
+            ("new_spte", U64(0x7)),
+            ("retry", U64(1)),
+        ]);
+        let crate::EventKind::Spte(SpteEvent::FastPageFault(p)) =
+            crate::EventKind::decode("kvmmmu", "fast_page_fault", &old).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.addr, p.ret, p.error_code.0), (0x1000, None, 3));
+        // kvm_mmu_set_spte whose `u` was a bool (before the EPT `-1`).
+        let set = fields(&[
+            ("gfn", U64(1)),
+            ("spte", U64(0x2bd2a21)),
+            ("sptep", U64(0x3f5c5008)),
+            ("level", U64(1)),
+            ("r", U64(1)),
+            ("x", U64(1)),
+            ("u", U64(1)),
+        ]);
+        let crate::EventKind::Spte(SpteEvent::SetSpte { user, .. }) =
+            crate::EventKind::decode("kvmmmu", "kvm_mmu_set_spte", &set).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(user, Some(true));
+        // A field every layout has is required.
+        let err = crate::EventKind::decode(
+            "kvmmmu",
+            "kvm_mmu_spte_requested",
+            &fields(&[("gfn", U64(1))]),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "pfn");
+    }
+
     #[test]
     fn set_spte_access_string() {
         let a = SpteAccess { readable: true, writable: false, executable: true, user: None };
