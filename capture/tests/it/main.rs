@@ -5,6 +5,7 @@ mod convert;
 mod devices;
 mod differential;
 mod fields_import;
+mod printfmt;
 mod raw_pages;
 mod robustness;
 mod salvage;

@@ -10,6 +10,7 @@ use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
+use vmxray_capture::printfmt::Outcome;
 use vmxray_events::codes::{IntrInfo, MmuPageRole};
 use vmxray_events::{Event, EventKind, FieldValue};
 
@@ -82,6 +83,22 @@ fn role_lines(out: &mut Vec<Line<'static>>, role: MmuPageRole) {
     }
 }
 
+/// An untyped event rendered through its format's print fmt (`trace-cmd report -N`'s text),
+/// when the trace carries the format.
+fn print_fmt_lines(out: &mut Vec<Line<'static>>, trace: &Trace, event: &Event) {
+    let Some(catalog) = &trace.print else { return };
+    let mut text = String::new();
+    let Some(outcome) = catalog.render(event, &mut text) else { return };
+    out.push(Line::raw(""));
+    out.push(heading("Print fmt (as trace-cmd report -N)"));
+    for l in text.lines() {
+        out.push(Line::raw(format!("  {l}")));
+    }
+    if let Outcome::Partial(what) = outcome {
+        out.push(kv("note", format!("trace-cmd may differ: no {what} in vmxray")));
+    }
+}
+
 /// The detail lines of one event.
 pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
     let mut out = Vec::new();
@@ -115,6 +132,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
             out.push(kv(k, v));
         }
     }
+    print_fmt_lines(&mut out, trace, event);
     match &event.kind {
         EventKind::KvmExit(info)
         | EventKind::KvmNestedVmexit(info)
