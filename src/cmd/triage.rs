@@ -482,6 +482,37 @@ mod tests {
         assert!(text.contains("root loaded: gfn 0x2"), "{text}");
     }
 
+    /// The window line of an exit carries its decoded qualification and the event it
+    /// interrupted: `ept-violation-livelock-mmu-seq.txt`'s `info 683 800000ec`.
+    #[test]
+    fn exit_lines_carry_the_decoded_qualification() {
+        use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa};
+        use vmxray_events::{ExitFields, ExitInfo};
+        let exit = |info1, info2| {
+            EventKind::KvmExit(ExitInfo::from(ExitFields {
+                reason: ExitCode::Vmx(ExitReason(48)),
+                isa: Some(Isa::Vmx),
+                guest_rip: Some(0xffff_ffff_8100_0000),
+                info1: Some(info1),
+                info2: Some(info2),
+                intr_info: Some(IntrInfo(0)),
+                error_code: Some(0),
+                vcpu_id: Some(0),
+                requests: None,
+            }))
+        };
+        let line = describe_event(&ev(1, exit(0x683, 0x8000_00ec)).unwrap());
+        assert!(
+            line.ends_with(
+                " info1 0x683 (read+write, not present, paging-structure access; while \
+                 delivering external interrupt 0xec)"
+            ),
+            "{line}"
+        );
+        let line = describe_event(&ev(1, exit(0x181, 0)).unwrap());
+        assert!(line.ends_with(" info1 0x181 (read, not present, final translation)"), "{line}");
+    }
+
     #[test]
     fn no_crash_says_so() {
         let report = triage_stream(Vec::new(), TriageConfig::default()).unwrap();
