@@ -228,6 +228,9 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Other(_)

@@ -33,6 +33,7 @@ mod kernel;
 mod rng;
 mod scenarios;
 pub mod text;
+mod text_devices;
 mod truth;
 
 use std::fmt;

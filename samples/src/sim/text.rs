@@ -318,6 +318,9 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             None => "[LOST EVENTS]".into(),
         },
         EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
+        EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
+            super::text_devices::body(kind).unwrap_or_default()
+        }
         EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
             other_body(kind.name(), &kind.kernel_fields())
         }
@@ -535,7 +538,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 }
 
 /// The untyped events the simulator emits, by their 6.18 print formats; any other event as
-/// `name=value` pairs.
+/// `name=value` pairs. (The interrupt-controller events are typed: `text_devices`.)
 fn other_body(name: &str, f: &Fields) -> String {
     use vmxray_events::FieldLookup;
     let u = |n: &str| f.uint(n).unwrap_or(0);
@@ -547,27 +550,6 @@ fn other_body(name: &str, f: &Fields) -> String {
             if u("valid") != 0 { "valid" } else { "invalid" }
         ),
         "kvm_fpu" => (if u("load") != 0 { "load" } else { "unload" }).to_owned(),
-        "kvm_apic_ipi" => {
-            let icr = u("icr_low");
-            format!(
-                "dst {:x} vec {} ({}|{}|{}|{}|{})",
-                u("dest_id"),
-                icr & 0xff,
-                delivery_mode(icr >> 8),
-                if icr & (1 << 11) != 0 { "logical" } else { "physical" },
-                if icr & (1 << 14) != 0 { "assert" } else { "de-assert" },
-                if icr & (1 << 15) != 0 { "level" } else { "edge" },
-                ["dst", "self", "all", "all-but-self"]
-                    [usize::try_from((icr >> 18) & 3).unwrap_or(0)]
-            )
-        }
-        "kvm_apic_accept_irq" => format!(
-            "apicid {:x} vec {} ({}|{})",
-            u("apicid"),
-            u("vec"),
-            delivery_mode(u("dm") >> 8),
-            if u("tm") != 0 { "level" } else { "edge" }
-        ),
         _ => {
             let mut s = String::new();
             for (i, (n, v)) in f.0.iter().enumerate() {
@@ -579,9 +561,4 @@ fn other_body(name: &str, f: &Fields) -> String {
             s
         }
     }
-}
-
-fn delivery_mode(dm: u64) -> &'static str {
-    ["Fixed", "LowPrio", "SMI", "Res3", "NMI", "INIT", "SIPI", "ExtINT"]
-        [usize::try_from(dm & 7).unwrap_or(0)]
 }
