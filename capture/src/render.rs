@@ -13,12 +13,21 @@
 //! - the fields are the kernel's field names in the kernel's order, integers in hex when the
 //!   kernel prints them in hex (addresses, codes, masks), decimal otherwise; strings quoted; byte
 //!   arrays as `[0f 22 d8]`; a field the traced kernel's layout lacks is absent, never `0`;
-//! - one field is not the kernel's: kvmmmu page events read from a text rendering that omits
-//!   role bits carry `vmxray_role_known=0x…` after the kernel's fields (the mask of role bits
-//!   the input determined, [`vmxray_events::MmuPage::role_known`]); it is absent when the raw role word
-//!   was read;
-//! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
-//!   MMU role) that are derived from the fields, never new information;
+//! - some fields are not the kernel's: events read from a text rendering that shows only some
+//!   bits of a raw word carry the mask of the bits the input determined after the kernel's
+//!   fields — `vmxray_role_known=0x…` for the kvmmmu role
+//!   ([`vmxray_events::MmuPage::role_known`]), `vmxray_e_known` (IOAPIC entries),
+//!   `vmxray_address_known`/`vmxray_data_known` (MSIs), `vmxray_icr_low_known`
+//!   (`kvm_apic_ipi`), `vmxray_masks_known` (PIC) ([`vmxray_events::irq::PartialWord`]); they
+//!   are absent when the raw word was read;
+//! - `fast_page_fault.ret` is in the 6.12+ `RET_PF_*` numbering whatever kernel traced it
+//!   ([`vmxray_events::spte::RetNumbering`]);
+//! - after ` | `, human decodings derived from the fields, never new information: reason
+//!   names, interruption and IDT-vectoring information, the exit qualification decoded for
+//!   its reason (`qual=`: EPT violations, nested page faults, `#PF` error codes, CR
+//!   accesses), MMU roles, and the interrupt-controller, MMIO and SPTE events in the kernel's
+//!   own wording (`entry="dst 0 vec 129 (Fixed|physical|level)"`, `reg=APIC_EOI`,
+//!   `error_code=P|W`);
 //! - events without a typed rendering (untyped tracepoints such as `sched_switch` or
 //!   `irq_handler_entry`, probe and print events) carry, when the trace stored their format,
 //!   the decoding `text="..."`: the event rendered through its format's `print fmt:` exactly
@@ -548,6 +557,7 @@ mod tests {
                 })
             });
         prop_oneof![
+            arb_device(),
             exit.clone().prop_map(EventKind::KvmExit),
             exit.prop_map(EventKind::KvmNestedVmexit),
             (any::<u32>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<bool>()))
@@ -594,6 +604,125 @@ mod tests {
                     failed: false,
                 }
             }),
+        ]
+    }
+
+    /// The interrupt-controller, MMIO and SPTE events, partial words included.
+    fn arb_device() -> impl Strategy<Value = EventKind> {
+        use vmxray_events::irq::{
+            AcceptIrq, ApicRegister, DeliveryMode, IcrLow, IrqEvent, MsiMessage, PartialWord,
+            PicSetIrq, RedirectionEntry,
+        };
+        use vmxray_events::mmio::{MmioEvent, MmioKind};
+        use vmxray_events::qualification::PfErrorCode;
+        use vmxray_events::spte::{FastPageFault, PageFaultRet, SpteEvent};
+        let word = (any::<u64>(), prop_oneof![Just(u64::MAX), Just(0xff), any::<u64>()])
+            .prop_map(|(v, k)| PartialWord::new(v, k));
+        let irq = prop_oneof![
+            (any::<u32>(), any::<Option<i32>>(), any::<Option<i32>>()).prop_map(
+                |(gsi, level, irq_source_id)| IrqEvent::SetIrq { gsi, level, irq_source_id }
+            ),
+            (any::<u32>(), word.clone(), any::<bool>()).prop_map(|(pin, w, coalesced)| {
+                IrqEvent::IoapicSetIrq { pin, entry: RedirectionEntry(w), coalesced }
+            }),
+            word.clone().prop_map(|w| IrqEvent::IoapicDelayedEoiInj { entry: RedirectionEntry(w) }),
+            (word.clone(), word.clone()).prop_map(|(address, data)| IrqEvent::MsiSetIrq {
+                msi: MsiMessage { address, data }
+            }),
+            (any::<(u8, u8, u8, u8, u8, bool)>()).prop_map(|(chip, pin, elcr, imr, k, c)| {
+                IrqEvent::PicSetIrq(PicSetIrq {
+                    chip,
+                    pin,
+                    elcr: elcr & k,
+                    imr: imr & k,
+                    masks_known: k,
+                    coalesced: c,
+                })
+            }),
+            (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(write, reg, val)| {
+                IrqEvent::Apic { write, reg: ApicRegister(reg), val }
+            }),
+            (
+                any::<u32>(),
+                0u8..8,
+                any::<bool>(),
+                any::<u8>(),
+                any::<Option<bool>>(),
+                any::<bool>()
+            )
+                .prop_map(|(apicid, dm, level, vector, coalesced, v)| {
+                    let a = AcceptIrq {
+                        apicid,
+                        delivery_mode: DeliveryMode(dm),
+                        level,
+                        vector,
+                        coalesced,
+                    };
+                    if v { IrqEvent::ApicvAcceptIrq(a) } else { IrqEvent::ApicAcceptIrq(a) }
+                }),
+            (any::<u32>(), any::<u32>(), prop_oneof![Just(u64::MAX), Just(0xff)]).prop_map(
+                |(icr, dest_id, k)| IrqEvent::ApicIpi {
+                    icr_low: IcrLow(PartialWord::new(u64::from(icr), k)),
+                    dest_id
+                }
+            ),
+            (any::<u32>(), any::<i32>(), any::<bool>()).prop_map(|(apicid, vector, pv)| {
+                if pv {
+                    IrqEvent::PvEoi { apicid, vector }
+                } else {
+                    IrqEvent::Eoi { apicid, vector }
+                }
+            }),
+            (any::<i32>(), any::<bool>(), any::<u64>()).prop_map(|(reason, set, inhibits)| {
+                IrqEvent::ApicvInhibitChanged { reason, set, inhibits }
+            }),
+        ];
+        let mmio = prop_oneof![
+            (0u32..4, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(k, len, gpa, val)| {
+                MmioEvent::Access { kind: MmioKind(k), len, gpa, val }
+            }),
+            (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+                |(gva, gpa, write, gpa_match)| MmioEvent::VcpuMatch { gva, gpa, write, gpa_match }
+            ),
+        ];
+        let spte = prop_oneof![
+            (
+                0u32..i32::MAX as u32,
+                any::<[u64; 4]>(),
+                any::<Option<u64>>(),
+                proptest::option::of(0i32..8)
+            )
+                .prop_map(|(vcpu_id, [addr, ec, old, new], sptep, ret)| {
+                    SpteEvent::FastPageFault(Box::new(FastPageFault {
+                        vcpu_id,
+                        addr,
+                        error_code: PfErrorCode(ec),
+                        sptep,
+                        old_spte: old,
+                        new_spte: new,
+                        ret: ret.map(PageFaultRet),
+                    }))
+                }),
+            (any::<u8>(), any::<u64>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
+                |(as_id, gfn, level, old_spte, new_spte)| SpteEvent::TdpMmuSpteChanged {
+                    as_id,
+                    gfn,
+                    level,
+                    old_spte,
+                    new_spte
+                }
+            ),
+            (any::<u64>(), any::<u64>(), any::<u8>())
+                .prop_map(|(gfn, pfn, level)| SpteEvent::SpteRequested { gfn, pfn, level }),
+            (any::<[u64; 3]>(), any::<u8>(), any::<bool>(), any::<bool>(), any::<Option<bool>>())
+                .prop_map(|([gfn, spte, sptep], level, readable, executable, user)| {
+                    SpteEvent::SetSpte { gfn, spte, sptep, level, readable, executable, user }
+                }),
+        ];
+        prop_oneof![
+            irq.prop_map(EventKind::Irq),
+            mmio.prop_map(EventKind::Mmio),
+            spte.prop_map(EventKind::Spte),
         ]
     }
 

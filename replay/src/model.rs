@@ -33,7 +33,8 @@ pub struct ModelConfig {
     /// How many identical cycles in a row make a stuck vCPU (`livelock`; at least 2).
     pub loop_repeats: u32,
     /// The trace is an excerpt (pasted from a report, or with lines left out): a vCPU whose
-    /// every event is part of one loop repeated twice is stuck too.
+    /// every event is part of one loop repeated twice is stuck too, and a rule that finds only
+    /// an absence ([`RuleId::gap_explainable`]) reports at info, naming what the cut may hide.
     pub excerpt: bool,
     /// Run the state machine and the rules (the default). Without, the model only attributes
     /// events to vCPUs and notes what they reveal about the kernel: what a pass that wants
@@ -393,6 +394,11 @@ impl Model {
             anomalies: &self.findings.anomalies,
             fields: &self.fields,
         }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
     /// Ends the trace: the anomalies only the whole trace shows (a vCPU of an excerpt whose

@@ -601,6 +601,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
@@ -671,6 +674,9 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)

@@ -24,6 +24,9 @@
 //!           {"rule":"late_vmfail_l1_cr3","status":"not_checkable","why":"…"}]}
 //! ```
 //!
+//! With `--explain`, a `{"type":"explain","input":…,"vcpus":[…],"rules":[…],"loops":…}` line
+//! follows each summary: the facts of [`vmxray_replay::explain::Explanation`].
+//!
 //! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
 //!   numbers); `ts` is the event's timestamp in the trace clock's units.
 //! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
@@ -47,6 +50,7 @@ use serde_json::json;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions, ReadStats};
 use vmxray_events::Event;
+use vmxray_replay::explain::{Explainer, Explanation};
 use vmxray_replay::{
     Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
@@ -88,6 +92,12 @@ pub struct Args {
     /// whose every event is one loop seen twice is stuck.
     #[arg(long)]
     pub excerpt: bool,
+    /// After the summary, what the model established: per vCPU the levels that ran, the
+    /// nested VM-Enters and VM-Exits, each vmcs12 with what the trace showed of it, L1's CR3,
+    /// the roots loaded; per rule how many instances it decided (so "no anomaly" reads as
+    /// "checked this much").
+    #[arg(long)]
+    pub explain: bool,
     /// Skip unreadable records (counted and reported) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
@@ -121,6 +131,8 @@ pub struct Options {
     pub loop_repeats: u32,
     /// The input is an excerpt.
     pub excerpt: bool,
+    /// Print what the model established.
+    pub explain: bool,
 }
 
 /// The result of one input.
@@ -130,6 +142,8 @@ pub struct Outcome {
     pub summary: TraceSummary,
     /// Anomalies printed.
     pub shown: u64,
+    /// What the model established (`--explain`).
+    pub explanation: Option<Explanation>,
 }
 
 /// Runs `vmxray replay`.
@@ -151,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format: args.format,
         loop_repeats: args.loop_repeats.max(2),
         excerpt: args.excerpt,
+        explain: args.explain,
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -174,6 +189,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
         write_summary(&input, &outcome.summary, Some(&stats), clock_ns, opts, &mut out)?;
+        if let Some(explanation) = &outcome.explanation {
+            write_explanation(&input, explanation, opts.format, &mut out)?;
+        }
         failing += outcome.summary.count_at_least(args.fail_on);
     }
     out.flush()?;
@@ -269,13 +287,23 @@ where
         stats: StatsMode::Off,
     };
     let mut pass = Pass::new(config);
-    let mut printer = Printer { input, opts, out, shown: 0, failed: None, last_ts: HashMap::new() };
+    let mut printer = Printer {
+        input,
+        opts,
+        out,
+        shown: 0,
+        failed: None,
+        last_ts: HashMap::new(),
+        explainer: opts.explain.then(Explainer::new),
+        explanation: None,
+    };
     pass.run(events, &mut printer)?;
     if let Some(e) = printer.failed {
         return Err(e.into());
     }
     let shown = printer.shown;
-    Ok(Outcome { summary: pass.finish(None, None).summary, shown })
+    let explanation = printer.explanation.take();
+    Ok(Outcome { summary: pass.finish(None, None).summary, shown, explanation })
 }
 
 /// Prints the anomalies at or above the chosen severity as they are found.
@@ -287,6 +315,9 @@ struct Printer<'a, W> {
     failed: Option<io::Error>,
     /// Each actor's last timestamp, for the anomalies of the trace's end.
     last_ts: HashMap<Actor, u64>,
+    /// `--explain`: the collector, then what it concluded.
+    explainer: Option<Explainer>,
+    explanation: Option<Explanation>,
 }
 
 impl<W: Write> Printer<'_, W> {
@@ -309,10 +340,15 @@ impl<W: Write> Sink for Printer<'_, W> {
         if let Some(actor) = s.step.actor {
             self.last_ts.insert(actor, s.event.ts);
         }
+        if let Some(explainer) = &mut self.explainer {
+            let mode = s.step.actor.and_then(|a| s.model.state(a)).map(|st| st.mode);
+            explainer.observe(s.event, &s.step, mode);
+        }
         self.print(s.step.anomalies, |_| s.event.ts)
     }
 
-    fn end(&mut self, anomalies: &[Anomaly], _model: &Model) {
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        self.explanation = self.explainer.take().map(|e| e.finish(model));
         let last_ts = std::mem::take(&mut self.last_ts);
         let _ = self.print(anomalies, |a| last_ts.get(&a.vcpu).copied().unwrap_or(0));
     }
@@ -364,6 +400,28 @@ fn write_anomaly<W: Write>(
                 "message": a.message,
                 "commit": a.rule.commit(),
             });
+            writeln!(out, "{line}")
+        }
+    }
+}
+
+/// Prints what the model established (`--explain`): text after the summary, or one
+/// `{"type":"explain","input":…}` line with the same facts.
+fn write_explanation<W: Write>(
+    input: &str,
+    e: &Explanation,
+    format: Format,
+    out: &mut W,
+) -> io::Result<()> {
+    match format {
+        Format::Text => writeln!(out, "{e}"),
+        Format::Jsonl => {
+            let mut line = json!({ "type": "explain", "input": input });
+            if let (Some(obj), Ok(serde_json::Value::Object(facts))) =
+                (line.as_object_mut(), serde_json::to_value(e))
+            {
+                obj.extend(facts);
+            }
             writeln!(out, "{line}")
         }
     }
@@ -527,6 +585,7 @@ mod tests {
             format,
             loop_repeats: 3,
             excerpt: false,
+            explain: false,
         }
     }
 

@@ -460,3 +460,53 @@ except ImportError:
     assert_eq!(fields[3].parse::<usize>().unwrap(), anomalies.height(), "{text}");
     assert_eq!(fields[4].parse::<usize>().unwrap(), 12, "{text}");
 }
+
+fn bools(df: &DataFrame, column: &str) -> Vec<Option<bool>> {
+    let ca = df.column(column).unwrap().bool().unwrap();
+    (0..ca.len()).map(|i| ca.get(i)).collect()
+}
+
+/// The `exits` rows carry the decoded qualification and IDT-vectoring columns: real EPT
+/// violations on 6.1 (`mmio-ept-6.1.dat`: the guest's first writes set accessed bits in its
+/// own page tables) and real `#PF` exits under the shadow MMU on 6.12 (`mmio-shadow-6.12.dat`).
+#[test]
+fn exits_carry_the_decoded_qualification() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/real/vmx");
+    let out = TempDir::new("qualification-out");
+    let ept = root.join("mmio-ept-6.1.dat");
+    let shadow = root.join("mmio-shadow-6.12.dat");
+    let run = vmxray(&[
+        "scan",
+        "-q",
+        "--out",
+        out.str(),
+        ept.to_str().unwrap(),
+        shadow.to_str().unwrap(),
+    ]);
+    assert!(matches!(run.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&run.stderr));
+    let exits = read_table(out.path(), "exits");
+    let rows: Vec<_> = strings(&exits, "reason")
+        .into_iter()
+        .zip(strings(&exits, "qualification_decoded"))
+        .zip(strings(&exits, "fault_access"))
+        .zip(bools(&exits, "fault_present").into_iter().zip(bools(&exits, "fault_final")))
+        .map(|(((r, q), a), (p, f))| (r.unwrap(), q, a, p, f))
+        .collect();
+    let ept_rows: Vec<_> = rows.iter().filter(|r| r.0 == "EPT_VIOLATION").collect();
+    assert!(!ept_rows.is_empty());
+    assert!(ept_rows.iter().any(|r| r.1.as_deref()
+        == Some("write, not present, paging-structure access")
+        && r.2.as_deref() == Some("write")
+        && r.3 == Some(false)
+        && r.4 == Some(false)));
+    let pf_rows: Vec<_> = rows.iter().filter(|r| r.0 == "EXCEPTION_NMI").collect();
+    assert!(pf_rows.iter().any(|r| r.1.as_deref() == Some("fetch, not present")
+        && r.2.as_deref() == Some("fetch")
+        && r.4.is_none()));
+    assert!(pf_rows.iter().any(|r| r.1.as_deref() == Some("read, present, reserved bit")));
+    // Exits whose reason has no decoded qualification leave the columns null.
+    assert!(rows.iter().filter(|r| r.0 == "HLT").all(|r| r.1.is_none() && r.2.is_none()));
+    // No exit of these traces happened while an event was being delivered.
+    let vectors = exits.column("vectoring_vector").unwrap().u32().unwrap().clone();
+    assert_eq!(vectors.null_count(), exits.height());
+}

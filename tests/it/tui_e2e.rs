@@ -37,16 +37,19 @@ impl Tmux {
 
     /// Waits until the pane shows every one of `texts`.
     fn wait_for(&self, texts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_until(|screen| texts.iter().all(|t| screen.contains(t)), &format!("{texts:?}"))
+    }
+
+    /// Waits until the pane's text satisfies `done` (what it waits for, for the failure).
+    fn wait_until(&self, done: impl Fn(&str) -> bool, what: &str) -> String {
+        // Generous: a condition, not a speed measurement (a loaded CI machine is slow).
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let screen = self.capture();
-            if texts.iter().all(|t| screen.contains(t)) {
+            if done(&screen) {
                 return screen;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {texts:?}; screen:\n{screen}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{screen}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -120,6 +123,8 @@ fn browse_the_bundled_sample_in_tmux() {
     tmux.keys(&["?"]);
     tmux.wait_for(&["Keys (any key closes)"]);
     tmux.keys(&["Escape"]);
+    // Wait for the help to close: an Escape and a `q` read together are Alt-q to a terminal.
+    tmux.wait_until(|screen| !screen.contains("Keys (any key closes)"), "the help to close");
     tmux.keys(&["q"]);
     let screen = tmux.wait_for(&["tui-exit=0"]);
     assert!(!tmux.alternate_on(), "alternate screen left");

@@ -409,3 +409,31 @@ fn host_lanes_are_grouped_by_vm() {
     let text = screen(&mut app);
     assert!(text.contains("m1v0"), "{text}");
 }
+
+#[test]
+fn real_detail_breaks_down_an_ept_violation() {
+    // A real EPT violation recorded on 6.1 (`samples/real/vmx/mmio-ept-6.1.dat`): the guest's
+    // first write sets an accessed bit in its own page table.
+    let mut app = app("../samples/real/vmx/mmio-ept-6.1.dat");
+    type_prompt(&mut app, PromptKind::Search, "exit_reason=0x30");
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("0x82: write, not present, paging-structure access"), "{text}");
+    assert!(text.contains("EPT violation (0x82)"), "{text}");
+    assert!(text.contains("accessed (bit 8)          a guest paging-structure entry"), "{text}");
+    app.act(Action::PageDown);
+    let text = screen(&mut app);
+    assert!(text.contains("linear address (bit 7)    valid"), "{text}");
+}
+
+#[test]
+fn real_detail_breaks_down_a_page_fault_exit() {
+    // `samples/real/vmx/mmio-shadow-6.12.dat`: with the shadow MMU the guest's #PF exits;
+    // its error code (0x10: a fetch of a page that is not present) is decoded.
+    let mut app = app("../samples/real/vmx/mmio-shadow-6.12.dat");
+    type_prompt(&mut app, PromptKind::Search, "intr_info=0x80000b0e");
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("#PF error code (0x10): fetch, not present"), "{text}");
+    assert!(text.contains("instruction fetch (I/F)"), "{text}");
+}

@@ -57,6 +57,13 @@
 //! | reason_code | UInt64 | raw exit reason / exit code |
 //! | rip | UInt64? | guest RIP |
 //! | qualification | UInt64? | exit qualification (VMX) / exit_info_1 (SVM) |
+//! | qualification_decoded | String? | the qualification decoded for the reason, as `vmxray dump`'s `qual=`: EPT violations (`write, not present, final translation`), #NPF and #PF error codes, CR accesses (`mov cr3, rax`) |
+//! | fault_access | String? | EPT violation, #NPF, #PF: `read`, `write`, `fetch` (joined with `+` when several bits are set) |
+//! | fault_present | Boolean? | EPT violation, #NPF, #PF: the translation was present (a permission fault) |
+//! | fault_final | Boolean? | EPT violation, #NPF: the access was to the final translation (true) or to a guest paging-structure entry during the guest's walk (false); null when the qualification does not say |
+//! | vectoring_vector | UInt32? | the event being delivered when the exit happened (VMX IDT-vectoring information, SVM EXITINTINFO): its vector |
+//! | vectoring_type | String? | its type: `external interrupt`, `NMI`, `hardware exception`, `software interrupt`, `privileged software exception`, `software exception` |
+//! | vectoring_error_code | Boolean? | its error code was being delivered too |
 //! | latency_ns | UInt64? | exit → next `kvm_entry` of the same vCPU |
 //! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards` |
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
@@ -161,6 +168,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
+use vmxray_events::codes::IntrInfo;
+use vmxray_events::qualification::Qualification;
 use vmxray_events::{Event, Vm};
 use vmxray_replay::{Actor, Anomaly, Model, ModelConfig};
 
@@ -581,6 +590,8 @@ fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
 
 fn exit_record(exit: &ClosedExit, vms: &[Vm]) -> ExitRecord {
     let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
+    let decoded = exit.info.qualification();
+    let vectoring = exit.info.idt_vectoring();
     ExitRecord {
         vcpu,
         thread,
@@ -593,6 +604,13 @@ fn exit_record(exit: &ClosedExit, vms: &[Vm]) -> ExitRecord {
         reason_code: exit.reason.raw(),
         rip: exit.rip,
         qualification: exit.qualification,
+        qualification_decoded: decoded.map(|q| q.to_string()),
+        fault_access: decoded.and_then(Qualification::fault_access).map(|a| a.to_string()),
+        fault_present: decoded.and_then(Qualification::fault_present),
+        fault_final: decoded.and_then(Qualification::final_translation),
+        vectoring_vector: vectoring.map(|v| u32::from(v.vector())),
+        vectoring_type: vectoring.map(|v| v.kind().to_string()),
+        vectoring_error_code: vectoring.map(IntrInfo::error_code_valid),
         latency_ns: exit.latency.ok(),
         no_latency: exit.latency.err().map(crate::stats::NoLatency::name),
         reflected: exit.reflected,

@@ -71,6 +71,21 @@ pub struct ExitRecord {
     pub rip: Option<u64>,
     /// Exit qualification / exit_info_1.
     pub qualification: Option<u64>,
+    /// The qualification decoded for the reason, as `vmxray dump` shows it.
+    pub qualification_decoded: Option<String>,
+    /// EPT violation / #NPF / #PF: `read`, `write`, `fetch` (joined with `+`).
+    pub fault_access: Option<String>,
+    /// EPT violation / #NPF / #PF: the translation was present (a permission fault).
+    pub fault_present: Option<bool>,
+    /// EPT violation / #NPF: the access was to the final translation (true) or to a guest
+    /// paging structure during the guest's walk (false).
+    pub fault_final: Option<bool>,
+    /// The event being delivered when the exit happened: its vector.
+    pub vectoring_vector: Option<u32>,
+    /// Its type (`external interrupt`, `hardware exception`, …).
+    pub vectoring_type: Option<String>,
+    /// Its error code was being delivered too.
+    pub vectoring_error_code: Option<bool>,
     /// Exit → next entry of that vCPU.
     pub latency_ns: Option<u64>,
     /// Why no latency.
@@ -300,6 +315,28 @@ impl Chunk {
                 col("reason_code", rows.iter().map(|r| r.reason_code).collect::<Vec<_>>()),
                 col("rip", rows.iter().map(|r| r.rip).collect::<Vec<_>>()),
                 col("qualification", rows.iter().map(|r| r.qualification).collect::<Vec<_>>()),
+                col(
+                    "qualification_decoded",
+                    rows.iter().map(|r| r.qualification_decoded.as_deref()).collect::<Vec<_>>(),
+                ),
+                col(
+                    "fault_access",
+                    rows.iter().map(|r| r.fault_access.as_deref()).collect::<Vec<_>>(),
+                ),
+                col("fault_present", rows.iter().map(|r| r.fault_present).collect::<Vec<_>>()),
+                col("fault_final", rows.iter().map(|r| r.fault_final).collect::<Vec<_>>()),
+                col(
+                    "vectoring_vector",
+                    rows.iter().map(|r| r.vectoring_vector).collect::<Vec<_>>(),
+                ),
+                col(
+                    "vectoring_type",
+                    rows.iter().map(|r| r.vectoring_type.as_deref()).collect::<Vec<_>>(),
+                ),
+                col(
+                    "vectoring_error_code",
+                    rows.iter().map(|r| r.vectoring_error_code).collect::<Vec<_>>(),
+                ),
                 col("latency_ns", rows.iter().map(|r| r.latency_ns).collect::<Vec<_>>()),
                 col("no_latency", rows.iter().map(|r| r.no_latency).collect::<Vec<_>>()),
                 col("reflected", rows.iter().map(|r| r.reflected).collect::<Vec<_>>()),

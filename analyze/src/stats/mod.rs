@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind, VmId};
+use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, VmId};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
 
@@ -40,6 +40,8 @@ struct PendingExit {
     rip: Option<u64>,
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
     qualification: Option<u64>,
+    /// The exit's fields, for the decoded qualification and IDT-vectoring information.
+    info: ExitInfo,
     /// The vmcs12 the caller said was current at the `kvm_nested_vmexit` (see
     /// [`ExitStats::push_attributed`]).
     vmcs12: Option<u64>,
@@ -92,6 +94,9 @@ pub struct ClosedExit {
     pub rip: Option<u64>,
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
     pub qualification: Option<u64>,
+    /// The exit's fields: [`ExitInfo::qualification`] and [`ExitInfo::idt_vectoring`] decode
+    /// them.
+    pub info: ExitInfo,
     /// The vmcs12 given with the exit, for L2 exits.
     pub vmcs12: Option<u64>,
 }
@@ -294,6 +299,7 @@ impl ExitStats {
                         index,
                         rip: info.guest_rip(),
                         qualification: info.info1(),
+                        info: *info,
                         vmcs12: None,
                     },
                 );
@@ -397,6 +403,9 @@ impl ExitStats {
             | EventKind::KvmMmuPagingElement { .. }
             | EventKind::KvmMmuWalkerError { .. }
             | EventKind::KvmPmlFull { .. }
+            | EventKind::Irq(_)
+            | EventKind::Mmio(_)
+            | EventKind::Spte(_)
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
@@ -446,6 +455,7 @@ impl ExitStats {
                 latency: outcome,
                 rip: exit.rip,
                 qualification: exit.qualification,
+                info: exit.info,
                 vmcs12: if exit.from_l2 { exit.vmcs12 } else { None },
             });
         }

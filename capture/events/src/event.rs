@@ -18,6 +18,9 @@ use crate::codes::{
 };
 use crate::fields::{FieldLookup, Fields};
 use crate::identity::ThreadIdentity;
+use crate::irq::IrqEvent;
+use crate::mmio::MmioEvent;
+use crate::spte::SpteEvent;
 use crate::vmcs::probe::{self, ProbeEvent};
 use crate::vmcs::record::{self, FieldRecord};
 use crate::vmcs::{RECORD_EVENT, RECORD_SYSTEM};
@@ -665,6 +668,14 @@ pub enum EventKind {
     KvmMmuWalkerError { pferr: u32 },
     /// `kvm:kvm_pml_full`: the page-modification log filled up and exited.
     KvmPmlFull { vcpu_id: u32 },
+    /// The interrupt-controller tracepoints (`kvm_set_irq`, IOAPIC, MSI, PIC, local APIC):
+    /// one [`IrqEvent`] variant per tracepoint.
+    Irq(IrqEvent),
+    /// The MMIO tracepoints (`kvm_mmio`, `vcpu_match_mmio`).
+    Mmio(MmioEvent),
+    /// The kvmmmu fast-path and SPTE tracepoints (`fast_page_fault`,
+    /// `kvm_tdp_mmu_spte_changed`, `kvm_mmu_spte_requested`, `kvm_mmu_set_spte`).
+    Spte(SpteEvent),
     /// An explicit VMCS field record ([`VmcsFieldEvent`]).
     VmcsField(Box<VmcsFieldEvent>),
     /// A `vmcs`-profile probe event ([`ProbeHit`]).
@@ -709,6 +720,24 @@ pub enum KnownEvent {
     KvmMmuPagingElement,
     KvmMmuWalkerError,
     KvmPmlFull,
+    KvmSetIrq,
+    KvmIoapicSetIrq,
+    KvmIoapicDelayedEoiInj,
+    KvmMsiSetIrq,
+    KvmPicSetIrq,
+    KvmApic,
+    KvmApicAcceptIrq,
+    KvmApicvAcceptIrq,
+    KvmApicIpi,
+    KvmEoi,
+    KvmPvEoi,
+    KvmApicvInhibitChanged,
+    KvmMmio,
+    VcpuMatchMmio,
+    FastPageFault,
+    KvmTdpMmuSpteChanged,
+    KvmMmuSpteRequested,
+    KvmMmuSetSpte,
 }
 
 /// A known tracepoint lacked a field that every layout generation has.
@@ -751,6 +780,24 @@ impl KnownEvent {
         (Self::KvmMmuPagingElement, "kvmmmu", "kvm_mmu_paging_element"),
         (Self::KvmMmuWalkerError, "kvmmmu", "kvm_mmu_walker_error"),
         (Self::KvmPmlFull, "kvm", "kvm_pml_full"),
+        (Self::KvmSetIrq, "kvm", "kvm_set_irq"),
+        (Self::KvmIoapicSetIrq, "kvm", "kvm_ioapic_set_irq"),
+        (Self::KvmIoapicDelayedEoiInj, "kvm", "kvm_ioapic_delayed_eoi_inj"),
+        (Self::KvmMsiSetIrq, "kvm", "kvm_msi_set_irq"),
+        (Self::KvmPicSetIrq, "kvm", "kvm_pic_set_irq"),
+        (Self::KvmApic, "kvm", "kvm_apic"),
+        (Self::KvmApicAcceptIrq, "kvm", "kvm_apic_accept_irq"),
+        (Self::KvmApicvAcceptIrq, "kvm", "kvm_apicv_accept_irq"),
+        (Self::KvmApicIpi, "kvm", "kvm_apic_ipi"),
+        (Self::KvmEoi, "kvm", "kvm_eoi"),
+        (Self::KvmPvEoi, "kvm", "kvm_pv_eoi"),
+        (Self::KvmApicvInhibitChanged, "kvm", "kvm_apicv_inhibit_changed"),
+        (Self::KvmMmio, "kvm", "kvm_mmio"),
+        (Self::VcpuMatchMmio, "kvm", "vcpu_match_mmio"),
+        (Self::FastPageFault, "kvmmmu", "fast_page_fault"),
+        (Self::KvmTdpMmuSpteChanged, "kvmmmu", "kvm_tdp_mmu_spte_changed"),
+        (Self::KvmMmuSpteRequested, "kvmmmu", "kvm_mmu_spte_requested"),
+        (Self::KvmMmuSetSpte, "kvmmmu", "kvm_mmu_set_spte"),
         // Older names of the same tracepoints (same fields).
         (Self::KvmSmmTransition, "kvm", "kvm_enter_smm"), // before 5.14
     ];
@@ -946,6 +993,23 @@ impl KnownEvent {
             }
             Self::KvmMmuWalkerError => EventKind::KvmMmuWalkerError { pferr: need32("pferr")? },
             Self::KvmPmlFull => EventKind::KvmPmlFull { vcpu_id: need32("vcpu_id")? },
+            Self::KvmSetIrq
+            | Self::KvmIoapicSetIrq
+            | Self::KvmIoapicDelayedEoiInj
+            | Self::KvmMsiSetIrq
+            | Self::KvmPicSetIrq
+            | Self::KvmApic
+            | Self::KvmApicAcceptIrq
+            | Self::KvmApicvAcceptIrq
+            | Self::KvmApicIpi
+            | Self::KvmEoi
+            | Self::KvmPvEoi
+            | Self::KvmApicvInhibitChanged => EventKind::Irq(IrqEvent::decode(self, f)?),
+            Self::KvmMmio | Self::VcpuMatchMmio => EventKind::Mmio(MmioEvent::decode(self, f)?),
+            Self::FastPageFault
+            | Self::KvmTdpMmuSpteChanged
+            | Self::KvmMmuSpteRequested
+            | Self::KvmMmuSetSpte => EventKind::Spte(SpteEvent::decode(self, f)?),
         })
     }
 }
@@ -1031,6 +1095,9 @@ impl EventKind {
             Self::KvmMmuPagingElement { .. } => KnownEvent::KvmMmuPagingElement,
             Self::KvmMmuWalkerError { .. } => KnownEvent::KvmMmuWalkerError,
             Self::KvmPmlFull { .. } => KnownEvent::KvmPmlFull,
+            Self::Irq(e) => e.known(),
+            Self::Mmio(e) => e.known(),
+            Self::Spte(e) => e.known(),
             Self::VmcsField(_)
             | Self::VmcsProbe(_)
             | Self::Identity(_)
@@ -1091,6 +1158,11 @@ impl EventKind {
             Self::KvmPageFault { vcpu_id, .. } => *vcpu_id,
             Self::KvmSmmTransition { vcpu_id, .. } | Self::KvmPmlFull { vcpu_id } => Some(*vcpu_id),
             Self::VmcsField(v) => Some(v.record.vcpu),
+            Self::Spte(e) => e.vcpu_id(),
+            // `kvm_eoi.apicid` is the vCPU id too, but the vocabulary binds a thread to a vCPU
+            // only through fields named `vcpu_id`; `kvm_apic_accept_irq.apicid` is the target's,
+            // traced by the sender.
+            Self::Irq(_) | Self::Mmio(_) => None,
             Self::KvmNestedVmexitInject(_)
             | Self::KvmCr { .. }
             | Self::KvmNestedVmenter(_)

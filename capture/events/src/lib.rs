@@ -30,8 +30,13 @@
 //! - [`fields`]: named field values, the currency between readers and the vocabulary;
 //! - [`identity`]: which VM a thread belongs to, as the recorder writes it into its traces;
 //! - [`insn`]: the x86 instruction decoder for `kvm_emulate_insn` bytes;
+//! - [`irq`], [`mmio`], [`spte`]: the interrupt-controller, MMIO and kvmmmu fast-path/SPTE
+//!   tracepoints ([`EventKind::Irq`], [`EventKind::Mmio`], [`EventKind::Spte`]);
+//! - [`qualification`]: exit qualifications and page-fault error codes broken into what they
+//!   say (EPT violations, nested page faults, `#PF`, CR access, IDT-vectoring);
 //! - [`kernel_fields`]: typed events back under the kernel's field names, and the human
-//!   decodings (code names, interruption info, mnemonics) every renderer shows;
+//!   decodings (code names, interruption info, qualifications, mnemonics) every renderer
+//!   shows;
 //! - [`vmcs`]: VMCS field encodings, which VMCS a value belongs to, explicit field records and
 //!   what the recorder's probe events mean.
 //!
@@ -46,7 +51,12 @@ pub mod event;
 pub mod fields;
 pub mod identity;
 pub mod insn;
+pub mod irq;
 pub mod kernel_fields;
+pub mod mmio;
+pub mod qualification;
+mod required;
+pub mod spte;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod vmcs;

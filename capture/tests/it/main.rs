@@ -2,6 +2,7 @@
 
 mod common;
 mod convert;
+mod devices;
 mod differential;
 mod fields_import;
 mod printfmt;

@@ -476,6 +476,12 @@ fn emulate_insn_kernel_and_plugin() {
         kvm("kvm_emulate_insn", "f0000:fff0:ea 5b e0 00 f0 (real)"),
         insn(0xfff0, 0xf0000, &[0xea, 0x5b, 0xe0, 0x00, 0xf0], 0, false)
     );
+    // KVM could not fetch the instruction (insn_len 0): no bytes, only the mode and `failed`.
+    assert_eq!(kvm("kvm_emulate_insn", "0:7c00: (real) failed"), insn(0x7c00, 0, &[], 0, true));
+    assert_eq!(
+        kvm("kvm_emulate_insn", "10:ffffffff81000000: (prot64)"),
+        insn(0xffff_ffff_8100_0000, 0x10, &[], 9, false)
+    );
     assert_eq!(kvm("kvm_emulate_insn", "0:1000: ff c0"), insn(0x1000, 0, &[0xff, 0xc0], 0, false));
     assert_eq!(
         kvm("kvm_emulate_insn", "0:1000: ff c0 FAIL"),

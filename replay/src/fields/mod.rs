@@ -355,6 +355,9 @@ pub fn derive(
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::Identity(_)
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}

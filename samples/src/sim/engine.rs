@@ -276,7 +276,12 @@ impl Vcpu {
         for (n, v) in fields {
             f.push(*n, v.clone());
         }
-        self.ev(EventKind::untyped(system.into(), name.into(), f))
+        // Decoded as every reader decodes it: the events vmxray types (interrupt controller,
+        // MMIO, SPTE) become typed, anything else stays untyped.
+        let kind = EventKind::decode(system, name, &f).unwrap_or_else(|e| {
+            panic!("the simulator's {system}:{name} lacks a field its decoder needs: {e}")
+        });
+        self.ev(kind)
     }
 
     /// `kvm_vcpu_wakeup` after the vCPU blocked for `ns`.

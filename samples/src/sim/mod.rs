@@ -42,6 +42,7 @@ mod rng;
 mod scenarios;
 mod stuck;
 pub mod text;
+mod text_devices;
 mod truth;
 
 use std::fmt;

@@ -1,8 +1,8 @@
 //! The scenario scripts: what L1 and its L2s do, per vCPU. KVM's side is in [`super::engine`].
 
-use vmxray_events::EventKind;
+use vmxray_events::{EventKind, FieldValue};
 use vmxray_events::codes::{ExceptionVector, UserspaceExitReason};
-use vmxray_events::fields::FieldValue;
+use vmxray_events::irq::{AcceptIrq, DeliveryMode, IcrLow, IrqEvent, PartialWord};
 
 use super::engine::{Entered, Mode, Vcpu, Vmcs12, eptp, intr, reason, role};
 use super::kernel::HwExit;
@@ -791,24 +791,17 @@ fn send_ipi(v: &mut Vcpu, dest: u32, icr_low: u32) {
     v.l1_step(0x30, 1_000, 3_000);
     v.l1_exit(HwExit::new(reason::MSR_WRITE, 0), 2, move |v| {
         v.msr(true, 0x830, (u64::from(dest) << 32) | u64::from(icr_low));
-        v.other(
-            "kvm",
-            "kvm_apic_ipi",
-            &[
-                ("icr_low", FieldValue::U64(u64::from(icr_low))),
-                ("dest_id", FieldValue::U64(u64::from(dest))),
-            ],
-        );
-        v.other(
-            "kvm",
-            "kvm_apic_accept_irq",
-            &[
-                ("apicid", FieldValue::U64(u64::from(dest))),
-                ("dm", FieldValue::U64(u64::from(icr_low & 0x700))),
-                ("tm", FieldValue::U64(0)),
-                ("vec", FieldValue::U64(u64::from(icr_low & 0xff))),
-            ],
-        );
+        v.ev(EventKind::Irq(IrqEvent::ApicIpi {
+            icr_low: IcrLow(PartialWord::full(u64::from(icr_low))),
+            dest_id: dest,
+        }));
+        v.ev(EventKind::Irq(IrqEvent::ApicAcceptIrq(AcceptIrq {
+            apicid: dest,
+            delivery_mode: DeliveryMode(((icr_low >> 8) & 7) as u8),
+            level: false,
+            vector: (icr_low & 0xff) as u8,
+            coalesced: None,
+        })));
     });
 }
 

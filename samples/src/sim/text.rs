@@ -329,6 +329,9 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             None => "[LOST EVENTS]".into(),
         },
         EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
+        EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
+            super::text_devices::body(kind).unwrap_or_default()
+        }
         EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
             other_body(kind.name(), &kind.kernel_fields())
         }
@@ -560,7 +563,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 }
 
 /// The untyped events the simulator emits, by their 6.18 print formats; any other event as
-/// `name=value` pairs.
+/// `name=value` pairs. (The interrupt-controller events are typed: `text_devices`.)
 fn other_body(name: &str, f: &Fields) -> String {
     use vmxray_events::FieldLookup;
     let u = |n: &str| f.uint(n).unwrap_or(0);
@@ -572,83 +575,6 @@ fn other_body(name: &str, f: &Fields) -> String {
             if u("valid") != 0 { "valid" } else { "invalid" }
         ),
         "kvm_fpu" => (if u("load") != 0 { "load" } else { "unload" }).to_owned(),
-        "kvm_apic_ipi" => {
-            let icr = u("icr_low");
-            format!(
-                "dst {:x} vec {} ({}|{}|{}|{}|{})",
-                u("dest_id"),
-                icr & 0xff,
-                delivery_mode(icr >> 8),
-                if icr & (1 << 11) != 0 { "logical" } else { "physical" },
-                if icr & (1 << 14) != 0 { "assert" } else { "de-assert" },
-                if icr & (1 << 15) != 0 { "level" } else { "edge" },
-                ["dst", "self", "all", "all-but-self"]
-                    [usize::try_from((icr >> 18) & 3).unwrap_or(0)]
-            )
-        }
-        "kvm_apic_accept_irq" => format!(
-            "apicid {:x} vec {} ({}|{})",
-            u("apicid"),
-            u("vec"),
-            delivery_mode(u("dm") >> 8),
-            if u("tm") != 0 { "level" } else { "edge" }
-        ),
-        "kvm_set_irq" => {
-            format!("gsi {} level {} source {}", u("gsi"), u("level"), u("irq_source_id"))
-        }
-        "kvm_msi_set_irq" => {
-            let (address, data) = (u("address"), u("data"));
-            format!(
-                "dst {:x} vec {} ({}|{}|{}{})",
-                (address >> 12) & 0xff,
-                data & 0xff,
-                delivery_mode(data >> 8),
-                if address & (1 << 2) != 0 { "logical" } else { "physical" },
-                if data & (1 << 15) != 0 { "level" } else { "edge" },
-                if address & (1 << 3) != 0 { "|rh" } else { "" }
-            )
-        }
-        "kvm_ioapic_set_irq" => {
-            // The redirection entry: vector, delivery mode, destination mode, trigger, mask.
-            let e = u("e");
-            format!(
-                "pin {} dst {:x} vec {} ({}|{}|{}{}){}",
-                u("pin"),
-                e >> 56,
-                e & 0xff,
-                delivery_mode(e >> 8),
-                if e & (1 << 11) != 0 { "logical" } else { "physical" },
-                if e & (1 << 15) != 0 { "level" } else { "edge" },
-                if e & (1 << 16) != 0 { "|masked" } else { "" },
-                if u("coalesced") != 0 { " (coalesced)" } else { "" }
-            )
-        }
-        "kvm_apic" => format!(
-            "apic_{} {} = 0x{:x}",
-            if u("rw") != 0 { "write" } else { "read" },
-            apic_register(u("reg")),
-            u("val")
-        ),
-        "kvm_eoi" => format!("apicid {:x} vector {}", u("apicid"), u("vector")),
-        "kvm_mmio" => format!(
-            "mmio {} len {} gpa 0x{:x} val 0x{:x}",
-            ["unsatisfied-read", "read", "write"][usize::try_from(u("type")).unwrap_or(0).min(2)],
-            u("len"),
-            u("gpa"),
-            u("val")
-        ),
-        "fast_page_fault" => format!(
-            "vcpu {} gva {:x} error_code {} sptep {:016x} old {:#x} new {:x} spurious {} fixed {}",
-            u("vcpu_id"),
-            u("cr2_or_gpa"),
-            pferr_flags(u32::try_from(u("error_code") & 0xffff_ffff).unwrap_or(0)),
-            u("sptep"),
-            u("old_spte"),
-            u("new_spte"),
-            // RET_PF_SPURIOUS (5) and RET_PF_FIXED (4), 6.x numbering.
-            u8::from(u("ret") == 5),
-            u8::from(u("ret") == 4)
-        ),
         _ => {
             let mut s = String::new();
             for (i, (n, v)) in f.0.iter().enumerate() {
@@ -660,29 +586,4 @@ fn other_body(name: &str, f: &Fields) -> String {
             s
         }
     }
-}
-
-/// `kvm_trace_symbol_apic`: the APIC register names `kvm_apic` prints.
-fn apic_register(reg: u64) -> String {
-    let name = match reg {
-        0x20 => "APIC_ID",
-        0x30 => "APIC_LVR",
-        0x80 => "APIC_TASKPRI",
-        0xb0 => "APIC_EOI",
-        0xd0 => "APIC_LDR",
-        0xf0 => "APIC_SPIV",
-        0x300 => "APIC_ICR",
-        0x310 => "APIC_ICR2",
-        0x320 => "APIC_LVTT",
-        0x380 => "APIC_TMICT",
-        0x390 => "APIC_TMCCT",
-        0x3e0 => "APIC_TDCR",
-        other => return format!("0x{other:x}"),
-    };
-    name.to_owned()
-}
-
-fn delivery_mode(dm: u64) -> &'static str {
-    ["Fixed", "LowPrio", "SMI", "Res3", "NMI", "INIT", "SIPI", "ExtINT"]
-        [usize::try_from(dm & 7).unwrap_or(0)]
 }

@@ -69,6 +69,7 @@
 
 mod blocks;
 mod body;
+mod body_devices;
 mod error;
 mod fields;
 mod lines;
