@@ -1,8 +1,8 @@
 //! The scenario scripts: what L1 and its L2s do, per vCPU. KVM's side is in [`super::engine`].
 
-use vmxray_events::{EventKind, FieldValue};
 use vmxray_events::codes::{ExceptionVector, UserspaceExitReason};
 use vmxray_events::irq::{AcceptIrq, DeliveryMode, IcrLow, IrqEvent, PartialWord};
+use vmxray_events::{EventKind, FieldValue};
 
 use super::engine::{Entered, Mode, Vcpu, Vmcs12, eptp, intr, reason, role};
 use super::kernel::HwExit;
