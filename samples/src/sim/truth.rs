@@ -53,7 +53,7 @@ pub struct BugSite {
     pub note: &'static str,
     /// For a stuck vCPU (a loop), the first event (`kvm_exit`) of every round of the cycle, in
     /// order: a loop detector reports the cycle once, with this many repeats; `divergence` is
-    /// the first round's. Empty for a bug that is not a loop.
+    /// the third round's (`max` with `first_difference`). Empty for a bug that is not a loop.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cycle_starts: Vec<usize>,
 }
