@@ -618,6 +618,8 @@ fn changes_context(text: &str) -> bool {
     text.starts_with("mov cr")
         || text.starts_with("lidt")
         || text.starts_with("lgdt")
+        || text.starts_with("ltr")
+        || text.starts_with("lldt")
         || text.starts_with("lmsw")
         || text == "clts"
 }

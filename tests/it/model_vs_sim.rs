@@ -44,8 +44,10 @@ fn seeds() -> Vec<u64> {
 /// `issue_15_buggy_flavours_and_what_their_truth_marks` (run it with `--ignored
 /// --nocapture`): for the loops (g)–(k) `divergence` is the third round's `kvm_exit` and
 /// `cycle_starts` every round's; for (l) the `kvm_inj_exception #PF` the emulator injected;
-/// for (m) the `kvm_entry` of L1 at the RSM instruction's RIP. Main's `livelock` rule finds
-/// (g), (i) and (j), its `rsm_l1_state` finds (m); (h), (k) and (l) are still pending.
+/// for (m) the `kvm_entry` of L1 at the RSM instruction's RIP. The `livelock` rule finds the
+/// loops (g)–(k) ((h) and (k) by the EOIed vector raised again), `rsm_l1_state` finds (m); (l)
+/// is a chain of legal KVM steps that triage explains instead
+/// (`triage_names_the_emulators_injection_in_l2`).
 fn rules_of(bug: Bug) -> &'static [RuleId] {
     match bug {
         Bug::HltStaleCr3 => &[RuleId::ChangedSubjectCr3, RuleId::HltCancelledExitState],
@@ -55,10 +57,15 @@ fn rules_of(bug: Bug) -> &'static [RuleId] {
         Bug::EvmcsStaleExit => &[RuleId::EvmcsRestoreStaleExit],
         Bug::PmlInL2 => &[RuleId::PmlFullInL2],
         // Issue 15's loops that main's livelock rule recognises.
-        Bug::MmuSeqLivelock | Bug::MmioVectoringLoop | Bug::EfaultMemslot => &[RuleId::Livelock],
+        Bug::MmuSeqLivelock
+        | Bug::MmioVectoringLoop
+        | Bug::EfaultMemslot
+        | Bug::IrqLineStuck
+        | Bug::SplitIrqchipEoi => &[RuleId::Livelock],
         Bug::NsvmRsmVmcb01 => &[RuleId::RsmL1State],
-        // Issue 15: rules pending (the integrator's).
-        Bug::IrqLineStuck | Bug::SplitIrqchipEoi | Bug::Cr0WpStaleEmulation => &[],
+        // Triage's story, not a rule: the emulator's #PF injected into L2 is the first cause
+        // (`triage_names_the_emulators_injection_in_l2`).
+        Bug::Cr0WpStaleEmulation => &[],
     }
 }
 
@@ -495,6 +502,44 @@ fn known_model_gaps_still_reproduce() {
                 anomalies.iter().any(|a| a.rule.name() == *rule),
                 "{scenario} {kernel}: the model no longer reports {rule} ({why}): remove it from KNOWN_MODEL_GAPS"
             );
+        }
+    }
+}
+
+/// Bug (l), KVM's emulator injecting #PF into L2 while emulating LTR on a stale CR0.WP: no rule
+/// flags it (every step is a legal KVM step), triage names it. Its story of the L2 triple fault
+/// at the truth's divergence names the emulated instruction and the failed walk as the first
+/// cause; the fixed flavour's triple faults have no emulator-injected exception.
+#[test]
+fn triage_names_the_emulators_injection_in_l2() {
+    use vmxray_replay::triage::{ChainLink, TriageConfig, triage};
+    for kernel in KernelVersion::ALL {
+        let bug = Bug::Cr0WpStaleEmulation;
+        let run = sim::simulate(
+            &SimConfig::new(Scenario::NestedTripleFault).kvm(KvmFlavour::Buggy(bug)).kernel(kernel),
+        )
+        .unwrap();
+        let divergence = run.truth.bug.as_ref().expect("a buggy run has a bug site").divergence;
+        let report = triage(run.events.iter(), TriageConfig::default());
+        let crash = report
+            .crashes
+            .iter()
+            .find(|c| {
+                matches!(&c.undelivered, Some(ChainLink::Injected { at, .. }) if usize::try_from(at.0).ok() == Some(divergence))
+            })
+            .unwrap_or_else(|| panic!("{kernel}: no crash explains the #PF injected at #{divergence}"));
+        let story = crash.what_happened.join(" ");
+        assert!(story.contains("triple fault to L1"), "{kernel}: {story}");
+        assert!(story.contains("emulator raised it while emulating `ltr`"), "{kernel}: {story}");
+        assert!(story.contains("walk of the guest page tables failed"), "{kernel}: {story}");
+
+        let fixed =
+            sim::simulate(&SimConfig::new(Scenario::NestedTripleFault).kernel(kernel)).unwrap();
+        let report = triage(fixed.events.iter(), TriageConfig::default());
+        assert!(!report.crashes.is_empty(), "{kernel}: the fixed flavour's L2 triple fault");
+        for c in &report.crashes {
+            let story = c.what_happened.join(" ");
+            assert!(!story.contains("emulator raised"), "{kernel}: {story}");
         }
     }
 }
