@@ -18,12 +18,20 @@
 //!   the input determined, [`vmxray_events::MmuPage::role_known`]); it is absent when the raw role word
 //!   was read;
 //! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
-//!   MMU role) that are derived from the fields, never new information.
+//!   MMU role, a print's function and text) that are derived from the fields, never new
+//!   information;
+//! - `ts` is `?` for an event whose input did not say its time
+//!   ([`vmxray_events::Event::TS_UNKNOWN`]: text pasted without its timestamp column);
+//! - where the input holds several captures, the reader's [`EventKind::Segment`] marker prints
+//!   as a separator line of its own, `===== segment <n> (<reason>) =====`, before the first
+//!   event of segment `n`.
 //!
 //! ## JSON Lines (stable)
 //!
-//! One object per event: `ts_ns` (integer nanoseconds, `null` when the clock is not in ns),
-//! `ts` (raw timestamp), `clock`, `cpu`, `pid`, `comm` (`null` when unknown), `system`, `event`
+//! One object per event: `ts_ns` (integer nanoseconds, `null` when the clock is not in ns or
+//! the time is unknown), `ts` (raw timestamp, `null` when unknown), `clock`, `segment` (the
+//! capture the event belongs to: 0, then 1, 2, ... after each [`EventKind::Segment`] marker,
+//! which itself carries its own number), `cpu`, `pid`, `comm` (`null` when unknown), `system`, `event`
 //! (bare name), `vcpu` (present when known), `fields` (every field by kernel name: integers as
 //! JSON numbers, strings, byte arrays as arrays of numbers) and `decoded` (the same decodings as
 //! the text line, as strings).
@@ -35,7 +43,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use vmxray_events::kernel_fields::{Field, Radix, Val, typed_fields};
-use vmxray_events::{Event, FieldValue};
+use vmxray_events::{Event, EventKind, FieldValue};
 
 use crate::ordered::Ordered;
 use crate::read::Clock;
@@ -50,9 +58,12 @@ pub struct Line<'a> {
     pub vcpu: Option<u32>,
 }
 
-/// Formats a timestamp in the clock's units: `sec.nanoseconds` for ns clocks.
+/// Formats a timestamp in the clock's units: `sec.nanoseconds` for ns clocks, `?` when unknown
+/// ([`Event::TS_UNKNOWN`]).
 pub fn format_ts(ts: u64, clock: &Clock) -> String {
-    if clock.is_ns() {
+    if ts == Event::TS_UNKNOWN {
+        "?".to_owned()
+    } else if clock.is_ns() {
         format!("{}.{:09}", ts / 1_000_000_000, ts % 1_000_000_000)
     } else {
         ts.to_string()
@@ -65,7 +76,17 @@ impl Line<'_> {
     /// allocation for the common fields), because `vmxray dump` prints millions of these.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let e = self.event;
-        if self.clock.is_ns() {
+        if let EventKind::Segment { index, reason } = e.kind {
+            out.extend_from_slice(b"===== segment ");
+            put_u64(out, u64::from(index));
+            out.extend_from_slice(b" (");
+            out.extend_from_slice(reason.name().as_bytes());
+            out.extend_from_slice(b") =====");
+            return;
+        }
+        if e.ts == Event::TS_UNKNOWN {
+            out.push(b'?');
+        } else if self.clock.is_ns() {
             put_u64(out, e.ts / 1_000_000_000);
             out.push(b'.');
             put_padded(out, e.ts % 1_000_000_000, 9);
@@ -229,15 +250,18 @@ pub struct JsonEvent<'a> {
     pub clock: &'a Clock,
     /// The vCPU, when known beyond the event's own `vcpu_id`.
     pub vcpu: Option<u32>,
+    /// The segment (capture) the event belongs to.
+    pub segment: u32,
 }
 
 impl Serialize for JsonEvent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.event;
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("ts_ns", &self.clock.is_ns().then_some(e.ts))?;
-        map.serialize_entry("ts", &e.ts)?;
+        map.serialize_entry("ts_ns", &e.time().filter(|_| self.clock.is_ns()))?;
+        map.serialize_entry("ts", &e.time())?;
         map.serialize_entry("clock", self.clock.name())?;
+        map.serialize_entry("segment", &self.segment)?;
         map.serialize_entry("cpu", &e.cpu)?;
         map.serialize_entry("pid", &e.pid)?;
         map.serialize_entry("comm", &e.comm.as_deref())?;
@@ -272,12 +296,25 @@ pub enum Format {
 }
 
 impl Format {
-    /// Appends one event and its newline to `out`.
+    /// Appends one event and its newline to `out` (an input of one capture: segment 0).
     pub fn render(self, event: &Event, clock: &Clock, vcpu: Option<u32>, out: &mut Vec<u8>) {
+        self.render_in(event, clock, vcpu, 0, out);
+    }
+
+    /// Appends one event of segment `segment` and its newline to `out`.
+    pub fn render_in(
+        self,
+        event: &Event,
+        clock: &Clock,
+        vcpu: Option<u32>,
+        segment: u32,
+        out: &mut Vec<u8>,
+    ) {
         match self {
             Format::Text => Line { event, clock, vcpu }.write_to(out),
             Format::Jsonl => {
-                if serde_json::to_writer(&mut *out, &JsonEvent { event, clock, vcpu }).is_err() {
+                let json = JsonEvent { event, clock, vcpu, segment };
+                if serde_json::to_writer(&mut *out, &json).is_err() {
                     // Serializing these types cannot fail; keep the line count right anyway.
                     out.extend_from_slice(b"{}");
                 }
@@ -294,8 +331,8 @@ const RENDER_BATCH: usize = 4096;
 /// Rendering jobs in flight before the writer waits for the oldest.
 const RENDER_AHEAD: usize = 4;
 
-/// Events with their thread-attributed vCPU, to render.
-type Batch = Vec<(Event, Option<u32>)>;
+/// Events with their thread-attributed vCPU and their segment, to render.
+type Batch = Vec<(Event, Option<u32>, u32)>;
 /// A rendered batch's text and the emptied batch (its buffer to reuse).
 type Rendered = (Vec<u8>, Batch);
 
@@ -328,6 +365,8 @@ pub struct OrderedWriter<W: std::io::Write> {
     /// in anew for every batch.
     spare_text: Vec<Vec<u8>>,
     spare_batches: Vec<Batch>,
+    /// The segment of the events pushed now (the last [`EventKind::Segment`] marker's).
+    segment: u32,
 }
 
 impl<W: std::io::Write> OrderedWriter<W> {
@@ -341,6 +380,7 @@ impl<W: std::io::Write> OrderedWriter<W> {
             queue: Ordered::new(parallel),
             spare_text: Vec::new(),
             spare_batches: Vec::new(),
+            segment: 0,
         }
     }
 
@@ -350,7 +390,10 @@ impl<W: std::io::Write> OrderedWriter<W> {
             self.batch =
                 self.spare_batches.pop().unwrap_or_else(|| Vec::with_capacity(RENDER_BATCH));
         }
-        self.batch.push((event, vcpu));
+        if let EventKind::Segment { index, .. } = event.kind {
+            self.segment = index;
+        }
+        self.batch.push((event, vcpu, self.segment));
         if self.batch.len() >= RENDER_BATCH {
             self.send_batch();
             while self.queue.len() > RENDER_AHEAD {
@@ -366,8 +409,8 @@ impl<W: std::io::Write> OrderedWriter<W> {
         let (clock, format) = (self.clock.clone(), self.format);
         self.queue.push(Box::new(move || {
             text.reserve(batch.len() * 128);
-            for (event, vcpu) in &batch {
-                format.render(event, &clock, *vcpu, &mut text);
+            for (event, vcpu, segment) in &batch {
+                format.render_in(event, &clock, *vcpu, *segment, &mut text);
             }
             // The events are dropped here, on the pool, not on the reading thread.
             batch.clear();
@@ -448,9 +491,13 @@ mod tests {
             reason: UserspaceExitReason::SHUTDOWN,
             errno: Some(0),
         });
-        let v: serde_json::Value =
-            serde_json::to_value(JsonEvent { event: &e, clock: &Clock::Local, vcpu: Some(0) })
-                .unwrap();
+        let v: serde_json::Value = serde_json::to_value(JsonEvent {
+            event: &e,
+            clock: &Clock::Local,
+            vcpu: Some(0),
+            segment: 0,
+        })
+        .unwrap();
         assert_eq!(v["ts_ns"], 665_844_340_123u64);
         assert_eq!(v["event"], "kvm_userspace_exit");
         assert_eq!(v["system"], "kvm");
@@ -458,8 +505,13 @@ mod tests {
         assert_eq!(v["vcpu"], 0);
         assert_eq!(v["fields"]["reason"], 8);
         assert_eq!(v["decoded"]["reason"], "KVM_EXIT_SHUTDOWN");
-        let raw = serde_json::to_value(JsonEvent { event: &e, clock: &Clock::X86Tsc, vcpu: None })
-            .unwrap();
+        let raw = serde_json::to_value(JsonEvent {
+            event: &e,
+            clock: &Clock::X86Tsc,
+            vcpu: None,
+            segment: 0,
+        })
+        .unwrap();
         assert!(raw["ts_ns"].is_null());
     }
 

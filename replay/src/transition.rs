@@ -56,6 +56,9 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }
@@ -89,7 +92,8 @@ fn set_mode(st: &mut VcpuState, to: Mode, out: &mut Vec<Transition>) {
 pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) {
     let Some(exit_at) = st.exit_awaiting_nested else { return };
     // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing.
-    // Nor do vmxray's own records, or kvm_pml_full (hit in either level).
+    // Nor do vmxray's own records, prints, QEMU's view of KVM_RUN, or kvm_pml_full (hit in either
+    // level).
     if matches!(
         ev.kind,
         EventKind::KvmNestedVmexit(_)
@@ -97,6 +101,9 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
+            | EventKind::Segment { .. }
             | EventKind::KvmPmlFull { .. }
     ) {
         return;
@@ -218,6 +225,9 @@ pub(crate) fn apply(
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }

@@ -165,6 +165,7 @@ mod tests {
             clock: Clock::Mono,
             cpus: Some(2),
             kernel: None,
+            excerpt: false,
         }
     }
 

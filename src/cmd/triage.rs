@@ -246,6 +246,14 @@ pub fn describe_event(e: &Event) -> String {
             if *write { "write" } else { "read" },
             val.map_or_else(String::new, |v| format!(" val {v:#x}"))
         ),
+        EventKind::Printk(p) => match &p.func {
+            Some(func) => format!("{} {func}: {}", e.name(), p.text),
+            None => format!("{} {}", e.name(), p.text),
+        },
+        EventKind::QemuRunExit { cpu_index, reason } => {
+            format!("qemu kvm_run_exit cpu_index {cpu_index} {reason}")
+        }
+        EventKind::Segment { index, reason } => format!("segment {index} ({reason})"),
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmMsr { .. }

@@ -440,6 +440,7 @@ fn trace_without_kvm_exit_shows_what_is_there() {
         clock: Clock::Local,
         cpus: Some(2),
         kernel: None,
+        excerpt: false,
     };
     let mut read = ReadStats::default();
     read.note_lost(1, None);
@@ -528,6 +529,7 @@ fn raw_clock_is_said() {
         clock: Clock::X86Tsc,
         cpus: None,
         kernel: Some("6.14.0".into()),
+        excerpt: false,
     };
     let mut stats = ExitStats::new();
     stats.push(&exit(0, 0, 1, Some(0), HLT));

@@ -1161,6 +1161,7 @@ impl TraceDat {
             clock,
             cpus: self.cpu_count,
             kernel: self.kernel_release(),
+            excerpt: false,
         }
     }
 

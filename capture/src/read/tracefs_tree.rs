@@ -301,6 +301,7 @@ impl TracefsReader {
             clock: tree.clock,
             cpus,
             kernel: None,
+            excerpt: false,
         };
         Ok(Self { meta, stats, merger })
     }

@@ -356,6 +356,9 @@ pub fn derive(
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }
