@@ -13,11 +13,12 @@
 //! One JSON object per line, each with a `"type"`:
 //!
 //! ```text
-//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"vm":0,"thread":null,
-//!  "rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
+//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"segment":0,"vcpu":0,"vm":0,
+//!  "thread":null,"rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
 //!  "message":"…","commit":"04f11ef45810 …"}
 //! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
-//!  "skipped":0,"unknown_events":0,"kernel_at_least":"6.1","vcpus":[0,1],
+//!  "skipped":0,"unknown_events":0,"non_trace_lines":0,"excerpt":false,"segments":0,
+//!  "kernel_at_least":"6.1","vcpus":[0,1],
 //!  "vms":[{"id":0,"tgid":4242,"name":"guest0","inferred":false,"vcpus":[[0,4250],[1,4251]]}],
 //!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
 //!  "rules":[{"rule":"livelock","status":"checked","checks":812,"anomalies":0},
@@ -25,7 +26,13 @@
 //! ```
 //!
 //! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
-//!   numbers); `ts` is the event's timestamp in the trace clock's units.
+//!   numbers); `ts` is the event's timestamp in the trace clock's units (`null` when the input
+//!   did not say it: text pasted without its timestamps).
+//! - `segment` is the capture the anomaly belongs to when the input holds several (0, then 1,
+//!   2, ... after each of the reader's segment markers); the model starts afresh at each.
+//! - `excerpt` says whether the input is an excerpt rather than a complete trace
+//!   (`vmxray_capture::TraceMeta::excerpt`), `segments` how many captures follow the first,
+//!   `non_trace_lines` how many lines of prose the reader skipped.
 //! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
 //!   when the event could only be attributed to a thread (`thread` is then its pid). A host
 //!   trace holds many VMs, each with its vCPU 0.
@@ -44,8 +51,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
-use vmxray_capture::{ReadError, ReadOptions, ReadStats};
-use vmxray_events::Event;
+use vmxray_capture::{ReadError, ReadOptions, ReadStats, TraceMeta};
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{
     Actor, Anomaly, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
@@ -164,7 +171,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 outcome.shown, opts.min_severity
             )?;
         }
-        write_summary(&input, &outcome.summary, Some(&stats), opts, &mut out)?;
+        let read = Some((reader.meta(), &stats));
+        write_summary(&input, &outcome.summary, read, opts, &mut out)?;
         failing += outcome.summary.count_at_least(args.fail_on);
     }
     out.flush()?;
@@ -214,7 +222,7 @@ where
         stats: StatsMode::Off,
     };
     let mut pass = Pass::new(config);
-    let mut printer = Printer { input, opts, out, shown: 0, failed: None };
+    let mut printer = Printer { input, opts, out, shown: 0, segment: 0, failed: None };
     pass.run(events, &mut printer)?;
     if let Some(e) = printer.failed {
         return Err(e.into());
@@ -229,16 +237,31 @@ struct Printer<'a, W> {
     opts: Options,
     out: &'a mut W,
     shown: u64,
+    /// The segment (capture) of the events stepped now.
+    segment: u32,
     failed: Option<io::Error>,
 }
 
 impl<W: Write> Sink for Printer<'_, W> {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        if let EventKind::Segment { index, reason } = s.event.kind {
+            self.segment = index;
+            if self.opts.format == Format::Text
+                && let Err(e) = writeln!(
+                    self.out,
+                    "  --- segment {index} ({reason}): another capture starts at event {}; the \
+                     model starts afresh",
+                    s.step.at
+                )
+            {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
         for anomaly in s.step.anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
             self.shown += 1;
-            if let Err(e) =
-                write_anomaly(self.input, anomaly, s.event.ts, self.opts.format, self.out)
-            {
+            let at = (s.event.time(), self.segment);
+            if let Err(e) = write_anomaly(self.input, anomaly, at, self.opts.format, self.out) {
                 self.failed = Some(e);
                 return ControlFlow::Break(());
             }
@@ -250,7 +273,7 @@ impl<W: Write> Sink for Printer<'_, W> {
 fn write_anomaly<W: Write>(
     input: &str,
     a: &Anomaly,
-    ts: u64,
+    (ts, segment): (Option<u64>, u32),
     format: Format,
     out: &mut W,
 ) -> io::Result<()> {
@@ -266,7 +289,7 @@ fn write_anomaly<W: Write>(
                 out,
                 "  {:<9} {:>16} {:<12} {:<8} {:<30} {}{}",
                 a.at.to_string(),
-                ts,
+                ts.map_or_else(|| "?".to_owned(), |t| t.to_string()),
                 a.vcpu.to_string(),
                 a.severity.name(),
                 a.rule.name(),
@@ -284,6 +307,7 @@ fn write_anomaly<W: Write>(
                 "input": input,
                 "at": a.at.0,
                 "ts": ts,
+                "segment": segment,
                 "vcpu": vcpu,
                 "vm": vm,
                 "thread": thread,
@@ -302,10 +326,14 @@ fn write_anomaly<W: Write>(
 pub fn write_summary<W: Write>(
     input: &str,
     s: &TraceSummary,
-    stats: Option<&ReadStats>,
+    read: Option<(&TraceMeta, &ReadStats)>,
     opts: Options,
     out: &mut W,
 ) -> io::Result<()> {
+    let stats = read.map(|(_, st)| st);
+    let excerpt = read.is_some_and(|(meta, _)| meta.excerpt);
+    let segments = stats.map_or(0, |st| st.segments);
+    let non_trace = stats.map_or(0, |st| st.non_trace_lines);
     let (lost_read, uncounted) = stats.map_or((0, false), ReadStats::lost_total);
     let lost_events = lost_read.max(s.lost_events);
     let skipped = stats.map_or(0, |st| st.skipped);
@@ -334,6 +362,9 @@ pub fn write_summary<W: Write>(
                 "lost_markers": s.lost_markers,
                 "skipped": skipped,
                 "unknown_events": unknown,
+                "non_trace_lines": non_trace,
+                "excerpt": excerpt,
+                "segments": segments,
                 "kernel_at_least": s.features.kernel_at_least(),
                 "vcpus": s.vcpus,
                 "vms": s.vms,
@@ -357,6 +388,7 @@ pub fn write_summary<W: Write>(
                 s.by_severity[1],
                 s.by_severity[0],
             )?;
+            writeln!(out, "  {}", trace_kind(excerpt, segments, non_trace))?;
             if s.vms.len() > 1 {
                 let how = if s.vms.iter().any(|vm| vm.inferred) {
                     " (no tgid in the trace: told apart by their vCPU threads; which vCPUs share a VM is inferred)"
@@ -396,9 +428,28 @@ pub fn write_summary<W: Write>(
     }
 }
 
+/// `complete trace`, or `excerpt` with what makes it one (for the text summaries).
+pub fn trace_kind(excerpt: bool, segments: u32, non_trace_lines: u64) -> String {
+    if !excerpt {
+        return "complete trace".to_owned();
+    }
+    let mut what = Vec::new();
+    if segments > 0 {
+        what.push(format!("{} captures", segments + 1));
+    }
+    if non_trace_lines > 0 {
+        what.push(format!("{non_trace_lines} non-trace lines skipped"));
+    }
+    if what.is_empty() {
+        "excerpt (gaps in it are the poster's cuts)".to_owned()
+    } else {
+        format!("excerpt ({}; gaps in it are the poster's cuts)", what.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use vmxray_events::{Entry, EventKind};
+    use vmxray_events::Entry;
 
     use super::*;
 
