@@ -3,6 +3,7 @@
 mod common;
 mod convert;
 mod differential;
+mod excerpts;
 mod fields_import;
 mod raw_pages;
 mod robustness;
