@@ -224,6 +224,7 @@ pub struct TracefsReader {
     meta: TraceMeta,
     stats: ReadStats,
     merger: Merger,
+    formats: Arc<EventFormats>,
 }
 
 struct PageChunk {
@@ -303,7 +304,7 @@ impl TracefsReader {
             kernel: None,
             excerpt: false,
         };
-        Ok(Self { meta, stats, merger })
+        Ok(Self { meta, stats, merger, formats: Arc::clone(&tree.formats) })
     }
 
     /// Opens `path` (see [`TracefsInput::locate`]).
@@ -334,6 +335,9 @@ impl EventReader for TracefsReader {
     }
     fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+    fn event_formats(&self) -> Option<&Arc<EventFormats>> {
+        Some(&self.formats)
     }
 }
 

@@ -5,6 +5,7 @@ mod convert;
 mod differential;
 mod excerpts;
 mod fields_import;
+mod printfmt;
 mod raw_pages;
 mod robustness;
 mod salvage;
