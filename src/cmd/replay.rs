@@ -278,15 +278,8 @@ where
         stats: StatsMode::Off,
     };
     let mut pass = Pass::new(config);
-    let mut printer = Printer {
-        input,
-        opts,
-        out,
-        shown: 0,
-        segment: 0,
-        failed: None,
-        last_ts: HashMap::new(),
-    };
+    let mut printer =
+        Printer { input, opts, out, shown: 0, segment: 0, failed: None, last_ts: HashMap::new() };
     pass.run(events, &mut printer)?;
     if let Some(e) = printer.failed {
         return Err(e.into());
@@ -616,8 +609,7 @@ mod tests {
     fn jsonl_lines_parse_and_follow_the_wire_format() {
         let mut out = Vec::new();
         let outcome = replay_stream("t.dat", stream(), opts(Format::Jsonl), &mut out).unwrap();
-        write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out)
-            .unwrap();
+        write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
