@@ -156,10 +156,10 @@ pub(crate) fn parse_other(body: &str, out: &mut FieldBuf) -> bool {
     if let Some(rest) = body.strip_prefix("[FAILED TO PARSE]") {
         return parse_kv(body, rest.trim_start(), None, out);
     }
-    if body.starts_with('(') {
+    if let Some(probed) = body.strip_prefix('(') {
         // A kprobe event: `(ffffffff81431493) vcpu=0xffff... nr=0xd`, the probed address first.
         // (The kprobe format's own name for the address is `__probe_ip`.)
-        let Some((ip, rest)) = body[1..].split_once(") ") else { return false };
+        let Some((ip, rest)) = probed.split_once(") ") else { return false };
         let Some(ip) = hex_digits(ip).filter(|_| starts_with_assignment(rest)) else {
             return false;
         };

@@ -518,7 +518,7 @@ fn segment(items: &mut Vec<(Outcome, u64)>) {
     let mut out: Vec<(Outcome, u64)> = Vec::with_capacity(items.len() + 4);
     let mut seg = Segment::default();
     // Every event with a time so far, by time (for blocks pasted again).
-    let mut timed: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut timed: TimedEvents = HashMap::new();
     let mut between = Between::default();
     let mut index = 0;
     let taken = std::mem::take(items);
@@ -526,11 +526,9 @@ fn segment(items: &mut Vec<(Outcome, u64)>) {
     let runs = thread_runs(&taken);
     for (at, (outcome, line)) in taken.into_iter().enumerate() {
         match &outcome {
-            Outcome::NonTrace(text) => {
-                if seg.events > 0 {
-                    between.prose = true;
-                    between.separator |= is_separator(text);
-                }
+            Outcome::NonTrace(text) if seg.events > 0 => {
+                between.prose = true;
+                between.separator |= is_separator(text);
             }
             Outcome::Header { format: Some(_), .. } if seg.events > 0 => between.header = true,
             Outcome::Event { event, seen, .. } => {
@@ -568,13 +566,16 @@ fn segment(items: &mut Vec<(Outcome, u64)>) {
     *items = out;
 }
 
+/// The items of the events with a time, by their time.
+type TimedEvents = HashMap<u64, Vec<usize>>;
+
 /// Why a new segment starts at `event`, if it does.
 fn boundary(
     seg: &Segment,
     between: &Between,
     event: &Event,
     seen: &Seen,
-    (timed, out): (&HashMap<u64, Vec<usize>>, &[(Outcome, u64)]),
+    (timed, out): (&TimedEvents, &[(Outcome, u64)]),
     run_threads: &BTreeSet<i32>,
 ) -> Option<SegmentReason> {
     if between.header {
