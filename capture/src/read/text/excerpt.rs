@@ -56,6 +56,21 @@ use super::parser::{LineParser, Outcome, Seen};
 /// text is a capture a tool wrote, streamed by the ordinary reader.
 pub const MAX_EXCERPT_BYTES: usize = 16 << 20;
 
+/// Whether `bytes` begin with a tool's header line (`cpus=N` of `trace-cmd report`,
+/// `version = N` before it, `# tracer:` of ftrace's `trace` file): the text is a file a tool
+/// wrote, not a paste, and the streaming reader reads it (the same events, several times
+/// faster than reading it whole).
+pub fn starts_with_tool_header(bytes: &[u8]) -> bool {
+    let first = bytes.split(|&c| c == b'\n').next().unwrap_or_default();
+    let digits_after = |prefix: &[u8]| {
+        first.strip_prefix(prefix).is_some_and(|rest| {
+            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+            !rest.is_empty() && rest.iter().all(u8::is_ascii_digit)
+        })
+    };
+    digits_after(b"cpus=") || digits_after(b"version = ") || first.starts_with(b"# tracer: ")
+}
+
 /// How far back the time may go between two events of one capture: merged per-CPU buffers
 /// are sorted, but clocks of different CPUs may disagree by a little.
 pub const TIME_BACK_TOLERANCE: u64 = 10_000_000;
@@ -749,6 +764,18 @@ mod tests {
 
     fn texts(input: &str) -> Vec<(u64, String)> {
         normalize(input.as_bytes()).into_iter().map(|l| (l.line, l.text)).collect()
+    }
+
+    #[test]
+    fn a_tool_header_on_the_first_line_marks_a_tool_file() {
+        assert!(starts_with_tool_header(b"cpus=2\n  qemu-1 [000] 1.0: kvm_exit: ..."));
+        assert!(starts_with_tool_header(b"version = 6\r\ncpus=2\n"));
+        assert!(starts_with_tool_header(b"# tracer: nop\n#\n"));
+        // A paste: prose first, or a header further down, or not quite a header.
+        assert!(!starts_with_tool_header(b"Here is the trace:\ncpus=48\n"));
+        assert!(!starts_with_tool_header(b"cpus=\n"));
+        assert!(!starts_with_tool_header(b"> cpus=2\n"));
+        assert!(!starts_with_tool_header(b""));
     }
 
     #[test]
