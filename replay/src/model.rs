@@ -352,6 +352,17 @@ impl Model {
             };
         }
 
+        if let EventKind::Segment { .. } = event.kind {
+            // Another capture pasted into the same input starts here (the reader's marker):
+            // nothing the previous one showed describes it, so every vCPU starts afresh, as
+            // at the start of a trace (not resynchronizing: nothing was lost in between).
+            for slot in &mut self.slots {
+                slot.state = VcpuState::default();
+                slot.rules = RuleStates::default();
+            }
+            return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
+        }
+
         let actor = self.attribute(event);
         self.last_actor = Some(actor);
         let idx = self.slot_index(actor);

@@ -59,6 +59,9 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }
@@ -94,7 +97,8 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
     // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing,
     // nor do the interrupt-controller, MMIO and SPTE events (an APIC timer or an irqfd may
     // deliver from interrupt context on the vCPU's thread; they were untyped when this rule
-    // was written). Nor do vmxray's own records, or kvm_pml_full (hit in either level).
+    // was written). Nor do vmxray's own records, prints, QEMU's view of KVM_RUN, or
+    // kvm_pml_full (hit in either level).
     if matches!(
         ev.kind,
         EventKind::KvmNestedVmexit(_)
@@ -102,6 +106,9 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
+            | EventKind::Segment { .. }
             | EventKind::KvmPmlFull { .. }
             | EventKind::Irq(_)
             | EventKind::Mmio(_)
@@ -229,6 +236,9 @@ pub(crate) fn apply(
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }

@@ -584,6 +584,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::Other(o) => {
             o.print_text().map(|text| ChainLink::Printk { at, text: text.trim().to_owned() })
         }
+        EventKind::Printk(p) => Some(ChainLink::Printk { at, text: p.text.trim().to_owned() }),
         EventKind::KvmCr { .. }
         | EventKind::KvmNestedVmexit(_)
         | EventKind::KvmNestedVmenter(_)
@@ -607,6 +608,8 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Lost { .. } => None,
     };
     if let Some(link) = link {
@@ -682,6 +685,9 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

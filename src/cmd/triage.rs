@@ -54,17 +54,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (lost, _) = stats.lost_total();
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let (excerpt, segments) = (reader.meta().excerpt, stats.segments);
     match args.format {
         Format::Text => {
             out.write_all(render(&input, &report).as_bytes())?;
             writeln!(
                 out,
-                "(read: {} events, {lost} lost, {} skipped)",
-                stats.events, stats.skipped
+                "(read: {} events, {lost} lost, {} skipped; {})",
+                stats.events,
+                stats.skipped,
+                super::replay::trace_kind(excerpt, segments, stats.non_trace_lines)
             )?;
         }
         Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
+            // The report, and what the reader said about the input.
+            let mut doc = serde_json::to_value(&report)?;
+            if let Some(map) = doc.as_object_mut() {
+                map.insert("excerpt".into(), excerpt.into());
+                map.insert("segments".into(), segments.into());
+                map.insert("non_trace_lines".into(), stats.non_trace_lines.into());
+            }
+            serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
     }
@@ -250,6 +260,14 @@ pub fn describe_event(e: &Event) -> String {
             e.kind.for_each_decoded(|name, value| text.push_str(&format!(" {name} {value}")));
             text
         }
+        EventKind::Printk(p) => match &p.func {
+            Some(func) => format!("{} {func}: {}", e.name(), p.text),
+            None => format!("{} {}", e.name(), p.text),
+        },
+        EventKind::QemuRunExit { cpu_index, reason } => {
+            format!("qemu kvm_run_exit cpu_index {cpu_index} {reason}")
+        }
+        EventKind::Segment { index, reason } => format!("segment {index} ({reason})"),
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmMsr { .. }

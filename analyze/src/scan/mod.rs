@@ -51,8 +51,9 @@
 //! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
 //! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
 //! | level | String | `L2` when a `kvm_nested_vmexit` followed the exit, else `L1` |
-//! | ts | UInt64 | exit timestamp |
+//! | ts | UInt64? | exit timestamp; null when the input did not say it (text without its timestamps) |
 //! | event | UInt64 | event index of the `kvm_exit` |
+//! | segment | UInt32 | the capture it belongs to, in an input holding several (0, 1, ...) |
 //! | reason | String | `EPT_VIOLATION`, `npf`, `UNKNOWN(0x4e)` |
 //! | reason_code | UInt64 | raw exit reason / exit code |
 //! | rip | UInt64? | guest RIP |
@@ -65,7 +66,7 @@
 //! | vectoring_type | String? | its type: `external interrupt`, `NMI`, `hardware exception`, `software interrupt`, `privileged software exception`, `software exception` |
 //! | vectoring_error_code | Boolean? | its error code was being delivered too |
 //! | latency_ns | UInt64? | exit → next `kvm_entry` of the same vCPU |
-//! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards` |
+//! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards`, `unknown_time` |
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
 //! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
 //!
@@ -75,8 +76,8 @@
 //! |---|---|---|
 //! | event | String | the tracepoint's name |
 //! | count | UInt64 | events of that name |
-//! | first_ts | UInt64 | the first one's timestamp |
-//! | last_ts | UInt64 | the last one's timestamp |
+//! | first_ts | UInt64? | the first one's timestamp (null when none has one) |
+//! | last_ts | UInt64? | the last one's timestamp |
 //!
 //! **anomalies** — one row per anomaly of the replay model:
 //!
@@ -89,8 +90,9 @@
 //! | thread | Int32? | the pid, when vcpu is null |
 //! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
 //! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
-//! | ts | UInt64 | timestamp of the event where the divergence became certain |
+//! | ts | UInt64? | timestamp of the event where the divergence became certain (null: unknown) |
 //! | event | UInt64 | that event's index |
+//! | segment | UInt32 | the capture that event belongs to (0, 1, ...; the model starts afresh in each) |
 //! | message | String | what diverged, with the values |
 //! | evidence | String | indices of the proving events, comma-separated, oldest first |
 //! | commit | String | the KVM commit the rule encodes |
@@ -145,6 +147,9 @@
 //! | lost_markers | UInt64 | lost-events markers |
 //! | parse_errors | UInt64 | records/lines skipped under `--permissive` |
 //! | unknown_events | UInt64 | records no format described |
+//! | non_trace_lines | UInt64 | lines of prose around an excerpt, skipped |
+//! | excerpt | Boolean | an excerpt (pasted text with gaps), not a complete trace |
+//! | segments | UInt32 | captures after the first in the input |
 //! | first_ts | UInt64? | first timestamp |
 //! | last_ts | UInt64? | last timestamp |
 //! | duration_ns | UInt64? | last − first |
@@ -170,7 +175,7 @@ use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
 use vmxray_events::codes::IntrInfo;
 use vmxray_events::qualification::Qualification;
-use vmxray_events::{Event, Vm};
+use vmxray_events::{Event, EventKind, Vm};
 use vmxray_replay::{Actor, Anomaly, Model, ModelConfig};
 
 use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
@@ -332,6 +337,8 @@ struct TraceScan<'a> {
     exits_part: u32,
     anomalies_part: u32,
     anomalies: Vec<AnomalyRecord>,
+    /// Where the trace's segments after the first start (event indices), for exit rows.
+    segment_starts: Vec<u64>,
     sink_error: Option<SinkError>,
 }
 
@@ -349,6 +356,7 @@ impl<'a> TraceScan<'a> {
             opts,
             sink,
             progress,
+            segment_starts: Vec::new(),
             exits_part: 0,
             anomalies_part: 0,
             anomalies: Vec::new(),
@@ -370,7 +378,7 @@ impl<'a> TraceScan<'a> {
         if closed.is_empty() {
             return;
         }
-        let rows = closed.iter().map(|e| exit_record(e, vms)).collect();
+        let rows = closed.iter().map(|e| exit_record(e, vms, &self.segment_starts)).collect();
         let part = self.exits_part;
         self.exits_part += 1;
         self.emit(part, Chunk::Exits(rows));
@@ -407,12 +415,14 @@ impl<'a> TraceScan<'a> {
             model: self.opts.model,
             stats: if want_exits { StatsMode::ExitLog } else { StatsMode::Report },
         });
+        self.segment_starts.clear();
         let mut rows = TraceRows {
             want_anomalies,
             anomalies: std::mem::take(&mut self.anomalies),
             events: HashMap::new(),
             first_ts: None,
             last_ts: None,
+            segment_starts: Vec::new(),
         };
         let mut read_error = None;
         let mut unreported = 0u64;
@@ -425,6 +435,9 @@ impl<'a> TraceScan<'a> {
                 }
             };
             let _ = pass.step(&event, &mut rows);
+            if rows.segment_starts.len() > self.segment_starts.len() {
+                self.segment_starts.clone_from(&rows.segment_starts);
+            }
             if let (model, Some(stats)) = pass.model_and_stats()
                 && stats.closed_exits_pending() >= self.opts.chunk_rows
             {
@@ -484,6 +497,9 @@ impl<'a> TraceScan<'a> {
             read.lost.values().map(|l| l.markers).sum::<u64>().max(summary.lost_markers);
         record.parse_errors = read.skipped;
         record.unknown_events = read.unknown_events.values().sum();
+        record.non_trace_lines = read.non_trace_lines;
+        record.excerpt = meta.excerpt;
+        record.segments = read.segments;
         record.first_ts = first_ts;
         record.last_ts = last_ts;
         record.anomalies = summary.by_severity;
@@ -501,29 +517,37 @@ struct TraceRows {
     events: HashMap<String, EventRecord>,
     first_ts: Option<u64>,
     last_ts: Option<u64>,
+    /// The event index where each segment after the first starts.
+    segment_starts: Vec<u64>,
 }
 
 impl Sink for TraceRows {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
         let event = s.event;
-        self.first_ts.get_or_insert(event.ts);
-        self.last_ts = Some(event.ts);
+        if let EventKind::Segment { .. } = event.kind {
+            self.segment_starts.push(s.step.at.0);
+        }
+        if let Some(ts) = event.time() {
+            self.first_ts.get_or_insert(ts);
+            self.last_ts = Some(ts);
+        }
         count_event(&mut self.events, event);
         if self.want_anomalies {
-            self.push_anomalies(s.step.anomalies, event.ts, s.model);
+            self.push_anomalies(s.step.anomalies, event.time(), s.model);
         }
         ControlFlow::Continue(())
     }
 
     fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
         if self.want_anomalies {
-            self.push_anomalies(anomalies, self.last_ts.unwrap_or(0), model);
+            self.push_anomalies(anomalies, self.last_ts, model);
         }
     }
 }
 
 impl TraceRows {
-    fn push_anomalies(&mut self, anomalies: &[Anomaly], ts: u64, model: &Model) {
+    fn push_anomalies(&mut self, anomalies: &[Anomaly], ts: Option<u64>, model: &Model) {
+        let segment = u32::try_from(self.segment_starts.len()).unwrap_or(u32::MAX);
         for a in anomalies {
             let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(a.vcpu, model.vms());
             self.anomalies.push(AnomalyRecord {
@@ -536,6 +560,7 @@ impl TraceRows {
                 vm_label,
                 ts,
                 event: a.at.0,
+                segment,
                 message: a.message.clone(),
                 evidence: a.evidence.iter().map(|i| i.0.to_string()).collect::<Vec<_>>().join(","),
                 commit: a.rule.commit(),
@@ -549,8 +574,10 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
     match events.get_mut(name) {
         Some(row) => {
             row.count += 1;
-            row.first_ts = row.first_ts.min(event.ts);
-            row.last_ts = row.last_ts.max(event.ts);
+            if let Some(ts) = event.time() {
+                row.first_ts = Some(row.first_ts.map_or(ts, |f| f.min(ts)));
+                row.last_ts = Some(row.last_ts.map_or(ts, |l| l.max(ts)));
+            }
         }
         None => {
             events.insert(
@@ -558,8 +585,8 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
                 EventRecord {
                     event: name.to_owned(),
                     count: 1,
-                    first_ts: event.ts,
-                    last_ts: event.ts,
+                    first_ts: event.time(),
+                    last_ts: event.time(),
                 },
             );
         }
@@ -588,18 +615,20 @@ fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
     }
 }
 
-fn exit_record(exit: &ClosedExit, vms: &[Vm]) -> ExitRecord {
+fn exit_record(exit: &ClosedExit, vms: &[Vm], segment_starts: &[u64]) -> ExitRecord {
     let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
     let decoded = exit.info.qualification();
     let vectoring = exit.info.idt_vectoring();
+    let segment = segment_starts.partition_point(|&start| start <= exit.index);
     ExitRecord {
         vcpu,
         thread,
         vm_id,
         vm_label,
         level: exit.level.label(),
-        ts: exit.ts,
+        ts: (exit.ts != Event::TS_UNKNOWN).then_some(exit.ts),
         event: exit.index,
+        segment: u32::try_from(segment).unwrap_or(u32::MAX),
         reason: exit.reason.to_string(),
         reason_code: exit.reason.raw(),
         rip: exit.rip,

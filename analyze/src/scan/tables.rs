@@ -59,10 +59,12 @@ pub struct ExitRecord {
     pub vm_label: Option<String>,
     /// `L1` or `L2`.
     pub level: &'static str,
-    /// Timestamp.
-    pub ts: u64,
+    /// Timestamp (None: the input did not say it).
+    pub ts: Option<u64>,
     /// 0-based event index.
     pub event: u64,
+    /// The capture (segment) of the input the exit belongs to.
+    pub segment: u32,
     /// Reason name.
     pub reason: String,
     /// Raw reason code.
@@ -103,10 +105,10 @@ pub struct EventRecord {
     pub event: String,
     /// Occurrences.
     pub count: u64,
-    /// First timestamp.
-    pub first_ts: u64,
+    /// First timestamp (None when none of them has one).
+    pub first_ts: Option<u64>,
     /// Last timestamp.
-    pub last_ts: u64,
+    pub last_ts: Option<u64>,
 }
 
 /// A row of `anomalies`.
@@ -126,10 +128,12 @@ pub struct AnomalyRecord {
     pub vm_id: Option<u32>,
     /// See `vm_id`.
     pub vm_label: Option<String>,
-    /// Timestamp of the event where it became certain.
-    pub ts: u64,
+    /// Timestamp of the event where it became certain (None: the input did not say it).
+    pub ts: Option<u64>,
     /// Its 0-based index.
     pub event: u64,
+    /// The capture (segment) of the input that event belongs to.
+    pub segment: u32,
     /// What is wrong.
     pub message: String,
     /// Indices of the proving events, comma separated.
@@ -229,6 +233,12 @@ pub struct TraceRecord {
     pub parse_errors: u64,
     /// Records of events no format describes.
     pub unknown_events: u64,
+    /// Lines of prose skipped.
+    pub non_trace_lines: u64,
+    /// An excerpt, not a complete trace.
+    pub excerpt: bool,
+    /// Captures after the first.
+    pub segments: u32,
     /// First timestamp.
     pub first_ts: Option<u64>,
     /// Last timestamp.
@@ -311,6 +321,7 @@ impl Chunk {
                 col("level", rows.iter().map(|r| r.level).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
+                col("segment", rows.iter().map(|r| r.segment).collect::<Vec<_>>()),
                 col("reason", rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>()),
                 col("reason_code", rows.iter().map(|r| r.reason_code).collect::<Vec<_>>()),
                 col("rip", rows.iter().map(|r| r.rip).collect::<Vec<_>>()),
@@ -358,6 +369,7 @@ impl Chunk {
                 col("vm_label", rows.iter().map(|r| r.vm_label.as_deref()).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
+                col("segment", rows.iter().map(|r| r.segment).collect::<Vec<_>>()),
                 col("message", rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>()),
                 col("evidence", rows.iter().map(|r| r.evidence.as_str()).collect::<Vec<_>>()),
                 col("commit", rows.iter().map(|r| r.commit).collect::<Vec<_>>()),
@@ -422,6 +434,12 @@ impl Chunk {
                         "unknown_events",
                         rows.iter().map(|r| r.unknown_events).collect::<Vec<_>>(),
                     ),
+                    col(
+                        "non_trace_lines",
+                        rows.iter().map(|r| r.non_trace_lines).collect::<Vec<_>>(),
+                    ),
+                    col("excerpt", rows.iter().map(|r| r.excerpt).collect::<Vec<_>>()),
+                    col("segments", rows.iter().map(|r| r.segments).collect::<Vec<_>>()),
                     col("first_ts", rows.iter().map(|r| r.first_ts).collect::<Vec<_>>()),
                     col("last_ts", rows.iter().map(|r| r.last_ts).collect::<Vec<_>>()),
                     col(

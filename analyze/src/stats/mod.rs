@@ -58,16 +58,20 @@ pub enum NoLatency {
     NextExit,
     /// The entry's timestamp is earlier than the exit's.
     ClockBackwards,
+    /// The exit's or the entry's time is unknown (text pasted without its timestamps).
+    UnknownTime,
 }
 
 impl NoLatency {
-    /// `trace_end`, `lost_events`, `next_exit`, `clock_backwards` (as in the JSON report).
+    /// `trace_end`, `lost_events`, `next_exit`, `clock_backwards`, `unknown_time` (as in the
+    /// JSON report).
     pub fn name(self) -> &'static str {
         match self {
             Self::TraceEnd => "trace_end",
             Self::LostEvents => "lost_events",
             Self::NextExit => "next_exit",
             Self::ClockBackwards => "clock_backwards",
+            Self::UnknownTime => "unknown_time",
         }
     }
 }
@@ -372,6 +376,14 @@ impl ExitStats {
             EventKind::KvmPio { write, port, size, .. } => {
                 *self.pio.entry((*write, *port, *size)).or_default() += 1;
             }
+            EventKind::Segment { .. } => {
+                // Another capture starts: this one ended before the pending exits' entries.
+                let mut pending: Vec<_> = self.pending.drain().collect();
+                pending.sort_by_key(|(_, exit)| exit.index);
+                for (vcpu, exit) in pending {
+                    self.close(vcpu, exit, Close::TraceEnd);
+                }
+            }
             EventKind::Lost { count } => {
                 let lost = self.lost_in_stream.entry(event.cpu).or_default();
                 lost.markers += 1;
@@ -409,6 +421,8 @@ impl ExitStats {
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
             | EventKind::Other(_) => {}
         }
     }
@@ -437,7 +451,9 @@ impl ExitStats {
                 group.l0_handled += 1;
             }
         }
+        let unknown = |ts: u64| ts == Event::TS_UNKNOWN || exit.ts == Event::TS_UNKNOWN;
         let outcome = match how {
+            Close::Entry(ts) if unknown(ts) => Err(NoLatency::UnknownTime),
             Close::Entry(ts) if ts >= exit.ts => Ok(ts - exit.ts),
             Close::Entry(_) => Err(NoLatency::ClockBackwards),
             Close::TraceEnd => Err(NoLatency::TraceEnd),
@@ -460,6 +476,7 @@ impl ExitStats {
             });
         }
         let cause = match how {
+            Close::Entry(ts) if unknown(ts) => &mut self.unpaired.unknown_time,
             Close::Entry(ts) if ts >= exit.ts => {
                 let latency = ts - exit.ts;
                 group.latency.record(latency);
@@ -526,6 +543,8 @@ impl ExitStats {
                 clock: m.clock.to_string(),
                 cpus: m.cpus,
                 kernel: m.kernel.clone(),
+                excerpt: m.excerpt,
+                segments: read.map_or(0, |r| r.segments),
             }),
             time_unit,
             events_total: self.events_total,
@@ -590,6 +609,7 @@ impl ExitStats {
                 })
                 .collect(),
             skipped: read.map_or(0, |r| r.skipped),
+            non_trace_lines: read.map_or(0, |r| r.non_trace_lines),
             problems: read.map_or_else(Vec::new, |r| {
                 r.problems.iter().map(|p| crate::error_chain(p.as_ref())).collect()
             }),

@@ -100,6 +100,18 @@ pub struct Event {
 }
 
 impl Event {
+    /// The [`Event::ts`] of an event whose input does not say when it happened: a line of
+    /// text pasted without its timestamp column (ftrace's `context-info` off, or an excerpt
+    /// whose columns were cut away). Such an event's place in the stream is its position in
+    /// the input; consumers must test [`Event::time`] before doing arithmetic with `ts`
+    /// (latencies, time ranges, durations) and print it as unknown.
+    pub const TS_UNKNOWN: u64 = u64::MAX;
+
+    /// The timestamp, `None` when the input did not say it ([`Event::TS_UNKNOWN`]).
+    pub fn time(&self) -> Option<u64> {
+        (self.ts != Self::TS_UNKNOWN).then_some(self.ts)
+    }
+
     /// The tracepoint's system (`kvm`, `kvmmmu`, or the system of an [`EventKind::Other`]).
     pub fn system(&self) -> &str {
         self.kind.system()
@@ -529,6 +541,119 @@ pub struct IdentityEvent {
     pub source: OtherEvent,
 }
 
+/// A `trace_printk` / `trace_marker` line: `bprint`, `bputs`, `print` (`ftrace:print`),
+/// trace-cmd's `tracing_mark_write`, or a print whose function name a developer made up
+/// (`<hack>: Set DRs, DR6 = 0xffff0ff1`). Developers add such prints where a tracepoint lacks
+/// a field, so their text is often the decisive evidence of a report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PrintkEvent {
+    /// The function that printed, when the rendering names it (`bprint:  dump_vmcs: ...` in
+    /// `trace-cmd report`, or the `<name>` an ftrace line shows in the event column).
+    pub func: Option<Box<str>>,
+    /// The message, without the function and a trailing newline.
+    pub text: Box<str>,
+    /// The print event as read, with all of its fields.
+    pub source: OtherEvent,
+}
+
+impl PrintkEvent {
+    /// The print an untyped event is, if it is one: a print tracepoint with a text
+    /// ([`OtherEvent::print_text`]), or an event named `<...>` (ftrace prints a
+    /// `trace_printk` with its caller in the event column; a made-up caller keeps its
+    /// brackets).
+    pub fn from_other(other: OtherEvent) -> Result<Self, OtherEvent> {
+        let angle =
+            other.name.len() > 2 && other.name.starts_with('<') && other.name.ends_with('>');
+        let text = if angle {
+            ["text", "buf", "msg"]
+                .iter()
+                .find_map(|n| other.fields.get(n).and_then(crate::FieldValue::as_str))
+                .map(|t| t.trim_end_matches(['\n', '\0']))
+        } else {
+            other.print_text()
+        };
+        let Some(text) = text else { return Err(other) };
+        let (func, text) = if angle {
+            (Some(other.name.to_string().into_boxed_str()), text.trim())
+        } else {
+            match split_print_func(text) {
+                // trace-cmd renders a trace_marker write as `tracing_mark_write: text`.
+                Some(("tracing_mark_write", rest)) => (None, rest),
+                Some((func, rest)) => (Some(func.into()), rest),
+                None => (None, text.trim()),
+            }
+        };
+        let text = text.into();
+        Ok(Self { func, text, source: other })
+    }
+}
+
+/// `func: message` at the start of a print's text: `func` a C identifier, possibly with a
+/// compiler suffix (`vmx_dump_sel.constprop.0`).
+fn split_print_func(text: &str) -> Option<(&str, &str)> {
+    let (func, rest) = text.trim_start().split_once(':')?;
+    let b = func.as_bytes();
+    let ident = !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.'));
+    (ident && (rest.is_empty() || rest.starts_with(' '))).then(|| (func, rest.trim()))
+}
+
+/// Why a reader started a new segment (another capture pasted into the same file) at an
+/// [`EventKind::Segment`] marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentReason {
+    /// The time went backwards (beyond the tolerance of per-CPU interleaving).
+    TimeBack,
+    /// An event identical to one already read (same time, thread and text): a line pasted
+    /// again.
+    RepeatedEvent,
+    /// A tool's header (`cpus=N`, `# tracer:`) again after events.
+    ToolHeader,
+    /// A separator line (`=====`) between events.
+    Separator,
+    /// After lines of prose, events of threads the segment never showed.
+    NewThreads,
+    /// After lines of prose, a jump forward in time of more than the segmenter's limit.
+    TimeJump,
+}
+
+impl SegmentReason {
+    /// Every reason.
+    pub const ALL: [Self; 6] = [
+        Self::TimeBack,
+        Self::RepeatedEvent,
+        Self::ToolHeader,
+        Self::Separator,
+        Self::NewThreads,
+        Self::TimeJump,
+    ];
+
+    /// The reason as printed (`time_back`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TimeBack => "time_back",
+            Self::RepeatedEvent => "repeated_event",
+            Self::ToolHeader => "tool_header",
+            Self::Separator => "separator",
+            Self::NewThreads => "new_threads",
+            Self::TimeJump => "time_jump",
+        }
+    }
+
+    /// Parses [`SegmentReason::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for SegmentReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An event of the `vmcs` profile's dynamic probes ([`crate::vmcs::probe`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProbeHit {
@@ -682,6 +807,16 @@ pub enum EventKind {
     VmcsProbe(Box<ProbeHit>),
     /// A thread's identity (its VM) written by the recorder ([`IdentityEvent`]).
     Identity(Box<IdentityEvent>),
+    /// A `trace_printk` / `trace_marker` print ([`PrintkEvent`]).
+    Printk(Box<PrintkEvent>),
+    /// QEMU's `kvm_run_exit` trace event (`15268@1647341556.928341:kvm_run_exit cpu_index 0,
+    /// reason 8`): the `KVM_RUN` exit of QEMU's vCPU `cpu_index` as user space saw it, with
+    /// the `KVM_EXIT_*` reason that `kvm_userspace_exit` shows from the kernel's side.
+    QemuRunExit { cpu_index: u32, reason: UserspaceExitReason },
+    /// A reader's marker: another capture pasted into the same input starts with the next
+    /// event (segment `index` = 1, 2, ...; the first segment, 0, has no marker). Nothing seen
+    /// before it describes what follows (see [`SegmentReason`] for why the reader split).
+    Segment { index: u32, reason: SegmentReason },
     /// Events were lost here on `cpu` (ring-buffer overrun, `[LOST N EVENTS]`,
     /// `[EVENTS DROPPED]`, perf LOST records); `count` when the input says how many.
     Lost { count: Option<u64> },
@@ -738,6 +873,7 @@ pub enum KnownEvent {
     KvmTdpMmuSpteChanged,
     KvmMmuSpteRequested,
     KvmMmuSetSpte,
+    QemuRunExit,
 }
 
 /// A known tracepoint lacked a field that every layout generation has.
@@ -798,6 +934,7 @@ impl KnownEvent {
         (Self::KvmTdpMmuSpteChanged, "kvmmmu", "kvm_tdp_mmu_spte_changed"),
         (Self::KvmMmuSpteRequested, "kvmmmu", "kvm_mmu_spte_requested"),
         (Self::KvmMmuSetSpte, "kvmmmu", "kvm_mmu_set_spte"),
+        (Self::QemuRunExit, "qemu", "kvm_run_exit"),
         // Older names of the same tracepoints (same fields).
         (Self::KvmSmmTransition, "kvm", "kvm_enter_smm"), // before 5.14
     ];
@@ -1010,6 +1147,10 @@ impl KnownEvent {
             | Self::KvmTdpMmuSpteChanged
             | Self::KvmMmuSpteRequested
             | Self::KvmMmuSetSpte => EventKind::Spte(SpteEvent::decode(self, f)?),
+            Self::QemuRunExit => EventKind::QemuRunExit {
+                cpu_index: need32("cpu_index")?,
+                reason: UserspaceExitReason(need32("reason")?),
+            },
         })
     }
 }
@@ -1064,7 +1205,10 @@ impl EventKind {
         } else if let Some(probe) = probe::decode(&other.system, &other.name, &other.fields) {
             return Self::VmcsProbe(Box::new(ProbeHit { probe, source: other }));
         }
-        Self::Other(Box::new(other))
+        match PrintkEvent::from_other(other) {
+            Ok(print) => Self::Printk(Box::new(print)),
+            Err(other) => Self::Other(Box::new(other)),
+        }
     }
 
     /// The typed tracepoint this is, if it is one.
@@ -1098,9 +1242,12 @@ impl EventKind {
             Self::Irq(e) => e.known(),
             Self::Mmio(e) => e.known(),
             Self::Spte(e) => e.known(),
+            Self::QemuRunExit { .. } => KnownEvent::QemuRunExit,
             Self::VmcsField(_)
             | Self::VmcsProbe(_)
             | Self::Identity(_)
+            | Self::Printk(_)
+            | Self::Segment { .. }
             | Self::Lost { .. }
             | Self::Other(_) => {
                 return None;
@@ -1115,6 +1262,7 @@ impl EventKind {
             Self::VmcsField(v) => v.source.as_ref(),
             Self::VmcsProbe(p) => Some(&p.source),
             Self::Identity(i) => Some(&i.source),
+            Self::Printk(p) => Some(&p.source),
             _ => None,
         }
     }
@@ -1125,8 +1273,9 @@ impl EventKind {
             return known.system();
         }
         match self {
-            Self::Lost { .. } => "vmxray",
+            Self::Lost { .. } | Self::Segment { .. } => "vmxray",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_SYSTEM, |o| &o.system),
+            Self::Printk(p) => &p.source.system,
             Self::VmcsProbe(p) => &p.source.system,
             Self::Identity(i) => &i.source.system,
             Self::Other(o) => &o.system,
@@ -1141,7 +1290,9 @@ impl EventKind {
         }
         match self {
             Self::Lost { .. } => "lost_events",
+            Self::Segment { .. } => "segment",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_EVENT, |o| &o.name),
+            Self::Printk(p) => &p.source.name,
             Self::VmcsProbe(p) => &p.source.name,
             Self::Identity(i) => &i.source.name,
             Self::Other(o) => &o.name,
@@ -1182,9 +1333,11 @@ impl EventKind {
             | Self::KvmMmuPagetableWalk { .. }
             | Self::KvmMmuPagingElement { .. }
             | Self::KvmMmuWalkerError { .. }
+            | Self::QemuRunExit { .. }
+            | Self::Segment { .. }
             | Self::Lost { .. } => None,
             Self::VmcsProbe(p) => p.source.fields.u32("vcpu_id"),
-            Self::Identity(_) => None,
+            Self::Identity(_) | Self::Printk(_) => None,
             Self::Other(o) => o.fields.u32("vcpu_id"),
         }
     }

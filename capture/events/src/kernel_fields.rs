@@ -199,11 +199,23 @@ pub fn typed_fields<'a>(kind: &'a EventKind, f: impl FnMut(Field<'a>)) {
         EventKind::Irq(e) => e.kernel_fields(out),
         EventKind::Mmio(e) => e.kernel_fields(out),
         EventKind::Spte(e) => e.kernel_fields(out),
+        EventKind::QemuRunExit { cpu_index, reason } => {
+            out.extend([
+                dec("cpu_index", u64::from(*cpu_index)),
+                dec("reason", u64::from(reason.0)),
+            ]);
+        }
         EventKind::Lost { count } => out.opt(count.map(|c| dec("count", c))),
+        // Not a tracepoint: vmxray's marker.
+        EventKind::Segment { index, reason } => {
+            out.push(dec("index", u64::from(*index)));
+            out.push(Field { name: "reason", value: Val::Str(reason.name()), radix: Radix::Dec });
+        }
         // Untyped events keep their own fields: see `EventKind::untyped_fields`.
         EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -265,6 +277,7 @@ impl EventKind {
             }),
             Self::VmcsProbe(p) => Some(Cow::Borrowed(&p.source.fields)),
             Self::Identity(i) => Some(Cow::Borrowed(&i.source.fields)),
+            Self::Printk(p) => Some(Cow::Borrowed(&p.source.fields)),
             _ => None,
         }
     }
@@ -326,7 +339,15 @@ impl EventKind {
                 f("err", &err);
             }
             Self::KvmInjException { exception, .. } => f("exception", &exception),
-            Self::KvmUserspaceExit { reason, .. } => f("reason", &reason),
+            Self::KvmUserspaceExit { reason, .. } | Self::QemuRunExit { reason, .. } => {
+                f("reason", &reason);
+            }
+            Self::Printk(p) => {
+                if let Some(func) = &p.func {
+                    f("func", func);
+                }
+                f("text", &p.text);
+            }
             Self::KvmMmuGetPage { page, .. }
             | Self::KvmMmuPrepareZapPage { page }
             | Self::KvmMmuSyncPage { page }

@@ -952,6 +952,7 @@ fn from_tracefs(
         clock: tree.clock.clone(),
         cpus: Some(cpus),
         kernel: None,
+        excerpt: false,
     };
     let md = metadata(&texts, &tree.formats, tree.layout.page_size, tree.clock.name(), None, cpus);
     let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
@@ -1323,8 +1324,19 @@ fn from_text(
     let mut comm_changes = 0;
     let mut fields_zeroed: BTreeMap<String, u64> = BTreeMap::new();
     let mut stats = ReadStats::default();
+    // Text pasted without its timestamp column: such events keep their place in the input,
+    // written at the time of the event before them.
+    let mut last_ts = 0;
     for item in reader.by_ref() {
-        let event = item?;
+        let mut event = item?;
+        if matches!(event.kind, EventKind::Segment { .. }) {
+            // The reader's capture boundary is no tracepoint (a trace.dat has one capture).
+            continue;
+        }
+        match event.time() {
+            Some(ts) => last_ts = ts,
+            None => event.ts = last_ts,
+        }
         if event.cpu >= MAX_TEXT_CPUS {
             if opts.permissive {
                 stats.skipped += 1;

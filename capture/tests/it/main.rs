@@ -4,6 +4,7 @@ mod common;
 mod convert;
 mod devices;
 mod differential;
+mod excerpts;
 mod fields_import;
 mod printfmt;
 mod raw_pages;

@@ -633,9 +633,10 @@ fn bad_lines_stop_strict_mode_at_their_line_and_are_counted_in_permissive_mode()
     let text = "\
 # tracer: nop
             a-10    [000]   5.000001: kvm_fpu: load
-this is not a trace line
+            a-10    [000] garbage 5.000001: x
             a-10    [000]   5.000002: kvm_cr: cr_write banana
             a-10    [000]   5.000003: kvm_cr: cr_write 3 = 0x1000
+this is not a trace line: prose is skipped in every mode
 ";
     let (events, _) = read(text, ReadOptions::default());
     assert_eq!(events.len(), 2);
@@ -659,6 +660,9 @@ this is not a trace line
     assert_eq!(problems, [Location::Line(3), Location::Line(4)]);
     assert!(matches!(&r.stats().problems[1].kind, ReadErrorKind::Text(_)));
     assert!(r.stats().problems[1].to_string().contains("Cannot read the kvm_cr text"));
+    assert!(r.stats().problems[1].to_string().contains("--permissive"));
+    assert_eq!(r.stats().non_trace_lines, 1);
+    assert_eq!(r.stats().non_trace[0].line, 6);
 }
 
 #[test]

@@ -359,6 +359,9 @@ pub fn derive(
         | EventKind::Mmio(_)
         | EventKind::Spte(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

@@ -233,6 +233,9 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::Spte(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

@@ -332,9 +332,12 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
         EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
             super::text_devices::body(kind).unwrap_or_default()
         }
-        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
-            other_body(kind.name(), &kind.kernel_fields())
-        }
+        EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. } => other_body(kind.name(), &kind.kernel_fields()),
         EventKind::Other(o) => other_body(&o.name, &o.fields),
     }
 }

@@ -116,6 +116,7 @@ pub(crate) fn parse_known(
         KnownEvent::KvmTdpMmuSpteChanged => devices::tdp_mmu_spte_changed(body, out),
         KnownEvent::KvmMmuSpteRequested => devices::spte_requested(body, out),
         KnownEvent::KvmMmuSetSpte => devices::set_spte(body, out),
+        KnownEvent::QemuRunExit => qemu_run_exit(body, out),
     };
     if ok.is_some() { Ok(Parsed::Fields) } else { Err(expected(known)) }
 }
@@ -157,6 +158,7 @@ fn expected(known: KnownEvent) -> &'static str {
         }
         KnownEvent::KvmNestedIntrVmexit => "`rip: 0x..`",
         KnownEvent::KvmPmlFull => "`vcpu N: PML full`",
+        KnownEvent::QemuRunExit => "`cpu_index N, reason N`",
         KnownEvent::KvmMmuGetPage
         | KnownEvent::KvmMmuPrepareZapPage
         | KnownEvent::KvmMmuSyncPage
@@ -199,6 +201,16 @@ fn expected(known: KnownEvent) -> &'static str {
 pub(crate) fn parse_other(body: &str, out: &mut FieldBuf) -> bool {
     if let Some(rest) = body.strip_prefix("[FAILED TO PARSE]") {
         return parse_kv(body, rest.trim_start(), None, out);
+    }
+    if let Some(probed) = body.strip_prefix('(') {
+        // A kprobe event: `(ffffffff81431493) vcpu=0xffff... nr=0xd`, the probed address first.
+        // (The kprobe format's own name for the address is `__probe_ip`.)
+        let Some((ip, rest)) = probed.split_once(") ") else { return false };
+        let Some(ip) = hex_digits(ip).filter(|_| starts_with_assignment(rest)) else {
+            return false;
+        };
+        out.items.push((Name::Static("__probe_ip"), Val::U64(ip)));
+        return parse_kv(body, rest, None, out);
     }
     starts_with_assignment(body) && parse_kv(body, body, None, out)
 }
@@ -364,7 +376,8 @@ fn bare_hex(known: KnownEvent, field: &str) -> bool {
         | KnownEvent::KvmMmuPrepareZapPage
         | KnownEvent::KvmMmuSyncPage
         | KnownEvent::KvmMmuUnsyncPage
-        | KnownEvent::KvmPmlFull => false,
+        | KnownEvent::KvmPmlFull
+        | KnownEvent::QemuRunExit => false,
     }
 }
 
@@ -484,6 +497,7 @@ fn is_exit_label(tok: &str) -> bool {
             | "int_info"
             | "int_info_err"
             | "intr_info"
+            | "intr"
             | "error_code"
             | "requests"
             | "vcpu"
@@ -535,7 +549,8 @@ fn exit_family(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<()> 
             "info2" => info2 = Some(next_hex()?),
             "ext_inf1" => (info1, old_names) = (Some(next_hex()?), true),
             "ext_inf2" => (info2, old_names) = (Some(next_hex()?), true),
-            "intr_info" => intr = Some(next_hex()?),
+            // `intr` after `info` in a libtraceevent plugin's rendering.
+            "intr_info" | "intr" => intr = Some(next_hex()?),
             "ext_int" | "int_info" => (intr, old_names) = (Some(next_hex()?), true),
             "error_code" => err = Some(next_hex()?),
             "ext_int_err" | "int_info_err" => (err, old_names) = (Some(next_hex()?), true),
@@ -929,6 +944,15 @@ fn pml_full(body: &str, out: &mut FieldBuf) -> Option<()> {
     Some(())
 }
 
+/// QEMU's `kvm_run_exit` trace event: `cpu_index %d, reason %d` (the `KVM_EXIT_*` number).
+fn qemu_run_exit(body: &str, out: &mut FieldBuf) -> Option<()> {
+    let rest = body.strip_prefix("cpu_index ")?;
+    let (cpu, reason) = rest.split_once(", reason ")?;
+    out.u64("cpu_index", dec(cpu.trim())?);
+    out.u64("reason", dec(reason.trim())?);
+    Some(())
+}
+
 /// `kvm_nested_vmenter` (6.1+: labels `vmcs`/`vmcb`, `nested_ept`/`nested_npt` as `: on|off` or
 /// `=y|n`, then `guest_pgd:` or `guest_cr3:`/`nested_eptp:`/`nested_cr3:`) and the older SVM
 /// `kvm_nested_vmrun` (`vmcb: nrip: ... npt: on|off`).
@@ -965,6 +989,11 @@ fn nested_vmenter(body: &str, out: &mut FieldBuf) -> Option<()> {
             "guest_pgd" | "guest_cr3" | "nested_eptp" | "nested_cr3" => {
                 out.u64("guest_pgd", hex(value()?)?);
             }
+            // `guest_cr3` wrapped by hand at its underscore (`... guest` / `cr3: 0x...`).
+            "guest" => match value()? {
+                "cr3" | "pgd" => out.u64("guest_pgd", hex(value()?)?),
+                _ => return None,
+            },
             _ => return None,
         }
     }
@@ -1009,6 +1038,8 @@ fn vmenter_failed(body: &str, out: &mut FieldBuf) -> Option<()> {
 fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed> {
     let mut it = body.split_ascii_whitespace().peekable();
     let (mut level, mut byte4, mut pae, mut plugin) = (None, None, None::<bool>, false);
+    // The plugin of old trace-cmds: `%u/%u` (level/guest levels) and `[!]pge`.
+    let mut old_plugin = false;
     let (mut role, mut word, mut gfn, mut root, mut unsync, mut created) =
         (0u32, None, None, None, None, None);
     while let Some(tok) = it.next() {
@@ -1037,6 +1068,7 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
             "smep" => role |= 1 << 14,
             "smap" => role |= 1 << 15,
             "smm" => role |= 1 << 24,
+            "pge" | "!pge" => old_plugin = true,
             _ => {
                 if let Some(q) = tok.strip_prefix('q') {
                     role |= (u32::try_from(dec(q)?).ok()? & 3) << 5;
@@ -1048,16 +1080,25 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
                     role |= u32::try_from(acc).ok()? << 8;
                 } else if level.is_none() && dec(tok).is_some() {
                     level = dec(tok);
+                } else if let Some((l, guest_levels)) = tok.split_once('/')
+                    && level.is_none()
+                {
+                    // Two guest levels: 32-bit paging, 4-byte gptes.
+                    level = Some(dec(l)?);
+                    byte4 = Some(dec(guest_levels)? == 2);
+                    old_plugin = true;
                 } else {
                     return None;
                 }
             }
         }
     }
-    let role_known = match (word, plugin) {
-        (Some(_), _) => MmuPage::ROLE_ALL_KNOWN,
-        (None, true) => MmuPage::ROLE_KNOWN_PLUGIN,
-        (None, false) => MmuPage::ROLE_KNOWN_KERNEL_PRINT,
+    let role_known = match (word, plugin, old_plugin) {
+        (Some(_), _, _) => MmuPage::ROLE_ALL_KNOWN,
+        (None, true, _) => MmuPage::ROLE_KNOWN_PLUGIN,
+        // Level, guest levels, quadrant, direct, access, invalid, nxe; no A/D bit.
+        (None, false, true) => MmuPage::ROLE_KNOWN_KERNEL_PRINT & !(1 << 16),
+        (None, false, false) => MmuPage::ROLE_KNOWN_KERNEL_PRINT,
     };
     if role_known != MmuPage::ROLE_ALL_KNOWN {
         out.u64(ROLE_KNOWN_FIELD, u64::from(role_known));
