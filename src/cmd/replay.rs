@@ -96,7 +96,9 @@ pub struct Args {
     #[arg(long, default_value_t = ModelConfig::default().loop_repeats, alias = "livelock-threshold")]
     pub loop_repeats: u32,
     /// Treat every input as an excerpt (a part of a trace, as pasted in a report): a vCPU
-    /// whose every event is one loop seen twice is stuck.
+    /// whose every event is one loop seen twice is stuck, and a rule that finds only an
+    /// absence reports at info. Pasted text the reader recognises as an excerpt is replayed
+    /// this way without the flag.
     #[arg(long)]
     pub excerpt: bool,
     /// After the summary, what the model established: per vCPU the levels that ran, the
@@ -182,9 +184,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
         let input = reader.meta().input.to_string();
+        // A pasted excerpt (the reader says so) is replayed as one: its cuts explain absences.
+        let file_opts = Options { excerpt: opts.excerpt || reader.meta().excerpt, ..opts };
         let merged =
             vmxray_capture::read::fields_file::merge(reader.by_ref(), records.records.clone());
-        let outcome = replay_stream(&input, merged, opts, &mut out)
+        let outcome = replay_stream(&input, merged, file_opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
         if opts.format == Format::Text {

@@ -48,7 +48,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = vmxray_capture::open(&args.file, ReadOptions { permissive: args.permissive })?;
     let input = reader.meta().input.to_string();
-    let config = TriageConfig { window: args.window.max(1), ..TriageConfig::default() };
+    let mut config = TriageConfig { window: args.window.max(1), ..TriageConfig::default() };
+    config.model.excerpt = reader.meta().excerpt;
     let report = triage_stream(&mut reader, config).with_context(|| format!("Triaging {input}"))?;
     let stats = reader.stats();
     let (lost, _) = stats.lost_total();
@@ -329,13 +330,15 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "== {}: {} from event {} to {} (ts {} to {}) ==",
+            "== {}: {} from event {} to {}{} ==",
             who(l.vcpu, &report.summary.vms),
             l.kind.describe(),
             l.first,
             l.last,
-            l.first_ts,
-            l.last_ts
+            match (ts_text(l.first_ts), ts_text(l.last_ts)) {
+                (Some(a), Some(b)) => format!(" (ts {a} to {b})"),
+                _ => String::new(),
+            }
         );
         let _ = writeln!(s, "\nWhat happened:");
         for line in &st.what_happened {
@@ -350,11 +353,11 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "== {}: {} at event {} (ts {}) ==",
+            "== {}: {} at event {}{} ==",
             who(c.vcpu, &report.summary.vms),
             c.kind.describe(),
             c.at,
-            c.ts
+            ts_text(c.ts).map(|t| format!(" (ts {t})")).unwrap_or_default()
         );
         let _ = writeln!(
             s,
@@ -433,6 +436,12 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         }
     }
     s
+}
+
+/// A timestamp as printed, or None when the input did not give one (an excerpt's line
+/// without time: [`Event::TS_UNKNOWN`]).
+fn ts_text(ts: u64) -> Option<String> {
+    (ts != Event::TS_UNKNOWN).then(|| ts.to_string())
 }
 
 #[cfg(test)]

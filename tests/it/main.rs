@@ -5,6 +5,7 @@ mod cli_fields;
 mod cli_record;
 mod convert_cli;
 mod docs_cli;
+mod excerpt_conclusions;
 mod fields_sim;
 mod golden;
 mod host_vms;

@@ -411,8 +411,9 @@ impl<'a> TraceScan<'a> {
         };
         let want_exits = self.sink.wants(Table::Exits);
         let want_anomalies = self.sink.wants(Table::Anomalies);
+        let excerpt = self.opts.model.excerpt || reader.meta().excerpt;
         let mut pass = Pass::new(PassConfig {
-            model: self.opts.model,
+            model: ModelConfig { excerpt, ..self.opts.model },
             stats: if want_exits { StatsMode::ExitLog } else { StatsMode::Report },
         });
         self.segment_starts.clear();

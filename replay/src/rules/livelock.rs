@@ -297,7 +297,7 @@ fn entry_sig(e: &Entry) -> Sig {
 /// What keeps the cycle of `sigs` from being progress, if anything.
 fn classify(sigs: &[Sig]) -> Option<LoopKind> {
     let any = |f: &dyn Fn(&Sig) -> bool| sigs.iter().any(f);
-    if any(&|s| matches!(s, Sig::Userspace { errno, .. } if *errno < 0)) {
+    if fails_run(sigs) {
         return Some(LoopKind::RunError);
     }
     let fault_rip = sigs.iter().find_map(|s| match s {
@@ -497,7 +497,8 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         }
         st.active = None;
     }
-    let repeats = ctx.config.loop_repeats.max(2);
+    // An excerpt shows a few rounds at most: two identical ones are the loop the poster cut.
+    let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
     for p in 1..=MAX_PERIOD {
         let run = st.run[p - 1];
         if u64::from(run) < u64::from(repeats - 1) * p as u64 {
@@ -520,10 +521,18 @@ pub(crate) fn at_end(ctx: &mut Ctx<'_>, st: &mut State) {
     for p in 1..=MAX_PERIOD {
         let run = u64::from(st.run[p - 1]);
         let whole = run + p as u64 == st.seen;
-        if run >= p as u64 && whole && report_loop(ctx, st, p, now) {
+        // One full cycle and its start again is enough for KVM_RUN failing the same way after
+        // the same events: the VMM retried and nothing changed.
+        let enough = run >= p as u64 || (run >= 1 && fails_run(&st.cycle(p)));
+        if enough && whole && report_loop(ctx, st, p, now) {
             return;
         }
     }
+}
+
+/// Whether the cycle holds a `kvm_userspace_exit` with an error.
+fn fails_run(sigs: &[Sig]) -> bool {
+    sigs.iter().any(|s| matches!(s, Sig::Userspace { errno, .. } if *errno < 0))
 }
 
 /// Reports the loop of period `p` ending at `now` if it is stuck; whether it was.
@@ -535,8 +544,13 @@ fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u6
         let (first, first_ts) = st.run_start[p - 1];
         let n = u64::from(run) / p as u64 + 1;
         let spelled: Vec<String> = cycle.iter().map(|s| describe(*s)).collect();
+        let times = if (run as usize) < p {
+            "seen once and begun again".to_owned()
+        } else {
+            format!("repeated {n} times")
+        };
         let message = format!(
-            "{}: {} repeated {n} times with no progress (the summary has the total): {}",
+            "{}: {} {times} with no progress (the summary has the total): {}",
             kind.describe(),
             if p == 1 { "one event" } else { "a cycle of events" },
             spelled.join(" → ")

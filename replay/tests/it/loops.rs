@@ -133,12 +133,14 @@ fn an_excerpt_that_is_one_loop_twice_is_stuck_at_its_end() {
     assert_eq!(found[0].at.0, t.next() - 3);
     assert!(!model.summary().loops.is_empty());
 
-    // Anything else of the vCPU in the excerpt: not the whole excerpt, not reported.
+    // Other events of the vCPU before it: two identical rounds are still the loop the poster
+    // cut (an excerpt needs 2 repeats, a whole trace 3).
     let mut t2 = EventBuilder::new();
     t2.exit(CPUID, 0x100);
     t2.entry(0x102);
     let mut rest = ept_livelock(2, true);
     t2.events.append(&mut rest.events);
     let mut model = Model::new(config);
-    assert!(of(&model.run(&t2.events), RuleId::Livelock).is_empty());
+    assert_eq!(of(&model.run(&t2.events), RuleId::Livelock).len(), 1);
+    assert!(of(&Model::default().run(&t2.events), RuleId::Livelock).is_empty());
 }
