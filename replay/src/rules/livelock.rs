@@ -167,6 +167,9 @@ pub(crate) struct State {
     skip_entry: bool,
     /// Signatures seen on this vCPU.
     seen: u64,
+    /// Bit `p - 1`: the current run of period `p` was classified as progress (the guest's own
+    /// loop). Its cycle cannot change while the run lasts, so it is not classified again.
+    progress: u16,
     active: Option<Active>,
 }
 
@@ -476,6 +479,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
             st.run[i] = st.run[i].saturating_add(1);
         } else {
             st.run[i] = 0;
+            st.progress &= !(1 << i);
         }
     }
     st.seen += 1;
@@ -501,12 +505,14 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
     for p in 1..=MAX_PERIOD {
         let run = st.run[p - 1];
-        if u64::from(run) < u64::from(repeats - 1) * p as u64 {
+        if u64::from(run) < u64::from(repeats - 1) * p as u64 || st.progress & (1 << (p - 1)) != 0
+        {
             continue;
         }
         if report_loop(ctx, st, p, now) {
             return;
         }
+        st.progress |= 1 << (p - 1);
     }
 }
 
