@@ -27,11 +27,13 @@
 //! | (e) | `evmcs-restore` | restore `kvm_nested_vmenter vmcs: 0xffffffffffffffff` (rip 0xfff0), inject EXTERNAL_INTERRUPT before any L2 entry, then Hyper-V writes the crash MSRs 0x40000100–105 and `KVM_EXIT_SYSTEM_EVENT` | EOI (MSR 0x40000070) and VMRESUME at the same `nested_rip` |
 //! | (f) | `dirty-log` | no EPT violations for L2 writes while logging; `kvm_exit PML_FULL` + `kvm_nested_vmexit PML_FULL` + `kvm_pml_full` in L2 | one `EPT_VIOLATION` (qual `0x1aa`) + `kvm_page_fault` per first write |
 
+pub mod dat;
 mod engine;
 pub mod host;
 mod kernel;
 mod rng;
 mod scenarios;
+pub mod stream;
 pub mod text;
 mod truth;
 
@@ -395,6 +397,17 @@ impl SimConfig {
     pub fn iterations(mut self, iterations: u32) -> Self {
         self.iterations = iterations;
         self
+    }
+
+    /// The vCPUs the run has: `vcpus`, raised to what the scenario needs (`init` 2, `noise`
+    /// 4). vCPU `k` runs on CPU `k`.
+    pub fn vcpu_count(&self) -> u32 {
+        let needed = match self.scenario {
+            Scenario::Init => 2,
+            Scenario::Noise => 4,
+            _ => 1,
+        };
+        self.vcpus.max(needed)
     }
 
     /// The flavour for `--kvm buggy` without a bug name: the scenario's only bug.

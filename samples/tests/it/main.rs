@@ -6,4 +6,5 @@ mod provenance;
 mod sim_behaviour;
 mod sim_props;
 mod sim_samples;
+mod sim_stream;
 mod sim_text;
