@@ -36,6 +36,8 @@ pub mod app;
 pub mod filter;
 pub mod keys;
 pub mod loader;
+pub mod store;
+pub mod summary;
 pub mod terminal;
 pub mod trace;
 pub mod views;
