@@ -36,6 +36,7 @@ pub mod app;
 pub mod filter;
 pub mod keys;
 pub mod loader;
+pub mod sidecar;
 pub mod store;
 pub mod summary;
 pub mod terminal;

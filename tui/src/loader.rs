@@ -39,8 +39,9 @@ use vmxray_capture::{
 use vmxray_events::Event;
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
-use crate::store::{BLOCK_EVENTS, Backing, Block, BlockPos, TEXT_BLOCK_BYTES};
-use crate::summary::{Bucket, FINE_EVENTS};
+use crate::sidecar::{self, Sidecar};
+use crate::store::{BLOCK_EVENTS, Backing, Block, BlockPos, Store, TEXT_BLOCK_BYTES};
+use crate::summary::{Bucket, FINE_EVENTS, Lanes};
 use crate::trace::{EventTag, Trace, tag_of};
 
 /// The sample opened by `vmxray tui` without a file: the simulated Muen-like separation kernel
@@ -114,8 +115,8 @@ pub enum LoadMsg {
     Done {
         /// The `vmxray stats` report.
         stats: Box<StatsReport>,
-        /// The model's summary.
-        summary: Box<TraceSummary>,
+        /// The model's summary (None when the index came from a saved `.vmxidx`).
+        summary: Option<Box<TraceSummary>>,
         /// What reading counted.
         read: Box<ReadStats>,
         /// Total loading time.
@@ -123,14 +124,42 @@ pub enum LoadMsg {
     },
     /// Reading stopped on an error (the events before it stay browsable).
     Failed(String),
+    /// The index came from a saved `.vmxidx`: model snapshots rebuilt by a background replay
+    /// (the State view and the rows' levels appear as they arrive), and how far it got (0–1).
+    Checkpoints(Vec<(u64, Model)>, f64),
+    /// Where the index was saved or loaded from (or why it was not saved).
+    Note(String),
+    /// The lanes' summaries all at once (from a saved index).
+    Lanes(Lanes),
 }
 
-/// Starts the loader thread; the UI drains the returned channel.
+/// How the loader treats the saved index of a trace file (`FILE.vmxidx`, [`crate::sidecar`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Open from a valid saved index instead of reading the trace.
+    pub use_index: bool,
+    /// Save the index after a full read (trace.dat and text files).
+    pub save_index: bool,
+}
+
+impl LoadOptions {
+    /// What `vmxray tui` does: use and save the index.
+    pub const INDEXED: Self = Self { use_index: true, save_index: true };
+    /// Always read the trace, save nothing (tests).
+    pub const READ_ONLY: Self = Self { use_index: false, save_index: false };
+}
+
+/// Starts the loader thread (using and saving the index); the UI drains the returned channel.
 pub fn spawn(source: Source) -> Receiver<LoadMsg> {
+    spawn_with(source, LoadOptions::INDEXED)
+}
+
+/// Starts the loader thread with these options.
+pub fn spawn_with(source: Source, opts: LoadOptions) -> Receiver<LoadMsg> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("vmxray-loader".into()).spawn({
         let tx = tx.clone();
-        move || load(source, &tx)
+        move || load_with(source, &tx, opts)
     });
     if let Err(e) = spawned {
         let _ = tx.send(LoadMsg::Failed(format!("Cannot start the loader thread: {e}")));
@@ -138,10 +167,16 @@ pub fn spawn(source: Source) -> Receiver<LoadMsg> {
     rx
 }
 
-/// Loads a whole trace on the calling thread (tests, examples).
+/// Loads a whole trace on the calling thread, neither using nor saving an index (tests,
+/// examples).
 pub fn load_all(source: Source) -> Trace {
+    load_all_with(source, LoadOptions::READ_ONLY)
+}
+
+/// Loads a whole trace on the calling thread with these options.
+pub fn load_all_with(source: Source, opts: LoadOptions) -> Trace {
     let (tx, rx) = mpsc::channel();
-    load(source, &tx);
+    load_with(source, &tx, opts);
     drop(tx);
     let mut trace = Trace::default();
     for msg in rx {
@@ -154,15 +189,20 @@ pub fn load_all(source: Source) -> Trace {
 /// block is complete, so that the first screen comes at once).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Runs the loader: opens `source`, sends everything to `tx`. Stops early when the receiver
-/// is gone (the UI quit).
+/// Runs the loader (using and saving the index): opens `source`, sends everything to `tx`.
+/// Stops early when the receiver is gone (the UI quit).
 pub fn load(source: Source, tx: &Sender<LoadMsg>) {
+    load_with(source, tx, LoadOptions::INDEXED);
+}
+
+/// Runs the loader with these options.
+pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
     let started = Instant::now();
     let opts = ReadOptions { permissive: true };
     match source {
         Source::File(path) if path.as_os_str() != "-" => match detect(&path) {
-            Ok(InputKind::Binary(Magic::TraceDat)) => load_dat(&path, tx, started),
-            Ok(InputKind::Text) => load_text(&path, tx, started),
+            Ok(InputKind::Binary(Magic::TraceDat)) => load_dat(&path, tx, started, index),
+            Ok(InputKind::Text) => load_text(&path, tx, started, index),
             Ok(_) => load_reader(vmxray_capture::open(&path, opts), &path, tx, started),
             Err(e) => {
                 let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
@@ -235,7 +275,20 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
 
 /// A trace.dat: blocks of [`BLOCK_EVENTS`] events, each with where every CPU lane's next event
 /// is, found from the chunk counts the reader keeps as it decodes.
-fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant) {
+fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
+    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+        match TraceDat::open_salvaging(path) {
+            Ok(td) => {
+                let td = Arc::new(td);
+                let meta = td.meta(0);
+                return from_sidecar(path, saved, meta, Backing::Dat(td), tx, started);
+            }
+            Err(e) => {
+                let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
+                return;
+            }
+        }
+    }
     let opened = TraceDat::open_salvaging(path).map(Arc::new).and_then(|td| {
         let (reader, counts) = td.events_counted(0, ReadOptions { permissive: true })?;
         Ok((td, reader, counts))
@@ -263,6 +316,7 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant) {
     }
     let cursor = DatCursor::new(lanes.len(), counts);
     let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu });
+    pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     for item in reader.by_ref() {
         match item {
             Ok(event) => {
@@ -278,6 +332,106 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant) {
     }
     let meta = reader.meta().clone();
     pipeline.finish(&meta, reader.stats());
+}
+
+/// Opens a trace from its saved index: everything at once, then the model checkpoints
+/// rebuilt by a replay (decode and model only) in the background.
+fn from_sidecar(
+    path: &Path,
+    saved: Sidecar,
+    meta: TraceMeta,
+    backing: Backing,
+    tx: &Sender<LoadMsg>,
+    started: Instant,
+) {
+    if tx.send(LoadMsg::Opened { meta, backing: backing.clone() }).is_err() {
+        return;
+    }
+    let _ = tx.send(LoadMsg::Note(format!("Index loaded from {}", path.display())));
+    // Crash kinds are read again from their events.
+    let mut store = Store::default();
+    store.set_backing(backing);
+    store.extend(saved.blocks.iter().cloned());
+    let crashes = saved
+        .crashes
+        .iter()
+        .filter_map(|at| {
+            let b = store.block_of(*at)?;
+            let first = store.blocks().get(b)?.first;
+            let events = store.events(b)?;
+            let e = events.get(usize::try_from(at - first).ok()?)?;
+            Some((*at, triage::fatal(&e.kind)?))
+        })
+        .collect();
+    let mut lanes = Lanes::from_buckets(saved.buckets, saved.fine_per_bucket);
+    let batch = Batch {
+        blocks: saved.blocks,
+        buckets: Vec::new(),
+        anomalies: saved.anomalies,
+        crashes,
+        lost: saved.lost,
+        snapshots: Vec::new(),
+        actors: saved.actors,
+        events: saved.events,
+        fraction: Some(1.0),
+        elapsed: started.elapsed(),
+    };
+    let blocks: Vec<(u64, bool)> = {
+        let text = batch.blocks.first().is_some_and(|b| matches!(b.pos, BlockPos::Text { .. }));
+        batch
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (b.first, text || (k as u64).is_multiple_of(CHECKPOINT_BLOCKS)))
+            .collect()
+    };
+    if tx.send(LoadMsg::Batch(batch)).is_err()
+        || tx.send(LoadMsg::Lanes(std::mem::take(&mut lanes))).is_err()
+    {
+        return;
+    }
+    let stats = saved.stats.unwrap_or_else(|| ExitStats::new().finish(None, None));
+    if tx
+        .send(LoadMsg::Done {
+            stats: Box::new(stats),
+            summary: None,
+            read: Box::new(saved.read),
+            elapsed: started.elapsed(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    rebuild_checkpoints(&store, &blocks, saved.events, tx);
+}
+
+/// Replays the model over the whole trace, sending a snapshot at each checkpointed block
+/// start (the same places the full pass takes them).
+fn rebuild_checkpoints(store: &Store, blocks: &[(u64, bool)], total: u64, tx: &Sender<LoadMsg>) {
+    let mut model = Model::default();
+    let mut pending = Vec::new();
+    let mut last = Instant::now();
+    for (b, (first, checkpoint)) in blocks.iter().enumerate() {
+        if *checkpoint {
+            pending.push((*first, model.snapshot()));
+        }
+        // Runs of blocks decode with one reader; each block is fetched once.
+        if b % 64 == 0 {
+            store.prefetch(b, (b + 63).min(blocks.len().saturating_sub(1)));
+        }
+        let Some(events) = store.events(b) else { break };
+        for e in events.iter() {
+            model.step(e);
+        }
+        if last.elapsed() >= FLUSH_EVERY || b + 1 == blocks.len() {
+            last = Instant::now();
+            let done = first + events.len() as u64;
+            let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+            if tx.send(LoadMsg::Checkpoints(std::mem::take(&mut pending), fraction)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Per lane: how many of its events the pass has read, and where that is in its chunks.
@@ -326,8 +480,23 @@ impl DatCursor {
 /// reader (one reader from a line boundary reads the same events as one over the whole file;
 /// a lost-events marker whose CPU's next event is in the next block is yielded at the end of
 /// its block instead).
-fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant) {
+fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
     let name: Arc<str> = path.display().to_string().into();
+    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+        // The meta comes from the first lines, as a full read would find it.
+        let mut head = Vec::new();
+        let _ = std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_end(&mut head));
+        let cut = head.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        head.truncate(cut);
+        let reader = TextReader::new(
+            Arc::clone(&name),
+            std::io::Cursor::new(head),
+            ReadOptions { permissive: true },
+        );
+        let meta = reader.meta().clone();
+        let backing = Backing::Text { path: path.to_path_buf(), name };
+        return from_sidecar(path, saved, meta, backing, tx, started);
+    }
     let fail = |e: std::io::Error| {
         let _ = tx.send(LoadMsg::Failed(format!("Cannot read {}: {e}", path.display())));
     };
@@ -379,7 +548,9 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant) {
                 return;
             }
             meta = Some(m);
-            pipeline = Some(Pipeline::new(tx, started, Positions::Text));
+            let mut p = Pipeline::new(tx, started, Positions::Text);
+            p.save_to = index.save_index.then(|| path.to_path_buf());
+            pipeline = Some(p);
         }
         let Some(p) = pipeline.as_mut() else { return };
         p.text_block(block_offset, len);
@@ -466,6 +637,11 @@ struct Pipeline<'a> {
     fraction: Option<f64>,
     /// The receiver is gone.
     closed: bool,
+    /// Save the index beside this trace at the end.
+    save_to: Option<PathBuf>,
+    /// What is saved (copies of what the batches carried).
+    saved: Sidecar,
+    saved_lanes: Lanes,
 }
 
 /// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
@@ -538,6 +714,9 @@ impl<'a> Pipeline<'a> {
             sent_blocks: false,
             fraction: None,
             closed: false,
+            save_to: None,
+            saved: Sidecar::default(),
+            saved_lanes: Lanes::default(),
         }
     }
 
@@ -637,6 +816,17 @@ impl<'a> Pipeline<'a> {
     fn flush(&mut self) {
         self.last_flush = Instant::now();
         let mut batch = std::mem::take(&mut self.indexer.batch);
+        if self.save_to.is_some() {
+            let s = &mut self.saved;
+            s.blocks.extend(batch.blocks.iter().cloned());
+            for b in &batch.buckets {
+                self.saved_lanes.push(b.clone());
+            }
+            s.anomalies.extend(batch.anomalies.iter().cloned());
+            s.crashes.extend(batch.crashes.iter().map(|(at, _)| *at));
+            s.lost.extend(batch.lost.iter().copied());
+            s.actors.extend(batch.actors.iter().copied());
+        }
         batch.events = self.next_index();
         batch.fraction = self.fraction;
         batch.elapsed = self.started.elapsed();
@@ -664,12 +854,28 @@ impl<'a> Pipeline<'a> {
         self.flush_bucket();
         self.fraction = Some(1.0);
         self.flush();
+        let events = self.next_index();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
         let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        if let Some(path) = self.save_to.take() {
+            let mut saved = std::mem::take(&mut self.saved);
+            saved.events = events;
+            saved.fine_per_bucket = self.saved_lanes.fine_per_bucket();
+            saved.buckets = self.saved_lanes.buckets().to_vec();
+            saved.read = read.clone();
+            saved.stats = Some(report.clone());
+            let note = match sidecar::Identity::of(&path)
+                .and_then(|id| sidecar::save(&path, id, &saved))
+            {
+                Ok(at) => format!("Index saved to {}", at.display()),
+                Err(e) => format!("Index not saved: {e}"),
+            };
+            let _ = self.tx.send(LoadMsg::Note(note));
+        }
         let _ = self.tx.send(LoadMsg::Done {
             stats: Box::new(report),
-            summary: Box::new(end.summary),
+            summary: Some(Box::new(end.summary)),
             read: Box::new(read.clone()),
             elapsed: self.started.elapsed(),
         });

@@ -139,6 +139,18 @@ impl Lanes {
         }
     }
 
+    /// Lanes from saved buckets of `fine_per_bucket` fine buckets each.
+    pub fn from_buckets(buckets: Vec<Bucket>, fine_per_bucket: u64) -> Self {
+        let fine_per_bucket = fine_per_bucket.max(1);
+        let fill = buckets.last().map_or(0, |b| b.len.div_ceil(FINE_EVENTS).min(fine_per_bucket));
+        Self { buckets, fine_per_bucket, fill }
+    }
+
+    /// Fine buckets per bucket.
+    pub fn fine_per_bucket(&self) -> u64 {
+        self.fine_per_bucket.max(1)
+    }
+
     /// The buckets.
     pub fn buckets(&self) -> &[Bucket] {
         &self.buckets

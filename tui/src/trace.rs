@@ -194,6 +194,10 @@ pub struct Trace {
     pub read: Option<Box<ReadStats>>,
     /// Loading progress.
     pub progress: Progress,
+    /// From a saved index: the model checkpoints are being rebuilt, this far (0–1).
+    pub rebuilding: Option<f64>,
+    /// Where the index was saved or loaded from.
+    pub note: Option<String>,
     tags: RefCell<Lru<Vec<EventTag>>>,
     /// The model at the start of a block, left by the last tags replay (so that walking the
     /// blocks in order replays each once).
@@ -217,6 +221,8 @@ impl Default for Trace {
             summary: None,
             read: None,
             progress: Progress::Loading { elapsed: Duration::ZERO, fraction: None, events: 0 },
+            rebuilding: None,
+            note: None,
             tags: RefCell::new(Lru::new(TAG_CACHE_BLOCKS)),
             replay: RefCell::new(None),
         }
@@ -264,11 +270,17 @@ impl Trace {
             LoadMsg::Batch(batch) => self.append(batch),
             LoadMsg::Done { stats, summary, read, elapsed } => {
                 self.stats = Some(stats);
-                self.summary = Some(summary);
+                self.summary = summary;
                 self.read = Some(read);
                 self.progress = Progress::Done { elapsed };
             }
             LoadMsg::Failed(error) => self.progress = Progress::Failed { error },
+            LoadMsg::Checkpoints(snapshots, fraction) => {
+                self.checkpoints.extend(snapshots);
+                self.rebuilding = (fraction < 1.0).then_some(fraction);
+            }
+            LoadMsg::Note(note) => self.note = Some(note),
+            LoadMsg::Lanes(lanes) => self.lanes = lanes,
         }
     }
 

@@ -142,3 +142,50 @@ fn filters_keep_what_a_scan_of_every_event_keeps() {
     std::fs::remove_file(&dat).ok();
     std::fs::remove_file(&txt).ok();
 }
+
+#[test]
+fn a_saved_index_opens_the_same_trace_and_is_dropped_when_the_file_changes() {
+    use vmxray_tui::loader::{LoadOptions, load_all_with};
+    let (dat, txt) = traces(20_000);
+    for path in [&dat, &txt] {
+        let beside = PathBuf::from(format!("{}.vmxidx", path.display()));
+        std::fs::remove_file(&beside).ok();
+        let first = load_all_with(Source::File(path.clone()), LoadOptions::INDEXED);
+        assert!(
+            first.note.as_deref().is_some_and(|n| n.starts_with("Index saved")),
+            "{:?}",
+            first.note
+        );
+        assert!(beside.exists());
+        let again = load_all_with(Source::File(path.clone()), LoadOptions::INDEXED);
+        assert!(
+            again.note.as_deref().is_some_and(|n| n.starts_with("Index loaded")),
+            "{:?}",
+            again.note
+        );
+        assert_eq!(again.len(), first.len());
+        assert_eq!(again.anomalies, first.anomalies);
+        assert_eq!(again.crashes, first.crashes);
+        assert_eq!(again.actors, first.actors);
+        assert_eq!(again.stats, first.stats);
+        assert_eq!(again.lanes.buckets(), first.lanes.buckets());
+        assert_eq!(again.rebuilding, None, "the checkpoints are rebuilt");
+        for i in (0..first.len()).step_by(1_777) {
+            assert_eq!(again.event(i), first.event(i));
+            assert_eq!(again.tag(i), first.tag(i));
+            assert_eq!(again.state_at(i).map(|s| s.state), first.state_at(i).map(|s| s.state));
+        }
+        // A changed file: the index no longer applies.
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes.extend_from_slice(b"\n");
+        std::fs::write(path, bytes).unwrap();
+        let changed = load_all_with(Source::File(path.clone()), LoadOptions::INDEXED);
+        assert!(
+            changed.note.as_deref().is_some_and(|n| n.starts_with("Index saved")),
+            "{:?}",
+            changed.note
+        );
+        std::fs::remove_file(&beside).ok();
+        std::fs::remove_file(path).ok();
+    }
+}

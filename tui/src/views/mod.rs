@@ -251,7 +251,14 @@ fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 Style::new().fg(Color::Yellow),
             ));
         }
-        Progress::Done { .. } => {}
+        Progress::Done { .. } => {
+            if let Some(f) = trace.rebuilding {
+                spans.push(Span::styled(
+                    format!("  rebuilding model state from the saved index {:.0}%", f * 100.0),
+                    Style::new().fg(Color::Yellow),
+                ));
+            }
+        }
         Progress::Failed { error } => spans
             .push(Span::styled(format!("  read stopped: {error}"), Style::new().fg(Color::Red))),
     }

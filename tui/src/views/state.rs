@@ -391,6 +391,9 @@ fn draw_view(view_state: &mut StateView, frame: &mut Frame<'_>, area: Rect, ctx:
             lines
         }
         None if trace.is_empty() => vec![Line::raw("No event yet…")],
+        None if trace.rebuilding.is_some() => vec![Line::raw(
+            "Rebuilding the model's checkpoints from the saved index… (the state appears when the replay reaches this event)",
+        )],
         None => vec![Line::raw(
             "Replaying up to this event… (the state appears when the loader reaches it)",
         )],
