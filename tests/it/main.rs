@@ -17,6 +17,7 @@ mod scan;
 mod simulate_cli;
 mod spark;
 mod tui_e2e;
+mod vmx_bugs;
 mod vmx_lab;
 mod vmx_samples;
 

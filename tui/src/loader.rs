@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::read::open::{InputKind, Magic, detect};
 use vmxray_capture::read::text::TextReader;
 use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
@@ -109,6 +110,8 @@ pub enum LoadMsg {
         /// The file behind the blocks.
         backing: Backing,
     },
+    /// The print fmts the input carries (binary traces), for the detail view's text.
+    Print(Arc<PrintCatalog>),
     /// More of the index.
     Batch(Batch),
     /// Everything is read.
@@ -255,6 +258,11 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
     if tx.send(LoadMsg::Opened { meta, backing: Backing::Memory }).is_err() {
         return;
     }
+    if let Some(formats) = reader.event_formats()
+        && tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(formats)))).is_err()
+    {
+        return;
+    }
     let mut pipeline = Pipeline::new(tx, started, Positions::Resident);
     for item in reader.by_ref() {
         match item {
@@ -314,6 +322,9 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     if tx.send(LoadMsg::Opened { meta, backing }).is_err() {
         return;
     }
+    if tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(&td.formats)))).is_err() {
+        return;
+    }
     let cursor = DatCursor::new(lanes.len(), counts);
     let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu });
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
@@ -345,6 +356,11 @@ fn from_sidecar(
     started: Instant,
 ) {
     if tx.send(LoadMsg::Opened { meta, backing: backing.clone() }).is_err() {
+        return;
+    }
+    if let Backing::Dat(td) = &backing
+        && tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(&td.formats)))).is_err()
+    {
         return;
     }
     let _ = tx.send(LoadMsg::Note(format!("Index loaded from {}", path.display())));
@@ -681,6 +697,11 @@ impl Sink for Indexer {
         }
         ControlFlow::Continue(())
     }
+
+    /// The anomalies of the trace's end join the last chunk.
+    fn end(&mut self, anomalies: &[vmxray_replay::Anomaly], _model: &Model) {
+        self.batch.anomalies.extend_from_slice(anomalies);
+    }
 }
 
 impl Indexer {
@@ -852,6 +873,7 @@ impl<'a> Pipeline<'a> {
     fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
         self.close_block();
         self.flush_bucket();
+        self.pass.end(&mut self.indexer);
         self.fraction = Some(1.0);
         self.flush();
         let events = self.next_index();

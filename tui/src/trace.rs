@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use vmxray_analyze::pass::Stepped;
 use vmxray_analyze::stats::StatsReport;
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::render::format_ts;
 use vmxray_capture::{Clock, ReadStats, TraceMeta};
 use vmxray_events::{Event, EventKind};
@@ -202,6 +203,9 @@ pub struct Trace {
     /// The model at the start of a block, left by the last tags replay (so that walking the
     /// blocks in order replays each once).
     replay: RefCell<Option<(usize, Model)>>,
+    /// The trace's print fmts (binary inputs): the detail view renders untyped events with
+    /// them, as `trace-cmd report -N` does.
+    pub print: Option<Arc<PrintCatalog>>,
 }
 
 impl Default for Trace {
@@ -216,6 +220,7 @@ impl Default for Trace {
             crashes: Vec::new(),
             lost: Vec::new(),
             checkpoints: Vec::new(),
+            print: None,
             lanes: Lanes::default(),
             stats: None,
             summary: None,
@@ -268,6 +273,7 @@ impl Trace {
                 self.store.set_backing(backing);
             }
             LoadMsg::Batch(batch) => self.append(batch),
+            LoadMsg::Print(catalog) => self.print = Some(catalog),
             LoadMsg::Done { stats, summary, read, elapsed } => {
                 self.stats = Some(stats);
                 self.summary = summary;
