@@ -386,6 +386,10 @@ pub struct TraceDat {
     /// Set when the file was opened for salvage ([`TraceDat::open_salvaging`]) and is
     /// damaged: what was recovered, where the damage was found, and the error found there.
     pub salvage: Option<(SalvageSummary, Location, Option<Arc<TraceDatError>>)>,
+    /// Each compressed CPU run's chunk list, by (cpu, offset, size), once walked: the walk
+    /// reads every chunk's header (10^5 reads on a 10^8-event trace), and readers that start
+    /// anywhere ([`TraceDat::events_from`]) need it each time.
+    chunk_lists: Mutex<HashMap<(u32, u64, u64), Arc<Vec<Work>>>>,
 }
 
 /// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
@@ -1055,6 +1059,7 @@ impl TraceDat {
             texts,
             salvage: None,
             data_from: 0,
+            chunk_lists: Mutex::default(),
         }
     }
 
@@ -1085,6 +1090,11 @@ impl TraceDat {
             Some(b) => {
                 let page = u64::from(b.page_size.max(1));
                 let (lost_bytes, mut lost_pages) = salvage::promised_beyond_end(len, b);
+                if damage.is_none() && lost_bytes == 0 {
+                    // A whole file: nothing to record, and no need to walk every chunk's
+                    // header (one read each: 10^5 on a 10^8-event trace) to say so.
+                    return;
+                }
                 let mut summary = SalvageSummary {
                     streams: u32::try_from(b.cpus.len()).unwrap_or(u32::MAX),
                     lost_bytes,
@@ -1108,9 +1118,6 @@ impl TraceDat {
                     }
                 }
                 summary.lost_pages = lost_pages;
-                if damage.is_none() && lost_bytes == 0 {
-                    return;
-                }
                 summary
             }
             None => {
@@ -1247,6 +1254,31 @@ impl TraceDat {
     }
 
     /// Splits a CPU's data into work items (chunks, or runs of pages).
+    /// [`TraceDat::work`], walked once per CPU run and kept (compressed runs; the others cost
+    /// no reads to list).
+    fn work_kept(
+        &self,
+        b: &BufferInfo,
+        d: &CpuData,
+    ) -> Result<Arc<Vec<Work>>, (Location, TraceDatError)> {
+        if !b.compressed {
+            return self.work(b, d).map(Arc::new);
+        }
+        let key = (d.cpu, d.offset, d.size);
+        let kept = |lists: &Mutex<HashMap<_, Arc<Vec<Work>>>>| {
+            lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
+        };
+        if let Some(w) = kept(&self.chunk_lists) {
+            return Ok(w);
+        }
+        let w = Arc::new(self.work(b, d)?);
+        self.chunk_lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, Arc::clone(&w));
+        Ok(w)
+    }
+
     fn work(&self, b: &BufferInfo, d: &CpuData) -> Result<Vec<Work>, (Location, TraceDatError)> {
         let mut out = Vec::new();
         if !b.compressed {
@@ -1413,7 +1445,7 @@ impl TraceDat {
             .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
         let mut lanes = Vec::with_capacity(b.cpus.len());
         for d in &b.cpus {
-            let chunks = self.work(b, d).map_or(0, |w| w.len());
+            let chunks = self.work_kept(b, d).map_or(0, |w| w.len());
             lanes.push(Mutex::new(vec![u32::MAX; chunks]));
         }
         let counts = Arc::new(ChunkCounts { lanes });
@@ -1466,7 +1498,7 @@ impl TraceDat {
         }
         let mut producers: Vec<(u32, Jobs)> = Vec::new();
         for (lane, d) in b.cpus.iter().enumerate() {
-            let mut work = match self.work(b, d) {
+            let all = match self.work_kept(b, d) {
                 Ok(w) => w,
                 Err((at, e)) if opts.permissive => {
                     stats.note_skipped(self.err(at, e));
@@ -1476,16 +1508,17 @@ impl TraceDat {
             };
             // Where this lane starts, and how many of its first chunk's events to drop.
             let mut skip = 0u32;
+            let mut first = 0;
             if let Some(from) = from {
                 match from.iter().find(|p| p.lane == u32::try_from(lane).unwrap_or(u32::MAX)) {
                     Some(p) => {
-                        let first = usize::try_from(p.chunk).unwrap_or(usize::MAX).min(work.len());
-                        work.drain(..first);
+                        first = usize::try_from(p.chunk).unwrap_or(usize::MAX).min(all.len());
                         skip = p.skip;
                     }
-                    None => work.clear(),
+                    None => first = all.len(),
                 }
             }
+            let work = all[first..].to_vec();
             let td = Arc::clone(self);
             let ctx = Arc::clone(&ctx);
             let counts = counts.clone();
