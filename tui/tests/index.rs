@@ -36,7 +36,7 @@ fn traces(n: u64) -> (PathBuf, PathBuf) {
     let cfg = config();
     let mut sink = DatSink::create(&dat, cfg.kernel, cfg.vcpu_count()).unwrap();
     let mut text = vmxray_samples::sim::text::header(
-        n as usize,
+        usize::try_from(n).unwrap(),
         &vmxray_samples::sim::text::TextOptions {
             kernel: cfg.kernel,
             nr_cpus: cfg.vcpu_count().max(2),
@@ -65,7 +65,11 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
     let n = events.len() as u64;
     for k in 0..n {
         let i = (k * 7_919) % n;
-        assert_eq!(trace.event(i).as_ref(), Some(&events[i as usize]), "{what}: event {i}");
+        assert_eq!(
+            trace.event(i).as_ref(),
+            Some(&events[usize::try_from(i).unwrap()]),
+            "{what}: event {i}"
+        );
     }
     assert!(trace.event(n).is_none());
     // Tags and states are those of one replay of the whole stream.
@@ -74,8 +78,11 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
     for (i, e) in events.iter().enumerate() {
         model.step(e);
         let stepped = Stepped { event: e, step: model.last_step(), model: &model };
-        let id =
-            stepped.step.actor.and_then(|a| actors.iter().position(|x| *x == a)).map(|p| p as u16);
+        let id = stepped
+            .step
+            .actor
+            .and_then(|a| actors.iter().position(|x| *x == a))
+            .map(|p| u16::try_from(p).unwrap());
         let expected = tag_of(&stepped, id);
         if i % 997 == 0 || i + 1 == events.len() {
             assert_eq!(trace.tag(i as u64), Some(expected), "{what}: tag {i}");

@@ -389,7 +389,7 @@ pub struct TraceDat {
     /// Each compressed CPU run's chunk list, by (cpu, offset, size), once walked: the walk
     /// reads every chunk's header (10^5 reads on a 10^8-event trace), and readers that start
     /// anywhere ([`TraceDat::events_from`]) need it each time.
-    chunk_lists: Mutex<HashMap<(u32, u64, u64), Arc<Vec<Work>>>>,
+    chunk_lists: Mutex<HashMap<RunKey, Arc<Vec<Work>>>>,
 }
 
 /// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
@@ -1265,7 +1265,7 @@ impl TraceDat {
             return self.work(b, d).map(Arc::new);
         }
         let key = (d.cpu, d.offset, d.size);
-        let kept = |lists: &Mutex<HashMap<_, Arc<Vec<Work>>>>| {
+        let kept = |lists: &Mutex<HashMap<RunKey, Arc<Vec<Work>>>>| {
             lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
         };
         if let Some(w) = kept(&self.chunk_lists) {
@@ -1679,6 +1679,9 @@ struct Scratch {
     pages: Vec<u8>,
     zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
+
+/// A CPU run of a buffer: its CPU, file offset and size.
+type RunKey = (u32, u64, u64);
 
 #[derive(Clone, Copy, Debug)]
 struct Work {

@@ -37,8 +37,11 @@ pub(crate) struct Job {
     /// The vCPUs the script drives.
     pub(crate) vcpus: Vec<Vcpu>,
     /// The script.
-    pub(crate) script: Box<dyn FnOnce(&mut [Vcpu]) + Send>,
+    pub(crate) script: Script,
 }
+
+/// A script: what it does with its vCPUs.
+pub(crate) type Script = Box<dyn FnOnce(&mut [Vcpu]) + Send>;
 
 /// The scripts of a configuration. With `unbounded`, every main loop runs until the vCPU is
 /// stopped (a streaming run that has the events it wants marks it dead) instead of for

@@ -260,8 +260,7 @@ where
             let Some(Reverse((_, i))) = heap.pop() else { break };
             let lane = &mut lanes[i];
             // Take this lane's events while they stay the earliest.
-            loop {
-                let Some(event) = lane.batch.pop_front() else { break };
+            while let Some(event) = lane.batch.pop_front() {
                 if let Err(e) = sink(&event) {
                     sink_error = Some(StreamError::Sink(Box::new(e)));
                     break;

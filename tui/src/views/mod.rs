@@ -385,7 +385,9 @@ pub fn progress_line(
     let text =
         format!(" {:>3.0}%  {} events read  {eta}  (q quit, ? help)", f * 100.0, group(events));
     let bar_width = usize::from(width).saturating_sub(text.chars().count() + 2).clamp(10, 40);
-    let filled = ((bar_width as f64) * f).round() as usize;
+    // Whole cells filled: the count of cell ends that the fraction has passed (no float cast).
+    let filled =
+        (1..=bar_width).take_while(|c| (*c as f64) <= (bar_width as f64) * f + 0.5).count();
     format!(
         "loading ▕{}{}▏{text}",
         "█".repeat(filled.min(bar_width)),
