@@ -66,6 +66,8 @@ pub enum Action {
     },
     /// Mouse click.
     Click(Position),
+    /// Scroll the vCPU lanes down (`>`) or up (`<`).
+    Lanes(bool),
 }
 
 /// What a prompt asks.
@@ -152,9 +154,9 @@ pub struct App {
 }
 
 /// Rows a search tests per tick (between two frames).
-const SEARCH_SLICE: u64 = 100_000;
+const SEARCH_SLICE: u64 = 20_000;
 /// Events a new filter looks at per tick.
-const FILTER_SLICE: u64 = 500_000;
+const FILTER_SLICE: u64 = 200_000;
 
 impl App {
     /// An app fed by a loader channel.
@@ -231,7 +233,7 @@ impl App {
     }
 
     fn snap_to_rows(&mut self, from: u64) {
-        if let Some(e) = self.rows.event_at(self.rows.row_of(from, &self.trace)) {
+        if let Some(e) = self.rows.event_at(self.rows.row_of(from, &self.trace), &self.trace) {
             self.selected = e;
         }
     }
@@ -295,6 +297,10 @@ impl App {
             }
             Action::Type(_) | Action::Erase => {}
             Action::Scroll { down, at } => self.scroll(down, at),
+            Action::Lanes(down) => {
+                let delta = if down { 1 } else { -1 };
+                self.with_view(|v, ctx| v.scroll_lanes(delta, ctx));
+            }
             Action::Click(at) => self.click(at),
             Action::Enter => self.enter(),
             Action::Down => self.move_by(1),
@@ -493,11 +499,11 @@ impl App {
             if row >= rows {
                 row = if forward { 0 } else { rows - 1 };
             }
-            if let Some(index) = self.rows.event_at(row)
+            if let Some(index) = self.rows.event_at(row, &self.trace)
                 && let Some(event) = self.trace.event(index)
             {
-                let line =
-                    NormalizedLine { event, clock: &clock, vcpu: None, print: None }.to_string();
+                let line = NormalizedLine { event: &event, clock: &clock, vcpu: None, print: None }
+                    .to_string();
                 if contains_ignore_case(&line, &search.query) {
                     search.running = None;
                     self.jumped(index, Jump::Event);
@@ -512,7 +518,13 @@ impl App {
     }
 
     fn scroll(&mut self, down: bool, at: Position) {
-        let _ = at;
+        if let Some((lanes, _)) = self.hits.lanes
+            && lanes.contains(at)
+        {
+            let delta = if down { 1 } else { -1 };
+            self.with_view(|v, ctx| v.scroll_lanes(delta, ctx));
+            return;
+        }
         let delta = if down { 3 } else { -3 };
         self.with_view(|v, ctx| v.wheel(delta, ctx));
     }

@@ -3,10 +3,15 @@
 //! The event, reason, vCPU and CPU criteria are `vmxray_capture::filter::EventFilter` (the
 //! same matching as `vmxray dump`); level and rule come from the model's tags and anomalies.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use vmxray_capture::filter::EventFilter;
+use vmxray_events::Event;
 use vmxray_replay::RuleId;
 
-use crate::trace::{Tier, Trace};
+use crate::store::Lru;
+use crate::trace::{EventTag, Tier, Trace};
 
 /// A parsed filter.
 #[derive(Clone, Debug, Default)]
@@ -70,8 +75,14 @@ impl Filter {
         let (Some(event), Some(tag)) = (trace.event(index), trace.tag(index)) else {
             return false;
         };
+        self.keeps_event(trace, index, &event, tag)
+    }
+
+    /// Whether `event` (event `index`, with its tag) passes.
+    pub fn keeps_event(&self, trace: &Trace, index: u64, event: &Event, tag: EventTag) -> bool {
         // The model's attribution, else the event's own vcpu_id (untyped events carry one).
-        let vcpu = trace.actor(index).and_then(|a| a.vcpu_id()).or_else(|| event.vcpu());
+        let actor = trace.actors.get(usize::from(tag.actor)).copied();
+        let vcpu = actor.and_then(|a| a.vcpu_id()).or_else(|| event.vcpu());
         self.events.keeps(event, vcpu)
             && (self.levels.is_empty() || self.levels.contains(&tag.tier()))
             && (self.rules.is_empty()
@@ -87,13 +98,30 @@ impl Filter {
     }
 }
 
-/// The rows of the timeline: every event, or the indices a filter keeps (kept up to date as
-/// chunks arrive).
-#[derive(Clone, Debug, Default)]
+/// The rows of the timeline: every event, or the events a filter keeps (kept up to date as
+/// blocks arrive). A filter keeps, per block of the index, how many of its events match; the
+/// matching events of a block are found again when shown (and kept for a few blocks), so
+/// memory follows the blocks, not the matches.
+#[derive(Debug, Default)]
 pub struct Rows {
     filter: Option<Filter>,
-    kept: Vec<u64>,
+    /// Matches before each scanned block, and after the last (`len = scanned blocks + 1`).
+    prefix: Vec<u64>,
+    /// Events of the scanned blocks.
     scanned: u64,
+    /// The matching events' offsets in recently used blocks.
+    matches: RefCell<Option<Lru<Vec<u32>>>>,
+}
+
+impl Clone for Rows {
+    fn clone(&self) -> Self {
+        Self {
+            filter: self.filter.clone(),
+            prefix: self.prefix.clone(),
+            scanned: self.scanned,
+            matches: RefCell::new(None),
+        }
+    }
 }
 
 impl Rows {
@@ -106,32 +134,54 @@ impl Rows {
     /// rest follows with [`Rows::catch_up`] between frames.
     pub fn set_filter(&mut self, filter: Option<Filter>, trace: &Trace, budget: u64) {
         self.filter = filter;
-        self.kept.clear();
+        self.prefix = vec![0];
         self.scanned = 0;
+        *self.matches.borrow_mut() = None;
         self.catch_up(trace, budget);
     }
 
-    /// Filters up to `budget` more of the loaded events; true while some remain.
+    /// The offsets of block `b`'s matching events.
+    fn block_matches(&self, trace: &Trace, b: usize) -> Option<Arc<Vec<u32>>> {
+        let filter = self.filter.as_ref()?;
+        if let Some(hit) = self.matches.borrow_mut().as_mut().and_then(|m| m.get(b)) {
+            return Some(hit);
+        }
+        let first = trace.blocks().get(b)?.first;
+        let events = trace.block_events(b)?;
+        let tags = trace.block_tags(b)?;
+        let offsets: Vec<u32> = events
+            .iter()
+            .zip(tags.iter())
+            .enumerate()
+            .filter(|(k, (e, t))| filter.keeps_event(trace, first + *k as u64, e, **t))
+            .map(|(k, _)| u32::try_from(k).unwrap_or(u32::MAX))
+            .collect();
+        let offsets = Arc::new(offsets);
+        self.matches.borrow_mut().get_or_insert_with(|| Lru::new(16)).put(b, Arc::clone(&offsets));
+        Some(offsets)
+    }
+
+    /// Filters up to `budget` more of the loaded events (whole blocks); true while some remain.
     pub fn catch_up(&mut self, trace: &Trace, budget: u64) -> bool {
-        let end = match &self.filter {
-            Some(f) => {
-                let end = trace.len().min(self.scanned.saturating_add(budget));
-                for i in self.scanned..end {
-                    if f.keeps(trace, i) {
-                        self.kept.push(i);
-                    }
-                }
-                end
-            }
-            None => trace.len(),
-        };
-        self.scanned = end;
+        if self.filter.is_none() {
+            return false;
+        }
+        let mut done = 0u64;
+        while done < budget {
+            let b = self.prefix.len() - 1;
+            let Some(block) = trace.blocks().get(b) else { break };
+            let Some(m) = self.block_matches(trace, b) else { break };
+            let before = self.prefix.last().copied().unwrap_or(0);
+            self.prefix.push(before + m.len() as u64);
+            self.scanned = block.end();
+            done += u64::from(block.len);
+        }
         self.pending(trace)
     }
 
     /// Loaded events the filter has not looked at yet.
     pub fn pending(&self, trace: &Trace) -> bool {
-        self.scanned < trace.len()
+        self.filter.is_some() && self.scanned < trace.len()
     }
 
     /// Events looked at so far.
@@ -142,16 +192,25 @@ impl Rows {
     /// Number of rows.
     pub fn len(&self, trace: &Trace) -> u64 {
         match self.filter {
-            Some(_) => self.kept.len() as u64,
+            Some(_) => self.prefix.last().copied().unwrap_or(0),
             None => trace.len(),
         }
     }
 
     /// The event shown on row `row`.
-    pub fn event_at(&self, row: u64) -> Option<u64> {
+    pub fn event_at(&self, row: u64, trace: &Trace) -> Option<u64> {
         match self.filter {
-            Some(_) => self.kept.get(usize::try_from(row).ok()?).copied(),
-            None => Some(row),
+            Some(_) => {
+                let b = self.prefix.partition_point(|p| *p <= row).checked_sub(1)?;
+                if b + 1 >= self.prefix.len() {
+                    return None;
+                }
+                let m = self.block_matches(trace, b)?;
+                let k = usize::try_from(row - self.prefix[b]).ok()?;
+                let first = trace.blocks().get(b)?.first;
+                m.get(k).map(|o| first + u64::from(*o))
+            }
+            None => (row < trace.len()).then_some(row),
         }
     }
 
@@ -159,8 +218,17 @@ impl Rows {
     pub fn row_of(&self, index: u64, trace: &Trace) -> u64 {
         match self.filter {
             Some(_) => {
-                let p = self.kept.partition_point(|&e| e < index) as u64;
-                p.min((self.kept.len() as u64).saturating_sub(1))
+                let rows = self.len(trace);
+                let last = rows.saturating_sub(1);
+                let Some(b) = trace.block_of(index) else { return last };
+                if b + 1 >= self.prefix.len() {
+                    return last;
+                }
+                let first = trace.blocks().get(b).map_or(0, |blk| blk.first);
+                let within = self
+                    .block_matches(trace, b)
+                    .map_or(0, |m| m.partition_point(|o| first + u64::from(*o) < index) as u64);
+                (self.prefix[b] + within).min(last)
             }
             None => index.min(trace.len().saturating_sub(1)),
         }

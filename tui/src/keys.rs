@@ -57,6 +57,8 @@ fn key_action(key: &KeyEvent, typing: bool) -> Option<Action> {
         KeyCode::Char('a') => Action::Anomaly(true),
         KeyCode::Char('A') => Action::Anomaly(false),
         KeyCode::Char('c') => Action::Crash,
+        KeyCode::Char('>') => Action::Lanes(true),
+        KeyCode::Char('<') => Action::Lanes(false),
         // The views in Tab order; a key beyond the registered views does nothing.
         KeyCode::Char(d @ '1'..='9') => Action::Show(ViewId(usize::from(d as u8 - b'1'))),
         _ => return None,

@@ -1,25 +1,29 @@
-//! Reading, replaying and counting a trace on a background thread.
+//! Reading, replaying and counting a trace on a background thread, building the index the
+//! views browse (see [`crate::trace`]).
 //!
-//! The loader opens the input with `vmxray_capture` and runs the one pass of every command
-//! (`vmxray_analyze::pass::Pass`: the replay model and the exit statistics) with a sink that
-//! keeps a model snapshot every [`CHECKPOINT_INTERVAL`] events and tags each event, and sends
-//! the events to the UI in [`Chunk`]s. The first
-//! chunk is small so that the first screen appears at once; later chunks grow to
-//! [`CHUNK_LEN`] events. The UI thread never waits on it: it drains the channel between frames.
+//! The loader runs the one pass of every command (`vmxray_analyze::pass::Pass`: the replay
+//! model and the exit statistics) with a sink that cuts the stream into [`Block`]s and
+//! records where each starts in the file, keeps a model snapshot at every few blocks, counts
+//! the lanes' [`Bucket`]s, and collects anomalies, crashes and lost markers. The events
+//! themselves are dropped after the pass (except for inputs that cannot be read twice: stdin,
+//! perf.data, tracefs copies, the bundled sample, events in memory, whose blocks keep their
+//! events). The UI thread never waits on it: it drains the channel between frames.
 //!
 //! ```text
-//!  loader thread                                   UI thread
-//!  open ─► for each event:                         loop {
-//!            snapshot every 2048 ─┐                  drain channel ─► Trace::apply
-//!            Pass::step (model,   ├─ Chunk ──mpsc──► draw visible rows only
-//!            stats) + tags ───────┘                  poll keys/mouse (50 ms)
-//!          finish ─► Done { stats, summary }       }
+//!  loader thread                                      UI thread
+//!  open ─► Opened { meta, backing } ───────────────►  Trace::apply
+//!  for each event:                                    loop {
+//!    block start: positions (trace.dat: lane chunk      drain channel ─► Trace::apply
+//!      and skip; text: byte offset), snapshot           draw visible rows only (decoded
+//!    Pass::step (model, stats) ─► tag, bucket,            on demand from the file)
+//!      anomalies ──── Batch every 100 ms ──mpsc──►      poll keys/mouse (50 ms)
+//!  finish ─► Done { stats, summary } ──────────────►  }
 //! ```
 
 use std::collections::HashMap;
-use std::io::Cursor;
+use std::io::Read;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -27,12 +31,19 @@ use std::time::{Duration, Instant};
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
+use vmxray_capture::read::open::{InputKind, Magic, detect};
 use vmxray_capture::read::text::TextReader;
-use vmxray_capture::{Clock, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta};
-use vmxray_events::{Event, EventKind};
-use vmxray_replay::{Actor, Anomaly, CrashKind, Level, Model, TraceSummary, triage};
+use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
+use vmxray_capture::{
+    Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
+};
+use vmxray_events::Event;
+use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
-use crate::trace::{CHECKPOINT_INTERVAL, CHUNK_LEN, EventTag, Tier, Trace};
+use crate::sidecar::{self, Sidecar};
+use crate::store::{BLOCK_EVENTS, Backing, Block, BlockPos, Store, TEXT_BLOCK_BYTES};
+use crate::summary::{Bucket, FINE_EVENTS, Lanes};
+use crate::trace::{EventTag, Trace, tag_of};
 
 /// The sample opened by `vmxray tui` without a file: the simulated Muen-like separation kernel
 /// on a KVM with the 04f11ef45810 bug (stale vmcs02.GUEST_CR3), which shows a critical
@@ -41,6 +52,10 @@ use crate::trace::{CHECKPOINT_INTERVAL, CHUNK_LEN, EventTag, Tier, Trace};
 pub const BUNDLED_SAMPLE: &str = include_str!("../../samples/sim/muen-buggy-6.1.txt");
 /// How the bundled sample is named on screen.
 pub const BUNDLED_NAME: &str = "muen-buggy-6.1.txt (bundled sample)";
+
+/// Blocks between two model snapshots (trace.dat and in-memory traces; every text block has
+/// one): the State view and the tags replay at most this many blocks.
+pub const CHECKPOINT_BLOCKS: u64 = 8;
 
 /// What to browse.
 #[derive(Debug)]
@@ -60,23 +75,27 @@ pub enum Source {
     },
 }
 
-/// One batch of loaded events with what the model and the crash detector said about them.
+/// What the pass found in a stretch of the trace.
 #[derive(Debug, Default)]
-pub struct Chunk {
-    /// The events.
-    pub events: Vec<Event>,
-    /// One tag per event.
-    pub tags: Vec<EventTag>,
+pub struct Batch {
+    /// Completed blocks.
+    pub blocks: Vec<Block>,
+    /// Completed lane buckets ([`FINE_EVENTS`] events each).
+    pub buckets: Vec<Bucket>,
     /// Anomalies reported on these events.
     pub anomalies: Vec<Anomaly>,
     /// Fatal events among them.
     pub crashes: Vec<(u64, CrashKind)>,
     /// Lost-event markers among them.
     pub lost: Vec<u64>,
-    /// Model snapshots taken before events at multiples of [`CHECKPOINT_INTERVAL`].
-    pub snapshots: Vec<Model>,
-    /// Actors first seen in this chunk (tags index the concatenation).
+    /// Model snapshots at block starts, by event index.
+    pub snapshots: Vec<(u64, Model)>,
+    /// Actors first seen in this stretch (actor numbers continue the earlier ones).
     pub actors: Vec<Actor>,
+    /// Events read so far.
+    pub events: u64,
+    /// How much of the input is read (0–1), when known.
+    pub fraction: Option<f64>,
     /// Time since the loader started.
     pub elapsed: Duration,
 }
@@ -84,33 +103,66 @@ pub struct Chunk {
 /// A message from the loader.
 #[derive(Debug)]
 pub enum LoadMsg {
-    /// The input is open.
-    Meta(TraceMeta),
+    /// The input is open: what it says about itself, and where the blocks' events are.
+    Opened {
+        /// The input's metadata.
+        meta: TraceMeta,
+        /// The file behind the blocks.
+        backing: Backing,
+    },
     /// The print fmts the input carries (binary traces), for the detail view's text.
     Print(Arc<PrintCatalog>),
-    /// More events.
-    Chunk(Chunk),
+    /// More of the index.
+    Batch(Batch),
     /// Everything is read.
     Done {
         /// The `vmxray stats` report.
         stats: Box<StatsReport>,
-        /// The model's summary.
-        summary: Box<TraceSummary>,
+        /// The model's summary (None when the index came from a saved `.vmxidx`).
+        summary: Option<Box<TraceSummary>>,
         /// What reading counted.
         read: Box<ReadStats>,
         /// Total loading time.
         elapsed: Duration,
     },
-    /// Reading stopped on an error (the events before it were sent).
+    /// Reading stopped on an error (the events before it stay browsable).
     Failed(String),
+    /// The index came from a saved `.vmxidx`: model snapshots rebuilt by a background replay
+    /// (the State view and the rows' levels appear as they arrive), and how far it got (0–1).
+    Checkpoints(Vec<(u64, Model)>, f64),
+    /// Where the index was saved or loaded from (or why it was not saved).
+    Note(String),
+    /// The lanes' summaries all at once (from a saved index).
+    Lanes(Lanes),
 }
 
-/// Starts the loader thread; the UI drains the returned channel.
+/// How the loader treats the saved index of a trace file (`FILE.vmxidx`, [`crate::sidecar`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Open from a valid saved index instead of reading the trace.
+    pub use_index: bool,
+    /// Save the index after a full read (trace.dat and text files).
+    pub save_index: bool,
+}
+
+impl LoadOptions {
+    /// What `vmxray tui` does: use and save the index.
+    pub const INDEXED: Self = Self { use_index: true, save_index: true };
+    /// Always read the trace, save nothing (tests).
+    pub const READ_ONLY: Self = Self { use_index: false, save_index: false };
+}
+
+/// Starts the loader thread (using and saving the index); the UI drains the returned channel.
 pub fn spawn(source: Source) -> Receiver<LoadMsg> {
+    spawn_with(source, LoadOptions::INDEXED)
+}
+
+/// Starts the loader thread with these options.
+pub fn spawn_with(source: Source, opts: LoadOptions) -> Receiver<LoadMsg> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new().name("vmxray-loader".into()).spawn({
         let tx = tx.clone();
-        move || load(source, &tx)
+        move || load_with(source, &tx, opts)
     });
     if let Err(e) = spawned {
         let _ = tx.send(LoadMsg::Failed(format!("Cannot start the loader thread: {e}")));
@@ -118,10 +170,16 @@ pub fn spawn(source: Source) -> Receiver<LoadMsg> {
     rx
 }
 
-/// Loads a whole trace on the calling thread (tests, examples).
+/// Loads a whole trace on the calling thread, neither using nor saving an index (tests,
+/// examples).
 pub fn load_all(source: Source) -> Trace {
+    load_all_with(source, LoadOptions::READ_ONLY)
+}
+
+/// Loads a whole trace on the calling thread with these options.
+pub fn load_all_with(source: Source, opts: LoadOptions) -> Trace {
     let (tx, rx) = mpsc::channel();
-    load(source, &tx);
+    load_with(source, &tx, opts);
     drop(tx);
     let mut trace = Trace::default();
     for msg in rx {
@@ -130,27 +188,33 @@ pub fn load_all(source: Source) -> Trace {
     trace
 }
 
-/// The first chunk is small (first screen fast), later ones grow to a full storage chunk.
-const FIRST_BATCH: usize = 2048;
-/// A partial chunk is sent when this much time passed since the last one.
+/// A batch is sent when this much time passed since the last one (the first one as soon as a
+/// block is complete, so that the first screen comes at once).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Runs the loader: opens `source`, sends everything to `tx`. Stops early when the receiver
-/// is gone (the UI quit).
+/// Runs the loader (using and saving the index): opens `source`, sends everything to `tx`.
+/// Stops early when the receiver is gone (the UI quit).
 pub fn load(source: Source, tx: &Sender<LoadMsg>) {
+    load_with(source, tx, LoadOptions::INDEXED);
+}
+
+/// Runs the loader with these options.
+pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
     let started = Instant::now();
     let opts = ReadOptions { permissive: true };
     match source {
-        Source::File(path) => match vmxray_capture::open(&path, opts) {
-            Ok(reader) => run_reader(reader, tx, started),
+        Source::File(path) if path.as_os_str() != "-" => match detect(&path) {
+            Ok(InputKind::Binary(Magic::TraceDat)) => load_dat(&path, tx, started, index),
+            Ok(InputKind::Text) => load_text(&path, tx, started, index),
+            Ok(_) => load_reader(vmxray_capture::open(&path, opts), &path, tx, started),
             Err(e) => {
                 let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
             }
         },
+        Source::File(path) => load_reader(vmxray_capture::open(&path, opts), &path, tx, started),
         Source::Bundled => {
-            let reader =
-                TextReader::new(BUNDLED_NAME, Cursor::new(BUNDLED_SAMPLE.as_bytes()), opts);
-            run_reader(Box::new(reader), tx, started);
+            let reader = TextReader::new(BUNDLED_NAME, BUNDLED_SAMPLE.as_bytes(), opts);
+            resident(Box::new(reader), tx, started);
         }
         Source::Events { name, clock, events } => {
             let meta = TraceMeta {
@@ -161,12 +225,12 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
                 kernel: None,
                 excerpt: false,
             };
-            let mut pipeline = Pipeline::new(tx, started);
-            if tx.send(LoadMsg::Meta(meta.clone())).is_err() {
+            if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
                 return;
             }
+            let mut pipeline = Pipeline::new(tx, started, Positions::Resident);
             for event in events {
-                if !pipeline.push(event) {
+                if !pipeline.push(event, None) {
                     return;
                 }
             }
@@ -175,8 +239,24 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
     }
 }
 
-fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Instant) {
-    if tx.send(LoadMsg::Meta(reader.meta().clone())).is_err() {
+fn load_reader(
+    reader: Result<Box<dyn EventReader>, ReadError>,
+    path: &Path,
+    tx: &Sender<LoadMsg>,
+    started: Instant,
+) {
+    match reader {
+        Ok(reader) => resident(reader, tx, started),
+        Err(e) => {
+            let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
+        }
+    }
+}
+
+/// An input read once: its blocks keep their events.
+fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Instant) {
+    let meta = reader.meta().clone();
+    if tx.send(LoadMsg::Opened { meta, backing: Backing::Memory }).is_err() {
         return;
     }
     if let Some(formats) = reader.event_formats()
@@ -184,17 +264,16 @@ fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: I
     {
         return;
     }
-    let mut pipeline = Pipeline::new(tx, started);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident);
     for item in reader.by_ref() {
         match item {
             Ok(event) => {
-                if !pipeline.push(event) {
+                if !pipeline.push(event, None) {
                     return;
                 }
             }
             Err(e) => {
-                pipeline.flush();
-                let _ = tx.send(LoadMsg::Failed(e.to_string()));
+                pipeline.fail(e.to_string());
                 return;
             }
         }
@@ -203,103 +282,554 @@ fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: I
     pipeline.finish(&meta, reader.stats());
 }
 
-/// The pass (model and statistics) and the chunk being filled.
+/// A trace.dat: blocks of [`BLOCK_EVENTS`] events, each with where every CPU lane's next event
+/// is, found from the chunk counts the reader keeps as it decodes.
+fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
+    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+        match TraceDat::open_salvaging(path) {
+            Ok(td) => {
+                let td = Arc::new(td);
+                let meta = td.meta(0);
+                return from_sidecar(path, saved, meta, Backing::Dat(td), tx, started);
+            }
+            Err(e) => {
+                let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
+                return;
+            }
+        }
+    }
+    let opened = TraceDat::open_salvaging(path).map(Arc::new).and_then(|td| {
+        let (reader, counts) = td.events_counted(0, ReadOptions { permissive: true })?;
+        Ok((td, reader, counts))
+    });
+    let (td, mut reader, counts) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
+            return;
+        }
+    };
+    let lanes = td.lanes(0);
+    let mut lane_of_cpu: HashMap<u32, usize> = HashMap::new();
+    for (i, cpu) in lanes.iter().enumerate() {
+        lane_of_cpu.insert(*cpu, i);
+    }
+    if lane_of_cpu.len() != lanes.len() {
+        // A CPU with several data runs: positions by CPU would be ambiguous.
+        return resident(Box::new(reader), tx, started);
+    }
+    let meta = reader.meta().clone();
+    let backing = Backing::Dat(Arc::clone(&td));
+    if tx.send(LoadMsg::Opened { meta, backing }).is_err() {
+        return;
+    }
+    if tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(&td.formats)))).is_err() {
+        return;
+    }
+    let cursor = DatCursor::new(lanes.len(), counts);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu });
+    pipeline.save_to = index.save_index.then(|| path.to_path_buf());
+    for item in reader.by_ref() {
+        match item {
+            Ok(event) => {
+                if !pipeline.push(event, None) {
+                    return;
+                }
+            }
+            Err(e) => {
+                pipeline.fail(e.to_string());
+                return;
+            }
+        }
+    }
+    let meta = reader.meta().clone();
+    pipeline.finish(&meta, reader.stats());
+}
+
+/// Opens a trace from its saved index: everything at once, then the model checkpoints
+/// rebuilt by a replay (decode and model only) in the background.
+fn from_sidecar(
+    path: &Path,
+    saved: Sidecar,
+    meta: TraceMeta,
+    backing: Backing,
+    tx: &Sender<LoadMsg>,
+    started: Instant,
+) {
+    if tx.send(LoadMsg::Opened { meta, backing: backing.clone() }).is_err() {
+        return;
+    }
+    if let Backing::Dat(td) = &backing
+        && tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(&td.formats)))).is_err()
+    {
+        return;
+    }
+    let _ = tx.send(LoadMsg::Note(format!("Index loaded from {}", path.display())));
+    // Crash kinds are read again from their events.
+    let mut store = Store::default();
+    store.set_backing(backing);
+    store.extend(saved.blocks.iter().cloned());
+    let crashes = saved
+        .crashes
+        .iter()
+        .filter_map(|at| {
+            let b = store.block_of(*at)?;
+            let first = store.blocks().get(b)?.first;
+            let events = store.events(b)?;
+            let e = events.get(usize::try_from(at - first).ok()?)?;
+            Some((*at, triage::fatal(&e.kind)?))
+        })
+        .collect();
+    let mut lanes = Lanes::from_buckets(saved.buckets, saved.fine_per_bucket);
+    let batch = Batch {
+        blocks: saved.blocks,
+        buckets: Vec::new(),
+        anomalies: saved.anomalies,
+        crashes,
+        lost: saved.lost,
+        snapshots: Vec::new(),
+        actors: saved.actors,
+        events: saved.events,
+        fraction: Some(1.0),
+        elapsed: started.elapsed(),
+    };
+    let blocks: Vec<(u64, bool)> = {
+        let text = batch.blocks.first().is_some_and(|b| matches!(b.pos, BlockPos::Text { .. }));
+        batch
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (b.first, text || (k as u64).is_multiple_of(CHECKPOINT_BLOCKS)))
+            .collect()
+    };
+    if tx.send(LoadMsg::Batch(batch)).is_err()
+        || tx.send(LoadMsg::Lanes(std::mem::take(&mut lanes))).is_err()
+    {
+        return;
+    }
+    let stats = saved.stats.unwrap_or_else(|| ExitStats::new().finish(None, None));
+    if tx
+        .send(LoadMsg::Done {
+            stats: Box::new(stats),
+            summary: None,
+            read: Box::new(saved.read),
+            elapsed: started.elapsed(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    rebuild_checkpoints(&store, &blocks, saved.events, tx);
+}
+
+/// Replays the model over the whole trace, sending a snapshot at each checkpointed block
+/// start (the same places the full pass takes them).
+fn rebuild_checkpoints(store: &Store, blocks: &[(u64, bool)], total: u64, tx: &Sender<LoadMsg>) {
+    let mut model = Model::default();
+    let mut pending = Vec::new();
+    let mut last = Instant::now();
+    for (b, (first, checkpoint)) in blocks.iter().enumerate() {
+        if *checkpoint {
+            pending.push((*first, model.snapshot()));
+        }
+        // Runs of blocks decode with one reader; each block is fetched once.
+        if b % 64 == 0 {
+            store.prefetch(b, (b + 63).min(blocks.len().saturating_sub(1)));
+        }
+        let Some(events) = store.events(b) else { break };
+        for e in events.iter() {
+            model.step(e);
+        }
+        if last.elapsed() >= FLUSH_EVERY || b + 1 == blocks.len() {
+            last = Instant::now();
+            let done = first + events.len() as u64;
+            let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+            if tx.send(LoadMsg::Checkpoints(std::mem::take(&mut pending), fraction)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Per lane: how many of its events the pass has read, and where that is in its chunks.
+struct DatCursor {
+    counts: Arc<ChunkCounts>,
+    /// Events read per lane.
+    ordinal: Vec<u64>,
+    /// Per lane: the chunk holding the next event, and the events of the chunks before it.
+    chunk: Vec<(usize, u64)>,
+}
+
+impl DatCursor {
+    fn new(lanes: usize, counts: Arc<ChunkCounts>) -> Self {
+        Self { counts, ordinal: vec![0; lanes], chunk: vec![(0, 0); lanes] }
+    }
+
+    /// Where every lane's next event is. A chunk is counted before its first event is read,
+    /// so the chunks behind each lane's position are known.
+    fn positions(&mut self) -> Box<[LanePos]> {
+        let mut out = Vec::with_capacity(self.ordinal.len());
+        for (lane, ordinal) in self.ordinal.iter().enumerate() {
+            let (chunk, before) = &mut self.chunk[lane];
+            while let Some(n) = self.counts.count(lane, *chunk) {
+                if *before + u64::from(n) > *ordinal {
+                    break;
+                }
+                *before += u64::from(n);
+                *chunk += 1;
+            }
+            out.push(LanePos {
+                lane: u32::try_from(lane).unwrap_or(u32::MAX),
+                chunk: u32::try_from(*chunk).unwrap_or(u32::MAX),
+                skip: u32::try_from(*ordinal - *before).unwrap_or(u32::MAX),
+            });
+        }
+        out.into_boxed_slice()
+    }
+
+    fn fraction(&self) -> Option<f64> {
+        let (done, total) = self.counts.progress();
+        (total > 0).then(|| done as f64 / total as f64)
+    }
+}
+
+/// A text file: blocks of [`TEXT_BLOCK_BYTES`] of whole lines, each read by its own text
+/// reader (one reader from a line boundary reads the same events as one over the whole file;
+/// a lost-events marker whose CPU's next event is in the next block is yielded at the end of
+/// its block instead).
+fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
+    let name: Arc<str> = path.display().to_string().into();
+    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+        // The meta comes from the first lines, as a full read would find it.
+        let mut head = Vec::new();
+        let _ = std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_end(&mut head));
+        let cut = head.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        head.truncate(cut);
+        let reader = TextReader::new(
+            Arc::clone(&name),
+            std::io::Cursor::new(head),
+            ReadOptions { permissive: true },
+        );
+        let meta = reader.meta().clone();
+        let backing = Backing::Text { path: path.to_path_buf(), name };
+        return from_sidecar(path, saved, meta, backing, tx, started);
+    }
+    let fail = |e: std::io::Error| {
+        let _ = tx.send(LoadMsg::Failed(format!("Cannot read {}: {e}", path.display())));
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut offset = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut read = ReadStats::default();
+    let mut meta: Option<TraceMeta> = None;
+    let mut pipeline: Option<Pipeline<'_>> = None;
+    loop {
+        // The next block: the carried partial line plus up to TEXT_BLOCK_BYTES, cut after the
+        // last newline (a line longer than a block stays whole).
+        let mut bytes = std::mem::take(&mut carry);
+        let want = usize::try_from(TEXT_BLOCK_BYTES).unwrap_or(1 << 22);
+        let mut chunk = Vec::with_capacity(want);
+        if let Err(e) = (&mut file).take(TEXT_BLOCK_BYTES).read_to_end(&mut chunk) {
+            return fail(e);
+        }
+        let eof = chunk.is_empty();
+        bytes.extend_from_slice(&chunk);
+        if !eof {
+            match bytes.iter().rposition(|b| *b == b'\n') {
+                Some(at) => carry = bytes.split_off(at + 1),
+                None => {
+                    carry = bytes;
+                    continue;
+                }
+            }
+        }
+        if bytes.is_empty() {
+            break;
+        }
+        let len = bytes.len() as u64;
+        let block_offset = offset;
+        offset += len;
+        let mut reader = TextReader::new(
+            Arc::clone(&name),
+            std::io::Cursor::new(bytes),
+            ReadOptions { permissive: true },
+        );
+        if meta.is_none() {
+            let m = reader.meta().clone();
+            let backing = Backing::Text { path: path.to_path_buf(), name: Arc::clone(&name) };
+            if tx.send(LoadMsg::Opened { meta: m.clone(), backing }).is_err() {
+                return;
+            }
+            meta = Some(m);
+            let mut p = Pipeline::new(tx, started, Positions::Text);
+            p.save_to = index.save_index.then(|| path.to_path_buf());
+            pipeline = Some(p);
+        }
+        let Some(p) = pipeline.as_mut() else { return };
+        p.text_block(block_offset, len);
+        for item in reader.by_ref() {
+            match item {
+                Ok(event) => {
+                    let fraction = (size > 0).then(|| block_offset as f64 / size as f64);
+                    if !p.push(event, fraction) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    p.fail(e.to_string());
+                    return;
+                }
+            }
+        }
+        merge_read_stats(&mut read, reader.stats());
+        if let Some(m) = &mut meta
+            && m.cpus.is_none()
+        {
+            m.cpus = reader.meta().cpus;
+        }
+        if eof {
+            break;
+        }
+    }
+    if let (Some(p), Some(meta)) = (pipeline, meta) {
+        p.finish(&meta, &read);
+    }
+}
+
+/// Adds what one block's reader counted to the whole file's counts.
+fn merge_read_stats(into: &mut ReadStats, from: &ReadStats) {
+    into.events += from.events;
+    for (cpu, l) in &from.lost {
+        let e = into.lost.entry(*cpu).or_default();
+        e.markers += l.markers;
+        e.events += l.events;
+        e.uncounted_markers += l.uncounted_markers;
+    }
+    into.skipped += from.skipped;
+    for p in &from.problems {
+        if into.problems.len() < ReadStats::MAX_PROBLEMS {
+            into.problems.push(Arc::clone(p));
+        }
+    }
+    for (k, n) in &from.unknown_events {
+        *into.unknown_events.entry(k.clone()).or_default() += n;
+    }
+}
+
+/// How blocks find their events again.
+enum Positions {
+    /// The events are kept.
+    Resident,
+    /// trace.dat lanes.
+    Dat { cursor: DatCursor, lane_of_cpu: HashMap<u32, usize> },
+    /// Text blocks, opened by [`Pipeline::text_block`].
+    Text,
+}
+
+/// The block being filled.
+struct OpenBlock {
+    first: u64,
+    first_ts: Option<u64>,
+    pos: Option<BlockPos>,
+    events: Vec<Event>,
+}
+
+/// The pass, the sink, and the batch being filled.
 struct Pipeline<'a> {
     tx: &'a Sender<LoadMsg>,
     started: Instant,
     pass: Pass,
-    tagger: Tagger,
-    batch: usize,
-    /// Flush at this many events: the batch size, cut at the storage-chunk boundary so that
-    /// every message after the first storage chunk is one whole chunk the UI keeps as is.
-    limit: usize,
+    indexer: Indexer,
+    positions: Positions,
+    block: Option<OpenBlock>,
+    /// Blocks opened so far.
+    blocks_opened: u64,
     last_flush: Instant,
+    /// A batch with blocks was sent.
+    sent_blocks: bool,
+    fraction: Option<f64>,
     /// The receiver is gone.
     closed: bool,
+    /// Save the index beside this trace at the end.
+    save_to: Option<PathBuf>,
+    /// What is saved (copies of what the batches carried).
+    saved: Sidecar,
+    saved_lanes: Lanes,
 }
 
-/// The pass's sink: tags each event, collects anomalies, crashes, lost markers and model
-/// snapshots into the chunk being filled.
+/// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
+/// crashes and lost markers.
 #[derive(Default)]
-struct Tagger {
+struct Indexer {
     actor_ids: HashMap<Actor, u16>,
-    chunk: Chunk,
+    last_actor: Option<(Actor, u16)>,
+    bucket: Bucket,
+    batch: Batch,
 }
 
-impl Sink for Tagger {
-    fn before(&mut self, model: &Model) {
-        if model.next_index().0.is_multiple_of(CHECKPOINT_INTERVAL) {
-            self.chunk.snapshots.push(model.snapshot());
-        }
-    }
-
+impl Sink for Indexer {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
         let event = s.event;
         let index = s.step.at.0;
-        let crash = triage::fatal(&event.kind);
-        let lost = matches!(event.kind, EventKind::Lost { .. });
-        let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));
-        let anomaly = !s.step.anomalies.is_empty();
-        if anomaly {
-            self.chunk.anomalies.extend_from_slice(s.step.anomalies);
+        let actor_id = s.step.actor.map(|a| self.actor_id(a));
+        let tag = tag_of(s, actor_id);
+        if !s.step.anomalies.is_empty() {
+            self.batch.anomalies.extend_from_slice(s.step.anomalies);
         }
-        let tier = if hw_exit {
-            Tier::L0Exit
-        } else {
-            match s.level() {
-                Some(Level::L1) => Tier::L1,
-                Some(Level::L2) => Tier::L2,
-                None => Tier::Unknown,
-            }
-        };
-        let actor_id = s.step.actor.map_or(EventTag::NO_ACTOR, |a| self.actor_id(a));
-        if let Some(kind) = crash {
-            self.chunk.crashes.push((index, kind));
+        if tag.crash()
+            && let Some(kind) = triage::fatal(&event.kind)
+        {
+            self.batch.crashes.push((index, kind));
         }
-        if lost {
-            self.chunk.lost.push(index);
+        if tag.lost() {
+            self.batch.lost.push(index);
         }
-        self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
+        let worst = s.step.anomalies.iter().map(|a| a.severity).max();
+        if self.bucket.len == 0 {
+            self.bucket.first = index;
+        }
+        self.bucket.add(actor_id, tag.tier(), worst);
+        if self.bucket.len == FINE_EVENTS {
+            self.batch.buckets.push(std::mem::take(&mut self.bucket));
+        }
         ControlFlow::Continue(())
     }
 
     /// The anomalies of the trace's end join the last chunk.
     fn end(&mut self, anomalies: &[vmxray_replay::Anomaly], _model: &Model) {
-        self.chunk.anomalies.extend_from_slice(anomalies);
+        self.batch.anomalies.extend_from_slice(anomalies);
     }
 }
 
-impl Tagger {
+impl Indexer {
     fn actor_id(&mut self, actor: Actor) -> u16 {
+        if let Some((a, id)) = self.last_actor
+            && a == actor
+        {
+            return id;
+        }
         let next = self.actor_ids.len();
-        *self.actor_ids.entry(actor).or_insert_with(|| {
-            self.chunk.actors.push(actor);
+        let id = *self.actor_ids.entry(actor).or_insert_with(|| {
+            self.batch.actors.push(actor);
             u16::try_from(next).unwrap_or(EventTag::NO_ACTOR)
-        })
+        });
+        self.last_actor = Some((actor, id));
+        id
     }
 }
 
 impl<'a> Pipeline<'a> {
-    fn new(tx: &'a Sender<LoadMsg>, started: Instant) -> Self {
+    fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions) -> Self {
         Self {
             tx,
             started,
             pass: Pass::new(PassConfig::default()),
-            tagger: Tagger::default(),
-            batch: FIRST_BATCH,
-            limit: FIRST_BATCH,
+            indexer: Indexer::default(),
+            positions,
+            block: None,
+            blocks_opened: 0,
             last_flush: Instant::now(),
+            sent_blocks: false,
+            fraction: None,
             closed: false,
+            save_to: None,
+            saved: Sidecar::default(),
+            saved_lanes: Lanes::default(),
         }
     }
 
+    fn next_index(&self) -> u64 {
+        self.pass.model().next_index().0
+    }
+
+    /// Closes the open block (if it has events) into the batch.
+    fn close_block(&mut self) {
+        let Some(b) = self.block.take() else { return };
+        let len = self.next_index() - b.first;
+        if len == 0 {
+            return;
+        }
+        let pos = match b.pos {
+            Some(pos) => pos,
+            None => BlockPos::Resident(Arc::new(b.events)),
+        };
+        self.indexer.batch.blocks.push(Block {
+            first: b.first,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            first_ts: b.first_ts.unwrap_or(0),
+            pos,
+        });
+    }
+
+    /// Opens a block at the next event, with a model snapshot when `checkpoint`.
+    fn open_block(&mut self, pos: Option<BlockPos>, checkpoint: bool) {
+        let first = self.next_index();
+        if checkpoint {
+            self.indexer.batch.snapshots.push((first, self.pass.model().snapshot()));
+        }
+        let events = if pos.is_none() {
+            Vec::with_capacity(usize::try_from(BLOCK_EVENTS).unwrap_or(4096))
+        } else {
+            Vec::new()
+        };
+        self.block = Some(OpenBlock { first, first_ts: None, pos, events });
+        self.blocks_opened += 1;
+    }
+
+    /// A text block starts at `offset` (`len` bytes).
+    fn text_block(&mut self, offset: u64, len: u64) {
+        self.close_block();
+        self.open_block(Some(BlockPos::Text { offset, len }), true);
+    }
+
     /// Steps one event; false once the UI is gone.
-    fn push(&mut self, event: Event) -> bool {
-        let _ = self.pass.step(&event, &mut self.tagger);
-        self.tagger.chunk.events.push(event);
-        if self.tagger.chunk.events.len() >= self.limit || self.last_flush.elapsed() >= FLUSH_EVERY
-        {
-            self.batch = (self.batch * 4).min(CHUNK_LEN);
+    fn push(&mut self, event: Event, fraction: Option<f64>) -> bool {
+        let index = self.next_index();
+        match &mut self.positions {
+            Positions::Text => {}
+            Positions::Resident => {
+                if index.is_multiple_of(BLOCK_EVENTS) {
+                    self.close_block();
+                    let checkpoint = self.blocks_opened.is_multiple_of(CHECKPOINT_BLOCKS);
+                    self.open_block(None, checkpoint);
+                }
+            }
+            Positions::Dat { cursor, lane_of_cpu } => {
+                let start = index.is_multiple_of(BLOCK_EVENTS).then(|| {
+                    self.fraction = cursor.fraction();
+                    BlockPos::Dat(cursor.positions())
+                });
+                if let Some(o) =
+                    lane_of_cpu.get(&event.cpu).and_then(|lane| cursor.ordinal.get_mut(*lane))
+                {
+                    *o += 1;
+                }
+                if let Some(pos) = start {
+                    self.close_block();
+                    let checkpoint = self.blocks_opened.is_multiple_of(CHECKPOINT_BLOCKS);
+                    self.open_block(Some(pos), checkpoint);
+                }
+            }
+        }
+        if fraction.is_some() {
+            self.fraction = fraction;
+        }
+        let _ = self.pass.step(&event, &mut self.indexer);
+        if let Some(b) = &mut self.block {
+            b.first_ts.get_or_insert(event.ts);
+            if b.pos.is_none() {
+                b.events.push(event);
+            }
+        }
+        // The first block goes out as soon as it is complete (the first screen), then a batch
+        // every FLUSH_EVERY.
+        let first = !self.sent_blocks && !self.indexer.batch.blocks.is_empty();
+        if first || (index & 0x3ff == 0 && self.last_flush.elapsed() >= FLUSH_EVERY) {
+            self.sent_blocks |= !self.indexer.batch.blocks.is_empty();
             self.flush();
         }
         !self.closed
@@ -307,29 +837,68 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if self.tagger.chunk.events.is_empty() && self.tagger.chunk.anomalies.is_empty() {
-            return;
+        let mut batch = std::mem::take(&mut self.indexer.batch);
+        if self.save_to.is_some() {
+            let s = &mut self.saved;
+            s.blocks.extend(batch.blocks.iter().cloned());
+            for b in &batch.buckets {
+                self.saved_lanes.push(b.clone());
+            }
+            s.anomalies.extend(batch.anomalies.iter().cloned());
+            s.crashes.extend(batch.crashes.iter().map(|(at, _)| *at));
+            s.lost.extend(batch.lost.iter().copied());
+            s.actors.extend(batch.actors.iter().copied());
         }
-        let mut chunk = std::mem::take(&mut self.tagger.chunk);
-        chunk.elapsed = self.started.elapsed();
-        let next = usize::try_from(self.pass.model().next_index().0).unwrap_or(0);
-        self.limit = self.batch.min(CHUNK_LEN - next % CHUNK_LEN);
-        self.tagger.chunk.events = Vec::with_capacity(self.limit);
-        self.tagger.chunk.tags = Vec::with_capacity(self.limit);
-        if self.tx.send(LoadMsg::Chunk(chunk)).is_err() {
+        batch.events = self.next_index();
+        batch.fraction = self.fraction;
+        batch.elapsed = self.started.elapsed();
+        if self.tx.send(LoadMsg::Batch(batch)).is_err() {
             self.closed = true;
         }
     }
 
-    fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
-        self.pass.end(&mut self.tagger);
+    fn fail(&mut self, error: String) {
+        self.close_block();
+        self.flush_bucket();
         self.flush();
+        let _ = self.tx.send(LoadMsg::Failed(error));
+    }
+
+    fn flush_bucket(&mut self) {
+        if self.indexer.bucket.len > 0 {
+            let b = std::mem::take(&mut self.indexer.bucket);
+            self.indexer.batch.buckets.push(b);
+        }
+    }
+
+    fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
+        self.close_block();
+        self.flush_bucket();
+        self.pass.end(&mut self.indexer);
+        self.fraction = Some(1.0);
+        self.flush();
+        let events = self.next_index();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
         let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        if let Some(path) = self.save_to.take() {
+            let mut saved = std::mem::take(&mut self.saved);
+            saved.events = events;
+            saved.fine_per_bucket = self.saved_lanes.fine_per_bucket();
+            saved.buckets = self.saved_lanes.buckets().to_vec();
+            saved.read = read.clone();
+            saved.stats = Some(report.clone());
+            let note = match sidecar::Identity::of(&path)
+                .and_then(|id| sidecar::save(&path, id, &saved))
+            {
+                Ok(at) => format!("Index saved to {}", at.display()),
+                Err(e) => format!("Index not saved: {e}"),
+            };
+            let _ = self.tx.send(LoadMsg::Note(note));
+        }
         let _ = self.tx.send(LoadMsg::Done {
             stats: Box::new(report),
-            summary: Box::new(end.summary),
+            summary: Some(Box::new(end.summary)),
             read: Box::new(read.clone()),
             elapsed: self.started.elapsed(),
         });

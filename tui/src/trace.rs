@@ -1,32 +1,40 @@
-//! The loaded trace as the views see it: the events (in fixed-size chunks, so appending never
-//! copies what is already there), one 4-byte [`EventTag`] per event (actor, level, markers), the
-//! anomalies, crashes and lost-event gaps by event index, the model checkpoints that rebuild the
-//! state at any event, and the statistics report once the whole trace is read.
+//! The loaded trace as the views see it: an index, not the events. The loader's one pass
+//! leaves the [`Store`]'s blocks (where each block of events is in the file), the anomalies,
+//! crashes and lost-event gaps by event index, model checkpoints, the lanes' [`Lanes`]
+//! summaries and the statistics report; the events on screen are decoded on demand (an LRU of
+//! decoded blocks) and their [`EventTag`]s (actor, level, markers) come from replaying the
+//! model from the nearest checkpoint through their block.
+//!
+//! ```text
+//!  event(i) ──► block of i ──► LRU hit? ──► decode the block (trace.dat pages / text lines)
+//!  tag(i)   ──► block of i ──► tag LRU hit? ──► checkpoint ≤ block, step the model through
+//!                                               the blocks up to it (each block's tags kept)
+//! ```
 //!
 //! Everything here is filled by [`crate::loader`] messages ([`Trace::apply`]); nothing here
-//! parses, models or counts: it stores what the other crates computed and answers index queries.
+//! parses, models or counts beyond replaying the model for what is shown.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vmxray_analyze::pass::Stepped;
 use vmxray_analyze::stats::StatsReport;
 use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::render::format_ts;
 use vmxray_capture::{Clock, ReadStats, TraceMeta};
-use vmxray_events::Event;
-use vmxray_replay::checkpoints::Checkpoints;
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{
-    Actor, Anomaly, CrashKind, EventIndex, Model, Severity, TraceSummary, Transition, VcpuState,
+    Actor, Anomaly, CrashKind, Level, Model, Severity, TraceSummary, Transition, VcpuState, triage,
 };
 
-use crate::loader::{Chunk, LoadMsg};
+use crate::loader::{Batch, LoadMsg};
+use crate::store::{Block, Lru, Store};
+use crate::summary::Lanes;
 
-/// Events per storage chunk (a power of two: index arithmetic is a shift and a mask).
-pub const CHUNK_SHIFT: u32 = 16;
-/// Events per storage chunk.
-pub const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
-/// Events between two model snapshots: the state pane steps at most this many events.
-pub const CHECKPOINT_INTERVAL: u64 = 2048;
+/// Decoded blocks whose tags are kept.
+const TAG_CACHE_BLOCKS: usize = 64;
 
 /// The level an event ran at, as the replay model knew it after the event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,6 +132,10 @@ pub enum Progress {
     Loading {
         /// Time since the loader started.
         elapsed: Duration,
+        /// How much of the input the pass has read (0–1), when the input says.
+        fraction: Option<f64>,
+        /// Events the pass has read.
+        events: u64,
     },
     /// Everything read, replayed and counted.
     Done {
@@ -159,11 +171,10 @@ pub struct StateAt {
 pub struct Trace {
     /// What the input says about itself (None until the loader opened it).
     pub meta: Option<TraceMeta>,
-    chunks: Vec<Vec<Event>>,
-    tags: Vec<Vec<EventTag>>,
-    len: u64,
+    store: Store,
     /// Every actor, in first-seen order (tags point here).
     pub actors: Vec<Actor>,
+    actor_ids: HashMap<Actor, u16>,
     /// Every anomaly, in event order.
     pub anomalies: Vec<Anomaly>,
     /// Indices into `anomalies` per severity, most severe first (the Anomalies view's order).
@@ -172,7 +183,10 @@ pub struct Trace {
     pub crashes: Vec<(u64, CrashKind)>,
     /// Lost-event markers, in event order.
     pub lost: Vec<u64>,
-    checkpoints: Checkpoints,
+    /// Model snapshots at block starts, by event index.
+    checkpoints: Vec<(u64, Model)>,
+    /// The lanes' summaries.
+    pub lanes: Lanes,
     /// The statistics report (`vmxray stats`), once everything is read.
     pub stats: Option<Box<StatsReport>>,
     /// The model's summary, once everything is read.
@@ -181,6 +195,14 @@ pub struct Trace {
     pub read: Option<Box<ReadStats>>,
     /// Loading progress.
     pub progress: Progress,
+    /// From a saved index: the model checkpoints are being rebuilt, this far (0–1).
+    pub rebuilding: Option<f64>,
+    /// Where the index was saved or loaded from.
+    pub note: Option<String>,
+    tags: RefCell<Lru<Vec<EventTag>>>,
+    /// The model at the start of a block, left by the last tags replay (so that walking the
+    /// blocks in order replays each once).
+    replay: RefCell<Option<(usize, Model)>>,
     /// The trace's print fmts (binary inputs): the detail view renders untyped events with
     /// them, as `trace-cmd report -N` does.
     pub print: Option<Arc<PrintCatalog>>,
@@ -190,22 +212,51 @@ impl Default for Trace {
     fn default() -> Self {
         Self {
             meta: None,
-            chunks: Vec::new(),
-            tags: Vec::new(),
-            len: 0,
+            store: Store::default(),
             actors: Vec::new(),
+            actor_ids: HashMap::new(),
             anomalies: Vec::new(),
             by_severity: Default::default(),
             crashes: Vec::new(),
             lost: Vec::new(),
-            checkpoints: Checkpoints::new(CHECKPOINT_INTERVAL),
+            checkpoints: Vec::new(),
             print: None,
+            lanes: Lanes::default(),
             stats: None,
             summary: None,
             read: None,
-            progress: Progress::Loading { elapsed: Duration::ZERO },
+            progress: Progress::Loading { elapsed: Duration::ZERO, fraction: None, events: 0 },
+            rebuilding: None,
+            note: None,
+            tags: RefCell::new(Lru::new(TAG_CACHE_BLOCKS)),
+            replay: RefCell::new(None),
         }
     }
+}
+
+/// The tag of an event the model just stepped (the loader's pass and the replays for the views
+/// tag the same way).
+pub fn tag_of(s: &Stepped<'_>, actor_id: Option<u16>) -> EventTag {
+    let event = s.event;
+    let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));
+    let tier = if hw_exit {
+        Tier::L0Exit
+    } else {
+        match s.level() {
+            Some(Level::L1) => Tier::L1,
+            Some(Level::L2) => Tier::L2,
+            None => Tier::Unknown,
+        }
+    };
+    let lost = matches!(event.kind, EventKind::Lost { .. });
+    let crash = triage::fatal(&event.kind).is_some();
+    EventTag::new(
+        actor_id.unwrap_or(EventTag::NO_ACTOR),
+        tier,
+        !s.step.anomalies.is_empty(),
+        crash,
+        lost,
+    )
 }
 
 /// The Anomalies view lists the worst first: its slot is the severity's rank reversed.
@@ -217,25 +268,47 @@ impl Trace {
     /// Applies one loader message.
     pub fn apply(&mut self, msg: LoadMsg) {
         match msg {
-            LoadMsg::Meta(meta) => self.meta = Some(meta),
+            LoadMsg::Opened { meta, backing } => {
+                self.meta = Some(meta);
+                self.store.set_backing(backing);
+            }
+            LoadMsg::Batch(batch) => self.append(batch),
             LoadMsg::Print(catalog) => self.print = Some(catalog),
-            LoadMsg::Chunk(chunk) => self.append(chunk),
             LoadMsg::Done { stats, summary, read, elapsed } => {
                 self.stats = Some(stats);
-                self.summary = Some(summary);
+                self.summary = summary;
                 self.read = Some(read);
                 self.progress = Progress::Done { elapsed };
             }
             LoadMsg::Failed(error) => self.progress = Progress::Failed { error },
+            LoadMsg::Checkpoints(snapshots, fraction) => {
+                self.checkpoints.extend(snapshots);
+                self.rebuilding = (fraction < 1.0).then_some(fraction);
+            }
+            LoadMsg::Note(note) => self.note = Some(note),
+            LoadMsg::Lanes(lanes) => self.lanes = lanes,
         }
     }
 
-    fn append(&mut self, chunk: Chunk) {
-        let Chunk { events, tags, anomalies, crashes, lost, snapshots, actors, elapsed } = chunk;
-        for model in &snapshots {
-            self.checkpoints.observe(model);
+    fn append(&mut self, batch: Batch) {
+        let Batch {
+            blocks,
+            buckets,
+            anomalies,
+            crashes,
+            lost,
+            snapshots,
+            actors,
+            events,
+            fraction,
+            elapsed,
+        } = batch;
+        self.checkpoints.extend(snapshots);
+        for actor in actors {
+            let id = u16::try_from(self.actors.len()).unwrap_or(EventTag::NO_ACTOR);
+            self.actor_ids.insert(actor, id);
+            self.actors.push(actor);
         }
-        self.actors.extend(actors);
         for a in anomalies {
             let slot = severity_rank(a.severity);
             self.by_severity[slot].push(u32::try_from(self.anomalies.len()).unwrap_or(u32::MAX));
@@ -243,22 +316,23 @@ impl Trace {
         }
         self.crashes.extend(crashes);
         self.lost.extend(lost);
-        self.len += tags.len() as u64;
-        push_chunked(&mut self.tags, tags);
-        push_chunked(&mut self.chunks, events);
+        self.store.extend(blocks);
+        for b in buckets {
+            self.lanes.push(b);
+        }
         if let Progress::Loading { .. } = self.progress {
-            self.progress = Progress::Loading { elapsed };
+            self.progress = Progress::Loading { elapsed, fraction, events };
         }
     }
 
-    /// Events loaded so far.
+    /// Events loaded so far (in whole blocks).
     pub fn len(&self) -> u64 {
-        self.len
+        self.store.len()
     }
 
     /// No event loaded yet.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.store.is_empty()
     }
 
     /// Whether loading finished (successfully or not).
@@ -266,16 +340,71 @@ impl Trace {
         !matches!(self.progress, Progress::Loading { .. })
     }
 
-    /// The event at `index`.
-    pub fn event(&self, index: u64) -> Option<&Event> {
-        let i = usize::try_from(index).ok()?;
-        self.chunks.get(i >> CHUNK_SHIFT)?.get(i & (CHUNK_LEN - 1))
+    /// The blocks of the index.
+    pub fn blocks(&self) -> &[Block] {
+        self.store.blocks()
+    }
+
+    /// The block holding event `index`.
+    pub fn block_of(&self, index: u64) -> Option<usize> {
+        self.store.block_of(index)
+    }
+
+    /// The events of block `b`, decoded on demand.
+    pub fn block_events(&self, b: usize) -> Option<Arc<Vec<Event>>> {
+        self.store.events(b)
+    }
+
+    /// The event at `index` (decoded on demand: a copy).
+    pub fn event(&self, index: u64) -> Option<Event> {
+        let b = self.block_of(index)?;
+        let first = self.store.blocks().get(b)?.first;
+        let events = self.store.events(b)?;
+        events.get(usize::try_from(index - first).ok()?).cloned()
+    }
+
+    /// The tags of block `b`: replayed from the nearest checkpoint at or before it. None while
+    /// no checkpoint covers it.
+    pub fn block_tags(&self, b: usize) -> Option<Arc<Vec<EventTag>>> {
+        if let Some(hit) = self.tags.borrow_mut().get(b) {
+            return Some(hit);
+        }
+        let first = self.store.blocks().get(b)?.first;
+        let cp = self.checkpoints.partition_point(|(at, _)| *at <= first).checked_sub(1)?;
+        let (cp_at, snapshot) = &self.checkpoints[cp];
+        let cp_block = self.store.block_of(*cp_at)?;
+        // Continue the last replay when it stopped between the checkpoint and this block.
+        let resumed =
+            self.replay.borrow_mut().take().filter(|(next, _)| (cp_block..=b).contains(next));
+        let (from, mut model) = match resumed {
+            Some((next, model)) => (next, model),
+            None => (cp_block, snapshot.snapshot()),
+        };
+        self.store.prefetch(from, b);
+        let mut out = None;
+        for blk in from..=b {
+            let events = self.store.events(blk)?;
+            let mut tags = Vec::with_capacity(events.len());
+            for event in events.iter() {
+                model.step(event);
+                let stepped = Stepped { event, step: model.last_step(), model: &model };
+                let actor_id = stepped.step.actor.and_then(|a| self.actor_ids.get(&a).copied());
+                tags.push(tag_of(&stepped, actor_id));
+            }
+            let tags = Arc::new(tags);
+            self.tags.borrow_mut().put(blk, Arc::clone(&tags));
+            out = Some(tags);
+        }
+        *self.replay.borrow_mut() = Some((b + 1, model));
+        out
     }
 
     /// The tag of the event at `index`.
     pub fn tag(&self, index: u64) -> Option<EventTag> {
-        let i = usize::try_from(index).ok()?;
-        self.tags.get(i >> CHUNK_SHIFT)?.get(i & (CHUNK_LEN - 1)).copied()
+        let b = self.block_of(index)?;
+        let first = self.store.blocks().get(b)?.first;
+        let tags = self.block_tags(b)?;
+        tags.get(usize::try_from(index - first).ok()?).copied()
     }
 
     /// The actor of an event.
@@ -329,15 +458,25 @@ impl Trace {
     /// with a time at or after `ts`).
     pub fn index_at_time(&self, ts: u64) -> u64 {
         if self.meta.as_ref().is_some_and(|m| m.excerpt) {
-            // Excerpts are small: a scan.
-            let at = self.chunks.iter().flatten().position(|e| e.time().is_some_and(|t| t >= ts));
-            return at.map_or(self.len().saturating_sub(1), |at| at as u64);
+            // Excerpts are small: a scan of their blocks.
+            for (b, block) in self.store.blocks().iter().enumerate() {
+                let Some(events) = self.store.events(b) else { continue };
+                if let Some(i) = events.iter().position(|e| e.time().is_some_and(|t| t >= ts)) {
+                    return block.first + i as u64;
+                }
+            }
+            return self.len().saturating_sub(1);
         }
-        // Binary search over the chunks, then inside the chunk.
-        let chunk = self.chunks.partition_point(|c| c.last().is_some_and(|e| e.ts < ts));
-        match self.chunks.get(chunk) {
-            Some(c) => ((chunk << CHUNK_SHIFT) + c.partition_point(|e| e.ts < ts)) as u64,
-            None => self.len().saturating_sub(1),
+        let blocks = self.store.blocks();
+        // The last block starting at or before ts holds the answer (or its successor).
+        let b = blocks.partition_point(|blk| blk.first_ts < ts).saturating_sub(1);
+        let Some(block) = blocks.get(b) else { return 0 };
+        match self.store.events(b) {
+            Some(events) => {
+                let i = events.partition_point(|e| e.ts < ts) as u64;
+                (block.first + i).min(self.len().saturating_sub(1))
+            }
+            None => block.first,
         }
     }
 
@@ -347,54 +486,49 @@ impl Trace {
         if index >= self.len() {
             return None;
         }
-        let event = |i: EventIndex| -> &Event {
-            // model_at only asks for events before `index`, which are loaded.
-            self.event(i.0).unwrap_or_else(|| unreachable!("event {i} is loaded"))
-        };
-        let mut model: Model = self.checkpoints.model_at(EventIndex(index), event)?;
-        let step = model.step(self.event(index)?);
-        let actor = step.actor;
-        let transitions = step.transitions.to_vec();
-        let anomalies = step.anomalies.to_vec();
-        let state = actor.and_then(|a| model.state(a)).cloned();
-        let others = model
-            .states()
-            .filter(|(a, _)| Some(*a) != actor)
-            .map(|(a, s)| (a, s.clone()))
-            .collect();
-        Some(StateAt { at: index, actor, state, transitions, anomalies, others })
+        let cp = self.checkpoints.partition_point(|(at, _)| *at <= index).checked_sub(1)?;
+        let (cp_at, snapshot) = &self.checkpoints[cp];
+        let from = self.store.block_of(*cp_at)?;
+        let to = self.store.block_of(index)?;
+        self.store.prefetch(from, to);
+        let mut model: Model = snapshot.snapshot();
+        for b in from..=to {
+            let block_first = self.store.blocks().get(b)?.first;
+            let events = self.store.events(b)?;
+            for (k, event) in events.iter().enumerate() {
+                let at = block_first + k as u64;
+                if at < model.next_index().0 {
+                    continue;
+                }
+                if at == index {
+                    let step = model.step(event);
+                    let actor = step.actor;
+                    let transitions = step.transitions.to_vec();
+                    let anomalies = step.anomalies.to_vec();
+                    let state = actor.and_then(|a| model.state(a)).cloned();
+                    let others = model
+                        .states()
+                        .filter(|(a, _)| Some(*a) != actor)
+                        .map(|(a, s)| (a, s.clone()))
+                        .collect();
+                    return Some(StateAt {
+                        at: index,
+                        actor,
+                        state,
+                        transitions,
+                        anomalies,
+                        others,
+                    });
+                }
+                model.step(event);
+            }
+        }
+        None
     }
 
     /// Counts of anomalies per severity (critical, error, warning, info).
     pub fn severity_counts(&self) -> [usize; 4] {
         [0, 1, 2, 3].map(|i| self.by_severity[i].len())
-    }
-}
-
-/// Appends `items` to storage split in [`CHUNK_LEN`] chunks. The loader cuts its messages at
-/// chunk boundaries, so a message that starts a new chunk becomes that chunk without a copy
-/// (the common case: whole 64K chunks); otherwise the items fill the last chunk, then new ones.
-/// A full chunk never reallocates: memory is the items plus at most one chunk of slack.
-fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, items: Vec<T>) {
-    let last_full = chunks.last().is_none_or(|c| c.len() == CHUNK_LEN);
-    if last_full && !items.is_empty() && items.len() <= CHUNK_LEN {
-        let mut items = items;
-        items.reserve_exact(CHUNK_LEN - items.len());
-        chunks.push(items);
-        return;
-    }
-    let mut items = items.into_iter();
-    while items.len() > 0 {
-        let room = match chunks.last() {
-            Some(last) if last.len() < CHUNK_LEN => CHUNK_LEN - last.len(),
-            _ => {
-                chunks.push(Vec::with_capacity(CHUNK_LEN));
-                CHUNK_LEN
-            }
-        };
-        if let Some(last) = chunks.last_mut() {
-            last.extend(items.by_ref().take(room));
-        }
     }
 }
 

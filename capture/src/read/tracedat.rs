@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::bin::format::{EventFormats, FormatError, PageLayout};
 use crate::bin::{Cursor, Endian, Source, to_usize};
@@ -386,6 +386,10 @@ pub struct TraceDat {
     /// Set when the file was opened for salvage ([`TraceDat::open_salvaging`]) and is
     /// damaged: what was recovered, where the damage was found, and the error found there.
     pub salvage: Option<(SalvageSummary, Location, Option<Arc<TraceDatError>>)>,
+    /// Each compressed CPU run's chunk list, by (cpu, offset, size), once walked: the walk
+    /// reads every chunk's header (10^5 reads on a 10^8-event trace), and readers that start
+    /// anywhere ([`TraceDat::events_from`]) need it each time.
+    chunk_lists: Mutex<HashMap<RunKey, Arc<Vec<Work>>>>,
 }
 
 /// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
@@ -1055,6 +1059,7 @@ impl TraceDat {
             texts,
             salvage: None,
             data_from: 0,
+            chunk_lists: Mutex::default(),
         }
     }
 
@@ -1085,6 +1090,11 @@ impl TraceDat {
             Some(b) => {
                 let page = u64::from(b.page_size.max(1));
                 let (lost_bytes, mut lost_pages) = salvage::promised_beyond_end(len, b);
+                if damage.is_none() && lost_bytes == 0 {
+                    // A whole file: nothing to record, and no need to walk every chunk's
+                    // header (one read each: 10^5 on a 10^8-event trace) to say so.
+                    return;
+                }
                 let mut summary = SalvageSummary {
                     streams: u32::try_from(b.cpus.len()).unwrap_or(u32::MAX),
                     lost_bytes,
@@ -1108,9 +1118,6 @@ impl TraceDat {
                     }
                 }
                 summary.lost_pages = lost_pages;
-                if damage.is_none() && lost_bytes == 0 {
-                    return;
-                }
                 summary
             }
             None => {
@@ -1248,6 +1255,31 @@ impl TraceDat {
     }
 
     /// Splits a CPU's data into work items (chunks, or runs of pages).
+    /// [`TraceDat::work`], walked once per CPU run and kept (compressed runs; the others cost
+    /// no reads to list).
+    fn work_kept(
+        &self,
+        b: &BufferInfo,
+        d: &CpuData,
+    ) -> Result<Arc<Vec<Work>>, (Location, TraceDatError)> {
+        if !b.compressed {
+            return self.work(b, d).map(Arc::new);
+        }
+        let key = (d.cpu, d.offset, d.size);
+        let kept = |lists: &Mutex<HashMap<RunKey, Arc<Vec<Work>>>>| {
+            lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
+        };
+        if let Some(w) = kept(&self.chunk_lists) {
+            return Ok(w);
+        }
+        let w = Arc::new(self.work(b, d)?);
+        self.chunk_lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, Arc::clone(&w));
+        Ok(w)
+    }
+
     fn work(&self, b: &BufferInfo, d: &CpuData) -> Result<Vec<Work>, (Location, TraceDatError)> {
         let mut out = Vec::new();
         if !b.compressed {
@@ -1259,6 +1291,7 @@ impl TraceDat {
             while off < d.size {
                 let len = if off < present { step.min(present - off) } else { d.size - off };
                 out.push(Work {
+                    index: u32::try_from(out.len()).unwrap_or(u32::MAX),
                     cpu: d.cpu,
                     file_offset: d.offset.saturating_add(off),
                     len,
@@ -1286,6 +1319,7 @@ impl TraceDat {
             let (Some(zsize), Some(usize)) = (e.u32(&h, 0), e.u32(&h, 4)) else {
                 // Keep what came before; the truncation is reported when reached.
                 out.push(Work {
+                    index: u32::try_from(out.len()).unwrap_or(u32::MAX),
                     cpu: d.cpu,
                     file_offset: pos,
                     len: 8,
@@ -1295,6 +1329,7 @@ impl TraceDat {
                 break;
             };
             out.push(Work {
+                index: u32::try_from(out.len()).unwrap_or(u32::MAX),
                 cpu: d.cpu,
                 file_offset: pos.saturating_add(8),
                 len: u64::from(zsize),
@@ -1388,6 +1423,58 @@ impl TraceDat {
         opts: ReadOptions,
         parallel: bool,
     ) -> Result<TraceDatReader, ReadError> {
+        self.events_inner(buffer, opts, parallel, None, None)
+    }
+
+    /// The CPU of each lane of buffer `buffer`: a lane is one CPU's data (a CPU may in
+    /// principle have several), in the order [`LanePos`] and [`ChunkCounts`] number them.
+    pub fn lanes(&self, buffer: usize) -> Vec<u32> {
+        self.buffers.get(buffer).map_or_else(Vec::new, |b| b.cpus.iter().map(|d| d.cpu).collect())
+    }
+
+    /// Like [`TraceDat::events`], and also counts, per lane, the events (and lost markers)
+    /// each chunk of the lane gave, as the chunks are decoded: what [`TraceDat::events_from`]
+    /// needs to start in the middle. The events are the same.
+    pub fn events_counted(
+        self: &Arc<Self>,
+        buffer: usize,
+        opts: ReadOptions,
+    ) -> Result<(TraceDatReader, Arc<ChunkCounts>), ReadError> {
+        let b = self
+            .buffers
+            .get(buffer)
+            .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
+        let mut lanes = Vec::with_capacity(b.cpus.len());
+        for d in &b.cpus {
+            let chunks = self.work_kept(b, d).map_or(0, |w| w.len());
+            lanes.push(Mutex::new(vec![u32::MAX; chunks]));
+        }
+        let counts = Arc::new(ChunkCounts { lanes });
+        let reader = self.events_inner(buffer, opts, true, Some(Arc::clone(&counts)), None)?;
+        Ok((reader, counts))
+    }
+
+    /// The events of buffer `buffer` from a position on: each lane starts at its [`LanePos`]
+    /// (a lane without one starts at its end), merged by time as [`TraceDat::events`] does,
+    /// decoded on the calling thread. A position found with [`ChunkCounts::locate`] from the
+    /// per-lane event counts at some point of a full read gives the events from that point.
+    pub fn events_from(
+        self: &Arc<Self>,
+        buffer: usize,
+        opts: ReadOptions,
+        from: &[LanePos],
+    ) -> Result<TraceDatReader, ReadError> {
+        self.events_inner(buffer, opts, false, None, Some(from))
+    }
+
+    fn events_inner(
+        self: &Arc<Self>,
+        buffer: usize,
+        opts: ReadOptions,
+        parallel: bool,
+        counts: Option<Arc<ChunkCounts>>,
+        from: Option<&[LanePos]>,
+    ) -> Result<TraceDatReader, ReadError> {
         let b = self
             .buffers
             .get(buffer)
@@ -1405,13 +1492,14 @@ impl TraceDat {
         let mut stats = ReadStats::default();
         if let Some((summary, at, cause)) = &self.salvage
             && b.name.is_empty()
+            && from.is_none()
         {
             let salvaged = TraceDatError::Salvaged { summary: *summary, cause: cause.clone() };
             stats.note_skipped(self.err(*at, salvaged));
         }
         let mut producers: Vec<(u32, Jobs)> = Vec::new();
-        for d in &b.cpus {
-            let work = match self.work(b, d) {
+        for (lane, d) in b.cpus.iter().enumerate() {
+            let all = match self.work_kept(b, d) {
                 Ok(w) => w,
                 Err((at, e)) if opts.permissive => {
                     stats.note_skipped(self.err(at, e));
@@ -1419,16 +1507,38 @@ impl TraceDat {
                 }
                 Err((at, e)) => return Err(self.err(at, e)),
             };
+            // Where this lane starts, and how many of its first chunk's events to drop.
+            let mut skip = 0u32;
+            let mut first = 0;
+            if let Some(from) = from {
+                match from.iter().find(|p| p.lane == u32::try_from(lane).unwrap_or(u32::MAX)) {
+                    Some(p) => {
+                        first = usize::try_from(p.chunk).unwrap_or(usize::MAX).min(all.len());
+                        skip = p.skip;
+                    }
+                    None => first = all.len(),
+                }
+            }
+            let work = all[first..].to_vec();
             let td = Arc::clone(self);
             let ctx = Arc::clone(&ctx);
+            let counts = counts.clone();
+            let mut first_job = true;
             let jobs = group_work(work).map(move |group| {
                 let td = Arc::clone(&td);
                 let ctx = Arc::clone(&ctx);
+                let counts = counts.clone();
+                let drop_first = if std::mem::take(&mut first_job) { skip } else { 0 };
                 Box::new(move || {
                     let mut batch = Batch::default();
                     let mut decode = |scratch: &mut Scratch| {
                         for w in &group {
+                            let before = batch.items.len();
                             td.decode_work(&ctx, w, scratch, &mut batch);
+                            if let Some(counts) = &counts {
+                                let n = batch.items.range(before..).filter(|i| i.is_ok()).count();
+                                counts.set(lane, w.index, n);
+                            }
                         }
                     };
                     SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -1436,6 +1546,16 @@ impl TraceDat {
                         // This thread's buffers are in use further up its stack: fresh ones.
                         Err(_) => decode(&mut Scratch::default()),
                     });
+                    // Starting inside the first chunk: drop the events before the position
+                    // (and the problems among them, which a full read met before it).
+                    let mut left = drop_first;
+                    while left > 0 {
+                        match batch.items.pop_front() {
+                            Some(Ok(_)) => left -= 1,
+                            Some(Err(_)) => {}
+                            None => break,
+                        }
+                    }
                     batch
                 }) as Job
             });
@@ -1444,6 +1564,99 @@ impl TraceDat {
         let merger = Merger::new(producers, parallel, opts.permissive, &mut stats);
         let formats = Arc::clone(&self.formats);
         Ok(TraceDatReader { meta: self.meta(buffer), stats, merger, formats })
+    }
+}
+
+/// Where one lane of a buffer starts ([`TraceDat::events_from`]): chunk `chunk` of its list
+/// (for uncompressed data, a run of 16 pages), after its first `skip` events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LanePos {
+    /// The lane ([`TraceDat::lanes`]).
+    pub lane: u32,
+    /// The chunk.
+    pub chunk: u32,
+    /// Events of that chunk to skip.
+    pub skip: u32,
+}
+
+/// How many events (and lost markers) each chunk of each lane gave, filled in by a reader
+/// from [`TraceDat::events_counted`] as it decodes: a chunk is counted before any of its
+/// events is yielded, so the counts of the chunks behind a read's position are complete.
+#[derive(Debug)]
+pub struct ChunkCounts {
+    lanes: Vec<Mutex<Vec<u32>>>,
+}
+
+impl ChunkCounts {
+    fn set(&self, lane: usize, chunk: u32, n: usize) {
+        if let Some(l) = self.lanes.get(lane)
+            && let Ok(mut v) = l.lock()
+            && let Some(slot) = v.get_mut(usize::try_from(chunk).unwrap_or(usize::MAX))
+        {
+            *slot = u32::try_from(n).unwrap_or(u32::MAX - 1);
+        }
+    }
+
+    /// Lanes counted.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Chunks of the lanes decoded so far, and in all (a read's progress).
+    pub fn progress(&self) -> (u64, u64) {
+        let mut done = 0;
+        let mut total = 0;
+        for l in &self.lanes {
+            if let Ok(v) = l.lock() {
+                done += v.iter().filter(|c| **c != u32::MAX).count() as u64;
+                total += v.len() as u64;
+            }
+        }
+        (done, total)
+    }
+
+    /// The events chunk `chunk` of lane `lane` gave; None until it is decoded (or when there
+    /// is no such chunk).
+    pub fn count(&self, lane: usize, chunk: usize) -> Option<u32> {
+        let v = self.lanes.get(lane)?.lock().ok()?;
+        v.get(chunk).copied().filter(|n| *n != u32::MAX)
+    }
+
+    /// Chunks in lane `lane`.
+    pub fn chunks(&self, lane: usize) -> usize {
+        self.lanes.get(lane).and_then(|l| l.lock().ok().map(|v| v.len())).unwrap_or(0)
+    }
+
+    /// The counts of one lane's chunks so far (`u32::MAX`: not decoded yet).
+    pub fn lane(&self, lane: usize) -> Vec<u32> {
+        self.lanes.get(lane).and_then(|l| l.lock().ok().map(|v| v.clone())).unwrap_or_default()
+    }
+
+    /// The position of a lane's event number `ordinal` (0-based, counting events and lost
+    /// markers of that lane in stream order) given the lane's per-chunk counts (`counts`,
+    /// from [`ChunkCounts::lane`]); None when the counts do not reach it.
+    pub fn locate(lane: u32, counts: &[u32], ordinal: u64) -> Option<LanePos> {
+        let mut before = 0u64;
+        for (chunk, n) in counts.iter().enumerate() {
+            if *n == u32::MAX {
+                return None;
+            }
+            let n = u64::from(*n);
+            if ordinal < before + n {
+                return Some(LanePos {
+                    lane,
+                    chunk: u32::try_from(chunk).ok()?,
+                    skip: u32::try_from(ordinal - before).ok()?,
+                });
+            }
+            before += n;
+        }
+        // Past the last event: the lane's end.
+        (ordinal == before).then_some(LanePos {
+            lane,
+            chunk: u32::try_from(counts.len()).ok()?,
+            skip: 0,
+        })
     }
 }
 
@@ -1468,8 +1681,13 @@ struct Scratch {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
 
+/// A CPU run of a buffer: its CPU, file offset and size.
+type RunKey = (u32, u64, u64);
+
 #[derive(Clone, Copy, Debug)]
 struct Work {
+    /// Its position in the lane's list of work items (see [`ChunkCounts`]).
+    index: u32,
     cpu: u32,
     file_offset: u64,
     len: u64,

@@ -37,6 +37,7 @@
 //! per-CPU `stats` (CPUSTAT options).
 
 pub mod convert;
+pub mod encode;
 pub mod page;
 
 use std::fs::{File, OpenOptions};

@@ -505,8 +505,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
     for p in 1..=MAX_PERIOD {
         let run = st.run[p - 1];
-        if u64::from(run) < u64::from(repeats - 1) * p as u64 || st.progress & (1 << (p - 1)) != 0
-        {
+        if u64::from(run) < u64::from(repeats - 1) * p as u64 || st.progress & (1 << (p - 1)) != 0 {
             continue;
         }
         if report_loop(ctx, st, p, now) {

@@ -5,7 +5,7 @@
 //! the tracepoints in KVM's order. The buggy behaviours of §3 are branches on [`KvmFlavour`]
 //! inside these methods, nowhere else, so a scenario script is the same for both flavours.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use vmxray_events::codes::{IntrInfo, Isa, MmuPageRole};
 use vmxray_events::fields::{FieldValue, Fields};
@@ -139,8 +139,20 @@ pub(crate) struct Vcpu {
     pub(crate) kvm: KvmFlavour,
     /// L0 uses EPT (`enable_ept`); otherwise shadow paging for every level.
     pub(crate) l0_ept: bool,
+    /// Events emitted and not yet handed on (all of them, unless the run streams).
     pub(crate) events: Vec<Event>,
+    /// Events handed on to the stream before `events[0]` (0 unless the run streams).
+    pub(crate) flushed: usize,
+    /// Where a streaming run hands full batches of events ([`super::stream`]).
+    pub(crate) stream: Option<super::stream::LaneSender>,
+    /// The stream is gone (it has all the events it wants): events are no longer kept.
+    pub(crate) cut: bool,
+    /// vmcs12 writes with the local index of the event they precede (not yet handed on).
     pub(crate) writes: Vec<(usize, Vmcs12Write)>,
+    /// Whether vmcs12 writes are kept (a streaming run without `--truth` drops them).
+    pub(crate) keep_writes: bool,
+    /// The last value written to each field of each vmcs12 (what `record` compares with).
+    last_written: HashMap<(u64, Vmcs12Field), u64>,
     pub(crate) sites: Vec<LocalSite>,
     pub(crate) landmarks: Vec<LocalLandmark>,
     /// No more events on this vCPU (it shut down or blocked forever).
@@ -216,7 +228,12 @@ impl Vcpu {
             kvm,
             l0_ept: true,
             events: Vec::new(),
+            flushed: 0,
+            stream: None,
+            cut: false,
             writes: Vec::new(),
+            keep_writes: true,
+            last_written: HashMap::new(),
             sites: Vec::new(),
             landmarks: Vec::new(),
             dead: false,
@@ -243,22 +260,46 @@ impl Vcpu {
 
     /// Emits one event at the current time, then lets a little handler time pass.
     pub(crate) fn ev(&mut self, kind: EventKind) -> usize {
-        let idx = self.events.len();
-        self.events.push(Event {
-            ts: self.now,
-            cpu: self.cpu,
-            pid: self.pid,
-            tgid: None,
-            comm: Some(self.comm.clone()),
-            kind,
-        });
+        let idx = self.next_index();
+        if self.cut {
+            // The stream has what it wants; the script only runs to its end.
+            self.flushed += 1;
+        } else {
+            self.events.push(Event {
+                ts: self.now,
+                cpu: self.cpu,
+                pid: self.pid,
+                tgid: None,
+                comm: Some(self.comm.clone()),
+                kind,
+            });
+            if self.stream.is_some() && self.events.len() >= super::stream::LANE_BATCH {
+                self.flush_stream();
+            }
+        }
         self.now += self.rng.range(150, 900);
         idx
     }
 
     /// The local index the next event will get.
     pub(crate) fn next_index(&self) -> usize {
-        self.events.len()
+        self.flushed + self.events.len()
+    }
+
+    /// Hands the buffered events (and the vmcs12 writes recorded with them) to the stream.
+    /// When the stream is gone, the vCPU stops: it is marked dead, so scripts end.
+    pub(crate) fn flush_stream(&mut self) {
+        let Some(stream) = &self.stream else { return };
+        let events =
+            std::mem::replace(&mut self.events, Vec::with_capacity(super::stream::LANE_BATCH));
+        let writes = std::mem::take(&mut self.writes);
+        self.flushed += events.len();
+        if !stream.send(super::stream::LaneBatch { events, writes }) {
+            self.stream = None;
+            self.cut = true;
+            self.dead = true;
+            self.events = Vec::new();
+        }
     }
 
     /// Guest execution time between an entry and the next exit.
@@ -340,12 +381,12 @@ impl Vcpu {
         writer: Writer,
         always: bool,
     ) {
-        if !always {
-            let last =
-                self.writes.iter().rev().find(|(_, w)| w.vmcs12 == vmptr && w.field == field);
-            if last.is_some_and(|(_, w)| w.value == value) {
-                return;
-            }
+        if !self.keep_writes {
+            return;
+        }
+        let last = self.last_written.insert((vmptr, field), value);
+        if !always && last == Some(value) {
+            return;
         }
         let w = Vmcs12Write {
             ts: self.now,
@@ -356,7 +397,7 @@ impl Vcpu {
             value,
             writer,
         };
-        self.writes.push((self.events.len(), w));
+        self.writes.push((self.next_index(), w));
     }
 
     /// The vmcs12 GPA as the trace and the truth name it (all ones for an eVMCS).

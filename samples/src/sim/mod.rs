@@ -34,12 +34,14 @@
 //! ([`compare`], `examples/sim_vs_real.rs`, samples/README "Simulator vs real KVM").
 
 pub mod compare;
+pub mod dat;
 mod engine;
 pub mod host;
 mod kernel;
 mod nested_faults;
 mod rng;
 mod scenarios;
+pub mod stream;
 mod stuck;
 pub mod text;
 mod text_devices;
@@ -501,6 +503,17 @@ impl SimConfig {
     pub fn iterations(mut self, iterations: u32) -> Self {
         self.iterations = iterations;
         self
+    }
+
+    /// The vCPUs the run has: `vcpus`, raised to what the scenario needs (`init` 2, `noise`
+    /// 4). vCPU `k` runs on CPU `k`.
+    pub fn vcpu_count(&self) -> u32 {
+        let needed = match self.scenario {
+            Scenario::Init => 2,
+            Scenario::Noise => 4,
+            _ => 1,
+        };
+        self.vcpus.max(needed)
     }
 
     /// The flavour for `--kvm buggy` without a bug name: the scenario's only bug.

@@ -19,71 +19,113 @@ const LX_HOST_RIP: u64 = 0xffff_ffff_c0a1_3f40;
 const LX_VMENTRY_RIP: u64 = 0xffff_ffff_c0a1_3e9b;
 const LX_CODE: u64 = 0xffff_ffff_c0a0_0000;
 
-/// Runs one validated configuration.
+/// Runs one validated configuration: every script in turn, then the per-vCPU streams merged.
 pub(crate) fn run(cfg: &SimConfig) -> Simulation {
+    let mut vcpus = Vec::new();
+    for mut job in plan(cfg, false) {
+        (job.script)(&mut job.vcpus);
+        vcpus.extend(job.vcpus);
+    }
+    vcpus.sort_by_key(|v| v.id);
+    merge(cfg, vcpus)
+}
+
+/// What one script drives: its vCPUs, in id order (one, or the two of `init`), and what it
+/// does with them. Each vCPU draws from its own random stream and keeps its own clock, so
+/// scripts run in any order, or at once on their own threads ([`super::stream`]).
+pub(crate) struct Job {
+    /// The vCPUs the script drives.
+    pub(crate) vcpus: Vec<Vcpu>,
+    /// The script.
+    pub(crate) script: Script,
+}
+
+/// A script: what it does with its vCPUs.
+pub(crate) type Script = Box<dyn FnOnce(&mut [Vcpu]) + Send>;
+
+/// The scripts of a configuration. With `unbounded`, every main loop runs until the vCPU is
+/// stopped (a streaming run that has the events it wants marks it dead) instead of for
+/// `iterations` rounds, and the background vCPUs run as long; `iterations` still places what
+/// happens once (the SMI of `smm`).
+pub(crate) fn plan(cfg: &SimConfig, unbounded: bool) -> Vec<Job> {
     let root = Rng::new(cfg.seed);
     let mut meta = root.fork(0x6d65_7461);
     let base_pid = i32::try_from(meta.range(1_200, 60_000)).unwrap_or(4_000);
     let start = meta.range(80, 4_000) * 1_000_000_000 + meta.range(0, 999_999_999);
-    let needed = match cfg.scenario {
-        Scenario::Init => 2,
-        Scenario::Noise => 4,
-        _ => 1,
-    };
-    let n = cfg.vcpus.max(needed);
-    let mut vcpus: Vec<Vcpu> = (0..n)
+    let n = cfg.vcpu_count();
+    let vcpus: Vec<Vcpu> = (0..n)
         .map(|id| {
             let pid = base_pid + 3 + i32::try_from(id).unwrap_or(0);
             let offset = u64::from(id) * 1_700 + meta.range(0, 900);
             Vcpu::new(id, pid, start + offset, root.fork(u64::from(id) + 1), cfg.kernel, cfg.kvm)
         })
         .collect();
-    let (first, rest) = vcpus.split_at_mut(1);
-    let v0 = &mut first[0];
     let iters = cfg.iterations;
+    let rounds = if unbounded { u32::MAX } else { iters };
     let subjects = cfg.subjects;
-    let mut background_from = 1;
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut vcpus = vcpus.into_iter();
+    let Some(v0) = vcpus.next() else { return jobs };
+    let mut background = true;
     match cfg.scenario {
-        Scenario::SepKernel | Scenario::SepKernelNoEpt => {
-            let p = SepParams::new(subjects, iters, cfg.scenario == Scenario::SepKernel);
-            sep_kernel(v0, &p);
-            for v in rest.iter_mut() {
-                sep_kernel(v, &p);
+        Scenario::SepKernel | Scenario::SepKernelNoEpt | Scenario::Noise => {
+            let mut p = SepParams::new(subjects, rounds, cfg.scenario != Scenario::SepKernelNoEpt);
+            if cfg.scenario == Scenario::Noise {
+                p.noise = 70;
+                p.l1_dirty_logging = true;
             }
-            background_from = n;
-        }
-        Scenario::Noise => {
-            let mut p = SepParams::new(subjects, iters, true);
-            p.noise = 70;
-            p.l1_dirty_logging = true;
-            sep_kernel(v0, &p);
-            for v in rest.iter_mut() {
-                sep_kernel(v, &p);
+            for v in std::iter::once(v0).chain(vcpus.by_ref()) {
+                let p = p.clone();
+                jobs.push(solo(v, move |v| sep_kernel(v, &p)));
             }
-            background_from = n;
+            background = false;
         }
         Scenario::Muen | Scenario::MuenEpt | Scenario::MuenShadow => {
             let mut p =
-                SepParams::new(subjects.max(2), iters.max(4), cfg.scenario == Scenario::MuenEpt);
+                SepParams::new(subjects.max(2), rounds.max(4), cfg.scenario == Scenario::MuenEpt);
             p.idle_subject = Some(1);
+            let mut v0 = v0;
             v0.l0_ept = cfg.scenario != Scenario::MuenShadow;
             p.cr3_switches = v0.l0_ept;
-            sep_kernel(v0, &p);
+            jobs.push(solo(v0, move |v| sep_kernel(v, &p)));
         }
-        Scenario::LateVmFail => late_vmfail(v0, iters),
-        Scenario::Invept => invept(v0, iters.max(2)),
-        Scenario::Init => init(v0, &mut rest[0], iters),
-        Scenario::EvmcsRestore => evmcs_restore(v0, iters),
-        Scenario::DirtyLog => dirty_log(v0, iters.max(5)),
-        Scenario::Smm => smm(v0, iters.max(2)),
-        Scenario::EptLivelock => super::stuck::ept_livelock(v0, iters),
-        Scenario::IrqReinjectLoop => super::stuck::irq_reinject_loop(v0, iters),
-        Scenario::ExceptionDeliveryLoop => super::stuck::exception_delivery_loop(v0, iters),
-        Scenario::EfaultLoop => super::stuck::efault_loop(v0, iters),
-        Scenario::EoiLoop => super::stuck::eoi_loop(v0, iters),
-        Scenario::FailedNestedEntry => super::nested_faults::failed_nested_entry(v0, iters),
-        Scenario::NestedTripleFault => super::nested_faults::nested_triple_fault(v0, iters),
-        Scenario::NsvmRsm => super::nested_faults::nsvm_rsm(v0, iters),
+        Scenario::LateVmFail => jobs.push(solo(v0, move |v| late_vmfail(v, rounds))),
+        Scenario::Invept => jobs.push(solo(v0, move |v| invept(v, rounds.max(2)))),
+        Scenario::Init => {
+            let mut pair = vec![v0];
+            pair.extend(vcpus.next());
+            jobs.push(Job {
+                vcpus: pair,
+                script: Box::new(move |vs: &mut [Vcpu]| {
+                    if let [bsp, ap, ..] = vs {
+                        init(bsp, ap, iters, unbounded);
+                    }
+                }),
+            });
+        }
+        Scenario::EvmcsRestore => jobs.push(solo(v0, move |v| evmcs_restore(v, rounds))),
+        Scenario::DirtyLog => jobs.push(solo(v0, move |v| dirty_log(v, rounds.max(5)))),
+        Scenario::Smm => {
+            let smi_round = iters.max(2) / 2;
+            jobs.push(solo(v0, move |v| smm(v, rounds.max(2), smi_round)));
+        }
+        // Issue 15's stuck and dying vCPUs: a fixed number of rounds even when streaming.
+        Scenario::EptLivelock => jobs.push(solo(v0, move |v| super::stuck::ept_livelock(v, iters))),
+        Scenario::IrqReinjectLoop => {
+            jobs.push(solo(v0, move |v| super::stuck::irq_reinject_loop(v, iters)));
+        }
+        Scenario::ExceptionDeliveryLoop => {
+            jobs.push(solo(v0, move |v| super::stuck::exception_delivery_loop(v, iters)));
+        }
+        Scenario::EfaultLoop => jobs.push(solo(v0, move |v| super::stuck::efault_loop(v, iters))),
+        Scenario::EoiLoop => jobs.push(solo(v0, move |v| super::stuck::eoi_loop(v, iters))),
+        Scenario::FailedNestedEntry => {
+            jobs.push(solo(v0, move |v| super::nested_faults::failed_nested_entry(v, iters)));
+        }
+        Scenario::NestedTripleFault => {
+            jobs.push(solo(v0, move |v| super::nested_faults::nested_triple_fault(v, iters)));
+        }
+        Scenario::NsvmRsm => jobs.push(solo(v0, move |v| super::nested_faults::nsvm_rsm(v, iters))),
     }
     // The stuck-vCPU scenarios run a VM without nesting: its other vCPUs are plain guests
     // (on shadow paging where the scenario's L0 is); the AMD one's are plain SVM guests.
@@ -93,36 +135,52 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
         | Scenario::ExceptionDeliveryLoop
         | Scenario::EfaultLoop => {
             let l0_ept = cfg.scenario != Scenario::ExceptionDeliveryLoop;
-            for v in rest.iter_mut() {
-                v.l0_ept = l0_ept;
-                v.l1_rip = 0xffff_ffff_8100_0000 + u64::from(v.id) * 0x40;
-                v.enter();
-                super::stuck::plain_guest(v, 2 + iters.min(6));
+            for v in vcpus.by_ref() {
+                jobs.push(solo(v, move |v| {
+                    v.l0_ept = l0_ept;
+                    v.l1_rip = 0xffff_ffff_8100_0000 + u64::from(v.id) * 0x40;
+                    v.enter();
+                    super::stuck::plain_guest(v, 2 + iters.min(6));
+                }));
             }
-            background_from = n;
+            background = false;
         }
         Scenario::NsvmRsm => {
-            for v in rest.iter_mut() {
-                super::nested_faults::svm_plain_guest(v, 2 + iters.min(6));
+            for v in vcpus.by_ref() {
+                jobs.push(solo(v, move |v| {
+                    super::nested_faults::svm_plain_guest(v, 2 + iters.min(6))
+                }));
             }
-            background_from = n;
+            background = false;
         }
         _ => {}
     }
-    if background_from == 1 {
+    if background {
         // Other vCPUs: the same L1 runs its own subjects there; plain fixed-KVM noise.
         // enable_ept is a host-wide module parameter: without it, no vCPU has nested EPT.
         let l0_ept =
             !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init | Scenario::MuenShadow);
-        let skip = usize::from(cfg.scenario == Scenario::Init);
-        for v in rest.iter_mut().skip(skip) {
+        let rounds = if unbounded { u32::MAX } else { iters.min(6) };
+        for mut v in vcpus {
             v.l0_ept = l0_ept;
-            let mut p = SepParams::new(subjects.min(3), iters.min(6), l0_ept);
+            let mut p = SepParams::new(subjects.min(3), rounds, l0_ept);
             p.vmptr_base += 0x10_0000;
-            sep_kernel(v, &p);
+            jobs.push(solo(v, move |v| sep_kernel(v, &p)));
         }
     }
-    merge(cfg, vcpus)
+    jobs
+}
+
+/// A job driving one vCPU.
+fn solo(v: Vcpu, script: impl FnOnce(&mut Vcpu) + Send + 'static) -> Job {
+    Job {
+        vcpus: vec![v],
+        script: Box::new(move |vs: &mut [Vcpu]| {
+            if let Some(v) = vs.first_mut() {
+                script(v);
+            }
+        }),
+    }
 }
 
 // ---- merging ----------------------------------------------------------------------------
@@ -197,6 +255,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
 
 // ---- the separation kernel --------------------------------------------------------------
 
+#[derive(Clone)]
 struct SepParams {
     subjects: u32,
     iterations: u32,
@@ -537,6 +596,9 @@ fn late_vmfail(v: &mut Vcpu, iterations: u32) {
     }
     let cr3s = [l2_cr3, l2_cr3 + 0x3000, l2_cr3 + 0x8000];
     for _ in 0..iterations {
+        if v.dead {
+            break;
+        }
         v.l2_run(0x0000_0000_0010_0000, &[]);
         v.l2_noise(30);
         // Without EPT every L2 MOV CR3 exits; L0 handles it (L1 did not ask for CR3 exits).
@@ -628,6 +690,9 @@ fn invept(v: &mut Vcpu, iterations: u32) {
     v.l1_vmentry();
     let mut ept12_page = 0x0000_0000_4e7e_0000u64 >> 12;
     for round in 0..iterations {
+        if v.dead {
+            break;
+        }
         v.l2_run(l2_code, &[]);
         v.l2_noise(30);
         v.l2_run(l2_code, &[]);
@@ -668,7 +733,9 @@ fn invept(v: &mut Vcpu, iterations: u32) {
                     ("sptep", FieldValue::U64(0xffff_8880_3e4d_2080)),
                     ("old_spte", FieldValue::U64(spte)),
                     ("new_spte", FieldValue::U64(spte)),
-                    ("ret", FieldValue::U64(3)),
+                    // RET_PF_INVALID in the 6.12+ numbering events carry (3 on 6.1; a
+                    // writer of a 6.1 trace.dat converts it back).
+                    ("ret", FieldValue::U64(4)),
                 ],
             );
             v.unsync_page(page_gpa >> 12);
@@ -714,7 +781,7 @@ fn invept(v: &mut Vcpu, iterations: u32) {
 
 /// vCPU 0 (the BSP) restarts vCPU 1 with INIT/SIPI/SIPI while vCPU 1, which ran in long mode,
 /// sits in its offline HLT loop. L0 uses shadow paging.
-fn init(bsp: &mut Vcpu, ap: &mut Vcpu, iterations: u32) {
+fn init(bsp: &mut Vcpu, ap: &mut Vcpu, iterations: u32, unbounded: bool) {
     for v in [&mut *bsp, &mut *ap] {
         v.l0_ept = false;
         v.l1_rip = 0xffff_ffff_8100_0000 + u64::from(v.id) * 0x40;
@@ -782,6 +849,17 @@ fn init(bsp: &mut Vcpu, ap: &mut Vcpu, iterations: u32) {
     }
     for _ in 0..iterations.min(3) {
         long_mode_noise(bsp);
+    }
+    if unbounded {
+        // Both vCPUs go on until stopped, the one behind in time first, so that neither
+        // runs far ahead of the other in the merged stream.
+        while !(bsp.dead && ap.dead) {
+            if !ap.dead && (bsp.dead || ap.now <= bsp.now) {
+                long_mode_noise(ap);
+            } else {
+                long_mode_noise(bsp);
+            }
+        }
     }
 }
 
@@ -937,6 +1015,9 @@ fn evmcs_restore(v: &mut Vcpu, iterations: u32) {
         v.msr(true, 0x4000_0070, 0);
     });
     for _ in 0..iterations {
+        if v.dead {
+            break;
+        }
         v.l1_step(0x80, 2_000, 9_000);
         v.l1_rip = host_rip + 0x6a1;
         if v.l1_vmentry() != Entered::Running {
@@ -982,6 +1063,9 @@ fn dirty_log(v: &mut Vcpu, iterations: u32) {
     v.l1_vmentry();
     let mut first_logged_write = None;
     for round in 0..iterations {
+        if v.dead {
+            break;
+        }
         if round == 1 {
             // Userspace (the migration thread) turns on dirty logging for L1's memslots; the
             // PML buffer already holds L1 GPAs logged before.
@@ -1032,7 +1116,7 @@ fn dirty_log(v: &mut Vcpu, iterations: u32) {
 /// An SMI reaches the vCPU while L2 runs: silent nested exit, SMM entry, the firmware's SMI
 /// handler, RSM (an intercepted #UD, emulated), and back into L2 through
 /// `nested_vmx_enter_non_root_mode` (a `kvm_nested_vmenter` with no VMRESUME before it).
-fn smm(v: &mut Vcpu, iterations: u32) {
+fn smm(v: &mut Vcpu, iterations: u32, smi_round: u32) {
     let vmptr = 0x0000_0000_3c11_8000;
     let e = eptp(0x0000_0000_1f20_4000);
     let l2_code = 0xffff_ffff_8100_0000;
@@ -1059,8 +1143,10 @@ fn smm(v: &mut Vcpu, iterations: u32) {
     v.l1_vmptrld(vmptr);
     v.l1_rip = LX_VMENTRY_RIP;
     v.l1_vmentry();
-    let smi_round = iterations / 2;
     for round in 0..iterations {
+        if v.dead {
+            break;
+        }
         v.l2_run(l2_code, &[]);
         v.l2_noise(30);
         v.l2_run(l2_code, &[]);

@@ -376,8 +376,9 @@ pub(super) fn efault_loop(v: &mut Vcpu, iterations: u32) {
                 ("sptep", FieldValue::U64(0xffff_9a3e_ce97_aa90)),
                 ("old_spte", FieldValue::U64(0)),
                 ("new_spte", FieldValue::U64(0)),
-                // RET_PF_INVALID: the fast path could not fix it.
-                ("ret", FieldValue::U64(3)),
+                // RET_PF_INVALID (6.12+ numbering, which events carry): the fast path could
+                // not fix it.
+                ("ret", FieldValue::U64(4)),
             ],
         );
         if !bad {

@@ -7,5 +7,6 @@ mod sim_behaviour;
 mod sim_devices;
 mod sim_props;
 mod sim_samples;
+mod sim_stream;
 mod sim_text;
 mod sim_vs_real;

@@ -213,7 +213,7 @@ fn draw_view(view_state: &mut DetailView, frame: &mut Frame<'_>, area: Rect, ctx
         view_state.scroll = 0;
     }
     let content = match ctx.trace.event(*ctx.selected) {
-        Some(e) => lines(ctx.trace, *ctx.selected, e),
+        Some(e) => lines(ctx.trace, *ctx.selected, &e),
         None => vec![Line::raw("No event yet…")],
     };
     frame.render_widget(

@@ -108,7 +108,7 @@ pub trait View {
     fn to_end(&mut self, last: bool, ctx: &mut Ctx<'_>) {
         let rows = ctx.rows.len(ctx.trace);
         let row = if last { rows.saturating_sub(1) } else { 0 };
-        if let Some(e) = ctx.rows.event_at(row) {
+        if let Some(e) = ctx.rows.event_at(row, ctx.trace) {
             *ctx.selected = e;
         }
     }
@@ -119,7 +119,7 @@ pub trait View {
     /// A click on row `row` of the view's list.
     fn click_row(&mut self, row: u64, ctx: &mut Ctx<'_>) {
         if row < ctx.rows.len(ctx.trace)
-            && let Some(e) = ctx.rows.event_at(row)
+            && let Some(e) = ctx.rows.event_at(row, ctx.trace)
         {
             *ctx.selected = e;
         }
@@ -133,6 +133,10 @@ pub trait View {
 
     /// The timeline's filter changed.
     fn on_filter_change(&mut self) {}
+
+    /// Scroll the vCPU lanes by `delta` (`<` / `>`, the wheel over the lanes); views without
+    /// lanes ignore it.
+    fn scroll_lanes(&mut self, _delta: i64, _ctx: &mut Ctx<'_>) {}
 }
 
 /// Moves the selected event by `delta` timeline rows.
@@ -147,7 +151,7 @@ pub fn move_event(delta: i64, ctx: &mut Ctx<'_>) {
     } else {
         row.saturating_sub(delta.unsigned_abs())
     };
-    if let Some(e) = ctx.rows.event_at(target) {
+    if let Some(e) = ctx.rows.event_at(target, ctx.trace) {
         *ctx.selected = e;
     }
 }
@@ -240,14 +244,22 @@ fn draw_title(frame: &mut Frame<'_>, area: Rect, app: &App) {
     ];
     spans.push(Span::raw(format!("  {} events", group(trace.len()))));
     match &trace.progress {
-        Progress::Loading { elapsed } => {
+        Progress::Loading { elapsed, fraction, .. } => {
             let spin = SPINNER[usize::try_from(app.frame_count % 4).unwrap_or(0)];
+            let pct = fraction.map_or(String::new(), |f| format!(" {:.0}%", f * 100.0));
             spans.push(Span::styled(
-                format!("  {spin} loading… {:.1}s", elapsed.as_secs_f64()),
+                format!("  {spin} loading{pct}… {:.1}s", elapsed.as_secs_f64()),
                 Style::new().fg(Color::Yellow),
             ));
         }
-        Progress::Done { .. } => {}
+        Progress::Done { .. } => {
+            if let Some(f) = trace.rebuilding {
+                spans.push(Span::styled(
+                    format!("  rebuilding model state from the saved index {:.0}%", f * 100.0),
+                    Style::new().fg(Color::Yellow),
+                ));
+            }
+        }
         Progress::Failed { error } => spans
             .push(Span::styled(format!("  read stopped: {error}"), Style::new().fg(Color::Red))),
     }
@@ -342,6 +354,11 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ))
     } else if let Some(msg) = &app.status {
         Line::from(Span::raw(msg.clone()))
+    } else if let Progress::Loading { elapsed, fraction: Some(f), events } = app.trace.progress {
+        Line::from(Span::styled(
+            progress_line(elapsed, f, events, area.width),
+            Style::new().fg(Color::Yellow),
+        ))
     } else {
         Line::from(Span::styled(
             "q quit  ? help  Tab view  j/k move  Enter open  a/A anomaly  c crash  / search  f filter  t time",
@@ -349,6 +366,34 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ))
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// The loading progress as a bar with the percentage, the events read and the time left
+/// (elapsed × what is left / what is done).
+pub fn progress_line(
+    elapsed: std::time::Duration,
+    fraction: f64,
+    events: u64,
+    width: u16,
+) -> String {
+    let f = fraction.clamp(0.0, 1.0);
+    let eta = if f > 0.0 {
+        let left = elapsed.as_secs_f64() * (1.0 - f) / f;
+        format!("ETA {left:.0} s")
+    } else {
+        "ETA …".to_owned()
+    };
+    let text =
+        format!(" {:>3.0}%  {} events read  {eta}  (q quit, ? help)", f * 100.0, group(events));
+    let bar_width = usize::from(width).saturating_sub(text.chars().count() + 2).clamp(10, 40);
+    // Whole cells filled: the count of cell ends that the fraction has passed (no float cast).
+    let filled =
+        (1..=bar_width).take_while(|c| (*c as f64) <= (bar_width as f64) * f + 0.5).count();
+    format!(
+        "loading ▕{}{}▏{text}",
+        "█".repeat(filled.min(bar_width)),
+        "░".repeat(bar_width.saturating_sub(filled))
+    )
 }
 
 /// The keys, for the help overlay.
@@ -360,6 +405,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Tab / Shift-Tab, 1-5", "next / previous view, view by number"),
     ("a / A", "next / previous anomaly"),
     ("c", "next crash (shutdown, triple fault, failed entry)"),
+    ("< / >", "scroll the vCPU lanes (more than 8 vCPUs; the wheel over the lanes too)"),
     ("/ , n / N", "search event lines (#123: event 123), next / previous match"),
     ("f", "filter: vcpu=0,1 cpu= level=L0|L1|L2 reason=EPT_VIOLATION event=kvm_exit rule=…"),
     ("t", "jump to a time in seconds (3836.4425) or #event"),

@@ -116,7 +116,7 @@ fn kv(key: &str, value: String, changed: bool) -> Line<'static> {
 pub fn sections(state_at: &StateAt, trace: &crate::trace::Trace) -> Vec<Section> {
     let mut out = Vec::new();
     let changed = Changed::from(&state_at.transitions);
-    let event_name = trace.event(state_at.at).map_or("?", |e| e.name()).to_owned();
+    let event_name = trace.event(state_at.at).map_or("?".to_owned(), |e| e.name().to_owned());
     let who = state_at.actor.map_or("every vCPU".to_owned(), |a| a.to_string());
     out.push(Section {
         title: format!("After event #{} {event_name} on {who}", state_at.at),
@@ -391,6 +391,9 @@ fn draw_view(view_state: &mut StateView, frame: &mut Frame<'_>, area: Rect, ctx:
             lines
         }
         None if trace.is_empty() => vec![Line::raw("No event yet…")],
+        None if trace.rebuilding.is_some() => vec![Line::raw(
+            "Rebuilding the model's checkpoints from the saved index… (the state appears when the replay reaches this event)",
+        )],
         None => vec![Line::raw(
             "Replaying up to this event… (the state appears when the loader reaches it)",
         )],

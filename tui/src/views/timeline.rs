@@ -1,6 +1,10 @@
 //! Timeline view: a compact lane per vCPU over the whole trace (level, anomalies, crashes, lost
 //! gaps, the cursor), then the event list around the selected event. Only the visible rows are
-//! rendered; lanes sample a fixed number of events per column.
+//! rendered. Lanes of a small trace sample a fixed number of events per column; beyond
+//! [`SAMPLED_MAX`] events they are drawn from the loader's per-vCPU bucket summaries
+//! ([`crate::summary::Lanes`]), a bounded number per column. At most [`MAX_LANES`] lanes show
+//! at once; more scroll (`<` / `>`, the mouse wheel over the lanes) and follow the selected
+//! event's vCPU.
 
 use super::{Ctx, View, ViewId};
 use ratatui::Frame;
@@ -10,18 +14,34 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
 use super::{actor_label, event_fields, group, theme};
+use crate::summary::ActorCounts;
 use crate::trace::{EventTag, Tier, Trace};
 
-/// Most lanes drawn (the rest are listed as a count).
-const MAX_LANES: usize = 8;
+/// Most lanes drawn at once (more scroll).
+pub const MAX_LANES: usize = 8;
 /// Events sampled per lane column.
 const SAMPLES_PER_COLUMN: u64 = 24;
+/// Up to this many events, lanes sample the events themselves; beyond, the summaries.
+pub const SAMPLED_MAX: u64 = 1 << 16;
 
 /// The Timeline view's state.
 #[derive(Clone, Debug, Default)]
 pub struct TimelineView {
     /// Row shown on the first line of the list.
     pub offset: u64,
+    /// The first lane shown (lanes sorted by VM, vCPU, thread).
+    pub lane_offset: usize,
+    /// The selected event the lanes last followed.
+    followed: Option<u64>,
+}
+
+impl TimelineView {
+    /// Scrolls the lanes by `delta`.
+    pub fn scroll_lanes(&mut self, delta: i64, lanes: usize) {
+        let max = lanes.saturating_sub(MAX_LANES);
+        let to = i64::try_from(self.lane_offset).unwrap_or(0).saturating_add(delta);
+        self.lane_offset = usize::try_from(to.max(0)).unwrap_or(0).min(max);
+    }
 }
 
 /// Draws the Timeline view.
@@ -34,7 +54,9 @@ fn draw_view(view_state: &mut TimelineView, frame: &mut Frame<'_>, area: Rect, c
         [Rect::new(area.x, area.y, area.width, 0), area]
     };
     if lane_area.height > 0 {
-        ctx.hits.lanes = draw_lanes(frame, lane_area, ctx.trace, *ctx.selected);
+        follow_selected(view_state, ctx.trace, *ctx.selected);
+        ctx.hits.lanes =
+            draw_lanes(frame, lane_area, ctx.trace, *ctx.selected, view_state.lane_offset);
     }
     draw_list(view_state, frame, list_area, ctx);
 }
@@ -60,8 +82,16 @@ fn draw_list(view: &mut TimelineView, frame: &mut Frame<'_>, area: Rect, ctx: &m
         theme::heading(),
     ))];
     for row in view.offset..(view.offset + height).min(rows) {
-        let Some(index) = ctx.rows.event_at(row) else { break };
-        let (Some(event), Some(tag)) = (trace.event(index), trace.tag(index)) else { break };
+        let Some(index) = ctx.rows.event_at(row, trace) else { break };
+        let Some(event) = trace.event(index) else { break };
+        // Tags come from replaying the model; until a checkpoint covers the event, "--".
+        let tag = trace.tag(index).unwrap_or(EventTag::new(
+            EventTag::NO_ACTOR,
+            Tier::Unknown,
+            false,
+            false,
+            false,
+        ));
         let marker = if tag.crash() {
             Span::styled("X ", theme::crash())
         } else if tag.lost() {
@@ -92,11 +122,11 @@ fn draw_list(view: &mut TimelineView, frame: &mut Frame<'_>, area: Rect, ctx: &m
                 "{:>18} {:>3} {:>7} ",
                 trace.format_ts(event.ts),
                 event.cpu,
-                actor_label(trace.actor(index))
+                actor_label(trace.actors.get(usize::from(tag.actor)).copied())
             )),
             Span::styled(format!("{:<2} ", tier.label()), theme::tier(tier)),
             Span::styled(format!("{:<26} ", event.name()), name_style),
-            Span::raw(event_fields(event, &clock)),
+            Span::raw(event_fields(&event, &clock)),
         ]);
         if row == sel_row {
             line = line.style(theme::selected());
@@ -139,16 +169,55 @@ enum Cell {
     Lost,
 }
 
+/// Lanes sorted by VM, then vCPU, then the threads never seen running a vCPU: the actor of
+/// each lane.
+fn lane_order(trace: &Trace) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..trace.actors.len()).collect();
+    order.sort_by_key(|a| trace.actors[*a]);
+    order
+}
+
+/// Scrolls the lanes to the selected event's vCPU when the selection moved.
+fn follow_selected(view: &mut TimelineView, trace: &Trace, selected: u64) {
+    if view.followed == Some(selected) || trace.actors.len() <= MAX_LANES {
+        view.followed = Some(selected);
+        return;
+    }
+    view.followed = Some(selected);
+    let Some(actor) = trace.tag(selected).map(|t| usize::from(t.actor)) else { return };
+    let Some(lane) = lane_order(trace).iter().position(|a| *a == actor) else { return };
+    if lane < view.lane_offset || lane >= view.lane_offset + MAX_LANES {
+        view.lane_offset = lane.saturating_sub(MAX_LANES / 2);
+        view.scroll_lanes(0, trace.actors.len());
+    }
+}
+
+/// The cell a summary gives a lane: the worst anomaly, else the level most events ran at
+/// (exits say "L0 ran", not the guest's level, and are left out).
+fn summary_cell(c: &ActorCounts) -> Cell {
+    if c.worst().is_some() {
+        return Cell::Anomaly;
+    }
+    let levels = [Tier::L2, Tier::L1, Tier::Unknown];
+    let best = levels.iter().copied().max_by_key(|t| c.count(*t));
+    match best {
+        Some(t) if c.count(t) > 0 => Cell::Level(t),
+        _ => Cell::Empty,
+    }
+}
+
 /// Draws the lanes; returns the cell area and the events it spans (for mouse clicks).
 fn draw_lanes(
     frame: &mut Frame<'_>,
     area: Rect,
     trace: &Trace,
     selected: u64,
+    lane_offset: usize,
 ) -> Option<(Rect, u64)> {
     const LABEL: u16 = 8;
     let width = area.width.saturating_sub(2 + LABEL);
-    let lanes = trace.actors.len().min(MAX_LANES);
+    let total_lanes = trace.actors.len();
+    let lanes = total_lanes.min(MAX_LANES);
     let n = trace.len();
     if width == 0 || n == 0 {
         return None;
@@ -157,28 +226,38 @@ fn draw_lanes(
     let mut cells = vec![vec![Cell::Empty; usize::from(width)]; lanes];
     let column_of =
         |index: u64| usize::try_from(index * w / n).unwrap_or(0).min(usize::from(width) - 1);
-    // Lanes grouped by VM, then vCPU, then the threads never seen running a vCPU; `row[a]` is
-    // the lane of actor `a` (`usize::MAX` when it has none).
-    let mut order: Vec<usize> = (0..trace.actors.len()).collect();
-    order.sort_by_key(|a| trace.actors[*a]);
-    let mut row = vec![usize::MAX; trace.actors.len()];
-    for (lane, actor) in order.iter().take(lanes).enumerate() {
+    let order = lane_order(trace);
+    let lane_offset = lane_offset.min(total_lanes.saturating_sub(lanes));
+    // `row[a]` is the lane of actor `a` (`usize::MAX` when it is not shown).
+    let mut row = vec![usize::MAX; total_lanes];
+    for (lane, actor) in order.iter().skip(lane_offset).take(lanes).enumerate() {
         row[*actor] = lane;
     }
     let lane_of = |tag: EventTag| row.get(usize::from(tag.actor)).copied().unwrap_or(usize::MAX);
+    let sampled = n <= SAMPLED_MAX;
     for c in 0..w {
         let (from, to) = (c * n / w, ((c + 1) * n / w).max(c * n / w + 1).min(n));
-        let step = ((to - from) / SAMPLES_PER_COLUMN).max(1);
-        let mut i = from;
-        while i < to {
-            if let Some(tag) = trace.tag(i) {
-                let lane = lane_of(tag);
-                // Exits say "L0 ran", not the guest's level: keep the level seen before.
-                if lane < lanes && tag.tier() != Tier::L0Exit {
-                    cells[lane][usize::try_from(c).unwrap_or(0)] = Cell::Level(tag.tier());
+        let col = usize::try_from(c).unwrap_or(0);
+        if sampled {
+            let step = ((to - from) / SAMPLES_PER_COLUMN).max(1);
+            let mut i = from;
+            while i < to {
+                if let Some(tag) = trace.tag(i) {
+                    let lane = lane_of(tag);
+                    // Exits say "L0 ran", not the guest's level: keep the level seen before.
+                    if lane < lanes && tag.tier() != Tier::L0Exit {
+                        cells[lane][col] = Cell::Level(tag.tier());
+                    }
+                }
+                i += step;
+            }
+        } else {
+            let counts = trace.lanes.range(from, to);
+            for (actor, c) in counts.iter().enumerate() {
+                if let Some(lane) = row.get(actor).copied().filter(|l| *l < lanes) {
+                    cells[lane][col] = summary_cell(c);
                 }
             }
-            i += step;
         }
     }
     // Markers: one binary search per column and marker list.
@@ -215,7 +294,7 @@ fn draw_lanes(
     let mut lines = Vec::with_capacity(lanes);
     for (lane, row) in cells.iter().enumerate() {
         let mut spans = vec![Span::styled(
-            format!("{:<8}", actor_label(order.get(lane).map(|a| trace.actors[*a]))),
+            format!("{:<8}", actor_label(order.get(lane_offset + lane).map(|a| trace.actors[*a]))),
             theme::dim(),
         )];
         for (col, cell) in row.iter().enumerate() {
@@ -236,11 +315,19 @@ fn draw_lanes(
         }
         lines.push(Line::from(spans));
     }
-    let more = trace.actors.len().saturating_sub(MAX_LANES);
+    let more = total_lanes.saturating_sub(MAX_LANES);
     let title = format!(
         " Lanes #0…#{} (▃ L1 ▆ L2 · unknown ! anomaly X crash ~ lost){} ",
         n - 1,
-        if more > 0 { format!(" +{more} more") } else { String::new() }
+        if more > 0 {
+            format!(
+                " lanes {}–{} of {total_lanes} (< > scroll)",
+                lane_offset + 1,
+                lane_offset + lanes
+            )
+        } else {
+            String::new()
+        }
     );
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
     let height = u16::try_from(lanes).unwrap_or(0);
@@ -258,5 +345,9 @@ impl View for TimelineView {
 
     fn enter(&mut self, _ctx: &mut Ctx<'_>) -> Option<ViewId> {
         Some(ViewId::DETAIL)
+    }
+
+    fn scroll_lanes(&mut self, delta: i64, ctx: &mut Ctx<'_>) {
+        TimelineView::scroll_lanes(self, delta, ctx.trace.actors.len());
     }
 }
