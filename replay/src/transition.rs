@@ -56,6 +56,7 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -97,6 +98,7 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Context(_)
             | EventKind::KvmPmlFull { .. }
     ) {
         return;
@@ -218,6 +220,7 @@ pub(crate) fn apply(
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Other(_) => {}
     }
 }

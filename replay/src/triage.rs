@@ -604,6 +604,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Lost { .. } => None,
     };
     if let Some(link) = link {
@@ -674,6 +675,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

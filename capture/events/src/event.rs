@@ -16,6 +16,7 @@ use crate::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, SvmExitCode,
     UserspaceExitReason, VmInstructionError,
 };
+use crate::context::{ContextEvent, ContextHit};
 use crate::fields::{FieldLookup, Fields};
 use crate::identity::ThreadIdentity;
 use crate::vmcs::probe::{self, ProbeEvent};
@@ -671,6 +672,9 @@ pub enum EventKind {
     VmcsProbe(Box<ProbeHit>),
     /// A thread's identity (its VM) written by the recorder ([`IdentityEvent`]).
     Identity(Box<IdentityEvent>),
+    /// A host tracepoint (scheduler, interrupts, softirqs, timers, `kvm_mmio`) typed for the
+    /// analyses ([`crate::context`]), with the event it was read from.
+    Context(Box<ContextHit>),
     /// Events were lost here on `cpu` (ring-buffer overrun, `[LOST N EVENTS]`,
     /// `[EVENTS DROPPED]`, perf LOST records); `count` when the input says how many.
     Lost { count: Option<u64> },
@@ -999,6 +1003,9 @@ impl EventKind {
             return Self::VmcsField(Box::new(VmcsFieldEvent { record, source: Some(other) }));
         } else if let Some(probe) = probe::decode(&other.system, &other.name, &other.fields) {
             return Self::VmcsProbe(Box::new(ProbeHit { probe, source: other }));
+        } else if let Some(event) = ContextEvent::decode(&other.system, &other.name, &other.fields)
+        {
+            return Self::Context(Box::new(ContextHit { event, source: other }));
         }
         Self::Other(Box::new(other))
     }
@@ -1034,6 +1041,7 @@ impl EventKind {
             Self::VmcsField(_)
             | Self::VmcsProbe(_)
             | Self::Identity(_)
+            | Self::Context(_)
             | Self::Lost { .. }
             | Self::Other(_) => {
                 return None;
@@ -1048,6 +1056,7 @@ impl EventKind {
             Self::VmcsField(v) => v.source.as_ref(),
             Self::VmcsProbe(p) => Some(&p.source),
             Self::Identity(i) => Some(&i.source),
+            Self::Context(c) => Some(&c.source),
             _ => None,
         }
     }
@@ -1062,6 +1071,7 @@ impl EventKind {
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_SYSTEM, |o| &o.system),
             Self::VmcsProbe(p) => &p.source.system,
             Self::Identity(i) => &i.source.system,
+            Self::Context(c) => &c.source.system,
             Self::Other(o) => &o.system,
             _ => "",
         }
@@ -1077,6 +1087,7 @@ impl EventKind {
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_EVENT, |o| &o.name),
             Self::VmcsProbe(p) => &p.source.name,
             Self::Identity(i) => &i.source.name,
+            Self::Context(c) => &c.source.name,
             Self::Other(o) => &o.name,
             _ => "",
         }
@@ -1112,7 +1123,7 @@ impl EventKind {
             | Self::KvmMmuWalkerError { .. }
             | Self::Lost { .. } => None,
             Self::VmcsProbe(p) => p.source.fields.u32("vcpu_id"),
-            Self::Identity(_) => None,
+            Self::Identity(_) | Self::Context(_) => None,
             Self::Other(o) => o.fields.u32("vcpu_id"),
         }
     }

@@ -356,6 +356,7 @@ pub fn derive(
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

@@ -217,6 +217,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

@@ -318,9 +318,10 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             None => "[LOST EVENTS]".into(),
         },
         EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
-        EventKind::VmcsField(_) | EventKind::VmcsProbe(_) | EventKind::Identity(_) => {
-            other_body(kind.name(), &kind.kernel_fields())
-        }
+        EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_)
+        | EventKind::Identity(_)
+        | EventKind::Context(_) => other_body(kind.name(), &kind.kernel_fields()),
         EventKind::Other(o) => other_body(&o.name, &o.fields),
     }
 }
