@@ -400,6 +400,7 @@ impl ExitStats {
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Context(_)
             | EventKind::Other(_) => {}
         }
     }
@@ -561,6 +562,8 @@ impl ExitStats {
             losses: self.loss_report(read),
             notes,
             vms: Vec::new(),
+            host_context: None,
+            kvm_stat: None,
         }
     }
 
