@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use vmxray_analyze::context::{ExitContext, HostContext};
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
@@ -77,6 +78,8 @@ pub struct Chunk {
     pub snapshots: Vec<Model>,
     /// Actors first seen in this chunk (tags index the concatenation).
     pub actors: Vec<Actor>,
+    /// Host context of the exits whose entry came in this chunk (traces with host events).
+    pub contexts: Vec<ExitContext>,
     /// Time since the loader started.
     pub elapsed: Duration,
 }
@@ -219,10 +222,21 @@ struct Pipeline<'a> {
 
 /// The pass's sink: tags each event, collects anomalies, crashes, lost markers and model
 /// snapshots into the chunk being filled.
-#[derive(Default)]
 struct Tagger {
     actor_ids: HashMap<Actor, u16>,
     chunk: Chunk,
+    /// Where each exit's time went on the host (the detail view's breakdown).
+    context: HostContext,
+}
+
+impl Default for Tagger {
+    fn default() -> Self {
+        Self {
+            actor_ids: HashMap::new(),
+            chunk: Chunk::default(),
+            context: HostContext::with_exit_log(),
+        }
+    }
 }
 
 impl Sink for Tagger {
@@ -259,6 +273,13 @@ impl Sink for Tagger {
             self.chunk.lost.push(index);
         }
         self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
+        let _ = self.context.event(s);
+        if self.context.has_host_events() {
+            self.chunk.contexts.extend(self.context.take_attributed());
+        } else {
+            // Without host events the log holds in-KVM-only rows nobody shows.
+            let _ = self.context.take_attributed();
+        }
         ControlFlow::Continue(())
     }
 
@@ -325,7 +346,9 @@ impl<'a> Pipeline<'a> {
         self.flush();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
-        let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        let mut report =
+            end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        report.host_context = std::mem::take(&mut self.tagger.context).finish();
         let _ = self.tx.send(LoadMsg::Done {
             stats: Box::new(report),
             summary: Box::new(end.summary),

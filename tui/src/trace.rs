@@ -184,6 +184,8 @@ pub struct Trace {
     /// The trace's print fmts (binary inputs): the detail view renders untyped events with
     /// them, as `trace-cmd report -N` does.
     pub print: Option<Arc<PrintCatalog>>,
+    /// Host context of exits by the `kvm_exit`'s index (traces with host events only).
+    pub contexts: std::collections::HashMap<u64, vmxray_analyze::context::ExitContext>,
 }
 
 impl Default for Trace {
@@ -200,6 +202,7 @@ impl Default for Trace {
             lost: Vec::new(),
             checkpoints: Checkpoints::new(CHECKPOINT_INTERVAL),
             print: None,
+            contexts: std::collections::HashMap::new(),
             stats: None,
             summary: None,
             read: None,
@@ -231,7 +234,9 @@ impl Trace {
     }
 
     fn append(&mut self, chunk: Chunk) {
-        let Chunk { events, tags, anomalies, crashes, lost, snapshots, actors, elapsed } = chunk;
+        let Chunk { events, tags, anomalies, crashes, lost, snapshots, actors, contexts, elapsed } =
+            chunk;
+        self.contexts.extend(contexts.into_iter().map(|c| (c.index, c)));
         for model in &snapshots {
             self.checkpoints.observe(model);
         }
