@@ -99,6 +99,7 @@ impl Args {
 
 /// What a statistics pass keeps beside the exit statistics: the host context of exits, and
 /// perf's table when asked for.
+#[derive(Debug)]
 pub struct Accumulated {
     /// The pass (its statistics).
     pub pass: Pass,
@@ -107,6 +108,7 @@ pub struct Accumulated {
 }
 
 /// The pass's consumers.
+#[derive(Debug)]
 pub struct Extra {
     context: HostContext,
     kvm_stat: Option<KvmStat>,

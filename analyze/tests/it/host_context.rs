@@ -305,3 +305,93 @@ fn parts_always_add_up_to_the_latency() {
     let sum: u64 = report.by_reason.iter().map(|r| r.latency).sum();
     assert_eq!(sum, report.overall.total());
 }
+
+/// The real-VMX lab recording where a busy thread shares the vCPU thread's only CPU
+/// (samples/real/vmx/context-busy-io-loop-ept-6.1.dat; samples/vmx/context/busy-step.sh).
+fn busy_sample() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/real/vmx/context-busy-io-loop-ept-6.1.dat")
+}
+
+#[test]
+fn real_recording_slowest_exits_are_the_busy_threads() {
+    let reader =
+        vmxray_capture::open(&busy_sample(), vmxray_capture::ReadOptions::default()).unwrap();
+    let mut pass = Pass::new(PassConfig {
+        model: ModelConfig::attribution_only(),
+        stats: StatsMode::Report,
+    });
+    let mut ctx = HostContext::new();
+    pass.run(reader, &mut ctx).unwrap();
+    let exits = pass.finish(None, None).stats.unwrap().exits.unwrap();
+    let report = ctx.finish().expect("the recording has host events");
+    assert!(report.sources.sched_switch && report.sources.irq && report.sources.softirq);
+    // Every exit with a latency is attributed; the per-reason sums are the stats' sums.
+    assert_eq!((report.attributed, report.unattributed), (exits.with_latency, 0));
+    assert_eq!(report.overall.total(), exits.overall.latency.as_ref().unwrap().total);
+    assert_eq!(report.outliers.len(), 10);
+    assert_eq!(report.outliers[0].latency, exits.slowest[0].latency);
+    for exit in &report.outliers {
+        assert_eq!(exit.parts.total(), exit.latency, "{exit:?}");
+        let top = &exit.ran[0];
+        assert_eq!(top.comm, "busyloop", "{}", exit.cause(true));
+        assert!(top.time * 2 > exit.latency, "{}", exit.cause(true));
+        assert_eq!(exit.parts.blocked, 0, "preempted, not asleep: {}", exit.cause(true));
+    }
+}
+
+#[cfg(feature = "scan")]
+#[test]
+fn scan_exits_rows_carry_the_host_context() {
+    use std::sync::Mutex;
+
+    use vmxray_analyze::scan::{
+        Chunk, ExitRecord, ScanInput, ScanOptions, SinkError, Table, TableSink, TraceLabels, scan,
+    };
+
+    #[derive(Default)]
+    struct Exits(Mutex<Vec<ExitRecord>>);
+    impl TableSink for Exits {
+        fn wants(&self, table: Table) -> bool {
+            matches!(table, Table::Exits)
+        }
+        fn begin(&self, _: &TraceLabels) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn write(&self, _: &TraceLabels, _: u32, chunk: Chunk) -> Result<(), SinkError> {
+            if let Chunk::Exits(rows) = chunk {
+                self.0.lock().unwrap().extend(rows);
+            }
+            Ok(())
+        }
+    }
+    let path = busy_sample();
+    let input = ScanInput {
+        bytes: std::fs::metadata(&path).unwrap().len(),
+        trace: "busy".into(),
+        host: None,
+        vm: None,
+        path,
+    };
+    let sink = Exits::default();
+    scan(&[input], &ScanOptions::default(), &sink, &|_| {});
+    let rows = sink.0.into_inner().unwrap();
+    assert!(rows.len() > 100);
+    let mut busy = 0;
+    for row in &rows {
+        let Some(latency) = row.latency_ns else {
+            assert!(row.host_in_kvm_ns.is_none());
+            continue;
+        };
+        let parts = [
+            row.host_in_kvm_ns,
+            row.host_scheduled_out_ns,
+            row.host_irq_ns,
+            row.host_softirq_ns,
+        ];
+        let sum: u64 = parts.iter().map(|p| p.unwrap()).sum();
+        assert_eq!(sum, latency, "{row:?}");
+        busy += usize::from(row.host_ran.as_deref().is_some_and(|r| r.starts_with("busyloop pid")));
+    }
+    assert!(busy > 10, "{busy} exits saw busyloop run");
+}
