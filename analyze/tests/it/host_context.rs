@@ -317,10 +317,8 @@ fn busy_sample() -> std::path::PathBuf {
 fn real_recording_slowest_exits_are_the_busy_threads() {
     let reader =
         vmxray_capture::open(&busy_sample(), vmxray_capture::ReadOptions::default()).unwrap();
-    let mut pass = Pass::new(PassConfig {
-        model: ModelConfig::attribution_only(),
-        stats: StatsMode::Report,
-    });
+    let mut pass =
+        Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
     let mut ctx = HostContext::new();
     pass.run(reader, &mut ctx).unwrap();
     let exits = pass.finish(None, None).stats.unwrap().exits.unwrap();
@@ -333,9 +331,13 @@ fn real_recording_slowest_exits_are_the_busy_threads() {
     assert_eq!(report.outliers[0].latency, exits.slowest[0].latency);
     for exit in &report.outliers {
         assert_eq!(exit.parts.total(), exit.latency, "{exit:?}");
+        // busyloop (nice -5) ran longest, for over 40 % of the exit (the rest: the recorder's
+        // threads, rcu, kworkers; measured 43–73 %).
         let top = &exit.ran[0];
         assert_eq!(top.comm, "busyloop", "{}", exit.cause(true));
-        assert!(top.time * 2 > exit.latency, "{}", exit.cause(true));
+        assert!(exit.ran[1..].iter().all(|r| r.time < top.time), "{}", exit.cause(true));
+        assert!(top.time * 10 > exit.latency * 4, "{}", exit.cause(true));
+        assert!(exit.parts.scheduled_out * 10 > exit.latency * 9, "{}", exit.cause(true));
         assert_eq!(exit.parts.blocked, 0, "preempted, not asleep: {}", exit.cause(true));
     }
 }
@@ -383,15 +385,49 @@ fn scan_exits_rows_carry_the_host_context() {
             assert!(row.host_in_kvm_ns.is_none());
             continue;
         };
-        let parts = [
-            row.host_in_kvm_ns,
-            row.host_scheduled_out_ns,
-            row.host_irq_ns,
-            row.host_softirq_ns,
-        ];
+        let parts =
+            [row.host_in_kvm_ns, row.host_scheduled_out_ns, row.host_irq_ns, row.host_softirq_ns];
         let sum: u64 = parts.iter().map(|p| p.unwrap()).sum();
         assert_eq!(sum, latency, "{row:?}");
         busy += usize::from(row.host_ran.as_deref().is_some_and(|r| r.starts_with("busyloop pid")));
     }
     assert!(busy > 10, "{busy} exits saw busyloop run");
+}
+
+/// `vmxray stats`' text and JSON carry the section when the trace has host events, and say
+/// so when it does not.
+#[test]
+fn stats_report_shows_the_breakdown_and_the_outliers() {
+    use vmxray_analyze::stats::{ExitStats, Format, StatsReport, write_report};
+    let render = |events: &[Event]| -> (StatsReport, String, serde_json::Value) {
+        let mut stats = ExitStats::new();
+        let mut ctx = HostContext::new();
+        for e in events {
+            stats.push(e);
+            ctx.push(e, None);
+        }
+        let mut report = stats.finish(None, None);
+        report.host_context = ctx.finish();
+        let mut text = Vec::new();
+        write_report(&report, Format::Text, &mut text).unwrap();
+        let mut json = Vec::new();
+        write_report(&report, Format::Json, &mut json).unwrap();
+        (report, String::from_utf8(text).unwrap(), serde_json::from_slice(&json).unwrap())
+    };
+    let (_, text, json) = render(&preempted_exit());
+    assert!(text.contains("Host context of exits (from sched_switch, irq, softirq)"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("EPT_VIOLATION") && l.contains("2000000 (99.9%)"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("800 (0.0%)") && row.contains("150 (0.0%)"), "{row}");
+    assert!(text.contains("Outliers: the slowest exits and where their time went\n  exit #0 EPT_VIOLATION 2.0 ms: 2.0 ms scheduled out (busy pid 812 ran)"), "{text}");
+    assert_eq!(json["host_context"]["overall"]["scheduled_out"], 2_000_000);
+    assert_eq!(json["host_context"]["outliers"][0]["ran"][0]["comm"], "busy");
+    let back: StatsReport = serde_json::from_value(json).unwrap();
+    assert_eq!(back.host_context.unwrap().outliers[0].parts.irq, 150);
+    let (report, text, json) = render(&[exit(1_000, 0, 48), entry(2_000, 0)]);
+    assert!(report.host_context.is_none());
+    assert!(text.contains("Host context: none"), "{text}");
+    assert!(json.get("host_context").is_none());
 }
