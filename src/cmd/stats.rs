@@ -201,7 +201,8 @@ pub fn accumulate(
     accumulate_with(events, vm, None)
 }
 
-/// [`accumulate`], with perf's table when `kvm` says which.
+/// Feeds every event through a statistics pass with the host-context analysis, and perf's
+/// table when `kvm` says which.
 pub fn accumulate_with(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
     vm: Option<&str>,
