@@ -529,9 +529,18 @@ impl HostContext {
         if !uses_time {
             return;
         }
-        // Everything in flight gets the time up to this event where it was until now.
+        // The exits this event may move get the time up to it where they were until now: those
+        // whose CPU it happened on, and those of the thread it switches or wakes (on any CPU).
+        // No other exit's place changes, so its current stretch goes on.
+        let (prev_pid, task_pid) = match host {
+            ContextEvent::SchedSwitch { prev, next, .. } => (Some(prev.pid), Some(next.pid)),
+            ContextEvent::SchedWakeup { task, .. } => (None, Some(task.pid)),
+            _ => (None, None),
+        };
         for exit in self.pending.values_mut() {
-            exit.account(event.ts, &self.cpus);
+            if exit.cpu == event.cpu || Some(exit.pid) == prev_pid || Some(exit.pid) == task_pid {
+                exit.account(event.ts, &self.cpus);
+            }
         }
         let cpu = self.cpus.entry(event.cpu).or_default();
         match host {
