@@ -524,7 +524,7 @@ impl HostContext {
                 self.sources.hrtimer = true;
                 true
             }
-            ContextEvent::SchedStat { .. } | ContextEvent::KvmMmio { .. } => false,
+            ContextEvent::SchedStat { .. } => false,
         };
         if !uses_time {
             return;
@@ -589,7 +589,7 @@ impl HostContext {
             ContextEvent::HrtimerExit { hrtimer } => {
                 cpu.pop(|f| matches!(f, Frame::Hrtimer { hrtimer: h, .. } if h == hrtimer));
             }
-            ContextEvent::SchedStat { .. } | ContextEvent::KvmMmio { .. } => {}
+            ContextEvent::SchedStat { .. } => {}
         }
     }
 

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use vmxray_events::codes::ExitCode;
-use vmxray_events::context::{ContextEvent, MmioKind};
+use vmxray_events::mmio::{MmioEvent, MmioKind};
 use vmxray_events::{Event, EventKind};
 
 use crate::stats::Reason;
@@ -206,15 +206,13 @@ impl KvmStat {
                 Role::Begin(Some(Key::Port { port: *port, write: *write }))
             }
             (KvmStatEvent::Mmio, EventKind::KvmExit(_)) => Role::Begin(None),
-            (KvmStatEvent::Mmio, EventKind::Context(hit)) => match hit.event {
-                ContextEvent::KvmMmio { kind: MmioKind::Write, gpa, .. } => {
-                    Role::Begin(Some(Key::Mmio { gpa, write: true }))
+            (KvmStatEvent::Mmio, EventKind::Mmio(MmioEvent::Access { kind, gpa, .. })) => {
+                match *kind {
+                    MmioKind::WRITE => Role::Begin(Some(Key::Mmio { gpa: *gpa, write: true })),
+                    MmioKind::READ => Role::End(Some(Key::Mmio { gpa: *gpa, write: false })),
+                    _ => return,
                 }
-                ContextEvent::KvmMmio { kind: MmioKind::Read, gpa, .. } => {
-                    Role::End(Some(Key::Mmio { gpa, write: false }))
-                }
-                _ => return,
-            },
+            }
             (_, EventKind::KvmEntry(_)) => Role::End(None),
             _ => return,
         };

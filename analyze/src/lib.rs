@@ -76,7 +76,12 @@
 //!   on any CPU since vCPU threads migrate, so every pending exit is closed this way;
 //! - the same vCPU exits again first (`next_exit`): its entry is missing from the trace;
 //! - the entry's timestamp is earlier than the exit's (`clock_backwards`: the per-CPU `local`
-//!   clock is not synchronized between CPUs and the thread migrated).
+//!   clock is not synchronized between CPUs and the thread migrated);
+//! - the exit's or the entry's time is unknown (`unknown_time`: text pasted without its
+//!   timestamp column).
+//!
+//! At a segment marker (another capture of the same input starts), the pending exits close as
+//! at the trace's end (`trace_end`).
 //!
 //! Count, total, min, max and mean are exact; stddev is the population standard deviation
 //! computed from exact integer sums; p50/p90/p99/p99.9 are nearest-rank percentiles (the value
@@ -108,13 +113,15 @@
 //! ```text
 //! {
 //!   "schema": "vmxray-stats/1",
-//!   "input": null | {"name": str, "format": str, "clock": str, "cpus": u32|null, "kernel": str|null},
+//!   "input": null | {"name": str, "format": str, "clock": str, "cpus": u32|null, "kernel": str|null,
+//!                    "excerpt": bool, "segments": u32},
 //!   "time_unit": "ns" | "raw",
 //!   "events_total": u64,
 //!   "events_by_name": [{"name": str, "count": u64}],            // most frequent first
 //!   "exits": null | {                                          // null: no kvm_exit in the trace
 //!     "total": u64, "with_latency": u64,
-//!     "without_latency": {"trace_end": u64, "lost_events": u64, "next_exit": u64, "clock_backwards": u64},
+//!     "without_latency": {"trace_end": u64, "lost_events": u64, "next_exit": u64, "clock_backwards": u64,
+//!                         "unknown_time": u64},
 //!     "nested": bool,
 //!     "levels": null | {"l1": u64, "l2": u64, "l2_l0_handled": u64, "l2_reflected": u64},
 //!     "overall": ROW, "by_reason": [ROW], "by_reason_level": [ROW], "by_vcpu": [ROW], "groups": [ROW],
@@ -129,7 +136,8 @@
 //!   "userspace_exits": [{"reason": "KVM_EXIT_IO", "code": u32, "count": u64, "errors": u64}],
 //!   "pio": [{"direction": "in" | "out", "port": u32, "size": u32, "count": u64}],
 //!   "losses": {"lost": [{"cpu": u32, "markers": u64, "events": u64, "uncounted_markers": u64}],
-//!              "skipped": u64, "problems": [str], "unknown_events": [{"name": str, "count": u64}]},
+//!              "skipped": u64, "non_trace_lines": u64, "problems": [str],
+//!              "unknown_events": [{"name": str, "count": u64}]},
 //!   "notes": [str],
 //!   "host_context": {                                          // absent: no host events (or not run)
 //!     "sources": {"sched_switch": bool, "sched_wakeup": bool, "irq": bool, "softirq": bool, "hrtimer": bool},

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use vmxray_events::codes::ExitCode;
-use vmxray_events::event::Event;
+use vmxray_events::event::{Event, EventKind};
 
 /// A closed-open time window in the trace clock's units; either end may be open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,9 +127,18 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// True when the filter keeps `event`, whose vCPU (own or attributed) is `vcpu`.
+    /// True when the filter keeps `event`, whose vCPU (own or attributed) is `vcpu`. A
+    /// segment marker (another capture starts) is kept whatever the filter: it is the input's
+    /// structure, not an event. An event without a time is outside any bounded window.
     pub fn keeps(&self, event: &Event, vcpu: Option<u32>) -> bool {
-        self.time.contains(event.ts)
+        if let EventKind::Segment { .. } = event.kind {
+            return true;
+        }
+        let in_time = match event.time() {
+            Some(ts) => self.time.contains(ts),
+            None => self.time.from.is_none() && self.time.to.is_none(),
+        };
+        in_time
             && (self.cpus.is_empty() || self.cpus.contains(&event.cpu))
             && (self.vcpus.is_empty() || vcpu.is_some_and(|v| self.vcpus.contains(&v)))
             && (self.events.is_empty()

@@ -13,12 +13,21 @@
 //! - the fields are the kernel's field names in the kernel's order, integers in hex when the
 //!   kernel prints them in hex (addresses, codes, masks), decimal otherwise; strings quoted; byte
 //!   arrays as `[0f 22 d8]`; a field the traced kernel's layout lacks is absent, never `0`;
-//! - one field is not the kernel's: kvmmmu page events read from a text rendering that omits
-//!   role bits carry `vmxray_role_known=0x…` after the kernel's fields (the mask of role bits
-//!   the input determined, [`vmxray_events::MmuPage::role_known`]); it is absent when the raw role word
-//!   was read;
-//! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
-//!   MMU role) that are derived from the fields, never new information;
+//! - some fields are not the kernel's: events read from a text rendering that shows only some
+//!   bits of a raw word carry the mask of the bits the input determined after the kernel's
+//!   fields — `vmxray_role_known=0x…` for the kvmmmu role
+//!   ([`vmxray_events::MmuPage::role_known`]), `vmxray_e_known` (IOAPIC entries),
+//!   `vmxray_address_known`/`vmxray_data_known` (MSIs), `vmxray_icr_low_known`
+//!   (`kvm_apic_ipi`), `vmxray_masks_known` (PIC) ([`vmxray_events::irq::PartialWord`]); they
+//!   are absent when the raw word was read;
+//! - `fast_page_fault.ret` is in the 6.12+ `RET_PF_*` numbering whatever kernel traced it
+//!   ([`vmxray_events::spte::RetNumbering`]);
+//! - after ` | `, human decodings derived from the fields, never new information: reason
+//!   names, interruption and IDT-vectoring information, the exit qualification decoded for
+//!   its reason (`qual=`: EPT violations, nested page faults, `#PF` error codes, CR
+//!   accesses), MMU roles, and the interrupt-controller, MMIO and SPTE events in the kernel's
+//!   own wording (`entry="dst 0 vec 129 (Fixed|physical|level)"`, `reg=APIC_EOI`,
+//!   `error_code=P|W`), and a print's function and text;
 //! - events without a typed rendering (untyped tracepoints such as `sched_switch` or
 //!   `irq_handler_entry`, probe and print events) carry, when the trace stored their format,
 //!   the decoding `text="..."`: the event rendered through its format's `print fmt:` exactly
@@ -30,10 +39,18 @@
 //! 12.000000100 [001] 42 "CPU 0/KVM" sched:sched_switch prev_comm="CPU 0/KVM" prev_pid=42 ... | text="prev_comm=CPU 0/KVM prev_pid=42 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120"
 //! ```
 //!
+//! - `ts` is `?` for an event whose input did not say its time
+//!   ([`vmxray_events::Event::TS_UNKNOWN`]: text pasted without its timestamp column);
+//! - where the input holds several captures, the reader's [`EventKind::Segment`] marker prints
+//!   as a separator line of its own, `===== segment <n> (<reason>) =====`, before the first
+//!   event of segment `n`.
+//!
 //! ## JSON Lines (stable)
 //!
-//! One object per event: `ts_ns` (integer nanoseconds, `null` when the clock is not in ns),
-//! `ts` (raw timestamp), `clock`, `cpu`, `pid`, `comm` (`null` when unknown), `system`, `event`
+//! One object per event: `ts_ns` (integer nanoseconds, `null` when the clock is not in ns or
+//! the time is unknown), `ts` (raw timestamp, `null` when unknown), `clock`, `segment` (the
+//! capture the event belongs to: 0, then 1, 2, ... after each [`EventKind::Segment`] marker,
+//! which itself carries its own number), `cpu`, `pid`, `comm` (`null` when unknown), `system`, `event`
 //! (bare name), `vcpu` (present when known), `fields` (every field by kernel name: integers as
 //! JSON numbers, strings, byte arrays as arrays of numbers), `decoded` (the same decodings as
 //! the text line, as strings) and, for events without a typed rendering whose format the trace
@@ -47,7 +64,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use vmxray_events::kernel_fields::{Field, Radix, Val, typed_fields};
-use vmxray_events::{Event, FieldValue};
+use vmxray_events::{Event, EventKind, FieldValue};
 
 use crate::ordered::Ordered;
 use crate::printfmt::PrintCatalog;
@@ -65,9 +82,12 @@ pub struct Line<'a> {
     pub print: Option<&'a PrintCatalog>,
 }
 
-/// Formats a timestamp in the clock's units: `sec.nanoseconds` for ns clocks.
+/// Formats a timestamp in the clock's units: `sec.nanoseconds` for ns clocks, `?` when unknown
+/// ([`Event::TS_UNKNOWN`]).
 pub fn format_ts(ts: u64, clock: &Clock) -> String {
-    if clock.is_ns() {
+    if ts == Event::TS_UNKNOWN {
+        "?".to_owned()
+    } else if clock.is_ns() {
         format!("{}.{:09}", ts / 1_000_000_000, ts % 1_000_000_000)
     } else {
         ts.to_string()
@@ -80,7 +100,17 @@ impl Line<'_> {
     /// allocation for the common fields), because `vmxray dump` prints millions of these.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let e = self.event;
-        if self.clock.is_ns() {
+        if let EventKind::Segment { index, reason } = e.kind {
+            out.extend_from_slice(b"===== segment ");
+            put_u64(out, u64::from(index));
+            out.extend_from_slice(b" (");
+            out.extend_from_slice(reason.name().as_bytes());
+            out.extend_from_slice(b") =====");
+            return;
+        }
+        if e.ts == Event::TS_UNKNOWN {
+            out.push(b'?');
+        } else if self.clock.is_ns() {
             put_u64(out, e.ts / 1_000_000_000);
             out.push(b'.');
             put_padded(out, e.ts % 1_000_000_000, 9);
@@ -265,6 +295,8 @@ pub struct JsonEvent<'a> {
     pub clock: &'a Clock,
     /// The vCPU, when known beyond the event's own `vcpu_id`.
     pub vcpu: Option<u32>,
+    /// The segment (capture) the event belongs to.
+    pub segment: u32,
     /// The trace's print fmts, for the `text` of untyped events.
     pub print: Option<&'a PrintCatalog>,
 }
@@ -273,9 +305,10 @@ impl Serialize for JsonEvent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.event;
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("ts_ns", &self.clock.is_ns().then_some(e.ts))?;
-        map.serialize_entry("ts", &e.ts)?;
+        map.serialize_entry("ts_ns", &e.time().filter(|_| self.clock.is_ns()))?;
+        map.serialize_entry("ts", &e.time())?;
         map.serialize_entry("clock", self.clock.name())?;
+        map.serialize_entry("segment", &self.segment)?;
         map.serialize_entry("cpu", &e.cpu)?;
         map.serialize_entry("pid", &e.pid)?;
         map.serialize_entry("comm", &e.comm.as_deref())?;
@@ -316,7 +349,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// Appends one event and its newline to `out`; `print` gives untyped events their `text`.
+    /// Appends one event and its newline to `out` (an input of one capture: segment 0);
+    /// `print` gives untyped events their `text`.
     pub fn render(
         self,
         event: &Event,
@@ -325,10 +359,23 @@ impl Format {
         print: Option<&PrintCatalog>,
         out: &mut Vec<u8>,
     ) {
+        self.render_in(event, clock, vcpu, print, 0, out);
+    }
+
+    /// Appends one event of segment `segment` and its newline to `out`.
+    pub fn render_in(
+        self,
+        event: &Event,
+        clock: &Clock,
+        vcpu: Option<u32>,
+        print: Option<&PrintCatalog>,
+        segment: u32,
+        out: &mut Vec<u8>,
+    ) {
         match self {
             Format::Text => Line { event, clock, vcpu, print }.write_to(out),
             Format::Jsonl => {
-                let json = JsonEvent { event, clock, vcpu, print };
+                let json = JsonEvent { event, clock, vcpu, segment, print };
                 if serde_json::to_writer(&mut *out, &json).is_err() {
                     // Serializing these types cannot fail; keep the line count right anyway.
                     out.extend_from_slice(b"{}");
@@ -346,8 +393,8 @@ const RENDER_BATCH: usize = 4096;
 /// Rendering jobs in flight before the writer waits for the oldest.
 const RENDER_AHEAD: usize = 4;
 
-/// Events with their thread-attributed vCPU, to render.
-type Batch = Vec<(Event, Option<u32>)>;
+/// Events with their thread-attributed vCPU and their segment, to render.
+type Batch = Vec<(Event, Option<u32>, u32)>;
 /// A rendered batch's text and the emptied batch (its buffer to reuse).
 type Rendered = (Vec<u8>, Batch);
 
@@ -380,6 +427,8 @@ pub struct OrderedWriter<W: std::io::Write> {
     /// in anew for every batch.
     spare_text: Vec<Vec<u8>>,
     spare_batches: Vec<Batch>,
+    /// The segment of the events pushed now (the last [`EventKind::Segment`] marker's).
+    segment: u32,
     print: Option<Arc<PrintCatalog>>,
 }
 
@@ -394,6 +443,7 @@ impl<W: std::io::Write> OrderedWriter<W> {
             queue: Ordered::new(parallel),
             spare_text: Vec::new(),
             spare_batches: Vec::new(),
+            segment: 0,
             print: None,
         }
     }
@@ -410,7 +460,10 @@ impl<W: std::io::Write> OrderedWriter<W> {
             self.batch =
                 self.spare_batches.pop().unwrap_or_else(|| Vec::with_capacity(RENDER_BATCH));
         }
-        self.batch.push((event, vcpu));
+        if let EventKind::Segment { index, .. } = event.kind {
+            self.segment = index;
+        }
+        self.batch.push((event, vcpu, self.segment));
         if self.batch.len() >= RENDER_BATCH {
             self.send_batch();
             while self.queue.len() > RENDER_AHEAD {
@@ -426,8 +479,8 @@ impl<W: std::io::Write> OrderedWriter<W> {
         let (clock, format, print) = (self.clock.clone(), self.format, self.print.clone());
         self.queue.push(Box::new(move || {
             text.reserve(batch.len() * 128);
-            for (event, vcpu) in &batch {
-                format.render(event, &clock, *vcpu, print.as_deref(), &mut text);
+            for (event, vcpu, segment) in &batch {
+                format.render_in(event, &clock, *vcpu, print.as_deref(), *segment, &mut text);
             }
             // The events are dropped here, on the pool, not on the reading thread.
             batch.clear();
@@ -511,6 +564,7 @@ mod tests {
             event: &e,
             clock: &Clock::Local,
             vcpu: Some(0),
+            segment: 0,
             print: None,
         })
         .unwrap();
@@ -525,6 +579,7 @@ mod tests {
             event: &e,
             clock: &Clock::X86Tsc,
             vcpu: None,
+            segment: 0,
             print: None,
         })
         .unwrap();
@@ -548,6 +603,7 @@ mod tests {
                 })
             });
         prop_oneof![
+            arb_device(),
             exit.clone().prop_map(EventKind::KvmExit),
             exit.prop_map(EventKind::KvmNestedVmexit),
             (any::<u32>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<bool>()))
@@ -594,6 +650,125 @@ mod tests {
                     failed: false,
                 }
             }),
+        ]
+    }
+
+    /// The interrupt-controller, MMIO and SPTE events, partial words included.
+    fn arb_device() -> impl Strategy<Value = EventKind> {
+        use vmxray_events::irq::{
+            AcceptIrq, ApicRegister, DeliveryMode, IcrLow, IrqEvent, MsiMessage, PartialWord,
+            PicSetIrq, RedirectionEntry,
+        };
+        use vmxray_events::mmio::{MmioEvent, MmioKind};
+        use vmxray_events::qualification::PfErrorCode;
+        use vmxray_events::spte::{FastPageFault, PageFaultRet, SpteEvent};
+        let word = (any::<u64>(), prop_oneof![Just(u64::MAX), Just(0xff), any::<u64>()])
+            .prop_map(|(v, k)| PartialWord::new(v, k));
+        let irq = prop_oneof![
+            (any::<u32>(), any::<Option<i32>>(), any::<Option<i32>>()).prop_map(
+                |(gsi, level, irq_source_id)| IrqEvent::SetIrq { gsi, level, irq_source_id }
+            ),
+            (any::<u32>(), word.clone(), any::<bool>()).prop_map(|(pin, w, coalesced)| {
+                IrqEvent::IoapicSetIrq { pin, entry: RedirectionEntry(w), coalesced }
+            }),
+            word.clone().prop_map(|w| IrqEvent::IoapicDelayedEoiInj { entry: RedirectionEntry(w) }),
+            (word.clone(), word.clone()).prop_map(|(address, data)| IrqEvent::MsiSetIrq {
+                msi: MsiMessage { address, data }
+            }),
+            (any::<(u8, u8, u8, u8, u8, bool)>()).prop_map(|(chip, pin, elcr, imr, k, c)| {
+                IrqEvent::PicSetIrq(PicSetIrq {
+                    chip,
+                    pin,
+                    elcr: elcr & k,
+                    imr: imr & k,
+                    masks_known: k,
+                    coalesced: c,
+                })
+            }),
+            (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(write, reg, val)| {
+                IrqEvent::Apic { write, reg: ApicRegister(reg), val }
+            }),
+            (
+                any::<u32>(),
+                0u8..8,
+                any::<bool>(),
+                any::<u8>(),
+                any::<Option<bool>>(),
+                any::<bool>()
+            )
+                .prop_map(|(apicid, dm, level, vector, coalesced, v)| {
+                    let a = AcceptIrq {
+                        apicid,
+                        delivery_mode: DeliveryMode(dm),
+                        level,
+                        vector,
+                        coalesced,
+                    };
+                    if v { IrqEvent::ApicvAcceptIrq(a) } else { IrqEvent::ApicAcceptIrq(a) }
+                }),
+            (any::<u32>(), any::<u32>(), prop_oneof![Just(u64::MAX), Just(0xff)]).prop_map(
+                |(icr, dest_id, k)| IrqEvent::ApicIpi {
+                    icr_low: IcrLow(PartialWord::new(u64::from(icr), k)),
+                    dest_id
+                }
+            ),
+            (any::<u32>(), any::<i32>(), any::<bool>()).prop_map(|(apicid, vector, pv)| {
+                if pv {
+                    IrqEvent::PvEoi { apicid, vector }
+                } else {
+                    IrqEvent::Eoi { apicid, vector }
+                }
+            }),
+            (any::<i32>(), any::<bool>(), any::<u64>()).prop_map(|(reason, set, inhibits)| {
+                IrqEvent::ApicvInhibitChanged { reason, set, inhibits }
+            }),
+        ];
+        let mmio = prop_oneof![
+            (0u32..4, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(k, len, gpa, val)| {
+                MmioEvent::Access { kind: MmioKind(k), len, gpa, val }
+            }),
+            (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+                |(gva, gpa, write, gpa_match)| MmioEvent::VcpuMatch { gva, gpa, write, gpa_match }
+            ),
+        ];
+        let spte = prop_oneof![
+            (
+                0u32..i32::MAX as u32,
+                any::<[u64; 4]>(),
+                any::<Option<u64>>(),
+                proptest::option::of(0i32..8)
+            )
+                .prop_map(|(vcpu_id, [addr, ec, old, new], sptep, ret)| {
+                    SpteEvent::FastPageFault(Box::new(FastPageFault {
+                        vcpu_id,
+                        addr,
+                        error_code: PfErrorCode(ec),
+                        sptep,
+                        old_spte: old,
+                        new_spte: new,
+                        ret: ret.map(PageFaultRet),
+                    }))
+                }),
+            (any::<u8>(), any::<u64>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
+                |(as_id, gfn, level, old_spte, new_spte)| SpteEvent::TdpMmuSpteChanged {
+                    as_id,
+                    gfn,
+                    level,
+                    old_spte,
+                    new_spte
+                }
+            ),
+            (any::<u64>(), any::<u64>(), any::<u8>())
+                .prop_map(|(gfn, pfn, level)| SpteEvent::SpteRequested { gfn, pfn, level }),
+            (any::<[u64; 3]>(), any::<u8>(), any::<bool>(), any::<bool>(), any::<Option<bool>>())
+                .prop_map(|([gfn, spte, sptep], level, readable, executable, user)| {
+                    SpteEvent::SetSpte { gfn, spte, sptep, level, readable, executable, user }
+                }),
+        ];
+        prop_oneof![
+            irq.prop_map(EventKind::Irq),
+            mmio.prop_map(EventKind::Mmio),
+            spte.prop_map(EventKind::Spte),
         ]
     }
 

@@ -253,11 +253,53 @@ rules! {
         "vmx_leave_smm -> nested_vmx_enter_non_root_mode(from_vmentry=false) (vmx/vmx.c, 4.x SMM series)",
         "an RSM that leaves SMM entered from L2 re-enters the same vmcs12 (kvm_nested_vmenter) before the next kvm_entry",
         "kvm_smm_transition entering while L2 is active";
+    /// nSVM RSM into L2 (issue 15).
+    RsmL1State = "rsm_l1_state", Error,
+        "37be407b2ce8 KVM: nSVM: Fix L1 state corruption upon return from SMM (after the VMCB split 4995a3685f1b)",
+        "after an RSM that re-entered L2, L2's first exit reflected to L1 resumes L1 where L1 was, not at the RSM instruction",
+        "kvm_exit with rip before kvm_smm_transition leaving, a kvm_nested_vmenter/kvm_nested_vmrun, kvm_nested_vmexit_inject and the next kvm_entry rip";
     /// Invariant 22.
     L2PfNotHandledByL0 = "l2_pf_not_handled_by_l0", Warning,
         "vmx_need_pf_intercept / nested_vmx_l0_wants_exit (vmx/nested.c)",
         "with enable_ept=0 an L2 #PF reaches L1 only after L0 handled it (kvm_page_fault with CR2 = ext_inf1)",
         "shadow paging and an EXCEPTION_NMI #PF kvm_nested_vmexit_inject";
+}
+
+impl RuleId {
+    /// For a rule that finds an *absence* (an event KVM must emit between two others), the
+    /// event an excerpt's cuts may have left out. In an excerpt such a finding is reported at
+    /// [`Severity::Info`] with this named: the poster's cut, not KVM, is the likelier cause.
+    pub fn gap_explainable(self) -> Option<&'static str> {
+        Some(match self {
+            Self::EntryWithoutExit => "the kvm_exit between the two entries",
+            Self::NestedVmexitOutsideL2 => "the kvm_nested_vmenter that entered L2",
+            Self::UnexplainedVmenter => "the VMLAUNCH/VMRESUME exit or the RSM before the entry",
+            Self::VmptrWithoutVmptrld => "the VMPTRLD exit",
+            Self::LaunchState => "the VMCLEAR or VMLAUNCH exit",
+            Self::SmmNestedReturn => "the kvm_nested_vmenter of the return",
+            Self::RoleChangeRootReload => "the root load",
+            Self::ResetRootRole => "the root load",
+            Self::GuestMmuRootNotReacquired => "the root load",
+            Self::InvvpidRootNotReacquired => "the root load",
+            Self::L2PfNotHandledByL0 => "the kvm_page_fault",
+            Self::HostRipMismatch => "a VMWRITE exit",
+            Self::L2EntryMismatch => "an exit and entry in between",
+            Self::ChangedSubjectCr3
+            | Self::HltCancelledExitState
+            | Self::LateVmfailL1Cr3
+            | Self::LateVmfailResume
+            | Self::EvmcsRestoreStaleExit
+            | Self::PmlFullInL2
+            | Self::NestedVmexitMismatch
+            | Self::EarlyVmfailResume
+            | Self::Livelock
+            | Self::RootGfnNotCr3
+            | Self::RootWrongLevel
+            | Self::RootWrongSmm
+            | Self::GuestMmuRootRole
+            | Self::RsmL1State => return None,
+        })
+    }
 }
 
 impl fmt::Display for RuleId {

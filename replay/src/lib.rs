@@ -46,6 +46,7 @@
 
 pub mod anomaly;
 pub mod checkpoints;
+pub mod explain;
 pub mod fields;
 pub mod model;
 pub mod rules;

@@ -33,7 +33,8 @@ pub struct ModelConfig {
     /// How many identical cycles in a row make a stuck vCPU (`livelock`; at least 2).
     pub loop_repeats: u32,
     /// The trace is an excerpt (pasted from a report, or with lines left out): a vCPU whose
-    /// every event is part of one loop repeated twice is stuck too.
+    /// every event is part of one loop repeated twice is stuck too, and a rule that finds only
+    /// an absence ([`RuleId::gap_explainable`]) reports at info, naming what the cut may hide.
     pub excerpt: bool,
     /// Run the state machine and the rules (the default). Without, the model only attributes
     /// events to vCPUs and notes what they reveal about the kernel: what a pass that wants
@@ -351,6 +352,17 @@ impl Model {
             };
         }
 
+        if let EventKind::Segment { .. } = event.kind {
+            // Another capture pasted into the same input starts here (the reader's marker):
+            // nothing the previous one showed describes it, so every vCPU starts afresh, as
+            // at the start of a trace (not resynchronizing: nothing was lost in between).
+            for slot in &mut self.slots {
+                slot.state = VcpuState::default();
+                slot.rules = RuleStates::default();
+            }
+            return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
+        }
+
         let actor = self.attribute(event);
         self.last_actor = Some(actor);
         let idx = self.slot_index(actor);
@@ -393,6 +405,11 @@ impl Model {
             anomalies: &self.findings.anomalies,
             fields: &self.fields,
         }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
     /// Ends the trace: the anomalies only the whole trace shows (a vCPU of an excerpt whose

@@ -85,6 +85,27 @@ fn injection_cause(c: &Crash, at: EventIndex, vector: ExceptionVector) -> Option
         (_, Some((x, reason))) => Some(format!(
             "the guest raised it and KVM intercepted it ({reason} exit, {x}) and gave it back"
         )),
+        (None, None) => {
+            // The emulation scrolled out of the window (long page walks): the context change
+            // it made is still listed.
+            let (e_at, rip, insn) = c.context_changes.iter().rev().find_map(|ch| match ch {
+                ContextChange::Emulated { at: e, rip, insn } if *e < at => Some((*e, *rip, insn)),
+                _ => None,
+            })?;
+            let walk = walk_failed
+                .filter(|(w, _)| *w > e_at)
+                .map(|(w, pferr)| {
+                    format!(
+                        " after the emulator's walk of the guest page tables failed (pferr \
+                         {pferr:#x} {}, {w})",
+                        pferr_text(pferr)
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "KVM's emulator raised it while emulating `{insn}` at rip {rip:#x} ({e_at}){walk}"
+            ))
+        }
         _ => None,
     }
 }
@@ -432,6 +453,8 @@ pub fn loop_story(l: &LoopSummary) -> Vec<String> {
         LoopKind::Eoi => "The guest takes and EOIs the same interrupt every round and the line is \
              raised again at once: a level-triggered interrupt acknowledged before its source \
              was serviced, or an EOI that never reaches the right IOAPIC."
+            .to_owned(),
+        LoopKind::InterruptStorm => "Each EOI of the level-triggered interrupt raises it again              and the guest's handler runs the same instructions every round: the interrupt              line is never lowered (the device model never de-asserts it, or KVM resamples a              line that userspace already lowered)."
             .to_owned(),
     });
     out

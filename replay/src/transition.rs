@@ -53,10 +53,16 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }
@@ -89,8 +95,11 @@ fn set_mode(st: &mut VcpuState, to: Mode, out: &mut Vec<Transition>) {
 /// `KVM_SET_NESTED_STATE`, `vmx_leave_nested`). The exit is then reinterpreted as an L1 exit.
 pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) {
     let Some(exit_at) = st.exit_awaiting_nested else { return };
-    // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing.
-    // Nor do vmxray's own records, or kvm_pml_full (hit in either level).
+    // Untyped events (irq, sched, ... hit in the vCPU thread's interrupt context) prove nothing,
+    // nor do the interrupt-controller, MMIO and SPTE events (an APIC timer or an irqfd may
+    // deliver from interrupt context on the vCPU's thread; they were untyped when this rule
+    // was written). Nor do vmxray's own records, prints, QEMU's view of KVM_RUN, or
+    // kvm_pml_full (hit in either level).
     if matches!(
         ev.kind,
         EventKind::KvmNestedVmexit(_)
@@ -99,7 +108,13 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
             | EventKind::Context(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
+            | EventKind::Segment { .. }
             | EventKind::KvmPmlFull { .. }
+            | EventKind::Irq(_)
+            | EventKind::Mmio(_)
+            | EventKind::Spte(_)
     ) {
         return;
     }
@@ -217,10 +232,16 @@ pub(crate) fn apply(
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::Lost { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_) => {}
     }
 }

@@ -584,6 +584,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::Other(o) => {
             o.print_text().map(|text| ChainLink::Printk { at, text: text.trim().to_owned() })
         }
+        EventKind::Printk(p) => Some(ChainLink::Printk { at, text: p.text.trim().to_owned() }),
         EventKind::KvmCr { .. }
         | EventKind::KvmNestedVmexit(_)
         | EventKind::KvmNestedVmenter(_)
@@ -601,10 +602,15 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::KvmMmuPagetableWalk { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Lost { .. } => None,
     };
     if let Some(link) = link {
@@ -616,6 +622,8 @@ fn changes_context(text: &str) -> bool {
     text.starts_with("mov cr")
         || text.starts_with("lidt")
         || text.starts_with("lgdt")
+        || text.starts_with("ltr")
+        || text.starts_with("lldt")
         || text.starts_with("lmsw")
         || text == "clts"
 }
@@ -672,10 +680,16 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
     }

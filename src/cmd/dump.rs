@@ -53,6 +53,10 @@ pub struct Args {
     /// Skip bad records and lines (counted and reported at the end) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
+    /// List the lines of text skipped as no trace text (prose, quoted mail, prompts) with
+    /// their line numbers, on stderr after the events.
+    #[arg(long)]
+    pub show_skipped: bool,
 }
 
 /// Runs `vmxray dump`.
@@ -102,6 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     drop(out.finish()?);
     input::write_read_summary(&mut io::stderr(), reader.meta(), reader.stats())?;
+    if args.show_skipped {
+        input::write_non_trace_lines(&mut io::stderr(), reader.meta(), reader.stats())?;
+    }
     if let Some(catalog) = &print {
         write_print_summary(&mut io::stderr(), &catalog.totals())?;
     }

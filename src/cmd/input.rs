@@ -22,12 +22,21 @@ pub fn exit_status(stats: &ReadStats, otherwise: ExitCode) -> ExitCode {
 }
 
 /// Writes the end-of-read summary: lost events per CPU, skipped records with their first
-/// locations, and events no format described. Nothing is said when the read was clean.
+/// locations, events no format described, lines of prose skipped and the captures of an
+/// excerpt. Nothing is said when the read was clean and the input one complete trace.
 pub fn write_read_summary(
     out: &mut impl Write,
     meta: &TraceMeta,
     stats: &ReadStats,
 ) -> std::io::Result<()> {
+    if stats.non_trace_lines > 0 || stats.segments > 0 {
+        writeln!(
+            out,
+            "{}: {}",
+            meta.input,
+            super::replay::trace_kind(meta.excerpt, stats.segments, stats.non_trace_lines)
+        )?;
+    }
     if stats.is_clean() {
         return Ok(());
     }
@@ -54,6 +63,23 @@ pub fn write_read_summary(
     }
     for (what, count) in &stats.unknown_events {
         writeln!(out, "{}: {count} records of unknown event {what} (no format)", meta.input)?;
+    }
+    Ok(())
+}
+
+/// Lists the lines skipped as no trace text, with their line numbers (`--show-skipped`).
+pub fn write_non_trace_lines(
+    out: &mut impl Write,
+    meta: &TraceMeta,
+    stats: &ReadStats,
+) -> std::io::Result<()> {
+    writeln!(out, "{}: {} non-trace lines skipped:", meta.input, stats.non_trace_lines)?;
+    for line in &stats.non_trace {
+        writeln!(out, "{:>6}: {}", line.line, line.text)?;
+    }
+    let listed = stats.non_trace.len() as u64;
+    if stats.non_trace_lines > listed {
+        writeln!(out, "  ... and {} more", stats.non_trace_lines - listed)?;
     }
     Ok(())
 }

@@ -33,6 +33,10 @@ pub fn accumulate_with_plots(
     let mut feed = |pass: &mut Pass| {
         let Some(stats) = pass.stats_mut() else { return };
         for exit in stats.take_closed_exits() {
+            if exit.ts == Event::TS_UNKNOWN {
+                // Text pasted without its timestamps: no place on a time axis.
+                continue;
+            }
             let reason = exit.reason.to_string();
             plots.record(
                 exit.ts,
@@ -108,11 +112,13 @@ impl TableSink for PlotTap<'_> {
             };
             let (plots, origins) = &mut *guard;
             let lane = labels.host.clone().unwrap_or_else(|| labels.trace.clone());
-            let first = rows.iter().map(|r| r.ts).min().unwrap_or(0);
+            let first = rows.iter().filter_map(|r| r.ts).min().unwrap_or(0);
             let origin = *origins.entry(labels.trace.clone()).or_insert(first);
             for row in rows {
+                // Rows without a time (text pasted without its timestamps) have no place.
+                let Some(ts) = row.ts else { continue };
                 plots.record(
-                    row.ts.saturating_sub(origin),
+                    ts.saturating_sub(origin),
                     &lane,
                     &row.reason,
                     row.level,

@@ -13,19 +13,29 @@
 //! One JSON object per line, each with a `"type"`:
 //!
 //! ```text
-//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"vcpu":0,"vm":0,"thread":null,
-//!  "rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
+//! {"type":"anomaly","input":"t.dat","at":1234,"ts":1198880325000,"segment":0,"vcpu":0,"vm":0,
+//!  "thread":null,"rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
 //!  "message":"…","commit":"04f11ef45810 …"}
 //! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
-//!  "skipped":0,"unknown_events":0,"kernel_at_least":"6.1","vcpus":[0,1],
+//!  "skipped":0,"unknown_events":0,"non_trace_lines":0,"excerpt":false,"segments":0,
+//!  "kernel_at_least":"6.1","vcpus":[0,1],
 //!  "vms":[{"id":0,"tgid":4242,"name":"guest0","inferred":false,"vcpus":[[0,4250],[1,4251]]}],
 //!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
 //!  "rules":[{"rule":"livelock","status":"checked","checks":812,"anomalies":0},
 //!           {"rule":"late_vmfail_l1_cr3","status":"not_checkable","why":"…"}]}
 //! ```
 //!
+//! With `--explain`, a `{"type":"explain","input":…,"vcpus":[…],"rules":[…],"loops":…}` line
+//! follows each summary: the facts of [`vmxray_replay::explain::Explanation`].
+//!
 //! - `at` and `evidence` are 0-based event indices in the input's time order (what `vmxray dump`
-//!   numbers); `ts` is the event's timestamp in the trace clock's units.
+//!   numbers); `ts` is the event's timestamp in the trace clock's units (`null` when the input
+//!   did not say it: text pasted without its timestamps).
+//! - `segment` is the capture the anomaly belongs to when the input holds several (0, then 1,
+//!   2, ... after each of the reader's segment markers); the model starts afresh at each.
+//! - `excerpt` says whether the input is an excerpt rather than a complete trace
+//!   (`vmxray_capture::TraceMeta::excerpt`), `segments` how many captures follow the first,
+//!   `non_trace_lines` how many lines of prose the reader skipped.
 //! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
 //!   when the event could only be attributed to a thread (`thread` is then its pid). A host
 //!   trace holds many VMs, each with its vCPU 0.
@@ -45,8 +55,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
-use vmxray_capture::{ReadError, ReadOptions, ReadStats};
-use vmxray_events::Event;
+use vmxray_capture::{ReadError, ReadOptions, ReadStats, TraceMeta};
+use vmxray_events::{Event, EventKind};
+use vmxray_replay::explain::{Explainer, Explanation};
 use vmxray_replay::{
     Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
@@ -88,6 +99,12 @@ pub struct Args {
     /// whose every event is one loop seen twice is stuck.
     #[arg(long)]
     pub excerpt: bool,
+    /// After the summary, what the model established: per vCPU the levels that ran, the
+    /// nested VM-Enters and VM-Exits, each vmcs12 with what the trace showed of it, L1's CR3,
+    /// the roots loaded; per rule how many instances it decided (so "no anomaly" reads as
+    /// "checked this much").
+    #[arg(long)]
+    pub explain: bool,
     /// Skip unreadable records (counted and reported) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
@@ -121,6 +138,8 @@ pub struct Options {
     pub loop_repeats: u32,
     /// The input is an excerpt.
     pub excerpt: bool,
+    /// Print what the model established.
+    pub explain: bool,
 }
 
 /// The result of one input.
@@ -130,6 +149,8 @@ pub struct Outcome {
     pub summary: TraceSummary,
     /// Anomalies printed.
     pub shown: u64,
+    /// What the model established (`--explain`).
+    pub explanation: Option<Explanation>,
 }
 
 /// Runs `vmxray replay`.
@@ -151,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format: args.format,
         loop_repeats: args.loop_repeats.max(2),
         excerpt: args.excerpt,
+        explain: args.explain,
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -165,7 +187,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let outcome = replay_stream(&input, merged, opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
-        let clock_ns = reader.meta().clock.is_ns();
         if opts.format == Format::Text {
             writeln!(
                 out,
@@ -173,7 +194,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 outcome.shown, opts.min_severity
             )?;
         }
-        write_summary(&input, &outcome.summary, Some(&stats), clock_ns, opts, &mut out)?;
+        let read = Some((reader.meta(), &stats));
+        write_summary(&input, &outcome.summary, read, opts, &mut out)?;
+        if let Some(explanation) = &outcome.explanation {
+            write_explanation(&input, explanation, opts.format, &mut out)?;
+        }
         failing += outcome.summary.count_at_least(args.fail_on);
     }
     out.flush()?;
@@ -193,7 +218,9 @@ fn write_loops<W: Write>(s: &TraceSummary, clock_ns: bool, out: &mut W) -> io::R
     }
     writeln!(out, "  stuck vCPUs ({}):", s.loops.len() as u64 + s.loops_dropped)?;
     for l in &s.loops {
-        let span = l.last_ts.saturating_sub(l.first_ts);
+        // An excerpt's events may have no time (Event::TS_UNKNOWN): then no span.
+        let known = l.first_ts != Event::TS_UNKNOWN && l.last_ts != Event::TS_UNKNOWN;
+        let span = if known { l.last_ts.saturating_sub(l.first_ts) } else { 0 };
         let time = match (clock_ns, span) {
             (_, 0) => String::new(),
             (true, ns) => format!(" over {}", human_ns(ns)),
@@ -269,13 +296,24 @@ where
         stats: StatsMode::Off,
     };
     let mut pass = Pass::new(config);
-    let mut printer = Printer { input, opts, out, shown: 0, failed: None, last_ts: HashMap::new() };
+    let mut printer = Printer {
+        input,
+        opts,
+        out,
+        shown: 0,
+        segment: 0,
+        failed: None,
+        last_ts: HashMap::new(),
+        explainer: opts.explain.then(Explainer::new),
+        explanation: None,
+    };
     pass.run(events, &mut printer)?;
     if let Some(e) = printer.failed {
         return Err(e.into());
     }
     let shown = printer.shown;
-    Ok(Outcome { summary: pass.finish(None, None).summary, shown })
+    let explanation = printer.explanation.take();
+    Ok(Outcome { summary: pass.finish(None, None).summary, shown, explanation })
 }
 
 /// Prints the anomalies at or above the chosen severity as they are found.
@@ -284,18 +322,26 @@ struct Printer<'a, W> {
     opts: Options,
     out: &'a mut W,
     shown: u64,
+    /// The segment (capture) of the events stepped now.
+    segment: u32,
     failed: Option<io::Error>,
     /// Each actor's last timestamp, for the anomalies of the trace's end.
     last_ts: HashMap<Actor, u64>,
+    /// `--explain`: the collector, then what it concluded.
+    explainer: Option<Explainer>,
+    explanation: Option<Explanation>,
 }
 
 impl<W: Write> Printer<'_, W> {
-    fn print(&mut self, anomalies: &[Anomaly], ts: impl Fn(&Anomaly) -> u64) -> ControlFlow<()> {
+    fn print(
+        &mut self,
+        anomalies: &[Anomaly],
+        ts: impl Fn(&Anomaly) -> Option<u64>,
+    ) -> ControlFlow<()> {
         for anomaly in anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
             self.shown += 1;
-            if let Err(e) =
-                write_anomaly(self.input, anomaly, ts(anomaly), self.opts.format, self.out)
-            {
+            let at = (ts(anomaly), self.segment);
+            if let Err(e) = write_anomaly(self.input, anomaly, at, self.opts.format, self.out) {
                 self.failed = Some(e);
                 return ControlFlow::Break(());
             }
@@ -306,22 +352,44 @@ impl<W: Write> Printer<'_, W> {
 
 impl<W: Write> Sink for Printer<'_, W> {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        if let Some(actor) = s.step.actor {
-            self.last_ts.insert(actor, s.event.ts);
+        if let EventKind::Segment { index, reason } = s.event.kind {
+            self.segment = index;
+            // A new capture: no time of the previous one is the time of its vCPUs.
+            self.last_ts.clear();
+            if self.opts.format == Format::Text
+                && let Err(e) = writeln!(
+                    self.out,
+                    "  --- segment {index} ({reason}): another capture starts at event {}; the \
+                     model starts afresh",
+                    s.step.at
+                )
+            {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
         }
-        self.print(s.step.anomalies, |_| s.event.ts)
+        if let (Some(actor), Some(ts)) = (s.step.actor, s.event.time()) {
+            self.last_ts.insert(actor, ts);
+        }
+        if let Some(explainer) = &mut self.explainer {
+            let mode = s.step.actor.and_then(|a| s.model.state(a)).map(|st| st.mode);
+            explainer.observe(s.event, &s.step, mode);
+        }
+        let ts = s.event.time();
+        self.print(s.step.anomalies, |_| ts)
     }
 
-    fn end(&mut self, anomalies: &[Anomaly], _model: &Model) {
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        self.explanation = self.explainer.take().map(|e| e.finish(model));
         let last_ts = std::mem::take(&mut self.last_ts);
-        let _ = self.print(anomalies, |a| last_ts.get(&a.vcpu).copied().unwrap_or(0));
+        let _ = self.print(anomalies, |a| last_ts.get(&a.vcpu).copied());
     }
 }
 
 fn write_anomaly<W: Write>(
     input: &str,
     a: &Anomaly,
-    ts: u64,
+    (ts, segment): (Option<u64>, u32),
     format: Format,
     out: &mut W,
 ) -> io::Result<()> {
@@ -337,7 +405,7 @@ fn write_anomaly<W: Write>(
                 out,
                 "  {:<9} {:>16} {:<12} {:<8} {:<30} {}{}",
                 a.at.to_string(),
-                ts,
+                ts.map_or_else(|| "?".to_owned(), |t| t.to_string()),
                 a.vcpu.to_string(),
                 a.severity.name(),
                 a.rule.name(),
@@ -355,6 +423,7 @@ fn write_anomaly<W: Write>(
                 "input": input,
                 "at": a.at.0,
                 "ts": ts,
+                "segment": segment,
                 "vcpu": vcpu,
                 "vm": vm,
                 "thread": thread,
@@ -369,15 +438,41 @@ fn write_anomaly<W: Write>(
     }
 }
 
+/// Prints what the model established (`--explain`): text after the summary, or one
+/// `{"type":"explain","input":…}` line with the same facts.
+fn write_explanation<W: Write>(
+    input: &str,
+    e: &Explanation,
+    format: Format,
+    out: &mut W,
+) -> io::Result<()> {
+    match format {
+        Format::Text => writeln!(out, "{e}"),
+        Format::Jsonl => {
+            let mut line = json!({ "type": "explain", "input": input });
+            if let (Some(obj), Ok(serde_json::Value::Object(facts))) =
+                (line.as_object_mut(), serde_json::to_value(e))
+            {
+                obj.extend(facts);
+            }
+            writeln!(out, "{line}")
+        }
+    }
+}
+
 /// Prints the per-input summary.
 pub fn write_summary<W: Write>(
     input: &str,
     s: &TraceSummary,
-    stats: Option<&ReadStats>,
-    clock_ns: bool,
+    read: Option<(&TraceMeta, &ReadStats)>,
     opts: Options,
     out: &mut W,
 ) -> io::Result<()> {
+    let stats = read.map(|(_, st)| st);
+    let excerpt = read.is_some_and(|(meta, _)| meta.excerpt);
+    let clock_ns = read.is_none_or(|(meta, _)| meta.clock.is_ns());
+    let segments = stats.map_or(0, |st| st.segments);
+    let non_trace = stats.map_or(0, |st| st.non_trace_lines);
     let (lost_read, uncounted) = stats.map_or((0, false), ReadStats::lost_total);
     let lost_events = lost_read.max(s.lost_events);
     let skipped = stats.map_or(0, |st| st.skipped);
@@ -406,6 +501,9 @@ pub fn write_summary<W: Write>(
                 "lost_markers": s.lost_markers,
                 "skipped": skipped,
                 "unknown_events": unknown,
+                "non_trace_lines": non_trace,
+                "excerpt": excerpt,
+                "segments": segments,
                 "kernel_at_least": s.features.kernel_at_least(),
                 "vcpus": s.vcpus,
                 "vms": s.vms,
@@ -431,6 +529,7 @@ pub fn write_summary<W: Write>(
                 s.by_severity[1],
                 s.by_severity[0],
             )?;
+            writeln!(out, "  {}", trace_kind(excerpt, segments, non_trace))?;
             if s.vms.len() > 1 {
                 let how = if s.vms.iter().any(|vm| vm.inferred) {
                     " (no tgid in the trace: told apart by their vCPU threads; which vCPUs share a VM is inferred)"
@@ -471,9 +570,28 @@ pub fn write_summary<W: Write>(
     }
 }
 
+/// `complete trace`, or `excerpt` with what makes it one (for the text summaries).
+pub fn trace_kind(excerpt: bool, segments: u32, non_trace_lines: u64) -> String {
+    if !excerpt {
+        return "complete trace".to_owned();
+    }
+    let mut what = Vec::new();
+    if segments > 0 {
+        what.push(format!("{} captures", segments + 1));
+    }
+    if non_trace_lines > 0 {
+        what.push(format!("{non_trace_lines} non-trace lines skipped"));
+    }
+    if what.is_empty() {
+        "excerpt (gaps in it are the poster's cuts)".to_owned()
+    } else {
+        format!("excerpt ({}; gaps in it are the poster's cuts)", what.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use vmxray_events::{Entry, EventKind};
+    use vmxray_events::Entry;
 
     use super::*;
 
@@ -527,6 +645,7 @@ mod tests {
             format,
             loop_repeats: 3,
             excerpt: false,
+            explain: false,
         }
     }
 
@@ -534,7 +653,7 @@ mod tests {
     fn text_table_and_summary() {
         let mut out = Vec::new();
         let outcome = replay_stream("t.dat", stream(), opts(Format::Text), &mut out).unwrap();
-        write_summary("t.dat", &outcome.summary, None, true, opts(Format::Text), &mut out).unwrap();
+        write_summary("t.dat", &outcome.summary, None, opts(Format::Text), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(outcome.shown, 1);
         assert!(text.contains("entry_without_exit"), "{text}");
@@ -549,8 +668,7 @@ mod tests {
     fn jsonl_lines_parse_and_follow_the_wire_format() {
         let mut out = Vec::new();
         let outcome = replay_stream("t.dat", stream(), opts(Format::Jsonl), &mut out).unwrap();
-        write_summary("t.dat", &outcome.summary, None, true, opts(Format::Jsonl), &mut out)
-            .unwrap();
+        write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()

@@ -297,6 +297,7 @@ fn print_tables(
             Column::new("vcpu".into(), a.iter().map(|(_, r)| r.vcpu).collect::<Vec<_>>()),
             Column::new("ts".into(), a.iter().map(|(_, r)| r.ts).collect::<Vec<_>>()),
             Column::new("event".into(), a.iter().map(|(_, r)| r.event).collect::<Vec<_>>()),
+            Column::new("segment".into(), a.iter().map(|(_, r)| r.segment).collect::<Vec<_>>()),
             Column::new(
                 "message".into(),
                 a.iter().map(|(_, r)| r.message.as_str()).collect::<Vec<_>>(),

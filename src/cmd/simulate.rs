@@ -19,7 +19,7 @@ pub struct Args {
     /// List the scenarios, one per line: name, the bugs it can inject, what it does.
     #[arg(long)]
     pub list: bool,
-    /// KVM flavour: `fixed`, `buggy` (the scenario's bug) or `buggy:BUG` (a-f or a bug name).
+    /// KVM flavour: `fixed`, `buggy` (the scenario's bug) or `buggy:BUG` (a-m or a bug name).
     #[arg(long, default_value = "fixed")]
     pub kvm: String,
     /// Kernel whose tracepoint layouts to emit: 5.10, 6.1 or 6.14.
@@ -58,11 +58,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.list {
         let mut out = io::stdout().lock();
-        for sc in Scenario::ALL.iter().copied() {
-            let bugs: Vec<String> =
-                sc.bugs().iter().map(|b| format!("{}({})", b.name(), b.letter())).collect();
-            let bugs = if bugs.is_empty() { "-".to_owned() } else { bugs.join(",") };
-            writeln!(out, "{:<16} {:<24} {}", sc.name(), bugs, sc.description())?;
+        let rows: Vec<(&str, String, &str)> = Scenario::ALL
+            .iter()
+            .map(|sc| {
+                let bugs: Vec<String> =
+                    sc.bugs().iter().map(|b| format!("{}({})", b.name(), b.letter())).collect();
+                let bugs = if bugs.is_empty() { "-".to_owned() } else { bugs.join(",") };
+                (sc.name(), bugs, sc.description())
+            })
+            .collect();
+        let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(16).max(16);
+        let bug_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(24).max(24);
+        for (name, bugs, description) in rows {
+            writeln!(out, "{name:<name_width$} {bugs:<bug_width$} {description}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -300,6 +300,7 @@ mod tests {
             clock: Clock::Mono,
             cpus: Some(2),
             kernel: None,
+            excerpt: false,
         }
     }
 
@@ -328,7 +329,7 @@ mod tests {
     fn text_report() {
         let (_, text) = render(OutputFormat::Text);
         for expected in [
-            "vmxray stats: test.dat (trace-dat, clock mono, 2 CPUs)",
+            "vmxray stats: test.dat (trace-dat, clock mono, 2 CPUs, complete trace)",
             "4 kvm_exit on 2 vCPU(s): 3 with a latency, 1 without.",
             "Latency = time from a kvm_exit to the next kvm_entry of the same vCPU, in ns",
             "Lost events: none.",

@@ -54,17 +54,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (lost, _) = stats.lost_total();
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let (excerpt, segments) = (reader.meta().excerpt, stats.segments);
     match args.format {
         Format::Text => {
             out.write_all(render(&input, &report).as_bytes())?;
             writeln!(
                 out,
-                "(read: {} events, {lost} lost, {} skipped)",
-                stats.events, stats.skipped
+                "(read: {} events, {lost} lost, {} skipped; {})",
+                stats.events,
+                stats.skipped,
+                super::replay::trace_kind(excerpt, segments, stats.non_trace_lines)
             )?;
         }
         Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
+            // The report, and what the reader said about the input.
+            let mut doc = serde_json::to_value(&report)?;
+            if let Some(map) = doc.as_object_mut() {
+                map.insert("excerpt".into(), excerpt.into());
+                map.insert("segments".into(), segments.into());
+                map.insert("non_trace_lines".into(), stats.non_trace_lines.into());
+            }
+            serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
     }
@@ -187,11 +197,12 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::KvmNestedVmexit(i)
         | EventKind::KvmNestedVmexitInject(i) => {
             format!(
-                "{} {}{}{}",
+                "{} {}{}{}{}",
                 e.name(),
                 i.reason(),
                 i.guest_rip().map_or_else(String::new, |r| format!(" rip {r:#x}")),
-                i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}"))
+                i.info1().map_or_else(String::new, |q| format!(" info1 {q:#x}")),
+                decoded_exit(i)
             )
         }
         EventKind::KvmEntry(en) => {
@@ -244,6 +255,19 @@ pub fn describe_event(e: &Event) -> String {
             if *write { "write" } else { "read" },
             val.map_or_else(String::new, |v| format!(" val {v:#x}"))
         ),
+        EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
+            let mut text = e.name().to_owned();
+            e.kind.for_each_decoded(|name, value| text.push_str(&format!(" {name} {value}")));
+            text
+        }
+        EventKind::Printk(p) => match &p.func {
+            Some(func) => format!("{} {func}: {}", e.name(), p.text),
+            None => format!("{} {}", e.name(), p.text),
+        },
+        EventKind::QemuRunExit { cpu_index, reason } => {
+            format!("qemu kvm_run_exit cpu_index {cpu_index} {reason}")
+        }
+        EventKind::Segment { index, reason } => format!("segment {index} ({reason})"),
         EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmInjVirq { .. }
         | EventKind::KvmMsr { .. }
@@ -259,6 +283,18 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }
+}
+
+/// The decoded qualification and IDT-vectoring information of an exit, as ` (…)`.
+fn decoded_exit(i: &vmxray_events::ExitInfo) -> String {
+    let mut parts = Vec::new();
+    if let Some(q) = i.qualification() {
+        parts.push(q.to_string());
+    }
+    if let Some(v) = i.idt_vectoring() {
+        parts.push(format!("while delivering {v}"));
+    }
+    if parts.is_empty() { String::new() } else { format!(" ({})", parts.join("; ")) }
 }
 
 /// Renders the narrative.
@@ -463,6 +499,37 @@ mod tests {
         assert!(text.contains("`lidt [0x7000]`"), "{text}");
         assert!(text.contains("emulated `mov cr3, rax` at rip 0x1007"), "{text}");
         assert!(text.contains("root loaded: gfn 0x2"), "{text}");
+    }
+
+    /// The window line of an exit carries its decoded qualification and the event it
+    /// interrupted: `ept-violation-livelock-mmu-seq.txt`'s `info 683 800000ec`.
+    #[test]
+    fn exit_lines_carry_the_decoded_qualification() {
+        use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa};
+        use vmxray_events::{ExitFields, ExitInfo};
+        let exit = |info1, info2| {
+            EventKind::KvmExit(ExitInfo::from(ExitFields {
+                reason: ExitCode::Vmx(ExitReason(48)),
+                isa: Some(Isa::Vmx),
+                guest_rip: Some(0xffff_ffff_8100_0000),
+                info1: Some(info1),
+                info2: Some(info2),
+                intr_info: Some(IntrInfo(0)),
+                error_code: Some(0),
+                vcpu_id: Some(0),
+                requests: None,
+            }))
+        };
+        let line = describe_event(&ev(1, exit(0x683, 0x8000_00ec)).unwrap());
+        assert!(
+            line.ends_with(
+                " info1 0x683 (read+write, not present, paging-structure access; while \
+                 delivering external interrupt 0xec)"
+            ),
+            "{line}"
+        );
+        let line = describe_event(&ev(1, exit(0x181, 0)).unwrap());
+        assert!(line.ends_with(" info1 0x181 (read, not present, final translation)"), "{line}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn fields_prints_histories_and_changes() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("vmcs12@0x8001000"), "{text}");
     // The stale CR3 of the other subject, with the value it replaced.
-    assert!(text.contains("0x100f7000") && text.contains("(was 0x101f9000)"), "{text}");
+    assert!(text.contains("0x100f9000") && text.contains("(was 0x101f9000)"), "{text}");
     assert!(!text.contains("vmcs01"), "{text}");
 }
 
@@ -98,11 +98,11 @@ fn replay_with_fields_reports_a_change_given_only_as_a_record() {
         .unwrap();
     assert!(st.success());
     let recs = dir().join("stale.txt");
-    // With this seed, vmcs12@0x8001000 enters at 3836444.022137 (HLT path: it never runs) and
-    // its synthesized exit is at 3836444.023982; the text trace has µs stamps, so the record
-    // goes at the last ns of the entry's µs. Subject 0x8000000's CR3 0x100f7000 is what the
-    // buggy KVM syncs into it.
-    std::fs::write(&recs, "3836444022999 0 0 vmcs12@0x8001000 write GUEST_CR3 0x100f7000\n")
+    // With this seed, vmcs12@0x8001000 enters at 3836.443364 (event 249; HLT path: it never
+    // runs) and its synthesized exit is at 3836.443802 (event 328); the text trace has µs
+    // stamps, so the record goes at the last ns of the entry's µs. Subject 0x8000000's CR3
+    // 0x100f9000 is what the buggy KVM syncs into it.
+    std::fs::write(&recs, "3836443364999 0 0 vmcs12@0x8001000 write GUEST_CR3 0x100f9000\n")
         .unwrap();
     let out = Command::new(BIN)
         .args(["replay", "--rules", "changed_subject_cr3", "--severity", "critical"])
@@ -114,7 +114,7 @@ fn replay_with_fields_reports_a_change_given_only_as_a_record() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("vmcs12@0x8001000 GUEST_CR3: 0x101f9000 → 0x100f7000")
+        text.contains("vmcs12@0x8001000 GUEST_CR3: 0x101f9000 → 0x100f9000")
             && text.contains("the L2 that last ran on hardware"),
         "{text}"
     );

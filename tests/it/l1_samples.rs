@@ -65,6 +65,13 @@ fn fields_of_each_vmcs12_equal_what_the_l1_wrote() {
 }
 
 #[test]
+fn explain_states_every_vmcs12_the_l1_entered() {
+    for (path, truth) in samples() {
+        l1common::check_explain(&path, &truth);
+    }
+}
+
+#[test]
 fn vmcs_profile_probes_reveal_every_subjects_cr3() {
     let mut recordings = 0;
     for (path, truth) in samples() {

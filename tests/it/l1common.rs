@@ -183,3 +183,49 @@ pub fn anomalies_above_info(path: &Path) -> BTreeMap<String, usize> {
     }
     by_rule
 }
+
+/// `vmxray replay --explain` states what the L1's records say: every vmcs12 the L1 entered and
+/// no other, as many nested VM-Enters as reached `kvm_nested_vmenter`, and for each vmcs12 the
+/// GUEST_RIP and (with nested EPT) the EPTP of its last entry.
+pub fn check_explain(path: &Path, truth: &Truth) {
+    let want = expected_vmenters(truth);
+    let lines = vmxray_jsonl(&["replay", "--explain", "--format", "jsonl"], path);
+    let explain = lines
+        .iter()
+        .find(|l| l["type"] == "explain")
+        .unwrap_or_else(|| panic!("{}: no explain line", path.display()));
+    let vcpus = explain["vcpus"].as_array().unwrap();
+    let entries: u64 = vcpus
+        .iter()
+        .flat_map(|v| v["nested_entries"].as_array().unwrap())
+        .map(|pair| pair[1].as_u64().unwrap())
+        .sum();
+    let want_entries: usize = want.values().map(Vec::len).sum();
+    assert_eq!(entries, want_entries as u64, "{}: nested VM-Enters", path.display());
+    // The last entry of each vmcs12 that only one vCPU used.
+    let mut owners: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+    let mut last: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (vcpu, list) in &want {
+        for &(vmcs, rip, pgd) in list {
+            owners.entry(vmcs).or_default().insert(*vcpu);
+            last.insert(vmcs, (rip, pgd));
+        }
+    }
+    let mut listed = BTreeSet::new();
+    for v in vcpus {
+        for r in v["vmcs12"].as_array().unwrap() {
+            let vmptr = r["vmptr"].as_u64().unwrap();
+            listed.insert(vmptr);
+            let Some(&(rip, pgd)) = last.get(&vmptr) else { continue };
+            if owners[&vmptr].len() > 1 {
+                continue;
+            }
+            assert_eq!(r["guest_rip"].as_u64(), Some(rip), "{}: {vmptr:#x}", path.display());
+            if r["nested_ept"] == true {
+                assert_eq!(r["eptp"].as_u64(), Some(pgd), "{}: {vmptr:#x}", path.display());
+            }
+        }
+    }
+    let entered: BTreeSet<u64> = owners.keys().copied().collect();
+    assert_eq!(listed, entered, "{}: the vmcs12s explained", path.display());
+}

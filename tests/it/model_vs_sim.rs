@@ -5,7 +5,8 @@
 //! simulated events are replayed twice — in memory, and rendered to ftrace text and read back
 //! through the text reader (what users run on pasted traces):
 //! - buggy: the bug's rule reports an anomaly whose `at` or evidence is the ground truth's
-//!   divergence event, unless the bug is undecidable on that kernel (see [`undecidable`]), in
+//!   divergence event (for a loop: once, in its third or fourth round, pointing back at its
+//!   first round; see [`Marks`]), unless the bug is undecidable on that kernel (see [`undecidable`]), in
 //!   which case the bug's rules must say "not checkable" and nothing above info may appear;
 //! - fixed: no anomaly above info.
 //!
@@ -33,7 +34,20 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-/// The rules that encode each bug's §3 signature.
+/// The rules that encode each bug's signature. A bug whose list is empty has no rule yet: its
+/// buggy flavour is left out of the matrix (its fixed flavour is in, and must be clean).
+///
+/// **Enabling issue 15's bugs (g)–(m):** write the rule, put it here, and the matrix runs the
+/// buggy flavour in every kernel and seed, in memory and as text, requiring an anomaly of that
+/// rule pointing where the truth says ([`Marks::pointed_at_by`]) and nothing else above info.
+/// What the truth marks for each is listed by
+/// `issue_15_buggy_flavours_and_what_their_truth_marks` (run it with `--ignored
+/// --nocapture`): for the loops (g)–(k) `divergence` is the third round's `kvm_exit` and
+/// `cycle_starts` every round's; for (l) the `kvm_inj_exception #PF` the emulator injected;
+/// for (m) the `kvm_entry` of L1 at the RSM instruction's RIP. The `livelock` rule finds the
+/// loops (g)–(k) ((h) and (k) by the EOIed vector raised again), `rsm_l1_state` finds (m); (l)
+/// is a chain of legal KVM steps that triage explains instead
+/// (`triage_names_the_emulators_injection_in_l2`).
 fn rules_of(bug: Bug) -> &'static [RuleId] {
     match bug {
         Bug::HltStaleCr3 => &[RuleId::ChangedSubjectCr3, RuleId::HltCancelledExitState],
@@ -42,6 +56,65 @@ fn rules_of(bug: Bug) -> &'static [RuleId] {
         Bug::InitMmuNotReset => &[RuleId::ResetRootRole],
         Bug::EvmcsStaleExit => &[RuleId::EvmcsRestoreStaleExit],
         Bug::PmlInL2 => &[RuleId::PmlFullInL2],
+        // Issue 15's loops that main's livelock rule recognises.
+        Bug::MmuSeqLivelock
+        | Bug::MmioVectoringLoop
+        | Bug::EfaultMemslot
+        | Bug::IrqLineStuck
+        | Bug::SplitIrqchipEoi => &[RuleId::Livelock],
+        Bug::NsvmRsmVmcb01 => &[RuleId::RsmL1State],
+        // Triage's story, not a rule: the emulator's #PF injected into L2 is the first cause
+        // (`triage_names_the_emulators_injection_in_l2`).
+        Bug::Cr0WpStaleEmulation => &[],
+    }
+}
+
+/// What the ground truth of a buggy run marks for a detector.
+struct Marks {
+    /// The event a correct model flags.
+    divergence: u64,
+    /// For a loop, the first event of every round (empty otherwise).
+    cycle_starts: Vec<u64>,
+}
+
+impl Marks {
+    fn of_run(run: &sim::Simulation) -> Option<Self> {
+        let site = run.truth.bug.as_ref()?;
+        Some(Self {
+            divergence: u64::try_from(site.divergence).unwrap(),
+            cycle_starts: site.cycle_starts.iter().map(|i| u64::try_from(*i).unwrap()).collect(),
+        })
+    }
+
+    fn of_json(truth: &serde_json::Value) -> Option<Self> {
+        let bug = &truth["bug"];
+        Some(Self {
+            divergence: bug["divergence"].as_u64()?,
+            cycle_starts: bug["cycle_starts"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_u64().unwrap()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// A loop: a detector can only know after the cycle repeated, and the phase at which it
+    /// cuts the cycle may differ from the truth's (it may start at the first event that
+    /// repeats, not at the round's `kvm_exit`), so it must report in the third or fourth
+    /// round, pointing back into the first one.
+    fn is_loop(&self) -> bool {
+        self.cycle_starts.len() >= 5
+    }
+
+    /// Whether `a` points where the truth says: `at` or evidence on the divergence event, or
+    /// for a loop as [`Self::is_loop`] says.
+    fn pointed_at_by(&self, a: &Anomaly) -> bool {
+        if self.is_loop() {
+            let c = &self.cycle_starts;
+            let first_round = c[0]..c[1];
+            (c[2]..c[4]).contains(&a.at.0) && a.evidence.iter().any(|e| first_round.contains(&e.0))
+        } else {
+            a.at.0 == self.divergence || a.evidence.iter().any(|e| e.0 == self.divergence)
+        }
     }
 }
 
@@ -96,6 +169,15 @@ fn undecidable(bug: Bug, kernel: KernelVersion, events: &[Event]) -> Option<&'st
             Some("no kvm_nested_vmenter before 6.1: the eVMCS restore is invisible")
         }
         Bug::LateVmFailCr3 | Bug::InitMmuNotReset | Bug::PmlInL2 => None,
+        // Visible on every kernel: loops show in kvm_exit alone, (l) in kvm_inj_exception and
+        // kvm_nested_vmexit_inject, (m) in kvm_nested_vmrun (5.10) / kvm_nested_vmenter.
+        Bug::MmuSeqLivelock
+        | Bug::IrqLineStuck
+        | Bug::MmioVectoringLoop
+        | Bug::EfaultMemslot
+        | Bug::SplitIrqchipEoi
+        | Bug::Cr0WpStaleEmulation
+        | Bug::NsvmRsmVmcb01 => None,
     }
 }
 
@@ -122,24 +204,55 @@ fn describe(anomalies: &[Anomaly]) -> String {
     anomalies.iter().map(|a| format!("  #{} {a}\n", a.at.0)).collect()
 }
 
+/// Anomalies today's model reports on a *fixed* flavour, where the simulated KVM behaves
+/// correctly: model gaps found by issue 15's scenarios, left for the model's owner (this
+/// branch does not touch replay/). `(scenario, kernel or None for all, rule, why)`. The fixed
+/// check tolerates exactly these; `known_model_gaps_still_reproduce` fails once one is fixed,
+/// so that its entry is removed.
+const KNOWN_MODEL_GAPS: &[(Scenario, Option<KernelVersion>, &str, &str)] = &[(
+    Scenario::FailedNestedEntry,
+    Some(KernelVersion::V5_10),
+    "early_vmfail_resume",
+    "before 6.1 a nested entry failing KVM's guest-state checks (no kvm_nested_vmenter) looks \
+     like an early VMfail; KVM sends L1 to HOST_RIP, not past the VMLAUNCH. The failed check's \
+     message tells them apart (nested_vmx_check_guest_state: guest CR0/CR4, VMCS link pointer, \
+     EFER, …)",
+)];
+
+fn tolerated(scenario: Scenario, kernel: KernelVersion, a: &Anomaly) -> bool {
+    KNOWN_MODEL_GAPS.iter().any(|(s, k, rule, _)| {
+        *s == scenario && k.is_none_or(|k| k == kernel) && a.rule.name() == *rule
+    })
+}
+
 /// Checks one replayed trace against what the simulator says happened.
+#[allow(clippy::too_many_arguments)]
 fn check(
     what: &str,
+    scenario: Scenario,
     flavour: KvmFlavour,
     kernel: KernelVersion,
     events: &[Event],
-    divergence: Option<u64>,
+    marks: Option<&Marks>,
     anomalies: &[Anomaly],
     summary: &TraceSummary,
 ) {
-    let above_info: Vec<Anomaly> =
-        anomalies.iter().filter(|a| a.severity > Severity::Info).cloned().collect();
+    let above_info: Vec<Anomaly> = anomalies
+        .iter()
+        .filter(|a| a.severity > Severity::Info && !tolerated(scenario, kernel, a))
+        .cloned()
+        .collect();
     let Some(bug) = flavour.bug() else {
         assert!(above_info.is_empty(), "{what}: fixed KVM, yet:\n{}", describe(&above_info));
         return;
     };
 
     let rules = rules_of(bug);
+    if rules.is_empty() {
+        // A committed sample of a bug whose rules are pending (issue 15): nothing to require
+        // yet (see issue_15_buggy_flavours_and_what_their_truth_marks).
+        return;
+    }
     let why = undecidable(bug, kernel, events);
     let not_checkable = |rule: &RuleId| {
         summary
@@ -160,17 +273,26 @@ fn check(
         assert!(above_info.is_empty(), "{what}: undecidable bug, yet:\n{}", describe(&above_info));
         return;
     }
-    let divergence = divergence.unwrap_or_else(|| panic!("{what}: the bug never triggered"));
-    let hit = anomalies.iter().any(|a| {
-        rules.contains(&a.rule)
-            && (a.at.0 == divergence || a.evidence.iter().any(|e| e.0 == divergence))
-    });
+    let marks = marks.unwrap_or_else(|| panic!("{what}: the bug never triggered"));
+    let hit = anomalies.iter().any(|a| rules.contains(&a.rule) && marks.pointed_at_by(a));
     assert!(
         hit,
-        "{what}: no {:?} anomaly at or with evidence #{divergence}; got:\n{}",
+        "{what}: no {:?} anomaly at or with evidence #{} (cycle {:?}); got:\n{}",
         rules.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        marks.divergence,
+        marks.cycle_starts,
         describe(anomalies)
     );
+    if marks.is_loop() {
+        // A loop is reported once, however long it lasts.
+        let reports = anomalies.iter().filter(|a| rules.contains(&a.rule)).count();
+        assert_eq!(
+            reports,
+            1,
+            "{what}: the loop reported {reports} times:\n{}",
+            describe(anomalies)
+        );
+    }
     // Nothing but the bug's own rules (and their consequences of the same bug) may fire.
     let strangers: Vec<Anomaly> =
         above_info.iter().filter(|a| !rules.contains(&a.rule)).cloned().collect();
@@ -187,7 +309,7 @@ fn check_not_vacuous(
     summary: &TraceSummary,
 ) {
     for bug in scenario.bugs() {
-        if undecidable(*bug, kernel, events).is_some() {
+        if rules_of(*bug).is_empty() || undecidable(*bug, kernel, events).is_some() {
             // (MAYBE_TEXT_NESTED included: whether it decides depends on event order.)
             continue;
         }
@@ -201,9 +323,12 @@ fn check_not_vacuous(
     }
 }
 
+/// The fixed flavour and every bug that has its rules ([`rules_of`]).
 fn flavours(scenario: Scenario) -> Vec<KvmFlavour> {
     let mut out = vec![KvmFlavour::Fixed];
-    out.extend(scenario.bugs().iter().map(|b| KvmFlavour::Buggy(*b)));
+    out.extend(
+        scenario.bugs().iter().filter(|b| !rules_of(**b).is_empty()).map(|b| KvmFlavour::Buggy(*b)),
+    );
     out
 }
 
@@ -220,11 +345,19 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                     }
                     let run = sim::simulate(&cfg).expect("valid configuration");
                     let what = format!("{scenario} {flavour} {kernel} seed {seed}");
-                    let divergence =
-                        run.truth.bug.as_ref().map(|b| u64::try_from(b.divergence).unwrap());
+                    let marks = Marks::of_run(&run);
 
                     let (anomalies, summary) = replay(run.events.iter().cloned());
-                    check(&what, flavour, kernel, &run.events, divergence, &anomalies, &summary);
+                    check(
+                        &what,
+                        scenario,
+                        flavour,
+                        kernel,
+                        &run.events,
+                        marks.as_ref(),
+                        &anomalies,
+                        &summary,
+                    );
                     if flavour == KvmFlavour::Fixed {
                         check_not_vacuous(&what, scenario, kernel, &run.events, &summary);
                     }
@@ -237,7 +370,16 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
                     assert_eq!(events.len(), run.events.len(), "{what}: text event count");
                     let (anomalies, summary) = replay(events.iter().cloned());
                     let what = format!("{what} (text)");
-                    check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
+                    check(
+                        &what,
+                        scenario,
+                        flavour,
+                        kernel,
+                        &events,
+                        marks.as_ref(),
+                        &anomalies,
+                        &summary,
+                    );
                     if flavour == KvmFlavour::Fixed {
                         check_not_vacuous(&what, scenario, kernel, &events, &summary);
                     }
@@ -246,8 +388,11 @@ fn every_scenario_flavour_kernel_and_seed_in_memory_and_as_text() {
             }
         }
     }
-    // 11 scenarios, 7 with one bug each: 18 flavours × 3 kernels × the seeds.
-    assert_eq!(cells, 18 * 3 * seeds().len());
+    // Every scenario's fixed flavour (20 scenarios) and each bug with rules (7 flavours of
+    // bugs (a)–(f), 3 loops and (m) of issue 15), × 3 kernels × the seeds.
+    let flavour_count: usize = Scenario::ALL.iter().map(|s| flavours(*s).len()).sum();
+    assert!(flavour_count >= 20 + 7 + 4, "{flavour_count} flavours");
+    assert_eq!(cells, flavour_count * 3 * seeds().len());
 }
 
 fn sim_dir() -> PathBuf {
@@ -266,17 +411,135 @@ fn committed_sim_samples_through_the_text_reader() {
         let truth: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
         let kernel: KernelVersion = truth["kernel"].as_str().unwrap().parse().unwrap();
+        let scenario: Scenario = truth["scenario"].as_str().unwrap().parse().unwrap();
         let flavour = match truth["kvm"].as_str().unwrap() {
             "fixed" => KvmFlavour::Fixed,
             other => KvmFlavour::Buggy(other.strip_prefix("buggy:").unwrap().parse().unwrap()),
         };
-        let divergence = truth["bug"]["divergence"].as_u64();
+        let marks = Marks::of_json(&truth);
         let events: Vec<Event> =
             open(&path, ReadOptions::default()).unwrap().map(|e| e.unwrap()).collect();
         let (anomalies, summary) = replay(events.iter().cloned());
         let what = path.display().to_string();
-        check(&what, flavour, kernel, &events, divergence, &anomalies, &summary);
+        check(&what, scenario, flavour, kernel, &events, marks.as_ref(), &anomalies, &summary);
         seen += 1;
     }
     assert!(seen >= 16, "only {seen} committed sim samples");
+}
+
+/// For the integrator: issue 15's buggy flavours that have no rule yet, and the events their
+/// ground truth marks (the anomaly must be `at` `divergence` or have it in its evidence; a
+/// loop detector should report the cycle once, with `cycle_starts` as its repeats). Enabling
+/// one is adding its rules to [`rules_of`]; this test then fails for it, as a reminder to
+/// remove it from here.
+#[test]
+#[ignore = "lists the truth of the buggy flavours whose rules are pending; run with --ignored --nocapture"]
+fn issue_15_buggy_flavours_and_what_their_truth_marks() {
+    for scenario in Scenario::ALL.iter().copied() {
+        for bug in scenario.bugs().iter().copied().filter(|b| rules_of(*b).is_empty()) {
+            for kernel in KernelVersion::ALL {
+                let cfg = SimConfig::new(scenario).kvm(KvmFlavour::Buggy(bug)).kernel(kernel);
+                let run = sim::simulate(&cfg).expect("valid configuration");
+                let site = run.truth.bug.as_ref().expect("the bug triggers");
+                let show = |i: usize| format!("#{i} {}", run.events[i].name());
+                println!(
+                    "{scenario} {bug} {kernel}: trigger {}, first difference {}, divergence {}{}",
+                    show(site.trigger),
+                    show(site.first_difference),
+                    show(site.divergence),
+                    if site.cycle_starts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} rounds from {}",
+                            site.cycle_starts.len(),
+                            show(site.cycle_starts[0])
+                        )
+                    }
+                );
+                // Today's model does not flag it (no rule); once a rule does, move the bug to
+                // rules_of.
+                let (anomalies, _) = replay(run.events.iter().cloned());
+                let marks = Marks::of_run(&run).expect("the bug triggers");
+                let hit =
+                    anomalies.iter().any(|a| a.severity > Severity::Info && marks.pointed_at_by(a));
+                assert!(!hit, "{scenario} {bug} {kernel} is detected: add its rules to rules_of");
+            }
+        }
+    }
+}
+
+/// The fixed flavours of issue 15's scenarios hold what triage must explain: the landmarks of
+/// the ground truth (a failed nested entry, a reflected triple fault, an internal error).
+#[test]
+fn issue_15_fixed_flavours_carry_their_landmarks() {
+    for (scenario, what) in [
+        (Scenario::FailedNestedEntry, "failed-nested-entry"),
+        (Scenario::FailedNestedEntry, "nested-vmfail"),
+        (Scenario::NestedTripleFault, "l2-triple-fault-reflected"),
+        (Scenario::ExceptionDeliveryLoop, "internal-error"),
+        (Scenario::NsvmRsm, "rsm-into-l2-first-exit"),
+    ] {
+        for kernel in KernelVersion::ALL {
+            let run = sim::simulate(&SimConfig::new(scenario).kernel(kernel)).unwrap();
+            let marks: Vec<_> = run.truth.landmarks.iter().filter(|l| l.what == what).collect();
+            assert!(!marks.is_empty(), "{scenario} {kernel}: no {what} landmark");
+            for m in marks {
+                assert!(m.at < run.events.len() && m.evidence.iter().all(|e| *e < m.at));
+            }
+        }
+    }
+}
+
+#[test]
+fn known_model_gaps_still_reproduce() {
+    for (scenario, kernel, rule, why) in KNOWN_MODEL_GAPS {
+        let kernels: Vec<KernelVersion> = kernel.map_or(KernelVersion::ALL.to_vec(), |k| vec![k]);
+        for kernel in kernels {
+            let run = sim::simulate(&SimConfig::new(*scenario).kernel(kernel)).unwrap();
+            let (anomalies, _) = replay(run.events.iter().cloned());
+            assert!(
+                anomalies.iter().any(|a| a.rule.name() == *rule),
+                "{scenario} {kernel}: the model no longer reports {rule} ({why}): remove it from KNOWN_MODEL_GAPS"
+            );
+        }
+    }
+}
+
+/// Bug (l), KVM's emulator injecting #PF into L2 while emulating LTR on a stale CR0.WP: no rule
+/// flags it (every step is a legal KVM step), triage names it. Its story of the L2 triple fault
+/// at the truth's divergence names the emulated instruction and the failed walk as the first
+/// cause; the fixed flavour's triple faults have no emulator-injected exception.
+#[test]
+fn triage_names_the_emulators_injection_in_l2() {
+    use vmxray_replay::triage::{ChainLink, TriageConfig, triage};
+    for kernel in KernelVersion::ALL {
+        let bug = Bug::Cr0WpStaleEmulation;
+        let run = sim::simulate(
+            &SimConfig::new(Scenario::NestedTripleFault).kvm(KvmFlavour::Buggy(bug)).kernel(kernel),
+        )
+        .unwrap();
+        let divergence = run.truth.bug.as_ref().expect("a buggy run has a bug site").divergence;
+        let report = triage(run.events.iter(), TriageConfig::default());
+        let crash = report
+            .crashes
+            .iter()
+            .find(|c| {
+                matches!(&c.undelivered, Some(ChainLink::Injected { at, .. }) if usize::try_from(at.0).ok() == Some(divergence))
+            })
+            .unwrap_or_else(|| panic!("{kernel}: no crash explains the #PF injected at #{divergence}"));
+        let story = crash.what_happened.join(" ");
+        assert!(story.contains("triple fault to L1"), "{kernel}: {story}");
+        assert!(story.contains("emulator raised it while emulating `ltr`"), "{kernel}: {story}");
+        assert!(story.contains("walk of the guest page tables failed"), "{kernel}: {story}");
+
+        let fixed =
+            sim::simulate(&SimConfig::new(Scenario::NestedTripleFault).kernel(kernel)).unwrap();
+        let report = triage(fixed.events.iter(), TriageConfig::default());
+        assert!(!report.crashes.is_empty(), "{kernel}: the fixed flavour's L2 triple fault");
+        for c in &report.crashes {
+            let story = c.what_happened.join(" ");
+            assert!(!story.contains("emulator raised"), "{kernel}: {story}");
+        }
+    }
 }

@@ -244,8 +244,7 @@ fn samples_real_traces_are_clean_and_buggy_sims_are_listed() {
         root.join("lab").to_str().unwrap().to_owned(),
         root.join("sim").to_str().unwrap().to_owned(),
     ];
-    // The excerpt corpus (issue 14) is read by the excerpt-tolerant reader; until it lands
-    // there, strict mode refuses its prose.
+    // The excerpt corpus (issue 14) is scanned too: every file must read in strict mode.
     let mut argv: Vec<&str> = vec![
         "scan",
         "-q",
@@ -254,16 +253,15 @@ fn samples_real_traces_are_clean_and_buggy_sims_are_listed() {
         "--exclude",
         "*.decoded.txt",
         "--exclude",
-        "excerpts/*",
-        "--exclude",
         "*.vmxbugs.txt",
     ];
     argv.extend(args.iter().map(String::as_str));
     let run = vmxray(&argv);
-    // Two committed text samples are refused by design (latency-format, no context columns).
+    // One committed text sample is refused by design (latency-format: relative times only);
+    // text without its context columns reads as events without a time.
     assert_eq!(run.status.code(), Some(2), "{}", String::from_utf8_lossy(&run.stderr));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("text_latency_format.txt") && stderr.contains("text_nocontext.txt"));
+    assert!(stderr.contains("text_latency_format.txt") && !stderr.contains("text_nocontext.txt"));
 
     let traces = read_table(out.path(), "traces");
     let ids = strings(&traces, "trace");
@@ -274,7 +272,20 @@ fn samples_real_traces_are_clean_and_buggy_sims_are_listed() {
         .filter(|(_, s)| s.as_deref() == Some("failed"))
         .map(|(i, _)| i.as_deref().unwrap())
         .collect();
-    assert_eq!(failed, ["text/text_latency_format.txt", "text/text_nocontext.txt"]);
+    assert_eq!(failed, ["text/text_latency_format.txt"]);
+    let excerpts = ids.iter().flatten().filter(|i| i.starts_with("excerpts/")).count();
+    assert_eq!(excerpts, 38, "every excerpt read");
+    let segments = traces.column("segments").unwrap().u32().unwrap().clone();
+    let excerpt = traces.column("excerpt").unwrap().bool().unwrap().clone();
+    for ((id, segments), excerpt) in ids.iter().zip(segments.iter()).zip(excerpt.iter()) {
+        let id = id.as_deref().unwrap();
+        if id == "excerpts/svm-gp-interception-loop-vs-fixed.txt" {
+            assert_eq!((segments, excerpt), (Some(1), Some(true)), "{id}");
+        }
+        if id == "tracedat/lm-v7-zstd.dat" {
+            assert_eq!((segments, excerpt), (Some(0), Some(false)), "{id}");
+        }
+    }
     assert!(ids.iter().any(|i| i.as_deref() == Some("tracedat/lm-v7-zstd.dat")));
     assert!(ids.iter().any(|i| i.as_deref() == Some("perf/lm.perf.data")));
     assert!(ids.iter().any(|i| i.as_deref() == Some("raw/sample_raw_lm_cpu1.bin")));
@@ -294,9 +305,17 @@ fn samples_real_traces_are_clean_and_buggy_sims_are_listed() {
         .filter(|n| n.ends_with(".txt"))
         .collect();
     // Real (lab, tracedat, perf, text, raw, vmx) traces: nothing above info, except the
-    // recordings of KVM with a bug put back (tests/it/vmx_bugs.rs checks what they show).
+    // recordings of KVM with a bug put back (tests/it/vmx_bugs.rs checks what they show). The
+    // excerpts' findings are issue 15's (gaps the poster cut are no KVM bug): their
+    // expectations live with the model's rules, and only the capture join of
+    // svm-gp-interception-loop-vs-fixed (a false error before the reader split its two
+    // captures) is checked here.
     for (trace, rules) in &rules_of {
-        if !sim_ids.contains(trace) && !trace.contains("-buggy-") {
+        if trace == "excerpts/svm-gp-interception-loop-vs-fixed.txt" {
+            assert!(rules.iter().all(|(_, sev)| sev == "info"), "{trace}: {rules:?}");
+        }
+        let real = !sim_ids.contains(trace) && !trace.starts_with("excerpts/");
+        if real && !trace.contains("-buggy-") {
             assert!(rules.iter().all(|(_, sev)| sev == "info"), "{trace}: {rules:?}");
         }
     }
@@ -459,4 +478,54 @@ except ImportError:
     assert_eq!(fields[2].parse::<u64>().unwrap(), latency_sum, "{text}");
     assert_eq!(fields[3].parse::<usize>().unwrap(), anomalies.height(), "{text}");
     assert_eq!(fields[4].parse::<usize>().unwrap(), 12, "{text}");
+}
+
+fn bools(df: &DataFrame, column: &str) -> Vec<Option<bool>> {
+    let ca = df.column(column).unwrap().bool().unwrap();
+    (0..ca.len()).map(|i| ca.get(i)).collect()
+}
+
+/// The `exits` rows carry the decoded qualification and IDT-vectoring columns: real EPT
+/// violations on 6.1 (`mmio-ept-6.1.dat`: the guest's first writes set accessed bits in its
+/// own page tables) and real `#PF` exits under the shadow MMU on 6.12 (`mmio-shadow-6.12.dat`).
+#[test]
+fn exits_carry_the_decoded_qualification() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/real/vmx");
+    let out = TempDir::new("qualification-out");
+    let ept = root.join("mmio-ept-6.1.dat");
+    let shadow = root.join("mmio-shadow-6.12.dat");
+    let run = vmxray(&[
+        "scan",
+        "-q",
+        "--out",
+        out.str(),
+        ept.to_str().unwrap(),
+        shadow.to_str().unwrap(),
+    ]);
+    assert!(matches!(run.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&run.stderr));
+    let exits = read_table(out.path(), "exits");
+    let rows: Vec<_> = strings(&exits, "reason")
+        .into_iter()
+        .zip(strings(&exits, "qualification_decoded"))
+        .zip(strings(&exits, "fault_access"))
+        .zip(bools(&exits, "fault_present").into_iter().zip(bools(&exits, "fault_final")))
+        .map(|(((r, q), a), (p, f))| (r.unwrap(), q, a, p, f))
+        .collect();
+    let ept_rows: Vec<_> = rows.iter().filter(|r| r.0 == "EPT_VIOLATION").collect();
+    assert!(!ept_rows.is_empty());
+    assert!(ept_rows.iter().any(|r| r.1.as_deref()
+        == Some("write, not present, paging-structure access")
+        && r.2.as_deref() == Some("write")
+        && r.3 == Some(false)
+        && r.4 == Some(false)));
+    let pf_rows: Vec<_> = rows.iter().filter(|r| r.0 == "EXCEPTION_NMI").collect();
+    assert!(pf_rows.iter().any(|r| r.1.as_deref() == Some("fetch, not present")
+        && r.2.as_deref() == Some("fetch")
+        && r.4.is_none()));
+    assert!(pf_rows.iter().any(|r| r.1.as_deref() == Some("read, present, reserved bit")));
+    // Exits whose reason has no decoded qualification leave the columns null.
+    assert!(rows.iter().filter(|r| r.0 == "HLT").all(|r| r.1.is_none() && r.2.is_none()));
+    // No exit of these traces happened while an event was being delivered.
+    let vectors = exits.column("vectoring_vector").unwrap().u32().unwrap().clone();
+    assert_eq!(vectors.null_count(), exits.height());
 }

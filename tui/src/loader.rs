@@ -162,6 +162,7 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
                 clock,
                 cpus: None,
                 kernel: None,
+                excerpt: false,
             };
             let mut pipeline = Pipeline::new(tx, started);
             if tx.send(LoadMsg::Meta(meta.clone())).is_err() {

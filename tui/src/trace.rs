@@ -329,8 +329,15 @@ impl Trace {
         self.crashes.get(i).or(self.crashes.first()).map(|(at, _)| *at)
     }
 
-    /// The first event at or after `ts` (events are in time order).
+    /// The first event at or after `ts` (events are in time order; in an excerpt, whose
+    /// captures each start their own clock and whose events may have no time, the first event
+    /// with a time at or after `ts`).
     pub fn index_at_time(&self, ts: u64) -> u64 {
+        if self.meta.as_ref().is_some_and(|m| m.excerpt) {
+            // Excerpts are small: a scan.
+            let at = self.chunks.iter().flatten().position(|e| e.time().is_some_and(|t| t >= ts));
+            return at.map_or(self.len().saturating_sub(1), |at| at as u64);
+        }
         // Binary search over the chunks, then inside the chunk.
         let chunk = self.chunks.partition_point(|c| c.last().is_some_and(|e| e.ts < ts));
         match self.chunks.get(chunk) {

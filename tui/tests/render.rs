@@ -51,7 +51,7 @@ fn sim_anomalies() {
     let critical = text.find("critical changed_subject_cr3").expect("critical row");
     let error = text.find("error    hlt_cancelled_exit_state").expect("error row");
     assert!(critical < error, "{text}");
-    assert!(text.contains("Anomalies (2)") && text.contains("#357"), "{text}");
+    assert!(text.contains("Anomalies (2)") && text.contains("#450"), "{text}");
     // The selected anomaly's whole message, with the fix it checks.
     assert!(text.contains("fixed by 04f11ef45810"), "{text}");
     insta::assert_snapshot!("sim_anomalies", text);
@@ -62,12 +62,12 @@ fn sim_timeline_at_the_most_severe_anomaly() {
     let mut app = app(SIM);
     app.act(Action::Enter);
     assert_eq!(app.view, ViewId::TIMELINE);
-    assert_eq!(app.selected, 357);
+    assert_eq!(app.selected, 450);
     let text = screen(&mut app);
     // The selected event is the anomaly's, marked, and the list shows its neighbours.
-    let row = text.lines().find(|l| l.contains("#357")).expect("row #357");
+    let row = text.lines().find(|l| l.contains("#450")).expect("row #450");
     assert!(row.contains('!') && row.contains("kvm_nested_vmenter"), "{row}");
-    assert!(text.contains("Events 358/424"), "{text}");
+    assert!(text.contains("Events 451/534"), "{text}");
     // One lane per vCPU.
     assert!(text.contains("│v0 ") && text.contains("│v1 "), "{text}");
     insta::assert_snapshot!("sim_timeline", text);
@@ -81,7 +81,7 @@ fn sim_state_shows_the_divergent_cr3() {
     assert_eq!(app.view, ViewId::STATE);
     let terminal = draw(&mut app);
     let text = terminal.backend().to_string();
-    assert!(text.contains("0x100f7000"), "{text}");
+    assert!(text.contains("0x100f9000"), "{text}");
     // The GUEST_CR3 the event loaded is highlighted as changed.
     let buffer = terminal.backend().buffer();
     let row = (0..HEIGHT)
@@ -91,7 +91,7 @@ fn sim_state_shows_the_divergent_cr3() {
         })
         .expect("current vmcs12 row");
     let line: String = (0..WIDTH).map(|x| buffer[(x, row)].symbol().to_owned()).collect();
-    let col = u16::try_from(line.find("0x100f7000").unwrap()).unwrap();
+    let col = u16::try_from(line.find("0x100f9000").unwrap()).unwrap();
     // Byte offset = column here: the row starts with one 3-byte '│' and one 3-byte '▶'.
     let col = col - 4;
     assert_eq!(buffer[(col, row)].bg, Color::Yellow, "{line}");
@@ -104,9 +104,9 @@ fn sim_stats() {
     app.act(Action::Show(ViewId::STATS));
     let text = screen(&mut app);
     // The same totals and split as `vmxray stats`, the commonest reason first and selected.
-    assert!(text.contains("127 kvm_exit · L1 71 / L2 56 (L0 kept 36, reflected 20)"), "{text}");
-    let first = text.lines().find(|l| l.contains("28.35%")).expect("first reason");
-    assert!(first.contains("VMRESUME") && first.contains("36"), "{first}");
+    assert!(text.contains("127 kvm_exit · L1 73 / L2 54 (L0 kept 22, reflected 32)"), "{text}");
+    let first = text.lines().find(|l| l.contains("30.71%")).expect("first reason");
+    assert!(first.contains("VMRESUME") && first.contains("39"), "{first}");
     assert!(text.contains("Latency of VMRESUME"), "{text}");
     insta::assert_snapshot!("sim_stats", text);
 }
@@ -119,8 +119,8 @@ fn sim_detail() {
     assert_eq!(app.view, ViewId::DETAIL);
     let text = screen(&mut app);
     // Every field under its kernel name, the decodings, and the anomalies at the event.
-    assert!(text.contains("#357 kvm:kvm_nested_vmenter"), "{text}");
-    assert!(text.contains("guest_pgd                 0x100f7000"), "{text}");
+    assert!(text.contains("#450 kvm:kvm_nested_vmenter"), "{text}");
+    assert!(text.contains("guest_pgd                 0x100f9000"), "{text}");
     assert!(text.contains("level (model)             L2"), "{text}");
     assert!(text.contains("vector                    48"), "{text}");
     assert!(text.contains("critical changed_subject_cr3"), "{text}");
@@ -267,19 +267,19 @@ fn navigation_keys_and_time_jump() {
     let mut app = app(SIM);
     app.act(Action::Show(ViewId::TIMELINE));
     app.act(Action::Last);
-    assert_eq!(app.selected, 423);
+    assert_eq!(app.selected, 533);
     app.act(Action::First);
     assert_eq!(app.selected, 0);
     // Both anomalies of the Muen sample (changed_subject_cr3 and hlt_cancelled_exit_state)
-    // are at the stale-CR3 entry, #357: a and A stay on it.
+    // are at the stale-CR3 entry, #450: a and A stay on it.
     app.act(Action::Anomaly(true));
-    assert_eq!(app.selected, 357);
+    assert_eq!(app.selected, 450);
     app.act(Action::Anomaly(true));
-    assert_eq!(app.selected, 357);
+    assert_eq!(app.selected, 450);
     app.act(Action::Anomaly(false));
-    assert_eq!(app.selected, 357);
+    assert_eq!(app.selected, 450);
     app.act(Action::Down);
-    assert_eq!(app.selected, 358);
+    assert_eq!(app.selected, 451);
     type_prompt(&mut app, PromptKind::Time, "3836.4445");
     let ts = app.trace.event(app.selected).unwrap().ts;
     assert!(ts >= 3_836_444_500_000, "{ts}");
@@ -408,6 +408,34 @@ fn host_lanes_are_grouped_by_vm() {
     app.act(Action::Show(ViewId::ANOMALIES));
     let text = screen(&mut app);
     assert!(text.contains("m1v0"), "{text}");
+}
+
+#[test]
+fn real_detail_breaks_down_an_ept_violation() {
+    // A real EPT violation recorded on 6.1 (`samples/real/vmx/mmio-ept-6.1.dat`): the guest's
+    // first write sets an accessed bit in its own page table.
+    let mut app = app("../samples/real/vmx/mmio-ept-6.1.dat");
+    type_prompt(&mut app, PromptKind::Search, "exit_reason=0x30");
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("0x82: write, not present, paging-structure access"), "{text}");
+    assert!(text.contains("EPT violation (0x82)"), "{text}");
+    assert!(text.contains("accessed (bit 8)          a guest paging-structure entry"), "{text}");
+    app.act(Action::PageDown);
+    let text = screen(&mut app);
+    assert!(text.contains("linear address (bit 7)    valid"), "{text}");
+}
+
+#[test]
+fn real_detail_breaks_down_a_page_fault_exit() {
+    // `samples/real/vmx/mmio-shadow-6.12.dat`: with the shadow MMU the guest's #PF exits;
+    // its error code (0x10: a fetch of a page that is not present) is decoded.
+    let mut app = app("../samples/real/vmx/mmio-shadow-6.12.dat");
+    type_prompt(&mut app, PromptKind::Search, "intr_info=0x80000b0e");
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("#PF error code (0x10): fetch, not present"), "{text}");
+    assert!(text.contains("instruction fetch (I/F)"), "{text}");
 }
 
 #[test]

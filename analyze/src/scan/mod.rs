@@ -51,14 +51,22 @@
 //! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
 //! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
 //! | level | String | `L2` when a `kvm_nested_vmexit` followed the exit, else `L1` |
-//! | ts | UInt64 | exit timestamp |
+//! | ts | UInt64? | exit timestamp; null when the input did not say it (text without its timestamps) |
 //! | event | UInt64 | event index of the `kvm_exit` |
+//! | segment | UInt32 | the capture it belongs to, in an input holding several (0, 1, ...) |
 //! | reason | String | `EPT_VIOLATION`, `npf`, `UNKNOWN(0x4e)` |
 //! | reason_code | UInt64 | raw exit reason / exit code |
 //! | rip | UInt64? | guest RIP |
 //! | qualification | UInt64? | exit qualification (VMX) / exit_info_1 (SVM) |
+//! | qualification_decoded | String? | the qualification decoded for the reason, as `vmxray dump`'s `qual=`: EPT violations (`write, not present, final translation`), #NPF and #PF error codes, CR accesses (`mov cr3, rax`) |
+//! | fault_access | String? | EPT violation, #NPF, #PF: `read`, `write`, `fetch` (joined with `+` when several bits are set) |
+//! | fault_present | Boolean? | EPT violation, #NPF, #PF: the translation was present (a permission fault) |
+//! | fault_final | Boolean? | EPT violation, #NPF: the access was to the final translation (true) or to a guest paging-structure entry during the guest's walk (false); null when the qualification does not say |
+//! | vectoring_vector | UInt32? | the event being delivered when the exit happened (VMX IDT-vectoring information, SVM EXITINTINFO): its vector |
+//! | vectoring_type | String? | its type: `external interrupt`, `NMI`, `hardware exception`, `software interrupt`, `privileged software exception`, `software exception` |
+//! | vectoring_error_code | Boolean? | its error code was being delivered too |
 //! | latency_ns | UInt64? | exit → next `kvm_entry` of the same vCPU |
-//! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards` |
+//! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards`, `unknown_time` |
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
 //! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
 //! | host_in_kvm_ns | UInt64? | host context ([`crate::context`]; null when the trace has no host scheduler/irq events or the exit has no latency): of latency_ns, the vCPU thread ran on its CPU |
@@ -74,8 +82,8 @@
 //! |---|---|---|
 //! | event | String | the tracepoint's name |
 //! | count | UInt64 | events of that name |
-//! | first_ts | UInt64 | the first one's timestamp |
-//! | last_ts | UInt64 | the last one's timestamp |
+//! | first_ts | UInt64? | the first one's timestamp (null when none has one) |
+//! | last_ts | UInt64? | the last one's timestamp |
 //!
 //! **anomalies** — one row per anomaly of the replay model:
 //!
@@ -88,8 +96,9 @@
 //! | thread | Int32? | the pid, when vcpu is null |
 //! | vm_id | UInt32? | the vCPU's VM: its index in the trace (first seen first) |
 //! | vm_label | String? | the VM's name, `pid N` (the VMM process), or `vmK` (inferred) |
-//! | ts | UInt64 | timestamp of the event where the divergence became certain |
+//! | ts | UInt64? | timestamp of the event where the divergence became certain (null: unknown) |
 //! | event | UInt64 | that event's index |
+//! | segment | UInt32 | the capture that event belongs to (0, 1, ...; the model starts afresh in each) |
 //! | message | String | what diverged, with the values |
 //! | evidence | String | indices of the proving events, comma-separated, oldest first |
 //! | commit | String | the KVM commit the rule encodes |
@@ -144,6 +153,9 @@
 //! | lost_markers | UInt64 | lost-events markers |
 //! | parse_errors | UInt64 | records/lines skipped under `--permissive` |
 //! | unknown_events | UInt64 | records no format described |
+//! | non_trace_lines | UInt64 | lines of prose around an excerpt, skipped |
+//! | excerpt | Boolean | an excerpt (pasted text with gaps), not a complete trace |
+//! | segments | UInt32 | captures after the first in the input |
 //! | first_ts | UInt64? | first timestamp |
 //! | last_ts | UInt64? | last timestamp |
 //! | duration_ns | UInt64? | last − first |
@@ -167,7 +179,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
-use vmxray_events::{Event, Vm};
+use vmxray_events::codes::IntrInfo;
+use vmxray_events::qualification::Qualification;
+use vmxray_events::{Event, EventKind, Vm};
 use vmxray_replay::{Actor, Anomaly, Model, ModelConfig};
 
 use crate::context::{ExitContext, HostContext};
@@ -330,6 +344,8 @@ struct TraceScan<'a> {
     exits_part: u32,
     anomalies_part: u32,
     anomalies: Vec<AnomalyRecord>,
+    /// Where the trace's segments after the first start (event indices), for exit rows.
+    segment_starts: Vec<u64>,
     sink_error: Option<SinkError>,
 }
 
@@ -347,6 +363,7 @@ impl<'a> TraceScan<'a> {
             opts,
             sink,
             progress,
+            segment_starts: Vec::new(),
             exits_part: 0,
             anomalies_part: 0,
             anomalies: Vec::new(),
@@ -376,7 +393,7 @@ impl<'a> TraceScan<'a> {
             .iter()
             .map(|e| {
                 let host = if with_host { contexts.remove(&e.index) } else { None };
-                exit_record(e, vms, host.as_ref())
+                exit_record(e, vms, &self.segment_starts, host.as_ref())
             })
             .collect();
         let part = self.exits_part;
@@ -415,12 +432,14 @@ impl<'a> TraceScan<'a> {
             model: self.opts.model,
             stats: if want_exits { StatsMode::ExitLog } else { StatsMode::Report },
         });
+        self.segment_starts.clear();
         let mut rows = TraceRows {
             want_anomalies,
             anomalies: std::mem::take(&mut self.anomalies),
             events: HashMap::new(),
             first_ts: None,
             last_ts: None,
+            segment_starts: Vec::new(),
         };
         let mut context =
             if want_exits { HostContext::with_exit_log() } else { HostContext::new() };
@@ -435,6 +454,9 @@ impl<'a> TraceScan<'a> {
                 }
             };
             let _ = pass.step(&event, &mut (&mut rows, &mut context));
+            if rows.segment_starts.len() > self.segment_starts.len() {
+                self.segment_starts.clone_from(&rows.segment_starts);
+            }
             if let (model, Some(stats)) = pass.model_and_stats()
                 && stats.closed_exits_pending() >= self.opts.chunk_rows
             {
@@ -494,6 +516,9 @@ impl<'a> TraceScan<'a> {
             read.lost.values().map(|l| l.markers).sum::<u64>().max(summary.lost_markers);
         record.parse_errors = read.skipped;
         record.unknown_events = read.unknown_events.values().sum();
+        record.non_trace_lines = read.non_trace_lines;
+        record.excerpt = meta.excerpt;
+        record.segments = read.segments;
         record.first_ts = first_ts;
         record.last_ts = last_ts;
         record.anomalies = summary.by_severity;
@@ -511,29 +536,37 @@ struct TraceRows {
     events: HashMap<String, EventRecord>,
     first_ts: Option<u64>,
     last_ts: Option<u64>,
+    /// The event index where each segment after the first starts.
+    segment_starts: Vec<u64>,
 }
 
 impl Sink for TraceRows {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
         let event = s.event;
-        self.first_ts.get_or_insert(event.ts);
-        self.last_ts = Some(event.ts);
+        if let EventKind::Segment { .. } = event.kind {
+            self.segment_starts.push(s.step.at.0);
+        }
+        if let Some(ts) = event.time() {
+            self.first_ts.get_or_insert(ts);
+            self.last_ts = Some(ts);
+        }
         count_event(&mut self.events, event);
         if self.want_anomalies {
-            self.push_anomalies(s.step.anomalies, event.ts, s.model);
+            self.push_anomalies(s.step.anomalies, event.time(), s.model);
         }
         ControlFlow::Continue(())
     }
 
     fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
         if self.want_anomalies {
-            self.push_anomalies(anomalies, self.last_ts.unwrap_or(0), model);
+            self.push_anomalies(anomalies, self.last_ts, model);
         }
     }
 }
 
 impl TraceRows {
-    fn push_anomalies(&mut self, anomalies: &[Anomaly], ts: u64, model: &Model) {
+    fn push_anomalies(&mut self, anomalies: &[Anomaly], ts: Option<u64>, model: &Model) {
+        let segment = u32::try_from(self.segment_starts.len()).unwrap_or(u32::MAX);
         for a in anomalies {
             let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(a.vcpu, model.vms());
             self.anomalies.push(AnomalyRecord {
@@ -546,6 +579,7 @@ impl TraceRows {
                 vm_label,
                 ts,
                 event: a.at.0,
+                segment,
                 message: a.message.clone(),
                 evidence: a.evidence.iter().map(|i| i.0.to_string()).collect::<Vec<_>>().join(","),
                 commit: a.rule.commit(),
@@ -559,8 +593,10 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
     match events.get_mut(name) {
         Some(row) => {
             row.count += 1;
-            row.first_ts = row.first_ts.min(event.ts);
-            row.last_ts = row.last_ts.max(event.ts);
+            if let Some(ts) = event.time() {
+                row.first_ts = Some(row.first_ts.map_or(ts, |f| f.min(ts)));
+                row.last_ts = Some(row.last_ts.map_or(ts, |l| l.max(ts)));
+            }
         }
         None => {
             events.insert(
@@ -568,8 +604,8 @@ fn count_event(events: &mut HashMap<String, EventRecord>, event: &Event) {
                 EventRecord {
                     event: name.to_owned(),
                     count: 1,
-                    first_ts: event.ts,
-                    last_ts: event.ts,
+                    first_ts: event.time(),
+                    last_ts: event.time(),
                 },
             );
         }
@@ -598,9 +634,17 @@ fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
     }
 }
 
-fn exit_record(exit: &ClosedExit, vms: &[Vm], host: Option<&ExitContext>) -> ExitRecord {
+fn exit_record(
+    exit: &ClosedExit,
+    vms: &[Vm],
+    segment_starts: &[u64],
+    host: Option<&ExitContext>,
+) -> ExitRecord {
     let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
     let part = |f: fn(&crate::context::Parts) -> u64| host.map(|h| f(&h.parts));
+    let decoded = exit.info.qualification();
+    let vectoring = exit.info.idt_vectoring();
+    let segment = segment_starts.partition_point(|&start| start <= exit.index);
     ExitRecord {
         host_in_kvm_ns: part(|p| p.in_kvm),
         host_scheduled_out_ns: part(|p| p.scheduled_out),
@@ -616,12 +660,20 @@ fn exit_record(exit: &ClosedExit, vms: &[Vm], host: Option<&ExitContext>) -> Exi
         vm_id,
         vm_label,
         level: exit.level.label(),
-        ts: exit.ts,
+        ts: (exit.ts != Event::TS_UNKNOWN).then_some(exit.ts),
         event: exit.index,
+        segment: u32::try_from(segment).unwrap_or(u32::MAX),
         reason: exit.reason.to_string(),
         reason_code: exit.reason.raw(),
         rip: exit.rip,
         qualification: exit.qualification,
+        qualification_decoded: decoded.map(|q| q.to_string()),
+        fault_access: decoded.and_then(Qualification::fault_access).map(|a| a.to_string()),
+        fault_present: decoded.and_then(Qualification::fault_present),
+        fault_final: decoded.and_then(Qualification::final_translation),
+        vectoring_vector: vectoring.map(|v| u32::from(v.vector())),
+        vectoring_type: vectoring.map(|v| v.kind().to_string()),
+        vectoring_error_code: vectoring.map(IntrInfo::error_code_valid),
         latency_ns: exit.latency.ok(),
         no_latency: exit.latency.err().map(crate::stats::NoLatency::name),
         reflected: exit.reflected,

@@ -59,10 +59,12 @@ pub struct ExitRecord {
     pub vm_label: Option<String>,
     /// `L1` or `L2`.
     pub level: &'static str,
-    /// Timestamp.
-    pub ts: u64,
+    /// Timestamp (None: the input did not say it).
+    pub ts: Option<u64>,
     /// 0-based event index.
     pub event: u64,
+    /// The capture (segment) of the input the exit belongs to.
+    pub segment: u32,
     /// Reason name.
     pub reason: String,
     /// Raw reason code.
@@ -71,6 +73,21 @@ pub struct ExitRecord {
     pub rip: Option<u64>,
     /// Exit qualification / exit_info_1.
     pub qualification: Option<u64>,
+    /// The qualification decoded for the reason, as `vmxray dump` shows it.
+    pub qualification_decoded: Option<String>,
+    /// EPT violation / #NPF / #PF: `read`, `write`, `fetch` (joined with `+`).
+    pub fault_access: Option<String>,
+    /// EPT violation / #NPF / #PF: the translation was present (a permission fault).
+    pub fault_present: Option<bool>,
+    /// EPT violation / #NPF: the access was to the final translation (true) or to a guest
+    /// paging structure during the guest's walk (false).
+    pub fault_final: Option<bool>,
+    /// The event being delivered when the exit happened: its vector.
+    pub vectoring_vector: Option<u32>,
+    /// Its type (`external interrupt`, `hardware exception`, …).
+    pub vectoring_type: Option<String>,
+    /// Its error code was being delivered too.
+    pub vectoring_error_code: Option<bool>,
     /// Exit → next entry of that vCPU.
     pub latency_ns: Option<u64>,
     /// Why no latency.
@@ -100,10 +117,10 @@ pub struct EventRecord {
     pub event: String,
     /// Occurrences.
     pub count: u64,
-    /// First timestamp.
-    pub first_ts: u64,
+    /// First timestamp (None when none of them has one).
+    pub first_ts: Option<u64>,
     /// Last timestamp.
-    pub last_ts: u64,
+    pub last_ts: Option<u64>,
 }
 
 /// A row of `anomalies`.
@@ -123,10 +140,12 @@ pub struct AnomalyRecord {
     pub vm_id: Option<u32>,
     /// See `vm_id`.
     pub vm_label: Option<String>,
-    /// Timestamp of the event where it became certain.
-    pub ts: u64,
+    /// Timestamp of the event where it became certain (None: the input did not say it).
+    pub ts: Option<u64>,
     /// Its 0-based index.
     pub event: u64,
+    /// The capture (segment) of the input that event belongs to.
+    pub segment: u32,
     /// What is wrong.
     pub message: String,
     /// Indices of the proving events, comma separated.
@@ -226,6 +245,12 @@ pub struct TraceRecord {
     pub parse_errors: u64,
     /// Records of events no format describes.
     pub unknown_events: u64,
+    /// Lines of prose skipped.
+    pub non_trace_lines: u64,
+    /// An excerpt, not a complete trace.
+    pub excerpt: bool,
+    /// Captures after the first.
+    pub segments: u32,
     /// First timestamp.
     pub first_ts: Option<u64>,
     /// Last timestamp.
@@ -308,10 +333,33 @@ impl Chunk {
                 col("level", rows.iter().map(|r| r.level).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
+                col("segment", rows.iter().map(|r| r.segment).collect::<Vec<_>>()),
                 col("reason", rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>()),
                 col("reason_code", rows.iter().map(|r| r.reason_code).collect::<Vec<_>>()),
                 col("rip", rows.iter().map(|r| r.rip).collect::<Vec<_>>()),
                 col("qualification", rows.iter().map(|r| r.qualification).collect::<Vec<_>>()),
+                col(
+                    "qualification_decoded",
+                    rows.iter().map(|r| r.qualification_decoded.as_deref()).collect::<Vec<_>>(),
+                ),
+                col(
+                    "fault_access",
+                    rows.iter().map(|r| r.fault_access.as_deref()).collect::<Vec<_>>(),
+                ),
+                col("fault_present", rows.iter().map(|r| r.fault_present).collect::<Vec<_>>()),
+                col("fault_final", rows.iter().map(|r| r.fault_final).collect::<Vec<_>>()),
+                col(
+                    "vectoring_vector",
+                    rows.iter().map(|r| r.vectoring_vector).collect::<Vec<_>>(),
+                ),
+                col(
+                    "vectoring_type",
+                    rows.iter().map(|r| r.vectoring_type.as_deref()).collect::<Vec<_>>(),
+                ),
+                col(
+                    "vectoring_error_code",
+                    rows.iter().map(|r| r.vectoring_error_code).collect::<Vec<_>>(),
+                ),
                 col("latency_ns", rows.iter().map(|r| r.latency_ns).collect::<Vec<_>>()),
                 col("no_latency", rows.iter().map(|r| r.no_latency).collect::<Vec<_>>()),
                 col("reflected", rows.iter().map(|r| r.reflected).collect::<Vec<_>>()),
@@ -342,6 +390,7 @@ impl Chunk {
                 col("vm_label", rows.iter().map(|r| r.vm_label.as_deref()).collect::<Vec<_>>()),
                 col("ts", rows.iter().map(|r| r.ts).collect::<Vec<_>>()),
                 col("event", rows.iter().map(|r| r.event).collect::<Vec<_>>()),
+                col("segment", rows.iter().map(|r| r.segment).collect::<Vec<_>>()),
                 col("message", rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>()),
                 col("evidence", rows.iter().map(|r| r.evidence.as_str()).collect::<Vec<_>>()),
                 col("commit", rows.iter().map(|r| r.commit).collect::<Vec<_>>()),
@@ -406,6 +455,12 @@ impl Chunk {
                         "unknown_events",
                         rows.iter().map(|r| r.unknown_events).collect::<Vec<_>>(),
                     ),
+                    col(
+                        "non_trace_lines",
+                        rows.iter().map(|r| r.non_trace_lines).collect::<Vec<_>>(),
+                    ),
+                    col("excerpt", rows.iter().map(|r| r.excerpt).collect::<Vec<_>>()),
+                    col("segments", rows.iter().map(|r| r.segments).collect::<Vec<_>>()),
                     col("first_ts", rows.iter().map(|r| r.first_ts).collect::<Vec<_>>()),
                     col("last_ts", rows.iter().map(|r| r.last_ts).collect::<Vec<_>>()),
                     col(

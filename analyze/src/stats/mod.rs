@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind, VmId};
+use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, VmId};
 
 use crate::histogram::{LogHistogram, MAX_BINS};
 
@@ -40,6 +40,8 @@ struct PendingExit {
     rip: Option<u64>,
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
     qualification: Option<u64>,
+    /// The exit's fields, for the decoded qualification and IDT-vectoring information.
+    info: ExitInfo,
     /// The vmcs12 the caller said was current at the `kvm_nested_vmexit` (see
     /// [`ExitStats::push_attributed`]).
     vmcs12: Option<u64>,
@@ -56,16 +58,20 @@ pub enum NoLatency {
     NextExit,
     /// The entry's timestamp is earlier than the exit's.
     ClockBackwards,
+    /// The exit's or the entry's time is unknown (text pasted without its timestamps).
+    UnknownTime,
 }
 
 impl NoLatency {
-    /// `trace_end`, `lost_events`, `next_exit`, `clock_backwards` (as in the JSON report).
+    /// `trace_end`, `lost_events`, `next_exit`, `clock_backwards`, `unknown_time` (as in the
+    /// JSON report).
     pub fn name(self) -> &'static str {
         match self {
             Self::TraceEnd => "trace_end",
             Self::LostEvents => "lost_events",
             Self::NextExit => "next_exit",
             Self::ClockBackwards => "clock_backwards",
+            Self::UnknownTime => "unknown_time",
         }
     }
 }
@@ -92,6 +98,9 @@ pub struct ClosedExit {
     pub rip: Option<u64>,
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
     pub qualification: Option<u64>,
+    /// The exit's fields: [`ExitInfo::qualification`] and [`ExitInfo::idt_vectoring`] decode
+    /// them.
+    pub info: ExitInfo,
     /// The vmcs12 given with the exit, for L2 exits.
     pub vmcs12: Option<u64>,
 }
@@ -294,6 +303,7 @@ impl ExitStats {
                         index,
                         rip: info.guest_rip(),
                         qualification: info.info1(),
+                        info: *info,
                         vmcs12: None,
                     },
                 );
@@ -366,6 +376,14 @@ impl ExitStats {
             EventKind::KvmPio { write, port, size, .. } => {
                 *self.pio.entry((*write, *port, *size)).or_default() += 1;
             }
+            EventKind::Segment { .. } => {
+                // Another capture starts: this one ended before the pending exits' entries.
+                let mut pending: Vec<_> = self.pending.drain().collect();
+                pending.sort_by_key(|(_, exit)| exit.index);
+                for (vcpu, exit) in pending {
+                    self.close(vcpu, exit, Close::TraceEnd);
+                }
+            }
             EventKind::Lost { count } => {
                 let lost = self.lost_in_stream.entry(event.cpu).or_default();
                 lost.markers += 1;
@@ -397,10 +415,15 @@ impl ExitStats {
             | EventKind::KvmMmuPagingElement { .. }
             | EventKind::KvmMmuWalkerError { .. }
             | EventKind::KvmPmlFull { .. }
+            | EventKind::Irq(_)
+            | EventKind::Mmio(_)
+            | EventKind::Spte(_)
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
             | EventKind::Context(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
             | EventKind::Other(_) => {}
         }
     }
@@ -429,7 +452,9 @@ impl ExitStats {
                 group.l0_handled += 1;
             }
         }
+        let unknown = |ts: u64| ts == Event::TS_UNKNOWN || exit.ts == Event::TS_UNKNOWN;
         let outcome = match how {
+            Close::Entry(ts) if unknown(ts) => Err(NoLatency::UnknownTime),
             Close::Entry(ts) if ts >= exit.ts => Ok(ts - exit.ts),
             Close::Entry(_) => Err(NoLatency::ClockBackwards),
             Close::TraceEnd => Err(NoLatency::TraceEnd),
@@ -447,10 +472,12 @@ impl ExitStats {
                 latency: outcome,
                 rip: exit.rip,
                 qualification: exit.qualification,
+                info: exit.info,
                 vmcs12: if exit.from_l2 { exit.vmcs12 } else { None },
             });
         }
         let cause = match how {
+            Close::Entry(ts) if unknown(ts) => &mut self.unpaired.unknown_time,
             Close::Entry(ts) if ts >= exit.ts => {
                 let latency = ts - exit.ts;
                 group.latency.record(latency);
@@ -517,6 +544,8 @@ impl ExitStats {
                 clock: m.clock.to_string(),
                 cpus: m.cpus,
                 kernel: m.kernel.clone(),
+                excerpt: m.excerpt,
+                segments: read.map_or(0, |r| r.segments),
             }),
             time_unit,
             events_total: self.events_total,
@@ -583,6 +612,7 @@ impl ExitStats {
                 })
                 .collect(),
             skipped: read.map_or(0, |r| r.skipped),
+            non_trace_lines: read.map_or(0, |r| r.non_trace_lines),
             problems: read.map_or_else(Vec::new, |r| {
                 r.problems.iter().map(|p| crate::error_chain(p.as_ref())).collect()
             }),

@@ -352,12 +352,13 @@ fn exit_tables(
             out,
             "\nExits counted without a latency (NO-LAT): {} — trace ended before the next \
              kvm_entry: {}, events lost before it: {}, the vCPU exited again first: {}, clock \
-             went backwards: {}",
+             went backwards: {}, time unknown: {}",
             u.total(),
             u.trace_end,
             u.lost_events,
             u.next_exit,
-            u.clock_backwards
+            u.clock_backwards,
+            u.unknown_time
         );
     }
     if exits.orphan_nested_vmexits > 0 {
@@ -405,6 +406,10 @@ fn render_text(report: &StatsReport) -> String {
             }
             if let Some(kernel) = &input.kernel {
                 let _ = write!(out, ", kernel {kernel}");
+            }
+            out.push_str(if input.excerpt { ", excerpt" } else { ", complete trace" });
+            if input.segments > 0 {
+                let _ = write!(out, ", {} captures", input.segments + 1);
             }
             out.push_str(")\n");
         }
@@ -565,6 +570,9 @@ fn render_text(report: &StatsReport) -> String {
         let _ = writeln!(out, " ({}).", per_cpu.join("; "));
     }
     let _ = writeln!(out, "Skipped records/lines: {}.", losses.skipped);
+    if losses.non_trace_lines > 0 {
+        let _ = writeln!(out, "Non-trace lines skipped: {}.", losses.non_trace_lines);
+    }
     for problem in &losses.problems {
         let _ = writeln!(out, "  skipped: {problem}");
     }

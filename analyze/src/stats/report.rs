@@ -64,6 +64,12 @@ pub struct InputInfo {
     pub cpus: Option<u32>,
     /// Traced kernel release, when the input says.
     pub kernel: Option<String>,
+    /// The input is an excerpt, not a complete trace (see `vmxray_capture::TraceMeta::excerpt`).
+    #[serde(default)]
+    pub excerpt: bool,
+    /// Captures after the first in the input (segment markers).
+    #[serde(default)]
+    pub segments: u32,
 }
 
 /// The unit of times: nanoseconds, or the raw units of a clock that is not in ns.
@@ -149,12 +155,19 @@ pub struct Unpaired {
     pub next_exit: u64,
     /// The next entry's timestamp is earlier than the exit's (unsynchronized per-CPU clock).
     pub clock_backwards: u64,
+    /// The exit's or the entry's time is unknown (text pasted without its timestamps).
+    #[serde(default)]
+    pub unknown_time: u64,
 }
 
 impl Unpaired {
     /// All causes together.
     pub fn total(&self) -> u64 {
-        self.trace_end + self.lost_events + self.next_exit + self.clock_backwards
+        self.trace_end
+            + self.lost_events
+            + self.next_exit
+            + self.clock_backwards
+            + self.unknown_time
     }
 }
 
@@ -445,6 +458,9 @@ pub struct LossReport {
     pub lost: Vec<LostRow>,
     /// Records or lines skipped under `--permissive`.
     pub skipped: u64,
+    /// Lines of text that are no trace text (prose around an excerpt), skipped in every mode.
+    #[serde(default)]
+    pub non_trace_lines: u64,
     /// The first skipped problems, as messages.
     pub problems: Vec<String>,
     /// Records no format describes, by id or name.

@@ -143,7 +143,13 @@ fn hand_computed_latencies() {
     assert_eq!(exits.with_latency, 7);
     assert_eq!(
         exits.without_latency,
-        Unpaired { trace_end: 2, lost_events: 1, next_exit: 1, clock_backwards: 0 }
+        Unpaired {
+            trace_end: 2,
+            lost_events: 1,
+            next_exit: 1,
+            clock_backwards: 0,
+            unknown_time: 0
+        }
     );
 
     // Overall: sorted 100 120 140 160 180 200 220; total 1120, mean 160, deviations
@@ -440,6 +446,7 @@ fn trace_without_kvm_exit_shows_what_is_there() {
         clock: Clock::Local,
         cpus: Some(2),
         kernel: None,
+        excerpt: false,
     };
     let mut read = ReadStats::default();
     read.note_lost(1, None);
@@ -501,7 +508,7 @@ fn trace_without_kvm_exit_shows_what_is_there() {
 
     let text = render(&report, Format::Text);
     for expected in [
-        "vmxray stats: triple-fault.dat (trace-dat, clock local, 2 CPUs)",
+        "vmxray stats: triple-fault.dat (trace-dat, clock local, 2 CPUs, complete trace)",
         "No kvm_exit events",
         "Emulated instructions (kvm_emulate_insn): 6 in total, 1 failed, 4 distinct",
         "mov cr3, rax",
@@ -528,6 +535,7 @@ fn raw_clock_is_said() {
         clock: Clock::X86Tsc,
         cpus: None,
         kernel: Some("6.14.0".into()),
+        excerpt: false,
     };
     let mut stats = ExitStats::new();
     stats.push(&exit(0, 0, 1, Some(0), HLT));

@@ -37,6 +37,7 @@ macro_rules! code_table {
         }
     };
 }
+pub(crate) use code_table;
 
 code_table! {
     /// A VMX basic exit reason (`exit_reason & 0xffff`), as in the SDM's appendix C.
@@ -414,6 +415,7 @@ macro_rules! display_named {
         }
     )*};
 }
+pub(crate) use display_named;
 
 display_named!(
     VmxBasicReason,
@@ -624,6 +626,8 @@ impl IntrInfo {
 }
 
 impl fmt::Display for IntrInfo {
+    /// `#PF +ec` for an exception (`+ec`: an error code is delivered), `external interrupt
+    /// 0xec`, `NMI 0x2`, `none(0x…)` when not valid.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.valid() {
             return write!(f, "none(0x{:08x})", self.0);
@@ -631,7 +635,7 @@ impl fmt::Display for IntrInfo {
         let kind = self.kind();
         match self.exception() {
             Some(v) => write!(f, "{v}")?,
-            None => write!(f, "{kind:?} 0x{:x}", self.vector())?,
+            None => write!(f, "{kind} 0x{:x}", self.vector())?,
         }
         if self.error_code_valid() {
             f.write_str(" +ec")?;

@@ -1,5 +1,5 @@
-//! The host's side of an exit: scheduler, interrupt, softirq and timer tracepoints, and
-//! `kvm_mmio`, typed for the analyses that need them.
+//! The host's side of an exit: scheduler, interrupt, softirq and timer tracepoints, typed for
+//! the analyses that need them.
 //!
 //! These tracepoints are not part of KVM's nested-VMX vocabulary that the model replays, so
 //! they are not [`KnownEvent`](crate::KnownEvent)s with their own text renderings: a reader
@@ -17,7 +17,6 @@
 //! | `irq:softirq_entry` / `softirq_exit` | [`ContextEvent::SoftirqEntry`] / [`ContextEvent::SoftirqExit`] |
 //! | `timer:hrtimer_expire_entry` / `hrtimer_expire_exit` | [`ContextEvent::HrtimerEntry`] / [`ContextEvent::HrtimerExit`] |
 //! | `irq_vectors:<name>_entry` / `<name>_exit` (`local_timer`, `reschedule`, `call_function`, ...) | [`ContextEvent::VectorEntry`] / [`ContextEvent::VectorExit`] |
-//! | `kvm:kvm_mmio` | [`ContextEvent::KvmMmio`] |
 //!
 //! A tracepoint whose fields lack what its row needs (a text input that printed no fields)
 //! stays an [`EventKind::Other`](crate::EventKind::Other).
@@ -120,32 +119,6 @@ pub enum SchedStatKind {
     Blocked,
 }
 
-/// What `kvm_mmio` says happened (`KVM_TRACE_MMIO_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MmioKind {
-    /// `KVM_TRACE_MMIO_READ_UNSATISFIED` (0): a read that must go to userspace.
-    ReadUnsatisfied,
-    /// `KVM_TRACE_MMIO_READ` (1): a read, with its data.
-    Read,
-    /// `KVM_TRACE_MMIO_WRITE` (2): a write.
-    Write,
-    /// Another value.
-    Other(u32),
-}
-
-impl MmioKind {
-    /// The kind of a raw `type` value.
-    pub fn from_raw(raw: u32) -> Self {
-        match raw {
-            0 => Self::ReadUnsatisfied,
-            1 => Self::Read,
-            2 => Self::Write,
-            other => Self::Other(other),
-        }
-    }
-}
-
 /// A host tracepoint, typed ([`ContextHit`]; the table in the module docs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "context", rename_all = "snake_case")]
@@ -175,8 +148,6 @@ pub enum ContextEvent {
     VectorEntry { name: Box<str>, vector: u32 },
     /// `irq_vectors:<name>_exit`.
     VectorExit { name: Box<str>, vector: u32 },
-    /// `kvm_mmio`: an MMIO access of `len` bytes at `gpa`.
-    KvmMmio { kind: MmioKind, len: u32, gpa: u64, val: u64 },
 }
 
 /// A typed host tracepoint and the event it was read from.
@@ -245,12 +216,6 @@ impl ContextEvent {
             "hrtimer_expire_exit" if sys("timer") => {
                 Self::HrtimerExit { hrtimer: f.uint("hrtimer")? }
             }
-            "kvm_mmio" if sys("kvm") => Self::KvmMmio {
-                kind: MmioKind::from_raw(f.u32("type")?),
-                len: f.u32("len").unwrap_or(0),
-                gpa: f.uint("gpa")?,
-                val: f.uint("val").unwrap_or(0),
-            },
             _ if system == "irq_vectors" || (system.is_empty() && is_vector_event(name)) => {
                 // Every system vector has the same pair of events with one `vector` field.
                 let vector = f.u32("vector")?;
@@ -279,8 +244,7 @@ impl ContextEvent {
             | Self::HrtimerEntry { .. }
             | Self::HrtimerExit { .. }
             | Self::VectorEntry { .. }
-            | Self::VectorExit { .. }
-            | Self::KvmMmio { .. } => None,
+            | Self::VectorExit { .. } => None,
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::codes::{
 use crate::context::{ContextEvent, ContextHit};
 use crate::fields::{FieldLookup, Fields};
 use crate::identity::ThreadIdentity;
+use crate::irq::IrqEvent;
+use crate::mmio::MmioEvent;
+use crate::spte::SpteEvent;
 use crate::vmcs::probe::{self, ProbeEvent};
 use crate::vmcs::record::{self, FieldRecord};
 use crate::vmcs::{RECORD_EVENT, RECORD_SYSTEM};
@@ -98,6 +101,18 @@ pub struct Event {
 }
 
 impl Event {
+    /// The [`Event::ts`] of an event whose input does not say when it happened: a line of
+    /// text pasted without its timestamp column (ftrace's `context-info` off, or an excerpt
+    /// whose columns were cut away). Such an event's place in the stream is its position in
+    /// the input; consumers must test [`Event::time`] before doing arithmetic with `ts`
+    /// (latencies, time ranges, durations) and print it as unknown.
+    pub const TS_UNKNOWN: u64 = u64::MAX;
+
+    /// The timestamp, `None` when the input did not say it ([`Event::TS_UNKNOWN`]).
+    pub fn time(&self) -> Option<u64> {
+        (self.ts != Self::TS_UNKNOWN).then_some(self.ts)
+    }
+
     /// The tracepoint's system (`kvm`, `kvmmmu`, or the system of an [`EventKind::Other`]).
     pub fn system(&self) -> &str {
         self.kind.system()
@@ -527,6 +542,119 @@ pub struct IdentityEvent {
     pub source: OtherEvent,
 }
 
+/// A `trace_printk` / `trace_marker` line: `bprint`, `bputs`, `print` (`ftrace:print`),
+/// trace-cmd's `tracing_mark_write`, or a print whose function name a developer made up
+/// (`<hack>: Set DRs, DR6 = 0xffff0ff1`). Developers add such prints where a tracepoint lacks
+/// a field, so their text is often the decisive evidence of a report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PrintkEvent {
+    /// The function that printed, when the rendering names it (`bprint:  dump_vmcs: ...` in
+    /// `trace-cmd report`, or the `<name>` an ftrace line shows in the event column).
+    pub func: Option<Box<str>>,
+    /// The message, without the function and a trailing newline.
+    pub text: Box<str>,
+    /// The print event as read, with all of its fields.
+    pub source: OtherEvent,
+}
+
+impl PrintkEvent {
+    /// The print an untyped event is, if it is one: a print tracepoint with a text
+    /// ([`OtherEvent::print_text`]), or an event named `<...>` (ftrace prints a
+    /// `trace_printk` with its caller in the event column; a made-up caller keeps its
+    /// brackets).
+    pub fn from_other(other: OtherEvent) -> Result<Self, OtherEvent> {
+        let angle =
+            other.name.len() > 2 && other.name.starts_with('<') && other.name.ends_with('>');
+        let text = if angle {
+            ["text", "buf", "msg"]
+                .iter()
+                .find_map(|n| other.fields.get(n).and_then(crate::FieldValue::as_str))
+                .map(|t| t.trim_end_matches(['\n', '\0']))
+        } else {
+            other.print_text()
+        };
+        let Some(text) = text else { return Err(other) };
+        let (func, text) = if angle {
+            (Some(other.name.to_string().into_boxed_str()), text.trim())
+        } else {
+            match split_print_func(text) {
+                // trace-cmd renders a trace_marker write as `tracing_mark_write: text`.
+                Some(("tracing_mark_write", rest)) => (None, rest),
+                Some((func, rest)) => (Some(func.into()), rest),
+                None => (None, text.trim()),
+            }
+        };
+        let text = text.into();
+        Ok(Self { func, text, source: other })
+    }
+}
+
+/// `func: message` at the start of a print's text: `func` a C identifier, possibly with a
+/// compiler suffix (`vmx_dump_sel.constprop.0`).
+fn split_print_func(text: &str) -> Option<(&str, &str)> {
+    let (func, rest) = text.trim_start().split_once(':')?;
+    let b = func.as_bytes();
+    let ident = !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.'));
+    (ident && (rest.is_empty() || rest.starts_with(' '))).then(|| (func, rest.trim()))
+}
+
+/// Why a reader started a new segment (another capture pasted into the same file) at an
+/// [`EventKind::Segment`] marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentReason {
+    /// The time went backwards (beyond the tolerance of per-CPU interleaving).
+    TimeBack,
+    /// An event identical to one already read (same time, thread and text): a line pasted
+    /// again.
+    RepeatedEvent,
+    /// A tool's header (`cpus=N`, `# tracer:`) again after events.
+    ToolHeader,
+    /// A separator line (`=====`) between events.
+    Separator,
+    /// After lines of prose, events of threads the segment never showed.
+    NewThreads,
+    /// After lines of prose, a jump forward in time of more than the segmenter's limit.
+    TimeJump,
+}
+
+impl SegmentReason {
+    /// Every reason.
+    pub const ALL: [Self; 6] = [
+        Self::TimeBack,
+        Self::RepeatedEvent,
+        Self::ToolHeader,
+        Self::Separator,
+        Self::NewThreads,
+        Self::TimeJump,
+    ];
+
+    /// The reason as printed (`time_back`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TimeBack => "time_back",
+            Self::RepeatedEvent => "repeated_event",
+            Self::ToolHeader => "tool_header",
+            Self::Separator => "separator",
+            Self::NewThreads => "new_threads",
+            Self::TimeJump => "time_jump",
+        }
+    }
+
+    /// Parses [`SegmentReason::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for SegmentReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An event of the `vmcs` profile's dynamic probes ([`crate::vmcs::probe`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProbeHit {
@@ -666,15 +794,33 @@ pub enum EventKind {
     KvmMmuWalkerError { pferr: u32 },
     /// `kvm:kvm_pml_full`: the page-modification log filled up and exited.
     KvmPmlFull { vcpu_id: u32 },
+    /// The interrupt-controller tracepoints (`kvm_set_irq`, IOAPIC, MSI, PIC, local APIC):
+    /// one [`IrqEvent`] variant per tracepoint.
+    Irq(IrqEvent),
+    /// The MMIO tracepoints (`kvm_mmio`, `vcpu_match_mmio`).
+    Mmio(MmioEvent),
+    /// The kvmmmu fast-path and SPTE tracepoints (`fast_page_fault`,
+    /// `kvm_tdp_mmu_spte_changed`, `kvm_mmu_spte_requested`, `kvm_mmu_set_spte`).
+    Spte(SpteEvent),
     /// An explicit VMCS field record ([`VmcsFieldEvent`]).
     VmcsField(Box<VmcsFieldEvent>),
     /// A `vmcs`-profile probe event ([`ProbeHit`]).
     VmcsProbe(Box<ProbeHit>),
     /// A thread's identity (its VM) written by the recorder ([`IdentityEvent`]).
     Identity(Box<IdentityEvent>),
-    /// A host tracepoint (scheduler, interrupts, softirqs, timers, `kvm_mmio`) typed for the
-    /// analyses ([`crate::context`]), with the event it was read from.
+    /// A host tracepoint (scheduler, interrupts, softirqs, timers) typed for the analyses
+    /// ([`crate::context`]), with the event it was read from.
     Context(Box<ContextHit>),
+    /// A `trace_printk` / `trace_marker` print ([`PrintkEvent`]).
+    Printk(Box<PrintkEvent>),
+    /// QEMU's `kvm_run_exit` trace event (`15268@1647341556.928341:kvm_run_exit cpu_index 0,
+    /// reason 8`): the `KVM_RUN` exit of QEMU's vCPU `cpu_index` as user space saw it, with
+    /// the `KVM_EXIT_*` reason that `kvm_userspace_exit` shows from the kernel's side.
+    QemuRunExit { cpu_index: u32, reason: UserspaceExitReason },
+    /// A reader's marker: another capture pasted into the same input starts with the next
+    /// event (segment `index` = 1, 2, ...; the first segment, 0, has no marker). Nothing seen
+    /// before it describes what follows (see [`SegmentReason`] for why the reader split).
+    Segment { index: u32, reason: SegmentReason },
     /// Events were lost here on `cpu` (ring-buffer overrun, `[LOST N EVENTS]`,
     /// `[EVENTS DROPPED]`, perf LOST records); `count` when the input says how many.
     Lost { count: Option<u64> },
@@ -713,6 +859,25 @@ pub enum KnownEvent {
     KvmMmuPagingElement,
     KvmMmuWalkerError,
     KvmPmlFull,
+    KvmSetIrq,
+    KvmIoapicSetIrq,
+    KvmIoapicDelayedEoiInj,
+    KvmMsiSetIrq,
+    KvmPicSetIrq,
+    KvmApic,
+    KvmApicAcceptIrq,
+    KvmApicvAcceptIrq,
+    KvmApicIpi,
+    KvmEoi,
+    KvmPvEoi,
+    KvmApicvInhibitChanged,
+    KvmMmio,
+    VcpuMatchMmio,
+    FastPageFault,
+    KvmTdpMmuSpteChanged,
+    KvmMmuSpteRequested,
+    KvmMmuSetSpte,
+    QemuRunExit,
 }
 
 /// A known tracepoint lacked a field that every layout generation has.
@@ -755,6 +920,25 @@ impl KnownEvent {
         (Self::KvmMmuPagingElement, "kvmmmu", "kvm_mmu_paging_element"),
         (Self::KvmMmuWalkerError, "kvmmmu", "kvm_mmu_walker_error"),
         (Self::KvmPmlFull, "kvm", "kvm_pml_full"),
+        (Self::KvmSetIrq, "kvm", "kvm_set_irq"),
+        (Self::KvmIoapicSetIrq, "kvm", "kvm_ioapic_set_irq"),
+        (Self::KvmIoapicDelayedEoiInj, "kvm", "kvm_ioapic_delayed_eoi_inj"),
+        (Self::KvmMsiSetIrq, "kvm", "kvm_msi_set_irq"),
+        (Self::KvmPicSetIrq, "kvm", "kvm_pic_set_irq"),
+        (Self::KvmApic, "kvm", "kvm_apic"),
+        (Self::KvmApicAcceptIrq, "kvm", "kvm_apic_accept_irq"),
+        (Self::KvmApicvAcceptIrq, "kvm", "kvm_apicv_accept_irq"),
+        (Self::KvmApicIpi, "kvm", "kvm_apic_ipi"),
+        (Self::KvmEoi, "kvm", "kvm_eoi"),
+        (Self::KvmPvEoi, "kvm", "kvm_pv_eoi"),
+        (Self::KvmApicvInhibitChanged, "kvm", "kvm_apicv_inhibit_changed"),
+        (Self::KvmMmio, "kvm", "kvm_mmio"),
+        (Self::VcpuMatchMmio, "kvm", "vcpu_match_mmio"),
+        (Self::FastPageFault, "kvmmmu", "fast_page_fault"),
+        (Self::KvmTdpMmuSpteChanged, "kvmmmu", "kvm_tdp_mmu_spte_changed"),
+        (Self::KvmMmuSpteRequested, "kvmmmu", "kvm_mmu_spte_requested"),
+        (Self::KvmMmuSetSpte, "kvmmmu", "kvm_mmu_set_spte"),
+        (Self::QemuRunExit, "qemu", "kvm_run_exit"),
         // Older names of the same tracepoints (same fields).
         (Self::KvmSmmTransition, "kvm", "kvm_enter_smm"), // before 5.14
     ];
@@ -950,6 +1134,27 @@ impl KnownEvent {
             }
             Self::KvmMmuWalkerError => EventKind::KvmMmuWalkerError { pferr: need32("pferr")? },
             Self::KvmPmlFull => EventKind::KvmPmlFull { vcpu_id: need32("vcpu_id")? },
+            Self::KvmSetIrq
+            | Self::KvmIoapicSetIrq
+            | Self::KvmIoapicDelayedEoiInj
+            | Self::KvmMsiSetIrq
+            | Self::KvmPicSetIrq
+            | Self::KvmApic
+            | Self::KvmApicAcceptIrq
+            | Self::KvmApicvAcceptIrq
+            | Self::KvmApicIpi
+            | Self::KvmEoi
+            | Self::KvmPvEoi
+            | Self::KvmApicvInhibitChanged => EventKind::Irq(IrqEvent::decode(self, f)?),
+            Self::KvmMmio | Self::VcpuMatchMmio => EventKind::Mmio(MmioEvent::decode(self, f)?),
+            Self::FastPageFault
+            | Self::KvmTdpMmuSpteChanged
+            | Self::KvmMmuSpteRequested
+            | Self::KvmMmuSetSpte => EventKind::Spte(SpteEvent::decode(self, f)?),
+            Self::QemuRunExit => EventKind::QemuRunExit {
+                cpu_index: need32("cpu_index")?,
+                reason: UserspaceExitReason(need32("reason")?),
+            },
         })
     }
 }
@@ -1007,7 +1212,10 @@ impl EventKind {
         {
             return Self::Context(Box::new(ContextHit { event, source: other }));
         }
-        Self::Other(Box::new(other))
+        match PrintkEvent::from_other(other) {
+            Ok(print) => Self::Printk(Box::new(print)),
+            Err(other) => Self::Other(Box::new(other)),
+        }
     }
 
     /// The typed tracepoint this is, if it is one.
@@ -1038,10 +1246,16 @@ impl EventKind {
             Self::KvmMmuPagingElement { .. } => KnownEvent::KvmMmuPagingElement,
             Self::KvmMmuWalkerError { .. } => KnownEvent::KvmMmuWalkerError,
             Self::KvmPmlFull { .. } => KnownEvent::KvmPmlFull,
+            Self::Irq(e) => e.known(),
+            Self::Mmio(e) => e.known(),
+            Self::Spte(e) => e.known(),
+            Self::QemuRunExit { .. } => KnownEvent::QemuRunExit,
             Self::VmcsField(_)
             | Self::VmcsProbe(_)
             | Self::Identity(_)
             | Self::Context(_)
+            | Self::Printk(_)
+            | Self::Segment { .. }
             | Self::Lost { .. }
             | Self::Other(_) => {
                 return None;
@@ -1057,6 +1271,7 @@ impl EventKind {
             Self::VmcsProbe(p) => Some(&p.source),
             Self::Identity(i) => Some(&i.source),
             Self::Context(c) => Some(&c.source),
+            Self::Printk(p) => Some(&p.source),
             _ => None,
         }
     }
@@ -1067,8 +1282,9 @@ impl EventKind {
             return known.system();
         }
         match self {
-            Self::Lost { .. } => "vmxray",
+            Self::Lost { .. } | Self::Segment { .. } => "vmxray",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_SYSTEM, |o| &o.system),
+            Self::Printk(p) => &p.source.system,
             Self::VmcsProbe(p) => &p.source.system,
             Self::Identity(i) => &i.source.system,
             Self::Context(c) => &c.source.system,
@@ -1084,7 +1300,9 @@ impl EventKind {
         }
         match self {
             Self::Lost { .. } => "lost_events",
+            Self::Segment { .. } => "segment",
             Self::VmcsField(v) => v.source.as_ref().map_or(RECORD_EVENT, |o| &o.name),
+            Self::Printk(p) => &p.source.name,
             Self::VmcsProbe(p) => &p.source.name,
             Self::Identity(i) => &i.source.name,
             Self::Context(c) => &c.source.name,
@@ -1102,6 +1320,11 @@ impl EventKind {
             Self::KvmPageFault { vcpu_id, .. } => *vcpu_id,
             Self::KvmSmmTransition { vcpu_id, .. } | Self::KvmPmlFull { vcpu_id } => Some(*vcpu_id),
             Self::VmcsField(v) => Some(v.record.vcpu),
+            Self::Spte(e) => e.vcpu_id(),
+            // `kvm_eoi.apicid` is the vCPU id too, but the vocabulary binds a thread to a vCPU
+            // only through fields named `vcpu_id`; `kvm_apic_accept_irq.apicid` is the target's,
+            // traced by the sender.
+            Self::Irq(_) | Self::Mmio(_) => None,
             Self::KvmNestedVmexitInject(_)
             | Self::KvmCr { .. }
             | Self::KvmNestedVmenter(_)
@@ -1121,9 +1344,11 @@ impl EventKind {
             | Self::KvmMmuPagetableWalk { .. }
             | Self::KvmMmuPagingElement { .. }
             | Self::KvmMmuWalkerError { .. }
+            | Self::QemuRunExit { .. }
+            | Self::Segment { .. }
             | Self::Lost { .. } => None,
             Self::VmcsProbe(p) => p.source.fields.u32("vcpu_id"),
-            Self::Identity(_) | Self::Context(_) => None,
+            Self::Identity(_) | Self::Printk(_) | Self::Context(_) => None,
             Self::Other(o) => o.fields.u32("vcpu_id"),
         }
     }

@@ -185,6 +185,13 @@ pub trait FieldLookup {
         false
     }
 
+    /// The event's print fmt, when the input is a binary record read with its format file:
+    /// a decoder whose field values changed meaning between kernels reads the generation
+    /// from it (`fast_page_fault.ret`, see [`crate::spte::RetNumbering`]).
+    fn print_fmt(&self) -> Option<&str> {
+        None
+    }
+
     /// The field as a signed integer (reinterpreting an unsigned value of the given width).
     fn int(&self, name: &str, width_bytes: u32) -> Option<i64> {
         let raw = self.uint(name)?;

@@ -1,13 +1,13 @@
 //! The typed events back under the kernel's names ([`EventKind::kernel_fields`], the inverse of
 //! [`crate::KnownEvent::decode`]), and the human decodings derived from them
-//! ([`EventKind::decoded`]: names of codes, interruption info, CR-access qualifications, MMU
-//! roles, instruction mnemonics). Renderers (`vmxray dump`, the TUI, `convert`) use these, so
+//! ([`EventKind::decoded`]: names of codes, interruption info, exit qualifications, MMU
+//! roles, instruction mnemonics, and the interrupt/MMIO/SPTE events in the kernel's wording). Renderers (`vmxray dump`, the TUI, `convert`) use these, so
 //! that every output names and decodes a field the same way.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::codes::{CrAccessQual, ExitCode, Isa, VmxBasicReason};
+use crate::codes::{ExitCode, Isa};
 use crate::event::{EventKind, ExitInfo, MmuPage, ROLE_KNOWN_FIELD};
 use crate::fields::{FieldValue, Fields};
 
@@ -56,31 +56,31 @@ pub struct Field<'a> {
     pub radix: Radix,
 }
 
-fn hex(name: &'static str, v: u64) -> Field<'static> {
+pub(crate) fn hex(name: &'static str, v: u64) -> Field<'static> {
     Field { name, value: Val::U64(v), radix: Radix::Hex }
 }
 
-fn dec(name: &'static str, v: u64) -> Field<'static> {
+pub(crate) fn dec(name: &'static str, v: u64) -> Field<'static> {
     Field { name, value: Val::U64(v), radix: Radix::Dec }
 }
 
-fn flag(name: &'static str, v: bool) -> Field<'static> {
+pub(crate) fn flag(name: &'static str, v: bool) -> Field<'static> {
     dec(name, u64::from(v))
 }
 
 /// Where [`typed_fields`] puts the fields, in order.
-struct Sink<F>(F);
+pub(crate) struct Sink<F>(F);
 
 impl<'a, F: FnMut(Field<'a>)> Sink<F> {
-    fn push(&mut self, f: Field<'a>) {
+    pub(crate) fn push(&mut self, f: Field<'a>) {
         (self.0)(f);
     }
 
-    fn extend(&mut self, fields: impl IntoIterator<Item = Field<'a>>) {
+    pub(crate) fn extend(&mut self, fields: impl IntoIterator<Item = Field<'a>>) {
         fields.into_iter().for_each(&mut self.0);
     }
 
-    fn opt(&mut self, f: Option<Field<'a>>) {
+    pub(crate) fn opt(&mut self, f: Option<Field<'a>>) {
         self.extend(f);
     }
 }
@@ -196,12 +196,27 @@ pub fn typed_fields<'a>(kind: &'a EventKind, f: impl FnMut(Field<'a>)) {
         }
         EventKind::KvmMmuWalkerError { pferr } => out.push(hex("pferr", u64::from(*pferr))),
         EventKind::KvmPmlFull { vcpu_id } => out.push(dec("vcpu_id", u64::from(*vcpu_id))),
+        EventKind::Irq(e) => e.kernel_fields(out),
+        EventKind::Mmio(e) => e.kernel_fields(out),
+        EventKind::Spte(e) => e.kernel_fields(out),
+        EventKind::QemuRunExit { cpu_index, reason } => {
+            out.extend([
+                dec("cpu_index", u64::from(*cpu_index)),
+                dec("reason", u64::from(reason.0)),
+            ]);
+        }
         EventKind::Lost { count } => out.opt(count.map(|c| dec("count", c))),
+        // Not a tracepoint: vmxray's marker.
+        EventKind::Segment { index, reason } => {
+            out.push(dec("index", u64::from(*index)));
+            out.push(Field { name: "reason", value: Val::Str(reason.name()), radix: Radix::Dec });
+        }
         // Untyped events keep their own fields: see `EventKind::untyped_fields`.
         EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
         | EventKind::Other(_) => {}
     }
 }
@@ -264,6 +279,7 @@ impl EventKind {
             Self::VmcsProbe(p) => Some(Cow::Borrowed(&p.source.fields)),
             Self::Identity(i) => Some(Cow::Borrowed(&i.source.fields)),
             Self::Context(c) => Some(Cow::Borrowed(&c.source.fields)),
+            Self::Printk(p) => Some(Cow::Borrowed(&p.source.fields)),
             _ => None,
         }
     }
@@ -284,21 +300,18 @@ impl EventKind {
             | Self::KvmNestedVmexit(info)
             | Self::KvmNestedVmexitInject(info) => {
                 f("reason", &info.reason());
-                if let Some(q) = info
-                    .info1()
-                    .filter(|_| info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS))
-                {
-                    f("qual", &CrAccessQual(q));
+                if let Some(q) = info.qualification() {
+                    f("qual", &q);
                 }
-                if let Some(intr) = info.intr_info().filter(|i| i.valid()) {
+                // On SVM `intr_info` is EXITINTINFO, the event being delivered: it is the
+                // vectoring information below, not the exit's own interruption.
+                if let Some(intr) = info
+                    .intr_info()
+                    .filter(|i| i.valid() && !matches!(info.reason(), ExitCode::Svm(_)))
+                {
                     f("intr", &intr);
                 }
-                let vectoring = info
-                    .info2()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .map(crate::codes::IntrInfo)
-                    .filter(|v| v.valid() && matches!(info.reason(), ExitCode::Vmx(_)));
-                if let Some(v) = vectoring {
+                if let Some(v) = info.idt_vectoring() {
                     f("idt_vectoring", &v);
                 }
             }
@@ -328,7 +341,15 @@ impl EventKind {
                 f("err", &err);
             }
             Self::KvmInjException { exception, .. } => f("exception", &exception),
-            Self::KvmUserspaceExit { reason, .. } => f("reason", &reason),
+            Self::KvmUserspaceExit { reason, .. } | Self::QemuRunExit { reason, .. } => {
+                f("reason", &reason);
+            }
+            Self::Printk(p) => {
+                if let Some(func) = &p.func {
+                    f("func", func);
+                }
+                f("text", &p.text);
+            }
             Self::KvmMmuGetPage { page, .. }
             | Self::KvmMmuPrepareZapPage { page }
             | Self::KvmMmuSyncPage { page }
@@ -338,6 +359,9 @@ impl EventKind {
                     f("insn", &m);
                 }
             }
+            Self::Irq(e) => e.for_each_decoded(&mut f),
+            Self::Mmio(e) => e.for_each_decoded(&mut f),
+            Self::Spte(e) => e.for_each_decoded(&mut f),
             _ => {}
         }
     }

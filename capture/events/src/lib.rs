@@ -26,14 +26,19 @@
 //! - [`actor`]: who an event belongs to ([`Actor`]) and the one thread → vCPU
 //!   [`Attribution`];
 //! - [`event`]: [`Event`], [`EventKind`] and the table of typed tracepoints ([`KnownEvent`]);
-//! - [`context`]: the host's scheduler, interrupt, softirq and timer tracepoints (and
-//!   `kvm_mmio`) typed for the host-context analysis and perf's ioport/mmio tables;
+//! - [`context`]: the host's scheduler, interrupt, softirq and timer tracepoints, typed for
+//!   the host-context analysis;
 //! - [`codes`]: exit reasons (VMX and SVM), interruption info, exception vectors, MMU roles, …;
 //! - [`fields`]: named field values, the currency between readers and the vocabulary;
 //! - [`identity`]: which VM a thread belongs to, as the recorder writes it into its traces;
 //! - [`insn`]: the x86 instruction decoder for `kvm_emulate_insn` bytes;
+//! - [`irq`], [`mmio`], [`spte`]: the interrupt-controller, MMIO and kvmmmu fast-path/SPTE
+//!   tracepoints ([`EventKind::Irq`], [`EventKind::Mmio`], [`EventKind::Spte`]);
+//! - [`qualification`]: exit qualifications and page-fault error codes broken into what they
+//!   say (EPT violations, nested page faults, `#PF`, CR access, IDT-vectoring);
 //! - [`kernel_fields`]: typed events back under the kernel's field names, and the human
-//!   decodings (code names, interruption info, mnemonics) every renderer shows;
+//!   decodings (code names, interruption info, qualifications, mnemonics) every renderer
+//!   shows;
 //! - [`vmcs`]: VMCS field encodings, which VMCS a value belongs to, explicit field records and
 //!   what the recorder's probe events mean.
 //!
@@ -49,7 +54,12 @@ pub mod event;
 pub mod fields;
 pub mod identity;
 pub mod insn;
+pub mod irq;
 pub mod kernel_fields;
+pub mod mmio;
+pub mod qualification;
+mod required;
+pub mod spte;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod vmcs;
@@ -57,7 +67,7 @@ pub mod vmcs;
 pub use actor::{Actor, Attributed, Attribution, Vcpu, Vm, VmId};
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, IdentityEvent, InsnBytes,
-    KnownEvent, MmuPage, NestedVmenter, OtherEvent, ProbeHit, ROLE_KNOWN_FIELD, VmFailKind,
-    VmcsFieldEvent,
+    KnownEvent, MmuPage, NestedVmenter, OtherEvent, PrintkEvent, ProbeHit, ROLE_KNOWN_FIELD,
+    SegmentReason, VmFailKind, VmcsFieldEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};

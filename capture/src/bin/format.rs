@@ -976,6 +976,10 @@ impl FieldLookup for Record<'_> {
         self.format.role_bit4_inverted
     }
 
+    fn print_fmt(&self) -> Option<&str> {
+        Some(&self.format.print_fmt)
+    }
+
     fn string(&self, name: &str) -> Option<&str> {
         let f = self.field(name)?;
         if !f.is_string {

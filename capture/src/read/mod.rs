@@ -153,6 +153,13 @@ pub struct TraceMeta {
     pub cpus: Option<u32>,
     /// The traced kernel's release (`uname -r`), when the input says it.
     pub kernel: Option<String>,
+    /// The input is an excerpt rather than a complete trace: text with no tool header that
+    /// does not start at the VM's creation, text whose reader skipped lines between events
+    /// (prose, lines it could not read) or events without their time, or text holding
+    /// several captures (segments). Gaps in an excerpt are the poster's cuts, not KVM's
+    /// doing. Binary inputs are complete traces. Final once the reader is exhausted (inputs
+    /// read whole, see [`crate::read::text`], know it from the start).
+    pub excerpt: bool,
 }
 
 /// Lost events on one CPU.
@@ -180,11 +187,34 @@ pub struct ReadStats {
     pub problems: Vec<Arc<ReadError>>,
     /// Records whose event id or name no format describes, by id or name.
     pub unknown_events: BTreeMap<String, u64>,
+    /// Lines of text that are no trace text (prose, mail quoting, prompts): skipped in every
+    /// mode, and not an error.
+    pub non_trace_lines: u64,
+    /// The first of those lines (at most [`ReadStats::MAX_NON_TRACE`]), with their line
+    /// numbers.
+    #[serde(skip)]
+    pub non_trace: Vec<NonTraceLine>,
+    /// Captures after the first in an input holding several (the [`vmxray_events::EventKind::Segment`]
+    /// markers yielded): 0 for one capture.
+    pub segments: u32,
+}
+
+/// A line of text the reader skipped as no trace text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonTraceLine {
+    /// Its 1-based line number in the input.
+    pub line: u64,
+    /// The line as it stands in the input.
+    pub text: String,
 }
 
 impl ReadStats {
     /// How many skipped problems are kept with their details.
     pub const MAX_PROBLEMS: usize = 20;
+
+    /// How many lines of prose are kept with their text (a bound that keeps memory
+    /// independent of the input).
+    pub const MAX_NON_TRACE: usize = 10_000;
 
     /// Counts a lost-events marker on `cpu`.
     pub fn note_lost(&mut self, cpu: u32, count: Option<u64>) {
@@ -211,9 +241,18 @@ impl ReadStats {
         (events, uncounted)
     }
 
-    /// True when nothing was lost, skipped or unknown.
+    /// True when nothing was lost, skipped or unknown (lines of prose around an excerpt do
+    /// not count: see [`ReadStats::non_trace_lines`]).
     pub fn is_clean(&self) -> bool {
         self.lost.is_empty() && self.skipped == 0 && self.unknown_events.is_empty()
+    }
+
+    /// Counts a line that is no trace text, keeping the first ones.
+    pub fn note_non_trace(&mut self, line: u64, text: impl FnOnce() -> String) {
+        self.non_trace_lines += 1;
+        if self.non_trace.len() < Self::MAX_NON_TRACE {
+            self.non_trace.push(NonTraceLine { line, text: text() });
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::read::perfdata::PerfDataReader;
-use crate::read::text::TextReader;
+use crate::read::text::{MAX_EXCERPT_BYTES, TextReader, starts_with_tool_header};
 use crate::read::tracedat::TraceDat;
 use crate::read::tracefs_tree::{TracefsInput, TracefsReader};
 use crate::read::{EventReader, Location, ReadError, ReadErrorKind, ReadOptions, input_name};
@@ -84,7 +84,23 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
                 stdin.read_to_end(&mut bytes).map_err(io_err)?;
                 open_bytes(input, bytes, opts)
             }
-            None => Ok(Box::new(TextReader::new(input, stdin, opts))),
+            None => {
+                // Text small enough to be an excerpt is read whole; a larger one streams on
+                // from what was read.
+                let mut head = Vec::new();
+                let limit = MAX_EXCERPT_BYTES as u64 + 1;
+                (&mut stdin).take(limit).read_to_end(&mut head).map_err(io_err)?;
+                if head.len() <= MAX_EXCERPT_BYTES && !starts_with_tool_header(&head) {
+                    Ok(Box::new(TextReader::excerpt(input, &head, opts)))
+                } else {
+                    let rest = std::io::Cursor::new(head).chain(stdin);
+                    Ok(Box::new(TextReader::new(
+                        input,
+                        BufReader::with_capacity(TEXT_BUFFER, rest),
+                        opts,
+                    )))
+                }
+            }
         };
     }
     match detect(path)? {
@@ -101,6 +117,18 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
         InputKind::Tracefs(found) => Ok(Box::new(TracefsReader::open(&found, input, opts)?)),
         InputKind::Text => {
             let file = File::open(path).map_err(io_err)?;
+            let len = file.metadata().map_err(io_err)?.len();
+            if len <= MAX_EXCERPT_BYTES as u64 {
+                // Small text is read whole: it may be an excerpt (see `read::text`).
+                let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                file.take(MAX_EXCERPT_BYTES as u64).read_to_end(&mut bytes).map_err(io_err)?;
+                if starts_with_tool_header(&bytes) {
+                    // A file a tool wrote: streamed, as a larger one.
+                    let text = std::io::Cursor::new(bytes);
+                    return Ok(Box::new(TextReader::new(input, text, opts)));
+                }
+                return Ok(Box::new(TextReader::excerpt(input, &bytes, opts)));
+            }
             Ok(Box::new(TextReader::new(input, BufReader::with_capacity(TEXT_BUFFER, file), opts)))
         }
     }

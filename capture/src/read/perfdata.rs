@@ -436,6 +436,7 @@ impl PerfDataReader {
             clock,
             cpus,
             kernel,
+            excerpt: false,
         };
         let end = data_off.saturating_add(data_size).min(src.len());
         let truncated = data_off.saturating_add(data_size) > src.len();

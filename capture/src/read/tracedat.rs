@@ -1163,6 +1163,7 @@ impl TraceDat {
             clock,
             cpus: self.cpu_count,
             kernel: self.kernel_release(),
+            excerpt: false,
         }
     }
 

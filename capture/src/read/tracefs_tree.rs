@@ -302,6 +302,7 @@ impl TracefsReader {
             clock: tree.clock,
             cpus,
             kernel: None,
+            excerpt: false,
         };
         Ok(Self { meta, stats, merger, formats: Arc::clone(&tree.formats) })
     }

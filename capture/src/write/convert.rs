@@ -61,7 +61,11 @@
 //!   6.18 formats gains `intr_info 0`), which rules that look at it may act on. Likewise the
 //!   kvmmmu role bits a text rendering does not show (`vmxray_role_known`, e.g. `guest_mode`)
 //!   are 0 in the record and read back as known; they are counted as `…:role bits outside
-//!   0x…` in [`ConvertSummary::fields_zeroed`], and the CLI prints every such entry.
+//!   0x…` in [`ConvertSummary::fields_zeroed`], and the CLI prints every such entry. The same
+//!   holds for the other words a print shows in part (`vmxray_e_known` of the IOAPIC events,
+//!   `vmxray_address_known`/`vmxray_data_known` of `kvm_msi_set_irq`, `vmxray_masks_known` of
+//!   `kvm_pic_set_irq`: `…:e bits outside 0x…`, …). `fast_page_fault.ret` is written in the
+//!   target format's `RET_PF_*` numbering (`vmxray_events::spte::RetNumbering`).
 //!
 //! Not carried over, and listed in [`ConvertSummary::not_converted`] when the input had it:
 //! the TSC2NSEC option (an `x86-tsc` trace keeps its cycle counts; trace-cmd then shows cycles
@@ -99,7 +103,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmxray_events::{Comm, EventKind, FieldValue, Fields, ROLE_KNOWN_FIELD};
+use vmxray_events::spte::{PageFaultRet, RetNumbering};
+use vmxray_events::{Comm, EventKind, FieldValue, Fields, KnownEvent};
 
 use crate::bin::Endian;
 use crate::bin::format::{EventFormat, EventFormats, FieldLayout, PageLayout, RecordError};
@@ -947,6 +952,7 @@ fn from_tracefs(
         clock: tree.clock.clone(),
         cpus: Some(cpus),
         kernel: None,
+        excerpt: false,
     };
     let md = metadata(&texts, &tree.formats, tree.layout.page_size, tree.clock.name(), None, cpus);
     let mut writer = TraceDatWriter::create(out, md, opts.writer)?;
@@ -1318,8 +1324,19 @@ fn from_text(
     let mut comm_changes = 0;
     let mut fields_zeroed: BTreeMap<String, u64> = BTreeMap::new();
     let mut stats = ReadStats::default();
+    // Text pasted without its timestamp column: such events keep their place in the input,
+    // written at the time of the event before them.
+    let mut last_ts = 0;
     for item in reader.by_ref() {
-        let event = item?;
+        let mut event = item?;
+        if matches!(event.kind, EventKind::Segment { .. }) {
+            // The reader's capture boundary is no tracepoint (a trace.dat has one capture).
+            continue;
+        }
+        match event.time() {
+            Some(ts) => last_ts = ts,
+            None => event.ts = last_ts,
+        }
         if event.cpu >= MAX_TEXT_CPUS {
             if opts.permissive {
                 stats.skipped += 1;
@@ -1364,18 +1381,39 @@ fn from_text(
                     }
                 }
             }
+            // `fast_page_fault.ret` back to this format's RET_PF_* numbering.
+            if let Some(numbering) = RetNumbering::of_print_fmt(&format.print_fmt)
+                && event.kind.known() == Some(KnownEvent::FastPageFault)
+            {
+                for (name, value) in &mut fields.0 {
+                    if &**name == "ret"
+                        && let Some(ret) = value.as_i64().and_then(|r| i32::try_from(r).ok())
+                    {
+                        *value =
+                            FieldValue::I64(i64::from(numbering.denormalize(PageFaultRet(ret))));
+                    }
+                }
+            }
             let (payload, missing) = encode_record(format, event.pid, &fields);
             for field in missing {
                 let key = format!("{}:{}:{field}", format.system, format.name);
                 *fields_zeroed.entry(key).or_default() += 1;
             }
-            // A role word of which the text showed only some bits: the others become 0s that
-            // read as known.
-            if let Some(known) = fields.get(ROLE_KNOWN_FIELD).and_then(FieldValue::as_u64)
-                && format.field(ROLE_KNOWN_FIELD).is_none()
-            {
-                let key = format!("{}:{}:role bits outside {known:#x}", format.system, format.name);
-                *fields_zeroed.entry(key).or_default() += 1;
+            // A word of which the text showed only some bits (an MMU role, an IOAPIC entry, an
+            // MSI, PIC masks): the others become 0s that read as known.
+            for (name, value) in fields.iter() {
+                let Some(word) =
+                    name.strip_prefix("vmxray_").and_then(|n| n.strip_suffix("_known"))
+                else {
+                    continue;
+                };
+                if let Some(known) = value.as_u64()
+                    && format.field(name).is_none()
+                {
+                    let key =
+                        format!("{}:{}:{word} bits outside {known:#x}", format.system, format.name);
+                    *fields_zeroed.entry(key).or_default() += 1;
+                }
             }
             if let Some(comm) = &event.comm {
                 if comms.get(&event.pid).is_some_and(|c| c != comm) {

@@ -242,13 +242,16 @@ fn check_report_against_events(
         let format = formats.find(ev.system(), ev.name()).expect("a format for each event");
         let hex: HashMap<String, char> =
             common::print_fmt_conversions(&format.print_fmt).into_iter().collect();
+        let casts: HashMap<String, u32> =
+            common::print_fmt_casts(&format.print_fmt).into_iter().collect();
         let tokens: HashMap<&str, &str> =
             body.split_whitespace().filter_map(|t| t.split_once('=')).collect();
         for (field, value) in ev.kind.kernel_fields().iter() {
             let (Some(v), Some(f)) = (scalar(value), format.field(field)) else { continue };
             let token = tokens.get(field).unwrap_or_else(|| panic!("{at}: no {field}="));
             let is_hex = hex.get(field).is_some_and(|c| matches!(c, 'x' | 'X' | 'p'));
-            assert!(same_number(token, v, size_of(f), is_hex), "{at}: {field} = {v:#x}");
+            let size = casts.get(field).copied().unwrap_or_else(|| size_of(f));
+            assert!(same_number(token, v, size, is_hex), "{at}: {field} = {v:#x}");
             fields_compared += 1;
         }
     }

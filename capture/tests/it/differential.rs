@@ -88,13 +88,19 @@ fn split_fields<'a>(rest: &'a str, names: &[&str]) -> HashMap<String, &'a str> {
 fn check_fields(rec: &Record<'_>, fields: &HashMap<String, &str>, what: &str) {
     let convs: HashMap<String, char> =
         common::print_fmt_conversions(&rec.format.print_fmt).into_iter().collect();
+    let casts: HashMap<String, u32> =
+        common::print_fmt_casts(&rec.format.print_fmt).into_iter().collect();
     for f in rec.format.fields.iter().filter(|f| !f.is_common()) {
         let Some(token) = fields.get(&*f.name) else {
             panic!("{what}: peer lacks field {}", f.name)
         };
         match f.layout {
             FieldLayout::Scalar => {
-                let v = f.read_uint(rec.payload, rec.endian).unwrap();
+                let mut v = f.read_uint(rec.payload, rec.endian).unwrap();
+                if let Some(bytes) = casts.get(&*f.name) {
+                    // libtraceevent prints it through the print's cast.
+                    v &= (1u64 << (bytes * 8)) - 1;
+                }
                 let hex = convs.get(&*f.name).map(|c| matches!(c, 'x' | 'X' | 'p'));
                 assert!(
                     common::number_matches(token, v, v as i64, hex),
@@ -133,10 +139,35 @@ fn raw_records(td: &TraceDat) -> HashMap<u32, Vec<(u64, Vec<u8>)>> {
     out
 }
 
+/// A materialized field list with its format's print fmt (which decoders read the kernel
+/// generation from: `fast_page_fault.ret`).
+struct FieldsOf<'a> {
+    fields: vmxray_events::Fields,
+    print_fmt: &'a str,
+}
+
+impl FieldLookup for FieldsOf<'_> {
+    fn uint(&self, name: &str) -> Option<u64> {
+        self.fields.uint(name)
+    }
+    fn string(&self, name: &str) -> Option<&str> {
+        self.fields.string(name)
+    }
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.fields.bytes(name)
+    }
+    fn to_fields(&self) -> vmxray_events::Fields {
+        self.fields.clone()
+    }
+    fn print_fmt(&self) -> Option<&str> {
+        Some(self.print_fmt)
+    }
+}
+
 fn check_typed_matches_fields(formats: &EventFormats, payload: &[u8], kind: &EventKind) {
     // The typed decode (precomputed lookup plan) equals decoding the materialized field list.
     let rec = formats.record(payload).unwrap();
-    let fields = rec.to_fields();
+    let fields = FieldsOf { fields: rec.to_fields(), print_fmt: &rec.format.print_fmt };
     let by_fields = EventKind::decode(&rec.format.system, &rec.format.name, &fields).unwrap();
     assert_eq!(&by_fields, kind);
 }
@@ -202,6 +233,21 @@ fn tracedat_lm_v7_none() {
 #[test]
 fn tracedat_comm_spaces() {
     check_tracedat("comm-spaces-v7-zstd.dat");
+}
+
+/// Real VMX recordings on 6.1 and 6.12 (`samples/real/vmx/`) with the typed MMIO and SPTE
+/// events: `kvm_mmio`, `vcpu_match_mmio`, `kvm_mmu_spte_requested`, `kvm_tdp_mmu_spte_changed`,
+/// `kvm_mmu_set_spte`, and `fast_page_fault` in both `RET_PF_*` numberings.
+#[test]
+fn tracedat_vmx_mmio_and_spte_events_6_1_and_6_12() {
+    for file in [
+        "../vmx/mmio-ept-6.1.dat",
+        "../vmx/mmio-shadow-6.12.dat",
+        "../vmx/l1-invept-6.1.dat",
+        "../vmx/l1-invept-6.12.dat",
+    ] {
+        check_tracedat(file);
+    }
 }
 
 #[test]

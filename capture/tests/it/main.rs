@@ -2,7 +2,9 @@
 
 mod common;
 mod convert;
+mod devices;
 mod differential;
+mod excerpts;
 mod fields_import;
 mod printfmt;
 mod raw_pages;

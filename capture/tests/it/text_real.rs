@@ -337,21 +337,36 @@ fn perf_script_variants_agree() {
 
 #[test]
 fn refused_layouts_explain_themselves_with_the_line_number() {
-    for (variant, line, needle) in [
-        ("text_latency_format.txt", 19, "latency-format"),
-        ("text_nocontext.txt", 3, "context-info"),
-    ] {
-        let mut r = reader(variant, ReadOptions::default());
-        let err = r.next().unwrap().unwrap_err();
-        assert_eq!(err.at, Location::Line(line), "{variant}");
-        assert!(matches!(err.kind, ReadErrorKind::Text(_)));
-        assert!(err.to_string().contains(needle), "{err}");
-        assert!(r.next().is_none(), "strict mode stops after the error");
+    // Text without its context columns reads now (see the next test); the latency format's
+    // relative times are still refused.
+    let variant = "text_latency_format.txt";
+    let mut r = reader(variant, ReadOptions::default());
+    let err = r.next().unwrap().unwrap_err();
+    assert_eq!(err.at, Location::Line(19), "{variant}");
+    assert!(matches!(err.kind, ReadErrorKind::Text(_)));
+    assert!(err.to_string().contains("latency-format"), "{err}");
+    assert!(r.next().is_none(), "strict mode stops after the error");
 
-        let mut r = reader(variant, ReadOptions { permissive: true });
-        assert_eq!(r.by_ref().count(), 0);
-        assert_eq!(r.stats().skipped, 48, "{variant}");
-    }
+    let mut r = reader(variant, ReadOptions { permissive: true });
+    assert_eq!(r.by_ref().count(), 0);
+    assert_eq!(r.stats().skipped, 48, "{variant}");
+}
+
+#[test]
+fn text_without_its_context_columns_reads_as_events_without_a_time() {
+    // ftrace with `options/context-info` off: `event: body` and nothing else.
+    let mut r = reader("text_nocontext.txt", ReadOptions::default());
+    let events: Vec<_> = r.by_ref().map(Result::unwrap).collect();
+    assert_eq!(events.len(), 48);
+    assert!(events.iter().all(|e| e.time().is_none() && e.pid == -1 && e.comm.is_none()));
+    assert!(events.iter().any(|e| matches!(e.kind, EventKind::KvmEmulateInsn { .. })));
+    assert!(r.stats().is_clean(), "{:?}", r.stats());
+    // Read whole, as `open` reads a small file: the same events, and it is an excerpt.
+    let mut whole =
+        vmxray_capture::open(&sample("text_nocontext.txt"), ReadOptions::default()).unwrap();
+    let again: Vec<_> = whole.by_ref().map(Result::unwrap).collect();
+    assert_eq!(again, events);
+    assert!(whole.meta().excerpt);
 }
 
 #[test]

@@ -476,6 +476,12 @@ fn emulate_insn_kernel_and_plugin() {
         kvm("kvm_emulate_insn", "f0000:fff0:ea 5b e0 00 f0 (real)"),
         insn(0xfff0, 0xf0000, &[0xea, 0x5b, 0xe0, 0x00, 0xf0], 0, false)
     );
+    // KVM could not fetch the instruction (insn_len 0): no bytes, only the mode and `failed`.
+    assert_eq!(kvm("kvm_emulate_insn", "0:7c00: (real) failed"), insn(0x7c00, 0, &[], 0, true));
+    assert_eq!(
+        kvm("kvm_emulate_insn", "10:ffffffff81000000: (prot64)"),
+        insn(0xffff_ffff_8100_0000, 0x10, &[], 9, false)
+    );
     assert_eq!(kvm("kvm_emulate_insn", "0:1000: ff c0"), insn(0x1000, 0, &[0xff, 0xc0], 0, false));
     assert_eq!(
         kvm("kvm_emulate_insn", "0:1000: ff c0 FAIL"),
@@ -627,9 +633,10 @@ fn bad_lines_stop_strict_mode_at_their_line_and_are_counted_in_permissive_mode()
     let text = "\
 # tracer: nop
             a-10    [000]   5.000001: kvm_fpu: load
-this is not a trace line
+            a-10    [000] garbage 5.000001: x
             a-10    [000]   5.000002: kvm_cr: cr_write banana
             a-10    [000]   5.000003: kvm_cr: cr_write 3 = 0x1000
+this is not a trace line: prose is skipped in every mode
 ";
     let (events, _) = read(text, ReadOptions::default());
     assert_eq!(events.len(), 2);
@@ -653,6 +660,9 @@ this is not a trace line
     assert_eq!(problems, [Location::Line(3), Location::Line(4)]);
     assert!(matches!(&r.stats().problems[1].kind, ReadErrorKind::Text(_)));
     assert!(r.stats().problems[1].to_string().contains("Cannot read the kvm_cr text"));
+    assert!(r.stats().problems[1].to_string().contains("--permissive"));
+    assert_eq!(r.stats().non_trace_lines, 1);
+    assert_eq!(r.stats().non_trace[0].line, 6);
 }
 
 #[test]

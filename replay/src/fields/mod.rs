@@ -355,8 +355,14 @@ pub fn derive(
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
         | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

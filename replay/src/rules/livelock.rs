@@ -23,13 +23,15 @@
 //! | page-fault livelock | a fault exit (EPT violation, `#PF`, `#NPF`) that no emulation follows, the guest resuming at the faulting RIP |
 //! | exception-delivery loop | an exception KVM injects every round |
 //! | interrupt re-injection loop | an interrupt re-injected every round |
-//! | EOI loop | a `KVM_EXIT_IOAPIC_EOI` every round, with only interrupt exits besides |
+//! | EOI loop | a `KVM_EXIT_IOAPIC_EOI` every round, with only interrupt exits besides or the EOIed vector raised again |
+//! | level-triggered interrupt storm | the guest EOIs a level-triggered vector and it is raised again (`kvm_eoi`, `kvm_apic_accept_irq`) every round |
 //!
 //! A cycle of completed instructions (the same port I/O or MMIO access in a guest loop) is the
 //! guest's own loop and is not reported. The totals of every loop (repeats, time) are in the
 //! trace summary ([`crate::LoopSummary`]).
 
 use vmxray_events::codes::{ExitCode, IntrInfo, SvmExitCode, UserspaceExitReason, VmxBasicReason};
+use vmxray_events::irq::IrqEvent;
 use vmxray_events::{Entry, Event, EventKind, ExitInfo};
 
 use super::{Ctx, hex};
@@ -80,6 +82,10 @@ enum Sig {
     Pio { port: u32, write: bool },
     /// `kvm_msr`.
     Msr { index: u32, write: bool, exception: bool },
+    /// `kvm_eoi` / `kvm_pv_eoi`: the guest ended the interrupt `vector`.
+    Eoi { vector: i32 },
+    /// `kvm_apic_accept_irq`: `vector` raised at the local APIC (`level`-triggered or edge).
+    Raise { vector: u8, level: bool },
 }
 
 /// What a stuck cycle is.
@@ -94,8 +100,11 @@ pub enum LoopKind {
     ExceptionDelivery,
     /// The same interrupt re-injected every round.
     InterruptReinjection,
-    /// An EOI exit to userspace every round and nothing but interrupts besides.
+    /// An EOI exit to userspace every round and nothing but interrupts besides, or the EOI
+    /// raising the same level-triggered interrupt again.
     Eoi,
+    /// Each EOI of a level-triggered interrupt raises it again: the line is never lowered.
+    InterruptStorm,
 }
 
 impl LoopKind {
@@ -107,6 +116,7 @@ impl LoopKind {
             Self::ExceptionDelivery => "exception-delivery loop",
             Self::InterruptReinjection => "interrupt re-injection loop",
             Self::Eoi => "EOI loop",
+            Self::InterruptStorm => "level-triggered interrupt storm",
         }
     }
 }
@@ -269,6 +279,12 @@ fn signature(st: &mut State, event: &Event) -> Option<Sig> {
         EventKind::KvmMsr { write, index, exception, .. } => {
             Sig::Msr { index: *index, write: *write, exception: *exception }
         }
+        EventKind::Irq(IrqEvent::Eoi { vector, .. } | IrqEvent::PvEoi { vector, .. }) => {
+            Sig::Eoi { vector: *vector }
+        }
+        EventKind::Irq(IrqEvent::ApicAcceptIrq(a)) => {
+            Sig::Raise { vector: a.vector, level: a.level }
+        }
         _ => return None,
     };
     Some(sig)
@@ -319,6 +335,17 @@ fn classify(sigs: &[Sig]) -> Option<LoopKind> {
     let eoi = any(
         &|s| matches!(s, Sig::Userspace { reason, .. } if *reason == UserspaceExitReason::IOAPIC_EOI.0),
     );
+    // The guest EOIs a level-triggered vector and the same vector is raised again, every
+    // round: whatever the guest's handler does, the line stays asserted.
+    let reraised = sigs.iter().any(|s| match s {
+        Sig::Eoi { vector } => sigs.iter().any(
+            |r| matches!(r, Sig::Raise { vector: v, level: true } if i32::from(*v) == *vector),
+        ),
+        _ => false,
+    });
+    if reraised {
+        return Some(if eoi { LoopKind::Eoi } else { LoopKind::InterruptStorm });
+    }
     let only_interrupts = sigs.iter().all(|s| match s {
         Sig::Exit { reason, .. } | Sig::Reflect { reason, .. } => is_interrupt_exit(*reason),
         Sig::Pio { .. } | Sig::Msr { .. } | Sig::Emulate { .. } | Sig::Cr { .. } => false,
@@ -415,6 +442,11 @@ fn describe(sig: Sig) -> String {
         Sig::Pio { port, write } => {
             format!("kvm_pio {} port {port:#x}", if write { "write" } else { "read" })
         }
+        Sig::Eoi { vector } => format!("kvm_eoi vector {vector:#x}"),
+        Sig::Raise { vector, level } => format!(
+            "kvm_apic_accept_irq vector {vector:#x} ({})",
+            if level { "level" } else { "edge" }
+        ),
         Sig::Msr { index, write, exception } => format!(
             "kvm_msr {} {index:#x}{}",
             if write { "write" } else { "read" },

@@ -38,6 +38,7 @@ pub mod role_change_root_reload;
 pub mod root_gfn_not_cr3;
 pub mod root_wrong_level;
 pub mod root_wrong_smm;
+pub mod rsm_l1_state;
 pub mod smm_nested_return;
 pub mod unexplained_vmenter;
 pub mod vmptr_without_vmptrld;
@@ -74,6 +75,13 @@ impl Ctx<'_> {
         if !self.findings.enabled.contains(rule) {
             return;
         }
+        let (severity, message) = match rule.gap_explainable() {
+            Some(omitted) if self.config.excerpt && severity > Severity::Info => (
+                Severity::Info,
+                format!("{} (excerpt: {omitted} may be among the lines it leaves out)", message()),
+            ),
+            _ => (severity, message()),
+        };
         let mut evidence = evidence.to_vec();
         evidence.sort_unstable();
         evidence.dedup();
@@ -83,7 +91,7 @@ impl Ctx<'_> {
             vcpu: self.actor,
             at: self.at,
             evidence,
-            message: message(),
+            message,
         });
     }
 }
@@ -104,6 +112,7 @@ pub(crate) struct RuleStates {
     pub root_gfn: root_gfn_not_cr3::State,
     pub guest_mmu_role: guest_mmu_root_role::State,
     pub smm_return: smm_nested_return::State,
+    pub rsm_l1: rsm_l1_state::State,
     pub l2_pf: l2_pf_not_handled_by_l0::State,
     pub role_change: role_change_root_reload::State,
     pub hlt_cancelled: hlt_cancelled_exit_state::State,
@@ -133,6 +142,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             l2_pf_not_handled_by_l0::on_inject(ctx, &mut rs.l2_pf, info);
             reset_root_role::disturb(&mut rs.reset_root_role);
             hlt_cancelled_exit_state::on_inject(ctx, &mut rs.hlt_cancelled, info);
+            rsm_l1_state::on_inject(ctx, &mut rs.rsm_l1);
         }
         EventKind::KvmNestedVmenter(v) => {
             unexplained_vmenter::on_vmenter(ctx, v);
@@ -145,6 +155,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             invvpid_root_not_reacquired::on_vmenter(ctx, &mut rs.invvpid_root, v);
             evmcs_restore_stale_exit::on_vmenter(ctx, &mut rs.evmcs, v);
             smm_nested_return::on_vmenter(ctx, &mut rs.smm_return, v);
+            rsm_l1_state::on_vmenter(ctx, &mut rs.rsm_l1);
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
             reset_root_role::disturb(&mut rs.reset_root_role);
         }
@@ -165,6 +176,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             early_vmfail_resume::on_entry(ctx, &mut rs.early_vmfail, e);
             late_vmfail_resume::on_entry(ctx, &mut rs.late_vmfail_resume, e);
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
+            rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
         }
@@ -192,6 +204,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         EventKind::KvmMmuPagetableWalk { .. } => root_gfn_not_cr3::close(&mut rs.root_gfn),
         EventKind::KvmSmmTransition { entering, .. } => {
             smm_nested_return::on_smm(ctx, &mut rs.smm_return, *entering);
+            rsm_l1_state::on_smm(ctx, &mut rs.rsm_l1, *entering);
             role_change_root_reload::on_smm(ctx, &mut rs.role_change);
             reset_root_role::disturb(&mut rs.reset_root_role);
             hlt_cancelled_exit_state::on_silent_exit(&mut rs.hlt_cancelled);
@@ -215,9 +228,15 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
         | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Other(_)
         | EventKind::Lost { .. } => {}
     }

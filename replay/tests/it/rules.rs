@@ -2,7 +2,7 @@
 //! yields the anomaly at the right event with the right evidence; the fixed sequence yields none.
 
 use crate::common::*;
-use vmxray_replay::{RuleId, Severity};
+use vmxray_replay::{Model, ModelConfig, RuleId, Severity};
 
 const A: u64 = 0x1000_0000;
 const B: u64 = 0x2000_0000;
@@ -354,6 +354,25 @@ fn entry_without_exit() {
 }
 
 #[test]
+fn in_an_excerpt_an_absence_is_info_and_names_the_cut() {
+    // The same missing kvm_exit: an error in a whole trace, info in an excerpt (the poster's
+    // cut is the likelier cause); a value divergence keeps its severity in both.
+    let mut t = EventBuilder::new();
+    t.entry(0x1000);
+    t.exit(CPUID, 0x1000);
+    t.entry(0x1002);
+    t.entry(0x1000);
+    let excerpt = ModelConfig { excerpt: true, ..ModelConfig::default() };
+    let whole = of(&run(&t.events), RuleId::EntryWithoutExit);
+    assert_eq!(whole[0].severity, Severity::Error);
+    let cut = of(&Model::new(excerpt).run(&t.events), RuleId::EntryWithoutExit);
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].severity, Severity::Info);
+    assert!(cut[0].message.contains("the kvm_exit between the two entries"), "{}", cut[0]);
+    assert_eq!(RuleId::RootWrongLevel.gap_explainable(), None);
+}
+
+#[test]
 fn entry_without_exit_excuses_the_late_vmfail() {
     let (t, ..) = late_vmfail(5, 0x313, false);
     assert!(of(&run(&t.events), RuleId::EntryWithoutExit).is_empty());
@@ -605,6 +624,42 @@ fn smm_nested_return() {
     assert_one(&t.events, RuleId::SmmNestedReturn, rsm + 1, &[smi, rsm]);
     let (fixed, ..) = build(Some(A));
     assert_clean(&fixed.events);
+}
+
+#[test]
+fn rsm_l1_state() {
+    // SMI in L2, RSM (emulated after a #UD exit) back into L2, L2's first exit reflected to L1.
+    let build = |l1_rip: u64| {
+        let mut t = EventBuilder::new();
+        t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+        t.exit(EXTERNAL_INTERRUPT, 0xa000);
+        t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa000, 0, 0);
+        t.smm(true);
+        t.entry(0x8000);
+        let rsm = t.exit_full(EXCEPTION_NMI, 0x8010, 0, 0x8000_0306);
+        let left = t.smm(false);
+        let back = t.vmenter(A, 0xa000, true, EPTP);
+        t.entry(0xa000);
+        t.exit(CPUID, 0xa004);
+        t.nested_vmexit_full(CPUID, 0xa004, 0, 0);
+        let reflected = t.inject(CPUID);
+        let at = t.entry(l1_rip);
+        (t, [rsm, left, back, reflected], at)
+    };
+    let (t, evidence, at) = build(0x8010);
+    let a = assert_one(&t.events, RuleId::RsmL1State, at, &evidence);
+    assert!(a.message.contains("RSM instruction"), "{a}");
+    let (fixed, ..) = build(0x200);
+    assert_clean(&fixed.events);
+    // RSM back to L1 (no nested re-entry): nothing to check, nothing reported.
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    t.smm(true);
+    t.entry(0x8000);
+    t.exit_full(EXCEPTION_NMI, 0x8010, 0, 0x8000_0306);
+    t.smm(false);
+    t.entry(0x8010);
+    assert!(run(&t.events).iter().all(|a| a.rule != RuleId::RsmL1State));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use vmxray_events::codes::{IntrInfo, Isa, MmuPageRole};
 use vmxray_events::fields::{FieldValue, Fields};
 use vmxray_events::{Event, EventKind, MmuPage, NestedVmenter};
 
-use super::kernel::{HwExit, KernelVersion};
+use super::kernel::{HwExit, KernelVersion, SvmExit};
 use super::rng::Rng;
 use super::truth::{Vmcs12Field, Vmcs12Write, Writer};
 use super::{Bug, KvmFlavour};
@@ -34,6 +34,23 @@ pub(crate) mod reason {
     pub(crate) const INVEPT: u32 = 50;
     pub(crate) const PREEMPTION_TIMER: u32 = 52;
     pub(crate) const PML_FULL: u32 = 62;
+    pub(crate) const INVALID_STATE: u32 = 33;
+    pub(crate) const LDTR_TR: u32 = 47;
+    pub(crate) const EPT_MISCONFIG: u32 = 49;
+}
+
+/// SVM exit codes used by the scenarios (APM vol. 2, appendix C; reference §4.2).
+pub(crate) mod svm {
+    pub(crate) const EXCP_GP: u64 = 0x04d;
+    pub(crate) const INTR: u64 = 0x060;
+    pub(crate) const CPUID: u64 = 0x072;
+    pub(crate) const RSM: u64 = 0x073;
+    pub(crate) const IOIO: u64 = 0x07b;
+    pub(crate) const MSR: u64 = 0x07c;
+    pub(crate) const VMRUN: u64 = 0x080;
+    pub(crate) const NPF: u64 = 0x400;
+    /// `SVM_EXIT_SW`: the code KVM gives the silent #VMEXIT it performs itself (SMI entry).
+    pub(crate) const SW: u64 = 0xf000_0000;
 }
 
 /// Interruption-information values (reference §4.5).
@@ -42,6 +59,8 @@ pub(crate) mod intr {
     pub(crate) const PF: u32 = 0x8000_0b0e;
     /// #UD.
     pub(crate) const UD: u32 = 0x8000_0306;
+    /// #GP, hardware exception with error code.
+    pub(crate) const GP: u32 = 0x8000_0b0d;
     /// External interrupt with `vector`.
     pub(crate) fn ext(vector: u8) -> u32 {
         0x8000_0000 | u32::from(vector)
@@ -94,6 +113,17 @@ pub(crate) struct LocalSite {
     pub(crate) first_difference: usize,
     pub(crate) divergence: usize,
     pub(crate) note: &'static str,
+    /// For a loop: the local index of the first event of every round.
+    pub(crate) cycle_starts: Vec<usize>,
+}
+
+/// A landmark ([`super::truth::Landmark`]) in this vCPU's local event indices.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalLandmark {
+    pub(crate) what: &'static str,
+    pub(crate) at: usize,
+    pub(crate) evidence: Vec<usize>,
+    pub(crate) note: &'static str,
 }
 
 /// One vCPU thread: its identity, clock, output, and KVM's state for it.
@@ -112,6 +142,7 @@ pub(crate) struct Vcpu {
     pub(crate) events: Vec<Event>,
     pub(crate) writes: Vec<(usize, Vmcs12Write)>,
     pub(crate) sites: Vec<LocalSite>,
+    pub(crate) landmarks: Vec<LocalLandmark>,
     /// No more events on this vCPU (it shut down or blocked forever).
     pub(crate) dead: bool,
 
@@ -156,6 +187,9 @@ pub(crate) mod role {
     pub(crate) const SHADOW_EPT_ROOT: u32 = 4 | ACC_ALL | GUEST_MODE;
     /// A guest_mmu leaf page (level 1).
     pub(crate) const SHADOW_EPT_LEAF: u32 = 1 | ACC_ALL | GUEST_MODE;
+    /// The TDP-MMU root L2 runs on when L1 does not use nested EPT: direct, guest_mode.
+    pub(crate) const TDP_GUEST_MODE_ROOT: u32 =
+        4 | DIRECT | ACC_ALL | EFER_NX | CR0_WP | GUEST_MODE;
     /// A direct PAE root of an unpaged guest (after RESET/INIT, shadow MMU).
     pub(crate) const DIRECT_PAE_ROOT: u32 = 2 | DIRECT | ACC_ALL | EFER_NX;
 }
@@ -184,6 +218,7 @@ impl Vcpu {
             events: Vec::new(),
             writes: Vec::new(),
             sites: Vec::new(),
+            landmarks: Vec::new(),
             dead: false,
             mode: Mode::L1,
             l1_rip: 0,
@@ -241,7 +276,12 @@ impl Vcpu {
         for (n, v) in fields {
             f.push(*n, v.clone());
         }
-        self.ev(EventKind::untyped(system.into(), name.into(), f))
+        // Decoded as every reader decodes it: the events vmxray types (interrupt controller,
+        // MMIO, SPTE) become typed, anything else stays untyped.
+        let kind = EventKind::decode(system, name, &f).unwrap_or_else(|e| {
+            panic!("the simulator's {system}:{name} lacks a field its decoder needs: {e}")
+        });
+        self.ev(kind)
     }
 
     /// `kvm_vcpu_wakeup` after the vCPU blocked for `ns`.
@@ -270,7 +310,25 @@ impl Vcpu {
         divergence: usize,
         note: &'static str,
     ) {
-        self.sites.push(LocalSite { bug, trigger, first_difference, divergence, note });
+        self.sites.push(LocalSite {
+            bug,
+            trigger,
+            first_difference,
+            divergence,
+            note,
+            cycle_starts: Vec::new(),
+        });
+    }
+
+    /// Marks a landmark (local indices).
+    pub(crate) fn landmark(
+        &mut self,
+        what: &'static str,
+        at: usize,
+        evidence: Vec<usize>,
+        note: &'static str,
+    ) {
+        self.landmarks.push(LocalLandmark { what, at, evidence, note });
     }
 
     /// Records a vmcs12 field write (the ground truth), when the value changes.
@@ -342,7 +400,17 @@ impl Vcpu {
                 self.guest_mmu_root = Some(v.eptp);
                 self.sync_unsync_pages();
             }
-        } else if !self.l0_ept {
+        } else if self.l0_ept {
+            // L2 without nested EPT runs on L0's TDP MMU with role.guest_mode set: the VM's
+            // first L2 entry allocates that direct root (`kvm_mmu_get_page l4 direct guest_mode
+            // gfn 0 new`, as in the real l1-hlt/l1-noept recordings); later entries, on any
+            // vCPU, reuse it without an event (TDP-MMU roots are per VM; the simulated VM's
+            // first L2 entry is vCPU 0's).
+            let root = (0, role::TDP_GUEST_MODE_ROOT);
+            if self.id == 0 && !self.shadow_pages.contains(&root) {
+                self.get_page(root.0, root.1);
+            }
+        } else {
             let root = (self.l2_cr3 >> 12, role::LONG_MODE_ROOT | role::GUEST_MODE);
             if self.shadow_root != Some(root) {
                 self.get_page(root.0, root.1);
@@ -394,13 +462,49 @@ impl Vcpu {
                 (self.l2_rip, inj)
             }
         };
-        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), 0))
+        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), 0, false))
     }
 
     /// `kvm_entry` with an event KVM injects itself (exception or interrupt into this level).
     pub(crate) fn enter_injecting(&mut self, inj: u32, err: u32) -> usize {
         let rip = self.rip();
-        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), err))
+        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), err, false))
+    }
+
+    /// `kvm_entry … [immediate exit]`: KVM enters the current level only to take an exit right
+    /// away (its own preemption timer set to 0), because an event is pending that it could not
+    /// deliver before this entry (`req_immediate_exit`).
+    pub(crate) fn enter_immediate_exit(&mut self) -> usize {
+        let (rip, inj) = match self.mode {
+            Mode::L1 => (self.l1_rip, 0),
+            Mode::L2 => (self.l2_rip, self.current_vmcs12().map_or(0, |v| v.entry_intr)),
+        };
+        self.ev(self.kernel.entry_event(self.id, rip, IntrInfo(inj), 0, true))
+    }
+
+    /// KVM emulates a VMX instruction with a memory operand (VMPTRLD, VMCLEAR, INVEPT,
+    /// INVVPID, VMXON): it walks L1's page tables to read the operand (`kvm_mmu_pagetable_walk`
+    /// and one `kvm_mmu_paging_element` per level; the real recordings show this for every such
+    /// exit). `levels` is how deep L1 maps the operand (2 with 2 MiB pages).
+    pub(crate) fn walk_operand(&mut self, gva: u64, levels: u32) {
+        self.walk_guest(gva, 0, levels);
+    }
+
+    /// A walk of the running level's page tables for `gva` that succeeds: the walk event and
+    /// one `kvm_mmu_paging_element` per level (`levels` deep, 2 MiB leaves above level 1).
+    pub(crate) fn walk_guest(&mut self, gva: u64, pferr: u32, levels: u32) {
+        self.ev(EventKind::KvmMmuPagetableWalk { addr: gva, pferr });
+        let leaf_level = 5 - levels.clamp(1, 4);
+        for level in (leaf_level..=4).rev() {
+            let pte = if level == leaf_level {
+                // A 2 MiB (PS) or 4 KiB leaf, present, writable, accessed (and dirty).
+                let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
+                (gva & !page_mask) | if level > 1 { 0xe3 } else { 0x63 }
+            } else {
+                (0x3000 + u64::from(4 - level) * 0x1000) | 0x23
+            };
+            self.ev(EventKind::KvmMmuPagingElement { pte, level });
+        }
     }
 
     /// L1 executes an instruction of `len` bytes that exits; L0 handles it (`handler`) and
@@ -439,12 +543,31 @@ impl Vcpu {
     /// L1 executes VMPTRLD: releasing a different current vmcs12 frees all guest_mmu roots
     /// (`nested_release_vmcs12`, reference §2.9).
     pub(crate) fn l1_vmptrld(&mut self, vmptr: u64) {
-        self.l1_exit(HwExit::new(reason::VMPTRLD, 0), 4, move |v| {
+        // The operand is a pointer in L1's memory (the real L1 keeps it on its stack).
+        let operand = self.l1_operand_gva();
+        let levels = self.l1_operand_levels();
+        self.l1_exit(HwExit::new(reason::VMPTRLD, 0).qual(0x8), 5, move |v| {
+            v.walk_operand(operand, levels);
             if v.current != Some(vmptr) {
                 v.guest_mmu_root = None;
             }
             v.current = Some(vmptr);
         });
+    }
+
+    /// Where L1 keeps a VMX instruction's memory operand (its stack).
+    pub(crate) fn l1_operand_gva(&self) -> u64 {
+        if self.l1_rip >= 0xffff_8000_0000_0000 {
+            0xffff_c900_0003_bd80
+        } else {
+            0x0000_0000_000f_fec0
+        }
+    }
+
+    /// How many paging levels L1 walks for its operand: 2 MiB pages for an identity-mapped
+    /// separation kernel (3 levels), 4 KiB pages for a Linux-like L1 (4).
+    pub(crate) fn l1_operand_levels(&self) -> u32 {
+        if self.l1_rip >= 0xffff_8000_0000_0000 { 4 } else { 3 }
     }
 
     /// L1 writes a vmcs12 field through its shadow VMCS (no exit) or, for the fields KVM does
@@ -512,6 +635,28 @@ impl Vcpu {
         }
         self.l2_hw_entry(&v);
         Entered::Running
+    }
+
+    /// L1 executes VMLAUNCH/VMRESUME of a running (not HLT) vmcs12 after its emulated VMX
+    /// preemption timer expired while L1 itself ran (as in every slice end of the real
+    /// `l1-rr-3`/`l1-hlt` recordings, 6.1 and 6.12): KVM cannot synthesize the timer's nested
+    /// exit while the entry is pending (`nested_run_pending`), so it enters L2 with an
+    /// immediate exit (`kvm_entry … [immediate exit]`), takes the hardware PREEMPTION_TIMER exit
+    /// (`kvm_exit` + `kvm_nested_vmexit`), and then synthesizes L1's PREEMPTION_TIMER exit
+    /// (`kvm_nested_vmexit_inject`). Returns the inject's local index.
+    pub(crate) fn l1_vmentry_timer_expired(&mut self) -> usize {
+        let vmptr = self.current.unwrap_or(0);
+        let v = self.vmcs12s.get(&vmptr).cloned().unwrap_or_else(|| empty_vmcs12(vmptr));
+        let rip = self.l1_rip;
+        let r = if v.launched { reason::VMRESUME } else { reason::VMLAUNCH };
+        self.hw_exit(HwExit::new(r, rip), false);
+        self.enter_non_root_mode(&v, rip);
+        self.load_l2_mmu(&v);
+        self.enter_immediate_exit();
+        self.vmcs02_cr3 = self.l2_cr3;
+        let l2_rip = self.l2_rip;
+        self.hw_exit(HwExit::new(reason::PREEMPTION_TIMER, l2_rip), false);
+        self.nested_vmexit(reason::PREEMPTION_TIMER, 0, 0, 0, 0)
     }
 
     /// `nested_vmx_enter_non_root_mode`: the tracepoint, then `prepare_vmcs02`.
@@ -699,11 +844,16 @@ impl Vcpu {
                 // tables itself; the exit qualification is the faulting address (CR2).
                 let cr2 =
                     self.l2_rip & !0xfff | 0x0000_7f00_0000_0000 | self.rng.range(0, 0xfff) & !7;
-                let pferr = 0x6;
+                // A supervisor write to a page L0 has not shadowed yet (the subjects run at
+                // CPL 0, as the real L1's do).
+                let pferr = 0x2;
                 let (kernel, id, rip) = (self.kernel, self.id, self.l2_rip);
                 let x = HwExit::new(reason::EXCEPTION_NMI, 0).qual(cr2).intr(intr::PF, pferr);
                 self.l2_exit_l0(x, true, move |v| {
                     v.ev(kernel.page_fault_event(id, rip, cr2, u64::from(pferr)));
+                    // The shadow MMU walks L2's page tables for CR2 (the real recordings show
+                    // the walk in every such exit).
+                    v.walk_guest(cr2, pferr, 4);
                 });
             }
             _ => {
@@ -714,10 +864,65 @@ impl Vcpu {
                 let rip = self.l2_rip;
                 let kernel = self.kernel;
                 let id = self.id;
+                let nested_ept = self.current_vmcs12().is_some_and(|v| v.nested_ept);
                 self.l2_exit_l0(HwExit::new(reason::EPT_VIOLATION, 0).qual(qual), true, move |v| {
                     v.ev(kernel.page_fault_event(id, rip, gpa, qual));
+                    if nested_ept {
+                        v.walk_ept12(gpa, qual);
+                    }
                 });
             }
+        }
+    }
+
+    /// Under nested EPT, L0 handles an L2 EPT violation by walking EPT12 for the L2 GPA
+    /// (`kvm_mmu_pagetable_walk` with the PFERR bits KVM derives from the qualification, one
+    /// `kvm_mmu_paging_element` per level), as every such exit of the real recordings shows.
+    pub(crate) fn walk_ept12(&mut self, l2_gpa: u64, qual: u64) {
+        // read → USER, write → WRITE, fetch → FETCH, any of RWX permitted → PRESENT (§4.4).
+        let pferr = u32::from(qual & 1 != 0) << 2
+            | u32::from(qual & 2 != 0) << 1
+            | u32::from(qual & 4 != 0) << 4
+            | u32::from(qual & 0x38 != 0);
+        self.walk_ept12_pferr(l2_gpa, pferr);
+    }
+
+    /// L0 walks L2's page tables for `gva` under nested EPT (emulating an L2 instruction): the
+    /// outer walk (`pferr` = the access), an EPT12 walk (W|U: the A/D update) for every L2
+    /// paging structure before its `kvm_mmu_paging_element`, and a last EPT12 walk of the page
+    /// itself (U plus the access's W/F bits), as in the real `l1-triple-fault` recordings.
+    /// `levels`: how many levels L2's tables have for `gva` (3 with 2 MiB pages).
+    pub(crate) fn walk_l2_two_dimensional(&mut self, gva: u64, pferr: u32, levels: u32) {
+        self.ev(EventKind::KvmMmuPagetableWalk { addr: gva, pferr });
+        let leaf_level = 5 - levels.clamp(1, 4);
+        let mut table = self.l2_cr3 & !0xfff;
+        let mut page = gva & !0xfff;
+        for level in (leaf_level..=4).rev() {
+            self.walk_ept12_pferr(table, 0x6);
+            let pte = if level == leaf_level {
+                let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
+                page = gva & !page_mask & 0x0000_ffff_ffff_f000;
+                page | if level > 1 { 0xa3 } else { 0x23 }
+            } else {
+                table = table.wrapping_sub(0x8000) & 0x0000_ffff_ffff_f000;
+                table | 0x23
+            };
+            self.ev(EventKind::KvmMmuPagingElement { pte, level });
+        }
+        self.walk_ept12_pferr(page, 0x4 | (pferr & 0x12));
+    }
+
+    /// An EPT12 walk for `l2_gpa` with KVM's PFERR bits for the access.
+    pub(crate) fn walk_ept12_pferr(&mut self, l2_gpa: u64, pferr: u32) {
+        self.ev(EventKind::KvmMmuPagetableWalk { addr: l2_gpa, pferr });
+        let eptp = self.current_vmcs12().map_or(0, |v| v.eptp & !0xfff);
+        for level in (1..=4u32).rev() {
+            let pte = if level == 1 {
+                l2_gpa & !0xfff | 0x37
+            } else {
+                (eptp + u64::from(5 - level) * 0x8000) | 0x107
+            };
+            self.ev(EventKind::KvmMmuPagingElement { pte, level });
         }
     }
 
@@ -797,6 +1002,91 @@ impl Vcpu {
         if self.pml_entries >= PML_ENTRIES {
             self.pml_full();
         }
+    }
+
+    // ---- events every scenario may need ------------------------------------------------
+
+    /// `kvm_inj_exception` in this kernel's layout.
+    pub(crate) fn inj_exception(
+        &mut self,
+        vector: u8,
+        err: Option<u32>,
+        reinjected: bool,
+    ) -> usize {
+        let reinjected = self.kernel.injection_has_reinjected().then_some(reinjected);
+        self.ev(EventKind::KvmInjException {
+            exception: vmxray_events::codes::ExceptionVector(vector),
+            has_error: err.is_some(),
+            error_code: err.unwrap_or(0),
+            reinjected,
+        })
+    }
+
+    /// `kvm_inj_virq` (an external interrupt injected into the running level).
+    pub(crate) fn inj_virq(&mut self, vector: u8, reinjected: bool) -> usize {
+        let newer = self.kernel.injection_has_reinjected();
+        self.ev(EventKind::KvmInjVirq {
+            vector: u32::from(vector),
+            soft: newer.then_some(false),
+            reinjected: newer.then_some(reinjected),
+        })
+    }
+
+    /// `kvm_userspace_exit`: KVM_RUN returns to the VMM (`errno` < 0 for an error).
+    pub(crate) fn userspace_exit(&mut self, reason: u32, errno: i32) -> usize {
+        self.ev(EventKind::KvmUserspaceExit {
+            reason: vmxray_events::codes::UserspaceExitReason(reason),
+            errno: Some(errno),
+        })
+    }
+
+    /// `kvm_fpu load|unload` (KVM_RUN entry and exit of the vCPU thread).
+    pub(crate) fn fpu(&mut self, load: bool) -> usize {
+        self.other("kvm", "kvm_fpu", &[("load", FieldValue::U64(u64::from(load)))])
+    }
+
+    /// `kvm_emulate_insn` for `insn` at `rip` (64-bit code).
+    pub(crate) fn emulate_insn(&mut self, rip: u64, insn: &[u8], failed: bool) -> usize {
+        self.ev(EventKind::KvmEmulateInsn {
+            rip,
+            csbase: 0,
+            insn: vmxray_events::InsnBytes::new(insn, insn.len()),
+            flags: 9,
+            failed,
+        })
+    }
+
+    /// `kvm_mmu_walker_error` (a guest walk that failed with `pferr`).
+    pub(crate) fn walker_error(&mut self, pferr: u32) -> usize {
+        self.ev(EventKind::KvmMmuWalkerError { pferr })
+    }
+
+    /// An SVM #VMEXIT: `kvm_exit` (isa 2) and, in L2, `kvm_nested_vmexit` (`svm_handle_exit`
+    /// traces it for every exit in guest mode).
+    pub(crate) fn svm_exit(&mut self, x: SvmExit) -> usize {
+        let idx = self.ev(self.kernel.svm_exit_event(false, self.id, &x));
+        if self.mode == Mode::L2 {
+            self.ev(self.kernel.svm_exit_event(true, self.id, &x));
+        }
+        idx
+    }
+
+    /// `kvm_nested_vmexit_inject` on SVM (`nested_svm_vmexit` traces it for every nested
+    /// #VMEXIT, the SMI's `SVM_EXIT_SW` included).
+    pub(crate) fn svm_inject(&mut self, code: u64, info1: u64, info2: u64) -> usize {
+        use vmxray_events::codes::{ExitCode, SvmExitCode};
+        use vmxray_events::{ExitFields, ExitInfo};
+        self.ev(EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
+            reason: ExitCode::Svm(SvmExitCode(code)),
+            isa: Some(Isa::Svm),
+            guest_rip: None,
+            info1: Some(info1),
+            info2: Some(info2),
+            intr_info: Some(IntrInfo(0)),
+            error_code: Some(0),
+            vcpu_id: None,
+            requests: None,
+        })))
     }
 
     /// KVM's cached copy of the current vmcs12.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
-use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa};
+use vmxray_events::codes::{ExitCode, ExitReason, IntrInfo, Isa, SvmExitCode};
 use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo};
 
 /// The host kernel whose tracepoint layouts the simulator reproduces.
@@ -14,10 +14,13 @@ pub enum KernelVersion {
     /// `intr_info`/`error_code`; no `kvm_nested_vmenter` (nested entry is only visible as a
     /// VMLAUNCH/VMRESUME `kvm_exit` followed by an L2 `kvm_entry`).
     V5_10,
-    /// 6.1: adds `kvm_nested_vmenter` with `guest_pgd`/`tdp_enabled`.
+    /// 6.1: adds `kvm_nested_vmenter` with `guest_pgd`/`tdp_enabled`; `kvm_page_fault` carries
+    /// `vcpu_id`/`guest_rip`; `kvm_entry` has `immediate_exit` as in Debian's 6.1.192 (upstream
+    /// added it in 6.9; the recordings in `samples/real/vmx/*-6.1.dat` have it). The 6.12
+    /// recordings show the same layout for every event the simulator emits, so 6.1 stands for
+    /// both.
     V6_1,
-    /// 6.14: `kvm_entry` gains `immediate_exit` (6.9), `intr_info`, `error_code`; `kvm_exit`
-    /// gains `requests`; `kvm_page_fault` carries `vcpu_id`/`guest_rip` and u64 fields.
+    /// 6.14: `kvm_entry` gains `intr_info`, `error_code`; `kvm_exit` gains `requests`.
     V6_14,
 }
 
@@ -44,9 +47,15 @@ impl KernelVersion {
         self >= Self::V6_1
     }
 
-    /// `kvm_entry` has `immediate_exit` (6.9+) and `intr_info`/`error_code` (6.14+).
+    /// `kvm_entry` has `intr_info`/`error_code` (6.14+).
     pub fn entry_has_intr_info(self) -> bool {
         self >= Self::V6_14
+    }
+
+    /// `kvm_entry` has `immediate_exit` (6.9+ upstream; the 6.1 stable kernel recorded in
+    /// `samples/real/vmx/` carries it too).
+    pub fn entry_has_immediate_exit(self) -> bool {
+        self >= Self::V6_1
     }
 
     /// `kvm_exit`/`kvm_nested_vmexit` have `requests` (6.14+).
@@ -54,9 +63,10 @@ impl KernelVersion {
         self >= Self::V6_14
     }
 
-    /// `kvm_page_fault` has `vcpu_id`/`guest_rip` (the 6.14 layout).
+    /// `kvm_page_fault` has `vcpu_id`/`guest_rip` and u64 fields (6.1+: the real 6.1 and 6.12
+    /// recordings and a 2023 report from a 6.1 host print `vcpu %u rip 0x%lx address …`).
     pub fn page_fault_has_vcpu(self) -> bool {
-        self >= Self::V6_14
+        self >= Self::V6_1
     }
 
     /// `kvm_inj_exception` has `reinjected` and the `%s%s%s%s%s` print (5.19+), and
@@ -104,13 +114,39 @@ impl KernelVersion {
         if nested { EventKind::KvmNestedVmexit(info) } else { EventKind::KvmExit(info) }
     }
 
-    /// Builds `kvm_entry` with this kernel's fields.
-    pub(crate) fn entry_event(self, vcpu: u32, rip: u64, inj: IntrInfo, err: u32) -> EventKind {
+    /// Builds an SVM `kvm_exit` (or, with `nested`, `kvm_nested_vmexit`): isa 2, the exit code,
+    /// and `exit_info_1`, `exit_info_2`, `exit_int_info`, `exit_int_info_err` in the four info
+    /// fields (reference §1.2).
+    pub(crate) fn svm_exit_event(self, nested: bool, vcpu: u32, x: &SvmExit) -> EventKind {
+        let info = ExitInfo::from(ExitFields {
+            reason: ExitCode::Svm(SvmExitCode(x.code)),
+            isa: Some(Isa::Svm),
+            guest_rip: Some(x.rip),
+            info1: Some(x.info1),
+            info2: Some(x.info2),
+            intr_info: Some(IntrInfo(x.int_info)),
+            error_code: Some(x.int_info_err),
+            vcpu_id: Some(vcpu),
+            requests: self.exit_has_requests().then_some(0),
+        });
+        if nested { EventKind::KvmNestedVmexit(info) } else { EventKind::KvmExit(info) }
+    }
+
+    /// Builds `kvm_entry` with this kernel's fields (`immediate`: KVM forces an exit right
+    /// after the entry, to handle a pending event it could not inject before it).
+    pub(crate) fn entry_event(
+        self,
+        vcpu: u32,
+        rip: u64,
+        inj: IntrInfo,
+        err: u32,
+        immediate: bool,
+    ) -> EventKind {
         let newer = self.entry_has_intr_info();
         EventKind::KvmEntry(Entry {
             vcpu_id: vcpu,
             rip: Some(rip),
-            immediate_exit: newer.then_some(false),
+            immediate_exit: self.entry_has_immediate_exit().then_some(immediate),
             intr_info: newer.then_some(inj),
             error_code: newer.then_some(if inj.valid() && inj.error_code_valid() {
                 err
@@ -157,6 +193,18 @@ impl FromStr for KernelVersion {
     }
 }
 
+/// What an SVM #VMEXIT reports (the `kvm_exit` fields on SVM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvmExit {
+    /// The exit code (`SVM_EXIT_*`).
+    pub(crate) code: u64,
+    pub(crate) rip: u64,
+    pub(crate) info1: u64,
+    pub(crate) info2: u64,
+    pub(crate) int_info: u32,
+    pub(crate) int_info_err: u32,
+}
+
 /// What the hardware reports at a VM-exit (the `kvm_exit` fields on VMX).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HwExit {
@@ -198,7 +246,7 @@ mod tests {
         assert!("4.19".parse::<KernelVersion>().is_err());
         assert!(!KernelVersion::V5_10.has_nested_vmenter());
         assert!(KernelVersion::V6_14.exit_has_requests());
-        let e = KernelVersion::V5_10.entry_event(0, 0x1000, IntrInfo(0), 0);
+        let e = KernelVersion::V5_10.entry_event(0, 0x1000, IntrInfo(0), 0, false);
         let EventKind::KvmEntry(entry) = e else { panic!() };
         assert_eq!((entry.intr_info, entry.immediate_exit), (None, None));
     }

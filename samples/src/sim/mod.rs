@@ -26,13 +26,23 @@
 //! | (d) | `init` | INIT/SIPI (`kvm_apic_ipi`), two `kvm_vcpu_wakeup`, `kvm_entry rip 0x0` with no root load → TRIPLE_FAULT, `KVM_EXIT_SHUTDOWN` | four direct PAE roots (`gfn 0 … direct`) before the entry |
 //! | (e) | `evmcs-restore` | restore `kvm_nested_vmenter vmcs: 0xffffffffffffffff` (rip 0xfff0), inject EXTERNAL_INTERRUPT before any L2 entry, then Hyper-V writes the crash MSRs 0x40000100–105 and `KVM_EXIT_SYSTEM_EVENT` | EOI (MSR 0x40000070) and VMRESUME at the same `nested_rip` |
 //! | (f) | `dirty-log` | no EPT violations for L2 writes while logging; `kvm_exit PML_FULL` + `kvm_nested_vmexit PML_FULL` + `kvm_pml_full` in L2 | one `EPT_VIOLATION` (qual `0x1aa`) + `kvm_page_fault` per first write |
+//! | (g)–(k) | the stuck-vCPU loops (`ept-livelock`, `irq-reinject-loop`, `exception-delivery-loop`, `efault-loop`, `eoi-loop`) | the same cycle of exits until the trace ends; `cycle_starts` lists every round, `divergence` is the third | progress, or (i) a clean internal error |
+//! | (l) | `nested-triple-fault` | emulating L2's LTR: `kvm_mmu_walker_error` P\|W, `kvm_inj_exception #PF (0x3)`, TRIPLE_FAULT reflected to L1 | the LTR completes |
+//! | (m) | `nsvm-rsm` | after RSM into L2, L2's first #VMEXIT: `kvm_entry` of L1 at the RSM instruction's RIP, then #GP | L1 after its VMRUN |
+//!
+//! The simulator was compared with real KVM (6.1 and 6.12 under Bochs) step by step
+//! ([`compare`], `examples/sim_vs_real.rs`, samples/README "Simulator vs real KVM").
 
+pub mod compare;
 mod engine;
 pub mod host;
 mod kernel;
+mod nested_faults;
 mod rng;
 mod scenarios;
+mod stuck;
 pub mod text;
+mod text_devices;
 mod truth;
 
 use std::fmt;
@@ -42,7 +52,7 @@ use serde::Serialize;
 use vmxray_events::Event;
 
 pub use kernel::{KernelVersion, UnknownKernel};
-pub use truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Vmcs12Write, Writer};
+pub use truth::{BugSite, GroundTruth, Landmark, VcpuThread, Vmcs12Field, Vmcs12Write, Writer};
 
 /// One list per enum: the variants, `ALL` in declaration order and the command-line names come
 /// from one table, so a new variant cannot be left out of `ALL` (which `--list`, parsing and the
@@ -66,8 +76,9 @@ macro_rules! named_enum {
 }
 
 named_enum! {
-    /// A known KVM nested-VMX bug (reference §3), which the buggy flavour reproduces; `ALL` is in
-    /// reference order (a)–(f).
+    /// A known failure the buggy flavour reproduces: the KVM nested-VMX bugs of reference §3,
+    /// (a)–(f), then the stuck and dying vCPUs of issue 15, (g)–(m) — KVM bugs with their fix,
+    /// or, where the real cause was the VMM or its device model, that cause (no fix commit).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum Bug {
         /// (a) Stale vmcs02.GUEST_CR3 after a nested VM-Enter cancelled by HLT (fixed by
@@ -87,11 +98,38 @@ named_enum! {
         /// (f) PML enabled for L2, so the log holds L2 GPAs (`1f4e5fc83a42`): PML_FULL in L2, no
         /// write faults while logging.
         PmlInL2 = "pml-in-l2",
+        /// (g) 6.1.y `is_page_fault_stale()` compared the mmu_notifier sequence as an `int`: past
+        /// 2^31 every fault looks stale and is retried forever (stable fix "KVM: x86/mmu: Fix an
+        /// sign-extension bug with mmu_seq that hangs vCPUs"; upstream `ba6e3fe25543`, 6.3): the
+        /// same EPT violation at one RIP/GPA, the interrupt it interrupted re-injected each time.
+        MmuSeqLivelock = "mmu-seq-livelock",
+        /// (h) A level-triggered interrupt line that is never de-asserted (the VMM's device
+        /// model; not a KVM bug): every EOI re-raises the same vector at the same RIP.
+        IrqLineStuck = "irq-line-stuck",
+        /// (i) MMIO during event delivery emulated as if it were the instruction at RIP
+        /// (`47ef3ef843c0` VMX, `7bd7ff99110a` SVM, 6.14): with the IDT in MMIO space KVM
+        /// emulates, injects #UD, and that delivery faults the same way, forever.
+        MmioVectoringLoop = "mmio-vectoring-loop",
+        /// (j) A memslot KVM cannot fault in (gVisor mapped vdso/vvar into guest memory; not a
+        /// KVM bug): the same EPT violation returns `-EFAULT` to a VMM that runs the vCPU again.
+        EfaultMemslot = "efault-memslot",
+        /// (k) x2APIC Suppress-EOI-Broadcast advertised with a split IRQCHIP that cannot honour
+        /// it (kvm-x86 `6517dfbcc918`, bugzilla 220549): L1's EOI of a level interrupt L2 has not
+        /// serviced goes to userspace, which re-raises it; L1 resumes L2, which exits at once.
+        SplitIrqchipEoi = "split-irqchip-eoi",
+        /// (l) KVM's emulator checked write permissions with a stale CR0.WP once CR0.WP was
+        /// guest-owned (`cf9f4c0eb169`): emulating L2's LTR faults, the injected #PF cannot be
+        /// delivered, L2 triple-faults and the fault is reflected to L1.
+        Cr0WpStaleEmulation = "cr0wp-stale-emulation",
+        /// (m) nSVM lost L1's state kept in VMCB01 during SMM (`37be407b2ce8`, after the VMCB
+        /// split 4995a3685f1b): after RSM back into L2, L2's first #VMEXIT resumes L1 at the RSM
+        /// instruction.
+        NsvmRsmVmcb01 = "nsvm-rsm-vmcb01",
     }
 }
 
 impl Bug {
-    /// The reference's letter.
+    /// The letter: the reference's for (a)–(f), then issue 15's.
     pub fn letter(self) -> char {
         match self {
             Self::HltStaleCr3 => 'a',
@@ -100,18 +138,32 @@ impl Bug {
             Self::InitMmuNotReset => 'd',
             Self::EvmcsStaleExit => 'e',
             Self::PmlInL2 => 'f',
+            Self::MmuSeqLivelock => 'g',
+            Self::IrqLineStuck => 'h',
+            Self::MmioVectoringLoop => 'i',
+            Self::EfaultMemslot => 'j',
+            Self::SplitIrqchipEoi => 'k',
+            Self::Cr0WpStaleEmulation => 'l',
+            Self::NsvmRsmVmcb01 => 'm',
         }
     }
 
-    /// The upstream fix.
-    pub fn fix_commit(self) -> &'static str {
+    /// The upstream (or kvm-x86) fix, when the failure is a KVM bug; `None` when the cause
+    /// was outside KVM (a VMM or device model).
+    pub fn fix_commit(self) -> Option<&'static str> {
         match self {
-            Self::HltStaleCr3 => "04f11ef45810",
-            Self::LateVmFailCr3 => "f087a02941fe",
-            Self::InveptNoRootReload => "f8aa7e3958bc",
-            Self::InitMmuNotReset => "0aa1837533e5",
-            Self::EvmcsStaleExit => "f5c7e8425f18",
-            Self::PmlInL2 => "1f4e5fc83a42",
+            Self::HltStaleCr3 => Some("04f11ef45810"),
+            Self::LateVmFailCr3 => Some("f087a02941fe"),
+            Self::InveptNoRootReload => Some("f8aa7e3958bc"),
+            Self::InitMmuNotReset => Some("0aa1837533e5"),
+            Self::EvmcsStaleExit => Some("f5c7e8425f18"),
+            Self::PmlInL2 => Some("1f4e5fc83a42"),
+            Self::MmuSeqLivelock => Some("ba6e3fe25543"),
+            Self::MmioVectoringLoop => Some("47ef3ef843c0"),
+            Self::SplitIrqchipEoi => Some("6517dfbcc918"),
+            Self::Cr0WpStaleEmulation => Some("cf9f4c0eb169"),
+            Self::NsvmRsmVmcb01 => Some("37be407b2ce8"),
+            Self::IrqLineStuck | Self::EfaultMemslot => None,
         }
     }
 }
@@ -144,7 +196,7 @@ serialize_as_display!(
 /// A bug or flavour name `vmxray simulate` does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "Unknown KVM flavour `{0}` (expected fixed, buggy, or buggy:BUG with BUG one of a-f or a bug name)"
+    "Unknown KVM flavour `{0}` (expected fixed, buggy, or buggy:BUG with BUG one of a-m or a bug name)"
 )]
 pub struct UnknownFlavour(pub String);
 
@@ -223,6 +275,10 @@ named_enum! {
         /// The same with nested EPT (as Muen really runs): the stale CR3 shows only through the
         /// subject crashing once it runs on another subject's page tables: bug (a).
         MuenEpt = "muen-ept",
+        /// The Muen pattern with L0 on shadow paging (`kvm_intel ept=0`, as the real
+        /// `l1-hlt-shadow` recordings): guest_mode shadow roots per subject CR3. Bug (a) needs
+        /// L0 EPT, so this one is fixed only.
+        MuenShadow = "muen-shadow",
         /// L0 without EPT; L1 launches an L2 whose vmcs12 passes KVM's checks but fails the
         /// hardware ones (late VM-Fail): bug (b).
         LateVmFail = "late-vmfail",
@@ -240,6 +296,31 @@ named_enum! {
         /// Many vCPUs, each a separation kernel, with heavy fixed-KVM noise (L0 timer exits,
         /// external interrupts kept by L0, L1-level PML_FULL, EPT violations) that is not a bug.
         Noise = "noise",
+        /// A guest whose EPT violation, taken while delivering an interrupt, is never fixed
+        /// (the interrupt re-injected each round); fixed KVM fixes it and the guest goes on:
+        /// bug (g).
+        EptLivelock = "ept-livelock",
+        /// A level-triggered device interrupt, EOIed and raised again at once: bug (h).
+        IrqReinjectLoop = "irq-reinject-loop",
+        /// A guest with its IDT in MMIO space takes #UD: KVM emulates the instruction at RIP,
+        /// injects #UD, whose delivery faults the same way (fixed KVM: internal error): bug (i).
+        ExceptionDeliveryLoop = "exception-delivery-loop",
+        /// The same EPT violation answered with `-EFAULT` (`kvm_userspace_exit reason error
+        /// (14)`) to a VMM that runs the vCPU again: bug (j).
+        EfaultLoop = "efault-loop",
+        /// A Hyper-V L1 (eVMCS) with a split IRQCHIP: a level interrupt for L2, L1's EOI exits to
+        /// userspace, the IRQ is raised again, L1 resumes L2 with an immediate exit: bug (k).
+        EoiLoop = "eoi-loop",
+        /// VMLAUNCH of a vmcs12 whose guest state fails KVM's checks after
+        /// `kvm_nested_vmenter` (no inject, back at HOST_RIP), then a good launch. Fixed only:
+        /// no KVM bug is known for this path.
+        FailedNestedEntry = "failed-nested-entry",
+        /// L2 triple-faults and KVM reflects TRIPLE_FAULT to L1; L2's LTR emulated by L0: bug
+        /// (l) (the emulator's #PF cannot be delivered, a second triple fault).
+        NestedTripleFault = "nested-triple-fault",
+        /// AMD: an SMI while L2 runs, RSM back into L2 (`kvm_nested_vmenter` isa=svm), L2's first
+        /// #VMEXIT reflected to L1: bug (m).
+        NsvmRsm = "nsvm-rsm",
     }
 }
 
@@ -253,7 +334,19 @@ impl Scenario {
             Self::Init => &[Bug::InitMmuNotReset],
             Self::EvmcsRestore => &[Bug::EvmcsStaleExit],
             Self::DirtyLog => &[Bug::PmlInL2],
-            Self::SepKernel | Self::SepKernelNoEpt | Self::Smm | Self::Noise => &[],
+            Self::EptLivelock => &[Bug::MmuSeqLivelock],
+            Self::IrqReinjectLoop => &[Bug::IrqLineStuck],
+            Self::ExceptionDeliveryLoop => &[Bug::MmioVectoringLoop],
+            Self::EfaultLoop => &[Bug::EfaultMemslot],
+            Self::EoiLoop => &[Bug::SplitIrqchipEoi],
+            Self::NestedTripleFault => &[Bug::Cr0WpStaleEmulation],
+            Self::NsvmRsm => &[Bug::NsvmRsmVmcb01],
+            Self::SepKernel
+            | Self::SepKernelNoEpt
+            | Self::MuenShadow
+            | Self::Smm
+            | Self::Noise
+            | Self::FailedNestedEntry => &[],
         }
     }
 
@@ -264,6 +357,7 @@ impl Scenario {
             Self::SepKernelNoEpt => "separation kernel, N subjects round-robin, nested_ept=n",
             Self::Muen => "Muen-style L1, HLT exiting off, a subject idles in HLT (nested_ept=n)",
             Self::MuenEpt => "Muen-style L1, HLT exiting off, a subject idles in HLT (nested EPT)",
+            Self::MuenShadow => "Muen-style L1, HLT exiting off, L0 on shadow paging (ept=0)",
             Self::LateVmFail => "L0 without EPT, late hardware VM-Fail of a nested VMLAUNCH",
             Self::Invept => "L1 edits EPT12, INVEPT, VMRESUME",
             Self::Init => "L0 without EPT, INIT/SIPI of a vCPU in long mode",
@@ -271,6 +365,18 @@ impl Scenario {
             Self::DirtyLog => "dirty logging while L2 writes memory under nested EPT",
             Self::Smm => "SMI while L2 runs, RSM back into L2",
             Self::Noise => "many vCPUs with fixed-KVM noise (timers, interrupts, PML in L1)",
+            Self::EptLivelock => {
+                "EPT violation during interrupt delivery, never fixed (6.1 mmu_seq)"
+            }
+            Self::IrqReinjectLoop => "level-triggered IRQ raised again after every EOI",
+            Self::ExceptionDeliveryLoop => {
+                "IDT in MMIO: emulate, inject #UD, delivery faults again"
+            }
+            Self::EfaultLoop => "EPT violation answered with EFAULT, the VMM runs the vCPU again",
+            Self::EoiLoop => "nested Hyper-V, split irqchip: EOI to userspace, IRQ re-raised",
+            Self::FailedNestedEntry => "nested VM-entry failing KVM's guest-state checks",
+            Self::NestedTripleFault => "L2 triple faults reflected to L1; L2 LTR emulated by L0",
+            Self::NsvmRsm => "AMD: SMI in L2, RSM back into L2, L2's first #VMEXIT to L1",
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The scenario scripts: what L1 and its L2s do, per vCPU. KVM's side is in [`super::engine`].
 
-use vmxray_events::EventKind;
 use vmxray_events::codes::{ExceptionVector, UserspaceExitReason};
-use vmxray_events::fields::FieldValue;
+use vmxray_events::irq::{AcceptIrq, DeliveryMode, IcrLow, IrqEvent, PartialWord};
+use vmxray_events::{EventKind, FieldValue};
 
 use super::engine::{Entered, Mode, Vcpu, Vmcs12, eptp, intr, reason, role};
 use super::kernel::HwExit;
 use super::rng::Rng;
-use super::truth::{BugSite, GroundTruth, VcpuThread, Vmcs12Field, Writer};
+use super::truth::{BugSite, GroundTruth, Landmark, VcpuThread, Vmcs12Field, Writer};
 use super::{Bug, Scenario, SimConfig, Simulation};
 
 /// Where a separation kernel's code lives (identity-mapped L1, Muen-like addresses).
@@ -62,10 +62,12 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
             }
             background_from = n;
         }
-        Scenario::Muen | Scenario::MuenEpt => {
+        Scenario::Muen | Scenario::MuenEpt | Scenario::MuenShadow => {
             let mut p =
                 SepParams::new(subjects.max(2), iters.max(4), cfg.scenario == Scenario::MuenEpt);
             p.idle_subject = Some(1);
+            v0.l0_ept = cfg.scenario != Scenario::MuenShadow;
+            p.cr3_switches = v0.l0_ept;
             sep_kernel(v0, &p);
         }
         Scenario::LateVmFail => late_vmfail(v0, iters),
@@ -74,11 +76,44 @@ pub(crate) fn run(cfg: &SimConfig) -> Simulation {
         Scenario::EvmcsRestore => evmcs_restore(v0, iters),
         Scenario::DirtyLog => dirty_log(v0, iters.max(5)),
         Scenario::Smm => smm(v0, iters.max(2)),
+        Scenario::EptLivelock => super::stuck::ept_livelock(v0, iters),
+        Scenario::IrqReinjectLoop => super::stuck::irq_reinject_loop(v0, iters),
+        Scenario::ExceptionDeliveryLoop => super::stuck::exception_delivery_loop(v0, iters),
+        Scenario::EfaultLoop => super::stuck::efault_loop(v0, iters),
+        Scenario::EoiLoop => super::stuck::eoi_loop(v0, iters),
+        Scenario::FailedNestedEntry => super::nested_faults::failed_nested_entry(v0, iters),
+        Scenario::NestedTripleFault => super::nested_faults::nested_triple_fault(v0, iters),
+        Scenario::NsvmRsm => super::nested_faults::nsvm_rsm(v0, iters),
+    }
+    // The stuck-vCPU scenarios run a VM without nesting: its other vCPUs are plain guests
+    // (on shadow paging where the scenario's L0 is); the AMD one's are plain SVM guests.
+    match cfg.scenario {
+        Scenario::EptLivelock
+        | Scenario::IrqReinjectLoop
+        | Scenario::ExceptionDeliveryLoop
+        | Scenario::EfaultLoop => {
+            let l0_ept = cfg.scenario != Scenario::ExceptionDeliveryLoop;
+            for v in rest.iter_mut() {
+                v.l0_ept = l0_ept;
+                v.l1_rip = 0xffff_ffff_8100_0000 + u64::from(v.id) * 0x40;
+                v.enter();
+                super::stuck::plain_guest(v, 2 + iters.min(6));
+            }
+            background_from = n;
+        }
+        Scenario::NsvmRsm => {
+            for v in rest.iter_mut() {
+                super::nested_faults::svm_plain_guest(v, 2 + iters.min(6));
+            }
+            background_from = n;
+        }
+        _ => {}
     }
     if background_from == 1 {
         // Other vCPUs: the same L1 runs its own subjects there; plain fixed-KVM noise.
         // enable_ept is a host-wide module parameter: without it, no vCPU has nested EPT.
-        let l0_ept = !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init);
+        let l0_ept =
+            !matches!(cfg.scenario, Scenario::LateVmFail | Scenario::Init | Scenario::MuenShadow);
         let skip = usize::from(cfg.scenario == Scenario::Init);
         for v in rest.iter_mut().skip(skip) {
             v.l0_ept = l0_ept;
@@ -109,6 +144,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
     let total = order.len();
     let map = |vi: usize, li: usize| global[vi].get(li).copied().unwrap_or(total);
     let mut occurrences = Vec::new();
+    let mut landmarks = Vec::new();
     let mut writes = Vec::new();
     for (vi, v) in vcpus.iter().enumerate() {
         for s in &v.sites {
@@ -119,6 +155,16 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
                 first_difference: map(vi, s.first_difference),
                 divergence: map(vi, s.divergence),
                 note: s.note,
+                cycle_starts: s.cycle_starts.iter().map(|&li| map(vi, li)).collect(),
+            });
+        }
+        for l in &v.landmarks {
+            landmarks.push(Landmark {
+                what: l.what,
+                vcpu: v.id,
+                at: map(vi, l.at),
+                evidence: l.evidence.iter().map(|&li| map(vi, li)).collect(),
+                note: l.note,
             });
         }
         for (li, w) in &v.writes {
@@ -128,6 +174,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
         }
     }
     occurrences.sort_by_key(|s| s.divergence);
+    landmarks.sort_by_key(|l| l.at);
     writes.sort_by_key(|w| (w.ts, w.vcpu));
     let threads = vcpus
         .iter()
@@ -142,6 +189,7 @@ fn merge(cfg: &SimConfig, vcpus: Vec<Vcpu>) -> Simulation {
         bug: occurrences.first().cloned(),
         occurrences,
         vcpus: threads,
+        landmarks,
         vmcs12_writes: writes,
     };
     Simulation { events, truth }
@@ -159,6 +207,10 @@ struct SepParams {
     idle_subject: Option<usize>,
     /// L1's memory is dirty-logged (PML in L1 is normal).
     l1_dirty_logging: bool,
+    /// Subjects switch between their page tables now and then (off: each keeps its CR3, as
+    /// the real L1's subjects do; with L0 on shadow paging an L2 MOV CR3 that L0 handles
+    /// leaves vmcs12.GUEST_CR3 stale, reference §2.7 "Open point", not simulated there).
+    cr3_switches: bool,
     vmptr_base: u64,
 }
 
@@ -171,6 +223,7 @@ impl SepParams {
             noise: 30,
             idle_subject: None,
             l1_dirty_logging: false,
+            cr3_switches: true,
             vmptr_base: 0x0000_0000_0800_0000,
         }
     }
@@ -328,7 +381,7 @@ fn run_subject_slice(
     crash: bool,
     idle_rounds: &mut u32,
 ) {
-    let cr3s: &[u64] = if idle { &[] } else { &subj.cr3s };
+    let cr3s: &[u64] = if idle || !p.cr3_switches { &[] } else { &subj.cr3s };
     v.l2_run(subj.code, cr3s);
     if crash {
         // The subject runs on another subject's page tables: its next fetch faults, and L1
@@ -361,13 +414,22 @@ fn run_subject_slice(
     if idle {
         *idle_rounds = 0;
     }
-    for _ in 0..v.rng.range(0, 2) {
+    // The slice ends either while the subject runs (a host timer interrupt, then the
+    // synthesized PREEMPTION_TIMER) or while L1 handles the subject's last exit (the entry
+    // after it is an immediate exit, as the real recordings show).
+    let expires_in_l1 = v.rng.chance(50);
+    let service_exits = v.rng.range(0, 2).max(u64::from(expires_in_l1));
+    for n in 0..service_exits {
         v.l2_noise(p.noise);
         v.l2_run(subj.code, cr3s);
         reflect_service_exit(v);
         // L1 handles the exit, advances the subject's RIP, and resumes it.
         v.l1_step(0x60, 1_500, 8_000);
         v.l1_rip = SK_VMENTRY_RIP;
+        if expires_in_l1 && n + 1 == service_exits {
+            v.l1_vmentry_timer_expired();
+            return;
+        }
         if v.l1_vmentry() == Entered::Halted {
             return;
         }
@@ -576,7 +638,14 @@ fn invept(v: &mut Vcpu, iterations: u32) {
         let (kernel, id, rip) = (v.kernel, v.id, v.l2_rip);
         v.exit_here(HwExit::new(reason::EPT_VIOLATION, 0).qual(qual));
         v.ev(kernel.page_fault_event(id, rip, gpa, qual));
+        // L0 walks EPT12 for the L2 GPA (read: PFERR_USER); the level-1 entry is not present,
+        // so the walk fails (`kvm_mmu_walker_error`) and L0 reflects the EPT violation.
         v.ev(EventKind::KvmMmuPagetableWalk { addr: gpa, pferr: 0x4 });
+        for level in (2..=4u32).rev() {
+            let table = (e & !0xfff) + u64::from(5 - level) * 0x1000;
+            v.ev(EventKind::KvmMmuPagingElement { pte: table | 0x107, level });
+        }
+        v.ev(EventKind::KvmMmuWalkerError { pferr: 0x4 });
         v.nested_vmexit(reason::EPT_VIOLATION, qual, 0, 0, 0);
         // L1 edits EPT12: the page is shadowed by guest_mmu, so the write faults into L0
         // and the shadow page goes unsync.
@@ -586,6 +655,22 @@ fn invept(v: &mut Vcpu, iterations: u32) {
         let (kernel, id, rip) = (v.kernel, v.id, v.l1_rip);
         v.l1_exit(HwExit::new(reason::EPT_VIOLATION, 0).qual(0x1aa), 0, move |v| {
             v.ev(kernel.page_fault_event(id, rip, page_gpa, 0x1aa));
+            // The fast path cannot make a write-tracked (shadowed) page writable (the real
+            // l1-invept recordings show it before the unsync): ret RET_PF_INVALID.
+            let spte = 0x0200_0000_3084_3075 | (page_gpa & !0xfff);
+            v.other(
+                "kvmmmu",
+                "fast_page_fault",
+                &[
+                    ("vcpu_id", FieldValue::U64(u64::from(id))),
+                    ("cr2_or_gpa", FieldValue::U64(page_gpa)),
+                    ("error_code", FieldValue::U64(0x3)),
+                    ("sptep", FieldValue::U64(0xffff_8880_3e4d_2080)),
+                    ("old_spte", FieldValue::U64(spte)),
+                    ("new_spte", FieldValue::U64(spte)),
+                    ("ret", FieldValue::U64(3)),
+                ],
+            );
             v.unsync_page(page_gpa >> 12);
         });
         v.l1_step(0x40, 1_000, 4_000);
@@ -596,7 +681,9 @@ fn invept(v: &mut Vcpu, iterations: u32) {
             // (f8aa7e3958bc). Buggy: the handler is a TODO.
             let buggy = v.kvm.has(Bug::InveptNoRootReload);
             invept_idx = Some(v.next_index());
-            v.l1_exit(HwExit::new(reason::INVEPT, 0), 5, move |v| {
+            let operand = v.l1_operand_gva();
+            v.l1_exit(HwExit::new(reason::INVEPT, 0).qual(0x50), 7, move |v| {
+                v.walk_operand(operand, 4);
                 if !buggy {
                     v.guest_mmu_root = None;
                 }
@@ -704,24 +791,17 @@ fn send_ipi(v: &mut Vcpu, dest: u32, icr_low: u32) {
     v.l1_step(0x30, 1_000, 3_000);
     v.l1_exit(HwExit::new(reason::MSR_WRITE, 0), 2, move |v| {
         v.msr(true, 0x830, (u64::from(dest) << 32) | u64::from(icr_low));
-        v.other(
-            "kvm",
-            "kvm_apic_ipi",
-            &[
-                ("icr_low", FieldValue::U64(u64::from(icr_low))),
-                ("dest_id", FieldValue::U64(u64::from(dest))),
-            ],
-        );
-        v.other(
-            "kvm",
-            "kvm_apic_accept_irq",
-            &[
-                ("apicid", FieldValue::U64(u64::from(dest))),
-                ("dm", FieldValue::U64(u64::from(icr_low & 0x700))),
-                ("tm", FieldValue::U64(0)),
-                ("vec", FieldValue::U64(u64::from(icr_low & 0xff))),
-            ],
-        );
+        v.ev(EventKind::Irq(IrqEvent::ApicIpi {
+            icr_low: IcrLow(PartialWord::full(u64::from(icr_low))),
+            dest_id: dest,
+        }));
+        v.ev(EventKind::Irq(IrqEvent::ApicAcceptIrq(AcceptIrq {
+            apicid: dest,
+            delivery_mode: DeliveryMode(((icr_low >> 8) & 7) as u8),
+            level: false,
+            vector: (icr_low & 0xff) as u8,
+            coalesced: None,
+        })));
     });
 }
 

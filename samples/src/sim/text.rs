@@ -176,6 +176,12 @@ pub fn render_line_with_flags(e: &Event, kernel: KernelVersion, flags: &str) -> 
 pub fn event_name(kind: &EventKind, kernel: KernelVersion) -> &str {
     match kind {
         EventKind::KvmSmmTransition { .. } if kernel < KernelVersion::V6_1 => "kvm_enter_smm",
+        // Before 6.1 only SVM traced nested entries, as `kvm_nested_vmrun` (reference §1.6).
+        EventKind::KvmNestedVmenter(n)
+            if !kernel.has_nested_vmenter() && n.isa == Some(Isa::Svm) =>
+        {
+            "kvm_nested_vmrun"
+        }
         other => other.name(),
     }
 }
@@ -209,6 +215,11 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             x.error_code().unwrap_or(0)
         ),
         EventKind::KvmEntry(entry) => entry_body(entry),
+        EventKind::KvmNestedVmenter(n)
+            if !kernel.has_nested_vmenter() && n.isa == Some(Isa::Svm) =>
+        {
+            vmrun_body(n)
+        }
         EventKind::KvmNestedVmenter(n) => vmenter_body(n),
         EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             let name = match err.0 {
@@ -318,9 +329,15 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
             None => "[LOST EVENTS]".into(),
         },
         EventKind::KvmPmlFull { vcpu_id } => format!("vcpu {vcpu_id}: PML full"),
+        EventKind::Irq(_) | EventKind::Mmio(_) | EventKind::Spte(_) => {
+            super::text_devices::body(kind).unwrap_or_default()
+        }
         EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
         | EventKind::Context(_) => other_body(kind.name(), &kind.kernel_fields()),
         EventKind::Other(o) => other_body(&o.name, &o.fields),
     }
@@ -439,6 +456,20 @@ fn vmenter_body(n: &NestedVmenter) -> String {
     )
 }
 
+/// `kvm_nested_vmrun` (SVM, before 6.1): `rip: 0x%016llx vmcb: 0x%016llx nrip: 0x%016llx
+/// int_ctl: 0x%08x event_inj: 0x%08x npt: %s`.
+fn vmrun_body(n: &NestedVmenter) -> String {
+    format!(
+        "rip: 0x{:016x} vmcb: 0x{:016x} nrip: 0x{:016x} int_ctl: 0x{:08x} event_inj: 0x{:08x} npt: {}",
+        n.rip,
+        n.vmcs,
+        n.nested_rip,
+        n.int_ctl,
+        n.event_inj.0,
+        if n.tdp_enabled.unwrap_or(false) { "on" } else { "off" }
+    )
+}
+
 /// `KVM_MMU_PAGE_PRINTK()`: `sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s`.
 fn page_text(p: &MmuPage, kernel: KernelVersion) -> String {
     const ACCESS: [&str; 8] = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"];
@@ -536,7 +567,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 }
 
 /// The untyped events the simulator emits, by their 6.18 print formats; any other event as
-/// `name=value` pairs.
+/// `name=value` pairs. (The interrupt-controller events are typed: `text_devices`.)
 fn other_body(name: &str, f: &Fields) -> String {
     use vmxray_events::FieldLookup;
     let u = |n: &str| f.uint(n).unwrap_or(0);
@@ -548,27 +579,6 @@ fn other_body(name: &str, f: &Fields) -> String {
             if u("valid") != 0 { "valid" } else { "invalid" }
         ),
         "kvm_fpu" => (if u("load") != 0 { "load" } else { "unload" }).to_owned(),
-        "kvm_apic_ipi" => {
-            let icr = u("icr_low");
-            format!(
-                "dst {:x} vec {} ({}|{}|{}|{}|{})",
-                u("dest_id"),
-                icr & 0xff,
-                delivery_mode(icr >> 8),
-                if icr & (1 << 11) != 0 { "logical" } else { "physical" },
-                if icr & (1 << 14) != 0 { "assert" } else { "de-assert" },
-                if icr & (1 << 15) != 0 { "level" } else { "edge" },
-                ["dst", "self", "all", "all-but-self"]
-                    [usize::try_from((icr >> 18) & 3).unwrap_or(0)]
-            )
-        }
-        "kvm_apic_accept_irq" => format!(
-            "apicid {:x} vec {} ({}|{})",
-            u("apicid"),
-            u("vec"),
-            delivery_mode(u("dm") >> 8),
-            if u("tm") != 0 { "level" } else { "edge" }
-        ),
         _ => {
             let mut s = String::new();
             for (i, (n, v)) in f.0.iter().enumerate() {
@@ -580,9 +590,4 @@ fn other_body(name: &str, f: &Fields) -> String {
             s
         }
     }
-}
-
-fn delivery_mode(dm: u64) -> &'static str {
-    ["Fixed", "LowPrio", "SMI", "Res3", "NMI", "INIT", "SIPI", "ExtINT"]
-        [usize::try_from(dm & 7).unwrap_or(0)]
 }

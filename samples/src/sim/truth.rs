@@ -23,6 +23,10 @@ pub struct GroundTruth {
     pub occurrences: Vec<BugSite>,
     /// The simulated vCPU threads.
     pub vcpus: Vec<VcpuThread>,
+    /// Events a detector or triage must point at whatever the flavour (a failed nested entry,
+    /// a triple fault reflected to L1, a VM killed by an internal error), in stream order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub landmarks: Vec<Landmark>,
     /// Every value written to a vmcs12 field, by L1 (VMWRITE, also the untraced shadow-VMCS
     /// ones) or by L0 (the sync at a nested VM-exit, a nested-state restore), in time order.
     pub vmcs12_writes: Vec<Vmcs12Write>,
@@ -46,6 +50,26 @@ pub struct BugSite {
     /// The event a correct model must flag: the §3 signature's key event.
     pub divergence: usize,
     /// One sentence on what the signature looks like.
+    pub note: &'static str,
+    /// For a stuck vCPU (a loop), the first event (`kvm_exit`) of every round of the cycle, in
+    /// order: a loop detector reports the cycle once, with this many repeats; `divergence` is
+    /// the third round's (`max` with `first_difference`). Empty for a bug that is not a loop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cycle_starts: Vec<usize>,
+}
+
+/// An event of the run that a detector or triage must point at, bug or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Landmark {
+    /// What it is (`failed-nested-entry`, `l2-triple-fault-reflected`, `internal-error`, …).
+    pub what: &'static str,
+    /// The vCPU.
+    pub vcpu: u32,
+    /// The key event (index into [`super::Simulation::events`]).
+    pub at: usize,
+    /// The events that explain it (the failed check, the exception whose delivery failed, …).
+    pub evidence: Vec<usize>,
+    /// One sentence.
     pub note: &'static str,
 }
 

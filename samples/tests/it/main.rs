@@ -4,6 +4,8 @@ mod host_samples;
 mod lab_record;
 mod provenance;
 mod sim_behaviour;
+mod sim_devices;
 mod sim_props;
 mod sim_samples;
 mod sim_text;
+mod sim_vs_real;

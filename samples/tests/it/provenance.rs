@@ -16,7 +16,7 @@ fn sample_files(dir: &Path, base: &Path, out: &mut BTreeSet<String>) {
         let path = entry.path();
         let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().replace('\\', "/");
         if path.is_dir() {
-            if !matches!(rel.as_str(), "src" | "tests" | "benches" | "target") {
+            if !matches!(rel.as_str(), "src" | "tests" | "benches" | "examples" | "target") {
                 sample_files(&path, base, out);
             }
         } else if !matches!(rel.as_str(), "Cargo.toml" | "README.md") {

@@ -99,15 +99,21 @@ fn field_sets_follow_the_kernel_version() {
         let ctx = format!("{sc} {kvm} {kernel} {seed}");
         for e in &sim.events {
             match &e.kind {
-                EventKind::KvmNestedVmenter(_) => {
-                    assert!(kernel.has_nested_vmenter(), "{ctx}: kvm_nested_vmenter before 6.1")
+                EventKind::KvmNestedVmenter(n) => {
+                    // Before 6.1 only SVM traced nested entries (`kvm_nested_vmrun`).
+                    assert!(
+                        kernel.has_nested_vmenter()
+                            || n.isa == Some(vmxray_events::codes::Isa::Svm),
+                        "{ctx}: VMX kvm_nested_vmenter before 6.1"
+                    )
                 }
                 EventKind::KvmEntry(entry) => {
                     assert!(entry.rip.is_some(), "{ctx}");
                     assert_eq!(entry.intr_info.is_some(), kernel == KernelVersion::V6_14, "{ctx}");
+                    // 6.1 as Debian's 6.1.192 recorded in samples/real/vmx/ (upstream: 6.9).
                     assert_eq!(
                         entry.immediate_exit.is_some(),
-                        kernel == KernelVersion::V6_14,
+                        kernel >= KernelVersion::V6_1,
                         "{ctx}"
                     );
                 }
@@ -116,7 +122,7 @@ fn field_sets_follow_the_kernel_version() {
                     assert!(x.intr_info().is_some() && x.vcpu_id().is_some(), "{ctx}");
                 }
                 EventKind::KvmPageFault { vcpu_id, .. } => {
-                    assert_eq!(vcpu_id.is_some(), kernel == KernelVersion::V6_14, "{ctx}")
+                    assert_eq!(vcpu_id.is_some(), kernel >= KernelVersion::V6_1, "{ctx}")
                 }
                 EventKind::KvmInjException { reinjected, .. } => {
                     assert_eq!(reinjected.is_some(), kernel >= KernelVersion::V6_1, "{ctx}")

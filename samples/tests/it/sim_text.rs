@@ -43,6 +43,17 @@ fn other(name: &str, fields: &[(&str, u64)]) -> EventKind {
     EventKind::Other(Box::new(OtherEvent { system: "kvm".into(), name: name.into(), fields: f }))
 }
 
+/// A typed event from its kernel fields.
+fn typed(name: &str, fields: &[(&str, u64)]) -> EventKind {
+    let mut f = Fields::new();
+    for (n, v) in fields {
+        f.push(*n, FieldValue::U64(*v));
+    }
+    let kind = EventKind::decode("kvm", name, &f).unwrap();
+    assert!(kind.known().is_some(), "{name} is typed");
+    kind
+}
+
 /// Lines 17, 19, 20, 21, 27, 33, 34, 35 and the two `kvm_mmu_prepare_zap_page` lines of
 /// `text_irqinfo.txt`, with the flags column as the real file has it.
 #[test]
@@ -340,7 +351,7 @@ fn version_dependent_bodies() {
             .ends_with("kvm_smm_transition: vcpu 0: leaving SMM, smbase 0x30000")
     );
     assert_eq!(
-        render_body(&other("kvm_apic_ipi", &[("icr_low", 0x4500), ("dest_id", 1)]), V6),
+        render_body(&typed("kvm_apic_ipi", &[("icr_low", 0x4500), ("dest_id", 1)]), V6),
         "dst 1 vec 0 (INIT|physical|assert|edge|dst)"
     );
     assert_eq!(

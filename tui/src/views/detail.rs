@@ -1,6 +1,8 @@
 //! Event detail: every field of the selected event under the kernel's name, the decodings of
-//! `vmxray dump`, and bit-level breakdowns of the exit qualification, interruption information
-//! and MMU role (all from `vmxray_events::codes`), then the anomalies the event raised.
+//! `vmxray dump`, and bit-level breakdowns of the exit qualification (EPT violation, nested
+//! page fault, `#PF`, CR access), interruption and IDT-vectoring information, MMU role and
+//! the interrupt-controller events (`detail_decoded`; all from `vmxray_events`), then the
+//! anomalies the event raised.
 
 use super::{Ctx, View, ViewId};
 use ratatui::Frame;
@@ -9,10 +11,10 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 use vmxray_capture::printfmt::Outcome;
-use vmxray_events::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
+use vmxray_events::codes::{IntrInfo, MmuPageRole};
 use vmxray_events::{Event, EventKind, FieldValue};
 
-use super::{actor_label, theme};
+use super::{actor_label, detail_decoded, theme};
 use crate::trace::Trace;
 
 /// The Detail view's state.
@@ -30,14 +32,14 @@ impl DetailView {
     }
 }
 
-fn kv(key: impl Into<String>, value: impl Into<String>) -> Line<'static> {
+pub(super) fn kv(key: impl Into<String>, value: impl Into<String>) -> Line<'static> {
     Line::from(vec![
         Span::styled(format!("  {:<26}", key.into()), theme::dim()),
         Span::raw(value.into()),
     ])
 }
 
-fn heading(text: &str) -> Line<'static> {
+pub(super) fn heading(text: &str) -> Line<'static> {
     Line::from(Span::styled(text.to_owned(), theme::heading()))
 }
 
@@ -172,22 +174,22 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
                 out.push(kv("basic reason", format!("{} ({})", r.basic(), r.basic().0)));
                 out.push(kv("failed VM-entry (bit 31)", r.failed_vmentry().to_string()));
             }
+            let svm = matches!(info.reason(), vmxray_events::codes::ExitCode::Svm(_));
             if let Some(q) = info.info1() {
-                let text = if info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS) {
-                    let cr = CrAccessQual(q);
-                    format!("{q:#x}: {cr} (CR{} {} via {})", cr.cr(), cr.access(), cr.gpr_name())
-                } else {
-                    format!("{q:#x}")
+                let text = match info.qualification() {
+                    Some(d) => format!("{q:#x}: {d}"),
+                    None => format!("{q:#x}"),
                 };
-                out.push(kv("qualification (info1)", text));
+                out.push(kv(if svm { "exit_info_1" } else { "qualification (info1)" }, text));
             }
-            if let Some(intr) = info.intr_info() {
+            if let Some(d) = info.qualification() {
+                detail_decoded::qualification_lines(&mut out, d);
+            }
+            if let Some(intr) = info.intr_info().filter(|_| !svm) {
                 intr_lines(&mut out, "Exit interruption info", intr);
             }
-            if let Some(v) = info.info2().and_then(|v| u32::try_from(v).ok())
-                && matches!(info.reason(), vmxray_events::codes::ExitCode::Vmx(_))
-            {
-                intr_lines(&mut out, "IDT-vectoring info (info2)", IntrInfo(v));
+            if let Some(v) = info.idt_vectoring() {
+                intr_lines(&mut out, detail_decoded::vectoring_title(svm), v);
             }
             if let Some(context) = trace.contexts.get(&index) {
                 host_context_lines(&mut out, trace, context);
@@ -214,7 +216,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
         | EventKind::KvmMmuPrepareZapPage { page }
         | EventKind::KvmMmuSyncPage { page }
         | EventKind::KvmMmuUnsyncPage { page } => role_lines(&mut out, page.role),
-        _ => {}
+        other => detail_decoded::device_lines(&mut out, other),
     }
     if let Some(kind) = vmxray_replay::triage::fatal(&event.kind) {
         out.push(Line::raw(""));

@@ -4,6 +4,7 @@
 
 pub mod anomalies;
 pub mod detail;
+mod detail_decoded;
 pub mod state;
 pub mod stats;
 pub mod timeline;

@@ -303,7 +303,10 @@ mod tests {
         assert_eq!((print.system(), print.name()), ("ftrace", "print"));
         let mut other = Fields::new();
         other.push("buf", FieldValue::Str("hello world".into()));
+        // Not a record: a print all the same.
         let not_a_record = EventKind::untyped("ftrace".into(), "print".into(), other);
-        assert!(matches!(not_a_record, EventKind::Other(_)), "{not_a_record:?}");
+        let EventKind::Printk(p) = &not_a_record else { panic!("{not_a_record:?}") };
+        assert_eq!((p.func.as_deref(), &*p.text), (None, "hello world"));
+        assert_eq!((not_a_record.system(), not_a_record.name()), ("ftrace", "print"));
     }
 }

@@ -116,7 +116,8 @@ impl ParsedBlock {
 
     fn push(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::Event { event, seen, unknown: None } => {
+            // A loose event (no time, or a QEMU line) is no plain event: it settles nothing.
+            Outcome::Event { event, seen, unknown: None } if !seen.loose => {
                 if self.events.is_empty() {
                     self.first_seen = Some(seen);
                 }

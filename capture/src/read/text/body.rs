@@ -19,6 +19,7 @@ use vmxray_events::codes::{
 };
 use vmxray_events::event::{KnownEvent, MmuPage, ROLE_KNOWN_FIELD};
 
+use super::body_devices as devices;
 use super::fields::{FieldBuf, Name, Val, eq_tiny, span};
 
 /// What a body yielded.
@@ -47,6 +48,7 @@ pub(crate) fn parse_known(
     let kv_allowed = known != KnownEvent::KvmNestedVmenterFailed || body.starts_with("msg=");
     if kv_allowed && starts_with_assignment(body) {
         return if parse_kv(body, body, Some(known), out) {
+            devices::after_raw_fields(known, body, out);
             Ok(Parsed::Fields)
         } else {
             Err("`name=value` fields")
@@ -96,6 +98,25 @@ pub(crate) fn parse_known(
         }
         KnownEvent::KvmMmuWalkerError => labels(body, out, &[("pferr", "pferr", Radix::Hex)]),
         KnownEvent::KvmPmlFull => pml_full(body, out),
+        KnownEvent::KvmSetIrq => devices::set_irq(body, out),
+        KnownEvent::KvmIoapicSetIrq => devices::ioapic_set_irq(body, out),
+        KnownEvent::KvmIoapicDelayedEoiInj => devices::ioapic_delayed_eoi_inj(body, out),
+        KnownEvent::KvmMsiSetIrq => devices::msi_set_irq(body, out),
+        KnownEvent::KvmPicSetIrq => devices::pic_set_irq(body, out),
+        KnownEvent::KvmApic => devices::apic(body, out),
+        KnownEvent::KvmApicAcceptIrq | KnownEvent::KvmApicvAcceptIrq => {
+            devices::accept_irq(body, out)
+        }
+        KnownEvent::KvmApicIpi => devices::apic_ipi(body, out),
+        KnownEvent::KvmEoi | KnownEvent::KvmPvEoi => devices::eoi(body, out),
+        KnownEvent::KvmApicvInhibitChanged => devices::apicv_inhibit_changed(body, out),
+        KnownEvent::KvmMmio => devices::mmio(body, out),
+        KnownEvent::VcpuMatchMmio => devices::vcpu_match_mmio(body, out),
+        KnownEvent::FastPageFault => devices::fast_page_fault(body, out),
+        KnownEvent::KvmTdpMmuSpteChanged => devices::tdp_mmu_spte_changed(body, out),
+        KnownEvent::KvmMmuSpteRequested => devices::spte_requested(body, out),
+        KnownEvent::KvmMmuSetSpte => devices::set_spte(body, out),
+        KnownEvent::QemuRunExit => qemu_run_exit(body, out),
     };
     if ok.is_some() { Ok(Parsed::Fields) } else { Err(expected(known)) }
 }
@@ -137,6 +158,7 @@ fn expected(known: KnownEvent) -> &'static str {
         }
         KnownEvent::KvmNestedIntrVmexit => "`rip: 0x..`",
         KnownEvent::KvmPmlFull => "`vcpu N: PML full`",
+        KnownEvent::QemuRunExit => "`cpu_index N, reason N`",
         KnownEvent::KvmMmuGetPage
         | KnownEvent::KvmMmuPrepareZapPage
         | KnownEvent::KvmMmuSyncPage
@@ -146,6 +168,32 @@ fn expected(known: KnownEvent) -> &'static str {
         KnownEvent::KvmMmuPagetableWalk => "`addr X pferr X FLAGS`",
         KnownEvent::KvmMmuPagingElement => "`pte X level N`",
         KnownEvent::KvmMmuWalkerError => "`pferr X FLAGS`",
+        KnownEvent::KvmSetIrq => "`gsi N level N source N`",
+        KnownEvent::KvmIoapicSetIrq => {
+            "`pin N dst X vec N (MODE|physical|logical|edge|level[|masked])[ (coalesced)]`"
+        }
+        KnownEvent::KvmIoapicDelayedEoiInj => {
+            "`dst X vec N (MODE|physical|logical|edge|level[|masked])`"
+        }
+        KnownEvent::KvmMsiSetIrq => "`dst X vec N (MODE|physical|logical|edge|level[|rh])`",
+        KnownEvent::KvmPicSetIrq => "`chip N pin N (edge|level[|masked])[ (coalesced)]`",
+        KnownEvent::KvmApic => "`apic_read|apic_write APIC_REG = 0x..`",
+        KnownEvent::KvmApicAcceptIrq | KnownEvent::KvmApicvAcceptIrq => {
+            "`apicid X vec N (MODE|edge|level)[ (coalesced)]`"
+        }
+        KnownEvent::KvmApicIpi => {
+            "`dst X vec N (MODE|physical|logical|assert|de-assert|edge|level|SHORTHAND)`"
+        }
+        KnownEvent::KvmEoi | KnownEvent::KvmPvEoi => "`apicid X vector N`",
+        KnownEvent::KvmApicvInhibitChanged => "`set|cleared reason=N, inhibits=0x..[ NAMES]`",
+        KnownEvent::KvmMmio => "`mmio read|write|unsatisfied-read len N gpa 0x.. val 0x..`",
+        KnownEvent::VcpuMatchMmio => "`gva 0x.. gpa 0x.. Read|Write GPA|GVA`",
+        KnownEvent::FastPageFault => {
+            "`vcpu N gva X error_code FLAGS sptep P old 0x.. new X spurious N fixed N`"
+        }
+        KnownEvent::KvmTdpMmuSpteChanged => "`as id N gfn X level N old_spte X new_spte X`",
+        KnownEvent::KvmMmuSpteRequested => "`gfn X pfn X level N`",
+        KnownEvent::KvmMmuSetSpte => "`gfn X spte X (rwx[u]) level N at X`",
     }
 }
 
@@ -153,6 +201,16 @@ fn expected(known: KnownEvent) -> &'static str {
 pub(crate) fn parse_other(body: &str, out: &mut FieldBuf) -> bool {
     if let Some(rest) = body.strip_prefix("[FAILED TO PARSE]") {
         return parse_kv(body, rest.trim_start(), None, out);
+    }
+    if let Some(probed) = body.strip_prefix('(') {
+        // A kprobe event: `(ffffffff81431493) vcpu=0xffff... nr=0xd`, the probed address first.
+        // (The kprobe format's own name for the address is `__probe_ip`.)
+        let Some((ip, rest)) = probed.split_once(") ") else { return false };
+        let Some(ip) = hex_digits(ip).filter(|_| starts_with_assignment(rest)) else {
+            return false;
+        };
+        out.items.push((Name::Static("__probe_ip"), Val::U64(ip)));
+        return parse_kv(body, rest, None, out);
     }
     starts_with_assignment(body) && parse_kv(body, body, None, out)
 }
@@ -283,6 +341,26 @@ fn bare_hex(known: KnownEvent, field: &str) -> bool {
         KnownEvent::KvmMmuPagetableWalk => matches!(field, "addr" | "pferr"),
         KnownEvent::KvmMmuPagingElement => field == "pte",
         KnownEvent::KvmMmuWalkerError => field == "pferr",
+        KnownEvent::KvmApicAcceptIrq
+        | KnownEvent::KvmApicvAcceptIrq
+        | KnownEvent::KvmEoi
+        | KnownEvent::KvmPvEoi => field == "apicid",
+        KnownEvent::KvmApicIpi => field == "dest_id",
+        KnownEvent::FastPageFault => matches!(field, "cr2_or_gpa" | "gva" | "new_spte" | "sptep"),
+        KnownEvent::KvmTdpMmuSpteChanged => matches!(field, "gfn" | "old_spte" | "new_spte"),
+        KnownEvent::KvmMmuSpteRequested => matches!(field, "gfn" | "pfn"),
+        KnownEvent::KvmMmuSetSpte => matches!(field, "gfn" | "spte" | "sptep"),
+        // Printed in decimal, with `0x`, or only through expressions (`e`, `address`,
+        // `data`, `elcr`, `icr_low`), which `-R` prints in decimal.
+        KnownEvent::KvmSetIrq
+        | KnownEvent::KvmIoapicSetIrq
+        | KnownEvent::KvmIoapicDelayedEoiInj
+        | KnownEvent::KvmMsiSetIrq
+        | KnownEvent::KvmPicSetIrq
+        | KnownEvent::KvmApic
+        | KnownEvent::KvmApicvInhibitChanged
+        | KnownEvent::KvmMmio
+        | KnownEvent::VcpuMatchMmio => false,
         KnownEvent::KvmEntry
         | KnownEvent::KvmNestedVmenter
         | KnownEvent::KvmNestedVmrun
@@ -298,7 +376,8 @@ fn bare_hex(known: KnownEvent, field: &str) -> bool {
         | KnownEvent::KvmMmuPrepareZapPage
         | KnownEvent::KvmMmuSyncPage
         | KnownEvent::KvmMmuUnsyncPage
-        | KnownEvent::KvmPmlFull => false,
+        | KnownEvent::KvmPmlFull
+        | KnownEvent::QemuRunExit => false,
     }
 }
 
@@ -341,11 +420,11 @@ static HEX_VALUE: [u8; 256] = {
 };
 
 /// Hex with an optional `0x`.
-fn hex(s: &str) -> Option<u64> {
+pub(super) fn hex(s: &str) -> Option<u64> {
     hex_digits(s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s))
 }
 
-fn dec(s: &str) -> Option<u64> {
+pub(super) fn dec(s: &str) -> Option<u64> {
     if s.is_empty() {
         return None;
     }
@@ -362,7 +441,7 @@ fn dec(s: &str) -> Option<u64> {
 }
 
 #[derive(Clone, Copy)]
-enum Radix {
+pub(super) enum Radix {
     Dec,
     Hex,
 }
@@ -385,7 +464,11 @@ fn token_label(tok: &str) -> &str {
 
 /// `label value label value ...`: every label of `spec` found is read; other tokens are
 /// ignored. Fails when no label matched or a value does not parse.
-fn labels(body: &str, out: &mut FieldBuf, spec: &[(&str, &'static str, Radix)]) -> Option<()> {
+pub(super) fn labels(
+    body: &str,
+    out: &mut FieldBuf,
+    spec: &[(&str, &'static str, Radix)],
+) -> Option<()> {
     let mut it = body.split_ascii_whitespace();
     let mut found = false;
     while let Some(tok) = it.next() {
@@ -414,6 +497,7 @@ fn is_exit_label(tok: &str) -> bool {
             | "int_info"
             | "int_info_err"
             | "intr_info"
+            | "intr"
             | "error_code"
             | "requests"
             | "vcpu"
@@ -465,7 +549,8 @@ fn exit_family(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<()> 
             "info2" => info2 = Some(next_hex()?),
             "ext_inf1" => (info1, old_names) = (Some(next_hex()?), true),
             "ext_inf2" => (info2, old_names) = (Some(next_hex()?), true),
-            "intr_info" => intr = Some(next_hex()?),
+            // `intr` after `info` in a libtraceevent plugin's rendering.
+            "intr_info" | "intr" => intr = Some(next_hex()?),
             "ext_int" | "int_info" => (intr, old_names) = (Some(next_hex()?), true),
             "error_code" => err = Some(next_hex()?),
             "ext_int_err" | "int_info_err" => (err, old_names) = (Some(next_hex()?), true),
@@ -765,13 +850,39 @@ fn userspace_exit(body: &str, out: &mut FieldBuf) -> Option<()> {
 /// Kernel `%x:%llx:%s (%s)%s` (`0:1000:ff c0 (prot64)`, ` failed`); trace-cmd's plugin
 /// `%llx:%llx[ func]: %s%s` (`0:1000: ff c0`, ` FAIL`; disassembly instead of bytes when built
 /// with udis86, and no mode).
+/// The `(MODE)[ failed]` ending of the kernel's `kvm_emulate_insn` rendering: the bytes before
+/// it (possibly none), the mode flags and `failed`; None for another rendering.
+fn mode_suffix(rest: &str) -> Option<(&str, u64, bool)> {
+    let open = rest.rfind('(')?;
+    let close = open + rest[open..].find(')')?;
+    let flags = match &rest[open + 1..close] {
+        "real" => 0,
+        "prot16" => 1,
+        "vm16" => 3,
+        "prot32" => 5,
+        "prot64" => 9,
+        other => hex(other).filter(|_| other.starts_with("0x"))?,
+    };
+    let failed = match rest[close + 1..].trim() {
+        "" => false,
+        "failed" => true,
+        _ => return None,
+    };
+    Some((rest[..open].trim(), flags, failed))
+}
+
 fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
     let (cs, rest) = body.split_once(':')?;
     let (rip_text, rest) = rest.split_once(':')?;
     let rip_tok = rip_text.split_ascii_whitespace().next()?;
     out.u64("csbase", hex(cs)?);
     out.u64("rip", hex(rip_tok)?);
-    let (bytes, failed) = if rest.starts_with(' ') || rest.is_empty() {
+    let (bytes, failed) = if let Some((bytes, flags, failed)) = mode_suffix(rest) {
+        // The kernel's print fmt: `BYTES (MODE)[ failed]`, or ` (MODE)[ failed]` with no bytes
+        // when KVM could not fetch the instruction.
+        out.u64("flags", flags);
+        (bytes, failed)
+    } else if rest.starts_with(' ') || rest.is_empty() {
         // Plugin rendering.
         let text = rest.trim();
         if text == "FAIL" {
@@ -782,25 +893,7 @@ fn emulate_insn(body: &str, out: &mut FieldBuf) -> Option<()> {
             (text, false)
         }
     } else {
-        let open = rest.rfind(" (").or_else(|| rest.starts_with('(').then_some(0))?;
-        let after = &rest[open..].trim_start();
-        let close = after.find(')')?;
-        let mode = &after[1..close];
-        let flags = match mode {
-            "real" => 0,
-            "prot16" => 1,
-            "vm16" => 3,
-            "prot32" => 5,
-            "prot64" => 9,
-            other => hex(other).filter(|_| other.starts_with("0x"))?,
-        };
-        let failed = match after[close + 1..].trim() {
-            "" => false,
-            "failed" => true,
-            _ => return None,
-        };
-        out.u64("flags", flags);
-        (rest[..open].trim(), failed)
+        return None;
     };
     // `ff c0 e6`: two hex digits per byte, one space between bytes.
     let b = bytes.as_bytes();
@@ -851,6 +944,15 @@ fn pml_full(body: &str, out: &mut FieldBuf) -> Option<()> {
     Some(())
 }
 
+/// QEMU's `kvm_run_exit` trace event: `cpu_index %d, reason %d` (the `KVM_EXIT_*` number).
+fn qemu_run_exit(body: &str, out: &mut FieldBuf) -> Option<()> {
+    let rest = body.strip_prefix("cpu_index ")?;
+    let (cpu, reason) = rest.split_once(", reason ")?;
+    out.u64("cpu_index", dec(cpu.trim())?);
+    out.u64("reason", dec(reason.trim())?);
+    Some(())
+}
+
 /// `kvm_nested_vmenter` (6.1+: labels `vmcs`/`vmcb`, `nested_ept`/`nested_npt` as `: on|off` or
 /// `=y|n`, then `guest_pgd:` or `guest_cr3:`/`nested_eptp:`/`nested_cr3:`) and the older SVM
 /// `kvm_nested_vmrun` (`vmcb: nrip: ... npt: on|off`).
@@ -887,6 +989,11 @@ fn nested_vmenter(body: &str, out: &mut FieldBuf) -> Option<()> {
             "guest_pgd" | "guest_cr3" | "nested_eptp" | "nested_cr3" => {
                 out.u64("guest_pgd", hex(value()?)?);
             }
+            // `guest_cr3` wrapped by hand at its underscore (`... guest` / `cr3: 0x...`).
+            "guest" => match value()? {
+                "cr3" | "pgd" => out.u64("guest_pgd", hex(value()?)?),
+                _ => return None,
+            },
             _ => return None,
         }
     }
@@ -931,6 +1038,8 @@ fn vmenter_failed(body: &str, out: &mut FieldBuf) -> Option<()> {
 fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed> {
     let mut it = body.split_ascii_whitespace().peekable();
     let (mut level, mut byte4, mut pae, mut plugin) = (None, None, None::<bool>, false);
+    // The plugin of old trace-cmds: `%u/%u` (level/guest levels) and `[!]pge`.
+    let mut old_plugin = false;
     let (mut role, mut word, mut gfn, mut root, mut unsync, mut created) =
         (0u32, None, None, None, None, None);
     while let Some(tok) = it.next() {
@@ -959,6 +1068,7 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
             "smep" => role |= 1 << 14,
             "smap" => role |= 1 << 15,
             "smm" => role |= 1 << 24,
+            "pge" | "!pge" => old_plugin = true,
             _ => {
                 if let Some(q) = tok.strip_prefix('q') {
                     role |= (u32::try_from(dec(q)?).ok()? & 3) << 5;
@@ -970,16 +1080,25 @@ fn mmu_page(known: KnownEvent, body: &str, out: &mut FieldBuf) -> Option<Parsed>
                     role |= u32::try_from(acc).ok()? << 8;
                 } else if level.is_none() && dec(tok).is_some() {
                     level = dec(tok);
+                } else if let Some((l, guest_levels)) = tok.split_once('/')
+                    && level.is_none()
+                {
+                    // Two guest levels: 32-bit paging, 4-byte gptes.
+                    level = Some(dec(l)?);
+                    byte4 = Some(dec(guest_levels)? == 2);
+                    old_plugin = true;
                 } else {
                     return None;
                 }
             }
         }
     }
-    let role_known = match (word, plugin) {
-        (Some(_), _) => MmuPage::ROLE_ALL_KNOWN,
-        (None, true) => MmuPage::ROLE_KNOWN_PLUGIN,
-        (None, false) => MmuPage::ROLE_KNOWN_KERNEL_PRINT,
+    let role_known = match (word, plugin, old_plugin) {
+        (Some(_), _, _) => MmuPage::ROLE_ALL_KNOWN,
+        (None, true, _) => MmuPage::ROLE_KNOWN_PLUGIN,
+        // Level, guest levels, quadrant, direct, access, invalid, nxe; no A/D bit.
+        (None, false, true) => MmuPage::ROLE_KNOWN_KERNEL_PRINT & !(1 << 16),
+        (None, false, false) => MmuPage::ROLE_KNOWN_KERNEL_PRINT,
     };
     if role_known != MmuPage::ROLE_ALL_KNOWN {
         out.u64(ROLE_KNOWN_FIELD, u64::from(role_known));

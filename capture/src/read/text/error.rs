@@ -36,23 +36,23 @@ impl fmt::Display for Snippet {
 }
 
 /// A line of ftrace, `trace-cmd report` or `perf script` text that cannot be read.
+///
+/// Only lines that look like trace text are errors (lines of prose around an excerpt are
+/// skipped and counted, see [`crate::ReadStats::non_trace_lines`]); the messages say that
+/// `--permissive` ([`crate::ReadOptions::permissive`]) skips them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
-    /// No layout recognizes the line.
-    #[error("Unrecognized line: expected {expected}; the line reads {found:?}")]
+    /// The line has the shape of a trace line (CPU and time columns) but no layout reads it.
+    #[error(
+        "Unrecognized line: expected {expected}; the line reads {found:?} (--permissive skips \
+         such lines and counts them)"
+    )]
     UnrecognizedLine {
         /// What the reader looks for.
         expected: &'static str,
         /// The line.
         found: Snippet,
     },
-    /// ftrace text printed with `options/context-info` off: only `event: body`.
-    #[error(
-        "ftrace text without its context columns (trace option context-info is off): the events \
-         carry no CPU, pid or timestamp, so they cannot be placed in time. Re-export the trace \
-         with `echo 1 > options/context-info` (or use `trace-cmd report`)"
-    )]
-    NoContext,
     /// ftrace text printed with `options/latency-format` on.
     #[error(
         "ftrace latency-format text (trace option latency-format is on): its timestamps are \
@@ -62,12 +62,28 @@ pub enum TextError {
     )]
     LatencyFormat,
     /// The event's body is not any known rendering of that tracepoint.
-    #[error("Cannot read the {event} text: expected {expected}; the text reads {found:?}")]
+    #[error(
+        "Cannot read the {event} text: expected {expected}; the text reads {found:?} \
+         (--permissive skips such lines and counts them)"
+    )]
     Body {
         /// The tracepoint.
         event: &'static str,
         /// The renderings the reader knows.
         expected: &'static str,
+        /// The body.
+        found: Snippet,
+    },
+    /// The body reads, but lacks a field the typed event needs.
+    #[error(
+        "Cannot read the {event} text: it has no `{field}`; the text reads {found:?} \
+         (--permissive skips such lines and counts them)"
+    )]
+    MissingField {
+        /// The tracepoint.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
         /// The body.
         found: Snippet,
     },

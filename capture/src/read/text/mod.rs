@@ -69,9 +69,12 @@
 
 mod blocks;
 mod body;
+mod body_devices;
 mod error;
+mod excerpt;
 mod fields;
 mod lines;
+mod loose;
 mod parser;
 mod prefix;
 
@@ -86,6 +89,7 @@ use crate::read::{
 use vmxray_events::event::{Event, EventKind};
 
 pub use error::{Snippet, TextError};
+pub use excerpt::{MAX_EXCERPT_BYTES, TIME_BACK_TOLERANCE, TIME_JUMP, starts_with_tool_header};
 
 use blocks::Blocks;
 use lines::{Line, LineReader};
@@ -109,6 +113,8 @@ struct Stream {
     /// Events waiting to be yielded, in order (lost markers and the event that follows them).
     queue: VecDeque<Event>,
     pending_lost: Vec<(u32, Option<u64>)>,
+    /// What the lines say about the input being an excerpt ([`TraceMeta::excerpt`]).
+    evidence: excerpt::Evidence,
     /// Last timestamp per CPU (for lost markers at the end of the input).
     last_ts: FxMap<u32, u64>,
     /// The same for CPUs below 1024.
@@ -121,6 +127,8 @@ enum Source<R> {
     Lines { lines: LineReader<R>, parser: LineParser, line_no: u64 },
     /// Blocks of lines parsed ahead (see `blocks.rs`).
     Blocks(Blocks<R>),
+    /// A small input read whole, normalized, joined and segmented (see `excerpt.rs`).
+    Excerpt(excerpt::Items),
 }
 
 /// Reads ftrace / `trace-cmd report` / `perf script` text; see the [module docs](self).
@@ -171,6 +179,7 @@ impl<R: BufRead> TextReader<R> {
                     clock: Clock::Nanoseconds,
                     cpus: None,
                     kernel: None,
+                    excerpt: false,
                 },
                 stats: ReadStats::default(),
                 opts,
@@ -178,6 +187,7 @@ impl<R: BufRead> TextReader<R> {
                 clock_known: false,
                 queue: VecDeque::new(),
                 pending_lost: Vec::new(),
+                evidence: excerpt::Evidence::default(),
                 last_ts: FxMap::default(),
                 last_ts_small: Vec::new(),
             },
@@ -193,6 +203,21 @@ impl<R: BufRead> TextReader<R> {
         let head = match &mut self.source {
             Source::Lines { lines, .. } => lines.peek(),
             Source::Blocks(blocks) => blocks.peek(),
+            Source::Excerpt(items) => {
+                // The outcomes are known: the first header and event lines say it all.
+                for (outcome, _) in items.items.as_slice() {
+                    match outcome {
+                        Outcome::Header { cpus, format } => self.st.header(*cpus, *format),
+                        Outcome::Event { seen, .. } if !seen.loose => {
+                            self.st.first_event(*seen);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                self.st.clock_known = false;
+                return;
+            }
         };
         let Ok(head) = head else { return };
         let head = String::from_utf8_lossy(&head[..head.len().min(SNIFF_BYTES)]);
@@ -202,15 +227,17 @@ impl<R: BufRead> TextReader<R> {
         for line in complete.lines().take(64) {
             match prefix::classify(line, &mut layout) {
                 LineKind::Header { cpus, format } => self.st.header(cpus, format),
-                LineKind::Event(p) => {
-                    self.st.first_event(Seen { format: p.format, ns: p.ts.ns });
+                LineKind::Event(p) if !p.loose => {
+                    self.st.first_event(Seen { format: p.format, ns: p.ts.ns, loose: false });
                     break;
                 }
+                LineKind::Event(_) => {}
                 LineKind::RawType { .. } => {
-                    self.st.first_event(Seen { format: InputFormat::FtraceText, ns: false });
+                    let seen = Seen { format: InputFormat::FtraceText, ns: false, loose: false };
+                    self.st.first_event(seen);
                     break;
                 }
-                LineKind::Lost { .. } | LineKind::Bad(_) => {}
+                LineKind::Lost { .. } | LineKind::NonTrace(_) | LineKind::Bad(_) => {}
             }
         }
         // The first real event re-decides the clock; the sniff only fills the meta early.
@@ -226,8 +253,22 @@ impl<R: BufRead> TextReader<R> {
     }
 }
 
+impl TextReader<io::Empty> {
+    /// A reader of an excerpt held in memory (at most [`MAX_EXCERPT_BYTES`] is the intended
+    /// use): text as people paste it, quoted, wrapped, with its columns cut, several captures
+    /// in one (see `excerpt.rs`). Every line a streamed read accepts reads the same here.
+    pub fn excerpt(name: impl Into<Arc<str>>, bytes: &[u8], opts: ReadOptions) -> Self {
+        let items = excerpt::read(bytes);
+        let excerpt = items.excerpt;
+        let mut reader = Self::with_source(name, Source::Excerpt(items), opts);
+        reader.st.meta.excerpt = excerpt;
+        reader
+    }
+}
+
 impl Stream {
     fn header(&mut self, cpus: Option<u32>, format: Option<InputFormat>) {
+        self.evidence.header(cpus, format);
         if cpus.is_some() {
             self.meta.cpus = cpus;
         }
@@ -254,6 +295,10 @@ impl Stream {
     }
 
     fn first_event(&mut self, seen: Seen) {
+        if seen.loose {
+            // No columns: the line says nothing about the trace's format or clock.
+            return;
+        }
         if !self.format_from_header {
             self.meta.format = seen.format;
             self.format_from_header = true;
@@ -288,16 +333,32 @@ impl Stream {
                 self.first_event(seen);
                 return Err(error);
             }
+            // Counted by the caller, which knows the line.
+            Outcome::NonTrace(_) => {}
             Outcome::Bad(error) => return Err(error),
         }
         Ok(())
     }
 
+    /// Notes an event on its way out, where that can matter (not for the plain events of a
+    /// parallel read: their input has settled its format, and they have a time).
+    #[inline]
+    fn noted(&mut self, event: &Event) {
+        if self.stats.events == 0 {
+            self.evidence.first_event(event);
+        }
+        if event.ts == Event::TS_UNKNOWN {
+            self.evidence.unknown_time();
+        }
+    }
+
     /// Queues the lost markers waiting for this event's CPU, and notes its timestamp; true
     /// when the event must wait behind queued events (it is not moved here: each move of an
     /// event is a copy of its 96 bytes, measured as the largest cost of handing events on).
+    /// An event without a time takes the CPU's last time for its markers.
     #[inline]
     fn must_wait(&mut self, cpu: u32, ts: u64) -> bool {
+        let ts = if ts == Event::TS_UNKNOWN { self.cpu_last_ts(cpu) } else { ts };
         if !self.pending_lost.is_empty() {
             let mut i = 0;
             while i < self.pending_lost.len() {
@@ -349,11 +410,17 @@ impl<R: BufRead> TextReader<R> {
     /// Applies a line that is not an event; returns the error to yield, if any.
     #[cold]
     fn other_line(&mut self, outcome: Outcome, line_no: u64) -> Option<ReadError> {
+        if let Outcome::NonTrace(text) = outcome {
+            self.st.stats.note_non_trace(line_no, || text.into());
+            self.st.evidence.gap(self.st.stats.events);
+            return None;
+        }
         let kind = self.st.apply(outcome).err()?;
         let e = ReadError::new(&self.st.meta.input, Location::Line(line_no), kind);
         let recoverable = !matches!(e.kind, ReadErrorKind::Io(_));
         if self.st.opts.permissive && recoverable {
             self.st.stats.note_skipped(e);
+            self.st.evidence.gap(self.st.stats.events);
             None
         } else {
             self.stop();
@@ -365,6 +432,8 @@ impl<R: BufRead> TextReader<R> {
     #[cold]
     fn end(&mut self) {
         self.st.flush_lost_at_end();
+        let events = self.st.stats.events + self.st.queue.len() as u64;
+        self.st.meta.excerpt |= self.st.evidence.verdict(events);
         self.stop();
     }
 
@@ -416,6 +485,7 @@ impl<R: BufRead> Iterator for TextReader<R> {
                     match parser.line(bytes) {
                         Outcome::Event { event, seen, unknown } => {
                             self.st.event_line(seen, unknown);
+                            self.st.noted(&event);
                             event
                         }
                         other => {
@@ -443,10 +513,12 @@ impl<R: BufRead> Iterator for TextReader<R> {
                             if let Some(seen) = seen {
                                 self.st.first_event(seen);
                             }
+                            self.st.noted(&event);
                             event
                         }
                         blocks::Next::Line(Outcome::Event { event, seen, unknown }, _) => {
                             self.st.event_line(seen, unknown);
+                            self.st.noted(&event);
                             event
                         }
                         blocks::Next::Line(other, at) => match self.other_line(other, at) {
@@ -460,6 +532,25 @@ impl<R: BufRead> Iterator for TextReader<R> {
                         blocks::Next::Failed(e, at) => return Some(Err(self.failed(e, at))),
                     }
                 }
+                Source::Excerpt(items) => match items.items.next() {
+                    Some((Outcome::Event { event, seen, unknown }, _)) => {
+                        if let EventKind::Segment { .. } = event.kind {
+                            self.st.stats.segments += 1;
+                            self.st.evidence.segment();
+                        }
+                        self.st.event_line(seen, unknown);
+                        self.st.noted(&event);
+                        event
+                    }
+                    Some((other, at)) => match self.other_line(other, at) {
+                        Some(e) => return Some(Err(e)),
+                        None => continue,
+                    },
+                    None => {
+                        self.end();
+                        continue;
+                    }
+                },
             };
             if self.st.must_wait(event.cpu, event.ts) {
                 self.st.queue.push_back(event);

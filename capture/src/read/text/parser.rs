@@ -30,7 +30,10 @@ pub(crate) enum Outcome {
     /// An event line whose body cannot be read (its format and clock still count for the
     /// meta, as the event would have).
     BadEvent { seen: Seen, error: ReadErrorKind },
-    /// A line that is not trace text.
+    /// A line of prose (or anything else that is no trace text), as read: skipped and
+    /// counted.
+    NonTrace(Box<str>),
+    /// A line that looks like trace text but is not.
     Bad(ReadErrorKind),
 }
 
@@ -47,6 +50,9 @@ pub(crate) struct Seen {
     pub(crate) format: InputFormat,
     /// `sec.frac` stamps (nanoseconds) rather than raw clock units.
     pub(crate) ns: bool,
+    /// The line says nothing about the trace's format and clock (event text without its
+    /// columns, a QEMU trace-event line).
+    pub(crate) loose: bool,
 }
 
 /// The line as text: as is when it is UTF-8, else with replacement characters (kept in
@@ -201,19 +207,23 @@ impl LineParser {
                 let kind = EventKind::Other(Box::new(OtherEvent { system, name, fields }));
                 Outcome::Event {
                     event: Event { ts, cpu, pid, tgid: None, comm: None, kind },
-                    seen: Seen { format: InputFormat::FtraceText, ns: false },
+                    seen: Seen { format: InputFormat::FtraceText, ns: false, loose: false },
                     unknown: Some(format!("type {type_id}")),
                 }
             }
             LineKind::Event(p) => self.event(&p),
+            LineKind::NonTrace(line) => Outcome::NonTrace(line.into()),
             LineKind::Bad(e) => Outcome::Bad(e.into()),
         }
     }
 
     #[inline]
     fn event(&mut self, p: &Prefix<'_>) -> Outcome {
-        let seen = Seen { format: p.format, ns: p.ts.ns };
-        let info_at = self.event_info(p.name);
+        let seen = Seen { format: p.format, ns: p.ts.ns, loose: p.loose };
+        let info_at = match p.system {
+            Some(system) => self.event_info_in(system, p.name),
+            None => self.event_info(p.name),
+        };
         let comm = p.comm.map(|c| self.comm(p.pid, c));
         self.buf.clear();
         let mut unknown = None;
@@ -221,7 +231,17 @@ impl LineParser {
             Some(known) => match body::parse_known(known, p.body, &mut self.buf) {
                 Ok(Parsed::Fields) => match known.decode(&View { body: p.body, buf: &self.buf }) {
                     Ok(kind) => kind,
-                    Err(e) => return Outcome::BadEvent { seen, error: e.into() },
+                    Err(e) => {
+                        if let Some(clean) = super::loose::without_cant_find_field(p.body) {
+                            return self.event(&Prefix { body: &clean, ..*p });
+                        }
+                        let error = TextError::MissingField {
+                            event: e.event,
+                            field: e.field,
+                            found: Snippet::new(p.body),
+                        };
+                        return Outcome::BadEvent { seen, error: error.into() };
+                    }
                 },
                 Ok(Parsed::Incomplete(why)) => {
                     let info = &self.infos[info_at];
@@ -229,6 +249,9 @@ impl LineParser {
                     self.other(info_at, p.body)
                 }
                 Err(expected) => {
+                    if let Some(clean) = super::loose::without_cant_find_field(p.body) {
+                        return self.event(&Prefix { body: &clean, ..*p });
+                    }
                     let error = TextError::Body {
                         event: known.name(),
                         expected,
@@ -299,6 +322,13 @@ impl LineParser {
         let at = self.event_info_slow(printed);
         self.name_cache[slot] = Some((printed.into(), at));
         at
+    }
+
+    /// [`LineParser::event_info`] for a name printed without the system the layout implies
+    /// (QEMU's trace events): interned as `system:name`.
+    fn event_info_in(&mut self, system: &str, name: &str) -> usize {
+        let printed = format!("{system}:{name}");
+        self.event_info_slow(&printed)
     }
 
     fn event_info_slow(&mut self, printed: &str) -> usize {

@@ -38,6 +38,11 @@ pub(crate) struct Prefix<'a> {
     pub body: &'a str,
     pub format: InputFormat,
     pub has_cpu: bool,
+    /// The system, when the layout implies one the printed name lacks (QEMU's trace events).
+    pub system: Option<&'static str>,
+    /// The line says nothing about the trace's format and clock (no timestamp column, or a
+    /// QEMU line among kernel events).
+    pub loose: bool,
 }
 
 /// A timestamp as printed.
@@ -70,6 +75,9 @@ pub(crate) enum LineKind<'a> {
         cpus: Option<u32>,
         format: Option<InputFormat>,
     },
+    /// A line that is no trace text at all (prose, mail quoting, shell prompts, a debugger's
+    /// output): skipped and counted in every mode (see `loose::looks_like_trace`).
+    NonTrace(&'a str),
     Bad(TextError),
 }
 
@@ -168,10 +176,13 @@ fn classify_columns<'a>(line: &'a str, last: &mut Layout) -> (LineKind<'a>, bool
     if let Some(kind) = raw_type(line) {
         return (kind, false);
     }
-    if looks_like_nocontext(line) {
-        return (LineKind::Bad(TextError::NoContext), false);
+    if let Some(prefix) = super::loose::classify(line) {
+        return (LineKind::Event(prefix), false);
     }
-    (bad(line), false)
+    if super::loose::looks_like_trace(line) {
+        return (bad(line), false);
+    }
+    (LineKind::NonTrace(line), false)
 }
 
 fn bad(line: &str) -> LineKind<'_> {
@@ -208,7 +219,7 @@ fn lost_marker(line: &str) -> Option<LineKind<'_>> {
 }
 
 /// Splits leading ASCII digits off `s` and parses them.
-fn split_digits(s: &str) -> Option<(u64, &str)> {
+pub(super) fn split_digits(s: &str) -> Option<(u64, &str)> {
     let b = s.as_bytes();
     let mut value: u64 = 0;
     let mut end = 0;
@@ -229,7 +240,7 @@ fn split_digits(s: &str) -> Option<(u64, &str)> {
 /// in its column, so this runs on every line, and `trim_start` costs ~15 instructions per
 /// padding space. ASCII whitespace is dropped bytewise; only when what follows could be
 /// whitespace outside that set (`\x0b`, or any non-ASCII character) does `trim_start` decide.
-fn trim_start(s: &str) -> &str {
+pub(super) fn trim_start(s: &str) -> &str {
     let t = s[leading_spaces(s.as_bytes())..].trim_ascii_start();
     match t.as_bytes().first() {
         Some(&c) if c == 0x0b || !c.is_ascii() => t.trim_start(),
@@ -237,7 +248,7 @@ fn trim_start(s: &str) -> &str {
     }
 }
 
-fn skip_spaces(s: &str) -> &str {
+pub(super) fn skip_spaces(s: &str) -> &str {
     &s[leading_spaces(s.as_bytes())..]
 }
 
@@ -262,7 +273,7 @@ fn leading_spaces(b: &[u8]) -> usize {
 }
 
 /// `[NNN]` at the start of `s`.
-fn cpu_field(s: &str) -> Option<(u32, &str)> {
+pub(super) fn cpu_field(s: &str) -> Option<(u32, &str)> {
     let rest = s.strip_prefix('[')?;
     let (cpu, rest) = split_digits(rest)?;
     let rest = rest.strip_prefix(']')?;
@@ -274,7 +285,7 @@ const NS_SCALE: [u64; 10] =
     [0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
 
 /// `secs.frac:` or `count:` at the start of `s`; returns the stamp and what follows the colon.
-fn timestamp(s: &str) -> Option<(Timestamp, &str)> {
+pub(super) fn timestamp(s: &str) -> Option<(Timestamp, &str)> {
     let (secs, rest) = split_digits(s)?;
     if let Some(frac) = rest.strip_prefix('.') {
         // At most 9 digits (nanoseconds), read as they are found.
@@ -323,7 +334,7 @@ static NAME_BYTES: [u8; 256] = {
 
 /// After the timestamp's colon: optional `(+N)` (trace-cmd --ts-diff), the event name, its
 /// colon, and the body.
-fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
+pub(super) fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
     let mut s = skip_spaces(s);
     if s.starts_with("(+") {
         let close = s.find(')')?;
@@ -347,6 +358,8 @@ fn name_and_body(s: &str, with_system: bool) -> Option<(&str, &str)> {
                 }
                 has_colon = true;
             }
+            // A print whose function name was made up (`<hack>: ...`).
+            _ if at == 0 && b[0] == b'<' => return super::loose::angle_name_and_body(s),
             _ => return None,
         }
         at += 1;
@@ -408,6 +421,8 @@ fn dash_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
         body,
         format,
         has_cpu: true,
+        system: None,
+        loose: false,
     })))
 }
 
@@ -428,7 +443,7 @@ fn dash_fallback(line: &str) -> Option<(&str, usize)> {
 }
 
 /// The byte offset of the first ` [NNN]` (space, bracket, digits, bracket).
-fn find_cpu_field(line: &str) -> Option<usize> {
+pub(super) fn find_cpu_field(line: &str) -> Option<usize> {
     let b = line.as_bytes();
     memchr::memchr_iter(b'[', b)
         .find(|&at| at > 0 && b[at - 1] == b' ' && cpu_field(&line[at..]).is_some())
@@ -468,6 +483,8 @@ fn latency_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
         body,
         format: InputFormat::TraceCmdText,
         has_cpu: true,
+        system: None,
+        loose: false,
     })))
 }
 
@@ -486,7 +503,8 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
         .map(|(ids, after)| (ids, skip_spaces(after)))
         .filter(|(_, after)| after.starts_with('[') || timestamp(after).is_some());
     if let Some(((tid, process), after)) = fixed {
-        comm = Some(trim_start(&line[..16]));
+        // Right-aligned in 16 columns; a line shifted by a blank leaves one after it.
+        comm = Some(trim_start(&line[..16]).trim_end());
         pid = tid;
         tgid = process;
         rest = after;
@@ -519,6 +537,8 @@ fn perf_layout(line: &str) -> Option<Result<LineKind<'_>, TextError>> {
         body: strip_ip_sym(body),
         format: InputFormat::PerfScriptText,
         has_cpu,
+        system: None,
+        loose: false,
     })))
 }
 
@@ -541,7 +561,7 @@ fn perf_tid(s: &str) -> Option<((i32, Option<i32>), &str)> {
 
 /// `perf script -F ...,ip,sym` appends ` <16 hex digits> <symbol>` (and ` (<dso>)` with dso)
 /// after the body; drop it.
-fn strip_ip_sym(body: &str) -> &str {
+pub(super) fn strip_ip_sym(body: &str) -> &str {
     let mut s = body;
     if let Some(open) = s.rfind(" (").filter(|_| s.ends_with(')')) {
         s = &s[..open];
@@ -576,16 +596,6 @@ fn raw_type(line: &str) -> Option<LineKind<'_>> {
         ts: u64::from_str_radix(t, radix).ok()?,
         type_id,
     })
-}
-
-/// `event_name: body` with nothing before it (ftrace with context-info off).
-fn looks_like_nocontext(line: &str) -> bool {
-    let Some(at) = line.find(':') else { return false };
-    let name = &line[..at];
-    !name.is_empty()
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-        && name.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && line[at + 1..].chars().next().is_none_or(|c| c == ' ')
 }
 
 #[cfg(test)]
@@ -690,7 +700,9 @@ mod tests {
             classify("# entries-in-buffer/entries-written: 62/62   #P:2", &mut l),
             LineKind::Header { cpus: Some(2), format: None }
         );
-        assert_eq!(classify("kvm_fpu: load", &mut l), LineKind::Bad(TextError::NoContext));
+        // Event text without its columns: an event with no time, CPU or thread.
+        let LineKind::Event(p) = classify("kvm_fpu: load", &mut l) else { panic!() };
+        assert_eq!((p.name, p.ts.value, p.pid), ("kvm_fpu", vmxray_events::Event::TS_UNKNOWN, -1));
         assert_eq!(
             classify("qemu vcp-15045     1d..1. 165901us : kvm_fpu: load", &mut l),
             LineKind::Bad(TextError::LatencyFormat)
@@ -703,8 +715,9 @@ mod tests {
             classify("15045 1 511173882349 type: 82", &mut l),
             LineKind::RawType { pid: 15045, cpu: 1, ts: 511_173_882_349, type_id: 82 }
         );
+        assert_eq!(classify("hello world", &mut l), LineKind::NonTrace("hello world"));
         assert!(matches!(
-            classify("hello world", &mut l),
+            classify("  a-10 [000] garbage 5.000001: x", &mut l),
             LineKind::Bad(TextError::UnrecognizedLine { .. })
         ));
     }

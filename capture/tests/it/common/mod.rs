@@ -91,6 +91,23 @@ pub fn print_fmt_conversions(print_fmt: &str) -> Vec<(String, char)> {
     out
 }
 
+/// The fields a print fmt passes through a bare integer cast, `(u8)REC->e`, with the cast's
+/// width in bytes: libtraceevent's raw rendering (`trace-cmd report -R`) prints such a field
+/// cast (`e=129` for `0x300000000008081`).
+pub fn print_fmt_casts(print_fmt: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for (cast, size) in [("(u8)REC->", 1), ("(u16)REC->", 2), ("(u32)REC->", 4)] {
+        let mut rest = print_fmt;
+        while let Some(at) = rest.find(cast) {
+            rest = &rest[at + cast.len()..];
+            let name: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            out.push((name, size));
+        }
+    }
+    out
+}
+
 /// True when a rendered number `token` denotes `value` (hex when `0x`-prefixed or when the
 /// print fmt prints the field with `%x`, else decimal, signed or not).
 pub fn number_matches(token: &str, value: u64, signed_value: i64, hex: Option<bool>) -> bool {
