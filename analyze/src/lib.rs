@@ -49,6 +49,13 @@
 //! ([`scan::DatasetWriter`]) or memory ([`scan::Collector`]). The table schemas, units and the
 //! memory bound are documented in [`scan`].
 //!
+//! ## Host context ([`context`]) and perf's tables ([`kvm_stat`])
+//!
+//! [`context::HostContext`] (a [`pass::Sink`]) splits each exit's latency into time in KVM,
+//! scheduled out (and which threads ran), hard irqs and softirqs, from the host's scheduler
+//! and interrupt tracepoints; [`kvm_stat::KvmStat`] gives `perf kvm stat report`'s vmexit,
+//! ioport and mmio tables with its `--key`, `--vcpu` and `--pid` selections.
+//!
 //! ## Exit statistics ([`stats`])
 //!
 //! [`stats::ExitStats`] is fed one [`vmxray_capture::Event`] at a time and keeps memory
@@ -131,8 +138,24 @@
 //!   "losses": {"lost": [{"cpu": u32, "markers": u64, "events": u64, "uncounted_markers": u64}],
 //!              "skipped": u64, "non_trace_lines": u64, "problems": [str],
 //!              "unknown_events": [{"name": str, "count": u64}]},
-//!   "notes": [str]
+//!   "notes": [str],
+//!   "host_context": {                                          // absent: no host events (or not run)
+//!     "sources": {"sched_switch": bool, "sched_wakeup": bool, "irq": bool, "softirq": bool, "hrtimer": bool},
+//!     "attributed": u64, "unattributed": u64, "overall": PARTS,
+//!     "by_reason": [{"reason": {...}, "count": u64, "latency": u64, "parts": PARTS}],   // most time first
+//!     "outliers": [{"index": u64, "ts": u64, "vcpu": str, "reason": {...}, "latency": u64, "parts": PARTS,
+//!                   "ran": [{"pid": i32|null, "comm": str, "time": u64}],
+//!                   "irqs": [{"name": str, "time": u64}], "softirqs": [{"name": str, "time": u64}]}]
+//!   },
+//!   "kvm_stat": {                                              // absent unless --event/--key/--vcpu/--pid
+//!     "event": "vmexit" | "ioport" | "mmio", "key": "sample" | "time", "vcpu": u32|null, "pids": [i32],
+//!     "rows": [{"key": str, "samples": u64, "samples_percent": f64, "time_percent": f64, "total": u64,
+//!               "min": u64, "max": u64, "mean": f64, "rel_stddev_percent": f64}],
+//!     "total_samples": u64, "total_time": u64
+//!   }
 //! }
+//! PARTS = {"in_kvm": u64, "scheduled_out": u64, "blocked": u64, "irq": u64, "softirq": u64}
+//!         // in_kvm + scheduled_out + irq + softirq = the latency; blocked ⊂ scheduled_out
 //! ROW = {
 //!   "reason": null | {"name": "EPT_VIOLATION", "code": u64, "isa": "vmx" | "svm" | "unknown"},
 //!   "level": "all" | "l1" | "l2",
@@ -159,7 +182,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod context;
 pub mod histogram;
+pub mod kvm_stat;
 pub mod pass;
 #[cfg(feature = "plot")]
 pub mod plot;

@@ -119,6 +119,21 @@ impl Sink for () {
     }
 }
 
+/// A sink lent to a pass (so that two sinks owned elsewhere can be paired).
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn before(&mut self, model: &Model) {
+        (**self).before(model);
+    }
+
+    fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
+        (**self).event(stepped)
+    }
+
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        (**self).end(anomalies, model);
+    }
+}
+
 /// Two sinks in turn.
 impl<A: Sink, B: Sink> Sink for (A, B) {
     fn before(&mut self, model: &Model) {

@@ -59,6 +59,7 @@ pub(crate) fn note_features(f: &mut Features, kind: &EventKind) {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }
@@ -106,6 +107,7 @@ pub(crate) fn settle(st: &mut VcpuState, ev: &Event, out: &mut Vec<Transition>) 
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Context(_)
             | EventKind::Printk(_)
             | EventKind::QemuRunExit { .. }
             | EventKind::Segment { .. }
@@ -236,6 +238,7 @@ pub(crate) fn apply(
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }

@@ -608,6 +608,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }
         | EventKind::Lost { .. } => None,
@@ -685,6 +686,7 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }

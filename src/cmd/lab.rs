@@ -92,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProfileArg::Mmu => Profile::Mmu,
         ProfileArg::All => Profile::All,
         ProfileArg::Vmcs => Profile::Vmcs,
+        ProfileArg::Context => Profile::Context,
     };
     if let Some(size) = args.flight_recorder {
         opts.flight = Some(FlightOptions {

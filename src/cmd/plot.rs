@@ -22,7 +22,9 @@ pub fn accumulate_with_plots(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
     vm: Option<&str>,
     plots: &mut ExitPlots,
-) -> Result<Pass, ReadError> {
+    kvm: Option<vmxray_analyze::kvm_stat::KvmStatConfig>,
+) -> Result<super::stats::Accumulated, ReadError> {
+    let mut extra = super::stats::Extra::new(vm, kvm);
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::ExitLog });
     if let Some(vm) = vm {
@@ -46,7 +48,7 @@ pub fn accumulate_with_plots(
         }
     };
     for event in events {
-        let _ = pass.step(&event?, &mut ());
+        let _ = pass.step(&event?, &mut extra);
         if pass.stats_mut().is_some_and(|s| s.closed_exits_pending() >= TAKE_EVERY) {
             feed(&mut pass);
         }
@@ -55,7 +57,7 @@ pub fn accumulate_with_plots(
         stats.close_pending();
     }
     feed(&mut pass);
-    Ok(pass)
+    Ok(super::stats::Accumulated { pass, extra })
 }
 
 /// Writes the plots into `dir` and says so on stderr.

@@ -83,6 +83,9 @@ pub enum ProfileArg {
     /// exits + dynamic probes recording VMCS field values (nested CR3/EPTP loads, nested exits);
     /// needs kprobe or fprobe events and kvm_intel.
     Vmcs,
+    /// exits + the host's scheduler, irq, softirq and hrtimer events, kvm_pio and kvm_mmio:
+    /// where each exit's time went on the host (`vmxray stats`), perf's ioport/mmio tables.
+    Context,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -113,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProfileArg::Mmu => Profile::Mmu,
         ProfileArg::All => Profile::All,
         ProfileArg::Vmcs => Profile::Vmcs,
+        ProfileArg::Context => Profile::Context,
     };
     opts.extra_events = args.events;
     opts.filters = args.filter;

@@ -5,8 +5,12 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::ops::ControlFlow;
+
 use anyhow::Context as _;
-use vmxray_analyze::pass::{Pass, PassConfig, StatsMode};
+use vmxray_analyze::context::HostContext;
+use vmxray_analyze::kvm_stat::{KvmStat, KvmStatConfig, KvmStatEvent, SortKey};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_analyze::stats::{Format, StatsReport, write_report};
 use vmxray_capture::{ReadError, ReadStats, TraceMeta};
 use vmxray_events::Event;
@@ -33,6 +37,102 @@ pub struct Args {
     /// level, exits per second per vCPU over time, and a time × latency heatmap.
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
+    /// Print `perf kvm stat report`'s table of these events instead (its pairing rules and
+    /// units: µs): `vmexit` by reason, `ioport` by port and direction (kvm_pio → kvm_entry),
+    /// `mmio` by address and direction (kvm_mmio write → kvm_entry, kvm_exit → kvm_mmio read).
+    /// `--key`, `--vcpu` and `--pid` imply it (`vmexit` unless given).
+    #[arg(long, value_enum)]
+    pub event: Option<KvmEvent>,
+    /// perf's `--key`: sort that table by `sample` count (default) or mean `time`.
+    #[arg(long, value_enum)]
+    pub key: Option<KvmKey>,
+    /// perf's `--vcpu`: only this vCPU's events in that table.
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// perf's `--pid`: only these processes' events in that table (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<i32>,
+}
+
+/// `--event`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvmEvent {
+    /// VM exits by reason.
+    Vmexit,
+    /// Port I/O by port and direction.
+    Ioport,
+    /// MMIO by guest physical address and direction.
+    Mmio,
+}
+
+/// `--key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvmKey {
+    /// Samples, most first.
+    Sample,
+    /// Mean time, longest first.
+    Time,
+}
+
+impl Args {
+    /// perf's table, when any of its options is given.
+    fn kvm_stat(&self) -> Option<KvmStatConfig> {
+        let asked = self.event.is_some()
+            || self.key.is_some()
+            || self.vcpu.is_some()
+            || !self.pid.is_empty();
+        asked.then(|| KvmStatConfig {
+            event: match self.event {
+                None | Some(KvmEvent::Vmexit) => KvmStatEvent::Vmexit,
+                Some(KvmEvent::Ioport) => KvmStatEvent::Ioport,
+                Some(KvmEvent::Mmio) => KvmStatEvent::Mmio,
+            },
+            key: match self.key {
+                None | Some(KvmKey::Sample) => SortKey::Sample,
+                Some(KvmKey::Time) => SortKey::Time,
+            },
+            vcpu: self.vcpu,
+            pids: self.pid.clone(),
+        })
+    }
+}
+
+/// What a statistics pass keeps beside the exit statistics: the host context of exits, and
+/// perf's table when asked for.
+#[derive(Debug)]
+pub struct Accumulated {
+    /// The pass (its statistics).
+    pub pass: Pass,
+    /// The consumers run with it.
+    pub extra: Extra,
+}
+
+/// The pass's consumers.
+#[derive(Debug)]
+pub struct Extra {
+    context: HostContext,
+    kvm_stat: Option<KvmStat>,
+}
+
+impl Extra {
+    /// The host-context analysis (of one VM's exits with `vm`), and perf's table if `kvm`.
+    pub fn new(vm: Option<&str>, kvm: Option<KvmStatConfig>) -> Self {
+        let context = match vm {
+            Some(vm) => HostContext::new().of_vm(vm),
+            None => HostContext::new(),
+        };
+        Self { context, kvm_stat: kvm.map(KvmStat::new) }
+    }
+}
+
+impl Sink for Extra {
+    fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
+        let _ = self.context.event(stepped);
+        if let Some(kvm) = &mut self.kvm_stat {
+            kvm.push(stepped.event);
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// `--format`.
@@ -59,6 +159,8 @@ impl From<OutputFormat> for Format {
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = super::input::open(&args.file, args.permissive)?;
+    let kvm = args.kvm_stat();
+    let perf_table_only = kvm.is_some() && args.format == OutputFormat::Text;
     let stats = match &args.plot {
         Some(dir) => {
             let meta = reader.meta();
@@ -68,13 +170,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 reader.by_ref(),
                 args.vm.as_deref(),
                 &mut plots,
+                kvm,
             )?;
             super::plot::write(&plots, dir)?;
             stats
         }
-        None => accumulate(reader.by_ref(), args.vm.as_deref())?,
+        None => accumulate_with(reader.by_ref(), args.vm.as_deref(), kvm)?,
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
+    if perf_table_only {
+        let report = finish(stats, Some(reader.meta()), Some(reader.stats()))?;
+        if let Some(table) = &report.kvm_stat {
+            out.write_all(table.render_text().as_bytes()).context("Cannot write the report")?;
+            out.flush().context("Cannot write the report")?;
+        }
+        return Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS));
+    }
     write_stats(stats, Some(reader.meta()), Some(reader.stats()), args.format, &mut out)?;
     Ok(super::input::exit_status(reader.stats(), ExitCode::SUCCESS))
 }
@@ -82,31 +193,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Feeds every event through a statistics pass (the model only attributes events to vCPUs);
 /// the first read error stops (with `--permissive` the reader only yields errors it cannot
 /// skip).
+#[cfg(test)]
 pub fn accumulate(
     events: impl IntoIterator<Item = Result<Event, ReadError>>,
     vm: Option<&str>,
-) -> Result<Pass, ReadError> {
+) -> Result<Accumulated, ReadError> {
+    accumulate_with(events, vm, None)
+}
+
+/// Feeds every event through a statistics pass with the host-context analysis, and perf's
+/// table when `kvm` says which.
+pub fn accumulate_with(
+    events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    vm: Option<&str>,
+    kvm: Option<KvmStatConfig>,
+) -> Result<Accumulated, ReadError> {
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
     if let Some(vm) = vm {
         pass = pass.stats_of_vm(vm);
     }
-    pass.run(events, &mut ())?;
-    Ok(pass)
+    let mut extra = Extra::new(vm, kvm);
+    pass.run(events, &mut extra)?;
+    Ok(Accumulated { pass, extra })
+}
+
+/// The report of a statistics pass, with the host context and perf's table.
+fn finish(
+    acc: Accumulated,
+    meta: Option<&TraceMeta>,
+    read: Option<&ReadStats>,
+) -> anyhow::Result<StatsReport> {
+    // A statistics pass always has its report.
+    let Some(mut report) = acc.pass.finish(meta, read).stats else {
+        anyhow::bail!("Internal error: a statistics pass without statistics");
+    };
+    report.host_context = acc.extra.context.finish();
+    report.kvm_stat = acc.extra.kvm_stat.map(KvmStat::finish);
+    Ok(report)
 }
 
 /// Finishes the statistics and writes the report; returns it for callers that want the data.
 pub fn write_stats(
-    pass: Pass,
+    acc: Accumulated,
     meta: Option<&TraceMeta>,
     read: Option<&ReadStats>,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<StatsReport> {
-    // A statistics pass always has its report.
-    let Some(report) = pass.finish(meta, read).stats else {
-        anyhow::bail!("Internal error: a statistics pass without statistics");
-    };
+    let report = finish(acc, meta, read)?;
     write_report(&report, format.into(), out).context("Cannot write the report")?;
     out.flush().context("Cannot write the report")?;
     Ok(report)
@@ -311,6 +446,10 @@ mod tests {
             permissive: false,
             vm: None,
             plot: None,
+            event: None,
+            key: None,
+            vcpu: None,
+            pid: Vec::new(),
         };
         let err = run(args).unwrap_err();
         assert_eq!(super::super::report_error(&err), ExitCode::from(super::super::EXIT_ERROR));

@@ -280,6 +280,7 @@ pub fn describe_event(e: &Event) -> String {
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => e.name().to_owned(),
     }

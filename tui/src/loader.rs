@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use vmxray_analyze::context::{ExitContext, HostContext};
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
@@ -96,6 +97,8 @@ pub struct Batch {
     pub events: u64,
     /// How much of the input is read (0–1), when known.
     pub fraction: Option<f64>,
+    /// Host context of the exits whose entry came in this chunk (traces with host events).
+    pub contexts: Vec<ExitContext>,
     /// Time since the loader started.
     pub elapsed: Duration,
 }
@@ -391,6 +394,8 @@ fn from_sidecar(
         actors: saved.actors,
         events: saved.events,
         fraction: Some(1.0),
+        // The saved index keeps no host context: a breakdown needs a fresh open.
+        contexts: Vec::new(),
         elapsed: started.elapsed(),
     };
     let blocks: Vec<(u64, bool)> = {
@@ -663,12 +668,25 @@ struct Pipeline<'a> {
 
 /// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
 /// crashes and lost markers.
-#[derive(Default)]
 struct Indexer {
     actor_ids: HashMap<Actor, u16>,
     last_actor: Option<(Actor, u16)>,
     bucket: Bucket,
     batch: Batch,
+    /// Where each exit's time went on the host (the detail view's breakdown).
+    context: HostContext,
+}
+
+impl Default for Indexer {
+    fn default() -> Self {
+        Self {
+            actor_ids: HashMap::new(),
+            last_actor: None,
+            bucket: Bucket::default(),
+            batch: Batch::default(),
+            context: HostContext::with_exit_log(),
+        }
+    }
 }
 
 impl Sink for Indexer {
@@ -695,6 +713,13 @@ impl Sink for Indexer {
         self.bucket.add(actor_id, tag.tier(), worst);
         if self.bucket.len == FINE_EVENTS {
             self.batch.buckets.push(std::mem::take(&mut self.bucket));
+        }
+        let _ = self.context.event(s);
+        if self.context.has_host_events() {
+            self.batch.contexts.extend(self.context.take_attributed());
+        } else {
+            // Without host events the log holds in-KVM-only rows nobody shows.
+            let _ = self.context.take_attributed();
         }
         ControlFlow::Continue(())
     }
@@ -880,7 +905,9 @@ impl<'a> Pipeline<'a> {
         let events = self.next_index();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
-        let report = end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        let mut report =
+            end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
+        report.host_context = std::mem::take(&mut self.indexer.context).finish();
         if let Some(path) = self.save_to.take() {
             let mut saved = std::mem::take(&mut self.saved);
             saved.events = events;

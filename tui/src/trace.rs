@@ -206,6 +206,8 @@ pub struct Trace {
     /// The trace's print fmts (binary inputs): the detail view renders untyped events with
     /// them, as `trace-cmd report -N` does.
     pub print: Option<Arc<PrintCatalog>>,
+    /// Host context of exits by the `kvm_exit`'s index (traces with host events only).
+    pub contexts: std::collections::HashMap<u64, vmxray_analyze::context::ExitContext>,
 }
 
 impl Default for Trace {
@@ -222,6 +224,7 @@ impl Default for Trace {
             checkpoints: Vec::new(),
             print: None,
             lanes: Lanes::default(),
+            contexts: std::collections::HashMap::new(),
             stats: None,
             summary: None,
             read: None,
@@ -301,8 +304,10 @@ impl Trace {
             actors,
             events,
             fraction,
+            contexts,
             elapsed,
         } = batch;
+        self.contexts.extend(contexts.into_iter().map(|c| (c.index, c)));
         self.checkpoints.extend(snapshots);
         for actor in actors {
             let id = u16::try_from(self.actors.len()).unwrap_or(EventTag::NO_ACTOR);

@@ -437,3 +437,20 @@ fn real_detail_breaks_down_a_page_fault_exit() {
     assert!(text.contains("#PF error code (0x10): fetch, not present"), "{text}");
     assert!(text.contains("instruction fetch (I/F)"), "{text}");
 }
+
+#[test]
+fn detail_of_an_exit_shows_where_its_time_went_on_the_host() {
+    // The real-VMX lab recording where busyloop shares the vCPU thread's CPU: its slowest
+    // exit's detail names busyloop, and the parts are those `vmxray stats` reports.
+    let trace =
+        load_all(Source::File("../samples/real/vmx/context-busy-io-loop-ept-6.1.dat".into()));
+    let slowest = trace.stats.as_ref().unwrap().host_context.as_ref().unwrap().outliers[0].clone();
+    assert_eq!(trace.contexts.get(&slowest.index), Some(&slowest));
+    let mut app = App::loaded(trace);
+    app.selected = slowest.index;
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("kvm:kvm_exit"), "{text}");
+    assert!(text.contains("Host context: 24.2 ms to the next entry"), "{text}");
+    assert!(text.contains("ran: busyloop pid 197") && text.contains("10.4 ms"), "{text}");
+}

@@ -69,6 +69,12 @@
 //! | no_latency | String? | why latency_ns is null: `trace_end`, `lost_events`, `next_exit`, `clock_backwards`, `unknown_time` |
 //! | reflected | Boolean? | L2 exits: reflected to L1 (true) or handled by L0 (false) |
 //! | vmcs12 | UInt64? | L2 exits: GPA of the vmcs12 current at the exit (replay model), when known |
+//! | host_in_kvm_ns | UInt64? | host context ([`crate::context`]; null when the trace has no host scheduler/irq events or the exit has no latency): of latency_ns, the vCPU thread ran on its CPU |
+//! | host_scheduled_out_ns | UInt64? | of latency_ns, the thread was off its CPU |
+//! | host_blocked_ns | UInt64? | of host_scheduled_out_ns, it was blocked (asleep until woken) |
+//! | host_irq_ns | UInt64? | of latency_ns, hard interrupt handlers ran on its CPU |
+//! | host_softirq_ns | UInt64? | of latency_ns, softirqs ran on its CPU |
+//! | host_ran | String? | the thread that ran longest while it was scheduled out (`comm pid N`) |
 //!
 //! **events** — one row per event name:
 //!
@@ -178,6 +184,7 @@ use vmxray_events::qualification::Qualification;
 use vmxray_events::{Event, EventKind, Vm};
 use vmxray_replay::{Actor, Anomaly, Model, ModelConfig};
 
+use crate::context::{ExitContext, HostContext};
 use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use crate::stats::{ClosedExit, ExitStats, StatsReport};
 
@@ -373,12 +380,22 @@ impl<'a> TraceScan<'a> {
         }
     }
 
-    fn flush_exits(&mut self, vms: &[Vm], stats: &mut ExitStats) {
+    fn flush_exits(&mut self, vms: &[Vm], stats: &mut ExitStats, context: &mut HostContext) {
         let closed = stats.take_closed_exits();
+        // Both logs close an exit at the same entry: the contexts taken now are these exits'.
+        let with_host = context.has_host_events();
+        let mut contexts: HashMap<u64, ExitContext> =
+            context.take_attributed().into_iter().map(|c| (c.index, c)).collect();
         if closed.is_empty() {
             return;
         }
-        let rows = closed.iter().map(|e| exit_record(e, vms, &self.segment_starts)).collect();
+        let rows = closed
+            .iter()
+            .map(|e| {
+                let host = if with_host { contexts.remove(&e.index) } else { None };
+                exit_record(e, vms, &self.segment_starts, host.as_ref())
+            })
+            .collect();
         let part = self.exits_part;
         self.exits_part += 1;
         self.emit(part, Chunk::Exits(rows));
@@ -425,6 +442,8 @@ impl<'a> TraceScan<'a> {
             last_ts: None,
             segment_starts: Vec::new(),
         };
+        let mut context =
+            if want_exits { HostContext::with_exit_log() } else { HostContext::new() };
         let mut read_error = None;
         let mut unreported = 0u64;
         for item in reader.by_ref() {
@@ -435,14 +454,14 @@ impl<'a> TraceScan<'a> {
                     break;
                 }
             };
-            let _ = pass.step(&event, &mut rows);
+            let _ = pass.step(&event, &mut (&mut rows, &mut context));
             if rows.segment_starts.len() > self.segment_starts.len() {
                 self.segment_starts.clone_from(&rows.segment_starts);
             }
             if let (model, Some(stats)) = pass.model_and_stats()
                 && stats.closed_exits_pending() >= self.opts.chunk_rows
             {
-                self.flush_exits(model.vms(), stats);
+                self.flush_exits(model.vms(), stats, &mut context);
             }
             if rows.anomalies.len() >= self.opts.chunk_rows {
                 self.anomalies = std::mem::take(&mut rows.anomalies);
@@ -464,7 +483,7 @@ impl<'a> TraceScan<'a> {
         let TraceRows { events, first_ts, last_ts, .. } = rows;
         if let (model, Some(stats)) = pass.model_and_stats() {
             stats.close_pending();
-            self.flush_exits(model.vms(), stats);
+            self.flush_exits(model.vms(), stats, &mut context);
         }
         self.flush_anomalies();
 
@@ -616,12 +635,27 @@ fn actor_columns(actor: Actor, vms: &[Vm]) -> ActorColumns {
     }
 }
 
-fn exit_record(exit: &ClosedExit, vms: &[Vm], segment_starts: &[u64]) -> ExitRecord {
+fn exit_record(
+    exit: &ClosedExit,
+    vms: &[Vm],
+    segment_starts: &[u64],
+    host: Option<&ExitContext>,
+) -> ExitRecord {
     let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(exit.vcpu, vms);
+    let part = |f: fn(&crate::context::Parts) -> u64| host.map(|h| f(&h.parts));
     let decoded = exit.info.qualification();
     let vectoring = exit.info.idt_vectoring();
     let segment = segment_starts.partition_point(|&start| start <= exit.index);
     ExitRecord {
+        host_in_kvm_ns: part(|p| p.in_kvm),
+        host_scheduled_out_ns: part(|p| p.scheduled_out),
+        host_blocked_ns: part(|p| p.blocked),
+        host_irq_ns: part(|p| p.irq),
+        host_softirq_ns: part(|p| p.softirq),
+        host_ran: host.and_then(|h| h.ran.first()).map(|r| match r.pid {
+            Some(pid) => format!("{} pid {pid}", r.comm),
+            None => r.comm.clone(),
+        }),
         vcpu,
         thread,
         vm_id,

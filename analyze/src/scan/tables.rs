@@ -96,6 +96,18 @@ pub struct ExitRecord {
     pub reflected: Option<bool>,
     /// L2 exits: the vmcs12 (GPA) current at the exit, when the model knows it.
     pub vmcs12: Option<u64>,
+    /// Host context: the vCPU thread ran on its CPU.
+    pub host_in_kvm_ns: Option<u64>,
+    /// Host context: the thread was off its CPU.
+    pub host_scheduled_out_ns: Option<u64>,
+    /// Host context: of that, blocked.
+    pub host_blocked_ns: Option<u64>,
+    /// Host context: hard interrupt handlers on its CPU.
+    pub host_irq_ns: Option<u64>,
+    /// Host context: softirqs on its CPU.
+    pub host_softirq_ns: Option<u64>,
+    /// Host context: the thread that ran longest meanwhile.
+    pub host_ran: Option<String>,
 }
 
 /// A row of `events`.
@@ -352,6 +364,15 @@ impl Chunk {
                 col("no_latency", rows.iter().map(|r| r.no_latency).collect::<Vec<_>>()),
                 col("reflected", rows.iter().map(|r| r.reflected).collect::<Vec<_>>()),
                 col("vmcs12", rows.iter().map(|r| r.vmcs12).collect::<Vec<_>>()),
+                col("host_in_kvm_ns", rows.iter().map(|r| r.host_in_kvm_ns).collect::<Vec<_>>()),
+                col(
+                    "host_scheduled_out_ns",
+                    rows.iter().map(|r| r.host_scheduled_out_ns).collect::<Vec<_>>(),
+                ),
+                col("host_blocked_ns", rows.iter().map(|r| r.host_blocked_ns).collect::<Vec<_>>()),
+                col("host_irq_ns", rows.iter().map(|r| r.host_irq_ns).collect::<Vec<_>>()),
+                col("host_softirq_ns", rows.iter().map(|r| r.host_softirq_ns).collect::<Vec<_>>()),
+                col("host_ran", rows.iter().map(|r| r.host_ran.as_deref()).collect::<Vec<_>>()),
             ]),
             Self::Events(rows) => columns.extend([
                 col("event", rows.iter().map(|r| r.event.as_str()).collect::<Vec<_>>()),

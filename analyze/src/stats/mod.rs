@@ -421,6 +421,7 @@ impl ExitStats {
             | EventKind::VmcsField(_)
             | EventKind::VmcsProbe(_)
             | EventKind::Identity(_)
+            | EventKind::Context(_)
             | EventKind::Printk(_)
             | EventKind::QemuRunExit { .. }
             | EventKind::Other(_) => {}
@@ -590,6 +591,8 @@ impl ExitStats {
             losses: self.loss_report(read),
             notes,
             vms: Vec::new(),
+            host_context: None,
+            kvm_stat: None,
         }
     }
 

@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use super::report::{ExitReport, ExitRow, Level, StatsReport, TimeUnit, level_label};
 
+mod context_text;
+
 /// Output formats of `vmxray stats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -430,6 +432,17 @@ fn render_text(report: &StatsReport) -> String {
              kvm_entry;\notherwise enable kvm:kvm_exit and kvm:kvm_entry when recording. What \
              the trace does contain follows.\n",
         ),
+    }
+
+    match (&report.host_context, &report.exits) {
+        (Some(context), Some(_)) => {
+            context_text::host_context(context, &unit, report.time_unit == TimeUnit::Ns, &mut out)
+        }
+        (None, Some(_)) => out.push_str(
+            "\nHost context: none (the trace has no sched_switch, irq, softirq or hrtimer \
+             events; record with --profile context to see where exit time went on the host).\n",
+        ),
+        (_, None) => {}
     }
 
     let emu = &report.emulated_instructions;

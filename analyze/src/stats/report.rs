@@ -41,6 +41,14 @@ pub struct StatsReport {
     /// threads when the trace carries no tgid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<Vm>,
+    /// Where the exits' time went on the host ([`crate::context`]), when the trace has host
+    /// scheduler or interrupt events and the caller ran the analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_context: Option<crate::context::HostContextReport>,
+    /// `perf kvm stat report`'s table for `--event`/`--key`/`--vcpu`/`--pid`
+    /// ([`crate::kvm_stat`]), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm_stat: Option<crate::kvm_stat::KvmStatReport>,
 }
 
 /// The input's metadata.

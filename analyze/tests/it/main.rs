@@ -1,3 +1,5 @@
 //! The integration tests of this crate, in one binary.
 
+mod host_context;
+mod kvm_stat;
 mod real_samples;

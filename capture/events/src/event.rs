@@ -16,6 +16,7 @@ use crate::codes::{
     ExceptionVector, ExitCode, ExitReason, IntrInfo, Isa, MmuPageRole, SvmExitCode,
     UserspaceExitReason, VmInstructionError,
 };
+use crate::context::{ContextEvent, ContextHit};
 use crate::fields::{FieldLookup, Fields};
 use crate::identity::ThreadIdentity;
 use crate::irq::IrqEvent;
@@ -807,6 +808,9 @@ pub enum EventKind {
     VmcsProbe(Box<ProbeHit>),
     /// A thread's identity (its VM) written by the recorder ([`IdentityEvent`]).
     Identity(Box<IdentityEvent>),
+    /// A host tracepoint (scheduler, interrupts, softirqs, timers) typed for the analyses
+    /// ([`crate::context`]), with the event it was read from.
+    Context(Box<ContextHit>),
     /// A `trace_printk` / `trace_marker` print ([`PrintkEvent`]).
     Printk(Box<PrintkEvent>),
     /// QEMU's `kvm_run_exit` trace event (`15268@1647341556.928341:kvm_run_exit cpu_index 0,
@@ -1204,6 +1208,9 @@ impl EventKind {
             return Self::VmcsField(Box::new(VmcsFieldEvent { record, source: Some(other) }));
         } else if let Some(probe) = probe::decode(&other.system, &other.name, &other.fields) {
             return Self::VmcsProbe(Box::new(ProbeHit { probe, source: other }));
+        } else if let Some(event) = ContextEvent::decode(&other.system, &other.name, &other.fields)
+        {
+            return Self::Context(Box::new(ContextHit { event, source: other }));
         }
         match PrintkEvent::from_other(other) {
             Ok(print) => Self::Printk(Box::new(print)),
@@ -1246,6 +1253,7 @@ impl EventKind {
             Self::VmcsField(_)
             | Self::VmcsProbe(_)
             | Self::Identity(_)
+            | Self::Context(_)
             | Self::Printk(_)
             | Self::Segment { .. }
             | Self::Lost { .. }
@@ -1262,6 +1270,7 @@ impl EventKind {
             Self::VmcsField(v) => v.source.as_ref(),
             Self::VmcsProbe(p) => Some(&p.source),
             Self::Identity(i) => Some(&i.source),
+            Self::Context(c) => Some(&c.source),
             Self::Printk(p) => Some(&p.source),
             _ => None,
         }
@@ -1278,6 +1287,7 @@ impl EventKind {
             Self::Printk(p) => &p.source.system,
             Self::VmcsProbe(p) => &p.source.system,
             Self::Identity(i) => &i.source.system,
+            Self::Context(c) => &c.source.system,
             Self::Other(o) => &o.system,
             _ => "",
         }
@@ -1295,6 +1305,7 @@ impl EventKind {
             Self::Printk(p) => &p.source.name,
             Self::VmcsProbe(p) => &p.source.name,
             Self::Identity(i) => &i.source.name,
+            Self::Context(c) => &c.source.name,
             Self::Other(o) => &o.name,
             _ => "",
         }
@@ -1337,7 +1348,7 @@ impl EventKind {
             | Self::Segment { .. }
             | Self::Lost { .. } => None,
             Self::VmcsProbe(p) => p.source.fields.u32("vcpu_id"),
-            Self::Identity(_) | Self::Printk(_) => None,
+            Self::Identity(_) | Self::Printk(_) | Self::Context(_) => None,
             Self::Other(o) => o.fields.u32("vcpu_id"),
         }
     }

@@ -215,6 +215,7 @@ pub fn typed_fields<'a>(kind: &'a EventKind, f: impl FnMut(Field<'a>)) {
         EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::Other(_) => {}
     }
@@ -277,6 +278,7 @@ impl EventKind {
             }),
             Self::VmcsProbe(p) => Some(Cow::Borrowed(&p.source.fields)),
             Self::Identity(i) => Some(Cow::Borrowed(&i.source.fields)),
+            Self::Context(c) => Some(Cow::Borrowed(&c.source.fields)),
             Self::Printk(p) => Some(Cow::Borrowed(&p.source.fields)),
             _ => None,
         }

@@ -26,6 +26,8 @@
 //! - [`actor`]: who an event belongs to ([`Actor`]) and the one thread → vCPU
 //!   [`Attribution`];
 //! - [`event`]: [`Event`], [`EventKind`] and the table of typed tracepoints ([`KnownEvent`]);
+//! - [`context`]: the host's scheduler, interrupt, softirq and timer tracepoints, typed for
+//!   the host-context analysis;
 //! - [`codes`]: exit reasons (VMX and SVM), interruption info, exception vectors, MMU roles, …;
 //! - [`fields`]: named field values, the currency between readers and the vocabulary;
 //! - [`identity`]: which VM a thread belongs to, as the recorder writes it into its traces;
@@ -47,6 +49,7 @@
 
 pub mod actor;
 pub mod codes;
+pub mod context;
 pub mod event;
 pub mod fields;
 pub mod identity;

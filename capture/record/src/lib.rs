@@ -65,7 +65,32 @@ pub enum Profile {
     /// `exits` plus dynamic probes on KVM's nested CR3/EPTP/exit paths that record VMCS field
     /// values (see [`crate::probes`]); fails on a kernel without dynamic probe events.
     Vmcs,
+    /// `exits` plus what the host did meanwhile ([`CONTEXT_EVENTS`]): the scheduler,
+    /// interrupt, softirq and timer events that `vmxray stats` attributes each exit's time to,
+    /// and `kvm_pio`/`kvm_mmio` for perf's ioport and mmio tables.
+    Context,
 }
+
+/// The `context` profile's events beside `exits` (`sched_stat_*` exist only with
+/// `CONFIG_SCHEDSTATS` and fire only with `kernel.sched_schedstats=1`; a kernel without them
+/// reports them missing).
+pub const CONTEXT_EVENTS: &[(&str, &str)] = &[
+    ("sched", "sched_switch"),
+    ("sched", "sched_wakeup"),
+    ("sched", "sched_wakeup_new"),
+    ("sched", "sched_stat_wait"),
+    ("sched", "sched_stat_sleep"),
+    ("sched", "sched_stat_iowait"),
+    ("sched", "sched_stat_blocked"),
+    ("irq", "irq_handler_entry"),
+    ("irq", "irq_handler_exit"),
+    ("irq", "softirq_entry"),
+    ("irq", "softirq_exit"),
+    ("timer", "hrtimer_expire_entry"),
+    ("timer", "hrtimer_expire_exit"),
+    ("kvm", "kvm_pio"),
+    ("kvm", "kvm_mmio"),
+];
 
 /// The `exits` profile's events.
 pub const EXITS_EVENTS: &[(&str, &str)] = &[
@@ -102,6 +127,13 @@ impl Profile {
                 v
             }
             Self::All => vec![("kvm".into(), None), ("kvmmmu".into(), None)],
+            Self::Context => {
+                let mut v = list(EXITS_EVENTS);
+                v.extend(list(CONTEXT_EVENTS));
+                // Every system vector's entry and exit (local_timer, reschedule, ...).
+                v.push(("irq_vectors".into(), None));
+                v
+            }
         }
     }
 }
@@ -452,7 +484,7 @@ impl Recorder {
         // are dropped after it on an early return) and enable them only inside it.
         let probes = match opts.profile {
             Profile::Vmcs => Some(vmcs_probes(&tracefs)?),
-            Profile::Exits | Profile::Mmu | Profile::All => None,
+            Profile::Exits | Profile::Mmu | Profile::All | Profile::Context => None,
         };
         if let Some(p) = &probes {
             opts.extra_events.push(format!("{}:*", p.group));
@@ -1351,5 +1383,10 @@ mod tests {
         assert!(exits.contains(&("kvm".into(), Some("kvm_userspace_exit".into()))));
         assert!(Profile::Mmu.events().contains(&("kvmmmu".into(), None)));
         assert_eq!(Profile::All.events().len(), 2);
+        let context = Profile::Context.events();
+        assert!(exits.iter().all(|e| context.contains(e)));
+        for host in [("sched", "sched_switch"), ("irq", "irq_handler_entry"), ("kvm", "kvm_mmio")] {
+            assert!(context.contains(&(host.0.into(), Some(host.1.into()))), "{host:?}");
+        }
     }
 }

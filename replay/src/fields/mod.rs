@@ -359,6 +359,7 @@ pub fn derive(
         | EventKind::Mmio(_)
         | EventKind::Spte(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }

@@ -233,6 +233,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::Spte(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
+        | EventKind::Context(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
         | EventKind::Segment { .. }

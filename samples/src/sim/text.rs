@@ -337,7 +337,8 @@ pub fn render_body(kind: &EventKind, kernel: KernelVersion) -> String {
         | EventKind::Identity(_)
         | EventKind::Printk(_)
         | EventKind::QemuRunExit { .. }
-        | EventKind::Segment { .. } => other_body(kind.name(), &kind.kernel_fields()),
+        | EventKind::Segment { .. }
+        | EventKind::Context(_) => other_body(kind.name(), &kind.kernel_fields()),
         EventKind::Other(o) => other_body(&o.name, &o.fields),
     }
 }

@@ -99,6 +99,37 @@ fn print_fmt_lines(out: &mut Vec<Line<'static>>, trace: &Trace, event: &Event) {
     }
 }
 
+/// Where an exit's time went on the host (`vmxray_analyze::context`).
+fn host_context_lines(
+    out: &mut Vec<Line<'static>>,
+    trace: &Trace,
+    context: &vmxray_analyze::context::ExitContext,
+) {
+    let ns = trace.clock().is_ns();
+    let t = |v: u64| vmxray_analyze::context::human_time(v, ns);
+    out.push(Line::raw(""));
+    out.push(heading(&format!("Host context: {} to the next entry", t(context.latency))));
+    let p = &context.parts;
+    out.push(kv("in KVM", t(p.in_kvm)));
+    let mut out_text = t(p.scheduled_out);
+    if p.blocked > 0 {
+        out_text.push_str(&format!(" ({} blocked)", t(p.blocked)));
+    }
+    out.push(kv("scheduled out", out_text));
+    for ran in &context.ran {
+        let who = ran.pid.map_or(ran.comm.clone(), |pid| format!("{} pid {pid}", ran.comm));
+        out.push(kv(format!("  ran: {who}"), t(ran.time)));
+    }
+    out.push(kv("irq", t(p.irq)));
+    for irq in &context.irqs {
+        out.push(kv(format!("  {}", irq.name), t(irq.time)));
+    }
+    out.push(kv("softirq", t(p.softirq)));
+    for softirq in &context.softirqs {
+        out.push(kv(format!("  {}", softirq.name), t(softirq.time)));
+    }
+}
+
 /// The detail lines of one event.
 pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
     let mut out = Vec::new();
@@ -159,6 +190,9 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
             }
             if let Some(v) = info.idt_vectoring() {
                 intr_lines(&mut out, detail_decoded::vectoring_title(svm), v);
+            }
+            if let Some(context) = trace.contexts.get(&index) {
+                host_context_lines(&mut out, trace, context);
             }
         }
         EventKind::KvmEntry(e) => {
