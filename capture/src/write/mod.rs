@@ -38,6 +38,7 @@
 
 pub mod convert;
 pub mod page;
+pub mod perfdata;
 
 use std::fs::{File, OpenOptions};
 use std::io;
