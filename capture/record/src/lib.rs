@@ -25,12 +25,22 @@
 //! **Cleanup.** Nothing global is changed: events, filters, clock, buffer size and the pid
 //! filter live in the instance, which [`TracefsRecorder::finish`], its `Drop` (errors,
 //! panics) and SIGINT/SIGTERM (a flag the wait loop polls) all remove. A recording killed with
-//! SIGKILL leaves its instance; the next recording removes instances whose process is gone.
+//! SIGKILL cannot clean up: a watcher process ([`reaper`]) removes its instance within 200 ms,
+//! and the next recording removes instances whose process is gone in case the watcher could
+//! not run.
+//!
+//! **Backends.** The diagram is the tracefs backend ([`TracefsRecorder`]). The [`perf`]
+//! backend records the same events through `perf_event_open` (for hosts where tracefs is
+//! read-only) into perf.data or trace.dat; [`Recorder`] runs either, and `Backend::Auto`
+//! falls back to perf when no tracefs instance can be created or written. [`live`] feeds
+//! `vmxray top` from either backend.
 
 pub mod backend;
 pub mod identity;
+pub mod live;
 pub mod perf;
 pub mod probes;
+pub mod reaper;
 pub mod tracefs;
 pub mod trigger;
 
@@ -416,6 +426,9 @@ pub struct TracefsRecorder {
     /// The `vmcs` profile's probes: after `instance`, so they are removed once the instance
     /// that enabled them is gone (an enabled dynamic event cannot be removed).
     probes: Option<crate::probes::InstalledProbes>,
+    /// Removes the instance if this process is killed (after `instance`: stopped once the
+    /// instance is gone).
+    reaper: Option<reaper::Reaper>,
     readers: Vec<(u32, JoinHandle<Result<u64, RecordError>>)>,
     consumer: Option<JoinHandle<Result<ConsumerOut, RecordError>>>,
     stop_readers: Arc<AtomicBool>,
@@ -492,6 +505,7 @@ impl TracefsRecorder {
             opts.extra_events.push(format!("{}:*", p.group));
         }
         let instance = Instance::create(&tracefs)?;
+        let reaper = reaper::Reaper::spawn(instance.dir());
         let mut report = RecordReport {
             instance: instance.name().to_string(),
             backend: "tracefs",
@@ -574,6 +588,7 @@ impl TracefsRecorder {
             opts,
             instance: Some(instance),
             probes,
+            reaper: Some(reaper),
             readers: Vec::new(),
             consumer: None,
             stop_readers: Arc::clone(&stop_readers),
@@ -693,6 +708,7 @@ impl TracefsRecorder {
             Some(instance) => instance.remove(),
             None => Ok(()),
         };
+        drop(self.reaper.take());
         // Then the probes it had enabled.
         let probes_left = self.probes.take().map(|p| (p.file_path(), p.remove()));
         let report = result?;

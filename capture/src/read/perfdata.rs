@@ -458,8 +458,15 @@ impl PerfDataReader {
             cpus,
             kernel,
         };
-        let end = data_off.saturating_add(data_size).min(src.len());
+        let mut end = data_off.saturating_add(data_size).min(src.len());
         let truncated = data_off.saturating_add(data_size) > src.len();
+        // A file vmxray's recorder did not finish (no feature sections, formats from the
+        // record): with --permissive, the records written after its last checkpoint too, up
+        // to the end of the file (a record cut there is reported).
+        let unfinished = features.is_empty() && feat.is_empty();
+        if unfinished && opts.permissive {
+            end = src.len();
+        }
         let mut reader = Self {
             meta,
             stats: ReadStats::default(),

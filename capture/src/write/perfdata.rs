@@ -43,9 +43,11 @@ use std::path::{Path, PathBuf};
 use super::{Metadata, WriteError};
 
 /// `struct perf_file_header`: magic, size, attr_size, attrs, data, event_types, 256 feature bits.
-pub const FILE_HEADER_SIZE: u64 = 104;
+pub const FILE_HEADER_SIZE: usize = 104;
 /// The attr layout written (`PERF_ATTR_SIZE_VER7`).
 pub const ATTR_SIZE: usize = 128;
+/// [`ATTR_SIZE`] as the attr's `size` field holds it.
+const ATTR_SIZE_FIELD: u32 = 128;
 /// `PERF_RECORD_HEADER_TRACING_DATA` (a user record: perf's own, never from the kernel).
 pub const RECORD_HEADER_TRACING_DATA: u32 = 66;
 /// `PERF_RECORD_FINISHED_ROUND`: every record before the previous round is older than every
@@ -133,7 +135,7 @@ impl PerfEventAttr {
         let mut b = [0u8; ATTR_SIZE];
         let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
         put(0, &self.kind.to_le_bytes());
-        put(4, &(ATTR_SIZE as u32).to_le_bytes());
+        put(4, &ATTR_SIZE_FIELD.to_le_bytes());
         put(8, &self.config.to_le_bytes());
         put(16, &self.sample_period.to_le_bytes());
         put(24, &self.sample_type.to_le_bytes());
@@ -301,7 +303,7 @@ impl PerfDataWriter {
             .open(path)
             .map_err(create_err)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
-        let mut head = vec![0u8; FILE_HEADER_SIZE as usize];
+        let mut head = vec![0u8; FILE_HEADER_SIZE];
         // Ids first, then the attrs pointing at them.
         let mut ids_at = Vec::with_capacity(meta.attrs.len());
         for a in &meta.attrs {
@@ -412,9 +414,9 @@ impl PerfDataWriter {
         table.extend_from_slice(&contents);
         self.write_at(table_at, &table)?;
         let bits: Vec<u32> = features.iter().map(|(bit, _)| *bit).collect();
-        let mut head = vec![0u8; FILE_HEADER_SIZE as usize];
-        let attrs_off =
-            self.meta.attrs.iter().map(|a| a.ids.len() as u64 * 8).sum::<u64>() + FILE_HEADER_SIZE;
+        let mut head = vec![0u8; FILE_HEADER_SIZE];
+        let attrs_off = self.meta.attrs.iter().map(|a| a.ids.len() as u64 * 8).sum::<u64>()
+            + FILE_HEADER_SIZE as u64;
         let attrs_size = self.data_off - attrs_off;
         self.write_header(&mut head, attrs_off, attrs_size, self.tracing_record, &bits)?;
         self.write_at(0, &head)?;
@@ -439,7 +441,7 @@ impl PerfDataWriter {
         features: &[u32],
     ) -> Result<(), WriteError> {
         let mut put = |at: usize, v: u64| head[at..at + 8].copy_from_slice(&v.to_le_bytes());
-        put(8, FILE_HEADER_SIZE);
+        put(8, FILE_HEADER_SIZE as u64);
         put(16, ATTR_SIZE as u64 + 16);
         put(24, attrs_off);
         put(32, attrs_size);
@@ -458,12 +460,13 @@ impl PerfDataWriter {
     /// The feature sections, in bit order.
     fn features(&self) -> Vec<(u32, Vec<u8>)> {
         let m = &self.meta;
-        let mut out = Vec::new();
-        out.push((feature::TRACING_DATA, self.tracing.clone()));
-        out.push((feature::HOSTNAME, perf_string(&m.hostname)));
-        out.push((feature::OSRELEASE, perf_string(&m.osrelease)));
-        out.push((feature::VERSION, perf_string(&m.version)));
-        out.push((feature::ARCH, perf_string(&m.arch)));
+        let mut out = vec![
+            (feature::TRACING_DATA, self.tracing.clone()),
+            (feature::HOSTNAME, perf_string(&m.hostname)),
+            (feature::OSRELEASE, perf_string(&m.osrelease)),
+            (feature::VERSION, perf_string(&m.version)),
+            (feature::ARCH, perf_string(&m.arch)),
+        ];
         let mut cpus = m.cpus.0.to_le_bytes().to_vec();
         cpus.extend_from_slice(&m.cpus.1.to_le_bytes());
         out.push((feature::NRCPUS, cpus));
@@ -542,6 +545,6 @@ mod tests {
     fn tracing_data_starts_like_perfs() {
         let t = tracing_data(&test_metadata(1), b"1 init\n");
         assert!(t.starts_with(b"\x17\x08\x44tracing0.6\0\0\x08"));
-        assert!(t.ends_with(b"\x07\0\0\0\0\0\0\01 init\n"));
+        assert!(t.ends_with(b"\x07\0\0\0\0\0\0\x001 init\n"));
     }
 }

@@ -36,6 +36,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vmxray_capture::bin::format::EventFormat;
 use vmxray_capture::write::Metadata;
 use vmxray_capture::write::perfdata::{AttrEntry, RECORD_COMM, RECORD_LOST, RECORD_SAMPLE};
 
@@ -154,6 +155,21 @@ pub fn comm(body: &[u8]) -> Option<(i32, String)> {
     let name = body.get(8..)?;
     let end = memchr::memchr(0, name).unwrap_or(name.len()).min(16);
     Some((tid, String::from_utf8_lossy(&name[..end]).into_owned()))
+}
+
+/// An identity line as the `ftrace:print` record a `trace_marker` write by `pid` makes
+/// (`print` is the `ftrace/print` format), padded to 4 bytes like ring-buffer records.
+pub fn print_payload(print: &EventFormat, line: &str, pid: i32) -> Option<Vec<u8>> {
+    let buf = print.field("buf")?.offset as usize;
+    let mut p = vec![0u8; buf];
+    p.get_mut(..2)?.copy_from_slice(&u16::try_from(print.id).ok()?.to_le_bytes());
+    p.get_mut(4..8)?.copy_from_slice(&pid.to_le_bytes());
+    p.extend_from_slice(line.as_bytes());
+    p.extend_from_slice(b"\n\0");
+    while !p.len().is_multiple_of(4) {
+        p.push(0);
+    }
+    Some(p)
 }
 
 /// What the records of a batch are, for counting.
@@ -454,7 +470,9 @@ fn read_ring(ring: &mut Ring, tx: &SyncSender<Batch>, stop: &AtomicBool, clockid
             let mut buf = Vec::new();
             let count = ring.drain(&mut buf, BATCH_BYTES);
             let full = buf.len() >= BATCH_BYTES;
-            // Empty batches too: their watermark says the CPU is idle up to now.
+            // Empty batches too: their watermark says the CPU is idle up to now. A batch cut
+            // at its size left records behind: no watermark then.
+            let watermark = watermark.filter(|_| !full);
             if tx.send(Batch { cpu: ring.cpu, records: buf, count, watermark }).is_err() {
                 return;
             }

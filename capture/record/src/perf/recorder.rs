@@ -110,7 +110,7 @@ impl PerfRecorder {
             (None, OutputFormat::TraceDat) => {
                 let writer = TraceDatWriter::create(&opts.output, meta.clone(), opts.writer)?;
                 report.files.push(opts.output.clone());
-                Out::Pages(Pages::new(&meta, layout, PageSink::Stream(Box::new(writer))))
+                Out::Pages(Box::new(Pages::new(&meta, layout, PageSink::Stream(Box::new(writer)))))
             }
             (Some(flight), _) => {
                 let tracefs_dir = crate::tracefs::Tracefs::find().unwrap_or_default();
@@ -123,7 +123,7 @@ impl PerfRecorder {
                     None,
                     &mut report,
                 )?;
-                Out::Pages(Pages::new(&meta, layout, PageSink::Flight(Box::new(flight))))
+                Out::Pages(Box::new(Pages::new(&meta, layout, PageSink::Flight(Box::new(flight)))))
             }
         };
         let shared = Arc::new(Shared::default());
@@ -308,7 +308,7 @@ impl CpuCount {
 
 enum Out {
     PerfData(Box<PerfDataWriter>),
-    Pages(Pages),
+    Pages(Box<Pages>),
 }
 
 enum PageSink {
@@ -391,20 +391,8 @@ impl Pages {
 
     /// An identity line as the `ftrace:print` record a `trace_marker` write makes.
     fn print_record(&self, line: &str) -> Option<Vec<u8>> {
-        let f = self.print.as_ref()?;
-        let buf = f.field("buf")?.offset as usize;
-        let ip = f.field("ip")?;
-        let mut p = vec![0u8; buf];
-        p[..2].copy_from_slice(&u16::try_from(f.id).ok()?.to_le_bytes());
         let pid = i32::try_from(std::process::id()).unwrap_or(0);
-        p[4..8].copy_from_slice(&pid.to_le_bytes());
-        let _ = ip;
-        p.extend_from_slice(line.as_bytes());
-        p.extend_from_slice(b"\n\0");
-        while p.len() % 4 != 0 {
-            p.push(0);
-        }
-        Some(p)
+        super::print_payload(self.print.as_ref()?, line, pid)
     }
 }
 
@@ -543,12 +531,14 @@ impl Consumer {
                 Out::Pages(pages) => match kind {
                     RecordKind::Sample => {
                         if let Some(s) = Sample::parse(rec.body()) {
-                            if !self.comms.contains_key(&s.tid) {
+                            if let std::collections::btree_map::Entry::Vacant(e) =
+                                self.comms.entry(s.tid)
+                            {
                                 let name = std::fs::read_to_string(format!("/proc/{}/comm", s.tid))
                                     .map(|c| c.trim_end().to_string())
                                     .unwrap_or_default();
                                 if !name.is_empty() {
-                                    self.comms.insert(s.tid, name);
+                                    e.insert(name);
                                 }
                             }
                             pages.event(batch.cpu, s.time, s.raw)?;
