@@ -152,6 +152,7 @@
 #![forbid(unsafe_code)]
 
 pub mod histogram;
+pub mod live;
 pub mod pass;
 #[cfg(feature = "plot")]
 pub mod plot;

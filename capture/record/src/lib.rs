@@ -443,14 +443,16 @@ pub struct TracefsRecorder {
 }
 
 /// While it lives (and when asked to), SIGINT and SIGTERM set a flag instead of killing the
-/// process, so that every exit path goes through the instance's removal.
-struct SignalGuard {
+/// process, so that every exit path goes through the instance's removal (`vmxray top --batch`
+/// uses it too).
+pub struct SignalGuard {
     interrupted: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
 }
 
 impl SignalGuard {
-    fn install(enabled: bool) -> Result<Self, RecordError> {
+    /// Catches SIGINT and SIGTERM until dropped (`enabled` false: a guard that catches nothing).
+    pub fn install(enabled: bool) -> Result<Self, RecordError> {
         let mut guard = Self { interrupted: Arc::new(AtomicBool::new(false)), ids: Vec::new() };
         if enabled {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -462,7 +464,8 @@ impl SignalGuard {
         Ok(guard)
     }
 
-    fn interrupted(&self) -> bool {
+    /// True once SIGINT or SIGTERM arrived.
+    pub fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
     }
 }
