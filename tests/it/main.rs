@@ -1,5 +1,6 @@
 //! The integration tests of this crate, in one binary (one link instead of one per file).
 
+mod backends;
 mod cli;
 mod cli_fields;
 mod cli_record;
