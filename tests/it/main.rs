@@ -17,6 +17,7 @@ mod plot_cli;
 mod scan;
 mod simulate_cli;
 mod spark;
+mod top_e2e;
 mod tui_e2e;
 mod vmx_lab;
 mod vmx_samples;

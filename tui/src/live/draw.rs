@@ -70,11 +70,13 @@ fn view_title(view: TopView, s: Option<&Snapshot>) -> String {
 }
 
 fn draw_title<F: Feed>(frame: &mut Frame<'_>, area: Rect, top: &Top<F>) {
-    let mut spans = vec![
-        Span::styled(" vmxray top ", Style::new().fg(Color::Black).bg(Color::Cyan).bold()),
-        Span::raw(" "),
-        Span::styled(top.feed.describe(), Style::new().bold()),
-    ];
+    let mut spans =
+        vec![Span::styled(" vmxray top ", Style::new().fg(Color::Black).bg(Color::Cyan).bold())];
+    if top.paused {
+        spans.push(Span::styled(" PAUSED", Style::new().fg(Color::Yellow).bold()));
+    }
+    spans.push(Span::raw(" "));
+    spans.push(Span::styled(top.feed.describe(), Style::new().bold()));
     if let Some(s) = &top.snapshot {
         let per = |n: u64| n as f64 / s.interval_s;
         spans.push(Span::raw(format!(
@@ -100,8 +102,11 @@ fn draw_title<F: Feed>(frame: &mut Frame<'_>, area: Rect, top: &Top<F>) {
             theme::dim(),
         ));
     }
-    if top.paused {
-        spans.push(Span::styled("  PAUSED", Style::new().fg(Color::Yellow).bold()));
+    if top.behind() > 100_000 {
+        spans.push(Span::styled(
+            format!("  {} events behind", group(top.behind() as u64)),
+            Style::new().fg(Color::Yellow),
+        ));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -132,11 +137,12 @@ fn draw_footer<F: Feed>(frame: &mut Frame<'_>, area: Rect, top: &Top<F>) {
     frame.render_widget(Paragraph::new(line), area);
 }
 
-fn bar(value: f64, max: f64, width: usize) -> String {
-    if max <= 0.0 || width == 0 {
+fn bar(value: u64, max: u64, width: usize) -> String {
+    if max == 0 || width == 0 {
         return String::new();
     }
-    let eighths = ((value / max) * (width as f64) * 8.0).round().max(0.0) as usize;
+    let eighths = usize::try_from(u128::from(value) * (width as u128) * 8 / u128::from(max))
+        .unwrap_or(width * 8);
     let mut s = "█".repeat(eighths / 8);
     const PARTS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
     s.push_str(PARTS[eighths % 8]);
@@ -149,7 +155,7 @@ fn rate_rows(header: &str, rows: &[Row], levels: bool, empty: &str) -> Vec<Line<
         lines.push(Line::from(Span::styled(empty.to_owned(), theme::dim())));
         return lines;
     }
-    let max = rows.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let max = rows.iter().map(|r| r.count).max().unwrap_or(0);
     for r in rows {
         let mut spans = vec![Span::raw(format!(
             "{:<34} {:>10.0} {:>12}",
@@ -167,8 +173,10 @@ fn rate_rows(header: &str, rows: &[Row], levels: bool, empty: &str) -> Vec<Line<
                 theme::tier(crate::trace::Tier::L2),
             ));
         }
-        spans
-            .push(Span::styled(format!(" {}", bar(r.rate, max, 24)), Style::new().fg(Color::Cyan)));
+        spans.push(Span::styled(
+            format!(" {}", bar(r.count, max, 24)),
+            Style::new().fg(Color::Cyan),
+        ));
         lines.push(Line::from(spans));
     }
     lines

@@ -19,6 +19,8 @@
 //! dump; `p` pauses the display (the capture goes on); `?` help; `q` quits.
 
 mod draw;
+#[cfg(test)]
+mod tests;
 
 use std::io::{self, Stdout};
 use std::time::{Duration, Instant};
@@ -122,7 +124,13 @@ pub struct Top<F: Feed> {
     started: Instant,
     /// Snapshots taken.
     pub ticks: u64,
+    /// Events taken from the feed and not yet stepped (a frame steps for at most
+    /// [`STEP_BUDGET`], so keys stay responsive under any rate).
+    backlog: std::collections::VecDeque<Event>,
 }
+
+/// The most time a frame spends stepping events.
+pub const STEP_BUDGET: Duration = Duration::from_millis(40);
 
 impl<F: Feed> Top<F> {
     /// A live app over `feed`.
@@ -143,14 +151,22 @@ impl<F: Feed> Top<F> {
             last_tick: Instant::now(),
             started: Instant::now(),
             ticks: 0,
+            backlog: std::collections::VecDeque::new(),
         }
     }
 
     /// Takes what the feed has and, once an interval has passed, a new snapshot; true when
     /// the screen must be drawn again.
     pub fn update(&mut self) -> bool {
-        for event in self.feed.poll() {
+        self.backlog.extend(self.feed.poll());
+        let start = Instant::now();
+        let mut stepped = 0u32;
+        while let Some(event) = self.backlog.pop_front() {
             let _ = self.pass.step(&event, &mut self.live);
+            stepped = stepped.wrapping_add(1);
+            if stepped.is_multiple_of(1024) && start.elapsed() >= STEP_BUDGET {
+                break;
+            }
         }
         let elapsed = self.last_tick.elapsed();
         if elapsed < self.config.interval {
@@ -166,6 +182,11 @@ impl<F: Feed> Top<F> {
             self.status = None;
         }
         true
+    }
+
+    /// Events received and not yet counted (the screen is that far behind the host).
+    pub fn behind(&self) -> usize {
+        self.backlog.len()
     }
 
     /// Time since the app started.
