@@ -41,8 +41,8 @@
 //! assert_eq!(snap.reasons[0].l1, 3);
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -53,6 +53,49 @@ use vmxray_replay::{Model, Severity};
 
 use crate::histogram::LogHistogram;
 use crate::pass::{Sink, Stepped};
+
+/// A multiply-rotate hasher (FxHash's): the live statistics hash a few small keys per event,
+/// and SipHash's resistance to chosen keys buys nothing for counters of our own trace.
+#[derive(Clone, Copy, Debug, Default)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// How the live statistics run.
 #[derive(Clone, Copy, Debug)]
@@ -153,6 +196,40 @@ impl Counts {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Adds another period's counters.
+    fn merge(&mut self, other: &Self) {
+        self.events += other.events;
+        self.lost += other.lost;
+        self.exits += other.exits;
+        self.l1 += other.l1;
+        self.l2 += other.l2;
+        self.userspace_exits += other.userspace_exits;
+        self.anomalies += other.anomalies;
+        for (k, (a, b)) in &other.by_reason {
+            let e = self.by_reason.entry(*k).or_default();
+            e.0 += a;
+            e.1 += b;
+        }
+        for (k, v) in &other.by_actor {
+            let e = self.by_actor.entry(*k).or_default();
+            e.events += v.events;
+            e.exits += v.exits;
+            e.l2 += v.l2;
+            e.userspace += v.userspace;
+        }
+        for (k, v) in &other.by_name {
+            match self.by_name.get_mut(k) {
+                Some(n) => *n += v,
+                None => {
+                    self.by_name.insert(k.clone(), *v);
+                }
+            }
+        }
+        for (k, v) in &other.by_userspace {
+            *self.by_userspace.entry(*k).or_default() += v;
         }
     }
 
@@ -295,7 +372,7 @@ impl LiveStats {
             config,
             interval: Counts::default(),
             total: Counts::default(),
-            open: HashMap::new(),
+            open: HashMap::default(),
             latency: VecDeque::new(),
             anomalies: VecDeque::new(),
             severities: [0; 4],
@@ -309,11 +386,10 @@ impl LiveStats {
         let event = stepped.event;
         let actor = stepped.step.actor;
         self.newest = self.newest.max(event.ts);
+        // Counted for the interval only; the totals take each interval at its tick.
         self.interval.event(event, actor);
-        self.total.event(event, actor);
         for a in stepped.step.anomalies {
             self.interval.anomalies += 1;
-            self.total.anomalies += 1;
             self.severities[severity_index(a.severity)] += 1;
             self.anomalies.push_front(LiveAnomaly {
                 ts: event.ts,
@@ -355,11 +431,10 @@ impl LiveStats {
 
     fn close(&mut self, actor: Actor, exit: Open, entry: Option<u64>) {
         self.interval.exit(actor, exit.reason, exit.l2);
-        self.total.exit(actor, exit.reason, exit.l2);
         let Some(entry) = entry.filter(|e| *e >= exit.ts) else { return };
         let second = exit.ts / 1_000_000_000;
         if self.latency.back().is_none_or(|(s, _)| *s < second) {
-            self.latency.push_back((second, HashMap::new()));
+            self.latency.push_back((second, HashMap::default()));
         }
         // An exit older than the newest second (another CPU's) goes to its own second.
         let slot = self.latency.iter_mut().rev().find(|(s, _)| *s <= second);
@@ -377,6 +452,7 @@ impl LiveStats {
     pub fn tick(&mut self, elapsed: Duration, model: &Model) -> Snapshot {
         let secs = elapsed.as_secs_f64().max(1e-3);
         let interval = std::mem::take(&mut self.interval);
+        self.total.merge(&interval);
         let rate = |n: u64| n as f64 / secs;
         let mut reasons: Vec<Row> = self
             .total
@@ -477,7 +553,7 @@ impl LiveStats {
     }
 
     fn latency_rows(&self) -> Vec<LatencyRow> {
-        let mut by_reason: HashMap<ExitCode, LogHistogram> = HashMap::new();
+        let mut by_reason: HashMap<ExitCode, LogHistogram> = HashMap::default();
         let mut all = LogHistogram::new();
         for (_, seconds) in &self.latency {
             for (reason, h) in seconds {
@@ -592,7 +668,7 @@ const RECENT_CAP: usize = 4096;
 impl StuckDetector {
     /// A detector with `config`.
     pub fn new(config: StuckConfig) -> Self {
-        Self { config, vcpus: HashMap::new() }
+        Self { config, vcpus: HashMap::default() }
     }
 
     /// One event of `actor`.
@@ -676,7 +752,7 @@ impl StuckDetector {
 
 /// The identity of an exit-like event for the loop check (`None` for other events).
 fn signature(kind: &EventKind) -> Option<u64> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = FastHasher::default();
     match kind {
         EventKind::KvmExit(i) | EventKind::KvmNestedVmexit(i) => {
             (1u8, i.reason(), i.guest_rip(), i.info1()).hash(&mut h);

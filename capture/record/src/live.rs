@@ -378,7 +378,11 @@ struct Consumer {
     print: Option<EventFormat>,
     last_identity: Option<Instant>,
     watermarks: BTreeMap<u32, u64>,
-    pending: Vec<Event>,
+    /// Decoded events not yet released, per CPU (each in time order).
+    pending: BTreeMap<u32, VecDeque<Event>>,
+    /// Threads seen (their comms go into a dump's cmdlines), and the last one added.
+    pids: std::collections::HashSet<i32>,
+    last_pid: i32,
     lost: u64,
     comms: BTreeMap<i32, Option<Comm>>,
     newest: u64,
@@ -423,7 +427,9 @@ impl Consumer {
             print,
             last_identity: None,
             watermarks,
-            pending: Vec::new(),
+            pending: BTreeMap::new(),
+            pids: std::collections::HashSet::new(),
+            last_pid: 0,
             lost: 0,
             comms: BTreeMap::new(),
             newest: 0,
@@ -485,12 +491,12 @@ impl Consumer {
                         Ok(k) => k,
                         Err(_) => continue,
                     };
-                    let comm = self.comm(pid);
-                    self.pending.push(Event { ts, cpu, pid, tgid: None, comm, kind });
+                    self.seen(pid);
+                    self.push(Event { ts, cpu, pid, tgid: None, comm: None, kind });
                 }
                 Ok(PageItem::Lost { ts, count }) => {
                     self.lost += count.unwrap_or(1);
-                    self.pending.push(Event {
+                    self.push(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -517,13 +523,13 @@ impl Consumer {
                 RecordKind::Sample => {
                     let Some(s) = Sample::parse(rec.body()) else { continue };
                     let Ok(kind) = self.formats.decode(s.raw) else { continue };
-                    let comm = self.comm(s.tid);
-                    self.pending.push(Event {
+                    self.seen(s.tid);
+                    self.push(Event {
                         ts: s.time,
                         cpu,
                         pid: s.tid,
                         tgid: Some(s.pid).filter(|p| *p > 0),
-                        comm,
+                        comm: None,
                         kind,
                     });
                     self.pack(cpu, s.time, s.raw);
@@ -533,7 +539,7 @@ impl Consumer {
                 RecordKind::Lost => {
                     let Some((ts, n)) = perf::lost(rec.body()) else { continue };
                     self.lost += n;
-                    self.pending.push(Event {
+                    self.push(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -585,18 +591,17 @@ impl Consumer {
         self.history.entry(cpu).or_default().pages.push_back((newest, page));
     }
 
-    fn comm(&mut self, pid: i32) -> Option<Comm> {
-        if pid <= 0 {
-            return None;
+    /// Notes a thread for the dump's cmdlines (events carry no comm: nothing downstream of
+    /// the live view needs one, and resolving it per event would cost more than the rest).
+    fn seen(&mut self, pid: i32) {
+        if pid != self.last_pid {
+            self.last_pid = pid;
+            self.pids.insert(pid);
         }
-        self.comms
-            .entry(pid)
-            .or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .ok()
-                    .map(|c| Comm::from(c.trim_end().to_string()))
-            })
-            .clone()
+    }
+
+    fn push(&mut self, event: Event) {
+        self.pending.entry(event.cpu).or_default().push_back(event);
     }
 
     /// perf: the identity lines of VMM threads, as `ftrace:print` events (and in the history).
@@ -612,7 +617,7 @@ impl Consumer {
         for id in found {
             let Some(payload) = self.print_record(&id.to_line()) else { continue };
             if let Ok(kind) = self.formats.decode(&payload) {
-                self.pending.push(Event { ts, cpu, pid: -1, tgid: None, comm: None, kind });
+                self.push(Event { ts, cpu, pid: -1, tgid: None, comm: None, kind });
             }
             self.pack(cpu, ts, &payload);
         }
@@ -623,14 +628,26 @@ impl Consumer {
         perf::print_payload(self.print.as_ref()?, line, pid)
     }
 
-    /// Sends the events at or before `upto`, sorted; false when the receiver is gone.
+    /// Sends the events at or before `upto`, merged in time order (each CPU's are in order
+    /// already); false when the receiver is gone.
     fn release(&mut self, upto: u64, out: &Sender<LiveBatch>) -> bool {
-        self.pending.sort_by_key(|e| (e.ts, e.cpu));
-        let n = self.pending.partition_point(|e| e.ts <= upto);
-        if n == 0 && self.lost == 0 {
+        let mut events = Vec::new();
+        loop {
+            // The CPU whose next event is the oldest (ties: the lower CPU, as trace.dat readers).
+            let next = self
+                .pending
+                .iter()
+                .filter_map(|(cpu, q)| Some((q.front()?.ts, *cpu)))
+                .filter(|(ts, _)| *ts <= upto)
+                .min();
+            let Some((_, cpu)) = next else { break };
+            if let Some(e) = self.pending.get_mut(&cpu).and_then(VecDeque::pop_front) {
+                events.push(e);
+            }
+        }
+        if events.is_empty() && self.lost == 0 {
             return true;
         }
-        let events: Vec<Event> = self.pending.drain(..n).collect();
         let lost = std::mem::take(&mut self.lost);
         out.send(LiveBatch { events, lost }).is_ok()
     }
@@ -675,10 +692,19 @@ impl Consumer {
                 span = (span.0.min(*ts), span.1.max(*ts));
             }
         }
-        let cmdlines: String = self
-            .comms
-            .iter()
-            .filter_map(|(pid, c)| Some(format!("{pid} {}\n", c.as_ref()?)))
+        let mut pids: Vec<i32> = self.pids.iter().copied().filter(|p| *p > 0).collect();
+        pids.sort_unstable();
+        let cmdlines: String = pids
+            .into_iter()
+            .filter_map(|pid| {
+                let known = self.comms.get(&pid).cloned().flatten();
+                let comm = known.map(|c| c.to_string()).or_else(|| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .ok()
+                        .map(|c| c.trim_end().to_string())
+                })?;
+                Some(format!("{pid} {comm}\n"))
+            })
             .collect();
         let summary = writer.finish(Some(cmdlines.as_bytes()), &[])?;
         if span.0 == u64::MAX {

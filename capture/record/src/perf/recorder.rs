@@ -4,7 +4,7 @@
 //! - **perf.data**: the kernel's records are written as they come ([`PerfDataWriter`]), after
 //!   a `PERF_RECORD_COMM` for every thread that existed before (as `perf record` synthesizes
 //!   them). A `PERF_RECORD_FINISHED_ROUND` is written once every CPU delivered a batch since
-//!   the previous one and at least [`ROUND`] passed: readers drain every [`super::POLL`] at
+//!   the previous one and at least [`ROUND`] passed: readers drain every 50 ms at
 //!   the latest, so a record written after a round is never older than what preceded the
 //!   round before it, which is what perf's ordering needs.
 //! - **trace.dat**: each CPU's tracepoint payloads are packed into ring-buffer pages

@@ -180,7 +180,7 @@ fn base_builder<'a>(cpu: u32, params: &OpenParams, builder: &mut Builder<'a>) {
 
 /// Opens every tracepoint on every CPU (per thread with [`Target::Threads`]), each CPU's into
 /// one ring; returns the rings and, per tracepoint, the kernel's ids of its descriptors. The
-/// events stay disabled until [`enable`].
+/// events stay disabled until [`Ring::enable`].
 pub fn open(
     specs: &[TracepointSpec],
     cpus: &[u32],
