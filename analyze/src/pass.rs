@@ -49,7 +49,7 @@ use std::ops::ControlFlow;
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::{Event, EventKind};
-use vmxray_replay::{Level, Model, ModelConfig, Step, TraceSummary};
+use vmxray_replay::{Anomaly, Level, Model, ModelConfig, Step, TraceSummary};
 
 use crate::stats::{ExitStats, StatsReport};
 
@@ -106,6 +106,10 @@ pub trait Sink {
 
     /// One event; `Break` stops the pass (the consumer is gone).
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()>;
+
+    /// The end of the trace: anomalies only the whole trace shows (a vCPU stuck in a loop
+    /// from its first event to the last of an excerpt), each at the event it names.
+    fn end(&mut self, _anomalies: &[Anomaly], _model: &Model) {}
 }
 
 /// A sink that takes nothing (a pass for its statistics and summary only).
@@ -125,6 +129,11 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
         self.0.event(stepped)?;
         self.1.event(stepped)
+    }
+
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        self.0.end(anomalies, model);
+        self.1.end(anomalies, model);
     }
 }
 
@@ -195,10 +204,19 @@ impl Pass {
     ) -> Result<(), E> {
         for event in events {
             if self.step(&event?, sink).is_break() {
-                break;
+                return Ok(());
             }
         }
+        self.end(sink);
         Ok(())
+    }
+
+    /// Ends the trace for the model and hands `sink` what only the whole trace shows
+    /// ([`Sink::end`]). [`Pass::run`] calls it when the stream is exhausted; a caller that
+    /// steps events itself calls it once after the last.
+    pub fn end(&mut self, sink: &mut impl Sink) {
+        let anomalies = self.model.finish().to_vec();
+        sink.end(&anomalies, &self.model);
     }
 
     /// The model.

@@ -9,7 +9,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::render::{Format, OrderedWriter};
 use vmxray_capture::{ReadOptions, open};
 use vmxray_events::Attribution;
@@ -29,6 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = reader.meta().clock.clone();
     let out = std::io::stdout().lock();
     let mut out = OrderedWriter::new(out, clock, Format::Text, parallel);
+    if let Some(formats) = reader.event_formats() {
+        out = out.with_print(Arc::new(PrintCatalog::new(formats)));
+    }
     let mut attribution = Attribution::default();
     let mut failed = None;
     for ev in reader.by_ref() {

@@ -13,6 +13,8 @@
 //!   file ([`read::fields_file`]);
 //! - [`write`](mod@write): the trace.dat v7 writer ([`write::TraceDatWriter`]) and [`write::convert`] (any
 //!   input whose event formats are known to trace.dat);
+//! - [`printfmt`]: any event rendered through its format's `print fmt:` as `trace-cmd report
+//!   -N` renders it (a `nom` parser and an evaluator of the kernel's C expressions);
 //! - [`render`] and [`filter`]: the documented one-line and JSON Lines rendering of events and
 //!   the event filters of `vmxray dump`.
 //!
@@ -37,6 +39,7 @@
 pub mod bin;
 pub mod filter;
 mod ordered;
+pub mod printfmt;
 pub mod read;
 pub mod render;
 pub mod write;

@@ -18,18 +18,30 @@
 //!   the input determined, [`vmxray_events::MmuPage::role_known`]); it is absent when the raw role word
 //!   was read;
 //! - after ` | `, human decodings (reason names, interruption info, CR-access qualification,
-//!   MMU role) that are derived from the fields, never new information.
+//!   MMU role) that are derived from the fields, never new information;
+//! - events without a typed rendering (untyped tracepoints such as `sched_switch` or
+//!   `irq_handler_entry`, probe and print events) carry, when the trace stored their format,
+//!   the decoding `text="..."`: the event rendered through its format's `print fmt:` exactly
+//!   as `trace-cmd report -N` prints it ([`crate::printfmt`]; `[FAILED TO PARSE] name=value...`
+//!   where libtraceevent cannot parse the print fmt either). It is always quoted, with Rust's
+//!   string escaping (`\n`, `\"`, `\u{..}`), and it is the last decoding:
+//!
+//! ```text
+//! 12.000000100 [001] 42 "CPU 0/KVM" sched:sched_switch prev_comm="CPU 0/KVM" prev_pid=42 ... | text="prev_comm=CPU 0/KVM prev_pid=42 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120"
+//! ```
 //!
 //! ## JSON Lines (stable)
 //!
 //! One object per event: `ts_ns` (integer nanoseconds, `null` when the clock is not in ns),
 //! `ts` (raw timestamp), `clock`, `cpu`, `pid`, `comm` (`null` when unknown), `system`, `event`
 //! (bare name), `vcpu` (present when known), `fields` (every field by kernel name: integers as
-//! JSON numbers, strings, byte arrays as arrays of numbers) and `decoded` (the same decodings as
-//! the text line, as strings).
+//! JSON numbers, strings, byte arrays as arrays of numbers), `decoded` (the same decodings as
+//! the text line, as strings) and, for events without a typed rendering whose format the trace
+//! stored, `text` (the print-fmt rendering, as in the text line).
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
@@ -38,6 +50,7 @@ use vmxray_events::kernel_fields::{Field, Radix, Val, typed_fields};
 use vmxray_events::{Event, FieldValue};
 
 use crate::ordered::Ordered;
+use crate::printfmt::PrintCatalog;
 use crate::read::Clock;
 
 /// The normalized one-line rendering of an event (see the module docs).
@@ -48,6 +61,8 @@ pub struct Line<'a> {
     pub clock: &'a Clock,
     /// The vCPU, when known beyond the event's own `vcpu_id` (thread attribution).
     pub vcpu: Option<u32>,
+    /// The trace's print fmts, for the `text` decoding of untyped events.
+    pub print: Option<&'a PrintCatalog>,
 }
 
 /// Formats a timestamp in the clock's units: `sec.nanoseconds` for ns clocks.
@@ -134,7 +149,28 @@ impl Line<'_> {
                 put_quoted(out, &text);
             }
         });
+        if let Some(catalog) = self.print {
+            PRINT_TEXT.with(|cell| {
+                // This thread's buffer, unless it is in use further up the stack.
+                let mut fresh = String::new();
+                let mut held = cell.try_borrow_mut();
+                let text = match &mut held {
+                    Ok(t) => &mut **t,
+                    Err(_) => &mut fresh,
+                };
+                text.clear();
+                if catalog.render(e, text).is_some() {
+                    out.extend_from_slice(if first { b" | text=" } else { b" text=" });
+                    put_quoted(out, text);
+                }
+            });
+        }
     }
+}
+
+thread_local! {
+    /// The print-fmt text of the event being written (dump renders millions of lines).
+    static PRINT_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl fmt::Display for Line<'_> {
@@ -229,6 +265,8 @@ pub struct JsonEvent<'a> {
     pub clock: &'a Clock,
     /// The vCPU, when known beyond the event's own `vcpu_id`.
     pub vcpu: Option<u32>,
+    /// The trace's print fmts, for the `text` of untyped events.
+    pub print: Option<&'a PrintCatalog>,
 }
 
 impl Serialize for JsonEvent<'_> {
@@ -258,6 +296,12 @@ impl Serialize for JsonEvent<'_> {
             })
             .collect();
         map.serialize_entry("decoded", &obj)?;
+        if let Some(catalog) = self.print {
+            let mut text = String::new();
+            if catalog.render(e, &mut text).is_some() {
+                map.serialize_entry("text", &text)?;
+            }
+        }
         map.end()
     }
 }
@@ -272,12 +316,20 @@ pub enum Format {
 }
 
 impl Format {
-    /// Appends one event and its newline to `out`.
-    pub fn render(self, event: &Event, clock: &Clock, vcpu: Option<u32>, out: &mut Vec<u8>) {
+    /// Appends one event and its newline to `out`; `print` gives untyped events their `text`.
+    pub fn render(
+        self,
+        event: &Event,
+        clock: &Clock,
+        vcpu: Option<u32>,
+        print: Option<&PrintCatalog>,
+        out: &mut Vec<u8>,
+    ) {
         match self {
-            Format::Text => Line { event, clock, vcpu }.write_to(out),
+            Format::Text => Line { event, clock, vcpu, print }.write_to(out),
             Format::Jsonl => {
-                if serde_json::to_writer(&mut *out, &JsonEvent { event, clock, vcpu }).is_err() {
+                let json = JsonEvent { event, clock, vcpu, print };
+                if serde_json::to_writer(&mut *out, &json).is_err() {
                     // Serializing these types cannot fail; keep the line count right anyway.
                     out.extend_from_slice(b"{}");
                 }
@@ -328,6 +380,7 @@ pub struct OrderedWriter<W: std::io::Write> {
     /// in anew for every batch.
     spare_text: Vec<Vec<u8>>,
     spare_batches: Vec<Batch>,
+    print: Option<Arc<PrintCatalog>>,
 }
 
 impl<W: std::io::Write> OrderedWriter<W> {
@@ -341,7 +394,14 @@ impl<W: std::io::Write> OrderedWriter<W> {
             queue: Ordered::new(parallel),
             spare_text: Vec::new(),
             spare_batches: Vec::new(),
+            print: None,
         }
+    }
+
+    /// Renders untyped events' `text` with the trace's print fmts.
+    pub fn with_print(mut self, catalog: Arc<PrintCatalog>) -> Self {
+        self.print = Some(catalog);
+        self
     }
 
     /// Queues one event (with its thread-attributed vCPU) for output.
@@ -363,11 +423,11 @@ impl<W: std::io::Write> OrderedWriter<W> {
     fn send_batch(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
         let mut text = self.spare_text.pop().unwrap_or_default();
-        let (clock, format) = (self.clock.clone(), self.format);
+        let (clock, format, print) = (self.clock.clone(), self.format, self.print.clone());
         self.queue.push(Box::new(move || {
             text.reserve(batch.len() * 128);
             for (event, vcpu) in &batch {
-                format.render(event, &clock, *vcpu, &mut text);
+                format.render(event, &clock, *vcpu, print.as_deref(), &mut text);
             }
             // The events are dropped here, on the pool, not on the reading thread.
             batch.clear();
@@ -399,7 +459,6 @@ impl<W: std::io::Write> OrderedWriter<W> {
 
 #[cfg(test)]
 mod tests {
-
     use proptest::prelude::*;
 
     use super::*;
@@ -433,7 +492,7 @@ mod tests {
             vcpu_id: Some(0),
             requests: None,
         })));
-        let line = Line { event: &e, clock: &Clock::Local, vcpu: None }.to_string();
+        let line = Line { event: &e, clock: &Clock::Local, vcpu: None, print: None }.to_string();
         assert_eq!(
             line,
             "665.844340123 [001] 17796 \"qemu vcpu-0 x\" kvm:kvm_exit vcpu=0 exit_reason=0x1c \
@@ -448,9 +507,13 @@ mod tests {
             reason: UserspaceExitReason::SHUTDOWN,
             errno: Some(0),
         });
-        let v: serde_json::Value =
-            serde_json::to_value(JsonEvent { event: &e, clock: &Clock::Local, vcpu: Some(0) })
-                .unwrap();
+        let v: serde_json::Value = serde_json::to_value(JsonEvent {
+            event: &e,
+            clock: &Clock::Local,
+            vcpu: Some(0),
+            print: None,
+        })
+        .unwrap();
         assert_eq!(v["ts_ns"], 665_844_340_123u64);
         assert_eq!(v["event"], "kvm_userspace_exit");
         assert_eq!(v["system"], "kvm");
@@ -458,8 +521,13 @@ mod tests {
         assert_eq!(v["vcpu"], 0);
         assert_eq!(v["fields"]["reason"], 8);
         assert_eq!(v["decoded"]["reason"], "KVM_EXIT_SHUTDOWN");
-        let raw = serde_json::to_value(JsonEvent { event: &e, clock: &Clock::X86Tsc, vcpu: None })
-            .unwrap();
+        let raw = serde_json::to_value(JsonEvent {
+            event: &e,
+            clock: &Clock::X86Tsc,
+            vcpu: None,
+            print: None,
+        })
+        .unwrap();
         assert!(raw["ts_ns"].is_null());
     }
 
@@ -647,7 +715,7 @@ mod tests {
         for format in [Format::Text, Format::Jsonl] {
             let mut want = Vec::new();
             for (i, e) in events.iter().enumerate() {
-                format.render(e, &Clock::Local, (i % 2 == 0).then_some(1), &mut want);
+                format.render(e, &Clock::Local, (i % 2 == 0).then_some(1), None, &mut want);
             }
             for parallel in [true, false] {
                 let mut w = OrderedWriter::new(Vec::new(), Clock::Local, format, parallel);
@@ -677,7 +745,7 @@ mod tests {
             ns in any::<bool>(),
         ) {
             let clock = if ns { Clock::Local } else { Clock::X86Tsc };
-            let line = Line { event: &event, clock: &clock, vcpu };
+            let line = Line { event: &event, clock: &clock, vcpu, print: None };
             prop_assert_eq!(line.to_string(), reference_line(&line));
         }
     }

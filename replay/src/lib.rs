@@ -50,6 +50,7 @@ pub mod fields;
 pub mod model;
 pub mod rules;
 pub mod state;
+pub mod story;
 pub mod transition;
 pub mod triage;
 
@@ -60,5 +61,6 @@ pub use model::{
     Model, ModelConfig, ResyncReason, RuleStatus, RuleSummary, Step, TraceSummary, Transition,
     Vmcs12Field,
 };
+pub use rules::livelock::{LoopKind, LoopSummary};
 pub use state::{Features, Level, Mode, VcpuState, Vmcs12Record};
 pub use triage::{Crash, CrashKind, Triage, TriageConfig, TriageReport, triage};

@@ -14,10 +14,13 @@
 //! Rules see the state *before* the event, so each one reads "what KVM had done so far" and
 //! compares it with what the event shows.
 
+use std::fmt;
+
 use serde::Serialize;
 use vmxray_events::{Attribution, Event, EventKind, Vcpu, Vm};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
+use crate::rules::livelock::{LoopSummary, Loops};
 use crate::rules::{self, Ctx, RuleStates};
 use crate::state::{EntryCause, Features, Mode, RootLoad, VcpuState};
 use crate::transition;
@@ -27,8 +30,11 @@ use crate::transition;
 pub struct ModelConfig {
     /// The rules that report (all rules always track their state).
     pub rules: RuleSet,
-    /// How many identical fault exits in a row make a livelock.
-    pub livelock_threshold: u32,
+    /// How many identical cycles in a row make a stuck vCPU (`livelock`; at least 2).
+    pub loop_repeats: u32,
+    /// The trace is an excerpt (pasted from a report, or with lines left out): a vCPU whose
+    /// every event is part of one loop repeated twice is stuck too.
+    pub excerpt: bool,
     /// Run the state machine and the rules (the default). Without, the model only attributes
     /// events to vCPUs and notes what they reveal about the kernel: what a pass that wants
     /// statistics alone needs, at a fraction of the cost.
@@ -37,7 +43,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { rules: RuleSet::all(), livelock_threshold: 64, replay: true }
+        Self { rules: RuleSet::all(), loop_repeats: 3, excerpt: false, replay: true }
     }
 }
 
@@ -66,12 +72,33 @@ pub enum Vmcs12Field {
     HostRip,
 }
 
+impl fmt::Display for Vmcs12Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::GuestRip => "GUEST_RIP",
+            Self::GuestCr3 => "GUEST_CR3",
+            Self::EptPointer => "EPT_POINTER",
+            Self::EntryIntrInfo => "VM_ENTRY_INTR_INFO_FIELD",
+            Self::GuestIntrStatus => "GUEST_INTR_STATUS",
+            Self::HostRip => "HOST_RIP",
+        })
+    }
+}
+
 /// Why a vCPU's state was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResyncReason {
     /// The input lost events (on any CPU: a vCPU thread migrates).
     LostEvents,
+}
+
+impl fmt::Display for ResyncReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::LostEvents => "events were lost",
+        })
+    }
 }
 
 /// One state change, as data.
@@ -194,6 +221,10 @@ pub struct TraceSummary {
     pub rules: Vec<RuleSummary>,
     /// Anomalies per severity (info, warning, error, critical).
     pub by_severity: [u64; 4],
+    /// Every stuck vCPU found (`livelock`), with its totals, in the order found.
+    pub loops: Vec<LoopSummary>,
+    /// Loops found beyond the ones kept in `loops`.
+    pub loops_dropped: u64,
 }
 
 impl TraceSummary {
@@ -211,6 +242,7 @@ pub(crate) struct Findings {
     pub reported: [u64; RuleId::COUNT],
     pub by_severity: [u64; 4],
     pub enabled: RuleSet,
+    pub loops: Loops,
 }
 
 #[derive(Clone, Debug)]
@@ -270,6 +302,7 @@ impl Model {
                 reported: [0; RuleId::COUNT],
                 by_severity: [0; 4],
                 enabled: config.rules,
+                loops: Loops::default(),
             },
             transitions: Vec::new(),
             fields: Vec::new(),
@@ -297,6 +330,10 @@ impl Model {
         if let EventKind::Lost { count } = event.kind {
             self.lost_markers += 1;
             self.lost_events += count.unwrap_or(0);
+            // Lost events end every loop being followed.
+            for l in &mut self.findings.loops.closed {
+                l.ongoing = false;
+            }
             for slot in &mut self.slots {
                 slot.state.forget();
                 slot.rules = RuleStates::default();
@@ -358,12 +395,36 @@ impl Model {
         }
     }
 
+    /// Ends the trace: the anomalies only the whole trace shows (a vCPU of an excerpt whose
+    /// every event belongs to one loop). Call once, after the last event.
+    pub fn finish(&mut self) -> &[Anomaly] {
+        self.findings.anomalies.clear();
+        self.transitions.clear();
+        self.fields.clear();
+        self.last_actor = None;
+        if self.config.replay && self.config.excerpt {
+            for slot in &mut self.slots {
+                let mut ctx = Ctx {
+                    at: EventIndex(self.next.saturating_sub(1)),
+                    actor: slot.actor,
+                    vcpu: &slot.state,
+                    features: &self.features,
+                    config: &self.config,
+                    findings: &mut self.findings,
+                };
+                rules::livelock::at_end(&mut ctx, &mut slot.rules.livelock);
+            }
+        }
+        &self.findings.anomalies
+    }
+
     /// Steps every event and collects the anomalies (convenience for tests and small traces).
     pub fn run<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Vec<Anomaly> {
         let mut out = Vec::new();
         for event in events {
             out.extend_from_slice(self.step(event).anomalies);
         }
+        out.extend_from_slice(self.finish());
         out
     }
 
@@ -444,6 +505,8 @@ impl Model {
             features: self.features,
             rules,
             by_severity: self.findings.by_severity,
+            loops: self.findings.loops.closed.clone(),
+            loops_dropped: self.findings.loops.dropped,
         }
     }
 

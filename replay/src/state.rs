@@ -8,6 +8,8 @@
 //! The state is plain data and cheap to clone, so a caller (the TUI) can keep
 //! [`crate::Model`] snapshots every few thousand events and replay forward to any event.
 
+use std::fmt;
+
 use serde::Serialize;
 use vmxray_events::codes::{ExitCode, IntrInfo, MmuPageRole};
 
@@ -74,6 +76,47 @@ impl Level {
             Self::L1 => "L1",
             Self::L2 => "L2",
         }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown => f.write_str("unknown"),
+            Self::L1 => f.write_str("L1"),
+            Self::L2Pending { since } => write!(f, "L2 entered at {since}, not yet run"),
+            Self::L2Run => f.write_str("L2"),
+        }
+    }
+}
+
+impl fmt::Display for EntryCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Vmlaunch => "VMLAUNCH",
+            Self::Vmresume => "VMRESUME/VMRUN",
+            Self::Rsm => "RSM into L2",
+            Self::Restore => "KVM_SET_NESTED_STATE",
+            Self::Unexplained => "unexplained",
+            Self::Unattributed => "cause not in the trace",
+            Self::Inferred => "inferred from VMLAUNCH/VMRESUME and an L2 entry",
+        })
+    }
+}
+
+impl fmt::Display for LaunchState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "unknown",
+            Self::Clear => "clear",
+            Self::Launched => "launched",
+        })
     }
 }
 

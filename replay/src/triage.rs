@@ -23,6 +23,7 @@ use vmxray_events::{Event, EventKind};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex};
 use crate::model::{MAX_THREAD_SLOTS, Model, ModelConfig, Step, TraceSummary, Transition};
+use crate::rules::livelock::LoopSummary;
 use crate::state::{Level, Mode, Vmcs12Record};
 
 /// Window sizes.
@@ -60,6 +61,8 @@ pub enum CrashKind {
     NestedTripleFault,
     /// A VM-entry failed (`FAILED_VMENTRY` exit or nested exit).
     FailedVmentry,
+    /// `KVM_RUN` returned an error (`kvm_userspace_exit: reason error (14)` is -EFAULT).
+    RunError,
 }
 
 impl CrashKind {
@@ -72,6 +75,7 @@ impl CrashKind {
             Self::TripleFaultExit => "TRIPLE_FAULT exit",
             Self::NestedTripleFault => "TRIPLE_FAULT nested exit to L1 (L2 triple-faulted)",
             Self::FailedVmentry => "failed VM-entry",
+            Self::RunError => "KVM_RUN failed",
         }
     }
 }
@@ -133,6 +137,14 @@ pub enum ChainLink {
         /// The VM-instruction error number (0 for a `CC()` check).
         err: u32,
     },
+    /// A `trace_printk`/`trace_marker` line in the window (developers' debug output, such as
+    /// `vcpu_enter_guest: KVM_REQ_TRIPLE_FAULT`).
+    Printk {
+        /// The event.
+        at: EventIndex,
+        /// Its text.
+        text: String,
+    },
     /// `kvm_emulate_insn` with the failed flag.
     EmulationFailed {
         /// The event.
@@ -153,6 +165,7 @@ impl ChainLink {
             | Self::WalkerError { at, .. }
             | Self::ExitException { at, .. }
             | Self::VmenterFailed { at, .. }
+            | Self::Printk { at, .. }
             | Self::EmulationFailed { at, .. } => *at,
         }
     }
@@ -231,12 +244,32 @@ pub struct Crash {
     pub last_events: Vec<WindowEvent>,
     /// The exception-related events before the crash, oldest first.
     pub exception_chain: Vec<ChainLink>,
-    /// The last exception injected with no `kvm_entry` after it: it was never delivered.
+    /// The last exception injected that was never delivered: no `kvm_entry` after it, or the
+    /// entry that delivered it ended in a TRIPLE_FAULT exit at the same RIP (the hardware could
+    /// not deliver it).
     pub undelivered: Option<ChainLink>,
+    /// The fatal events of the same end after this one (a TRIPLE_FAULT exit, then the
+    /// KVM_EXIT_SHUTDOWN KVM returns to userspace), oldest first.
+    pub followed_by: Vec<(EventIndex, CrashKind)>,
+    /// Whether the trace shows nested virtualization at all (for the level's wording).
+    pub nested_seen: bool,
+    /// What happened, as sentences (filled when the triage finishes, once every fatal event
+    /// of this end is known).
+    pub what_happened: Vec<String>,
     /// The last CR3 / root / level / SMM changes, oldest first.
     pub context_changes: Vec<ContextChange>,
     /// The actor's anomalies from the window, oldest first.
     pub anomalies: Vec<Anomaly>,
+}
+
+/// A vCPU stuck in a loop, and what that means.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stuck {
+    /// The loop and its totals.
+    #[serde(flatten)]
+    pub found: LoopSummary,
+    /// What happened, as sentences.
+    pub what_happened: Vec<String>,
 }
 
 /// The triage of a whole trace.
@@ -244,6 +277,8 @@ pub struct Crash {
 pub struct TriageReport {
     /// The crashes, in trace order (at most [`TriageConfig::max_crashes`]).
     pub crashes: Vec<Crash>,
+    /// The vCPUs stuck in a loop (the `livelock` rule's finds), in trace order.
+    pub stuck: Vec<Stuck>,
     /// Crashes beyond the kept ones.
     pub dropped_crashes: u64,
     /// The model's summary of the trace.
@@ -258,8 +293,16 @@ struct Window {
     changes: VecDeque<ContextChange>,
     anomalies: VecDeque<Anomaly>,
     last_injection: Option<ChainLink>,
+    /// The injection the last `kvm_entry` delivered, and that entry's RIP, until the next exit
+    /// says whether the delivery succeeded.
+    delivering: Option<(ChainLink, Option<u64>)>,
+    /// The last exit's reason (a `kvm_page_fault` after an EPT violation is L0's fault on a
+    /// guest-physical address, not an exception of the guest).
+    last_exit: Option<ExitCode>,
     entries: u64,
     crash_at_entries: Option<u64>,
+    /// The crash this window's current end belongs to.
+    crash_index: Option<usize>,
     last_used: EventIndex,
 }
 
@@ -326,8 +369,11 @@ impl Triage {
             changes: VecDeque::new(),
             anomalies: VecDeque::new(),
             last_injection: None,
+            delivering: None,
+            last_exit: None,
             entries: 0,
             crash_at_entries: None,
+            crash_index: None,
             last_used: at,
         };
         let idx = match self.windows.iter().position(|w| w.actor == actor) {
@@ -387,13 +433,20 @@ impl Triage {
             fatal(&event.kind).or(failed_entry_landed.then_some(CrashKind::FailedVmentry));
         if let Some(kind) = fatal_kind {
             if w.crash_at_entries == Some(w.entries) {
+                if let Some(c) = w.crash_index.and_then(|i| self.crashes.get_mut(i))
+                    && c.followed_by.len() < 4
+                {
+                    c.followed_by.push((at, kind));
+                }
                 return;
             }
             w.crash_at_entries = Some(w.entries);
+            w.crash_index = None;
             if self.crashes.len() >= cfg.max_crashes {
                 self.dropped += 1;
                 return;
             }
+            w.crash_index = Some(self.crashes.len());
             let first = w.events.front().map_or(at, |e| e.at);
             let vmcs12 = model.state(actor).and_then(|s| s.current_record()).cloned();
             self.crashes.push(Crash {
@@ -407,6 +460,11 @@ impl Triage {
                 last_events: w.events.iter().cloned().collect(),
                 exception_chain: w.chain.iter().cloned().collect(),
                 undelivered: w.last_injection.clone(),
+                followed_by: Vec::new(),
+                what_happened: Vec::new(),
+                nested_seen: model.features().nested_vmenter
+                    || model.features().nested_vmexit
+                    || level.is_some(),
                 context_changes: w.changes.iter().cloned().collect(),
                 anomalies: w.anomalies.iter().filter(|a| a.at >= first).cloned().collect(),
             });
@@ -415,7 +473,16 @@ impl Triage {
 
     /// The report, with the summary of the model that stepped the events.
     pub fn finish(self, summary: TraceSummary) -> TriageReport {
-        TriageReport { crashes: self.crashes, dropped_crashes: self.dropped, summary }
+        let mut crashes = self.crashes;
+        for c in &mut crashes {
+            c.what_happened = crate::story::crash_story(c);
+        }
+        let stuck = summary
+            .loops
+            .iter()
+            .map(|l| Stuck { found: l.clone(), what_happened: crate::story::loop_story(l) })
+            .collect();
+        TriageReport { crashes, stuck, dropped_crashes: self.dropped, summary }
     }
 }
 
@@ -430,6 +497,7 @@ pub fn triage<'e>(
         model.step(e);
         t.observe(e, &model.last_step(), &model);
     }
+    model.finish();
     t.finish(model.summary())
 }
 
@@ -446,7 +514,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             Some(link)
         }
         EventKind::KvmPageFault { fault_address, error_code, guest_rip, .. } => {
-            Some(ChainLink::PageFault {
+            // After an EPT violation / misconfig / #NPF the fault is L0's, on a guest-physical
+            // address: the guest saw no exception.
+            (!w.last_exit.is_some_and(is_gpa_fault)).then_some(ChainLink::PageFault {
                 at,
                 address: *fault_address,
                 error_code: *error_code,
@@ -457,13 +527,29 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
             Some(ChainLink::WalkerError { at, pferr: *pferr })
         }
         EventKind::KvmExit(info) | EventKind::KvmNestedVmexitInject(info) => {
-            info.intr_info().and_then(|i| i.exception()).map(|vector| ChainLink::ExitException {
-                at,
-                reason: info.reason(),
-                vector,
-                qualification: info.info1(),
-                error_code: info.error_code(),
-                nested: matches!(event.kind, EventKind::KvmNestedVmexitInject(_)),
+            let nested = matches!(event.kind, EventKind::KvmNestedVmexitInject(_));
+            if !nested {
+                w.last_exit = Some(info.reason());
+                // The entry before this exit delivered an injection: it failed only if the
+                // hardware gave up on it (a triple fault at the RIP it was delivered at).
+                if let Some((link, rip)) = w.delivering.take() {
+                    let gave_up = matches!(info.reason(), ExitCode::Vmx(r)
+                        if !r.failed_vmentry() && r.basic() == VmxBasicReason::TRIPLE_FAULT)
+                        || info.reason() == ExitCode::Svm(SvmExitCode::SHUTDOWN);
+                    if gave_up && (rip.is_none() || rip == info.guest_rip()) {
+                        w.last_injection = Some(link);
+                    }
+                }
+            }
+            info.intr_info().and_then(|i| i.exception().map(|v| (i, v))).map(|(intr, vector)| {
+                ChainLink::ExitException {
+                    at,
+                    reason: info.reason(),
+                    vector,
+                    qualification: info.info1(),
+                    error_code: info.error_code().filter(|_| intr.error_code_valid()),
+                    nested,
+                }
             })
         }
         EventKind::KvmEmulateInsn { rip, insn, failed: true, .. } => {
@@ -472,9 +558,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         EventKind::KvmNestedVmenterFailed { msg, err, .. } => {
             Some(ChainLink::VmenterFailed { at, msg: msg.to_string(), err: err.0 })
         }
-        EventKind::KvmEntry(_) => {
+        EventKind::KvmEntry(e) => {
             w.entries += 1;
-            w.last_injection = None;
+            w.delivering = w.last_injection.take().map(|link| (link, e.rip));
             None
         }
         EventKind::KvmCr { write: true, cr, val } if matches!(cr, 0 | 3 | 4) => {
@@ -494,6 +580,9 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
                 );
             }
             None
+        }
+        EventKind::Other(o) => {
+            o.print_text().map(|text| ChainLink::Printk { at, text: text.trim().to_owned() })
         }
         EventKind::KvmCr { .. }
         | EventKind::KvmNestedVmexit(_)
@@ -515,8 +604,7 @@ fn observe(w: &mut Window, at: EventIndex, event: &Event, level: Option<Level>, 
         | EventKind::VmcsField(_)
         | EventKind::VmcsProbe(_)
         | EventKind::Identity(_)
-        | EventKind::Lost { .. }
-        | EventKind::Other(_) => None,
+        | EventKind::Lost { .. } => None,
     };
     if let Some(link) = link {
         push_bounded(&mut w.chain, link, cap);
@@ -534,6 +622,7 @@ fn changes_context(text: &str) -> bool {
 /// The fatal kind of an event, if any.
 pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
     match kind {
+        EventKind::KvmUserspaceExit { errno: Some(e), .. } if *e < 0 => Some(CrashKind::RunError),
         EventKind::KvmUserspaceExit { reason, .. } => match *reason {
             UserspaceExitReason::SHUTDOWN => Some(CrashKind::Shutdown),
             UserspaceExitReason::INTERNAL_ERROR => Some(CrashKind::InternalError),
@@ -556,10 +645,14 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
             ExitCode::Svm(SvmExitCode::SHUTDOWN) => Some(CrashKind::NestedTripleFault),
             ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
         },
+        // L0's view of L2: the hardware refused the entry into vmcs02.
+        EventKind::KvmNestedVmexit(info) => match info.reason() {
+            ExitCode::Vmx(r) if r.failed_vmentry() => Some(CrashKind::FailedVmentry),
+            ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
+        },
         EventKind::KvmEntry(_)
         | EventKind::KvmCr { .. }
         | EventKind::KvmNestedVmenter(_)
-        | EventKind::KvmNestedVmexit(_)
         | EventKind::KvmNestedVmenterFailed { .. }
         | EventKind::KvmNestedIntrVmexit { .. }
         | EventKind::KvmPageFault { .. }
@@ -583,6 +676,21 @@ pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
         | EventKind::Identity(_)
         | EventKind::Lost { .. }
         | EventKind::Other(_) => None,
+    }
+}
+
+/// A fault on a guest-physical address, taken and handled by L0 (TDP).
+fn is_gpa_fault(reason: ExitCode) -> bool {
+    match reason {
+        ExitCode::Vmx(r) => {
+            !r.failed_vmentry()
+                && matches!(
+                    r.basic(),
+                    VmxBasicReason::EPT_VIOLATION | VmxBasicReason::EPT_MISCONFIG
+                )
+        }
+        ExitCode::Svm(c) => c == SvmExitCode::NPF,
+        ExitCode::Raw(_) => false,
     }
 }
 

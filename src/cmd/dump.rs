@@ -4,7 +4,10 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use vmxray_capture::filter::{EventFilter, ReasonMatch, TimeRange};
+use vmxray_capture::printfmt::{PrintCatalog, PrintTotals};
 use vmxray_capture::render::{self, OrderedWriter};
 use vmxray_events::Attribution;
 
@@ -71,8 +74,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Text => render::Format::Text,
         Format::Jsonl => render::Format::Jsonl,
     };
-    // Lines are rendered in batches on the thread pool while this thread reads on.
+    // Lines are rendered in batches on the thread pool while this thread reads on; untyped
+    // events get their print-fmt `text` when the trace carries their format.
+    let print = reader.event_formats().map(|f| Arc::new(PrintCatalog::new(f)));
     let mut out = OrderedWriter::new(io::stdout().lock(), clock.clone(), format, true);
+    if let Some(catalog) = &print {
+        out = out.with_print(Arc::clone(catalog));
+    }
     let mut attribution = Attribution::default();
     let mut failure = None;
     for item in reader.by_ref() {
@@ -94,8 +102,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     drop(out.finish()?);
     input::write_read_summary(&mut io::stderr(), reader.meta(), reader.stats())?;
+    if let Some(catalog) = &print {
+        write_print_summary(&mut io::stderr(), &catalog.totals())?;
+    }
     match failure {
         Some(err) => Err(err.into()),
         None => Ok(input::exit_status(reader.stats(), ExitCode::SUCCESS)),
     }
+}
+
+/// Says how many untyped events could not be rendered as `trace-cmd report -N` renders them:
+/// print fmts libtraceevent cannot parse either (`[FAILED TO PARSE]`, as trace-cmd prints), and
+/// renderings that need data vmxray does not read (kallsyms, printk strings). Nothing when all
+/// rendered.
+fn write_print_summary(out: &mut impl io::Write, t: &PrintTotals) -> io::Result<()> {
+    if t.failed_to_parse > 0 {
+        writeln!(
+            out,
+            "print fmt: {} events as [FAILED TO PARSE] (a print fmt libtraceevent cannot parse \
+             either; trace-cmd report -N prints the same)",
+            t.failed_to_parse
+        )?;
+    }
+    if t.partial > 0 {
+        writeln!(
+            out,
+            "print fmt: {} events rendered without function symbols or printk strings \
+             (trace-cmd may name them)",
+            t.partial
+        )?;
+    }
+    Ok(())
 }

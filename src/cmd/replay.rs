@@ -36,6 +36,7 @@
 //! - One `summary` line follows the anomalies of each input; `anomalies` counts every anomaly of
 //!   the enabled rules, including those below `--severity`.
 
+use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -47,7 +48,7 @@ use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions, ReadStats};
 use vmxray_events::Event;
 use vmxray_replay::{
-    Actor, Anomaly, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
+    Actor, Anomaly, Model, ModelConfig, RuleId, RuleSet, RuleStatus, Severity, TraceSummary,
 };
 
 /// Output formats.
@@ -80,9 +81,13 @@ pub struct Args {
     /// Exit with status 1 when an anomaly at or above this severity is found.
     #[arg(long, default_value = "warning", value_parser = parse_severity)]
     pub fail_on: Severity,
-    /// How many identical fault exits in a row make a livelock.
-    #[arg(long, default_value_t = ModelConfig::default().livelock_threshold)]
-    pub livelock_threshold: u32,
+    /// How many identical cycles of events in a row make a stuck vCPU (`livelock`; at least 2).
+    #[arg(long, default_value_t = ModelConfig::default().loop_repeats, alias = "livelock-threshold")]
+    pub loop_repeats: u32,
+    /// Treat every input as an excerpt (a part of a trace, as pasted in a report): a vCPU
+    /// whose every event is one loop seen twice is stuck.
+    #[arg(long)]
+    pub excerpt: bool,
     /// Skip unreadable records (counted and reported) instead of stopping.
     #[arg(long)]
     pub permissive: bool,
@@ -112,8 +117,10 @@ pub struct Options {
     pub min_severity: Severity,
     /// Output format.
     pub format: Format,
-    /// Livelock threshold.
-    pub livelock_threshold: u32,
+    /// Identical cycles that make a stuck vCPU.
+    pub loop_repeats: u32,
+    /// The input is an excerpt.
+    pub excerpt: bool,
 }
 
 /// The result of one input.
@@ -142,7 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         min_severity: args.severity,
         format: args.format,
-        livelock_threshold: args.livelock_threshold.max(2),
+        loop_repeats: args.loop_repeats.max(2),
+        excerpt: args.excerpt,
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -157,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let outcome = replay_stream(&input, merged, opts, &mut out)
             .with_context(|| format!("Replaying {input}"))?;
         let stats = reader.stats().clone();
+        let clock_ns = reader.meta().clock.is_ns();
         if opts.format == Format::Text {
             writeln!(
                 out,
@@ -164,7 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 outcome.shown, opts.min_severity
             )?;
         }
-        write_summary(&input, &outcome.summary, Some(&stats), opts, &mut out)?;
+        write_summary(&input, &outcome.summary, Some(&stats), clock_ns, opts, &mut out)?;
         failing += outcome.summary.count_at_least(args.fail_on);
     }
     out.flush()?;
@@ -175,6 +184,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The stuck vCPUs of a summary, each with its cycle and totals.
+fn write_loops<W: Write>(s: &TraceSummary, clock_ns: bool, out: &mut W) -> io::Result<()> {
+    if s.loops.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "  stuck vCPUs ({}):", s.loops.len() as u64 + s.loops_dropped)?;
+    for l in &s.loops {
+        let span = l.last_ts.saturating_sub(l.first_ts);
+        let time = match (clock_ns, span) {
+            (_, 0) => String::new(),
+            (true, ns) => format!(" over {}", human_ns(ns)),
+            (false, ticks) => format!(" over {ticks} clock ticks"),
+        };
+        writeln!(
+            out,
+            "    {} {}: {} cycles of {} event(s) from #{} to #{}{time}{}",
+            l.vcpu,
+            l.kind.describe(),
+            l.repeats,
+            l.cycle.len(),
+            l.first.0,
+            l.last.0,
+            if l.ongoing { ", still looping at the end of the trace" } else { "" },
+        )?;
+        for line in &l.cycle {
+            writeln!(out, "      {line}")?;
+        }
+    }
+    if s.loops_dropped > 0 {
+        writeln!(out, "    ({} more not kept)", s.loops_dropped)?;
+    }
+    Ok(())
+}
+
+/// `1.25 ms`-style durations.
+fn human_ns(ns: u64) -> String {
+    let f = ns as f64;
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", f / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} ms", f / 1e6),
+        _ => format!("{:.2} s", f / 1e9),
+    }
 }
 
 /// Prints every rule with its default severity, what it checks and its KVM commit.
@@ -208,13 +262,14 @@ where
     let config = PassConfig {
         model: ModelConfig {
             rules: opts.rules,
-            livelock_threshold: opts.livelock_threshold,
+            loop_repeats: opts.loop_repeats,
+            excerpt: opts.excerpt,
             ..ModelConfig::default()
         },
         stats: StatsMode::Off,
     };
     let mut pass = Pass::new(config);
-    let mut printer = Printer { input, opts, out, shown: 0, failed: None };
+    let mut printer = Printer { input, opts, out, shown: 0, failed: None, last_ts: HashMap::new() };
     pass.run(events, &mut printer)?;
     if let Some(e) = printer.failed {
         return Err(e.into());
@@ -230,20 +285,36 @@ struct Printer<'a, W> {
     out: &'a mut W,
     shown: u64,
     failed: Option<io::Error>,
+    /// Each actor's last timestamp, for the anomalies of the trace's end.
+    last_ts: HashMap<Actor, u64>,
 }
 
-impl<W: Write> Sink for Printer<'_, W> {
-    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        for anomaly in s.step.anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
+impl<W: Write> Printer<'_, W> {
+    fn print(&mut self, anomalies: &[Anomaly], ts: impl Fn(&Anomaly) -> u64) -> ControlFlow<()> {
+        for anomaly in anomalies.iter().filter(|a| a.severity >= self.opts.min_severity) {
             self.shown += 1;
             if let Err(e) =
-                write_anomaly(self.input, anomaly, s.event.ts, self.opts.format, self.out)
+                write_anomaly(self.input, anomaly, ts(anomaly), self.opts.format, self.out)
             {
                 self.failed = Some(e);
                 return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl<W: Write> Sink for Printer<'_, W> {
+    fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        if let Some(actor) = s.step.actor {
+            self.last_ts.insert(actor, s.event.ts);
+        }
+        self.print(s.step.anomalies, |_| s.event.ts)
+    }
+
+    fn end(&mut self, anomalies: &[Anomaly], _model: &Model) {
+        let last_ts = std::mem::take(&mut self.last_ts);
+        let _ = self.print(anomalies, |a| last_ts.get(&a.vcpu).copied().unwrap_or(0));
     }
 }
 
@@ -303,6 +374,7 @@ pub fn write_summary<W: Write>(
     input: &str,
     s: &TraceSummary,
     stats: Option<&ReadStats>,
+    clock_ns: bool,
     opts: Options,
     out: &mut W,
 ) -> io::Result<()> {
@@ -337,6 +409,8 @@ pub fn write_summary<W: Write>(
                 "kernel_at_least": s.features.kernel_at_least(),
                 "vcpus": s.vcpus,
                 "vms": s.vms,
+                "loops": s.loops,
+                "loops_dropped": s.loops_dropped,
                 "anomalies": {
                     "info": s.by_severity[0], "warning": s.by_severity[1],
                     "error": s.by_severity[2], "critical": s.by_severity[3],
@@ -370,6 +444,7 @@ pub fn write_summary<W: Write>(
                     writeln!(out, "    vm{} {}: vCPUs {}", vm.id.0, vm.label(), vcpus.join(", "))?;
                 }
             }
+            write_loops(s, clock_ns, out)?;
             writeln!(
                 out,
                 "  lost: {lost_events} events in {} markers{}; skipped: {skipped}; unknown events: {unknown}; kernel >= {}",
@@ -450,7 +525,8 @@ mod tests {
             rules: RuleSet::all(),
             min_severity: Severity::Info,
             format,
-            livelock_threshold: 64,
+            loop_repeats: 3,
+            excerpt: false,
         }
     }
 
@@ -458,7 +534,7 @@ mod tests {
     fn text_table_and_summary() {
         let mut out = Vec::new();
         let outcome = replay_stream("t.dat", stream(), opts(Format::Text), &mut out).unwrap();
-        write_summary("t.dat", &outcome.summary, None, opts(Format::Text), &mut out).unwrap();
+        write_summary("t.dat", &outcome.summary, None, true, opts(Format::Text), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(outcome.shown, 1);
         assert!(text.contains("entry_without_exit"), "{text}");
@@ -473,7 +549,8 @@ mod tests {
     fn jsonl_lines_parse_and_follow_the_wire_format() {
         let mut out = Vec::new();
         let outcome = replay_stream("t.dat", stream(), opts(Format::Jsonl), &mut out).unwrap();
-        write_summary("t.dat", &outcome.summary, None, opts(Format::Jsonl), &mut out).unwrap();
+        write_summary("t.dat", &outcome.summary, None, true, opts(Format::Jsonl), &mut out)
+            .unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()

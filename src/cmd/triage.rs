@@ -2,7 +2,8 @@
 //! failed VM-entry in a trace, written as a narrative a KVM developer can paste into a bug
 //! report (or as one JSON document with `--format json`).
 //!
-//! Exit status: 0 when the trace has no fatal event, 1 when it has, 2 when it cannot be read.
+//! Exit status: 0 when the trace has no fatal event and no stuck vCPU, 1 when it has, 2 when
+//! it cannot be read.
 
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
@@ -13,9 +14,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_capture::{ReadError, ReadOptions};
-use vmxray_events::insn::mnemonic;
 use vmxray_events::{Event, EventKind};
-use vmxray_replay::triage::{ChainLink, ContextChange, Crash, Triage, TriageConfig};
+use vmxray_replay::story::insn_text;
+use vmxray_replay::triage::{ChainLink, ContextChange, Triage, TriageConfig};
 use vmxray_replay::{Actor, Transition, TriageReport};
 
 /// Output formats.
@@ -68,7 +69,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
-    Ok(if report.crashes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.crashes.is_empty() && report.stuck.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Triage of a stream of events.
@@ -107,14 +112,6 @@ fn ec(e: Option<u32>) -> String {
     e.map_or_else(|| " (no error code)".to_owned(), |e| format!(" (error code {e:#x})"))
 }
 
-fn insn_text(bytes: &[u8]) -> String {
-    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match mnemonic(bytes) {
-        Some(d) => format!("`{d}` ({})", hex.join(" ")),
-        None => hex.join(" "),
-    }
-}
-
 fn link_text(l: &ChainLink) -> String {
     match l {
         ChainLink::Injected { vector, error_code, reinjected, .. } => format!(
@@ -138,6 +135,7 @@ fn link_text(l: &ChainLink) -> String {
         ChainLink::EmulationFailed { rip, insn, .. } => {
             format!("emulation of {} at rip {rip:#x} failed", insn_text(insn))
         }
+        ChainLink::Printk { text, .. } => format!("printk: {text}"),
         ChainLink::VmenterFailed { msg, err, .. } => {
             let name = vmxray_events::codes::VmInstructionError(*err);
             if *err == 0 {
@@ -153,14 +151,14 @@ fn change_text(c: &ContextChange) -> Option<String> {
     Some(match c {
         ContextChange::CrWrite { cr, value, level, .. } => format!(
             "mov cr{cr} = {value:#x}{}",
-            level.map_or_else(String::new, |l| format!(" ({l:?})"))
+            level.map_or_else(String::new, |l| format!(" ({l})"))
         ),
         ContextChange::Emulated { rip, insn, .. } => format!("emulated `{insn}` at rip {rip:#x}"),
         ContextChange::Model { transition, .. } => match transition {
-            Transition::Mode { from, to } => format!("level {from:?} -> {to:?}"),
+            Transition::Mode { from, to } => format!("level {from} -> {to}"),
             Transition::Resynchronizing { .. } => "events lost: state dropped".to_owned(),
             Transition::NestedEntry { vmptr, cause } => {
-                format!("nested VM-entry of vmcs12 {vmptr:#x} ({cause:?})")
+                format!("nested VM-entry of vmcs12 {vmptr:#x} ({cause})")
             }
             Transition::NestedExit { reason } => format!(
                 "nested VM-exit to L1 ({})",
@@ -262,100 +260,55 @@ pub fn describe_event(e: &Event) -> String {
     }
 }
 
-/// What the crash most likely means, from its data.
-fn findings(c: &Crash) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(ChainLink::Injected { vector, error_code, at, .. }) = &c.undelivered {
-        out.push(format!(
-            "The last exception KVM injected, {vector}{} at event {at}, was never delivered: no \
-             VM-entry followed it. Delivering it faulted in turn (IDT, GDT or stack unusable), \
-             which ends in a triple fault.",
-            ec(*error_code)
-        ));
-    }
-    if let Some(ChainLink::EmulationFailed { rip, insn, at }) =
-        c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::EmulationFailed { .. }))
-    {
-        out.push(format!("Emulating {} at rip {rip:#x} failed (event {at}).", insn_text(insn)));
-    }
-    let tables: Vec<String> = c
-        .context_changes
-        .iter()
-        .filter_map(|ch| match ch {
-            ContextChange::Emulated { insn, rip, at }
-                if insn.starts_with("lidt") || insn.starts_with("lgdt") =>
-            {
-                Some(format!("`{insn}` at rip {rip:#x} (event {at})"))
-            }
-            ContextChange::Emulated { .. }
-            | ContextChange::Model { .. }
-            | ContextChange::CrWrite { .. } => None,
-        })
-        .collect();
-    if !tables.is_empty() {
-        out.push(format!(
-            "Descriptor tables were loaded shortly before: {}. Check that they are valid.",
-            tables.join(", ")
-        ));
-    }
-    let faults: Vec<String> = c
-        .exception_chain
-        .iter()
-        .filter_map(|l| match l {
-            ChainLink::PageFault { address, error_code, .. } => {
-                Some(format!("{address:#x} (error {error_code:#x})"))
-            }
-            ChainLink::Injected { .. }
-            | ChainLink::WalkerError { .. }
-            | ChainLink::ExitException { .. }
-            | ChainLink::VmenterFailed { .. }
-            | ChainLink::EmulationFailed { .. } => None,
-        })
-        .collect();
-    if !faults.is_empty() {
-        out.push(format!("Page faults before the end: {}.", faults.join(", ")));
-    }
-    if c.exception_chain
-        .iter()
-        .any(|l| matches!(l, ChainLink::Injected { vector, .. } if vector.0 == 8))
-    {
-        out.push("A #DF was injected: an exception occurred while delivering another.".to_owned());
-    }
-    if let Some(ChainLink::VmenterFailed { msg, at, .. }) =
-        c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::VmenterFailed { .. }))
-    {
-        out.push(format!("A nested VM-entry failed at event {at}: {msg}."));
-    }
-    if !c.anomalies.is_empty() {
-        out.push(format!(
-            "The model found {} divergence(s) from KVM's expected behaviour in this window (below).",
-            c.anomalies.len()
-        ));
-    }
-    out
-}
-
 /// Renders the narrative.
 pub fn render(input: &str, report: &TriageReport) -> String {
     let mut s = String::new();
     let n = report.crashes.len();
+    let stuck = report.stuck.len();
     let _ = writeln!(
         s,
-        "vmxray triage {input}: {} fatal event{}{}",
+        "vmxray triage {input}: {} fatal event{}{}{}",
         n,
         if n == 1 { "" } else { "s" },
         if report.dropped_crashes > 0 {
             format!(" (and {} more not shown)", report.dropped_crashes)
         } else {
             String::new()
+        },
+        match stuck {
+            0 => String::new(),
+            1 => ", 1 stuck vCPU".to_owned(),
+            k => format!(", {k} stuck vCPUs"),
         }
     );
-    if n == 0 {
+    if n == 0 && stuck == 0 {
         let _ = writeln!(
             s,
-            "No shutdown, triple fault, internal error or failed VM-entry in {} events.",
+            "No shutdown, triple fault, internal error, failed VM-entry or stuck vCPU in {} events.",
             report.summary.events
         );
+    }
+    for st in &report.stuck {
+        let l = &st.found;
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "== {}: {} from event {} to {} (ts {} to {}) ==",
+            who(l.vcpu, &report.summary.vms),
+            l.kind.describe(),
+            l.first,
+            l.last,
+            l.first_ts,
+            l.last_ts
+        );
+        let _ = writeln!(s, "\nWhat happened:");
+        for line in &st.what_happened {
+            let _ = writeln!(s, "  - {line}");
+        }
+        let _ = writeln!(s, "\nThe cycle:");
+        for line in &l.cycle {
+            let _ = writeln!(s, "  {line}");
+        }
     }
     for c in &report.crashes {
         let _ = writeln!(s);
@@ -370,7 +323,11 @@ pub fn render(input: &str, report: &TriageReport) -> String {
         let _ = writeln!(
             s,
             "Level: {}{}.",
-            c.level.map_or_else(|| "not established by the trace".to_owned(), |l| format!("{l:?}")),
+            match (c.level, c.nested_seen) {
+                (Some(l), _) => l.to_string(),
+                (None, false) => "the guest (no nested virtualization in the trace)".to_owned(),
+                (None, true) => "not established by the trace".to_owned(),
+            },
             c.vmptr.map_or_else(String::new, |p| format!(", current vmcs12 {p:#x}"))
         );
         if let Some(r) = &c.vmcs12 {
@@ -387,13 +344,12 @@ pub fn render(input: &str, report: &TriageReport) -> String {
             if let Some(host) = r.host_rip {
                 parts.push(format!("HOST_RIP {:#x}", host.value));
             }
-            parts.push(format!("launch state {:?}", r.launch));
+            parts.push(format!("launch state {}", r.launch));
             let _ = writeln!(s, "vmcs12 {:#x} as last entered: {}.", r.vmptr, parts.join(", "));
         }
-        let f = findings(c);
-        if !f.is_empty() {
+        if !c.what_happened.is_empty() {
             let _ = writeln!(s, "\nWhat happened:");
-            for line in f {
+            for line in &c.what_happened {
                 let _ = writeln!(s, "  - {line}");
             }
         }
@@ -500,7 +456,8 @@ mod tests {
         let text = render("triple-fault.dat", &report);
         assert!(text.contains("1 fatal event"), "{text}");
         assert!(text.contains("KVM_EXIT_SHUTDOWN"), "{text}");
-        assert!(text.contains("#UD (no error code) at event #5, was never delivered"), "{text}");
+        assert!(text.contains("KVM injected #UD at #5"), "{text}");
+        assert!(text.contains("no VM-entry delivered it"), "{text}");
         assert!(text.contains("`ud2` (0f 0b) at rip 0x1064 failed"), "{text}");
         assert!(text.contains("`lidt [0x7000]`"), "{text}");
         assert!(text.contains("emulated `mov cr3, rax` at rip 0x1007"), "{text}");

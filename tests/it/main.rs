@@ -19,6 +19,7 @@ mod simulate_cli;
 mod spark;
 mod top_e2e;
 mod tui_e2e;
+mod vmx_bugs;
 mod vmx_lab;
 mod vmx_samples;
 

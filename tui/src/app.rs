@@ -496,7 +496,8 @@ impl App {
             if let Some(index) = self.rows.event_at(row)
                 && let Some(event) = self.trace.event(index)
             {
-                let line = NormalizedLine { event, clock: &clock, vcpu: None }.to_string();
+                let line =
+                    NormalizedLine { event, clock: &clock, vcpu: None, print: None }.to_string();
                 if contains_ignore_case(&line, &search.query) {
                     search.running = None;
                     self.jumped(index, Jump::Event);

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::read::text::TextReader;
 use vmxray_capture::{Clock, EventReader, InputFormat, ReadOptions, ReadStats, TraceMeta};
 use vmxray_events::{Event, EventKind};
@@ -85,6 +86,8 @@ pub struct Chunk {
 pub enum LoadMsg {
     /// The input is open.
     Meta(TraceMeta),
+    /// The print fmts the input carries (binary traces), for the detail view's text.
+    Print(Arc<PrintCatalog>),
     /// More events.
     Chunk(Chunk),
     /// Everything is read.
@@ -175,6 +178,11 @@ fn run_reader(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: I
     if tx.send(LoadMsg::Meta(reader.meta().clone())).is_err() {
         return;
     }
+    if let Some(formats) = reader.event_formats()
+        && tx.send(LoadMsg::Print(Arc::new(PrintCatalog::new(formats)))).is_err()
+    {
+        return;
+    }
     let mut pipeline = Pipeline::new(tx, started);
     for item in reader.by_ref() {
         match item {
@@ -253,6 +261,11 @@ impl Sink for Tagger {
         self.chunk.tags.push(EventTag::new(actor_id, tier, anomaly, crash.is_some(), lost));
         ControlFlow::Continue(())
     }
+
+    /// The anomalies of the trace's end join the last chunk.
+    fn end(&mut self, anomalies: &[vmxray_replay::Anomaly], _model: &Model) {
+        self.chunk.anomalies.extend_from_slice(anomalies);
+    }
 }
 
 impl Tagger {
@@ -293,7 +306,7 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if self.tagger.chunk.events.is_empty() {
+        if self.tagger.chunk.events.is_empty() && self.tagger.chunk.anomalies.is_empty() {
             return;
         }
         let mut chunk = std::mem::take(&mut self.tagger.chunk);
@@ -308,6 +321,7 @@ impl<'a> Pipeline<'a> {
     }
 
     fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
+        self.pass.end(&mut self.tagger);
         self.flush();
         let end = self.pass.finish(Some(meta), Some(read));
         // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).

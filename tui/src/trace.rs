@@ -6,9 +6,11 @@
 //! Everything here is filled by [`crate::loader`] messages ([`Trace::apply`]); nothing here
 //! parses, models or counts: it stores what the other crates computed and answers index queries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmxray_analyze::stats::StatsReport;
+use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::render::format_ts;
 use vmxray_capture::{Clock, ReadStats, TraceMeta};
 use vmxray_events::Event;
@@ -179,6 +181,9 @@ pub struct Trace {
     pub read: Option<Box<ReadStats>>,
     /// Loading progress.
     pub progress: Progress,
+    /// The trace's print fmts (binary inputs): the detail view renders untyped events with
+    /// them, as `trace-cmd report -N` does.
+    pub print: Option<Arc<PrintCatalog>>,
 }
 
 impl Default for Trace {
@@ -194,6 +199,7 @@ impl Default for Trace {
             crashes: Vec::new(),
             lost: Vec::new(),
             checkpoints: Checkpoints::new(CHECKPOINT_INTERVAL),
+            print: None,
             stats: None,
             summary: None,
             read: None,
@@ -212,6 +218,7 @@ impl Trace {
     pub fn apply(&mut self, msg: LoadMsg) {
         match msg {
             LoadMsg::Meta(meta) => self.meta = Some(meta),
+            LoadMsg::Print(catalog) => self.print = Some(catalog),
             LoadMsg::Chunk(chunk) => self.append(chunk),
             LoadMsg::Done { stats, summary, read, elapsed } => {
                 self.stats = Some(stats);

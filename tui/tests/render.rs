@@ -228,6 +228,25 @@ fn real_detail_of_a_root_load_decodes_the_role() {
 }
 
 #[test]
+fn real_detail_of_an_untyped_event_shows_its_print_fmt_text() {
+    // kvm_track_tsc has no typed rendering: the detail view renders it through the print fmt
+    // stored in the trace.dat, as `trace-cmd report -N` prints it.
+    let mut app = app(REAL);
+    type_prompt(&mut app, PromptKind::Search, "kvm_track_tsc");
+    app.act(Action::Show(ViewId::DETAIL));
+    let text = screen(&mut app);
+    assert!(text.contains("Print fmt (as trace-cmd report -N)"), "{text}");
+    assert!(
+        text.contains("vcpu_id 0 masterclock 0 offsetmatched 0 nr_online 1 hostclock 0x1"),
+        "{text}"
+    );
+    // Typed events keep their own rendering.
+    type_prompt(&mut app, PromptKind::Search, "failed=1");
+    let text = screen(&mut app);
+    assert!(!text.contains("Print fmt (as trace-cmd report -N)"), "{text}");
+}
+
+#[test]
 fn the_same_numbers_as_vmxray_stats() {
     // The view reads the report ExitStats produced, over the same events `vmxray stats` reads.
     let app = app(SIM);

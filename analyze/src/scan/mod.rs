@@ -162,7 +162,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use vmxray_capture::ReadOptions;
 use vmxray_events::{Event, Vm};
-use vmxray_replay::{Actor, ModelConfig};
+use vmxray_replay::{Actor, Anomaly, Model, ModelConfig};
 
 use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use crate::stats::{ClosedExit, ExitStats, StatsReport};
@@ -434,6 +434,9 @@ impl<'a> TraceScan<'a> {
         if unreported > 0 {
             (self.progress)(ScanProgress::Events(unreported));
         }
+        if read_error.is_none() {
+            pass.end(&mut rows);
+        }
         self.anomalies = std::mem::take(&mut rows.anomalies);
         let TraceRows { events, first_ts, last_ts, .. } = rows;
         if let (model, Some(stats)) = pass.model_and_stats() {
@@ -498,31 +501,37 @@ impl Sink for TraceRows {
         self.last_ts = Some(event.ts);
         count_event(&mut self.events, event);
         if self.want_anomalies {
-            for a in s.step.anomalies {
-                let ActorColumns { vcpu, thread, vm_id, vm_label } =
-                    actor_columns(a.vcpu, s.model.vms());
-                self.anomalies.push(AnomalyRecord {
-                    rule: a.rule.name(),
-                    severity: a.severity.name(),
-                    severity_rank: u32::try_from(a.severity.rank()).unwrap_or(0),
-                    vcpu,
-                    thread,
-                    vm_id,
-                    vm_label,
-                    ts: event.ts,
-                    event: a.at.0,
-                    message: a.message.clone(),
-                    evidence: a
-                        .evidence
-                        .iter()
-                        .map(|i| i.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    commit: a.rule.commit(),
-                });
-            }
+            self.push_anomalies(s.step.anomalies, event.ts, s.model);
         }
         ControlFlow::Continue(())
+    }
+
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        if self.want_anomalies {
+            self.push_anomalies(anomalies, self.last_ts.unwrap_or(0), model);
+        }
+    }
+}
+
+impl TraceRows {
+    fn push_anomalies(&mut self, anomalies: &[Anomaly], ts: u64, model: &Model) {
+        for a in anomalies {
+            let ActorColumns { vcpu, thread, vm_id, vm_label } = actor_columns(a.vcpu, model.vms());
+            self.anomalies.push(AnomalyRecord {
+                rule: a.rule.name(),
+                severity: a.severity.name(),
+                severity_rank: u32::try_from(a.severity.rank()).unwrap_or(0),
+                vcpu,
+                thread,
+                vm_id,
+                vm_label,
+                ts,
+                event: a.at.0,
+                message: a.message.clone(),
+                evidence: a.evidence.iter().map(|i| i.0.to_string()).collect::<Vec<_>>().join(","),
+                commit: a.rule.commit(),
+            });
+        }
     }
 }
 

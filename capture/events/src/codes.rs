@@ -554,6 +554,21 @@ pub enum IntrType {
     Other,
 }
 
+impl fmt::Display for IntrType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ExternalInterrupt => "external interrupt",
+            Self::Reserved => "reserved",
+            Self::Nmi => "NMI",
+            Self::HardwareException => "hardware exception",
+            Self::SoftwareInterrupt => "software interrupt",
+            Self::PrivilegedSoftwareException => "privileged software exception",
+            Self::SoftwareException => "software exception",
+            Self::Other => "other",
+        })
+    }
+}
+
 /// VMX interruption information: `VM_EXIT_INTR_INFO`, `IDT_VECTORING_INFO`,
 /// `VM_ENTRY_INTR_INFO_FIELD` (and `kvm_nested_vmenter.event_inj`, `kvm_entry.intr_info`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -643,6 +658,17 @@ pub enum CrAccessType {
     Clts,
     /// LMSW.
     Lmsw,
+}
+
+impl fmt::Display for CrAccessType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::MovTo => "mov to",
+            Self::MovFrom => "mov from",
+            Self::Clts => "clts",
+            Self::Lmsw => "lmsw",
+        })
+    }
 }
 
 /// The exit qualification of a VMX CR_ACCESS exit (reason 28, `kvm_exit.info1`).

@@ -281,7 +281,25 @@ pub struct EventFormat {
     plan: Vec<PlanStep>,
     /// See [`EventFormat::role_bit4_inverted`].
     role_bit4_inverted: bool,
+    /// The kernel's `sizeof(long)` the format was parsed with.
+    long_size: u32,
+    /// The print fmt, compiled on first use.
+    print: PrintCache,
 }
+
+/// [`EventFormat::print`]'s compiled print fmt, made on first use so that commands that never
+/// render text do not parse the print fmts of a trace's thousands of formats. A cache: two
+/// formats compare equal whether or not it was filled.
+#[derive(Clone, Debug, Default)]
+struct PrintCache(std::sync::OnceLock<crate::printfmt::PrintFmt>);
+
+impl PartialEq for PrintCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PrintCache {}
 
 /// One planned lookup: the name asked (its address and length, and packed) and its field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,8 +371,13 @@ impl EventFormat {
                 fields.push(
                     parse_field_line(t, long_size).ok_or(FormatError::BadField { line: i + 1 })?,
                 );
-            } else if let Some(rest) = t.strip_prefix("print fmt:") {
-                print_fmt = rest.trim();
+            } else if t.starts_with("print fmt:") {
+                // The print fmt is the rest of the file: a format string may hold a newline
+                // (ext4's fsmap events), which the kernel writes as is.
+                let at = line.as_ptr() as usize - text.as_ptr() as usize;
+                let rest = text.get(at..).unwrap_or("").trim_start();
+                print_fmt = rest.strip_prefix("print fmt:").unwrap_or(rest).trim();
+                break;
             }
         }
         let name = name.ok_or(FormatError::MissingName)?;
@@ -375,6 +398,8 @@ impl EventFormat {
             // the bit, so it says which layout the raw word is in.
             role_bit4_inverted: print_fmt.contains("role.gpte_is_8_bytes")
                 || print_fmt.contains("role.cr4_pae"),
+            long_size,
+            print: PrintCache::default(),
         };
         format.plan = lookup_plan(&format);
         Ok(format)
@@ -386,6 +411,14 @@ impl EventFormat {
     /// for such a format flips it back.
     pub fn role_bit4_inverted(&self) -> bool {
         self.role_bit4_inverted
+    }
+
+    /// The print fmt, compiled against this format's fields once (on first use); render a
+    /// record with [`crate::printfmt::PrintFmt::render`].
+    pub fn print(&self) -> &crate::printfmt::PrintFmt {
+        self.print.0.get_or_init(|| {
+            crate::printfmt::PrintFmt::compile(&self.print_fmt, &self.fields, self.long_size)
+        })
     }
 
     fn field_index(&self, name: &str) -> Option<usize> {
@@ -734,6 +767,7 @@ pub struct EventFormats {
     long_size: u32,
     common: CommonLayout,
     common_set: bool,
+    printk: Arc<crate::printfmt::PrintkStrings>,
 }
 
 impl EventFormats {
@@ -745,7 +779,19 @@ impl EventFormats {
             long_size,
             common: CommonLayout::default(),
             common_set: false,
+            printk: Arc::default(),
         }
+    }
+
+    /// Keeps the trace's `printk_formats` text (`0xADDR : "string"` lines): a `%s` of a
+    /// pointer field prints the string at that address ([`crate::printfmt`]).
+    pub fn set_printk(&mut self, text: &[u8]) {
+        self.printk = Arc::new(crate::printfmt::PrintkStrings::parse(text));
+    }
+
+    /// The trace's printk strings by address.
+    pub fn printk(&self) -> &Arc<crate::printfmt::PrintkStrings> {
+        &self.printk
     }
 
     /// The kernel's byte order.

@@ -234,6 +234,11 @@ pub trait EventReader: Iterator<Item = Result<Event, ReadError>> + Send {
     fn meta(&self) -> &TraceMeta;
     /// What was counted so far (complete once the iterator is exhausted).
     fn stats(&self) -> &ReadStats;
+    /// The event formats the input carries (trace.dat, perf.data, a tracefs tree), for
+    /// rendering events through their print fmt ([`crate::printfmt`]); `None` for text.
+    fn event_formats(&self) -> Option<&Arc<crate::bin::format::EventFormats>> {
+        None
+    }
 }
 
 /// Where in an input a problem is.

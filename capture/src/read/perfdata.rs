@@ -903,4 +903,7 @@ impl EventReader for PerfDataReader {
     fn stats(&self) -> &ReadStats {
         &self.stats
     }
+    fn event_formats(&self) -> Option<&Arc<EventFormats>> {
+        Some(&self.formats)
+    }
 }

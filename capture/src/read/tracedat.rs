@@ -733,6 +733,7 @@ impl TraceDat {
         let printk_len = seq.u32("printk size")?;
         let printk = seq.bytes(u64::from(printk_len), "printk formats")?;
         let cmdlines = seq.sized_u64("cmdlines")?;
+        formats.set_printk(&printk);
         let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
         Ok(V6Meta { layout, formats, texts })
     }
@@ -914,6 +915,7 @@ impl TraceDat {
         let cmdlines = c.u64().and_then(|n| c.take_u64_len(n)).unwrap_or(&[]).to_vec();
         let mut c = Cursor::new(&printk_sec, endian);
         let printk = c.u32().and_then(|n| c.take_u64_len(u64::from(n))).unwrap_or(&[]).to_vec();
+        formats.set_printk(&printk);
         let texts = SavedTexts { header_page: hp, header_event: he, printk, cmdlines };
         let mut buffers = Vec::new();
         for (section, mut b) in std::mem::take(&mut opts.buffers_v7) {
@@ -1439,7 +1441,8 @@ impl TraceDat {
             producers.push((d.cpu, Box::new(jobs) as Jobs));
         }
         let merger = Merger::new(producers, parallel, opts.permissive, &mut stats);
-        Ok(TraceDatReader { meta: self.meta(buffer), stats, merger })
+        let formats = Arc::clone(&self.formats);
+        Ok(TraceDatReader { meta: self.meta(buffer), stats, merger, formats })
     }
 }
 
@@ -1499,6 +1502,7 @@ pub struct TraceDatReader {
     meta: TraceMeta,
     stats: ReadStats,
     merger: Merger,
+    formats: Arc<EventFormats>,
 }
 
 impl TraceDatReader {
@@ -1522,6 +1526,9 @@ impl EventReader for TraceDatReader {
     }
     fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+    fn event_formats(&self) -> Option<&Arc<EventFormats>> {
+        Some(&self.formats)
     }
 }
 

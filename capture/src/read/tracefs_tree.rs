@@ -224,6 +224,7 @@ pub struct TracefsReader {
     meta: TraceMeta,
     stats: ReadStats,
     merger: Merger,
+    formats: Arc<EventFormats>,
 }
 
 struct PageChunk {
@@ -302,7 +303,7 @@ impl TracefsReader {
             cpus,
             kernel: None,
         };
-        Ok(Self { meta, stats, merger })
+        Ok(Self { meta, stats, merger, formats: Arc::clone(&tree.formats) })
     }
 
     /// Opens `path` (see [`TracefsInput::locate`]).
@@ -333,6 +334,9 @@ impl EventReader for TracefsReader {
     }
     fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+    fn event_formats(&self) -> Option<&Arc<EventFormats>> {
+        Some(&self.formats)
     }
 }
 

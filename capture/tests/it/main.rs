@@ -4,6 +4,7 @@ mod common;
 mod convert;
 mod differential;
 mod fields_import;
+mod printfmt;
 mod raw_pages;
 mod robustness;
 mod salvage;

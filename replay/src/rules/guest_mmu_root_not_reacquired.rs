@@ -15,8 +15,13 @@
 //! [no kvm_mmu_get_page gfn=E>>12 guest_mode=1 direct=0]
 //! kvm_entry (L2)                                           → anomaly
 //! ```
-//! The INVEPT operand is not traced, so INVEPT is applied strictly only while L1 has used a
-//! single EPTP on this vCPU; VMCLEAR followed by the same vmcs is ambiguous and ignored.
+//! The INVEPT operand is not traced, so INVEPT is applied strictly (*error*) only while L1 has
+//! used a single EPTP on this vCPU. With several EPTPs the INVEPT is taken to invalidate the
+//! EPTP of the vmcs12 L1 was running when it executed it (what an L1 does after editing that
+//! guest's EPT12, and what KVM as L1 does: `vmx_flush_tlb_current`), checked on that vmcs12's
+//! next entry with the same EPTP and no VMPTRLD/VMCLEAR between — a *warning*, since an L1 may
+//! invalidate another context (the real bug-(c) recordings, `samples/real/vmx/bugs/c-*`, use
+//! two EPTPs). VMCLEAR followed by the same vmcs is ambiguous and ignored.
 //! Decidable only when the trace records `kvm_mmu_get_page` (guest_mmu is always a shadow MMU,
 //! never the TDP MMU, so its root loads are always traced then).
 
@@ -35,6 +40,8 @@ pub(crate) struct State {
     eptp_gfn: Option<u64>,
     several_eptps: bool,
     invept_at: Option<EventIndex>,
+    /// The vmcs12 and EPTP gfn current when L1 executed the INVEPT.
+    invept_current: Option<(u64, u64)>,
     release_at: Option<EventIndex>,
     waiting: Option<Waiting>,
 }
@@ -45,6 +52,7 @@ struct Waiting {
     trigger_at: EventIndex,
     trigger: &'static str,
     gfn: u64,
+    severity: Severity,
 }
 
 pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
@@ -52,7 +60,13 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
         return;
     }
     match info.reason().vmx_basic() {
-        Some(VmxBasicReason::INVEPT) => st.invept_at = Some(ctx.at),
+        Some(VmxBasicReason::INVEPT) => {
+            st.invept_at = Some(ctx.at);
+            st.invept_current = ctx.vcpu.current_vmptr.and_then(|p| {
+                let eptp = ctx.vcpu.vmcs12.get(p)?.eptp?;
+                Some((p, pgd_gfn(eptp.value)))
+            });
+        }
         Some(VmxBasicReason::VMPTRLD | VmxBasicReason::VMCLEAR) => st.release_at = Some(ctx.at),
         Some(_) | None => {}
     }
@@ -71,17 +85,23 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
         None => st.eptp_gfn = Some(gfn),
     }
     let vmptr_changed = ctx.vcpu.last_entered_vmptr.is_some_and(|p| p != v.vmcs);
+    let invept_current = st.invept_current.take();
     let trigger = match (invept, release) {
-        (Some(at), _) if single => Some((at, "INVEPT")),
+        (Some(at), _) if single => Some((at, "INVEPT", Severity::Error)),
+        (Some(at), None) if invept_current == Some((v.vmcs, gfn)) => Some((
+            at,
+            "INVEPT (its operand is not traced: taken to be the EPTP of this vmcs12, which L1 was running)",
+            Severity::Warning,
+        )),
         (_, Some(at)) if vmptr_changed => {
-            Some((at, "release of the current vmcs12 (VMPTRLD/VMCLEAR)"))
+            Some((at, "release of the current vmcs12 (VMPTRLD/VMCLEAR)", Severity::Error))
         }
         _ => None,
     };
-    if let Some((trigger_at, trigger)) = trigger
+    if let Some((trigger_at, trigger, severity)) = trigger
         && (ctx.features.guest_mmu_roots || ctx.features.mmu_get_page)
     {
-        st.waiting = Some(Waiting { vmenter_at: ctx.at, trigger_at, trigger, gfn });
+        st.waiting = Some(Waiting { vmenter_at: ctx.at, trigger_at, trigger, gfn, severity });
     }
 }
 
@@ -108,7 +128,7 @@ pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State) {
         return;
     }
     ctx.checked(RULE);
-    ctx.report(RULE, Severity::Error, &[w.trigger_at, w.vmenter_at], || {
+    ctx.report(RULE, w.severity, &[w.trigger_at, w.vmenter_at], || {
         format!(
             "L2 entered with EPTP gfn {} after {} without reacquiring its guest_mmu root: stale EPT12 translations (fixed by f8aa7e3958bc)",
             hex(w.gfn),

@@ -91,17 +91,27 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, watch: &mut State, v: &NestedVmenter
         watch.watching = Some(Watch { vmptr: v.vmcs, zero_exit_at: exit.at, vmenter_at: ctx.at });
     }
     ctx.checked(RULE);
-    if st.counters.vmwrite != rec.vmwrites_at_exit {
-        return;
-    }
+    // After VMWRITE exits (fields not traced) only a change L1 would not make counts: GUEST_CR3
+    // becoming the CR3 of the other L2 that last ran on hardware.
+    let vmwrote = st.counters.vmwrite != rec.vmwrites_at_exit;
     let mut diffs = Vec::new();
-    if rip.value != v.nested_rip {
+    if rip.value != v.nested_rip && !vmwrote {
         diffs.push(format!("GUEST_RIP {} -> {}", hex(rip.value), hex(v.nested_rip)));
     }
     if let (Some(old), Some(new)) = (rec.guest_cr3, v.guest_cr3())
         && old.value != new
     {
-        diffs.push(format!("GUEST_CR3 {} -> {}", hex(old.value), hex(new)));
+        let other_subject = st.last_hw_l2.is_some_and(|(p, cr3)| {
+            p.is_some_and(|p| p != v.vmcs) && cr3.is_some_and(|c| c.value == new)
+        });
+        if !vmwrote || other_subject {
+            diffs.push(format!(
+                "GUEST_CR3 {} -> {}{}",
+                hex(old.value),
+                hex(new),
+                if other_subject { " (the CR3 of the L2 that last ran on hardware)" } else { "" }
+            ));
+        }
     }
     if diffs.is_empty() {
         return;

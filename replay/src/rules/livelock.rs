@@ -1,147 +1,534 @@
-//! **livelock** — the same fault exit repeating with no progress.
+//! **livelock** — a vCPU stuck in a cycle of events that repeats with no progress.
 //!
-//! **KVM behaviour.** A fault that KVM "fixes" must not recur identically: the "Deadlock due to
-//! EPT_VIOLATION" report on the kvm list (2023-05-23) showed a vCPU taking the same
-//! EPT_VIOLATION at the same RIP and GPA forever, with users reduced to grepping raw text.
+//! **KVM behaviour.** Whatever KVM does on a vCPU, the next round must differ: a fault it fixed
+//! does not recur at the same RIP and address, an interrupt it delivered is not re-injected, an
+//! exception the guest handled is not injected again at the same place, `KVM_RUN` does not keep
+//! failing. Reports on the kvm list show each of these loops: the same EPT violation / `#NPF`
+//! at one RIP and GPA with the pending interrupt re-injected every round (the 6.1 mmu_seq
+//! sign-extension hang, 2023), a `#GP` re-injected forever by the VMware-backdoor interception
+//! (2019), `KVM_RUN` returning EFAULT after the same EPT violation (gVisor, 2021).
 //!
-//! **Sequence matched:** N (default 64) consecutive fault exits of one vCPU — EPT_VIOLATION,
-//! `#PF` EXCEPTION_NMI, SVM `npf`/`PF excp` — with identical reason, RIP, qualification and
-//! level — and, when `kvm_page_fault` is traced, the same faulting address — with only
-//! asynchronous exits (interrupts, timers) and entries at that RIP between. Any other exit, an
-//! entry elsewhere, or a fault on another page is progress.
+//! **Sequence matched.** Each vCPU's events are reduced to signatures (exit reason, RIP,
+//! qualification and interruption info; faulting address; injected vector; userspace exit;
+//! emulated RIP; entry RIP; root gfn; nested entry and reflected exit), leaving out
+//! asynchronous exits (external interrupt, preemption timer) and the entry that follows them.
+//! The shortest cycle of up to [`MAX_PERIOD`] signatures that repeats
+//! [`ModelConfig::loop_repeats`](crate::ModelConfig) times in a row (3; 2 in an excerpt) is a
+//! loop. It is reported once, when it reaches that count, if it contains something that cannot
+//! be progress:
+//!
+//! | kind | what the cycle holds |
+//! |---|---|
+//! | KVM_RUN error loop | a `kvm_userspace_exit` with an error (EFAULT …) |
+//! | page-fault livelock | a fault exit (EPT violation, `#PF`, `#NPF`) that no emulation follows, the guest resuming at the faulting RIP |
+//! | exception-delivery loop | an exception KVM injects every round |
+//! | interrupt re-injection loop | an interrupt re-injected every round |
+//! | EOI loop | a `KVM_EXIT_IOAPIC_EOI` every round, with only interrupt exits besides |
+//!
+//! A cycle of completed instructions (the same port I/O or MMIO access in a guest loop) is the
+//! guest's own loop and is not reported. The totals of every loop (repeats, time) are in the
+//! trace summary ([`crate::LoopSummary`]).
 
-use vmxray_events::codes::{ExceptionVector, ExitCode, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Entry, ExitInfo};
+use vmxray_events::codes::{ExitCode, IntrInfo, SvmExitCode, UserspaceExitReason, VmxBasicReason};
+use vmxray_events::{Entry, Event, EventKind, ExitInfo};
 
 use super::{Ctx, hex};
-use crate::anomaly::{EventIndex, RuleId, Severity};
-use crate::state::Level;
+use crate::anomaly::{Actor, EventIndex, RuleId, Severity};
 
 const RULE: RuleId = RuleId::Livelock;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Key {
-    reason: u64,
-    rip: u64,
-    qual: u64,
-    level: Option<Level>,
+/// The longest cycle looked for, in signatures.
+pub const MAX_PERIOD: usize = 12;
+
+/// One event, reduced to what must repeat for a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Sig {
+    #[default]
+    None,
+    /// `kvm_exit` (`nested`: `kvm_nested_vmexit`, L2's exit seen by L0).
+    /// `vectoring`: the event whose delivery caused the exit (VMX IDT-vectoring information,
+    /// `info2`; SVM `exit_int_info`), 0 when none.
+    Exit {
+        reason: ExitCode,
+        rip: Option<u64>,
+        qual: Option<u64>,
+        intr: u32,
+        vectoring: u32,
+        nested: bool,
+    },
+    /// `kvm_page_fault`.
+    Fault { address: u64, error_code: u64 },
+    /// `kvm_entry`.
+    Entry { rip: Option<u64>, immediate: bool },
+    /// `kvm_inj_exception`.
+    InjException { vector: u8, error_code: Option<u32> },
+    /// `kvm_inj_virq`.
+    InjVirq { vector: u32, reinjected: bool },
+    /// `kvm_userspace_exit`.
+    Userspace { reason: u32, errno: i32 },
+    /// `kvm_emulate_insn`.
+    Emulate { rip: u64, failed: bool },
+    /// `kvm_nested_vmexit_inject`.
+    Reflect { reason: ExitCode, qual: Option<u64> },
+    /// `kvm_nested_vmenter`.
+    Vmenter { vmcs: u64, rip: u64 },
+    /// `kvm_mmu_get_page` of a root.
+    Root { gfn: u64, created: bool },
+    /// `kvm_cr` write.
+    Cr { cr: u32, val: u64 },
+    /// `kvm_pio`.
+    Pio { port: u32, write: bool },
+    /// `kvm_msr`.
+    Msr { index: u32, write: bool, exception: bool },
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct State {
-    key: Option<Key>,
-    /// The faulting address L0 reported (`kvm_page_fault`) for this key, when traced: a fault
-    /// at the same RIP on another page (a `memset` under dirty logging) is progress.
-    address: Option<u64>,
-    count: u32,
-    first_at: EventIndex,
-    exit_at: EventIndex,
-    reported: bool,
+/// What a stuck cycle is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopKind {
+    /// `KVM_RUN` fails the same way every round.
+    RunError,
+    /// A fault exit that is never fixed.
+    PageFault,
+    /// The same exception injected every round.
+    ExceptionDelivery,
+    /// The same interrupt re-injected every round.
+    InterruptReinjection,
+    /// An EOI exit to userspace every round and nothing but interrupts besides.
+    Eoi,
 }
 
-enum ExitClass {
-    Fault,
-    Asynchronous,
-    Other,
-}
-
-fn classify(info: &ExitInfo) -> ExitClass {
-    match info.reason() {
-        ExitCode::Vmx(r) if r.failed_vmentry() => ExitClass::Other,
-        ExitCode::Vmx(r) => match r.basic() {
-            VmxBasicReason::EPT_VIOLATION => ExitClass::Fault,
-            VmxBasicReason::EXCEPTION_NMI
-                if info.intr_info().and_then(|i| i.exception()) == Some(ExceptionVector::PF) =>
-            {
-                ExitClass::Fault
-            }
-            VmxBasicReason::EXTERNAL_INTERRUPT | VmxBasicReason::PREEMPTION_TIMER => {
-                ExitClass::Asynchronous
-            }
-            _ => ExitClass::Other,
-        },
-        ExitCode::Svm(SvmExitCode::NPF | SvmExitCode::EXCP_PF) => ExitClass::Fault,
-        ExitCode::Svm(SvmExitCode::INTR) => ExitClass::Asynchronous,
-        ExitCode::Svm(_) | ExitCode::Raw(_) => ExitClass::Other,
+impl LoopKind {
+    /// How reports name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::RunError => "KVM_RUN error loop",
+            Self::PageFault => "page-fault livelock",
+            Self::ExceptionDelivery => "exception-delivery loop",
+            Self::InterruptReinjection => "interrupt re-injection loop",
+            Self::Eoi => "EOI loop",
+        }
     }
 }
 
-pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
-    match classify(info) {
-        ExitClass::Asynchronous => return,
-        ExitClass::Other => {
-            st.key = None;
+/// A loop found on one vCPU, with its totals so far.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LoopSummary {
+    /// The vCPU.
+    pub vcpu: Actor,
+    /// What kind of loop.
+    pub kind: LoopKind,
+    /// The cycle, one line per signature, as a report spells it.
+    pub cycle: Vec<String>,
+    /// Complete cycles seen.
+    pub repeats: u64,
+    /// The first event of the first cycle.
+    pub first: EventIndex,
+    /// The last event of the loop seen.
+    pub last: EventIndex,
+    /// Timestamps of those two events (trace clock units).
+    pub first_ts: u64,
+    /// See `first_ts`.
+    pub last_ts: u64,
+    /// Whether the trace ended while the vCPU was still in the loop.
+    pub ongoing: bool,
+}
+
+/// The loop being followed: its period and its entry in [`Loops::closed`].
+#[derive(Clone, Copy, Debug)]
+struct Active {
+    period: usize,
+    index: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct State {
+    /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
+    ring: [Sig; MAX_PERIOD],
+    /// The event of each signature in `ring`, and its timestamp.
+    at: [(EventIndex, u64); MAX_PERIOD],
+    head: usize,
+    len: usize,
+    /// `run[p - 1]`: how many of the newest signatures equal the one `p` before them.
+    run: [u32; MAX_PERIOD],
+    /// Where the run of period `p` began (the first signature of its first cycle).
+    run_start: [(EventIndex, u64); MAX_PERIOD],
+    /// The entry after an asynchronous exit is left out with it.
+    skip_entry: bool,
+    /// Signatures seen on this vCPU.
+    seen: u64,
+    active: Option<Active>,
+}
+
+impl State {
+    fn sig_back(&self, back: usize) -> Sig {
+        // back = 1 is the newest.
+        self.ring[(self.head + MAX_PERIOD - back) % MAX_PERIOD]
+    }
+
+    fn at_back(&self, back: usize) -> (EventIndex, u64) {
+        self.at[(self.head + MAX_PERIOD - back) % MAX_PERIOD]
+    }
+}
+
+/// The loops the model has closed (bounded) and counts of those it had to drop.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Loops {
+    pub closed: Vec<LoopSummary>,
+    pub dropped: u64,
+}
+
+/// The most closed loops kept for the summary.
+const MAX_LOOPS: usize = 256;
+
+fn exit_sig(info: &ExitInfo, nested: bool) -> Option<Sig> {
+    if is_asynchronous(info.reason()) {
+        return None;
+    }
+    let intr = info.intr_info().map_or(0, |i| i.0);
+    let vectoring = match info.reason() {
+        ExitCode::Vmx(r) if !r.failed_vmentry() => {
+            info.info2().map_or(0, |v| u32::try_from(v).unwrap_or(0))
+        }
+        ExitCode::Svm(_) => intr,
+        ExitCode::Vmx(_) | ExitCode::Raw(_) => 0,
+    };
+    Some(Sig::Exit {
+        reason: info.reason(),
+        rip: info.guest_rip(),
+        qual: info.info1(),
+        intr,
+        vectoring: if vectoring & 0x8000_0000 != 0 { vectoring } else { 0 },
+        nested,
+    })
+}
+
+fn is_asynchronous(reason: ExitCode) -> bool {
+    match reason {
+        ExitCode::Vmx(r) => {
+            !r.failed_vmentry()
+                && matches!(
+                    r.basic(),
+                    VmxBasicReason::EXTERNAL_INTERRUPT | VmxBasicReason::PREEMPTION_TIMER
+                )
+        }
+        ExitCode::Svm(c) => matches!(c, SvmExitCode::INTR),
+        ExitCode::Raw(_) => false,
+    }
+}
+
+fn is_fault(reason: ExitCode) -> bool {
+    match reason {
+        ExitCode::Vmx(r) => !r.failed_vmentry() && r.basic() == VmxBasicReason::EPT_VIOLATION,
+        ExitCode::Svm(c) => matches!(c, SvmExitCode::NPF | SvmExitCode::EXCP_PF),
+        ExitCode::Raw(_) => false,
+    }
+}
+
+/// The signature of `event`, or `None` when it does not take part in loops.
+fn signature(st: &mut State, event: &Event) -> Option<Sig> {
+    let sig = match &event.kind {
+        EventKind::KvmExit(info) => match exit_sig(info, false) {
+            Some(s) => s,
+            None => {
+                st.skip_entry = true;
+                return None;
+            }
+        },
+        EventKind::KvmNestedVmexit(info) => exit_sig(info, true)?,
+        EventKind::KvmEntry(e) => {
+            if std::mem::take(&mut st.skip_entry) {
+                return None;
+            }
+            entry_sig(e)
+        }
+        EventKind::KvmPageFault { fault_address, error_code, .. } => {
+            Sig::Fault { address: *fault_address, error_code: *error_code }
+        }
+        EventKind::KvmInjException { exception, has_error, error_code, .. } => {
+            Sig::InjException { vector: exception.0, error_code: has_error.then_some(*error_code) }
+        }
+        EventKind::KvmInjVirq { vector, reinjected, .. } => {
+            Sig::InjVirq { vector: *vector, reinjected: reinjected.unwrap_or(false) }
+        }
+        EventKind::KvmUserspaceExit { reason, errno } => {
+            Sig::Userspace { reason: reason.0, errno: errno.unwrap_or(0) }
+        }
+        EventKind::KvmEmulateInsn { rip, failed, .. } => {
+            Sig::Emulate { rip: *rip, failed: *failed }
+        }
+        EventKind::KvmNestedVmexitInject(info) => {
+            Sig::Reflect { reason: info.reason(), qual: info.info1() }
+        }
+        EventKind::KvmNestedVmenter(v) => Sig::Vmenter { vmcs: v.vmcs, rip: v.nested_rip },
+        EventKind::KvmMmuGetPage { page, created } => {
+            Sig::Root { gfn: page.gfn, created: *created }
+        }
+        EventKind::KvmCr { write: true, cr, val } => Sig::Cr { cr: *cr, val: *val },
+        EventKind::KvmPio { write, port, .. } => Sig::Pio { port: *port, write: *write },
+        EventKind::KvmMsr { write, index, exception, .. } => {
+            Sig::Msr { index: *index, write: *write, exception: *exception }
+        }
+        _ => return None,
+    };
+    Some(sig)
+}
+
+fn entry_sig(e: &Entry) -> Sig {
+    Sig::Entry { rip: e.rip, immediate: e.immediate_exit.unwrap_or(false) }
+}
+
+/// What keeps the cycle of `sigs` from being progress, if anything.
+fn classify(sigs: &[Sig]) -> Option<LoopKind> {
+    let any = |f: &dyn Fn(&Sig) -> bool| sigs.iter().any(f);
+    if any(&|s| matches!(s, Sig::Userspace { errno, .. } if *errno < 0)) {
+        return Some(LoopKind::RunError);
+    }
+    let fault_rip = sigs.iter().find_map(|s| match s {
+        Sig::Exit { reason, rip, .. } if is_fault(*reason) => Some(*rip),
+        _ => None,
+    });
+    if let Some(fault_rip) = fault_rip {
+        let emulated = any(&|s| matches!(s, Sig::Emulate { .. }));
+        // Resuming elsewhere than the faulting RIP means the access completed.
+        let resumed_elsewhere = any(
+            &|s| matches!(s, Sig::Entry { rip: Some(r), .. } if fault_rip.is_some_and(|f| f != *r)),
+        );
+        if !emulated && !resumed_elsewhere {
+            return Some(LoopKind::PageFault);
+        }
+    }
+    // An exception KVM injects because it intercepted that exception, or because delivering
+    // an event faulted: delivered the same way every round. (An exception injected after an
+    // instruction exit, like #GP for an unknown MSR, is the guest's to handle: not a loop.)
+    let redelivered = sigs.iter().any(|s| match s {
+        Sig::InjException { vector, .. } => sigs.iter().any(|e| match e {
+            Sig::Exit { reason, intr, vectoring, .. } => {
+                *vectoring != 0 || exception_exit_vector(*reason, *intr) == Some(*vector)
+            }
+            _ => false,
+        }),
+        _ => false,
+    });
+    if redelivered {
+        return Some(LoopKind::ExceptionDelivery);
+    }
+    if any(&|s| matches!(s, Sig::InjVirq { reinjected: true, .. })) {
+        return Some(LoopKind::InterruptReinjection);
+    }
+    let eoi = any(
+        &|s| matches!(s, Sig::Userspace { reason, .. } if *reason == UserspaceExitReason::IOAPIC_EOI.0),
+    );
+    let only_interrupts = sigs.iter().all(|s| match s {
+        Sig::Exit { reason, .. } | Sig::Reflect { reason, .. } => is_interrupt_exit(*reason),
+        Sig::Pio { .. } | Sig::Msr { .. } | Sig::Emulate { .. } | Sig::Cr { .. } => false,
+        _ => true,
+    });
+    (eoi && only_interrupts).then_some(LoopKind::Eoi)
+}
+
+/// The exception an exception-intercept exit reports.
+fn exception_exit_vector(reason: ExitCode, intr: u32) -> Option<u8> {
+    match reason {
+        ExitCode::Vmx(r) if r.basic() == VmxBasicReason::EXCEPTION_NMI => {
+            IntrInfo(intr).exception().map(|v| v.0)
+        }
+        ExitCode::Svm(c) if (0x40..0x60).contains(&c.0) => u8::try_from(c.0 - 0x40).ok(),
+        ExitCode::Vmx(_) | ExitCode::Svm(_) | ExitCode::Raw(_) => None,
+    }
+}
+
+fn is_interrupt_exit(reason: ExitCode) -> bool {
+    match reason {
+        ExitCode::Vmx(r) => matches!(
+            r.basic(),
+            VmxBasicReason::EXTERNAL_INTERRUPT
+                | VmxBasicReason::PREEMPTION_TIMER
+                | VmxBasicReason::INTERRUPT_WINDOW
+                | VmxBasicReason::EOI_INDUCED
+                | VmxBasicReason::APIC_WRITE
+                | VmxBasicReason::APIC_ACCESS
+                | VmxBasicReason::VMRESUME
+        ),
+        ExitCode::Svm(c) => matches!(c, SvmExitCode::INTR | SvmExitCode::VINTR),
+        ExitCode::Raw(_) => false,
+    }
+}
+
+fn describe(sig: Sig) -> String {
+    let opt = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), hex);
+    match sig {
+        Sig::None => String::new(),
+        Sig::Exit { reason, rip, qual, intr, vectoring, nested } => {
+            let mut extra = String::new();
+            if intr & 0x8000_0000 != 0 {
+                extra.push_str(&format!(" intr_info {intr:#x}"));
+            }
+            if vectoring != 0 && vectoring != intr {
+                extra.push_str(&format!(" vectoring {vectoring:#x}"));
+            }
+            format!(
+                "{} {reason} rip {} qualification {}{extra}",
+                if nested { "kvm_nested_vmexit" } else { "kvm_exit" },
+                opt(rip),
+                opt(qual)
+            )
+        }
+        Sig::Fault { address, error_code } => {
+            format!("kvm_page_fault address {} error_code {}", hex(address), hex(error_code))
+        }
+        Sig::Entry { rip, immediate } => {
+            format!(
+                "kvm_entry rip {}{}",
+                opt(rip),
+                if immediate { " (immediate exit)" } else { "" }
+            )
+        }
+        Sig::InjException { vector, error_code } => format!(
+            "kvm_inj_exception {}{}",
+            vmxray_events::codes::ExceptionVector(vector),
+            error_code.map_or_else(String::new, |e| format!(" ({e:#x})"))
+        ),
+        Sig::InjVirq { vector, reinjected } => {
+            format!("kvm_inj_virq {vector:#x}{}", if reinjected { " (reinjected)" } else { "" })
+        }
+        Sig::Userspace { reason, errno } => {
+            if errno < 0 {
+                format!("kvm_userspace_exit error ({})", -i64::from(errno))
+            } else {
+                format!("kvm_userspace_exit {}", UserspaceExitReason(reason))
+            }
+        }
+        Sig::Emulate { rip, failed } => {
+            format!("kvm_emulate_insn rip {}{}", hex(rip), if failed { " FAIL" } else { "" })
+        }
+        Sig::Reflect { reason, qual } => {
+            format!("kvm_nested_vmexit_inject {reason} qualification {}", opt(qual))
+        }
+        Sig::Vmenter { vmcs, rip } => {
+            format!("kvm_nested_vmenter vmcs {} nested_rip {}", hex(vmcs), hex(rip))
+        }
+        Sig::Root { gfn, created } => {
+            format!("kvm_mmu_get_page root gfn {}{}", hex(gfn), if created { " (new)" } else { "" })
+        }
+        Sig::Cr { cr, val } => format!("kvm_cr write cr{cr} {}", hex(val)),
+        Sig::Pio { port, write } => {
+            format!("kvm_pio {} port {port:#x}", if write { "write" } else { "read" })
+        }
+        Sig::Msr { index, write, exception } => format!(
+            "kvm_msr {} {index:#x}{}",
+            if write { "write" } else { "read" },
+            if exception { " (#GP)" } else { "" }
+        ),
+    }
+}
+
+impl State {
+    fn cycle(&self, period: usize) -> Vec<Sig> {
+        (1..=period).rev().map(|back| self.sig_back(back)).collect()
+    }
+}
+
+/// Steps one event of this vCPU.
+pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
+    let Some(sig) = signature(st, event) else { return };
+    ctx.checked(RULE);
+    let now = (ctx.at, event.ts);
+    // Extend or reset the run of every period.
+    for p in 1..=MAX_PERIOD {
+        let i = p - 1;
+        if st.len >= p && st.sig_back(p) == sig {
+            if st.run[i] == 0 {
+                st.run_start[i] = st.at_back(p);
+            }
+            st.run[i] = st.run[i].saturating_add(1);
+        } else {
+            st.run[i] = 0;
+        }
+    }
+    st.seen += 1;
+    st.ring[st.head] = sig;
+    st.at[st.head] = now;
+    st.head = (st.head + 1) % MAX_PERIOD;
+    st.len = (st.len + 1).min(MAX_PERIOD);
+
+    if let Some(active) = st.active {
+        if st.run[active.period - 1] > 0 {
+            if let Some(l) = ctx.findings.loops.closed.get_mut(active.index) {
+                (l.last, l.last_ts) = now;
+                l.repeats = u64::from(st.run[active.period - 1]) / active.period as u64 + 1;
+            }
             return;
         }
-        ExitClass::Fault => {}
-    }
-    let Some(rip) = info.guest_rip() else {
-        st.key = None;
-        return;
-    };
-    let key = Key {
-        reason: info.reason().raw(),
-        rip,
-        qual: info.info1().unwrap_or(0),
-        level: ctx.vcpu.level(),
-    };
-    ctx.checked(RULE);
-    st.exit_at = ctx.at;
-    if st.key == Some(key) {
-        st.count = st.count.saturating_add(1);
-    } else {
-        *st = State {
-            key: Some(key),
-            count: 1,
-            first_at: ctx.at,
-            exit_at: ctx.at,
-            ..State::default()
-        };
-    }
-    // Without page-fault events the exit itself is all there is to compare.
-    if st.address.is_none() {
-        maybe_report(ctx, st, info.reason().to_string());
-    }
-}
-
-pub(crate) fn on_page_fault(ctx: &mut Ctx<'_>, st: &mut State, address: u64) {
-    let Some(key) = st.key else { return };
-    match st.address {
-        None => st.address = Some(address),
-        Some(a) if a == address => {
-            let reason = format!("fault exit {:#x}", key.reason);
-            maybe_report(ctx, st, reason);
+        if let Some(l) = ctx.findings.loops.closed.get_mut(active.index) {
+            l.ongoing = false;
         }
-        Some(_) => {
-            st.address = Some(address);
-            st.count = 1;
-            st.first_at = st.exit_at;
-            st.reported = false;
+        st.active = None;
+    }
+    let repeats = ctx.config.loop_repeats.max(2);
+    for p in 1..=MAX_PERIOD {
+        let run = st.run[p - 1];
+        if u64::from(run) < u64::from(repeats - 1) * p as u64 {
+            continue;
+        }
+        if report_loop(ctx, st, p, now) {
+            return;
         }
     }
 }
 
-fn maybe_report(ctx: &mut Ctx<'_>, st: &mut State, reason: String) {
-    let Some(key) = st.key else { return };
-    if st.reported || st.count < ctx.config.livelock_threshold {
+/// At the end of an excerpt: a vCPU whose every signature belongs to one cycle seen at least
+/// twice is stuck (the excerpt shows nothing else of it).
+pub(crate) fn at_end(ctx: &mut Ctx<'_>, st: &mut State) {
+    if st.active.is_some() || st.len == 0 {
         return;
     }
-    st.reported = true;
-    let (n, first, address) = (st.count, st.first_at, st.address);
-    ctx.report(RULE, Severity::Warning, &[first], || {
-        format!(
-            "{reason} at rip {} qualification {}{} repeated {n} times with no progress",
-            hex(key.rip),
-            hex(key.qual),
-            address.map_or_else(String::new, |a| format!(" address {}", hex(a)))
-        )
-    });
+    let now = st.at_back(1);
+    ctx.at = now.0;
+    for p in 1..=MAX_PERIOD {
+        let run = u64::from(st.run[p - 1]);
+        let whole = run + p as u64 == st.seen;
+        if run >= p as u64 && whole && report_loop(ctx, st, p, now) {
+            return;
+        }
+    }
 }
 
-pub(crate) fn on_entry(st: &mut State, e: &Entry) {
-    if let (Some(key), Some(rip)) = (st.key, e.rip)
-        && rip != key.rip
+/// Reports the loop of period `p` ending at `now` if it is stuck; whether it was.
+fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u64)) -> bool {
+    let run = st.run[p - 1];
     {
-        st.key = None;
+        let cycle = st.cycle(p);
+        let Some(kind) = classify(&cycle) else { return false };
+        let (first, first_ts) = st.run_start[p - 1];
+        let n = u64::from(run) / p as u64 + 1;
+        let spelled: Vec<String> = cycle.iter().map(|s| describe(*s)).collect();
+        let message = format!(
+            "{}: {} repeated {n} times with no progress (the summary has the total): {}",
+            kind.describe(),
+            if p == 1 { "one event" } else { "a cycle of events" },
+            spelled.join(" → ")
+        );
+        ctx.report(RULE, Severity::Warning, &[first], || message);
+        let loops = &mut ctx.findings.loops;
+        let index = loops.closed.len();
+        if index < MAX_LOOPS {
+            loops.closed.push(LoopSummary {
+                vcpu: ctx.actor,
+                kind,
+                cycle: spelled,
+                repeats: n,
+                first,
+                last: now.0,
+                first_ts,
+                last_ts: now.1,
+                ongoing: true,
+            });
+        } else {
+            loops.dropped += 1;
+        }
+        st.active =
+            Some(Active { period: p, index: if index < MAX_LOOPS { index } else { usize::MAX } });
+        true
     }
 }

@@ -111,9 +111,9 @@ pub(crate) struct RuleStates {
 
 /// Runs every rule interested in `event`.
 pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
+    livelock::on_event(ctx, &mut rs.livelock, event);
     match &event.kind {
         EventKind::KvmExit(info) => {
-            livelock::on_exit(ctx, &mut rs.livelock, info);
             pml_full_in_l2::on_exit(ctx, info);
             l2_pf_not_handled_by_l0::on_exit(&mut rs.l2_pf);
             guest_mmu_root_not_reacquired::on_exit(ctx, &mut rs.guest_mmu_root, info);
@@ -167,7 +167,6 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
-            livelock::on_entry(&mut rs.livelock, e);
         }
         EventKind::KvmCr { write, cr, val } => {
             root_gfn_not_cr3::on_cr(ctx, &mut rs.root_gfn, *write, *cr, *val);
@@ -188,7 +187,6 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         }
         EventKind::KvmPageFault { fault_address, .. } => {
             l2_pf_not_handled_by_l0::on_page_fault(&mut rs.l2_pf, ctx.at, *fault_address);
-            livelock::on_page_fault(ctx, &mut rs.livelock, *fault_address);
             root_gfn_not_cr3::close(&mut rs.root_gfn);
         }
         EventKind::KvmMmuPagetableWalk { .. } => root_gfn_not_cr3::close(&mut rs.root_gfn),

@@ -2,6 +2,7 @@
 
 mod common;
 mod fields;
+mod loops;
 mod props;
 mod rules;
 mod triage;

@@ -50,20 +50,31 @@ fn changed_subject_cr3_unrelated_value_is_a_warning_and_vmwrite_excuses_it() {
     let a = assert_one(&t.events, RuleId::ChangedSubjectCr3, t.next() - 2, &[]);
     assert_eq!(a.severity, Severity::Warning);
 
-    // The same with an L1 VMWRITE after B's exit: L1 may have rewritten GUEST_CR3.
-    let mut t = EventBuilder::new();
-    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, false, CA);
-    t.reflect(PREEMPTION_TIMER, 0xa010, 0x200);
-    t.l1_exit(VMPTRLD, 0x210);
-    t.exit(VMLAUNCH, 0x220);
-    t.vmenter(B, 0xb000, false, CB);
-    t.inject(PREEMPTION_TIMER);
-    t.entry(0x200);
-    t.l1_exit(VMWRITE, 0x230);
-    t.exit(VMRESUME, 0x240);
-    t.vmenter(B, 0xb000, false, CA);
-    t.entry(0xb000);
-    assert_clean(&t.events);
+    // The same with an L1 VMWRITE after B's exit: L1 may have rewritten GUEST_CR3 (the
+    // written field is not traced), so an unrelated value is excused...
+    let with_vmwrite = |b_cr3_next: u64| {
+        let mut t = EventBuilder::new();
+        t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, false, CA);
+        t.reflect(PREEMPTION_TIMER, 0xa010, 0x200);
+        t.l1_exit(VMPTRLD, 0x210);
+        t.exit(VMLAUNCH, 0x220);
+        t.vmenter(B, 0xb000, false, CB);
+        t.inject(PREEMPTION_TIMER);
+        t.entry(0x200);
+        t.l1_exit(VMWRITE, 0x230);
+        t.exit(VMRESUME, 0x240);
+        t.vmenter(B, 0xb000, false, b_cr3_next);
+        t.entry(0xb000);
+        t
+    };
+    assert_clean(&with_vmwrite(0x4242_4000).events);
+    // ...but not A's CR3: the real bug-(a) recordings (samples/real/vmx/bugs/a-*) have an L1
+    // that VMWRITEs HOST_RSP (not shadowed, so it exits) before every VMRESUME.
+    let t = with_vmwrite(CA);
+    let a = assert_one(&t.events, RuleId::ChangedSubjectCr3, t.next() - 2, &[]);
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("1 VMWRITE exit(s) of unknown fields"), "{}", a.message);
+    assert_one(&t.events, RuleId::HltCancelledExitState, t.next() - 2, &[]);
 }
 
 #[test]
@@ -180,6 +191,48 @@ fn guest_mmu_root_not_reacquired_after_invept() {
     assert_one(&t.events, RuleId::GuestMmuRootNotReacquired, t.next() - 1, &[trig, enter]);
     let (fixed, ..) = invept(true, INVEPT, A);
     assert_clean(&fixed.events);
+}
+
+/// Two subjects with their own EPTP (as in samples/real/vmx/bugs/c-*): B runs, then A; L1
+/// edits A's EPT12 and executes INVEPT while A is current; A is entered again.
+fn invept_two_eptps(reacquire: bool, vmptrld_between: bool) -> (EventBuilder, u64, u64) {
+    const EPTP_B: u64 = 0x9000 | 3 << 3 | 1 << 6 | 6;
+    let mut t = EventBuilder::new();
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(B, 0xb000, true, EPTP_B);
+    t.get_page(9, ROLE_GUEST_MMU, true);
+    t.entry(0xb000);
+    t.reflect(PREEMPTION_TIMER, 0xb010, 0x200);
+    t.l1_exit(VMPTRLD, 0x210);
+    t.exit(VMLAUNCH, 0x220);
+    t.vmenter(A, 0xa000, true, EPTP);
+    t.get_page(7, ROLE_GUEST_MMU, true);
+    t.entry(0xa000);
+    t.reflect(CPUID, 0xa010, 0x200);
+    let trig = t.l1_exit(INVEPT, 0x230);
+    if vmptrld_between {
+        t.l1_exit(VMPTRLD, 0x240);
+    }
+    t.exit(VMRESUME, 0x250);
+    let enter = t.vmenter(A, 0xa012, true, EPTP);
+    if reacquire {
+        t.get_page(7, ROLE_GUEST_MMU, false);
+    }
+    t.entry(0xa012);
+    (t, trig, enter)
+}
+
+#[test]
+fn guest_mmu_root_not_reacquired_after_invept_with_two_eptps() {
+    let (t, trig, enter) = invept_two_eptps(false, false);
+    let a = assert_one(&t.events, RuleId::GuestMmuRootNotReacquired, t.next() - 1, &[trig, enter]);
+    assert_eq!(a.severity, Severity::Warning);
+    assert!(a.message.contains("taken to be the EPTP of this vmcs12"), "{}", a.message);
+    let (fixed, ..) = invept_two_eptps(true, false);
+    assert_clean(&fixed.events);
+    // A VMPTRLD of the same vmcs12 in between: which context the INVEPT meant is unknown.
+    let (ambiguous, ..) = invept_two_eptps(false, true);
+    assert_clean(&ambiguous.events);
 }
 
 #[test]
@@ -459,30 +512,6 @@ fn early_vmfail_resume() {
 }
 
 #[test]
-fn livelock() {
-    let mut t = EventBuilder::new();
-    let first = t.exit_full(EPT_VIOLATION, 0x4000, 0x181, 0);
-    t.entry(0x4000);
-    for i in 1..64 {
-        if i % 10 == 0 {
-            // Interrupts in between are no progress.
-            t.exit(EXTERNAL_INTERRUPT, 0x4000);
-            t.entry(0x4000);
-        }
-        t.exit_full(EPT_VIOLATION, 0x4000, 0x181, 0);
-        t.entry(0x4000);
-    }
-    let a = assert_one(&t.events, RuleId::Livelock, t.next() - 2, &[first]);
-    assert_eq!(a.severity, Severity::Warning);
-    let mut fixed = EventBuilder::new();
-    for i in 0..200u64 {
-        fixed.exit_full(EPT_VIOLATION, 0x4000 + i % 2, 0x181, 0);
-        fixed.entry(0x4000 + i % 2);
-    }
-    assert_clean(&fixed.events);
-}
-
-#[test]
 fn root_gfn_not_cr3() {
     let mut t = EventBuilder::new();
     t.exit(CR_ACCESS, 0x300);
@@ -727,29 +756,6 @@ fn changed_subject_cr3_under_shadow_paging() {
     assert_eq!(a.severity, Severity::Warning);
     let (reflected_cr3, ..) = build(CR_ACCESS);
     assert_clean(&reflected_cr3.events);
-}
-
-#[test]
-fn livelock_compares_the_faulting_address_when_traced() {
-    let build = |same_page: bool| {
-        let mut t = EventBuilder::new();
-        t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
-        let mut first = None;
-        let mut last_pf = 0;
-        for i in 0..64u64 {
-            let exit = t.exit_full(EPT_VIOLATION, 0xa004, 0x182, 0);
-            first.get_or_insert(exit);
-            t.nested_vmexit_full(EPT_VIOLATION, 0xa004, 0x182, 0);
-            last_pf = t.page_fault(if same_page { 0x7000 } else { 0x7000 + i * 0x1000 }, 0x182);
-            t.entry(0xa004);
-        }
-        (t, first.unwrap(), last_pf)
-    };
-    let (t, first, last_pf) = build(true);
-    assert_one(&t.events, RuleId::Livelock, last_pf, &[first]);
-    // rep stosb over fresh pages under dirty logging: one fault per page, all at one RIP.
-    let (memset, ..) = build(false);
-    assert_clean(&memset.events);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! calling thread and its children (`set_event_pid` + `event-fork`), so recordings made at the
 //! same time by other threads or processes never mix.
 
+mod init_sipi;
 pub mod l1;
 #[allow(unsafe_code)]
 mod vm;
@@ -41,6 +42,11 @@ pub enum Scenario {
     Mmio,
     /// Our own bare-metal L1 hypervisor running nested guests ([`l1`]; needs nested VMX).
     Vmx(l1::VmxScenario),
+    /// vCPU 1 runs long-mode code above 4 GiB to `out 0x10` and idles in HLT; vCPU 0 sends it
+    /// INIT and SIPI (vector 8) through its x2APIC and does `out 0x12`; vCPU 1 restarts in real
+    /// mode at 0x8000 and does `out 0x11` (the MMU reset at INIT, bug (d); see
+    /// `init_sipi.rs`). Needs the in-kernel APIC.
+    InitSipi,
 }
 
 /// The CR3 values `cr3-switch` loads, in order (the last is the initial one).
@@ -63,12 +69,13 @@ impl FromStr for Scenario {
             "io-loop" => Self::IoLoop(n.unwrap_or(1000)),
             "multi-vcpu" => Self::MultiVcpu(n.unwrap_or(100)),
             "mmio" => Self::Mmio,
+            "init-sipi" => Self::InitSipi,
             _ => match l1::VmxScenario::parse(name, n) {
                 Some(vmx) => Self::Vmx(vmx?),
                 None => {
                     return Err(format!(
                         "unknown scenario {s:?}: expected cr3-switch, triple-fault, \
-                         pf-triple-fault, io-loop[=N], multi-vcpu[=N], mmio, {}",
+                         pf-triple-fault, io-loop[=N], multi-vcpu[=N], mmio, init-sipi, {}",
                         l1::VmxScenario::NAMES
                     ));
                 }
@@ -87,6 +94,7 @@ impl fmt::Display for Scenario {
             Self::MultiVcpu(n) => write!(f, "multi-vcpu={n}"),
             Self::Mmio => f.write_str("mmio"),
             Self::Vmx(s) => s.fmt(f),
+            Self::InitSipi => f.write_str("init-sipi"),
         }
     }
 }
@@ -323,6 +331,10 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
         return l1::build(vmx, &l1::find_image(None)?);
     }
     let mut vm = Vm::new()?;
+    if let Scenario::InitSipi = scenario {
+        init_sipi::build(&mut vm)?;
+        return Ok(vm);
+    }
     let mut code = Code::default();
     match scenario {
         Scenario::Cr3Switch => {
@@ -363,6 +375,7 @@ pub fn build(scenario: Scenario) -> Result<Vm, LabError> {
             second.io_loop(0x11);
             vm.write(CODE2_GPA, &second.0)?;
         }
+        Scenario::InitSipi => {} // built above
     }
     vm.write(CODE_GPA, &code.0)?;
     vm.add_vcpu(CODE_GPA)?;
@@ -432,6 +445,7 @@ pub fn run(scenario: Scenario, vm: &mut Vm) -> Result<Outcome, LabError> {
                 outcome.vcpu_tids.push(tid);
             }
         }
+        Scenario::InitSipi => outcome = init_sipi::run(vm)?,
     }
     Ok(outcome)
 }

@@ -258,6 +258,35 @@ fn mmio_exits_for_a_gpa_without_memslot() {
 }
 
 #[test]
+fn init_sipi_restarts_the_ap_in_real_mode_on_direct_roots() {
+    require_lab!();
+    let (run, path) = record(Scenario::InitSipi, "init-sipi.dat");
+    assert_eq!(run.outcome.exits[0], [LabExit::IoOut(0x12)], "the BSP sends INIT and SIPI");
+    assert_eq!(run.outcome.exits[1], [LabExit::IoOut(0x10), LabExit::IoOut(0x11)], "the AP");
+    let ap = events_of(&read_events(&path), &run.outcome.vcpu_tids[1..]);
+    if !lab::host_uses_shadow_paging() {
+        eprintln!("NOTE: this host uses EPT/NPT: the reset leaves no shadow roots to check");
+        return;
+    }
+    // Every root the AP loads after its long-mode `out` (then HLT, INIT, SIPI) is direct: KVM
+    // reset the MMU context at INIT (0aa1837533e5) and the AP restarted unpaged.
+    let idle_at = ap
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::KvmUserspaceExit { .. }))
+        .expect("the userspace exit of the AP's long-mode out");
+    let roots: Vec<_> = ap[idle_at..]
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::KvmMmuGetPage { page, .. } => Some(page),
+            _ => None,
+        })
+        .collect();
+    assert!(!roots.is_empty(), "the restarted AP needs roots");
+    assert!(roots.iter().all(|p| p.role.direct()), "only direct roots after INIT: {roots:?}");
+    assert_trace_cmd_agrees(&path);
+}
+
+#[test]
 fn concurrent_recordings_do_not_see_each_others_events() {
     require_lab!();
     let barrier = Arc::new(Barrier::new(2));

@@ -8,6 +8,7 @@ use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
+use vmxray_capture::printfmt::Outcome;
 use vmxray_events::codes::{CrAccessQual, IntrInfo, MmuPageRole, VmxBasicReason};
 use vmxray_events::{Event, EventKind, FieldValue};
 
@@ -52,7 +53,7 @@ fn intr_lines(out: &mut Vec<Line<'static>>, what: &str, info: IntrInfo) {
                 info.exception().map_or(String::new(), |e| e.to_string())
             ),
         ));
-        out.push(kv("type", format!("{:?}", info.kind())));
+        out.push(kv("type", info.kind().to_string()));
         out.push(kv("error code valid", info.error_code_valid().to_string()));
         out.push(kv("NMI unblocking (IRET)", info.nmi_unblocking().to_string()));
     }
@@ -77,6 +78,22 @@ fn role_lines(out: &mut Vec<Line<'static>>, role: MmuPageRole) {
         ("passthrough", role.passthrough().to_string()),
     ] {
         out.push(kv(k, v));
+    }
+}
+
+/// An untyped event rendered through its format's print fmt (`trace-cmd report -N`'s text),
+/// when the trace carries the format.
+fn print_fmt_lines(out: &mut Vec<Line<'static>>, trace: &Trace, event: &Event) {
+    let Some(catalog) = &trace.print else { return };
+    let mut text = String::new();
+    let Some(outcome) = catalog.render(event, &mut text) else { return };
+    out.push(Line::raw(""));
+    out.push(heading("Print fmt (as trace-cmd report -N)"));
+    for l in text.lines() {
+        out.push(Line::raw(format!("  {l}")));
+    }
+    if let Outcome::Partial(what) = outcome {
+        out.push(kv("note", format!("trace-cmd may differ: no {what} in vmxray")));
     }
 }
 
@@ -113,6 +130,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
             out.push(kv(k, v));
         }
     }
+    print_fmt_lines(&mut out, trace, event);
     match &event.kind {
         EventKind::KvmExit(info)
         | EventKind::KvmNestedVmexit(info)
@@ -126,7 +144,7 @@ pub fn lines(trace: &Trace, index: u64, event: &Event) -> Vec<Line<'static>> {
             if let Some(q) = info.info1() {
                 let text = if info.reason().vmx_basic() == Some(VmxBasicReason::CR_ACCESS) {
                     let cr = CrAccessQual(q);
-                    format!("{q:#x}: {cr} (CR{} {:?} via {})", cr.cr(), cr.access(), cr.gpr_name())
+                    format!("{q:#x}: {cr} (CR{} {} via {})", cr.cr(), cr.access(), cr.gpr_name())
                 } else {
                     format!("{q:#x}")
                 };

@@ -422,7 +422,7 @@ pub fn actor_label(actor: Option<Actor>) -> String {
 /// The fields and decodings of the normalized line (`vmxray dump`), without the columns the
 /// timeline shows separately (time, CPU, pid, comm, name, vCPU).
 pub fn event_fields(event: &Event, clock: &Clock) -> String {
-    let line = NormalizedLine { event, clock, vcpu: None }.to_string();
+    let line = NormalizedLine { event, clock, vcpu: None, print: None }.to_string();
     let marker = format!(" {}:{}", event.system(), event.name());
     let rest = line.find(&marker).map_or(line.as_str(), |p| &line[p + marker.len()..]).trim_start();
     match rest.strip_prefix("vcpu=") {

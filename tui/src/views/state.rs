@@ -175,7 +175,7 @@ pub fn sections(state_at: &StateAt, trace: &crate::trace::Trace) -> Vec<Section>
                     Line::from(format!(
                         "  {:<14} {:<10} vmcs12 {:<12} L1 CR3 {}",
                         a.to_string(),
-                        s.mode.level().map_or("unknown".to_owned(), |l| format!("{l:?}")),
+                        s.mode.level().map_or("unknown".to_owned(), |l| l.to_string()),
                         hex(s.current_vmptr),
                         hex(s.l1_cr3.map(|o| o.value)),
                     ))
@@ -293,7 +293,7 @@ fn pending_section(st: &VcpuState) -> Section {
     if let Some(p) = st.pending_launch {
         lines.push(kv(
             "pending launch",
-            format!("{:?} at {} rip {} L1 CR3 {}", p.cause, at(p.at), hex(p.rip), hex(p.l1_cr3)),
+            format!("{} at {} rip {} L1 CR3 {}", p.cause, at(p.at), hex(p.rip), hex(p.l1_cr3)),
             false,
         ));
     }
@@ -323,7 +323,7 @@ fn pending_section(st: &VcpuState) -> Section {
                 x.reason,
                 hex(x.rip),
                 hex(x.info1),
-                x.level.map_or("?".to_owned(), |l| format!("{l:?}"))
+                x.level.map_or("?".to_owned(), |l| l.to_string())
             ),
             false,
         ));
@@ -349,10 +349,10 @@ fn describe(t: &Transition) -> String {
             format!("level {} -> {}", mode_text(*from), mode_text(*to))
         }
         Transition::Resynchronizing { actor, reason } => {
-            format!("{actor} resynchronizing ({reason:?})")
+            format!("{actor} resynchronizing ({reason})")
         }
         Transition::NestedEntry { vmptr, cause } => {
-            format!("nested VM-Enter of vmcs12 {vmptr:#x} ({cause:?})")
+            format!("nested VM-Enter of vmcs12 {vmptr:#x} ({cause})")
         }
         Transition::NestedExit { reason } => format!(
             "nested VM-Exit to L1 ({})",
@@ -360,7 +360,7 @@ fn describe(t: &Transition) -> String {
         ),
         Transition::LateVmFail => "late VM-Fail: back in L1".into(),
         Transition::Vmcs12Field { vmptr, field, value } => {
-            format!("vmcs12 {vmptr:#x} {field:?} = {value:#x}")
+            format!("vmcs12 {vmptr:#x} {field} = {value:#x}")
         }
         Transition::L1Cr3 { value } => format!("L1 CR3 = {value:#x}"),
         Transition::RootLoaded(r) => format!("root loaded: gfn {:#x} [{}]", r.gfn, r.role),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use vmxray_capture::ReadOptions;
 use vmxray_events::EventKind;
-use vmxray_replay::{Model, RuleStatus, Severity};
+use vmxray_replay::{Model, RuleId, RuleStatus, Severity};
 
 fn samples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples")
@@ -65,8 +65,13 @@ fn nested_rules_are_not_checkable_on_a_trace_without_exits() {
     let summary = model.summary();
     assert!(summary.features.emulator);
     assert!(summary.events > 50);
+    // Every rule but the stuck-vCPU detector (which reads any event stream) needs exits.
     assert!(
-        summary.rules.iter().all(|r| matches!(r.status, RuleStatus::NotCheckable { .. })),
+        summary
+            .rules
+            .iter()
+            .filter(|r| r.rule != RuleId::Livelock)
+            .all(|r| matches!(r.status, RuleStatus::NotCheckable { .. })),
         "{:?}",
         summary.rules
     );
