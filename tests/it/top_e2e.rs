@@ -79,6 +79,21 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    fn wait_without(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let screen = self.capture();
+            if !screen.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {text:?} to go; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Tmux {
@@ -189,6 +204,8 @@ fn top_shows_a_running_guest_in_tmux() {
         tmux.keys(&["?"]);
         tmux.wait_for(&["Keys (any key closes)"]);
         tmux.keys(&["Escape"]);
+        // Only once the help is gone: ESC and q read together would be one Alt+q.
+        tmux.wait_without("Keys (any key closes)");
         tmux.keys(&["q"]);
         let screen = tmux.wait_for(&["top-exit=0"]);
         assert!(!tmux.alternate_on(), "{backend}: alternate screen left");
