@@ -136,15 +136,13 @@ fn report_lines(text: &str, tids: &[u32], window: (u64, u64)) -> Vec<(u32, Strin
     for line in text.lines() {
         let Some(open) = line.find(" [") else { continue };
         let head = line[..open].trim_end();
-        let tid: Option<u32> =
-            head.rsplit(|c: char| c == '-' || c == ' ').next().and_then(|t| t.parse().ok());
+        let tid: Option<u32> = head.rsplit(['-', ' ']).next().and_then(|t| t.parse().ok());
         let Some(tid) = tid.filter(|t| tids.contains(t)) else { continue };
         let rest = &line[open + 2..];
         let Some((cpu, rest)) = rest.split_once(']') else { continue };
         // The time: "  123.456789: " (µs).
         let Some((time, rest)) = rest.split_once(": ") else { continue };
-        let Ok(secs) = time.trim().parse::<f64>() else { continue };
-        let ns = (secs * 1e9) as u64;
+        let Some(ns) = report_time_ns(time.trim()) else { continue };
         if ns + 1_000 < window.0 || ns > window.1 {
             continue;
         }
@@ -155,6 +153,16 @@ fn report_lines(text: &str, tids: &[u32], window: (u64, u64)) -> Vec<(u32, Strin
         out.push((tid, format!("{cpu} {event} {}", body.trim())));
     }
     out
+}
+
+/// "123.456789" (seconds) → nanoseconds, exactly.
+fn report_time_ns(time: &str) -> Option<u64> {
+    let (secs, frac) = time.split_once('.').unwrap_or((time, ""));
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_ns: u64 = format!("{frac:0<9}").parse().ok()?;
+    secs.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(frac_ns)
 }
 
 /// Equal line lists, or the first difference with its neighbours.
