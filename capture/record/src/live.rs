@@ -631,7 +631,9 @@ impl Consumer {
     /// Sends the events at or before `upto`, merged in time order (each CPU's are in order
     /// already); false when the receiver is gone.
     fn release(&mut self, upto: u64, out: &Sender<LiveBatch>) -> bool {
-        let mut events = Vec::new();
+        // Sized once: growing it by doubling moved and faulted in fresh memory at every release
+        // (a fifth of `vmxray top`'s CPU time at 500k events/s).
+        let mut events = Vec::with_capacity(self.pending.values().map(VecDeque::len).sum());
         loop {
             // The CPU whose next event is the oldest (ties: the lower CPU, as trace.dat readers).
             let next = self
