@@ -46,8 +46,13 @@ enum Command {
     /// Scan many traces in parallel for anomalies; write exits, events, anomalies, summary and
     /// traces tables as a Parquet/CSV/JSON Lines dataset (hive layout), or print them.
     Scan(cmd::scan::Args),
-    /// Record KVM tracepoints into a trace.dat (v7, zstd) from a private tracefs instance.
+    /// Record KVM tracepoints into a trace.dat (v7, zstd) or perf.data, from a private tracefs
+    /// instance or perf_event_open.
     Record(cmd::record::Args),
+    /// Live view of a running host: exits/s by reason, VM, vCPU and L1/L2 level, latency
+    /// percentiles, the model's anomalies and stuck vCPUs as they happen (--batch: one line per
+    /// interval).
+    Top(cmd::top::Args),
     /// Run a tiny real guest on /dev/kvm while recording it.
     Lab(cmd::lab::Args),
     /// Browse a trace in the terminal: anomalies, timeline, model state, statistics (without
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Command::Fields(args) => cmd::fields::run(args),
         Command::Scan(args) => cmd::scan::run(args),
         Command::Record(args) => cmd::record::run(args),
+        Command::Top(args) => cmd::top::run(args),
         Command::Lab(args) => cmd::lab::run(args),
         Command::Tui(args) => cmd::tui::run(args),
         Command::Convert(args) => cmd::convert::run(args),

@@ -185,6 +185,7 @@
 pub mod context;
 pub mod histogram;
 pub mod kvm_stat;
+pub mod live;
 pub mod pass;
 #[cfg(feature = "plot")]
 pub mod plot;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use vmxray_record::{FlightOptions, Profile, RecordOptions, TriggerSpec};
 use vmxray_samples::lab::{self, Scenario};
 
-use super::record::ProfileArg;
+use super::record::{BackendArg, FormatArg, ProfileArg};
 
 /// Arguments of `vmxray lab`.
 #[derive(clap::Args)]
@@ -30,6 +30,9 @@ pub struct Args {
     /// Event profile.
     #[arg(long, value_enum, default_value_t = ProfileArg::Exits)]
     pub profile: ProfileArg,
+    /// How to record (see `vmxray record`): the output is perf.data when its name ends in .data.
+    #[arg(long, value_enum, default_value_t = BackendArg::Tracefs, conflicts_with = "vmx")]
+    pub backend: BackendArg,
     /// Record as a flight recorder keeping SIZE per CPU (see `vmxray record`).
     #[arg(long, value_name = "SIZE", value_parser = super::record::parse_size, requires = "trigger")]
     pub flight_recorder: Option<u64>,
@@ -87,6 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let output = args.output.unwrap_or_else(|| lab::default_output(scenario));
     let mut opts = RecordOptions::new(output.clone());
+    opts.backend = args.backend.backend();
+    opts.output_format = FormatArg::Auto.format(&output);
     opts.profile = match args.profile {
         ProfileArg::Exits => Profile::Exits,
         ProfileArg::Mmu => Profile::Mmu,
@@ -114,11 +119,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for file in &run.report.files {
         eprintln!(
-            "vmxray lab: wrote {} ({} events, {} lost, backend {})",
+            "vmxray lab: wrote {} ({} events, {} lost, backend {}, recorded with {})",
             file.display(),
             run.report.events_read(),
             run.report.lost_events(),
-            lab::kvm_backend()
+            lab::kvm_backend(),
+            run.report.backend
         );
     }
     match &run.outcome.l1_truth {

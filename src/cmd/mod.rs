@@ -16,6 +16,7 @@ pub mod replay;
 pub mod scan;
 pub mod simulate;
 pub mod stats;
+pub mod top;
 pub mod triage;
 pub mod tui;
 

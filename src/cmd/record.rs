@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use vmxray_record::{
-    self as record, FlightOptions, Profile, RecordOptions, RecordReport, Recorder, TriggerSpec,
+    self as record, Backend, FlightOptions, OutputFormat, Profile, RecordOptions, RecordReport,
+    Recorder, TriggerSpec,
 };
 
 /// Arguments of `vmxray record`.
@@ -21,9 +22,18 @@ use vmxray_record::{
     vmxray record -o run.dat -- ./my-vmm --kernel bzImage"
 )]
 pub struct Args {
-    /// The trace.dat to write (v7, zstd). Created with mode 0600.
+    /// The file to write: trace.dat v7 (zstd), or perf.data when the name ends in .data (perf
+    /// backend). Created with mode 0600.
     #[arg(short, long, default_value = "trace.dat")]
     pub output: PathBuf,
+    /// How to record: tracefs (a private instance), perf (perf_event_open on each tracepoint;
+    /// tracefs is only read), auto (tracefs, or perf when no tracefs instance can be created
+    /// or written).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// The file format: by the output's name (.data: perf.data), or dat / perf explicitly.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub output_format: FormatArg,
     /// Event profile: exits (VM exits and their context), mmu (+ every kvmmmu event), all,
     /// vmcs (exits + probes recording VMCS field values).
     #[arg(long, value_enum, default_value_t = ProfileArg::Exits)]
@@ -69,6 +79,50 @@ pub struct Args {
     /// Record while this command runs, then stop.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `--backend` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// tracefs, falling back to perf when tracefs cannot be used.
+    Auto,
+    /// A private tracefs instance.
+    Tracefs,
+    /// perf_event_open on each tracepoint.
+    Perf,
+}
+
+impl BackendArg {
+    /// The library's value.
+    pub fn backend(self) -> Backend {
+        match self {
+            Self::Auto => Backend::Auto,
+            Self::Tracefs => Backend::Tracefs,
+            Self::Perf => Backend::Perf,
+        }
+    }
+}
+
+/// `--output-format` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// By the output's name.
+    Auto,
+    /// trace.dat v7.
+    Dat,
+    /// perf.data (perf backend).
+    Perf,
+}
+
+impl FormatArg {
+    /// The format for `output`.
+    pub fn format(self, output: &std::path::Path) -> OutputFormat {
+        match self {
+            Self::Auto => OutputFormat::for_path(output),
+            Self::Dat => OutputFormat::TraceDat,
+            Self::Perf => OutputFormat::PerfData,
+        }
+    }
 }
 
 /// `--profile` values.
@@ -126,8 +180,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.flight = flight;
     opts.progress = !args.quiet;
     opts.handle_signals = true;
+    opts.backend = args.backend.backend();
+    opts.output_format = args.output_format.format(&args.output);
 
     let mut recorder = Recorder::start(opts).context("Cannot start recording")?;
+    if let Some(why) = recorder.fallback() {
+        eprintln!("vmxray record: tracefs cannot be used ({why}); recording with perf instead");
+    }
     for missing in recorder.missing_events() {
         eprintln!("vmxray record: this kernel has no event {missing}; skipped");
     }
@@ -166,15 +225,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn print_report(r: &RecordReport) {
+    let unit = if r.backend == "perf" { "batches" } else { "pages" };
     eprintln!(
-        "vmxray record: {} events in {:.1}s, {} pages, {:.2} MB raw -> {:.2} MB written (clock {})",
+        "vmxray record: {} events in {:.1}s, {} {unit}, {:.2} MB raw -> {:.2} MB written (clock {}, backend {})",
         r.events_read(),
         r.elapsed.as_secs_f64(),
         r.cpus.iter().map(|c| c.pages_read).sum::<u64>(),
         r.raw_bytes as f64 / 1e6,
         r.file_bytes as f64 / 1e6,
-        r.clock
+        r.clock,
+        r.backend
     );
+    if r.descriptors > 0 {
+        eprintln!("vmxray record: {} perf event descriptors, all closed", r.descriptors);
+    }
     let events = r.events_read();
     if events > 0 {
         eprintln!(
@@ -205,7 +269,12 @@ fn print_report(r: &RecordReport) {
     }
     for c in &r.cpus {
         let lost = c.stats.lost();
-        if lost > 0 || c.lost_marks > 0 {
+        if (lost > 0 || c.lost_marks > 0) && r.backend == "perf" {
+            eprintln!(
+                "vmxray record: CPU {}: {} events lost in {} PERF_RECORD_LOST records",
+                c.cpu, lost, c.lost_marks
+            );
+        } else if lost > 0 || c.lost_marks > 0 {
             eprintln!(
                 "vmxray record: CPU {}: {} events lost (overrun {}, dropped {}), {} pages flagged",
                 c.cpu, lost, c.stats.overrun, c.stats.dropped, c.lost_marks

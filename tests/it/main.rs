@@ -1,5 +1,6 @@
 //! The integration tests of this crate, in one binary (one link instead of one per file).
 
+mod backends;
 mod cli;
 mod cli_fields;
 mod cli_record;
@@ -17,6 +18,7 @@ mod plot_cli;
 mod scan;
 mod simulate_cli;
 mod spark;
+mod top_e2e;
 mod tui_e2e;
 mod vmx_bugs;
 mod vmx_lab;

@@ -35,6 +35,7 @@
 pub mod app;
 pub mod filter;
 pub mod keys;
+pub mod live;
 pub mod loader;
 pub mod sidecar;
 pub mod store;

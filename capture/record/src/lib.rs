@@ -23,12 +23,24 @@
 //! cache line. The clock is stored in the file (TRACECLOCK option and the BUFFER option).
 //!
 //! **Cleanup.** Nothing global is changed: events, filters, clock, buffer size and the pid
-//! filter live in the instance, which [`Recorder::finish`], the `Drop` of [`Recorder`] (errors,
+//! filter live in the instance, which [`TracefsRecorder::finish`], its `Drop` (errors,
 //! panics) and SIGINT/SIGTERM (a flag the wait loop polls) all remove. A recording killed with
-//! SIGKILL leaves its instance; the next recording removes instances whose process is gone.
+//! SIGKILL cannot clean up: a watcher process ([`reaper`]) removes its instance within 200 ms,
+//! and the next recording removes instances whose process is gone in case the watcher could
+//! not run.
+//!
+//! **Backends.** The diagram is the tracefs backend ([`TracefsRecorder`]). The [`perf`]
+//! backend records the same events through `perf_event_open` (for hosts where tracefs is
+//! read-only) into perf.data or trace.dat; [`Recorder`] runs either, and `Backend::Auto`
+//! falls back to perf when no tracefs instance can be created or written. [`live`] feeds
+//! `vmxray top` from either backend.
 
+pub mod backend;
 pub mod identity;
+pub mod live;
+pub mod perf;
 pub mod probes;
+pub mod reaper;
 pub mod tracefs;
 pub mod trigger;
 
@@ -49,6 +61,7 @@ use vmxray_capture::bin::format::{EventFormats, FormatError, PageLayout};
 use vmxray_capture::bin::page::PageHeader;
 use vmxray_capture::write::{Metadata, TraceDatWriter, WriteError, WriteSummary, WriterOptions};
 
+pub use backend::{Backend, OutputFormat, Recorder};
 pub use tracefs::{CpuStats, Instance, Tracefs};
 pub use trigger::{Detector, Fired, TriggerParseError, TriggerSpec};
 
@@ -183,6 +196,10 @@ pub struct RecordOptions {
     /// Write which VM each VMM thread belongs to into the recording ([`identity`]): on by
     /// default, so that a host's VMs stay apart in trace.dat, which carries no tgid.
     pub identity: bool,
+    /// Which kernel interface records ([`Backend::Tracefs`] unless set).
+    pub backend: Backend,
+    /// The file format written (the perf backend writes both; tracefs writes trace.dat).
+    pub output_format: OutputFormat,
 }
 
 impl RecordOptions {
@@ -203,6 +220,8 @@ impl RecordOptions {
             checkpoint_every: Duration::from_secs(1),
             writer: WriterOptions::default(),
             identity: true,
+            backend: Backend::Tracefs,
+            output_format: OutputFormat::TraceDat,
         }
     }
 }
@@ -330,6 +349,26 @@ pub enum RecordError {
     /// The `vmcs` profile's probes.
     #[error(transparent)]
     Probes(#[from] crate::probes::ProbeError),
+    /// The perf backend could not open or map its events.
+    #[error(transparent)]
+    Perf(crate::perf::sys::OpenError),
+    /// The perf backend cannot write this combination.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl RecordError {
+    /// True when the error says tracefs cannot be used for recording here (not mounted, not
+    /// writable, no instance can be made): `--backend auto` then records with perf.
+    pub fn tracefs_unusable(&self) -> bool {
+        matches!(
+            self,
+            Self::NoTracefs { .. }
+                | Self::Mount { .. }
+                | Self::Instance { .. }
+                | Self::Tracefs { .. }
+        )
+    }
 }
 
 /// Lost events on one CPU, as the pages and the stats file say.
@@ -352,8 +391,12 @@ pub struct CpuReport {
 pub struct RecordReport {
     /// The files written (none for a flight recorder whose trigger never fired).
     pub files: Vec<PathBuf>,
-    /// The instance used.
+    /// The backend that recorded (`tracefs` or `perf`).
+    pub backend: &'static str,
+    /// The instance used (tracefs).
     pub instance: String,
+    /// perf event descriptors held while recording (perf).
+    pub descriptors: usize,
     /// The clock.
     pub clock: String,
     /// Events enabled (`sys:event`).
@@ -407,13 +450,17 @@ struct Shared {
 
 type Page = (u32, Vec<u8>);
 
-/// A running recording: tracing is live between [`Recorder::start`] and [`Recorder::finish`].
-pub struct Recorder {
+/// A running tracefs recording: tracing is live between [`TracefsRecorder::start`] and
+/// [`TracefsRecorder::finish`]. [`Recorder`] picks the backend.
+pub struct TracefsRecorder {
     opts: RecordOptions,
     instance: Option<Instance>,
     /// The `vmcs` profile's probes: after `instance`, so they are removed once the instance
     /// that enabled them is gone (an enabled dynamic event cannot be removed).
     probes: Option<crate::probes::InstalledProbes>,
+    /// Removes the instance if this process is killed (after `instance`: stopped once the
+    /// instance is gone).
+    reaper: Option<reaper::Reaper>,
     readers: Vec<(u32, JoinHandle<Result<u64, RecordError>>)>,
     consumer: Option<JoinHandle<Result<ConsumerOut, RecordError>>>,
     stop_readers: Arc<AtomicBool>,
@@ -428,14 +475,16 @@ pub struct Recorder {
 }
 
 /// While it lives (and when asked to), SIGINT and SIGTERM set a flag instead of killing the
-/// process, so that every exit path goes through the instance's removal.
-struct SignalGuard {
+/// process, so that every exit path goes through the instance's removal (`vmxray top --batch`
+/// uses it too).
+pub struct SignalGuard {
     interrupted: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
 }
 
 impl SignalGuard {
-    fn install(enabled: bool) -> Result<Self, RecordError> {
+    /// Catches SIGINT and SIGTERM until dropped (`enabled` false: a guard that catches nothing).
+    pub fn install(enabled: bool) -> Result<Self, RecordError> {
         let mut guard = Self { interrupted: Arc::new(AtomicBool::new(false)), ids: Vec::new() };
         if enabled {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -447,7 +496,8 @@ impl SignalGuard {
         Ok(guard)
     }
 
-    fn interrupted(&self) -> bool {
+    /// True once SIGINT or SIGTERM arrived.
+    pub fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
     }
 }
@@ -466,7 +516,7 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
-impl Recorder {
+impl TracefsRecorder {
     /// Sets up the instance, starts one reader per CPU and the writer, and turns tracing on.
     pub fn start(mut opts: RecordOptions) -> Result<Self, RecordError> {
         // First: a signal during setup must not skip the cleanup either.
@@ -490,8 +540,10 @@ impl Recorder {
             opts.extra_events.push(format!("{}:*", p.group));
         }
         let instance = Instance::create(&tracefs)?;
+        let reaper = reaper::Reaper::spawn(instance.dir());
         let mut report = RecordReport {
             instance: instance.name().to_string(),
+            backend: "tracefs",
             stale_instances_removed: stale,
             ..RecordReport::default()
         };
@@ -510,7 +562,7 @@ impl Recorder {
             instance.write("buffer_size_kb", &kb.to_string())?;
         }
 
-        let enabled = select_events(&instance, &opts, &mut report)?;
+        let enabled = select_events(&instance.dir().join("events"), "enable", &opts, &mut report)?;
         if let Some(p) = &probes {
             // The profile must not silently record less than it promises.
             let absent: Vec<String> = p
@@ -546,7 +598,16 @@ impl Recorder {
                 Mode::Stream { writer: Box::new(writer), last_checkpoint: Instant::now() }
             }
             Some(flight) => {
-                let flight = Flight::new(flight, &opts, meta, layout, &instance, &mut report)?;
+                let stats_dir = Some(instance.dir().to_path_buf());
+                let flight = Flight::new(
+                    flight,
+                    &opts,
+                    meta,
+                    layout,
+                    instance.dir(),
+                    stats_dir,
+                    &mut report,
+                )?;
                 Mode::Flight(Box::new(flight))
             }
         };
@@ -562,6 +623,7 @@ impl Recorder {
             opts,
             instance: Some(instance),
             probes,
+            reaper: Some(reaper),
             readers: Vec::new(),
             consumer: None,
             stop_readers: Arc::clone(&stop_readers),
@@ -681,6 +743,7 @@ impl Recorder {
             Some(instance) => instance.remove(),
             None => Ok(()),
         };
+        drop(self.reaper.take());
         // Then the probes it had enabled.
         let probes_left = self.probes.take().map(|p| (p.file_path(), p.remove()));
         let report = result?;
@@ -783,7 +846,7 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
+impl Drop for TracefsRecorder {
     fn drop(&mut self) {
         drop(self.identity.take());
         if let Some(instance) = &self.instance {
@@ -964,7 +1027,8 @@ struct Flight {
     fired: Vec<Fired>,
     files: Vec<PathBuf>,
     summaries: Vec<WriteSummary>,
-    stats_dir: PathBuf,
+    /// The instance whose per-CPU `stats` a dump stores (none for perf).
+    stats_dir: Option<PathBuf>,
 }
 
 /// After the post-trigger window, how long to keep taking pages of other CPUs that may still
@@ -977,14 +1041,15 @@ impl Flight {
         opts: &RecordOptions,
         meta: Metadata,
         layout: PageLayout,
-        instance: &Instance,
+        dir: &Path,
+        stats_dir: Option<PathBuf>,
         report: &mut RecordReport,
     ) -> Result<Self, RecordError> {
         let mut formats = EventFormats::new(layout.endian, layout.long_size());
         for (sys, formats_text) in &meta.event_formats {
             for text in formats_text {
                 formats.add_text(sys, text).map_err(|source| RecordError::Format {
-                    path: instance.dir().join("events").join(sys),
+                    path: dir.join("events").join(sys),
                     source,
                 })?;
             }
@@ -1014,7 +1079,7 @@ impl Flight {
             fired: Vec::new(),
             files: Vec::new(),
             summaries: Vec::new(),
-            stats_dir: instance.dir().to_path_buf(),
+            stats_dir,
         })
     }
 
@@ -1076,11 +1141,11 @@ impl Flight {
         let stats: Vec<String> = match cpustats {
             Some(s) => s.to_vec(),
             None => (0..self.meta.cpus)
-                .map(|cpu| {
-                    let path = self.stats_dir.join(format!("per_cpu/cpu{cpu}/stats"));
+                .filter_map(|cpu| {
+                    let path = self.stats_dir.as_ref()?.join(format!("per_cpu/cpu{cpu}/stats"));
                     let text = tracefs::read_file(&path).unwrap_or_default();
                     let text = String::from_utf8_lossy(&text);
-                    format!("CPU: {cpu}\n{text}")
+                    Some(format!("CPU: {cpu}\n{text}"))
                 })
                 .collect(),
         };
@@ -1093,8 +1158,12 @@ impl Flight {
 
 /// The events to enable: the profile, `-e`, and what the triggers need; the ones this kernel
 /// lacks go to `report.missing_events` (an older name whose successor exists is not reported).
+///
+/// `events_dir` is an instance's or tracefs' `events/`; an event exists when its directory
+/// holds `marker` (`enable` in an instance, `id` for perf).
 fn select_events(
-    instance: &Instance,
+    events_dir: &Path,
+    marker: &str,
     opts: &RecordOptions,
     report: &mut RecordReport,
 ) -> Result<Vec<(String, String)>, RecordError> {
@@ -1116,7 +1185,7 @@ fn select_events(
     for (sys, ev) in wanted {
         let names = match ev {
             Some(ev) => vec![ev],
-            None => list_dir(&instance.dir().join("events").join(&sys)),
+            None => list_dir(&events_dir.join(&sys)),
         };
         if names.is_empty() {
             missing.push(format!("{sys}:*"));
@@ -1125,7 +1194,7 @@ fn select_events(
             if enabled.iter().any(|(s, e)| *s == sys && *e == name) {
                 continue;
             }
-            if instance.has_event(&sys, &name) {
+            if events_dir.join(&sys).join(&name).join(marker).exists() {
                 enabled.push((sys.clone(), name));
             } else if !missing.contains(&format!("{sys}:{name}")) {
                 missing.push(format!("{sys}:{name}"));
@@ -1197,18 +1266,30 @@ fn read_metadata(
     instance: &Instance,
     enabled: &[(String, String)],
 ) -> Result<Metadata, RecordError> {
+    let trace_clock = instance.read("trace_clock")?;
+    let cpus = tracefs::tracefs_cpus(instance).last().map_or(1, |c| c + 1);
+    read_metadata_in(instance.tracefs(), instance.dir(), enabled, trace_clock, cpus)
+}
+
+/// Reads everything but the CPU data from `dir` (an instance, or tracefs' top level, which the
+/// perf backend only reads), with the given `trace_clock` text and CPU count.
+fn read_metadata_in(
+    tracefs: &Tracefs,
+    dir: &Path,
+    enabled: &[(String, String)],
+    trace_clock: String,
+    cpus: u32,
+) -> Result<Metadata, RecordError> {
     let read = |rel: &str| -> Result<Vec<u8>, RecordError> {
-        let path = instance.dir().join(rel);
+        let path = dir.join(rel);
         tracefs::read_file(&path).map_err(|source| RecordError::Tracefs { path, source })
     };
     let header_page = read("events/header_page")?;
     let header_event = read("events/header_event")?;
-    let layout =
-        PageLayout::parse(&header_page, Some(&header_event), NATIVE).map_err(|source| {
-            RecordError::Format { path: instance.dir().join("events/header_page"), source }
-        })?;
+    let layout = PageLayout::parse(&header_page, Some(&header_event), NATIVE)
+        .map_err(|source| RecordError::Format { path: dir.join("events/header_page"), source })?;
     let mut ftrace_formats = Vec::new();
-    for name in list_dir(&instance.dir().join("events/ftrace")) {
+    for name in list_dir(&dir.join("events/ftrace")) {
         if let Ok(f) = read(&format!("events/ftrace/{name}/format")) {
             ftrace_formats.push(f);
         }
@@ -1221,8 +1302,7 @@ fn read_metadata(
             None => event_formats.push((sys.clone(), vec![text])),
         }
     }
-    let printk_formats = instance.tracefs().read("printk_formats").unwrap_or_default();
-    let trace_clock = instance.read("trace_clock")?;
+    let printk_formats = tracefs.read("printk_formats").unwrap_or_default();
     let proc = |f: &str| {
         std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
             .unwrap_or_default()
@@ -1237,7 +1317,6 @@ fn read_metadata(
         proc("version"),
         std::env::consts::ARCH
     );
-    let cpus = tracefs::tracefs_cpus(instance).last().map_or(1, |c| c + 1);
     let trace_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))

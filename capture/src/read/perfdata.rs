@@ -99,6 +99,7 @@ const RECORD_COMM: u32 = 3;
 const RECORD_FORK: u32 = 7;
 const RECORD_SAMPLE: u32 = 9;
 const RECORD_LOST_SAMPLES: u32 = 13;
+const RECORD_HEADER_TRACING_DATA: u32 = 66;
 const RECORD_FINISHED_ROUND: u32 = 68;
 const RECORD_COMPRESSED: u32 = 81;
 
@@ -202,6 +203,17 @@ fn parse_sample<'a>(body: &'a [u8], attr: &Attr, e: Endian) -> Option<Sample<'a>
         s.raw = Some(c.take(n as usize)?);
     }
     Some(s)
+}
+
+/// The tracing data of a `PERF_RECORD_HEADER_TRACING_DATA` record at `at` (the data follows
+/// the 16-byte record, padded to 8 bytes), if the record is there.
+fn tracing_data_record(src: &Source, at: u64, e: Endian) -> Result<Option<Vec<u8>>, PerfDataError> {
+    let Ok(head) = src.read_at(at, 16) else { return Ok(None) };
+    if head.len() < 16 || e.u32(&head, 0) != Some(RECORD_HEADER_TRACING_DATA) {
+        return Ok(None);
+    }
+    let size = u64::from(e.u32(&head, 8).unwrap_or(0));
+    src.exact_checked(at + 16, size, "tracing data record").map(Some)
 }
 
 /// Parses the trailing `sample_id` of a non-sample record (sample_id_all).
@@ -403,9 +415,18 @@ impl PerfDataReader {
             let s = src.exact_checked(*at, 16, "feature section table")?;
             feat.insert(*bit, (e.u64(&s, 0).unwrap_or(0), e.u64(&s, 8).unwrap_or(0)));
         }
-        let &(toff, tsize) = feat.get(&FEAT_TRACING_DATA).ok_or(PerfDataError::NoTracingData)?;
-        *at = toff;
-        let tracing = src.exact_checked(toff, tsize, "tracing data")?;
+        let tracing = match feat.get(&FEAT_TRACING_DATA) {
+            Some(&(toff, tsize)) => {
+                *at = toff;
+                src.exact_checked(toff, tsize, "tracing data")?
+            }
+            // No feature sections (vmxray's recorder was killed before writing them): the
+            // formats are in the HEADER_TRACING_DATA record that starts its data section.
+            None => {
+                *at = data_off;
+                tracing_data_record(&src, data_off, e)?.ok_or(PerfDataError::NoTracingData)?
+            }
+        };
         if !tracing.starts_with(TRACING_MAGIC) {
             return Err(PerfDataError::NoTracingData);
         }
@@ -438,8 +459,15 @@ impl PerfDataReader {
             kernel,
             excerpt: false,
         };
-        let end = data_off.saturating_add(data_size).min(src.len());
+        let mut end = data_off.saturating_add(data_size).min(src.len());
         let truncated = data_off.saturating_add(data_size) > src.len();
+        // A file vmxray's recorder did not finish (no feature sections, formats from the
+        // record): with --permissive, the records written after its last checkpoint too, up
+        // to the end of the file (a record cut there is reported).
+        let unfinished = features.is_empty() && feat.is_empty();
+        if unfinished && opts.permissive {
+            end = src.len();
+        }
         let mut reader = Self {
             meta,
             stats: ReadStats::default(),
@@ -519,6 +547,10 @@ impl PerfDataReader {
         };
         let off = self.pos;
         self.pos += u64::from(size);
+        if self.endian.u32(rec, 0) == Some(RECORD_HEADER_TRACING_DATA) {
+            // The tracing data follows the 16-byte record, outside its stated size.
+            self.pos += u64::from(self.endian.u32(rec, 8).unwrap_or(0));
+        }
         Some(Ok((off, rec.to_vec())))
     }
 

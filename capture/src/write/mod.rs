@@ -39,6 +39,7 @@
 pub mod convert;
 pub mod encode;
 pub mod page;
+pub mod perfdata;
 
 use std::fs::{File, OpenOptions};
 use std::io;
