@@ -201,6 +201,24 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
     load_with(source, tx, LoadOptions::INDEXED);
 }
 
+/// Whether `path` is text small enough to be an excerpt without a tool's header on its first
+/// line (the rule `vmxray_capture::open` applies).
+fn maybe_excerpt(path: &Path) -> bool {
+    use std::io::Read as _;
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let max = vmxray_capture::read::text::MAX_EXCERPT_BYTES as u64;
+    if file.metadata().is_ok_and(|m| m.len() > max) {
+        return false;
+    }
+    let mut head = Vec::new();
+    let limit = vmxray_capture::read::text::MAX_EXCERPT_BYTES as u64 + 1;
+    if file.take(limit).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    head.len() <= vmxray_capture::read::text::MAX_EXCERPT_BYTES
+        && !vmxray_capture::read::text::starts_with_tool_header(&head)
+}
+
 /// Runs the loader with these options.
 pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
     let started = Instant::now();
@@ -208,6 +226,11 @@ pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
     match source {
         Source::File(path) if path.as_os_str() != "-" => match detect(&path) {
             Ok(InputKind::Binary(Magic::TraceDat)) => load_dat(&path, tx, started, index),
+            // Small text may be a pasted excerpt: read whole, through the excerpt reader's
+            // joins and segments (what `vmxray_capture::open` does); larger text is indexed.
+            Ok(InputKind::Text) if maybe_excerpt(&path) => {
+                load_reader(vmxray_capture::open(&path, opts), &path, tx, started);
+            }
             Ok(InputKind::Text) => load_text(&path, tx, started, index),
             Ok(_) => load_reader(vmxray_capture::open(&path, opts), &path, tx, started),
             Err(e) => {
@@ -231,7 +254,7 @@ pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
             if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
                 return;
             }
-            let mut pipeline = Pipeline::new(tx, started, Positions::Resident);
+            let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false);
             for event in events {
                 if !pipeline.push(event, None) {
                     return;
@@ -259,6 +282,7 @@ fn load_reader(
 /// An input read once: its blocks keep their events.
 fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Instant) {
     let meta = reader.meta().clone();
+    let excerpt = meta.excerpt;
     if tx.send(LoadMsg::Opened { meta, backing: Backing::Memory }).is_err() {
         return;
     }
@@ -267,7 +291,7 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
     {
         return;
     }
-    let mut pipeline = Pipeline::new(tx, started, Positions::Resident);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, excerpt);
     for item in reader.by_ref() {
         match item {
             Ok(event) => {
@@ -330,7 +354,7 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         return;
     }
     let cursor = DatCursor::new(lanes.len(), counts);
-    let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu });
+    let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu }, false);
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     for item in reader.by_ref() {
         match item {
@@ -569,8 +593,9 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
             if tx.send(LoadMsg::Opened { meta: m.clone(), backing }).is_err() {
                 return;
             }
+            let excerpt = m.excerpt;
             meta = Some(m);
-            let mut p = Pipeline::new(tx, started, Positions::Text);
+            let mut p = Pipeline::new(tx, started, Positions::Text, excerpt);
             p.save_to = index.save_index.then(|| path.to_path_buf());
             pipeline = Some(p);
         }
@@ -748,11 +773,15 @@ impl Indexer {
 }
 
 impl<'a> Pipeline<'a> {
-    fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions) -> Self {
+    /// A pipeline for one input; `excerpt`: the reader recognised pasted text (the model then
+    /// reports absences the cuts explain at info, as `vmxray replay` does).
+    fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions, excerpt: bool) -> Self {
+        let mut config = PassConfig::default();
+        config.model.excerpt = excerpt;
         Self {
             tx,
             started,
-            pass: Pass::new(PassConfig::default()),
+            pass: Pass::new(config),
             indexer: Indexer::default(),
             positions,
             block: None,

@@ -454,3 +454,18 @@ fn detail_of_an_exit_shows_where_its_time_went_on_the_host() {
     assert!(text.contains("Host context: 24.2 ms to the next entry"), "{text}");
     assert!(text.contains("ran: busyloop pid 197") && text.contains("10.4 ms"), "{text}");
 }
+
+#[test]
+fn an_excerpt_is_modelled_as_one() {
+    // bz220549's poster cut L2's run out ("L2 services the interrupt"): the browser, like
+    // `vmxray replay`, reports the missing events at info and names the cut.
+    let trace = load_all(Source::File(
+        "../samples/real/excerpts/bz220549-split-irqchip-eoi-tracepoints.txt".into(),
+    ));
+    assert!(trace.meta.as_ref().is_some_and(|m| m.excerpt));
+    let mismatch: Vec<_> =
+        trace.anomalies.iter().filter(|a| a.rule.name() == "l2_entry_mismatch").collect();
+    assert_eq!(mismatch.len(), 1, "{:?}", trace.anomalies);
+    assert_eq!(mismatch[0].severity.name(), "info");
+    assert!(mismatch[0].message.contains("excerpt"), "{}", mismatch[0].message);
+}
