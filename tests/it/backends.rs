@@ -165,8 +165,17 @@ fn report_time_ns(time: &str) -> Option<u64> {
     secs.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(frac_ns)
 }
 
-/// Equal line lists, or the first difference with its neighbours.
+/// Equal line lists per thread, or the first difference with its neighbours. Threads are
+/// compared one by one: perf and the tracefs ring buffer each take their own timestamp of an
+/// event, so two threads' events a few nanoseconds apart may interleave differently; a
+/// thread's own events keep their order in both.
 fn assert_lines_eq(what: &str, a: &[(u32, String)], b: &[(u32, String)]) {
+    let by_thread = |l: &[(u32, String)]| {
+        let mut l = l.to_vec();
+        l.sort_by_key(|(tid, _)| *tid);
+        l
+    };
+    let (a, b) = (&by_thread(a)[..], &by_thread(b)[..]);
     if let Some(i) = (0..a.len().max(b.len())).find(|i| a.get(*i) != b.get(*i)) {
         let show = |l: &[(u32, String)]| {
             l.iter()
