@@ -48,6 +48,7 @@ pub mod anomaly;
 pub mod checkpoints;
 pub mod explain;
 pub mod fields;
+mod hash;
 pub mod model;
 pub mod rules;
 pub mod state;

@@ -43,7 +43,7 @@ const RULE: RuleId = RuleId::Livelock;
 pub const MAX_PERIOD: usize = 12;
 
 /// One event, reduced to what must repeat for a loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 enum Sig {
     #[default]
     None,
@@ -155,6 +155,9 @@ struct Active {
 pub(crate) struct State {
     /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
     ring: [Sig; MAX_PERIOD],
+    /// Their fingerprints ([`fingerprint`]): compared first, so that the twelve comparisons
+    /// each event needs are integer compares unless a repeat is likely.
+    fp: [u64; MAX_PERIOD],
     /// The event of each signature in `ring`, and its timestamp.
     at: [(EventIndex, u64); MAX_PERIOD],
     head: usize,
@@ -174,13 +177,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The ring slot `back` signatures ago (1 is the newest), `back` in 1..=MAX_PERIOD.
+    fn slot(&self, back: usize) -> usize {
+        let i = self.head + MAX_PERIOD - back;
+        if i >= MAX_PERIOD { i - MAX_PERIOD } else { i }
+    }
+
     fn sig_back(&self, back: usize) -> Sig {
-        // back = 1 is the newest.
-        self.ring[(self.head + MAX_PERIOD - back) % MAX_PERIOD]
+        self.ring[self.slot(back)]
     }
 
     fn at_back(&self, back: usize) -> (EventIndex, u64) {
-        self.at[(self.head + MAX_PERIOD - back) % MAX_PERIOD]
+        self.at[self.slot(back)]
     }
 }
 
@@ -469,10 +477,12 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     let Some(sig) = signature(st, event) else { return };
     ctx.checked(RULE);
     let now = (ctx.at, event.ts);
+    let fp = fingerprint(&sig);
     // Extend or reset the run of every period.
     for p in 1..=MAX_PERIOD {
         let i = p - 1;
-        if st.len >= p && st.sig_back(p) == sig {
+        let slot = st.slot(p);
+        if st.len >= p && st.fp[slot] == fp && st.ring[slot] == sig {
             if st.run[i] == 0 {
                 st.run_start[i] = st.at_back(p);
             }
@@ -484,6 +494,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     }
     st.seen += 1;
     st.ring[st.head] = sig;
+    st.fp[st.head] = fp;
     st.at[st.head] = now;
     st.head = (st.head + 1) % MAX_PERIOD;
     st.len = (st.len + 1).min(MAX_PERIOD);
@@ -513,6 +524,14 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         }
         st.progress |= 1 << (p - 1);
     }
+}
+
+/// A 64-bit fingerprint of a signature (equal signatures, equal fingerprints).
+fn fingerprint(sig: &Sig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = crate::hash::Fold::default();
+    sig.hash(&mut h);
+    h.finish()
 }
 
 /// At the end of an excerpt: a vCPU whose every signature belongs to one cycle seen at least
