@@ -5,9 +5,9 @@
 //!
 //! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 on the quiet 2-core
 //! development machine: 1.71 s per iteration, 6.7M events/s (9.8M/s before the loop detector
-//! of issue 15 replaced the old livelock counter; the 28M/s of 2026-11-21 predates the VMCS
-//! field store and the per-VM attribution). Where the time goes (`perf record`): the loop
-//! detector 23 %, the field store 16 %, `Model::step` 11 %, memmove 11 %.
+//! of issue 15 replaced the old livelock counter; 28M/s on 2026-11-21, not re-measured between
+//! then and this stop's start). Where the time goes (`perf record`): the loop detector 23 %,
+//! the field store 16 %, `Model::step` 11 %, memmove 11 %.
 #![allow(missing_docs)]
 
 #[path = "../tests/it/common/mod.rs"]
