@@ -18,6 +18,7 @@ mod plot_cli;
 mod scan;
 mod simulate_cli;
 mod spark;
+mod tmux;
 mod top_e2e;
 mod tui_e2e;
 mod vmx_bugs;

@@ -7,8 +7,10 @@
 //! under `CI=true`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::tmux::Tmux;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmxray");
 
@@ -40,73 +42,8 @@ impl Drop for Guest {
     }
 }
 
-/// A private tmux server (its own socket), killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("runs tmux")
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "top"];
-        args.extend_from_slice(keys);
-        assert!(self.run(&args).status.success());
-    }
-
-    fn capture(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
-    }
-
-    fn alternate_on(&self) -> bool {
-        let out = self.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
-    }
-
-    fn wait_for(&self, texts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let screen = self.capture();
-            if texts.iter().all(|t| screen.contains(t)) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {texts:?}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_without(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let screen = self.capture();
-            if !screen.contains(text) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {text:?} to go; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
 fn unavailable() -> Option<String> {
-    super::backends::unavailable().or_else(|| match Command::new("tmux").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("tmux not found".into()),
-    })
+    super::backends::unavailable().or_else(crate::tmux::missing)
 }
 
 /// The total event count of the title (`… 12,345 events · 3s`).
@@ -136,7 +73,7 @@ fn top_shows_a_running_guest_in_tmux() {
     for backend in ["perf", "tracefs"] {
         let guest = Guest::start();
         let dir = dump_dir(backend);
-        let tmux = Tmux { socket: format!("vmxray-top-{}-{backend}", std::process::id()) };
+        let tmux = Tmux::new(format!("vmxray-top-{}-{backend}", std::process::id()), "top");
         let started = tmux.run(&[
             "new-session",
             "-d",

@@ -5,73 +5,13 @@
 //! Prints `SKIP: <reason>` without tmux, and fails instead under `CI=true`
 //! (`scripts/setup.sh` installs tmux).
 
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use crate::tmux::{self, Tmux};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmxray");
 
-/// A private tmux server (its own socket), killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("runs tmux")
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "e2e"];
-        args.extend_from_slice(keys);
-        assert!(self.run(&args).status.success());
-    }
-
-    fn capture(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "e2e"]).stdout).into_owned()
-    }
-
-    fn alternate_on(&self) -> bool {
-        let out = self.run(&["display-message", "-p", "-t", "e2e", "#{alternate_on}"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
-    }
-
-    /// Waits until the pane shows every one of `texts`.
-    fn wait_for(&self, texts: &[&str]) -> String {
-        self.wait_until(|screen| texts.iter().all(|t| screen.contains(t)), &format!("{texts:?}"))
-    }
-
-    /// Waits until the pane's text satisfies `done` (what it waits for, for the failure).
-    fn wait_until(&self, done: impl Fn(&str) -> bool, what: &str) -> String {
-        // Generous: a condition, not a speed measurement (a loaded CI machine is slow).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let screen = self.capture();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{screen}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
-fn tmux_missing() -> Option<String> {
-    match Command::new("tmux").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!("tmux -V failed: {}", String::from_utf8_lossy(&o.stderr))),
-        Err(e) => Some(format!("tmux not found ({e})")),
-    }
-}
-
 #[test]
 fn browse_the_bundled_sample_in_tmux() {
-    if let Some(reason) = tmux_missing() {
+    if let Some(reason) = tmux::missing() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "tmux is required under CI=true (scripts/setup.sh installs it): {reason}"
@@ -79,7 +19,7 @@ fn browse_the_bundled_sample_in_tmux() {
         println!("SKIP: {reason}");
         return;
     }
-    let tmux = Tmux { socket: format!("vmxray-e2e-{}", std::process::id()) };
+    let tmux = Tmux::new(format!("vmxray-e2e-{}", std::process::id()), "e2e");
     // A plain shell with a recognizable prompt, in a fixed-size window.
     let started = tmux.run(&[
         "new-session",
@@ -124,7 +64,7 @@ fn browse_the_bundled_sample_in_tmux() {
     tmux.wait_for(&["Keys (any key closes)"]);
     tmux.keys(&["Escape"]);
     // Wait for the help to close: an Escape and a `q` read together are Alt-q to a terminal.
-    tmux.wait_until(|screen| !screen.contains("Keys (any key closes)"), "the help to close");
+    tmux.wait_without("Keys (any key closes)");
     tmux.keys(&["q"]);
     let screen = tmux.wait_for(&["tui-exit=0"]);
     assert!(!tmux.alternate_on(), "alternate screen left");

@@ -201,22 +201,16 @@ pub fn load(source: Source, tx: &Sender<LoadMsg>) {
     load_with(source, tx, LoadOptions::INDEXED);
 }
 
-/// Whether `path` is text small enough to be an excerpt without a tool's header on its first
-/// line (the rule `vmxray_capture::open` applies).
+/// Whether the text file at `path` is read whole through the excerpt reader, as
+/// `vmxray_capture::open` reads it ([`vmxray_capture::read::text::read_as_excerpt`]).
 fn maybe_excerpt(path: &Path) -> bool {
     use std::io::Read as _;
     let Ok(file) = std::fs::File::open(path) else { return false };
-    let max = vmxray_capture::read::text::MAX_EXCERPT_BYTES as u64;
-    if file.metadata().is_ok_and(|m| m.len() > max) {
-        return false;
-    }
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    // The first line is enough to tell a tool's file.
     let mut head = Vec::new();
-    let limit = vmxray_capture::read::text::MAX_EXCERPT_BYTES as u64 + 1;
-    if file.take(limit).read_to_end(&mut head).is_err() {
-        return false;
-    }
-    head.len() <= vmxray_capture::read::text::MAX_EXCERPT_BYTES
-        && !vmxray_capture::read::text::starts_with_tool_header(&head)
+    file.take(256).read_to_end(&mut head).is_ok()
+        && vmxray_capture::read::text::read_as_excerpt(len, &head)
 }
 
 /// Runs the loader with these options.

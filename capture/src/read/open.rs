@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::read::perfdata::PerfDataReader;
-use crate::read::text::{MAX_EXCERPT_BYTES, TextReader, starts_with_tool_header};
+use crate::read::text::{MAX_EXCERPT_BYTES, TextReader, read_as_excerpt};
 use crate::read::tracedat::TraceDat;
 use crate::read::tracefs_tree::{TracefsInput, TracefsReader};
 use crate::read::{EventReader, Location, ReadError, ReadErrorKind, ReadOptions, input_name};
@@ -90,7 +90,7 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
                 let mut head = Vec::new();
                 let limit = MAX_EXCERPT_BYTES as u64 + 1;
                 (&mut stdin).take(limit).read_to_end(&mut head).map_err(io_err)?;
-                if head.len() <= MAX_EXCERPT_BYTES && !starts_with_tool_header(&head) {
+                if read_as_excerpt(head.len() as u64, &head) {
                     Ok(Box::new(TextReader::excerpt(input, &head, opts)))
                 } else {
                     let rest = std::io::Cursor::new(head).chain(stdin);
@@ -122,7 +122,7 @@ pub fn open(path: &Path, opts: ReadOptions) -> Result<Box<dyn EventReader>, Read
                 // Small text is read whole: it may be an excerpt (see `read::text`).
                 let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
                 file.take(MAX_EXCERPT_BYTES as u64).read_to_end(&mut bytes).map_err(io_err)?;
-                if starts_with_tool_header(&bytes) {
+                if !read_as_excerpt(len, &bytes) {
                     // A file a tool wrote: streamed, as a larger one.
                     let text = std::io::Cursor::new(bytes);
                     return Ok(Box::new(TextReader::new(input, text, opts)));

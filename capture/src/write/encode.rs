@@ -358,20 +358,13 @@ impl RecordEncoder {
                             Val::U64(v) if plan.flip_role_bit4 && f.name == "role" => {
                                 Val::U64(v ^ u64::from(MmuPageRole::BIT4))
                             }
+                            // Typed events carry it as an i64 in the 6.12+ numbering.
                             Val::I64(r) if f.name == "ret" => {
                                 match (plan.ret_numbering, i32::try_from(r)) {
                                     (Some(n), Ok(r)) => {
                                         Val::I64(i64::from(n.denormalize(PageFaultRet(r))))
                                     }
                                     _ => Val::I64(r),
-                                }
-                            }
-                            Val::U64(r) if f.name == "ret" => {
-                                match (plan.ret_numbering, i32::try_from(r)) {
-                                    (Some(n), Ok(r)) => {
-                                        Val::I64(i64::from(n.denormalize(PageFaultRet(r))))
-                                    }
-                                    _ => Val::U64(r),
                                 }
                             }
                             v => v,

@@ -5,7 +5,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::widgets::{Block, Paragraph};
 use vmxray_analyze::live::{Row, Snapshot};
 use vmxray_replay::Severity;
 
@@ -300,29 +300,10 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
-    let width = area.width.min(96);
-    let height = area.height.min(u16::try_from(HELP.len()).unwrap_or(10) + 4);
-    let popup = Rect::new(
-        area.x + (area.width - width) / 2,
-        area.y + (area.height - height) / 2,
-        width,
-        height,
-    );
-    let mut lines = vec![Line::from(Span::styled(
+    crate::views::draw_keys(
+        frame,
+        area,
         "Rates are per refresh interval; latency over the sliding window; L2: exits of a nested guest",
-        theme::dim(),
-    ))];
-    for (keys, what) in HELP {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{keys:<22}"), Style::new().fg(Color::Cyan).bold()),
-            Span::raw(*what),
-        ]));
-    }
-    frame.render_widget(Clear, popup);
-    frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(" Keys (any key closes) ")),
-        popup,
+        HELP,
     );
 }

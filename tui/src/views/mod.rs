@@ -416,22 +416,30 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
+    draw_keys(
+        frame,
+        area,
+        "Timeline colours: L0 exit (red) · L1 (green) · L2 (magenta) · ! anomaly · X crash · ~ lost",
+        HELP,
+    );
+}
+
+/// The help overlay of a screen (the browser's, `vmxray top`'s): a legend line, then each key
+/// with what it does, centred over `area`.
+pub(crate) fn draw_keys(frame: &mut Frame<'_>, area: Rect, legend: &str, keys: &[(&str, &str)]) {
     let width = area.width.min(96);
-    let height = area.height.min(u16::try_from(HELP.len()).unwrap_or(20) + 4);
+    let height = area.height.min(u16::try_from(keys.len()).unwrap_or(20).saturating_add(4));
     let popup = Rect::new(
         area.x + (area.width - width) / 2,
         area.y + (area.height - height) / 2,
         width,
         height,
     );
-    let mut lines = vec![Line::from(Span::styled(
-        "Timeline colours: L0 exit (red) · L1 (green) · L2 (magenta) · ! anomaly · X crash · ~ lost",
-        theme::dim(),
-    ))];
-    for (keys, what) in HELP {
+    let mut lines = vec![Line::from(Span::styled(legend.to_owned(), theme::dim()))];
+    for (key, what) in keys {
         lines.push(Line::from(vec![
-            Span::styled(format!("{keys:<22}"), Style::new().fg(Color::Cyan).bold()),
-            Span::raw(*what),
+            Span::styled(format!("{key:<22}"), Style::new().fg(Color::Cyan).bold()),
+            Span::raw((*what).to_owned()),
         ]));
     }
     frame.render_widget(Clear, popup);

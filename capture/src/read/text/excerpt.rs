@@ -71,6 +71,13 @@ pub fn starts_with_tool_header(bytes: &[u8]) -> bool {
     digits_after(b"cpus=") || digits_after(b"version = ") || first.starts_with(b"# tracer: ")
 }
 
+/// Whether a text input of `len` bytes beginning with `head` (its first line at least) is read
+/// whole through the excerpt reader: small enough to be a paste and not a file a tool wrote
+/// ([`starts_with_tool_header`]); anything else streams.
+pub fn read_as_excerpt(len: u64, head: &[u8]) -> bool {
+    len <= MAX_EXCERPT_BYTES as u64 && !starts_with_tool_header(head)
+}
+
 /// How far back the time may go between two events of one capture: merged per-CPU buffers
 /// are sorted, but clocks of different CPUs may disagree by a little.
 pub const TIME_BACK_TOLERANCE: u64 = 10_000_000;

@@ -89,7 +89,9 @@ use crate::read::{
 use vmxray_events::event::{Event, EventKind};
 
 pub use error::{Snippet, TextError};
-pub use excerpt::{MAX_EXCERPT_BYTES, TIME_BACK_TOLERANCE, TIME_JUMP, starts_with_tool_header};
+pub use excerpt::{
+    MAX_EXCERPT_BYTES, TIME_BACK_TOLERANCE, TIME_JUMP, read_as_excerpt, starts_with_tool_header,
+};
 
 use blocks::Blocks;
 use lines::{Line, LineReader};
