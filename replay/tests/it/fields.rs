@@ -136,7 +136,7 @@ fn the_store_is_bounded_and_rules_see_recent_history() {
     let mut model = Model::default();
     model.run(&t.events);
     let st = model.state(Actor::vcpu(0)).unwrap();
-    let h = st.fields.history(VmcsRef::Vmcs12 { gpa: 0x7000 }, F::GUEST_CR3);
+    let h: Vec<_> = st.fields.history(VmcsRef::Vmcs12 { gpa: 0x7000 }, F::GUEST_CR3).collect();
     assert_eq!(h.len(), FieldStore::DEPTH);
     assert_eq!(h.last().unwrap().value, 0xa000);
     assert_eq!(h.last().unwrap().source, "kvm_nested_vmenter");
