@@ -568,7 +568,10 @@ fn segment(items: &mut Vec<(Outcome, u64)>) {
                         kind: EventKind::Segment { index, reason },
                     };
                     let seen = Seen { loose: true, ..*seen };
-                    out.push((Outcome::Event { event: marker, seen, unknown: None }, line));
+                    out.push((
+                        Outcome::Event { event: marker, seen, unknown: None, truncated: None },
+                        line,
+                    ));
                     seg = Segment::default();
                 }
                 between = Between::default();
