@@ -189,7 +189,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
-            exit_while_run_pending::disarm(&mut rs.run_pending);
+            exit_while_run_pending::on_entry(ctx, &mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmCr { write, cr, val } => {
