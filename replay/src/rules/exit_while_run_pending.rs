@@ -13,10 +13,10 @@
 //! VM-exit before L2 ever ran, and L2 lost the event L1 had injected. Fixed by 81f76adad560
 //! "KVM: nSVM: correctly restore nested_run_pending on migration" (Maxim Levitsky, Jan 2021).
 //! His first patches for the symptom ("fix for disappearing L1->L2 event injection on L1
-//! migration", nSVM and an nVMX RFC, Jan 2021) were dropped for that one; the nVMX migration
-//! fix of the same month that landed, d51e1d3f6b42 "KVM: nVMX: Sync unsync'd vmcs02 state to
-//! vmcs12 on migration", cures a different loss (vmcs12 fields not synced before
-//! `KVM_GET_NESTED_STATE`).
+//! migration", for nSVM and as an nVMX RFC, Jan 2021) were not merged: restoring the flag cured
+//! nSVM, and nVMX already restored it. The nVMX migration fix of the same month that did land,
+//! d51e1d3f6b42 "KVM: nVMX: Sync unsync'd vmcs02 state to vmcs12 on migration", cures a
+//! different loss (vmcs12 fields not synced before `KVM_GET_NESTED_STATE`).
 //!
 //! **Sequence matched:**
 //! ```text
