@@ -356,9 +356,12 @@ impl Model {
             // Another capture pasted into the same input starts here (the reader's marker):
             // nothing the previous one showed describes it, so every vCPU starts afresh, as
             // at the start of a trace (not resynchronizing: nothing was lost in between).
+            // One exception: a nested run a vCPU left pending when it left for userspace, which
+            // the next capture may show restored (a migration between two pasted traces).
             for slot in &mut self.slots {
+                let run_pending = rules::exit_while_run_pending::carry(&slot.state);
                 slot.state = VcpuState::default();
-                slot.rules = RuleStates::default();
+                slot.rules = RuleStates { run_pending, ..RuleStates::default() };
             }
             return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
         }
