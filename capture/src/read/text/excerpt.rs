@@ -735,6 +735,11 @@ impl Evidence {
         self.first_starts_vm.get_or_insert_with(|| starts_vm(event));
     }
 
+    /// Whether the first event was noted.
+    pub(crate) fn first_event_seen(&self) -> bool {
+        self.first_starts_vm.is_some()
+    }
+
     /// An event without its time.
     pub(crate) fn unknown_time(&mut self) {
         self.unknown_time = true;

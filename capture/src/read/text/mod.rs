@@ -284,7 +284,12 @@ impl Stream {
     /// lost marker waits: an event then only needs its timestamp noted.
     #[inline]
     fn settled(&self) -> bool {
-        self.format_from_header && self.clock_known && self.pending_lost.is_empty()
+        // The first event must have been noted too: a bad line before it (skipped under
+        // --permissive) settles the format and clock but says nothing of the first event.
+        self.format_from_header
+            && self.clock_known
+            && self.pending_lost.is_empty()
+            && self.evidence.first_event_seen()
     }
 
     /// What an event line says about the trace, and why it stays untyped if it does.
