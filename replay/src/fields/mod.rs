@@ -324,12 +324,19 @@ fn hw_vmcs(level: Level) -> VmcsRef {
     }
 }
 
+/// The fields rules read from [`FieldStore`]: what a model without field streams
+/// ([`crate::ModelConfig::field_streams`]) still derives. A rule that reads another field lists
+/// it here (a test checks the rules' sources against this list).
+pub const RULE_FIELDS: &[FieldEncoding] = &[FieldEncoding::GUEST_CR3];
+
 struct Out<'a> {
     at: EventIndex,
     ts: u64,
     vcpu: Option<u32>,
     source: &'static str,
     out: &'a mut Vec<VmcsField>,
+    /// Every field, or only [`RULE_FIELDS`].
+    all: bool,
 }
 
 impl Out<'_> {
@@ -341,6 +348,9 @@ impl Out<'_> {
         mask: u64,
         learned: Learned,
     ) {
+        if !self.all && !RULE_FIELDS.contains(&field) {
+            return;
+        }
         let bits = field.value_bits();
         let width = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
         self.out.push(VmcsField {
@@ -361,16 +371,18 @@ impl Out<'_> {
     }
 }
 
-/// The field observations one event implies, given its actor's state *before* the event.
+/// The field observations one event implies, given its actor's state *before* the event:
+/// every field (`all`), or only [`RULE_FIELDS`].
 pub fn derive(
     st: &VcpuState,
     actor: Actor,
     event: &Event,
     at: EventIndex,
+    all: bool,
     out: &mut Vec<VmcsField>,
 ) {
     let vcpu = actor.vcpu_id();
-    let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out };
+    let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out, all };
     let current12 = st.current_vmptr.map(VmcsRef::vmcs12);
     match &event.kind {
         EventKind::KvmNestedVmenter(v) => {

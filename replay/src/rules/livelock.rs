@@ -481,11 +481,14 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     ctx.checked(RULE);
     let now = (ctx.at, event.ts);
     let fp = fingerprint(&sig);
-    // The periods whose signature has the same fingerprint (a loop the compiler vectorises),
-    // then those whose signature is the same.
+    // The periods whose signature has the same fingerprint, then those whose signature is
+    // the same.
     let mut candidates = 0u16;
     for (i, old) in st.fp.iter().enumerate() {
-        candidates |= u16::from(*old == fp) << i;
+        // A branch the predictor learns (matches are rare) beats building the mask bit by bit.
+        if *old == fp {
+            candidates |= 1 << i;
+        }
     }
     candidates &= (1u16 << st.len) - 1;
     let mut same = 0u16;
@@ -513,7 +516,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     st.seen += 1;
     st.ring[st.head] = sig;
     st.at[st.head] = now;
-    st.head = (st.head + 1) % MAX_PERIOD;
+    st.head = if st.head + 1 == MAX_PERIOD { 0 } else { st.head + 1 };
     st.len = (st.len + 1).min(MAX_PERIOD);
 
     if let Some(active) = st.active {
