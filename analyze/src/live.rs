@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vmxray_events::codes::{ExitCode, UserspaceExitReason};
-use vmxray_events::{Actor, Event, EventKind, VmId};
+use vmxray_events::{Actor, Event, EventKind, KnownEvent, VmId};
 use vmxray_replay::{Model, Severity};
 
 use crate::histogram::LogHistogram;
@@ -161,6 +161,10 @@ pub struct Counts {
     by_actor: HashMap<Actor, ActorCount>,
     #[serde(skip)]
     by_name: HashMap<Box<str>, u64>,
+    /// Typed events counted by [`KnownEvent`] index (no name hashed per event), moved into
+    /// `by_name` at the interval's end ([`Counts::settle_names`]).
+    #[serde(skip)]
+    by_known: Vec<u64>,
     #[serde(skip)]
     by_userspace: HashMap<UserspaceExitReason, u64>,
 }
@@ -176,11 +180,19 @@ struct ActorCount {
 impl Counts {
     fn event(&mut self, event: &Event, actor: Option<Actor>) {
         self.events += 1;
-        let name = event.name();
-        match self.by_name.get_mut(name) {
-            Some(n) => *n += 1,
-            None => {
-                self.by_name.insert(name.into(), 1);
+        if let Some(known) = event.kind.known() {
+            let k = known as usize;
+            if k >= self.by_known.len() {
+                self.by_known.resize(KnownEvent::ALL.len().max(k + 1), 0);
+            }
+            self.by_known[k] += 1;
+        } else {
+            let name = event.name();
+            match self.by_name.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    self.by_name.insert(name.into(), 1);
+                }
             }
         }
         if let Some(a) = actor {
@@ -196,6 +208,16 @@ impl Counts {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Moves the typed events' counts into `by_name`.
+    fn settle_names(&mut self) {
+        for (known, count) in KnownEvent::ALL.iter().zip(&mut self.by_known) {
+            if *count > 0 {
+                *self.by_name.entry(known.0.name().into()).or_default() += *count;
+                *count = 0;
+            }
         }
     }
 
@@ -451,7 +473,8 @@ impl LiveStats {
     /// latencies and the detector's findings; the interval counters restart.
     pub fn tick(&mut self, elapsed: Duration, model: &Model) -> Snapshot {
         let secs = elapsed.as_secs_f64().max(1e-3);
-        let interval = std::mem::take(&mut self.interval);
+        let mut interval = std::mem::take(&mut self.interval);
+        interval.settle_names();
         self.total.merge(&interval);
         let rate = |n: u64| n as f64 / secs;
         let mut reasons: Vec<Row> = self

@@ -96,7 +96,12 @@ impl CaptureFeed {
 
 impl Feed for CaptureFeed {
     fn poll(&mut self) -> Vec<Event> {
-        self.capture.drain().into_iter().flat_map(|b| b.events).collect()
+        let mut out = Vec::new();
+        for mut batch in self.capture.drain() {
+            out.append(&mut batch.events);
+            self.capture.recycle(batch.events);
+        }
+        out
     }
 
     fn dump(&mut self, last: Duration) -> Result<String, String> {
@@ -211,6 +216,7 @@ fn batch(
                 for e in &batch.events {
                     let _ = pass.step(e, &mut stats);
                 }
+                feed.capture.recycle(batch.events);
             }
         }
         let elapsed = last.elapsed();
