@@ -44,7 +44,7 @@
 //! assert!(ctx.finish().is_none(), "no host events: no host context");
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 
@@ -53,6 +53,7 @@ use vmxray_events::codes::ExitCode;
 use vmxray_events::context::{ContextEvent, SoftirqVector, Task};
 use vmxray_events::{Actor, Attribution, Comm, Event, EventKind};
 
+use crate::FastMap as HashMap;
 use crate::pass::{Sink, Stepped};
 use crate::stats::Reason;
 
@@ -445,8 +446,6 @@ impl HostContext {
         match &event.kind {
             EventKind::KvmExit(info) => {
                 let Some(actor) = actor else { return };
-                // A previous exit of the vCPU without an entry gets no latency in stats.
-                self.pending.remove(&actor);
                 let cpu = self.cpus.entry(event.cpu).or_default();
                 // A vCPU thread exits in task context: no handler can still be running.
                 cpu.stack.clear();
@@ -456,6 +455,8 @@ impl HostContext {
                         comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
                     });
                 }
+                // A previous exit of the vCPU without an entry gets no latency in stats: the
+                // new exit replaces it.
                 if in_vm {
                     self.pending.insert(
                         actor,
@@ -475,6 +476,8 @@ impl HostContext {
                             softirqs: Vec::new(),
                         },
                     );
+                } else {
+                    self.pending.remove(&actor);
                 }
             }
             EventKind::KvmEntry(_) => {

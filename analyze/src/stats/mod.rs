@@ -10,12 +10,13 @@ mod render;
 mod report;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
 use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, VmId};
 
+use crate::FastMap as HashMap;
 use crate::histogram::{LogHistogram, MAX_BINS};
 
 pub use render::{Format, write_report};
@@ -287,12 +288,9 @@ impl ExitStats {
         }
         match &event.kind {
             EventKind::KvmExit(info) => {
-                if let Some(previous) = self.pending.remove(&vcpu) {
-                    self.close(vcpu, previous, Close::NextExit);
-                }
                 let l0_always_keeps =
                     l0_always_keeps(info.reason(), info.intr_info().map(|i| i.kind()));
-                self.pending.insert(
+                let previous = self.pending.insert(
                     vcpu,
                     PendingExit {
                         ts: event.ts,
@@ -307,6 +305,9 @@ impl ExitStats {
                         vmcs12: None,
                     },
                 );
+                if let Some(previous) = previous {
+                    self.close(vcpu, previous, Close::NextExit);
+                }
             }
             EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
@@ -482,9 +483,17 @@ impl ExitStats {
                 let latency = ts - exit.ts;
                 group.latency.record(latency);
                 let slow = (latency, exit.ts, vcpu, ReasonKey(exit.reason), Some(level));
-                self.slowest.push(Reverse(slow));
-                if self.slowest.len() > Self::SLOWEST_KEPT {
-                    self.slowest.pop();
+                // Once the heap is full, an exit no slower than its fastest would be pushed and
+                // popped again at once: skip the two heap updates (most exits).
+                match self.slowest.peek() {
+                    Some(Reverse(fastest))
+                        if self.slowest.len() >= Self::SLOWEST_KEPT && slow <= *fastest => {}
+                    _ => {
+                        self.slowest.push(Reverse(slow));
+                        if self.slowest.len() > Self::SLOWEST_KEPT {
+                            self.slowest.pop();
+                        }
+                    }
                 }
                 return;
             }
