@@ -482,11 +482,12 @@ impl HostContext {
             }
             EventKind::KvmEntry(_) => {
                 let Some(actor) = actor else { return };
-                let pending = self
+                let mut pending = self
                     .pending
                     .remove(&actor)
                     .or_else(|| self.pending.remove(&Actor::Thread(event.pid)));
-                if let Some(mut exit) = pending
+                // (Closed by reference: a copy of the exit per entry showed in profiles.)
+                if let Some(exit) = &mut pending
                     && ts >= exit.ts
                 {
                     exit.account(ts, &self.cpus);
@@ -596,7 +597,7 @@ impl HostContext {
         }
     }
 
-    fn close(&mut self, vcpu: Actor, exit: Pending, entry_ts: u64) {
+    fn close(&mut self, vcpu: Actor, exit: &mut Pending, entry_ts: u64) {
         let latency = entry_ts - exit.ts;
         if exit.skewed || exit.parts.total() != latency {
             self.unattributed += 1;
@@ -635,16 +636,16 @@ impl HostContext {
             reason: Reason::from(reason),
             latency,
             parts: exit.parts,
-            ran: sorted(exit.ran.into_iter().map(|(task, time)| match task {
+            ran: sorted(exit.ran.drain(..).map(|(task, time)| match task {
                 Some(t) => RanThread { pid: Some(t.pid), comm: t.comm.to_string(), time },
                 None => RanThread { pid: None, comm: "?".to_owned(), time },
             })),
             irqs: sorted(
-                exit.irqs.into_iter().map(|(name, time)| NamedTime { name: name.into(), time }),
+                exit.irqs.drain(..).map(|(name, time)| NamedTime { name: name.into(), time }),
             ),
             softirqs: sorted(
                 exit.softirqs
-                    .into_iter()
+                    .drain(..)
                     .map(|(vec, time)| NamedTime { name: vec.to_string(), time }),
             ),
         };
