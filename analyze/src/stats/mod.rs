@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, VmId};
+use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, VmId};
 
 use crate::FastMap as HashMap;
 use crate::histogram::{LogHistogram, MAX_BINS};
@@ -189,6 +189,9 @@ enum Close {
 pub struct ExitStats {
     events_total: u64,
     events_by_name: HashMap<Box<str>, u64>,
+    /// Typed events counted by [`KnownEvent`] index (no name hashed per event); added to
+    /// `events_by_name` under [`KnownEvent::name`] when the report is built.
+    known_counts: Vec<u64>,
     /// Attribution for events pushed without one ([`ExitStats::push`]).
     attribution: Attribution,
     pending: HashMap<Actor, PendingExit>,
@@ -279,11 +282,22 @@ impl ExitStats {
         let vcpu = actor.unwrap_or(Actor::Thread(event.pid));
         let index = self.events_total;
         self.events_total += 1;
-        let name = event.name();
-        match self.events_by_name.get_mut(name) {
-            Some(n) => *n += 1,
+        match event.kind.known() {
+            Some(known) => {
+                let k = known as usize;
+                if k >= self.known_counts.len() {
+                    self.known_counts.resize(KnownEvent::ALL.len().max(k + 1), 0);
+                }
+                self.known_counts[k] += 1;
+            }
             None => {
-                self.events_by_name.insert(name.into(), 1);
+                let name = event.name();
+                match self.events_by_name.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.events_by_name.insert(name.into(), 1);
+                    }
+                }
             }
         }
         match &event.kind {
@@ -527,6 +541,11 @@ impl ExitStats {
             ));
         }
         let exits = self.exit_report(&mut notes);
+        for (known, &count) in KnownEvent::ALL.iter().zip(&self.known_counts) {
+            if count > 0 {
+                *self.events_by_name.entry(known.0.name().into()).or_default() += count;
+            }
+        }
         let mut events_by_name: Vec<NameCount> = self
             .events_by_name
             .iter()
