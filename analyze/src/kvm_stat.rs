@@ -24,6 +24,11 @@
 //! in µs (perf prints `%9.2fus`), and the relative standard error of the mean
 //! (`( +- x.xx% )`: the sample standard deviation over √n, over the mean). Sorted by samples
 //! (`--key sample`, the default) or mean time (`--key time`), most first.
+//!
+//! With `--vcpu`, perf (6.1) prints every minimum as 0.00us: `kvm_event_expand` zero-fills
+//! the per-vCPU statistics instead of `init_stats`, so their `min` never rises above 0. The
+//! minimum here is the real one (tests/it/perf_kvm_stat.rs compares every other column with
+//! perf's reports on real recordings, and this one with perf's all-vCPU rows).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -47,6 +47,6 @@ pub mod write;
 pub use read::open::{InputKind, detect, open, open_bytes};
 pub use read::{
     Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
-    ReadStats, TraceMeta,
+    ReadStats, TraceMeta, TruncatedRecord,
 };
 pub use vmxray_events::Event;

@@ -258,6 +258,16 @@ rules! {
         "37be407b2ce8 KVM: nSVM: Fix L1 state corruption upon return from SMM (after the VMCB split 4995a3685f1b)",
         "after an RSM that re-entered L2, L2's first exit reflected to L1 resumes L1 where L1 was, not at the RSM instruction",
         "kvm_exit with rip before kvm_smm_transition leaving, a kvm_nested_vmenter/kvm_nested_vmrun, kvm_nested_vmexit_inject and the next kvm_entry rip";
+    /// Emulation failure in L2 answered with #UD (issue 15, the Hyper-V `rep movs` report).
+    EmulationUdInL2 = "emulation_ud_in_l2", Warning,
+        "342993f96ab2 KVM: x86: clear stale x86_emulate_ctxt->intercept value (the 5.6-rc4 regression of 07721feee46b with c44b4c6ab80e)",
+        "a plain data move (mov, movs, stos, lods, cmps, scas) L0 emulates for L2 does not fail; a failure in L2 becomes a #UD in L2 (info for other instructions: KVM's designed answer)",
+        "kvm_emulate_insn of a data move while KVM handles an exit of L2 (kvm_nested_vmexit), and for a report the FAIL followed by kvm_inj_exception #UD";
+    /// Nested VM-exit while the nested run is pending (issue 15, the nSVM migration report).
+    ExitWhileRunPending = "exit_while_run_pending", Error,
+        "81f76adad560 KVM: nSVM: correctly restore nested_run_pending on migration (nVMX carries it in KVM_STATE_NESTED_RUN_PENDING)",
+        "no nested VM-exit other than a failed entry comes between a VMLAUNCH/VMRESUME/VMRUN that injects an event and L2's first kvm_entry (it would discard the event)",
+        "kvm_nested_vmenter/kvm_nested_vmrun with a valid event_inj after a VMLAUNCH/VMRESUME/VMRUN exit, then kvm_nested_intr_vmexit or kvm_nested_vmexit_inject";
     /// Invariant 22.
     L2PfNotHandledByL0 = "l2_pf_not_handled_by_l0", Warning,
         "vmx_need_pf_intercept / nested_vmx_l0_wants_exit (vmx/nested.c)",
@@ -297,7 +307,10 @@ impl RuleId {
             | Self::RootWrongLevel
             | Self::RootWrongSmm
             | Self::GuestMmuRootRole
-            | Self::RsmL1State => return None,
+            | Self::RsmL1State
+            // Decides for itself: an exit at the reset RIP proves no entry was cut.
+            | Self::ExitWhileRunPending
+            | Self::EmulationUdInL2 => return None,
         })
     }
 }

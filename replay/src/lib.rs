@@ -48,7 +48,6 @@ pub mod anomaly;
 pub mod checkpoints;
 pub mod explain;
 pub mod fields;
-mod hash;
 pub mod model;
 pub mod rules;
 pub mod state;

@@ -221,7 +221,8 @@ where
         },
         failed: None,
     };
-    let mut pass = Pass::new(PassConfig { model: ModelConfig::default(), stats: StatsMode::Off });
+    let mut pass =
+        Pass::new(PassConfig { model: ModelConfig::with_field_streams(), stats: StatsMode::Off });
     pass.run(events, &mut sink)?;
     if let Some(e) = sink.failed.take() {
         return Err(e.into());

@@ -22,8 +22,8 @@ pub fn exit_status(stats: &ReadStats, otherwise: ExitCode) -> ExitCode {
 }
 
 /// Writes the end-of-read summary: lost events per CPU, skipped records with their first
-/// locations, events no format described, lines of prose skipped and the captures of an
-/// excerpt. Nothing is said when the read was clean and the input one complete trace.
+/// locations, events no format described, records of text cut short, lines of prose skipped and
+/// the captures of an excerpt. Nothing is said when the read was clean and the input one complete trace.
 pub fn write_read_summary(
     out: &mut impl Write,
     meta: &TraceMeta,
@@ -34,7 +34,7 @@ pub fn write_read_summary(
             out,
             "{}: {}",
             meta.input,
-            super::replay::trace_kind(meta.excerpt, stats.segments, stats.non_trace_lines)
+            super::replay::trace_kind(meta.excerpt, stats.segments, stats.non_trace_lines, 0)
         )?;
     }
     if stats.is_clean() {
@@ -63,6 +63,23 @@ pub fn write_read_summary(
     }
     for (what, count) in &stats.unknown_events {
         writeln!(out, "{}: {count} records of unknown event {what} (no format)", meta.input)?;
+    }
+    if stats.truncated > 0 {
+        writeln!(
+            out,
+            "{}: {} records lack fields every rendering of their event prints (cut short, \
+             wrapped without their continuation, or trimmed): read with what they show, the \
+             rest unknown:",
+            meta.input, stats.truncated
+        )?;
+        for r in &stats.truncated_records {
+            let at = if r.line > 0 { format!("line {}", r.line) } else { "a line".to_owned() };
+            writeln!(out, "  {at}: {} without {}", r.event, r.missing)?;
+        }
+        let listed = stats.truncated_records.len() as u64;
+        if stats.truncated > listed {
+            writeln!(out, "  ... and {} more", stats.truncated - listed)?;
+        }
     }
     Ok(())
 }

@@ -42,6 +42,17 @@ pub struct Args {
     /// Run the guest without recording it (a load for `vmxray record` benchmarks).
     #[arg(long, conflicts_with = "vmx")]
     pub no_record: bool,
+    /// Run N copies of the scenario at once, each in its own process: N VMs with the same
+    /// vCPU ids, recorded together into one host trace (as a production host runs many VMs).
+    /// Inside the real-VMX lab: `--vmx --vmx-step 'NAME=vmxray lab SCENARIO --vms N -o
+    /// {out}/trace.dat'`.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "vmx")]
+    pub vms: u32,
+    /// With --no-record: build the VM, print `ready`, and run it once a line comes on stdin
+    /// (how --vms starts its VMs together, after the recorder has named their processes).
+    #[arg(long, hide = true, requires = "no_record")]
+    pub start_on_stdin: bool,
     /// Run the scenario(s) on a real VMX KVM: vmxray records them inside a Debian kernel that
     /// Bochs runs on an emulated VMX CPU (see samples/vmx/README.md).
     #[arg(long)]
@@ -71,6 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         [one] => one.parse().map_err(anyhow::Error::msg)?,
         _ => anyhow::bail!("Name one scenario (several need --vmx)"),
     };
+    if args.vms > 1 {
+        return run_vms(scenario, &args);
+    }
     let build = |scenario: Scenario| match scenario {
         Scenario::Vmx(vmx) => lab::l1::find_image(args.l1_image.as_deref())
             .and_then(|image| lab::l1::build(vmx, &image)),
@@ -78,6 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if args.no_record {
         let mut vm = build(scenario)?;
+        if args.start_on_stdin {
+            use std::io::{BufRead, Write};
+            println!("ready");
+            std::io::stdout().flush()?;
+            std::io::stdin().lock().read_line(&mut String::new())?;
+        }
         let started = std::time::Instant::now();
         let outcome = lab::run(scenario, &mut vm)?;
         let exits: usize = outcome.exits.iter().map(Vec::len).sum();
@@ -88,25 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let output = args.output.unwrap_or_else(|| lab::default_output(scenario));
-    let mut opts = RecordOptions::new(output.clone());
-    opts.backend = args.backend.backend();
-    opts.output_format = FormatArg::Auto.format(&output);
-    opts.profile = match args.profile {
-        ProfileArg::Exits => Profile::Exits,
-        ProfileArg::Mmu => Profile::Mmu,
-        ProfileArg::All => Profile::All,
-        ProfileArg::Vmcs => Profile::Vmcs,
-        ProfileArg::Context => Profile::Context,
-    };
-    if let Some(size) = args.flight_recorder {
-        opts.flight = Some(FlightOptions {
-            size,
-            triggers: args.trigger,
-            post_trigger: std::time::Duration::ZERO,
-            max_dumps: 1,
-        });
-    }
+    let output = args.output.clone().unwrap_or_else(|| lab::default_output(scenario));
+    let opts = record_options(&args, output.clone());
     let run = build(scenario)
         .and_then(|vm| lab::record_vm(scenario, vm, opts))
         .with_context(|| format!("Lab scenario {scenario} failed"))?;
@@ -131,6 +134,112 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(truth) => l1_report(truth, &output),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// How `vmxray lab` records into `output`.
+fn record_options(args: &Args, output: PathBuf) -> RecordOptions {
+    let mut opts = RecordOptions::new(output.clone());
+    opts.backend = args.backend.backend();
+    opts.output_format = FormatArg::Auto.format(&output);
+    opts.profile = match args.profile {
+        ProfileArg::Exits => Profile::Exits,
+        ProfileArg::Mmu => Profile::Mmu,
+        ProfileArg::All => Profile::All,
+        ProfileArg::Vmcs => Profile::Vmcs,
+        ProfileArg::Context => Profile::Context,
+    };
+    if let Some(size) = args.flight_recorder {
+        opts.flight = Some(FlightOptions {
+            size,
+            triggers: args.trigger.clone(),
+            post_trigger: std::time::Duration::ZERO,
+            max_dumps: 1,
+        });
+    }
+    opts
+}
+
+/// `--vms N`: N processes of `vmxray lab SCENARIO --no-record` at once, recorded together
+/// (the recorder follows this thread and the processes it starts, nothing else of the host).
+fn run_vms(scenario: Scenario, args: &Args) -> anyhow::Result<ExitCode> {
+    if let Scenario::Vmx(_) = scenario {
+        anyhow::bail!("--vms runs the plain scenarios (the vmx-* ones write one ground truth)");
+    }
+    let exe = std::env::current_exe().context("Cannot find this vmxray binary")?;
+    // Every VM is built (its process holds its KVM descriptors) before any runs, and runs
+    // once `wait` has passed: time for the recorder to write which process each thread is.
+    let start_all = |wait: std::time::Duration| -> anyhow::Result<Vec<std::process::Child>> {
+        use std::io::{BufRead, Write};
+        let mut children = Vec::new();
+        for _ in 0..args.vms {
+            let mut child = std::process::Command::new(&exe)
+                .args(["lab", &scenario.to_string(), "--no-record", "--start-on-stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("Cannot start {}", exe.display()))?;
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                std::io::BufReader::new(out).read_line(&mut line)?;
+            }
+            anyhow::ensure!(line.trim() == "ready", "A VM of --vms did not start ({line:?})");
+            children.push(child);
+        }
+        std::thread::sleep(wait);
+        for child in &mut children {
+            if let Some(mut input) = child.stdin.take() {
+                input.write_all(b"go\n")?;
+            }
+        }
+        Ok(children)
+    };
+    let mut statuses = Vec::new();
+    let report = if args.no_record {
+        for mut child in start_all(std::time::Duration::ZERO)? {
+            statuses.push(child.wait()?);
+        }
+        None
+    } else {
+        let output = args.output.clone().unwrap_or_else(|| {
+            let one = lab::default_output(scenario);
+            PathBuf::from(format!("vms{}-{}", args.vms, one.display()))
+        });
+        let mut opts = record_options(args, output);
+        opts.threads = lab::current_tid().into_iter().collect();
+        let mut recorder =
+            vmxray_record::Recorder::start(opts).context("Cannot start recording")?;
+        let mut children = start_all(2 * vmxray_record::identity::RESCAN)?;
+        recorder.wait(None, || {
+            children.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)) | Err(_)))
+        });
+        let report = recorder.finish().context("Recording failed")?;
+        for mut child in children {
+            statuses.push(child.wait()?);
+        }
+        Some(report)
+    };
+    for (i, status) in statuses.iter().enumerate() {
+        eprintln!("vmxray lab: VM {i} ({scenario}, its own process): {status}");
+    }
+    if let Some(report) = &report {
+        for file in &report.files {
+            eprintln!(
+                "vmxray lab: wrote {} ({} events of {} VMs, {} lost, backend {}, recorded with {})",
+                file.display(),
+                report.events_read(),
+                args.vms,
+                report.lost_events(),
+                lab::kvm_backend(),
+                report.backend
+            );
+        }
+    }
+    Ok(if statuses.iter().all(std::process::ExitStatus::success) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Writes the L1's ground truth next to the trace and says how the L1 run went: exit status

@@ -36,7 +36,8 @@ pub struct VmxArgs {
     #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "vmx")]
     pub guest_arg: Vec<String>,
     /// A custom step, NAME=COMMAND (split at whitespace; `{out}` is the step's directory,
-    /// whose trace.dat* files are brought back as NAME-KERNEL.dat*). Repeatable.
+    /// whose trace.dat* files are brought back as NAME-KERNEL.dat*; a perf.data written as
+    /// `{out}/trace.dat.data` comes back as NAME-KERNEL.dat.data). Repeatable.
     #[arg(long, value_name = "NAME=COMMAND", requires = "vmx")]
     pub vmx_step: Vec<String>,
     /// The vmxray binary to run inside (default: this one).
@@ -264,7 +265,13 @@ fn report_trace(path: &Path) -> Result<(), String> {
             .collect();
         eprintln!("        nested events: {}", top(&names, 8));
     }
-    match vmx::trace_cmd_report(path) {
+    // A step's perf.data (`-o {out}/trace.dat.data`, vmxray's perf backend or perf itself) is
+    // read back by vmxray only: trace-cmd reads trace.dat.
+    let perf_data = path.extension().is_some_and(|e| e == "data");
+    match if perf_data { None } else { vmx::trace_cmd_report(path) } {
+        None if perf_data => {
+            eprintln!("        perf.data: read back with vmxray's perf.data reader")
+        }
         None => eprintln!("        trace-cmd report: not checked (trace-cmd is not installed)"),
         Some(Ok(report)) => eprintln!(
             "        trace-cmd report: {} lines ({} [FAILED TO PARSE])",
@@ -342,7 +349,7 @@ pub fn run(
                 }
                 written
                     .iter()
-                    .filter(|w| w.extension().is_some_and(|e| e == "dat"))
+                    .filter(|w| w.extension().is_some_and(|e| e == "dat" || e == "data"))
                     .try_for_each(|w| report_trace(w))
             });
             if let Err(e) = checked {

@@ -17,7 +17,7 @@
 //!  "thread":null,"rule":"changed_subject_cr3","severity":"critical","evidence":[12,40,41],
 //!  "message":"…","commit":"04f11ef45810 …"}
 //! {"type":"summary","input":"t.dat","events":56789,"lost_events":0,"lost_markers":0,
-//!  "skipped":0,"unknown_events":0,"non_trace_lines":0,"excerpt":false,"segments":0,
+//!  "skipped":0,"unknown_events":0,"non_trace_lines":0,"truncated":0,"excerpt":false,"segments":0,
 //!  "kernel_at_least":"6.1","vcpus":[0,1],
 //!  "vms":[{"id":0,"tgid":4242,"name":"guest0","inferred":false,"vcpus":[[0,4250],[1,4251]]}],
 //!  "anomalies":{"info":0,"warning":0,"error":0,"critical":1},
@@ -35,7 +35,8 @@
 //!   2, ... after each of the reader's segment markers); the model starts afresh at each.
 //! - `excerpt` says whether the input is an excerpt rather than a complete trace
 //!   (`vmxray_capture::TraceMeta::excerpt`), `segments` how many captures follow the first,
-//!   `non_trace_lines` how many lines of prose the reader skipped.
+//!   `non_trace_lines` how many lines of prose the reader skipped, `truncated` how many records
+//!   of text were cut short (read with what they show, the rest unknown).
 //! - `vcpu` is the vCPU id and `vm` its VM (the index in the summary's `vms`), or both null
 //!   when the event could only be attributed to a thread (`thread` is then its pid). A host
 //!   trace holds many VMs, each with its vCPU 0.
@@ -477,6 +478,7 @@ pub fn write_summary<W: Write>(
     let clock_ns = read.is_none_or(|(meta, _)| meta.clock.is_ns());
     let segments = stats.map_or(0, |st| st.segments);
     let non_trace = stats.map_or(0, |st| st.non_trace_lines);
+    let truncated = stats.map_or(0, |st| st.truncated);
     let (lost_read, uncounted) = stats.map_or((0, false), ReadStats::lost_total);
     let lost_events = lost_read.max(s.lost_events);
     let skipped = stats.map_or(0, |st| st.skipped);
@@ -506,6 +508,7 @@ pub fn write_summary<W: Write>(
                 "skipped": skipped,
                 "unknown_events": unknown,
                 "non_trace_lines": non_trace,
+                "truncated": truncated,
                 "excerpt": excerpt,
                 "segments": segments,
                 "kernel_at_least": s.features.kernel_at_least(),
@@ -533,7 +536,7 @@ pub fn write_summary<W: Write>(
                 s.by_severity[1],
                 s.by_severity[0],
             )?;
-            writeln!(out, "  {}", trace_kind(excerpt, segments, non_trace))?;
+            writeln!(out, "  {}", trace_kind(excerpt, segments, non_trace, truncated))?;
             if s.vms.len() > 1 {
                 let how = if s.vms.iter().any(|vm| vm.inferred) {
                     " (no tgid in the trace: told apart by their vCPU threads; which vCPUs share a VM is inferred)"
@@ -574,12 +577,19 @@ pub fn write_summary<W: Write>(
     }
 }
 
-/// `complete trace`, or `excerpt` with what makes it one (for the text summaries).
-pub fn trace_kind(excerpt: bool, segments: u32, non_trace_lines: u64) -> String {
+/// `complete trace`, or `excerpt` with what makes it one (for the text summaries), and the
+/// records of text that were cut short.
+pub fn trace_kind(excerpt: bool, segments: u32, non_trace_lines: u64, truncated: u64) -> String {
+    let cut =
+        (truncated > 0).then(|| format!("{truncated} records incomplete, read as far as they go"));
     if !excerpt {
-        return "complete trace".to_owned();
+        return match cut {
+            Some(cut) => format!("complete trace; {cut}"),
+            None => "complete trace".to_owned(),
+        };
     }
     let mut what = Vec::new();
+    what.extend(cut);
     if segments > 0 {
         what.push(format!("{} captures", segments + 1));
     }

@@ -64,7 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "(read: {} events, {lost} lost, {} skipped; {})",
                 stats.events,
                 stats.skipped,
-                super::replay::trace_kind(excerpt, segments, stats.non_trace_lines)
+                super::replay::trace_kind(
+                    excerpt,
+                    segments,
+                    stats.non_trace_lines,
+                    stats.truncated
+                )
             )?;
         }
         Format::Json => {
@@ -74,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 map.insert("excerpt".into(), excerpt.into());
                 map.insert("segments".into(), segments.into());
                 map.insert("non_trace_lines".into(), stats.non_trace_lines.into());
+                map.insert("truncated".into(), stats.truncated.into());
             }
             serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;

@@ -90,6 +90,46 @@ fn lab_writes_a_trace() {
     assert!(path.exists());
 }
 
+/// `vmxray lab --vms 3`: three guests, each its own process (its own VM), run together and
+/// recorded into one trace that names each VM's process before its guest runs.
+#[test]
+fn lab_runs_several_vms_into_one_trace() {
+    if let Some(reason) = lab_unavailable() {
+        vmxray_events::test_util::skip(reason);
+        return;
+    }
+    let path = out("lab-vms.dat");
+    let output = Command::new(BIN)
+        .args(["lab", "io-loop=50", "--vms", "3", "-o"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("its own process): exit status: 0").count(), 3, "{stderr}");
+    let dump = Command::new(BIN).arg("dump").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    // Threads with KVM events, and the process each identity line names (the recorder names
+    // every VMM of the host, other tests' guests too).
+    let kvm_threads: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" kvm:"))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let mut processes: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut id = l.split("vmxray_identity: pid=").nth(1)?.split(' ');
+            let pid = id.next()?;
+            kvm_threads.contains(&pid).then(|| id.next())?
+        })
+        .collect();
+    processes.sort_unstable();
+    processes.dedup();
+    assert_eq!(processes.len(), 3, "one identity per VM process: {processes:?}");
+    assert!(text.contains("task:task_newtask"), "threads created meanwhile are recorded");
+}
+
 /// Two real VMs at once (two `vmxray lab` processes, each a VMM with vCPUs 0 and 1) recorded by
 /// one `vmxray record`: the recording says which process each vCPU thread belongs to (trace.dat
 /// records carry no tgid), so replay keeps the two vCPU 0s apart, and scan counts two VMs.

@@ -34,11 +34,20 @@ const CONCLUSIONS: &[(&str, Option<&str>)] = &[
     ),
     ("nested-dr6-l1-and-l0-views-hack-printk.txt", None),
     ("nested-failed-vmentry-invalid-guest-state.txt", Some("a guest-state check failed")),
-    ("nested-hyperv-rep-movsw-commit-message.txt", None),
-    ("nested-hyperv-rep-movsw-emulation-ud.txt", None),
+    (
+        "nested-hyperv-rep-movsw-commit-message.txt",
+        Some("emulation_ud_in_l2: KVM's emulator failed `rep movs`"),
+    ),
+    (
+        "nested-hyperv-rep-movsw-emulation-ud.txt",
+        Some("emulation_ud_in_l2: KVM's emulator failed `rep movs`"),
+    ),
     ("nested-l2-triple-fault-perf-qemu.txt", Some("returned KVM_EXIT_SHUTDOWN")),
     ("nested-vmport-io-loop-l2.txt", None),
-    ("nsvm-migration-lost-event-injection.txt", None),
+    (
+        "nsvm-migration-lost-event-injection.txt",
+        Some("exit_while_run_pending: nested VM-exit to L1 (kvm_nested_intr_vmexit) at RIP 0xfff0"),
+    ),
     ("nsvm-rsm-l1-state-corruption.txt", Some("rsm_l1_state: after RSM returned into L2")),
     ("nsvm-vmcb-split-ud-truncated-comm-quoted.txt", None),
     ("perf-irq-injection-noapic-pic.txt", None),

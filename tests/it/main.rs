@@ -14,6 +14,7 @@ mod l1_bochs;
 mod l1_samples;
 mod l1common;
 mod model_vs_sim;
+mod perf_kvm_stat;
 mod plot_cli;
 mod scan;
 mod simulate_cli;

@@ -44,7 +44,8 @@ fn seeds() -> Vec<u64> {
 /// `issue_15_buggy_flavours_and_what_their_truth_marks` (run it with `--nocapture`): for the loops (g)–(k) `divergence` is the third round's `kvm_exit` and
 /// `cycle_starts` every round's; for (l) the `kvm_inj_exception #PF` the emulator injected;
 /// for (m) the `kvm_entry` of L1 at the RSM instruction's RIP. The `livelock` rule finds the
-/// loops (g)–(k) ((h) and (k) by the EOIed vector raised again), `rsm_l1_state` finds (m); (l)
+/// loops (g)–(k) ((h) and (k) by the EOIed vector raised again), `rsm_l1_state` finds (m),
+/// `exit_while_run_pending` (n); (l)
 /// is a chain of legal KVM steps that triage explains instead
 /// (`triage_names_the_emulators_injection_in_l2`).
 fn rules_of(bug: Bug) -> &'static [RuleId] {
@@ -62,6 +63,7 @@ fn rules_of(bug: Bug) -> &'static [RuleId] {
         | Bug::IrqLineStuck
         | Bug::SplitIrqchipEoi => &[RuleId::Livelock],
         Bug::NsvmRsmVmcb01 => &[RuleId::RsmL1State],
+        Bug::NsvmRunPendingLost => &[RuleId::ExitWhileRunPending],
         // Triage's story, not a rule: the emulator's #PF injected into L2 is the first cause
         // (`triage_names_the_emulators_injection_in_l2`).
         Bug::Cr0WpStaleEmulation => &[],
@@ -169,14 +171,15 @@ fn undecidable(bug: Bug, kernel: KernelVersion, events: &[Event]) -> Option<&'st
         }
         Bug::LateVmFailCr3 | Bug::InitMmuNotReset | Bug::PmlInL2 => None,
         // Visible on every kernel: loops show in kvm_exit alone, (l) in kvm_inj_exception and
-        // kvm_nested_vmexit_inject, (m) in kvm_nested_vmrun (5.10) / kvm_nested_vmenter.
+        // kvm_nested_vmexit_inject, (m) and (n) in kvm_nested_vmrun (5.10) / kvm_nested_vmenter.
         Bug::MmuSeqLivelock
         | Bug::IrqLineStuck
         | Bug::MmioVectoringLoop
         | Bug::EfaultMemslot
         | Bug::SplitIrqchipEoi
         | Bug::Cr0WpStaleEmulation
-        | Bug::NsvmRsmVmcb01 => None,
+        | Bug::NsvmRsmVmcb01
+        | Bug::NsvmRunPendingLost => None,
     }
 }
 

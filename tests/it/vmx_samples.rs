@@ -183,3 +183,60 @@ fn real_vmx_samples_replay_without_warnings() {
     }
     assert!(rules.is_empty(), "anomalies at warning or above on real VMX traces: {rules:#?}");
 }
+
+/// `vmxray lab --vms N` under the real kvm_intel: N VMs at once, each its own process with the
+/// same vCPU ids, in one host trace. Each VM is told apart by its process (the recorder's
+/// identity lines), replays clean, and `stats --vm` counts exactly its own guest's exits.
+#[test]
+fn several_real_vms_in_one_host_trace_stay_apart() {
+    // (file, VMs, vCPUs per VM, IO_INSTRUCTION exits per VM)
+    let hosts = [
+        ("vms4-io-loop-100-6.1.dat", 4, vec![0u64], 100u64),
+        ("vms3-multi-vcpu-20-6.1.dat", 3, vec![0, 1], 40),
+    ];
+    for (name, vms, vcpus, io_per_vm) in hosts {
+        let file = dir().join(name);
+        let out = Command::new(BIN)
+            .args(["replay", "--fail-on", "warning", "--format", "jsonl"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["type"] == "summary")
+            .unwrap();
+        let found = summary["vms"].as_array().unwrap();
+        assert_eq!(found.len(), vms, "{name}: {found:?}");
+        let mut tgids = Vec::new();
+        for vm in found {
+            assert_eq!(vm["inferred"], false, "{name}: the recorder named every VM's process");
+            tgids.push(vm["tgid"].as_i64().unwrap());
+            let mut ids: Vec<u64> =
+                vm["vcpus"].as_array().unwrap().iter().map(|v| v[0].as_u64().unwrap()).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vcpus, "{name}: {vm}");
+        }
+        tgids.sort_unstable();
+        tgids.dedup();
+        assert_eq!(tgids.len(), vms, "{name}: one process per VM");
+        for tgid in tgids {
+            let out = Command::new(BIN)
+                .args(["stats", "--format", "json", "--vm", &tgid.to_string()])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let io = stats["exits"]["by_reason"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["reason"]["name"] == "IO_INSTRUCTION")
+                .map_or(0, |r| r["count"].as_u64().unwrap());
+            assert_eq!(io, io_per_vm, "{name}: VM pid {tgid}");
+        }
+    }
+}

@@ -188,6 +188,11 @@ impl Attribution {
                 let id = &i.identity;
                 let t = self.thread(id.pid);
                 self.threads[t].tgid = Some(id.tgid);
+                if let Some(vcpu) = self.threads[t].vcpu {
+                    // The thread's events came first (a VM started while recording, named at
+                    // the recorder's next scan): its inferred VM is that process.
+                    self.adopt_process(vcpu.vm, id.tgid);
+                }
                 if let Some(name) = &id.vm {
                     let vm = self.vm_of_process(id.tgid);
                     self.vms[vm.0 as usize].name = Some(name.clone());
@@ -199,6 +204,10 @@ impl Attribution {
                     (Some(_) | None, _) => None,
                 };
                 return Attributed { actor: self.of_thread(event.pid), newly_bound };
+            }
+            EventKind::Other(o) if &*o.name == "task_newtask" => {
+                self.new_task(event, &o.fields);
+                None
             }
             EventKind::Other(_) | EventKind::VmcsProbe(_) => None,
             kind => kind.vcpu_id(),
@@ -282,6 +291,53 @@ impl Attribution {
         self.new_vm(Some(tgid))
     }
 
+    /// `task:task_newtask` (the recorder enables it with its identity lines): a thread created
+    /// while recording belongs to its creator's process (`CLONE_THREAD`), a new process's first
+    /// thread is that process. A VMM's vCPU threads started after the recorder's last scan
+    /// thus still belong to their VM.
+    fn new_task(&mut self, event: &Event, fields: &crate::Fields) {
+        const CLONE_THREAD: u64 = 0x0001_0000;
+        let Some(pid) = fields.get("pid").and_then(crate::FieldValue::as_i64) else { return };
+        let Ok(pid) = i32::try_from(pid) else { return };
+        let Some(flags) = fields.get("clone_flags").and_then(crate::FieldValue::as_u64) else {
+            return;
+        };
+        let tgid = if flags & CLONE_THREAD != 0 {
+            let creator = self.thread(event.pid);
+            match self.threads[creator].tgid.or(event.tgid) {
+                Some(tgid) => tgid,
+                None => return,
+            }
+        } else {
+            pid
+        };
+        let t = self.thread(pid);
+        if self.threads[t].tgid.is_none() {
+            self.threads[t].tgid = Some(tgid);
+        }
+    }
+
+    /// An inferred VM learns its process, unless another VM already is that process or one
+    /// of its threads is known to belong to another.
+    fn adopt_process(&mut self, vm: VmId, tgid: i32) {
+        if self.vms.iter().any(|v| v.tgid == Some(tgid)) {
+            return;
+        }
+        let Some(entry) = self.vms.get(vm.0 as usize) else { return };
+        if entry.tgid.is_some() {
+            return;
+        }
+        let other_process = entry.vcpus.iter().any(|(_, pid)| {
+            self.threads.iter().any(|t| t.pid == *pid && t.tgid.is_some_and(|g| g != tgid))
+        });
+        if other_process {
+            return;
+        }
+        let entry = &mut self.vms[vm.0 as usize];
+        entry.tgid = Some(tgid);
+        entry.inferred = false;
+    }
+
     fn new_vm(&mut self, tgid: Option<i32>) -> VmId {
         let id = VmId(u32::try_from(self.vms.len()).unwrap_or(u32::MAX));
         self.vms.push(Vm { id, tgid, inferred: tgid.is_none(), ..Vm::default() });
@@ -356,6 +412,96 @@ mod tests {
         assert_eq!(
             (Actor::vcpu(3).label(), Actor::Thread(9).label()),
             ("3".into(), "tid:9".into())
+        );
+    }
+
+    /// A VM started while recording: its vCPU's events come before the recorder's next scan
+    /// names the thread's process; the inferred VM then is that process (and a second VM's
+    /// thread named the same process later does not steal it).
+    #[test]
+    fn a_late_identity_names_the_inferred_vm() {
+        let identity = |pid: i32, tgid: i32| {
+            let line = crate::identity::ThreadIdentity {
+                pid,
+                tgid,
+                comm: Some("vmxray".into()),
+                ..Default::default()
+            }
+            .to_line();
+            let mut fields = crate::Fields::new();
+            fields.push("buf", crate::FieldValue::Str(line.into()));
+            Event {
+                ts: 9,
+                cpu: 0,
+                pid: 1,
+                tgid: None,
+                comm: None,
+                kind: EventKind::untyped("ftrace".into(), "print".into(), fields),
+            }
+        };
+        let mut t = EventBuilder::new();
+        for pid in [205, 206] {
+            t.pid = pid;
+            t.entry(0x10);
+        }
+        let mut a = Attribution::default();
+        for e in &t.events {
+            a.attribute(e);
+        }
+        assert_eq!(a.vms().len(), 2);
+        assert!(a.vms().iter().all(|vm| vm.inferred && vm.tgid.is_none()));
+        let named = identity(205, 205);
+        assert!(matches!(named.kind, EventKind::Identity(_)), "{named:?}");
+        a.attribute(&named);
+        a.attribute(&identity(206, 205));
+        assert_eq!((a.vms()[0].tgid, a.vms()[0].inferred), (Some(205), false));
+        assert_eq!((a.vms()[1].tgid, a.vms()[1].inferred), (None, true));
+    }
+
+    /// Threads created while recording: `task_newtask` says a vCPU thread's process before its
+    /// first event (a VM started after the recorder's scan, with threads per vCPU).
+    #[test]
+    fn new_threads_belong_to_their_creators_process() {
+        let newtask = |creator: i32, pid: i32, flags: u64| {
+            let mut fields = crate::Fields::new();
+            fields.push("pid", crate::FieldValue::I64(i64::from(pid)));
+            fields.push("comm", crate::FieldValue::Str("vcpu0".into()));
+            fields.push("clone_flags", crate::FieldValue::U64(flags));
+            Event {
+                ts: 1,
+                cpu: 0,
+                pid: creator,
+                tgid: None,
+                comm: None,
+                kind: EventKind::untyped("task".into(), "task_newtask".into(), fields),
+            }
+        };
+        // Two VMM processes forked by the lab (no CLONE_THREAD), each creating vCPU threads
+        // 0 and 1 (CLONE_THREAD | CLONE_VM ...: 0x3d0f00).
+        let mut a = Attribution::default();
+        for (vmm, threads) in [(342, [344, 345]), (343, [346, 347])] {
+            a.attribute(&newtask(1, vmm, 0x0120_0011));
+            for pid in threads {
+                a.attribute(&newtask(vmm, pid, 0x003d_0f00));
+            }
+        }
+        let mut t = EventBuilder::new();
+        for (pid, vcpu) in [(344, 0), (346, 0), (347, 1), (345, 1)] {
+            t.pid = pid;
+            t.vcpu = vcpu;
+            t.entry(0x10);
+        }
+        for e in &t.events {
+            a.attribute(e);
+        }
+        let vms: Vec<_> =
+            a.vms().iter().map(|vm| (vm.tgid, vm.inferred, vm.vcpus.clone())).collect();
+        assert_eq!(
+            vms,
+            [
+                (Some(342), false, vec![(0, 344), (1, 345)]),
+                (Some(343), false, vec![(0, 346), (1, 347)])
+            ]
         );
     }
 

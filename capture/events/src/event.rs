@@ -202,6 +202,7 @@ impl ExitInfo {
     }
 
     /// The exit reason / exit code.
+    #[inline]
     pub fn reason(&self) -> ExitCode {
         let raw = self.reason_raw;
         match self.reason_kind {
@@ -213,36 +214,43 @@ impl ExitInfo {
         }
     }
 
+    #[inline]
     fn get<T>(&self, bit: u8, value: T) -> Option<T> {
         (self.present & bit != 0).then_some(value)
     }
 
     /// The guest RIP at the exit (`guest_rip`; `rip` in the ≤5.9 nested layout).
+    #[inline]
     pub fn guest_rip(&self) -> Option<u64> {
         self.get(Self::HAS_GUEST_RIP, self.guest_rip)
     }
 
     /// Exit qualification (VMX) / `exit_info_1` (SVM).
+    #[inline]
     pub fn info1(&self) -> Option<u64> {
         self.get(Self::HAS_INFO1, self.info1)
     }
 
     /// IDT-vectoring info (VMX) / `exit_info_2` (SVM).
+    #[inline]
     pub fn info2(&self) -> Option<u64> {
         self.get(Self::HAS_INFO2, self.info2)
     }
 
     /// Exit interruption information (5.10+, or the nested layouts).
+    #[inline]
     pub fn intr_info(&self) -> Option<IntrInfo> {
         self.get(Self::HAS_INTR_INFO, self.intr_info)
     }
 
     /// Exit interruption error code.
+    #[inline]
     pub fn error_code(&self) -> Option<u32> {
         self.get(Self::HAS_ERROR_CODE, self.error_code)
     }
 
     /// The vCPU (≥5.3 for `kvm_exit`).
+    #[inline]
     pub fn vcpu_id(&self) -> Option<u32> {
         self.get(Self::HAS_VCPU_ID, self.vcpu_id)
     }

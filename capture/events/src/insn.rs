@@ -18,21 +18,7 @@ const GPR32: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"
 /// emulator and triage narratives meet (CR/DR moves, descriptor-table loads, port I/O, VMX and
 /// SVM instructions, `ud2`, `hlt`, ...). The one decoder of every crate.
 pub fn mnemonic(bytes: &[u8]) -> Option<String> {
-    // Legacy prefixes we may see before these instructions, then an optional REX.
-    let mut i = 0;
-    while i < bytes.len()
-        && matches!(bytes[i], 0x66 | 0x67 | 0xf3 | 0xf2 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65)
-    {
-        i += 1;
-    }
-    let mut rex = 0u8;
-    if let Some(&b) = bytes.get(i)
-        && b & 0xf0 == 0x40
-    {
-        rex = b;
-        i += 1;
-    }
-    let rest = &bytes[i..];
+    let Prefixed { rep, rex, rest } = Prefixed::split(bytes);
     let rex_w = rex & 0x08 != 0;
     let rex_r = usize::from(rex & 0x04 != 0) << 3;
     let rex_b = usize::from(rex & 0x01 != 0) << 3;
@@ -55,6 +41,22 @@ pub fn mnemonic(bytes: &[u8]) -> Option<String> {
         [0xed, ..] => "in eax, dx".to_owned(),
         [0xee, ..] => "out dx, al".to_owned(),
         [0xef, ..] => "out dx, eax".to_owned(),
+        [op @ 0xa4..=0xa7 | op @ 0xaa..=0xaf, ..] => {
+            let (name, compares) = match op {
+                0xa4 | 0xa5 => ("movs", false),
+                0xa6 | 0xa7 => ("cmps", true),
+                0xaa | 0xab => ("stos", false),
+                0xac | 0xad => ("lods", false),
+                _ => ("scas", true),
+            };
+            let rep = match (rep, compares) {
+                (Some(0xf3), false) => "rep ",
+                (Some(0xf3), true) => "repe ",
+                (Some(_), _) => "repne ",
+                (None, _) => "",
+            };
+            format!("{rep}{name}")
+        }
         [0x6c | 0x6d, ..] => "ins".to_owned(),
         [0x6e | 0x6f, ..] => "outs".to_owned(),
         [0xeb, ..] => "jmp short".to_owned(),
@@ -160,9 +162,55 @@ pub fn mnemonic(bytes: &[u8]) -> Option<String> {
     Some(text)
 }
 
+/// An instruction's legacy prefixes, its REX byte and the rest (opcode onwards).
+struct Prefixed<'a> {
+    /// The last REP/REPNE prefix (0xf3 or 0xf2), if any.
+    rep: Option<u8>,
+    /// The REX byte (0 without one).
+    rex: u8,
+    rest: &'a [u8],
+}
+
+impl<'a> Prefixed<'a> {
+    /// Splits the legacy prefixes we may see before the known instructions, then an optional
+    /// REX, from `bytes`.
+    fn split(bytes: &'a [u8]) -> Self {
+        let mut i = 0;
+        let mut rep = None;
+        while let Some(&b) = bytes.get(i)
+            && matches!(b, 0x66 | 0x67 | 0xf3 | 0xf2 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65)
+        {
+            if matches!(b, 0xf3 | 0xf2) {
+                rep = Some(b);
+            }
+            i += 1;
+        }
+        let mut rex = 0u8;
+        if let Some(&b) = bytes.get(i)
+            && b & 0xf0 == 0x40
+        {
+            rex = b;
+            i += 1;
+        }
+        Self { rep, rex, rest: &bytes[i..] }
+    }
+}
+
+/// Whether `bytes` is a plain data move or compare between registers and memory: `mov` (88–8b,
+/// a0–a3, c6/c7 /0) or a string instruction (`movs`, `cmps`, `stos`, `lods`, `scas`, with or
+/// without REP). These are the instructions a guest uses on device memory (MMIO), so they are
+/// the ones an MMIO exit hands to KVM's emulator most.
+pub fn is_data_move(bytes: &[u8]) -> bool {
+    match Prefixed::split(bytes).rest {
+        [0x88..=0x8b | 0xa0..=0xa7 | 0xaa..=0xaf, ..] => true,
+        [0xc6 | 0xc7, modrm, ..] => (modrm >> 3) & 7 == 0,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::mnemonic;
+    use super::{is_data_move, mnemonic};
 
     #[test]
     fn instructions_seen_in_real_emulator_traces() {
@@ -189,6 +237,32 @@ mod tests {
         assert_eq!(mnemonic(&[0x0f, 0x01, 0xc1]).as_deref(), Some("vmcall"));
         assert_eq!(mnemonic(&[0x41, 0x0f, 0x22, 0xd8]).as_deref(), Some("mov cr3, r8"));
         assert_eq!(mnemonic(&[0x0f, 0x20, 0xe0]).as_deref(), Some("mov rax, cr4"));
+    }
+
+    #[test]
+    fn string_instructions_name_their_repeat_prefix() {
+        // The Hyper-V MMIO copy of the 5.6-rc4 report (samples/real/excerpts).
+        assert_eq!(mnemonic(&[0xf3, 0xa5]).as_deref(), Some("rep movs"));
+        assert_eq!(mnemonic(&[0xa4]).as_deref(), Some("movs"));
+        assert_eq!(mnemonic(&[0xf3, 0x48, 0xab]).as_deref(), Some("rep stos"));
+        assert_eq!(mnemonic(&[0xf3, 0xa6]).as_deref(), Some("repe cmps"));
+        assert_eq!(mnemonic(&[0xf2, 0xae]).as_deref(), Some("repne scas"));
+        assert_eq!(mnemonic(&[0x66, 0xad]).as_deref(), Some("lods"));
+    }
+
+    #[test]
+    fn data_moves_are_mov_and_the_string_instructions() {
+        assert!(is_data_move(&[0xf3, 0xa5]));
+        assert!(is_data_move(&[0x89, 0x07]));
+        assert!(is_data_move(&[0x48, 0x8b, 0x00]));
+        assert!(is_data_move(&[0xc7, 0x00, 1, 0, 0, 0]));
+        assert!(is_data_move(&[0xa1, 0, 0, 0, 0]));
+        assert!(!is_data_move(&[0xc7, 0x08]));
+        assert!(!is_data_move(&[0xec]));
+        assert!(!is_data_move(&[0x6d]));
+        assert!(!is_data_move(&[0x0f, 0x00, 0xd8]));
+        assert!(!is_data_move(&[]));
+        assert!(!is_data_move(&[0xf3]));
     }
 
     #[test]

@@ -193,8 +193,9 @@ pub struct RecordOptions {
     pub checkpoint_every: Duration,
     /// The writer's options.
     pub writer: WriterOptions,
-    /// Write which VM each VMM thread belongs to into the recording ([`identity`]): on by
-    /// default, so that a host's VMs stay apart in trace.dat, which carries no tgid.
+    /// Write which VM each VMM thread belongs to into the recording ([`identity`]), and record
+    /// `task:task_newtask` so that threads created meanwhile are known too: on by default, so
+    /// that a host's VMs stay apart in trace.dat, which carries no tgid.
     pub identity: bool,
     /// Which kernel interface records ([`Backend::Tracefs`] unless set).
     pub backend: Backend,
@@ -1174,6 +1175,11 @@ fn select_events(
             return Err(RecordError::EventSyntax(e.clone()));
         }
         wanted.push((sys.to_string(), (ev != "*").then(|| ev.to_string())));
+    }
+    if opts.identity {
+        // Threads created while recording (a VM started meanwhile, its vCPU threads): which
+        // process each belongs to, for the identity lines' scan may come after they ran.
+        wanted.push(("task".into(), Some("task_newtask".into())));
     }
     if let Some(flight) = &opts.flight {
         for t in &flight.triggers {

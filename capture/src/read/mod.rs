@@ -197,6 +197,23 @@ pub struct ReadStats {
     /// Captures after the first in an input holding several (the [`vmxray_events::EventKind::Segment`]
     /// markers yielded): 0 for one capture.
     pub segments: u32,
+    /// Records of text that were cut (a hard wrap whose continuation is lost, a paste cut
+    /// short): read with what they have, their missing fields unknown, never as whole records.
+    pub truncated: u64,
+    /// The first of them (at most [`ReadStats::MAX_PROBLEMS`]).
+    #[serde(skip)]
+    pub truncated_records: Vec<TruncatedRecord>,
+}
+
+/// A record of text that lacks fields every rendering of its event prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncatedRecord {
+    /// Its 1-based line number in the input (its first line when it was joined).
+    pub line: u64,
+    /// The event's name.
+    pub event: &'static str,
+    /// What its text lacks.
+    pub missing: &'static str,
 }
 
 /// A line of text the reader skipped as no trace text.
@@ -244,7 +261,18 @@ impl ReadStats {
     /// True when nothing was lost, skipped or unknown (lines of prose around an excerpt do
     /// not count: see [`ReadStats::non_trace_lines`]).
     pub fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.skipped == 0 && self.unknown_events.is_empty()
+        self.lost.is_empty()
+            && self.skipped == 0
+            && self.unknown_events.is_empty()
+            && self.truncated == 0
+    }
+
+    /// Counts a truncated record, keeping the first ones.
+    pub fn note_truncated(&mut self, record: TruncatedRecord) {
+        self.truncated += 1;
+        if self.truncated_records.len() < Self::MAX_PROBLEMS {
+            self.truncated_records.push(record);
+        }
     }
 
     /// Counts a line that is no trace text, keeping the first ones.

@@ -68,6 +68,8 @@ mod feature {
     pub const VERSION: u32 = 5;
     pub const ARCH: u32 = 6;
     pub const NRCPUS: u32 = 7;
+    pub const CPUDESC: u32 = 8;
+    pub const CPUID: u32 = 9;
     pub const CMDLINE: u32 = 11;
     pub const EVENT_DESC: u32 = 12;
 }
@@ -175,6 +177,13 @@ pub struct PerfDataMeta {
     pub arch: String,
     /// `HEADER_NRCPUS`: CPUs available and online.
     pub cpus: (u32, u32),
+    /// `HEADER_CPUDESC`: the CPU's model name; not written when empty.
+    pub cpudesc: String,
+    /// `HEADER_CPUID`, as perf's x86 `get_cpuid` writes it: `vendor,family,model,stepping`
+    /// (`GenuineIntel,6,60,3`); not written when empty. `perf kvm stat report` reads it to
+    /// name exit reasons (Intel: VMX, AMD: SVM); without it, perf falls back to the CPU of
+    /// the machine that reads the file, or fails with "Failed to look up CPU type".
+    pub cpuid: String,
     /// `HEADER_CMDLINE`: the recording's command line.
     pub cmdline: Vec<String>,
 }
@@ -470,6 +479,12 @@ impl PerfDataWriter {
         let mut cpus = m.cpus.0.to_le_bytes().to_vec();
         cpus.extend_from_slice(&m.cpus.1.to_le_bytes());
         out.push((feature::NRCPUS, cpus));
+        if !m.cpudesc.is_empty() {
+            out.push((feature::CPUDESC, perf_string(&m.cpudesc)));
+        }
+        if !m.cpuid.is_empty() {
+            out.push((feature::CPUID, perf_string(&m.cpuid)));
+        }
         let mut cmdline = u32_of(m.cmdline.len()).to_le_bytes().to_vec();
         for arg in &m.cmdline {
             cmdline.extend_from_slice(&perf_string(arg));

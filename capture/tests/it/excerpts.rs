@@ -527,3 +527,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_record_cut_short_is_counted_as_truncated_never_read_as_whole() {
+    // nested-hyperv-rep-movsw-emulation-ud.txt, as a mailer that hard-wraps at 72 columns and
+    // a reply that quotes only the first fragment would leave it: `kvm_exit` without its rip
+    // and qualification, `kvm_emulate_insn` without its bytes and `FAIL`.
+    let cut = " qemu-system-x86-23579 [005] 22018.775584: kvm_exit:             reason EPT_VIOLATION\n\
+               \n\
+               qemu-system-x86-23579 [005] 22018.775585: kvm_page_fault:       address febd0000 error_code 181\n\
+               qemu-system-x86-23579 [005] 22018.775593: kvm_emulate_insn:     0:fffff802987d6169:\n";
+    let (events, r) = excerpt(cut);
+    assert_eq!(events.len(), 3);
+    let st = r.stats();
+    assert_eq!(st.truncated, 2);
+    assert!(!st.is_clean());
+    let cut_at: Vec<_> = st.truncated_records.iter().map(|t| (t.line, t.event)).collect();
+    assert_eq!(cut_at, [(1, "kvm_exit"), (4, "kvm_emulate_insn")]);
+    let EventKind::KvmExit(x) = &events[0].kind else { panic!("{events:?}") };
+    assert_eq!((x.guest_rip(), x.info1()), (None, None), "what the text lacks stays unknown");
+
+    // The same records whole, and with their continuation on the next line: nothing cut.
+    for whole in [
+        " qemu-system-x86-23579 [005] 22018.775584: kvm_exit:             reason EPT_VIOLATION rip 0xfffff802987d6169 info 181 0\n\
+          qemu-system-x86-23579 [005] 22018.775593: kvm_emulate_insn:     0:fffff802987d6169: f3 a5 FAIL\n",
+        " qemu-system-x86-23579 [005] 22018.775584: kvm_exit:             reason EPT_VIOLATION\n\
+         rip 0xfffff802987d6169 info 181 0\n\
+          qemu-system-x86-23579 [005] 22018.775593: kvm_emulate_insn:     0:fffff802987d6169:\n\
+         f3 a5 FAIL\n",
+    ] {
+        let (events, r) = excerpt(whole);
+        assert_eq!((events.len(), r.stats().truncated), (2, 0), "{whole}");
+        assert!(matches!(events[1].kind, EventKind::KvmEmulateInsn { failed: true, .. }));
+    }
+
+    // A rendering of its own is no cut: nested-dr6-l1-and-l0-views-hack-printk.txt's patched
+    // kernel prints an exit's qualification without its rip; KVM's `(real) failed` form has no
+    // bytes when the instruction could not be fetched.
+    let (_, r) = excerpt(
+        "          CPU 23/KVM-5046    [001] d....  3410.005610: kvm_exit: vcpu 23 reason DR_ACCESS info1 0x0000000000000216\n\
+         \x20         CPU 23/KVM-5046    [001] d....  3410.005611: kvm_emulate_insn: 0:7c00: (real) failed\n",
+    );
+    assert_eq!(r.stats().truncated, 0);
+}

@@ -447,3 +447,14 @@ proptest! {
         prop_assert!(got == want, "block {}:\n{}", block, first_difference(&got, &want));
     }
 }
+
+/// A bad line skipped before the first event settles the format and clock; the blocks must
+/// still note the first event (an exit, not a VM's creation: the input is an excerpt), as the
+/// line-by-line reader does (a case proptest found).
+#[test]
+fn a_bad_line_before_the_first_event_leaves_the_first_event_noted() {
+    let text = format!("{}\n{}\n", LINES[13], LINES[0]);
+    assert_same(text.as_bytes());
+    let permissive = one_thread(text.as_bytes(), ReadOptions { permissive: true });
+    assert!(permissive.meta.contains("excerpt: true"), "{permissive:?}");
+}

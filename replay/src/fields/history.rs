@@ -43,9 +43,10 @@ pub fn differ(a: &VmcsField, b: &VmcsField) -> bool {
 }
 
 impl FieldHistory {
-    /// Replays `events` through a model (default configuration) and collects every observation.
+    /// Replays `events` through a model (default configuration, every field stream) and
+    /// collects every observation.
     pub fn collect<'e>(events: impl IntoIterator<Item = &'e Event>) -> Self {
-        let mut model = Model::new(ModelConfig::default());
+        let mut model = Model::new(ModelConfig::with_field_streams());
         let mut history = Self::default();
         for event in events {
             history.extend(model.step(event).fields);

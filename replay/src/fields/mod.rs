@@ -60,62 +60,241 @@ pub struct Seen {
     pub vmwrites: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-struct Slot {
+/// Where a field's values are kept: which VMCS, which field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
     vmcs: VmcsRef,
     field: FieldEncoding,
-    /// Newest last; at most [`FieldStore::DEPTH`].
-    recent: Vec<Seen>,
+}
+
+impl Key {
+    /// Its place in [`FieldStore::hint`]: a few bits mixed from the field and the VMCS.
+    fn hint(self) -> usize {
+        let vmcs = match self.vmcs {
+            VmcsRef::Vmcs01 => 1,
+            VmcsRef::Vmcs02 => 2,
+            VmcsRef::Evmcs => 3,
+            VmcsRef::Vmcs12 { gpa } => gpa >> 12,
+        };
+        let mixed =
+            (u64::from(self.field.0) ^ vmcs.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The top bits of the product are the well-mixed ones.
+        (mixed >> (64 - HINT_BITS)) as usize
+    }
+}
+
+/// `log2` of [`FieldStore::hint`]'s length.
+const HINT_BITS: u32 = 6;
+
+/// The fields the model derives into the hardware VMCSs on nearly every exit and entry
+/// ([`derive`]): kept at fixed places, so that recording one costs no lookup.
+const HW_FIELDS: [FieldEncoding; 11] = [
+    FieldEncoding::VM_EXIT_REASON,
+    FieldEncoding::EXIT_QUALIFICATION,
+    FieldEncoding::GUEST_RIP,
+    FieldEncoding::IDT_VECTORING_INFO_FIELD,
+    FieldEncoding::VM_EXIT_INTR_INFO,
+    FieldEncoding::VM_EXIT_INTR_ERROR_CODE,
+    FieldEncoding::VM_ENTRY_INTR_INFO_FIELD,
+    FieldEncoding::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    FieldEncoding::GUEST_CR0,
+    FieldEncoding::GUEST_CR3,
+    FieldEncoding::GUEST_CR4,
+];
+
+/// The place of a field of vmcs01 or vmcs02 in [`FieldStore::hw`].
+fn hw_place(key: Key) -> Option<(usize, usize)> {
+    let vmcs = match key.vmcs {
+        VmcsRef::Vmcs01 => 0,
+        VmcsRef::Vmcs02 => 1,
+        VmcsRef::Vmcs12 { .. } | VmcsRef::Evmcs => return None,
+    };
+    let field = match key.field {
+        FieldEncoding::VM_EXIT_REASON => 0,
+        FieldEncoding::EXIT_QUALIFICATION => 1,
+        FieldEncoding::GUEST_RIP => 2,
+        FieldEncoding::IDT_VECTORING_INFO_FIELD => 3,
+        FieldEncoding::VM_EXIT_INTR_INFO => 4,
+        FieldEncoding::VM_EXIT_INTR_ERROR_CODE => 5,
+        FieldEncoding::VM_ENTRY_INTR_INFO_FIELD => 6,
+        FieldEncoding::VM_ENTRY_EXCEPTION_ERROR_CODE => 7,
+        FieldEncoding::GUEST_CR0 => 8,
+        FieldEncoding::GUEST_CR3 => 9,
+        FieldEncoding::GUEST_CR4 => 10,
+        _ => return None,
+    };
+    Some((vmcs, field))
+}
+
+/// The values of one field: a ring of the last [`FieldStore::DEPTH`], so that recording a value
+/// neither allocates nor moves the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    recent: [Seen; FieldStore::DEPTH],
+    /// The oldest value's place in `recent`.
+    head: u8,
+    len: u8,
     last_used: EventIndex,
 }
 
+impl Slot {
+    const EMPTY: Self = Self {
+        recent: [Seen {
+            value: 0,
+            mask: 0,
+            at: EventIndex(0),
+            learned: Learned::Derived,
+            source: "",
+            vmwrites: 0,
+        }; FieldStore::DEPTH],
+        head: 0,
+        len: 0,
+        last_used: EventIndex(0),
+    };
+
+    /// Oldest first.
+    fn recent(&self) -> impl ExactSizeIterator<Item = &Seen> + DoubleEndedIterator + Clone {
+        (0..usize::from(self.len))
+            .map(move |i| &self.recent[(usize::from(self.head) + i) % FieldStore::DEPTH])
+    }
+
+    fn latest(&self) -> Option<&Seen> {
+        let len = usize::from(self.len);
+        (len > 0).then(|| &self.recent[(usize::from(self.head) + len - 1) % FieldStore::DEPTH])
+    }
+
+    fn push(&mut self, seen: Seen) {
+        self.last_used = seen.at;
+        let len = usize::from(self.len);
+        if len == FieldStore::DEPTH {
+            self.recent[usize::from(self.head)] = seen;
+            self.head =
+                if usize::from(self.head) + 1 == FieldStore::DEPTH { 0 } else { self.head + 1 };
+        } else {
+            self.recent[(usize::from(self.head) + len) % FieldStore::DEPTH] = seen;
+            self.len += 1;
+        }
+    }
+}
+
 /// The last few values of every field a vCPU's trace revealed (bounded: at most
-/// [`FieldStore::CAPACITY`] fields, [`FieldStore::DEPTH`] values each), so that the model stays
-/// cheap to clone and rules can cite a field's history.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// [`FieldStore::CAPACITY`] fields besides the hardware VMCSs' usual ones,
+/// [`FieldStore::DEPTH`] values each), so that the model stays cheap to clone and rules can cite
+/// a field's history.
+///
+/// Recording runs for several fields of nearly every event: the hardware VMCSs' usual fields
+/// have fixed places; the others are found through a direct-mapped hint (checked against the
+/// key, so a stale or colliding hint only costs the scan it would have saved) in front of a scan
+/// of the dense key array.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldStore {
+    /// vmcs01's and vmcs02's [`HW_FIELDS`].
+    hw: [[Slot; HW_FIELDS.len()]; 2],
+    keys: Vec<Key>,
+    /// Parallel to `keys`.
     slots: Vec<Slot>,
+    /// An index into `keys` per [`Key::hint`], perhaps stale.
+    hint: [u16; 1 << HINT_BITS],
+}
+
+impl Default for FieldStore {
+    fn default() -> Self {
+        Self {
+            hw: [[Slot::EMPTY; HW_FIELDS.len()]; 2],
+            keys: Vec::new(),
+            slots: Vec::new(),
+            hint: [0; 1 << HINT_BITS],
+        }
+    }
+}
+
+impl Serialize for FieldStore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            vmcs: VmcsRef,
+            field: FieldEncoding,
+            recent: Vec<&'a Seen>,
+            last_used: EventIndex,
+        }
+        serializer.collect_seq(self.entries().map(|(k, s)| Entry {
+            vmcs: k.vmcs,
+            field: k.field,
+            recent: s.recent().collect(),
+            last_used: s.last_used,
+        }))
+    }
 }
 
 impl FieldStore {
-    /// Fields kept per vCPU (least recently updated dropped first).
+    /// Fields kept per vCPU besides the hardware VMCSs' usual ones (least recently updated
+    /// dropped first).
     pub const CAPACITY: usize = 512;
     /// Values kept per field.
     pub const DEPTH: usize = 4;
 
     /// The latest value of a field.
     pub fn latest(&self, vmcs: VmcsRef, field: FieldEncoding) -> Option<&Seen> {
-        self.history(vmcs, field).last()
+        self.slot(Key { vmcs, field })?.latest()
     }
 
     /// The last few values of a field, oldest first.
-    pub fn history(&self, vmcs: VmcsRef, field: FieldEncoding) -> &[Seen] {
-        self.slots
-            .iter()
-            .find(|s| s.vmcs == vmcs && s.field == field)
-            .map_or(&[], |s| &s.recent[..])
+    pub fn history(
+        &self,
+        vmcs: VmcsRef,
+        field: FieldEncoding,
+    ) -> impl ExactSizeIterator<Item = &Seen> + DoubleEndedIterator + Clone {
+        self.slot(Key { vmcs, field }).unwrap_or(&Slot::EMPTY).recent()
     }
 
     /// Every (VMCS, field) with its latest value.
     pub fn iter(&self) -> impl Iterator<Item = (VmcsRef, FieldEncoding, &Seen)> {
-        self.slots.iter().filter_map(|s| Some((s.vmcs, s.field, s.recent.last()?)))
+        self.entries().filter_map(|(k, s)| Some((k.vmcs, k.field, s.latest()?)))
+    }
+
+    /// Every field seen, with its values.
+    fn entries(&self) -> impl Iterator<Item = (Key, &Slot)> {
+        let hw =
+            self.hw.iter().zip([VmcsRef::Vmcs01, VmcsRef::Vmcs02]).flat_map(|(slots, vmcs)| {
+                slots.iter().zip(HW_FIELDS).map(move |(s, field)| (Key { vmcs, field }, s))
+            });
+        hw.chain(self.keys.iter().copied().zip(&self.slots)).filter(|(_, s)| s.len > 0)
+    }
+
+    fn slot(&self, key: Key) -> Option<&Slot> {
+        match hw_place(key) {
+            Some((vmcs, field)) => Some(&self.hw[vmcs][field]),
+            None => self.find(key).map(|i| &self.slots[i]),
+        }
+    }
+
+    fn find(&self, key: Key) -> Option<usize> {
+        let hinted = usize::from(self.hint[key.hint()]);
+        if self.keys.get(hinted) == Some(&key) {
+            return Some(hinted);
+        }
+        self.keys.iter().position(|k| *k == key)
     }
 
     /// Records an observation.
     pub fn record(&mut self, obs: &VmcsField, vmwrites: u32) {
-        let at = EventIndex(obs.event);
         let seen = Seen {
             value: obs.value,
             mask: obs.mask,
-            at,
+            at: EventIndex(obs.event),
             learned: obs.learned,
             source: obs.source,
             vmwrites,
         };
-        let pos = match self.slots.iter().position(|s| s.vmcs == obs.vmcs && s.field == obs.field) {
+        let key = Key { vmcs: obs.vmcs, field: obs.field };
+        if let Some((vmcs, field)) = hw_place(key) {
+            self.hw[vmcs][field].push(seen);
+            return;
+        }
+        let pos = match self.find(key) {
             Some(p) => p,
             None => {
-                if self.slots.len() >= Self::CAPACITY
+                if self.keys.len() >= Self::CAPACITY
                     && let Some(oldest) = self
                         .slots
                         .iter()
@@ -123,23 +302,17 @@ impl FieldStore {
                         .min_by_key(|(_, s)| s.last_used)
                         .map(|(i, _)| i)
                 {
+                    self.keys.swap_remove(oldest);
                     self.slots.swap_remove(oldest);
                 }
-                self.slots.push(Slot {
-                    vmcs: obs.vmcs,
-                    field: obs.field,
-                    recent: Vec::new(),
-                    last_used: at,
-                });
-                self.slots.len() - 1
+                self.keys.push(key);
+                self.slots.push(Slot::EMPTY);
+                self.keys.len() - 1
             }
         };
-        let slot = &mut self.slots[pos];
-        slot.last_used = at;
-        if slot.recent.len() >= Self::DEPTH {
-            slot.recent.remove(0);
-        }
-        slot.recent.push(seen);
+        // CAPACITY fits in the hint's u16.
+        self.hint[key.hint()] = u16::try_from(pos).unwrap_or(u16::MAX);
+        self.slots[pos].push(seen);
     }
 }
 
@@ -151,12 +324,19 @@ fn hw_vmcs(level: Level) -> VmcsRef {
     }
 }
 
+/// The fields rules read from [`FieldStore`]: what a model without field streams
+/// ([`crate::ModelConfig::field_streams`]) still derives. A rule that reads another field lists
+/// it here (a test checks the rules' sources against this list).
+pub const RULE_FIELDS: &[FieldEncoding] = &[FieldEncoding::GUEST_CR3];
+
 struct Out<'a> {
     at: EventIndex,
     ts: u64,
     vcpu: Option<u32>,
     source: &'static str,
     out: &'a mut Vec<VmcsField>,
+    /// Every field, or only [`RULE_FIELDS`].
+    all: bool,
 }
 
 impl Out<'_> {
@@ -168,6 +348,9 @@ impl Out<'_> {
         mask: u64,
         learned: Learned,
     ) {
+        if !self.all && !RULE_FIELDS.contains(&field) {
+            return;
+        }
         let bits = field.value_bits();
         let width = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
         self.out.push(VmcsField {
@@ -188,16 +371,18 @@ impl Out<'_> {
     }
 }
 
-/// The field observations one event implies, given its actor's state *before* the event.
+/// The field observations one event implies, given its actor's state *before* the event:
+/// every field (`all`), or only [`RULE_FIELDS`].
 pub fn derive(
     st: &VcpuState,
     actor: Actor,
     event: &Event,
     at: EventIndex,
+    all: bool,
     out: &mut Vec<VmcsField>,
 ) {
     let vcpu = actor.vcpu_id();
-    let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out };
+    let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out, all };
     let current12 = st.current_vmptr.map(VmcsRef::vmcs12);
     match &event.kind {
         EventKind::KvmNestedVmenter(v) => {

@@ -155,8 +155,9 @@ struct Active {
 pub(crate) struct State {
     /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
     ring: [Sig; MAX_PERIOD],
-    /// Their fingerprints ([`fingerprint`]): compared first, so that the twelve comparisons
-    /// each event needs are integer compares unless a repeat is likely.
+    /// Their fingerprints ([`fingerprint`]), newest first (`fp[p - 1]` is the signature `p`
+    /// back): compared first, all twelve at once, so that a signature is compared in full only
+    /// where a repeat is likely.
     fp: [u64; MAX_PERIOD],
     /// The event of each signature in `ring`, and its timestamp.
     at: [(EventIndex, u64); MAX_PERIOD],
@@ -173,6 +174,8 @@ pub(crate) struct State {
     /// Bit `p - 1`: the current run of period `p` was classified as progress (the guest's own
     /// loop). Its cycle cannot change while the run lasts, so it is not classified again.
     progress: u16,
+    /// Bit `p - 1`: `run[p - 1]` is not 0.
+    running: u16,
     active: Option<Active>,
 }
 
@@ -478,25 +481,42 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     ctx.checked(RULE);
     let now = (ctx.at, event.ts);
     let fp = fingerprint(&sig);
-    // Extend or reset the run of every period.
-    for p in 1..=MAX_PERIOD {
-        let i = p - 1;
-        let slot = st.slot(p);
-        if st.len >= p && st.fp[slot] == fp && st.ring[slot] == sig {
-            if st.run[i] == 0 {
-                st.run_start[i] = st.at_back(p);
-            }
-            st.run[i] = st.run[i].saturating_add(1);
-        } else {
-            st.run[i] = 0;
-            st.progress &= !(1 << i);
+    // The periods whose signature has the same fingerprint, then those whose signature is
+    // the same.
+    let mut candidates = 0u16;
+    for (i, old) in st.fp.iter().enumerate() {
+        // A branch the predictor learns (matches are rare) beats building the mask bit by bit.
+        if *old == fp {
+            candidates |= 1 << i;
         }
     }
+    candidates &= (1u16 << st.len) - 1;
+    let mut same = 0u16;
+    for i in bits(candidates) {
+        if st.ring[st.slot(i + 1)] == sig {
+            same |= 1 << i;
+        }
+    }
+    // Extend the runs of those periods, end the others'.
+    for i in bits(st.running & !same) {
+        st.run[i] = 0;
+    }
+    for i in bits(same) {
+        if st.run[i] == 0 {
+            st.run_start[i] = st.at_back(i + 1);
+        }
+        st.run[i] = st.run[i].saturating_add(1);
+    }
+    st.running = same;
+    st.progress &= same;
+    for i in (1..MAX_PERIOD).rev() {
+        st.fp[i] = st.fp[i - 1];
+    }
+    st.fp[0] = fp;
     st.seen += 1;
     st.ring[st.head] = sig;
-    st.fp[st.head] = fp;
     st.at[st.head] = now;
-    st.head = (st.head + 1) % MAX_PERIOD;
+    st.head = if st.head + 1 == MAX_PERIOD { 0 } else { st.head + 1 };
     st.len = (st.len + 1).min(MAX_PERIOD);
 
     if let Some(active) = st.active {
@@ -514,24 +534,71 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     }
     // An excerpt shows a few rounds at most: two identical ones are the loop the poster cut.
     let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
-    for p in 1..=MAX_PERIOD {
-        let run = st.run[p - 1];
-        if u64::from(run) < u64::from(repeats - 1) * p as u64 || st.progress & (1 << (p - 1)) != 0 {
+    for i in bits(st.running & !st.progress) {
+        let p = i + 1;
+        if u64::from(st.run[i]) < u64::from(repeats - 1) * p as u64 {
             continue;
         }
         if report_loop(ctx, st, p, now) {
             return;
         }
-        st.progress |= 1 << (p - 1);
+        st.progress |= 1 << i;
     }
 }
 
-/// A 64-bit fingerprint of a signature (equal signatures, equal fingerprints).
+/// The indices of the set bits of `mask`, lowest first.
+fn bits(mut mask: u16) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(i)
+    })
+}
+
+/// A 64-bit fingerprint of a signature: equal signatures, equal fingerprints. Computed for
+/// every event, so it folds each variant's fields into a few words with one multiply at the end
+/// (a derived `Hash` chains a multiply per field); a collision only costs the full comparison.
 fn fingerprint(sig: &Sig) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = crate::hash::Fold::default();
-    sig.hash(&mut h);
-    h.finish()
+    let opt = |v: Option<u64>| v.map_or(0x5bd1_e995, |v| v.rotate_left(1) ^ 1);
+    let code = |c: ExitCode| match c {
+        ExitCode::Vmx(r) => u64::from(r.0),
+        ExitCode::Svm(c) => c.0 ^ (1 << 62),
+        ExitCode::Raw(x) => x ^ (1 << 63),
+    };
+    let (tag, a, b, c): (u64, u64, u64, u64) = match *sig {
+        Sig::None => (0, 0, 0, 0),
+        Sig::Exit { reason, rip, qual, intr, vectoring, nested } => (
+            1 + u64::from(nested),
+            code(reason),
+            opt(rip),
+            opt(qual) ^ (u64::from(intr) << 32 | u64::from(vectoring)).rotate_left(7),
+        ),
+        Sig::Fault { address, error_code } => (3, address, error_code, 0),
+        Sig::Entry { rip, immediate } => (4 + u64::from(immediate), opt(rip), 0, 0),
+        Sig::InjException { vector, error_code } => {
+            (6, u64::from(vector), error_code.map_or(0x5bd1_e995, |e| u64::from(e) << 1 | 1), 0)
+        }
+        Sig::InjVirq { vector, reinjected } => (7 + u64::from(reinjected), u64::from(vector), 0, 0),
+        Sig::Userspace { reason, errno } => {
+            (9, u64::from(reason), u64::from(errno.cast_unsigned()), 0)
+        }
+        Sig::Emulate { rip, failed } => (10 + u64::from(failed), rip, 0, 0),
+        Sig::Reflect { reason, qual } => (12, code(reason), opt(qual), 0),
+        Sig::Vmenter { vmcs, rip } => (13, vmcs, rip, 0),
+        Sig::Root { gfn, created } => (14 + u64::from(created), gfn, 0, 0),
+        Sig::Cr { cr, val } => (16, u64::from(cr), val, 0),
+        Sig::Pio { port, write } => (17 + u64::from(write), u64::from(port), 0, 0),
+        Sig::Msr { index, write, exception } => {
+            (19, u64::from(index), u64::from(write) | u64::from(exception) << 1, 0)
+        }
+        Sig::Eoi { vector } => (20, u64::from(vector.cast_unsigned()), 0, 0),
+        Sig::Raise { vector, level } => (21 + u64::from(level), u64::from(vector), 0, 0),
+    };
+    (a ^ b.rotate_left(21) ^ c.rotate_left(42) ^ tag.rotate_left(56))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// At the end of an excerpt: a vCPU whose every signature belongs to one cycle seen at least

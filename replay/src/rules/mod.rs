@@ -17,8 +17,10 @@ use crate::state::{Features, VcpuState};
 
 pub mod changed_subject_cr3;
 pub mod early_vmfail_resume;
+pub mod emulation_ud_in_l2;
 pub mod entry_without_exit;
 pub mod evmcs_restore_stale_exit;
+pub mod exit_while_run_pending;
 pub mod guest_mmu_root_not_reacquired;
 pub mod guest_mmu_root_role;
 pub mod hlt_cancelled_exit_state;
@@ -116,6 +118,8 @@ pub(crate) struct RuleStates {
     pub l2_pf: l2_pf_not_handled_by_l0::State,
     pub role_change: role_change_root_reload::State,
     pub hlt_cancelled: hlt_cancelled_exit_state::State,
+    pub emulation_ud: emulation_ud_in_l2::State,
+    pub run_pending: exit_while_run_pending::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -128,6 +132,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             guest_mmu_root_not_reacquired::on_exit(ctx, &mut rs.guest_mmu_root, info);
             invvpid_root_not_reacquired::on_exit(ctx, &mut rs.invvpid_root, info);
             reset_root_role::on_exit(ctx, &mut rs.reset_root_role, info);
+            emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
+            exit_while_run_pending::disarm(&mut rs.run_pending);
         }
         EventKind::KvmNestedVmexit(info) => {
             nested_vmexit_outside_l2::on_nested_vmexit(ctx, info);
@@ -143,6 +149,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             reset_root_role::disturb(&mut rs.reset_root_role);
             hlt_cancelled_exit_state::on_inject(ctx, &mut rs.hlt_cancelled, info);
             rsm_l1_state::on_inject(ctx, &mut rs.rsm_l1);
+            exit_while_run_pending::on_inject(ctx, &mut rs.run_pending, info.reason());
+            emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmNestedVmenter(v) => {
             unexplained_vmenter::on_vmenter(ctx, v);
@@ -158,6 +166,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             rsm_l1_state::on_vmenter(ctx, &mut rs.rsm_l1);
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
             reset_root_role::disturb(&mut rs.reset_root_role);
+            exit_while_run_pending::disarm(&mut rs.run_pending);
+            emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmNestedVmenterFailed { kind, .. } => {
             entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, *kind);
@@ -179,6 +189,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
+            exit_while_run_pending::on_entry(ctx, &mut rs.run_pending);
+            emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmCr { write, cr, val } => {
             root_gfn_not_cr3::on_cr(ctx, &mut rs.root_gfn, *write, *cr, *val);
@@ -211,16 +223,24 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         }
         EventKind::KvmPmlFull { .. } => pml_full_in_l2::on_pml_full_event(ctx),
         EventKind::VmcsField(v) => changed_subject_cr3::on_record(ctx, &v.record),
-        EventKind::KvmUserspaceExit { .. } => reset_root_role::disturb(&mut rs.reset_root_role),
+        EventKind::KvmUserspaceExit { .. } => {
+            reset_root_role::disturb(&mut rs.reset_root_role);
+            emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
+        }
         EventKind::KvmMsr { write, index, .. } => {
             evmcs_restore_stale_exit::on_msr(ctx, &mut rs.evmcs, *write, *index);
         }
-        EventKind::KvmInjException { .. } => {
-            role_change_root_reload::on_inj_exception(&mut rs.role_change)
+        EventKind::KvmInjException { exception, .. } => {
+            role_change_root_reload::on_inj_exception(&mut rs.role_change);
+            emulation_ud_in_l2::on_inj_exception(ctx, &mut rs.emulation_ud, *exception);
         }
-        EventKind::KvmNestedIntrVmexit { .. }
-        | EventKind::KvmInjVirq { .. }
-        | EventKind::KvmEmulateInsn { .. }
+        EventKind::KvmEmulateInsn { rip, insn, failed, .. } => {
+            emulation_ud_in_l2::on_emulate(ctx, &mut rs.emulation_ud, *rip, insn, *failed);
+        }
+        EventKind::KvmNestedIntrVmexit { rip } => {
+            exit_while_run_pending::on_intr_vmexit(ctx, &mut rs.run_pending, *rip);
+        }
+        EventKind::KvmInjVirq { .. }
         | EventKind::KvmPio { .. }
         | EventKind::KvmCpuid { .. }
         | EventKind::KvmMmuPrepareZapPage { .. }

@@ -136,7 +136,7 @@ fn the_store_is_bounded_and_rules_see_recent_history() {
     let mut model = Model::default();
     model.run(&t.events);
     let st = model.state(Actor::vcpu(0)).unwrap();
-    let h = st.fields.history(VmcsRef::Vmcs12 { gpa: 0x7000 }, F::GUEST_CR3);
+    let h: Vec<_> = st.fields.history(VmcsRef::Vmcs12 { gpa: 0x7000 }, F::GUEST_CR3).collect();
     assert_eq!(h.len(), FieldStore::DEPTH);
     assert_eq!(h.last().unwrap().value, 0xa000);
     assert_eq!(h.last().unwrap().source, "kvm_nested_vmenter");
@@ -166,4 +166,41 @@ fn views_history_until_table_and_diffs() {
     let changes = h.changes(Some(va), Some(F::GUEST_RIP));
     assert_eq!(changes.len(), 2);
     assert!(changes[1].changed && changes[1].previous == Some(0x4000));
+}
+
+/// A model without field streams derives only the fields rules read: every field a rule reads
+/// from the store (`fields.latest(…)`, `fields.history(…)` in replay/src/rules) is listed in
+/// `RULE_FIELDS`, so that no rule sees less than with every stream.
+#[test]
+fn the_rules_read_only_the_fields_a_lean_model_derives() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rules");
+    let listed: Vec<&str> =
+        vmxray_replay::fields::RULE_FIELDS.iter().filter_map(|f| f.name()).collect();
+    let mut reads = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for call in ["fields.latest(", "fields.history("] {
+            for (at, _) in text.match_indices(call) {
+                let end = text[at..].find([';', '\n']).map_or(text.len(), |e| at + e);
+                let args = &text[at..end];
+                let field = args
+                    .split("FieldEncoding::")
+                    .nth(1)
+                    .and_then(|rest| {
+                        rest.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next()
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("{}: a store read naming no field: {args}", path.display())
+                    });
+                assert!(
+                    listed.contains(&field),
+                    "{}: reads {field}, not in RULE_FIELDS",
+                    path.display()
+                );
+                reads += 1;
+            }
+        }
+    }
+    assert!(reads >= 3, "{reads} store reads found");
 }

@@ -1076,3 +1076,53 @@ fn unknown_guest_mode_is_not_held_against_a_root() {
         Some(vmxray_replay::RuleStatus::NotCheckable { .. })
     ));
 }
+
+#[test]
+fn emulation_ud_in_l2() {
+    // L2's MMIO `rep movs` (EPT violation, L0 emulates): a failure answered with #UD into L2.
+    let build = |failed: bool| {
+        let mut t = EventBuilder::new();
+        t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+        let exit = t.exit_full(EPT_VIOLATION, 0xa010, 0x181, 0);
+        t.nested_vmexit_full(EPT_VIOLATION, 0xa010, 0x181, 0);
+        t.page_fault(0xfebd_0000, 0x181);
+        t.emulate(0xa010, &[0xf3, 0xa5], false);
+        let at = if failed {
+            t.emulate(0xa010, &[0xf3, 0xa5], true);
+            t.inj_exception(6)
+        } else {
+            t.entry(0xa012)
+        };
+        (t, exit, at)
+    };
+    let (t, exit, at) = build(true);
+    let a = assert_one(&t.events, RuleId::EmulationUdInL2, at, &[exit]);
+    assert_eq!(a.severity, Severity::Warning);
+    let (fixed, ..) = build(false);
+    assert_clean(&fixed.events);
+}
+
+#[test]
+fn exit_while_run_pending() {
+    // VMLAUNCH injecting #PF (with its error code); an external interrupt makes KVM exit to L1
+    // before L2 ever ran (buggy), or L2 runs first and then exits (fixed).
+    let build = |entered: bool| {
+        let mut t = EventBuilder::new();
+        t.exit(VMLAUNCH, 0x100);
+        let enter = t.vmenter_inj(A, 0xa000, true, EPTP, 0x8000_0b0e);
+        if entered {
+            t.entry_intr(0xa000, Some(0x8000_0b0e));
+            t.exit(EXTERNAL_INTERRUPT, 0xa000);
+            t.nested_vmexit_full(EXTERNAL_INTERRUPT, 0xa000, 0, 0);
+        }
+        let at = t.inject(EXTERNAL_INTERRUPT);
+        t.entry(0x200);
+        (t, enter, at)
+    };
+    let (t, enter, at) = build(false);
+    let a = assert_one(&t.events, RuleId::ExitWhileRunPending, at, &[enter]);
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("discards the event L1 injected"), "{a}");
+    let (fixed, ..) = build(true);
+    assert_clean(&fixed.events);
+}

@@ -127,6 +127,10 @@ named_enum! {
         /// split 4995a3685f1b): after RSM back into L2, L2's first #VMEXIT resumes L1 at the RSM
         /// instruction.
         NsvmRsmVmcb01 = "nsvm-rsm-vmcb01",
+        /// (n) nSVM did not restore `nested_run_pending` with the nested state
+        /// (`81f76adad560`): a vCPU saved between VMRUN and L2's first entry takes an interrupt
+        /// as a nested #VMEXIT before L2 ran, and the event L1 injected is lost.
+        NsvmRunPendingLost = "nsvm-run-pending-lost",
     }
 }
 
@@ -147,6 +151,7 @@ impl Bug {
             Self::SplitIrqchipEoi => 'k',
             Self::Cr0WpStaleEmulation => 'l',
             Self::NsvmRsmVmcb01 => 'm',
+            Self::NsvmRunPendingLost => 'n',
         }
     }
 
@@ -165,6 +170,7 @@ impl Bug {
             Self::SplitIrqchipEoi => Some("6517dfbcc918"),
             Self::Cr0WpStaleEmulation => Some("cf9f4c0eb169"),
             Self::NsvmRsmVmcb01 => Some("37be407b2ce8"),
+            Self::NsvmRunPendingLost => Some("81f76adad560"),
             Self::IrqLineStuck | Self::EfaultMemslot => None,
         }
     }
@@ -198,7 +204,7 @@ serialize_as_display!(
 /// A bug or flavour name `vmxray simulate` does not know.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "Unknown KVM flavour `{0}` (expected fixed, buggy, or buggy:BUG with BUG one of a-m or a bug name)"
+    "Unknown KVM flavour `{0}` (expected fixed, buggy, or buggy:BUG with BUG one of a-n or a bug name)"
 )]
 pub struct UnknownFlavour(pub String);
 
@@ -323,6 +329,9 @@ named_enum! {
         /// AMD: an SMI while L2 runs, RSM back into L2 (`kvm_nested_vmenter` isa=svm), L2's first
         /// #VMEXIT reflected to L1: bug (m).
         NsvmRsm = "nsvm-rsm",
+        /// AMD: L1's VMRUN injects an event; the vCPU is saved and restored before L2 runs, with
+        /// an interrupt for L1 pending: bug (n).
+        NsvmMigrate = "nsvm-migrate",
     }
 }
 
@@ -343,6 +352,7 @@ impl Scenario {
             Self::EoiLoop => &[Bug::SplitIrqchipEoi],
             Self::NestedTripleFault => &[Bug::Cr0WpStaleEmulation],
             Self::NsvmRsm => &[Bug::NsvmRsmVmcb01],
+            Self::NsvmMigrate => &[Bug::NsvmRunPendingLost],
             Self::SepKernel
             | Self::SepKernelNoEpt
             | Self::MuenShadow
@@ -379,6 +389,9 @@ impl Scenario {
             Self::FailedNestedEntry => "nested VM-entry failing KVM's guest-state checks",
             Self::NestedTripleFault => "L2 triple faults reflected to L1; L2 LTR emulated by L0",
             Self::NsvmRsm => "AMD: SMI in L2, RSM back into L2, L2's first #VMEXIT to L1",
+            Self::NsvmMigrate => {
+                "AMD: VMRUN injecting an event, vCPU saved and restored before L2 runs"
+            }
         }
     }
 }

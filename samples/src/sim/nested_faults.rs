@@ -1,11 +1,12 @@
 //! Nested deaths and failures of issue 15: a nested VM-entry that fails KVM's checks, an L2
 //! triple fault reflected to L1 (and one KVM causes by emulating L2's LTR with a stale CR0.WP),
-//! and nSVM's return from SMM into L2.
+//! nSVM's return from SMM into L2, and nSVM's event injection lost across a save and restore.
 //!
 //! | scenario | what every flavour shows | buggy flavour |
 //! |---|---|---|
 //! | `failed-nested-entry` | VMRESUME of a clear vmcs12 and VMLAUNCH with bad controls (`kvm_nested_vmenter_failed` before any vmenter, L1 at the next instruction); VMLAUNCH with a bad guest CR0, then a bad VMCS link pointer (`kvm_nested_vmenter` → `kvm_nested_vmenter_failed "<check>"` → `kvm_entry` at HOST_RIP, no inject; the `l1-vmfail-*` recordings); then a good launch | none: fixed only (no KVM bug is known on this path) |
 //! | `nested-triple-fault` | L2 `ud2` with an empty IDT: `EXCEPTION_NMI` #UD → `kvm_inj_exception #UD` → `TRIPLE_FAULT` → `kvm_nested_vmexit_inject TRIPLE_FAULT` (the `l1-triple-fault-*` recordings); a second L2's LTR exits to L0 (`LDTR_TR`), which emulates it | (l) the emulator's write to the TSS descriptor fails on a stale CR0.WP (`kvm_mmu_walker_error` P\|W), `kvm_inj_exception #PF (0x3)`, its delivery fails: a second TRIPLE_FAULT reflected to L1 |
+//! | `nsvm-migrate` | `vmrun` → `kvm_nested_vmrun` with `event_inj` 0x80000036; the vCPU leaves for userspace before L2 runs (`KVM_EXIT_INTR`: the VMM saves and restores it); an interrupt for L1 arrives; KVM enters L2 delivering the event, and the interrupt exits L2 afterwards (`kvm_nested_intr_vmexit`) | (n) `nested_run_pending` was not restored: the interrupt exits to L1 before L2 ever ran, and the event L1 injected is gone |
 //! | `nsvm-rsm` | `vmrun` → `kvm_nested_vmenter` isa=svm; an SMI in L2 (`kvm_nested_vmexit_inject` 0xf0000000, `kvm_smm_transition entering`); RSM (`kvm_exit rsm`, `kvm_emulate_insn 0f aa`, `kvm_smm_transition leaving`, `kvm_nested_vmenter` with no VMRUN); L2's first #VMEXIT (`npf`) reflected to L1 | (m) L1 resumes at the RSM instruction (`kvm_entry rip <RSM>`), #GP, Hyper-V bugchecks |
 
 use vmxray_events::codes::{IntrInfo, Isa};
@@ -394,6 +395,107 @@ pub(super) fn nsvm_rsm(v: &mut Vcpu, iterations: u32) {
     v.enter();
 }
 
+/// An AMD L1 (Linux KVM, as in the report) runs L2; its virtual device raises vector 0x36 for
+/// L2, so L1 resumes L2 with VMRUN and EVENTINJ 0x80000036. Before KVM enters L2 the vCPU
+/// thread is kicked out to userspace (`KVM_EXIT_INTR`) and the VMM saves and restores the vCPU
+/// in place (a snapshot load; `KVM_GET/SET_NESTED_STATE` are not traced); meanwhile L1's timer
+/// fires. With `nested_run_pending` restored, KVM enters L2 delivering the event first and the
+/// interrupt exits L2 afterwards. Before 81f76adad560 the flag was lost: the interrupt makes
+/// KVM exit to L1 (`kvm_nested_intr_vmexit`) before L2 ever ran, and the event L1 injected is
+/// gone (the excerpt `nsvm-migration-lost-event-injection.txt`, where the restore was a
+/// migration and the capture after it another file).
+pub(super) fn nsvm_migrate(v: &mut Vcpu, iterations: u32) {
+    let buggy = v.kvm.has(Bug::NsvmRunPendingLost);
+    let l1 = SvmL1 {
+        vmcb12: 0x0000_0001_0359_4000,
+        vmrun_rip: 0xffff_ffff_a068_8ffa,
+        nested_cr3: 0x0000_0000_0bd3_3000,
+        int_ctl: 0x0100_0001,
+    };
+    let l2_code = 0xffff_ffff_814b_0000u64;
+    v.l1_rip = l1.vmrun_rip - 0x40;
+    v.l1_cr3 = 0x0000_0000_0a71_2000;
+    v.l1_setup_vmcs12(
+        l1.vmcb12,
+        Vmcs12 {
+            guest_rip: l2_code + 0x3b01,
+            guest_cr3: 0x0000_0000_0012_c000,
+            eptp: l1.nested_cr3,
+            nested_ept: true,
+            launched: false,
+            activity_hlt: false,
+            entry_intr: 0,
+            host_rip: l1.vmrun_rip + 3,
+            host_cr3: 0x0000_0000_0a71_2000,
+            evmcs: false,
+        },
+    );
+    v.current = Some(l1.vmcb12);
+    v.enter();
+    v.l1_step(0x40, 2_000, 6_000);
+    svm_vmrun(v, &l1);
+    let rounds = iterations.clamp(2, 6);
+    for _ in 0..rounds / 2 {
+        svm_l2_work(v, l2_code);
+    }
+    // L2 exits on CPUID; L1 emulates it and injects its device's interrupt with the next
+    // VMRUN (EVENTINJ is written into vmcb12 memory: no exit).
+    v.l2_run(l2_code, &[]);
+    let rip = v.l2_rip;
+    v.svm_exit(SvmExit { code: svm::CPUID, rip, ..SvmExit::default() });
+    svm_vmexit(v, &l1, svm::CPUID, 0, 0);
+    v.enter();
+    v.l1_step(0x40, 1_000, 5_000);
+    v.l1_vmwrite(Vmcs12Field::GuestRip, rip + 2, false);
+    v.l1_vmwrite(Vmcs12Field::VmEntryIntrInfo, u64::from(intr::ext(0x36)), false);
+    v.l2_rip = rip + 2;
+    v.l1_rip = l1.vmrun_rip;
+    v.svm_exit(SvmExit { code: svm::VMRUN, rip: l1.vmrun_rip, ..SvmExit::default() });
+    let vmrun = svm_nested_vmrun(v, &l1, l1.vmrun_rip);
+    // A signal kicks the thread out before the entry; the VMM saves and restores the vCPU.
+    v.userspace_exit(10, 0);
+    v.run_for(20_000, 60_000);
+    super::stuck::accept_irq(v, 0xf3, false);
+    if buggy {
+        // nested_run_pending lost: svm_check_nested_events turns L1's interrupt into a nested
+        // #VMEXIT before L2 ran; the EVENTINJ dies with the vmcb02 state.
+        let rip = v.l2_rip;
+        let exit = v.ev(EventKind::KvmNestedIntrVmexit { rip });
+        svm_vmexit(v, &l1, svm::INTR, 0, 0);
+        v.enter();
+        v.mark(
+            Bug::NsvmRunPendingLost,
+            vmrun,
+            exit,
+            exit,
+            "the nested INTR #VMEXIT before L2's first entry discards the event L1 injected with VMRUN: nested_run_pending was not restored with the nested state",
+        );
+    } else {
+        // nested_run_pending restored: the entry delivers the event; the interrupt exits L2
+        // once it ran.
+        v.enter();
+        v.l2_run(l2_code, &[]);
+        let rip = v.l2_rip;
+        v.svm_exit(SvmExit { code: svm::INTR, rip, ..SvmExit::default() });
+        v.ev(EventKind::KvmNestedIntrVmexit { rip });
+        svm_vmexit(v, &l1, svm::INTR, 0, 0);
+        v.enter();
+    }
+    // L1 handles its interrupt and runs L2 on (which, in the buggy flavour, never gets its
+    // interrupt).
+    v.l1_step(0x80, 2_000, 8_000);
+    svm_vmrun(v, &l1);
+    for _ in 0..rounds - rounds / 2 {
+        svm_l2_work(v, l2_code);
+    }
+    v.l2_run(l2_code, &[]);
+    let rip = v.l2_rip;
+    v.svm_exit(SvmExit { code: svm::INTR, rip, ..SvmExit::default() });
+    v.ev(EventKind::KvmNestedIntrVmexit { rip });
+    svm_vmexit(v, &l1, svm::INTR, 0, 0);
+    v.enter();
+}
+
 /// Another vCPU of the AMD guest, outside nesting: host interrupts and timer MSR writes.
 pub(super) fn svm_plain_guest(v: &mut Vcpu, steps: u32) {
     v.l1_rip = 0xffff_f800_2a20_0000 + u64::from(v.id) * 0x100;
@@ -426,14 +528,22 @@ fn svm_vmrun(v: &mut Vcpu, l1: &SvmL1) {
 /// `enter_svm_guest_mode`: `kvm_nested_vmenter` (isa svm; before 6.1 `kvm_nested_vmrun`, no
 /// `guest_pgd`), the NPT root of L2 (a shadow page of L1's NPT, guest_mode), `kvm_entry`.
 fn svm_enter_l2(v: &mut Vcpu, l1: &SvmL1, l1_rip: u64) {
+    svm_nested_vmrun(v, l1, l1_rip);
+    v.enter();
+}
+
+/// `enter_svm_guest_mode`: `kvm_nested_vmrun` (with vmcb12's EVENTINJ) and L2's guest_mmu
+/// root; L2 is current but not entered yet. Returns the `kvm_nested_vmrun`.
+fn svm_nested_vmrun(v: &mut Vcpu, l1: &SvmL1, l1_rip: u64) -> usize {
     let newer = v.kernel.has_nested_vmenter();
     let nested_rip = v.l2_rip;
-    v.ev(EventKind::KvmNestedVmenter(NestedVmenter {
+    let event_inj = v.current_vmcs12().map_or(0, |x| x.entry_intr);
+    let at = v.ev(EventKind::KvmNestedVmenter(NestedVmenter {
         rip: l1_rip,
         vmcs: l1.vmcb12,
         nested_rip,
         int_ctl: l1.int_ctl,
-        event_inj: IntrInfo(0),
+        event_inj: IntrInfo(event_inj),
         tdp_enabled: Some(true),
         guest_pgd: newer.then_some(l1.nested_cr3),
         isa: Some(Isa::Svm),
@@ -443,18 +553,25 @@ fn svm_enter_l2(v: &mut Vcpu, l1: &SvmL1, l1_rip: u64) {
         v.get_page(l1.nested_cr3 >> 12, role::LONG_MODE_ROOT | role::GUEST_MODE);
         v.guest_mmu_root = Some(l1.nested_cr3);
     }
-    v.enter();
+    at
 }
 
 /// `nested_svm_vmexit` to L1: `kvm_nested_vmexit_inject` (isa svm), vmcb12 synced, L1 after
 /// its VMRUN. Returns L2's RIP at the exit.
 fn svm_vmexit(v: &mut Vcpu, l1: &SvmL1, code: u64, info1: u64, info2: u64) -> u64 {
     let l2_rip = v.l2_rip;
+    let mut cleared_inj = false;
     if let Some(x) = v.vmcs12s.get_mut(&l1.vmcb12) {
         x.guest_rip = l2_rip;
         x.launched = true;
+        // The event VMRUN injected was delivered (or, before L2 ran, discarded).
+        cleared_inj = IntrInfo(x.entry_intr).valid();
+        x.entry_intr = 0;
     }
     v.record(l1.vmcb12, Vmcs12Field::GuestRip, l2_rip, Writer::L0Exit, false);
+    if cleared_inj {
+        v.record(l1.vmcb12, Vmcs12Field::VmEntryIntrInfo, 0, Writer::L0Exit, false);
+    }
     v.svm_inject(code, info1, info2);
     v.mode = Mode::L1;
     v.l1_rip = l1.vmrun_rip + 3;

@@ -126,6 +126,9 @@ pub(crate) fn plan(cfg: &SimConfig, unbounded: bool) -> Vec<Job> {
             jobs.push(solo(v0, move |v| super::nested_faults::nested_triple_fault(v, iters)));
         }
         Scenario::NsvmRsm => jobs.push(solo(v0, move |v| super::nested_faults::nsvm_rsm(v, iters))),
+        Scenario::NsvmMigrate => {
+            jobs.push(solo(v0, move |v| super::nested_faults::nsvm_migrate(v, iters)));
+        }
     }
     // The stuck-vCPU scenarios run a VM without nesting: its other vCPUs are plain guests
     // (on shadow paging where the scenario's L0 is); the AMD one's are plain SVM guests.
@@ -145,7 +148,7 @@ pub(crate) fn plan(cfg: &SimConfig, unbounded: bool) -> Vec<Job> {
             }
             background = false;
         }
-        Scenario::NsvmRsm => {
+        Scenario::NsvmRsm | Scenario::NsvmMigrate => {
             for v in vcpus.by_ref() {
                 jobs.push(solo(v, move |v| {
                     super::nested_faults::svm_plain_guest(v, 2 + iters.min(6))

@@ -251,7 +251,7 @@ fn ioapic_set_irq(v: &mut Vcpu, vector: u8) {
 }
 
 /// `kvm_apic_accept_irq` on APIC 0 (fixed delivery).
-fn accept_irq(v: &mut Vcpu, vector: u8, level: bool) {
+pub(super) fn accept_irq(v: &mut Vcpu, vector: u8, level: bool) {
     untyped(
         v,
         "kvm_apic_accept_irq",

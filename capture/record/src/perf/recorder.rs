@@ -613,6 +613,10 @@ fn perf_meta(session: &Session, meta: &Metadata) -> PerfDataMeta {
     // of them, e.g. ftrace:function, make perf's tracing-data parser give up).
     let mut tracing = meta.clone();
     tracing.ftrace_formats.clear();
+    let (cpudesc, cpuid) = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| cpu_identity(&text))
+        .unwrap_or_default();
     PerfDataMeta {
         attrs: session.attrs.clone(),
         tracing,
@@ -621,8 +625,35 @@ fn perf_meta(session: &Session, meta: &Metadata) -> PerfDataMeta {
         version: format!("vmxray {}", env!("CARGO_PKG_VERSION")),
         arch: std::env::consts::ARCH.to_string(),
         cpus: (meta.cpus, online),
+        cpudesc,
+        cpuid,
         cmdline: std::env::args().collect(),
     }
+}
+
+/// perf's `HEADER_CPUDESC` and x86 `HEADER_CPUID` from the first processor of
+/// `/proc/cpuinfo`: the model name with runs of blanks squeezed, and
+/// `vendor,family,model,stepping` in decimal (the kernel's `cpu family` and `model` already
+/// include the extended fields, as perf's `get_cpuid` computes them). `None` without a
+/// `vendor_id` (not x86), where perf writes another format.
+fn cpu_identity(cpuinfo: &str) -> Option<(String, String)> {
+    let first = cpuinfo.split("\n\n").next()?;
+    let field = |name: &str| {
+        first.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    let vendor = field("vendor_id")?;
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u32>().ok());
+    let cpuid = format!(
+        "{vendor},{},{},{}",
+        number("cpu family")?,
+        number("model")?,
+        number("stepping").unwrap_or(0)
+    );
+    let desc = field("model name").unwrap_or_default();
+    Some((desc.split_whitespace().collect::<Vec<_>>().join(" "), cpuid))
 }
 
 /// Threads that exist now (tid → (tgid, comm)): every thread, or those of the recorded
@@ -676,4 +707,21 @@ fn cmdlines_from(comms: &BTreeMap<i32, String>) -> Vec<u8> {
         }
     }
     out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_identity;
+
+    #[test]
+    fn cpu_identity_is_perfs_x86_cpuid() {
+        // Bochs' corei7_haswell_4770 as a Debian 6.1 guest shows it (abridged).
+        let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 60\n\
+                       model name\t: Intel(R) Core(TM)  i7-4770 CPU @ 3.40GHz\nstepping\t: 3\n\n\
+                       processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n";
+        let (desc, cpuid) = cpu_identity(cpuinfo).unwrap();
+        assert_eq!(cpuid, "GenuineIntel,6,60,3");
+        assert_eq!(desc, "Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz");
+        assert_eq!(cpu_identity("processor\t: 0\nCPU implementer\t: 0x41\n"), None);
+    }
 }

@@ -117,7 +117,7 @@ impl ParsedBlock {
     fn push(&mut self, outcome: Outcome) {
         match outcome {
             // A loose event (no time, or a QEMU line) is no plain event: it settles nothing.
-            Outcome::Event { event, seen, unknown: None } if !seen.loose => {
+            Outcome::Event { event, seen, unknown: None, truncated: None } if !seen.loose => {
                 if self.events.is_empty() {
                     self.first_seen = Some(seen);
                 }

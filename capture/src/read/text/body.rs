@@ -121,6 +121,54 @@ pub(crate) fn parse_known(
     if ok.is_some() { Ok(Parsed::Fields) } else { Err(expected(known)) }
 }
 
+/// What a typed event's text lacks that every kernel generation and trace-cmd's plugins print:
+/// the record was cut (a mailer's hard wrap with its continuation lost, a paste cut short). The
+/// fields the typed decoder takes as optional stay unknown; the record is counted as truncated
+/// rather than read as whole. `None` for a complete record (or one whose short form is a real
+/// rendering, like `kvm_entry: vcpu 0` before 5.10).
+pub(crate) fn truncation(known: KnownEvent, body: &str, out: &FieldBuf) -> Option<&'static str> {
+    // A cut leaves a prefix of the rendering: fields present after the missing ones mean a
+    // rendering of its own (a patched kernel printing fewer fields), not a cut.
+    let has_any = |names: &[&str]| names.iter().any(|n| out.has(body, n));
+    const EXIT_INFO: &[&str] = &[
+        "info1",
+        "exit_info1",
+        "info2",
+        "exit_info2",
+        "intr_info",
+        "exit_int_info",
+        "error_code",
+        "exit_int_info_err",
+    ];
+    match known {
+        KnownEvent::KvmExit | KnownEvent::KvmNestedVmexit => {
+            if has_any(EXIT_INFO) {
+                None
+            } else if has_any(&["guest_rip", "rip"]) {
+                Some("the exit information (info1, info2 …)")
+            } else {
+                Some("rip and the exit information")
+            }
+        }
+        KnownEvent::KvmNestedVmexitInject => {
+            (!has_any(EXIT_INFO)).then_some("the exit information (ext_inf1 …)")
+        }
+        // The kernel prints ` (MODE)` even without bytes, the plugin the bytes.
+        KnownEvent::KvmEmulateInsn => (!has_any(&["flags", "insn"]))
+            .then_some("the instruction bytes, mode and whether it failed"),
+        KnownEvent::KvmSetIrq => {
+            (!has_any(&["level", "irq_source_id"])).then_some("level and source")
+        }
+        KnownEvent::KvmNestedVmenter | KnownEvent::KvmNestedVmrun => {
+            (!has_any(&["event_inj", "guest_pgd", "tdp_enabled"]))
+                .then_some("event_inj and what follows it")
+        }
+        // `vcpu 0, rip 0x…`: the comma says more was printed.
+        KnownEvent::KvmEntry => body.trim_end().ends_with(',').then_some("rip and what follows it"),
+        _ => None,
+    }
+}
+
 /// The renderings of each typed event, for error messages.
 fn expected(known: KnownEvent) -> &'static str {
     match known {

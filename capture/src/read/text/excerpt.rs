@@ -568,7 +568,10 @@ fn segment(items: &mut Vec<(Outcome, u64)>) {
                         kind: EventKind::Segment { index, reason },
                     };
                     let seen = Seen { loose: true, ..*seen };
-                    out.push((Outcome::Event { event: marker, seen, unknown: None }, line));
+                    out.push((
+                        Outcome::Event { event: marker, seen, unknown: None, truncated: None },
+                        line,
+                    ));
                     seg = Segment::default();
                 }
                 between = Between::default();
@@ -730,6 +733,11 @@ impl Evidence {
     /// The first event.
     pub(crate) fn first_event(&mut self, event: &Event) {
         self.first_starts_vm.get_or_insert_with(|| starts_vm(event));
+    }
+
+    /// Whether the first event was noted.
+    pub(crate) fn first_event_seen(&self) -> bool {
+        self.first_starts_vm.is_some()
     }
 
     /// An event without its time.

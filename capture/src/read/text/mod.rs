@@ -284,15 +284,31 @@ impl Stream {
     /// lost marker waits: an event then only needs its timestamp noted.
     #[inline]
     fn settled(&self) -> bool {
-        self.format_from_header && self.clock_known && self.pending_lost.is_empty()
+        // The first event must have been noted too: a bad line before it (skipped under
+        // --permissive) settles the format and clock but says nothing of the first event.
+        self.format_from_header
+            && self.clock_known
+            && self.pending_lost.is_empty()
+            && self.evidence.first_event_seen()
     }
 
     /// What an event line says about the trace, and why it stays untyped if it does.
     #[inline]
-    fn event_line(&mut self, seen: Seen, unknown: Option<String>) {
+    fn event_line(
+        &mut self,
+        seen: Seen,
+        unknown: Option<String>,
+        truncated: Option<&'static str>,
+        event: &Event,
+        line: u64,
+    ) {
         self.first_event(seen);
         if let Some(key) = unknown {
             *self.stats.unknown_events.entry(key).or_default() += 1;
+        }
+        if let Some(missing) = truncated {
+            let name = event.kind.known().map_or("event", |k| k.name());
+            self.stats.note_truncated(crate::read::TruncatedRecord { line, event: name, missing });
         }
     }
 
@@ -326,8 +342,8 @@ impl Stream {
                 }
                 self.pending_lost.push((cpu, count));
             }
-            Outcome::Event { event, seen, unknown } => {
-                self.event_line(seen, unknown);
+            Outcome::Event { event, seen, unknown, truncated } => {
+                self.event_line(seen, unknown, truncated, &event, 0);
                 self.must_wait(event.cpu, event.ts);
                 self.queue.push_back(event);
             }
@@ -485,8 +501,8 @@ impl<R: BufRead> Iterator for TextReader<R> {
                     };
                     *line_no += 1;
                     match parser.line(bytes) {
-                        Outcome::Event { event, seen, unknown } => {
-                            self.st.event_line(seen, unknown);
+                        Outcome::Event { event, seen, unknown, truncated } => {
+                            self.st.event_line(seen, unknown, truncated, &event, *line_no);
                             self.st.noted(&event);
                             event
                         }
@@ -518,8 +534,11 @@ impl<R: BufRead> Iterator for TextReader<R> {
                             self.st.noted(&event);
                             event
                         }
-                        blocks::Next::Line(Outcome::Event { event, seen, unknown }, _) => {
-                            self.st.event_line(seen, unknown);
+                        blocks::Next::Line(
+                            Outcome::Event { event, seen, unknown, truncated },
+                            at,
+                        ) => {
+                            self.st.event_line(seen, unknown, truncated, &event, at);
                             self.st.noted(&event);
                             event
                         }
@@ -535,12 +554,12 @@ impl<R: BufRead> Iterator for TextReader<R> {
                     }
                 }
                 Source::Excerpt(items) => match items.items.next() {
-                    Some((Outcome::Event { event, seen, unknown }, _)) => {
+                    Some((Outcome::Event { event, seen, unknown, truncated }, at)) => {
                         if let EventKind::Segment { .. } = event.kind {
                             self.st.stats.segments += 1;
                             self.st.evidence.segment();
                         }
-                        self.st.event_line(seen, unknown);
+                        self.st.event_line(seen, unknown, truncated, &event, at);
                         self.st.noted(&event);
                         event
                     }

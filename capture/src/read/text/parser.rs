@@ -25,8 +25,9 @@ pub(crate) enum Outcome {
     /// A lost-events marker.
     Lost { cpu: u32, count: Option<u64> },
     /// An event; `unknown` names it in [`crate::ReadStats::unknown_events`] when it stays
-    /// untyped for a known reason.
-    Event { event: Event, seen: Seen, unknown: Option<String> },
+    /// untyped for a known reason; `truncated` says what its text lacks when the record was
+    /// cut ([`body::truncation`]).
+    Event { event: Event, seen: Seen, unknown: Option<String>, truncated: Option<&'static str> },
     /// An event line whose body cannot be read (its format and clock still count for the
     /// meta, as the event would have).
     BadEvent { seen: Seen, error: ReadErrorKind },
@@ -209,6 +210,7 @@ impl LineParser {
                     event: Event { ts, cpu, pid, tgid: None, comm: None, kind },
                     seen: Seen { format: InputFormat::FtraceText, ns: false, loose: false },
                     unknown: Some(format!("type {type_id}")),
+                    truncated: None,
                 }
             }
             LineKind::Event(p) => self.event(&p),
@@ -227,10 +229,14 @@ impl LineParser {
         let comm = p.comm.map(|c| self.comm(p.pid, c));
         self.buf.clear();
         let mut unknown = None;
+        let mut truncated = None;
         let kind = match self.infos[info_at].known {
             Some(known) => match body::parse_known(known, p.body, &mut self.buf) {
                 Ok(Parsed::Fields) => match known.decode(&View { body: p.body, buf: &self.buf }) {
-                    Ok(kind) => kind,
+                    Ok(kind) => {
+                        truncated = body::truncation(known, p.body, &self.buf);
+                        kind
+                    }
                     Err(e) => {
                         if let Some(clean) = super::loose::without_cant_find_field(p.body) {
                             return self.event(&Prefix { body: &clean, ..*p });
@@ -271,6 +277,7 @@ impl LineParser {
             event: Event { ts: p.ts.value, cpu: p.cpu, pid: p.pid, tgid: p.tgid, comm, kind },
             seen,
             unknown,
+            truncated,
         }
     }
 
