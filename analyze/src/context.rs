@@ -44,7 +44,7 @@
 //! assert!(ctx.finish().is_none(), "no host events: no host context");
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 
@@ -53,6 +53,7 @@ use vmxray_events::codes::ExitCode;
 use vmxray_events::context::{ContextEvent, SoftirqVector, Task};
 use vmxray_events::{Actor, Attribution, Comm, Event, EventKind};
 
+use crate::FastMap as HashMap;
 use crate::pass::{Sink, Stepped};
 use crate::stats::Reason;
 
@@ -445,8 +446,6 @@ impl HostContext {
         match &event.kind {
             EventKind::KvmExit(info) => {
                 let Some(actor) = actor else { return };
-                // A previous exit of the vCPU without an entry gets no latency in stats.
-                self.pending.remove(&actor);
                 let cpu = self.cpus.entry(event.cpu).or_default();
                 // A vCPU thread exits in task context: no handler can still be running.
                 cpu.stack.clear();
@@ -456,6 +455,8 @@ impl HostContext {
                         comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
                     });
                 }
+                // A previous exit of the vCPU without an entry gets no latency in stats: the
+                // new exit replaces it.
                 if in_vm {
                     self.pending.insert(
                         actor,
@@ -475,15 +476,18 @@ impl HostContext {
                             softirqs: Vec::new(),
                         },
                     );
+                } else {
+                    self.pending.remove(&actor);
                 }
             }
             EventKind::KvmEntry(_) => {
                 let Some(actor) = actor else { return };
-                let pending = self
+                let mut pending = self
                     .pending
                     .remove(&actor)
                     .or_else(|| self.pending.remove(&Actor::Thread(event.pid)));
-                if let Some(mut exit) = pending
+                // (Closed by reference: a copy of the exit per entry showed in profiles.)
+                if let Some(exit) = &mut pending
                     && ts >= exit.ts
                 {
                     exit.account(ts, &self.cpus);
@@ -593,7 +597,7 @@ impl HostContext {
         }
     }
 
-    fn close(&mut self, vcpu: Actor, exit: Pending, entry_ts: u64) {
+    fn close(&mut self, vcpu: Actor, exit: &mut Pending, entry_ts: u64) {
         let latency = entry_ts - exit.ts;
         if exit.skewed || exit.parts.total() != latency {
             self.unattributed += 1;
@@ -632,16 +636,16 @@ impl HostContext {
             reason: Reason::from(reason),
             latency,
             parts: exit.parts,
-            ran: sorted(exit.ran.into_iter().map(|(task, time)| match task {
+            ran: sorted(exit.ran.drain(..).map(|(task, time)| match task {
                 Some(t) => RanThread { pid: Some(t.pid), comm: t.comm.to_string(), time },
                 None => RanThread { pid: None, comm: "?".to_owned(), time },
             })),
             irqs: sorted(
-                exit.irqs.into_iter().map(|(name, time)| NamedTime { name: name.into(), time }),
+                exit.irqs.drain(..).map(|(name, time)| NamedTime { name: name.into(), time }),
             ),
             softirqs: sorted(
                 exit.softirqs
-                    .into_iter()
+                    .drain(..)
                     .map(|(vec, time)| NamedTime { name: vec.to_string(), time }),
             ),
         };

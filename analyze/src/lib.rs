@@ -193,6 +193,12 @@ pub mod plot;
 pub mod scan;
 pub mod stats;
 
+/// The hash map of the per-event paths (statistics, host context): keyed by vCPUs, CPUs and
+/// event names, looked up several times per event, so hashed with foldhash rather than
+/// SipHash (whose cost was a tenth of `vmxray stats`). Nothing iterates one of these maps into
+/// output without sorting it first, as with std's randomly seeded hasher.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// An error and its causes on one line, each said once.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();

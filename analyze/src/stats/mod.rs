@@ -10,12 +10,13 @@ mod render;
 mod report;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, VmId};
+use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, VmId};
 
+use crate::FastMap as HashMap;
 use crate::histogram::{LogHistogram, MAX_BINS};
 
 pub use render::{Format, write_report};
@@ -188,6 +189,9 @@ enum Close {
 pub struct ExitStats {
     events_total: u64,
     events_by_name: HashMap<Box<str>, u64>,
+    /// Typed events counted by [`KnownEvent`] index (no name hashed per event); added to
+    /// `events_by_name` under [`KnownEvent::name`] when the report is built.
+    known_counts: Vec<u64>,
     /// Attribution for events pushed without one ([`ExitStats::push`]).
     attribution: Attribution,
     pending: HashMap<Actor, PendingExit>,
@@ -250,7 +254,7 @@ impl ExitStats {
         let mut pending: Vec<_> = self.pending.drain().collect();
         pending.sort_by_key(|(_, exit)| exit.index);
         for (vcpu, exit) in pending {
-            self.close(vcpu, exit, Close::TraceEnd);
+            self.close(vcpu, &exit, Close::TraceEnd);
         }
     }
 
@@ -278,21 +282,29 @@ impl ExitStats {
         let vcpu = actor.unwrap_or(Actor::Thread(event.pid));
         let index = self.events_total;
         self.events_total += 1;
-        let name = event.name();
-        match self.events_by_name.get_mut(name) {
-            Some(n) => *n += 1,
+        match event.kind.known() {
+            Some(known) => {
+                let k = known as usize;
+                if k >= self.known_counts.len() {
+                    self.known_counts.resize(KnownEvent::ALL.len().max(k + 1), 0);
+                }
+                self.known_counts[k] += 1;
+            }
             None => {
-                self.events_by_name.insert(name.into(), 1);
+                let name = event.name();
+                match self.events_by_name.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.events_by_name.insert(name.into(), 1);
+                    }
+                }
             }
         }
         match &event.kind {
             EventKind::KvmExit(info) => {
-                if let Some(previous) = self.pending.remove(&vcpu) {
-                    self.close(vcpu, previous, Close::NextExit);
-                }
                 let l0_always_keeps =
                     l0_always_keeps(info.reason(), info.intr_info().map(|i| i.kind()));
-                self.pending.insert(
+                let previous = self.pending.insert(
                     vcpu,
                     PendingExit {
                         ts: event.ts,
@@ -307,15 +319,20 @@ impl ExitStats {
                         vmcs12: None,
                     },
                 );
+                if let Some(previous) = &previous {
+                    self.close(vcpu, previous, Close::NextExit);
+                }
             }
             EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                let pending =
-                    self.pending.remove(&vcpu).map(|p| (vcpu, p)).or_else(|| {
-                        self.pending.remove(&Actor::Thread(event.pid)).map(|p| (vcpu, p))
-                    });
-                if let Some((vcpu, exit)) = pending {
+                // (Closed by reference: this runs for every entry, and each copy of the
+                // ~150-byte exit showed in profiles.)
+                let exit = self
+                    .pending
+                    .remove(&vcpu)
+                    .or_else(|| self.pending.remove(&Actor::Thread(event.pid)));
+                if let Some(exit) = &exit {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
             }
@@ -381,7 +398,7 @@ impl ExitStats {
                 let mut pending: Vec<_> = self.pending.drain().collect();
                 pending.sort_by_key(|(_, exit)| exit.index);
                 for (vcpu, exit) in pending {
-                    self.close(vcpu, exit, Close::TraceEnd);
+                    self.close(vcpu, &exit, Close::TraceEnd);
                 }
             }
             EventKind::Lost { count } => {
@@ -396,7 +413,7 @@ impl ExitStats {
                 let mut pending: Vec<_> = self.pending.drain().collect();
                 pending.sort_by_key(|(_, exit)| exit.index);
                 for (vcpu, exit) in pending {
-                    self.close(vcpu, exit, Close::Lost);
+                    self.close(vcpu, &exit, Close::Lost);
                 }
             }
             EventKind::KvmCr { .. }
@@ -438,7 +455,7 @@ impl ExitStats {
         }
     }
 
-    fn close(&mut self, vcpu: Actor, exit: PendingExit, how: Close) {
+    fn close(&mut self, vcpu: Actor, exit: &PendingExit, how: Close) {
         let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
         let group = self
             .groups
@@ -482,9 +499,17 @@ impl ExitStats {
                 let latency = ts - exit.ts;
                 group.latency.record(latency);
                 let slow = (latency, exit.ts, vcpu, ReasonKey(exit.reason), Some(level));
-                self.slowest.push(Reverse(slow));
-                if self.slowest.len() > Self::SLOWEST_KEPT {
-                    self.slowest.pop();
+                // Once the heap is full, an exit no slower than its fastest would be pushed and
+                // popped again at once: skip the two heap updates (most exits).
+                match self.slowest.peek() {
+                    Some(Reverse(fastest))
+                        if self.slowest.len() >= Self::SLOWEST_KEPT && slow <= *fastest => {}
+                    _ => {
+                        self.slowest.push(Reverse(slow));
+                        if self.slowest.len() > Self::SLOWEST_KEPT {
+                            self.slowest.pop();
+                        }
+                    }
                 }
                 return;
             }
@@ -516,6 +541,11 @@ impl ExitStats {
             ));
         }
         let exits = self.exit_report(&mut notes);
+        for (known, &count) in KnownEvent::ALL.iter().zip(&self.known_counts) {
+            if count > 0 {
+                *self.events_by_name.entry(known.0.name().into()).or_default() += count;
+            }
+        }
         let mut events_by_name: Vec<NameCount> = self
             .events_by_name
             .iter()

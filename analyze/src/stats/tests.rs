@@ -758,3 +758,55 @@ fn exit_log_has_one_row_per_counted_exit() {
     let report = stats.finish(None, None);
     assert_eq!(report.exits.unwrap().total, closed.len() as u64);
 }
+
+#[test]
+fn slowest_exits_are_the_top_ten_of_many_whatever_the_order() {
+    // 60 exits of vCPU 0 with latencies 7·k mod 61 (every value 1..=60 once, in a scrambled
+    // order), then 20 more at 51 that meet a full heap whose fastest is the first 51: ties are
+    // ordered by exit time, so the slowest ten are 60..=52 and the last of the 51s.
+    let mut events = Vec::new();
+    let mut ts = 1_000u64;
+    let mut latencies: Vec<u64> = (1..=60u64).map(|k| (7 * k) % 61).collect();
+    latencies.extend([51; 20]);
+    let mut expected = Vec::new();
+    for latency in latencies {
+        events.push(exit(ts, 0, 100, Some(0), HLT));
+        events.push(entry(ts + latency, 0, 100, 0));
+        expected.push((latency, ts));
+        ts += 1_000;
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    expected.truncate(ExitStats::SLOWEST_KEPT);
+    let report = run(&events);
+    let slowest: Vec<(u64, u64)> =
+        report.exits.unwrap().slowest.iter().map(|s| (s.latency, s.exit_ts)).collect();
+    assert_eq!(slowest, expected);
+    assert_eq!(
+        slowest.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [60, 59, 58, 57, 56, 55, 54, 53, 52, 51]
+    );
+    assert_eq!(slowest[9].1, ts - 1_000, "the last exit at 51");
+}
+
+#[test]
+fn typed_and_untyped_events_of_one_name_are_counted_together() {
+    // Typed events are counted by kind and named when the report is built; an untyped event
+    // with a typed event's name (another system's `kvm_exit`) joins the same row.
+    let mut events = vec![
+        exit(100, 0, 100, Some(0), HLT),
+        entry(150, 0, 100, 0),
+        exit(200, 0, 100, Some(0), HLT),
+        entry(260, 0, 100, 0),
+        other(300, 0, 100, "kvm_exit"),
+        other(310, 0, 100, "kvm_fpu"),
+    ];
+    events.push(inject(400, 0, 100, HLT));
+    let report = run(&events);
+    let count = |name: &str| report.events_by_name.iter().find(|n| n.name == name).map(|n| n.count);
+    assert_eq!(count("kvm_exit"), Some(3));
+    assert_eq!(count("kvm_entry"), Some(2));
+    assert_eq!(count("kvm_fpu"), Some(1));
+    assert_eq!(count("kvm_nested_vmexit_inject"), Some(1));
+    assert_eq!(report.events_by_name.len(), 4, "{:?}", report.events_by_name);
+    assert_eq!(report.events_by_name.iter().map(|n| n.count).sum::<u64>(), 7);
+}

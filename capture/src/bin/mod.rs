@@ -240,6 +240,32 @@ impl Source {
         }
     }
 
+    /// [`Source::read_at`] into `buf` (replacing its contents), reusing its allocation: a
+    /// decoding thread reads thousands of chunks, and a fresh buffer for each made the
+    /// allocator hand back and fault in pages over and over.
+    pub(crate) fn read_at_into(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let avail = self.len().saturating_sub(offset);
+        let n = len.min(to_usize(avail).unwrap_or(usize::MAX));
+        buf.clear();
+        match self {
+            Self::File(f, _) => {
+                buf.resize(n, 0);
+                f.read_exact_at(buf, offset)
+            }
+            Self::Bytes(b) => {
+                let start = to_usize(offset).unwrap_or(usize::MAX);
+                buf.extend_from_slice(b.get(start..start.saturating_add(n)).unwrap_or(&[]));
+                Ok(())
+            }
+        }
+    }
+
     /// Reads up to `len` bytes at `offset`: fewer at the end of the input, none past it.
     pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt as _;

@@ -234,6 +234,21 @@ impl Source {
         let n = to_usize(len).ok_or(TraceDatError::Impossible { what: "size", value: len })?;
         self.read(offset, n)
     }
+
+    /// [`Source::exact`] into a reused buffer.
+    fn exact_into(
+        &self,
+        offset: u64,
+        len: u64,
+        expected: &'static str,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), TraceDatError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(TraceDatError::Truncated { expected });
+        }
+        let n = to_usize(len).ok_or(TraceDatError::Impossible { what: "size", value: len })?;
+        self.read_at_into(offset, n, buf).map_err(TraceDatError::Io)
+    }
 }
 
 /// A sequential reader over a [`Source`] for the metadata.
@@ -1354,14 +1369,14 @@ impl TraceDat {
             None => {
                 let len = to_usize(w.len)
                     .ok_or((at, TraceDatError::Impossible { what: "size", value: w.len }))?;
-                *out = self.src.read(w.file_offset, len).map_err(|e| (at, e))?;
-                Ok(())
+                self.src
+                    .read_at_into(w.file_offset, len, out)
+                    .map_err(|e| (at, TraceDatError::Io(e)))
             }
             Some(u64::MAX) => Err((at, TraceDatError::Truncated { expected: "chunk header" })),
             Some(usize) => {
-                scratch.compressed = self
-                    .src
-                    .exact(w.file_offset, w.len, "compressed chunk")
+                self.src
+                    .exact_into(w.file_offset, w.len, "compressed chunk", &mut scratch.compressed)
                     .map_err(|e| (at, e))?;
                 if scratch.zstd.is_none() && self.compression == Compression::Zstd {
                     scratch.zstd = zstd::bulk::Decompressor::new().ok();
@@ -1531,6 +1546,16 @@ impl TraceDat {
                 let drop_first = if std::mem::take(&mut first_job) { skip } else { 0 };
                 Box::new(move || {
                     let mut batch = Batch::default();
+                    // Room for the whole job at once: growing a recycled buffer chunk by chunk
+                    // reallocates it into fresh pages (page faults cost ~5 % of decoding). The
+                    // sizes come from chunk headers, so the hint is capped; `decode_pages`
+                    // still reserves from the real decompressed size.
+                    let hint = group
+                        .iter()
+                        .map(|w| w.usize.unwrap_or(w.len))
+                        .fold(0u64, u64::saturating_add)
+                        .min(4 * JOB_BYTES);
+                    batch.items.reserve(usize::try_from(hint).unwrap_or(0) / 24);
                     let mut decode = |scratch: &mut Scratch| {
                         for w in &group {
                             let before = batch.items.len();

@@ -14,3 +14,4 @@ mod text_parallel;
 mod text_proptest;
 mod text_real;
 mod text_synthetic;
+mod tracedat_parallel;
