@@ -13,9 +13,21 @@
 //! kvm_nested_vmenter_failed "hardware VM-instruction error: …"
 //! kvm_mmu_get_page root (guest_mode 0) gfn ≠ C1>>12     → anomaly
 //!   or kvm_cr cr_read 3 = V ≠ C1                         → anomaly
+//!   or kvm_userspace_exit KVM_EXIT_SHUTDOWN, no kvm_entry → anomaly
 //! ```
-//! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load or CR3 read follows.
+//! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load, a CR3 read or a
+//! shutdown before L1's next entry follows.
+//!
+//! **The shutdown form** is what real KVM leaves (6.1 with f087a02941fe reverted, recorded in
+//! `samples/real/vmx/bugs/b-buggy-6.1.dat`): the restored "CR3" is a host-physical address, in
+//! no memslot of a small L1, so the root load after the unwind fails `mmu_check_root`, which
+//! requests a triple fault instead of tracing a `kvm_mmu_get_page`; the vCPU leaves with
+//! `KVM_EXIT_SHUTDOWN` without entering L1 again. With L1's own CR3 back (the fix), L1 resumes
+//! at the instruction after its VMLAUNCH/VMRESUME: a `kvm_entry` comes first. The only other
+//! unwind that ends in a triple fault is a VMX abort on a failing VM-exit MSR-load list, which
+//! the message names.
 
+use vmxray_events::codes::UserspaceExitReason;
 use vmxray_events::{MmuPage, VmFailKind};
 
 use super::{Ctx, hex};
@@ -27,10 +39,18 @@ const RULE: RuleId = RuleId::LateVmfailL1Cr3;
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct State {
     armed: Option<(EventIndex, Observed)>,
+    /// A `kvm_entry` came since the late VM-Fail (L1 ran: a shutdown no longer tells).
+    entered: bool,
 }
 
 pub(crate) fn disarm(st: &mut State) {
     st.armed = None;
+}
+
+pub(crate) fn on_entry(st: &mut State) {
+    if st.armed.is_some() {
+        st.entered = true;
+    }
 }
 
 pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailKind) {
@@ -39,6 +59,7 @@ pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailK
         && let Some(cr3) = ctx.vcpu.l1_cr3
     {
         st.armed = Some((ctx.at, cr3));
+        st.entered = false;
     }
 }
 
@@ -85,6 +106,21 @@ pub(crate) fn on_cr(ctx: &mut Ctx<'_>, st: &mut State, write: bool, cr: u32, val
         format!(
             "after a late VM-Fail L1 reads CR3 {} but its CR3 at the VMLAUNCH/VMRESUME was {} (fixed by f087a02941fe)",
             hex(val),
+            hex(cr3.value)
+        )
+    });
+}
+
+pub(crate) fn on_userspace_exit(ctx: &mut Ctx<'_>, st: &mut State, reason: UserspaceExitReason) {
+    let Some((failed_at, cr3)) = st.armed else { return };
+    if st.entered || reason != UserspaceExitReason::SHUTDOWN {
+        return;
+    }
+    st.armed = None;
+    ctx.checked(RULE);
+    ctx.report(RULE, Severity::Error, &[cr3.at, failed_at], || {
+        format!(
+            "L1 shut down right after a late VM-Fail, before running again: no root could be loaded for the CR3 KVM restored, although L1's CR3 at the VMLAUNCH/VMRESUME was {} — L1 CR3 restored from vmcs01.GUEST_CR3 holding a shadow-root HPA in no memslot (fixed by f087a02941fe), unless a VM-exit MSR-load list failed (VMX abort)",
             hex(cr3.value)
         )
     });

@@ -159,6 +159,45 @@ fn late_vmfail_l1_cr3_from_a_cr3_read() {
     let _ = read;
 }
 
+/// The shape real KVM leaves (samples/real/vmx/bugs/b-buggy-6.1.dat): the restored "CR3" has
+/// no memslot, the root load fails without a `kvm_mmu_get_page` and the vCPU shuts down
+/// before L1 runs again.
+fn late_vmfail_then(entry_first: bool) -> (EventBuilder, u64, u64, u64) {
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    t.exit(CR_ACCESS, 0x300);
+    let cr3 = t.cr(false, 3, 0x2000);
+    t.entry(0x303);
+    t.exit(VMLAUNCH, 0x310);
+    t.vmenter(A, 0xa000, false, 0x9000);
+    t.get_page(9, ROLE_L2, true);
+    t.entry(0xa000);
+    let failed =
+        t.vmenter_failed("hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD", 7);
+    if entry_first {
+        t.entry(0x313);
+        t.exit(EXCEPTION_NMI, 0x313);
+    }
+    let shutdown = t.userspace_exit(8);
+    (t, cr3, failed, shutdown)
+}
+
+#[test]
+fn late_vmfail_l1_cr3_shutdown_before_l1_runs() {
+    let (t, cr3, failed, shutdown) = late_vmfail_then(false);
+    assert_one(&t.events, RuleId::LateVmfailL1Cr3, shutdown, &[cr3, failed]);
+    // L1 ran after the VM-Fail (its CR3 was loadable): a later shutdown is L1's own.
+    let (t, ..) = late_vmfail_then(true);
+    assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
+    // Another userspace exit (I/O) before L1 runs decides nothing.
+    let (mut t, ..) = late_vmfail_then(false);
+    t.events.pop();
+    t.userspace_exit(2);
+    t.get_page(2, ROLE_L1, false);
+    t.entry(0x313);
+    assert_clean(&t.events);
+}
+
 #[test]
 fn late_vmfail_resume_wrong_rip_and_inject() {
     let (t, _, failed) = late_vmfail(5, 0x310, false);
