@@ -910,8 +910,10 @@ static void scn_late_vmfail(struct cpu *c)
 	virtual_apic_page[VTPR_OFFSET] = 0;
 	vw(c, VIRTUAL_APIC_PAGE_ADDR, pa(virtual_apic_page));
 	vw(c, TPR_THRESHOLD, LATE_TPR_THRESHOLD);
-	LOG(c, "VMLAUNCH with TPR shadow, TPR threshold %x, VTPR %x (virtual-APIC page %lx)",
-	    LATE_TPR_THRESHOLD, virtual_apic_page[VTPR_OFFSET], pa(virtual_apic_page));
+	LOG(c, "TPR shadow: threshold %x, VTPR %x, virtual-APIC page %lx", LATE_TPR_THRESHOLD,
+	    virtual_apic_page[VTPR_OFFSET], pa(virtual_apic_page));
+	/* Reported before the VMLAUNCH too: with bug (b) L1 may not live to report after it. */
+	LOG(c, "CR3 %lx before the VMLAUNCH", read_cr3_ordered());
 
 	uint64_t cr3_before = read_cr3_ordered();
 	int r = vmx_enter(&s->regs, 0);
