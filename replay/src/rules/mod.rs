@@ -184,7 +184,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             guest_mmu_root_role::on_entry(&mut rs.guest_mmu_role);
             reset_root_role::on_entry(ctx, &mut rs.reset_root_role, e);
             early_vmfail_resume::on_entry(ctx, &mut rs.early_vmfail, e);
-            late_vmfail_l1_cr3::on_entry(&mut rs.late_vmfail_l1_cr3);
+            late_vmfail_l1_cr3::on_entry(ctx, &mut rs.late_vmfail_l1_cr3);
             late_vmfail_resume::on_entry(ctx, &mut rs.late_vmfail_resume, e);
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);

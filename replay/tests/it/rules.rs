@@ -159,38 +159,71 @@ fn late_vmfail_l1_cr3_from_a_cr3_read() {
     let _ = read;
 }
 
-/// The shape real KVM leaves (samples/real/vmx/bugs/b-buggy-6.1.dat): the restored "CR3" has
-/// no memslot, the root load fails without a `kvm_mmu_get_page` and the vCPU shuts down
-/// before L1 runs again.
-fn late_vmfail_then(entry_first: bool) -> (EventBuilder, u64, u64, u64) {
+/// What follows a late VM-Fail in the real recordings (samples/real/vmx/bugs/b-*): L1's
+/// "CR3" after the unwind has no memslot.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterLateVmfail {
+    /// 6.1 with the bug: the root load fails, triple fault, no entry.
+    Shutdown,
+    /// 6.12 with the bug: a dummy root (no `kvm_mmu_get_page`), L1 entered, #PF, #DF, shutdown.
+    RootlessEntry,
+    /// Fixed KVM: L1's root, L1 runs, later shuts down for its own reasons.
+    RootThenShutdown,
+}
+
+fn late_vmfail_then(after: AfterLateVmfail, roots_traced: bool) -> (EventBuilder, u64, u64) {
     let mut t = EventBuilder::new();
     t.establish_l1();
     t.exit(CR_ACCESS, 0x300);
     let cr3 = t.cr(false, 3, 0x2000);
+    if roots_traced {
+        t.get_page(2, ROLE_L1, false);
+    }
     t.entry(0x303);
     t.exit(VMLAUNCH, 0x310);
     t.vmenter(A, 0xa000, false, 0x9000);
-    t.get_page(9, ROLE_L2, true);
+    if roots_traced {
+        t.get_page(9, ROLE_L2, true);
+    }
     t.entry(0xa000);
     let failed =
         t.vmenter_failed("hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD", 7);
-    if entry_first {
+    if after == AfterLateVmfail::RootThenShutdown {
+        t.get_page(2, ROLE_L1, false);
+    }
+    if after != AfterLateVmfail::Shutdown {
         t.entry(0x313);
         t.exit(EXCEPTION_NMI, 0x313);
+        t.page_fault(0x313, 0x10);
+        t.inj_exception(14);
+        t.entry(0x313);
+        t.exit(EXCEPTION_NMI, 0x313);
+        t.page_fault(0x1536b0, 0);
+        t.inj_exception(8);
     }
-    let shutdown = t.userspace_exit(8);
-    (t, cr3, failed, shutdown)
+    t.userspace_exit(8);
+    (t, cr3, failed)
 }
 
 #[test]
-fn late_vmfail_l1_cr3_shutdown_before_l1_runs() {
-    let (t, cr3, failed, shutdown) = late_vmfail_then(false);
-    assert_one(&t.events, RuleId::LateVmfailL1Cr3, shutdown, &[cr3, failed]);
-    // L1 ran after the VM-Fail (its CR3 was loadable): a later shutdown is L1's own.
-    let (t, ..) = late_vmfail_then(true);
+fn late_vmfail_l1_cr3_shutdown_forms() {
+    use AfterLateVmfail::*;
+    for roots_traced in [true, false] {
+        // 6.1: shut down before L1 runs again.
+        let (t, cr3, failed) = late_vmfail_then(Shutdown, roots_traced);
+        assert_one(&t.events, RuleId::LateVmfailL1Cr3, t.next() - 1, &[cr3, failed]);
+        // The fix: L1's root is loaded before it runs; its own triple fault later is not ours.
+        let (t, ..) = late_vmfail_then(RootThenShutdown, roots_traced);
+        assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
+    }
+    // 6.12: entered without a root load, then #PF, #DF, shutdown.
+    let (t, cr3, failed) = late_vmfail_then(RootlessEntry, true);
+    assert_one(&t.events, RuleId::LateVmfailL1Cr3, t.next() - 1, &[cr3, failed, failed + 1]);
+    // Without root loads in the trace a rootless entry proves nothing.
+    let (t, ..) = late_vmfail_then(RootlessEntry, false);
     assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
     // Another userspace exit (I/O) before L1 runs decides nothing.
-    let (mut t, ..) = late_vmfail_then(false);
+    let (mut t, ..) = late_vmfail_then(Shutdown, true);
     t.events.pop();
     t.userspace_exit(2);
     t.get_page(2, ROLE_L1, false);
