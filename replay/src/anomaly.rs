@@ -141,8 +141,8 @@ rules! {
     /// §3(b), invariant 9.
     LateVmfailL1Cr3 = "late_vmfail_l1_cr3", Error,
         "f087a02941fe KVM: nVMX: Stash L1's CR3 in vmcs01.GUEST_CR3 on nested entry w/o EPT (first fix 2b27924bb1d4)",
-        "after a late (hardware) VM-Fail, L1's next root gfn or CR3 read equals its CR3 at the VMLAUNCH/VMRESUME",
-        "kvm_nested_vmenter_failed \"hardware VM-instruction error\", a known L1 CR3 (kvm_cr), and a later L1 root load or CR3 read";
+        "after a late (hardware) VM-Fail, L1's next root gfn or CR3 read equals its CR3 at the VMLAUNCH/VMRESUME, and L1 runs again rather than shutting down",
+        "kvm_nested_vmenter_failed \"hardware VM-instruction error\", a known L1 CR3 (kvm_cr), and a later L1 root load, CR3 read, or KVM_EXIT_SHUTDOWN (before L1's next kvm_entry, or after one with no root load)";
     /// §2.6, invariant 9.
     LateVmfailResume = "late_vmfail_resume", Error,
         "4f350c6dbcb9 kvm: nVMX: Handle deferred early VMLAUNCH/VMRESUME failure properly",

@@ -40,6 +40,7 @@ fn each_reproduced_bug_is_found_by_its_rule_and_stock_kvm_is_clean() {
     let cases: &[(&str, &str, &[&str])] = &[
         ("a", "a", &["changed_subject_cr3:error", "hlt_cancelled_exit_state:error"]),
         ("a", "a-vmcs", &["changed_subject_cr3:error", "hlt_cancelled_exit_state:error"]),
+        ("b", "b", &["late_vmfail_l1_cr3:error"]),
         ("c", "c", &["guest_mmu_root_not_reacquired:warning"]),
         ("d", "d", &["reset_root_role:error"]),
     ];
@@ -59,5 +60,85 @@ fn each_reproduced_bug_is_found_by_its_rule_and_stock_kvm_is_clean() {
             checked += 1;
         }
     }
-    assert!(checked >= 7, "expected the a, a-vmcs, c and d recordings on both kernels");
+    assert!(checked >= 9, "expected the a, b, c and d recordings on both kernels, a-vmcs on 6.1");
+}
+
+fn truth(file: &str) -> Value {
+    let path = dir().join(file);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The L1's `log` texts of a truth file.
+fn logs(t: &Value) -> Vec<&str> {
+    t["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "log")
+        .filter_map(|r| r["text"].as_str())
+        .collect()
+}
+
+/// The CR3 in the L1's "CR3 0x... before the VMLAUNCH" line.
+fn cr3_before(t: &Value) -> u64 {
+    let line = logs(t)
+        .into_iter()
+        .find(|l| l.ends_with("before the VMLAUNCH"))
+        .expect("the L1 logs its CR3 before the VMLAUNCH");
+    let hex = line.split_whitespace().nth(1).unwrap().trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// Bug (b), `vmx-late-vmfail` with kvm_intel ept=0: on stock KVM the VMLAUNCH fails late
+/// (VMfailValid, error 7, only the CPU checks TPR threshold against VTPR), L1 reads back the
+/// CR3 it had and goes on; on the buggy set L1 never runs again after the VM-Fail (shutdown),
+/// and the trace's L1 CR3 at the VMLAUNCH is the one the L1 logged.
+#[test]
+fn late_vmfail_truth_agrees_with_the_traces() {
+    let mut checked = 0;
+    for kernel in ["6.1", "6.12"] {
+        let stock = format!("b-stock-{kernel}.dat.truth.json");
+        if !dir().join(&stock).exists() {
+            continue;
+        }
+        let t = truth(&stock);
+        assert_eq!(t["scenario"], "vmx-late-vmfail");
+        assert_eq!(t["vcpus"][0]["end"], "done", "{stock}");
+        let records = t["records"].as_array().unwrap();
+        let launch = records
+            .iter()
+            .find(|r| r["kind"] == "vmx_op" && r["op"] == "vmlaunch")
+            .expect("the late-failing VMLAUNCH");
+        assert_eq!((launch["result"].as_u64(), launch["error"].as_u64()), (Some(2), Some(7)));
+        let cr3 = records
+            .iter()
+            .find(|r| r["what"] == "L1's CR3 after the late VM-Fail is its CR3 before")
+            .expect("the CR3 check");
+        assert_eq!(cr3["ok"], true, "{stock}");
+        assert_eq!(cr3["expected"].as_u64(), Some(cr3_before(&t)));
+        assert!(records.iter().all(|r| r["kind"] != "check" || r["ok"] == true), "{stock}");
+
+        let buggy_file = format!("b-buggy-{kernel}.dat.truth.json");
+        let b = truth(&buggy_file);
+        assert_eq!(b["vcpus"][0]["end"], "shutdown", "{buggy_file}");
+        let before = cr3_before(&b);
+        assert_eq!(before, cr3_before(&t), "the same L1 CR3 on both sets");
+        // Nothing after the VMLAUNCH: no vmx_op of it, no check.
+        let b_records = b["records"].as_array().unwrap();
+        assert!(!b_records.iter().any(|r| r["op"] == "vmlaunch" || r["kind"] == "check"));
+        // The trace's anomaly names that CR3 as L1's.
+        let out = Command::new(env!("CARGO_BIN_EXE_vmxray"))
+            .args(["replay", "--format", "jsonl", "--severity", "error"])
+            .arg(dir().join(format!("b-buggy-{kernel}.dat")))
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("late_vmfail_l1_cr3") && text.contains(&format!("{before:#x}")),
+            "{text}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "expected the (b) recordings on 6.1 and 6.12");
 }

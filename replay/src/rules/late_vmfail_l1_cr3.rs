@@ -13,24 +13,56 @@
 //! kvm_nested_vmenter_failed "hardware VM-instruction error: …"
 //! kvm_mmu_get_page root (guest_mode 0) gfn ≠ C1>>12     → anomaly
 //!   or kvm_cr cr_read 3 = V ≠ C1                         → anomaly
+//!   or kvm_userspace_exit KVM_EXIT_SHUTDOWN, no kvm_entry → anomaly (6.1)
+//!   or kvm_entry with no root load (shadow MMU, roots traced) … KVM_EXIT_SHUTDOWN
+//!                                                          → anomaly (6.12)
 //! ```
-//! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load or CR3 read follows.
+//! Decidable when L1's CR3 is known (a `kvm_cr` in L1) and an L1 root load, a CR3 read or a
+//! shutdown follows.
+//!
+//! **The shutdown forms** are what real KVM leaves (f087a02941fe reverted, recorded in
+//! `samples/real/vmx/bugs/b-buggy-{6.1,6.12}.dat`): the restored "CR3" is a host-physical
+//! address, in no memslot of a small L1. 6.1's root load after the unwind fails
+//! `mmu_check_root`, which requests a triple fault instead of tracing a `kvm_mmu_get_page`: the
+//! vCPU leaves with `KVM_EXIT_SHUTDOWN` without entering L1 again. 6.12 loads a dummy root for
+//! an invisible root gfn (no `kvm_mmu_get_page` either) and enters L1, whose fetch at the
+//! instruction after its VMLAUNCH/VMRESUME faults, the walk of its tables fails at once, and
+//! #PF, #DF end in the triple fault. With L1's own CR3 back (the fix) the unwind's MMU reset
+//! always loads L1's root (`kvm_mmu_get_page`) before L1 runs, which settles the rule first.
+//! The only other unwind that ends in a triple fault is a VMX abort on a failing VM-exit
+//! MSR-load list (no entry then), which the first message names.
 
+use vmxray_events::codes::UserspaceExitReason;
 use vmxray_events::{MmuPage, VmFailKind};
 
 use super::{Ctx, hex};
 use crate::anomaly::{EventIndex, RuleId, Severity};
-use crate::state::{Level, Observed, is_cr3_root, pgd_gfn};
+use crate::state::{L0Paging, Level, Observed, is_cr3_root, pgd_gfn};
 
 const RULE: RuleId = RuleId::LateVmfailL1Cr3;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct State {
     armed: Option<(EventIndex, Observed)>,
+    /// A `kvm_entry` came since the late VM-Fail.
+    entered: bool,
+    /// That first entry came with no root loaded for L1 although the trace shows the shadow
+    /// MMU's root loads: L1 runs on a root for no CR3 of its own.
+    rootless_entry: Option<EventIndex>,
 }
 
 pub(crate) fn disarm(st: &mut State) {
     st.armed = None;
+}
+
+pub(crate) fn on_entry(ctx: &Ctx<'_>, st: &mut State) {
+    if st.armed.is_none() || st.entered {
+        return;
+    }
+    st.entered = true;
+    if ctx.features.mmu_get_page && ctx.features.l0_paging == L0Paging::Shadow {
+        st.rootless_entry = Some(ctx.at);
+    }
 }
 
 pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailKind) {
@@ -39,6 +71,8 @@ pub(crate) fn on_vmenter_failed(ctx: &mut Ctx<'_>, st: &mut State, kind: VmFailK
         && let Some(cr3) = ctx.vcpu.l1_cr3
     {
         st.armed = Some((ctx.at, cr3));
+        st.entered = false;
+        st.rootless_entry = None;
     }
 }
 
@@ -88,4 +122,30 @@ pub(crate) fn on_cr(ctx: &mut Ctx<'_>, st: &mut State, write: bool, cr: u32, val
             hex(cr3.value)
         )
     });
+}
+
+pub(crate) fn on_userspace_exit(ctx: &mut Ctx<'_>, st: &mut State, reason: UserspaceExitReason) {
+    let Some((failed_at, cr3)) = st.armed else { return };
+    if reason != UserspaceExitReason::SHUTDOWN {
+        return;
+    }
+    if !st.entered {
+        st.armed = None;
+        ctx.checked(RULE);
+        ctx.report(RULE, Severity::Error, &[cr3.at, failed_at], || {
+            format!(
+                "L1 shut down right after a late VM-Fail, before running again: no root could be loaded for the CR3 KVM restored, although L1's CR3 at the VMLAUNCH/VMRESUME was {} — L1 CR3 restored from vmcs01.GUEST_CR3 holding a shadow-root HPA in no memslot (fixed by f087a02941fe), unless a VM-exit MSR-load list failed (VMX abort)",
+                hex(cr3.value)
+            )
+        });
+    } else if let Some(entry_at) = st.rootless_entry {
+        st.armed = None;
+        ctx.checked(RULE);
+        ctx.report(RULE, Severity::Error, &[cr3.at, failed_at, entry_at], || {
+            format!(
+                "L1 shut down after a late VM-Fail: it was re-entered with no root loaded for its CR3 {} (the unwind's MMU reset loads none for a CR3 in no memslot) — L1 CR3 restored from vmcs01.GUEST_CR3 holding a shadow-root HPA (fixed by f087a02941fe)",
+                hex(cr3.value)
+            )
+        });
+    }
 }

@@ -184,6 +184,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             guest_mmu_root_role::on_entry(&mut rs.guest_mmu_role);
             reset_root_role::on_entry(ctx, &mut rs.reset_root_role, e);
             early_vmfail_resume::on_entry(ctx, &mut rs.early_vmfail, e);
+            late_vmfail_l1_cr3::on_entry(ctx, &mut rs.late_vmfail_l1_cr3);
             late_vmfail_resume::on_entry(ctx, &mut rs.late_vmfail_resume, e);
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
@@ -223,7 +224,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         }
         EventKind::KvmPmlFull { .. } => pml_full_in_l2::on_pml_full_event(ctx),
         EventKind::VmcsField(v) => changed_subject_cr3::on_record(ctx, &v.record),
-        EventKind::KvmUserspaceExit { .. } => {
+        EventKind::KvmUserspaceExit { reason, .. } => {
+            late_vmfail_l1_cr3::on_userspace_exit(ctx, &mut rs.late_vmfail_l1_cr3, *reason);
             reset_root_role::disturb(&mut rs.reset_root_role);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }

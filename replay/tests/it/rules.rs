@@ -159,6 +159,78 @@ fn late_vmfail_l1_cr3_from_a_cr3_read() {
     let _ = read;
 }
 
+/// What follows a late VM-Fail in the real recordings (samples/real/vmx/bugs/b-*): L1's
+/// "CR3" after the unwind has no memslot.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterLateVmfail {
+    /// 6.1 with the bug: the root load fails, triple fault, no entry.
+    Shutdown,
+    /// 6.12 with the bug: a dummy root (no `kvm_mmu_get_page`), L1 entered, #PF, #DF, shutdown.
+    RootlessEntry,
+    /// Fixed KVM: L1's root, L1 runs, later shuts down for its own reasons.
+    RootThenShutdown,
+}
+
+fn late_vmfail_then(after: AfterLateVmfail, roots_traced: bool) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    t.exit(CR_ACCESS, 0x300);
+    let cr3 = t.cr(false, 3, 0x2000);
+    if roots_traced {
+        t.get_page(2, ROLE_L1, false);
+    }
+    t.entry(0x303);
+    t.exit(VMLAUNCH, 0x310);
+    t.vmenter(A, 0xa000, false, 0x9000);
+    if roots_traced {
+        t.get_page(9, ROLE_L2, true);
+    }
+    t.entry(0xa000);
+    let failed =
+        t.vmenter_failed("hardware VM-instruction error: VMENTRY_INVALID_CONTROL_FIELD", 7);
+    if after == AfterLateVmfail::RootThenShutdown {
+        t.get_page(2, ROLE_L1, false);
+    }
+    if after != AfterLateVmfail::Shutdown {
+        t.entry(0x313);
+        t.exit(EXCEPTION_NMI, 0x313);
+        t.page_fault(0x313, 0x10);
+        t.inj_exception(14);
+        t.entry(0x313);
+        t.exit(EXCEPTION_NMI, 0x313);
+        t.page_fault(0x1536b0, 0);
+        t.inj_exception(8);
+    }
+    t.userspace_exit(8);
+    (t, cr3, failed)
+}
+
+#[test]
+fn late_vmfail_l1_cr3_shutdown_forms() {
+    use AfterLateVmfail::*;
+    for roots_traced in [true, false] {
+        // 6.1: shut down before L1 runs again.
+        let (t, cr3, failed) = late_vmfail_then(Shutdown, roots_traced);
+        assert_one(&t.events, RuleId::LateVmfailL1Cr3, t.next() - 1, &[cr3, failed]);
+        // The fix: L1's root is loaded before it runs; its own triple fault later is not ours.
+        let (t, ..) = late_vmfail_then(RootThenShutdown, roots_traced);
+        assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
+    }
+    // 6.12: entered without a root load, then #PF, #DF, shutdown.
+    let (t, cr3, failed) = late_vmfail_then(RootlessEntry, true);
+    assert_one(&t.events, RuleId::LateVmfailL1Cr3, t.next() - 1, &[cr3, failed, failed + 1]);
+    // Without root loads in the trace a rootless entry proves nothing.
+    let (t, ..) = late_vmfail_then(RootlessEntry, false);
+    assert!(of(&run(&t.events), RuleId::LateVmfailL1Cr3).is_empty());
+    // Another userspace exit (I/O) before L1 runs decides nothing.
+    let (mut t, ..) = late_vmfail_then(Shutdown, true);
+    t.events.pop();
+    t.userspace_exit(2);
+    t.get_page(2, ROLE_L1, false);
+    t.entry(0x313);
+    assert_clean(&t.events);
+}
+
 #[test]
 fn late_vmfail_resume_wrong_rip_and_inject() {
     let (t, _, failed) = late_vmfail(5, 0x310, false);

@@ -84,11 +84,15 @@ pub enum VmxScenario {
     /// `vmx-hwfail`: an invalid guest state that KVM leaves to the hardware (GUEST_RFLAGS bit
     /// 1 clear): vmcs02's entry fails, L1 must see the entry-failure exit; then a good launch.
     HwFail,
+    /// `vmx-late-vmfail`: a VMLAUNCH that KVM's checks accept and only the CPU rejects (TPR
+    /// shadow, TPR threshold 0xf above VTPR 0: VMfail 7, bug (b)'s trigger); L1 reads CR3
+    /// before and after it, then launches for real.
+    LateVmFail,
 }
 
 impl VmxScenario {
     /// Every scenario with its default parameter (for lists and tests).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Io,
         Self::RoundRobin(3),
         Self::RoundRobinNoEpt(3),
@@ -99,6 +103,7 @@ impl VmxScenario {
         Self::Init,
         Self::TripleFault,
         Self::HwFail,
+        Self::LateVmFail,
     ];
 
     /// The L1's scenario number and parameter (RDI, RSI).
@@ -114,6 +119,7 @@ impl VmxScenario {
             Self::Init => (8, 0),
             Self::TripleFault => (9, 0),
             Self::HwFail => (10, 0),
+            Self::LateVmFail => (11, 0),
         }
     }
 
@@ -144,13 +150,15 @@ impl VmxScenario {
             "vmx-init" => no_count(Self::Init),
             "vmx-triple-fault" => no_count(Self::TripleFault),
             "vmx-hwfail" => no_count(Self::HwFail),
+            "vmx-late-vmfail" => no_count(Self::LateVmFail),
             _ => return None,
         })
     }
 
     /// The names, for help texts.
     pub const NAMES: &'static str = "vmx-io, vmx-rr[=N], vmx-noept[=N], vmx-hlt, vmx-hlt-ept, \
-                                     vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail";
+                                     vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail, \
+                                     vmx-late-vmfail";
 }
 
 impl fmt::Display for VmxScenario {
@@ -166,6 +174,7 @@ impl fmt::Display for VmxScenario {
             Self::Init => f.write_str("vmx-init"),
             Self::TripleFault => f.write_str("vmx-triple-fault"),
             Self::HwFail => f.write_str("vmx-hwfail"),
+            Self::LateVmFail => f.write_str("vmx-late-vmfail"),
         }
     }
 }

@@ -873,6 +873,76 @@ static void scn_hwfail(struct cpu *c)
 	FAIL(c, "no HLT exit after the good launch");
 }
 
+/* Bug (b)'s trigger: a VMLAUNCH that KVM's own checks accept and only the CPU rejects (a
+ * "late" VM-Fail, VM-instruction error 7). TPR shadow on, virtualize-APIC-accesses and
+ * virtual-interrupt delivery off, TPR threshold 0xf above VTPR[7:4] = 0 in the virtual-APIC
+ * page: KVM checks only the page's address (nested_vmx_check_tpr_shadow_controls), the CPU
+ * also compares the threshold with VTPR (SDM 26.2.1.1; Bochs: "TPR threshold > TPR shadow").
+ * KVM then unwinds its model to L1's host state; without EPT in L0 the CR3 it gives L1 back
+ * is whatever it kept in vmcs01.GUEST_CR3. L1 reads CR3 right before and right after the
+ * VMLAUNCH (under shadow paging `mov %cr3` exits to KVM, so the trace shows both reads),
+ * then lowers the threshold and launches for real. */
+static uint8_t virtual_apic_page[PAGE] __attribute__((aligned(PAGE)));
+#define VTPR_OFFSET 0x80
+#define LATE_TPR_THRESHOLD 0xf
+
+static inline uint64_t read_cr3_ordered(void)
+{
+	uint64_t v;
+	asm volatile("mov %%cr3, %0" : "=r"(v) : : "memory");
+	return v;
+}
+
+static void scn_late_vmfail(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	if (!((caps.proc >> 32) & CPU_TPR_SHADOW))
+		FAIL(c, "this scenario needs the TPR shadow for L1");
+	subject_init(c, 0, B_IO_HLT, caps.has_ept, 1, 0);
+	uint32_t proc = (uint32_t)vmread(CPU_BASED_VM_EXEC_CONTROL) | CPU_TPR_SHADOW;
+	/* Without CR8 exiting, L2's CR8 accesses go to the VTPR (as the CPU allows). */
+	proc &= ~(uint32_t)((CPU_CR8_LOAD_EXITING | CPU_CR8_STORE_EXITING) & ~(uint32_t)caps.proc);
+	vw(c, CPU_BASED_VM_EXEC_CONTROL, proc);
+	uint32_t proc2 = (uint32_t)vmread(SECONDARY_VM_EXEC_CONTROL);
+	if (proc2 & (SEC_VIRTUALIZE_APIC_ACCESSES | SEC_VIRTUAL_INTR_DELIVERY))
+		FAIL(c, "secondary controls %x must leave APIC accesses and interrupt delivery alone",
+		     proc2);
+	virtual_apic_page[VTPR_OFFSET] = 0;
+	vw(c, VIRTUAL_APIC_PAGE_ADDR, pa(virtual_apic_page));
+	vw(c, TPR_THRESHOLD, LATE_TPR_THRESHOLD);
+	LOG(c, "TPR shadow: threshold %x, VTPR %x, virtual-APIC page %lx", LATE_TPR_THRESHOLD,
+	    virtual_apic_page[VTPR_OFFSET], pa(virtual_apic_page));
+	/* Reported before the VMLAUNCH too: with bug (b) L1 may not live to report after it. */
+	LOG(c, "CR3 %lx before the VMLAUNCH", read_cr3_ordered());
+
+	uint64_t cr3_before = read_cr3_ordered();
+	int r = vmx_enter(&s->regs, 0);
+	uint64_t cr3_after = read_cr3_ordered();
+	vmx_op_result(c, "vmlaunch", s->vmcs, 0, r);
+	LOG(c, "CR3 %lx before the VMLAUNCH, %lx after it", cr3_before, cr3_after);
+	check(c, "VMLAUNCH with TPR threshold above VTPR fails (VMfailValid)", 2, (uint64_t)r);
+	if (r == 2)
+		check(c, "VM-instruction error 7 (invalid control field)", 7,
+		      vmread(VM_INSTRUCTION_ERROR));
+	else if (r == 0)
+		LOG(c, "the VMLAUNCH succeeded: exit reason %lx", vmread(VM_EXIT_REASON));
+	check(c, "L1's CR3 after the late VM-Fail is its CR3 before", cr3_before, cr3_after);
+	s->launched = r == 0;
+
+	vw(c, TPR_THRESHOLD, 0);
+	for (int n = 0; n < 8; n++) {
+		uint32_t reason = enter(c, s);
+		if (reason == EXIT_IO_INSTRUCTION) {
+			skip_instruction(c);
+			continue;
+		}
+		check(c, "the good launch ends in HLT", EXIT_HLT, reason);
+		check_cr3(c, s);
+		done(c);
+	}
+	FAIL(c, "no HLT exit after the good launch");
+}
+
 /* An L2 that executes ud2 with an empty IDT triple-faults; L1 gets TRIPLE_FAULT (2) and
  * goes on with another subject. */
 static void scn_triple(struct cpu *c)
@@ -1029,6 +1099,9 @@ void l1_main(uint64_t scenario, uint64_t param, uint64_t cpu_index)
 		break;
 	case SCN_HWFAIL:
 		scn_hwfail(c);
+		break;
+	case SCN_LATE_VMFAIL:
+		scn_late_vmfail(c);
 		break;
 	default:
 		break;

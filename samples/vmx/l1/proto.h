@@ -29,6 +29,7 @@
 #define SCN_INIT 8       /* INIT in L2 and in VMX root, SIPI of the second vCPU */
 #define SCN_TRIPLE 9     /* an L2 triple fault reflected to L1 */
 #define SCN_HWFAIL 10    /* an invalid guest state only the hardware checks (RFLAGS) */
+#define SCN_LATE_VMFAIL 11 /* a VMLAUNCH only the hardware rejects (VMfail 7): L1's CR3 after it */
 
 /* Record kinds. */
 #define REC_LOG 1     /* text */

@@ -59,6 +59,7 @@
 #define HOST_TR_SELECTOR 0x0c0c
 
 /* 64-bit fields. */
+#define VIRTUAL_APIC_PAGE_ADDR 0x2012
 #define EPT_POINTER 0x201a
 #define GUEST_PHYSICAL_ADDRESS 0x2400
 #define VMCS_LINK_POINTER 0x2800
@@ -79,6 +80,7 @@
 #define VM_ENTRY_CONTROLS 0x4012
 #define VM_ENTRY_MSR_LOAD_COUNT 0x4014
 #define VM_ENTRY_INTR_INFO_FIELD 0x4016
+#define TPR_THRESHOLD 0x401c
 #define SECONDARY_VM_EXEC_CONTROL 0x401e
 #define VM_INSTRUCTION_ERROR 0x4400
 #define VM_EXIT_REASON 0x4402
@@ -155,11 +157,16 @@
 #define CPU_HLT_EXITING (1u << 7)
 #define CPU_CR3_LOAD_EXITING (1u << 15)
 #define CPU_CR3_STORE_EXITING (1u << 16)
+#define CPU_CR8_LOAD_EXITING (1u << 19)
+#define CPU_CR8_STORE_EXITING (1u << 20)
+#define CPU_TPR_SHADOW (1u << 21)
 #define CPU_UNCOND_IO_EXITING (1u << 24)
 #define CPU_ACTIVATE_SECONDARY (1u << 31)
 /* Secondary processor-based controls. */
+#define SEC_VIRTUALIZE_APIC_ACCESSES (1u << 0)
 #define SEC_ENABLE_EPT (1u << 1)
 #define SEC_ENABLE_VPID (1u << 5)
+#define SEC_VIRTUAL_INTR_DELIVERY (1u << 9)
 /* VM-exit controls. */
 #define EXIT_SAVE_DEBUG (1u << 2)
 #define EXIT_HOST_ADDR_SPACE_SIZE (1u << 9)
