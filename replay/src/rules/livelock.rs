@@ -20,7 +20,7 @@
 //! | kind | what the cycle holds |
 //! |---|---|
 //! | KVM_RUN error loop | a `kvm_userspace_exit` with an error (EFAULT …) |
-//! | page-fault livelock | a fault exit (EPT violation, `#PF`, `#NPF`) that no emulation follows, the guest resuming at the faulting RIP |
+//! | page-fault livelock | a fault exit (EPT violation, `#PF`, `#NPF`) that no emulation follows, the guest resuming at the faulting RIP; when every fault is on a guest paging structure and the trace shows no faulting address, more rounds than the five levels of a page walk |
 //! | exception-delivery loop | an exception KVM injects every round |
 //! | interrupt re-injection loop | an interrupt re-injected every round |
 //! | EOI loop | a `KVM_EXIT_IOAPIC_EOI` every round, with only interrupt exits besides or the EOIed vector raised again |
@@ -539,10 +539,11 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         if u64::from(st.run[i]) < u64::from(repeats - 1) * p as u64 {
             continue;
         }
-        if report_loop(ctx, st, p, now) {
-            return;
+        match report_loop(ctx, st, p, now) {
+            Verdict::Reported => return,
+            Verdict::Progress => st.progress |= 1 << i,
+            Verdict::NotYet => {}
         }
-        st.progress |= 1 << i;
     }
 }
 
@@ -615,7 +616,7 @@ pub(crate) fn at_end(ctx: &mut Ctx<'_>, st: &mut State) {
         // One full cycle and its start again is enough for KVM_RUN failing the same way after
         // the same events: the VMM retried and nothing changed.
         let enough = run >= p as u64 || (run >= 1 && fails_run(&st.cycle(p)));
-        if enough && whole && report_loop(ctx, st, p, now) {
+        if enough && whole && report_loop(ctx, st, p, now) == Verdict::Reported {
             return;
         }
     }
@@ -626,14 +627,61 @@ fn fails_run(sigs: &[Sig]) -> bool {
     sigs.iter().any(|s| matches!(s, Sig::Userspace { errno, .. } if *errno < 0))
 }
 
-/// Reports the loop of period `p` ending at `now` if it is stuck; whether it was.
-fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u64)) -> bool {
+/// What [`report_loop`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Stuck, and reported.
+    Reported,
+    /// The cycle makes progress (the guest's own loop): not looked at again while it lasts.
+    Progress,
+    /// Not enough rounds yet to tell.
+    NotYet,
+}
+
+/// How many rounds of the same paging-structure fault are a guest's page walk: one per level
+/// of its page tables (five at most), each touching another page-table page at the same RIP
+/// with the same qualification. Without the faulting address in the trace, only more rounds
+/// than that are a livelock.
+const WALK_LEVELS: u64 = 5;
+
+/// Whether every fault exit of the cycle is a fault on a guest paging structure (VMX EPT
+/// violation: guest-linear address valid, not the final translation; SVM #NPF: during the
+/// guest page walk) and the cycle does not show the faulting address (`kvm_page_fault`).
+fn only_walk_faults(sigs: &[Sig]) -> bool {
+    let mut faults = 0;
+    for s in sigs {
+        match s {
+            Sig::Fault { .. } => return false,
+            Sig::Exit { reason, qual, .. } if is_fault(*reason) => {
+                let walk = match (reason, qual) {
+                    (ExitCode::Vmx(_), Some(q)) => q & 0x180 == 0x080,
+                    (ExitCode::Svm(c), Some(q)) if *c == SvmExitCode::NPF => {
+                        q & (1 << 33) != 0 && q & (1 << 32) == 0
+                    }
+                    _ => false,
+                };
+                if !walk {
+                    return false;
+                }
+                faults += 1;
+            }
+            _ => {}
+        }
+    }
+    faults > 0
+}
+
+/// Reports the loop of period `p` ending at `now` if it is stuck.
+fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u64)) -> Verdict {
     let run = st.run[p - 1];
     {
         let cycle = st.cycle(p);
-        let Some(kind) = classify(&cycle) else { return false };
+        let Some(kind) = classify(&cycle) else { return Verdict::Progress };
         let (first, first_ts) = st.run_start[p - 1];
         let n = u64::from(run) / p as u64 + 1;
+        if kind == LoopKind::PageFault && n <= WALK_LEVELS && only_walk_faults(&cycle) {
+            return Verdict::NotYet;
+        }
         let spelled: Vec<String> = cycle.iter().map(|s| describe(*s)).collect();
         let times = if (run as usize) < p {
             "seen once and begun again".to_owned()
@@ -666,6 +714,6 @@ fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u6
         }
         st.active =
             Some(Active { period: p, index: if index < MAX_LOOPS { index } else { usize::MAX } });
-        true
+        Verdict::Reported
     }
 }

@@ -144,3 +144,32 @@ fn an_excerpt_that_is_one_loop_twice_is_stuck_at_its_end() {
     assert_eq!(of(&model.run(&t2.events), RuleId::Livelock).len(), 1);
     assert!(of(&Model::default().run(&t2.events), RuleId::Livelock).is_empty());
 }
+
+/// A guest's first instruction walking its page tables under EPT: one EPT violation per
+/// paging-structure page (qualification 0x82: a write of an accessed bit, guest-linear address
+/// valid, not the final translation), each at the same RIP with the same qualification, the
+/// address not traced (`perf kvm stat record` records no `kvm_page_fault`). Up to one per level
+/// of a 5-level walk is progress; more is a livelock. The same repeats on the final
+/// translation (0x182) are one at the third round.
+#[test]
+fn a_page_walk_faulting_once_per_level_is_progress() {
+    let walk = |rounds: u64, qual: u64| {
+        let mut t = EventBuilder::new();
+        for _ in 0..rounds {
+            t.entry(0x1000);
+            t.exit_full(EPT_VIOLATION, 0x1000, qual, 0);
+        }
+        t.entry(0x1000);
+        t.exit(IO_INSTRUCTION, 0x1000);
+        t
+    };
+    let stuck = |t: &EventBuilder| {
+        let mut model = Model::default();
+        model.run(&t.events).iter().filter(|a| a.rule == RuleId::Livelock).count()
+    };
+    for levels in 1..=5 {
+        assert_eq!(stuck(&walk(levels, 0x82)), 0, "{levels} walk faults");
+    }
+    assert_eq!(stuck(&walk(12, 0x82)), 1, "twelve walk faults at one RIP");
+    assert_eq!(stuck(&walk(3, 0x182)), 1, "the final translation faulting three times");
+}
