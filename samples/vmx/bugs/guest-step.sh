@@ -4,6 +4,8 @@
 # recorded by vmxray itself.
 #
 #   [env VMXBUGS_TIMEOUT=SECS] /bin/vmxbugs-step VARIANT 'KVM_INTEL_PARAMS' SCENARIO [ARGS...]
+#   env VMXBUGS_HOST=GUEST,GUEST,... /bin/vmxbugs-step VARIANT 'KVM_INTEL_PARAMS' SCENARIO [ARGS...]
+#       (a host: SCENARIO and the other guests at once, each its own VM, in one recording)
 #
 # VARIANT is a directory /lib/vmxbugs/VARIANT/ holding kvm.ko, kvm_intel.ko and BUILD-INFO
 # (put there with --extra by record.sh); KVM_INTEL_PARAMS is one word with commas for spaces
@@ -41,7 +43,17 @@ say "$variant loaded with '$params'"
     echo "scenario $scenario $*"
 } > vmxbugs.txt
 
-if [ -n "${VMXBUGS_TIMEOUT:-}" ]; then
+if [ -n "${VMXBUGS_HOST:-}" ]; then
+    # A host of several VMs: the scenario and, at the same time, each guest of VMXBUGS_HOST
+    # (commas between them), each its own process and VM, recorded into one trace: only the
+    # scenario's VM meets the bug; the others must replay clean.
+    guests="/bin/vmxray lab $scenario --no-record"
+    for g in $(echo "$VMXBUGS_HOST" | tr , ' '); do
+        guests="$guests & /bin/vmxray lab $g --no-record"
+    done
+    echo "host $guests" >> vmxbugs.txt
+    /bin/vmxray record -o trace.dat "$@" -- sh -c "$guests & wait"
+elif [ -n "${VMXBUGS_TIMEOUT:-}" ]; then
     # A bug may leave the vCPU spinning inside KVM_RUN: record from outside and kill the lab
     # run after VMXBUGS_TIMEOUT seconds, so that the trace survives ("$@" is for the recorder).
     /bin/vmxray record -o trace.dat "$@" -- \
