@@ -1583,10 +1583,8 @@ impl ChunkCounts {
         let Some(l) = self.lanes.get(lane) else { return };
         let header = if w.usize.is_some() { 8 } else { 0 };
         l.done_bytes.fetch_add(w.len.saturating_add(header), Ordering::Relaxed);
-        let chunk = usize::try_from(w.index).unwrap_or(usize::MAX);
-        if let Ok(mut v) = l.counts.lock()
-            && chunk < usize::MAX
-        {
+        let Ok(chunk) = usize::try_from(w.index) else { return };
+        if let Ok(mut v) = l.counts.lock() {
             if v.len() <= chunk {
                 v.resize(chunk + 1, u32::MAX);
             }
