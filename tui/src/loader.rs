@@ -59,7 +59,6 @@ pub const BUNDLED_NAME: &str = "muen-buggy-6.1.txt (bundled sample)";
 pub const CHECKPOINT_BLOCKS: u64 = 8;
 
 /// What to browse.
-#[derive(Debug)]
 pub enum Source {
     /// A trace file in any format `vmxray_capture::open` recognizes (`-` for stdin).
     File(PathBuf),
@@ -74,6 +73,34 @@ pub enum Source {
         /// The events, in time order.
         events: Vec<Event>,
     },
+    /// Events produced as the loader takes them (a generator, a feed; tests hold one back to
+    /// see what is on screen before the index is complete), kept in memory like
+    /// [`Source::Events`].
+    Stream {
+        /// How the trace is named on screen.
+        name: String,
+        /// The events' clock.
+        clock: Clock,
+        /// The events, in time order.
+        events: Box<dyn Iterator<Item = Event> + Send>,
+        /// How many events to expect, for the progress bar (percent and time left).
+        expected: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Bundled => f.write_str("Bundled"),
+            Self::Events { name, events, .. } => {
+                f.debug_struct("Events").field("name", name).field("events", &events.len()).finish()
+            }
+            Self::Stream { name, expected, .. } => {
+                f.debug_struct("Stream").field("name", name).field("expected", expected).finish()
+            }
+        }
+    }
 }
 
 /// What the pass found in a stretch of the trace.
@@ -131,8 +158,15 @@ pub enum LoadMsg {
     /// Reading stopped on an error (the events before it stay browsable).
     Failed(String),
     /// The index came from a saved `.vmxidx`: model snapshots rebuilt by a background replay
-    /// (the State view and the rows' levels appear as they arrive), and how far it got (0–1).
-    Checkpoints(Vec<(u64, Model)>, f64),
+    /// (the State view and the rows' levels appear as they arrive).
+    Checkpoints {
+        /// Snapshots at block starts, by event index.
+        snapshots: Vec<(u64, Model)>,
+        /// How far the replay got (0–1).
+        fraction: f64,
+        /// Time since the replay started.
+        elapsed: Duration,
+    },
     /// Where the index was saved or loaded from (or why it was not saved).
     Note(String),
     /// The lanes' summaries all at once (from a saved index).
@@ -237,26 +271,43 @@ pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
             resident(Box::new(reader), tx, started);
         }
         Source::Events { name, clock, events } => {
-            let meta = TraceMeta {
-                input: Arc::from(name.as_str()),
-                format: InputFormat::FtraceText,
-                clock,
-                cpus: None,
-                kernel: None,
-                excerpt: false,
-            };
-            if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
-                return;
-            }
-            let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false);
-            for event in events {
-                if !pipeline.push(event, None) {
-                    return;
-                }
-            }
-            pipeline.finish(&meta, &ReadStats::default());
+            let expected = Some(events.len() as u64);
+            in_memory(&name, clock, events.into_iter(), expected, tx, started);
+        }
+        Source::Stream { name, clock, events, expected } => {
+            in_memory(&name, clock, events, expected, tx, started);
         }
     }
+}
+
+/// Events handed to the loader (kept resident): `expected` of them, when known.
+fn in_memory(
+    name: &str,
+    clock: Clock,
+    events: impl Iterator<Item = Event>,
+    expected: Option<u64>,
+    tx: &Sender<LoadMsg>,
+    started: Instant,
+) {
+    let meta = TraceMeta {
+        input: Arc::from(name),
+        format: InputFormat::FtraceText,
+        clock,
+        cpus: None,
+        kernel: None,
+        excerpt: false,
+    };
+    if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
+        return;
+    }
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false);
+    for (k, event) in events.enumerate() {
+        let fraction = expected.filter(|n| *n > 0).map(|n| (k as f64 / n as f64).min(1.0));
+        if !pipeline.push(event, fraction) {
+            return;
+        }
+    }
+    pipeline.finish(&meta, &ReadStats::default());
 }
 
 fn load_reader(
@@ -367,8 +418,16 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     pipeline.finish(&meta, reader.stats());
 }
 
-/// Opens a trace from its saved index: everything at once, then the model checkpoints
-/// rebuilt by a replay (decode and model only) in the background.
+/// Opens a trace from its saved index. What the first screen shows goes first and needs no
+/// decoding: the blocks, anomalies, actors and lanes, and the model at the first event (the
+/// first page's levels). The rest follows behind it: the crashes' kinds (read again from their
+/// events, which may be anywhere in the file), then the model checkpoints rebuilt by a replay
+/// (decode and model only).
+///
+/// ```text
+///  sidecar ─► Opened, Print ─► Batch (blocks, anomalies, …) ─► Lanes ─► Checkpoints [0]
+///    ─► Batch (crashes) ─► Done ─► Checkpoints … (the replay, with its progress)
+/// ```
 fn from_sidecar(
     path: &Path,
     saved: Sidecar,
@@ -386,10 +445,45 @@ fn from_sidecar(
         return;
     }
     let _ = tx.send(LoadMsg::Note(format!("Index loaded from {}", path.display())));
-    // Crash kinds are read again from their events.
     let mut store = Store::default();
     store.set_backing(backing);
     store.extend(saved.blocks.iter().cloned());
+    let lanes = Lanes::from_buckets(saved.buckets, saved.fine_per_bucket);
+    let checkpoints: Vec<(u64, bool)> = {
+        let text = saved.blocks.first().is_some_and(|b| matches!(b.pos, BlockPos::Text { .. }));
+        saved
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (b.first, text || (k as u64).is_multiple_of(CHECKPOINT_BLOCKS)))
+            .collect()
+    };
+    let batch = Batch {
+        blocks: saved.blocks,
+        buckets: Vec::new(),
+        anomalies: saved.anomalies,
+        crashes: Vec::new(),
+        lost: saved.lost,
+        snapshots: Vec::new(),
+        actors: saved.actors,
+        events: saved.events,
+        fraction: Some(0.0),
+        // The saved index keeps no host context: a breakdown needs a fresh open.
+        contexts: Vec::new(),
+        elapsed: started.elapsed(),
+    };
+    let first_checkpoint = LoadMsg::Checkpoints {
+        snapshots: vec![(0, Model::default())],
+        fraction: 0.0,
+        elapsed: Duration::ZERO,
+    };
+    if tx.send(LoadMsg::Batch(batch)).is_err()
+        || tx.send(LoadMsg::Lanes(lanes)).is_err()
+        || tx.send(first_checkpoint).is_err()
+    {
+        return;
+    }
+    // The crashes' kinds, read again from their events.
     let crashes = saved
         .crashes
         .iter()
@@ -401,33 +495,14 @@ fn from_sidecar(
             Some((*at, triage::fatal(&e.kind)?))
         })
         .collect();
-    let mut lanes = Lanes::from_buckets(saved.buckets, saved.fine_per_bucket);
-    let batch = Batch {
-        blocks: saved.blocks,
-        buckets: Vec::new(),
-        anomalies: saved.anomalies,
+    let crashes = Batch {
         crashes,
-        lost: saved.lost,
-        snapshots: Vec::new(),
-        actors: saved.actors,
         events: saved.events,
         fraction: Some(1.0),
-        // The saved index keeps no host context: a breakdown needs a fresh open.
-        contexts: Vec::new(),
         elapsed: started.elapsed(),
+        ..Batch::default()
     };
-    let blocks: Vec<(u64, bool)> = {
-        let text = batch.blocks.first().is_some_and(|b| matches!(b.pos, BlockPos::Text { .. }));
-        batch
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(k, b)| (b.first, text || (k as u64).is_multiple_of(CHECKPOINT_BLOCKS)))
-            .collect()
-    };
-    if tx.send(LoadMsg::Batch(batch)).is_err()
-        || tx.send(LoadMsg::Lanes(std::mem::take(&mut lanes))).is_err()
-    {
+    if tx.send(LoadMsg::Batch(crashes)).is_err() {
         return;
     }
     let stats = saved.stats.unwrap_or_else(|| ExitStats::new().finish(None, None));
@@ -442,32 +517,61 @@ fn from_sidecar(
     {
         return;
     }
-    rebuild_checkpoints(&store, &blocks, saved.events, tx);
+    rebuild_checkpoints(&store, &checkpoints, saved.events, tx);
 }
 
 /// Replays the model over the whole trace, sending a snapshot at each checkpointed block
-/// start (the same places the full pass takes them).
+/// start (the same places the full pass takes them; the one at event 0 went with the index).
+/// A trace.dat is read by one streaming reader (decoding ahead on the pool, as the full pass
+/// does); a text file block by block, as its blocks were cut.
 fn rebuild_checkpoints(store: &Store, blocks: &[(u64, bool)], total: u64, tx: &Sender<LoadMsg>) {
+    let started = Instant::now();
     let mut model = Model::default();
     let mut pending = Vec::new();
     let mut last = Instant::now();
-    for (b, (first, checkpoint)) in blocks.iter().enumerate() {
-        if *checkpoint {
-            pending.push((*first, model.snapshot()));
+    let mut next_block = 0;
+    let mut index = 0u64;
+    // Steps one event; false once the UI is gone.
+    let mut step = |event: &Event, last_event: bool| -> bool {
+        while let Some((first, checkpoint)) = blocks.get(next_block)
+            && *first == index
+        {
+            if *checkpoint && index > 0 {
+                pending.push((index, model.snapshot()));
+            }
+            next_block += 1;
         }
-        // Runs of blocks decode with one reader; each block is fetched once.
-        if b % 64 == 0 {
-            store.prefetch(b, (b + 63).min(blocks.len().saturating_sub(1)));
-        }
-        let Some(events) = store.events(b) else { break };
-        for e in events.iter() {
-            model.step(e);
-        }
-        if last.elapsed() >= FLUSH_EVERY || b + 1 == blocks.len() {
+        model.step(event);
+        index += 1;
+        if last_event || (index & 0x3ff == 0 && last.elapsed() >= FLUSH_EVERY) {
             last = Instant::now();
-            let done = first + events.len() as u64;
-            let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-            if tx.send(LoadMsg::Checkpoints(std::mem::take(&mut pending), fraction)).is_err() {
+            let fraction = if total == 0 || last_event { 1.0 } else { index as f64 / total as f64 };
+            let msg = LoadMsg::Checkpoints {
+                snapshots: std::mem::take(&mut pending),
+                fraction,
+                elapsed: started.elapsed(),
+            };
+            return tx.send(msg).is_ok();
+        }
+        true
+    };
+    if let Some(td) = store.dat() {
+        let Ok(reader) = td.events(0, ReadOptions { permissive: true }) else { return };
+        let mut events = reader.filter_map(Result::ok).take(usize::try_from(total).unwrap_or(0));
+        let mut next = events.next();
+        while let Some(event) = next {
+            next = events.next();
+            if !step(&event, next.is_none()) {
+                return;
+            }
+        }
+        return;
+    }
+    for b in 0..blocks.len() {
+        let Some(events) = store.events(b) else { break };
+        let n = events.len();
+        for (k, event) in events.iter().enumerate() {
+            if !step(event, b + 1 == blocks.len() && k + 1 == n) {
                 return;
             }
         }

@@ -154,6 +154,14 @@ impl Store {
         self.blocks.extend(blocks);
     }
 
+    /// The trace.dat the blocks point into, if that is the backing.
+    pub fn dat(&self) -> Option<&Arc<TraceDat>> {
+        match &self.backing {
+            Backing::Dat(td) => Some(td),
+            Backing::Memory | Backing::Text { .. } => None,
+        }
+    }
+
     /// The blocks.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks

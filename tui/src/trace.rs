@@ -197,6 +197,8 @@ pub struct Trace {
     pub progress: Progress,
     /// From a saved index: the model checkpoints are being rebuilt, this far (0–1).
     pub rebuilding: Option<f64>,
+    /// From a saved index: how long the checkpoints' replay has run.
+    pub rebuild_elapsed: Duration,
     /// Where the index was saved or loaded from.
     pub note: Option<String>,
     tags: RefCell<Lru<Vec<EventTag>>>,
@@ -230,6 +232,7 @@ impl Default for Trace {
             read: None,
             progress: Progress::Loading { elapsed: Duration::ZERO, fraction: None, events: 0 },
             rebuilding: None,
+            rebuild_elapsed: Duration::ZERO,
             note: None,
             tags: RefCell::new(Lru::new(TAG_CACHE_BLOCKS)),
             replay: RefCell::new(None),
@@ -284,9 +287,10 @@ impl Trace {
                 self.progress = Progress::Done { elapsed };
             }
             LoadMsg::Failed(error) => self.progress = Progress::Failed { error },
-            LoadMsg::Checkpoints(snapshots, fraction) => {
+            LoadMsg::Checkpoints { snapshots, fraction, elapsed } => {
                 self.checkpoints.extend(snapshots);
                 self.rebuilding = (fraction < 1.0).then_some(fraction);
+                self.rebuild_elapsed = elapsed;
             }
             LoadMsg::Note(note) => self.note = Some(note),
             LoadMsg::Lanes(lanes) => self.lanes = lanes,

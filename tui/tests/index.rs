@@ -16,6 +16,9 @@ use vmxray_tui::filter::Filter;
 use vmxray_tui::loader::{Source, load_all};
 use vmxray_tui::trace::{Progress, Trace, tag_of};
 
+#[path = "index/first_screen.rs"]
+mod first_screen;
+
 fn tmp(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/tui-index");
     std::fs::create_dir_all(&dir).unwrap();

@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bin::format::{EventFormats, FormatError, PageLayout};
@@ -29,6 +30,9 @@ use crate::read::{
     TraceMeta, input_name,
 };
 use vmxray_events::event::{Comm, Event};
+
+mod chunk_walk;
+use chunk_walk::ChunkWalk;
 
 /// The trace.dat magic: `17 08 44 "tracing"`.
 pub const MAGIC: &[u8] = b"\x17\x08\x44tracing";
@@ -401,10 +405,11 @@ pub struct TraceDat {
     /// Set when the file was opened for salvage ([`TraceDat::open_salvaging`]) and is
     /// damaged: what was recovered, where the damage was found, and the error found there.
     pub salvage: Option<(SalvageSummary, Location, Option<Arc<TraceDatError>>)>,
-    /// Each compressed CPU run's chunk list, by (cpu, offset, size), once walked: the walk
-    /// reads every chunk's header (10^5 reads on a 10^8-event trace), and readers that start
-    /// anywhere ([`TraceDat::events_from`]) need it each time.
-    chunk_lists: Mutex<HashMap<RunKey, Arc<Vec<Work>>>>,
+    /// Each compressed CPU run's chunk list, by (cpu, offset, size), as far as it was walked:
+    /// the walk reads every chunk's header (10^5 on a 10^8-event trace), readers that start
+    /// anywhere ([`TraceDat::events_from`]) need it each time, and a reader at the start needs
+    /// only its first chunks (see `chunk_walk.rs`).
+    chunk_lists: Mutex<HashMap<RunKey, Arc<Mutex<ChunkWalk>>>>,
 }
 
 /// The tracefs texts a trace.dat (or perf's tracing data) stores beside the event formats,
@@ -1269,30 +1274,34 @@ impl TraceDat {
         ReadError::new(&self.input, at, e)
     }
 
-    /// Splits a CPU's data into work items (chunks, or runs of pages).
-    /// [`TraceDat::work`], walked once per CPU run and kept (compressed runs; the others cost
-    /// no reads to list).
-    fn work_kept(
+    /// The kept walk of a compressed run (started on first use: reads its chunk count).
+    fn walk_of(&self, d: &CpuData) -> Result<Arc<Mutex<ChunkWalk>>, (Location, TraceDatError)> {
+        let key = (d.cpu, d.offset, d.size);
+        let mut lists = self.chunk_lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(w) = lists.get(&key) {
+            return Ok(Arc::clone(w));
+        }
+        let w = Arc::new(Mutex::new(ChunkWalk::start(&self.src, self.endian, d)?));
+        lists.insert(key, Arc::clone(&w));
+        Ok(w)
+    }
+
+    /// A CPU run's work items from item `first` on, listed as they are taken (compressed runs:
+    /// each header is read when a reader gets there, once per run; the others cost no reads
+    /// to list). An error walking the list ends it, as its last item.
+    fn lane_work(
         &self,
         b: &BufferInfo,
         d: &CpuData,
-    ) -> Result<Arc<Vec<Work>>, (Location, TraceDatError)> {
+        first: usize,
+    ) -> Result<LaneWork, (Location, TraceDatError)> {
         if !b.compressed {
-            return self.work(b, d).map(Arc::new);
+            let work = self.work(b, d)?;
+            let rest = work.get(first..).unwrap_or_default().to_vec();
+            return Ok(LaneWork::Listed(rest.into_iter()));
         }
-        let key = (d.cpu, d.offset, d.size);
-        let kept = |lists: &Mutex<HashMap<RunKey, Arc<Vec<Work>>>>| {
-            lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
-        };
-        if let Some(w) = kept(&self.chunk_lists) {
-            return Ok(w);
-        }
-        let w = Arc::new(self.work(b, d)?);
-        self.chunk_lists
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, Arc::clone(&w));
-        Ok(w)
+        let walk = self.walk_of(d)?;
+        Ok(LaneWork::Walking { src: Arc::clone(&self.src), endian: self.endian, walk, next: first })
     }
 
     fn work(&self, b: &BufferInfo, d: &CpuData) -> Result<Vec<Work>, (Location, TraceDatError)> {
@@ -1317,44 +1326,8 @@ impl TraceDat {
             }
             return Ok(out);
         }
-        let e = self.endian;
-        let hdr = self.src.read(d.offset, 4).map_err(|er| (Location::Offset(d.offset), er))?;
-        let count = e.u32(&hdr, 0).ok_or((
-            Location::Offset(d.offset),
-            TraceDatError::Truncated { expected: "chunk count" },
-        ))?;
-        let mut pos = d.offset.saturating_add(4);
-        let end = d.offset.saturating_add(4).saturating_add(d.size);
-        let mut stream_offset = 0u64;
-        for _ in 0..count {
-            if pos >= end {
-                break;
-            }
-            let h = self.src.read(pos, 8).map_err(|er| (Location::Offset(pos), er))?;
-            let (Some(zsize), Some(usize)) = (e.u32(&h, 0), e.u32(&h, 4)) else {
-                // Keep what came before; the truncation is reported when reached.
-                out.push(Work {
-                    index: u32::try_from(out.len()).unwrap_or(u32::MAX),
-                    cpu: d.cpu,
-                    file_offset: pos,
-                    len: 8,
-                    usize: Some(u64::MAX),
-                    stream_offset,
-                });
-                break;
-            };
-            out.push(Work {
-                index: u32::try_from(out.len()).unwrap_or(u32::MAX),
-                cpu: d.cpu,
-                file_offset: pos.saturating_add(8),
-                len: u64::from(zsize),
-                usize: Some(u64::from(usize)),
-                stream_offset,
-            });
-            stream_offset = stream_offset.saturating_add(u64::from(usize));
-            pos = pos.saturating_add(8).saturating_add(u64::from(zsize));
-        }
-        Ok(out)
+        let mut walk = ChunkWalk::start(&self.src, self.endian, d)?;
+        Ok(walk.all(&self.src, self.endian)?.to_vec())
     }
 
     /// Reads (and decompresses) one work item into `out`.
@@ -1459,11 +1432,16 @@ impl TraceDat {
             .buffers
             .get(buffer)
             .ok_or_else(|| self.err(Location::Input, TraceDatError::NoBuffer(buffer)))?;
-        let mut lanes = Vec::with_capacity(b.cpus.len());
-        for d in &b.cpus {
-            let chunks = self.work_kept(b, d).map_or(0, |w| w.len());
-            lanes.push(Mutex::new(vec![u32::MAX; chunks]));
-        }
+        // The lists are not walked here: a chunk is counted as it is decoded.
+        let lanes = b
+            .cpus
+            .iter()
+            .map(|d| LaneCounts {
+                counts: Mutex::default(),
+                run_bytes: d.size.min(self.src.len().saturating_sub(d.offset)),
+                done_bytes: AtomicU64::new(0),
+            })
+            .collect();
         let counts = Arc::new(ChunkCounts { lanes });
         let reader = self.events_inner(buffer, opts, true, Some(Arc::clone(&counts)), None)?;
         Ok((reader, counts))
@@ -1514,7 +1492,19 @@ impl TraceDat {
         }
         let mut producers: Vec<(u32, Jobs)> = Vec::new();
         for (lane, d) in b.cpus.iter().enumerate() {
-            let all = match self.work_kept(b, d) {
+            // Where this lane starts, and how many of its first chunk's events to drop.
+            let mut skip = 0u32;
+            let mut first = 0;
+            if let Some(from) = from {
+                match from.iter().find(|p| p.lane == u32::try_from(lane).unwrap_or(u32::MAX)) {
+                    Some(p) => {
+                        first = usize::try_from(p.chunk).unwrap_or(usize::MAX);
+                        skip = p.skip;
+                    }
+                    None => first = usize::MAX,
+                }
+            }
+            let work = match self.lane_work(b, d, first) {
                 Ok(w) => w,
                 Err((at, e)) if opts.permissive => {
                     stats.note_skipped(self.err(at, e));
@@ -1522,19 +1512,6 @@ impl TraceDat {
                 }
                 Err((at, e)) => return Err(self.err(at, e)),
             };
-            // Where this lane starts, and how many of its first chunk's events to drop.
-            let mut skip = 0u32;
-            let mut first = 0;
-            if let Some(from) = from {
-                match from.iter().find(|p| p.lane == u32::try_from(lane).unwrap_or(u32::MAX)) {
-                    Some(p) => {
-                        first = usize::try_from(p.chunk).unwrap_or(usize::MAX).min(all.len());
-                        skip = p.skip;
-                    }
-                    None => first = all.len(),
-                }
-            }
-            let work = all[first..].to_vec();
             let td = Arc::clone(self);
             let ctx = Arc::clone(&ctx);
             let counts = counts.clone();
@@ -1551,19 +1528,23 @@ impl TraceDat {
                     // sizes come from chunk headers, so the hint is capped; `decode_pages`
                     // still reserves from the real decompressed size.
                     let hint = group
+                        .work
                         .iter()
                         .map(|w| w.usize.unwrap_or(w.len))
                         .fold(0u64, u64::saturating_add)
                         .min(4 * JOB_BYTES);
                     batch.items.reserve(usize::try_from(hint).unwrap_or(0) / 24);
-                    let mut decode = |scratch: &mut Scratch| {
-                        for w in &group {
+                    let decode = |scratch: &mut Scratch| {
+                        for w in &group.work {
                             let before = batch.items.len();
                             td.decode_work(&ctx, w, scratch, &mut batch);
                             if let Some(counts) = &counts {
                                 let n = batch.items.range(before..).filter(|i| i.is_ok()).count();
-                                counts.set(lane, w.index, n);
+                                counts.set(lane, w, n);
                             }
+                        }
+                        if let Some((at, e)) = group.error {
+                            batch.items.push_back(Err(td.err(at, e)));
                         }
                     };
                     SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -1607,18 +1588,33 @@ pub struct LanePos {
 /// How many events (and lost markers) each chunk of each lane gave, filled in by a reader
 /// from [`TraceDat::events_counted`] as it decodes: a chunk is counted before any of its
 /// events is yielded, so the counts of the chunks behind a read's position are complete.
+/// The lanes' chunk lists are not walked ahead: a lane's counts reach as far as it was decoded.
 #[derive(Debug)]
 pub struct ChunkCounts {
-    lanes: Vec<Mutex<Vec<u32>>>,
+    lanes: Vec<LaneCounts>,
+}
+
+#[derive(Debug)]
+struct LaneCounts {
+    /// Per chunk (`u32::MAX`: not decoded yet).
+    counts: Mutex<Vec<u32>>,
+    /// The run's bytes in the file.
+    run_bytes: u64,
+    /// Bytes of its chunks decoded (headers included).
+    done_bytes: AtomicU64,
 }
 
 impl ChunkCounts {
-    fn set(&self, lane: usize, chunk: u32, n: usize) {
-        if let Some(l) = self.lanes.get(lane)
-            && let Ok(mut v) = l.lock()
-            && let Some(slot) = v.get_mut(usize::try_from(chunk).unwrap_or(usize::MAX))
-        {
-            *slot = u32::try_from(n).unwrap_or(u32::MAX - 1);
+    fn set(&self, lane: usize, w: &Work, n: usize) {
+        let Some(l) = self.lanes.get(lane) else { return };
+        let header = if w.usize.is_some() { 8 } else { 0 };
+        l.done_bytes.fetch_add(w.len.saturating_add(header), Ordering::Relaxed);
+        let Ok(chunk) = usize::try_from(w.index) else { return };
+        if let Ok(mut v) = l.counts.lock() {
+            if v.len() <= chunk {
+                v.resize(chunk + 1, u32::MAX);
+            }
+            v[chunk] = u32::try_from(n).unwrap_or(u32::MAX - 1);
         }
     }
 
@@ -1627,34 +1623,33 @@ impl ChunkCounts {
         self.lanes.len()
     }
 
-    /// Chunks of the lanes decoded so far, and in all (a read's progress).
+    /// Bytes of the lanes' data decoded so far, and in all (a read's progress, known without
+    /// walking the chunk lists).
     pub fn progress(&self) -> (u64, u64) {
-        let mut done = 0;
-        let mut total = 0;
-        for l in &self.lanes {
-            if let Ok(v) = l.lock() {
-                done += v.iter().filter(|c| **c != u32::MAX).count() as u64;
-                total += v.len() as u64;
-            }
-        }
-        (done, total)
+        let done = self.lanes.iter().map(|l| l.done_bytes.load(Ordering::Relaxed)).sum::<u64>();
+        let total = self.lanes.iter().map(|l| l.run_bytes).sum::<u64>();
+        (done.min(total), total)
     }
 
     /// The events chunk `chunk` of lane `lane` gave; None until it is decoded (or when there
     /// is no such chunk).
     pub fn count(&self, lane: usize, chunk: usize) -> Option<u32> {
-        let v = self.lanes.get(lane)?.lock().ok()?;
+        let v = self.lanes.get(lane)?.counts.lock().ok()?;
         v.get(chunk).copied().filter(|n| *n != u32::MAX)
     }
 
-    /// Chunks in lane `lane`.
+    /// Chunks of lane `lane` counted so far (the highest decoded, plus one).
     pub fn chunks(&self, lane: usize) -> usize {
-        self.lanes.get(lane).and_then(|l| l.lock().ok().map(|v| v.len())).unwrap_or(0)
+        self.lanes.get(lane).and_then(|l| l.counts.lock().ok().map(|v| v.len())).unwrap_or(0)
     }
 
-    /// The counts of one lane's chunks so far (`u32::MAX`: not decoded yet).
+    /// The counts of one lane's chunks so far (`u32::MAX`: not decoded yet; chunks past the
+    /// highest decoded one are not listed).
     pub fn lane(&self, lane: usize) -> Vec<u32> {
-        self.lanes.get(lane).and_then(|l| l.lock().ok().map(|v| v.clone())).unwrap_or_default()
+        self.lanes
+            .get(lane)
+            .and_then(|l| l.counts.lock().ok().map(|v| v.clone()))
+            .unwrap_or_default()
     }
 
     /// The position of a lane's event number `ordinal` (0-based, counting events and lost
@@ -1676,7 +1671,8 @@ impl ChunkCounts {
             }
             before += n;
         }
-        // Past the last event: the lane's end.
+        // Past the counted events: the start of the next chunk (the lane's end when there is
+        // none).
         (ordinal == before).then_some(LanePos {
             lane,
             chunk: u32::try_from(counts.len()).ok()?,
@@ -1726,18 +1722,81 @@ struct Work {
 /// the decoding itself, while a job's batch stays a few MiB.
 const JOB_BYTES: u64 = 256 << 10;
 
+/// A CPU run's work items from some item on ([`TraceDat::lane_work`]).
+enum LaneWork {
+    /// Listed at once (uncompressed data: no reads needed).
+    Listed(std::vec::IntoIter<Work>),
+    /// A compressed run's chunks, walked as they are taken.
+    Walking { src: Arc<Source>, endian: Endian, walk: Arc<Mutex<ChunkWalk>>, next: usize },
+}
+
+impl Iterator for LaneWork {
+    type Item = Result<Work, (Location, TraceDatError)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Listed(work) => work.next().map(Ok),
+            Self::Walking { src, endian, walk, next } => {
+                // usize::MAX: the lane starts at its end (no position given for it).
+                if *next == usize::MAX {
+                    return None;
+                }
+                let mut walk = walk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match walk.get(src, *endian, *next) {
+                    Ok(Some(w)) => {
+                        *next += 1;
+                        Some(Ok(w))
+                    }
+                    Ok(None) => {
+                        *next = usize::MAX;
+                        None
+                    }
+                    Err(e) => {
+                        *next = usize::MAX;
+                        Some(Err(e))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The work of one decoding job, and the error that ended the lane's list after it, if any.
+struct WorkGroup {
+    work: Vec<Work>,
+    error: Option<(Location, TraceDatError)>,
+}
+
 /// Consecutive work items of one CPU grouped into jobs of about [`JOB_BYTES`].
-fn group_work(work: Vec<Work>) -> impl Iterator<Item = Vec<Work>> + Send {
-    let mut work = work.into_iter();
+fn group_work(
+    mut work: impl Iterator<Item = Result<Work, (Location, TraceDatError)>> + Send,
+) -> impl Iterator<Item = WorkGroup> + Send {
+    let mut ended = false;
     std::iter::from_fn(move || {
-        let mut group = Vec::new();
+        if ended {
+            return None;
+        }
+        let mut group = WorkGroup { work: Vec::new(), error: None };
         let mut bytes = 0u64;
         while bytes < JOB_BYTES {
-            let Some(w) = work.next() else { break };
-            bytes = bytes.saturating_add(w.usize.filter(|u| *u != u64::MAX).unwrap_or(w.len));
-            group.push(w);
+            match work.next() {
+                Some(Ok(w)) => {
+                    bytes =
+                        bytes.saturating_add(w.usize.filter(|u| *u != u64::MAX).unwrap_or(w.len));
+                    group.work.push(w);
+                }
+                Some(Err(e)) => {
+                    group.error = Some(e);
+                    ended = true;
+                    break;
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
         }
-        (!group.is_empty()).then_some(group)
+        (!group.work.is_empty() || group.error.is_some()).then_some(group)
     })
 }
 
@@ -1800,6 +1859,48 @@ mod tests {
         Compression::Zstd.decompress_into(&frame, data.len() as u64, &mut out, None).unwrap();
         assert_eq!(out, data);
         assert!(Compression::Zstd.decompress_into(&frame[..10], 40960, &mut out, None).is_err());
+    }
+
+    /// Chunks of each compressed run listed so far (`chunk_walk.rs`).
+    fn walked(td: &TraceDat) -> Vec<usize> {
+        let lists = td.chunk_lists.lock().unwrap();
+        let mut out: Vec<usize> = lists.values().map(|w| w.lock().unwrap().listed()).collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn a_reader_at_the_start_walks_only_the_chunks_it_decodes_and_later_readers_reuse_them() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/real/tracedat/lost-v7-zstd.dat"
+        ));
+        let td = Arc::new(TraceDat::open(path).unwrap());
+        let full: Vec<usize> = {
+            let b = &td.buffers[0];
+            let mut v: Vec<usize> = b.cpus.iter().map(|d| td.work(b, d).unwrap().len()).collect();
+            v.sort_unstable();
+            v
+        };
+        // One CPU has 36 chunks: more than the first jobs a reader queues per CPU (a job is
+        // ~7 of trace-cmd's 40 KiB chunks, 3 are decoded ahead, 1 more once the first is in).
+        let longest = *full.last().unwrap();
+        assert!(longest > 32, "a sample with a long chunk list: {full:?}");
+        let (mut reader, counts) = td.events_counted(0, ReadOptions::default()).unwrap();
+        assert!(reader.next().is_some());
+        let after_first = walked(&td);
+        assert!(
+            *after_first.last().unwrap() < longest,
+            "the first event needs the first chunks only: walked {after_first:?} of {full:?}"
+        );
+        let (done, total) = counts.progress();
+        assert!(done > 0 && done < total, "{done} of {total}");
+        let n = 1 + reader.by_ref().count();
+        assert_eq!(walked(&td), full, "a whole read lists every chunk");
+        assert_eq!(counts.progress().0, counts.progress().1);
+        // The same events as a reader on a fresh open, which walks as it goes.
+        let fresh = Arc::new(TraceDat::open(path).unwrap());
+        assert_eq!(fresh.events(0, ReadOptions::default()).unwrap().count(), n);
     }
 
     #[test]

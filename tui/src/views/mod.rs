@@ -359,6 +359,11 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
             progress_line(elapsed, f, events, area.width),
             Style::new().fg(Color::Yellow),
         ))
+    } else if let Some(f) = app.trace.rebuilding {
+        Line::from(Span::styled(
+            rebuild_line(app.trace.rebuild_elapsed, f, area.width),
+            Style::new().fg(Color::Yellow),
+        ))
     } else {
         Line::from(Span::styled(
             "q quit  ? help  Tab view  j/k move  Enter open  a/A anomaly  c crash  / search  f filter  t time",
@@ -376,6 +381,22 @@ pub fn progress_line(
     events: u64,
     width: u16,
 ) -> String {
+    bar_line("loading", elapsed, fraction, &format!("{} events read", group(events)), width)
+}
+
+/// The model checkpoints' replay after a reopen from the saved index (the State view and the
+/// rows' levels fill in behind it), as a bar with the percentage and the time left.
+pub fn rebuild_line(elapsed: std::time::Duration, fraction: f64, width: u16) -> String {
+    bar_line("model state", elapsed, fraction, "replaying from the saved index", width)
+}
+
+fn bar_line(
+    label: &str,
+    elapsed: std::time::Duration,
+    fraction: f64,
+    detail: &str,
+    width: u16,
+) -> String {
     let f = fraction.clamp(0.0, 1.0);
     let eta = if f > 0.0 {
         let left = elapsed.as_secs_f64() * (1.0 - f) / f;
@@ -383,14 +404,13 @@ pub fn progress_line(
     } else {
         "ETA …".to_owned()
     };
-    let text =
-        format!(" {:>3.0}%  {} events read  {eta}  (q quit, ? help)", f * 100.0, group(events));
+    let text = format!(" {:>3.0}%  {detail}  {eta}  (q quit, ? help)", f * 100.0);
     let bar_width = usize::from(width).saturating_sub(text.chars().count() + 2).clamp(10, 40);
     // Whole cells filled: the count of cell ends that the fraction has passed (no float cast).
     let filled =
         (1..=bar_width).take_while(|c| (*c as f64) <= (bar_width as f64) * f + 0.5).count();
     format!(
-        "loading ▕{}{}▏{text}",
+        "{label} ▕{}{}▏{text}",
         "█".repeat(filled.min(bar_width)),
         "░".repeat(bar_width.saturating_sub(filled))
     )
