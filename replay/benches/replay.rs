@@ -4,10 +4,10 @@
 //! 11.4M events per iteration through one `Model`, whose state stays bounded whatever the length.
 //!
 //! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 on the quiet 2-core
-//! development machine: 1.71 s per iteration, 6.7M events/s (9.8M/s before the loop detector
-//! of issue 15 replaced the old livelock counter; 28M/s on 2026-11-21, not re-measured between
-//! then and this stop's start). Where the time goes (`perf record`): the loop detector 23 %,
-//! the field store 16 %, `Model::step` 11 %, memmove 11 %.
+//! development machine: 0.79 s per iteration, 14.4M events/s (6.7M/s earlier that day, before
+//! the field store's rework and the lean field derivation; 28M/s on 2026-11-21, before the
+//! field streams and the loop detector). Where the time goes (`perf record`): the loop detector
+//! 27 %, `Model::step` with attribution 30 %, `transition::apply` 9 %.
 #![allow(missing_docs)]
 
 #[path = "../tests/it/common/mod.rs"]
