@@ -222,7 +222,7 @@ fn collect_step(result: &StepResult, stem: &str, out_dir: &Path) -> Result<Vec<P
             .map_err(|e| format!("cannot copy {name} to {}: {e}", target.display()))?;
         written.push(target);
     }
-    // `vmxray record -- COMMAND` exits 0 whatever COMMAND did, and says so.
+    // `vmxray record -- COMMAND` exits with COMMAND's status when it fails, and says so.
     let command_failed = result.stderr.contains("vmxray record: the command exited with");
     if result.status != Some(0) || command_failed {
         let status = match result.status {

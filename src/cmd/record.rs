@@ -76,7 +76,9 @@ pub struct Args {
     /// No progress line.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Record while this command runs, then stop.
+    /// Record while this command runs, then stop. The recording is kept whatever the command
+    /// does; when it fails, `record` exits with the command's status (128 + the signal when
+    /// a signal ended it), as `time` and `strace` do, so that a script notices.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -217,6 +219,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         && !status.success()
     {
         eprintln!("vmxray record: the command exited with {status}");
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
     if args.warn_lost && report.lost_anything() {
         return Ok(ExitCode::from(1));

@@ -76,6 +76,27 @@ fn record_a_command_then_stop() {
     assert!(io >= 250, "{io} IO exits");
 }
 
+/// A failing command's status is `record`'s (as with `time` or `strace`), and the recording
+/// is still written.
+#[test]
+fn a_failing_command_gives_record_its_status() {
+    if let Some(reason) = lab_unavailable() {
+        vmxray_events::test_util::skip(reason);
+        return;
+    }
+    let path = out("failing.dat");
+    let output = Command::new(BIN)
+        .args(["record", "-q", "-o"])
+        .arg(&path)
+        .args(["--", "sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("the command exited with"), "{stderr}");
+    assert!(path.exists(), "{stderr}");
+}
+
 #[test]
 fn lab_writes_a_trace() {
     if let Some(reason) = lab_unavailable() {
