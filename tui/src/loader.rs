@@ -337,21 +337,10 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
         return;
     }
     let mut pipeline = Pipeline::new(tx, started, Positions::Resident, excerpt);
-    for item in reader.by_ref() {
-        match item {
-            Ok(event) => {
-                if !pipeline.push(event, None) {
-                    return;
-                }
-            }
-            Err(e) => {
-                pipeline.fail(e.to_string());
-                return;
-            }
-        }
+    if pipeline.push_all(&mut reader, || None) {
+        let meta = reader.meta().clone();
+        pipeline.finish(&meta, reader.stats());
     }
-    let meta = reader.meta().clone();
-    pipeline.finish(&meta, reader.stats());
 }
 
 /// A trace.dat: blocks of [`BLOCK_EVENTS`] events, each with where every CPU lane's next event
@@ -401,21 +390,10 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     let cursor = DatCursor::new(lanes.len(), counts);
     let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu }, false);
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
-    for item in reader.by_ref() {
-        match item {
-            Ok(event) => {
-                if !pipeline.push(event, None) {
-                    return;
-                }
-            }
-            Err(e) => {
-                pipeline.fail(e.to_string());
-                return;
-            }
-        }
+    if pipeline.push_all(&mut reader, || None) {
+        let meta = reader.meta().clone();
+        pipeline.finish(&meta, reader.stats());
     }
-    let meta = reader.meta().clone();
-    pipeline.finish(&meta, reader.stats());
 }
 
 /// Opens a trace from its saved index. What the first screen shows goes first and needs no
@@ -699,19 +677,8 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
         }
         let Some(p) = pipeline.as_mut() else { return };
         p.text_block(block_offset, len);
-        for item in reader.by_ref() {
-            match item {
-                Ok(event) => {
-                    let fraction = (size > 0).then(|| block_offset as f64 / size as f64);
-                    if !p.push(event, fraction) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    p.fail(e.to_string());
-                    return;
-                }
-            }
+        if !p.push_all(&mut reader, || (size > 0).then(|| block_offset as f64 / size as f64)) {
+            return;
         }
         merge_read_stats(&mut read, reader.stats());
         if let Some(m) = &mut meta
@@ -1007,6 +974,28 @@ impl<'a> Pipeline<'a> {
         if self.tx.send(LoadMsg::Batch(batch)).is_err() {
             self.closed = true;
         }
+    }
+
+    /// Pushes every event `reader` yields, `fraction` saying how far through the trace it is;
+    /// false when the loading stops there (a read error, reported, or nobody listening).
+    fn push_all<R>(&mut self, reader: &mut R, fraction: impl Fn() -> Option<f64>) -> bool
+    where
+        R: Iterator<Item = Result<Event, ReadError>> + ?Sized,
+    {
+        for item in reader {
+            match item {
+                Ok(event) => {
+                    if !self.push(event, fraction()) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn fail(&mut self, error: String) {

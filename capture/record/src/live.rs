@@ -403,11 +403,7 @@ struct Consumer {
     newest: u64,
     /// Batch vectors given back ([`LiveCapture::recycle`]).
     spare_rx: Receiver<Vec<Event>>,
-    spares: Vec<Vec<Event>>,
 }
-
-/// Batch vectors kept for reuse (the rest are freed).
-const MAX_SPARES: usize = 4;
 
 impl Consumer {
     fn new(
@@ -456,7 +452,6 @@ impl Consumer {
             comms: BTreeMap::new(),
             newest: 0,
             spare_rx,
-            spares: Vec::new(),
         })
     }
 
@@ -658,13 +653,9 @@ impl Consumer {
         // Sized once: growing it by doubling moved and faulted in fresh memory at every release
         // (a fifth of `vmxray top`'s CPU time at 500k events/s); and a vector given back when
         // there is one, whose memory is already faulted in.
-        for spare in self.spare_rx.try_iter() {
-            if self.spares.len() < MAX_SPARES {
-                self.spares.push(spare);
-            }
-        }
+        // The largest vector given back is reused, the others freed.
         let wanted = self.pending.values().map(VecDeque::len).sum();
-        let mut events = self.spares.pop().unwrap_or_default();
+        let mut events = self.spare_rx.try_iter().max_by_key(Vec::capacity).unwrap_or_default();
         events.clear();
         events.reserve(wanted);
         loop {

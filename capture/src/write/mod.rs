@@ -264,19 +264,26 @@ pub struct TraceDatWriter {
     scratch: Vec<u8>,
 }
 
+/// Creates `path` for writing, truncated, readable by its owner only (mode 0600): traces hold
+/// guest data.
+pub(crate) fn create_private(path: &Path) -> Result<std::fs::File, WriteError> {
+    let create_err = |source| WriteError::Create { path: path.to_path_buf(), source };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(create_err)?;
+    // An existing file keeps its mode through O_TRUNC: force 0600.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
+    Ok(file)
+}
+
 impl TraceDatWriter {
     /// Creates `path` (mode 0600, truncated) and writes everything but the CPU data.
     pub fn create(path: &Path, meta: Metadata, opts: WriterOptions) -> Result<Self, WriteError> {
-        let create_err = |source| WriteError::Create { path: path.to_path_buf(), source };
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create_err)?;
-        // An existing file keeps its mode through O_TRUNC: force 0600, traces hold guest data.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
+        let file = create_private(path)?;
         let compressor = zstd::bulk::Compressor::new(opts.level)
             .map_err(|source| WriteError::Compress { what: "(zstd init)", source })?;
         let cpus = (0..meta.cpus).map(|_| CpuStream::default()).collect();

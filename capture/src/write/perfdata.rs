@@ -35,9 +35,9 @@
 //! (`PERF_ATTR_SIZE_VER7`), which every perf since 5.12 reads; the fields past it are unused
 //! for tracepoints.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Metadata, WriteError};
@@ -303,15 +303,7 @@ impl PerfDataWriter {
     /// Creates `path` (mode 0600, truncated): header, attrs with their ids, and the tracing
     /// data record, committed at once (a file killed right after holds the event formats).
     pub fn create(path: &Path, meta: PerfDataMeta, cmdlines: &[u8]) -> Result<Self, WriteError> {
-        let create_err = |source| WriteError::Create { path: path.to_path_buf(), source };
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create_err)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(create_err)?;
+        let file = super::create_private(path)?;
         let mut head = vec![0u8; FILE_HEADER_SIZE];
         // Ids first, then the attrs pointing at them.
         let mut ids_at = Vec::with_capacity(meta.attrs.len());
