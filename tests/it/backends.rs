@@ -354,8 +354,13 @@ fn sigint_and_sigkill_leave_readable_files_and_nothing_behind() {
             let path = dir.join(format!("{backend}{sig}-{file}"));
             let mut load = guest(2_000_000);
             let mut rec = spawn_recorder(&["-q", "--backend", backend], &path);
-            // Past the first checkpoints (one a second).
+            // Past the first checkpoints (one a second), and until one holds the guest's events
+            // (a loaded machine may start the guest late): what a kill must leave readable.
             std::thread::sleep(Duration::from_millis(2500));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while count_events(&path, true).0 <= 1000 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+            }
             assert!(rec.try_wait().unwrap().is_none(), "{backend} {sig}: the recorder runs");
             if backend == "tracefs" {
                 assert!(instance_of(rec.id()), "the tracefs recorder has its instance");
