@@ -404,8 +404,8 @@ impl HostContext {
         Self::default()
     }
 
-    /// An empty analysis that also keeps every attributed exit until taken (the scan's rows,
-    /// the TUI's detail view).
+    /// An empty analysis that also keeps every attributed exit until taken (the TUI's detail
+    /// view), from the trace's first host event on (before it, no row has a host part).
     pub fn with_exit_log() -> Self {
         Self { log: Some(Vec::new()), ..Self::default() }
     }
@@ -623,7 +623,11 @@ impl HostContext {
         row.count += 1;
         row.latency += latency;
         row.parts.add(&exit.parts);
-        let keep = self.log.is_some()
+        // The log's rows show where host events took the time: none before the first one (the
+        // TUI then leaves the detail view's breakdown out, and building rows cost a tenth of
+        // its load).
+        let log = self.log.is_some() && self.has_host_events();
+        let keep = log
             || self.outliers.len() < OUTLIERS_KEPT
             || self.outliers.last().is_some_and(|o| o.latency < latency);
         if !keep {
@@ -657,8 +661,8 @@ impl HostContext {
             self.outliers.insert(at, context.clone());
             self.outliers.truncate(OUTLIERS_KEPT);
         }
-        if let Some(log) = &mut self.log {
-            log.push(context);
+        if log && let Some(rows) = &mut self.log {
+            rows.push(context);
         }
     }
 

@@ -371,10 +371,11 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         }
     };
     let lanes = td.lanes(0);
-    let mut lane_of_cpu: HashMap<u32, usize> = HashMap::new();
-    for (i, cpu) in lanes.iter().enumerate() {
-        lane_of_cpu.insert(*cpu, i);
-    }
+    // Sorted by CPU, searched per event (a few lanes: cheaper than hashing).
+    let mut lane_of_cpu: Vec<(u32, usize)> =
+        lanes.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    lane_of_cpu.sort_unstable();
+    lane_of_cpu.dedup_by_key(|(cpu, _)| *cpu);
     if lane_of_cpu.len() != lanes.len() {
         // A CPU with several data runs: positions by CPU would be ambiguous.
         return resident(Box::new(reader), tx, started);
@@ -720,7 +721,7 @@ enum Positions {
     /// The events are kept.
     Resident,
     /// trace.dat lanes.
-    Dat { cursor: DatCursor, lane_of_cpu: HashMap<u32, usize> },
+    Dat { cursor: DatCursor, lane_of_cpu: Vec<(u32, usize)> },
     /// Text blocks, opened by [`Pipeline::text_block`].
     Text,
 }
@@ -922,8 +923,8 @@ impl<'a> Pipeline<'a> {
                     self.fraction = cursor.fraction();
                     BlockPos::Dat(cursor.positions())
                 });
-                if let Some(o) =
-                    lane_of_cpu.get(&event.cpu).and_then(|lane| cursor.ordinal.get_mut(*lane))
+                if let Ok(at) = lane_of_cpu.binary_search_by_key(&event.cpu, |(cpu, _)| *cpu)
+                    && let Some(o) = cursor.ordinal.get_mut(lane_of_cpu[at].1)
                 {
                     *o += 1;
                 }

@@ -329,6 +329,35 @@ fn hw_vmcs(level: Level) -> VmcsRef {
 /// it here (a test checks the rules' sources against this list).
 pub const RULE_FIELDS: &[FieldEncoding] = &[FieldEncoding::GUEST_CR3];
 
+/// Every field an exit, an entry or a reflected exit implies ([`derive`]).
+const EXIT_ENTRY_FIELDS: &[FieldEncoding] = &[
+    FieldEncoding::VM_EXIT_REASON,
+    FieldEncoding::EXIT_QUALIFICATION,
+    FieldEncoding::GUEST_RIP,
+    FieldEncoding::IDT_VECTORING_INFO_FIELD,
+    FieldEncoding::VM_EXIT_INTR_INFO,
+    FieldEncoding::VM_EXIT_INTR_ERROR_CODE,
+    FieldEncoding::HOST_RIP,
+    FieldEncoding::VM_ENTRY_INTR_INFO_FIELD,
+    FieldEncoding::VM_ENTRY_EXCEPTION_ERROR_CODE,
+];
+
+/// A rule reads one of [`EXIT_ENTRY_FIELDS`]: without field streams, exits and entries must
+/// still be derived.
+const EXIT_ENTRY_RULE_FIELDS: bool = {
+    let mut i = 0;
+    let mut any = false;
+    while i < RULE_FIELDS.len() {
+        let mut j = 0;
+        while j < EXIT_ENTRY_FIELDS.len() {
+            any |= RULE_FIELDS[i].0 == EXIT_ENTRY_FIELDS[j].0;
+            j += 1;
+        }
+        i += 1;
+    }
+    any
+};
+
 struct Out<'a> {
     at: EventIndex,
     ts: u64,
@@ -381,6 +410,16 @@ pub fn derive(
     all: bool,
     out: &mut Vec<VmcsField>,
 ) {
+    if !all
+        && !EXIT_ENTRY_RULE_FIELDS
+        && matches!(
+            event.kind,
+            EventKind::KvmExit(_) | EventKind::KvmEntry(_) | EventKind::KvmNestedVmexitInject(_)
+        )
+    {
+        // Most events of a trace, and none implies a field a rule reads.
+        return;
+    }
     let vcpu = actor.vcpu_id();
     let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out, all };
     let current12 = st.current_vmptr.map(VmcsRef::vmcs12);

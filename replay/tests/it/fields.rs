@@ -204,3 +204,34 @@ fn the_rules_read_only_the_fields_a_lean_model_derives() {
     }
     assert!(reads >= 3, "{reads} store reads found");
 }
+
+/// A lean model derives exactly the full model's observations of the fields rules read, on
+/// nested streams with EPT and with shadow paging (it skips whole event kinds that imply none).
+#[test]
+fn a_lean_model_derives_the_rule_fields_a_full_one_does() {
+    let choices: Vec<u8> =
+        (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for events in [well_formed_nested(&choices).events, well_formed_nested_shadow(&choices).events]
+    {
+        let observed = |streams: bool| {
+            let config =
+                vmxray_replay::ModelConfig { field_streams: streams, ..Default::default() };
+            let mut model = Model::new(config);
+            let mut out = Vec::new();
+            for e in &events {
+                out.extend(
+                    model
+                        .step(e)
+                        .fields
+                        .iter()
+                        .filter(|o| vmxray_replay::fields::RULE_FIELDS.contains(&o.field))
+                        .cloned(),
+                );
+            }
+            out
+        };
+        let lean = observed(false);
+        assert!(lean.len() > 50, "{} observations", lean.len());
+        assert_eq!(lean, observed(true));
+    }
+}
