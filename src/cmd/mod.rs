@@ -18,6 +18,7 @@ pub mod simulate;
 pub mod stats;
 pub mod top;
 pub mod triage;
+pub mod triage_qemu;
 pub mod tui;
 
 /// Exit status for usage or input errors.

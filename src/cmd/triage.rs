@@ -11,8 +11,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::triage_qemu;
+
 use anyhow::Context;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_capture::read::text::qemu_dump;
 use vmxray_capture::{ReadError, ReadOptions};
 use vmxray_events::{Event, EventKind};
 use vmxray_replay::story::insn_text;
@@ -53,12 +56,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = triage_stream(&mut reader, config).with_context(|| format!("Triaging {input}"))?;
     let stats = reader.stats();
     let (lost, _) = stats.lost_total();
+    // A pasted report often holds QEMU's own account of the death beside (or instead of) the
+    // trace lines.
+    let qemu = triage_qemu::reports(qemu_dump::find(&stats.non_trace));
+    let qemu_fatal = qemu.iter().any(triage_qemu::fatal);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let (excerpt, segments) = (reader.meta().excerpt, stats.segments);
     match args.format {
         Format::Text => {
             out.write_all(render(&input, &report).as_bytes())?;
+            if qemu_fatal && report.crashes.is_empty() {
+                writeln!(out, "The input also holds QEMU's report of the vCPU's death:")?;
+            }
+            out.write_all(triage_qemu::render(&qemu).as_bytes())?;
             writeln!(
                 out,
                 "(read: {} events, {lost} lost, {} skipped; {})",
@@ -80,13 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 map.insert("segments".into(), segments.into());
                 map.insert("non_trace_lines".into(), stats.non_trace_lines.into());
                 map.insert("truncated".into(), stats.truncated.into());
+                map.insert("qemu".into(), triage_qemu::to_json(&qemu)?);
             }
             serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
     }
     out.flush()?;
-    Ok(if report.crashes.is_empty() && report.stuck.is_empty() {
+    Ok(if report.crashes.is_empty() && report.stuck.is_empty() && !qemu_fatal {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -23,7 +23,7 @@ const CONCLUSIONS: &[(&str, Option<&str>)] = &[
     ("bz220549-vmcs-dump-bprint.txt", None),
     ("dirty-ring-full-exit-quoted-annotated.txt", None),
     ("efault-loop-vvar-in-guest-memory.txt", Some("livelock: KVM_RUN error loop")),
-    ("emulation-failure-option-rom-gmail-wrapped.txt", None),
+    ("emulation-failure-option-rom-gmail-wrapped.txt", Some("The code stream is garbage")),
     ("ept-livelock-reply-mojibake-quoted.txt", Some("livelock: page-fault livelock")),
     ("ept-qualification-question-trace-cmd-session.txt", None),
     ("ept-violation-livelock-mmu-seq.mailed.txt", Some("livelock: page-fault livelock")),
@@ -84,8 +84,8 @@ fn vmxray(args: &[&str], path: &Path) -> String {
 }
 
 /// What vmxray concludes on one excerpt, in its default mode: the replay anomalies at or above
-/// warning (`rule: message`) and triage's "What happened" sentences of every death and stuck
-/// vCPU.
+/// warning (`rule: message`), triage's "What happened" sentences of every death and stuck
+/// vCPU, and its conclusion from QEMU's register dump where the excerpt holds one.
 fn conclusions(path: &Path) -> (Vec<String>, Vec<String>) {
     let mut anomalies = Vec::new();
     for line in vmxray(&["replay", "--format", "jsonl", "--severity", "warning"], path).lines() {
@@ -107,6 +107,10 @@ fn conclusions(path: &Path) -> (Vec<String>, Vec<String>) {
                 stories.push(s.as_str().unwrap().to_owned());
             }
         }
+    }
+    // QEMU's own report of the death, where the poster pasted it.
+    for report in triage["qemu"].as_array().unwrap() {
+        stories.push(report["conclusion"].as_str().unwrap().to_owned());
     }
     (anomalies, stories)
 }

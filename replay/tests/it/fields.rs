@@ -210,7 +210,7 @@ fn the_rules_read_only_the_fields_a_lean_model_derives() {
 #[test]
 fn a_lean_model_derives_the_rule_fields_a_full_one_does() {
     let choices: Vec<u8> =
-        (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        (0..4000u32).map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2]).collect();
     for events in [well_formed_nested(&choices).events, well_formed_nested_shadow(&choices).events]
     {
         let observed = |streams: bool| {

@@ -77,6 +77,7 @@ mod lines;
 mod loose;
 mod parser;
 mod prefix;
+pub mod qemu_dump;
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
