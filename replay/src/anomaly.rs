@@ -268,6 +268,12 @@ rules! {
         "81f76adad560 KVM: nSVM: correctly restore nested_run_pending on migration (nVMX carries it in KVM_STATE_NESTED_RUN_PENDING)",
         "no nested VM-exit other than a failed entry comes between a VMLAUNCH/VMRESUME/VMRUN that injects an event and L2's first kvm_entry (it would discard the event)",
         "kvm_nested_vmenter/kvm_nested_vmrun with a valid event_inj after a VMLAUNCH/VMRESUME/VMRUN exit, then kvm_nested_intr_vmexit or kvm_nested_vmexit_inject";
+    /// A level-triggered EOI broadcast to userspace with the line asserted (issue 15, bugzilla
+    /// 220549).
+    LevelEoiLineAsserted = "level_eoi_line_asserted", Warning,
+        "6517dfbcc918 KVM: x86: Add x2APIC \"features\" to control EOI broadcast suppression (kernel bugzilla 220549)",
+        "an EOI of a level-triggered interrupt that KVM forwards to the userspace I/O APIC (KVM_EXIT_IOAPIC_EOI) comes after its line was lowered (else the I/O APIC re-delivers it at once)",
+        "kvm_set_irq of a GSI with its delivery (kvm_msi_set_irq or kvm_ioapic_set_irq, level-triggered), then kvm_eoi of that vector";
     /// Invariant 22.
     L2PfNotHandledByL0 = "l2_pf_not_handled_by_l0", Warning,
         "vmx_need_pf_intercept / nested_vmx_l0_wants_exit (vmx/nested.c)",
@@ -310,6 +316,7 @@ impl RuleId {
             | Self::RsmL1State
             // Decides for itself: an exit at the reset RIP proves no entry was cut.
             | Self::ExitWhileRunPending
+            | Self::LevelEoiLineAsserted
             | Self::EmulationUdInL2 => return None,
         })
     }

@@ -262,6 +262,8 @@ pub(crate) struct Findings {
     pub by_severity: [u64; 4],
     pub enabled: RuleSet,
     pub loops: Loops,
+    /// The interrupt lines of every VM: rule state shared by all actors.
+    pub irq_lines: crate::rules::level_eoi_line_asserted::Lines,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +324,7 @@ impl Model {
                 by_severity: [0; 4],
                 enabled: config.rules,
                 loops: Loops::default(),
+                irq_lines: Default::default(),
             },
             transitions: Vec::new(),
             fields: Vec::new(),
@@ -349,10 +352,11 @@ impl Model {
         if let EventKind::Lost { count } = event.kind {
             self.lost_markers += 1;
             self.lost_events += count.unwrap_or(0);
-            // Lost events end every loop being followed.
+            // Lost events end every loop being followed, and hide the interrupt lines' levels.
             for l in &mut self.findings.loops.closed {
                 l.ongoing = false;
             }
+            self.findings.irq_lines.forget();
             for slot in &mut self.slots {
                 slot.state.forget();
                 slot.rules = RuleStates::default();
@@ -376,6 +380,7 @@ impl Model {
             // at the start of a trace (not resynchronizing: nothing was lost in between).
             // One exception: a nested run a vCPU left pending when it left for userspace, which
             // the next capture may show restored (a migration between two pasted traces).
+            self.findings.irq_lines.forget();
             for slot in &mut self.slots {
                 let run_pending = rules::exit_while_run_pending::carry(&slot.state);
                 slot.state = VcpuState::default();

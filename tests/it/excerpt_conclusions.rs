@@ -17,8 +17,18 @@ const CONCLUSIONS: &[(&str, Option<&str>)] = &[
     ("blog-1gb-pages-walker-rsvd.txt", Some("hit a reserved bit")),
     ("bz214423-pit-irq-only-hung-guest.mailed.txt", None),
     ("bz214423-pit-irq-only-hung-guest.txt", None),
-    ("bz220549-split-irqchip-eoi-tracepoints.mailed.txt", None),
-    ("bz220549-split-irqchip-eoi-tracepoints.txt", None),
+    (
+        "bz220549-split-irqchip-eoi-tracepoints.mailed.txt",
+        Some(
+            "level_eoi_line_asserted: level-triggered vector 129 (GSI 19) was EOIed while its line was still asserted",
+        ),
+    ),
+    (
+        "bz220549-split-irqchip-eoi-tracepoints.txt",
+        Some(
+            "level_eoi_line_asserted: level-triggered vector 129 (GSI 19) was EOIed while its line was still asserted",
+        ),
+    ),
     ("bz220549-vmcs-dump-bprint.mailed.txt", None),
     ("bz220549-vmcs-dump-bprint.txt", None),
     ("dirty-ring-full-exit-quoted-annotated.txt", None),

@@ -31,6 +31,7 @@ pub mod l2_pf_not_handled_by_l0;
 pub mod late_vmfail_l1_cr3;
 pub mod late_vmfail_resume;
 pub mod launch_state;
+pub mod level_eoi_line_asserted;
 pub mod livelock;
 pub mod nested_vmexit_mismatch;
 pub mod nested_vmexit_outside_l2;
@@ -120,6 +121,7 @@ pub(crate) struct RuleStates {
     pub hlt_cancelled: hlt_cancelled_exit_state::State,
     pub emulation_ud: emulation_ud_in_l2::State,
     pub run_pending: exit_while_run_pending::State,
+    pub level_eoi: level_eoi_line_asserted::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -192,6 +194,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
             exit_while_run_pending::on_entry(ctx, &mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
+            level_eoi_line_asserted::disarm(&mut rs.level_eoi);
         }
         EventKind::KvmCr { write, cr, val } => {
             root_gfn_not_cr3::on_cr(ctx, &mut rs.root_gfn, *write, *cr, *val);
@@ -225,6 +228,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         EventKind::KvmPmlFull { .. } => pml_full_in_l2::on_pml_full_event(ctx),
         EventKind::VmcsField(v) => changed_subject_cr3::on_record(ctx, &v.record),
         EventKind::KvmUserspaceExit { reason, .. } => {
+            let ioapic_eoi = *reason == vmxray_events::codes::UserspaceExitReason::IOAPIC_EOI;
+            level_eoi_line_asserted::on_userspace_exit(ctx, &mut rs.level_eoi, ioapic_eoi);
             late_vmfail_l1_cr3::on_userspace_exit(ctx, &mut rs.late_vmfail_l1_cr3, *reason);
             reset_root_role::disturb(&mut rs.reset_root_role);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
@@ -239,6 +244,12 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         EventKind::KvmEmulateInsn { rip, insn, failed, .. } => {
             emulation_ud_in_l2::on_emulate(ctx, &mut rs.emulation_ud, *rip, insn, *failed);
         }
+        EventKind::Irq(irq) => {
+            let lines = &mut ctx.findings.irq_lines;
+            let mut taken = std::mem::take(lines);
+            level_eoi_line_asserted::on_irq(ctx, &mut taken, &mut rs.level_eoi, irq);
+            ctx.findings.irq_lines = taken;
+        }
         EventKind::KvmNestedIntrVmexit { rip } => {
             exit_while_run_pending::on_intr_vmexit(ctx, &mut rs.run_pending, *rip);
         }
@@ -250,7 +261,6 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
         | EventKind::KvmMmuUnsyncPage { .. }
         | EventKind::KvmMmuPagingElement { .. }
         | EventKind::KvmMmuWalkerError { .. }
-        | EventKind::Irq(_)
         | EventKind::Mmio(_)
         | EventKind::Spte(_)
         | EventKind::VmcsProbe(_)
