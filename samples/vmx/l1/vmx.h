@@ -65,6 +65,10 @@
 #define VMCS_LINK_POINTER 0x2800
 #define GUEST_IA32_DEBUGCTL 0x2802
 #define GUEST_IA32_EFER 0x2806
+#define GUEST_PDPTR0 0x280a
+#define GUEST_PDPTR1 0x280c
+#define GUEST_PDPTR2 0x280e
+#define GUEST_PDPTR3 0x2810
 #define HOST_IA32_EFER 0x2c02
 
 /* 32-bit fields. */
