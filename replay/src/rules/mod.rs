@@ -19,6 +19,7 @@ pub mod changed_subject_cr3;
 pub mod early_vmfail_resume;
 pub mod emulation_ud_in_l2;
 pub mod entry_without_exit;
+pub mod ept_violation_permitted_access;
 pub mod evmcs_restore_stale_exit;
 pub mod exit_while_run_pending;
 pub mod guest_mmu_root_not_reacquired;
@@ -34,6 +35,7 @@ pub mod launch_state;
 pub mod livelock;
 pub mod nested_vmexit_mismatch;
 pub mod nested_vmexit_outside_l2;
+pub mod pae_pdptes_from_cr3;
 pub mod pml_full_in_l2;
 pub mod reset_root_role;
 pub mod role_change_root_reload;
@@ -150,6 +152,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             hlt_cancelled_exit_state::on_inject(ctx, &mut rs.hlt_cancelled, info);
             rsm_l1_state::on_inject(ctx, &mut rs.rsm_l1);
             exit_while_run_pending::on_inject(ctx, &mut rs.run_pending, info.reason());
+            ept_violation_permitted_access::on_inject(ctx, info);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmNestedVmenter(v) => {
@@ -157,6 +160,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             changed_subject_cr3::on_vmenter(ctx, v);
             hlt_cancelled_exit_state::on_vmenter(ctx, &mut rs.hlt_cancelled, v);
             launch_state::on_vmenter(ctx, v);
+            pae_pdptes_from_cr3::on_vmenter(ctx, v);
             vmptr_without_vmptrld::on_vmenter(ctx, &mut rs.vmptr, v);
             guest_mmu_root_not_reacquired::on_vmenter(ctx, &mut rs.guest_mmu_root, v);
             guest_mmu_root_role::on_vmenter(&mut rs.guest_mmu_role, ctx.at, v);
@@ -169,7 +173,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             exit_while_run_pending::disarm(&mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
-        EventKind::KvmNestedVmenterFailed { kind, .. } => {
+        EventKind::KvmNestedVmenterFailed { kind, msg, .. } => {
+            pae_pdptes_from_cr3::on_vmenter_failed(ctx, *kind, msg);
             entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, *kind);
             late_vmfail_resume::on_vmenter_failed(ctx, &mut rs.late_vmfail_resume, *kind);
             late_vmfail_l1_cr3::on_vmenter_failed(ctx, &mut rs.late_vmfail_l1_cr3, *kind);
