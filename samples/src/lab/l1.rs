@@ -96,11 +96,14 @@ pub enum VmxScenario {
     /// EPT violation whose qualification must say readable and writable, not executable
     /// (bits 5:3 = 0b011), blind bug x1's trigger; then the PDE gets its X.
     EptUpperNoX,
+    /// `vmx-lmsw`: L1 owns CR0.TS and CR0.MP; L2's `lmsw` sets TS while RAX leaves it clear:
+    /// the LMSW must exit to L1 (blind bug x3's trigger), and GUEST_CR0.TS stays as L1 left it.
+    Lmsw,
 }
 
 impl VmxScenario {
     /// Every scenario with its default parameter (for lists and tests).
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Io,
         Self::RoundRobin(3),
         Self::RoundRobinNoEpt(3),
@@ -114,6 +117,7 @@ impl VmxScenario {
         Self::LateVmFail,
         Self::PaePdpte,
         Self::EptUpperNoX,
+        Self::Lmsw,
     ];
 
     /// The L1's scenario number and parameter (RDI, RSI).
@@ -132,6 +136,7 @@ impl VmxScenario {
             Self::LateVmFail => (11, 0),
             Self::PaePdpte => (12, 0),
             Self::EptUpperNoX => (13, 0),
+            Self::Lmsw => (14, 0),
         }
     }
 
@@ -165,6 +170,7 @@ impl VmxScenario {
             "vmx-late-vmfail" => no_count(Self::LateVmFail),
             "vmx-pae-pdpte" => no_count(Self::PaePdpte),
             "vmx-ept-upper-nox" => no_count(Self::EptUpperNoX),
+            "vmx-lmsw" => no_count(Self::Lmsw),
             _ => return None,
         })
     }
@@ -172,7 +178,7 @@ impl VmxScenario {
     /// The names, for help texts.
     pub const NAMES: &'static str = "vmx-io, vmx-rr[=N], vmx-noept[=N], vmx-hlt, vmx-hlt-ept, \
                                      vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail, \
-                                     vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox";
+                                     vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw";
 }
 
 impl fmt::Display for VmxScenario {
@@ -191,6 +197,7 @@ impl fmt::Display for VmxScenario {
             Self::LateVmFail => f.write_str("vmx-late-vmfail"),
             Self::PaePdpte => f.write_str("vmx-pae-pdpte"),
             Self::EptUpperNoX => f.write_str("vmx-ept-upper-nox"),
+            Self::Lmsw => f.write_str("vmx-lmsw"),
         }
     }
 }

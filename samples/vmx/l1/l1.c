@@ -364,9 +364,11 @@ enum behaviour {
 	B_IO_HLT,   /* two `out`s, then HLT (HLT exiting on) */
 	B_UD,       /* an `out`, then ud2 with an empty IDT: triple fault */
 	B_MARKER,   /* reads the marker page and reports the value with `out 0x90` */
+	B_LMSW,     /* lmsw setting CR0.TS with RAX leaving it clear, an `out`, then HLT */
 };
 
-static const char *const behaviour_names[] = {"spin-io", "spin", "hlt", "io-hlt", "ud2", "marker"};
+static const char *const behaviour_names[] = {"spin-io", "spin", "hlt", "io-hlt", "ud2", "marker",
+						     "lmsw"};
 
 struct subject {
 	uint32_t id;
@@ -438,6 +440,17 @@ static void __attribute__((noreturn, used)) subject_entry(uint64_t id, uint64_t 
 			for (int i = 0; i < 100; i++)
 				pause();
 		}
+	case B_LMSW: {
+		/* LMSW's source (BX) sets TS; RAX holds CR0 as read, TS clear: a KVM that looks
+		 * at RAX instead of the source sees no change of a bit L1 owns. */
+		uint64_t cr0;
+		asm volatile("mov %%cr0, %0" : "=r"(cr0));
+		asm volatile("lmsw %w0" ::"b"((uint16_t)(cr0 | CR0_TS)), "a"(cr0 & ~CR0_TS)
+			     : "memory");
+		outl((uint16_t)(0x80 + id), 1);
+		for (;;)
+			asm volatile("hlt");
+	}
 	}
 	for (;;)
 		asm volatile("hlt");
@@ -1053,6 +1066,50 @@ static void scn_ept_upper_nox(struct cpu *c)
 	FAIL(c, "no HLT exit after the PDE got its X");
 }
 
+/* Blind bug x3's trigger (e1d39b17e044 undone): L1 owns CR0.TS and CR0.MP (CR0 guest/host
+ * mask) with TS clear in the read shadow; L2 executes `lmsw %bx` whose source sets TS while
+ * RAX has it clear. LMSW changing a bit L1 owns must exit to L1 (SDM 25.1.3), whatever RAX
+ * holds; KVM with the bug decides on RAX (the qualification's GPR field, 0 for LMSW), handles
+ * the LMSW itself, and L1's next exit is L2's `out`. L1 skips the lmsw without emulating it,
+ * so GUEST_CR0.TS stays clear on a correct KVM. */
+#define CR_QUAL_TYPE(q) (((q) >> 4) & 3)
+#define CR_QUAL_LMSW 3
+
+static void scn_lmsw(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	subject_init(c, 0, B_LMSW, caps.has_ept, 1, 0);
+	uint64_t cr0 = vmread(GUEST_CR0) & ~CR0_TS;
+	vw(c, GUEST_CR0, cr0);
+	vw(c, CR0_GUEST_HOST_MASK, CR0_TS | CR0_MP);
+	vw(c, CR0_READ_SHADOW, cr0);
+	LOG(c, "L1 owns CR0 bits %lx, read shadow %lx; L2's lmsw sets TS, its RAX does not",
+	    CR0_TS | CR0_MP, cr0);
+	uint32_t reason = enter(c, s);
+	check(c, "L2's lmsw setting CR0.TS (owned by L1) exits to L1 (CR_ACCESS)", EXIT_CR_ACCESS,
+	      reason);
+	if (reason == EXIT_CR_ACCESS) {
+		uint64_t q = vmread(EXIT_QUALIFICATION);
+		check(c, "the CR-access qualification is LMSW (type 3)", CR_QUAL_LMSW,
+		      CR_QUAL_TYPE(q));
+		check(c, "the LMSW source in the qualification sets TS", CR0_TS, (q >> 16) & CR0_TS);
+		skip_instruction(c);
+		reason = enter(c, s);
+	}
+	for (int n = 0; n < 8; n++) {
+		if (reason == EXIT_IO_INSTRUCTION) {
+			skip_instruction(c);
+			reason = enter(c, s);
+			continue;
+		}
+		check(c, "the subject ends in HLT", EXIT_HLT, reason);
+		check(c, "GUEST_CR0.TS at the end is as L1 left it (clear)", 0,
+		      vmread(GUEST_CR0) & CR0_TS);
+		done(c);
+	}
+	FAIL(c, "no HLT exit from the lmsw subject");
+}
+
 /* An L2 that executes ud2 with an empty IDT triple-faults; L1 gets TRIPLE_FAULT (2) and
  * goes on with another subject. */
 static void scn_triple(struct cpu *c)
@@ -1218,6 +1275,9 @@ void l1_main(uint64_t scenario, uint64_t param, uint64_t cpu_index)
 		break;
 	case SCN_EPT_UPPER_NOX:
 		scn_ept_upper_nox(c);
+		break;
+	case SCN_LMSW:
+		scn_lmsw(c);
 		break;
 	default:
 		break;
