@@ -33,6 +33,7 @@ pub mod late_vmfail_l1_cr3;
 pub mod late_vmfail_resume;
 pub mod launch_state;
 pub mod livelock;
+pub mod lmsw_exit_routing;
 pub mod nested_vmexit_mismatch;
 pub mod nested_vmexit_outside_l2;
 pub mod pae_pdptes_from_cr3;
@@ -122,6 +123,7 @@ pub(crate) struct RuleStates {
     pub hlt_cancelled: hlt_cancelled_exit_state::State,
     pub emulation_ud: emulation_ud_in_l2::State,
     pub run_pending: exit_while_run_pending::State,
+    pub lmsw: lmsw_exit_routing::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -130,6 +132,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
     match &event.kind {
         EventKind::KvmExit(info) => {
             pml_full_in_l2::on_exit(ctx, info);
+            lmsw_exit_routing::on_exit(ctx, &mut rs.lmsw, info);
             l2_pf_not_handled_by_l0::on_exit(&mut rs.l2_pf);
             guest_mmu_root_not_reacquired::on_exit(ctx, &mut rs.guest_mmu_root, info);
             invvpid_root_not_reacquired::on_exit(ctx, &mut rs.invvpid_root, info);
@@ -153,6 +156,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             rsm_l1_state::on_inject(ctx, &mut rs.rsm_l1);
             exit_while_run_pending::on_inject(ctx, &mut rs.run_pending, info.reason());
             ept_violation_permitted_access::on_inject(ctx, info);
+            lmsw_exit_routing::on_inject(ctx, &mut rs.lmsw, info);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmNestedVmenter(v) => {
@@ -169,6 +173,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             smm_nested_return::on_vmenter(ctx, &mut rs.smm_return, v);
             rsm_l1_state::on_vmenter(ctx, &mut rs.rsm_l1);
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
+            lmsw_exit_routing::disarm(&mut rs.lmsw);
             reset_root_role::disturb(&mut rs.reset_root_role);
             exit_while_run_pending::disarm(&mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
@@ -194,6 +199,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
+            lmsw_exit_routing::on_entry(ctx, &mut rs.lmsw);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
             exit_while_run_pending::on_entry(ctx, &mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);

@@ -1285,3 +1285,56 @@ fn pae_pdptes_from_cr3() {
     assert_clean(&fixed.events);
     assert_eq!(checks_of(&fixed, RuleId::PaePdptesFromCr3), 1);
 }
+
+/// A `trace_printk` VMCS-field record (the format of `vmxray_events::vmcs::record`).
+fn field_record(t: &mut EventBuilder, vmcs: u64, field: &str, value: u64) -> u64 {
+    let mut fields = vmxray_events::Fields::new();
+    let line = format!("l1: 0 0 0 vmcs12@{vmcs:#x} write {field} {value:#x}\n");
+    fields.push("buf", vmxray_events::FieldValue::Str(line.into()));
+    t.push(vmxray_events::EventKind::untyped("ftrace".into(), "print".into(), fields))
+}
+
+/// Blind bug x3: L1 owns CR0.TS and MP (shadow TS clear, 0x31); L2's lmsw sets TS (source
+/// 0x39). `reflected`: KVM gives the exit to L1; else L0 handles it and L2 goes on. `known`:
+/// the trace has vmcs12's mask and shadow as VMCS-field records.
+fn lmsw(reflected: bool, known: bool) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    if known {
+        field_record(&mut t, A, "CR0_GUEST_HOST_MASK", 0xa);
+        field_record(&mut t, A, "CR0_READ_SHADOW", 0x31);
+    }
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    // Qualification: LMSW (type 3 in bits 5:4), source 0x39 in bits 31:16, GPR field 0.
+    let qual = 0x39 << 16 | 3 << 4;
+    let exit = t.exit_full(CR_ACCESS, 0xa010, qual, 0);
+    t.nested_vmexit_full(CR_ACCESS, 0xa010, qual, 0);
+    if reflected {
+        t.inject_full(CR_ACCESS, qual, 0);
+        t.entry(0x200);
+    } else {
+        t.cr(true, 0, 0x8000_0039);
+        t.entry(0xa013);
+    }
+    (t, exit)
+}
+
+#[test]
+fn lmsw_exit_routing() {
+    // e1d39b17e044 undone: RAX agreed with the shadow, so L0 handled an lmsw L1 owns.
+    let (t, _) = lmsw(false, true);
+    let found = of(&run(&t.events), RuleId::LmswExitRouting);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let a = &found[0];
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("handled by L0") && a.message.contains("e1d39b17e044"), "{a}");
+    assert!(a.evidence.iter().any(|e| e.0 == lmsw(false, true).1), "{a:?}");
+    // The fix reflects it.
+    let (fixed, _) = lmsw(true, true);
+    assert_clean(&fixed.events);
+    assert_eq!(checks_of(&fixed, RuleId::LmswExitRouting), 1);
+    // Without vmcs12's mask and shadow the trace cannot tell: not checkable, silent.
+    let (blind, _) = lmsw(false, false);
+    assert_clean(&blind.events);
+    assert_eq!(checks_of(&blind, RuleId::LmswExitRouting), 0);
+}
