@@ -173,6 +173,21 @@ rules! {
         "1f4e5fc83a42 KVM: x86: fix nested guest live migration with PML",
         "no hardware PML_FULL exit (62) or kvm_pml_full event occurs while L2 runs",
         "a vCPU known to be in L2 (kvm_nested_vmenter / kvm_nested_vmexit)";
+    /// Blind bug x1 (issue 16).
+    EptViolationPermittedAccess = "ept_violation_permitted_access", Error,
+        "0780516a18f8 KVM: nVMX: fix EPT permissions as reported in exit qualification",
+        "an EPT violation reflected to L1 names in its qualification (bits 2:0) an access that its permission bits (5:3: R, W, X of EPT12) do not allow",
+        "kvm_nested_vmexit_inject of an EPT_VIOLATION with its qualification (ext_inf1)";
+    /// Blind bug x2 (issue 16), §3(g).
+    PaePdptesFromCr3 = "pae_pdptes_from_cr3", Error,
+        "7ca29de21362 KVM: nVMX: fix CR3 load if L2 uses PAE paging and EPT",
+        "a nested VM-entry with nested EPT does not fail on loading PAE PDPTEs from L2's CR3 (with EPT they come from vmcs12's GUEST_PDPTR0-3): no ENTRY_FAIL_PDPTE consistency check with nested_ept=y",
+        "kvm_nested_vmenter (6.1+) with nested_ept=y; a failure shows as kvm_nested_vmenter_failed \"!load_pdptrs(vcpu, cr3)\"";
+    /// Blind bug x3 (issue 16), invariant 21.
+    LmswExitRouting = "lmsw_exit_routing", Error,
+        "e1d39b17e044 KVM: nVMX: Fix handling of lmsw instruction",
+        "an L2 lmsw is reflected to L1 exactly when its source (qualification bits 31:16) changes a CR0 bit L1 owns (vmcs12 CR0 guest/host mask and read shadow)",
+        "an L2 kvm_exit CR_ACCESS of type LMSW and vmcs12's CR0_GUEST_HOST_MASK and CR0_READ_SHADOW from VMCS-field records (replay --fields, trace_printk lines): no tracepoint carries them";
     /// Invariant 1.
     EntryWithoutExit = "entry_without_exit", Error,
         "4f350c6dbcb9 (late VM-Fail is the only entry with no exit) and kvm_nested_vmenter_failed from the CC() series (Sean Christopherson, 2020)",
@@ -306,6 +321,9 @@ impl RuleId {
             | Self::LateVmfailResume
             | Self::EvmcsRestoreStaleExit
             | Self::PmlFullInL2
+            | Self::EptViolationPermittedAccess
+            | Self::PaePdptesFromCr3
+            | Self::LmswExitRouting
             | Self::NestedVmexitMismatch
             | Self::EarlyVmfailResume
             | Self::Livelock

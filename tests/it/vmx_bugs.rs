@@ -44,6 +44,8 @@ fn each_reproduced_bug_is_found_by_its_rule_and_stock_kvm_is_clean() {
         ("b", "b-host", &["late_vmfail_l1_cr3:error"]),
         ("c", "c", &["guest_mmu_root_not_reacquired:warning"]),
         ("d", "d", &["reset_root_role:error"]),
+        ("x1", "x1", &["ept_violation_permitted_access:error"]),
+        ("x2", "x2", &["pae_pdptes_from_cr3:error"]),
     ];
     let mut checked = 0;
     for (bug, stem, rules) in cases {
@@ -61,7 +63,10 @@ fn each_reproduced_bug_is_found_by_its_rule_and_stock_kvm_is_clean() {
             checked += 1;
         }
     }
-    assert!(checked >= 9, "expected the a, b, c and d recordings on both kernels, a-vmcs on 6.1");
+    assert!(
+        checked >= 11,
+        "expected the a, b, c and d recordings on both kernels, a-vmcs, x1 and x2 on 6.1"
+    );
 }
 
 fn truth(file: &str) -> Value {
@@ -181,5 +186,121 @@ fn a_host_with_one_buggy_vm_reports_that_vm_alone() {
             let text = String::from_utf8_lossy(&dump.stdout);
             assert_eq!(text.matches("kvm_nested_vmenter_failed").count(), 1, "{text}");
         }
+    }
+}
+
+/// The checks of a truth file: `what` → (expected, actual, ok).
+fn checks(t: &Value) -> BTreeMap<String, (u64, u64, bool)> {
+    t["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "check")
+        .map(|r| {
+            let what = r["what"].as_str().unwrap().to_owned();
+            let v = (r["expected"].as_u64().unwrap(), r["actual"].as_u64().unwrap());
+            (what, (v.0, v.1, r["ok"] == true))
+        })
+        .collect()
+}
+
+/// The JSON lines of `vmxray replay --format jsonl [ARGS] FILE`.
+fn replay_lines(file: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmxray"))
+        .args(["replay", "--format", "jsonl"])
+        .args(args)
+        .arg(dir().join(file))
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{file}: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A rule's status line in the summary of `lines`.
+fn rule_status<'a>(lines: &'a [Value], rule: &str) -> &'a Value {
+    let summary = lines.iter().find(|v| v["type"] == "summary").unwrap();
+    summary["rules"].as_array().unwrap().iter().find(|r| r["rule"] == rule).unwrap()
+}
+
+/// Blind bug x1, `vmx-ept-upper-nox` (an EPT12 PDE R|W over RWX leaves): the L1 got the EPT
+/// violation of L2's fetch with permissions R,W (0x19c) on stock and W,X (0x1b4) on the
+/// buggy set, and the anomaly quotes the qualification the L1 read.
+#[test]
+fn blind_bug_x1_truth_agrees_with_the_traces() {
+    let what = "the EPT violation's permissions are R,W, not X (bits 5:3 = 0b011)";
+    for (kind, permitted, qual) in [("stock", 3, 0x19c), ("buggy", 6, 0x1b4)] {
+        let t = truth(&format!("x1-{kind}-6.1.dat.truth.json"));
+        assert_eq!(t["scenario"], "vmx-ept-upper-nox");
+        assert_eq!(checks(&t)[what], (3, permitted, permitted == 3), "{kind}");
+        let exit = t["records"].as_array().unwrap().iter().find(|r| r["kind"] == "exit").unwrap();
+        assert_eq!(
+            (exit["reason"].as_u64(), exit["qualification"].as_u64()),
+            (Some(48), Some(qual))
+        );
+        let lines = replay_lines(&format!("x1-{kind}-6.1.dat"), &[]);
+        assert_eq!(rule_status(&lines, "ept_violation_permitted_access")["checks"], 1, "{kind}");
+        let anomalies: Vec<&Value> = lines.iter().filter(|v| v["type"] == "anomaly").collect();
+        if kind == "buggy" {
+            assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+            assert!(anomalies[0]["message"].as_str().unwrap().contains("0x1b4"));
+        } else {
+            assert!(anomalies.is_empty(), "{anomalies:?}");
+        }
+    }
+}
+
+/// Blind bug x2, `vmx-pae-pdpte` (a PAE L2 under nested EPT, CR3 at 0xff bytes): stock enters
+/// L2 (its `out`s and HLT reach the L1, PDPTR0 read back as written); the buggy set fails the
+/// entry with qualification 2 (ENTRY_FAIL_PDPTE), the failure the anomaly reports.
+#[test]
+fn blind_bug_x2_truth_agrees_with_the_traces() {
+    let stock = truth("x2-stock-6.1.dat.truth.json");
+    assert_eq!(stock["scenario"], "vmx-pae-pdpte");
+    let c = checks(&stock);
+    assert!(c.values().all(|v| v.2), "{c:?}");
+    assert!(c["GUEST_PDPTR0 after the exit is the one L1 wrote"].2);
+    let buggy = truth("x2-buggy-6.1.dat.truth.json");
+    let exit = buggy["records"].as_array().unwrap().iter().find(|r| r["kind"] == "exit").unwrap();
+    assert_eq!(
+        (exit["reason"].as_u64(), exit["qualification"].as_u64()),
+        (Some(0x8000_0021), Some(2))
+    );
+    let lines = replay_lines("x2-buggy-6.1.dat", &[]);
+    let a = lines.iter().find(|v| v["type"] == "anomaly").unwrap();
+    assert_eq!(a["rule"], "pae_pdptes_from_cr3");
+    assert!(a["message"].as_str().unwrap().contains("load_pdptrs"));
+    let stock_lines = replay_lines("x2-stock-6.1.dat", &[]);
+    assert!(rule_status(&stock_lines, "pae_pdptes_from_cr3")["checks"].as_u64() >= Some(1));
+}
+
+/// Blind bug x3, `vmx-lmsw` (L1 owns CR0.TS/MP; L2's lmsw sets TS, RAX leaves it clear): the
+/// trace alone cannot tell an LMSW L0 rightly handles from one it should have reflected, so
+/// `lmsw_exit_routing` is not checkable without vmcs12's CR0 mask and read shadow; with the
+/// L1's values as VMCS-field records (`x3-*.dat.fields`) it catches the buggy set and passes
+/// stock.
+#[test]
+fn blind_bug_x3_needs_the_l1s_cr0_mask_and_is_caught_with_it() {
+    let what = "L2's lmsw setting CR0.TS (owned by L1) exits to L1 (CR_ACCESS)";
+    for (kind, reason, anomalies) in [("stock", 28, 0), ("buggy", 30, 1)] {
+        let file = format!("x3-{kind}-6.1.dat");
+        let t = truth(&format!("{file}.truth.json"));
+        assert_eq!(t["scenario"], "vmx-lmsw");
+        assert_eq!(checks(&t)[what], (28, reason, reason == 28), "{kind}");
+        // The trace alone: silent, and says why.
+        let blind = replay_lines(&file, &["--severity", "warning"]);
+        assert!(blind.iter().all(|v| v["type"] != "anomaly"), "{kind}: {blind:?}");
+        assert_eq!(rule_status(&blind, "lmsw_exit_routing")["status"], "not_checkable");
+        // With the L1's CR0 mask and read shadow.
+        let fields = dir().join(format!("{file}.fields"));
+        let lines =
+            replay_lines(&file, &["--severity", "warning", "--fields", fields.to_str().unwrap()]);
+        assert_eq!(rule_status(&lines, "lmsw_exit_routing")["checks"], 1, "{kind}");
+        let found: Vec<&Value> = lines.iter().filter(|v| v["type"] == "anomaly").collect();
+        assert_eq!(found.len(), anomalies, "{kind}: {found:?}");
+        assert!(found.iter().all(|a| a["rule"] == "lmsw_exit_routing" && a["severity"] == "error"));
     }
 }

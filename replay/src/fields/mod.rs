@@ -327,7 +327,12 @@ fn hw_vmcs(level: Level) -> VmcsRef {
 /// The fields rules read from [`FieldStore`]: what a model without field streams
 /// ([`crate::ModelConfig::field_streams`]) still derives. A rule that reads another field lists
 /// it here (a test checks the rules' sources against this list).
-pub const RULE_FIELDS: &[FieldEncoding] = &[FieldEncoding::GUEST_CR3];
+pub const RULE_FIELDS: &[FieldEncoding] = &[
+    FieldEncoding::GUEST_CR3,
+    // lmsw_exit_routing: only explicit records reveal them.
+    FieldEncoding::CR0_GUEST_HOST_MASK,
+    FieldEncoding::CR0_READ_SHADOW,
+];
 
 /// Every field an exit, an entry or a reflected exit implies ([`derive`]).
 const EXIT_ENTRY_FIELDS: &[FieldEncoding] = &[

@@ -19,6 +19,7 @@ pub mod changed_subject_cr3;
 pub mod early_vmfail_resume;
 pub mod emulation_ud_in_l2;
 pub mod entry_without_exit;
+pub mod ept_violation_permitted_access;
 pub mod evmcs_restore_stale_exit;
 pub mod exit_while_run_pending;
 pub mod guest_mmu_root_not_reacquired;
@@ -33,8 +34,10 @@ pub mod late_vmfail_resume;
 pub mod launch_state;
 pub mod level_eoi_line_asserted;
 pub mod livelock;
+pub mod lmsw_exit_routing;
 pub mod nested_vmexit_mismatch;
 pub mod nested_vmexit_outside_l2;
+pub mod pae_pdptes_from_cr3;
 pub mod pml_full_in_l2;
 pub mod reset_root_role;
 pub mod role_change_root_reload;
@@ -122,6 +125,7 @@ pub(crate) struct RuleStates {
     pub emulation_ud: emulation_ud_in_l2::State,
     pub run_pending: exit_while_run_pending::State,
     pub level_eoi: level_eoi_line_asserted::State,
+    pub lmsw: lmsw_exit_routing::State,
 }
 
 /// Runs every rule interested in `event`.
@@ -130,6 +134,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
     match &event.kind {
         EventKind::KvmExit(info) => {
             pml_full_in_l2::on_exit(ctx, info);
+            lmsw_exit_routing::on_exit(ctx, &mut rs.lmsw, info);
             l2_pf_not_handled_by_l0::on_exit(&mut rs.l2_pf);
             guest_mmu_root_not_reacquired::on_exit(ctx, &mut rs.guest_mmu_root, info);
             invvpid_root_not_reacquired::on_exit(ctx, &mut rs.invvpid_root, info);
@@ -152,6 +157,8 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             hlt_cancelled_exit_state::on_inject(ctx, &mut rs.hlt_cancelled, info);
             rsm_l1_state::on_inject(ctx, &mut rs.rsm_l1);
             exit_while_run_pending::on_inject(ctx, &mut rs.run_pending, info.reason());
+            ept_violation_permitted_access::on_inject(ctx, info);
+            lmsw_exit_routing::on_inject(ctx, &mut rs.lmsw, info);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
         EventKind::KvmNestedVmenter(v) => {
@@ -159,6 +166,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             changed_subject_cr3::on_vmenter(ctx, v);
             hlt_cancelled_exit_state::on_vmenter(ctx, &mut rs.hlt_cancelled, v);
             launch_state::on_vmenter(ctx, v);
+            pae_pdptes_from_cr3::on_vmenter(ctx, v);
             vmptr_without_vmptrld::on_vmenter(ctx, &mut rs.vmptr, v);
             guest_mmu_root_not_reacquired::on_vmenter(ctx, &mut rs.guest_mmu_root, v);
             guest_mmu_root_role::on_vmenter(&mut rs.guest_mmu_role, ctx.at, v);
@@ -167,11 +175,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             smm_nested_return::on_vmenter(ctx, &mut rs.smm_return, v);
             rsm_l1_state::on_vmenter(ctx, &mut rs.rsm_l1);
             late_vmfail_l1_cr3::disarm(&mut rs.late_vmfail_l1_cr3);
+            lmsw_exit_routing::disarm(&mut rs.lmsw);
             reset_root_role::disturb(&mut rs.reset_root_role);
             exit_while_run_pending::disarm(&mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);
         }
-        EventKind::KvmNestedVmenterFailed { kind, .. } => {
+        EventKind::KvmNestedVmenterFailed { kind, msg, .. } => {
+            pae_pdptes_from_cr3::on_vmenter_failed(ctx, *kind, msg);
             entry_without_exit::on_vmenter_failed(&mut rs.entry_without_exit, ctx.at, *kind);
             late_vmfail_resume::on_vmenter_failed(ctx, &mut rs.late_vmfail_resume, *kind);
             late_vmfail_l1_cr3::on_vmenter_failed(ctx, &mut rs.late_vmfail_l1_cr3, *kind);
@@ -191,6 +201,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, rs: &mut RuleStates, event: &Event) {
             smm_nested_return::on_entry(ctx, &mut rs.smm_return);
             rsm_l1_state::on_entry(ctx, &mut rs.rsm_l1, e.rip);
             root_gfn_not_cr3::on_entry(&mut rs.root_gfn);
+            lmsw_exit_routing::on_entry(ctx, &mut rs.lmsw);
             role_change_root_reload::on_entry(ctx, &mut rs.role_change);
             exit_while_run_pending::on_entry(ctx, &mut rs.run_pending);
             emulation_ud_in_l2::disarm(&mut rs.emulation_ud);

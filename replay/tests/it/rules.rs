@@ -1198,3 +1198,143 @@ fn exit_while_run_pending() {
     let (fixed, ..) = build(true);
     assert_clean(&fixed.events);
 }
+
+/// How many decidable instances `rule` had in `t`'s events.
+fn checks_of(t: &EventBuilder, rule: RuleId) -> u64 {
+    let mut m = Model::default();
+    m.run(&t.events);
+    m.summary().rules.iter().find(|r| r.rule == rule).map_or(0, |r| match r.status {
+        vmxray_replay::RuleStatus::Checked { checks, .. } => checks,
+        vmxray_replay::RuleStatus::NotCheckable { .. } => 0,
+    })
+}
+
+/// Blind bug x1: L2's fetch faults in EPT12 (an upper level R|W, no X); L1 gets the EPT
+/// violation with qualification `qual`.
+fn ept_violation_reflected(qual: u64) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    t.exit_full(EPT_VIOLATION, 0xa000, 0x184, 0);
+    t.nested_vmexit_full(EPT_VIOLATION, 0xa000, 0x184, 0);
+    let at = t.inject_full(EPT_VIOLATION, qual, 0);
+    t.entry(0x200);
+    (t, at)
+}
+
+#[test]
+fn ept_violation_permitted_access() {
+    // 0780516a18f8 undone: a fetch reported with W and X allowed (bits 5:3 = 0b110).
+    let (t, at) = ept_violation_reflected(0x184 | 0b110 << 3);
+    let a = assert_one(&t.events, RuleId::EptViolationPermittedAccess, at, &[]);
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("fetch") && a.message.contains("-WX"), "{a}");
+    assert!(a.message.contains("0780516a18f8"), "{a}");
+    // The fix: R and W allowed, not X.
+    let (fixed, _) = ept_violation_reflected(0x184 | 0b011 << 3);
+    assert_clean(&fixed.events);
+    // Not present in EPT12 (no permission at all), and a write to a read-only page.
+    assert_clean(&ept_violation_reflected(0x184).0.events);
+    assert_clean(&ept_violation_reflected(0x182 | 0b101 << 3).0.events);
+    // A read reported as readable is as wrong as the fetch.
+    let (t, at) = ept_violation_reflected(0x181 | 0b001 << 3);
+    assert_one(&t.events, RuleId::EptViolationPermittedAccess, at, &[]);
+}
+
+#[test]
+fn ept_violation_permitted_access_is_checked_only_on_reflected_ept_violations() {
+    let (t, _) = ept_violation_reflected(0x19c);
+    assert_eq!(checks_of(&t, RuleId::EptViolationPermittedAccess), 1);
+    let mut other = EventBuilder::new();
+    other.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    other.reflect(CPUID, 0xa000, 0x200);
+    assert_eq!(checks_of(&other, RuleId::EptViolationPermittedAccess), 0);
+}
+
+/// Blind bug x2: VMLAUNCH of a PAE L2 whose CR3 holds no valid PDPTEs; `ept` is vmcs12's
+/// nested EPT setting. KVM's consistency check fails and L1 resumes at HOST_RIP.
+fn pae_entry_failure(ept: bool) -> (EventBuilder, u64, u64) {
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    t.exit(VMLAUNCH, 0x100);
+    let vmenter = t.vmenter(A, 0xa000, ept, if ept { EPTP } else { 0x9000 });
+    let failed = t.vmenter_failed("!load_pdptrs(vcpu, cr3)", 0);
+    t.entry(0x200);
+    (t, vmenter, failed)
+}
+
+#[test]
+fn pae_pdptes_from_cr3() {
+    let (t, vmenter, failed) = pae_entry_failure(true);
+    let a = assert_one(&t.events, RuleId::PaePdptesFromCr3, failed, &[vmenter]);
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("7ca29de21362") && a.message.contains("load_pdptrs"), "{a}");
+    // Without nested EPT the CPU does read the PDPTEs at CR3: the failure is L1's.
+    let (t, ..) = pae_entry_failure(false);
+    assert!(of(&run(&t.events), RuleId::PaePdptesFromCr3).is_empty());
+    // Another consistency check with nested EPT is not this one.
+    let mut t = EventBuilder::new();
+    t.exit(VMLAUNCH, 0x100);
+    t.vmenter(A, 0xa000, true, EPTP);
+    t.vmenter_failed("!nested_guest_cr0_valid(vcpu, vmcs12->guest_cr0)", 0);
+    t.entry(0x200);
+    assert!(of(&run(&t.events), RuleId::PaePdptesFromCr3).is_empty());
+    // The fixed kernel enters the PAE L2.
+    let mut fixed = EventBuilder::new();
+    fixed.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    fixed.reflect(IO_INSTRUCTION, 0xa005, 0x200);
+    assert_clean(&fixed.events);
+    assert_eq!(checks_of(&fixed, RuleId::PaePdptesFromCr3), 1);
+}
+
+/// A `trace_printk` VMCS-field record (the format of `vmxray_events::vmcs::record`).
+fn field_record(t: &mut EventBuilder, vmcs: u64, field: &str, value: u64) -> u64 {
+    let mut fields = vmxray_events::Fields::new();
+    let line = format!("l1: 0 0 0 vmcs12@{vmcs:#x} write {field} {value:#x}\n");
+    fields.push("buf", vmxray_events::FieldValue::Str(line.into()));
+    t.push(vmxray_events::EventKind::untyped("ftrace".into(), "print".into(), fields))
+}
+
+/// Blind bug x3: L1 owns CR0.TS and MP (shadow TS clear, 0x31); L2's lmsw sets TS (source
+/// 0x39). `reflected`: KVM gives the exit to L1; else L0 handles it and L2 goes on. `known`:
+/// the trace has vmcs12's mask and shadow as VMCS-field records.
+fn lmsw(reflected: bool, known: bool) -> (EventBuilder, u64) {
+    let mut t = EventBuilder::new();
+    t.establish_l1();
+    if known {
+        field_record(&mut t, A, "CR0_GUEST_HOST_MASK", 0xa);
+        field_record(&mut t, A, "CR0_READ_SHADOW", 0x31);
+    }
+    t.enter_l2(VMLAUNCH, 0x100, A, 0xa000, true, EPTP);
+    // Qualification: LMSW (type 3 in bits 5:4), source 0x39 in bits 31:16, GPR field 0.
+    let qual = 0x39 << 16 | 3 << 4;
+    let exit = t.exit_full(CR_ACCESS, 0xa010, qual, 0);
+    t.nested_vmexit_full(CR_ACCESS, 0xa010, qual, 0);
+    if reflected {
+        t.inject_full(CR_ACCESS, qual, 0);
+        t.entry(0x200);
+    } else {
+        t.cr(true, 0, 0x8000_0039);
+        t.entry(0xa013);
+    }
+    (t, exit)
+}
+
+#[test]
+fn lmsw_exit_routing() {
+    // e1d39b17e044 undone: RAX agreed with the shadow, so L0 handled an lmsw L1 owns.
+    let (t, _) = lmsw(false, true);
+    let found = of(&run(&t.events), RuleId::LmswExitRouting);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let a = &found[0];
+    assert_eq!(a.severity, Severity::Error);
+    assert!(a.message.contains("handled by L0") && a.message.contains("e1d39b17e044"), "{a}");
+    assert!(a.evidence.iter().any(|e| e.0 == lmsw(false, true).1), "{a:?}");
+    // The fix reflects it.
+    let (fixed, _) = lmsw(true, true);
+    assert_clean(&fixed.events);
+    assert_eq!(checks_of(&fixed, RuleId::LmswExitRouting), 1);
+    // Without vmcs12's mask and shadow the trace cannot tell: not checkable, silent.
+    let (blind, _) = lmsw(false, false);
+    assert_clean(&blind.events);
+    assert_eq!(checks_of(&blind, RuleId::LmswExitRouting), 0);
+}

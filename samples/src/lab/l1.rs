@@ -88,11 +88,22 @@ pub enum VmxScenario {
     /// shadow, TPR threshold 0xf above VTPR 0: VMfail 7, bug (b)'s trigger); L1 reads CR3
     /// before and after it, then launches for real.
     LateVmFail,
+    /// `vmx-pae-pdpte`: an L2 in 32-bit PAE paging under nested EPT, vmcs12's GUEST_PDPTR0-3
+    /// valid and GUEST_CR3 at a page of 0xff bytes (no valid PDPTEs): the entry must succeed
+    /// (the CPU takes the PDPTEs from the VMCS), blind bug x2's trigger.
+    PaePdpte,
+    /// `vmx-ept-upper-nox`: an EPT12 PDE without X over RWX leaves; L2's first fetch takes an
+    /// EPT violation whose qualification must say readable and writable, not executable
+    /// (bits 5:3 = 0b011), blind bug x1's trigger; then the PDE gets its X.
+    EptUpperNoX,
+    /// `vmx-lmsw`: L1 owns CR0.TS and CR0.MP; L2's `lmsw` sets TS while RAX leaves it clear:
+    /// the LMSW must exit to L1 (blind bug x3's trigger), and GUEST_CR0.TS stays as L1 left it.
+    Lmsw,
 }
 
 impl VmxScenario {
     /// Every scenario with its default parameter (for lists and tests).
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 14] = [
         Self::Io,
         Self::RoundRobin(3),
         Self::RoundRobinNoEpt(3),
@@ -104,6 +115,9 @@ impl VmxScenario {
         Self::TripleFault,
         Self::HwFail,
         Self::LateVmFail,
+        Self::PaePdpte,
+        Self::EptUpperNoX,
+        Self::Lmsw,
     ];
 
     /// The L1's scenario number and parameter (RDI, RSI).
@@ -120,6 +134,9 @@ impl VmxScenario {
             Self::TripleFault => (9, 0),
             Self::HwFail => (10, 0),
             Self::LateVmFail => (11, 0),
+            Self::PaePdpte => (12, 0),
+            Self::EptUpperNoX => (13, 0),
+            Self::Lmsw => (14, 0),
         }
     }
 
@@ -151,6 +168,9 @@ impl VmxScenario {
             "vmx-triple-fault" => no_count(Self::TripleFault),
             "vmx-hwfail" => no_count(Self::HwFail),
             "vmx-late-vmfail" => no_count(Self::LateVmFail),
+            "vmx-pae-pdpte" => no_count(Self::PaePdpte),
+            "vmx-ept-upper-nox" => no_count(Self::EptUpperNoX),
+            "vmx-lmsw" => no_count(Self::Lmsw),
             _ => return None,
         })
     }
@@ -158,7 +178,7 @@ impl VmxScenario {
     /// The names, for help texts.
     pub const NAMES: &'static str = "vmx-io, vmx-rr[=N], vmx-noept[=N], vmx-hlt, vmx-hlt-ept, \
                                      vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail, \
-                                     vmx-late-vmfail";
+                                     vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw";
 }
 
 impl fmt::Display for VmxScenario {
@@ -175,6 +195,9 @@ impl fmt::Display for VmxScenario {
             Self::TripleFault => f.write_str("vmx-triple-fault"),
             Self::HwFail => f.write_str("vmx-hwfail"),
             Self::LateVmFail => f.write_str("vmx-late-vmfail"),
+            Self::PaePdpte => f.write_str("vmx-pae-pdpte"),
+            Self::EptUpperNoX => f.write_str("vmx-ept-upper-nox"),
+            Self::Lmsw => f.write_str("vmx-lmsw"),
         }
     }
 }

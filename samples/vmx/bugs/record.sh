@@ -43,6 +43,9 @@ a-vmcs  a-lazy-guest-cr3     vmx-hlt      nested=1,ept=1  vmcs   corei7_haswell_
 b       b-late-vmfail-cr3    vmx-late-vmfail  nested=1,ept=0  mmu    corei7_haswell_4770  l1   -
 c       c-invept-no-free     vmx-invept   nested=1,ept=1  exits  corei7_haswell_4770  l1   -
 d       d-init-no-mmu-reset  init-sipi    nested=1,ept=0  mmu    corei7_haswell_4770  own  30
+x1      x1-ept-violation-rwx      vmx-ept-upper-nox  nested=1,ept=1  exits  corei7_haswell_4770  l1   -
+x2      x2-pae-pdptrs-nested-ept  vmx-pae-pdpte      nested=1,ept=1  exits  corei7_haswell_4770  l1   -
+x3      x3-lmsw-exit-routing      vmx-lmsw           nested=1,ept=1  exits  corei7_haswell_4770  l1   -
 EOF
 }
 

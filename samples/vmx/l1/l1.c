@@ -364,9 +364,11 @@ enum behaviour {
 	B_IO_HLT,   /* two `out`s, then HLT (HLT exiting on) */
 	B_UD,       /* an `out`, then ud2 with an empty IDT: triple fault */
 	B_MARKER,   /* reads the marker page and reports the value with `out 0x90` */
+	B_LMSW,     /* lmsw setting CR0.TS with RAX leaving it clear, an `out`, then HLT */
 };
 
-static const char *const behaviour_names[] = {"spin-io", "spin", "hlt", "io-hlt", "ud2", "marker"};
+static const char *const behaviour_names[] = {"spin-io", "spin", "hlt", "io-hlt", "ud2", "marker",
+						     "lmsw"};
 
 struct subject {
 	uint32_t id;
@@ -438,6 +440,17 @@ static void __attribute__((noreturn, used)) subject_entry(uint64_t id, uint64_t 
 			for (int i = 0; i < 100; i++)
 				pause();
 		}
+	case B_LMSW: {
+		/* LMSW's source (BX) sets TS; RAX holds CR0 as read, TS clear: a KVM that looks
+		 * at RAX instead of the source sees no change of a bit L1 owns. */
+		uint64_t cr0;
+		asm volatile("mov %%cr0, %0" : "=r"(cr0));
+		asm volatile("lmsw %w0" ::"b"((uint16_t)(cr0 | CR0_TS)), "a"(cr0 & ~CR0_TS)
+			     : "memory");
+		outl((uint16_t)(0x80 + id), 1);
+		for (;;)
+			asm volatile("hlt");
+	}
 	}
 	for (;;)
 		asm volatile("hlt");
@@ -943,6 +956,160 @@ static void scn_late_vmfail(struct cpu *c)
 	FAIL(c, "no HLT exit after the good launch");
 }
 
+/* Blind bug x2's trigger (7ca29de21362 undone): an L2 in 32-bit PAE paging under nested EPT.
+ * With EPT the CPU takes the four PDPTEs from vmcs12's GUEST_PDPTR0-3 and never reads memory
+ * at CR3 (SDM 26.3.2.4; Hyper-V relies on it), so L1 fills the PDPTR fields with valid
+ * entries (PDPTE 0 -> a PD mapping the first 2 MiB with one large page) and points GUEST_CR3
+ * at a page of 0xff bytes, which as PDPTEs are present with reserved bits set. A correct KVM
+ * enters L2, which `out`s 1 and 2 and halts; KVM with the bug reads the PDPTEs at CR3
+ * (through EPT12) and fails the entry with ENTRY_FAIL_PDPTE: exit reason 0x80000021,
+ * qualification 2. L2's code is 32-bit, so it is a few bytes written here, not C. */
+static uint64_t pae_pdpt[512] __attribute__((aligned(PAGE)));
+static uint64_t pae_pd[512] __attribute__((aligned(PAGE)));
+static uint8_t pae_bogus_cr3[PAGE] __attribute__((aligned(PAGE)));
+static uint8_t pae_code[PAGE] __attribute__((aligned(PAGE)));
+#define PAE_PORT 0x80
+#define EFER_LME (1ull << 8)
+#define EFER_LMA (1ull << 10)
+#define AR_CODE32 0xc09b
+#define ENTRY_FAIL_PDPTE 2
+
+static void scn_pae_pdpte(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	if (!caps.has_ept)
+		FAIL(c, "this scenario needs EPT for L1 (4-level, WB)");
+	subject_init(c, 0, B_IO_HLT, 1, 1, 0);
+	/* mov $1,%eax; out %eax,$0x80; mov $2,%eax; out %eax,$0x80; 1: hlt; jmp 1b */
+	static const uint8_t code[] = {0xb8, 1, 0, 0, 0, 0xe7, PAE_PORT, 0xb8, 2, 0, 0, 0,
+				       0xe7, PAE_PORT, 0xf4, 0xeb, 0xfd};
+	memcpy(pae_code, code, sizeof(code));
+	memset(pae_bogus_cr3, 0xff, sizeof(pae_bogus_cr3));
+	pae_pd[0] = 0x83; /* 2 MiB page at 0: present, writable, PS */
+	pae_pdpt[0] = pa(pae_pd) | 1;
+	const uint64_t pdptr[4] = {pae_pdpt[0], 0, 0, 0};
+	vw(c, VM_ENTRY_CONTROLS, (uint32_t)vmread(VM_ENTRY_CONTROLS) & ~ENTRY_IA32E_MODE);
+	vw(c, GUEST_IA32_EFER, vmread(GUEST_IA32_EFER) & ~(EFER_LME | EFER_LMA));
+	vw(c, GUEST_CS_AR_BYTES, AR_CODE32);
+	vw(c, GUEST_PDPTR0, pdptr[0]);
+	vw(c, GUEST_PDPTR1, pdptr[1]);
+	vw(c, GUEST_PDPTR2, pdptr[2]);
+	vw(c, GUEST_PDPTR3, pdptr[3]);
+	vw(c, GUEST_CR3, pa(pae_bogus_cr3));
+	vw(c, GUEST_RIP, pa(pae_code));
+	LOG(c, "PAE L2: PDPTR0 %lx (PD %lx), CR3 %lx holds 0xff bytes", pdptr[0], pa(pae_pd),
+	    pa(pae_bogus_cr3));
+	for (int n = 0; n < 8; n++) {
+		uint32_t reason = enter(c, s);
+		if (reason == (EXIT_FAILED_VMENTRY | EXIT_INVALID_STATE)) {
+			uint64_t q = vmread(EXIT_QUALIFICATION);
+			LOG(c, "entry failed: qualification %lx (2: PDPTEs loaded from CR3)", q);
+			check(c, "the PAE L2 under nested EPT is entered: its first exit is its out",
+			      EXIT_IO_INSTRUCTION, reason);
+			done(c);
+		}
+		if (reason == EXIT_IO_INSTRUCTION) {
+			check(c, "I/O exit value of the PAE L2", (uint64_t)n + 1,
+			      s->regs.rax & 0xffffffff);
+			skip_instruction(c);
+			continue;
+		}
+		check(c, "the PAE L2 ends in HLT", EXIT_HLT, reason);
+		check(c, "GUEST_CR3 after the exit is the one L1 wrote", pa(pae_bogus_cr3),
+		      vmread(GUEST_CR3));
+		check(c, "GUEST_PDPTR0 after the exit is the one L1 wrote", pdptr[0],
+		      vmread(GUEST_PDPTR0));
+		done(c);
+	}
+	FAIL(c, "no HLT exit from the PAE L2");
+}
+
+/* Blind bug x1's trigger (0780516a18f8 undone): the EPT12 PDE over L2's code (the whole
+ * first 2 MiB) is readable and writable but not executable, the leaves below it are RWX. L2's
+ * first fetch faults; the EPT violation L1 receives must say the fetch (bit 2) was attempted
+ * and that the GPA is readable and writable, not executable: bits 5:3 = 0b011 (the AND of all
+ * levels, SDM 28.3.3.2 / table 28-7). KVM with the bug reports 0b110 (W, X), i.e. the fetch
+ * as permitted. L1 then gives the PDE its X, INVEPTs, and the subject runs to its HLT. */
+#define EPT_QUAL_FETCH (1ull << 2)
+
+static void scn_ept_upper_nox(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	if (!caps.has_ept || !(caps.ept_vpid & EPT_CAP_INVEPT))
+		FAIL(c, "this scenario needs EPT and INVEPT for L1");
+	subject_init(c, 0, B_IO_HLT, 1, 1, 0);
+	ept_pd[0][0] = pa(ept_pt[0]) | EPT_R | EPT_W;
+	LOG(c, "EPT12 PDE 0 %lx (R|W, no X) over RWX leaves; L2 starts at %lx", ept_pd[0][0],
+	    pa(subject_entry));
+	uint32_t reason = enter(c, s);
+	if (reason != EXIT_EPT_VIOLATION)
+		FAIL(c, "expected an EPT violation at L2's first fetch, exit reason %x", reason);
+	uint64_t q = vmread(EXIT_QUALIFICATION);
+	uint64_t gpa = vmread(GUEST_PHYSICAL_ADDRESS);
+	LOG(c, "EPT violation: qualification %lx, GPA %lx, access %lx, permitted %lx", q, gpa,
+	    q & 7, (q >> 3) & 7);
+	check(c, "the EPT violation's GPA is L2's entry point", pa(subject_entry), gpa);
+	check(c, "the EPT violation's access is the fetch (bit 2)", EPT_QUAL_FETCH, q & 7);
+	check(c, "the EPT violation's permissions are R,W, not X (bits 5:3 = 0b011)",
+	      EPT_R | EPT_W, (q >> 3) & 7);
+	ept_pd[0][0] |= EPT_X;
+	vmx_op_result(c, "invept", s->eptp, INVEPT_SINGLE, invept(INVEPT_SINGLE, s->eptp));
+	for (int n = 0; n < 8; n++) {
+		reason = enter(c, s);
+		if (reason == EXIT_IO_INSTRUCTION) {
+			skip_instruction(c);
+			continue;
+		}
+		check(c, "with X in the PDE the subject ends in HLT", EXIT_HLT, reason);
+		done(c);
+	}
+	FAIL(c, "no HLT exit after the PDE got its X");
+}
+
+/* Blind bug x3's trigger (e1d39b17e044 undone): L1 owns CR0.TS and CR0.MP (CR0 guest/host
+ * mask) with TS clear in the read shadow; L2 executes `lmsw %bx` whose source sets TS while
+ * RAX has it clear. LMSW changing a bit L1 owns must exit to L1 (SDM 25.1.3), whatever RAX
+ * holds; KVM with the bug decides on RAX (the qualification's GPR field, 0 for LMSW), handles
+ * the LMSW itself, and L1's next exit is L2's `out`. L1 skips the lmsw without emulating it,
+ * so GUEST_CR0.TS stays clear on a correct KVM. */
+#define CR_QUAL_TYPE(q) (((q) >> 4) & 3)
+#define CR_QUAL_LMSW 3
+
+static void scn_lmsw(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	subject_init(c, 0, B_LMSW, caps.has_ept, 1, 0);
+	uint64_t cr0 = vmread(GUEST_CR0) & ~CR0_TS;
+	vw(c, GUEST_CR0, cr0);
+	vw(c, CR0_GUEST_HOST_MASK, CR0_TS | CR0_MP);
+	vw(c, CR0_READ_SHADOW, cr0);
+	LOG(c, "L1 owns CR0 bits %lx, read shadow %lx; L2's lmsw sets TS, its RAX does not",
+	    CR0_TS | CR0_MP, cr0);
+	uint32_t reason = enter(c, s);
+	check(c, "L2's lmsw setting CR0.TS (owned by L1) exits to L1 (CR_ACCESS)", EXIT_CR_ACCESS,
+	      reason);
+	if (reason == EXIT_CR_ACCESS) {
+		uint64_t q = vmread(EXIT_QUALIFICATION);
+		check(c, "the CR-access qualification is LMSW (type 3)", CR_QUAL_LMSW,
+		      CR_QUAL_TYPE(q));
+		check(c, "the LMSW source in the qualification sets TS", CR0_TS, (q >> 16) & CR0_TS);
+		skip_instruction(c);
+		reason = enter(c, s);
+	}
+	for (int n = 0; n < 8; n++) {
+		if (reason == EXIT_IO_INSTRUCTION) {
+			skip_instruction(c);
+			reason = enter(c, s);
+			continue;
+		}
+		check(c, "the subject ends in HLT", EXIT_HLT, reason);
+		check(c, "GUEST_CR0.TS at the end is as L1 left it (clear)", 0,
+		      vmread(GUEST_CR0) & CR0_TS);
+		done(c);
+	}
+	FAIL(c, "no HLT exit from the lmsw subject");
+}
+
 /* An L2 that executes ud2 with an empty IDT triple-faults; L1 gets TRIPLE_FAULT (2) and
  * goes on with another subject. */
 static void scn_triple(struct cpu *c)
@@ -1102,6 +1269,15 @@ void l1_main(uint64_t scenario, uint64_t param, uint64_t cpu_index)
 		break;
 	case SCN_LATE_VMFAIL:
 		scn_late_vmfail(c);
+		break;
+	case SCN_PAE_PDPTE:
+		scn_pae_pdpte(c);
+		break;
+	case SCN_EPT_UPPER_NOX:
+		scn_ept_upper_nox(c);
+		break;
+	case SCN_LMSW:
+		scn_lmsw(c);
 		break;
 	default:
 		break;

@@ -30,6 +30,9 @@
 #define SCN_TRIPLE 9     /* an L2 triple fault reflected to L1 */
 #define SCN_HWFAIL 10    /* an invalid guest state only the hardware checks (RFLAGS) */
 #define SCN_LATE_VMFAIL 11 /* a VMLAUNCH only the hardware rejects (VMfail 7): L1's CR3 after it */
+#define SCN_PAE_PDPTE 12   /* a PAE L2 under nested EPT whose CR3 holds no valid PDPTEs */
+#define SCN_EPT_UPPER_NOX 13 /* an EPT12 PDE without X over RWX leaves: L2's fetch faults */
+#define SCN_LMSW 14        /* L1 owns CR0.TS; L2's lmsw sets it with RAX leaving it clear */
 
 /* Record kinds. */
 #define REC_LOG 1     /* text */

@@ -37,6 +37,8 @@
 #define FEATURE_CONTROL_VMXON_OUTSIDE_SMX (1u << 2)
 #define VMX_BASIC_TRUE_CTLS (1ull << 55)
 
+#define CR0_MP (1ul << 1)
+#define CR0_TS (1ul << 3)
 #define CR4_PAE (1ul << 5)
 #define CR4_VMXE (1ul << 13)
 
@@ -65,6 +67,10 @@
 #define VMCS_LINK_POINTER 0x2800
 #define GUEST_IA32_DEBUGCTL 0x2802
 #define GUEST_IA32_EFER 0x2806
+#define GUEST_PDPTR0 0x280a
+#define GUEST_PDPTR1 0x280c
+#define GUEST_PDPTR2 0x280e
+#define GUEST_PDPTR3 0x2810
 #define HOST_IA32_EFER 0x2c02
 
 /* 32-bit fields. */
@@ -211,6 +217,7 @@
 #define EXIT_TRIPLE_FAULT 2
 #define EXIT_INIT_SIGNAL 3
 #define EXIT_HLT 12
+#define EXIT_CR_ACCESS 28
 #define EXIT_INVALID_STATE 33
 #define EXIT_IO_INSTRUCTION 30
 #define EXIT_EPT_VIOLATION 48
