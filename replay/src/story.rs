@@ -6,7 +6,7 @@ use vmxray_events::codes::{ExceptionVector, ExitCode, SvmExitCode, VmxBasicReaso
 use vmxray_events::insn::mnemonic;
 use vmxray_events::{Event, EventKind};
 
-use crate::anomaly::EventIndex;
+use crate::anomaly::{EventIndex, Severity};
 use crate::rules::livelock::{LoopKind, LoopSummary};
 use crate::triage::{ChainLink, ContextChange, Crash, CrashKind, WindowEvent};
 
@@ -279,12 +279,22 @@ fn failed_entry(c: &Crash, out: &mut Vec<String>) {
         c.exception_chain.iter().rev().find(|l| matches!(l, ChainLink::VmenterFailed { .. }))
     {
         let which = c.vmptr.map_or_else(String::new, |p| format!(" of vmcs12 {p:#x}"));
+        // A rule that found the check itself wrong at this entry overrules the usual blame.
+        let wrong_check =
+            c.anomalies.iter().find(|a| a.at == *at && a.severity >= Severity::Warning);
         if *err == 0 {
+            let whose = match wrong_check {
+                Some(a) => format!(
+                    "The check itself is at fault here, not L1's vmcs12 ({}): {}.",
+                    a.rule, a.message
+                ),
+                None => "The guest state L1 wrote into the vmcs12 is invalid (a bug of L1 or of \
+                         the VMM that set the nested state, unless the check itself is wrong)."
+                    .to_owned(),
+            };
             out.push(format!(
                 "The nested VM-entry{which} failed KVM's check `{msg}` ({at}): KVM exits to L1 \
-                 with INVALID_STATE | FAILED_VMENTRY and L1 resumes at its HOST_RIP. The guest \
-                 state L1 wrote into the vmcs12 is invalid (a bug of L1 or of the VMM that set \
-                 the nested state, unless the check itself is wrong)."
+                 with INVALID_STATE | FAILED_VMENTRY and L1 resumes at its HOST_RIP. {whose}"
             ));
         } else {
             out.push(format!(

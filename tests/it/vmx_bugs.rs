@@ -275,6 +275,16 @@ fn blind_bug_x2_truth_agrees_with_the_traces() {
     assert!(a["message"].as_str().unwrap().contains("load_pdptrs"));
     let stock_lines = replay_lines("x2-stock-6.1.dat", &[]);
     assert!(rule_status(&stock_lines, "pae_pdptes_from_cr3")["checks"].as_u64() >= Some(1));
+    // Triage tells the failed entry's story with the rule's verdict, not L1's fault.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmxray"))
+        .args(["triage", "--format", "json"])
+        .arg(dir().join("x2-buggy-6.1.dat"))
+        .output()
+        .unwrap();
+    let triage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let story = triage["crashes"][0]["what_happened"][0].as_str().unwrap();
+    assert!(story.contains("The check itself is at fault here, not L1's vmcs12"), "{story}");
+    assert!(!story.contains("L1 wrote into the vmcs12 is invalid"), "{story}");
 }
 
 /// Blind bug x3, `vmx-lmsw` (L1 owns CR0.TS/MP; L2's lmsw sets TS, RAX leaves it clear): the
