@@ -156,8 +156,7 @@ pub(crate) struct State {
     /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
     ring: [Sig; MAX_PERIOD],
     /// Their fingerprints ([`fingerprint`]), newest first (`fp[p - 1]` is the signature `p`
-    /// back): compared first, all twelve at once, so that a signature is compared in full only
-    /// where a repeat is likely.
+    /// back): compared all twelve at once, and what decides a repeat.
     fp: [u64; MAX_PERIOD],
     /// The event of each signature in `ring`, and its timestamp.
     at: [(EventIndex, u64); MAX_PERIOD],
@@ -491,12 +490,9 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         }
     }
     candidates &= (1u16 << st.len) - 1;
-    let mut same = 0u16;
-    for i in bits(candidates) {
-        if st.ring[st.slot(i + 1)] == sig {
-            same |= 1 << i;
-        }
-    }
+    // Equal 64-bit fingerprints are taken for equal signatures (a false match needs a
+    // collision at every event of a cycle, several rounds long).
+    let same = candidates;
     // Extend the runs of those periods, end the others'.
     for i in bits(st.running & !same) {
         st.run[i] = 0;
@@ -514,7 +510,11 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     }
     st.fp[0] = fp;
     st.seen += 1;
-    st.ring[st.head] = sig;
+    // Only signatures that repeat one before them are ever read back (a loop's cycle is made
+    // of them; an excerpt's end looks at every one).
+    if same != 0 || ctx.config.excerpt {
+        st.ring[st.head] = sig;
+    }
     st.at[st.head] = now;
     st.head = if st.head + 1 == MAX_PERIOD { 0 } else { st.head + 1 };
     st.len = (st.len + 1).min(MAX_PERIOD);
@@ -559,9 +559,10 @@ fn bits(mut mask: u16) -> impl Iterator<Item = usize> {
     })
 }
 
-/// A 64-bit fingerprint of a signature: equal signatures, equal fingerprints. Computed for
-/// every event, so it folds each variant's fields into a few words with one multiply at the end
-/// (a derived `Hash` chains a multiply per field); a collision only costs the full comparison.
+/// A 64-bit fingerprint of a signature: equal signatures, equal fingerprints, and different
+/// ones different but for a 2^-64 chance (a loop would need such a collision at every event of
+/// every round). Computed for every event, so it folds each variant's fields into a few words
+/// with one multiply at the end (a derived `Hash` chains a multiply per field).
 fn fingerprint(sig: &Sig) -> u64 {
     let opt = |v: Option<u64>| v.map_or(0x5bd1_e995, |v| v.rotate_left(1) ^ 1);
     let code = |c: ExitCode| match c {
@@ -598,8 +599,14 @@ fn fingerprint(sig: &Sig) -> u64 {
         Sig::Eoi { vector } => (20, u64::from(vector.cast_unsigned()), 0, 0),
         Sig::Raise { vector, level } => (21 + u64::from(level), u64::from(vector), 0, 0),
     };
-    (a ^ b.rotate_left(21) ^ c.rotate_left(42) ^ tag.rotate_left(56))
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    // Each field through its own odd multiplier (independent, so the multiplies overlap),
+    // then the high half folded down: no XOR of shifted fields that a pair of nearby values
+    // (two GPAs 4 MiB apart, error codes one bit apart) could cancel.
+    let h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(17)
+        ^ c.wrapping_mul(0x1656_67b1_9e37_79f9).rotate_left(31)
+        ^ tag.wrapping_mul(0x27d4_eb2f_1656_67c5).rotate_left(47);
+    (h ^ (h >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb)
 }
 
 /// At the end of an excerpt: a vCPU whose every signature belongs to one cycle seen at least
@@ -715,5 +722,46 @@ fn report_loop(ctx: &mut Ctx<'_>, st: &mut State, p: usize, now: (EventIndex, u6
         st.active =
             Some(Active { period: p, index: if index < MAX_LOOPS { index } else { usize::MAX } });
         Verdict::Reported
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Repeats are decided on fingerprints alone: nearby values that a plain XOR of shifted
+    /// fields would cancel must still differ.
+    #[test]
+    fn fingerprints_of_nearby_signatures_differ() {
+        let mut seen = std::collections::HashMap::new();
+        let mut add = |sig: Sig| {
+            if let Some(old) = seen.insert(fingerprint(&sig), sig) {
+                assert_eq!(old, sig, "{old:?} and {sig:?} share a fingerprint");
+            }
+        };
+        for gpa in (0..64u64).map(|i| 0xfee0_0000 ^ (1 << i)) {
+            for error_code in [0x181u64, 0x182, 0x183, 0x184, 0x100_0181, 0x181 ^ (1 << 43)] {
+                add(Sig::Fault { address: gpa, error_code });
+                add(Sig::Exit {
+                    reason: ExitCode::Vmx(vmxray_events::codes::ExitReason(48)),
+                    rip: Some(gpa),
+                    qual: Some(error_code),
+                    intr: 0,
+                    vectoring: 0,
+                    nested: false,
+                });
+                add(Sig::Cr { cr: 3, val: gpa ^ error_code });
+            }
+            add(Sig::Entry { rip: Some(gpa), immediate: false });
+            add(Sig::Entry { rip: Some(gpa), immediate: true });
+            add(Sig::Emulate { rip: gpa, failed: false });
+        }
+        for vector in 0..=255u8 {
+            add(Sig::InjException { vector, error_code: None });
+            add(Sig::InjException { vector, error_code: Some(0) });
+            add(Sig::InjVirq { vector: u32::from(vector), reinjected: true });
+            add(Sig::Raise { vector, level: true });
+            add(Sig::Eoi { vector: i32::from(vector) });
+        }
     }
 }
