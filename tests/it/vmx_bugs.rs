@@ -332,3 +332,47 @@ fn blind_bug_x3_needs_the_l1s_cr0_mask_and_is_caught_with_it() {
         assert!(found.iter().all(|a| a["rule"] == "lmsw_exit_routing" && a["severity"] == "error"));
     }
 }
+
+/// Bug (f), `vmx-dirty` on the Bochs model with PML (`corei7_skylake_x`), kvm_intel
+/// `pml=1 eptad=1`: the lab's VMM logs the dirty pages of the L1's memory while L2 writes
+/// 1024 L2 pages onto four L1 frames. Stock KVM puts every frame in the log every round; with
+/// PML left on in vmcs02 the frames are missing from round 1 on (the CPU logged L2 GPAs) and
+/// PML_FULL exits happen while L2 runs, which `pml_full_in_l2` reports; stock is clean with
+/// the rule checked.
+#[test]
+fn bug_f_pml_in_vmcs02_loses_l2_writes_and_fills_pml_in_l2() {
+    let what = "every frame L2 wrote in this round is in L0's dirty log";
+    let mut checked = 0;
+    for kernel in ["6.1", "6.12"] {
+        if !dir().join(format!("f-buggy-{kernel}.dat")).exists() {
+            continue;
+        }
+        for (kind, per_round) in [("stock", [4, 4, 4]), ("buggy", [4, 0, 0])] {
+            let file = format!("f-{kind}-{kernel}.dat");
+            let t = truth(&format!("{file}.truth.json"));
+            assert_eq!(t["scenario"], "vmx-dirty");
+            let dirty: Vec<u64> = t["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["kind"] == "check" && r["what"] == what)
+                .map(|r| r["actual"].as_u64().unwrap())
+                .collect();
+            assert_eq!(dirty, per_round, "{file}");
+            let lines = replay_lines(&file, &["--severity", "warning"]);
+            assert!(rule_status(&lines, "pml_full_in_l2")["checks"].as_u64() >= Some(1));
+            let found: Vec<&Value> = lines.iter().filter(|v| v["type"] == "anomaly").collect();
+            if kind == "stock" {
+                assert!(found.is_empty(), "{file}: {found:?}");
+            } else {
+                assert!(!found.is_empty(), "{file}");
+                assert!(
+                    found.iter().all(|a| a["rule"] == "pml_full_in_l2" && a["severity"] == "error"),
+                    "{file}: {found:?}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1, "expected the (f) recordings on 6.1");
+}
