@@ -15,7 +15,7 @@ pub struct Args {
     /// cr3-switch, triple-fault, pf-triple-fault, io-loop[=N], multi-vcpu[=N], mmio, init-sipi;
     /// with nested VMX (kvm_intel nested=1), our own L1 hypervisor: vmx-io, vmx-rr[=N], vmx-noept[=N],
     /// vmx-hlt, vmx-hlt-ept, vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail,
-    /// vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw (its ground truth goes to OUTPUT.truth.json). With --vmx: one or more, and linux-l1[=N] (an L1
+    /// vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw, vmx-dirty (its ground truth goes to OUTPUT.truth.json). With --vmx: one or more, and linux-l1[=N] (an L1
     /// Linux under QEMU running io-loop=N as L2).
     #[arg(required_unless_present = "vmx_step")]
     pub scenario: Vec<String>,

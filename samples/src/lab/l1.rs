@@ -99,11 +99,16 @@ pub enum VmxScenario {
     /// `vmx-lmsw`: L1 owns CR0.TS and CR0.MP; L2's `lmsw` sets TS while RAX leaves it clear:
     /// the LMSW must exit to L1 (blind bug x3's trigger), and GUEST_CR0.TS stays as L1 left it.
     Lmsw,
+    /// `vmx-dirty`: the loader logs the dirty pages of L1's memory (KVM_MEM_LOG_DIRTY_PAGES)
+    /// while L2, under nested EPT with A/D bits, writes 1024 L2 pages that EPT12 maps onto
+    /// four L1 frames, in three rounds; after each round L1 asks how many frames are in the
+    /// log (fetched and cleared each time): all four must be (bug (f)'s trigger).
+    Dirty,
 }
 
 impl VmxScenario {
     /// Every scenario with its default parameter (for lists and tests).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Io,
         Self::RoundRobin(3),
         Self::RoundRobinNoEpt(3),
@@ -118,6 +123,7 @@ impl VmxScenario {
         Self::PaePdpte,
         Self::EptUpperNoX,
         Self::Lmsw,
+        Self::Dirty,
     ];
 
     /// The L1's scenario number and parameter (RDI, RSI).
@@ -137,6 +143,7 @@ impl VmxScenario {
             Self::PaePdpte => (12, 0),
             Self::EptUpperNoX => (13, 0),
             Self::Lmsw => (14, 0),
+            Self::Dirty => (15, 0),
         }
     }
 
@@ -171,6 +178,7 @@ impl VmxScenario {
             "vmx-pae-pdpte" => no_count(Self::PaePdpte),
             "vmx-ept-upper-nox" => no_count(Self::EptUpperNoX),
             "vmx-lmsw" => no_count(Self::Lmsw),
+            "vmx-dirty" => no_count(Self::Dirty),
             _ => return None,
         })
     }
@@ -178,7 +186,8 @@ impl VmxScenario {
     /// The names, for help texts.
     pub const NAMES: &'static str = "vmx-io, vmx-rr[=N], vmx-noept[=N], vmx-hlt, vmx-hlt-ept, \
                                      vmx-invept, vmx-vmfail, vmx-init, vmx-triple-fault, vmx-hwfail, \
-                                     vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw";
+                                     vmx-late-vmfail, vmx-pae-pdpte, vmx-ept-upper-nox, vmx-lmsw, \
+                                     vmx-dirty";
 }
 
 impl fmt::Display for VmxScenario {
@@ -198,6 +207,7 @@ impl fmt::Display for VmxScenario {
             Self::PaePdpte => f.write_str("vmx-pae-pdpte"),
             Self::EptUpperNoX => f.write_str("vmx-ept-upper-nox"),
             Self::Lmsw => f.write_str("vmx-lmsw"),
+            Self::Dirty => f.write_str("vmx-dirty"),
         }
     }
 }
@@ -330,6 +340,22 @@ pub enum Record {
         /// Why.
         text: String,
     },
+    /// The L1 asked how many pages of a range are in L0's dirty log; the loader fetched (and
+    /// so cleared) the log and answered.
+    Dirty {
+        /// The vCPU.
+        vcpu: u32,
+        /// The first guest-physical address asked about.
+        gpa: u64,
+        /// Pages asked about, from `gpa` on.
+        pages: u64,
+        /// Pages in the log (`None`: the loader does not log dirty pages).
+        logged: Option<u64>,
+        /// Pages of the range in the log.
+        dirty: u64,
+        /// What was asked.
+        text: String,
+    },
     /// A vCPU restarted by INIT/SIPI reached its trampoline.
     SipiAlive {
         /// The vCPU.
@@ -371,6 +397,8 @@ pub fn decode_record(bytes: &[u8; RECORD_SIZE]) -> Result<Record, String> {
         6 => Record::Done { vcpu, failed_checks: a },
         7 => Record::Fail { vcpu, text },
         8 => Record::Subject { vcpu, vmcs, id: a, guest_cr3: b, eptp: c, vpid: d, behaviour: text },
+        // The question, before the loader answers it (`answer_dirty`).
+        9 => Record::Dirty { vcpu, gpa: a, pages: c, logged: None, dirty: 0, text },
         other => return Err(format!("unknown record kind {other}")),
     })
 }
@@ -483,7 +511,7 @@ pub fn build(scenario: VmxScenario, image: &Path) -> Result<Vm, LabError> {
     if bytes.is_empty() || bytes.len() > MAX_IMAGE {
         return Err(LabError::L1ImageSize { path: image.to_path_buf(), size: bytes.len() });
     }
-    let mut vm = Vm::new()?;
+    let mut vm = Vm::with_dirty_log(scenario == VmxScenario::Dirty)?;
     if !kvm_offers_vmx(&vm)? {
         return Err(LabError::NoNestedVmx { backend: super::kvm_backend() });
     }
@@ -545,11 +573,18 @@ fn run_vcpu(
                 gpa[..n].copy_from_slice(&data[..n]);
                 let mut raw = [0u8; RECORD_SIZE];
                 mem.read(u64::from(u32::from_le_bytes(gpa)), &mut raw)?;
-                let record = decode_record(&raw).map_err(|got| LabError::UnexpectedExit {
+                let mut record = decode_record(&raw).map_err(|got| LabError::UnexpectedExit {
                     vcpu: index,
                     expected: "an L1 record",
                     got,
                 })?;
+                if let Record::Dirty { gpa: first, pages, logged, dirty, .. } = &mut record {
+                    (*logged, *dirty) = answer_dirty(mem, *first, *pages)?;
+                    // The answer goes into the record's b and d (proto.h, REC_DIRTY).
+                    let at = u64::from(u32::from_le_bytes(gpa));
+                    mem.write(at + 24, &logged.unwrap_or(u64::MAX).to_le_bytes())?;
+                    mem.write(at + 40, &dirty.to_le_bytes())?;
+                }
                 if verbose {
                     eprintln!("vmxray lab: L1 {record:?}");
                 }
@@ -580,6 +615,24 @@ fn run_vcpu(
         }
     }
     Ok((records, VcpuEnd::Other(format!("more than {MAX_RECORDS} records")), exits))
+}
+
+/// Fetches (and so clears) the dirty log: how many pages it holds (`None` without dirty
+/// logging) and how many of the `pages` pages from `gpa` on are among them.
+fn answer_dirty(mem: &GuestView<'_>, gpa: u64, pages: u64) -> Result<(Option<u64>, u64), LabError> {
+    let Some(log) = mem.take_dirty_log()? else {
+        return Ok((None, 0));
+    };
+    let logged = log.iter().map(|w| u64::from(w.count_ones())).sum();
+    let is_dirty = |page: u64| {
+        usize::try_from(page / 64)
+            .ok()
+            .and_then(|word| log.get(word))
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    };
+    let first = gpa >> 12;
+    let dirty = (first..first.saturating_add(pages.min(1 << 20))).filter(|&p| is_dirty(p)).count();
+    Ok((Some(logged), dirty as u64))
 }
 
 /// Runs a built L1 scenario to its end on all its vCPUs (one thread each).
@@ -674,6 +727,11 @@ mod tests {
         );
         let r = decode_record(&raw(5, 0, [0, 7, 5, 0, 0], "error")).unwrap();
         assert!(matches!(r, Record::Check { ok: false, expected: 7, actual: 5, .. }));
+        let r =
+            decode_record(&raw(9, 0, [0, 0x109000, 0, 4, u64::MAX], "frames 109000+4")).unwrap();
+        assert!(
+            matches!(r, Record::Dirty { gpa: 0x109000, pages: 4, logged: None, dirty: 0, ref text, .. } if text == "frames 109000+4")
+        );
         assert!(decode_record(&raw(99, 0, [0; 5], "")).is_err());
         // A text that fills the whole field has no terminator: still decoded.
         let full = "x".repeat(80);

@@ -6,7 +6,9 @@
 //! safe `kvm-ioctls`; the two unsafe operations are mapping/unmapping the memory and handing it
 //! to KVM, plus the byte copies into it.
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, kvm_segment, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::LabError;
@@ -81,15 +83,35 @@ unsafe impl Send for GuestMemory {}
 // SAFETY: see `Send`: `&GuestMemory` only offers bounds-checked copies in and out.
 unsafe impl Sync for GuestMemory {}
 
-/// Read access to guest memory while the vCPUs are borrowed for running ([`Vm::split`]).
+/// Access to guest memory while the vCPUs are borrowed for running ([`Vm::split`]).
 pub struct GuestView<'a> {
     mem: &'a GuestMemory,
+    vm: &'a VmFd,
+    dirty_log: bool,
 }
 
 impl GuestView<'_> {
     /// Copies `out.len()` bytes from guest physical address `gpa`.
     pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<(), LabError> {
         self.mem.read(gpa, out)
+    }
+
+    /// Copies `bytes` to guest physical address `gpa` (an answer to the guest).
+    pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), LabError> {
+        self.mem.write(gpa, bytes)
+    }
+
+    /// The dirty log of guest RAM (one bit per 4 KiB page, page `n` at bit `n % 64` of word
+    /// `n / 64`), fetched and cleared with KVM_GET_DIRTY_LOG; `None` when the VM was made
+    /// without [`Vm::with_dirty_log`].
+    pub fn take_dirty_log(&self) -> Result<Option<Vec<u64>>, LabError> {
+        if !self.dirty_log {
+            return Ok(None);
+        }
+        self.vm
+            .get_dirty_log(0, MEM_SIZE)
+            .map(Some)
+            .map_err(|e| LabError::Kvm { op: "KVM_GET_DIRTY_LOG", source: e })
     }
 }
 
@@ -108,17 +130,24 @@ pub struct Vm {
     vm: VmFd,
     kvm: Kvm,
     mem: GuestMemory,
+    dirty_log: bool,
 }
 
 impl Vm {
     /// Creates the VM with its memory and the identity page tables.
     pub fn new() -> Result<Self, LabError> {
+        Self::with_dirty_log(false)
+    }
+
+    /// [`Vm::new`], with KVM_MEM_LOG_DIRTY_PAGES on guest RAM when `dirty_log` is set: KVM
+    /// logs the pages the guest writes, read with [`GuestView::take_dirty_log`].
+    pub fn with_dirty_log(dirty_log: bool) -> Result<Self, LabError> {
         let kvm = Kvm::new().map_err(|e| LabError::Kvm { op: "open /dev/kvm", source: e })?;
         let vm = kvm.create_vm().map_err(|e| LabError::Kvm { op: "KVM_CREATE_VM", source: e })?;
         let mem = GuestMemory::new()?;
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: 0,
+            flags: if dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
             guest_phys_addr: 0,
             memory_size: MEM_SIZE as u64,
             userspace_addr: mem.host as u64,
@@ -127,7 +156,7 @@ impl Vm {
         // (field order above), as KVM_SET_USER_MEMORY_REGION requires (kvm-ioctls docs).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(|e| LabError::Kvm { op: "KVM_SET_USER_MEMORY_REGION", source: e })?;
-        let vm = Self { vcpus: Vec::new(), vm, kvm, mem };
+        let vm = Self { vcpus: Vec::new(), vm, kvm, mem, dirty_log };
         vm.write_u64(PML4_GPA, PDPT_GPA | 3)?;
         vm.write_u64(PDPT_GPA, PD_GPA | 3)?;
         vm.write_u64(PD_GPA, 0x83)?; // present, writable, 2 MiB page at 0
@@ -152,7 +181,7 @@ impl Vm {
 
     /// The vCPUs to run, and read access to guest memory at the same time.
     pub fn split(&mut self) -> (&mut [VcpuFd], GuestView<'_>) {
-        (&mut self.vcpus, GuestView { mem: &self.mem })
+        (&mut self.vcpus, GuestView { mem: &self.mem, vm: &self.vm, dirty_log: self.dirty_log })
     }
 
     /// Writes a little-endian u64 into guest memory.

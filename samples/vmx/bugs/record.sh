@@ -46,6 +46,7 @@ d       d-init-no-mmu-reset  init-sipi    nested=1,ept=0  mmu    corei7_haswell_
 x1      x1-ept-violation-rwx      vmx-ept-upper-nox  nested=1,ept=1  exits  corei7_haswell_4770  l1   -
 x2      x2-pae-pdptrs-nested-ept  vmx-pae-pdpte      nested=1,ept=1  exits  corei7_haswell_4770  l1   -
 x3      x3-lmsw-exit-routing      vmx-lmsw           nested=1,ept=1  exits  corei7_haswell_4770  l1   -
+f       f-pml-in-vmcs02      vmx-dirty    nested=1,ept=1,eptad=1,pml=1  exits  corei7_skylake_x  l1   -
 EOF
 }
 

@@ -365,10 +365,11 @@ enum behaviour {
 	B_UD,       /* an `out`, then ud2 with an empty IDT: triple fault */
 	B_MARKER,   /* reads the marker page and reports the value with `out 0x90` */
 	B_LMSW,     /* lmsw setting CR0.TS with RAX leaving it clear, an `out`, then HLT */
+	B_DIRTY,    /* rounds of writes to DIRTY_PAGES pages above 2 MiB, an `out` after each */
 };
 
 static const char *const behaviour_names[] = {"spin-io", "spin", "hlt", "io-hlt", "ud2", "marker",
-						     "lmsw"};
+						     "lmsw", "dirty"};
 
 struct subject {
 	uint32_t id;
@@ -400,6 +401,18 @@ static uint64_t marker_frames[2][512] __attribute__((aligned(PAGE)));
 static volatile uint64_t subject_counter[MAX_SUBJECTS];
 
 #define MARKER_PORT 0x90
+/* The dirty-log scenario: L2 writes one word in each of DIRTY_PAGES pages of its
+ * guest-physical window at DIRTY_L2_GPA (above L1's 2 MiB), which EPT12 maps through two
+ * page tables of its own onto the DIRTY_FRAMES frames `dirty_frames` (page i on frame
+ * i % DIRTY_FRAMES: 256 L2 pages per frame, below the 1000 mappings of one page at which
+ * KVM's shadow MMU zaps them all, RMAP_RECYCLE_THRESHOLD); DIRTY_ROUNDS rounds. */
+#define DIRTY_L2_GPA 0x200000ull
+#define DIRTY_PAGES 1024
+#define DIRTY_FRAMES 4
+#define DIRTY_ROUNDS 3
+#define DIRTY_PORT 0x98
+static uint64_t dirty_ept_pt[2][512] __attribute__((aligned(PAGE)));
+static uint8_t dirty_frames[DIRTY_FRAMES][PAGE] __attribute__((aligned(PAGE)));
 #define MARKER_UNMAPPED 0x0badull
 #define MARKER_A 0x1111ull
 #define MARKER_B 0x2222ull
@@ -451,6 +464,14 @@ static void __attribute__((noreturn, used)) subject_entry(uint64_t id, uint64_t 
 		for (;;)
 			asm volatile("hlt");
 	}
+	case B_DIRTY:
+		for (uint32_t round = 0; round < DIRTY_ROUNDS; round++) {
+			for (uint64_t i = 0; i < DIRTY_PAGES; i++)
+				*(volatile uint64_t *)(DIRTY_L2_GPA + i * PAGE) = round;
+			outl(DIRTY_PORT, round);
+		}
+		for (;;)
+			asm volatile("hlt");
 	}
 	for (;;)
 		asm volatile("hlt");
@@ -1110,6 +1131,63 @@ static void scn_lmsw(struct cpu *c)
 	FAIL(c, "no HLT exit from the lmsw subject");
 }
 
+/* Asks the loader how many of the DIRTY_FRAMES frames are in L0's dirty log (and so clears
+ * it). */
+static uint64_t dirty_query(struct cpu *c, uint32_t round)
+{
+	uint64_t gpa = pa(dirty_frames);
+	emit(c, REC_DIRTY, 0, gpa, 0, DIRTY_FRAMES, ~0ull, "frames %lx+%u after round %u", gpa,
+	     DIRTY_FRAMES, round);
+	volatile struct l1_record *r = &c->rec;
+	uint64_t logged = r->b, dirty = r->d;
+	if (logged == ~0ull)
+		FAIL(c, "this scenario needs a loader that logs dirty pages (vmxray lab vmx-dirty)");
+	if (dirty == ~0ull)
+		FAIL(c, "the loader did not answer the dirty-log question");
+	LOG(c, "dirty log after round %u: %lu pages, %lu of the %u frames", round, logged, dirty,
+	    DIRTY_FRAMES);
+	return dirty;
+}
+
+/* Bug (f)'s trigger (1f4e5fc83a42 and c3bb9a20834f undone): L0's VMM logs the dirty pages
+ * of this L1's memory (the loader's vmx-dirty memslot has KVM_MEM_LOG_DIRTY_PAGES) and L2,
+ * under nested EPT with A/D bits, writes DIRTY_PAGES distinct L2 pages per round, which EPT12
+ * maps onto the frames `dirty_frames`. After each round L1 asks the loader how many frames
+ * are in the dirty log (REC_DIRTY: the loader fetches and so clears the log). L2 wrote every
+ * frame every round, so all must be dirty every round. A KVM that leaves PML on in vmcs02
+ * clears the D bits of L2's SPTEs with the log; L2's next writes are logged by the CPU with
+ * their L2 GPAs (above L1's memory: dropped), the frames are missed from round 1 on, and the
+ * 513th logged write of a round is a PML_FULL exit while L2 runs. */
+static void scn_dirty(struct cpu *c)
+{
+	struct subject *s = &subjects[0];
+	if (!caps.has_ept || !caps.ept_ad)
+		FAIL(c, "this scenario needs EPT with accessed/dirty bits for L1");
+	subject_init(c, 0, B_DIRTY, 1, 1, 0);
+	for (uint64_t t = 0; t < 2; t++) {
+		for (uint64_t i = 0; i < 512; i++)
+			dirty_ept_pt[t][i] = pa(dirty_frames[i % DIRTY_FRAMES]) | EPT_RWX | EPT_MT_WB;
+		ept_pd[0][1 + t] = pa(dirty_ept_pt[t]) | EPT_RWX;
+		l2_pd[0][1 + t] = (DIRTY_L2_GPA + t * 0x200000) | 0x83;
+	}
+	LOG(c, "L2 writes %u pages at L2 GPA %lx; EPT12 maps them to the %u frames at %lx",
+	    DIRTY_PAGES, DIRTY_L2_GPA, DIRTY_FRAMES, pa(dirty_frames));
+	dirty_query(c, 0xff); /* start from an empty log */
+	uint32_t reason = enter(c, s);
+	for (uint32_t round = 0; round < DIRTY_ROUNDS; round++) {
+		if (reason != EXIT_IO_INSTRUCTION)
+			FAIL(c, "round %u: expected L2's out, exit reason %x", round, reason);
+		check(c, "L2's out after a round of writes carries the round", round,
+		      s->regs.rax & 0xffffffff);
+		check(c, "every frame L2 wrote in this round is in L0's dirty log", DIRTY_FRAMES,
+		      dirty_query(c, round));
+		skip_instruction(c);
+		reason = enter(c, s);
+	}
+	check(c, "the subject ends in HLT", EXIT_HLT, reason);
+	done(c);
+}
+
 /* An L2 that executes ud2 with an empty IDT triple-faults; L1 gets TRIPLE_FAULT (2) and
  * goes on with another subject. */
 static void scn_triple(struct cpu *c)
@@ -1278,6 +1356,9 @@ void l1_main(uint64_t scenario, uint64_t param, uint64_t cpu_index)
 		break;
 	case SCN_LMSW:
 		scn_lmsw(c);
+		break;
+	case SCN_DIRTY:
+		scn_dirty(c);
 		break;
 	default:
 		break;

@@ -33,6 +33,7 @@
 #define SCN_PAE_PDPTE 12   /* a PAE L2 under nested EPT whose CR3 holds no valid PDPTEs */
 #define SCN_EPT_UPPER_NOX 13 /* an EPT12 PDE without X over RWX leaves: L2's fetch faults */
 #define SCN_LMSW 14        /* L1 owns CR0.TS; L2's lmsw sets it with RAX leaving it clear */
+#define SCN_DIRTY 15       /* L0's VMM logs L1's dirty pages while L2 writes 1024 L2 pages */
 
 /* Record kinds. */
 #define REC_LOG 1     /* text */
@@ -47,6 +48,11 @@
 #define REC_FAIL 7    /* text = why */
 #define REC_SUBJECT 8 /* vmcs, a = subject id, b = guest CR3, c = EPTP (0 without EPT),
 			 d = VPID, text = behaviour */
+#define REC_DIRTY 9   /* a question to the loader: how many of the c pages from GPA a are in
+			 L0's dirty log? It fetches (and so clears) the log and answers in this
+			 record before the L1 resumes: b = pages in the log, d = pages of the
+			 range among them; b = ~0 when the loader does not log dirty pages (the
+			 L1 sets d = ~0 before asking). text = what is asked */
 
 #define L1_TEXT_LEN 80
 
