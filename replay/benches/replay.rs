@@ -3,11 +3,12 @@
 //! exits) of at least 2^17 events (142,553) held in memory and stepped 80 times per iteration:
 //! 11.4M events per iteration through one `Model`, whose state stays bounded whatever the length.
 //!
-//! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 on the quiet 2-core
-//! development machine: 0.79 s per iteration, 14.4M events/s (6.7M/s earlier that day, before
-//! the field store's rework and the lean field derivation; 28M/s on 2026-11-21, before the
-//! field streams and the loop detector). Where the time goes (`perf record`): the loop detector
-//! 27 %, `Model::step` with attribution 30 %, `transition::apply` 9 %.
+//! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 12:37 on the 2-core
+//! development machine (load average 1.8): 0.70 s per iteration, 16.3M events/s with 33 rules
+//! (14.4M/s that morning with 29, 6.7M/s before the field store's rework and the lean field
+//! derivation; 28M/s on 2026-11-21, before the field streams and the loop detector). Where the
+//! time goes (`perf record`): the loop detector 30 %, `Model::step` with attribution 31 %,
+//! `transition::apply` 9 %.
 #![allow(missing_docs)]
 
 #[path = "../tests/it/common/mod.rs"]
