@@ -104,6 +104,10 @@ impl Feed for CaptureFeed {
         out
     }
 
+    fn recycle(&mut self, events: Vec<Event>) {
+        self.capture.recycle(events);
+    }
+
     fn dump(&mut self, last: Duration) -> Result<String, String> {
         let path = self.dump_path();
         match self.capture.dump(&path, last) {
@@ -149,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     record.pids = args.pid.clone();
     record.buffer_size_kb = Some(args.buffer_size.div_ceil(1024));
     let keep = args.dump_last.max(args.window);
+    // Not fatal: huge pages only cost time (see the function).
+    let _ = vmxray_record::live::prefer_small_pages();
     let signals = SignalGuard::install(args.batch).context("Cannot install signal handlers")?;
     let capture =
         LiveCapture::start(&LiveOptions { record, keep }).context("Cannot start the capture")?;

@@ -39,6 +39,7 @@ pub mod backend;
 pub mod identity;
 pub mod live;
 pub mod perf;
+pub mod pool;
 pub mod probes;
 pub mod reaper;
 pub mod tracefs;

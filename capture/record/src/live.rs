@@ -40,6 +40,7 @@ use vmxray_events::event::{Comm, Event, EventKind};
 
 use crate::backend::{Backend, error_chain};
 use crate::perf::{self, RecordKind, Sample, Session};
+use crate::pool::BufferPool;
 use crate::{Instance, NATIVE, RecordError, RecordOptions, Tracefs};
 
 /// How often ordered events are released.
@@ -48,6 +49,22 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const HOLDBACK: Duration = Duration::from_millis(1000);
 /// `CLOCK_MONOTONIC`, the session clock.
 const MONO: i32 = 1;
+/// tracefs: pages pruned from the history kept for the readers (8 MiB of 4 KiB pages, more
+/// than a [`TICK`] of pages at a million events/s).
+const PAGES_KEPT: usize = 2048;
+
+/// Keeps this process's new memory in 4 KiB pages (`PR_SET_THP_DISABLE`), for a process that
+/// runs a live capture for long.
+///
+/// The allocator asks for transparent huge pages; the first touch of each 2 MiB then zeroes
+/// it whole, and on a host whose memory is fragmented the kernel compacts memory to find one,
+/// in the faulting thread. A live capture grows its history of pages for seconds and its
+/// decoder touches fresh memory all along: with huge pages, faults and compaction were a
+/// fifth to a third of `vmxray top`'s CPU time (perf profiles of `scripts/bench-top.sh`), and
+/// 0.3–0.5 % of a core per 100k events/s more than with small pages.
+pub fn prefer_small_pages() -> io::Result<()> {
+    rustix::thread::disable_transparent_huge_pages(true).map_err(io::Error::from)
+}
 
 /// What a live capture records and keeps.
 #[derive(Clone, Debug)]
@@ -157,24 +174,26 @@ impl LiveCapture {
         let stop = Arc::new(AtomicBool::new(false));
         let mut readers = Vec::new();
         let page_size = meta.page_size as usize;
+        let pages = BufferPool::new(PAGES_KEPT);
         for cpu in crate::tracefs::tracefs_cpus(&instance) {
             let path = instance.dir().join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"));
             let tx = raw_tx.clone();
             let stop = Arc::clone(&stop);
+            let pages = pages.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vmxray-cpu{cpu}"))
-                .spawn(move || read_pages(cpu, &path, page_size, &tx, &stop))
+                .spawn(move || read_pages(cpu, &path, page_size, &tx, &stop, &pages))
                 .map_err(RecordError::Thread)?;
             readers.push(handle);
         }
         drop(raw_tx);
         let (spare_tx, spare_rx) = mpsc::channel();
-        let consumer = Consumer::new(meta, keep, None, None, spare_rx)?;
+        let consumer = Consumer::new(meta, keep, None, None, spare_rx, pages)?;
         let (events_tx, events_rx) = mpsc::channel();
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("vmxray-live".into())
-            .spawn(move || consumer.run(&raw_rx, &cmd_rx, &events_tx))
+            .spawn(move || consumer.run(&raw_rx, |r| r, &cmd_rx, &events_tx))
             .map_err(RecordError::Thread)?;
         instance.write("tracing_on", "1")?;
         let marker = instance.dir().join("trace_marker");
@@ -204,19 +223,6 @@ impl LiveCapture {
     ) -> Result<Self, RecordError> {
         let mut session = Session::open(opts)?;
         let batches = session.start()?;
-        let (raw_tx, raw_rx) = mpsc::sync_channel::<Raw>(1024);
-        // Batches come on their own channel; forward them (one more hop keeps the consumer's
-        // input a single queue).
-        let forward = std::thread::Builder::new()
-            .name("vmxray-fwd".into())
-            .spawn(move || {
-                for b in batches {
-                    if raw_tx.send(Raw::Perf(b)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(RecordError::Thread)?;
         let (spare_tx, spare_rx) = mpsc::channel();
         let consumer = Consumer::new(
             session.meta.clone(),
@@ -224,15 +230,13 @@ impl LiveCapture {
             Some(opts.pids.clone()),
             Some(session.cpus.clone()),
             spare_rx,
+            session.pool(),
         )?;
         let (events_tx, events_rx) = mpsc::channel();
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("vmxray-live".into())
-            .spawn(move || {
-                consumer.run(&raw_rx, &cmd_rx, &events_tx);
-                let _ = forward.join();
-            })
+            .spawn(move || consumer.run(&batches, Raw::Perf, &cmd_rx, &events_tx))
             .map_err(RecordError::Thread)?;
         Ok(Self {
             events: session.events.clone(),
@@ -283,8 +287,10 @@ impl LiveCapture {
     /// Gives a batch's vector back once its events were used: the next batches are built in
     /// memory already faulted in. Freeing each batch and allocating the next one afresh made
     /// the kernel zero new pages for every batch (a quarter of `vmxray top`'s CPU time).
-    pub fn recycle(&self, mut events: Vec<Event>) {
-        events.clear();
+    /// The events in it are dropped by the capture's thread, which allocated their fields:
+    /// memory freed by the thread that allocated it is reused at once, while memory freed by
+    /// another thread is not, and the decoder kept asking for fresh pages.
+    pub fn recycle(&self, events: Vec<Event>) {
         let _ = self.spare_tx.send(events);
     }
 
@@ -345,18 +351,26 @@ impl Drop for LiveCapture {
     }
 }
 
-/// A tracefs reader that says when its buffer was empty.
-fn read_pages(cpu: u32, path: &Path, page_size: usize, tx: &SyncSender<Raw>, stop: &AtomicBool) {
+/// A tracefs reader that says when its buffer was empty. Pages come from `pages` (those the
+/// consumer is done with) when it has some.
+fn read_pages(
+    cpu: u32,
+    path: &Path,
+    page_size: usize,
+    tx: &SyncSender<Raw>,
+    stop: &AtomicBool,
+    pages: &BufferPool,
+) {
     let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
     let Ok(mut file) = OpenOptions::new().read(true).custom_flags(nonblock).open(path) else {
         return;
     };
-    let mut buf = vec![0u8; page_size];
+    let mut buf = pages.take_zeroed(page_size);
     loop {
         let watermark = perf::clock_now(MONO);
         match file.read(&mut buf) {
             Ok(n) if n > 0 => {
-                let page = std::mem::replace(&mut buf, vec![0u8; page_size]);
+                let page = std::mem::replace(&mut buf, pages.take_zeroed(page_size));
                 if tx.send(Raw::Page { cpu, page }).is_err() {
                     return;
                 }
@@ -403,6 +417,9 @@ struct Consumer {
     newest: u64,
     /// Batch vectors given back ([`LiveCapture::recycle`]).
     spare_rx: Receiver<Vec<Event>>,
+    /// Where the readers take their buffers (tracefs pages, perf batches): the consumer gives
+    /// them back once done with them.
+    buffers: BufferPool,
 }
 
 impl Consumer {
@@ -412,6 +429,7 @@ impl Consumer {
         perf_pids: Option<Vec<u32>>,
         perf_cpus: Option<Vec<u32>>,
         spare_rx: Receiver<Vec<Event>>,
+        buffers: BufferPool,
     ) -> Result<Self, RecordError> {
         let layout = PageLayout::parse(&meta.header_page, Some(&meta.header_event), NATIVE)
             .map_err(|source| RecordError::Format { path: "events/header_page".into(), source })?;
@@ -452,14 +470,23 @@ impl Consumer {
             comms: BTreeMap::new(),
             newest: 0,
             spare_rx,
+            buffers,
         })
     }
 
-    fn run(mut self, raw: &Receiver<Raw>, commands: &Receiver<Command>, out: &Sender<LiveBatch>) {
+    /// Reads `input` (tracefs readers' pages, or the perf session's batches as they come: no
+    /// thread in between) until it ends.
+    fn run<T>(
+        mut self,
+        input: &Receiver<T>,
+        raw: impl Fn(T) -> Raw,
+        commands: &Receiver<Command>,
+        out: &Sender<LiveBatch>,
+    ) {
         let mut last_tick = Instant::now();
         loop {
-            match raw.recv_timeout(Duration::from_millis(20)) {
-                Ok(r) => self.raw(r),
+            match input.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => self.raw(raw(r)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.release(u64::MAX, out);
@@ -494,12 +521,18 @@ impl Consumer {
                 *w = (*w).max(watermark);
             }
             Raw::Page { cpu, page } => self.page(cpu, page),
-            Raw::Perf(batch) => self.perf(&batch),
+            Raw::Perf(batch) => {
+                self.perf(&batch);
+                self.buffers.give(batch.records);
+            }
         }
     }
 
     fn page(&mut self, cpu: u32, page: Vec<u8>) {
-        let Ok(records) = PageRecords::new(&self.layout, &page) else { return };
+        let Ok(records) = PageRecords::new(&self.layout, &page) else {
+            self.buffers.give(page);
+            return;
+        };
         let mut newest = None;
         for item in records {
             match item {
@@ -532,6 +565,8 @@ impl Consumer {
             *w = (*w).max(ts);
             self.newest = self.newest.max(ts);
             self.history.entry(cpu).or_default().pages.push_back((ts, page));
+        } else {
+            self.buffers.give(page);
         }
     }
 
@@ -566,10 +601,11 @@ impl Consumer {
                         comm: None,
                         kind: EventKind::Lost { count: Some(n) },
                     });
-                    if let Some(p) = self.packers.as_mut().and_then(|p| p.get_mut(&cpu))
-                        && let Some(page) = p.lost(ts, Some(n))
-                    {
-                        self.keep_page(cpu, page);
+                    if let Some(p) = self.packers.as_mut().and_then(|p| p.get_mut(&cpu)) {
+                        let newest = p.newest();
+                        if let (Some(page), Some(newest)) = (p.lost(ts, Some(n)), newest) {
+                            self.keep_page(cpu, newest, page);
+                        }
                     }
                 }
                 RecordKind::Comm => {
@@ -590,23 +626,16 @@ impl Consumer {
         let layout = self.layout;
         let Some(packers) = self.packers.as_mut() else { return };
         let packer = packers.entry(cpu).or_insert_with(|| CpuPacker::new(layout));
-        if let Ok(Some(page)) = packer.event(ts, payload) {
-            self.keep_page(cpu, page);
+        let newest = packer.newest();
+        if let (Ok(Some(page)), Some(newest)) = (packer.event(ts, payload), newest) {
+            self.keep_page(cpu, newest, page);
         }
         self.newest = self.newest.max(ts);
     }
 
-    fn keep_page(&mut self, cpu: u32, page: Vec<u8>) {
-        let newest = PageRecords::new(&self.layout, &page)
-            .map(|r| {
-                r.filter_map(|i| match i {
-                    Ok(PageItem::Event { ts, .. } | PageItem::Lost { ts, .. }) => Some(ts),
-                    Err(_) => None,
-                })
-                .last()
-                .unwrap_or(0)
-            })
-            .unwrap_or(0);
+    /// perf: keeps a packed page whose newest record is at `newest` (the packer's, known
+    /// without parsing the page again).
+    fn keep_page(&mut self, cpu: u32, newest: u64, page: Vec<u8>) {
         self.history.entry(cpu).or_default().pages.push_back((newest, page));
     }
 
@@ -653,24 +682,13 @@ impl Consumer {
         // Sized once: growing it by doubling moved and faulted in fresh memory at every release
         // (a fifth of `vmxray top`'s CPU time at 500k events/s); and a vector given back when
         // there is one, whose memory is already faulted in.
-        // The largest vector given back is reused, the others freed.
+        // The largest vector given back is reused, the others freed; the events still in them
+        // are dropped here, on the thread that allocated their fields.
         let wanted = self.pending.values().map(VecDeque::len).sum();
         let mut events = self.spare_rx.try_iter().max_by_key(Vec::capacity).unwrap_or_default();
         events.clear();
         events.reserve(wanted);
-        loop {
-            // The CPU whose next event is the oldest (ties: the lower CPU, as trace.dat readers).
-            let next = self
-                .pending
-                .iter()
-                .filter_map(|(cpu, q)| Some((q.front()?.ts, *cpu)))
-                .filter(|(ts, _)| *ts <= upto)
-                .min();
-            let Some((_, cpu)) = next else { break };
-            if let Some(e) = self.pending.get_mut(&cpu).and_then(VecDeque::pop_front) {
-                events.push(e);
-            }
-        }
+        merge_upto(&mut self.pending, upto, &mut events);
         if events.is_empty() && self.lost == 0 {
             return true;
         }
@@ -682,7 +700,13 @@ impl Consumer {
         let oldest = self.newest.saturating_sub(self.keep);
         for h in self.history.values_mut() {
             while h.pages.len() > 1 && h.pages.front().is_some_and(|(ts, _)| *ts < oldest) {
-                h.pages.pop_front();
+                // tracefs pages go back to the readers (perf's are packed here, and its pool
+                // holds batch buffers).
+                if let Some((_, page)) = h.pages.pop_front()
+                    && self.packers.is_none()
+                {
+                    self.buffers.give(page);
+                }
             }
         }
     }
@@ -698,10 +722,15 @@ impl Consumer {
     fn dump(&mut self, path: &Path, last: Duration) -> Result<DumpReport, RecordError> {
         // perf: close the open pages so the dump has everything received.
         if let Some(packers) = self.packers.as_mut() {
-            let open: Vec<(u32, Vec<u8>)> =
-                packers.iter_mut().filter_map(|(cpu, p)| Some((*cpu, p.flush()?))).collect();
-            for (cpu, page) in open {
-                self.keep_page(cpu, page);
+            let open: Vec<(u32, u64, Vec<u8>)> = packers
+                .iter_mut()
+                .filter_map(|(cpu, p)| {
+                    let newest = p.newest()?;
+                    Some((*cpu, newest, p.flush()?))
+                })
+                .collect();
+            for (cpu, newest, page) in open {
+                self.keep_page(cpu, newest, page);
             }
         }
         let from = self.newest.saturating_sub(u64::try_from(last.as_nanos()).unwrap_or(u64::MAX));
@@ -737,5 +766,90 @@ impl Consumer {
             span = (0, 0);
         }
         Ok(DumpReport { path: path.to_path_buf(), span, summary })
+    }
+}
+
+/// Moves the events at or before `upto` out of the per-CPU queues (each in time order) into
+/// `out`, merged in time order; ties go to the lower CPU, as trace.dat readers order them.
+///
+/// The CPU whose next event is the oldest gives a run of events, up to the next event of the
+/// others: a CPU's events come in runs, and looking for the oldest front per event was a
+/// twentieth of `vmxray top`'s CPU time.
+fn merge_upto(pending: &mut BTreeMap<u32, VecDeque<Event>>, upto: u64, out: &mut Vec<Event>) {
+    loop {
+        // The oldest eligible front (ts, cpu), and the oldest of the other CPUs'.
+        let mut first: Option<(u64, u32)> = None;
+        let mut second: Option<(u64, u32)> = None;
+        for (cpu, q) in pending.iter() {
+            let Some(front) = q.front().map(|e| (e.ts, *cpu)) else { continue };
+            if front.0 > upto {
+                continue;
+            }
+            if first.is_none_or(|f| front < f) {
+                second = first;
+                first = Some(front);
+            } else if second.is_none_or(|s| front < s) {
+                second = Some(front);
+            }
+        }
+        let Some((_, cpu)) = first else { return };
+        let Some(queue) = pending.get_mut(&cpu) else { return };
+        while let Some(ts) = queue.front().map(|e| e.ts) {
+            if ts > upto || second.is_some_and(|s| (ts, cpu) > s) {
+                break;
+            }
+            if let Some(e) = queue.pop_front() {
+                out.push(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ts: u64, cpu: u32) -> Event {
+        Event { ts, cpu, pid: 1, tgid: None, comm: None, kind: EventKind::Lost { count: None } }
+    }
+
+    /// The merge one event at a time (the oldest front first, ties to the lower CPU).
+    fn merge_one_by_one(pending: &mut BTreeMap<u32, VecDeque<Event>>, upto: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            let next = pending
+                .iter()
+                .filter_map(|(cpu, q)| Some((q.front()?.ts, *cpu)))
+                .filter(|(ts, _)| *ts <= upto)
+                .min();
+            let Some((_, cpu)) = next else { return out };
+            out.extend(pending.get_mut(&cpu).and_then(VecDeque::pop_front));
+        }
+    }
+
+    #[test]
+    fn runs_merge_as_one_event_at_a_time_would() {
+        // Runs, ties across CPUs, a CPU with nothing, and events past `upto` left queued.
+        let per_cpu: [&[u64]; 4] =
+            [&[1, 2, 3, 10, 11, 20, 30], &[3, 4, 5, 6, 10, 25, 31], &[], &[0, 10, 10, 29, 40]];
+        for upto in [0, 3, 10, 29, 30, 100] {
+            let build = || -> BTreeMap<u32, VecDeque<Event>> {
+                (0u32..)
+                    .zip(per_cpu)
+                    .map(|(cpu, ts)| (cpu, ts.iter().map(|t| event(*t, cpu)).collect()))
+                    .collect()
+            };
+            let (mut a, mut b) = (build(), build());
+            let mut runs = Vec::new();
+            merge_upto(&mut a, upto, &mut runs);
+            let single = merge_one_by_one(&mut b, upto);
+            let key = |v: &[Event]| v.iter().map(|e| (e.ts, e.cpu)).collect::<Vec<_>>();
+            assert_eq!(key(&runs), key(&single), "upto {upto}");
+            assert!(runs.windows(2).all(|w| (w[0].ts, w[0].cpu) <= (w[1].ts, w[1].cpu)));
+            let left =
+                |m: &BTreeMap<u32, VecDeque<Event>>| m.values().map(VecDeque::len).sum::<usize>();
+            assert_eq!(left(&a), left(&b));
+            assert_eq!(runs.len() + left(&a), per_cpu.iter().map(|c| c.len()).sum::<usize>());
+        }
     }
 }

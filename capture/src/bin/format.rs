@@ -1004,7 +1004,10 @@ impl FieldLookup for Record<'_> {
     }
 
     fn to_fields(&self) -> Fields {
-        let mut out = Fields::new();
+        // Sized once: growing the list field by field reallocated it up to three times.
+        let mut out = Fields(Vec::with_capacity(
+            self.format.fields.iter().filter(|f| !f.is_common()).count(),
+        ));
         for f in self.format.fields.iter().filter(|f| !f.is_common()) {
             if let Some(v) = f.value(self.payload, self.endian) {
                 out.0.push((Arc::clone(&f.name), v));

@@ -1079,6 +1079,13 @@ impl CpuPacker {
         full
     }
 
+    /// The time of the open page's newest record (its last event, or its lost-events marker),
+    /// if a page is open: the newest time of the page the next [`CpuPacker::event`],
+    /// [`CpuPacker::lost`] or [`CpuPacker::flush`] returns.
+    pub fn newest(&self) -> Option<u64> {
+        self.page.as_ref().map(|_| self.last_ts)
+    }
+
     /// The open page, if any.
     pub fn flush(&mut self) -> Option<Vec<u8>> {
         self.lost_page = None;
@@ -1533,6 +1540,30 @@ mod tests {
                 (40, Some(None), 0)
             ]
         );
+    }
+
+    #[test]
+    fn newest_is_the_newest_record_of_the_page_that_closes() {
+        let layout = PageLayout::default_64(Endian::Little);
+        let newest_parsed = |page: &[u8]| events(&layout, &[page.to_vec()]).last().map(|e| e.0);
+        let mut p = CpuPacker::new(layout);
+        assert_eq!(p.newest(), None);
+        let mut closed = 0;
+        let mut ts = 100u64;
+        for i in 0..400u64 {
+            ts += if i % 60 == 59 { 3 << 27 } else { 700 + i };
+            let before = p.newest();
+            let page =
+                if i % 97 == 96 { p.lost(ts, Some(i)) } else { p.event(ts, &[7; 28]).unwrap() };
+            if let Some(page) = page {
+                assert_eq!(before, newest_parsed(&page), "record {i}");
+                closed += 1;
+            }
+        }
+        let before = p.newest();
+        assert_eq!(before, p.flush().as_deref().and_then(newest_parsed));
+        assert!(closed > 2);
+        assert_eq!(p.newest(), None);
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub use draw::draw;
 pub trait Feed {
     /// Events released since the last call, in time order (possibly none).
     fn poll(&mut self) -> Vec<Event>;
+    /// Takes back events [`Feed::poll`] gave, once stepped: a capture frees them on the thread
+    /// that decoded them, where their memory is reused at once (the default drops them here).
+    fn recycle(&mut self, events: Vec<Event>) {
+        drop(events);
+    }
     /// Writes the newest `last` of trace time to a trace.dat; says what was written.
     fn dump(&mut self, last: Duration) -> Result<String, String>;
     /// What is recorded, for the title (`backend perf · 16 events · pid 1234`).
@@ -161,12 +166,17 @@ impl<F: Feed> Top<F> {
         self.backlog.extend(self.feed.poll());
         let start = Instant::now();
         let mut stepped = 0u32;
+        let mut done = Vec::with_capacity(self.backlog.len());
         while let Some(event) = self.backlog.pop_front() {
             let _ = self.pass.step(&event, &mut self.live);
+            done.push(event);
             stepped = stepped.wrapping_add(1);
             if stepped.is_multiple_of(1024) && start.elapsed() >= STEP_BUDGET {
                 break;
             }
+        }
+        if !done.is_empty() {
+            self.feed.recycle(done);
         }
         let elapsed = self.last_tick.elapsed();
         if elapsed < self.config.interval {

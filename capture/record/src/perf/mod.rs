@@ -40,6 +40,7 @@ use vmxray_capture::bin::format::EventFormat;
 use vmxray_capture::write::Metadata;
 use vmxray_capture::write::perfdata::{AttrEntry, RECORD_COMM, RECORD_LOST, RECORD_SAMPLE};
 
+use crate::pool::BufferPool;
 use crate::{RecordError, RecordOptions, RecordReport, Tracefs};
 use sys::{OpenParams, Ring, Target, TracepointSpec};
 
@@ -219,6 +220,8 @@ pub struct Session {
     rings: Vec<Ring>,
     /// The `vmcs` profile's probes (defined through tracefs), removed after the descriptors.
     pub(crate) probes: Option<crate::probes::InstalledProbes>,
+    /// Where the readers take their batches' buffers ([`Session::pool`]).
+    pool: BufferPool,
 }
 
 impl std::fmt::Debug for Session {
@@ -365,7 +368,15 @@ impl Session {
             stop: Arc::new(AtomicBool::new(false)),
             rings,
             probes,
+            pool: BufferPool::new(BATCHES_KEPT),
         })
+    }
+
+    /// The pool the readers take their batches' buffers from: a consumer that gives each
+    /// batch's `records` back once read lets the readers refill memory already mapped
+    /// ([`crate::pool`]).
+    pub fn pool(&self) -> BufferPool {
+        self.pool.clone()
     }
 
     /// Starts one reader per CPU, then enables the events. Batches go to the returned receiver
@@ -381,9 +392,10 @@ impl Session {
             let cpu = ring.cpu;
             let tx = tx.clone();
             let stop = Arc::clone(&self.stop);
+            let pool = self.pool.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vmxray-cpu{cpu}"))
-                .spawn(move || read_ring(&mut ring, &tx, &stop, clockid))
+                .spawn(move || read_ring(&mut ring, &tx, &stop, clockid, &pool))
                 .map_err(RecordError::Thread)?;
             self.readers.push((cpu, handle));
         }
@@ -458,11 +470,20 @@ fn clock_text(tracefs: &Tracefs, clock: &str) -> String {
 
 /// Batches are sent at this size even if the ring has more.
 const BATCH_BYTES: usize = 256 << 10;
+/// Emptied batch buffers kept for the readers (what is in flight between them and the
+/// consumer; up to 8 MiB).
+const BATCHES_KEPT: usize = 32;
 /// The longest a reader waits before draining again (bounds the latency of a partly filled
 /// ring, and of stop).
 const POLL: Duration = Duration::from_millis(50);
 
-fn read_ring(ring: &mut Ring, tx: &SyncSender<Batch>, stop: &AtomicBool, clockid: Option<i32>) {
+fn read_ring(
+    ring: &mut Ring,
+    tx: &SyncSender<Batch>,
+    stop: &AtomicBool,
+    clockid: Option<i32>,
+    pool: &BufferPool,
+) {
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if stopping {
@@ -470,7 +491,7 @@ fn read_ring(ring: &mut Ring, tx: &SyncSender<Batch>, stop: &AtomicBool, clockid
         }
         loop {
             let watermark = clockid.map(clock_now);
-            let mut buf = Vec::new();
+            let mut buf = pool.take();
             let count = ring.drain(&mut buf, BATCH_BYTES);
             let full = buf.len() >= BATCH_BYTES;
             // Empty batches too: their watermark says the CPU is idle up to now. A batch cut
