@@ -493,18 +493,26 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     // Equal 64-bit fingerprints are taken for equal signatures (a false match needs a
     // collision at every event of a cycle, several rounds long).
     let same = candidates;
-    // Extend the runs of those periods, end the others'.
-    for i in bits(st.running & !same) {
-        st.run[i] = 0;
-    }
-    for i in bits(same) {
-        if st.run[i] == 0 {
-            st.run_start[i] = st.at_back(i + 1);
+    // A guest's own loop, already told apart from a stuck one: the same periods repeat and
+    // every one was classified as progress. Their runs' lengths are never read (only a run
+    // that ends, or one not yet classified, matters), nor are their signatures (a loop that
+    // forms later is made of signatures stored by the steps that extend its own new run).
+    // An excerpt's end reads every run's length, so excerpts keep counting.
+    let steady = same != 0 && same == st.running && same & !st.progress == 0 && !ctx.config.excerpt;
+    if !steady {
+        // Extend the runs of those periods, end the others'.
+        for i in bits(st.running & !same) {
+            st.run[i] = 0;
         }
-        st.run[i] = st.run[i].saturating_add(1);
+        for i in bits(same) {
+            if st.run[i] == 0 {
+                st.run_start[i] = st.at_back(i + 1);
+            }
+            st.run[i] = st.run[i].saturating_add(1);
+        }
+        st.running = same;
+        st.progress &= same;
     }
-    st.running = same;
-    st.progress &= same;
     for i in (1..MAX_PERIOD).rev() {
         st.fp[i] = st.fp[i - 1];
     }
@@ -512,7 +520,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     st.seen += 1;
     // Only signatures that repeat one before them are ever read back (a loop's cycle is made
     // of them; an excerpt's end looks at every one).
-    if same != 0 || ctx.config.excerpt {
+    if (same != 0 && !steady) || ctx.config.excerpt {
         st.ring[st.head] = sig;
     }
     st.at[st.head] = now;

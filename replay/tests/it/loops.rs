@@ -173,3 +173,29 @@ fn a_page_walk_faulting_once_per_level_is_progress() {
     assert_eq!(stuck(&walk(12, 0x82)), 1, "twelve walk faults at one RIP");
     assert_eq!(stuck(&walk(3, 0x182)), 1, "the final translation faulting three times");
 }
+
+/// A guest's own loop is told apart once and then followed cheaply; a stuck loop that
+/// follows it is still found, with its own cycle spelled out and its repeats counted.
+#[test]
+fn a_livelock_after_a_long_guest_loop_is_found_with_its_own_cycle() {
+    let mut t = EventBuilder::new();
+    for _ in 0..500 {
+        t.exit(IO_INSTRUCTION, 0x1000);
+        t.entry(0x1002);
+    }
+    let first = t.next();
+    for _ in 0..30 {
+        t.exit_full(EPT_VIOLATION, 0x2000, 0x683, 0);
+        t.page_fault(0xfee0_0000, 0x683);
+        virq(&mut t, 0xec, true);
+        t.entry(0x2000);
+    }
+    let a = assert_one(&t.events, RuleId::Livelock, first + 11, &[first]);
+    assert!(a.message.starts_with("page-fault livelock"), "{}", a.message);
+    assert!(!a.message.contains("IO_INSTRUCTION"), "{}", a.message);
+    assert!(a.message.contains("EPT_VIOLATION rip 0x2000 qualification 0x683"), "{}", a.message);
+    let mut model = Model::default();
+    model.run(&t.events);
+    let loops = model.summary().loops;
+    assert_eq!((loops.len(), loops[0].repeats, loops[0].cycle.len()), (1, 30, 4));
+}
