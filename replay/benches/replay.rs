@@ -4,7 +4,7 @@
 //! 11.4M events per iteration through one `Model`, whose state stays bounded whatever the length.
 //!
 //! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 12:37 on the 2-core
-//! development machine (load average 1.8): 0.70 s per iteration, 16.3M events/s with 33 rules
+//! development machine (load average 1.4, 12:58): 0.69 s per iteration, 16.5M events/s with 33 rules
 //! (14.4M/s that morning with 29, 6.7M/s before the field store's rework and the lean field
 //! derivation; 28M/s on 2026-11-21, before the field streams and the loop detector). Where the
 //! time goes (`perf record`): the loop detector 30 %, `Model::step` with attribution 31 %,
