@@ -140,7 +140,7 @@ impl Vm {
     }
 
     /// [`Vm::new`], with KVM_MEM_LOG_DIRTY_PAGES on guest RAM when `dirty_log` is set: KVM
-    /// logs the pages the guest writes, read with [`GuestView::take_dirty_log`].
+    /// logs the pages the guest writes, read with `GuestView::take_dirty_log`.
     pub fn with_dirty_log(dirty_log: bool) -> Result<Self, LabError> {
         let kvm = Kvm::new().map_err(|e| LabError::Kvm { op: "open /dev/kvm", source: e })?;
         let vm = kvm.create_vm().map_err(|e| LabError::Kvm { op: "KVM_CREATE_VM", source: e })?;
