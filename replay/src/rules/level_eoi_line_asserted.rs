@@ -142,7 +142,18 @@ pub(crate) fn on_irq(ctx: &mut Ctx<'_>, lines: &mut Lines, st: &mut State, irq: 
                 st.eoi = Some(Eoi { at: ctx.at, vector, gsi: line.gsi, raised });
             }
         }
-        _ => {}
+        // A level the input did not show says nothing of the line; the PIC's lines, the local
+        // APIC's own events and IPIs carry no I/O APIC route; KVM keeps the paravirtual EOI
+        // off for level-triggered vectors.
+        IrqEvent::SetIrq { level: None, .. }
+        | IrqEvent::IoapicDelayedEoiInj { .. }
+        | IrqEvent::PicSetIrq(_)
+        | IrqEvent::Apic { .. }
+        | IrqEvent::ApicAcceptIrq(_)
+        | IrqEvent::ApicvAcceptIrq(_)
+        | IrqEvent::ApicIpi { .. }
+        | IrqEvent::PvEoi { .. }
+        | IrqEvent::ApicvInhibitChanged { .. } => {}
     }
 }
 
