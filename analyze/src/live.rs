@@ -42,7 +42,7 @@
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -54,48 +54,9 @@ use vmxray_replay::{Model, Severity};
 use crate::histogram::LogHistogram;
 use crate::pass::{Sink, Stepped};
 
-/// A multiply-rotate hasher (FxHash's): the live statistics hash a few small keys per event,
-/// and SipHash's resistance to chosen keys buys nothing for counters of our own trace.
-#[derive(Clone, Copy, Debug, Default)]
-struct FastHasher(u64);
-
-impl FastHasher {
-    fn add(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
+// The live statistics hash a few small keys per event: foldhash, as the other per-event maps
+// (`crate::FastMap`); SipHash's resistance to chosen keys buys nothing for our own counters.
+use crate::FastMap as HashMap;
 
 /// How the live statistics run.
 #[derive(Clone, Copy, Debug)]
@@ -804,7 +765,8 @@ impl StuckDetector {
 
 /// The identity of an exit-like event for the loop check (`None` for other events).
 fn signature(kind: &EventKind) -> Option<u64> {
-    let mut h = FastHasher::default();
+    // One fixed state: equal events, equal signatures, for the whole run.
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
     match kind {
         EventKind::KvmExit(i) | EventKind::KvmNestedVmexit(i) => {
             (1u8, i.reason(), i.guest_rip(), i.info1()).hash(&mut h);
