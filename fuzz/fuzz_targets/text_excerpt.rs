@@ -3,11 +3,12 @@
 //! joiner and the segmenter must never panic; strict mode yields at most one error, permissive
 //! mode none; segment markers are numbered 1, 2, ... and counted; every line number an error
 //! names is a line of the input; a tool's full-format output reads as the streaming reader
-//! reads it.
+//! reads it; QEMU register dumps among the lines that are not trace lines are read without a
+//! panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmxray_capture::read::text::TextReader;
+use vmxray_capture::read::text::{TextReader, qemu_dump};
 use vmxray_capture::{EventReader, Location, ReadOptions};
 use vmxray_events::EventKind;
 
@@ -39,5 +40,15 @@ fuzz_target!(|data: &[u8]| {
     assert!(stats.non_trace_lines <= lines);
     for line in &stats.non_trace {
         assert!(line.line >= 1 && line.line <= lines);
+    }
+    // QEMU's register dumps among the non-trace lines (what triage reads): found without a
+    // panic, each starting at a line of the input, with the byte at RIP inside its code.
+    for dump in qemu_dump::find(&stats.non_trace) {
+        assert!(dump.line >= 1 && dump.line <= lines);
+        assert!(dump.code_at.is_none_or(|at| at < dump.code.len()));
+        let _ = (dump.mode(), dump.linear_rip(), dump.code_look());
+        if let Some(e) = &dump.error {
+            let _ = e.describe();
+        }
     }
 });
