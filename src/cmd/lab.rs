@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmxray_record::{FlightOptions, Profile, RecordOptions, TriggerSpec};
+use vmxray_record::{FlightOptions, RecordOptions, TriggerSpec};
 use vmxray_samples::lab::{self, Scenario};
 
 use super::record::{BackendArg, FormatArg, ProfileArg};
@@ -141,13 +141,7 @@ fn record_options(args: &Args, output: PathBuf) -> RecordOptions {
     let mut opts = RecordOptions::new(output.clone());
     opts.backend = args.backend.backend();
     opts.output_format = FormatArg::Auto.format(&output);
-    opts.profile = match args.profile {
-        ProfileArg::Exits => Profile::Exits,
-        ProfileArg::Mmu => Profile::Mmu,
-        ProfileArg::All => Profile::All,
-        ProfileArg::Vmcs => Profile::Vmcs,
-        ProfileArg::Context => Profile::Context,
-    };
+    opts.profile = args.profile.profile();
     if let Some(size) = args.flight_recorder {
         opts.flight = Some(FlightOptions {
             size,

@@ -144,6 +144,19 @@ pub enum ProfileArg {
     Context,
 }
 
+impl ProfileArg {
+    /// The library's value.
+    pub fn profile(self) -> Profile {
+        match self {
+            Self::Exits => Profile::Exits,
+            Self::Mmu => Profile::Mmu,
+            Self::All => Profile::All,
+            Self::Vmcs => Profile::Vmcs,
+            Self::Context => Profile::Context,
+        }
+    }
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     record::parse_duration(s)
         .ok_or_else(|| format!("expected a duration such as 10s or 500ms, got {s:?}"))
@@ -167,13 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, true) => None,
     };
     let mut opts = RecordOptions::new(args.output.clone());
-    opts.profile = match args.profile {
-        ProfileArg::Exits => Profile::Exits,
-        ProfileArg::Mmu => Profile::Mmu,
-        ProfileArg::All => Profile::All,
-        ProfileArg::Vmcs => Profile::Vmcs,
-        ProfileArg::Context => Profile::Context,
-    };
+    opts.profile = args.profile.profile();
     opts.extra_events = args.events;
     opts.filters = args.filter;
     opts.buffer_size_kb = Some(args.buffer_size.div_ceil(1024));

@@ -11,7 +11,7 @@ use vmxray_analyze::live::{BATCH_HEADER, LiveConfig, LiveStats, StuckConfig, bat
 use vmxray_analyze::pass::{Pass, PassConfig, StatsMode};
 use vmxray_events::Event;
 use vmxray_record::live::{LiveCapture, LiveOptions};
-use vmxray_record::{Backend, Profile, RecordOptions, SignalGuard, process_cpu_time};
+use vmxray_record::{Backend, RecordOptions, SignalGuard, process_cpu_time};
 use vmxray_tui::live::{Feed, TopConfig};
 
 use super::record::{BackendArg, ProfileArg, parse_duration, parse_size};
@@ -141,13 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut record = RecordOptions::new(PathBuf::new());
     record.backend = args.backend.backend();
-    record.profile = match args.profile {
-        ProfileArg::Exits => Profile::Exits,
-        ProfileArg::Mmu => Profile::Mmu,
-        ProfileArg::All => Profile::All,
-        ProfileArg::Vmcs => Profile::Vmcs,
-        ProfileArg::Context => Profile::Context,
-    };
+    record.profile = args.profile.profile();
     record.extra_events = args.events.clone();
     record.filters = args.filter.clone();
     record.pids = args.pid.clone();

@@ -263,6 +263,32 @@ struct SvmL1 {
     int_ctl: u32,
 }
 
+/// An nSVM L1 (CR3 `l1_cr3`) sets up its vmcb12 for an L2 at `l2_rip` with CR3 `l2_cr3` under
+/// nested paging, and VMRUNs it.
+fn svm_l1_runs_l2(v: &mut Vcpu, l1: &SvmL1, l1_cr3: u64, l2_rip: u64, l2_cr3: u64) {
+    v.l1_rip = l1.vmrun_rip - 0x40;
+    v.l1_cr3 = l1_cr3;
+    v.l1_setup_vmcs12(
+        l1.vmcb12,
+        Vmcs12 {
+            guest_rip: l2_rip,
+            guest_cr3: l2_cr3,
+            eptp: l1.nested_cr3,
+            nested_ept: true,
+            launched: false,
+            activity_hlt: false,
+            entry_intr: 0,
+            host_rip: l1.vmrun_rip + 3,
+            host_cr3: l1_cr3,
+            evmcs: false,
+        },
+    );
+    v.current = Some(l1.vmcb12);
+    v.enter();
+    v.l1_step(0x40, 2_000, 6_000);
+    svm_vmrun(v, l1);
+}
+
 /// Hyper-V on AMD (Gen2 WS2016, as in the report) runs L2; an SMI arrives while L2 runs; the
 /// SMM handler returns with RSM back into L2 (`svm_leave_smm` → `enter_svm_guest_mode`: a
 /// `kvm_nested_vmenter` with no VMRUN); L2's first #VMEXIT (an NPF L1 must handle) goes to
@@ -278,27 +304,7 @@ pub(super) fn nsvm_rsm(v: &mut Vcpu, iterations: u32) {
     };
     let l2_code = 0xffff_ffff_ffbb_0000u64;
     let (smbase, rsm_rip) = (0x7ffb_3000u64, 0x7ffb_b280u64);
-    v.l1_rip = l1.vmrun_rip - 0x40;
-    v.l1_cr3 = 0x0000_0000_0061_5000;
-    v.l1_setup_vmcs12(
-        l1.vmcb12,
-        Vmcs12 {
-            guest_rip: l2_code + 0xe000,
-            guest_cr3: 0x0000_0000_0013_a000,
-            eptp: l1.nested_cr3,
-            nested_ept: true,
-            launched: false,
-            activity_hlt: false,
-            entry_intr: 0,
-            host_rip: l1.vmrun_rip + 3,
-            host_cr3: 0x0000_0000_0061_5000,
-            evmcs: false,
-        },
-    );
-    v.current = Some(l1.vmcb12);
-    v.enter();
-    v.l1_step(0x40, 2_000, 6_000);
-    svm_vmrun(v, &l1);
+    svm_l1_runs_l2(v, &l1, 0x0000_0000_0061_5000, l2_code + 0xe000, 0x0000_0000_0013_a000);
     let smi_round = iterations.clamp(2, 6) / 2;
     for round in 0..iterations.clamp(2, 6) {
         svm_l2_work(v, l2_code);
@@ -413,27 +419,7 @@ pub(super) fn nsvm_migrate(v: &mut Vcpu, iterations: u32) {
         int_ctl: 0x0100_0001,
     };
     let l2_code = 0xffff_ffff_814b_0000u64;
-    v.l1_rip = l1.vmrun_rip - 0x40;
-    v.l1_cr3 = 0x0000_0000_0a71_2000;
-    v.l1_setup_vmcs12(
-        l1.vmcb12,
-        Vmcs12 {
-            guest_rip: l2_code + 0x3b01,
-            guest_cr3: 0x0000_0000_0012_c000,
-            eptp: l1.nested_cr3,
-            nested_ept: true,
-            launched: false,
-            activity_hlt: false,
-            entry_intr: 0,
-            host_rip: l1.vmrun_rip + 3,
-            host_cr3: 0x0000_0000_0a71_2000,
-            evmcs: false,
-        },
-    );
-    v.current = Some(l1.vmcb12);
-    v.enter();
-    v.l1_step(0x40, 2_000, 6_000);
-    svm_vmrun(v, &l1);
+    svm_l1_runs_l2(v, &l1, 0x0000_0000_0a71_2000, l2_code + 0x3b01, 0x0000_0000_0012_c000);
     let rounds = iterations.clamp(2, 6);
     for _ in 0..rounds / 2 {
         svm_l2_work(v, l2_code);
