@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .and_then(|vm| lab::record_vm(scenario, vm, opts))
         .with_context(|| format!("Lab scenario {scenario} failed"))?;
     for (vcpu, exits) in run.outcome.exits.iter().enumerate() {
-        let last = exits.last().map(|e| format!("{e:?}")).unwrap_or_default();
+        let last = exits.last().map(ToString::to_string).unwrap_or_default();
         eprintln!("vmxray lab: vCPU {vcpu}: {} exits to userspace, last {last}", exits.len());
     }
     if run.report.files.is_empty() {
@@ -270,7 +270,7 @@ fn l1_report(truth: &lab::l1::Truth, trace: &std::path::Path) -> anyhow::Result<
         }
     }
     for v in &truth.vcpus {
-        eprintln!("vmxray lab: L1 vCPU {} ended: {:?}", v.vcpu, v.end);
+        eprintln!("vmxray lab: L1 vCPU {} ended: {}", v.vcpu, v.end);
     }
     Ok(if truth.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -51,7 +51,7 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, page: &MmuPage) {
     let (role, gfn) = (page.role, page.gfn);
     ctx.report(RULE, Severity::Error, &[], || {
         format!(
-            "root gfn {} with role {role} (guest_mode {}) loaded while {level:?} runs",
+            "root gfn {} with role {role} (guest_mode {}) loaded while {level} runs",
             hex(gfn),
             u8::from(guest_mode)
         )

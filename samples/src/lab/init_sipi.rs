@@ -109,7 +109,7 @@ fn expect(vcpu: usize, got: LabExit, port: u8, what: &'static str) -> Result<Lab
     if got == LabExit::IoOut(u16::from(port)) {
         Ok(got)
     } else {
-        Err(LabError::UnexpectedExit { vcpu, expected: what, got: format!("{got:?}") })
+        Err(LabError::UnexpectedExit { vcpu, expected: what, got: got.to_string() })
     }
 }
 

@@ -419,6 +419,18 @@ pub enum VcpuEnd {
     Other(String),
 }
 
+impl fmt::Display for VcpuEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Done => f.write_str("done (the L1 reported success)"),
+            Self::Failed => f.write_str("failed (the L1 reported a failed check)"),
+            Self::SipiAlive => f.write_str("alive at its INIT/SIPI trampoline"),
+            Self::Shutdown => f.write_str("KVM_EXIT_SHUTDOWN (L1 itself triple-faulted)"),
+            Self::Other(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What one vCPU did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VcpuTruth {
@@ -608,7 +620,7 @@ fn run_vcpu(
                 return Ok((records, VcpuEnd::Shutdown, exits));
             }
             other => {
-                let got = format!("{other:?}");
+                let got = super::exit_name(&other);
                 exits.push(LabExit::Other(got.clone()));
                 return Ok((records, VcpuEnd::Other(got), exits));
             }
