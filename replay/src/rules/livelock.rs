@@ -498,7 +498,10 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     // that ends, or one not yet classified, matters), nor are their signatures (a loop that
     // forms later is made of signatures stored by the steps that extend its own new run).
     // An excerpt's end reads every run's length, so excerpts keep counting.
-    let steady = same != 0 && same == st.running && same & !st.progress == 0 && !ctx.config.excerpt;
+    // The runs not yet classified once `same` extends them (the same before and after the
+    // update below); taken now, from registers, rather than read back after the stores.
+    let unclassified = same & !st.progress;
+    let steady = same != 0 && same == st.running && unclassified == 0 && !ctx.config.excerpt;
     if !steady {
         // Extend the runs of those periods, end the others'.
         for i in bits(st.running & !same) {
@@ -542,7 +545,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     }
     // An excerpt shows a few rounds at most: two identical ones are the loop the poster cut.
     let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
-    for i in bits(st.running & !st.progress) {
+    for i in bits(unclassified) {
         let p = i + 1;
         if u64::from(st.run[i]) < u64::from(repeats - 1) * p as u64 {
             continue;
