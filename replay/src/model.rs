@@ -389,9 +389,14 @@ impl Model {
             return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
         }
 
-        let actor = self.attribute(event);
+        let idx = match self.attribution.of_bound_thread(event) {
+            Some(vcpu) => self.slot_index(Actor::Vcpu(vcpu)),
+            None => self.attribute_and_learn(event),
+        };
+        // Read back from the slot: the actor passes through no temporary (a 12-byte value
+        // merged from the two paths above went through the stack and stalled every event).
+        let actor = self.slots[idx].actor;
         self.last_actor = Some(actor);
-        let idx = self.slot_index(actor);
         if !self.config.replay {
             return Step { at, actor: Some(actor), transitions: &[], anomalies: &[], fields: &[] };
         }
@@ -559,7 +564,10 @@ impl Model {
         self.summary().count_at_least(min)
     }
 
-    fn attribute(&mut self, event: &Event) -> Actor {
+    /// Attributes an event that [`Attribution::of_bound_thread`] does not decide (out of line:
+    /// most events are decided there) and returns its actor's slot.
+    #[inline(never)]
+    fn attribute_and_learn(&mut self, event: &Event) -> usize {
         let attributed = self.attribution.attribute(event);
         if let Some((pid, vcpu)) = attributed.newly_bound {
             // The thread's earlier unattributed events belong to this vCPU: adopt their state
@@ -571,9 +579,12 @@ impl Model {
                 slot.actor = Actor::Vcpu(vcpu);
             }
         }
-        attributed.actor
+        self.slot_index(attributed.actor)
     }
 
+    /// The slot of `actor`: the last one used (most events come in runs from one vCPU), else
+    /// found or made.
+    #[inline]
     fn slot_index(&mut self, actor: Actor) -> usize {
         let now = self.next;
         if let Some(slot) = self.slots.get_mut(self.last_slot)
@@ -582,6 +593,12 @@ impl Model {
             slot.last_used = now;
             return self.last_slot;
         }
+        self.find_or_add_slot(actor)
+    }
+
+    #[inline(never)]
+    fn find_or_add_slot(&mut self, actor: Actor) -> usize {
+        let now = self.next;
         let fresh = || Slot {
             actor,
             state: VcpuState::default(),

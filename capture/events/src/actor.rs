@@ -179,6 +179,39 @@ impl Attribution {
     ///   have one, follow no single convention;
     /// - any other event's `vcpu_id` binds its thread to that vCPU of its VM.
     pub fn attribute(&mut self, event: &Event) -> Attributed {
+        match self.of_bound_thread(event) {
+            Some(vcpu) => Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None },
+            None => self.attribute_and_learn(event),
+        }
+    }
+
+    /// The vCPU of `event` when [`Attribution::attribute`] would decide it without learning
+    /// anything (`newly_bound` None), else `None` (call `attribute`). The common case of a
+    /// trace: the event comes from the thread of the last lookup, which runs a known vCPU and
+    /// whose process is known (or the event does not say it), and the event is a `kvm_exit`,
+    /// `kvm_entry` or nested event that names that vCPU or none. Small and inlined, for
+    /// per-event loops (the model's step) that cannot afford a call for it.
+    #[inline]
+    pub fn of_bound_thread(&self, event: &Event) -> Option<Vcpu> {
+        let t = self.threads.get(self.last)?;
+        let vcpu = t.vcpu?;
+        if t.pid != event.pid || (t.tgid.is_none() && event.tgid.is_some()) {
+            return None;
+        }
+        let carried = match &event.kind {
+            EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => info.vcpu_id(),
+            EventKind::KvmEntry(entry) => Some(entry.vcpu_id),
+            EventKind::KvmNestedVmexitInject(_)
+            | EventKind::KvmNestedVmenter(_)
+            | EventKind::KvmCr { .. }
+            | EventKind::KvmMmuGetPage { .. } => None,
+            // Whatever else the kind says (or learns), the full path decides.
+            _ => return None,
+        };
+        carried.is_none_or(|id| id == vcpu.id).then_some(vcpu)
+    }
+
+    fn attribute_and_learn(&mut self, event: &Event) -> Attributed {
         let carried = match &event.kind {
             EventKind::VmcsField(v) => {
                 let vcpu = self.record_vcpu(v.record.vcpu, event.pid);
