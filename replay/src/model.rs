@@ -340,7 +340,18 @@ impl Model {
     }
 
     /// Steps one event. Never fails: a divergence is an [`Anomaly`] in the returned step.
+    ///
+    /// Inlined, and the work done out of line ([`Model::advance`]): a caller loads only the
+    /// parts of the step it reads (most read the anomalies, or nothing), and does not copy
+    /// slices whose lengths the step has just written (a copy that stalls on store forwarding).
+    #[inline]
     pub fn step(&mut self, event: &Event) -> Step<'_> {
+        self.advance(event);
+        self.last_step()
+    }
+
+    /// The work of [`Model::step`]; its outcome is read with [`Model::last_step`].
+    fn advance(&mut self, event: &Event) {
         let at = EventIndex(self.next);
         self.next += 1;
         self.findings.anomalies.clear();
@@ -365,13 +376,7 @@ impl Model {
                     reason: ResyncReason::LostEvents,
                 });
             }
-            return Step {
-                at,
-                actor: None,
-                transitions: &self.transitions,
-                anomalies: &[],
-                fields: &[],
-            };
+            return;
         }
 
         if let EventKind::Segment { .. } = event.kind {
@@ -386,7 +391,7 @@ impl Model {
                 slot.state = VcpuState::default();
                 slot.rules = RuleStates { run_pending, ..RuleStates::default() };
             }
-            return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
+            return;
         }
 
         let idx = match self.attribution.of_bound_thread(event) {
@@ -398,7 +403,7 @@ impl Model {
         let actor = self.slots[idx].actor;
         self.last_actor = Some(actor);
         if !self.config.replay {
-            return Step { at, actor: Some(actor), transitions: &[], anomalies: &[], fields: &[] };
+            return;
         }
         let slot = &mut self.slots[idx];
         transition::settle(&mut slot.state, event, &mut self.transitions);
@@ -418,17 +423,11 @@ impl Model {
         for obs in &self.fields {
             slot.state.fields.record(obs, vmwrites);
         }
-        Step {
-            at,
-            actor: Some(actor),
-            transitions: &self.transitions,
-            anomalies: &self.findings.anomalies,
-            fields: &self.fields,
-        }
     }
 
     /// What the last [`Model::step`] did, borrowed immutably (so that the model's state can be
     /// read alongside it); before any step, an empty step at index 0.
+    #[inline]
     pub fn last_step(&self) -> Step<'_> {
         Step {
             at: EventIndex(self.next.saturating_sub(1)),
