@@ -155,9 +155,12 @@ struct Active {
 pub(crate) struct State {
     /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
     ring: [Sig; MAX_PERIOD],
-    /// Their fingerprints ([`fingerprint`]), newest first (`fp[p - 1]` is the signature `p`
-    /// back): compared all twelve at once, and what decides a repeat.
+    /// Their fingerprints ([`fingerprint`]), in a ring written backwards: the newest at
+    /// `fp_head`, the one `p` back at `(fp_head + p - 1) % MAX_PERIOD`. Compared all twelve at
+    /// once, they decide a repeat; one rotation turns the mask of equal slots into a mask by
+    /// period (no twelve-word shift per event).
     fp: [u64; MAX_PERIOD],
+    fp_head: usize,
     /// The event of each signature in `ring`, and its timestamp.
     at: [(EventIndex, u64); MAX_PERIOD],
     head: usize,
@@ -482,14 +485,15 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     let fp = fingerprint(&sig);
     // The periods whose signature has the same fingerprint, then those whose signature is
     // the same.
-    let mut candidates = 0u16;
+    let mut by_slot = 0u32;
     for (i, old) in st.fp.iter().enumerate() {
-        // A branch the predictor learns (matches are rare) beats building the mask bit by bit.
         if *old == fp {
-            candidates |= 1 << i;
+            by_slot |= 1 << i;
         }
     }
-    candidates &= (1u16 << st.len) - 1;
+    let by_period = by_slot >> st.fp_head | by_slot << (MAX_PERIOD - st.fp_head);
+    // Periods up to the signatures seen (MAX_PERIOD at most: the mask fits a u16).
+    let candidates = u16::try_from(by_period & ((1 << st.len) - 1)).unwrap_or(0);
     // Equal 64-bit fingerprints are taken for equal signatures (a false match needs a
     // collision at every event of a cycle, several rounds long).
     let same = candidates;
@@ -516,10 +520,8 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         st.running = same;
         st.progress &= same;
     }
-    for i in (1..MAX_PERIOD).rev() {
-        st.fp[i] = st.fp[i - 1];
-    }
-    st.fp[0] = fp;
+    st.fp_head = if st.fp_head == 0 { MAX_PERIOD - 1 } else { st.fp_head - 1 };
+    st.fp[st.fp_head] = fp;
     st.seen += 1;
     // Only signatures that repeat one before them are ever read back (a loop's cycle is made
     // of them; an excerpt's end looks at every one).
