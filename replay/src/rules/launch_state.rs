@@ -22,6 +22,7 @@ use crate::state::{EntryCause, LaunchState};
 
 const RULE: RuleId = RuleId::LaunchState;
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     if v.is_evmcs() || v.isa == Some(Isa::Svm) {
         return;
