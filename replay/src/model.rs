@@ -361,36 +361,11 @@ impl Model {
 
         self.last_actor = None;
         if let EventKind::Lost { count } = event.kind {
-            self.lost_markers += 1;
-            self.lost_events += count.unwrap_or(0);
-            // Lost events end every loop being followed, and hide the interrupt lines' levels.
-            for l in &mut self.findings.loops.closed {
-                l.ongoing = false;
-            }
-            self.findings.irq_lines.forget();
-            for slot in &mut self.slots {
-                slot.state.forget();
-                slot.rules = RuleStates::default();
-                self.transitions.push(Transition::Resynchronizing {
-                    actor: slot.actor,
-                    reason: ResyncReason::LostEvents,
-                });
-            }
+            self.lose_events(count);
             return;
         }
-
         if let EventKind::Segment { .. } = event.kind {
-            // Another capture pasted into the same input starts here (the reader's marker):
-            // nothing the previous one showed describes it, so every vCPU starts afresh, as
-            // at the start of a trace (not resynchronizing: nothing was lost in between).
-            // One exception: a nested run a vCPU left pending when it left for userspace, which
-            // the next capture may show restored (a migration between two pasted traces).
-            self.findings.irq_lines.forget();
-            for slot in &mut self.slots {
-                let run_pending = rules::exit_while_run_pending::carry(&slot.state);
-                slot.state = VcpuState::default();
-                slot.rules = RuleStates { run_pending, ..RuleStates::default() };
-            }
+            self.start_segment();
             return;
         }
 
@@ -422,6 +397,45 @@ impl Model {
         let vmwrites = slot.state.counters.vmwrite;
         for obs in &self.fields {
             slot.state.fields.record(obs, vmwrites);
+        }
+    }
+
+    /// A `Lost` marker (out of line, with the states it builds: kept off the stack frame of
+    /// every step).
+    #[cold]
+    #[inline(never)]
+    fn lose_events(&mut self, count: Option<u64>) {
+        self.lost_markers += 1;
+        self.lost_events += count.unwrap_or(0);
+        // Lost events end every loop being followed, and hide the interrupt lines' levels.
+        for l in &mut self.findings.loops.closed {
+            l.ongoing = false;
+        }
+        self.findings.irq_lines.forget();
+        for slot in &mut self.slots {
+            slot.state.forget();
+            slot.rules = RuleStates::default();
+            self.transitions.push(Transition::Resynchronizing {
+                actor: slot.actor,
+                reason: ResyncReason::LostEvents,
+            });
+        }
+    }
+
+    /// A `Segment` marker: another capture pasted into the same input starts here (the
+    /// reader's marker). Nothing the previous one showed describes it, so every vCPU starts
+    /// afresh, as at the start of a trace (not resynchronizing: nothing was lost in between).
+    /// One exception: a nested run a vCPU left pending when it left for userspace, which the
+    /// next capture may show restored (a migration between two pasted traces). Out of line,
+    /// as [`Model::lose_events`].
+    #[cold]
+    #[inline(never)]
+    fn start_segment(&mut self) {
+        self.findings.irq_lines.forget();
+        for slot in &mut self.slots {
+            let run_pending = rules::exit_while_run_pending::carry(&slot.state);
+            slot.state = VcpuState::default();
+            slot.rules = RuleStates { run_pending, ..RuleStates::default() };
         }
     }
 
