@@ -251,59 +251,69 @@ fn is_fault(reason: ExitCode) -> bool {
     }
 }
 
-/// The signature of `event`, or `None` when it does not take part in loops.
-fn signature(st: &mut State, event: &Event) -> Option<Sig> {
+/// The signature of `event` with its fingerprint, or `None` when it does not take part in
+/// loops. Fingerprinted in each arm, where the variant is known (one dispatch per event).
+fn signature(st: &mut State, event: &Event) -> Option<(Sig, u64)> {
     let sig = match &event.kind {
         EventKind::KvmExit(info) => match exit_sig(info, false) {
-            Some(s) => s,
+            Some(s) => keyed(s),
             None => {
                 st.skip_entry = true;
                 return None;
             }
         },
-        EventKind::KvmNestedVmexit(info) => exit_sig(info, true)?,
+        EventKind::KvmNestedVmexit(info) => keyed(exit_sig(info, true)?),
         EventKind::KvmEntry(e) => {
             if std::mem::take(&mut st.skip_entry) {
                 return None;
             }
-            entry_sig(e)
+            keyed(entry_sig(e))
         }
         EventKind::KvmPageFault { fault_address, error_code, .. } => {
-            Sig::Fault { address: *fault_address, error_code: *error_code }
+            keyed(Sig::Fault { address: *fault_address, error_code: *error_code })
         }
         EventKind::KvmInjException { exception, has_error, error_code, .. } => {
-            Sig::InjException { vector: exception.0, error_code: has_error.then_some(*error_code) }
+            keyed(Sig::InjException {
+                vector: exception.0,
+                error_code: has_error.then_some(*error_code),
+            })
         }
         EventKind::KvmInjVirq { vector, reinjected, .. } => {
-            Sig::InjVirq { vector: *vector, reinjected: reinjected.unwrap_or(false) }
+            keyed(Sig::InjVirq { vector: *vector, reinjected: reinjected.unwrap_or(false) })
         }
         EventKind::KvmUserspaceExit { reason, errno } => {
-            Sig::Userspace { reason: reason.0, errno: errno.unwrap_or(0) }
+            keyed(Sig::Userspace { reason: reason.0, errno: errno.unwrap_or(0) })
         }
         EventKind::KvmEmulateInsn { rip, failed, .. } => {
-            Sig::Emulate { rip: *rip, failed: *failed }
+            keyed(Sig::Emulate { rip: *rip, failed: *failed })
         }
         EventKind::KvmNestedVmexitInject(info) => {
-            Sig::Reflect { reason: info.reason(), qual: info.info1() }
+            keyed(Sig::Reflect { reason: info.reason(), qual: info.info1() })
         }
-        EventKind::KvmNestedVmenter(v) => Sig::Vmenter { vmcs: v.vmcs, rip: v.nested_rip },
+        EventKind::KvmNestedVmenter(v) => keyed(Sig::Vmenter { vmcs: v.vmcs, rip: v.nested_rip }),
         EventKind::KvmMmuGetPage { page, created } => {
-            Sig::Root { gfn: page.gfn, created: *created }
+            keyed(Sig::Root { gfn: page.gfn, created: *created })
         }
-        EventKind::KvmCr { write: true, cr, val } => Sig::Cr { cr: *cr, val: *val },
-        EventKind::KvmPio { write, port, .. } => Sig::Pio { port: *port, write: *write },
+        EventKind::KvmCr { write: true, cr, val } => keyed(Sig::Cr { cr: *cr, val: *val }),
+        EventKind::KvmPio { write, port, .. } => keyed(Sig::Pio { port: *port, write: *write }),
         EventKind::KvmMsr { write, index, exception, .. } => {
-            Sig::Msr { index: *index, write: *write, exception: *exception }
+            keyed(Sig::Msr { index: *index, write: *write, exception: *exception })
         }
         EventKind::Irq(IrqEvent::Eoi { vector, .. } | IrqEvent::PvEoi { vector, .. }) => {
-            Sig::Eoi { vector: *vector }
+            keyed(Sig::Eoi { vector: *vector })
         }
         EventKind::Irq(IrqEvent::ApicAcceptIrq(a)) => {
-            Sig::Raise { vector: a.vector, level: a.level }
+            keyed(Sig::Raise { vector: a.vector, level: a.level })
         }
         _ => return None,
     };
     Some(sig)
+}
+
+/// A signature with its fingerprint.
+#[inline(always)]
+fn keyed(sig: Sig) -> (Sig, u64) {
+    (sig, fingerprint(&sig))
 }
 
 fn entry_sig(e: &Entry) -> Sig {
@@ -479,10 +489,9 @@ impl State {
 
 /// Steps one event of this vCPU.
 pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
-    let Some(sig) = signature(st, event) else { return };
+    let Some((sig, fp)) = signature(st, event) else { return };
     ctx.checked(RULE);
     let now = (ctx.at, event.ts);
-    let fp = fingerprint(&sig);
     // The periods whose signature has the same fingerprint, then those whose signature is
     // the same.
     let mut by_slot = 0u32;
@@ -576,6 +585,7 @@ fn bits(mut mask: u16) -> impl Iterator<Item = usize> {
 /// ones different but for a 2^-64 chance (a loop would need such a collision at every event of
 /// every round). Computed for every event, so it folds each variant's fields into a few words
 /// with one multiply at the end (a derived `Hash` chains a multiply per field).
+#[inline(always)]
 fn fingerprint(sig: &Sig) -> u64 {
     let opt = |v: Option<u64>| v.map_or(0x5bd1_e995, |v| v.rotate_left(1) ^ 1);
     let code = |c: ExitCode| match c {
