@@ -340,7 +340,18 @@ impl Model {
     }
 
     /// Steps one event. Never fails: a divergence is an [`Anomaly`] in the returned step.
+    ///
+    /// Inlined, and the work done out of line ([`Model::advance`]): a caller loads only the
+    /// parts of the step it reads (most read the anomalies, or nothing), and does not copy
+    /// slices whose lengths the step has just written (a copy that stalls on store forwarding).
+    #[inline]
     pub fn step(&mut self, event: &Event) -> Step<'_> {
+        self.advance(event);
+        self.last_step()
+    }
+
+    /// The work of [`Model::step`]; its outcome is read with [`Model::last_step`].
+    fn advance(&mut self, event: &Event) {
         let at = EventIndex(self.next);
         self.next += 1;
         self.findings.anomalies.clear();
@@ -350,50 +361,24 @@ impl Model {
 
         self.last_actor = None;
         if let EventKind::Lost { count } = event.kind {
-            self.lost_markers += 1;
-            self.lost_events += count.unwrap_or(0);
-            // Lost events end every loop being followed, and hide the interrupt lines' levels.
-            for l in &mut self.findings.loops.closed {
-                l.ongoing = false;
-            }
-            self.findings.irq_lines.forget();
-            for slot in &mut self.slots {
-                slot.state.forget();
-                slot.rules = RuleStates::default();
-                self.transitions.push(Transition::Resynchronizing {
-                    actor: slot.actor,
-                    reason: ResyncReason::LostEvents,
-                });
-            }
-            return Step {
-                at,
-                actor: None,
-                transitions: &self.transitions,
-                anomalies: &[],
-                fields: &[],
-            };
+            self.lose_events(count);
+            return;
         }
-
         if let EventKind::Segment { .. } = event.kind {
-            // Another capture pasted into the same input starts here (the reader's marker):
-            // nothing the previous one showed describes it, so every vCPU starts afresh, as
-            // at the start of a trace (not resynchronizing: nothing was lost in between).
-            // One exception: a nested run a vCPU left pending when it left for userspace, which
-            // the next capture may show restored (a migration between two pasted traces).
-            self.findings.irq_lines.forget();
-            for slot in &mut self.slots {
-                let run_pending = rules::exit_while_run_pending::carry(&slot.state);
-                slot.state = VcpuState::default();
-                slot.rules = RuleStates { run_pending, ..RuleStates::default() };
-            }
-            return Step { at, actor: None, transitions: &[], anomalies: &[], fields: &[] };
+            self.start_segment();
+            return;
         }
 
-        let actor = self.attribute(event);
+        let idx = match self.attribution.of_bound_thread(event) {
+            Some(vcpu) => self.slot_index(Actor::Vcpu(vcpu)),
+            None => self.attribute_and_learn(event),
+        };
+        // Read back from the slot: the actor passes through no temporary (a 12-byte value
+        // merged from the two paths above went through the stack and stalled every event).
+        let actor = self.slots[idx].actor;
         self.last_actor = Some(actor);
-        let idx = self.slot_index(actor);
         if !self.config.replay {
-            return Step { at, actor: Some(actor), transitions: &[], anomalies: &[], fields: &[] };
+            return;
         }
         let slot = &mut self.slots[idx];
         transition::settle(&mut slot.state, event, &mut self.transitions);
@@ -413,17 +398,50 @@ impl Model {
         for obs in &self.fields {
             slot.state.fields.record(obs, vmwrites);
         }
-        Step {
-            at,
-            actor: Some(actor),
-            transitions: &self.transitions,
-            anomalies: &self.findings.anomalies,
-            fields: &self.fields,
+    }
+
+    /// A `Lost` marker (out of line, with the states it builds: kept off the stack frame of
+    /// every step).
+    #[cold]
+    #[inline(never)]
+    fn lose_events(&mut self, count: Option<u64>) {
+        self.lost_markers += 1;
+        self.lost_events += count.unwrap_or(0);
+        // Lost events end every loop being followed, and hide the interrupt lines' levels.
+        for l in &mut self.findings.loops.closed {
+            l.ongoing = false;
+        }
+        self.findings.irq_lines.forget();
+        for slot in &mut self.slots {
+            slot.state.forget();
+            slot.rules = RuleStates::default();
+            self.transitions.push(Transition::Resynchronizing {
+                actor: slot.actor,
+                reason: ResyncReason::LostEvents,
+            });
+        }
+    }
+
+    /// A `Segment` marker: another capture pasted into the same input starts here (the
+    /// reader's marker). Nothing the previous one showed describes it, so every vCPU starts
+    /// afresh, as at the start of a trace (not resynchronizing: nothing was lost in between).
+    /// One exception: a nested run a vCPU left pending when it left for userspace, which the
+    /// next capture may show restored (a migration between two pasted traces). Out of line,
+    /// as [`Model::lose_events`].
+    #[cold]
+    #[inline(never)]
+    fn start_segment(&mut self) {
+        self.findings.irq_lines.forget();
+        for slot in &mut self.slots {
+            let run_pending = rules::exit_while_run_pending::carry(&slot.state);
+            slot.state = VcpuState::default();
+            slot.rules = RuleStates { run_pending, ..RuleStates::default() };
         }
     }
 
     /// What the last [`Model::step`] did, borrowed immutably (so that the model's state can be
     /// read alongside it); before any step, an empty step at index 0.
+    #[inline]
     pub fn last_step(&self) -> Step<'_> {
         Step {
             at: EventIndex(self.next.saturating_sub(1)),
@@ -559,7 +577,10 @@ impl Model {
         self.summary().count_at_least(min)
     }
 
-    fn attribute(&mut self, event: &Event) -> Actor {
+    /// Attributes an event that [`Attribution::of_bound_thread`] does not decide (out of line:
+    /// most events are decided there) and returns its actor's slot.
+    #[inline(never)]
+    fn attribute_and_learn(&mut self, event: &Event) -> usize {
         let attributed = self.attribution.attribute(event);
         if let Some((pid, vcpu)) = attributed.newly_bound {
             // The thread's earlier unattributed events belong to this vCPU: adopt their state
@@ -571,9 +592,12 @@ impl Model {
                 slot.actor = Actor::Vcpu(vcpu);
             }
         }
-        attributed.actor
+        self.slot_index(attributed.actor)
     }
 
+    /// The slot of `actor`: the last one used (most events come in runs from one vCPU), else
+    /// found or made.
+    #[inline]
     fn slot_index(&mut self, actor: Actor) -> usize {
         let now = self.next;
         if let Some(slot) = self.slots.get_mut(self.last_slot)
@@ -582,6 +606,12 @@ impl Model {
             slot.last_used = now;
             return self.last_slot;
         }
+        self.find_or_add_slot(actor)
+    }
+
+    #[inline(never)]
+    fn find_or_add_slot(&mut self, actor: Actor) -> usize {
+        let now = self.next;
         let fresh = || Slot {
             actor,
             state: VcpuState::default(),

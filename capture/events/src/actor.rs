@@ -179,6 +179,39 @@ impl Attribution {
     ///   have one, follow no single convention;
     /// - any other event's `vcpu_id` binds its thread to that vCPU of its VM.
     pub fn attribute(&mut self, event: &Event) -> Attributed {
+        match self.of_bound_thread(event) {
+            Some(vcpu) => Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None },
+            None => self.attribute_and_learn(event),
+        }
+    }
+
+    /// The vCPU of `event` when [`Attribution::attribute`] would decide it without learning
+    /// anything (`newly_bound` None), else `None` (call `attribute`). The common case of a
+    /// trace: the event comes from the thread of the last lookup, which runs a known vCPU and
+    /// whose process is known (or the event does not say it), and the event is a `kvm_exit`,
+    /// `kvm_entry` or nested event that names that vCPU or none. Small and inlined, for
+    /// per-event loops (the model's step) that cannot afford a call for it.
+    #[inline]
+    pub fn of_bound_thread(&self, event: &Event) -> Option<Vcpu> {
+        let t = self.threads.get(self.last)?;
+        let vcpu = t.vcpu?;
+        if t.pid != event.pid || (t.tgid.is_none() && event.tgid.is_some()) {
+            return None;
+        }
+        let carried = match &event.kind {
+            EventKind::KvmExit(info) | EventKind::KvmNestedVmexit(info) => info.vcpu_id(),
+            EventKind::KvmEntry(entry) => Some(entry.vcpu_id),
+            EventKind::KvmNestedVmexitInject(_)
+            | EventKind::KvmNestedVmenter(_)
+            | EventKind::KvmCr { .. }
+            | EventKind::KvmMmuGetPage { .. } => None,
+            // Whatever else the kind says (or learns), the full path decides.
+            _ => return None,
+        };
+        carried.is_none_or(|id| id == vcpu.id).then_some(vcpu)
+    }
+
+    fn attribute_and_learn(&mut self, event: &Event) -> Attributed {
         let carried = match &event.kind {
             EventKind::VmcsField(v) => {
                 let vcpu = self.record_vcpu(v.record.vcpu, event.pid);
@@ -393,6 +426,48 @@ impl Attribution {
 mod tests {
     use super::*;
     use crate::test_util::EventBuilder;
+
+    /// Wherever the shortcut decides, the full path decides the same and learns nothing: two
+    /// threads switching vCPUs, events with and without `vcpu_id`, a tgid appearing late.
+    #[test]
+    fn the_bound_thread_shortcut_agrees_with_the_full_path() {
+        let mut t = EventBuilder::new();
+        for (pid, vcpu) in [(7, 0), (7, 0), (8, 1), (7, 0), (7, 2), (8, 1), (8, 0), (7, 2)] {
+            t.pid = pid;
+            t.vcpu = vcpu;
+            t.cr(true, 3, 0x1000);
+            t.entry(0x10);
+            t.exit(10, 0x10);
+            t.nested_vmexit_full(10, 0x20, 0, 0);
+            t.inject(10);
+            t.vmenter(0x1000, 0x20, true, 0x7000);
+            t.get_page(0x7, 0, false);
+            t.page_fault(0x2000, 2);
+        }
+        // The process becomes known in the middle of a thread's run of events.
+        let mut events = t.events;
+        for e in events.iter_mut().skip(43) {
+            e.tgid = Some(e.pid + 100);
+        }
+        let mut a = Attribution::default();
+        let mut decided = 0;
+        for e in &events {
+            let mut full = a.clone();
+            let expected = full.attribute_and_learn(e);
+            if let Some(vcpu) = a.of_bound_thread(e) {
+                decided += 1;
+                assert_eq!(expected, Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None });
+                assert_eq!(
+                    format!("{full:?}"),
+                    format!("{a:?}"),
+                    "the full path learned from {e:?}"
+                );
+            }
+            assert_eq!(a.attribute(e), expected);
+        }
+        assert!(decided > events.len() / 2, "the shortcut decided {decided} events");
+        assert!(decided < events.len(), "the shortcut decided every event");
+    }
 
     #[test]
     fn threads_learn_their_vcpu_and_records_bind_nothing() {

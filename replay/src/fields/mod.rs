@@ -407,6 +407,10 @@ impl Out<'_> {
 
 /// The field observations one event implies, given its actor's state *before* the event:
 /// every field (`all`), or only [`RULE_FIELDS`].
+///
+/// Inlined up to the test of the event's kind: without `all`, most events of a trace imply no
+/// field a rule reads, and skip the call.
+#[inline]
 pub fn derive(
     st: &VcpuState,
     actor: Actor,
@@ -415,16 +419,64 @@ pub fn derive(
     all: bool,
     out: &mut Vec<VmcsField>,
 ) {
-    if !all
-        && !EXIT_ENTRY_RULE_FIELDS
-        && matches!(
-            event.kind,
-            EventKind::KvmExit(_) | EventKind::KvmEntry(_) | EventKind::KvmNestedVmexitInject(_)
-        )
-    {
-        // Most events of a trace, and none implies a field a rule reads.
-        return;
+    if all || may_imply_rule_fields(&event.kind) {
+        derive_fields(st, actor, event, at, all, out);
     }
+}
+
+/// Whether an event of this kind may imply one of [`RULE_FIELDS`] ([`derive_fields`] derives
+/// nothing at all from the kinds that say `false` here, or only fields rules do not read).
+fn may_imply_rule_fields(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::KvmNestedVmenter(_)
+        | EventKind::KvmCr { .. }
+        | EventKind::KvmMmuGetPage { .. }
+        | EventKind::VmcsField(_)
+        | EventKind::VmcsProbe(_) => true,
+        EventKind::KvmExit(_) | EventKind::KvmEntry(_) | EventKind::KvmNestedVmexitInject(_) => {
+            EXIT_ENTRY_RULE_FIELDS
+        }
+        EventKind::KvmNestedVmexit(_)
+        | EventKind::KvmNestedVmenterFailed { .. }
+        | EventKind::KvmNestedIntrVmexit { .. }
+        | EventKind::KvmPageFault { .. }
+        | EventKind::KvmInjException { .. }
+        | EventKind::KvmInjVirq { .. }
+        | EventKind::KvmUserspaceExit { .. }
+        | EventKind::KvmEmulateInsn { .. }
+        | EventKind::KvmSmmTransition { .. }
+        | EventKind::KvmPio { .. }
+        | EventKind::KvmMsr { .. }
+        | EventKind::KvmCpuid { .. }
+        | EventKind::KvmMmuPrepareZapPage { .. }
+        | EventKind::KvmMmuSyncPage { .. }
+        | EventKind::KvmMmuUnsyncPage { .. }
+        | EventKind::KvmMmuPagetableWalk { .. }
+        | EventKind::KvmMmuPagingElement { .. }
+        | EventKind::KvmMmuWalkerError { .. }
+        | EventKind::KvmPmlFull { .. }
+        | EventKind::Irq(_)
+        | EventKind::Mmio(_)
+        | EventKind::Spte(_)
+        | EventKind::Identity(_)
+        | EventKind::Context(_)
+        | EventKind::Printk(_)
+        | EventKind::QemuRunExit { .. }
+        | EventKind::Segment { .. }
+        | EventKind::Other(_)
+        | EventKind::Lost { .. } => false,
+    }
+}
+
+/// [`derive`] for an event that may imply a field (out of line).
+fn derive_fields(
+    st: &VcpuState,
+    actor: Actor,
+    event: &Event,
+    at: EventIndex,
+    all: bool,
+    out: &mut Vec<VmcsField>,
+) {
     let vcpu = actor.vcpu_id();
     let mut o = Out { at, ts: event.ts, vcpu, source: static_name(&event.kind), out, all };
     let current12 = st.current_vmptr.map(VmcsRef::vmcs12);

@@ -52,6 +52,7 @@ use crate::state::{L0Paging, Mode};
 
 const RULE: RuleId = RuleId::ChangedSubjectCr3;
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     let Some(new_cr3) = v.guest_cr3() else { return };
     if v.is_evmcs() || v.isa == Some(Isa::Svm) {

@@ -30,6 +30,7 @@ pub(crate) fn on_vmenter_failed(st: &mut State, at: EventIndex, kind: VmFailKind
     }
 }
 
+#[inline]
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State) {
     let late_fail = st.late_fail_at.take();
     if !ctx.features.kvm_exit {

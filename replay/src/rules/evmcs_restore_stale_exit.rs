@@ -58,6 +58,7 @@ pub(crate) fn on_msr(ctx: &mut Ctx<'_>, st: &mut State, write: bool, index: u32)
     });
 }
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
     if let Some((restore_at, exit_at, rip)) = st.stale.take()
         && v.is_evmcs()

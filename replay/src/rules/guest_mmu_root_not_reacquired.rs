@@ -72,6 +72,7 @@ pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     }
 }
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, st: &mut State, v: &NestedVmenter) {
     st.waiting = None;
     let invept = st.invept_at.take();

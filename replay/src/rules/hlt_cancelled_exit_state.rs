@@ -73,6 +73,7 @@ pub(crate) fn is_asynchronous(reason: Option<ExitCode>) -> bool {
     }
 }
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, watch: &mut State, v: &NestedVmenter) {
     watch.watching = None;
     if v.is_evmcs() {
@@ -128,6 +129,7 @@ pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, watch: &mut State, v: &NestedVmenter
 }
 
 /// The first nested exit of a watched re-entry (see the module documentation).
+#[inline]
 pub(crate) fn on_inject(ctx: &mut Ctx<'_>, watch: &mut State, info: &ExitInfo) {
     let Some(w) = watch.watching.take() else { return };
     if ctx.vcpu.mode != Mode::L2Run || ctx.vcpu.current_vmptr != Some(w.vmptr) {

@@ -21,6 +21,7 @@ use crate::state::Mode;
 
 const RULE: RuleId = RuleId::HostRipMismatch;
 
+#[inline]
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, e: &Entry) {
     let st = ctx.vcpu;
     if st.mode != Mode::L1 {

@@ -22,6 +22,7 @@ const RULE: RuleId = RuleId::L2EntryMismatch;
 /// Valid, type, vector and error-code-valid bits.
 const INTR_MASK: u32 = 0x8000_0fff;
 
+#[inline]
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, e: &Entry) {
     let Mode::L2Pending { since } = ctx.vcpu.mode else { return };
     let Some(rec) = ctx.vcpu.current_record() else { return };

@@ -34,6 +34,7 @@ pub(crate) fn on_page_fault(st: &mut State, at: EventIndex, address: u64) {
     st.fault = Some((at, address));
 }
 
+#[inline]
 pub(crate) fn on_inject(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     let fault = st.fault.take();
     if ctx.features.l0_paging != L0Paging::Shadow

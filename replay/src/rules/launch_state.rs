@@ -22,13 +22,15 @@ use crate::state::{EntryCause, LaunchState};
 
 const RULE: RuleId = RuleId::LaunchState;
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     if v.is_evmcs() || v.isa == Some(Isa::Svm) {
         return;
     }
     let Some(launch) = ctx.vcpu.pending_launch else { return };
     let Some(rec) = ctx.vcpu.vmcs12.get(v.vmcs) else { return };
-    let evidence: Vec<_> = rec.last_exit.map(|e| e.at).into_iter().chain([launch.at]).collect();
+    // On the stack: most VMLAUNCH/VMRESUME pass, and this runs for every one of them.
+    let evidence = [rec.last_exit.map_or(launch.at, |e| e.at), launch.at];
     let vmcs = v.vmcs;
     match (launch.cause, rec.launch) {
         (EntryCause::Vmresume, LaunchState::Clear) => {

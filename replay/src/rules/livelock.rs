@@ -155,9 +155,12 @@ struct Active {
 pub(crate) struct State {
     /// The last signatures, newest at `(head + MAX_PERIOD - 1) % MAX_PERIOD`.
     ring: [Sig; MAX_PERIOD],
-    /// Their fingerprints ([`fingerprint`]), newest first (`fp[p - 1]` is the signature `p`
-    /// back): compared all twelve at once, and what decides a repeat.
+    /// Their fingerprints ([`fingerprint`]), in a ring written backwards: the newest at
+    /// `fp_head`, the one `p` back at `(fp_head + p - 1) % MAX_PERIOD`. Compared all twelve at
+    /// once, they decide a repeat; one rotation turns the mask of equal slots into a mask by
+    /// period (no twelve-word shift per event).
     fp: [u64; MAX_PERIOD],
+    fp_head: usize,
     /// The event of each signature in `ring`, and its timestamp.
     at: [(EventIndex, u64); MAX_PERIOD],
     head: usize,
@@ -248,59 +251,69 @@ fn is_fault(reason: ExitCode) -> bool {
     }
 }
 
-/// The signature of `event`, or `None` when it does not take part in loops.
-fn signature(st: &mut State, event: &Event) -> Option<Sig> {
+/// The signature of `event` with its fingerprint, or `None` when it does not take part in
+/// loops. Fingerprinted in each arm, where the variant is known (one dispatch per event).
+fn signature(st: &mut State, event: &Event) -> Option<(Sig, u64)> {
     let sig = match &event.kind {
         EventKind::KvmExit(info) => match exit_sig(info, false) {
-            Some(s) => s,
+            Some(s) => keyed(s),
             None => {
                 st.skip_entry = true;
                 return None;
             }
         },
-        EventKind::KvmNestedVmexit(info) => exit_sig(info, true)?,
+        EventKind::KvmNestedVmexit(info) => keyed(exit_sig(info, true)?),
         EventKind::KvmEntry(e) => {
             if std::mem::take(&mut st.skip_entry) {
                 return None;
             }
-            entry_sig(e)
+            keyed(entry_sig(e))
         }
         EventKind::KvmPageFault { fault_address, error_code, .. } => {
-            Sig::Fault { address: *fault_address, error_code: *error_code }
+            keyed(Sig::Fault { address: *fault_address, error_code: *error_code })
         }
         EventKind::KvmInjException { exception, has_error, error_code, .. } => {
-            Sig::InjException { vector: exception.0, error_code: has_error.then_some(*error_code) }
+            keyed(Sig::InjException {
+                vector: exception.0,
+                error_code: has_error.then_some(*error_code),
+            })
         }
         EventKind::KvmInjVirq { vector, reinjected, .. } => {
-            Sig::InjVirq { vector: *vector, reinjected: reinjected.unwrap_or(false) }
+            keyed(Sig::InjVirq { vector: *vector, reinjected: reinjected.unwrap_or(false) })
         }
         EventKind::KvmUserspaceExit { reason, errno } => {
-            Sig::Userspace { reason: reason.0, errno: errno.unwrap_or(0) }
+            keyed(Sig::Userspace { reason: reason.0, errno: errno.unwrap_or(0) })
         }
         EventKind::KvmEmulateInsn { rip, failed, .. } => {
-            Sig::Emulate { rip: *rip, failed: *failed }
+            keyed(Sig::Emulate { rip: *rip, failed: *failed })
         }
         EventKind::KvmNestedVmexitInject(info) => {
-            Sig::Reflect { reason: info.reason(), qual: info.info1() }
+            keyed(Sig::Reflect { reason: info.reason(), qual: info.info1() })
         }
-        EventKind::KvmNestedVmenter(v) => Sig::Vmenter { vmcs: v.vmcs, rip: v.nested_rip },
+        EventKind::KvmNestedVmenter(v) => keyed(Sig::Vmenter { vmcs: v.vmcs, rip: v.nested_rip }),
         EventKind::KvmMmuGetPage { page, created } => {
-            Sig::Root { gfn: page.gfn, created: *created }
+            keyed(Sig::Root { gfn: page.gfn, created: *created })
         }
-        EventKind::KvmCr { write: true, cr, val } => Sig::Cr { cr: *cr, val: *val },
-        EventKind::KvmPio { write, port, .. } => Sig::Pio { port: *port, write: *write },
+        EventKind::KvmCr { write: true, cr, val } => keyed(Sig::Cr { cr: *cr, val: *val }),
+        EventKind::KvmPio { write, port, .. } => keyed(Sig::Pio { port: *port, write: *write }),
         EventKind::KvmMsr { write, index, exception, .. } => {
-            Sig::Msr { index: *index, write: *write, exception: *exception }
+            keyed(Sig::Msr { index: *index, write: *write, exception: *exception })
         }
         EventKind::Irq(IrqEvent::Eoi { vector, .. } | IrqEvent::PvEoi { vector, .. }) => {
-            Sig::Eoi { vector: *vector }
+            keyed(Sig::Eoi { vector: *vector })
         }
         EventKind::Irq(IrqEvent::ApicAcceptIrq(a)) => {
-            Sig::Raise { vector: a.vector, level: a.level }
+            keyed(Sig::Raise { vector: a.vector, level: a.level })
         }
         _ => return None,
     };
     Some(sig)
+}
+
+/// A signature with its fingerprint.
+#[inline(always)]
+fn keyed(sig: Sig) -> (Sig, u64) {
+    (sig, fingerprint(&sig))
 }
 
 fn entry_sig(e: &Entry) -> Sig {
@@ -476,20 +489,20 @@ impl State {
 
 /// Steps one event of this vCPU.
 pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
-    let Some(sig) = signature(st, event) else { return };
+    let Some((sig, fp)) = signature(st, event) else { return };
     ctx.checked(RULE);
     let now = (ctx.at, event.ts);
-    let fp = fingerprint(&sig);
     // The periods whose signature has the same fingerprint, then those whose signature is
     // the same.
-    let mut candidates = 0u16;
+    let mut by_slot = 0u32;
     for (i, old) in st.fp.iter().enumerate() {
-        // A branch the predictor learns (matches are rare) beats building the mask bit by bit.
         if *old == fp {
-            candidates |= 1 << i;
+            by_slot |= 1 << i;
         }
     }
-    candidates &= (1u16 << st.len) - 1;
+    let by_period = by_slot >> st.fp_head | by_slot << (MAX_PERIOD - st.fp_head);
+    // Periods up to the signatures seen (MAX_PERIOD at most: the mask fits a u16).
+    let candidates = u16::try_from(by_period & ((1 << st.len) - 1)).unwrap_or(0);
     // Equal 64-bit fingerprints are taken for equal signatures (a false match needs a
     // collision at every event of a cycle, several rounds long).
     let same = candidates;
@@ -498,7 +511,10 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     // that ends, or one not yet classified, matters), nor are their signatures (a loop that
     // forms later is made of signatures stored by the steps that extend its own new run).
     // An excerpt's end reads every run's length, so excerpts keep counting.
-    let steady = same != 0 && same == st.running && same & !st.progress == 0 && !ctx.config.excerpt;
+    // The runs not yet classified once `same` extends them (the same before and after the
+    // update below); taken now, from registers, rather than read back after the stores.
+    let unclassified = same & !st.progress;
+    let steady = same != 0 && same == st.running && unclassified == 0 && !ctx.config.excerpt;
     if !steady {
         // Extend the runs of those periods, end the others'.
         for i in bits(st.running & !same) {
@@ -513,10 +529,8 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
         st.running = same;
         st.progress &= same;
     }
-    for i in (1..MAX_PERIOD).rev() {
-        st.fp[i] = st.fp[i - 1];
-    }
-    st.fp[0] = fp;
+    st.fp_head = if st.fp_head == 0 { MAX_PERIOD - 1 } else { st.fp_head - 1 };
+    st.fp[st.fp_head] = fp;
     st.seen += 1;
     // Only signatures that repeat one before them are ever read back (a loop's cycle is made
     // of them; an excerpt's end looks at every one).
@@ -542,7 +556,7 @@ pub(crate) fn on_event(ctx: &mut Ctx<'_>, st: &mut State, event: &Event) {
     }
     // An excerpt shows a few rounds at most: two identical ones are the loop the poster cut.
     let repeats = if ctx.config.excerpt { 2 } else { ctx.config.loop_repeats.max(2) };
-    for i in bits(st.running & !st.progress) {
+    for i in bits(unclassified) {
         let p = i + 1;
         if u64::from(st.run[i]) < u64::from(repeats - 1) * p as u64 {
             continue;
@@ -571,6 +585,7 @@ fn bits(mut mask: u16) -> impl Iterator<Item = usize> {
 /// ones different but for a 2^-64 chance (a loop would need such a collision at every event of
 /// every round). Computed for every event, so it folds each variant's fields into a few words
 /// with one multiply at the end (a derived `Hash` chains a multiply per field).
+#[inline(always)]
 fn fingerprint(sig: &Sig) -> u64 {
     let opt = |v: Option<u64>| v.map_or(0x5bd1_e995, |v| v.rotate_left(1) ^ 1);
     let code = |c: ExitCode| match c {

@@ -56,6 +56,7 @@ fn l1_owns(m: u64, s: u64, v: u64) -> bool {
     m & 0xe & (v ^ s) != 0 || (m & 1 != 0 && s & 1 == 0 && v & 1 != 0)
 }
 
+#[inline]
 pub(crate) fn on_exit(ctx: &mut Ctx<'_>, st: &mut State, info: &ExitInfo) {
     st.pending = None;
     if ctx.vcpu.mode != Mode::L2Run || ctx.vcpu.level() != Some(Level::L2) {

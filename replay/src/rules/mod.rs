@@ -7,7 +7,9 @@
 //! checkable"), and reports with `Ctx::report`.
 //!
 //! `check` dispatches each event to the rules that look at that kind of event; matching on the
-//! event kind once keeps replay at tens of millions of events per second.
+//! event kind once keeps replay at tens of millions of events per second. The handlers of the
+//! frequent kinds (entries, exits, nested entries and exits) are `#[inline]`: called out of
+//! line, their calls and the reloads of `Ctx` around them were 6 % of replay.
 
 use vmxray_events::{Event, EventKind};
 

@@ -21,6 +21,7 @@ fn differs<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if a != b)
 }
 
+#[inline]
 pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
     if ctx.vcpu.exited_since_entry != Some(true) {
         return;

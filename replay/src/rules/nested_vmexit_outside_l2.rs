@@ -20,6 +20,7 @@ use crate::state::Level;
 
 const RULE: RuleId = RuleId::NestedVmexitOutsideL2;
 
+#[inline]
 pub(crate) fn on_nested_vmexit(ctx: &mut Ctx<'_>, info: &ExitInfo) {
     if !ctx.features.nested_vmenter && !ctx.features.v5_10 {
         return;

@@ -79,6 +79,7 @@ pub(crate) fn on_get_page(ctx: &mut Ctx<'_>, st: &mut State, page: &MmuPage) {
     st.root_since_entry = Some(RootLoad { gfn: page.gfn, role, created: false, at: ctx.at });
 }
 
+#[inline]
 pub(crate) fn on_entry(ctx: &mut Ctx<'_>, st: &mut State, e: &Entry) {
     let root = st.root_since_entry.take();
     let paging_before = std::mem::replace(&mut st.paging_before_entry, st.paging_at);

@@ -23,6 +23,7 @@ use crate::transition::entry_cause;
 
 const RULE: RuleId = RuleId::UnexplainedVmenter;
 
+#[inline]
 pub(crate) fn on_vmenter(ctx: &mut Ctx<'_>, v: &NestedVmenter) {
     let vmcs = v.vmcs;
     if matches!(ctx.vcpu.mode, Mode::L2Run | Mode::L2Pending { .. }) {
