@@ -191,6 +191,7 @@ pub mod pass;
 pub mod plot;
 #[cfg(feature = "scan")]
 pub mod scan;
+mod slots;
 pub mod stats;
 
 /// The hash map of the per-event paths (statistics, host context): keyed by vCPUs, CPUs and
