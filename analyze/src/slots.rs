@@ -48,13 +48,19 @@ impl<T> ActorSlots<T> {
         self.slots.get(&actor).is_some_and(|s| s.open)
     }
 
-    /// Opens `actor`'s slot with `value` (whatever it held, open or not, is overwritten).
+    /// Opens `actor`'s slot with `value`; returns the value it replaced when the slot was
+    /// open (one lookup either way).
     #[inline]
-    pub(crate) fn open(&mut self, actor: Actor, value: T) {
+    pub(crate) fn open(&mut self, actor: Actor, value: T) -> Option<T> {
         match self.slots.get_mut(&actor) {
-            Some(slot) => *slot = Slot { open: true, value },
+            Some(slot) => {
+                let was_open = std::mem::replace(&mut slot.open, true);
+                let previous = std::mem::replace(&mut slot.value, value);
+                was_open.then_some(previous)
+            }
             None => {
                 self.slots.insert(actor, Slot { open: true, value });
+                None
             }
         }
     }
@@ -110,7 +116,7 @@ mod tests {
         let mut slots = ActorSlots::default();
         let a = Actor::Thread(7);
         assert!(slots.get_mut(a).is_none());
-        slots.open(a, 1);
+        assert_eq!(slots.open(a, 1), None);
         assert!(slots.is_open(a));
         *slots.get_mut(a).unwrap() += 1;
         assert_eq!(slots.close(a).copied(), Some(2));
@@ -118,7 +124,10 @@ mod tests {
         assert!(slots.close(a).is_none(), "closing twice lends nothing");
         assert!(slots.get_mut(a).is_none());
         assert_eq!(slots.values_mut().count(), 0);
-        slots.open_with(a, || 0, |v| assert_eq!(*v, 2, "the closed value is lent for reuse"));
+        assert_eq!(slots.open(a, 5), None, "a closed value is not returned");
+        assert_eq!(slots.open(a, 6), Some(5), "an open one is");
+        slots.close(a);
+        slots.open_with(a, || 0, |v| assert_eq!(*v, 6, "the closed value is lent for reuse"));
         assert!(slots.is_open(a));
     }
 
@@ -126,7 +135,7 @@ mod tests {
     fn close_all_lends_only_the_open_values() {
         let mut slots = ActorSlots::default();
         for pid in 0..4 {
-            slots.open(Actor::Thread(pid), pid);
+            assert_eq!(slots.open(Actor::Thread(pid), pid), None);
         }
         slots.close(Actor::Thread(1));
         let mut got: Vec<(Actor, i32)> = slots.close_all().map(|(a, v)| (a, *v)).collect();
@@ -134,7 +143,7 @@ mod tests {
         let want = [0, 2, 3].map(|p| (Actor::Thread(p), p));
         assert_eq!(got, want);
         assert_eq!(slots.close_all().count(), 0);
-        slots.open(Actor::Thread(9), 9);
+        assert_eq!(slots.open(Actor::Thread(9), 9), None);
         slots.clear();
         assert!(slots.get_mut(Actor::Thread(9)).is_none());
     }

@@ -302,10 +302,7 @@ impl ExitStats {
             EventKind::KvmExit(info) => {
                 let l0_always_keeps =
                     l0_always_keeps(info.reason(), info.intr_info().map(|i| i.kind()));
-                if let Some(previous) = self.pending.get_mut(vcpu).copied() {
-                    self.close(vcpu, &previous, Close::NextExit);
-                }
-                self.pending.open(
+                let previous = self.pending.open(
                     vcpu,
                     PendingExit {
                         ts: event.ts,
@@ -320,6 +317,9 @@ impl ExitStats {
                         vmcs12: None,
                     },
                 );
+                if let Some(previous) = &previous {
+                    self.close(vcpu, previous, Close::NextExit);
+                }
             }
             EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
