@@ -371,7 +371,6 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         }
     };
     let lanes = td.lanes(0);
-    // Sorted by CPU, searched per event (a few lanes: cheaper than hashing).
     let mut lane_of_cpu: Vec<(u32, usize)> =
         lanes.iter().enumerate().map(|(i, c)| (*c, i)).collect();
     lane_of_cpu.sort_unstable();
@@ -389,6 +388,7 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         return;
     }
     let cursor = DatCursor::new(lanes.len(), counts);
+    let lane_of_cpu = LaneOfCpu::new(lane_of_cpu);
     let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu }, false);
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     if pipeline.push_all(&mut reader, || None) {
@@ -721,9 +721,46 @@ enum Positions {
     /// The events are kept.
     Resident,
     /// trace.dat lanes.
-    Dat { cursor: DatCursor, lane_of_cpu: Vec<(u32, usize)> },
+    Dat { cursor: DatCursor, lane_of_cpu: LaneOfCpu },
     /// Text blocks, opened by [`Pipeline::text_block`].
     Text,
+}
+
+/// The trace.dat lane of each CPU, looked up for every event: a table indexed by the CPU for
+/// the usual CPU numbers (a binary search's mispredicted branches, as events of different CPUs
+/// interleave, showed in profiles of the load), a search beyond them.
+struct LaneOfCpu {
+    /// `by_cpu[cpu]`: the lane, `usize::MAX` for none; empty when a CPU number is too large.
+    by_cpu: Vec<usize>,
+    /// (CPU, lane), sorted by CPU.
+    sorted: Vec<(u32, usize)>,
+}
+
+impl LaneOfCpu {
+    /// CPU numbers indexed directly when every CPU of the trace is below it.
+    const TABLE_CPUS: usize = 4096;
+
+    /// From (CPU, lane) pairs sorted by CPU, one per CPU.
+    fn new(sorted: Vec<(u32, usize)>) -> Self {
+        let len = sorted.last().map_or(0, |(cpu, _)| *cpu as usize + 1);
+        let mut by_cpu = Vec::new();
+        if len <= Self::TABLE_CPUS {
+            by_cpu = vec![usize::MAX; len];
+            for &(cpu, lane) in &sorted {
+                by_cpu[cpu as usize] = lane;
+            }
+        }
+        Self { by_cpu, sorted }
+    }
+
+    #[inline]
+    fn get(&self, cpu: u32) -> Option<usize> {
+        if self.by_cpu.is_empty() {
+            let at = self.sorted.binary_search_by_key(&cpu, |(c, _)| *c).ok()?;
+            return Some(self.sorted[at].1);
+        }
+        self.by_cpu.get(cpu as usize).copied().filter(|&lane| lane != usize::MAX)
+    }
 }
 
 /// The block being filled.
@@ -925,8 +962,8 @@ impl<'a> Pipeline<'a> {
                     self.fraction = cursor.fraction();
                     BlockPos::Dat(cursor.positions())
                 });
-                if let Ok(at) = lane_of_cpu.binary_search_by_key(&event.cpu, |(cpu, _)| *cpu)
-                    && let Some(o) = cursor.ordinal.get_mut(lane_of_cpu[at].1)
+                if let Some(lane) = lane_of_cpu.get(event.cpu)
+                    && let Some(o) = cursor.ordinal.get_mut(lane)
                 {
                     *o += 1;
                 }
@@ -1048,5 +1085,25 @@ impl<'a> Pipeline<'a> {
             read: Box::new(read.clone()),
             elapsed: self.started.elapsed(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LaneOfCpu;
+
+    #[test]
+    fn lane_of_cpu_by_table_and_by_search_agree() {
+        let small = LaneOfCpu::new(vec![(0, 2), (1, 0), (5, 1)]);
+        assert!(!small.by_cpu.is_empty());
+        let huge = LaneOfCpu::new(vec![(0, 2), (1, 0), (5, 1), (u32::MAX, 3)]);
+        assert!(huge.by_cpu.is_empty(), "a huge CPU number is searched, not tabled");
+        for cpu in [0, 1, 2, 4, 5, 6, 4095, 4096, u32::MAX - 1] {
+            assert_eq!(small.get(cpu), huge.get(cpu), "cpu {cpu}");
+        }
+        assert_eq!((small.get(0), small.get(1), small.get(5)), (Some(2), Some(0), Some(1)));
+        assert_eq!((small.get(2), small.get(6)), (None, None));
+        assert_eq!(huge.get(u32::MAX), Some(3));
+        assert_eq!(LaneOfCpu::new(Vec::new()).get(0), None);
     }
 }
