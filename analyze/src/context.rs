@@ -490,14 +490,20 @@ impl HostContext {
         match &event.kind {
             EventKind::KvmExit(info) => {
                 let Some(actor) = actor else { return };
-                let cpu = self.cpus.entry(event.cpu).or_default();
-                // A vCPU thread exits in task context: no handler can still be running.
-                cpu.stack.clear();
-                if cpu.current.as_ref().is_none_or(|t| t.pid != event.pid) {
-                    cpu.current = Some(Task {
-                        pid: event.pid,
-                        comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
-                    });
+                // Before the first host event no CPU has a handler running, and what a CPU
+                // runs is read only for a thread a `sched_switch` took off it (which says what
+                // runs next): the CPUs are followed from that event on, not for every exit of a
+                // trace without host events.
+                if self.has_host_events() {
+                    let cpu = self.cpus.entry(event.cpu).or_default();
+                    // A vCPU thread exits in task context: no handler can still be running.
+                    cpu.stack.clear();
+                    if cpu.current.as_ref().is_none_or(|t| t.pid != event.pid) {
+                        cpu.current = Some(Task {
+                            pid: event.pid,
+                            comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
+                        });
+                    }
                 }
                 // A previous exit of the vCPU without an entry gets no latency in stats: the
                 // new exit replaces it.
