@@ -483,6 +483,12 @@ impl HostContext {
         self.push_in_vm(event, actor, true);
     }
 
+    /// One event a [`crate::pass::Pass`] stepped, with the actor it gave (`Step::actor`: `None`
+    /// for a lost-events marker), as the pass's sink would see it without a VM selected.
+    pub fn push_stepped(&mut self, event: &Event, actor: Option<Actor>) {
+        self.push_in_vm(event, actor, true);
+    }
+
     fn push_in_vm(&mut self, event: &Event, actor: Option<Actor>, in_vm: bool) {
         let index = self.index;
         self.index += 1;

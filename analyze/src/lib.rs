@@ -192,6 +192,7 @@ pub mod plot;
 #[cfg(feature = "scan")]
 pub mod scan;
 mod slots;
+pub mod stage;
 pub mod stats;
 
 /// The hash map of the per-event paths (statistics, host context): keyed by vCPUs, CPUs and

@@ -29,7 +29,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use vmxray_analyze::context::{ExitContext, HostContext};
-use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_analyze::stage::StatsStage;
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::read::open::{InputKind, Magic, detect};
@@ -38,7 +39,7 @@ use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
-use vmxray_events::Event;
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::sidecar::{self, Sidecar};
@@ -803,19 +804,44 @@ struct Indexer {
     last_actor: Option<(Actor, u16)>,
     bucket: Bucket,
     batch: Batch,
-    /// Where each exit's time went on the host (the detail view's breakdown).
-    context: HostContext,
+    /// The exit statistics and where each exit's time went on the host (the detail view's
+    /// breakdown).
+    counting: Counting,
+    /// The last event's actor and, for a `kvm_nested_vmexit`, the vmcs12 current after it:
+    /// what the stats stage gets with the event.
+    stepped: (Option<Actor>, Option<u64>),
 }
 
-impl Default for Indexer {
-    fn default() -> Self {
+/// Where the exit statistics and the host context are built.
+enum Counting {
+    /// On their own thread, fed by [`Pipeline::push`]: they only read the stepped events, and
+    /// the loader's thread (merge, model, index) is the one the load waits for.
+    Staged(StatsStage),
+    /// On the loader's thread (the stage's thread could not start): the statistics in the
+    /// pass, the host context here.
+    Inline(Box<HostContext>),
+}
+
+impl Indexer {
+    /// An indexer whose statistics run on their own thread when it starts; the pass keeps
+    /// them itself when [`Indexer::statistics_in_pass`].
+    fn new() -> Self {
+        let counting = match StatsStage::start(ExitStats::new(), HostContext::with_exit_log()) {
+            Ok(stage) => Counting::Staged(stage),
+            Err(_) => Counting::Inline(Box::new(HostContext::with_exit_log())),
+        };
         Self {
             actor_ids: HashMap::default(),
             last_actor: None,
             bucket: Bucket::default(),
             batch: Batch::default(),
-            context: HostContext::with_exit_log(),
+            counting,
+            stepped: (None, None),
         }
+    }
+
+    fn statistics_in_pass(&self) -> bool {
+        matches!(self.counting, Counting::Inline(_))
     }
 }
 
@@ -844,12 +870,23 @@ impl Sink for Indexer {
         if self.bucket.len == FINE_EVENTS {
             self.batch.buckets.push(std::mem::take(&mut self.bucket));
         }
-        let _ = self.context.event(s);
-        if self.context.has_host_events() {
-            self.batch.contexts.extend(self.context.take_attributed());
-        } else {
-            // Without host events the log holds in-KVM-only rows nobody shows.
-            let _ = self.context.take_attributed();
+        match &mut self.counting {
+            Counting::Staged(_) => {
+                let vmcs12 = match event.kind {
+                    EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
+                    _ => None,
+                };
+                self.stepped = (s.step.actor, vmcs12);
+            }
+            Counting::Inline(context) => {
+                let _ = context.event(s);
+                if context.has_host_events() {
+                    self.batch.contexts.extend(context.take_attributed());
+                } else {
+                    // Without host events the log holds in-KVM-only rows nobody shows.
+                    let _ = context.take_attributed();
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -883,11 +920,15 @@ impl<'a> Pipeline<'a> {
     fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions, excerpt: bool) -> Self {
         let mut config = PassConfig::default();
         config.model.excerpt = excerpt;
+        let indexer = Indexer::new();
+        if !indexer.statistics_in_pass() {
+            config.stats = StatsMode::Off;
+        }
         Self {
             tx,
             started,
             pass: Pass::new(config),
-            indexer: Indexer::default(),
+            indexer,
             positions,
             block: None,
             blocks_opened: 0,
@@ -978,11 +1019,28 @@ impl<'a> Pipeline<'a> {
             self.fraction = fraction;
         }
         let _ = self.pass.step(&event, &mut self.indexer);
+        let resident = self.block.as_ref().is_some_and(|b| b.pos.is_none());
         if let Some(b) = &mut self.block {
             b.first_ts.get_or_insert(event.ts);
-            if b.pos.is_none() {
-                b.events.push(event);
+        }
+        // The stage takes the event itself unless the block keeps it.
+        let (actor, vmcs12) = self.indexer.stepped;
+        let kept = match &mut self.indexer.counting {
+            Counting::Staged(stage) if !resident => {
+                stage.push(event, actor, vmcs12);
+                None
             }
+            Counting::Staged(stage) => {
+                stage.push(event.clone(), actor, vmcs12);
+                Some(event)
+            }
+            Counting::Inline(_) => Some(event),
+        };
+        if resident
+            && let Some(event) = kept
+            && let Some(b) = &mut self.block
+        {
+            b.events.push(event);
         }
         // The first block goes out as soon as it is complete (the first screen), then a batch
         // every FLUSH_EVERY.
@@ -996,6 +1054,9 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
+        if let Counting::Staged(stage) = &mut self.indexer.counting {
+            self.indexer.batch.contexts.extend(stage.take_contexts());
+        }
         let mut batch = std::mem::take(&mut self.indexer.batch);
         if self.save_to.is_some() {
             let s = &mut self.saved;
@@ -1056,14 +1117,33 @@ impl<'a> Pipeline<'a> {
         self.close_block();
         self.flush_bucket();
         self.pass.end(&mut self.indexer);
+        let counting =
+            std::mem::replace(&mut self.indexer.counting, Counting::Inline(Box::default()));
+        let (staged, context) = match counting {
+            Counting::Staged(stage) => match stage.finish() {
+                Some(end) => {
+                    self.indexer.batch.contexts.extend(end.contexts);
+                    (Some(end.stats), end.context)
+                }
+                None => {
+                    let note = "Statistics incomplete: their thread stopped".to_owned();
+                    let _ = self.tx.send(LoadMsg::Note(note));
+                    (None, HostContext::new())
+                }
+            },
+            Counting::Inline(context) => (None, *context),
+        };
         self.fraction = Some(1.0);
         self.flush();
         let events = self.next_index();
         let end = self.pass.finish(Some(meta), Some(read));
-        // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
-        let mut report =
-            end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
-        report.host_context = std::mem::take(&mut self.indexer.context).finish();
+        // The statistics come from the stage, or from the pass when they ran in it.
+        let mut report = match (staged, end.stats) {
+            (Some(stats), _) => stats.finish(Some(meta), Some(read)),
+            (None, Some(report)) => report,
+            (None, None) => ExitStats::new().finish(Some(meta), Some(read)),
+        };
+        report.host_context = context.finish();
         if let Some(path) = self.save_to.take() {
             let mut saved = std::mem::take(&mut self.saved);
             saved.events = events;
