@@ -56,6 +56,10 @@
 //! and interrupt tracepoints; [`kvm_stat::KvmStat`] gives `perf kvm stat report`'s vmexit,
 //! ioport and mmio tables with its `--key`, `--vcpu` and `--pid` selections.
 //!
+//! [`stage::StatsStage`] runs [`stats::ExitStats`] and [`context::HostContext`] on a thread of
+//! their own, fed in batches of stepped events, for a pass whose own thread is the one the
+//! load waits for (the TUI's loader).
+//!
 //! ## Exit statistics ([`stats`])
 //!
 //! [`stats::ExitStats`] is fed one [`vmxray_capture::Event`] at a time and keeps memory

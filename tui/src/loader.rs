@@ -2,7 +2,9 @@
 //! views browse (see [`crate::trace`]).
 //!
 //! The loader runs the one pass of every command (`vmxray_analyze::pass::Pass`: the replay
-//! model and the exit statistics) with a sink that cuts the stream into [`Block`]s and
+//! model; the exit statistics and the host context on a second thread,
+//! `vmxray_analyze::stage::StatsStage`, fed with the stepped events) with a sink that cuts the
+//! stream into [`Block`]s and
 //! records where each starts in the file, keeps a model snapshot at every few blocks, counts
 //! the lanes' [`Bucket`]s, and collects anomalies, crashes and lost markers. The events
 //! themselves are dropped after the pass (except for inputs that cannot be read twice: stdin,
@@ -15,8 +17,10 @@
 //!  for each event:                                    loop {
 //!    block start: positions (trace.dat: lane chunk      drain channel ─► Trace::apply
 //!      and skip; text: byte offset), snapshot           draw visible rows only (decoded
-//!    Pass::step (model, stats) ─► tag, bucket,            on demand from the file)
+//!    Pass::step (model) ─► tag, bucket,                   on demand from the file)
 //!      anomalies ──── Batch every 100 ms ──mpsc──►      poll keys/mouse (50 ms)
+//!    event ─► StatsStage (stats thread: ExitStats,
+//!      HostContext; exit contexts join the next Batch)
 //!  finish ─► Done { stats, summary } ──────────────►  }
 //! ```
 
