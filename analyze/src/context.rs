@@ -55,6 +55,7 @@ use vmxray_events::{Actor, Attribution, Comm, Event, EventKind};
 
 use crate::FastMap as HashMap;
 use crate::pass::{Sink, Stepped};
+use crate::slots::ActorSlots;
 use crate::stats::Reason;
 
 /// How many of the slowest attributed exits the report lists.
@@ -323,6 +324,41 @@ struct Pending {
 }
 
 impl Pending {
+    /// An exit seen at `ts`, nothing accounted yet; the lists keep their buffers.
+    fn start(&mut self, index: u64, ts: u64, reason: ExitCode, pid: i32, cpu: u32) {
+        self.index = index;
+        self.ts = ts;
+        self.reason = reason;
+        self.pid = pid;
+        self.cpu = cpu;
+        self.on_cpu = true;
+        self.blocked = false;
+        self.until = ts;
+        self.skewed = false;
+        self.parts = Parts::default();
+        self.ran.clear();
+        self.irqs.clear();
+        self.softirqs.clear();
+    }
+
+    fn empty() -> Self {
+        Self {
+            index: 0,
+            ts: 0,
+            reason: ExitCode::Raw(0),
+            pid: 0,
+            cpu: 0,
+            on_cpu: true,
+            blocked: false,
+            until: 0,
+            skewed: false,
+            parts: Parts::default(),
+            ran: Vec::new(),
+            irqs: Vec::new(),
+            softirqs: Vec::new(),
+        }
+    }
+
     fn place(&self, cpus: &HashMap<u32, CpuState>) -> Place {
         let cpu = cpus.get(&self.cpu);
         if self.on_cpu {
@@ -386,16 +422,24 @@ pub struct HostContext {
     index: u64,
     attribution: Attribution,
     cpus: HashMap<u32, CpuState>,
-    pending: HashMap<Actor, Pending>,
+    /// Each vCPU's exit waiting for its entry (a slot reused exit after exit).
+    pending: ActorSlots<Pending>,
     sources: ContextSources,
+    closed: Closed,
+    /// Only exits of this VM (`Vm::matches`), when set.
+    vm: Option<String>,
+}
+
+/// What the exits closed so far add up to (apart from the pending ones, so that an exit is
+/// closed by reference while its slot stays in [`HostContext::pending`]).
+#[derive(Debug, Default)]
+struct Closed {
     attributed: u64,
     unattributed: u64,
     overall: Parts,
     by_reason: BTreeMap<(u8, u64), ReasonContext>,
     outliers: Vec<ExitContext>,
     log: Option<Vec<ExitContext>>,
-    /// Only exits of this VM (`Vm::matches`), when set.
-    vm: Option<String>,
 }
 
 impl HostContext {
@@ -407,7 +451,7 @@ impl HostContext {
     /// An empty analysis that also keeps every attributed exit until taken (the TUI's detail
     /// view), from the trace's first host event on (before it, no row has a host part).
     pub fn with_exit_log() -> Self {
-        Self { log: Some(Vec::new()), ..Self::default() }
+        Self { closed: Closed { log: Some(Vec::new()), ..Closed::default() }, ..Self::default() }
     }
 
     /// Only the exits of one VM (as `vmxray stats --vm`); host events of every thread still
@@ -419,7 +463,7 @@ impl HostContext {
 
     /// The exits attributed since the last call, in the order their entries came.
     pub fn take_attributed(&mut self) -> Vec<ExitContext> {
-        self.log.as_mut().map(std::mem::take).unwrap_or_default()
+        self.closed.log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// True once the trace showed a host event this analysis uses.
@@ -439,6 +483,12 @@ impl HostContext {
         self.push_in_vm(event, actor, true);
     }
 
+    /// One event a [`crate::pass::Pass`] stepped, with the actor it gave (`Step::actor`: `None`
+    /// for a lost-events marker), as the pass's sink would see it without a VM selected.
+    pub fn push_stepped(&mut self, event: &Event, actor: Option<Actor>) {
+        self.push_in_vm(event, actor, true);
+    }
+
     fn push_in_vm(&mut self, event: &Event, actor: Option<Actor>, in_vm: bool) {
         let index = self.index;
         self.index += 1;
@@ -446,52 +496,50 @@ impl HostContext {
         match &event.kind {
             EventKind::KvmExit(info) => {
                 let Some(actor) = actor else { return };
-                let cpu = self.cpus.entry(event.cpu).or_default();
-                // A vCPU thread exits in task context: no handler can still be running.
-                cpu.stack.clear();
-                if cpu.current.as_ref().is_none_or(|t| t.pid != event.pid) {
-                    cpu.current = Some(Task {
-                        pid: event.pid,
-                        comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
-                    });
+                // Before the first host event no CPU has a handler running, and what a CPU
+                // runs is read only for a thread a `sched_switch` took off it (which says what
+                // runs next): the CPUs are followed from that event on, not for every exit of a
+                // trace without host events.
+                if self.has_host_events() {
+                    let cpu = self.cpus.entry(event.cpu).or_default();
+                    // A vCPU thread exits in task context: no handler can still be running.
+                    cpu.stack.clear();
+                    if cpu.current.as_ref().is_none_or(|t| t.pid != event.pid) {
+                        cpu.current = Some(Task {
+                            pid: event.pid,
+                            comm: event.comm.clone().unwrap_or_else(|| Comm::from("?")),
+                        });
+                    }
                 }
                 // A previous exit of the vCPU without an entry gets no latency in stats: the
                 // new exit replaces it.
                 if in_vm {
-                    self.pending.insert(
-                        actor,
-                        Pending {
-                            index,
-                            ts,
-                            reason: info.reason(),
-                            pid: event.pid,
-                            cpu: event.cpu,
-                            on_cpu: true,
-                            blocked: false,
-                            until: ts,
-                            skewed: false,
-                            parts: Parts::default(),
-                            ran: Vec::new(),
-                            irqs: Vec::new(),
-                            softirqs: Vec::new(),
-                        },
-                    );
+                    let reason = info.reason();
+                    self.pending.open_with(actor, Pending::empty, |exit| {
+                        exit.start(index, ts, reason, event.pid, event.cpu);
+                    });
                 } else {
-                    self.pending.remove(&actor);
+                    self.pending.close(actor);
                 }
             }
             EventKind::KvmEntry(_) => {
                 let Some(actor) = actor else { return };
-                let mut pending = self
-                    .pending
-                    .remove(&actor)
-                    .or_else(|| self.pending.remove(&Actor::Thread(event.pid)));
-                // (Closed by reference: a copy of the exit per entry showed in profiles.)
-                if let Some(exit) = &mut pending
+                // The log's rows show where host events took the time: none before the first
+                // one (the TUI then leaves the detail view's breakdown out, and building rows
+                // cost a tenth of its load).
+                let log_rows = self.has_host_events();
+                // (Closed by reference, its slot kept for the vCPU's next exit: a copy or a
+                // move of the exit per entry showed in profiles.)
+                let pending = if self.pending.is_open(actor) {
+                    self.pending.close(actor)
+                } else {
+                    self.pending.close(Actor::Thread(event.pid))
+                };
+                if let Some(exit) = pending
                     && ts >= exit.ts
                 {
                     exit.account(ts, &self.cpus);
-                    self.close(actor, exit, ts);
+                    self.closed.close(actor, exit, ts, log_rows);
                 }
             }
             EventKind::Lost { .. } => {
@@ -597,7 +645,29 @@ impl HostContext {
         }
     }
 
-    fn close(&mut self, vcpu: Actor, exit: &mut Pending, entry_ts: u64) {
+    /// The report, or `None` when the trace had no host event this analysis uses.
+    pub fn finish(self) -> Option<HostContextReport> {
+        if !self.has_host_events() {
+            return None;
+        }
+        let closed = self.closed;
+        let mut by_reason: Vec<ReasonContext> = closed.by_reason.into_values().collect();
+        by_reason.sort_by(|a, b| b.latency.cmp(&a.latency).then_with(|| a.reason.cmp(&b.reason)));
+        Some(HostContextReport {
+            sources: self.sources,
+            attributed: closed.attributed,
+            unattributed: closed.unattributed,
+            overall: closed.overall,
+            by_reason,
+            outliers: closed.outliers,
+        })
+    }
+}
+
+impl Closed {
+    /// Adds an exit closed by its entry at `entry_ts`; with `log_rows`, its row goes to the log
+    /// (when kept).
+    fn close(&mut self, vcpu: Actor, exit: &mut Pending, entry_ts: u64, log_rows: bool) {
         let latency = entry_ts - exit.ts;
         if exit.skewed || exit.parts.total() != latency {
             self.unattributed += 1;
@@ -623,10 +693,7 @@ impl HostContext {
         row.count += 1;
         row.latency += latency;
         row.parts.add(&exit.parts);
-        // The log's rows show where host events took the time: none before the first one (the
-        // TUI then leaves the detail view's breakdown out, and building rows cost a tenth of
-        // its load).
-        let log = self.log.is_some() && self.has_host_events();
+        let log = self.log.is_some() && log_rows;
         let keep = log
             || self.outliers.len() < OUTLIERS_KEPT
             || self.outliers.last().is_some_and(|o| o.latency < latency);
@@ -664,23 +731,6 @@ impl HostContext {
         if log && let Some(rows) = &mut self.log {
             rows.push(context);
         }
-    }
-
-    /// The report, or `None` when the trace had no host event this analysis uses.
-    pub fn finish(self) -> Option<HostContextReport> {
-        if !self.has_host_events() {
-            return None;
-        }
-        let mut by_reason: Vec<ReasonContext> = self.by_reason.into_values().collect();
-        by_reason.sort_by(|a, b| b.latency.cmp(&a.latency).then_with(|| a.reason.cmp(&b.reason)));
-        Some(HostContextReport {
-            sources: self.sources,
-            attributed: self.attributed,
-            unattributed: self.unattributed,
-            overall: self.overall,
-            by_reason,
-            outliers: self.outliers,
-        })
     }
 }
 

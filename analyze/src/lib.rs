@@ -56,6 +56,10 @@
 //! and interrupt tracepoints; [`kvm_stat::KvmStat`] gives `perf kvm stat report`'s vmexit,
 //! ioport and mmio tables with its `--key`, `--vcpu` and `--pid` selections.
 //!
+//! [`stage::StatsStage`] runs [`stats::ExitStats`] and [`context::HostContext`] on a thread of
+//! their own, fed in batches of stepped events, for a pass whose own thread is the one the
+//! load waits for (the TUI's loader).
+//!
 //! ## Exit statistics ([`stats`])
 //!
 //! [`stats::ExitStats`] is fed one [`vmxray_capture::Event`] at a time and keeps memory
@@ -191,6 +195,8 @@ pub mod pass;
 pub mod plot;
 #[cfg(feature = "scan")]
 pub mod scan;
+mod slots;
+pub mod stage;
 pub mod stats;
 
 /// The hash map of the per-event paths (statistics, host context): keyed by vCPUs, CPUs and

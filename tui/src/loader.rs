@@ -2,7 +2,9 @@
 //! views browse (see [`crate::trace`]).
 //!
 //! The loader runs the one pass of every command (`vmxray_analyze::pass::Pass`: the replay
-//! model and the exit statistics) with a sink that cuts the stream into [`Block`]s and
+//! model; the exit statistics and the host context on a second thread,
+//! `vmxray_analyze::stage::StatsStage`, fed with the stepped events) with a sink that cuts the
+//! stream into [`Block`]s and
 //! records where each starts in the file, keeps a model snapshot at every few blocks, counts
 //! the lanes' [`Bucket`]s, and collects anomalies, crashes and lost markers. The events
 //! themselves are dropped after the pass (except for inputs that cannot be read twice: stdin,
@@ -15,8 +17,10 @@
 //!  for each event:                                    loop {
 //!    block start: positions (trace.dat: lane chunk      drain channel ─► Trace::apply
 //!      and skip; text: byte offset), snapshot           draw visible rows only (decoded
-//!    Pass::step (model, stats) ─► tag, bucket,            on demand from the file)
+//!    Pass::step (model) ─► tag, bucket,                   on demand from the file)
 //!      anomalies ──── Batch every 100 ms ──mpsc──►      poll keys/mouse (50 ms)
+//!    event ─► StatsStage (stats thread: ExitStats,
+//!      HostContext; exit contexts join the next Batch)
 //!  finish ─► Done { stats, summary } ──────────────►  }
 //! ```
 
@@ -29,7 +33,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use vmxray_analyze::context::{ExitContext, HostContext};
-use vmxray_analyze::pass::{Pass, PassConfig, Sink, Stepped};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+use vmxray_analyze::stage::StatsStage;
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
 use vmxray_capture::read::open::{InputKind, Magic, detect};
@@ -38,7 +43,7 @@ use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
-use vmxray_events::Event;
+use vmxray_events::{Event, EventKind};
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::sidecar::{self, Sidecar};
@@ -371,7 +376,6 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         }
     };
     let lanes = td.lanes(0);
-    // Sorted by CPU, searched per event (a few lanes: cheaper than hashing).
     let mut lane_of_cpu: Vec<(u32, usize)> =
         lanes.iter().enumerate().map(|(i, c)| (*c, i)).collect();
     lane_of_cpu.sort_unstable();
@@ -389,6 +393,7 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         return;
     }
     let cursor = DatCursor::new(lanes.len(), counts);
+    let lane_of_cpu = LaneOfCpu::new(lane_of_cpu);
     let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu }, false);
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     if pipeline.push_all(&mut reader, || None) {
@@ -721,9 +726,46 @@ enum Positions {
     /// The events are kept.
     Resident,
     /// trace.dat lanes.
-    Dat { cursor: DatCursor, lane_of_cpu: Vec<(u32, usize)> },
+    Dat { cursor: DatCursor, lane_of_cpu: LaneOfCpu },
     /// Text blocks, opened by [`Pipeline::text_block`].
     Text,
+}
+
+/// The trace.dat lane of each CPU, looked up for every event: a table indexed by the CPU for
+/// the usual CPU numbers (a binary search's mispredicted branches, as events of different CPUs
+/// interleave, showed in profiles of the load), a search beyond them.
+struct LaneOfCpu {
+    /// `by_cpu[cpu]`: the lane, `usize::MAX` for none; empty when a CPU number is too large.
+    by_cpu: Vec<usize>,
+    /// (CPU, lane), sorted by CPU.
+    sorted: Vec<(u32, usize)>,
+}
+
+impl LaneOfCpu {
+    /// CPU numbers indexed directly when every CPU of the trace is below it.
+    const TABLE_CPUS: usize = 4096;
+
+    /// From (CPU, lane) pairs sorted by CPU, one per CPU.
+    fn new(sorted: Vec<(u32, usize)>) -> Self {
+        let len = sorted.last().map_or(0, |(cpu, _)| *cpu as usize + 1);
+        let mut by_cpu = Vec::new();
+        if len <= Self::TABLE_CPUS {
+            by_cpu = vec![usize::MAX; len];
+            for &(cpu, lane) in &sorted {
+                by_cpu[cpu as usize] = lane;
+            }
+        }
+        Self { by_cpu, sorted }
+    }
+
+    #[inline]
+    fn get(&self, cpu: u32) -> Option<usize> {
+        if self.by_cpu.is_empty() {
+            let at = self.sorted.binary_search_by_key(&cpu, |(c, _)| *c).ok()?;
+            return Some(self.sorted[at].1);
+        }
+        self.by_cpu.get(cpu as usize).copied().filter(|&lane| lane != usize::MAX)
+    }
 }
 
 /// The block being filled.
@@ -760,23 +802,50 @@ struct Pipeline<'a> {
 /// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
 /// crashes and lost markers.
 struct Indexer {
-    actor_ids: HashMap<Actor, u16>,
+    /// Actor numbers, looked up for every event whose actor is not the previous event's:
+    /// foldhash, not SipHash (which showed in profiles of the load).
+    actor_ids: HashMap<Actor, u16, foldhash::fast::RandomState>,
     last_actor: Option<(Actor, u16)>,
     bucket: Bucket,
     batch: Batch,
-    /// Where each exit's time went on the host (the detail view's breakdown).
-    context: HostContext,
+    /// The exit statistics and where each exit's time went on the host (the detail view's
+    /// breakdown).
+    counting: Counting,
+    /// The last event's actor and, for a `kvm_nested_vmexit`, the vmcs12 current after it:
+    /// what the stats stage gets with the event.
+    stepped: (Option<Actor>, Option<u64>),
 }
 
-impl Default for Indexer {
-    fn default() -> Self {
+/// Where the exit statistics and the host context are built.
+enum Counting {
+    /// On their own thread, fed by [`Pipeline::push`]: they only read the stepped events, and
+    /// the loader's thread (merge, model, index) is the one the load waits for.
+    Staged(StatsStage),
+    /// On the loader's thread (the stage's thread could not start): the statistics in the
+    /// pass, the host context here.
+    Inline(Box<HostContext>),
+}
+
+impl Indexer {
+    /// An indexer whose statistics run on their own thread when it starts; the pass keeps
+    /// them itself when [`Indexer::statistics_in_pass`].
+    fn new() -> Self {
+        let counting = match StatsStage::start(ExitStats::new(), HostContext::with_exit_log()) {
+            Ok(stage) => Counting::Staged(stage),
+            Err(_) => Counting::Inline(Box::new(HostContext::with_exit_log())),
+        };
         Self {
-            actor_ids: HashMap::new(),
+            actor_ids: HashMap::default(),
             last_actor: None,
             bucket: Bucket::default(),
             batch: Batch::default(),
-            context: HostContext::with_exit_log(),
+            counting,
+            stepped: (None, None),
         }
+    }
+
+    fn statistics_in_pass(&self) -> bool {
+        matches!(self.counting, Counting::Inline(_))
     }
 }
 
@@ -805,12 +874,23 @@ impl Sink for Indexer {
         if self.bucket.len == FINE_EVENTS {
             self.batch.buckets.push(std::mem::take(&mut self.bucket));
         }
-        let _ = self.context.event(s);
-        if self.context.has_host_events() {
-            self.batch.contexts.extend(self.context.take_attributed());
-        } else {
-            // Without host events the log holds in-KVM-only rows nobody shows.
-            let _ = self.context.take_attributed();
+        match &mut self.counting {
+            Counting::Staged(_) => {
+                let vmcs12 = match event.kind {
+                    EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
+                    _ => None,
+                };
+                self.stepped = (s.step.actor, vmcs12);
+            }
+            Counting::Inline(context) => {
+                let _ = context.event(s);
+                if context.has_host_events() {
+                    self.batch.contexts.extend(context.take_attributed());
+                } else {
+                    // Without host events the log holds in-KVM-only rows nobody shows.
+                    let _ = context.take_attributed();
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -844,11 +924,15 @@ impl<'a> Pipeline<'a> {
     fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions, excerpt: bool) -> Self {
         let mut config = PassConfig::default();
         config.model.excerpt = excerpt;
+        let indexer = Indexer::new();
+        if !indexer.statistics_in_pass() {
+            config.stats = StatsMode::Off;
+        }
         Self {
             tx,
             started,
             pass: Pass::new(config),
-            indexer: Indexer::default(),
+            indexer,
             positions,
             block: None,
             blocks_opened: 0,
@@ -923,8 +1007,8 @@ impl<'a> Pipeline<'a> {
                     self.fraction = cursor.fraction();
                     BlockPos::Dat(cursor.positions())
                 });
-                if let Ok(at) = lane_of_cpu.binary_search_by_key(&event.cpu, |(cpu, _)| *cpu)
-                    && let Some(o) = cursor.ordinal.get_mut(lane_of_cpu[at].1)
+                if let Some(lane) = lane_of_cpu.get(event.cpu)
+                    && let Some(o) = cursor.ordinal.get_mut(lane)
                 {
                     *o += 1;
                 }
@@ -939,11 +1023,28 @@ impl<'a> Pipeline<'a> {
             self.fraction = fraction;
         }
         let _ = self.pass.step(&event, &mut self.indexer);
+        let resident = self.block.as_ref().is_some_and(|b| b.pos.is_none());
         if let Some(b) = &mut self.block {
             b.first_ts.get_or_insert(event.ts);
-            if b.pos.is_none() {
-                b.events.push(event);
+        }
+        // The stage takes the event itself unless the block keeps it.
+        let (actor, vmcs12) = self.indexer.stepped;
+        let kept = match &mut self.indexer.counting {
+            Counting::Staged(stage) if !resident => {
+                stage.push(event, actor, vmcs12);
+                None
             }
+            Counting::Staged(stage) => {
+                stage.push(event.clone(), actor, vmcs12);
+                Some(event)
+            }
+            Counting::Inline(_) => Some(event),
+        };
+        if resident
+            && let Some(event) = kept
+            && let Some(b) = &mut self.block
+        {
+            b.events.push(event);
         }
         // The first block goes out as soon as it is complete (the first screen), then a batch
         // every FLUSH_EVERY.
@@ -957,6 +1058,9 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
+        if let Counting::Staged(stage) = &mut self.indexer.counting {
+            self.indexer.batch.contexts.extend(stage.take_contexts());
+        }
         let mut batch = std::mem::take(&mut self.indexer.batch);
         if self.save_to.is_some() {
             let s = &mut self.saved;
@@ -1017,14 +1121,33 @@ impl<'a> Pipeline<'a> {
         self.close_block();
         self.flush_bucket();
         self.pass.end(&mut self.indexer);
+        let counting =
+            std::mem::replace(&mut self.indexer.counting, Counting::Inline(Box::default()));
+        let (staged, context) = match counting {
+            Counting::Staged(stage) => match stage.finish() {
+                Some(end) => {
+                    self.indexer.batch.contexts.extend(end.contexts);
+                    (Some(end.stats), end.context)
+                }
+                None => {
+                    let note = "Statistics incomplete: their thread stopped".to_owned();
+                    let _ = self.tx.send(LoadMsg::Note(note));
+                    (None, HostContext::new())
+                }
+            },
+            Counting::Inline(context) => (None, *context),
+        };
         self.fraction = Some(1.0);
         self.flush();
         let events = self.next_index();
         let end = self.pass.finish(Some(meta), Some(read));
-        // The TUI's pass keeps statistics (PassConfig::default is StatsMode::Report).
-        let mut report =
-            end.stats.unwrap_or_else(|| ExitStats::new().finish(Some(meta), Some(read)));
-        report.host_context = std::mem::take(&mut self.indexer.context).finish();
+        // The statistics come from the stage, or from the pass when they ran in it.
+        let mut report = match (staged, end.stats) {
+            (Some(stats), _) => stats.finish(Some(meta), Some(read)),
+            (None, Some(report)) => report,
+            (None, None) => ExitStats::new().finish(Some(meta), Some(read)),
+        };
+        report.host_context = context.finish();
         if let Some(path) = self.save_to.take() {
             let mut saved = std::mem::take(&mut self.saved);
             saved.events = events;
@@ -1046,5 +1169,25 @@ impl<'a> Pipeline<'a> {
             read: Box::new(read.clone()),
             elapsed: self.started.elapsed(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LaneOfCpu;
+
+    #[test]
+    fn lane_of_cpu_by_table_and_by_search_agree() {
+        let small = LaneOfCpu::new(vec![(0, 2), (1, 0), (5, 1)]);
+        assert!(!small.by_cpu.is_empty());
+        let huge = LaneOfCpu::new(vec![(0, 2), (1, 0), (5, 1), (u32::MAX, 3)]);
+        assert!(huge.by_cpu.is_empty(), "a huge CPU number is searched, not tabled");
+        for cpu in [0, 1, 2, 4, 5, 6, 4095, 4096, u32::MAX - 1] {
+            assert_eq!(small.get(cpu), huge.get(cpu), "cpu {cpu}");
+        }
+        assert_eq!((small.get(0), small.get(1), small.get(5)), (Some(2), Some(0), Some(1)));
+        assert_eq!((small.get(2), small.get(6)), (None, None));
+        assert_eq!(huge.get(u32::MAX), Some(3));
+        assert_eq!(LaneOfCpu::new(Vec::new()).get(0), None);
     }
 }

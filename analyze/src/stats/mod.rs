@@ -18,6 +18,7 @@ use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, 
 
 use crate::FastMap as HashMap;
 use crate::histogram::{LogHistogram, MAX_BINS};
+use crate::slots::ActorSlots;
 
 pub use render::{Format, write_report};
 pub use report::*;
@@ -194,7 +195,8 @@ pub struct ExitStats {
     known_counts: Vec<u64>,
     /// Attribution for events pushed without one ([`ExitStats::push`]).
     attribution: Attribution,
-    pending: HashMap<Actor, PendingExit>,
+    /// Each vCPU's exit waiting for its entry (a slot reused exit after exit).
+    pending: ActorSlots<PendingExit>,
     groups: HashMap<GroupKey, Group>,
     unpaired: Unpaired,
     saw_nested_vmexit: bool,
@@ -251,11 +253,7 @@ impl ExitStats {
     /// Closes the exits still waiting for an entry (the trace ended), as [`ExitStats::finish`]
     /// would; call it before taking the last closed exits.
     pub fn close_pending(&mut self) {
-        let mut pending: Vec<_> = self.pending.drain().collect();
-        pending.sort_by_key(|(_, exit)| exit.index);
-        for (vcpu, exit) in pending {
-            self.close(vcpu, &exit, Close::TraceEnd);
-        }
+        self.close_every_pending(Close::TraceEnd);
     }
 
     /// Counts one event, attributing it itself ([`vmxray_events::Attribution`], the same rule
@@ -304,7 +302,7 @@ impl ExitStats {
             EventKind::KvmExit(info) => {
                 let l0_always_keeps =
                     l0_always_keeps(info.reason(), info.intr_info().map(|i| i.kind()));
-                let previous = self.pending.insert(
+                let previous = self.pending.open(
                     vcpu,
                     PendingExit {
                         ts: event.ts,
@@ -326,12 +324,12 @@ impl ExitStats {
             EventKind::KvmEntry(_) => {
                 self.saw_entry = true;
                 // An exit recorded before the thread's vCPU was known waits under the thread.
-                // (Closed by reference: this runs for every entry, and each copy of the
-                // ~150-byte exit showed in profiles.)
-                let exit = self
-                    .pending
-                    .remove(&vcpu)
-                    .or_else(|| self.pending.remove(&Actor::Thread(event.pid)));
+                // (The slot stays for the vCPU's next exit: this runs for every entry, and
+                // moving the ~150-byte exit in and out of a map showed in profiles.)
+                let exit = match self.pending.close(vcpu) {
+                    Some(exit) => Some(*exit),
+                    None => self.pending.close(Actor::Thread(event.pid)).copied(),
+                };
                 if let Some(exit) = &exit {
                     self.close(vcpu, exit, Close::Entry(event.ts));
                 }
@@ -395,11 +393,7 @@ impl ExitStats {
             }
             EventKind::Segment { .. } => {
                 // Another capture starts: this one ended before the pending exits' entries.
-                let mut pending: Vec<_> = self.pending.drain().collect();
-                pending.sort_by_key(|(_, exit)| exit.index);
-                for (vcpu, exit) in pending {
-                    self.close(vcpu, &exit, Close::TraceEnd);
-                }
+                self.close_every_pending(Close::TraceEnd);
             }
             EventKind::Lost { count } => {
                 let lost = self.lost_in_stream.entry(event.cpu).or_default();
@@ -410,11 +404,7 @@ impl ExitStats {
                 }
                 // Any vCPU's entry may be among the lost events (a vCPU thread migrates between
                 // CPUs), so no pending exit can be paired with confidence any more.
-                let mut pending: Vec<_> = self.pending.drain().collect();
-                pending.sort_by_key(|(_, exit)| exit.index);
-                for (vcpu, exit) in pending {
-                    self.close(vcpu, &exit, Close::Lost);
-                }
+                self.close_every_pending(Close::Lost);
             }
             EventKind::KvmCr { .. }
             | EventKind::KvmNestedVmenterFailed { .. }
@@ -448,10 +438,20 @@ impl ExitStats {
     /// The pending exit of `vcpu`, or of the bare thread when the exit was recorded before the
     /// thread's vCPU was known.
     fn pending_mut(&mut self, vcpu: Actor, pid: i32) -> Option<&mut PendingExit> {
-        if self.pending.contains_key(&vcpu) {
-            self.pending.get_mut(&vcpu)
+        if self.pending.is_open(vcpu) {
+            self.pending.get_mut(vcpu)
         } else {
-            self.pending.get_mut(&Actor::Thread(pid))
+            self.pending.get_mut(Actor::Thread(pid))
+        }
+    }
+
+    /// Closes every pending exit, oldest first.
+    fn close_every_pending(&mut self, how: Close) {
+        let mut pending: Vec<(Actor, PendingExit)> =
+            self.pending.close_all().map(|(vcpu, exit)| (vcpu, *exit)).collect();
+        pending.sort_by_key(|(_, exit)| exit.index);
+        for (vcpu, exit) in pending {
+            self.close(vcpu, &exit, how);
         }
     }
 

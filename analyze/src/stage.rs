@@ -1,0 +1,207 @@
+//! The exit statistics and the host context on a second thread: what only reads the stepped
+//! events, taken off the thread that merges the trace and steps the model.
+//!
+//! A pass's consumer thread is the one the whole load waits for when its work is most of the
+//! load's (the TUI's pass runs every rule and builds the index). [`ExitStats`] and
+//! [`HostContext`] need each event with its actor and, for a `kvm_nested_vmexit`, the vmcs12
+//! the model held current; nothing the pass does later depends on them. So the consumer moves
+//! each event (it owns it, no copy) into a batch and a second thread counts the batches:
+//!
+//! ```text
+//!  consumer:  merge ─► Model::step ─► index ─► batch [Deferred; BATCH] ──send──┐
+//!                                    ▲                                        ▼
+//!                                    └──── emptied batches (recycled) ◄── stage: ExitStats,
+//!                                                                           HostContext
+//!                                   exit contexts (take_contexts) ◄──────────┘
+//! ```
+//!
+//! The stage sees the events in the pass's order, so its statistics and contexts are the ones
+//! the pass would have built itself; only the exit contexts arrive later (a batch or a few).
+//! Memory: at most [`IN_FLIGHT`] batches of [`BATCH`] events queued, plus the recycled ones.
+
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use vmxray_events::{Actor, Event};
+
+use crate::context::{ExitContext, HostContext};
+use crate::stats::ExitStats;
+
+/// Events per batch handed to the stage.
+pub const BATCH: usize = 4096;
+
+/// Batches queued for the stage before the consumer waits for it.
+pub const IN_FLIGHT: usize = 4;
+
+/// One stepped event as the stage needs it.
+#[derive(Debug)]
+struct Deferred {
+    event: Event,
+    actor: Option<Actor>,
+    vmcs12: Option<u64>,
+}
+
+/// What the stage hands back at the end.
+#[derive(Debug)]
+pub struct StageEnd {
+    /// The statistics of every event pushed.
+    pub stats: ExitStats,
+    /// The host context of every event pushed (its log emptied into `contexts`).
+    pub context: HostContext,
+    /// The exit contexts not yet taken with [`StatsStage::take_contexts`].
+    pub contexts: Vec<ExitContext>,
+}
+
+/// [`ExitStats`] and [`HostContext`] run on a second thread, fed in batches.
+#[derive(Debug)]
+pub struct StatsStage {
+    batch: Vec<Deferred>,
+    to_stage: Option<SyncSender<Vec<Deferred>>>,
+    recycled: Receiver<Vec<Deferred>>,
+    contexts: Receiver<Vec<ExitContext>>,
+    worker: Option<JoinHandle<(ExitStats, HostContext)>>,
+}
+
+impl StatsStage {
+    /// Starts the stage thread with the statistics and the host context to feed. With a host
+    /// context built by [`HostContext::with_exit_log`], the exit contexts of traces with host
+    /// events come back through [`StatsStage::take_contexts`].
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn start(stats: ExitStats, context: HostContext) -> std::io::Result<Self> {
+        let (to_stage, batches) = sync_channel::<Vec<Deferred>>(IN_FLIGHT);
+        let (give_back, recycled) = sync_channel::<Vec<Deferred>>(IN_FLIGHT + 2);
+        let (send_contexts, contexts) = std::sync::mpsc::channel::<Vec<ExitContext>>();
+        let worker = std::thread::Builder::new().name("vmxray-stats".into()).spawn(move || {
+            let (mut stats, mut context) = (stats, context);
+            for mut batch in batches {
+                for d in batch.drain(..) {
+                    stats.push_attributed(&d.event, d.actor, d.vmcs12);
+                    context.push_stepped(&d.event, d.actor);
+                }
+                // Without host events the log holds in-KVM-only rows nobody shows.
+                let rows = context.take_attributed();
+                if context.has_host_events() && !rows.is_empty() {
+                    let _ = send_contexts.send(rows);
+                }
+                // A full queue of emptied batches: this one is dropped instead.
+                let _ = give_back.try_send(batch);
+            }
+            (stats, context)
+        })?;
+        Ok(Self {
+            batch: Vec::with_capacity(BATCH),
+            to_stage: Some(to_stage),
+            recycled,
+            contexts,
+            worker: Some(worker),
+        })
+    }
+
+    /// One event the pass stepped, with its actor (`Step::actor`) and, for a
+    /// `kvm_nested_vmexit`, the vmcs12 the model holds current after it.
+    #[inline]
+    pub fn push(&mut self, event: Event, actor: Option<Actor>, vmcs12: Option<u64>) {
+        self.batch.push(Deferred { event, actor, vmcs12 });
+        if self.batch.len() >= BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let fresh = self.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let full = std::mem::replace(&mut self.batch, fresh);
+        if let Some(to_stage) = &self.to_stage
+            && to_stage.send(full).is_err()
+        {
+            // The stage thread is gone (it panicked): [`StatsStage::finish`] reports it.
+            self.to_stage = None;
+        }
+    }
+
+    /// The exit contexts the stage has produced since the last call, in the order their entries
+    /// came (without waiting for the events still queued).
+    pub fn take_contexts(&mut self) -> Vec<ExitContext> {
+        let mut out = Vec::new();
+        loop {
+            match self.contexts.try_recv() {
+                Ok(rows) => out.extend(rows),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
+            }
+        }
+    }
+
+    /// Hands the stage the last events, waits for it, and returns what it built; `None` when
+    /// the stage thread panicked.
+    pub fn finish(mut self) -> Option<StageEnd> {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        // Closing the channel ends the stage's loop.
+        self.to_stage = None;
+        let (stats, context) = self.worker.take()?.join().ok()?;
+        let contexts = self.take_contexts();
+        Some(StageEnd { stats, context, contexts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
+    use std::ops::ControlFlow;
+    use vmxray_events::EventKind;
+    use vmxray_events::test_util::EventBuilder;
+
+    /// Feeds the stage from a pass's sink, as the TUI's loader does.
+    struct Feed<'a> {
+        stage: &'a mut StatsStage,
+    }
+
+    impl Sink for Feed<'_> {
+        fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+            let vmcs12 = match s.event.kind {
+                EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
+                _ => None,
+            };
+            self.stage.push(s.event.clone(), s.step.actor, vmcs12);
+            ControlFlow::Continue(())
+        }
+    }
+
+    #[test]
+    fn the_stage_builds_the_statistics_the_pass_builds_itself() {
+        let mut t = EventBuilder::new();
+        // More than two batches of L1 exits and of L2 exits reflected to L1.
+        t.establish_l1();
+        for i in 0..(BATCH as u64) {
+            t.l1_exit(10, 0x1000 + i);
+            t.enter_l2(24, 0x3000, 0x5000, 0x2000 + i, true, 0x7000);
+            t.reflect(30, 0x2000 + i, 0x3005);
+        }
+        let events = t.events;
+
+        let mut inline = Pass::new(PassConfig::default());
+        let mut context = HostContext::new();
+        for e in &events {
+            let _ = inline.step(e, &mut context);
+        }
+        let want = inline.finish(None, None).stats.expect("statistics");
+
+        let mut stage = StatsStage::start(ExitStats::new(), HostContext::new()).expect("thread");
+        let mut pass = Pass::new(PassConfig { stats: StatsMode::Off, ..PassConfig::default() });
+        for e in &events {
+            let _ = pass.step(e, &mut Feed { stage: &mut stage });
+        }
+        let end = stage.finish().expect("the stage ran");
+        assert!(end.contexts.is_empty(), "no host events: no exit contexts");
+        assert!(end.context.finish().is_none());
+        let got = end.stats.finish(None, None);
+        assert_eq!(
+            serde_json::to_value(&got).expect("json"),
+            serde_json::to_value(&want).expect("json")
+        );
+        assert_eq!(got.exits.as_ref().map(|x| x.total), Some(3 * BATCH as u64 + 1));
+    }
+}
