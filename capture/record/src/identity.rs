@@ -37,9 +37,9 @@ pub fn scan(proc: &Path, only: &[u32]) -> Vec<ThreadIdentity> {
 
 /// How long a process is looked at again at every scan after it was first seen: a VMM opens
 /// `/dev/kvm` early, but maybe after its first scan.
-pub const YOUNG: Duration = Duration::from_secs(3);
+pub const YOUNG: Duration = Duration::from_secs(10);
 /// How often an older process found without a KVM descriptor is looked at again.
-pub const RECHECK: Duration = Duration::from_secs(5);
+pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// Scans that remember the processes that are not VMMs.
 ///

@@ -586,13 +586,20 @@ impl Consumer {
 
     fn perf(&mut self, batch: &perf::Batch) {
         let cpu = batch.cpu;
+        // The CPU's queue and packer are taken out for the batch (one map lookup per batch,
+        // not three per event) and put back after it.
+        let mut queue = self.pending.remove(&cpu).unwrap_or_default();
+        let layout = self.layout;
+        let mut packer =
+            self.packers.as_mut().map(|p| p.remove(&cpu).unwrap_or_else(|| CpuPacker::new(layout)));
+        let mut newest = None;
         for rec in perf::records(&batch.records) {
             match perf::kind_of(rec.kind) {
                 RecordKind::Sample => {
                     let Some(s) = Sample::parse(rec.body()) else { continue };
                     let Ok(kind) = self.formats.decode(s.raw) else { continue };
                     self.seen(s.tid);
-                    self.push(Event {
+                    queue.push_back(Event {
                         ts: s.time,
                         cpu,
                         pid: s.tid,
@@ -600,14 +607,20 @@ impl Consumer {
                         comm: None,
                         kind,
                     });
-                    self.pack(cpu, s.time, s.raw);
-                    let w = self.watermarks.entry(cpu).or_default();
-                    *w = (*w).max(s.time);
+                    if let Some(p) = packer.as_mut() {
+                        let open_newest = p.newest();
+                        if let (Ok(Some(page)), Some(open_newest)) =
+                            (p.event(s.time, s.raw), open_newest)
+                        {
+                            self.keep_page(cpu, open_newest, page);
+                        }
+                    }
+                    newest = newest.max(Some(s.time));
                 }
                 RecordKind::Lost => {
                     let Some((ts, n)) = perf::lost(rec.body()) else { continue };
                     self.lost += n;
-                    self.push(Event {
+                    queue.push_back(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -615,10 +628,11 @@ impl Consumer {
                         comm: None,
                         kind: EventKind::Lost { count: Some(n) },
                     });
-                    if let Some(p) = self.packers.as_mut().and_then(|p| p.get_mut(&cpu)) {
-                        let newest = p.newest();
-                        if let (Some(page), Some(newest)) = (p.lost(ts, Some(n)), newest) {
-                            self.keep_page(cpu, newest, page);
+                    if let Some(p) = packer.as_mut() {
+                        let open_newest = p.newest();
+                        if let (Some(page), Some(open_newest)) = (p.lost(ts, Some(n)), open_newest)
+                        {
+                            self.keep_page(cpu, open_newest, page);
                         }
                     }
                 }
@@ -630,7 +644,14 @@ impl Consumer {
                 RecordKind::Other => {}
             }
         }
-        if let Some(w) = batch.watermark {
+        self.pending.insert(cpu, queue);
+        if let (Some(packers), Some(p)) = (self.packers.as_mut(), packer) {
+            packers.insert(cpu, p);
+        }
+        if let Some(ts) = newest {
+            self.newest = self.newest.max(ts);
+        }
+        if let Some(w) = newest.max(batch.watermark) {
             let e = self.watermarks.entry(cpu).or_default();
             *e = (*e).max(w);
         }

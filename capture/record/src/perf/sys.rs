@@ -470,9 +470,11 @@ fn record_span(
     if size == 0 {
         return (0, from);
     }
+    // The kernel's areas are a power of two of pages: a mask rather than a division.
+    let wrap = |pos: u64| if size.is_power_of_two() { pos & (size - 1) } else { pos % size };
     while at < head && usize::try_from(at - from).is_ok_and(|taken| taken < max_bytes) {
         // Records are 8-byte aligned and the area a multiple of 8: a header never wraps.
-        let len = u64::from(len_at(usize::try_from(at % size).unwrap_or(usize::MAX)));
+        let len = u64::from(len_at(usize::try_from(wrap(at)).unwrap_or(usize::MAX)));
         if len < 8 || at + len > head {
             break;
         }
