@@ -209,8 +209,9 @@ fn batch(
     while args.count.is_none_or(|n| lines < n) && !signals.interrupted() && !feed.ended() {
         let deadline = last + args.interval;
         while Instant::now() < deadline && !signals.interrupted() {
+            // Batches come every 100 ms at most; the cap bounds how late a signal is seen.
             let wait =
-                deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+                deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
             if let Some(batch) = feed.capture.recv(wait) {
                 events += batch.events.len() as u64;
                 for e in &batch.events {

@@ -15,9 +15,10 @@
 //! in flight-recorder mode every line is written again each time, so that the window kept
 //! before a trigger always holds them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,44 +30,118 @@ use vmxray_events::identity::ThreadIdentity;
 pub const RESCAN: Duration = Duration::from_millis(500);
 
 /// Every thread of every VMM process visible in `proc` (normally `/proc`). With `only`, just
-/// those processes.
+/// those processes. (One scan; [`Scanner`] remembers what it found between scans.)
 pub fn scan(proc: &Path, only: &[u32]) -> Vec<ThreadIdentity> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(proc) else { return out };
-    let mut pids: Vec<i32> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for tgid in pids {
-        if !only.is_empty() && !only.iter().any(|p| i64::from(*p) == i64::from(tgid)) {
-            continue;
-        }
-        let dir = proc.join(tgid.to_string());
-        if !holds_kvm(&dir) {
-            continue;
-        }
-        let vm = vm_name(&std::fs::read(dir.join("cmdline")).unwrap_or_default());
-        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else { continue };
-        let mut tids: Vec<i32> = tasks
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        tids.sort_unstable();
-        for pid in tids {
-            let comm = std::fs::read_to_string(dir.join(format!("task/{pid}/comm")))
-                .map(|c| c.trim_end().to_owned())
-                .ok();
-            out.push(ThreadIdentity {
-                pid,
-                tgid,
-                vcpu: comm.as_deref().and_then(vcpu_of_name),
-                comm: comm.map(Into::into),
-                vm: vm.clone().map(Into::into),
-            });
-        }
+    Scanner::default().scan(proc, only)
+}
+
+/// How long a process is looked at again at every scan after it was first seen: a VMM opens
+/// `/dev/kvm` early, but maybe after its first scan.
+pub const YOUNG: Duration = Duration::from_secs(10);
+/// How often an older process found without a KVM descriptor is looked at again.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// Scans that remember the processes that are not VMMs.
+///
+/// Telling whether a process holds a KVM descriptor reads the link of each of its open files:
+/// done for every process at every [`RESCAN`], it was a third of an idle `vmxray top`'s CPU
+/// time. A process found without one is looked at again at each scan while it is
+/// [`YOUNG`] (its age from `/proc/PID/stat`), then every [`RECHECK`]: a VMM that opens
+/// `/dev/kvm` later than that after it started gets its identity lines up to [`RECHECK`]
+/// later. VMMs are scanned every time (their new threads); a new process, or a pid used
+/// again, is looked at at once.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Processes without a KVM descriptor: pid → (inode of `/proc/PID`, first seen, last
+    /// looked at). The inode tells a pid used again by another process (a new directory).
+    others: HashMap<i32, (u64, Instant, Instant)>,
+}
+
+impl Scanner {
+    /// See [`scan`].
+    pub fn scan(&mut self, proc: &Path, only: &[u32]) -> Vec<ThreadIdentity> {
+        self.scan_at(proc, only, Instant::now())
     }
-    out
+
+    fn scan_at(&mut self, proc: &Path, only: &[u32], now: Instant) -> Vec<ThreadIdentity> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(proc) else { return out };
+        let mut pids: Vec<(i32, u64)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.ino())))
+            .collect();
+        pids.sort_unstable();
+        // Forget the processes gone.
+        let present: HashSet<i32> = pids.iter().map(|(p, _)| *p).collect();
+        self.others.retain(|pid, _| present.contains(pid));
+        let mut uptime = None;
+        for (tgid, ino) in pids {
+            if !only.is_empty() && !only.iter().any(|p| i64::from(*p) == i64::from(tgid)) {
+                continue;
+            }
+            let known = self.others.get(&tgid).filter(|(i, ..)| *i == ino);
+            let first_seen = match known {
+                Some((_, first, _)) => *first,
+                None => {
+                    let uptime = *uptime.get_or_insert_with(|| read_uptime(proc));
+                    uptime
+                        .zip(started_after_boot(proc, tgid))
+                        .and_then(|(up, start)| now.checked_sub(up.saturating_sub(start)))
+                        .unwrap_or(now)
+                }
+            };
+            if known.is_some_and(|(_, first, last)| {
+                now.duration_since(*first) >= YOUNG && now.duration_since(*last) < RECHECK
+            }) {
+                continue;
+            }
+            let dir = proc.join(tgid.to_string());
+            if !holds_kvm(&dir) {
+                self.others.insert(tgid, (ino, first_seen, now));
+                continue;
+            }
+            self.others.remove(&tgid);
+            threads_of(&dir, tgid, &mut out);
+        }
+        out
+    }
+}
+
+/// Time since boot (`PROC/uptime`).
+fn read_uptime(proc: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(proc.join("uptime")).ok()?;
+    Duration::try_from_secs_f64(text.split_whitespace().next()?.parse().ok()?).ok()
+}
+
+/// When process `pid` started, after boot (`PROC/PID/stat`, field 22, in clock ticks).
+fn started_after_boot(proc: &Path, pid: i32) -> Option<Duration> {
+    let text = std::fs::read_to_string(proc.join(format!("{pid}/stat"))).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let after_name = &text[text.rfind(')')? + 1..];
+    let ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let per_second = rustix::param::clock_ticks_per_second();
+    (per_second > 0).then(|| Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second))
+}
+
+/// The identities of the threads of the VMM process `tgid` (its `/proc` directory `dir`).
+fn threads_of(dir: &Path, tgid: i32, out: &mut Vec<ThreadIdentity>) {
+    let vm = vm_name(&std::fs::read(dir.join("cmdline")).unwrap_or_default());
+    let Ok(tasks) = std::fs::read_dir(dir.join("task")) else { return };
+    let mut tids: Vec<i32> =
+        tasks.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    for pid in tids {
+        let comm = std::fs::read_to_string(dir.join(format!("task/{pid}/comm")))
+            .map(|c| c.trim_end().to_owned())
+            .ok();
+        out.push(ThreadIdentity {
+            pid,
+            tgid,
+            vcpu: comm.as_deref().and_then(vcpu_of_name),
+            comm: comm.map(Into::into),
+            vm: vm.clone().map(Into::into),
+        });
+    }
 }
 
 fn holds_kvm(process: &Path) -> bool {
@@ -136,7 +211,9 @@ impl Writer {
         let mut file = OpenOptions::new().append(true).open(&marker)?;
         let mut written: BTreeSet<(i32, i32)> = BTreeSet::new();
         let mut lines = 0u64;
-        write_new(&mut file, &scan(Path::new("/proc"), &only), &mut written, false, &mut lines);
+        let mut scanner = Scanner::default();
+        let found = scanner.scan(Path::new("/proc"), &only);
+        write_new(&mut file, &found, &mut written, false, &mut lines);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let handle =
@@ -146,7 +223,7 @@ impl Writer {
                     std::thread::sleep(Duration::from_millis(100));
                     if last.elapsed() >= RESCAN {
                         last = Instant::now();
-                        let found = scan(Path::new("/proc"), &only);
+                        let found = scanner.scan(Path::new("/proc"), &only);
                         write_new(&mut file, &found, &mut written, repeat_all, &mut lines);
                     }
                 }
@@ -240,5 +317,68 @@ mod tests {
                 r#"vmxray_identity: pid=4006 tgid=4000 vcpu=1 comm="CPU 1/KVM" vm="g0""#,
             ]
         );
+    }
+
+    #[test]
+    fn a_process_without_kvm_is_looked_at_again_while_young_then_every_recheck() {
+        let root =
+            std::env::temp_dir().join(format!("vmxray-identity-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let proc_dir = root.join("4100");
+        std::fs::create_dir_all(proc_dir.join("fd")).unwrap();
+        std::fs::create_dir_all(proc_dir.join("task/4100")).unwrap();
+        std::fs::write(proc_dir.join("task/4100/comm"), "qemu\n").unwrap();
+        let t0 = Instant::now();
+        let mut scanner = Scanner::default();
+        let pids = |found: Vec<ThreadIdentity>| found.iter().map(|i| i.pid).collect::<Vec<_>>();
+        assert!(scanner.scan_at(&root, &[], t0).is_empty());
+        // Still without at its last young scan, and when old.
+        assert!(scanner.scan_at(&root, &[], t0 + YOUNG - RESCAN).is_empty());
+        let old = t0 + YOUNG + RESCAN;
+        assert!(scanner.scan_at(&root, &[], old).is_empty());
+        // It opens KVM: not looked at again until RECHECK passed.
+        std::os::unix::fs::symlink("anon_inode:kvm-vm", proc_dir.join("fd/6")).unwrap();
+        let seen = |d: Duration, scanner: &mut Scanner| pids(scanner.scan_at(&root, &[], old + d));
+        assert!(seen(RESCAN, &mut scanner).is_empty());
+        assert_eq!(seen(RECHECK, &mut scanner), [4100]);
+        // A VMM is scanned every time.
+        assert_eq!(seen(RECHECK + RESCAN, &mut scanner), [4100]);
+        // A young process is looked at at every scan.
+        let young = root.join("4200");
+        std::fs::create_dir_all(young.join("fd")).unwrap();
+        std::fs::create_dir_all(young.join("task/4200")).unwrap();
+        assert_eq!(seen(RECHECK * 2, &mut scanner), [4100]);
+        std::os::unix::fs::symlink("anon_inode:kvm-vcpu:0", young.join("fd/9")).unwrap();
+        assert_eq!(seen(RECHECK * 2 + RESCAN, &mut scanner), [4100, 4200]);
+        // A one-off scan remembers nothing.
+        assert_eq!(pids(scan(&root, &[])), [4100, 4200]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_process_age_comes_from_its_stat_line() {
+        let root = std::env::temp_dir().join(format!("vmxray-identity-age-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("4300/fd")).unwrap();
+        // A name with a space and a parenthesis; field 22 (start time) is 250 ticks.
+        let mut stat = String::from("4300 (a) b) S");
+        for field in 4..=21 {
+            stat.push_str(&format!(" {field}"));
+        }
+        stat.push_str(" 250 7 8\n");
+        std::fs::write(root.join("4300/stat"), stat).unwrap();
+        std::fs::write(root.join("uptime"), "1000.50 1.00\n").unwrap();
+        let tick = 1_000_000_000 / rustix::param::clock_ticks_per_second();
+        assert_eq!(started_after_boot(&root, 4300), Some(Duration::from_nanos(250 * tick)));
+        assert_eq!(read_uptime(&root), Some(Duration::from_millis(1_000_500)));
+        // Started long ago: old at its first scan, not looked at again before RECHECK.
+        let t0 = Instant::now();
+        let mut scanner = Scanner::default();
+        assert!(scanner.scan_at(&root, &[], t0).is_empty());
+        std::os::unix::fs::symlink("anon_inode:kvm-vm", root.join("4300/fd/3")).unwrap();
+        assert!(scanner.scan_at(&root, &[], t0 + RESCAN).is_empty());
+        assert_eq!(scanner.scan_at(&root, &[], t0 + RECHECK).len(), 0, "no task dir, no threads");
+        assert!(scanner.others.is_empty(), "found a VMM at the recheck");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1047,23 +1047,21 @@ impl CpuPacker {
                 full = self.flush();
             }
         }
-        let page = match self.page.take() {
-            Some(page) => page,
-            None => {
-                let mut page = PageBuilder::new(self.layout, ts);
-                if let Some(count) = self.lost_page {
-                    page = page.lost(count);
-                }
-                self.last_ts = ts;
-                page
+        if self.page.is_none() {
+            let mut page = PageBuilder::new(self.layout, ts);
+            if let Some(count) = self.lost_page {
+                page = page.lost(count);
             }
-        };
-        let delta = ts - self.last_ts;
-        if page.data_len() + record_len(payload.len(), delta) > self.capacity() {
+            self.last_ts = ts;
             self.page = Some(page);
+        }
+        let delta = ts - self.last_ts;
+        let capacity = self.capacity();
+        let Some(page) = self.page.as_mut() else { return Ok(full) };
+        if page.data_len() + record_len(payload.len(), delta) > capacity {
             return Err(record_len(payload.len(), delta));
         }
-        self.page = Some(page.event(delta, payload));
+        page.push_event(delta, payload);
         self.last_ts = ts;
         Ok(full)
     }

@@ -49,7 +49,12 @@ pub fn data_record_len(payload_len: usize) -> usize {
 pub struct PageBuilder {
     layout: PageLayout,
     timestamp: u64,
+    /// The page being built: its header's room, then the records written so far. Allocated
+    /// once at its full size (growing it record by record, then copying it into the page,
+    /// was most of the packing cost of a live capture on perf).
     data: Vec<u8>,
+    /// Where the records start (`data_offset`).
+    start: usize,
     lost: Option<Option<u64>>,
     commit_override: Option<u64>,
 }
@@ -57,7 +62,10 @@ pub struct PageBuilder {
 impl PageBuilder {
     /// A page whose first event is at `timestamp`.
     pub fn new(layout: PageLayout, timestamp: u64) -> Self {
-        Self { layout, timestamp, data: Vec::new(), lost: None, commit_override: None }
+        let start = layout.data_offset as usize;
+        let mut data = Vec::with_capacity(start.max(layout.page_size as usize));
+        data.resize(start, 0);
+        Self { layout, timestamp, data, start, lost: None, commit_override: None }
     }
 
     fn header(&mut self, type_len: u32, delta: u32) {
@@ -77,8 +85,15 @@ impl PageBuilder {
     /// delta does not fit in 27 bits), with the kernel's length rules: payload padded to 4,
     /// 8-byte payloads padded to 12, payloads over 112 bytes in the big form.
     pub fn event(mut self, delta: u64, payload: &[u8]) -> Self {
+        self.push_event(delta, payload);
+        self
+    }
+
+    /// [`PageBuilder::event`] in place (a packer adds many records to one builder: moving it
+    /// in and out at each record cost more than writing the record).
+    pub fn push_event(&mut self, delta: u64, payload: &[u8]) {
         let delta = if delta >= 1 << TS_SHIFT {
-            self = self.time_extend(delta);
+            self.push_time_extend(delta);
             0
         } else {
             u32::try_from(delta).unwrap_or(0)
@@ -92,14 +107,17 @@ impl PageBuilder {
         }
         self.data.extend_from_slice(payload);
         self.data.resize(self.data.len() + (len - payload.len()), 0);
-        self
     }
 
     /// A TIME_EXTEND record adding `delta`.
     pub fn time_extend(mut self, delta: u64) -> Self {
+        self.push_time_extend(delta);
+        self
+    }
+
+    fn push_time_extend(&mut self, delta: u64) {
         self.header(30, u32::try_from(delta & ((1 << TS_SHIFT) - 1)).unwrap_or(0));
         self.u32(u32::try_from(delta >> TS_SHIFT).unwrap_or(u32::MAX));
-        self
     }
 
     /// An absolute TIME_STAMP record (the low 59 bits of `ts`).
@@ -138,19 +156,20 @@ impl PageBuilder {
 
     /// The bytes of records written so far.
     pub fn data_len(&self) -> usize {
-        self.data.len()
+        self.data.len() - self.start
     }
 
     /// The page, `page_size` bytes.
     pub fn build(self) -> Vec<u8> {
         let l = self.layout;
         let e = l.endian;
-        let mut page = vec![0u8; l.page_size as usize];
+        let start = self.start;
+        let mut page = self.data;
+        let n = (page.len() - start).min((l.page_size as usize).saturating_sub(start));
+        page.truncate(start + n);
+        page.resize(l.page_size as usize, 0);
         let ts_off = l.timestamp_offset as usize;
         page[ts_off..ts_off + 8].copy_from_slice(&e.put_u64(self.timestamp));
-        let start = l.data_offset as usize;
-        let n = self.data.len().min(page.len().saturating_sub(start));
-        page[start..start + n].copy_from_slice(&self.data[..n]);
         let mut commit = n as u64;
         if let Some(count) = self.lost {
             commit |= MISSED_EVENTS;

@@ -134,6 +134,9 @@ pub struct Top<F: Feed> {
     backlog: std::collections::VecDeque<Event>,
 }
 
+/// How long the live view waits for a key when no event is waiting to be stepped.
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
 /// The most time a frame spends stepping events.
 pub const STEP_BUDGET: Duration = Duration::from_millis(40);
 
@@ -310,7 +313,10 @@ pub fn run<F: Feed>(feed: F, config: TopConfig) -> io::Result<()> {
         if top.quit || top.feed.ended() {
             break;
         }
-        if event::poll(Duration::from_millis(50))? {
+        // Events come every 100 ms at most (and keys wake the poll): waiting longer when
+        // nothing is behind spares wakeups; a backlog is stepped on at once.
+        let wait = if top.behind() > 0 { Duration::ZERO } else { IDLE_WAIT };
+        if event::poll(wait)? {
             loop {
                 let ev = event::read()?;
                 if matches!(ev, TermEvent::Resize(..)) {

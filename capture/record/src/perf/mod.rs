@@ -474,8 +474,10 @@ const BATCH_BYTES: usize = 256 << 10;
 /// consumer; up to 8 MiB).
 const BATCHES_KEPT: usize = 32;
 /// The longest a reader waits before draining again (bounds the latency of a partly filled
-/// ring, and of stop).
-const POLL: Duration = Duration::from_millis(50);
+/// ring, and of stop). A live capture releases events every 100 ms ([`crate::live::TICK`]):
+/// waking more often than that only costs (an idle reader's wakeups were most of an idle
+/// `vmxray top`'s CPU time after the identity scans).
+pub const POLL: Duration = Duration::from_millis(100);
 
 fn read_ring(
     ring: &mut Ring,

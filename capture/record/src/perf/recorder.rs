@@ -4,7 +4,7 @@
 //! - **perf.data**: the kernel's records are written as they come ([`PerfDataWriter`]), after
 //!   a `PERF_RECORD_COMM` for every thread that existed before (as `perf record` synthesizes
 //!   them). A `PERF_RECORD_FINISHED_ROUND` is written once every CPU delivered a batch since
-//!   the previous one and at least [`ROUND`] passed: readers drain every 50 ms at
+//!   the previous one and at least [`ROUND`] passed: readers drain every [`super::POLL`] at
 //!   the latest, so a record written after a round is never older than what preceded the
 //!   round before it, which is what perf's ordering needs.
 //! - **trace.dat**: each CPU's tracepoint payloads are packed into ring-buffer pages
@@ -402,11 +402,18 @@ struct IdentityState {
     repeat_all: bool,
     written: BTreeSet<(i32, i32)>,
     last_scan: Option<Instant>,
+    scanner: crate::identity::Scanner,
 }
 
 impl IdentityState {
     fn new(only: Vec<u32>, repeat_all: bool) -> Self {
-        Self { only, repeat_all, written: BTreeSet::new(), last_scan: None }
+        Self {
+            only,
+            repeat_all,
+            written: BTreeSet::new(),
+            last_scan: None,
+            scanner: crate::identity::Scanner::default(),
+        }
     }
 
     /// The lines to write now, if a scan is due.
@@ -415,7 +422,8 @@ impl IdentityState {
             return Vec::new();
         }
         self.last_scan = Some(Instant::now());
-        crate::identity::scan(Path::new("/proc"), &self.only)
+        self.scanner
+            .scan(Path::new("/proc"), &self.only)
             .into_iter()
             .filter(|id| self.written.insert((id.pid, id.tgid)) || self.repeat_all)
             .collect()
