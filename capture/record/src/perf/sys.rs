@@ -235,7 +235,7 @@ impl RingMap {
         let bytes = unsafe {
             self.base.as_ptr().add(self.data_offset + off + 6).cast::<[u8; 2]>().read_unaligned()
         };
-        u16::from_le_bytes(bytes)
+        u16::from_ne_bytes(bytes)
     }
 
     /// Appends `len` bytes of the data area from `off` to `out`.
