@@ -341,7 +341,7 @@ impl Model {
 
     /// Steps one event. Never fails: a divergence is an [`Anomaly`] in the returned step.
     ///
-    /// Inlined, and the work done out of line ([`Model::advance`]): a caller loads only the
+    /// Inlined, and the work done out of line (`Model::advance`): a caller loads only the
     /// parts of the step it reads (most read the anomalies, or nothing), and does not copy
     /// slices whose lengths the step has just written (a copy that stalls on store forwarding).
     #[inline]

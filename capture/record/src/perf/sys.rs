@@ -3,7 +3,7 @@
 //! `perf_event_open` goes through `perf-event2` (its `Builder`); the two ioctls it does not
 //! wrap, `PERF_EVENT_IOC_SET_OUTPUT` and `PERF_EVENT_IOC_SET_FILTER`, go through the bindings
 //! it is built on (`perf-event-open-sys2`, the same crate, so one copy of the bindings). The
-//! ring buffer is mapped here ([`RingMap`]) and drained in bulk: the records between the
+//! ring buffer is mapped here (`RingMap`) and drained in bulk: the records between the
 //! reader's tail and the kernel's head are copied in one or two copies, and the tail moves
 //! once per drain (perf-event2's `Sampler` hands out one record at a time and moves the tail
 //! after each: a tenth of `vmxray top`'s CPU time on the perf backend). The calls are unsafe
