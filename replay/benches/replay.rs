@@ -3,14 +3,11 @@
 //! exits) of at least 2^17 events (142,553) held in memory and stepped 80 times per iteration:
 //! 11.4M events per iteration through one `Model`, whose state stays bounded whatever the length.
 //!
-//! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 14:22 on the 2-core
-//! development machine, shared (load average 6.3): 0.70 s per iteration of wall time, 16.3M
-//! events/s, the bench getting 0.67 of a core (`perf stat -e task-clock` around it): 0.47 s of
-//! CPU per iteration, 24M events/s. A probe stepping the same stream 100 times under `perf stat`
-//! (14.3M events, medians of 9 runs alternated with the previous build) agrees: 41.5 ns of CPU
-//! per event, **24.1M events/s** on one core, where the same probe gave 16.4M/s before that
-//! day's speed work (criterion: 16.5M/s wall at load 1.4 at 12:58; 14.4M/s that morning with 29
-//! rules, 6.7M/s before the field store's rework and the lean field derivation; 28M/s on
+//! Run: `cargo bench -p vmxray-replay --bench replay`. Measured 2026-12-05 15:00 on the 2-core
+//! development machine, quiet (load average 1.5): 0.472 s per iteration, **24.1M events/s** on
+//! one core; a probe stepping the same stream 100 times under `perf stat -e task-clock` agrees
+//! (41.5 ns of CPU per event). 16.4M/s before that day's speed work (14.4M/s that morning with
+//! 29 rules, 6.7M/s before the field store's rework and the lean field derivation; 28M/s on
 //! 2026-11-21, before the field streams and the loop detector). Where the time goes (`perf
 //! record`): the loop detector 36 %, `Model::advance` with attribution 18 %, the rules' dispatch
 //! 17 %, `transition::apply` 15 %.
