@@ -107,7 +107,7 @@ fn lab_writes_a_trace() {
     let output = Command::new(BIN).args(["lab", "triple-fault", "-o"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("last Shutdown"), "{stderr}");
+    assert!(stderr.contains("last KVM_EXIT_SHUTDOWN"), "{stderr}");
     assert!(path.exists());
 }
 
