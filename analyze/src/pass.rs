@@ -97,6 +97,15 @@ impl Stepped<'_> {
         let actor = self.step.actor?;
         self.model.state(actor)?.current_vmptr
     }
+
+    /// The vmcs12 [`ExitStats::push_attributed`] takes with this event: the one current after
+    /// a `kvm_nested_vmexit` (the exit it reflects belongs to it), none for other events.
+    pub fn nested_exit_vmcs12(&self) -> Option<u64> {
+        match self.event.kind {
+            EventKind::KvmNestedVmexit(_) => self.current_vmcs12(),
+            _ => None,
+        }
+    }
 }
 
 /// What consumes a pass.
@@ -200,11 +209,7 @@ impl Pass {
             (Some(vm), Some(actor)) => self.model.attribution().in_vm(actor, event.pid, vm),
         };
         if let Some(stats) = self.stats.as_mut().filter(|_| wanted) {
-            let vmcs12 = match event.kind {
-                EventKind::KvmNestedVmexit(_) => stepped.current_vmcs12(),
-                _ => None,
-            };
-            stats.push_attributed(event, stepped.step.actor, vmcs12);
+            stats.push_attributed(event, stepped.step.actor, stepped.nested_exit_vmcs12());
         }
         sink.event(&stepped)
     }

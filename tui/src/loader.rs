@@ -43,7 +43,7 @@ use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
-use vmxray_events::{Event, EventKind};
+use vmxray_events::Event;
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::sidecar::{self, Sidecar};
@@ -875,13 +875,7 @@ impl Sink for Indexer {
             self.batch.buckets.push(std::mem::take(&mut self.bucket));
         }
         match &mut self.counting {
-            Counting::Staged(_) => {
-                let vmcs12 = match event.kind {
-                    EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
-                    _ => None,
-                };
-                self.stepped = (s.step.actor, vmcs12);
-            }
+            Counting::Staged(_) => self.stepped = (s.step.actor, s.nested_exit_vmcs12()),
             Counting::Inline(context) => {
                 let _ = context.event(s);
                 if context.has_host_events() {

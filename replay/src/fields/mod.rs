@@ -424,6 +424,43 @@ pub fn derive(
     }
 }
 
+/// The event kinds [`derive`] learns no field from, as one pattern: the gate
+/// ([`may_imply_rule_fields`]) and the derivation ([`derive_fields`]) both match every kind
+/// exhaustively, and must agree on these.
+macro_rules! kinds_implying_no_field {
+    () => {
+        EventKind::KvmNestedVmexit(_)
+            | EventKind::KvmNestedVmenterFailed { .. }
+            | EventKind::KvmNestedIntrVmexit { .. }
+            | EventKind::KvmPageFault { .. }
+            | EventKind::KvmInjException { .. }
+            | EventKind::KvmInjVirq { .. }
+            | EventKind::KvmUserspaceExit { .. }
+            | EventKind::KvmEmulateInsn { .. }
+            | EventKind::KvmSmmTransition { .. }
+            | EventKind::KvmPio { .. }
+            | EventKind::KvmMsr { .. }
+            | EventKind::KvmCpuid { .. }
+            | EventKind::KvmMmuPrepareZapPage { .. }
+            | EventKind::KvmMmuSyncPage { .. }
+            | EventKind::KvmMmuUnsyncPage { .. }
+            | EventKind::KvmMmuPagetableWalk { .. }
+            | EventKind::KvmMmuPagingElement { .. }
+            | EventKind::KvmMmuWalkerError { .. }
+            | EventKind::KvmPmlFull { .. }
+            | EventKind::Irq(_)
+            | EventKind::Mmio(_)
+            | EventKind::Spte(_)
+            | EventKind::Identity(_)
+            | EventKind::Context(_)
+            | EventKind::Printk(_)
+            | EventKind::QemuRunExit { .. }
+            | EventKind::Segment { .. }
+            | EventKind::Other(_)
+            | EventKind::Lost { .. }
+    };
+}
+
 /// Whether an event of this kind may imply one of [`RULE_FIELDS`] ([`derive_fields`] derives
 /// nothing at all from the kinds that say `false` here, or only fields rules do not read).
 fn may_imply_rule_fields(kind: &EventKind) -> bool {
@@ -436,35 +473,7 @@ fn may_imply_rule_fields(kind: &EventKind) -> bool {
         EventKind::KvmExit(_) | EventKind::KvmEntry(_) | EventKind::KvmNestedVmexitInject(_) => {
             EXIT_ENTRY_RULE_FIELDS
         }
-        EventKind::KvmNestedVmexit(_)
-        | EventKind::KvmNestedVmenterFailed { .. }
-        | EventKind::KvmNestedIntrVmexit { .. }
-        | EventKind::KvmPageFault { .. }
-        | EventKind::KvmInjException { .. }
-        | EventKind::KvmInjVirq { .. }
-        | EventKind::KvmUserspaceExit { .. }
-        | EventKind::KvmEmulateInsn { .. }
-        | EventKind::KvmSmmTransition { .. }
-        | EventKind::KvmPio { .. }
-        | EventKind::KvmMsr { .. }
-        | EventKind::KvmCpuid { .. }
-        | EventKind::KvmMmuPrepareZapPage { .. }
-        | EventKind::KvmMmuSyncPage { .. }
-        | EventKind::KvmMmuUnsyncPage { .. }
-        | EventKind::KvmMmuPagetableWalk { .. }
-        | EventKind::KvmMmuPagingElement { .. }
-        | EventKind::KvmMmuWalkerError { .. }
-        | EventKind::KvmPmlFull { .. }
-        | EventKind::Irq(_)
-        | EventKind::Mmio(_)
-        | EventKind::Spte(_)
-        | EventKind::Identity(_)
-        | EventKind::Context(_)
-        | EventKind::Printk(_)
-        | EventKind::QemuRunExit { .. }
-        | EventKind::Segment { .. }
-        | EventKind::Other(_)
-        | EventKind::Lost { .. } => false,
+        kinds_implying_no_field!() => false,
     }
 }
 
@@ -617,35 +626,7 @@ fn derive_fields(
                 o.push(vmcs, field, fact.value, fact.mask, learned);
             }
         }
-        EventKind::KvmNestedVmexit(_)
-        | EventKind::KvmNestedVmenterFailed { .. }
-        | EventKind::KvmNestedIntrVmexit { .. }
-        | EventKind::KvmPageFault { .. }
-        | EventKind::KvmInjException { .. }
-        | EventKind::KvmInjVirq { .. }
-        | EventKind::KvmUserspaceExit { .. }
-        | EventKind::KvmEmulateInsn { .. }
-        | EventKind::KvmSmmTransition { .. }
-        | EventKind::KvmPio { .. }
-        | EventKind::KvmMsr { .. }
-        | EventKind::KvmCpuid { .. }
-        | EventKind::KvmMmuPrepareZapPage { .. }
-        | EventKind::KvmMmuSyncPage { .. }
-        | EventKind::KvmMmuUnsyncPage { .. }
-        | EventKind::KvmMmuPagetableWalk { .. }
-        | EventKind::KvmMmuPagingElement { .. }
-        | EventKind::KvmMmuWalkerError { .. }
-        | EventKind::KvmPmlFull { .. }
-        | EventKind::Irq(_)
-        | EventKind::Mmio(_)
-        | EventKind::Spte(_)
-        | EventKind::Identity(_)
-        | EventKind::Context(_)
-        | EventKind::Printk(_)
-        | EventKind::QemuRunExit { .. }
-        | EventKind::Segment { .. }
-        | EventKind::Other(_)
-        | EventKind::Lost { .. } => {}
+        kinds_implying_no_field!() => {}
     }
 }
 
