@@ -13,17 +13,18 @@ use std::path::PathBuf;
 
 use vmxray_analyze::context::HostContext;
 use vmxray_analyze::pass::{Pass, PassConfig, StatsMode};
-use vmxray_analyze::stats::{Format, write_report};
+use vmxray_analyze::stats::{ExitStats, Format, write_report};
 use vmxray_capture::{ReadOptions, open};
 use vmxray_replay::ModelConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path: PathBuf = std::env::args_os().nth(1).ok_or("usage: stats_pass FILE")?.into();
-    let mut reader = open(&path, ReadOptions { permissive: false })?;
+    let mut reader =
+        open(&path, ReadOptions { permissive: false, count_only: ExitStats::COUNT_ONLY })?;
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
     let mut context = HostContext::new();
-    pass.run(reader.by_ref(), &mut context)?;
+    pass.run_counted(&mut *reader, |r| r.counted_before(), &mut context)?;
     let mut report = pass
         .finish(Some(reader.meta()), Some(reader.stats()))
         .stats

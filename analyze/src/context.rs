@@ -419,7 +419,11 @@ fn add_named<K: PartialEq>(list: &mut Vec<(K, u64)>, name: K, d: u64) {
 /// attributed since the last [`HostContext::take_attributed`]).
 #[derive(Debug, Default)]
 pub struct HostContext {
+    /// Events pushed so far.
     index: u64,
+    /// Records the reader counted instead of yielding, before the next event
+    /// ([`Sink::counted_before`]): an exit's index in the stream counts them.
+    counted: u64,
     attribution: Attribution,
     cpus: HashMap<u32, CpuState>,
     /// Each vCPU's exit waiting for its entry (a slot reused exit after exit).
@@ -490,7 +494,7 @@ impl HostContext {
     }
 
     fn push_in_vm(&mut self, event: &Event, actor: Option<Actor>, in_vm: bool) {
-        let index = self.index;
+        let index = self.index + self.counted;
         self.index += 1;
         let ts = event.ts;
         match &event.kind {
@@ -767,6 +771,10 @@ impl Sink for HostContext {
         };
         self.push_in_vm(stepped.event, stepped.step.actor, in_vm);
         ControlFlow::Continue(())
+    }
+
+    fn counted_before(&mut self, total: u64) {
+        self.counted = total;
     }
 }
 

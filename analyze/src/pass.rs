@@ -116,6 +116,11 @@ pub trait Sink {
     /// One event; `Break` stops the pass (the consumer is gone).
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()>;
 
+    /// Before the next event: the reader counted `total` records in all instead of yielding
+    /// them ([`vmxray_capture::ReadOptions::count_only`], [`Pass::run_counted`]). A sink that
+    /// numbers events in the stream counts them too.
+    fn counted_before(&mut self, _total: u64) {}
+
     /// The end of the trace: anomalies only the whole trace shows (a vCPU stuck in a loop
     /// from its first event to the last of an excerpt), each at the event it names.
     fn end(&mut self, _anomalies: &[Anomaly], _model: &Model) {}
@@ -138,6 +143,10 @@ impl<S: Sink + ?Sized> Sink for &mut S {
         (**self).event(stepped)
     }
 
+    fn counted_before(&mut self, total: u64) {
+        (**self).counted_before(total);
+    }
+
     fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
         (**self).end(anomalies, model);
     }
@@ -153,6 +162,11 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
         self.0.event(stepped)?;
         self.1.event(stepped)
+    }
+
+    fn counted_before(&mut self, total: u64) {
+        self.0.counted_before(total);
+        self.1.counted_before(total);
     }
 
     fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
@@ -224,6 +238,35 @@ impl Pass {
     ) -> Result<(), E> {
         for event in events {
             if self.step(&event?, sink).is_break() {
+                return Ok(());
+            }
+        }
+        self.end(sink);
+        Ok(())
+    }
+
+    /// [`Pass::run`] over a reader's events, telling the sink of the records the reader
+    /// counted instead of yielding before each ([`Sink::counted_before`]; `counted_before`
+    /// reads it from the reader, e.g. [`vmxray_capture::EventReader::counted_before`]). The
+    /// model numbers only the events it steps.
+    pub fn run_counted<I, E>(
+        &mut self,
+        events: &mut I,
+        counted_before: impl Fn(&I) -> u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), E>
+    where
+        I: Iterator<Item = Result<Event, E>> + ?Sized,
+    {
+        let mut counted = 0;
+        while let Some(event) = events.next() {
+            let event = event?;
+            let before = counted_before(events);
+            if before != counted {
+                counted = before;
+                sink.counted_before(before);
+            }
+            if self.step(&event, sink).is_break() {
                 return Ok(());
             }
         }

@@ -19,47 +19,110 @@ use crate::FastMap as HashMap;
 
 #[derive(Clone, Debug)]
 struct Slot<T> {
+    actor: Actor,
     open: bool,
     value: T,
 }
 
 /// Per-actor slots, open (holding a value) or closed (kept for reuse).
+///
+/// A vCPU with a small VM index and id finds its slot through a table indexed by both (no
+/// hashing: the lookup is a load); other actors (threads, large ids) through a map.
 #[derive(Clone, Debug)]
 pub(crate) struct ActorSlots<T> {
-    slots: HashMap<Actor, Slot<T>>,
+    slots: Vec<Slot<T>>,
+    /// `Vcpu { vm, id }` with `vm < DENSE_VMS` and `id < DENSE_IDS` → slot index + 1 (0: none).
+    dense: Vec<u32>,
+    /// Every other actor → slot index.
+    sparse: HashMap<Actor, u32>,
 }
+
+const DENSE_VMS: u32 = 64;
+const DENSE_IDS: u32 = 1024;
 
 impl<T> Default for ActorSlots<T> {
     fn default() -> Self {
-        Self { slots: HashMap::default() }
+        Self { slots: Vec::new(), dense: Vec::new(), sparse: HashMap::default() }
+    }
+}
+
+/// The dense table's index of `actor`, when it has one.
+#[inline]
+fn dense_index(actor: Actor) -> Option<usize> {
+    match actor {
+        Actor::Vcpu(v) if v.vm.0 < DENSE_VMS && v.id < DENSE_IDS => {
+            Some((v.vm.0 * DENSE_IDS + v.id) as usize)
+        }
+        Actor::Vcpu(_) | Actor::Thread(_) => None,
     }
 }
 
 impl<T> ActorSlots<T> {
+    /// The slot index of `actor`, if it has a slot.
+    #[inline]
+    fn find(&self, actor: Actor) -> Option<usize> {
+        match dense_index(actor) {
+            Some(d) => match self.dense.get(d) {
+                Some(&i) if i > 0 => Some(i as usize - 1),
+                _ => None,
+            },
+            None => self.sparse.get(&actor).map(|&i| i as usize),
+        }
+    }
+
+    /// A new slot for `actor` (which has none), closed, holding `value`.
+    #[cold]
+    fn add(&mut self, actor: Actor, value: T) -> usize {
+        let at = self.slots.len();
+        self.slots.push(Slot { actor, open: false, value });
+        let index = u32::try_from(at).unwrap_or(u32::MAX);
+        match dense_index(actor) {
+            Some(d) => {
+                if self.dense.len() <= d {
+                    self.dense.resize(d + 1, 0);
+                }
+                self.dense[d] = index.saturating_add(1);
+            }
+            None => {
+                self.sparse.insert(actor, index);
+            }
+        }
+        at
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, actor: Actor) -> Option<&mut Slot<T>> {
+        let i = self.find(actor)?;
+        self.slots.get_mut(i)
+    }
+
     /// The open value of `actor`.
     #[inline]
     pub(crate) fn get_mut(&mut self, actor: Actor) -> Option<&mut T> {
-        self.slots.get_mut(&actor).filter(|s| s.open).map(|s| &mut s.value)
+        self.slot_mut(actor).filter(|s| s.open).map(|s| &mut s.value)
     }
 
     /// True when `actor` has an open value.
     #[inline]
     pub(crate) fn is_open(&self, actor: Actor) -> bool {
-        self.slots.get(&actor).is_some_and(|s| s.open)
+        self.find(actor).and_then(|i| self.slots.get(i)).is_some_and(|s| s.open)
     }
 
     /// Opens `actor`'s slot with `value`; returns the value it replaced when the slot was
     /// open (one lookup either way).
     #[inline]
     pub(crate) fn open(&mut self, actor: Actor, value: T) -> Option<T> {
-        match self.slots.get_mut(&actor) {
+        match self.slot_mut(actor) {
             Some(slot) => {
                 let was_open = std::mem::replace(&mut slot.open, true);
                 let previous = std::mem::replace(&mut slot.value, value);
                 was_open.then_some(previous)
             }
             None => {
-                self.slots.insert(actor, Slot { open: true, value });
+                let at = self.add(actor, value);
+                if let Some(slot) = self.slots.get_mut(at) {
+                    slot.open = true;
+                }
                 None
             }
         }
@@ -75,35 +138,43 @@ impl<T> ActorSlots<T> {
         fresh: impl FnOnce() -> T,
         reset: impl FnOnce(&mut T),
     ) {
-        let slot = self.slots.entry(actor).or_insert_with(|| Slot { open: false, value: fresh() });
-        slot.open = true;
-        reset(&mut slot.value);
+        let at = match self.find(actor) {
+            Some(at) => at,
+            None => self.add(actor, fresh()),
+        };
+        if let Some(slot) = self.slots.get_mut(at) {
+            slot.open = true;
+            reset(&mut slot.value);
+        }
     }
 
     /// Closes `actor`'s slot and lends the value it held, when it was open.
     #[inline]
     pub(crate) fn close(&mut self, actor: Actor) -> Option<&mut T> {
-        let slot = self.slots.get_mut(&actor).filter(|s| s.open)?;
+        let slot = self.slot_mut(actor).filter(|s| s.open)?;
         slot.open = false;
         Some(&mut slot.value)
     }
 
     /// The open values.
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.slots.values_mut().filter(|s| s.open).map(|s| &mut s.value)
+        self.slots.iter_mut().filter(|s| s.open).map(|s| &mut s.value)
     }
 
-    /// Closes every slot and lends the values that were open, in no particular order.
+    /// Closes every slot and lends the values that were open, in the order their actors got
+    /// their slots.
     pub(crate) fn close_all(&mut self) -> impl Iterator<Item = (Actor, &mut T)> {
-        self.slots.iter_mut().filter(|(_, s)| s.open).map(|(actor, s)| {
+        self.slots.iter_mut().filter(|s| s.open).map(|s| {
             s.open = false;
-            (*actor, &mut s.value)
+            (s.actor, &mut s.value)
         })
     }
 
     /// Forgets every slot (their buffers too).
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
+        self.dense.clear();
+        self.sparse.clear();
     }
 }
 
@@ -146,5 +217,28 @@ mod tests {
         assert_eq!(slots.open(Actor::Thread(9), 9), None);
         slots.clear();
         assert!(slots.get_mut(Actor::Thread(9)).is_none());
+    }
+
+    #[test]
+    fn vcpus_in_the_table_and_in_the_map_keep_their_own_slots() {
+        use vmxray_events::{Vcpu, VmId};
+        let vcpu = |vm, id| Actor::Vcpu(Vcpu { vm: VmId(vm), id });
+        // Small ids (the table), ids past it and VMs past it (the map), and a thread whose
+        // pid equals a vCPU's id.
+        let actors =
+            [vcpu(0, 0), vcpu(0, 1), vcpu(1, 0), vcpu(0, 5000), vcpu(900, 3), Actor::Thread(1)];
+        let mut slots = ActorSlots::default();
+        for (n, a) in actors.iter().enumerate() {
+            assert_eq!(slots.open(*a, n), None, "{a:?}");
+        }
+        for (n, a) in actors.iter().enumerate() {
+            assert_eq!(slots.get_mut(*a).copied(), Some(n), "{a:?}");
+        }
+        assert_eq!(slots.close(vcpu(0, 1)).copied(), Some(1));
+        assert!(!slots.is_open(vcpu(0, 1)));
+        assert!(slots.is_open(Actor::Thread(1)), "a thread is not the vCPU of the same number");
+        let closed: Vec<Actor> = slots.close_all().map(|(a, _)| a).collect();
+        assert_eq!(closed, [actors[0], actors[2], actors[3], actors[4], actors[5]]);
+        assert!(slots.get_mut(vcpu(2, 0)).is_none(), "a VM never seen has no slot");
     }
 }

@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let path = path.ok_or("usage: binary_dump FILE [--permissive] [--one-thread]")?;
-    let mut reader = open(&path, ReadOptions { permissive })?;
+    let mut reader = open(&path, ReadOptions { permissive, ..ReadOptions::default() })?;
     let clock = reader.meta().clock.clone();
     let out = std::io::stdout().lock();
     let mut out = OrderedWriter::new(out, clock, Format::Text, parallel);

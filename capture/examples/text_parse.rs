@@ -70,7 +70,8 @@ fn main() {
     };
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let start = Instant::now();
-    let mut reader = match reader(path, ReadOptions { permissive }, mode) {
+    let mut reader = match reader(path, ReadOptions { permissive, ..ReadOptions::default() }, mode)
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,7 +7,7 @@ use vmxray_capture::read::perfdata::PerfDataReader;
 
 fuzz_target!(|data: &[u8]| {
     for permissive in [false, true] {
-        if let Ok(r) = PerfDataReader::from_bytes("fuzz".into(), data.to_vec(), ReadOptions { permissive }) {
+        if let Ok(r) = PerfDataReader::from_bytes("fuzz".into(), data.to_vec(), ReadOptions { permissive, ..ReadOptions::default() }) {
             for ev in r.take(100_000) {
                 let _ = ev;
             }

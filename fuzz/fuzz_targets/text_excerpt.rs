@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(errors <= 1, "strict mode yields at most one error");
 
-    let mut permissive = TextReader::excerpt("<fuzz>", data, ReadOptions { permissive: true });
+    let mut permissive = TextReader::excerpt("<fuzz>", data, ReadOptions { permissive: true, ..ReadOptions::default() });
     let mut next_segment = 1;
     for item in permissive.by_ref() {
         let event = item.expect("permissive mode skips bad lines instead of failing");

@@ -22,14 +22,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(errors <= 1, "strict mode yields at most one error");
-    let permissive = TextReader::new("<fuzz>", data, ReadOptions { permissive: true });
+    let permissive = TextReader::new("<fuzz>", data, ReadOptions { permissive: true, ..ReadOptions::default() });
     for item in permissive {
         assert!(item.is_ok(), "permissive mode skips bad lines instead of failing");
     }
     // Small blocks put boundaries between most lines.
     let block = 1 + usize::from(data.first().copied().unwrap_or(0) % 64);
     for permissive in [false, true] {
-        let opts = ReadOptions { permissive };
+        let opts = ReadOptions { permissive, ..ReadOptions::default() };
         let one = read_all(TextReader::one_thread("<fuzz>", data, opts));
         let blocks = read_all(TextReader::with_block_size("<fuzz>", data, opts, block));
         assert!(one == blocks, "block size {block}: {one:?}\n!=\n{blocks:?}");

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let td = Arc::new(td);
     for buffer in 0..td.buffers.len().min(4) {
         for permissive in [false, true] {
-            if let Ok(r) = td.events_with(buffer, ReadOptions { permissive }, false) {
+            if let Ok(r) = td.events_with(buffer, ReadOptions { permissive, ..ReadOptions::default() }, false) {
                 for ev in r.take(100_000) {
                     let _ = ev;
                 }

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(summary.bytes <= data.len() as u64, "{summary:?}");
     }
     let td = Arc::new(td);
-    let Ok(r) = td.events_with(0, ReadOptions { permissive: true }, false) else { return };
+    let Ok(r) = td.events_with(0, ReadOptions { permissive: true, ..ReadOptions::default() }, false) else { return };
     for ev in r.take(100_000) {
         ev.expect("a salvaging read yields no error");
     }

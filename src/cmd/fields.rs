@@ -147,9 +147,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut skipped = records.skipped;
     let outcome = match &args.file {
         Some(path) => {
-            let mut reader =
-                vmxray_capture::open(path, ReadOptions { permissive: args.permissive })
-                    .with_context(|| format!("Cannot open {}", path.display()))?;
+            let mut reader = vmxray_capture::open(
+                path,
+                ReadOptions { permissive: args.permissive, ..ReadOptions::default() },
+            )
+            .with_context(|| format!("Cannot open {}", path.display()))?;
             let input = reader.meta().input.to_string();
             let merged = fields_file::merge(reader.by_ref(), records.records);
             let o = show(merged, &args, diff.as_ref(), &mut out)

@@ -6,10 +6,21 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use vmxray_capture::{EventReader, ReadOptions, ReadStats, TraceMeta};
+use vmxray_events::KnownSet;
 
 /// Opens `path` (`-` for stdin) with the format detected from its bytes.
 pub fn open(path: &Path, permissive: bool) -> anyhow::Result<Box<dyn EventReader>> {
-    vmxray_capture::open(path, ReadOptions { permissive })
+    open_counting(path, permissive, KnownSet::EMPTY)
+}
+
+/// [`open`] for a consumer that only counts the `count_only` kinds
+/// ([`ReadOptions::count_only`]).
+pub fn open_counting(
+    path: &Path,
+    permissive: bool,
+    count_only: KnownSet,
+) -> anyhow::Result<Box<dyn EventReader>> {
+    vmxray_capture::open(path, ReadOptions { permissive, count_only })
         .with_context(|| format!("Cannot open {}", path.display()))
 }
 

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::Context as _;
-use vmxray_analyze::pass::{Pass, PassConfig, StatsMode};
+use vmxray_analyze::pass::{Pass, PassConfig, Sink as _, StatsMode};
 use vmxray_analyze::plot::ExitPlots;
 use vmxray_analyze::scan::{Chunk, SinkError, Table, TableSink, TraceLabels};
-use vmxray_capture::ReadError;
+use vmxray_capture::{EventReader, ReadError};
 use vmxray_events::Event;
 use vmxray_replay::ModelConfig;
 
@@ -19,7 +19,7 @@ const TAKE_EVERY: usize = 4096;
 /// The statistics pass of `vmxray stats` (of one VM with `vm`), also feeding every closed exit
 /// to `plots`.
 pub fn accumulate_with_plots(
-    events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    reader: &mut dyn EventReader,
     vm: Option<&str>,
     plots: &mut ExitPlots,
     kvm: Option<vmxray_analyze::kvm_stat::KvmStatConfig>,
@@ -47,8 +47,15 @@ pub fn accumulate_with_plots(
             );
         }
     };
-    for event in events {
-        let _ = pass.step(&event?, &mut extra);
+    let mut counted = 0;
+    while let Some(event) = reader.next() {
+        let event = event?;
+        let before = reader.counted_before();
+        if before != counted {
+            counted = before;
+            extra.counted_before(before);
+        }
+        let _ = pass.step(&event, &mut extra);
         if pass.stats_mut().is_some_and(|s| s.closed_exits_pending() >= TAKE_EVERY) {
             feed(&mut pass);
         }

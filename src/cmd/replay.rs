@@ -183,7 +183,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let records = super::fields::load_fields(&args.fields, args.permissive)?;
     super::fields::report_skipped(&records);
     for file in &args.files {
-        let mut reader = vmxray_capture::open(file, ReadOptions { permissive: args.permissive })?;
+        let mut reader = vmxray_capture::open(
+            file,
+            ReadOptions { permissive: args.permissive, ..ReadOptions::default() },
+        )?;
         let input = reader.meta().input.to_string();
         // A pasted excerpt (the reader says so) is replayed as one: its cuts explain absences.
         let file_opts = Options { excerpt: opts.excerpt || reader.meta().excerpt, ..opts };

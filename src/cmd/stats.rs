@@ -11,9 +11,8 @@ use anyhow::Context as _;
 use vmxray_analyze::context::HostContext;
 use vmxray_analyze::kvm_stat::{KvmStat, KvmStatConfig, KvmStatEvent, SortKey};
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
-use vmxray_analyze::stats::{Format, StatsReport, write_report};
-use vmxray_capture::{ReadError, ReadStats, TraceMeta};
-use vmxray_events::Event;
+use vmxray_analyze::stats::{ExitStats, Format, StatsReport, write_report};
+use vmxray_capture::{EventReader, ReadError, ReadStats, TraceMeta};
 use vmxray_replay::ModelConfig;
 
 /// Arguments of `vmxray stats`.
@@ -133,6 +132,10 @@ impl Sink for Extra {
         }
         ControlFlow::Continue(())
     }
+
+    fn counted_before(&mut self, total: u64) {
+        self.context.counted_before(total);
+    }
 }
 
 /// `--format`.
@@ -158,7 +161,9 @@ impl From<OutputFormat> for Format {
 
 /// Runs `vmxray stats`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut reader = super::input::open(&args.file, args.permissive)?;
+    // The pass reads no field of the kinds it only counts: the reader counts them itself.
+    let mut reader =
+        super::input::open_counting(&args.file, args.permissive, ExitStats::COUNT_ONLY)?;
     let kvm = args.kvm_stat();
     let perf_table_only = kvm.is_some() && args.format == OutputFormat::Text;
     let stats = match &args.plot {
@@ -167,7 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut plots =
                 vmxray_analyze::plot::ExitPlots::new(meta.input.to_string(), meta.clock.is_ns());
             let stats = super::plot::accumulate_with_plots(
-                reader.by_ref(),
+                &mut *reader,
                 args.vm.as_deref(),
                 &mut plots,
                 kvm,
@@ -175,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             super::plot::write(&plots, dir)?;
             stats
         }
-        None => accumulate_with(reader.by_ref(), args.vm.as_deref(), kvm)?,
+        None => accumulate_with(&mut *reader, args.vm.as_deref(), kvm)?,
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
     if perf_table_only {
@@ -195,26 +200,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// skip).
 #[cfg(test)]
 pub fn accumulate(
-    events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    events: impl IntoIterator<Item = Result<vmxray_events::Event, ReadError>>,
     vm: Option<&str>,
 ) -> Result<Accumulated, ReadError> {
-    accumulate_with(events, vm, None)
+    let mut pass = stats_pass(vm);
+    let mut extra = Extra::new(vm, None);
+    pass.run(events, &mut extra)?;
+    Ok(Accumulated { pass, extra })
 }
 
-/// Feeds every event through a statistics pass with the host-context analysis, and perf's
-/// table when `kvm` says which.
+/// The statistics pass of `vmxray stats` (of one VM with `vm`): the model only attributes
+/// events to vCPUs.
+fn stats_pass(vm: Option<&str>) -> Pass {
+    let pass =
+        Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
+    match vm {
+        Some(vm) => pass.stats_of_vm(vm),
+        None => pass,
+    }
+}
+
+/// Feeds every event of `reader` through a statistics pass with the host-context analysis, and
+/// perf's table when `kvm` says which. The records the reader counted instead of yielding
+/// ([`ExitStats::COUNT_ONLY`]) keep their place in the exits' stream indices.
 pub fn accumulate_with(
-    events: impl IntoIterator<Item = Result<Event, ReadError>>,
+    reader: &mut dyn EventReader,
     vm: Option<&str>,
     kvm: Option<KvmStatConfig>,
 ) -> Result<Accumulated, ReadError> {
-    let mut pass =
-        Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
-    if let Some(vm) = vm {
-        pass = pass.stats_of_vm(vm);
-    }
+    let mut pass = stats_pass(vm);
     let mut extra = Extra::new(vm, kvm);
-    pass.run(events, &mut extra)?;
+    pass.run_counted(reader, |r| r.counted_before(), &mut extra)?;
     Ok(Accumulated { pass, extra })
 }
 
@@ -253,7 +269,7 @@ mod tests {
 
     use vmxray_capture::{Clock, InputFormat, Location, ReadErrorKind};
     use vmxray_events::codes::{ExitCode as KvmExitCode, ExitReason, Isa};
-    use vmxray_events::{Entry, EventKind, ExitFields, ExitInfo, InsnBytes};
+    use vmxray_events::{Entry, Event, EventKind, ExitFields, ExitInfo, InsnBytes};
 
     use super::*;
 

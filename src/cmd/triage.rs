@@ -49,7 +49,10 @@ pub struct Args {
 
 /// Runs `vmxray triage`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut reader = vmxray_capture::open(&args.file, ReadOptions { permissive: args.permissive })?;
+    let mut reader = vmxray_capture::open(
+        &args.file,
+        ReadOptions { permissive: args.permissive, ..ReadOptions::default() },
+    )?;
     let input = reader.meta().input.to_string();
     let mut config = TriageConfig { window: args.window.max(1), ..TriageConfig::default() };
     config.model.excerpt = reader.meta().excerpt;

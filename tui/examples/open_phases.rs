@@ -53,7 +53,7 @@ fn main() {
         eprintln!("usage: open_phases TRACE.dat");
         std::process::exit(2);
     };
-    let opts = ReadOptions { permissive: true };
+    let opts = ReadOptions { permissive: true, ..ReadOptions::default() };
     if std::env::var_os("FIRST_SCREEN_ONLY").is_some() {
         first_screen(&path);
         return;

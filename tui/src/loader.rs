@@ -255,7 +255,7 @@ fn maybe_excerpt(path: &Path) -> bool {
 /// Runs the loader with these options.
 pub fn load_with(source: Source, tx: &Sender<LoadMsg>, index: LoadOptions) {
     let started = Instant::now();
-    let opts = ReadOptions { permissive: true };
+    let opts = ReadOptions { permissive: true, ..ReadOptions::default() };
     match source {
         Source::File(path) if path.as_os_str() != "-" => match detect(&path) {
             Ok(InputKind::Binary(Magic::TraceDat)) => load_dat(&path, tx, started, index),
@@ -365,7 +365,8 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
         }
     }
     let opened = TraceDat::open_salvaging(path).map(Arc::new).and_then(|td| {
-        let (reader, counts) = td.events_counted(0, ReadOptions { permissive: true })?;
+        let (reader, counts) =
+            td.events_counted(0, ReadOptions { permissive: true, ..ReadOptions::default() })?;
         Ok((td, reader, counts))
     });
     let (td, mut reader, counts) = match opened {
@@ -540,7 +541,10 @@ fn rebuild_checkpoints(store: &Store, blocks: &[(u64, bool)], total: u64, tx: &S
         true
     };
     if let Some(td) = store.dat() {
-        let Ok(reader) = td.events(0, ReadOptions { permissive: true }) else { return };
+        let Ok(reader) = td.events(0, ReadOptions { permissive: true, ..ReadOptions::default() })
+        else {
+            return;
+        };
         let mut events = reader.filter_map(Result::ok).take(usize::try_from(total).unwrap_or(0));
         let mut next = events.next();
         while let Some(event) = next {
@@ -619,7 +623,7 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
         let reader = TextReader::new(
             Arc::clone(&name),
             std::io::Cursor::new(head),
-            ReadOptions { permissive: true },
+            ReadOptions { permissive: true, ..ReadOptions::default() },
         );
         let meta = reader.meta().clone();
         let backing = Backing::Text { path: path.to_path_buf(), name };
@@ -667,7 +671,7 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
         let mut reader = TextReader::new(
             Arc::clone(&name),
             std::io::Cursor::new(bytes),
-            ReadOptions { permissive: true },
+            ReadOptions { permissive: true, ..ReadOptions::default() },
         );
         if meta.is_none() {
             let m = reader.meta().clone();

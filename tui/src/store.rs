@@ -215,7 +215,9 @@ impl Store {
         lanes: &[LanePos],
         to: usize,
     ) -> Option<Arc<Vec<Event>>> {
-        let reader = td.events_from(0, ReadOptions { permissive: true }, lanes).ok()?;
+        let reader = td
+            .events_from(0, ReadOptions { permissive: true, ..ReadOptions::default() }, lanes)
+            .ok()?;
         let mut reader = reader.filter_map(Result::ok);
         let mut last = None;
         for b in from..=to {
@@ -260,7 +262,7 @@ fn decode_text(
     let reader = TextReader::new(
         Arc::clone(name),
         std::io::Cursor::new(bytes),
-        ReadOptions { permissive: true },
+        ReadOptions { permissive: true, ..ReadOptions::default() },
     );
     let mut events = Vec::with_capacity(expect as usize);
     events.extend(reader.filter_map(Result::ok));
@@ -280,7 +282,7 @@ pub fn read_text_block(
     let mut reader = TextReader::new(
         Arc::clone(name),
         std::io::Cursor::new(bytes),
-        ReadOptions { permissive: true },
+        ReadOptions { permissive: true, ..ReadOptions::default() },
     );
     let items: Vec<_> = reader.by_ref().collect();
     (items, reader.stats().clone(), reader.meta().clone())

@@ -418,7 +418,7 @@ impl<'a> TraceScan<'a> {
         }
         let mut reader = match vmxray_capture::open(
             &self.input.path,
-            ReadOptions { permissive: self.opts.permissive },
+            ReadOptions { permissive: self.opts.permissive, ..ReadOptions::default() },
         ) {
             Ok(reader) => reader,
             Err(e) => {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use vmxray_capture::{ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
-use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, VmId};
+use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, KnownSet, VmId};
 
 use crate::FastMap as HashMap;
 use crate::histogram::{LogHistogram, MAX_BINS};
@@ -221,6 +221,44 @@ pub struct ExitStats {
 }
 
 impl ExitStats {
+    /// The kinds a statistics pass reads only to count them: no field of theirs is read by the
+    /// exit statistics, the host context or perf's table, and none names a vCPU, so the
+    /// model's attribution binds no thread from them. `vmxray stats` has the reader count them
+    /// instead of decoding them ([`vmxray_capture::ReadOptions::count_only`]); the report is
+    /// the same ([`ExitStats::finish`] adds the counts the reader kept).
+    pub const COUNT_ONLY: KnownSet = KnownSet::of(&[
+        KnownEvent::KvmCr,
+        KnownEvent::KvmNestedVmenter,
+        KnownEvent::KvmNestedVmrun,
+        KnownEvent::KvmNestedVmenterFailed,
+        KnownEvent::KvmNestedIntrVmexit,
+        KnownEvent::KvmInjVirq,
+        KnownEvent::KvmMsr,
+        KnownEvent::KvmCpuid,
+        KnownEvent::KvmMmuGetPage,
+        KnownEvent::KvmMmuPrepareZapPage,
+        KnownEvent::KvmMmuSyncPage,
+        KnownEvent::KvmMmuUnsyncPage,
+        KnownEvent::KvmMmuPagetableWalk,
+        KnownEvent::KvmMmuPagingElement,
+        KnownEvent::KvmMmuWalkerError,
+        KnownEvent::KvmSetIrq,
+        KnownEvent::KvmIoapicSetIrq,
+        KnownEvent::KvmIoapicDelayedEoiInj,
+        KnownEvent::KvmMsiSetIrq,
+        KnownEvent::KvmPicSetIrq,
+        KnownEvent::KvmApic,
+        KnownEvent::KvmApicAcceptIrq,
+        KnownEvent::KvmApicvAcceptIrq,
+        KnownEvent::KvmApicIpi,
+        KnownEvent::KvmEoi,
+        KnownEvent::KvmPvEoi,
+        KnownEvent::KvmApicvInhibitChanged,
+        KnownEvent::KvmTdpMmuSpteChanged,
+        KnownEvent::KvmMmuSpteRequested,
+        KnownEvent::KvmMmuSetSpte,
+    ]);
+
     /// Distinct instruction byte strings kept; further ones are counted in
     /// [`EmulationReport::other`].
     pub const MAX_DISTINCT_INSNS: usize = 4096;
@@ -527,6 +565,9 @@ impl ExitStats {
     /// must be taken after the reader is exhausted.
     pub fn finish(mut self, meta: Option<&TraceMeta>, read: Option<&ReadStats>) -> StatsReport {
         self.close_pending();
+        if let Some(read) = read {
+            self.count_read_only(read);
+        }
         let time_unit = match meta {
             Some(m) if !m.clock.is_ns() => TimeUnit::Raw,
             Some(_) | None => TimeUnit::Ns,
@@ -652,6 +693,27 @@ impl ExitStats {
                     .map(|(name, &count)| NameCount { name: name.clone(), count })
                     .collect()
             }),
+        }
+    }
+
+    /// Counts the events the reader counted instead of yielding them
+    /// ([`ExitStats::COUNT_ONLY`]), as pushing them would have.
+    fn count_read_only(&mut self, read: &ReadStats) {
+        for (&name, &count) in &read.counted_only {
+            self.events_total += count;
+            match KnownEvent::lookup("", name) {
+                Some(known) => {
+                    let k = known as usize;
+                    if k >= self.known_counts.len() {
+                        self.known_counts.resize(KnownEvent::ALL.len().max(k + 1), 0);
+                    }
+                    self.known_counts[k] += count;
+                    if matches!(known, KnownEvent::KvmNestedVmenter | KnownEvent::KvmNestedVmrun) {
+                        self.saw_nested_vmenter = true;
+                    }
+                }
+                None => *self.events_by_name.entry(name.into()).or_default() += count,
+            }
         }
     }
 

@@ -978,16 +978,20 @@ impl KnownEvent {
         let isa = || f.uint("isa").and_then(Isa::from_raw);
         let intr = |field: &str| f.u32(field).map(IntrInfo);
         Ok(match self {
-            Self::KvmExit => EventKind::KvmExit(ExitInfo::from(ExitFields {
-                reason: ExitCode::from_raw(need("exit_reason")?, isa()),
-                isa: isa(),
-                guest_rip: f.uint("guest_rip"),
-                info1: f.uint("info1"),
-                info2: f.uint("info2"),
-                intr_info: intr("intr_info"),
-                error_code: f.u32("error_code"),
-                vcpu_id: f.u32("vcpu_id"),
-                requests: f.uint("requests"),
+            Self::KvmExit => EventKind::KvmExit(ExitInfo::from({
+                let reason = need("exit_reason")?;
+                let isa = isa();
+                ExitFields {
+                    reason: ExitCode::from_raw(reason, isa),
+                    isa,
+                    guest_rip: f.uint("guest_rip"),
+                    info1: f.uint("info1"),
+                    info2: f.uint("info2"),
+                    intr_info: intr("intr_info"),
+                    error_code: f.u32("error_code"),
+                    vcpu_id: f.u32("vcpu_id"),
+                    requests: f.uint("requests"),
+                }
             })),
             Self::KvmNestedVmexit if f.uint("exit_reason").is_some() => {
                 // 5.10+: the kvm_exit layout.
@@ -1164,6 +1168,59 @@ impl KnownEvent {
                 reason: UserspaceExitReason(need32("reason")?),
             },
         })
+    }
+}
+
+/// A set of [`KnownEvent`]s (a bit per kind), e.g. the kinds a consumer reads only to count
+/// them (`vmxray_capture::ReadOptions::count_only`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KnownSet(u64);
+
+// Every kind has its bit.
+const _: () = assert!((KnownEvent::QemuRunExit as usize) < KnownSet::CAPACITY);
+
+impl KnownSet {
+    /// How many kinds a set can hold (more than there are).
+    pub const CAPACITY: usize = u64::BITS as usize;
+
+    /// No kind.
+    pub const EMPTY: Self = Self(0);
+
+    /// The set of `kinds`.
+    pub const fn of(kinds: &[KnownEvent]) -> Self {
+        let mut bits = 0u64;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= 1 << kinds[i] as u32;
+            i += 1;
+        }
+        Self(bits)
+    }
+
+    /// True when `kind` is in the set.
+    #[inline]
+    pub const fn contains(self, kind: KnownEvent) -> bool {
+        self.0 & (1 << kind as u32) != 0
+    }
+
+    /// True when the set holds no kind.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set without the kinds of `other`.
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// The kinds of the set, in discriminant order.
+    pub fn iter(self) -> impl Iterator<Item = KnownEvent> {
+        // A kind's own row is at its discriminant; older names follow the last kind.
+        KnownEvent::ALL
+            .iter()
+            .enumerate()
+            .filter(move |&(i, &(k, _, _))| k as usize == i && self.contains(k))
+            .map(|(_, &(k, _, _))| k)
     }
 }
 

@@ -193,17 +193,20 @@ pub trait FieldLookup {
     }
 
     /// The field as a signed integer (reinterpreting an unsigned value of the given width).
+    #[inline]
     fn int(&self, name: &str, width_bytes: u32) -> Option<i64> {
         let raw = self.uint(name)?;
         Some(sign_extend(raw, width_bytes))
     }
 
     /// The field as a `u32`, when it is present and fits.
+    #[inline]
     fn u32(&self, name: &str) -> Option<u32> {
         self.uint(name).and_then(|v| u32::try_from(v).ok())
     }
 
     /// The field as a bool (any non-zero value is true).
+    #[inline]
     fn flag(&self, name: &str) -> Option<bool> {
         self.uint(name).map(|v| v != 0)
     }

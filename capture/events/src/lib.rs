@@ -67,7 +67,7 @@ pub mod vmcs;
 pub use actor::{Actor, Attributed, Attribution, Vcpu, Vm, VmId};
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, IdentityEvent, InsnBytes,
-    KnownEvent, MmuPage, NestedVmenter, OtherEvent, PrintkEvent, ProbeHit, ROLE_KNOWN_FIELD,
-    SegmentReason, VmFailKind, VmcsFieldEvent,
+    KnownEvent, KnownSet, MmuPage, NestedVmenter, OtherEvent, PrintkEvent, ProbeHit,
+    ROLE_KNOWN_FIELD, SegmentReason, VmFailKind, VmcsFieldEvent,
 };
 pub use fields::{FieldLookup, FieldName, FieldValue, Fields};

@@ -301,13 +301,47 @@ impl PartialEq for PrintCache {
 
 impl Eq for PrintCache {}
 
-/// One planned lookup: the name asked (its address and length, and packed) and its field.
+/// One planned lookup: the name asked (its address and length, and packed), its field, and
+/// for a scalar field where its bytes are (read without going through the field).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PlanStep {
     addr: usize,
     len: usize,
     key: NameKey,
     field: Option<u16>,
+    scalar: Option<ScalarAt>,
+}
+
+/// Where a scalar field's bytes are: 1, 2, 4 or 8 bytes at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ScalarAt {
+    offset: usize,
+    size: u8,
+    signed: bool,
+}
+
+impl ScalarAt {
+    fn of(f: &FieldFormat) -> Option<Self> {
+        match (&f.layout, f.size) {
+            (FieldLayout::Scalar, 1 | 2 | 4 | 8) => Some(Self {
+                offset: usize::try_from(f.offset).ok()?,
+                size: u8::try_from(f.size).ok()?,
+                signed: f.signed,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The value, as [`FieldFormat::read_uint`] reads it.
+    #[inline]
+    fn read(self, payload: &[u8], endian: Endian) -> Option<u64> {
+        let raw = endian.uint(payload, self.offset, usize::from(self.size))?;
+        Some(if self.signed {
+            u64::from_ne_bytes(sign_extend(raw, u32::from(self.size)).to_ne_bytes())
+        } else {
+            raw
+        })
+    }
 }
 
 /// Records the names a typed decode asks for, in order, and resolves them against the format.
@@ -328,6 +362,7 @@ fn lookup_plan(format: &EventFormat) -> Vec<PlanStep> {
                 len: name.len(),
                 key: NameKey::of(name),
                 field: idx.and_then(|i| u16::try_from(i).ok()),
+                scalar: idx.and_then(|i| self.format.fields.get(i)).and_then(ScalarAt::of),
             });
             self.format.fields.get(idx?)
         }
@@ -939,21 +974,35 @@ impl<'a> Record<'a> {
         Self { format, payload, endian, step: std::cell::Cell::new(0) }
     }
 
+    /// The next planned lookup, when it asks for `name`.
     #[inline]
-    fn field(&self, name: &str) -> Option<&'a FieldFormat> {
+    fn planned(&self, name: &str) -> Option<&'a PlanStep> {
         let step = self.step.get();
         self.step.set(step.wrapping_add(1));
-        if let Some(plan) = self.format.plan.get(step)
-            && ((plan.addr == name.as_ptr() as usize && plan.len == name.len())
-                || plan.key == NameKey::of(name))
-        {
-            return self.format.fields.get(usize::from(plan.field?));
+        self.format.plan.get(step).filter(|plan| {
+            (plan.addr == name.as_ptr() as usize && plan.len == name.len())
+                || plan.key == NameKey::of(name)
+        })
+    }
+
+    #[inline]
+    fn field(&self, name: &str) -> Option<&'a FieldFormat> {
+        match self.planned(name) {
+            Some(plan) => self.format.fields.get(usize::from(plan.field?)),
+            None => self.format.field(name),
         }
-        self.format.field(name)
     }
 }
 
 impl Record<'_> {
+    /// [`FieldLookup::uint`] off the fast path: a name asked by another string, out of the
+    /// plan's order, or of a field that is no scalar.
+    #[cold]
+    #[inline(never)]
+    fn uint_slow(&self, name: &str) -> Option<u64> {
+        self.field(name)?.read_uint(self.payload, self.endian)
+    }
+
     /// Every field including the `common_*` ones, in file order.
     pub fn all_fields(&self) -> Fields {
         let mut out = Fields::new();
@@ -969,7 +1018,18 @@ impl Record<'_> {
 impl FieldLookup for Record<'_> {
     #[inline]
     fn uint(&self, name: &str) -> Option<u64> {
-        self.field(name)?.read_uint(self.payload, self.endian)
+        // The common case, small enough to inline into every decoder: the planned name, asked
+        // by the string the plan saw, of a scalar field or of one the format lacks.
+        let step = self.step.get();
+        if let Some(plan) = self.format.plan.get(step)
+            && plan.addr == name.as_ptr() as usize
+            && plan.len == name.len()
+            && (plan.scalar.is_some() || plan.field.is_none())
+        {
+            self.step.set(step.wrapping_add(1));
+            return plan.scalar?.read(self.payload, self.endian);
+        }
+        self.uint_slow(name)
     }
 
     fn role_bit4_inverted(&self) -> bool {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use crate::bin::Endian;
 use crate::bin::format::{EventFormat, EventFormats, PageLayout, Record, RecordError};
 use crate::bin::page::{PageItem, PageStream};
-use crate::read::merge::Batch;
+use crate::read::merge::{Batch, Skip};
 use crate::read::{Location, ReadError};
-use vmxray_events::event::{Comm, Event, EventKind, OtherEvent};
+use vmxray_events::event::{Comm, Event, EventKind, KnownSet, OtherEvent};
 use vmxray_events::fields::{FieldValue, Fields};
 
 /// Where a CPU stream's bytes are, for messages.
@@ -38,6 +38,8 @@ pub(crate) struct DecodeCtx {
     pub formats: Arc<EventFormats>,
     pub layout: PageLayout,
     pub comms: Arc<HashMap<i32, Comm>>,
+    /// Kinds counted instead of decoded ([`crate::ReadOptions::count_only`]).
+    pub count_only: KnownSet,
 }
 
 /// The comms of one batch. Each batch gets its own `Arc` per comm, so the decoding thread and
@@ -139,6 +141,12 @@ impl DecodeCtx {
         let id = self.formats.event_id(payload).ok_or(RecordError::TooShort)?;
         let kind = match self.formats.get(id) {
             Some(format) => match format.known {
+                Some(known) if self.count_only.contains(known) => {
+                    batch.counted[known as usize] += 1;
+                    let before = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
+                    batch.skips.push(Skip { ts, before });
+                    return Ok(());
+                }
                 Some(known) => known
                     .decode(&Record::new(format, payload, self.formats.endian()))
                     .map_err(RecordError::Decode)?,

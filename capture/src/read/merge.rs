@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use crate::ordered::Ordered;
 use crate::read::{ReadError, ReadStats};
-use vmxray_events::event::{Event, EventKind};
+use vmxray_events::event::{Event, EventKind, KnownEvent, KnownSet};
 
 /// A decoded item: an event or a problem.
 pub(crate) type Item = Result<Event, ReadError>;
@@ -42,6 +42,18 @@ pub(crate) struct Batch {
     pub items: VecDeque<Item>,
     /// Records whose id no format describes, by id.
     pub unknown: BTreeMap<String, u64>,
+    /// Records of the kinds the reader only counts, by [`KnownEvent`] discriminant.
+    pub counted: [u64; KnownSet::CAPACITY],
+    /// Where those records were, for the stream index of the events around them.
+    pub skips: Vec<Skip>,
+}
+
+/// A record counted instead of decoded ([`crate::ReadOptions::count_only`]): its time, and the
+/// position in the batch's items of the item it comes before.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Skip {
+    pub ts: u64,
+    pub before: u32,
 }
 
 /// Emptied batch buffers, reused so that each chunk does not allocate (and page-fault) a
@@ -52,7 +64,12 @@ const RECYCLED_MAX: usize = 16;
 impl Default for Batch {
     fn default() -> Self {
         let items = RECYCLED.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
-        Self { items, unknown: BTreeMap::new() }
+        Self {
+            items,
+            unknown: BTreeMap::new(),
+            counted: [0; KnownSet::CAPACITY],
+            skips: Vec::new(),
+        }
     }
 }
 
@@ -76,6 +93,10 @@ pub(crate) type Job = crate::ordered::Job<Batch>;
 /// A CPU's jobs, in stream order.
 pub(crate) type Jobs = Box<dyn Iterator<Item = Job> + Send>;
 
+/// A lane's first ready counted record in [`Merger`]'s `ready` heap: its merge key (time,
+/// CPU), the lane, and its number in the lane.
+type ReadySkip = ((u64, u32), usize, u64);
+
 /// How many batches of one CPU may be decoded ahead of the merge.
 const LOOKAHEAD: usize = 3;
 
@@ -85,6 +106,22 @@ struct Lane {
     slots: Ordered<Batch>,
     batch: VecDeque<Item>,
     last_ts: u64,
+    /// Items taken from this lane so far: the lane position of its next item.
+    taken: u64,
+    /// Items of the batches before the current one, and of the current one.
+    pushed: u64,
+    loaded: u64,
+    /// Records counted instead of decoded that the merged order has not reached yet: their
+    /// time, the lane position of the item they come before, and their number in the lane.
+    skips: VecDeque<PendingSkip>,
+    skips_seen: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingSkip {
+    ts: u64,
+    before: u64,
+    id: u64,
 }
 
 impl Lane {
@@ -105,6 +142,22 @@ impl Lane {
             let Some(batch) = self.slots.pop() else { return false };
             for (k, n) in batch.unknown {
                 *stats.unknown_events.entry(k).or_default() += n;
+            }
+            // `counted` is indexed by discriminant, as the first rows of `ALL` are.
+            for (known, &n) in KnownEvent::ALL.iter().zip(&batch.counted) {
+                if n > 0 {
+                    *stats.counted_only.entry(known.0.name()).or_default() += n;
+                }
+            }
+            self.pushed += self.loaded;
+            self.loaded = batch.items.len() as u64;
+            for skip in batch.skips {
+                self.skips.push_back(PendingSkip {
+                    ts: skip.ts,
+                    before: self.pushed + u64::from(skip.before),
+                    id: self.skips_seen,
+                });
+                self.skips_seen += 1;
             }
             recycle(std::mem::replace(&mut self.batch, batch.items));
             self.fill_slots(parallel);
@@ -127,6 +180,12 @@ impl Lane {
 ///
 /// The lane that yielded last stays `current` outside the heap while its next key is still
 /// the smallest, so a run of events from one CPU costs one comparison each, not a heap update.
+///
+/// Records counted instead of decoded ([`crate::ReadOptions::count_only`]) are not merged, but
+/// placed: when an event is yielded, the counted records the full merge would have put before
+/// it are counted in [`Merger::counted_before`], so that the event's index in the whole stream
+/// is known. A lane's counted records before its next item are "ready"; the first ready one of
+/// each lane waits in `ready` by merge key.
 pub(crate) struct Merger {
     lanes: Vec<Lane>,
     heap: BinaryHeap<Reverse<((u64, u32), usize)>>,
@@ -134,6 +193,10 @@ pub(crate) struct Merger {
     parallel: bool,
     permissive: bool,
     failed: bool,
+    /// (merge key, lane, skip id) of the first ready counted record of lanes; an entry whose
+    /// record was placed meanwhile (its lane yielded past it) is dropped when it surfaces.
+    ready: BinaryHeap<Reverse<ReadySkip>>,
+    counted: u64,
 }
 
 impl Merger {
@@ -153,6 +216,11 @@ impl Merger {
                 slots: Ordered::new(parallel),
                 batch: VecDeque::new(),
                 last_ts: 0,
+                taken: 0,
+                pushed: 0,
+                loaded: 0,
+                skips: VecDeque::new(),
+                skips_seen: 0,
             })
             .collect();
         for lane in &mut lanes {
@@ -166,7 +234,73 @@ impl Merger {
                 heap.push(Reverse((k, i)));
             }
         }
-        Self { lanes, heap, current: None, parallel, permissive, failed: false }
+        let mut merger = Self {
+            lanes,
+            heap,
+            current: None,
+            parallel,
+            permissive,
+            failed: false,
+            ready: BinaryHeap::new(),
+            counted: 0,
+        };
+        for i in 0..merger.lanes.len() {
+            merger.offer(i);
+        }
+        merger
+    }
+
+    /// Records counted instead of yielded that come before the last event yielded, in the
+    /// order of the whole stream.
+    pub(crate) fn counted_before(&self) -> u64 {
+        self.counted
+    }
+
+    /// Puts lane `i`'s first counted record in `ready` when it comes before the lane's next
+    /// item.
+    #[inline]
+    fn offer(&mut self, i: usize) {
+        let Some(lane) = self.lanes.get(i) else { return };
+        if let Some(skip) = lane.skips.front()
+            && skip.before <= lane.taken
+        {
+            self.ready.push(Reverse(((skip.ts, lane.cpu), i, skip.id)));
+        }
+    }
+
+    /// Counts the counted records the whole stream puts before the event of lane `i` with
+    /// merge key `key` (the lane's next item): the lane's own before it, and the other lanes'
+    /// ready ones with an earlier key.
+    #[inline]
+    fn place_skips(&mut self, i: usize, key: (u64, u32)) {
+        if let Some(lane) = self.lanes.get_mut(i) {
+            while lane.skips.front().is_some_and(|s| s.before <= lane.taken) {
+                lane.skips.pop_front();
+                self.counted += 1;
+            }
+        }
+        while let Some(&Reverse((k, m, id))) = self.ready.peek()
+            && k < key
+        {
+            self.ready.pop();
+            let Some(lane) = self.lanes.get_mut(m) else { continue };
+            if lane.skips.front().is_some_and(|s| s.id == id) {
+                lane.skips.pop_front();
+                self.counted += 1;
+                self.offer(m);
+            }
+        }
+    }
+
+    /// Lane `i` gave its next item.
+    #[inline]
+    fn took(&mut self, i: usize) {
+        if let Some(lane) = self.lanes.get_mut(i) {
+            lane.taken += 1;
+            if !lane.skips.is_empty() {
+                self.offer(i);
+            }
+        }
     }
 
     /// Picks the lane holding the earliest next item.
@@ -174,11 +308,20 @@ impl Merger {
     fn pick(&mut self, stats: &mut ReadStats) -> Option<usize> {
         if let Some(i) = self.current.take() {
             let lane = self.lanes.get_mut(i)?;
-            if lane.refill(stats, self.parallel)
-                && let Some(k) = lane.key()
-            {
-                match self.heap.peek() {
-                    Some(Reverse((top, _))) if *top < k => self.heap.push(Reverse((k, i))),
+            let refilled = lane.batch.is_empty();
+            let more = lane.refill(stats, self.parallel);
+            if refilled && !lane.skips.is_empty() {
+                self.offer(i);
+            }
+            let lane = self.lanes.get_mut(i)?;
+            if more && let Some(k) = lane.key() {
+                match self.heap.peek_mut() {
+                    // The top is earlier: it takes this lane's place in the heap (one sift,
+                    // where a push and a pop would take two).
+                    Some(mut top) if top.0.0 < k => {
+                        let Reverse((_, next)) = std::mem::replace(&mut *top, Reverse((k, i)));
+                        return Some(next);
+                    }
                     _ => return Some(i),
                 }
             }
@@ -206,12 +349,18 @@ impl Merger {
                         stats.note_lost(ev.cpu, count);
                     }
                     stats.events += 1;
-                    return lane.batch.pop_front();
+                    let key = (ev.ts, lane.cpu);
+                    if !self.ready.is_empty() || !lane.skips.is_empty() {
+                        self.place_skips(i, key);
+                    }
+                    self.took(i);
+                    return self.lanes.get_mut(i)?.batch.pop_front();
                 }
                 Err(_) if self.permissive => {
                     if let Some(Err(err)) = lane.batch.pop_front() {
                         stats.note_skipped(err);
                     }
+                    self.took(i);
                 }
                 Err(_) => {
                     self.failed = true;

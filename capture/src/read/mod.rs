@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use vmxray_events::event::{DecodeError, Event};
+use vmxray_events::event::{DecodeError, Event, KnownSet};
 
 /// The trace clock, which fixes the unit of [`Event::ts`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -187,6 +187,9 @@ pub struct ReadStats {
     pub problems: Vec<Arc<ReadError>>,
     /// Records whose event id or name no format describes, by id or name.
     pub unknown_events: BTreeMap<String, u64>,
+    /// Records of the [`ReadOptions::count_only`] kinds, counted instead of yielded, by
+    /// event name.
+    pub counted_only: BTreeMap<&'static str, u64>,
     /// Lines of text that are no trace text (prose, mail quoting, prompts): skipped in every
     /// mode, and not an error.
     pub non_trace_lines: u64,
@@ -289,6 +292,11 @@ impl ReadStats {
 pub struct ReadOptions {
     /// Skip bad records/lines (counting them in [`ReadStats`]) instead of stopping.
     pub permissive: bool,
+    /// Kinds the consumer only counts. A reader of ring-buffer pages (trace.dat, a tracefs
+    /// tree) then neither decodes nor yields their records: it counts them by name in
+    /// [`ReadStats::counted_only`]. Other readers yield them as usual, so a consumer counts
+    /// both. Their records are not checked beyond the page structure.
+    pub count_only: KnownSet,
 }
 
 /// A reader: an iterator of events in time order, with metadata and counted problems.
@@ -305,6 +313,13 @@ pub trait EventReader: Iterator<Item = Result<Event, ReadError>> + Send {
     /// rendering events through their print fmt ([`crate::printfmt`]); `None` for text.
     fn event_formats(&self) -> Option<&Arc<crate::bin::format::EventFormats>> {
         None
+    }
+    /// How many records of the [`ReadOptions::count_only`] kinds, counted instead of yielded,
+    /// come before the last event yielded, in the order of the whole stream: that event's
+    /// index in the stream is the number of events yielded before it plus this. 0 for a reader
+    /// that yields every record.
+    fn counted_before(&self) -> u64 {
+        0
     }
 }
 

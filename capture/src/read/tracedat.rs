@@ -29,7 +29,7 @@ use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
-use vmxray_events::event::{Comm, Event};
+use vmxray_events::event::{Comm, Event, KnownSet};
 
 mod chunk_walk;
 use chunk_walk::ChunkWalk;
@@ -1481,6 +1481,13 @@ impl TraceDat {
             formats: Arc::clone(&self.formats),
             layout,
             comms: Arc::clone(&self.comms),
+            // A read that counts chunk events or starts at a position counts yielded events:
+            // it yields every kind.
+            count_only: if counts.is_none() && from.is_none() {
+                opts.count_only
+            } else {
+                KnownSet::EMPTY
+            },
         });
         let mut stats = ReadStats::default();
         if let Some((summary, at, cause)) = &self.salvage
@@ -1832,6 +1839,9 @@ impl EventReader for TraceDatReader {
     }
     fn event_formats(&self) -> Option<&Arc<EventFormats>> {
         Some(&self.formats)
+    }
+    fn counted_before(&self) -> u64 {
+        self.merger.counted_before()
     }
 }
 

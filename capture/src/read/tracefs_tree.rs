@@ -251,6 +251,7 @@ impl TracefsReader {
             formats: Arc::clone(&tree.formats),
             layout: tree.layout,
             comms: Arc::clone(&tree.comms),
+            count_only: opts.count_only,
         });
         let page = u64::from(tree.layout.page_size);
         let mut producers: Vec<(u32, Jobs)> = Vec::new();
@@ -338,6 +339,9 @@ impl EventReader for TracefsReader {
     }
     fn event_formats(&self) -> Option<&Arc<EventFormats>> {
         Some(&self.formats)
+    }
+    fn counted_before(&self) -> u64 {
+        self.merger.counted_before()
     }
 }
 

@@ -303,7 +303,7 @@ fn convert_into(
     opts: &ConvertOptions,
 ) -> Result<ConvertSummary, ConvertError> {
     let name = input_name(input);
-    let read_opts = ReadOptions { permissive: opts.permissive };
+    let read_opts = ReadOptions { permissive: opts.permissive, ..ReadOptions::default() };
     let io_err = |e| ReadError::new(&name, Location::Input, ReadErrorKind::Io(e));
     if input.as_os_str() == "-" {
         let mut bytes = Vec::new();
@@ -342,7 +342,9 @@ fn convert_into(
 
 /// Names a text input for the error (the text reader recognizes it from its lines).
 fn text_kind(input: &Path) -> &'static str {
-    let Ok(mut reader) = crate::open(input, ReadOptions { permissive: true }) else {
+    let Ok(mut reader) =
+        crate::open(input, ReadOptions { permissive: true, ..ReadOptions::default() })
+    else {
         return "this input (not trace.dat, perf.data or a tracefs copy)";
     };
     let _ = reader.next();

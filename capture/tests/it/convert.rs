@@ -665,7 +665,9 @@ fn permissive_keeps_the_complete_pages_of_a_truncated_trace_dat() {
     let opts = ConvertOptions { permissive: true, ..ConvertOptions::default() };
     let summary = convert(&cut, &out, &opts).unwrap();
     assert!(summary.stats.skipped >= 1, "{:?}", summary.stats);
-    let mut r = vmxray_capture::open(&cut, ReadOptions { permissive: true }).unwrap();
+    let mut r =
+        vmxray_capture::open(&cut, ReadOptions { permissive: true, ..ReadOptions::default() })
+            .unwrap();
     let want: Vec<Event> = r.by_ref().map(Result::unwrap).collect();
     let (got, _) = read_all(&out);
     assert!(!got.is_empty());

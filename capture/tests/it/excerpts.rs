@@ -438,7 +438,9 @@ fn strict_mode_errors_name_the_file_the_real_line_and_permissive() {
     assert!(message.starts_with(&format!("{}:6: ", path.display())), "{message}");
     assert!(message.contains("expected") && message.contains("--permissive"), "{message}");
     assert!(reader.next().is_none());
-    let mut reader = vmxray_capture::open(&path, ReadOptions { permissive: true }).unwrap();
+    let mut reader =
+        vmxray_capture::open(&path, ReadOptions { permissive: true, ..ReadOptions::default() })
+            .unwrap();
     assert_eq!(reader.by_ref().count(), 1);
     assert_eq!(reader.stats().skipped, 1);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -456,7 +458,7 @@ fn full_format_text_reads_as_the_streaming_reader_reads_it() {
     for name in names {
         let bytes = std::fs::read(dir.join(&name)).unwrap();
         for permissive in [false, true] {
-            let opts = ReadOptions { permissive };
+            let opts = ReadOptions { permissive, ..ReadOptions::default() };
             let streamed: Vec<_> = TextReader::one_thread("<t>", &bytes[..], opts)
                 .map(|r| r.map_err(|e| e.to_string()))
                 .collect();
@@ -514,7 +516,7 @@ proptest! {
         let strict: Vec<_> =
             TextReader::excerpt("<soup>", &text, ReadOptions::default()).collect();
         prop_assert!(strict.iter().filter(|r| r.is_err()).count() <= 1);
-        let mut permissive = TextReader::excerpt("<soup>", &text, ReadOptions { permissive: true });
+        let mut permissive = TextReader::excerpt("<soup>", &text, ReadOptions { permissive: true, ..ReadOptions::default() });
         let events: Vec<_> = permissive.by_ref().collect::<Result<_, _>>().unwrap();
         let markers = events.iter().filter(|e| matches!(e.kind, EventKind::Segment { .. })).count();
         prop_assert_eq!(permissive.stats().segments as usize, markers);

@@ -2,6 +2,7 @@
 
 mod common;
 mod convert;
+mod count_only;
 mod devices;
 mod differential;
 mod excerpts;

@@ -22,7 +22,9 @@ fn read_all_tracedat(bytes: Vec<u8>, permissive: bool) -> Option<(usize, Vec<Str
     let mut errors = Vec::new();
     let mut n = 0;
     for buffer in 0..td.buffers.len() {
-        let Ok(r) = td.events(buffer, ReadOptions { permissive }) else { continue };
+        let Ok(r) = td.events(buffer, ReadOptions { permissive, ..ReadOptions::default() }) else {
+            continue;
+        };
         for ev in r {
             match ev {
                 Ok(_) => n += 1,
@@ -34,7 +36,12 @@ fn read_all_tracedat(bytes: Vec<u8>, permissive: bool) -> Option<(usize, Vec<Str
 }
 
 fn read_all_perf(bytes: Vec<u8>, permissive: bool) -> Option<(usize, usize)> {
-    let r = PerfDataReader::from_bytes("p".into(), bytes, ReadOptions { permissive }).ok()?;
+    let r = PerfDataReader::from_bytes(
+        "p".into(),
+        bytes,
+        ReadOptions { permissive, ..ReadOptions::default() },
+    )
+    .ok()?;
     let items: Vec<_> = r.collect();
     Some((items.iter().filter(|e| e.is_ok()).count(), items.iter().filter(|e| e.is_err()).count()))
 }
@@ -90,7 +97,7 @@ fn permissive_skips_a_bad_page_and_counts_it() {
     let strict: Vec<_> = td.events(0, ReadOptions::default()).unwrap().collect();
     let err = strict.iter().find_map(|e| e.as_ref().err()).expect("strict mode fails");
     assert_eq!(err.at, Location::Offset(cpu0.offset));
-    let mut r = td.events(0, ReadOptions { permissive: true }).unwrap();
+    let mut r = td.events(0, ReadOptions { permissive: true, ..ReadOptions::default() }).unwrap();
     let n = r.by_ref().inspect(|e| assert!(e.is_ok())).count();
     assert_eq!(r.stats().skipped, 1);
     assert!(n > 0 && n < total, "{n} of {total}");

@@ -52,7 +52,8 @@ struct Salvaged {
 fn salvage(bytes: &[u8]) -> Option<Salvaged> {
     let td = Arc::new(TraceDat::from_bytes_salvaging("cut".into(), bytes.to_vec()).ok()?);
     let summary = td.salvage.as_ref().map(|(s, _, _)| *s);
-    let mut reader = td.events(0, ReadOptions { permissive: true }).ok()?;
+    let mut reader =
+        td.events(0, ReadOptions { permissive: true, ..ReadOptions::default() }).ok()?;
     let events: Vec<Event> = reader.by_ref().map(|e| e.expect("permissive never fails")).collect();
     Some(Salvaged { events, summary, skipped: reader.stats().skipped })
 }
@@ -227,7 +228,8 @@ fn the_salvage_is_reported_with_its_figures() {
     let cut = full.len() - 3000;
     let td =
         Arc::new(TraceDat::from_bytes_salvaging("cut.dat".into(), full[..cut].to_vec()).unwrap());
-    let mut reader = td.events(0, ReadOptions { permissive: true }).unwrap();
+    let mut reader =
+        td.events(0, ReadOptions { permissive: true, ..ReadOptions::default() }).unwrap();
     let n = reader.by_ref().count();
     let problem = &reader.stats().problems[0];
     let ReadErrorKind::TraceDat(TraceDatError::Salvaged { summary, cause }) = &problem.kind else {
@@ -325,7 +327,11 @@ fn perf_data_cut_or_damaged() {
     use vmxray_capture::read::perfdata::{PerfDataError, PerfDataReader};
     let full = std::fs::read(common::samples("perf").join("lm.perf.data")).unwrap();
     let read = |bytes: &[u8], permissive: bool| {
-        PerfDataReader::from_bytes("p".into(), bytes.to_vec(), ReadOptions { permissive })
+        PerfDataReader::from_bytes(
+            "p".into(),
+            bytes.to_vec(),
+            ReadOptions { permissive, ..ReadOptions::default() },
+        )
     };
     let total = read(&full, false).unwrap().map(Result::unwrap).count();
     // perf writes the event formats (a feature section) after the data: a cut file cannot be

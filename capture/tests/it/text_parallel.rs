@@ -74,7 +74,7 @@ fn blocks<R: BufRead + Send>(input: R, opts: ReadOptions, block: usize) -> Run {
 fn assert_same(input: &[u8]) -> Run {
     let mut strict = None;
     for permissive in [false, true] {
-        let opts = ReadOptions { permissive };
+        let opts = ReadOptions { permissive, ..ReadOptions::default() };
         let want = one_thread(input, opts);
         for &block in BLOCKS {
             let got = blocks(input, opts, block);
@@ -185,7 +185,7 @@ fn over_long_lines_spanning_blocks_are_reported_where_they_are() {
     ];
     for text in &cases {
         for permissive in [false, true] {
-            let opts = ReadOptions { permissive };
+            let opts = ReadOptions { permissive, ..ReadOptions::default() };
             let want = one_thread(text.as_bytes(), opts);
             // Fewer block sizes: each byte-sized read of a 2 MiB line is slow in debug builds.
             for block in [61, 4096, 1 << 20, 3 << 20] {
@@ -242,7 +242,8 @@ fn strict_mode_stops_at_the_first_error_and_permissive_mode_counts_them() {
     let strict = assert_same(text.as_bytes());
     assert_eq!(strict.items.len(), 51);
     assert!(strict.items[50].as_ref().unwrap_err().starts_with("<t>:53: Unrecognized line"));
-    let permissive = one_thread(text.as_bytes(), ReadOptions { permissive: true });
+    let permissive =
+        one_thread(text.as_bytes(), ReadOptions { permissive: true, ..ReadOptions::default() });
     assert_eq!(permissive.items.len(), 101);
     assert_eq!(permissive.problems.len(), 2);
     assert!(permissive.problems[1].ends_with("Line(54)"), "{:?}", permissive.problems);
@@ -313,7 +314,7 @@ fn read_errors_come_after_the_lines_before_them_with_the_same_line_number() {
             BufReader::with_capacity(cap, failing)
         };
         for permissive in [false, true] {
-            let opts = ReadOptions { permissive };
+            let opts = ReadOptions { permissive, ..ReadOptions::default() };
             let want = run(TextReader::one_thread("<t>", input(7), opts));
             let last = want.items.last().unwrap().as_ref().unwrap_err();
             assert!(last.contains("Cannot read the input"), "{last}");
@@ -378,7 +379,8 @@ fn errors_name_absolute_line_numbers_in_every_block() {
         }
     }
     assert_same(text.as_bytes());
-    let run = one_thread(text.as_bytes(), ReadOptions { permissive: true });
+    let run =
+        one_thread(text.as_bytes(), ReadOptions { permissive: true, ..ReadOptions::default() });
     let lines: Vec<_> = run.problems.iter().map(|p| p.rsplit_once(" / ").unwrap().1).collect();
     let want: Vec<_> =
         (0..400).filter(|i| i % 37 == 5).map(|i| format!("{:?}", Location::Line(i + 1))).collect();
@@ -441,7 +443,7 @@ proptest! {
 
     #[test]
     fn any_mixture_of_lines_reads_the_same_in_blocks((text, block, permissive) in mixture()) {
-        let opts = ReadOptions { permissive };
+        let opts = ReadOptions { permissive, ..ReadOptions::default() };
         let want = one_thread(&text, opts);
         let got = blocks(&text[..], opts, block);
         prop_assert!(got == want, "block {}:\n{}", block, first_difference(&got, &want));
@@ -455,6 +457,7 @@ proptest! {
 fn a_bad_line_before_the_first_event_leaves_the_first_event_noted() {
     let text = format!("{}\n{}\n", LINES[13], LINES[0]);
     assert_same(text.as_bytes());
-    let permissive = one_thread(text.as_bytes(), ReadOptions { permissive: true });
+    let permissive =
+        one_thread(text.as_bytes(), ReadOptions { permissive: true, ..ReadOptions::default() });
     assert!(permissive.meta.contains("excerpt: true"), "{permissive:?}");
 }

@@ -5,7 +5,7 @@ use vmxray_capture::ReadOptions;
 use vmxray_capture::read::text::TextReader;
 
 fn drain(bytes: &[u8], permissive: bool) -> usize {
-    let r = TextReader::new("<prop>", bytes, ReadOptions { permissive });
+    let r = TextReader::new("<prop>", bytes, ReadOptions { permissive, ..ReadOptions::default() });
     r.count()
 }
 
@@ -61,7 +61,7 @@ proptest! {
         // A good line after any garbage line is still read.
         let good = "            a-10    [000]   5.000001: kvm_cr: cr_write 3 = 0x1000";
         let text = format!("{garbage}\n{good}\n");
-        let r = TextReader::new("<prop>", text.as_bytes(), ReadOptions { permissive: true });
+        let r = TextReader::new("<prop>", text.as_bytes(), ReadOptions { permissive: true, ..ReadOptions::default() });
         let events: Vec<_> = r.filter_map(Result::ok).collect();
         prop_assert!(events.iter().any(|e| e.name() == "kvm_cr" && e.ts == 5_000_001_000));
     }

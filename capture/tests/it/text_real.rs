@@ -347,7 +347,7 @@ fn refused_layouts_explain_themselves_with_the_line_number() {
     assert!(err.to_string().contains("latency-format"), "{err}");
     assert!(r.next().is_none(), "strict mode stops after the error");
 
-    let mut r = reader(variant, ReadOptions { permissive: true });
+    let mut r = reader(variant, ReadOptions { permissive: true, ..ReadOptions::default() });
     assert_eq!(r.by_ref().count(), 0);
     assert_eq!(r.stats().skipped, 48, "{variant}");
 }

@@ -651,7 +651,7 @@ this is not a trace line: prose is skipped in every mode
     );
     assert!(r.next().is_none());
 
-    let (events, r) = read(text, ReadOptions { permissive: true });
+    let (events, r) = read(text, ReadOptions { permissive: true, ..ReadOptions::default() });
     let ok: Vec<_> = events.into_iter().map(Result::unwrap).collect();
     assert_eq!(ok.len(), 2);
     assert_eq!(ok[1].kind, EventKind::KvmCr { write: true, cr: 3, val: 0x1000 });

@@ -13,7 +13,9 @@ use crate::common::samples;
 
 /// The stream of buffer 0 and what the reader counted, decoded in parallel or not.
 fn read(td: &Arc<TraceDat>, parallel: bool, permissive: bool) -> (Vec<String>, Vec<Event>, String) {
-    let mut reader = td.events_with(0, ReadOptions { permissive }, parallel).expect("events");
+    let mut reader = td
+        .events_with(0, ReadOptions { permissive, ..ReadOptions::default() }, parallel)
+        .expect("events");
     let mut problems = Vec::new();
     let mut events = Vec::new();
     for item in reader.by_ref() {

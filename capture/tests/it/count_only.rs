@@ -1,0 +1,75 @@
+//! A reader told to count kinds ([`ReadOptions::count_only`]) yields every other event as a
+//! full read does, in the same order, and says how many counted records came before each
+//! ([`EventReader::counted_before`]): the number of events yielded before it plus that is the
+//! event's index in the full read, on every binary sample (one CPU or many).
+
+use std::path::{Path, PathBuf};
+
+use vmxray_capture::{ReadOptions, open};
+use vmxray_events::{KnownEvent, KnownSet};
+
+/// Kinds common in the samples (the MMU's, nested entries, MSR accesses): most traces have
+/// some, interleaved with the kinds still yielded.
+const COUNTED: KnownSet = KnownSet::of(&[
+    KnownEvent::KvmMmuGetPage,
+    KnownEvent::KvmMmuPrepareZapPage,
+    KnownEvent::KvmMmuPagetableWalk,
+    KnownEvent::KvmMmuPagingElement,
+    KnownEvent::KvmNestedVmenter,
+    KnownEvent::KvmMsr,
+    KnownEvent::KvmPageFault,
+    KnownEvent::KvmEntry,
+]);
+
+fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("samples folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            binary_samples(&path, out);
+        } else if path.extension().is_some_and(|x| x == "dat") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn counted_records_keep_every_yielded_event_at_its_index() {
+    let mut traces = Vec::new();
+    binary_samples(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples"), &mut traces);
+    traces.sort();
+    let (mut multi_cpu, mut counted_total) = (0, 0);
+    for path in &traces {
+        let full_opts = ReadOptions { permissive: true, ..ReadOptions::default() };
+        let full: Vec<_> = open(path, full_opts)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .map(|e| (e.ts, e.cpu, e.kind.known()))
+            .collect();
+        let mut reader = open(path, ReadOptions { permissive: true, count_only: COUNTED })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut yielded = 0u64;
+        let mut last = 0;
+        while let Some(item) = reader.next() {
+            let Ok(e) = item else { continue };
+            let before = reader.counted_before();
+            let index = yielded + before;
+            let at = usize::try_from(index).expect("index");
+            assert_eq!(
+                full.get(at),
+                Some(&(e.ts, e.cpu, e.kind.known())),
+                "{}: event {yielded} yielded ({before} counted before it)",
+                path.display()
+            );
+            assert!(before >= last, "{}", path.display());
+            last = before;
+            yielded += 1;
+        }
+        let counted: u64 = reader.stats().counted_only.values().sum();
+        assert_eq!(yielded + counted, full.len() as u64, "{}", path.display());
+        counted_total += counted;
+        let cpus: std::collections::BTreeSet<u32> = full.iter().map(|e| e.1).collect();
+        multi_cpu += u32::from(cpus.len() > 1 && counted > 0);
+    }
+    assert!(counted_total > 10_000, "{counted_total}");
+    assert!(multi_cpu >= 3, "{multi_cpu} traces of several CPUs with counted records");
+}
