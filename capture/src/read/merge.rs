@@ -58,30 +58,26 @@ pub(crate) struct Skip {
 
 /// Emptied batch buffers, reused so that each chunk does not allocate (and page-fault) a
 /// fresh few hundred KiB.
-static RECYCLED: Mutex<Vec<VecDeque<Item>>> = Mutex::new(Vec::new());
+static RECYCLED: Mutex<Vec<(VecDeque<Item>, Vec<Skip>)>> = Mutex::new(Vec::new());
 const RECYCLED_MAX: usize = 16;
 
 impl Default for Batch {
     fn default() -> Self {
-        let items = RECYCLED.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
-        Self {
-            items,
-            unknown: BTreeMap::new(),
-            counted: [0; KnownSet::CAPACITY],
-            skips: Vec::new(),
-        }
+        let (items, skips) = RECYCLED.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
+        Self { items, unknown: BTreeMap::new(), counted: [0; KnownSet::CAPACITY], skips }
     }
 }
 
-fn recycle(mut items: VecDeque<Item>) {
+fn recycle(mut items: VecDeque<Item>, mut skips: Vec<Skip>) {
     items.clear();
-    if items.capacity() == 0 {
+    skips.clear();
+    if items.capacity() == 0 && skips.capacity() == 0 {
         return;
     }
     if let Ok(mut v) = RECYCLED.lock()
         && v.len() < RECYCLED_MAX
     {
-        v.push(items);
+        v.push((items, skips));
     }
 }
 
@@ -151,7 +147,7 @@ impl Lane {
             }
             self.pushed += self.loaded;
             self.loaded = batch.items.len() as u64;
-            for skip in batch.skips {
+            for skip in &batch.skips {
                 self.skips.push_back(PendingSkip {
                     ts: skip.ts,
                     before: self.pushed + u64::from(skip.before),
@@ -159,7 +155,7 @@ impl Lane {
                 });
                 self.skips_seen += 1;
             }
-            recycle(std::mem::replace(&mut self.batch, batch.items));
+            recycle(std::mem::replace(&mut self.batch, batch.items), batch.skips);
             self.fill_slots(parallel);
         }
         true
