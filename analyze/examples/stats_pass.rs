@@ -23,13 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         open(&path, ReadOptions { permissive: false, count_only: ExitStats::COUNT_ONLY })?;
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::Report });
-    let mut context = HostContext::new();
+    let mut context = HostContext::possible_in(&*reader).then(HostContext::new);
     pass.run_counted(&mut *reader, |r| r.counted_before(), &mut context)?;
     let mut report = pass
         .finish(Some(reader.meta()), Some(reader.stats()))
         .stats
         .ok_or("a statistics pass without statistics")?;
-    report.host_context = context.finish();
+    report.host_context = context.and_then(HostContext::finish);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     write_report(&report, Format::Text, &mut out)?;
     out.flush()?;

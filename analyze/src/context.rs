@@ -49,6 +49,7 @@ use std::fmt::Write as _;
 use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
+use vmxray_capture::EventReader;
 use vmxray_events::codes::ExitCode;
 use vmxray_events::context::{ContextEvent, SoftirqVector, Task};
 use vmxray_events::{Actor, Attribution, Comm, Event, EventKind};
@@ -450,6 +451,15 @@ impl HostContext {
     /// An empty analysis.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// False when `reader`'s input cannot hold a host event: it has event formats, and none
+    /// of a host tracepoint's system ([`ContextEvent::SYSTEMS`]). The analysis would then
+    /// report nothing ([`HostContext::finish`] gives `None`), so a caller need not run it.
+    pub fn possible_in(reader: &dyn EventReader) -> bool {
+        reader.event_formats().is_none_or(|formats| {
+            formats.iter().any(|f| ContextEvent::SYSTEMS.contains(&&*f.system))
+        })
     }
 
     /// An empty analysis that also keeps every attributed exit until taken (the TUI's detail

@@ -152,6 +152,34 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     }
 }
 
+/// A sink that may be absent (an analysis the input cannot feed).
+impl<S: Sink> Sink for Option<S> {
+    fn before(&mut self, model: &Model) {
+        if let Some(s) = self {
+            s.before(model);
+        }
+    }
+
+    fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
+        match self {
+            Some(s) => s.event(stepped),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    fn counted_before(&mut self, total: u64) {
+        if let Some(s) = self {
+            s.counted_before(total);
+        }
+    }
+
+    fn end(&mut self, anomalies: &[Anomaly], model: &Model) {
+        if let Some(s) = self {
+            s.end(anomalies, model);
+        }
+    }
+}
+
 /// Two sinks in turn.
 impl<A: Sink, B: Sink> Sink for (A, B) {
     fn before(&mut self, model: &Model) {

@@ -24,7 +24,11 @@ pub fn accumulate_with_plots(
     plots: &mut ExitPlots,
     kvm: Option<vmxray_analyze::kvm_stat::KvmStatConfig>,
 ) -> Result<super::stats::Accumulated, ReadError> {
-    let mut extra = super::stats::Extra::new(vm, kvm);
+    let mut extra = super::stats::Extra::new(
+        vm,
+        kvm,
+        vmxray_analyze::context::HostContext::possible_in(reader),
+    );
     let mut pass =
         Pass::new(PassConfig { model: ModelConfig::attribution_only(), stats: StatsMode::ExitLog });
     if let Some(vm) = vm {

@@ -109,17 +109,19 @@ pub struct Accumulated {
 /// The pass's consumers.
 #[derive(Debug)]
 pub struct Extra {
-    context: HostContext,
+    /// None when the input cannot hold a host event ([`HostContext::possible_in`]).
+    context: Option<HostContext>,
     kvm_stat: Option<KvmStat>,
 }
 
 impl Extra {
-    /// The host-context analysis (of one VM's exits with `vm`), and perf's table if `kvm`.
-    pub fn new(vm: Option<&str>, kvm: Option<KvmStatConfig>) -> Self {
-        let context = match vm {
+    /// The host-context analysis (of one VM's exits with `vm`) unless `host_events` is false,
+    /// and perf's table if `kvm`.
+    pub fn new(vm: Option<&str>, kvm: Option<KvmStatConfig>, host_events: bool) -> Self {
+        let context = host_events.then(|| match vm {
             Some(vm) => HostContext::new().of_vm(vm),
             None => HostContext::new(),
-        };
+        });
         Self { context, kvm_stat: kvm.map(KvmStat::new) }
     }
 }
@@ -204,7 +206,7 @@ pub fn accumulate(
     vm: Option<&str>,
 ) -> Result<Accumulated, ReadError> {
     let mut pass = stats_pass(vm);
-    let mut extra = Extra::new(vm, None);
+    let mut extra = Extra::new(vm, None, true);
     pass.run(events, &mut extra)?;
     Ok(Accumulated { pass, extra })
 }
@@ -220,16 +222,17 @@ fn stats_pass(vm: Option<&str>) -> Pass {
     }
 }
 
-/// Feeds every event of `reader` through a statistics pass with the host-context analysis, and
-/// perf's table when `kvm` says which. The records the reader counted instead of yielding
-/// ([`ExitStats::COUNT_ONLY`]) keep their place in the exits' stream indices.
+/// Feeds every event of `reader` through a statistics pass with the host-context analysis
+/// (when the input can hold host events), and perf's table when `kvm` says which. The records
+/// the reader counted instead of yielding ([`ExitStats::COUNT_ONLY`]) keep their place in the
+/// exits' stream indices.
 pub fn accumulate_with(
     reader: &mut dyn EventReader,
     vm: Option<&str>,
     kvm: Option<KvmStatConfig>,
 ) -> Result<Accumulated, ReadError> {
     let mut pass = stats_pass(vm);
-    let mut extra = Extra::new(vm, kvm);
+    let mut extra = Extra::new(vm, kvm, HostContext::possible_in(reader));
     pass.run_counted(reader, |r| r.counted_before(), &mut extra)?;
     Ok(Accumulated { pass, extra })
 }
@@ -244,7 +247,7 @@ fn finish(
     let Some(mut report) = acc.pass.finish(meta, read).stats else {
         anyhow::bail!("Internal error: a statistics pass without statistics");
     };
-    report.host_context = acc.extra.context.finish();
+    report.host_context = acc.extra.context.and_then(HostContext::finish);
     report.kvm_stat = acc.extra.kvm_stat.map(KvmStat::finish);
     Ok(report)
 }

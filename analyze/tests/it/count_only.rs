@@ -55,6 +55,10 @@ fn stats(path: &Path, count_only: KnownSet) -> (StatsReport, ReadStats) {
     let read = reader.stats().clone();
     let mut report = pass.finish(Some(reader.meta()), Some(&read)).stats.expect("statistics");
     report.host_context = context.finish();
+    // `vmxray stats` leaves the host context out where the input cannot hold a host event.
+    if !HostContext::possible_in(&*reader) {
+        assert_eq!(report.host_context, None, "{}", path.display());
+    }
     (report, read)
 }
 
@@ -66,6 +70,7 @@ fn counting_only_leaves_the_report_of_every_binary_sample_unchanged() {
     assert!(traces.len() >= 50, "{traces:?}");
     let mut counted_total = 0;
     let mut traces_with_counted = 0;
+    let (mut with_host_formats, mut without) = (0, 0);
     for path in &traces {
         let (full, full_read) = stats(path, KnownSet::EMPTY);
         let (counted, read) = stats(path, ExitStats::COUNT_ONLY);
@@ -81,7 +86,14 @@ fn counting_only_leaves_the_report_of_every_binary_sample_unchanged() {
         assert_eq!(read.skipped, full_read.skipped, "{}", path.display());
         counted_total += n;
         traces_with_counted += u32::from(n > 0);
+        let reader = vmxray_capture::open(path, ReadOptions::default()).expect("opens");
+        match HostContext::possible_in(&*reader) {
+            true => with_host_formats += 1,
+            false => without += 1,
+        }
     }
+    // Both kinds of input are among the samples: the host context's premise is checked.
+    assert!(with_host_formats >= 3 && without >= 3, "{with_host_formats} {without}");
     // The samples hold the kinds counted (the MMU's walks and pages, nested entries, interrupt
     // events): the equality above is not that of two identical reads.
     assert!(traces_with_counted >= 20, "{traces_with_counted} traces with counted events");

@@ -160,6 +160,10 @@ pub struct ContextHit {
 }
 
 impl ContextEvent {
+    /// The systems of every tracepoint [`ContextEvent::decode`] types: an input whose event
+    /// formats are of none of them holds no host event.
+    pub const SYSTEMS: [&'static str; 4] = ["sched", "irq", "timer", "irq_vectors"];
+
     /// Types one of the table's tracepoints from its fields; `None` for any other event, or
     /// when a field its row needs is missing.
     pub fn decode(system: &str, name: &str, f: &impl FieldLookup) -> Option<Self> {
