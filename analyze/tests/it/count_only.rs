@@ -1,6 +1,7 @@
 //! `vmxray stats` has the reader count the kinds the statistics only count
 //! ([`ExitStats::COUNT_ONLY`]) instead of decoding them: on every binary trace committed under
-//! samples/ (real VMX hosts under Bochs, the lab's PVM recordings, trace-cmd's own captures),
+//! samples/ (trace.dat and perf.data: real VMX hosts under Bochs, the lab's PVM recordings,
+//! trace-cmd's and perf's own captures),
 //! the report must be the one the full decode gives.
 
 use std::ops::ControlFlow;
@@ -18,7 +19,7 @@ fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() {
             binary_samples(&path, out);
-        } else if path.extension().is_some_and(|x| x == "dat") {
+        } else if path.extension().is_some_and(|x| x == "dat" || x == "data") {
             out.push(path);
         }
     }

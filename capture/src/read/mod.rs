@@ -292,10 +292,11 @@ impl ReadStats {
 pub struct ReadOptions {
     /// Skip bad records/lines (counting them in [`ReadStats`]) instead of stopping.
     pub permissive: bool,
-    /// Kinds the consumer only counts. A reader of ring-buffer pages (trace.dat, a tracefs
-    /// tree) then neither decodes nor yields their records: it counts them by name in
-    /// [`ReadStats::counted_only`]. Other readers yield them as usual, so a consumer counts
-    /// both. Their records are not checked beyond the page structure.
+    /// Kinds the consumer only counts. A reader of binary records (trace.dat, perf.data, a
+    /// tracefs tree) then neither decodes nor yields their records: it counts them by name in
+    /// [`ReadStats::counted_only`], and says where they were
+    /// ([`EventReader::counted_before`]). A text reader yields them as usual, so a consumer
+    /// counts both. Counted records are not checked beyond their framing.
     pub count_only: KnownSet,
 }
 

@@ -27,7 +27,7 @@ use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
-use vmxray_events::event::{Comm, Event, EventKind};
+use vmxray_events::event::{Comm, Event, EventKind, KnownEvent};
 
 /// A perf.data file is malformed or unsupported.
 #[derive(Debug, thiserror::Error)]
@@ -250,8 +250,16 @@ fn parse_sample_id(body: &[u8], attr: &Attr, e: Endian) -> Sample<'static> {
 #[derive(Debug)]
 enum Pending {
     Event(Event, Option<Box<[u8]>>),
-    Comm { tid: i32, comm: Comm },
-    Fork { tid: i32, parent: i32 },
+    /// A sample of a [`ReadOptions::count_only`] kind: counted where it falls in time order.
+    Counted(KnownEvent),
+    Comm {
+        tid: i32,
+        comm: Comm,
+    },
+    Fork {
+        tid: i32,
+        parent: i32,
+    },
     Problem(ReadError),
 }
 
@@ -283,6 +291,8 @@ pub struct PerfDataReader {
     failed: bool,
     keep_raw: bool,
     tracing_texts: SavedTexts,
+    /// Samples counted instead of yielded so far ([`EventReader::counted_before`]).
+    counted: u64,
 }
 
 /// Positioned reads of the file, with perf.data's errors.
@@ -493,6 +503,7 @@ impl PerfDataReader {
             ready: Default::default(),
             finished: false,
             failed: false,
+            counted: 0,
             keep_raw: false,
         };
         if truncated {
@@ -741,6 +752,14 @@ impl PerfDataReader {
         };
         let ts = s.time.unwrap_or(self.max_ts);
         let tid = s.tid.or_else(|| self.formats.pid(raw)).unwrap_or(-1);
+        if !self.opts.count_only.is_empty()
+            && let Some(known) =
+                self.formats.event_id(raw).and_then(|id| self.formats.get(id)?.known)
+            && self.opts.count_only.contains(known)
+        {
+            self.push(ts, Pending::Counted(known));
+            return;
+        }
         let kind = match self.formats.decode(raw) {
             Ok(k) => k,
             Err(RecordError::UnknownId(id)) => {
@@ -870,6 +889,10 @@ impl PerfDataReader {
                     self.stats.events += 1;
                     return Some(Ok((ev, raw)));
                 }
+                Pending::Counted(known) => {
+                    *self.stats.counted_only.entry(known.name()).or_default() += 1;
+                    self.counted += 1;
+                }
                 Pending::Comm { tid, comm } => {
                     self.comms.insert(tid, comm);
                 }
@@ -906,5 +929,8 @@ impl EventReader for PerfDataReader {
     }
     fn event_formats(&self) -> Option<&Arc<EventFormats>> {
         Some(&self.formats)
+    }
+    fn counted_before(&self) -> u64 {
+        self.counted
     }
 }

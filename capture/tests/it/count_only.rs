@@ -1,7 +1,8 @@
 //! A reader told to count kinds ([`ReadOptions::count_only`]) yields every other event as a
 //! full read does, in the same order, and says how many counted records came before each
 //! ([`EventReader::counted_before`]): the number of events yielded before it plus that is the
-//! event's index in the full read, on every binary sample (one CPU or many).
+//! event's index in the full read, on every binary sample (trace.dat and perf.data, one CPU or
+//! many).
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,7 @@ fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() {
             binary_samples(&path, out);
-        } else if path.extension().is_some_and(|x| x == "dat") {
+        } else if path.extension().is_some_and(|x| x == "dat" || x == "data") {
             out.push(path);
         }
     }
