@@ -1,8 +1,7 @@
 //! `vmxray stats` has the reader count the kinds the statistics only count
 //! ([`ExitStats::COUNT_ONLY`]) instead of decoding them: on every binary trace committed under
 //! samples/ (trace.dat and perf.data: real VMX hosts under Bochs, the lab's PVM recordings,
-//! trace-cmd's and perf's own captures),
-//! the report must be the one the full decode gives.
+//! trace-cmd's and perf's own captures), the report must be the one the full decode gives.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
