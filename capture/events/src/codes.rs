@@ -747,6 +747,13 @@ impl MmuPageRole {
 
     /// Bit 4: `has_4_byte_gpte` (6.x), `gpte_is_8_bytes` (5.x), `cr4_pae` (older).
     pub const BIT4: u32 = 1 << 4;
+
+    /// A `role` word between a kernel's layout and the 6.x one this type reads: a kernel
+    /// before 5.18 (`bit4_inverted`) gave bit 4 the opposite sense, so its words are read and
+    /// written with bit 4 flipped (the same flip both ways); other kernels' words are kept.
+    pub const fn bit4_to_or_from_6x(word: u64, bit4_inverted: bool) -> u64 {
+        if bit4_inverted { word ^ Self::BIT4 as u64 } else { word }
+    }
     pub const DIRECT: u32 = 1 << 7;
     pub const INVALID: u32 = 1 << 11;
     pub const EFER_NX: u32 = 1 << 12;

@@ -1230,10 +1230,9 @@ pub const ROLE_KNOWN_FIELD: &str = "vmxray_role_known";
 
 fn mmu_page(f: &impl FieldLookup, event: &'static str) -> Result<MmuPage, DecodeError> {
     let role_known = f.u32(ROLE_KNOWN_FIELD).unwrap_or(MmuPage::ROLE_ALL_KNOWN);
-    let mut role = f.u32("role").ok_or(DecodeError { event, field: "role" })?;
-    if f.role_bit4_inverted() {
-        role ^= MmuPageRole::BIT4;
-    }
+    let raw = f.u32("role").ok_or(DecodeError { event, field: "role" })?;
+    let role = MmuPageRole::bit4_to_or_from_6x(u64::from(raw), f.role_bit4_inverted());
+    let role = u32::try_from(role).unwrap_or(raw);
     Ok(MmuPage {
         mmu_valid_gen: f.uint("mmu_valid_gen"),
         gfn: f.uint("gfn").ok_or(DecodeError { event, field: "gfn" })?,

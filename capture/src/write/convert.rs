@@ -103,6 +103,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use vmxray_events::codes::MmuPageRole;
 use vmxray_events::spte::{PageFaultRet, RetNumbering};
 use vmxray_events::{Comm, EventKind, FieldValue, Fields, KnownEvent};
 
@@ -1378,14 +1379,13 @@ fn from_text(
                 return Err(err);
             };
             let mut fields = event.kind.kernel_fields();
-            if format.role_bit4_inverted() {
-                // Back to the pre-5.18 sense of role bit 4 that this format's kernel uses.
-                for (name, value) in &mut fields.0 {
-                    if &**name == "role"
-                        && let FieldValue::U64(v) = value
-                    {
-                        *v ^= u64::from(vmxray_events::codes::MmuPageRole::BIT4);
-                    }
+            // Back to the sense of role bit 4 that this format's kernel uses.
+            let inverted = format.role_bit4_inverted();
+            for (name, value) in &mut fields.0 {
+                if &**name == "role"
+                    && let FieldValue::U64(v) = value
+                {
+                    *v = MmuPageRole::bit4_to_or_from_6x(*v, inverted);
                 }
             }
             // `fast_page_fault.ret` back to this format's RET_PF_* numbering.

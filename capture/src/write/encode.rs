@@ -355,8 +355,8 @@ impl RecordEncoder {
                     if let Some(i) = index {
                         let slot = plan.fields[i].1;
                         let value = match f.value {
-                            Val::U64(v) if plan.flip_role_bit4 && f.name == "role" => {
-                                Val::U64(v ^ u64::from(MmuPageRole::BIT4))
+                            Val::U64(v) if f.name == "role" => {
+                                Val::U64(MmuPageRole::bit4_to_or_from_6x(v, plan.flip_role_bit4))
                             }
                             // Typed events carry it as an i64 in the 6.12+ numbering.
                             Val::I64(r) if f.name == "ret" => {
