@@ -5,7 +5,6 @@
 //! counts, lost markers, line numbers) are applied afterwards from its [`Outcome`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::read::{InputFormat, ReadErrorKind};
@@ -68,44 +67,10 @@ pub(crate) fn as_text<'a>(bytes: &'a [u8], lossy: &'a mut String) -> &'a str {
     }
 }
 
-/// A small, fast hasher for the interning tables (short keys, not attacker-chosen in a way
-/// that matters: a trace with many distinct names only makes them slower).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in words.by_ref() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-    fn write_i32(&mut self, v: i32) {
-        self.write(&v.to_le_bytes());
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// The interning tables' map: foldhash's fast hasher with a fixed seed (short keys, not
+/// attacker-chosen in a way that matters: a trace with many distinct names only makes them
+/// slower).
+pub(crate) type FxMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 const NAME_CACHE: usize = 64;
 
