@@ -1207,21 +1207,6 @@ impl KnownSet {
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
-
-    /// The set without the kinds of `other`.
-    pub const fn without(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
-    }
-
-    /// The kinds of the set, in discriminant order.
-    pub fn iter(self) -> impl Iterator<Item = KnownEvent> {
-        // A kind's own row is at its discriminant; older names follow the last kind.
-        KnownEvent::ALL
-            .iter()
-            .enumerate()
-            .filter(move |&(i, &(k, _, _))| k as usize == i && self.contains(k))
-            .map(|(_, &(k, _, _))| k)
-    }
 }
 
 /// The pseudo-field a text reader adds when its rendering determines only some role bits
@@ -1443,6 +1428,18 @@ const _: () = assert!(std::mem::size_of::<EventKind>() == 64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_set_holds_exactly_its_kinds() {
+        let set = KnownSet::of(&[KnownEvent::KvmExit, KnownEvent::QemuRunExit]);
+        for &(k, _, _) in KnownEvent::ALL {
+            let want = matches!(k, KnownEvent::KvmExit | KnownEvent::QemuRunExit);
+            assert_eq!(set.contains(k), want, "{k:?}");
+            assert!(!KnownSet::EMPTY.contains(k));
+        }
+        assert!(KnownSet::EMPTY.is_empty() && !set.is_empty());
+        assert_eq!(KnownSet::of(&[]), KnownSet::EMPTY);
+    }
 
     #[test]
     fn the_name_table_is_in_discriminant_order() {
