@@ -46,7 +46,7 @@ pub mod write;
 
 pub use read::open::{InputKind, detect, open, open_bytes};
 pub use read::{
-    Clock, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind, ReadOptions,
-    ReadStats, TraceMeta, TruncatedRecord,
+    Clock, CountOnly, EventReader, InputFormat, Location, LostOnCpu, ReadError, ReadErrorKind,
+    ReadOptions, ReadStats, TraceMeta, TruncatedRecord,
 };
 pub use vmxray_events::Event;

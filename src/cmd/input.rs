@@ -5,20 +5,19 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vmxray_capture::{EventReader, ReadOptions, ReadStats, TraceMeta};
-use vmxray_events::KnownSet;
+use vmxray_capture::{CountOnly, EventReader, ReadOptions, ReadStats, TraceMeta};
 
 /// Opens `path` (`-` for stdin) with the format detected from its bytes.
 pub fn open(path: &Path, permissive: bool) -> anyhow::Result<Box<dyn EventReader>> {
-    open_counting(path, permissive, KnownSet::EMPTY)
+    open_counting(path, permissive, CountOnly::NONE)
 }
 
-/// [`open`] for a consumer that only counts the `count_only` kinds
+/// [`open`] for a consumer that only counts the `count_only` events
 /// ([`ReadOptions::count_only`]).
 pub fn open_counting(
     path: &Path,
     permissive: bool,
-    count_only: KnownSet,
+    count_only: CountOnly,
 ) -> anyhow::Result<Box<dyn EventReader>> {
     vmxray_capture::open(path, ReadOptions { permissive, count_only })
         .with_context(|| format!("Cannot open {}", path.display()))

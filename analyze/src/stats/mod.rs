@@ -12,7 +12,7 @@ mod report;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use vmxray_capture::{ReadStats, TraceMeta};
+use vmxray_capture::{CountOnly, ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
 use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, KnownSet, VmId};
 
@@ -221,43 +221,48 @@ pub struct ExitStats {
 }
 
 impl ExitStats {
-    /// The kinds a statistics pass reads only to count them: no field of theirs is read by the
+    /// The events a statistics pass reads only to count them: no field of theirs is read by the
     /// exit statistics, the host context or perf's table, and none names a vCPU, so the
-    /// model's attribution binds no thread from them. `vmxray stats` has the reader count them
-    /// instead of decoding them ([`vmxray_capture::ReadOptions::count_only`]); the report is
-    /// the same ([`ExitStats::finish`] adds the counts the reader kept).
-    pub const COUNT_ONLY: KnownSet = KnownSet::of(&[
-        KnownEvent::KvmCr,
-        KnownEvent::KvmNestedVmenter,
-        KnownEvent::KvmNestedVmrun,
-        KnownEvent::KvmNestedVmenterFailed,
-        KnownEvent::KvmNestedIntrVmexit,
-        KnownEvent::KvmInjVirq,
-        KnownEvent::KvmMsr,
-        KnownEvent::KvmCpuid,
-        KnownEvent::KvmMmuGetPage,
-        KnownEvent::KvmMmuPrepareZapPage,
-        KnownEvent::KvmMmuSyncPage,
-        KnownEvent::KvmMmuUnsyncPage,
-        KnownEvent::KvmMmuPagetableWalk,
-        KnownEvent::KvmMmuPagingElement,
-        KnownEvent::KvmMmuWalkerError,
-        KnownEvent::KvmSetIrq,
-        KnownEvent::KvmIoapicSetIrq,
-        KnownEvent::KvmIoapicDelayedEoiInj,
-        KnownEvent::KvmMsiSetIrq,
-        KnownEvent::KvmPicSetIrq,
-        KnownEvent::KvmApic,
-        KnownEvent::KvmApicAcceptIrq,
-        KnownEvent::KvmApicvAcceptIrq,
-        KnownEvent::KvmApicIpi,
-        KnownEvent::KvmEoi,
-        KnownEvent::KvmPvEoi,
-        KnownEvent::KvmApicvInhibitChanged,
-        KnownEvent::KvmTdpMmuSpteChanged,
-        KnownEvent::KvmMmuSpteRequested,
-        KnownEvent::KvmMmuSetSpte,
-    ]);
+    /// model's attribution binds no thread from them. These typed kinds, and the KVM
+    /// tracepoints the vocabulary does not type whose events name no vCPU (`kvm_fpu`,
+    /// `kvm_age_hva`, ...: [`vmxray_events::OtherEvent::is_plain_kvm`]). `vmxray stats` has the
+    /// reader count them instead of decoding them ([`vmxray_capture::ReadOptions::count_only`]);
+    /// the report is the same ([`ExitStats::finish`] adds the counts the reader kept).
+    pub const COUNT_ONLY: CountOnly = CountOnly {
+        kinds: KnownSet::of(&[
+            KnownEvent::KvmCr,
+            KnownEvent::KvmNestedVmenter,
+            KnownEvent::KvmNestedVmrun,
+            KnownEvent::KvmNestedVmenterFailed,
+            KnownEvent::KvmNestedIntrVmexit,
+            KnownEvent::KvmInjVirq,
+            KnownEvent::KvmMsr,
+            KnownEvent::KvmCpuid,
+            KnownEvent::KvmMmuGetPage,
+            KnownEvent::KvmMmuPrepareZapPage,
+            KnownEvent::KvmMmuSyncPage,
+            KnownEvent::KvmMmuUnsyncPage,
+            KnownEvent::KvmMmuPagetableWalk,
+            KnownEvent::KvmMmuPagingElement,
+            KnownEvent::KvmMmuWalkerError,
+            KnownEvent::KvmSetIrq,
+            KnownEvent::KvmIoapicSetIrq,
+            KnownEvent::KvmIoapicDelayedEoiInj,
+            KnownEvent::KvmMsiSetIrq,
+            KnownEvent::KvmPicSetIrq,
+            KnownEvent::KvmApic,
+            KnownEvent::KvmApicAcceptIrq,
+            KnownEvent::KvmApicvAcceptIrq,
+            KnownEvent::KvmApicIpi,
+            KnownEvent::KvmEoi,
+            KnownEvent::KvmPvEoi,
+            KnownEvent::KvmApicvInhibitChanged,
+            KnownEvent::KvmTdpMmuSpteChanged,
+            KnownEvent::KvmMmuSpteRequested,
+            KnownEvent::KvmMmuSetSpte,
+        ]),
+        plain_kvm: true,
+    };
 
     /// Distinct instruction byte strings kept; further ones are counted in
     /// [`EmulationReport::other`].
@@ -699,7 +704,7 @@ impl ExitStats {
     /// Counts the events the reader counted instead of yielding them
     /// ([`ExitStats::COUNT_ONLY`]), as pushing them would have.
     fn count_read_only(&mut self, read: &ReadStats) {
-        for (&name, &count) in &read.counted_only {
+        for (name, &count) in &read.counted_only {
             self.events_total += count;
             match KnownEvent::lookup("", name) {
                 Some(known) => {
@@ -712,7 +717,7 @@ impl ExitStats {
                         self.saw_nested_vmenter = true;
                     }
                 }
-                None => *self.events_by_name.entry(name.into()).or_default() += count,
+                None => *self.events_by_name.entry(name.as_str().into()).or_default() += count,
             }
         }
     }

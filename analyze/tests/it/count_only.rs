@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use vmxray_analyze::context::HostContext;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_analyze::stats::{ExitStats, StatsReport};
-use vmxray_capture::{ReadOptions, ReadStats};
-use vmxray_events::KnownSet;
+use vmxray_capture::{CountOnly, ReadOptions, ReadStats};
+use vmxray_events::{EventKind, OtherEvent};
 use vmxray_replay::ModelConfig;
 
 fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -26,7 +26,7 @@ fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Checks that no event of a counted kind is yielded.
 struct Yielded<'a> {
-    count_only: KnownSet,
+    count_only: CountOnly,
     path: &'a Path,
 }
 
@@ -34,16 +34,22 @@ impl Sink for Yielded<'_> {
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
         let known = stepped.event.kind.known();
         assert!(
-            !known.is_some_and(|k| self.count_only.contains(k)),
+            !known.is_some_and(|k| self.count_only.kinds.contains(k)),
             "{}: a {known:?} was yielded, not counted",
             self.path.display()
         );
+        if self.count_only.plain_kvm
+            && let EventKind::Other(o) = &stepped.event.kind
+        {
+            let plain = OtherEvent::is_plain_kvm(&o.system, o.fields.0.iter().map(|(n, _)| &**n));
+            assert!(!plain, "{}: a plain {} was yielded, not counted", self.path.display(), o.name);
+        }
         ControlFlow::Continue(())
     }
 }
 
 /// The statistics pass of `vmxray stats` (with its host context), and what the read counted.
-fn stats(path: &Path, count_only: KnownSet) -> (StatsReport, ReadStats) {
+fn stats(path: &Path, count_only: CountOnly) -> (StatsReport, ReadStats) {
     let opts = ReadOptions { permissive: true, count_only };
     let mut reader = vmxray_capture::open(path, opts).unwrap_or_else(|e| panic!("{e}"));
     let mut pass =
@@ -72,7 +78,7 @@ fn counting_only_leaves_the_report_of_every_binary_sample_unchanged() {
     let mut traces_with_counted = 0;
     let (mut with_host_formats, mut without) = (0, 0);
     for path in &traces {
-        let (full, full_read) = stats(path, KnownSet::EMPTY);
+        let (full, full_read) = stats(path, CountOnly::NONE);
         let (counted, read) = stats(path, ExitStats::COUNT_ONLY);
         assert_eq!(counted, full, "{}", path.display());
         assert!(full_read.counted_only.is_empty(), "{}", path.display());

@@ -713,6 +713,18 @@ pub struct OtherEvent {
 }
 
 impl OtherEvent {
+    /// True when every event of an untyped tracepoint of `system` with these fields becomes a
+    /// plain [`EventKind::Other`] that names no vCPU: a KVM tracepoint (`kvm`, `kvmmmu`) the
+    /// vocabulary does not type, without a field that [`EventKind::untyped`] or the attribution
+    /// reads (`vcpu_id`, or a print text's `buf`, `fmt`, `msg`, `text`). A consumer that reads
+    /// no field of `Other` events may count these by name alone.
+    pub fn is_plain_kvm<'a>(system: &str, field_names: impl IntoIterator<Item = &'a str>) -> bool {
+        matches!(system, "kvm" | "kvmmmu")
+            && field_names
+                .into_iter()
+                .all(|n| !matches!(n, "vcpu_id" | "buf" | "fmt" | "msg" | "text"))
+    }
+
     /// The text of a `trace_printk` / `trace_marker` event (`ftrace:print`, `bprint`, `bputs`,
     /// trace-cmd's `tracing_mark_write`, or any untyped event with a string `buf` or `fmt`),
     /// without its trailing newline.
@@ -1428,6 +1440,21 @@ const _: () = assert!(std::mem::size_of::<EventKind>() == 64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_kvm_events_are_the_untyped_kvm_ones_that_name_no_vcpu() {
+        assert!(OtherEvent::is_plain_kvm("kvm", ["load"]), "kvm_fpu");
+        assert!(OtherEvent::is_plain_kvm("kvmmmu", ["gfn", "spte"]));
+        assert!(!OtherEvent::is_plain_kvm("kvm", ["vcpu_id", "tsc"]), "binds a thread");
+        assert!(!OtherEvent::is_plain_kvm("kvm", ["buf"]), "a print text");
+        assert!(!OtherEvent::is_plain_kvm("sched", ["prev_pid"]), "a host event");
+        assert!(!OtherEvent::is_plain_kvm("task", ["pid"]), "task_newtask");
+        // The attribution reads `vcpu_id` from an untyped event, so such a format is kept.
+        let mut f = Fields::new();
+        f.push("vcpu_id", FieldValue::U64(3));
+        let e = EventKind::untyped("kvm".into(), "kvm_hv_timer_state".into(), f);
+        assert_eq!(e.vcpu_id(), Some(3));
+    }
 
     #[test]
     fn a_known_set_holds_exactly_its_kinds() {

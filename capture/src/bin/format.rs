@@ -38,7 +38,7 @@
 use std::sync::Arc;
 
 use crate::bin::Endian;
-use vmxray_events::event::{DecodeError, EventKind, KnownEvent};
+use vmxray_events::event::{DecodeError, EventKind, KnownEvent, OtherEvent};
 use vmxray_events::fields::{FieldLookup, FieldName, FieldValue, Fields, sign_extend};
 
 /// A format file could not be parsed.
@@ -281,6 +281,8 @@ pub struct EventFormat {
     plan: Vec<PlanStep>,
     /// See [`EventFormat::role_bit4_inverted`].
     role_bit4_inverted: bool,
+    /// See [`EventFormat::plain_kvm`].
+    plain_kvm: bool,
     /// The kernel's `sizeof(long)` the format was parsed with.
     long_size: u32,
     /// The print fmt, compiled on first use.
@@ -433,11 +435,21 @@ impl EventFormat {
             // the bit, so it says which layout the raw word is in.
             role_bit4_inverted: print_fmt.contains("role.gpte_is_8_bytes")
                 || print_fmt.contains("role.cr4_pae"),
+            plain_kvm: false,
             long_size,
             print: PrintCache::default(),
         };
         format.plan = lookup_plan(&format);
+        format.plain_kvm = format.known.is_none()
+            && OtherEvent::is_plain_kvm(&format.system, format.fields.iter().map(|f| &*f.name));
         Ok(format)
+    }
+
+    /// True when the event is an untyped KVM tracepoint whose events are plain `Other` events
+    /// naming no vCPU ([`OtherEvent::is_plain_kvm`]): what [`crate::ReadOptions::count_only`]
+    /// may count without decoding.
+    pub fn plain_kvm(&self) -> bool {
+        self.plain_kvm
     }
 
     /// True when this event's `role` word is in a pre-5.18 layout, whose bit 4 means 8-byte

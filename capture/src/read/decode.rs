@@ -7,9 +7,10 @@ use std::sync::Arc;
 use crate::bin::Endian;
 use crate::bin::format::{EventFormat, EventFormats, PageLayout, Record, RecordError};
 use crate::bin::page::{PageItem, PageStream};
+use crate::read::CountOnly;
 use crate::read::merge::{Batch, Skip};
 use crate::read::{Location, ReadError};
-use vmxray_events::event::{Comm, Event, EventKind, KnownSet, OtherEvent};
+use vmxray_events::event::{Comm, Event, EventKind, OtherEvent};
 use vmxray_events::fields::{FieldValue, Fields};
 
 /// Where a CPU stream's bytes are, for messages.
@@ -38,8 +39,8 @@ pub(crate) struct DecodeCtx {
     pub formats: Arc<EventFormats>,
     pub layout: PageLayout,
     pub comms: Arc<HashMap<i32, Comm>>,
-    /// Kinds counted instead of decoded ([`crate::ReadOptions::count_only`]).
-    pub count_only: KnownSet,
+    /// Events counted instead of decoded ([`crate::ReadOptions::count_only`]).
+    pub count_only: CountOnly,
 }
 
 /// The comms of one batch. Each batch gets its own `Arc` per comm, so the decoding thread and
@@ -140,13 +141,22 @@ impl DecodeCtx {
         let pid = self.formats.pid(payload).ok_or(RecordError::TooShort)?;
         let id = self.formats.event_id(payload).ok_or(RecordError::TooShort)?;
         let kind = match self.formats.get(id) {
-            Some(format) => match format.known {
-                Some(known) if self.count_only.contains(known) => {
-                    batch.counted[known as usize] += 1;
-                    let before = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
-                    batch.skips.push(Skip { ts, before });
-                    return Ok(());
+            Some(format) if self.count_only.counts(format) => {
+                match format.known {
+                    Some(known) => batch.counted[known as usize] += 1,
+                    None => {
+                        batch
+                            .counted_other
+                            .entry(id)
+                            .or_insert_with(|| (Arc::clone(&format.name), 0))
+                            .1 += 1;
+                    }
                 }
+                let before = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
+                batch.skips.push(Skip { ts, before });
+                return Ok(());
+            }
+            Some(format) => match format.known {
                 Some(known) => known
                     .decode(&Record::new(format, payload, self.formats.endian()))
                     .map_err(RecordError::Decode)?,

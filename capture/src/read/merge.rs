@@ -25,8 +25,8 @@
 //! and no comm, and are counted per CPU in [`ReadStats::lost`] as they are yielded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use crate::ordered::Ordered;
 use crate::read::{ReadError, ReadStats};
@@ -44,6 +44,8 @@ pub(crate) struct Batch {
     pub unknown: BTreeMap<String, u64>,
     /// Records of the kinds the reader only counts, by [`KnownEvent`] discriminant.
     pub counted: [u64; KnownSet::CAPACITY],
+    /// Records of untyped events the reader only counts, by format id (with the name).
+    pub counted_other: HashMap<u32, (Arc<str>, u64), foldhash::fast::FixedState>,
     /// Where those records were, for the stream index of the events around them.
     pub skips: Vec<Skip>,
 }
@@ -64,7 +66,13 @@ const RECYCLED_MAX: usize = 16;
 impl Default for Batch {
     fn default() -> Self {
         let (items, skips) = RECYCLED.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default();
-        Self { items, unknown: BTreeMap::new(), counted: [0; KnownSet::CAPACITY], skips }
+        Self {
+            items,
+            unknown: BTreeMap::new(),
+            counted: [0; KnownSet::CAPACITY],
+            counted_other: HashMap::default(),
+            skips,
+        }
     }
 }
 
@@ -142,8 +150,11 @@ impl Lane {
             // `counted` is indexed by discriminant, as the first rows of `ALL` are.
             for (known, &n) in KnownEvent::ALL.iter().zip(&batch.counted) {
                 if n > 0 {
-                    *stats.counted_only.entry(known.0.name()).or_default() += n;
+                    stats.note_counted(known.0.name(), n);
                 }
+            }
+            for (name, n) in batch.counted_other.values() {
+                stats.note_counted(name, *n);
             }
             self.pushed += self.loaded;
             self.loaded = batch.items.len() as u64;

@@ -187,9 +187,9 @@ pub struct ReadStats {
     pub problems: Vec<Arc<ReadError>>,
     /// Records whose event id or name no format describes, by id or name.
     pub unknown_events: BTreeMap<String, u64>,
-    /// Records of the [`ReadOptions::count_only`] kinds, counted instead of yielded, by
+    /// Records of the [`ReadOptions::count_only`] events, counted instead of yielded, by
     /// event name.
-    pub counted_only: BTreeMap<&'static str, u64>,
+    pub counted_only: BTreeMap<String, u64>,
     /// Lines of text that are no trace text (prose, mail quoting, prompts): skipped in every
     /// mode, and not an error.
     pub non_trace_lines: u64,
@@ -229,6 +229,16 @@ pub struct NonTraceLine {
 }
 
 impl ReadStats {
+    /// Counts `n` records of `name` counted instead of yielded.
+    pub(crate) fn note_counted(&mut self, name: &str, n: u64) {
+        match self.counted_only.get_mut(name) {
+            Some(c) => *c += n,
+            None => {
+                self.counted_only.insert(name.to_owned(), n);
+            }
+        }
+    }
+
     /// How many skipped problems are kept with their details.
     pub const MAX_PROBLEMS: usize = 20;
 
@@ -292,12 +302,41 @@ impl ReadStats {
 pub struct ReadOptions {
     /// Skip bad records/lines (counting them in [`ReadStats`]) instead of stopping.
     pub permissive: bool,
-    /// Kinds the consumer only counts. A reader of binary records (trace.dat, perf.data, a
-    /// tracefs tree) then neither decodes nor yields their records: it counts them by name in
-    /// [`ReadStats::counted_only`], and says where they were
-    /// ([`EventReader::counted_before`]). A text reader yields them as usual, so a consumer
-    /// counts both. Counted records are not checked beyond their framing.
-    pub count_only: KnownSet,
+    /// Events the consumer only counts ([`CountOnly`]).
+    pub count_only: CountOnly,
+}
+
+/// Events a consumer only counts, by name. A reader of binary records (trace.dat, perf.data, a
+/// tracefs tree) then neither decodes nor yields their records: it counts them by name in
+/// [`ReadStats::counted_only`], and says where they were ([`EventReader::counted_before`]). A
+/// text reader yields them as usual, so a consumer counts both. Counted records are not checked
+/// beyond their framing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountOnly {
+    /// These typed kinds.
+    pub kinds: KnownSet,
+    /// The untyped KVM tracepoints whose events are plain `Other` events naming no vCPU
+    /// ([`vmxray_events::OtherEvent::is_plain_kvm`]).
+    pub plain_kvm: bool,
+}
+
+impl CountOnly {
+    /// Nothing: every event is decoded and yielded.
+    pub const NONE: Self = Self { kinds: KnownSet::EMPTY, plain_kvm: false };
+
+    /// True when nothing is only counted.
+    pub fn is_none(self) -> bool {
+        self.kinds.is_empty() && !self.plain_kvm
+    }
+
+    /// True when the events of `format` are only counted.
+    #[inline]
+    pub(crate) fn counts(self, format: &crate::bin::format::EventFormat) -> bool {
+        match format.known {
+            Some(known) => self.kinds.contains(known),
+            None => self.plain_kvm && format.plain_kvm(),
+        }
+    }
 }
 
 /// A reader: an iterator of events in time order, with metadata and counted problems.
@@ -315,7 +354,7 @@ pub trait EventReader: Iterator<Item = Result<Event, ReadError>> + Send {
     fn event_formats(&self) -> Option<&Arc<crate::bin::format::EventFormats>> {
         None
     }
-    /// How many records of the [`ReadOptions::count_only`] kinds, counted instead of yielded,
+    /// How many records of the [`ReadOptions::count_only`] events, counted instead of yielded,
     /// come before the last event yielded, in the order of the whole stream: that event's
     /// index in the stream is the number of events yielded before it plus this. 0 for a reader
     /// that yields every record.

@@ -27,7 +27,7 @@ use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
-use vmxray_events::event::{Comm, Event, EventKind, KnownEvent};
+use vmxray_events::event::{Comm, Event, EventKind};
 
 /// A perf.data file is malformed or unsupported.
 #[derive(Debug, thiserror::Error)]
@@ -250,8 +250,9 @@ fn parse_sample_id(body: &[u8], attr: &Attr, e: Endian) -> Sample<'static> {
 #[derive(Debug)]
 enum Pending {
     Event(Event, Option<Box<[u8]>>),
-    /// A sample of a [`ReadOptions::count_only`] kind: counted where it falls in time order.
-    Counted(KnownEvent),
+    /// A sample of a [`ReadOptions::count_only`] event (its format id): counted where it falls
+    /// in time order.
+    Counted(u32),
     Comm {
         tid: i32,
         comm: Comm,
@@ -752,12 +753,11 @@ impl PerfDataReader {
         };
         let ts = s.time.unwrap_or(self.max_ts);
         let tid = s.tid.or_else(|| self.formats.pid(raw)).unwrap_or(-1);
-        if !self.opts.count_only.is_empty()
-            && let Some(known) =
-                self.formats.event_id(raw).and_then(|id| self.formats.get(id)?.known)
-            && self.opts.count_only.contains(known)
+        if !self.opts.count_only.is_none()
+            && let Some(id) = self.formats.event_id(raw)
+            && self.formats.get(id).is_some_and(|f| self.opts.count_only.counts(f))
         {
-            self.push(ts, Pending::Counted(known));
+            self.push(ts, Pending::Counted(id));
             return;
         }
         let kind = match self.formats.decode(raw) {
@@ -889,8 +889,10 @@ impl PerfDataReader {
                     self.stats.events += 1;
                     return Some(Ok((ev, raw)));
                 }
-                Pending::Counted(known) => {
-                    *self.stats.counted_only.entry(known.name()).or_default() += 1;
+                Pending::Counted(id) => {
+                    if let Some(f) = self.formats.get(id) {
+                        self.stats.note_counted(&f.name, 1);
+                    }
                     self.counted += 1;
                 }
                 Pending::Comm { tid, comm } => {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bin::format::{EventFormats, FormatError, PageLayout};
 use crate::bin::{Cursor, Endian, Source, to_usize};
+use crate::read::CountOnly;
 use crate::read::decode::{DecodeCtx, StreamBase, parse_cmdlines};
 use crate::read::merge::{Batch, Job, Jobs, Merger};
 use crate::read::salvage::{self, SalvageSummary};
@@ -29,7 +30,7 @@ use crate::read::{
     Clock, EventReader, InputFormat, Location, ReadError, ReadErrorKind, ReadOptions, ReadStats,
     TraceMeta, input_name,
 };
-use vmxray_events::event::{Comm, Event, KnownSet};
+use vmxray_events::event::{Comm, Event};
 
 mod chunk_walk;
 use chunk_walk::ChunkWalk;
@@ -1486,7 +1487,7 @@ impl TraceDat {
             count_only: if counts.is_none() && from.is_none() {
                 opts.count_only
             } else {
-                KnownSet::EMPTY
+                CountOnly::NONE
             },
         });
         let mut stats = ReadStats::default();

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmxray_capture::{ReadOptions, open};
+use vmxray_capture::{CountOnly, ReadOptions, open};
 use vmxray_events::{KnownEvent, KnownSet};
 
 /// Kinds common in the samples (the MMU's, nested entries, MSR accesses): most traces have
@@ -46,7 +46,8 @@ fn counted_records_keep_every_yielded_event_at_its_index() {
             .flatten()
             .map(|e| (e.ts, e.cpu, e.kind.known()))
             .collect();
-        let mut reader = open(path, ReadOptions { permissive: true, count_only: COUNTED })
+        let count_only = CountOnly { kinds: COUNTED, plain_kvm: true };
+        let mut reader = open(path, ReadOptions { permissive: true, count_only })
             .unwrap_or_else(|e| panic!("{e}"));
         let mut yielded = 0u64;
         let mut last = 0;
