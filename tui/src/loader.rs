@@ -831,12 +831,14 @@ enum Counting {
 }
 
 impl Indexer {
-    /// An indexer whose statistics run on their own thread when it starts; the pass keeps
-    /// them itself when [`Indexer::statistics_in_pass`].
-    fn new() -> Self {
-        let counting = match StatsStage::start(ExitStats::new(), HostContext::with_exit_log()) {
-            Ok(stage) => Counting::Staged(stage),
-            Err(_) => Counting::Inline(Box::new(HostContext::with_exit_log())),
+    /// An indexer whose statistics run on their own thread when `staged` and the thread
+    /// starts; the pass keeps them itself when [`Indexer::statistics_in_pass`].
+    fn new(staged: bool) -> Self {
+        let stage =
+            staged.then(|| StatsStage::start(ExitStats::new(), HostContext::with_exit_log()));
+        let counting = match stage {
+            Some(Ok(stage)) => Counting::Staged(stage),
+            Some(Err(_)) | None => Counting::Inline(Box::new(HostContext::with_exit_log())),
         };
         Self {
             actor_ids: HashMap::default(),
@@ -920,9 +922,21 @@ impl<'a> Pipeline<'a> {
     /// A pipeline for one input; `excerpt`: the reader recognised pasted text (the model then
     /// reports absences the cuts explain at info, as `vmxray replay` does).
     fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions, excerpt: bool) -> Self {
+        Self::counting(tx, started, positions, excerpt, true)
+    }
+
+    /// [`Pipeline::new`], with the statistics on their own thread only when `staged` (else as
+    /// when that thread cannot start).
+    fn counting(
+        tx: &'a Sender<LoadMsg>,
+        started: Instant,
+        positions: Positions,
+        excerpt: bool,
+        staged: bool,
+    ) -> Self {
         let mut config = PassConfig::default();
         config.model.excerpt = excerpt;
-        let indexer = Indexer::new();
+        let indexer = Indexer::new(staged);
         if !indexer.statistics_in_pass() {
             config.stats = StatsMode::Off;
         }
@@ -1172,7 +1186,42 @@ impl<'a> Pipeline<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::LaneOfCpu;
+    use super::*;
+
+    /// Loads `path` as a resident trace, the statistics on their own thread or not.
+    fn load_counting(path: &Path, staged: bool) -> Trace {
+        let (tx, rx) = mpsc::channel();
+        let opts = ReadOptions { permissive: true, ..ReadOptions::default() };
+        let mut reader = vmxray_capture::open(path, opts).expect("opens");
+        let meta = reader.meta().clone();
+        tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).expect("sends");
+        let mut pipeline =
+            Pipeline::counting(&tx, Instant::now(), Positions::Resident, false, staged);
+        assert!(pipeline.push_all(&mut reader, || None));
+        pipeline.finish(&meta, reader.stats());
+        drop(tx);
+        let mut trace = Trace::default();
+        for msg in rx {
+            trace.apply(msg);
+        }
+        trace
+    }
+
+    #[test]
+    fn statistics_counted_on_the_loader_thread_are_those_of_their_own_thread() {
+        // What the loader falls back to when the statistics thread cannot start. A real VMX
+        // host with host events: the exit statistics and every exit's host context.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../samples/real/vmx/context-busy-io-loop-ept-6.1.dat");
+        let (staged, inline) = (load_counting(&path, true), load_counting(&path, false));
+        let stats = staged.stats.as_ref().expect("statistics");
+        assert!(stats.exits.as_ref().is_some_and(|e| e.total > 500), "{:?}", stats.exits);
+        assert!(stats.host_context.as_ref().is_some_and(|h| h.attributed > 500));
+        assert_eq!(staged.stats, inline.stats);
+        assert!(staged.contexts.len() > 500, "{}", staged.contexts.len());
+        assert_eq!(staged.contexts, inline.contexts);
+        assert_eq!(staged.anomalies, inline.anomalies);
+    }
 
     #[test]
     fn lane_of_cpu_by_table_and_by_search_agree() {
