@@ -229,16 +229,6 @@ pub struct NonTraceLine {
 }
 
 impl ReadStats {
-    /// Counts `n` records of `name` counted instead of yielded.
-    pub(crate) fn note_counted(&mut self, name: &str, n: u64) {
-        match self.counted_only.get_mut(name) {
-            Some(c) => *c += n,
-            None => {
-                self.counted_only.insert(name.to_owned(), n);
-            }
-        }
-    }
-
     /// How many skipped problems are kept with their details.
     pub const MAX_PROBLEMS: usize = 20;
 
@@ -253,6 +243,16 @@ impl ReadStats {
         match count {
             Some(n) => entry.events += n,
             None => entry.uncounted_markers += 1,
+        }
+    }
+
+    /// Counts `n` records of `name` counted instead of yielded.
+    pub(crate) fn note_counted(&mut self, name: &str, n: u64) {
+        match self.counted_only.get_mut(name) {
+            Some(c) => *c += n,
+            None => {
+                self.counted_only.insert(name.to_owned(), n);
+            }
         }
     }
 
