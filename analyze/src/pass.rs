@@ -264,13 +264,7 @@ impl Pass {
         events: impl IntoIterator<Item = Result<Event, E>>,
         sink: &mut impl Sink,
     ) -> Result<(), E> {
-        for event in events {
-            if self.step(&event?, sink).is_break() {
-                return Ok(());
-            }
-        }
-        self.end(sink);
-        Ok(())
+        self.run_counted(&mut events.into_iter(), |_| 0, sink)
     }
 
     /// [`Pass::run`] over a reader's events, telling the sink of the records the reader

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use vmxray_capture::{CountOnly, ReadStats, TraceMeta};
 use vmxray_events::codes::{ExitCode, IntrType, SvmExitCode, VmxBasicReason};
+use vmxray_events::irq::IrqEvent;
 use vmxray_events::{Actor, Attribution, Event, EventKind, ExitInfo, KnownEvent, KnownSet, VmId};
 
 use crate::FastMap as HashMap;
@@ -245,22 +246,12 @@ impl ExitStats {
             KnownEvent::KvmMmuPagetableWalk,
             KnownEvent::KvmMmuPagingElement,
             KnownEvent::KvmMmuWalkerError,
-            KnownEvent::KvmSetIrq,
-            KnownEvent::KvmIoapicSetIrq,
-            KnownEvent::KvmIoapicDelayedEoiInj,
-            KnownEvent::KvmMsiSetIrq,
-            KnownEvent::KvmPicSetIrq,
-            KnownEvent::KvmApic,
-            KnownEvent::KvmApicAcceptIrq,
-            KnownEvent::KvmApicvAcceptIrq,
-            KnownEvent::KvmApicIpi,
-            KnownEvent::KvmEoi,
-            KnownEvent::KvmPvEoi,
-            KnownEvent::KvmApicvInhibitChanged,
             KnownEvent::KvmTdpMmuSpteChanged,
             KnownEvent::KvmMmuSpteRequested,
             KnownEvent::KvmMmuSetSpte,
-        ]),
+        ])
+        // Every interrupt-controller tracepoint.
+        .union(KnownSet::of(&IrqEvent::TRACEPOINTS)),
         plain_kvm: true,
     };
 

@@ -1219,6 +1219,11 @@ impl KnownSet {
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The kinds of both sets.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
 }
 
 /// The pseudo-field a text reader adds when its rendering determines only some role bits
@@ -1465,6 +1470,10 @@ mod tests {
             assert!(!KnownSet::EMPTY.contains(k));
         }
         assert!(KnownSet::EMPTY.is_empty() && !set.is_empty());
+        let other = KnownSet::of(&[KnownEvent::KvmEntry]);
+        assert!(set.union(other).contains(KnownEvent::KvmEntry));
+        assert!(set.union(other).contains(KnownEvent::KvmExit));
+        assert!(!set.union(other).contains(KnownEvent::KvmCr));
         assert_eq!(KnownSet::of(&[]), KnownSet::EMPTY);
     }
 
