@@ -86,6 +86,11 @@ where
     type Item = Result<Event, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        // No record left to merge: the events pass straight through (`vmxray replay` without
+        // `--fields` goes this way for every event).
+        if self.records.len() == 0 && self.pending.is_none() {
+            return self.events.next();
+        }
         if self.pending.is_none() {
             self.pending = self.events.next();
         }
