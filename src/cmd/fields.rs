@@ -213,8 +213,9 @@ where
         diff,
         out,
         outcome: Outcome { events: 0, observations: 0, shown: 0 },
-        last: HashMap::new(),
+        last: HashMap::default(),
         table: Table::new(),
+        line: String::new(),
         snapshots: Vec::new(),
         wanted: match diff {
             Some(Diff::Times(_, a, b)) => vec![*a, *b],
@@ -267,8 +268,11 @@ struct History<'a, W> {
     diff: Option<&'a Diff>,
     out: &'a mut W,
     outcome: Outcome,
-    last: HashMap<(VmcsRef, FieldEncoding), VmcsField>,
+    /// Each field's last observation (foldhash: written for every observation).
+    last: HashMap<(VmcsRef, FieldEncoding), VmcsField, foldhash::fast::RandomState>,
     table: Table,
+    /// The text line being written (reused).
+    line: String,
     snapshots: Vec<(u64, Table)>,
     wanted: Vec<u64>,
     failed: Option<io::Error>,
@@ -296,7 +300,9 @@ impl<W: Write> Sink for History<'_, W> {
             if self.args.all || prev.is_none() || changed {
                 self.outcome.shown += 1;
                 let previous = prev.as_ref().map(|p| p.value);
-                if let Err(e) = write_obs(self.out, self.args.format, obs, previous, changed) {
+                let format = self.args.format;
+                if let Err(e) = write_obs(self.out, &mut self.line, format, obs, previous, changed)
+                {
                     self.failed = Some(e);
                     return ControlFlow::Break(());
                 }
@@ -345,32 +351,54 @@ fn value_text(o: &VmcsField) -> String {
     }
 }
 
+/// Appends `value` to `line`, padded with spaces to `width` characters (what `{:<width}`
+/// does, for a `Display` that ignores the width).
+fn push_padded(line: &mut String, value: impl std::fmt::Display, width: usize) {
+    use std::fmt::Write as _;
+    let start = line.len();
+    let _ = write!(line, "{value}");
+    let n = line[start..].chars().count();
+    line.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
+}
+
+/// Writes one observation. A text line is built in `line` (reused) and written at once: the
+/// columns' padding, written through `out`'s formatting adapter, went there one character at
+/// a time, and `vmxray fields` prints millions of lines.
 fn write_obs<W: Write>(
     out: &mut W,
+    line: &mut String,
     format: Format,
     o: &VmcsField,
     previous: Option<u64>,
     changed: bool,
 ) -> io::Result<()> {
+    use std::fmt::Write as _;
     match format {
         Format::Text => {
-            let vcpu = o.vcpu.map_or("-".to_string(), |v| v.to_string());
-            let was = match (changed, previous) {
-                (true, Some(p)) => format!(" (was {p:#x})"),
-                _ => String::new(),
-            };
-            writeln!(
-                out,
-                "{:<9} {:>16} {:<5} {:<22} {:<30} {:<20} {:<8} {}{was}",
-                o.event,
-                o.ts,
-                vcpu,
-                o.vmcs.to_string(),
-                o.field.to_string(),
-                value_text(o),
-                o.learned.name(),
-                o.source
-            )
+            line.clear();
+            let _ = write!(line, "{:<9} {:>16} ", o.event, o.ts);
+            match o.vcpu {
+                Some(v) => push_padded(line, v, 5),
+                None => push_padded(line, "-", 5),
+            }
+            line.push(' ');
+            push_padded(line, o.vmcs, 22);
+            line.push(' ');
+            push_padded(line, o.field, 30);
+            line.push(' ');
+            let start = line.len();
+            let _ = write!(line, "{:#x}", o.value);
+            if o.mask != u64::MAX {
+                let _ = write!(line, "/{:#x}", o.mask);
+            }
+            let n = line.len() - start;
+            line.extend(std::iter::repeat_n(' ', 20usize.saturating_sub(n)));
+            let _ = write!(line, " {:<8} {}", o.learned.name(), o.source);
+            if let (true, Some(p)) = (changed, previous) {
+                let _ = write!(line, " (was {p:#x})");
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())
         }
         Format::Jsonl => {
             let mut v = obs_json(o);
@@ -398,5 +426,45 @@ fn write_diff<W: Write>(out: &mut W, format: Format, d: &FieldDiff) -> io::Resul
             json!({"type": "diff", "field": d.field.to_string(), "encoding": d.field.0,
                    "left": d.left.as_ref().map(obs_json), "right": d.right.as_ref().map(obs_json)})
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_row_has_the_header_columns() {
+        let field = |vcpu, mask| VmcsField {
+            ts: 3_836_442_143_062,
+            vcpu,
+            vmcs: VmcsRef::Vmcs12 { gpa: 0x800_0000 },
+            field: FieldEncoding(0x681e),
+            value: 0x40_0000,
+            mask,
+            learned: vmxray_events::vmcs::Learned::Derived,
+            event: 14,
+            source: "kvm_nested_vmenter",
+        };
+        let mut line = String::new();
+        let mut out = Vec::new();
+        let rows = [
+            (field(Some(0), u64::MAX), Some(0x1000), true),
+            (field(None, 0xffff_ffff), None, false),
+            (field(Some(12345), u64::MAX), Some(0x1000), false),
+        ];
+        for (o, previous, changed) in &rows {
+            write_obs(&mut out, &mut line, Format::Text, o, *previous, *changed).unwrap();
+        }
+        // The columns of the header (`{:<9} {:>16} {:<5} {:<22} {:<30} {:<20} {:<8}`).
+        let want = "\
+14           3836442143062 0     vmcs12@0x8000000       GUEST_RIP                      \
+0x400000             derived  kvm_nested_vmenter (was 0x1000)
+14           3836442143062 -     vmcs12@0x8000000       GUEST_RIP                      \
+0x400000/0xffffffff  derived  kvm_nested_vmenter
+14           3836442143062 12345 vmcs12@0x8000000       GUEST_RIP                      \
+0x400000             derived  kvm_nested_vmenter
+";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }
