@@ -46,8 +46,9 @@ struct Deferred {
 pub struct StageEnd {
     /// The statistics of every event pushed.
     pub stats: ExitStats,
-    /// The host context of every event pushed (its log emptied into `contexts`).
-    pub context: HostContext,
+    /// The host context of every event pushed (its log emptied into `contexts`), when the
+    /// stage was given one.
+    pub context: Option<HostContext>,
     /// The exit contexts not yet taken with [`StatsStage::take_contexts`].
     pub contexts: Vec<ExitContext>,
 }
@@ -59,17 +60,18 @@ pub struct StatsStage {
     to_stage: Option<SyncSender<Vec<Deferred>>>,
     recycled: Receiver<Vec<Deferred>>,
     contexts: Receiver<Vec<ExitContext>>,
-    worker: Option<JoinHandle<(ExitStats, HostContext)>>,
+    worker: Option<JoinHandle<(ExitStats, Option<HostContext>)>>,
 }
 
 impl StatsStage {
-    /// Starts the stage thread with the statistics and the host context to feed. With a host
+    /// Starts the stage thread with the statistics and the host context to feed (none for an
+    /// input that cannot hold a host event: [`HostContext::possible_in`]). With a host
     /// context built by [`HostContext::with_exit_log`], the exit contexts of traces with host
     /// events come back through [`StatsStage::take_contexts`].
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn start(stats: ExitStats, context: HostContext) -> std::io::Result<Self> {
+    pub fn start(stats: ExitStats, context: Option<HostContext>) -> std::io::Result<Self> {
         let (to_stage, batches) = sync_channel::<Vec<Deferred>>(IN_FLIGHT);
         let (give_back, recycled) = sync_channel::<Vec<Deferred>>(IN_FLIGHT + 2);
         let (send_contexts, contexts) = std::sync::mpsc::channel::<Vec<ExitContext>>();
@@ -78,12 +80,16 @@ impl StatsStage {
             for mut batch in batches {
                 for d in batch.drain(..) {
                     stats.push_attributed(&d.event, d.actor, d.vmcs12);
-                    context.push_stepped(&d.event, d.actor);
+                    if let Some(context) = &mut context {
+                        context.push_stepped(&d.event, d.actor);
+                    }
                 }
-                // Without host events the log holds in-KVM-only rows nobody shows.
-                let rows = context.take_attributed();
-                if context.has_host_events() && !rows.is_empty() {
-                    let _ = send_contexts.send(rows);
+                if let Some(context) = &mut context {
+                    // Without host events the log holds in-KVM-only rows nobody shows.
+                    let rows = context.take_attributed();
+                    if context.has_host_events() && !rows.is_empty() {
+                        let _ = send_contexts.send(rows);
+                    }
                 }
                 // A full queue of emptied batches: this one is dropped instead.
                 let _ = give_back.try_send(batch);
@@ -189,14 +195,15 @@ mod tests {
         }
         let want = inline.finish(None, None).stats.expect("statistics");
 
-        let mut stage = StatsStage::start(ExitStats::new(), HostContext::new()).expect("thread");
+        let mut stage =
+            StatsStage::start(ExitStats::new(), Some(HostContext::new())).expect("thread");
         let mut pass = Pass::new(PassConfig { stats: StatsMode::Off, ..PassConfig::default() });
         for e in &events {
             let _ = pass.step(e, &mut Feed { stage: &mut stage });
         }
         let end = stage.finish().expect("the stage ran");
         assert!(end.contexts.is_empty(), "no host events: no exit contexts");
-        assert!(end.context.finish().is_none());
+        assert!(end.context.and_then(HostContext::finish).is_none());
         let got = end.stats.finish(None, None);
         assert_eq!(
             serde_json::to_value(&got).expect("json"),

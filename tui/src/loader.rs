@@ -305,7 +305,7 @@ fn in_memory(
     if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
         return;
     }
-    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false, true);
     for (k, event) in events.enumerate() {
         let fraction = expected.filter(|n| *n > 0).map(|n| (k as f64 / n as f64).min(1.0));
         if !pipeline.push(event, fraction) {
@@ -341,7 +341,8 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
     {
         return;
     }
-    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, excerpt);
+    let host = HostContext::possible_in(&*reader);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, excerpt, host);
     if pipeline.push_all(&mut reader, || None) {
         let meta = reader.meta().clone();
         pipeline.finish(&meta, reader.stats());
@@ -395,7 +396,9 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     }
     let cursor = DatCursor::new(lanes.len(), counts);
     let lane_of_cpu = LaneOfCpu::new(lane_of_cpu);
-    let mut pipeline = Pipeline::new(tx, started, Positions::Dat { cursor, lane_of_cpu }, false);
+    let host = HostContext::possible_in(&reader);
+    let positions = Positions::Dat { cursor, lane_of_cpu };
+    let mut pipeline = Pipeline::new(tx, started, positions, false, host);
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     if pipeline.push_all(&mut reader, || None) {
         let meta = reader.meta().clone();
@@ -681,7 +684,7 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
             }
             let excerpt = m.excerpt;
             meta = Some(m);
-            let mut p = Pipeline::new(tx, started, Positions::Text, excerpt);
+            let mut p = Pipeline::new(tx, started, Positions::Text, excerpt, true);
             p.save_to = index.save_index.then(|| path.to_path_buf());
             pipeline = Some(p);
         }
@@ -832,10 +835,11 @@ enum Counting {
 
 impl Indexer {
     /// An indexer whose statistics run on their own thread when `staged` and the thread
-    /// starts; the pass keeps them itself when [`Indexer::statistics_in_pass`].
-    fn new(staged: bool) -> Self {
-        let stage =
-            staged.then(|| StatsStage::start(ExitStats::new(), HostContext::with_exit_log()));
+    /// starts; the pass keeps them itself when [`Indexer::statistics_in_pass`]. The host
+    /// context runs on the stage only when the input may hold host events (`host`).
+    fn new(staged: bool, host: bool) -> Self {
+        let stage = staged
+            .then(|| StatsStage::start(ExitStats::new(), host.then(HostContext::with_exit_log)));
         let counting = match stage {
             Some(Ok(stage)) => Counting::Staged(stage),
             Some(Err(_)) | None => Counting::Inline(Box::new(HostContext::with_exit_log())),
@@ -920,9 +924,16 @@ impl Indexer {
 
 impl<'a> Pipeline<'a> {
     /// A pipeline for one input; `excerpt`: the reader recognised pasted text (the model then
-    /// reports absences the cuts explain at info, as `vmxray replay` does).
-    fn new(tx: &'a Sender<LoadMsg>, started: Instant, positions: Positions, excerpt: bool) -> Self {
-        Self::counting(tx, started, positions, excerpt, true)
+    /// reports absences the cuts explain at info, as `vmxray replay` does); `host`: the input
+    /// may hold host events ([`HostContext::possible_in`]), else no host context is built.
+    fn new(
+        tx: &'a Sender<LoadMsg>,
+        started: Instant,
+        positions: Positions,
+        excerpt: bool,
+        host: bool,
+    ) -> Self {
+        Self::counting(tx, started, positions, excerpt, host, true)
     }
 
     /// [`Pipeline::new`], with the statistics on their own thread only when `staged` (else as
@@ -932,11 +943,12 @@ impl<'a> Pipeline<'a> {
         started: Instant,
         positions: Positions,
         excerpt: bool,
+        host: bool,
         staged: bool,
     ) -> Self {
         let mut config = PassConfig::default();
         config.model.excerpt = excerpt;
-        let indexer = Indexer::new(staged);
+        let indexer = Indexer::new(staged, host);
         if !indexer.statistics_in_pass() {
             config.stats = StatsMode::Off;
         }
@@ -1139,7 +1151,7 @@ impl<'a> Pipeline<'a> {
             Counting::Staged(stage) => match stage.finish() {
                 Some(end) => {
                     self.indexer.batch.contexts.extend(end.contexts);
-                    (Some(end.stats), end.context)
+                    (Some(end.stats), end.context.unwrap_or_default())
                 }
                 None => {
                     let note = "Statistics incomplete: their thread stopped".to_owned();
@@ -1196,7 +1208,7 @@ mod tests {
         let meta = reader.meta().clone();
         tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).expect("sends");
         let mut pipeline =
-            Pipeline::counting(&tx, Instant::now(), Positions::Resident, false, staged);
+            Pipeline::counting(&tx, Instant::now(), Positions::Resident, false, true, staged);
         assert!(pipeline.push_all(&mut reader, || None));
         pipeline.finish(&meta, reader.stats());
         drop(tx);
