@@ -14,6 +14,10 @@
 //! three more vCPUs of the same L1) under `VMXRAY_BENCH_DIR` (default `target/tmp/bench-tui`)
 //! and reused by later runs. Files of 10⁸ events take a few GB: delete them when done.
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -8,6 +8,10 @@
 //! that it stays ordered: the same shape as `samples/sim/muen-buggy-6.1.txt`, about one anomaly per thousand
 //! events.
 
+/// The allocator the `vmxray` binary uses (see `src/main.rs`), so figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
