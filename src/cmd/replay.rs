@@ -690,7 +690,7 @@ mod tests {
         // is at vCPU 1's last event both times, not at the trace's.
         let excerpt = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/fuzz/corpus/text_excerpt/efault-loop-vvar-in-guest-memory.txt"
+            "/samples/real/excerpts/efault-loop-vvar-in-guest-memory.txt"
         );
         let other_vcpu = "             exe-110349  [007] d... 410259.258880: kvm_entry: vcpu 2, \
              rip 0x1000\n             exe-110349  [007] d... 410259.258890: kvm_exit: vcpu 2 \
