@@ -343,11 +343,18 @@ fn obs_json(o: &VmcsField) -> serde_json::Value {
     })
 }
 
-fn value_text(o: &VmcsField) -> String {
-    if o.mask == u64::MAX {
-        format!("{:#x}", o.value)
-    } else {
-        format!("{:#x}/{:#x}", o.value, o.mask)
+/// An observation's value, with its mask when only some bits are known: `0x1000`,
+/// `0x0/0xffffffff`.
+struct ValueText<'a>(&'a VmcsField);
+
+impl std::fmt::Display for ValueText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = self.0;
+        if o.mask == u64::MAX {
+            write!(f, "{:#x}", o.value)
+        } else {
+            write!(f, "{:#x}/{:#x}", o.value, o.mask)
+        }
     }
 }
 
@@ -386,13 +393,7 @@ fn write_obs<W: Write>(
             line.push(' ');
             push_padded(line, o.field, 30);
             line.push(' ');
-            let start = line.len();
-            let _ = write!(line, "{:#x}", o.value);
-            if o.mask != u64::MAX {
-                let _ = write!(line, "/{:#x}", o.mask);
-            }
-            let n = line.len() - start;
-            line.extend(std::iter::repeat_n(' ', 20usize.saturating_sub(n)));
+            push_padded(line, ValueText(o), 20);
             let _ = write!(line, " {:<8} {}", o.learned.name(), o.source);
             if let (true, Some(p)) = (changed, previous) {
                 let _ = write!(line, " (was {p:#x})");
@@ -415,7 +416,7 @@ fn write_diff<W: Write>(out: &mut W, format: Format, d: &FieldDiff) -> io::Resul
         Format::Text => {
             let side = |o: &Option<VmcsField>| {
                 o.as_ref().map_or("(unknown)".to_string(), |o| {
-                    format!("{} {} (event {}, {})", o.vmcs, value_text(o), o.event, o.source)
+                    format!("{} {} (event {}, {})", o.vmcs, ValueText(o), o.event, o.source)
                 })
             };
             writeln!(out, "{:<30} {}  |  {}", d.field.to_string(), side(&d.left), side(&d.right))
