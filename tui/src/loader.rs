@@ -305,7 +305,7 @@ fn in_memory(
     if tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).is_err() {
         return;
     }
-    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, false, true);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, InputFacts::IN_MEMORY);
     for (k, event) in events.enumerate() {
         let fraction = expected.filter(|n| *n > 0).map(|n| (k as f64 / n as f64).min(1.0));
         if !pipeline.push(event, fraction) {
@@ -332,7 +332,6 @@ fn load_reader(
 /// An input read once: its blocks keep their events.
 fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Instant) {
     let meta = reader.meta().clone();
-    let excerpt = meta.excerpt;
     if tx.send(LoadMsg::Opened { meta, backing: Backing::Memory }).is_err() {
         return;
     }
@@ -341,8 +340,8 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
     {
         return;
     }
-    let host = HostContext::possible_in(&*reader);
-    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, excerpt, host);
+    let facts = InputFacts::of(&*reader);
+    let mut pipeline = Pipeline::new(tx, started, Positions::Resident, facts);
     if pipeline.push_all(&mut reader, || None) {
         let meta = reader.meta().clone();
         pipeline.finish(&meta, reader.stats());
@@ -396,9 +395,8 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     }
     let cursor = DatCursor::new(lanes.len(), counts);
     let lane_of_cpu = LaneOfCpu::new(lane_of_cpu);
-    let host = HostContext::possible_in(&reader);
     let positions = Positions::Dat { cursor, lane_of_cpu };
-    let mut pipeline = Pipeline::new(tx, started, positions, false, host);
+    let mut pipeline = Pipeline::new(tx, started, positions, InputFacts::of(&reader));
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
     if pipeline.push_all(&mut reader, || None) {
         let meta = reader.meta().clone();
@@ -682,9 +680,8 @@ fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpt
             if tx.send(LoadMsg::Opened { meta: m.clone(), backing }).is_err() {
                 return;
             }
-            let excerpt = m.excerpt;
             meta = Some(m);
-            let mut p = Pipeline::new(tx, started, Positions::Text, excerpt, true);
+            let mut p = Pipeline::new(tx, started, Positions::Text, InputFacts::of(&reader));
             p.save_to = index.save_index.then(|| path.to_path_buf());
             pipeline = Some(p);
         }
@@ -725,6 +722,26 @@ fn merge_read_stats(into: &mut ReadStats, from: &ReadStats) {
     }
     for (k, n) in &from.unknown_events {
         *into.unknown_events.entry(k.clone()).or_default() += n;
+    }
+}
+
+/// What the pass needs to know of its input before its first event.
+#[derive(Clone, Copy, Debug)]
+struct InputFacts {
+    /// The reader recognised pasted text: the model reports absences the cuts explain at info,
+    /// as `vmxray replay` does.
+    excerpt: bool,
+    /// The input may hold host events ([`HostContext::possible_in`]); else no host context is
+    /// built.
+    host: bool,
+}
+
+impl InputFacts {
+    /// Events handed to the loader in memory: no excerpt, host events possible.
+    const IN_MEMORY: Self = Self { excerpt: false, host: true };
+
+    fn of(reader: &dyn EventReader) -> Self {
+        Self { excerpt: reader.meta().excerpt, host: HostContext::possible_in(reader) }
     }
 }
 
@@ -923,17 +940,14 @@ impl Indexer {
 }
 
 impl<'a> Pipeline<'a> {
-    /// A pipeline for one input; `excerpt`: the reader recognised pasted text (the model then
-    /// reports absences the cuts explain at info, as `vmxray replay` does); `host`: the input
-    /// may hold host events ([`HostContext::possible_in`]), else no host context is built.
+    /// A pipeline for one input.
     fn new(
         tx: &'a Sender<LoadMsg>,
         started: Instant,
         positions: Positions,
-        excerpt: bool,
-        host: bool,
+        facts: InputFacts,
     ) -> Self {
-        Self::counting(tx, started, positions, excerpt, host, true)
+        Self::counting(tx, started, positions, facts, true)
     }
 
     /// [`Pipeline::new`], with the statistics on their own thread only when `staged` (else as
@@ -942,13 +956,12 @@ impl<'a> Pipeline<'a> {
         tx: &'a Sender<LoadMsg>,
         started: Instant,
         positions: Positions,
-        excerpt: bool,
-        host: bool,
+        facts: InputFacts,
         staged: bool,
     ) -> Self {
         let mut config = PassConfig::default();
-        config.model.excerpt = excerpt;
-        let indexer = Indexer::new(staged, host);
+        config.model.excerpt = facts.excerpt;
+        let indexer = Indexer::new(staged, facts.host);
         if !indexer.statistics_in_pass() {
             config.stats = StatsMode::Off;
         }
@@ -1205,10 +1218,11 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let opts = ReadOptions { permissive: true, ..ReadOptions::default() };
         let mut reader = vmxray_capture::open(path, opts).expect("opens");
+        let facts = InputFacts::of(&*reader);
         let meta = reader.meta().clone();
         tx.send(LoadMsg::Opened { meta: meta.clone(), backing: Backing::Memory }).expect("sends");
         let mut pipeline =
-            Pipeline::counting(&tx, Instant::now(), Positions::Resident, false, true, staged);
+            Pipeline::counting(&tx, Instant::now(), Positions::Resident, facts, staged);
         assert!(pipeline.push_all(&mut reader, || None));
         pipeline.finish(&meta, reader.stats());
         drop(tx);
