@@ -52,12 +52,9 @@ fn main() {
         let mut last = before.clone();
         while app.loading() {
             app.drain(Duration::from_millis(20));
-            let now = thread_cpu();
-            if now.values().sum::<f64>() > 0.0 {
-                for (name, t) in now {
-                    let e = last.entry(name).or_default();
-                    *e = e.max(t);
-                }
+            for (name, t) in thread_cpu() {
+                let e = last.entry(name).or_default();
+                *e = e.max(t);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

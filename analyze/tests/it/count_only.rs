@@ -4,7 +4,7 @@
 //! trace-cmd's and perf's own captures), the report must be the one the full decode gives.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vmxray_analyze::context::HostContext;
 use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
@@ -12,17 +12,6 @@ use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::{CountOnly, ReadOptions, ReadStats};
 use vmxray_events::{EventKind, OtherEvent};
 use vmxray_replay::ModelConfig;
-
-fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("samples folder").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            binary_samples(&path, out);
-        } else if path.extension().is_some_and(|x| x == "dat" || x == "data") {
-            out.push(path);
-        }
-    }
-}
 
 /// Checks that no event of a counted kind is yielded.
 struct Yielded<'a> {
@@ -70,9 +59,7 @@ fn stats(path: &Path, count_only: CountOnly) -> (StatsReport, ReadStats) {
 
 #[test]
 fn counting_only_leaves_the_report_of_every_binary_sample_unchanged() {
-    let mut traces = Vec::new();
-    binary_samples(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples"), &mut traces);
-    traces.sort();
+    let traces = vmxray_events::test_util::binary_samples();
     assert!(traces.len() >= 50, "{traces:?}");
     let mut counted_total = 0;
     let mut traces_with_counted = 0;

@@ -23,6 +23,26 @@ pub fn skip(reason: &str) {
     eprintln!("SKIP: {reason}");
 }
 
+/// Every binary trace committed under the repository's `samples/` (trace.dat and perf.data:
+/// real VMX hosts under Bochs, the lab's recordings, trace-cmd's and perf's own captures),
+/// sorted.
+pub fn binary_samples() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("samples folder").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "dat" || x == "data") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples"), &mut out);
+    out.sort();
+    out
+}
+
 pub const EXCEPTION_NMI: u32 = 0;
 pub const EXTERNAL_INTERRUPT: u32 = 1;
 pub const CPUID: u32 = 10;

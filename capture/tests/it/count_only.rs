@@ -4,8 +4,6 @@
 //! event's index in the full read, on every binary sample (trace.dat and perf.data, one CPU or
 //! many).
 
-use std::path::{Path, PathBuf};
-
 use vmxray_capture::{CountOnly, ReadOptions, open};
 use vmxray_events::{KnownEvent, KnownSet};
 
@@ -22,22 +20,9 @@ const COUNTED: KnownSet = KnownSet::of(&[
     KnownEvent::KvmEntry,
 ]);
 
-fn binary_samples(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("samples folder").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            binary_samples(&path, out);
-        } else if path.extension().is_some_and(|x| x == "dat" || x == "data") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn counted_records_keep_every_yielded_event_at_its_index() {
-    let mut traces = Vec::new();
-    binary_samples(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples"), &mut traces);
-    traces.sort();
+    let traces = vmxray_events::test_util::binary_samples();
     let (mut multi_cpu, mut counted_total) = (0, 0);
     for path in &traces {
         let full_opts = ReadOptions { permissive: true, ..ReadOptions::default() };
