@@ -78,12 +78,15 @@ impl StatsStage {
         let worker = std::thread::Builder::new().name("vmxray-stats".into()).spawn(move || {
             let (mut stats, mut context) = (stats, context);
             for mut batch in batches {
-                for d in batch.drain(..) {
+                // Read in place, then dropped at once: moving each ~130-byte event out of the
+                // batch showed as a copy per event in profiles.
+                for d in &batch {
                     stats.push_attributed(&d.event, d.actor, d.vmcs12);
                     if let Some(context) = &mut context {
                         context.push_stepped(&d.event, d.actor);
                     }
                 }
+                batch.clear();
                 if let Some(context) = &mut context {
                     // Without host events the log holds in-KVM-only rows nobody shows.
                     let rows = context.take_attributed();

@@ -277,6 +277,7 @@ impl ExitInfo {
 }
 
 impl From<ExitFields> for ExitInfo {
+    #[inline]
     fn from(f: ExitFields) -> Self {
         let has = |present: bool, bit: u8| if present { bit } else { 0 };
         let reason_kind = match f.reason {
@@ -984,33 +985,31 @@ impl KnownEvent {
 
     /// Builds the typed event from the fields, for every layout generation of the tracepoint.
     pub fn decode(self, f: &impl FieldLookup) -> Result<EventKind, DecodeError> {
+        let mut kind = EventKind::Lost { count: None };
+        self.decode_into(f, &mut kind)?;
+        Ok(kind)
+    }
+
+    /// [`KnownEvent::decode`] straight into `out` (left as it was on an error): a reader
+    /// decoding into its buffer's slot saves moving the ~64-byte kind through a returned
+    /// `Result` and reading it back at once, which stalled the decode in profiles.
+    pub fn decode_into(self, f: &impl FieldLookup, out: &mut EventKind) -> Result<(), DecodeError> {
+        *out = self.build(f)?;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn build(self, f: &impl FieldLookup) -> Result<EventKind, DecodeError> {
         let event = self.name();
         let need = |field: &'static str| f.uint(field).ok_or(DecodeError { event, field });
         let need32 = |field: &'static str| f.u32(field).ok_or(DecodeError { event, field });
         let isa = || f.uint("isa").and_then(Isa::from_raw);
         let intr = |field: &str| f.u32(field).map(IntrInfo);
         Ok(match self {
-            Self::KvmExit => EventKind::KvmExit(ExitInfo::from({
-                let reason = need("exit_reason")?;
-                let isa = isa();
-                ExitFields {
-                    reason: ExitCode::from_raw(reason, isa),
-                    isa,
-                    guest_rip: f.uint("guest_rip"),
-                    info1: f.uint("info1"),
-                    info2: f.uint("info2"),
-                    intr_info: intr("intr_info"),
-                    error_code: f.u32("error_code"),
-                    vcpu_id: f.u32("vcpu_id"),
-                    requests: f.uint("requests"),
-                }
-            })),
+            Self::KvmExit => EventKind::KvmExit(exit_info(f, event)?),
             Self::KvmNestedVmexit if f.uint("exit_reason").is_some() => {
                 // 5.10+: the kvm_exit layout.
-                match Self::KvmExit.decode(f)? {
-                    EventKind::KvmExit(info) => EventKind::KvmNestedVmexit(info),
-                    other => other,
-                }
+                EventKind::KvmNestedVmexit(exit_info(f, event)?)
             }
             Self::KvmNestedVmexit => EventKind::KvmNestedVmexit(ExitInfo::from(ExitFields {
                 // ≤5.9 layout: rip, exit_code, exit_info1/2, exit_int_info(_err), isa.
@@ -1229,6 +1228,24 @@ impl KnownSet {
 /// The pseudo-field a text reader adds when its rendering determines only some role bits
 /// (see [`MmuPage::role_known`]); absent means the raw word (all bits known).
 pub const ROLE_KNOWN_FIELD: &str = "vmxray_role_known";
+
+/// The fields of `kvm_exit`, and of `kvm_nested_vmexit` from 5.10 on (the same layout).
+#[inline(always)]
+fn exit_info(f: &impl FieldLookup, event: &'static str) -> Result<ExitInfo, DecodeError> {
+    let reason = f.uint("exit_reason").ok_or(DecodeError { event, field: "exit_reason" })?;
+    let isa = f.uint("isa").and_then(Isa::from_raw);
+    Ok(ExitInfo::from(ExitFields {
+        reason: ExitCode::from_raw(reason, isa),
+        isa,
+        guest_rip: f.uint("guest_rip"),
+        info1: f.uint("info1"),
+        info2: f.uint("info2"),
+        intr_info: f.u32("intr_info").map(IntrInfo),
+        error_code: f.u32("error_code"),
+        vcpu_id: f.u32("vcpu_id"),
+        requests: f.uint("requests"),
+    }))
+}
 
 fn mmu_page(f: &impl FieldLookup, event: &'static str) -> Result<MmuPage, DecodeError> {
     let role_known = f.u32(ROLE_KNOWN_FIELD).unwrap_or(MmuPage::ROLE_ALL_KNOWN);

@@ -157,9 +157,29 @@ impl DecodeCtx {
                 return Ok(());
             }
             Some(format) => match format.known {
-                Some(known) => known
-                    .decode(&Record::new(format, payload, self.formats.endian()))
-                    .map_err(RecordError::Decode)?,
+                Some(known) => {
+                    // Decoded in place: the event goes into the batch first, its kind is then
+                    // written straight into the batch's slot.
+                    let comm = cache.get(&self.comms, pid);
+                    batch.items.push(Ok(Event {
+                        ts,
+                        cpu,
+                        pid,
+                        tgid: None,
+                        comm,
+                        kind: EventKind::Lost { count: None },
+                    }));
+                    let rec = Record::new(format, payload, self.formats.endian());
+                    let decoded = match batch.items.last_mut() {
+                        Some(Ok(slot)) => known.decode_into(&rec, &mut slot.kind),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = decoded {
+                        batch.items.pop();
+                        return Err(RecordError::Decode(e));
+                    }
+                    return Ok(());
+                }
                 None => cache.other(format, payload, self.formats.endian()),
             },
             None => {
@@ -168,7 +188,7 @@ impl DecodeCtx {
             }
         };
         let comm = cache.get(&self.comms, pid);
-        batch.items.push_back(Ok(Event { ts, cpu, pid, tgid: None, comm, kind }));
+        batch.items.push(Ok(Event { ts, cpu, pid, tgid: None, comm, kind }));
         Ok(())
     }
 
@@ -181,14 +201,14 @@ impl DecodeCtx {
                 Ok(s) => match s.item {
                     PageItem::Event { ts, payload, offset } => {
                         if let Err(e) = self.record(cpu, ts, payload, &mut cache, batch) {
-                            batch.items.push_back(Err(ReadError::new(
+                            batch.items.push(Err(ReadError::new(
                                 &self.input,
                                 base.at(cpu, s.page_offset + offset as u64),
                                 e,
                             )));
                         }
                     }
-                    PageItem::Lost { ts, count } => batch.items.push_back(Ok(Event {
+                    PageItem::Lost { ts, count } => batch.items.push(Ok(Event {
                         ts,
                         cpu,
                         pid: -1,
@@ -197,7 +217,7 @@ impl DecodeCtx {
                         kind: EventKind::Lost { count },
                     })),
                 },
-                Err(e) => batch.items.push_back(Err(ReadError::new(
+                Err(e) => batch.items.push(Err(ReadError::new(
                     &self.input,
                     base.at(cpu, e.offset),
                     e.error,

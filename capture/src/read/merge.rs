@@ -38,8 +38,9 @@ pub(crate) type Item = Result<Event, ReadError>;
 /// One decoded chunk of a CPU's stream.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    /// Events and problems, in stream order.
-    pub items: VecDeque<Item>,
+    /// Events and problems, in stream order (a `Vec` while decoding, whose push is cheaper
+    /// than a `VecDeque`'s; the merge takes it over as a `VecDeque` without copying).
+    pub items: Vec<Item>,
     /// Records whose id no format describes, by id.
     pub unknown: BTreeMap<String, u64>,
     /// Records of the kinds the reader only counts, by [`KnownEvent`] discriminant.
@@ -60,7 +61,7 @@ pub(crate) struct Skip {
 
 /// Emptied batch buffers, reused so that each chunk does not allocate (and page-fault) a
 /// fresh few hundred KiB.
-static RECYCLED: Mutex<Vec<(VecDeque<Item>, Vec<Skip>)>> = Mutex::new(Vec::new());
+static RECYCLED: Mutex<Vec<(Vec<Item>, Vec<Skip>)>> = Mutex::new(Vec::new());
 const RECYCLED_MAX: usize = 16;
 
 impl Default for Batch {
@@ -79,6 +80,8 @@ impl Default for Batch {
 fn recycle(mut items: VecDeque<Item>, mut skips: Vec<Skip>) {
     items.clear();
     skips.clear();
+    // Empty, the deque starts at its buffer's start: this takes the buffer without moving.
+    let items = Vec::from(items);
     if items.capacity() == 0 && skips.capacity() == 0 {
         return;
     }
@@ -166,7 +169,7 @@ impl Lane {
                 });
                 self.skips_seen += 1;
             }
-            recycle(std::mem::replace(&mut self.batch, batch.items), batch.skips);
+            recycle(std::mem::replace(&mut self.batch, VecDeque::from(batch.items)), batch.skips);
             self.fill_slots(parallel);
         }
         true

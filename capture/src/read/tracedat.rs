@@ -1374,7 +1374,7 @@ impl TraceDat {
                 };
                 ctx.decode_pages(w.cpu, &pages, base, batch);
                 if w.usize.is_none() && (pages.len() as u64) < w.len {
-                    batch.items.push_back(Err(self.err(
+                    batch.items.push(Err(self.err(
                         Location::Offset(w.file_offset.saturating_add(pages.len() as u64)),
                         TraceDatError::Truncated { expected: "CPU data" },
                     )));
@@ -1382,7 +1382,7 @@ impl TraceDat {
                 // trace-cmd's order: TSC cycles to ns, then the OFFSET/DATE shift.
                 let tsc = self.tsc_to_ns();
                 if tsc.is_some() || self.ts_offset != 0 {
-                    for ev in batch.items.range_mut(first..).flatten() {
+                    for ev in batch.items.iter_mut().skip(first).flatten() {
                         if let Some((mult, shift)) = tsc {
                             ev.ts = tsc_to_ns(ev.ts, mult, shift);
                         }
@@ -1390,7 +1390,7 @@ impl TraceDat {
                     }
                 }
             }
-            Err((at, e)) => batch.items.push_back(Err(self.err(at, e))),
+            Err((at, e)) => batch.items.push(Err(self.err(at, e))),
         }
         scratch.pages = pages;
     }
@@ -1547,12 +1547,13 @@ impl TraceDat {
                             let before = batch.items.len();
                             td.decode_work(&ctx, w, scratch, &mut batch);
                             if let Some(counts) = &counts {
-                                let n = batch.items.range(before..).filter(|i| i.is_ok()).count();
+                                let n =
+                                    batch.items.iter().skip(before).filter(|i| i.is_ok()).count();
                                 counts.set(lane, w, n);
                             }
                         }
                         if let Some((at, e)) = group.error {
-                            batch.items.push_back(Err(td.err(at, e)));
+                            batch.items.push(Err(td.err(at, e)));
                         }
                     };
                     SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -1563,13 +1564,15 @@ impl TraceDat {
                     // Starting inside the first chunk: drop the events before the position
                     // (and the problems among them, which a full read met before it).
                     let mut left = drop_first;
-                    while left > 0 {
-                        match batch.items.pop_front() {
-                            Some(Ok(_)) => left -= 1,
-                            Some(Err(_)) => {}
-                            None => break,
+                    let mut cut = 0;
+                    for item in &batch.items {
+                        if left == 0 {
+                            break;
                         }
+                        left -= u32::from(item.is_ok());
+                        cut += 1;
                     }
+                    batch.items.drain(..cut);
                     batch
                 }) as Job
             });

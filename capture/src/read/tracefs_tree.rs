@@ -283,7 +283,7 @@ impl TracefsReader {
                         Ok(()) => {
                             ctx.decode_pages(w.cpu, &buf, StreamBase::File(w.offset), &mut batch)
                         }
-                        Err(source) => batch.items.push_back(Err(ReadError::new(
+                        Err(source) => batch.items.push(Err(ReadError::new(
                             &ctx.input,
                             Location::Offset(w.offset),
                             TracefsError::Io { path, source },
