@@ -998,6 +998,8 @@ impl KnownEvent {
         Ok(())
     }
 
+    /// The decoder, inlined into [`KnownEvent::decode_into`] only: one copy of its body, so
+    /// that every lookup passes the name literals a reader's lookup plan recorded.
     #[inline(always)]
     fn build(self, f: &impl FieldLookup) -> Result<EventKind, DecodeError> {
         let event = self.name();

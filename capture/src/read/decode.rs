@@ -170,11 +170,10 @@ impl DecodeCtx {
                         kind: EventKind::Lost { count: None },
                     }));
                     let rec = Record::new(format, payload, self.formats.endian());
-                    let decoded = match batch.items.last_mut() {
-                        Some(Ok(slot)) => known.decode_into(&rec, &mut slot.kind),
-                        _ => Ok(()),
-                    };
-                    if let Err(e) = decoded {
+                    // The last item is the event just pushed.
+                    if let Some(Ok(slot)) = batch.items.last_mut()
+                        && let Err(e) = known.decode_into(&rec, &mut slot.kind)
+                    {
                         batch.items.pop();
                         return Err(RecordError::Decode(e));
                     }
@@ -233,4 +232,49 @@ pub(crate) fn unknown_event(id: u32, payload: &[u8]) -> EventKind {
     fields.push("id", FieldValue::U64(u64::from(id)));
     fields.push("raw", FieldValue::Bytes(payload.into()));
     EventKind::Other(Box::new(OtherEvent { system: "".into(), name: "unknown".into(), fields }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bin::format::EventFormats;
+
+    /// kvm_exit's real format with `exit_reason`, the one field its decode requires, renamed.
+    fn formats_without_exit_reason() -> EventFormats {
+        let text = include_str!("../../../samples/real/raw/tracefs/events/kvm/kvm_exit/format")
+            .replace(" exit_reason;", " exit_reason_gone;");
+        let mut formats = EventFormats::new(Endian::Little, 8);
+        formats.add_text("kvm", text.as_bytes()).expect("the real format parses");
+        formats
+    }
+
+    #[test]
+    fn a_record_that_fails_its_typed_decode_leaves_nothing_in_the_batch() {
+        let formats = formats_without_exit_reason();
+        let id = formats.find("kvm", "kvm_exit").expect("kvm_exit").id;
+        let ctx = DecodeCtx {
+            input: Arc::from("t.dat"),
+            layout: PageLayout::default_64(Endian::Little),
+            comms: Arc::new(parse_cmdlines(b"7 CPU 0/KVM\n")),
+            count_only: CountOnly::NONE,
+            formats: Arc::new(formats),
+        };
+        let mut payload = vec![0u8; 80];
+        payload[..2].copy_from_slice(&u16::try_from(id).unwrap().to_le_bytes());
+        payload[4..8].copy_from_slice(&7i32.to_le_bytes());
+        let (mut cache, mut batch) = (CommCache::default(), Batch::default());
+        let got = ctx.record(0, 100, &payload, &mut cache, &mut batch);
+        assert!(matches!(got, Err(RecordError::Decode(_))), "{got:?}");
+        assert!(batch.items.is_empty(), "no placeholder event is left behind");
+
+        // The same record with the field named as the kernel names it decodes, in place.
+        let mut formats = EventFormats::new(Endian::Little, 8);
+        let real = include_str!("../../../samples/real/raw/tracefs/events/kvm/kvm_exit/format");
+        formats.add_text("kvm", real.as_bytes()).expect("the real format parses");
+        let ctx = DecodeCtx { formats: Arc::new(formats), ..ctx };
+        ctx.record(0, 100, &payload, &mut cache, &mut batch).expect("decodes");
+        let [Ok(event)] = batch.items.as_slice() else { panic!("{:?}", batch.items) };
+        assert!(matches!(event.kind, EventKind::KvmExit(_)), "{:?}", event.kind);
+        assert_eq!((event.ts, event.pid, event.comm.as_deref()), (100, 7, Some("CPU 0/KVM")));
+    }
 }
