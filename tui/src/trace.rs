@@ -183,8 +183,10 @@ pub struct Trace {
     pub crashes: Vec<(u64, CrashKind)>,
     /// Lost-event markers, in event order.
     pub lost: Vec<u64>,
-    /// Model snapshots at block starts, by event index.
-    checkpoints: Vec<(u64, Model)>,
+    /// Model snapshots at block starts, by event index. Boxed: a ~900-byte model inline made
+    /// each growth of the list copy them all into fresh pages (page faults on the UI thread,
+    /// seen in profiles of the load).
+    checkpoints: Vec<(u64, Box<Model>)>,
     /// The lanes' summaries.
     pub lanes: Lanes,
     /// The statistics report (`vmxray stats`), once everything is read.
@@ -271,6 +273,10 @@ fn severity_rank(s: Severity) -> usize {
 }
 
 impl Trace {
+    fn add_checkpoints(&mut self, snapshots: Vec<(u64, Model)>) {
+        self.checkpoints.extend(snapshots.into_iter().map(|(at, m)| (at, Box::new(m))));
+    }
+
     /// Applies one loader message.
     pub fn apply(&mut self, msg: LoadMsg) {
         match msg {
@@ -288,7 +294,7 @@ impl Trace {
             }
             LoadMsg::Failed(error) => self.progress = Progress::Failed { error },
             LoadMsg::Checkpoints { snapshots, fraction, elapsed } => {
-                self.checkpoints.extend(snapshots);
+                self.add_checkpoints(snapshots);
                 self.rebuilding = (fraction < 1.0).then_some(fraction);
                 self.rebuild_elapsed = elapsed;
             }
@@ -312,7 +318,7 @@ impl Trace {
             elapsed,
         } = batch;
         self.contexts.extend(contexts.into_iter().map(|c| (c.index, c)));
-        self.checkpoints.extend(snapshots);
+        self.add_checkpoints(snapshots);
         for actor in actors {
             let id = u16::try_from(self.actors.len()).unwrap_or(EventTag::NO_ACTOR);
             self.actor_ids.insert(actor, id);

@@ -198,17 +198,14 @@ pub struct ExitStats {
     attribution: Attribution,
     /// Each vCPU's exit waiting for its entry (a slot reused exit after exit).
     pending: ActorSlots<PendingExit>,
-    groups: HashMap<GroupKey, Group>,
-    unpaired: Unpaired,
+    /// What closing an exit counts into.
+    closing: Closing,
     saw_nested_vmexit: bool,
     saw_nested_vmenter: bool,
     saw_nested_inject: bool,
     saw_entry: bool,
     synthesized: BTreeMap<ReasonKey, u64>,
     orphan_nested_vmexits: u64,
-    /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
-    /// (latency, exit ts, vCPU, reason, level).
-    slowest: BinaryHeap<Reverse<SlowKey>>,
     insn_total: u64,
     insn_failed: u64,
     insns: HashMap<Box<[u8]>, InsnCount>,
@@ -217,8 +214,89 @@ pub struct ExitStats {
     userspace: BTreeMap<u32, (u64, u64)>,
     pio: BTreeMap<(bool, u32, u32), u64>,
     lost_in_stream: BTreeMap<u32, vmxray_capture::LostOnCpu>,
+}
+
+/// What closing an exit counts into, apart from [`ExitStats`]' other fields: an exit is closed
+/// where it waits in its slot, read by reference (copying the ~150-byte exit out of its slot
+/// first, at every entry, showed in profiles).
+#[derive(Debug, Default)]
+struct Closing {
+    groups: HashMap<GroupKey, Group>,
+    unpaired: Unpaired,
+    /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
+    /// (latency, exit ts, vCPU, reason, level).
+    slowest: BinaryHeap<Reverse<SlowKey>>,
     /// Closed exits not yet taken, when logging (see [`ExitStats::with_exit_log`]).
     exit_log: Option<Vec<ClosedExit>>,
+}
+
+impl Closing {
+    fn close(&mut self, vcpu: Actor, exit: &PendingExit, how: Close) {
+        let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
+        let group = self
+            .groups
+            .entry(GroupKey { reason: ReasonKey(exit.reason), level: Some(level), vcpu })
+            .or_default();
+        group.count += 1;
+        if exit.from_l2 {
+            if exit.reflected {
+                group.reflected += 1;
+            } else {
+                group.l0_handled += 1;
+            }
+        }
+        let unknown = |ts: u64| ts == Event::TS_UNKNOWN || exit.ts == Event::TS_UNKNOWN;
+        let outcome = match how {
+            Close::Entry(ts) if unknown(ts) => Err(NoLatency::UnknownTime),
+            Close::Entry(ts) if ts >= exit.ts => Ok(ts - exit.ts),
+            Close::Entry(_) => Err(NoLatency::ClockBackwards),
+            Close::TraceEnd => Err(NoLatency::TraceEnd),
+            Close::Lost => Err(NoLatency::LostEvents),
+            Close::NextExit => Err(NoLatency::NextExit),
+        };
+        if let Some(log) = &mut self.exit_log {
+            log.push(ClosedExit {
+                index: exit.index,
+                ts: exit.ts,
+                vcpu,
+                reason: exit.reason,
+                level,
+                reflected: exit.from_l2.then_some(exit.reflected),
+                latency: outcome,
+                rip: exit.rip,
+                qualification: exit.qualification,
+                info: exit.info,
+                vmcs12: if exit.from_l2 { exit.vmcs12 } else { None },
+            });
+        }
+        let cause = match how {
+            Close::Entry(ts) if unknown(ts) => &mut self.unpaired.unknown_time,
+            Close::Entry(ts) if ts >= exit.ts => {
+                let latency = ts - exit.ts;
+                group.latency.record(latency);
+                let slow = (latency, exit.ts, vcpu, ReasonKey(exit.reason), Some(level));
+                // Once the heap is full, an exit no slower than its fastest would be pushed and
+                // popped again at once: skip the two heap updates (most exits).
+                match self.slowest.peek() {
+                    Some(Reverse(fastest))
+                        if self.slowest.len() >= ExitStats::SLOWEST_KEPT && slow <= *fastest => {}
+                    _ => {
+                        self.slowest.push(Reverse(slow));
+                        if self.slowest.len() > ExitStats::SLOWEST_KEPT {
+                            self.slowest.pop();
+                        }
+                    }
+                }
+                return;
+            }
+            Close::Entry(_) => &mut self.unpaired.clock_backwards,
+            Close::TraceEnd => &mut self.unpaired.trace_end,
+            Close::Lost => &mut self.unpaired.lost_events,
+            Close::NextExit => &mut self.unpaired.next_exit,
+        };
+        *cause += 1;
+        group.without_latency += 1;
+    }
 }
 
 impl ExitStats {
@@ -270,18 +348,19 @@ impl ExitStats {
     /// An empty accumulator that also keeps every closed exit as a [`ClosedExit`], to be taken
     /// with [`ExitStats::take_closed_exits`] (memory: the exits closed since the last take).
     pub fn with_exit_log() -> Self {
-        Self { exit_log: Some(Vec::new()), ..Self::default() }
+        let closing = Closing { exit_log: Some(Vec::new()), ..Closing::default() };
+        Self { closing, ..Self::default() }
     }
 
     /// The exits closed since the last call, in the order they were closed (at their vCPU's
     /// next entry, next exit, a lost-events marker, or [`ExitStats::close_pending`]).
     pub fn take_closed_exits(&mut self) -> Vec<ClosedExit> {
-        self.exit_log.as_mut().map(std::mem::take).unwrap_or_default()
+        self.closing.exit_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Exits closed and not yet taken.
     pub fn closed_exits_pending(&self) -> usize {
-        self.exit_log.as_ref().map_or(0, Vec::len)
+        self.closing.exit_log.as_ref().map_or(0, Vec::len)
     }
 
     /// Closes the exits still waiting for an entry (the trace ended), as [`ExitStats::finish`]
@@ -352,7 +431,7 @@ impl ExitStats {
                     },
                 );
                 if let Some(previous) = &previous {
-                    self.close(vcpu, previous, Close::NextExit);
+                    self.closing.close(vcpu, previous, Close::NextExit);
                 }
             }
             EventKind::KvmEntry(_) => {
@@ -360,12 +439,14 @@ impl ExitStats {
                 // An exit recorded before the thread's vCPU was known waits under the thread.
                 // (The slot stays for the vCPU's next exit: this runs for every entry, and
                 // moving the ~150-byte exit in and out of a map showed in profiles.)
-                let exit = match self.pending.close(vcpu) {
-                    Some(exit) => Some(*exit),
-                    None => self.pending.close(Actor::Thread(event.pid)).copied(),
-                };
-                if let Some(exit) = &exit {
-                    self.close(vcpu, exit, Close::Entry(event.ts));
+                let how = Close::Entry(event.ts);
+                match self.pending.close(vcpu) {
+                    Some(exit) => self.closing.close(vcpu, exit, how),
+                    None => {
+                        if let Some(exit) = self.pending.close(Actor::Thread(event.pid)) {
+                            self.closing.close(vcpu, exit, how);
+                        }
+                    }
                 }
             }
             EventKind::KvmNestedVmexit(_) => {
@@ -485,75 +566,8 @@ impl ExitStats {
             self.pending.close_all().map(|(vcpu, exit)| (vcpu, *exit)).collect();
         pending.sort_by_key(|(_, exit)| exit.index);
         for (vcpu, exit) in pending {
-            self.close(vcpu, &exit, how);
+            self.closing.close(vcpu, &exit, how);
         }
-    }
-
-    fn close(&mut self, vcpu: Actor, exit: &PendingExit, how: Close) {
-        let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
-        let group = self
-            .groups
-            .entry(GroupKey { reason: ReasonKey(exit.reason), level: Some(level), vcpu })
-            .or_default();
-        group.count += 1;
-        if exit.from_l2 {
-            if exit.reflected {
-                group.reflected += 1;
-            } else {
-                group.l0_handled += 1;
-            }
-        }
-        let unknown = |ts: u64| ts == Event::TS_UNKNOWN || exit.ts == Event::TS_UNKNOWN;
-        let outcome = match how {
-            Close::Entry(ts) if unknown(ts) => Err(NoLatency::UnknownTime),
-            Close::Entry(ts) if ts >= exit.ts => Ok(ts - exit.ts),
-            Close::Entry(_) => Err(NoLatency::ClockBackwards),
-            Close::TraceEnd => Err(NoLatency::TraceEnd),
-            Close::Lost => Err(NoLatency::LostEvents),
-            Close::NextExit => Err(NoLatency::NextExit),
-        };
-        if let Some(log) = &mut self.exit_log {
-            log.push(ClosedExit {
-                index: exit.index,
-                ts: exit.ts,
-                vcpu,
-                reason: exit.reason,
-                level,
-                reflected: exit.from_l2.then_some(exit.reflected),
-                latency: outcome,
-                rip: exit.rip,
-                qualification: exit.qualification,
-                info: exit.info,
-                vmcs12: if exit.from_l2 { exit.vmcs12 } else { None },
-            });
-        }
-        let cause = match how {
-            Close::Entry(ts) if unknown(ts) => &mut self.unpaired.unknown_time,
-            Close::Entry(ts) if ts >= exit.ts => {
-                let latency = ts - exit.ts;
-                group.latency.record(latency);
-                let slow = (latency, exit.ts, vcpu, ReasonKey(exit.reason), Some(level));
-                // Once the heap is full, an exit no slower than its fastest would be pushed and
-                // popped again at once: skip the two heap updates (most exits).
-                match self.slowest.peek() {
-                    Some(Reverse(fastest))
-                        if self.slowest.len() >= Self::SLOWEST_KEPT && slow <= *fastest => {}
-                    _ => {
-                        self.slowest.push(Reverse(slow));
-                        if self.slowest.len() > Self::SLOWEST_KEPT {
-                            self.slowest.pop();
-                        }
-                    }
-                }
-                return;
-            }
-            Close::Entry(_) => &mut self.unpaired.clock_backwards,
-            Close::TraceEnd => &mut self.unpaired.trace_end,
-            Close::Lost => &mut self.unpaired.lost_events,
-            Close::NextExit => &mut self.unpaired.next_exit,
-        };
-        *cause += 1;
-        group.without_latency += 1;
     }
 
     /// Closes the exits still waiting for an entry (they are counted, without a latency) and
@@ -714,7 +728,7 @@ impl ExitStats {
     }
 
     fn exit_report(&self, notes: &mut Vec<String>) -> Option<ExitReport> {
-        let total: u64 = self.groups.values().map(|g| g.count).sum();
+        let total: u64 = self.closing.groups.values().map(|g| g.count).sum();
         if self.saw_nested_vmenter && !self.saw_nested_vmexit {
             notes.push(
                 "The trace has kvm_nested_vmenter but no kvm_nested_vmexit: L2 exits cannot be \
@@ -736,7 +750,7 @@ impl ExitStats {
         // Without nested events the level is not known: report `all`, not `L1`.
         let level_of = |level: LevelSplit| if nested { level } else { None };
         let mut finest: BTreeMap<GroupKey, Group> = BTreeMap::new();
-        for (key, group) in &self.groups {
+        for (key, group) in &self.closing.groups {
             let key = GroupKey { level: level_of(key.level), ..*key };
             finest.entry(key).or_default().merge(group);
         }
@@ -796,7 +810,7 @@ impl ExitStats {
         Some(ExitReport {
             total,
             with_latency: overall.latency.count(),
-            without_latency: self.unpaired,
+            without_latency: self.closing.unpaired,
             nested,
             levels: nested.then_some(levels),
             overall: row(None, None, None, &overall),
@@ -822,7 +836,8 @@ impl ExitStats {
                 .collect(),
             orphan_nested_vmexits: self.orphan_nested_vmexits,
             slowest: {
-                let mut slowest: Vec<_> = self.slowest.iter().map(|Reverse(s)| *s).collect();
+                let mut slowest: Vec<_> =
+                    self.closing.slowest.iter().map(|Reverse(s)| *s).collect();
                 slowest.sort_by(|a, b| b.cmp(a));
                 slowest
                     .into_iter()
