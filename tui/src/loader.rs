@@ -935,21 +935,21 @@ impl Indexer {
             return id;
         }
         let next = self.actor_ids.len();
-        let id = match self.first_actors.iter().position(|a| *a == actor) {
-            Some(i) => u16::try_from(i).unwrap_or(EventTag::NO_ACTOR),
-            // Not among the first: new while they are all there are.
-            None if next < FEW_ACTORS => {
-                let id = u16::try_from(next).unwrap_or(EventTag::NO_ACTOR);
-                self.first_actors.push(actor);
-                self.actor_ids.insert(actor, id);
-                self.batch.actors.push(actor);
-                id
-            }
-            None => *self.actor_ids.entry(actor).or_insert_with(|| {
-                self.batch.actors.push(actor);
-                u16::try_from(next).unwrap_or(EventTag::NO_ACTOR)
-            }),
+        let known = match self.first_actors.iter().position(|a| *a == actor) {
+            Some(i) => Some(u16::try_from(i).unwrap_or(EventTag::NO_ACTOR)),
+            // Every actor so far is among the first: this one is new.
+            None if next < FEW_ACTORS => None,
+            None => self.actor_ids.get(&actor).copied(),
         };
+        let id = known.unwrap_or_else(|| {
+            let id = u16::try_from(next).unwrap_or(EventTag::NO_ACTOR);
+            self.actor_ids.insert(actor, id);
+            if next < FEW_ACTORS {
+                self.first_actors.push(actor);
+            }
+            self.batch.actors.push(actor);
+            id
+        });
         self.last_actor = Some((actor, id));
         id
     }
