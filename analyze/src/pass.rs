@@ -87,12 +87,14 @@ pub struct Stepped<'a> {
 
 impl Stepped<'_> {
     /// The level the event's actor is at after it, when the model knows.
+    #[inline]
     pub fn level(&self) -> Option<Level> {
         let actor = self.step.actor?;
         self.model.state(actor)?.level()
     }
 
     /// The vmcs12 the actor has current after the event, when the model knows.
+    #[inline]
     pub fn current_vmcs12(&self) -> Option<u64> {
         let actor = self.step.actor?;
         self.model.state(actor)?.current_vmptr
@@ -100,6 +102,7 @@ impl Stepped<'_> {
 
     /// The vmcs12 [`ExitStats::push_attributed`] takes with this event: the one current after
     /// a `kvm_nested_vmexit` (the exit it reflects belongs to it), none for other events.
+    #[inline]
     pub fn nested_exit_vmcs12(&self) -> Option<u64> {
         match self.event.kind {
             EventKind::KvmNestedVmexit(_) => self.current_vmcs12(),

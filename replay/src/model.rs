@@ -491,7 +491,15 @@ impl Model {
     }
 
     /// The state of one actor, if it has any event.
+    #[inline]
     pub fn state(&self, actor: Actor) -> Option<&VcpuState> {
+        // Most callers ask after a step, for the actor it just stepped: its slot is the last one
+        // used (a scan compares each slot's actor, strided by the slots' size).
+        if let Some(slot) = self.slots.get(self.last_slot)
+            && slot.actor == actor
+        {
+            return Some(&slot.state);
+        }
         self.slots.iter().find(|s| s.actor == actor).map(|s| &s.state)
     }
 

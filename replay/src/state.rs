@@ -484,6 +484,7 @@ impl VcpuState {
     }
 
     /// The level, when known.
+    #[inline]
     pub fn level(&self) -> Option<Level> {
         self.mode.level()
     }

@@ -69,6 +69,7 @@ pub struct Bucket {
 impl Bucket {
     /// Counts one event of actor `actor` (None: no actor, a lost marker) at `tier`, with the
     /// worst anomaly it raised.
+    #[inline]
     pub fn add(&mut self, actor: Option<u16>, tier: Tier, worst: Option<Severity>) {
         self.len += 1;
         let Some(a) = actor.map(usize::from) else { return };

@@ -244,6 +244,7 @@ impl Default for Trace {
 
 /// The tag of an event the model just stepped (the loader's pass and the replays for the views
 /// tag the same way).
+#[inline(always)]
 pub fn tag_of(s: &Stepped<'_>, actor_id: Option<u16>) -> EventTag {
     let event = s.event;
     let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));

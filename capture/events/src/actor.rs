@@ -193,9 +193,14 @@ impl Attribution {
     /// per-event loops (the model's step) that cannot afford a call for it.
     #[inline]
     pub fn of_bound_thread(&self, event: &Event) -> Option<Vcpu> {
-        let t = self.threads.get(self.last)?;
+        let t = match self.threads.get(self.last) {
+            Some(t) if t.pid == event.pid => t,
+            // The vCPU threads' events interleave: another thread is found by the scan the
+            // full path would make (without moving `last`, which only orders the search).
+            _ => self.threads.iter().find(|t| t.pid == event.pid)?,
+        };
         let vcpu = t.vcpu?;
-        if t.pid != event.pid || (t.tgid.is_none() && event.tgid.is_some()) {
+        if t.tgid.is_none() && event.tgid.is_some() {
             return None;
         }
         let carried = match &event.kind {
@@ -205,8 +210,13 @@ impl Attribution {
             | EventKind::KvmNestedVmenter(_)
             | EventKind::KvmCr { .. }
             | EventKind::KvmMmuGetPage { .. } => None,
-            // Whatever else the kind says (or learns), the full path decides.
-            _ => return None,
+            // What the full path learns from besides a `vcpu_id`: it decides.
+            EventKind::VmcsField(_)
+            | EventKind::Identity(_)
+            | EventKind::Other(_)
+            | EventKind::VmcsProbe(_) => return None,
+            // Any other kind: its `vcpu_id`, as the full path reads it.
+            kind => kind.vcpu_id(),
         };
         carried.is_none_or(|id| id == vcpu.id).then_some(vcpu)
     }
@@ -457,9 +467,10 @@ mod tests {
             if let Some(vcpu) = a.of_bound_thread(e) {
                 decided += 1;
                 assert_eq!(expected, Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None });
+                // What it knows (`last` only orders the search for a thread).
                 assert_eq!(
-                    format!("{full:?}"),
-                    format!("{a:?}"),
+                    format!("{:?} {:?}", full.threads, full.vms),
+                    format!("{:?} {:?}", a.threads, a.vms),
                     "the full path learned from {e:?}"
                 );
             }

@@ -39,6 +39,8 @@ use std::sync::Arc;
 
 use crate::bin::Endian;
 use vmxray_events::event::{DecodeError, EventKind, KnownEvent, OtherEvent};
+
+mod hot;
 use vmxray_events::fields::{FieldLookup, FieldName, FieldValue, Fields, sign_extend};
 
 /// A format file could not be parsed.
@@ -279,6 +281,9 @@ pub struct EventFormat {
     /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
     /// once (see [`Record`]).
     plan: Vec<PlanStep>,
+    /// For `kvm_exit`, `kvm_entry` and `kvm_nested_vmexit`, their fields' places
+    /// ([`EventFormat::decode_hot`]).
+    hot: Option<hot::HotLayout>,
     /// See [`EventFormat::role_bit4_inverted`].
     role_bit4_inverted: bool,
     /// See [`EventFormat::plain_kvm`].
@@ -447,6 +452,7 @@ impl EventFormat {
             symbols: parse_symbol_tables(print_fmt),
             known,
             plan: Vec::new(),
+            hot: None,
             // Kernels before 5.18 named role bit 4 `cr4_pae`, then `gpte_is_8_bytes`: set for
             // 8-byte guest PTEs, the opposite of today's `has_4_byte_gpte`. The print fmt names
             // the bit, so it says which layout the raw word is in.
@@ -457,6 +463,7 @@ impl EventFormat {
             print: PrintCache::default(),
         };
         format.plan = lookup_plan(&format);
+        format.hot = hot::HotLayout::of(&format);
         format.plain_kvm = format.known.is_none()
             && OtherEvent::is_plain_kvm(&format.system, format.fields.iter().map(|f| &*f.name));
         Ok(format)
@@ -467,6 +474,15 @@ impl EventFormat {
     /// may count without decoding.
     pub fn plain_kvm(&self) -> bool {
         self.plain_kvm
+    }
+
+    /// Decodes a record of a hot tracepoint (`kvm_exit`, `kvm_entry`, `kvm_nested_vmexit` in
+    /// `kvm_exit`'s layout) into `out`, reading its fields from places resolved once: the event
+    /// [`KnownEvent::decode`] builds from a [`Record`] of it. False, with `out` untouched, for
+    /// any other format or a record the generic decoder is to decide (and report).
+    #[inline]
+    pub fn decode_hot(&self, payload: &[u8], endian: Endian, out: &mut EventKind) -> bool {
+        self.hot.is_some_and(|h| h.decode_into(payload, endian, out))
     }
 
     /// True when this event's `role` word is in a pre-5.18 layout, whose bit 4 means 8-byte

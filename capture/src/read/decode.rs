@@ -169,10 +169,12 @@ impl DecodeCtx {
                         comm,
                         kind: EventKind::Lost { count: None },
                     }));
-                    let rec = Record::new(format, payload, self.formats.endian());
+                    let endian = self.formats.endian();
                     // The last item is the event just pushed.
                     if let Some(Ok(slot)) = batch.items.last_mut()
-                        && let Err(e) = known.decode_into(&rec, &mut slot.kind)
+                        && !format.decode_hot(payload, endian, &mut slot.kind)
+                        && let Err(e) =
+                            known.decode_into(&Record::new(format, payload, endian), &mut slot.kind)
                     {
                         batch.items.pop();
                         return Err(RecordError::Decode(e));

@@ -143,7 +143,14 @@ impl Lane {
 
     /// Makes sure the batch has a next item, refilling from the jobs when it is empty;
     /// false when the lane is exhausted.
+    #[inline]
     fn refill(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
+        // Asked before every event: the check inlined, the refill (once a batch) not.
+        !self.batch.is_empty() || self.refill_empty(stats, parallel)
+    }
+
+    #[inline(never)]
+    fn refill_empty(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
         while self.batch.is_empty() {
             self.fill_slots(parallel);
             let Some(batch) = self.slots.pop() else { return false };
