@@ -17,7 +17,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use vmxray_events::{Attribution, Event, EventKind, Vcpu, Vm};
+use vmxray_events::{Attribution, CPU_HINTS, Event, EventKind, Vcpu, Vm};
 
 use crate::anomaly::{Actor, Anomaly, EventIndex, RuleId, RuleSet, Severity};
 use crate::rules::livelock::{LoopSummary, Loops};
@@ -290,7 +290,10 @@ pub struct Model {
     next: u64,
     features: Features,
     slots: Vec<Slot>,
+    /// The slot of the last event (what [`Model::state`] is asked about most).
     last_slot: usize,
+    /// Per CPU (modulo [`CPU_HINTS`]), the slot its last event used.
+    slot_by_cpu: [u16; CPU_HINTS],
     attribution: Attribution,
     findings: Findings,
     transitions: Vec<Transition>,
@@ -316,6 +319,7 @@ impl Model {
             features: Features::default(),
             slots: Vec::new(),
             last_slot: 0,
+            slot_by_cpu: [0; CPU_HINTS],
             attribution: Attribution::default(),
             findings: Findings {
                 anomalies: Vec::new(),
@@ -370,7 +374,7 @@ impl Model {
         }
 
         let idx = match self.attribution.of_bound_thread(event) {
-            Some(vcpu) => self.slot_index(Actor::Vcpu(vcpu)),
+            Some(vcpu) => self.slot_index(Actor::Vcpu(vcpu), event.cpu),
             None => self.attribute_and_learn(event),
         };
         // Read back from the slot: the actor passes through no temporary (a 12-byte value
@@ -600,21 +604,27 @@ impl Model {
                 slot.actor = Actor::Vcpu(vcpu);
             }
         }
-        self.slot_index(attributed.actor)
+        self.slot_index(attributed.actor, event.cpu)
     }
 
-    /// The slot of `actor`: the last one used (most events come in runs from one vCPU), else
-    /// found or made.
+    /// The slot of `actor`, whose event came from `cpu`: the one the CPU's last event used (a
+    /// vCPU stays on its CPU for long, while the events interleave the CPUs), else found or
+    /// made.
     #[inline]
-    fn slot_index(&mut self, actor: Actor) -> usize {
+    fn slot_index(&mut self, actor: Actor, cpu: u32) -> usize {
         let now = self.next;
-        if let Some(slot) = self.slots.get_mut(self.last_slot)
+        let hint = cpu as usize % CPU_HINTS;
+        let idx = usize::from(self.slot_by_cpu[hint]);
+        if let Some(slot) = self.slots.get_mut(idx)
             && slot.actor == actor
         {
             slot.last_used = now;
-            return self.last_slot;
+            self.last_slot = idx;
+            return idx;
         }
-        self.find_or_add_slot(actor)
+        let idx = self.find_or_add_slot(actor);
+        self.slot_by_cpu[hint] = u16::try_from(idx).unwrap_or(u16::MAX);
+        idx
     }
 
     #[inline(never)]

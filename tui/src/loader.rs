@@ -43,7 +43,7 @@ use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
-use vmxray_events::Event;
+use vmxray_events::{CPU_HINTS, Event};
 use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::sidecar::{self, Sidecar};
@@ -833,7 +833,9 @@ struct Indexer {
     /// interleaves them, so the previous event's actor is often not the next one's, and a
     /// scan of a few finds it for less than the hash (which showed in profiles of the pass).
     first_actors: Vec<Actor>,
-    last_actor: Option<(Actor, u16)>,
+    /// Per CPU (modulo [`CPU_HINTS`]), the actor of its last event and its number: a vCPU
+    /// stays on its CPU for long, while the merge interleaves the CPUs' events.
+    by_cpu: [Option<(Actor, u16)>; CPU_HINTS],
     bucket: Bucket,
     batch: Batch,
     /// The exit statistics and where each exit's time went on the host (the detail view's
@@ -868,7 +870,7 @@ impl Indexer {
         Self {
             actor_ids: HashMap::default(),
             first_actors: Vec::with_capacity(FEW_ACTORS),
-            last_actor: None,
+            by_cpu: [None; CPU_HINTS],
             bucket: Bucket::default(),
             batch: Batch::default(),
             counting,
@@ -885,7 +887,7 @@ impl Sink for Indexer {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
         let event = s.event;
         let index = s.step.at.0;
-        let actor_id = s.step.actor.map(|a| self.actor_id(a));
+        let actor_id = s.step.actor.map(|a| self.actor_id(a, event.cpu));
         let tag = tag_of(s, actor_id);
         if !s.step.anomalies.is_empty() {
             self.batch.anomalies.extend_from_slice(s.step.anomalies);
@@ -928,8 +930,9 @@ impl Sink for Indexer {
 }
 
 impl Indexer {
-    fn actor_id(&mut self, actor: Actor) -> u16 {
-        if let Some((a, id)) = self.last_actor
+    fn actor_id(&mut self, actor: Actor, cpu: u32) -> u16 {
+        let hint = cpu as usize % CPU_HINTS;
+        if let Some((a, id)) = self.by_cpu[hint]
             && a == actor
         {
             return id;
@@ -950,7 +953,7 @@ impl Indexer {
             self.batch.actors.push(actor);
             id
         });
-        self.last_actor = Some((actor, id));
+        self.by_cpu[hint] = Some((actor, id));
         id
     }
 }
@@ -1287,14 +1290,17 @@ mod tests {
     fn actors_are_numbered_in_first_seen_order_past_those_found_by_a_scan() {
         let mut indexer = Indexer::new(false, false);
         // Threads first seen in order 0..20, then seen again interleaved, as the merge of a
-        // host trace's CPUs sees them: the first FEW_ACTORS by the scan, the rest by the hash.
+        // host trace's CPUs sees them, on CPUs whose last actor is another one or the same:
+        // the first FEW_ACTORS by the scan, the rest by the hash.
         let actors: Vec<Actor> = (0..20).map(|t| Actor::Thread(1000 + t)).collect();
         for (n, a) in actors.iter().enumerate() {
-            assert_eq!(usize::from(indexer.actor_id(*a)), n, "{a:?}, new");
+            assert_eq!(usize::from(indexer.actor_id(*a, [0, 1, 2][n % 3])), n, "{a:?}, new");
         }
         for round in 0..3 {
             for (n, a) in actors.iter().enumerate().rev().step_by(3 - round) {
-                assert_eq!(usize::from(indexer.actor_id(*a)), n, "{a:?}, again");
+                let cpu = [0, 1, 2, 3, 4][(n + round) % 5];
+                assert_eq!(usize::from(indexer.actor_id(*a, cpu)), n, "{a:?}, again");
+                assert_eq!(usize::from(indexer.actor_id(*a, cpu)), n, "{a:?}, on the same CPU");
             }
         }
         assert_eq!(indexer.batch.actors, actors, "each actor announced once, in order");

@@ -166,7 +166,14 @@ pub struct Attribution {
     vms: Vec<Vm>,
     /// The thread of the last lookup (most events come in runs from one thread).
     last: usize,
+    /// Per CPU (modulo [`CPU_HINTS`]), the thread [`Attribution::of_bound_thread`] last found
+    /// there: a vCPU thread stays on its CPU for long, while a trace's events interleave the
+    /// CPUs, so the last lookup's thread is often not the next event's.
+    by_cpu: [u16; CPU_HINTS],
 }
+
+/// CPUs with a thread hint of their own in [`Attribution`] (further ones share them).
+pub const CPU_HINTS: usize = 32;
 
 impl Attribution {
     /// Attributes `event`, learning from it.
@@ -186,18 +193,22 @@ impl Attribution {
     }
 
     /// The vCPU of `event` when [`Attribution::attribute`] would decide it without learning
-    /// anything (`newly_bound` None), else `None` (call `attribute`). The common case of a
-    /// trace: the event comes from the thread of the last lookup, which runs a known vCPU and
-    /// whose process is known (or the event does not say it), and the event is a `kvm_exit`,
-    /// `kvm_entry` or nested event that names that vCPU or none. Small and inlined, for
-    /// per-event loops (the model's step) that cannot afford a call for it.
+    /// anything (`newly_bound` None), else `None` (call `attribute`); it only moves the CPU's
+    /// search hint. The common case of a trace: the event comes from the thread of its CPU's
+    /// last event, which runs a known vCPU and whose process is known (or the event does not
+    /// say it), and the event names that vCPU or none. Small and inlined, for per-event loops
+    /// (the model's step) that cannot afford a call for it.
     #[inline]
-    pub fn of_bound_thread(&self, event: &Event) -> Option<Vcpu> {
-        let t = match self.threads.get(self.last) {
+    pub fn of_bound_thread(&mut self, event: &Event) -> Option<Vcpu> {
+        let hint = &mut self.by_cpu[event.cpu as usize % CPU_HINTS];
+        let t = match self.threads.get(usize::from(*hint)) {
             Some(t) if t.pid == event.pid => t,
-            // The vCPU threads' events interleave: another thread is found by the scan the
-            // full path would make (without moving `last`, which only orders the search).
-            _ => self.threads.iter().find(|t| t.pid == event.pid)?,
+            // Another thread than the CPU's last: found by the scan the full path would make.
+            _ => {
+                let i = self.threads.iter().position(|t| t.pid == event.pid)?;
+                *hint = u16::try_from(i).unwrap_or(u16::MAX);
+                self.threads.get(i)?
+            }
         };
         let vcpu = t.vcpu?;
         if t.tgid.is_none() && event.tgid.is_some() {
@@ -467,7 +478,7 @@ mod tests {
             if let Some(vcpu) = a.of_bound_thread(e) {
                 decided += 1;
                 assert_eq!(expected, Attributed { actor: Actor::Vcpu(vcpu), newly_bound: None });
-                // What it knows (`last` only orders the search for a thread).
+                // What it knows (`last` and the CPUs' hints only order the search for a thread).
                 assert_eq!(
                     format!("{:?} {:?}", full.threads, full.vms),
                     format!("{:?} {:?}", a.threads, a.vms),

@@ -64,7 +64,7 @@ pub mod spte;
 pub mod test_util;
 pub mod vmcs;
 
-pub use actor::{Actor, Attributed, Attribution, Vcpu, Vm, VmId};
+pub use actor::{Actor, Attributed, Attribution, CPU_HINTS, Vcpu, Vm, VmId};
 pub use event::{
     Comm, DecodeError, Entry, Event, EventKind, ExitFields, ExitInfo, IdentityEvent, InsnBytes,
     KnownEvent, KnownSet, MmuPage, NestedVmenter, OtherEvent, PrintkEvent, ProbeHit,
