@@ -193,10 +193,97 @@ impl Lane {
     }
 }
 
+/// The lanes other than the current one, by the merge key of their next item (then by lane):
+/// a short list with its earliest entry known, for the few CPUs of most traces, else a heap.
+enum Waiting {
+    /// At most [`FEW_LANES`] entries; `earliest` indexes the smallest. A change rescans the
+    /// list (a few comparisons of keys side by side), where a heap's sift mispredicts.
+    Few {
+        lanes: Vec<((u64, u32), usize)>,
+        earliest: usize,
+    },
+    Many(BinaryHeap<Reverse<((u64, u32), usize)>>),
+}
+
+/// Lanes up to which [`Waiting`] is a list.
+const FEW_LANES: usize = 8;
+
+impl Waiting {
+    fn new(lanes: usize) -> Self {
+        if lanes <= FEW_LANES {
+            Self::Few { lanes: Vec::with_capacity(lanes), earliest: 0 }
+        } else {
+            Self::Many(BinaryHeap::with_capacity(lanes))
+        }
+    }
+
+    fn push(&mut self, key: (u64, u32), lane: usize) {
+        match self {
+            Self::Few { lanes, earliest } => {
+                lanes.push((key, lane));
+                *earliest = Self::earliest_of(lanes);
+            }
+            Self::Many(heap) => heap.push(Reverse((key, lane))),
+        }
+    }
+
+    /// When a lane waits with an earlier key than `key`, the earliest such lane leaves and
+    /// `lane` (with `key`) waits in its place: one update, where a push and a pop would take
+    /// two.
+    #[inline]
+    fn swap_if_earlier(&mut self, key: (u64, u32), lane: usize) -> Option<usize> {
+        match self {
+            Self::Few { lanes, earliest } => {
+                let slot = lanes.get_mut(*earliest)?;
+                if slot.0 >= key {
+                    return None;
+                }
+                let next = std::mem::replace(slot, (key, lane)).1;
+                *earliest = Self::earliest_of(lanes);
+                Some(next)
+            }
+            Self::Many(heap) => match heap.peek_mut() {
+                Some(mut top) if top.0.0 < key => {
+                    Some(std::mem::replace(&mut *top, Reverse((key, lane))).0.1)
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The earliest waiting lane, which stops waiting.
+    fn pop(&mut self) -> Option<usize> {
+        match self {
+            Self::Few { lanes, earliest } => {
+                if *earliest >= lanes.len() {
+                    return None;
+                }
+                let (_, lane) = lanes.swap_remove(*earliest);
+                *earliest = Self::earliest_of(lanes);
+                Some(lane)
+            }
+            Self::Many(heap) => heap.pop().map(|Reverse((_, lane))| lane),
+        }
+    }
+
+    /// The index of the smallest entry (0 for none).
+    #[inline]
+    fn earliest_of(lanes: &[((u64, u32), usize)]) -> usize {
+        let mut best = 0;
+        for (i, entry) in lanes.iter().enumerate().skip(1) {
+            if lanes.get(best).is_some_and(|b| entry < b) {
+                best = i;
+            }
+        }
+        best
+    }
+}
+
 /// Merges per-CPU producers into one ordered stream; counts losses and skipped problems.
 ///
-/// The lane that yielded last stays `current` outside the heap while its next key is still
-/// the smallest, so a run of events from one CPU costs one comparison each, not a heap update.
+/// The lane that yielded last stays `current` outside the waiting lanes while its next key is
+/// still the smallest, so a run of events from one CPU costs one comparison each, not an
+/// update of the waiting set.
 ///
 /// Records counted instead of decoded ([`crate::ReadOptions::count_only`]) are not merged, but
 /// placed: when an event is yielded, the counted records the full merge would have put before
@@ -205,7 +292,7 @@ impl Lane {
 /// each lane waits in `ready` by merge key.
 pub(crate) struct Merger {
     lanes: Vec<Lane>,
-    heap: BinaryHeap<Reverse<((u64, u32), usize)>>,
+    waiting: Waiting,
     current: Option<usize>,
     parallel: bool,
     permissive: bool,
@@ -243,17 +330,17 @@ impl Merger {
         for lane in &mut lanes {
             lane.fill_slots(parallel);
         }
-        let mut heap = BinaryHeap::with_capacity(lanes.len());
+        let mut waiting = Waiting::new(lanes.len());
         for (i, lane) in lanes.iter_mut().enumerate() {
             if lane.refill(stats, parallel)
                 && let Some(k) = lane.key()
             {
-                heap.push(Reverse((k, i)));
+                waiting.push(k, i);
             }
         }
         let mut merger = Self {
             lanes,
-            heap,
+            waiting,
             current: None,
             parallel,
             permissive,
@@ -332,19 +419,10 @@ impl Merger {
             }
             let lane = self.lanes.get_mut(i)?;
             if more && let Some(k) = lane.key() {
-                match self.heap.peek_mut() {
-                    // The top is earlier: it takes this lane's place in the heap (one sift,
-                    // where a push and a pop would take two).
-                    Some(mut top) if top.0.0 < k => {
-                        let Reverse((_, next)) = std::mem::replace(&mut *top, Reverse((k, i)));
-                        return Some(next);
-                    }
-                    _ => return Some(i),
-                }
+                return Some(self.waiting.swap_if_earlier(k, i).unwrap_or(i));
             }
         }
-        let Reverse((_, i)) = self.heap.pop()?;
-        Some(i)
+        self.waiting.pop()
     }
 
     /// The next event in time order (problems are counted in permissive mode, or returned once
@@ -382,6 +460,58 @@ impl Merger {
                 Err(_) => {
                     self.failed = true;
                     return lane.batch.pop_front();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list and the heap pick the same lanes, ties included: one merge step after another
+    /// (the current lane's next key against the earliest waiting one), lanes running out.
+    #[test]
+    fn the_short_list_of_waiting_lanes_picks_as_the_heap_does() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let lanes = 1 + usize::try_from(next() % FEW_LANES as u64).unwrap();
+            let mut few = Waiting::new(lanes);
+            let mut many = Waiting::Many(BinaryHeap::new());
+            assert!(matches!(few, Waiting::Few { .. }));
+            // Small times and CPUs, so that keys tie now and then.
+            let key = |n: &mut dyn FnMut() -> u64| (n() % 16, u32::try_from(n() % 3).unwrap());
+            for lane in 1..lanes {
+                let k = key(&mut next);
+                few.push(k, lane);
+                many.push(k, lane);
+            }
+            let mut current = Some(0);
+            for _ in 0..64 {
+                let picked = match current {
+                    Some(lane) if next() % 8 != 0 => {
+                        let k = key(&mut next);
+                        let (a, b) = (few.swap_if_earlier(k, lane), many.swap_if_earlier(k, lane));
+                        assert_eq!(a, b, "round {round}");
+                        Some(a.unwrap_or(lane))
+                    }
+                    // The current lane ran out.
+                    _ => {
+                        let (a, b) = (few.pop(), many.pop());
+                        assert_eq!(a, b, "round {round}");
+                        a
+                    }
+                };
+                current = picked;
+                if current.is_none() {
+                    break;
                 }
             }
         }
