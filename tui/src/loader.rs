@@ -826,7 +826,7 @@ struct Pipeline<'a> {
 /// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
 /// crashes and lost markers.
 struct Indexer {
-    /// Actor numbers, looked up for every event whose actor is not the previous event's:
+    /// Actor numbers, looked up for every event whose actor is not its CPU's last event's:
     /// foldhash, not SipHash (which showed in profiles of the load).
     actor_ids: HashMap<Actor, u16, foldhash::fast::RandomState>,
     /// The first [`FEW_ACTORS`] actors, by number: a trace's vCPUs, mostly. The merge

@@ -39,9 +39,9 @@ use std::sync::Arc;
 
 use crate::bin::Endian;
 use vmxray_events::event::{DecodeError, EventKind, KnownEvent, OtherEvent};
+use vmxray_events::fields::{FieldLookup, FieldName, FieldValue, Fields, sign_extend};
 
 mod hot;
-use vmxray_events::fields::{FieldLookup, FieldName, FieldValue, Fields, sign_extend};
 
 /// A format file could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -281,8 +281,8 @@ pub struct EventFormat {
     /// The field lookups [`KnownEvent::decode`] makes, in order, resolved to field indices
     /// once (see [`Record`]).
     plan: Vec<PlanStep>,
-    /// For `kvm_exit`, `kvm_entry` and `kvm_nested_vmexit`, their fields' places
-    /// ([`EventFormat::decode_hot`]).
+    /// For the hot tracepoints (exits, entries, nested exits, injections and entries, the MMU's
+    /// page walks), their fields' places ([`EventFormat::decode_hot`]).
     hot: Option<hot::HotLayout>,
     /// See [`EventFormat::role_bit4_inverted`].
     role_bit4_inverted: bool,
@@ -477,9 +477,11 @@ impl EventFormat {
     }
 
     /// Decodes a record of a hot tracepoint (`kvm_exit`, `kvm_entry`, `kvm_nested_vmexit` in
-    /// `kvm_exit`'s layout) into `out`, reading its fields from places resolved once: the event
-    /// [`KnownEvent::decode`] builds from a [`Record`] of it. False, with `out` untouched, for
-    /// any other format or a record the generic decoder is to decide (and report).
+    /// `kvm_exit`'s layout, `kvm_nested_vmexit_inject`, `kvm_nested_vmenter`/`vmrun`,
+    /// `kvm_mmu_paging_element`, `kvm_mmu_pagetable_walk`) into `out`, reading its fields from
+    /// places resolved once: the event [`KnownEvent::decode`] builds from a [`Record`] of it.
+    /// False, with `out` untouched, for any other format or a record the generic decoder is to
+    /// decide (and report).
     #[inline]
     pub fn decode_hot(&self, payload: &[u8], endian: Endian, out: &mut EventKind) -> bool {
         self.hot.is_some_and(|h| h.decode_into(payload, endian, out))

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  CPU0 jobs: [j0 j1 j2 ...] --decode--> batch (events of one job) --.
-//!  CPU1 jobs: [j0 j1 ...]    --decode--> batch ---------------------+--> min-heap on
+//!  CPU1 jobs: [j0 j1 ...]    --decode--> batch ---------------------+--> earliest by
 //!  CPUn ...                                                         |    (ts, cpu) --> Event
 //!     up to LOOKAHEAD next jobs per CPU decoded at once on the rayon pool '
 //!     (a job: ~256 KiB of pages, i.e. several of trace-cmd's compressed chunks)
@@ -149,6 +149,7 @@ impl Lane {
         !self.batch.is_empty() || self.refill_empty(stats, parallel)
     }
 
+    /// [`Lane::refill`] once the batch is empty.
     #[inline(never)]
     fn refill_empty(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
         while self.batch.is_empty() {
