@@ -470,47 +470,44 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    /// The list and the heap pick the same lanes, ties included: one merge step after another
-    /// (the current lane's next key against the earliest waiting one), lanes running out.
-    #[test]
-    fn the_short_list_of_waiting_lanes_picks_as_the_heap_does() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for round in 0..200 {
-            let lanes = 1 + usize::try_from(next() % FEW_LANES as u64).unwrap();
-            let mut few = Waiting::new(lanes);
+    /// A merge key: small times and CPUs, so that keys tie now and then.
+    fn key() -> impl Strategy<Value = (u64, u32)> {
+        (0u64..16, 0u32..3)
+    }
+
+    proptest! {
+        /// The list and the heap pick the same lanes, ties included: one merge step after
+        /// another (the current lane's next key against the earliest waiting one; `None`: the
+        /// current lane ran out).
+        #[test]
+        fn the_short_list_of_waiting_lanes_picks_as_the_heap_does(
+            waiting in proptest::collection::vec(key(), 0..FEW_LANES),
+            steps in proptest::collection::vec(prop_oneof![7 => key().prop_map(Some), 1 => Just(None)], 0..64),
+        ) {
+            let mut few = Waiting::new(waiting.len() + 1);
             let mut many = Waiting::Many(BinaryHeap::new());
-            assert!(matches!(few, Waiting::Few { .. }));
-            // Small times and CPUs, so that keys tie now and then.
-            let key = |n: &mut dyn FnMut() -> u64| (n() % 16, u32::try_from(n() % 3).unwrap());
-            for lane in 1..lanes {
-                let k = key(&mut next);
-                few.push(k, lane);
-                many.push(k, lane);
+            let is_list = matches!(few, Waiting::Few { .. });
+            prop_assert!(is_list);
+            for (lane, &k) in waiting.iter().enumerate() {
+                few.push(k, lane + 1);
+                many.push(k, lane + 1);
             }
             let mut current = Some(0);
-            for _ in 0..64 {
-                let picked = match current {
-                    Some(lane) if next() % 8 != 0 => {
-                        let k = key(&mut next);
+            for step in steps {
+                current = match (current, step) {
+                    (Some(lane), Some(k)) => {
                         let (a, b) = (few.swap_if_earlier(k, lane), many.swap_if_earlier(k, lane));
-                        assert_eq!(a, b, "round {round}");
+                        prop_assert_eq!(a, b);
                         Some(a.unwrap_or(lane))
                     }
-                    // The current lane ran out.
                     _ => {
                         let (a, b) = (few.pop(), many.pop());
-                        assert_eq!(a, b, "round {round}");
+                        prop_assert_eq!(a, b);
                         a
                     }
                 };
-                current = picked;
                 if current.is_none() {
                     break;
                 }
