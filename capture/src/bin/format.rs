@@ -826,18 +826,30 @@ fn parse_header_event(text: &[u8]) -> RecordTypes {
     t
 }
 
-/// Where `common_type` and `common_pid` are (the same for every event of a kernel).
+/// Where `common_type` and `common_pid` are (the same for every event of a kernel): read as
+/// the hot fields are ([`ScalarAt::read`]), the id unsigned and the pid sign-extended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CommonLayout {
-    type_offset: usize,
-    type_size: usize,
-    pid_offset: usize,
-    pid_size: u32,
+    type_at: ScalarAt,
+    pid_at: ScalarAt,
+}
+
+impl CommonLayout {
+    /// `type_size` is 1, 2 or 4 and `pid_size` 4 or 8 (what [`EventFormats::add`] accepts).
+    fn new(type_offset: usize, type_size: u8, pid_offset: usize, pid_size: u8) -> Self {
+        let at = |offset: usize, size: u8, signed: bool| ScalarAt {
+            offset,
+            size,
+            unused: 64 - 8 * size,
+            signed,
+        };
+        Self { type_at: at(type_offset, type_size, false), pid_at: at(pid_offset, pid_size, true) }
+    }
 }
 
 impl Default for CommonLayout {
     fn default() -> Self {
-        Self { type_offset: 0, type_size: 2, pid_offset: 4, pid_size: 4 }
+        Self::new(0, 2, 4, 4)
     }
 }
 
@@ -890,15 +902,10 @@ impl EventFormats {
     pub fn add(&mut self, format: EventFormat) {
         if !self.common_set
             && let (Some(t), Some(p)) = (format.field("common_type"), format.field("common_pid"))
-            && matches!(t.size, 1 | 2 | 4)
-            && matches!(p.size, 4 | 8)
+            && let (Ok(t_size @ (1 | 2 | 4)), Ok(p_size @ (4 | 8))) =
+                (u8::try_from(t.size), u8::try_from(p.size))
         {
-            self.common = CommonLayout {
-                type_offset: t.offset as usize,
-                type_size: t.size as usize,
-                pid_offset: p.offset as usize,
-                pid_size: p.size,
-            };
+            self.common = CommonLayout::new(t.offset as usize, t_size, p.offset as usize, p_size);
             self.common_set = true;
         }
         // Ids are u16 in `struct trace_entry`; refuse absurd ids instead of allocating for them.
@@ -950,16 +957,14 @@ impl EventFormats {
     /// The event id (`common_type`) of a record.
     #[inline]
     pub fn event_id(&self, payload: &[u8]) -> Option<u32> {
-        let v = self.endian.uint(payload, self.common.type_offset, self.common.type_size)?;
-        u32::try_from(v).ok()
+        u32::try_from(self.common.type_at.read(payload, self.endian)?).ok()
     }
 
     /// The `common_pid` of a record.
     #[inline]
     pub fn pid(&self, payload: &[u8]) -> Option<i32> {
-        let raw =
-            self.endian.uint(payload, self.common.pid_offset, self.common.pid_size as usize)?;
-        i32::try_from(sign_extend(raw, self.common.pid_size)).ok()
+        let raw = self.common.pid_at.read(payload, self.endian)?;
+        i32::try_from(i64::from_ne_bytes(raw.to_ne_bytes())).ok()
     }
 
     /// A record with its format, for field lookups; `None` when its id has no format.
@@ -1240,6 +1245,43 @@ mod tests {
         let f = parse_field_line("field:__rel_loc u32[] data;\toffset:8;\tsize:4;\tsigned:0;", 8)
             .unwrap();
         assert_eq!(f.layout, FieldLayout::RelLoc { elem_size: 4 });
+    }
+
+    #[test]
+    fn common_type_and_pid_read_at_the_places_and_sizes_the_first_format_gives() {
+        // A kernel with a 1-byte id and an 8-byte pid, in both byte orders; records as short as
+        // the common fields, and shorter.
+        let text = "name: t\nID: 200\nformat:\n\tfield:unsigned char common_type;\toffset:0;\tsize:1;\tsigned:0;\n\
+            \tfield:long common_pid;\toffset:8;\tsize:8;\tsigned:1;\n";
+        for endian in [Endian::Little, Endian::Big] {
+            let mut fm = EventFormats::new(endian, 8);
+            fm.add_text("x", text.as_bytes()).unwrap();
+            let mut p = vec![0u8; 16];
+            p[0] = 200;
+            let pid = |v: i64| match endian {
+                Endian::Little => v.to_le_bytes(),
+                Endian::Big => v.to_be_bytes(),
+            };
+            p[8..16].copy_from_slice(&pid(-1));
+            assert_eq!((fm.event_id(&p), fm.pid(&p)), (Some(200), Some(-1)), "{endian:?}");
+            p[8..16].copy_from_slice(&pid(1 << 40));
+            assert_eq!(fm.pid(&p), None, "a pid beyond i32 ({endian:?})");
+            p[8..16].copy_from_slice(&pid(4242));
+            assert_eq!(fm.pid(&p), Some(4242), "{endian:?}");
+            assert_eq!((fm.event_id(&p[..1]), fm.pid(&p[..15])), (Some(200), None), "{endian:?}");
+        }
+        // The usual layout, with the id's top bit set: unsigned, not sign-extended.
+        let mut fm = EventFormats::new(Endian::Little, 8);
+        fm.add_text("x", "name: u\nID: 40000\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:1;\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n".as_bytes()).unwrap();
+        let mut p = [0u8; 6];
+        p[..2].copy_from_slice(&40000u16.to_le_bytes());
+        p[4..6].copy_from_slice(&[0xfe, 0xff]);
+        assert_eq!((fm.event_id(&p), fm.pid(&p)), (Some(40000), None), "a pid cut short");
+        let mut p = [0u8; 8];
+        p[..2].copy_from_slice(&40000u16.to_le_bytes());
+        p[4..8].copy_from_slice(&(-7i32).to_le_bytes());
+        assert_eq!((fm.event_id(&p), fm.pid(&p)), (Some(40000), Some(-7)));
     }
 
     #[test]

@@ -219,6 +219,26 @@ mod tests {
         assert_eq!(c.cstr(), None);
         assert_eq!(c.take(2), Some(&b"cd"[..]));
     }
+
+    #[test]
+    fn a_reused_read_buffer_holds_exactly_the_bytes_read() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let path = std::env::temp_dir().join(format!("vmxray-read-into-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for src in [Source::File(file, 256), Source::Bytes(bytes.clone())] {
+            let mut buf = vec![0xaa; 300];
+            src.read_at_into(10, 20, &mut buf).unwrap();
+            assert_eq!(buf, bytes[10..30], "shorter than the buffer was");
+            src.read_at_into(100, 200, &mut buf).unwrap();
+            assert_eq!(buf, bytes[100..], "cut at the end of the input");
+            src.read_at_into(0, 256, &mut buf).unwrap();
+            assert_eq!(buf, bytes, "longer than the buffer was");
+            src.read_at_into(300, 8, &mut buf).unwrap();
+            assert!(buf.is_empty(), "past the end");
+        }
+    }
 }
 
 /// A binary input read at positions: an open file (with its length), or the bytes of an input
@@ -242,7 +262,8 @@ impl Source {
 
     /// [`Source::read_at`] into `buf` (replacing its contents), reusing its allocation: a
     /// decoding thread reads thousands of chunks, and a fresh buffer for each made the
-    /// allocator hand back and fault in pages over and over.
+    /// allocator hand back and fault in pages over and over. The bytes the buffer already
+    /// holds are overwritten, not zeroed first: only a buffer that grows is zero-filled.
     pub(crate) fn read_at_into(
         &self,
         offset: u64,
@@ -252,13 +273,14 @@ impl Source {
         use std::os::unix::fs::FileExt as _;
         let avail = self.len().saturating_sub(offset);
         let n = len.min(to_usize(avail).unwrap_or(usize::MAX));
-        buf.clear();
         match self {
             Self::File(f, _) => {
+                buf.truncate(n);
                 buf.resize(n, 0);
-                f.read_exact_at(buf, offset)
+                f.read_exact_at(buf, offset).inspect_err(|_| buf.clear())
             }
             Self::Bytes(b) => {
+                buf.clear();
                 let start = to_usize(offset).unwrap_or(usize::MAX);
                 buf.extend_from_slice(b.get(start..start.saturating_add(n)).unwrap_or(&[]));
                 Ok(())

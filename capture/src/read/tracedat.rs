@@ -197,13 +197,15 @@ impl Compression {
                     .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
             }
             Self::Zstd => {
-                out.resize(n, 0);
-                let got = match zstd_ctx {
-                    Some(ctx) => ctx.decompress_to_buffer(data, out.as_mut_slice()),
-                    None => zstd::bulk::decompress_to_buffer(data, out.as_mut_slice()),
+                // Into the spare capacity (the `Vec` as zstd's output buffer): no zero-fill
+                // of bytes the decompression overwrites.
+                out.reserve(n);
+                match zstd_ctx {
+                    Some(ctx) => ctx.decompress_to_buffer(data, out),
+                    None => zstd::bulk::Decompressor::new()
+                        .and_then(|mut ctx| ctx.decompress_to_buffer(data, out)),
                 }
                 .map_err(|source| TraceDatError::Decompress { algorithm: "zstd", source })?;
-                out.truncate(got);
             }
             Self::Zlib => {
                 out.reserve(n.min(to_usize(PREALLOCATE_MAX).unwrap_or(n)));
@@ -1829,6 +1831,8 @@ impl TraceDatReader {
 impl Iterator for TraceDatReader {
     type Item = Result<Event, ReadError>;
 
+    // Inline across crates: the consumer's loop then takes each event from the merge in place.
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         self.merger.next(&mut self.stats)
     }
@@ -1873,6 +1877,28 @@ mod tests {
         Compression::Zstd.decompress_into(&frame, data.len() as u64, &mut out, None).unwrap();
         assert_eq!(out, data);
         assert!(Compression::Zstd.decompress_into(&frame[..10], 40960, &mut out, None).is_err());
+    }
+
+    #[test]
+    fn zstd_decompresses_into_a_reused_buffer_exactly_the_stated_bytes() {
+        let data: Vec<u8> = (0..40960u32).map(|i| (i % 251) as u8).collect();
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_contentsize(false).unwrap();
+        let frame = c.compress(&data).unwrap();
+        let short = c.compress(&data[..1000]).unwrap();
+        let mut ctx = zstd::bulk::Decompressor::new().unwrap();
+        // A buffer left longer, and with more capacity, by an earlier chunk.
+        let mut out = vec![0xee; 100_000];
+        Compression::Zstd.decompress_into(&short, 1000, &mut out, Some(&mut ctx)).unwrap();
+        assert_eq!(out, data[..1000]);
+        Compression::Zstd.decompress_into(&frame, 40960, &mut out, Some(&mut ctx)).unwrap();
+        assert_eq!(out, data);
+        // A chunk whose frame holds more than its header says: an error, whatever the room.
+        out.reserve(100_000);
+        let err = Compression::Zstd.decompress_into(&frame, 1000, &mut out, Some(&mut ctx));
+        assert!(matches!(err, Err(TraceDatError::SizeMismatch { expected: 1000, .. })), "{err:?}");
+        let err = Compression::Zstd.decompress_into(&frame, 1000, &mut Vec::new(), None);
+        assert!(err.is_err(), "{err:?}");
     }
 
     /// Chunks of each compressed run listed so far (`chunk_walk.rs`).

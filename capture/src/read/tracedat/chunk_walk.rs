@@ -12,8 +12,11 @@
 //!  walk: listed = [w0, w1]   next = offset of h2   (h2.. read when someone asks for w2)
 //! ```
 //!
-//! Headers are read through a small window (one read covers the headers of a few dozen
-//! chunks), not one read each.
+//! Small chunks' headers are read through a window (one read covers the headers of a few
+//! dozen chunks), not one read each. Once a chunk takes more than a sixteenth of the window,
+//! the next header is read alone: trace-cmd's chunks of ten pages compress to a few KiB, and a
+//! window over them copied (on the merging thread) ~6 KiB of compressed data for each header,
+//! data the decoder reads again.
 
 use super::{CpuData, Endian, Location, Source, TraceDatError, Work};
 
@@ -39,6 +42,8 @@ pub(super) struct ChunkWalk {
     /// The bytes at `window_at` (dropped once the list is complete).
     window: Vec<u8>,
     window_at: u64,
+    /// From the last header listed to the next: how far apart headers are.
+    stride: u64,
 }
 
 impl ChunkWalk {
@@ -64,6 +69,7 @@ impl ChunkWalk {
             done: false,
             window: Vec::new(),
             window_at: 0,
+            stride: 0,
         })
     }
 
@@ -107,7 +113,8 @@ impl ChunkWalk {
         let rel = match in_window {
             Some(rel) => rel,
             None => {
-                self.window = src.read(pos, WINDOW)?;
+                let want = if self.stride > (WINDOW / 16) as u64 { 8 } else { WINDOW };
+                src.read_at_into(pos, want, &mut self.window).map_err(TraceDatError::Io)?;
                 self.window_at = pos;
                 0
             }
@@ -153,7 +160,8 @@ impl ChunkWalk {
             stream_offset: self.stream_offset,
         });
         self.stream_offset = self.stream_offset.saturating_add(u64::from(usize));
-        self.next = pos.saturating_add(8).saturating_add(u64::from(zsize));
+        self.stride = 8 + u64::from(zsize);
+        self.next = pos.saturating_add(self.stride);
         self.left -= 1;
         Ok(())
     }
@@ -225,12 +233,17 @@ mod tests {
     #[test]
     fn a_cut_header_ends_the_list_with_a_truncated_item_and_the_count_bounds_it() {
         let sizes = [(50, 4096), (60, 4096), (70, 4096)];
-        // The file ends inside the third header.
-        let (src, d) = run(&sizes, 3, 70 + 5);
-        let all = whole(&src, &d);
-        assert_eq!(all.len(), 3);
-        assert_eq!(all[2].usize, Some(u64::MAX));
-        assert_eq!(all[2].len, 8);
+        // The file ends inside the third header: headers read through the window, and read
+        // alone after chunks too large for it.
+        for (sizes, tail) in [(sizes, 70), ([(50, 4096), (6000, 4096), (7000, 4096)], 7000)] {
+            let (src, d) = run(&sizes, 3, tail + 5);
+            let all = whole(&src, &d);
+            assert_eq!(all.len(), 3);
+            assert_eq!(all[1].file_offset, 20 + 8 + 50 + 8);
+            assert_eq!(all[2].file_offset, all[1].file_offset + u64::from(sizes[1].0));
+            assert_eq!(all[2].usize, Some(u64::MAX));
+            assert_eq!(all[2].len, 8);
+        }
         // A count smaller than the chunks present stops the list at the count.
         let (src, d) = run(&sizes, 2, 0);
         assert_eq!(whole(&src, &d).len(), 2);
