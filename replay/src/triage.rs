@@ -631,6 +631,7 @@ fn changes_context(text: &str) -> bool {
 }
 
 /// The fatal kind of an event, if any.
+#[inline]
 pub fn fatal(kind: &EventKind) -> Option<CrashKind> {
     match kind {
         EventKind::KvmUserspaceExit { errno: Some(e), .. } if *e < 0 => Some(CrashKind::RunError),

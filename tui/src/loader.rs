@@ -1050,6 +1050,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Steps one event; false once the UI is gone.
+    #[inline(always)]
     fn push(&mut self, event: Event, fraction: Option<f64>) -> bool {
         let index = self.next_index();
         match &mut self.positions {

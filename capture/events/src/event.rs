@@ -1304,6 +1304,7 @@ impl EventKind {
     }
 
     /// The typed tracepoint this is, if it is one.
+    #[inline]
     pub fn known(&self) -> Option<KnownEvent> {
         Some(match self {
             Self::KvmExit(_) => KnownEvent::KvmExit,
