@@ -221,7 +221,7 @@ pub struct ExitStats {
 /// first, at every entry, showed in profiles).
 #[derive(Debug, Default)]
 struct Closing {
-    groups: HashMap<GroupKey, Group>,
+    groups: Groups,
     unpaired: Unpaired,
     /// The slowest exits so far, as a min-heap of at most [`ExitStats::SLOWEST_KEPT`]:
     /// (latency, exit ts, vCPU, reason, level).
@@ -230,13 +230,66 @@ struct Closing {
     exit_log: Option<Vec<ClosedExit>>,
 }
 
+/// Groups looked up recently, by [`Groups::recent_slot`].
+const RECENT_GROUPS: usize = 32;
+
+/// The exit groups in the order they appeared, found by key through a small table of those
+/// looked up recently before the hash: a vCPU's exits fall in a handful of groups, and hashing
+/// the whole key at every exit showed in profiles.
+#[derive(Debug, Default)]
+struct Groups {
+    rows: Vec<(GroupKey, Group)>,
+    index: HashMap<GroupKey, usize>,
+    recent: [Option<(GroupKey, usize)>; RECENT_GROUPS],
+}
+
+impl Groups {
+    /// The group of `key`, added empty if new.
+    #[inline]
+    fn get_mut(&mut self, key: GroupKey) -> &mut Group {
+        let slot = Self::recent_slot(&key);
+        let i = match self.recent[slot] {
+            Some((k, i)) if k == key => i,
+            _ => {
+                let i = *self.index.entry(key).or_insert_with(|| {
+                    self.rows.push((key, Group::default()));
+                    self.rows.len() - 1
+                });
+                self.recent[slot] = Some((key, i));
+                i
+            }
+        };
+        &mut self.rows[i].1
+    }
+
+    /// A slot of `recent` for `key`: its reason, vCPU and level mixed (collisions only cost
+    /// a lookup in the hash).
+    fn recent_slot(key: &GroupKey) -> usize {
+        let who = match key.vcpu {
+            Actor::Vcpu(v) => u64::from(v.id) ^ u64::from(v.vm.0) << 16,
+            Actor::Thread(pid) => u64::from(pid.cast_unsigned()) << 1 | 1,
+        };
+        let level = match key.level {
+            Some(Level::L2) => 1,
+            _ => 0,
+        };
+        let mixed = key.reason.0.raw() ^ who.wrapping_mul(5) ^ level << 4;
+        usize::try_from(mixed % RECENT_GROUPS as u64).unwrap_or(0)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.rows.iter().map(|(k, g)| (k, g))
+    }
+}
+
 impl Closing {
     fn close(&mut self, vcpu: Actor, exit: &PendingExit, how: Close) {
         let level = if exit.from_l2 { Level::L2 } else { Level::L1 };
-        let group = self
-            .groups
-            .entry(GroupKey { reason: ReasonKey(exit.reason), level: Some(level), vcpu })
-            .or_default();
+        let group = self.groups.get_mut(GroupKey {
+            reason: ReasonKey(exit.reason),
+            level: Some(level),
+            vcpu,
+        });
         group.count += 1;
         if exit.from_l2 {
             if exit.reflected {
@@ -384,6 +437,7 @@ impl ExitStats {
     /// every vCPU). For a `kvm_nested_vmexit`, `current_vmcs12` is the vmcs12 the caller knows
     /// to be current (the replay model's): the exit is an L2 exit and its [`ClosedExit`] keeps
     /// that vmcs12.
+    #[inline]
     pub fn push_attributed(
         &mut self,
         event: &Event,
@@ -728,7 +782,7 @@ impl ExitStats {
     }
 
     fn exit_report(&self, notes: &mut Vec<String>) -> Option<ExitReport> {
-        let total: u64 = self.closing.groups.values().map(|g| g.count).sum();
+        let total: u64 = self.closing.groups.iter().map(|(_, g)| g.count).sum();
         if self.saw_nested_vmenter && !self.saw_nested_vmexit {
             notes.push(
                 "The trace has kvm_nested_vmenter but no kvm_nested_vmexit: L2 exits cannot be \
@@ -750,7 +804,7 @@ impl ExitStats {
         // Without nested events the level is not known: report `all`, not `L1`.
         let level_of = |level: LevelSplit| if nested { level } else { None };
         let mut finest: BTreeMap<GroupKey, Group> = BTreeMap::new();
-        for (key, group) in &self.closing.groups {
+        for (key, group) in self.closing.groups.iter() {
             let key = GroupKey { level: level_of(key.level), ..*key };
             finest.entry(key).or_default().merge(group);
         }

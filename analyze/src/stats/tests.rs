@@ -810,3 +810,35 @@ fn typed_and_untyped_events_of_one_name_are_counted_together() {
     assert_eq!(report.events_by_name.len(), 4, "{:?}", report.events_by_name);
     assert_eq!(report.events_by_name.iter().map(|n| n.count).sum::<u64>(), 7);
 }
+
+/// More groups than the table of recent lookups holds, visited in an order that makes their
+/// slots collide: each group still counts its own exits, with their own latencies.
+#[test]
+fn many_interleaved_groups_each_count_their_own_exits() {
+    let reasons = [EPT, HLT, VMCALL, EXT_INT, PREEMPTION_TIMER, 10, 30, 31];
+    let mut events = Vec::new();
+    let mut ts = 1000;
+    for round in 0..5u64 {
+        for vcpu in 0..12u32 {
+            for (k, &reason) in reasons.iter().enumerate() {
+                let pid = 100 + i32::try_from(vcpu).unwrap();
+                events.push(exit(ts, vcpu, pid, Some(vcpu), reason));
+                // Latency: a value of its own per (vCPU, reason), the same every round.
+                ts += 10 + u64::from(vcpu) * 100 + k as u64;
+                events.push(entry(ts, vcpu, pid, vcpu));
+                ts += 1000 + round;
+            }
+        }
+    }
+    let report = run(&events);
+    let exits = report.exits.unwrap();
+    assert_eq!(exits.groups.len(), 12 * reasons.len());
+    for g in &exits.groups {
+        let Some(Actor::Vcpu(v)) = g.vcpu else { panic!("{g:?}") };
+        let code = g.reason.as_ref().unwrap().code;
+        let k = reasons.iter().position(|r| u64::from(*r) == code).unwrap() as u64;
+        let latency = g.latency.as_ref().unwrap();
+        assert_eq!(g.count, 5, "{g:?}");
+        assert_eq!((latency.min, latency.max), (10 + u64::from(v.id) * 100 + k, latency.min));
+    }
+}
