@@ -331,15 +331,17 @@ struct ScalarAt {
 
 impl ScalarAt {
     fn of(f: &FieldFormat) -> Option<Self> {
-        match (&f.layout, f.size) {
-            (FieldLayout::Scalar, 1 | 2 | 4 | 8) => Some(Self {
-                offset: usize::try_from(f.offset).ok()?,
-                size: u8::try_from(f.size).ok()?,
-                unused: u8::try_from(64 - 8 * f.size).ok()?,
-                signed: f.signed,
-            }),
+        match (&f.layout, u8::try_from(f.size)) {
+            (FieldLayout::Scalar, Ok(size @ (1 | 2 | 4 | 8))) => {
+                Some(Self::new(usize::try_from(f.offset).ok()?, size, f.signed))
+            }
             _ => None,
         }
+    }
+
+    /// A field of `size` bytes (1, 2, 4 or 8) at `offset`.
+    fn new(offset: usize, size: u8, signed: bool) -> Self {
+        Self { offset, size, unused: 64 - 8 * size.min(8), signed }
     }
 
     /// The value, as [`FieldFormat::read_uint`] reads it.
@@ -837,13 +839,10 @@ struct CommonLayout {
 impl CommonLayout {
     /// `type_size` is 1, 2 or 4 and `pid_size` 4 or 8 (what [`EventFormats::add`] accepts).
     fn new(type_offset: usize, type_size: u8, pid_offset: usize, pid_size: u8) -> Self {
-        let at = |offset: usize, size: u8, signed: bool| ScalarAt {
-            offset,
-            size,
-            unused: 64 - 8 * size,
-            signed,
-        };
-        Self { type_at: at(type_offset, type_size, false), pid_at: at(pid_offset, pid_size, true) }
+        Self {
+            type_at: ScalarAt::new(type_offset, type_size, false),
+            pid_at: ScalarAt::new(pid_offset, pid_size, true),
+        }
     }
 }
 
