@@ -11,9 +11,13 @@
 //!  consumer:  merge ─► Model::step ─► index ─► batch [Deferred; BATCH] ──send──┐
 //!                                    ▲                                        ▼
 //!                                    └──── emptied batches (recycled) ◄── stage: ExitStats,
-//!                                                                           HostContext
+//!                                                                   HostContext, StageWork
 //!                                   exit contexts (take_contexts) ◄──────────┘
 //! ```
+//!
+//! A caller may run work of its own there ([`StageWork`]): each event comes with a note the
+//! consumer attached (what only it knows then), and the work hands its results back itself
+//! (the TUI counts its timeline lanes this way).
 //!
 //! The stage sees the events in the pass's order, so its statistics and contexts are the ones
 //! the pass would have built itself; only the exit contexts arrive later (a batch or a few).
@@ -36,17 +40,44 @@ pub const BATCH: usize = 4096;
 /// over 10 M events. Sixteen (~8 MiB) carry it over those waits.
 pub const IN_FLIGHT: usize = 16;
 
+/// Work of the caller's own that runs on the stage thread beside the statistics: per event,
+/// with a note the consumer attaches to it (what only the consumer knows then, say the
+/// model's level), and once per batch, to hand over what it found (through its own channel).
+/// The TUI counts its timeline lanes this way.
+pub trait StageWork: Send + 'static {
+    /// What the consumer attaches to each event.
+    type Note: Copy + Send + 'static;
+
+    /// One event with its actor and note, in the pass's order.
+    fn event(&mut self, event: &Event, actor: Option<Actor>, note: Self::Note);
+
+    /// The events of one batch are all counted.
+    fn batch_done(&mut self) {}
+}
+
+/// No work beside the statistics.
+#[derive(Debug, Default)]
+pub struct NoWork;
+
+impl StageWork for NoWork {
+    type Note = ();
+
+    #[inline]
+    fn event(&mut self, _event: &Event, _actor: Option<Actor>, _note: ()) {}
+}
+
 /// One stepped event as the stage needs it.
 #[derive(Debug)]
-struct Deferred {
+struct Deferred<N> {
     event: Event,
     actor: Option<Actor>,
     vmcs12: Option<u64>,
+    note: N,
 }
 
 /// What the stage hands back at the end.
 #[derive(Debug)]
-pub struct StageEnd {
+pub struct StageEnd<W = NoWork> {
     /// The statistics of every event pushed.
     pub stats: ExitStats,
     /// The host context of every event pushed (its log emptied into `contexts`), when the
@@ -54,16 +85,22 @@ pub struct StageEnd {
     pub context: Option<HostContext>,
     /// The exit contexts not yet taken with [`StatsStage::take_contexts`].
     pub contexts: Vec<ExitContext>,
+    /// The caller's work, after every event.
+    pub work: W,
 }
 
-/// [`ExitStats`] and [`HostContext`] run on a second thread, fed in batches.
+/// What the stage thread returns.
+type Built<W> = (ExitStats, Option<HostContext>, W);
+
+/// [`ExitStats`], [`HostContext`] and the caller's [`StageWork`] run on a second thread, fed
+/// in batches.
 #[derive(Debug)]
-pub struct StatsStage {
-    batch: Vec<Deferred>,
-    to_stage: Option<SyncSender<Vec<Deferred>>>,
-    recycled: Receiver<Vec<Deferred>>,
+pub struct StatsStage<W: StageWork = NoWork> {
+    batch: Vec<Deferred<W::Note>>,
+    to_stage: Option<SyncSender<Vec<Deferred<W::Note>>>>,
+    recycled: Receiver<Vec<Deferred<W::Note>>>,
     contexts: Receiver<Vec<ExitContext>>,
-    worker: Option<JoinHandle<(ExitStats, Option<HostContext>)>>,
+    worker: Option<JoinHandle<Built<W>>>,
 }
 
 impl StatsStage {
@@ -75,11 +112,32 @@ impl StatsStage {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start(stats: ExitStats, context: Option<HostContext>) -> std::io::Result<Self> {
-        let (to_stage, batches) = sync_channel::<Vec<Deferred>>(IN_FLIGHT);
-        let (give_back, recycled) = sync_channel::<Vec<Deferred>>(IN_FLIGHT + 2);
+        Self::start_with(stats, context, NoWork)
+    }
+
+    /// One event the pass stepped, with its actor (`Step::actor`) and, for a
+    /// `kvm_nested_vmexit`, the vmcs12 the model holds current after it.
+    #[inline]
+    pub fn push(&mut self, event: Event, actor: Option<Actor>, vmcs12: Option<u64>) {
+        self.push_noted(event, actor, vmcs12, ());
+    }
+}
+
+impl<W: StageWork> StatsStage<W> {
+    /// [`StatsStage::start`], with `work` fed every event after the statistics.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn start_with(
+        stats: ExitStats,
+        context: Option<HostContext>,
+        work: W,
+    ) -> std::io::Result<Self> {
+        let (to_stage, batches) = sync_channel::<Vec<Deferred<W::Note>>>(IN_FLIGHT);
+        let (give_back, recycled) = sync_channel::<Vec<Deferred<W::Note>>>(IN_FLIGHT + 2);
         let (send_contexts, contexts) = std::sync::mpsc::channel::<Vec<ExitContext>>();
         let worker = std::thread::Builder::new().name("vmxray-stats".into()).spawn(move || {
-            let (mut stats, mut context) = (stats, context);
+            let (mut stats, mut context, mut work) = (stats, context, work);
             for mut batch in batches {
                 // Read in place, then dropped at once: moving each ~130-byte event out of the
                 // batch showed as a copy per event in profiles.
@@ -88,8 +146,10 @@ impl StatsStage {
                     if let Some(context) = &mut context {
                         context.push_stepped(&d.event, d.actor);
                     }
+                    work.event(&d.event, d.actor, d.note);
                 }
                 batch.clear();
+                work.batch_done();
                 if let Some(context) = &mut context {
                     // Without host events the log holds in-KVM-only rows nobody shows.
                     let rows = context.take_attributed();
@@ -100,7 +160,7 @@ impl StatsStage {
                 // A full queue of emptied batches: this one is dropped instead.
                 let _ = give_back.try_send(batch);
             }
-            (stats, context)
+            (stats, context, work)
         })?;
         Ok(Self {
             batch: Vec::with_capacity(BATCH),
@@ -111,11 +171,16 @@ impl StatsStage {
         })
     }
 
-    /// One event the pass stepped, with its actor (`Step::actor`) and, for a
-    /// `kvm_nested_vmexit`, the vmcs12 the model holds current after it.
+    /// [`StatsStage::push`] with the note the work gets with the event.
     #[inline]
-    pub fn push(&mut self, event: Event, actor: Option<Actor>, vmcs12: Option<u64>) {
-        self.batch.push(Deferred { event, actor, vmcs12 });
+    pub fn push_noted(
+        &mut self,
+        event: Event,
+        actor: Option<Actor>,
+        vmcs12: Option<u64>,
+        note: W::Note,
+    ) {
+        self.batch.push(Deferred { event, actor, vmcs12, note });
         if self.batch.len() >= BATCH {
             self.send();
         }
@@ -146,15 +211,15 @@ impl StatsStage {
 
     /// Hands the stage the last events, waits for it, and returns what it built; `None` when
     /// the stage thread panicked.
-    pub fn finish(mut self) -> Option<StageEnd> {
+    pub fn finish(mut self) -> Option<StageEnd<W>> {
         if !self.batch.is_empty() {
             self.send();
         }
         // Closing the channel ends the stage's loop.
         self.to_stage = None;
-        let (stats, context) = self.worker.take()?.join().ok()?;
+        let (stats, context, work) = self.worker.take()?.join().ok()?;
         let contexts = self.take_contexts();
-        Some(StageEnd { stats, context, contexts })
+        Some(StageEnd { stats, context, contexts, work })
     }
 }
 

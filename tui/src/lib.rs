@@ -40,6 +40,7 @@ pub mod loader;
 pub mod sidecar;
 pub mod store;
 pub mod summary;
+pub mod tally;
 pub mod terminal;
 pub mod trace;
 pub mod views;

@@ -4,12 +4,13 @@
 //! The loader runs the one pass of every command (`vmxray_analyze::pass::Pass`: the replay
 //! model; the exit statistics and the host context on a second thread,
 //! `vmxray_analyze::stage::StatsStage`, fed with the stepped events) with a sink that cuts the
-//! stream into [`Block`]s and
-//! records where each starts in the file, keeps a model snapshot at every few blocks, counts
-//! the lanes' [`Bucket`]s, and collects anomalies, crashes and lost markers. The events
-//! themselves are dropped after the pass (except for inputs that cannot be read twice: stdin,
-//! perf.data, tracefs copies, the bundled sample, events in memory, whose blocks keep their
-//! events). The UI thread never waits on it: it drains the channel between frames.
+//! stream into [`Block`]s and records where each starts in the file, keeps a model snapshot at
+//! every few blocks, numbers the actors and collects the anomalies. The lanes' [`Bucket`]s,
+//! crashes and lost markers are counted on the statistics thread too ([`crate::tally`]): the
+//! loader's thread is the one the load waits for. The events themselves are dropped after the
+//! pass (except for inputs that cannot be read twice: stdin, perf.data, tracefs copies, the
+//! bundled sample, events in memory, whose blocks keep their events). The UI thread never
+//! waits on it: it drains the channel between frames.
 //!
 //! ```text
 //!  loader thread                                      UI thread
@@ -17,10 +18,12 @@
 //!  for each event:                                    loop {
 //!    block start: positions (trace.dat: lane chunk      drain channel ─► Trace::apply
 //!      and skip; text: byte offset), snapshot           draw visible rows only (decoded
-//!    Pass::step (model) ─► tag, bucket,                   on demand from the file)
-//!      anomalies ──── Batch every 100 ms ──mpsc──►      poll keys/mouse (50 ms)
-//!    event ─► StatsStage (stats thread: ExitStats,
-//!      HostContext; exit contexts join the next Batch)
+//!    Pass::step (model) ─► actor number, anomalies,       on demand from the file)
+//!      note (level, worst anomaly)                      poll keys/mouse (50 ms)
+//!    event + note ─► StatsStage (stats thread:
+//!      ExitStats, HostContext, Tally: buckets,
+//!      crashes, lost; they and the exit contexts
+//!      join the next Batch) ── Batch every 100 ms ──mpsc──►
 //!  finish ─► Done { stats, summary } ──────────────►  }
 //! ```
 
@@ -48,8 +51,9 @@ use vmxray_replay::{Actor, Anomaly, CrashKind, Model, TraceSummary, triage};
 
 use crate::sidecar::{self, Sidecar};
 use crate::store::{BLOCK_EVENTS, Backing, Block, BlockPos, Store, TEXT_BLOCK_BYTES};
-use crate::summary::{Bucket, FINE_EVENTS, Lanes};
-use crate::trace::{EventTag, Trace, tag_of};
+use crate::summary::{Bucket, Lanes};
+use crate::tally::{Found, Note, Tally};
+use crate::trace::{EventTag, Trace};
 
 /// The sample opened by `vmxray tui` without a file: the simulated Muen-like separation kernel
 /// on a KVM with the 04f11ef45810 bug (stale vmcs02.GUEST_CR3), which shows a critical
@@ -113,7 +117,7 @@ impl std::fmt::Debug for Source {
 pub struct Batch {
     /// Completed blocks.
     pub blocks: Vec<Block>,
-    /// Completed lane buckets ([`FINE_EVENTS`] events each).
+    /// Completed lane buckets ([`crate::summary::FINE_EVENTS`] events each).
     pub buckets: Vec<Bucket>,
     /// Anomalies reported on these events.
     pub anomalies: Vec<Anomaly>,
@@ -133,6 +137,15 @@ pub struct Batch {
     pub contexts: Vec<ExitContext>,
     /// Time since the loader started.
     pub elapsed: Duration,
+}
+
+impl Batch {
+    /// Joins what the tally found.
+    fn add(&mut self, found: Found) {
+        self.buckets.extend(found.buckets);
+        self.crashes.extend(found.crashes);
+        self.lost.extend(found.lost);
+    }
 }
 
 /// A message from the loader.
@@ -823,8 +836,9 @@ struct Pipeline<'a> {
     saved_lanes: Lanes,
 }
 
-/// The pass's sink: tags each event, counts it into the lanes' bucket, collects anomalies,
-/// crashes and lost markers.
+/// The pass's sink: numbers each event's actor, notes what the tally needs of it
+/// ([`crate::tally`]), collects anomalies; the tally (on the statistics thread when it runs)
+/// counts the lanes' buckets, crashes and lost markers.
 struct Indexer {
     /// Actor numbers, looked up for every event whose actor is not its CPU's last event's:
     /// foldhash, not SipHash (which showed in profiles of the load).
@@ -836,24 +850,24 @@ struct Indexer {
     /// Per CPU (modulo [`CPU_HINTS`]), the actor of its last event and its number: a vCPU
     /// stays on its CPU for long, while the merge interleaves the CPUs' events.
     by_cpu: [Option<(Actor, u16)>; CPU_HINTS],
-    bucket: Bucket,
     batch: Batch,
-    /// The exit statistics and where each exit's time went on the host (the detail view's
-    /// breakdown).
+    /// The exit statistics, where each exit's time went on the host (the detail view's
+    /// breakdown), and the tally.
     counting: Counting,
-    /// The last event's actor and, for a `kvm_nested_vmexit`, the vmcs12 current after it:
-    /// what the stats stage gets with the event.
-    stepped: (Option<Actor>, Option<u64>),
+    /// The last event's actor, for a `kvm_nested_vmexit` the vmcs12 current after it, and its
+    /// note: what the stats stage gets with the event.
+    stepped: (Option<Actor>, Option<u64>, Note),
 }
 
-/// Where the exit statistics and the host context are built.
+/// Where the exit statistics, the host context and the tally are built.
 enum Counting {
     /// On their own thread, fed by [`Pipeline::push`]: they only read the stepped events, and
-    /// the loader's thread (merge, model, index) is the one the load waits for.
-    Staged(StatsStage),
+    /// the loader's thread (merge, model, index) is the one the load waits for. The tally's
+    /// findings come back through the receiver.
+    Staged(StatsStage<Tally>, Receiver<Found>),
     /// On the loader's thread (the stage's thread could not start): the statistics in the
-    /// pass, the host context here.
-    Inline(Box<HostContext>),
+    /// pass, the host context and the tally here.
+    Inline(Box<HostContext>, Box<Tally>),
 }
 
 impl Indexer {
@@ -861,56 +875,45 @@ impl Indexer {
     /// starts; the pass keeps them itself when [`Indexer::statistics_in_pass`]. The host
     /// context runs on the stage only when the input may hold host events (`host`).
     fn new(staged: bool, host: bool) -> Self {
-        let stage = staged
-            .then(|| StatsStage::start(ExitStats::new(), host.then(HostContext::with_exit_log)));
+        let (found_tx, found_rx) = mpsc::channel();
+        let stage = staged.then(|| {
+            let context = host.then(HostContext::with_exit_log);
+            StatsStage::start_with(ExitStats::new(), context, Tally::sending(found_tx))
+        });
         let counting = match stage {
-            Some(Ok(stage)) => Counting::Staged(stage),
-            Some(Err(_)) | None => Counting::Inline(Box::new(HostContext::with_exit_log())),
+            Some(Ok(stage)) => Counting::Staged(stage, found_rx),
+            Some(Err(_)) | None => {
+                Counting::Inline(Box::new(HostContext::with_exit_log()), Box::default())
+            }
         };
         Self {
             actor_ids: HashMap::default(),
             first_actors: Vec::with_capacity(FEW_ACTORS),
             by_cpu: [None; CPU_HINTS],
-            bucket: Bucket::default(),
             batch: Batch::default(),
             counting,
-            stepped: (None, None),
+            stepped: (None, None, Note::default()),
         }
     }
 
     fn statistics_in_pass(&self) -> bool {
-        matches!(self.counting, Counting::Inline(_))
+        matches!(self.counting, Counting::Inline(..))
     }
 }
 
 impl Sink for Indexer {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        let event = s.event;
-        let index = s.step.at.0;
-        let actor_id = s.step.actor.map(|a| self.actor_id(a, event.cpu));
-        let tag = tag_of(s, actor_id);
+        let actor = s.step.actor.map(|a| self.actor_id(a, s.event.cpu));
+        let mut worst = None;
         if !s.step.anomalies.is_empty() {
             self.batch.anomalies.extend_from_slice(s.step.anomalies);
+            worst = s.step.anomalies.iter().map(|a| a.severity).max();
         }
-        if tag.crash()
-            && let Some(kind) = triage::fatal(&event.kind)
-        {
-            self.batch.crashes.push((index, kind));
-        }
-        if tag.lost() {
-            self.batch.lost.push(index);
-        }
-        let worst = s.step.anomalies.iter().map(|a| a.severity).max();
-        if self.bucket.len == 0 {
-            self.bucket.first = index;
-        }
-        self.bucket.add(actor_id, tag.tier(), worst);
-        if self.bucket.len == FINE_EVENTS {
-            self.batch.buckets.push(std::mem::take(&mut self.bucket));
-        }
+        let note = Note { actor, level: s.level(), worst };
         match &mut self.counting {
-            Counting::Staged(_) => self.stepped = (s.step.actor, s.nested_exit_vmcs12()),
-            Counting::Inline(context) => {
+            Counting::Staged(..) => self.stepped = (s.step.actor, s.nested_exit_vmcs12(), note),
+            Counting::Inline(context, tally) => {
+                tally.count(s.event, note);
                 let _ = context.event(s);
                 if context.has_host_events() {
                     self.batch.contexts.extend(context.take_attributed());
@@ -1088,17 +1091,17 @@ impl<'a> Pipeline<'a> {
             b.first_ts.get_or_insert(event.ts);
         }
         // The stage takes the event itself unless the block keeps it.
-        let (actor, vmcs12) = self.indexer.stepped;
+        let (actor, vmcs12, note) = self.indexer.stepped;
         let kept = match &mut self.indexer.counting {
-            Counting::Staged(stage) if !resident => {
-                stage.push(event, actor, vmcs12);
+            Counting::Staged(stage, _) if !resident => {
+                stage.push_noted(event, actor, vmcs12, note);
                 None
             }
-            Counting::Staged(stage) => {
-                stage.push(event.clone(), actor, vmcs12);
+            Counting::Staged(stage, _) => {
+                stage.push_noted(event.clone(), actor, vmcs12, note);
                 Some(event)
             }
-            Counting::Inline(_) => Some(event),
+            Counting::Inline(..) => Some(event),
         };
         if resident
             && let Some(event) = kept
@@ -1118,9 +1121,18 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if let Counting::Staged(stage) = &mut self.indexer.counting {
-            self.indexer.batch.contexts.extend(stage.take_contexts());
-        }
+        let found = match &mut self.indexer.counting {
+            Counting::Staged(stage, found) => {
+                self.indexer.batch.contexts.extend(stage.take_contexts());
+                let mut all = Found::default();
+                while let Ok(more) = found.try_recv() {
+                    all.append(more);
+                }
+                all
+            }
+            Counting::Inline(_, tally) => tally.take(),
+        };
+        self.indexer.batch.add(found);
         let mut batch = std::mem::take(&mut self.indexer.batch);
         if self.save_to.is_some() {
             let s = &mut self.saved;
@@ -1165,38 +1177,51 @@ impl<'a> Pipeline<'a> {
 
     fn fail(&mut self, error: String) {
         self.close_block();
-        self.flush_bucket();
+        // The counts of the events before the error: what the tally has not handed over.
+        let _ = self.end_counting();
         self.flush();
         let _ = self.tx.send(LoadMsg::Failed(error));
     }
 
-    fn flush_bucket(&mut self) {
-        if self.indexer.bucket.len > 0 {
-            let b = std::mem::take(&mut self.indexer.bucket);
-            self.indexer.batch.buckets.push(b);
+    /// Ends the statistics and the tally (waiting for their thread): the statistics when they
+    /// ran on their own thread, and the host context. The tally's last findings and the exit
+    /// contexts not taken yet join the batch.
+    fn end_counting(&mut self) -> (Option<ExitStats>, HostContext) {
+        let counting = std::mem::replace(
+            &mut self.indexer.counting,
+            Counting::Inline(Box::default(), Box::default()),
+        );
+        match counting {
+            Counting::Staged(stage, found) => {
+                let end = stage.finish();
+                // What the stage sent before it ended comes first.
+                while let Ok(more) = found.try_recv() {
+                    self.indexer.batch.add(more);
+                }
+                match end {
+                    Some(end) => {
+                        self.indexer.batch.contexts.extend(end.contexts);
+                        self.indexer.batch.add(end.work.finish());
+                        (Some(end.stats), end.context.unwrap_or_default())
+                    }
+                    None => {
+                        let note = "Statistics incomplete: their thread stopped".to_owned();
+                        let _ = self.tx.send(LoadMsg::Note(note));
+                        (None, HostContext::new())
+                    }
+                }
+            }
+            Counting::Inline(context, tally) => {
+                self.indexer.batch.add(tally.finish());
+                (None, *context)
+            }
         }
     }
 
     fn finish(mut self, meta: &TraceMeta, read: &ReadStats) {
         self.close_block();
-        self.flush_bucket();
         self.pass.end(&mut self.indexer);
-        let counting =
-            std::mem::replace(&mut self.indexer.counting, Counting::Inline(Box::default()));
-        let (staged, context) = match counting {
-            Counting::Staged(stage) => match stage.finish() {
-                Some(end) => {
-                    self.indexer.batch.contexts.extend(end.contexts);
-                    (Some(end.stats), end.context.unwrap_or_default())
-                }
-                None => {
-                    let note = "Statistics incomplete: their thread stopped".to_owned();
-                    let _ = self.tx.send(LoadMsg::Note(note));
-                    (None, HostContext::new())
-                }
-            },
-            Counting::Inline(context) => (None, *context),
-        };
+        let (staged, context) = self.end_counting();
         self.fraction = Some(1.0);
         self.flush();
         let events = self.next_index();
@@ -1258,7 +1283,8 @@ mod tests {
 
     #[test]
     fn statistics_counted_on_the_loader_thread_are_those_of_their_own_thread() {
-        // What the loader falls back to when the statistics thread cannot start. A real VMX
+        // What the loader falls back to when the statistics thread cannot start (the tally
+        // then runs on the loader's thread too). A real VMX
         // host with host events: the exit statistics and every exit's host context.
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../samples/real/vmx/context-busy-io-loop-ept-6.1.dat");
@@ -1270,6 +1296,11 @@ mod tests {
         assert!(staged.contexts.len() > 500, "{}", staged.contexts.len());
         assert_eq!(staged.contexts, inline.contexts);
         assert_eq!(staged.anomalies, inline.anomalies);
+        // The tally (lanes, crashes, lost markers) is counted on either thread alike.
+        assert!(!staged.lanes.buckets().is_empty());
+        assert_eq!(staged.lanes.buckets(), inline.lanes.buckets());
+        assert_eq!((&staged.crashes, &staged.lost), (&inline.crashes, &inline.lost));
+        assert_eq!(staged.actors, inline.actors);
     }
 
     #[test]

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use vmxray_analyze::pass::Stepped;
 use vmxray_events::Event;
-use vmxray_replay::Model;
+use vmxray_replay::{Model, triage};
 use vmxray_samples::sim::dat::DatSink;
 use vmxray_samples::sim::stream::{Length, simulate_stream};
 use vmxray_samples::sim::{Bug, KernelVersion, KvmFlavour, Scenario, SimConfig};
 use vmxray_tui::app::{Action, App, PromptKind, ViewId};
 use vmxray_tui::filter::Filter;
 use vmxray_tui::loader::{Source, load_all};
+use vmxray_tui::summary::{ActorCounts, slot};
 use vmxray_tui::trace::{Progress, Trace, tag_of};
 
 #[path = "index/first_screen.rs"]
@@ -75,9 +76,12 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
         );
     }
     assert!(trace.event(n).is_none());
-    // Tags and states are those of one replay of the whole stream.
+    // Tags and states are those of one replay of the whole stream, and so are the lanes'
+    // counts, the crashes and the lost markers (counted on the statistics thread).
     let mut model = Model::default();
     let actors = &trace.actors;
+    let mut lanes = vec![ActorCounts::default(); actors.len()];
+    let (mut crashes, mut lost) = (Vec::new(), Vec::new());
     for (i, e) in events.iter().enumerate() {
         model.step(e);
         let stepped = Stepped { event: e, step: model.last_step(), model: &model };
@@ -87,6 +91,18 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
             .and_then(|a| actors.iter().position(|x| *x == a))
             .map(|p| u16::try_from(p).unwrap());
         let expected = tag_of(&stepped, id);
+        if let Some(c) = id.and_then(|id| lanes.get_mut(usize::from(id))) {
+            c.tiers[slot(expected.tier())] += 1;
+            if let Some(worst) = stepped.step.anomalies.iter().map(|a| a.severity).max() {
+                c.worst = c.worst.max(u8::try_from(worst.rank() + 1).unwrap());
+            }
+        }
+        if expected.crash() {
+            crashes.push((i as u64, triage::fatal(&e.kind).unwrap()));
+        }
+        if expected.lost() {
+            lost.push(i as u64);
+        }
         if i % 997 == 0 || i + 1 == events.len() {
             assert_eq!(trace.tag(i as u64), Some(expected), "{what}: tag {i}");
             let at = trace.state_at(i as u64).unwrap();
@@ -99,7 +115,9 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
         }
     }
     // Time jumps land on the first event at or after the time.
-    for k in [0, 1, 4_095, 4_096, 20_000, events.len() - 1] {
+    for k in
+        [0, 1, 4_095, 4_096, 20_000, events.len() - 1].into_iter().filter(|k| *k < events.len())
+    {
         let ts = events[k].ts;
         let first = events.partition_point(|e| e.ts < ts) as u64;
         assert_eq!(trace.index_at_time(ts), first, "{what}: time of {k}");
@@ -107,6 +125,11 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
     // The lanes' summaries count every event once.
     let counted: u64 = trace.lanes.buckets().iter().map(|b| b.len).sum();
     assert_eq!(counted, n, "{what}");
+    let mut got = trace.lanes.range(0, n);
+    got.resize(lanes.len(), ActorCounts::default());
+    assert_eq!(got, lanes, "{what}: lanes");
+    assert_eq!(trace.crashes, crashes, "{what}: crashes");
+    assert_eq!(trace.lost, lost, "{what}: lost markers");
 }
 
 #[test]
@@ -126,6 +149,19 @@ fn trace_dat_and_text_indexes_give_back_every_event() {
     check(&trace, &text_events, "text");
     std::fs::remove_file(&dat).ok();
     std::fs::remove_file(&txt).ok();
+}
+
+#[test]
+fn a_real_vmx_triple_fault_is_indexed_as_its_replay_reads_it() {
+    // Bochs real-VMX captures (samples/real/vmx): an L1 triple fault, and a #PF one under
+    // EPT. Each has its crash; the lanes, tags and markers must be the model's.
+    for name in ["l1-triple-fault-6.1.dat", "pf-triple-fault-ept-6.12.dat"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real/vmx").join(name);
+        let events = full_read(&path);
+        let trace = load_all(Source::File(path));
+        assert!(!trace.crashes.is_empty(), "{name}: no crash found");
+        check(&trace, &events, name);
+    }
 }
 
 #[test]
