@@ -219,3 +219,43 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// The read problems as messages, one per problem, except that a run of lines skipped for
+/// the same reason is one message naming the lines (a text trace in a format vmxray does not
+/// read fails on every line the same way: one message, not one per line).
+pub fn problem_lines(problems: &[std::sync::Arc<vmxray_capture::ReadError>]) -> Vec<String> {
+    use vmxray_capture::Location;
+    let mut out = Vec::new();
+    let mut k = 0;
+    while let Some(first) = problems.get(k) {
+        let reason = crate::error_chain(&first.kind);
+        let mut lines = Vec::new();
+        if let Location::Line(n) = first.at {
+            lines.push(n);
+            while let Some(next) = problems.get(k + lines.len())
+                && let Location::Line(m) = next.at
+                && next.input == first.input
+                && crate::error_chain(&next.kind) == reason
+            {
+                lines.push(m);
+            }
+        }
+        match lines.as_slice() {
+            [] | [_] => {
+                out.push(crate::error_chain(first.as_ref()));
+                k += 1;
+            }
+            [from, .., to] => {
+                let n = lines.len();
+                let place = if to.checked_sub(*from) == Some(n as u64 - 1) {
+                    format!(":{from}-{to}")
+                } else {
+                    format!(": {n} lines from {from} to {to}")
+                };
+                out.push(format!("{}{place}: {reason} ({n} lines)", first.input));
+                k += n;
+            }
+        }
+    }
+    out
+}

@@ -64,7 +64,7 @@ pub fn write_read_summary(
     }
     if stats.skipped > 0 {
         writeln!(out, "{}: {} bad records skipped (--permissive):", meta.input, stats.skipped)?;
-        for problem in &stats.problems {
+        for problem in vmxray_analyze::problem_lines(&stats.problems) {
             writeln!(out, "  {problem}")?;
         }
         if stats.skipped > stats.problems.len() as u64 {

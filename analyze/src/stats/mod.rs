@@ -748,9 +748,7 @@ impl ExitStats {
                 .collect(),
             skipped: read.map_or(0, |r| r.skipped),
             non_trace_lines: read.map_or(0, |r| r.non_trace_lines),
-            problems: read.map_or_else(Vec::new, |r| {
-                r.problems.iter().map(|p| crate::error_chain(p.as_ref())).collect()
-            }),
+            problems: read.map_or_else(Vec::new, |r| crate::problem_lines(&r.problems)),
             unknown_events: read.map_or_else(Vec::new, |r| {
                 r.unknown_events
                     .iter()

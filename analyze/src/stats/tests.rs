@@ -842,3 +842,34 @@ fn many_interleaved_groups_each_count_their_own_exits() {
         assert_eq!((latency.min, latency.max), (10 + u64::from(v.id) * 100 + k, latency.min));
     }
 }
+
+#[test]
+fn a_run_of_lines_skipped_for_one_reason_is_one_problem() {
+    use vmxray_capture::{Location, ReadError, ReadErrorKind};
+    let input: Arc<str> = Arc::from("t.txt");
+    let err = |at, kind| Arc::new(ReadError::new(&input, at, kind));
+    let truncated = || ReadErrorKind::Truncated { expected: "a field" };
+    let problems = vec![
+        err(Location::Line(19), truncated()),
+        err(Location::Line(20), truncated()),
+        err(Location::Line(21), truncated()),
+        // Another reason breaks the run.
+        err(Location::Line(22), ReadErrorKind::UnknownFormat),
+        err(Location::Line(30), truncated()),
+        err(Location::Line(35), truncated()),
+        err(Location::Offset(4096), truncated()),
+        err(Location::Offset(8192), truncated()),
+    ];
+    let lines = crate::problem_lines(&problems);
+    let reason = "Truncated: expected a field, the input ends";
+    assert_eq!(
+        lines,
+        vec![
+            format!("t.txt:19-21: {reason} (3 lines)"),
+            problems[3].to_string(),
+            format!("t.txt: 2 lines from 30 to 35: {reason} (2 lines)"),
+            problems[6].to_string(),
+            problems[7].to_string(),
+        ]
+    );
+}
