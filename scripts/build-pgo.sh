@@ -18,8 +18,9 @@
 #      RUSTFLAGS and --target-dir).
 #
 # A plain `cargo build --release` stays a valid build: the same code, without the profile. On
-# the TUI's pass the profile saves about a tenth of the CPU time (README, "Speed"). About 30
-# minutes on 2 cores (polars is built twice); ~6 GB of disk.
+# the TUI's pass the profile saves 10-17 % of the CPU time, on `vmxray stats` 12 % (README,
+# Benchmarks). 20-30 minutes on 2 cores the first time (polars is built twice), ~10 when run
+# again after a change; ~6 GB of disk.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
