@@ -1121,18 +1121,16 @@ impl<'a> Pipeline<'a> {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        let found = match &mut self.indexer.counting {
+        let batch = &mut self.indexer.batch;
+        match &mut self.indexer.counting {
             Counting::Staged(stage, found) => {
-                self.indexer.batch.contexts.extend(stage.take_contexts());
-                let mut all = Found::default();
+                batch.contexts.extend(stage.take_contexts());
                 while let Ok(more) = found.try_recv() {
-                    all.append(more);
+                    batch.add(more);
                 }
-                all
             }
-            Counting::Inline(_, tally) => tally.take(),
-        };
-        self.indexer.batch.add(found);
+            Counting::Inline(_, tally) => batch.add(tally.take()),
+        }
         let mut batch = std::mem::take(&mut self.indexer.batch);
         if self.save_to.is_some() {
             let s = &mut self.saved;

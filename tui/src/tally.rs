@@ -52,13 +52,6 @@ impl Found {
     fn is_empty(&self) -> bool {
         self.buckets.is_empty() && self.crashes.is_empty() && self.lost.is_empty()
     }
-
-    /// Appends `other`, which follows.
-    pub fn append(&mut self, other: Found) {
-        self.buckets.extend(other.buckets);
-        self.crashes.extend(other.crashes);
-        self.lost.extend(other.lost);
-    }
 }
 
 /// Counts every event of the pass, in its order.
