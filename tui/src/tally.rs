@@ -76,14 +76,7 @@ impl Tally {
     pub fn count(&mut self, event: &Event, note: Note) {
         let index = self.next;
         self.next += 1;
-        let tier = match event.kind {
-            EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_) => Tier::L0Exit,
-            _ => match note.level {
-                Some(Level::L1) => Tier::L1,
-                Some(Level::L2) => Tier::L2,
-                None => Tier::Unknown,
-            },
-        };
+        let tier = Tier::of(&event.kind, note.level);
         if let Some(kind) = triage::fatal(&event.kind) {
             self.found.crashes.push((index, kind));
         }

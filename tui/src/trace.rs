@@ -50,6 +50,20 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// The tier of `kind` for an actor the model puts at `level` after it: hardware exits
+    /// are L0's, the rest runs at the actor's level.
+    #[inline]
+    pub fn of(kind: &EventKind, level: Option<Level>) -> Self {
+        match kind {
+            EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_) => Self::L0Exit,
+            _ => match level {
+                Some(Level::L1) => Self::L1,
+                Some(Level::L2) => Self::L2,
+                None => Self::Unknown,
+            },
+        }
+    }
+
     /// Short label for the timeline column.
     pub fn label(self) -> &'static str {
         match self {
@@ -247,16 +261,7 @@ impl Default for Trace {
 #[inline(always)]
 pub fn tag_of(s: &Stepped<'_>, actor_id: Option<u16>) -> EventTag {
     let event = s.event;
-    let hw_exit = matches!(event.kind, EventKind::KvmExit(_) | EventKind::KvmNestedVmexit(_));
-    let tier = if hw_exit {
-        Tier::L0Exit
-    } else {
-        match s.level() {
-            Some(Level::L1) => Tier::L1,
-            Some(Level::L2) => Tier::L2,
-            None => Tier::Unknown,
-        }
-    };
+    let tier = Tier::of(&event.kind, s.level());
     let lost = matches!(event.kind, EventKind::Lost { .. });
     let crash = triage::fatal(&event.kind).is_some();
     EventTag::new(
