@@ -7,7 +7,10 @@
 //! stream into [`Block`]s and records where each starts in the file, keeps a model snapshot at
 //! every few blocks, numbers the actors and collects the anomalies. The lanes' [`Bucket`]s,
 //! crashes and lost markers are counted on the statistics thread too ([`crate::tally`]): the
-//! loader's thread is the one the load waits for. The events themselves are dropped after the
+//! loader's thread is the one the load waits for. A trace.dat's events are read where the
+//! decoder wrote them, by the model and then by the statistics thread, which gets the decoded
+//! batch itself and a note per event (`vmxray_capture::read::SharedBatch`): the loader's
+//! thread copies no event. The events themselves are dropped after the
 //! pass (except for inputs that cannot be read twice: stdin, perf.data, tracefs copies, the
 //! bundled sample, events in memory, whose blocks keep their events). The UI thread never
 //! waits on it: it drains the channel between frames.
@@ -20,7 +23,7 @@
 //!      and skip; text: byte offset), snapshot           draw visible rows only (decoded
 //!    Pass::step (model) ─► actor number, anomalies,       on demand from the file)
 //!      note (level, worst anomaly)                      poll keys/mouse (50 ms)
-//!    event + note ─► StatsStage (stats thread:
+//!    event (or its place) + note ─► StatsStage (stats thread:
 //!      ExitStats, HostContext, Tally: buckets,
 //!      crashes, lost; they and the exit contexts
 //!      join the next Batch) ── Batch every 100 ms ──mpsc──►
@@ -40,9 +43,10 @@ use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_analyze::stage::StatsStage;
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
+use vmxray_capture::read::Taken;
 use vmxray_capture::read::open::{InputKind, Magic, detect};
 use vmxray_capture::read::text::TextReader;
-use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat};
+use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat, TraceDatReader};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
@@ -382,7 +386,7 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
             td.events_counted(0, ReadOptions { permissive: true, ..ReadOptions::default() })?;
         Ok((td, reader, counts))
     });
-    let (td, mut reader, counts) = match opened {
+    let (td, reader, counts) = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = tx.send(LoadMsg::Failed(format!("Cannot open {}: {e}", path.display())));
@@ -411,7 +415,8 @@ fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOpti
     let positions = Positions::Dat { cursor, lane_of_cpu };
     let mut pipeline = Pipeline::new(tx, started, positions, InputFacts::of(&reader));
     pipeline.save_to = index.save_index.then(|| path.to_path_buf());
-    if pipeline.push_all(&mut reader, || None) {
+    let mut reader = reader.sharing();
+    if pipeline.push_shared(&mut reader) {
         let meta = reader.meta().clone();
         pipeline.finish(&meta, reader.stats());
     }
@@ -1055,6 +1060,52 @@ impl<'a> Pipeline<'a> {
     /// Steps one event; false once the UI is gone.
     #[inline(always)]
     fn push(&mut self, event: Event, fraction: Option<f64>) -> bool {
+        let resident = self.step(&event, fraction);
+        // The stage takes the event itself unless the block keeps it.
+        let (actor, vmcs12, note) = self.indexer.stepped;
+        let kept = match &mut self.indexer.counting {
+            Counting::Staged(stage, _) if !resident => {
+                stage.push_noted(event, actor, vmcs12, note);
+                None
+            }
+            Counting::Staged(stage, _) => {
+                stage.push_noted(event.clone(), actor, vmcs12, note);
+                Some(event)
+            }
+            Counting::Inline(..) => Some(event),
+        };
+        if resident
+            && let Some(event) = kept
+            && let Some(b) = &mut self.block
+        {
+            b.events.push(event);
+        }
+        self.pushed()
+    }
+
+    /// [`Pipeline::push`] for an event of a trace.dat, read in place when its batch is shared:
+    /// the statistics stage then reads it there too ([`StatsStage::push_placed`]).
+    #[inline(always)]
+    fn push_taken(&mut self, taken: Taken<'_>, fraction: Option<f64>) -> bool {
+        let (event, lane, batch) = match taken {
+            Taken::Placed { event, lane, batch } => (event, lane, batch),
+            Taken::Owned(event) => return self.push(event, fraction),
+        };
+        let resident = self.step(event, fraction);
+        let (actor, vmcs12, note) = self.indexer.stepped;
+        if let Counting::Staged(stage, _) = &mut self.indexer.counting {
+            stage.push_placed(lane, batch, actor, vmcs12, note);
+        }
+        if resident && let Some(b) = &mut self.block {
+            b.events.push(event.clone());
+        }
+        self.pushed()
+    }
+
+    /// Steps `event` through the positions, the model and the index; true when the open block
+    /// keeps its events.
+    #[inline(always)]
+    fn step(&mut self, event: &Event, fraction: Option<f64>) -> bool {
         let index = self.next_index();
         match &mut self.positions {
             Positions::Text => {}
@@ -1085,30 +1136,18 @@ impl<'a> Pipeline<'a> {
         if fraction.is_some() {
             self.fraction = fraction;
         }
-        let _ = self.pass.step(&event, &mut self.indexer);
+        let _ = self.pass.step(event, &mut self.indexer);
         let resident = self.block.as_ref().is_some_and(|b| b.pos.is_none());
         if let Some(b) = &mut self.block {
             b.first_ts.get_or_insert(event.ts);
         }
-        // The stage takes the event itself unless the block keeps it.
-        let (actor, vmcs12, note) = self.indexer.stepped;
-        let kept = match &mut self.indexer.counting {
-            Counting::Staged(stage, _) if !resident => {
-                stage.push_noted(event, actor, vmcs12, note);
-                None
-            }
-            Counting::Staged(stage, _) => {
-                stage.push_noted(event.clone(), actor, vmcs12, note);
-                Some(event)
-            }
-            Counting::Inline(..) => Some(event),
-        };
-        if resident
-            && let Some(event) = kept
-            && let Some(b) = &mut self.block
-        {
-            b.events.push(event);
-        }
+        resident
+    }
+
+    /// After an event: hands the batch on when it is time; false once the UI is gone.
+    #[inline(always)]
+    fn pushed(&mut self) -> bool {
+        let index = self.next_index().saturating_sub(1);
         // The first block goes out as soon as it is complete (the first screen), then a batch
         // every FLUSH_EVERY.
         let first = !self.sent_blocks && !self.indexer.batch.blocks.is_empty();
@@ -1161,6 +1200,24 @@ impl<'a> Pipeline<'a> {
             match item {
                 Ok(event) => {
                     if !self.push(event, fraction()) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// [`Pipeline::push_all`] for a trace.dat reader that shares its batches.
+    fn push_shared(&mut self, reader: &mut TraceDatReader) -> bool {
+        while let Some(item) = reader.next_shared() {
+            match item {
+                Ok(taken) => {
+                    if !self.push_taken(taken, None) {
                         return false;
                     }
                 }

@@ -486,7 +486,9 @@ impl EventFormat {
     /// decide (and report).
     #[inline]
     pub fn decode_hot(&self, payload: &[u8], endian: Endian, out: &mut EventKind) -> bool {
-        self.hot.is_some_and(|h| h.decode_into(payload, endian, out))
+        // By reference: `is_some_and` on the `Option` itself copied the ~170-byte layout to
+        // the stack (a `memcpy` call) for every record.
+        self.hot.as_ref().is_some_and(|h| h.decode_into(payload, endian, out))
     }
 
     /// True when this event's `role` word is in a pre-5.18 layout, whose bit 4 means 8-byte

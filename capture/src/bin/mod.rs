@@ -288,6 +288,22 @@ impl Source {
         }
     }
 
+    /// Fills `buf` with the bytes at `offset` (an error when the input ends first).
+    pub(crate) fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        match self {
+            Self::File(f, _) => f.read_exact_at(buf, offset),
+            Self::Bytes(b) => {
+                let start = to_usize(offset).unwrap_or(usize::MAX);
+                let bytes = b
+                    .get(start..start.saturating_add(buf.len()))
+                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
     /// Reads up to `len` bytes at `offset`: fewer at the end of the input, none past it.
     pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt as _;

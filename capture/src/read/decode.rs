@@ -91,13 +91,20 @@ impl CommCache {
         EventKind::untyped(Arc::clone(&names.system), Arc::clone(&names.name), fields)
     }
 
-    #[inline]
+    /// The comm of `pid`: the last pid's again (most records follow one of the same thread)
+    /// inline, the others from the maps.
+    #[inline(always)]
     pub(crate) fn get(&mut self, comms: &HashMap<i32, Comm>, pid: i32) -> Option<Comm> {
         if let Some((p, c)) = &self.last
             && *p == pid
         {
             return c.clone();
         }
+        self.lookup(comms, pid)
+    }
+
+    #[inline(never)]
+    fn lookup(&mut self, comms: &HashMap<i32, Comm>, pid: i32) -> Option<Comm> {
         let c = self
             .local
             .entry(pid)
@@ -202,11 +209,11 @@ impl DecodeCtx {
                 Ok(s) => match s.item {
                     PageItem::Event { ts, payload, offset } => {
                         if let Err(e) = self.record(cpu, ts, payload, &mut cache, batch) {
-                            batch.items.push(Err(ReadError::new(
+                            batch.problem(ReadError::new(
                                 &self.input,
                                 base.at(cpu, s.page_offset + offset as u64),
                                 e,
-                            )));
+                            ));
                         }
                     }
                     PageItem::Lost { ts, count } => batch.items.push(Ok(Event {
@@ -218,11 +225,9 @@ impl DecodeCtx {
                         kind: EventKind::Lost { count },
                     })),
                 },
-                Err(e) => batch.items.push(Err(ReadError::new(
-                    &self.input,
-                    base.at(cpu, e.offset),
-                    e.error,
-                ))),
+                Err(e) => {
+                    batch.problem(ReadError::new(&self.input, base.at(cpu, e.offset), e.error));
+                }
             }
         }
     }

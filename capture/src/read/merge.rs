@@ -49,6 +49,17 @@ pub(crate) struct Batch {
     pub counted_other: HashMap<u32, (Arc<str>, u64), foldhash::fast::FixedState>,
     /// Where those records were, for the stream index of the events around them.
     pub skips: Vec<Skip>,
+    /// Problems among the items ([`Batch::problem`]): a batch without any may be shared
+    /// ([`SharedBatch`]).
+    pub problems: u32,
+}
+
+impl Batch {
+    /// Appends a problem in stream order.
+    pub(crate) fn problem(&mut self, error: ReadError) {
+        self.items.push(Err(error));
+        self.problems = self.problems.saturating_add(1);
+    }
 }
 
 /// A record counted instead of decoded ([`crate::ReadOptions::count_only`]): its time, and the
@@ -73,6 +84,7 @@ impl Default for Batch {
             counted: [0; KnownSet::CAPACITY],
             counted_other: HashMap::default(),
             skips,
+            problems: 0,
         }
     }
 }
@@ -89,6 +101,111 @@ fn recycle(mut items: VecDeque<Item>, mut skips: Vec<Skip>) {
         && v.len() < RECYCLED_MAX
     {
         v.push((items, skips));
+    }
+}
+
+/// A lane's decoded events, read in place by the merge's consumer and by a second thread the
+/// consumer hands the batch to (the statistics stage), in the same order: each event is
+/// written once, by the decoder, where moving it out of the batch and copying it again for the
+/// other thread wrote it twice more (~100 bytes each, on the merging thread, the pass's
+/// busiest). Only a batch without problems is shared. Its buffer is recycled when the last
+/// holder drops it.
+#[derive(Debug)]
+pub struct SharedBatch {
+    items: Vec<Item>,
+}
+
+impl SharedBatch {
+    /// The event at `*pos` or after it, moving `pos` past it.
+    #[inline]
+    pub fn next_event(&self, pos: &mut usize) -> Option<&Event> {
+        while let Some(item) = self.items.get(*pos) {
+            *pos += 1;
+            if let Ok(event) = item {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// Events in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+impl Drop for SharedBatch {
+    fn drop(&mut self) {
+        recycle(VecDeque::from(std::mem::take(&mut self.items)), Vec::new());
+    }
+}
+
+/// An event of the merged stream as [`Merger::next_shared`] gives it.
+#[derive(Debug)]
+pub enum Taken<'a> {
+    /// Read in place in a shared batch of lane `lane` (the merge's lane number). `batch` is
+    /// that batch when this is the first event taken from it: the consumer hands it on before
+    /// the event, and the lane's later events are in it until the next batch comes.
+    Placed {
+        /// The event.
+        event: &'a Event,
+        /// The lane it came from.
+        lane: u32,
+        /// The lane's new batch, with its first event.
+        batch: Option<Arc<SharedBatch>>,
+    },
+    /// Moved out of a batch that is not shared (one that holds a problem).
+    Owned(Event),
+}
+
+impl Taken<'_> {
+    /// The event.
+    #[inline]
+    pub fn event(&self) -> &Event {
+        match self {
+            Self::Placed { event, .. } => event,
+            Self::Owned(event) => event,
+        }
+    }
+}
+
+/// A lane's items being merged: its own, moved out one by one, or shared with the consumer
+/// and read in place ([`Merger::next_shared`]).
+enum Items {
+    Owned(VecDeque<Item>),
+    Shared { batch: Arc<SharedBatch>, next: usize },
+}
+
+impl Items {
+    #[inline]
+    fn front(&self) -> Option<&Item> {
+        match self {
+            Self::Owned(items) => items.front(),
+            Self::Shared { batch, next } => batch.items.get(*next),
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.front().is_none()
+    }
+
+    /// The next item, moved out (a shared batch's event is cloned: [`Merger::next`] on a
+    /// merger that shares, which its consumer does not do).
+    #[inline]
+    fn pop(&mut self) -> Option<Item> {
+        match self {
+            Self::Owned(items) => items.pop_front(),
+            Self::Shared { batch, next } => {
+                let event = batch.next_event(next)?;
+                Some(Ok(event.clone()))
+            }
+        }
     }
 }
 
@@ -111,7 +228,11 @@ struct Lane {
     cpu: u32,
     jobs: Jobs,
     slots: Ordered<Batch>,
-    batch: VecDeque<Item>,
+    items: Items,
+    /// Batches without problems become shared ([`Merger::share`]).
+    share: bool,
+    /// The shared batch has not been handed to the consumer yet.
+    fresh: bool,
     last_ts: u64,
     /// Items taken from this lane so far: the lane position of its next item.
     taken: u64,
@@ -146,13 +267,13 @@ impl Lane {
     #[inline]
     fn refill(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
         // Asked before every event: the check inlined, the refill (once a batch) not.
-        !self.batch.is_empty() || self.refill_empty(stats, parallel)
+        !self.items.is_empty() || self.refill_empty(stats, parallel)
     }
 
     /// [`Lane::refill`] once the batch is empty.
     #[inline(never)]
     fn refill_empty(&mut self, stats: &mut ReadStats, parallel: bool) -> bool {
-        while self.batch.is_empty() {
+        while self.items.is_empty() {
             self.fill_slots(parallel);
             let Some(batch) = self.slots.pop() else { return false };
             for (k, n) in batch.unknown {
@@ -177,7 +298,17 @@ impl Lane {
                 });
                 self.skips_seen += 1;
             }
-            recycle(std::mem::replace(&mut self.batch, VecDeque::from(batch.items)), batch.skips);
+            let next = if self.share && batch.problems == 0 {
+                self.fresh = true;
+                Items::Shared { batch: Arc::new(SharedBatch { items: batch.items }), next: 0 }
+            } else {
+                Items::Owned(VecDeque::from(batch.items))
+            };
+            match std::mem::replace(&mut self.items, next) {
+                Items::Owned(items) => recycle(items, batch.skips),
+                // The consumer holds the batch (or dropped it, which recycled it).
+                Items::Shared { .. } => recycle(VecDeque::new(), batch.skips),
+            }
             self.fill_slots(parallel);
         }
         true
@@ -187,7 +318,7 @@ impl Lane {
     /// so they surface where they occurred) and the CPU.
     #[inline]
     fn key(&self) -> Option<(u64, u32)> {
-        match self.batch.front()? {
+        match self.items.front()? {
             Ok(ev) => Some((ev.ts, self.cpu)),
             Err(_) => Some((self.last_ts, self.cpu)),
         }
@@ -319,7 +450,9 @@ impl Merger {
                 cpu,
                 jobs,
                 slots: Ordered::new(parallel),
-                batch: VecDeque::new(),
+                items: Items::Owned(VecDeque::new()),
+                share: false,
+                fresh: false,
                 last_ts: 0,
                 taken: 0,
                 pushed: 0,
@@ -413,7 +546,7 @@ impl Merger {
     fn pick(&mut self, stats: &mut ReadStats) -> Option<usize> {
         if let Some(i) = self.current.take() {
             let lane = self.lanes.get_mut(i)?;
-            let refilled = lane.batch.is_empty();
+            let refilled = lane.items.is_empty();
             let more = lane.refill(stats, self.parallel);
             if refilled && !lane.skips.is_empty() {
                 self.offer(i);
@@ -438,31 +571,114 @@ impl Merger {
             let lane = self.lanes.get_mut(i)?;
             // Look at the item in place and move it out once, straight into the return value:
             // an event is ~100 bytes, and extra copies of it cost more than the merge itself.
-            match lane.batch.front()? {
-                Ok(ev) => {
-                    lane.last_ts = ev.ts;
-                    if let EventKind::Lost { count } = ev.kind {
-                        stats.note_lost(ev.cpu, count);
-                    }
-                    stats.events += 1;
-                    let key = (ev.ts, lane.cpu);
-                    if !self.ready.is_empty() || !lane.skips.is_empty() {
-                        self.place_skips(i, key);
-                    }
-                    self.took(i);
-                    return self.lanes.get_mut(i)?.batch.pop_front();
-                }
-                Err(_) if self.permissive => {
-                    if let Some(Err(err)) = lane.batch.pop_front() {
-                        stats.note_skipped(err);
-                    }
-                    self.took(i);
+            match lane.items.front()? {
+                Ok(_) => {
+                    self.yielding(i, stats)?;
+                    return self.lanes.get_mut(i)?.items.pop();
                 }
                 Err(_) => {
-                    self.failed = true;
-                    return lane.batch.pop_front();
+                    if let Some(stop) = self.problem(i, stats) {
+                        return stop;
+                    }
                 }
             }
+        }
+    }
+
+    /// [`Merger::next`] for a merger that shares its batches ([`Merger::share`]): the event is
+    /// read in place in its lane's batch when the batch is shared.
+    #[inline]
+    pub(crate) fn next_shared(
+        &mut self,
+        stats: &mut ReadStats,
+    ) -> Option<Result<Taken<'_>, ReadError>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let i = self.pick(stats)?;
+            self.current = Some(i);
+            let lane = self.lanes.get_mut(i)?;
+            match lane.items.front()? {
+                Ok(_) => {
+                    self.yielding(i, stats)?;
+                    let lane = self.lanes.get_mut(i)?;
+                    return match &mut lane.items {
+                        Items::Owned(items) => items.pop_front().map(|item| item.map(Taken::Owned)),
+                        Items::Shared { batch, next } => {
+                            let fresh = std::mem::take(&mut lane.fresh).then(|| Arc::clone(batch));
+                            let event = batch.next_event(next)?;
+                            let lane = u32::try_from(i).unwrap_or(u32::MAX);
+                            Some(Ok(Taken::Placed { event, lane, batch: fresh }))
+                        }
+                    };
+                }
+                Err(_) => {
+                    if let Some(stop) = self.problem(i, stats) {
+                        return stop.map(|item| item.map(Taken::Owned));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shares the batches that hold no problem, the lanes' current ones and those to come
+    /// ([`Merger::next_shared`]).
+    pub(crate) fn share(&mut self) {
+        for lane in &mut self.lanes {
+            lane.share = true;
+            if let Items::Owned(items) = &mut lane.items
+                && !items.is_empty()
+                && items.iter().all(Result::is_ok)
+            {
+                let items = Vec::from(std::mem::take(items));
+                lane.items = Items::Shared { batch: Arc::new(SharedBatch { items }), next: 0 };
+                lane.fresh = true;
+            }
+        }
+    }
+
+    /// Lane `i`'s next item, an event, is the one given: counts it (and its losses) and places
+    /// the counted records before it.
+    #[inline]
+    fn yielding(&mut self, i: usize, stats: &mut ReadStats) -> Option<()> {
+        let lane = self.lanes.get_mut(i)?;
+        let Some(Ok(ev)) = lane.items.front() else { return None };
+        lane.last_ts = ev.ts;
+        if let EventKind::Lost { count } = ev.kind {
+            stats.note_lost(ev.cpu, count);
+        }
+        stats.events += 1;
+        let key = (ev.ts, lane.cpu);
+        if !self.ready.is_empty() || !lane.skips.is_empty() {
+            self.place_skips(i, key);
+        }
+        self.took(i);
+        Some(())
+    }
+
+    /// Lane `i`'s next item is a problem: skipped and counted in permissive mode (`None`: the
+    /// merge goes on), else the stream's last item.
+    fn problem(&mut self, i: usize, stats: &mut ReadStats) -> Option<Option<Item>> {
+        let permissive = self.permissive;
+        let lane = self.lanes.get_mut(i)?;
+        // A shared batch holds no problem: only an owned one gets here.
+        let item = match &mut lane.items {
+            Items::Owned(items) => items.pop_front(),
+            Items::Shared { next, .. } => {
+                *next += 1;
+                None
+            }
+        };
+        if permissive {
+            if let Some(Err(err)) = item {
+                stats.note_skipped(err);
+            }
+            self.took(i);
+            None
+        } else {
+            self.failed = true;
+            Some(item)
         }
     }
 }

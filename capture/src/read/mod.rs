@@ -4,6 +4,7 @@
 pub(crate) mod decode;
 pub mod fields_file;
 mod merge;
+pub use merge::{SharedBatch, Taken};
 pub mod open;
 pub mod perfdata;
 pub mod salvage;

@@ -283,11 +283,11 @@ impl TracefsReader {
                         Ok(()) => {
                             ctx.decode_pages(w.cpu, &buf, StreamBase::File(w.offset), &mut batch)
                         }
-                        Err(source) => batch.items.push(Err(ReadError::new(
+                        Err(source) => batch.problem(ReadError::new(
                             &ctx.input,
                             Location::Offset(w.offset),
                             TracefsError::Io { path, source },
-                        ))),
+                        )),
                     }
                     batch
                 }) as Job

@@ -149,26 +149,32 @@ impl HotLayout {
                     vcpu_id: read32(7),
                     requests: read(8),
                 });
-                *out = if nested {
-                    EventKind::KvmNestedVmexit(info)
-                } else {
-                    EventKind::KvmExit(info)
-                };
+                put(
+                    out,
+                    if nested {
+                        EventKind::KvmNestedVmexit(info)
+                    } else {
+                        EventKind::KvmExit(info)
+                    },
+                );
             }
             Hot::Entry => {
                 let Some(vcpu_id) = read32(0) else { return false };
-                *out = EventKind::KvmEntry(Entry {
-                    vcpu_id,
-                    rip: read(1),
-                    immediate_exit: flag(2),
-                    intr_info: read32(3).map(IntrInfo),
-                    error_code: read32(4),
-                });
+                put(
+                    out,
+                    EventKind::KvmEntry(Entry {
+                        vcpu_id,
+                        rip: read(1),
+                        immediate_exit: flag(2),
+                        intr_info: read32(3).map(IntrInfo),
+                        error_code: read32(4),
+                    }),
+                );
             }
             Hot::Inject => {
                 let Some(code) = read(0) else { return false };
                 let isa = read(1).and_then(Isa::from_raw);
-                *out = EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
+                let inject = EventKind::KvmNestedVmexitInject(ExitInfo::from(ExitFields {
                     reason: ExitCode::from_raw(code, isa),
                     isa,
                     guest_rip: None,
@@ -179,6 +185,7 @@ impl HotLayout {
                     vcpu_id: None,
                     requests: None,
                 }));
+                put(out, inject);
             }
             Hot::Vmenter { vmrun } => {
                 let (Some(rip), Some(vmcs), Some(nested_rip)) =
@@ -186,7 +193,7 @@ impl HotLayout {
                 else {
                     return false;
                 };
-                *out = EventKind::KvmNestedVmenter(NestedVmenter {
+                let vmenter = EventKind::KvmNestedVmenter(NestedVmenter {
                     rip,
                     vmcs,
                     nested_rip,
@@ -196,18 +203,27 @@ impl HotLayout {
                     guest_pgd: read(8),
                     isa: read(9).and_then(Isa::from_raw).or(vmrun.then_some(Isa::Svm)),
                 });
+                put(out, vmenter);
             }
             Hot::PagingElement => {
                 let (Some(pte), Some(level)) = (read(0), read32(1)) else { return false };
-                *out = EventKind::KvmMmuPagingElement { pte, level };
+                put(out, EventKind::KvmMmuPagingElement { pte, level });
             }
             Hot::PagetableWalk => {
                 let (Some(addr), Some(pferr)) = (read(0), read32(1)) else { return false };
-                *out = EventKind::KvmMmuPagetableWalk { addr, pferr };
+                put(out, EventKind::KvmMmuPagetableWalk { addr, pferr });
             }
         }
         true
     }
+}
+
+/// Writes `kind` over the placeholder the decoder put in the event's slot. The placeholder owns
+/// nothing, so it is not dropped: an assignment called the kind's drop glue for every record.
+#[inline(always)]
+fn put(out: &mut EventKind, kind: EventKind) {
+    debug_assert!(matches!(out, EventKind::Lost { .. }), "a placeholder is overwritten");
+    std::mem::forget(std::mem::replace(out, kind));
 }
 
 #[cfg(test)]
