@@ -145,7 +145,8 @@ impl Drop for SharedBatch {
     }
 }
 
-/// An event of the merged stream as [`Merger::next_shared`] gives it.
+/// An event of the merged stream as [`crate::read::tracedat::TraceDatReader::next_shared`] gives
+/// it.
 #[derive(Debug)]
 pub enum Taken<'a> {
     /// Read in place in a shared batch of lane `lane` (the merge's lane number). `batch` is
