@@ -1555,12 +1555,14 @@ impl TraceDat {
                     batch.items.reserve(usize::try_from(hint).unwrap_or(0) / 24);
                     let decode = |scratch: &mut Scratch| {
                         for w in &group.work {
-                            let before = batch.items.len();
+                            let before = (batch.items.len(), batch.problems);
                             td.decode_work(&ctx, w, scratch, &mut batch);
                             if let Some(counts) = &counts {
-                                let n =
-                                    batch.items.iter().skip(before).filter(|i| i.is_ok()).count();
-                                counts.set(lane, w, n);
+                                // The chunk's events: its items less its problems (counted as
+                                // they were pushed, where a scan read every item back).
+                                let items = batch.items.len() - before.0;
+                                let problems = batch.problems.saturating_sub(before.1);
+                                counts.set(lane, w, items.saturating_sub(problems as usize));
                             }
                         }
                         if let Some((at, e)) = group.error {
