@@ -127,16 +127,6 @@ impl SharedBatch {
         }
         None
     }
-
-    /// Events in the batch.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// True when the batch holds no event.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
 
 impl Drop for SharedBatch {
@@ -162,17 +152,6 @@ pub enum Taken<'a> {
     },
     /// Moved out of a batch that is not shared (one that holds a problem).
     Owned(Event),
-}
-
-impl Taken<'_> {
-    /// The event.
-    #[inline]
-    pub fn event(&self) -> &Event {
-        match self {
-            Self::Placed { event, .. } => event,
-            Self::Owned(event) => event,
-        }
-    }
 }
 
 /// A lane's items being merged: its own, moved out one by one, or shared with the consumer
