@@ -294,6 +294,22 @@ impl Lane {
         true
     }
 
+    /// The next item, an event, as [`Merger::next_shared`] gives it: read in place in a shared
+    /// batch (the batch with its first event), moved out of an owned one. `i` is the lane's
+    /// number.
+    #[inline]
+    fn take(&mut self, i: usize) -> Option<Result<Taken<'_>, ReadError>> {
+        match &mut self.items {
+            Items::Owned(items) => items.pop_front().map(|item| item.map(Taken::Owned)),
+            Items::Shared { batch, next } => {
+                let fresh = std::mem::take(&mut self.fresh).then(|| Arc::clone(batch));
+                let event = batch.next_event(next)?;
+                let lane = u32::try_from(i).unwrap_or(u32::MAX);
+                Some(Ok(Taken::Placed { event, lane, batch: fresh }))
+            }
+        }
+    }
+
     /// The merge key of the next item: its timestamp (problems sort at the last timestamp,
     /// so they surface where they occurred) and the CPU.
     #[inline]
@@ -542,27 +558,9 @@ impl Merger {
     /// The next event in time order (problems are counted in permissive mode, or returned once
     /// in strict mode, after which the stream ends).
     pub(crate) fn next(&mut self, stats: &mut ReadStats) -> Option<Result<Event, ReadError>> {
-        if self.failed {
-            return None;
-        }
-        loop {
-            let i = self.pick(stats)?;
-            self.current = Some(i);
-            let lane = self.lanes.get_mut(i)?;
-            // Look at the item in place and move it out once, straight into the return value:
-            // an event is ~100 bytes, and extra copies of it cost more than the merge itself.
-            match lane.items.front()? {
-                Ok(_) => {
-                    self.yielding(i, stats)?;
-                    return self.lanes.get_mut(i)?.items.pop();
-                }
-                Err(_) => {
-                    if let Some(stop) = self.problem(i, stats) {
-                        return stop;
-                    }
-                }
-            }
-        }
+        // Look at the item in place and move it out once, straight into the return value: an
+        // event is ~100 bytes, and extra copies of it cost more than the merge itself.
+        self.merged(stats, |lane, _| lane.items.pop(), |event| event)
     }
 
     /// [`Merger::next`] for a merger that shares its batches ([`Merger::share`]): the event is
@@ -572,32 +570,32 @@ impl Merger {
         &mut self,
         stats: &mut ReadStats,
     ) -> Option<Result<Taken<'_>, ReadError>> {
+        self.merged(stats, Lane::take, Taken::Owned)
+    }
+
+    /// The merge loop of [`Merger::next`] and [`Merger::next_shared`]: the lane holding the
+    /// earliest item gives it, an event through `take` (with the lane's number), a problem
+    /// skipped in permissive mode, else as the stream's last item (its event, if any, through
+    /// `owned`).
+    #[inline(always)]
+    fn merged<'a, T>(
+        &'a mut self,
+        stats: &mut ReadStats,
+        take: impl FnOnce(&'a mut Lane, usize) -> Option<Result<T, ReadError>>,
+        owned: impl Fn(Event) -> T,
+    ) -> Option<Result<T, ReadError>> {
         if self.failed {
             return None;
         }
         loop {
             let i = self.pick(stats)?;
             self.current = Some(i);
-            let lane = self.lanes.get_mut(i)?;
-            match lane.items.front()? {
-                Ok(_) => {
-                    self.yielding(i, stats)?;
-                    let lane = self.lanes.get_mut(i)?;
-                    return match &mut lane.items {
-                        Items::Owned(items) => items.pop_front().map(|item| item.map(Taken::Owned)),
-                        Items::Shared { batch, next } => {
-                            let fresh = std::mem::take(&mut lane.fresh).then(|| Arc::clone(batch));
-                            let event = batch.next_event(next)?;
-                            let lane = u32::try_from(i).unwrap_or(u32::MAX);
-                            Some(Ok(Taken::Placed { event, lane, batch: fresh }))
-                        }
-                    };
-                }
-                Err(_) => {
-                    if let Some(stop) = self.problem(i, stats) {
-                        return stop.map(|item| item.map(Taken::Owned));
-                    }
-                }
+            if self.lanes.get(i)?.items.front()?.is_ok() {
+                self.yielding(i, stats)?;
+                return take(self.lanes.get_mut(i)?, i);
+            }
+            if let Some(stop) = self.problem(i, stats) {
+                return stop.map(|item| item.map(&owned));
             }
         }
     }
