@@ -368,7 +368,7 @@ fn resident(mut reader: Box<dyn EventReader>, tx: &Sender<LoadMsg>, started: Ins
 /// A trace.dat: blocks of [`BLOCK_EVENTS`] events, each with where every CPU lane's next event
 /// is, found from the chunk counts the reader keeps as it decodes.
 fn load_dat(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
-    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+    if let Some(saved) = index.use_index.then(|| sidecar::load(path)).flatten() {
         match TraceDat::open_salvaging(path) {
             Ok(td) => {
                 let td = Arc::new(td);
@@ -633,7 +633,7 @@ impl DatCursor {
 /// its block instead).
 fn load_text(path: &Path, tx: &Sender<LoadMsg>, started: Instant, index: LoadOptions) {
     let name: Arc<str> = path.display().to_string().into();
-    if let Some(saved) = sidecar::load(path).filter(|_| index.use_index) {
+    if let Some(saved) = index.use_index.then(|| sidecar::load(path)).flatten() {
         // The meta comes from the first lines, as a full read would find it.
         let mut head = Vec::new();
         let _ = std::fs::File::open(path).and_then(|f| f.take(1 << 20).read_to_end(&mut head));
