@@ -101,26 +101,33 @@ impl Recycled {
     }
 
     /// Adds a merger's claim.
-    fn open(lanes: usize) {
-        if let Ok(mut pool) = RECYCLED.lock() {
-            pool.room = pool.room.saturating_add(Self::claim(lanes));
-        }
+    fn open(&mut self, lanes: usize) {
+        self.room = self.room.saturating_add(Self::claim(lanes));
     }
 
     /// Gives a merger's claim back, freeing the buffers beyond what is still claimed.
-    fn close(lanes: usize) {
-        if let Ok(mut pool) = RECYCLED.lock() {
-            pool.room = pool.room.saturating_sub(Self::claim(lanes));
-            let keep = pool.room.saturating_add(RECYCLED_FLOOR);
-            pool.buffers.truncate(keep);
+    fn close(&mut self, lanes: usize) {
+        self.room = self.room.saturating_sub(Self::claim(lanes));
+        self.buffers.truncate(self.room.saturating_add(RECYCLED_FLOOR));
+    }
+
+    /// Keeps an emptied buffer if there is room (else it is freed).
+    fn keep(&mut self, buffers: (Vec<Item>, Vec<Skip>)) {
+        if self.buffers.len() < self.room.saturating_add(RECYCLED_FLOOR) {
+            self.buffers.push(buffers);
         }
+    }
+
+    /// Runs `f` on the process's pool.
+    fn with<R>(f: impl FnOnce(&mut Recycled) -> R) -> Option<R> {
+        RECYCLED.lock().ok().map(|mut pool| f(&mut pool))
     }
 }
 
 impl Default for Batch {
     fn default() -> Self {
         let (items, skips) =
-            RECYCLED.lock().ok().and_then(|mut pool| pool.buffers.pop()).unwrap_or_default();
+            Recycled::with(|pool| pool.buffers.pop()).flatten().unwrap_or_default();
         Self {
             items,
             unknown: BTreeMap::new(),
@@ -140,11 +147,7 @@ fn recycle(mut items: VecDeque<Item>, mut skips: Vec<Skip>) {
     if items.capacity() == 0 && skips.capacity() == 0 {
         return;
     }
-    if let Ok(mut pool) = RECYCLED.lock()
-        && pool.buffers.len() < pool.room.saturating_add(RECYCLED_FLOOR)
-    {
-        pool.buffers.push((items, skips));
-    }
+    Recycled::with(|pool| pool.keep((items, skips)));
 }
 
 /// A lane's decoded events, read in place by the merge's consumer and by a second thread the
@@ -478,7 +481,7 @@ pub(crate) struct Merger {
 
 impl Drop for Merger {
     fn drop(&mut self) {
-        Recycled::close(self.lanes.len());
+        Recycled::with(|pool| pool.close(self.lanes.len()));
     }
 }
 
@@ -491,7 +494,7 @@ impl Merger {
         permissive: bool,
         stats: &mut ReadStats,
     ) -> Self {
-        Recycled::open(producers.len());
+        Recycled::with(|pool| pool.open(producers.len()));
         let mut lanes: Vec<Lane> = producers
             .into_iter()
             .map(|(cpu, jobs)| Lane {
@@ -721,6 +724,36 @@ impl Merger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_buffer_pool_keeps_what_open_mergers_can_hold_and_frees_the_rest_when_they_close() {
+        let buffer = || (Vec::<Item>::with_capacity(8), Vec::<Skip>::new());
+        let mut pool = Recycled { buffers: Vec::new(), room: 0 };
+        // With no merger open, the floor.
+        for _ in 0..RECYCLED_FLOOR + 5 {
+            pool.keep(buffer());
+        }
+        assert_eq!(pool.buffers.len(), RECYCLED_FLOOR);
+        // A 4-lane merger holds its 4 batches and 3 ahead of each, and its consumer some:
+        // every one it gives back is kept for its next jobs.
+        pool.open(4);
+        let claim = 4 * (LOOKAHEAD + 1) + CONSUMER_HOLD;
+        for _ in 0..claim + 5 {
+            pool.keep(buffer());
+        }
+        assert_eq!(pool.buffers.len(), claim + RECYCLED_FLOOR);
+        // Two mergers at once claim both.
+        pool.open(64);
+        for _ in 0..1000 {
+            pool.keep(buffer());
+        }
+        assert_eq!(pool.buffers.len(), claim + Recycled::claim(64) + RECYCLED_FLOOR);
+        // Closed, they leave the floor.
+        pool.close(64);
+        assert_eq!(pool.buffers.len(), claim + RECYCLED_FLOOR);
+        pool.close(4);
+        assert_eq!((pool.buffers.len(), pool.room), (RECYCLED_FLOOR, 0));
+    }
 
     /// A merge key: small times and CPUs, so that keys tie now and then.
     fn key() -> impl Strategy<Value = (u64, u32)> {
