@@ -1084,14 +1084,15 @@ impl<'a> Pipeline<'a> {
     }
 
     /// [`Pipeline::push`] for an event of a trace.dat, read in place when its batch is shared:
-    /// the statistics stage then reads it there too ([`StatsStage::push_placed`]).
+    /// the statistics stage then reads it there too ([`StatsStage::push_placed`]). (A
+    /// trace.dat's progress comes from its chunk counts, not from the reader.)
     #[inline(always)]
-    fn push_taken(&mut self, taken: Taken<'_>, fraction: Option<f64>) -> bool {
+    fn push_taken(&mut self, taken: Taken<'_>) -> bool {
         let (event, lane, batch) = match taken {
             Taken::Placed { event, lane, batch } => (event, lane, batch),
-            Taken::Owned(event) => return self.push(event, fraction),
+            Taken::Owned(event) => return self.push(event, None),
         };
-        let resident = self.step(event, fraction);
+        let resident = self.step(event, None);
         let (actor, vmcs12, note) = self.indexer.stepped;
         if let Counting::Staged(stage, _) = &mut self.indexer.counting {
             stage.push_placed(lane, batch, actor, vmcs12, note);
@@ -1217,7 +1218,7 @@ impl<'a> Pipeline<'a> {
         while let Some(item) = reader.next_shared() {
             match item {
                 Ok(taken) => {
-                    if !self.push_taken(taken, None) {
+                    if !self.push_taken(taken) {
                         return false;
                     }
                 }
