@@ -352,7 +352,7 @@ mod tests {
                 EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
                 _ => None,
             };
-            self.stage.push(s.event.clone(), s.step.actor, vmcs12);
+            self.stage.push(s.event.clone(), s.step().actor, vmcs12);
             ControlFlow::Continue(())
         }
     }
@@ -368,7 +368,7 @@ mod tests {
                 EventKind::KvmNestedVmexit(_) => s.current_vmcs12(),
                 _ => None,
             };
-            *self = Self(s.step.actor, vmcs12);
+            *self = Self(s.step().actor, vmcs12);
             ControlFlow::Continue(())
         }
     }

@@ -124,7 +124,7 @@ struct TriageSink(Triage);
 
 impl Sink for TriageSink {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        self.0.observe(s.event, &s.step, s.model);
+        self.0.observe(s.event, &s.step(), s.model);
         ControlFlow::Continue(())
     }
 }

@@ -43,10 +43,10 @@ use vmxray_analyze::pass::{Pass, PassConfig, Sink, StatsMode, Stepped};
 use vmxray_analyze::stage::StatsStage;
 use vmxray_analyze::stats::{ExitStats, StatsReport};
 use vmxray_capture::printfmt::PrintCatalog;
-use vmxray_capture::read::Taken;
 use vmxray_capture::read::open::{InputKind, Magic, detect};
 use vmxray_capture::read::text::TextReader;
 use vmxray_capture::read::tracedat::{ChunkCounts, LanePos, TraceDat, TraceDatReader};
+use vmxray_capture::read::{SharedBatch, Taken};
 use vmxray_capture::{
     Clock, EventReader, InputFormat, ReadError, ReadOptions, ReadStats, TraceMeta,
 };
@@ -860,8 +860,14 @@ struct Indexer {
     /// breakdown), and the tally.
     counting: Counting,
     /// The last event's actor, for a `kvm_nested_vmexit` the vmcs12 current after it, and its
-    /// note: what the stats stage gets with the event.
+    /// note: what the stats stage gets with an event moved to it after the step.
     stepped: (Option<Actor>, Option<u64>, Note),
+    /// Where the event being stepped lies in its lane's shared batch (its lane, and the batch
+    /// when it is the batch's first event): the stage is told of it as the event is stepped,
+    /// from the values in hand. (Read back just after the step, `stepped` was loaded in words
+    /// that straddled the stores that had just written it, which the CPU cannot forward: the
+    /// load waited for them to reach the cache, ~5 % of the replaying thread's samples.)
+    placed: Option<(u32, Option<Arc<SharedBatch>>)>,
 }
 
 /// Where the exit statistics, the host context and the tally are built.
@@ -898,6 +904,7 @@ impl Indexer {
             batch: Batch::default(),
             counting,
             stepped: (None, None, Note::default()),
+            placed: None,
         }
     }
 
@@ -908,15 +915,20 @@ impl Indexer {
 
 impl Sink for Indexer {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        let actor = s.step.actor.map(|a| self.actor_id(a, s.event.cpu));
+        let actor = s.step().actor.map(|a| self.actor_id(a, s.event.cpu));
         let mut worst = None;
-        if !s.step.anomalies.is_empty() {
-            self.batch.anomalies.extend_from_slice(s.step.anomalies);
-            worst = s.step.anomalies.iter().map(|a| a.severity).max();
+        if !s.step().anomalies.is_empty() {
+            self.batch.anomalies.extend_from_slice(s.step().anomalies);
+            worst = s.step().anomalies.iter().map(|a| a.severity).max();
         }
         let note = Note { actor, level: s.level(), worst };
         match &mut self.counting {
-            Counting::Staged(..) => self.stepped = (s.step.actor, s.nested_exit_vmcs12(), note),
+            Counting::Staged(stage, _) => match self.placed.take() {
+                Some((lane, batch)) => {
+                    stage.push_placed(lane, batch, s.step().actor, s.nested_exit_vmcs12(), note);
+                }
+                None => self.stepped = (s.step().actor, s.nested_exit_vmcs12(), note),
+            },
             Counting::Inline(context, tally) => {
                 tally.count(s.event, note);
                 let _ = context.event(s);
@@ -1092,11 +1104,10 @@ impl<'a> Pipeline<'a> {
             Taken::Placed { event, lane, batch } => (event, lane, batch),
             Taken::Owned(event) => return self.push(event, None),
         };
-        let resident = self.step(event, None);
-        let (actor, vmcs12, note) = self.indexer.stepped;
-        if let Counting::Staged(stage, _) = &mut self.indexer.counting {
-            stage.push_placed(lane, batch, actor, vmcs12, note);
+        if let Counting::Staged(..) = self.indexer.counting {
+            self.indexer.placed = Some((lane, batch));
         }
+        let resident = self.step(event, None);
         if resident && let Some(b) = &mut self.block {
             b.events.push(event.clone());
         }

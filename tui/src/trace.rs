@@ -267,7 +267,7 @@ pub fn tag_of(s: &Stepped<'_>, actor_id: Option<u16>) -> EventTag {
     EventTag::new(
         actor_id.unwrap_or(EventTag::NO_ACTOR),
         tier,
-        !s.step.anomalies.is_empty(),
+        !s.step().anomalies.is_empty(),
         crash,
         lost,
     )
@@ -408,8 +408,8 @@ impl Trace {
             let mut tags = Vec::with_capacity(events.len());
             for event in events.iter() {
                 model.step(event);
-                let stepped = Stepped { event, step: model.last_step(), model: &model };
-                let actor_id = stepped.step.actor.and_then(|a| self.actor_ids.get(&a).copied());
+                let stepped = Stepped { event, model: &model };
+                let actor_id = stepped.step().actor.and_then(|a| self.actor_ids.get(&a).copied());
                 tags.push(tag_of(&stepped, actor_id));
             }
             let tags = Arc::new(tags);

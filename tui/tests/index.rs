@@ -84,16 +84,16 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
     let (mut crashes, mut lost) = (Vec::new(), Vec::new());
     for (i, e) in events.iter().enumerate() {
         model.step(e);
-        let stepped = Stepped { event: e, step: model.last_step(), model: &model };
+        let stepped = Stepped { event: e, model: &model };
         let id = stepped
-            .step
+            .step()
             .actor
             .and_then(|a| actors.iter().position(|x| *x == a))
             .map(|p| u16::try_from(p).unwrap());
         let expected = tag_of(&stepped, id);
         if let Some(c) = id.and_then(|id| lanes.get_mut(usize::from(id))) {
             c.tiers[slot(expected.tier())] += 1;
-            if let Some(worst) = stepped.step.anomalies.iter().map(|a| a.severity).max() {
+            if let Some(worst) = stepped.step().anomalies.iter().map(|a| a.severity).max() {
                 c.worst = c.worst.max(u8::try_from(worst.rank() + 1).unwrap());
             }
         }
@@ -106,10 +106,10 @@ fn check(trace: &Trace, events: &[Event], what: &str) {
         if i % 997 == 0 || i + 1 == events.len() {
             assert_eq!(trace.tag(i as u64), Some(expected), "{what}: tag {i}");
             let at = trace.state_at(i as u64).unwrap();
-            assert_eq!(at.actor, stepped.step.actor, "{what}: state {i}");
+            assert_eq!(at.actor, stepped.step().actor, "{what}: state {i}");
             assert_eq!(
                 at.state.as_ref(),
-                stepped.step.actor.and_then(|a| model.state(a)),
+                stepped.step().actor.and_then(|a| model.state(a)),
                 "{what}: state {i}"
             );
         }

@@ -545,7 +545,7 @@ impl Sink for TraceRows {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
         let event = s.event;
         if let EventKind::Segment { .. } = event.kind {
-            self.segment_starts.push(s.step.at.0);
+            self.segment_starts.push(s.step().at.0);
         }
         if let Some(ts) = event.time() {
             self.first_ts.get_or_insert(ts);
@@ -553,7 +553,7 @@ impl Sink for TraceRows {
         }
         count_event(&mut self.events, event);
         if self.want_anomalies {
-            self.push_anomalies(s.step.anomalies, event.time(), s.model);
+            self.push_anomalies(s.step().anomalies, event.time(), s.model);
         }
         ControlFlow::Continue(())
     }
