@@ -2,6 +2,9 @@
 //! and after the load (sampled every 10 ms), the anomaly pass's rate, and jumps (to a time, to
 //! an event number, to the next anomaly) at spread-out places, each followed by drawing the
 //! Timeline and the State view. A timed program (not criterion: one load is the measurement).
+//! Before and after the pass it times a probe of the machine itself (two threads handing
+//! buffers back and forth, as the pass's threads do), so that a slow run can be told apart
+//! from a slow machine.
 //!
 //! ```text
 //! cargo bench -p vmxray-tui --bench open_100m                       # 100 M events, trace.dat
@@ -96,6 +99,49 @@ impl Drop for RssSampler {
     }
 }
 
+/// How long two threads take to hand 1 GiB of 96-byte records back and forth through sixteen
+/// 512 KiB buffers: one writes a buffer, the other reads it and gives it back, as the pass's
+/// decoding, merging and statistics threads do with its batches (the writes go to lines the
+/// other core held). It tells the machine's state apart from the code's: on the development
+/// VM it takes ~30 ms, but for seconds to minutes at a time 150-450 ms, when the host runs the
+/// two vCPUs where cache lines cross between them ~10x slower; a probe of one thread writing
+/// the same records through a 16 MiB ring then stays at ~35 ms, and the pass falls from
+/// ~12 to ~8 M events/s (README, Benchmarks).
+fn cross_core_probe() -> Duration {
+    const BUFFERS: usize = 16;
+    const WORDS: usize = (512 << 10) / 8;
+    const ROUNDS: usize = (1 << 30) / (WORDS * 8);
+    let (to_reader, filled) = std::sync::mpsc::sync_channel::<Vec<u64>>(BUFFERS);
+    let (to_writer, emptied) = std::sync::mpsc::sync_channel::<Vec<u64>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        to_writer.send(vec![1u64; WORDS]).expect("queues a buffer");
+    }
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut sum = 0u64;
+        for buffer in filled.iter().take(ROUNDS) {
+            for record in buffer.chunks_exact(12) {
+                sum = sum.wrapping_add(record[0]).wrapping_add(record[8]);
+            }
+            let _ = to_writer.send(buffer);
+        }
+        sum
+    });
+    let mut x = 0u64;
+    for _ in 0..ROUNDS {
+        let mut buffer = emptied.recv().expect("a buffer comes back");
+        for record in buffer.chunks_exact_mut(12) {
+            for (i, word) in record.iter_mut().enumerate() {
+                *word = x.wrapping_add(i as u64);
+            }
+            x = x.wrapping_add(1);
+        }
+        to_reader.send(buffer).expect("the reader runs");
+    }
+    std::hint::black_box(reader.join().expect("the reader ends"));
+    started.elapsed()
+}
+
 fn type_prompt(app: &mut App, kind: PromptKind, text: &str) {
     app.act(Action::Prompt(kind));
     for c in text.chars() {
@@ -110,6 +156,7 @@ fn bench(path: &Path) {
         path.display(),
         std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1e9
     );
+    let probe_before = cross_core_probe();
     let rss_before = status_kib("VmRSS:") / 1024;
     let sampler = RssSampler::start();
     let mut terminal = Terminal::new(TestBackend::new(160, 50)).expect("backend");
@@ -155,6 +202,11 @@ fn bench(path: &Path) {
         "memory: peak RSS during the load {} MiB (bench process before: {rss_before} MiB), after {} MiB",
         sampler.peak_mib(),
         status_kib("VmRSS:") / 1024
+    );
+    println!(
+        "cross-core handoff probe before / after the pass: {} / {} (development VM: ~30 ms; several times that: the machine moves cache lines between its cores slowly, and the pass is slower)",
+        ms(probe_before),
+        ms(cross_core_probe())
     );
 
     // Jumps from spread-out places: each followed by the Timeline and the State view drawn.
