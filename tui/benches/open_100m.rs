@@ -103,7 +103,7 @@ impl Drop for RssSampler {
 /// 512 KiB buffers: one writes a buffer, the other reads it and gives it back, as the pass's
 /// decoding, merging and statistics threads do with its batches (the writes go to lines the
 /// other core held). It tells the machine's state apart from the code's: on the development
-/// VM it takes ~30 ms, but for seconds to minutes at a time 150-450 ms, when the host runs the
+/// VM it takes ~30 ms, but for seconds to minutes at a time 110-450 ms, when the host runs the
 /// two vCPUs where cache lines cross between them ~10x slower; a probe of one thread writing
 /// the same records through a 16 MiB ring then stays at ~35 ms, and the pass falls from
 /// ~12 to ~8 M events/s (README, Benchmarks).
