@@ -773,13 +773,14 @@ impl HasTime for NamedTime {
 
 impl Sink for HostContext {
     fn event(&mut self, stepped: &Stepped<'_>) -> ControlFlow<()> {
-        let in_vm = match (&self.vm, stepped.step().actor) {
+        let actor = stepped.step().actor;
+        let in_vm = match (&self.vm, actor) {
             (Some(vm), Some(actor)) => {
                 stepped.model.attribution().in_vm(actor, stepped.event.pid, vm)
             }
             (None, _) | (Some(_), None) => true,
         };
-        self.push_in_vm(stepped.event, stepped.step().actor, in_vm);
+        self.push_in_vm(stepped.event, actor, in_vm);
         ControlFlow::Continue(())
     }
 

@@ -396,11 +396,12 @@ impl LiveStats {
     /// Counts one event (what [`Sink::event`] does).
     pub fn push(&mut self, stepped: &Stepped<'_>) {
         let event = stepped.event;
-        let actor = stepped.step().actor;
+        let step = stepped.step();
+        let actor = step.actor;
         self.newest = self.newest.max(event.ts);
         // Counted for the interval only; the totals take each interval at its tick.
         self.interval.event(event, actor);
-        for a in stepped.step().anomalies {
+        for a in step.anomalies {
             self.interval.anomalies += 1;
             self.severities[severity_index(a.severity)] += 1;
             self.anomalies.push_front(LiveAnomaly {

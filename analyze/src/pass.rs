@@ -257,14 +257,15 @@ impl Pass {
         sink.before(&self.model);
         self.model.step(event);
         let stepped = Stepped { event, model: &self.model };
-        let wanted = match (&self.stats_vm, stepped.step().actor) {
+        let actor = stepped.step().actor;
+        let wanted = match (&self.stats_vm, actor) {
             (None, _) => true,
             // Lost-events markers concern every VM.
             (Some(_), None) => true,
             (Some(vm), Some(actor)) => self.model.attribution().in_vm(actor, event.pid, vm),
         };
         if let Some(stats) = self.stats.as_mut().filter(|_| wanted) {
-            stats.push_attributed(event, stepped.step().actor, stepped.nested_exit_vmcs12());
+            stats.push_attributed(event, actor, stepped.nested_exit_vmcs12());
         }
         sink.event(&stepped)
     }

@@ -280,9 +280,10 @@ struct History<'a, W> {
 
 impl<W: Write> Sink for History<'_, W> {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        let at = s.step().at.0;
+        let step = s.step();
+        let at = step.at.0;
         self.outcome.events += 1;
-        for obs in s.step().fields {
+        for obs in step.fields {
             self.outcome.observations += 1;
             let by_vmcs = matches!(self.diff, Some(Diff::Vmcs(..)));
             if self.args.vmcs.is_some_and(|v| v != obs.vmcs) && !by_vmcs {

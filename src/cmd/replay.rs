@@ -366,6 +366,7 @@ impl<W: Write> Printer<'_, W> {
 
 impl<W: Write> Sink for Printer<'_, W> {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
+        let step = s.step();
         if let EventKind::Segment { index, reason } = s.event.kind {
             self.segment = index;
             // A new capture: no time of the previous one is the time of its vCPUs.
@@ -376,14 +377,14 @@ impl<W: Write> Sink for Printer<'_, W> {
                     self.out,
                     "  --- segment {index} ({reason}): another capture starts at event {}; the \
                      model starts afresh",
-                    s.step().at
+                    step.at
                 )
             {
                 self.failed = Some(e);
                 return ControlFlow::Break(());
             }
         }
-        if let (Some(actor), Some(ts)) = (s.step().actor, s.event.time()) {
+        if let (Some(actor), Some(ts)) = (step.actor, s.event.time()) {
             match &mut self.run {
                 Some((a, t)) if *a == actor => *t = ts,
                 run => {
@@ -394,11 +395,11 @@ impl<W: Write> Sink for Printer<'_, W> {
             }
         }
         if let Some(explainer) = &mut self.explainer {
-            let mode = s.step().actor.and_then(|a| s.model.state(a)).map(|st| st.mode);
-            explainer.observe(s.event, &s.step(), mode);
+            let mode = step.actor.and_then(|a| s.model.state(a)).map(|st| st.mode);
+            explainer.observe(s.event, &step, mode);
         }
         let ts = s.event.time();
-        self.print(s.step().anomalies, |_| ts)
+        self.print(step.anomalies, |_| ts)
     }
 
     fn end(&mut self, anomalies: &[Anomaly], model: &Model) {

@@ -915,19 +915,20 @@ impl Indexer {
 
 impl Sink for Indexer {
     fn event(&mut self, s: &Stepped<'_>) -> ControlFlow<()> {
-        let actor = s.step().actor.map(|a| self.actor_id(a, s.event.cpu));
+        let step = s.step();
+        let actor = step.actor.map(|a| self.actor_id(a, s.event.cpu));
         let mut worst = None;
-        if !s.step().anomalies.is_empty() {
-            self.batch.anomalies.extend_from_slice(s.step().anomalies);
-            worst = s.step().anomalies.iter().map(|a| a.severity).max();
+        if !step.anomalies.is_empty() {
+            self.batch.anomalies.extend_from_slice(step.anomalies);
+            worst = step.anomalies.iter().map(|a| a.severity).max();
         }
         let note = Note { actor, level: s.level(), worst };
         match &mut self.counting {
             Counting::Staged(stage, _) => match self.placed.take() {
                 Some((lane, batch)) => {
-                    stage.push_placed(lane, batch, s.step().actor, s.nested_exit_vmcs12(), note);
+                    stage.push_placed(lane, batch, step.actor, s.nested_exit_vmcs12(), note);
                 }
-                None => self.stepped = (s.step().actor, s.nested_exit_vmcs12(), note),
+                None => self.stepped = (step.actor, s.nested_exit_vmcs12(), note),
             },
             Counting::Inline(context, tally) => {
                 tally.count(s.event, note);
